@@ -1,0 +1,157 @@
+//! Network-namespace labs for mpath's integration tests, benchmarks and demo.
+//!
+//! A [`Lab`] is three namespaces: `host` with veth NICs `h0..h{N-1}` (no addresses unless
+//! asked, IPv6 DAD off), `switch` with bridge `br0` (STP off, forward delay 0) that every NIC
+//! and the router is plugged into, and `router` with `r0` carrying the probe targets
+//! 192.0.2.1/24 and 2001:db8::1/64 (plus any extra addresses), which is also the traffic peer.
+//! Faults are injected per host NIC: [`Lab::cut`] (carrier loss), [`Lab::drop_silently`]
+//! (frames dropped by nftables while carrier stays up), [`Lab::flap`], and
+//! [`Lab::add_nic`] / [`Lab::remove_nic`] while running.
+//!
+//! Namespace names are `mpl-PID-LABID-ROLE`, unique per lab, so labs build in parallel. All
+//! of a lab's namespaces, and any process still running inside them, go away when the lab is
+//! dropped, also while a panic unwinds; [`leftover_namespaces`] lets a test runner assert
+//! that. Everything needs root, iproute2, nftables and util-linux (`nsenter`, `unshare`).
+//!
+//! ```no_run
+//! use mpath_lab::{Lab, ROUTER_V4};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let lab = Lab::builder()
+//!     .nics(3)
+//!     .router_addrs(&["192.0.2.2/24"])
+//!     .host_addr("h0", "192.0.2.21/24")
+//!     .build()?;
+//! lab.host().run(&["ping", "-c1", "-W1", "-I", "h0", ROUTER_V4])?;
+//!
+//! lab.cut("h0")?;
+//! assert!(!lab.host().has_carrier("h0")?);
+//! lab.restore("h0")?;
+//!
+//! let mut daemon = lab
+//!     .host()
+//!     .daemon_command("mpathd")?
+//!     .args(["--config", "/tmp/mpathd.toml"])
+//!     .spawn()?;
+//! daemon.kill()?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod lab;
+mod netns;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context, Result, bail};
+
+pub use lab::{Lab, LabBuilder};
+pub use netns::{Netns, NetnsGuard};
+
+/// Prefix of every lab namespace name.
+pub const NAMESPACE_PREFIX: &str = "mpl-";
+/// The router's default IPv4 probe target, on `r0` as 192.0.2.1/24.
+pub const ROUTER_V4: &str = "192.0.2.1";
+/// The router's default IPv6 probe target, on `r0` as 2001:db8::1/64.
+pub const ROUTER_V6: &str = "2001:db8::1";
+/// The router's NIC in the router namespace.
+pub const ROUTER_NIC: &str = "r0";
+/// The bridge in the switch namespace.
+pub const BRIDGE: &str = "br0";
+
+const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
+
+/// Lab namespaces that exist now, of any process (names starting with `mpl-`).
+pub fn leftover_namespaces() -> Vec<String> {
+    netns::namespace_names()
+        .into_iter()
+        .filter(|name| name.starts_with(NAMESPACE_PREFIX))
+        .collect()
+}
+
+/// Deletes lab namespaces whose creating process is gone (killed before its labs could
+/// drop), killing whatever still runs in them, and returns their names. Labs of running
+/// processes are left alone.
+pub fn remove_stale_namespaces() -> Result<Vec<String>> {
+    let stale: Vec<String> = leftover_namespaces()
+        .into_iter()
+        .filter(|name| {
+            creator_pid(name).is_some_and(|pid| {
+                pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            })
+        })
+        .collect();
+    for name in &stale {
+        netns::remove_namespace(name)?;
+    }
+    Ok(stale)
+}
+
+/// The PID part of `mpl-PID-...`.
+fn creator_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(NAMESPACE_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Makes sure the host's `/sys/fs/bpf` is a bpffs, mounting one when it is not, so pins made
+/// by daemons in lab namespaces land where a restarted daemon finds them.
+pub fn ensure_bpffs() -> Result<()> {
+    if is_bpffs()? {
+        return Ok(());
+    }
+    // Two callers mounting at once would stack two bpffs instances, the second hiding the
+    // first one's pins. Lock the (still sysfs) mount point directory and look again: a
+    // caller that opens it after the mount gets the bpffs root and returns above.
+    let mount_point =
+        File::open(BPFFS).with_context(|| format!("opening {BPFFS} to mount bpffs there"))?;
+    // SAFETY: flock on a descriptor we own; the lock is released when it closes.
+    if unsafe { libc::flock(mount_point.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("locking {BPFFS}: {}", std::io::Error::last_os_error());
+    }
+    if is_bpffs()? {
+        return Ok(());
+    }
+    // SAFETY: all pointers are NUL-terminated literals that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "mounting bpffs on {BPFFS} failed: {} (mount it by hand: mount -t bpf bpf {BPFFS})",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn is_bpffs() -> Result<bool> {
+    // SAFETY: statfs fills the zeroed struct we pass; the path is a NUL-terminated literal.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c"/sys/fs/bpf".as_ptr(), &mut stats) } != 0 {
+        bail!("statfs {BPFFS}: {}", std::io::Error::last_os_error());
+    }
+    Ok(stats.f_type as u32 == BPF_FS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creator_pid_is_read_from_lab_names_only() {
+        assert_eq!(creator_pid("mpl-1234-7-host"), Some(1234));
+        assert_eq!(creator_pid("mpl-x-7-host"), None);
+        assert_eq!(creator_pid("other-1234-7-host"), None);
+    }
+}

@@ -1,0 +1,271 @@
+//! Map keys, values and constants shared by mpath's eBPF programs (`mpath-ebpf`) and its
+//! daemon (`mpath-ctl`).
+//!
+//! Every type is `#[repr(C)]` with fixed-width fields and explicit padding, so the kernel and
+//! userspace agree on the layout byte for byte. Addresses are kept as network-order byte
+//! arrays, exactly as they appear in packets.
+#![no_std]
+
+/// Buckets in each group's load-spreading table. A flow's hash picks one bucket; 256 buckets
+/// give an even spread over up to dozens of NICs and let a NIC leave or join by moving only
+/// the buckets it owns or takes.
+pub const BUCKETS_PER_GROUP: u32 = 256;
+/// Groups one datapath can serve; group ids index the bucket table.
+pub const MAX_GROUPS: u32 = 64;
+/// NICs one datapath can serve (all groups together); NIC slots index the counters.
+pub const MAX_NICS: u32 = 256;
+/// IPv4 test addresses the datapath keeps apart from spreading.
+pub const MAX_TEST_ADDRESSES: u32 = MAX_NICS;
+/// Size of the ring buffer of matched probe replies (bytes, a power of two of pages).
+pub const PROBE_RING_BYTES: u32 = 256 * 1024;
+
+/// ICMP / ICMPv6 echo identifier of mpathd's probes. Replies carrying another identifier are
+/// not looked at further.
+pub const PROBE_ICMP_ID: u16 = 0x4d50;
+/// First word of a probe payload ("MPTH"), so a reply to someone else's echo request with a
+/// colliding identifier is recognised as malformed rather than as ours.
+pub const PROBE_MAGIC: u32 = 0x4d50_5448;
+
+/// Version of the pinned layout; part of the pin path so a daemon never adopts maps whose
+/// layout it does not understand (aya reuses a pinned map without checking it).
+pub const PIN_LAYOUT_VERSION: &str = "v1";
+
+/// Names of the maps, as pinned under `<pin dir>/<PIN_LAYOUT_VERSION>/maps/`.
+pub mod map_names {
+    pub const NICS: &str = "MPATH_NICS";
+    pub const TEST_ADDRS: &str = "MPATH_TEST_ADDRS";
+    pub const BUCKETS: &str = "MPATH_BUCKETS";
+    pub const COUNTERS: &str = "MPATH_COUNTERS";
+    pub const SETTINGS: &str = "MPATH_SETTINGS";
+    pub const PROBE_REPLIES: &str = "MPATH_PROBE_REPLIES";
+    pub const LAST_REPLY: &str = "MPATH_LAST_REPLY";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// TC egress (tcx) program that spreads outbound flows.
+    pub const SPREAD: &str = "mpath_spread";
+    /// XDP program that matches probe replies.
+    pub const PROBE_RX: &str = "mpath_probe_rx";
+}
+
+/// What the datapath knows about one group NIC. Key: the NIC's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NicInfo {
+    /// Index of the NIC's counters in `COUNTERS` and of its last reply in `LAST_REPLY`.
+    pub slot: u32,
+    /// Index of the NIC's group in `BUCKETS`.
+    pub group: u32,
+    /// `NIC_F_*` bits.
+    pub flags: u32,
+    /// IPv4 test address (network order); meaningful with `NIC_F_TEST_V4`.
+    pub test_v4: [u8; 4],
+    /// IPv6 test address, the NIC's link-local one; meaningful with `NIC_F_TEST_V6`.
+    pub test_v6: [u8; 16],
+    /// The NIC's MAC, written as source into packets redirected to it.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// The NIC has an IPv4 test address and probes from it.
+pub const NIC_F_TEST_V4: u32 = 1 << 0;
+/// The NIC probes over IPv6 from its link-local address.
+pub const NIC_F_TEST_V6: u32 = 1 << 1;
+
+/// One bucket of a group's spreading table: the NIC that carries the flows hashing here.
+/// Key: `group * BUCKETS_PER_GROUP + bucket`. An all-zero entry (ifindex 0) means "leave the
+/// packet where the kernel routed it".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub ifindex: u32,
+    /// Source MAC written into packets redirected to this NIC.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Why the XDP program refused a packet that looked like a reply to one of mpathd's probes.
+/// Values index `NicCounters::rejected`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The frame ends before the headers or the probe payload do.
+    Truncated = 0,
+    /// An IP fragment: probes are never fragmented, so a fragment is not trusted.
+    Fragmented = 1,
+    /// Sent to an address other than this NIC's test address.
+    WrongDestination = 2,
+    /// The payload names another NIC: the reply came in on the wrong one.
+    WrongNic = 3,
+    /// The payload carries another run's nonce (stale or forged).
+    WrongNonce = 4,
+    /// Lengths, magic or sequence fields do not add up.
+    Malformed = 5,
+    /// The ICMP checksum does not match.
+    BadChecksum = 6,
+}
+
+impl RejectReason {
+    pub const COUNT: usize = 7;
+    pub const ALL: [RejectReason; Self::COUNT] = [
+        RejectReason::Truncated,
+        RejectReason::Fragmented,
+        RejectReason::WrongDestination,
+        RejectReason::WrongNic,
+        RejectReason::WrongNonce,
+        RejectReason::Malformed,
+        RejectReason::BadChecksum,
+    ];
+
+    /// Label used in views and metrics.
+    pub const fn label(self) -> &'static str {
+        match self {
+            RejectReason::Truncated => "truncated",
+            RejectReason::Fragmented => "fragmented",
+            RejectReason::WrongDestination => "wrong_destination",
+            RejectReason::WrongNic => "wrong_nic",
+            RejectReason::WrongNonce => "wrong_nonce",
+            RejectReason::Malformed => "malformed",
+            RejectReason::BadChecksum => "bad_checksum",
+        }
+    }
+}
+
+/// Per-NIC, per-CPU counters. Index: the NIC's slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NicCounters {
+    /// Packets and bytes that left through this NIC after spreading.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Packets the kernel routed to this NIC that spreading sent out through another one.
+    pub redirected_packets: u64,
+    pub redirected_bytes: u64,
+    /// Everything received on this NIC.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Probe replies matched and handed to mpathd.
+    pub probe_replies: u64,
+    /// Matched replies that could not be queued because the ring buffer was full.
+    pub probe_replies_lost: u64,
+    /// Rejected probe replies, by `RejectReason`.
+    pub rejected: [u64; RejectReason::COUNT],
+}
+
+impl NicCounters {
+    /// Sums the per-CPU copies of one NIC's counters.
+    pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a NicCounters>) -> NicCounters {
+        let mut total = NicCounters::default();
+        for c in per_cpu {
+            total.tx_packets += c.tx_packets;
+            total.tx_bytes += c.tx_bytes;
+            total.redirected_packets += c.redirected_packets;
+            total.redirected_bytes += c.redirected_bytes;
+            total.rx_packets += c.rx_packets;
+            total.rx_bytes += c.rx_bytes;
+            total.probe_replies += c.probe_replies;
+            total.probe_replies_lost += c.probe_replies_lost;
+            for (t, r) in total.rejected.iter_mut().zip(c.rejected.iter()) {
+                *t += r;
+            }
+        }
+        total
+    }
+}
+
+/// Datapath-wide settings written by mpathd. Index 0 of `SETTINGS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Random per-run value every probe carries; replies with another value are rejected.
+    pub nonce: u64,
+}
+
+/// The payload of every probe, echoed back by the target. Native byte order: only this
+/// host writes and reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbePayload {
+    pub magic: u32,
+    /// ifindex of the NIC the probe left through.
+    pub ifindex: u32,
+    pub nonce: u64,
+    /// Full sequence number; the ICMP header carries its low 16 bits.
+    pub seq: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC nanoseconds when mpathd sent the probe.
+    pub sent_ns: u64,
+}
+
+/// Length of a probe's ICMP message: the 8-byte echo header and the payload.
+pub const PROBE_ICMP_LEN: usize = 8 + core::mem::size_of::<ProbePayload>();
+
+/// A matched probe reply, queued in `PROBE_REPLIES` and kept as `LAST_REPLY` of its NIC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeReply {
+    pub ifindex: u32,
+    pub seq: u32,
+    /// 4 or 6.
+    pub family: u32,
+    pub _pad: u32,
+    /// The replying target; IPv4 in the first 4 bytes.
+    pub target: [u8; 16],
+    /// From the payload: when mpathd sent the probe (CLOCK_MONOTONIC ns).
+    pub sent_ns: u64,
+    /// When XDP saw the reply (bpf_ktime_get_ns, CLOCK_MONOTONIC ns).
+    pub received_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all these types are repr(C), made of integers and byte arrays with explicit
+    // padding fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for NicInfo {}
+    unsafe impl aya::Pod for Bucket {}
+    unsafe impl aya::Pod for NicCounters {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for ProbeReply {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<NicInfo>(), 4 * 3 + 4 + 16 + 8);
+        assert_eq!(size_of::<Bucket>(), 12);
+        assert_eq!(size_of::<NicCounters>(), 8 * (8 + RejectReason::COUNT));
+        assert_eq!(size_of::<ProbePayload>(), 32);
+        assert_eq!(size_of::<ProbeReply>(), 16 + 16 + 16);
+        assert_eq!(PROBE_ICMP_LEN, 40);
+    }
+
+    #[test]
+    fn reject_reasons_index_their_counters() {
+        for (i, r) in RejectReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[test]
+    fn counters_sum_over_cpus() {
+        let mut a = NicCounters {
+            tx_packets: 2,
+            rx_bytes: 100,
+            ..Default::default()
+        };
+        a.rejected[RejectReason::WrongNonce as usize] = 1;
+        let mut b = a;
+        b.rejected[RejectReason::Truncated as usize] = 3;
+        let s = NicCounters::sum([&a, &b]);
+        assert_eq!(s.tx_packets, 4);
+        assert_eq!(s.rx_bytes, 200);
+        assert_eq!(s.rejected[RejectReason::WrongNonce as usize], 2);
+        assert_eq!(s.rejected[RejectReason::Truncated as usize], 3);
+    }
+}

@@ -1,0 +1,355 @@
+//! Loads mpath's eBPF programs, attaches them to group NICs and pins everything under one
+//! bpffs directory, so that a restarted mpathd re-attaches to the running datapath instead of
+//! tearing it down.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/mpath`):
+//! `v1/maps/<MAP>` and `v1/links/{tc,xdp}-<ifindex>`. The layout version is part of the path:
+//! aya adopts a pinned map without checking its layout.
+
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
+    },
+};
+use mpath_common::{PIN_LAYOUT_VERSION, program_names};
+
+use crate::maps::{Maps, MapsError};
+
+/// The eBPF object built by build.rs from the `mpath-ebpf` crate.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mpath"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is not on a BPF filesystem and bpffs could not be mounted at /sys/fs/bpf: {source}; \
+         mount it with `mount -t bpf bpf /sys/fs/bpf` or set bpf_pin_dir to a directory on bpffs"
+    )]
+    NoBpffs { path: PathBuf, source: io::Error },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("pinned link {path}: {source}")]
+    Link { path: PathBuf, source: LinkError },
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
+    move |source| DatapathError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The loaded programs, their maps and the NICs they are attached to.
+pub struct Datapath {
+    ebpf: Ebpf,
+    dir: PathBuf,
+    pub maps: Maps,
+    /// Attached NICs by ifindex: their pinned tc and XDP links.
+    attached: BTreeMap<u32, (PinnedLink, PinnedLink)>,
+}
+
+impl Datapath {
+    /// Loads the programs, reusing the maps pinned under `pin_root` (so their contents, such as
+    /// bucket tables and counters, survive a restart) or pinning new ones there.
+    pub fn open(pin_root: &Path) -> Result<Self, DatapathError> {
+        ensure_bpffs(pin_root)?;
+        let dir = pin_root.join(PIN_LAYOUT_VERSION);
+        for sub in ["maps", "links"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(io_err(&path))?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(dir.join("maps"))
+            .load(EBPF_OBJECT)?;
+        spread_program(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                name: program_names::SPREAD,
+                source,
+            })?;
+        probe_program(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                name: program_names::PROBE_RX,
+                source,
+            })?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Datapath {
+            ebpf,
+            dir,
+            maps,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// The probe-reply program, for running it on crafted packets (BPF_PROG_TEST_RUN) in
+    /// tests and benchmarks.
+    pub fn probe_rx(&mut self) -> Result<&mut Xdp, DatapathError> {
+        probe_program(&mut self.ebpf)
+    }
+
+    /// The directory holding this datapath's pins.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Attaches both programs to the NIC `ifname`. A link already pinned for it (left by an
+    /// earlier mpathd) is updated in place to the freshly loaded program: the NIC is never
+    /// without a program, not even for a packet.
+    pub fn attach(&mut self, ifname: &str) -> Result<u32, DatapathError> {
+        let ifindex = ifindex_of(ifname)?;
+        let tc_path = self.link_path("tc", ifindex);
+        let xdp_path = self.link_path("xdp", ifindex);
+
+        let tc = {
+            let prog = spread_program(&mut self.ebpf)?;
+            let program = |source| DatapathError::Program {
+                name: program_names::SPREAD,
+                source,
+            };
+            let id = match pinned_link(&tc_path)? {
+                Some(link) => prog
+                    .attach_to_link(SchedClassifierLink::try_from(link).map_err(|e| {
+                        DatapathError::Link {
+                            path: tc_path.clone(),
+                            source: e,
+                        }
+                    })?)
+                    .map_err(program)?,
+                None => prog
+                    .attach_with_options(
+                        ifname,
+                        TcAttachType::Egress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(program)?,
+            };
+            FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|e| {
+                DatapathError::Link {
+                    path: tc_path.clone(),
+                    source: e,
+                }
+            })?
+        };
+        let xdp = {
+            let prog = probe_program(&mut self.ebpf)?;
+            let program = |source| DatapathError::Program {
+                name: program_names::PROBE_RX,
+                source,
+            };
+            let id = match pinned_link(&xdp_path)? {
+                Some(link) => prog
+                    .attach_to_link(XdpLink::try_from(link).map_err(|e| DatapathError::Link {
+                        path: xdp_path.clone(),
+                        source: e,
+                    })?)
+                    .map_err(program)?,
+                None => prog
+                    .attach_to_if_index(ifindex, XdpMode::Default)
+                    .map_err(program)?,
+            };
+            FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|e| {
+                DatapathError::Link {
+                    path: xdp_path.clone(),
+                    source: e,
+                }
+            })?
+        };
+        let tc = pin(tc, &tc_path)?;
+        let xdp = pin(xdp, &xdp_path)?;
+        self.attached.insert(ifindex, (tc, xdp));
+        Ok(ifindex)
+    }
+
+    /// Detaches both programs from a NIC and removes its pins. A NIC that is gone or was
+    /// never attached is not an error: its links went with it.
+    pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.attached.remove(&ifindex);
+        for kind in ["tc", "xdp"] {
+            let path = self.link_path(kind, ifindex);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// ifindexes of NICs that have pinned links, attached by this or an earlier mpathd.
+    pub fn pinned_nics(&self) -> Result<Vec<u32>, DatapathError> {
+        pinned_nics(&self.dir.join("links"))
+    }
+
+    fn link_path(&self, kind: &str, ifindex: u32) -> PathBuf {
+        self.dir.join("links").join(format!("{kind}-{ifindex}"))
+    }
+}
+
+/// Removes every pin of the datapath under `pin_root`: links (which detaches the programs
+/// from their NICs once nothing else holds them) and maps. Used when mpath is taken off a
+/// host; a daemon restart never does this.
+pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
+    let dir = pin_root.join(PIN_LAYOUT_VERSION);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    }
+    // Drop the (now empty) pin root too, unless something else lives there.
+    match fs::remove_dir(pin_root) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty) => {
+            Ok(())
+        }
+        Err(e) => Err(io_err(pin_root)(e)),
+    }
+}
+
+fn pinned_nics(links: &Path) -> Result<Vec<u32>, DatapathError> {
+    let entries = match fs::read_dir(links) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(links)(e)),
+    };
+    let mut nics = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(links))?;
+        let name = entry.file_name();
+        if let Some(ifindex) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("tc-"))
+            .and_then(|i| i.parse().ok())
+        {
+            nics.push(ifindex);
+        }
+    }
+    nics.sort_unstable();
+    Ok(nics)
+}
+
+fn spread_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
+    program(ebpf, program_names::SPREAD)
+}
+
+fn probe_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+    program(ebpf, program_names::PROBE_RX)
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::Program {
+            name,
+            source: ProgramError::UnexpectedProgramType,
+        })?;
+    prog.try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// Opens the link pinned at `path`, if there is one.
+fn pinned_link(path: &Path) -> Result<Option<FdLink>, DatapathError> {
+    match PinnedLink::from_pin(path) {
+        Ok(link) => Ok(Some(link.into())),
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(source) => Err(DatapathError::Link {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Pins a link at `path`, replacing an older pin of the same link.
+fn pin(link: FdLink, path: &Path) -> Result<PinnedLink, DatapathError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(path)(e)),
+    }
+    link.pin(path).map_err(|e| DatapathError::Io {
+        path: path.to_owned(),
+        source: io::Error::other(e),
+    })
+}
+
+/// The ifindex of `ifname` in this thread's network namespace.
+pub fn ifindex_of(ifname: &str) -> Result<u32, DatapathError> {
+    let c = CString::new(ifname).map_err(|_| DatapathError::NoSuchInterface(ifname.into()))?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(DatapathError::NoSuchInterface(ifname.into())),
+        i => Ok(i),
+    }
+}
+
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statfs fills `buf`; `c` is a valid path string.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(buf.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure `pin_root` lies on a bpffs, mounting one at /sys/fs/bpf when the pin root is
+/// below it and nothing is mounted there yet (as on a fresh machine).
+pub fn ensure_bpffs(pin_root: &Path) -> Result<(), DatapathError> {
+    let existing = pin_root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(existing).map_err(io_err(existing))? {
+        return Ok(());
+    }
+    let mount_point = Path::new("/sys/fs/bpf");
+    let no_bpffs = |source| DatapathError::NoBpffs {
+        path: pin_root.to_owned(),
+        source,
+    };
+    if !pin_root.starts_with(mount_point) {
+        return Err(no_bpffs(io::Error::other("the pin directory is not below /sys/fs/bpf")));
+    }
+    // SAFETY: constant, NUL-terminated arguments.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(no_bpffs(io::Error::last_os_error()));
+    }
+    Ok(())
+}

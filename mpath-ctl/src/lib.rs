@@ -1,0 +1,4 @@
+//! mpathd and mpathctl: the userspace half of mpath.
+pub mod datapath;
+pub mod maps;
+pub mod spread;

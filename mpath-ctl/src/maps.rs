@@ -1,0 +1,223 @@
+//! Typed access to the datapath's maps, whether mpathd loaded them or they are only pinned
+//! (`mpathctl maps` reads them with no daemon running).
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use mpath_common::{
+    BUCKETS_PER_GROUP, Bucket, MAX_GROUPS, NicCounters, NicInfo, ProbeReply, Settings, map_names,
+};
+
+use crate::spread::Table;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("BPF map {name} is missing from the eBPF object")]
+    Missing { name: &'static str },
+    #[error("cannot open pinned BPF map {path}: {source} (is mpathd's datapath loaded?)")]
+    Pin { path: PathBuf, source: MapError },
+    #[error("BPF map {name}: {source}")]
+    Map { name: &'static str, source: MapError },
+    #[error("group id {0} is out of range (at most {MAX_GROUPS} groups)")]
+    GroupOutOfRange(u32),
+}
+
+/// The maps shared with the programs (see mpath-ebpf's `maps` module for what each holds).
+pub struct Maps {
+    pub nics: HashMap<MapData, u32, NicInfo>,
+    pub test_addrs: HashMap<MapData, [u8; 4], u32>,
+    pub buckets: Array<MapData, Bucket>,
+    pub counters: PerCpuArray<MapData, NicCounters>,
+    pub settings: Array<MapData, Settings>,
+    pub last_reply: Array<MapData, ProbeReply>,
+    /// Taken by the daemon's reply reader; `None` once taken.
+    pub probe_replies: Option<RingBuf<MapData>>,
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(|source| MapsError::Map { name, source })
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing { name }))
+    }
+
+    /// Opens the maps pinned in `maps_dir`.
+    pub fn open_pinned(maps_dir: &Path) -> Result<Self, MapsError> {
+        Self::build(|name| {
+            let path = maps_dir.join(name);
+            MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .map_err(|source| MapsError::Pin { path, source })
+        })
+    }
+
+    fn build(mut get: impl FnMut(&'static str) -> Result<Map, MapsError>) -> Result<Self, MapsError> {
+        use map_names::*;
+        Ok(Maps {
+            nics: typed(NICS, get(NICS)?)?,
+            test_addrs: typed(TEST_ADDRS, get(TEST_ADDRS)?)?,
+            buckets: typed(BUCKETS, get(BUCKETS)?)?,
+            counters: typed(COUNTERS, get(COUNTERS)?)?,
+            settings: typed(SETTINGS, get(SETTINGS)?)?,
+            last_reply: typed(LAST_REPLY, get(LAST_REPLY)?)?,
+            probe_replies: Some(typed(PROBE_REPLIES, get(PROBE_REPLIES)?)?),
+        })
+    }
+
+    /// Group NICs known to the datapath, by ifindex.
+    pub fn nics(&self) -> Result<Vec<(u32, NicInfo)>, MapsError> {
+        let mut all = self
+            .nics
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| MapsError::Map {
+                name: map_names::NICS,
+                source,
+            })?;
+        all.sort_by_key(|(ifindex, _)| *ifindex);
+        Ok(all)
+    }
+
+    pub fn set_nic(&mut self, ifindex: u32, info: NicInfo) -> Result<(), MapsError> {
+        self.nics
+            .insert(ifindex, info, 0)
+            .map_err(|source| MapsError::Map {
+                name: map_names::NICS,
+                source,
+            })
+    }
+
+    /// Forgets a NIC; a NIC that was not there is not an error.
+    pub fn remove_nic(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        match self.nics.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(MapsError::Map {
+                name: map_names::NICS,
+                source,
+            }),
+        }
+    }
+
+    pub fn set_test_address(&mut self, addr: Ipv4Addr, ifindex: u32) -> Result<(), MapsError> {
+        self.test_addrs
+            .insert(addr.octets(), ifindex, 0)
+            .map_err(|source| MapsError::Map {
+                name: map_names::TEST_ADDRS,
+                source,
+            })
+    }
+
+    pub fn remove_test_address(&mut self, addr: Ipv4Addr) -> Result<(), MapsError> {
+        match self.test_addrs.remove(&addr.octets()) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(MapsError::Map {
+                name: map_names::TEST_ADDRS,
+                source,
+            }),
+        }
+    }
+
+    /// Reads a group's spreading table.
+    pub fn table(&self, group: u32) -> Result<Table, MapsError> {
+        let first = first_bucket(group)?;
+        let mut table = [0u32; BUCKETS_PER_GROUP as usize];
+        for (i, slot) in table.iter_mut().enumerate() {
+            *slot = self
+                .buckets
+                .get(&(first + i as u32), 0)
+                .map_err(|source| MapsError::Map {
+                    name: map_names::BUCKETS,
+                    source,
+                })?
+                .ifindex;
+        }
+        Ok(table)
+    }
+
+    /// Writes a group's spreading table, touching only buckets whose owner changes, so flows
+    /// on the other buckets never see a transient value.
+    pub fn write_table(
+        &mut self,
+        group: u32,
+        table: &Table,
+        mac_of: impl Fn(u32) -> [u8; 6],
+    ) -> Result<usize, MapsError> {
+        let first = first_bucket(group)?;
+        let current = self.table(group)?;
+        let mut written = 0;
+        for (i, (&old, &new)) in current.iter().zip(table).enumerate() {
+            if old == new {
+                continue;
+            }
+            let bucket = Bucket {
+                ifindex: new,
+                mac: if new == 0 { [0; 6] } else { mac_of(new) },
+                _pad: [0; 2],
+            };
+            self.buckets
+                .set(first + i as u32, bucket, 0)
+                .map_err(|source| MapsError::Map {
+                    name: map_names::BUCKETS,
+                    source,
+                })?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    /// A NIC's counters, summed over CPUs.
+    pub fn counters(&self, slot: u32) -> Result<NicCounters, MapsError> {
+        let per_cpu = self
+            .counters
+            .get(&slot, 0)
+            .map_err(|source| MapsError::Map {
+                name: map_names::COUNTERS,
+                source,
+            })?;
+        Ok(NicCounters::sum(per_cpu.iter()))
+    }
+
+    pub fn settings(&self) -> Result<Settings, MapsError> {
+        self.settings.get(&0, 0).map_err(|source| MapsError::Map {
+            name: map_names::SETTINGS,
+            source,
+        })
+    }
+
+    pub fn set_settings(&mut self, settings: Settings) -> Result<(), MapsError> {
+        self.settings
+            .set(0, settings, 0)
+            .map_err(|source| MapsError::Map {
+                name: map_names::SETTINGS,
+                source,
+            })
+    }
+
+    /// The last matched probe reply of a NIC; `None` before its first.
+    pub fn last_reply(&self, slot: u32) -> Result<Option<ProbeReply>, MapsError> {
+        let reply = self
+            .last_reply
+            .get(&slot, 0)
+            .map_err(|source| MapsError::Map {
+                name: map_names::LAST_REPLY,
+                source,
+            })?;
+        Ok((reply.ifindex != 0).then_some(reply))
+    }
+}
+
+fn first_bucket(group: u32) -> Result<u32, MapsError> {
+    if group >= MAX_GROUPS {
+        return Err(MapsError::GroupOutOfRange(group));
+    }
+    Ok(group * BUCKETS_PER_GROUP)
+}

@@ -1,0 +1,53 @@
+//! The maps mpathd and the programs share. All are pinned by name, so a restarted mpathd
+//! adopts the running datapath (and its state) instead of building a new one.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use mpath_common::{
+    BUCKETS_PER_GROUP, Bucket, MAX_GROUPS, MAX_NICS, MAX_TEST_ADDRESSES, NicCounters, NicInfo,
+    PROBE_RING_BYTES, ProbeReply, Settings,
+};
+
+/// Group NICs by ifindex. A NIC missing here is not mpath's: both programs leave its packets
+/// alone.
+#[map(name = "MPATH_NICS")]
+pub static NICS: HashMap<u32, NicInfo> = HashMap::pinned(MAX_NICS, 0);
+
+/// IPv4 test address (network order) -> ifindex of the NIC it belongs to. Packets from a
+/// test address must leave through that NIC, whatever the routing or the spreading says.
+#[map(name = "MPATH_TEST_ADDRS")]
+pub static TEST_ADDRS: HashMap<[u8; 4], u32> = HashMap::pinned(MAX_TEST_ADDRESSES, 0);
+
+/// Spreading tables of all groups, `BUCKETS_PER_GROUP` entries per group, indexed by
+/// `group * BUCKETS_PER_GROUP + flow hash % BUCKETS_PER_GROUP`. mpathd fills them with the
+/// group's usable NICs, moving as few buckets as possible when that set changes.
+#[map(name = "MPATH_BUCKETS")]
+pub static BUCKETS: Array<Bucket> = Array::pinned(MAX_GROUPS * BUCKETS_PER_GROUP, 0);
+
+/// Per-NIC counters, per CPU so the hot path needs no atomics. Index: `NicInfo::slot`.
+#[map(name = "MPATH_COUNTERS")]
+pub static COUNTERS: PerCpuArray<NicCounters> = PerCpuArray::pinned(MAX_NICS, 0);
+
+/// Datapath-wide settings (one entry): the probe nonce of the running mpathd.
+#[map(name = "MPATH_SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+/// Matched probe replies, in arrival order, for mpathd to consume.
+#[map(name = "MPATH_PROBE_REPLIES")]
+pub static PROBE_REPLIES: RingBuf = RingBuf::pinned(PROBE_RING_BYTES, 0);
+
+/// The last matched reply of each NIC (index: slot), for inspection with `mpathctl maps`
+/// without consuming the ring buffer.
+#[map(name = "MPATH_LAST_REPLY")]
+pub static LAST_REPLY: Array<ProbeReply> = Array::pinned(MAX_NICS, 0);
+
+/// Runs `f` on this CPU's counters of the NIC in `slot`.
+#[inline(always)]
+pub fn count(slot: u32, f: impl FnOnce(&mut NicCounters)) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU map value; programs on this CPU do not run concurrently with us.
+        f(unsafe { &mut *c });
+    }
+}

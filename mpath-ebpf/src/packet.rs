@@ -1,0 +1,75 @@
+//! Header layouts and the one bounds-checked way the programs touch packet memory.
+
+use core::mem::size_of;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPV6_HLEN: usize = 40;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// Big-endian EtherType.
+    pub proto: [u8; 2],
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub version_class_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+#[repr(C)]
+pub struct Ipv6FragHdr {
+    pub next_header: u8,
+    pub reserved: u8,
+    /// Offset (13 bits, in 8-byte units) and the more-fragments flag (lowest bit).
+    pub offset_flags: [u8; 2],
+    pub id: [u8; 4],
+}
+
+/// ICMP and ICMPv6 echo header: the two share this layout.
+#[repr(C)]
+pub struct IcmpEcho {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub id: [u8; 2],
+    pub seq: [u8; 2],
+}
+
+/// Returns a pointer to a `T` at `offset` bytes into the packet `[start, end)`, or `None`
+/// when the packet is too short.
+///
+/// Every packet read goes through here, so the verifier sees one bounds check per access.
+#[inline(always)]
+pub fn at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
+    let ptr = start + offset;
+    if ptr + size_of::<T>() > end {
+        return None;
+    }
+    Some(ptr as *const T)
+}

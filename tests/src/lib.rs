@@ -1,0 +1,46 @@
+//! What mpath's integration tests share: private bpffs pin directories and crafted packets.
+
+pub mod packets;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// A pin directory of its own for one test's datapath, removed with everything pinned in it
+/// when dropped (also when the test panics), so tests run in parallel and leave nothing behind.
+pub struct PinDir(PathBuf);
+
+/// Prefix of every test pin directory under /sys/fs/bpf; the test runner checks none is left.
+pub const PIN_DIR_PREFIX: &str = "mpath-test-";
+
+impl PinDir {
+    pub fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/{PIN_DIR_PREFIX}{}-{n}",
+            std::process::id()
+        ));
+        mpath_ctl::datapath::ensure_bpffs(&dir).expect("bpffs at /sys/fs/bpf");
+        PinDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = mpath_ctl::datapath::teardown(&self.0) {
+            eprintln!("removing {}: {e}", self.0.display());
+        }
+    }
+}
