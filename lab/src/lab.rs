@@ -2,19 +2,23 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::Netns;
+use crate::netns::{Netns, link_flags, run_output, word_after};
 use crate::{BRIDGE, NAMESPACE_PREFIX, ROUTER_NIC, ROUTER_V4, ROUTER_V6};
 
 /// The switch-side port of the router's veth.
 const ROUTER_PORT: &str = "sr0";
+/// How long a carrier change may take to reach the host NIC and the bridge port.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// nftables table (bridge family, switch namespace) holding the silently dropped ports.
 const DROP_TABLE: &str = "mpath_lab";
+/// Creates [`DROP_TABLE`]: frames from or to a port in its set `dropped` are dropped.
 const DROP_RULESET: &str = "table bridge mpath_lab {
   set dropped { type ifname; }
   chain forward { type filter hook forward priority 0; iifname @dropped drop; oifname @dropped drop; }
@@ -173,6 +177,7 @@ impl Lab {
         self.switch
             .ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
         self.host.ip(&["link", "set", &nic, "up"])?;
+        self.wait_until_forwarding(&self.host, &nic, &port)?;
         Ok(nic)
     }
 
@@ -196,17 +201,21 @@ impl Lab {
     }
 
     /// Carrier loss seen by the host: the switch port goes down, so `nic` shows NO-CARRIER.
+    /// Returns once the host NIC's operational state has left UP (netlink has told).
     pub fn cut(&self, nic: &str) -> Result<()> {
         let port = self.switch_port(nic)?;
         self.switch.ip(&["link", "set", &port, "down"])?;
-        Ok(())
+        settle(&format!("{nic} to lose its carrier"), || {
+            Ok(self.host.operstate(nic)? != "UP")
+        })
     }
 
-    /// Undoes [`Lab::cut`]: the port forwards again at once (STP is off).
+    /// Undoes [`Lab::cut`]. Returns once frames flow again (STP is off, so the port forwards
+    /// at once), unless the host NIC itself is administratively down.
     pub fn restore(&self, nic: &str) -> Result<()> {
         let port = self.switch_port(nic)?;
         self.switch.ip(&["link", "set", &port, "up"])?;
-        Ok(())
+        self.wait_until_forwarding(&self.host, nic, &port)
     }
 
     /// Cuts and restores `nic` `times` times, down for half of `period` and up for the other
@@ -314,6 +323,34 @@ impl Lab {
             .with_context(|| format!("bad counter in {counter}: {text:?}"))
     }
 
+    /// Waits for what the kernel does asynchronously (in linkwatch) after a link comes up:
+    /// until then `ifname` in `netns` drops what it sends and its bridge `port` does not
+    /// forward. An administratively down `ifname` is not waited for.
+    fn wait_until_forwarding(&self, netns: &Netns, ifname: &str, port: &str) -> Result<()> {
+        settle(&format!("{ifname} to forward through the switch"), || {
+            let link = netns.link_line(ifname)?;
+            let admin_up = link_flags(&link).is_some_and(|flags| flags.contains(&"UP"));
+            if !admin_up {
+                return Ok(true);
+            }
+            if word_after(&link, "state") != Some("UP") {
+                return Ok(false);
+            }
+            let bridge_port = run_output(
+                Command::new("bridge").args([
+                    "-n",
+                    self.switch.name(),
+                    "link",
+                    "show",
+                    "dev",
+                    port,
+                ]),
+                None,
+            )?;
+            Ok(word_after(&bridge_port, "state") == Some("forwarding"))
+        })
+    }
+
     fn set_up_switch(&self) -> Result<()> {
         // The switch is a layer-2 device: no IPv6 of its own, so no router solicitations or
         // MLD reports from it show up on the host NICs.
@@ -358,6 +395,7 @@ impl Lab {
         self.switch
             .ip(&["link", "set", ROUTER_PORT, "master", BRIDGE, "up"])?;
         self.router.ip(&["link", "set", ROUTER_NIC, "up"])?;
+        self.wait_until_forwarding(&self.router, ROUTER_NIC, ROUTER_PORT)?;
         let defaults = [format!("{ROUTER_V4}/24"), format!("{ROUTER_V6}/64")];
         for cidr in defaults.iter().chain(extra_addrs) {
             add_addr(&self.router, ROUTER_NIC, cidr)?;
@@ -412,6 +450,18 @@ fn no_dad_sysctls() -> [(&'static str, &'static str); 4] {
         ("ipv6/conf/all/dad_transmits", "0"),
         ("ipv6/conf/default/dad_transmits", "0"),
     ]
+}
+
+/// Polls `done` until it holds, failing after [`SETTLE_TIMEOUT`].
+fn settle(what: &str, done: impl Fn() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while !done()? {
+        if Instant::now() > deadline {
+            bail!("timed out after {SETTLE_TIMEOUT:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 fn write_sysctls(netns: &Netns, settings: &[(&str, &str)]) -> Result<()> {

@@ -72,7 +72,7 @@ pub fn leftover_namespaces() -> Vec<String> {
 }
 
 /// Deletes lab namespaces whose creating process is gone (killed before its labs could
-/// drop), killing whatever still runs in them, and returns their names. Labs of running
+/// drop), killing whatever still runs in them, and returns the names this call removed. Labs of running
 /// processes are left alone.
 pub fn remove_stale_namespaces() -> Result<Vec<String>> {
     let stale: Vec<String> = leftover_namespaces()
@@ -83,10 +83,16 @@ pub fn remove_stale_namespaces() -> Result<Vec<String>> {
             })
         })
         .collect();
-    for name in &stale {
-        netns::remove_namespace(name)?;
+    let mut removed = Vec::new();
+    for name in stale {
+        match netns::remove_namespace(&name) {
+            Ok(()) => removed.push(name),
+            // Another process cleaning up at the same time got there first.
+            Err(_) if !netns::netns_path(&name).exists() => {}
+            Err(error) => return Err(error),
+        }
     }
-    Ok(stale)
+    Ok(removed)
 }
 
 /// The PID part of `mpl-PID-...`.

@@ -141,12 +141,18 @@ exec "$@""#,
     /// Whether `ifname` has carrier (LOWER_UP), as the daemon sees it through netlink.
     pub fn has_carrier(&self, ifname: &str) -> Result<bool> {
         let line = self.link_line(ifname)?;
-        let flags = line
-            .split_once('<')
-            .and_then(|(_, rest)| rest.split_once('>'))
-            .map(|(flags, _)| flags)
+        let flags = link_flags(&line)
             .with_context(|| format!("no link flags in `ip link` output for {ifname}: {line}"))?;
-        Ok(flags.split(',').any(|flag| flag == "LOWER_UP"))
+        Ok(flags.contains(&"LOWER_UP"))
+    }
+
+    /// The operational state of `ifname` (`UP`, `LOWERLAYERDOWN`, `DOWN`, ...), which the
+    /// kernel updates asynchronously after a carrier change.
+    pub fn operstate(&self, ifname: &str) -> Result<String> {
+        let line = self.link_line(ifname)?;
+        word_after(&line, "state")
+            .map(str::to_string)
+            .with_context(|| format!("no state in `ip link` output for {ifname}: {line}"))
     }
 
     /// The one-line `ip -o link show dev IFNAME` description.
@@ -194,6 +200,20 @@ fn setns(namespace: &File) -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// The flags of iproute2's link line (`<BROADCAST,MULTICAST,UP,LOWER_UP>`).
+pub(crate) fn link_flags(line: &str) -> Option<Vec<&str>> {
+    let (_, rest) = line.split_once('<')?;
+    let (flags, _) = rest.split_once('>')?;
+    Some(flags.split(',').collect())
+}
+
+/// The word following `key` in iproute2's one-line output (`... state UP ...`).
+pub(crate) fn word_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let mut words = line.split_whitespace();
+    words.find(|word| *word == key)?;
+    words.next()
 }
 
 pub(crate) fn netns_path(name: &str) -> PathBuf {

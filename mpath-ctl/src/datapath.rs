@@ -222,7 +222,12 @@ pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
     // Drop the (now empty) pin root too, unless something else lives there.
     match fs::remove_dir(pin_root) {
         Ok(()) => Ok(()),
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
             Ok(())
         }
         Err(e) => Err(io_err(pin_root)(e)),
@@ -263,12 +268,10 @@ fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, D
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::Program {
-            name,
-            source: ProgramError::UnexpectedProgramType,
-        })?;
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
+        name,
+        source: ProgramError::UnexpectedProgramType,
+    })?;
     prog.try_into()
         .map_err(|source| DatapathError::Program { name, source })
 }
@@ -277,9 +280,7 @@ where
 fn pinned_link(path: &Path) -> Result<Option<FdLink>, DatapathError> {
     match PinnedLink::from_pin(path) {
         Ok(link) => Ok(Some(link.into())),
-        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => {
-            Ok(None)
-        }
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(DatapathError::Link {
             path: path.to_owned(),
             source,
@@ -336,7 +337,9 @@ pub fn ensure_bpffs(pin_root: &Path) -> Result<(), DatapathError> {
         source,
     };
     if !pin_root.starts_with(mount_point) {
-        return Err(no_bpffs(io::Error::other("the pin directory is not below /sys/fs/bpf")));
+        return Err(no_bpffs(io::Error::other(
+            "the pin directory is not below /sys/fs/bpf",
+        )));
     }
     // SAFETY: constant, NUL-terminated arguments.
     let rc = unsafe {

@@ -20,7 +20,10 @@ pub enum MapsError {
     #[error("cannot open pinned BPF map {path}: {source} (is mpathd's datapath loaded?)")]
     Pin { path: PathBuf, source: MapError },
     #[error("BPF map {name}: {source}")]
-    Map { name: &'static str, source: MapError },
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
     #[error("group id {0} is out of range (at most {MAX_GROUPS} groups)")]
     GroupOutOfRange(u32),
 }
@@ -60,7 +63,9 @@ impl Maps {
         })
     }
 
-    fn build(mut get: impl FnMut(&'static str) -> Result<Map, MapsError>) -> Result<Self, MapsError> {
+    fn build(
+        mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
+    ) -> Result<Self, MapsError> {
         use map_names::*;
         Ok(Maps {
             nics: typed(NICS, get(NICS)?)?,

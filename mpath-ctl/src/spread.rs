@@ -110,7 +110,11 @@ mod tests {
         let t3 = rebalance(&t2, &[10, 11, 12]);
         let s = shares(&t3);
         assert!(s[&12] == 85 || s[&12] == 86, "{s:?}");
-        assert_eq!(moved(&t2, &t3), s[&12], "only buckets given to the new NIC move");
+        assert_eq!(
+            moved(&t2, &t3),
+            s[&12],
+            "only buckets given to the new NIC move"
+        );
         for (a, b) in t2.iter().zip(&t3) {
             assert!(a == b || *b == 12);
         }
@@ -136,6 +140,10 @@ mod tests {
     fn stable_when_nothing_changes_and_deterministic() {
         let t = rebalance(&[0; 256], &[3, 1, 2]);
         assert_eq!(rebalance(&t, &[1, 2, 3]), t);
-        assert_eq!(rebalance(&[0; 256], &[1, 2, 3, 3]), t, "order and duplicates do not matter");
+        assert_eq!(
+            rebalance(&[0; 256], &[1, 2, 3, 3]),
+            t,
+            "order and duplicates do not matter"
+        );
     }
 }

@@ -66,7 +66,11 @@ mod tests {
         for bit in 0..(40 * 8) {
             let mut bad = msg;
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert_ne!(fold(add_words(0, &bad)), 0xffff, "flip of bit {bit} not caught");
+            assert_ne!(
+                fold(add_words(0, &bad)),
+                0xffff,
+                "flip of bit {bit} not caught"
+            );
         }
     }
 

@@ -78,7 +78,6 @@ impl Rig {
         self.run_on(IFINDEX, frame)
     }
 
-
     fn queued(&mut self) -> Vec<ProbeReply> {
         let ring = self.datapath.maps.probe_replies.as_mut().unwrap();
         let mut out = Vec::new();
@@ -98,7 +97,10 @@ impl Rig {
         let after = self.datapath.maps.counters(SLOT).unwrap();
         for r in RejectReason::ALL {
             let expected = before.rejected[r as usize] + u64::from(r == reason);
-            assert_eq!(after.rejected[r as usize], expected, "counter {r:?} for {reason:?}");
+            assert_eq!(
+                after.rejected[r as usize], expected,
+                "counter {r:?} for {reason:?}"
+            );
         }
         assert_eq!(after.probe_replies, before.probe_replies);
         assert!(self.queued().is_empty(), "{reason:?}: nothing queued");
@@ -108,7 +110,10 @@ impl Rig {
 #[test]
 fn matches_good_ipv4_and_ipv6_replies_and_drops_them() {
     let mut rig = Rig::new();
-    assert_eq!(rig.run(&Reply::new(IFINDEX, NONCE, 7).v4(TARGET_V4, TEST_V4)), XDP_DROP);
+    assert_eq!(
+        rig.run(&Reply::new(IFINDEX, NONCE, 7).v4(TARGET_V4, TEST_V4)),
+        XDP_DROP
+    );
     assert_eq!(
         rig.run(&Reply::new(IFINDEX, NONCE, 70_001).v6(TARGET_V6, TEST_V6)),
         XDP_DROP
@@ -120,7 +125,10 @@ fn matches_good_ipv4_and_ipv6_replies_and_drops_them() {
     assert_eq!(&v4.target[..4], &TARGET_V4.octets());
     assert_eq!(v4.sent_ns, 1_000_000);
     assert!(v4.received_ns > 0, "stamped with kernel time");
-    assert_eq!((v6.seq, v6.family, v6.target), (70_001, 6, TARGET_V6.octets()));
+    assert_eq!(
+        (v6.seq, v6.family, v6.target),
+        (70_001, 6, TARGET_V6.octets())
+    );
     assert!(v6.received_ns >= v4.received_ns);
 
     let counters = rig.datapath.maps.counters(SLOT).unwrap();
@@ -142,9 +150,15 @@ fn rejects_every_bad_kind_by_reason() {
     rig.assert_rejected(&wrong_nic, RejectReason::WrongNic);
 
     let data_address = Ipv4Addr::new(192, 0, 2, 19);
-    rig.assert_rejected(&good().v4(TARGET_V4, data_address), RejectReason::WrongDestination);
+    rig.assert_rejected(
+        &good().v4(TARGET_V4, data_address),
+        RejectReason::WrongDestination,
+    );
     let other_v6 = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x99);
-    rig.assert_rejected(&good().v6(TARGET_V6, other_v6), RejectReason::WrongDestination);
+    rig.assert_rejected(
+        &good().v6(TARGET_V6, other_v6),
+        RejectReason::WrongDestination,
+    );
 
     let full = good().v4(TARGET_V4, TEST_V4);
     rig.assert_rejected(&full[..full.len() - 1], RejectReason::Truncated);
@@ -169,7 +183,10 @@ fn rejects_every_bad_kind_by_reason() {
     rig.assert_rejected(&bad_magic.v4(TARGET_V4, TEST_V4), RejectReason::Malformed);
     let mut seq_mismatch = good();
     seq_mismatch.payload.seq += 1;
-    rig.assert_rejected(&seq_mismatch.v4(TARGET_V4, TEST_V4), RejectReason::Malformed);
+    rig.assert_rejected(
+        &seq_mismatch.v4(TARGET_V4, TEST_V4),
+        RejectReason::Malformed,
+    );
     let mut padded = full.clone();
     padded.extend_from_slice(&[0; 4]);
     padded[14 + 3] += 4; // IPv4 total length claims the 4 extra bytes

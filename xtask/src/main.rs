@@ -1,1 +1,71 @@
-fn main(){}
+//! mpath's developer commands: `cargo xtask setup | test | demo`.
+
+mod demo;
+mod setup;
+mod suite;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "mpath's set-up, test, demo and benchmark commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build needs when it is missing (nightly rust-src, LLVM, bpf-linker).
+    Setup,
+    /// Set up, then run every test of the workspace, the privileged lab tests included.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and show mpathd keeping a lab host reachable through a NIC failure.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Test { args } => {
+            setup::run()?;
+            suite::run(&args)
+        }
+        Cmd::Demo => {
+            setup::run()?;
+            demo::run()
+        }
+    }
+}
+
+/// Runs a command, inheriting stdio; fails naming the command when it fails.
+fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its standard output; fails naming the command when it fails.
+fn capture(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

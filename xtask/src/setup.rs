@@ -1,0 +1,151 @@
+//! Installs what building mpath's eBPF programs needs, skipping what is already there:
+//! the nightly toolchain with rust-src, the Debian LLVM whose major version matches that
+//! nightly's, bpf-linker built against it, and the tools the lab tests use.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{capture, exec};
+
+/// Debian packages the lab tests and the demo drive (iproute2, nftables).
+const LAB_PACKAGES: &[&str] = &["iproute2", "nftables"];
+
+pub fn run() -> anyhow::Result<()> {
+    ensure_nightly()?;
+    let llvm = nightly_llvm_major()?;
+    let mut packages: Vec<String> = [
+        format!("llvm-{llvm}-dev"),
+        format!("libpolly-{llvm}-dev"),
+        "zlib1g-dev".into(),
+        "libzstd-dev".into(),
+    ]
+    .into();
+    packages.extend(LAB_PACKAGES.iter().map(|p| p.to_string()));
+    ensure_debian_packages(&packages)?;
+    ensure_bpf_linker(llvm)?;
+    Ok(())
+}
+
+fn ensure_nightly() -> anyhow::Result<()> {
+    let toolchains = capture(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is needed to build the eBPF programs; install it from rustup.rs")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("setup: installing the nightly toolchain with rust-src");
+        return exec(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]));
+    }
+    let installed = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: adding rust-src to the nightly toolchain");
+        exec(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// The LLVM major version of the nightly rustc: bpf-linker must be built against the same.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let version = capture(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    parse_llvm_major(&version)
+        .with_context(|| format!("no LLVM version in `rustc +nightly -vV`:\n{version}"))
+}
+
+fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
+    rustc_vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse().ok())
+}
+
+fn ensure_debian_packages(packages: &[String]) -> anyhow::Result<()> {
+    let missing: Vec<&String> = packages
+        .iter()
+        .filter(|p| {
+            capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", p.as_str()]))
+                .map(|s| s != "install ok installed")
+                .unwrap_or(true)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new("/usr/bin/apt-get").exists() {
+        bail!("missing packages: {list}; install them by hand as root: apt-get install {list}");
+    }
+    eprintln!("setup: installing {list}");
+    exec(Command::new("apt-get").arg("update").arg("-q"))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(missing.iter().map(|s| s.as_str()))
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Installs bpf-linker unless one linked against LLVM `llvm` is on the PATH.
+fn ensure_bpf_linker(llvm: u32) -> anyhow::Result<()> {
+    if let Ok(path) = capture(Command::new("sh").args(["-c", "command -v bpf-linker"])) {
+        let libs = capture(Command::new("ldd").arg(path.trim())).unwrap_or_default();
+        if libs.contains(&format!("libLLVM.so.{llvm}")) || libs.contains(&format!("libLLVM-{llvm}"))
+        {
+            return Ok(());
+        }
+        eprintln!(
+            "setup: {} is not built against LLVM {llvm}; rebuilding it",
+            path.trim()
+        );
+    }
+    eprintln!("setup: building bpf-linker against LLVM {llvm} (a few minutes)");
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{llvm}"))
+            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_llvm_major_from_rustc_version() {
+        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\n\
+                  host: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
+        assert_eq!(parse_llvm_major(vv), Some(22));
+        assert_eq!(parse_llvm_major("rustc 1.0\n"), None);
+    }
+}

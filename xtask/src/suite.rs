@@ -1,0 +1,43 @@
+//! Runs every test of the workspace, then checks that the tests left no lab namespace and no
+//! pinned BPF object behind.
+
+use std::{fs, process::Command};
+
+use anyhow::bail;
+
+use crate::exec;
+
+/// Prefix of the tests' private pin directories under /sys/fs/bpf (see mpath-tests).
+const TEST_PIN_PREFIX: &str = "mpath-test-";
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let tests = exec(
+        Command::new(env!("CARGO"))
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(args),
+    );
+    let leftovers = leftovers();
+    tests?;
+    if !leftovers.is_empty() {
+        bail!("the tests left behind: {}", leftovers.join(", "));
+    }
+    eprintln!("xtask: no lab namespace or pinned object left behind");
+    Ok(())
+}
+
+fn leftovers() -> Vec<String> {
+    let mut left: Vec<String> = mpath_lab::leftover_namespaces()
+        .into_iter()
+        .map(|ns| format!("network namespace {ns}"))
+        .collect();
+    if let Ok(entries) = fs::read_dir("/sys/fs/bpf") {
+        left.extend(
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(TEST_PIN_PREFIX))
+                .map(|n| format!("pin directory /sys/fs/bpf/{n}")),
+        );
+    }
+    left
+}
