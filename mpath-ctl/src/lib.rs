@@ -2,4 +2,6 @@
 pub mod config;
 pub mod datapath;
 pub mod maps;
+pub mod probe;
 pub mod spread;
+pub mod target;

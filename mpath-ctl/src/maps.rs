@@ -103,13 +103,7 @@ impl Maps {
 
     /// Forgets a NIC; a NIC that was not there is not an error.
     pub fn remove_nic(&mut self, ifindex: u32) -> Result<(), MapsError> {
-        match self.nics.remove(&ifindex) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(MapsError::Map {
-                name: map_names::NICS,
-                source,
-            }),
-        }
+        absent_is_ok(self.nics.remove(&ifindex), map_names::NICS)
     }
 
     pub fn set_test_address(&mut self, addr: Ipv4Addr, ifindex: u32) -> Result<(), MapsError> {
@@ -122,13 +116,10 @@ impl Maps {
     }
 
     pub fn remove_test_address(&mut self, addr: Ipv4Addr) -> Result<(), MapsError> {
-        match self.test_addrs.remove(&addr.octets()) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(MapsError::Map {
-                name: map_names::TEST_ADDRS,
-                source,
-            }),
-        }
+        absent_is_ok(
+            self.test_addrs.remove(&addr.octets()),
+            map_names::TEST_ADDRS,
+        )
     }
 
     /// Reads a group's spreading table.
@@ -217,6 +208,15 @@ impl Maps {
                 source,
             })?;
         Ok((reply.ifindex != 0).then_some(reply))
+    }
+}
+
+/// Deleting a key that is not there (ENOENT) leaves the map as wanted.
+fn absent_is_ok(result: Result<(), MapError>, name: &'static str) -> Result<(), MapsError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(MapsError::Map { name, source }),
     }
 }
 

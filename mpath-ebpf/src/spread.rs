@@ -7,12 +7,10 @@
 //! itself in the bucket and lets the packet go.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
-    helpers::{bpf_get_hash_recalc, bpf_redirect},
-    macros::classifier,
-    programs::TcContext,
+    bindings::TC_ACT_UNSPEC, helpers::bpf_redirect, macros::classifier, programs::TcContext,
 };
 use mpath_common::{BUCKETS_PER_GROUP, NicInfo};
+use mpath_ebpf::flow_hash;
 
 use crate::{
     maps::{BUCKETS, NICS, TEST_ADDRS, count},
@@ -70,16 +68,33 @@ fn choose_egress(ctx: &TcContext, nic: &NicInfo) -> Option<Egress> {
     if eth.dst[0] & 1 != 0 {
         return None;
     }
+    // The socket's flow hash when it set one (TCP, connected UDP): free and stable per flow.
+    // SAFETY: the context pointer is valid for the duration of the program.
+    let mut hash = unsafe { (*ctx.skb.skb).hash };
     match u16::from_be_bytes(eth.proto) {
         ETH_P_IPV4 => {
             let ip: *const Ipv4Hdr = at(start, end, ETH_HLEN)?;
-            // SAFETY: bounds checked by `at`; read-only lookups.
-            if let Some(owner) = unsafe { TEST_ADDRS.get((*ip).src) } {
+            // SAFETY: bounds checked by `at`.
+            let ip = unsafe { &*ip };
+            // SAFETY: read-only lookups.
+            if let Some(owner) = unsafe { TEST_ADDRS.get(ip.src) } {
                 let owner_nic = unsafe { NICS.get(*owner) }?;
                 return Some(Egress {
                     ifindex: *owner,
                     mac: owner_nic.mac,
                 });
+            }
+            if hash == 0 {
+                // Ports only when the packet is not a fragment: all pieces of a datagram
+                // must go the same way.
+                let whole = u16::from_be_bytes(ip.frag_off) & 0x3fff == 0;
+                let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
+                let ports = if whole && has_ports(ip.proto) {
+                    ports_at(start, end, ETH_HLEN + ihl)
+                } else {
+                    [0; 4]
+                };
+                hash = flow_hash::v4(ip.src, ip.dst, ip.proto, ports);
             }
         }
         ETH_P_IPV6 => {
@@ -97,14 +112,36 @@ fn choose_egress(ctx: &TcContext, nic: &NicInfo) -> Option<Egress> {
                     return None;
                 }
             }
+            if hash == 0 {
+                let ports = if has_ports(ip.next_header) {
+                    ports_at(start, end, ETH_HLEN + IPV6_HLEN)
+                } else {
+                    [0; 4]
+                };
+                hash = flow_hash::v6(&ip.src, &ip.dst, ip.next_header, ports);
+            }
         }
         _ => return None,
     }
-    // SAFETY: the context pointer is valid for the duration of the program.
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
     let bucket = BUCKETS.get(nic.group * BUCKETS_PER_GROUP + hash % BUCKETS_PER_GROUP)?;
     (bucket.ifindex != 0).then_some(Egress {
         ifindex: bucket.ifindex,
         mac: bucket.mac,
     })
+}
+
+/// TCP, UDP, UDP-Lite and SCTP: protocols whose first four bytes are the port pair.
+#[inline(always)]
+fn has_ports(proto: u8) -> bool {
+    matches!(proto, 6 | 17 | 132 | 136)
+}
+
+/// The port pair at `offset`, or zeros when the packet ends before it.
+#[inline(always)]
+fn ports_at(start: usize, end: usize, offset: usize) -> [u8; 4] {
+    match at::<[u8; 4]>(start, end, offset) {
+        // SAFETY: bounds checked by `at`.
+        Some(p) => unsafe { *p },
+        None => [0; 4],
+    }
 }

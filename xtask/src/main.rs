@@ -28,6 +28,21 @@ enum Cmd {
     },
     /// Set up, build, and show mpathd keeping a lab host reachable through a NIC failure.
     Demo,
+    /// Set up, then run a benchmark (release build) and write its table to BENCHMARKS.md.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum)]
+        which: Benchmark,
+        /// Extra arguments for the benchmark (e.g. `--rounds 3 --seconds 1`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Benchmark {
+    /// Spreading cost per packet against no program and kernel ECMP.
+    Datapath,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +55,28 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => {
             setup::run()?;
             demo::run()
+        }
+        Cmd::Bench { which, args } => {
+            setup::run()?;
+            let name = match which {
+                Benchmark::Datapath => "datapath",
+            };
+            exec(
+                Command::new(env!("CARGO"))
+                    .args([
+                        "run",
+                        "--release",
+                        "--quiet",
+                        "-p",
+                        "mpath-tests",
+                        "--bin",
+                        "mpath-bench",
+                        "--",
+                    ])
+                    .arg(name)
+                    .args(["--out", "BENCHMARKS.md"])
+                    .args(args),
+            )
         }
     }
 }

@@ -8,8 +8,8 @@ use anyhow::{Context as _, bail};
 
 use crate::{capture, exec};
 
-/// Debian packages the lab tests and the demo drive (iproute2, nftables).
-const LAB_PACKAGES: &[&str] = &["iproute2", "nftables"];
+/// Debian packages the lab tests and the demo drive: ip, bridge, nft, ping, nsenter/unshare.
+const LAB_PACKAGES: &[&str] = &["iproute2", "nftables", "iputils-ping", "util-linux"];
 
 pub fn run() -> anyhow::Result<()> {
     ensure_nightly()?;

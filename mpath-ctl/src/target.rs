@@ -1,0 +1,981 @@
+//! Probe targets of one NIC and address family: which hosts to probe, and what to do with a
+//! target that stops answering.
+//!
+//! The order is in.mpathd's: targets the administrator configured, else the on-link routers
+//! the routing table names (host routes the administrator pinned come first), else hosts that
+//! answered an echo to the all-hosts group. A list holds one kind only, and at most
+//! [`MAX_PROBE_TARGETS`] are probed at a time; the rest wait as spares.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use crate::config::IpCidr;
+use crate::probe::NUM_PROBE_FAILS;
+
+/// More targets add probe traffic without making failure detection more reliable.
+pub const MAX_PROBE_TARGETS: usize = 5;
+
+/// With fewer active targets there is too little evidence to call one of them slow, and
+/// this many are brought back at once when none is left active.
+pub(crate) const MIN_PROBE_TARGETS: usize = 3;
+
+/// How long a router set aside stays at each recovery step (dead, then slow) before it is
+/// probed again, so a flapping router does not keep costing probes.
+const RECOVERY_STEP: Duration = Duration::from_secs(60);
+
+/// The address family one prober works in; shown as ipmpstat shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressFamily {
+    Inet,
+    Inet6,
+}
+
+impl AddressFamily {
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::Inet,
+            IpAddr::V6(_) => Self::Inet6,
+        }
+    }
+
+    /// Where discovery echoes go when no router is known: every host on the link answers.
+    pub fn all_nodes(self) -> IpAddr {
+        match self {
+            Self::Inet => IpAddr::V4(Ipv4Addr::new(224, 0, 0, 1)),
+            Self::Inet6 => IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)),
+        }
+    }
+}
+
+impl fmt::Display for AddressFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Inet => "inet",
+            Self::Inet6 => "inet6",
+        })
+    }
+}
+
+/// One route, or one next hop of a multipath route, from the main routing table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub destination: IpCidr,
+    pub gateway: Option<IpAddr>,
+    /// Interface index of the NIC the route goes out of.
+    pub oif: u32,
+}
+
+/// Where a target came from; one list holds one kind only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetSource {
+    Configured,
+    Router,
+    Discovered,
+}
+
+/// A target's standing, as the status views show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetState {
+    /// Probed in turn.
+    Active,
+    /// Known but not probed, because [`MAX_PROBE_TARGETS`] others are.
+    Spare,
+    /// Answers far slower than the others; probed again after a while.
+    Slow,
+    /// Stopped answering while the others answered; probed again after a while.
+    Dead,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetView {
+    pub address: IpAddr,
+    pub source: TargetSource,
+    pub state: TargetState,
+}
+
+/// Why a target was taken out of rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetAsideReason {
+    /// Lost its last [`NUM_PROBE_FAILS`] probes while the NIC's other targets answered.
+    Unresponsive,
+    /// Its RTT bound exceeds the probe interval while every other target is fast.
+    Slow,
+}
+
+/// What happens to a target that was set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetAction {
+    /// A discovered host is dropped and discovery looks for another.
+    Replaced,
+    /// A router or configured target is probed again after at least this long.
+    RetryAfter(Duration),
+}
+
+/// Changes the daemon logs or acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetEvent {
+    SetAside {
+        target: IpAddr,
+        reason: SetAsideReason,
+        action: TargetAction,
+    },
+    /// Every active target lost its latest probes and the NIC lost [`NUM_PROBE_FAILS`] in a
+    /// row. Alone this cannot tell a dead NIC from dead targets: the interface state machine
+    /// compares `first_loss_at` with other NICs' last answers and either fails this NIC over
+    /// or, when all failed together, flushes the targets and rediscovers. Reported once per
+    /// run of losses.
+    AllTargetsLost { first_loss_at: Instant },
+}
+
+/// A target or test address that can never work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error(
+        "IPv6 test address {0} is not link-local: IPv6 probes go out from the NIC's link-local address"
+    )]
+    TestAddressNotLinkLocal(Ipv6Addr),
+    #[error("probe target {target} is not an {family} address")]
+    WrongFamily {
+        target: IpAddr,
+        family: AddressFamily,
+    },
+    #[error("probe target {0} is not a unicast address")]
+    NotUnicast(IpAddr),
+    #[error("probe target {0} is the NIC's own test address")]
+    OwnTestAddress(IpAddr),
+    #[error(
+        "IPv6 probe target {0} is not link-local: probes have hop limit 1 and only reach the link"
+    )]
+    TargetNotLinkLocal(Ipv6Addr),
+    #[error(
+        "probe target {target} is outside the test address's subnet {test_address}: probes have TTL 1 and cannot reach it"
+    )]
+    OffLink {
+        target: IpAddr,
+        test_address: IpCidr,
+    },
+}
+
+/// A target's place in the rotation; routers and configured targets climb back from
+/// `Dead` to `Slow` to `Spare` to `Active` one step per [`RECOVERY_STEP`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Active,
+    Spare,
+    Slow { since: Instant },
+    Dead { since: Instant },
+}
+
+impl Status {
+    fn state(self) -> TargetState {
+        match self {
+            Status::Active => TargetState::Active,
+            Status::Spare => TargetState::Spare,
+            Status::Slow { .. } => TargetState::Slow,
+            Status::Dead { .. } => TargetState::Dead,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    address: IpAddr,
+    source: TargetSource,
+    status: Status,
+    consecutive_losses: u32,
+}
+
+/// The probe targets of one NIC in one address family, with their health.
+#[derive(Debug, Clone)]
+pub struct TargetSet {
+    ifindex: u32,
+    test_address: IpCidr,
+    configured: Vec<IpAddr>,
+    routers: Vec<IpAddr>,
+    targets: Vec<Target>,
+    /// Index where the round-robin search for the next probe target starts.
+    next: usize,
+    nic_consecutive_losses: u32,
+    first_loss_at: Option<Instant>,
+    all_lost_reported: bool,
+    discovery_requested: bool,
+}
+
+impl TargetSet {
+    /// Targets for the NIC with interface index `ifindex` probing from `test_address` (for
+    /// IPv6, the NIC's link-local address).
+    pub fn new(ifindex: u32, test_address: IpCidr) -> Result<Self, TargetError> {
+        if let IpAddr::V6(addr) = test_address.addr()
+            && !addr.is_unicast_link_local()
+        {
+            return Err(TargetError::TestAddressNotLinkLocal(addr));
+        }
+        Ok(Self {
+            ifindex,
+            test_address,
+            configured: Vec::new(),
+            routers: Vec::new(),
+            targets: Vec::new(),
+            next: 0,
+            nic_consecutive_losses: 0,
+            first_loss_at: None,
+            all_lost_reported: false,
+            discovery_requested: false,
+        })
+    }
+
+    pub fn family(&self) -> AddressFamily {
+        AddressFamily::of(self.test_address.addr())
+    }
+
+    pub fn test_address(&self) -> IpCidr {
+        self.test_address
+    }
+
+    /// Sets the administrator's targets; they replace routers and discovered hosts while
+    /// the list is not empty. Targets of the other address family are skipped, since one
+    /// group-level list serves both probers of a NIC.
+    pub fn set_configured(&mut self, targets: &[IpAddr]) -> Result<(), TargetError> {
+        let mut configured = Vec::new();
+        for &target in targets {
+            if AddressFamily::of(target) != self.family() {
+                continue;
+            }
+            self.check_on_link(target)?;
+            if !configured.contains(&target) {
+                configured.push(target);
+            }
+        }
+        self.configured = configured;
+        self.rebuild();
+        Ok(())
+    }
+
+    /// Takes the routers from the routing table: host routes out of this NIC (pinned by the
+    /// administrator) first, then the on-link next hops of routes out of this NIC. Entries
+    /// that cannot be probed (off-link, wrong family, IPv6 not link-local, local addresses)
+    /// are skipped.
+    pub fn update_routes(&mut self, routes: &[RouteEntry], local: &[IpAddr]) {
+        let host_prefix = match self.family() {
+            AddressFamily::Inet => 32,
+            AddressFamily::Inet6 => 128,
+        };
+        let ours = routes.iter().filter(|route| route.oif == self.ifindex);
+        let pinned = ours
+            .clone()
+            .filter(|route| {
+                route.destination.prefix_len() == host_prefix
+                    && route
+                        .gateway
+                        .is_none_or(|gateway| gateway == route.destination.addr())
+            })
+            .map(|route| route.destination.addr());
+        let gateways = ours.filter_map(|route| route.gateway);
+        let mut routers = Vec::new();
+        for candidate in pinned.chain(gateways) {
+            if !local.contains(&candidate)
+                && self.check_on_link(candidate).is_ok()
+                && !routers.contains(&candidate)
+            {
+                routers.push(candidate);
+            }
+        }
+        self.routers = routers;
+        self.rebuild();
+    }
+
+    /// Adds hosts that answered a discovery echo, in the order they answered, until
+    /// [`MAX_PROBE_TARGETS`] are known. Ignored while configured targets or routers exist.
+    /// Returns how many were added.
+    pub fn add_discovered(&mut self, responders: &[IpAddr], local: &[IpAddr]) -> usize {
+        if !self.uses_discovery() {
+            return 0;
+        }
+        let mut added = 0;
+        for &responder in responders {
+            if self.targets.len() >= MAX_PROBE_TARGETS {
+                break;
+            }
+            if local.contains(&responder)
+                || self.check_on_link(responder).is_err()
+                || self.contains(responder)
+            {
+                continue;
+            }
+            self.targets.push(Target {
+                address: responder,
+                source: TargetSource::Discovered,
+                status: Status::Active,
+                consecutive_losses: 0,
+            });
+            added += 1;
+        }
+        added
+    }
+
+    /// Forgets discovered hosts so discovery starts over, as in.mpathd does when all of a
+    /// group's targets fail at once. Routers and configured targets are kept: they come from
+    /// the administrator or the routing table, not from who answered.
+    pub fn flush_discovered(&mut self) {
+        if !self.uses_discovery() {
+            return;
+        }
+        self.targets.clear();
+        self.next = 0;
+        self.reset_nic_health();
+        self.discovery_requested = true;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    pub fn contains(&self, address: IpAddr) -> bool {
+        self.targets.iter().any(|target| target.address == address)
+    }
+
+    /// Targets probed in turn.
+    pub fn active(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.targets
+            .iter()
+            .filter(|target| target.status == Status::Active)
+            .map(|target| target.address)
+    }
+
+    pub fn view(&self) -> Vec<TargetView> {
+        self.targets
+            .iter()
+            .map(|target| TargetView {
+                address: target.address,
+                source: target.source,
+                state: target.status.state(),
+            })
+            .collect()
+    }
+
+    /// The next target in round-robin order. Set-aside routers climb one recovery step when
+    /// the rotation passes them; if nothing is active, the best few are brought back at once
+    /// so probing never stops while targets are known.
+    pub(crate) fn next_target(&mut self, now: Instant) -> Option<IpAddr> {
+        if self.targets.is_empty() {
+            return None;
+        }
+        if self.active_count() == 0 {
+            self.activate_best();
+        }
+        let len = self.targets.len();
+        for step in 0..len {
+            let index = (self.next + step) % len;
+            let room = self.active_count() < MAX_PROBE_TARGETS;
+            let target = &mut self.targets[index];
+            match target.status {
+                Status::Spare if room => target.status = Status::Active,
+                Status::Slow { since } if now >= since + RECOVERY_STEP => {
+                    target.status = Status::Spare;
+                }
+                Status::Dead { since } if now >= since + RECOVERY_STEP => {
+                    target.status = Status::Slow { since: now };
+                }
+                _ => {}
+            }
+            if target.status == Status::Active {
+                self.next = (index + 1) % len;
+                return Some(target.address);
+            }
+        }
+        None
+    }
+
+    /// Whether the daemon should send a discovery echo with this probe: only when the list
+    /// is made of discovered hosts and holds at most one (no resilience), or a host was just
+    /// dropped.
+    pub(crate) fn take_discovery_request(&mut self) -> bool {
+        let wanted =
+            self.uses_discovery() && (self.active_count() <= 1 || self.discovery_requested);
+        self.discovery_requested = false;
+        wanted
+    }
+
+    pub(crate) fn record_answer(&mut self, address: IpAddr) {
+        self.reset_nic_health();
+        if let Some(target) = self.find_mut(address) {
+            target.consecutive_losses = 0;
+        }
+    }
+
+    /// Counts a lost probe; sets the target aside when it alone stopped answering, and
+    /// reports when every target did.
+    pub(crate) fn record_loss(&mut self, address: IpAddr, lost_at: Instant) -> Option<TargetEvent> {
+        self.nic_consecutive_losses += 1;
+        let first_loss_at = *self.first_loss_at.get_or_insert(lost_at);
+        let target_losses = self.find_mut(address).map(|target| {
+            target.consecutive_losses += 1;
+            target.consecutive_losses
+        });
+        if self.nic_consecutive_losses < NUM_PROBE_FAILS {
+            return match target_losses {
+                Some(losses) if losses >= NUM_PROBE_FAILS => {
+                    self.set_aside(address, SetAsideReason::Unresponsive, lost_at)
+                }
+                _ => None,
+            };
+        }
+        let every_target_lost = self
+            .targets
+            .iter()
+            .filter(|target| target.status == Status::Active)
+            .all(|target| target.consecutive_losses > 0);
+        if every_target_lost && !self.all_lost_reported {
+            self.all_lost_reported = true;
+            return Some(TargetEvent::AllTargetsLost { first_loss_at });
+        }
+        None
+    }
+
+    /// Takes a target out of rotation: a discovered host is dropped and replaced, a router
+    /// or configured target waits out its recovery steps.
+    pub(crate) fn set_aside(
+        &mut self,
+        address: IpAddr,
+        reason: SetAsideReason,
+        now: Instant,
+    ) -> Option<TargetEvent> {
+        let index = self.targets.iter().position(|t| t.address == address)?;
+        let action = if self.targets[index].source == TargetSource::Discovered {
+            self.targets.remove(index);
+            if index < self.next {
+                self.next -= 1;
+            }
+            self.next = self.next.checked_rem(self.targets.len()).unwrap_or(0);
+            self.discovery_requested = true;
+            TargetAction::Replaced
+        } else {
+            let target = &mut self.targets[index];
+            target.consecutive_losses = 0;
+            let (status, wait) = match reason {
+                SetAsideReason::Unresponsive => (Status::Dead { since: now }, 2 * RECOVERY_STEP),
+                SetAsideReason::Slow => (Status::Slow { since: now }, RECOVERY_STEP),
+            };
+            target.status = status;
+            TargetAction::RetryAfter(wait)
+        };
+        Some(TargetEvent::SetAside {
+            target: address,
+            reason,
+            action,
+        })
+    }
+
+    fn uses_discovery(&self) -> bool {
+        self.configured.is_empty() && self.routers.is_empty()
+    }
+
+    fn active_count(&self) -> usize {
+        self.active().count()
+    }
+
+    fn find_mut(&mut self, address: IpAddr) -> Option<&mut Target> {
+        self.targets
+            .iter_mut()
+            .find(|target| target.address == address)
+    }
+
+    fn reset_nic_health(&mut self) {
+        self.nic_consecutive_losses = 0;
+        self.first_loss_at = None;
+        self.all_lost_reported = false;
+    }
+
+    /// Rebuilds the list from the highest-priority source that has targets, keeping the
+    /// health of targets that stay.
+    fn rebuild(&mut self) {
+        let (source, wanted) = if !self.configured.is_empty() {
+            (TargetSource::Configured, self.configured.clone())
+        } else if !self.routers.is_empty() {
+            (TargetSource::Router, self.routers.clone())
+        } else {
+            self.targets
+                .retain(|target| target.source == TargetSource::Discovered);
+            self.next = self.next.checked_rem(self.targets.len()).unwrap_or(0);
+            return;
+        };
+        let mut previous = std::mem::take(&mut self.targets);
+        self.targets = wanted
+            .into_iter()
+            .map(|address| {
+                match previous
+                    .iter()
+                    .position(|t| t.address == address && t.source == source)
+                {
+                    Some(index) => previous.swap_remove(index),
+                    None => Target {
+                        address,
+                        source,
+                        status: Status::Spare,
+                        consecutive_losses: 0,
+                    },
+                }
+            })
+            .collect();
+        let mut active = self.active_count();
+        for target in &mut self.targets {
+            if active < MAX_PROBE_TARGETS && target.status == Status::Spare {
+                target.status = Status::Active;
+                active += 1;
+            }
+        }
+        self.next = self.next.checked_rem(self.targets.len()).unwrap_or(0);
+    }
+
+    /// Brings back up to [`MIN_PROBE_TARGETS`] targets when none is active: spares first,
+    /// then slow ones, then dead ones, longest set aside first.
+    fn activate_best(&mut self) {
+        let mut candidates: Vec<usize> = (0..self.targets.len()).collect();
+        candidates.sort_by_key(|&index| match self.targets[index].status {
+            Status::Active | Status::Spare => (0, None),
+            Status::Slow { since } => (1, Some(since)),
+            Status::Dead { since } => (2, Some(since)),
+        });
+        for index in candidates.into_iter().take(MIN_PROBE_TARGETS) {
+            self.targets[index].status = Status::Active;
+        }
+    }
+
+    /// Whether probes with TTL / hop limit 1 from the test address can reach `candidate`.
+    fn check_on_link(&self, candidate: IpAddr) -> Result<(), TargetError> {
+        if candidate == self.test_address.addr() {
+            return Err(TargetError::OwnTestAddress(candidate));
+        }
+        match (self.test_address.addr(), candidate) {
+            (IpAddr::V4(test), IpAddr::V4(ip)) => {
+                if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback()
+                {
+                    return Err(TargetError::NotUnicast(candidate));
+                }
+                if !same_prefix(test, ip, self.test_address.prefix_len()) {
+                    return Err(TargetError::OffLink {
+                        target: candidate,
+                        test_address: self.test_address,
+                    });
+                }
+                Ok(())
+            }
+            (IpAddr::V6(_), IpAddr::V6(ip)) => {
+                if ip.is_unspecified() || ip.is_multicast() {
+                    Err(TargetError::NotUnicast(candidate))
+                } else if !ip.is_unicast_link_local() {
+                    Err(TargetError::TargetNotLinkLocal(ip))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Err(TargetError::WrongFamily {
+                target: candidate,
+                family: self.family(),
+            }),
+        }
+    }
+}
+
+fn same_prefix(a: Ipv4Addr, b: Ipv4Addr, prefix_len: u8) -> bool {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn ips(texts: &[&str]) -> Vec<IpAddr> {
+        texts.iter().map(|text| ip(text)).collect()
+    }
+
+    fn cidr(text: &str, prefix_len: u8) -> IpCidr {
+        IpCidr::new(ip(text), prefix_len).unwrap()
+    }
+
+    const IFINDEX: u32 = 7;
+
+    fn v4_set() -> TargetSet {
+        TargetSet::new(IFINDEX, cidr("192.0.2.21", 24)).unwrap()
+    }
+
+    fn v6_set() -> TargetSet {
+        TargetSet::new(IFINDEX, cidr("fe80::21", 64)).unwrap()
+    }
+
+    fn route(destination: &str, prefix_len: u8, gateway: Option<&str>, oif: u32) -> RouteEntry {
+        RouteEntry {
+            destination: cidr(destination, prefix_len),
+            gateway: gateway.map(ip),
+            oif,
+        }
+    }
+
+    fn active(set: &TargetSet) -> Vec<IpAddr> {
+        set.active().collect()
+    }
+
+    fn state_of(set: &TargetSet, address: &str) -> Option<TargetState> {
+        set.view()
+            .into_iter()
+            .find(|view| view.address == ip(address))
+            .map(|view| view.state)
+    }
+
+    fn rotation(set: &mut TargetSet, now: Instant, probes: usize) -> Vec<IpAddr> {
+        (0..probes).filter_map(|_| set.next_target(now)).collect()
+    }
+
+    #[test]
+    fn ipv6_test_address_must_be_link_local() {
+        assert_eq!(
+            TargetSet::new(IFINDEX, cidr("2001:db8::21", 64)).unwrap_err(),
+            TargetError::TestAddressNotLinkLocal("2001:db8::21".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn cidr_refuses_prefix_longer_than_address() {
+        assert!(IpCidr::new(ip("192.0.2.1"), 33).is_err());
+        assert!(IpCidr::new(ip("fe80::1"), 129).is_err());
+        assert_eq!(cidr("192.0.2.21", 24).to_string(), "192.0.2.21/24");
+    }
+
+    #[test]
+    fn configured_targets_beat_routers_which_beat_discovered_hosts() {
+        let mut set = v4_set();
+        assert_eq!(set.add_discovered(&ips(&["192.0.2.50"]), &[]), 1);
+        assert_eq!(active(&set), ips(&["192.0.2.50"]));
+
+        set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[]);
+        assert_eq!(active(&set), ips(&["192.0.2.1"]), "routers replace hosts");
+        assert_eq!(set.view()[0].source, TargetSource::Router);
+        assert_eq!(set.add_discovered(&ips(&["192.0.2.51"]), &[]), 0);
+
+        set.set_configured(&ips(&["192.0.2.9", "2001:db8::9"]))
+            .unwrap();
+        assert_eq!(
+            active(&set),
+            ips(&["192.0.2.9"]),
+            "configured replace routers"
+        );
+        assert_eq!(set.view()[0].source, TargetSource::Configured);
+
+        set.set_configured(&[]).unwrap();
+        assert_eq!(active(&set), ips(&["192.0.2.1"]), "routers return");
+        set.update_routes(&[], &[]);
+        assert!(
+            set.is_empty(),
+            "discovered hosts were dropped for the routers"
+        );
+    }
+
+    #[test]
+    fn routes_give_pinned_host_routes_then_on_link_gateways_of_this_nic() {
+        let mut set = v4_set();
+        let routes = [
+            route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX),
+            route("198.51.100.0", 24, Some("192.0.2.2"), IFINDEX),
+            route("198.51.100.0", 24, Some("192.0.2.1"), IFINDEX),
+            route("203.0.113.0", 24, Some("192.0.2.3"), IFINDEX + 1),
+            route("203.0.113.0", 24, Some("198.51.100.1"), IFINDEX),
+            route("192.0.2.0", 24, None, IFINDEX),
+            route("192.0.2.40", 32, None, IFINDEX),
+            route("192.0.2.41", 32, Some("192.0.2.41"), IFINDEX),
+            route("192.0.2.19", 32, None, IFINDEX),
+        ];
+        set.update_routes(&routes, &ips(&["192.0.2.19", "192.0.2.21"]));
+        assert_eq!(
+            active(&set),
+            ips(&["192.0.2.40", "192.0.2.41", "192.0.2.1", "192.0.2.2"]),
+            "pinned first, deduplicated, other NICs, off-link gateways and local addresses skipped"
+        );
+    }
+
+    #[test]
+    fn ipv6_routers_must_be_link_local() {
+        let mut set = v6_set();
+        set.update_routes(
+            &[
+                route("::", 0, Some("fe80::1"), IFINDEX),
+                route("2001:db8:1::", 48, Some("2001:db8::1"), IFINDEX),
+                route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX),
+            ],
+            &[],
+        );
+        assert_eq!(active(&set), ips(&["fe80::1"]));
+    }
+
+    #[test]
+    fn at_most_five_targets_are_probed_and_the_rest_are_spares() {
+        let mut set = v4_set();
+        let routes: Vec<RouteEntry> = (1..=7)
+            .map(|n| route(&format!("192.0.2.{}", 100 + n), 32, None, IFINDEX))
+            .collect();
+        set.update_routes(&routes, &[]);
+        assert_eq!(set.active().count(), MAX_PROBE_TARGETS);
+        assert_eq!(state_of(&set, "192.0.2.106"), Some(TargetState::Spare));
+        let now = Instant::now();
+        let probed = rotation(&mut set, now, 10);
+        assert!(!probed.contains(&ip("192.0.2.106")));
+        assert_eq!(&probed[..5], &probed[5..], "round robin over the five");
+    }
+
+    #[test]
+    fn discovery_keeps_first_responders_skips_local_and_caps_at_five() {
+        let mut set = v4_set();
+        let responders = ips(&[
+            "192.0.2.19",
+            "192.0.2.60",
+            "192.0.2.61",
+            "192.0.2.60",
+            "198.51.100.7",
+            "192.0.2.21",
+            "192.0.2.62",
+            "192.0.2.63",
+            "192.0.2.64",
+            "192.0.2.65",
+        ]);
+        assert_eq!(set.add_discovered(&responders, &ips(&["192.0.2.19"])), 5);
+        assert_eq!(
+            active(&set),
+            ips(&[
+                "192.0.2.60",
+                "192.0.2.61",
+                "192.0.2.62",
+                "192.0.2.63",
+                "192.0.2.64"
+            ])
+        );
+    }
+
+    #[test]
+    fn bad_configured_targets_are_refused_with_the_reason() {
+        let mut set = v4_set();
+        assert_eq!(
+            set.set_configured(&ips(&["198.51.100.1"])).unwrap_err(),
+            TargetError::OffLink {
+                target: ip("198.51.100.1"),
+                test_address: cidr("192.0.2.21", 24)
+            }
+        );
+        assert_eq!(
+            set.set_configured(&ips(&["192.0.2.21"])).unwrap_err(),
+            TargetError::OwnTestAddress(ip("192.0.2.21"))
+        );
+        assert_eq!(
+            set.set_configured(&ips(&["224.0.0.1"])).unwrap_err(),
+            TargetError::NotUnicast(ip("224.0.0.1"))
+        );
+        let mut set = v6_set();
+        let error = set.set_configured(&ips(&["2001:db8::1"])).unwrap_err();
+        assert_eq!(
+            error,
+            TargetError::TargetNotLinkLocal("2001:db8::1".parse().unwrap())
+        );
+        assert!(error.to_string().contains("not link-local"));
+        assert!(set.is_empty(), "a refused list changes nothing");
+    }
+
+    #[test]
+    fn discovery_is_requested_only_while_hosts_give_no_resilience() {
+        let mut set = v4_set();
+        assert!(set.take_discovery_request(), "no targets at all");
+        set.add_discovered(&ips(&["192.0.2.60"]), &[]);
+        assert!(set.take_discovery_request(), "a single host");
+        set.add_discovered(&ips(&["192.0.2.61"]), &[]);
+        assert!(!set.take_discovery_request());
+        set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[]);
+        assert!(!set.take_discovery_request(), "never with routers");
+    }
+
+    #[test]
+    fn dead_discovered_host_is_replaced_while_others_answer() {
+        let mut set = v4_set();
+        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61", "192.0.2.62"]), &[]);
+        let _ = set.take_discovery_request();
+        let now = Instant::now();
+        for round in 1..NUM_PROBE_FAILS {
+            assert_eq!(set.record_loss(ip("192.0.2.60"), now), None, "loss {round}");
+            set.record_answer(ip("192.0.2.61"));
+        }
+        assert_eq!(
+            set.record_loss(ip("192.0.2.60"), now),
+            Some(TargetEvent::SetAside {
+                target: ip("192.0.2.60"),
+                reason: SetAsideReason::Unresponsive,
+                action: TargetAction::Replaced,
+            })
+        );
+        assert_eq!(active(&set), ips(&["192.0.2.61", "192.0.2.62"]));
+        assert!(set.take_discovery_request(), "a replacement is looked for");
+    }
+
+    #[test]
+    fn dead_router_is_retried_step_by_step() {
+        let mut set = v4_set();
+        let routes = [
+            route("192.0.2.1", 32, None, IFINDEX),
+            route("192.0.2.2", 32, None, IFINDEX),
+        ];
+        set.update_routes(&routes, &[]);
+        let start = Instant::now();
+        let mut event = None;
+        for _ in 0..NUM_PROBE_FAILS {
+            event = set.record_loss(ip("192.0.2.1"), start);
+            set.record_answer(ip("192.0.2.2"));
+        }
+        assert_eq!(
+            event,
+            Some(TargetEvent::SetAside {
+                target: ip("192.0.2.1"),
+                reason: SetAsideReason::Unresponsive,
+                action: TargetAction::RetryAfter(Duration::from_secs(120)),
+            })
+        );
+        assert_eq!(state_of(&set, "192.0.2.1"), Some(TargetState::Dead));
+        let only_two = ips(&["192.0.2.2"; 4]);
+        assert_eq!(
+            rotation(&mut set, start + Duration::from_secs(59), 4),
+            only_two
+        );
+        let slow_at = start + Duration::from_secs(60);
+        assert_eq!(rotation(&mut set, slow_at, 4), only_two);
+        assert_eq!(state_of(&set, "192.0.2.1"), Some(TargetState::Slow));
+        assert_eq!(
+            rotation(&mut set, slow_at + Duration::from_secs(59), 4),
+            only_two
+        );
+        let back = rotation(&mut set, slow_at + Duration::from_secs(60), 4);
+        assert!(back.contains(&ip("192.0.2.1")), "probed again: {back:?}");
+        assert_eq!(state_of(&set, "192.0.2.1"), Some(TargetState::Active));
+    }
+
+    #[test]
+    fn slow_router_waits_one_step_and_slow_host_is_replaced() {
+        let now = Instant::now();
+        let mut set = v4_set();
+        set.update_routes(&[route("192.0.2.1", 32, None, IFINDEX)], &[]);
+        assert_eq!(
+            set.set_aside(ip("192.0.2.1"), SetAsideReason::Slow, now),
+            Some(TargetEvent::SetAside {
+                target: ip("192.0.2.1"),
+                reason: SetAsideReason::Slow,
+                action: TargetAction::RetryAfter(Duration::from_secs(60)),
+            })
+        );
+        assert_eq!(state_of(&set, "192.0.2.1"), Some(TargetState::Slow));
+
+        let mut set = v4_set();
+        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61"]), &[]);
+        let event = set.set_aside(ip("192.0.2.60"), SetAsideReason::Slow, now);
+        assert!(matches!(
+            event,
+            Some(TargetEvent::SetAside {
+                action: TargetAction::Replaced,
+                ..
+            })
+        ));
+        assert!(!set.contains(ip("192.0.2.60")));
+    }
+
+    #[test]
+    fn nothing_active_brings_the_best_targets_back_at_once() {
+        let start = Instant::now();
+        let mut set = v4_set();
+        set.update_routes(
+            &[
+                route("192.0.2.1", 32, None, IFINDEX),
+                route("192.0.2.2", 32, None, IFINDEX),
+            ],
+            &[],
+        );
+        set.set_aside(ip("192.0.2.1"), SetAsideReason::Unresponsive, start);
+        set.set_aside(ip("192.0.2.2"), SetAsideReason::Slow, start);
+        assert_eq!(set.active().count(), 0);
+        let probed = rotation(&mut set, start + Duration::from_secs(1), 2);
+        assert_eq!(probed.len(), 2, "probing goes on: {probed:?}");
+        assert_eq!(set.active().count(), 2);
+    }
+
+    #[test]
+    fn all_targets_lost_is_reported_once_per_run_of_losses() {
+        let mut set = v4_set();
+        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61", "192.0.2.62"]), &[]);
+        let start = Instant::now();
+        let order = ips(&["192.0.2.60", "192.0.2.61", "192.0.2.62"]);
+        let lose_round = |set: &mut TargetSet, from: Instant| {
+            (0..NUM_PROBE_FAILS as usize + 2)
+                .map(|n| {
+                    let at = from + Duration::from_secs(n as u64);
+                    set.record_loss(order[n % order.len()], at)
+                })
+                .collect::<Vec<_>>()
+        };
+        let events = lose_round(&mut set, start);
+        let expected = TargetEvent::AllTargetsLost {
+            first_loss_at: start,
+        };
+        assert_eq!(events[NUM_PROBE_FAILS as usize - 1], Some(expected));
+        assert_eq!(events.iter().flatten().count(), 1, "{events:?}");
+        assert_eq!(set.active().count(), 3, "no target is blamed");
+
+        set.record_answer(ip("192.0.2.60"));
+        let later = start + Duration::from_secs(100);
+        let events = lose_round(&mut set, later);
+        assert_eq!(
+            events.iter().flatten().collect::<Vec<_>>(),
+            vec![&TargetEvent::AllTargetsLost {
+                first_loss_at: later
+            }]
+        );
+    }
+
+    #[test]
+    fn flush_forgets_discovered_hosts_but_not_routers() {
+        let mut set = v4_set();
+        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61"]), &[]);
+        let _ = set.take_discovery_request();
+        set.flush_discovered();
+        assert!(set.is_empty());
+        assert!(set.take_discovery_request());
+
+        set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[]);
+        set.flush_discovered();
+        assert_eq!(active(&set), ips(&["192.0.2.1"]));
+    }
+
+    #[test]
+    fn route_refresh_keeps_the_health_of_known_routers() {
+        let now = Instant::now();
+        let mut set = v4_set();
+        let routes = [
+            route("192.0.2.1", 32, None, IFINDEX),
+            route("192.0.2.2", 32, None, IFINDEX),
+        ];
+        set.update_routes(&routes, &[]);
+        set.set_aside(ip("192.0.2.1"), SetAsideReason::Unresponsive, now);
+        set.update_routes(&routes, &[]);
+        assert_eq!(state_of(&set, "192.0.2.1"), Some(TargetState::Dead));
+    }
+
+    #[test]
+    fn all_nodes_addresses() {
+        assert_eq!(AddressFamily::Inet.all_nodes(), ip("224.0.0.1"));
+        assert_eq!(AddressFamily::Inet6.all_nodes(), ip("ff02::1"));
+        assert_eq!(AddressFamily::Inet6.to_string(), "inet6");
+    }
+}
