@@ -1,7 +1,9 @@
 //! mpathd and mpathctl: the userspace half of mpath.
 pub mod config;
 pub mod datapath;
+pub mod failover;
 pub mod maps;
 pub mod probe;
 pub mod spread;
+pub mod state;
 pub mod target;

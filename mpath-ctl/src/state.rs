@@ -1,0 +1,2219 @@
+//! Failure and repair detection for IPMP groups, as in.mpathd does it.
+//!
+//! One [`Group`] per IPMP group holds the state of each member NIC and of the group. Everything
+//! that happens arrives as an [`Event`] together with the time it happened
+//! ([`Group::handle`]); the answer is a list of [`Action`]s for the daemon to carry out and log.
+//! Nothing here touches the kernel or reads a clock, so every rule is unit-tested with injected
+//! time. The rules follow illumos in.mpathd (`mpd_probe.c`, `mpd_tables.c`):
+//!
+//! - **Link**: the link (carrier / `RUNNING`) going down fails a NIC at once.
+//! - **Probes**: [`NUM_PROBE_FAILS`] consecutive lost probes fail a NIC. When it probes over
+//!   both IPv4 and IPv6 it fails only when every family that has targets has lost that many.
+//!   Losses reported during the startup quiet period ([`Policy::startup_quiet`], ended early by
+//!   the first reply) are counted but do not fail the NIC until the period is over, so a switch
+//!   port still in spanning-tree learning is not declared failed.
+//! - **Repair**: a probing NIC is repaired after [`NUM_PROBE_REPAIRS`] consecutive replies in
+//!   one family while its link is up; replies and losses seen while the link is down are
+//!   ignored and the counters restart when it goes down. A NIC without a test address is
+//!   repaired when its link comes back, unless the link has come up more than
+//!   [`LINK_UPS_PER_MINUTE`] times within [`FLAP_WINDOW`]: then the repair waits until a
+//!   minute has passed since the link-up before the latest one (in.mpathd's `pi_whenup` ring),
+//!   reported once by [`Action::RepairDeferred`]; [`Group::next_wakeup`] says when to send
+//!   [`Event::Tick`] to complete it.
+//! - **NIC failure or group failure**: when a NIC has lost its probes, in.mpathd asks whether
+//!   any other member has succeeded since this NIC's first loss (a functioning member with its
+//!   link up that has had a reply since then, or that is judged by its link alone). If one has,
+//!   the NIC failed. If none has, all targets stopped answering at once: that is taken as a
+//!   target failure, not a NIC failure. Every functioning member is marked failed with cause
+//!   [`FailureCause::TargetsUnreachable`], the group fails ("nothing moves": with no usable NIC
+//!   there is nowhere to move to) and [`Action::FlushTargets`] tells the prober to drop its
+//!   discovered targets and rediscover (router and configured targets are kept). Members are
+//!   repaired one by one by [`NUM_PROBE_REPAIRS`] replies, exactly as after a NIC failure.
+//! - **Group state**: ok when every member functions, failed when none does, degraded
+//!   otherwise. A configured NIC that is missing counts as not functioning.
+//! - **Active and inactive** (which NICs carry traffic): the group keeps as many active NICs as
+//!   it has non-standby members (at least one). When fewer are active, an inactive functioning
+//!   NIC is activated, a standby first; when more are, an active standby is deactivated.
+//!   A standby is therefore inactive until an active NIC fails and inactive again after
+//!   failback. With `FAILBACK=no` a repaired non-standby NIC becomes inactive, unless the group
+//!   is below its number of active NICs (for example it had failed, or no standby took over):
+//!   then it is active but does not take its addresses back (Oracle's description of
+//!   `FAILBACK=no`; in.mpathd checks only for group failure).
+//! - **Offline/online** (if_mpadm -d/-r): offline is refused when no other member functions
+//!   (when the group has failed, when no other member is present and online). Onlining acts as
+//!   if the NIC were new, so its addresses come back even with `FAILBACK=no`.
+//! - **Appearing/disappearing**: a configured NIC missing from the system is
+//!   [`IfState::Missing`]; when it appears it joins like a new NIC; when it disappears it
+//!   leaves the usable set, so its addresses fail over.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use thiserror::Error;
+
+/// Consecutive lost probes that fail a NIC (in.mpathd `NUM_PROBE_FAILS`).
+pub const NUM_PROBE_FAILS: u32 = 5;
+/// Consecutive answered probes that repair a NIC (in.mpathd `NUM_PROBE_REPAIRS`).
+pub const NUM_PROBE_REPAIRS: u32 = 10;
+/// Link-ups tolerated within [`FLAP_WINDOW`] before repair waits for a stable link
+/// (in.mpathd `LINK_UP_PERMIN`).
+pub const LINK_UPS_PER_MINUTE: usize = 2;
+/// The window over which link-ups are counted for damping.
+pub const FLAP_WINDOW: Duration = Duration::from_secs(60);
+/// in.mpathd's startup quiet period (`FAILURE_DETECTION_QP`), covering spanning-tree learning.
+pub const STARTUP_QUIET_PERIOD: Duration = Duration::from_secs(40);
+
+/// Group-wide settings that change the decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// `FAILBACK`: a repaired NIC takes its data addresses back.
+    pub failback: bool,
+    /// How long after a probing NIC appears lost probes cannot fail it; zero disables it.
+    pub startup_quiet: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            failback: true,
+            startup_quiet: STARTUP_QUIET_PERIOD,
+        }
+    }
+}
+
+/// The address family a probe was sent over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        })
+    }
+}
+
+/// The families a NIC probes over; none means link-based detection only (no test address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProbeFamilies {
+    pub ipv4: bool,
+    pub ipv6: bool,
+}
+
+impl ProbeFamilies {
+    pub const NONE: ProbeFamilies = ProbeFamilies {
+        ipv4: false,
+        ipv6: false,
+    };
+    pub const IPV4: ProbeFamilies = ProbeFamilies {
+        ipv4: true,
+        ipv6: false,
+    };
+    pub const IPV6: ProbeFamilies = ProbeFamilies {
+        ipv4: false,
+        ipv6: true,
+    };
+    pub const BOTH: ProbeFamilies = ProbeFamilies {
+        ipv4: true,
+        ipv6: true,
+    };
+
+    pub fn contains(self, family: Family) -> bool {
+        match family {
+            Family::Ipv4 => self.ipv4,
+            Family::Ipv6 => self.ipv6,
+        }
+    }
+
+    fn any(self) -> bool {
+        self.ipv4 || self.ipv6
+    }
+
+    fn iter(self) -> impl Iterator<Item = Family> {
+        [Family::Ipv4, Family::Ipv6]
+            .into_iter()
+            .filter(move |family| self.contains(*family))
+    }
+}
+
+/// How one member NIC is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    pub name: String,
+    pub standby: bool,
+    pub probe: ProbeFamilies,
+}
+
+/// The verdict on one completed probe, as the prober reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    Answered,
+    Lost,
+}
+
+/// Something that happened to the group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The full picture after a link dump (startup, or a resync after a netlink overrun):
+    /// the members present with their link state (`true` = RUNNING); members not listed are
+    /// missing. Applied as one step, so no transient activation happens in between.
+    Snapshot { present: Vec<(String, bool)> },
+    /// A member NIC exists now (or again). Repeating it for a present NIC is a link report.
+    Appeared { nic: String, link_up: bool },
+    /// A member NIC was removed from the system.
+    Disappeared { nic: String },
+    /// The link (carrier / RUNNING) of a present member changed; repeats are ignored.
+    Link { nic: String, up: bool },
+    /// A probe completed. Ignored while the NIC is offline, missing or its link is down.
+    Probe {
+        nic: String,
+        family: Family,
+        outcome: ProbeOutcome,
+    },
+    /// The prober has (or no longer has) any target for this NIC and family.
+    Targets {
+        nic: String,
+        family: Family,
+        available: bool,
+    },
+    /// Administrative offline (if_mpadm -d).
+    Offline { nic: String },
+    /// Undo an offline (if_mpadm -r).
+    Online { nic: String },
+    /// Time passed; send it at [`Group::next_wakeup`].
+    Tick,
+}
+
+/// Why a NIC was declared failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCause {
+    LinkDown,
+    ProbesLost,
+    /// Every member lost its probes at once: probably the targets, not the NICs.
+    TargetsUnreachable,
+}
+
+/// The state of one member NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfState {
+    /// Configured but not present in the system.
+    Missing,
+    /// Functioning: link up and, if it probes, probes passing (or no targets to tell).
+    Ok,
+    Failed {
+        cause: FailureCause,
+    },
+    /// Administratively offline; `failure` is what detection says underneath (link only, as
+    /// probing stops while offline), applied when it comes back online.
+    Offline {
+        failure: Option<FailureCause>,
+    },
+}
+
+/// Link state as reported by rtnetlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Up,
+    Down,
+    Unknown,
+}
+
+/// Group state (ipmpstat -g STATE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupState {
+    Ok,
+    Degraded,
+    Failed,
+}
+
+/// What the daemon must do or report after an event. [`Action::log_line`] gives the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Appeared {
+        nic: String,
+    },
+    Disappeared {
+        nic: String,
+    },
+    LinkDown {
+        nic: String,
+    },
+    LinkUp {
+        nic: String,
+    },
+    Failed {
+        nic: String,
+        cause: FailureCause,
+    },
+    Repaired {
+        nic: String,
+    },
+    /// The link is flapping; repair waits until `until` (reported once per episode).
+    RepairDeferred {
+        nic: String,
+        until: Instant,
+    },
+    /// All targets stopped answering at once: drop discovered targets of these NICs and
+    /// rediscover (keep router and configured targets).
+    FlushTargets {
+        nics: Vec<String>,
+    },
+    /// An inactive NIC (usually a standby) now carries traffic.
+    Activate {
+        nic: String,
+    },
+    /// A NIC (a standby no longer needed) stops carrying traffic.
+    Deactivate {
+        nic: String,
+    },
+    Offlined {
+        nic: String,
+    },
+    Onlined {
+        nic: String,
+    },
+    GroupFailed,
+    /// The group has a functioning member again; `nic` is the first of them.
+    GroupRepaired {
+        nic: String,
+    },
+    /// The roles of the members changed ([`Group::nic_roles`]): rewrite the bucket table from
+    /// [`Group::usable_interfaces`] and recompute the address placement.
+    UsableSetChanged,
+}
+
+impl Action {
+    /// The line an administrator sees for this action, with in.mpathd's wording where it has
+    /// one; `None` for actions that are only instructions to the daemon.
+    pub fn log_line(&self, group: &str) -> Option<String> {
+        Some(match self {
+            Action::Appeared { nic } => format!("NIC {nic} of group {group} has appeared"),
+            Action::Disappeared { nic } => {
+                format!("NIC {nic} of group {group} has been removed from the system")
+            }
+            Action::LinkDown { nic } => format!("The link has gone down on {nic}"),
+            Action::LinkUp { nic } => format!("The link has come up on {nic}"),
+            // The group-wide FlushTargets line explains these; one line per NIC would call
+            // them NIC failures.
+            Action::Failed {
+                cause: FailureCause::TargetsUnreachable,
+                ..
+            } => return None,
+            Action::Failed { nic, .. } => {
+                format!("NIC failure detected on {nic} of group {group}")
+            }
+            Action::Repaired { nic } => format!("NIC repair detected on {nic} of group {group}"),
+            Action::RepairDeferred { nic, .. } => format!(
+                "The link has come up on {nic} more than {LINK_UPS_PER_MINUTE} times in the \
+                 last minute; disabling repair until it stabilizes"
+            ),
+            Action::FlushTargets { .. } => format!(
+                "All probe targets of group {group} stopped answering at once: treating it as \
+                 a target failure, no failover; flushing and rediscovering probe targets"
+            ),
+            Action::Activate { nic } => format!("NIC {nic} of group {group} is now active"),
+            Action::Deactivate { nic } => format!("NIC {nic} of group {group} is now inactive"),
+            Action::Offlined { nic } => format!("NIC {nic} of group {group} is now offline"),
+            Action::Onlined { nic } => format!("NIC {nic} of group {group} is back online"),
+            Action::GroupFailed => format!("All Interfaces in group {group} have failed"),
+            Action::GroupRepaired { nic } => {
+                format!("At least 1 interface ({nic}) in group {group} is now usable")
+            }
+            Action::UsableSetChanged => return None,
+        })
+    }
+}
+
+/// What a member may do with data addresses, the input of address placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Carries traffic and may host data addresses. `reclaims_home`: its own addresses come
+    /// back to it (false after a repair with `FAILBACK=no`).
+    Active { reclaims_home: bool },
+    /// Functioning but held in reserve: no data addresses, not in the bucket table.
+    Inactive,
+    /// Failed, offline or missing.
+    Unusable,
+}
+
+/// A member and its [`Role`], in configuration order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicRole {
+    pub name: String,
+    pub standby: bool,
+    pub role: Role,
+}
+
+/// Flags as ifconfig showed them on Solaris.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceFlag {
+    Standby,
+    Inactive,
+    Failed,
+    Offline,
+}
+
+/// ipmpstat -i PROBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeStatus {
+    Ok,
+    Failed,
+    /// Probing is configured but cannot tell: no targets, link down, offline or missing.
+    Unknown,
+    /// No test address: link-based detection only.
+    Disabled,
+}
+
+/// ipmpstat -i STATE, plus `missing` for a configured NIC not present in the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InterfaceStatus {
+    Ok,
+    Failed,
+    Offline,
+    /// Functioning as far as the link tells, but probing has no targets to confirm it.
+    Unknown,
+    Missing,
+}
+
+/// One line of the interfaces view (ipmpstat -i).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InterfaceView {
+    pub interface: String,
+    pub group: String,
+    pub active: bool,
+    pub flags: Vec<InterfaceFlag>,
+    pub link: LinkState,
+    pub probe: ProbeStatus,
+    pub state: InterfaceStatus,
+}
+
+/// One line of the groups view (ipmpstat -g; INTERFACES as `active (inactive) [unusable]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupView {
+    pub group: String,
+    pub state: GroupState,
+    pub active: Vec<String>,
+    pub inactive: Vec<String>,
+    pub unusable: Vec<String>,
+}
+
+/// Bad input to the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StateError {
+    #[error("group {group} has no interfaces")]
+    EmptyGroup { group: String },
+    #[error("interface {nic} is listed twice in group {group}")]
+    DuplicateInterface { group: String, nic: String },
+    #[error("group {group} has no interface named {nic}")]
+    UnknownInterface { group: String, nic: String },
+    #[error("interface {nic} of group {group} is not present in the system")]
+    NotPresent { group: String, nic: String },
+    #[error("interface {nic} of group {group} has no {family} test address to probe from")]
+    NotProbing {
+        group: String,
+        nic: String,
+        family: Family,
+    },
+    #[error(
+        "cannot offline {nic}: no other functioning interfaces are in its group {group}, \
+         so offlining it would leave the group without a usable interface"
+    )]
+    LastUsable { group: String, nic: String },
+    #[error("interface {nic} of group {group} is already offline")]
+    AlreadyOffline { group: String, nic: String },
+    #[error("cannot online {nic} of group {group}: it is not offline")]
+    NotOffline { group: String, nic: String },
+}
+
+/// Probe history of one family on one NIC.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProbeStats {
+    lost: u32,
+    answered: u32,
+    /// When the current run of losses began (in.mpathd "time first fail").
+    first_loss: Option<Instant>,
+    /// When the last reply came (in.mpathd "time last success").
+    last_answer: Option<Instant>,
+    has_targets: bool,
+}
+
+impl ProbeStats {
+    /// Forget the history but keep what the prober said about targets.
+    fn clear(&mut self) {
+        *self = ProbeStats {
+            has_targets: self.has_targets,
+            ..ProbeStats::default()
+        };
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Interface {
+    name: String,
+    standby: bool,
+    probe: ProbeFamilies,
+    state: IfState,
+    link: LinkState,
+    /// Functioning but held in reserve (IFF_INACTIVE); only meaningful when functioning.
+    inactive: bool,
+    reclaims_home: bool,
+    ipv4: ProbeStats,
+    ipv6: ProbeStats,
+    quiet_until: Option<Instant>,
+    /// The latest link-ups, oldest first, at most [`LINK_UPS_PER_MINUTE`].
+    link_ups: VecDeque<Instant>,
+    /// A [`Action::RepairDeferred`] was reported for the current flapping episode.
+    repair_deferred: bool,
+}
+
+impl Interface {
+    fn new(config: InterfaceConfig) -> Self {
+        Interface {
+            name: config.name,
+            standby: config.standby,
+            probe: config.probe,
+            state: IfState::Missing,
+            link: LinkState::Unknown,
+            inactive: false,
+            reclaims_home: true,
+            ipv4: ProbeStats::default(),
+            ipv6: ProbeStats::default(),
+            quiet_until: None,
+            link_ups: VecDeque::with_capacity(LINK_UPS_PER_MINUTE),
+            repair_deferred: false,
+        }
+    }
+
+    fn stats(&self, family: Family) -> &ProbeStats {
+        match family {
+            Family::Ipv4 => &self.ipv4,
+            Family::Ipv6 => &self.ipv6,
+        }
+    }
+
+    fn stats_mut(&mut self, family: Family) -> &mut ProbeStats {
+        match family {
+            Family::Ipv4 => &mut self.ipv4,
+            Family::Ipv6 => &mut self.ipv6,
+        }
+    }
+
+    fn clear_probes(&mut self) {
+        self.ipv4.clear();
+        self.ipv6.clear();
+    }
+
+    fn functioning(&self) -> bool {
+        self.state == IfState::Ok
+    }
+
+    fn active(&self) -> bool {
+        self.functioning() && !self.inactive
+    }
+
+    fn present(&self) -> bool {
+        self.state != IfState::Missing
+    }
+
+    fn offline(&self) -> bool {
+        matches!(self.state, IfState::Offline { .. })
+    }
+
+    /// Without a test address, only the link tells whether the NIC works.
+    fn link_judged(&self) -> bool {
+        !self.probe.any()
+    }
+
+    fn has_targets(&self) -> bool {
+        self.probe
+            .iter()
+            .any(|family| self.stats(family).has_targets)
+    }
+
+    /// Every family that has targets lost its last [`NUM_PROBE_FAILS`] probes.
+    fn probes_failed(&self) -> bool {
+        let mut with_targets = self
+            .probe
+            .iter()
+            .map(|family| self.stats(family))
+            .filter(|stats| stats.has_targets)
+            .peekable();
+        with_targets.peek().is_some() && with_targets.all(|stats| stats.lost >= NUM_PROBE_FAILS)
+    }
+
+    /// Some family answered its last [`NUM_PROBE_REPAIRS`] probes.
+    fn probes_repaired(&self) -> bool {
+        self.probe
+            .iter()
+            .any(|family| self.stats(family).answered >= NUM_PROBE_REPAIRS)
+    }
+
+    fn first_loss(&self) -> Option<Instant> {
+        self.probe
+            .iter()
+            .filter_map(|family| self.stats(family).first_loss)
+            .min()
+    }
+
+    fn answered_after(&self, time: Instant) -> bool {
+        self.probe
+            .iter()
+            .filter_map(|family| self.stats(family).last_answer)
+            .any(|answer| answer > time)
+    }
+
+    fn in_quiet_period(&self, now: Instant) -> bool {
+        self.quiet_until.is_some_and(|until| now < until)
+    }
+
+    /// More than [`LINK_UPS_PER_MINUTE`] link-ups within [`FLAP_WINDOW`], counting the ring as
+    /// it stands (in.mpathd checks before recording a new link-up and again on its timer).
+    fn flapping(&self, now: Instant) -> bool {
+        self.link_ups.len() == LINK_UPS_PER_MINUTE
+            && self
+                .link_ups
+                .front()
+                .is_some_and(|oldest| now.saturating_duration_since(*oldest) < FLAP_WINDOW)
+    }
+
+    fn record_link_up(&mut self, now: Instant) {
+        if self.link_ups.len() == LINK_UPS_PER_MINUTE {
+            self.link_ups.pop_front();
+        }
+        self.link_ups.push_back(now);
+    }
+
+    /// When a damped repair becomes possible.
+    fn flap_deadline(&self) -> Option<Instant> {
+        if self.link_ups.len() < LINK_UPS_PER_MINUTE {
+            return None;
+        }
+        self.link_ups.front().map(|oldest| *oldest + FLAP_WINDOW)
+    }
+
+    fn role(&self) -> Role {
+        if !self.functioning() {
+            Role::Unusable
+        } else if self.inactive {
+            Role::Inactive
+        } else {
+            Role::Active {
+                reclaims_home: self.reclaims_home,
+            }
+        }
+    }
+
+    fn view(&self, group: &str) -> InterfaceView {
+        let mut flags = Vec::new();
+        if self.standby {
+            flags.push(InterfaceFlag::Standby);
+        }
+        if self.functioning() && self.inactive {
+            flags.push(InterfaceFlag::Inactive);
+        }
+        if matches!(
+            self.state,
+            IfState::Failed { .. } | IfState::Offline { failure: Some(_) }
+        ) {
+            flags.push(InterfaceFlag::Failed);
+        }
+        if self.offline() {
+            flags.push(InterfaceFlag::Offline);
+        }
+        let probe = if self.link_judged() {
+            ProbeStatus::Disabled
+        } else if self.link != LinkState::Up {
+            ProbeStatus::Unknown
+        } else {
+            match self.state {
+                IfState::Missing | IfState::Offline { .. } => ProbeStatus::Unknown,
+                IfState::Failed { .. } => ProbeStatus::Failed,
+                IfState::Ok if self.has_targets() => ProbeStatus::Ok,
+                IfState::Ok => ProbeStatus::Unknown,
+            }
+        };
+        let state = match self.state {
+            IfState::Missing => InterfaceStatus::Missing,
+            IfState::Offline { .. } => InterfaceStatus::Offline,
+            IfState::Failed { .. } => InterfaceStatus::Failed,
+            IfState::Ok if !self.link_judged() && !self.has_targets() => InterfaceStatus::Unknown,
+            IfState::Ok => InterfaceStatus::Ok,
+        };
+        InterfaceView {
+            interface: self.name.clone(),
+            group: group.to_owned(),
+            active: self.active(),
+            flags,
+            link: self.link,
+            probe,
+            state,
+        }
+    }
+}
+
+/// The state machines of one IPMP group and its members.
+#[derive(Debug, Clone)]
+pub struct Group {
+    name: String,
+    policy: Policy,
+    members: Vec<Interface>,
+    /// "All Interfaces ... have failed" was reported and not yet followed by a repair.
+    failure_reported: bool,
+}
+
+impl Group {
+    /// A group whose members are all [`IfState::Missing`] until an [`Event::Snapshot`] or
+    /// [`Event::Appeared`] says otherwise. Member order is configuration order; it breaks ties.
+    pub fn new(
+        name: impl Into<String>,
+        policy: Policy,
+        interfaces: Vec<InterfaceConfig>,
+    ) -> Result<Self, StateError> {
+        let name = name.into();
+        if interfaces.is_empty() {
+            return Err(StateError::EmptyGroup { group: name });
+        }
+        for (index, config) in interfaces.iter().enumerate() {
+            if interfaces[..index].iter().any(|c| c.name == config.name) {
+                return Err(StateError::DuplicateInterface {
+                    group: name,
+                    nic: config.name.clone(),
+                });
+            }
+        }
+        Ok(Group {
+            name,
+            policy,
+            members: interfaces.into_iter().map(Interface::new).collect(),
+            failure_reported: false,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Apply one event that happened at `now`. On error nothing has changed.
+    pub fn handle(&mut self, event: Event, now: Instant) -> Result<Vec<Action>, StateError> {
+        let roles_before = self.nic_roles();
+        let mut actions = Vec::new();
+        match event {
+            Event::Snapshot { present } => {
+                for (nic, _) in &present {
+                    self.find(nic)?;
+                }
+                for index in 0..self.members.len() {
+                    let reported = present
+                        .iter()
+                        .find(|(nic, _)| *nic == self.members[index].name);
+                    match reported {
+                        Some((_, link_up)) => self.appear(index, *link_up, now, &mut actions),
+                        None => self.disappear(index, &mut actions),
+                    }
+                }
+            }
+            Event::Appeared { nic, link_up } => {
+                let index = self.find(&nic)?;
+                self.appear(index, link_up, now, &mut actions);
+            }
+            Event::Disappeared { nic } => {
+                let index = self.find(&nic)?;
+                self.disappear(index, &mut actions);
+            }
+            Event::Link { nic, up } => {
+                let index = self.find_present(&nic)?;
+                self.link_change(index, up, now, &mut actions);
+            }
+            Event::Probe {
+                nic,
+                family,
+                outcome,
+            } => {
+                let index = self.find_prober(&nic, family)?;
+                self.probe(index, family, outcome, now, &mut actions);
+            }
+            Event::Targets {
+                nic,
+                family,
+                available,
+            } => {
+                let index = self.find_prober(&nic, family)?;
+                let member = &mut self.members[index];
+                let stats = member.stats_mut(family);
+                if available {
+                    stats.has_targets = true;
+                } else {
+                    *stats = ProbeStats::default();
+                }
+                self.check_probe_failure(index, now, &mut actions);
+            }
+            Event::Offline { nic } => {
+                let index = self.find(&nic)?;
+                self.offline(index, &mut actions)?;
+            }
+            Event::Online { nic } => {
+                let index = self.find(&nic)?;
+                self.online(index, &mut actions)?;
+            }
+            Event::Tick => self.tick(now, &mut actions),
+        }
+        self.refresh_activity(&mut actions);
+        self.refresh_group_state(&mut actions);
+        if self.nic_roles() != roles_before {
+            actions.push(Action::UsableSetChanged);
+        }
+        Ok(actions)
+    }
+
+    /// When the daemon should send [`Event::Tick`]: a damped repair or the end of a quiet
+    /// period that holds back a failure is due. `None` when nothing is pending.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.members
+            .iter()
+            .filter_map(|member| match member.state {
+                IfState::Failed { .. } | IfState::Offline { failure: Some(_) }
+                    if member.link_judged() && member.link == LinkState::Up =>
+                {
+                    member.flap_deadline()
+                }
+                IfState::Ok if member.probes_failed() => member.quiet_until,
+                _ => None,
+            })
+            .min()
+    }
+
+    pub fn state(&self) -> GroupState {
+        let functioning = self.members.iter().filter(|m| m.functioning()).count();
+        if functioning == 0 {
+            GroupState::Failed
+        } else if functioning == self.members.len() {
+            GroupState::Ok
+        } else {
+            GroupState::Degraded
+        }
+    }
+
+    /// The NICs that carry traffic (not failed, offline, missing or inactive), in
+    /// configuration order: the contents of the bucket table.
+    pub fn usable_interfaces(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter(|m| m.active())
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+
+    /// Every member with its [`Role`], in configuration order: the input of
+    /// [`crate::failover::plan`].
+    pub fn nic_roles(&self) -> Vec<NicRole> {
+        self.members
+            .iter()
+            .map(|m| NicRole {
+                name: m.name.clone(),
+                standby: m.standby,
+                role: m.role(),
+            })
+            .collect()
+    }
+
+    pub fn interface_state(&self, nic: &str) -> Option<IfState> {
+        self.members.iter().find(|m| m.name == nic).map(|m| m.state)
+    }
+
+    pub fn interface_views(&self) -> Vec<InterfaceView> {
+        self.members.iter().map(|m| m.view(&self.name)).collect()
+    }
+
+    pub fn view(&self) -> GroupView {
+        let names = |keep: fn(&Interface) -> bool| {
+            self.members
+                .iter()
+                .filter(|m| keep(m))
+                .map(|m| m.name.clone())
+                .collect()
+        };
+        GroupView {
+            group: self.name.clone(),
+            state: self.state(),
+            active: names(|m| m.active()),
+            inactive: names(|m| m.functioning() && m.inactive),
+            unusable: names(|m| !m.functioning()),
+        }
+    }
+
+    fn find(&self, nic: &str) -> Result<usize, StateError> {
+        self.members
+            .iter()
+            .position(|m| m.name == nic)
+            .ok_or_else(|| StateError::UnknownInterface {
+                group: self.name.clone(),
+                nic: nic.to_owned(),
+            })
+    }
+
+    fn find_present(&self, nic: &str) -> Result<usize, StateError> {
+        let index = self.find(nic)?;
+        if !self.members[index].present() {
+            return Err(StateError::NotPresent {
+                group: self.name.clone(),
+                nic: nic.to_owned(),
+            });
+        }
+        Ok(index)
+    }
+
+    fn find_prober(&self, nic: &str, family: Family) -> Result<usize, StateError> {
+        let index = self.find(nic)?;
+        if !self.members[index].probe.contains(family) {
+            return Err(StateError::NotProbing {
+                group: self.name.clone(),
+                nic: nic.to_owned(),
+                family,
+            });
+        }
+        Ok(index)
+    }
+
+    fn appear(&mut self, index: usize, link_up: bool, now: Instant, actions: &mut Vec<Action>) {
+        if self.members[index].present() {
+            self.link_change(index, link_up, now, actions);
+            return;
+        }
+        let quiet = self.policy.startup_quiet;
+        let member = &mut self.members[index];
+        member.ipv4 = ProbeStats::default();
+        member.ipv6 = ProbeStats::default();
+        member.quiet_until = (!member.link_judged() && !quiet.is_zero()).then(|| now + quiet);
+        member.inactive = member.standby;
+        member.reclaims_home = true;
+        member.repair_deferred = false;
+        actions.push(Action::Appeared {
+            nic: member.name.clone(),
+        });
+        if link_up {
+            member.link = LinkState::Up;
+            member.state = IfState::Ok;
+        } else {
+            member.link = LinkState::Down;
+            self.fail(index, FailureCause::LinkDown, actions);
+        }
+    }
+
+    fn disappear(&mut self, index: usize, actions: &mut Vec<Action>) {
+        let member = &mut self.members[index];
+        if !member.present() {
+            return;
+        }
+        member.state = IfState::Missing;
+        member.link = LinkState::Unknown;
+        member.inactive = false;
+        member.quiet_until = None;
+        member.clear_probes();
+        actions.push(Action::Disappeared {
+            nic: member.name.clone(),
+        });
+    }
+
+    fn link_change(&mut self, index: usize, up: bool, now: Instant, actions: &mut Vec<Action>) {
+        let member = &mut self.members[index];
+        let link = if up { LinkState::Up } else { LinkState::Down };
+        if member.link == link {
+            return;
+        }
+        member.link = link;
+        let nic = member.name.clone();
+        if !up {
+            // in.mpathd clears the probe history: replies from before the link went down
+            // must not count towards a repair.
+            member.clear_probes();
+            actions.push(Action::LinkDown { nic });
+            match member.state {
+                IfState::Ok => self.fail(index, FailureCause::LinkDown, actions),
+                IfState::Offline { failure: None } => {
+                    member.state = IfState::Offline {
+                        failure: Some(FailureCause::LinkDown),
+                    };
+                }
+                IfState::Missing | IfState::Failed { .. } | IfState::Offline { .. } => {}
+            }
+            return;
+        }
+        actions.push(Action::LinkUp { nic });
+        let flapping = member.flapping(now);
+        member.record_link_up(now);
+        match member.state {
+            IfState::Failed { .. } => self.consider_repair(index, flapping, actions),
+            IfState::Offline { failure: Some(_) } if member.link_judged() && !flapping => {
+                member.state = IfState::Offline { failure: None };
+            }
+            IfState::Missing | IfState::Ok | IfState::Offline { .. } => {}
+        }
+    }
+
+    fn probe(
+        &mut self,
+        index: usize,
+        family: Family,
+        outcome: ProbeOutcome,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let member = &mut self.members[index];
+        let detecting = matches!(member.state, IfState::Ok | IfState::Failed { .. });
+        if !detecting || member.link != LinkState::Up {
+            return;
+        }
+        let stats = member.stats_mut(family);
+        stats.has_targets = true;
+        match outcome {
+            ProbeOutcome::Answered => {
+                stats.answered += 1;
+                stats.lost = 0;
+                stats.first_loss = None;
+                stats.last_answer = Some(now);
+                member.quiet_until = None;
+                if matches!(member.state, IfState::Failed { .. }) {
+                    self.consider_repair(index, false, actions);
+                }
+            }
+            ProbeOutcome::Lost => {
+                stats.lost += 1;
+                stats.answered = 0;
+                stats.first_loss.get_or_insert(now);
+                self.check_probe_failure(index, now, actions);
+            }
+        }
+    }
+
+    /// Decide between NIC failure and group (target) failure once a NIC's probes have failed.
+    fn check_probe_failure(&mut self, index: usize, now: Instant, actions: &mut Vec<Action>) {
+        let member = &self.members[index];
+        if !member.functioning() || member.in_quiet_period(now) || !member.probes_failed() {
+            return;
+        }
+        let Some(first_loss) = member.first_loss() else {
+            return;
+        };
+        let another_works = self.members.iter().enumerate().any(|(other, m)| {
+            other != index
+                && m.functioning()
+                && m.link == LinkState::Up
+                && (m.link_judged() || m.answered_after(first_loss))
+        });
+        if another_works {
+            self.fail(index, FailureCause::ProbesLost, actions);
+            return;
+        }
+        for other in 0..self.members.len() {
+            if self.members[other].functioning() {
+                self.fail(other, FailureCause::TargetsUnreachable, actions);
+            }
+        }
+        let nics = self
+            .members
+            .iter()
+            .filter(|m| m.present() && !m.offline() && !m.link_judged())
+            .map(|m| m.name.clone())
+            .collect();
+        actions.push(Action::FlushTargets { nics });
+    }
+
+    fn consider_repair(&mut self, index: usize, flapping: bool, actions: &mut Vec<Action>) {
+        let member = &mut self.members[index];
+        if member.link != LinkState::Up {
+            return;
+        }
+        let ready = if member.link_judged() {
+            !flapping
+        } else {
+            member.probes_repaired()
+        };
+        if ready {
+            self.repair(index, actions);
+        } else if member.link_judged() && !member.repair_deferred {
+            member.repair_deferred = true;
+            if let Some(until) = member.flap_deadline() {
+                actions.push(Action::RepairDeferred {
+                    nic: member.name.clone(),
+                    until,
+                });
+            }
+        }
+    }
+
+    fn fail(&mut self, index: usize, cause: FailureCause, actions: &mut Vec<Action>) {
+        let member = &mut self.members[index];
+        member.state = IfState::Failed { cause };
+        member.inactive = false;
+        actions.push(Action::Failed {
+            nic: member.name.clone(),
+            cause,
+        });
+    }
+
+    fn repair(&mut self, index: usize, actions: &mut Vec<Action>) {
+        let failback = self.policy.failback;
+        let member = &mut self.members[index];
+        member.state = IfState::Ok;
+        member.repair_deferred = false;
+        // Tentative: refresh_activity activates it if the group is short of active NICs.
+        member.inactive = member.standby || !failback;
+        member.reclaims_home = failback;
+        actions.push(Action::Repaired {
+            nic: member.name.clone(),
+        });
+    }
+
+    fn offline(&mut self, index: usize, actions: &mut Vec<Action>) -> Result<(), StateError> {
+        let group = self.name.clone();
+        let nic = self.members[index].name.clone();
+        match self.members[index].state {
+            IfState::Missing => return Err(StateError::NotPresent { group, nic }),
+            IfState::Offline { .. } => return Err(StateError::AlreadyOffline { group, nic }),
+            IfState::Ok | IfState::Failed { .. } => {}
+        }
+        let group_failed = self.state() == GroupState::Failed;
+        let others_usable = self.members.iter().enumerate().any(|(other, m)| {
+            other != index && (m.functioning() || (group_failed && m.present() && !m.offline()))
+        });
+        if !others_usable {
+            return Err(StateError::LastUsable { group, nic });
+        }
+        let member = &mut self.members[index];
+        let failure = match member.state {
+            IfState::Failed { cause } => Some(cause),
+            _ => None,
+        };
+        member.state = IfState::Offline { failure };
+        member.inactive = false;
+        member.clear_probes();
+        actions.push(Action::Offlined { nic });
+        Ok(())
+    }
+
+    fn online(&mut self, index: usize, actions: &mut Vec<Action>) -> Result<(), StateError> {
+        let member = &mut self.members[index];
+        let IfState::Offline { failure } = member.state else {
+            return Err(StateError::NotOffline {
+                group: self.name.clone(),
+                nic: member.name.clone(),
+            });
+        };
+        member.clear_probes();
+        match failure {
+            Some(cause) => member.state = IfState::Failed { cause },
+            None => {
+                // As if new: a non-standby NIC is active and takes its addresses back.
+                member.state = IfState::Ok;
+                member.inactive = member.standby;
+                member.reclaims_home = true;
+            }
+        }
+        actions.push(Action::Onlined {
+            nic: member.name.clone(),
+        });
+        Ok(())
+    }
+
+    fn tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for index in 0..self.members.len() {
+            let member = &mut self.members[index];
+            let link_repairable = member.link_judged() && member.link == LinkState::Up;
+            match member.state {
+                IfState::Failed { .. } if link_repairable => {
+                    let flapping = member.flapping(now);
+                    self.consider_repair(index, flapping, actions);
+                }
+                IfState::Offline { failure: Some(_) }
+                    if link_repairable && !member.flapping(now) =>
+                {
+                    member.state = IfState::Offline { failure: None };
+                }
+                IfState::Ok => self.check_probe_failure(index, now, actions),
+                IfState::Missing | IfState::Failed { .. } | IfState::Offline { .. } => {}
+            }
+        }
+    }
+
+    /// Keep as many active NICs as there are non-standby members (at least one): activate
+    /// inactive functioning NICs (standbys first) when short, deactivate standbys when over.
+    fn refresh_activity(&mut self, actions: &mut Vec<Action>) {
+        for member in &mut self.members {
+            if !member.functioning() {
+                member.inactive = false;
+            }
+        }
+        let wanted = self.members.iter().filter(|m| !m.standby).count().max(1);
+        let mut active = self.members.iter().filter(|m| m.active()).count();
+        while active < wanted {
+            let candidate = self
+                .members
+                .iter()
+                .position(|m| m.functioning() && m.inactive && m.standby)
+                .or_else(|| {
+                    self.members
+                        .iter()
+                        .position(|m| m.functioning() && m.inactive)
+                });
+            let Some(index) = candidate else { break };
+            self.members[index].inactive = false;
+            actions.push(Action::Activate {
+                nic: self.members[index].name.clone(),
+            });
+            active += 1;
+        }
+        while active > wanted {
+            let Some(index) = self.members.iter().rposition(|m| m.active() && m.standby) else {
+                break;
+            };
+            self.members[index].inactive = true;
+            actions.push(Action::Deactivate {
+                nic: self.members[index].name.clone(),
+            });
+            active -= 1;
+        }
+    }
+
+    fn refresh_group_state(&mut self, actions: &mut Vec<Action>) {
+        let failed = self.state() == GroupState::Failed;
+        if failed && !self.failure_reported {
+            self.failure_reported = true;
+            actions.push(Action::GroupFailed);
+        } else if !failed && self.failure_reported {
+            self.failure_reported = false;
+            if let Some(first) = self.members.iter().find(|m| m.functioning()) {
+                actions.push(Action::GroupRepaired {
+                    nic: first.name.clone(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// in.mpathd's probe interval at the default FDT of 10 s: FDT / (NUM_PROBE_FAILS + 2).
+    const PROBE_INTERVAL: Duration = Duration::from_millis(1428);
+
+    use ProbeOutcome::{Answered, Lost};
+
+    fn nic(name: &str, standby: bool, probe: ProbeFamilies) -> InterfaceConfig {
+        InterfaceConfig {
+            name: name.to_owned(),
+            standby,
+            probe,
+        }
+    }
+
+    fn policy(failback: bool) -> Policy {
+        Policy {
+            failback,
+            startup_quiet: Duration::ZERO,
+        }
+    }
+
+    /// A group driven with injected time; the clock is read once, as an anchor.
+    struct Sim {
+        group: Group,
+        now: Instant,
+    }
+
+    impl Sim {
+        /// All members present with their link up.
+        fn new(policy: Policy, members: Vec<InterfaceConfig>) -> Sim {
+            let present = members.iter().map(|m| (m.name.clone(), true)).collect();
+            let mut sim = Sim {
+                group: Group::new("g0", policy, members).unwrap(),
+                now: Instant::now(),
+            };
+            sim.send(Event::Snapshot { present });
+            sim
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+        }
+
+        fn send(&mut self, event: Event) -> Vec<Action> {
+            self.group.handle(event, self.now).unwrap()
+        }
+
+        fn try_send(&mut self, event: Event) -> Result<Vec<Action>, StateError> {
+            self.group.handle(event, self.now)
+        }
+
+        fn link(&mut self, name: &str, up: bool) -> Vec<Action> {
+            self.send(Event::Link {
+                nic: name.to_owned(),
+                up,
+            })
+        }
+
+        /// One probe interval passes and each listed NIC reports one IPv4 probe.
+        fn round(&mut self, outcomes: &[(&str, ProbeOutcome)]) -> Vec<Action> {
+            self.advance(PROBE_INTERVAL);
+            let mut actions = Vec::new();
+            for (name, outcome) in outcomes {
+                actions.extend(self.send(Event::Probe {
+                    nic: (*name).to_owned(),
+                    family: Family::Ipv4,
+                    outcome: *outcome,
+                }));
+            }
+            actions
+        }
+
+        fn rounds(&mut self, count: usize, outcomes: &[(&str, ProbeOutcome)]) -> Vec<Action> {
+            (0..count).flat_map(|_| self.round(outcomes)).collect()
+        }
+
+        fn tick(&mut self) -> Vec<Action> {
+            self.send(Event::Tick)
+        }
+
+        fn state(&self, name: &str) -> IfState {
+            self.group.interface_state(name).unwrap()
+        }
+
+        fn view(&self, name: &str) -> InterfaceView {
+            self.group
+                .interface_views()
+                .into_iter()
+                .find(|v| v.interface == name)
+                .unwrap()
+        }
+    }
+
+    fn failed(cause: FailureCause) -> IfState {
+        IfState::Failed { cause }
+    }
+
+    fn act(kind: fn(String) -> Action, name: &str) -> Action {
+        kind(name.to_owned())
+    }
+
+    fn repaired(name: String) -> Action {
+        Action::Repaired { nic: name }
+    }
+
+    fn activate(name: String) -> Action {
+        Action::Activate { nic: name }
+    }
+
+    fn deactivate(name: String) -> Action {
+        Action::Deactivate { nic: name }
+    }
+
+    fn count(actions: &[Action], wanted: &Action) -> usize {
+        actions.iter().filter(|a| *a == wanted).count()
+    }
+
+    fn two_link_only() -> Sim {
+        Sim::new(
+            policy(true),
+            vec![
+                nic("h0", false, ProbeFamilies::NONE),
+                nic("h1", false, ProbeFamilies::NONE),
+            ],
+        )
+    }
+
+    fn two_probing(failback: bool) -> Sim {
+        Sim::new(
+            policy(failback),
+            vec![
+                nic("h0", false, ProbeFamilies::IPV4),
+                nic("h1", false, ProbeFamilies::IPV4),
+            ],
+        )
+    }
+
+    fn active_active_standby(failback: bool) -> Sim {
+        Sim::new(
+            policy(failback),
+            vec![
+                nic("h0", false, ProbeFamilies::IPV4),
+                nic("h1", false, ProbeFamilies::IPV4),
+                nic("h2", true, ProbeFamilies::IPV4),
+            ],
+        )
+    }
+
+    /// h0 loses five probes while h1 keeps answering: a NIC failure of h0.
+    fn fail_h0_by_probes(sim: &mut Sim) -> Vec<Action> {
+        sim.rounds(NUM_PROBE_FAILS as usize, &[("h1", Answered), ("h0", Lost)])
+    }
+
+    #[test]
+    fn startup_snapshot_brings_members_up_without_noise() {
+        let sim = active_active_standby(true);
+        assert_eq!(sim.group.state(), GroupState::Ok);
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
+        assert_eq!(sim.state("h2"), IfState::Ok);
+        assert_eq!(
+            sim.view("h2").flags,
+            [InterfaceFlag::Standby, InterfaceFlag::Inactive]
+        );
+        assert_eq!(sim.group.next_wakeup(), None);
+    }
+
+    #[test]
+    fn link_down_fails_a_nic_at_once() {
+        let mut sim = two_link_only();
+        let actions = sim.link("h0", false);
+        assert_eq!(
+            actions,
+            [
+                Action::LinkDown { nic: "h0".into() },
+                Action::Failed {
+                    nic: "h0".into(),
+                    cause: FailureCause::LinkDown
+                },
+                Action::UsableSetChanged,
+            ]
+        );
+        assert_eq!(sim.state("h0"), failed(FailureCause::LinkDown));
+        assert_eq!(sim.group.state(), GroupState::Degraded);
+        assert_eq!(sim.group.usable_interfaces(), ["h1"]);
+        assert_eq!(
+            actions[1].log_line("g0").unwrap(),
+            "NIC failure detected on h0 of group g0"
+        );
+        assert_eq!(
+            actions[0].log_line("g0").unwrap(),
+            "The link has gone down on h0"
+        );
+    }
+
+    #[test]
+    fn repeated_link_reports_change_nothing() {
+        let mut sim = two_link_only();
+        assert!(sim.link("h0", true).is_empty());
+        sim.link("h0", false);
+        assert!(sim.link("h0", false).is_empty());
+        assert!(
+            sim.send(Event::Appeared {
+                nic: "h0".into(),
+                link_up: false
+            })
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn link_only_nic_is_repaired_when_its_link_returns() {
+        let mut sim = two_link_only();
+        sim.link("h0", false);
+        sim.advance(Duration::from_secs(5));
+        let actions = sim.link("h0", true);
+        assert_eq!(count(&actions, &act(repaired, "h0")), 1);
+        assert_eq!(sim.state("h0"), IfState::Ok);
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
+        assert!(actions.contains(&Action::UsableSetChanged));
+        assert_eq!(
+            actions
+                .iter()
+                .find(|a| matches!(a, Action::Repaired { .. }))
+                .and_then(|a| a.log_line("g0"))
+                .unwrap(),
+            "NIC repair detected on h0 of group g0"
+        );
+    }
+
+    #[test]
+    fn four_lost_probes_do_not_fail_a_nic_five_do() {
+        let mut sim = two_probing(true);
+        let actions = sim.rounds(4, &[("h1", Answered), ("h0", Lost)]);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(sim.state("h0"), IfState::Ok);
+        let actions = sim.round(&[("h1", Answered), ("h0", Lost)]);
+        assert_eq!(
+            actions,
+            [
+                Action::Failed {
+                    nic: "h0".into(),
+                    cause: FailureCause::ProbesLost
+                },
+                Action::UsableSetChanged
+            ]
+        );
+        assert_eq!(sim.group.usable_interfaces(), ["h1"]);
+        assert_eq!(sim.view("h0").probe, ProbeStatus::Failed);
+    }
+
+    #[test]
+    fn a_reply_restarts_the_count_of_losses() {
+        let mut sim = two_probing(true);
+        sim.rounds(4, &[("h1", Answered), ("h0", Lost)]);
+        sim.round(&[("h1", Answered), ("h0", Answered)]);
+        sim.rounds(4, &[("h1", Answered), ("h0", Lost)]);
+        assert_eq!(sim.state("h0"), IfState::Ok);
+    }
+
+    #[test]
+    fn nine_answers_do_not_repair_a_nic_ten_do() {
+        let mut sim = two_probing(true);
+        fail_h0_by_probes(&mut sim);
+        let actions = sim.rounds(9, &[("h1", Answered), ("h0", Answered)]);
+        assert!(actions.is_empty(), "{actions:?}");
+        assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
+        let actions = sim.round(&[("h1", Answered), ("h0", Answered)]);
+        assert_eq!(actions, [act(repaired, "h0"), Action::UsableSetChanged]);
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
+    }
+
+    #[test]
+    fn a_loss_during_repair_restarts_the_count_of_replies() {
+        let mut sim = two_probing(true);
+        fail_h0_by_probes(&mut sim);
+        sim.rounds(9, &[("h0", Answered)]);
+        sim.round(&[("h0", Lost)]);
+        sim.rounds(9, &[("h0", Answered)]);
+        assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
+        sim.round(&[("h0", Answered)]);
+        assert_eq!(sim.state("h0"), IfState::Ok);
+    }
+
+    #[test]
+    fn repair_needs_the_link_running() {
+        let mut sim = two_probing(true);
+        fail_h0_by_probes(&mut sim);
+        // Replies before the link went down do not count towards the repair.
+        sim.rounds(5, &[("h0", Answered)]);
+        sim.link("h0", false);
+        // Nor do replies reported while it is down.
+        let actions = sim.rounds(10, &[("h0", Answered)]);
+        assert!(actions.is_empty(), "{actions:?}");
+        let actions = sim.link("h0", true);
+        assert_eq!(actions, [Action::LinkUp { nic: "h0".into() }]);
+        sim.rounds(9, &[("h0", Answered)]);
+        assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
+        sim.round(&[("h0", Answered)]);
+        assert_eq!(sim.state("h0"), IfState::Ok);
+    }
+
+    #[test]
+    fn probing_nic_failed_by_its_link_needs_ten_replies_after_the_link_returns() {
+        let mut sim = two_probing(true);
+        sim.link("h0", false);
+        sim.advance(Duration::from_secs(1));
+        sim.link("h0", true);
+        assert_eq!(sim.state("h0"), failed(FailureCause::LinkDown));
+        sim.rounds(9, &[("h0", Answered)]);
+        assert_eq!(sim.state("h0"), failed(FailureCause::LinkDown));
+        sim.round(&[("h0", Answered)]);
+        assert_eq!(sim.state("h0"), IfState::Ok);
+    }
+
+    #[test]
+    fn flapping_link_is_not_repaired_until_stable() {
+        let mut sim = two_link_only();
+        let mut actions = Vec::new();
+        let mut ups = Vec::new();
+        // 20 flaps within 40 s.
+        for _ in 0..20 {
+            sim.advance(Duration::from_secs(1));
+            actions.extend(sim.link("h0", false));
+            sim.advance(Duration::from_secs(1));
+            ups.push(sim.now);
+            actions.extend(sim.link("h0", true));
+        }
+        // The first two link-ups of the minute repair it, later ones do not.
+        assert_eq!(count(&actions, &act(repaired, "h0")), LINK_UPS_PER_MINUTE);
+        let deferrals: Vec<_> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::RepairDeferred { .. }))
+            .collect();
+        assert_eq!(deferrals.len(), 1, "reported once per episode");
+        assert_eq!(
+            deferrals[0].log_line("g0").unwrap(),
+            "The link has come up on h0 more than 2 times in the last minute; disabling repair \
+             until it stabilizes"
+        );
+        assert!(matches!(sim.state("h0"), IfState::Failed { .. }));
+        // The link now stays up: repair a minute after the link-up before the latest one.
+        let due = ups[ups.len() - 2] + FLAP_WINDOW;
+        assert_eq!(sim.group.next_wakeup(), Some(due));
+        sim.now = due - Duration::from_millis(1);
+        assert!(sim.tick().is_empty());
+        sim.now = due;
+        let actions = sim.tick();
+        assert_eq!(actions, [act(repaired, "h0"), Action::UsableSetChanged]);
+        assert_eq!(sim.group.next_wakeup(), None);
+    }
+
+    #[test]
+    fn three_link_ups_spread_over_more_than_a_minute_are_not_flapping() {
+        let mut sim = two_link_only();
+        for _ in 0..3 {
+            sim.link("h0", false);
+            sim.advance(Duration::from_secs(31));
+            let actions = sim.link("h0", true);
+            assert!(actions.contains(&act(repaired, "h0")), "{actions:?}");
+        }
+    }
+
+    #[test]
+    fn flapping_probing_nic_is_not_repaired_without_ten_replies() {
+        let mut sim = two_probing(true);
+        let mut actions = Vec::new();
+        for _ in 0..20 {
+            actions.extend(sim.link("h0", false));
+            actions.extend(sim.rounds(3, &[("h1", Answered), ("h0", Answered)]));
+            actions.extend(sim.link("h0", true));
+            actions.extend(sim.rounds(3, &[("h1", Answered), ("h0", Answered)]));
+        }
+        assert_eq!(count(&actions, &act(repaired, "h0")), 0);
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Failed { .. }))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn standby_takes_over_and_steps_back_after_failback() {
+        let mut sim = active_active_standby(true);
+        let actions = fail_h0_by_probes(&mut sim);
+        assert!(actions.contains(&act(activate, "h2")), "{actions:?}");
+        assert_eq!(sim.group.usable_interfaces(), ["h1", "h2"]);
+        assert_eq!(sim.view("h2").flags, [InterfaceFlag::Standby]);
+        assert!(sim.view("h2").active);
+        assert_eq!(sim.group.state(), GroupState::Degraded);
+
+        let actions = sim.rounds(
+            NUM_PROBE_REPAIRS as usize,
+            &[("h0", Answered), ("h1", Answered), ("h2", Answered)],
+        );
+        assert_eq!(
+            actions,
+            [
+                act(repaired, "h0"),
+                act(deactivate, "h2"),
+                Action::UsableSetChanged
+            ]
+        );
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
+        assert_eq!(
+            sim.view("h2").flags,
+            [InterfaceFlag::Standby, InterfaceFlag::Inactive]
+        );
+        assert_eq!(sim.group.state(), GroupState::Ok);
+    }
+
+    #[test]
+    fn failed_inactive_standby_changes_no_role_of_another_nic() {
+        let mut sim = active_active_standby(true);
+        let actions = sim.link("h2", false);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Activate { .. })));
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
+        assert_eq!(sim.group.state(), GroupState::Degraded);
+        // A repaired standby goes back to being inactive.
+        let actions = sim.link("h2", true);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Activate { .. })));
+        // It has a test address: it needs replies first.
+        assert_eq!(
+            sim.view("h2").flags,
+            [InterfaceFlag::Standby, InterfaceFlag::Failed]
+        );
+        sim.rounds(10, &[("h2", Answered)]);
+        assert_eq!(
+            sim.view("h2").flags,
+            [InterfaceFlag::Standby, InterfaceFlag::Inactive]
+        );
+    }
+
+    #[test]
+    fn failback_off_leaves_the_repaired_nic_inactive_while_the_standby_serves() {
+        let mut sim = active_active_standby(false);
+        fail_h0_by_probes(&mut sim);
+        let actions = sim.rounds(NUM_PROBE_REPAIRS as usize, &[("h0", Answered)]);
+        assert_eq!(actions, [act(repaired, "h0"), Action::UsableSetChanged]);
+        assert_eq!(sim.group.usable_interfaces(), ["h1", "h2"]);
+        let h0 = sim.view("h0");
+        assert!(!h0.active);
+        assert_eq!(h0.flags, [InterfaceFlag::Inactive]);
+        assert_eq!(h0.state, InterfaceStatus::Ok);
+        assert_eq!(sim.group.state(), GroupState::Ok);
+        // When the active standby fails, the inactive NIC is activated.
+        let actions = sim.link("h2", false);
+        assert!(actions.contains(&act(activate, "h0")), "{actions:?}");
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
+    }
+
+    #[test]
+    fn an_inactive_standby_is_activated_before_an_inactive_repaired_nic() {
+        let mut sim = Sim::new(
+            policy(false),
+            vec![
+                nic("h0", false, ProbeFamilies::NONE),
+                nic("h1", false, ProbeFamilies::NONE),
+                nic("s2", true, ProbeFamilies::NONE),
+                nic("s3", true, ProbeFamilies::NONE),
+            ],
+        );
+        sim.link("h0", false);
+        sim.advance(Duration::from_secs(1));
+        sim.link("h0", true);
+        assert_eq!(sim.group.view().inactive, ["h0", "s3"]);
+        let actions = sim.link("h1", false);
+        assert!(actions.contains(&act(activate, "s3")), "{actions:?}");
+        assert_eq!(sim.group.view().inactive, ["h0"]);
+    }
+
+    #[test]
+    fn failback_off_without_standby_keeps_the_repaired_nic_active_without_its_addresses() {
+        let mut sim = two_probing(false);
+        fail_h0_by_probes(&mut sim);
+        sim.rounds(NUM_PROBE_REPAIRS as usize, &[("h0", Answered)]);
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
+        assert_eq!(
+            sim.group.nic_roles()[0].role,
+            Role::Active {
+                reclaims_home: false
+            }
+        );
+    }
+
+    #[test]
+    fn offline_is_refused_for_the_last_usable_nic() {
+        let mut sim = two_link_only();
+        let actions = sim.send(Event::Offline { nic: "h0".into() });
+        assert_eq!(
+            actions,
+            [
+                Action::Offlined { nic: "h0".into() },
+                Action::UsableSetChanged
+            ]
+        );
+        assert_eq!(sim.view("h0").state, InterfaceStatus::Offline);
+        assert_eq!(sim.view("h0").flags, [InterfaceFlag::Offline]);
+        let error = sim
+            .try_send(Event::Offline { nic: "h1".into() })
+            .unwrap_err();
+        assert_eq!(
+            error,
+            StateError::LastUsable {
+                group: "g0".into(),
+                nic: "h1".into()
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "cannot offline h1: no other functioning interfaces are in its group g0, so \
+             offlining it would leave the group without a usable interface"
+        );
+        assert_eq!(sim.state("h1"), IfState::Ok, "a refusal changes nothing");
+        assert_eq!(
+            sim.try_send(Event::Offline { nic: "h0".into() }),
+            Err(StateError::AlreadyOffline {
+                group: "g0".into(),
+                nic: "h0".into()
+            })
+        );
+        assert_eq!(
+            sim.try_send(Event::Online { nic: "h1".into() }),
+            Err(StateError::NotOffline {
+                group: "g0".into(),
+                nic: "h1".into()
+            })
+        );
+        let actions = sim.send(Event::Online { nic: "h0".into() });
+        assert_eq!(
+            actions,
+            [
+                Action::Onlined { nic: "h0".into() },
+                Action::UsableSetChanged
+            ]
+        );
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
+    }
+
+    #[test]
+    fn offline_is_refused_when_the_only_other_nic_has_failed() {
+        let mut sim = two_link_only();
+        sim.link("h1", false);
+        assert!(matches!(
+            sim.try_send(Event::Offline { nic: "h0".into() }),
+            Err(StateError::LastUsable { .. })
+        ));
+        // A failed NIC may go offline while another works.
+        sim.send(Event::Offline { nic: "h1".into() });
+        assert_eq!(
+            sim.view("h1").flags,
+            [InterfaceFlag::Failed, InterfaceFlag::Offline]
+        );
+    }
+
+    #[test]
+    fn offline_of_a_single_nic_group_is_refused() {
+        let mut sim = Sim::new(policy(true), vec![nic("h0", false, ProbeFamilies::NONE)]);
+        assert!(matches!(
+            sim.try_send(Event::Offline { nic: "h0".into() }),
+            Err(StateError::LastUsable { .. })
+        ));
+    }
+
+    #[test]
+    fn when_the_group_has_failed_any_member_but_the_last_online_one_may_go_offline() {
+        let mut sim = two_link_only();
+        sim.link("h0", false);
+        sim.link("h1", false);
+        assert_eq!(sim.group.state(), GroupState::Failed);
+        sim.send(Event::Offline { nic: "h0".into() });
+        assert!(matches!(
+            sim.try_send(Event::Offline { nic: "h1".into() }),
+            Err(StateError::LastUsable { .. })
+        ));
+    }
+
+    #[test]
+    fn an_offline_standby_is_not_activated_and_an_onlined_one_is_inactive() {
+        let mut sim = active_active_standby(true);
+        sim.send(Event::Offline { nic: "h2".into() });
+        sim.link("h0", false);
+        assert_eq!(sim.group.usable_interfaces(), ["h1"]);
+        let actions = sim.send(Event::Online { nic: "h2".into() });
+        assert!(actions.contains(&act(activate, "h2")), "{actions:?}");
+        assert_eq!(sim.group.usable_interfaces(), ["h1", "h2"]);
+    }
+
+    #[test]
+    fn onlining_takes_addresses_back_even_with_failback_off() {
+        let mut sim = two_probing(false);
+        sim.send(Event::Offline { nic: "h0".into() });
+        sim.send(Event::Online { nic: "h0".into() });
+        assert_eq!(
+            sim.group.nic_roles()[0].role,
+            Role::Active {
+                reclaims_home: true
+            }
+        );
+    }
+
+    #[test]
+    fn link_tracked_while_offline_decides_the_state_after_online() {
+        let mut sim = Sim::new(
+            policy(true),
+            vec![
+                nic("h0", false, ProbeFamilies::NONE),
+                nic("h1", false, ProbeFamilies::NONE),
+                nic("h2", false, ProbeFamilies::NONE),
+            ],
+        );
+        sim.send(Event::Offline { nic: "h0".into() });
+        sim.link("h0", false);
+        sim.send(Event::Offline { nic: "h1".into() });
+        sim.link("h1", false);
+        sim.advance(Duration::from_secs(1));
+        sim.link("h1", true);
+        let actions = sim.send(Event::Online { nic: "h0".into() });
+        assert_eq!(actions, [Action::Onlined { nic: "h0".into() }]);
+        assert_eq!(sim.state("h0"), failed(FailureCause::LinkDown));
+        sim.send(Event::Online { nic: "h1".into() });
+        assert_eq!(sim.state("h1"), IfState::Ok);
+    }
+
+    #[test]
+    fn group_failure_and_recovery_one_by_one() {
+        let mut sim = two_link_only();
+        let mut actions = sim.link("h0", false);
+        actions.extend(sim.link("h1", false));
+        assert_eq!(count(&actions, &Action::GroupFailed), 1);
+        assert_eq!(sim.group.state(), GroupState::Failed);
+        assert!(sim.group.usable_interfaces().is_empty());
+        assert_eq!(
+            Action::GroupFailed.log_line("g0").unwrap(),
+            "All Interfaces in group g0 have failed"
+        );
+        let actions = sim.link("h1", true);
+        assert!(actions.contains(&Action::GroupRepaired { nic: "h1".into() }));
+        assert_eq!(sim.group.state(), GroupState::Degraded);
+        assert_eq!(sim.group.usable_interfaces(), ["h1"]);
+        let actions = sim.link("h0", true);
+        assert!(!actions.contains(&Action::GroupRepaired { nic: "h0".into() }));
+        assert_eq!(sim.group.state(), GroupState::Ok);
+    }
+
+    #[test]
+    fn first_nic_repaired_after_group_failure_is_active_even_with_failback_off() {
+        let mut sim = active_active_standby(false);
+        sim.link("h0", false);
+        sim.link("h1", false);
+        sim.link("h2", false);
+        assert_eq!(sim.group.state(), GroupState::Failed);
+        sim.link("h0", true);
+        sim.rounds(NUM_PROBE_REPAIRS as usize, &[("h0", Answered)]);
+        assert_eq!(sim.group.usable_interfaces(), ["h0"]);
+    }
+
+    #[test]
+    fn all_targets_lost_at_once_is_a_target_failure() {
+        let mut sim = two_probing(true);
+        sim.rounds(3, &[("h0", Answered), ("h1", Answered)]);
+        let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", Lost), ("h1", Lost)]);
+        assert_eq!(
+            actions,
+            [
+                Action::Failed {
+                    nic: "h0".into(),
+                    cause: FailureCause::TargetsUnreachable
+                },
+                Action::Failed {
+                    nic: "h1".into(),
+                    cause: FailureCause::TargetsUnreachable
+                },
+                Action::FlushTargets {
+                    nics: vec!["h0".into(), "h1".into()]
+                },
+                Action::GroupFailed,
+                Action::UsableSetChanged,
+            ]
+        );
+        let lines: Vec<_> = actions.iter().filter_map(|a| a.log_line("g0")).collect();
+        assert_eq!(lines.len(), 2, "no per-NIC failure lines: {lines:?}");
+        assert!(lines[0].starts_with("All probe targets of group g0 stopped answering at once"));
+        // New targets answer: each member is repaired by its own replies.
+        let actions = sim.rounds(
+            NUM_PROBE_REPAIRS as usize,
+            &[("h0", Answered), ("h1", Answered)],
+        );
+        assert_eq!(count(&actions, &act(repaired, "h0")), 1);
+        assert_eq!(count(&actions, &act(repaired, "h1")), 1);
+        assert_eq!(
+            count(&actions, &Action::GroupRepaired { nic: "h0".into() }),
+            1
+        );
+        assert_eq!(sim.group.state(), GroupState::Ok);
+    }
+
+    #[test]
+    fn a_reply_on_another_nic_after_the_first_loss_makes_it_a_nic_failure() {
+        let mut sim = two_probing(true);
+        // h1 answered after h0's first loss (strictly later, as in.mpathd's TIME_GT)...
+        sim.round(&[("h0", Lost)]);
+        sim.advance(Duration::from_millis(100));
+        sim.send(Event::Probe {
+            nic: "h1".into(),
+            family: Family::Ipv4,
+            outcome: Answered,
+        });
+        // ...so h0's fifth loss is a NIC failure even though h1 is now losing too.
+        let actions = sim.rounds(4, &[("h0", Lost), ("h1", Lost)]);
+        assert_eq!(
+            actions,
+            [
+                Action::Failed {
+                    nic: "h0".into(),
+                    cause: FailureCause::ProbesLost
+                },
+                Action::UsableSetChanged
+            ]
+        );
+    }
+
+    #[test]
+    fn a_working_link_only_member_makes_it_a_nic_failure() {
+        let mut sim = Sim::new(
+            policy(true),
+            vec![
+                nic("h0", false, ProbeFamilies::IPV4),
+                nic("h1", false, ProbeFamilies::NONE),
+            ],
+        );
+        let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", Lost)]);
+        assert!(actions.contains(&Action::Failed {
+            nic: "h0".into(),
+            cause: FailureCause::ProbesLost
+        }));
+        assert_eq!(sim.group.state(), GroupState::Degraded);
+    }
+
+    #[test]
+    fn a_single_probing_nic_losing_its_probes_fails_the_group() {
+        let mut sim = Sim::new(policy(true), vec![nic("h0", false, ProbeFamilies::IPV4)]);
+        let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", Lost)]);
+        assert!(actions.contains(&Action::GroupFailed));
+        assert!(actions.contains(&Action::FlushTargets {
+            nics: vec!["h0".into()]
+        }));
+    }
+
+    #[test]
+    fn dual_stack_nic_fails_only_when_both_families_fail() {
+        let mut sim = Sim::new(
+            policy(true),
+            vec![
+                nic("h0", false, ProbeFamilies::BOTH),
+                nic("h1", false, ProbeFamilies::NONE),
+            ],
+        );
+        let v6 = |outcome| Event::Probe {
+            nic: "h0".into(),
+            family: Family::Ipv6,
+            outcome,
+        };
+        for _ in 0..NUM_PROBE_FAILS {
+            sim.round(&[("h0", Lost)]);
+            sim.send(v6(Answered));
+        }
+        assert_eq!(sim.state("h0"), IfState::Ok, "IPv6 still answers");
+        for _ in 0..NUM_PROBE_FAILS - 1 {
+            sim.round(&[("h0", Lost)]);
+            sim.send(v6(Lost));
+        }
+        assert_eq!(sim.state("h0"), IfState::Ok);
+        sim.send(v6(Lost));
+        assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
+        // One family answering NUM_PROBE_REPAIRS times repairs it.
+        for _ in 0..NUM_PROBE_REPAIRS {
+            sim.send(v6(Answered));
+        }
+        assert_eq!(sim.state("h0"), IfState::Ok);
+    }
+
+    #[test]
+    fn a_family_without_targets_does_not_hold_back_a_failure() {
+        let mut sim = Sim::new(
+            policy(true),
+            vec![
+                nic("h0", false, ProbeFamilies::BOTH),
+                nic("h1", false, ProbeFamilies::NONE),
+            ],
+        );
+        sim.send(Event::Targets {
+            nic: "h0".into(),
+            family: Family::Ipv6,
+            available: true,
+        });
+        sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", Lost)]);
+        assert_eq!(sim.state("h0"), IfState::Ok, "IPv6 has targets");
+        sim.send(Event::Targets {
+            nic: "h0".into(),
+            family: Family::Ipv6,
+            available: false,
+        });
+        assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
+    }
+
+    #[test]
+    fn startup_quiet_period_holds_back_failure_until_it_ends() {
+        let mut sim = Sim::new(
+            Policy {
+                failback: true,
+                startup_quiet: STARTUP_QUIET_PERIOD,
+            },
+            vec![
+                nic("h0", false, ProbeFamilies::IPV4),
+                nic("h1", false, ProbeFamilies::NONE),
+            ],
+        );
+        let start = sim.now;
+        sim.rounds(8, &[("h0", Lost)]);
+        assert_eq!(sim.state("h0"), IfState::Ok);
+        let end = start + STARTUP_QUIET_PERIOD;
+        assert_eq!(sim.group.next_wakeup(), Some(end));
+        sim.now = end - Duration::from_millis(1);
+        assert!(sim.tick().is_empty());
+        sim.now = end;
+        assert!(sim.tick().contains(&Action::Failed {
+            nic: "h0".into(),
+            cause: FailureCause::ProbesLost
+        }));
+    }
+
+    #[test]
+    fn first_reply_ends_the_startup_quiet_period() {
+        let mut sim = Sim::new(
+            Policy::default(),
+            vec![
+                nic("h0", false, ProbeFamilies::IPV4),
+                nic("h1", false, ProbeFamilies::NONE),
+            ],
+        );
+        sim.round(&[("h0", Answered)]);
+        sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", Lost)]);
+        assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
+    }
+
+    #[test]
+    fn nic_that_disappears_leaves_the_usable_set_and_rejoins_when_it_appears() {
+        let mut sim = active_active_standby(true);
+        let actions = sim.send(Event::Disappeared { nic: "h0".into() });
+        assert_eq!(
+            actions,
+            [
+                Action::Disappeared { nic: "h0".into() },
+                act(activate, "h2"),
+                Action::UsableSetChanged
+            ]
+        );
+        assert_eq!(sim.view("h0").state, InterfaceStatus::Missing);
+        assert_eq!(sim.view("h0").link, LinkState::Unknown);
+        assert_eq!(sim.group.state(), GroupState::Degraded);
+        assert_eq!(
+            sim.try_send(Event::Link {
+                nic: "h0".into(),
+                up: true
+            }),
+            Err(StateError::NotPresent {
+                group: "g0".into(),
+                nic: "h0".into()
+            })
+        );
+        let actions = sim.send(Event::Appeared {
+            nic: "h0".into(),
+            link_up: true,
+        });
+        assert_eq!(
+            actions,
+            [
+                Action::Appeared { nic: "h0".into() },
+                act(deactivate, "h2"),
+                Action::UsableSetChanged
+            ]
+        );
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
+    }
+
+    #[test]
+    fn nic_missing_at_start_is_covered_by_the_standby_until_it_appears() {
+        let mut group = Group::new(
+            "g0",
+            policy(true),
+            vec![
+                nic("h0", false, ProbeFamilies::NONE),
+                nic("h1", false, ProbeFamilies::NONE),
+                nic("h2", true, ProbeFamilies::NONE),
+            ],
+        )
+        .unwrap();
+        let now = Instant::now();
+        let actions = group
+            .handle(
+                Event::Snapshot {
+                    present: vec![("h0".into(), true), ("h2".into(), true)],
+                },
+                now,
+            )
+            .unwrap();
+        assert!(actions.contains(&act(activate, "h2")), "{actions:?}");
+        assert!(!actions.contains(&act(deactivate, "h2")));
+        assert_eq!(group.usable_interfaces(), ["h0", "h2"]);
+        assert_eq!(group.state(), GroupState::Degraded);
+    }
+
+    #[test]
+    fn a_group_whose_nics_are_all_missing_is_reported_failed() {
+        let mut group = Group::new(
+            "g0",
+            policy(true),
+            vec![nic("h0", false, ProbeFamilies::NONE)],
+        )
+        .unwrap();
+        let actions = group
+            .handle(Event::Snapshot { present: vec![] }, Instant::now())
+            .unwrap();
+        assert_eq!(actions, [Action::GroupFailed]);
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_clear_error() {
+        assert_eq!(
+            Group::new("g0", policy(true), vec![])
+                .unwrap_err()
+                .to_string(),
+            "group g0 has no interfaces"
+        );
+        assert_eq!(
+            Group::new(
+                "g0",
+                policy(true),
+                vec![
+                    nic("h0", false, ProbeFamilies::NONE),
+                    nic("h0", true, ProbeFamilies::NONE)
+                ]
+            )
+            .unwrap_err()
+            .to_string(),
+            "interface h0 is listed twice in group g0"
+        );
+        let mut sim = two_link_only();
+        assert_eq!(
+            sim.try_send(Event::Link {
+                nic: "eth9".into(),
+                up: true
+            })
+            .unwrap_err()
+            .to_string(),
+            "group g0 has no interface named eth9"
+        );
+        assert_eq!(
+            sim.try_send(Event::Probe {
+                nic: "h0".into(),
+                family: Family::Ipv4,
+                outcome: Lost
+            })
+            .unwrap_err()
+            .to_string(),
+            "interface h0 of group g0 has no IPv4 test address to probe from"
+        );
+        assert!(matches!(
+            sim.try_send(Event::Snapshot {
+                present: vec![("eth9".into(), true)]
+            }),
+            Err(StateError::UnknownInterface { .. })
+        ));
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
+    }
+
+    #[test]
+    fn views_report_ipmpstat_columns_as_stable_json() {
+        let mut sim = active_active_standby(true);
+        sim.rounds(1, &[("h0", Answered), ("h1", Answered)]);
+        sim.link("h1", false);
+        let views = serde_json::to_value(sim.group.interface_views()).unwrap();
+        assert_eq!(
+            views,
+            serde_json::json!([
+                {"interface": "h0", "group": "g0", "active": true, "flags": [],
+                 "link": "up", "probe": "ok", "state": "ok"},
+                {"interface": "h1", "group": "g0", "active": false, "flags": ["failed"],
+                 "link": "down", "probe": "unknown", "state": "failed"},
+                {"interface": "h2", "group": "g0", "active": true, "flags": ["standby"],
+                 "link": "up", "probe": "unknown", "state": "unknown"},
+            ])
+        );
+        let group = serde_json::to_value(sim.group.view()).unwrap();
+        assert_eq!(
+            group,
+            serde_json::json!({"group": "g0", "state": "degraded", "active": ["h0", "h2"],
+                               "inactive": [], "unusable": ["h1"]})
+        );
+    }
+
+    #[test]
+    fn link_only_nic_reports_probing_disabled() {
+        let sim = two_link_only();
+        let view = sim.view("h0");
+        assert_eq!(view.probe, ProbeStatus::Disabled);
+        assert_eq!(view.state, InterfaceStatus::Ok);
+    }
+}
