@@ -1,5 +1,6 @@
 //! mpathd and mpathctl: the userspace half of mpath.
 pub mod config;
+pub mod control;
 pub mod datapath;
 pub mod failover;
 pub mod maps;
@@ -7,3 +8,4 @@ pub mod probe;
 pub mod spread;
 pub mod state;
 pub mod target;
+pub mod views;

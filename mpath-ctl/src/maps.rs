@@ -17,7 +17,7 @@ use crate::spread::Table;
 pub enum MapsError {
     #[error("BPF map {name} is missing from the eBPF object")]
     Missing { name: &'static str },
-    #[error("cannot open pinned BPF map {path}: {source} (is mpathd's datapath loaded?)")]
+    #[error("cannot open pinned BPF map {path} (is mpathd's datapath loaded?)")]
     Pin { path: PathBuf, source: MapError },
     #[error("BPF map {name}: {source}")]
     Map {

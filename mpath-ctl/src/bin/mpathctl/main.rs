@@ -1,0 +1,485 @@
+//! mpathctl: status views and commands for mpathd (ipmpstat and if_mpadm for Linux).
+//!
+//! Exit codes: 0 success, 1 refused or failed, 2 bad usage (clap), 3 mpathd not running.
+
+mod table;
+
+use std::{
+    collections::BTreeMap,
+    ffi::CStr,
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use clap::{CommandFactory as _, Parser, Subcommand};
+use mpath_common::{BUCKETS_PER_GROUP, MAX_GROUPS, NIC_F_TEST_V4, NIC_F_TEST_V6, RejectReason};
+use mpath_ctl::{
+    config::{self, Config},
+    control::{self, ControlError, Reply, Request},
+    maps::Maps,
+    views::{ProbeRow, Status},
+};
+use serde::Serialize;
+use table::Table;
+
+#[derive(Parser)]
+#[command(
+    name = "mpathctl",
+    version,
+    about = "Show and control mpathd's IP multipathing groups"
+)]
+struct Cli {
+    /// mpathd's configuration, read for the control socket and pin directory paths.
+    #[arg(long, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Control socket (overrides the configuration's).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Print JSON for programs instead of columns.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Columns to print, comma-separated (e.g. -o interface,state).
+    #[arg(short = 'o', long = "output", global = true, value_name = "FIELDS")]
+    fields: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Groups: state, failure detection time, members (ipmpstat -g).
+    Groups,
+    /// Interfaces: activity, flags, link, probe and overall state (ipmpstat -i).
+    Interfaces,
+    /// Data addresses: state, inbound and outbound NICs (ipmpstat -a).
+    Addresses,
+    /// Probe targets per interface (ipmpstat -t).
+    Targets,
+    /// Stream each probe as it completes, until interrupted (ipmpstat -p).
+    Probes,
+    /// Take an interface out of use; its addresses move to another (if_mpadm -d).
+    Offline { interface: String },
+    /// Bring an offlined interface back (if_mpadm -r).
+    Online { interface: String },
+    /// Dump the pinned BPF maps (works without mpathd running).
+    Maps,
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mpathctl: {e:#}");
+            match e.downcast_ref::<ControlError>() {
+                Some(ControlError::NotRunning(_)) => ExitCode::from(3),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// The socket and pin directory: from the flags, else from the configuration, else defaults.
+fn paths(cli: &Cli) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let daemon = if cli.config.exists() {
+        Config::load(&cli.config, None)?.daemon
+    } else {
+        config::DaemonConfig::default()
+    };
+    Ok((
+        cli.socket.clone().unwrap_or(daemon.socket),
+        daemon.bpf_pin_dir,
+    ))
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let (socket, pin_dir) = paths(cli)?;
+    match &cli.command {
+        Cmd::Groups | Cmd::Interfaces | Cmd::Addresses | Cmd::Targets => {
+            let status = match control::request(&socket, &Request::Status {})? {
+                Reply::Status(s) => s,
+                other => anyhow::bail!("unexpected reply {other:?}"),
+            };
+            show_status(cli, &status)
+        }
+        Cmd::Probes => stream_probes(cli, &socket),
+        Cmd::Offline { interface } => command(
+            &socket,
+            Request::Offline {
+                interface: interface.clone(),
+            },
+        ),
+        Cmd::Online { interface } => command(
+            &socket,
+            Request::Online {
+                interface: interface.clone(),
+            },
+        ),
+        Cmd::Maps => show_maps(cli, &pin_dir),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "mpathctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    }
+}
+
+fn command(socket: &Path, request: Request) -> anyhow::Result<()> {
+    match control::request(socket, &request)? {
+        Reply::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Reply::Refused { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "--".into()
+    } else {
+        items.join(",")
+    }
+}
+
+fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
+    let table = match &cli.command {
+        Cmd::Groups if cli.json => return print_json(&status.groups),
+        Cmd::Interfaces if cli.json => return print_json(&status.interfaces),
+        Cmd::Addresses if cli.json => return print_json(&status.addresses),
+        Cmd::Targets if cli.json => return print_json(&status.targets),
+        Cmd::Groups => Table {
+            columns: &["GROUP", "STATE", "FDT", "INTERFACES"],
+            rows: status
+                .groups
+                .iter()
+                .map(|g| {
+                    let mut members = g.active.clone();
+                    if !g.inactive.is_empty() {
+                        members.push(format!("({})", g.inactive.join(" ")));
+                    }
+                    if !g.unusable.is_empty() {
+                        members.push(format!("[{}]", g.unusable.join(" ")));
+                    }
+                    vec![
+                        g.group.clone(),
+                        g.state.clone(),
+                        format!("{:.2}s", g.fdt_ms as f64 / 1000.0),
+                        members.join(" "),
+                    ]
+                })
+                .collect(),
+        },
+        Cmd::Interfaces => Table {
+            columns: &[
+                "INTERFACE",
+                "ACTIVE",
+                "GROUP",
+                "FLAGS",
+                "LINK",
+                "PROBE",
+                "STATE",
+            ],
+            rows: status
+                .interfaces
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.interface.clone(),
+                        if i.active { "yes" } else { "no" }.into(),
+                        i.group.clone(),
+                        list(&i.flags),
+                        i.link.clone(),
+                        i.probe.clone(),
+                        i.state.clone(),
+                    ]
+                })
+                .collect(),
+        },
+        Cmd::Addresses => Table {
+            columns: &["ADDRESS", "STATE", "GROUP", "INBOUND", "OUTBOUND"],
+            rows: status
+                .addresses
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.address.clone(),
+                        a.state.clone(),
+                        a.group.clone(),
+                        a.inbound.clone().unwrap_or_else(|| "--".into()),
+                        if a.outbound.is_empty() {
+                            "--".into()
+                        } else {
+                            a.outbound.join(" ")
+                        },
+                    ]
+                })
+                .collect(),
+        },
+        Cmd::Targets => Table {
+            columns: &["INTERFACE", "MODE", "TESTADDR", "TARGETS"],
+            rows: status
+                .targets
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.interface.clone(),
+                        t.mode.clone(),
+                        t.test_address.map_or("--".into(), |a| a.to_string()),
+                        if t.targets.is_empty() {
+                            "--".into()
+                        } else {
+                            t.targets
+                                .iter()
+                                .map(|a| a.to_string())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        },
+                    ]
+                })
+                .collect(),
+        },
+        _ => unreachable!("only status views come here"),
+    };
+    print!("{}", table.render(cli.fields.as_deref())?);
+    Ok(())
+}
+
+fn us(v: Option<u64>) -> String {
+    v.map_or("--".into(), |us| format!("{:.2}ms", us as f64 / 1000.0))
+}
+
+fn stream_probes(cli: &Cli, socket: &Path) -> anyhow::Result<()> {
+    const COLUMNS: &[&str] = &[
+        "TIME",
+        "INTERFACE",
+        "PROBE",
+        "NETRTT",
+        "RTTAVG",
+        "RTTDEV",
+        "TARGET",
+    ];
+    let row = |p: &ProbeRow| {
+        vec![
+            format!("{:.2}s", p.time_ms as f64 / 1000.0),
+            p.interface.clone(),
+            p.seq.to_string(),
+            us(p.net_rtt_us),
+            us(p.rtt_avg_us),
+            us(p.rtt_dev_us),
+            p.target.to_string(),
+        ]
+    };
+    let mut first = true;
+    let mut failure = None;
+    control::call(socket, &Request::Probes {}, |reply| {
+        let Reply::Probe(p) = reply else {
+            failure = Some(format!("unexpected reply {reply:?}"));
+            return false;
+        };
+        let text = if cli.json {
+            serde_json::to_string(&p)
+                .map(|s| s + "\n")
+                .map_err(anyhow::Error::from)
+        } else {
+            Table {
+                columns: COLUMNS,
+                rows: vec![row(&p)],
+            }
+            .render(cli.fields.as_deref())
+            .map(|t| {
+                let mut lines = t.lines();
+                let header = lines.next().unwrap_or_default().to_string();
+                let body: String = lines.collect::<Vec<_>>().join("\n") + "\n";
+                if std::mem::take(&mut first) {
+                    header + "\n" + &body
+                } else {
+                    body
+                }
+            })
+        };
+        match text {
+            Ok(t) => std::io::stdout().write_all(t.as_bytes()).is_ok(),
+            Err(e) => {
+                failure = Some(e.to_string());
+                false
+            }
+        }
+    })?;
+    match failure {
+        Some(f) => anyhow::bail!(f),
+        None => Ok(()),
+    }
+}
+
+/// `mpathctl maps --json` output.
+#[derive(Serialize)]
+struct MapsDump {
+    nonce: u64,
+    nics: Vec<NicDump>,
+    /// Per group id: buckets owned by each NIC (by name).
+    buckets: BTreeMap<u32, BTreeMap<String, u32>>,
+}
+
+#[derive(Serialize)]
+struct NicDump {
+    ifindex: u32,
+    name: String,
+    group: u32,
+    slot: u32,
+    test_v4: Option<Ipv4Addr>,
+    test_v6: Option<Ipv6Addr>,
+    tx_packets: u64,
+    tx_bytes: u64,
+    redirected_packets: u64,
+    rx_packets: u64,
+    probe_replies: u64,
+    probe_replies_lost: u64,
+    rejected: BTreeMap<&'static str, u64>,
+    last_reply: Option<LastReply>,
+}
+
+#[derive(Serialize)]
+struct LastReply {
+    seq: u32,
+    target: IpAddr,
+    received_ns: u64,
+}
+
+fn ifname(ifindex: u32) -> String {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return format!("#{ifindex}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
+    let maps_dir = pin_dir.join(mpath_common::PIN_LAYOUT_VERSION).join("maps");
+    let maps = Maps::open_pinned(&maps_dir).context("reading the pinned datapath")?;
+    let mut nics = Vec::new();
+    for (ifindex, info) in maps.nics()? {
+        let c = maps.counters(info.slot)?;
+        nics.push(NicDump {
+            ifindex,
+            name: ifname(ifindex),
+            group: info.group,
+            slot: info.slot,
+            test_v4: (info.flags & NIC_F_TEST_V4 != 0).then(|| Ipv4Addr::from(info.test_v4)),
+            test_v6: (info.flags & NIC_F_TEST_V6 != 0).then(|| Ipv6Addr::from(info.test_v6)),
+            tx_packets: c.tx_packets,
+            tx_bytes: c.tx_bytes,
+            redirected_packets: c.redirected_packets,
+            rx_packets: c.rx_packets,
+            probe_replies: c.probe_replies,
+            probe_replies_lost: c.probe_replies_lost,
+            rejected: RejectReason::ALL
+                .iter()
+                .map(|r| (r.label(), c.rejected[*r as usize]))
+                .collect(),
+            last_reply: maps.last_reply(info.slot)?.map(|r| LastReply {
+                seq: r.seq,
+                target: if r.family == 4 {
+                    IpAddr::from([r.target[0], r.target[1], r.target[2], r.target[3]])
+                } else {
+                    IpAddr::from(r.target)
+                },
+                received_ns: r.received_ns,
+            }),
+        });
+    }
+    let mut buckets = BTreeMap::new();
+    for group in 0..MAX_GROUPS {
+        let table = maps.table(group)?;
+        if table.iter().all(|&i| i == 0) {
+            continue;
+        }
+        let mut owners: BTreeMap<String, u32> = BTreeMap::new();
+        for ifindex in table {
+            *owners.entry(ifname(ifindex)).or_default() += 1;
+        }
+        buckets.insert(group, owners);
+    }
+    let dump = MapsDump {
+        nonce: maps.settings()?.nonce,
+        nics,
+        buckets,
+    };
+    if cli.json {
+        return print_json(&dump);
+    }
+    let nic_table = Table {
+        columns: &[
+            "INTERFACE",
+            "IFINDEX",
+            "GROUP",
+            "TESTADDR",
+            "TXPKTS",
+            "TXBYTES",
+            "REDIRECTED",
+            "RXPKTS",
+            "REPLIES",
+            "REJECTED",
+        ],
+        rows: dump
+            .nics
+            .iter()
+            .map(|n| {
+                let rejected: Vec<String> = n
+                    .rejected
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                vec![
+                    n.name.clone(),
+                    n.ifindex.to_string(),
+                    n.group.to_string(),
+                    n.test_v4.map_or("--".into(), |a| a.to_string()),
+                    n.tx_packets.to_string(),
+                    n.tx_bytes.to_string(),
+                    n.redirected_packets.to_string(),
+                    n.rx_packets.to_string(),
+                    n.probe_replies.to_string(),
+                    list(&rejected),
+                ]
+            })
+            .collect(),
+    };
+    print!("{}", nic_table.render(cli.fields.as_deref())?);
+    println!();
+    let bucket_table = Table {
+        columns: &["GROUPID", "BUCKETS"],
+        rows: dump
+            .buckets
+            .iter()
+            .map(|(g, owners)| {
+                let shares: Vec<String> = owners
+                    .iter()
+                    .map(|(n, c)| format!("{n}={c}/{BUCKETS_PER_GROUP}"))
+                    .collect();
+                vec![g.to_string(), shares.join(" ")]
+            })
+            .collect(),
+    };
+    print!("{}", bucket_table.render(None)?);
+    Ok(())
+}

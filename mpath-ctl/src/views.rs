@@ -1,0 +1,93 @@
+//! The status views mpathd serves and mpathctl prints (modelled on ipmpstat -g -i -a -t -p).
+//!
+//! These are the wire format of the control socket and of `mpathctl --json`: field names are
+//! stable and documented here; new fields may be added, none renamed or removed.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `mpathctl groups|interfaces|addresses|targets` shows, taken at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub groups: Vec<GroupRow>,
+    pub interfaces: Vec<InterfaceRow>,
+    pub addresses: Vec<AddressRow>,
+    pub targets: Vec<TargetRow>,
+}
+
+/// ipmpstat -g.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRow {
+    /// Group name from the configuration.
+    pub group: String,
+    /// `ok` (all members usable), `degraded` (some unusable) or `failed` (none usable).
+    pub state: String,
+    /// Effective failure detection time in milliseconds (may exceed the configured one when
+    /// the targets are too slow for it).
+    pub fdt_ms: u64,
+    /// Members carrying traffic.
+    pub active: Vec<String>,
+    /// Working members held in reserve (standbys, or repaired NICs with FAILBACK=no).
+    pub inactive: Vec<String>,
+    /// Members that are failed, offline or missing.
+    pub unusable: Vec<String>,
+}
+
+/// ipmpstat -i.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceRow {
+    pub interface: String,
+    pub group: String,
+    /// Whether the NIC carries traffic now.
+    pub active: bool,
+    /// Any of `standby`, `inactive`, `failed`, `offline`.
+    pub flags: Vec<String>,
+    /// `up`, `down` or `unknown`.
+    pub link: String,
+    /// `ok`, `failed`, `unknown` or `disabled` (no test address: link-based only).
+    pub probe: String,
+    /// `ok`, `failed`, `offline`, `missing` or `unknown`.
+    pub state: String,
+}
+
+/// ipmpstat -a.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressRow {
+    /// The data address with its prefix length.
+    pub address: String,
+    /// `up` when it is on a NIC, `down` when on none (group failure with nowhere to go).
+    pub state: String,
+    pub group: String,
+    /// The NIC the address is on: peers send to it there.
+    pub inbound: Option<String>,
+    /// The NICs outbound traffic from it is spread over.
+    pub outbound: Vec<String>,
+}
+
+/// ipmpstat -t.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRow {
+    pub interface: String,
+    /// `routes` (configured or router targets), `multicast` (discovered), or `disabled`.
+    pub mode: String,
+    pub test_address: Option<IpAddr>,
+    /// Targets in use, in probing order.
+    pub targets: Vec<IpAddr>,
+}
+
+/// One completed probe, as `mpathctl probes` streams them (ipmpstat -p).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeRow {
+    /// Milliseconds since mpathd started.
+    pub time_ms: u64,
+    pub interface: String,
+    pub seq: u32,
+    pub target: IpAddr,
+    /// Kernel-to-kernel round trip (send stamp to XDP receive stamp), microseconds; `None`
+    /// when the probe was lost.
+    pub net_rtt_us: Option<u64>,
+    /// Smoothed round trip of the target, microseconds.
+    pub rtt_avg_us: Option<u64>,
+    pub rtt_dev_us: Option<u64>,
+}
