@@ -111,6 +111,11 @@ impl Datapath {
         probe_program(&mut self.ebpf)
     }
 
+    /// The spreading program, for BPF_PROG_TEST_RUN in tests and benchmarks.
+    pub fn spread(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        spread_program(&mut self.ebpf)
+    }
+
     /// The directory holding this datapath's pins.
     pub fn dir(&self) -> &Path {
         &self.dir
