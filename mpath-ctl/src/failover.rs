@@ -24,25 +24,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::IpAddr;
 
 use thiserror::Error;
 
+use crate::config::IpCidr;
 use crate::state::{NicRole, Role};
-
-/// An interface address with its prefix length, e.g. `192.0.2.19/24`. Same shape as the
-/// config module's `IpCidr`, which will replace it; placement only compares and prints it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpCidr {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl fmt::Display for IpCidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
 
 /// A configured data address: its home NIC and the NIC it is on now (`None` when it is on
 /// no NIC, e.g. its NIC disappeared with it or someone deleted it).
@@ -172,7 +158,10 @@ pub fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, PlanErr
     // Sorted, one IP with two prefix lengths sits side by side.
     let mut cidrs: Vec<IpCidr> = addresses.iter().map(|address| address.cidr).collect();
     cidrs.sort();
-    if let Some(pair) = cidrs.windows(2).find(|pair| pair[0].addr == pair[1].addr) {
+    if let Some(pair) = cidrs
+        .windows(2)
+        .find(|pair| pair[0].addr() == pair[1].addr())
+    {
         return Err(PlanError::DuplicateAddress {
             first: pair[0],
             second: pair[1],
@@ -292,17 +281,16 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::probe::{NUM_PROBE_FAILS, NUM_PROBE_REPAIRS, ProbeOutcome};
+    use crate::state::test_outcomes::{ANSWERED, LOST};
     use crate::state::{
-        Action, Event, Family, Group, GroupState, InterfaceConfig, LINK_UPS_PER_MINUTE,
-        NUM_PROBE_FAILS, NUM_PROBE_REPAIRS, Policy, ProbeFamilies, ProbeOutcome,
+        Action, Event, Group, GroupState, InterfaceConfig, LINK_UPS_PER_MINUTE, Policy,
+        ProbeFamilies,
     };
+    use crate::target::AddressFamily;
 
     fn cidr(text: &str) -> IpCidr {
-        let (addr, prefix_len) = text.split_once('/').unwrap();
-        IpCidr {
-            addr: addr.parse().unwrap(),
-            prefix_len: prefix_len.parse().unwrap(),
-        }
+        text.parse().unwrap()
     }
 
     fn role(name: &str, standby: bool, role: Role) -> NicRole {
@@ -658,7 +646,7 @@ mod tests {
                 for (nic, outcome) in outcomes {
                     self.send(Event::Probe {
                         nic: (*nic).to_owned(),
-                        family: Family::Ipv4,
+                        family: AddressFamily::Inet,
                         outcome: *outcome,
                     });
                 }
@@ -681,8 +669,6 @@ mod tests {
             std::mem::take(&mut self.log)
         }
     }
-
-    use ProbeOutcome::{Answered, Lost};
 
     fn no_quiet(failback: bool) -> Policy {
         Policy {
@@ -722,15 +708,15 @@ mod tests {
         // h0 stops answering (its carrier stays up); the others keep answering.
         host.rounds(
             NUM_PROBE_FAILS - 1,
-            &[("h1", Answered), ("h2", Answered), ("h0", Lost)],
+            &[("h1", ANSWERED), ("h2", ANSWERED), ("h0", LOST)],
         );
         assert!(host.take_log().is_empty(), "four losses are not a failure");
         // IPv6 probes from the link-local test address fail as well.
         for _ in 0..NUM_PROBE_FAILS {
             host.send(Event::Probe {
                 nic: "h0".into(),
-                family: Family::Ipv6,
-                outcome: Lost,
+                family: AddressFamily::Inet6,
+                outcome: LOST,
             });
         }
         assert_eq!(
@@ -738,7 +724,7 @@ mod tests {
             GroupState::Ok,
             "IPv4 has not failed yet"
         );
-        host.rounds(1, &[("h1", Answered), ("h2", Answered), ("h0", Lost)]);
+        host.rounds(1, &[("h1", ANSWERED), ("h2", ANSWERED), ("h0", LOST)]);
         assert_eq!(
             host.take_log(),
             [
@@ -757,10 +743,10 @@ mod tests {
         // Replies come back: 9 are not enough, the 10th repairs and fails back.
         host.rounds(
             NUM_PROBE_REPAIRS - 1,
-            &[("h0", Answered), ("h1", Answered), ("h2", Answered)],
+            &[("h0", ANSWERED), ("h1", ANSWERED), ("h2", ANSWERED)],
         );
         assert!(host.take_log().is_empty());
-        host.rounds(1, &[("h0", Answered), ("h1", Answered), ("h2", Answered)]);
+        host.rounds(1, &[("h0", ANSWERED), ("h1", ANSWERED), ("h2", ANSWERED)]);
         assert_eq!(
             host.take_log(),
             [
@@ -790,7 +776,7 @@ mod tests {
         );
         // h1 comes back: it takes its own address back, the standby keeps serving h0's.
         host.link("h1", true);
-        host.rounds(NUM_PROBE_REPAIRS, &[("h1", Answered)]);
+        host.rounds(NUM_PROBE_REPAIRS, &[("h1", ANSWERED)]);
         assert_eq!(host.on("h1"), ["192.0.2.20/24"]);
         assert_eq!(host.on("h2"), ["192.0.2.19/24", "2001:db8::19/64"]);
         assert_eq!(host.group.usable_interfaces(), ["h1", "h2"]);
@@ -801,7 +787,7 @@ mod tests {
         let mut host = worked_example(false);
         host.link("h0", false);
         host.link("h0", true);
-        host.rounds(NUM_PROBE_REPAIRS, &[("h0", Answered)]);
+        host.rounds(NUM_PROBE_REPAIRS, &[("h0", ANSWERED)]);
         assert_eq!(host.group.view().inactive, ["h0"]);
         assert_eq!(host.on("h2"), ["192.0.2.19/24", "2001:db8::19/64"]);
         assert!(host.on("h0").is_empty());
@@ -900,7 +886,7 @@ mod tests {
     #[test]
     fn target_failure_moves_nothing() {
         let mut host = worked_example(true);
-        host.rounds(NUM_PROBE_FAILS, &[("h0", Lost), ("h1", Lost), ("h2", Lost)]);
+        host.rounds(NUM_PROBE_FAILS, &[("h0", LOST), ("h1", LOST), ("h2", LOST)]);
         assert_eq!(host.group.state(), GroupState::Failed);
         assert!(host.moves.is_empty());
         assert_eq!(host.on("h0"), ["192.0.2.19/24", "2001:db8::19/64"]);

@@ -12,17 +12,16 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde::Serialize;
 
+use crate::config::MIN_FAILURE_DETECTION_TIME_MS;
 use crate::target::{
     AddressFamily, MAX_PROBE_TARGETS, MIN_PROBE_TARGETS, RouteEntry, SetAsideReason, TargetError,
     TargetEvent, TargetSet, TargetSource, TargetState,
 };
 
-/// Consecutive lost probes that make a NIC failed.
+/// Consecutive lost probes that fail a NIC (in.mpathd `NUM_PROBE_FAILS`).
 pub const NUM_PROBE_FAILS: u32 = 5;
-/// Consecutive answered probes that make a failed NIC repaired.
+/// Consecutive answered probes that repair a failed NIC (in.mpathd `NUM_PROBE_REPAIRS`).
 pub const NUM_PROBE_REPAIRS: u32 = 10;
-/// Below this, probes come so fast that normal jitter would fail NICs.
-pub const MIN_FAILURE_DETECTION_TIME: Duration = Duration::from_millis(100);
 
 /// The failure detection time spans this many probe intervals: the failing probes plus
 /// room for the random send offset and the last probe's loss bound.
@@ -30,8 +29,6 @@ const INTERVALS_PER_FDT: u32 = NUM_PROBE_FAILS + 2;
 /// Replies are matched against this many most recent probes: enough history to judge
 /// repair across every target, and no more, so stale or replayed replies are refused.
 const REPLY_WINDOW: usize = NUM_PROBE_REPAIRS as usize * MAX_PROBE_TARGETS + 2;
-/// A switch port still in spanning-tree learning drops everything for up to this long.
-const QUIET_PERIOD: Duration = Duration::from_secs(40);
 /// After raising the FDT, keep it at least this long so it does not flap.
 const FDT_SETTLING_TIME: Duration = Duration::from_secs(60);
 /// The FDT moves by this factor each time it is raised or lowered.
@@ -46,12 +43,15 @@ const EXCEPTION_FACTOR: u32 = 2;
 /// and wake-up latency so a busy daemon does not turn into lost probes.
 const LOSS_BOUND_FLOOR: Duration = Duration::from_millis(10);
 
+/// The configuration refuses a shorter FDT too; this guards probers built without it.
+const MIN_FAILURE_DETECTION_TIME: Duration =
+    Duration::from_millis(MIN_FAILURE_DETECTION_TIME_MS.unsigned_abs());
+
 /// A failure detection time the daemon cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FdtError {
     #[error(
-        "failure detection time {requested_ms} ms is below the minimum of {} ms",
-        MIN_FAILURE_DETECTION_TIME.as_millis()
+        "failure detection time {requested_ms} ms is below the minimum of {MIN_FAILURE_DETECTION_TIME_MS} ms"
     )]
     BelowMinimum { requested_ms: u128 },
 }
@@ -216,7 +216,9 @@ pub struct ProbeReply {
     pub received_ns: u64,
 }
 
-/// What the interface state machine counts.
+/// The verdict on one probe. The daemon hands it to the interface state machine as it is
+/// ([`crate::state::Event::Probe`]), which counts answers and losses; target and RTT are
+/// for the logs and views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeOutcome {
     /// `rtt` is the kernel-measured round trip, or the daemon's own measure when the
@@ -308,7 +310,6 @@ pub struct ProberView {
     pub nic: String,
     pub family: AddressFamily,
     pub test_address: IpAddr,
-    pub quiet_period: bool,
     #[serde(flatten)]
     pub probes: ProbeCounters,
     pub unknown: u64,
@@ -328,14 +329,12 @@ pub struct Prober {
     stats: HashMap<IpAddr, TargetStats>,
     totals: ProbeCounters,
     unknown: UnknownReplies,
-    quiet: QuietPeriod,
     nic_failed: bool,
-    last_answer_at: Option<Instant>,
 }
 
 impl Prober {
     /// Starts probing at a random point within the first interval, so NICs that start
-    /// together do not probe in lockstep, and in the startup quiet period.
+    /// together do not probe in lockstep.
     pub fn new(
         nic: impl Into<String>,
         targets: TargetSet,
@@ -352,12 +351,7 @@ impl Prober {
             stats: HashMap::new(),
             totals: ProbeCounters::default(),
             unknown: UnknownReplies::default(),
-            quiet: QuietPeriod::Until {
-                end: now + QUIET_PERIOD,
-                held: Vec::new(),
-            },
             nic_failed: false,
-            last_answer_at: None,
         }
     }
 
@@ -371,12 +365,6 @@ impl Prober {
 
     pub fn targets(&self) -> &TargetSet {
         &self.targets
-    }
-
-    /// When the last accepted reply was processed: the group-failure check compares it with
-    /// other NICs' first loss.
-    pub fn last_answer_at(&self) -> Option<Instant> {
-        self.last_answer_at
     }
 
     pub fn set_configured_targets(&mut self, targets: &[IpAddr]) -> Result<(), TargetError> {
@@ -434,17 +422,7 @@ impl Prober {
             .iter()
             .filter(|probe| probe.state == ProbeState::Outstanding)
             .map(|probe| probe.sent_at + self.loss_bound(probe.target, interval));
-        let quiet_end = match &self.quiet {
-            QuietPeriod::Until { end, held } if !held.is_empty() => Some(*end),
-            _ => None,
-        };
-        deadlines
-            .chain(quiet_end)
-            .fold(self.schedule.next_at, Instant::min)
-    }
-
-    pub fn in_quiet_period(&self, now: Instant) -> bool {
-        self.quiet.holds(now)
+        deadlines.fold(self.schedule.next_at, Instant::min)
     }
 
     /// Sends the probe that is due: schedules the next one at a random point in
@@ -477,7 +455,7 @@ impl Prober {
 
     /// Believes a reply only for an outstanding sequence number, from the target that probe
     /// went to, once. An accepted reply feeds the RTT estimate, may set a slow target aside
-    /// or raise the group's FDT, and ends the quiet period.
+    /// or raise the group's FDT.
     pub fn on_reply(
         &mut self,
         reply: ProbeReply,
@@ -514,8 +492,6 @@ impl Prober {
             stats.last_net_rtt = net_rtt;
             stats.last_rtt = Some(daemon_rtt);
         }
-        self.quiet = QuietPeriod::Over;
-        self.last_answer_at = Some(now);
         self.targets.record_answer(target);
 
         let mut events = vec![ProbeEvent::Outcome(ProbeOutcome::Answered {
@@ -529,14 +505,11 @@ impl Prober {
     }
 
     /// Declares lost every outstanding probe older than its target's RTT bound (the probe
-    /// interval while the target has no RTT estimate). During the startup quiet period losses
-    /// are held back; if it runs out without any reply they are all reported, so a NIC that
-    /// never worked fails at once.
+    /// interval while the target has no RTT estimate). Losses are reported as they happen,
+    /// also during the startup quiet period: holding back failure is the state machine's
+    /// rule ([`crate::state::Policy::startup_quiet`]), which needs the real loss times.
     pub fn poll(&mut self, now: Instant, fdt: &FailureDetectionTime) -> Vec<ProbeEvent> {
         let mut events = Vec::new();
-        for (target, lost_at) in self.quiet.expire(now) {
-            self.report_loss(target, lost_at, now, &mut events);
-        }
         let interval = fdt.probe_interval();
         for index in 0..self.sent.len() {
             let probe = self.sent[index];
@@ -552,12 +525,17 @@ impl Prober {
             if let Some(stats) = self.stats.get_mut(&probe.target) {
                 stats.counters.lost += 1;
             }
-            self.report_loss(probe.target, deadline, now, &mut events);
+            events.push(ProbeEvent::Outcome(ProbeOutcome::Lost {
+                target: probe.target,
+            }));
+            if let Some(event) = self.targets.record_loss(probe.target, deadline) {
+                events.push(ProbeEvent::Target(event));
+            }
         }
         events
     }
 
-    pub fn view(&self, now: Instant) -> ProberView {
+    pub fn view(&self) -> ProberView {
         let micros = |d: Duration| saturating_u64(d.as_micros());
         let targets = self
             .targets
@@ -582,7 +560,6 @@ impl Prober {
             nic: self.nic.clone(),
             family: self.family(),
             test_address: self.targets.test_address().addr(),
-            quiet_period: self.in_quiet_period(now),
             probes: self.totals,
             unknown: self.unknown.total(),
             unknown_by_reason: self.unknown,
@@ -666,25 +643,6 @@ impl Prober {
             })
     }
 
-    fn report_loss(
-        &mut self,
-        target: IpAddr,
-        lost_at: Instant,
-        now: Instant,
-        events: &mut Vec<ProbeEvent>,
-    ) {
-        if let QuietPeriod::Until { end, held } = &mut self.quiet
-            && now < *end
-        {
-            held.push((target, lost_at));
-            return;
-        }
-        events.push(ProbeEvent::Outcome(ProbeOutcome::Lost { target }));
-        if let Some(event) = self.targets.record_loss(target, lost_at) {
-            events.push(ProbeEvent::Target(event));
-        }
-    }
-
     fn loss_bound(&self, target: IpAddr, interval: Duration) -> Duration {
         self.rtt_bound(target)
             .map_or(interval, |crtt| crtt.max(LOSS_BOUND_FLOOR))
@@ -756,35 +714,6 @@ struct SentProbe {
     target: IpAddr,
     sent_at: Instant,
     state: ProbeState,
-}
-
-/// The startup quiet period: losses are held back until the first reply ends it, or reported
-/// when it runs out.
-#[derive(Debug)]
-enum QuietPeriod {
-    Until {
-        end: Instant,
-        held: Vec<(IpAddr, Instant)>,
-    },
-    Over,
-}
-
-impl QuietPeriod {
-    fn holds(&self, now: Instant) -> bool {
-        matches!(self, QuietPeriod::Until { end, .. } if now < *end)
-    }
-
-    /// Ends the period once its time is up, handing back the losses it held.
-    fn expire(&mut self, now: Instant) -> Vec<(IpAddr, Instant)> {
-        match self {
-            QuietPeriod::Until { end, held } if now >= *end => {
-                let held = std::mem::take(held);
-                *self = QuietPeriod::Over;
-                held
-            }
-            _ => Vec::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -971,21 +900,14 @@ mod tests {
         prober: Prober,
         fdt: FailureDetectionTime,
         rng: StdRng,
-        start: Instant,
     }
 
     impl Harness {
         fn new(fdt_ms: u64, targets: TargetSet) -> Self {
             let fdt = fdt(fdt_ms);
             let mut rng = StdRng::seed_from_u64(7);
-            let start = Instant::now();
-            let prober = Prober::new("h0", targets, start, &mut rng, &fdt);
-            Self {
-                prober,
-                fdt,
-                rng,
-                start,
-            }
+            let prober = Prober::new("h0", targets, Instant::now(), &mut rng, &fdt);
+            Self { prober, fdt, rng }
         }
 
         fn interval(&self) -> Duration {
@@ -1018,18 +940,12 @@ mod tests {
         }
 
         fn target_view(&self, address: &str) -> TargetProbeView {
-            let now = self.start;
             self.prober
-                .view(now)
+                .view()
                 .targets
                 .into_iter()
                 .find(|view| view.address == ip(address))
                 .expect("target in view")
-        }
-
-        /// A time after the quiet period, for tests about losses.
-        fn after_quiet_period(&self) -> Instant {
-            self.start + QUIET_PERIOD
         }
     }
 
@@ -1116,8 +1032,7 @@ mod tests {
     fn without_rtt_samples_a_probe_is_lost_after_one_interval() {
         let mut harness = Harness::new(10_000, target_set(&[A]));
         let interval = harness.interval();
-        let at = harness.after_quiet_period();
-        let request = harness.send_at(at);
+        let (at, request) = harness.send_due();
         assert!(
             harness
                 .poll(at + interval - Duration::from_nanos(1))
@@ -1136,8 +1051,7 @@ mod tests {
     #[test]
     fn with_rtt_samples_a_probe_is_lost_after_the_rtt_bound() {
         let mut harness = Harness::new(10_000, target_set(&[A]));
-        let at = harness.after_quiet_period();
-        let request = harness.send_at(at);
+        let (at, request) = harness.send_due();
         accepted(harness.answer(at, request, ms(20)));
         assert_eq!(
             harness.target_view(A).rtt_bound_us,
@@ -1167,8 +1081,7 @@ mod tests {
     #[test]
     fn a_microsecond_rtt_bound_is_floored_for_the_daemon_s_own_latency() {
         let mut harness = Harness::new(10_000, target_set(&[A]));
-        let at = harness.after_quiet_period();
-        let request = harness.send_at(at);
+        let (at, request) = harness.send_due();
         accepted(harness.answer(at, request, Duration::from_micros(50)));
         assert_eq!(harness.target_view(A).rtt_bound_us, Some(150));
 
@@ -1246,8 +1159,7 @@ mod tests {
     fn a_reply_after_the_loss_turns_it_into_an_answer() {
         let mut harness = Harness::new(10_000, target_set(&[A]));
         let interval = harness.interval();
-        let at = harness.after_quiet_period();
-        let request = harness.send_at(at);
+        let (at, request) = harness.send_due();
         assert_eq!(outcomes(&harness.poll(at + interval)).len(), 1);
         let counters = |h: &Harness| h.target_view(A).probes;
         assert_eq!(counters(&harness).lost, 1);
@@ -1270,7 +1182,7 @@ mod tests {
             lost: 0,
         };
         assert_eq!(counters(&harness), expected);
-        assert_eq!(harness.prober.view(at).probes, expected);
+        assert_eq!(harness.prober.view().probes, expected);
     }
 
     #[test]
@@ -1314,7 +1226,7 @@ mod tests {
             REPLY_WINDOW + 1
         );
 
-        let view = harness.prober.view(last_at);
+        let view = harness.prober.view();
         assert_eq!(view.unknown, 4);
         assert_eq!(
             view.unknown_by_reason,
@@ -1479,70 +1391,27 @@ mod tests {
     }
 
     #[test]
-    fn the_quiet_period_holds_losses_until_it_runs_out() {
+    fn losses_from_startup_on_are_reported_at_once_in_the_order_sent() {
         let mut harness = Harness::new(10_000, target_set(&[A, B]));
-        let quiet_end = harness.after_quiet_period();
         let interval = harness.interval();
-        let mut sent = Vec::new();
-        while harness.prober.next_probe_at() < quiet_end {
-            let at = harness.prober.next_probe_at();
-            assert!(
-                outcomes(&harness.poll(at)).is_empty(),
-                "a loss escaped the quiet period"
-            );
-            assert!(harness.prober.in_quiet_period(at));
-            sent.push(harness.send_at(at));
-            assert!(harness.prober.next_wakeup(&harness.fdt) <= quiet_end);
-        }
-        let events = harness.poll(quiet_end);
-        let lost = outcomes(&events);
-        let expected = harness
-            .prober
-            .sent
-            .iter()
-            .filter(|probe| probe.sent_at + interval <= quiet_end)
-            .count();
-        assert!(expected >= NUM_PROBE_FAILS as usize);
-        assert_eq!(lost.len(), expected);
+        let (first_at, first) = harness.send_due();
         assert_eq!(
-            lost,
-            sent[..expected]
-                .iter()
-                .map(|request| ProbeOutcome::Lost {
-                    target: request.target
-                })
-                .collect::<Vec<_>>(),
-            "in the order the probes were sent"
-        );
-        let all_lost = events
-            .iter()
-            .filter(|e| matches!(e, ProbeEvent::Target(TargetEvent::AllTargetsLost { .. })))
-            .count();
-        assert_eq!(all_lost, 1);
-        assert!(!harness.prober.in_quiet_period(quiet_end));
-    }
-
-    #[test]
-    fn the_first_reply_ends_the_quiet_period_and_drops_held_losses() {
-        let mut harness = Harness::new(10_000, target_set(&[A]));
-        let interval = harness.interval();
-        let (first_at, _) = harness.send_due();
-        assert!(harness.poll(first_at + interval).is_empty(), "held");
-        let at = first_at + interval;
-        let request = harness.send_at(at);
-        let events = accepted(harness.answer(at, request, ms(5)));
-        assert_eq!(outcomes(&events).len(), 1);
-        assert!(!harness.prober.in_quiet_period(at + ms(5)));
-
-        let (at, request) = harness.send_due();
-        let events = harness.poll(at + interval);
-        assert_eq!(
-            outcomes(&events),
+            outcomes(&harness.poll(first_at + interval)),
             [ProbeOutcome::Lost {
-                target: request.target
+                target: first.target
             }],
-            "reported at once, and the held loss is gone"
+            "nothing is held back at startup"
         );
+        let mut sent = Vec::new();
+        let mut last_at = first_at;
+        for _ in 0..NUM_PROBE_FAILS {
+            let (at, request) = harness.send_due();
+            sent.push(ProbeOutcome::Lost {
+                target: request.target,
+            });
+            last_at = at;
+        }
+        assert_eq!(outcomes(&harness.poll(last_at + interval)), sent);
     }
 
     #[test]
@@ -1671,11 +1540,10 @@ mod tests {
         let mut harness = Harness::new(10_000, target_set(&[A]));
         let (at, request) = harness.send_due();
         accepted(harness.answer(at, request, ms(10)));
-        let json = serde_json::to_value(harness.prober.view(at + ms(10))).unwrap();
+        let json = serde_json::to_value(harness.prober.view()).unwrap();
         assert_eq!(json["nic"], "h0");
         assert_eq!(json["family"], "inet");
         assert_eq!(json["test_address"], "192.0.2.21");
-        assert_eq!(json["quiet_period"], false);
         assert_eq!(json["sent"], 1);
         assert_eq!(json["unknown"], 0);
         let target = &json["targets"][0];

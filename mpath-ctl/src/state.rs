@@ -11,7 +11,9 @@
 //!   both IPv4 and IPv6 it fails only when every family that has targets has lost that many.
 //!   Losses reported during the startup quiet period ([`Policy::startup_quiet`], ended early by
 //!   the first reply) are counted but do not fail the NIC until the period is over, so a switch
-//!   port still in spanning-tree learning is not declared failed.
+//!   port still in spanning-tree learning is not declared failed. The rule lives here only:
+//!   the prober reports losses as they happen, so the NIC-or-target verdict below compares
+//!   true loss times (as in.mpathd, which records losses and skips only the failure check).
 //! - **Repair**: a probing NIC is repaired after [`NUM_PROBE_REPAIRS`] consecutive replies in
 //!   one family while its link is up; replies and losses seen while the link is down are
 //!   ignored and the counters restart when it goes down. A NIC without a test address is
@@ -47,16 +49,14 @@
 //!   leaves the usable set, so its addresses fail over.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use thiserror::Error;
 
-/// Consecutive lost probes that fail a NIC (in.mpathd `NUM_PROBE_FAILS`).
-pub const NUM_PROBE_FAILS: u32 = 5;
-/// Consecutive answered probes that repair a NIC (in.mpathd `NUM_PROBE_REPAIRS`).
-pub const NUM_PROBE_REPAIRS: u32 = 10;
+use crate::probe::{NUM_PROBE_FAILS, NUM_PROBE_REPAIRS, ProbeOutcome};
+use crate::target::AddressFamily;
+
 /// Link-ups tolerated within [`FLAP_WINDOW`] before repair waits for a stable link
 /// (in.mpathd `LINK_UP_PERMIN`).
 pub const LINK_UPS_PER_MINUTE: usize = 2;
@@ -80,23 +80,6 @@ impl Default for Policy {
             failback: true,
             startup_quiet: STARTUP_QUIET_PERIOD,
         }
-    }
-}
-
-/// The address family a probe was sent over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::Ipv4 => "IPv4",
-            Family::Ipv6 => "IPv6",
-        })
     }
 }
 
@@ -125,10 +108,10 @@ impl ProbeFamilies {
         ipv6: true,
     };
 
-    pub fn contains(self, family: Family) -> bool {
+    pub fn contains(self, family: AddressFamily) -> bool {
         match family {
-            Family::Ipv4 => self.ipv4,
-            Family::Ipv6 => self.ipv6,
+            AddressFamily::Inet => self.ipv4,
+            AddressFamily::Inet6 => self.ipv6,
         }
     }
 
@@ -136,8 +119,8 @@ impl ProbeFamilies {
         self.ipv4 || self.ipv6
     }
 
-    fn iter(self) -> impl Iterator<Item = Family> {
-        [Family::Ipv4, Family::Ipv6]
+    fn iter(self) -> impl Iterator<Item = AddressFamily> {
+        [AddressFamily::Inet, AddressFamily::Inet6]
             .into_iter()
             .filter(move |family| self.contains(*family))
     }
@@ -149,13 +132,6 @@ pub struct InterfaceConfig {
     pub name: String,
     pub standby: bool,
     pub probe: ProbeFamilies,
-}
-
-/// The verdict on one completed probe, as the prober reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeOutcome {
-    Answered,
-    Lost,
 }
 
 /// Something that happened to the group.
@@ -171,16 +147,17 @@ pub enum Event {
     Disappeared { nic: String },
     /// The link (carrier / RUNNING) of a present member changed; repeats are ignored.
     Link { nic: String, up: bool },
-    /// A probe completed. Ignored while the NIC is offline, missing or its link is down.
+    /// A probe completed, as the prober reported it; only answered or lost matters here.
+    /// Ignored while the NIC is offline, missing or its link is down.
     Probe {
         nic: String,
-        family: Family,
+        family: AddressFamily,
         outcome: ProbeOutcome,
     },
     /// The prober has (or no longer has) any target for this NIC and family.
     Targets {
         nic: String,
-        family: Family,
+        family: AddressFamily,
         available: bool,
     },
     /// Administrative offline (if_mpadm -d).
@@ -421,11 +398,14 @@ pub enum StateError {
     UnknownInterface { group: String, nic: String },
     #[error("interface {nic} of group {group} is not present in the system")]
     NotPresent { group: String, nic: String },
-    #[error("interface {nic} of group {group} has no {family} test address to probe from")]
+    #[error(
+        "interface {nic} of group {group} has no {} test address to probe from",
+        family.ip_version()
+    )]
     NotProbing {
         group: String,
         nic: String,
-        family: Family,
+        family: AddressFamily,
     },
     #[error(
         "cannot offline {nic}: no other functioning interfaces are in its group {group}, \
@@ -497,17 +477,17 @@ impl Interface {
         }
     }
 
-    fn stats(&self, family: Family) -> &ProbeStats {
+    fn stats(&self, family: AddressFamily) -> &ProbeStats {
         match family {
-            Family::Ipv4 => &self.ipv4,
-            Family::Ipv6 => &self.ipv6,
+            AddressFamily::Inet => &self.ipv4,
+            AddressFamily::Inet6 => &self.ipv6,
         }
     }
 
-    fn stats_mut(&mut self, family: Family) -> &mut ProbeStats {
+    fn stats_mut(&mut self, family: AddressFamily) -> &mut ProbeStats {
         match family {
-            Family::Ipv4 => &mut self.ipv4,
-            Family::Ipv6 => &mut self.ipv6,
+            AddressFamily::Inet => &mut self.ipv4,
+            AddressFamily::Inet6 => &mut self.ipv6,
         }
     }
 
@@ -875,7 +855,7 @@ impl Group {
         Ok(index)
     }
 
-    fn find_prober(&self, nic: &str, family: Family) -> Result<usize, StateError> {
+    fn find_prober(&self, nic: &str, family: AddressFamily) -> Result<usize, StateError> {
         let index = self.find(nic)?;
         if !self.members[index].probe.contains(family) {
             return Err(StateError::NotProbing {
@@ -966,7 +946,7 @@ impl Group {
     fn probe(
         &mut self,
         index: usize,
-        family: Family,
+        family: AddressFamily,
         outcome: ProbeOutcome,
         now: Instant,
         actions: &mut Vec<Action>,
@@ -979,7 +959,7 @@ impl Group {
         let stats = member.stats_mut(family);
         stats.has_targets = true;
         match outcome {
-            ProbeOutcome::Answered => {
+            ProbeOutcome::Answered { .. } => {
                 stats.answered += 1;
                 stats.lost = 0;
                 stats.first_loss = None;
@@ -989,7 +969,7 @@ impl Group {
                     self.consider_repair(index, false, actions);
                 }
             }
-            ProbeOutcome::Lost => {
+            ProbeOutcome::Lost { .. } => {
                 stats.lost += 1;
                 stats.answered = 0;
                 stats.first_loss.get_or_insert(now);
@@ -1203,14 +1183,30 @@ impl Group {
     }
 }
 
+/// Probe outcomes for tests of the state machine and of what it drives: which target
+/// answered and how fast do not matter to it.
+#[cfg(test)]
+pub(crate) mod test_outcomes {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use crate::probe::ProbeOutcome;
+
+    const TARGET: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    pub(crate) const ANSWERED: ProbeOutcome = ProbeOutcome::Answered {
+        target: TARGET,
+        rtt: Duration::from_millis(1),
+    };
+    pub(crate) const LOST: ProbeOutcome = ProbeOutcome::Lost { target: TARGET };
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_outcomes::{ANSWERED, LOST};
     use super::*;
 
     /// in.mpathd's probe interval at the default FDT of 10 s: FDT / (NUM_PROBE_FAILS + 2).
     const PROBE_INTERVAL: Duration = Duration::from_millis(1428);
-
-    use ProbeOutcome::{Answered, Lost};
 
     fn nic(name: &str, standby: bool, probe: ProbeFamilies) -> InterfaceConfig {
         InterfaceConfig {
@@ -1271,7 +1267,7 @@ mod tests {
             for (name, outcome) in outcomes {
                 actions.extend(self.send(Event::Probe {
                     nic: (*name).to_owned(),
-                    family: Family::Ipv4,
+                    family: AddressFamily::Inet,
                     outcome: *outcome,
                 }));
             }
@@ -1356,7 +1352,7 @@ mod tests {
 
     /// h0 loses five probes while h1 keeps answering: a NIC failure of h0.
     fn fail_h0_by_probes(sim: &mut Sim) -> Vec<Action> {
-        sim.rounds(NUM_PROBE_FAILS as usize, &[("h1", Answered), ("h0", Lost)])
+        sim.rounds(NUM_PROBE_FAILS as usize, &[("h1", ANSWERED), ("h0", LOST)])
     }
 
     #[test]
@@ -1438,10 +1434,10 @@ mod tests {
     #[test]
     fn four_lost_probes_do_not_fail_a_nic_five_do() {
         let mut sim = two_probing(true);
-        let actions = sim.rounds(4, &[("h1", Answered), ("h0", Lost)]);
+        let actions = sim.rounds(4, &[("h1", ANSWERED), ("h0", LOST)]);
         assert!(actions.is_empty(), "{actions:?}");
         assert_eq!(sim.state("h0"), IfState::Ok);
-        let actions = sim.round(&[("h1", Answered), ("h0", Lost)]);
+        let actions = sim.round(&[("h1", ANSWERED), ("h0", LOST)]);
         assert_eq!(
             actions,
             [
@@ -1459,9 +1455,9 @@ mod tests {
     #[test]
     fn a_reply_restarts_the_count_of_losses() {
         let mut sim = two_probing(true);
-        sim.rounds(4, &[("h1", Answered), ("h0", Lost)]);
-        sim.round(&[("h1", Answered), ("h0", Answered)]);
-        sim.rounds(4, &[("h1", Answered), ("h0", Lost)]);
+        sim.rounds(4, &[("h1", ANSWERED), ("h0", LOST)]);
+        sim.round(&[("h1", ANSWERED), ("h0", ANSWERED)]);
+        sim.rounds(4, &[("h1", ANSWERED), ("h0", LOST)]);
         assert_eq!(sim.state("h0"), IfState::Ok);
     }
 
@@ -1469,10 +1465,10 @@ mod tests {
     fn nine_answers_do_not_repair_a_nic_ten_do() {
         let mut sim = two_probing(true);
         fail_h0_by_probes(&mut sim);
-        let actions = sim.rounds(9, &[("h1", Answered), ("h0", Answered)]);
+        let actions = sim.rounds(9, &[("h1", ANSWERED), ("h0", ANSWERED)]);
         assert!(actions.is_empty(), "{actions:?}");
         assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
-        let actions = sim.round(&[("h1", Answered), ("h0", Answered)]);
+        let actions = sim.round(&[("h1", ANSWERED), ("h0", ANSWERED)]);
         assert_eq!(actions, [act(repaired, "h0"), Action::UsableSetChanged]);
         assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
     }
@@ -1481,11 +1477,11 @@ mod tests {
     fn a_loss_during_repair_restarts_the_count_of_replies() {
         let mut sim = two_probing(true);
         fail_h0_by_probes(&mut sim);
-        sim.rounds(9, &[("h0", Answered)]);
-        sim.round(&[("h0", Lost)]);
-        sim.rounds(9, &[("h0", Answered)]);
+        sim.rounds(9, &[("h0", ANSWERED)]);
+        sim.round(&[("h0", LOST)]);
+        sim.rounds(9, &[("h0", ANSWERED)]);
         assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
-        sim.round(&[("h0", Answered)]);
+        sim.round(&[("h0", ANSWERED)]);
         assert_eq!(sim.state("h0"), IfState::Ok);
     }
 
@@ -1494,16 +1490,16 @@ mod tests {
         let mut sim = two_probing(true);
         fail_h0_by_probes(&mut sim);
         // Replies before the link went down do not count towards the repair.
-        sim.rounds(5, &[("h0", Answered)]);
+        sim.rounds(5, &[("h0", ANSWERED)]);
         sim.link("h0", false);
         // Nor do replies reported while it is down.
-        let actions = sim.rounds(10, &[("h0", Answered)]);
+        let actions = sim.rounds(10, &[("h0", ANSWERED)]);
         assert!(actions.is_empty(), "{actions:?}");
         let actions = sim.link("h0", true);
         assert_eq!(actions, [Action::LinkUp { nic: "h0".into() }]);
-        sim.rounds(9, &[("h0", Answered)]);
+        sim.rounds(9, &[("h0", ANSWERED)]);
         assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
-        sim.round(&[("h0", Answered)]);
+        sim.round(&[("h0", ANSWERED)]);
         assert_eq!(sim.state("h0"), IfState::Ok);
     }
 
@@ -1514,9 +1510,9 @@ mod tests {
         sim.advance(Duration::from_secs(1));
         sim.link("h0", true);
         assert_eq!(sim.state("h0"), failed(FailureCause::LinkDown));
-        sim.rounds(9, &[("h0", Answered)]);
+        sim.rounds(9, &[("h0", ANSWERED)]);
         assert_eq!(sim.state("h0"), failed(FailureCause::LinkDown));
-        sim.round(&[("h0", Answered)]);
+        sim.round(&[("h0", ANSWERED)]);
         assert_eq!(sim.state("h0"), IfState::Ok);
     }
 
@@ -1574,9 +1570,9 @@ mod tests {
         let mut actions = Vec::new();
         for _ in 0..20 {
             actions.extend(sim.link("h0", false));
-            actions.extend(sim.rounds(3, &[("h1", Answered), ("h0", Answered)]));
+            actions.extend(sim.rounds(3, &[("h1", ANSWERED), ("h0", ANSWERED)]));
             actions.extend(sim.link("h0", true));
-            actions.extend(sim.rounds(3, &[("h1", Answered), ("h0", Answered)]));
+            actions.extend(sim.rounds(3, &[("h1", ANSWERED), ("h0", ANSWERED)]));
         }
         assert_eq!(count(&actions, &act(repaired, "h0")), 0);
         assert_eq!(
@@ -1600,7 +1596,7 @@ mod tests {
 
         let actions = sim.rounds(
             NUM_PROBE_REPAIRS as usize,
-            &[("h0", Answered), ("h1", Answered), ("h2", Answered)],
+            &[("h0", ANSWERED), ("h1", ANSWERED), ("h2", ANSWERED)],
         );
         assert_eq!(
             actions,
@@ -1633,7 +1629,7 @@ mod tests {
             sim.view("h2").flags,
             [InterfaceFlag::Standby, InterfaceFlag::Failed]
         );
-        sim.rounds(10, &[("h2", Answered)]);
+        sim.rounds(10, &[("h2", ANSWERED)]);
         assert_eq!(
             sim.view("h2").flags,
             [InterfaceFlag::Standby, InterfaceFlag::Inactive]
@@ -1644,7 +1640,7 @@ mod tests {
     fn failback_off_leaves_the_repaired_nic_inactive_while_the_standby_serves() {
         let mut sim = active_active_standby(false);
         fail_h0_by_probes(&mut sim);
-        let actions = sim.rounds(NUM_PROBE_REPAIRS as usize, &[("h0", Answered)]);
+        let actions = sim.rounds(NUM_PROBE_REPAIRS as usize, &[("h0", ANSWERED)]);
         assert_eq!(actions, [act(repaired, "h0"), Action::UsableSetChanged]);
         assert_eq!(sim.group.usable_interfaces(), ["h1", "h2"]);
         let h0 = sim.view("h0");
@@ -1682,7 +1678,7 @@ mod tests {
     fn failback_off_without_standby_keeps_the_repaired_nic_active_without_its_addresses() {
         let mut sim = two_probing(false);
         fail_h0_by_probes(&mut sim);
-        sim.rounds(NUM_PROBE_REPAIRS as usize, &[("h0", Answered)]);
+        sim.rounds(NUM_PROBE_REPAIRS as usize, &[("h0", ANSWERED)]);
         assert_eq!(sim.group.usable_interfaces(), ["h0", "h1"]);
         assert_eq!(
             sim.group.nic_roles()[0].role,
@@ -1860,15 +1856,15 @@ mod tests {
         sim.link("h2", false);
         assert_eq!(sim.group.state(), GroupState::Failed);
         sim.link("h0", true);
-        sim.rounds(NUM_PROBE_REPAIRS as usize, &[("h0", Answered)]);
+        sim.rounds(NUM_PROBE_REPAIRS as usize, &[("h0", ANSWERED)]);
         assert_eq!(sim.group.usable_interfaces(), ["h0"]);
     }
 
     #[test]
     fn all_targets_lost_at_once_is_a_target_failure() {
         let mut sim = two_probing(true);
-        sim.rounds(3, &[("h0", Answered), ("h1", Answered)]);
-        let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", Lost), ("h1", Lost)]);
+        sim.rounds(3, &[("h0", ANSWERED), ("h1", ANSWERED)]);
+        let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", LOST), ("h1", LOST)]);
         assert_eq!(
             actions,
             [
@@ -1893,7 +1889,7 @@ mod tests {
         // New targets answer: each member is repaired by its own replies.
         let actions = sim.rounds(
             NUM_PROBE_REPAIRS as usize,
-            &[("h0", Answered), ("h1", Answered)],
+            &[("h0", ANSWERED), ("h1", ANSWERED)],
         );
         assert_eq!(count(&actions, &act(repaired, "h0")), 1);
         assert_eq!(count(&actions, &act(repaired, "h1")), 1);
@@ -1908,15 +1904,15 @@ mod tests {
     fn a_reply_on_another_nic_after_the_first_loss_makes_it_a_nic_failure() {
         let mut sim = two_probing(true);
         // h1 answered after h0's first loss (strictly later, as in.mpathd's TIME_GT)...
-        sim.round(&[("h0", Lost)]);
+        sim.round(&[("h0", LOST)]);
         sim.advance(Duration::from_millis(100));
         sim.send(Event::Probe {
             nic: "h1".into(),
-            family: Family::Ipv4,
-            outcome: Answered,
+            family: AddressFamily::Inet,
+            outcome: ANSWERED,
         });
         // ...so h0's fifth loss is a NIC failure even though h1 is now losing too.
-        let actions = sim.rounds(4, &[("h0", Lost), ("h1", Lost)]);
+        let actions = sim.rounds(4, &[("h0", LOST), ("h1", LOST)]);
         assert_eq!(
             actions,
             [
@@ -1938,7 +1934,7 @@ mod tests {
                 nic("h1", false, ProbeFamilies::NONE),
             ],
         );
-        let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", Lost)]);
+        let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", LOST)]);
         assert!(actions.contains(&Action::Failed {
             nic: "h0".into(),
             cause: FailureCause::ProbesLost
@@ -1949,7 +1945,7 @@ mod tests {
     #[test]
     fn a_single_probing_nic_losing_its_probes_fails_the_group() {
         let mut sim = Sim::new(policy(true), vec![nic("h0", false, ProbeFamilies::IPV4)]);
-        let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", Lost)]);
+        let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", LOST)]);
         assert!(actions.contains(&Action::GroupFailed));
         assert!(actions.contains(&Action::FlushTargets {
             nics: vec!["h0".into()]
@@ -1967,24 +1963,24 @@ mod tests {
         );
         let v6 = |outcome| Event::Probe {
             nic: "h0".into(),
-            family: Family::Ipv6,
+            family: AddressFamily::Inet6,
             outcome,
         };
         for _ in 0..NUM_PROBE_FAILS {
-            sim.round(&[("h0", Lost)]);
-            sim.send(v6(Answered));
+            sim.round(&[("h0", LOST)]);
+            sim.send(v6(ANSWERED));
         }
         assert_eq!(sim.state("h0"), IfState::Ok, "IPv6 still answers");
         for _ in 0..NUM_PROBE_FAILS - 1 {
-            sim.round(&[("h0", Lost)]);
-            sim.send(v6(Lost));
+            sim.round(&[("h0", LOST)]);
+            sim.send(v6(LOST));
         }
         assert_eq!(sim.state("h0"), IfState::Ok);
-        sim.send(v6(Lost));
+        sim.send(v6(LOST));
         assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
         // One family answering NUM_PROBE_REPAIRS times repairs it.
         for _ in 0..NUM_PROBE_REPAIRS {
-            sim.send(v6(Answered));
+            sim.send(v6(ANSWERED));
         }
         assert_eq!(sim.state("h0"), IfState::Ok);
     }
@@ -2000,14 +1996,14 @@ mod tests {
         );
         sim.send(Event::Targets {
             nic: "h0".into(),
-            family: Family::Ipv6,
+            family: AddressFamily::Inet6,
             available: true,
         });
-        sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", Lost)]);
+        sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", LOST)]);
         assert_eq!(sim.state("h0"), IfState::Ok, "IPv6 has targets");
         sim.send(Event::Targets {
             nic: "h0".into(),
-            family: Family::Ipv6,
+            family: AddressFamily::Inet6,
             available: false,
         });
         assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
@@ -2026,7 +2022,7 @@ mod tests {
             ],
         );
         let start = sim.now;
-        sim.rounds(8, &[("h0", Lost)]);
+        sim.rounds(8, &[("h0", LOST)]);
         assert_eq!(sim.state("h0"), IfState::Ok);
         let end = start + STARTUP_QUIET_PERIOD;
         assert_eq!(sim.group.next_wakeup(), Some(end));
@@ -2048,9 +2044,47 @@ mod tests {
                 nic("h1", false, ProbeFamilies::NONE),
             ],
         );
-        sim.round(&[("h0", Answered)]);
-        sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", Lost)]);
-        assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
+        sim.rounds(NUM_PROBE_FAILS as usize - 1, &[("h0", LOST)]);
+        sim.round(&[("h0", ANSWERED)]);
+        // Losses from before the reply no longer count; later ones fail the NIC at once.
+        sim.rounds(NUM_PROBE_FAILS as usize - 1, &[("h0", LOST)]);
+        assert_eq!(sim.state("h0"), IfState::Ok);
+        let actions = sim.round(&[("h0", LOST)]);
+        assert!(actions.contains(&Action::Failed {
+            nic: "h0".into(),
+            cause: FailureCause::ProbesLost
+        }));
+        assert_eq!(sim.group.next_wakeup(), None);
+    }
+
+    #[test]
+    fn a_failure_held_back_by_the_quiet_period_is_judged_on_the_real_loss_times() {
+        let mut sim = Sim::new(
+            Policy::default(),
+            vec![
+                nic("h0", false, ProbeFamilies::IPV4),
+                nic("h1", false, ProbeFamilies::IPV4),
+            ],
+        );
+        let end = sim.now + STARTUP_QUIET_PERIOD;
+        while sim.now + PROBE_INTERVAL < end {
+            sim.round(&[("h0", LOST), ("h1", ANSWERED)]);
+        }
+        assert_eq!(sim.state("h0"), IfState::Ok);
+        // h1 answered after h0's first loss, long before the quiet period ended: h0 failed,
+        // not the targets.
+        sim.now = end;
+        assert_eq!(
+            sim.tick(),
+            [
+                Action::Failed {
+                    nic: "h0".into(),
+                    cause: FailureCause::ProbesLost
+                },
+                Action::UsableSetChanged
+            ]
+        );
+        assert_eq!(sim.state("h1"), IfState::Ok);
     }
 
     #[test]
@@ -2168,8 +2202,8 @@ mod tests {
         assert_eq!(
             sim.try_send(Event::Probe {
                 nic: "h0".into(),
-                family: Family::Ipv4,
-                outcome: Lost
+                family: AddressFamily::Inet,
+                outcome: LOST
             })
             .unwrap_err()
             .to_string(),
@@ -2187,7 +2221,7 @@ mod tests {
     #[test]
     fn views_report_ipmpstat_columns_as_stable_json() {
         let mut sim = active_active_standby(true);
-        sim.rounds(1, &[("h0", Answered), ("h1", Answered)]);
+        sim.rounds(1, &[("h0", ANSWERED), ("h1", ANSWERED)]);
         sim.link("h1", false);
         let views = serde_json::to_value(sim.group.interface_views()).unwrap();
         assert_eq!(

@@ -42,6 +42,14 @@ impl AddressFamily {
         }
     }
 
+    /// How messages for administrators name it.
+    pub fn ip_version(self) -> &'static str {
+        match self {
+            Self::Inet => "IPv4",
+            Self::Inet6 => "IPv6",
+        }
+    }
+
     /// Where discovery echoes go when no router is known: every host on the link answers.
     pub fn all_nodes(self) -> IpAddr {
         match self {
@@ -125,12 +133,6 @@ pub enum TargetEvent {
         reason: SetAsideReason,
         action: TargetAction,
     },
-    /// Every active target lost its latest probes and the NIC lost [`NUM_PROBE_FAILS`] in a
-    /// row. Alone this cannot tell a dead NIC from dead targets: the interface state machine
-    /// compares `first_loss_at` with other NICs' last answers and either fails this NIC over
-    /// or, when all failed together, flushes the targets and rediscovers. Reported once per
-    /// run of losses.
-    AllTargetsLost { first_loss_at: Instant },
 }
 
 /// A target or test address that can never work.
@@ -201,9 +203,9 @@ pub struct TargetSet {
     targets: Vec<Target>,
     /// Index where the round-robin search for the next probe target starts.
     next: usize,
+    /// Losses in a row across all targets: while it stays below [`NUM_PROBE_FAILS`] the
+    /// other targets answered, so a target that lost that many alone is to blame.
     nic_consecutive_losses: u32,
-    first_loss_at: Option<Instant>,
-    all_lost_reported: bool,
     discovery_requested: bool,
 }
 
@@ -224,8 +226,6 @@ impl TargetSet {
             targets: Vec::new(),
             next: 0,
             nic_consecutive_losses: 0,
-            first_loss_at: None,
-            all_lost_reported: false,
             discovery_requested: false,
         })
     }
@@ -328,7 +328,7 @@ impl TargetSet {
         }
         self.targets.clear();
         self.next = 0;
-        self.reset_nic_health();
+        self.nic_consecutive_losses = 0;
         self.discovery_requested = true;
     }
 
@@ -403,39 +403,26 @@ impl TargetSet {
     }
 
     pub(crate) fn record_answer(&mut self, address: IpAddr) {
-        self.reset_nic_health();
+        self.nic_consecutive_losses = 0;
         if let Some(target) = self.find_mut(address) {
             target.consecutive_losses = 0;
         }
     }
 
-    /// Counts a lost probe; sets the target aside when it alone stopped answering, and
-    /// reports when every target did.
+    /// Counts a lost probe; sets the target aside when it alone stopped answering. When
+    /// every target stops answering no target is blamed: whether the NIC or the targets
+    /// failed is the interface state machine's decision ([`crate::state`]).
     pub(crate) fn record_loss(&mut self, address: IpAddr, lost_at: Instant) -> Option<TargetEvent> {
         self.nic_consecutive_losses += 1;
-        let first_loss_at = *self.first_loss_at.get_or_insert(lost_at);
         let target_losses = self.find_mut(address).map(|target| {
             target.consecutive_losses += 1;
             target.consecutive_losses
-        });
-        if self.nic_consecutive_losses < NUM_PROBE_FAILS {
-            return match target_losses {
-                Some(losses) if losses >= NUM_PROBE_FAILS => {
-                    self.set_aside(address, SetAsideReason::Unresponsive, lost_at)
-                }
-                _ => None,
-            };
+        })?;
+        if self.nic_consecutive_losses < NUM_PROBE_FAILS && target_losses >= NUM_PROBE_FAILS {
+            self.set_aside(address, SetAsideReason::Unresponsive, lost_at)
+        } else {
+            None
         }
-        let every_target_lost = self
-            .targets
-            .iter()
-            .filter(|target| target.status == Status::Active)
-            .all(|target| target.consecutive_losses > 0);
-        if every_target_lost && !self.all_lost_reported {
-            self.all_lost_reported = true;
-            return Some(TargetEvent::AllTargetsLost { first_loss_at });
-        }
-        None
     }
 
     /// Takes a target out of rotation: a discovered host is dropped and replaced, a router
@@ -484,12 +471,6 @@ impl TargetSet {
         self.targets
             .iter_mut()
             .find(|target| target.address == address)
-    }
-
-    fn reset_nic_health(&mut self) {
-        self.nic_consecutive_losses = 0;
-        self.first_loss_at = None;
-        self.all_lost_reported = false;
     }
 
     /// Rebuilds the list from the highest-priority source that has targets, keeping the
@@ -912,36 +893,24 @@ mod tests {
     }
 
     #[test]
-    fn all_targets_lost_is_reported_once_per_run_of_losses() {
+    fn no_target_is_blamed_when_every_target_stops_answering() {
         let mut set = v4_set();
         set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61", "192.0.2.62"]), &[]);
         let start = Instant::now();
         let order = ips(&["192.0.2.60", "192.0.2.61", "192.0.2.62"]);
-        let lose_round = |set: &mut TargetSet, from: Instant| {
-            (0..NUM_PROBE_FAILS as usize + 2)
-                .map(|n| {
-                    let at = from + Duration::from_secs(n as u64);
-                    set.record_loss(order[n % order.len()], at)
-                })
-                .collect::<Vec<_>>()
-        };
-        let events = lose_round(&mut set, start);
-        let expected = TargetEvent::AllTargetsLost {
-            first_loss_at: start,
-        };
-        assert_eq!(events[NUM_PROBE_FAILS as usize - 1], Some(expected));
-        assert_eq!(events.iter().flatten().count(), 1, "{events:?}");
-        assert_eq!(set.active().count(), 3, "no target is blamed");
-
-        set.record_answer(ip("192.0.2.60"));
-        let later = start + Duration::from_secs(100);
-        let events = lose_round(&mut set, later);
+        // Each target loses more than NUM_PROBE_FAILS probes, but never alone.
+        let events: Vec<_> = (0..3 * NUM_PROBE_FAILS as usize)
+            .filter_map(|n| {
+                let at = start + Duration::from_secs(n as u64);
+                set.record_loss(order[n % order.len()], at)
+            })
+            .collect();
         assert_eq!(
-            events.iter().flatten().collect::<Vec<_>>(),
-            vec![&TargetEvent::AllTargetsLost {
-                first_loss_at: later
-            }]
+            events,
+            [],
+            "the NIC or all targets failed: not for this set to say"
         );
+        assert_eq!(set.active().count(), 3);
     }
 
     #[test]

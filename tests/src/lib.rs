@@ -1,5 +1,6 @@
 //! What mpath's integration tests share: private bpffs pin directories and crafted packets.
 
+pub mod daemon;
 pub mod flows;
 pub mod packets;
 

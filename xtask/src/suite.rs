@@ -11,6 +11,8 @@ use crate::exec;
 const TEST_PIN_PREFIX: &str = "mpath-test-";
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    // The lab tests run the daemon and the CLI as programs.
+    exec(Command::new(env!("CARGO")).args(["build", "-p", "mpath-ctl", "--bins"]))?;
     let tests = exec(
         Command::new(env!("CARGO"))
             .args(["test", "--workspace", "--no-fail-fast"])

@@ -1,0 +1,84 @@
+//! mpathd: the IP multipathing daemon.
+//!
+//! Exit codes: 0 after SIGTERM/SIGINT, 1 on a runtime failure, 2 on a bad configuration or
+//! command line (nothing on the host is changed then).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use mpath_ctl::{
+    config::{self, Config},
+    daemon::Daemon,
+    datapath,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "mpathd",
+    version,
+    about = "IP multipathing daemon: failure detection, failover and load spreading"
+)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Solaris-style defaults (FAILURE_DETECTION_TIME=..., FAILBACK=..., ...), read when
+    /// present; the TOML file wins where both set a value.
+    #[arg(long, default_value = config::DEFAULT_DEFAULTS_PATH)]
+    defaults: PathBuf,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+    /// Remove mpath's datapath from this host (detach the programs from every NIC, unpin
+    /// the maps) and exit. Run it with mpathd stopped, when taking mpath off a host.
+    #[arg(long, conflicts_with = "check")]
+    teardown: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let config = match Config::load(&args.config, Some(&args.defaults)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mpathd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{}: configuration is valid", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    if args.teardown {
+        return match datapath::teardown(&config.daemon.bpf_pin_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mpathd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mpathd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(async { Daemon::start(config).await?.run().await }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,848 @@
+//! mpathd's event loop: it feeds link events, probe replies, timers and operator commands to
+//! the per-group state machines (`state`), and carries out what they decide: bucket tables
+//! (`spread`, `maps`), address moves (`failover`, `netlink`, `announce`), probes (`probe`,
+//! `probe_socket`).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use mpath_common::{NIC_F_TEST_V4, NicInfo, ProbeReply as RawReply, Settings};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use serde::Serialize;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::{broadcast, mpsc},
+};
+
+use crate::{
+    announce,
+    config::{Config, GroupConfig, IpCidr},
+    control::{self, Command, Reply, Request},
+    datapath::Datapath,
+    failover::{self, DataAddress},
+    netconf,
+    netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink},
+    probe::{FailureDetectionTime, ProbeEvent, ProbeOutcome, ProbeReply, Prober, ReplyVerdict},
+    probe_socket::{ProbeSocket, monotonic_ns},
+    spread,
+    state::{self, Action, Event, Policy, ProbeFamilies},
+    target::{RouteEntry, TargetSet},
+    views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetRow},
+};
+
+/// Replies to discovery echoes arrive from hosts that are not yet targets; the sequence
+/// numbers of those echoes are remembered this long.
+const DISCOVERY_MEMORY: usize = 8;
+
+/// One NIC's probing in one address family.
+struct Probing {
+    prober: Prober,
+    socket: ProbeSocket,
+    /// Sequence numbers of recent discovery echoes.
+    discovery: Vec<u32>,
+    /// Whether targets were available at the last look, to report changes once.
+    had_targets: bool,
+}
+
+struct Nic {
+    name: String,
+    standby: bool,
+    test_address: Option<IpCidr>,
+    slot: u32,
+    /// Kernel identity while the NIC exists.
+    ifindex: Option<u32>,
+    mac: [u8; 6],
+    probing: Option<Probing>,
+}
+
+struct Group {
+    id: u32,
+    config: GroupConfig,
+    fsm: state::Group,
+    fdt: FailureDetectionTime,
+    nics: Vec<Nic>,
+    addresses: Vec<DataAddress>,
+}
+
+impl Group {
+    fn nic(&self, name: &str) -> Option<&Nic> {
+        self.nics.iter().find(|n| n.name == name)
+    }
+
+    fn nic_mut(&mut self, name: &str) -> Option<&mut Nic> {
+        self.nics.iter_mut().find(|n| n.name == name)
+    }
+}
+
+pub struct Daemon {
+    config: Config,
+    datapath: Datapath,
+    netlink: Netlink,
+    groups: Vec<Group>,
+    nonce: u64,
+    rng: StdRng,
+    started: Instant,
+    probe_rows: broadcast::Sender<ProbeRow>,
+    routes: Vec<RouteEntry>,
+    local_addresses: Vec<IpAddr>,
+}
+
+/// Label of an enum as the views print it: its serde name.
+fn label(value: impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "unknown".into(),
+    }
+}
+
+impl Daemon {
+    /// Loads (or adopts) the datapath and takes stock of the host: links, addresses, routes.
+    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+        let mut datapath = Datapath::open(&config.daemon.bpf_pin_dir)?;
+        let mut rng = StdRng::from_os_rng();
+        let nonce: u64 = rng.random();
+        datapath.maps.set_settings(Settings { nonce })?;
+        let netlink = Netlink::connect().context("opening rtnetlink")?;
+        let policy = Policy {
+            failback: config.daemon.failback,
+            ..Policy::default()
+        };
+        let mut groups = Vec::new();
+        let mut slot = 0;
+        for (id, g) in config.groups.iter().enumerate() {
+            let interfaces = g
+                .interfaces
+                .iter()
+                .map(|i| state::InterfaceConfig {
+                    name: i.name.clone(),
+                    standby: i.standby,
+                    probe: if i.test_address.is_some() {
+                        ProbeFamilies::IPV4
+                    } else {
+                        ProbeFamilies::NONE
+                    },
+                })
+                .collect();
+            let nics = g
+                .interfaces
+                .iter()
+                .map(|i| {
+                    slot += 1;
+                    Nic {
+                        name: i.name.clone(),
+                        standby: i.standby,
+                        test_address: i.test_address.map(Into::into),
+                        slot: slot - 1,
+                        ifindex: None,
+                        mac: [0; 6],
+                        probing: None,
+                    }
+                })
+                .collect();
+            let addresses = g
+                .interfaces
+                .iter()
+                .flat_map(|i| {
+                    i.data_addresses.iter().map(|cidr| DataAddress {
+                        cidr: *cidr,
+                        home: i.name.clone(),
+                        current: None,
+                    })
+                })
+                .collect();
+            groups.push(Group {
+                id: id as u32,
+                config: g.clone(),
+                fsm: state::Group::new(g.name.clone(), policy, interfaces)?,
+                fdt: FailureDetectionTime::new(g.name.clone(), config.daemon.failure_detection_time)?,
+                nics,
+                addresses,
+            });
+        }
+        let (probe_rows, _) = broadcast::channel(256);
+        let mut daemon = Daemon {
+            config,
+            datapath,
+            netlink,
+            groups,
+            nonce,
+            rng,
+            started: Instant::now(),
+            probe_rows,
+            routes: Vec::new(),
+            local_addresses: Vec::new(),
+        };
+        daemon.resync().await?;
+        Ok(daemon)
+    }
+
+    /// Reads links, addresses and routes from the kernel and brings every group up to date:
+    /// at start, and after the kernel dropped netlink events.
+    async fn resync(&mut self) -> anyhow::Result<()> {
+        let links = self.netlink.links().await?;
+        let addresses = self.netlink.addresses().await?;
+        self.routes = self.netlink.routes().await?;
+        self.local_addresses = addresses.iter().map(|(_, c)| c.addr()).collect();
+        let now = Instant::now();
+        for gi in 0..self.groups.len() {
+            let mut present = Vec::new();
+            for ni in 0..self.groups[gi].nics.len() {
+                let name = self.groups[gi].nics[ni].name.clone();
+                match links.iter().find(|l| l.name == name) {
+                    Some(link) => {
+                        self.set_up_nic(gi, ni, link, now).await;
+                        present.push((name, link.usable()));
+                    }
+                    None => self.forget_nic(gi, ni),
+                }
+            }
+            let group = &mut self.groups[gi];
+            for address in &mut group.addresses {
+                address.current = group
+                    .nics
+                    .iter()
+                    .filter_map(|n| n.ifindex.map(|i| (i, &n.name)))
+                    .find(|(ifindex, _)| addresses.contains(&(*ifindex, address.cidr)))
+                    .map(|(_, name)| name.clone());
+            }
+            let actions = group.fsm.handle(Event::Snapshot { present }, now)?;
+            self.apply(gi, actions, true).await;
+        }
+        Ok(())
+    }
+
+    /// Attaches the datapath to a NIC that is present and starts probing on it.
+    async fn set_up_nic(&mut self, gi: usize, ni: usize, link: &LinkState, now: Instant) {
+        let group_id = self.groups[gi].id;
+        let nic = &mut self.groups[gi].nics[ni];
+        if nic.ifindex == Some(link.ifindex) {
+            return;
+        }
+        if let Some(old) = nic.ifindex.take() {
+            // The NIC was re-created under the same name.
+            let _ = self.datapath.maps.remove_nic(old);
+        }
+        nic.mac = link.mac.unwrap_or_default();
+        if let Err(e) = self.datapath.attach(&nic.name) {
+            tracing::error!("cannot attach the datapath to {}: {e}", nic.name);
+            return;
+        }
+        if let Err(e) = netconf::set_arp_filtering(&nic.name) {
+            tracing::warn!("{}: {e}", nic.name);
+        }
+        let mut info = NicInfo {
+            slot: nic.slot,
+            group: group_id,
+            mac: nic.mac,
+            ..Default::default()
+        };
+        if let Some(test) = nic.test_address {
+            if let IpAddr::V4(v4) = test.addr() {
+                info.flags |= NIC_F_TEST_V4;
+                info.test_v4 = v4.octets();
+                if let Err(e) = self.datapath.maps.set_test_address(v4, link.ifindex) {
+                    tracing::error!("{}: {e}", nic.name);
+                }
+            }
+            let options = AddressOptions::default();
+            if let Err(e) = self.netlink.add_address(link.ifindex, test, options).await {
+                tracing::error!("cannot add test address {test} to {}: {e}", nic.name);
+            }
+        }
+        if let Err(e) = self.datapath.maps.set_nic(link.ifindex, info) {
+            tracing::error!("{}: {e}", nic.name);
+        }
+        nic.ifindex = Some(link.ifindex);
+        nic.probing = match nic.test_address {
+            Some(test) => start_probing(
+                nic,
+                test,
+                link.ifindex,
+                &self.groups[gi].config.targets,
+                &self.routes,
+                &self.local_addresses,
+                &self.groups[gi].fdt,
+                &mut self.rng,
+                now,
+            ),
+            None => None,
+        };
+    }
+
+    /// Forgets the kernel side of a NIC that is gone; its links went with it.
+    fn forget_nic(&mut self, gi: usize, ni: usize) {
+        let nic = &mut self.groups[gi].nics[ni];
+        nic.probing = None;
+        if let Some(ifindex) = nic.ifindex.take() {
+            let _ = self.datapath.detach(ifindex);
+            let _ = self.datapath.maps.remove_nic(ifindex);
+        }
+    }
+
+    /// Runs until SIGTERM or SIGINT. The datapath stays pinned and the addresses stay where
+    /// they are, so a restarted mpathd carries on without disturbing traffic.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut monitor = Monitor::open().context("subscribing to rtnetlink events")?;
+        let ring = self
+            .datapath
+            .maps
+            .probe_replies
+            .take()
+            .context("probe reply ring buffer already taken")?;
+        let mut replies = AsyncFd::new(ring)?;
+        let (commands_tx, mut commands) = mpsc::channel(16);
+        let listener = control::bind(&self.config.daemon.socket)?;
+        tokio::spawn(control::serve(listener, commands_tx, self.probe_rows.clone()));
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        tracing::info!(
+            "mpathd running: {} group(s), control socket {}",
+            self.groups.len(),
+            self.config.daemon.socket.display()
+        );
+        loop {
+            let wake = self.next_wakeup();
+            tokio::select! {
+                event = monitor.next() => match event {
+                    Some(event) => self.net_event(event).await?,
+                    None => anyhow::bail!("the rtnetlink event stream ended"),
+                },
+                ready = replies.readable_mut() => {
+                    let mut guard = ready?;
+                    let mut batch = Vec::new();
+                    while let Some(item) = guard.get_inner_mut().next() {
+                        if item.len() == size_of::<RawReply>() {
+                            // SAFETY: the XDP program writes whole ProbeReply records.
+                            batch.push(unsafe { item.as_ptr().cast::<RawReply>().read_unaligned() });
+                        }
+                    }
+                    guard.clear_ready();
+                    for reply in batch {
+                        self.probe_reply(reply).await;
+                    }
+                },
+                Some(command) = commands.recv() => self.command(command).await,
+                _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        tracing::info!("mpathd stopping; the datapath stays in place");
+        Ok(())
+    }
+
+    fn next_wakeup(&self) -> Instant {
+        let mut wake = Instant::now() + Duration::from_secs(1);
+        for g in &self.groups {
+            if let Some(t) = g.fsm.next_wakeup() {
+                wake = wake.min(t);
+            }
+            for n in &g.nics {
+                if let Some(p) = &n.probing {
+                    wake = wake.min(p.prober.next_wakeup(&g.fdt));
+                }
+            }
+        }
+        wake
+    }
+
+    fn locate(&self, name: &str) -> Option<(usize, usize)> {
+        self.groups.iter().enumerate().find_map(|(gi, g)| {
+            g.nics.iter().position(|n| n.name == name).map(|ni| (gi, ni))
+        })
+    }
+
+    async fn net_event(&mut self, event: NetEvent) -> anyhow::Result<()> {
+        let now = Instant::now();
+        match event {
+            NetEvent::Link(link) => {
+                let Some((gi, ni)) = self.locate(&link.name) else {
+                    return Ok(());
+                };
+                let known = self.groups[gi].nics[ni].ifindex == Some(link.ifindex);
+                self.set_up_nic(gi, ni, &link, now).await;
+                let nic = link.name.clone();
+                let event = if known {
+                    Event::Link {
+                        nic,
+                        up: link.usable(),
+                    }
+                } else {
+                    Event::Appeared {
+                        nic,
+                        link_up: link.usable(),
+                    }
+                };
+                self.handle(gi, event, now).await;
+            }
+            NetEvent::LinkRemoved { name, .. } => {
+                if let Some((gi, ni)) = self.locate(&name) {
+                    self.forget_nic(gi, ni);
+                    for a in &mut self.groups[gi].addresses {
+                        if a.current.as_deref() == Some(name.as_str()) {
+                            a.current = None;
+                        }
+                    }
+                    self.handle(gi, Event::Disappeared { nic: name }, now).await;
+                }
+            }
+            NetEvent::AddressAdded { cidr, .. } => self.local_addresses.push(cidr.addr()),
+            NetEvent::AddressRemoved { cidr, .. } => {
+                self.local_addresses.retain(|a| *a != cidr.addr())
+            }
+            NetEvent::RoutesChanged => {
+                self.routes = self.netlink.routes().await?;
+                for g in &mut self.groups {
+                    for n in &mut g.nics {
+                        if let Some(p) = &mut n.probing {
+                            p.prober.update_routes(&self.routes, &self.local_addresses);
+                        }
+                    }
+                }
+            }
+            NetEvent::Overrun => {
+                tracing::warn!("the kernel dropped netlink events; resynchronising");
+                self.resync().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds one event to a group's state machine and carries out its decisions.
+    async fn handle(&mut self, gi: usize, event: Event, now: Instant) {
+        match self.groups[gi].fsm.handle(event, now) {
+            Ok(actions) => self.apply(gi, actions, false).await,
+            Err(e) => tracing::debug!("group {}: {e}", self.groups[gi].config.name),
+        }
+    }
+
+    async fn probe_reply(&mut self, raw: RawReply) {
+        let now = Instant::now();
+        let from = if raw.family == 4 {
+            IpAddr::from(Ipv4Addr::new(raw.target[0], raw.target[1], raw.target[2], raw.target[3]))
+        } else {
+            IpAddr::from(raw.target)
+        };
+        let Some((gi, ni)) = self.groups.iter().enumerate().find_map(|(gi, g)| {
+            g.nics
+                .iter()
+                .position(|n| n.ifindex == Some(raw.ifindex))
+                .map(|ni| (gi, ni))
+        }) else {
+            return;
+        };
+        let group = &mut self.groups[gi];
+        let nic_name = group.nics[ni].name.clone();
+        let Some(probing) = group.nics[ni].probing.as_mut() else {
+            return;
+        };
+        if probing.discovery.contains(&raw.seq) {
+            let added = probing.prober.add_discovered(&[from], &self.local_addresses);
+            if added > 0 {
+                tracing::info!("discovered probe target {from} on {nic_name}");
+            }
+            return;
+        }
+        let reply = ProbeReply {
+            seq: raw.seq,
+            from,
+            sent_ns: raw.sent_ns,
+            received_ns: raw.received_ns,
+        };
+        match probing.prober.on_reply(reply, now, &mut group.fdt) {
+            ReplyVerdict::Accepted(events) => self.probe_events(gi, ni, events, Some(reply)).await,
+            ReplyVerdict::Rejected(reason) => {
+                tracing::debug!("{nic_name}: reply from {from} seq {} refused: {reason:?}", raw.seq)
+            }
+        }
+    }
+
+    async fn probe_events(
+        &mut self,
+        gi: usize,
+        ni: usize,
+        events: Vec<ProbeEvent>,
+        reply: Option<ProbeReply>,
+    ) {
+        let now = Instant::now();
+        for event in events {
+            match event {
+                ProbeEvent::Outcome(outcome) => {
+                    let nic = &self.groups[gi].nics[ni];
+                    let Some(family) = nic.probing.as_ref().map(|p| p.prober.family()) else {
+                        continue;
+                    };
+                    let nic = nic.name.clone();
+                    let (target, answered) = match outcome {
+                        ProbeOutcome::Answered { target, .. } => (target, true),
+                        ProbeOutcome::Lost { target } => (target, false),
+                    };
+                    self.publish_probe(gi, ni, target, reply.filter(|_| answered), now);
+                    self.handle(gi, Event::Probe { nic, family, outcome }, now).await;
+                }
+                ProbeEvent::Target(e) => {
+                    tracing::info!("{}: {e:?}", self.groups[gi].nics[ni].name)
+                }
+                ProbeEvent::FdtRaised(change) => tracing::warn!("{}", change.message),
+            }
+        }
+    }
+
+    fn publish_probe(
+        &self,
+        gi: usize,
+        ni: usize,
+        target: IpAddr,
+        reply: Option<ProbeReply>,
+        now: Instant,
+    ) {
+        if self.probe_rows.receiver_count() == 0 {
+            return;
+        }
+        let nic = &self.groups[gi].nics[ni];
+        let Some(probing) = &nic.probing else {
+            return;
+        };
+        let view = probing.prober.view();
+        let stats = view.targets.iter().find(|t| t.address == target);
+        let _ = self.probe_rows.send(ProbeRow {
+            time_ms: now.duration_since(self.started).as_millis() as u64,
+            interface: nic.name.clone(),
+            seq: reply.map_or(0, |r| r.seq),
+            target,
+            net_rtt_us: reply.map(|r| r.received_ns.saturating_sub(r.sent_ns) / 1000),
+            rtt_avg_us: stats.and_then(|s| s.rtt_avg_us),
+            rtt_dev_us: stats.and_then(|s| s.rtt_dev_us),
+        });
+    }
+
+    /// Sends the probes that are due, declares lost the ones that timed out, and lets the
+    /// state machines act on expired timers.
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        for gi in 0..self.groups.len() {
+            for ni in 0..self.groups[gi].nics.len() {
+                let group = &mut self.groups[gi];
+                let nic = &mut group.nics[ni];
+                let name = nic.name.clone();
+                let Some(probing) = nic.probing.as_mut() else {
+                    continue;
+                };
+                if probing.prober.next_probe_at() <= now {
+                    let transmit = probing.prober.send(now, &mut self.rng, &group.fdt);
+                    if let Some(probe) = transmit.probe
+                        && let Err(e) =
+                            probing.socket.send(probe.target, probe.seq, self.nonce, monotonic_ns())
+                    {
+                        tracing::debug!("{e}");
+                    }
+                    if transmit.discover {
+                        let seq: u32 = self.rng.random();
+                        let all_nodes = probing.prober.family().all_nodes();
+                        if probing.discovery.len() == DISCOVERY_MEMORY {
+                            probing.discovery.remove(0);
+                        }
+                        probing.discovery.push(seq);
+                        if let Err(e) = probing.socket.send(all_nodes, seq, self.nonce, monotonic_ns()) {
+                            tracing::debug!("{e}");
+                        }
+                    }
+                }
+                let events = probing.prober.poll(now, &group.fdt);
+                let has_targets = !probing.prober.targets().is_empty();
+                let targets_changed = has_targets != probing.had_targets;
+                probing.had_targets = has_targets;
+                let family = probing.prober.family();
+                self.probe_events(gi, ni, events, None).await;
+                if targets_changed {
+                    let event = Event::Targets {
+                        nic: name,
+                        family,
+                        available: has_targets,
+                    };
+                    self.handle(gi, event, now).await;
+                }
+            }
+            if self.groups[gi].fsm.next_wakeup().is_some_and(|t| t <= now) {
+                self.handle(gi, Event::Tick, now).await;
+            }
+        }
+    }
+
+    async fn command(&mut self, command: Command) {
+        let now = Instant::now();
+        let reply = match command.request {
+            Request::Status {} => Reply::Status(self.status(now)),
+            Request::Offline { interface } | Request::Online { interface }
+                if self.locate(&interface).is_none() =>
+            {
+                Reply::Refused {
+                    message: format!("{interface} is not in any group"),
+                }
+            }
+            Request::Offline { interface } => {
+                self.admin(&interface, Event::Offline { nic: interface.clone() }, "offline", now)
+                    .await
+            }
+            Request::Online { interface } => {
+                self.admin(&interface, Event::Online { nic: interface.clone() }, "online", now)
+                    .await
+            }
+            Request::Probes {} => Reply::Refused {
+                message: "probes are streamed by the control server".into(),
+            },
+        };
+        let _ = command.reply.send(reply);
+    }
+
+    async fn admin(&mut self, interface: &str, event: Event, what: &str, now: Instant) -> Reply {
+        let Some((gi, _)) = self.locate(interface) else {
+            unreachable!("checked by the caller");
+        };
+        match self.groups[gi].fsm.handle(event, now) {
+            Ok(actions) => {
+                self.apply(gi, actions, false).await;
+                Reply::Done {
+                    message: format!("{interface} is {what}"),
+                }
+            }
+            Err(e) => Reply::Refused {
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// Carries out a state machine's decisions: logs, target flushes, and when the usable
+    /// set changed, the bucket table and the data addresses. `replan` forces the latter (at
+    /// start and after a resync, where the kernel may disagree with us).
+    async fn apply(&mut self, gi: usize, actions: Vec<Action>, replan: bool) {
+        let group = &mut self.groups[gi];
+        let mut usable_changed = replan;
+        for action in &actions {
+            if let Some(line) = action.log_line(&group.config.name) {
+                match action {
+                    Action::Failed { .. } | Action::GroupFailed | Action::LinkDown { .. } => {
+                        tracing::warn!("{line}")
+                    }
+                    _ => tracing::info!("{line}"),
+                }
+            }
+            match action {
+                Action::UsableSetChanged => usable_changed = true,
+                Action::FlushTargets { nics } => {
+                    for name in nics {
+                        if let Some(p) = group.nic_mut(name).and_then(|n| n.probing.as_mut()) {
+                            p.prober.flush_discovered();
+                        }
+                    }
+                }
+                Action::Failed { nic, .. } => {
+                    if let Some(p) = group.nic_mut(nic).and_then(|n| n.probing.as_mut()) {
+                        p.prober.set_nic_failed(true);
+                    }
+                }
+                Action::Repaired { nic } => {
+                    if let Some(p) = group.nic_mut(nic).and_then(|n| n.probing.as_mut()) {
+                        p.prober.set_nic_failed(false);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if usable_changed {
+            self.write_table(gi);
+            self.move_addresses(gi).await;
+        }
+    }
+
+    /// Rewrites the group's bucket table for its usable NICs, moving as few buckets as
+    /// possible.
+    fn write_table(&mut self, gi: usize) {
+        let group = &self.groups[gi];
+        let usable: Vec<u32> = group
+            .fsm
+            .usable_interfaces()
+            .into_iter()
+            .filter_map(|name| group.nic(name).and_then(|n| n.ifindex))
+            .collect();
+        let macs: BTreeMap<u32, [u8; 6]> = group
+            .nics
+            .iter()
+            .filter_map(|n| n.ifindex.map(|i| (i, n.mac)))
+            .collect();
+        let result = self.datapath.maps.table(group.id).and_then(|current| {
+            let table = spread::rebalance(&current, &usable);
+            self.datapath
+                .maps
+                .write_table(group.id, &table, |i| macs.get(&i).copied().unwrap_or_default())
+        });
+        match result {
+            Ok(moved) => tracing::debug!(
+                "group {}: {moved} buckets moved, {} usable NICs",
+                group.config.name,
+                usable.len()
+            ),
+            Err(e) => tracing::error!("group {}: bucket table: {e}", group.config.name),
+        }
+    }
+
+    /// Puts every data address where the placement plan wants it: adds it on the new NIC
+    /// first and only then removes it from the old one, so it is never on no NIC; tells the
+    /// peers at once.
+    async fn move_addresses(&mut self, gi: usize) {
+        let group = &self.groups[gi];
+        let plan = match failover::plan(&group.fsm.nic_roles(), &group.addresses) {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!("group {}: {e}", group.config.name);
+                return;
+            }
+        };
+        let mut done = BTreeSet::new();
+        for m in &plan.moves {
+            let group = &self.groups[gi];
+            let Some(to) = group.nic(&m.to).and_then(|n| n.ifindex.map(|i| (i, n.mac))) else {
+                continue;
+            };
+            let options = AddressOptions {
+                nodad: true,
+                ..Default::default()
+            };
+            if let Err(e) = self.netlink.add_address(to.0, m.addr, options).await {
+                tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
+                continue;
+            }
+            if let Some(from) = m.from.as_deref().and_then(|f| group.nic(f)).and_then(|n| n.ifindex)
+                && let Err(e) = self.netlink.del_address(from, m.addr).await
+            {
+                tracing::error!("cannot remove {} from its old NIC: {e}", m.addr);
+            }
+            let announced = match m.addr.addr() {
+                IpAddr::V4(a) => announce::gratuitous_arp(to.0, to.1, a),
+                IpAddr::V6(a) => announce::unsolicited_na(to.0, to.1, a),
+            };
+            if let Err(e) = announced {
+                tracing::warn!("announcing {} on {}: {e}", m.addr, m.to);
+            }
+            done.insert(m.addr);
+            let group = &mut self.groups[gi];
+            if let Some(a) = group.addresses.iter_mut().find(|a| a.cidr == m.addr) {
+                a.current = Some(m.to.clone());
+            }
+        }
+        for transfer in plan.transfers() {
+            if transfer.addresses.iter().all(|a| done.contains(a)) {
+                tracing::info!("{transfer}");
+            }
+        }
+    }
+
+    fn status(&self, now: Instant) -> Status {
+        let mut status = Status::default();
+        for g in &self.groups {
+            let view = g.fsm.view();
+            status.groups.push(GroupRow {
+                group: view.group.clone(),
+                state: label(view.state),
+                fdt_ms: g.fdt.effective().as_millis() as u64,
+                active: view.active.clone(),
+                inactive: view.inactive.clone(),
+                unusable: view.unusable.clone(),
+            });
+            status
+                .interfaces
+                .extend(g.fsm.interface_views().into_iter().map(|i| InterfaceRow {
+                    interface: i.interface,
+                    group: i.group,
+                    active: i.active,
+                    flags: i.flags.into_iter().map(label).collect(),
+                    link: label(i.link),
+                    probe: label(i.probe),
+                    state: label(i.state),
+                }));
+            let outbound: Vec<String> =
+                g.fsm.usable_interfaces().into_iter().map(str::to_string).collect();
+            status.addresses.extend(g.addresses.iter().map(|a| AddressRow {
+                address: a.cidr.to_string(),
+                state: if a.current.is_some() { "up" } else { "down" }.into(),
+                group: g.config.name.clone(),
+                inbound: a.current.clone(),
+                outbound: if a.current.is_some() { outbound.clone() } else { Vec::new() },
+            }));
+            status.targets.extend(g.nics.iter().map(|n| {
+                let (mode, targets) = match &n.probing {
+                    None => ("disabled".to_string(), Vec::new()),
+                    Some(p) => {
+                        let view = p.prober.view();
+                        let multicast = view
+                            .targets
+                            .iter()
+                            .any(|t| label(t.source) == "discovered");
+                        (
+                            if multicast { "multicast" } else { "routes" }.to_string(),
+                            p.prober.targets().active().collect(),
+                        )
+                    }
+                };
+                TargetRow {
+                    interface: n.name.clone(),
+                    mode,
+                    test_address: n.test_address.map(|c| c.addr()),
+                    targets,
+                }
+            }));
+        }
+        status
+    }
+}
+
+/// Opens the probe socket and the prober of a NIC with an IPv4 test address.
+#[expect(clippy::too_many_arguments, reason = "all of it is needed to start a prober")]
+fn start_probing(
+    nic: &Nic,
+    test: IpCidr,
+    ifindex: u32,
+    configured: &[IpAddr],
+    routes: &[RouteEntry],
+    local: &[IpAddr],
+    fdt: &FailureDetectionTime,
+    rng: &mut StdRng,
+    now: Instant,
+) -> Option<Probing> {
+    let IpAddr::V4(addr) = test.addr() else {
+        return None;
+    };
+    let socket = match ProbeSocket::v4(&nic.name, ifindex, addr) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot probe from {}: {e}", nic.name);
+            return None;
+        }
+    };
+    let mut targets = match TargetSet::new(ifindex, test) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("{}: {e}", nic.name);
+            return None;
+        }
+    };
+    let v4_targets: Vec<IpAddr> = configured.iter().copied().filter(IpAddr::is_ipv4).collect();
+    if let Err(e) = targets.set_configured(&v4_targets) {
+        tracing::error!("{}: {e}", nic.name);
+    }
+    targets.update_routes(routes, local);
+    let prober = Prober::new(nic.name.clone(), targets, now, rng, fdt);
+    Some(Probing {
+        prober,
+        socket,
+        discovery: Vec::new(),
+        had_targets: true,
+    })
+}

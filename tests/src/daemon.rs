@@ -1,0 +1,158 @@
+//! A real mpathd running in a lab: started through `Netns::daemon_command` (the lab's
+//! network, the host's bpffs), with its own config, socket and pin directory, stopped and torn
+//! down on drop.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use mpath_ctl::{
+    control::{self, Reply, Request},
+    views::Status,
+};
+use mpath_lab::Netns;
+
+use crate::PinDir;
+
+/// mpathd and mpathctl as built for this test run.
+pub fn binary(name: &str) -> PathBuf {
+    // Integration tests live in target/<profile>/deps; the binaries one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests through `cargo xtask test` (it builds the binaries)",
+        path.display()
+    );
+    path
+}
+
+pub struct Mpathd {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub pins: PinDir,
+    log: PathBuf,
+}
+
+impl Mpathd {
+    /// Starts mpathd in `ns` with `config` (a TOML text in which `SOCKET` and `PINS` are
+    /// replaced by this daemon's paths) and waits until it answers on its socket.
+    pub fn start(ns: &Netns, config: &str) -> Mpathd {
+        let pins = PinDir::new();
+        let dir = std::env::temp_dir().join(format!(
+            "mpathd-test-{}",
+            pins.path().file_name().unwrap().to_string_lossy()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("mpathd.sock");
+        let config_path = dir.join("mpathd.toml");
+        let text = config
+            .replace("SOCKET", &socket.display().to_string())
+            .replace("PINS", &pins.path().display().to_string());
+        fs::write(&config_path, text).unwrap();
+        let log = dir.join("mpathd.log");
+        let mut daemon = Mpathd {
+            child: None,
+            dir,
+            config: config_path,
+            socket,
+            pins,
+            log,
+        };
+        daemon.spawn(ns);
+        daemon
+    }
+
+    /// (Re)starts the process on the same configuration and pins.
+    pub fn spawn(&mut self, ns: &Netns) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = ns
+            .daemon_command(binary("mpathd"))
+            .unwrap()
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--defaults", "/nonexistent"])
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start mpathd");
+        self.child = Some(child);
+        self.wait_until("mpathd answers on its socket", |d| d.try_status().is_some());
+    }
+
+    /// Kills the process with SIGKILL (no clean-up of its own), leaving pins and socket.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn try_status(&self) -> Option<Status> {
+        match control::request(&self.socket, &Request::Status {}) {
+            Ok(Reply::Status(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.try_status()
+            .unwrap_or_else(|| panic!("mpathd gave no status; its log:\n{}", self.log()))
+    }
+
+    pub fn request(&self, request: Request) -> Reply {
+        control::request(&self.socket, &request).expect("control request")
+    }
+
+    /// Runs mpathctl in `ns` against this daemon.
+    pub fn ctl(&self, ns: &Netns, args: &[&str]) -> Output {
+        let mut cmd: Command = ns.cmd(binary("mpathctl"));
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.output().expect("run mpathctl")
+    }
+
+    /// Polls until `ready` holds, for at most 20 s; panics with the daemon's log otherwise.
+    pub fn wait_until(&mut self, what: &str, ready: impl Fn(&Mpathd) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("mpathd exited ({status}) waiting for {what}; log:\n{}", self.log());
+            }
+            if ready(self) {
+                return;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        panic!("timed out waiting for {what}; mpathd log:\n{}", self.log());
+    }
+}
+
+impl Drop for Mpathd {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let mut c = c;
+            let _ = c.wait();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

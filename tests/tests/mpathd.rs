@@ -1,0 +1,251 @@
+//! mpathd end to end in a lab: a group of two active NICs and a standby; failures injected
+//! by cutting a cable or silently dropping a NIC's frames; addresses, bucket tables, views
+//! and log lines checked against what IPMP does.
+
+use mpath_common::PIN_LAYOUT_VERSION;
+use mpath_ctl::{
+    control::{Reply, Request},
+    maps::Maps,
+    views::Status,
+};
+use mpath_lab::Lab;
+use mpath_tests::daemon::Mpathd;
+
+const CONFIG: &str = r#"
+[daemon]
+failure_detection_time_ms = 700
+failback = true
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+targets = ["192.0.2.1"]
+
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.21/24"
+data_addresses = ["192.0.2.19/24", "2001:db8::19/64"]
+
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.22/24"
+data_addresses = ["192.0.2.20/24"]
+
+[[group.interface]]
+name = "h2"
+standby = true
+test_address = "192.0.2.23/24"
+"#;
+
+fn lab() -> Lab {
+    Lab::builder().nics(3).build().expect("lab")
+}
+
+fn inbound(status: &Status, address: &str) -> Option<String> {
+    status
+        .addresses
+        .iter()
+        .find(|a| a.address == address)
+        .and_then(|a| a.inbound.clone())
+}
+
+fn state_of(status: &Status, nic: &str) -> String {
+    status
+        .interfaces
+        .iter()
+        .find(|i| i.interface == nic)
+        .map(|i| i.state.clone())
+        .unwrap_or_default()
+}
+
+/// Bucket shares per ifindex of group 0, read from the pinned maps.
+fn shares(daemon: &Mpathd) -> std::collections::BTreeMap<u32, usize> {
+    let maps =
+        Maps::open_pinned(&daemon.pins.path().join(PIN_LAYOUT_VERSION).join("maps")).unwrap();
+    let mut m = std::collections::BTreeMap::new();
+    for i in maps.table(0).unwrap() {
+        *m.entry(i).or_default() += 1;
+    }
+    m
+}
+
+fn all_ok(d: &Mpathd) -> bool {
+    d.try_status()
+        .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+}
+
+#[test]
+fn starts_with_addresses_at_home_and_spreads_over_the_active_nics() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let status = daemon.status();
+    let group = &status.groups[0];
+    assert_eq!(group.state, "ok");
+    assert_eq!(group.active, ["h0", "h1"]);
+    assert_eq!(group.inactive, ["h2"]);
+    assert_eq!(inbound(&status, "192.0.2.19/24").as_deref(), Some("h0"));
+    assert_eq!(inbound(&status, "2001:db8::19/64").as_deref(), Some("h0"));
+    assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h1"));
+
+    let h0 = lab.host_addrs("h0").unwrap();
+    assert!(h0.contains(&"192.0.2.19/24".to_string()), "{h0:?}");
+    assert!(h0.contains(&"192.0.2.21/24".to_string()), "test address on h0: {h0:?}");
+    assert_eq!(lab.host_addrs("h2").unwrap(), ["192.0.2.23/24"]);
+
+    let (h0, h1) = (
+        lab.host().ifindex("h0").unwrap(),
+        lab.host().ifindex("h1").unwrap(),
+    );
+    assert_eq!(shares(&daemon), [(h0, 128), (h1, 128)].into());
+    // Probing works: targets known and the kernel matched replies.
+    assert_eq!(
+        status.targets[0].targets,
+        ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
+    );
+    let maps = daemon.ctl(lab.host(), &["maps", "--json"]);
+    assert!(maps.status.success());
+    let dump: serde_json::Value = serde_json::from_slice(&maps.stdout).unwrap();
+    assert!(dump["nics"][0]["probe_replies"].as_u64().unwrap() > 0, "{dump}");
+}
+
+#[test]
+fn carrier_loss_fails_over_to_the_standby_and_back() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.router().run(&["ping", "-c1", "-W2", "192.0.2.19"]).unwrap();
+
+    lab.cut("h0").unwrap();
+    daemon.wait_until("192.0.2.19 on h2", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h2"))
+    });
+    let status = daemon.status();
+    assert_eq!(state_of(&status, "h0"), "failed");
+    assert_eq!(inbound(&status, "2001:db8::19/64").as_deref(), Some("h2"));
+    assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h1"));
+    assert_eq!(status.groups[0].state, "degraded");
+    let h2_addrs = lab.host_addrs("h2").unwrap();
+    for a in ["192.0.2.19/24", "2001:db8::19/64", "192.0.2.23/24"] {
+        assert!(h2_addrs.contains(&a.to_string()), "{a} not on h2: {h2_addrs:?}");
+    }
+    assert!(!lab.host_addrs("h0").unwrap().contains(&"192.0.2.19/24".to_string()));
+    let (h1, h2) = (
+        lab.host().ifindex("h1").unwrap(),
+        lab.host().ifindex("h2").unwrap(),
+    );
+    assert_eq!(shares(&daemon), [(h1, 128), (h2, 128)].into());
+    // The router learnt the move from the gratuitous ARP and reaches the address via h2.
+    lab.router().run(&["ping", "-c1", "-W2", "192.0.2.19"]).unwrap();
+    let log = daemon.log();
+    assert!(log.contains("NIC failure detected on h0 of group g0"), "{log}");
+    assert!(log.contains("Successfully failed over from NIC h0 to NIC h2"), "{log}");
+
+    lab.restore("h0").unwrap();
+    daemon.wait_until("192.0.2.19 back on h0", |d| {
+        d.try_status().is_some_and(|s| {
+            inbound(&s, "192.0.2.19/24").as_deref() == Some("h0") && state_of(&s, "h0") == "ok"
+        })
+    });
+    let status = daemon.status();
+    assert_eq!(status.groups[0].inactive, ["h2"], "the standby is inactive again");
+    assert_eq!(lab.host_addrs("h2").unwrap(), ["192.0.2.23/24"]);
+    assert!(daemon.log().contains("Successfully failed back to NIC h0"));
+    lab.router().run(&["ping", "-c1", "-W2", "192.0.2.19"]).unwrap();
+}
+
+#[test]
+fn silent_loss_is_caught_by_probes() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+
+    lab.drop_silently("h1").unwrap();
+    daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24").as_deref() == Some("h2")
+        })
+    });
+    let status = daemon.status();
+    let h1 = status.interfaces.iter().find(|i| i.interface == "h1").unwrap();
+    assert_eq!(h1.link, "up", "carrier stayed up: {h1:?}");
+    assert_eq!(h1.probe, "failed");
+
+    lab.undrop("h1").unwrap();
+    daemon.wait_until("h1 repaired after 10 answered probes", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24").as_deref() == Some("h1")
+        })
+    });
+}
+
+#[test]
+fn offline_and_online_with_refusal_of_the_last_usable_nic() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+
+    let offline = |nic: &str| Request::Offline {
+        interface: nic.into(),
+    };
+    assert!(matches!(daemon.request(offline("h0")), Reply::Done { .. }));
+    assert!(matches!(daemon.request(offline("h1")), Reply::Done { .. }));
+    let status = daemon.status();
+    for a in ["192.0.2.19/24", "192.0.2.20/24"] {
+        assert_eq!(inbound(&status, a).as_deref(), Some("h2"), "{a}");
+    }
+    let refused = daemon.ctl(lab.host(), &["offline", "h2"]);
+    assert!(!refused.status.success(), "offlining the last usable NIC must fail");
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("cannot offline h2"), "{message}");
+    assert_eq!(daemon.status(), status, "a refusal changes nothing");
+    let unknown = daemon.ctl(lab.host(), &["offline", "eth9"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("eth9 is not in any group"));
+
+    let online = daemon.ctl(lab.host(), &["online", "h0"]);
+    assert!(online.status.success(), "{online:?}");
+    daemon.wait_until("192.0.2.19 back on h0", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h0"))
+    });
+}
+
+#[test]
+fn mpathctl_views_print_columns_and_json() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let groups = daemon.ctl(lab.host(), &["groups"]);
+    assert!(groups.status.success());
+    let text = String::from_utf8_lossy(&groups.stdout);
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines[0], ["GROUP", "STATE", "FDT", "INTERFACES"]);
+    assert_eq!(lines[1], ["g0", "ok", "0.70s", "h0", "h1", "(h2)"]);
+
+    let json = daemon.ctl(lab.host(), &["interfaces", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(rows[2]["interface"], "h2");
+    assert_eq!(rows[2]["flags"], serde_json::json!(["standby", "inactive"]));
+    assert_eq!(rows[2]["active"], false);
+
+    let picked = daemon.ctl(lab.host(), &["addresses", "-o", "address,inbound"]);
+    let text = String::from_utf8_lossy(&picked.stdout);
+    assert!(text.starts_with("ADDRESS"), "{text}");
+    assert!(text.lines().any(|l| l.split_whitespace().eq(["192.0.2.20/24", "h1"])));
+
+    drop(daemon);
+    let lab2 = lab;
+    let not_running = std::process::Command::new(mpath_tests::daemon::binary("mpathctl"))
+        .args(["--socket", "/nonexistent/mpathd.sock", "groups"])
+        .output()
+        .unwrap();
+    assert_eq!(not_running.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&not_running.stderr).trim(),
+        "mpathctl: mpathd is not running (nothing listens on /nonexistent/mpathd.sock)"
+    );
+    drop(lab2);
+}
