@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
 use mpath_common::{NIC_F_TEST_V4, NicInfo, ProbeReply as RawReply, Settings};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use serde::Serialize;
@@ -26,7 +25,7 @@ use crate::{
     control::{self, Command, Reply, Request},
     datapath::Datapath,
     failover::{self, DataAddress},
-    netconf,
+    netconf::{InterfaceNetconf, Netconf},
     netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink},
     probe::{FailureDetectionTime, ProbeEvent, ProbeOutcome, ProbeReply, Prober, ReplyVerdict},
     probe_socket::{ProbeSocket, monotonic_ns},
@@ -50,9 +49,26 @@ struct Probing {
     had_targets: bool,
 }
 
+/// Repeats of a moved address's announcement still to send (the first goes out at once).
+struct Announcement {
+    ifindex: u32,
+    mac: [u8; 6],
+    addr: IpAddr,
+    remaining: u32,
+    next: Instant,
+}
+
+impl Announcement {
+    fn send(&self) -> std::io::Result<()> {
+        match self.addr {
+            IpAddr::V4(a) => announce::gratuitous_arp(self.ifindex, self.mac, a),
+            IpAddr::V6(a) => announce::unsolicited_na(self.ifindex, self.mac, a),
+        }
+    }
+}
+
 struct Nic {
     name: String,
-    standby: bool,
     test_address: Option<IpCidr>,
     slot: u32,
     /// Kernel identity while the NIC exists.
@@ -84,6 +100,7 @@ pub struct Daemon {
     config: Config,
     datapath: Datapath,
     netlink: Netlink,
+    monitor: Monitor,
     groups: Vec<Group>,
     nonce: u64,
     rng: StdRng,
@@ -91,6 +108,7 @@ pub struct Daemon {
     probe_rows: broadcast::Sender<ProbeRow>,
     routes: Vec<RouteEntry>,
     local_addresses: Vec<IpAddr>,
+    announcements: Vec<Announcement>,
 }
 
 /// Label of an enum as the views print it: its serde name.
@@ -109,6 +127,8 @@ impl Daemon {
         let mut rng = StdRng::from_os_rng();
         let nonce: u64 = rng.random();
         datapath.maps.set_settings(Settings { nonce })?;
+        // Subscribed before the first dump, so that nothing changing meanwhile is missed.
+        let monitor = Monitor::open().context("subscribing to rtnetlink events")?;
         let netlink = Netlink::connect().context("opening rtnetlink")?;
         let policy = Policy {
             failback: config.daemon.failback,
@@ -137,7 +157,6 @@ impl Daemon {
                     slot += 1;
                     Nic {
                         name: i.name.clone(),
-                        standby: i.standby,
                         test_address: i.test_address.map(Into::into),
                         slot: slot - 1,
                         ifindex: None,
@@ -161,7 +180,10 @@ impl Daemon {
                 id: id as u32,
                 config: g.clone(),
                 fsm: state::Group::new(g.name.clone(), policy, interfaces)?,
-                fdt: FailureDetectionTime::new(g.name.clone(), config.daemon.failure_detection_time)?,
+                fdt: FailureDetectionTime::new(
+                    g.name.clone(),
+                    config.daemon.failure_detection_time,
+                )?,
                 nics,
                 addresses,
             });
@@ -171,6 +193,7 @@ impl Daemon {
             config,
             datapath,
             netlink,
+            monitor,
             groups,
             nonce,
             rng,
@@ -178,6 +201,7 @@ impl Daemon {
             probe_rows,
             routes: Vec::new(),
             local_addresses: Vec::new(),
+            announcements: Vec::new(),
         };
         daemon.resync().await?;
         Ok(daemon)
@@ -220,8 +244,8 @@ impl Daemon {
 
     /// Attaches the datapath to a NIC that is present and starts probing on it.
     async fn set_up_nic(&mut self, gi: usize, ni: usize, link: &LinkState, now: Instant) {
-        let group_id = self.groups[gi].id;
-        let nic = &mut self.groups[gi].nics[ni];
+        let group = &mut self.groups[gi];
+        let nic = &mut group.nics[ni];
         if nic.ifindex == Some(link.ifindex) {
             return;
         }
@@ -234,12 +258,12 @@ impl Daemon {
             tracing::error!("cannot attach the datapath to {}: {e}", nic.name);
             return;
         }
-        if let Err(e) = netconf::set_arp_filtering(&nic.name) {
+        if let Err(e) = Netconf::system().write(&nic.name, InterfaceNetconf::GROUP_MEMBER) {
             tracing::warn!("{}: {e}", nic.name);
         }
         let mut info = NicInfo {
             slot: nic.slot,
-            group: group_id,
+            group: group.id,
             mac: nic.mac,
             ..Default::default()
         };
@@ -251,9 +275,17 @@ impl Daemon {
                     tracing::error!("{}: {e}", nic.name);
                 }
             }
-            let options = AddressOptions::default();
-            if let Err(e) = self.netlink.add_address(link.ifindex, test, options).await {
-                tracing::error!("cannot add test address {test} to {}: {e}", nic.name);
+            // A test address must never steer routing nor be chosen as a source: it goes on
+            // as a host address (/32) without a prefix route. Otherwise it would be the
+            // primary address of its subnet and the data addresses secondaries, which get no
+            // route of their own.
+            let host = IpCidr::new(test.addr(), 32).expect("/32 is valid for IPv4");
+            let options = AddressOptions {
+                noprefixroute: true,
+                ..Default::default()
+            };
+            if let Err(e) = self.netlink.add_address(link.ifindex, host, options).await {
+                tracing::error!("cannot add test address {host} to {}: {e}", nic.name);
             }
         }
         if let Err(e) = self.datapath.maps.set_nic(link.ifindex, info) {
@@ -262,13 +294,13 @@ impl Daemon {
         nic.ifindex = Some(link.ifindex);
         nic.probing = match nic.test_address {
             Some(test) => start_probing(
-                nic,
+                &nic.name,
                 test,
                 link.ifindex,
-                &self.groups[gi].config.targets,
+                &group.config.targets,
                 &self.routes,
                 &self.local_addresses,
-                &self.groups[gi].fdt,
+                &group.fdt,
                 &mut self.rng,
                 now,
             ),
@@ -289,17 +321,22 @@ impl Daemon {
     /// Runs until SIGTERM or SIGINT. The datapath stays pinned and the addresses stay where
     /// they are, so a restarted mpathd carries on without disturbing traffic.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let mut monitor = Monitor::open().context("subscribing to rtnetlink events")?;
         let ring = self
             .datapath
             .maps
             .probe_replies
             .take()
             .context("probe reply ring buffer already taken")?;
-        let mut replies = AsyncFd::new(ring)?;
+        // SAFETY: the ring buffer owns its descriptor, which stays open and the same for as
+        // long as the AsyncFd owns the ring buffer.
+        let mut replies = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
         let (commands_tx, mut commands) = mpsc::channel(16);
         let listener = control::bind(&self.config.daemon.socket)?;
-        tokio::spawn(control::serve(listener, commands_tx, self.probe_rows.clone()));
+        tokio::spawn(control::serve(
+            listener,
+            commands_tx,
+            self.probe_rows.clone(),
+        ));
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         tracing::info!(
@@ -310,10 +347,7 @@ impl Daemon {
         loop {
             let wake = self.next_wakeup();
             tokio::select! {
-                event = monitor.next() => match event {
-                    Some(event) => self.net_event(event).await?,
-                    None => anyhow::bail!("the rtnetlink event stream ended"),
-                },
+                event = self.monitor.next() => self.net_event(event?).await?,
                 ready = replies.readable_mut() => {
                     let mut guard = ready?;
                     let mut batch = Vec::new();
@@ -340,6 +374,9 @@ impl Daemon {
 
     fn next_wakeup(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_secs(1);
+        for a in &self.announcements {
+            wake = wake.min(a.next);
+        }
         for g in &self.groups {
             if let Some(t) = g.fsm.next_wakeup() {
                 wake = wake.min(t);
@@ -355,7 +392,10 @@ impl Daemon {
 
     fn locate(&self, name: &str) -> Option<(usize, usize)> {
         self.groups.iter().enumerate().find_map(|(gi, g)| {
-            g.nics.iter().position(|n| n.name == name).map(|ni| (gi, ni))
+            g.nics
+                .iter()
+                .position(|n| n.name == name)
+                .map(|ni| (gi, ni))
         })
     }
 
@@ -426,7 +466,12 @@ impl Daemon {
     async fn probe_reply(&mut self, raw: RawReply) {
         let now = Instant::now();
         let from = if raw.family == 4 {
-            IpAddr::from(Ipv4Addr::new(raw.target[0], raw.target[1], raw.target[2], raw.target[3]))
+            IpAddr::from(Ipv4Addr::new(
+                raw.target[0],
+                raw.target[1],
+                raw.target[2],
+                raw.target[3],
+            ))
         } else {
             IpAddr::from(raw.target)
         };
@@ -444,7 +489,9 @@ impl Daemon {
             return;
         };
         if probing.discovery.contains(&raw.seq) {
-            let added = probing.prober.add_discovered(&[from], &self.local_addresses);
+            let added = probing
+                .prober
+                .add_discovered(&[from], &self.local_addresses);
             if added > 0 {
                 tracing::info!("discovered probe target {from} on {nic_name}");
             }
@@ -459,7 +506,10 @@ impl Daemon {
         match probing.prober.on_reply(reply, now, &mut group.fdt) {
             ReplyVerdict::Accepted(events) => self.probe_events(gi, ni, events, Some(reply)).await,
             ReplyVerdict::Rejected(reason) => {
-                tracing::debug!("{nic_name}: reply from {from} seq {} refused: {reason:?}", raw.seq)
+                tracing::debug!(
+                    "{nic_name}: reply from {from} seq {} refused: {reason:?}",
+                    raw.seq
+                )
             }
         }
     }
@@ -485,7 +535,16 @@ impl Daemon {
                         ProbeOutcome::Lost { target } => (target, false),
                     };
                     self.publish_probe(gi, ni, target, reply.filter(|_| answered), now);
-                    self.handle(gi, Event::Probe { nic, family, outcome }, now).await;
+                    self.handle(
+                        gi,
+                        Event::Probe {
+                            nic,
+                            family,
+                            outcome,
+                        },
+                        now,
+                    )
+                    .await;
                 }
                 ProbeEvent::Target(e) => {
                     tracing::info!("{}: {e:?}", self.groups[gi].nics[ni].name)
@@ -527,6 +586,14 @@ impl Daemon {
     /// state machines act on expired timers.
     async fn tick(&mut self) {
         let now = Instant::now();
+        for a in self.announcements.iter_mut().filter(|a| a.next <= now) {
+            if let Err(e) = a.send() {
+                tracing::debug!("announcing {}: {e}", a.addr);
+            }
+            a.remaining -= 1;
+            a.next = now + announce::ANNOUNCE_INTERVAL;
+        }
+        self.announcements.retain(|a| a.remaining > 0);
         for gi in 0..self.groups.len() {
             for ni in 0..self.groups[gi].nics.len() {
                 let group = &mut self.groups[gi];
@@ -539,7 +606,9 @@ impl Daemon {
                     let transmit = probing.prober.send(now, &mut self.rng, &group.fdt);
                     if let Some(probe) = transmit.probe
                         && let Err(e) =
-                            probing.socket.send(probe.target, probe.seq, self.nonce, monotonic_ns())
+                            probing
+                                .socket
+                                .send(probe.target, probe.seq, self.nonce, monotonic_ns())
                     {
                         tracing::debug!("{e}");
                     }
@@ -550,7 +619,11 @@ impl Daemon {
                             probing.discovery.remove(0);
                         }
                         probing.discovery.push(seq);
-                        if let Err(e) = probing.socket.send(all_nodes, seq, self.nonce, monotonic_ns()) {
+                        if let Err(e) =
+                            probing
+                                .socket
+                                .send(all_nodes, seq, self.nonce, monotonic_ns())
+                        {
                             tracing::debug!("{e}");
                         }
                     }
@@ -579,7 +652,7 @@ impl Daemon {
     async fn command(&mut self, command: Command) {
         let now = Instant::now();
         let reply = match command.request {
-            Request::Status {} => Reply::Status(self.status(now)),
+            Request::Status {} => Reply::Status(self.status()),
             Request::Offline { interface } | Request::Online { interface }
                 if self.locate(&interface).is_none() =>
             {
@@ -588,12 +661,26 @@ impl Daemon {
                 }
             }
             Request::Offline { interface } => {
-                self.admin(&interface, Event::Offline { nic: interface.clone() }, "offline", now)
-                    .await
+                self.admin(
+                    &interface,
+                    Event::Offline {
+                        nic: interface.clone(),
+                    },
+                    "offline",
+                    now,
+                )
+                .await
             }
             Request::Online { interface } => {
-                self.admin(&interface, Event::Online { nic: interface.clone() }, "online", now)
-                    .await
+                self.admin(
+                    &interface,
+                    Event::Online {
+                        nic: interface.clone(),
+                    },
+                    "online",
+                    now,
+                )
+                .await
             }
             Request::Probes {} => Reply::Refused {
                 message: "probes are streamed by the control server".into(),
@@ -679,9 +766,9 @@ impl Daemon {
             .collect();
         let result = self.datapath.maps.table(group.id).and_then(|current| {
             let table = spread::rebalance(&current, &usable);
-            self.datapath
-                .maps
-                .write_table(group.id, &table, |i| macs.get(&i).copied().unwrap_or_default())
+            self.datapath.maps.write_table(group.id, &table, |i| {
+                macs.get(&i).copied().unwrap_or_default()
+            })
         });
         match result {
             Ok(moved) => tracing::debug!(
@@ -719,17 +806,31 @@ impl Daemon {
                 tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
                 continue;
             }
-            if let Some(from) = m.from.as_deref().and_then(|f| group.nic(f)).and_then(|n| n.ifindex)
+            if let Some(from) = m
+                .from
+                .as_deref()
+                .and_then(|f| group.nic(f))
+                .and_then(|n| n.ifindex)
                 && let Err(e) = self.netlink.del_address(from, m.addr).await
             {
                 tracing::error!("cannot remove {} from its old NIC: {e}", m.addr);
             }
-            let announced = match m.addr.addr() {
-                IpAddr::V4(a) => announce::gratuitous_arp(to.0, to.1, a),
-                IpAddr::V6(a) => announce::unsolicited_na(to.0, to.1, a),
+            let announcement = Announcement {
+                ifindex: to.0,
+                mac: to.1,
+                addr: m.addr.addr(),
+                remaining: match m.addr.addr() {
+                    IpAddr::V4(_) => announce::ARP_ANNOUNCEMENTS,
+                    IpAddr::V6(_) => announce::NA_ANNOUNCEMENTS,
+                } - 1,
+                next: Instant::now() + announce::ANNOUNCE_INTERVAL,
             };
-            if let Err(e) = announced {
+            if let Err(e) = announcement.send() {
                 tracing::warn!("announcing {} on {}: {e}", m.addr, m.to);
+            }
+            self.announcements.retain(|a| a.addr != announcement.addr);
+            if announcement.remaining > 0 {
+                self.announcements.push(announcement);
             }
             done.insert(m.addr);
             let group = &mut self.groups[gi];
@@ -744,7 +845,7 @@ impl Daemon {
         }
     }
 
-    fn status(&self, now: Instant) -> Status {
+    fn status(&self) -> Status {
         let mut status = Status::default();
         for g in &self.groups {
             let view = g.fsm.view();
@@ -767,24 +868,32 @@ impl Daemon {
                     probe: label(i.probe),
                     state: label(i.state),
                 }));
-            let outbound: Vec<String> =
-                g.fsm.usable_interfaces().into_iter().map(str::to_string).collect();
-            status.addresses.extend(g.addresses.iter().map(|a| AddressRow {
-                address: a.cidr.to_string(),
-                state: if a.current.is_some() { "up" } else { "down" }.into(),
-                group: g.config.name.clone(),
-                inbound: a.current.clone(),
-                outbound: if a.current.is_some() { outbound.clone() } else { Vec::new() },
-            }));
+            let outbound: Vec<String> = g
+                .fsm
+                .usable_interfaces()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            status
+                .addresses
+                .extend(g.addresses.iter().map(|a| AddressRow {
+                    address: a.cidr.to_string(),
+                    state: if a.current.is_some() { "up" } else { "down" }.into(),
+                    group: g.config.name.clone(),
+                    inbound: a.current.clone(),
+                    outbound: if a.current.is_some() {
+                        outbound.clone()
+                    } else {
+                        Vec::new()
+                    },
+                }));
             status.targets.extend(g.nics.iter().map(|n| {
                 let (mode, targets) = match &n.probing {
                     None => ("disabled".to_string(), Vec::new()),
                     Some(p) => {
                         let view = p.prober.view();
-                        let multicast = view
-                            .targets
-                            .iter()
-                            .any(|t| label(t.source) == "discovered");
+                        let multicast =
+                            view.targets.iter().any(|t| label(t.source) == "discovered");
                         (
                             if multicast { "multicast" } else { "routes" }.to_string(),
                             p.prober.targets().active().collect(),
@@ -804,9 +913,12 @@ impl Daemon {
 }
 
 /// Opens the probe socket and the prober of a NIC with an IPv4 test address.
-#[expect(clippy::too_many_arguments, reason = "all of it is needed to start a prober")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "all of it is needed to start a prober"
+)]
 fn start_probing(
-    nic: &Nic,
+    nic: &str,
     test: IpCidr,
     ifindex: u32,
     configured: &[IpAddr],
@@ -819,26 +931,26 @@ fn start_probing(
     let IpAddr::V4(addr) = test.addr() else {
         return None;
     };
-    let socket = match ProbeSocket::v4(&nic.name, ifindex, addr) {
+    let socket = match ProbeSocket::v4(nic, ifindex, addr) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("cannot probe from {}: {e}", nic.name);
+            tracing::error!("cannot probe from {nic}: {e}");
             return None;
         }
     };
     let mut targets = match TargetSet::new(ifindex, test) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!("{}: {e}", nic.name);
+            tracing::error!("{nic}: {e}");
             return None;
         }
     };
     let v4_targets: Vec<IpAddr> = configured.iter().copied().filter(IpAddr::is_ipv4).collect();
     if let Err(e) = targets.set_configured(&v4_targets) {
-        tracing::error!("{}: {e}", nic.name);
+        tracing::error!("{nic}: {e}");
     }
     targets.update_routes(routes, local);
-    let prober = Prober::new(nic.name.clone(), targets, now, rng, fdt);
+    let prober = Prober::new(nic.to_string(), targets, now, rng, fdt);
     Some(Probing {
         prober,
         socket,

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use crate::config::IpCidr;
+pub use crate::netlink::RouteEntry;
 use crate::probe::NUM_PROBE_FAILS;
 
 /// More targets add probe traffic without making failure detection more reliable.
@@ -66,15 +67,6 @@ impl fmt::Display for AddressFamily {
             Self::Inet6 => "inet6",
         })
     }
-}
-
-/// One route, or one next hop of a multipath route, from the main routing table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteEntry {
-    pub destination: IpCidr,
-    pub gateway: Option<IpAddr>,
-    /// Interface index of the NIC the route goes out of.
-    pub oif: u32,
 }
 
 /// Where a target came from; one list holds one kind only.

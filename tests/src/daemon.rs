@@ -22,7 +22,10 @@ use crate::PinDir;
 pub fn binary(name: &str) -> PathBuf {
     // Integration tests live in target/<profile>/deps; the binaries one level up.
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -120,9 +123,11 @@ impl Mpathd {
         control::request(&self.socket, &request).expect("control request")
     }
 
-    /// Runs mpathctl in `ns` against this daemon.
+    /// Runs mpathctl in `ns` (with the host's bpffs, for `maps`) against this daemon.
     pub fn ctl(&self, ns: &Netns, args: &[&str]) -> Output {
-        let mut cmd: Command = ns.cmd(binary("mpathctl"));
+        let mut cmd: Command = ns
+            .daemon_command(binary("mpathctl"))
+            .expect("mpathctl command");
         cmd.arg("--config").arg(&self.config).args(args);
         cmd.output().expect("run mpathctl")
     }
@@ -134,7 +139,10 @@ impl Mpathd {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
-                panic!("mpathd exited ({status}) waiting for {what}; log:\n{}", self.log());
+                panic!(
+                    "mpathd exited ({status}) waiting for {what}; log:\n{}",
+                    self.log()
+                );
             }
             if ready(self) {
                 return;

@@ -91,8 +91,11 @@ fn starts_with_addresses_at_home_and_spreads_over_the_active_nics() {
 
     let h0 = lab.host_addrs("h0").unwrap();
     assert!(h0.contains(&"192.0.2.19/24".to_string()), "{h0:?}");
-    assert!(h0.contains(&"192.0.2.21/24".to_string()), "test address on h0: {h0:?}");
-    assert_eq!(lab.host_addrs("h2").unwrap(), ["192.0.2.23/24"]);
+    assert!(
+        h0.contains(&"192.0.2.21/32".to_string()),
+        "test address on h0: {h0:?}"
+    );
+    assert_eq!(lab.host_addrs("h2").unwrap(), ["192.0.2.23/32"]);
 
     let (h0, h1) = (
         lab.host().ifindex("h0").unwrap(),
@@ -107,7 +110,10 @@ fn starts_with_addresses_at_home_and_spreads_over_the_active_nics() {
     let maps = daemon.ctl(lab.host(), &["maps", "--json"]);
     assert!(maps.status.success());
     let dump: serde_json::Value = serde_json::from_slice(&maps.stdout).unwrap();
-    assert!(dump["nics"][0]["probe_replies"].as_u64().unwrap() > 0, "{dump}");
+    assert!(
+        dump["nics"][0]["probe_replies"].as_u64().unwrap() > 0,
+        "{dump}"
+    );
 }
 
 #[test]
@@ -115,7 +121,9 @@ fn carrier_loss_fails_over_to_the_standby_and_back() {
     let lab = lab();
     let mut daemon = Mpathd::start(lab.host(), CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
-    lab.router().run(&["ping", "-c1", "-W2", "192.0.2.19"]).unwrap();
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+        .unwrap();
 
     lab.cut("h0").unwrap();
     daemon.wait_until("192.0.2.19 on h2", |d| {
@@ -128,20 +136,35 @@ fn carrier_loss_fails_over_to_the_standby_and_back() {
     assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h1"));
     assert_eq!(status.groups[0].state, "degraded");
     let h2_addrs = lab.host_addrs("h2").unwrap();
-    for a in ["192.0.2.19/24", "2001:db8::19/64", "192.0.2.23/24"] {
-        assert!(h2_addrs.contains(&a.to_string()), "{a} not on h2: {h2_addrs:?}");
+    for a in ["192.0.2.19/24", "2001:db8::19/64", "192.0.2.23/32"] {
+        assert!(
+            h2_addrs.contains(&a.to_string()),
+            "{a} not on h2: {h2_addrs:?}"
+        );
     }
-    assert!(!lab.host_addrs("h0").unwrap().contains(&"192.0.2.19/24".to_string()));
+    assert!(
+        !lab.host_addrs("h0")
+            .unwrap()
+            .contains(&"192.0.2.19/24".to_string())
+    );
     let (h1, h2) = (
         lab.host().ifindex("h1").unwrap(),
         lab.host().ifindex("h2").unwrap(),
     );
     assert_eq!(shares(&daemon), [(h1, 128), (h2, 128)].into());
     // The router learnt the move from the gratuitous ARP and reaches the address via h2.
-    lab.router().run(&["ping", "-c1", "-W2", "192.0.2.19"]).unwrap();
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+        .unwrap();
     let log = daemon.log();
-    assert!(log.contains("NIC failure detected on h0 of group g0"), "{log}");
-    assert!(log.contains("Successfully failed over from NIC h0 to NIC h2"), "{log}");
+    assert!(
+        log.contains("NIC failure detected on h0 of group g0"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Successfully failed over from NIC h0 to NIC h2"),
+        "{log}"
+    );
 
     lab.restore("h0").unwrap();
     daemon.wait_until("192.0.2.19 back on h0", |d| {
@@ -150,10 +173,16 @@ fn carrier_loss_fails_over_to_the_standby_and_back() {
         })
     });
     let status = daemon.status();
-    assert_eq!(status.groups[0].inactive, ["h2"], "the standby is inactive again");
-    assert_eq!(lab.host_addrs("h2").unwrap(), ["192.0.2.23/24"]);
+    assert_eq!(
+        status.groups[0].inactive,
+        ["h2"],
+        "the standby is inactive again"
+    );
+    assert_eq!(lab.host_addrs("h2").unwrap(), ["192.0.2.23/32"]);
     assert!(daemon.log().contains("Successfully failed back to NIC h0"));
-    lab.router().run(&["ping", "-c1", "-W2", "192.0.2.19"]).unwrap();
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+        .unwrap();
 }
 
 #[test]
@@ -169,7 +198,11 @@ fn silent_loss_is_caught_by_probes() {
         })
     });
     let status = daemon.status();
-    let h1 = status.interfaces.iter().find(|i| i.interface == "h1").unwrap();
+    let h1 = status
+        .interfaces
+        .iter()
+        .find(|i| i.interface == "h1")
+        .unwrap();
     assert_eq!(h1.link, "up", "carrier stayed up: {h1:?}");
     assert_eq!(h1.probe, "failed");
 
@@ -197,7 +230,10 @@ fn offline_and_online_with_refusal_of_the_last_usable_nic() {
         assert_eq!(inbound(&status, a).as_deref(), Some("h2"), "{a}");
     }
     let refused = daemon.ctl(lab.host(), &["offline", "h2"]);
-    assert!(!refused.status.success(), "offlining the last usable NIC must fail");
+    assert!(
+        !refused.status.success(),
+        "offlining the last usable NIC must fail"
+    );
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("cannot offline h2"), "{message}");
     assert_eq!(daemon.status(), status, "a refusal changes nothing");
@@ -221,7 +257,10 @@ fn mpathctl_views_print_columns_and_json() {
     let groups = daemon.ctl(lab.host(), &["groups"]);
     assert!(groups.status.success());
     let text = String::from_utf8_lossy(&groups.stdout);
-    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    let lines: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
     assert_eq!(lines[0], ["GROUP", "STATE", "FDT", "INTERFACES"]);
     assert_eq!(lines[1], ["g0", "ok", "0.70s", "h0", "h1", "(h2)"]);
 
@@ -234,7 +273,10 @@ fn mpathctl_views_print_columns_and_json() {
     let picked = daemon.ctl(lab.host(), &["addresses", "-o", "address,inbound"]);
     let text = String::from_utf8_lossy(&picked.stdout);
     assert!(text.starts_with("ADDRESS"), "{text}");
-    assert!(text.lines().any(|l| l.split_whitespace().eq(["192.0.2.20/24", "h1"])));
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().eq(["192.0.2.20/24", "h1"]))
+    );
 
     drop(daemon);
     let lab2 = lab;

@@ -134,14 +134,15 @@ impl Demo {
         Ok(())
     }
 
-    fn ctl_command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.lab.host().cmd(self.bin.join("mpathctl"));
+    /// mpathctl in the host namespace, seeing the host's bpffs (for `maps`).
+    fn ctl_command(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let mut cmd = self.lab.host().daemon_command(self.bin.join("mpathctl"))?;
         cmd.arg("--config").arg(&self.config).args(args);
-        cmd
+        Ok(cmd)
     }
 
     fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.ctl_command(args).output()?;
+        let out = self.ctl_command(args)?.output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!(
@@ -203,7 +204,7 @@ impl Demo {
 
     fn finish_traffic(&mut self) -> anyhow::Result<()> {
         println!("\n== traffic to the data addresses during all of this:");
-        for mut ping in self.pings.drain(..) {
+        for ping in self.pings.drain(..) {
             // SAFETY: sending SIGINT to our own child makes ping print its summary.
             unsafe { libc::kill(ping.id() as i32, libc::SIGINT) };
             let out = ping.wait_with_output()?;

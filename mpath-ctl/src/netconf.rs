@@ -1,0 +1,278 @@
+//! Per-interface kernel settings of group members, read and written through `/proc/sys/net`
+//! (no `sysctl` binary).
+//!
+//! `/proc/sys/net` shows the network namespace of the thread that opens the file, not the
+//! process's: call these functions from a thread in the namespace the interfaces live in.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Where the running kernel exposes its network settings.
+pub const PROC_SYS_NET: &str = "/proc/sys/net";
+
+/// Linux IFNAMSIZ (16) less the terminating NUL.
+const MAX_INTERFACE_NAME_LEN: usize = 15;
+
+/// The IPv4 settings of one interface that IPMP depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterfaceNetconf {
+    /// `arp_ignore`: 1 answers ARP only for addresses configured on the receiving NIC.
+    pub arp_ignore: u8,
+    /// `arp_announce`: 2 always uses the sending NIC's own best address as ARP source.
+    pub arp_announce: u8,
+    /// `promote_secondaries`: deleting a subnet's primary address promotes the next one
+    /// instead of deleting every secondary with it.
+    pub promote_secondaries: bool,
+}
+
+impl InterfaceNetconf {
+    /// What every group member needs: without the ARP settings Linux answers ARP for any
+    /// local address on any NIC ("ARP flux"), so inbound traffic for a data address would
+    /// not stay on the NIC that holds it; without promotion, moving a subnet's first
+    /// (primary) address away would delete the data addresses behind it.
+    pub const GROUP_MEMBER: InterfaceNetconf = InterfaceNetconf {
+        arp_ignore: 1,
+        arp_announce: 2,
+        promote_secondaries: true,
+    };
+}
+
+/// Why reading or writing an interface's settings failed.
+#[derive(Debug, Error)]
+pub enum NetconfError {
+    #[error("{name:?} is not an interface name: {reason}")]
+    BadInterfaceName { name: String, reason: &'static str },
+    #[error("no interface {interface} in this network namespace ({} does not exist)", path.display())]
+    NoSuchInterface { interface: String, path: PathBuf },
+    #[error("reading {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("writing {value} to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+    #[error("{} holds {content:?}, not a number from 0 to 255", path.display())]
+    BadValue { path: PathBuf, content: String },
+}
+
+/// The `net` sysctl tree of one kernel view; [`Netconf::system`] is the real one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Netconf {
+    root: PathBuf,
+}
+
+impl Netconf {
+    /// `/proc/sys/net`, as the calling thread's network namespace sees it.
+    pub fn system() -> Netconf {
+        Netconf::at(PROC_SYS_NET)
+    }
+
+    /// A tree laid out like `/proc/sys/net` under `root`.
+    pub fn at(root: impl Into<PathBuf>) -> Netconf {
+        Netconf { root: root.into() }
+    }
+
+    /// The settings of `interface` now.
+    pub fn read(&self, interface: &str) -> Result<InterfaceNetconf, NetconfError> {
+        let dir = self.interface_dir(interface)?;
+        Ok(InterfaceNetconf {
+            arp_ignore: read_number(&dir.join("arp_ignore"))?,
+            arp_announce: read_number(&dir.join("arp_announce"))?,
+            promote_secondaries: read_number(&dir.join("promote_secondaries"))? != 0,
+        })
+    }
+
+    /// Sets `interface`'s settings; [`Netconf::read`] beforehand gives what to restore when
+    /// the interface leaves its group. The kernel combines each with the namespace-wide
+    /// `conf/all` value (the larger ARP value, either promotion flag), which this leaves alone.
+    pub fn write(&self, interface: &str, settings: InterfaceNetconf) -> Result<(), NetconfError> {
+        let dir = self.interface_dir(interface)?;
+        write_number(&dir.join("arp_ignore"), settings.arp_ignore)?;
+        write_number(&dir.join("arp_announce"), settings.arp_announce)?;
+        write_number(
+            &dir.join("promote_secondaries"),
+            u8::from(settings.promote_secondaries),
+        )
+    }
+
+    /// `ROOT/ipv4/conf/INTERFACE`, for a real interface's name only: `all` and `default`
+    /// would change every interface, and path characters would leave the directory.
+    fn interface_dir(&self, interface: &str) -> Result<PathBuf, NetconfError> {
+        let bad = |reason| NetconfError::BadInterfaceName {
+            name: interface.to_string(),
+            reason,
+        };
+        if interface.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if interface.len() > MAX_INTERFACE_NAME_LEN {
+            return Err(bad("longer than 15 bytes"));
+        }
+        if interface == "." || interface == ".." {
+            return Err(bad("a directory name"));
+        }
+        if interface
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        {
+            return Err(bad("contains '/', ':' or whitespace"));
+        }
+        if interface == "all" || interface == "default" {
+            return Err(bad("names the settings of every interface"));
+        }
+        let dir = self.root.join("ipv4/conf").join(interface);
+        if !dir.is_dir() {
+            return Err(NetconfError::NoSuchInterface {
+                interface: interface.to_string(),
+                path: dir,
+            });
+        }
+        Ok(dir)
+    }
+}
+
+fn read_number(path: &Path) -> Result<u8, NetconfError> {
+    let content = std::fs::read_to_string(path).map_err(|source| NetconfError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    content.trim().parse().map_err(|_| NetconfError::BadValue {
+        path: path.to_path_buf(),
+        content,
+    })
+}
+
+fn write_number(path: &Path, value: u8) -> Result<(), NetconfError> {
+    // Written in one call without truncation: a proc file takes the whole value per write.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut file| io::Write::write_all(&mut file, format!("{value}\n").as_bytes()))
+        .map_err(|source| NetconfError::Write {
+            path: path.to_path_buf(),
+            value: value.to_string(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A throwaway tree shaped like `/proc/sys/net` with interface `h0`.
+    struct FakeTree {
+        root: PathBuf,
+    }
+
+    impl FakeTree {
+        fn new(test: &str) -> FakeTree {
+            let root =
+                std::env::temp_dir().join(format!("mpath-netconf-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            let dir = root.join("ipv4/conf/h0");
+            std::fs::create_dir_all(&dir).unwrap();
+            for (file, value) in [
+                ("arp_ignore", "0\n"),
+                ("arp_announce", "0\n"),
+                ("promote_secondaries", "0\n"),
+            ] {
+                std::fs::write(dir.join(file), value).unwrap();
+            }
+            std::fs::create_dir_all(root.join("ipv4/conf/all")).unwrap();
+            FakeTree { root }
+        }
+    }
+
+    impl Drop for FakeTree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    #[test]
+    fn group_member_settings_round_trip() {
+        let tree = FakeTree::new("round-trip");
+        let netconf = Netconf::at(&tree.root);
+        assert_eq!(
+            netconf.read("h0").unwrap(),
+            InterfaceNetconf {
+                arp_ignore: 0,
+                arp_announce: 0,
+                promote_secondaries: false
+            }
+        );
+        netconf.write("h0", InterfaceNetconf::GROUP_MEMBER).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(tree.root.join("ipv4/conf/h0/arp_announce")).unwrap(),
+            "2\n"
+        );
+        assert_eq!(netconf.read("h0").unwrap(), InterfaceNetconf::GROUP_MEMBER);
+    }
+
+    #[test]
+    fn names_that_are_not_one_interface_are_refused() {
+        let tree = FakeTree::new("bad-names");
+        let netconf = Netconf::at(&tree.root);
+        for name in [
+            "",
+            "all",
+            "default",
+            ".",
+            "..",
+            "../h0",
+            "h0/x",
+            "h 0",
+            "h0:1",
+            "a-very-long-name0",
+        ] {
+            let error = netconf.read(name).unwrap_err();
+            assert!(
+                matches!(&error, NetconfError::BadInterfaceName { name: n, .. } if n == name),
+                "{name:?}: {error}"
+            );
+            assert!(
+                netconf.write(name, InterfaceNetconf::GROUP_MEMBER).is_err(),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_interface_and_garbage_values_are_named() {
+        let tree = FakeTree::new("errors");
+        let netconf = Netconf::at(&tree.root);
+        let missing = netconf.read("h9").unwrap_err();
+        assert!(matches!(missing, NetconfError::NoSuchInterface { .. }));
+        assert!(missing.to_string().contains("no interface h9"), "{missing}");
+
+        std::fs::write(tree.root.join("ipv4/conf/h0/arp_ignore"), "x\n").unwrap();
+        let garbage = netconf.read("h0").unwrap_err();
+        assert!(
+            garbage
+                .to_string()
+                .ends_with("h0/arp_ignore holds \"x\\n\", not a number from 0 to 255"),
+            "{garbage}"
+        );
+
+        std::fs::write(tree.root.join("ipv4/conf/h0/arp_ignore"), "1\n").unwrap();
+        std::fs::remove_file(tree.root.join("ipv4/conf/h0/arp_announce")).unwrap();
+        let unreadable = netconf.read("h0").unwrap_err();
+        assert!(
+            matches!(unreadable, NetconfError::Read { .. }),
+            "{unreadable}"
+        );
+        assert!(
+            unreadable.to_string().contains("arp_announce"),
+            "{unreadable}"
+        );
+        // Writing does not create files the kernel does not offer.
+        let error = netconf
+            .write("h0", InterfaceNetconf::GROUP_MEMBER)
+            .unwrap_err();
+        assert!(matches!(error, NetconfError::Write { .. }), "{error}");
+        assert!(error.to_string().contains("arp_announce"), "{error}");
+    }
+}

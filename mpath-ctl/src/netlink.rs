@@ -1,0 +1,1091 @@
+//! mpathd's view of the kernel's links, addresses and routes over rtnetlink: requests through
+//! [`Netlink`], change notifications through [`Monitor`].
+//!
+//! Everything acts on the network namespace of the thread that opens the socket
+//! ([`Netlink::connect`], [`Monitor::open`]); the socket stays there whatever thread polls it later.
+//! Both need a running tokio runtime. Nothing here runs `ip`.
+//!
+//! To (re)synchronise, open the [`Monitor`] first and dump afterwards: a change that races
+//! with the dump then still arrives as an event.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+
+use bytes::BytesMut;
+use futures_channel::mpsc::UnboundedReceiver;
+use futures_util::{StreamExt, TryStreamExt};
+use rtnetlink::packet_core::{
+    NLMSG_OVERRUN, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NetlinkSerializable,
+};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType, RouteVia,
+};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::proto::{NetlinkCodec, NetlinkMessageCodec};
+use rtnetlink::sys::{AsyncSocket, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
+use rtnetlink::{Handle, MulticastGroup};
+use thiserror::Error;
+use tokio::task::JoinHandle;
+
+use crate::config::IpCidr;
+
+/// The kernel's "forever" for address lifetimes (INFINITY_LIFE_TIME).
+const INFINITE_LIFETIME: u32 = u32::MAX;
+
+/// Where a [`Monitor`] subscribes: links, addresses and routes of both families.
+const MONITOR_GROUPS: [MulticastGroup; 5] = [
+    MulticastGroup::Link,
+    MulticastGroup::Ipv4Ifaddr,
+    MulticastGroup::Ipv6Ifaddr,
+    MulticastGroup::Ipv4Route,
+    MulticastGroup::Ipv6Route,
+];
+
+/// A link as IPMP cares about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    pub ifindex: u32,
+    pub name: String,
+    /// The Ethernet address; `None` for links that have none (loopback has one of zeros).
+    pub mac: Option<[u8; 6]>,
+    /// IFF_UP: administratively up.
+    pub up: bool,
+    /// IFF_RUNNING: operationally up (RFC 2863 operstate UP or UNKNOWN).
+    pub running: bool,
+    /// IFF_LOWER_UP: the driver reports carrier.
+    pub lower_up: bool,
+}
+
+impl LinkState {
+    /// Whether the link can carry IPMP traffic. Solaris's IFF_RUNNING (what in.mpathd's
+    /// link-based detection reads) is the driver's link-up, i.e. carrier: Linux's
+    /// IFF_LOWER_UP. Linux's own IFF_RUNNING is the operational state, which also drops for
+    /// a dormant link and lags carrier by linkwatch's delay in either direction, so a link
+    /// is usable only when up, running and with carrier: it fails on whichever drops first
+    /// and is repaired only when both agree.
+    pub fn usable(&self) -> bool {
+        self.up && self.running && self.lower_up
+    }
+
+    /// `None` for the bridge's per-port messages (family AF_BRIDGE), which describe a port's
+    /// bridge membership rather than the link, and for messages without a name.
+    fn from_message(message: &LinkMessage) -> Option<LinkState> {
+        if message.header.interface_family == AddressFamily::Bridge {
+            return None;
+        }
+        let name = link_name(message)?;
+        let mac = if message.header.link_layer_type == LinkLayerType::Ether {
+            message
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                    _ => None,
+                })
+        } else {
+            None
+        };
+        let flags = message.header.flags;
+        Some(LinkState {
+            ifindex: message.header.index,
+            name,
+            mac,
+            up: flags.contains(LinkFlags::Up),
+            running: flags.contains(LinkFlags::Running),
+            lower_up: flags.contains(LinkFlags::LowerUp),
+        })
+    }
+}
+
+/// A change the kernel announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetEvent {
+    /// A link appeared or one of its attributes (flags, name, MAC...) changed; compare with
+    /// the last known state.
+    Link(LinkState),
+    LinkRemoved {
+        ifindex: u32,
+        name: String,
+    },
+    /// An address appeared or changed (e.g. finished DAD or was deprecated): it is present.
+    AddressAdded {
+        ifindex: u32,
+        cidr: IpCidr,
+    },
+    AddressRemoved {
+        ifindex: u32,
+        cidr: IpCidr,
+    },
+    /// A unicast route of the main table was added, changed or removed: dump them again.
+    RoutesChanged,
+    /// Events were lost (the socket's receive buffer overflowed, a message could not be
+    /// parsed, or the socket failed and was reopened): the state known so far is stale,
+    /// dump links, addresses and routes again.
+    Overrun,
+}
+
+/// How [`Netlink::add_address`] adds an address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddressOptions {
+    /// IFA_F_NODAD: skip IPv6 Duplicate Address Detection so a moved address is usable at
+    /// once instead of after about a second. Ignored for IPv4, which has no DAD.
+    pub nodad: bool,
+    /// Preferred lifetime 0 (deprecated): IPv6 source selection then avoids the address
+    /// unless an application binds it. IPv4 records the flag but its source selection
+    /// ignores it (the primary address of a subnet wins).
+    pub preferred_lft_zero: bool,
+    /// IFA_F_NOPREFIXROUTE: no connected route for the address's prefix, so the kernel never
+    /// routes through a NIC because of its test address.
+    pub noprefixroute: bool,
+}
+
+/// One next hop of a unicast route in the main table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteEntry {
+    /// The destination prefix; a default route is `0.0.0.0/0` or `::/0`.
+    pub destination: IpCidr,
+    /// `None` for a directly connected (on-link) destination.
+    pub gateway: Option<IpAddr>,
+    /// Outgoing interface index.
+    pub oif: u32,
+}
+
+/// An interface as an error message names it: by name when the kernel still knew it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub ifindex: u32,
+    pub name: Option<String>,
+}
+
+impl fmt::Display for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name} (ifindex {})", self.ifindex),
+            None => write!(f, "ifindex {}", self.ifindex),
+        }
+    }
+}
+
+/// A failed netlink operation; the kernel's errno is the `io::Error` source.
+#[derive(Debug, Error)]
+pub enum NetlinkError {
+    #[error("netlink sockets need a running tokio runtime")]
+    NoRuntime,
+    #[error("opening an rtnetlink socket: {0}")]
+    Open(#[source] io::Error),
+    #[error("opening the rtnetlink monitor for link, address and route changes: {0}")]
+    OpenMonitor(#[source] io::Error),
+    #[error("listing links: {0}")]
+    ListLinks(#[source] io::Error),
+    #[error("looking up link {name}: {source}")]
+    GetLink { name: String, source: io::Error },
+    #[error("listing addresses: {0}")]
+    ListAddresses(#[source] io::Error),
+    #[error("adding address {cidr} to {interface}: {source}")]
+    AddAddress {
+        interface: Interface,
+        cidr: IpCidr,
+        source: io::Error,
+    },
+    #[error("removing address {cidr} from {interface}: {source}")]
+    DelAddress {
+        interface: Interface,
+        cidr: IpCidr,
+        source: io::Error,
+    },
+    #[error("listing {family} routes: {source}")]
+    ListRoutes {
+        family: &'static str,
+        source: io::Error,
+    },
+}
+
+/// Requests to the kernel: dumps of links, addresses and routes, and address changes.
+#[derive(Debug)]
+pub struct Netlink {
+    handle: Handle,
+    connection: JoinHandle<()>,
+}
+
+impl Netlink {
+    /// Opens a request socket in the calling thread's network namespace.
+    pub fn connect() -> Result<Netlink, NetlinkError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
+        let (connection, handle, _unsolicited) =
+            rtnetlink::new_connection().map_err(NetlinkError::Open)?;
+        Ok(Netlink {
+            handle,
+            connection: runtime.spawn(connection),
+        })
+    }
+
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkState>, NetlinkError> {
+        let messages: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|error| NetlinkError::ListLinks(io_error(error)))?;
+        Ok(messages
+            .iter()
+            .filter_map(LinkState::from_message)
+            .collect())
+    }
+
+    /// The link called `name`, or `None` when there is none.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+        let reply = self
+            .handle
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_next()
+            .await;
+        match reply {
+            Ok(message) => Ok(message.as_ref().and_then(LinkState::from_message)),
+            Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
+            Err(error) => Err(NetlinkError::GetLink {
+                name: name.to_string(),
+                source: io_error(error),
+            }),
+        }
+    }
+
+    /// Every IPv4 and IPv6 address as `(ifindex, address)`, link-local and loopback included.
+    pub async fn addresses(&self) -> Result<Vec<(u32, IpCidr)>, NetlinkError> {
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|error| NetlinkError::ListAddresses(io_error(error)))?;
+        Ok(messages.iter().filter_map(address_of).collect())
+    }
+
+    /// Adds `cidr` to the interface, or brings an address already there to `options`
+    /// (lifetimes, flags), so adding twice is not an error. IPv4 addresses get the subnet's
+    /// broadcast address, as `ip addr add ... brd +` sets it. IPv6 identifies an address by
+    /// its value alone: one already present with another prefix length keeps that length.
+    pub async fn add_address(
+        &self,
+        ifindex: u32,
+        cidr: IpCidr,
+        options: AddressOptions,
+    ) -> Result<(), NetlinkError> {
+        let mut request = self
+            .handle
+            .address()
+            .add(ifindex, cidr.addr(), cidr.prefix_len())
+            .replace();
+        let attributes = &mut request.message_mut().attributes;
+        let mut flags = AddressFlags::empty();
+        if options.nodad && cidr.addr().is_ipv6() {
+            flags |= AddressFlags::Nodad;
+        }
+        if options.noprefixroute {
+            flags |= AddressFlags::Noprefixroute;
+        }
+        if !flags.is_empty() {
+            attributes.push(AddressAttribute::Flags(flags));
+        }
+        if options.preferred_lft_zero {
+            let mut lifetimes = CacheInfo::default();
+            lifetimes.ifa_preferred = 0;
+            lifetimes.ifa_valid = INFINITE_LIFETIME;
+            attributes.push(AddressAttribute::CacheInfo(lifetimes));
+        }
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(NetlinkError::AddAddress {
+                interface: self.interface(ifindex).await,
+                cidr,
+                source: io_error(error),
+            }),
+        }
+    }
+
+    /// Removes `cidr` from the interface; an address (or interface) already gone is not an
+    /// error.
+    pub async fn del_address(&self, ifindex: u32, cidr: IpCidr) -> Result<(), NetlinkError> {
+        let mut message = AddressMessage::default();
+        message.header.index = ifindex;
+        message.header.prefix_len = cidr.prefix_len();
+        message.header.family = match cidr.addr() {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        message.attributes = vec![
+            AddressAttribute::Local(cidr.addr()),
+            AddressAttribute::Address(cidr.addr()),
+        ];
+        match self.handle.address().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(error)
+                if matches!(
+                    errno(&error),
+                    Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(NetlinkError::DelAddress {
+                interface: self.interface(ifindex).await,
+                cidr,
+                source: io_error(error),
+            }),
+        }
+    }
+
+    /// The unicast routes of the main table, IPv4 then IPv6, one entry per next hop of a
+    /// multipath route. Next hops marked dead or linkdown are listed too: they are still in
+    /// the table and come back with their link.
+    pub async fn routes(&self) -> Result<Vec<RouteEntry>, NetlinkError> {
+        let mut entries = Vec::new();
+        for (family, family_name) in [
+            (AddressFamily::Inet, "IPv4"),
+            (AddressFamily::Inet6, "IPv6"),
+        ] {
+            let mut query = RouteMessage::default();
+            query.header.address_family = family;
+            let messages: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|error| NetlinkError::ListRoutes {
+                    family: family_name,
+                    source: io_error(error),
+                })?;
+            entries.extend(
+                messages
+                    .iter()
+                    .filter(|message| is_main_unicast(message))
+                    .flat_map(route_entries),
+            );
+        }
+        Ok(entries)
+    }
+
+    /// Names `ifindex` for an error message, as well as the kernel still can.
+    async fn interface(&self, ifindex: u32) -> Interface {
+        let reply = self
+            .handle
+            .link()
+            .get()
+            .match_index(ifindex)
+            .execute()
+            .try_next()
+            .await;
+        Interface {
+            ifindex,
+            name: reply.ok().flatten().as_ref().and_then(link_name),
+        }
+    }
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// Change notifications for links, addresses and routes.
+#[derive(Debug)]
+pub struct Monitor {
+    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
+    connection: JoinHandle<()>,
+    receive_buffer: usize,
+}
+
+impl Monitor {
+    /// Receive buffer of [`Monitor::open`]: room for thousands of notifications, so a burst
+    /// (a NIC with many addresses going away) does not overflow it while the daemon is busy.
+    /// Memory is only used while notifications wait.
+    pub const DEFAULT_RECEIVE_BUFFER: usize = 8 << 20;
+
+    /// Subscribes in the calling thread's network namespace.
+    pub fn open() -> Result<Monitor, NetlinkError> {
+        Monitor::open_with_receive_buffer(Self::DEFAULT_RECEIVE_BUFFER)
+    }
+
+    /// Like [`Monitor::open`] with a receive buffer of `bytes` (the kernel doubles it and
+    /// enforces a minimum of a few KiB). Beyond `net.core.rmem_max` it needs CAP_NET_ADMIN.
+    pub fn open_with_receive_buffer(bytes: usize) -> Result<Monitor, NetlinkError> {
+        let (connection, messages) = subscribe(bytes)?;
+        Ok(Monitor {
+            messages,
+            connection,
+            receive_buffer: bytes,
+        })
+    }
+
+    /// The next event. Cancel safe: nothing is lost when the future is dropped unfinished.
+    /// When the socket fails it is reopened and [`NetEvent::Overrun`] returned, since events
+    /// may have been missed; only a failure to reopen is an error.
+    pub async fn next(&mut self) -> Result<NetEvent, NetlinkError> {
+        loop {
+            match self.messages.next().await {
+                Some((message, _)) => {
+                    if let Some(event) = event_from_message(message) {
+                        return Ok(event);
+                    }
+                }
+                None => {
+                    let (connection, messages) = subscribe(self.receive_buffer)?;
+                    self.connection.abort();
+                    self.connection = connection;
+                    self.messages = messages;
+                    return Ok(NetEvent::Overrun);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+type Notifications = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
+
+/// Opens a socket subscribed to [`MONITOR_GROUPS`] and spawns its connection.
+fn subscribe(receive_buffer: usize) -> Result<(JoinHandle<()>, Notifications), NetlinkError> {
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
+    let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(NetlinkError::OpenMonitor)?;
+    set_receive_buffer(socket.socket_ref(), receive_buffer).map_err(NetlinkError::OpenMonitor)?;
+    let groups = MONITOR_GROUPS
+        .iter()
+        .fold(0, |mask, group| mask | 1 << (*group as u32 - 1));
+    socket
+        .socket_mut()
+        .bind(&SocketAddr::new(0, groups))
+        .map_err(NetlinkError::OpenMonitor)?;
+    // Requests never go out on this socket: the handle is not needed.
+    let (connection, _requests, messages) = rtnetlink::proto::from_socket_with_codec::<
+        RouteNetlinkMessage,
+        TokioSocket,
+        ResyncOnUndecodable,
+    >(socket);
+    Ok((runtime.spawn(connection), messages))
+}
+
+/// SO_RCVBUFFORCE passes `net.core.rmem_max` (root has CAP_NET_ADMIN); without the
+/// capability SO_RCVBUF gets as much as the limit allows.
+fn set_receive_buffer(socket: &rtnetlink::sys::Socket, bytes: usize) -> io::Result<()> {
+    // The kernel doubles the value into an int.
+    let size = libc::c_int::try_from(bytes)
+        .unwrap_or(libc::c_int::MAX)
+        .min(libc::c_int::MAX / 2);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int on an open fd.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EPERM) {
+        return Err(error);
+    }
+    socket.set_rx_buf_sz(size)
+}
+
+/// Decodes like netlink-proto's [`NetlinkCodec`], except that a message it cannot parse
+/// becomes an NLMSG_OVERRUN (keeping the original header, so a request still gets its
+/// answer): netlink-proto would log and drop it, and a dropped notification is a lost one.
+struct ResyncOnUndecodable;
+
+impl NetlinkMessageCodec for ResyncOnUndecodable {
+    fn decode<T>(src: &mut BytesMut) -> io::Result<Option<NetlinkMessage<T>>>
+    where
+        T: NetlinkDeserializable + fmt::Debug,
+    {
+        if src.is_empty() {
+            return Ok(None);
+        }
+        let length = match NetlinkBuffer::new_checked(src.as_ref()) {
+            Ok(buffer) => buffer.length() as usize,
+            Err(_) => {
+                // No way to find the next message of the datagram.
+                src.clear();
+                return Ok(Some(overrun(NetlinkHeader::default())));
+            }
+        };
+        // Messages in a datagram start at 4-byte boundaries (NLMSG_ALIGN).
+        let bytes = src.split_to(length.next_multiple_of(4).min(src.len()));
+        match NetlinkMessage::<T>::deserialize(&bytes) {
+            Ok(message) => Ok(Some(message)),
+            Err(_) => {
+                let buffer = NetlinkBuffer::new(&bytes[..]);
+                let mut header = NetlinkHeader::default();
+                header.message_type = buffer.message_type();
+                header.flags = buffer.flags();
+                header.sequence_number = buffer.sequence_number();
+                header.port_number = buffer.port_number();
+                Ok(Some(overrun(header)))
+            }
+        }
+    }
+
+    fn encode<T>(message: NetlinkMessage<T>, buf: &mut BytesMut) -> io::Result<()>
+    where
+        T: NetlinkSerializable + fmt::Debug,
+    {
+        NetlinkCodec::encode(message, buf)
+    }
+}
+
+fn overrun<T>(mut header: NetlinkHeader) -> NetlinkMessage<T> {
+    header.message_type = NLMSG_OVERRUN;
+    NetlinkMessage::new(header, NetlinkPayload::Overrun(Vec::new()))
+}
+
+/// The event a notification stands for; `None` for those IPMP does not care about.
+fn event_from_message(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<NetEvent> {
+    let inner = match message.payload {
+        NetlinkPayload::Overrun(_) => return Some(NetEvent::Overrun),
+        NetlinkPayload::InnerMessage(inner) => inner,
+        _ => return None,
+    };
+    match inner {
+        RouteNetlinkMessage::NewLink(link) => LinkState::from_message(&link).map(NetEvent::Link),
+        RouteNetlinkMessage::DelLink(link) => {
+            // A port leaving a bridge is an AF_BRIDGE RTM_DELLINK; the link itself stays.
+            (link.header.interface_family != AddressFamily::Bridge).then(|| NetEvent::LinkRemoved {
+                ifindex: link.header.index,
+                name: link_name(&link).unwrap_or_default(),
+            })
+        }
+        RouteNetlinkMessage::NewAddress(address) => {
+            address_of(&address).map(|(ifindex, cidr)| NetEvent::AddressAdded { ifindex, cidr })
+        }
+        RouteNetlinkMessage::DelAddress(address) => {
+            address_of(&address).map(|(ifindex, cidr)| NetEvent::AddressRemoved { ifindex, cidr })
+        }
+        RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route) => {
+            is_main_unicast(&route).then_some(NetEvent::RoutesChanged)
+        }
+        _ => None,
+    }
+}
+
+fn link_name(message: &LinkMessage) -> Option<String> {
+    message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        })
+}
+
+/// `(ifindex, address)` of an IPv4 or IPv6 address message. IFA_LOCAL is the interface's own
+/// address (IFA_ADDRESS is the peer's on point-to-point links); IPv6 usually sends only
+/// IFA_ADDRESS.
+fn address_of(message: &AddressMessage) -> Option<(u32, IpCidr)> {
+    if !matches!(
+        message.header.family,
+        AddressFamily::Inet | AddressFamily::Inet6
+    ) {
+        return None;
+    }
+    let local = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            AddressAttribute::Local(addr) => Some(*addr),
+            _ => None,
+        });
+    let addr = local.or_else(|| {
+        message
+            .attributes
+            .iter()
+            .find_map(|attribute| match attribute {
+                AddressAttribute::Address(addr) => Some(*addr),
+                _ => None,
+            })
+    })?;
+    let cidr = IpCidr::new(addr, message.header.prefix_len).ok()?;
+    Some((message.header.index, cidr))
+}
+
+/// Tables above 255 only fit RTA_TABLE; the header then says RT_TABLE_COMPAT.
+fn is_main_unicast(message: &RouteMessage) -> bool {
+    let table = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(message.header.table));
+    table == u32::from(RouteHeader::RT_TABLE_MAIN) && message.header.kind == RouteType::Unicast
+}
+
+/// One entry per next hop: the RTA_MULTIPATH list, or the route's own RTA_OIF. Routes that
+/// name only a nexthop object (RTA_NH_ID) come without either when
+/// `net.ipv4.nexthop_compat_mode` is off, and are skipped.
+fn route_entries(message: &RouteMessage) -> Vec<RouteEntry> {
+    let Some(destination) = route_destination(message) else {
+        return Vec::new();
+    };
+    let multipath = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::MultiPath(hops) => Some(hops),
+            _ => None,
+        });
+    if let Some(hops) = multipath {
+        return hops
+            .iter()
+            .map(|hop| RouteEntry {
+                destination,
+                gateway: gateway(&hop.attributes),
+                oif: hop.interface_index,
+            })
+            .collect();
+    }
+    message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Oif(oif) => Some(RouteEntry {
+                destination,
+                gateway: gateway(&message.attributes),
+                oif: *oif,
+            }),
+            _ => None,
+        })
+        .into_iter()
+        .collect()
+}
+
+fn route_destination(message: &RouteMessage) -> Option<IpCidr> {
+    let unspecified = match message.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let addr = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RouteAttribute::Destination(destination) => route_address(destination),
+            _ => None,
+        })
+        .unwrap_or(unspecified);
+    IpCidr::new(addr, message.header.destination_prefix_length).ok()
+}
+
+/// RTA_GATEWAY, or RTA_VIA for a gateway of the other family (`via inet6 fe80::1`).
+fn gateway(attributes: &[RouteAttribute]) -> Option<IpAddr> {
+    attributes.iter().find_map(|attribute| match attribute {
+        RouteAttribute::Gateway(gateway) => route_address(gateway),
+        RouteAttribute::Via(RouteVia::Inet(addr)) => Some(IpAddr::V4(*addr)),
+        RouteAttribute::Via(RouteVia::Inet6(addr)) => Some(IpAddr::V6(*addr)),
+        _ => None,
+    })
+}
+
+fn route_address(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(addr) => Some(IpAddr::V4(*addr)),
+        RouteAddress::Inet6(addr) => Some(IpAddr::V6(*addr)),
+        _ => None,
+    }
+}
+
+fn errno(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => Some(message.raw_code().abs()),
+        _ => None,
+    }
+}
+
+/// The kernel's errno when it sent one, so the message reads "File exists (os error 17)".
+fn io_error(error: rtnetlink::Error) -> io::Error {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => message.to_io(),
+        other => io::Error::other(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtnetlink::packet_route::route::RouteNextHop;
+
+    fn cidr(text: &str) -> IpCidr {
+        text.parse().unwrap()
+    }
+
+    fn notification(message: RouteNetlinkMessage) -> NetlinkMessage<RouteNetlinkMessage> {
+        NetlinkMessage::from(message)
+    }
+
+    fn link_message(family: AddressFamily, flags: LinkFlags) -> LinkMessage {
+        let mut link = LinkMessage::default();
+        link.header.interface_family = family;
+        link.header.index = 7;
+        link.header.link_layer_type = LinkLayerType::Ether;
+        link.header.flags = flags;
+        link.attributes = vec![
+            LinkAttribute::IfName("h0".into()),
+            LinkAttribute::Address(vec![2, 0, 0x5e, 0x10, 0, 0x0a]),
+        ];
+        link
+    }
+
+    fn address_message(family: AddressFamily, attributes: Vec<AddressAttribute>) -> AddressMessage {
+        let mut address = AddressMessage::default();
+        address.header.family = family;
+        address.header.index = 3;
+        address.header.prefix_len = 24;
+        address.attributes = attributes;
+        address
+    }
+
+    fn route_message(
+        family: AddressFamily,
+        table: u8,
+        attributes: Vec<RouteAttribute>,
+    ) -> RouteMessage {
+        let mut route = RouteMessage::default();
+        route.header.address_family = family;
+        route.header.table = table;
+        route.header.kind = RouteType::Unicast;
+        route.attributes = attributes;
+        route
+    }
+
+    fn next_hop(oif: u32, gateway: Option<RouteAttribute>) -> RouteNextHop {
+        let mut hop = RouteNextHop::default();
+        hop.interface_index = oif;
+        hop.attributes = gateway.into_iter().collect();
+        hop
+    }
+
+    #[test]
+    fn usable_needs_admin_up_operational_up_and_carrier() {
+        let all = LinkFlags::Up | LinkFlags::Running | LinkFlags::LowerUp;
+        let state =
+            |flags| LinkState::from_message(&link_message(AddressFamily::Unspec, flags)).unwrap();
+        let usable = state(all);
+        assert_eq!(
+            usable,
+            LinkState {
+                ifindex: 7,
+                name: "h0".into(),
+                mac: Some([2, 0, 0x5e, 0x10, 0, 0x0a]),
+                up: true,
+                running: true,
+                lower_up: true,
+            }
+        );
+        assert!(usable.usable());
+        // Carrier lost, linkwatch has not yet updated the operational state.
+        assert!(!state(LinkFlags::Up | LinkFlags::Running).usable());
+        // Carrier back, operational state still down (or dormant).
+        assert!(!state(LinkFlags::Up | LinkFlags::LowerUp).usable());
+        assert!(!state(LinkFlags::Running | LinkFlags::LowerUp).usable());
+    }
+
+    #[test]
+    fn mac_only_for_ethernet_links() {
+        let mut tunnel = link_message(AddressFamily::Unspec, LinkFlags::Up);
+        tunnel.header.link_layer_type = LinkLayerType::Tunnel;
+        assert_eq!(LinkState::from_message(&tunnel).unwrap().mac, None);
+    }
+
+    #[test]
+    fn link_notifications_become_events_but_bridge_port_ones_do_not() {
+        let flags = LinkFlags::Up | LinkFlags::LowerUp;
+        let new_link = link_message(AddressFamily::Unspec, flags);
+        assert_eq!(
+            event_from_message(notification(RouteNetlinkMessage::NewLink(new_link.clone()))),
+            Some(NetEvent::Link(LinkState::from_message(&new_link).unwrap()))
+        );
+        assert_eq!(
+            event_from_message(notification(RouteNetlinkMessage::DelLink(new_link))),
+            Some(NetEvent::LinkRemoved {
+                ifindex: 7,
+                name: "h0".into()
+            })
+        );
+        let bridge_port = link_message(AddressFamily::Bridge, flags);
+        assert_eq!(
+            event_from_message(notification(RouteNetlinkMessage::NewLink(
+                bridge_port.clone()
+            ))),
+            None
+        );
+        assert_eq!(
+            event_from_message(notification(RouteNetlinkMessage::DelLink(bridge_port))),
+            None
+        );
+    }
+
+    #[test]
+    fn address_notifications_use_the_local_address() {
+        let v4 = address_message(
+            AddressFamily::Inet,
+            vec![
+                AddressAttribute::Address("192.0.2.1".parse().unwrap()),
+                AddressAttribute::Local("192.0.2.19".parse().unwrap()),
+            ],
+        );
+        assert_eq!(
+            event_from_message(notification(RouteNetlinkMessage::NewAddress(v4.clone()))),
+            Some(NetEvent::AddressAdded {
+                ifindex: 3,
+                cidr: cidr("192.0.2.19/24")
+            })
+        );
+        assert_eq!(
+            event_from_message(notification(RouteNetlinkMessage::DelAddress(v4))),
+            Some(NetEvent::AddressRemoved {
+                ifindex: 3,
+                cidr: cidr("192.0.2.19/24")
+            })
+        );
+        let mut v6 = address_message(
+            AddressFamily::Inet6,
+            vec![AddressAttribute::Address("2001:db8::19".parse().unwrap())],
+        );
+        v6.header.prefix_len = 64;
+        assert_eq!(address_of(&v6), Some((3, cidr("2001:db8::19/64"))));
+        let other_family = address_message(AddressFamily::Mctp, vec![]);
+        assert_eq!(address_of(&other_family), None);
+    }
+
+    #[test]
+    fn only_main_table_unicast_routes_signal_a_change() {
+        let main = route_message(AddressFamily::Inet, RouteHeader::RT_TABLE_MAIN, vec![]);
+        assert_eq!(
+            event_from_message(notification(RouteNetlinkMessage::NewRoute(main.clone()))),
+            Some(NetEvent::RoutesChanged)
+        );
+        assert_eq!(
+            event_from_message(notification(RouteNetlinkMessage::DelRoute(main.clone()))),
+            Some(NetEvent::RoutesChanged)
+        );
+        // Adding an address puts its local and broadcast routes in table local (255).
+        let local = route_message(AddressFamily::Inet, 255, vec![]);
+        assert_eq!(
+            event_from_message(notification(RouteNetlinkMessage::NewRoute(local))),
+            None
+        );
+        // Table 1000 only fits RTA_TABLE; the header says RT_TABLE_COMPAT (252).
+        let big_table = route_message(AddressFamily::Inet, 252, vec![RouteAttribute::Table(1000)]);
+        assert!(!is_main_unicast(&big_table));
+        let main_by_attribute =
+            route_message(AddressFamily::Inet, 252, vec![RouteAttribute::Table(254)]);
+        assert!(is_main_unicast(&main_by_attribute));
+        let mut blackhole = main;
+        blackhole.header.kind = RouteType::BlackHole;
+        assert!(!is_main_unicast(&blackhole));
+    }
+
+    #[test]
+    fn overrun_notification_is_an_event() {
+        let message = overrun::<RouteNetlinkMessage>(NetlinkHeader::default());
+        assert_eq!(event_from_message(message), Some(NetEvent::Overrun));
+    }
+
+    #[test]
+    fn multipath_routes_give_one_entry_per_next_hop() {
+        let mut route = route_message(
+            AddressFamily::Inet,
+            RouteHeader::RT_TABLE_MAIN,
+            vec![
+                RouteAttribute::Destination(RouteAddress::Inet("198.51.100.0".parse().unwrap())),
+                RouteAttribute::MultiPath(vec![
+                    next_hop(
+                        3,
+                        Some(RouteAttribute::Gateway(RouteAddress::Inet(
+                            "192.0.2.1".parse().unwrap(),
+                        ))),
+                    ),
+                    next_hop(
+                        4,
+                        Some(RouteAttribute::Via(RouteVia::Inet6(
+                            "fe80::1".parse().unwrap(),
+                        ))),
+                    ),
+                ]),
+            ],
+        );
+        route.header.destination_prefix_length = 24;
+        assert_eq!(
+            route_entries(&route),
+            vec![
+                RouteEntry {
+                    destination: cidr("198.51.100.0/24"),
+                    gateway: Some("192.0.2.1".parse().unwrap()),
+                    oif: 3
+                },
+                RouteEntry {
+                    destination: cidr("198.51.100.0/24"),
+                    gateway: Some("fe80::1".parse().unwrap()),
+                    oif: 4
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn default_and_connected_routes() {
+        let default = route_message(
+            AddressFamily::Inet6,
+            RouteHeader::RT_TABLE_MAIN,
+            vec![
+                RouteAttribute::Gateway(RouteAddress::Inet6("2001:db8::1".parse().unwrap())),
+                RouteAttribute::Oif(5),
+            ],
+        );
+        assert_eq!(
+            route_entries(&default),
+            vec![RouteEntry {
+                destination: cidr("::/0"),
+                gateway: Some("2001:db8::1".parse().unwrap()),
+                oif: 5
+            }]
+        );
+        let mut connected = route_message(
+            AddressFamily::Inet,
+            RouteHeader::RT_TABLE_MAIN,
+            vec![
+                RouteAttribute::Destination(RouteAddress::Inet("192.0.2.0".parse().unwrap())),
+                RouteAttribute::Oif(3),
+            ],
+        );
+        connected.header.destination_prefix_length = 24;
+        assert_eq!(
+            route_entries(&connected),
+            vec![RouteEntry {
+                destination: cidr("192.0.2.0/24"),
+                gateway: None,
+                oif: 3
+            }]
+        );
+        let nexthop_object_only = route_message(
+            AddressFamily::Inet,
+            RouteHeader::RT_TABLE_MAIN,
+            vec![RouteAttribute::NhId(9)],
+        );
+        assert_eq!(route_entries(&nexthop_object_only), vec![]);
+    }
+
+    fn serialized(message: RouteNetlinkMessage, sequence_number: u32) -> Vec<u8> {
+        let mut message = NetlinkMessage::from(message);
+        message.header.sequence_number = sequence_number;
+        message.finalize();
+        let mut bytes = vec![0; message.buffer_len()];
+        message.serialize(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn undecodable_message_becomes_an_overrun_and_the_rest_still_decodes() {
+        let link = link_message(AddressFamily::Unspec, LinkFlags::Up);
+        let good = serialized(RouteNetlinkMessage::NewLink(link.clone()), 1);
+        // An RTM_NEWLINK (16) whose 4-byte payload is shorter than a link header.
+        let mut broken = vec![20, 0, 0, 0, 16, 0, 0, 0, 42, 0, 0, 0, 0, 0, 0, 0];
+        broken.extend([0; 4]);
+        let mut datagram = BytesMut::new();
+        datagram.extend_from_slice(&good);
+        datagram.extend_from_slice(&broken);
+        datagram.extend_from_slice(&good);
+
+        let first = ResyncOnUndecodable::decode::<RouteNetlinkMessage>(&mut datagram)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first.payload,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link.clone()))
+        );
+        let second = ResyncOnUndecodable::decode::<RouteNetlinkMessage>(&mut datagram)
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(second.payload, NetlinkPayload::Overrun(_)),
+            "{second:?}"
+        );
+        // The sequence number survives, so an answer to a request still reaches its caller.
+        assert_eq!(second.header.sequence_number, 42);
+        let third = ResyncOnUndecodable::decode::<RouteNetlinkMessage>(&mut datagram)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            third.payload,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
+        );
+        assert!(
+            ResyncOnUndecodable::decode::<RouteNetlinkMessage>(&mut datagram)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn garbled_datagram_is_dropped_as_an_overrun() {
+        // The length field claims more bytes than the datagram has.
+        let mut datagram =
+            BytesMut::from(&[200u8, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][..]);
+        let message = ResyncOnUndecodable::decode::<RouteNetlinkMessage>(&mut datagram)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(message.payload, NetlinkPayload::Overrun(_)));
+        assert!(datagram.is_empty());
+    }
+
+    #[test]
+    fn sockets_need_a_runtime() {
+        assert!(matches!(Netlink::connect(), Err(NetlinkError::NoRuntime)));
+        assert!(matches!(Monitor::open(), Err(NetlinkError::NoRuntime)));
+    }
+
+    #[test]
+    fn interfaces_in_errors_are_named_when_known() {
+        let known = Interface {
+            ifindex: 3,
+            name: Some("h0".into()),
+        };
+        let error = NetlinkError::AddAddress {
+            interface: known,
+            cidr: cidr("192.0.2.19/24"),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(
+            error.to_string(),
+            "adding address 192.0.2.19/24 to h0 (ifindex 3): Permission denied (os error 13)"
+        );
+        let gone = Interface {
+            ifindex: 9,
+            name: None,
+        };
+        assert_eq!(gone.to_string(), "ifindex 9");
+    }
+}

@@ -1,0 +1,470 @@
+//! Sending mpathd's probes: ICMP / ICMPv6 echo requests from one NIC's test address.
+//!
+//! A probe must test exactly one NIC, so its socket is bound to that NIC and to its test
+//! address, and its TTL / hop limit is 1, as in in.mpathd:
+//! a probe never leaves the link, whatever the routing table says. Replies are matched and
+//! dropped in XDP (`mpath_probe_rx`), so the socket never receives: a socket filter refuses
+//! everything, otherwise every ICMP message reaching the NIC would pile up in its queue.
+
+use std::io;
+use std::mem::size_of;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use mpath_common::{PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbePayload};
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+/// DSCP CS6 ("network control"): switches and routers with QoS queue probes ahead of bulk
+/// traffic, and Linux targets copy the TOS into their reply, so a saturated link does not
+/// look dead.
+const TOS_NETWORK_CONTROL: libc::c_int = 0xc0;
+/// `TC_PRIO_CONTROL` from linux/pkt_sched.h: the highest band of priority qdiscs on the way
+/// out, for the same reason.
+const TC_PRIO_CONTROL: libc::c_int = 7;
+
+/// A raw ICMP or ICMPv6 socket that sends one NIC's probes and never receives.
+#[derive(Debug)]
+pub struct ProbeSocket {
+    fd: OwnedFd,
+    ifname: String,
+    ifindex: u32,
+    /// The test address the socket is bound to; its family is the socket's.
+    source: IpAddr,
+}
+
+impl ProbeSocket {
+    /// An IPv4 probe socket on NIC `ifname` (index `ifindex`), sending from `test_address`,
+    /// which must already be on that NIC. No IP_MULTICAST_IF: the bound NIC already takes
+    /// precedence for multicast; IP_MULTICAST_ALL only concerns receiving.
+    pub fn v4(ifname: &str, ifindex: u32, test_address: Ipv4Addr) -> io::Result<Self> {
+        let socket = Self::open(ifname, ifindex, IpAddr::V4(test_address))?;
+        let ip = libc::IPPROTO_IP;
+        socket.set(ip, libc::IP_TTL, 1, "IP_TTL")?;
+        socket.set(ip, libc::IP_MULTICAST_TTL, 1, "IP_MULTICAST_TTL")?;
+        // Off, or the host answers its own discovery probes and finds itself as a target.
+        socket.set(ip, libc::IP_MULTICAST_LOOP, 0, "IP_MULTICAST_LOOP")?;
+        socket.set(ip, libc::IP_TOS, TOS_NETWORK_CONTROL, "IP_TOS")?;
+        // After IP_TOS, which resets the priority from the TOS bits.
+        socket.set_priority()?;
+        let address = sockaddr_v4(test_address);
+        socket.bind(&address, IpAddr::V4(test_address))?;
+        socket.discard_queued();
+        Ok(socket)
+    }
+
+    /// An IPv6 probe socket on NIC `ifname` (index `ifindex`), sending from the NIC's
+    /// `link_local` address (in.mpathd probes over IPv6 from link-local addresses only, and
+    /// the datapath matches replies to that address). The kernel fills in the ICMPv6
+    /// checksum, as it always does for raw ICMPv6 sockets.
+    pub fn v6(ifname: &str, ifindex: u32, link_local: Ipv6Addr) -> io::Result<Self> {
+        if !link_local.is_unicast_link_local() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "IPv6 probes on {ifname} must be sent from its link-local address \
+                     (fe80::/10), not {link_local}"
+                ),
+            ));
+        }
+        let socket = Self::open(ifname, ifindex, IpAddr::V6(link_local))?;
+        let ipv6 = libc::IPPROTO_IPV6;
+        socket.set(ipv6, libc::IPV6_UNICAST_HOPS, 1, "IPV6_UNICAST_HOPS")?;
+        socket.set(ipv6, libc::IPV6_MULTICAST_HOPS, 1, "IPV6_MULTICAST_HOPS")?;
+        socket.set(ipv6, libc::IPV6_MULTICAST_LOOP, 0, "IPV6_MULTICAST_LOOP")?;
+        socket.set(ipv6, libc::IPV6_TCLASS, TOS_NETWORK_CONTROL, "IPV6_TCLASS")?;
+        socket.set_priority()?;
+        let address = sockaddr_v6(link_local, ifindex);
+        socket.bind(&address, IpAddr::V6(link_local)).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrNotAvailable {
+                io::Error::new(
+                    e.kind(),
+                    format!("{e} (is {link_local} on {ifname} and done with DAD?)"),
+                )
+            } else {
+                e
+            }
+        })?;
+        socket.discard_queued();
+        Ok(socket)
+    }
+
+    /// Sends probe `seq` to `target`, a probe target or the all-nodes group (224.0.0.1,
+    /// ff02::1) for target discovery. Never blocks: a full transmit queue fails with
+    /// `WouldBlock`, and any error means the probe did not leave, so the caller counts it
+    /// as lost. `sent_ns` is the [`monotonic_ns`] time the caller records for this probe.
+    pub fn send(&self, target: IpAddr, seq: u32, nonce: u64, sent_ns: u64) -> io::Result<()> {
+        let message = echo_request(self.source, self.ifindex, seq, nonce, sent_ns);
+        let sent = match (self.source, target) {
+            (IpAddr::V4(_), IpAddr::V4(target)) => self.send_to(&message, &sockaddr_v4(target)),
+            // The scope id only matters for link-scoped targets, which are the usual ones.
+            (IpAddr::V6(_), IpAddr::V6(target)) => {
+                self.send_to(&message, &sockaddr_v6(target, self.ifindex))
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "cannot send probe {seq} from {} on {} to {target}: address families differ",
+                        self.source, self.ifname
+                    ),
+                ));
+            }
+        };
+        sent.map_err(|e| {
+            context(
+                e,
+                format!(
+                    "sending probe {seq} from {} on {} to {target}",
+                    self.source, self.ifname
+                ),
+            )
+        })
+    }
+
+    /// A raw socket of `source`'s family, bound to the NIC and refusing all input.
+    fn open(ifname: &str, ifindex: u32, source: IpAddr) -> io::Result<Self> {
+        let (domain, protocol) = match source {
+            IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+            IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+        };
+        // SAFETY: plain syscall; the descriptor is owned below.
+        let fd = unsafe {
+            libc::socket(
+                domain,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                protocol,
+            )
+        };
+        if fd < 0 {
+            return Err(context(
+                io::Error::last_os_error(),
+                format!("opening a raw probe socket for {ifname} (needs CAP_NET_RAW)"),
+            ));
+        }
+        let socket = ProbeSocket {
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            ifname: ifname.to_string(),
+            ifindex,
+            source,
+        };
+        socket.refuse_all_input()?;
+        // By index rather than by name (SO_BINDTODEVICE): the payload carries the ifindex and
+        // the datapath checks it, so a rename between lookup and bind cannot split them.
+        let index = libc::c_int::try_from(ifindex).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("ifindex {ifindex} of {ifname} is out of range"),
+            )
+        })?;
+        socket.set(
+            libc::SOL_SOCKET,
+            libc::SO_BINDTOIFINDEX,
+            index,
+            "SO_BINDTOIFINDEX",
+        )?;
+        Ok(socket)
+    }
+
+    /// Attaches a classic BPF filter that accepts nothing. Not shutdown(SHUT_RD), which fails
+    /// with ENOTCONN on an unconnected raw socket and does not stop raw delivery, and not a
+    /// small SO_RCVBUF, which the kernel rounds up to room for a few packets.
+    fn refuse_all_input(&self) -> io::Result<()> {
+        let mut reject_all = [libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }];
+        let program = libc::sock_fprog {
+            len: 1,
+            filter: reject_all.as_mut_ptr(),
+        };
+        self.set(
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            program,
+            "SO_ATTACH_FILTER",
+        )
+    }
+
+    /// Drops what arrived between socket creation and the filter taking effect.
+    fn discard_queued(&self) {
+        let mut scratch = [0u8; 64];
+        loop {
+            // SAFETY: receives into a buffer we own, of the length given.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    scratch.as_mut_ptr().cast(),
+                    scratch.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                break;
+            }
+        }
+    }
+
+    fn set_priority(&self) -> io::Result<()> {
+        self.set(
+            libc::SOL_SOCKET,
+            libc::SO_PRIORITY,
+            TC_PRIO_CONTROL,
+            "SO_PRIORITY",
+        )
+    }
+
+    fn set<T>(
+        &self,
+        level: libc::c_int,
+        name: libc::c_int,
+        value: T,
+        label: &str,
+    ) -> io::Result<()> {
+        // SAFETY: `value` lives for the call and its size is passed along.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (&raw const value).cast(),
+                size_of::<T>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(context(
+                io::Error::last_os_error(),
+                format!("setting {label} on the probe socket of {}", self.ifname),
+            ))
+        }
+    }
+
+    fn bind<A>(&self, address: &A, shown: IpAddr) -> io::Result<()> {
+        // SAFETY: `address` is a sockaddr_in / sockaddr_in6 of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                self.fd.as_raw_fd(),
+                (address as *const A).cast(),
+                size_of::<A>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(context(
+                io::Error::last_os_error(),
+                format!("binding the probe socket of {} to {shown}", self.ifname),
+            ))
+        }
+    }
+
+    fn send_to<A>(&self, message: &[u8], address: &A) -> io::Result<()> {
+        // SAFETY: `message` and `address` live for the call; their sizes are passed along.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                0,
+                (address as *const A).cast(),
+                size_of::<A>() as libc::socklen_t,
+            )
+        };
+        match usize::try_from(sent) {
+            Ok(n) if n == message.len() => Ok(()),
+            Ok(n) => Err(io::Error::other(format!(
+                "only {n} of {} bytes sent",
+                message.len()
+            ))),
+            Err(_) => Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+/// For checking from outside that nothing is ever queued on the socket.
+impl AsFd for ProbeSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so send times taken here
+/// and receive times taken in XDP subtract to an RTT.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: fills the timespec we pass. CLOCK_MONOTONIC cannot fail on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The ICMP (IPv4 `source`) or ICMPv6 echo request of probe `seq`. The IPv4 checksum is
+/// filled in; the ICMPv6 one is left zero for the kernel, which covers the pseudo-header.
+fn echo_request(
+    source: IpAddr,
+    ifindex: u32,
+    seq: u32,
+    nonce: u64,
+    sent_ns: u64,
+) -> [u8; PROBE_ICMP_LEN] {
+    let payload = ProbePayload {
+        magic: PROBE_MAGIC,
+        ifindex,
+        nonce,
+        seq,
+        _pad: 0,
+        sent_ns,
+    };
+    let mut message = [0u8; PROBE_ICMP_LEN];
+    message[0] = match source {
+        IpAddr::V4(_) => ICMP_ECHO_REQUEST,
+        IpAddr::V6(_) => ICMPV6_ECHO_REQUEST,
+    };
+    message[4..6].copy_from_slice(&PROBE_ICMP_ID.to_be_bytes());
+    message[6..8].copy_from_slice(&(seq as u16).to_be_bytes());
+    let fields: [&[u8]; 6] = [
+        &payload.magic.to_ne_bytes(),
+        &payload.ifindex.to_ne_bytes(),
+        &payload.nonce.to_ne_bytes(),
+        &payload.seq.to_ne_bytes(),
+        &payload._pad.to_ne_bytes(),
+        &payload.sent_ns.to_ne_bytes(),
+    ];
+    let mut at = 8;
+    for field in fields {
+        message[at..at + field.len()].copy_from_slice(field);
+        at += field.len();
+    }
+    if source.is_ipv4() {
+        let checksum = internet_checksum(&message);
+        message[2..4].copy_from_slice(&checksum.to_be_bytes());
+    }
+    message
+}
+
+/// RFC 1071 checksum of `bytes` (checksum field zero).
+pub(crate) fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn sockaddr_v4(address: Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(address.octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn sockaddr_v6(address: Ipv6Addr, scope_id: u32) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: address.octets(),
+        },
+        sin6_scope_id: scope_id,
+    }
+}
+
+/// `error` with `what` was being done in front, keeping its kind for the caller to match on.
+fn context(error: io::Error, what: String) -> io::Error {
+    io::Error::new(error.kind(), format!("{what}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEST_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 21));
+    const TEST_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x21));
+
+    /// Reads the payload back the way the XDP program does.
+    fn payload_of(message: &[u8; PROBE_ICMP_LEN]) -> ProbePayload {
+        // SAFETY: bytes 8.. are exactly one ProbePayload, read unaligned.
+        unsafe {
+            message
+                .as_ptr()
+                .add(8)
+                .cast::<ProbePayload>()
+                .read_unaligned()
+        }
+    }
+
+    #[test]
+    fn v4_echo_request_carries_id_low_seq_bits_and_the_payload_in_memory_layout() {
+        let message = echo_request(TEST_V4, 7, 0x0001_0203, 0xdead_beef_0bad_f00d, 42);
+        assert_eq!(&message[..2], &[8, 0]);
+        assert_eq!(&message[4..6], &PROBE_ICMP_ID.to_be_bytes());
+        assert_eq!(&message[6..8], &[0x02, 0x03]);
+        assert_eq!(
+            payload_of(&message),
+            ProbePayload {
+                magic: PROBE_MAGIC,
+                ifindex: 7,
+                nonce: 0xdead_beef_0bad_f00d,
+                seq: 0x0001_0203,
+                _pad: 0,
+                sent_ns: 42,
+            }
+        );
+    }
+
+    #[test]
+    fn v4_echo_request_checksum_verifies() {
+        let message = echo_request(TEST_V4, 3, 99, 1, 2);
+        assert_ne!(&message[2..4], &[0, 0]);
+        // Summing a message that includes its own checksum gives all ones (RFC 1071).
+        assert_eq!(internet_checksum(&message), 0);
+    }
+
+    #[test]
+    fn v6_echo_request_leaves_the_checksum_to_the_kernel() {
+        let message = echo_request(TEST_V6, 3, 99, 1, 2);
+        assert_eq!(&message[..4], &[128, 0, 0, 0]);
+        assert_eq!(payload_of(&message).seq, 99);
+    }
+
+    #[test]
+    fn checksum_matches_a_known_echo_request() {
+        // `ping -p 00 -s 0` style request: type 8, id 0x1234, seq 1 → checksum 0xe5ca.
+        let request = [8, 0, 0, 0, 0x12, 0x34, 0, 1];
+        assert_eq!(internet_checksum(&request), 0xe5ca);
+        // Odd length pads with a zero byte.
+        assert_eq!(internet_checksum(&[0xff]), 0x00ff);
+    }
+
+    #[test]
+    fn v6_socket_refuses_a_non_link_local_source_before_touching_the_kernel() {
+        let error = ProbeSocket::v6("h0", 5, "2001:db8::21".parse().unwrap()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        let message = error.to_string();
+        assert!(message.contains("h0"), "{message}");
+        assert!(message.contains("2001:db8::21"), "{message}");
+    }
+
+    #[test]
+    fn monotonic_clock_moves_forward() {
+        let before = monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = monotonic_ns();
+        assert!(after - before >= 2_000_000, "{before} -> {after}");
+    }
+}

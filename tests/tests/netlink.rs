@@ -1,0 +1,478 @@
+//! The netlink layer against the real kernel, inside lab network namespaces (needs root).
+//!
+//! Each test opens its sockets on a current-thread runtime in a thread that has entered the
+//! lab's host namespace, so the sockets and `/proc/sys/net` are the lab's, never the machine's.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use mpath_ctl::config::IpCidr;
+use mpath_ctl::netconf::{InterfaceNetconf, Netconf};
+use mpath_ctl::netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink, RouteEntry};
+use mpath_lab::{Lab, Netns};
+use tokio::runtime::Runtime;
+
+fn runtime() -> Result<Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Runs `test` on a fresh runtime with this thread inside `netns`.
+fn inside<T>(netns: &Netns, test: impl AsyncFnOnce() -> Result<T>) -> Result<T> {
+    let _inside = netns.enter()?;
+    runtime()?.block_on(test())
+}
+
+fn cidr(text: &str) -> IpCidr {
+    text.parse().expect("test CIDR")
+}
+
+/// Skips events until one `wanted` accepts; fails after `within`, listing what came instead.
+async fn wait_for(
+    monitor: &mut Monitor,
+    within: Duration,
+    what: &str,
+    wanted: impl Fn(&NetEvent) -> bool,
+) -> Result<NetEvent> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, monitor.next()).await {
+            Ok(event) => {
+                let event = event?;
+                if wanted(&event) {
+                    return Ok(event);
+                }
+                seen.push(event);
+            }
+            Err(_) => bail!("no event {what} within {within:?}; saw {seen:?}"),
+        }
+    }
+}
+
+/// The `ip addr show` line of `addr` on `nic`, with its flags (tentative, deprecated...).
+fn ip_addr_line(lab: &Lab, nic: &str, addr: &str) -> Result<String> {
+    let listing = lab.host().ip(&["-o", "addr", "show", "dev", nic])?;
+    listing
+        .lines()
+        .find(|line| line.contains(&format!(" {addr}/")))
+        .map(str::to_string)
+        .with_context(|| format!("{addr} not on {nic}: {listing}"))
+}
+
+fn find_link<'a>(links: &'a [LinkState], name: &str) -> Result<&'a LinkState> {
+    links
+        .iter()
+        .find(|link| link.name == name)
+        .with_context(|| format!("{name} not listed in {links:?}"))
+}
+
+#[test]
+fn links_show_the_nics_with_their_state() -> Result<()> {
+    let lab = Lab::new(2)?;
+    lab.cut("h1")?;
+    let h0 = LinkState {
+        ifindex: lab.host().ifindex("h0")?,
+        name: "h0".into(),
+        mac: Some(lab.mac("h0")?),
+        up: true,
+        running: true,
+        lower_up: true,
+    };
+    inside(lab.host(), async || {
+        let netlink = Netlink::connect()?;
+        let links = netlink.links().await?;
+        let mut names: Vec<&str> = links.iter().map(|link| link.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["h0", "h1", "lo"]);
+
+        assert_eq!(find_link(&links, "h0")?, &h0);
+        assert!(h0.usable());
+        let h1 = find_link(&links, "h1")?;
+        assert!(h1.up && !h1.running && !h1.lower_up, "{h1:?}");
+        assert!(!h1.usable());
+
+        assert_eq!(netlink.link("h0").await?, Some(h0.clone()));
+        assert_eq!(netlink.link("h7").await?, None);
+        Ok(())
+    })
+}
+
+#[test]
+fn monitor_reports_carrier_loss_and_return() -> Result<()> {
+    let lab = Lab::new(2)?;
+    inside(lab.host(), async || {
+        let mut monitor = Monitor::open()?;
+        let cut_at = Instant::now();
+        lab.cut("h0")?;
+        let event = wait_for(
+            &mut monitor,
+            Duration::from_secs(1),
+            "h0 not running",
+            |event| matches!(event, NetEvent::Link(link) if link.name == "h0" && !link.running),
+        )
+        .await?;
+        ensure!(
+            cut_at.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            cut_at.elapsed()
+        );
+        let NetEvent::Link(h0) = event else {
+            unreachable!("wait_for returned an event it did not want")
+        };
+        assert!(h0.up && !h0.lower_up && !h0.usable(), "{h0:?}");
+
+        lab.restore("h0")?;
+        wait_for(
+            &mut monitor,
+            Duration::from_secs(1),
+            "h0 usable",
+            |event| matches!(event, NetEvent::Link(link) if link.name == "h0" && link.usable()),
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+#[test]
+fn monitor_reports_removed_and_added_nics() -> Result<()> {
+    let mut lab = Lab::new(2)?;
+    let old_index = lab.host().ifindex("h1")?;
+    let runtime = runtime()?;
+    // The socket belongs to the namespace it was opened in; the thread may leave afterwards,
+    // which frees `lab` for the changes below.
+    let mut monitor = {
+        let _inside = lab.host().enter()?;
+        let _runtime = runtime.enter();
+        Monitor::open()?
+    };
+
+    lab.remove_nic("h1")?;
+    runtime.block_on(wait_for(
+        &mut monitor,
+        Duration::from_secs(2),
+        "h1 removed",
+        |event| {
+            *event
+                == NetEvent::LinkRemoved {
+                    ifindex: old_index,
+                    name: "h1".into(),
+                }
+        },
+    ))?;
+
+    assert_eq!(lab.add_nic()?, "h1");
+    let new_index = lab.host().ifindex("h1")?;
+    runtime.block_on(wait_for(
+        &mut monitor,
+        Duration::from_secs(2),
+        "new h1 usable",
+        |event| {
+            matches!(event, NetEvent::Link(link)
+                if link.name == "h1" && link.ifindex == new_index && link.usable())
+        },
+    ))?;
+    Ok(())
+}
+
+#[test]
+fn addresses_are_added_removed_and_reported() -> Result<()> {
+    let lab = Lab::new(1)?;
+    let h0 = lab.host().ifindex("h0")?;
+    let v4 = cidr("192.0.2.19/24");
+    let v6 = cidr("2001:db8::19/64");
+    let moved = AddressOptions {
+        nodad: true,
+        preferred_lft_zero: false,
+    };
+    inside(lab.host(), async || {
+        // The lab turns DAD off; turn it on for h0 so that skipping it makes a difference.
+        for (setting, value) in [("accept_dad", "1"), ("dad_transmits", "1")] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/h0/{setting}"), value)?;
+        }
+        let netlink = Netlink::connect()?;
+        let mut monitor = Monitor::open()?;
+        let second = Duration::from_secs(1);
+
+        netlink
+            .add_address(h0, v4, AddressOptions::default())
+            .await?;
+        netlink.add_address(h0, v6, moved).await?;
+        for cidr in [v4, v6] {
+            wait_for(&mut monitor, second, &format!("{cidr} added"), |event| {
+                *event == NetEvent::AddressAdded { ifindex: h0, cidr }
+            })
+            .await?;
+        }
+        let listed = netlink.addresses().await?;
+        assert!(
+            listed.contains(&(h0, v4)) && listed.contains(&(h0, v6)),
+            "{listed:?}"
+        );
+        let loopback = cidr("127.0.0.1/8");
+        assert!(
+            listed.iter().any(|(_, cidr)| *cidr == loopback),
+            "{listed:?}"
+        );
+
+        let v4_line = ip_addr_line(&lab, "h0", "192.0.2.19")?;
+        assert!(v4_line.contains("brd 192.0.2.255"), "{v4_line}");
+        // Without DAD the moved address is usable at once; the same add without nodad is
+        // still tentative.
+        let moved_line = ip_addr_line(&lab, "h0", "2001:db8::19")?;
+        assert!(!moved_line.contains("tentative"), "{moved_line}");
+        netlink
+            .add_address(h0, cidr("2001:db8::20/64"), AddressOptions::default())
+            .await?;
+        let dad_line = ip_addr_line(&lab, "h0", "2001:db8::20")?;
+        assert!(dad_line.contains("tentative"), "{dad_line}");
+
+        // Adding again is no error and brings the address to the options given.
+        netlink
+            .add_address(h0, v4, AddressOptions::default())
+            .await?;
+        let deprecate = AddressOptions {
+            nodad: true,
+            preferred_lft_zero: true,
+        };
+        netlink.add_address(h0, v6, deprecate).await?;
+        let deprecated_line = ip_addr_line(&lab, "h0", "2001:db8::19")?;
+        assert!(deprecated_line.contains("deprecated"), "{deprecated_line}");
+        netlink.add_address(h0, v6, moved).await?;
+        let preferred_line = ip_addr_line(&lab, "h0", "2001:db8::19")?;
+        assert!(!preferred_line.contains("deprecated"), "{preferred_line}");
+
+        for cidr in [v4, v6] {
+            netlink.del_address(h0, cidr).await?;
+            wait_for(&mut monitor, second, &format!("{cidr} removed"), |event| {
+                *event == NetEvent::AddressRemoved { ifindex: h0, cidr }
+            })
+            .await?;
+            // Already gone: not an error.
+            netlink.del_address(h0, cidr).await?;
+        }
+        let listed = netlink.addresses().await?;
+        assert!(
+            !listed.contains(&(h0, v4)) && !listed.contains(&(h0, v6)),
+            "{listed:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn address_errors_name_the_operation_interface_and_address() -> Result<()> {
+    let lab = Lab::new(1)?;
+    inside(lab.host(), async || {
+        let netlink = Netlink::connect()?;
+        let missing = 9999;
+        let error = netlink
+            .add_address(missing, cidr("192.0.2.19/24"), AddressOptions::default())
+            .await
+            .expect_err("no interface 9999 in the lab");
+        assert_eq!(
+            error.to_string(),
+            "adding address 192.0.2.19/24 to ifindex 9999: No such device (os error 19)"
+        );
+        // An interface that is gone holds no address: removing one is not an error.
+        netlink.del_address(missing, cidr("192.0.2.19/24")).await?;
+
+        // A kernel refusal on an existing interface names it: IPv6 is off on h0.
+        std::fs::write("/proc/sys/net/ipv6/conf/h0/disable_ipv6", "1")?;
+        let h0 = lab.host().ifindex("h0")?;
+        let error = netlink
+            .add_address(h0, cidr("2001:db8::19/64"), AddressOptions::default())
+            .await
+            .expect_err("IPv6 is disabled on h0");
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "adding address 2001:db8::19/64 to h0 (ifindex {h0}): "
+            )),
+            "{text}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn routes_list_connected_routes_and_each_multipath_next_hop() -> Result<()> {
+    let lab = Lab::builder()
+        .nics(2)
+        .router_addrs(&["192.0.2.2/24", "2001:db8::2/64"])
+        .host_addr("h0", "192.0.2.21/24")
+        .host_addr("h1", "192.0.2.22/24")
+        .host_addr("h0", "2001:db8::21/64")
+        .host_addr("h1", "2001:db8::22/64")
+        .build()?;
+    let h0 = lab.host().ifindex("h0")?;
+    let h1 = lab.host().ifindex("h1")?;
+    inside(lab.host(), async || {
+        let netlink = Netlink::connect()?;
+        let mut monitor = Monitor::open()?;
+        #[rustfmt::skip]
+        lab.host().ip(&[
+            "route", "add", "198.51.100.0/24",
+            "nexthop", "via", "192.0.2.1", "dev", "h0",
+            "nexthop", "via", "192.0.2.2", "dev", "h1",
+        ])?;
+        #[rustfmt::skip]
+        lab.host().ip(&[
+            "-6", "route", "add", "2001:db8:1::/64",
+            "nexthop", "via", "2001:db8::1", "dev", "h0",
+            "nexthop", "via", "2001:db8::2", "dev", "h1",
+        ])?;
+        wait_for(
+            &mut monitor,
+            Duration::from_secs(1),
+            "routes changed",
+            |event| *event == NetEvent::RoutesChanged,
+        )
+        .await?;
+
+        let routes = netlink.routes().await?;
+        let entry = |destination: &str, gateway: Option<&str>, oif| RouteEntry {
+            destination: cidr(destination),
+            gateway: gateway.map(|gateway| gateway.parse::<IpAddr>().expect("test gateway")),
+            oif,
+        };
+        for expected in [
+            entry("192.0.2.0/24", None, h0),
+            entry("192.0.2.0/24", None, h1),
+            entry("198.51.100.0/24", Some("192.0.2.1"), h0),
+            entry("198.51.100.0/24", Some("192.0.2.2"), h1),
+            entry("2001:db8::/64", None, h0),
+            entry("2001:db8::/64", None, h1),
+            entry("2001:db8:1::/64", Some("2001:db8::1"), h0),
+            entry("2001:db8:1::/64", Some("2001:db8::2"), h1),
+        ] {
+            assert!(
+                routes.contains(&expected),
+                "{expected:?} missing from {routes:?}"
+            );
+        }
+        // The local table (the host's own addresses) is not the main table.
+        let own = cidr("192.0.2.21/32");
+        assert!(
+            !routes.iter().any(|route| route.destination == own),
+            "{routes:?}"
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn netconf_changes_only_the_lab_namespace() -> Result<()> {
+    let lab = Lab::new(1)?;
+    let machine_lo = Netconf::system().read("lo")?;
+    ensure!(
+        machine_lo != InterfaceNetconf::GROUP_MEMBER,
+        "this machine's lo already has the group settings: the test could not tell"
+    );
+    let h0 = lab.host().ifindex("h0")?;
+    let (primary, secondary) = (cidr("192.0.2.21/24"), cidr("192.0.2.19/24"));
+    inside(lab.host(), async || {
+        let netconf = Netconf::system();
+        let netlink = Netlink::connect()?;
+        let original = netconf.read("h0")?;
+        assert_eq!(original.arp_ignore, 0);
+        assert!(!original.promote_secondaries);
+
+        // Without promotion, removing a subnet's primary address takes the secondary along.
+        let options = AddressOptions::default();
+        netlink.add_address(h0, primary, options).await?;
+        netlink.add_address(h0, secondary, options).await?;
+        netlink.del_address(h0, primary).await?;
+        assert!(!netlink.addresses().await?.contains(&(h0, secondary)));
+
+        netconf.write("h0", InterfaceNetconf::GROUP_MEMBER)?;
+        netconf.write("lo", InterfaceNetconf::GROUP_MEMBER)?;
+        assert_eq!(netconf.read("h0")?, InterfaceNetconf::GROUP_MEMBER);
+        assert_eq!(netconf.read("lo")?, InterfaceNetconf::GROUP_MEMBER);
+
+        netlink.add_address(h0, primary, options).await?;
+        netlink.add_address(h0, secondary, options).await?;
+        netlink.del_address(h0, primary).await?;
+        assert!(netlink.addresses().await?.contains(&(h0, secondary)));
+
+        netconf.write("h0", original)?;
+        assert_eq!(netconf.read("h0")?, original);
+        Ok(())
+    })?;
+    assert_eq!(Netconf::system().read("lo")?, machine_lo);
+    Ok(())
+}
+
+/// Adds `count` /32 addresses to h0 with one `ip -batch`, which blocks this thread (and so
+/// the runtime that would read the monitors) until the kernel has sent every notification.
+fn address_burst(lab: &Lab, count: u8) -> Result<()> {
+    let batch: String = (1..=count)
+        .map(|host| format!("address add 203.0.113.{host}/32 dev h0\n"))
+        .collect();
+    let path = std::env::temp_dir().join(format!("mpath-netlink-burst-{}", std::process::id()));
+    std::fs::write(&path, batch)?;
+    let result = lab.host().ip(&["-batch", &path.to_string_lossy()]);
+    std::fs::remove_file(&path)?;
+    result.map(drop)
+}
+
+#[test]
+fn overflowing_the_receive_buffer_is_reported_as_overrun() -> Result<()> {
+    let lab = Lab::new(1)?;
+    let h0 = lab.host().ifindex("h0")?;
+    inside(lab.host(), async || {
+        // The smallest buffer the kernel allows holds only a few notifications.
+        let mut tiny = Monitor::open_with_receive_buffer(0)?;
+        let mut roomy = Monitor::open()?;
+        let count = 200;
+        address_burst(&lab, count)?;
+
+        wait_for(&mut tiny, Duration::from_secs(2), "overrun", |event| {
+            *event == NetEvent::Overrun
+        })
+        .await?;
+        // The monitor carries on after an overrun.
+        let after = cidr("198.51.100.7/32");
+        let netlink = Netlink::connect()?;
+        netlink
+            .add_address(h0, after, AddressOptions::default())
+            .await?;
+        wait_for(
+            &mut tiny,
+            Duration::from_secs(2),
+            "address after overrun",
+            |event| {
+                *event
+                    == NetEvent::AddressAdded {
+                        ifindex: h0,
+                        cidr: after,
+                    }
+            },
+        )
+        .await?;
+
+        // The default buffer takes the whole burst.
+        let mut burst_seen = 0;
+        while burst_seen < count {
+            let event = wait_for(
+                &mut roomy,
+                Duration::from_secs(2),
+                "burst address",
+                |event| {
+                    matches!(event, NetEvent::Overrun)
+                        || matches!(event, NetEvent::AddressAdded { cidr, .. }
+                        if cidr.to_string().starts_with("203.0.113."))
+                },
+            )
+            .await?;
+            ensure!(
+                event != NetEvent::Overrun,
+                "default buffer overran after {burst_seen} events"
+            );
+            burst_seen += 1;
+        }
+        Ok(())
+    })
+}
