@@ -185,7 +185,7 @@ fn addresses_are_added_removed_and_reported() -> Result<()> {
     let v6 = cidr("2001:db8::19/64");
     let moved = AddressOptions {
         nodad: true,
-        preferred_lft_zero: false,
+        ..Default::default()
     };
     inside(lab.host(), async || {
         // The lab turns DAD off; turn it on for h0 so that skipping it makes a difference.
@@ -236,6 +236,7 @@ fn addresses_are_added_removed_and_reported() -> Result<()> {
         let deprecate = AddressOptions {
             nodad: true,
             preferred_lft_zero: true,
+            ..Default::default()
         };
         netlink.add_address(h0, v6, deprecate).await?;
         let deprecated_line = ip_addr_line(&lab, "h0", "2001:db8::19")?;

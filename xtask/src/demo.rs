@@ -156,10 +156,10 @@ impl Demo {
     }
 
     fn interfaces_ok(&self, nics: &[&str]) -> bool {
-        let Ok(out) = self
+        let out = self
             .ctl_command(&["interfaces", "-o", "interface,state"])
-            .output()
-        else {
+            .and_then(|mut c| Ok(c.output()?));
+        let Ok(out) = out else {
             return false;
         };
         let text = String::from_utf8_lossy(&out.stdout);
