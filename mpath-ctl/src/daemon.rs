@@ -203,13 +203,14 @@ impl Daemon {
             local_addresses: Vec::new(),
             announcements: Vec::new(),
         };
-        daemon.resync().await?;
+        daemon.resync(true).await?;
         Ok(daemon)
     }
 
     /// Reads links, addresses and routes from the kernel and brings every group up to date:
-    /// at start, and after the kernel dropped netlink events.
-    async fn resync(&mut self) -> anyhow::Result<()> {
+    /// at start (`starting`: the host may show what an earlier mpathd did), and after the
+    /// kernel dropped netlink events.
+    async fn resync(&mut self, starting: bool) -> anyhow::Result<()> {
         let links = self.netlink.links().await?;
         let addresses = self.netlink.addresses().await?;
         self.routes = self.netlink.routes().await?;
@@ -236,7 +237,10 @@ impl Daemon {
                     .find(|(ifindex, _)| addresses.contains(&(*ifindex, address.cidr)))
                     .map(|(_, name)| name.clone());
             }
-            let actions = group.fsm.handle(Event::Snapshot { present }, now)?;
+            let mut actions = group.fsm.handle(Event::Snapshot { present }, now)?;
+            if starting {
+                actions.extend(adopt_failures(group, now));
+            }
             self.apply(gi, actions, true).await;
         }
         Ok(())
@@ -449,7 +453,7 @@ impl Daemon {
             }
             NetEvent::Overrun => {
                 tracing::warn!("the kernel dropped netlink events; resynchronising");
-                self.resync().await?;
+                self.resync(false).await?;
             }
         }
         Ok(())
@@ -910,6 +914,45 @@ impl Daemon {
         }
         status
     }
+}
+
+/// Adopts what an earlier mpathd left: a probing NIC whose data addresses sit on another NIC
+/// of the group had been failed by its probes (a link failure shows in the link state). It
+/// stays failed until its probes repair it, so a restart neither fails back nor loses
+/// traffic.
+fn adopt_failures(group: &mut Group, now: Instant) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for nic in &group.nics {
+        if nic.probing.is_none() {
+            continue;
+        }
+        let Some(away) = group
+            .addresses
+            .iter()
+            .find(|a| a.home == nic.name && a.current.as_ref().is_some_and(|c| *c != nic.name))
+        else {
+            continue;
+        };
+        let Ok(adopted) = group.fsm.handle(
+            Event::Adopt {
+                nic: nic.name.clone(),
+            },
+            now,
+        ) else {
+            continue;
+        };
+        if adopted.iter().any(|a| matches!(a, Action::Failed { .. })) {
+            tracing::info!(
+                "{} of {} is on {}: {} stays failed until its probes answer again",
+                away.cidr,
+                nic.name,
+                away.current.as_deref().unwrap_or("--"),
+                nic.name
+            );
+        }
+        actions.extend(adopted);
+    }
+    actions
 }
 
 /// Opens the probe socket and the prober of a NIC with an IPv4 test address.

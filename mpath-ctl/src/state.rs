@@ -164,6 +164,10 @@ pub enum Event {
     Offline { nic: String },
     /// Undo an offline (if_mpadm -r).
     Online { nic: String },
+    /// A probing NIC that is up but whose data addresses a previous mpathd had moved away
+    /// (found at start): it was failed by probes, so it stays failed until its probes
+    /// repair it, instead of taking its addresses back at once and losing them again.
+    Adopt { nic: String },
     /// Time passed; send it at [`Group::next_wakeup`].
     Tick,
 }
@@ -747,6 +751,13 @@ impl Group {
             Event::Online { nic } => {
                 let index = self.find(&nic)?;
                 self.online(index, &mut actions)?;
+            }
+            Event::Adopt { nic } => {
+                let index = self.find_present(&nic)?;
+                let member = &self.members[index];
+                if member.state == IfState::Ok && !member.link_judged() {
+                    self.fail(index, FailureCause::ProbesLost, &mut actions);
+                }
             }
             Event::Tick => self.tick(now, &mut actions),
         }
@@ -2033,6 +2044,44 @@ mod tests {
             nic: "h0".into(),
             cause: FailureCause::ProbesLost
         }));
+    }
+
+    #[test]
+    fn an_adopted_failure_is_repaired_only_by_ten_answered_probes() {
+        let mut sim = Sim::new(
+            Policy::default(),
+            vec![
+                nic("h0", false, ProbeFamilies::IPV4),
+                nic("h1", false, ProbeFamilies::IPV4),
+                nic("h2", true, ProbeFamilies::IPV4),
+                nic("h3", false, ProbeFamilies::NONE),
+            ],
+        );
+        let actions = sim.send(Event::Adopt { nic: "h0".into() });
+        assert!(actions.contains(&Action::Failed {
+            nic: "h0".into(),
+            cause: FailureCause::ProbesLost
+        }));
+        assert!(actions.contains(&Action::Activate { nic: "h2".into() }));
+        let answers = [("h0", ANSWERED), ("h1", ANSWERED), ("h2", ANSWERED)];
+        sim.rounds(NUM_PROBE_REPAIRS as usize - 1, &answers);
+        assert_eq!(
+            sim.state("h0"),
+            IfState::Failed {
+                cause: FailureCause::ProbesLost
+            }
+        );
+        let actions = sim.round(&answers);
+        assert!(actions.contains(&Action::Repaired { nic: "h0".into() }));
+        assert_eq!(sim.state("h0"), IfState::Ok);
+
+        // Only a working probing NIC is adopted as failed: a link-only NIC's link decides,
+        // and a failed one stays as it is.
+        assert!(sim.send(Event::Adopt { nic: "h3".into() }).is_empty());
+        assert_eq!(sim.state("h3"), IfState::Ok);
+        sim.link("h1", false);
+        assert!(sim.send(Event::Adopt { nic: "h1".into() }).is_empty());
+        assert!(sim.try_send(Event::Adopt { nic: "eth9".into() }).is_err());
     }
 
     #[test]

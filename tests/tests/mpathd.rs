@@ -291,3 +291,63 @@ fn mpathctl_views_print_columns_and_json() {
     );
     drop(lab2);
 }
+
+#[test]
+fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
+    use mpath_tests::flows::{Flows, Sniffer};
+    use std::{net::Ipv4Addr, thread::sleep, time::Duration};
+
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.drop_silently("h1").unwrap();
+    daemon.wait_until("192.0.2.20 failed over to h2", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.20/24").as_deref() == Some("h2"))
+    });
+    let table_before = shares(&daemon);
+    daemon.kill();
+
+    // No daemon: the pinned programs keep spreading over h0 and h2, the table as it was.
+    let mut flows = Flows::open(
+        lab.host(),
+        Ipv4Addr::new(192, 0, 2, 19),
+        Ipv4Addr::new(192, 0, 2, 1),
+        64,
+    );
+    let sniffer = Sniffer::start(lab.router(), mpath_lab::ROUTER_NIC);
+    flows.send_round(2);
+    let log = sniffer.finish();
+    let (h0, h2) = (lab.mac("h0").unwrap(), lab.mac("h2").unwrap());
+    let macs: std::collections::BTreeSet<[u8; 6]> =
+        log.values().flatten().map(|seen| seen.src_mac).collect();
+    assert_eq!(macs, [h0, h2].into(), "spreading went on without mpathd");
+    assert_eq!(
+        log.values().map(Vec::len).sum::<usize>(),
+        128,
+        "no packet lost"
+    );
+
+    let failbacks = daemon.log().matches("Successfully failed back").count();
+    daemon.spawn(lab.host());
+    let status = daemon.status();
+    assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h2"));
+    assert_eq!(state_of(&status, "h1"), "failed", "adopted as failed");
+    assert_eq!(shares(&daemon), table_before, "no bucket moved");
+    assert!(daemon.log().contains("192.0.2.20/24 of h1 is on h2"));
+    // h1 still drops everything: a second of probing must not bring the address back.
+    sleep(Duration::from_secs(1));
+    let status = daemon.status();
+    assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h2"));
+    assert_eq!(
+        daemon.log().matches("Successfully failed back").count(),
+        failbacks
+    );
+
+    lab.undrop("h1").unwrap();
+    daemon.wait_until("h1 repaired by its probes and failed back", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24").as_deref() == Some("h1")
+        })
+    });
+}
