@@ -109,6 +109,9 @@ pub struct Daemon {
     routes: Vec<RouteEntry>,
     local_addresses: Vec<IpAddr>,
     announcements: Vec<Announcement>,
+    /// Link state (usable or not) of NICs outside any group, tracked and reported when
+    /// TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
+    ungrouped: BTreeMap<String, bool>,
 }
 
 /// Label of an enum as the views print it: its serde name.
@@ -202,6 +205,7 @@ impl Daemon {
             routes: Vec::new(),
             local_addresses: Vec::new(),
             announcements: Vec::new(),
+            ungrouped: BTreeMap::new(),
         };
         daemon.resync(true).await?;
         Ok(daemon)
@@ -212,6 +216,11 @@ impl Daemon {
     /// kernel dropped netlink events.
     async fn resync(&mut self, starting: bool) -> anyhow::Result<()> {
         let links = self.netlink.links().await?;
+        for link in &links {
+            if self.locate(&link.name).is_none() {
+                self.track_ungrouped(link);
+            }
+        }
         let addresses = self.netlink.addresses().await?;
         self.routes = self.netlink.routes().await?;
         self.local_addresses = addresses.iter().map(|(_, c)| c.addr()).collect();
@@ -394,6 +403,21 @@ impl Daemon {
         wake
     }
 
+    /// Follows the link of a NIC outside every group (TRACK_INTERFACES_ONLY_WITH_GROUPS=no),
+    /// logging its failures and repairs as in.mpathd does.
+    fn track_ungrouped(&mut self, link: &LinkState) {
+        if self.config.daemon.track_interfaces_only_with_groups || link.name == "lo" {
+            return;
+        }
+        let up = link.usable();
+        match self.ungrouped.insert(link.name.clone(), up) {
+            Some(was) if was == up => {}
+            Some(_) if up => tracing::info!("The link has come up on {}", link.name),
+            Some(_) => tracing::warn!("The link has gone down on {}", link.name),
+            None => tracing::debug!("tracking {} (in no group)", link.name),
+        }
+    }
+
     fn locate(&self, name: &str) -> Option<(usize, usize)> {
         self.groups.iter().enumerate().find_map(|(gi, g)| {
             g.nics
@@ -408,6 +432,7 @@ impl Daemon {
         match event {
             NetEvent::Link(link) => {
                 let Some((gi, ni)) = self.locate(&link.name) else {
+                    self.track_ungrouped(&link);
                     return Ok(());
                 };
                 let known = self.groups[gi].nics[ni].ifindex == Some(link.ifindex);
@@ -427,6 +452,9 @@ impl Daemon {
                 self.handle(gi, event, now).await;
             }
             NetEvent::LinkRemoved { name, .. } => {
+                if self.ungrouped.remove(&name).is_some() {
+                    tracing::info!("NIC {name} has been removed from the system");
+                }
                 if let Some((gi, ni)) = self.locate(&name) {
                     self.forget_nic(gi, ni);
                     for a in &mut self.groups[gi].addresses {
@@ -912,6 +940,17 @@ impl Daemon {
                 }
             }));
         }
+        status
+            .interfaces
+            .extend(self.ungrouped.iter().map(|(name, up)| InterfaceRow {
+                interface: name.clone(),
+                group: String::new(),
+                active: false,
+                flags: Vec::new(),
+                link: if *up { "up" } else { "down" }.into(),
+                probe: "disabled".into(),
+                state: if *up { "ok" } else { "failed" }.into(),
+            }));
         status
     }
 }

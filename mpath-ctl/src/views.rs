@@ -38,6 +38,7 @@ pub struct GroupRow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceRow {
     pub interface: String,
+    /// Empty for a NIC in no group (listed when TRACK_INTERFACES_ONLY_WITH_GROUPS is off).
     pub group: String,
     /// Whether the NIC carries traffic now.
     pub active: bool,

@@ -351,3 +351,59 @@ fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
         })
     });
 }
+
+#[test]
+fn with_track_interfaces_only_with_groups_off_other_nics_are_tracked_too() {
+    let lab = lab();
+    let config = r#"
+[daemon]
+failure_detection_time_ms = 700
+track_interfaces_only_with_groups = false
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+
+[[group.interface]]
+name = "h0"
+data_addresses = ["192.0.2.19/24"]
+
+[[group.interface]]
+name = "h1"
+data_addresses = ["192.0.2.20/24"]
+"#;
+    let mut daemon = Mpathd::start(lab.host(), config);
+    let h2 = |d: &Mpathd| {
+        d.try_status().and_then(|s| {
+            s.interfaces
+                .into_iter()
+                .find(|i| i.interface == "h2")
+                .map(|i| (i.group, i.link, i.state))
+        })
+    };
+    daemon.wait_until("h2 tracked", |d| h2(d).is_some());
+    assert_eq!(h2(&daemon).unwrap(), ("".into(), "up".into(), "ok".into()));
+    lab.cut("h2").unwrap();
+    daemon.wait_until("h2's link down reported", |d| {
+        h2(d).is_some_and(|(_, link, state)| link == "down" && state == "failed")
+    });
+    assert!(daemon.log().contains("The link has gone down on h2"));
+    let text = daemon.ctl(lab.host(), &["interfaces", "-o", "interface,group,link"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().eq(["h2", "--", "down"])),
+        "{text}"
+    );
+
+    // With the default (on), NICs outside the groups are not even listed.
+    let only_groups = Mpathd::start(lab.host(), &config.replace("= false", "= true"));
+    let names: Vec<String> = only_groups
+        .status()
+        .interfaces
+        .into_iter()
+        .map(|i| i.interface)
+        .collect();
+    assert_eq!(names, ["h0", "h1"]);
+}

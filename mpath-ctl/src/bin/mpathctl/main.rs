@@ -202,7 +202,11 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                     vec![
                         i.interface.clone(),
                         if i.active { "yes" } else { "no" }.into(),
-                        i.group.clone(),
+                        if i.group.is_empty() {
+                            "--".into()
+                        } else {
+                            i.group.clone()
+                        },
                         list(&i.flags),
                         i.link.clone(),
                         i.probe.clone(),
