@@ -6,11 +6,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use mpath_common::{NIC_F_TEST_V4, NicInfo, ProbeReply as RawReply, Settings};
+use mpath_common::{
+    MAX_GROUPS, MAX_NICS, NIC_F_TEST_V4, NicInfo, ProbeReply as RawReply, Settings,
+};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use serde::Serialize;
 use tokio::{
@@ -21,7 +24,7 @@ use tokio::{
 
 use crate::{
     announce,
-    config::{Config, GroupConfig, IpCidr},
+    config::{Config, DaemonChange, GroupConfig, IpCidr},
     control::{self, Command, Reply, Request},
     datapath::Datapath,
     failover::{self, DataAddress},
@@ -96,8 +99,15 @@ impl Group {
     }
 }
 
+/// Where the configuration is read from, again on SIGHUP.
+pub struct ConfigPaths {
+    pub config: PathBuf,
+    pub defaults: PathBuf,
+}
+
 pub struct Daemon {
     config: Config,
+    paths: ConfigPaths,
     datapath: Datapath,
     netlink: Netlink,
     monitor: Monitor,
@@ -125,7 +135,7 @@ fn label(value: impl Serialize) -> String {
 
 impl Daemon {
     /// Loads (or adopts) the datapath and takes stock of the host: links, addresses, routes.
-    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+    pub async fn start(config: Config, paths: ConfigPaths) -> anyhow::Result<Daemon> {
         let mut datapath = Datapath::open(&config.daemon.bpf_pin_dir)?;
         let mut rng = StdRng::from_os_rng();
         let nonce: u64 = rng.random();
@@ -133,71 +143,14 @@ impl Daemon {
         // Subscribed before the first dump, so that nothing changing meanwhile is missed.
         let monitor = Monitor::open().context("subscribing to rtnetlink events")?;
         let netlink = Netlink::connect().context("opening rtnetlink")?;
-        let policy = Policy {
-            failback: config.daemon.failback,
-            ..Policy::default()
-        };
-        let mut groups = Vec::new();
-        let mut slot = 0;
-        for (id, g) in config.groups.iter().enumerate() {
-            let interfaces = g
-                .interfaces
-                .iter()
-                .map(|i| state::InterfaceConfig {
-                    name: i.name.clone(),
-                    standby: i.standby,
-                    probe: if i.test_address.is_some() {
-                        ProbeFamilies::IPV4
-                    } else {
-                        ProbeFamilies::NONE
-                    },
-                })
-                .collect();
-            let nics = g
-                .interfaces
-                .iter()
-                .map(|i| {
-                    slot += 1;
-                    Nic {
-                        name: i.name.clone(),
-                        test_address: i.test_address.map(Into::into),
-                        slot: slot - 1,
-                        ifindex: None,
-                        mac: [0; 6],
-                        probing: None,
-                    }
-                })
-                .collect();
-            let addresses = g
-                .interfaces
-                .iter()
-                .flat_map(|i| {
-                    i.data_addresses.iter().map(|cidr| DataAddress {
-                        cidr: *cidr,
-                        home: i.name.clone(),
-                        current: None,
-                    })
-                })
-                .collect();
-            groups.push(Group {
-                id: id as u32,
-                config: g.clone(),
-                fsm: state::Group::new(g.name.clone(), policy, interfaces)?,
-                fdt: FailureDetectionTime::new(
-                    g.name.clone(),
-                    config.daemon.failure_detection_time,
-                )?,
-                nics,
-                addresses,
-            });
-        }
         let (probe_rows, _) = broadcast::channel(256);
         let mut daemon = Daemon {
-            config,
+            config: config.clone(),
+            paths,
             datapath,
             netlink,
             monitor,
-            groups,
+            groups: Vec::new(),
             nonce,
             rng,
             started: Instant::now(),
@@ -207,14 +160,87 @@ impl Daemon {
             announcements: Vec::new(),
             ungrouped: BTreeMap::new(),
         };
-        daemon.resync(true).await?;
+        for g in &config.groups {
+            daemon.add_group(g)?;
+        }
+        let all = config.groups.iter().map(|g| g.name.clone()).collect();
+        daemon.resync(&all).await?;
         Ok(daemon)
     }
 
+    /// Builds the runtime of a configured group with the lowest free group id and NIC slots;
+    /// the kernel side is set up by the next resync.
+    fn add_group(&mut self, g: &GroupConfig) -> anyhow::Result<()> {
+        let id = (0..MAX_GROUPS)
+            .find(|id| self.groups.iter().all(|g| g.id != *id))
+            .context("too many groups")?;
+        let mut used: BTreeSet<u32> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.nics.iter().map(|n| n.slot))
+            .collect();
+        let policy = Policy {
+            failback: self.config.daemon.failback,
+            ..Policy::default()
+        };
+        let interfaces = g
+            .interfaces
+            .iter()
+            .map(|i| state::InterfaceConfig {
+                name: i.name.clone(),
+                standby: i.standby,
+                probe: if i.test_address.is_some() {
+                    ProbeFamilies::IPV4
+                } else {
+                    ProbeFamilies::NONE
+                },
+            })
+            .collect();
+        let mut nics = Vec::new();
+        for i in &g.interfaces {
+            let slot = (0..MAX_NICS)
+                .find(|s| !used.contains(s))
+                .context("too many NICs")?;
+            used.insert(slot);
+            nics.push(Nic {
+                name: i.name.clone(),
+                test_address: i.test_address.map(Into::into),
+                slot,
+                ifindex: None,
+                mac: [0; 6],
+                probing: None,
+            });
+        }
+        let addresses = g
+            .interfaces
+            .iter()
+            .flat_map(|i| {
+                i.data_addresses.iter().map(|cidr| DataAddress {
+                    cidr: *cidr,
+                    home: i.name.clone(),
+                    current: None,
+                })
+            })
+            .collect();
+        self.groups.push(Group {
+            id,
+            config: g.clone(),
+            fsm: state::Group::new(g.name.clone(), policy, interfaces)?,
+            fdt: FailureDetectionTime::new(
+                g.name.clone(),
+                self.config.daemon.failure_detection_time,
+            )?,
+            nics,
+            addresses,
+        });
+        Ok(())
+    }
+
     /// Reads links, addresses and routes from the kernel and brings every group up to date:
-    /// at start (`starting`: the host may show what an earlier mpathd did), and after the
-    /// kernel dropped netlink events.
-    async fn resync(&mut self, starting: bool) -> anyhow::Result<()> {
+    /// at start, on reload, and after the kernel dropped netlink events. The groups named in
+    /// `adopt` are new to this daemon: what the host shows of an earlier one's decisions is
+    /// adopted (see [`adopt_failures`]).
+    async fn resync(&mut self, adopt: &BTreeSet<String>) -> anyhow::Result<()> {
         let links = self.netlink.links().await?;
         for link in &links {
             if self.locate(&link.name).is_none() {
@@ -247,7 +273,7 @@ impl Daemon {
                     .map(|(_, name)| name.clone());
             }
             let mut actions = group.fsm.handle(Event::Snapshot { present }, now)?;
-            if starting {
+            if adopt.contains(&group.config.name) && self.config.daemon.failback {
                 actions.extend(adopt_failures(group, now));
             }
             self.apply(gi, actions, true).await;
@@ -352,6 +378,7 @@ impl Daemon {
         ));
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sighup = signal(SignalKind::hangup())?;
         tracing::info!(
             "mpathd running: {} group(s), control socket {}",
             self.groups.len(),
@@ -377,12 +404,126 @@ impl Daemon {
                 },
                 Some(command) = commands.recv() => self.command(command).await,
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
+                _ = sighup.recv() => self.reload().await?,
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }
         }
         tracing::info!("mpathd stopping; the datapath stays in place");
         Ok(())
+    }
+
+    /// SIGHUP: reads the configuration again and applies the difference. Groups that did not
+    /// change are not touched; a changed group is rebuilt on top of what the kernel holds
+    /// (addresses stay where they are, a NIC failed by probes stays failed until repaired);
+    /// a removed group or NIC loses the datapath, its test address and its data addresses.
+    /// A bad file is refused with its reason and nothing changes.
+    async fn reload(&mut self) -> anyhow::Result<()> {
+        let mut new = match Config::load(&self.paths.config, Some(&self.paths.defaults)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration stays: {e}");
+                return Ok(());
+            }
+        };
+        let diff = self.config.diff(&new);
+        if diff.is_empty() {
+            tracing::info!("reload: the configuration is unchanged");
+            return Ok(());
+        }
+        tracing::info!("reload: {diff}");
+        let mut rebuild: BTreeSet<String> =
+            diff.groups_changed.iter().map(|g| g.name.clone()).collect();
+        for change in &diff.daemon {
+            match change {
+                DaemonChange::FailureDetectionTime(_) | DaemonChange::Failback(_) => {
+                    rebuild.extend(self.groups.iter().map(|g| g.config.name.clone()));
+                }
+                DaemonChange::TrackInterfacesOnlyWithGroups(_) => self.ungrouped.clear(),
+                DaemonChange::MetricsListen(_)
+                | DaemonChange::Socket(_)
+                | DaemonChange::BpfPinDir(_) => {
+                    tracing::warn!("reload: {change} takes effect when mpathd restarts");
+                }
+            }
+        }
+        // Settings that only a restart can change keep their running values.
+        new.daemon.metrics_listen = self.config.daemon.metrics_listen;
+        new.daemon.socket = self.config.daemon.socket.clone();
+        new.daemon.bpf_pin_dir = self.config.daemon.bpf_pin_dir.clone();
+
+        let removed: Vec<String> = diff
+            .groups_removed
+            .iter()
+            .map(|g| g.name.clone())
+            .chain(rebuild.iter().cloned())
+            .collect();
+        for name in removed {
+            let Some(gi) = self.groups.iter().position(|g| g.config.name == name) else {
+                continue;
+            };
+            let old = self.groups.remove(gi);
+            let kept = new.group(&name);
+            self.retire_group(old, kept).await;
+        }
+        self.config = new.clone();
+        for g in &new.groups {
+            if self.groups.iter().all(|r| r.config.name != g.name) {
+                self.add_group(g)?;
+                rebuild.insert(g.name.clone());
+            }
+        }
+        self.resync(&rebuild).await
+    }
+
+    /// Takes down what an old group runtime set up that the new configuration (`kept`, the
+    /// group's new definition if it still exists) no longer has: the datapath and test
+    /// address of NICs that leave, the data addresses that are gone, the bucket table.
+    async fn retire_group(&mut self, old: Group, kept: Option<&GroupConfig>) {
+        let stays = |nic: &str| kept.is_some_and(|g| g.interface(nic).is_some());
+        for nic in &old.nics {
+            let Some(ifindex) = nic.ifindex else { continue };
+            let test_kept = kept
+                .and_then(|g| g.interface(&nic.name))
+                .is_some_and(|i| i.test_address.map(IpCidr::from) == nic.test_address);
+            if let Some(test) = nic.test_address.filter(|_| !test_kept) {
+                let host = IpCidr::new(test.addr(), 32).expect("/32 is valid for IPv4");
+                if let Err(e) = self.netlink.del_address(ifindex, host).await {
+                    tracing::warn!("{e}");
+                }
+                if let IpAddr::V4(v4) = test.addr() {
+                    let _ = self.datapath.maps.remove_test_address(v4);
+                }
+            }
+            if !stays(&nic.name) {
+                let _ = self.datapath.detach(ifindex);
+                let _ = self.datapath.maps.remove_nic(ifindex);
+                tracing::info!("{} left group {}", nic.name, old.config.name);
+            }
+        }
+        let still_configured = |cidr: &IpCidr| {
+            kept.is_some_and(|g| g.interfaces.iter().any(|i| i.data_addresses.contains(cidr)))
+        };
+        for a in old.addresses.iter().filter(|a| !still_configured(&a.cidr)) {
+            let Some(ifindex) = a
+                .current
+                .as_deref()
+                .and_then(|n| old.nic(n))
+                .and_then(|n| n.ifindex)
+            else {
+                continue;
+            };
+            match self.netlink.del_address(ifindex, a.cidr).await {
+                Ok(()) => tracing::info!("removed data address {} (no longer configured)", a.cidr),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        if kept.is_none() {
+            let empty = [0u32; mpath_common::BUCKETS_PER_GROUP as usize];
+            if let Err(e) = self.datapath.maps.write_table(old.id, &empty, |_| [0; 6]) {
+                tracing::warn!("group {}: {e}", old.config.name);
+            }
+        }
     }
 
     fn next_wakeup(&self) -> Instant {
@@ -481,7 +622,7 @@ impl Daemon {
             }
             NetEvent::Overrun => {
                 tracing::warn!("the kernel dropped netlink events; resynchronising");
-                self.resync(false).await?;
+                self.resync(&BTreeSet::new()).await?;
             }
         }
         Ok(())
@@ -958,7 +1099,7 @@ impl Daemon {
 /// Adopts what an earlier mpathd left: a probing NIC whose data addresses sit on another NIC
 /// of the group had been failed by its probes (a link failure shows in the link state). It
 /// stays failed until its probes repair it, so a restart neither fails back nor loses
-/// traffic.
+/// traffic. Only with FAILBACK on: with it off, addresses away from home are normal.
 fn adopt_failures(group: &mut Group, now: Instant) -> Vec<Action> {
     let mut actions = Vec::new();
     for nic in &group.nics {

@@ -95,6 +95,18 @@ impl Mpathd {
         self.wait_until("mpathd answers on its socket", |d| d.try_status().is_some());
     }
 
+    /// Rewrites the configuration (same `SOCKET`/`PINS` substitution as `start`) and sends
+    /// SIGHUP.
+    pub fn reload(&self, config: &str) {
+        let text = config
+            .replace("SOCKET", &self.socket.display().to_string())
+            .replace("PINS", &self.pins.path().display().to_string());
+        fs::write(&self.config, text).unwrap();
+        let pid = self.child.as_ref().expect("mpathd running").id();
+        // SAFETY: signalling our own child.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    }
+
     /// Kills the process with SIGKILL (no clean-up of its own), leaving pins and socket.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

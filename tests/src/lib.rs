@@ -1,8 +1,10 @@
-//! What mpath's integration tests share: private bpffs pin directories and crafted packets.
+//! What mpath's integration tests share: private bpffs pin directories, crafted packets and
+//! the XDP program rig.
 
 pub mod daemon;
 pub mod flows;
 pub mod packets;
+pub mod xdp;
 
 use std::{
     path::{Path, PathBuf},

@@ -52,15 +52,28 @@ impl Reply {
 
     /// An IPv4 frame from `src` to `dst`.
     pub fn v4(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+        self.v4_with_options(src, dst, &[])
+    }
+
+    /// An IPv4 frame from `src` to `dst` whose header carries `options` (a multiple of 4
+    /// bytes, at most 40), as a target that adds e.g. a record-route option would send it.
+    pub fn v4_with_options(&self, src: Ipv4Addr, dst: Ipv4Addr, options: &[u8]) -> Vec<u8> {
+        assert!(
+            options.len() % 4 == 0 && options.len() <= 40,
+            "IPv4 options of {} bytes do not fit the IHL field",
+            options.len()
+        );
         let mut icmp = self.icmp();
-        let c = checksum(0, &icmp);
+        let c = internet_checksum(0, &icmp);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
-        let mut ip = vec![0x45, 0];
-        ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+        let header_len = 20 + options.len();
+        let mut ip = vec![0x40 | (header_len / 4) as u8, 0];
+        ip.extend_from_slice(&((header_len + icmp.len()) as u16).to_be_bytes());
         ip.extend_from_slice(&[0x12, 0x34, 0, 0, 64, 1, 0, 0]);
         ip.extend_from_slice(&src.octets());
         ip.extend_from_slice(&dst.octets());
-        let c = checksum(0, &ip);
+        ip.extend_from_slice(options);
+        let c = internet_checksum(0, &ip);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
         let mut f = ethernet(0x0800);
         f.extend(ip);
@@ -75,12 +88,8 @@ impl Reply {
             r.icmp_type = 129;
         }
         let mut icmp = r.icmp();
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&src.octets());
-        pseudo.extend_from_slice(&dst.octets());
-        pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, 58]);
-        let c = checksum(sum(0, &pseudo), &icmp);
+        let pseudo = icmpv6_pseudo_sum(&src.octets(), &dst.octets(), icmp.len() as u32);
+        let c = internet_checksum(pseudo, &icmp);
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
         let mut f = ethernet(0x86dd);
         f.extend_from_slice(&[0x60, 0, 0, 0]);
@@ -109,8 +118,10 @@ fn sum(mut acc: u32, bytes: &[u8]) -> u32 {
     acc
 }
 
-/// The Internet checksum to put into a message whose pseudo-header sums to `pseudo`.
-fn checksum(pseudo: u32, bytes: &[u8]) -> u16 {
+/// The Internet checksum (RFC 1071) to put into a message whose pseudo-header sums to
+/// `pseudo`. Over a message that already holds its checksum, it is 0 exactly when the message
+/// is intact.
+pub fn internet_checksum(pseudo: u32, bytes: &[u8]) -> u16 {
     let mut s = sum(pseudo, bytes);
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
@@ -118,24 +129,96 @@ fn checksum(pseudo: u32, bytes: &[u8]) -> u16 {
     !(s as u16)
 }
 
+/// Sum of the IPv6 pseudo-header an ICMPv6 checksum covers (RFC 8200 section 8.1), for a
+/// message of `len` bytes.
+pub fn icmpv6_pseudo_sum(src: &[u8; 16], dst: &[u8; 16], len: u32) -> u32 {
+    let mut pseudo = src.to_vec();
+    pseudo.extend_from_slice(dst);
+    pseudo.extend_from_slice(&len.to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    sum(0, &pseudo)
+}
+
+/// Recomputes the IPv4 header checksum of an IPv4 frame after its header was edited, so the
+/// edit reaches checks behind the header. Does nothing when the IHL field is below 5 or the
+/// frame ends inside the header.
+pub fn reseal_ipv4_header(frame: &mut [u8]) {
+    let Some(&version_ihl) = frame.get(14) else {
+        return;
+    };
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    if header_len < 20 || frame.len() < 14 + header_len {
+        return;
+    }
+    let header = &mut frame[14..14 + header_len];
+    header[10..12].fill(0);
+    let c = internet_checksum(0, header);
+    header[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Recomputes the ICMP (IPv4 frames) or ICMPv6 (IPv6 frames) checksum after the message or,
+/// for ICMPv6, the addresses were edited. The message is what the IP length field says,
+/// cut short where the frame ends; nothing happens when the frame ends before the checksum
+/// field.
+pub fn reseal_icmp(frame: &mut [u8]) {
+    let Some(ethertype) = frame.get(12..14) else {
+        return;
+    };
+    match u16::from_be_bytes([ethertype[0], ethertype[1]]) {
+        0x0800 if frame.len() >= 14 + 20 => {
+            let header_len = usize::from(frame[14] & 0x0f) * 4;
+            let ip_len = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+            let end = (14 + ip_len).min(frame.len());
+            let start = 14 + header_len;
+            if header_len >= 20 && start + 4 <= end {
+                seal(0, &mut frame[start..end]);
+            }
+        }
+        0x86dd if frame.len() >= 14 + 40 => {
+            let payload_len = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+            let end = (14 + 40 + payload_len).min(frame.len());
+            if 14 + 40 + 4 <= end {
+                let src: [u8; 16] = frame[22..38].try_into().expect("16 bytes");
+                let dst: [u8; 16] = frame[38..54].try_into().expect("16 bytes");
+                let msg = &mut frame[54..end];
+                seal(icmpv6_pseudo_sum(&src, &dst, msg.len() as u32), msg);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Writes the checksum of ICMP message `msg` (at bytes 2..4) over pseudo-header sum `pseudo`.
+fn seal(pseudo: u32, msg: &mut [u8]) {
+    msg[2..4].fill(0);
+    let c = internet_checksum(pseudo, msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+}
+
 /// Sets the IPv4 more-fragments flag (and fixes the header checksum), as in the first
 /// fragment of a fragmented reply.
 pub fn mark_v4_first_fragment(frame: &mut [u8]) {
     frame[14 + 6] |= 0x20;
-    frame[14 + 10] = 0;
-    frame[14 + 11] = 0;
-    let c = checksum(0, &frame[14..34]);
-    frame[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    reseal_ipv4_header(frame);
 }
 
 /// Wraps an IPv6 frame's payload behind a fragment header (first fragment, more to come).
 pub fn add_v6_fragment_header(frame: &[u8]) -> Vec<u8> {
+    insert_v6_fragment_header(frame, 0x0001)
+}
+
+/// Wraps an IPv6 frame's payload behind a fragment header with `offset_flags` (offset in
+/// 8-byte units in the top 13 bits, more-fragments in the lowest bit).
+pub fn insert_v6_fragment_header(frame: &[u8], offset_flags: u16) -> Vec<u8> {
     let mut f = frame[..14 + 40].to_vec();
     let payload = &frame[14 + 40..];
     let len = (payload.len() + 8) as u16;
     f[14 + 4..14 + 6].copy_from_slice(&len.to_be_bytes());
+    let next_header = f[14 + 6];
     f[14 + 6] = 44;
-    f.extend_from_slice(&[58, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef]);
+    f.extend_from_slice(&[next_header, 0]);
+    f.extend_from_slice(&offset_flags.to_be_bytes());
+    f.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
     f.extend_from_slice(payload);
     f
 }

@@ -407,3 +407,64 @@ data_addresses = ["192.0.2.20/24"]
         .collect();
     assert_eq!(names, ["h0", "h1"]);
 }
+
+#[test]
+fn sighup_applies_the_difference_and_refuses_a_bad_file() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let h2 = lab.host().ifindex("h2").unwrap();
+
+    // h1 gains an address, h0 loses its IPv6 one, h2 leaves the group.
+    let changed = CONFIG
+        .replace(
+            r#"data_addresses = ["192.0.2.20/24"]"#,
+            r#"data_addresses = ["192.0.2.20/24", "192.0.2.30/24"]"#,
+        )
+        .replace(r#", "2001:db8::19/64""#, "");
+    let changed = &changed[..changed.find("[[group.interface]]\nname = \"h2\"").unwrap()];
+    daemon.reload(changed);
+    daemon.wait_until("192.0.2.30 on h1, h2 gone", |d| {
+        d.try_status().is_some_and(|s| {
+            inbound(&s, "192.0.2.30/24").as_deref() == Some("h1")
+                && s.interfaces.iter().all(|i| i.interface != "h2")
+        })
+    });
+    assert!(
+        lab.host_addrs("h1")
+            .unwrap()
+            .contains(&"192.0.2.30/24".to_string())
+    );
+    assert!(
+        !lab.host_addrs("h0")
+            .unwrap()
+            .contains(&"2001:db8::19/64".to_string())
+    );
+    assert!(
+        lab.host_addrs("h2").unwrap().is_empty(),
+        "h2's test address removed"
+    );
+    let maps =
+        Maps::open_pinned(&daemon.pins.path().join(PIN_LAYOUT_VERSION).join("maps")).unwrap();
+    assert!(
+        maps.nics().unwrap().iter().all(|(i, _)| *i != h2),
+        "h2 left the datapath"
+    );
+    assert_eq!(
+        inbound(&daemon.status(), "192.0.2.19/24").as_deref(),
+        Some("h0")
+    );
+
+    // A broken file is refused and changes nothing.
+    let before = daemon.status();
+    daemon.reload("[daemon]\nfailure_detection_time_ms = 5\n");
+    daemon.wait_until("the refusal logged", |d| d.log().contains("reload refused"));
+    assert!(
+        daemon
+            .log()
+            .contains("mpathd.toml:2:29: failure detection time 5 ms is below the minimum"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.status(), before);
+}

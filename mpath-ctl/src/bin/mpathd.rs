@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Parser;
 use mpath_ctl::{
     config::{self, Config},
-    daemon::Daemon,
+    daemon::{ConfigPaths, Daemon},
     datapath,
 };
 use tracing_subscriber::EnvFilter;
@@ -74,7 +74,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(async { Daemon::start(config).await?.run().await }) {
+    let paths = ConfigPaths {
+        config: args.config,
+        defaults: args.defaults,
+    };
+    match runtime.block_on(async { Daemon::start(config, paths).await?.run().await }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
