@@ -14,8 +14,11 @@ pub const BUCKETS_PER_GROUP: u32 = 256;
 pub const MAX_GROUPS: u32 = 64;
 /// NICs one datapath can serve (all groups together); NIC slots index the counters.
 pub const MAX_NICS: u32 = 256;
-/// IPv4 test addresses the datapath keeps apart from spreading.
-pub const MAX_TEST_ADDRESSES: u32 = MAX_NICS;
+/// Group NICs must have an ifindex below this: the egress program finds its NIC by indexing
+/// an array with the ifindex, which is much cheaper per packet than a hash lookup.
+pub const MAX_IFINDEX: u32 = 1 << 16;
+/// IPv4 test addresses per group that the spreading program keeps on their own NIC.
+pub const MAX_TEST_ADDRESSES_PER_GROUP: usize = 16;
 /// Size of the ring buffer of matched probe replies (bytes, a power of two of pages).
 pub const PROBE_RING_BYTES: u32 = 256 * 1024;
 
@@ -33,7 +36,8 @@ pub const PIN_LAYOUT_VERSION: &str = "v1";
 /// Names of the maps, as pinned under `<pin dir>/<PIN_LAYOUT_VERSION>/maps/`.
 pub mod map_names {
     pub const NICS: &str = "MPATH_NICS";
-    pub const TEST_ADDRS: &str = "MPATH_TEST_ADDRS";
+    pub const EGRESS_NICS: &str = "MPATH_EGRESS_NICS";
+    pub const GROUP_TESTS: &str = "MPATH_GROUP_TESTS";
     pub const BUCKETS: &str = "MPATH_BUCKETS";
     pub const COUNTERS: &str = "MPATH_COUNTERS";
     pub const SETTINGS: &str = "MPATH_SETTINGS";
@@ -66,6 +70,38 @@ pub struct NicInfo {
     /// The NIC's MAC, written as source into packets redirected to it.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// What the egress program needs of a group NIC. Index: the NIC's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressNic {
+    /// `EGRESS_F_PRESENT` when the ifindex is a group NIC.
+    pub flags: u16,
+    pub group: u16,
+    pub slot: u16,
+    pub _pad: u16,
+}
+
+pub const EGRESS_F_PRESENT: u16 = 1;
+
+/// The NIC owning a test address, where packets from that address must leave.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestOwner {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// The IPv4 test addresses of one group, scanned linearly by the egress program (a few
+/// compares beat a hash lookup). Index: the group id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupTests {
+    pub count: u32,
+    pub addrs: [[u8; 4]; MAX_TEST_ADDRESSES_PER_GROUP],
+    pub owners: [TestOwner; MAX_TEST_ADDRESSES_PER_GROUP],
 }
 
 /// The NIC has an IPv4 test address and probes from it.
@@ -224,6 +260,8 @@ mod pod {
     // SAFETY: all these types are repr(C), made of integers and byte arrays with explicit
     // padding fields, so every bit pattern is a valid value.
     unsafe impl aya::Pod for NicInfo {}
+    unsafe impl aya::Pod for EgressNic {}
+    unsafe impl aya::Pod for GroupTests {}
     unsafe impl aya::Pod for Bucket {}
     unsafe impl aya::Pod for NicCounters {}
     unsafe impl aya::Pod for Settings {}
@@ -239,6 +277,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<NicInfo>(), 4 * 3 + 4 + 16 + 8);
         assert_eq!(size_of::<Bucket>(), 12);
+        assert_eq!(size_of::<EgressNic>(), 8);
+        assert_eq!(size_of::<GroupTests>(), 4 + 16 * 4 + 16 * 12);
         assert_eq!(size_of::<NicCounters>(), 8 * (8 + RejectReason::COUNT));
         assert_eq!(size_of::<ProbePayload>(), 32);
         assert_eq!(size_of::<ProbeReply>(), 16 + 16 + 16);

@@ -8,7 +8,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use mpath_common::{
-    BUCKETS_PER_GROUP, Bucket, MAX_GROUPS, NicCounters, NicInfo, ProbeReply, Settings, map_names,
+    BUCKETS_PER_GROUP, Bucket, EGRESS_F_PRESENT, EgressNic, GroupTests, MAX_GROUPS, MAX_IFINDEX,
+    MAX_TEST_ADDRESSES_PER_GROUP, NicCounters, NicInfo, ProbeReply, Settings, TestOwner, map_names,
 };
 
 use crate::spread::Table;
@@ -26,12 +27,22 @@ pub enum MapsError {
     },
     #[error("group id {0} is out of range (at most {MAX_GROUPS} groups)")]
     GroupOutOfRange(u32),
+    #[error(
+        "ifindex {0} is too large for the datapath (group NICs need an ifindex below \
+         {MAX_IFINDEX}; recreating the NIC or a reboot gives it a small one)"
+    )]
+    IfindexTooLarge(u32),
+    #[error("ifindex {0} is not a group NIC of the datapath")]
+    UnknownNic(u32),
+    #[error("group {0} has more than {MAX_TEST_ADDRESSES_PER_GROUP} IPv4 test addresses")]
+    TooManyTestAddresses(u32),
 }
 
 /// The maps shared with the programs (see mpath-ebpf's `maps` module for what each holds).
 pub struct Maps {
     pub nics: HashMap<MapData, u32, NicInfo>,
-    pub test_addrs: HashMap<MapData, [u8; 4], u32>,
+    pub egress_nics: Array<MapData, EgressNic>,
+    pub group_tests: Array<MapData, GroupTests>,
     pub buckets: Array<MapData, Bucket>,
     pub counters: PerCpuArray<MapData, NicCounters>,
     pub settings: Array<MapData, Settings>,
@@ -69,7 +80,8 @@ impl Maps {
         use map_names::*;
         Ok(Maps {
             nics: typed(NICS, get(NICS)?)?,
-            test_addrs: typed(TEST_ADDRS, get(TEST_ADDRS)?)?,
+            egress_nics: typed(EGRESS_NICS, get(EGRESS_NICS)?)?,
+            group_tests: typed(GROUP_TESTS, get(GROUP_TESTS)?)?,
             buckets: typed(BUCKETS, get(BUCKETS)?)?,
             counters: typed(COUNTERS, get(COUNTERS)?)?,
             settings: typed(SETTINGS, get(SETTINGS)?)?,
@@ -92,34 +104,131 @@ impl Maps {
         Ok(all)
     }
 
+    /// Makes `ifindex` a group NIC for both programs.
     pub fn set_nic(&mut self, ifindex: u32, info: NicInfo) -> Result<(), MapsError> {
+        if ifindex >= MAX_IFINDEX {
+            return Err(MapsError::IfindexTooLarge(ifindex));
+        }
+        let group =
+            u16::try_from(info.group).map_err(|_| MapsError::GroupOutOfRange(info.group))?;
+        let egress = EgressNic {
+            flags: EGRESS_F_PRESENT,
+            group,
+            slot: info.slot as u16,
+            _pad: 0,
+        };
         self.nics
             .insert(ifindex, info, 0)
             .map_err(|source| MapsError::Map {
                 name: map_names::NICS,
                 source,
-            })
-    }
-
-    /// Forgets a NIC; a NIC that was not there is not an error.
-    pub fn remove_nic(&mut self, ifindex: u32) -> Result<(), MapsError> {
-        absent_is_ok(self.nics.remove(&ifindex), map_names::NICS)
-    }
-
-    pub fn set_test_address(&mut self, addr: Ipv4Addr, ifindex: u32) -> Result<(), MapsError> {
-        self.test_addrs
-            .insert(addr.octets(), ifindex, 0)
+            })?;
+        self.egress_nics
+            .set(ifindex, egress, 0)
             .map_err(|source| MapsError::Map {
-                name: map_names::TEST_ADDRS,
+                name: map_names::EGRESS_NICS,
                 source,
             })
     }
 
+    /// Forgets a NIC (and its test addresses); a NIC that was not there is not an error.
+    pub fn remove_nic(&mut self, ifindex: u32) -> Result<(), MapsError> {
+        if ifindex < MAX_IFINDEX {
+            self.egress_nics
+                .set(ifindex, EgressNic::default(), 0)
+                .map_err(|source| MapsError::Map {
+                    name: map_names::EGRESS_NICS,
+                    source,
+                })?;
+        }
+        for group in 0..MAX_GROUPS {
+            self.edit_tests(group, |tests| {
+                tests.retain(|(_, owner)| owner.ifindex != ifindex)
+            })?;
+        }
+        absent_is_ok(self.nics.remove(&ifindex), map_names::NICS)
+    }
+
+    /// Keeps packets from `addr` on the group NIC `ifindex`, whatever the spreading says.
+    pub fn set_test_address(&mut self, addr: Ipv4Addr, ifindex: u32) -> Result<(), MapsError> {
+        let info = self
+            .nics
+            .get(&ifindex, 0)
+            .map_err(|_| MapsError::UnknownNic(ifindex))?;
+        let owner = TestOwner {
+            ifindex,
+            mac: info.mac,
+            _pad: [0; 2],
+        };
+        self.edit_tests(info.group, |tests| {
+            tests.retain(|(a, _)| *a != addr.octets());
+            tests.push((addr.octets(), owner));
+        })
+    }
+
     pub fn remove_test_address(&mut self, addr: Ipv4Addr) -> Result<(), MapsError> {
-        absent_is_ok(
-            self.test_addrs.remove(&addr.octets()),
-            map_names::TEST_ADDRS,
-        )
+        for group in 0..MAX_GROUPS {
+            self.edit_tests(group, |tests| tests.retain(|(a, _)| *a != addr.octets()))?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites a group's test address list through `edit`, only when it changes.
+    fn edit_tests(
+        &mut self,
+        group: u32,
+        edit: impl FnOnce(&mut Vec<([u8; 4], TestOwner)>),
+    ) -> Result<(), MapsError> {
+        let map_err = |source| MapsError::Map {
+            name: map_names::GROUP_TESTS,
+            source,
+        };
+        if group >= MAX_GROUPS {
+            return Err(MapsError::GroupOutOfRange(group));
+        }
+        let current = self.group_tests.get(&group, 0).map_err(map_err)?;
+        let mut list: Vec<([u8; 4], TestOwner)> = current
+            .addrs
+            .iter()
+            .copied()
+            .zip(current.owners.iter().copied())
+            .take(current.count as usize)
+            .collect();
+        let before = list.clone();
+        edit(&mut list);
+        if list == before {
+            return Ok(());
+        }
+        if list.len() > MAX_TEST_ADDRESSES_PER_GROUP {
+            return Err(MapsError::TooManyTestAddresses(group));
+        }
+        let mut tests = GroupTests {
+            count: list.len() as u32,
+            ..Default::default()
+        };
+        for (i, (addr, owner)) in list.into_iter().enumerate() {
+            tests.addrs[i] = addr;
+            tests.owners[i] = owner;
+        }
+        self.group_tests.set(group, tests, 0).map_err(map_err)
+    }
+
+    /// IPv4 test addresses of a group with the ifindex of their NIC.
+    pub fn test_addresses(&self, group: u32) -> Result<Vec<(Ipv4Addr, u32)>, MapsError> {
+        let tests = self
+            .group_tests
+            .get(&group, 0)
+            .map_err(|source| MapsError::Map {
+                name: map_names::GROUP_TESTS,
+                source,
+            })?;
+        Ok(tests
+            .addrs
+            .iter()
+            .zip(tests.owners.iter())
+            .take(tests.count as usize)
+            .map(|(a, o)| (Ipv4Addr::from(*a), o.ifindex))
+            .collect())
     }
 
     /// Reads a group's spreading table.

@@ -6,19 +6,24 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use mpath_common::{
-    BUCKETS_PER_GROUP, Bucket, MAX_GROUPS, MAX_NICS, MAX_TEST_ADDRESSES, NicCounters, NicInfo,
-    PROBE_RING_BYTES, ProbeReply, Settings,
+    BUCKETS_PER_GROUP, Bucket, EgressNic, GroupTests, MAX_GROUPS, MAX_IFINDEX, MAX_NICS,
+    NicCounters, NicInfo, PROBE_RING_BYTES, ProbeReply, Settings,
 };
 
-/// Group NICs by ifindex. A NIC missing here is not mpath's: both programs leave its packets
-/// alone.
+/// Group NICs by ifindex, for the probe-reply program. A NIC missing here is not mpath's:
+/// its packets are left alone.
 #[map(name = "MPATH_NICS")]
 pub static NICS: HashMap<u32, NicInfo> = HashMap::pinned(MAX_NICS, 0);
 
-/// IPv4 test address (network order) -> ifindex of the NIC it belongs to. Packets from a
-/// test address must leave through that NIC, whatever the routing or the spreading says.
-#[map(name = "MPATH_TEST_ADDRS")]
-pub static TEST_ADDRS: HashMap<[u8; 4], u32> = HashMap::pinned(MAX_TEST_ADDRESSES, 0);
+/// The same NICs for the egress program, indexed by ifindex: an array lookup costs a few ns
+/// on every transmitted packet where a hash lookup costs tens.
+#[map(name = "MPATH_EGRESS_NICS")]
+pub static EGRESS_NICS: Array<EgressNic> = Array::pinned(MAX_IFINDEX, 0);
+
+/// Each group's IPv4 test addresses and their NICs. Packets from a test address must leave
+/// through that NIC, whatever the routing or the spreading says.
+#[map(name = "MPATH_GROUP_TESTS")]
+pub static GROUP_TESTS: Array<GroupTests> = Array::pinned(MAX_GROUPS, 0);
 
 /// Spreading tables of all groups, `BUCKETS_PER_GROUP` entries per group, indexed by
 /// `group * BUCKETS_PER_GROUP + flow hash % BUCKETS_PER_GROUP`. mpathd fills them with the

@@ -117,6 +117,9 @@ fn classify_v4(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     if frag & 0x1fff != 0 {
         return Verdict::NotOurs;
     }
+    // Summed before the ICMP header is read: otherwise the compiler drops the bounds checks
+    // of the option words, which the ICMP header's check implies, and the verifier refuses.
+    let header_intact = ipv4_header_intact(start, end, ip, ihl);
     let icmp_at = ETH_HLEN + ihl;
     let Some(echo) = at::<IcmpEcho>(start, end, icmp_at) else {
         return Verdict::NotOurs;
@@ -128,6 +131,11 @@ fn classify_v4(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     }
     if frag & 0x2000 != 0 {
         return Verdict::Rejected(RejectReason::Fragmented);
+    }
+    // The ICMP checksum does not cover the IP header (no pseudo-header in IPv4): a reply
+    // whose source address was corrupted on the way would be credited to the wrong target.
+    if !header_intact {
+        return Verdict::Rejected(RejectReason::BadChecksum);
     }
     if nic.flags & NIC_F_TEST_V4 == 0 || ip.dst != nic.test_v4 {
         return Verdict::Rejected(RejectReason::WrongDestination);
@@ -159,6 +167,9 @@ fn classify_v6(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     };
     // SAFETY: bounds checked by `at`.
     let ip = unsafe { &*ip };
+    if ip.version_class_flow[0] >> 4 != 6 {
+        return Verdict::NotOurs;
+    }
     let icmp_at = ETH_HLEN + IPV6_HLEN;
     if ip.next_header == IPPROTO_FRAGMENT {
         // Only the first fragment shows the ICMPv6 header behind the fragment header.
@@ -211,6 +222,28 @@ fn classify_v6(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
         return Verdict::Rejected(RejectReason::BadChecksum);
     }
     check_payload(msg, echo, ifindex, 6, ip.src)
+}
+
+/// Whether the IPv4 header checksum (fixed part and options) is right.
+#[inline(always)]
+fn ipv4_header_intact(start: usize, end: usize, ip: &Ipv4Hdr, ihl: usize) -> bool {
+    // SAFETY: `Ipv4Hdr` is 20 plain bytes.
+    let fixed = unsafe { &*(ip as *const Ipv4Hdr).cast::<[u8; 20]>() };
+    let mut sum = add_words(0, fixed);
+    // Options: at most 40 bytes, in 4-byte words.
+    let mut offset = 20;
+    while offset < 60 {
+        if offset >= ihl {
+            break;
+        }
+        match at::<[u8; 4]>(start, end, ETH_HLEN + offset) {
+            // SAFETY: bounds checked by `at`.
+            Some(word) => sum = add_words(sum, unsafe { &*word }),
+            None => return false,
+        }
+        offset += 4;
+    }
+    fold(sum) == 0xffff
 }
 
 /// Checks the echoed payload of an ICMP message `msg` whose headers and checksum are known

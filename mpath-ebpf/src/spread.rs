@@ -9,11 +9,11 @@
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC, helpers::bpf_redirect, macros::classifier, programs::TcContext,
 };
-use mpath_common::{BUCKETS_PER_GROUP, NicInfo};
+use mpath_common::{BUCKETS_PER_GROUP, EGRESS_F_PRESENT, EgressNic, MAX_TEST_ADDRESSES_PER_GROUP};
 use mpath_ebpf::flow_hash;
 
 use crate::{
-    maps::{BUCKETS, NICS, TEST_ADDRS, count},
+    maps::{BUCKETS, EGRESS_NICS, GROUP_TESTS, count},
     packet::{
         ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPPROTO_ICMPV6, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, at,
     },
@@ -28,28 +28,39 @@ struct Egress {
     mac: [u8; 6],
 }
 
+/// Marks a packet in `cb[0]` as redirected by this program, so that its second pass on the
+/// chosen NIC's egress skips the choice made already. A clobbered mark only costs that second
+/// pass the full path, which picks the same NIC.
+const REDIRECTED: u32 = 0x4d50_5244;
+
 /// TC_ACT_UNSPEC lets the packet continue (tcx: on to the next program, then out).
 #[classifier]
-pub fn mpath_spread(ctx: TcContext) -> i32 {
+pub fn mpath_spread(mut ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: read-only lookup; mpathd replaces entries whole.
-    let Some(nic) = (unsafe { NICS.get(ifindex) }) else {
+    let Some(nic) = EGRESS_NICS
+        .get(ifindex)
+        .filter(|n| n.flags & EGRESS_F_PRESENT != 0)
+    else {
         return TC_ACT_UNSPEC;
     };
     let len = u64::from(ctx.len());
-    if let Some(to) = choose_egress(&ctx, nic)
+    let already_spread = ctx.cb()[0] == REDIRECTED;
+    if already_spread {
+        ctx.cb_mut()[0] = 0;
+    } else if let Some(to) = choose_egress(&ctx, nic)
         && to.ifindex != ifindex
         && ctx.store(6, &to.mac, 0).is_ok()
     {
-        count(nic.slot, |c| {
+        count(u32::from(nic.slot), |c| {
             c.redirected_packets += 1;
             c.redirected_bytes += len;
         });
+        ctx.cb_mut()[0] = REDIRECTED;
         // SAFETY: plain helper call; flags 0 sends the packet out of `to`'s egress.
         return unsafe { bpf_redirect(to.ifindex, 0) } as i32;
     }
-    count(nic.slot, |c| {
+    count(u32::from(nic.slot), |c| {
         c.tx_packets += 1;
         c.tx_bytes += len;
     });
@@ -59,7 +70,7 @@ pub fn mpath_spread(ctx: TcContext) -> i32 {
 /// Picks the NIC a packet must leave through; `None` keeps it where the kernel routed it
 /// (also when it cannot be parsed).
 #[inline(always)]
-fn choose_egress(ctx: &TcContext, nic: &NicInfo) -> Option<Egress> {
+fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
     let (start, end) = (ctx.data(), ctx.data_end());
     let eth: *const EthHdr = at(start, end, 0)?;
     // SAFETY: `at` checked that the header lies inside the packet.
@@ -76,13 +87,8 @@ fn choose_egress(ctx: &TcContext, nic: &NicInfo) -> Option<Egress> {
             let ip: *const Ipv4Hdr = at(start, end, ETH_HLEN)?;
             // SAFETY: bounds checked by `at`.
             let ip = unsafe { &*ip };
-            // SAFETY: read-only lookups.
-            if let Some(owner) = unsafe { TEST_ADDRS.get(ip.src) } {
-                let owner_nic = unsafe { NICS.get(*owner) }?;
-                return Some(Egress {
-                    ifindex: *owner,
-                    mac: owner_nic.mac,
-                });
+            if let Some(owner) = test_address_owner(u32::from(nic.group), ip.src) {
+                return Some(owner);
             }
             if hash == 0 {
                 // Ports only when the packet is not a fragment: all pieces of a datagram
@@ -123,7 +129,8 @@ fn choose_egress(ctx: &TcContext, nic: &NicInfo) -> Option<Egress> {
         }
         _ => return None,
     }
-    let bucket = BUCKETS.get(nic.group * BUCKETS_PER_GROUP + hash % BUCKETS_PER_GROUP)?;
+    let bucket =
+        BUCKETS.get(u32::from(nic.group) * BUCKETS_PER_GROUP + hash % BUCKETS_PER_GROUP)?;
     (bucket.ifindex != 0).then_some(Egress {
         ifindex: bucket.ifindex,
         mac: bucket.mac,
@@ -144,4 +151,23 @@ fn ports_at(start: usize, end: usize, offset: usize) -> [u8; 4] {
         Some(p) => unsafe { *p },
         None => [0; 4],
     }
+}
+
+/// The NIC owning `src` when it is one of the group's test addresses.
+#[inline(always)]
+fn test_address_owner(group: u32, src: [u8; 4]) -> Option<Egress> {
+    let tests = GROUP_TESTS.get(group)?;
+    for i in 0..MAX_TEST_ADDRESSES_PER_GROUP {
+        if i as u32 >= tests.count {
+            break;
+        }
+        if tests.addrs[i] == src {
+            let owner = tests.owners[i];
+            return Some(Egress {
+                ifindex: owner.ifindex,
+                mac: owner.mac,
+            });
+        }
+    }
+    None
 }

@@ -59,7 +59,7 @@ impl Reply {
     /// bytes, at most 40), as a target that adds e.g. a record-route option would send it.
     pub fn v4_with_options(&self, src: Ipv4Addr, dst: Ipv4Addr, options: &[u8]) -> Vec<u8> {
         assert!(
-            options.len() % 4 == 0 && options.len() <= 40,
+            options.len().is_multiple_of(4) && options.len() <= 40,
             "IPv4 options of {} bytes do not fit the IHL field",
             options.len()
         );

@@ -4,7 +4,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use mpath_common::RejectReason;
 use mpath_tests::{
-    packets::{Reply, add_v6_fragment_header, mark_v4_first_fragment},
+    packets::{Reply, add_v6_fragment_header, mark_v4_first_fragment, reseal_ipv4_header},
     xdp::{IFINDEX, NONCE, Rig, SLOT, TARGET_V4, TARGET_V6, TEST_V4, TEST_V6, XDP_DROP, XDP_PASS},
 };
 
@@ -119,9 +119,14 @@ fn rejects_every_bad_kind_by_reason() {
     let mut padded = full.clone();
     padded.extend_from_slice(&[0; 4]);
     padded[14 + 3] += 4; // IPv4 total length claims the 4 extra bytes
-    padded[14 + 10] = 0;
-    padded[14 + 11] = 0;
+    reseal_ipv4_header(&mut padded);
     assert_rejected(&mut rig, &padded, RejectReason::Malformed);
+
+    // A source address corrupted on the way: the ICMP checksum cannot tell (IPv4 has no
+    // pseudo-header), the IP header checksum does.
+    let mut spoiled = full.clone();
+    spoiled[14 + 15] ^= 0x08;
+    assert_rejected(&mut rig, &spoiled, RejectReason::BadChecksum);
 
     assert_eq!(rig.counters().probe_replies, 0);
 }
@@ -138,12 +143,16 @@ fn leaves_everything_else_alone() {
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
     arp.extend_from_slice(&[0; 28]);
+    // A good reply in a frame whose IP version is not 6: the kernel would drop it.
+    let mut not_v6 = Reply::new(IFINDEX, NONCE, 1).v6(TARGET_V6, TEST_V6);
+    not_v6[14] = 0x40;
     let frames = [
         other_ping.v4(TARGET_V4, TEST_V4),
         other_ping.v6(TARGET_V6, TEST_V6),
         request.v4(TARGET_V4, TEST_V4),
         arp,
         vec![0u8; 14],
+        not_v6,
     ];
     for frame in &frames {
         assert_eq!(rig.run(frame), XDP_PASS);
