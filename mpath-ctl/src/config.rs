@@ -617,6 +617,15 @@ pub enum Problem {
     EmptyGroup(String),
     #[error("every interface of group {0} is a standby: at least one must be active")]
     AllStandby(String),
+    #[error(
+        "group {group} has {count} interfaces with test addresses; the datapath keeps at most \
+         {max} per group"
+    )]
+    TooManyTestAddresses {
+        group: String,
+        count: usize,
+        max: usize,
+    },
     #[error("bad interface name {name:?}: {reason}")]
     BadInterfaceName { name: String, reason: &'static str },
     #[error("interface {name} is listed twice in group {group} (first on line {first_line})")]
@@ -1055,6 +1064,18 @@ impl<'a> Validator<'a> {
         }
         if interfaces.iter().all(|interface| interface.standby) {
             return Err(self.source.error(&span, Problem::AllStandby(name)));
+        }
+        let tested = interfaces
+            .iter()
+            .filter(|i| i.test_address.is_some())
+            .count();
+        if tested > mpath_common::MAX_TEST_ADDRESSES_PER_GROUP {
+            let problem = Problem::TooManyTestAddresses {
+                group: name,
+                count: tested,
+                max: mpath_common::MAX_TEST_ADDRESSES_PER_GROUP,
+            };
+            return Err(self.source.error(&span, problem));
         }
         Ok(GroupConfig {
             name,
@@ -2132,6 +2153,25 @@ test_address = "192.0.2.23/24"
             "{error}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn more_test_addresses_than_the_datapath_keeps_are_refused() {
+        let mut text = String::from("[[group]]\nname = \"big\"\n");
+        for i in 0..17 {
+            text.push_str(&format!(
+                "[[group.interface]]\nname = \"h{i}\"\ntest_address = \"192.0.2.{}/24\"\n",
+                100 + i
+            ));
+        }
+        let error = Config::parse(&text, "big.toml", None).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "big.toml:1:1: group big has 17 interfaces with test addresses; the datapath keeps \
+             at most 16 per group"
+        );
+        let sixteen = text[..text.rfind("[[group.interface]]").unwrap()].to_string();
+        assert!(Config::parse(&sixteen, "ok.toml", None).is_ok());
     }
 
     #[test]
