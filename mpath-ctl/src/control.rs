@@ -123,16 +123,18 @@ async fn handle(
 ) -> io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
+    // The request is read even when it will be refused, so the client is not cut off while
+    // it writes and sees the refusal.
+    let mut line = String::new();
+    let read = BufReader::new(read.take(MAX_REQUEST_BYTES + 1))
+        .read_line(&mut line)
+        .await;
     if uid != 0 {
         let refusal = Reply::Refused {
             message: format!("only root may use mpathd's control socket (you are uid {uid})"),
         };
         return send(&mut write, &refusal).await;
     }
-    let mut line = String::new();
-    let read = BufReader::new(read.take(MAX_REQUEST_BYTES + 1))
-        .read_line(&mut line)
-        .await;
     let request = match read {
         Ok(_) if line.len() as u64 > MAX_REQUEST_BYTES => Err(format!(
             "request longer than {MAX_REQUEST_BYTES} bytes refused"

@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -18,14 +18,17 @@ use mpath_lab::Netns;
 
 use crate::PinDir;
 
-/// mpathd and mpathctl as built for this test run.
+/// mpathd and mpathctl as built for this run, in the same profile as the running program.
 pub fn binary(name: &str) -> PathBuf {
-    // Integration tests live in target/<profile>/deps; the binaries one level up.
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    // Integration tests live in target/<profile>/deps, the binaries one level up; a benchmark
+    // binary lives in target/<profile> itself, next to them.
+    let exe = std::env::current_exe().expect("executable path");
+    let profile_dir = exe.parent().expect("executable directory");
+    let dir = if profile_dir.file_name().is_some_and(|d| d == "deps") {
+        profile_dir.parent().expect("target directory")
+    } else {
+        profile_dir
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -135,13 +138,18 @@ impl Mpathd {
         control::request(&self.socket, &request).expect("control request")
     }
 
-    /// Runs mpathctl in `ns` (with the host's bpffs, for `maps`) against this daemon.
-    pub fn ctl(&self, ns: &Netns, args: &[&str]) -> Output {
+    /// mpathctl in `ns` (with the host's bpffs, for `maps`) against this daemon.
+    pub fn ctl_command(&self, ns: &Netns, args: &[&str]) -> Command {
         let mut cmd: Command = ns
             .daemon_command(binary("mpathctl"))
             .expect("mpathctl command");
         cmd.arg("--config").arg(&self.config).args(args);
-        cmd.output().expect("run mpathctl")
+        cmd
+    }
+
+    /// Runs mpathctl in `ns` against this daemon.
+    pub fn ctl(&self, ns: &Netns, args: &[&str]) -> Output {
+        self.ctl_command(ns, args).output().expect("run mpathctl")
     }
 
     /// Polls until `ready` holds, for at most 20 s; panics with the daemon's log otherwise.

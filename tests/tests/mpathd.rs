@@ -468,3 +468,118 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
     );
     assert_eq!(daemon.status(), before);
 }
+
+#[test]
+fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
+    let mut lab = Lab::builder().nics(2).build().expect("lab");
+    // h2 is configured but missing at start.
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("h0 and h1 ok, h2 missing", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "ok"
+                && state_of(&s, "h1") == "ok"
+                && state_of(&s, "h2") == "missing"
+        })
+    });
+    assert_eq!(daemon.status().groups[0].unusable, ["h2"]);
+
+    assert_eq!(lab.add_nic().unwrap(), "h2");
+    daemon.wait_until("h2 joined as the standby", |d| {
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h2") == "ok" && s.groups[0].inactive == ["h2"])
+    });
+    assert!(
+        lab.host_addrs("h2")
+            .unwrap()
+            .contains(&"192.0.2.23/32".to_string())
+    );
+
+    lab.remove_nic("h0").unwrap();
+    daemon.wait_until("h0's addresses on h2", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "missing"
+                && inbound(&s, "192.0.2.19/24").as_deref() == Some("h2")
+                && inbound(&s, "2001:db8::19/64").as_deref() == Some("h2")
+        })
+    });
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+        .unwrap();
+    assert!(
+        daemon
+            .log()
+            .contains("NIC h0 of group g0 has been removed from the system")
+    );
+
+    // Back under the same name (a new ifindex): it rejoins and takes its addresses back.
+    assert_eq!(lab.add_nic().unwrap(), "h0");
+    daemon.wait_until("h0 back home", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24").as_deref() == Some("h0")
+        })
+    });
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+        .unwrap();
+}
+
+#[test]
+fn probes_stream_and_the_socket_refuses_other_users() {
+    use std::io::{BufRead as _, BufReader};
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let mut probes = daemon
+        .ctl_command(lab.host(), &["probes", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(probes.stdout.take().unwrap()).lines();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 3 {
+        let row: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(row["target"], "192.0.2.1");
+        assert!(row["net_rtt_us"].as_u64().is_some(), "{row}");
+        seen.insert(row["interface"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen, ["h0", "h1", "h2"].map(String::from).into());
+    probes.kill().unwrap();
+    probes.wait().unwrap();
+
+    // The socket is root's only: by mode, and by the daemon checking the peer.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(mpath_tests::daemon::binary("mpathctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("groups")
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success());
+    let stderr = String::from_utf8_lossy(&nobody.stderr);
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+
+    // Even through a socket someone opened up, the daemon refuses by the peer's uid.
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(mpath_tests::daemon::binary("mpathctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["offline", "h0"])
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success());
+    let stderr = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        stderr.contains("only root may use mpathd's control socket (you are uid 65534)"),
+        "{stderr}"
+    );
+    assert_eq!(state_of(&daemon.status(), "h0"), "ok", "nothing happened");
+}
