@@ -28,6 +28,7 @@ use crate::{
     control::{self, Command, Reply, Request},
     datapath::Datapath,
     failover::{self, DataAddress},
+    metrics::{self, Metrics},
     netconf::{InterfaceNetconf, Netconf},
     netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink},
     probe::{FailureDetectionTime, ProbeEvent, ProbeOutcome, ProbeReply, Prober, ReplyVerdict},
@@ -122,6 +123,9 @@ pub struct Daemon {
     /// Link state (usable or not) of NICs outside any group, tracked and reported when
     /// TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
     ungrouped: BTreeMap<String, bool>,
+    /// Counter slot of every group NIC, by name.
+    slots: BTreeMap<String, u32>,
+    metrics: Metrics,
 }
 
 /// Label of an enum as the views print it: its serde name.
@@ -144,6 +148,7 @@ impl Daemon {
         let monitor = Monitor::open().context("subscribing to rtnetlink events")?;
         let netlink = Netlink::connect().context("opening rtnetlink")?;
         let (probe_rows, _) = broadcast::channel(256);
+        let metrics = Metrics::new(&config.groups)?;
         let mut daemon = Daemon {
             config: config.clone(),
             paths,
@@ -159,6 +164,8 @@ impl Daemon {
             local_addresses: Vec::new(),
             announcements: Vec::new(),
             ungrouped: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            metrics,
         };
         for g in &config.groups {
             daemon.add_group(g)?;
@@ -174,11 +181,7 @@ impl Daemon {
         let id = (0..MAX_GROUPS)
             .find(|id| self.groups.iter().all(|g| g.id != *id))
             .context("too many groups")?;
-        let mut used: BTreeSet<u32> = self
-            .groups
-            .iter()
-            .flat_map(|g| g.nics.iter().map(|n| n.slot))
-            .collect();
+
         let policy = Policy {
             failback: self.config.daemon.failback,
             ..Policy::default()
@@ -198,10 +201,14 @@ impl Daemon {
             .collect();
         let mut nics = Vec::new();
         for i in &g.interfaces {
-            let slot = (0..MAX_NICS)
-                .find(|s| !used.contains(s))
-                .context("too many NICs")?;
-            used.insert(slot);
+            // A NIC keeps its counter slot across reloads; a new one takes the lowest free.
+            let slot = match self.slots.get(&i.name) {
+                Some(slot) => *slot,
+                None => (0..MAX_NICS)
+                    .find(|s| self.slots.values().all(|used| used != s))
+                    .context("too many NICs")?,
+            };
+            self.slots.insert(i.name.clone(), slot);
             nics.push(Nic {
                 name: i.name.clone(),
                 test_address: i.test_address.map(Into::into),
@@ -310,9 +317,6 @@ impl Daemon {
             if let IpAddr::V4(v4) = test.addr() {
                 info.flags |= NIC_F_TEST_V4;
                 info.test_v4 = v4.octets();
-                if let Err(e) = self.datapath.maps.set_test_address(v4, link.ifindex) {
-                    tracing::error!("{}: {e}", nic.name);
-                }
             }
             // A test address must never steer routing nor be chosen as a source: it goes on
             // as a host address (/32) without a prefix route. Otherwise it would be the
@@ -328,6 +332,12 @@ impl Daemon {
             }
         }
         if let Err(e) = self.datapath.maps.set_nic(link.ifindex, info) {
+            tracing::error!("{}: {e}", nic.name);
+        }
+        // After set_nic: the test address list is per group, found through the NIC.
+        if let Some(IpAddr::V4(v4)) = nic.test_address.map(|t| t.addr())
+            && let Err(e) = self.datapath.maps.set_test_address(v4, link.ifindex)
+        {
             tracing::error!("{}: {e}", nic.name);
         }
         nic.ifindex = Some(link.ifindex);
@@ -376,6 +386,15 @@ impl Daemon {
             commands_tx,
             self.probe_rows.clone(),
         ));
+        let (scrapes_tx, mut scrapes) = mpsc::channel(4);
+        // Keeping hosts reachable matters more than being observed: without its metrics
+        // port mpathd still runs, and says so.
+        match metrics::bind(self.config.daemon.metrics_listen).await {
+            Ok(listener) => {
+                tokio::spawn(metrics::serve(listener, scrapes_tx));
+            }
+            Err(e) => tracing::error!("{e}; running without metrics"),
+        }
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
@@ -403,6 +422,9 @@ impl Daemon {
                     }
                 },
                 Some(command) = commands.recv() => self.command(command).await,
+                Some(scrape) = scrapes.recv() => {
+                    scrape.answer(self.metrics.render(&self.metrics_snapshot()))
+                }
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
                 _ = sighup.recv() => self.reload().await?,
                 _ = sigterm.recv() => break,
@@ -467,6 +489,7 @@ impl Daemon {
             self.retire_group(old, kept).await;
         }
         self.config = new.clone();
+        self.metrics.declare_groups(&new.groups);
         for g in &new.groups {
             if self.groups.iter().all(|r| r.config.name != g.name) {
                 self.add_group(g)?;
@@ -498,6 +521,8 @@ impl Daemon {
             if !stays(&nic.name) {
                 let _ = self.datapath.detach(ifindex);
                 let _ = self.datapath.maps.remove_nic(ifindex);
+                let _ = self.datapath.maps.clear_counters(nic.slot);
+                self.slots.remove(&nic.name);
                 tracing::info!("{} left group {}", nic.name, old.config.name);
             }
         }
@@ -679,6 +704,8 @@ impl Daemon {
         match probing.prober.on_reply(reply, now, &mut group.fdt) {
             ReplyVerdict::Accepted(events) => self.probe_events(gi, ni, events, Some(reply)).await,
             ReplyVerdict::Rejected(reason) => {
+                self.metrics
+                    .reply_refused(&group.config.name, &nic_name, reason);
                 tracing::debug!(
                     "{nic_name}: reply from {from} seq {} refused: {reason:?}",
                     raw.seq
@@ -708,6 +735,8 @@ impl Daemon {
                         ProbeOutcome::Lost { target } => (target, false),
                     };
                     self.publish_probe(gi, ni, target, reply.filter(|_| answered), now);
+                    self.metrics
+                        .probe_outcome(&self.groups[gi].config.name, &nic, outcome);
                     self.handle(
                         gi,
                         Event::Probe {
@@ -777,13 +806,16 @@ impl Daemon {
                 };
                 if probing.prober.next_probe_at() <= now {
                     let transmit = probing.prober.send(now, &mut self.rng, &group.fdt);
-                    if let Some(probe) = transmit.probe
-                        && let Err(e) =
+                    if let Some(probe) = transmit.probe {
+                        self.metrics
+                            .probe_sent(&group.config.name, &name, probe.target);
+                        if let Err(e) =
                             probing
                                 .socket
                                 .send(probe.target, probe.seq, self.nonce, monotonic_ns())
-                    {
-                        tracing::debug!("{e}");
+                        {
+                            tracing::debug!("{e}");
+                        }
                     }
                     if transmit.discover {
                         let seq: u32 = self.rng.random();
@@ -884,6 +916,7 @@ impl Daemon {
     /// start and after a resync, where the kernel may disagree with us).
     async fn apply(&mut self, gi: usize, actions: Vec<Action>, replan: bool) {
         let group = &mut self.groups[gi];
+        self.metrics.actions(&group.config.name, &actions);
         let mut usable_changed = replan;
         for action in &actions {
             if let Some(line) = action.log_line(&group.config.name) {
@@ -1014,8 +1047,41 @@ impl Daemon {
         for transfer in plan.transfers() {
             if transfer.addresses.iter().all(|a| done.contains(a)) {
                 tracing::info!("{transfer}");
+                self.metrics
+                    .transfer(&self.groups[gi].config.name, &transfer);
             }
         }
+    }
+
+    /// What a scrape shows of the groups and the datapath's counters, as they are now.
+    fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let mut snapshot = metrics::Snapshot::default();
+        for g in &self.groups {
+            snapshot.groups.push(metrics::GroupSnapshot {
+                view: g.fsm.view(),
+                fdt: g.fdt.view(),
+                interfaces: g.fsm.interface_views(),
+            });
+            for n in &g.nics {
+                match self.datapath.maps.counters(n.slot) {
+                    Ok(counters) => snapshot.datapath.push(metrics::DatapathSnapshot {
+                        group: g.config.name.clone(),
+                        interface: n.name.clone(),
+                        counters,
+                    }),
+                    Err(e) => tracing::debug!("metrics: counters of {}: {e}", n.name),
+                }
+            }
+        }
+        snapshot.ungrouped = self
+            .ungrouped
+            .iter()
+            .map(|(name, up)| metrics::UngroupedSnapshot {
+                interface: name.clone(),
+                link_up: *up,
+            })
+            .collect();
+        snapshot
     }
 
     fn status(&self) -> Status {

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod failover;
 pub mod maps;
+pub mod metrics;
 pub mod netconf;
 pub mod netlink;
 pub mod probe;

@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf};
 use mpath_common::{
     BUCKETS_PER_GROUP, Bucket, EGRESS_F_PRESENT, EgressNic, GroupTests, MAX_GROUPS, MAX_IFINDEX,
     MAX_TEST_ADDRESSES_PER_GROUP, NicCounters, NicInfo, ProbeReply, Settings, TestOwner, map_names,
@@ -289,6 +289,18 @@ impl Maps {
                 source,
             })?;
         Ok(NicCounters::sum(per_cpu.iter()))
+    }
+
+    /// Zeroes a NIC slot's counters, so the next NIC given the slot starts from zero.
+    pub fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError> {
+        let map_err = |source| MapsError::Map {
+            name: map_names::COUNTERS,
+            source,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_err(MapError::IoError(e)))?;
+        let zeros = PerCpuValues::try_from(vec![NicCounters::default(); cpus])
+            .map_err(|e| map_err(MapError::IoError(e)))?;
+        self.counters.set(slot, zeros, 0).map_err(map_err)
     }
 
     pub fn settings(&self) -> Result<Settings, MapsError> {

@@ -455,8 +455,10 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
         Some("h0")
     );
 
-    // A broken file is refused and changes nothing.
+    // A broken file is refused and changes nothing (probing goes on, so compare what a
+    // reload could change).
     let before = daemon.status();
+    let before = (before.groups, before.addresses, before.targets);
     daemon.reload("[daemon]\nfailure_detection_time_ms = 5\n");
     daemon.wait_until("the refusal logged", |d| d.log().contains("reload refused"));
     assert!(
@@ -466,7 +468,8 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
         "{}",
         daemon.log()
     );
-    assert_eq!(daemon.status(), before);
+    let after = daemon.status();
+    assert_eq!((after.groups, after.addresses, after.targets), before);
 }
 
 #[test]

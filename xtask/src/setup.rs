@@ -8,8 +8,15 @@ use anyhow::{Context as _, bail};
 
 use crate::{capture, exec};
 
-/// Debian packages the lab tests and the demo drive: ip, bridge, nft, ping, nsenter/unshare.
-const LAB_PACKAGES: &[&str] = &["iproute2", "nftables", "iputils-ping", "util-linux"];
+/// Debian packages the tests and the demo drive: ip, bridge, nft, ping, nsenter/unshare,
+/// and promtool (package prometheus), which validates the metrics.
+const LAB_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "iputils-ping",
+    "util-linux",
+    "prometheus",
+];
 
 pub fn run() -> anyhow::Result<()> {
     ensure_nightly()?;

@@ -1,0 +1,1422 @@
+//! mpathd's Prometheus metrics, served as text exposition format 0.0.4 on `metrics_listen`.
+//!
+//! Two kinds of numbers end up in a scrape:
+//! - events the event loop reports as they happen (probes sent, answered, lost, with their
+//!   RTT; failures, repairs, failovers, failbacks, group failures): counters and histograms
+//!   kept in [`Metrics`];
+//! - state that already lives elsewhere (interface and group states from the state machines,
+//!   the effective FDT, the datapath's per-NIC counters in the BPF maps): read only when
+//!   scraped, from a [`Snapshot`] the event loop takes at that moment, so nothing is copied
+//!   between scrapes.
+//!
+//! The HTTP server ([`serve`]) never touches the daemon's state. For each scrape it sends a
+//! [`Scrape`] to the event loop over a channel, as the control socket does with its
+//! commands, and the loop answers with [`Metrics::render`]. The loop stays the single owner
+//! of everything: no locks, and every scrape sees one consistent instant.
+
+use std::{
+    convert::Infallible,
+    io,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use mpath_common::{NicCounters, RejectReason as DatapathRejectReason};
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector,
+};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, mpsc, oneshot},
+};
+
+use crate::{
+    config::GroupConfig,
+    failover::{MoveKind, Transfer},
+    probe::{FdtView, ProbeOutcome, RejectReason as ReplyRejectReason},
+    state::{
+        Action, FailureCause, GroupState, GroupView, InterfaceStatus, InterfaceView, LinkState,
+        ProbeStatus,
+    },
+};
+
+/// Content type of text exposition format 0.0.4, as Prometheus' own clients send it.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// RTT histogram buckets (seconds), 1-2.5-5 per decade from 10 µs (kernel-timestamped
+/// probes on a quiet LAN) to 10 s (far beyond any usable failure detection time).
+pub const RTT_BUCKETS: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How long a scrape waits for the event loop; Prometheus' default scrape timeout is 10 s,
+/// so the scraper still gets a clear 503 rather than its own timeout.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapers served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 16;
+/// A client that does not send its request headers in this time is disconnected.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    // The causes are part of the message and not error sources, so that a printed chain
+    // does not repeat them.
+    #[error("cannot listen for metrics on {addr}: {error}")]
+    Bind { addr: SocketAddr, error: io::Error },
+    #[error("cannot define metric {name}: {error}")]
+    Define {
+        name: &'static str,
+        error: prometheus::Error,
+    },
+    #[error("cannot encode the metrics: {0}")]
+    Encode(prometheus::Error),
+}
+
+/// What the event loop knows at scrape time.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub groups: Vec<GroupSnapshot>,
+    /// Datapath counters of the NICs whose counters could be read.
+    pub datapath: Vec<DatapathSnapshot>,
+    /// NICs outside any group, tracked when TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
+    pub ungrouped: Vec<UngroupedSnapshot>,
+}
+
+/// One group as its state machine and its FDT see it.
+#[derive(Debug)]
+pub struct GroupSnapshot {
+    pub view: GroupView,
+    pub fdt: FdtView,
+    pub interfaces: Vec<InterfaceView>,
+}
+
+/// A NIC outside any group: only its link is watched.
+#[derive(Debug)]
+pub struct UngroupedSnapshot {
+    pub interface: String,
+    pub link_up: bool,
+}
+
+/// One NIC's datapath counters, summed over CPUs (`Maps::counters`).
+#[derive(Debug)]
+pub struct DatapathSnapshot {
+    pub group: String,
+    pub interface: String,
+    pub counters: NicCounters,
+}
+
+/// A scrape waiting for the event loop to render the metrics.
+#[derive(Debug)]
+pub struct Scrape {
+    reply: oneshot::Sender<Result<String, MetricsError>>,
+}
+
+impl Scrape {
+    /// Hands the rendered text (or why there is none) to the waiting HTTP request.
+    pub fn answer(self, rendered: Result<String, MetricsError>) {
+        // The scraper may have given up meanwhile; nothing to do then.
+        let _ = self.reply.send(rendered);
+    }
+}
+
+/// Counters and histograms of events, per (group, interface, target).
+struct ProbeMetrics {
+    sent: IntCounterVec,
+    answered: IntCounterVec,
+    lost: IntCounterVec,
+    rtt: HistogramVec,
+    interface_rtt: HistogramVec,
+    unknown_replies: IntCounterVec,
+}
+
+/// Totals of what the state machines and address placement did.
+struct EventMetrics {
+    failures: IntCounterVec,
+    repairs: IntCounterVec,
+    failovers: IntCounterVec,
+    failbacks: IntCounterVec,
+    restores: IntCounterVec,
+    group_failures: IntCounterVec,
+}
+
+/// Set from a [`Snapshot`] at each render, cleared before.
+struct StateMetrics {
+    group_state: IntGaugeVec,
+    fdt: GaugeVec,
+    configured_fdt: GaugeVec,
+    probe_interval: GaugeVec,
+    interface_state: IntGaugeVec,
+    link_state: IntGaugeVec,
+    probe_state: IntGaugeVec,
+    active: IntGaugeVec,
+}
+
+/// The datapath's own counters, copied from a [`Snapshot`] at each render.
+struct DatapathMetrics {
+    tx_packets: IntCounterVec,
+    tx_bytes: IntCounterVec,
+    redirected_packets: IntCounterVec,
+    redirected_bytes: IntCounterVec,
+    rx_packets: IntCounterVec,
+    rx_bytes: IntCounterVec,
+    probe_replies: IntCounterVec,
+    probe_replies_dropped: IntCounterVec,
+    probe_replies_rejected: IntCounterVec,
+}
+
+/// mpathd's metrics; owned by the event loop, which reports events to it and renders it
+/// for each [`Scrape`].
+pub struct Metrics {
+    registry: Registry,
+    probes: ProbeMetrics,
+    events: EventMetrics,
+    state: StateMetrics,
+    datapath: DatapathMetrics,
+}
+
+const GROUP: &[&str] = &["group"];
+const GROUP_STATE: &[&str] = &["group", "state"];
+const NIC: &[&str] = &["group", "interface"];
+const NIC_STATE: &[&str] = &["group", "interface", "state"];
+const NIC_CAUSE: &[&str] = &["group", "interface", "cause"];
+const NIC_REASON: &[&str] = &["group", "interface", "reason"];
+const NIC_TARGET: &[&str] = &["group", "interface", "target"];
+
+/// Creates a metric family and registers it, so that it shows in every render.
+struct Definer<'a> {
+    registry: &'a Registry,
+}
+
+impl Definer<'_> {
+    fn register<C: Collector + Clone + 'static>(
+        &self,
+        name: &'static str,
+        made: prometheus::Result<C>,
+    ) -> Result<C, MetricsError> {
+        let define = |error| MetricsError::Define { name, error };
+        let collector = made.map_err(define)?;
+        self.registry
+            .register(Box::new(collector.clone()))
+            .map_err(define)?;
+        Ok(collector)
+    }
+
+    fn counter(
+        &self,
+        name: &'static str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, MetricsError> {
+        self.register(name, IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    fn gauge(
+        &self,
+        name: &'static str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, MetricsError> {
+        self.register(name, IntGaugeVec::new(Opts::new(name, help), labels))
+    }
+
+    fn seconds(
+        &self,
+        name: &'static str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<GaugeVec, MetricsError> {
+        self.register(name, GaugeVec::new(Opts::new(name, help), labels))
+    }
+
+    fn rtt(
+        &self,
+        name: &'static str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<HistogramVec, MetricsError> {
+        let opts = HistogramOpts::new(name, help).buckets(RTT_BUCKETS.to_vec());
+        self.register(name, HistogramVec::new(opts, labels))
+    }
+}
+
+impl Metrics {
+    /// Defines every metric and starts the event totals of the configured groups and NICs
+    /// at zero, so that a rate over them is defined before the first event.
+    pub fn new(groups: &[GroupConfig]) -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let d = Definer {
+            registry: &registry,
+        };
+        let probes = ProbeMetrics {
+            sent: d.counter(
+                "mpath_probes_sent_total",
+                "Probes sent from the NIC's test address to the target.",
+                NIC_TARGET,
+            )?,
+            answered: d.counter(
+                "mpath_probes_answered_total",
+                "Probe replies accepted from the target (a late reply to a probe already \
+                 counted as lost counts here too).",
+                NIC_TARGET,
+            )?,
+            lost: d.counter(
+                "mpath_probes_lost_total",
+                "Probes that got no reply within the target's RTT bound.",
+                NIC_TARGET,
+            )?,
+            rtt: d.rtt(
+                "mpath_probe_rtt_seconds",
+                "Round-trip time of answered probes per target (kernel timestamps where the \
+                 datapath has them).",
+                NIC_TARGET,
+            )?,
+            interface_rtt: d.rtt(
+                "mpath_interface_probe_rtt_seconds",
+                "Round-trip time of answered probes per NIC, all its targets together.",
+                NIC,
+            )?,
+            unknown_replies: d.counter(
+                "mpath_probe_replies_unknown_total",
+                "Matched replies the prober refused: sequence number outside the window of \
+                 outstanding probes, from another target than the probe's, or duplicate.",
+                NIC_REASON,
+            )?,
+        };
+        let events = EventMetrics {
+            failures: d.counter(
+                "mpath_interface_failures_total",
+                "NIC failures detected, by cause.",
+                NIC_CAUSE,
+            )?,
+            repairs: d.counter(
+                "mpath_interface_repairs_total",
+                "NIC repairs detected.",
+                NIC,
+            )?,
+            failovers: d.counter(
+                "mpath_failovers_total",
+                "Failovers of data addresses away from this NIC (one per destination NIC).",
+                NIC,
+            )?,
+            failbacks: d.counter(
+                "mpath_failbacks_total",
+                "Failbacks of data addresses to this NIC, their home.",
+                NIC,
+            )?,
+            restores: d.counter(
+                "mpath_address_restores_total",
+                "Times missing data addresses were put back on this NIC.",
+                NIC,
+            )?,
+            group_failures: d.counter(
+                "mpath_group_failures_total",
+                "Times every NIC of the group had failed.",
+                GROUP,
+            )?,
+        };
+        let state = StateMetrics {
+            group_state: d.gauge(
+                "mpath_group_state",
+                "Group state: 1 for the current one (ok, degraded or failed), 0 for the others.",
+                GROUP_STATE,
+            )?,
+            fdt: d.seconds(
+                "mpath_group_failure_detection_time_seconds",
+                "Effective failure detection time; above the configured one while the \
+                 targets' RTT does not allow it.",
+                GROUP,
+            )?,
+            configured_fdt: d.seconds(
+                "mpath_group_configured_failure_detection_time_seconds",
+                "Failure detection time from the configuration.",
+                GROUP,
+            )?,
+            probe_interval: d.seconds(
+                "mpath_group_probe_interval_seconds",
+                "Interval between probes of each NIC, derived from the effective failure \
+                 detection time.",
+                GROUP,
+            )?,
+            interface_state: d.gauge(
+                "mpath_interface_state",
+                "NIC state: 1 for the current one (ok, failed, offline, unknown or missing), \
+                 0 for the others.",
+                NIC_STATE,
+            )?,
+            link_state: d.gauge(
+                "mpath_interface_link_state",
+                "NIC link (carrier) state: 1 for the current one (up, down or unknown), 0 for \
+                 the others; NICs outside any group have an empty group label.",
+                NIC_STATE,
+            )?,
+            probe_state: d.gauge(
+                "mpath_interface_probe_state",
+                "Probe-based detection state: 1 for the current one (ok, failed, unknown or \
+                 disabled), 0 for the others.",
+                NIC_STATE,
+            )?,
+            active: d.gauge(
+                "mpath_interface_active",
+                "1 when the NIC carries traffic, 0 when it is inactive or unusable.",
+                NIC,
+            )?,
+        };
+        let datapath = DatapathMetrics {
+            tx_packets: d.counter(
+                "mpath_datapath_transmit_packets_total",
+                "Packets that left through this NIC after load spreading.",
+                NIC,
+            )?,
+            tx_bytes: d.counter(
+                "mpath_datapath_transmit_bytes_total",
+                "Bytes that left through this NIC after load spreading.",
+                NIC,
+            )?,
+            redirected_packets: d.counter(
+                "mpath_datapath_redirected_packets_total",
+                "Packets routed to this NIC that load spreading sent out through another.",
+                NIC,
+            )?,
+            redirected_bytes: d.counter(
+                "mpath_datapath_redirected_bytes_total",
+                "Bytes routed to this NIC that load spreading sent out through another.",
+                NIC,
+            )?,
+            rx_packets: d.counter(
+                "mpath_datapath_receive_packets_total",
+                "Packets received on this NIC.",
+                NIC,
+            )?,
+            rx_bytes: d.counter(
+                "mpath_datapath_receive_bytes_total",
+                "Bytes received on this NIC.",
+                NIC,
+            )?,
+            probe_replies: d.counter(
+                "mpath_datapath_probe_replies_total",
+                "Probe replies the datapath matched and handed to mpathd.",
+                NIC,
+            )?,
+            probe_replies_dropped: d.counter(
+                "mpath_datapath_probe_replies_dropped_total",
+                "Matched probe replies lost because mpathd's ring buffer was full.",
+                NIC,
+            )?,
+            probe_replies_rejected: d.counter(
+                "mpath_datapath_probe_replies_rejected_total",
+                "Packets that looked like probe replies but were refused, by reason.",
+                NIC_REASON,
+            )?,
+        };
+        let metrics = Metrics {
+            registry,
+            probes,
+            events,
+            state,
+            datapath,
+        };
+        metrics.declare_groups(groups);
+        Ok(metrics)
+    }
+
+    /// Starts the event totals of these groups and their NICs at zero (again after a
+    /// reload that added some; existing totals are kept).
+    pub fn declare_groups(&self, groups: &[GroupConfig]) {
+        let e = &self.events;
+        for group in groups {
+            e.group_failures.with_label_values(&[&group.name]);
+            for nic in &group.interfaces {
+                let labels = [group.name.as_str(), nic.name.as_str()];
+                for cause in FAILURE_CAUSES {
+                    e.failures.with_label_values(&[
+                        labels[0],
+                        labels[1],
+                        failure_cause_label(cause),
+                    ]);
+                }
+                for family in [&e.repairs, &e.failovers, &e.failbacks, &e.restores] {
+                    family.with_label_values(&labels);
+                }
+            }
+        }
+    }
+
+    /// A probe left `nic` for `target`.
+    pub fn probe_sent(&self, group: &str, nic: &str, target: IpAddr) {
+        let target = target.to_string();
+        self.probes
+            .sent
+            .with_label_values(&[group, nic, &target])
+            .inc();
+    }
+
+    /// A probe of `nic` was answered or declared lost, as its prober reported it.
+    pub fn probe_outcome(&self, group: &str, nic: &str, outcome: ProbeOutcome) {
+        match outcome {
+            ProbeOutcome::Answered { target, rtt } => {
+                let target = target.to_string();
+                let labels = [group, nic, &target];
+                self.probes.answered.with_label_values(&labels).inc();
+                self.probes
+                    .rtt
+                    .with_label_values(&labels)
+                    .observe(rtt.as_secs_f64());
+                self.probes
+                    .interface_rtt
+                    .with_label_values(&[group, nic])
+                    .observe(rtt.as_secs_f64());
+            }
+            ProbeOutcome::Lost { target } => {
+                let target = target.to_string();
+                self.probes
+                    .lost
+                    .with_label_values(&[group, nic, &target])
+                    .inc();
+            }
+        }
+    }
+
+    /// The prober of `nic` refused a reply the datapath had matched.
+    pub fn reply_refused(&self, group: &str, nic: &str, reason: ReplyRejectReason) {
+        self.probes
+            .unknown_replies
+            .with_label_values(&[group, nic, reply_reject_label(reason)])
+            .inc();
+    }
+
+    /// Counts the failures, repairs and group failures among a state machine's actions.
+    pub fn actions(&self, group: &str, actions: &[Action]) {
+        let e = &self.events;
+        for action in actions {
+            match action {
+                Action::Failed { nic, cause } => e
+                    .failures
+                    .with_label_values(&[group, nic, failure_cause_label(*cause)])
+                    .inc(),
+                Action::Repaired { nic } => e.repairs.with_label_values(&[group, nic]).inc(),
+                Action::GroupFailed => e.group_failures.with_label_values(&[group]).inc(),
+                _ => {}
+            }
+        }
+    }
+
+    /// Counts a completed transfer of data addresses (one "Successfully failed over/back"
+    /// log line): a failover on the NIC left, a failback or restore on the NIC reached.
+    pub fn transfer(&self, group: &str, transfer: &Transfer) {
+        let e = &self.events;
+        let (family, nic) = match (transfer.kind, &transfer.from) {
+            (MoveKind::Failover, Some(from)) => (&e.failovers, from),
+            (MoveKind::Failback, _) => (&e.failbacks, &transfer.to),
+            (MoveKind::Restore, _) | (MoveKind::Failover, None) => (&e.restores, &transfer.to),
+        };
+        family.with_label_values(&[group, nic]).inc();
+    }
+
+    /// The metrics as text exposition format 0.0.4: the event totals, and the state and
+    /// datapath counters of `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> Result<String, MetricsError> {
+        self.set_state(snapshot);
+        self.set_datapath(snapshot);
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .map_err(MetricsError::Encode)
+    }
+
+    fn set_state(&self, snapshot: &Snapshot) {
+        let s = &self.state;
+        for family in [
+            &s.group_state,
+            &s.interface_state,
+            &s.link_state,
+            &s.probe_state,
+            &s.active,
+        ] {
+            family.reset();
+        }
+        for family in [&s.fdt, &s.configured_fdt, &s.probe_interval] {
+            family.reset();
+        }
+        for group in &snapshot.groups {
+            let name = group.view.group.as_str();
+            set_one_of(
+                &s.group_state,
+                &[name],
+                &GROUP_STATES,
+                group.view.state,
+                group_state_label,
+            );
+            let fdt = &group.fdt;
+            let seconds = |ms: u64| Duration::from_millis(ms).as_secs_f64();
+            s.fdt
+                .with_label_values(&[name])
+                .set(seconds(fdt.effective_ms));
+            s.configured_fdt
+                .with_label_values(&[name])
+                .set(seconds(fdt.configured_ms));
+            s.probe_interval
+                .with_label_values(&[name])
+                .set(Duration::from_micros(fdt.probe_interval_us).as_secs_f64());
+            for nic in &group.interfaces {
+                let labels = [name, nic.interface.as_str()];
+                set_one_of(
+                    &s.interface_state,
+                    &labels,
+                    &INTERFACE_STATES,
+                    nic.state,
+                    interface_state_label,
+                );
+                set_one_of(
+                    &s.link_state,
+                    &labels,
+                    &LINK_STATES,
+                    nic.link,
+                    link_state_label,
+                );
+                set_one_of(
+                    &s.probe_state,
+                    &labels,
+                    &PROBE_STATES,
+                    nic.probe,
+                    probe_state_label,
+                );
+                s.active
+                    .with_label_values(&labels)
+                    .set(i64::from(nic.active));
+            }
+        }
+        for nic in &snapshot.ungrouped {
+            let link = if nic.link_up {
+                LinkState::Up
+            } else {
+                LinkState::Down
+            };
+            // No group: the label is empty, which Prometheus treats as absent.
+            let labels = ["", nic.interface.as_str()];
+            set_one_of(&s.link_state, &labels, &LINK_STATES, link, link_state_label);
+        }
+    }
+
+    fn set_datapath(&self, snapshot: &Snapshot) {
+        let d = &self.datapath;
+        let families = [
+            &d.tx_packets,
+            &d.tx_bytes,
+            &d.redirected_packets,
+            &d.redirected_bytes,
+            &d.rx_packets,
+            &d.rx_bytes,
+            &d.probe_replies,
+            &d.probe_replies_dropped,
+            &d.probe_replies_rejected,
+        ];
+        for family in families {
+            family.reset();
+        }
+        for nic in &snapshot.datapath {
+            let labels = [nic.group.as_str(), nic.interface.as_str()];
+            let c = &nic.counters;
+            for (family, value) in [
+                (&d.tx_packets, c.tx_packets),
+                (&d.tx_bytes, c.tx_bytes),
+                (&d.redirected_packets, c.redirected_packets),
+                (&d.redirected_bytes, c.redirected_bytes),
+                (&d.rx_packets, c.rx_packets),
+                (&d.rx_bytes, c.rx_bytes),
+                (&d.probe_replies, c.probe_replies),
+                (&d.probe_replies_dropped, c.probe_replies_lost),
+            ] {
+                family.with_label_values(&labels).inc_by(value);
+            }
+            for reason in DatapathRejectReason::ALL {
+                d.probe_replies_rejected
+                    .with_label_values(&[labels[0], labels[1], reason.label()])
+                    .inc_by(c.rejected[reason as usize]);
+            }
+        }
+    }
+}
+
+/// Sets an enum-style gauge: one series per possible value, 1 for `current`, 0 for the rest,
+/// so that a query can both select a state and see that the series exists.
+fn set_one_of<T: Copy + PartialEq>(
+    family: &IntGaugeVec,
+    labels: &[&str],
+    all: &[T],
+    current: T,
+    label: fn(T) -> &'static str,
+) {
+    for &value in all {
+        let mut with_state = labels.to_vec();
+        with_state.push(label(value));
+        family
+            .with_label_values(&with_state)
+            .set(i64::from(value == current));
+    }
+}
+
+// Label values are the views' (serde) names; the exhaustive matches make a new variant a
+// compile error here, and a test checks each name against serde.
+
+const GROUP_STATES: [GroupState; 3] = [GroupState::Ok, GroupState::Degraded, GroupState::Failed];
+
+fn group_state_label(state: GroupState) -> &'static str {
+    match state {
+        GroupState::Ok => "ok",
+        GroupState::Degraded => "degraded",
+        GroupState::Failed => "failed",
+    }
+}
+
+const INTERFACE_STATES: [InterfaceStatus; 5] = [
+    InterfaceStatus::Ok,
+    InterfaceStatus::Failed,
+    InterfaceStatus::Offline,
+    InterfaceStatus::Unknown,
+    InterfaceStatus::Missing,
+];
+
+fn interface_state_label(state: InterfaceStatus) -> &'static str {
+    match state {
+        InterfaceStatus::Ok => "ok",
+        InterfaceStatus::Failed => "failed",
+        InterfaceStatus::Offline => "offline",
+        InterfaceStatus::Unknown => "unknown",
+        InterfaceStatus::Missing => "missing",
+    }
+}
+
+const LINK_STATES: [LinkState; 3] = [LinkState::Up, LinkState::Down, LinkState::Unknown];
+
+fn link_state_label(state: LinkState) -> &'static str {
+    match state {
+        LinkState::Up => "up",
+        LinkState::Down => "down",
+        LinkState::Unknown => "unknown",
+    }
+}
+
+const PROBE_STATES: [ProbeStatus; 4] = [
+    ProbeStatus::Ok,
+    ProbeStatus::Failed,
+    ProbeStatus::Unknown,
+    ProbeStatus::Disabled,
+];
+
+fn probe_state_label(state: ProbeStatus) -> &'static str {
+    match state {
+        ProbeStatus::Ok => "ok",
+        ProbeStatus::Failed => "failed",
+        ProbeStatus::Unknown => "unknown",
+        ProbeStatus::Disabled => "disabled",
+    }
+}
+
+const FAILURE_CAUSES: [FailureCause; 3] = [
+    FailureCause::LinkDown,
+    FailureCause::ProbesLost,
+    FailureCause::TargetsUnreachable,
+];
+
+fn failure_cause_label(cause: FailureCause) -> &'static str {
+    match cause {
+        FailureCause::LinkDown => "link_down",
+        FailureCause::ProbesLost => "probes_lost",
+        FailureCause::TargetsUnreachable => "targets_unreachable",
+    }
+}
+
+fn reply_reject_label(reason: ReplyRejectReason) -> &'static str {
+    match reason {
+        ReplyRejectReason::OutOfWindow => "out_of_window",
+        ReplyRejectReason::WrongSource { .. } => "wrong_source",
+        ReplyRejectReason::Duplicate => "duplicate",
+    }
+}
+
+/// Binds the metrics listener; the error names the address.
+pub async fn bind(listen: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|error| MetricsError::Bind {
+            addr: listen,
+            error,
+        })
+}
+
+/// Serves `GET /metrics` until the listener fails, asking the event loop for each render
+/// through `scrapes`; other paths get 404, other methods 405.
+pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let scrapes = scrapes.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| respond(request, scrapes.clone()));
+                    let connection = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = connection.await {
+                        tracing::debug!("metrics connection: {e}");
+                    }
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                tracing::error!("metrics listener accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn respond(
+    request: Request<Incoming>,
+    scrapes: mpsc::Sender<Scrape>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path() != "/metrics" {
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            "not found: mpathd serves its metrics at /metrics\n".into(),
+        ));
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are allowed\n".into(),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Ok(response);
+    }
+    let (reply, answer) = oneshot::channel();
+    let scrape = async {
+        scrapes.send(Scrape { reply }).await.ok()?;
+        answer.await.ok()
+    };
+    Ok(match tokio::time::timeout(SCRAPE_TIMEOUT, scrape).await {
+        Ok(Some(Ok(rendered))) => {
+            let mut response = Response::new(Full::new(Bytes::from(rendered)));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            response
+        }
+        Ok(Some(Err(e))) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Ok(None) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mpathd is shutting down\n".into(),
+        ),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "mpathd's event loop did not answer within {} s\n",
+                SCRAPE_TIMEOUT.as_secs()
+            ),
+        ),
+    })
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        process::{Command, Stdio},
+    };
+
+    use mpath_common::RejectReason as DatapathRejectReason;
+
+    use super::*;
+    use crate::config::InterfaceConfig;
+
+    fn group_config(name: &str, nics: &[&str]) -> GroupConfig {
+        GroupConfig {
+            name: name.into(),
+            targets: Vec::new(),
+            interfaces: nics
+                .iter()
+                .map(|n| InterfaceConfig {
+                    name: (*n).into(),
+                    test_address: None,
+                    data_addresses: Vec::new(),
+                    standby: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn interface(group: &str, name: &str, state: InterfaceStatus) -> InterfaceView {
+        let ok = state == InterfaceStatus::Ok;
+        InterfaceView {
+            interface: name.into(),
+            group: group.into(),
+            active: ok,
+            flags: Vec::new(),
+            link: if ok { LinkState::Up } else { LinkState::Down },
+            probe: if ok {
+                ProbeStatus::Ok
+            } else {
+                ProbeStatus::Unknown
+            },
+            state,
+        }
+    }
+
+    /// Group `g0` of h0 and h1, in the given states.
+    fn snapshot(h0: InterfaceStatus, h1: InterfaceStatus) -> Snapshot {
+        let state = match (h0, h1) {
+            (InterfaceStatus::Ok, InterfaceStatus::Ok) => GroupState::Ok,
+            (InterfaceStatus::Ok, _) | (_, InterfaceStatus::Ok) => GroupState::Degraded,
+            _ => GroupState::Failed,
+        };
+        let mut counters = NicCounters {
+            tx_packets: 1200,
+            tx_bytes: 96_000,
+            redirected_packets: 300,
+            redirected_bytes: 24_000,
+            rx_packets: 900,
+            rx_bytes: 72_000,
+            probe_replies: 40,
+            probe_replies_lost: 2,
+            ..Default::default()
+        };
+        counters.rejected[DatapathRejectReason::WrongNonce as usize] = 7;
+        Snapshot {
+            groups: vec![GroupSnapshot {
+                view: GroupView {
+                    group: "g0".into(),
+                    state,
+                    active: vec!["h0".into()],
+                    inactive: Vec::new(),
+                    unusable: vec!["h1".into()],
+                },
+                fdt: FdtView {
+                    group: "g0".into(),
+                    configured_ms: 1000,
+                    effective_ms: 2000,
+                    probe_interval_us: 285_714,
+                },
+                interfaces: vec![interface("g0", "h0", h0), interface("g0", "h1", h1)],
+            }],
+            datapath: vec![DatapathSnapshot {
+                group: "g0".into(),
+                interface: "h0".into(),
+                counters,
+            }],
+            ungrouped: Vec::new(),
+        }
+    }
+
+    fn target() -> IpAddr {
+        "192.0.2.1".parse().unwrap()
+    }
+
+    /// A daemon's worth of metrics: probes in every outcome, a failure, a failover, a
+    /// repair and a failback.
+    fn populated() -> Metrics {
+        let m = Metrics::new(&[group_config("g0", &["h0", "h1"])]).unwrap();
+        for _ in 0..3 {
+            m.probe_sent("g0", "h0", target());
+        }
+        m.probe_outcome(
+            "g0",
+            "h0",
+            ProbeOutcome::Answered {
+                target: target(),
+                rtt: Duration::from_micros(300),
+            },
+        );
+        m.probe_outcome("g0", "h0", ProbeOutcome::Lost { target: target() });
+        m.reply_refused("g0", "h0", ReplyRejectReason::Duplicate);
+        m.actions(
+            "g0",
+            &[
+                Action::LinkDown { nic: "h1".into() },
+                Action::Failed {
+                    nic: "h1".into(),
+                    cause: FailureCause::LinkDown,
+                },
+                Action::UsableSetChanged,
+            ],
+        );
+        m.transfer("g0", &transfer(MoveKind::Failover, Some("h1"), "h0"));
+        m.actions("g0", &[Action::Repaired { nic: "h1".into() }]);
+        m.transfer("g0", &transfer(MoveKind::Failback, None, "h1"));
+        m
+    }
+
+    fn transfer(kind: MoveKind, from: Option<&str>, to: &str) -> Transfer {
+        Transfer {
+            kind,
+            from: from.map(Into::into),
+            to: to.into(),
+            addresses: vec!["192.0.2.19/24".parse().unwrap()],
+        }
+    }
+
+    /// The value of one series, given exactly as the encoder writes it (labels sorted by
+    /// name); `None` when the series is absent.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            Some(value.parse().expect("a sample value"))
+        })
+    }
+
+    /// Runs `promtool check metrics` (Debian package `prometheus`) on `text`: it parses the
+    /// exposition format as Prometheus does and lints the names against its conventions.
+    fn promtool_check(text: &str) {
+        let mut child = match Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => panic!(
+                "cannot run promtool ({e}): install Debian's prometheus package \
+                 (`cargo xtask setup` does)"
+            ),
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && report.trim().is_empty(),
+            "promtool refused the metrics ({}):\n{report}\n--- metrics ---\n{text}",
+            out.status
+        );
+    }
+
+    #[test]
+    fn promtool_accepts_a_populated_render() {
+        let text = populated()
+            .render(&snapshot(InterfaceStatus::Ok, InterfaceStatus::Failed))
+            .unwrap();
+        promtool_check(&text);
+        for family in [
+            "# TYPE mpath_probes_sent_total counter",
+            "# TYPE mpath_probe_rtt_seconds histogram",
+            "# TYPE mpath_interface_probe_rtt_seconds histogram",
+            "# TYPE mpath_interface_state gauge",
+            "# TYPE mpath_group_failure_detection_time_seconds gauge",
+            "# TYPE mpath_datapath_transmit_bytes_total counter",
+            "# HELP mpath_interface_failures_total NIC failures detected, by cause.",
+        ] {
+            assert!(text.contains(family), "{family} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn probe_counters_and_rtt_histograms_move_with_probes() {
+        let text = populated().render(&Snapshot::default()).unwrap();
+        let nic_target = r#"group="g0",interface="h0",target="192.0.2.1""#;
+        let get = |name: &str, labels: &str| sample(&text, &format!("{name}{{{labels}}}"));
+        assert_eq!(get("mpath_probes_sent_total", nic_target), Some(3.0));
+        assert_eq!(get("mpath_probes_answered_total", nic_target), Some(1.0));
+        assert_eq!(get("mpath_probes_lost_total", nic_target), Some(1.0));
+        // 300 µs lands in the 500 µs bucket, not in the 250 µs one.
+        let bucket = |le: &str| {
+            get(
+                "mpath_probe_rtt_seconds_bucket",
+                &format!("{nic_target},le=\"{le}\""),
+            )
+        };
+        assert_eq!(bucket("0.00025"), Some(0.0));
+        assert_eq!(bucket("0.0005"), Some(1.0));
+        assert_eq!(bucket("+Inf"), Some(1.0));
+        assert_eq!(get("mpath_probe_rtt_seconds_count", nic_target), Some(1.0));
+        assert_eq!(get("mpath_probe_rtt_seconds_sum", nic_target), Some(0.0003));
+        let nic = r#"group="g0",interface="h0""#;
+        assert_eq!(
+            get("mpath_interface_probe_rtt_seconds_count", nic),
+            Some(1.0)
+        );
+        assert_eq!(
+            get(
+                "mpath_probe_replies_unknown_total",
+                r#"group="g0",interface="h0",reason="duplicate""#
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn event_totals_start_at_zero_and_count_failures_failovers_and_failbacks() {
+        let fresh = Metrics::new(&[group_config("g0", &["h0", "h1"])])
+            .unwrap()
+            .render(&Snapshot::default())
+            .unwrap();
+        let text = populated().render(&Snapshot::default()).unwrap();
+        let h1 = r#"group="g0",interface="h1""#;
+        let link_down = r#"cause="link_down",group="g0",interface="h1""#;
+        let probes_lost = r#"cause="probes_lost",group="g0",interface="h1""#;
+        for (series, before, after) in [
+            (
+                format!("mpath_interface_failures_total{{{link_down}}}"),
+                0.0,
+                1.0,
+            ),
+            (
+                format!("mpath_interface_failures_total{{{probes_lost}}}"),
+                0.0,
+                0.0,
+            ),
+            (format!("mpath_interface_repairs_total{{{h1}}}"), 0.0, 1.0),
+            (format!("mpath_failovers_total{{{h1}}}"), 0.0, 1.0),
+            (format!("mpath_failbacks_total{{{h1}}}"), 0.0, 1.0),
+            (
+                r#"mpath_failovers_total{group="g0",interface="h0"}"#.into(),
+                0.0,
+                0.0,
+            ),
+            (format!("mpath_address_restores_total{{{h1}}}"), 0.0, 0.0),
+            (r#"mpath_group_failures_total{group="g0"}"#.into(), 0.0, 0.0),
+        ] {
+            assert_eq!(sample(&fresh, &series), Some(before), "{series} before");
+            assert_eq!(sample(&text, &series), Some(after), "{series} after");
+        }
+
+        let m = populated();
+        m.actions("g0", &[Action::GroupFailed]);
+        m.transfer("g0", &transfer(MoveKind::Restore, None, "h0"));
+        let text = m.render(&Snapshot::default()).unwrap();
+        assert_eq!(
+            sample(&text, r#"mpath_group_failures_total{group="g0"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"mpath_address_restores_total{group="g0",interface="h0"}"#
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn state_gauges_follow_the_snapshot_at_each_render() {
+        let m = populated();
+        let state = |text: &str, nic: &str, s: &str| {
+            sample(
+                text,
+                &format!(r#"mpath_interface_state{{group="g0",interface="{nic}",state="{s}"}}"#),
+            )
+        };
+        let before = m
+            .render(&snapshot(InterfaceStatus::Ok, InterfaceStatus::Ok))
+            .unwrap();
+        assert_eq!(state(&before, "h1", "ok"), Some(1.0));
+        assert_eq!(state(&before, "h1", "failed"), Some(0.0));
+        assert_eq!(state(&before, "h1", "missing"), Some(0.0));
+        assert_eq!(
+            sample(&before, r#"mpath_group_state{group="g0",state="ok"}"#),
+            Some(1.0)
+        );
+
+        let after = m
+            .render(&snapshot(InterfaceStatus::Ok, InterfaceStatus::Failed))
+            .unwrap();
+        assert_eq!(state(&after, "h1", "ok"), Some(0.0));
+        assert_eq!(state(&after, "h1", "failed"), Some(1.0));
+        for (series, value) in [
+            (r#"mpath_group_state{group="g0",state="ok"}"#, 0.0),
+            (r#"mpath_group_state{group="g0",state="degraded"}"#, 1.0),
+            (
+                r#"mpath_interface_link_state{group="g0",interface="h1",state="down"}"#,
+                1.0,
+            ),
+            (
+                r#"mpath_interface_probe_state{group="g0",interface="h1",state="unknown"}"#,
+                1.0,
+            ),
+            (r#"mpath_interface_active{group="g0",interface="h1"}"#, 0.0),
+            (r#"mpath_interface_active{group="g0",interface="h0"}"#, 1.0),
+            (
+                r#"mpath_group_failure_detection_time_seconds{group="g0"}"#,
+                2.0,
+            ),
+            (
+                r#"mpath_group_configured_failure_detection_time_seconds{group="g0"}"#,
+                1.0,
+            ),
+            (
+                r#"mpath_group_probe_interval_seconds{group="g0"}"#,
+                0.285714,
+            ),
+        ] {
+            assert_eq!(sample(&after, series), Some(value), "{series}");
+        }
+
+        let with_other_nic = Snapshot {
+            ungrouped: vec![UngroupedSnapshot {
+                interface: "eth9".into(),
+                link_up: false,
+            }],
+            ..snapshot(InterfaceStatus::Ok, InterfaceStatus::Ok)
+        };
+        let text = m.render(&with_other_nic).unwrap();
+        let eth9 = |s: &str| {
+            sample(
+                &text,
+                &format!(r#"mpath_interface_link_state{{group="",interface="eth9",state="{s}"}}"#),
+            )
+        };
+        assert_eq!(eth9("down"), Some(1.0), "{text}");
+        assert_eq!(eth9("up"), Some(0.0));
+        assert!(!text.contains(r#"interface="eth9",state="ok""#), "{text}");
+        promtool_check(&text);
+
+        // A group that is gone (a reload removed it) leaves no state behind.
+        let empty = m.render(&Snapshot::default()).unwrap();
+        assert!(!empty.contains("mpath_interface_state{"), "{empty}");
+        assert!(!empty.contains("mpath_group_state{"), "{empty}");
+    }
+
+    #[test]
+    fn datapath_counters_are_read_from_the_snapshot() {
+        let m = populated();
+        let text = m
+            .render(&snapshot(InterfaceStatus::Ok, InterfaceStatus::Ok))
+            .unwrap();
+        let h0 = r#"group="g0",interface="h0""#;
+        for (name, value) in [
+            ("mpath_datapath_transmit_packets_total", 1200.0),
+            ("mpath_datapath_transmit_bytes_total", 96_000.0),
+            ("mpath_datapath_redirected_packets_total", 300.0),
+            ("mpath_datapath_redirected_bytes_total", 24_000.0),
+            ("mpath_datapath_receive_packets_total", 900.0),
+            ("mpath_datapath_receive_bytes_total", 72_000.0),
+            ("mpath_datapath_probe_replies_total", 40.0),
+            ("mpath_datapath_probe_replies_dropped_total", 2.0),
+        ] {
+            assert_eq!(
+                sample(&text, &format!("{name}{{{h0}}}")),
+                Some(value),
+                "{name}"
+            );
+        }
+        let rejected = |reason: &str| {
+            sample(
+                &text,
+                &format!(
+                    r#"mpath_datapath_probe_replies_rejected_total{{{h0},reason="{reason}"}}"#
+                ),
+            )
+        };
+        assert_eq!(rejected("wrong_nonce"), Some(7.0));
+        assert_eq!(rejected("truncated"), Some(0.0));
+        assert!(
+            !text.contains(r#"mpath_datapath_transmit_packets_total{group="g0",interface="h1"}"#),
+            "h1 had no counters in the snapshot"
+        );
+
+        // Values are the snapshot's, not added up over renders.
+        let again = m
+            .render(&snapshot(InterfaceStatus::Ok, InterfaceStatus::Ok))
+            .unwrap();
+        assert_eq!(
+            sample(
+                &again,
+                &format!("mpath_datapath_transmit_packets_total{{{h0}}}")
+            ),
+            Some(1200.0)
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let group = "g\"0\\x\ny";
+        let m = Metrics::new(&[group_config(group, &["h0"])]).unwrap();
+        m.actions(
+            group,
+            &[Action::Failed {
+                nic: "h0".into(),
+                cause: FailureCause::ProbesLost,
+            }],
+        );
+        let text = m.render(&Snapshot::default()).unwrap();
+        assert_eq!(
+            sample(
+                &text,
+                r#"mpath_interface_failures_total{cause="probes_lost",group="g\"0\\x\ny",interface="h0"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        promtool_check(&text);
+    }
+
+    #[test]
+    fn state_labels_are_the_views_names() {
+        fn serde_name(value: impl serde::Serialize) -> String {
+            serde_json::to_value(value)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+        for s in GROUP_STATES {
+            assert_eq!(group_state_label(s), serde_name(s));
+        }
+        for s in INTERFACE_STATES {
+            assert_eq!(interface_state_label(s), serde_name(s));
+        }
+        for s in LINK_STATES {
+            assert_eq!(link_state_label(s), serde_name(s));
+        }
+        for s in PROBE_STATES {
+            assert_eq!(probe_state_label(s), serde_name(s));
+        }
+        for c in FAILURE_CAUSES {
+            assert_eq!(failure_cause_label(c), serde_name(c));
+        }
+    }
+
+    /// Sends `request` to `addr` over a plain TCP connection; returns the status code, the
+    /// content type and the body.
+    async fn http(addr: SocketAddr, request: &'static str) -> (u16, String, String) {
+        tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let (head, body) = response.split_once("\r\n\r\n").unwrap();
+            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+            let content_type = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-type")
+                        .then(|| value.trim().to_string())
+                })
+                .unwrap_or_default();
+            (status, content_type, body.to_string())
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_http_and_404_elsewhere() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (scrapes, mut requests) = mpsc::channel(4);
+        tokio::spawn(serve(listener, scrapes));
+        // Stands in for the event loop.
+        tokio::spawn(async move {
+            let metrics = populated();
+            while let Some(scrape) = requests.recv().await {
+                scrape.answer(
+                    metrics.render(&snapshot(InterfaceStatus::Ok, InterfaceStatus::Failed)),
+                );
+            }
+        });
+
+        let (status, content_type, body) = http(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: mpathd\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert_eq!(
+            sample(
+                &body,
+                r#"mpath_interface_state{group="g0",interface="h1",state="failed"}"#
+            ),
+            Some(1.0),
+            "{body}"
+        );
+        promtool_check(&body);
+
+        let (status, _, body) = http(
+            addr,
+            "GET / HTTP/1.1\r\nHost: mpathd\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert!(body.contains("/metrics"), "{body}");
+        let (status, _, _) = http(
+            addr,
+            "GET /metricsx HTTP/1.1\r\nHost: mpathd\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 404);
+        let (status, _, _) = http(
+            addr,
+            "POST /metrics HTTP/1.1\r\nHost: mpathd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 405);
+    }
+
+    #[tokio::test]
+    async fn answers_503_when_the_event_loop_is_gone() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (scrapes, requests) = mpsc::channel(4);
+        drop(requests);
+        tokio::spawn(serve(listener, scrapes));
+        let (status, _, body) = http(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: mpathd\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 503);
+        assert_eq!(body, "mpathd is shutting down\n");
+    }
+
+    #[tokio::test]
+    async fn a_bind_error_names_the_address() {
+        let taken = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind(addr).await.unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("cannot listen for metrics on {addr}: ")),
+            "{message}"
+        );
+    }
+}

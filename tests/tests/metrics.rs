@@ -1,0 +1,193 @@
+//! mpathd's Prometheus endpoint in a lab: the scrape is valid for promtool, and its values
+//! follow a NIC's failure, failover, repair and failback.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use mpath_lab::{Lab, Netns};
+use mpath_tests::daemon::Mpathd;
+
+const METRICS: &str = "127.0.0.1:9798";
+
+const CONFIG: &str = r#"
+[daemon]
+failure_detection_time_ms = 700
+failback = true
+metrics_listen = "127.0.0.1:9798"
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+targets = ["192.0.2.1"]
+
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.21/24"
+data_addresses = ["192.0.2.19/24"]
+
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.22/24"
+data_addresses = ["192.0.2.20/24"]
+
+[[group.interface]]
+name = "h2"
+standby = true
+test_address = "192.0.2.23/24"
+"#;
+
+/// GET /metrics from inside the lab's host namespace; `None` while nothing answers there.
+fn scrape(ns: &Netns) -> Option<String> {
+    let _inside = ns.enter().expect("enter the host namespace");
+    let mut stream = TcpStream::connect(METRICS).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: mpathd\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    Some(body.to_string())
+}
+
+/// The value of one series, written as the encoder writes it (labels sorted by name).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        Some(value.parse().expect("a sample value"))
+    })
+}
+
+fn nic_state(text: &str, nic: &str, state: &str) -> Option<f64> {
+    sample(
+        text,
+        &format!(r#"mpath_interface_state{{group="g0",interface="{nic}",state="{state}"}}"#),
+    )
+}
+
+/// `promtool check metrics` (Debian package `prometheus`): Prometheus' own parser and
+/// naming lints.
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool refused the metrics:\n{report}\n--- metrics ---\n{text}"
+    );
+}
+
+#[test]
+fn metrics_parse_and_follow_a_failover_and_failback() {
+    let lab = Lab::builder().nics(3).build().expect("lab");
+    let host = lab.host();
+    let mut daemon = Mpathd::start(host, CONFIG);
+    daemon.wait_until("every NIC ok in the metrics", |_| {
+        scrape(host).is_some_and(|t| {
+            ["h0", "h1", "h2"]
+                .iter()
+                .all(|n| nic_state(&t, n, "ok") == Some(1.0))
+        })
+    });
+    let before = scrape(host).unwrap();
+    promtool_check(&before);
+    let h0 = r#"group="g0",interface="h0""#;
+    let link_down =
+        r#"mpath_interface_failures_total{cause="link_down",group="g0",interface="h0"}"#;
+    assert_eq!(sample(&before, link_down), Some(0.0));
+    assert_eq!(
+        sample(&before, r#"mpath_group_state{group="g0",state="ok"}"#),
+        Some(1.0)
+    );
+    let target = r#"group="g0",interface="h0",target="192.0.2.1""#;
+    let sent = |t: &str| sample(t, &format!("mpath_probes_sent_total{{{target}}}"));
+    assert!(sent(&before).is_some_and(|n| n > 0.0), "{before}");
+    assert!(
+        sample(
+            &before,
+            &format!("mpath_probe_rtt_seconds_count{{{target}}}")
+        )
+        .is_some_and(|n| n > 0.0),
+        "{before}"
+    );
+    assert!(
+        sample(
+            &before,
+            &format!("mpath_datapath_probe_replies_total{{{h0}}}")
+        )
+        .is_some_and(|n| n > 0.0),
+        "{before}"
+    );
+
+    lab.cut("h0").unwrap();
+    daemon.wait_until("h0 failed over in the metrics", |_| {
+        scrape(host)
+            .is_some_and(|t| sample(&t, &format!("mpath_failovers_total{{{h0}}}")) == Some(1.0))
+    });
+    let failed = scrape(host).unwrap();
+    promtool_check(&failed);
+    assert_eq!(sample(&failed, link_down), Some(1.0));
+    assert_eq!(nic_state(&failed, "h0", "failed"), Some(1.0));
+    assert_eq!(nic_state(&failed, "h0", "ok"), Some(0.0));
+    assert_eq!(
+        sample(
+            &failed,
+            r#"mpath_interface_link_state{group="g0",interface="h0",state="down"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&failed, r#"mpath_group_state{group="g0",state="degraded"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &failed,
+            r#"mpath_interface_active{group="g0",interface="h2"}"#
+        ),
+        Some(1.0),
+        "the standby took over"
+    );
+
+    lab.restore("h0").unwrap();
+    daemon.wait_until("h0 failed back in the metrics", |_| {
+        scrape(host)
+            .is_some_and(|t| sample(&t, &format!("mpath_failbacks_total{{{h0}}}")) == Some(1.0))
+    });
+    let back = scrape(host).unwrap();
+    assert_eq!(
+        sample(&back, &format!("mpath_interface_repairs_total{{{h0}}}")),
+        Some(1.0)
+    );
+    assert_eq!(nic_state(&back, "h0", "ok"), Some(1.0));
+    assert!(sent(&back) > sent(&before), "probing went on");
+}
