@@ -586,3 +586,131 @@ fn probes_stream_and_the_socket_refuses_other_users() {
     );
     assert_eq!(state_of(&daemon.status(), "h0"), "ok", "nothing happened");
 }
+
+fn addresses_at(status: &Status) -> Vec<(String, Option<String>)> {
+    status
+        .addresses
+        .iter()
+        .map(|a| (a.address.clone(), a.inbound.clone()))
+        .collect()
+}
+
+#[test]
+fn when_every_nic_fails_nothing_moves_and_the_first_one_back_takes_the_addresses() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let home = addresses_at(&daemon.status());
+    lab.cut("h0").unwrap();
+    lab.cut("h1").unwrap();
+    daemon.wait_until("everything failed over to h2", |d| {
+        d.try_status().is_some_and(|s| {
+            s.addresses
+                .iter()
+                .all(|a| a.inbound.as_deref() == Some("h2"))
+        })
+    });
+    let on_h2 = addresses_at(&daemon.status());
+    lab.cut("h2").unwrap();
+    daemon.wait_until("the group failed", |d| {
+        d.try_status()
+            .is_some_and(|s| s.groups[0].state == "failed")
+    });
+    assert_eq!(
+        addresses_at(&daemon.status()),
+        on_h2,
+        "nothing moved, nothing lost"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("All Interfaces in group g0 have failed")
+    );
+    for a in ["192.0.2.19/24", "192.0.2.20/24", "2001:db8::19/64"] {
+        assert!(
+            lab.host_addrs("h2").unwrap().contains(&a.to_string()),
+            "{a} kept"
+        );
+    }
+
+    lab.restore("h0").unwrap();
+    daemon.wait_until("every address on h0, the first NIC back", |d| {
+        d.try_status().is_some_and(|s| {
+            s.addresses
+                .iter()
+                .all(|a| a.inbound.as_deref() == Some("h0"))
+        })
+    });
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.20"])
+        .unwrap();
+    lab.restore("h1").unwrap();
+    lab.restore("h2").unwrap();
+    daemon.wait_until("all home again", |d| {
+        d.try_status()
+            .is_some_and(|s| addresses_at(&s) == home && all_ok(d))
+    });
+}
+
+#[test]
+fn when_all_targets_stop_answering_no_address_moves() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let home = addresses_at(&daemon.status());
+    // The target goes deaf to echo requests; every link stays up.
+    lab.router()
+        .run(&["nft", "add table inet deaf; add chain inet deaf input { type filter hook input priority 0; icmp type echo-request drop; }"])
+        .unwrap();
+    daemon.wait_until("target failure noticed", |d| {
+        d.log().contains("stopped answering at once")
+    });
+    assert_eq!(addresses_at(&daemon.status()), home, "nothing moved");
+    assert!(!daemon.log().contains("Successfully failed over"));
+    assert!(
+        !daemon.log().contains("NIC failure detected"),
+        "no NIC is blamed"
+    );
+
+    lab.router()
+        .run(&["nft", "delete table inet deaf"])
+        .unwrap();
+    daemon.wait_until("probes answered again, all ok", all_ok);
+    daemon.wait_until("all home", |d| {
+        d.try_status().is_some_and(|s| addresses_at(&s) == home)
+    });
+}
+
+#[test]
+fn with_failback_off_a_repaired_nic_stays_inactive_and_its_addresses_stay_away() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(
+        lab.host(),
+        &CONFIG.replace("failback = true", "failback = false"),
+    );
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.cut("h0").unwrap();
+    daemon.wait_until("192.0.2.19 on h2", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h2"))
+    });
+    lab.restore("h0").unwrap();
+    daemon.wait_until("h0 repaired", |d| {
+        d.try_status().is_some_and(|s| state_of(&s, "h0") == "ok")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = daemon.status();
+    assert_eq!(
+        inbound(&status, "192.0.2.19/24").as_deref(),
+        Some("h2"),
+        "no failback"
+    );
+    let h0 = status
+        .interfaces
+        .iter()
+        .find(|i| i.interface == "h0")
+        .unwrap();
+    assert_eq!(h0.flags, ["inactive"], "{h0:?}");
+    assert_eq!(status.groups[0].active, ["h1", "h2"]);
+    assert!(!daemon.log().contains("Successfully failed back"));
+}
