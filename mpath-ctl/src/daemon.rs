@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use mpath_common::{
-    MAX_GROUPS, MAX_NICS, NIC_F_TEST_V4, NicInfo, ProbeReply as RawReply, Settings,
+    MAX_GROUPS, MAX_NICS, NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, ProbeReply as RawReply, Settings,
 };
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use serde::Serialize;
@@ -35,7 +35,7 @@ use crate::{
     probe_socket::{ProbeSocket, monotonic_ns},
     spread,
     state::{self, Action, Event, Policy, ProbeFamilies},
-    target::{RouteEntry, TargetSet},
+    target::{AddressFamily, RouteEntry, TargetSet},
     views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetRow},
 };
 
@@ -78,7 +78,11 @@ struct Nic {
     /// Kernel identity while the NIC exists.
     ifindex: Option<u32>,
     mac: [u8; 6],
-    probing: Option<Probing>,
+    /// Whether the NIC probes over IPv6 too (from its link-local address): when it probes
+    /// at all and its group carries IPv6 data addresses.
+    probe_v6: bool,
+    /// One prober per address family that is running.
+    probing: Vec<Probing>,
 }
 
 struct Group {
@@ -118,7 +122,8 @@ pub struct Daemon {
     started: Instant,
     probe_rows: broadcast::Sender<ProbeRow>,
     routes: Vec<RouteEntry>,
-    local_addresses: Vec<IpAddr>,
+    /// The kernel's addresses by ifindex, kept current from netlink.
+    addresses: Vec<(u32, IpCidr)>,
     announcements: Vec<Announcement>,
     /// Link state (usable or not) of NICs outside any group, tracked and reported when
     /// TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
@@ -161,7 +166,7 @@ impl Daemon {
             started: Instant::now(),
             probe_rows,
             routes: Vec::new(),
-            local_addresses: Vec::new(),
+            addresses: Vec::new(),
             announcements: Vec::new(),
             ungrouped: BTreeMap::new(),
             slots: BTreeMap::new(),
@@ -186,21 +191,27 @@ impl Daemon {
             failback: self.config.daemon.failback,
             ..Policy::default()
         };
+        let v6_data = g
+            .interfaces
+            .iter()
+            .flat_map(|i| &i.data_addresses)
+            .any(|a| a.addr().is_ipv6());
         let interfaces = g
             .interfaces
             .iter()
             .map(|i| state::InterfaceConfig {
                 name: i.name.clone(),
                 standby: i.standby,
-                probe: if i.test_address.is_some() {
-                    ProbeFamilies::IPV4
-                } else {
-                    ProbeFamilies::NONE
+                probe: match (i.test_address.is_some(), v6_data) {
+                    (false, _) => ProbeFamilies::NONE,
+                    (true, false) => ProbeFamilies::IPV4,
+                    (true, true) => ProbeFamilies::BOTH,
                 },
             })
             .collect();
         let mut nics = Vec::new();
         for i in &g.interfaces {
+            let probe_v6 = i.test_address.is_some() && v6_data;
             // A NIC keeps its counter slot across reloads; a new one takes the lowest free.
             let slot = match self.slots.get(&i.name) {
                 Some(slot) => *slot,
@@ -215,7 +226,8 @@ impl Daemon {
                 slot,
                 ifindex: None,
                 mac: [0; 6],
-                probing: None,
+                probe_v6,
+                probing: Vec::new(),
             });
         }
         let addresses = g
@@ -256,7 +268,7 @@ impl Daemon {
         }
         let addresses = self.netlink.addresses().await?;
         self.routes = self.netlink.routes().await?;
-        self.local_addresses = addresses.iter().map(|(_, c)| c.addr()).collect();
+        self.addresses = addresses.clone();
         let now = Instant::now();
         for gi in 0..self.groups.len() {
             let mut present = Vec::new();
@@ -313,6 +325,14 @@ impl Daemon {
             mac: nic.mac,
             ..Default::default()
         };
+        let link_local = nic
+            .probe_v6
+            .then(|| link_local_of(&self.addresses, link.ifindex))
+            .flatten();
+        if let Some(IpAddr::V6(ll)) = link_local.map(|c| c.addr()) {
+            info.flags |= NIC_F_TEST_V6;
+            info.test_v6 = ll.octets();
+        }
         if let Some(test) = nic.test_address {
             if let IpAddr::V4(v4) = test.addr() {
                 info.flags |= NIC_F_TEST_V4;
@@ -341,26 +361,83 @@ impl Daemon {
             tracing::error!("{}: {e}", nic.name);
         }
         nic.ifindex = Some(link.ifindex);
-        nic.probing = match nic.test_address {
-            Some(test) => start_probing(
-                &nic.name,
-                test,
-                link.ifindex,
-                &group.config.targets,
-                &self.routes,
-                &self.local_addresses,
-                &group.fdt,
-                &mut self.rng,
-                now,
-            ),
-            None => None,
+        let local: Vec<IpAddr> = self.addresses.iter().map(|(_, c)| c.addr()).collect();
+        nic.probing = nic
+            .test_address
+            .into_iter()
+            .chain(link_local)
+            .filter_map(|test| {
+                start_probing(
+                    &nic.name,
+                    test,
+                    link.ifindex,
+                    &group.config.targets,
+                    &self.routes,
+                    &local,
+                    &group.fdt,
+                    &mut self.rng,
+                    now,
+                )
+            })
+            .collect();
+    }
+
+    /// Starts IPv6 probing on a NIC whose link-local address showed up (or finished DAD)
+    /// after the NIC was set up.
+    fn start_v6(&mut self, ifindex: u32, link_local: IpCidr) {
+        let now = Instant::now();
+        let local: Vec<IpAddr> = self.addresses.iter().map(|(_, c)| c.addr()).collect();
+        let Some(group) = self
+            .groups
+            .iter_mut()
+            .find(|g| g.nics.iter().any(|n| n.ifindex == Some(ifindex)))
+        else {
+            return;
         };
+        let Some(nic) = group.nics.iter_mut().find(|n| n.ifindex == Some(ifindex)) else {
+            return;
+        };
+        let running = nic
+            .probing
+            .iter()
+            .any(|p| p.prober.family() == AddressFamily::Inet6);
+        let IpAddr::V6(ll) = link_local.addr() else {
+            return;
+        };
+        if !nic.probe_v6 || running {
+            return;
+        }
+        let Some(probing) = start_probing(
+            &nic.name,
+            link_local,
+            ifindex,
+            &group.config.targets,
+            &self.routes,
+            &local,
+            &group.fdt,
+            &mut self.rng,
+            now,
+        ) else {
+            return;
+        };
+        match self.datapath.maps.nics.get(&ifindex, 0) {
+            Ok(mut info) => {
+                info.flags |= NIC_F_TEST_V6;
+                info.test_v6 = ll.octets();
+                if let Err(e) = self.datapath.maps.set_nic(ifindex, info) {
+                    tracing::error!("{}: {e}", nic.name);
+                }
+            }
+            Err(e) => tracing::error!("{}: {e}", nic.name),
+        }
+        tracing::info!("{} probes over IPv6 from {ll}", nic.name);
+        nic.probing.push(probing);
     }
 
     /// Forgets the kernel side of a NIC that is gone; its links went with it.
     fn forget_nic(&mut self, gi: usize, ni: usize) {
         let nic = &mut self.groups[gi].nics[ni];
-        nic.probing = None;
+        nic.probing.clear();
         if let Some(ifindex) = nic.ifindex.take() {
             let _ = self.datapath.detach(ifindex);
             let _ = self.datapath.maps.remove_nic(ifindex);
@@ -560,10 +637,8 @@ impl Daemon {
             if let Some(t) = g.fsm.next_wakeup() {
                 wake = wake.min(t);
             }
-            for n in &g.nics {
-                if let Some(p) = &n.probing {
-                    wake = wake.min(p.prober.next_wakeup(&g.fdt));
-                }
+            for p in g.nics.iter().flat_map(|n| &n.probing) {
+                wake = wake.min(p.prober.next_wakeup(&g.fdt));
             }
         }
         wake
@@ -631,17 +706,23 @@ impl Daemon {
                     self.handle(gi, Event::Disappeared { nic: name }, now).await;
                 }
             }
-            NetEvent::AddressAdded { cidr, .. } => self.local_addresses.push(cidr.addr()),
-            NetEvent::AddressRemoved { cidr, .. } => {
-                self.local_addresses.retain(|a| *a != cidr.addr())
+            NetEvent::AddressAdded { ifindex, cidr } => {
+                if !self.addresses.contains(&(ifindex, cidr)) {
+                    self.addresses.push((ifindex, cidr));
+                }
+                if is_link_local(cidr.addr()) {
+                    self.start_v6(ifindex, cidr);
+                }
+            }
+            NetEvent::AddressRemoved { ifindex, cidr } => {
+                self.addresses.retain(|a| *a != (ifindex, cidr))
             }
             NetEvent::RoutesChanged => {
                 self.routes = self.netlink.routes().await?;
+                let local: Vec<IpAddr> = self.addresses.iter().map(|(_, c)| c.addr()).collect();
                 for g in &mut self.groups {
-                    for n in &mut g.nics {
-                        if let Some(p) = &mut n.probing {
-                            p.prober.update_routes(&self.routes, &self.local_addresses);
-                        }
+                    for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
+                        p.prober.update_routes(&self.routes, &local);
                     }
                 }
             }
@@ -681,15 +762,19 @@ impl Daemon {
         }) else {
             return;
         };
+        let family = AddressFamily::of(from);
+        let local: Vec<IpAddr> = self.addresses.iter().map(|(_, c)| c.addr()).collect();
         let group = &mut self.groups[gi];
         let nic_name = group.nics[ni].name.clone();
-        let Some(probing) = group.nics[ni].probing.as_mut() else {
+        let Some(probing) = group.nics[ni]
+            .probing
+            .iter_mut()
+            .find(|p| p.prober.family() == family)
+        else {
             return;
         };
         if probing.discovery.contains(&raw.seq) {
-            let added = probing
-                .prober
-                .add_discovered(&[from], &self.local_addresses);
+            let added = probing.prober.add_discovered(&[from], &local);
             if added > 0 {
                 tracing::info!("discovered probe target {from} on {nic_name}");
             }
@@ -702,7 +787,9 @@ impl Daemon {
             received_ns: raw.received_ns,
         };
         match probing.prober.on_reply(reply, now, &mut group.fdt) {
-            ReplyVerdict::Accepted(events) => self.probe_events(gi, ni, events, Some(reply)).await,
+            ReplyVerdict::Accepted(events) => {
+                self.probe_events(gi, ni, family, events, Some(reply)).await
+            }
             ReplyVerdict::Rejected(reason) => {
                 self.metrics
                     .reply_refused(&group.config.name, &nic_name, reason);
@@ -718,6 +805,7 @@ impl Daemon {
         &mut self,
         gi: usize,
         ni: usize,
+        family: AddressFamily,
         events: Vec<ProbeEvent>,
         reply: Option<ProbeReply>,
     ) {
@@ -725,16 +813,12 @@ impl Daemon {
         for event in events {
             match event {
                 ProbeEvent::Outcome(outcome) => {
-                    let nic = &self.groups[gi].nics[ni];
-                    let Some(family) = nic.probing.as_ref().map(|p| p.prober.family()) else {
-                        continue;
-                    };
-                    let nic = nic.name.clone();
+                    let nic = self.groups[gi].nics[ni].name.clone();
                     let (target, answered) = match outcome {
                         ProbeOutcome::Answered { target, .. } => (target, true),
                         ProbeOutcome::Lost { target } => (target, false),
                     };
-                    self.publish_probe(gi, ni, target, reply.filter(|_| answered), now);
+                    self.publish_probe(gi, ni, family, target, reply.filter(|_| answered), now);
                     self.metrics
                         .probe_outcome(&self.groups[gi].config.name, &nic, outcome);
                     self.handle(
@@ -760,6 +844,7 @@ impl Daemon {
         &self,
         gi: usize,
         ni: usize,
+        family: AddressFamily,
         target: IpAddr,
         reply: Option<ProbeReply>,
         now: Instant,
@@ -768,7 +853,7 @@ impl Daemon {
             return;
         }
         let nic = &self.groups[gi].nics[ni];
-        let Some(probing) = &nic.probing else {
+        let Some(probing) = nic.probing.iter().find(|p| p.prober.family() == family) else {
             return;
         };
         let view = probing.prober.view();
@@ -797,11 +882,14 @@ impl Daemon {
         }
         self.announcements.retain(|a| a.remaining > 0);
         for gi in 0..self.groups.len() {
-            for ni in 0..self.groups[gi].nics.len() {
+            for (ni, pi) in (0..self.groups[gi].nics.len())
+                .flat_map(|ni| (0..self.groups[gi].nics[ni].probing.len()).map(move |pi| (ni, pi)))
+                .collect::<Vec<_>>()
+            {
                 let group = &mut self.groups[gi];
                 let nic = &mut group.nics[ni];
                 let name = nic.name.clone();
-                let Some(probing) = nic.probing.as_mut() else {
+                let Some(probing) = nic.probing.get_mut(pi) else {
                     continue;
                 };
                 if probing.prober.next_probe_at() <= now {
@@ -838,7 +926,7 @@ impl Daemon {
                 let targets_changed = has_targets != probing.had_targets;
                 probing.had_targets = has_targets;
                 let family = probing.prober.family();
-                self.probe_events(gi, ni, events, None).await;
+                self.probe_events(gi, ni, family, events, None).await;
                 if targets_changed {
                     let event = Event::Targets {
                         nic: name,
@@ -931,19 +1019,15 @@ impl Daemon {
                 Action::UsableSetChanged => usable_changed = true,
                 Action::FlushTargets { nics } => {
                     for name in nics {
-                        if let Some(p) = group.nic_mut(name).and_then(|n| n.probing.as_mut()) {
+                        for p in group.nic_mut(name).into_iter().flat_map(|n| &mut n.probing) {
                             p.prober.flush_discovered();
                         }
                     }
                 }
-                Action::Failed { nic, .. } => {
-                    if let Some(p) = group.nic_mut(nic).and_then(|n| n.probing.as_mut()) {
-                        p.prober.set_nic_failed(true);
-                    }
-                }
-                Action::Repaired { nic } => {
-                    if let Some(p) = group.nic_mut(nic).and_then(|n| n.probing.as_mut()) {
-                        p.prober.set_nic_failed(false);
+                Action::Failed { nic, .. } | Action::Repaired { nic } => {
+                    let failed = matches!(action, Action::Failed { .. });
+                    for p in group.nic_mut(nic).into_iter().flat_map(|n| &mut n.probing) {
+                        p.prober.set_nic_failed(failed);
                     }
                 }
                 _ => {}
@@ -1126,26 +1210,26 @@ impl Daemon {
                         Vec::new()
                     },
                 }));
-            status.targets.extend(g.nics.iter().map(|n| {
-                let (mode, targets) = match &n.probing {
-                    None => ("disabled".to_string(), Vec::new()),
-                    Some(p) => {
-                        let view = p.prober.view();
-                        let multicast =
-                            view.targets.iter().any(|t| label(t.source) == "discovered");
-                        (
-                            if multicast { "multicast" } else { "routes" }.to_string(),
-                            p.prober.targets().active().collect(),
-                        )
-                    }
-                };
-                TargetRow {
-                    interface: n.name.clone(),
-                    mode,
-                    test_address: n.test_address.map(|c| c.addr()),
-                    targets,
+            for n in &g.nics {
+                if n.probing.is_empty() {
+                    status.targets.push(TargetRow {
+                        interface: n.name.clone(),
+                        mode: "disabled".into(),
+                        test_address: None,
+                        targets: Vec::new(),
+                    });
                 }
-            }));
+                status.targets.extend(n.probing.iter().map(|p| {
+                    let view = p.prober.view();
+                    let multicast = view.targets.iter().any(|t| label(t.source) == "discovered");
+                    TargetRow {
+                        interface: n.name.clone(),
+                        mode: if multicast { "multicast" } else { "routes" }.into(),
+                        test_address: Some(view.test_address),
+                        targets: p.prober.targets().active().collect(),
+                    }
+                }));
+            }
         }
         status
             .interfaces
@@ -1169,7 +1253,7 @@ impl Daemon {
 fn adopt_failures(group: &mut Group, now: Instant) -> Vec<Action> {
     let mut actions = Vec::new();
     for nic in &group.nics {
-        if nic.probing.is_none() {
+        if nic.probing.is_empty() {
             continue;
         }
         let Some(away) = group
@@ -1201,7 +1285,20 @@ fn adopt_failures(group: &mut Group, now: Instant) -> Vec<Action> {
     actions
 }
 
-/// Opens the probe socket and the prober of a NIC with an IPv4 test address.
+/// The NIC's IPv6 link-local address (its IPv6 test address), if it has one.
+fn link_local_of(addresses: &[(u32, IpCidr)], ifindex: u32) -> Option<IpCidr> {
+    addresses
+        .iter()
+        .find(|(i, c)| *i == ifindex && is_link_local(c.addr()))
+        .map(|(_, c)| *c)
+}
+
+fn is_link_local(addr: IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// Opens the probe socket and the prober of a NIC for the family of `test` (its IPv4 test
+/// address or its IPv6 link-local address).
 #[expect(
     clippy::too_many_arguments,
     reason = "all of it is needed to start a prober"
@@ -1217,10 +1314,11 @@ fn start_probing(
     rng: &mut StdRng,
     now: Instant,
 ) -> Option<Probing> {
-    let IpAddr::V4(addr) = test.addr() else {
-        return None;
+    let socket = match test.addr() {
+        IpAddr::V4(addr) => ProbeSocket::v4(nic, ifindex, addr),
+        IpAddr::V6(addr) => ProbeSocket::v6(nic, ifindex, addr),
     };
-    let socket = match ProbeSocket::v4(nic, ifindex, addr) {
+    let socket = match socket {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot probe from {nic}: {e}");
@@ -1234,8 +1332,13 @@ fn start_probing(
             return None;
         }
     };
-    let v4_targets: Vec<IpAddr> = configured.iter().copied().filter(IpAddr::is_ipv4).collect();
-    if let Err(e) = targets.set_configured(&v4_targets) {
+    let family = AddressFamily::of(test.addr());
+    let same_family: Vec<IpAddr> = configured
+        .iter()
+        .copied()
+        .filter(|a| AddressFamily::of(*a) == family)
+        .collect();
+    if let Err(e) = targets.set_configured(&same_family) {
         tracing::error!("{nic}: {e}");
     }
     targets.update_routes(routes, local);

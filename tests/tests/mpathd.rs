@@ -541,7 +541,13 @@ fn probes_stream_and_the_socket_refuses_other_users() {
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < 3 {
         let row: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        assert_eq!(row["target"], "192.0.2.1");
+        // IPv4 probes go to the configured target, IPv6 ones to the router's link-local
+        // address found by discovery.
+        let target = row["target"].as_str().unwrap();
+        assert!(
+            target == "192.0.2.1" || target.starts_with("fe80::"),
+            "{row}"
+        );
         assert!(row["net_rtt_us"].as_u64().is_some(), "{row}");
         seen.insert(row["interface"].as_str().unwrap().to_string());
     }
@@ -660,7 +666,11 @@ fn when_all_targets_stop_answering_no_address_moves() {
     let home = addresses_at(&daemon.status());
     // The target goes deaf to echo requests; every link stays up.
     lab.router()
-        .run(&["nft", "add table inet deaf; add chain inet deaf input { type filter hook input priority 0; icmp type echo-request drop; }"])
+        .run(&[
+            "nft",
+            "add table inet deaf; add chain inet deaf input { type filter hook input priority 0; \
+             icmp type echo-request drop; icmpv6 type echo-request drop; }",
+        ])
         .unwrap();
     daemon.wait_until("target failure noticed", |d| {
         d.log().contains("stopped answering at once")
@@ -713,4 +723,47 @@ fn with_failback_off_a_repaired_nic_stays_inactive_and_its_addresses_stay_away()
     assert_eq!(h0.flags, ["inactive"], "{h0:?}");
     assert_eq!(status.groups[0].active, ["h1", "h2"]);
     assert!(!daemon.log().contains("Successfully failed back"));
+}
+
+#[test]
+fn ipv6_probes_from_link_local_addresses_and_one_family_alone_fails_no_nic() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("IPv6 targets found on every NIC", |d| {
+        d.try_status().is_some_and(|s| {
+            ["h0", "h1", "h2"].iter().all(|nic| {
+                s.targets.iter().any(|t| {
+                    t.interface == *nic
+                        && t.test_address
+                            .is_some_and(|a| a.to_string().starts_with("fe80::"))
+                        && t.targets
+                            .iter()
+                            .any(|t| t.to_string().starts_with("fe80::"))
+                })
+            })
+        })
+    });
+    let v6 = daemon
+        .status()
+        .targets
+        .into_iter()
+        .find(|t| t.interface == "h0" && t.mode == "multicast");
+    assert!(
+        v6.is_some(),
+        "the IPv6 target was discovered by an echo to ff02::1"
+    );
+    daemon.wait_until("all NICs ok", all_ok);
+
+    // The target stops answering IPv6 echoes only: IPv4 probes still answer, so no NIC fails.
+    lab.router()
+        .run(&[
+            "nft",
+            "add table inet deaf6; add chain inet deaf6 input { type filter hook input \\
+             priority 0; icmpv6 type echo-request drop; }",
+        ])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(all_ok(&daemon), "{:?}", daemon.status().interfaces);
+    assert!(!daemon.log().contains("NIC failure detected"));
+    assert!(!daemon.log().contains("Successfully failed over"));
 }

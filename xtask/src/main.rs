@@ -1,4 +1,4 @@
-//! mpath's developer commands: `cargo xtask setup | test | demo`.
+//! mpath's developer commands: `cargo xtask setup | test | demo | bench`.
 
 mod demo;
 mod setup;
@@ -43,6 +43,8 @@ enum Cmd {
 enum Benchmark {
     /// Spreading cost per packet against no program and kernel ECMP.
     Datapath,
+    /// Traffic gap when a NIC fails (mpathd on carrier and silent loss, kernel ECMP).
+    Failover,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +62,18 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             let name = match which {
                 Benchmark::Datapath => "datapath",
+                Benchmark::Failover => {
+                    // The benchmark runs mpathd as a program, found next to itself.
+                    exec(Command::new(env!("CARGO")).args([
+                        "build",
+                        "--release",
+                        "--quiet",
+                        "-p",
+                        "mpath-ctl",
+                        "--bins",
+                    ]))?;
+                    "failover"
+                }
             };
             exec(
                 Command::new(env!("CARGO"))

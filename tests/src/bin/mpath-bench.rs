@@ -4,6 +4,11 @@
 //! program (the baseline), mpath spreading over 1, 2 and 4 NICs, and kernel ECMP multipath
 //! routes with L4 hashing over the same NICs. Configurations are interleaved over several
 //! rounds and the median is reported, so drift on the machine hits all of them alike.
+//!
+//! `failover`: a steady UDP stream to a data address while the NIC holding it fails, for
+//! carrier loss and silent loss under mpathd and for kernel ECMP with
+//! `ignore_routes_with_linkdown`; the traffic gap, split by mpathd's log into detection, map
+//! rewrite and address move. Optionally a false-failure run under saturating traffic.
 
 use std::{
     collections::BTreeMap,
@@ -11,16 +16,21 @@ use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{JoinHandle, sleep},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
 use mpath_common::NicInfo;
-use mpath_ctl::{datapath::Datapath, spread::rebalance};
-use mpath_lab::{Lab, ROUTER_NIC};
-use mpath_tests::PinDir;
+use mpath_ctl::{datapath::Datapath, spread::rebalance, views::Status};
+use mpath_lab::{Lab, Netns, ROUTER_NIC, ROUTER_V4};
+use mpath_tests::{PinDir, daemon::Mpathd};
 
 const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 19);
 const DESTINATION: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -51,24 +61,44 @@ impl Setup {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
     match args.first().map(String::as_str) {
         Some("datapath") => {
-            let rounds = flag(&args, "--rounds").unwrap_or(5);
-            let seconds = flag(&args, "--seconds").unwrap_or(1);
-            let out = args
-                .iter()
-                .position(|a| a == "--out")
-                .and_then(|i| args.get(i + 1))
-                .map(PathBuf::from);
+            let rounds = flag(&args, "--rounds")?.unwrap_or(5);
+            let seconds = flag(&args, "--seconds")?.unwrap_or(1);
             datapath(rounds, Duration::from_secs(seconds), out)
         }
-        _ => bail!("usage: mpath-bench datapath [--rounds N] [--seconds S] [--out BENCHMARKS.md]"),
+        Some("failover") => {
+            let reps = flag(&args, "--reps")?.unwrap_or(20);
+            let minutes = flag(&args, "--false-failure-minutes")?.unwrap_or(0);
+            if reps == 0 {
+                bail!("--reps must be at least 1");
+            }
+            failover(reps, minutes, out)
+        }
+        _ => bail!(
+            "usage: mpath-bench datapath [--rounds N] [--seconds S] [--out BENCHMARKS.md]\n       \
+             mpath-bench failover [--reps N] [--false-failure-minutes M] [--out BENCHMARKS.md]"
+        ),
     }
 }
 
-fn flag(args: &[String], name: &str) -> Option<u64> {
-    let i = args.iter().position(|a| a == name)?;
-    args.get(i + 1)?.parse().ok()
+/// The value of `NAME N` on the command line, if given.
+fn flag(args: &[String], name: &str) -> anyhow::Result<Option<u64>> {
+    let Some(i) = args.iter().position(|a| a == name) else {
+        return Ok(None);
+    };
+    let value = args
+        .get(i + 1)
+        .with_context(|| format!("{name} needs a value"))?;
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("{name} {value}: not a whole number"))
 }
 
 struct Bench {
@@ -200,53 +230,59 @@ impl Bench {
 
     /// Sends UDP packets over `FLOWS` flows for `duration`; returns packets per second.
     fn blast(&self, duration: Duration) -> anyhow::Result<f64> {
-        let payload = [0u8; PAYLOAD];
-        let addrs: Vec<libc::sockaddr_in> = (0..BATCH)
-            .map(|i| {
-                let port = FIRST_PORT + (i as u16 % FLOWS);
-                let a = SocketAddrV4::new(DESTINATION, port);
-                libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.ip().octets()),
-                    },
-                    sin_zero: [0; 8],
-                }
-            })
+        let flows: Vec<SocketAddrV4> = (0..FLOWS)
+            .map(|i| SocketAddrV4::new(DESTINATION, FIRST_PORT + i))
             .collect();
-        let mut iov = libc::iovec {
-            iov_base: payload.as_ptr() as *mut _,
-            iov_len: PAYLOAD,
-        };
-        // SAFETY: mmsghdr is plain data; every pointer set below outlives the sends.
-        let mut msgs: Vec<libc::mmsghdr> =
-            (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-        for (m, a) in msgs.iter_mut().zip(&addrs) {
-            m.msg_hdr.msg_name = (a as *const libc::sockaddr_in).cast_mut().cast();
-            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
-            m.msg_hdr.msg_iov = &mut iov;
-            m.msg_hdr.msg_iovlen = 1;
-        }
         let start = Instant::now();
-        let mut sent: u64 = 0;
-        while start.elapsed() < duration {
-            // SAFETY: `msgs` holds BATCH initialised headers.
-            let n = unsafe {
-                libc::sendmmsg(self.socket.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0)
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.raw_os_error() == Some(libc::ENOBUFS) || e.raw_os_error() == Some(libc::EAGAIN)
-                {
-                    continue;
-                }
-                return Err(e).context("sendmmsg");
-            }
-            sent += n as u64;
-        }
+        let sent = blast(&self.socket, &flows, duration)?;
         Ok(sent as f64 / start.elapsed().as_secs_f64())
     }
+}
+
+/// Sends small UDP packets round-robin to `flows` as fast as sendmmsg goes, for `duration`;
+/// returns how many were sent.
+fn blast(socket: &UdpSocket, flows: &[SocketAddrV4], duration: Duration) -> anyhow::Result<u64> {
+    let payload = [0u8; PAYLOAD];
+    let addrs: Vec<libc::sockaddr_in> = (0..BATCH)
+        .map(|i| {
+            let a = flows[i % flows.len()];
+            libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            }
+        })
+        .collect();
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut _,
+        iov_len: PAYLOAD,
+    };
+    // SAFETY: mmsghdr is plain data; every pointer set below outlives the sends.
+    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for (m, a) in msgs.iter_mut().zip(&addrs) {
+        m.msg_hdr.msg_name = (a as *const libc::sockaddr_in).cast_mut().cast();
+        m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+        m.msg_hdr.msg_iov = &mut iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    while start.elapsed() < duration {
+        // SAFETY: `msgs` holds BATCH initialised headers.
+        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) || e.raw_os_error() == Some(libc::EAGAIN) {
+                continue;
+            }
+            return Err(e).context("sendmmsg");
+        }
+        sent += n as u64;
+    }
+    Ok(sent)
 }
 
 /// Test runs of the program alone per measurement.
@@ -359,38 +395,38 @@ fn datapath(rounds: u64, duration: Duration, out: Option<PathBuf>) -> anyhow::Re
     )?;
     println!("{table}");
     if let Some(path) = out {
-        write_section(&path, "datapath", &table, rounds, duration)?;
+        let body = format!(
+            "`cargo xtask bench datapath`: {PAYLOAD}-byte UDP payloads over {FLOWS} flows, \
+             sent with sendmmsg from the host namespace of a 4-NIC veth lab to the switch, which \
+             drops them (static next-hop neighbour, so no ARP), {rounds} interleaved rounds of {} s \
+             per configuration, on this machine ({} CPUs). Throughput is sender-bound, so the \
+             added ns/packet is the cost of the egress path (program, redirect, ECMP lookup) per \
+             packet.\n\n{table}",
+            duration.as_secs_f64(),
+            cpus(),
+        );
+        write_section(&path, "datapath", &body)?;
         eprintln!("written to {}", path.display());
     }
     Ok(())
 }
 
-/// Replaces (or appends) the `## Benchmark: NAME` section of BENCHMARKS.md.
-fn write_section(
-    path: &PathBuf,
-    name: &str,
-    table: &str,
-    rounds: u64,
-    duration: Duration,
-) -> anyhow::Result<()> {
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+/// Replaces (or appends) the `## Benchmark: NAME` section of BENCHMARKS.md with `body`.
+fn write_section(path: &Path, name: &str, body: &str) -> anyhow::Result<()> {
     let existing = fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
     let heading = format!("## Benchmark: {name}");
-    let body = format!(
-        "{heading}\n\n`cargo xtask bench {name}`: {PAYLOAD}-byte UDP payloads over {FLOWS} flows, \
-         sent with sendmmsg from the host namespace of a 4-NIC veth lab to the switch, which \
-         drops them (static next-hop neighbour, so no ARP), {rounds} interleaved rounds of {} s per configuration, on this machine \
-         ({} CPUs). Throughput is sender-bound, so the added ns/packet is the cost of the \
-         egress path (program, redirect, ECMP lookup) per packet.\n\n{table}\n",
-        duration.as_secs_f64(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-    );
+    let section = format!("{heading}\n\n{}\n\n", body.trim_end());
     let mut sections: Vec<&str> = existing.split("\n## ").collect();
     let head = sections.remove(0).trim_end().to_string();
     let mut out = head + "\n\n";
     let mut replaced = false;
     for s in sections {
         if s.starts_with(&heading[3..]) {
-            out.push_str(&body);
+            out.push_str(&section);
             replaced = true;
         } else {
             out.push_str("## ");
@@ -399,8 +435,1071 @@ fn write_section(
         }
     }
     if !replaced {
-        out.push_str(&body);
+        out.push_str(&section);
     }
     fs::write(path, out.trim_end().to_string() + "\n")
         .with_context(|| format!("{}", path.display()))
+}
+
+// ----- failover -----
+
+/// The data address the stream goes to in the mpathd cases; configured on h0.
+const DATA_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 19);
+const DATA_CIDR: &str = "192.0.2.19/24";
+/// The NIC that fails in every repetition (the one holding the stream's address).
+const FAILING_NIC: &str = "h0";
+const STREAM_PORT: u16 = 7000;
+/// Spacing of the stream's packets: the resolution of every time measured from it.
+const STREAM_SPACING: Duration = Duration::from_micros(200);
+/// How long the stream runs undisturbed before a failure is injected, and on after it has
+/// moved: the stream's own jitter is measured there.
+const CALM: Duration = Duration::from_millis(150);
+/// The FDT of the carrier-loss case: link-based detection does not depend on it, repair
+/// after the cable is back does (10 answered probes).
+const CARRIER_FDT_MS: u64 = 1000;
+const SILENT_FDTS_MS: [u64; 2] = [100, 1000];
+/// in.mpathd's probe interval is FDT / (NUM_PROBE_FAILS + 2).
+const PROBE_INTERVALS_PER_FDT: u64 = 7;
+
+/// ECMP comparison: the switch namespace routes to the host over one point-to-point link
+/// per NIC; the data address sits on the host's loopback.
+const ECMP_DATA: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 19);
+const ECMP_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const ECMP_NICS: u32 = 2;
+
+/// Saturating traffic for the false-failure run: flows per direction and data address.
+const SATURATING_FLOWS: u16 = 16;
+
+fn mpathd_config(fdt_ms: u64) -> String {
+    format!(
+        r#"
+[daemon]
+failure_detection_time_ms = {fdt_ms}
+failback = true
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+targets = ["{ROUTER_V4}"]
+
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.21/24"
+data_addresses = ["{DATA_CIDR}"]
+
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.22/24"
+data_addresses = ["192.0.2.20/24"]
+
+[[group.interface]]
+name = "h2"
+standby = true
+test_address = "192.0.2.23/24"
+"#
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Case {
+    /// The switch port goes down: h0 loses carrier.
+    CarrierLoss,
+    /// The switch drops h0's frames, carrier stays up: only probes can tell.
+    SilentLoss { fdt_ms: u64 },
+    /// No mpathd: the sender's ECMP route drops the next hop whose link lost carrier.
+    Ecmp,
+}
+
+impl Case {
+    fn label(self) -> String {
+        match self {
+            Case::CarrierLoss => format!("mpathd, carrier loss (FDT {CARRIER_FDT_MS} ms)"),
+            Case::SilentLoss { fdt_ms } => format!("mpathd, silent loss, FDT {fdt_ms} ms"),
+            Case::Ecmp => "kernel ECMP, ignore_routes_with_linkdown, carrier loss".into(),
+        }
+    }
+}
+
+/// One arrival of the stream: the kernel's receive time (CLOCK_REALTIME, the clock mpathd's
+/// log uses) and the NIC it came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Arrival {
+    at_ns: i64,
+    ifindex: u32,
+}
+
+/// The stream's interruption by one failure: from the last packet through the failed NIC to
+/// the first through another one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Gap {
+    start_ns: i64,
+    end_ns: i64,
+    /// The largest interval between arrivals before the failure: the stream's own jitter.
+    calm_max_ns: i64,
+}
+
+impl Gap {
+    fn find(arrivals: &[Arrival], failed: u32) -> Option<Gap> {
+        let last = arrivals.iter().rposition(|a| a.ifindex == failed)?;
+        let next = arrivals.get(last + 1)?;
+        let calm_max_ns = arrivals[..=last]
+            .windows(2)
+            .map(|w| w[1].at_ns - w[0].at_ns)
+            .max()
+            .unwrap_or(0);
+        Some(Gap {
+            start_ns: arrivals[last].at_ns,
+            end_ns: next.at_ns,
+            calm_max_ns,
+        })
+    }
+}
+
+/// When mpathd logged each step of one failover (ns since the epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Milestones {
+    detected_ns: i64,
+    table_written_ns: i64,
+    failed_over_ns: i64,
+}
+
+impl Milestones {
+    /// The first failover of `nic` in `log`: its "NIC failure detected" line, then the
+    /// first bucket table rewrite and the "Successfully failed over" line after it.
+    fn find(log: &str, nic: &str) -> anyhow::Result<Milestones> {
+        let detected = format!("NIC failure detected on {nic} ");
+        let failed_over = format!("Successfully failed over from NIC {nic} ");
+        let mut lines = log.lines().map(strip_ansi);
+        let mut next = |needle: &str| -> anyhow::Result<i64> {
+            let line = lines
+                .find(|l| l.contains(needle))
+                .with_context(|| format!("no {needle:?} line in mpathd's log:\n{log}"))?;
+            log_time_ns(&line)
+                .with_context(|| format!("no timestamp on mpathd's log line {line:?}"))
+        };
+        let detected_ns = next(&detected)?;
+        let table_written_ns = next(" buckets moved, ")?;
+        let failed_over_ns = next(&failed_over)?;
+        Ok(Milestones {
+            detected_ns,
+            table_written_ns,
+            failed_over_ns,
+        })
+    }
+}
+
+/// tracing's terminal colours, which it writes to files too.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The timestamp tracing puts first on a line (`2026-11-23T11:40:01.123456Z`, UTC) in ns
+/// since the epoch.
+fn log_time_ns(line: &str) -> Option<i64> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut ymd = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut hms = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (hms.next()??, hms.next()??, hms.next()??);
+    if fraction.is_empty() || fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: i64 = format!("{fraction:0<9}").parse().ok()?;
+    let seconds = days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(seconds * 1_000_000_000 + nanos)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// One failure: the traffic gap and, under mpathd, its parts (ms).
+#[derive(Clone, Copy, Debug)]
+struct Rep {
+    gap_ms: f64,
+    calm_max_ms: f64,
+    split: Option<Split>,
+}
+
+/// The gap is detection + rewrite + traffic back; the address move ends after the gap
+/// (mpathd logs it once every address is moved and announced, and the first announcement
+/// already brings the traffic back).
+#[derive(Clone, Copy, Debug)]
+struct Split {
+    /// Gap start (the failure) to "NIC failure detected".
+    detection_ms: f64,
+    /// Detection to the bucket table rewritten.
+    rewrite_ms: f64,
+    /// Table rewritten to "Successfully failed over" (address added, removed, announced).
+    address_move_ms: f64,
+    /// Table rewritten to the first packet on the new NIC (address added, gratuitous ARP
+    /// sent, the router's neighbour entry updated).
+    traffic_back_ms: f64,
+}
+
+fn ms(ns: i64) -> f64 {
+    ns as f64 / 1e6
+}
+
+impl Rep {
+    fn new(gap: Gap, milestones: Option<Milestones>) -> Rep {
+        Rep {
+            gap_ms: ms(gap.end_ns - gap.start_ns),
+            calm_max_ms: ms(gap.calm_max_ns),
+            split: milestones.map(|m| Split {
+                detection_ms: ms(m.detected_ns - gap.start_ns),
+                rewrite_ms: ms(m.table_written_ns - m.detected_ns),
+                address_move_ms: ms(m.failed_over_ns - m.table_written_ns),
+                traffic_back_ms: ms(gap.end_ns - m.table_written_ns),
+            }),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = format!("gap {:.2} ms", self.gap_ms);
+        if let Some(p) = self.split {
+            let _ = write!(
+                s,
+                " = detection {:.2} + rewrite {:.3} + traffic back {:.2}; address move {:.2}",
+                p.detection_ms, p.rewrite_ms, p.traffic_back_ms, p.address_move_ms
+            );
+        }
+        s
+    }
+}
+
+/// Nearest-rank percentile of `values` (0 < p <= 100).
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A UDP packet every [`STREAM_SPACING`] from one namespace to an address in another, every
+/// arrival recorded. Stopped on drop.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+    threads: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Stream {
+    fn start(
+        from: &Netns,
+        source: Ipv4Addr,
+        to: &Netns,
+        destination: Ipv4Addr,
+    ) -> anyhow::Result<Stream> {
+        let receiver = {
+            let _inside = to.enter()?;
+            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, STREAM_PORT)).context("stream receiver")?
+        };
+        receiver.set_read_timeout(Some(Duration::from_millis(50)))?;
+        set_flag(&receiver, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS)?;
+        set_flag(&receiver, libc::IPPROTO_IP, libc::IP_PKTINFO)?;
+        let sender = {
+            let _inside = from.enter()?;
+            UdpSocket::bind((source, 0)).context("stream sender")?
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let receiving = {
+            let (stop, arrivals) = (stop.clone(), arrivals.clone());
+            std::thread::spawn(move || receive(&receiver, &stop, &arrivals))
+        };
+        let sending = {
+            let stop = stop.clone();
+            let to = SocketAddrV4::new(destination, STREAM_PORT);
+            std::thread::spawn(move || send_steadily(&sender, to, &stop))
+        };
+        Ok(Stream {
+            stop,
+            arrivals,
+            threads: vec![receiving, sending],
+        })
+    }
+
+    /// Removes and returns what arrived so far.
+    fn take(&self) -> Vec<Arrival> {
+        std::mem::take(&mut *self.arrivals.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn latest(&self) -> Option<Arrival> {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .copied()
+    }
+
+    /// Waits until the latest packet came in on a NIC for which `wanted` holds.
+    fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        wanted: impl Fn(u32) -> bool,
+    ) -> anyhow::Result<u32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(a) = self.latest().filter(|a| wanted(a.ifindex)) {
+                return Ok(a.ifindex);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what} (latest arrival: {:?})",
+                    self.latest()
+                );
+            }
+            if self.threads.iter().any(JoinHandle::is_finished) {
+                bail!("the stream stopped while waiting for {what}");
+            }
+            sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Stops the stream, reporting an error of its threads.
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.threads) {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("a stream thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in std::mem::take(&mut self.threads) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn set_flag(socket: &UdpSocket, level: libc::c_int, option: libc::c_int) -> anyhow::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a pointer that lives across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            option,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context(format!("setsockopt {level}/{option}"));
+    }
+    Ok(())
+}
+
+/// Sends one small packet every [`STREAM_SPACING`] on an absolute schedule until `stop`.
+fn send_steadily(socket: &UdpSocket, to: SocketAddrV4, stop: &AtomicBool) -> anyhow::Result<()> {
+    // Timer slack (50 µs by default) would be a quarter of the spacing, and a busy machine
+    // would delay a normal thread by milliseconds: real-time priority for a thread that
+    // sleeps nearly all the time.
+    // SAFETY: prctl and sched_setscheduler (0 = this thread) with plain arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1u64);
+        let param = libc::sched_param { sched_priority: 10 };
+        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) != 0 {
+            eprintln!(
+                "stream sender stays at normal priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    let payload = [0u8; 16];
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        // While no route leads anywhere (an ECMP route with every next hop down), sends fail:
+        // that is part of the gap being measured, not an error of the stream.
+        let _ = socket.send_to(&payload, to);
+        next += STREAM_SPACING;
+        let now = Instant::now();
+        if next > now {
+            sleep(next - now);
+        } else if now - next > STREAM_SPACING * 10 {
+            // Descheduled for a while: resume the schedule instead of sending a burst.
+            next = now;
+        }
+    }
+    Ok(())
+}
+
+/// Records each packet's kernel receive time and arrival NIC until `stop`.
+fn receive(
+    socket: &UdpSocket,
+    stop: &AtomicBool,
+    arrivals: &Mutex<Vec<Arrival>>,
+) -> anyhow::Result<()> {
+    let mut buf = [0u8; 64];
+    // u64s for cmsghdr alignment.
+    let mut control = [0u64; 32];
+    while !stop.load(Ordering::Relaxed) {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; its pointers are set to buffers that outlive recvmsg.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control);
+        // SAFETY: `msg` describes valid buffers.
+        if unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) } < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINTR) => continue,
+                _ => return Err(e).context("receiving the stream"),
+            }
+        }
+        let (mut at_ns, mut ifindex) = (None, None);
+        // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
+        // msg_controllen; the payloads are read unaligned.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                let data = libc::CMSG_DATA(cmsg);
+                match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                    (libc::SOL_SOCKET, libc::SO_TIMESTAMPNS) => {
+                        let ts: libc::timespec = std::ptr::read_unaligned(data.cast());
+                        at_ns = Some(ts.tv_sec * 1_000_000_000 + ts.tv_nsec);
+                    }
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                        let info: libc::in_pktinfo = std::ptr::read_unaligned(data.cast());
+                        ifindex = Some(info.ipi_ifindex as u32);
+                    }
+                    _ => {}
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        let (Some(at_ns), Some(ifindex)) = (at_ns, ifindex) else {
+            bail!("a stream packet came without receive time or arrival NIC");
+        };
+        arrivals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arrival { at_ns, ifindex });
+    }
+    Ok(())
+}
+
+fn state_of<'a>(status: &'a Status, nic: &str) -> &'a str {
+    status
+        .interfaces
+        .iter()
+        .find(|i| i.interface == nic)
+        .map_or("", |i| i.state.as_str())
+}
+
+fn inbound<'a>(status: &'a Status, address: &str) -> Option<&'a str> {
+    status
+        .addresses
+        .iter()
+        .find(|a| a.address == address)
+        .and_then(|a| a.inbound.as_deref())
+}
+
+/// Every NIC ok and the stream's address back on the NIC that fails: failback is done.
+fn settled(daemon: &Mpathd) -> bool {
+    daemon.try_status().is_some_and(|s| {
+        ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok")
+            && inbound(&s, DATA_CIDR) == Some(FAILING_NIC)
+    })
+}
+
+/// How long a failover may take before the repetition counts as broken.
+fn failover_timeout(fdt_ms: u64) -> Duration {
+    Duration::from_millis(3 * fdt_ms) + Duration::from_secs(5)
+}
+
+/// `reps` failures of h0 under mpathd at `fdt_ms`, h0 restored and failed back between
+/// them: cut when `case` is carrier loss, silently dropped otherwise.
+fn mpathd_case(case: Case, fdt_ms: u64, reps: u64) -> anyhow::Result<Vec<Rep>> {
+    let lab = Lab::builder().nics(3).build()?;
+    let mut daemon = Mpathd::start(lab.host(), &mpathd_config(fdt_ms));
+    daemon.wait_until("all NICs ok, the address on h0", settled);
+    let home = lab.host().ifindex(FAILING_NIC)?;
+    let stream = Stream::start(lab.router(), ROUTER_V4.parse()?, lab.host(), DATA_V4)?;
+    stream.wait_for("the stream on h0", Duration::from_secs(5), |i| i == home)?;
+    let mut results = Vec::new();
+    for rep in 1..=reps {
+        let log_start = daemon.log().len();
+        stream.take();
+        sleep(CALM);
+        if case == Case::CarrierLoss {
+            lab.cut(FAILING_NIC)?;
+        } else {
+            lab.drop_silently(FAILING_NIC)?;
+        }
+        stream.wait_for("the stream to move off h0", failover_timeout(fdt_ms), |i| {
+            i != home
+        })?;
+        sleep(CALM);
+        let arrivals = stream.take();
+        let log = daemon.log();
+        let gap = Gap::find(&arrivals, home).context("the stream never left h0")?;
+        let result = Rep::new(gap, Some(Milestones::find(&log[log_start..], FAILING_NIC)?));
+        eprintln!("{} {rep}/{reps}: {}", case.label(), result.describe());
+        results.push(result);
+
+        if case == Case::CarrierLoss {
+            lab.restore(FAILING_NIC)?;
+        } else {
+            lab.undrop(FAILING_NIC)?;
+        }
+        daemon.wait_until("h0 repaired and failed back", settled);
+        stream.wait_for("the stream back on h0", Duration::from_secs(5), |i| {
+            i == home
+        })?;
+    }
+    stream.finish()?;
+    Ok(results)
+}
+
+/// Turns the switch namespace into a router with a point-to-point link to each host NIC and
+/// an ECMP route to [`ECMP_DATA`] (on the host's loopback) via each NIC's own address. With
+/// the bridge in between, a router would never see a host NIC's carrier.
+fn ecmp_lab() -> anyhow::Result<Lab> {
+    let lab = Lab::builder().nics(ECMP_NICS).build()?;
+    let (router, host) = (lab.switch(), lab.host());
+    let mut sysctls = vec![
+        "net.ipv4.conf.all.ignore_routes_with_linkdown=1".to_string(),
+        "net.ipv4.conf.default.ignore_routes_with_linkdown=1".to_string(),
+    ];
+    let mut route = vec!["route", "add", "198.51.100.19/32"];
+    let mut hops = Vec::new();
+    for (i, nic) in lab.nics().iter().enumerate() {
+        let port = lab.switch_port(nic)?;
+        router.ip(&["link", "set", &port, "nomaster"])?;
+        router.ip(&[
+            "addr",
+            "add",
+            &format!("203.0.113.{}/30", 4 * i + 1),
+            "dev",
+            &port,
+        ])?;
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("203.0.113.{}/30", 4 * i + 2),
+            "dev",
+            nic,
+        ])?;
+        sysctls.push(format!(
+            "net.ipv4.conf.{port}.ignore_routes_with_linkdown=1"
+        ));
+        host.run(&["sysctl", "-qw", &format!("net.ipv4.conf.{nic}.rp_filter=0")])?;
+        hops.push((format!("203.0.113.{}", 4 * i + 2), port));
+    }
+    for (via, port) in &hops {
+        route.extend(["nexthop", "via", via.as_str(), "dev", port.as_str()]);
+    }
+    let mut args = vec!["sysctl", "-qw"];
+    args.extend(sysctls.iter().map(String::as_str));
+    router.run(&args)?;
+    // The stream arrives on one NIC for an address of the loopback, from a source the host
+    // has no route back to: no reverse-path filtering.
+    host.run(&[
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.lo.rp_filter=0",
+    ])?;
+    router.ip(&["addr", "add", &format!("{ECMP_SOURCE}/32"), "dev", "lo"])?;
+    host.ip(&["addr", "add", &format!("{ECMP_DATA}/32"), "dev", "lo"])?;
+    router.ip(&route)?;
+    Ok(lab)
+}
+
+/// `reps` carrier losses of the ECMP next hop carrying the stream, without mpathd.
+fn ecmp_case(reps: u64) -> anyhow::Result<Vec<Rep>> {
+    let lab = ecmp_lab()?;
+    let (router, host) = (lab.switch(), lab.host());
+    let nics: BTreeMap<u32, String> = lab
+        .nics()
+        .into_iter()
+        .map(|n| Ok((host.ifindex(&n)?, n)))
+        .collect::<anyhow::Result<_>>()?;
+    let stream = Stream::start(router, ECMP_SOURCE, host, ECMP_DATA)?;
+    let mut results = Vec::new();
+    for rep in 1..=reps {
+        // Both next hops' neighbours resolved, as on a router that carries many flows.
+        for i in 0..ECMP_NICS {
+            router.run(&["ping", "-c1", "-W1", &format!("203.0.113.{}", 4 * i + 2)])?;
+        }
+        let carrying = stream.wait_for("the stream", Duration::from_secs(5), |_| true)?;
+        let nic = &nics[&carrying];
+        let port = lab.switch_port(nic)?;
+        stream.take();
+        sleep(CALM);
+        // Down at the host's end, so the router's end of the link loses carrier while it
+        // stays administratively up: what ignore_routes_with_linkdown is for.
+        host.ip(&["link", "set", nic, "down"])?;
+        stream.wait_for(
+            "the stream to move to the other next hop",
+            Duration::from_secs(10),
+            |i| i != carrying,
+        )?;
+        sleep(CALM);
+        let arrivals = stream.take();
+        let gap = Gap::find(&arrivals, carrying).context("the stream never left its NIC")?;
+        let result = Rep::new(gap, None);
+        eprintln!("{} {rep}/{reps}: {}", Case::Ecmp.label(), result.describe());
+        results.push(result);
+
+        host.ip(&["link", "set", nic, "up"])?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !router.has_carrier(&port)? {
+            if Instant::now() > deadline {
+                bail!("{port} did not get its carrier back");
+            }
+            sleep(Duration::from_millis(5));
+        }
+        stream.wait_for(
+            "the stream back on its next hop",
+            Duration::from_secs(5),
+            |i| i == carrying,
+        )?;
+    }
+    stream.finish()?;
+    Ok(results)
+}
+
+/// What the false-failure run saw.
+struct FalseFailures {
+    minutes: u64,
+    /// Per active NIC: packets/s it sent to the switch and received from it.
+    nics: Vec<(String, f64, f64)>,
+    failures: usize,
+    other_warnings: Vec<String>,
+}
+
+/// The active NICs the saturating traffic runs over.
+const LOADED_NICS: [&str; 2] = ["h0", "h1"];
+
+/// Packets each of [`LOADED_NICS`] put on the wire and took off it so far.
+fn wire_counters(lab: &Lab) -> anyhow::Result<Vec<(u64, u64)>> {
+    LOADED_NICS
+        .iter()
+        .map(|nic| {
+            let counter = format!("/sys/class/net/{nic}/statistics/rx_packets");
+            let received = lab.host().run(&["cat", &counter])?;
+            let received = received
+                .trim()
+                .parse()
+                .with_context(|| format!("bad counter in {counter}: {received:?}"))?;
+            Ok((lab.switch_port_rx_packets(nic)?, received))
+        })
+        .collect()
+}
+
+/// mpathd at FDT 1000 ms for `minutes` while both active NICs carry as much UDP as the
+/// machine can send in both directions; counts the failures it detects (none is right).
+fn false_failures(minutes: u64) -> anyhow::Result<FalseFailures> {
+    let lab = Lab::builder().nics(3).build()?;
+    let mut daemon = Mpathd::start(lab.host(), &mpathd_config(1000));
+    daemon.wait_until("all NICs ok, the address on h0", settled);
+    let log_start = daemon.log().len();
+    let router_v4: Ipv4Addr = ROUTER_V4.parse()?;
+    let data = [DATA_V4, Ipv4Addr::new(192, 0, 2, 20)];
+    // Receivers that never read: the kernel drops what overflows, no ICMP errors.
+    let sinks = |ns: &Netns| -> anyhow::Result<Vec<UdpSocket>> {
+        let _inside = ns.enter()?;
+        (0..SATURATING_FLOWS)
+            .map(|i| Ok(UdpSocket::bind((Ipv4Addr::UNSPECIFIED, FIRST_PORT + i))?))
+            .collect()
+    };
+    let _sinks = (sinks(lab.host())?, sinks(lab.router())?);
+    let flows_to = |ip: Ipv4Addr| -> Vec<SocketAddrV4> {
+        (0..SATURATING_FLOWS)
+            .map(|i| SocketAddrV4::new(ip, FIRST_PORT + i))
+            .collect()
+    };
+    // Inbound to each NIC's data address, outbound from it (spread over both NICs).
+    let mut senders = Vec::new();
+    for address in data {
+        let inbound = {
+            let _inside = lab.router().enter()?;
+            UdpSocket::bind((router_v4, 0))?
+        };
+        senders.push((inbound, flows_to(address)));
+        let outbound = {
+            let _inside = lab.host().enter()?;
+            UdpSocket::bind((address, 0))?
+        };
+        senders.push((outbound, flows_to(router_v4)));
+    }
+    let duration = Duration::from_secs(minutes * 60);
+    eprintln!(
+        "false-failure run: {minutes} min of saturating UDP both ways over h0 and h1, FDT 1000 ms"
+    );
+    let before = wire_counters(&lab)?;
+    let threads: Vec<_> = senders
+        .into_iter()
+        .map(|(socket, flows)| std::thread::spawn(move || blast(&socket, &flows, duration)))
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a sender panicked"))??;
+    }
+    let after = wire_counters(&lab)?;
+    let seconds = duration.as_secs_f64();
+    let nics = LOADED_NICS
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(nic, ((sent0, received0), (sent1, received1)))| {
+            (
+                nic.to_string(),
+                (sent1 - sent0) as f64 / seconds,
+                (received1 - received0) as f64 / seconds,
+            )
+        })
+        .collect();
+    let log = daemon.log();
+    let lines: Vec<String> = log[log_start..].lines().map(strip_ansi).collect();
+    let failures = lines
+        .iter()
+        .filter(|l| l.contains("NIC failure detected"))
+        .count();
+    let other_warnings = lines
+        .iter()
+        .filter(|l| {
+            (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains("NIC failure detected")
+        })
+        .cloned()
+        .collect();
+    Ok(FalseFailures {
+        minutes,
+        nics,
+        failures,
+        other_warnings,
+    })
+}
+
+fn failover(reps: u64, false_failure_minutes: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let load_before = load_average();
+    let mut cases = vec![Case::CarrierLoss];
+    cases.extend(SILENT_FDTS_MS.map(|fdt_ms| Case::SilentLoss { fdt_ms }));
+    cases.push(Case::Ecmp);
+    let mut results = Vec::new();
+    for case in cases {
+        let reps = match case {
+            Case::CarrierLoss => mpathd_case(case, CARRIER_FDT_MS, reps)?,
+            Case::SilentLoss { fdt_ms } => mpathd_case(case, fdt_ms, reps)?,
+            Case::Ecmp => ecmp_case(reps)?,
+        };
+        results.push((case, reps));
+    }
+    let false_failures = match false_failure_minutes {
+        0 => None,
+        m => Some(false_failures(m)?),
+    };
+    let load_after = load_average();
+    let tables = failover_tables(reps, &results, false_failures.as_ref())?;
+    println!("{tables}");
+    eprintln!(
+        "failover benchmark took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = out {
+        let body = format!(
+            "`cargo xtask bench failover`: the lab's router sends a UDP packet every {} ms to a data \
+             address of the host; the host timestamps each arrival in the kernel (SO_TIMESTAMPNS) \
+             and notes the NIC it came in on (IP_PKTINFO). Each repetition fails the NIC holding \
+             the address; the traffic gap runs from the last packet through that NIC to the first \
+             through another. mpathd (3 NICs: h0 and h1 active, h2 standby, probe target the \
+             router, RUST_LOG=debug) moves the address from h0 to h2; its log, stamped with the same \
+             clock, splits the gap into detection (gap start to \"NIC failure detected\"), map \
+             rewrite (to \"group g0: N buckets moved\") and traffic back (to the first packet on h2: \
+             address added, gratuitous ARP out, the router's neighbour entry updated); the address \
+             move as mpathd logs it (to \"Successfully failed over\", after every address is \
+             added, removed and announced) is shown beside it. The stream's sender runs SCHED_FIFO \
+             so that the machine's other work does not open gaps of its own; the largest interval \
+             between arrivals before each failure is shown as the stream's jitter. \
+             Between repetitions the NIC is restored and the run waits until mpathd has repaired it \
+             and failed back. The in-kernel comparison runs without mpathd: the switch namespace \
+             becomes a router with a point-to-point link to each of 2 host NICs and an ECMP route to \
+             a /32 on the host's loopback via each NIC's own address, with \
+             ignore_routes_with_linkdown=1; the host NIC carrying the stream is set down, so the \
+             router's end of that link loses carrier (a router behind the lab's bridge would never \
+             see a host NIC's carrier). Medians and p95 are nearest-rank over the repetitions; \
+             {} CPUs, shared with other work (load average {load_before} before the run, \
+             {load_after} after).\n\n\
+             **Caveat:** veth carrier changes are \"urgent\" in the kernel's linkwatch and reach \
+             netlink and the routing table at once, while a physical NIC's carrier change can take \
+             up to a second to be reported: these figures flatter link-based detection, mpathd's \
+             carrier-loss case and the ECMP case alike.\n\n{tables}",
+            STREAM_SPACING.as_secs_f64() * 1e3,
+            cpus(),
+        );
+        write_section(&path, "failover", &body)?;
+        eprintln!("written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn failover_tables(
+    reps: u64,
+    results: &[(Case, Vec<Rep>)],
+    false_failures: Option<&FalseFailures>,
+) -> anyhow::Result<String> {
+    let stat = |values: Vec<f64>| (percentile(&values, 50.0), percentile(&values, 95.0));
+    let mut t = String::new();
+    writeln!(t, "Traffic gap, {reps} repetitions per case (ms):\n")?;
+    writeln!(
+        t,
+        "| case | median | p95 | max | stream jitter before the failure (p95 of per-repetition max) |"
+    )?;
+    writeln!(t, "| --- | ---: | ---: | ---: | ---: |")?;
+    for (case, reps) in results {
+        let gaps: Vec<f64> = reps.iter().map(|r| r.gap_ms).collect();
+        let (median, p95) = stat(gaps.clone());
+        let jitter = percentile(
+            &reps.iter().map(|r| r.calm_max_ms).collect::<Vec<_>>(),
+            95.0,
+        );
+        writeln!(
+            t,
+            "| {} | {median:.2} | {p95:.2} | {:.2} | {jitter:.2} |",
+            case.label(),
+            percentile(&gaps, 100.0)
+        )?;
+    }
+    writeln!(t, "\nmpathd's gaps split by its log, median / p95 (ms):\n")?;
+    writeln!(
+        t,
+        "| case | detection | map rewrite | traffic back | address move (logged) |"
+    )?;
+    writeln!(t, "| --- | ---: | ---: | ---: | ---: |")?;
+    for (case, reps) in results {
+        let splits: Vec<Split> = reps.iter().filter_map(|r| r.split).collect();
+        if splits.is_empty() {
+            continue;
+        }
+        let cell = |f: fn(&Split) -> f64| {
+            let (m, p) = stat(splits.iter().map(f).collect());
+            format!("{m:.3} / {p:.3}")
+        };
+        writeln!(
+            t,
+            "| {} | {} | {} | {} | {} |",
+            case.label(),
+            cell(|s| s.detection_ms),
+            cell(|s| s.rewrite_ms),
+            cell(|s| s.traffic_back_ms),
+            cell(|s| s.address_move_ms),
+        )?;
+    }
+    writeln!(t, "\nTargets:\n")?;
+    writeln!(t, "| target | measured | met |")?;
+    writeln!(t, "| --- | --- | --- |")?;
+    for (case, reps) in results {
+        match *case {
+            Case::CarrierLoss => {
+                let median = percentile(&reps.iter().map(|r| r.gap_ms).collect::<Vec<_>>(), 50.0);
+                writeln!(
+                    t,
+                    "| carrier-loss gap under 10 ms median | {median:.2} ms | {} |",
+                    yes(median < 10.0)
+                )?;
+            }
+            Case::SilentLoss { fdt_ms } => {
+                let interval = fdt_ms as f64 / PROBE_INTERVALS_PER_FDT as f64;
+                let bound = fdt_ms as f64 + interval;
+                let detections: Vec<f64> = reps
+                    .iter()
+                    .filter_map(|r| r.split)
+                    .map(|s| s.detection_ms)
+                    .collect();
+                let within = detections.iter().filter(|&&d| d <= bound).count();
+                writeln!(
+                    t,
+                    "| silent loss at FDT {fdt_ms} ms detected within FDT + one probe interval ({bound:.1} ms) | \
+                     median {:.1} ms, p95 {:.1} ms, max {:.1} ms; {within} of {} within | {} |",
+                    percentile(&detections, 50.0),
+                    percentile(&detections, 95.0),
+                    percentile(&detections, 100.0),
+                    detections.len(),
+                    yes(within == detections.len()),
+                )?;
+            }
+            Case::Ecmp => {}
+        }
+    }
+    match false_failures {
+        Some(f) => {
+            let load: Vec<String> = f
+                .nics
+                .iter()
+                .map(|(nic, sent, received)| {
+                    format!("{nic} {sent:.0} packets/s out, {received:.0} in")
+                })
+                .collect();
+            writeln!(
+                t,
+                "| no false failure in 10 minutes at FDT 1000 ms under saturating traffic | \
+                 {} failures in {} min ({}) | {} |",
+                f.failures,
+                f.minutes,
+                load.join("; "),
+                if f.minutes < 10 {
+                    format!("{} (shorter run)", yes(f.failures == 0))
+                } else {
+                    yes(f.failures == 0).to_string()
+                },
+            )?;
+            for w in &f.other_warnings {
+                writeln!(t, "\nmpathd warned during the run: `{w}`")?;
+            }
+        }
+        None => writeln!(
+            t,
+            "| no false failure in 10 minutes at FDT 1000 ms under saturating traffic | not run \
+             (`--false-failure-minutes 10`) | |"
+        )?,
+    }
+    Ok(t)
+}
+
+/// The 1-minute load average, for the reader to judge how busy the machine was.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn yes(ok: bool) -> &'static str {
+    if ok { "yes" } else { "no" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_timestamps_are_read_as_utc_nanoseconds() {
+        // date -u -d 2026-11-23T11:40:01Z +%s
+        assert_eq!(
+            log_time_ns("2026-11-23T11:40:01.123456Z  WARN NIC failure detected on h0 of group g0"),
+            Some(1_795_434_001_123_456_000)
+        );
+        assert_eq!(
+            log_time_ns("1970-01-01T00:00:00.000001Z INFO x"),
+            Some(1_000)
+        );
+        assert_eq!(
+            log_time_ns("2000-03-01T00:00:00Z x"),
+            Some(951_868_800_000_000_000)
+        );
+        assert_eq!(log_time_ns("mpathd: something"), None);
+        assert_eq!(log_time_ns("2026-11-23T11:40:01.12x456Z x"), None);
+    }
+
+    #[test]
+    fn colours_are_stripped_before_parsing() {
+        let line =
+            "\u{1b}[2m2026-11-23T11:40:01.000002Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m NIC failure";
+        assert_eq!(
+            strip_ansi(line),
+            "2026-11-23T11:40:01.000002Z  WARN NIC failure"
+        );
+    }
+
+    #[test]
+    fn milestones_are_the_first_failover_of_the_nic_in_order() {
+        let log = "\
+2026-11-23T11:40:00.000000Z DEBUG group g0: 0 buckets moved, 2 usable NICs
+2026-11-23T11:40:01.000100Z  WARN NIC failure detected on h1 of group g0
+2026-11-23T11:40:01.001000Z  WARN NIC failure detected on h0 of group g0
+2026-11-23T11:40:01.001050Z DEBUG group g0: 128 buckets moved, 2 usable NICs
+2026-11-23T11:40:01.001400Z  INFO Successfully failed over from NIC h1 to NIC h2
+2026-11-23T11:40:01.001500Z  INFO Successfully failed over from NIC h0 to NIC h2
+";
+        let m = Milestones::find(log, "h0").unwrap();
+        let base = log_time_ns("2026-11-23T11:40:01.000000Z").unwrap();
+        assert_eq!(m.detected_ns - base, 1_000_000);
+        assert_eq!(m.table_written_ns - base, 1_050_000);
+        assert_eq!(m.failed_over_ns - base, 1_500_000);
+        assert!(Milestones::find(log, "h2").is_err());
+    }
+
+    #[test]
+    fn the_gap_runs_from_the_last_packet_on_the_failed_nic_to_the_next() {
+        let a = |at_ns, ifindex| Arrival { at_ns, ifindex };
+        let arrivals = [
+            a(0, 2),
+            a(200, 2),
+            a(900, 2),
+            a(1000, 2),
+            a(9000, 4),
+            a(9200, 4),
+        ];
+        let gap = Gap::find(&arrivals, 2).unwrap();
+        assert_eq!(
+            (gap.start_ns, gap.end_ns, gap.calm_max_ns),
+            (1000, 9000, 700)
+        );
+        assert_eq!(Gap::find(&arrivals, 7), None);
+        assert_eq!(Gap::find(&arrivals[..4], 2), None, "never moved");
+    }
+
+    #[test]
+    fn the_split_adds_up_to_the_gap() {
+        let gap = Gap {
+            start_ns: 1_000_000,
+            end_ns: 4_000_000,
+            calm_max_ns: 0,
+        };
+        let m = Milestones {
+            detected_ns: 1_500_000,
+            table_written_ns: 1_600_000,
+            failed_over_ns: 4_100_000,
+        };
+        let s = Rep::new(gap, Some(m)).split.unwrap();
+        let sum = s.detection_ms + s.rewrite_ms + s.traffic_back_ms;
+        assert!((sum - 3.0).abs() < 1e-9, "{s:?}");
+        assert!((s.address_move_ms - 2.5).abs() < 1e-9, "{s:?}");
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 10.0);
+        assert_eq!(percentile(&v, 95.0), 19.0);
+        assert_eq!(percentile(&v, 100.0), 20.0);
+        assert_eq!(percentile(&[3.0], 95.0), 3.0);
+    }
 }
