@@ -15,8 +15,11 @@
 //! next use (a gratuitous ARP overrides even inside the entry's locktime); a peer without
 //! an entry creates none, and resolves the address afresh when it needs it.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::mem::size_of;
+use std::os::unix::fs::MetadataExt as _;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
@@ -154,9 +157,19 @@ fn neighbour_advertisement(
 
 /// Sends one whole Ethernet `frame` out of NIC `ifindex`. The packet socket is opened per
 /// call (announcements are rare) with protocol 0, so it never receives anything.
-fn send_frame(ifindex: u32, protocol: u16, frame: &[u8]) -> io::Result<()> {
-    let ifindex = libc::c_int::try_from(ifindex)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+/// A send-only packet socket per network namespace, opened once: closing a packet socket
+/// waits for the kernel to quiesce the network (tens of ms), which would stall the daemon on
+/// every announcement.
+fn packet_socket() -> io::Result<Arc<OwnedFd>> {
+    static SOCKETS: Mutex<BTreeMap<u64, Arc<OwnedFd>>> = Mutex::new(BTreeMap::new());
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map_err(|e| context(e, "reading this thread's network namespace".to_string()))?
+        .ino();
+    let mut sockets = SOCKETS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(socket) = sockets.get(&netns) {
+        return Ok(socket.clone());
+    }
+    // Protocol 0: the socket receives nothing.
     // SAFETY: plain syscall; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -166,7 +179,15 @@ fn send_frame(ifindex: u32, protocol: u16, frame: &[u8]) -> io::Result<()> {
         ));
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    sockets.insert(netns, socket.clone());
+    Ok(socket)
+}
+
+fn send_frame(ifindex: u32, protocol: u16, frame: &[u8]) -> io::Result<()> {
+    let ifindex = libc::c_int::try_from(ifindex)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+    let socket = packet_socket()?;
     let mut address = libc::sockaddr_ll {
         sll_family: libc::AF_PACKET as u16,
         sll_protocol: protocol.to_be(),

@@ -1034,8 +1034,10 @@ impl Daemon {
             }
         }
         if usable_changed {
-            self.write_table(gi);
+            // Addresses first: all inbound traffic to a moved address waits for it, while
+            // only the outbound flows hashed to the failed NIC wait for the table.
             self.move_addresses(gi).await;
+            self.write_table(gi);
         }
     }
 
