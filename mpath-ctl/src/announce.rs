@@ -18,10 +18,10 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::mem::size_of;
-use std::os::unix::fs::MetadataExt as _;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt as _;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::probe_socket::internet_checksum;
