@@ -767,3 +767,101 @@ fn ipv6_probes_from_link_local_addresses_and_one_family_alone_fails_no_nic() {
     assert!(!daemon.log().contains("NIC failure detected"));
     assert!(!daemon.log().contains("Successfully failed over"));
 }
+
+/// Columns of a view as printed, with runs of spaces collapsed (widths are the table's
+/// business; the cells and their order are the contract).
+fn cells(text: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+#[test]
+fn golden_views_of_a_degraded_group() {
+    use serde_json::json;
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.cut("h0").unwrap();
+    daemon.wait_until("h0's addresses on h2", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "2001:db8::19/64").as_deref() == Some("h2"))
+    });
+    let view = |args: &[&str]| {
+        let out = daemon.ctl(lab.host(), args);
+        assert!(out.status.success(), "mpathctl {args:?}: {out:?}");
+        out.stdout
+    };
+
+    assert_eq!(
+        cells(&view(&["groups"])),
+        ["GROUP STATE FDT INTERFACES", "g0 degraded 0.70s h1 h2 [h0]"]
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&view(&["groups", "--json"])).unwrap(),
+        json!([{"group": "g0", "state": "degraded", "fdt_ms": 700, "active": ["h1", "h2"],
+                "inactive": [], "unusable": ["h0"]}])
+    );
+    assert_eq!(
+        cells(&view(&["interfaces"])),
+        [
+            "INTERFACE ACTIVE GROUP FLAGS LINK PROBE STATE",
+            "h0 no g0 failed down unknown failed",
+            "h1 yes g0 -- up ok ok",
+            "h2 yes g0 standby up ok ok",
+        ]
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&view(&["interfaces", "--json"])).unwrap(),
+        json!([
+            {"interface": "h0", "group": "g0", "active": false, "flags": ["failed"],
+             "link": "down", "probe": "unknown", "state": "failed"},
+            {"interface": "h1", "group": "g0", "active": true, "flags": [],
+             "link": "up", "probe": "ok", "state": "ok"},
+            {"interface": "h2", "group": "g0", "active": true, "flags": ["standby"],
+             "link": "up", "probe": "ok", "state": "ok"},
+        ])
+    );
+    assert_eq!(
+        cells(&view(&["addresses"])),
+        [
+            "ADDRESS STATE GROUP INBOUND OUTBOUND",
+            "192.0.2.19/24 up g0 h2 h1 h2",
+            "2001:db8::19/64 up g0 h2 h1 h2",
+            "192.0.2.20/24 up g0 h1 h1 h2",
+        ]
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&view(&["addresses", "--json"])).unwrap()[0],
+        json!({"address": "192.0.2.19/24", "state": "up", "group": "g0", "inbound": "h2",
+               "outbound": ["h1", "h2"]})
+    );
+    // Link-local addresses differ per run: compare the IPv4 rows and the shape of the rest.
+    let targets = cells(&view(&["targets", "-o", "interface,mode,testaddr,targets"]));
+    assert_eq!(targets[0], "INTERFACE MODE TESTADDR TARGETS");
+    for nic in ["h0", "h1", "h2"] {
+        let v4 = format!(
+            "{nic} routes 192.0.2.{} 192.0.2.1",
+            21 + (nic.as_bytes()[1] - b'0')
+        );
+        assert!(targets.contains(&v4), "{v4} in {targets:?}");
+        assert!(
+            targets
+                .iter()
+                .any(|l| l.starts_with(&format!("{nic} multicast fe80::"))),
+            "{targets:?}"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_slice(&view(&["targets", "--json"])).unwrap();
+    assert_eq!(json[0]["interface"], "h0");
+    assert_eq!(json[0]["test_address"], "192.0.2.21");
+    assert_eq!(json[0]["targets"], json!(["192.0.2.1"]));
+
+    let bash = view(&["completions", "bash"]);
+    let bash = String::from_utf8_lossy(&bash);
+    assert!(
+        bash.contains("_mpathctl()") && bash.contains("offline"),
+        "{bash}"
+    );
+}
