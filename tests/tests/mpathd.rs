@@ -327,6 +327,12 @@ fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
         128,
         "no packet lost"
     );
+    // The pinned maps can be read with no daemon running.
+    let maps = daemon.ctl(lab.host(), &["maps", "--json"]);
+    assert!(maps.status.success(), "{maps:?}");
+    let dump: serde_json::Value = serde_json::from_slice(&maps.stdout).unwrap();
+    assert_eq!(dump["nics"].as_array().unwrap().len(), 3, "{dump}");
+    assert_eq!(dump["buckets"]["0"]["h0"], 128, "{dump}");
 
     let failbacks = daemon.log().matches("Successfully failed back").count();
     daemon.spawn(lab.host());
@@ -864,4 +870,68 @@ fn golden_views_of_a_degraded_group() {
         bash.contains("_mpathctl()") && bash.contains("offline"),
         "{bash}"
     );
+}
+
+#[test]
+fn open_tcp_connections_survive_failover_and_failback_and_test_addresses_are_never_sources() {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream, UdpSocket},
+        time::Duration,
+    };
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+
+    // Applications never get a test address as source: whatever they talk to, the kernel
+    // picks a data address.
+    {
+        let _inside = lab.host().enter().unwrap();
+        for peer in ["192.0.2.1:9", "192.0.2.77:9", "198.51.100.1:9"] {
+            let probe = UdpSocket::bind("0.0.0.0:0").unwrap();
+            if probe.connect(peer).is_ok() {
+                let source = probe.local_addr().unwrap().ip().to_string();
+                assert!(
+                    ["192.0.2.19", "192.0.2.20"].contains(&source.as_str()),
+                    "{peer}: source {source}"
+                );
+            }
+        }
+    }
+
+    let listener = {
+        let _inside = lab.host().enter().unwrap();
+        TcpListener::bind("192.0.2.19:5001").unwrap()
+    };
+    let mut client = {
+        let _inside = lab.router().enter().unwrap();
+        TcpStream::connect_timeout(&"192.0.2.19:5001".parse().unwrap(), Duration::from_secs(5))
+            .unwrap()
+    };
+    let (mut server, _) = listener.accept().unwrap();
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    let mut exchange = |round: u8| {
+        client.write_all(&[round; 1000]).unwrap();
+        let mut buf = [0u8; 1000];
+        server.read_exact(&mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == round));
+        server.write_all(&[round + 100; 1000]).unwrap();
+        client.read_exact(&mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == round + 100));
+    };
+    exchange(1);
+    lab.cut("h0").unwrap();
+    daemon.wait_until("192.0.2.19 on h2", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h2"))
+    });
+    exchange(2);
+    lab.restore("h0").unwrap();
+    daemon.wait_until("192.0.2.19 back on h0", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h0"))
+    });
+    exchange(3);
 }
