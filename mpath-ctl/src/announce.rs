@@ -155,8 +155,6 @@ fn neighbour_advertisement(
     frame
 }
 
-/// Sends one whole Ethernet `frame` out of NIC `ifindex`. The packet socket is opened per
-/// call (announcements are rare) with protocol 0, so it never receives anything.
 /// A send-only packet socket per network namespace, opened once: closing a packet socket
 /// waits for the kernel to quiesce the network (tens of ms), which would stall the daemon on
 /// every announcement.
@@ -184,6 +182,7 @@ fn packet_socket() -> io::Result<Arc<OwnedFd>> {
     Ok(socket)
 }
 
+/// Sends one whole Ethernet `frame` out of NIC `ifindex`.
 fn send_frame(ifindex: u32, protocol: u16, frame: &[u8]) -> io::Result<()> {
     let ifindex = libc::c_int::try_from(ifindex)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;

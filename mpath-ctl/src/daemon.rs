@@ -26,7 +26,7 @@ use crate::{
     announce,
     config::{Config, DaemonChange, GroupConfig, IpCidr},
     control::{self, Command, Reply, Request},
-    datapath::Datapath,
+    datapath::{self, Datapath},
     failover::{self, DataAddress},
     metrics::{self, Metrics},
     netconf::{InterfaceNetconf, Netconf},
@@ -34,7 +34,7 @@ use crate::{
     probe::{FailureDetectionTime, ProbeEvent, ProbeOutcome, ProbeReply, Prober, ReplyVerdict},
     probe_socket::{ProbeSocket, monotonic_ns},
     spread,
-    state::{self, Action, Event, Policy, ProbeFamilies},
+    state::{self, Action, Event, FailureCause, IfState, Policy, ProbeFamilies},
     target::{AddressFamily, RouteEntry, TargetSet},
     views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetRow},
 };
@@ -113,6 +113,8 @@ pub struct ConfigPaths {
 pub struct Daemon {
     config: Config,
     paths: ConfigPaths,
+    /// The bound control socket, until `run` serves it.
+    control: Option<tokio::net::UnixListener>,
     datapath: Datapath,
     netlink: Netlink,
     monitor: Monitor,
@@ -130,6 +132,8 @@ pub struct Daemon {
     ungrouped: BTreeMap<String, bool>,
     /// Counter slot of every group NIC, by name.
     slots: BTreeMap<String, u32>,
+    /// Bucket table id of every group, by name.
+    group_ids: BTreeMap<String, u32>,
     metrics: Metrics,
 }
 
@@ -145,6 +149,9 @@ fn label(value: impl Serialize) -> String {
 impl Daemon {
     /// Loads (or adopts) the datapath and takes stock of the host: links, addresses, routes.
     pub async fn start(config: Config, paths: ConfigPaths) -> anyhow::Result<Daemon> {
+        // First of all: a second mpathd must stop here, before it touches the running one's
+        // datapath (its nonce alone would make every probe reply look forged).
+        let control = control::bind(&config.daemon.socket)?;
         let mut datapath = Datapath::open(&config.daemon.bpf_pin_dir)?;
         let mut rng = StdRng::from_os_rng();
         let nonce: u64 = rng.random();
@@ -157,6 +164,7 @@ impl Daemon {
         let mut daemon = Daemon {
             config: config.clone(),
             paths,
+            control: Some(control),
             datapath,
             netlink,
             monitor,
@@ -170,22 +178,52 @@ impl Daemon {
             announcements: Vec::new(),
             ungrouped: BTreeMap::new(),
             slots: BTreeMap::new(),
+            group_ids: BTreeMap::new(),
             metrics,
         };
         for g in &config.groups {
             daemon.add_group(g)?;
         }
         let all = config.groups.iter().map(|g| g.name.clone()).collect();
-        daemon.resync(&all).await?;
+        daemon.resync(&all, &BTreeMap::new()).await?;
+        daemon.prune_stale_pins();
         Ok(daemon)
+    }
+
+    /// Detaches the datapath from NICs an earlier mpathd served that are no group's NIC now
+    /// (removed while no daemon ran, or taken out of the configuration).
+    fn prune_stale_pins(&mut self) {
+        let current: BTreeSet<u32> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.nics.iter().filter_map(|n| n.ifindex))
+            .collect();
+        match self.datapath.pinned_nics() {
+            Ok(pinned) => {
+                for ifindex in pinned.into_iter().filter(|i| !current.contains(i)) {
+                    tracing::info!(
+                        "detaching the datapath from ifindex {ifindex}: in no group now"
+                    );
+                    let _ = self.datapath.detach(ifindex);
+                    let _ = self.datapath.maps.remove_nic(ifindex);
+                }
+            }
+            Err(e) => tracing::warn!("listing pinned links: {e}"),
+        }
     }
 
     /// Builds the runtime of a configured group with the lowest free group id and NIC slots;
     /// the kernel side is set up by the next resync.
     fn add_group(&mut self, g: &GroupConfig) -> anyhow::Result<()> {
-        let id = (0..MAX_GROUPS)
-            .find(|id| self.groups.iter().all(|g| g.id != *id))
-            .context("too many groups")?;
+        // A group keeps its id (its bucket table) across reloads; a new one takes the lowest
+        // free id.
+        let id = match self.group_ids.get(&g.name) {
+            Some(id) => *id,
+            None => (0..MAX_GROUPS)
+                .find(|id| self.group_ids.values().all(|used| used != id))
+                .context("too many groups")?,
+        };
+        self.group_ids.insert(g.name.clone(), id);
 
         let policy = Policy {
             failback: self.config.daemon.failback,
@@ -259,7 +297,11 @@ impl Daemon {
     /// at start, on reload, and after the kernel dropped netlink events. The groups named in
     /// `adopt` are new to this daemon: what the host shows of an earlier one's decisions is
     /// adopted (see [`adopt_failures`]).
-    async fn resync(&mut self, adopt: &BTreeSet<String>) -> anyhow::Result<()> {
+    async fn resync(
+        &mut self,
+        adopt: &BTreeSet<String>,
+        carry: &BTreeMap<String, Vec<(String, IfState)>>,
+    ) -> anyhow::Result<()> {
         let links = self.netlink.links().await?;
         for link in &links {
             if self.locate(&link.name).is_none() {
@@ -292,7 +334,9 @@ impl Daemon {
                     .map(|(_, name)| name.clone());
             }
             let mut actions = group.fsm.handle(Event::Snapshot { present }, now)?;
-            if adopt.contains(&group.config.name) && self.config.daemon.failback {
+            if let Some(states) = carry.get(&group.config.name) {
+                actions.extend(carry_states(group, states, now));
+            } else if adopt.contains(&group.config.name) && self.config.daemon.failback {
                 actions.extend(adopt_failures(group, now));
             }
             self.apply(gi, actions, true).await;
@@ -307,8 +351,13 @@ impl Daemon {
         if nic.ifindex == Some(link.ifindex) {
             return;
         }
+        // A late event about an older NIC of this name: the current one is set up by its own.
+        if datapath::ifindex_of(&nic.name).ok() != Some(link.ifindex) {
+            return;
+        }
         if let Some(old) = nic.ifindex.take() {
             // The NIC was re-created under the same name.
+            let _ = self.datapath.detach(old);
             let _ = self.datapath.maps.remove_nic(old);
         }
         nic.mac = link.mac.unwrap_or_default();
@@ -457,7 +506,10 @@ impl Daemon {
         // long as the AsyncFd owns the ring buffer.
         let mut replies = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
         let (commands_tx, mut commands) = mpsc::channel(16);
-        let listener = control::bind(&self.config.daemon.socket)?;
+        let listener = self
+            .control
+            .take()
+            .context("control socket already served")?;
         tokio::spawn(control::serve(
             listener,
             commands_tx,
@@ -483,7 +535,13 @@ impl Daemon {
         loop {
             let wake = self.next_wakeup();
             tokio::select! {
-                event = self.monitor.next() => self.net_event(event?).await?,
+                event = self.monitor.next() => {
+                    // A failed dump (interrupted by changes, say) is retried by a resync at the
+                    // next event; the daemon keeps running.
+                    if let Err(e) = async { self.net_event(event?).await }.await {
+                        tracing::error!("handling a netlink event: {e:#}");
+                    }
+                }
                 ready = replies.readable_mut() => {
                     let mut guard = ready?;
                     let mut batch = Vec::new();
@@ -503,7 +561,11 @@ impl Daemon {
                     scrape.answer(self.metrics.render(&self.metrics_snapshot()))
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
-                _ = sighup.recv() => self.reload().await?,
+                _ = sighup.recv() => {
+                    if let Err(e) = self.reload().await {
+                        tracing::error!("reload: {e:#}");
+                    }
+                }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }
@@ -557,11 +619,24 @@ impl Daemon {
             .map(|g| g.name.clone())
             .chain(rebuild.iter().cloned())
             .collect();
+        // What the rebuilt groups' members were going through carries over: an offline NIC
+        // stays offline, a NIC failed by its probes stays failed until they repair it.
+        let mut carry = BTreeMap::new();
         for name in removed {
             let Some(gi) = self.groups.iter().position(|g| g.config.name == name) else {
                 continue;
             };
             let old = self.groups.remove(gi);
+            let states = old
+                .nics
+                .iter()
+                .filter_map(|n| {
+                    old.fsm
+                        .interface_state(&n.name)
+                        .map(|s| (n.name.clone(), s))
+                })
+                .collect();
+            carry.insert(name.clone(), states);
             let kept = new.group(&name);
             self.retire_group(old, kept).await;
         }
@@ -573,7 +648,7 @@ impl Daemon {
                 rebuild.insert(g.name.clone());
             }
         }
-        self.resync(&rebuild).await
+        self.resync(&rebuild, &carry).await
     }
 
     /// Takes down what an old group runtime set up that the new configuration (`kept`, the
@@ -621,6 +696,7 @@ impl Daemon {
             }
         }
         if kept.is_none() {
+            self.group_ids.remove(&old.config.name);
             let empty = [0u32; mpath_common::BUCKETS_PER_GROUP as usize];
             if let Err(e) = self.datapath.maps.write_table(old.id, &empty, |_| [0; 6]) {
                 tracing::warn!("group {}: {e}", old.config.name);
@@ -692,11 +768,14 @@ impl Daemon {
                 };
                 self.handle(gi, event, now).await;
             }
-            NetEvent::LinkRemoved { name, .. } => {
+            NetEvent::LinkRemoved { name, ifindex } => {
                 if self.ungrouped.remove(&name).is_some() {
                     tracing::info!("NIC {name} has been removed from the system");
                 }
-                if let Some((gi, ni)) = self.locate(&name) {
+                // By ifindex too: a late removal of an older NIC of that name is no news.
+                if let Some((gi, ni)) = self.locate(&name)
+                    && self.groups[gi].nics[ni].ifindex == Some(ifindex)
+                {
                     self.forget_nic(gi, ni);
                     for a in &mut self.groups[gi].addresses {
                         if a.current.as_deref() == Some(name.as_str()) {
@@ -715,7 +794,8 @@ impl Daemon {
                 }
             }
             NetEvent::AddressRemoved { ifindex, cidr } => {
-                self.addresses.retain(|a| *a != (ifindex, cidr))
+                self.addresses.retain(|a| *a != (ifindex, cidr));
+                self.restore_lost_address(ifindex, cidr).await;
             }
             NetEvent::RoutesChanged => {
                 self.routes = self.netlink.routes().await?;
@@ -728,10 +808,36 @@ impl Daemon {
             }
             NetEvent::Overrun => {
                 tracing::warn!("the kernel dropped netlink events; resynchronising");
-                self.resync(&BTreeSet::new()).await?;
+                self.resync(&BTreeSet::new(), &BTreeMap::new()).await?;
             }
         }
         Ok(())
+    }
+
+    /// A data address vanished from the NIC mpathd had put it on (someone deleted it): put it
+    /// back where the placement wants it. mpathd's own moves never trigger this: they point
+    /// the address at its new NIC before deleting the old copy.
+    async fn restore_lost_address(&mut self, ifindex: u32, cidr: IpCidr) {
+        let Some(gi) = self.groups.iter().position(|g| {
+            g.addresses.iter().any(|a| {
+                a.cidr == cidr
+                    && a.current
+                        .as_deref()
+                        .and_then(|n| g.nic(n))
+                        .is_some_and(|n| n.ifindex == Some(ifindex))
+            })
+        }) else {
+            return;
+        };
+        let group = &mut self.groups[gi];
+        if let Some(a) = group.addresses.iter_mut().find(|a| a.cidr == cidr) {
+            tracing::warn!(
+                "data address {cidr} was removed from {} behind mpathd's back; restoring it",
+                a.current.as_deref().unwrap_or("--")
+            );
+            a.current = None;
+        }
+        self.move_addresses(gi).await;
     }
 
     /// Feeds one event to a group's state machine and carries out its decisions.
@@ -1246,6 +1352,25 @@ impl Daemon {
             }));
         status
     }
+}
+
+/// Replays members' states from before a reload rebuilt their group's state machine.
+fn carry_states(group: &mut Group, states: &[(String, IfState)], now: Instant) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (nic, state) in states {
+        let event = match state {
+            IfState::Offline { .. } => Event::Offline { nic: nic.clone() },
+            IfState::Failed {
+                cause: FailureCause::ProbesLost | FailureCause::TargetsUnreachable,
+            } => Event::Adopt { nic: nic.clone() },
+            _ => continue,
+        };
+        match group.fsm.handle(event, now) {
+            Ok(more) => actions.extend(more),
+            Err(e) => tracing::debug!("carrying {nic}'s state over the reload: {e}"),
+        }
+    }
+    actions
 }
 
 /// Adopts what an earlier mpathd left: a probing NIC whose data addresses sit on another NIC

@@ -123,7 +123,8 @@ impl Datapath {
 
     /// Attaches both programs to the NIC `ifname`. A link already pinned for it (left by an
     /// earlier mpathd) is updated in place to the freshly loaded program: the NIC is never
-    /// without a program, not even for a packet.
+    /// without a program, not even for a packet. A pinned link whose NIC is gone (a reused
+    /// ifindex) cannot be updated: it is replaced by a fresh attachment.
     pub fn attach(&mut self, ifname: &str) -> Result<u32, DatapathError> {
         let ifindex = ifindex_of(ifname)?;
         let tc_path = self.link_path("tc", ifindex);
@@ -135,15 +136,14 @@ impl Datapath {
                 name: program_names::SPREAD,
                 source,
             };
-            let id = match pinned_link(&tc_path)? {
-                Some(link) => prog
-                    .attach_to_link(SchedClassifierLink::try_from(link).map_err(|e| {
-                        DatapathError::Link {
-                            path: tc_path.clone(),
-                            source: e,
-                        }
-                    })?)
-                    .map_err(program)?,
+            let updated = match pinned_link(&tc_path)? {
+                Some(link) => SchedClassifierLink::try_from(link)
+                    .ok()
+                    .and_then(|link| prog.attach_to_link(link).ok()),
+                None => None,
+            };
+            let id = match updated {
+                Some(id) => id,
                 None => prog
                     .attach_with_options(
                         ifname,
@@ -165,13 +165,14 @@ impl Datapath {
                 name: program_names::PROBE_RX,
                 source,
             };
-            let id = match pinned_link(&xdp_path)? {
-                Some(link) => prog
-                    .attach_to_link(XdpLink::try_from(link).map_err(|e| DatapathError::Link {
-                        path: xdp_path.clone(),
-                        source: e,
-                    })?)
-                    .map_err(program)?,
+            let updated = match pinned_link(&xdp_path)? {
+                Some(link) => XdpLink::try_from(link)
+                    .ok()
+                    .and_then(|link| prog.attach_to_link(link).ok()),
+                None => None,
+            };
+            let id = match updated {
+                Some(id) => id,
                 None => prog
                     .attach_to_if_index(ifindex, XdpMode::Default)
                     .map_err(program)?,

@@ -213,24 +213,6 @@ impl Maps {
         self.group_tests.set(group, tests, 0).map_err(map_err)
     }
 
-    /// IPv4 test addresses of a group with the ifindex of their NIC.
-    pub fn test_addresses(&self, group: u32) -> Result<Vec<(Ipv4Addr, u32)>, MapsError> {
-        let tests = self
-            .group_tests
-            .get(&group, 0)
-            .map_err(|source| MapsError::Map {
-                name: map_names::GROUP_TESTS,
-                source,
-            })?;
-        Ok(tests
-            .addrs
-            .iter()
-            .zip(tests.owners.iter())
-            .take(tests.count as usize)
-            .map(|(a, o)| (Ipv4Addr::from(*a), o.ifindex))
-            .collect())
-    }
-
     /// Reads a group's spreading table.
     pub fn table(&self, group: u32) -> Result<Table, MapsError> {
         let first = first_bucket(group)?;

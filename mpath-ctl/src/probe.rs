@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::config::MIN_FAILURE_DETECTION_TIME_MS;
 use crate::target::{
-    AddressFamily, MAX_PROBE_TARGETS, MIN_PROBE_TARGETS, RouteEntry, SetAsideReason, TargetError,
-    TargetEvent, TargetSet, TargetSource, TargetState,
+    AddressFamily, MAX_PROBE_TARGETS, MIN_PROBE_TARGETS, RouteEntry, SetAsideReason, TargetEvent,
+    TargetSet, TargetSource, TargetState,
 };
 
 /// Consecutive lost probes that fail a NIC (in.mpathd `NUM_PROBE_FAILS`).
@@ -355,10 +355,6 @@ impl Prober {
         }
     }
 
-    pub fn nic(&self) -> &str {
-        &self.nic
-    }
-
     pub fn family(&self) -> AddressFamily {
         self.targets.family()
     }
@@ -367,19 +363,12 @@ impl Prober {
         &self.targets
     }
 
-    pub fn set_configured_targets(&mut self, targets: &[IpAddr]) -> Result<(), TargetError> {
-        self.targets.set_configured(targets)?;
-        self.forget_stats_of_removed_targets();
-        Ok(())
-    }
-
     pub fn update_routes(&mut self, routes: &[RouteEntry], local: &[IpAddr]) {
         self.targets.update_routes(routes, local);
         self.forget_stats_of_removed_targets();
     }
 
-    /// Hosts that answered a discovery echo, first responders first. The daemon passes
-    /// them to every prober of the group in this family, as in.mpathd does.
+    /// Hosts that answered a discovery echo this prober sent, first responders first.
     pub fn add_discovered(&mut self, responders: &[IpAddr], local: &[IpAddr]) -> usize {
         self.targets.add_discovered(responders, local)
     }
@@ -399,13 +388,6 @@ impl Prober {
                 stats.rtt = RttEstimator::default();
             }
         }
-    }
-
-    /// Starts the schedule afresh, as after the link comes back up: probes sent before are
-    /// forgotten, so their replies count as unknown and their losses never arrive.
-    pub fn restart(&mut self, now: Instant, rng: &mut impl Rng, fdt: &FailureDetectionTime) {
-        self.schedule = Schedule::start(now, fdt.probe_interval(), rng);
-        self.sent.clear();
     }
 
     pub fn next_probe_at(&self) -> Instant {
@@ -1517,22 +1499,6 @@ mod tests {
         let transmit = harness.prober.send(at, &mut harness.rng, &harness.fdt);
         assert!(transmit.discover, "a replacement is looked for");
         assert_eq!(transmit.probe.map(|p| p.target), Some(ip("192.0.2.61")));
-    }
-
-    #[test]
-    fn restart_forgets_outstanding_probes() {
-        let mut harness = Harness::new(10_000, target_set(&[A]));
-        let (at, request) = harness.send_due();
-        let later = at + Duration::from_secs(50);
-        harness
-            .prober
-            .restart(later, &mut harness.rng, &harness.fdt);
-        assert!(harness.poll(later).is_empty());
-        assert!(harness.prober.next_probe_at() >= later);
-        assert_eq!(
-            harness.answer(at, request, ms(1)),
-            ReplyVerdict::Rejected(RejectReason::OutOfWindow)
-        );
     }
 
     #[test]

@@ -102,6 +102,17 @@ fn starts_with_addresses_at_home_and_spreads_over_the_active_nics() {
         lab.host().ifindex("h1").unwrap(),
     );
     assert_eq!(shares(&daemon), [(h0, 128), (h1, 128)].into());
+    // Each member answers ARP only for its own addresses.
+    for nic in ["h0", "h1", "h2"] {
+        for (key, want) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+            let path = format!("/proc/sys/net/ipv4/conf/{nic}/{key}");
+            assert_eq!(
+                lab.host().run(&["cat", &path]).unwrap().trim(),
+                want,
+                "{path}"
+            );
+        }
+    }
     // Probing works: targets known and the kernel matched replies.
     assert_eq!(
         status.targets[0].targets,
