@@ -946,3 +946,72 @@ fn open_tcp_connections_survive_failover_and_failback_and_test_addresses_are_nev
     });
     exchange(3);
 }
+
+#[test]
+fn a_data_address_deleted_behind_mpathds_back_is_restored() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.del_host_addr("h1", "192.0.2.20/24").unwrap();
+    daemon.wait_until("192.0.2.20 back on h1", |_| {
+        lab.host_addrs("h1")
+            .unwrap()
+            .contains(&"192.0.2.20/24".to_string())
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("192.0.2.20/24 was removed from h1 behind mpathd's back")
+    );
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.20"])
+        .unwrap();
+}
+
+#[test]
+fn a_second_mpathd_is_refused_before_it_touches_anything() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let second = lab
+        .host()
+        .daemon_command(mpath_tests::daemon::binary("mpathd"))
+        .unwrap()
+        .arg("--config")
+        .arg(&daemon.config)
+        .args(["--defaults", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another mpathd is running"), "{stderr}");
+    // The first one's nonce was not replaced: its probes keep being answered.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert!(all_ok(&daemon), "{:?}", daemon.status().interfaces);
+    assert!(!daemon.log().contains("NIC failure detected"));
+}
+
+#[test]
+fn a_reload_that_rebuilds_a_group_keeps_an_offline_nic_offline() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let offline = daemon.ctl(lab.host(), &["offline", "h1"]);
+    assert!(offline.status.success(), "{offline:?}");
+    // A new FDT rebuilds every group.
+    daemon.reload(&CONFIG.replace(
+        "failure_detection_time_ms = 700",
+        "failure_detection_time_ms = 800",
+    ));
+    daemon.wait_until("the new FDT in force", |d| {
+        d.try_status().is_some_and(|s| s.groups[0].fdt_ms == 800)
+    });
+    let status = daemon.status();
+    assert_eq!(
+        state_of(&status, "h1"),
+        "offline",
+        "{:?}",
+        status.interfaces
+    );
+    assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h2"));
+}

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
     let config = match Config::load(&args.config, Some(&args.defaults)) {
         Ok(c) => c,
