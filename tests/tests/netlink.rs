@@ -4,7 +4,7 @@
 //! lab's host namespace, so the sockets and `/proc/sys/net` are the lab's, never the machine's.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use mpath_ctl::config::IpCidr;
@@ -105,20 +105,16 @@ fn monitor_reports_carrier_loss_and_return() -> Result<()> {
     let lab = Lab::new(2)?;
     inside(lab.host(), async || {
         let mut monitor = Monitor::open()?;
-        let cut_at = Instant::now();
         lab.cut("h0")?;
+        // The event is queued by the time the cut returns; the bound only guards against a
+        // monitor that never delivers, generously for a loaded machine.
         let event = wait_for(
             &mut monitor,
-            Duration::from_secs(1),
+            Duration::from_secs(5),
             "h0 not running",
             |event| matches!(event, NetEvent::Link(link) if link.name == "h0" && !link.running),
         )
         .await?;
-        ensure!(
-            cut_at.elapsed() < Duration::from_secs(1),
-            "took {:?}",
-            cut_at.elapsed()
-        );
         let NetEvent::Link(h0) = event else {
             unreachable!("wait_for returned an event it did not want")
         };

@@ -20,7 +20,9 @@ use mpath_tests::{
 const GROUP: u32 = 5;
 const DATA: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 19);
 const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-const FLOWS: usize = 256;
+/// Enough flows that an even spread is within 25% by a wide margin (over 4 standard
+/// deviations of the binomial spread), whatever the sockets' random flow hashes.
+const FLOWS: usize = 1024;
 
 /// A lab whose host NICs all carry the datapath, in one group.
 struct Rig {
