@@ -247,7 +247,13 @@ fn offline_and_online_with_refusal_of_the_last_usable_nic() {
     );
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("cannot offline h2"), "{message}");
-    assert_eq!(daemon.status(), status, "a refusal changes nothing");
+    // (Targets are left out: IPv6 discovery goes on meanwhile.)
+    let after = daemon.status();
+    assert_eq!(
+        (after.groups, after.interfaces, after.addresses),
+        (status.groups, status.interfaces, status.addresses),
+        "a refusal changes nothing"
+    );
     let unknown = daemon.ctl(lab.host(), &["offline", "eth9"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("eth9 is not in any group"));
@@ -472,10 +478,10 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
         Some("h0")
     );
 
-    // A broken file is refused and changes nothing (probing goes on, so compare what a
-    // reload could change).
+    // A broken file is refused and changes nothing (probing and target discovery go on, so
+    // compare what a reload could change).
     let before = daemon.status();
-    let before = (before.groups, before.addresses, before.targets);
+    let before = (before.groups, before.addresses);
     daemon.reload("[daemon]\nfailure_detection_time_ms = 5\n");
     daemon.wait_until("the refusal logged", |d| d.log().contains("reload refused"));
     assert!(
@@ -486,7 +492,7 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
         daemon.log()
     );
     let after = daemon.status();
-    assert_eq!((after.groups, after.addresses, after.targets), before);
+    assert_eq!((after.groups, after.addresses), before);
 }
 
 #[test]
