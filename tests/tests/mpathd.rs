@@ -70,6 +70,22 @@ fn shares(daemon: &Mpathd) -> std::collections::BTreeMap<u32, usize> {
     m
 }
 
+/// Whether every NIC probes over IPv6 from its link-local address and found a target.
+fn v6_targets_found(d: &Mpathd) -> bool {
+    d.try_status().is_some_and(|s| {
+        ["h0", "h1", "h2"].iter().all(|nic| {
+            s.targets.iter().any(|t| {
+                t.interface == *nic
+                    && t.test_address
+                        .is_some_and(|a| a.to_string().starts_with("fe80::"))
+                    && t.targets
+                        .iter()
+                        .any(|t| t.to_string().starts_with("fe80::"))
+            })
+        })
+    })
+}
+
 fn all_ok(d: &Mpathd) -> bool {
     d.try_status()
         .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
@@ -752,20 +768,7 @@ fn with_failback_off_a_repaired_nic_stays_inactive_and_its_addresses_stay_away()
 fn ipv6_probes_from_link_local_addresses_and_one_family_alone_fails_no_nic() {
     let lab = lab();
     let mut daemon = Mpathd::start(lab.host(), CONFIG);
-    daemon.wait_until("IPv6 targets found on every NIC", |d| {
-        d.try_status().is_some_and(|s| {
-            ["h0", "h1", "h2"].iter().all(|nic| {
-                s.targets.iter().any(|t| {
-                    t.interface == *nic
-                        && t.test_address
-                            .is_some_and(|a| a.to_string().starts_with("fe80::"))
-                        && t.targets
-                            .iter()
-                            .any(|t| t.to_string().starts_with("fe80::"))
-                })
-            })
-        })
-    });
+    daemon.wait_until("IPv6 targets found on every NIC", v6_targets_found);
     let v6 = daemon
         .status()
         .targets
@@ -806,6 +809,7 @@ fn golden_views_of_a_degraded_group() {
     let lab = lab();
     let mut daemon = Mpathd::start(lab.host(), CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
+    daemon.wait_until("IPv6 targets found on every NIC", v6_targets_found);
     lab.cut("h0").unwrap();
     daemon.wait_until("h0's addresses on h2", |d| {
         d.try_status()
