@@ -18,6 +18,41 @@ use mpath_lab::Netns;
 
 use crate::PinDir;
 
+/// The lab group the tests and benchmarks run mpathd on: h0 and h1 active, h2 a standby,
+/// each with a test address, probing the router; IPv4 data addresses on h0 and h1 and an
+/// IPv6 one on h0 (so IPv6 probing runs too). `SOCKET` and `PINS` are filled in by
+/// [`Mpathd::start`].
+pub fn three_nic_config(fdt_ms: u64) -> String {
+    format!(
+        r#"
+[daemon]
+failure_detection_time_ms = {fdt_ms}
+failback = true
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+targets = ["192.0.2.1"]
+
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.21/24"
+data_addresses = ["192.0.2.19/24", "2001:db8::19/64"]
+
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.22/24"
+data_addresses = ["192.0.2.20/24"]
+
+[[group.interface]]
+name = "h2"
+standby = true
+test_address = "192.0.2.23/24"
+"#
+    )
+}
+
 /// mpathd and mpathctl as built for this run, in the same profile as the running program.
 pub fn binary(name: &str) -> PathBuf {
     // Integration tests live in target/<profile>/deps, the binaries one level up; a benchmark

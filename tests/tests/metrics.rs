@@ -9,37 +9,9 @@ use std::{
 };
 
 use mpath_lab::{Lab, Netns};
-use mpath_tests::daemon::Mpathd;
+use mpath_tests::daemon::{Mpathd, three_nic_config};
 
 const METRICS: &str = "127.0.0.1:9798";
-
-const CONFIG: &str = r#"
-[daemon]
-failure_detection_time_ms = 700
-failback = true
-metrics_listen = "127.0.0.1:9798"
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-
-[[group]]
-name = "g0"
-targets = ["192.0.2.1"]
-
-[[group.interface]]
-name = "h0"
-test_address = "192.0.2.21/24"
-data_addresses = ["192.0.2.19/24"]
-
-[[group.interface]]
-name = "h1"
-test_address = "192.0.2.22/24"
-data_addresses = ["192.0.2.20/24"]
-
-[[group.interface]]
-name = "h2"
-standby = true
-test_address = "192.0.2.23/24"
-"#;
 
 /// GET /metrics from inside the lab's host namespace; `None` while nothing answers there.
 fn scrape(ns: &Netns) -> Option<String> {
@@ -110,7 +82,7 @@ fn promtool_check(text: &str) {
 fn metrics_parse_and_follow_a_failover_and_failback() {
     let lab = Lab::builder().nics(3).build().expect("lab");
     let host = lab.host();
-    let mut daemon = Mpathd::start(host, CONFIG);
+    let mut daemon = Mpathd::start(host, &three_nic_config(700));
     daemon.wait_until("every NIC ok in the metrics", |_| {
         scrape(host).is_some_and(|t| {
             ["h0", "h1", "h2"]

@@ -2,6 +2,8 @@
 //! by cutting a cable or silently dropping a NIC's frames; addresses, bucket tables, views
 //! and log lines checked against what IPMP does.
 
+use std::sync::LazyLock;
+
 use mpath_common::PIN_LAYOUT_VERSION;
 use mpath_ctl::{
     control::{Reply, Request},
@@ -9,34 +11,10 @@ use mpath_ctl::{
     views::Status,
 };
 use mpath_lab::Lab;
-use mpath_tests::daemon::Mpathd;
+use mpath_tests::daemon::{Mpathd, three_nic_config};
 
-const CONFIG: &str = r#"
-[daemon]
-failure_detection_time_ms = 700
-failback = true
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-
-[[group]]
-name = "g0"
-targets = ["192.0.2.1"]
-
-[[group.interface]]
-name = "h0"
-test_address = "192.0.2.21/24"
-data_addresses = ["192.0.2.19/24", "2001:db8::19/64"]
-
-[[group.interface]]
-name = "h1"
-test_address = "192.0.2.22/24"
-data_addresses = ["192.0.2.20/24"]
-
-[[group.interface]]
-name = "h2"
-standby = true
-test_address = "192.0.2.23/24"
-"#;
+/// The lab group at FDT 700 ms (probe interval 100 ms).
+static CONFIG: LazyLock<String> = LazyLock::new(|| three_nic_config(700));
 
 fn lab() -> Lab {
     Lab::builder().nics(3).build().expect("lab")
@@ -94,7 +72,7 @@ fn all_ok(d: &Mpathd) -> bool {
 #[test]
 fn starts_with_addresses_at_home_and_spreads_over_the_active_nics() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     let status = daemon.status();
     let group = &status.groups[0];
@@ -146,7 +124,7 @@ fn starts_with_addresses_at_home_and_spreads_over_the_active_nics() {
 #[test]
 fn carrier_loss_fails_over_to_the_standby_and_back() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     lab.router()
         .run(&["ping", "-c1", "-W2", "192.0.2.19"])
@@ -215,7 +193,7 @@ fn carrier_loss_fails_over_to_the_standby_and_back() {
 #[test]
 fn silent_loss_is_caught_by_probes() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
 
     lab.drop_silently("h1").unwrap();
@@ -244,7 +222,7 @@ fn silent_loss_is_caught_by_probes() {
 #[test]
 fn offline_and_online_with_refusal_of_the_last_usable_nic() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
 
     let offline = |nic: &str| Request::Offline {
@@ -285,7 +263,7 @@ fn offline_and_online_with_refusal_of_the_last_usable_nic() {
 #[test]
 fn mpathctl_views_print_columns_and_json() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     let groups = daemon.ctl(lab.host(), &["groups"]);
     assert!(groups.status.success());
@@ -331,7 +309,7 @@ fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
     use std::{net::Ipv4Addr, thread::sleep, time::Duration};
 
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("192.0.2.20 failed over to h2", |d| {
@@ -450,7 +428,7 @@ data_addresses = ["192.0.2.20/24"]
 #[test]
 fn sighup_applies_the_difference_and_refuses_a_bad_file() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     let h2 = lab.host().ifindex("h2").unwrap();
 
@@ -515,7 +493,7 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
 fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
     let mut lab = Lab::builder().nics(2).build().expect("lab");
     // h2 is configured but missing at start.
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("h0 and h1 ok, h2 missing", |d| {
         d.try_status().is_some_and(|s| {
             state_of(&s, "h0") == "ok"
@@ -569,7 +547,7 @@ fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
 fn probes_stream_and_the_socket_refuses_other_users() {
     use std::io::{BufRead as _, BufReader};
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     let mut probes = daemon
         .ctl_command(lab.host(), &["probes", "--json"])
@@ -643,7 +621,7 @@ fn addresses_at(status: &Status) -> Vec<(String, Option<String>)> {
 #[test]
 fn when_every_nic_fails_nothing_moves_and_the_first_one_back_takes_the_addresses() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     let home = addresses_at(&daemon.status());
     lab.cut("h0").unwrap();
@@ -700,7 +678,7 @@ fn when_every_nic_fails_nothing_moves_and_the_first_one_back_takes_the_addresses
 #[test]
 fn when_all_targets_stop_answering_no_address_moves() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     let home = addresses_at(&daemon.status());
     // The target goes deaf to echo requests; every link stays up.
@@ -767,7 +745,7 @@ fn with_failback_off_a_repaired_nic_stays_inactive_and_its_addresses_stay_away()
 #[test]
 fn ipv6_probes_from_link_local_addresses_and_one_family_alone_fails_no_nic() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("IPv6 targets found on every NIC", v6_targets_found);
     let v6 = daemon
         .status()
@@ -807,7 +785,7 @@ fn cells(text: &[u8]) -> Vec<String> {
 fn golden_views_of_a_degraded_group() {
     use serde_json::json;
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     daemon.wait_until("IPv6 targets found on every NIC", v6_targets_found);
     lab.cut("h0").unwrap();
@@ -901,7 +879,7 @@ fn open_tcp_connections_survive_failover_and_failback_and_test_addresses_are_nev
         time::Duration,
     };
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
 
     // Applications never get a test address as source: whatever they talk to, the kernel
@@ -960,7 +938,7 @@ fn open_tcp_connections_survive_failover_and_failback_and_test_addresses_are_nev
 #[test]
 fn a_data_address_deleted_behind_mpathds_back_is_restored() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     lab.del_host_addr("h1", "192.0.2.20/24").unwrap();
     daemon.wait_until("192.0.2.20 back on h1", |_| {
@@ -981,7 +959,7 @@ fn a_data_address_deleted_behind_mpathds_back_is_restored() {
 #[test]
 fn a_second_mpathd_is_refused_before_it_touches_anything() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     let second = lab
         .host()
@@ -1004,7 +982,7 @@ fn a_second_mpathd_is_refused_before_it_touches_anything() {
 #[test]
 fn a_reload_that_rebuilds_a_group_keeps_an_offline_nic_offline() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), CONFIG);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
     let offline = daemon.ctl(lab.host(), &["offline", "h1"]);
     assert!(offline.status.success(), "{offline:?}");

@@ -30,7 +30,10 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use mpath_common::NicInfo;
 use mpath_ctl::{datapath::Datapath, spread::rebalance, views::Status};
 use mpath_lab::{Lab, Netns, ROUTER_NIC, ROUTER_V4};
-use mpath_tests::{PinDir, daemon::Mpathd};
+use mpath_tests::{
+    PinDir,
+    daemon::{Mpathd, three_nic_config},
+};
 
 const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 19);
 const DESTINATION: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -472,37 +475,6 @@ const ECMP_NICS: u32 = 2;
 
 /// Saturating traffic for the false-failure run: flows per direction and data address.
 const SATURATING_FLOWS: u16 = 16;
-
-fn mpathd_config(fdt_ms: u64) -> String {
-    format!(
-        r#"
-[daemon]
-failure_detection_time_ms = {fdt_ms}
-failback = true
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-
-[[group]]
-name = "g0"
-targets = ["{ROUTER_V4}"]
-
-[[group.interface]]
-name = "h0"
-test_address = "192.0.2.21/24"
-data_addresses = ["{DATA_CIDR}"]
-
-[[group.interface]]
-name = "h1"
-test_address = "192.0.2.22/24"
-data_addresses = ["192.0.2.20/24"]
-
-[[group.interface]]
-name = "h2"
-standby = true
-test_address = "192.0.2.23/24"
-"#
-    )
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
@@ -952,7 +924,7 @@ fn failover_timeout(fdt_ms: u64) -> Duration {
 /// them: cut when `case` is carrier loss, silently dropped otherwise.
 fn mpathd_case(case: Case, fdt_ms: u64, reps: u64) -> anyhow::Result<Vec<Rep>> {
     let lab = Lab::builder().nics(3).build()?;
-    let mut daemon = Mpathd::start(lab.host(), &mpathd_config(fdt_ms));
+    let mut daemon = Mpathd::start(lab.host(), &three_nic_config(fdt_ms));
     daemon.wait_until("all NICs ok, the address on h0", settled);
     let home = lab.host().ifindex(FAILING_NIC)?;
     let stream = Stream::start(lab.router(), ROUTER_V4.parse()?, lab.host(), DATA_V4)?;
@@ -1133,7 +1105,7 @@ fn wire_counters(lab: &Lab) -> anyhow::Result<Vec<(u64, u64)>> {
 /// machine can send in both directions; counts the failures it detects (none is right).
 fn false_failures(minutes: u64) -> anyhow::Result<FalseFailures> {
     let lab = Lab::builder().nics(3).build()?;
-    let mut daemon = Mpathd::start(lab.host(), &mpathd_config(1000));
+    let mut daemon = Mpathd::start(lab.host(), &three_nic_config(1000));
     daemon.wait_until("all NICs ok, the address on h0", settled);
     let log_start = daemon.log().len();
     let router_v4: Ipv4Addr = ROUTER_V4.parse()?;
