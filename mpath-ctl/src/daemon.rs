@@ -39,6 +39,9 @@ use crate::{
     views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetRow},
 };
 
+/// How long route changes are gathered before the table is read again.
+const ROUTE_DUMP_DELAY: Duration = Duration::from_millis(100);
+
 /// Replies to discovery echoes arrive from hosts that are not yet targets; the sequence
 /// numbers of those echoes are remembered this long.
 const DISCOVERY_MEMORY: usize = 8;
@@ -134,6 +137,8 @@ pub struct Daemon {
     slots: BTreeMap<String, u32>,
     /// Bucket table id of every group, by name.
     group_ids: BTreeMap<String, u32>,
+    /// When the routing table is to be read again after it changed.
+    routes_due: Option<Instant>,
     metrics: Metrics,
 }
 
@@ -179,6 +184,7 @@ impl Daemon {
             ungrouped: BTreeMap::new(),
             slots: BTreeMap::new(),
             group_ids: BTreeMap::new(),
+            routes_due: None,
             metrics,
         };
         for g in &config.groups {
@@ -340,8 +346,39 @@ impl Daemon {
                 actions.extend(adopt_failures(group, now));
             }
             self.apply(gi, actions, true).await;
+            self.remove_extra_copies(gi, &addresses).await;
         }
         Ok(())
+    }
+
+    /// Deletes copies of the group's data addresses found on NICs other than the one they are
+    /// placed on (left by a daemon killed in the middle of a move, or on a NIC that left the
+    /// group): two NICs answering for one address confuse the peers.
+    async fn remove_extra_copies(&mut self, gi: usize, found: &[(u32, IpCidr)]) {
+        let group = &self.groups[gi];
+        let mut extra = Vec::new();
+        for a in &group.addresses {
+            let placed = a
+                .current
+                .as_deref()
+                .and_then(|n| group.nic(n))
+                .and_then(|n| n.ifindex);
+            if placed.is_none() {
+                continue;
+            }
+            extra.extend(
+                found
+                    .iter()
+                    .filter(|(ifindex, cidr)| *cidr == a.cidr && Some(*ifindex) != placed)
+                    .copied(),
+            );
+        }
+        for (ifindex, cidr) in extra {
+            tracing::warn!("removing a second copy of data address {cidr} (ifindex {ifindex})");
+            if let Err(e) = self.netlink.del_address(ifindex, cidr).await {
+                tracing::error!("{e}");
+            }
+        }
     }
 
     /// Attaches the datapath to a NIC that is present and starts probing on it.
@@ -706,6 +743,9 @@ impl Daemon {
 
     fn next_wakeup(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_secs(1);
+        if let Some(due) = self.routes_due {
+            wake = wake.min(due);
+        }
         for a in &self.announcements {
             wake = wake.min(a.next);
         }
@@ -797,14 +837,9 @@ impl Daemon {
                 self.addresses.retain(|a| *a != (ifindex, cidr));
                 self.restore_lost_address(ifindex, cidr).await;
             }
+            // A burst of route changes (a routing daemon filling the table) costs one dump.
             NetEvent::RoutesChanged => {
-                self.routes = self.netlink.routes().await?;
-                let local: Vec<IpAddr> = self.addresses.iter().map(|(_, c)| c.addr()).collect();
-                for g in &mut self.groups {
-                    for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
-                        p.prober.update_routes(&self.routes, &local);
-                    }
-                }
+                self.routes_due.get_or_insert(now + ROUTE_DUMP_DELAY);
             }
             NetEvent::Overrun => {
                 tracing::warn!("the kernel dropped netlink events; resynchronising");
@@ -975,10 +1010,28 @@ impl Daemon {
         });
     }
 
+    /// Reads the routing table again and gives the probers their on-link routers.
+    async fn refresh_routes(&mut self) -> anyhow::Result<()> {
+        self.routes_due = None;
+        self.routes = self.netlink.routes().await?;
+        let local: Vec<IpAddr> = self.addresses.iter().map(|(_, c)| c.addr()).collect();
+        for g in &mut self.groups {
+            for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
+                p.prober.update_routes(&self.routes, &local);
+            }
+        }
+        Ok(())
+    }
+
     /// Sends the probes that are due, declares lost the ones that timed out, and lets the
     /// state machines act on expired timers.
     async fn tick(&mut self) {
         let now = Instant::now();
+        if self.routes_due.is_some_and(|due| due <= now)
+            && let Err(e) = self.refresh_routes().await
+        {
+            tracing::error!("reading the routing table: {e:#}");
+        }
         for a in self.announcements.iter_mut().filter(|a| a.next <= now) {
             if let Err(e) = a.send() {
                 tracing::debug!("announcing {}: {e}", a.addr);

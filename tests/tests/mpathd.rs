@@ -1003,3 +1003,67 @@ fn a_reload_that_rebuilds_a_group_keeps_an_offline_nic_offline() {
     );
     assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h2"));
 }
+
+#[test]
+fn a_restarted_mpathd_removes_a_second_copy_of_a_data_address() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    daemon.kill();
+    // As if the old daemon died between adding 192.0.2.19 to h1 and removing it from h0.
+    lab.add_host_addr("h1", "192.0.2.19/24").unwrap();
+    daemon.spawn(lab.host());
+    daemon.wait_until("the copy on h1 removed", |_| {
+        !lab.host_addrs("h1")
+            .unwrap()
+            .contains(&"192.0.2.19/24".to_string())
+    });
+    assert!(
+        lab.host_addrs("h0")
+            .unwrap()
+            .contains(&"192.0.2.19/24".to_string())
+    );
+    assert_eq!(
+        inbound(&daemon.status(), "192.0.2.19/24").as_deref(),
+        Some("h0")
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("removing a second copy of data address 192.0.2.19/24")
+    );
+}
+
+#[test]
+fn without_configured_targets_the_on_link_router_of_a_route_is_probed() {
+    let lab = lab();
+    let config = CONFIG.replace("targets = [\"192.0.2.1\"]\n", "");
+    assert!(!config.contains("targets ="));
+    let mut daemon = Mpathd::start(lab.host(), &config);
+    daemon.wait_until("IPv6 targets found on every NIC", v6_targets_found);
+    let h0_v4 = |d: &Mpathd| {
+        d.try_status().and_then(|s| {
+            s.targets.into_iter().find(|t| {
+                t.interface == "h0" && t.test_address == Some("192.0.2.21".parse().unwrap())
+            })
+        })
+    };
+    assert!(h0_v4(&daemon).unwrap().targets.is_empty(), "no route yet");
+    // A route through the router: its next hop becomes h0's IPv4 target.
+    lab.host()
+        .ip(&[
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "h0",
+        ])
+        .unwrap();
+    daemon.wait_until("192.0.2.1 probed as h0's router", |d| {
+        h0_v4(d).is_some_and(|t| {
+            t.mode == "routes" && t.targets == ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
+        })
+    });
+}
