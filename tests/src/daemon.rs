@@ -145,6 +145,15 @@ impl Mpathd {
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
     }
 
+    /// Stops the process with SIGTERM, as systemd does, and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
     /// Kills the process with SIGKILL (no clean-up of its own), leaving pins and socket.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -210,12 +219,7 @@ impl Mpathd {
 
 impl Drop for Mpathd {
     fn drop(&mut self) {
-        if let Some(c) = self.child.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let mut c = c;
-            let _ = c.wait();
-        }
+        self.stop();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -1067,3 +1067,70 @@ fn without_configured_targets_the_on_link_router_of_a_route_is_probed() {
         })
     });
 }
+
+/// Pings 192.0.2.19 from the router every 10 ms for `count` pings in the background.
+fn ping_stream(lab: &Lab, count: u32) -> std::process::Child {
+    lab.router()
+        .cmd("ping")
+        .args([
+            "-q",
+            "-i",
+            "0.01",
+            "-W",
+            "1",
+            "-c",
+            &count.to_string(),
+            "192.0.2.19",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a `ping_stream` and returns (transmitted, received).
+fn ping_result(ping: std::process::Child) -> (u32, u32) {
+    let out = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+    let numbers: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn a_clean_restart_and_a_reload_lose_no_packet() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+        .unwrap();
+
+    let ping = ping_stream(&lab, 150);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    daemon.stop();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    daemon.spawn(lab.host());
+    daemon.wait_until("all NICs ok after the restart", all_ok);
+    let (sent, received) = ping_result(ping);
+    assert_eq!(received, sent, "packets lost over a restart");
+
+    let ping = ping_stream(&lab, 150);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // A new FDT rebuilds every group.
+    daemon.reload(&CONFIG.replace(
+        "failure_detection_time_ms = 700",
+        "failure_detection_time_ms = 900",
+    ));
+    daemon.wait_until("the new FDT in force", |d| {
+        d.try_status().is_some_and(|s| s.groups[0].fdt_ms == 900)
+    });
+    let (sent, received) = ping_result(ping);
+    assert_eq!(received, sent, "packets lost over a reload");
+    assert!(!daemon.log().contains("Successfully failed over"));
+}
