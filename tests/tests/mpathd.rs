@@ -1134,3 +1134,67 @@ fn a_clean_restart_and_a_reload_lose_no_packet() {
     assert_eq!(received, sent, "packets lost over a reload");
     assert!(!daemon.log().contains("Successfully failed over"));
 }
+
+#[test]
+fn without_bpffs_mpathd_mounts_one_and_runs() {
+    use mpath_ctl::control;
+    use std::time::{Duration, Instant};
+    let lab = lab();
+    let dir = std::env::temp_dir().join(format!("mpathd-nobpffs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("mpathd.sock");
+    let config = dir.join("mpathd.toml");
+    // The pins live in the daemon's own mount namespace and vanish with it.
+    let pins = format!("/sys/fs/bpf/mpath-nobpffs-{}", std::process::id());
+    std::fs::write(
+        &config,
+        CONFIG
+            .replace("SOCKET", &socket.display().to_string())
+            .replace("PINS", &pins),
+    )
+    .unwrap();
+    // Only the lab's network, and a private mount namespace in which /sys/fs/bpf is not
+    // mounted, as on a fresh machine.
+    let mut child = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.host().path().display()))
+        .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+        .arg("umount /sys/fs/bpf && exec \"$@\"")
+        .arg("sh")
+        .arg(mpath_tests::daemon::binary("mpathd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--defaults", "/nonexistent"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ok = false;
+    while Instant::now() < deadline && !ok {
+        if let Ok(control::Reply::Status(s)) = control::request(&socket, &Request::Status {}) {
+            ok = s.interfaces.iter().all(|i| i.state == "ok");
+        }
+        if !ok {
+            assert!(child.try_wait().unwrap().is_none(), "mpathd exited");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // A probe answered and matched in the kernel: the programs are loaded and attached.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stream_socket = socket.clone();
+    std::thread::spawn(move || {
+        let _ = control::call(&stream_socket, &Request::Probes {}, |reply| {
+            let matched = matches!(&reply, control::Reply::Probe(p) if p.net_rtt_us.is_some());
+            if matched {
+                let _ = tx.send(());
+            }
+            !matched
+        });
+    });
+    let matched = ok && rx.recv_timeout(Duration::from_secs(10)).is_ok();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(ok, "mpathd did not start without a mounted bpffs");
+    assert!(matched, "no probe reply was matched by the datapath");
+}
