@@ -1198,3 +1198,32 @@ fn without_bpffs_mpathd_mounts_one_and_runs() {
     assert!(ok, "mpathd did not start without a mounted bpffs");
     assert!(matched, "no probe reply was matched by the datapath");
 }
+
+#[test]
+fn a_flapping_link_moves_the_addresses_once_each_way() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    // Ten flaps, far faster than the 700 ms failure detection time.
+    lab.flap("h0", 10, std::time::Duration::from_millis(60))
+        .unwrap();
+    daemon.wait_until("h0 repaired and its addresses home", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24").as_deref() == Some("h0")
+        })
+    });
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("Successfully failed over from NIC h0").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("Successfully failed back to NIC h0").count(),
+        1,
+        "{log}"
+    );
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+        .unwrap();
+}
