@@ -835,6 +835,17 @@ impl Daemon {
             }
             NetEvent::AddressRemoved { ifindex, cidr } => {
                 self.addresses.retain(|a| *a != (ifindex, cidr));
+                if is_link_local(cidr.addr())
+                    && let Some((gi, nic)) = self.stop_v6(ifindex, cidr)
+                {
+                    // Without a prober the family has no targets: it no longer holds the NIC up.
+                    let event = Event::Targets {
+                        nic,
+                        family: AddressFamily::Inet6,
+                        available: false,
+                    };
+                    self.handle(gi, event, now).await;
+                }
                 self.restore_lost_address(ifindex, cidr).await;
             }
             // A burst of route changes (a routing daemon filling the table) costs one dump.
@@ -847,6 +858,32 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Stops IPv6 probing from a link-local address that went away (it starts again when the
+    /// NIC gets one back); returns the NIC's group and name when a prober stopped.
+    fn stop_v6(&mut self, ifindex: u32, link_local: IpCidr) -> Option<(usize, String)> {
+        let (gi, nic) = self.groups.iter_mut().enumerate().find_map(|(gi, g)| {
+            g.nics
+                .iter_mut()
+                .find(|n| n.ifindex == Some(ifindex))
+                .map(|n| (gi, n))
+        })?;
+        let before = nic.probing.len();
+        nic.probing
+            .retain(|p| p.prober.targets().test_address() != link_local);
+        if nic.probing.len() == before {
+            return None;
+        }
+        tracing::info!("{} stops probing over IPv6: {link_local} is gone", nic.name);
+        if let Ok(mut info) = self.datapath.maps.nics.get(&ifindex, 0) {
+            info.flags &= !NIC_F_TEST_V6;
+            info.test_v6 = [0; 16];
+            if let Err(e) = self.datapath.maps.set_nic(ifindex, info) {
+                tracing::error!("{}: {e}", nic.name);
+            }
+        }
+        Some((gi, nic.name.clone()))
     }
 
     /// A data address vanished from the NIC mpathd had put it on (someone deleted it): put it

@@ -1227,3 +1227,33 @@ fn a_flapping_link_moves_the_addresses_once_each_way() {
         .run(&["ping", "-c1", "-W2", "192.0.2.19"])
         .unwrap();
 }
+
+#[test]
+fn losing_its_link_local_address_leaves_a_nic_to_ipv4_probing() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("IPv6 targets found on every NIC", v6_targets_found);
+    let line = lab
+        .host()
+        .ip(&["-6", "-o", "addr", "show", "dev", "h1", "scope", "link"])
+        .unwrap();
+    let link_local = line
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    lab.host()
+        .ip(&["addr", "del", &link_local, "dev", "h1"])
+        .unwrap();
+    daemon.wait_until("IPv6 probing on h1 stopped", |d| {
+        d.log().contains("h1 stops probing over IPv6")
+    });
+    // IPv4 probing alone now decides for h1.
+    lab.drop_silently("h1").unwrap();
+    daemon.wait_until("h1 failed by its IPv4 probes", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24").as_deref() == Some("h2")
+        })
+    });
+}
