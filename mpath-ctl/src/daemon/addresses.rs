@@ -1,0 +1,159 @@
+//! Data addresses and bucket tables: placing, moving, announcing and restoring.
+
+use super::*;
+
+impl Daemon {
+    /// A data address vanished from the NIC mpathd had put it on (someone deleted it): put it
+    /// back where the placement wants it. mpathd's own moves never trigger this: they point
+    /// the address at its new NIC before deleting the old copy.
+    pub(super) async fn restore_lost_address(&mut self, ifindex: u32, cidr: IpCidr) {
+        let Some(gi) = self.groups.iter().position(|g| {
+            g.addresses.iter().any(|a| {
+                a.cidr == cidr
+                    && a.current
+                        .as_deref()
+                        .and_then(|n| g.nic(n))
+                        .is_some_and(|n| n.ifindex == Some(ifindex))
+            })
+        }) else {
+            return;
+        };
+        let group = &mut self.groups[gi];
+        if let Some(a) = group.addresses.iter_mut().find(|a| a.cidr == cidr) {
+            tracing::warn!(
+                "data address {cidr} was removed from {} behind mpathd's back; restoring it",
+                a.current.as_deref().unwrap_or("--")
+            );
+            a.current = None;
+        }
+        self.move_addresses(gi).await;
+    }
+
+    /// Deletes copies of the group's data addresses found on NICs other than the one they are
+    /// placed on (left by a daemon killed in the middle of a move, or on a NIC that left the
+    /// group): two NICs answering for one address confuse the peers.
+    pub(super) async fn remove_extra_copies(&mut self, gi: usize, found: &[(u32, IpCidr)]) {
+        let group = &self.groups[gi];
+        let mut extra = Vec::new();
+        for a in &group.addresses {
+            let placed = a
+                .current
+                .as_deref()
+                .and_then(|n| group.nic(n))
+                .and_then(|n| n.ifindex);
+            if placed.is_none() {
+                continue;
+            }
+            extra.extend(
+                found
+                    .iter()
+                    .filter(|(ifindex, cidr)| *cidr == a.cidr && Some(*ifindex) != placed)
+                    .copied(),
+            );
+        }
+        for (ifindex, cidr) in extra {
+            tracing::warn!("removing a second copy of data address {cidr} (ifindex {ifindex})");
+            if let Err(e) = self.netlink.del_address(ifindex, cidr).await {
+                tracing::error!("{e}");
+            }
+        }
+    }
+
+    /// Rewrites the group's bucket table for its usable NICs, moving as few buckets as
+    /// possible.
+    pub(super) fn write_table(&mut self, gi: usize) {
+        let group = &self.groups[gi];
+        let usable: Vec<u32> = group
+            .fsm
+            .usable_interfaces()
+            .into_iter()
+            .filter_map(|name| group.nic(name).and_then(|n| n.ifindex))
+            .collect();
+        let macs: BTreeMap<u32, [u8; 6]> = group
+            .nics
+            .iter()
+            .filter_map(|n| n.ifindex.map(|i| (i, n.mac)))
+            .collect();
+        let result = self.datapath.maps.table(group.id).and_then(|current| {
+            let table = spread::rebalance(&current, &usable);
+            self.datapath.maps.write_table(group.id, &table, |i| {
+                macs.get(&i).copied().unwrap_or_default()
+            })
+        });
+        match result {
+            Ok(moved) => tracing::debug!(
+                "group {}: {moved} buckets moved, {} usable NICs",
+                group.config.name,
+                usable.len()
+            ),
+            Err(e) => tracing::error!("group {}: bucket table: {e}", group.config.name),
+        }
+    }
+
+    /// Puts every data address where the placement plan wants it: adds it on the new NIC
+    /// first and only then removes it from the old one, so it is never on no NIC; tells the
+    /// peers at once.
+    pub(super) async fn move_addresses(&mut self, gi: usize) {
+        let group = &self.groups[gi];
+        let plan = match failover::plan(&group.fsm.nic_roles(), &group.addresses) {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!("group {}: {e}", group.config.name);
+                return;
+            }
+        };
+        let mut done = BTreeSet::new();
+        for m in &plan.moves {
+            let group = &self.groups[gi];
+            let Some(to) = group.nic(&m.to).and_then(|n| n.ifindex.map(|i| (i, n.mac))) else {
+                continue;
+            };
+            let options = AddressOptions {
+                nodad: true,
+                ..Default::default()
+            };
+            if let Err(e) = self.netlink.add_address(to.0, m.addr, options).await {
+                tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
+                continue;
+            }
+            if let Some(from) = m
+                .from
+                .as_deref()
+                .and_then(|f| group.nic(f))
+                .and_then(|n| n.ifindex)
+                && let Err(e) = self.netlink.del_address(from, m.addr).await
+            {
+                tracing::error!("cannot remove {} from its old NIC: {e}", m.addr);
+            }
+            let announcement = Announcement {
+                ifindex: to.0,
+                mac: to.1,
+                addr: m.addr.addr(),
+                remaining: match m.addr.addr() {
+                    IpAddr::V4(_) => announce::ARP_ANNOUNCEMENTS,
+                    IpAddr::V6(_) => announce::NA_ANNOUNCEMENTS,
+                } - 1,
+                next: Instant::now() + announce::ANNOUNCE_INTERVAL,
+            };
+            if let Err(e) = announcement.send() {
+                tracing::warn!("announcing {} on {}: {e}", m.addr, m.to);
+            }
+            self.announcements.retain(|a| a.addr != announcement.addr);
+            if announcement.remaining > 0 {
+                self.announcements.push(announcement);
+            }
+            done.insert(m.addr);
+            let group = &mut self.groups[gi];
+            if let Some(a) = group.addresses.iter_mut().find(|a| a.cidr == m.addr) {
+                a.current = Some(m.to.clone());
+            }
+        }
+        for transfer in plan.transfers() {
+            if transfer.addresses.iter().all(|a| done.contains(a)) {
+                tracing::info!("{transfer}");
+                self.metrics
+                    .transfer(&self.groups[gi].config.name, &transfer);
+            }
+        }
+    }
+}

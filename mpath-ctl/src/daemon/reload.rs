@@ -1,0 +1,158 @@
+//! SIGHUP: applying the difference between the running and the new configuration.
+
+use super::*;
+
+impl Daemon {
+    /// SIGHUP: reads the configuration again and applies the difference. Groups that did not
+    /// change are not touched; a changed group is rebuilt on top of what the kernel holds
+    /// (addresses stay where they are, a NIC failed by probes stays failed until repaired);
+    /// a removed group or NIC loses the datapath, its test address and its data addresses.
+    /// A bad file is refused with its reason and nothing changes.
+    pub(super) async fn reload(&mut self) -> anyhow::Result<()> {
+        let mut new = match Config::load(&self.paths.config, Some(&self.paths.defaults)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration stays: {e}");
+                return Ok(());
+            }
+        };
+        let diff = self.config.diff(&new);
+        if diff.is_empty() {
+            tracing::info!("reload: the configuration is unchanged");
+            return Ok(());
+        }
+        tracing::info!("reload: {diff}");
+        let mut rebuild: BTreeSet<String> =
+            diff.groups_changed.iter().map(|g| g.name.clone()).collect();
+        for change in &diff.daemon {
+            match change {
+                DaemonChange::FailureDetectionTime(_) | DaemonChange::Failback(_) => {
+                    rebuild.extend(self.groups.iter().map(|g| g.config.name.clone()));
+                }
+                DaemonChange::TrackInterfacesOnlyWithGroups(_) => self.ungrouped.clear(),
+                DaemonChange::MetricsListen(_)
+                | DaemonChange::Socket(_)
+                | DaemonChange::BpfPinDir(_) => {
+                    tracing::warn!("reload: {change} takes effect when mpathd restarts");
+                }
+            }
+        }
+        // Settings that only a restart can change keep their running values.
+        new.daemon.metrics_listen = self.config.daemon.metrics_listen;
+        new.daemon.socket = self.config.daemon.socket.clone();
+        new.daemon.bpf_pin_dir = self.config.daemon.bpf_pin_dir.clone();
+
+        let removed: Vec<String> = diff
+            .groups_removed
+            .iter()
+            .map(|g| g.name.clone())
+            .chain(rebuild.iter().cloned())
+            .collect();
+        // What the rebuilt groups' members were going through carries over: an offline NIC
+        // stays offline, a NIC failed by its probes stays failed until they repair it.
+        let mut carry = BTreeMap::new();
+        for name in removed {
+            let Some(gi) = self.groups.iter().position(|g| g.config.name == name) else {
+                continue;
+            };
+            let old = self.groups.remove(gi);
+            let states = old
+                .nics
+                .iter()
+                .filter_map(|n| {
+                    old.fsm
+                        .interface_state(&n.name)
+                        .map(|s| (n.name.clone(), s))
+                })
+                .collect();
+            carry.insert(name.clone(), states);
+            let kept = new.group(&name);
+            self.retire_group(old, kept).await;
+        }
+        self.config = new.clone();
+        self.metrics.declare_groups(&new.groups);
+        for g in &new.groups {
+            if self.groups.iter().all(|r| r.config.name != g.name) {
+                self.add_group(g)?;
+                rebuild.insert(g.name.clone());
+            }
+        }
+        self.resync(&rebuild, &carry).await
+    }
+
+    /// Takes down what an old group runtime set up that the new configuration (`kept`, the
+    /// group's new definition if it still exists) no longer has: the datapath and test
+    /// address of NICs that leave, the data addresses that are gone, the bucket table.
+    pub(super) async fn retire_group(&mut self, old: Group, kept: Option<&GroupConfig>) {
+        let stays = |nic: &str| kept.is_some_and(|g| g.interface(nic).is_some());
+        for nic in &old.nics {
+            let Some(ifindex) = nic.ifindex else { continue };
+            let test_kept = kept
+                .and_then(|g| g.interface(&nic.name))
+                .is_some_and(|i| i.test_address.map(IpCidr::from) == nic.test_address);
+            if let Some(test) = nic.test_address.filter(|_| !test_kept) {
+                let host = IpCidr::new(test.addr(), 32).expect("/32 is valid for IPv4");
+                if let Err(e) = self.netlink.del_address(ifindex, host).await {
+                    tracing::warn!("{e}");
+                }
+                if let IpAddr::V4(v4) = test.addr() {
+                    let _ = self.datapath.maps.remove_test_address(v4);
+                }
+            }
+            if !stays(&nic.name) {
+                let _ = self.datapath.detach(ifindex);
+                let _ = self.datapath.maps.remove_nic(ifindex);
+                let _ = self.datapath.maps.clear_counters(nic.slot);
+                self.slots.remove(&nic.name);
+                tracing::info!("{} left group {}", nic.name, old.config.name);
+            }
+        }
+        let still_configured = |cidr: &IpCidr| {
+            kept.is_some_and(|g| g.interfaces.iter().any(|i| i.data_addresses.contains(cidr)))
+        };
+        for a in old.addresses.iter().filter(|a| !still_configured(&a.cidr)) {
+            let Some(ifindex) = a
+                .current
+                .as_deref()
+                .and_then(|n| old.nic(n))
+                .and_then(|n| n.ifindex)
+            else {
+                continue;
+            };
+            match self.netlink.del_address(ifindex, a.cidr).await {
+                Ok(()) => tracing::info!("removed data address {} (no longer configured)", a.cidr),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        if kept.is_none() {
+            self.group_ids.remove(&old.config.name);
+            let empty = [0u32; mpath_common::BUCKETS_PER_GROUP as usize];
+            if let Err(e) = self.datapath.maps.write_table(old.id, &empty, |_| [0; 6]) {
+                tracing::warn!("group {}: {e}", old.config.name);
+            }
+        }
+    }
+}
+
+/// Replays members' states from before a reload rebuilt their group's state machine.
+pub(super) fn carry_states(
+    group: &mut Group,
+    states: &[(String, IfState)],
+    now: Instant,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (nic, state) in states {
+        let event = match state {
+            IfState::Offline { .. } => Event::Offline { nic: nic.clone() },
+            IfState::Failed {
+                cause: FailureCause::ProbesLost | FailureCause::TargetsUnreachable,
+            } => Event::Adopt { nic: nic.clone() },
+            _ => continue,
+        };
+        match group.fsm.handle(event, now) {
+            Ok(more) => actions.extend(more),
+            Err(e) => tracing::debug!("carrying {nic}'s state over the reload: {e}"),
+        }
+    }
+    actions
+}

@@ -1,0 +1,113 @@
+//! The status views and the metrics snapshot.
+
+use super::*;
+
+impl Daemon {
+    /// What a scrape shows of the groups and the datapath's counters, as they are now.
+    pub(super) fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let mut snapshot = metrics::Snapshot::default();
+        for g in &self.groups {
+            snapshot.groups.push(metrics::GroupSnapshot {
+                view: g.fsm.view(),
+                fdt: g.fdt.view(),
+                interfaces: g.fsm.interface_views(),
+            });
+            for n in &g.nics {
+                match self.datapath.maps.counters(n.slot) {
+                    Ok(counters) => snapshot.datapath.push(metrics::DatapathSnapshot {
+                        group: g.config.name.clone(),
+                        interface: n.name.clone(),
+                        counters,
+                    }),
+                    Err(e) => tracing::debug!("metrics: counters of {}: {e}", n.name),
+                }
+            }
+        }
+        snapshot.ungrouped = self
+            .ungrouped
+            .iter()
+            .map(|(name, up)| metrics::UngroupedSnapshot {
+                interface: name.clone(),
+                link_up: *up,
+            })
+            .collect();
+        snapshot
+    }
+
+    pub(super) fn status(&self) -> Status {
+        let mut status = Status::default();
+        for g in &self.groups {
+            let view = g.fsm.view();
+            status.groups.push(GroupRow {
+                group: view.group.clone(),
+                state: label(view.state),
+                fdt_ms: g.fdt.effective().as_millis() as u64,
+                active: view.active.clone(),
+                inactive: view.inactive.clone(),
+                unusable: view.unusable.clone(),
+            });
+            status
+                .interfaces
+                .extend(g.fsm.interface_views().into_iter().map(|i| InterfaceRow {
+                    interface: i.interface,
+                    group: i.group,
+                    active: i.active,
+                    flags: i.flags.into_iter().map(label).collect(),
+                    link: label(i.link),
+                    probe: label(i.probe),
+                    state: label(i.state),
+                }));
+            let outbound: Vec<String> = g
+                .fsm
+                .usable_interfaces()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            status
+                .addresses
+                .extend(g.addresses.iter().map(|a| AddressRow {
+                    address: a.cidr.to_string(),
+                    state: if a.current.is_some() { "up" } else { "down" }.into(),
+                    group: g.config.name.clone(),
+                    inbound: a.current.clone(),
+                    outbound: if a.current.is_some() {
+                        outbound.clone()
+                    } else {
+                        Vec::new()
+                    },
+                }));
+            for n in &g.nics {
+                if n.probing.is_empty() {
+                    status.targets.push(TargetRow {
+                        interface: n.name.clone(),
+                        mode: "disabled".into(),
+                        test_address: None,
+                        targets: Vec::new(),
+                    });
+                }
+                status.targets.extend(n.probing.iter().map(|p| {
+                    let view = p.prober.view();
+                    let multicast = view.targets.iter().any(|t| label(t.source) == "discovered");
+                    TargetRow {
+                        interface: n.name.clone(),
+                        mode: if multicast { "multicast" } else { "routes" }.into(),
+                        test_address: Some(view.test_address),
+                        targets: p.prober.targets().active().collect(),
+                    }
+                }));
+            }
+        }
+        status
+            .interfaces
+            .extend(self.ungrouped.iter().map(|(name, up)| InterfaceRow {
+                interface: name.clone(),
+                group: String::new(),
+                active: false,
+                flags: Vec::new(),
+                link: if *up { "up" } else { "down" }.into(),
+                probe: "disabled".into(),
+                state: if *up { "ok" } else { "failed" }.into(),
+            }));
+        status
+    }
+}
