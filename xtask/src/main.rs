@@ -1,4 +1,4 @@
-//! mpath's developer commands: `cargo xtask setup | test | demo | bench`.
+//! mpath's developer commands: `cargo xtask setup | test | demo | bench | soak`.
 
 mod demo;
 mod setup;
@@ -37,6 +37,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, then run mpathd (release build) under random faults and traffic, checking that
+    /// no address is lost or duplicated; writes its figures to BENCHMARKS.md. Not part of
+    /// `test`: it runs for half an hour by default.
+    Soak {
+        /// How long to inject faults.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        /// Seed of the fault sequence (to replay a run); random when not given.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -63,36 +74,55 @@ fn main() -> anyhow::Result<()> {
             let name = match which {
                 Benchmark::Datapath => "datapath",
                 Benchmark::Failover => {
-                    // The benchmark runs mpathd as a program, found next to itself.
-                    exec(Command::new(env!("CARGO")).args([
-                        "build",
-                        "--release",
-                        "--quiet",
-                        "-p",
-                        "mpath-ctl",
-                        "--bins",
-                    ]))?;
+                    build_daemon()?;
                     "failover"
                 }
             };
-            exec(
-                Command::new(env!("CARGO"))
-                    .args([
-                        "run",
-                        "--release",
-                        "--quiet",
-                        "-p",
-                        "mpath-tests",
-                        "--bin",
-                        "mpath-bench",
-                        "--",
-                    ])
-                    .arg(name)
-                    .args(["--out", "BENCHMARKS.md"])
-                    .args(args),
-            )
+            run_bench(name, &args)
+        }
+        Cmd::Soak { minutes, seed } => {
+            setup::run()?;
+            build_daemon()?;
+            let mut args = vec!["--minutes".to_string(), minutes.to_string()];
+            if let Some(seed) = seed {
+                args.extend(["--seed".to_string(), seed.to_string()]);
+            }
+            run_bench("soak", &args)
         }
     }
+}
+
+/// Builds mpathd and mpathctl in release mode: the benchmarks that run the daemon find it
+/// next to themselves.
+fn build_daemon() -> anyhow::Result<()> {
+    exec(Command::new(env!("CARGO")).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "mpath-ctl",
+        "--bins",
+    ]))
+}
+
+/// Runs `mpath-bench NAME ARGS` (release build), writing into BENCHMARKS.md.
+fn run_bench(name: &str, args: &[String]) -> anyhow::Result<()> {
+    exec(
+        Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "mpath-tests",
+                "--bin",
+                "mpath-bench",
+                "--",
+            ])
+            .arg(name)
+            .args(["--out", "BENCHMARKS.md"])
+            .args(args),
+    )
 }
 
 /// Runs a command, inheriting stdio; fails naming the command when it fails.

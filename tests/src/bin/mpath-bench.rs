@@ -9,6 +9,11 @@
 //! carrier loss and silent loss under mpathd and for kernel ECMP with
 //! `ignore_routes_with_linkdown`; the traffic gap, split by mpathd's log into detection, map
 //! rewrite and address move. Optionally a false-failure run under saturating traffic.
+//!
+//! `soak`: random faults under traffic with an invariant checker (see [`soak`]).
+
+#[path = "mpath-bench/soak.rs"]
+mod soak;
 
 use std::{
     collections::BTreeMap,
@@ -83,9 +88,20 @@ fn main() -> anyhow::Result<()> {
             }
             failover(reps, minutes, out)
         }
+        Some("soak") => {
+            let minutes = flag(&args, "--minutes")?.unwrap_or(30);
+            let seed = match flag(&args, "--seed")? {
+                Some(seed) => seed,
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_nanos() as u64,
+            };
+            soak::soak(minutes, seed, out)
+        }
         _ => bail!(
             "usage: mpath-bench datapath [--rounds N] [--seconds S] [--out BENCHMARKS.md]\n       \
-             mpath-bench failover [--reps N] [--false-failure-minutes M] [--out BENCHMARKS.md]"
+             mpath-bench failover [--reps N] [--false-failure-minutes M] [--out BENCHMARKS.md]\n       \
+             mpath-bench soak [--minutes N] [--seed S] [--out BENCHMARKS.md]"
         ),
     }
 }
@@ -411,7 +427,7 @@ fn datapath(rounds: u64, duration: Duration, out: Option<PathBuf>) -> anyhow::Re
             duration.as_secs_f64(),
             cpus(),
         );
-        write_section(&path, "datapath", &body)?;
+        write_section(&path, "Benchmark: datapath", &body)?;
         eprintln!("written to {}", path.display());
     }
     Ok(())
@@ -421,10 +437,10 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
-/// Replaces (or appends) the `## Benchmark: NAME` section of BENCHMARKS.md with `body`.
-fn write_section(path: &Path, name: &str, body: &str) -> anyhow::Result<()> {
+/// Replaces (or appends) the `## TITLE` section of BENCHMARKS.md with `body`.
+fn write_section(path: &Path, title: &str, body: &str) -> anyhow::Result<()> {
     let existing = fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let heading = format!("## Benchmark: {name}");
+    let heading = format!("## {title}");
     let section = format!("{heading}\n\n{}\n\n", body.trim_end());
     let mut sections: Vec<&str> = existing.split("\n## ").collect();
     let head = sections.remove(0).trim_end().to_string();
@@ -1242,7 +1258,7 @@ fn failover(reps: u64, false_failure_minutes: u64, out: Option<PathBuf>) -> anyh
             STREAM_SPACING.as_secs_f64() * 1e3,
             cpus(),
         );
-        write_section(&path, "failover", &body)?;
+        write_section(&path, "Benchmark: failover", &body)?;
         eprintln!("written to {}", path.display());
     }
     Ok(())
