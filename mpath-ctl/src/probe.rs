@@ -330,6 +330,8 @@ pub struct Prober {
     totals: ProbeCounters,
     unknown: UnknownReplies,
     nic_failed: bool,
+    /// When the NIC last started working again; older probes do not train the RTT.
+    trusted_since: Option<Instant>,
 }
 
 impl Prober {
@@ -352,6 +354,7 @@ impl Prober {
             totals: ProbeCounters::default(),
             unknown: UnknownReplies::default(),
             nic_failed: false,
+            trusted_since: None,
         }
     }
 
@@ -378,15 +381,21 @@ impl Prober {
         self.forget_stats_of_removed_targets();
     }
 
-    /// The interface state machine reports failure and repair here. While the NIC is failed
-    /// replies still count, but their RTTs are not trusted (they may have waited in ARP/ND
-    /// queues), and the estimates start afresh.
-    pub fn set_nic_failed(&mut self, failed: bool) {
+    /// The daemon reports here whether the NIC is working (neither failed nor offline). While
+    /// it is not, replies still count but their RTTs are not trusted, and the estimates start
+    /// afresh. Probes sent before it works again are not trusted either: they may have waited
+    /// seconds in ARP/ND queues while the link was down, and their replies arrive after it.
+    pub fn set_nic_failed(&mut self, failed: bool, now: Instant) {
+        if failed == self.nic_failed {
+            return;
+        }
         self.nic_failed = failed;
         if failed {
             for stats in self.stats.values_mut() {
                 stats.rtt = RttEstimator::default();
             }
+        } else {
+            self.trusted_since = Some(now);
         }
     }
 
@@ -480,7 +489,10 @@ impl Prober {
             target,
             rtt: net_rtt.unwrap_or(daemon_rtt),
         })];
-        if let Some(rtt) = net_rtt {
+        let trusted = self
+            .trusted_since
+            .is_none_or(|since| probe.sent_at >= since);
+        if let Some(rtt) = net_rtt.filter(|_| trusted) {
             self.sample_rtt(target, reply.seq, rtt, now, fdt, &mut events);
         }
         ReplyVerdict::Accepted(events)
@@ -1403,7 +1415,7 @@ mod tests {
         accepted(harness.answer(at, request, ms(10)));
         assert!(harness.target_view(A).rtt_avg_us.is_some());
 
-        harness.prober.set_nic_failed(true);
+        harness.prober.set_nic_failed(true, at);
         assert_eq!(
             harness.target_view(A).rtt_avg_us,
             None,
@@ -1420,8 +1432,22 @@ mod tests {
         );
         assert_eq!(harness.target_view(A).rtt_avg_us, None);
 
-        harness.prober.set_nic_failed(false);
+        // A probe sent while the NIC was failed, answered seconds later (it waited in the
+        // ARP queue until the link came back): it counts, but its RTT does not train the
+        // estimate nor raise the failure detection time.
+        // Two of them in a row: one alone would be held back as an outlier anyway.
+        let (stale_at, stale) = harness.send_due();
+        let (stale_at2, stale2) = harness.send_due();
         let (at, request) = harness.send_due();
+        harness.prober.set_nic_failed(false, at);
+        for (sent_at, probe) in [(stale_at, stale), (stale_at2, stale2)] {
+            let events = accepted(harness.answer(sent_at, probe, ms(2500)));
+            assert!(
+                !events.iter().any(|e| matches!(e, ProbeEvent::FdtRaised(_))),
+                "{events:?}"
+            );
+        }
+        assert_eq!(harness.target_view(A).rtt_avg_us, None);
         accepted(harness.answer(at, request, ms(10)));
         assert_eq!(harness.target_view(A).rtt_avg_us, Some(10_000));
     }

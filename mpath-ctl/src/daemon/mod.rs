@@ -480,13 +480,15 @@ impl Daemon {
                         }
                     }
                 }
-                Action::Failed { nic, .. } | Action::Repaired { nic } => {
-                    let failed = matches!(action, Action::Failed { .. });
-                    for p in group.nic_mut(nic).into_iter().flat_map(|n| &mut n.probing) {
-                        p.prober.set_nic_failed(failed);
-                    }
-                }
                 _ => {}
+            }
+        }
+        // Probers trust RTTs only while their NIC works (not failed, not offline).
+        let now = Instant::now();
+        for nic in &mut group.nics {
+            let working = matches!(group.fsm.interface_state(&nic.name), Some(IfState::Ok));
+            for p in &mut nic.probing {
+                p.prober.set_nic_failed(!working, now);
             }
         }
         if usable_changed {
