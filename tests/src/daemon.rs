@@ -113,6 +113,11 @@ impl Mpathd {
 
     /// (Re)starts the process on the same configuration and pins.
     pub fn spawn(&mut self, ns: &Netns) {
+        self.spawn_with_env(ns, &[]);
+    }
+
+    /// Like [`Mpathd::spawn`], with extra environment variables for mpathd.
+    pub fn spawn_with_env(&mut self, ns: &Netns, env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -125,6 +130,7 @@ impl Mpathd {
             .arg(&self.config)
             .args(["--defaults", "/nonexistent"])
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

@@ -1257,3 +1257,38 @@ fn losing_its_link_local_address_leaves_a_nic_to_ipv4_probing() {
         })
     });
 }
+
+#[test]
+fn after_the_kernel_drops_netlink_events_mpathd_resyncs_and_restores() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    daemon.stop();
+    // The smallest event buffer the kernel allows: a burst of changes overruns it.
+    daemon.spawn_with_env(lab.host(), &[("MPATHD_NETLINK_RCVBUF", "1")]);
+    daemon.wait_until("all NICs ok", all_ok);
+
+    let batch = std::env::temp_dir().join(format!("mpath-burst-{}", std::process::id()));
+    let mut commands = String::from("address del 192.0.2.20/24 dev h1\n");
+    for i in 0..250 {
+        commands.push_str(&format!(
+            "address add 203.0.113.{}/32 dev lo\n",
+            i % 250 + 1
+        ));
+    }
+    std::fs::write(&batch, commands).unwrap();
+    lab.host()
+        .ip(&["-batch", &batch.display().to_string()])
+        .unwrap();
+    std::fs::remove_file(&batch).unwrap();
+    daemon.wait_until("the overrun noticed", |d| {
+        d.log()
+            .contains("the kernel dropped netlink events; resynchronising")
+    });
+    daemon.wait_until("192.0.2.20 restored on h1", |_| {
+        lab.host_addrs("h1")
+            .unwrap()
+            .contains(&"192.0.2.20/24".to_string())
+    });
+    assert!(all_ok(&daemon));
+}

@@ -171,7 +171,14 @@ impl Daemon {
         let nonce: u64 = rng.random();
         datapath.maps.set_settings(Settings { nonce })?;
         // Subscribed before the first dump, so that nothing changing meanwhile is missed.
-        let monitor = Monitor::open().context("subscribing to rtnetlink events")?;
+        // MPATHD_NETLINK_RCVBUF shrinks the event socket's buffer, so that tests can make the
+        // kernel drop events and check the resync that follows.
+        let receive_buffer = std::env::var("MPATHD_NETLINK_RCVBUF")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Monitor::DEFAULT_RECEIVE_BUFFER);
+        let monitor = Monitor::open_with_receive_buffer(receive_buffer)
+            .context("subscribing to rtnetlink events")?;
         let netlink = Netlink::connect().context("opening rtnetlink")?;
         let (probe_rows, _) = broadcast::channel(256);
         let metrics = Metrics::new(&config.groups)?;
