@@ -367,8 +367,14 @@ impl Traffic {
         self.step.store(step, Ordering::Relaxed);
     }
 
-    fn running(&self) -> bool {
-        !self.threads.iter().any(JoinHandle::is_finished)
+    /// Why a traffic thread ended early, if one did.
+    fn failure(&mut self) -> Option<String> {
+        let index = self.threads.iter().position(JoinHandle::is_finished)?;
+        Some(match self.threads.swap_remove(index).join() {
+            Ok(Ok(())) => "a traffic thread ended".into(),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "a traffic thread panicked".into(),
+        })
     }
 
     /// Stops sending, waits for late replies, and returns every packet sent.
@@ -549,7 +555,7 @@ pub fn soak(minutes: u64, seed: u64, out: Option<PathBuf>) -> anyhow::Result<()>
     settle(&lab, &daemon, &faults, &home, Instant::now())
         .map_err(|e| violation(&[], &daemon, &format!("mpathd never settled at start: {e}")))?;
     let pid = daemon_pid(&daemon)?;
-    let traffic = Traffic::start(&lab)?;
+    let mut traffic = Traffic::start(&lab)?;
     eprintln!(
         "soak: seed {seed}, {minutes} min of random faults on h0, h1, h2 (FDT {FDT_MS} ms), \
          mpathd pid {pid}"
@@ -630,8 +636,12 @@ pub fn soak(minutes: u64, seed: u64, out: Option<PathBuf>) -> anyhow::Result<()>
             ));
         }
         checks += 1;
-        if !traffic.running() {
-            return Err(violation(&records, &daemon, "the traffic stopped"));
+        if let Some(why) = traffic.failure() {
+            return Err(violation(
+                &records,
+                &daemon,
+                &format!("the traffic stopped: {why}"),
+            ));
         }
         samples.push((started.elapsed(), usage(pid)?));
     }
