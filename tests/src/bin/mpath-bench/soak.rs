@@ -412,10 +412,13 @@ fn echo_until(socket: &UdpSocket, stop: &AtomicBool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A receive that only ran out of time or was interrupted by a signal: try again.
 fn is_timeout(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
     )
 }
 
