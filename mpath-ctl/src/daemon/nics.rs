@@ -29,15 +29,9 @@ impl Daemon {
     /// Builds the runtime of a configured group with the lowest free group id and NIC slots;
     /// the kernel side is set up by the next resync.
     pub(super) fn add_group(&mut self, g: &GroupConfig) -> anyhow::Result<()> {
-        // A group keeps its id (its bucket table) across reloads; a new one takes the lowest
-        // free id.
-        let id = match self.group_ids.get(&g.name) {
-            Some(id) => *id,
-            None => (0..MAX_GROUPS)
-                .find(|id| self.group_ids.values().all(|used| used != id))
-                .context("too many groups")?,
-        };
-        self.group_ids.insert(g.name.clone(), id);
+        // A group keeps its id (its bucket table) across reloads.
+        let id =
+            keep_or_assign(&mut self.group_ids, &g.name, MAX_GROUPS).context("too many groups")?;
 
         let policy = Policy {
             failback: self.config.daemon.failback,
@@ -64,14 +58,9 @@ impl Daemon {
         let mut nics = Vec::new();
         for i in &g.interfaces {
             let probe_v6 = i.test_address.is_some() && v6_data;
-            // A NIC keeps its counter slot across reloads; a new one takes the lowest free.
-            let slot = match self.slots.get(&i.name) {
-                Some(slot) => *slot,
-                None => (0..MAX_NICS)
-                    .find(|s| self.slots.values().all(|used| used != s))
-                    .context("too many NICs")?,
-            };
-            self.slots.insert(i.name.clone(), slot);
+            // A NIC keeps its counter slot across reloads.
+            let slot =
+                keep_or_assign(&mut self.slots, &i.name, MAX_NICS).context("too many NICs")?;
             nics.push(Nic {
                 name: i.name.clone(),
                 test_address: i.test_address.map(Into::into),
@@ -403,6 +392,17 @@ pub(super) fn link_local_of(addresses: &[(u32, IpCidr)], ifindex: u32) -> Option
         .map(|(_, c)| *c)
 }
 
+/// The number `name` holds in `assigned`, or the lowest one below `limit` that nobody holds
+/// (then recorded); `None` when all are taken.
+fn keep_or_assign(assigned: &mut BTreeMap<String, u32>, name: &str, limit: u32) -> Option<u32> {
+    let number = match assigned.get(name) {
+        Some(number) => *number,
+        None => (0..limit).find(|n| assigned.values().all(|used| used != n))?,
+    };
+    assigned.insert(name.to_string(), number);
+    Some(number)
+}
+
 pub(super) fn is_link_local(addr: IpAddr) -> bool {
     matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
 }
@@ -459,4 +459,25 @@ pub(super) fn start_probing(
         discovery: Vec::new(),
         had_targets: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_kept_by_name_and_freed_ones_reused() {
+        let mut assigned = BTreeMap::new();
+        assert_eq!(keep_or_assign(&mut assigned, "a", 3), Some(0));
+        assert_eq!(keep_or_assign(&mut assigned, "b", 3), Some(1));
+        assert_eq!(keep_or_assign(&mut assigned, "a", 3), Some(0), "kept");
+        assigned.remove("a");
+        assert_eq!(
+            keep_or_assign(&mut assigned, "c", 3),
+            Some(0),
+            "lowest free"
+        );
+        assert_eq!(keep_or_assign(&mut assigned, "d", 3), Some(2));
+        assert_eq!(keep_or_assign(&mut assigned, "e", 3), None, "all taken");
+    }
 }
