@@ -31,7 +31,7 @@ pub const PROBE_MAGIC: u32 = 0x4d50_5448;
 
 /// Version of the pinned layout; part of the pin path so a daemon never adopts maps whose
 /// layout it does not understand (aya reuses a pinned map without checking it).
-pub const PIN_LAYOUT_VERSION: &str = "v1";
+pub const PIN_LAYOUT_VERSION: &str = "v2";
 
 /// Names of the maps, as pinned under `<pin dir>/<PIN_LAYOUT_VERSION>/maps/`.
 pub mod map_names {
@@ -134,8 +134,9 @@ pub enum RejectReason {
     WrongDestination = 2,
     /// The payload names another NIC: the reply came in on the wrong one.
     WrongNic = 3,
-    /// The payload carries another run's nonce (stale or forged).
-    WrongNonce = 4,
+    /// The payload's tag is not the keyed hash of its NIC and sequence number under this
+    /// run's probe key: forged, or left from an earlier run.
+    BadTag = 4,
     /// Lengths, magic or sequence fields do not add up.
     Malformed = 5,
     /// The ICMP checksum does not match.
@@ -149,7 +150,7 @@ impl RejectReason {
         RejectReason::Fragmented,
         RejectReason::WrongDestination,
         RejectReason::WrongNic,
-        RejectReason::WrongNonce,
+        RejectReason::BadTag,
         RejectReason::Malformed,
         RejectReason::BadChecksum,
     ];
@@ -161,7 +162,7 @@ impl RejectReason {
             RejectReason::Fragmented => "fragmented",
             RejectReason::WrongDestination => "wrong_destination",
             RejectReason::WrongNic => "wrong_nic",
-            RejectReason::WrongNonce => "wrong_nonce",
+            RejectReason::BadTag => "bad_tag",
             RejectReason::Malformed => "malformed",
             RejectReason::BadChecksum => "bad_checksum",
         }
@@ -214,8 +215,9 @@ impl NicCounters {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// Random per-run value every probe carries; replies with another value are rejected.
-    pub nonce: u64,
+    /// The running mpathd's random SipHash key for probe tags ([`probe_tag`]). It never
+    /// leaves the host, so no one else can make a tag that the XDP program accepts.
+    pub probe_key: [u64; 2],
 }
 
 /// The payload of every probe, echoed back by the target. Native byte order: only this
@@ -226,12 +228,67 @@ pub struct ProbePayload {
     pub magic: u32,
     /// ifindex of the NIC the probe left through.
     pub ifindex: u32,
-    pub nonce: u64,
     /// Full sequence number; the ICMP header carries its low 16 bits.
     pub seq: u32,
     pub _pad: u32,
-    /// CLOCK_MONOTONIC nanoseconds when mpathd sent the probe.
+    /// [`probe_tag`] of `ifindex` and `seq`: a host that saw some probes cannot make a
+    /// reply to another one, nor turn one NIC's probe into a reply for another NIC.
+    pub tag: u64,
+    /// CLOCK_MONOTONIC nanoseconds when mpathd handed the probe to the kernel.
     pub sent_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds when the probe left the host, stamped by the egress
+    /// program (0 if it was not): time spent waiting for ARP/ND or in qdiscs is not
+    /// network round trip.
+    pub wire_ns: u64,
+}
+
+/// Offset of [`ProbePayload::wire_ns`] in the ICMP message (after the 8-byte echo header).
+pub const PROBE_WIRE_NS_OFFSET: usize = 8 + core::mem::offset_of!(ProbePayload, wire_ns);
+
+/// The tag of probe `seq` on NIC `ifindex`: SipHash-2-4 under the run's probe key, over the
+/// 8 bytes `ifindex` and `seq` (both little-endian). Shared by mpathd, which writes it, and
+/// the XDP program, which checks it.
+#[inline(always)]
+pub fn probe_tag(key: [u64; 2], ifindex: u32, seq: u32) -> u64 {
+    siphash_2_4_u64(key, u64::from(ifindex) | (u64::from(seq) << 32))
+}
+
+/// SipHash-2-4 of one 8-byte message `m` (read as a little-endian word). Straight-line
+/// code: small and easy for the verifier.
+#[inline(always)]
+fn siphash_2_4_u64(key: [u64; 2], m: u64) -> u64 {
+    let mut v = [
+        key[0] ^ 0x736f_6d65_7073_6575,
+        key[1] ^ 0x646f_7261_6e64_6f6d,
+        key[0] ^ 0x6c79_6765_6e65_7261,
+        key[1] ^ 0x7465_6462_7974_6573,
+    ];
+    // The message block, then the final block: the length (8) in the top byte.
+    for block in [m, 8 << 56] {
+        v[3] ^= block;
+        sip_round(&mut v);
+        sip_round(&mut v);
+        v[0] ^= block;
+    }
+    v[2] ^= 0xff;
+    for _ in 0..4 {
+        sip_round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+#[inline(always)]
+fn sip_round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13) ^ v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16) ^ v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21) ^ v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17) ^ v[2];
+    v[2] = v[2].rotate_left(32);
 }
 
 /// Length of a probe's ICMP message: the 8-byte echo header and the payload.
@@ -250,6 +307,8 @@ pub struct ProbeReply {
     pub target: [u8; 16],
     /// From the payload: when mpathd sent the probe (CLOCK_MONOTONIC ns).
     pub sent_ns: u64,
+    /// From the payload: when the probe left through TC egress (0: not stamped).
+    pub wire_ns: u64,
     /// When XDP saw the reply (bpf_ktime_get_ns, CLOCK_MONOTONIC ns).
     pub received_ns: u64,
 }
@@ -280,9 +339,33 @@ mod tests {
         assert_eq!(size_of::<EgressNic>(), 8);
         assert_eq!(size_of::<GroupTests>(), 4 + 16 * 4 + 16 * 12);
         assert_eq!(size_of::<NicCounters>(), 8 * (8 + RejectReason::COUNT));
-        assert_eq!(size_of::<ProbePayload>(), 32);
-        assert_eq!(size_of::<ProbeReply>(), 16 + 16 + 16);
-        assert_eq!(PROBE_ICMP_LEN, 40);
+        assert_eq!(size_of::<ProbePayload>(), 40);
+        assert_eq!(size_of::<ProbeReply>(), 16 + 16 + 24);
+        assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(PROBE_ICMP_LEN, 48);
+        assert_eq!(PROBE_WIRE_NS_OFFSET, 40);
+    }
+
+    #[test]
+    fn probe_tags_are_siphash_2_4() {
+        // The reference implementation's test vector for an 8-byte message: key 00..0f,
+        // message 00..07.
+        let key = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
+        assert_eq!(
+            probe_tag(key, 0x0302_0100, 0x0706_0504),
+            0x93f5_f579_9a93_2462
+        );
+    }
+
+    #[test]
+    fn a_probe_tag_changes_with_every_input() {
+        let key = [1, 2];
+        let tag = probe_tag(key, 7, 1000);
+        assert_ne!(tag, probe_tag(key, 8, 1000));
+        assert_ne!(tag, probe_tag(key, 7, 1001));
+        assert_ne!(tag, probe_tag([1, 3], 7, 1000));
+        assert_ne!(tag, probe_tag([2, 2], 7, 1000));
+        assert_eq!(tag, probe_tag(key, 7, 1000));
     }
 
     #[test]
@@ -299,13 +382,13 @@ mod tests {
             rx_bytes: 100,
             ..Default::default()
         };
-        a.rejected[RejectReason::WrongNonce as usize] = 1;
+        a.rejected[RejectReason::BadTag as usize] = 1;
         let mut b = a;
         b.rejected[RejectReason::Truncated as usize] = 3;
         let s = NicCounters::sum([&a, &b]);
         assert_eq!(s.tx_packets, 4);
         assert_eq!(s.rx_bytes, 200);
-        assert_eq!(s.rejected[RejectReason::WrongNonce as usize], 2);
+        assert_eq!(s.rejected[RejectReason::BadTag as usize], 2);
         assert_eq!(s.rejected[RejectReason::Truncated as usize], 3);
     }
 }

@@ -3,7 +3,7 @@
 //! tearing it down.
 //!
 //! Layout under the pin directory (default `/sys/fs/bpf/mpath`):
-//! `v1/maps/<MAP>` and `v1/links/{tc,xdp}-<ifindex>`. The layout version is part of the path:
+//! `v2/maps/<MAP>` and `v2/links/{tc,xdp}-<ifindex>`. The layout version is part of the path:
 //! aya adopts a pinned map without checking its layout.
 
 use std::{
@@ -76,6 +76,7 @@ impl Datapath {
     /// bucket tables and counters, survive a restart) or pinning new ones there.
     pub fn open(pin_root: &Path) -> Result<Self, DatapathError> {
         ensure_bpffs(pin_root)?;
+        retire_other_layouts(pin_root)?;
         let dir = pin_root.join(PIN_LAYOUT_VERSION);
         for sub in ["maps", "links"] {
             let path = dir.join(sub);
@@ -213,6 +214,35 @@ impl Datapath {
     fn link_path(&self, kind: &str, ifindex: u32) -> PathBuf {
         self.dir.join("links").join(format!("{kind}-{ifindex}"))
     }
+}
+
+/// Removes the pins of other layout versions, left by an mpathd of another release: their
+/// programs cannot share this release's maps, and two spreading programs on one NIC would
+/// fight. Until this release attaches its own, the NICs briefly run without a program, which
+/// costs spreading and probe matching for that moment but no packet.
+fn retire_other_layouts(pin_root: &Path) -> Result<(), DatapathError> {
+    let entries = match fs::read_dir(pin_root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(pin_root)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(pin_root))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_layout = name
+            .strip_prefix('v')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if is_layout && name != PIN_LAYOUT_VERSION {
+            let path = entry.path();
+            tracing::warn!(
+                "removing the datapath pinned under {} by an mpathd of another release (layout {name}, this one uses {PIN_LAYOUT_VERSION})",
+                path.display()
+            );
+            fs::remove_dir_all(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes every pin of the datapath under `pin_root`: links (which detaches the programs

@@ -4,6 +4,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod evidence;
 pub mod failover;
 pub mod maps;
 pub mod metrics;

@@ -285,13 +285,6 @@ impl Maps {
         self.counters.set(slot, zeros, 0).map_err(map_err)
     }
 
-    pub fn settings(&self) -> Result<Settings, MapsError> {
-        self.settings.get(&0, 0).map_err(|source| MapsError::Map {
-            name: map_names::SETTINGS,
-            source,
-        })
-    }
-
     pub fn set_settings(&mut self, settings: Settings) -> Result<(), MapsError> {
         self.settings
             .set(0, settings, 0)

@@ -15,6 +15,7 @@
 //! of everything: no locks, and every scrape sees one consistent instant.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     convert::Infallible,
     io,
     net::{IpAddr, SocketAddr},
@@ -35,7 +36,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use mpath_common::{NicCounters, RejectReason as DatapathRejectReason};
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-    core::Collector,
+    core::{Collector, MetricVec, MetricVecBuilder},
 };
 use tokio::{
     net::TcpListener,
@@ -54,6 +55,10 @@ use crate::{
 
 /// Content type of text exposition format 0.0.4, as Prometheus' own clients send it.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Bucket bounds (probes) of loss-burst histograms: single losses apart from a failure's
+/// worth (NUM_PROBE_FAILS) and from outages.
+pub const LOSS_BURST_BUCKETS: [f64; 9] = [1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 
 /// RTT histogram buckets (seconds), 1-2.5-5 per decade from 10 µs (kernel-timestamped
 /// probes on a quiet LAN) to 10 s (far beyond any usable failure detection time).
@@ -93,6 +98,33 @@ pub struct Snapshot {
     pub datapath: Vec<DatapathSnapshot>,
     /// NICs outside any group, tracked when TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
     pub ungrouped: Vec<UngroupedSnapshot>,
+}
+
+/// The groups, NICs and probe targets that exist now; see [`Metrics::retain`].
+#[derive(Debug, Default)]
+pub struct LiveSeries {
+    pub groups: BTreeSet<String>,
+    /// (group, NIC)
+    pub nics: BTreeSet<(String, String)>,
+    /// (group, NIC, target)
+    pub targets: BTreeSet<(String, String, IpAddr)>,
+}
+
+/// Removes the series of `family` whose labels `keep` refuses.
+fn prune<T: MetricVecBuilder>(family: &MetricVec<T>, keep: &dyn Fn(&HashMap<&str, &str>) -> bool) {
+    for metrics in family.collect() {
+        for metric in metrics.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if !keep(&labels) {
+                // Only fails for a series that is not there.
+                let _ = family.remove(&labels);
+            }
+        }
+    }
 }
 
 /// One group as its state machine and its FDT see it.
@@ -139,7 +171,11 @@ struct ProbeMetrics {
     lost: IntCounterVec,
     rtt: HistogramVec,
     interface_rtt: HistogramVec,
+    loss_bursts: HistogramVec,
     unknown_replies: IntCounterVec,
+    /// Probes lost in a row so far, per (group, NIC, target): a burst is observed when the
+    /// next answer ends it.
+    loss_runs: HashMap<(String, String, IpAddr), u32>,
 }
 
 /// Totals of what the state machines and address placement did.
@@ -288,12 +324,26 @@ impl Metrics {
                 "Round-trip time of answered probes per NIC, all its targets together.",
                 NIC,
             )?,
+            loss_bursts: d.register(
+                "mpath_probe_loss_burst_probes",
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "mpath_probe_loss_burst_probes",
+                        "Runs of probes to the target lost in a row, observed when an answer \
+                         ends the run: sporadic loss piles up at 1, an outage shows as one \
+                         long run.",
+                    )
+                    .buckets(LOSS_BURST_BUCKETS.to_vec()),
+                    NIC_TARGET,
+                ),
+            )?,
             unknown_replies: d.counter(
                 "mpath_probe_replies_unknown_total",
                 "Matched replies the prober refused: sequence number outside the window of \
                  outstanding probes, from another target than the probe's, or duplicate.",
                 NIC_REASON,
             )?,
+            loss_runs: HashMap::new(),
         };
         let events = EventMetrics {
             failures: d.counter(
@@ -454,6 +504,46 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of groups, NICs and probe targets that are gone (a reload removed
+    /// them, a route or discovery change replaced a target), so that a long-running daemon
+    /// neither grows nor keeps reporting what no longer exists. The daemon calls this before
+    /// each render.
+    pub fn retain(&mut self, live: &LiveSeries) {
+        let keep = |labels: &HashMap<&str, &str>| {
+            let group = labels.get("group").copied().unwrap_or_default();
+            match (labels.get("interface"), labels.get("target")) {
+                (Some(nic), Some(target)) => target.parse().is_ok_and(|target: IpAddr| {
+                    live.targets
+                        .contains(&(group.to_owned(), (*nic).to_owned(), target))
+                }),
+                (Some(nic), None) => live.nics.contains(&(group.to_owned(), (*nic).to_owned())),
+                (None, _) => live.groups.contains(group),
+            }
+        };
+        let p = &self.probes;
+        let e = &self.events;
+        for family in [
+            &p.sent,
+            &p.answered,
+            &p.lost,
+            &p.unknown_replies,
+            &e.failures,
+            &e.repairs,
+            &e.failovers,
+            &e.failbacks,
+            &e.restores,
+            &e.group_failures,
+        ] {
+            prune(family, &keep);
+        }
+        for family in [&p.rtt, &p.interface_rtt, &p.loss_bursts] {
+            prune(family, &keep);
+        }
+        self.probes
+            .loss_runs
+            .retain(|key, _| live.targets.contains(key));
+    }
+
     /// A probe left `nic` for `target`.
     pub fn probe_sent(&self, group: &str, nic: &str, target: IpAddr) {
         let target = target.to_string();
@@ -464,11 +554,19 @@ impl Metrics {
     }
 
     /// A probe of `nic` was answered or declared lost, as its prober reported it.
-    pub fn probe_outcome(&self, group: &str, nic: &str, outcome: ProbeOutcome) {
+    pub fn probe_outcome(&mut self, group: &str, nic: &str, outcome: ProbeOutcome) {
+        let (ProbeOutcome::Answered { target, .. } | ProbeOutcome::Lost { target }) = outcome;
+        let run_key = (group.to_owned(), nic.to_owned(), target);
         match outcome {
             ProbeOutcome::Answered { target, rtt } => {
                 let target = target.to_string();
                 let labels = [group, nic, &target];
+                if let Some(run) = self.probes.loss_runs.remove(&run_key) {
+                    self.probes
+                        .loss_bursts
+                        .with_label_values(&labels)
+                        .observe(f64::from(run));
+                }
                 self.probes.answered.with_label_values(&labels).inc();
                 self.probes
                     .rtt
@@ -480,6 +578,7 @@ impl Metrics {
                     .observe(rtt.as_secs_f64());
             }
             ProbeOutcome::Lost { target } => {
+                *self.probes.loss_runs.entry(run_key).or_default() += 1;
                 let target = target.to_string();
                 self.probes
                     .lost
@@ -908,7 +1007,7 @@ mod tests {
             probe_replies_lost: 2,
             ..Default::default()
         };
-        counters.rejected[DatapathRejectReason::WrongNonce as usize] = 7;
+        counters.rejected[DatapathRejectReason::BadTag as usize] = 7;
         Snapshot {
             groups: vec![GroupSnapshot {
                 view: GroupView {
@@ -942,7 +1041,7 @@ mod tests {
     /// A daemon's worth of metrics: probes in every outcome, a failure, a failover, a
     /// repair and a failback.
     fn populated() -> Metrics {
-        let m = Metrics::new(&[group_config("g0", &["h0", "h1"])]).unwrap();
+        let mut m = Metrics::new(&[group_config("g0", &["h0", "h1"])]).unwrap();
         for _ in 0..3 {
             m.probe_sent("g0", "h0", target());
         }
@@ -1076,6 +1175,88 @@ mod tests {
                 r#"group="g0",interface="h0",reason="duplicate""#
             ),
             Some(1.0)
+        );
+    }
+
+    #[test]
+    fn loss_bursts_are_observed_per_target_when_an_answer_ends_them() {
+        let mut m = Metrics::new(&[group_config("g0", &["h0"])]).unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let answered = |target| ProbeOutcome::Answered {
+            target,
+            rtt: Duration::from_micros(100),
+        };
+        // target(): 1 lost, answer, 3 lost (interleaved with the other target's answers),
+        // answer, 2 lost and still losing.
+        let outcomes = [
+            ProbeOutcome::Lost { target: target() },
+            answered(target()),
+            ProbeOutcome::Lost { target: target() },
+            answered(other),
+            ProbeOutcome::Lost { target: target() },
+            ProbeOutcome::Lost { target: target() },
+            answered(other),
+            answered(target()),
+            ProbeOutcome::Lost { target: target() },
+            ProbeOutcome::Lost { target: target() },
+        ];
+        for outcome in outcomes {
+            m.probe_outcome("g0", "h0", outcome);
+        }
+        let text = m.render(&Snapshot::default()).unwrap();
+        let series =
+            |labels: &str| sample(&text, &format!(r#"mpath_probe_loss_burst_probes_{labels}"#));
+        let t = r#"group="g0",interface="h0",target="192.0.2.1""#;
+        assert_eq!(series(&format!("count{{{t}}}")), Some(2.0));
+        assert_eq!(series(&format!("sum{{{t}}}")), Some(4.0));
+        assert_eq!(series(&format!("bucket{{{t},le=\"1\"}}")), Some(1.0));
+        assert_eq!(series(&format!("bucket{{{t},le=\"2\"}}")), Some(1.0));
+        assert_eq!(series(&format!("bucket{{{t},le=\"3\"}}")), Some(2.0));
+        let o = r#"group="g0",interface="h0",target="192.0.2.2""#;
+        assert_eq!(
+            series(&format!("count{{{o}}}")),
+            None,
+            "never lost: no burst"
+        );
+    }
+
+    #[test]
+    fn series_of_gone_groups_nics_and_targets_are_dropped() {
+        let mut m = populated();
+        m.declare_groups(&[group_config("g1", &["h9"])]);
+        let gone: IpAddr = "192.0.2.7".parse().unwrap();
+        m.probe_sent("g0", "h0", gone);
+        m.probe_outcome("g0", "h0", ProbeOutcome::Lost { target: gone });
+        let live = LiveSeries {
+            groups: ["g0".to_string()].into(),
+            nics: [("g0".to_string(), "h0".to_string())].into(),
+            targets: [("g0".to_string(), "h0".to_string(), target())].into(),
+        };
+        m.retain(&live);
+        let text = m.render(&Snapshot::default()).unwrap();
+        let kept = r#"group="g0",interface="h0",target="192.0.2.1""#;
+        assert_eq!(
+            sample(&text, &format!("mpath_probes_sent_total{{{kept}}}")),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, &format!("mpath_probe_rtt_seconds_count{{{kept}}}")),
+            Some(1.0)
+        );
+        assert!(!text.contains("192.0.2.7"), "gone target kept:\n{text}");
+        assert!(
+            !text.contains(r#"interface="h1""#),
+            "gone NIC kept:\n{text}"
+        );
+        assert!(!text.contains(r#"group="g1""#), "gone group kept:\n{text}");
+        assert!(
+            text.contains(r#"mpath_interface_repairs_total{group="g0",interface="h0"}"#),
+            "{text}"
+        );
+        // The live target's open loss run stays, the gone one's is dropped.
+        assert_eq!(
+            m.probes.loss_runs.keys().collect::<Vec<_>>(),
+            [&("g0".to_string(), "h0".to_string(), target())]
         );
     }
 
@@ -1242,7 +1423,7 @@ mod tests {
                 ),
             )
         };
-        assert_eq!(rejected("wrong_nonce"), Some(7.0));
+        assert_eq!(rejected("bad_tag"), Some(7.0));
         assert_eq!(rejected("truncated"), Some(0.0));
         assert!(
             !text.contains(r#"mpath_datapath_transmit_packets_total{group="g0",interface="h1"}"#),

@@ -210,7 +210,8 @@ pub struct Transmit {
 pub struct ProbeReply {
     pub seq: u32,
     pub from: IpAddr,
-    /// When the probe left (TC egress), kernel clock.
+    /// When the probe left: the egress program's stamp, or mpathd's own send time when the
+    /// probe was not stamped (kernel clock either way).
     pub sent_ns: u64,
     /// When the reply arrived (XDP), same clock.
     pub received_ns: u64,

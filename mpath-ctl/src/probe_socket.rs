@@ -11,7 +11,7 @@ use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use mpath_common::{PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbePayload};
+use mpath_common::{PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbePayload, probe_tag};
 
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
@@ -92,9 +92,16 @@ impl ProbeSocket {
     /// Sends probe `seq` to `target`, a probe target or the all-nodes group (224.0.0.1,
     /// ff02::1) for target discovery. Never blocks: a full transmit queue fails with
     /// `WouldBlock`, and any error means the probe did not leave, so the caller counts it
-    /// as lost. `sent_ns` is the [`monotonic_ns`] time the caller records for this probe.
-    pub fn send(&self, target: IpAddr, seq: u32, nonce: u64, sent_ns: u64) -> io::Result<()> {
-        let message = echo_request(self.source, self.ifindex, seq, nonce, sent_ns);
+    /// as lost. `probe_key` tags the probe ([`probe_tag`]); `sent_ns` is the
+    /// [`monotonic_ns`] time the caller records for this probe.
+    pub fn send(
+        &self,
+        target: IpAddr,
+        seq: u32,
+        probe_key: [u64; 2],
+        sent_ns: u64,
+    ) -> io::Result<()> {
+        let message = echo_request(self.source, self.ifindex, seq, probe_key, sent_ns);
         let sent = match (self.source, target) {
             (IpAddr::V4(_), IpAddr::V4(target)) => self.send_to(&message, &sockaddr_v4(target)),
             // The scope id only matters for link-scoped targets, which are the usual ones.
@@ -311,16 +318,17 @@ fn echo_request(
     source: IpAddr,
     ifindex: u32,
     seq: u32,
-    nonce: u64,
+    probe_key: [u64; 2],
     sent_ns: u64,
 ) -> [u8; PROBE_ICMP_LEN] {
     let payload = ProbePayload {
         magic: PROBE_MAGIC,
         ifindex,
-        nonce,
         seq,
         _pad: 0,
+        tag: probe_tag(probe_key, ifindex, seq),
         sent_ns,
+        wire_ns: 0,
     };
     let mut message = [0u8; PROBE_ICMP_LEN];
     message[0] = match source {
@@ -329,13 +337,14 @@ fn echo_request(
     };
     message[4..6].copy_from_slice(&PROBE_ICMP_ID.to_be_bytes());
     message[6..8].copy_from_slice(&(seq as u16).to_be_bytes());
-    let fields: [&[u8]; 6] = [
+    let fields: [&[u8]; 7] = [
         &payload.magic.to_ne_bytes(),
         &payload.ifindex.to_ne_bytes(),
-        &payload.nonce.to_ne_bytes(),
         &payload.seq.to_ne_bytes(),
         &payload._pad.to_ne_bytes(),
+        &payload.tag.to_ne_bytes(),
         &payload.sent_ns.to_ne_bytes(),
+        &payload.wire_ns.to_ne_bytes(),
     ];
     let mut at = 8;
     for field in fields {
@@ -410,7 +419,8 @@ mod tests {
 
     #[test]
     fn v4_echo_request_carries_id_low_seq_bits_and_the_payload_in_memory_layout() {
-        let message = echo_request(TEST_V4, 7, 0x0001_0203, 0xdead_beef_0bad_f00d, 42);
+        let key = [0xdead_beef_0bad_f00d, 3];
+        let message = echo_request(TEST_V4, 7, 0x0001_0203, key, 42);
         assert_eq!(&message[..2], &[8, 0]);
         assert_eq!(&message[4..6], &PROBE_ICMP_ID.to_be_bytes());
         assert_eq!(&message[6..8], &[0x02, 0x03]);
@@ -419,17 +429,18 @@ mod tests {
             ProbePayload {
                 magic: PROBE_MAGIC,
                 ifindex: 7,
-                nonce: 0xdead_beef_0bad_f00d,
                 seq: 0x0001_0203,
                 _pad: 0,
+                tag: probe_tag(key, 7, 0x0001_0203),
                 sent_ns: 42,
+                wire_ns: 0,
             }
         );
     }
 
     #[test]
     fn v4_echo_request_checksum_verifies() {
-        let message = echo_request(TEST_V4, 3, 99, 1, 2);
+        let message = echo_request(TEST_V4, 3, 99, [1, 5], 2);
         assert_ne!(&message[2..4], &[0, 0]);
         // Summing a message that includes its own checksum gives all ones (RFC 1071).
         assert_eq!(internet_checksum(&message), 0);
@@ -437,7 +448,7 @@ mod tests {
 
     #[test]
     fn v6_echo_request_leaves_the_checksum_to_the_kernel() {
-        let message = echo_request(TEST_V6, 3, 99, 1, 2);
+        let message = echo_request(TEST_V6, 3, 99, [1, 5], 2);
         assert_eq!(&message[..4], &[128, 0, 0, 0]);
         assert_eq!(payload_of(&message).seq, 99);
     }

@@ -35,7 +35,7 @@ pub static BUCKETS: Array<Bucket> = Array::pinned(MAX_GROUPS * BUCKETS_PER_GROUP
 #[map(name = "MPATH_COUNTERS")]
 pub static COUNTERS: PerCpuArray<NicCounters> = PerCpuArray::pinned(MAX_NICS, 0);
 
-/// Datapath-wide settings (one entry): the probe nonce of the running mpathd.
+/// Datapath-wide settings (one entry): the probe key of the running mpathd.
 #[map(name = "MPATH_SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 

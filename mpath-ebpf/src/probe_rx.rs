@@ -2,8 +2,9 @@
 //! the daemon and drops them; everything else passes untouched.
 //!
 //! A packet is a *candidate* when it is an ICMP/ICMPv6 echo reply carrying mpathd's echo
-//! identifier. A candidate is matched only if every check passes; otherwise it is counted as
-//! rejected by reason and passed on (it may be someone else's reply).
+//! identifier. A candidate is matched only if every check passes, the keyed tag of its NIC
+//! and sequence number among them; otherwise it is counted as rejected by reason and passed
+//! on (it may be someone else's reply).
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -13,7 +14,7 @@ use aya_ebpf::{
 };
 use mpath_common::{
     NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC,
-    ProbePayload, ProbeReply, RejectReason,
+    ProbePayload, ProbeReply, RejectReason, probe_tag,
 };
 
 use mpath_ebpf::checksum::{add_words, fold, ipv6_pseudo_header};
@@ -264,8 +265,9 @@ fn check_payload(
     let Some(settings) = SETTINGS.get(0) else {
         return Verdict::NotOurs;
     };
-    if payload.nonce != settings.nonce {
-        return Verdict::Rejected(RejectReason::WrongNonce);
+    // The tag first: a wrong NIC is worth telling apart only in a reply mpathd really made.
+    if payload.tag != probe_tag(settings.probe_key, payload.ifindex, payload.seq) {
+        return Verdict::Rejected(RejectReason::BadTag);
     }
     if payload.ifindex != ifindex {
         return Verdict::Rejected(RejectReason::WrongNic);
@@ -277,6 +279,7 @@ fn check_payload(
         _pad: 0,
         target,
         sent_ns: payload.sent_ns,
+        wire_ns: payload.wire_ns,
         received_ns: 0,
     })
 }

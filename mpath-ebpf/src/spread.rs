@@ -5,19 +5,32 @@
 //! redirects the packet there. A flow always hashes to the same bucket, so its packets keep
 //! their order. The redirected packet runs this program again on the chosen NIC, which finds
 //! itself in the bucket and lets the packet go.
+//!
+//! Probes never spread (they leave from a test address or a link-local one); this program
+//! stamps them with the time they leave, for the kernel-measured round trip.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC, helpers::bpf_redirect, macros::classifier, programs::TcContext,
+    bindings::TC_ACT_UNSPEC,
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    macros::classifier,
+    programs::TcContext,
 };
-use mpath_common::{BUCKETS_PER_GROUP, EGRESS_F_PRESENT, EgressNic, MAX_TEST_ADDRESSES_PER_GROUP};
+use mpath_common::{
+    BUCKETS_PER_GROUP, EGRESS_F_PRESENT, EgressNic, MAX_TEST_ADDRESSES_PER_GROUP, PROBE_ICMP_ID,
+    PROBE_ICMP_LEN, PROBE_MAGIC, PROBE_WIRE_NS_OFFSET,
+};
 use mpath_ebpf::flow_hash;
 
 use crate::{
     maps::{BUCKETS, EGRESS_NICS, GROUP_TESTS, count},
     packet::{
-        ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPPROTO_ICMPV6, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, at,
+        ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_HLEN, Ipv4Hdr,
+        Ipv6Hdr, at,
     },
 };
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 /// ICMPv6 router solicitation .. redirect: neighbour discovery stays on its NIC.
 const ND_TYPES: core::ops::RangeInclusive<u8> = 133..=137;
@@ -87,14 +100,17 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
             let ip: *const Ipv4Hdr = at(start, end, ETH_HLEN)?;
             // SAFETY: bounds checked by `at`.
             let ip = unsafe { &*ip };
+            let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
             if let Some(owner) = test_address_owner(u32::from(nic.group), ip.src) {
+                if ip.proto == IPPROTO_ICMP {
+                    stamp_probe(ctx, ETH_HLEN + ihl, ICMP_ECHO_REQUEST);
+                }
                 return Some(owner);
             }
             if hash == 0 {
                 // Ports only when the packet is not a fragment: all pieces of a datagram
                 // must go the same way.
                 let whole = u16::from_be_bytes(ip.frag_off) & 0x3fff == 0;
-                let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
                 let ports = if whole && has_ports(ip.proto) {
                     ports_at(start, end, ETH_HLEN + ihl)
                 } else {
@@ -109,6 +125,9 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
             let ip = unsafe { &*ip };
             // Link-local sources (IPv6 probes among them) are bound to their link.
             if ip.src[0] == 0xfe && ip.src[1] & 0xc0 == 0x80 {
+                if ip.next_header == IPPROTO_ICMPV6 {
+                    stamp_probe(ctx, ETH_HLEN + IPV6_HLEN, ICMPV6_ECHO_REQUEST);
+                }
                 return None;
             }
             if ip.next_header == IPPROTO_ICMPV6 {
@@ -135,6 +154,41 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
         ifindex: bucket.ifindex,
         mac: bucket.mac,
     })
+}
+
+/// Writes the kernel time into the payload of one of mpathd's probes (an echo request of
+/// `request` type at `icmp_at` carrying mpathd's identifier and magic) and fixes the ICMP
+/// checksum, so the round trip excludes the time the probe waited for ARP/ND or a qdisc.
+/// Anything else is left alone.
+#[inline(always)]
+fn stamp_probe(ctx: &TcContext, icmp_at: usize, request: u8) {
+    let Some(msg) = at::<[u8; PROBE_ICMP_LEN]>(ctx.data(), ctx.data_end(), icmp_at) else {
+        return;
+    };
+    // SAFETY: bounds checked by `at`.
+    let msg = unsafe { &*msg };
+    let magic = u32::from_ne_bytes([msg[8], msg[9], msg[10], msg[11]]);
+    if msg[0] != request
+        || msg[1] != 0
+        || u16::from_be_bytes([msg[4], msg[5]]) != PROBE_ICMP_ID
+        || magic != PROBE_MAGIC
+    {
+        return;
+    }
+    let mut old = [0u8; 8];
+    old.copy_from_slice(&msg[PROBE_WIRE_NS_OFFSET..PROBE_WIRE_NS_OFFSET + 8]);
+    // SAFETY: plain helper call.
+    let new = unsafe { bpf_ktime_get_ns() }.to_ne_bytes();
+    if ctx.store(icmp_at + PROBE_WIRE_NS_OFFSET, &new, 0).is_err() {
+        return;
+    }
+    // The checksum follows the 8 bytes as two 4-byte words, each 16-bit aligned in the
+    // message. A probe whose checksum is left wrong is dropped by its target: counted lost.
+    for half in [0, 4] {
+        let word =
+            |b: &[u8; 8]| u32::from_ne_bytes([b[half], b[half + 1], b[half + 2], b[half + 3]]);
+        let _ = ctx.l4_csum_replace(icmp_at + 2, u64::from(word(&old)), u64::from(word(&new)), 4);
+    }
 }
 
 /// TCP, UDP, UDP-Lite and SCTP: protocols whose first four bytes are the port pair.

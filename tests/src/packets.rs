@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use mpath_common::{PROBE_ICMP_ID, PROBE_MAGIC, ProbePayload};
+use mpath_common::{PROBE_ICMP_ID, PROBE_MAGIC, ProbePayload, probe_tag};
 
 pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
 pub const TARGET_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -18,8 +18,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A correct reply to probe `seq` sent from `ifindex` with `nonce`.
-    pub fn new(ifindex: u32, nonce: u64, seq: u32) -> Self {
+    /// A correct reply to probe `seq` sent from `ifindex` and tagged with `key`.
+    pub fn new(ifindex: u32, key: [u64; 2], seq: u32) -> Self {
         Reply {
             ident: PROBE_ICMP_ID,
             icmp_type: 0,
@@ -27,10 +27,11 @@ impl Reply {
             payload: ProbePayload {
                 magic: PROBE_MAGIC,
                 ifindex,
-                nonce,
                 seq,
                 _pad: 0,
+                tag: probe_tag(key, ifindex, seq),
                 sent_ns: 1_000_000,
+                wire_ns: 1_000_500,
             },
         }
     }
@@ -43,10 +44,11 @@ impl Reply {
         let p = &self.payload;
         m.extend_from_slice(&p.magic.to_ne_bytes());
         m.extend_from_slice(&p.ifindex.to_ne_bytes());
-        m.extend_from_slice(&p.nonce.to_ne_bytes());
         m.extend_from_slice(&p.seq.to_ne_bytes());
         m.extend_from_slice(&p._pad.to_ne_bytes());
+        m.extend_from_slice(&p.tag.to_ne_bytes());
         m.extend_from_slice(&p.sent_ns.to_ne_bytes());
+        m.extend_from_slice(&p.wire_ns.to_ne_bytes());
         m
     }
 

@@ -17,15 +17,15 @@ pub const XDP_PASS: u32 = 2;
 pub const IFINDEX: u32 = 1;
 /// Counter slot of the configured NIC.
 pub const SLOT: u32 = 3;
-/// The probe nonce of the pretend mpathd run.
-pub const NONCE: u64 = 0x1234_5678_9abc_def0;
+/// The probe key of the pretend mpathd run.
+pub const KEY: [u64; 2] = [0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321];
 pub const TEST_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 21);
 pub const TARGET_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const TEST_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x21);
 pub const TARGET_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// A loaded datapath whose NIC `IFINDEX` (slot `SLOT`) probes from `TEST_V4` and `TEST_V6`
-/// with nonce `NONCE`.
+/// with key `KEY`.
 pub struct Rig {
     pub datapath: Datapath,
     _pins: PinDir,
@@ -37,7 +37,7 @@ impl Rig {
         let mut datapath = Datapath::open(pins.path()).expect("load datapath");
         datapath
             .maps
-            .set_settings(Settings { nonce: NONCE })
+            .set_settings(Settings { probe_key: KEY })
             .expect("write settings");
         datapath
             .maps

@@ -220,6 +220,67 @@ fn silent_loss_is_caught_by_probes() {
 }
 
 #[test]
+fn a_nic_that_still_receives_but_cannot_send_fails_all_the_same() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    // One-way fault: the switch takes nothing from h1 any more but still delivers to it,
+    // and the router's broadcasts keep h1's receive counter moving the whole time.
+    let port = lab.switch_port("h1").unwrap();
+    for command in [
+        "add table bridge one_way".to_string(),
+        "add chain bridge one_way forward { type filter hook forward priority 0; }".into(),
+        format!("add rule bridge one_way forward iifname {port} drop"),
+    ] {
+        lab.switch().run(&["nft", &command]).unwrap();
+    }
+    let mut broadcasts = lab
+        .router()
+        .cmd("ping")
+        .args(["-q", "-b", "-i", "0.02", "-w", "20", "192.0.2.255"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx_before = h1_rx_packets(&lab, &daemon);
+
+    daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24").as_deref() == Some("h2")
+        })
+    });
+    let rx_after = h1_rx_packets(&lab, &daemon);
+    broadcasts.kill().unwrap();
+    broadcasts.wait().unwrap();
+    assert!(
+        rx_after > rx_before + 10,
+        "h1 kept receiving: {rx_before} -> {rx_after} frames"
+    );
+    let status = daemon.status();
+    let h1 = status.interfaces.iter().find(|i| i.interface == "h1");
+    assert_eq!(h1.map(|i| i.probe.as_str()), Some("failed"), "{h1:?}");
+    let log = daemon.log();
+    assert!(
+        log.contains("h1 still receives: its transmit path"),
+        "the failure is explained: {log}"
+    );
+}
+
+/// Frames the datapath counted arriving on h1.
+fn h1_rx_packets(lab: &Lab, daemon: &Mpathd) -> u64 {
+    let maps =
+        Maps::open_pinned(&daemon.pins.path().join(PIN_LAYOUT_VERSION).join("maps")).unwrap();
+    let h1 = lab.host().ifindex("h1").unwrap();
+    let (_, info) = maps
+        .nics()
+        .unwrap()
+        .into_iter()
+        .find(|(ifindex, _)| *ifindex == h1)
+        .expect("h1 in the datapath");
+    maps.counters(info.slot).unwrap().rx_packets
+}
+
+#[test]
 fn offline_and_online_with_refusal_of_the_last_usable_nic() {
     let lab = lab();
     let mut daemon = Mpathd::start(lab.host(), &CONFIG);
@@ -973,7 +1034,7 @@ fn a_second_mpathd_is_refused_before_it_touches_anything() {
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("another mpathd is running"), "{stderr}");
-    // The first one's nonce was not replaced: its probes keep being answered.
+    // The first one's probe key was not replaced: its probes keep being answered.
     std::thread::sleep(std::time::Duration::from_millis(1200));
     assert!(all_ok(&daemon), "{:?}", daemon.status().interfaces);
     assert!(!daemon.log().contains("NIC failure detected"));

@@ -9,16 +9,21 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use mpath_common::{PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC};
+use mpath_common::{
+    NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC,
+    PROBE_WIRE_NS_OFFSET, Settings, probe_tag,
+};
 use mpath_ctl::announce::{gratuitous_arp, unsolicited_na};
+use mpath_ctl::datapath::Datapath;
 use mpath_ctl::probe_socket::{ProbeSocket, monotonic_ns};
 use mpath_lab::{Lab, Netns, ROUTER_NIC};
+use mpath_tests::PinDir;
 
 const ROUTER_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 const TEST_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 21);
 const ALL_HOSTS_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(224, 0, 0, 1));
 const ALL_NODES_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1));
-const NONCE: u64 = 0x0123_4567_89ab_cdef;
+const KEY: [u64; 2] = [0x0123_4567_89ab_cdef, 0x7654_3210_fedc_ba98];
 const LOOPBACK_IFINDEX: u32 = 1;
 /// How long a frame may take to show up in a lab (neighbour resolution included).
 const WAIT: Duration = Duration::from_secs(3);
@@ -45,7 +50,7 @@ fn v4_probe_leaves_with_ttl_1_and_the_router_echoes_it_byte_for_byte() -> Result
     let seq = 0x0005_0007;
     let sent_ns = monotonic_ns();
 
-    probe.send(ROUTER_V4, seq, NONCE, sent_ns)?;
+    probe.send(ROUTER_V4, seq, KEY, sent_ns)?;
 
     let request = capture
         .wait_for(WAIT, |f| f.outgoing && f.is_echo(ICMP_ECHO_REQUEST))
@@ -100,7 +105,7 @@ fn probes_leave_through_their_own_nic_whatever_the_route_says() -> Result<()> {
     let v4 = ProbeSocket::v4("h1", h1, Ipv4Addr::new(192, 0, 2, 22))?;
     let v6 = ProbeSocket::v6("h1", h1, h1_link_local)?;
 
-    v4.send(ROUTER_V4, 1, NONCE, monotonic_ns())?;
+    v4.send(ROUTER_V4, 1, KEY, monotonic_ns())?;
     let request = capture_h1
         .wait_for(WAIT, |f| f.outgoing && f.is_echo(ICMP_ECHO_REQUEST))
         .context("the probe did not leave h1")?;
@@ -109,8 +114,8 @@ fn probes_leave_through_their_own_nic_whatever_the_route_says() -> Result<()> {
         .wait_for(WAIT, |f| !f.outgoing && f.is_echo(ICMP_ECHO_REPLY))
         .context("no reply on h1")?;
 
-    v4.send(ALL_HOSTS_V4, 2, NONCE, monotonic_ns())?;
-    v6.send(ALL_NODES_V6, 3, NONCE, monotonic_ns())?;
+    v4.send(ALL_HOSTS_V4, 2, KEY, monotonic_ns())?;
+    v6.send(ALL_NODES_V6, 3, KEY, monotonic_ns())?;
     for (target, icmp_type) in [
         (ALL_HOSTS_V4, ICMP_ECHO_REQUEST),
         (ALL_NODES_V6, ICMPV6_ECHO_REQUEST),
@@ -145,7 +150,7 @@ fn v6_probe_from_link_local_to_the_router_link_local() -> Result<()> {
     let probe = ProbeSocket::v6("h0", h0, own)?;
     let (seq, sent_ns) = (0x0002_fffe, monotonic_ns());
 
-    probe.send(router, seq, NONCE, sent_ns)?;
+    probe.send(router, seq, KEY, sent_ns)?;
 
     let request = capture
         .wait_for(WAIT, |f| f.outgoing && f.is_echo(ICMPV6_ECHO_REQUEST))
@@ -181,6 +186,73 @@ fn v6_probe_from_link_local_to_the_router_link_local() -> Result<()> {
 }
 
 #[test]
+fn the_egress_program_stamps_probes_as_they_leave_and_replies_bring_the_stamp_back() -> Result<()> {
+    let lab = Lab::builder()
+        .nics(1)
+        .host_addr("h0", "192.0.2.21/24")
+        .build()?;
+    let h0 = lab.host().ifindex("h0")?;
+    let own = link_local(lab.host(), "h0")?;
+    let router_v6 = IpAddr::V6(link_local(lab.router(), ROUTER_NIC)?);
+    let pins = PinDir::new();
+    let _inside = lab.host().enter()?;
+    let mut datapath = Datapath::open(pins.path())?;
+    datapath.attach("h0")?;
+    datapath.maps.set_settings(Settings { probe_key: KEY })?;
+    let slot = 2;
+    datapath.maps.set_nic(
+        h0,
+        NicInfo {
+            slot,
+            flags: NIC_F_TEST_V4 | NIC_F_TEST_V6,
+            test_v4: TEST_V4.octets(),
+            test_v6: own.octets(),
+            mac: lab.mac("h0")?,
+            ..Default::default()
+        },
+    )?;
+    datapath.maps.set_test_address(TEST_V4, h0)?;
+    let capture = Capture::on(h0)?;
+    let v4 = ProbeSocket::v4("h0", h0, TEST_V4)?;
+    let v6 = ProbeSocket::v6("h0", h0, own)?;
+
+    for (socket, target, request_type, seq) in [
+        (&v4, ROUTER_V4, ICMP_ECHO_REQUEST, 0x0001_0001),
+        (&v6, router_v6, ICMPV6_ECHO_REQUEST, 0x0001_0002),
+    ] {
+        let sent_ns = monotonic_ns();
+        socket.send(target, seq, KEY, sent_ns)?;
+        let request = capture
+            .wait_for(WAIT, |f| f.outgoing && f.is_echo(request_type))
+            .with_context(|| format!("probe {seq} did not leave h0"))?;
+        let ip = request.ip().unwrap();
+        let wire = &ip.payload[PROBE_WIRE_NS_OFFSET..PROBE_WIRE_NS_OFFSET + 8];
+        let wire_ns = u64::from_ne_bytes(wire.try_into()?);
+        ensure!(
+            wire_ns > sent_ns && wire_ns - sent_ns < 1_000_000_000,
+            "probe {seq}: stamped {wire_ns}, sent at {sent_ns}"
+        );
+        let sum = if request_type == ICMP_ECHO_REQUEST {
+            checksum(&ip.payload)
+        } else {
+            icmpv6_checksum(&ip)
+        };
+        assert_eq!(sum, 0, "probe {seq}: the checksum covers the stamp");
+        // The router's reply is matched in XDP and dropped there, before any capture.
+        wait_until("the reply matched in XDP", || {
+            Ok(datapath
+                .maps
+                .last_reply(slot)?
+                .is_some_and(|reply| reply.seq == seq))
+        })?;
+        let reply = datapath.maps.last_reply(slot)?.unwrap();
+        assert_eq!((reply.sent_ns, reply.wire_ns), (sent_ns, wire_ns));
+        assert!(reply.received_ns > wire_ns);
+    }
+    Ok(())
+}
+
+#[test]
 fn v4_discovery_finds_the_router_and_not_this_host() -> Result<()> {
     // One NIC: a second one would hear the probe through the switch and answer it.
     let lab = Lab::builder()
@@ -196,7 +268,7 @@ fn v4_discovery_finds_the_router_and_not_this_host() -> Result<()> {
     let unfiltered = UnfilteredIcmp::open(Family::V4)?;
     let probe = ProbeSocket::v4("h0", h0, TEST_V4)?;
 
-    probe.send(ALL_HOSTS_V4, 3, NONCE, monotonic_ns())?;
+    probe.send(ALL_HOSTS_V4, 3, KEY, monotonic_ns())?;
 
     let request = capture
         .wait_for(WAIT, |f| f.outgoing && f.is_echo(ICMP_ECHO_REQUEST))
@@ -229,7 +301,7 @@ fn v6_discovery_to_all_nodes_finds_the_router_and_not_this_host() -> Result<()> 
     let unfiltered = UnfilteredIcmp::open(Family::V6)?;
     let probe = ProbeSocket::v6("h0", h0, own)?;
 
-    probe.send(ALL_NODES_V6, 4, NONCE, monotonic_ns())?;
+    probe.send(ALL_NODES_V6, 4, KEY, monotonic_ns())?;
 
     let request = capture
         .wait_for(WAIT, |f| f.outgoing && f.is_echo(ICMPV6_ECHO_REQUEST))
@@ -270,13 +342,13 @@ fn probe_socket_errors_name_the_nic_and_the_address() -> Result<()> {
 
     let probe = ProbeSocket::v4("h0", h0, TEST_V4)?;
     let error = probe
-        .send(ALL_NODES_V6, 1, NONCE, monotonic_ns())
+        .send(ALL_NODES_V6, 1, KEY, monotonic_ns())
         .unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
     assert_mentions(&error, &["h0", "ff02::1", "192.0.2.21"]);
     // The kernel refuses broadcasts without SO_BROADCAST; probes never need them.
     let error = probe
-        .send("255.255.255.255".parse()?, 1, NONCE, monotonic_ns())
+        .send("255.255.255.255".parse()?, 1, KEY, monotonic_ns())
         .unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::PermissionDenied, "{error}");
     assert_mentions(&error, &["h0", "255.255.255.255"]);
@@ -411,10 +483,12 @@ fn expected_probe(icmp_type: u8, ifindex: u32, seq: u32, sent_ns: u64) -> Vec<u8
     message.extend_from_slice(&(seq as u16).to_be_bytes());
     message.extend_from_slice(&PROBE_MAGIC.to_ne_bytes());
     message.extend_from_slice(&ifindex.to_ne_bytes());
-    message.extend_from_slice(&NONCE.to_ne_bytes());
     message.extend_from_slice(&seq.to_ne_bytes());
     message.extend_from_slice(&0u32.to_ne_bytes());
+    message.extend_from_slice(&probe_tag(KEY, ifindex, seq).to_ne_bytes());
     message.extend_from_slice(&sent_ns.to_ne_bytes());
+    // Not stamped: no egress program in these labs.
+    message.extend_from_slice(&0u64.to_ne_bytes());
     assert_eq!(message.len(), PROBE_ICMP_LEN);
     if icmp_type == ICMP_ECHO_REQUEST {
         let checksum = checksum(&message);

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use mpath_common::RejectReason;
 use mpath_tests::{
     packets::{Reply, add_v6_fragment_header, mark_v4_first_fragment, reseal_ipv4_header},
-    xdp::{IFINDEX, NONCE, Rig, SLOT, TARGET_V4, TARGET_V6, TEST_V4, TEST_V6, XDP_DROP, XDP_PASS},
+    xdp::{IFINDEX, KEY, Rig, SLOT, TARGET_V4, TARGET_V6, TEST_V4, TEST_V6, XDP_DROP, XDP_PASS},
 };
 
 /// Asserts that `frame` passes, is counted as rejected for `reason` and nothing else, and
@@ -29,11 +29,11 @@ fn assert_rejected(rig: &mut Rig, frame: &[u8], reason: RejectReason) {
 fn matches_good_ipv4_and_ipv6_replies_and_drops_them() {
     let mut rig = Rig::new();
     assert_eq!(
-        rig.run(&Reply::new(IFINDEX, NONCE, 7).v4(TARGET_V4, TEST_V4)),
+        rig.run(&Reply::new(IFINDEX, KEY, 7).v4(TARGET_V4, TEST_V4)),
         XDP_DROP
     );
     assert_eq!(
-        rig.run(&Reply::new(IFINDEX, NONCE, 70_001).v6(TARGET_V6, TEST_V6)),
+        rig.run(&Reply::new(IFINDEX, KEY, 70_001).v6(TARGET_V6, TEST_V6)),
         XDP_DROP
     );
     let queued = rig.queued();
@@ -41,7 +41,7 @@ fn matches_good_ipv4_and_ipv6_replies_and_drops_them() {
     let (v4, v6) = (queued[0], queued[1]);
     assert_eq!((v4.ifindex, v4.seq, v4.family), (IFINDEX, 7, 4));
     assert_eq!(&v4.target[..4], &TARGET_V4.octets());
-    assert_eq!(v4.sent_ns, 1_000_000);
+    assert_eq!((v4.sent_ns, v4.wire_ns), (1_000_000, 1_000_500));
     assert!(v4.received_ns > 0, "stamped with kernel time");
     assert_eq!(
         (v6.seq, v6.family, v6.target),
@@ -59,12 +59,25 @@ fn matches_good_ipv4_and_ipv6_replies_and_drops_them() {
 #[test]
 fn rejects_every_bad_kind_by_reason() {
     let mut rig = Rig::new();
-    let good = || Reply::new(IFINDEX, NONCE, 9);
+    let good = || Reply::new(IFINDEX, KEY, 9);
 
-    let wrong_nonce = Reply::new(IFINDEX, NONCE ^ 1, 9).v4(TARGET_V4, TEST_V4);
-    assert_rejected(&mut rig, &wrong_nonce, RejectReason::WrongNonce);
+    let other_key = Reply::new(IFINDEX, [KEY[0], KEY[1] ^ 1], 9).v4(TARGET_V4, TEST_V4);
+    assert_rejected(&mut rig, &other_key, RejectReason::BadTag);
+    // A host that saw probe 9 cannot make a reply to probe 10 out of it...
+    let mut next = good();
+    next.seq = 10;
+    next.payload.seq = 10;
+    assert_rejected(&mut rig, &next.v4(TARGET_V4, TEST_V4), RejectReason::BadTag);
+    // ...nor turn another NIC's probe into a reply for this one.
+    let mut moved = Reply::new(IFINDEX + 5, KEY, 9);
+    moved.payload.ifindex = IFINDEX;
+    assert_rejected(
+        &mut rig,
+        &moved.v6(TARGET_V6, TEST_V6),
+        RejectReason::BadTag,
+    );
 
-    let wrong_nic = Reply::new(IFINDEX + 5, NONCE, 9).v4(TARGET_V4, TEST_V4);
+    let wrong_nic = Reply::new(IFINDEX + 5, KEY, 9).v4(TARGET_V4, TEST_V4);
     assert_rejected(&mut rig, &wrong_nic, RejectReason::WrongNic);
 
     let data_address = Ipv4Addr::new(192, 0, 2, 19);
@@ -135,16 +148,16 @@ fn rejects_every_bad_kind_by_reason() {
 fn leaves_everything_else_alone() {
     let mut rig = Rig::new();
     // Someone else's ping: another echo identifier.
-    let mut other_ping = Reply::new(IFINDEX, NONCE, 1);
+    let mut other_ping = Reply::new(IFINDEX, KEY, 1);
     other_ping.ident = 0x1111;
     // An echo *request* carrying mpathd's identifier.
-    let mut request = Reply::new(IFINDEX, NONCE, 1);
+    let mut request = Reply::new(IFINDEX, KEY, 1);
     request.icmp_type = 8;
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
     arp.extend_from_slice(&[0; 28]);
     // A good reply in a frame whose IP version is not 6: the kernel would drop it.
-    let mut not_v6 = Reply::new(IFINDEX, NONCE, 1).v6(TARGET_V6, TEST_V6);
+    let mut not_v6 = Reply::new(IFINDEX, KEY, 1).v6(TARGET_V6, TEST_V6);
     not_v6[14] = 0x40;
     let frames = [
         other_ping.v4(TARGET_V4, TEST_V4),
@@ -168,7 +181,7 @@ fn leaves_everything_else_alone() {
 fn ignores_nics_outside_any_group() {
     let mut rig = Rig::new();
     rig.datapath.maps.remove_nic(IFINDEX).unwrap();
-    let good = Reply::new(IFINDEX, NONCE, 1).v4(TARGET_V4, TEST_V4);
+    let good = Reply::new(IFINDEX, KEY, 1).v4(TARGET_V4, TEST_V4);
     assert_eq!(rig.run(&good), XDP_PASS);
     assert_eq!(rig.counters().rx_packets, 0);
     assert!(rig.queued().is_empty());

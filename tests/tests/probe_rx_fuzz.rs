@@ -14,14 +14,14 @@ use std::{
 
 use aya::programs::ProgramError;
 use mpath_common::{
-    PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbePayload, ProbeReply, RejectReason,
+    PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbePayload, ProbeReply, RejectReason, probe_tag,
 };
 use mpath_tests::{
     packets::{
         Reply, icmpv6_pseudo_sum, insert_v6_fragment_header, internet_checksum, reseal_icmp,
         reseal_ipv4_header,
     },
-    xdp::{IFINDEX, NONCE, Rig, SLOT, TEST_V4, TEST_V6, XDP_DROP, XDP_PASS},
+    xdp::{IFINDEX, KEY, Rig, SLOT, TEST_V4, TEST_V6, XDP_DROP, XDP_PASS},
 };
 
 const DEFAULT_SEED: u64 = 0x6d70_6174_685f_667a;
@@ -328,9 +328,9 @@ type Invalid = &'static str;
 /// A frame is a reply to mpathd exactly when it is an IPv4 or IPv6 packet the kernel's IP
 /// layer would accept (right version, intact IPv4 header), unfragmented, addressed to the
 /// NIC's test address, carrying nothing but one ICMP/ICMPv6 echo reply of exactly a probe's
-/// length with a correct checksum, mpathd's identifier, and a payload with the magic, this
-/// run's nonce, this NIC's ifindex and a sequence number whose low 16 bits are the echo
-/// sequence number. Bytes after the IP packet are link-layer padding and do not matter; IPv4
+/// length with a correct checksum, mpathd's identifier, and a payload with the magic, the
+/// tag of its NIC and sequence number under this run's key, this NIC's ifindex and a
+/// sequence number whose low 16 bits are the echo sequence number. Bytes after the IP packet are link-layer padding and do not matter; IPv4
 /// options are allowed and not looked into.
 fn oracle(frame: &[u8]) -> Result<ProbeReply, Invalid> {
     let ethertype = ethertype(frame).ok_or("shorter than an Ethernet header")?;
@@ -424,8 +424,9 @@ fn probe_echo(
         "wrong magic",
     )?;
     rule(
-        u64_at(offset_of!(ProbePayload, nonce)) == NONCE,
-        "wrong nonce",
+        u64_at(offset_of!(ProbePayload, tag))
+            == probe_tag(KEY, u32_at(offset_of!(ProbePayload, ifindex)), seq),
+        "wrong tag",
     )?;
     rule(
         u32_at(offset_of!(ProbePayload, ifindex)) == IFINDEX,
@@ -442,6 +443,7 @@ fn probe_echo(
         _pad: 0,
         target,
         sent_ns: u64_at(offset_of!(ProbePayload, sent_ns)),
+        wire_ns: u64_at(offset_of!(ProbePayload, wire_ns)),
         received_ns: 0,
     })
 }
@@ -504,8 +506,9 @@ fn random_frame(rng: &mut Rng, log: &mut Vec<String>) -> Vec<u8> {
 /// A valid reply as some target may send it.
 fn valid_reply(rng: &mut Rng, log: &mut Vec<String>) -> Vec<u8> {
     let seq = rng.u32();
-    let mut reply = Reply::new(IFINDEX, NONCE, seq);
+    let mut reply = Reply::new(IFINDEX, KEY, seq);
     reply.payload.sent_ns = rng.u64();
+    reply.payload.wire_ns = rng.u64();
     let mut frame = if rng.chance(1, 2) {
         let src = Ipv4Addr::from(rng.u32());
         // One in four carries 4 to 40 bytes of no-operation options.
@@ -685,14 +688,18 @@ fn rewrite_field(rng: &mut Rng, frame: &mut Vec<u8>, log: &mut Vec<String>) {
             rng.u16().to_be_bytes().to_vec(),
         ),
         8 => {
-            let flipped = NONCE ^ (1 << rng.below(64));
+            let at = payload_at(offset_of!(ProbePayload, tag));
+            let now = frame
+                .get(at..at + 8)
+                .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap()));
+            // Tags a forger could come up with: near misses, another key's, another
+            // probe's of this key.
+            let flipped = now ^ (1 << rng.below(64));
             let any = rng.u64();
-            let nonce = rng.pick(&[flipped, NONCE.swap_bytes(), any]);
-            (
-                "nonce",
-                payload_at(offset_of!(ProbePayload, nonce)),
-                nonce.to_ne_bytes().to_vec(),
-            )
+            let other_key = probe_tag([KEY[0], KEY[1] ^ 1], IFINDEX, rng.u32());
+            let other_probe = probe_tag(KEY, IFINDEX, rng.u32());
+            let tag = rng.pick(&[flipped, now.swap_bytes(), any, other_key, other_probe]);
+            ("tag", at, tag.to_ne_bytes().to_vec())
         }
         9 => {
             let flipped = PROBE_MAGIC ^ (1 << rng.below(32));
@@ -706,6 +713,18 @@ fn rewrite_field(rng: &mut Rng, frame: &mut Vec<u8>, log: &mut Vec<String>) {
         }
         10 => {
             let ifindex = rng.below(4) as u32;
+            if rng.chance(1, 2) {
+                // Another NIC's genuine probe, tag and all.
+                let seq_at = payload_at(offset_of!(ProbePayload, seq));
+                if let Some(seq) = frame.get(seq_at..seq_at + 4) {
+                    let tag = probe_tag(KEY, ifindex, u32::from_ne_bytes(seq.try_into().unwrap()));
+                    write(
+                        frame,
+                        payload_at(offset_of!(ProbePayload, tag)),
+                        &tag.to_ne_bytes(),
+                    );
+                }
+            }
             (
                 "payload ifindex",
                 payload_at(offset_of!(ProbePayload, ifindex)),
@@ -762,11 +781,17 @@ fn rewrite_field(rng: &mut Rng, frame: &mut Vec<u8>, log: &mut Vec<String>) {
             let ethertype = rng.pick(&[ETHERTYPE_IPV4, ETHERTYPE_IPV6, 0x0806, any]);
             ("EtherType", 12, ethertype.to_be_bytes().to_vec())
         }
-        _ => (
-            "send time",
-            payload_at(offset_of!(ProbePayload, sent_ns)),
-            rng.u64().to_ne_bytes().to_vec(),
-        ),
+        _ => {
+            let field = rng.pick(&[
+                offset_of!(ProbePayload, sent_ns),
+                offset_of!(ProbePayload, wire_ns),
+            ]);
+            (
+                "send time",
+                payload_at(field),
+                rng.u64().to_ne_bytes().to_vec(),
+            )
+        }
     };
     if write(frame, at, &bytes) {
         log.push(format!("{what} := {}", hex(&bytes)));

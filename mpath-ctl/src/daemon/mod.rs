@@ -36,6 +36,7 @@ use crate::{
     config::{Config, DaemonChange, GroupConfig, IpCidr},
     control::{self, Command, Reply, Request},
     datapath::{self, Datapath},
+    evidence::RxEvidence,
     failover::{self, DataAddress},
     metrics::{self, Metrics},
     netconf::{InterfaceNetconf, Netconf},
@@ -95,6 +96,8 @@ struct Nic {
     probe_v6: bool,
     /// One prober per address family that is running.
     probing: Vec<Probing>,
+    /// Readings of the datapath's receive counter, to explain a probe-based failure.
+    rx: RxEvidence,
 }
 
 struct Group {
@@ -131,7 +134,8 @@ pub struct Daemon {
     netlink: Netlink,
     monitor: Monitor,
     groups: Vec<Group>,
-    nonce: u64,
+    /// The SipHash key of this run's probe tags (see [`mpath_common::probe_tag`]).
+    probe_key: [u64; 2],
     rng: StdRng,
     started: Instant,
     probe_rows: broadcast::Sender<ProbeRow>,
@@ -164,12 +168,12 @@ impl Daemon {
     /// Loads (or adopts) the datapath and takes stock of the host: links, addresses, routes.
     pub async fn start(config: Config, paths: ConfigPaths) -> anyhow::Result<Daemon> {
         // First of all: a second mpathd must stop here, before it touches the running one's
-        // datapath (its nonce alone would make every probe reply look forged).
+        // datapath (its probe key alone would make every probe reply look forged).
         let control = control::bind(&config.daemon.socket)?;
         let mut datapath = Datapath::open(&config.daemon.bpf_pin_dir)?;
         let mut rng = StdRng::from_os_rng();
-        let nonce: u64 = rng.random();
-        datapath.maps.set_settings(Settings { nonce })?;
+        let probe_key: [u64; 2] = rng.random();
+        datapath.maps.set_settings(Settings { probe_key })?;
         // Subscribed before the first dump, so that nothing changing meanwhile is missed.
         // MPATHD_NETLINK_RCVBUF shrinks the event socket's buffer, so that tests can make the
         // kernel drop events and check the resync that follows.
@@ -190,7 +194,7 @@ impl Daemon {
             netlink,
             monitor,
             groups: Vec::new(),
-            nonce,
+            probe_key,
             rng,
             started: Instant::now(),
             probe_rows,
@@ -277,6 +281,7 @@ impl Daemon {
                 },
                 Some(command) = commands.recv() => self.command(command).await,
                 Some(scrape) = scrapes.recv() => {
+                    self.metrics.retain(&self.live_series());
                     scrape.answer(self.metrics.render(&self.metrics_snapshot()))
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
@@ -479,6 +484,19 @@ impl Daemon {
                 }
             }
             match action {
+                Action::Failed {
+                    nic,
+                    cause: FailureCause::ProbesLost,
+                } => {
+                    if let Some(n) = group.nic_mut(nic) {
+                        let now = Instant::now();
+                        match self.datapath.maps.counters(n.slot) {
+                            Ok(c) => n.rx.observe(c.rx_packets, now),
+                            Err(e) => tracing::debug!("receive counter of {nic}: {e}"),
+                        }
+                        tracing::warn!("{}", n.rx.explain_failure(nic));
+                    }
+                }
                 Action::UsableSetChanged => usable_changed = true,
                 Action::FlushTargets { nics } => {
                     for name in nics {

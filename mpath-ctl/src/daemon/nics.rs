@@ -69,6 +69,7 @@ impl Daemon {
                 mac: [0; 6],
                 probe_v6,
                 probing: Vec::new(),
+                rx: RxEvidence::default(),
             });
         }
         let addresses = g

@@ -44,7 +44,13 @@ impl Daemon {
         let reply = ProbeReply {
             seq: raw.seq,
             from,
-            sent_ns: raw.sent_ns,
+            // The egress program's stamp when it made one: a probe that waited for ARP/ND
+            // left later than mpathd sent it.
+            sent_ns: if raw.wire_ns != 0 {
+                raw.wire_ns
+            } else {
+                raw.sent_ns
+            },
             received_ns: raw.received_ns,
         };
         match probing.prober.on_reply(reply, now, &mut group.fdt) {
@@ -168,6 +174,12 @@ impl Daemon {
                 let group = &mut self.groups[gi];
                 let nic = &mut group.nics[ni];
                 let name = nic.name.clone();
+                if nic.rx.due(now) {
+                    match self.datapath.maps.counters(nic.slot) {
+                        Ok(c) => nic.rx.observe(c.rx_packets, now),
+                        Err(e) => tracing::debug!("receive counter of {name}: {e}"),
+                    }
+                }
                 let Some(probing) = nic.probing.get_mut(pi) else {
                     continue;
                 };
@@ -176,11 +188,12 @@ impl Daemon {
                     if let Some(probe) = transmit.probe {
                         self.metrics
                             .probe_sent(&group.config.name, &name, probe.target);
-                        if let Err(e) =
-                            probing
-                                .socket
-                                .send(probe.target, probe.seq, self.nonce, monotonic_ns())
-                        {
+                        if let Err(e) = probing.socket.send(
+                            probe.target,
+                            probe.seq,
+                            self.probe_key,
+                            monotonic_ns(),
+                        ) {
                             tracing::debug!("{e}");
                         }
                     }
@@ -194,7 +207,7 @@ impl Daemon {
                         if let Err(e) =
                             probing
                                 .socket
-                                .send(all_nodes, seq, self.nonce, monotonic_ns())
+                                .send(all_nodes, seq, self.probe_key, monotonic_ns())
                         {
                             tracing::debug!("{e}");
                         }

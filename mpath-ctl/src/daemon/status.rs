@@ -34,6 +34,28 @@ impl Daemon {
         snapshot
     }
 
+    /// The groups, NICs and probe targets whose metric series are current.
+    pub(super) fn live_series(&self) -> metrics::LiveSeries {
+        let mut live = metrics::LiveSeries::default();
+        for g in &self.groups {
+            let group = g.config.name.clone();
+            for n in &g.nics {
+                for p in &n.probing {
+                    live.targets.extend(
+                        p.prober
+                            .targets()
+                            .view()
+                            .into_iter()
+                            .map(|t| (group.clone(), n.name.clone(), t.address)),
+                    );
+                }
+                live.nics.insert((group.clone(), n.name.clone()));
+            }
+            live.groups.insert(group);
+        }
+        live
+    }
+
     pub(super) fn status(&self) -> Status {
         let mut status = Status::default();
         for g in &self.groups {

@@ -334,7 +334,6 @@ fn stream_probes(cli: &Cli, socket: &Path) -> anyhow::Result<()> {
 /// `mpathctl maps --json` output.
 #[derive(Serialize)]
 struct MapsDump {
-    nonce: u64,
     nics: Vec<NicDump>,
     /// Per group id: buckets owned by each NIC (by name).
     buckets: BTreeMap<u32, BTreeMap<String, u32>>,
@@ -422,11 +421,7 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
         }
         buckets.insert(group, owners);
     }
-    let dump = MapsDump {
-        nonce: maps.settings()?.nonce,
-        nics,
-        buckets,
-    };
+    let dump = MapsDump { nics, buckets };
     if cli.json {
         return print_json(&dump);
     }
