@@ -54,6 +54,9 @@ const GROUP: u32 = 0;
 enum Setup {
     Baseline,
     Mpath(usize),
+    /// Spreading whose table sends every flow to h1 while the kernel routes to h0: each
+    /// packet is redirected, which prices one redirect.
+    MpathAllRedirected,
     Ecmp(usize),
 }
 
@@ -62,6 +65,7 @@ impl Setup {
         match self {
             Setup::Baseline => "no program (baseline)".into(),
             Setup::Mpath(n) => format!("mpath spreading, {n} NIC{}", if n > 1 { "s" } else { "" }),
+            Setup::MpathAllRedirected => "mpath, every packet redirected".into(),
             Setup::Ecmp(n) => format!("kernel ECMP (L4 hash), {n} NICs"),
         }
     }
@@ -140,9 +144,11 @@ impl Bench {
         let lab = builder.build()?;
         lab.host()
             .run(&["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"])?;
-        // Packets end at the switch: every port drops what it receives, and the host knows the
-        // next hop's MAC without asking. The per-packet path is then the sender's stack, the
-        // egress hook and the veth, which is what the configurations differ in.
+        // Packets end at the switch: every port drops what it receives at its ingress hook
+        // (nftables netdev family: before the bridge, so the receiving side costs little and
+        // varies less), and the host knows the next hop's MAC without asking. The per-packet path is
+        // then the sender's stack, the egress hook and the veth, which is what the
+        // configurations differ in.
         let link = lab
             .router()
             .ip(&["-o", "link", "show", "dev", ROUTER_NIC])?;
@@ -164,7 +170,14 @@ impl Bench {
                 "nud",
                 "permanent",
             ])?;
-            lab.drop_silently(&nic)?;
+            let port = lab.switch_port(&nic)?;
+            lab.switch().run(&["nft", "add table netdev sink"])?;
+            lab.switch().run(&[
+                "nft",
+                &format!(
+                    "add chain netdev sink {port} {{ type filter hook ingress device {port} priority 0; policy drop; }}"
+                ),
+            ])?;
         }
         let pins = PinDir::new();
         let _inside = lab.host().enter()?;
@@ -208,7 +221,7 @@ impl Bench {
                     "h0",
                 ])?;
             }
-            Setup::Mpath(n) => {
+            Setup::Mpath(_) | Setup::MpathAllRedirected => {
                 host.ip(&[
                     "route",
                     "add",
@@ -229,7 +242,10 @@ impl Bench {
                     };
                     self.datapath.maps.set_nic(*ifindex, info)?;
                 }
-                let usable: Vec<u32> = self.nics[..n].iter().map(|n| n.1).collect();
+                let usable: Vec<u32> = match setup {
+                    Setup::Mpath(n) => self.nics[..n].iter().map(|n| n.1).collect(),
+                    _ => vec![self.nics[1].1],
+                };
                 let table = rebalance(&self.datapath.maps.table(GROUP)?, &usable);
                 let macs: BTreeMap<u32, [u8; 6]> = self.nics.iter().map(|n| (n.1, n.2)).collect();
                 self.datapath
@@ -358,6 +374,7 @@ fn datapath(rounds: u64, duration: Duration, out: Option<PathBuf>) -> anyhow::Re
         Setup::Mpath(1),
         Setup::Mpath(2),
         Setup::Mpath(4),
+        Setup::MpathAllRedirected,
         Setup::Ecmp(2),
         Setup::Ecmp(4),
     ];
@@ -386,23 +403,35 @@ fn datapath(rounds: u64, duration: Duration, out: Option<PathBuf>) -> anyhow::Re
     let program_ns = bench.program_cost()?;
     bench.configure(Setup::Baseline)?;
 
-    let base = median(pps.get_mut(&Setup::Baseline).expect("baseline measured"));
+    let base = median(&mut pps[&Setup::Baseline].clone());
     let base_ns = 1e9 / base;
+    // Each round's cost against the same round's baseline: drift between rounds cancels.
+    let added_per_round = |setup: Setup| -> Vec<f64> {
+        pps[&setup]
+            .iter()
+            .zip(&pps[&Setup::Baseline])
+            .map(|(rate, base)| 1e9 / rate - 1e9 / base)
+            .collect()
+    };
     let mut table = String::new();
     writeln!(
         table,
-        "| configuration | packets/s (median of {rounds}) | ratio to baseline | ns/packet | added ns/packet |"
+        "| configuration | packets/s (median of {rounds}) | ratio to baseline | ns/packet | added ns/packet | added ns/packet, per round: min / median / max |"
     )?;
-    writeln!(table, "| --- | ---: | ---: | ---: | ---: |")?;
+    writeln!(table, "| --- | ---: | ---: | ---: | ---: | ---: |")?;
     for setup in setups {
-        let rate = median(pps.get_mut(&setup).expect("measured"));
+        let rate = median(&mut pps[&setup].clone());
         let ns = 1e9 / rate;
+        let mut added = added_per_round(setup);
+        let mid = median(&mut added);
         writeln!(
             table,
-            "| {} | {rate:.0} | {:.3} | {ns:.0} | {:+.0} |",
+            "| {} | {rate:.0} | {:.3} | {ns:.0} | {:+.0} | {:+.0} / {mid:+.0} / {:+.0} |",
             setup.label(),
             rate / base,
-            ns - base_ns
+            ns - base_ns,
+            added[0],
+            added[added.len() - 1],
         )?;
     }
     writeln!(
@@ -419,11 +448,15 @@ fn datapath(rounds: u64, duration: Duration, out: Option<PathBuf>) -> anyhow::Re
     if let Some(path) = out {
         let body = format!(
             "`cargo xtask bench datapath`: {PAYLOAD}-byte UDP payloads over {FLOWS} flows, \
-             sent with sendmmsg from the host namespace of a 4-NIC veth lab to the switch, which \
-             drops them (static next-hop neighbour, so no ARP), {rounds} interleaved rounds of {} s \
-             per configuration, on this machine ({} CPUs). Throughput is sender-bound, so the \
-             added ns/packet is the cost of the egress path (program, redirect, ECMP lookup) per \
-             packet.\n\n{table}",
+             sent with sendmmsg from the host namespace of a 4-NIC veth lab to the switch, whose \
+             ports drop them at their ingress hook (nftables netdev family; static next-hop \
+             neighbour, so no ARP), {rounds} interleaved rounds of {} s per configuration, on this machine ({} \
+             CPUs). Throughput is sender-bound, so the added ns/packet is the cost of the egress \
+             path (program, redirect, ECMP lookup) per packet. The last column compares each \
+             round with that round's baseline, to show the spread. \"every packet redirected\" \
+             sends all flows to h1 while the route points at h0: its cost minus the 1-NIC cost \
+             is the price of one redirect, which spreading pays for the share of flows whose \
+             bucket is not on the NIC the kernel routed to (1/2 with 2 NICs, 3/4 with 4).\n\n{table}",
             duration.as_secs_f64(),
             cpus(),
         );
