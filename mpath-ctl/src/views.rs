@@ -88,6 +88,9 @@ pub struct ProbeRow {
     /// Kernel-to-kernel round trip (send stamp to XDP receive stamp), microseconds; `None`
     /// when the probe was lost.
     pub net_rtt_us: Option<u64>,
+    /// The round trip as mpathd saw it, from asking for the probe to handling its reply:
+    /// its own scheduling and any wait for ARP/ND included. `None` when lost.
+    pub rtt_us: Option<u64>,
     /// Smoothed round trip of the target, microseconds.
     pub rtt_avg_us: Option<u64>,
     pub rtt_dev_us: Option<u64>,

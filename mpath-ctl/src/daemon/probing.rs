@@ -131,6 +131,7 @@ impl Daemon {
             seq: reply.map_or(0, |r| r.seq),
             target,
             net_rtt_us: reply.map(|r| r.received_ns.saturating_sub(r.sent_ns) / 1000),
+            rtt_us: reply.and(stats.and_then(|s| s.rtt_us)),
             rtt_avg_us: stats.and_then(|s| s.rtt_avg_us),
             rtt_dev_us: stats.and_then(|s| s.rtt_dev_us),
         });
