@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 /// How often the daemon reads a NIC's counter while probing it (a map read per CPU).
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// A counter that moved this recently means the NIC receives; one that stood still this
+/// long (two readings apart at least) means it does not.
+const RECENT: Duration = Duration::from_millis(200);
 
 /// The readings of one NIC's receive counter.
 #[derive(Debug, Default, Clone, Copy)]
@@ -33,11 +36,11 @@ struct Reading {
 /// What the readings say about the NIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RxVerdict {
-    /// The latest reading saw the counter move.
+    /// The counter moved within [`RECENT`] of the latest reading.
     Receiving,
-    /// The counter did not move for at least this long before the latest reading.
+    /// The counter stood still for this long (at least [`RECENT`]) up to the latest reading.
     Silent(Duration),
-    /// A single reading: nothing to compare.
+    /// The readings span too little time to tell.
     Unknown,
 }
 
@@ -63,15 +66,15 @@ impl RxEvidence {
     }
 
     pub fn verdict(&self) -> RxVerdict {
-        let Some(last) = self.last else {
+        let (Some(last), Some(since)) = (self.last, self.since) else {
             return RxVerdict::Unknown;
         };
-        match (self.moved_at, self.since) {
-            (Some(moved), _) if moved == last.at => RxVerdict::Receiving,
-            (Some(moved), _) => RxVerdict::Silent(last.at.saturating_duration_since(moved)),
-            (None, Some(since)) if since < last.at => {
-                RxVerdict::Silent(last.at.saturating_duration_since(since))
-            }
+        let still = last
+            .at
+            .saturating_duration_since(self.moved_at.unwrap_or(since));
+        match self.moved_at {
+            Some(_) if still < RECENT => RxVerdict::Receiving,
+            _ if still >= RECENT => RxVerdict::Silent(still),
             _ => RxVerdict::Unknown,
         }
     }
@@ -109,11 +112,14 @@ mod tests {
     }
 
     #[test]
-    fn receiving_means_the_latest_reading_saw_the_counter_move() {
+    fn receiving_means_the_counter_moved_recently() {
         let t0 = Instant::now();
         let mut rx = RxEvidence::default();
         rx.observe(10, t0);
         rx.observe(12, t0 + ms(100));
+        assert_eq!(rx.verdict(), RxVerdict::Receiving);
+        // A reading right after a movement sees nothing new: still receiving.
+        rx.observe(12, t0 + ms(101));
         assert_eq!(rx.verdict(), RxVerdict::Receiving);
         rx.observe(12, t0 + ms(200));
         rx.observe(12, t0 + ms(700));
@@ -127,6 +133,8 @@ mod tests {
         let t0 = Instant::now();
         let mut rx = RxEvidence::default();
         rx.observe(5, t0);
+        rx.observe(5, t0 + ms(100));
+        assert_eq!(rx.verdict(), RxVerdict::Unknown, "too short to tell");
         rx.observe(5, t0 + ms(300));
         assert_eq!(rx.verdict(), RxVerdict::Silent(ms(300)));
         assert!(rx.explain_failure("h0").contains("at least 300 ms"));
@@ -140,8 +148,8 @@ mod tests {
         rx.observe(60, t0 + ms(100));
         rx.observe(3, t0 + ms(200));
         assert_eq!(rx.verdict(), RxVerdict::Unknown);
-        rx.observe(3, t0 + ms(400));
-        assert_eq!(rx.verdict(), RxVerdict::Silent(ms(200)));
+        rx.observe(3, t0 + ms(450));
+        assert_eq!(rx.verdict(), RxVerdict::Silent(ms(250)));
     }
 
     #[test]

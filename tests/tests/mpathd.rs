@@ -210,6 +210,11 @@ fn silent_loss_is_caught_by_probes() {
         .unwrap();
     assert_eq!(h1.link, "up", "carrier stayed up: {h1:?}");
     assert_eq!(h1.probe, "failed");
+    let log = daemon.log();
+    assert!(
+        log.contains("h1 has received nothing for at least"),
+        "the failure is explained: {log}"
+    );
 
     lab.undrop("h1").unwrap();
     daemon.wait_until("h1 repaired after 10 answered probes", |d| {
@@ -1019,6 +1024,51 @@ fn a_data_address_deleted_behind_mpathds_back_is_restored() {
     lab.router()
         .run(&["ping", "-c1", "-W2", "192.0.2.20"])
         .unwrap();
+}
+
+#[test]
+fn a_data_address_added_to_another_nic_behind_mpathds_back_is_removed_there() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.add_host_addr("h1", "192.0.2.19/24").unwrap();
+    daemon.wait_until("the copy on h1 removed", |_| {
+        !lab.host_addrs("h1")
+            .unwrap()
+            .contains(&"192.0.2.19/24".to_string())
+    });
+    assert!(
+        lab.host_addrs("h0")
+            .unwrap()
+            .contains(&"192.0.2.19/24".to_string())
+    );
+    assert_eq!(
+        inbound(&daemon.status(), "192.0.2.19/24").as_deref(),
+        Some("h0")
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("192.0.2.19/24 was added to h1 behind mpathd's back; it lives on h0")
+    );
+    // mpathd's own moves are not taken for someone else's: a failover and a failback in
+    // quick succession leave the address at home, once, and nothing restored.
+    lab.cut("h0").unwrap();
+    lab.restore("h0").unwrap();
+    daemon.wait_until("192.0.2.19 back on h0", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h0") && all_ok(d))
+    });
+    let log = daemon.log();
+    assert!(!log.contains("restoring it"), "{log}");
+    assert_eq!(log.matches("behind mpathd's back").count(), 1, "{log}");
+    for nic in ["h1", "h2"] {
+        assert!(
+            !lab.host_addrs(nic)
+                .unwrap()
+                .contains(&"192.0.2.19/24".to_string())
+        );
+    }
 }
 
 #[test]

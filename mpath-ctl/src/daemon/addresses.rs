@@ -4,8 +4,9 @@ use super::*;
 
 impl Daemon {
     /// A data address vanished from the NIC mpathd had put it on (someone deleted it): put it
-    /// back where the placement wants it. mpathd's own moves never trigger this: they point
-    /// the address at its new NIC before deleting the old copy.
+    /// back where the placement wants it. mpathd's own moves point the address at its new
+    /// NIC before deleting the old copy, but their events arrive late, after any later move
+    /// back: the kernel is asked whether the address is really gone.
     pub(super) async fn restore_lost_address(&mut self, ifindex: u32, cidr: IpCidr) {
         let Some(gi) = self.groups.iter().position(|g| {
             g.addresses.iter().any(|a| {
@@ -18,6 +19,9 @@ impl Daemon {
         }) else {
             return;
         };
+        if self.kernel_has(ifindex, cidr).await != Some(false) {
+            return;
+        }
         let group = &mut self.groups[gi];
         if let Some(a) = group.addresses.iter_mut().find(|a| a.cidr == cidr) {
             tracing::warn!(
@@ -27,6 +31,74 @@ impl Daemon {
             a.current = None;
         }
         self.move_addresses(gi).await;
+    }
+
+    /// A data address appeared on a NIC of its group without mpathd putting it there (an
+    /// administrator, a DHCP client). Where the address has a place, that copy is removed:
+    /// two NICs answering for one address confuse the peers. An address that had no place
+    /// (its NIC vanished with nowhere to move it) is adopted where it appeared, then placed as
+    /// usual. Late events of mpathd's own moves are told apart by asking the kernel.
+    pub(super) async fn reconcile_added_address(&mut self, ifindex: u32, cidr: IpCidr) {
+        let Some(gi) = self
+            .groups
+            .iter()
+            .position(|g| g.addresses.iter().any(|a| a.cidr == cidr))
+        else {
+            return;
+        };
+        let group = &self.groups[gi];
+        let Some(nic) = group
+            .nics
+            .iter()
+            .find(|n| n.ifindex == Some(ifindex))
+            .map(|n| n.name.clone())
+        else {
+            return;
+        };
+        let placed = group
+            .addresses
+            .iter()
+            .find(|a| a.cidr == cidr)
+            .and_then(|a| a.current.clone());
+        if placed.as_deref() == Some(nic.as_str())
+            || self.kernel_has(ifindex, cidr).await != Some(true)
+        {
+            return;
+        }
+        match placed {
+            Some(placed) => {
+                tracing::warn!(
+                    "data address {cidr} was added to {nic} behind mpathd's back; it lives on {placed}: removing this copy"
+                );
+                if let Err(e) = self.netlink.del_address(ifindex, cidr).await {
+                    tracing::error!("{e}");
+                }
+            }
+            None => {
+                tracing::warn!(
+                    "data address {cidr} was added to {nic} behind mpathd's back; adopting it there"
+                );
+                if let Some(a) = self.groups[gi]
+                    .addresses
+                    .iter_mut()
+                    .find(|a| a.cidr == cidr)
+                {
+                    a.current = Some(nic);
+                }
+                self.move_addresses(gi).await;
+            }
+        }
+    }
+
+    /// Whether the kernel has `cidr` on `ifindex` right now; `None` when it cannot be asked.
+    async fn kernel_has(&self, ifindex: u32, cidr: IpCidr) -> Option<bool> {
+        match self.netlink.addresses().await {
+            Ok(addresses) => Some(addresses.contains(&(ifindex, cidr))),
+            Err(e) => {
+                tracing::error!("reading the addresses to check {cidr}: {e}");
+                None
+            }
+        }
     }
 
     /// Deletes copies of the group's data addresses found on NICs other than the one they are

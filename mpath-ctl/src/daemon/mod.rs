@@ -374,6 +374,7 @@ impl Daemon {
                 if is_link_local(cidr.addr()) {
                     self.start_v6(ifindex, cidr);
                 }
+                self.reconcile_added_address(ifindex, cidr).await;
             }
             NetEvent::AddressRemoved { ifindex, cidr } => {
                 self.addresses.retain(|a| *a != (ifindex, cidr));
