@@ -127,6 +127,30 @@ pub enum TargetEvent {
     },
 }
 
+impl std::fmt::Display for TargetEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let TargetEvent::SetAside {
+            target,
+            reason,
+            action,
+        } = self;
+        let why = match reason {
+            SetAsideReason::Unresponsive => "stopped answering while the other targets answer",
+            SetAsideReason::Slow => {
+                "answers too slowly for the probe interval while the other targets are fast"
+            }
+        };
+        match action {
+            TargetAction::Replaced => write!(f, "probe target {target} {why}: replaced"),
+            TargetAction::RetryAfter(after) => write!(
+                f,
+                "probe target {target} {why}: set aside, probed again in {} s",
+                after.as_secs()
+            ),
+        }
+    }
+}
+
 /// A target or test address that can never work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
@@ -566,6 +590,28 @@ fn same_prefix(a: Ipv4Addr, b: Ipv4Addr, prefix_len: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_aside_targets_are_logged_in_words() {
+        let target: IpAddr = "192.0.2.2".parse().unwrap();
+        let dead = TargetEvent::SetAside {
+            target,
+            reason: SetAsideReason::Unresponsive,
+            action: TargetAction::RetryAfter(Duration::from_secs(120)),
+        };
+        assert_eq!(
+            dead.to_string(),
+            "probe target 192.0.2.2 stopped answering while the other targets answer: set aside, probed again in 120 s"
+        );
+        let slow = TargetEvent::SetAside {
+            target,
+            reason: SetAsideReason::Slow,
+            action: TargetAction::Replaced,
+        };
+        assert!(slow.to_string().ends_with(
+            "too slowly for the probe interval while the other targets are fast: replaced"
+        ));
+    }
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()

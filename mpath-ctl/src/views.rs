@@ -75,6 +75,32 @@ pub struct TargetRow {
     pub test_address: Option<IpAddr>,
     /// Targets in use, in probing order.
     pub targets: Vec<IpAddr>,
+    /// Every target the NIC knows, in use or set aside, with its health (`--json` only).
+    #[serde(default)]
+    pub health: Vec<TargetHealth>,
+    /// Replies matched to this NIC that its prober refused (out of window, wrong source,
+    /// duplicate).
+    #[serde(default)]
+    pub unknown_replies: u64,
+}
+
+/// One probe target of a NIC and how it answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetHealth {
+    pub address: IpAddr,
+    /// `configured`, `router` or `discovered`.
+    pub source: String,
+    /// `active` (probed in turn), `spare` (known, not needed), `slow` or `dead` (set aside,
+    /// probed again later).
+    pub state: String,
+    /// Smoothed round trip, its deviation and the age at which a probe counts as lost,
+    /// microseconds; `None` before the first answer.
+    pub rtt_avg_us: Option<u64>,
+    pub rtt_dev_us: Option<u64>,
+    pub rtt_bound_us: Option<u64>,
+    pub sent: u64,
+    pub answered: u64,
+    pub lost: u64,
 }
 
 /// One completed probe, as `mpathctl probes` streams them (ipmpstat -p).

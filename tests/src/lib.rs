@@ -1,9 +1,11 @@
-//! What mpath's integration tests share: private bpffs pin directories, crafted packets and
-//! the XDP program rig.
+//! What mpath's integration tests share: private bpffs pin directories, crafted packets, the
+//! XDP program rig, mpathd's metrics and an echo responder for the lab router.
 
 pub mod daemon;
 pub mod flows;
+pub mod metrics;
 pub mod packets;
+pub mod responder;
 pub mod xdp;
 
 use std::{

@@ -932,6 +932,14 @@ fn golden_views_of_a_degraded_group() {
     assert_eq!(json[0]["interface"], "h0");
     assert_eq!(json[0]["test_address"], "192.0.2.21");
     assert_eq!(json[0]["targets"], json!(["192.0.2.1"]));
+    // Beyond ipmpstat: each target's health, set-aside ones included.
+    let health = &json[0]["health"][0];
+    assert_eq!(
+        (&health["address"], &health["source"], &health["state"]),
+        (&json!("192.0.2.1"), &json!("configured"), &json!("active"))
+    );
+    assert!(health["sent"].as_u64().unwrap() > 0, "{health}");
+    assert!(json[0]["unknown_replies"].is_u64());
 
     let bash = view(&["completions", "bash"]);
     let bash = String::from_utf8_lossy(&bash);

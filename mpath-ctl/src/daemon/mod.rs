@@ -46,7 +46,7 @@ use crate::{
     spread,
     state::{self, Action, Event, FailureCause, IfState, Policy, ProbeFamilies},
     target::{AddressFamily, RouteEntry, TargetSet},
-    views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetRow},
+    views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetHealth, TargetRow},
 };
 
 /// How long route changes are gathered before the table is read again.

@@ -55,6 +55,14 @@ impl Daemon {
         };
         match probing.prober.on_reply(reply, now, &mut group.fdt) {
             ReplyVerdict::Accepted(events) => {
+                let probers = group
+                    .nics
+                    .iter()
+                    .flat_map(|n| &n.probing)
+                    .map(|p| &p.prober);
+                if let Some(change) = group.fdt.try_lower(now, probers) {
+                    tracing::info!("{}", change.message);
+                }
                 self.probe_events(gi, ni, family, events, Some(reply)).await
             }
             ReplyVerdict::Rejected(reason) => {
@@ -100,7 +108,7 @@ impl Daemon {
                     .await;
                 }
                 ProbeEvent::Target(e) => {
-                    tracing::info!("{}: {e:?}", self.groups[gi].nics[ni].name)
+                    tracing::info!("{}: {e}", self.groups[gi].nics[ni].name)
                 }
                 ProbeEvent::FdtRaised(change) => tracing::warn!("{}", change.message),
             }

@@ -105,6 +105,8 @@ impl Daemon {
                         mode: "disabled".into(),
                         test_address: None,
                         targets: Vec::new(),
+                        health: Vec::new(),
+                        unknown_replies: 0,
                     });
                 }
                 status.targets.extend(n.probing.iter().map(|p| {
@@ -115,6 +117,22 @@ impl Daemon {
                         mode: if multicast { "multicast" } else { "routes" }.into(),
                         test_address: Some(view.test_address),
                         targets: p.prober.targets().active().collect(),
+                        health: view
+                            .targets
+                            .iter()
+                            .map(|t| TargetHealth {
+                                address: t.address,
+                                source: label(t.source),
+                                state: label(t.state),
+                                rtt_avg_us: t.rtt_avg_us,
+                                rtt_dev_us: t.rtt_dev_us,
+                                rtt_bound_us: t.rtt_bound_us,
+                                sent: t.probes.sent,
+                                answered: t.probes.answered,
+                                lost: t.probes.lost,
+                            })
+                            .collect(),
+                        unknown_replies: view.unknown,
                     }
                 }));
             }
