@@ -168,6 +168,12 @@ impl Mpathd {
         }
     }
 
+    /// The daemon's process id while it runs (the lab's wrapper execs into mpathd), e.g. to
+    /// read its CPU time from /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -54,7 +54,9 @@ enum Cmd {
 enum Benchmark {
     /// Spreading cost per packet against no program and kernel ECMP.
     Datapath,
-    /// Traffic gap when a NIC fails (mpathd on carrier and silent loss, kernel ECMP).
+    /// Traffic gap when a NIC fails (mpathd on carrier and silent loss, kernel ECMP), then
+    /// probing at scale: 1, 8 and 32 NICs, mpathd against FRR's bfdd (`--only cases|scale`,
+    /// `--false-failure-minutes M`).
     Failover,
 }
 

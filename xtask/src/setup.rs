@@ -8,14 +8,16 @@ use anyhow::{Context as _, bail};
 
 use crate::{capture, exec};
 
-/// Debian packages the tests and the demo drive: ip, bridge, nft, ping, nsenter/unshare,
-/// and promtool (package prometheus), which validates the metrics.
+/// Debian packages the tests, the demo and the benchmarks drive: ip, bridge, nft, ping,
+/// nsenter/unshare, promtool (package prometheus), which validates the metrics, and FRR's
+/// bfdd and vtysh (package frr), the BFD daemon the failover benchmark compares mpathd with.
 const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "iputils-ping",
     "util-linux",
     "prometheus",
+    "frr",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -8,10 +8,14 @@
 //! `failover`: a steady UDP stream to a data address while the NIC holding it fails, for
 //! carrier loss and silent loss under mpathd and for kernel ECMP with
 //! `ignore_routes_with_linkdown`; the traffic gap, split by mpathd's log into detection, map
-//! rewrite and address move. Optionally a false-failure run under saturating traffic.
+//! rewrite and address move. Optionally a false-failure run under saturating traffic. Then
+//! probing at scale: detection, false failures and CPU per NIC with 1, 8 and 32 NICs, mpathd
+//! beside FRR's bfdd (see [`scale`]).
 //!
 //! `soak`: random faults under traffic with an invariant checker (see [`soak`]).
 
+#[path = "mpath-bench/scale.rs"]
+mod scale;
 #[path = "mpath-bench/soak.rs"]
 mod soak;
 
@@ -86,11 +90,23 @@ fn main() -> anyhow::Result<()> {
         }
         Some("failover") => {
             let reps = flag(&args, "--reps")?.unwrap_or(20);
-            let minutes = flag(&args, "--false-failure-minutes")?.unwrap_or(0);
+            let minutes = flag(&args, "--false-failure-minutes")?;
             if reps == 0 {
                 bail!("--reps must be at least 1");
             }
-            failover(reps, minutes, out)
+            let (cases, scale) = match text_flag(&args, "--only")? {
+                None => (true, true),
+                Some("cases") => (true, false),
+                Some("scale") => (false, true),
+                Some(other) => bail!("--only {other}: the parts are `cases` and `scale`"),
+            };
+            if cases {
+                failover(reps, minutes.unwrap_or(0), out.clone())?;
+            }
+            if scale {
+                scale::scale(reps, minutes.unwrap_or(scale::DEFAULT_MINUTES), out)?;
+            }
+            Ok(())
         }
         Some("soak") => {
             let minutes = flag(&args, "--minutes")?.unwrap_or(30);
@@ -104,7 +120,10 @@ fn main() -> anyhow::Result<()> {
         }
         _ => bail!(
             "usage: mpath-bench datapath [--rounds N] [--seconds S] [--out BENCHMARKS.md]\n       \
-             mpath-bench failover [--reps N] [--false-failure-minutes M] [--out BENCHMARKS.md]\n       \
+             mpath-bench failover [--reps N] [--false-failure-minutes M] [--only cases|scale] \
+             [--out BENCHMARKS.md]\n       \
+             (M: the 3-NIC false-failure run, none by default, and the scale part's run per \
+             NIC count, 10 min by default)\n       \
              mpath-bench soak [--minutes N] [--seed S] [--out BENCHMARKS.md]"
         ),
     }
@@ -112,16 +131,23 @@ fn main() -> anyhow::Result<()> {
 
 /// The value of `NAME N` on the command line, if given.
 fn flag(args: &[String], name: &str) -> anyhow::Result<Option<u64>> {
+    text_flag(args, name)?
+        .map(|value| {
+            value
+                .parse()
+                .with_context(|| format!("{name} {value}: not a whole number"))
+        })
+        .transpose()
+}
+
+/// The value of `NAME VALUE` on the command line, if given.
+fn text_flag<'a>(args: &'a [String], name: &str) -> anyhow::Result<Option<&'a str>> {
     let Some(i) = args.iter().position(|a| a == name) else {
         return Ok(None);
     };
-    let value = args
-        .get(i + 1)
-        .with_context(|| format!("{name} needs a value"))?;
-    value
-        .parse()
-        .map(Some)
-        .with_context(|| format!("{name} {value}: not a whole number"))
+    args.get(i + 1)
+        .map(|value| Some(value.as_str()))
+        .with_context(|| format!("{name} needs a value"))
 }
 
 struct Bench {
@@ -480,7 +506,8 @@ fn write_section(path: &Path, title: &str, body: &str) -> anyhow::Result<()> {
     let mut out = head + "\n\n";
     let mut replaced = false;
     for s in sections {
-        if s.starts_with(&heading[3..]) {
+        // The whole title line: "failover" must not replace "failover, at scale".
+        if s.lines().next() == Some(title) {
             out.push_str(&section);
             replaced = true;
         } else {
@@ -1134,11 +1161,11 @@ struct FalseFailures {
 /// The active NICs the saturating traffic runs over.
 const LOADED_NICS: [&str; 2] = ["h0", "h1"];
 
-/// Packets each of [`LOADED_NICS`] put on the wire and took off it so far.
-fn wire_counters(lab: &Lab) -> anyhow::Result<Vec<(u64, u64)>> {
-    LOADED_NICS
-        .iter()
+/// Packets each of `nics` put on the wire and took off it so far.
+fn wire_counters(lab: &Lab, nics: &[impl AsRef<str>]) -> anyhow::Result<Vec<(u64, u64)>> {
+    nics.iter()
         .map(|nic| {
+            let nic = nic.as_ref();
             let counter = format!("/sys/class/net/{nic}/statistics/rx_packets");
             let received = lab.host().run(&["cat", &counter])?;
             let received = received
@@ -1150,15 +1177,11 @@ fn wire_counters(lab: &Lab) -> anyhow::Result<Vec<(u64, u64)>> {
         .collect()
 }
 
-/// mpathd at FDT 1000 ms for `minutes` while both active NICs carry as much UDP as the
-/// machine can send in both directions; counts the failures it detects (none is right).
-fn false_failures(minutes: u64) -> anyhow::Result<FalseFailures> {
-    let lab = Lab::builder().nics(3).build()?;
-    let mut daemon = Mpathd::start(lab.host(), &three_nic_config(1000));
-    daemon.wait_until("all NICs ok, the address on h0", settled);
-    let log_start = daemon.log().len();
+/// As much UDP as the machine can send for `duration`, both ways between the router and the
+/// host's `data` addresses: inbound to each, outbound from each (spread over the group's
+/// NICs by mpathd).
+fn saturate(lab: &Lab, data: [Ipv4Addr; 2], duration: Duration) -> anyhow::Result<()> {
     let router_v4: Ipv4Addr = ROUTER_V4.parse()?;
-    let data = [DATA_V4, Ipv4Addr::new(192, 0, 2, 20)];
     // Receivers that never read: the kernel drops what overflows, no ICMP errors.
     let sinks = |ns: &Netns| -> anyhow::Result<Vec<UdpSocket>> {
         let _inside = ns.enter()?;
@@ -1172,7 +1195,6 @@ fn false_failures(minutes: u64) -> anyhow::Result<FalseFailures> {
             .map(|i| SocketAddrV4::new(ip, FIRST_PORT + i))
             .collect()
     };
-    // Inbound to each NIC's data address, outbound from it (spread over both NICs).
     let mut senders = Vec::new();
     for address in data {
         let inbound = {
@@ -1186,11 +1208,6 @@ fn false_failures(minutes: u64) -> anyhow::Result<FalseFailures> {
         };
         senders.push((outbound, flows_to(router_v4)));
     }
-    let duration = Duration::from_secs(minutes * 60);
-    eprintln!(
-        "false-failure run: {minutes} min of saturating UDP both ways over h0 and h1, FDT 1000 ms"
-    );
-    let before = wire_counters(&lab)?;
     let threads: Vec<_> = senders
         .into_iter()
         .map(|(socket, flows)| std::thread::spawn(move || blast(&socket, &flows, duration)))
@@ -1199,7 +1216,23 @@ fn false_failures(minutes: u64) -> anyhow::Result<FalseFailures> {
         t.join()
             .map_err(|_| anyhow::anyhow!("a sender panicked"))??;
     }
-    let after = wire_counters(&lab)?;
+    Ok(())
+}
+
+/// mpathd at FDT 1000 ms for `minutes` while both active NICs carry as much UDP as the
+/// machine can send in both directions; counts the failures it detects (none is right).
+fn false_failures(minutes: u64) -> anyhow::Result<FalseFailures> {
+    let lab = Lab::builder().nics(3).build()?;
+    let mut daemon = Mpathd::start(lab.host(), &three_nic_config(1000));
+    daemon.wait_until("all NICs ok, the address on h0", settled);
+    let log_start = daemon.log().len();
+    let duration = Duration::from_secs(minutes * 60);
+    eprintln!(
+        "false-failure run: {minutes} min of saturating UDP both ways over h0 and h1, FDT 1000 ms"
+    );
+    let before = wire_counters(&lab, &LOADED_NICS)?;
+    saturate(&lab, [DATA_V4, Ipv4Addr::new(192, 0, 2, 20)], duration)?;
+    let after = wire_counters(&lab, &LOADED_NICS)?;
     let seconds = duration.as_secs_f64();
     let nics = LOADED_NICS
         .iter()
@@ -1520,6 +1553,37 @@ mod tests {
         assert!((sum - 3.0).abs() < 1e-9, "{s:?}");
         assert!((s.address_move_ms - 2.6).abs() < 1e-9, "{s:?}");
         assert!((s.rewrite_ms - 0.2).abs() < 1e-9, "{s:?}");
+    }
+
+    #[test]
+    fn a_section_is_replaced_only_under_its_exact_title() {
+        let path = std::env::temp_dir().join(format!("mpath-bench-{}.md", std::process::id()));
+        fs::write(
+            &path,
+            "# Benchmarks\n\n## Benchmark: failover\n\nold\n\n## Benchmark: failover at scale\n\nkept\n",
+        )
+        .unwrap();
+        write_section(&path, "Benchmark: failover", "new").unwrap();
+        write_section(&path, "Soak", "added").unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        assert_eq!(
+            text,
+            "# Benchmarks\n\n## Benchmark: failover\n\nnew\n\n\
+             ## Benchmark: failover at scale\n\nkept\n\n## Soak\n\nadded\n"
+        );
+    }
+
+    #[test]
+    fn flags_take_the_word_after_them() {
+        let args: Vec<String> = ["failover", "--only", "scale", "--reps", "3", "--x"]
+            .map(String::from)
+            .into();
+        assert_eq!(text_flag(&args, "--only").unwrap(), Some("scale"));
+        assert_eq!(flag(&args, "--reps").unwrap(), Some(3));
+        assert_eq!(flag(&args, "--seconds").unwrap(), None);
+        assert!(flag(&args, "--only").is_err(), "not a number");
+        assert!(text_flag(&args, "--x").is_err(), "no value");
     }
 
     #[test]
