@@ -18,6 +18,24 @@ use mpath_lab::Netns;
 
 use crate::PinDir;
 
+/// The state mpathd shows for `nic` (`ok`, `failed`, ...), empty when it shows no such NIC.
+pub fn state_of<'a>(status: &'a Status, nic: &str) -> &'a str {
+    status
+        .interfaces
+        .iter()
+        .find(|i| i.interface == nic)
+        .map_or("", |i| i.state.as_str())
+}
+
+/// The NIC data address `address` (with its prefix length) is on, as mpathd shows it.
+pub fn inbound<'a>(status: &'a Status, address: &str) -> Option<&'a str> {
+    status
+        .addresses
+        .iter()
+        .find(|a| a.address == address)
+        .and_then(|a| a.inbound.as_deref())
+}
+
 /// The lab group the tests and benchmarks run mpathd on: h0 and h1 active, h2 a standby,
 /// each with a test address, probing the router; IPv4 data addresses on h0 and h1 and an
 /// IPv6 one on h0 (so IPv6 probing runs too). `SOCKET` and `PINS` are filled in by

@@ -11,30 +11,13 @@ use mpath_ctl::{
     views::Status,
 };
 use mpath_lab::Lab;
-use mpath_tests::daemon::{Mpathd, three_nic_config};
+use mpath_tests::daemon::{Mpathd, inbound, state_of, three_nic_config};
 
 /// The lab group at FDT 700 ms (probe interval 100 ms).
 static CONFIG: LazyLock<String> = LazyLock::new(|| three_nic_config(700));
 
 fn lab() -> Lab {
     Lab::builder().nics(3).build().expect("lab")
-}
-
-fn inbound(status: &Status, address: &str) -> Option<String> {
-    status
-        .addresses
-        .iter()
-        .find(|a| a.address == address)
-        .and_then(|a| a.inbound.clone())
-}
-
-fn state_of(status: &Status, nic: &str) -> String {
-    status
-        .interfaces
-        .iter()
-        .find(|i| i.interface == nic)
-        .map(|i| i.state.clone())
-        .unwrap_or_default()
 }
 
 /// Bucket shares per ifindex of group 0, read from the pinned maps.

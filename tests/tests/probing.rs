@@ -12,7 +12,7 @@ use mpath_common::PROBE_ICMP_ID;
 use mpath_ctl::{probe::NUM_PROBE_REPAIRS, target::MAX_PROBE_TARGETS, views::Status};
 use mpath_lab::{Lab, ROUTER_V4};
 use mpath_tests::{
-    daemon::{Mpathd, three_nic_config},
+    daemon::{Mpathd, inbound, state_of, three_nic_config},
     metrics::{sample, scrape},
     responder::{Answer, Fault, Request, Requests, Responder},
 };
@@ -69,15 +69,6 @@ fn lab_with_two_router_addresses() -> Lab {
         .expect("lab")
 }
 
-fn state_of(status: &Status, nic: &str) -> String {
-    status
-        .interfaces
-        .iter()
-        .find(|i| i.interface == nic)
-        .map(|i| i.state.clone())
-        .unwrap_or_default()
-}
-
 fn all_ok(status: &Status) -> bool {
     NICS.iter().all(|n| state_of(status, n) == "ok")
 }
@@ -87,14 +78,6 @@ fn is_active(status: &Status, nic: &str) -> bool {
         .interfaces
         .iter()
         .any(|i| i.interface == nic && i.active)
-}
-
-fn inbound(status: &Status, address: &str) -> Option<String> {
-    status
-        .addresses
-        .iter()
-        .find(|a| a.address == address)
-        .and_then(|a| a.inbound.clone())
 }
 
 fn fdt_ms(status: &Status) -> u64 {

@@ -37,11 +37,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
 use mpath_common::NicInfo;
-use mpath_ctl::{datapath::Datapath, spread::rebalance, views::Status};
+use mpath_ctl::{datapath::Datapath, spread::rebalance};
 use mpath_lab::{Lab, Netns, ROUTER_NIC, ROUTER_V4};
 use mpath_tests::{
     PinDir,
-    daemon::{Mpathd, three_nic_config},
+    daemon::{Mpathd, inbound, state_of, three_nic_config},
 };
 
 const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 19);
@@ -965,22 +965,6 @@ fn receive(
             .push(Arrival { at_ns, ifindex });
     }
     Ok(())
-}
-
-fn state_of<'a>(status: &'a Status, nic: &str) -> &'a str {
-    status
-        .interfaces
-        .iter()
-        .find(|i| i.interface == nic)
-        .map_or("", |i| i.state.as_str())
-}
-
-fn inbound<'a>(status: &'a Status, address: &str) -> Option<&'a str> {
-    status
-        .addresses
-        .iter()
-        .find(|a| a.address == address)
-        .and_then(|a| a.inbound.as_deref())
 }
 
 /// Every NIC ok and the stream's address back on the NIC that fails: failback is done.
