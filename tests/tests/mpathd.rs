@@ -62,9 +62,9 @@ fn starts_with_addresses_at_home_and_spreads_over_the_active_nics() {
     assert_eq!(group.state, "ok");
     assert_eq!(group.active, ["h0", "h1"]);
     assert_eq!(group.inactive, ["h2"]);
-    assert_eq!(inbound(&status, "192.0.2.19/24").as_deref(), Some("h0"));
-    assert_eq!(inbound(&status, "2001:db8::19/64").as_deref(), Some("h0"));
-    assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h1"));
+    assert_eq!(inbound(&status, "192.0.2.19/24"), Some("h0"));
+    assert_eq!(inbound(&status, "2001:db8::19/64"), Some("h0"));
+    assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h1"));
 
     let h0 = lab.host_addrs("h0").unwrap();
     assert!(h0.contains(&"192.0.2.19/24".to_string()), "{h0:?}");
@@ -116,12 +116,12 @@ fn carrier_loss_fails_over_to_the_standby_and_back() {
     lab.cut("h0").unwrap();
     daemon.wait_until("192.0.2.19 on h2", |d| {
         d.try_status()
-            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h2"))
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24") == Some("h2"))
     });
     let status = daemon.status();
     assert_eq!(state_of(&status, "h0"), "failed");
-    assert_eq!(inbound(&status, "2001:db8::19/64").as_deref(), Some("h2"));
-    assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h1"));
+    assert_eq!(inbound(&status, "2001:db8::19/64"), Some("h2"));
+    assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h1"));
     assert_eq!(status.groups[0].state, "degraded");
     let h2_addrs = lab.host_addrs("h2").unwrap();
     for a in ["192.0.2.19/24", "2001:db8::19/64", "192.0.2.23/32"] {
@@ -157,7 +157,7 @@ fn carrier_loss_fails_over_to_the_standby_and_back() {
     lab.restore("h0").unwrap();
     daemon.wait_until("192.0.2.19 back on h0", |d| {
         d.try_status().is_some_and(|s| {
-            inbound(&s, "192.0.2.19/24").as_deref() == Some("h0") && state_of(&s, "h0") == "ok"
+            inbound(&s, "192.0.2.19/24") == Some("h0") && state_of(&s, "h0") == "ok"
         })
     });
     let status = daemon.status();
@@ -182,7 +182,7 @@ fn silent_loss_is_caught_by_probes() {
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24").as_deref() == Some("h2")
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
         })
     });
     let status = daemon.status();
@@ -202,7 +202,7 @@ fn silent_loss_is_caught_by_probes() {
     lab.undrop("h1").unwrap();
     daemon.wait_until("h1 repaired after 10 answered probes", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24").as_deref() == Some("h1")
+            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
         })
     });
 }
@@ -234,7 +234,7 @@ fn a_nic_that_still_receives_but_cannot_send_fails_all_the_same() {
 
     daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24").as_deref() == Some("h2")
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
         })
     });
     let rx_after = h1_rx_packets(&lab, &daemon);
@@ -281,7 +281,7 @@ fn offline_and_online_with_refusal_of_the_last_usable_nic() {
     assert!(matches!(daemon.request(offline("h1")), Reply::Done { .. }));
     let status = daemon.status();
     for a in ["192.0.2.19/24", "192.0.2.20/24"] {
-        assert_eq!(inbound(&status, a).as_deref(), Some("h2"), "{a}");
+        assert_eq!(inbound(&status, a), Some("h2"), "{a}");
     }
     let refused = daemon.ctl(lab.host(), &["offline", "h2"]);
     assert!(
@@ -305,7 +305,7 @@ fn offline_and_online_with_refusal_of_the_last_usable_nic() {
     assert!(online.status.success(), "{online:?}");
     daemon.wait_until("192.0.2.19 back on h0", |d| {
         d.try_status()
-            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h0"))
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24") == Some("h0"))
     });
 }
 
@@ -363,7 +363,7 @@ fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("192.0.2.20 failed over to h2", |d| {
         d.try_status()
-            .is_some_and(|s| inbound(&s, "192.0.2.20/24").as_deref() == Some("h2"))
+            .is_some_and(|s| inbound(&s, "192.0.2.20/24") == Some("h2"))
     });
     let table_before = shares(&daemon);
     daemon.kill();
@@ -397,14 +397,14 @@ fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
     let failbacks = daemon.log().matches("Successfully failed back").count();
     daemon.spawn(lab.host());
     let status = daemon.status();
-    assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h2"));
+    assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h2"));
     assert_eq!(state_of(&status, "h1"), "failed", "adopted as failed");
     assert_eq!(shares(&daemon), table_before, "no bucket moved");
     assert!(daemon.log().contains("192.0.2.20/24 of h1 is on h2"));
     // h1 still drops everything: a second of probing must not bring the address back.
     sleep(Duration::from_secs(1));
     let status = daemon.status();
-    assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h2"));
+    assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h2"));
     assert_eq!(
         daemon.log().matches("Successfully failed back").count(),
         failbacks
@@ -413,7 +413,7 @@ fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
     lab.undrop("h1").unwrap();
     daemon.wait_until("h1 repaired by its probes and failed back", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24").as_deref() == Some("h1")
+            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
         })
     });
 }
@@ -492,7 +492,7 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
     daemon.reload(changed);
     daemon.wait_until("192.0.2.30 on h1, h2 gone", |d| {
         d.try_status().is_some_and(|s| {
-            inbound(&s, "192.0.2.30/24").as_deref() == Some("h1")
+            inbound(&s, "192.0.2.30/24") == Some("h1")
                 && s.interfaces.iter().all(|i| i.interface != "h2")
         })
     });
@@ -516,10 +516,7 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
         maps.nics().unwrap().iter().all(|(i, _)| *i != h2),
         "h2 left the datapath"
     );
-    assert_eq!(
-        inbound(&daemon.status(), "192.0.2.19/24").as_deref(),
-        Some("h0")
-    );
+    assert_eq!(inbound(&daemon.status(), "192.0.2.19/24"), Some("h0"));
 
     // A broken file is refused and changes nothing (probing and target discovery go on, so
     // compare what a reload could change).
@@ -567,8 +564,8 @@ fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
     daemon.wait_until("h0's addresses on h2", |d| {
         d.try_status().is_some_and(|s| {
             state_of(&s, "h0") == "missing"
-                && inbound(&s, "192.0.2.19/24").as_deref() == Some("h2")
-                && inbound(&s, "2001:db8::19/64").as_deref() == Some("h2")
+                && inbound(&s, "192.0.2.19/24") == Some("h2")
+                && inbound(&s, "2001:db8::19/64") == Some("h2")
         })
     });
     lab.router()
@@ -584,7 +581,7 @@ fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
     assert_eq!(lab.add_nic().unwrap(), "h0");
     daemon.wait_until("h0 back home", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24").as_deref() == Some("h0")
+            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24") == Some("h0")
         })
     });
     lab.router()
@@ -772,7 +769,7 @@ fn with_failback_off_a_repaired_nic_stays_inactive_and_its_addresses_stay_away()
     lab.cut("h0").unwrap();
     daemon.wait_until("192.0.2.19 on h2", |d| {
         d.try_status()
-            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h2"))
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24") == Some("h2"))
     });
     lab.restore("h0").unwrap();
     daemon.wait_until("h0 repaired", |d| {
@@ -780,11 +777,7 @@ fn with_failback_off_a_repaired_nic_stays_inactive_and_its_addresses_stay_away()
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
     let status = daemon.status();
-    assert_eq!(
-        inbound(&status, "192.0.2.19/24").as_deref(),
-        Some("h2"),
-        "no failback"
-    );
+    assert_eq!(inbound(&status, "192.0.2.19/24"), Some("h2"), "no failback");
     let h0 = status
         .interfaces
         .iter()
@@ -844,7 +837,7 @@ fn golden_views_of_a_degraded_group() {
     lab.cut("h0").unwrap();
     daemon.wait_until("h0's addresses on h2", |d| {
         d.try_status()
-            .is_some_and(|s| inbound(&s, "2001:db8::19/64").as_deref() == Some("h2"))
+            .is_some_and(|s| inbound(&s, "2001:db8::19/64") == Some("h2"))
     });
     let view = |args: &[&str]| {
         let out = daemon.ctl(lab.host(), args);
@@ -985,13 +978,13 @@ fn open_tcp_connections_survive_failover_and_failback_and_test_addresses_are_nev
     lab.cut("h0").unwrap();
     daemon.wait_until("192.0.2.19 on h2", |d| {
         d.try_status()
-            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h2"))
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24") == Some("h2"))
     });
     exchange(2);
     lab.restore("h0").unwrap();
     daemon.wait_until("192.0.2.19 back on h0", |d| {
         d.try_status()
-            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h0"))
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24") == Some("h0"))
     });
     exchange(3);
 }
@@ -1035,7 +1028,7 @@ fn a_data_address_added_to_another_nic_behind_mpathds_back_is_removed_there() {
     lab.restore("h0").unwrap();
     daemon.wait_until("192.0.2.19 back on h0", |d| {
         d.try_status()
-            .is_some_and(|s| inbound(&s, "192.0.2.19/24").as_deref() == Some("h0") && all_ok(d))
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24") == Some("h0") && all_ok(d))
     });
     let log = daemon.log();
     assert!(!log.contains("restoring it"), "{log}");
@@ -1056,10 +1049,7 @@ fn wait_for_the_copy_on_h1_to_go(lab: &Lab, daemon: &mut Mpathd) {
         !has_address(lab, "h1", "192.0.2.19/24")
     });
     assert!(has_address(lab, "h0", "192.0.2.19/24"));
-    assert_eq!(
-        inbound(&daemon.status(), "192.0.2.19/24").as_deref(),
-        Some("h0")
-    );
+    assert_eq!(inbound(&daemon.status(), "192.0.2.19/24"), Some("h0"));
 }
 
 #[test]
@@ -1107,7 +1097,7 @@ fn a_reload_that_rebuilds_a_group_keeps_an_offline_nic_offline() {
         "{:?}",
         status.interfaces
     );
-    assert_eq!(inbound(&status, "192.0.2.20/24").as_deref(), Some("h2"));
+    assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h2"));
 }
 
 #[test]
@@ -1302,7 +1292,7 @@ fn a_flapping_link_moves_the_addresses_once_each_way() {
         .unwrap();
     daemon.wait_until("h0 repaired and its addresses home", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24").as_deref() == Some("h0")
+            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24") == Some("h0")
         })
     });
     let log = daemon.log();
@@ -1346,7 +1336,7 @@ fn losing_its_link_local_address_leaves_a_nic_to_ipv4_probing() {
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("h1 failed by its IPv4 probes", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24").as_deref() == Some("h2")
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
         })
     });
 }
