@@ -1,18 +1,16 @@
 //! mpathd and mpathctl: the userspace half of mpath.
-pub mod announce;
+//!
+//! The folders follow the split between deciding and doing:
+//! - [`core`]: the decisions, pure and kernel-free with time passed in: failure and repair
+//!   state machines, address placement, bucket tables, probe timing, targets, evidence.
+//! - [`config`]: the configuration file, the Solaris defaults file, validation and diffs.
+//! - [`net`]: kernel IO over netlink, sysctls, raw sockets and announcements.
+//! - [`datapath`]: the eBPF programs, their pins and maps.
+//! - [`daemon`]: mpathd's event loop, which feeds `core` and carries out its decisions.
+//! - [`api`]: what operators and tools see: views, the control socket, metrics.
+pub mod api;
 pub mod config;
-pub mod control;
+pub mod core;
 pub mod daemon;
 pub mod datapath;
-pub mod evidence;
-pub mod failover;
-pub mod maps;
-pub mod metrics;
-pub mod netconf;
-pub mod netlink;
-pub mod probe;
-pub mod probe_socket;
-pub mod spread;
-pub mod state;
-pub mod target;
-pub mod views;
+pub mod net;

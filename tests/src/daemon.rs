@@ -11,8 +11,8 @@ use std::{
 };
 
 use mpath_ctl::{
-    control::{self, Reply, Request},
-    views::Status,
+    api::control::{self, Reply, Request},
+    api::views::Status,
 };
 use mpath_lab::Netns;
 

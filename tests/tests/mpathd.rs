@@ -6,9 +6,9 @@ use std::sync::LazyLock;
 
 use mpath_common::PIN_LAYOUT_VERSION;
 use mpath_ctl::{
-    control::{Reply, Request},
-    maps::Maps,
-    views::Status,
+    api::control::{Reply, Request},
+    api::views::Status,
+    datapath::maps::Maps,
 };
 use mpath_lab::Lab;
 use mpath_tests::daemon::{Mpathd, inbound, state_of, three_nic_config};
@@ -1220,7 +1220,7 @@ fn a_clean_restart_and_a_reload_lose_no_packet() {
 
 #[test]
 fn without_bpffs_mpathd_mounts_one_and_runs() {
-    use mpath_ctl::control;
+    use mpath_ctl::api::control;
     use std::time::{Duration, Instant};
     let lab = lab();
     let dir = std::env::temp_dir().join(format!("mpathd-nobpffs-{}", std::process::id()));

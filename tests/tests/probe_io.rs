@@ -13,9 +13,9 @@ use mpath_common::{
     NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC,
     PROBE_WIRE_NS_OFFSET, Settings, probe_tag,
 };
-use mpath_ctl::announce::{gratuitous_arp, unsolicited_na};
 use mpath_ctl::datapath::Datapath;
-use mpath_ctl::probe_socket::{ProbeSocket, monotonic_ns};
+use mpath_ctl::net::announce::{gratuitous_arp, unsolicited_na};
+use mpath_ctl::net::probe_socket::{ProbeSocket, monotonic_ns};
 use mpath_lab::{Lab, Netns, ROUTER_NIC};
 use mpath_tests::PinDir;
 

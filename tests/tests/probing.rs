@@ -9,7 +9,9 @@ use std::{
 };
 
 use mpath_common::PROBE_ICMP_ID;
-use mpath_ctl::{probe::NUM_PROBE_REPAIRS, target::MAX_PROBE_TARGETS, views::Status};
+use mpath_ctl::{
+    api::views::Status, core::probe::NUM_PROBE_REPAIRS, core::target::MAX_PROBE_TARGETS,
+};
 use mpath_lab::{Lab, ROUTER_V4};
 use mpath_tests::{
     daemon::{Mpathd, inbound, state_of, three_nic_config},

@@ -8,8 +8,8 @@ use std::{
 
 use mpath_common::{NIC_F_TEST_V4, NicInfo};
 use mpath_ctl::{
+    core::spread::{Table, rebalance},
     datapath::Datapath,
-    spread::{Table, rebalance},
 };
 use mpath_lab::{Lab, ROUTER_NIC};
 use mpath_tests::{

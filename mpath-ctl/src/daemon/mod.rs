@@ -32,21 +32,23 @@ use tokio::{
 };
 
 use crate::{
-    announce,
+    api::control::{self, Command, Reply, Request},
+    api::metrics::{self, Metrics},
+    api::views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetHealth, TargetRow},
     config::{Config, DaemonChange, GroupConfig, IpCidr},
-    control::{self, Command, Reply, Request},
+    core::evidence::RxEvidence,
+    core::failover::{self, DataAddress},
+    core::probe::{
+        FailureDetectionTime, ProbeEvent, ProbeOutcome, ProbeReply, Prober, ReplyVerdict,
+    },
+    core::spread,
+    core::state::{self, Action, Event, FailureCause, IfState, Policy, ProbeFamilies},
+    core::target::{AddressFamily, RouteEntry, TargetSet},
     datapath::{self, Datapath},
-    evidence::RxEvidence,
-    failover::{self, DataAddress},
-    metrics::{self, Metrics},
-    netconf::{InterfaceNetconf, Netconf},
-    netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink},
-    probe::{FailureDetectionTime, ProbeEvent, ProbeOutcome, ProbeReply, Prober, ReplyVerdict},
-    probe_socket::{ProbeSocket, monotonic_ns},
-    spread,
-    state::{self, Action, Event, FailureCause, IfState, Policy, ProbeFamilies},
-    target::{AddressFamily, RouteEntry, TargetSet},
-    views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetHealth, TargetRow},
+    net::announce,
+    net::netconf::{InterfaceNetconf, Netconf},
+    net::netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink},
+    net::probe_socket::{ProbeSocket, monotonic_ns},
 };
 
 /// How long route changes are gathered before the table is read again.

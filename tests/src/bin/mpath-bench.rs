@@ -37,7 +37,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
 use mpath_common::NicInfo;
-use mpath_ctl::{datapath::Datapath, spread::rebalance};
+use mpath_ctl::{core::spread::rebalance, datapath::Datapath};
 use mpath_lab::{Lab, Netns, ROUTER_NIC, ROUTER_V4};
 use mpath_tests::{
     PinDir,

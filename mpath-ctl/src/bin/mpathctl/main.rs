@@ -17,10 +17,10 @@ use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use mpath_common::{BUCKETS_PER_GROUP, MAX_GROUPS, NIC_F_TEST_V4, NIC_F_TEST_V6, RejectReason};
 use mpath_ctl::{
+    api::control::{self, ControlError, Reply, Request},
+    api::views::{ProbeRow, Status},
     config::{self, Config},
-    control::{self, ControlError, Reply, Request},
-    maps::Maps,
-    views::{ProbeRow, Status},
+    datapath::maps::Maps,
 };
 use serde::Serialize;
 use table::Table;

@@ -20,8 +20,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use mpath_ctl::{
-    control::{Reply, Request},
-    views::Status,
+    api::control::{Reply, Request},
+    api::views::Status,
 };
 use mpath_lab::{Lab, ROUTER_V4, ROUTER_V6};
 use mpath_tests::daemon::{Mpathd, three_nic_config};

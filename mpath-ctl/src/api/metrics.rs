@@ -45,9 +45,9 @@ use tokio::{
 
 use crate::{
     config::GroupConfig,
-    failover::{MoveKind, Transfer},
-    probe::{FdtView, ProbeOutcome, RejectReason as ReplyRejectReason},
-    state::{
+    core::failover::{MoveKind, Transfer},
+    core::probe::{FdtView, ProbeOutcome, RejectReason as ReplyRejectReason},
+    core::state::{
         Action, FailureCause, GroupState, GroupView, InterfaceStatus, InterfaceView, LinkState,
         ProbeStatus,
     },

@@ -1,7 +1,7 @@
 //! Data-address placement: where each data address of a group should be, and the moves
 //! that get it there.
 //!
-//! [`plan`] takes the members with their [`Role`] (from [`crate::state::Group::nic_roles`])
+//! [`plan`] takes the members with their [`Role`] (from [`crate::core::state::Group::nic_roles`])
 //! and every data address with its home NIC and where it is now, and returns a [`Plan`].
 //! Rules, applied to each address in a fixed order (home NIC in configuration order, then
 //! address), so the same input always gives the same plan:
@@ -20,7 +20,7 @@
 //!    being empty, it is then the natural destination.
 //! 4. **Group failure**: with no active NIC nothing moves; addresses stay where they are.
 //!
-//! Which NICs are active is decided by [`crate::state`] alone, never here.
+//! Which NICs are active is decided by [`crate::core::state`] alone, never here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -28,7 +28,7 @@ use std::fmt;
 use thiserror::Error;
 
 use crate::config::IpCidr;
-use crate::state::{NicRole, Role};
+use crate::core::state::{NicRole, Role};
 
 /// A configured data address: its home NIC and the NIC it is on now (`None` when it is on
 /// no NIC, e.g. its NIC disappeared with it or someone deleted it).
@@ -281,13 +281,13 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::probe::{NUM_PROBE_FAILS, NUM_PROBE_REPAIRS, ProbeOutcome};
-    use crate::state::test_outcomes::{ANSWERED, LOST};
-    use crate::state::{
+    use crate::core::probe::{NUM_PROBE_FAILS, NUM_PROBE_REPAIRS, ProbeOutcome};
+    use crate::core::state::test_outcomes::{ANSWERED, LOST};
+    use crate::core::state::{
         Action, Event, Group, GroupState, InterfaceConfig, LINK_UPS_PER_MINUTE, Policy,
         ProbeFamilies,
     };
-    use crate::target::AddressFamily;
+    use crate::core::target::AddressFamily;
 
     fn cidr(text: &str) -> IpCidr {
         text.parse().unwrap()

@@ -13,6 +13,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod maps;
+
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
@@ -24,7 +26,7 @@ use aya::{
 };
 use mpath_common::{PIN_LAYOUT_VERSION, program_names};
 
-use crate::maps::{Maps, MapsError};
+use maps::{Maps, MapsError};
 
 /// The eBPF object built by build.rs from the `mpath-ebpf` crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mpath"));

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use crate::config::IpCidr;
-pub use crate::netlink::RouteEntry;
-use crate::probe::NUM_PROBE_FAILS;
+use crate::core::probe::NUM_PROBE_FAILS;
+pub use crate::net::netlink::RouteEntry;
 
 /// More targets add probe traffic without making failure detection more reliable.
 pub const MAX_PROBE_TARGETS: usize = 5;
@@ -427,7 +427,7 @@ impl TargetSet {
 
     /// Counts a lost probe; sets the target aside when it alone stopped answering. When
     /// every target stops answering no target is blamed: whether the NIC or the targets
-    /// failed is the interface state machine's decision ([`crate::state`]).
+    /// failed is the interface state machine's decision ([`crate::core::state`]).
     pub(crate) fn record_loss(&mut self, address: IpAddr, lost_at: Instant) -> Option<TargetEvent> {
         self.nic_consecutive_losses += 1;
         let target_losses = self.find_mut(address).map(|target| {

@@ -13,7 +13,7 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::config::MIN_FAILURE_DETECTION_TIME_MS;
-use crate::target::{
+use crate::core::target::{
     AddressFamily, MAX_PROBE_TARGETS, MIN_PROBE_TARGETS, RouteEntry, SetAsideReason, TargetEvent,
     TargetSet, TargetSource, TargetState,
 };
@@ -218,7 +218,7 @@ pub struct ProbeReply {
 }
 
 /// The verdict on one probe. The daemon hands it to the interface state machine as it is
-/// ([`crate::state::Event::Probe`]), which counts answers and losses; target and RTT are
+/// ([`crate::core::state::Event::Probe`]), which counts answers and losses; target and RTT are
 /// for the logs and views.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeOutcome {
@@ -502,7 +502,7 @@ impl Prober {
     /// Declares lost every outstanding probe older than its target's RTT bound (the probe
     /// interval while the target has no RTT estimate). Losses are reported as they happen,
     /// also during the startup quiet period: holding back failure is the state machine's
-    /// rule ([`crate::state::Policy::startup_quiet`]), which needs the real loss times.
+    /// rule ([`crate::core::state::Policy::startup_quiet`]), which needs the real loss times.
     pub fn poll(&mut self, now: Instant, fdt: &FailureDetectionTime) -> Vec<ProbeEvent> {
         let mut events = Vec::new();
         let interval = fdt.probe_interval();
@@ -837,7 +837,7 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
-    use crate::target::{IpCidr, SetAsideReason, TargetAction};
+    use crate::core::target::{IpCidr, SetAsideReason, TargetAction};
 
     const A: &str = "192.0.2.1";
     const B: &str = "192.0.2.2";

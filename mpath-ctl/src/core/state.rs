@@ -54,8 +54,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::probe::{NUM_PROBE_FAILS, NUM_PROBE_REPAIRS, ProbeOutcome};
-use crate::target::AddressFamily;
+use crate::core::probe::{NUM_PROBE_FAILS, NUM_PROBE_REPAIRS, ProbeOutcome};
+use crate::core::target::AddressFamily;
 
 /// Link-ups tolerated within [`FLAP_WINDOW`] before repair waits for a stable link
 /// (in.mpathd `LINK_UP_PERMIN`).
@@ -808,7 +808,7 @@ impl Group {
     }
 
     /// Every member with its [`Role`], in configuration order: the input of
-    /// [`crate::failover::plan`].
+    /// [`crate::core::failover::plan`].
     pub fn nic_roles(&self) -> Vec<NicRole> {
         self.members
             .iter()
@@ -1201,7 +1201,7 @@ pub(crate) mod test_outcomes {
     use std::net::{IpAddr, Ipv4Addr};
     use std::time::Duration;
 
-    use crate::probe::ProbeOutcome;
+    use crate::core::probe::ProbeOutcome;
 
     const TARGET: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     pub(crate) const ANSWERED: ProbeOutcome = ProbeOutcome::Answered {

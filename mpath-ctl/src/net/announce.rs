@@ -24,7 +24,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::probe_socket::internet_checksum;
+use crate::net::probe_socket::internet_checksum;
 
 /// Gratuitous ARPs per move: illumos's `_arp_publish_count`, which its IP module uses for
 /// failover and failback announcements.

@@ -18,7 +18,7 @@ use tokio::{
     sync::{broadcast, mpsc, oneshot},
 };
 
-use crate::views::{ProbeRow, Status};
+use crate::api::views::{ProbeRow, Status};
 
 /// Longest request line accepted; anything longer is refused unread.
 pub const MAX_REQUEST_BYTES: u64 = 4096;

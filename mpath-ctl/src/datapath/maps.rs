@@ -12,7 +12,7 @@ use mpath_common::{
     MAX_TEST_ADDRESSES_PER_GROUP, NicCounters, NicInfo, ProbeReply, Settings, TestOwner, map_names,
 };
 
-use crate::spread::Table;
+use crate::core::spread::Table;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {

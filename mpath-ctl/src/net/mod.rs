@@ -1,0 +1,6 @@
+//! Kernel IO for the network: rtnetlink (links, addresses, routes), per-interface sysctls,
+//! the raw probe sockets and address announcements.
+pub mod announce;
+pub mod netconf;
+pub mod netlink;
+pub mod probe_socket;
