@@ -6,16 +6,20 @@
 //!
 //! The maps they share with mpathd are defined in `maps`. The pure parts live in the library
 //! half of this crate, which also builds for the host, where it is unit-tested.
+//!
+//! The programs compile for the host too (on Linux, whose BPF bindings aya-ebpf has), only so
+//! that `cargo clippy -p mpath-ebpf` lints every line of them; that binary does nothing. The
+//! real object is built for the BPF target by mpath-ctl's build script.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
-#[cfg(target_arch = "bpf")]
+#[cfg(any(target_arch = "bpf", target_os = "linux"))]
 mod maps;
-#[cfg(target_arch = "bpf")]
+#[cfg(any(target_arch = "bpf", target_os = "linux"))]
 mod packet;
-#[cfg(target_arch = "bpf")]
+#[cfg(any(target_arch = "bpf", target_os = "linux"))]
 mod probe_rx;
-#[cfg(target_arch = "bpf")]
+#[cfg(any(target_arch = "bpf", target_os = "linux"))]
 mod spread;
 
 /// Both programs only read packets and maps; GPL makes every helper available.
@@ -31,7 +35,6 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// The eBPF object is built for the BPF target by mpath-ctl's build script; on the host this
-/// crate only exists for its unit tests.
+/// Off-target the programs are only compiled, for the lints and unit tests.
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -16,7 +16,8 @@ use mpath_common::{
 pub static NICS: HashMap<u32, NicInfo> = HashMap::pinned(MAX_NICS, 0);
 
 /// The same NICs for the egress program, indexed by ifindex: an array lookup costs a few ns
-/// on every transmitted packet where a hash lookup costs tens.
+/// on every transmitted packet where a hash lookup costs tens. Its `EGRESS_F_ROUTED` bit says
+/// the kernel's routes already place the NIC's flows, so its packets skip spreading.
 #[map(name = "MPATH_EGRESS_NICS")]
 pub static EGRESS_NICS: Array<EgressNic> = Array::pinned(MAX_IFINDEX, 0);
 

@@ -6,6 +6,11 @@
 //! their order. The redirected packet runs this program again on the chosen NIC, which finds
 //! itself in the bucket and lets the packet go.
 //!
+//! In routes mode the kernel spreads flows itself (a resilient nexthop group over the usable
+//! NICs) and marks those NICs `EGRESS_F_ROUTED`: their packets stay put, with no flow hash and
+//! no bucket lookup. Only packets leaving an unusable NIC (traffic that bypassed the group's
+//! routes, or sent just before a route update) still move to their flow's bucket NIC.
+//!
 //! Probes never spread (they leave from a test address or a link-local one); this program
 //! stamps them with the time they leave, for the kernel-measured round trip.
 
@@ -16,8 +21,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mpath_common::{
-    BUCKETS_PER_GROUP, EGRESS_F_PRESENT, EgressNic, MAX_TEST_ADDRESSES_PER_GROUP, PROBE_ICMP_ID,
-    PROBE_ICMP_LEN, PROBE_MAGIC, PROBE_WIRE_NS_OFFSET,
+    BUCKETS_PER_GROUP, EgressNic, MAX_TEST_ADDRESSES_PER_GROUP, PROBE_ICMP_ID, PROBE_ICMP_LEN,
+    PROBE_MAGIC, PROBE_WIRE_NS_OFFSET,
 };
 use mpath_ebpf::flow_hash;
 
@@ -51,10 +56,7 @@ const REDIRECTED: u32 = 0x4d50_5244;
 pub fn mpath_spread(mut ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(nic) = EGRESS_NICS
-        .get(ifindex)
-        .filter(|n| n.flags & EGRESS_F_PRESENT != 0)
-    else {
+    let Some(nic) = EGRESS_NICS.get(ifindex).filter(|n| n.is_present()) else {
         return TC_ACT_UNSPEC;
     };
     let len = u64::from(ctx.len());
@@ -81,7 +83,8 @@ pub fn mpath_spread(mut ctx: TcContext) -> i32 {
 }
 
 /// Picks the NIC a packet must leave through; `None` keeps it where the kernel routed it
-/// (also when it cannot be parsed).
+/// (also when it cannot be parsed). On a routed NIC only test addresses move, and probes are
+/// stamped: the flow hash and the bucket are for packets the routes did not place.
 #[inline(always)]
 fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
     let (start, end) = (ctx.data(), ctx.data_end());
@@ -107,6 +110,9 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
                 }
                 return Some(owner);
             }
+            if nic.is_routed() {
+                return None;
+            }
             if hash == 0 {
                 // Ports only when the packet is not a fragment: all pieces of a datagram
                 // must go the same way.
@@ -128,6 +134,9 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
                 if ip.next_header == IPPROTO_ICMPV6 {
                     stamp_probe(ctx, ETH_HLEN + IPV6_HLEN, ICMPV6_ECHO_REQUEST);
                 }
+                return None;
+            }
+            if nic.is_routed() {
                 return None;
             }
             if ip.next_header == IPPROTO_ICMPV6 {

@@ -187,6 +187,18 @@ fn v6_probe_from_link_local_to_the_router_link_local() -> Result<()> {
 
 #[test]
 fn the_egress_program_stamps_probes_as_they_leave_and_replies_bring_the_stamp_back() -> Result<()> {
+    stamps_probes(false)
+}
+
+/// Routes mode: the program skips spreading on a routed NIC, but not the stamp.
+#[test]
+fn probes_leaving_a_routed_nic_are_stamped_too() -> Result<()> {
+    stamps_probes(true)
+}
+
+/// Sends a v4 and a v6 probe from h0 (marked routed or not) and checks that each left with a
+/// kernel time stamp, a checksum that covers it and came back matched by XDP.
+fn stamps_probes(routed: bool) -> Result<()> {
     let lab = Lab::builder()
         .nics(1)
         .host_addr("h0", "192.0.2.21/24")
@@ -212,6 +224,8 @@ fn the_egress_program_stamps_probes_as_they_leave_and_replies_bring_the_stamp_ba
         },
     )?;
     datapath.maps.set_test_address(TEST_V4, h0)?;
+    datapath.maps.set_routed(h0, routed)?;
+    ensure!(datapath.maps.egress_nic(h0)?.is_routed() == routed);
     let capture = Capture::on(h0)?;
     let v4 = ProbeSocket::v4("h0", h0, TEST_V4)?;
     let v6 = ProbeSocket::v6("h0", h0, own)?;
@@ -249,6 +263,9 @@ fn the_egress_program_stamps_probes_as_they_leave_and_replies_bring_the_stamp_ba
         assert_eq!((reply.sent_ns, reply.wire_ns), (sent_ns, wire_ns));
         assert!(reply.received_ns > wire_ns);
     }
+    let counters = datapath.maps.counters(slot)?;
+    assert!(counters.tx_packets >= 2, "probes are counted: {counters:?}");
+    assert_eq!(counters.redirected_packets, 0, "{counters:?}");
     Ok(())
 }
 

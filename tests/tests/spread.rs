@@ -1,15 +1,18 @@
 //! Outbound load spreading end to end: the TC program on real veth NICs in a lab, UDP flows
-//! from the host, and a sniffer at the router telling which NIC carried each packet.
+//! from the host, and a sniffer at the router telling which NIC carried each packet. In every
+//! lab the kernel routes all traffic to h0 (the data address's NIC), so whatever leaves
+//! another NIC got there through the program.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
 
-use mpath_common::{NIC_F_TEST_V4, NicInfo};
+use aya::programs::{TestRun, TestRunOptions};
+use mpath_common::{BUCKETS_PER_GROUP, NIC_F_TEST_V4, NicInfo};
 use mpath_ctl::{
     core::spread::{Table, rebalance},
-    datapath::Datapath,
+    datapath::{Datapath, maps::MapsError},
 };
 use mpath_lab::{Lab, ROUTER_NIC};
 use mpath_tests::{
@@ -229,4 +232,174 @@ fn test_address_traffic_leaves_through_its_own_nic() {
         flows_per_nic(&probe_carrier)
     );
     assert_even(&rig.round(&mut data, 2), &["h0", "h1", "h2"]);
+}
+
+/// Makes `test_address` (on `nic`) one of the group's test addresses.
+fn add_test_address(rig: &mut Rig, nic: &str, test_address: Ipv4Addr) {
+    rig.lab
+        .add_host_addr(nic, &format!("{test_address}/24"))
+        .unwrap();
+    let ifindex = rig.ifindex(nic);
+    let mut info = rig.datapath.maps.nics.get(&ifindex, 0).unwrap();
+    info.flags |= NIC_F_TEST_V4;
+    info.test_v4 = test_address.octets();
+    rig.datapath.maps.set_nic(ifindex, info).unwrap();
+    rig.datapath
+        .maps
+        .set_test_address(test_address, ifindex)
+        .unwrap();
+}
+
+#[test]
+fn routed_nics_keep_their_flows_and_test_addresses_still_move() {
+    let mut rig = Rig::new(2);
+    let (h0, h1) = (rig.ifindex("h0"), rig.ifindex("h1"));
+    let test_address = Ipv4Addr::new(192, 0, 2, 22);
+    add_test_address(&mut rig, "h1", test_address);
+    // Without the flag this table would send about half of the flows to h1.
+    rig.spread_over(&["h0", "h1"]);
+    for ifindex in [h0, h1] {
+        rig.datapath.maps.set_routed(ifindex, true).unwrap();
+    }
+    // Rewriting a NIC (as mpathd does when its test address changes) keeps the bit.
+    let info = rig.datapath.maps.nics.get(&h0, 0).unwrap();
+    rig.datapath.maps.set_nic(h0, info).unwrap();
+    assert!(rig.datapath.maps.egress_nic(h0).unwrap().is_routed());
+
+    let mut data = Flows::open(rig.lab.host(), DATA, ROUTER, FLOWS);
+    let mut probes = Flows::open(rig.lab.host(), test_address, ROUTER, 64);
+    let carrier = rig.round(&mut data, 2);
+    assert_eq!(
+        flows_per_nic(&carrier),
+        BTreeMap::from([("h0".to_string(), FLOWS)]),
+        "routed NICs keep the flows the kernel gave them"
+    );
+    let h0_counters = rig.datapath.maps.counters(0).unwrap();
+    assert_eq!(h0_counters.redirected_packets, 0, "{h0_counters:?}");
+    assert!(
+        h0_counters.tx_packets >= 2 * FLOWS as u64,
+        "routed packets are still counted: {h0_counters:?}"
+    );
+
+    // The kernel routes the test address's packets to h0 too; they still go to h1.
+    let probe_carrier = rig.round(&mut probes, 2);
+    assert!(
+        probe_carrier.values().all(|nic| nic == "h1"),
+        "test-address traffic left through {:?}",
+        flows_per_nic(&probe_carrier)
+    );
+    let h0_counters = rig.datapath.maps.counters(0).unwrap();
+    assert_eq!(h0_counters.redirected_packets, 2 * 64, "{h0_counters:?}");
+}
+
+#[test]
+fn an_unusable_nic_sends_its_packets_to_the_bucket_nic() {
+    let mut rig = Rig::new(2);
+    let (h0, h1) = (rig.ifindex("h0"), rig.ifindex("h1"));
+    for ifindex in [h0, h1] {
+        rig.datapath.maps.set_routed(ifindex, true).unwrap();
+    }
+    // h0 became unusable: out of the routes and of the table; the kernel still routes to it.
+    rig.datapath.maps.set_routed(h0, false).unwrap();
+    rig.spread_over(&["h1"]);
+    let egress = rig.datapath.maps.egress_nic(h0).unwrap();
+    assert!(egress.is_present() && !egress.is_routed(), "{egress:?}");
+
+    let mut flows = Flows::open(rig.lab.host(), DATA, ROUTER, FLOWS);
+    let carrier = rig.round(&mut flows, 2);
+    assert_eq!(
+        flows_per_nic(&carrier),
+        BTreeMap::from([("h1".to_string(), FLOWS)])
+    );
+    let (c0, c1) = (
+        rig.datapath.maps.counters(0).unwrap(),
+        rig.datapath.maps.counters(1).unwrap(),
+    );
+    assert!(c0.redirected_packets >= 2 * FLOWS as u64, "{c0:?}");
+    assert_eq!(c1.redirected_packets, 0, "{c1:?}");
+    assert!(c1.tx_packets >= 2 * FLOWS as u64, "{c1:?}");
+}
+
+#[test]
+fn set_routed_refuses_a_nic_the_datapath_does_not_have() {
+    let mut rig = Rig::new(1);
+    let unknown = rig.ifindex("h0") + 100;
+    let error = rig.datapath.maps.set_routed(unknown, true).unwrap_err();
+    assert!(
+        matches!(error, MapsError::UnknownNic(i) if i == unknown),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&unknown.to_string()), "{error}");
+    assert!(!rig.datapath.maps.egress_nic(unknown).unwrap().is_present());
+}
+
+/// struct __sk_buff offset of `ifindex`: where BPF_PROG_TEST_RUN takes the egress NIC from.
+const SKB_IFINDEX: usize = 40;
+const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// The loopback device: in every namespace, never a group NIC.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// The program alone on a UDP frame from h0 leaving `ifindex` (BPF_PROG_TEST_RUN): its
+/// verdict, and with `repeat` above 1 the kernel's average ns per run, printed for comparison
+/// (not asserted: timing on a shared machine proves nothing).
+fn run_on(rig: &mut Rig, ifindex: u32, repeat: u32) -> (u32, f64) {
+    let mut frame = vec![0u8; 14 + 20 + 8 + 4];
+    frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    frame[6..12].copy_from_slice(&rig.nics[0].2);
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    frame[14] = 0x45;
+    frame[16..18].copy_from_slice(&(20u16 + 8 + 4).to_be_bytes());
+    frame[22] = 64;
+    frame[23] = 17;
+    frame[26..30].copy_from_slice(&DATA.octets());
+    frame[30..34].copy_from_slice(&ROUTER.octets());
+    frame[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    frame[36..38].copy_from_slice(&9999u16.to_be_bytes());
+    let mut ctx = [0u8; 192];
+    ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    // The ifindex must name a device of the running thread's namespace.
+    let _inside = rig.lab.host().enter().unwrap();
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&frame);
+    opts.ctx_in = Some(&ctx);
+    opts.repeat = repeat;
+    let result = rig.datapath.spread().unwrap().test_run(opts).unwrap();
+    (result.return_value, result.duration.as_nanos() as f64)
+}
+
+#[test]
+fn the_program_alone_redirects_only_what_is_not_routed() {
+    let mut rig = Rig::new(2);
+    let (h0, h1) = (rig.ifindex("h0"), rig.ifindex("h1"));
+    let macs: BTreeMap<u32, [u8; 6]> = rig.nics.iter().map(|n| (n.1, n.2)).collect();
+    let table_on = |rig: &mut Rig, owner: u32| {
+        rig.datapath
+            .maps
+            .write_table(GROUP, &[owner; BUCKETS_PER_GROUP as usize], |i| macs[&i])
+            .unwrap();
+    };
+
+    table_on(&mut rig, h1);
+    assert_eq!(run_on(&mut rig, h0, 1).0, TC_ACT_REDIRECT);
+    rig.datapath.maps.set_routed(h0, true).unwrap();
+    assert_eq!(run_on(&mut rig, h0, 1).0, TC_ACT_UNSPEC);
+
+    // Cost with every packet staying on h0: full path (hash and bucket) versus routed, and
+    // the floor (test-run overhead, one array lookup) on a NIC that is not mpath's.
+    const RUNS: u32 = 1_000_000;
+    table_on(&mut rig, h0);
+    rig.datapath.maps.set_routed(h0, false).unwrap();
+    let (verdict, bucket_ns) = run_on(&mut rig, h0, RUNS);
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    rig.datapath.maps.set_routed(h0, true).unwrap();
+    let (verdict, routed_ns) = run_on(&mut rig, h0, RUNS);
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    let (verdict, floor_ns) = run_on(&mut rig, LOOPBACK_IFINDEX, RUNS);
+    assert_eq!(verdict, TC_ACT_UNSPEC);
+    eprintln!(
+        "mpath_spread per packet: bucket path {bucket_ns:.0} ns, routed {routed_ns:.0} ns, \
+         not a group NIC {floor_ns:.0} ns"
+    );
 }

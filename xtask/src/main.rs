@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the build needs when it is missing (nightly rust-src, LLVM, bpf-linker).
+    /// Install what the build needs when it is missing (the pinned nightly with rust-src and
+    /// clippy, LLVM, bpf-linker).
     Setup,
     /// Set up, then run every test of the workspace, the privileged lab tests included.
     Test {

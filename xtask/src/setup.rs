@@ -1,12 +1,15 @@
 //! Installs what building mpath's eBPF programs needs, skipping what is already there:
-//! the nightly toolchain with rust-src, the Debian LLVM whose major version matches that
-//! nightly's, bpf-linker built against it, and the tools the lab tests use.
+//! the pinned nightly toolchain with rust-src (and clippy, for linting the programs for the
+//! BPF target), the Debian LLVM whose major version matches that nightly's, bpf-linker built
+//! against it, and the tools the lab tests use.
 
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
 use crate::{capture, exec};
+
+include!("../../mpath-ebpf/toolchain.rs");
 
 /// Debian packages the tests, the demo and the benchmarks drive: ip, bridge, nft, ping,
 /// nsenter/unshare, promtool (package prometheus), which validates the metrics, and FRR's
@@ -36,46 +39,53 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs `EBPF_TOOLCHAIN` with the components the eBPF build and lints need, unless it
+/// is there with them already.
 fn ensure_nightly() -> anyhow::Result<()> {
     let toolchains = capture(Command::new("rustup").args(["toolchain", "list"]))
         .context("rustup is needed to build the eBPF programs; install it from rustup.rs")?;
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        eprintln!("setup: installing the nightly toolchain with rust-src");
-        return exec(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]));
-    }
-    let installed = capture(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))?;
-    if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("setup: adding rust-src to the nightly toolchain");
-        exec(Command::new("rustup").args([
+    let installed = toolchains.lines().any(|l| l.starts_with(EBPF_TOOLCHAIN));
+    let components = if installed {
+        capture(Command::new("rustup").args([
             "component",
-            "add",
-            "rust-src",
+            "list",
             "--toolchain",
-            "nightly",
-        ]))?;
+            EBPF_TOOLCHAIN,
+            "--installed",
+        ]))?
+    } else {
+        String::new()
+    };
+    if ["rust-src", "clippy"]
+        .iter()
+        .all(|c| components.lines().any(|l| l.starts_with(c)))
+    {
+        return Ok(());
     }
-    Ok(())
+    eprintln!("setup: installing the {EBPF_TOOLCHAIN} toolchain with rust-src and clippy");
+    exec(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        EBPF_TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+        "--component",
+        "clippy",
+    ]))
 }
 
-/// The LLVM major version of the nightly rustc: bpf-linker must be built against the same.
+/// The LLVM major version of the pinned nightly's rustc: bpf-linker must be built against
+/// the same.
 fn nightly_llvm_major() -> anyhow::Result<u32> {
-    let version = capture(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let version = capture(
+        Command::new("rustc")
+            .arg(format!("+{EBPF_TOOLCHAIN}"))
+            .arg("-vV"),
+    )?;
     parse_llvm_major(&version)
-        .with_context(|| format!("no LLVM version in `rustc +nightly -vV`:\n{version}"))
+        .with_context(|| format!("no LLVM version in `rustc +{EBPF_TOOLCHAIN} -vV`:\n{version}"))
 }
 
 fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
@@ -156,5 +166,14 @@ mod tests {
                   host: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
         assert_eq!(parse_llvm_major(vv), Some(22));
         assert_eq!(parse_llvm_major("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn the_ebpf_toolchain_is_a_dated_nightly() {
+        // A bare `nightly` would follow every new LLVM and break bpf-linker.
+        let date = EBPF_TOOLCHAIN.strip_prefix("nightly-").unwrap();
+        let parts: Vec<&str> = date.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [4, 2, 2]);
+        assert!(date.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
     }
 }

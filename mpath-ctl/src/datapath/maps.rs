@@ -8,8 +8,9 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf};
 use mpath_common::{
-    BUCKETS_PER_GROUP, Bucket, EGRESS_F_PRESENT, EgressNic, GroupTests, MAX_GROUPS, MAX_IFINDEX,
-    MAX_TEST_ADDRESSES_PER_GROUP, NicCounters, NicInfo, ProbeReply, Settings, TestOwner, map_names,
+    BUCKETS_PER_GROUP, Bucket, EGRESS_F_PRESENT, EGRESS_F_ROUTED, EgressNic, GroupTests,
+    MAX_GROUPS, MAX_IFINDEX, MAX_TEST_ADDRESSES_PER_GROUP, NicCounters, NicInfo, ProbeReply,
+    Settings, TestOwner, map_names,
 };
 
 use crate::core::spread::Table;
@@ -104,15 +105,17 @@ impl Maps {
         Ok(all)
     }
 
-    /// Makes `ifindex` a group NIC for both programs.
+    /// Makes `ifindex` a group NIC for both programs. A NIC already there keeps its
+    /// `EGRESS_F_ROUTED` bit: whether routes carry its flows is [`Maps::set_routed`]'s call.
     pub fn set_nic(&mut self, ifindex: u32, info: NicInfo) -> Result<(), MapsError> {
         if ifindex >= MAX_IFINDEX {
             return Err(MapsError::IfindexTooLarge(ifindex));
         }
         let group =
             u16::try_from(info.group).map_err(|_| MapsError::GroupOutOfRange(info.group))?;
+        let routed = self.egress_nic(ifindex)?.flags & EGRESS_F_ROUTED;
         let egress = EgressNic {
-            flags: EGRESS_F_PRESENT,
+            flags: EGRESS_F_PRESENT | routed,
             group,
             slot: info.slot as u16,
             _pad: 0,
@@ -125,6 +128,38 @@ impl Maps {
             })?;
         self.egress_nics
             .set(ifindex, egress, 0)
+            .map_err(|source| MapsError::Map {
+                name: map_names::EGRESS_NICS,
+                source,
+            })
+    }
+
+    /// Marks the group NIC `ifindex` as placed by the routes (`EGRESS_F_ROUTED`: its packets
+    /// stay on it) or not (they go to their flow's bucket NIC). Only that bit changes.
+    pub fn set_routed(&mut self, ifindex: u32, routed: bool) -> Result<(), MapsError> {
+        let mut nic = self.egress_nic(ifindex)?;
+        if !nic.is_present() {
+            return Err(MapsError::UnknownNic(ifindex));
+        }
+        if nic.is_routed() == routed {
+            return Ok(());
+        }
+        nic.flags ^= EGRESS_F_ROUTED;
+        self.egress_nics
+            .set(ifindex, nic, 0)
+            .map_err(|source| MapsError::Map {
+                name: map_names::EGRESS_NICS,
+                source,
+            })
+    }
+
+    /// What the egress program knows of `ifindex` (all zero when it is not a group NIC).
+    pub fn egress_nic(&self, ifindex: u32) -> Result<EgressNic, MapsError> {
+        if ifindex >= MAX_IFINDEX {
+            return Err(MapsError::IfindexTooLarge(ifindex));
+        }
+        self.egress_nics
+            .get(&ifindex, 0)
             .map_err(|source| MapsError::Map {
                 name: map_names::EGRESS_NICS,
                 source,
