@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use mpath_ctl::config::IpCidr;
 use mpath_ctl::net::netconf::{InterfaceNetconf, Netconf};
 use mpath_ctl::net::netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink, RouteEntry};
+use mpath_ctl::net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops};
 use mpath_lab::{Lab, Netns};
 use tokio::runtime::Runtime;
 
@@ -472,4 +473,116 @@ fn overflowing_the_receive_buffer_is_reported_as_overrun() -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The `proto` of the nexthops the test makes; nobody else's in a lab.
+const TEST_PROTOCOL: u8 = 201;
+
+/// The nexthops of [`TEST_PROTOCOL`], by id.
+async fn our_nexthops(nexthops: &Nexthops) -> Vec<Nexthop> {
+    let mut ours: Vec<Nexthop> = nexthops
+        .dump()
+        .await
+        .expect("dumping nexthops")
+        .into_iter()
+        .filter(|nexthop| nexthop.protocol == TEST_PROTOCOL)
+        .collect();
+    ours.sort_by_key(|nexthop| nexthop.id);
+    ours
+}
+
+#[test]
+fn nexthops_and_a_resilient_group_are_replaced_dumped_and_deleted() {
+    let lab = Lab::new(2).expect("building a lab with two NICs");
+    let h0 = lab.host().ifindex("h0").expect("ifindex of h0");
+    let h1 = lab.host().ifindex("h1").expect("ifindex of h1");
+    let single = |id, family, oif, gateway: Option<&str>, onlink| Nexthop {
+        id,
+        protocol: TEST_PROTOCOL,
+        kind: NexthopKind::Single {
+            family,
+            oif,
+            gateway: gateway.map(|addr| addr.parse().expect("test address")),
+            onlink,
+        },
+    };
+    let group = |members: Vec<u32>| Nexthop {
+        id: 10,
+        protocol: TEST_PROTOCOL,
+        kind: NexthopKind::Resilient {
+            members,
+            buckets: 16,
+            idle_timer: Duration::from_secs(60),
+            unbalanced_timer: Duration::ZERO,
+        },
+    };
+    // The host has no address in 198.51.100.0/24: the gateways are reachable only onlink.
+    let v4_h0 = single(1, IpFamily::V4, h0, Some("198.51.100.1"), true);
+    let v6_h1 = single(2, IpFamily::V6, h1, None, false);
+    let v4_h1 = single(3, IpFamily::V4, h1, Some("198.51.100.1"), true);
+
+    let _inside = lab
+        .host()
+        .enter()
+        .expect("entering the lab's host namespace");
+    let runtime = runtime().expect("building a tokio runtime");
+    runtime.block_on(async {
+        let nexthops = Nexthops::connect().expect("opening the nexthop socket");
+        for nexthop in [&v4_h0, &v6_h1, &v4_h1, &group(vec![1, 3])] {
+            nexthops
+                .replace(nexthop)
+                .await
+                .unwrap_or_else(|error| panic!("{error}"));
+        }
+        let buckets = nexthops.buckets(10).await.expect("buckets of group 10");
+        let indexes: Vec<u16> = buckets.iter().map(|(index, _)| *index).collect();
+        assert_eq!(indexes, (0..16).collect::<Vec<u16>>());
+        for member in [1, 3] {
+            let count = buckets.iter().filter(|(_, id)| *id == member).count();
+            assert_eq!(count, 8, "member {member} in {buckets:?}");
+        }
+
+        // h1 failed: its buckets move to h0 at once, whatever the idle timer.
+        nexthops
+            .replace(&group(vec![1]))
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let buckets = nexthops.buckets(10).await.expect("buckets of group 10");
+        assert_eq!(buckets.len(), 16, "{buckets:?}");
+        assert!(buckets.iter().all(|(_, id)| *id == 1), "{buckets:?}");
+
+        assert_eq!(
+            our_nexthops(&nexthops).await,
+            [v4_h0.clone(), v6_h1.clone(), v4_h1.clone(), group(vec![1])]
+        );
+
+        for id in [10, 1, 2, 3] {
+            let deleted = nexthops
+                .delete(id)
+                .await
+                .unwrap_or_else(|error| panic!("{error}"));
+            assert!(deleted, "nexthop {id} was not there to delete");
+        }
+        assert!(
+            !nexthops.delete(10).await.expect("deleting 10 again"),
+            "nexthop 10 was already gone"
+        );
+        assert_eq!(our_nexthops(&nexthops).await, []);
+
+        // The kernel explains in its extended ack why it refused.
+        lab.cut("h1").expect("cutting h1");
+        let error = nexthops
+            .replace(&single(4, IpFamily::V4, h1, None, false))
+            .await
+            .expect_err("h1 has no carrier");
+        let NexthopError::Replace { id: 4, source } = &error else {
+            panic!("not a replace error: {error:?}")
+        };
+        assert_eq!(source.error.raw_os_error(), Some(libc::ENETDOWN), "{error}");
+        assert_eq!(
+            error.to_string(),
+            "replacing nexthop 4: Network is down (os error 100): \
+             Carrier for nexthop device is down"
+        );
+    });
 }

@@ -1,10 +1,10 @@
 //! The kernel's nexthop objects (`ip nexthop`) over rtnetlink, which netlink-packet-route
 //! does not cover: mpathd keeps one nexthop per usable NIC of a group and a resilient
 //! nexthop group over them, which its routes name with `nhid`. A resilient group moves only
-//! the flows of a NIC that left (or, once idle, those needed to rebalance), where a
-//! multipath route would rehash every flow on each change.
+//! the flows of a NIC that left (and, once idle, those needed to rebalance), where
+//! hash-threshold multipath also moves flows between NICs that stay.
 //!
-//! Messages travel as bytes ([`Raw`]) and get their meaning here, so a message or attribute
+//! Messages travel as bytes and get their meaning here, so a message or attribute
 //! this module does not know (other software's nexthops, a newer kernel's additions) is
 //! skipped rather than failing a whole dump.
 //!
@@ -560,7 +560,7 @@ fn kind(family: u8, flags: u32, attributes: Attributes) -> NexthopKind {
 }
 
 fn group_members(value: &[u8]) -> Result<Vec<(u32, u16)>, DecodeError> {
-    if value.len() % NEXTHOP_GRP_LEN != 0 {
+    if !value.len().is_multiple_of(NEXTHOP_GRP_LEN) {
         return Err(DecodeError::from(format!(
             "NHA_GROUP of {} bytes is no array of nexthop_grp",
             value.len()
