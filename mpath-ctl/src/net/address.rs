@@ -2,7 +2,7 @@
 //! netlink reports them.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use thiserror::Error;
@@ -35,6 +35,25 @@ impl IpCidr {
 
     pub fn prefix_len(&self) -> u8 {
         self.prefix_len
+    }
+
+    /// The network this address is in: host bits cleared, same prefix length. A route's
+    /// destination must equal its network, as the kernel refuses host bits in routes.
+    pub fn network(&self) -> IpCidr {
+        let addr = match self.addr {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len));
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask.unwrap_or(0)))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len));
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask.unwrap_or(0)))
+            }
+        };
+        IpCidr {
+            addr,
+            prefix_len: self.prefix_len,
+        }
     }
 }
 
@@ -140,5 +159,21 @@ mod tests {
         assert_eq!(IpCidr::from(v4cidr("192.0.2.21/24")), cidr("192.0.2.21/24"));
         assert!(IpCidr::new(ip("2001:db8::1"), 129).is_err());
         assert!(Ipv4Cidr::new(Ipv4Addr::new(192, 0, 2, 1), 33).is_err());
+    }
+
+    #[test]
+    fn network_clears_host_bits() {
+        for (text, network) in [
+            ("198.51.100.7/24", "198.51.100.0/24"),
+            ("198.51.100.0/24", "198.51.100.0/24"),
+            ("192.0.2.255/25", "192.0.2.128/25"),
+            ("192.0.2.7/32", "192.0.2.7/32"),
+            ("192.0.2.7/0", "0.0.0.0/0"),
+            ("2001:db8::19/64", "2001:db8::/64"),
+            ("2001:db8::19/128", "2001:db8::19/128"),
+            ("2001:db8::19/0", "::/0"),
+        ] {
+            assert_eq!(cidr(text).network(), cidr(network), "{text}");
+        }
     }
 }
