@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Config, DaemonConfig, GroupConfig, InterfaceConfig};
+use super::{Config, DaemonConfig, GroupConfig, InterfaceConfig, RouteConfig, SpreadMode};
 use crate::net::address::{IpCidr, Ipv4Cidr};
 
 impl Config {
@@ -62,6 +62,12 @@ impl DaemonConfig {
         if let Some(change) = Change::between(&self.bpf_pin_dir, &new.bpf_pin_dir) {
             changes.push(DaemonChange::BpfPinDir(change));
         }
+        if let Some(change) = Change::between(&self.route_table, &new.route_table) {
+            changes.push(DaemonChange::RouteTable(change));
+        }
+        if let Some(change) = Change::between(&self.route_rule_priority, &new.route_rule_priority) {
+            changes.push(DaemonChange::RouteRulePriority(change));
+        }
         changes
     }
 }
@@ -89,12 +95,18 @@ impl GroupConfig {
                 .iter()
                 .filter_map(|interface| self.interface(&interface.name)?.diff(interface))
                 .collect(),
+            spread: Change::between(&self.spread, &new.spread),
+            routes_added: missing_from(&new.routes, &self.routes),
+            routes_removed: missing_from(&self.routes, &new.routes),
         };
         let unchanged = diff.targets_added.is_empty()
             && diff.targets_removed.is_empty()
             && diff.interfaces_added.is_empty()
             && diff.interfaces_removed.is_empty()
-            && diff.interfaces_changed.is_empty();
+            && diff.interfaces_changed.is_empty()
+            && diff.spread.is_none()
+            && diff.routes_added.is_empty()
+            && diff.routes_removed.is_empty();
         (!unchanged).then_some(diff)
     }
 }
@@ -168,6 +180,11 @@ pub enum DaemonChange {
     MetricsListen(Change<SocketAddr>),
     Socket(Change<PathBuf>),
     BpfPinDir(Change<PathBuf>),
+    /// Takes effect at restart, like the socket and the pins: moving the table or the rule
+    /// under running groups would leave their routes behind in the old one.
+    RouteTable(Change<u32>),
+    /// Takes effect at restart, as `RouteTable` does.
+    RouteRulePriority(Change<u32>),
 }
 
 /// Changes inside a group present in both configurations.
@@ -180,6 +197,11 @@ pub struct GroupDiff {
     /// The old definitions, whose addresses the daemon must remove.
     pub interfaces_removed: Vec<InterfaceConfig>,
     pub interfaces_changed: Vec<InterfaceDiff>,
+    pub spread: Option<Change<SpreadMode>>,
+    /// A route whose `via` changed is removed and added: routes are compared whole.
+    pub routes_added: Vec<RouteConfig>,
+    /// The old definitions, which the daemon must take out of its table.
+    pub routes_removed: Vec<RouteConfig>,
 }
 
 /// Changes to an interface that stays in its group. A data address whose prefix length
@@ -238,6 +260,10 @@ impl fmt::Display for DaemonChange {
             DaemonChange::BpfPinDir(c) => {
                 write!(f, "bpf_pin_dir {} -> {}", c.old.display(), c.new.display())
             }
+            DaemonChange::RouteTable(c) => write!(f, "route_table {} -> {}", c.old, c.new),
+            DaemonChange::RouteRulePriority(c) => {
+                write!(f, "route_rule_priority {} -> {}", c.old, c.new)
+            }
         }
     }
 }
@@ -262,6 +288,16 @@ impl fmt::Display for GroupDiff {
                 .map(|i| format!("interface {} removed", i.name)),
         );
         parts.extend(self.interfaces_changed.iter().map(ToString::to_string));
+        if let Some(c) = &self.spread {
+            parts.push(format!("spread {} -> {}", c.old, c.new));
+        }
+        // One part per route: a route's own text has spaces, so a +/- list would be ambiguous.
+        parts.extend(self.routes_added.iter().map(|r| format!("route {r} added")));
+        parts.extend(
+            self.routes_removed
+                .iter()
+                .map(|r| format!("route {r} removed")),
+        );
         write!(f, "group {}: {}", self.name, parts.join(", "))
     }
 }
@@ -400,6 +436,8 @@ mod tests {
                 data_addresses: vec![cidr("203.0.113.9/24")],
                 standby: false,
             }],
+            spread: SpreadMode::Routes,
+            routes: vec![],
         };
         new.groups.push(g2.clone());
         let diff = old.diff(&new);
@@ -423,6 +461,9 @@ mod tests {
                 interfaces_added: vec![],
                 interfaces_removed: vec![],
                 interfaces_changed: vec![],
+                spread: None,
+                routes_added: vec![],
+                routes_removed: vec![],
             }]
         );
         assert_eq!(
@@ -536,6 +577,108 @@ mod tests {
             changed
                 .iter()
                 .all(|c| c.standby.is_none() && c.test_address.is_none())
+        );
+    }
+
+    fn route(to: &str, via: Option<&str>, metric: u32) -> RouteConfig {
+        RouteConfig {
+            to: cidr(to),
+            via: via.map(ip),
+            metric,
+        }
+    }
+
+    #[test]
+    fn route_table_and_rule_priority_changes_are_daemon_changes() {
+        let mut new = base();
+        new.daemon.route_table = 100;
+        new.daemon.route_rule_priority = 1000;
+        let diff = base().diff(&new);
+        assert_eq!(
+            diff.daemon,
+            vec![
+                DaemonChange::RouteTable(Change {
+                    old: 28016,
+                    new: 100
+                }),
+                DaemonChange::RouteRulePriority(Change {
+                    old: 32765,
+                    new: 1000
+                }),
+            ]
+        );
+        assert!(diff.groups_changed.is_empty());
+        assert_eq!(
+            diff.to_string(),
+            "route_table 28016 -> 100; route_rule_priority 32765 -> 1000"
+        );
+    }
+
+    #[test]
+    fn spread_and_routes_diff() {
+        let mut old = base();
+        group_mut(&mut old, "g0").routes = vec![
+            route("0.0.0.0/0", Some("192.0.2.1"), 0),
+            route("198.51.100.0/24", None, 0),
+        ];
+        let mut new = old.clone();
+        let g0 = group_mut(&mut new, "g0");
+        g0.spread = SpreadMode::Datapath;
+        // A new via is a new route: the kernel replaces the old one.
+        g0.routes = vec![
+            route("198.51.100.0/24", None, 0),
+            route("0.0.0.0/0", Some("192.0.2.2"), 0),
+            route("203.0.113.0/24", Some("192.0.2.1"), 5),
+        ];
+        let diff = old.diff(&new);
+        assert_eq!(
+            diff.groups_changed,
+            vec![GroupDiff {
+                name: "g0".into(),
+                targets_added: vec![],
+                targets_removed: vec![],
+                interfaces_added: vec![],
+                interfaces_removed: vec![],
+                interfaces_changed: vec![],
+                spread: Some(Change {
+                    old: SpreadMode::Routes,
+                    new: SpreadMode::Datapath
+                }),
+                routes_added: vec![
+                    route("0.0.0.0/0", Some("192.0.2.2"), 0),
+                    route("203.0.113.0/24", Some("192.0.2.1"), 5),
+                ],
+                routes_removed: vec![route("0.0.0.0/0", Some("192.0.2.1"), 0)],
+            }]
+        );
+        assert_eq!(
+            diff.to_string(),
+            "group g0: spread routes -> datapath, route default via 192.0.2.2 added, \
+             route 203.0.113.0/24 via 192.0.2.1 metric 5 added, \
+             route default via 192.0.2.1 removed"
+        );
+    }
+
+    #[test]
+    fn routes_reordered_are_unchanged_and_moved_routes_leave_one_group_for_another() {
+        let mut old = base();
+        group_mut(&mut old, "g0").routes = vec![
+            route("0.0.0.0/0", Some("192.0.2.1"), 0),
+            route("2001:db8:1::/48", None, 0),
+        ];
+        let mut new = old.clone();
+        group_mut(&mut new, "g0").routes.reverse();
+        assert!(old.diff(&new).is_empty());
+
+        let moved = group_mut(&mut new, "g0").routes.remove(0);
+        group_mut(&mut new, "g1").routes.push(moved);
+        let diff = old.diff(&new);
+        assert_eq!(diff.groups_changed.len(), 2);
+        assert_eq!(diff.groups_changed[0].routes_removed, vec![moved]);
+        assert_eq!(diff.groups_changed[1].routes_added, vec![moved]);
+        assert_eq!(
+            diff.to_string(),
+            "group g0: route 2001:db8:1::/48 removed; group g1: route 2001:db8:1::/48 added"
         );
     }
 }

@@ -170,6 +170,72 @@ pub enum Problem {
          a standby carries only a test address until an active interface fails"
     )]
     DataAddressOnStandby { addr: IpCidr, interface: String },
+    #[error("route_table {value} cannot be mpathd's table: {reason}")]
+    BadRouteTable { value: i64, reason: &'static str },
+    #[error(
+        "route_rule_priority {0} is outside 1 to 32765: the rule must come after the local rule \
+         (0) and ahead of the main rule (32766)"
+    )]
+    BadRouteRulePriority(i64),
+    #[error("bad route destination {value:?}: {reason}; write \"default\" or NETWORK/LENGTH")]
+    BadRouteDestination { value: String, reason: CidrError },
+    #[error("{to} has host bits set; did you mean {network}?")]
+    RouteHostBits { to: IpCidr, network: IpCidr },
+    #[error(
+        "a default route needs a via: without a gateway only a network of the link can be \
+         reached"
+    )]
+    DefaultRouteWithoutVia,
+    #[error("bad via {value:?}: not an IPv4 or IPv6 address")]
+    BadVia { value: String },
+    #[error("via {via} cannot be a gateway: it is {why}")]
+    UnusableVia { via: IpAddr, why: String },
+    #[error(
+        "via {via} is {} but {to} is {}: a route's gateway is of its family",
+        family(.via),
+        family(&.to.addr())
+    )]
+    ViaFamilyMismatch { to: IpCidr, via: IpAddr },
+    #[error(
+        "via {via} is an address of interface {interface} (line {line}): a gateway is another host"
+    )]
+    ViaIsLocal {
+        via: IpAddr,
+        interface: String,
+        line: usize,
+    },
+    // No interface or line: a larger variant would make every `Result<_, ConfigError>` large.
+    #[error(
+        "via {via} is {role}, the subnet of data address {addr}: a gateway is a host of the \
+         subnet"
+    )]
+    ViaIsSubnetAddress {
+        via: IpAddr,
+        role: String,
+        addr: IpCidr,
+    },
+    #[error("bad metric {0}: must be 0 to 4294967295")]
+    BadRouteMetric(i64),
+    #[error(
+        "route to {to} metric {metric} is configured twice in group {group} (first on line \
+         {first_line}): the kernel keeps one route per destination and metric"
+    )]
+    DuplicateRoute {
+        to: IpCidr,
+        metric: u32,
+        group: String,
+        first_line: usize,
+    },
+    #[error(
+        "route to {to} metric {metric} is already in group {other_group} (line {first_line}): \
+         the kernel keeps one route per destination and metric"
+    )]
+    RouteInTwoGroups {
+        to: IpCidr,
+        metric: u32,
+        other_group: String,
+        first_line: usize,
+    },
     #[error("expected KEY=VALUE")]
     NotKeyValue,
     #[error(
@@ -186,6 +252,10 @@ pub enum Problem {
     NotYesNo { key: &'static str, value: String },
     #[error("bad value {0:?} for FAILURE_DETECTION_TIME: expected a number of milliseconds")]
     NotMilliseconds(String),
+}
+
+fn family(addr: &IpAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
 /// A file being parsed: its name for messages and its text for turning offsets into lines.

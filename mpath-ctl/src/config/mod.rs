@@ -5,10 +5,12 @@
 //! is refused before anything on the host is changed.
 //!
 //! The TOML file has an optional `[daemon]` table (`failure_detection_time_ms`, `failback`,
-//! `track_interfaces_only_with_groups`, `metrics_listen`, `socket`, `bpf_pin_dir`) and any
-//! number of `[[group]]` tables (`name`, optional `targets`), each with `[[group.interface]]`
-//! tables (`name`, optional `test_address`, `data_addresses`, `standby`). Keys set in
-//! `[daemon]` win over `/etc/default/mpathd`, which wins over the built-in defaults.
+//! `track_interfaces_only_with_groups`, `metrics_listen`, `socket`, `bpf_pin_dir`,
+//! `route_table`, `route_rule_priority`) and any number of `[[group]]` tables (`name`, optional
+//! `targets` and `spread`), each with `[[group.interface]]` tables (`name`, optional
+//! `test_address`, `data_addresses`, `standby`) and optional `[[group.route]]` tables (`to`,
+//! optional `via` and `metric`). Keys set in `[daemon]` win over `/etc/default/mpathd`, which
+//! wins over the built-in defaults.
 //!
 //! Modules: `error` (refusals with their place), `raw` (the file as serde reads it),
 //! `validate` (raw file to [`Config`]), `solaris` (`/etc/default/mpathd`) and `diff` (reload).
@@ -23,10 +25,13 @@ mod solaris;
 mod testing;
 mod validate;
 
+use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::net::address::{IpCidr, Ipv4Cidr};
 use error::{ConfigError, Source};
@@ -47,6 +52,12 @@ pub const MAX_FAILURE_DETECTION_TIME_MS: i64 = i32::MAX as i64;
 pub const MAX_GROUP_NAME_LEN: usize = 31;
 /// Linux IFNAMSIZ (16) less the terminating NUL.
 pub const MAX_INTERFACE_NAME_LEN: usize = 15;
+/// mpathd's own routing table, 0x6d70 ("mp"): far from the small numbers administrators and
+/// tools pick, so the routes in it are mpathd's alone.
+pub const DEFAULT_ROUTE_TABLE: u32 = 28016;
+/// The rule that consults mpathd's table sits just ahead of the main rule (32766), so group
+/// routes win over `main` while rules an administrator put in front still come first.
+pub const DEFAULT_ROUTE_RULE_PRIORITY: u32 = 32765;
 
 const DEFAULT_FAILURE_DETECTION_TIME_MS: u64 = 10_000;
 const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9798);
@@ -70,6 +81,10 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// Where the datapath pins its maps, programs and links.
     pub bpf_pin_dir: PathBuf,
+    /// The routing table mpathd owns: every route through a group NIC is served from it.
+    pub route_table: u32,
+    /// The priority of the policy rule that consults `route_table` ahead of `main`.
+    pub route_rule_priority: u32,
 }
 
 impl Default for DaemonConfig {
@@ -81,6 +96,8 @@ impl Default for DaemonConfig {
             metrics_listen: DEFAULT_METRICS_LISTEN,
             socket: PathBuf::from(DEFAULT_SOCKET),
             bpf_pin_dir: PathBuf::from(DEFAULT_BPF_PIN_DIR),
+            route_table: DEFAULT_ROUTE_TABLE,
+            route_rule_priority: DEFAULT_ROUTE_RULE_PRIORITY,
         }
     }
 }
@@ -92,6 +109,78 @@ pub struct GroupConfig {
     /// Explicit probe targets; empty means routers, then multicast discovery.
     pub targets: Vec<IpAddr>,
     pub interfaces: Vec<InterfaceConfig>,
+    /// How routed flows are spread over the group's usable NICs.
+    pub spread: SpreadMode,
+    /// Routes mpathd adds itself, in file order, for hosts where mpathd is the only network
+    /// configuration; they are served through the group like any other route.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// How a group spreads routed flows over its usable NICs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpreadMode {
+    /// The kernel spreads flows through resilient nexthop groups, so a NIC change moves only
+    /// the flows of that NIC.
+    #[default]
+    Routes,
+    /// The eBPF egress program spreads flows; each group route then goes through a single
+    /// usable NIC and the kernel's choice is overridden in the datapath.
+    Datapath,
+}
+
+impl SpreadMode {
+    pub const ALL: [SpreadMode; 2] = [SpreadMode::Routes, SpreadMode::Datapath];
+
+    /// The name used in the file, the logs and the views.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpreadMode::Routes => "routes",
+            SpreadMode::Datapath => "datapath",
+        }
+    }
+}
+
+impl fmt::Display for SpreadMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A route of a group, kept in mpathd's table through the group's usable NICs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteConfig {
+    /// The destination network, host bits clear; `0.0.0.0/0` or `::/0` for `default`.
+    pub to: IpCidr,
+    /// The gateway, same family as `to`; `None`: the network is on-link on the group's NICs.
+    pub via: Option<IpAddr>,
+    /// The kernel's route priority: with `to` it names the route, as it does in the kernel.
+    pub metric: u32,
+}
+
+impl RouteConfig {
+    /// A default route: `to` has prefix length 0.
+    pub fn is_default(&self) -> bool {
+        self.to.prefix_len() == 0
+    }
+}
+
+/// As `ip route` writes it, e.g. `default via 192.0.2.1 metric 10`; a zero metric is omitted.
+impl fmt::Display for RouteConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_default() {
+            f.write_str("default")?;
+        } else {
+            write!(f, "{}", self.to)?;
+        }
+        if let Some(via) = self.via {
+            write!(f, " via {via}")?;
+        }
+        if self.metric != 0 {
+            write!(f, " metric {}", self.metric)?;
+        }
+        Ok(())
+    }
 }
 
 /// One underlying interface of a group.
@@ -199,6 +288,8 @@ mod tests {
                         standby: true,
                     },
                 ],
+                spread: SpreadMode::Routes,
+                routes: vec![],
             }]
         );
     }
@@ -214,6 +305,8 @@ mod tests {
         assert_eq!(daemon.metrics_listen, "127.0.0.1:9798".parse().unwrap());
         assert_eq!(daemon.socket, Path::new("/run/mpath/mpathd.sock"));
         assert_eq!(daemon.bpf_pin_dir, Path::new("/sys/fs/bpf/mpath"));
+        assert_eq!(daemon.route_table, 28016);
+        assert_eq!(daemon.route_rule_priority, 32765);
     }
 
     #[test]
@@ -221,7 +314,8 @@ mod tests {
         let config = parse(
             "[daemon]\nfailure_detection_time_ms = 100\nfailback = false\n\
              track_interfaces_only_with_groups = false\nmetrics_listen = \"[::]:9100\"\n\
-             socket = \"/tmp/t/mpathd.sock\"\nbpf_pin_dir = \"/sys/fs/bpf/test-1\"\n",
+             socket = \"/tmp/t/mpathd.sock\"\nbpf_pin_dir = \"/sys/fs/bpf/test-1\"\n\
+             route_table = 100\nroute_rule_priority = 1000\n",
         )
         .unwrap();
         assert_eq!(
@@ -233,6 +327,8 @@ mod tests {
                 metrics_listen: "[::]:9100".parse().unwrap(),
                 socket: "/tmp/t/mpathd.sock".into(),
                 bpf_pin_dir: "/sys/fs/bpf/test-1".into(),
+                route_table: 100,
+                route_rule_priority: 1000,
             }
         );
     }
@@ -270,5 +366,56 @@ mod tests {
             "{error}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn spread_mode_names() {
+        assert_eq!(SpreadMode::ALL, [SpreadMode::Routes, SpreadMode::Datapath]);
+        assert_eq!(SpreadMode::default(), SpreadMode::Routes);
+        for mode in SpreadMode::ALL {
+            assert_eq!(mode.to_string(), mode.as_str());
+            // serde's names are the file's names.
+            let json = format!("\"{}\"", mode.as_str());
+            assert_eq!(serde_json::to_string(&mode).unwrap(), json);
+            assert_eq!(serde_json::from_str::<SpreadMode>(&json).unwrap(), mode);
+        }
+        assert_eq!(SpreadMode::Routes.as_str(), "routes");
+        assert_eq!(SpreadMode::Datapath.as_str(), "datapath");
+    }
+
+    #[test]
+    fn routes_display_as_ip_route_writes_them() {
+        for (to, via, metric, text) in [
+            ("0.0.0.0/0", Some("192.0.2.1"), 0, "default via 192.0.2.1"),
+            ("::/0", Some("fe80::1"), 10, "default via fe80::1 metric 10"),
+            ("198.51.100.0/24", None, 0, "198.51.100.0/24"),
+            (
+                "2001:db8:1::/48",
+                Some("2001:db8::1"),
+                5,
+                "2001:db8:1::/48 via 2001:db8::1 metric 5",
+            ),
+        ] {
+            let route = RouteConfig {
+                to: cidr(to),
+                via: via.map(ip),
+                metric,
+            };
+            assert_eq!(route.to_string(), text);
+            assert_eq!(route.is_default(), text.starts_with("default"));
+        }
+    }
+
+    /// The README's example is what operators copy: it must stay valid.
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let config = parse(&readme[start..end]).unwrap_or_else(|e| panic!("README: {e}"));
+        let g0 = config.group("g0").unwrap();
+        assert_eq!(g0.spread, SpreadMode::Routes);
+        assert!(!g0.routes.is_empty());
+        assert_eq!(config.daemon.route_table, DEFAULT_ROUTE_TABLE);
     }
 }

@@ -4,6 +4,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::SpreadMode;
+
 /// The file as written, before validation; spans locate semantic errors.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +24,9 @@ pub(super) struct RawDaemon {
     pub(super) metrics_listen: Option<Spanned<String>>,
     pub(super) socket: Option<Spanned<String>>,
     pub(super) bpf_pin_dir: Option<Spanned<String>>,
+    // Integers as TOML has them, so out-of-range values get mpathd's message, not serde's.
+    pub(super) route_table: Option<Spanned<i64>>,
+    pub(super) route_rule_priority: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -32,6 +37,10 @@ pub(super) struct RawGroup {
     pub(super) targets: Vec<Spanned<String>>,
     #[serde(default, rename = "interface")]
     pub(super) interfaces: Vec<Spanned<RawInterface>>,
+    #[serde(default)]
+    pub(super) spread: SpreadMode,
+    #[serde(default, rename = "route")]
+    pub(super) routes: Vec<Spanned<RawRoute>>,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +52,14 @@ pub(super) struct RawInterface {
     pub(super) data_addresses: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) standby: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) to: Spanned<String>,
+    pub(super) via: Option<Spanned<String>>,
+    pub(super) metric: Option<Spanned<i64>>,
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! reason, so a bad file never reaches the host.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,11 +10,12 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{ConfigError, Problem, Source};
-use super::raw::{RawConfig, RawDaemon, RawGroup, RawInterface};
+use super::raw::{RawConfig, RawDaemon, RawGroup, RawInterface, RawRoute};
 use super::solaris::SolarisDefaults;
 use super::{
-    Config, DaemonConfig, GroupConfig, InterfaceConfig, MAX_FAILURE_DETECTION_TIME_MS,
-    MAX_GROUP_NAME_LEN, MAX_INTERFACE_NAME_LEN, MIN_FAILURE_DETECTION_TIME_MS,
+    Config, DEFAULT_ROUTE_RULE_PRIORITY, DaemonConfig, GroupConfig, InterfaceConfig,
+    MAX_FAILURE_DETECTION_TIME_MS, MAX_GROUP_NAME_LEN, MAX_INTERFACE_NAME_LEN,
+    MIN_FAILURE_DETECTION_TIME_MS, RouteConfig,
 };
 use crate::net::address::{IpCidr, Ipv4Cidr};
 
@@ -25,6 +26,29 @@ pub(super) fn failure_detection_time(millis: i64) -> Result<Duration, Problem> {
         Err(Problem::FailureDetectionTimeTooLarge(millis))
     } else {
         Ok(Duration::from_millis(millis.unsigned_abs()))
+    }
+}
+
+/// The kernel's own tables: a route mpathd put there would mix with routes it does not own.
+fn route_table(value: i64) -> Result<u32, Problem> {
+    let reason = match value {
+        0 => "it is RT_TABLE_UNSPEC, which the kernel reads as no table",
+        253 => "it is the kernel's default table (RT_TABLE_DEFAULT)",
+        254 => "it is the kernel's main table (RT_TABLE_MAIN)",
+        255 => "it is the kernel's local table (RT_TABLE_LOCAL)",
+        _ => match u32::try_from(value) {
+            Ok(table) => return Ok(table),
+            Err(_) => "routing tables are numbered 1 to 4294967295",
+        },
+    };
+    Err(Problem::BadRouteTable { value, reason })
+}
+
+/// Priority 0 is the local rule and 32766 the main rule; mpathd's rule must come between.
+fn route_rule_priority(value: i64) -> Result<u32, Problem> {
+    match u32::try_from(value) {
+        Ok(priority) if (1..=DEFAULT_ROUTE_RULE_PRIORITY).contains(&priority) => Ok(priority),
+        _ => Err(Problem::BadRouteRulePriority(value)),
     }
 }
 
@@ -48,6 +72,12 @@ pub(super) struct Validator<'a> {
     data_addresses: HashMap<IpAddr, Owner>,
     /// Every group's targets, checked against all local addresses once those are known.
     targets: Vec<(IpAddr, Range<usize>)>,
+    /// Every data address with its prefix, for the subnets a gateway must be a host of.
+    data_subnets: Vec<IpCidr>,
+    /// (destination, metric) → group and line: the kernel's identity of a route in a table.
+    routes: HashMap<(IpCidr, u32), Owner>,
+    /// Every route's gateway, checked against all local addresses once those are known.
+    vias: Vec<(IpAddr, Range<usize>)>,
 }
 
 impl<'a> Validator<'a> {
@@ -59,6 +89,9 @@ impl<'a> Validator<'a> {
             test_addresses: HashMap::new(),
             data_addresses: HashMap::new(),
             targets: Vec::new(),
+            data_subnets: Vec::new(),
+            routes: HashMap::new(),
+            vias: Vec::new(),
         }
     }
 
@@ -74,6 +107,9 @@ impl<'a> Validator<'a> {
         }
         for (target, span) in &self.targets {
             self.target_not_local(*target, span)?;
+        }
+        for (via, span) in &self.vias {
+            self.via_not_local(*via, span)?;
         }
         Ok(Config { daemon, groups })
     }
@@ -114,7 +150,26 @@ impl<'a> Validator<'a> {
             metrics_listen,
             socket: self.absolute_path("socket", raw.socket, builtin.socket)?,
             bpf_pin_dir: self.absolute_path("bpf_pin_dir", raw.bpf_pin_dir, builtin.bpf_pin_dir)?,
+            route_table: self.number(raw.route_table, route_table, builtin.route_table)?,
+            route_rule_priority: self.number(
+                raw.route_rule_priority,
+                route_rule_priority,
+                builtin.route_rule_priority,
+            )?,
         })
+    }
+
+    /// A number key checked by `check`, or `default` when the key is absent.
+    fn number(
+        &self,
+        raw: Option<Spanned<i64>>,
+        check: fn(i64) -> Result<u32, Problem>,
+        default: u32,
+    ) -> Result<u32, ConfigError> {
+        match raw {
+            Some(value) => check(*value.get_ref()).map_err(|p| self.source.error(&value.span(), p)),
+            None => Ok(default),
+        }
     }
 
     /// The daemon runs with `/` as its working directory, so a relative path is a mistake.
@@ -191,11 +246,167 @@ impl<'a> Validator<'a> {
             };
             return Err(self.source.error(&span, problem));
         }
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for route in raw.routes {
+            routes.push(self.route(&name, route.into_inner())?);
+        }
         Ok(GroupConfig {
             name,
             targets,
             interfaces,
+            spread: raw.spread,
+            routes,
         })
+    }
+
+    fn route(&mut self, group: &str, raw: RawRoute) -> Result<RouteConfig, ConfigError> {
+        let to_span = raw.to.span();
+        // `None`: "default", whose family only `via` can tell.
+        let to = match raw.to.get_ref().as_str() {
+            "default" => None,
+            _ => Some(self.route_destination(&raw.to)?),
+        };
+        let via = match &raw.via {
+            Some(raw_via) => Some(self.via(raw_via)?),
+            None => None,
+        };
+        let to = match (to, via) {
+            (None, Some(via)) => {
+                let any = match via {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                };
+                IpCidr::new(any, 0).expect("/0 is valid for both families")
+            }
+            (Some(to), Some(via)) if to.addr().is_ipv4() != via.is_ipv4() => {
+                let span = raw.via.as_ref().map_or(to_span.clone(), |v| v.span());
+                return Err(self
+                    .source
+                    .error(&span, Problem::ViaFamilyMismatch { to, via }));
+            }
+            (Some(to), _) if via.is_some() || to.prefix_len() > 0 => to,
+            // On-link means every destination is a neighbour on the group's link; for a
+            // default route that is never true, so it needs a gateway.
+            _ => {
+                return Err(self.source.error(&to_span, Problem::DefaultRouteWithoutVia));
+            }
+        };
+        let metric = match raw.metric {
+            Some(metric) => u32::try_from(*metric.get_ref()).map_err(|_| {
+                self.source
+                    .error(&metric.span(), Problem::BadRouteMetric(*metric.get_ref()))
+            })?,
+            None => 0,
+        };
+        if let Some(owner) = self.routes.get(&(to, metric)) {
+            let problem = if owner.name == group {
+                Problem::DuplicateRoute {
+                    to,
+                    metric,
+                    group: group.to_string(),
+                    first_line: owner.line,
+                }
+            } else {
+                Problem::RouteInTwoGroups {
+                    to,
+                    metric,
+                    other_group: owner.name.clone(),
+                    first_line: owner.line,
+                }
+            };
+            return Err(self.source.error(&to_span, problem));
+        }
+        self.routes.insert(
+            (to, metric),
+            Owner {
+                name: group.to_string(),
+                line: self.source.line(&to_span),
+            },
+        );
+        if let (Some(via), Some(raw_via)) = (via, &raw.via) {
+            self.vias.push((via, raw_via.span()));
+        }
+        Ok(RouteConfig { to, via, metric })
+    }
+
+    /// A network: the kernel refuses a destination with host bits set, and a typo such as
+    /// `/24` for `/32` would route a whole subnet.
+    fn route_destination(&self, raw: &Spanned<String>) -> Result<IpCidr, ConfigError> {
+        let to: IpCidr = raw.get_ref().parse().map_err(|reason| {
+            self.source.error(
+                &raw.span(),
+                Problem::BadRouteDestination {
+                    value: raw.get_ref().clone(),
+                    reason,
+                },
+            )
+        })?;
+        let network = to.network();
+        if network != to {
+            return Err(self
+                .source
+                .error(&raw.span(), Problem::RouteHostBits { to, network }));
+        }
+        Ok(to)
+    }
+
+    fn via(&self, raw: &Spanned<String>) -> Result<IpAddr, ConfigError> {
+        let via: IpAddr = raw.get_ref().parse().map_err(|_| {
+            self.source.error(
+                &raw.span(),
+                Problem::BadVia {
+                    value: raw.get_ref().clone(),
+                },
+            )
+        })?;
+        match unusable_address(via) {
+            Some(why) => Err(self.source.error(
+                &raw.span(),
+                Problem::UnusableVia {
+                    via,
+                    why: why.to_string(),
+                },
+            )),
+            None => Ok(via),
+        }
+    }
+
+    /// A gateway is a neighbour: one of our own addresses, or the network or broadcast
+    /// address of a subnet we are on, forwards nowhere.
+    fn via_not_local(&self, via: IpAddr, span: &Range<usize>) -> Result<(), ConfigError> {
+        let owner = self
+            .test_addresses
+            .get(&via)
+            .or_else(|| self.data_addresses.get(&via));
+        if let Some(owner) = owner {
+            return Err(self.source.error(
+                span,
+                Problem::ViaIsLocal {
+                    via,
+                    interface: owner.name.clone(),
+                    line: owner.line,
+                },
+            ));
+        }
+        for data in &self.data_subnets {
+            let Ok(as_host) = IpCidr::new(via, data.prefix_len()) else {
+                continue; // an IPv4 gateway and an IPv6 subnet
+            };
+            if data.addr().is_ipv4() != via.is_ipv4() || as_host.network() != data.network() {
+                continue;
+            }
+            if let Some(role) = subnet_role(as_host) {
+                return Err(self.source.error(
+                    span,
+                    Problem::ViaIsSubnetAddress {
+                        via,
+                        role,
+                        addr: *data,
+                    },
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn target(&self, raw: &Spanned<String>) -> Result<IpAddr, ConfigError> {
@@ -378,6 +589,7 @@ impl<'a> Validator<'a> {
                 },
             ));
         }
+        self.data_subnets.push(cidr);
         self.data_addresses.insert(
             cidr.addr(),
             Owner {
@@ -941,5 +1153,449 @@ mod tests {
         );
         let sixteen = text[..text.rfind("[[group.interface]]").unwrap()].to_string();
         assert!(Config::parse(&sixteen, "ok.toml", None).is_ok());
+    }
+
+    // --- group routes and mpathd's routing table ---
+
+    use crate::config::{RouteConfig, SpreadMode};
+
+    /// `with_group` plus one `[[group.route]]` of g0: `to` is on line 9, column 6, `via` on
+    /// line 10, column 7, and `metric` follows.
+    fn with_route(body: &str) -> String {
+        with_group(&format!("[[group.route]]\n{body}"))
+    }
+
+    fn routes_of(text: &str) -> Vec<RouteConfig> {
+        let config = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        config.groups[0].routes.clone()
+    }
+
+    fn route(to: &str, via: Option<&str>, metric: u32) -> RouteConfig {
+        RouteConfig {
+            to: cidr(to),
+            via: via.map(ip),
+            metric,
+        }
+    }
+
+    #[test]
+    fn route_table_refuses_the_kernel_tables() {
+        for (value, reason_part) in [
+            ("0", "RT_TABLE_UNSPEC"),
+            ("253", "default table"),
+            ("254", "main table"),
+            ("255", "local table"),
+            ("-1", "1 to 4294967295"),
+            ("4294967296", "1 to 4294967295"),
+        ] {
+            let (line, column, problem, message) =
+                refusal(&format!("[daemon]\nroute_table = {value}\n"));
+            assert_eq!((line, column), (2, 15), "{value}");
+            let Problem::BadRouteTable { value: got, .. } = problem else {
+                panic!("{value}: {problem:?}");
+            };
+            assert_eq!(got.to_string(), value);
+            assert!(message.contains(reason_part), "{message}");
+            assert!(
+                message.contains(&format!("route_table {value} cannot be mpathd's table")),
+                "{message}"
+            );
+        }
+        for value in [1, 252, 256, 28016, u32::MAX] {
+            let config = parse(&format!("[daemon]\nroute_table = {value}\n")).unwrap();
+            assert_eq!(config.daemon.route_table, value);
+        }
+        let (_, _, problem, _) = refusal("[daemon]\nroute_table = \"main\"\n");
+        assert!(matches!(problem, Problem::Toml(m) if m.contains("invalid type")));
+    }
+
+    #[test]
+    fn route_rule_priority_must_come_before_main() {
+        for value in ["0", "32766", "32767", "-1", "4294967296"] {
+            let (line, column, problem, message) =
+                refusal(&format!("[daemon]\n\nroute_rule_priority = {value}\n"));
+            assert_eq!((line, column), (3, 23), "{value}");
+            assert_eq!(
+                problem,
+                Problem::BadRouteRulePriority(value.parse().unwrap())
+            );
+            assert!(message.contains("main rule (32766)"), "{message}");
+        }
+        for value in [1, 100, 32765] {
+            let config = parse(&format!("[daemon]\nroute_rule_priority = {value}\n")).unwrap();
+            assert_eq!(config.daemon.route_rule_priority, value);
+        }
+    }
+
+    #[test]
+    fn spread_modes() {
+        assert_eq!(
+            parse(&with_group("")).unwrap().groups[0].spread,
+            SpreadMode::Routes
+        );
+        for mode in SpreadMode::ALL {
+            let text = format!(
+                "[[group]]\nname = \"g0\"\nspread = \"{mode}\"\n[[group.interface]]\nname = \"h0\"\n"
+            );
+            assert_eq!(parse(&text).unwrap().groups[0].spread, mode, "{text}");
+        }
+        for value in ["kernel", "Routes", ""] {
+            let text = format!("[[group]]\nname = \"g0\"\nspread = \"{value}\"\n");
+            let (line, column, problem, _) = refusal(&text);
+            assert_eq!((line, column), (3, 10), "{value}");
+            assert!(
+                matches!(&problem, Problem::Toml(m) if m.contains("unknown variant")),
+                "{problem:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepted_routes() {
+        for (body, expected) in [
+            (
+                "to = \"default\"\nvia = \"192.0.2.1\"\n",
+                route("0.0.0.0/0", Some("192.0.2.1"), 0),
+            ),
+            (
+                "to = \"default\"\nvia = \"2001:db8::1\"\nmetric = 100\n",
+                route("::/0", Some("2001:db8::1"), 100),
+            ),
+            // A router's link-local address is the usual IPv6 gateway.
+            (
+                "to = \"default\"\nvia = \"fe80::1\"\n",
+                route("::/0", Some("fe80::1"), 0),
+            ),
+            (
+                "to = \"0.0.0.0/0\"\nvia = \"192.0.2.1\"\n",
+                route("0.0.0.0/0", Some("192.0.2.1"), 0),
+            ),
+            (
+                "to = \"198.51.100.0/24\"\nvia = \"192.0.2.1\"\nmetric = 4294967295\n",
+                route("198.51.100.0/24", Some("192.0.2.1"), u32::MAX),
+            ),
+            // On-link through the group's NICs.
+            (
+                "to = \"198.51.100.0/24\"\n",
+                route("198.51.100.0/24", None, 0),
+            ),
+            (
+                "to = \"2001:db8:1::/48\"\nmetric = 7\n",
+                route("2001:db8:1::/48", None, 7),
+            ),
+            (
+                "to = \"203.0.113.7/32\"\nvia = \"192.0.2.1\"\n",
+                route("203.0.113.7/32", Some("192.0.2.1"), 0),
+            ),
+            (
+                "to = \"2001:db8:2::7/128\"\nvia = \"2001:db8::1\"\n",
+                route("2001:db8:2::7/128", Some("2001:db8::1"), 0),
+            ),
+        ] {
+            assert_eq!(routes_of(&with_route(body)), vec![expected], "{body}");
+        }
+        // A route is named by destination and metric: another metric is another route.
+        let text = with_route(
+            "to = \"default\"\nvia = \"192.0.2.1\"\n[[group.route]]\nto = \"default\"\n\
+             via = \"192.0.2.2\"\nmetric = 10\n[[group.route]]\nto = \"default\"\n\
+             via = \"2001:db8::1\"\n",
+        );
+        assert_eq!(
+            routes_of(&text),
+            vec![
+                route("0.0.0.0/0", Some("192.0.2.1"), 0),
+                route("0.0.0.0/0", Some("192.0.2.2"), 10),
+                route("::/0", Some("2001:db8::1"), 0),
+            ]
+        );
+        // Only the subnet of a data address rules out its network and broadcast address.
+        let text = "[[group]]\nname = \"g0\"\n[[group.interface]]\nname = \"h0\"\n\
+                    data_addresses = [\"192.0.2.19/25\"]\n[[group.route]]\nto = \"default\"\n\
+                    via = \"192.0.2.255\"\n";
+        assert_eq!(
+            routes_of(text),
+            vec![route("0.0.0.0/0", Some("192.0.2.255"), 0)]
+        );
+        // The same destination in two groups, at different metrics.
+        let text = with_route(
+            "to = \"198.51.100.0/24\"\n[[group]]\nname = \"g1\"\n[[group.interface]]\n\
+             name = \"h5\"\n[[group.route]]\nto = \"198.51.100.0/24\"\nmetric = 1\n",
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.groups[1].routes,
+            vec![route("198.51.100.0/24", None, 1)]
+        );
+        assert!(parse(&with_group("")).unwrap().groups[0].routes.is_empty());
+    }
+
+    #[test]
+    fn route_destination_must_be_a_network() {
+        let (line, column, problem, message) = refusal(&with_route("to = \"198.51.100.7/24\"\n"));
+        assert_eq!((line, column), (9, 6));
+        assert_eq!(
+            problem,
+            Problem::RouteHostBits {
+                to: cidr("198.51.100.7/24"),
+                network: cidr("198.51.100.0/24")
+            }
+        );
+        assert!(
+            message.ends_with("198.51.100.7/24 has host bits set; did you mean 198.51.100.0/24?"),
+            "{message}"
+        );
+        let (_, _, problem, _) =
+            refusal(&with_route("to = \"2001:db8::1/64\"\nvia = \"fe80::1\"\n"));
+        assert_eq!(
+            problem,
+            Problem::RouteHostBits {
+                to: cidr("2001:db8::1/64"),
+                network: cidr("2001:db8::/64")
+            }
+        );
+        for (value, reason) in [
+            ("198.51.100.0", CidrError::MissingPrefixLen),
+            ("gateway/24", CidrError::BadAddress("gateway".into())),
+            ("Default", CidrError::MissingPrefixLen),
+            (
+                "198.51.100.0/33",
+                CidrError::PrefixLenOutOfRange {
+                    prefix_len: "33".into(),
+                    max: 32,
+                },
+            ),
+        ] {
+            let (line, column, problem, message) =
+                refusal(&with_route(&format!("to = \"{value}\"\n")));
+            assert_eq!((line, column), (9, 6), "{value}");
+            assert_eq!(
+                problem,
+                Problem::BadRouteDestination {
+                    value: value.into(),
+                    reason
+                }
+            );
+            assert!(
+                message.contains("\"default\" or NETWORK/LENGTH"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_route_needs_a_via() {
+        for to in ["default", "0.0.0.0/0", "::/0"] {
+            let (line, column, problem, message) =
+                refusal(&with_route(&format!("to = \"{to}\"\nmetric = 5\n")));
+            assert_eq!((line, column), (9, 6), "{to}");
+            assert_eq!(problem, Problem::DefaultRouteWithoutVia);
+            assert!(message.contains("needs a via"), "{message}");
+        }
+    }
+
+    #[test]
+    fn bad_and_unusable_vias() {
+        let (line, column, problem, _) =
+            refusal(&with_route("to = \"default\"\nvia = \"router\"\n"));
+        assert_eq!((line, column), (10, 7));
+        assert_eq!(
+            problem,
+            Problem::BadVia {
+                value: "router".into()
+            }
+        );
+        for (via, why) in [
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
+            ("224.0.0.1", "multicast"),
+            ("ff02::2", "multicast"),
+            ("127.0.0.1", "loopback"),
+            ("::1", "loopback"),
+            ("255.255.255.255", "limited broadcast"),
+        ] {
+            let (line, column, problem, message) =
+                refusal(&with_route(&format!("to = \"default\"\nvia = \"{via}\"\n")));
+            assert_eq!((line, column), (10, 7), "{via}");
+            assert!(
+                matches!(&problem, Problem::UnusableVia { via: got, .. } if *got == ip(via)),
+                "{problem:?}"
+            );
+            assert!(message.contains(why), "{message}");
+        }
+    }
+
+    #[test]
+    fn via_must_be_of_the_family_of_to() {
+        for (to, via) in [
+            ("198.51.100.0/24", "2001:db8::1"),
+            ("198.51.100.0/24", "fe80::1"),
+            ("2001:db8:1::/48", "192.0.2.1"),
+        ] {
+            let (line, column, problem, message) =
+                refusal(&with_route(&format!("to = \"{to}\"\nvia = \"{via}\"\n")));
+            assert_eq!((line, column), (10, 7), "{to} via {via}");
+            let family = |a: &str| if a.contains(':') { "IPv6" } else { "IPv4" };
+            assert!(
+                message.ends_with(&format!(
+                    "via {via} is {} but {to} is {}: a route's gateway is of its family",
+                    family(via),
+                    family(to)
+                )),
+                "{message}"
+            );
+            assert_eq!(
+                problem,
+                Problem::ViaFamilyMismatch {
+                    to: cidr(to),
+                    via: ip(via)
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn via_that_is_a_local_address() {
+        // A data address of the same group.
+        let (line, column, problem, message) =
+            refusal(&with_route("to = \"default\"\nvia = \"192.0.2.19\"\n"));
+        assert_eq!((line, column), (10, 7));
+        assert_eq!(
+            problem,
+            Problem::ViaIsLocal {
+                via: ip("192.0.2.19"),
+                interface: "h0".into(),
+                line: 6
+            }
+        );
+        assert!(message.contains("a gateway is another host"), "{message}");
+        // A test address.
+        let text = with_group(
+            "[[group.interface]]\nname = \"h1\"\ntest_address = \"192.0.2.21/24\"\n\
+             [[group.route]]\nto = \"default\"\nvia = \"192.0.2.21\"\n",
+        );
+        let (line, _, problem, _) = refusal(&text);
+        assert_eq!(line, 13);
+        assert_eq!(
+            problem,
+            Problem::ViaIsLocal {
+                via: ip("192.0.2.21"),
+                interface: "h1".into(),
+                line: 10
+            }
+        );
+        // A data address of a group further down the file.
+        let text = with_route(
+            "to = \"default\"\nvia = \"2001:db8::5\"\n[[group]]\nname = \"g1\"\n\
+             [[group.interface]]\nname = \"h5\"\ndata_addresses = [\"2001:db8::5/64\"]\n",
+        );
+        let (line, _, problem, _) = refusal(&text);
+        assert_eq!(line, 10);
+        assert_eq!(
+            problem,
+            Problem::ViaIsLocal {
+                via: ip("2001:db8::5"),
+                interface: "h5".into(),
+                line: 15
+            }
+        );
+    }
+
+    #[test]
+    fn via_that_is_the_network_or_broadcast_of_a_data_subnet() {
+        for (via, role) in [
+            ("192.0.2.0", "the network address of 192.0.2.0/24"),
+            ("192.0.2.255", "the broadcast address of 192.0.2.0/24"),
+        ] {
+            let (line, column, problem, message) = refusal(&with_route(&format!(
+                "to = \"198.51.100.0/24\"\nvia = \"{via}\"\n"
+            )));
+            assert_eq!((line, column), (10, 7), "{via}");
+            assert_eq!(
+                problem,
+                Problem::ViaIsSubnetAddress {
+                    via: ip(via),
+                    role: role.into(),
+                    addr: cidr("192.0.2.19/24"),
+                }
+            );
+            assert!(
+                message.contains("a gateway is a host of the subnet"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_route_metrics() {
+        for value in ["-1", "4294967296"] {
+            let (line, column, problem, _) = refusal(&with_route(&format!(
+                "to = \"198.51.100.0/24\"\n\nmetric = {value}\n"
+            )));
+            assert_eq!((line, column), (11, 10), "{value}");
+            assert_eq!(problem, Problem::BadRouteMetric(value.parse().unwrap()));
+        }
+        let (_, _, problem, _) = refusal(&with_route("to = \"198.51.100.0/24\"\nmetric = \"5\"\n"));
+        assert!(matches!(problem, Problem::Toml(m) if m.contains("invalid type")));
+    }
+
+    #[test]
+    fn same_route_twice_in_a_group() {
+        // Another via does not make another route; a written metric 0 is the default one.
+        let text = with_route(
+            "to = \"default\"\nvia = \"192.0.2.1\"\n[[group.route]]\nto = \"default\"\n\
+             via = \"192.0.2.2\"\nmetric = 0\n",
+        );
+        let (line, column, problem, message) = refusal(&text);
+        assert_eq!((line, column), (12, 6));
+        assert_eq!(
+            problem,
+            Problem::DuplicateRoute {
+                to: cidr("0.0.0.0/0"),
+                metric: 0,
+                group: "g0".into(),
+                first_line: 9
+            }
+        );
+        assert!(
+            message.contains("configured twice in group g0"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn same_route_in_two_groups() {
+        let text = with_route(
+            "to = \"198.51.100.0/24\"\nmetric = 3\n[[group]]\nname = \"g1\"\n\
+             [[group.interface]]\nname = \"h5\"\n[[group.route]]\nto = \"198.51.100.0/24\"\n\
+             via = \"192.0.2.1\"\nmetric = 3\n",
+        );
+        let (line, column, problem, _) = refusal(&text);
+        assert_eq!((line, column), (16, 6));
+        assert_eq!(
+            problem,
+            Problem::RouteInTwoGroups {
+                to: cidr("198.51.100.0/24"),
+                metric: 3,
+                other_group: "g0".into(),
+                first_line: 9
+            }
+        );
+    }
+
+    #[test]
+    fn route_table_keys_are_checked_by_the_parser() {
+        for (body, part) in [
+            (
+                "to = \"default\"\ngateway = \"192.0.2.1\"\n",
+                "unknown field",
+            ),
+            ("via = \"192.0.2.1\"\n", "missing field `to`"),
+        ] {
+            let (_, _, problem, _) = refusal(&with_route(body));
+            assert!(
+                matches!(&problem, Problem::Toml(m) if m.contains(part)),
+                "{body}: {problem:?}"
+            );
+        }
     }
 }
