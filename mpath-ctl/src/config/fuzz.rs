@@ -66,6 +66,14 @@ const INTERESTING: &[&[u8]] = &[
     b"[[group]]\nname = \"g0\"\n",
     b"[[group.interface]]\n",
     b"name = \"h0\"\n",
+    b"[[group.route]]\n",
+    b"to = \"default\"\n",
+    b"via = \"192.0.2.1\"\n",
+    b"metric = 5\n",
+    b"spread = \"datapath\"\n",
+    b"/24",
+    b"253",
+    b"32766",
     b"-9223372036854775808",
     b"9223372036854775807",
 ];
@@ -113,9 +121,19 @@ fn assert_invariants(text: &str, config: &Config) {
         config.daemon.failure_detection_time >= Duration::from_millis(100),
         "{text}"
     );
+    assert!(
+        ![0, 253, 254, 255].contains(&config.daemon.route_table),
+        "{text}"
+    );
+    assert!(
+        (1..=32765).contains(&config.daemon.route_rule_priority),
+        "{text}"
+    );
     let mut groups = Vec::new();
     let mut interfaces = Vec::new();
     let mut addresses = Vec::new();
+    let mut routes = Vec::new();
+    let mut vias = Vec::new();
     for group in &config.groups {
         assert!(group_name_problem(&group.name).is_none(), "{text}");
         assert!(!groups.contains(&&group.name), "{text}");
@@ -140,7 +158,18 @@ fn assert_invariants(text: &str, config: &Config) {
                 addresses.push(addr);
             }
         }
+        for route in &group.routes {
+            assert_eq!(route.to, route.to.network(), "{text}");
+            assert!(!route.is_default() || route.via.is_some(), "{text}");
+            assert!(!routes.contains(&(route.to, route.metric)), "{text}");
+            routes.push((route.to, route.metric));
+            if let Some(via) = route.via {
+                assert_eq!(via.is_ipv4(), route.to.addr().is_ipv4(), "{text}");
+                vias.push(via);
+            }
+        }
     }
+    assert!(vias.iter().all(|via| !addresses.contains(via)), "{text}");
 }
 
 /// An error from `parse` points inside the file it names.
@@ -173,13 +202,21 @@ fn mutated_inputs_never_panic() {
          targets = [\"2001:db8::1\", \"192.0.2.1\"]\ngroup.interface = [{ name = \"h0\", \
          data_addresses = [\"2001:db8::5/64\"] }]\n"
             .to_string(),
+        "[daemon]\nroute_table = 100\nroute_rule_priority = 1000\n[[group]]\nname = \"g0\"\n\
+         spread = \"datapath\"\n[[group.interface]]\nname = \"h0\"\n\
+         data_addresses = [\"192.0.2.19/24\", \"2001:db8::19/64\"]\n[[group.route]]\n\
+         to = \"default\"\nvia = \"192.0.2.1\"\n[[group.route]]\nto = \"198.51.100.0/24\"\n\
+         metric = 10\n[[group.route]]\nto = \"default\"\nvia = \"fe80::1\"\n[[group]]\n\
+         name = \"g1\"\n[[group.interface]]\nname = \"h1\"\n[[group.route]]\n\
+         to = \"2001:db8:1::/48\"\nvia = \"2001:db8::1\"\n"
+            .to_string(),
     ];
     let defaults_seeds = [
         SOLARIS_DEFAULTS,
         "FAILBACK=no\nFAILURE_DETECTION_TIME=100\n",
     ];
     let mut rng = Rng(0x5EED_1234_ABCD_0001);
-    let (mut accepted, mut refused) = (0, 0);
+    let (mut accepted, mut refused, mut routed) = (0, 0, 0);
     for case in 0..20_000 {
         let seed = &seeds[case % seeds.len()];
         let mutated = mutate(&mut rng, seed.as_bytes());
@@ -194,6 +231,9 @@ fn mutated_inputs_never_panic() {
         match result {
             Ok(Ok(config)) => {
                 accepted += 1;
+                if config.groups.iter().any(|g| !g.routes.is_empty()) {
+                    routed += 1;
+                }
                 assert_invariants(&text, &config);
             }
             Ok(Err(error)) => {
@@ -208,6 +248,8 @@ fn mutated_inputs_never_panic() {
         accepted > 1_000 && refused > 10_000,
         "{accepted} accepted, {refused} refused"
     );
+    // The route tables must survive often enough for their invariants to be checked.
+    assert!(routed > 100, "{routed} accepted with routes");
 }
 
 #[test]
