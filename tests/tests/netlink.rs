@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use mpath_ctl::config::IpCidr;
+use mpath_ctl::net::address::IpCidr;
 use mpath_ctl::net::netconf::{InterfaceNetconf, Netconf};
 use mpath_ctl::net::netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink, RouteEntry};
 use mpath_ctl::net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops};

@@ -954,7 +954,7 @@ mod tests {
     use mpath_common::RejectReason as DatapathRejectReason;
 
     use super::*;
-    use crate::config::InterfaceConfig;
+    use crate::config::{InterfaceConfig, SpreadMode};
 
     fn group_config(name: &str, nics: &[&str]) -> GroupConfig {
         GroupConfig {
@@ -969,6 +969,8 @@ mod tests {
                     standby: false,
                 })
                 .collect(),
+            spread: SpreadMode::Routes,
+            routes: Vec::new(),
         }
     }
 

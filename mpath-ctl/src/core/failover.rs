@@ -27,8 +27,8 @@ use std::fmt;
 
 use thiserror::Error;
 
-use crate::config::IpCidr;
 use crate::core::state::{NicRole, Role};
+use crate::net::address::IpCidr;
 
 /// A configured data address: its home NIC and the NIC it is on now (`None` when it is on
 /// no NIC, e.g. its NIC disappeared with it or someone deleted it).

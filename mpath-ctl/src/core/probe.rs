@@ -837,7 +837,8 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
-    use crate::core::target::{IpCidr, SetAsideReason, TargetAction};
+    use crate::core::target::{SetAsideReason, TargetAction};
+    use crate::net::address::IpCidr;
 
     const A: &str = "192.0.2.1";
     const B: &str = "192.0.2.2";

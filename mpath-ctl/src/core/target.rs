@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use crate::config::IpCidr;
 use crate::core::probe::NUM_PROBE_FAILS;
+use crate::net::address::IpCidr;
 pub use crate::net::netlink::RouteEntry;
 
 /// More targets add probe traffic without making failure detection more reliable.

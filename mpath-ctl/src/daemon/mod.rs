@@ -35,7 +35,8 @@ use crate::{
     api::control::{self, Command, Reply, Request},
     api::metrics::{self, Metrics},
     api::views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetHealth, TargetRow},
-    config::{Config, DaemonChange, GroupConfig, IpCidr},
+    config::diff::DaemonChange,
+    config::{Config, GroupConfig},
     core::evidence::RxEvidence,
     core::failover::{self, DataAddress},
     core::probe::{
@@ -45,6 +46,7 @@ use crate::{
     core::state::{self, Action, Event, FailureCause, IfState, Policy, ProbeFamilies},
     core::target::{AddressFamily, RouteEntry, TargetSet},
     datapath::{self, Datapath},
+    net::address::IpCidr,
     net::announce,
     net::netconf::{InterfaceNetconf, Netconf},
     net::netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink},

@@ -32,7 +32,9 @@ impl Daemon {
                 DaemonChange::TrackInterfacesOnlyWithGroups(_) => self.ungrouped.clear(),
                 DaemonChange::MetricsListen(_)
                 | DaemonChange::Socket(_)
-                | DaemonChange::BpfPinDir(_) => {
+                | DaemonChange::BpfPinDir(_)
+                | DaemonChange::RouteTable(_)
+                | DaemonChange::RouteRulePriority(_) => {
                     tracing::warn!("reload: {change} takes effect when mpathd restarts");
                 }
             }
@@ -41,6 +43,8 @@ impl Daemon {
         new.daemon.metrics_listen = self.config.daemon.metrics_listen;
         new.daemon.socket = self.config.daemon.socket.clone();
         new.daemon.bpf_pin_dir = self.config.daemon.bpf_pin_dir.clone();
+        new.daemon.route_table = self.config.daemon.route_table;
+        new.daemon.route_rule_priority = self.config.daemon.route_rule_priority;
 
         let removed: Vec<String> = diff
             .groups_removed

@@ -1,5 +1,7 @@
-//! Kernel IO for the network: rtnetlink (links, addresses, routes, nexthop objects),
-//! per-interface sysctls, the raw probe sockets and address announcements.
+//! Kernel IO for the network and the addresses it deals in: rtnetlink (links, addresses,
+//! routes, nexthop objects), kernel settings, the raw probe sockets and address
+//! announcements.
+pub mod address;
 pub mod announce;
 pub mod netconf;
 pub mod netlink;

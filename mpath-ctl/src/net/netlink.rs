@@ -32,7 +32,7 @@ use rtnetlink::{Handle, MulticastGroup};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
-use crate::config::IpCidr;
+use crate::net::address::IpCidr;
 
 /// The kernel's "forever" for address lifetimes (INFINITY_LIFE_TIME).
 const INFINITE_LIFETIME: u32 = u32::MAX;

@@ -1,0 +1,179 @@
+//! Interface addresses with their prefix lengths, as the configuration names them and
+//! netlink reports them.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use thiserror::Error;
+
+/// An interface address with its prefix length, e.g. `192.0.2.19/24` or `2001:db8::19/64`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpCidr {
+    addr: IpAddr,
+    prefix_len: u8,
+}
+
+impl IpCidr {
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<IpCidr, CidrError> {
+        let max = match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        if prefix_len > max {
+            return Err(CidrError::PrefixLenOutOfRange {
+                prefix_len: prefix_len.to_string(),
+                max,
+            });
+        }
+        Ok(IpCidr { addr, prefix_len })
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// The network this address is in: host bits cleared, same prefix length. A route's
+    /// destination must equal its network, as the kernel refuses host bits in routes.
+    pub fn network(&self) -> IpCidr {
+        let addr = match self.addr {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len));
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask.unwrap_or(0)))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len));
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask.unwrap_or(0)))
+            }
+        };
+        IpCidr {
+            addr,
+            prefix_len: self.prefix_len,
+        }
+    }
+}
+
+impl fmt::Display for IpCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl FromStr for IpCidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<IpCidr, CidrError> {
+        let (addr_text, prefix_text) = text.split_once('/').ok_or(CidrError::MissingPrefixLen)?;
+        let addr: IpAddr = addr_text
+            .parse()
+            .map_err(|_| CidrError::BadAddress(addr_text.to_string()))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let out_of_range = || CidrError::PrefixLenOutOfRange {
+            prefix_len: prefix_text.to_string(),
+            max,
+        };
+        if prefix_text.is_empty() || !prefix_text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(out_of_range());
+        }
+        let prefix_len = prefix_text.parse().map_err(|_| out_of_range())?;
+        IpCidr::new(addr, prefix_len)
+    }
+}
+
+/// An IPv4 interface address with prefix length: test addresses are IPv4 only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Cidr {
+    addr: Ipv4Addr,
+    prefix_len: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Result<Ipv4Cidr, CidrError> {
+        IpCidr::new(IpAddr::V4(addr), prefix_len)?;
+        Ok(Ipv4Cidr { addr, prefix_len })
+    }
+
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+}
+
+impl From<Ipv4Cidr> for IpCidr {
+    fn from(cidr: Ipv4Cidr) -> IpCidr {
+        IpCidr {
+            addr: IpAddr::V4(cidr.addr),
+            prefix_len: cidr.prefix_len,
+        }
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum CidrError {
+    #[error("missing prefix length: write ADDRESS/LENGTH, e.g. 192.0.2.19/24")]
+    MissingPrefixLen,
+    #[error("{0:?} is not an IPv4 or IPv6 address")]
+    BadAddress(String),
+    #[error("bad prefix length {prefix_len:?}: must be 0 to {max}")]
+    PrefixLenOutOfRange { prefix_len: String, max: u8 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(text: &str) -> IpCidr {
+        text.parse().unwrap()
+    }
+
+    fn v4cidr(text: &str) -> Ipv4Cidr {
+        let IpAddr::V4(addr) = cidr(text).addr() else {
+            panic!("{text} is not IPv4");
+        };
+        Ipv4Cidr::new(addr, cidr(text).prefix_len()).unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_round_trips_through_display() {
+        for text in ["192.0.2.19/24", "2001:db8::19/64", "0.0.0.0/0", "::/128"] {
+            assert_eq!(cidr(text).to_string(), text);
+        }
+        assert_eq!(v4cidr("192.0.2.21/24").to_string(), "192.0.2.21/24");
+        assert_eq!(IpCidr::from(v4cidr("192.0.2.21/24")), cidr("192.0.2.21/24"));
+        assert!(IpCidr::new(ip("2001:db8::1"), 129).is_err());
+        assert!(Ipv4Cidr::new(Ipv4Addr::new(192, 0, 2, 1), 33).is_err());
+    }
+
+    #[test]
+    fn network_clears_host_bits() {
+        for (text, network) in [
+            ("198.51.100.7/24", "198.51.100.0/24"),
+            ("198.51.100.0/24", "198.51.100.0/24"),
+            ("192.0.2.255/25", "192.0.2.128/25"),
+            ("192.0.2.7/32", "192.0.2.7/32"),
+            ("192.0.2.7/0", "0.0.0.0/0"),
+            ("2001:db8::19/64", "2001:db8::/64"),
+            ("2001:db8::19/128", "2001:db8::19/128"),
+            ("2001:db8::19/0", "::/0"),
+        ] {
+            assert_eq!(cidr(text).network(), cidr(network), "{text}");
+        }
+    }
+}
