@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::netns::{Netns, link_flags, run_output, word_after};
-use crate::{BRIDGE, NAMESPACE_PREFIX, ROUTER_NIC, ROUTER_V4, ROUTER_V6};
+use crate::{
+    BEHIND_ROUTER_V4, BEHIND_ROUTER_V6, BRIDGE, NAMESPACE_PREFIX, ROUTER_LINK_LOCAL, ROUTER_NIC,
+    ROUTER_V4, ROUTER_V6,
+};
 
 /// The switch-side port of the router's veth.
 const ROUTER_PORT: &str = "sr0";
@@ -34,6 +37,7 @@ static NEXT_LAB_ID: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone)]
 pub struct LabBuilder {
     nics: u32,
+    behind_router: bool,
     router_addrs: Vec<String>,
     host_addrs: Vec<(String, String)>,
 }
@@ -42,6 +46,14 @@ impl LabBuilder {
     /// Number of host NICs `h0..h{n-1}` (default 2).
     pub fn nics(mut self, count: u32) -> Self {
         self.nics = count;
+        self
+    }
+
+    /// Networks behind the router, reached through it as a gateway: [`BEHIND_ROUTER_V4`] in
+    /// 198.51.100.0/24 and [`BEHIND_ROUTER_V6`] in 2001:db8:ff::/64 (on its loopback), and
+    /// [`ROUTER_LINK_LOCAL`] on `r0` for IPv6 default routes as router advertisements give them.
+    pub fn behind_router(mut self) -> Self {
+        self.behind_router = true;
         self
     }
 
@@ -88,6 +100,9 @@ impl LabBuilder {
         };
         lab.set_up_switch()?;
         lab.set_up_router(&self.router_addrs)?;
+        if self.behind_router {
+            lab.set_up_networks_behind_router()?;
+        }
         lab.set_up_host()?;
         for _ in 0..self.nics {
             lab.add_nic()?;
@@ -123,6 +138,7 @@ impl Lab {
     pub fn builder() -> LabBuilder {
         LabBuilder {
             nics: 2,
+            behind_router: false,
             router_addrs: Vec::new(),
             host_addrs: Vec::new(),
         }
@@ -400,6 +416,13 @@ impl Lab {
         for cidr in defaults.iter().chain(extra_addrs) {
             add_addr(&self.router, ROUTER_NIC, cidr)?;
         }
+        Ok(())
+    }
+
+    fn set_up_networks_behind_router(&self) -> Result<()> {
+        add_addr(&self.router, "lo", &format!("{BEHIND_ROUTER_V4}/24"))?;
+        add_addr(&self.router, "lo", &format!("{BEHIND_ROUTER_V6}/64"))?;
+        add_addr(&self.router, ROUTER_NIC, &format!("{ROUTER_LINK_LOCAL}/64"))?;
         Ok(())
     }
 

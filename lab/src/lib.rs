@@ -55,6 +55,13 @@ pub const NAMESPACE_PREFIX: &str = "mpl-";
 pub const ROUTER_V4: &str = "192.0.2.1";
 /// The router's default IPv6 probe target, on `r0` as 2001:db8::1/64.
 pub const ROUTER_V6: &str = "2001:db8::1";
+/// A host on a network behind the router (with [`LabBuilder::behind_router`]).
+pub const BEHIND_ROUTER_V4: &str = "198.51.100.1";
+/// An IPv6 host behind the router (with [`LabBuilder::behind_router`]).
+pub const BEHIND_ROUTER_V6: &str = "2001:db8:ff::1";
+/// The router's link-local address on `r0`, the gateway of IPv6 default routes (with
+/// [`LabBuilder::behind_router`]).
+pub const ROUTER_LINK_LOCAL: &str = "fe80::1";
 /// The router's NIC in the router namespace.
 pub const ROUTER_NIC: &str = "r0";
 /// The bridge in the switch namespace.

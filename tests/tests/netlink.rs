@@ -7,9 +7,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use mpath_ctl::core::{routes::MainRoute, target::RouteEntry};
 use mpath_ctl::net::address::IpCidr;
 use mpath_ctl::net::netconf::{InterfaceNetconf, Netconf};
-use mpath_ctl::net::netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink, RouteEntry};
+use mpath_ctl::net::netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink};
 use mpath_ctl::net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops};
 use mpath_lab::{Lab, Netns};
 use tokio::runtime::Runtime;
@@ -330,7 +331,12 @@ fn routes_list_connected_routes_and_each_multipath_next_hop() -> Result<()> {
         )
         .await?;
 
-        let routes = netlink.routes().await?;
+        let routes: Vec<RouteEntry> = netlink
+            .main_routes()
+            .await?
+            .iter()
+            .flat_map(MainRoute::entries)
+            .collect();
         let entry = |destination: &str, gateway: Option<&str>, oif| RouteEntry {
             destination: cidr(destination),
             gateway: gateway.map(|gateway| gateway.parse::<IpAddr>().expect("test gateway")),

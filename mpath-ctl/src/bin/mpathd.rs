@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::Parser;
 use mpath_ctl::{
     config::{self, Config},
-    daemon::{ConfigPaths, Daemon},
+    daemon::{ConfigPaths, Daemon, remove_routes},
     datapath,
 };
 use tracing_subscriber::EnvFilter;
@@ -30,8 +30,9 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
-    /// Remove mpath's datapath from this host (detach the programs from every NIC, unpin
-    /// the maps) and exit. Run it with mpathd stopped, when taking mpath off a host.
+    /// Remove mpath from this host (detach the programs from every NIC, unpin the maps,
+    /// delete mpathd's routing rules, routes and nexthops) and exit. Run it with mpathd
+    /// stopped, when taking mpath off a host; the data addresses stay where they are.
     #[arg(long, conflicts_with = "check")]
     teardown: bool,
 }
@@ -56,15 +57,6 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
-    if args.teardown {
-        return match datapath::teardown(&config.daemon.bpf_pin_dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("mpathd: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -75,6 +67,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.teardown {
+        // Both halves are tried whatever the other's fate, and every error is reported.
+        let datapath = datapath::teardown(&config.daemon.bpf_pin_dir).map_err(anyhow::Error::from);
+        let routes = runtime.block_on(remove_routes(config.daemon.route_table));
+        let mut code = ExitCode::SUCCESS;
+        for e in [datapath, routes].into_iter().filter_map(Result::err) {
+            eprintln!("mpathd: {e:#}");
+            code = ExitCode::FAILURE;
+        }
+        return code;
+    }
     let paths = ConfigPaths {
         config: args.config,
         defaults: args.defaults,

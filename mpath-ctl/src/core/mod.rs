@@ -3,6 +3,7 @@
 pub mod evidence;
 pub mod failover;
 pub mod probe;
+pub mod routes;
 pub mod spread;
 pub mod state;
 pub mod target;

@@ -367,8 +367,8 @@ impl Prober {
         &self.targets
     }
 
-    pub fn update_routes(&mut self, routes: &[RouteEntry], local: &[IpAddr]) {
-        self.targets.update_routes(routes, local);
+    pub fn update_routes(&mut self, routes: &[RouteEntry], group_nics: &[u32], local: &[IpAddr]) {
+        self.targets.update_routes(routes, group_nics, local);
         self.forget_stats_of_removed_targets();
     }
 

@@ -14,7 +14,17 @@ use serde::Serialize;
 
 use crate::core::probe::NUM_PROBE_FAILS;
 use crate::net::address::IpCidr;
-pub use crate::net::netlink::RouteEntry;
+
+/// One next hop of a unicast route in the main table: where probe targets come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteEntry {
+    /// The destination prefix; a default route is `0.0.0.0/0` or `::/0`.
+    pub destination: IpCidr,
+    /// `None` for a directly connected (on-link) destination.
+    pub gateway: Option<IpAddr>,
+    /// Outgoing interface index.
+    pub oif: u32,
+}
 
 /// More targets add probe traffic without making failure detection more reliable.
 pub const MAX_PROBE_TARGETS: usize = 5;
@@ -273,16 +283,20 @@ impl TargetSet {
         Ok(())
     }
 
-    /// Takes the routers from the routing table: host routes out of this NIC (pinned by the
-    /// administrator) first, then the on-link next hops of routes out of this NIC. Entries
-    /// that cannot be probed (off-link, wrong family, IPv6 not link-local, local addresses)
+    /// Takes the routers from the routing table: host routes out of any NIC of the group
+    /// (pinned by the administrator) first, then the on-link next hops of routes out of any
+    /// NIC of the group: the group shares one link, so a router a route names on one NIC is
+    /// a target for every NIC whose test subnet holds it. Entries that cannot be probed
+    /// (off-link for this test address, wrong family, IPv6 not link-local, local addresses)
     /// are skipped.
-    pub fn update_routes(&mut self, routes: &[RouteEntry], local: &[IpAddr]) {
+    pub fn update_routes(&mut self, routes: &[RouteEntry], group_nics: &[u32], local: &[IpAddr]) {
         let host_prefix = match self.family() {
             AddressFamily::Inet => 32,
             AddressFamily::Inet6 => 128,
         };
-        let ours = routes.iter().filter(|route| route.oif == self.ifindex);
+        let ours = routes
+            .iter()
+            .filter(|route| route.oif == self.ifindex || group_nics.contains(&route.oif));
         let pinned = ours
             .clone()
             .filter(|route| {
@@ -679,7 +693,7 @@ mod tests {
         assert_eq!(set.add_discovered(&ips(&["192.0.2.50"]), &[]), 1);
         assert_eq!(active(&set), ips(&["192.0.2.50"]));
 
-        set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[]);
+        set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[], &[]);
         assert_eq!(active(&set), ips(&["192.0.2.1"]), "routers replace hosts");
         assert_eq!(set.view()[0].source, TargetSource::Router);
         assert_eq!(set.add_discovered(&ips(&["192.0.2.51"]), &[]), 0);
@@ -695,7 +709,7 @@ mod tests {
 
         set.set_configured(&[]).unwrap();
         assert_eq!(active(&set), ips(&["192.0.2.1"]), "routers return");
-        set.update_routes(&[], &[]);
+        set.update_routes(&[], &[], &[]);
         assert!(
             set.is_empty(),
             "discovered hosts were dropped for the routers"
@@ -703,24 +717,35 @@ mod tests {
     }
 
     #[test]
-    fn routes_give_pinned_host_routes_then_on_link_gateways_of_this_nic() {
+    fn routes_give_pinned_host_routes_then_on_link_gateways_of_the_group_s_nics() {
         let mut set = v4_set();
         let routes = [
             route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX),
             route("198.51.100.0", 24, Some("192.0.2.2"), IFINDEX),
             route("198.51.100.0", 24, Some("192.0.2.1"), IFINDEX),
             route("203.0.113.0", 24, Some("192.0.2.3"), IFINDEX + 1),
+            route("203.0.113.0", 24, Some("192.0.2.4"), IFINDEX + 2),
             route("203.0.113.0", 24, Some("198.51.100.1"), IFINDEX),
             route("192.0.2.0", 24, None, IFINDEX),
             route("192.0.2.40", 32, None, IFINDEX),
             route("192.0.2.41", 32, Some("192.0.2.41"), IFINDEX),
             route("192.0.2.19", 32, None, IFINDEX),
         ];
-        set.update_routes(&routes, &ips(&["192.0.2.19", "192.0.2.21"]));
+        set.update_routes(
+            &routes,
+            &[IFINDEX, IFINDEX + 1],
+            &ips(&["192.0.2.19", "192.0.2.21"]),
+        );
         assert_eq!(
             active(&set),
-            ips(&["192.0.2.40", "192.0.2.41", "192.0.2.1", "192.0.2.2"]),
-            "pinned first, deduplicated, other NICs, off-link gateways and local addresses skipped"
+            ips(&[
+                "192.0.2.40",
+                "192.0.2.41",
+                "192.0.2.1",
+                "192.0.2.2",
+                "192.0.2.3"
+            ]),
+            "pinned first, deduplicated, another NIC of the group's router taken, NICs of no group, off-link gateways and local addresses skipped"
         );
     }
 
@@ -734,6 +759,7 @@ mod tests {
                 route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX),
             ],
             &[],
+            &[],
         );
         assert_eq!(active(&set), ips(&["fe80::1"]));
     }
@@ -744,7 +770,7 @@ mod tests {
         let routes: Vec<RouteEntry> = (1..=7)
             .map(|n| route(&format!("192.0.2.{}", 100 + n), 32, None, IFINDEX))
             .collect();
-        set.update_routes(&routes, &[]);
+        set.update_routes(&routes, &[], &[]);
         assert_eq!(set.active().count(), MAX_PROBE_TARGETS);
         assert_eq!(state_of(&set, "192.0.2.106"), Some(TargetState::Spare));
         let now = Instant::now();
@@ -817,7 +843,7 @@ mod tests {
         assert!(set.take_discovery_request(), "a single host");
         set.add_discovered(&ips(&["192.0.2.61"]), &[]);
         assert!(!set.take_discovery_request());
-        set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[]);
+        set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[], &[]);
         assert!(!set.take_discovery_request(), "never with routers");
     }
 
@@ -850,7 +876,7 @@ mod tests {
             route("192.0.2.1", 32, None, IFINDEX),
             route("192.0.2.2", 32, None, IFINDEX),
         ];
-        set.update_routes(&routes, &[]);
+        set.update_routes(&routes, &[], &[]);
         let start = Instant::now();
         let mut event = None;
         for _ in 0..NUM_PROBE_FAILS {
@@ -887,7 +913,7 @@ mod tests {
     fn slow_router_waits_one_step_and_slow_host_is_replaced() {
         let now = Instant::now();
         let mut set = v4_set();
-        set.update_routes(&[route("192.0.2.1", 32, None, IFINDEX)], &[]);
+        set.update_routes(&[route("192.0.2.1", 32, None, IFINDEX)], &[], &[]);
         assert_eq!(
             set.set_aside(ip("192.0.2.1"), SetAsideReason::Slow, now),
             Some(TargetEvent::SetAside {
@@ -920,6 +946,7 @@ mod tests {
                 route("192.0.2.1", 32, None, IFINDEX),
                 route("192.0.2.2", 32, None, IFINDEX),
             ],
+            &[],
             &[],
         );
         set.set_aside(ip("192.0.2.1"), SetAsideReason::Unresponsive, start);
@@ -960,7 +987,7 @@ mod tests {
         assert!(set.is_empty());
         assert!(set.take_discovery_request());
 
-        set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[]);
+        set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[], &[]);
         set.flush_discovered();
         assert_eq!(active(&set), ips(&["192.0.2.1"]));
     }
@@ -973,9 +1000,9 @@ mod tests {
             route("192.0.2.1", 32, None, IFINDEX),
             route("192.0.2.2", 32, None, IFINDEX),
         ];
-        set.update_routes(&routes, &[]);
+        set.update_routes(&routes, &[], &[]);
         set.set_aside(ip("192.0.2.1"), SetAsideReason::Unresponsive, now);
-        set.update_routes(&routes, &[]);
+        set.update_routes(&routes, &[], &[]);
         assert_eq!(state_of(&set, "192.0.2.1"), Some(TargetState::Dead));
     }
 

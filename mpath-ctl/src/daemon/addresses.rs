@@ -132,7 +132,9 @@ impl Daemon {
     }
 
     /// Rewrites the group's bucket table for its usable NICs, moving as few buckets as
-    /// possible.
+    /// possible, and tells the egress program which NICs the kernel's routes spread over
+    /// (with `spread = "routes"`: the usable ones), so that it leaves their packets alone and
+    /// moves only what still leaves an unusable NIC.
     pub(super) fn write_table(&mut self, gi: usize) {
         let group = &self.groups[gi];
         let usable: Vec<u32> = group
@@ -159,6 +161,14 @@ impl Daemon {
                 usable.len()
             ),
             Err(e) => tracing::error!("group {}: bucket table: {e}", group.config.name),
+        }
+        let routes_spread = group.config.spread == SpreadMode::Routes;
+        for nic in &group.nics {
+            let Some(ifindex) = nic.ifindex else { continue };
+            let routed = routes_spread && usable.contains(&ifindex);
+            if let Err(e) = self.datapath.maps.set_routed(ifindex, routed) {
+                tracing::error!("{}: {e}", nic.name);
+            }
         }
     }
 

@@ -7,7 +7,10 @@ mod addresses;
 mod nics;
 mod probing;
 mod reload;
+mod routes;
 mod status;
+
+pub use routes::remove_routes;
 
 use nics::is_link_local;
 use reload::carry_states;
@@ -36,12 +39,13 @@ use crate::{
     api::metrics::{self, Metrics},
     api::views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetHealth, TargetRow},
     config::diff::DaemonChange,
-    config::{Config, GroupConfig},
+    config::{Config, GroupConfig, SpreadMode},
     core::evidence::RxEvidence,
     core::failover::{self, DataAddress},
     core::probe::{
         FailureDetectionTime, ProbeEvent, ProbeOutcome, ProbeReply, Prober, ReplyVerdict,
     },
+    core::routes::{IdBook, MainRoute},
     core::spread,
     core::state::{self, Action, Event, FailureCause, IfState, Policy, ProbeFamilies},
     core::target::{AddressFamily, RouteEntry, TargetSet},
@@ -49,7 +53,8 @@ use crate::{
     net::address::IpCidr,
     net::announce,
     net::netconf::{InterfaceNetconf, Netconf},
-    net::netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink},
+    net::netlink::{AddressOptions, LinkState, MPATHD_PROTOCOL, Monitor, NetEvent, Netlink},
+    net::nexthop::Nexthops,
     net::probe_socket::{ProbeSocket, monotonic_ns},
 };
 
@@ -102,6 +107,8 @@ struct Nic {
     probing: Vec<Probing>,
     /// Readings of the datapath's receive counter, to explain a probe-based failure.
     rx: RxEvidence,
+    /// Up with carrier: only then does the kernel take nexthops through it.
+    carrier: bool,
 }
 
 struct Group {
@@ -143,7 +150,12 @@ pub struct Daemon {
     rng: StdRng,
     started: Instant,
     probe_rows: broadcast::Sender<ProbeRow>,
-    routes: Vec<RouteEntry>,
+    /// The main table, kept current from netlink: where probe targets and group routes come
+    /// from.
+    main_routes: Vec<MainRoute>,
+    nexthops: Nexthops,
+    /// Ids of mpathd's nexthop objects.
+    nexthop_ids: IdBook,
     /// The kernel's addresses by ifindex, kept current from netlink.
     addresses: Vec<(u32, IpCidr)>,
     announcements: Vec<Announcement>,
@@ -188,6 +200,22 @@ impl Daemon {
         let monitor = Monitor::open_with_receive_buffer(receive_buffer)
             .context("subscribing to rtnetlink events")?;
         let netlink = Netlink::connect().context("opening rtnetlink")?;
+        let nexthops = Nexthops::connect().context("opening rtnetlink for nexthops")?;
+        match Netconf::system().hash_multipath_on_ports() {
+            Ok(changed) => {
+                for path in changed {
+                    tracing::info!(
+                        "{} set to 1: flows spread by their ports too",
+                        path.display()
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("routed flows may not spread over the NICs: {e}"),
+        }
+        netlink
+            .ensure_rules(config.daemon.route_table, config.daemon.route_rule_priority)
+            .await
+            .context("adding the rule that consults mpathd's routing table")?;
         let (probe_rows, _) = broadcast::channel(256);
         let metrics = Metrics::new(&config.groups)?;
         let mut daemon = Daemon {
@@ -202,7 +230,9 @@ impl Daemon {
             rng,
             started: Instant::now(),
             probe_rows,
-            routes: Vec::new(),
+            main_routes: Vec::new(),
+            nexthops,
+            nexthop_ids: IdBook::default(),
             addresses: Vec::new(),
             announcements: Vec::new(),
             ungrouped: BTreeMap::new(),
@@ -339,6 +369,8 @@ impl Daemon {
                     return Ok(());
                 };
                 let known = self.groups[gi].nics[ni].ifindex == Some(link.ifindex);
+                let carrier =
+                    std::mem::replace(&mut self.groups[gi].nics[ni].carrier, link.usable());
                 self.set_up_nic(gi, ni, &link, now).await;
                 let nic = link.name.clone();
                 let event = if known {
@@ -353,6 +385,11 @@ impl Daemon {
                     }
                 };
                 self.handle(gi, event, now).await;
+                // With carrier back, nexthops through the NIC can be made again (the kernel
+                // deleted them when it went).
+                if carrier != link.usable() {
+                    self.update_routes().await;
+                }
             }
             NetEvent::LinkRemoved { name, ifindex } => {
                 if self.ungrouped.remove(&name).is_some() {
@@ -526,6 +563,7 @@ impl Daemon {
             // only the outbound flows hashed to the failed NIC wait for the table.
             self.move_addresses(gi).await;
             self.write_table(gi);
+            self.update_routes().await;
         }
     }
 }

@@ -70,6 +70,7 @@ impl Daemon {
                 probe_v6,
                 probing: Vec::new(),
                 rx: RxEvidence::default(),
+                carrier: false,
             });
         }
         let addresses = g
@@ -113,7 +114,7 @@ impl Daemon {
             }
         }
         let addresses = self.netlink.addresses().await?;
-        self.routes = self.netlink.routes().await?;
+        self.main_routes = self.netlink.main_routes().await?;
         self.addresses = addresses.clone();
         let now = Instant::now();
         for gi in 0..self.groups.len() {
@@ -122,6 +123,7 @@ impl Daemon {
                 let name = self.groups[gi].nics[ni].name.clone();
                 match links.iter().find(|l| l.name == name) {
                     Some(link) => {
+                        self.groups[gi].nics[ni].carrier = link.usable();
                         self.set_up_nic(gi, ni, link, now).await;
                         present.push((name, link.usable()));
                     }
@@ -158,6 +160,17 @@ impl Daemon {
         now: Instant,
     ) {
         let group = &mut self.groups[gi];
+        let group_nics: Vec<u32> = group
+            .nics
+            .iter()
+            .filter_map(|n| n.ifindex)
+            .chain([link.ifindex])
+            .collect();
+        let routes: Vec<RouteEntry> = self
+            .main_routes
+            .iter()
+            .flat_map(MainRoute::entries)
+            .collect();
         let nic = &mut group.nics[ni];
         if nic.ifindex == Some(link.ifindex) {
             return;
@@ -232,7 +245,8 @@ impl Daemon {
                     test,
                     link.ifindex,
                     &group.config.targets,
-                    &self.routes,
+                    &routes,
+                    &group_nics,
                     &local,
                     &group.fdt,
                     &mut self.rng,
@@ -254,6 +268,12 @@ impl Daemon {
         else {
             return;
         };
+        let group_nics: Vec<u32> = group.nics.iter().filter_map(|n| n.ifindex).collect();
+        let routes: Vec<RouteEntry> = self
+            .main_routes
+            .iter()
+            .flat_map(MainRoute::entries)
+            .collect();
         let Some(nic) = group.nics.iter_mut().find(|n| n.ifindex == Some(ifindex)) else {
             return;
         };
@@ -272,7 +292,8 @@ impl Daemon {
             link_local,
             ifindex,
             &group.config.targets,
-            &self.routes,
+            &routes,
+            &group_nics,
             &local,
             &group.fdt,
             &mut self.rng,
@@ -420,6 +441,7 @@ pub(super) fn start_probing(
     ifindex: u32,
     configured: &[IpAddr],
     routes: &[RouteEntry],
+    group_nics: &[u32],
     local: &[IpAddr],
     fdt: &FailureDetectionTime,
     rng: &mut StdRng,
@@ -452,7 +474,7 @@ pub(super) fn start_probing(
     if let Err(e) = targets.set_configured(&same_family) {
         tracing::error!("{nic}: {e}");
     }
-    targets.update_routes(routes, local);
+    targets.update_routes(routes, group_nics, local);
     let prober = Prober::new(nic.to_string(), targets, now, rng, fdt);
     Some(Probing {
         prober,

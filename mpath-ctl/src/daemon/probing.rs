@@ -145,16 +145,28 @@ impl Daemon {
         });
     }
 
-    /// Reads the routing table again and gives the probers their on-link routers.
+    /// Reads the routing table again, gives the probers their on-link routers and the
+    /// groups their routes. mpathd's rule is put back if someone deleted it.
     pub(super) async fn refresh_routes(&mut self) -> anyhow::Result<()> {
         self.routes_due = None;
-        self.routes = self.netlink.routes().await?;
+        self.main_routes = self.netlink.main_routes().await?;
+        let routes: Vec<RouteEntry> = self
+            .main_routes
+            .iter()
+            .flat_map(MainRoute::entries)
+            .collect();
         let local: Vec<IpAddr> = self.addresses.iter().map(|(_, c)| c.addr()).collect();
         for g in &mut self.groups {
+            let group_nics: Vec<u32> = g.nics.iter().filter_map(|n| n.ifindex).collect();
             for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
-                p.prober.update_routes(&self.routes, &local);
+                p.prober.update_routes(&routes, &group_nics, &local);
             }
         }
+        let daemon = &self.config.daemon;
+        self.netlink
+            .ensure_rules(daemon.route_table, daemon.route_rule_priority)
+            .await?;
+        self.update_routes().await;
         Ok(())
     }
 

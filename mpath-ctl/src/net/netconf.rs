@@ -1,5 +1,5 @@
-//! Per-interface kernel settings of group members, read and written through `/proc/sys/net`
-//! (no `sysctl` binary).
+//! Kernel settings mpathd depends on (per-interface ARP behaviour of group members, the
+//! multipath hash), read and written through `/proc/sys/net` (no `sysctl` binary).
 //!
 //! `/proc/sys/net` shows the network namespace of the thread that opens the file, not the
 //! process's: call these functions from a thread in the namespace the interfaces live in.
@@ -98,6 +98,23 @@ impl Netconf {
         )
     }
 
+    /// Makes the kernel hash multipath routes (mpathd's resilient nexthop groups among them)
+    /// on ports as well as addresses, in both families, so the flows between two hosts spread
+    /// over the group's NICs too: the default policy 0 hashes IPv4 on addresses alone and
+    /// sends them all through one NIC. A policy an administrator chose (other than 0) stays.
+    /// Returns the settings changed.
+    pub fn hash_multipath_on_ports(&self) -> Result<Vec<PathBuf>, NetconfError> {
+        let mut changed = Vec::new();
+        for family in ["ipv4", "ipv6"] {
+            let path = self.root.join(family).join("fib_multipath_hash_policy");
+            if read_number(&path)? == 0 {
+                write_number(&path, 1)?;
+                changed.push(path);
+            }
+        }
+        Ok(changed)
+    }
+
     /// `ROOT/ipv4/conf/INTERFACE`, for a real interface's name only: `all` and `default`
     /// would change every interface, and path characters would leave the directory.
     fn interface_dir(&self, interface: &str) -> Result<PathBuf, NetconfError> {
@@ -182,6 +199,10 @@ mod tests {
                 std::fs::write(dir.join(file), value).unwrap();
             }
             std::fs::create_dir_all(root.join("ipv4/conf/all")).unwrap();
+            std::fs::create_dir_all(root.join("ipv6")).unwrap();
+            for family in ["ipv4", "ipv6"] {
+                std::fs::write(root.join(family).join("fib_multipath_hash_policy"), "0\n").unwrap();
+            }
             FakeTree { root }
         }
     }
@@ -210,6 +231,22 @@ mod tests {
             "2\n"
         );
         assert_eq!(netconf.read("h0").unwrap(), InterfaceNetconf::GROUP_MEMBER);
+    }
+
+    #[test]
+    fn the_default_multipath_hash_becomes_layer_4_and_a_chosen_one_stays() {
+        let tree = FakeTree::new("hash");
+        let netconf = Netconf::at(&tree.root);
+        std::fs::write(tree.root.join("ipv6/fib_multipath_hash_policy"), "2\n").unwrap();
+        assert_eq!(
+            netconf.hash_multipath_on_ports().unwrap(),
+            [tree.root.join("ipv4/fib_multipath_hash_policy")]
+        );
+        for (family, policy) in [("ipv4", "1\n"), ("ipv6", "2\n")] {
+            let path = tree.root.join(family).join("fib_multipath_hash_policy");
+            assert_eq!(std::fs::read_to_string(path).unwrap(), policy, "{family}");
+        }
+        assert!(netconf.hash_multipath_on_ports().unwrap().is_empty());
     }
 
     #[test]

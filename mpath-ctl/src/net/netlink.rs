@@ -23,27 +23,39 @@ use rtnetlink::packet_core::{
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType, RouteVia,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteVia,
 };
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::proto::{NetlinkCodec, NetlinkMessageCodec};
 use rtnetlink::sys::{AsyncSocket, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
-use rtnetlink::{Handle, MulticastGroup};
+use rtnetlink::{Handle, IpVersion, MulticastGroup};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
+use crate::core::routes::{Hop, MainRoute, TableRoute, Via};
 use crate::net::address::IpCidr;
+
+/// The `rtm_protocol` of mpathd's routes, rules and nexthops, so that `ip route` shows who
+/// owns them (`dist/rt_protos.d/mpathd.conf` names it) and a restarted mpathd finds them.
+pub const MPATHD_PROTOCOL: u8 = 109;
+
+/// The table of the host's own addresses (local and broadcast routes).
+const RT_TABLE_LOCAL: u32 = 255;
 
 /// The kernel's "forever" for address lifetimes (INFINITY_LIFE_TIME).
 const INFINITE_LIFETIME: u32 = u32::MAX;
 
-/// Where a [`Monitor`] subscribes: links, addresses and routes of both families.
-const MONITOR_GROUPS: [MulticastGroup; 5] = [
+/// Where a [`Monitor`] subscribes: links, addresses, routes and rules of both families.
+const MONITOR_GROUPS: [MulticastGroup; 7] = [
     MulticastGroup::Link,
     MulticastGroup::Ipv4Ifaddr,
     MulticastGroup::Ipv6Ifaddr,
     MulticastGroup::Ipv4Route,
     MulticastGroup::Ipv6Route,
+    MulticastGroup::Ipv4Rule,
+    MulticastGroup::Ipv6Rule,
 ];
 
 /// A link as IPMP cares about it.
@@ -121,7 +133,8 @@ pub enum NetEvent {
         ifindex: u32,
         cidr: IpCidr,
     },
-    /// A unicast route of the main table was added, changed or removed: dump them again.
+    /// A route was added, changed or removed (see `is_routing_change`), or a routing rule:
+    /// dump them again.
     RoutesChanged,
     /// Events were lost (the socket's receive buffer overflowed, a message could not be
     /// parsed, or the socket failed and was reopened): the state known so far is stale,
@@ -142,17 +155,6 @@ pub struct AddressOptions {
     /// IFA_F_NOPREFIXROUTE: no connected route for the address's prefix, so the kernel never
     /// routes through a NIC because of its test address.
     pub noprefixroute: bool,
-}
-
-/// One next hop of a unicast route in the main table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RouteEntry {
-    /// The destination prefix; a default route is `0.0.0.0/0` or `::/0`.
-    pub destination: IpCidr,
-    /// `None` for a directly connected (on-link) destination.
-    pub gateway: Option<IpAddr>,
-    /// Outgoing interface index.
-    pub oif: u32,
 }
 
 /// An interface as an error message names it: by name when the kernel still knew it.
@@ -203,6 +205,20 @@ pub enum NetlinkError {
         family: &'static str,
         source: io::Error,
     },
+    #[error("setting the route to {destination} in table {table}: {source}")]
+    SetRoute {
+        destination: IpCidr,
+        table: u32,
+        source: io::Error,
+    },
+    #[error("deleting the route to {destination} from table {table}: {source}")]
+    DelRoute {
+        destination: IpCidr,
+        table: u32,
+        source: io::Error,
+    },
+    #[error("changing mpathd's routing rules: {0}")]
+    Rule(#[source] io::Error),
 }
 
 /// Requests to the kernel: dumps of links, addresses and routes, and address changes.
@@ -347,18 +363,170 @@ impl Netlink {
         }
     }
 
-    /// The unicast routes of the main table, IPv4 then IPv6, one entry per next hop of a
-    /// multipath route. Next hops marked dead or linkdown are listed too: they are still in
-    /// the table and come back with their link.
-    pub async fn routes(&self) -> Result<Vec<RouteEntry>, NetlinkError> {
-        let mut entries = Vec::new();
+    /// The routes of the main table, IPv4 then IPv6. Next hops marked dead or linkdown are
+    /// listed too: they are still in the table and come back with their link.
+    pub async fn main_routes(&self) -> Result<Vec<MainRoute>, NetlinkError> {
+        let main = u32::from(RouteHeader::RT_TABLE_MAIN);
+        Ok(self
+            .route_messages()
+            .await?
+            .iter()
+            .filter(|message| table_of(message) == main)
+            .filter_map(main_route)
+            .collect())
+    }
+
+    /// The routes mpathd keeps in `table`, by destination and metric.
+    pub async fn table_routes(
+        &self,
+        table: u32,
+    ) -> Result<Vec<((IpCidr, u32), TableRoute<u32>)>, NetlinkError> {
+        Ok(self
+            .route_messages()
+            .await?
+            .iter()
+            .filter(|message| {
+                table_of(message) == table && u8::from(message.header.protocol) == MPATHD_PROTOCOL
+            })
+            .filter_map(table_route)
+            .collect())
+    }
+
+    /// Adds or replaces a route of mpathd's `table`.
+    pub async fn set_table_route(
+        &self,
+        table: u32,
+        destination: IpCidr,
+        metric: u32,
+        route: &TableRoute<u32>,
+    ) -> Result<(), NetlinkError> {
+        let mut message = table_route_message(table, destination, metric);
+        match route.via {
+            Via::Group(id) => message.attributes.push(RouteAttribute::NhId(id)),
+            Via::Throw => message.header.kind = RouteType::Throw,
+        }
+        if let Some(source) = route.prefsrc {
+            message
+                .attributes
+                .push(RouteAttribute::PrefSource(route_address_of(source)));
+        }
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(|error| NetlinkError::SetRoute {
+                destination,
+                table,
+                source: io_error(error),
+            })
+    }
+
+    /// Deletes a route of mpathd's `table`; one already gone is not an error.
+    pub async fn del_table_route(
+        &self,
+        table: u32,
+        destination: IpCidr,
+        metric: u32,
+    ) -> Result<(), NetlinkError> {
+        let mut message = table_route_message(table, destination, metric);
+        message.header.kind = RouteType::Unspec;
+        match self.handle.route().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(error) if errno(&error) == Some(libc::ESRCH) => Ok(()),
+            Err(error) => Err(NetlinkError::DelRoute {
+                destination,
+                table,
+                source: io_error(error),
+            }),
+        }
+    }
+
+    /// Makes sure a rule at `priority` sends IPv4 and IPv6 lookups to `table` first, and
+    /// that no other rule of mpathd's is left (from an earlier configuration).
+    pub async fn ensure_rules(&self, table: u32, priority: u32) -> Result<(), NetlinkError> {
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut present = false;
+            for rule in self.mpathd_rules(family).await? {
+                if rule_table(&rule) == table && rule_priority(&rule) == Some(priority) {
+                    present = true;
+                } else {
+                    self.del_rule(rule).await?;
+                }
+            }
+            if !present {
+                let mut message = RuleMessage::default();
+                message.header.family = family;
+                message.header.action = RuleAction::ToTable;
+                message.header.table = RouteHeader::RT_TABLE_UNSPEC;
+                message.attributes = vec![
+                    RuleAttribute::Table(table),
+                    RuleAttribute::Priority(priority),
+                    RuleAttribute::Protocol(RouteProtocol::from(MPATHD_PROTOCOL)),
+                ];
+                let mut request = self.handle.rule().add();
+                *request.message_mut() = message;
+                request
+                    .execute()
+                    .await
+                    .map_err(|error| NetlinkError::Rule(io_error(error)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes mpathd's rules of both families.
+    pub async fn del_rules(&self) -> Result<(), NetlinkError> {
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            for rule in self.mpathd_rules(family).await? {
+                self.del_rule(rule).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn mpathd_rules(&self, family: AddressFamily) -> Result<Vec<RuleMessage>, NetlinkError> {
+        let version = match family {
+            AddressFamily::Inet6 => IpVersion::V6,
+            _ => IpVersion::V4,
+        };
+        let rules: Vec<RuleMessage> = self
+            .handle
+            .rule()
+            .get(version)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|error| NetlinkError::Rule(io_error(error)))?;
+        Ok(rules
+            .into_iter()
+            .filter(|rule| {
+                rule.attributes.iter().any(
+                    |a| matches!(a, RuleAttribute::Protocol(p) if u8::from(*p) == MPATHD_PROTOCOL),
+                )
+            })
+            .collect())
+    }
+
+    async fn del_rule(&self, rule: RuleMessage) -> Result<(), NetlinkError> {
+        match self.handle.rule().del(rule).execute().await {
+            Ok(()) => Ok(()),
+            Err(error) if errno(&error) == Some(libc::ENOENT) => Ok(()),
+            Err(error) => Err(NetlinkError::Rule(io_error(error))),
+        }
+    }
+
+    /// Every route of every table, IPv4 then IPv6.
+    async fn route_messages(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+        let mut messages = Vec::new();
         for (family, family_name) in [
             (AddressFamily::Inet, "IPv4"),
             (AddressFamily::Inet6, "IPv6"),
         ] {
             let mut query = RouteMessage::default();
             query.header.address_family = family;
-            let messages: Vec<RouteMessage> = self
+            let found: Vec<RouteMessage> = self
                 .handle
                 .route()
                 .get(query)
@@ -369,14 +537,9 @@ impl Netlink {
                     family: family_name,
                     source: io_error(error),
                 })?;
-            entries.extend(
-                messages
-                    .iter()
-                    .filter(|message| is_main_unicast(message))
-                    .flat_map(route_entries),
-            );
+            messages.extend(found);
         }
-        Ok(entries)
+        Ok(messages)
     }
 
     /// Names `ifindex` for an error message, as well as the kernel still can.
@@ -584,7 +747,10 @@ fn event_from_message(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<Ne
             address_of(&address).map(|(ifindex, cidr)| NetEvent::AddressRemoved { ifindex, cidr })
         }
         RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route) => {
-            is_main_unicast(&route).then_some(NetEvent::RoutesChanged)
+            is_routing_change(&route).then_some(NetEvent::RoutesChanged)
+        }
+        RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_) => {
+            Some(NetEvent::RoutesChanged)
         }
         _ => None,
     }
@@ -630,56 +796,147 @@ fn address_of(message: &AddressMessage) -> Option<(u32, IpCidr)> {
     Some((message.header.index, cidr))
 }
 
-/// Tables above 255 only fit RTA_TABLE; the header then says RT_TABLE_COMPAT.
-fn is_main_unicast(message: &RouteMessage) -> bool {
-    let table = message
+/// The table of a route. Tables above 255 only fit RTA_TABLE; the header then says
+/// RT_TABLE_COMPAT.
+fn table_of(message: &RouteMessage) -> u32 {
+    message
         .attributes
         .iter()
         .find_map(|attribute| match attribute {
             RouteAttribute::Table(table) => Some(*table),
             _ => None,
         })
-        .unwrap_or(u32::from(message.header.table));
-    table == u32::from(RouteHeader::RT_TABLE_MAIN) && message.header.kind == RouteType::Unicast
+        .unwrap_or(u32::from(message.header.table))
 }
 
-/// One entry per next hop: the RTA_MULTIPATH list, or the route's own RTA_OIF. Routes that
-/// name only a nexthop object (RTA_NH_ID) come without either when
-/// `net.ipv4.nexthop_compat_mode` is off, and are skipped.
-fn route_entries(message: &RouteMessage) -> Vec<RouteEntry> {
-    let Some(destination) = route_destination(message) else {
-        return Vec::new();
-    };
-    let multipath = message
-        .attributes
+/// A route change worth a new dump: a unicast or throw route of any table but `local`
+/// (main's routes decide the group routes; mpathd's own table is checked for what others
+/// changed there).
+fn is_routing_change(message: &RouteMessage) -> bool {
+    table_of(message) != RT_TABLE_LOCAL
+        && matches!(message.header.kind, RouteType::Unicast | RouteType::Throw)
+}
+
+/// A route of the main table with one hop per next hop: the RTA_MULTIPATH list, or the
+/// route's own RTA_OIF. Routes that are not plain unicast through devices (other types, TOS
+/// routes, routes through a nexthop object) come without hops.
+fn main_route(message: &RouteMessage) -> Option<MainRoute> {
+    let destination = route_destination(message)?;
+    let attributes = &message.attributes;
+    let metric = attributes
         .iter()
         .find_map(|attribute| match attribute {
-            RouteAttribute::MultiPath(hops) => Some(hops),
-            _ => None,
-        });
-    if let Some(hops) = multipath {
-        return hops
-            .iter()
-            .map(|hop| RouteEntry {
-                destination,
-                gateway: gateway(&hop.attributes),
-                oif: hop.interface_index,
-            })
-            .collect();
-    }
-    message
-        .attributes
-        .iter()
-        .find_map(|attribute| match attribute {
-            RouteAttribute::Oif(oif) => Some(RouteEntry {
-                destination,
-                gateway: gateway(&message.attributes),
-                oif: *oif,
-            }),
+            RouteAttribute::Priority(metric) => Some(*metric),
             _ => None,
         })
-        .into_iter()
-        .collect()
+        .unwrap_or(0);
+    let prefsrc = attributes.iter().find_map(|attribute| match attribute {
+        RouteAttribute::PrefSource(address) => route_address(address),
+        _ => None,
+    });
+    let plain = message.header.kind == RouteType::Unicast
+        && message.header.tos == 0
+        && !attributes
+            .iter()
+            .any(|attribute| matches!(attribute, RouteAttribute::NhId(_)));
+    let multipath = attributes.iter().find_map(|attribute| match attribute {
+        RouteAttribute::MultiPath(hops) => Some(hops),
+        _ => None,
+    });
+    let hops = match multipath {
+        Some(hops) => hops
+            .iter()
+            .map(|hop| Hop {
+                oif: hop.interface_index,
+                gateway: gateway(&hop.attributes),
+            })
+            .collect(),
+        None => attributes
+            .iter()
+            .find_map(|attribute| match attribute {
+                RouteAttribute::Oif(oif) => Some(Hop {
+                    oif: *oif,
+                    gateway: gateway(attributes),
+                }),
+                _ => None,
+            })
+            .into_iter()
+            .collect(),
+    };
+    Some(MainRoute {
+        destination,
+        metric,
+        prefsrc,
+        hops: if plain { hops } else { Vec::new() },
+    })
+}
+
+/// A route of mpathd's table: through a nexthop group, or a throw.
+fn table_route(message: &RouteMessage) -> Option<((IpCidr, u32), TableRoute<u32>)> {
+    let route = main_route(message)?;
+    let via = match message.header.kind {
+        RouteType::Throw => Via::Throw,
+        _ => Via::Group(
+            message
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    RouteAttribute::NhId(id) => Some(*id),
+                    _ => None,
+                })?,
+        ),
+    };
+    let prefsrc = route.prefsrc;
+    Some((
+        (route.destination, route.metric),
+        TableRoute { via, prefsrc },
+    ))
+}
+
+/// The message naming a route of mpathd's `table` (type unicast, protocol mpathd).
+fn table_route_message(table: u32, destination: IpCidr, metric: u32) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    message.header.address_family = match destination.addr() {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    message.header.destination_prefix_length = destination.prefix_len();
+    message.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    message.header.protocol = RouteProtocol::from(MPATHD_PROTOCOL);
+    message.header.scope = RouteScope::Universe;
+    message.header.kind = RouteType::Unicast;
+    message.attributes = vec![
+        RouteAttribute::Table(table),
+        RouteAttribute::Destination(route_address_of(destination.addr())),
+        RouteAttribute::Priority(metric),
+    ];
+    message
+}
+
+fn route_address_of(addr: IpAddr) -> RouteAddress {
+    match addr {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+fn rule_table(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RuleAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or(u32::from(rule.header.table))
+}
+
+fn rule_priority(rule: &RuleMessage) -> Option<u32> {
+    rule.attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RuleAttribute::Priority(priority) => Some(*priority),
+            _ => None,
+        })
 }
 
 fn route_destination(message: &RouteMessage) -> Option<IpCidr> {
@@ -881,7 +1138,7 @@ mod tests {
     }
 
     #[test]
-    fn only_main_table_unicast_routes_signal_a_change() {
+    fn routing_changes_outside_the_local_table_signal_a_change() {
         let main = route_message(AddressFamily::Inet, RouteHeader::RT_TABLE_MAIN, vec![]);
         assert_eq!(
             event_from_message(notification(RouteNetlinkMessage::NewRoute(main.clone()))),
@@ -899,13 +1156,23 @@ mod tests {
         );
         // Table 1000 only fits RTA_TABLE; the header says RT_TABLE_COMPAT (252).
         let big_table = route_message(AddressFamily::Inet, 252, vec![RouteAttribute::Table(1000)]);
-        assert!(!is_main_unicast(&big_table));
-        let main_by_attribute =
-            route_message(AddressFamily::Inet, 252, vec![RouteAttribute::Table(254)]);
-        assert!(is_main_unicast(&main_by_attribute));
+        assert_eq!(table_of(&big_table), 1000);
+        assert!(is_routing_change(&big_table));
+        let local_by_attribute =
+            route_message(AddressFamily::Inet, 252, vec![RouteAttribute::Table(255)]);
+        assert!(!is_routing_change(&local_by_attribute));
+        let mut throw = main.clone();
+        throw.header.kind = RouteType::Throw;
+        assert!(is_routing_change(&throw));
         let mut blackhole = main;
         blackhole.header.kind = RouteType::BlackHole;
-        assert!(!is_main_unicast(&blackhole));
+        assert!(!is_routing_change(&blackhole));
+        assert_eq!(
+            event_from_message(notification(RouteNetlinkMessage::NewRule(
+                RuleMessage::default()
+            ))),
+            Some(NetEvent::RoutesChanged)
+        );
     }
 
     #[test]
@@ -938,20 +1205,24 @@ mod tests {
             ],
         );
         route.header.destination_prefix_length = 24;
+        route.attributes.push(RouteAttribute::Priority(100));
         assert_eq!(
-            route_entries(&route),
-            vec![
-                RouteEntry {
-                    destination: cidr("198.51.100.0/24"),
-                    gateway: Some("192.0.2.1".parse().unwrap()),
-                    oif: 3
-                },
-                RouteEntry {
-                    destination: cidr("198.51.100.0/24"),
-                    gateway: Some("fe80::1".parse().unwrap()),
-                    oif: 4
-                },
-            ]
+            main_route(&route),
+            Some(MainRoute {
+                destination: cidr("198.51.100.0/24"),
+                metric: 100,
+                prefsrc: None,
+                hops: vec![
+                    Hop {
+                        oif: 3,
+                        gateway: Some("192.0.2.1".parse().unwrap()),
+                    },
+                    Hop {
+                        oif: 4,
+                        gateway: Some("fe80::1".parse().unwrap()),
+                    },
+                ],
+            })
         );
     }
 
@@ -966,13 +1237,13 @@ mod tests {
             ],
         );
         assert_eq!(
-            route_entries(&default),
-            vec![RouteEntry {
-                destination: cidr("::/0"),
+            main_route(&default).unwrap().hops,
+            vec![Hop {
+                oif: 5,
                 gateway: Some("2001:db8::1".parse().unwrap()),
-                oif: 5
             }]
         );
+        assert_eq!(main_route(&default).unwrap().destination, cidr("::/0"));
         let mut connected = route_message(
             AddressFamily::Inet,
             RouteHeader::RT_TABLE_MAIN,
@@ -982,20 +1253,34 @@ mod tests {
             ],
         );
         connected.header.destination_prefix_length = 24;
+        connected
+            .attributes
+            .push(RouteAttribute::PrefSource(RouteAddress::Inet(
+                "192.0.2.20".parse().unwrap(),
+            )));
         assert_eq!(
-            route_entries(&connected),
-            vec![RouteEntry {
+            main_route(&connected),
+            Some(MainRoute {
                 destination: cidr("192.0.2.0/24"),
-                gateway: None,
-                oif: 3
-            }]
+                metric: 0,
+                prefsrc: Some("192.0.2.20".parse().unwrap()),
+                hops: vec![Hop {
+                    oif: 3,
+                    gateway: None
+                }],
+            })
         );
-        let nexthop_object_only = route_message(
+        // With nexthop_compat_mode the kernel also shows a nexthop object's device: such a
+        // route is another daemon's, never a group's.
+        let nexthop_object = route_message(
             AddressFamily::Inet,
             RouteHeader::RT_TABLE_MAIN,
-            vec![RouteAttribute::NhId(9)],
+            vec![RouteAttribute::NhId(9), RouteAttribute::Oif(3)],
         );
-        assert_eq!(route_entries(&nexthop_object_only), vec![]);
+        assert_eq!(main_route(&nexthop_object).unwrap().hops, vec![]);
+        let mut blackhole = route_message(AddressFamily::Inet, RouteHeader::RT_TABLE_MAIN, vec![]);
+        blackhole.header.kind = RouteType::BlackHole;
+        assert_eq!(main_route(&blackhole).unwrap().hops, vec![]);
     }
 
     fn serialized(message: RouteNetlinkMessage, sequence_number: u32) -> Vec<u8> {

@@ -1,0 +1,959 @@
+//! Group routes: in Solaris IPMP the group, not the NIC, owns the host's routes, so any usable
+//! member carries them. mpathd does the same with the kernel's own tools: for every route of
+//! the main table whose next hops all leave through NICs of one group (a default route a DHCP
+//! client added on `h1`, the prefix route of a data address, an administrator's static
+//! route), and for the routes of the configuration, it serves the same destination from a
+//! table of its own through a resilient nexthop group over the group's usable NICs. A policy
+//! rule ahead of `main` consults that table first.
+//!
+//! A table consulted first answers every lookup it has a match for, so it must never answer
+//! one that `main` would answer otherwise: every other destination of `main` inside a group
+//! route's prefix gets a `throw` route there, which sends the lookup on to `main`. The table
+//! thus holds exactly the prefixes of `main` (and the configured ones) that a group route
+//! covers, and the longest match is the same in both.
+//!
+//! This module decides what the table and the nexthop objects should be ([`plan`]), gives
+//! them stable ids ([`IdBook`]) and lists the kernel changes that get there ([`changes`]). It
+//! does no IO.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use crate::{
+    config::{RouteConfig, SpreadMode},
+    core::target::{AddressFamily, RouteEntry},
+    net::address::IpCidr,
+};
+
+/// A next hop of a route: out of `oif`, through `gateway` or straight to the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Hop {
+    pub oif: u32,
+    pub gateway: Option<IpAddr>,
+}
+
+/// A route of the main table as the planner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MainRoute {
+    /// The destination network (host bits clear); `0.0.0.0/0` or `::/0` for a default route.
+    pub destination: IpCidr,
+    pub metric: u32,
+    pub prefsrc: Option<IpAddr>,
+    /// Empty for a route that does not simply leave through devices (blackhole, unreachable,
+    /// a nexthop object of another daemon, a TOS route): no group ever serves it.
+    pub hops: Vec<Hop>,
+}
+
+impl MainRoute {
+    /// One entry per hop, as probe targets are found.
+    pub fn entries(&self) -> impl Iterator<Item = RouteEntry> + '_ {
+        self.hops.iter().map(|hop| RouteEntry {
+            destination: self.destination,
+            gateway: hop.gateway,
+            oif: hop.oif,
+        })
+    }
+}
+
+/// One group as the planner sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupRouting {
+    pub name: String,
+    /// Every NIC of the group the kernel has now, by ifindex.
+    pub members: Vec<u32>,
+    /// The NICs that carry the group's routes (see [`serving`]).
+    pub serving: Vec<u32>,
+    /// The group's data addresses and the NIC each is on now (`None`: on no NIC).
+    pub addresses: Vec<(IpCidr, Option<u32>)>,
+    /// The routes the configuration gives the group (`[[group.route]]`).
+    pub configured: Vec<RouteConfig>,
+}
+
+/// One group NIC as [`serving`] needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NicRouting {
+    pub ifindex: u32,
+    /// In the group's usable set: not failed, not offline, not an inactive standby.
+    pub usable: bool,
+    /// Up with carrier: the kernel accepts nexthops only on such a NIC.
+    pub carrier: bool,
+}
+
+/// The NICs (in configuration order) that carry a group's routes: the usable ones with
+/// carrier. When none is usable (the group failed) the routes stay on the NICs that still
+/// have carrier, as IPMP keeps a failed group's addresses where they are; with no carrier
+/// anywhere there is nothing to route through. With datapath spreading the egress program
+/// spreads the flows, and the routes go through the first of them only.
+pub fn serving(nics: &[NicRouting], spread: SpreadMode) -> Vec<u32> {
+    let usable: Vec<u32> = nics
+        .iter()
+        .filter(|n| n.usable && n.carrier)
+        .map(|n| n.ifindex)
+        .collect();
+    let mut serving = if usable.is_empty() {
+        nics.iter()
+            .filter(|n| n.carrier)
+            .map(|n| n.ifindex)
+            .collect()
+    } else {
+        usable
+    };
+    if spread == SpreadMode::Datapath {
+        serving.truncate(1);
+    }
+    serving
+}
+
+/// A single nexthop: one NIC, through a gateway or on-link. A NIC is in one group only, so
+/// this also names the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NexthopKey {
+    pub family: Family,
+    pub oif: u32,
+    pub gateway: Option<IpAddr>,
+}
+
+/// A resilient nexthop group: one group's way to a set of gateways (none: on-link).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey {
+    pub group: String,
+    pub family: Family,
+    pub gateways: Vec<IpAddr>,
+}
+
+/// [`AddressFamily`] with an order, for keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Inet,
+    Inet6,
+}
+
+impl Family {
+    pub fn of(addr: IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::Inet,
+            IpAddr::V6(_) => Family::Inet6,
+        }
+    }
+}
+
+impl From<Family> for AddressFamily {
+    fn from(family: Family) -> AddressFamily {
+        match family {
+            Family::Inet => AddressFamily::Inet,
+            Family::Inet6 => AddressFamily::Inet6,
+        }
+    }
+}
+
+/// Where a route of mpathd's table sends a lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via<G> {
+    /// Through a nexthop group (by key in a [`Plan`], by id in a [`RouteState`]).
+    Group(G),
+    /// On to the next rule (`main`): the destination is not the group's.
+    Throw,
+}
+
+/// A route of mpathd's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRoute<G> {
+    pub via: Via<G>,
+    /// Set only where the kernel's own choice could be a test address or another group's
+    /// address (see [`source_for`]).
+    pub prefsrc: Option<IpAddr>,
+}
+
+/// What mpathd's table and nexthops should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Nexthop groups and their members, in the order of the serving NICs.
+    pub groups: BTreeMap<GroupKey, Vec<NexthopKey>>,
+    /// Routes by destination and metric.
+    pub routes: BTreeMap<(IpCidr, u32), TableRoute<GroupKey>>,
+}
+
+/// Decides mpathd's table and nexthop groups from the main table and the groups.
+pub fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
+    // Every route with the group that serves it, if one does: all its hops leave through
+    // that group's NICs.
+    let group_of = |oif: u32| groups.iter().position(|g| g.members.contains(&oif));
+    let from_main = main.iter().map(|route| {
+        let owners: BTreeSet<Option<usize>> = route.hops.iter().map(|h| group_of(h.oif)).collect();
+        let group = match owners.into_iter().collect::<Vec<_>>()[..] {
+            [Some(gi)] => Some(gi),
+            _ => None,
+        };
+        (route.clone(), group)
+    });
+    let configured = groups.iter().enumerate().flat_map(|(gi, g)| {
+        g.configured.iter().map(move |r| {
+            let hops = g.members.iter().map(|&oif| Hop {
+                oif,
+                gateway: r.via,
+            });
+            let route = MainRoute {
+                destination: r.to,
+                metric: r.metric,
+                prefsrc: None,
+                hops: hops.collect(),
+            };
+            (route, Some(gi))
+        })
+    });
+    let mut by_destination: BTreeMap<IpCidr, Vec<(MainRoute, Option<usize>)>> = BTreeMap::new();
+    for (route, group) in from_main.chain(configured) {
+        let group = group.filter(|_| groupable(route.destination));
+        by_destination
+            .entry(route.destination)
+            .or_default()
+            .push((route, group));
+    }
+
+    // A destination is the group's when its best routes (the lowest metric, which the kernel
+    // picks) are all that group's, and the group has a NIC to carry them.
+    let mut served = BTreeMap::new();
+    let mut others = Vec::new();
+    for (destination, routes) in &by_destination {
+        let metric = routes.iter().map(|(r, _)| r.metric).min().unwrap_or(0);
+        let best: Vec<&(MainRoute, Option<usize>)> =
+            routes.iter().filter(|(r, _)| r.metric == metric).collect();
+        let owners: BTreeSet<Option<usize>> = best.iter().map(|(_, g)| *g).collect();
+        match owners.into_iter().collect::<Vec<_>>()[..] {
+            [Some(gi)] if !groups[gi].serving.is_empty() => {
+                served.insert((*destination, metric), (gi, best));
+            }
+            _ => others.push(*destination),
+        }
+    }
+
+    let mut plan = Plan::default();
+    for ((destination, metric), (gi, best)) in &served {
+        let group = &groups[*gi];
+        let family = Family::of(destination.addr());
+        let gateways: Vec<IpAddr> = best
+            .iter()
+            .flat_map(|(r, _)| r.hops.iter().filter_map(|h| h.gateway))
+            .filter(|g| Family::of(*g) == family)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let hops: Vec<Option<IpAddr>> = if gateways.is_empty() {
+            vec![None]
+        } else {
+            gateways.iter().copied().map(Some).collect()
+        };
+        let members = group
+            .serving
+            .iter()
+            .flat_map(|&oif| {
+                hops.iter().map(move |&gateway| NexthopKey {
+                    family,
+                    oif,
+                    gateway,
+                })
+            })
+            .collect();
+        let key = GroupKey {
+            group: group.name.clone(),
+            family,
+            gateways: gateways.clone(),
+        };
+        plan.groups.insert(key.clone(), members);
+        let main_prefsrc = best.iter().find_map(|(r, _)| r.prefsrc);
+        plan.routes.insert(
+            (*destination, *metric),
+            TableRoute {
+                prefsrc: source_for(group, *destination, &gateways, main_prefsrc),
+                via: Via::Group(key),
+            },
+        );
+    }
+    // Every other destination inside a group route's prefix is main's to answer.
+    for destination in others {
+        if served
+            .keys()
+            .any(|(outer, _)| *outer != destination && covers(*outer, destination))
+        {
+            let throw = TableRoute {
+                via: Via::Throw,
+                prefsrc: None,
+            };
+            plan.routes.insert((destination, 0), throw);
+        }
+    }
+    plan
+}
+
+/// Destinations a group never serves: link-local ones belong to one link each, and
+/// multicast is joined per NIC. Lookups for them go on to `main`.
+fn groupable(destination: IpCidr) -> bool {
+    let (link_local, multicast) = match destination.addr() {
+        IpAddr::V4(_) => ("169.254.0.0/16", "224.0.0.0/4"),
+        IpAddr::V6(_) => ("fe80::/10", "ff00::/8"),
+    };
+    [link_local, multicast]
+        .iter()
+        .filter_map(|p| p.parse::<IpCidr>().ok())
+        .all(|p| !covers(p, destination))
+}
+
+/// The preferred source of a group route. The kernel picks one per nexthop, from the
+/// addresses of that nexthop's NIC: a data address in the gateway's (or the destination's)
+/// subnet when the NIC holds one, so each NIC's flows use its own address and replies come
+/// back spread too. A serving NIC without such an address would give its test address, or
+/// an address of another NIC of the host: then the route names a data address of the group.
+/// IPv6 needs none: its test addresses are link-local, which the kernel never picks for a
+/// global destination.
+fn source_for(
+    group: &GroupRouting,
+    destination: IpCidr,
+    gateways: &[IpAddr],
+    main_prefsrc: Option<IpAddr>,
+) -> Option<IpAddr> {
+    if destination.addr().is_ipv6() {
+        return None;
+    }
+    let fits = |cidr: &IpCidr| {
+        cidr.addr().is_ipv4()
+            && if gateways.is_empty() {
+                holds(*cidr, destination.addr())
+            } else {
+                gateways.iter().all(|g| holds(*cidr, *g))
+            }
+    };
+    let every_nic_has_one = group.serving.iter().all(|oif| {
+        group
+            .addresses
+            .iter()
+            .any(|(cidr, on)| *on == Some(*oif) && fits(cidr))
+    });
+    if every_nic_has_one {
+        return None;
+    }
+    let ours = |addr: IpAddr| {
+        group
+            .addresses
+            .iter()
+            .any(|(c, on)| c.addr() == addr && on.is_some())
+    };
+    main_prefsrc.filter(|a| ours(*a)).or_else(|| {
+        let placed = || group.addresses.iter().filter(|(_, on)| on.is_some());
+        placed()
+            .find(|(c, _)| fits(c))
+            .or_else(|| placed().find(|(c, _)| c.addr().is_ipv4()))
+            .map(|(c, _)| c.addr())
+    })
+}
+
+/// Whether the network `outer` contains all of `inner`.
+pub fn covers(outer: IpCidr, inner: IpCidr) -> bool {
+    outer.prefix_len() <= inner.prefix_len() && holds(outer, inner.addr())
+}
+
+/// Whether `addr` lies in the subnet of `cidr`.
+pub fn holds(cidr: IpCidr, addr: IpAddr) -> bool {
+    match (cidr.addr(), addr) {
+        (IpAddr::V4(net), IpAddr::V4(a)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(cidr.prefix_len()))
+                .unwrap_or(0);
+            u32::from(net) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(net), IpAddr::V6(a)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(cidr.prefix_len()))
+                .unwrap_or(0);
+            u128::from(net) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+/// `cidr` with its host bits cleared: the network a route names.
+pub fn network(cidr: IpCidr) -> IpCidr {
+    let addr = match cidr.addr() {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(cidr.prefix_len()))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(cidr.prefix_len()))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    };
+    IpCidr::new(addr, cidr.prefix_len()).expect("the prefix length was valid")
+}
+
+/// The first id of mpathd's nexthop objects ("mp" in its high bytes). Nexthop ids are shared
+/// by everything on the host (FRR, administrators), so mpathd keeps to a range of its own.
+pub const NEXTHOP_ID_BASE: u32 = 0x6d70_0000;
+
+/// How many ids the range holds: far more than 16 groups of 16 NICs need.
+pub const NEXTHOP_IDS: u32 = 0x1_0000;
+
+/// A nexthop object mpathd keeps: a single nexthop or a group.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NexthopObject {
+    Single(NexthopKey),
+    Group(GroupKey),
+}
+
+/// Stable ids for mpathd's nexthop objects: an object keeps its id for as long as it exists,
+/// so a group replaced with other members is one message, and a restarted mpathd adopts the
+/// ids it finds in the kernel.
+#[derive(Clone, Debug, Default)]
+pub struct IdBook {
+    ids: BTreeMap<NexthopObject, u32>,
+}
+
+impl IdBook {
+    /// Records an object found in the kernel under `id`.
+    pub fn adopt(&mut self, object: NexthopObject, id: u32) {
+        self.ids.insert(object, id);
+    }
+
+    /// The id of `object`, giving it the lowest free one of the range if it has none;
+    /// `None` when the range is full.
+    pub fn id(&mut self, object: &NexthopObject) -> Option<u32> {
+        if let Some(id) = self.ids.get(object) {
+            return Some(*id);
+        }
+        let taken: BTreeSet<u32> = self.ids.values().copied().collect();
+        let id = (NEXTHOP_ID_BASE..NEXTHOP_ID_BASE + NEXTHOP_IDS).find(|id| !taken.contains(id))?;
+        self.ids.insert(object.clone(), id);
+        Some(id)
+    }
+
+    /// Forgets the objects `keep` does not name, so their ids can be given out again.
+    pub fn retain(&mut self, keep: &BTreeSet<NexthopObject>) {
+        self.ids.retain(|object, _| keep.contains(object));
+    }
+
+    /// The object that has `id`.
+    pub fn object(&self, id: u32) -> Option<&NexthopObject> {
+        self.ids.iter().find(|(_, i)| **i == id).map(|(o, _)| o)
+    }
+}
+
+/// mpathd's routing state in the kernel's terms: objects and routes by id. Both what is
+/// there (read from the kernel) and what should be (from a [`Plan`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteState {
+    pub nexthops: BTreeMap<u32, NexthopKey>,
+    /// Resilient groups by id with their members' ids, in ascending order.
+    pub groups: BTreeMap<u32, Vec<u32>>,
+    pub routes: BTreeMap<(IpCidr, u32), TableRoute<u32>>,
+}
+
+impl RouteState {
+    /// The kernel's terms of a plan, with ids from `book` (objects the plan no longer names
+    /// are forgotten there). An object without an id (the range is full) is left out, with
+    /// the routes through it.
+    pub fn of_plan(plan: &Plan, book: &mut IdBook) -> RouteState {
+        let mut wanted: BTreeSet<NexthopObject> = BTreeSet::new();
+        for (key, members) in &plan.groups {
+            wanted.insert(NexthopObject::Group(key.clone()));
+            wanted.extend(members.iter().copied().map(NexthopObject::Single));
+        }
+        book.retain(&wanted);
+        let mut state = RouteState::default();
+        let mut group_ids = BTreeMap::new();
+        for (key, members) in &plan.groups {
+            let mut member_ids: Vec<u32> = members
+                .iter()
+                .filter_map(|m| {
+                    let id = book.id(&NexthopObject::Single(*m))?;
+                    state.nexthops.insert(id, *m);
+                    Some(id)
+                })
+                .collect();
+            // The kernel keeps a group's members in no order mpathd relies on.
+            member_ids.sort_unstable();
+            if let Some(id) = book.id(&NexthopObject::Group(key.clone()))
+                && !member_ids.is_empty()
+            {
+                state.groups.insert(id, member_ids);
+                group_ids.insert(key, id);
+            }
+        }
+        for (destination, route) in &plan.routes {
+            let via = match &route.via {
+                Via::Throw => Via::Throw,
+                Via::Group(key) => match group_ids.get(key) {
+                    Some(id) => Via::Group(*id),
+                    None => continue,
+                },
+            };
+            let route = TableRoute {
+                via,
+                prefsrc: route.prefsrc,
+            };
+            state.routes.insert(*destination, route);
+        }
+        state
+    }
+}
+
+/// One change to the kernel's nexthops or mpathd's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Creates or replaces a single nexthop.
+    SetNexthop {
+        id: u32,
+        key: NexthopKey,
+    },
+    /// Creates a resilient group or replaces its members (one message: only the buckets of
+    /// members that left move).
+    SetGroup {
+        id: u32,
+        members: Vec<u32>,
+    },
+    SetRoute {
+        destination: IpCidr,
+        metric: u32,
+        route: TableRoute<u32>,
+    },
+    DelRoute {
+        destination: IpCidr,
+        metric: u32,
+    },
+    /// Deletes a group or a single nexthop.
+    DelNexthop {
+        id: u32,
+    },
+}
+
+/// The changes that turn `installed` into `desired`, in an order the kernel accepts and that
+/// never leaves a route without a way out: nexthops before the groups that use them, groups
+/// before the routes through them; deletions after, routes first. A group is never emptied
+/// by deleting its members first (the kernel would delete the group and its routes).
+pub fn changes(installed: &RouteState, desired: &RouteState) -> Vec<RouteChange> {
+    let mut changes = Vec::new();
+    for (id, key) in &desired.nexthops {
+        if installed.nexthops.get(id) != Some(key) {
+            changes.push(RouteChange::SetNexthop { id: *id, key: *key });
+        }
+    }
+    for (id, members) in &desired.groups {
+        if installed.groups.get(id) != Some(members) {
+            let members = members.clone();
+            changes.push(RouteChange::SetGroup { id: *id, members });
+        }
+    }
+    for ((destination, metric), route) in &desired.routes {
+        if installed.routes.get(&(*destination, *metric)) != Some(route) {
+            changes.push(RouteChange::SetRoute {
+                destination: *destination,
+                metric: *metric,
+                route: route.clone(),
+            });
+        }
+    }
+    for (destination, metric) in installed.routes.keys() {
+        if !desired.routes.contains_key(&(*destination, *metric)) {
+            changes.push(RouteChange::DelRoute {
+                destination: *destination,
+                metric: *metric,
+            });
+        }
+    }
+    for id in installed.groups.keys() {
+        if !desired.groups.contains_key(id) {
+            changes.push(RouteChange::DelNexthop { id: *id });
+        }
+    }
+    for id in installed.nexthops.keys() {
+        if !desired.nexthops.contains_key(id) {
+            changes.push(RouteChange::DelNexthop { id: *id });
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H0: u32 = 10;
+    const H1: u32 = 11;
+    const H2: u32 = 12;
+    /// A NIC in no group (a management NIC).
+    const M0: u32 = 20;
+
+    fn cidr(text: &str) -> IpCidr {
+        text.parse().unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn route(destination: &str, metric: u32, hops: &[(u32, Option<&str>)]) -> MainRoute {
+        MainRoute {
+            destination: cidr(destination),
+            metric,
+            prefsrc: None,
+            hops: hops
+                .iter()
+                .map(|(oif, gateway)| Hop {
+                    oif: *oif,
+                    gateway: gateway.map(ip),
+                })
+                .collect(),
+        }
+    }
+
+    /// The lab's group: h0 and h1 active with a data address each, h2 a standby.
+    fn group(serving: &[u32]) -> GroupRouting {
+        GroupRouting {
+            name: "g0".into(),
+            members: vec![H0, H1, H2],
+            serving: serving.to_vec(),
+            addresses: vec![
+                (cidr("192.0.2.20/24"), Some(H0)),
+                (cidr("192.0.2.21/24"), Some(H1)),
+                (cidr("2001:db8::20/64"), Some(H0)),
+            ],
+            configured: Vec::new(),
+        }
+    }
+
+    /// The main table of a host whose DHCP client put the default route on h1.
+    fn dhcp_host() -> Vec<MainRoute> {
+        vec![
+            route("0.0.0.0/0", 100, &[(H1, Some("192.0.2.1"))]),
+            MainRoute {
+                prefsrc: Some(ip("192.0.2.20")),
+                ..route("192.0.2.0/24", 0, &[(H0, None)])
+            },
+            MainRoute {
+                prefsrc: Some(ip("192.0.2.21")),
+                ..route("192.0.2.0/24", 0, &[(H1, None)])
+            },
+        ]
+    }
+
+    fn key(group: &str, family: Family, gateways: &[&str]) -> GroupKey {
+        GroupKey {
+            group: group.into(),
+            family,
+            gateways: gateways.iter().map(|g| ip(g)).collect(),
+        }
+    }
+
+    fn nexthop(oif: u32, gateway: Option<&str>) -> NexthopKey {
+        NexthopKey {
+            family: Family::of(gateway.map(ip).unwrap_or(ip("0.0.0.0"))),
+            oif,
+            gateway: gateway.map(ip),
+        }
+    }
+
+    #[test]
+    fn the_default_route_of_one_nic_is_served_by_every_usable_nic() {
+        let plan = plan(&dhcp_host(), &[group(&[H0, H1])]);
+        let default = key("g0", Family::Inet, &["192.0.2.1"]);
+        assert_eq!(
+            plan.groups[&default],
+            vec![
+                nexthop(H0, Some("192.0.2.1")),
+                nexthop(H1, Some("192.0.2.1"))
+            ]
+        );
+        assert_eq!(
+            plan.routes[&(cidr("0.0.0.0/0"), 100)],
+            TableRoute {
+                via: Via::Group(default),
+                // Both NICs hold a data address in the gateway's subnet: each uses its own.
+                prefsrc: None,
+            }
+        );
+        let on_link = key("g0", Family::Inet, &[]);
+        assert_eq!(
+            plan.groups[&on_link],
+            vec![nexthop(H0, None), nexthop(H1, None)]
+        );
+        assert_eq!(
+            plan.routes[&(cidr("192.0.2.0/24"), 0)].via,
+            Via::Group(on_link)
+        );
+        assert_eq!(plan.routes.len(), 2, "{plan:#?}");
+    }
+
+    #[test]
+    fn a_serving_nic_without_a_data_address_makes_the_route_name_a_source() {
+        // h2 took over as a standby before any address moved to it: the kernel would pick
+        // its test address for flows through it.
+        let plan = plan(&dhcp_host(), &[group(&[H0, H1, H2])]);
+        assert_eq!(
+            plan.routes[&(cidr("0.0.0.0/0"), 100)].prefsrc,
+            Some(ip("192.0.2.20"))
+        );
+        // The prefix route keeps the source main's route named.
+        assert_eq!(
+            plan.routes[&(cidr("192.0.2.0/24"), 0)].prefsrc,
+            Some(ip("192.0.2.20"))
+        );
+    }
+
+    #[test]
+    fn the_source_named_is_a_placed_data_address_of_the_group() {
+        let mut g = group(&[H0, H2]);
+        g.addresses[0].1 = None;
+        let main = vec![MainRoute {
+            prefsrc: Some(ip("192.0.2.99")),
+            ..route("0.0.0.0/0", 0, &[(H0, Some("192.0.2.1"))])
+        }];
+        let plan = plan(&main, &[g]);
+        assert_eq!(
+            plan.routes[&(cidr("0.0.0.0/0"), 0)].prefsrc,
+            Some(ip("192.0.2.21"))
+        );
+    }
+
+    #[test]
+    fn main_keeps_the_destinations_inside_a_group_route_that_are_not_the_groups() {
+        let mut main = dhcp_host();
+        main.push(route("203.0.113.0/24", 0, &[(M0, None)]));
+        main.push(route("198.51.100.0/24", 50, &[(M0, Some("203.0.113.1"))]));
+        main.push(route("198.51.100.0/24", 60, &[(H0, Some("192.0.2.1"))]));
+        let plan = plan(&main, &[group(&[H0, H1])]);
+        for destination in ["203.0.113.0/24", "198.51.100.0/24"] {
+            assert_eq!(
+                plan.routes[&(cidr(destination), 0)].via,
+                Via::Throw,
+                "{destination}"
+            );
+        }
+        assert!(!plan.routes.contains_key(&(cidr("198.51.100.0/24"), 60)));
+    }
+
+    #[test]
+    fn a_tie_with_a_route_through_another_nic_is_left_to_main() {
+        let mut main = dhcp_host();
+        main.push(route("0.0.0.0/0", 100, &[(M0, Some("203.0.113.1"))]));
+        let plan = plan(&main, &[group(&[H0, H1])]);
+        assert!(!plan.routes.contains_key(&(cidr("0.0.0.0/0"), 100)));
+        // Nothing covers the prefix route's siblings now but the prefix route itself.
+        assert_eq!(plan.routes.len(), 1, "{plan:#?}");
+    }
+
+    #[test]
+    fn a_better_route_through_a_group_nic_wins_over_a_worse_one_elsewhere() {
+        let mut main = dhcp_host();
+        main.push(route("0.0.0.0/0", 200, &[(M0, Some("203.0.113.1"))]));
+        let plan = plan(&main, &[group(&[H0, H1])]);
+        assert!(matches!(
+            plan.routes[&(cidr("0.0.0.0/0"), 100)].via,
+            Via::Group(_)
+        ));
+    }
+
+    #[test]
+    fn ipv6_router_advertisements_on_every_nic_make_one_group_route() {
+        let main = vec![
+            route("::/0", 1024, &[(H0, Some("fe80::1"))]),
+            route("::/0", 1024, &[(H1, Some("fe80::1"))]),
+            route("2001:db8::/64", 256, &[(H0, None)]),
+            route("fe80::/64", 256, &[(H0, None)]),
+            route("fe80::/64", 256, &[(H1, None)]),
+        ];
+        let plan = plan(&main, &[group(&[H0, H1])]);
+        let default = key("g0", Family::Inet6, &["fe80::1"]);
+        assert_eq!(
+            plan.groups[&default],
+            vec![nexthop(H0, Some("fe80::1")), nexthop(H1, Some("fe80::1"))]
+        );
+        assert_eq!(
+            plan.routes[&(cidr("::/0"), 1024)],
+            TableRoute {
+                via: Via::Group(default),
+                prefsrc: None
+            }
+        );
+        // Link-local destinations belong to one link each: main answers them.
+        assert_eq!(plan.routes[&(cidr("fe80::/64"), 0)].via, Via::Throw);
+        let on_link = key("g0", Family::Inet6, &[]);
+        assert_eq!(
+            plan.routes[&(cidr("2001:db8::/64"), 256)].via,
+            Via::Group(on_link)
+        );
+    }
+
+    #[test]
+    fn routes_of_a_group_without_a_serving_nic_stay_main_s() {
+        let plan = plan(&dhcp_host(), &[group(&[])]);
+        assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn routes_through_nics_of_two_groups_or_none_are_not_served() {
+        let mut other = group(&[30]);
+        other.name = "g1".into();
+        other.members = vec![30];
+        let main = vec![
+            route(
+                "198.51.100.0/24",
+                0,
+                &[(H0, Some("192.0.2.1")), (30, Some("192.0.2.1"))],
+            ),
+            route("203.0.113.0/24", 0, &[]),
+        ];
+        let plan = plan(&main, &[group(&[H0]), other]);
+        assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn a_multipath_route_over_group_nics_is_served_through_the_group() {
+        let main = vec![route(
+            "198.51.100.0/24",
+            0,
+            &[(H0, Some("192.0.2.1")), (H1, Some("192.0.2.2"))],
+        )];
+        let plan = plan(&main, &[group(&[H0, H1])]);
+        let both = key("g0", Family::Inet, &["192.0.2.1", "192.0.2.2"]);
+        assert_eq!(plan.groups[&both].len(), 4);
+    }
+
+    #[test]
+    fn configured_routes_are_served_without_a_route_in_main() {
+        let mut g = group(&[H0, H1]);
+        g.configured.push(RouteConfig {
+            to: cidr("0.0.0.0/0"),
+            via: Some(ip("192.0.2.1")),
+            metric: 0,
+        });
+        let plan = plan(&[], &[g]);
+        assert_eq!(
+            plan.routes[&(cidr("0.0.0.0/0"), 0)].via,
+            Via::Group(key("g0", Family::Inet, &["192.0.2.1"]))
+        );
+    }
+
+    #[test]
+    fn serving_nics_are_the_usable_ones_with_carrier() {
+        let nic = |ifindex, usable, carrier| NicRouting {
+            ifindex,
+            usable,
+            carrier,
+        };
+        let nics = [
+            nic(H0, true, true),
+            nic(H1, false, true),
+            nic(H2, true, false),
+        ];
+        assert_eq!(serving(&nics, SpreadMode::Routes), vec![H0]);
+        let nics = [nic(H0, true, true), nic(H1, true, true)];
+        assert_eq!(serving(&nics, SpreadMode::Routes), vec![H0, H1]);
+        assert_eq!(serving(&nics, SpreadMode::Datapath), vec![H0]);
+        // A failed group keeps its routes on the NICs that have carrier.
+        let failed = [nic(H0, false, false), nic(H1, false, true)];
+        assert_eq!(serving(&failed, SpreadMode::Routes), vec![H1]);
+        let dark = [nic(H0, false, false)];
+        assert_eq!(serving(&dark, SpreadMode::Routes), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn objects_keep_their_ids_and_free_ones_are_reused() {
+        let mut book = IdBook::default();
+        let a = NexthopObject::Single(nexthop(H0, None));
+        let b = NexthopObject::Single(nexthop(H1, None));
+        assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE));
+        assert_eq!(book.id(&b), Some(NEXTHOP_ID_BASE + 1));
+        assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE));
+        book.retain(&[b.clone()].into());
+        let c = NexthopObject::Group(key("g0", Family::Inet, &[]));
+        assert_eq!(book.id(&c), Some(NEXTHOP_ID_BASE));
+        book.adopt(a.clone(), NEXTHOP_ID_BASE + 7);
+        assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE + 7));
+        assert_eq!(book.object(NEXTHOP_ID_BASE + 7), Some(&a));
+    }
+
+    fn state_of(serving: &[u32], book: &mut IdBook) -> RouteState {
+        RouteState::of_plan(&plan(&dhcp_host(), &[group(serving)]), book)
+    }
+
+    #[test]
+    fn nothing_changes_when_the_kernel_has_the_plan() {
+        let mut book = IdBook::default();
+        let state = state_of(&[H0, H1], &mut book);
+        assert_eq!(state.groups.len(), 2);
+        assert_eq!(state.nexthops.len(), 4);
+        assert!(changes(&state, &state).is_empty());
+    }
+
+    #[test]
+    fn a_failover_replaces_each_group_once_and_then_deletes_the_nic_s_nexthops() {
+        let mut book = IdBook::default();
+        let before = state_of(&[H0, H1], &mut book);
+        let after = state_of(&[H0], &mut book);
+        let changes = changes(&before, &after);
+        let groups: Vec<&RouteChange> = changes
+            .iter()
+            .filter(|c| matches!(c, RouteChange::SetGroup { .. }))
+            .collect();
+        assert_eq!(groups.len(), 2, "{changes:#?}");
+        let deletions: Vec<usize> = changes
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c, RouteChange::DelNexthop { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(deletions.len(), 2, "h1's two nexthops: {changes:#?}");
+        assert!(deletions.iter().all(|&i| i >= groups.len()));
+        assert!(
+            !changes
+                .iter()
+                .any(|c| matches!(c, RouteChange::SetRoute { .. })),
+            "routes keep their group: {changes:#?}"
+        );
+        // Failback: the nexthops first, then the groups.
+        let back = state_of(&[H0, H1], &mut book);
+        let changes = super::changes(&after, &back);
+        assert!(matches!(changes[0], RouteChange::SetNexthop { .. }));
+        assert!(matches!(changes[1], RouteChange::SetNexthop { .. }));
+        assert!(matches!(changes[2], RouteChange::SetGroup { .. }));
+        assert_eq!(changes.len(), 4, "{changes:#?}");
+    }
+
+    #[test]
+    fn a_route_that_leaves_main_leaves_the_table_before_its_group() {
+        let mut book = IdBook::default();
+        let before = state_of(&[H0, H1], &mut book);
+        let main: Vec<MainRoute> = dhcp_host().into_iter().skip(1).collect();
+        let after = RouteState::of_plan(&plan(&main, &[group(&[H0, H1])]), &mut book);
+        let changes = changes(&before, &after);
+        assert_eq!(
+            changes[0],
+            RouteChange::DelRoute {
+                destination: cidr("0.0.0.0/0"),
+                metric: 100
+            }
+        );
+        assert_eq!(
+            changes.len(),
+            1 + 1 + 2,
+            "route, group, two nexthops: {changes:#?}"
+        );
+    }
+
+    #[test]
+    fn prefix_arithmetic() {
+        assert!(covers(cidr("0.0.0.0/0"), cidr("198.51.100.0/24")));
+        assert!(covers(cidr("198.51.100.0/24"), cidr("198.51.100.128/25")));
+        assert!(!covers(cidr("198.51.100.128/25"), cidr("198.51.100.0/24")));
+        assert!(!covers(cidr("0.0.0.0/0"), cidr("::/0")));
+        assert!(holds(cidr("2001:db8::20/64"), ip("2001:db8::1")));
+        assert!(!holds(cidr("2001:db8::20/64"), ip("2001:db8:1::1")));
+        assert_eq!(network(cidr("192.0.2.20/24")), cidr("192.0.2.0/24"));
+        assert_eq!(network(cidr("2001:db8::20/64")), cidr("2001:db8::/64"));
+        assert_eq!(network(cidr("192.0.2.20/0")), cidr("0.0.0.0/0"));
+    }
+}

@@ -1,0 +1,270 @@
+//! Group routes (see [`crate::core::routes`]): reading what mpathd has in the kernel, and
+//! carrying out the changes that bring it to the plan.
+
+use super::*;
+use crate::{
+    core::routes::{
+        self, Family, GroupKey, GroupRouting, NexthopKey, NexthopObject, NicRouting, RouteChange,
+        RouteState,
+    },
+    net::nexthop::{IpFamily, Nexthop, NexthopKind},
+};
+
+/// Buckets of each resilient nexthop group: a NIC that leaves takes its share of them along,
+/// and with 256 the shares of up to 16 NICs stay within a few percent of even.
+const NEXTHOP_BUCKETS: u16 = 256;
+
+/// How long a bucket must carry no packet before it may go back to a NIC that returned: long
+/// enough that a flow is not moved in the middle of a burst, short enough that a repaired
+/// NIC soon carries its share again.
+const IDLE_TIMER: Duration = Duration::from_secs(3);
+
+impl Daemon {
+    /// Brings mpathd's table and nexthop objects in line with the main table and the
+    /// groups' usable NICs. Called when either may have changed; an unchanged plan costs two
+    /// dumps and no change.
+    pub(super) async fn update_routes(&mut self) {
+        let installed = match self.installed_routes().await {
+            Ok(installed) => installed,
+            Err(e) => {
+                tracing::error!("reading mpathd's routes: {e:#}");
+                return;
+            }
+        };
+        let plan = routes::plan(&self.main_routes, &self.group_routing());
+        let desired = RouteState::of_plan(&plan, &mut self.nexthop_ids);
+        let mut failed = BTreeSet::new();
+        for change in routes::changes(&installed, &desired) {
+            if let Err(e) = self.carry_out(&change, &mut failed).await {
+                tracing::error!("{e:#}");
+            }
+        }
+    }
+
+    /// Each group as the route planner needs it.
+    fn group_routing(&self) -> Vec<GroupRouting> {
+        self.groups
+            .iter()
+            .map(|g| {
+                let usable = g.fsm.usable_interfaces();
+                let nics: Vec<NicRouting> = g
+                    .nics
+                    .iter()
+                    .filter_map(|n| {
+                        Some(NicRouting {
+                            ifindex: n.ifindex?,
+                            usable: usable.contains(&n.name.as_str()),
+                            carrier: n.carrier,
+                        })
+                    })
+                    .collect();
+                let ifindex_of = |name: &str| g.nic(name).and_then(|n| n.ifindex);
+                GroupRouting {
+                    name: g.config.name.clone(),
+                    members: nics.iter().map(|n| n.ifindex).collect(),
+                    serving: routes::serving(&nics, g.config.spread),
+                    addresses: g
+                        .addresses
+                        .iter()
+                        .map(|a| (a.cidr, a.current.as_deref().and_then(ifindex_of)))
+                        .collect(),
+                    configured: g.config.routes.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// What mpathd has in the kernel: its nexthop objects (adopted into the id book, so a
+    /// restarted mpathd keeps them) and its table. Objects of mpathd's it cannot make sense
+    /// of (left by another version, or of a NIC in no group now) are deleted.
+    async fn installed_routes(&mut self) -> anyhow::Result<RouteState> {
+        let mut state = RouteState::default();
+        let ours: Vec<Nexthop> = self
+            .nexthops
+            .dump()
+            .await?
+            .into_iter()
+            .filter(|n| n.protocol == MPATHD_PROTOCOL)
+            .collect();
+        let mut stray = Vec::new();
+        for nexthop in &ours {
+            match nexthop.kind {
+                NexthopKind::Single {
+                    family,
+                    oif,
+                    gateway,
+                    ..
+                } => {
+                    let key = NexthopKey {
+                        family: match family {
+                            IpFamily::V4 => Family::Inet,
+                            IpFamily::V6 => Family::Inet6,
+                        },
+                        oif,
+                        gateway,
+                    };
+                    self.nexthop_ids
+                        .adopt(NexthopObject::Single(key), nexthop.id);
+                    state.nexthops.insert(nexthop.id, key);
+                }
+                NexthopKind::Resilient { .. } => {}
+                _ => stray.push(nexthop.id),
+            }
+        }
+        for nexthop in &ours {
+            let NexthopKind::Resilient { members, .. } = &nexthop.kind else {
+                continue;
+            };
+            match self.group_key(members, &state) {
+                Some(key) => {
+                    self.nexthop_ids
+                        .adopt(NexthopObject::Group(key), nexthop.id);
+                    let mut members = members.clone();
+                    members.sort_unstable();
+                    state.groups.insert(nexthop.id, members);
+                }
+                None => stray.push(nexthop.id),
+            }
+        }
+        for id in stray {
+            tracing::info!("deleting nexthop {id}: mpathd's, but of no group now");
+            self.nexthops.delete(id).await?;
+        }
+        state.routes = self
+            .netlink
+            .table_routes(self.config.daemon.route_table)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(state)
+    }
+
+    /// The key of a resilient group found in the kernel: its members' group and gateways.
+    fn group_key(&self, members: &[u32], state: &RouteState) -> Option<GroupKey> {
+        let keys: Vec<&NexthopKey> = members
+            .iter()
+            .map(|id| state.nexthops.get(id))
+            .collect::<Option<_>>()?;
+        let first = keys.first()?;
+        let group = self
+            .groups
+            .iter()
+            .find(|g| g.nics.iter().any(|n| n.ifindex == Some(first.oif)))?;
+        let gateways: BTreeSet<IpAddr> = keys.iter().filter_map(|k| k.gateway).collect();
+        Some(GroupKey {
+            group: group.config.name.clone(),
+            family: first.family,
+            gateways: gateways.into_iter().collect(),
+        })
+    }
+
+    /// Carries out one change. Nexthops the kernel refused (a NIC that lost its carrier a
+    /// moment ago) are left out of the groups that follow, and a group left with no member
+    /// is not made, nor routes through it.
+    async fn carry_out(
+        &mut self,
+        change: &RouteChange,
+        failed: &mut BTreeSet<u32>,
+    ) -> anyhow::Result<()> {
+        let table = self.config.daemon.route_table;
+        match change {
+            RouteChange::SetNexthop { id, key } => {
+                let nexthop = Nexthop {
+                    id: *id,
+                    protocol: MPATHD_PROTOCOL,
+                    kind: NexthopKind::Single {
+                        family: match key.family {
+                            Family::Inet => IpFamily::V4,
+                            Family::Inet6 => IpFamily::V6,
+                        },
+                        oif: key.oif,
+                        gateway: key.gateway,
+                        // An IPv4 gateway need not be in a subnet of the NIC's addresses:
+                        // the group's NICs share one link. IPv6 gateways are link-local.
+                        onlink: matches!(key.gateway, Some(IpAddr::V4(_))),
+                    },
+                };
+                if let Err(e) = self.nexthops.replace(&nexthop).await {
+                    failed.insert(*id);
+                    return Err(e.into());
+                }
+            }
+            RouteChange::SetGroup { id, members } => {
+                let members: Vec<u32> = members
+                    .iter()
+                    .copied()
+                    .filter(|m| !failed.contains(m))
+                    .collect();
+                if members.is_empty() {
+                    failed.insert(*id);
+                    return Ok(());
+                }
+                let group = Nexthop {
+                    id: *id,
+                    protocol: MPATHD_PROTOCOL,
+                    kind: NexthopKind::Resilient {
+                        members,
+                        buckets: NEXTHOP_BUCKETS,
+                        idle_timer: IDLE_TIMER,
+                        unbalanced_timer: Duration::ZERO,
+                    },
+                };
+                if let Err(e) = self.nexthops.replace(&group).await {
+                    failed.insert(*id);
+                    return Err(e.into());
+                }
+            }
+            RouteChange::SetRoute {
+                destination,
+                metric,
+                route,
+            } => {
+                if matches!(route.via, routes::Via::Group(id) if failed.contains(&id)) {
+                    return Ok(());
+                }
+                self.netlink
+                    .set_table_route(table, *destination, *metric, route)
+                    .await?;
+            }
+            RouteChange::DelRoute {
+                destination,
+                metric,
+            } => {
+                self.netlink
+                    .del_table_route(table, *destination, *metric)
+                    .await?;
+            }
+            RouteChange::DelNexthop { id } => {
+                self.nexthops.delete(*id).await?;
+            }
+        }
+        tracing::debug!("routes: {change:?}");
+        Ok(())
+    }
+}
+
+/// Removes mpathd's routing from the host: its rules, the routes of its `table` and its
+/// nexthop objects. Traffic then follows the main table's routes alone. For `mpathd
+/// --teardown`; a running mpathd would put them back.
+pub async fn remove_routes(table: u32) -> anyhow::Result<()> {
+    let netlink = Netlink::connect()?;
+    let nexthops = Nexthops::connect()?;
+    netlink.del_rules().await?;
+    for ((destination, metric), _) in netlink.table_routes(table).await? {
+        netlink.del_table_route(table, destination, metric).await?;
+    }
+    let ours: Vec<Nexthop> = nexthops
+        .dump()
+        .await?
+        .into_iter()
+        .filter(|n| n.protocol == MPATHD_PROTOCOL)
+        .collect();
+    // Groups first: deleting their members first would make the kernel delete them anyway.
+    let (groups, singles): (Vec<&Nexthop>, Vec<&Nexthop>) = ours
+        .iter()
+        .partition(|n| !matches!(n.kind, NexthopKind::Single { .. }));
+    for nexthop in groups.into_iter().chain(singles) {
+        nexthops.delete(nexthop.id).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,472 @@
+//! Group routes end to end: a host whose DHCP client and router advertisements put its
+//! default routes on h1, traffic to networks behind the router, and h1 failing under it.
+//! The group, not the NIC, must carry that traffic: through mpathd's table, its rule and the
+//! resilient nexthop groups over the usable NICs.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::LazyLock,
+    time::Duration,
+};
+
+use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
+use mpath_lab::{BEHIND_ROUTER_V4, BEHIND_ROUTER_V6, Lab, ROUTER_LINK_LOCAL};
+use mpath_tests::{
+    daemon::{Mpathd, inbound, state_of, three_nic_config},
+    flows::{Flows, Sniffer},
+};
+
+/// The lab group at FDT 700 ms (probe interval 100 ms).
+static CONFIG: LazyLock<String> = LazyLock::new(|| three_nic_config(700));
+
+/// The addresses applications may use as sources: the group's data addresses.
+const DATA_ADDRESSES: [&str; 3] = ["192.0.2.19", "192.0.2.20", "2001:db8::19"];
+
+/// Three NICs, a router with networks behind it, and what a DHCP client and router
+/// advertisements leave on h1 before mpathd starts: h1's lease 192.0.2.20/24 (h1's data
+/// address in [`CONFIG`]) and the default routes of both families through h1.
+fn dhcp_lab() -> Lab {
+    let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
+    lab.add_host_addr("h1", "192.0.2.20/24").unwrap();
+    let host = lab.host();
+    host.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.0.2.1",
+        "dev",
+        "h1",
+        "proto",
+        "dhcp",
+        "metric",
+        "100",
+    ])
+    .unwrap();
+    host.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        ROUTER_LINK_LOCAL,
+        "dev",
+        "h1",
+        "proto",
+        "ra",
+        "metric",
+        "1024",
+    ])
+    .unwrap();
+    lab
+}
+
+fn all_ok(d: &Mpathd) -> bool {
+    d.try_status()
+        .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+}
+
+/// mpathd's table as `ip` shows it, for one family.
+fn table(lab: &Lab, family: &str) -> String {
+    lab.host()
+        .ip(&[
+            family,
+            "route",
+            "show",
+            "table",
+            &DEFAULT_ROUTE_TABLE.to_string(),
+        ])
+        .unwrap()
+}
+
+/// Whether mpathd serves both default routes and both data prefixes through nexthop
+/// groups.
+fn routes_served(lab: &Lab) -> bool {
+    [("-4", "192.0.2.0/24"), ("-6", "2001:db8::/64")]
+        .iter()
+        .all(|(family, prefix)| {
+            let table = table(lab, family);
+            table.lines().any(|l| l.starts_with("default nhid "))
+                && table
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{prefix} nhid ")))
+        })
+}
+
+/// The nexthop group id mpathd's default route of `family` uses.
+fn default_group(lab: &Lab, family: &str) -> u32 {
+    let text = table(lab, family);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("default nhid "))
+        .unwrap_or_else(|| panic!("no default route in mpathd's table:\n{text}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// The NICs of a nexthop group's members, by member id.
+fn members(lab: &Lab, group: u32) -> BTreeMap<u32, String> {
+    let text = lab
+        .host()
+        .ip(&["nexthop", "show", "id", &group.to_string()])
+        .unwrap();
+    let list = word_after(&text, "group").unwrap_or_else(|| panic!("not a group: {text}"));
+    list.split('/')
+        .map(|member| {
+            let id: u32 = member.parse().unwrap();
+            let text = lab.host().ip(&["nexthop", "show", "id", member]).unwrap();
+            (id, word_after(&text, "dev").unwrap())
+        })
+        .collect()
+}
+
+/// The NIC behind each bucket of a resilient group.
+fn buckets(lab: &Lab, group: u32) -> BTreeMap<u32, String> {
+    let nics = members(lab, group);
+    let text = lab
+        .host()
+        .ip(&["nexthop", "bucket", "show", "id", &group.to_string()])
+        .unwrap();
+    text.lines()
+        .map(|l| {
+            let index = word_after(l, "index").unwrap().parse().unwrap();
+            let member: u32 = word_after(l, "nhid").unwrap().parse().unwrap();
+            (index, nics[&member].clone())
+        })
+        .collect()
+}
+
+fn word_after(text: &str, key: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == key)?;
+    words.next().map(str::to_string)
+}
+
+/// Sends `count` pings from the host to `to`, 20 ms apart; returns how many were answered.
+fn pings(lab: &Lab, to: &str, count: u32) -> u32 {
+    let out = lab
+        .host()
+        .cmd("ping")
+        .args(["-q", "-i", "0.02", "-W", "1", "-c", &count.to_string(), to])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .nth(1)
+        .unwrap()
+}
+
+/// Every ping to the networks behind the router, IPv4 and IPv6, is answered.
+fn assert_off_link_reachable(lab: &Lab, when: &str) {
+    for to in [BEHIND_ROUTER_V4, BEHIND_ROUTER_V6] {
+        assert_eq!(pings(lab, to, 20), 20, "pings to {to} {when}");
+    }
+}
+
+/// The source the kernel gives a new connection to `to`: never a test address.
+fn assert_sources_are_data_addresses(lab: &Lab, when: &str) {
+    let _inside = lab.host().enter().unwrap();
+    for to in [
+        BEHIND_ROUTER_V4,
+        BEHIND_ROUTER_V6,
+        "198.51.100.77",
+        "2001:db8:ff::77",
+    ] {
+        let to: IpAddr = to.parse().unwrap();
+        let any: IpAddr = if to.is_ipv4() {
+            Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            "::".parse().unwrap()
+        };
+        let socket = UdpSocket::bind((any, 0)).unwrap();
+        socket.connect((to, 9)).unwrap();
+        let source = socket.local_addr().unwrap().ip().to_string();
+        assert!(
+            DATA_ADDRESSES.contains(&source.as_str()),
+            "{when}: a connection to {to} gets source {source}"
+        );
+    }
+}
+
+/// A TCP connection from the host to the network behind the router, and a way to check it
+/// still carries data both ways.
+struct Connection {
+    client: TcpStream,
+    server: TcpStream,
+}
+
+impl Connection {
+    fn open(lab: &Lab) -> Connection {
+        let listener = {
+            let _inside = lab.router().enter().unwrap();
+            TcpListener::bind((BEHIND_ROUTER_V4, 5002)).unwrap()
+        };
+        let client = {
+            let _inside = lab.host().enter().unwrap();
+            let to = SocketAddr::from((BEHIND_ROUTER_V4.parse::<Ipv4Addr>().unwrap(), 5002));
+            TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap()
+        };
+        let (server, _) = listener.accept().unwrap();
+        for s in [&client, &server] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let source = client.local_addr().unwrap().ip().to_string();
+        assert!(DATA_ADDRESSES.contains(&source.as_str()), "source {source}");
+        Connection { client, server }
+    }
+
+    fn exchange(&mut self, round: u8) {
+        let mut buf = [0u8; 1000];
+        self.client.write_all(&[round; 1000]).unwrap();
+        self.server.read_exact(&mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == round));
+        self.server.write_all(&[round + 100; 1000]).unwrap();
+        self.client.read_exact(&mut buf).unwrap();
+        assert!(buf.iter().all(|b| *b == round + 100));
+    }
+}
+
+fn started(lab: &Lab) -> Mpathd {
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok and the routes served", |d| {
+        all_ok(d) && routes_served(lab)
+    });
+    daemon
+}
+
+#[test]
+fn off_link_traffic_survives_carrier_loss_of_the_nic_the_default_route_named() {
+    let lab = dhcp_lab();
+    let mut daemon = started(&lab);
+    assert_off_link_reachable(&lab, "with every NIC up");
+    assert_sources_are_data_addresses(&lab, "with every NIC up");
+    let mut connection = Connection::open(&lab);
+    connection.exchange(1);
+
+    lab.cut("h1").unwrap();
+    daemon.wait_until("h1 failed and its address moved", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") != Some("h1")
+        })
+    });
+    // The per-NIC default routes still name h1 (marked linkdown); the group's do not.
+    assert!(
+        lab.host()
+            .ip(&["route", "show", "default"])
+            .unwrap()
+            .contains("dev h1"),
+        "main keeps the DHCP client's route"
+    );
+    for family in ["-4", "-6"] {
+        let nics = members(&lab, default_group(&lab, family));
+        assert!(
+            !nics.values().any(|n| n == "h1"),
+            "{family}: h1 still serves the default route: {nics:?}"
+        );
+    }
+    assert_off_link_reachable(&lab, "after h1's cable was cut");
+    assert_sources_are_data_addresses(&lab, "after h1's cable was cut");
+    connection.exchange(2);
+
+    lab.restore("h1").unwrap();
+    daemon.wait_until("h1 repaired with its address back", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
+        })
+    });
+    for family in ["-4", "-6"] {
+        let nics = members(&lab, default_group(&lab, family));
+        assert!(
+            nics.values().any(|n| n == "h1"),
+            "{family}: h1 serves the default route again: {nics:?}"
+        );
+    }
+    assert_off_link_reachable(&lab, "after h1 came back");
+    connection.exchange(3);
+}
+
+#[test]
+fn off_link_traffic_survives_a_silent_failure_of_the_nic_the_default_route_named() {
+    let lab = dhcp_lab();
+    let mut daemon = started(&lab);
+    let mut connection = Connection::open(&lab);
+    connection.exchange(1);
+
+    lab.drop_silently("h1").unwrap();
+    daemon.wait_until("h1 failed by its probes", |d| {
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h1") == "failed")
+    });
+    for family in ["-4", "-6"] {
+        let nics = members(&lab, default_group(&lab, family));
+        assert_eq!(
+            nics.values().collect::<Vec<_>>(),
+            ["h0", "h2"],
+            "{family}: h0 and the standby that took over from h1"
+        );
+    }
+    assert_off_link_reachable(&lab, "while h1 drops everything");
+    assert_sources_are_data_addresses(&lab, "while h1 drops everything");
+    connection.exchange(2);
+}
+
+#[test]
+fn routed_flows_spread_over_the_usable_nics_and_only_a_leaving_nic_s_buckets_move() {
+    let lab = dhcp_lab();
+    let mut daemon = started(&lab);
+    let group = default_group(&lab, "-4");
+    let before = buckets(&lab, group);
+    let count = |nic: &str, b: &BTreeMap<u32, String>| b.values().filter(|n| *n == nic).count();
+    assert_eq!(before.len(), 256);
+    assert_eq!((count("h0", &before), count("h1", &before)), (128, 128));
+
+    // Flows from one source to one destination differ in their ports only: they spread
+    // because mpathd hashes on layer 4 (fib_multipath_hash_policy 1).
+    let sniffer = Sniffer::start(lab.router(), "r0");
+    let mut flows = Flows::open(
+        lab.host(),
+        "192.0.2.19".parse().unwrap(),
+        BEHIND_ROUTER_V4.parse().unwrap(),
+        512,
+    );
+    flows.send_round(4);
+    let log = sniffer.finish();
+    let macs = [lab.mac("h0").unwrap(), lab.mac("h1").unwrap()];
+    let mut per_nic = [0usize; 2];
+    for (key, seen) in &log {
+        let mac = seen[0].src_mac;
+        assert!(
+            seen.iter().all(|s| s.src_mac == mac),
+            "flow {key:?} changed NIC"
+        );
+        let nic = macs
+            .iter()
+            .position(|m| *m == mac)
+            .unwrap_or_else(|| panic!("flow {key:?} left through neither active NIC ({mac:02x?})"));
+        per_nic[nic] += 1;
+    }
+    assert_eq!(per_nic.iter().sum::<usize>(), 512, "every flow arrived");
+    for (nic, flows) in ["h0", "h1"].iter().zip(per_nic) {
+        assert!(
+            (192..=320).contains(&flows),
+            "{nic} carried {flows} of 512 flows: not within 25% of even"
+        );
+    }
+
+    // Offline h1: the standby h2 takes its place, and exactly h1's buckets with it.
+    let offline = daemon.ctl(lab.host(), &["offline", "h1"]);
+    assert!(offline.status.success(), "{offline:?}");
+    daemon.wait_until("h1's nexthops gone from the group", |_| {
+        !members(&lab, group).values().any(|n| n == "h1")
+    });
+    let during = buckets(&lab, group);
+    for (index, nic) in &before {
+        let expected = if nic == "h1" { "h2" } else { nic.as_str() };
+        assert_eq!(during[index], expected, "bucket {index}");
+    }
+
+    // Back online, h1 takes its buckets back from the standby, which leaves.
+    let online = daemon.ctl(lab.host(), &["online", "h1"]);
+    assert!(online.status.success(), "{online:?}");
+    daemon.wait_until("every bucket where it was", |_| {
+        buckets(&lab, group) == before
+    });
+}
+
+#[test]
+fn routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown() {
+    let lab = dhcp_lab();
+    let mut daemon = started(&lab);
+    let group = default_group(&lab, "-4");
+    let nexthops = lab.host().ip(&["nexthop", "show"]).unwrap();
+
+    // A route added later through a group NIC is served too.
+    lab.host()
+        .ip(&[
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "h0",
+        ])
+        .unwrap();
+    daemon.wait_until("the new route served", |_| {
+        table(&lab, "-4").contains("203.0.113.0/24 nhid")
+    });
+    // Deleting the administrator's route takes its group route along.
+    lab.host()
+        .ip(&[
+            "route",
+            "del",
+            "203.0.113.0/24",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "h0",
+        ])
+        .unwrap();
+    daemon.wait_until("the deleted route gone", |_| {
+        !table(&lab, "-4").contains("203.0.113.0/24")
+    });
+
+    daemon.kill();
+    assert_eq!(
+        default_group(&lab, "-4"),
+        group,
+        "routes stay after kill -9"
+    );
+    assert_off_link_reachable(&lab, "with mpathd killed");
+    daemon.spawn(lab.host());
+    daemon.wait_until("the restarted mpathd ready", |d| {
+        all_ok(d) && routes_served(&lab)
+    });
+    assert_eq!(
+        lab.host().ip(&["nexthop", "show"]).unwrap(),
+        nexthops,
+        "a restart adopts the nexthops as they are"
+    );
+    assert_eq!(default_group(&lab, "-4"), group);
+
+    // The DHCP client's lease ends: its route goes, and the group's with it.
+    lab.host()
+        .ip(&["route", "del", "default", "via", "192.0.2.1", "dev", "h1"])
+        .unwrap();
+    daemon.wait_until("the IPv4 default route gone from mpathd's table", |_| {
+        !table(&lab, "-4").lines().any(|l| l.starts_with("default"))
+    });
+    assert!(
+        table(&lab, "-6")
+            .lines()
+            .any(|l| l.starts_with("default nhid ")),
+        "the IPv6 default route stays"
+    );
+
+    daemon.stop();
+    let teardown = lab
+        .host()
+        .daemon_command(mpath_tests::daemon::binary("mpathd"))
+        .unwrap()
+        .args([
+            "--config",
+            &daemon.config.display().to_string(),
+            "--teardown",
+        ])
+        .output()
+        .unwrap();
+    assert!(teardown.status.success(), "{teardown:?}");
+    assert_eq!(table(&lab, "-4"), "");
+    assert_eq!(table(&lab, "-6"), "");
+    assert_eq!(lab.host().ip(&["nexthop", "show"]).unwrap(), "");
+    let rules = lab.host().ip(&["rule", "show"]).unwrap();
+    assert!(!rules.contains(&DEFAULT_ROUTE_TABLE.to_string()), "{rules}");
+    // Traffic follows main's routes alone now.
+    assert_eq!(pings(&lab, BEHIND_ROUTER_V6, 5), 5);
+}
