@@ -155,7 +155,10 @@ fn pings(lab: &Lab, to: &str, count: u32) -> u32 {
     let line = text
         .lines()
         .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+        .unwrap_or_else(|| {
+            let tables = [table(lab, "-4"), table(lab, "-6")].join("");
+            panic!("no ping summary from ping {to}: {out:?}\nmpathd's table:\n{tables}")
+        });
     line.split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse().ok())
         .nth(1)
@@ -328,30 +331,7 @@ fn routed_flows_spread_over_the_usable_nics_and_only_a_leaving_nic_s_buckets_mov
 
     // Flows from one source to one destination differ in their ports only: they spread
     // because mpathd hashes on layer 4 (fib_multipath_hash_policy 1).
-    let sniffer = Sniffer::start(lab.router(), "r0");
-    let mut flows = Flows::open(
-        lab.host(),
-        "192.0.2.19".parse().unwrap(),
-        BEHIND_ROUTER_V4.parse().unwrap(),
-        512,
-    );
-    flows.send_round(4);
-    let log = sniffer.finish();
-    let macs = [lab.mac("h0").unwrap(), lab.mac("h1").unwrap()];
-    let mut per_nic = [0usize; 2];
-    for (key, seen) in &log {
-        let mac = seen[0].src_mac;
-        assert!(
-            seen.iter().all(|s| s.src_mac == mac),
-            "flow {key:?} changed NIC"
-        );
-        let nic = macs
-            .iter()
-            .position(|m| *m == mac)
-            .unwrap_or_else(|| panic!("flow {key:?} left through neither active NIC ({mac:02x?})"));
-        per_nic[nic] += 1;
-    }
-    assert_eq!(per_nic.iter().sum::<usize>(), 512, "every flow arrived");
+    let per_nic = flows_per_nic(&lab);
     for (nic, flows) in ["h0", "h1"].iter().zip(per_nic) {
         assert!(
             (192..=320).contains(&flows),
@@ -469,4 +449,116 @@ fn routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown() {
     assert!(!rules.contains(&DEFAULT_ROUTE_TABLE.to_string()), "{rules}");
     // Traffic follows main's routes alone now.
     assert_eq!(pings(&lab, BEHIND_ROUTER_V6, 5), 5);
+}
+
+/// The lab group with `spread` set, and without a route in main: mpathd's configuration
+/// alone gives the host its default routes.
+fn config(spread: &str, routes: &str) -> String {
+    let group = three_nic_config(700).replace(
+        "name = \"g0\"\n",
+        &format!("name = \"g0\"\nspread = \"{spread}\"\n"),
+    );
+    group + routes
+}
+
+/// Which of h0 and h1 each of 512 flows from 192.0.2.19 to the network behind the router
+/// left through, as the router saw them (by source MAC); panics on a flow that changed NIC
+/// or came from another one.
+fn flows_per_nic(lab: &Lab) -> [usize; 2] {
+    let sniffer = Sniffer::start(lab.router(), "r0");
+    let mut flows = Flows::open(
+        lab.host(),
+        "192.0.2.19".parse().unwrap(),
+        BEHIND_ROUTER_V4.parse().unwrap(),
+        512,
+    );
+    flows.send_round(4);
+    let log = sniffer.finish();
+    let macs = [lab.mac("h0").unwrap(), lab.mac("h1").unwrap()];
+    let mut per_nic = [0usize; 2];
+    for (key, seen) in &log {
+        let mac = seen[0].src_mac;
+        assert!(
+            seen.iter().all(|s| s.src_mac == mac),
+            "flow {key:?} changed NIC"
+        );
+        let nic = macs
+            .iter()
+            .position(|m| *m == mac)
+            .unwrap_or_else(|| panic!("flow {key:?} left through neither active NIC ({mac:02x?})"));
+        per_nic[nic] += 1;
+    }
+    assert_eq!(per_nic.iter().sum::<usize>(), 512, "every flow arrived");
+    per_nic
+}
+
+#[test]
+fn configured_routes_reach_the_networks_behind_the_router_through_any_usable_nic() {
+    let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
+    let routes = r#"
+[[group.route]]
+to = "default"
+via = "192.0.2.1"
+
+[[group.route]]
+to = "2001:db8:ff::/64"
+via = "fe80::1"
+"#;
+    let mut daemon = Mpathd::start(lab.host(), &config("routes", routes));
+    daemon.wait_until("all NICs ok and the configured routes served", |d| {
+        all_ok(d)
+            && table(&lab, "-4").contains("default nhid")
+            && table(&lab, "-6").contains("2001:db8:ff::/64 nhid")
+    });
+    assert_eq!(
+        lab.host().ip(&["route", "show", "default"]).unwrap(),
+        "",
+        "main has no default route: the configuration is the only one"
+    );
+    assert_off_link_reachable(&lab, "with every NIC up");
+    lab.cut("h0").unwrap();
+    daemon.wait_until("h0 failed", |d| {
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h0") == "failed")
+    });
+    assert_off_link_reachable(&lab, "after h0's cable was cut");
+    assert_sources_are_data_addresses(&lab, "after h0's cable was cut");
+}
+
+#[test]
+fn with_datapath_spreading_the_routes_use_one_nic_and_the_egress_program_spreads() {
+    let lab = dhcp_lab();
+    let mut daemon = Mpathd::start(lab.host(), &config("datapath", ""));
+    daemon.wait_until("all NICs ok and the routes served", |d| {
+        all_ok(d) && routes_served(&lab)
+    });
+    for family in ["-4", "-6"] {
+        let nics = members(&lab, default_group(&lab, family));
+        assert_eq!(nics.values().collect::<Vec<_>>(), ["h0"], "{family}");
+    }
+    let per_nic = flows_per_nic(&lab);
+    for (nic, flows) in ["h0", "h1"].iter().zip(per_nic) {
+        assert!(
+            (192..=320).contains(&flows),
+            "{nic} carried {flows} of 512 flows: not within 25% of even"
+        );
+    }
+    let mut connection = Connection::open(&lab);
+    connection.exchange(1);
+
+    lab.drop_silently("h0").unwrap();
+    daemon.wait_until("h0 failed by its probes", |d| {
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h0") == "failed")
+    });
+    for family in ["-4", "-6"] {
+        let nics = members(&lab, default_group(&lab, family));
+        assert_eq!(
+            nics.values().collect::<Vec<_>>(),
+            ["h1"],
+            "{family}: the routes moved to the first usable NIC"
+        );
+    }
+    assert_off_link_reachable(&lab, "while h0 drops everything");
+    connection.exchange(2);
 }

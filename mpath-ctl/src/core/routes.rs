@@ -264,7 +264,7 @@ pub fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
         plan.groups.insert(key.clone(), members);
         let main_prefsrc = best.iter().find_map(|(r, _)| r.prefsrc);
         plan.routes.insert(
-            (*destination, *metric),
+            (*destination, kernel_metric(*destination, *metric)),
             TableRoute {
                 prefsrc: source_for(group, *destination, &gateways, main_prefsrc),
                 via: Via::Group(key),
@@ -281,10 +281,20 @@ pub fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
                 via: Via::Throw,
                 prefsrc: None,
             };
-            plan.routes.insert((destination, 0), throw);
+            plan.routes
+                .insert((destination, kernel_metric(destination, 0)), throw);
         }
     }
     plan
+}
+
+/// The metric the kernel gives a route asked for with `metric`: IPv6 makes 0 into 1024
+/// (IP6_RT_PRIO_USER). mpathd asks for that, so that it finds in its table what it asked for.
+fn kernel_metric(destination: IpCidr, metric: u32) -> u32 {
+    match (destination.addr(), metric) {
+        (IpAddr::V6(_), 0) => 1024,
+        _ => metric,
+    }
 }
 
 /// Destinations a group never serves: link-local ones belong to one link each, and
@@ -778,8 +788,9 @@ mod tests {
                 prefsrc: None
             }
         );
-        // Link-local destinations belong to one link each: main answers them.
-        assert_eq!(plan.routes[&(cidr("fe80::/64"), 0)].via, Via::Throw);
+        // Link-local destinations belong to one link each: main answers them. IPv6 gives a
+        // route asked for with metric 0 the metric 1024.
+        assert_eq!(plan.routes[&(cidr("fe80::/64"), 1024)].via, Via::Throw);
         let on_link = key("g0", Family::Inet6, &[]);
         assert_eq!(
             plan.routes[&(cidr("2001:db8::/64"), 256)].via,
@@ -830,10 +841,19 @@ mod tests {
             via: Some(ip("192.0.2.1")),
             metric: 0,
         });
+        g.configured.push(RouteConfig {
+            to: cidr("2001:db8:ff::/64"),
+            via: Some(ip("fe80::1")),
+            metric: 0,
+        });
         let plan = plan(&[], &[g]);
         assert_eq!(
             plan.routes[&(cidr("0.0.0.0/0"), 0)].via,
             Via::Group(key("g0", Family::Inet, &["192.0.2.1"]))
+        );
+        assert_eq!(
+            plan.routes[&(cidr("2001:db8:ff::/64"), 1024)].via,
+            Via::Group(key("g0", Family::Inet6, &["fe80::1"]))
         );
     }
 
