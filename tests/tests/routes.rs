@@ -562,3 +562,69 @@ fn with_datapath_spreading_the_routes_use_one_nic_and_the_egress_program_spreads
     assert_off_link_reachable(&lab, "while h0 drops everything");
     connection.exchange(2);
 }
+
+/// Deletes the default routes through h1 as systemd-networkd does when h1 loses its carrier.
+fn delete_h1_default_routes(lab: &Lab) {
+    for family in ["-4", "-6"] {
+        lab.host()
+            .ip(&[family, "route", "del", "default", "dev", "h1"])
+            .unwrap();
+    }
+}
+
+#[test]
+fn the_group_keeps_the_routes_the_kernel_or_a_network_manager_deleted_with_a_nic() {
+    let lab = dhcp_lab();
+    let mut daemon = started(&lab);
+
+    // A network manager that drops its routes on carrier loss.
+    lab.cut("h1").unwrap();
+    delete_h1_default_routes(&lab);
+    daemon.wait_until("the default routes held by the group", |d| {
+        d.log()
+            .matches("group g0 keeps the route default via")
+            .count()
+            == 2
+    });
+    assert!(default_group(&lab, "-4") > 0 && default_group(&lab, "-6") > 0);
+    assert_off_link_reachable(&lab, "after h1 lost its carrier and its routes");
+
+    // It adds them back once h1 has its address again: the group gives them up.
+    lab.restore("h1").unwrap();
+    daemon.wait_until("h1 repaired with its address back", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
+        })
+    });
+    let host = lab.host();
+    host.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.0.2.1",
+        "dev",
+        "h1",
+        "proto",
+        "dhcp",
+        "metric",
+        "100",
+    ])
+    .unwrap();
+    daemon.wait_until("the IPv4 default route back in main", |d| {
+        d.log()
+            .contains("the route default via 192.0.2.1 metric 100 is back in the main table")
+    });
+
+    // The kernel deletes every route of a NIC that leaves the host.
+    let mut lab = lab;
+    lab.remove_nic("h1").unwrap();
+    daemon.wait_until("the IPv4 default route held again", |d| {
+        d.log()
+            .matches("group g0 keeps the route default via 192.0.2.1 metric 100")
+            .count()
+            == 2
+    });
+    assert_off_link_reachable(&lab, "after h1 left the host");
+    assert_sources_are_data_addresses(&lab, "after h1 left the host");
+}

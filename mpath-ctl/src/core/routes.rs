@@ -297,6 +297,47 @@ fn kernel_metric(destination: IpCidr, metric: u32) -> u32 {
     }
 }
 
+/// The routes of `before` that the kernel deleted with their NIC: missing from `after`, each
+/// hop through a NIC that `down` names the group of (a group NIC that lost its carrier or
+/// left the host). The kernel deletes a NIC's routes when the NIC goes down or away (and
+/// systemd-networkd deletes its routes on carrier loss), but in IPMP the routes belong to the
+/// group: it keeps serving these, as if configured, until their owner adds them again.
+pub fn orphaned<'a>(
+    before: &[MainRoute],
+    after: &[MainRoute],
+    down: impl Fn(u32) -> Option<&'a str>,
+) -> Vec<(&'a str, RouteConfig)> {
+    let mut orphans = Vec::new();
+    for route in before.iter().filter(|r| !after.contains(r)) {
+        let groups: BTreeSet<Option<&str>> = route.hops.iter().map(|h| down(h.oif)).collect();
+        let [Some(group)] = groups.into_iter().collect::<Vec<_>>()[..] else {
+            continue;
+        };
+        let vias: BTreeSet<Option<IpAddr>> = route.hops.iter().map(|h| h.gateway).collect();
+        for via in vias {
+            let held = RouteConfig {
+                to: route.destination,
+                via,
+                metric: route.metric,
+            };
+            if !orphans.contains(&(group, held)) {
+                orphans.push((group, held));
+            }
+        }
+    }
+    orphans
+}
+
+/// Whether `main` has a route to `held`'s destination again through one of `members` (the
+/// held route's group's NICs): its owner added it back, and the group need not hold it.
+pub fn returned(held: &RouteConfig, main: &[MainRoute], members: &[u32]) -> bool {
+    main.iter().any(|r| {
+        r.destination == held.to
+            && !r.hops.is_empty()
+            && r.hops.iter().all(|h| members.contains(&h.oif))
+    })
+}
+
 /// Destinations a group never serves: link-local ones belong to one link each, and
 /// multicast is joined per NIC. Lookups for them go on to `main`.
 fn groupable(destination: IpCidr) -> bool {
@@ -962,6 +1003,55 @@ mod tests {
             1 + 1 + 2,
             "route, group, two nexthops: {changes:#?}"
         );
+    }
+
+    #[test]
+    fn routes_the_kernel_deleted_with_a_nic_are_held_by_the_group_until_they_return() {
+        let before = dhcp_host();
+        // h1 went down: the kernel deleted its default route and its prefix route.
+        let after = vec![before[1].clone()];
+        let down = |oif| (oif == H1).then_some("g0");
+        let held = orphaned(&before, &after, down);
+        assert_eq!(
+            held,
+            vec![
+                (
+                    "g0",
+                    RouteConfig {
+                        to: cidr("0.0.0.0/0"),
+                        via: Some(ip("192.0.2.1")),
+                        metric: 100
+                    }
+                ),
+                (
+                    "g0",
+                    RouteConfig {
+                        to: cidr("192.0.2.0/24"),
+                        via: None,
+                        metric: 0
+                    }
+                ),
+            ]
+        );
+        // A route an administrator deleted while its NIC was up is gone for good.
+        assert!(orphaned(&before, &after, |_| None).is_empty());
+        // The DHCP client adds the default route again, on h0 this time.
+        let default = held[0].1;
+        assert!(!returned(&default, &after, &[H0, H1, H2]));
+        let again = vec![route("0.0.0.0/0", 100, &[(H0, Some("192.0.2.1"))])];
+        assert!(returned(&default, &again, &[H0, H1, H2]));
+        assert!(
+            !returned(&default, &again, &[H1, H2]),
+            "through another group's NIC"
+        );
+        // Held routes are served like configured ones.
+        let mut g = group(&[H0]);
+        g.configured = held.iter().map(|(_, r)| *r).collect();
+        let plan = plan(&after, &[g]);
+        assert!(matches!(
+            plan.routes[&(cidr("0.0.0.0/0"), 100)].via,
+            Via::Group(_)
+        ));
     }
 
     #[test]

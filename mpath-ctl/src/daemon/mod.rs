@@ -39,7 +39,7 @@ use crate::{
     api::metrics::{self, Metrics},
     api::views::{AddressRow, GroupRow, InterfaceRow, ProbeRow, Status, TargetHealth, TargetRow},
     config::diff::DaemonChange,
-    config::{Config, GroupConfig, SpreadMode},
+    config::{Config, GroupConfig, RouteConfig, SpreadMode},
     core::evidence::RxEvidence,
     core::failover::{self, DataAddress},
     core::probe::{
@@ -118,6 +118,9 @@ struct Group {
     fdt: FailureDetectionTime,
     nics: Vec<Nic>,
     addresses: Vec<DataAddress>,
+    /// Routes the kernel deleted with their NIC that the group keeps serving until their
+    /// owner adds them again (see [`crate::core::routes::orphaned`]).
+    held_routes: Vec<RouteConfig>,
 }
 
 impl Group {
@@ -156,6 +159,9 @@ pub struct Daemon {
     nexthops: Nexthops,
     /// Ids of mpathd's nexthop objects.
     nexthop_ids: IdBook,
+    /// Group NICs removed since the routing table was last read, by ifindex and group: their
+    /// routes went with them.
+    departed: Vec<(u32, usize)>,
     /// The kernel's addresses by ifindex, kept current from netlink.
     addresses: Vec<(u32, IpCidr)>,
     announcements: Vec<Announcement>,
@@ -233,6 +239,7 @@ impl Daemon {
             main_routes: Vec::new(),
             nexthops,
             nexthop_ids: IdBook::default(),
+            departed: Vec::new(),
             addresses: Vec::new(),
             announcements: Vec::new(),
             ungrouped: BTreeMap::new(),
@@ -399,6 +406,7 @@ impl Daemon {
                 if let Some((gi, ni)) = self.locate(&name)
                     && self.groups[gi].nics[ni].ifindex == Some(ifindex)
                 {
+                    self.departed.push((ifindex, gi));
                     self.forget_nic(gi, ni);
                     for a in &mut self.groups[gi].addresses {
                         if a.current.as_deref() == Some(name.as_str()) {

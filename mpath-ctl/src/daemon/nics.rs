@@ -94,6 +94,7 @@ impl Daemon {
             )?,
             nics,
             addresses,
+            held_routes: Vec::new(),
         });
         Ok(())
     }

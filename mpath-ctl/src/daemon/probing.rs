@@ -149,7 +149,8 @@ impl Daemon {
     /// groups their routes. mpathd's rule is put back if someone deleted it.
     pub(super) async fn refresh_routes(&mut self) -> anyhow::Result<()> {
         self.routes_due = None;
-        self.main_routes = self.netlink.main_routes().await?;
+        let main = self.netlink.main_routes().await?;
+        self.take_main_routes(main);
         let routes: Vec<RouteEntry> = self
             .main_routes
             .iter()

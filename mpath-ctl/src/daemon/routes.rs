@@ -41,6 +41,54 @@ impl Daemon {
         }
     }
 
+    /// Takes the routing table just read: routes the kernel deleted with a group NIC that
+    /// went down or away are held by the group, and held routes that are back in `main`
+    /// through the group's NICs are its owner's again.
+    pub(super) fn take_main_routes(&mut self, main: Vec<MainRoute>) {
+        let before = std::mem::replace(&mut self.main_routes, main);
+        let groups = &self.groups;
+        let departed = std::mem::take(&mut self.departed);
+        let down = |oif: u32| {
+            let gi = departed
+                .iter()
+                .find(|(i, _)| *i == oif)
+                .map(|(_, gi)| *gi)
+                .or_else(|| {
+                    groups
+                        .iter()
+                        .position(|g| g.nics.iter().any(|n| n.ifindex == Some(oif) && !n.carrier))
+                })?;
+            Some(groups[gi].config.name.as_str())
+        };
+        let orphans: Vec<(String, RouteConfig)> =
+            routes::orphaned(&before, &self.main_routes, down)
+                .into_iter()
+                .map(|(group, route)| (group.to_string(), route))
+                .collect();
+        for (name, route) in orphans {
+            let Some(group) = self.groups.iter_mut().find(|g| g.config.name == name) else {
+                continue;
+            };
+            if !group.held_routes.contains(&route) && !group.config.routes.contains(&route) {
+                tracing::info!(
+                    "group {name} keeps the route {route}: the kernel deleted it with its NIC"
+                );
+                group.held_routes.push(route);
+            }
+        }
+        for group in &mut self.groups {
+            let members: Vec<u32> = group.nics.iter().filter_map(|n| n.ifindex).collect();
+            let name = &group.config.name;
+            group.held_routes.retain(|route| {
+                let back = routes::returned(route, &self.main_routes, &members);
+                if back {
+                    tracing::info!("the route {route} is back in the main table; group {name} no longer holds it");
+                }
+                !back
+            });
+        }
+    }
+
     /// Each group as the route planner needs it.
     fn group_routing(&self) -> Vec<GroupRouting> {
         self.groups
@@ -68,7 +116,13 @@ impl Daemon {
                         .iter()
                         .map(|a| (a.cidr, a.current.as_deref().and_then(ifindex_of)))
                         .collect(),
-                    configured: g.config.routes.clone(),
+                    configured: g
+                        .config
+                        .routes
+                        .iter()
+                        .chain(&g.held_routes)
+                        .copied()
+                        .collect(),
                 }
             })
             .collect()
