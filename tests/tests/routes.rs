@@ -628,3 +628,27 @@ fn the_group_keeps_the_routes_the_kernel_or_a_network_manager_deleted_with_a_nic
     assert_off_link_reachable(&lab, "after h1 left the host");
     assert_sources_are_data_addresses(&lab, "after h1 left the host");
 }
+
+#[test]
+fn connections_to_many_destinations_take_their_source_from_the_nic_they_leave() {
+    let lab = dhcp_lab();
+    let _daemon = started(&lab);
+    let _inside = lab.host().enter().unwrap();
+    let mut sources = BTreeMap::<String, usize>::new();
+    for host in 1..=64u8 {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .connect((Ipv4Addr::new(198, 51, 100, host), 9))
+            .unwrap();
+        *sources
+            .entry(socket.local_addr().unwrap().ip().to_string())
+            .or_default() += 1;
+    }
+    // Each active NIC's flows use its own data address, so the replies come back spread
+    // over the NICs too (IPMP's inbound load spreading).
+    assert_eq!(
+        sources.keys().collect::<Vec<_>>(),
+        ["192.0.2.19", "192.0.2.20"],
+        "{sources:?}"
+    );
+}
