@@ -1375,3 +1375,35 @@ fn after_the_kernel_drops_netlink_events_mpathd_resyncs_and_restores() {
     });
     assert!(all_ok(&daemon));
 }
+
+#[test]
+fn the_solaris_defaults_file_alone_is_enough_and_what_in_mpathd_tolerates_is_a_warning() {
+    let dir = std::env::temp_dir().join(format!("mpathd-defaults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("mpathd.toml");
+    let defaults = dir.join("mpathd");
+    std::fs::write(&config, "").unwrap();
+    std::fs::write(
+        &defaults,
+        "# Debian keeps the daemon's options here too\nMPATHD_OPTS=\"\"\nFAILURE_DETECTION_TIME=50\nFAILBACK=no\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(mpath_tests::daemon::binary("mpathd"))
+        .args(["--check", "--config"])
+        .arg(&config)
+        .arg("--defaults")
+        .arg(&defaults)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stderr.contains("MPATHD_OPTS is no in.mpathd tunable; ignored"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Too small failure detection time of 50, assuming minimum 100"),
+        "{stderr}"
+    );
+}

@@ -53,6 +53,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     if args.check {
         println!("{}: configuration is valid", args.config.display());
         return ExitCode::SUCCESS;

@@ -238,11 +238,6 @@ pub enum Problem {
     },
     #[error("expected KEY=VALUE")]
     NotKeyValue,
-    #[error(
-        "unknown key {0:?}: known keys are FAILURE_DETECTION_TIME, FAILBACK and \
-         TRACK_INTERFACES_ONLY_WITH_GROUPS"
-    )]
-    UnknownDefaultsKey(String),
     #[error("{key} is set twice (first on line {first_line})")]
     DuplicateDefaultsKey {
         key: &'static str,

@@ -69,6 +69,10 @@ const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/mpath";
 pub struct Config {
     pub daemon: DaemonConfig,
     pub groups: Vec<GroupConfig>,
+    /// What the Solaris defaults file holds that in.mpathd accepts with a message (unknown
+    /// keys, a FAILURE_DETECTION_TIME below the minimum): mpathd logs them at start and on
+    /// reload, `--check` prints them.
+    pub warnings: Vec<String>,
 }
 
 /// Daemon-wide tunables, after merging `/etc/default/mpathd` under the TOML `[daemon]` table.

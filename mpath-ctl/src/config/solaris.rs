@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::MIN_FAILURE_DETECTION_TIME_MS;
 use super::error::{ConfigError, Problem, Source};
 use super::validate::failure_detection_time;
 
@@ -13,6 +14,8 @@ pub(super) struct SolarisDefaults {
     pub(super) failure_detection_time: Option<Duration>,
     pub(super) failback: Option<bool>,
     pub(super) track_interfaces_only_with_groups: Option<bool>,
+    /// What in.mpathd would accept with a message (see [`super::Config::warnings`]).
+    pub(super) warnings: Vec<String>,
 }
 
 const FAILURE_DETECTION_TIME_KEY: &str = "FAILURE_DETECTION_TIME";
@@ -20,7 +23,10 @@ const FAILBACK_KEY: &str = "FAILBACK";
 const TRACK_KEY: &str = "TRACK_INTERFACES_ONLY_WITH_GROUPS";
 
 /// Parses KEY=VALUE lines as in.mpathd reads them: `#` comments, yes/no in any case, and
-/// optional quotes around a value. Unlike in.mpathd, a bad value is refused, not logged.
+/// optional quotes around a value. Other keys (Debian hosts keep e.g. `MPATHD_OPTS=` here)
+/// are ignored with a warning, and a FAILURE_DETECTION_TIME from 1 to 99 ms is raised to the
+/// minimum with in.mpathd's message. Unlike in.mpathd, a value it cannot use at all is
+/// refused, not logged.
 pub(super) fn parse_defaults_file(source: &Source) -> Result<SolarisDefaults, ConfigError> {
     let mut defaults = SolarisDefaults::default();
     let mut first_lines: HashMap<&'static str, usize> = HashMap::new();
@@ -42,10 +48,12 @@ pub(super) fn parse_defaults_file(source: &Source) -> Result<SolarisDefaults, Co
             FAILBACK_KEY => FAILBACK_KEY,
             TRACK_KEY => TRACK_KEY,
             other => {
-                return Err(source.error(
-                    &content_span,
-                    Problem::UnknownDefaultsKey(other.to_string()),
+                let line = source.line(&content_span);
+                defaults.warnings.push(format!(
+                    "{}:{line}: {other} is no in.mpathd tunable; ignored",
+                    source.name
                 ));
+                continue;
             }
         };
         let line_number = source.line(&content_span);
@@ -66,7 +74,16 @@ pub(super) fn parse_defaults_file(source: &Source) -> Result<SolarisDefaults, Co
                 let millis = value.parse::<i64>().map_err(|_| {
                     source.error(&value_span, Problem::NotMilliseconds(value.into()))
                 })?;
-                let fdt = failure_detection_time(millis)
+                let clamped = if (1..MIN_FAILURE_DETECTION_TIME_MS).contains(&millis) {
+                    defaults.warnings.push(format!(
+                        "{}:{line_number}: Too small failure detection time of {millis}, assuming minimum {MIN_FAILURE_DETECTION_TIME_MS}",
+                        source.name
+                    ));
+                    MIN_FAILURE_DETECTION_TIME_MS
+                } else {
+                    millis
+                };
+                let fdt = failure_detection_time(clamped)
                     .map_err(|problem| source.error(&value_span, problem))?;
                 defaults.failure_detection_time = Some(fdt);
             }
@@ -164,22 +181,16 @@ mod tests {
                 },
             ),
             (
-                "\n\nFAILURE_DETECTION_TIME=50\n",
+                "\n\nFAILURE_DETECTION_TIME=0\n",
                 3,
                 24,
-                Problem::FailureDetectionTimeTooSmall(50),
+                Problem::FailureDetectionTimeTooSmall(0),
             ),
             (
                 "FAILURE_DETECTION_TIME= 10s\n",
                 1,
                 25,
                 Problem::NotMilliseconds("10s".into()),
-            ),
-            (
-                "FAILBACK=yes\n  PROBE_TIME=5\n",
-                2,
-                3,
-                Problem::UnknownDefaultsKey("PROBE_TIME".into()),
             ),
             ("FAILBACK yes\n", 1, 1, Problem::NotKeyValue),
             (
@@ -208,6 +219,29 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn what_in_mpathd_accepts_with_a_message_is_a_warning() {
+        let defaults = "MPATHD_OPTS=\"-d\"\nFAILURE_DETECTION_TIME=50\n  PROBE_TIME=5\n";
+        let config = Config::parse("", NAME, Some((defaults, DEFAULTS_NAME))).unwrap();
+        assert_eq!(
+            config.daemon.failure_detection_time,
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            config.warnings,
+            [
+                format!("{DEFAULTS_NAME}:1: MPATHD_OPTS is no in.mpathd tunable; ignored"),
+                format!(
+                    "{DEFAULTS_NAME}:2: Too small failure detection time of 50, assuming minimum 100"
+                ),
+                format!("{DEFAULTS_NAME}:3: PROBE_TIME is no in.mpathd tunable; ignored"),
+            ]
+        );
+        // The TOML file stays strict.
+        let toml = "[daemon]\nfailure_detection_time_ms = 50\n";
+        assert!(Config::parse(toml, NAME, None).is_err());
     }
 
     #[test]

@@ -100,6 +100,7 @@ impl<'a> Validator<'a> {
         raw: RawConfig,
         defaults: SolarisDefaults,
     ) -> Result<Config, ConfigError> {
+        let warnings = defaults.warnings.clone();
         let daemon = self.daemon(raw.daemon, defaults)?;
         let mut groups = Vec::with_capacity(raw.groups.len());
         for raw_group in raw.groups {
@@ -111,7 +112,11 @@ impl<'a> Validator<'a> {
         for (via, span) in &self.vias {
             self.via_not_local(*via, span)?;
         }
-        Ok(Config { daemon, groups })
+        Ok(Config {
+            daemon,
+            groups,
+            warnings,
+        })
     }
 
     fn daemon(

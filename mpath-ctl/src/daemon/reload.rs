@@ -16,6 +16,9 @@ impl Daemon {
                 return Ok(());
             }
         };
+        for warning in &new.warnings {
+            tracing::warn!("reload: {warning}");
+        }
         let diff = self.config.diff(&new);
         if diff.is_empty() {
             tracing::info!("reload: the configuration is unchanged");
