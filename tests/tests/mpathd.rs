@@ -858,11 +858,29 @@ fn golden_views_of_a_degraded_group() {
         cells(&view(&["interfaces"])),
         [
             "INTERFACE ACTIVE GROUP FLAGS LINK PROBE STATE",
-            "h0 no g0 failed down unknown failed",
-            "h1 yes g0 -- up ok ok",
-            "h2 yes g0 standby up ok ok",
+            "h0 no g0 ------- down unknown failed",
+            "h1 yes g0 ------- up ok ok",
+            "h2 yes g0 -s----- up ok ok",
         ]
     );
+    // ipmpstat -P: for scripts, the -o fields without a header, colons escaped.
+    assert_eq!(
+        String::from_utf8(view(&[
+            "-P",
+            "-o",
+            "interface,flags,state",
+            "interfaces",
+            "-n"
+        ]))
+        .unwrap(),
+        "h0:-------:failed\nh1:-------:ok\nh2:-s-----:ok\n"
+    );
+    assert_eq!(
+        String::from_utf8(view(&["addresses", "-Po", "address,inbound"])).unwrap(),
+        "192.0.2.19/24:h2\n2001\\:db8\\:\\:19/64:h2\n192.0.2.20/24:h1\n"
+    );
+    let without_fields = daemon.ctl(lab.host(), &["interfaces", "-P"]);
+    assert_eq!(without_fields.status.code(), Some(2), "{without_fields:?}");
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&view(&["interfaces", "--json"])).unwrap(),
         json!([

@@ -44,6 +44,20 @@ struct Cli {
     /// Columns to print, comma-separated (e.g. -o interface,state).
     #[arg(short = 'o', long = "output", global = true, value_name = "FIELDS")]
     fields: Option<String>,
+    /// Machine-parsable output, as ipmpstat -P: no header, the fields of `-o` separated by
+    /// colons (a colon or backslash in a value is escaped with a backslash).
+    #[arg(
+        short = 'P',
+        long = "parsable",
+        global = true,
+        requires = "fields",
+        conflicts_with = "json"
+    )]
+    parsable: bool,
+    /// Addresses as numbers, as ipmpstat -n: mpathctl never looks names up, so this is what
+    /// it always prints; accepted for scripts written for ipmpstat.
+    #[arg(short = 'n', long = "numeric", global = true)]
+    numeric: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -207,7 +221,7 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                         } else {
                             i.group.clone()
                         },
-                        list(&i.flags),
+                        ipmpstat_flags(&i.flags),
                         i.link.clone(),
                         i.probe.clone(),
                         i.state.clone(),
@@ -260,8 +274,41 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
         },
         _ => unreachable!("only status views come here"),
     };
-    print!("{}", table.render(cli.fields.as_deref())?);
+    print!("{}", render(cli, &table)?);
     Ok(())
+}
+
+/// The table as the flags ask: columns for people, or colon-separated for scripts (`-P`).
+fn render(cli: &Cli, table: &Table) -> anyhow::Result<String> {
+    match (&cli.fields, cli.parsable) {
+        (Some(fields), true) => table.render_parsable(fields),
+        (fields, _) => table.render(fields.as_deref()),
+    }
+}
+
+/// ipmpstat's FLAGS column: one position per flag, `-` where it is not set. mpathd sets `i`
+/// (inactive) and `s` (standby); `m`, `b` and `M` (nominated for IPv4 multicast, broadcast
+/// and IPv6 multicast), `d` (down) and `h` (duplicate hardware address) are Solaris kernel
+/// states mpathd does not track, always `-`.
+fn ipmpstat_flags(flags: &[String]) -> String {
+    [
+        ("inactive", 'i'),
+        ("standby", 's'),
+        ("", 'm'),
+        ("", 'b'),
+        ("", 'M'),
+        ("", 'd'),
+        ("", 'h'),
+    ]
+    .iter()
+    .map(|(name, letter)| {
+        if !name.is_empty() && flags.iter().any(|f| f == name) {
+            *letter
+        } else {
+            '-'
+        }
+    })
+    .collect()
 }
 
 fn us(v: Option<u64>) -> String {
@@ -303,12 +350,14 @@ fn stream_probes(cli: &Cli, socket: &Path) -> anyhow::Result<()> {
                 .map(|s| s + "\n")
                 .map_err(anyhow::Error::from)
         } else {
-            Table {
+            let table = Table {
                 columns: COLUMNS,
                 rows: vec![row(&p)],
-            }
-            .render(cli.fields.as_deref())
-            .map(|t| {
+            };
+            render(cli, &table).map(|t| {
+                if cli.parsable {
+                    return t;
+                }
                 let mut lines = t.lines();
                 let header = lines.next().unwrap_or_default().to_string();
                 let body: String = lines.collect::<Vec<_>>().join("\n") + "\n";

@@ -12,27 +12,7 @@ impl Table {
     /// Renders the table, keeping only `fields` (comma-separated column names, any case) in
     /// that order when given.
     pub fn render(&self, fields: Option<&str>) -> anyhow::Result<String> {
-        let picked: Vec<usize> = match fields {
-            None => (0..self.columns.len()).collect(),
-            Some(list) => list
-                .split(',')
-                .map(|f| {
-                    let f = f.trim();
-                    self.columns
-                        .iter()
-                        .position(|c| c.eq_ignore_ascii_case(f))
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "unknown field {f:?}; fields are: {}",
-                                self.columns.join(",")
-                            )
-                        })
-                })
-                .collect::<anyhow::Result<_>>()?,
-        };
-        if picked.is_empty() {
-            bail!("no fields selected");
-        }
+        let picked = self.pick(fields)?;
         let widths: Vec<usize> = picked
             .iter()
             .map(|&c| {
@@ -63,6 +43,47 @@ impl Table {
         }
         Ok(out)
     }
+
+    /// Renders `fields` of every row as ipmpstat -P does: no header, cells joined by colons,
+    /// with `\` and `:` inside a cell escaped by a backslash (IPv6 addresses have colons).
+    pub fn render_parsable(&self, fields: &str) -> anyhow::Result<String> {
+        let picked = self.pick(Some(fields))?;
+        let escape = |cell: &str| cell.replace('\\', "\\\\").replace(':', "\\:");
+        Ok(self
+            .rows
+            .iter()
+            .map(|row| {
+                let cells: Vec<String> = picked.iter().map(|&c| escape(&row[c])).collect();
+                cells.join(":") + "\n"
+            })
+            .collect())
+    }
+
+    /// The indexes of `fields` (comma-separated column names, any case), or of every column.
+    fn pick(&self, fields: Option<&str>) -> anyhow::Result<Vec<usize>> {
+        let picked: Vec<usize> = match fields {
+            None => (0..self.columns.len()).collect(),
+            Some(list) => list
+                .split(',')
+                .map(|f| {
+                    let f = f.trim();
+                    self.columns
+                        .iter()
+                        .position(|c| c.eq_ignore_ascii_case(f))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "unknown field {f:?}; fields are: {}",
+                                self.columns.join(",")
+                            )
+                        })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        if picked.is_empty() {
+            bail!("no fields selected");
+        }
+        Ok(picked)
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +105,21 @@ mod tests {
         assert_eq!(
             table().render(None).unwrap(),
             "INTERFACE  STATE\nh0         ok\nh10        failed\n"
+        );
+    }
+
+    #[test]
+    fn parsable_output_has_no_header_and_escapes_colons() {
+        let table = Table {
+            columns: &["ADDRESS", "INBOUND"],
+            rows: vec![
+                vec!["2001:db8::19/64".into(), "h0".into()],
+                vec!["a\\b".into(), "--".into()],
+            ],
+        };
+        assert_eq!(
+            table.render_parsable("inbound,address").unwrap(),
+            "h0:2001\\:db8\\:\\:19/64\n--:a\\\\b\n"
         );
     }
 
