@@ -205,14 +205,15 @@ struct Connection {
 }
 
 impl Connection {
-    fn open(lab: &Lab) -> Connection {
+    /// Connects from the host to `to` (a host behind the router) on port 5002.
+    fn open(lab: &Lab, to: &str) -> Connection {
+        let to = SocketAddr::new(to.parse().unwrap(), 5002);
         let listener = {
             let _inside = lab.router().enter().unwrap();
-            TcpListener::bind((BEHIND_ROUTER_V4, 5002)).unwrap()
+            TcpListener::bind(to).unwrap()
         };
         let client = {
             let _inside = lab.host().enter().unwrap();
-            let to = SocketAddr::from((BEHIND_ROUTER_V4.parse::<Ipv4Addr>().unwrap(), 5002));
             TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap()
         };
         let (server, _) = listener.accept().unwrap();
@@ -249,8 +250,8 @@ fn off_link_traffic_survives_carrier_loss_of_the_nic_the_default_route_named() {
     let mut daemon = started(&lab);
     assert_off_link_reachable(&lab, "with every NIC up");
     assert_sources_are_data_addresses(&lab, "with every NIC up");
-    let mut connection = Connection::open(&lab);
-    connection.exchange(1);
+    let mut connections = [BEHIND_ROUTER_V4, BEHIND_ROUTER_V6].map(|to| Connection::open(&lab, to));
+    connections.iter_mut().for_each(|c| c.exchange(1));
 
     lab.cut("h1").unwrap();
     daemon.wait_until("h1 failed and its address moved", |d| {
@@ -275,7 +276,7 @@ fn off_link_traffic_survives_carrier_loss_of_the_nic_the_default_route_named() {
     }
     assert_off_link_reachable(&lab, "after h1's cable was cut");
     assert_sources_are_data_addresses(&lab, "after h1's cable was cut");
-    connection.exchange(2);
+    connections.iter_mut().for_each(|c| c.exchange(2));
 
     lab.restore("h1").unwrap();
     daemon.wait_until("h1 repaired with its address back", |d| {
@@ -291,15 +292,15 @@ fn off_link_traffic_survives_carrier_loss_of_the_nic_the_default_route_named() {
         );
     }
     assert_off_link_reachable(&lab, "after h1 came back");
-    connection.exchange(3);
+    connections.iter_mut().for_each(|c| c.exchange(3));
 }
 
 #[test]
 fn off_link_traffic_survives_a_silent_failure_of_the_nic_the_default_route_named() {
     let lab = dhcp_lab();
     let mut daemon = started(&lab);
-    let mut connection = Connection::open(&lab);
-    connection.exchange(1);
+    let mut connections = [BEHIND_ROUTER_V4, BEHIND_ROUTER_V6].map(|to| Connection::open(&lab, to));
+    connections.iter_mut().for_each(|c| c.exchange(1));
 
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("h1 failed by its probes", |d| {
@@ -316,7 +317,7 @@ fn off_link_traffic_survives_a_silent_failure_of_the_nic_the_default_route_named
     }
     assert_off_link_reachable(&lab, "while h1 drops everything");
     assert_sources_are_data_addresses(&lab, "while h1 drops everything");
-    connection.exchange(2);
+    connections.iter_mut().for_each(|c| c.exchange(2));
 }
 
 #[test]
@@ -543,7 +544,7 @@ fn with_datapath_spreading_the_routes_use_one_nic_and_the_egress_program_spreads
             "{nic} carried {flows} of 512 flows: not within 25% of even"
         );
     }
-    let mut connection = Connection::open(&lab);
+    let mut connection = Connection::open(&lab, BEHIND_ROUTER_V4);
     connection.exchange(1);
 
     lab.drop_silently("h0").unwrap();
