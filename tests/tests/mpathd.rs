@@ -1425,3 +1425,64 @@ fn the_solaris_defaults_file_alone_is_enough_and_what_in_mpathd_tolerates_is_a_w
         "{stderr}"
     );
 }
+
+#[test]
+fn the_probe_stream_numbers_lost_probes_lines_up_and_times_from_its_own_start() {
+    use std::io::{BufRead as _, BufReader};
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.drop_silently("h1").unwrap();
+    let stream = |args: &[&str], rows: usize| {
+        let mut child = daemon
+            .ctl_command(lab.host(), args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .take(rows)
+            .map(Result::unwrap)
+            .collect();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        lines
+    };
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let rows: Vec<serde_json::Value> = stream(&["probes", "--json"], 40)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lost: Vec<u64> = rows
+        .iter()
+        .filter(|r| {
+            r["interface"] == "h1" && r["target"] == "192.0.2.1" && r["net_rtt_us"].is_null()
+        })
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert!(lost.len() >= 2, "h1's IPv4 probes are lost: {rows:?}");
+    assert!(
+        lost.windows(2).all(|w| w[1] == w[0] + 1),
+        "lost probes keep their numbers: {lost:?}"
+    );
+    // Wall-clock time in JSON, from around now.
+    let time = rows[0]["time_unix_ms"].as_u64().unwrap();
+    assert!(
+        time + 5_000 > started && time < started + 60_000,
+        "{time} {started}"
+    );
+
+    let text = stream(&["probes"], 20);
+    assert!(text[0].starts_with("TIME"), "{text:?}");
+    let column = |line: &str| line.find(" h").or_else(|| line.find("INTERFACE"));
+    let first = column(&text[0]).unwrap();
+    for line in &text[1..] {
+        assert_eq!(column(line), Some(first - 1), "columns line up: {text:#?}");
+        // ipmpstat's TIME counts from the command's start: seconds, not mpathd's uptime.
+        let seconds: f64 = line.split('s').next().unwrap().trim().parse().unwrap();
+        assert!(seconds < 30.0, "{line}");
+    }
+}

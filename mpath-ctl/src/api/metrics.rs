@@ -555,7 +555,7 @@ impl Metrics {
 
     /// A probe of `nic` was answered or declared lost, as its prober reported it.
     pub fn probe_outcome(&mut self, group: &str, nic: &str, outcome: ProbeOutcome) {
-        let (ProbeOutcome::Answered { target, .. } | ProbeOutcome::Lost { target }) = outcome;
+        let (ProbeOutcome::Answered { target, .. } | ProbeOutcome::Lost { target, .. }) = outcome;
         let run_key = (group.to_owned(), nic.to_owned(), target);
         match outcome {
             ProbeOutcome::Answered { target, rtt } => {
@@ -577,7 +577,7 @@ impl Metrics {
                     .with_label_values(&[group, nic])
                     .observe(rtt.as_secs_f64());
             }
-            ProbeOutcome::Lost { target } => {
+            ProbeOutcome::Lost { target, .. } => {
                 *self.probes.loss_runs.entry(run_key).or_default() += 1;
                 let target = target.to_string();
                 self.probes
@@ -1055,7 +1055,14 @@ mod tests {
                 rtt: Duration::from_micros(300),
             },
         );
-        m.probe_outcome("g0", "h0", ProbeOutcome::Lost { target: target() });
+        m.probe_outcome(
+            "g0",
+            "h0",
+            ProbeOutcome::Lost {
+                target: target(),
+                seq: 0,
+            },
+        );
         m.reply_refused("g0", "h0", ReplyRejectReason::Duplicate);
         m.actions(
             "g0",
@@ -1191,16 +1198,34 @@ mod tests {
         // target(): 1 lost, answer, 3 lost (interleaved with the other target's answers),
         // answer, 2 lost and still losing.
         let outcomes = [
-            ProbeOutcome::Lost { target: target() },
+            ProbeOutcome::Lost {
+                target: target(),
+                seq: 0,
+            },
             answered(target()),
-            ProbeOutcome::Lost { target: target() },
+            ProbeOutcome::Lost {
+                target: target(),
+                seq: 0,
+            },
             answered(other),
-            ProbeOutcome::Lost { target: target() },
-            ProbeOutcome::Lost { target: target() },
+            ProbeOutcome::Lost {
+                target: target(),
+                seq: 0,
+            },
+            ProbeOutcome::Lost {
+                target: target(),
+                seq: 0,
+            },
             answered(other),
             answered(target()),
-            ProbeOutcome::Lost { target: target() },
-            ProbeOutcome::Lost { target: target() },
+            ProbeOutcome::Lost {
+                target: target(),
+                seq: 0,
+            },
+            ProbeOutcome::Lost {
+                target: target(),
+                seq: 0,
+            },
         ];
         for outcome in outcomes {
             m.probe_outcome("g0", "h0", outcome);
@@ -1228,7 +1253,14 @@ mod tests {
         m.declare_groups(&[group_config("g1", &["h9"])]);
         let gone: IpAddr = "192.0.2.7".parse().unwrap();
         m.probe_sent("g0", "h0", gone);
-        m.probe_outcome("g0", "h0", ProbeOutcome::Lost { target: gone });
+        m.probe_outcome(
+            "g0",
+            "h0",
+            ProbeOutcome::Lost {
+                target: gone,
+                seq: 0,
+            },
+        );
         let live = LiveSeries {
             groups: ["g0".to_string()].into(),
             nics: [("g0".to_string(), "h0".to_string())].into(),

@@ -106,8 +106,9 @@ pub struct TargetHealth {
 /// One completed probe, as `mpathctl probes` streams them (ipmpstat -p).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeRow {
-    /// Milliseconds since mpathd started.
-    pub time_ms: u64,
+    /// When the probe completed (answered or declared lost), in milliseconds since the Unix
+    /// epoch (wall-clock time).
+    pub time_unix_ms: u64,
     pub interface: String,
     pub seq: u32,
     pub target: IpAddr,

@@ -230,6 +230,7 @@ pub enum ProbeOutcome {
     },
     Lost {
         target: IpAddr,
+        seq: u32,
     },
 }
 
@@ -520,8 +521,13 @@ impl Prober {
             if let Some(stats) = self.stats.get_mut(&probe.target) {
                 stats.counters.lost += 1;
             }
+            // The window ends with the newest probe, `next_seq - 1`.
+            let seq = self
+                .next_seq
+                .wrapping_sub(u32::try_from(self.sent.len() - index).unwrap_or(u32::MAX));
             events.push(ProbeEvent::Outcome(ProbeOutcome::Lost {
                 target: probe.target,
+                seq,
             }));
             if let Some(event) = self.targets.record_loss(probe.target, deadline) {
                 events.push(ProbeEvent::Target(event));
@@ -1038,7 +1044,8 @@ mod tests {
         assert_eq!(
             outcomes(&events),
             [ProbeOutcome::Lost {
-                target: request.target
+                target: request.target,
+                seq: request.seq
             }]
         );
         assert!(harness.poll(at + interval * 2).is_empty(), "lost only once");
@@ -1065,7 +1072,8 @@ mod tests {
         assert_eq!(
             outcomes(&events),
             [ProbeOutcome::Lost {
-                target: request.target
+                target: request.target,
+                seq: request.seq
             }]
         );
         assert_eq!(
@@ -1394,7 +1402,8 @@ mod tests {
         assert_eq!(
             outcomes(&harness.poll(first_at + interval)),
             [ProbeOutcome::Lost {
-                target: first.target
+                target: first.target,
+                seq: first.seq
             }],
             "nothing is held back at startup"
         );
@@ -1404,6 +1413,7 @@ mod tests {
             let (at, request) = harness.send_due();
             sent.push(ProbeOutcome::Lost {
                 target: request.target,
+                seq: request.seq,
             });
             last_at = at;
         }
@@ -1499,7 +1509,7 @@ mod tests {
             let at = harness.prober.next_probe_at();
             for event in harness.poll(at) {
                 match event {
-                    ProbeEvent::Outcome(ProbeOutcome::Lost { target }) => {
+                    ProbeEvent::Outcome(ProbeOutcome::Lost { target, .. }) => {
                         assert_eq!(target, dead);
                         lost += 1;
                     }

@@ -1208,7 +1208,10 @@ pub(crate) mod test_outcomes {
         target: TARGET,
         rtt: Duration::from_millis(1),
     };
-    pub(crate) const LOST: ProbeOutcome = ProbeOutcome::Lost { target: TARGET };
+    pub(crate) const LOST: ProbeOutcome = ProbeOutcome::Lost {
+        target: TARGET,
+        seq: 0,
+    };
 }
 
 #[cfg(test)]

@@ -151,7 +151,6 @@ pub struct Daemon {
     /// The SipHash key of this run's probe tags (see [`mpath_common::probe_tag`]).
     probe_key: [u64; 2],
     rng: StdRng,
-    started: Instant,
     probe_rows: broadcast::Sender<ProbeRow>,
     /// The main table, kept current from netlink: where probe targets and group routes come
     /// from.
@@ -234,7 +233,6 @@ impl Daemon {
             groups: Vec::new(),
             probe_key,
             rng,
-            started: Instant::now(),
             probe_rows,
             main_routes: Vec::new(),
             nexthops,

@@ -89,11 +89,13 @@ impl Daemon {
             match event {
                 ProbeEvent::Outcome(outcome) => {
                     let nic = self.groups[gi].nics[ni].name.clone();
-                    let (target, answered) = match outcome {
-                        ProbeOutcome::Answered { target, .. } => (target, true),
-                        ProbeOutcome::Lost { target } => (target, false),
+                    let (target, answer, seq) = match outcome {
+                        ProbeOutcome::Answered { target, .. } => {
+                            (target, reply, reply.map_or(0, |r| r.seq))
+                        }
+                        ProbeOutcome::Lost { target, seq } => (target, None, seq),
                     };
-                    self.publish_probe(gi, ni, family, target, reply.filter(|_| answered), now);
+                    self.publish_probe(gi, ni, family, target, seq, answer);
                     self.metrics
                         .probe_outcome(&self.groups[gi].config.name, &nic, outcome);
                     self.handle(
@@ -121,8 +123,8 @@ impl Daemon {
         ni: usize,
         family: AddressFamily,
         target: IpAddr,
+        seq: u32,
         reply: Option<ProbeReply>,
-        now: Instant,
     ) {
         if self.probe_rows.receiver_count() == 0 {
             return;
@@ -134,9 +136,11 @@ impl Daemon {
         let view = probing.prober.view();
         let stats = view.targets.iter().find(|t| t.address == target);
         let _ = self.probe_rows.send(ProbeRow {
-            time_ms: now.duration_since(self.started).as_millis() as u64,
+            time_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.as_millis() as u64),
             interface: nic.name.clone(),
-            seq: reply.map_or(0, |r| r.seq),
+            seq,
             target,
             net_rtt_us: reply.map(|r| r.received_ns.saturating_sub(r.sent_ns) / 1000),
             rtt_us: reply.and(stats.and_then(|s| s.rtt_us)),

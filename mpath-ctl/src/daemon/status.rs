@@ -111,12 +111,15 @@ impl Daemon {
                 }
                 status.targets.extend(n.probing.iter().map(|p| {
                     let view = p.prober.view();
-                    let multicast = view.targets.iter().any(|t| label(t.source) == "discovered");
+                    let targets: Vec<IpAddr> = p.prober.targets().active().collect();
+                    // With no target known mpathd is discovering by multicast echo.
+                    let multicast = targets.is_empty()
+                        || view.targets.iter().any(|t| label(t.source) == "discovered");
                     TargetRow {
                         interface: n.name.clone(),
                         mode: if multicast { "multicast" } else { "routes" }.into(),
                         test_address: Some(view.test_address),
-                        targets: p.prober.targets().active().collect(),
+                        targets,
                         health: view
                             .targets
                             .iter()

@@ -326,9 +326,18 @@ fn stream_probes(cli: &Cli, socket: &Path) -> anyhow::Result<()> {
         "RTTDEV",
         "TARGET",
     ];
+    // ipmpstat -p's widths: a stream's rows are rendered one at a time and must line up.
+    const WIDTHS: &[usize] = &[8, 15, 10, 8, 8, 8, 8, 0];
+    // TIME counts from this command's start, as ipmpstat's does.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_millis() as u64);
     let row = |p: &ProbeRow| {
         vec![
-            format!("{:.2}s", p.time_ms as f64 / 1000.0),
+            format!(
+                "{:.2}s",
+                p.time_unix_ms.saturating_sub(started) as f64 / 1000.0
+            ),
             p.interface.clone(),
             p.seq.to_string(),
             us(p.net_rtt_us),
@@ -354,7 +363,11 @@ fn stream_probes(cli: &Cli, socket: &Path) -> anyhow::Result<()> {
                 columns: COLUMNS,
                 rows: vec![row(&p)],
             };
-            render(cli, &table).map(|t| {
+            let rendered = match (&cli.fields, cli.parsable) {
+                (Some(fields), true) => table.render_parsable(fields),
+                (fields, _) => table.render_padded(fields.as_deref(), WIDTHS),
+            };
+            rendered.map(|t| {
                 if cli.parsable {
                     return t;
                 }

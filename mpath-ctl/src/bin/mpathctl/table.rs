@@ -12,6 +12,12 @@ impl Table {
     /// Renders the table, keeping only `fields` (comma-separated column names, any case) in
     /// that order when given.
     pub fn render(&self, fields: Option<&str>) -> anyhow::Result<String> {
+        self.render_padded(fields, &[])
+    }
+
+    /// [`Table::render`] with each column at least as wide as `minimum` says (by column
+    /// index), so that rows rendered one at a time (a stream) line up.
+    pub fn render_padded(&self, fields: Option<&str>, minimum: &[usize]) -> anyhow::Result<String> {
         let picked = self.pick(fields)?;
         let widths: Vec<usize> = picked
             .iter()
@@ -19,7 +25,7 @@ impl Table {
                 self.rows
                     .iter()
                     .map(|r| r[c].chars().count())
-                    .chain([self.columns[c].len()])
+                    .chain([self.columns[c].len(), minimum.get(c).copied().unwrap_or(0)])
                     .max()
                     .unwrap_or(0)
             })
@@ -106,6 +112,18 @@ mod tests {
             table().render(None).unwrap(),
             "INTERFACE  STATE\nh0         ok\nh10        failed\n"
         );
+    }
+
+    #[test]
+    fn padded_columns_line_up_across_separately_rendered_rows() {
+        let row = |interface: &str| Table {
+            columns: &["INTERFACE", "STATE"],
+            rows: vec![vec![interface.into(), "ok".into()]],
+        };
+        let a = row("h0").render_padded(None, &[12]).unwrap();
+        let b = row("a-long-name0").render_padded(None, &[12]).unwrap();
+        assert_eq!(a.lines().nth(1), Some("h0            ok"));
+        assert_eq!(b.lines().nth(1), Some("a-long-name0  ok"));
     }
 
     #[test]
