@@ -1167,6 +1167,27 @@ fn without_configured_targets_the_on_link_router_of_a_route_is_probed() {
             t.mode == "routes" && t.targets == ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
         })
     });
+    // The group shares one link: the router a route names on h0 is every NIC's target whose
+    // test subnet holds it, so a silent failure of h1 or h2 is caught too.
+    let status = daemon.status();
+    for nic in ["h1", "h2"] {
+        let v4 = status
+            .targets
+            .iter()
+            .find(|t| t.interface == nic && t.test_address.is_some_and(|a| a.is_ipv4()))
+            .unwrap();
+        assert_eq!(v4.mode, "routes", "{nic}");
+        assert_eq!(
+            v4.targets,
+            ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()],
+            "{nic}"
+        );
+    }
+    lab.drop_silently("h2").unwrap();
+    daemon.wait_until("h2 failed by its probes to the router", |d| {
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h2") == "failed")
+    });
 }
 
 /// Pings 192.0.2.19 from the router every 10 ms for `count` pings in the background.

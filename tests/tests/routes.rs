@@ -236,6 +236,51 @@ impl Connection {
     }
 }
 
+/// A UDP exchange between the host and a host behind the router: each datagram one way and
+/// back, as a stream of requests and answers would go.
+struct Datagrams {
+    host: UdpSocket,
+    far: UdpSocket,
+}
+
+impl Datagrams {
+    fn open(lab: &Lab, to: &str) -> Datagrams {
+        let to = SocketAddr::new(to.parse().unwrap(), 5003);
+        let far = {
+            let _inside = lab.router().enter().unwrap();
+            UdpSocket::bind(to).unwrap()
+        };
+        let host = {
+            let _inside = lab.host().enter().unwrap();
+            let any: IpAddr = if to.is_ipv4() {
+                Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                "::".parse().unwrap()
+            };
+            let socket = UdpSocket::bind((any, 0)).unwrap();
+            socket.connect(to).unwrap();
+            socket
+        };
+        for s in [&host, &far] {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        Datagrams { host, far }
+    }
+
+    /// Sends `count` datagrams each way; all must arrive.
+    fn exchange(&self, count: u8) {
+        let mut buf = [0u8; 64];
+        for n in 0..count {
+            self.host.send(&[n; 64]).unwrap();
+            let (len, from) = self.far.recv_from(&mut buf).unwrap();
+            assert_eq!((len, buf[0]), (64, n));
+            self.far.send_to(&buf[..len], from).unwrap();
+            let len = self.host.recv(&mut buf).unwrap();
+            assert_eq!((len, buf[0]), (64, n));
+        }
+    }
+}
+
 fn started(lab: &Lab) -> Mpathd {
     let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok and the routes served", |d| {
@@ -252,6 +297,9 @@ fn off_link_traffic_survives_carrier_loss_of_the_nic_the_default_route_named() {
     assert_sources_are_data_addresses(&lab, "with every NIC up");
     let mut connections = [BEHIND_ROUTER_V4, BEHIND_ROUTER_V6].map(|to| Connection::open(&lab, to));
     connections.iter_mut().for_each(|c| c.exchange(1));
+
+    let datagrams = [BEHIND_ROUTER_V4, BEHIND_ROUTER_V6].map(|to| Datagrams::open(&lab, to));
+    datagrams.iter().for_each(|d| d.exchange(10));
 
     lab.cut("h1").unwrap();
     daemon.wait_until("h1 failed and its address moved", |d| {
@@ -277,6 +325,7 @@ fn off_link_traffic_survives_carrier_loss_of_the_nic_the_default_route_named() {
     assert_off_link_reachable(&lab, "after h1's cable was cut");
     assert_sources_are_data_addresses(&lab, "after h1's cable was cut");
     connections.iter_mut().for_each(|c| c.exchange(2));
+    datagrams.iter().for_each(|d| d.exchange(10));
 
     lab.restore("h1").unwrap();
     daemon.wait_until("h1 repaired with its address back", |d| {
@@ -302,6 +351,9 @@ fn off_link_traffic_survives_a_silent_failure_of_the_nic_the_default_route_named
     let mut connections = [BEHIND_ROUTER_V4, BEHIND_ROUTER_V6].map(|to| Connection::open(&lab, to));
     connections.iter_mut().for_each(|c| c.exchange(1));
 
+    let datagrams = [BEHIND_ROUTER_V4, BEHIND_ROUTER_V6].map(|to| Datagrams::open(&lab, to));
+    datagrams.iter().for_each(|d| d.exchange(10));
+
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("h1 failed by its probes", |d| {
         d.try_status()
@@ -318,6 +370,7 @@ fn off_link_traffic_survives_a_silent_failure_of_the_nic_the_default_route_named
     assert_off_link_reachable(&lab, "while h1 drops everything");
     assert_sources_are_data_addresses(&lab, "while h1 drops everything");
     connections.iter_mut().for_each(|c| c.exchange(2));
+    datagrams.iter().for_each(|d| d.exchange(10));
 }
 
 #[test]
