@@ -490,12 +490,9 @@ impl Metrics {
             e.group_failures.with_label_values(&[&group.name]);
             for nic in &group.interfaces {
                 let labels = [group.name.as_str(), nic.name.as_str()];
-                for cause in FAILURE_CAUSES {
-                    e.failures.with_label_values(&[
-                        labels[0],
-                        labels[1],
-                        failure_cause_label(cause),
-                    ]);
+                for cause in FailureCause::ALL {
+                    e.failures
+                        .with_label_values(&[labels[0], labels[1], cause.as_str()]);
                 }
                 for family in [&e.repairs, &e.failovers, &e.failbacks, &e.restores] {
                     family.with_label_values(&labels);
@@ -592,7 +589,7 @@ impl Metrics {
     pub fn reply_refused(&self, group: &str, nic: &str, reason: ReplyRejectReason) {
         self.probes
             .unknown_replies
-            .with_label_values(&[group, nic, reply_reject_label(reason)])
+            .with_label_values(&[group, nic, reason.as_str()])
             .inc();
     }
 
@@ -603,7 +600,7 @@ impl Metrics {
             match action {
                 Action::Failed { nic, cause } => e
                     .failures
-                    .with_label_values(&[group, nic, failure_cause_label(*cause)])
+                    .with_label_values(&[group, nic, cause.as_str()])
                     .inc(),
                 Action::Repaired { nic } => e.repairs.with_label_values(&[group, nic]).inc(),
                 Action::GroupFailed => e.group_failures.with_label_values(&[group]).inc(),
@@ -653,9 +650,9 @@ impl Metrics {
             set_one_of(
                 &s.group_state,
                 &[name],
-                &GROUP_STATES,
+                GroupState::ALL,
                 group.view.state,
-                group_state_label,
+                GroupState::as_str,
             );
             let fdt = &group.fdt;
             let seconds = |ms: u64| Duration::from_millis(ms).as_secs_f64();
@@ -673,23 +670,23 @@ impl Metrics {
                 set_one_of(
                     &s.interface_state,
                     &labels,
-                    &INTERFACE_STATES,
+                    InterfaceStatus::ALL,
                     nic.state,
-                    interface_state_label,
+                    InterfaceStatus::as_str,
                 );
                 set_one_of(
                     &s.link_state,
                     &labels,
-                    &LINK_STATES,
+                    LinkState::ALL,
                     nic.link,
-                    link_state_label,
+                    LinkState::as_str,
                 );
                 set_one_of(
                     &s.probe_state,
                     &labels,
-                    &PROBE_STATES,
+                    ProbeStatus::ALL,
                     nic.probe,
-                    probe_state_label,
+                    ProbeStatus::as_str,
                 );
                 s.active
                     .with_label_values(&labels)
@@ -704,7 +701,13 @@ impl Metrics {
             };
             // No group: the label is empty, which Prometheus treats as absent.
             let labels = ["", nic.interface.as_str()];
-            set_one_of(&s.link_state, &labels, &LINK_STATES, link, link_state_label);
+            set_one_of(
+                &s.link_state,
+                &labels,
+                LinkState::ALL,
+                link,
+                LinkState::as_str,
+            );
         }
     }
 
@@ -763,85 +766,6 @@ fn set_one_of<T: Copy + PartialEq>(
         family
             .with_label_values(&with_state)
             .set(i64::from(value == current));
-    }
-}
-
-// Label values are the views' (serde) names; the exhaustive matches make a new variant a
-// compile error here, and a test checks each name against serde.
-
-const GROUP_STATES: [GroupState; 3] = [GroupState::Ok, GroupState::Degraded, GroupState::Failed];
-
-fn group_state_label(state: GroupState) -> &'static str {
-    match state {
-        GroupState::Ok => "ok",
-        GroupState::Degraded => "degraded",
-        GroupState::Failed => "failed",
-    }
-}
-
-const INTERFACE_STATES: [InterfaceStatus; 5] = [
-    InterfaceStatus::Ok,
-    InterfaceStatus::Failed,
-    InterfaceStatus::Offline,
-    InterfaceStatus::Unknown,
-    InterfaceStatus::Missing,
-];
-
-fn interface_state_label(state: InterfaceStatus) -> &'static str {
-    match state {
-        InterfaceStatus::Ok => "ok",
-        InterfaceStatus::Failed => "failed",
-        InterfaceStatus::Offline => "offline",
-        InterfaceStatus::Unknown => "unknown",
-        InterfaceStatus::Missing => "missing",
-    }
-}
-
-const LINK_STATES: [LinkState; 3] = [LinkState::Up, LinkState::Down, LinkState::Unknown];
-
-fn link_state_label(state: LinkState) -> &'static str {
-    match state {
-        LinkState::Up => "up",
-        LinkState::Down => "down",
-        LinkState::Unknown => "unknown",
-    }
-}
-
-const PROBE_STATES: [ProbeStatus; 4] = [
-    ProbeStatus::Ok,
-    ProbeStatus::Failed,
-    ProbeStatus::Unknown,
-    ProbeStatus::Disabled,
-];
-
-fn probe_state_label(state: ProbeStatus) -> &'static str {
-    match state {
-        ProbeStatus::Ok => "ok",
-        ProbeStatus::Failed => "failed",
-        ProbeStatus::Unknown => "unknown",
-        ProbeStatus::Disabled => "disabled",
-    }
-}
-
-const FAILURE_CAUSES: [FailureCause; 3] = [
-    FailureCause::LinkDown,
-    FailureCause::ProbesLost,
-    FailureCause::TargetsUnreachable,
-];
-
-fn failure_cause_label(cause: FailureCause) -> &'static str {
-    match cause {
-        FailureCause::LinkDown => "link_down",
-        FailureCause::ProbesLost => "probes_lost",
-        FailureCause::TargetsUnreachable => "targets_unreachable",
-    }
-}
-
-fn reply_reject_label(reason: ReplyRejectReason) -> &'static str {
-    match reason {
-        ReplyRejectReason::OutOfWindow => "out_of_window",
-        ReplyRejectReason::WrongSource { .. } => "wrong_source",
-        ReplyRejectReason::Duplicate => "duplicate",
     }
 }
 
@@ -1498,32 +1422,6 @@ mod tests {
             "{text}"
         );
         promtool_check(&text);
-    }
-
-    #[test]
-    fn state_labels_are_the_views_names() {
-        fn serde_name(value: impl serde::Serialize) -> String {
-            serde_json::to_value(value)
-                .unwrap()
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
-        for s in GROUP_STATES {
-            assert_eq!(group_state_label(s), serde_name(s));
-        }
-        for s in INTERFACE_STATES {
-            assert_eq!(interface_state_label(s), serde_name(s));
-        }
-        for s in LINK_STATES {
-            assert_eq!(link_state_label(s), serde_name(s));
-        }
-        for s in PROBE_STATES {
-            assert_eq!(probe_state_label(s), serde_name(s));
-        }
-        for c in FAILURE_CAUSES {
-            assert_eq!(failure_cause_label(c), serde_name(c));
-        }
     }
 
     /// Sends `request` to `addr` over a plain TCP connection; returns the status code, the

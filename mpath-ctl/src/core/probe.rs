@@ -259,6 +259,17 @@ pub enum RejectReason {
     Duplicate,
 }
 
+impl RejectReason {
+    /// Its name in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::OutOfWindow => "out_of_window",
+            RejectReason::WrongSource { .. } => "wrong_source",
+            RejectReason::Duplicate => "duplicate",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct UnknownReplies {
     pub out_of_window: u64,

@@ -173,14 +173,19 @@ pub enum Event {
 }
 
 /// Why a NIC was declared failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureCause {
     LinkDown,
     ProbesLost,
     /// Every member lost its probes at once: probably the targets, not the NICs.
     TargetsUnreachable,
 }
+
+named!(FailureCause {
+    LinkDown => "link_down",
+    ProbesLost => "probes_lost",
+    TargetsUnreachable => "targets_unreachable",
+});
 
 /// The state of one member NIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,22 +205,32 @@ pub enum IfState {
 }
 
 /// Link state as reported by rtnetlink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
     Up,
     Down,
     Unknown,
 }
 
+named!(LinkState {
+    Up => "up",
+    Down => "down",
+    Unknown => "unknown",
+});
+
 /// Group state (ipmpstat -g STATE).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {
     Ok,
     Degraded,
     Failed,
 }
+
+named!(GroupState {
+    Ok => "ok",
+    Degraded => "degraded",
+    Failed => "failed",
+});
 
 /// What the daemon must do or report after an event. [`Action::log_line`] gives the text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,8 +351,7 @@ pub struct NicRole {
 }
 
 /// Flags as ifconfig showed them on Solaris.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InterfaceFlag {
     Standby,
     Inactive,
@@ -345,9 +359,15 @@ pub enum InterfaceFlag {
     Offline,
 }
 
+named!(InterfaceFlag {
+    Standby => "standby",
+    Inactive => "inactive",
+    Failed => "failed",
+    Offline => "offline",
+});
+
 /// ipmpstat -i PROBE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeStatus {
     Ok,
     Failed,
@@ -357,9 +377,15 @@ pub enum ProbeStatus {
     Disabled,
 }
 
+named!(ProbeStatus {
+    Ok => "ok",
+    Failed => "failed",
+    Unknown => "unknown",
+    Disabled => "disabled",
+});
+
 /// ipmpstat -i STATE, plus `missing` for a configured NIC not present in the system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InterfaceStatus {
     Ok,
     Failed,
@@ -368,6 +394,14 @@ pub enum InterfaceStatus {
     Unknown,
     Missing,
 }
+
+named!(InterfaceStatus {
+    Ok => "ok",
+    Failed => "failed",
+    Offline => "offline",
+    Unknown => "unknown",
+    Missing => "missing",
+});
 
 /// One line of the interfaces view (ipmpstat -i).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

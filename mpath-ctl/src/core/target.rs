@@ -80,17 +80,21 @@ impl fmt::Display for AddressFamily {
 }
 
 /// Where a target came from; one list holds one kind only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetSource {
     Configured,
     Router,
     Discovered,
 }
 
+named!(TargetSource {
+    Configured => "configured",
+    Router => "router",
+    Discovered => "discovered",
+});
+
 /// A target's standing, as the status views show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetState {
     /// Probed in turn.
     Active,
@@ -101,6 +105,13 @@ pub enum TargetState {
     /// Stopped answering while the others answered; probed again after a while.
     Dead,
 }
+
+named!(TargetState {
+    Active => "active",
+    Spare => "spare",
+    Slow => "slow",
+    Dead => "dead",
+});
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TargetView {

@@ -27,7 +27,6 @@ use mpath_common::{
     MAX_GROUPS, MAX_NICS, NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, ProbeReply as RawReply, Settings,
 };
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
-use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -174,15 +173,6 @@ pub struct Daemon {
     /// When the routing table is to be read again after it changed.
     routes_due: Option<Instant>,
     metrics: Metrics,
-}
-
-/// Label of an enum as the views print it: its serde name.
-fn label(value: impl Serialize) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        Ok(other) => other.to_string(),
-        Err(_) => "unknown".into(),
-    }
 }
 
 impl Daemon {

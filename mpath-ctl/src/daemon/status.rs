@@ -1,6 +1,7 @@
 //! The status views and the metrics snapshot.
 
 use super::*;
+use crate::core::target::TargetSource;
 
 impl Daemon {
     /// What a scrape shows of the groups and the datapath's counters, as they are now.
@@ -62,7 +63,7 @@ impl Daemon {
             let view = g.fsm.view();
             status.groups.push(GroupRow {
                 group: view.group.clone(),
-                state: label(view.state),
+                state: view.state.as_str().to_string(),
                 fdt_ms: g.fdt.effective().as_millis() as u64,
                 active: view.active.clone(),
                 inactive: view.inactive.clone(),
@@ -74,10 +75,10 @@ impl Daemon {
                     interface: i.interface,
                     group: i.group,
                     active: i.active,
-                    flags: i.flags.into_iter().map(label).collect(),
-                    link: label(i.link),
-                    probe: label(i.probe),
-                    state: label(i.state),
+                    flags: i.flags.iter().map(|f| f.as_str().to_string()).collect(),
+                    link: i.link.as_str().to_string(),
+                    probe: i.probe.as_str().to_string(),
+                    state: i.state.as_str().to_string(),
                 }));
             let outbound: Vec<String> = g
                 .fsm
@@ -114,7 +115,10 @@ impl Daemon {
                     let targets: Vec<IpAddr> = p.prober.targets().active().collect();
                     // With no target known mpathd is discovering by multicast echo.
                     let multicast = targets.is_empty()
-                        || view.targets.iter().any(|t| label(t.source) == "discovered");
+                        || view
+                            .targets
+                            .iter()
+                            .any(|t| t.source == TargetSource::Discovered);
                     TargetRow {
                         interface: n.name.clone(),
                         mode: if multicast { "multicast" } else { "routes" }.into(),
@@ -125,8 +129,8 @@ impl Daemon {
                             .iter()
                             .map(|t| TargetHealth {
                                 address: t.address,
-                                source: label(t.source),
-                                state: label(t.state),
+                                source: t.source.as_str().to_string(),
+                                state: t.state.as_str().to_string(),
                                 rtt_avg_us: t.rtt_avg_us,
                                 rtt_dev_us: t.rtt_dev_us,
                                 rtt_bound_us: t.rtt_bound_us,
