@@ -30,21 +30,8 @@ const DATA_ADDRESSES: [&str; 3] = ["192.0.2.19", "192.0.2.20", "2001:db8::19"];
 fn dhcp_lab() -> Lab {
     let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
     lab.add_host_addr("h1", "192.0.2.20/24").unwrap();
+    add_dhcp_default_route(&lab);
     let host = lab.host();
-    host.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "192.0.2.1",
-        "dev",
-        "h1",
-        "proto",
-        "dhcp",
-        "metric",
-        "100",
-    ])
-    .unwrap();
     host.ip(&[
         "-6",
         "route",
@@ -61,6 +48,25 @@ fn dhcp_lab() -> Lab {
     ])
     .unwrap();
     lab
+}
+
+/// The IPv4 default route through h1 as a DHCP client adds it.
+fn add_dhcp_default_route(lab: &Lab) {
+    lab.host()
+        .ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "h1",
+            "proto",
+            "dhcp",
+            "metric",
+            "100",
+        ])
+        .unwrap();
 }
 
 fn all_ok(d: &Mpathd) -> bool {
@@ -650,21 +656,7 @@ fn the_group_keeps_the_routes_the_kernel_or_a_network_manager_deleted_with_a_nic
             state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
         })
     });
-    let host = lab.host();
-    host.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "192.0.2.1",
-        "dev",
-        "h1",
-        "proto",
-        "dhcp",
-        "metric",
-        "100",
-    ])
-    .unwrap();
+    add_dhcp_default_route(&lab);
     daemon.wait_until("the IPv4 default route back in main", |d| {
         d.log()
             .contains("the route default via 192.0.2.1 metric 100 is back in the main table")
