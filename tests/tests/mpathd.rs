@@ -1507,3 +1507,48 @@ fn the_probe_stream_numbers_lost_probes_lines_up_and_times_from_its_own_start() 
         assert!(seconds < 30.0, "{line}");
     }
 }
+
+#[test]
+fn a_nic_without_an_ipv4_test_address_probes_over_ipv6_from_its_link_local_address() {
+    let lab = lab();
+    let config = r#"
+[daemon]
+failure_detection_time_ms = 700
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+
+[[group.interface]]
+name = "h0"
+data_addresses = ["2001:db8::19/64"]
+
+[[group.interface]]
+name = "h1"
+data_addresses = ["2001:db8::20/64"]
+"#;
+    let mut daemon = Mpathd::start(lab.host(), config);
+    // An answered probe ends the startup quiet period, which holds failures back.
+    daemon.wait_until("both NICs' probes to a link-local router answered", |d| {
+        d.try_status().is_some_and(|s| {
+            ["h0", "h1"].iter().all(|nic| {
+                s.targets.iter().any(|t| {
+                    t.interface == *nic
+                        && t.test_address
+                            .is_some_and(|a| a.to_string().starts_with("fe80::"))
+                        && t.health.iter().any(|h| h.answered > 0)
+                })
+            })
+        })
+    });
+    lab.drop_silently("h0").unwrap();
+    daemon.wait_until("h0 failed by its IPv6 probes, its address on h1", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "failed" && inbound(&s, "2001:db8::19/64") == Some("h1")
+        })
+    });
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "2001:db8::19"])
+        .unwrap();
+}

@@ -99,8 +99,8 @@ struct Nic {
     /// Kernel identity while the NIC exists.
     ifindex: Option<u32>,
     mac: [u8; 6],
-    /// Whether the NIC probes over IPv6 too (from its link-local address): when it probes
-    /// at all and its group carries IPv6 data addresses.
+    /// Whether the NIC probes over IPv6 (from its link-local address): when its group carries
+    /// IPv6 data addresses.
     probe_v6: bool,
     /// One prober per address family that is running.
     probing: Vec<Probing>,

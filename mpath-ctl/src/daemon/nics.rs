@@ -48,16 +48,20 @@ impl Daemon {
             .map(|i| state::InterfaceConfig {
                 name: i.name.clone(),
                 standby: i.standby,
+                // As on Solaris, where the link-local address is every NIC's IPv6 test
+                // address: a group with IPv6 data addresses probes over IPv6 on every NIC,
+                // with or without an IPv4 test address.
                 probe: match (i.test_address.is_some(), v6_data) {
-                    (false, _) => ProbeFamilies::NONE,
+                    (false, false) => ProbeFamilies::NONE,
                     (true, false) => ProbeFamilies::IPV4,
+                    (false, true) => ProbeFamilies::IPV6,
                     (true, true) => ProbeFamilies::BOTH,
                 },
             })
             .collect();
         let mut nics = Vec::new();
         for i in &g.interfaces {
-            let probe_v6 = i.test_address.is_some() && v6_data;
+            let probe_v6 = v6_data;
             // A NIC keeps its counter slot across reloads.
             let slot =
                 keep_or_assign(&mut self.slots, &i.name, MAX_NICS).context("too many NICs")?;
