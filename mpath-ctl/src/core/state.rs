@@ -1565,6 +1565,30 @@ mod tests {
     }
 
     #[test]
+    fn within_the_startup_quiet_period_a_probing_nic_whose_link_returned_needs_ten_replies() {
+        for probe in [ProbeFamilies::IPV4, ProbeFamilies::BOTH] {
+            let policy = Policy {
+                failback: true,
+                startup_quiet: STARTUP_QUIET_PERIOD,
+            };
+            let mut sim = Sim::new(
+                policy,
+                vec![nic("h0", false, probe), nic("h1", false, probe)],
+            );
+            sim.rounds(3, &[("h0", ANSWERED), ("h1", ANSWERED)]);
+            sim.link("h0", false);
+            sim.advance(Duration::from_millis(500));
+            sim.link("h0", true);
+            sim.tick();
+            sim.rounds(2, &[("h0", ANSWERED), ("h1", ANSWERED)]);
+            sim.tick();
+            assert_eq!(sim.state("h0"), failed(FailureCause::LinkDown), "{probe:?}");
+            sim.rounds(8, &[("h0", ANSWERED), ("h1", ANSWERED)]);
+            assert_eq!(sim.state("h0"), IfState::Ok, "{probe:?}");
+        }
+    }
+
+    #[test]
     fn flapping_link_is_not_repaired_until_stable() {
         let mut sim = two_link_only();
         let mut actions = Vec::new();
