@@ -1552,3 +1552,44 @@ data_addresses = ["2001:db8::20/64"]
         .run(&["ping", "-c1", "-W2", "2001:db8::19"])
         .unwrap();
 }
+
+#[test]
+fn an_address_someone_puts_on_a_group_nic_fails_over_with_it() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.add_host_addr("h0", "192.0.2.50/24").unwrap();
+    daemon.wait_until("192.0.2.50 adopted on h0", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.50/24") == Some("h0"))
+    });
+
+    lab.cut("h0").unwrap();
+    daemon.wait_until("192.0.2.50 moved with h0's data addresses", |d| {
+        d.try_status().is_some_and(|s| {
+            inbound(&s, "192.0.2.50/24") == Some("h2") && inbound(&s, "192.0.2.19/24") == Some("h2")
+        })
+    });
+    assert!(has_address(&lab, "h2", "192.0.2.50/24"));
+    assert!(!has_address(&lab, "h0", "192.0.2.50/24"));
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.50"])
+        .unwrap();
+
+    lab.restore("h0").unwrap();
+    daemon.wait_until("192.0.2.50 back on h0", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.50/24") == Some("h0"))
+    });
+    // Its owner removes it: mpathd does not put it back.
+    lab.del_host_addr("h0", "192.0.2.50/24").unwrap();
+    daemon.wait_until("192.0.2.50 forgotten", |d| {
+        d.try_status()
+            .is_some_and(|s| !s.addresses.iter().any(|a| a.address == "192.0.2.50/24"))
+    });
+    assert!(
+        ["h0", "h1", "h2"]
+            .iter()
+            .all(|nic| !has_address(&lab, nic, "192.0.2.50/24"))
+    );
+}

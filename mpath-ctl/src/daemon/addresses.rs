@@ -23,6 +23,15 @@ impl Daemon {
             return;
         }
         let group = &mut self.groups[gi];
+        if group.adopted.remove(&cidr) {
+            // Someone else's address, and now someone removed it: it is theirs to remove.
+            tracing::info!(
+                "{cidr} was removed from its NIC; group {} forgets it (adopted, not configured)",
+                group.config.name
+            );
+            group.addresses.retain(|a| a.cidr != cidr);
+            return;
+        }
         if let Some(a) = group.addresses.iter_mut().find(|a| a.cidr == cidr) {
             tracing::warn!(
                 "data address {cidr} was removed from {} behind mpathd's back; restoring it",
@@ -44,6 +53,7 @@ impl Daemon {
             .iter()
             .position(|g| g.addresses.iter().any(|a| a.cidr == cidr))
         else {
+            self.adopt_new_address(ifindex, cidr).await;
             return;
         };
         let group = &self.groups[gi];
@@ -88,6 +98,61 @@ impl Daemon {
                 self.move_addresses(gi).await;
             }
         }
+    }
+
+    /// An address that is no group's appeared: when someone put it on a group NIC, the group
+    /// adopts it and places it (at once elsewhere, if that NIC cannot hold it).
+    async fn adopt_new_address(&mut self, ifindex: u32, cidr: IpCidr) {
+        let placed = match self.netlink.placed_addresses().await {
+            Ok(placed) => placed,
+            Err(e) => {
+                tracing::error!("reading the addresses to check {cidr}: {e}");
+                return;
+            }
+        };
+        if !placed.contains(&(ifindex, cidr)) {
+            return;
+        }
+        for gi in self.adopt_addresses(&[(ifindex, cidr)]) {
+            self.move_addresses(gi).await;
+            self.update_routes().await;
+        }
+    }
+
+    /// Adopts the addresses someone put on a group NIC that are neither data nor test
+    /// addresses (an administrator's, a DHCP client's): in IPMP every address of a NIC but
+    /// its test address fails over, so they become data addresses of that NIC, placed and
+    /// moved like the configured ones. Returns the groups that adopted one.
+    pub(super) fn adopt_addresses(&mut self, placed: &[(u32, IpCidr)]) -> BTreeSet<usize> {
+        let mut adopting = BTreeSet::new();
+        for (ifindex, cidr) in placed {
+            let known = self.groups.iter().any(|g| {
+                g.addresses.iter().any(|a| a.cidr.addr() == cidr.addr())
+                    || g.nics
+                        .iter()
+                        .any(|n| n.test_address.is_some_and(|t| t.addr() == cidr.addr()))
+            });
+            let owner = self.groups.iter().enumerate().find_map(|(gi, g)| {
+                let nic = g.nics.iter().find(|n| n.ifindex == Some(*ifindex))?;
+                Some((gi, nic.name.clone()))
+            });
+            let Some((gi, nic)) = owner.filter(|_| !known) else {
+                continue;
+            };
+            let group = &mut self.groups[gi];
+            tracing::info!(
+                "group {} adopts {cidr} found on {nic}: it fails over like the data addresses",
+                group.config.name
+            );
+            group.adopted.insert(*cidr);
+            group.addresses.push(DataAddress {
+                cidr: *cidr,
+                home: nic.clone(),
+                current: Some(nic),
+            });
+            adopting.insert(gi);
+        }
+        adopting
     }
 
     /// Whether the kernel has `cidr` on `ifindex` right now; `None` when it cannot be asked.

@@ -120,6 +120,8 @@ struct Group {
     /// Routes the kernel deleted with their NIC that the group keeps serving until their
     /// owner adds them again (see [`crate::core::routes::orphaned`]).
     held_routes: Vec<RouteConfig>,
+    /// Which of `addresses` the group adopted from a NIC rather than from the configuration.
+    adopted: BTreeSet<IpCidr>,
 }
 
 impl Group {

@@ -99,6 +99,7 @@ impl Daemon {
             nics,
             addresses,
             held_routes: Vec::new(),
+            adopted: BTreeSet::new(),
         });
         Ok(())
     }
@@ -119,6 +120,7 @@ impl Daemon {
             }
         }
         let addresses = self.netlink.addresses().await?;
+        let placed = self.netlink.placed_addresses().await?;
         self.main_routes = self.netlink.main_routes().await?;
         self.addresses = addresses.clone();
         let now = Instant::now();
@@ -135,6 +137,7 @@ impl Daemon {
                     None => self.forget_nic(gi, ni),
                 }
             }
+            self.adopt_addresses(&placed);
             let group = &mut self.groups[gi];
             for address in &mut group.addresses {
                 address.current = group

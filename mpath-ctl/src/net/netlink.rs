@@ -20,7 +20,9 @@ use rtnetlink::packet_core::{
     NLMSG_OVERRUN, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
     NetlinkPayload, NetlinkSerializable,
 };
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, CacheInfo};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, CacheInfo,
+};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -287,6 +289,26 @@ impl Netlink {
             .await
             .map_err(|error| NetlinkError::ListAddresses(io_error(error)))?;
         Ok(messages.iter().filter_map(address_of).collect())
+    }
+
+    /// The addresses someone put on an interface (an administrator, a DHCP client): global
+    /// unicast ones, without those the kernel made itself (IPv6 SLAAC and privacy addresses,
+    /// link-local and loopback ones), which belong to their NIC and would be made again there.
+    pub async fn placed_addresses(&self) -> Result<Vec<(u32, IpCidr)>, NetlinkError> {
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|error| NetlinkError::ListAddresses(io_error(error)))?;
+        Ok(messages
+            .iter()
+            .filter(|message| !made_by_kernel(message))
+            .filter_map(address_of)
+            .filter(|(_, cidr)| is_global_unicast(cidr.addr()))
+            .collect())
     }
 
     /// Adds `cidr` to the interface, or brings an address already there to `options`
@@ -796,6 +818,25 @@ fn address_of(message: &AddressMessage) -> Option<(u32, IpCidr)> {
     Some((message.header.index, cidr))
 }
 
+/// Whether the kernel made the address itself (IFA_PROTO, or the temporary flag, which
+/// IPv6 shares with IPv4's "secondary").
+fn made_by_kernel(message: &AddressMessage) -> bool {
+    message.attributes.iter().any(|attribute| match attribute {
+        AddressAttribute::Protocol(protocol) => !matches!(protocol, AddressProtocol::Other(_)),
+        AddressAttribute::Flags(flags) => {
+            message.header.family == AddressFamily::Inet6 && flags.contains(AddressFlags::Secondary)
+        }
+        _ => false,
+    })
+}
+
+fn is_global_unicast(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => !(a.is_loopback() || a.is_link_local() || a.is_multicast()),
+        IpAddr::V6(a) => !(a.is_loopback() || a.is_unicast_link_local() || a.is_multicast()),
+    }
+}
+
 /// The table of a route. Tables above 255 only fit RTA_TABLE; the header then says
 /// RT_TABLE_COMPAT.
 fn table_of(message: &RouteMessage) -> u32 {
@@ -1022,6 +1063,46 @@ mod tests {
         address.header.prefix_len = 24;
         address.attributes = attributes;
         address
+    }
+
+    #[test]
+    fn addresses_the_kernel_made_are_told_apart() {
+        let v6 = |attributes| {
+            address_message(
+                AddressFamily::Inet6,
+                [
+                    vec![AddressAttribute::Address("2001:db8::5".parse().unwrap())],
+                    attributes,
+                ]
+                .concat(),
+            )
+        };
+        let slaac = v6(vec![AddressAttribute::Protocol(
+            AddressProtocol::RouterAnnouncement,
+        )]);
+        let privacy = v6(vec![AddressAttribute::Flags(AddressFlags::Secondary)]);
+        let administrator = v6(vec![AddressAttribute::Flags(AddressFlags::Permanent)]);
+        assert!(made_by_kernel(&slaac) && made_by_kernel(&privacy));
+        assert!(!made_by_kernel(&administrator));
+        // IPv4's secondary flag only says another address of the subnet came first.
+        let secondary = address_message(
+            AddressFamily::Inet,
+            vec![
+                AddressAttribute::Local("192.0.2.50".parse().unwrap()),
+                AddressAttribute::Flags(AddressFlags::Secondary),
+            ],
+        );
+        assert!(!made_by_kernel(&secondary));
+        for (addr, global) in [
+            ("192.0.2.50", true),
+            ("169.254.1.1", false),
+            ("127.0.0.1", false),
+            ("2001:db8::5", true),
+            ("fe80::1", false),
+            ("ff02::1", false),
+        ] {
+            assert_eq!(is_global_unicast(addr.parse().unwrap()), global, "{addr}");
+        }
     }
 
     fn route_message(
