@@ -1593,3 +1593,89 @@ fn an_address_someone_puts_on_a_group_nic_fails_over_with_it() {
             .all(|nic| !has_address(&lab, nic, "192.0.2.50/24"))
     );
 }
+
+/// Waits until one of h1's probes to its target was answered since mpathd started (which
+/// ends the startup quiet period).
+fn h1_answered(d: &Mpathd) -> bool {
+    d.try_status().is_some_and(|s| {
+        s.targets.iter().any(|t| {
+            t.interface == "h1"
+                && t.test_address.is_some_and(|a| a.is_ipv4())
+                && t.health.iter().any(|h| h.answered > 0)
+        })
+    })
+}
+
+#[test]
+fn the_same_address_with_another_prefix_length_on_another_nic_is_removed() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.add_host_addr("h1", "192.0.2.19/25").unwrap();
+    daemon.wait_until("the /25 copy gone from h1", |_| {
+        !has_address(&lab, "h1", "192.0.2.19/25")
+    });
+    assert!(has_address(&lab, "h0", "192.0.2.19/24"));
+    assert!(daemon.log().contains("192.0.2.19/25 was added to h1"));
+}
+
+#[test]
+fn a_test_address_deleted_behind_mpathds_back_is_restored_and_the_nic_stays_ok() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok, h1 answered", |d| all_ok(d) && h1_answered(d));
+    lab.del_host_addr("h1", "192.0.2.22/32").unwrap();
+    daemon.wait_until("h1's test address back", |_| {
+        has_address(&lab, "h1", "192.0.2.22/32")
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("test address 192.0.2.22/32 was removed from h1 behind mpathd's back")
+    );
+    // Ten probe intervals later h1 is still ok: its probes kept getting answers.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let status = daemon.status();
+    assert_eq!(state_of(&status, "h1"), "ok");
+    assert!(!daemon.log().contains("NIC failure detected on h1"));
+}
+
+#[test]
+fn a_nic_whose_mac_changed_is_announced_with_its_new_mac_after_a_failover() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let new_mac = "02:00:5e:00:53:42";
+    lab.host()
+        .ip(&["link", "set", "h2", "address", new_mac])
+        .unwrap();
+    daemon.wait_until("the new MAC taken", |d| {
+        d.log()
+            .contains("the hardware address of h2 changed to 02:00:5e:00:53:42")
+    });
+    lab.cut("h0").unwrap();
+    daemon.wait_until("192.0.2.19 on h2", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.19/24") == Some("h2"))
+    });
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+        .unwrap();
+    let neighbour = lab.router().ip(&["neigh", "show", "192.0.2.19"]).unwrap();
+    assert!(neighbour.contains(new_mac), "{neighbour}");
+}
+
+#[test]
+fn a_restart_during_a_silent_failure_fails_the_nic_without_a_startup_quiet_period() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok, h1 answered", |d| all_ok(d) && h1_answered(d));
+    daemon.kill();
+    lab.drop_silently("h1").unwrap();
+    daemon.spawn(lab.host());
+    // The 40 s quiet period of a cold start would hold this back past the wait's 20 s.
+    daemon.wait_until("h1 failed by its probes", |d| {
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h1") == "failed")
+    });
+}

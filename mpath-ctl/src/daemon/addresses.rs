@@ -43,15 +43,16 @@ impl Daemon {
     }
 
     /// A data address appeared on a NIC of its group without mpathd putting it there (an
-    /// administrator, a DHCP client). Where the address has a place, that copy is removed:
-    /// two NICs answering for one address confuse the peers. An address that had no place
-    /// (its NIC vanished with nowhere to move it) is adopted where it appeared, then placed as
-    /// usual. Late events of mpathd's own moves are told apart by asking the kernel.
+    /// administrator, a DHCP client), with its prefix length or another one: it is the same
+    /// address either way. Where the address has a place, that copy is removed: two NICs
+    /// answering for one address confuse the peers. An address that had no place (its NIC
+    /// vanished with nowhere to move it) is adopted where it appeared, then placed as usual.
+    /// Late events of mpathd's own moves are told apart by asking the kernel.
     pub(super) async fn reconcile_added_address(&mut self, ifindex: u32, cidr: IpCidr) {
         let Some(gi) = self
             .groups
             .iter()
-            .position(|g| g.addresses.iter().any(|a| a.cidr == cidr))
+            .position(|g| g.addresses.iter().any(|a| a.cidr.addr() == cidr.addr()))
         else {
             self.adopt_new_address(ifindex, cidr).await;
             return;
@@ -65,12 +66,17 @@ impl Daemon {
         else {
             return;
         };
-        let placed = group
+        let Some(data) = group
             .addresses
             .iter()
-            .find(|a| a.cidr == cidr)
-            .and_then(|a| a.current.clone());
-        if placed.as_deref() == Some(nic.as_str())
+            .find(|a| a.cidr.addr() == cidr.addr())
+        else {
+            return;
+        };
+        let placed = data.current.clone();
+        let the_placed_copy = placed.as_deref() == Some(nic.as_str()) && data.cidr == cidr;
+        if the_placed_copy
+            || (placed.is_none() && data.cidr != cidr)
             || self.kernel_has(ifindex, cidr).await != Some(true)
         {
             return;
@@ -184,7 +190,10 @@ impl Daemon {
             extra.extend(
                 found
                     .iter()
-                    .filter(|(ifindex, cidr)| *cidr == a.cidr && Some(*ifindex) != placed)
+                    .filter(|(ifindex, cidr)| {
+                        cidr.addr() == a.cidr.addr()
+                            && (Some(*ifindex) != placed || *cidr != a.cidr)
+                    })
                     .copied(),
             );
         }
@@ -237,6 +246,28 @@ impl Daemon {
         }
     }
 
+    /// Tells the peers that `addr` is reached at `mac` on `nic` now: once at once, then
+    /// repeated (an earlier announcement of the address still running is replaced).
+    pub(super) fn announce(&mut self, ifindex: u32, mac: [u8; 6], addr: IpAddr, nic: &str) {
+        let announcement = Announcement {
+            ifindex,
+            mac,
+            addr,
+            remaining: match addr {
+                IpAddr::V4(_) => announce::ARP_ANNOUNCEMENTS,
+                IpAddr::V6(_) => announce::NA_ANNOUNCEMENTS,
+            } - 1,
+            next: Instant::now() + announce::ANNOUNCE_INTERVAL,
+        };
+        if let Err(e) = announcement.send() {
+            tracing::warn!("announcing {addr} on {nic}: {e}");
+        }
+        self.announcements.retain(|a| a.addr != addr);
+        if announcement.remaining > 0 {
+            self.announcements.push(announcement);
+        }
+    }
+
     /// Puts every data address where the placement plan wants it: adds it on the new NIC
     /// first and only then removes it from the old one, so it is never on no NIC; tells the
     /// peers at once.
@@ -272,23 +303,7 @@ impl Daemon {
             {
                 tracing::error!("cannot remove {} from its old NIC: {e}", m.addr);
             }
-            let announcement = Announcement {
-                ifindex: to.0,
-                mac: to.1,
-                addr: m.addr.addr(),
-                remaining: match m.addr.addr() {
-                    IpAddr::V4(_) => announce::ARP_ANNOUNCEMENTS,
-                    IpAddr::V6(_) => announce::NA_ANNOUNCEMENTS,
-                } - 1,
-                next: Instant::now() + announce::ANNOUNCE_INTERVAL,
-            };
-            if let Err(e) = announcement.send() {
-                tracing::warn!("announcing {} on {}: {e}", m.addr, m.to);
-            }
-            self.announcements.retain(|a| a.addr != announcement.addr);
-            if announcement.remaining > 0 {
-                self.announcements.push(announcement);
-            }
+            self.announce(to.0, to.1, m.addr.addr(), &m.to);
             done.insert(m.addr);
             let group = &mut self.groups[gi];
             if let Some(a) = group.addresses.iter_mut().find(|a| a.cidr == m.addr) {

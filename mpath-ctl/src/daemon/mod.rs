@@ -162,6 +162,9 @@ pub struct Daemon {
     /// Group NICs removed since the routing table was last read, by ifindex and group: their
     /// routes went with them.
     departed: Vec<(u32, usize)>,
+    /// This mpathd took over a running datapath (a restart): the groups it starts with skip
+    /// the startup quiet period, which is for a cold start.
+    restarted: bool,
     /// The kernel's addresses by ifindex, kept current from netlink.
     addresses: Vec<(u32, IpCidr)>,
     announcements: Vec<Announcement>,
@@ -184,6 +187,9 @@ impl Daemon {
         // datapath (its probe key alone would make every probe reply look forged).
         let control = control::bind(&config.daemon.socket)?;
         let mut datapath = Datapath::open(&config.daemon.bpf_pin_dir)?;
+        // A datapath already running on NICs: mpathd restarts, the switch has long learnt
+        // the NICs' MACs, and no startup quiet period holds a failure back.
+        let restarted = datapath.pinned_nics().is_ok_and(|nics| !nics.is_empty());
         let mut rng = StdRng::from_os_rng();
         let probe_key: [u64; 2] = rng.random();
         datapath.maps.set_settings(Settings { probe_key })?;
@@ -230,6 +236,7 @@ impl Daemon {
             nexthops,
             nexthop_ids: IdBook::default(),
             departed: Vec::new(),
+            restarted,
             addresses: Vec::new(),
             announcements: Vec::new(),
             ungrouped: BTreeMap::new(),
@@ -244,6 +251,8 @@ impl Daemon {
         let all = config.groups.iter().map(|g| g.name.clone()).collect();
         daemon.resync(&all, &BTreeMap::new()).await?;
         daemon.prune_stale_pins();
+        // Groups a reload adds later start cold.
+        daemon.restarted = false;
         Ok(daemon)
     }
 
@@ -366,6 +375,9 @@ impl Daemon {
                     return Ok(());
                 };
                 let known = self.groups[gi].nics[ni].ifindex == Some(link.ifindex);
+                if known && let Some(mac) = link.mac {
+                    self.change_mac(gi, ni, mac);
+                }
                 let carrier =
                     std::mem::replace(&mut self.groups[gi].nics[ni].carrier, link.usable());
                 self.set_up_nic(gi, ni, &link, now).await;
@@ -429,6 +441,7 @@ impl Daemon {
                     self.handle(gi, event, now).await;
                 }
                 self.restore_lost_address(ifindex, cidr).await;
+                self.restore_test_address(ifindex, cidr).await;
             }
             // A burst of route changes (a routing daemon filling the table) costs one dump.
             NetEvent::RoutesChanged => {

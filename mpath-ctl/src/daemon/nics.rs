@@ -35,7 +35,11 @@ impl Daemon {
 
         let policy = Policy {
             failback: self.config.daemon.failback,
-            ..Policy::default()
+            startup_quiet: if self.restarted {
+                Duration::ZERO
+            } else {
+                Policy::default().startup_quiet
+            },
         };
         let v6_data = g
             .interfaces
@@ -219,17 +223,8 @@ impl Daemon {
                 info.flags |= NIC_F_TEST_V4;
                 info.test_v4 = v4.octets();
             }
-            // A test address must never steer routing nor be chosen as a source: it goes on
-            // as a host address (/32) without a prefix route. Otherwise it would be the
-            // primary address of its subnet and the data addresses secondaries, which get no
-            // route of their own.
-            let host = IpCidr::new(test.addr(), 32).expect("/32 is valid for IPv4");
-            let options = AddressOptions {
-                noprefixroute: true,
-                ..Default::default()
-            };
-            if let Err(e) = self.netlink.add_address(link.ifindex, host, options).await {
-                tracing::error!("cannot add test address {host} to {}: {e}", nic.name);
+            if let Err(e) = add_test_address(&self.netlink, link.ifindex, test).await {
+                tracing::error!("cannot add test address {test} to {}: {e}", nic.name);
             }
         }
         if let Err(e) = self.datapath.maps.set_nic(link.ifindex, info) {
@@ -349,6 +344,75 @@ impl Daemon {
         Some((gi, nic.name.clone()))
     }
 
+    /// A NIC's hardware address changed under the same ifindex (`ip link set h2 address`):
+    /// the datapath rewrites source MACs to it, and the peers must learn it for the addresses
+    /// the NIC holds, or they keep sending to a MAC nobody has.
+    pub(super) fn change_mac(&mut self, gi: usize, ni: usize, mac: [u8; 6]) {
+        let nic = &mut self.groups[gi].nics[ni];
+        let Some(ifindex) = nic.ifindex else { return };
+        if nic.mac == mac {
+            return;
+        }
+        nic.mac = mac;
+        let name = nic.name.clone();
+        tracing::info!(
+            "the hardware address of {name} changed to {}; announcing its addresses with it",
+            mac.map(|b| format!("{b:02x}")).join(":")
+        );
+        match self.datapath.maps.nics.get(&ifindex, 0) {
+            Ok(mut info) => {
+                info.mac = mac;
+                if let Err(e) = self.datapath.maps.set_nic(ifindex, info) {
+                    tracing::error!("{name}: {e}");
+                }
+            }
+            Err(e) => tracing::error!("{name}: {e}"),
+        }
+        let test = self.groups[gi].nics[ni].test_address.map(|t| t.addr());
+        if let Some(IpAddr::V4(v4)) = test
+            && let Err(e) = self.datapath.maps.set_test_address(v4, ifindex)
+        {
+            tracing::error!("{name}: {e}");
+        }
+        self.write_table(gi);
+        let held: Vec<IpAddr> = self.groups[gi]
+            .addresses
+            .iter()
+            .filter(|a| a.current.as_deref() == Some(name.as_str()))
+            .map(|a| a.cidr.addr())
+            .collect();
+        for addr in held {
+            self.announce(ifindex, mac, addr, &name);
+        }
+    }
+
+    /// A NIC's test address vanished (someone deleted it): put it back, or the NIC's probes
+    /// would fail for a reason that is not the NIC's. The kernel is asked, as late events of
+    /// a NIC that left and came back may arrive after it was added again.
+    pub(super) async fn restore_test_address(&mut self, ifindex: u32, cidr: IpCidr) {
+        let Some(nic) = self.groups.iter().flat_map(|g| &g.nics).find(|n| {
+            n.ifindex == Some(ifindex) && n.test_address.is_some_and(|t| t.addr() == cidr.addr())
+        }) else {
+            return;
+        };
+        let (name, test) = (nic.name.clone(), nic.test_address);
+        let Some(test) = test else { return };
+        match self.netlink.addresses().await {
+            Ok(now) if now.contains(&(ifindex, cidr)) => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!("reading the addresses to check {cidr}: {e}");
+                return;
+            }
+        }
+        tracing::warn!(
+            "test address {cidr} was removed from {name} behind mpathd's back; restoring it"
+        );
+        if let Err(e) = add_test_address(&self.netlink, ifindex, test).await {
+            tracing::error!("cannot restore test address {test} on {name}: {e}");
+        }
+    }
+
     /// Forgets the kernel side of a NIC that is gone; its links went with it.
     pub(super) fn forget_nic(&mut self, gi: usize, ni: usize) {
         let nic = &mut self.groups[gi].nics[ni];
@@ -373,6 +437,23 @@ impl Daemon {
             None => tracing::debug!("tracking {} (in no group)", link.name),
         }
     }
+}
+
+/// Puts a NIC's test address on it. A test address must never steer routing nor be chosen
+/// as a source: it goes on as a host address (/32) without a prefix route. Otherwise it would
+/// be the primary address of its subnet and the data addresses secondaries, which get no route
+/// of their own.
+async fn add_test_address(
+    netlink: &Netlink,
+    ifindex: u32,
+    test: IpCidr,
+) -> Result<(), crate::net::netlink::NetlinkError> {
+    let host = IpCidr::new(test.addr(), 32).expect("/32 is valid for IPv4");
+    let options = AddressOptions {
+        noprefixroute: true,
+        ..Default::default()
+    };
+    netlink.add_address(ifindex, host, options).await
 }
 
 /// Adopts what an earlier mpathd left: a probing NIC whose data addresses sit on another NIC
