@@ -1679,3 +1679,42 @@ fn a_restart_during_a_silent_failure_fails_the_nic_without_a_startup_quiet_perio
             .is_some_and(|s| state_of(&s, "h1") == "failed")
     });
 }
+
+#[test]
+fn a_restart_with_a_smaller_configuration_removes_what_it_no_longer_names() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    // An administrator's address, which mpathd adopts but did not put there.
+    lab.add_host_addr("h0", "192.0.2.50/24").unwrap();
+    daemon.wait_until("192.0.2.50 adopted", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.50/24") == Some("h0"))
+    });
+    daemon.stop();
+    // h1 loses its data address and h2 leaves the group while mpathd is stopped.
+    let smaller = CONFIG
+        .replace("data_addresses = [\"192.0.2.20/24\"]", "data_addresses = []")
+        .replace(
+            "[[group.interface]]\nname = \"h2\"\nstandby = true\ntest_address = \"192.0.2.23/24\"\n",
+            "",
+        );
+    assert!(!smaller.contains("h2") && !smaller.contains("192.0.2.20"));
+    std::fs::write(
+        &daemon.config,
+        smaller
+            .replace("SOCKET", &daemon.socket.display().to_string())
+            .replace("PINS", &daemon.pins.path().display().to_string()),
+    )
+    .unwrap();
+    daemon.spawn(lab.host());
+    daemon.wait_until("192.0.2.20 and h2's test address removed", |_| {
+        !has_address(&lab, "h1", "192.0.2.20/24") && !has_address(&lab, "h2", "192.0.2.23/32")
+    });
+    assert!(
+        has_address(&lab, "h0", "192.0.2.50/24"),
+        "the administrator's stays"
+    );
+    assert!(has_address(&lab, "h0", "192.0.2.19/24"));
+    assert!(has_address(&lab, "h1", "192.0.2.22/32"));
+}

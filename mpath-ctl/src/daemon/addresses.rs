@@ -109,15 +109,13 @@ impl Daemon {
     /// An address that is no group's appeared: when someone put it on a group NIC, the group
     /// adopts it and places it (at once elsewhere, if that NIC cannot hold it).
     async fn adopt_new_address(&mut self, ifindex: u32, cidr: IpCidr) {
-        let placed = match self.netlink.placed_addresses().await {
-            Ok(placed) => placed,
+        match self.netlink.addresses_by_origin().await {
+            Ok(found) if found.contains(&(ifindex, cidr, Origin::Other)) => {}
+            Ok(_) => return,
             Err(e) => {
                 tracing::error!("reading the addresses to check {cidr}: {e}");
                 return;
             }
-        };
-        if !placed.contains(&(ifindex, cidr)) {
-            return;
         }
         for gi in self.adopt_addresses(&[(ifindex, cidr)]) {
             self.move_addresses(gi).await;
@@ -288,6 +286,7 @@ impl Daemon {
             };
             let options = AddressOptions {
                 nodad: true,
+                mpathds: !group.adopted.contains(&m.addr),
                 ..Default::default()
             };
             if let Err(e) = self.netlink.add_address(to.0, m.addr, options).await {

@@ -52,7 +52,9 @@ use crate::{
     net::address::IpCidr,
     net::announce,
     net::netconf::{InterfaceNetconf, Netconf},
-    net::netlink::{AddressOptions, LinkState, MPATHD_PROTOCOL, Monitor, NetEvent, Netlink},
+    net::netlink::{
+        AddressOptions, LinkState, MPATHD_PROTOCOL, Monitor, NetEvent, Netlink, Origin,
+    },
     net::nexthop::Nexthops,
     net::probe_socket::{ProbeSocket, monotonic_ns},
 };

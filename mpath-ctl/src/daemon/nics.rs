@@ -124,7 +124,12 @@ impl Daemon {
             }
         }
         let addresses = self.netlink.addresses().await?;
-        let placed = self.netlink.placed_addresses().await?;
+        let by_origin = self.netlink.addresses_by_origin().await?;
+        let placed: Vec<(u32, IpCidr)> = by_origin
+            .iter()
+            .filter(|(_, _, origin)| *origin == Origin::Other)
+            .map(|(ifindex, cidr, _)| (*ifindex, *cidr))
+            .collect();
         self.main_routes = self.netlink.main_routes().await?;
         self.addresses = addresses.clone();
         let now = Instant::now();
@@ -160,7 +165,32 @@ impl Daemon {
             self.apply(gi, actions, true).await;
             self.remove_extra_copies(gi, &addresses).await;
         }
+        self.remove_unconfigured(&by_origin).await;
         Ok(())
+    }
+
+    /// Removes the addresses an earlier mpathd put on NICs that its configuration no longer
+    /// names (a data address taken out of the file, the test address of a NIC that left the
+    /// configuration while mpathd was stopped), as a reload would have: a restart converges
+    /// to the state a reload reaches.
+    async fn remove_unconfigured(&mut self, found: &[(u32, IpCidr, Origin)]) {
+        for (ifindex, cidr, origin) in found {
+            let configured = self.groups.iter().any(|g| {
+                g.addresses.iter().any(|a| a.cidr.addr() == cidr.addr())
+                    || g.nics
+                        .iter()
+                        .any(|n| n.test_address.is_some_and(|t| t.addr() == cidr.addr()))
+            });
+            if *origin != Origin::Mpathd || configured {
+                continue;
+            }
+            tracing::info!(
+                "removing {cidr} (ifindex {ifindex}): an earlier mpathd put it there and the configuration no longer has it"
+            );
+            if let Err(e) = self.netlink.del_address(*ifindex, *cidr).await {
+                tracing::error!("{e}");
+            }
+        }
     }
 
     /// Attaches the datapath to a NIC that is present and starts probing on it.
@@ -451,6 +481,7 @@ async fn add_test_address(
     let host = IpCidr::new(test.addr(), 32).expect("/32 is valid for IPv4");
     let options = AddressOptions {
         noprefixroute: true,
+        mpathds: true,
         ..Default::default()
     };
     netlink.add_address(ifindex, host, options).await

@@ -157,6 +157,10 @@ pub struct AddressOptions {
     /// IFA_F_NOPREFIXROUTE: no connected route for the address's prefix, so the kernel never
     /// routes through a NIC because of its test address.
     pub noprefixroute: bool,
+    /// Marks the address as mpathd's own (IFA_PROTO [`MPATHD_PROTOCOL`]): a configured data or
+    /// test address, which a restarted mpathd removes when its configuration no longer has
+    /// it. Addresses mpathd only moves for others (adopted ones) stay unmarked.
+    pub mpathds: bool,
 }
 
 /// An interface as an error message names it: by name when the kernel still knew it.
@@ -291,10 +295,9 @@ impl Netlink {
         Ok(messages.iter().filter_map(address_of).collect())
     }
 
-    /// The addresses someone put on an interface (an administrator, a DHCP client): global
-    /// unicast ones, without those the kernel made itself (IPv6 SLAAC and privacy addresses,
-    /// link-local and loopback ones), which belong to their NIC and would be made again there.
-    pub async fn placed_addresses(&self) -> Result<Vec<(u32, IpCidr)>, NetlinkError> {
+    /// Every global unicast address (link-local, loopback and multicast ones are per NIC by
+    /// nature) with who put it there.
+    pub async fn addresses_by_origin(&self) -> Result<Vec<(u32, IpCidr, Origin)>, NetlinkError> {
         let messages: Vec<AddressMessage> = self
             .handle
             .address()
@@ -305,14 +308,15 @@ impl Netlink {
             .map_err(|error| NetlinkError::ListAddresses(io_error(error)))?;
         Ok(messages
             .iter()
-            .filter(|message| !made_by_kernel(message))
-            .filter_map(address_of)
-            .filter(|(_, cidr)| is_global_unicast(cidr.addr()))
+            .filter_map(|message| {
+                let (ifindex, cidr) = address_of(message)?;
+                is_global_unicast(cidr.addr()).then(|| (ifindex, cidr, origin(message)))
+            })
             .collect())
     }
 
     /// Adds `cidr` to the interface, or brings an address already there to `options`
-    /// (lifetimes, flags), so adding twice is not an error. IPv4 addresses get the subnet's
+    /// (lifetimes, flags, owner), so adding twice is not an error. IPv4 addresses get the subnet's
     /// broadcast address, as `ip addr add ... brd +` sets it. IPv6 identifies an address by
     /// its value alone: one already present with another prefix length keeps that length.
     pub async fn add_address(
@@ -327,6 +331,11 @@ impl Netlink {
             .add(ifindex, cidr.addr(), cidr.prefix_len())
             .replace();
         let attributes = &mut request.message_mut().attributes;
+        if options.mpathds {
+            attributes.push(AddressAttribute::Protocol(AddressProtocol::from(
+                MPATHD_PROTOCOL,
+            )));
+        }
         let mut flags = AddressFlags::empty();
         if options.nodad && cidr.addr().is_ipv6() {
             flags |= AddressFlags::Nodad;
@@ -818,16 +827,40 @@ fn address_of(message: &AddressMessage) -> Option<(u32, IpCidr)> {
     Some((message.header.index, cidr))
 }
 
-/// Whether the kernel made the address itself (IFA_PROTO, or the temporary flag, which
-/// IPv6 shares with IPv4's "secondary").
-fn made_by_kernel(message: &AddressMessage) -> bool {
-    message.attributes.iter().any(|attribute| match attribute {
-        AddressAttribute::Protocol(protocol) => !matches!(protocol, AddressProtocol::Other(_)),
-        AddressAttribute::Flags(flags) => {
-            message.header.family == AddressFamily::Inet6 && flags.contains(AddressFlags::Secondary)
+/// Who put an address on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The kernel: IPv6 SLAAC and privacy addresses, link-local and loopback ones.
+    Kernel,
+    /// mpathd (marked with IFA_PROTO [`MPATHD_PROTOCOL`]).
+    Mpathd,
+    /// Anyone else: an administrator, a DHCP client, a network manager.
+    Other,
+}
+
+/// Who made an address: IFA_PROTO says, or the temporary flag (which IPv6 shares with
+/// IPv4's "secondary") marks a privacy address.
+fn origin(message: &AddressMessage) -> Origin {
+    let mut origin = Origin::Other;
+    for attribute in &message.attributes {
+        match attribute {
+            AddressAttribute::Protocol(AddressProtocol::Other(protocol))
+                if *protocol == MPATHD_PROTOCOL =>
+            {
+                origin = Origin::Mpathd
+            }
+            AddressAttribute::Protocol(AddressProtocol::Other(_)) => {}
+            AddressAttribute::Protocol(_) => return Origin::Kernel,
+            AddressAttribute::Flags(flags)
+                if message.header.family == AddressFamily::Inet6
+                    && flags.contains(AddressFlags::Secondary) =>
+            {
+                return Origin::Kernel;
+            }
+            _ => {}
         }
-        _ => false,
-    })
+    }
+    origin
 }
 
 fn is_global_unicast(addr: IpAddr) -> bool {
@@ -1082,8 +1115,13 @@ mod tests {
         )]);
         let privacy = v6(vec![AddressAttribute::Flags(AddressFlags::Secondary)]);
         let administrator = v6(vec![AddressAttribute::Flags(AddressFlags::Permanent)]);
-        assert!(made_by_kernel(&slaac) && made_by_kernel(&privacy));
-        assert!(!made_by_kernel(&administrator));
+        let ours = v6(vec![AddressAttribute::Protocol(AddressProtocol::Other(
+            MPATHD_PROTOCOL,
+        ))]);
+        assert_eq!(origin(&slaac), Origin::Kernel);
+        assert_eq!(origin(&privacy), Origin::Kernel);
+        assert_eq!(origin(&administrator), Origin::Other);
+        assert_eq!(origin(&ours), Origin::Mpathd);
         // IPv4's secondary flag only says another address of the subnet came first.
         let secondary = address_message(
             AddressFamily::Inet,
@@ -1092,7 +1130,7 @@ mod tests {
                 AddressAttribute::Flags(AddressFlags::Secondary),
             ],
         );
-        assert!(!made_by_kernel(&secondary));
+        assert_eq!(origin(&secondary), Origin::Other);
         for (addr, global) in [
             ("192.0.2.50", true),
             ("169.254.1.1", false),
