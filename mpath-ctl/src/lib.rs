@@ -8,9 +8,11 @@
 //! - [`datapath`]: the eBPF programs, their pins and maps.
 //! - [`daemon`]: mpathd's event loop, which feeds `core` and carries out its decisions.
 //! - [`api`]: what operators and tools see: views, the control socket, metrics.
+//! - [`logging`]: mpathd's log, to journald or as text.
 pub mod api;
 pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod datapath;
+pub mod logging;
 pub mod net;

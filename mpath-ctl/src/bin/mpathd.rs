@@ -9,9 +9,8 @@ use clap::Parser;
 use mpath_ctl::{
     config::{self, Config},
     daemon::{ConfigPaths, Daemon, remove_routes},
-    datapath,
+    datapath, logging,
 };
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -39,13 +38,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
     let config = match Config::load(&args.config, Some(&args.defaults)) {
         Ok(c) => c,
         Err(e) => {

@@ -518,11 +518,12 @@ impl Daemon {
         let mut usable_changed = replan;
         for action in &actions {
             if let Some(line) = action.log_line(&group.config.name) {
+                let (g, nic) = (group.config.name.as_str(), action.nic());
                 match action {
                     Action::Failed { .. } | Action::GroupFailed | Action::LinkDown { .. } => {
-                        tracing::warn!("{line}")
+                        tracing::warn!(group = g, interface = nic, "{line}")
                     }
-                    _ => tracing::info!("{line}"),
+                    _ => tracing::info!(group = g, interface = nic, "{line}"),
                 }
             }
             match action {
