@@ -9,6 +9,7 @@
 //! - [`daemon`]: mpathd's event loop, which feeds `core` and carries out its decisions.
 //! - [`api`]: what operators and tools see: views, the control socket, metrics.
 //! - [`logging`]: mpathd's log, to journald or as text.
+//! - [`service`]: what mpathd tells systemd: readiness, status, watchdog.
 pub mod api;
 pub mod config;
 pub mod core;
@@ -16,3 +17,4 @@ pub mod daemon;
 pub mod datapath;
 pub mod logging;
 pub mod net;
+pub mod service;

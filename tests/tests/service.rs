@@ -1,6 +1,11 @@
 //! mpathd as a system service: what it writes to a log that is not a terminal, and its
 //! readiness and watchdog messages to systemd.
 
+use std::{
+    os::unix::net::UnixDatagram,
+    time::{Duration, Instant},
+};
+
 use mpath_lab::Lab;
 use mpath_tests::daemon::{Mpathd, state_of, three_nic_config};
 
@@ -51,4 +56,108 @@ fn a_clean_start_logs_plain_text_without_errors() {
     );
     // Levels stay readable without colour.
     assert!(log.lines().any(|l| l.contains(" INFO ")), "{log}");
+}
+
+/// The notification socket systemd would listen on, removed on drop.
+struct NotifySocket {
+    path: std::path::PathBuf,
+    socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let path = std::env::temp_dir().join(format!("mpathd-notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        NotifySocket { path, socket }
+    }
+
+    /// The next datagram; panics after 20 s without one.
+    fn next(&self) -> String {
+        let mut buf = [0; 4096];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .expect("a notification from mpathd");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn systemd_hears_ready_once_the_addresses_are_placed_then_the_watchdog_and_status() {
+    let lab = lab();
+    let notify = NotifySocket::new();
+    let path = notify.path.display().to_string();
+    let env = [
+        ("NOTIFY_SOCKET", path.as_str()),
+        // 1 s: fed every 500 ms.
+        ("WATCHDOG_USEC", "1000000"),
+    ];
+    let (daemon, (ready, addresses)) = std::thread::scope(|s| {
+        // Read the host's addresses the moment READY=1 arrives.
+        let watcher = s.spawn(|| {
+            let ready = notify.next();
+            let addresses = [lab.host_addrs("h0").unwrap(), lab.host_addrs("h1").unwrap()];
+            (ready, addresses)
+        });
+        let daemon = Mpathd::start_with_env(lab.host(), &three_nic_config(700), &env);
+        (daemon, watcher.join().unwrap())
+    });
+    let mut daemon = daemon;
+    // The first message, READY=1 with the first status line.
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("STATUS=g0 "), "{ready:?}");
+    for (nic, address) in [
+        (0, "192.0.2.19/24"),
+        (0, "2001:db8::19/64"),
+        (1, "192.0.2.20/24"),
+    ] {
+        assert!(
+            addresses[nic].iter().any(|a| a == address),
+            "{address} not on h{nic} at READY=1: {addresses:?}"
+        );
+    }
+
+    // The watchdog keeps being fed: about 6 times in 3 s.
+    let since = Instant::now();
+    let mut watchdogs = 0;
+    while since.elapsed() < Duration::from_secs(3) {
+        if notify.next().lines().any(|l| l == "WATCHDOG=1") {
+            watchdogs += 1;
+        }
+    }
+    assert!(watchdogs >= 4, "{watchdogs} WATCHDOG=1 in 3 s");
+
+    // A failure shows in the status line within a second or so.
+    lab.cut("h1").unwrap();
+    let since = Instant::now();
+    let status = loop {
+        let message = notify.next();
+        if let Some(line) = message.lines().find(|l| l.contains("h1 failed")) {
+            break line.to_string();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "no failure in the status"
+        );
+    };
+    assert_eq!(
+        status,
+        "STATUS=g0 degraded; NICs: 2 ok, 1 not ok (h1 failed)"
+    );
+
+    daemon.stop();
+    let last = std::iter::repeat_with(|| notify.next())
+        .find(|m| m.contains("STOPPING=1"))
+        .unwrap();
+    assert!(last.contains("STATUS=stopping"), "{last:?}");
 }

@@ -56,6 +56,7 @@ use crate::{
     net::netlink::{AddressOptions, LinkState, MPATHD_PROTOCOL, Monitor, NetEvent, Netlink},
     net::nexthop::Nexthops,
     net::probe_socket::{ProbeSocket, monotonic_ns},
+    service::Notifier,
 };
 
 /// How long route changes are gathered before the table is read again.
@@ -289,7 +290,11 @@ impl Daemon {
             self.groups.len(),
             self.config.daemon.socket.display()
         );
+        // `start` attached the datapath and placed the addresses and routes.
+        let mut service = Notifier::from_env();
+        service.ready(&self.status());
         loop {
+            service.turn(Instant::now(), || self.status());
             let wake = self.next_wakeup();
             tokio::select! {
                 event = self.monitor.next() => {
@@ -328,6 +333,7 @@ impl Daemon {
                 _ = sigint.recv() => break,
             }
         }
+        service.stopping();
         tracing::info!("mpathd stopping; the datapath stays in place");
         Ok(())
     }
