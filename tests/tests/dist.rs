@@ -1,6 +1,13 @@
-//! The files in dist/ that a host installs: checked with the tools the administrator has.
+//! The files in dist/ that a host installs: checked with the tools the administrator has,
+//! and against what mpathd really does.
 
-use std::{path::PathBuf, process::Command};
+use std::{collections::BTreeSet, path::PathBuf, process::Command};
+
+use mpath_lab::Lab;
+use mpath_tests::{
+    daemon::{Mpathd, three_nic_config},
+    metrics::scrape,
+};
 
 /// dist/ of this workspace.
 fn dist(file: &str) -> PathBuf {
@@ -49,4 +56,59 @@ fn the_unit_waits_for_readiness_feeds_a_watchdog_and_reloads_with_sighup() {
     ] {
         assert!(unit.lines().any(|l| l == line), "{line} missing");
     }
+}
+
+/// Runs promtool (Debian package prometheus, installed by `cargo xtask setup`) in dist/.
+fn promtool(args: &[&str]) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dist(""))
+        .output()
+        .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
+    assert!(
+        out.status.success(),
+        "promtool {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_alert_rules_pass_their_promtool_tests() {
+    promtool(&["check", "rules", "mpath-alerts.yml"]);
+    promtool(&["test", "rules", "mpath-alerts.test.yml"]);
+}
+
+/// The `mpath_*` names in `text`.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("mpath_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The rules' tests feed them made-up series: this holds them to the names a running
+/// mpathd exports.
+#[test]
+fn the_alert_rules_read_metrics_that_mpathd_exports() {
+    let rules = std::fs::read_to_string(dist("mpath-alerts.yml")).unwrap();
+    let used = metric_names(&rules);
+    assert!(used.len() >= 6, "{used:?}");
+    let lab = Lab::builder().nics(3).build().expect("lab");
+    let mut daemon = Mpathd::start(lab.host(), &three_nic_config(700));
+    let exported = |_: &Mpathd| {
+        scrape(lab.host()).map_or_else(BTreeSet::new, |t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .collect()
+        })
+    };
+    daemon.wait_until("probes in the metrics", |d| {
+        exported(d).contains("mpath_probes_answered_total")
+    });
+    let exported = exported(&daemon);
+    let missing: Vec<&String> = used.difference(&exported).collect();
+    assert!(missing.is_empty(), "not exported by mpathd: {missing:?}");
 }
