@@ -3,11 +3,16 @@
 
 use std::{
     os::unix::net::UnixDatagram,
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
+use mpath_ctl::api::control::{self, Request};
 use mpath_lab::Lab;
-use mpath_tests::daemon::{Mpathd, state_of, three_nic_config};
+use mpath_tests::{
+    PinDir,
+    daemon::{Mpathd, binary, state_of, three_nic_config},
+};
 
 fn lab() -> Lab {
     Lab::builder().nics(3).build().expect("lab")
@@ -160,4 +165,113 @@ fn systemd_hears_ready_once_the_addresses_are_placed_then_the_watchdog_and_statu
         .find(|m| m.contains("STOPPING=1"))
         .unwrap();
     assert!(last.contains("STATUS=stopping"), "{last:?}");
+}
+
+/// The fields of one datagram of journald's native protocol: `KEY=VALUE\n`, or `KEY\n`, a
+/// little-endian 64-bit length and the value's bytes, then `\n`.
+fn journal_fields(mut rest: &[u8]) -> Vec<(String, String)> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut fields = Vec::new();
+    while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+        let line = &rest[..nl];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.push((text(&line[..eq]), text(&line[eq + 1..])));
+            rest = &rest[nl + 1..];
+        } else {
+            let len = u64::from_le_bytes(rest[nl + 1..nl + 9].try_into().unwrap()) as usize;
+            fields.push((text(line), text(&rest[nl + 9..nl + 9 + len])));
+            rest = &rest[nl + 9 + len + 1..];
+        }
+    }
+    fields
+}
+
+/// Kills mpathd (SIGTERM) when the test ends, also on a panic.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Under systemd, with stderr connected to the journal, mpathd writes journal records with
+/// priorities and GROUP=/INTERFACE= fields, and no text. journald is faked: in mpathd's
+/// private mount namespace a tmpfs on /run holds /run/systemd/journal/socket, a link to a
+/// socket of the test's.
+#[test]
+fn under_systemd_the_log_goes_to_the_journal_with_priorities_and_fields() {
+    let lab = lab();
+    let pins = PinDir::new();
+    let dir = std::env::temp_dir().join(format!(
+        "mpathd-journal-{}",
+        pins.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal_path = dir.join("journal.sock");
+    let journal = UnixDatagram::bind(&journal_path).unwrap();
+    journal
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let socket = dir.join("mpathd.sock");
+    let config = dir.join("mpathd.toml");
+    let text = three_nic_config(700)
+        .replace("SOCKET", &socket.display().to_string())
+        .replace("PINS", &pins.path().display().to_string());
+    std::fs::write(&config, text).unwrap();
+    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
+    // JOURNAL_STREAM names stderr's device and inode, as systemd sets it.
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+         ln -s {} /run/systemd/journal/socket && \
+         JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$@\"",
+        journal_path.display()
+    );
+    let child = lab
+        .host()
+        .daemon_command("sh")
+        .unwrap()
+        .args(["-c", &script, "sh"])
+        .arg(binary("mpathd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--defaults", "/nonexistent"])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while control::request(&socket, &Request::Status {}).is_err() {
+        assert!(Instant::now() < deadline, "mpathd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.cut("h1").unwrap();
+    let mut buf = vec![0; 65536];
+    let record = loop {
+        let n = journal.recv(&mut buf).expect("journal records");
+        let fields = journal_fields(&buf[..n]);
+        let has = |k: &str, v: &str| fields.iter().any(|(fk, fv)| fk == k && fv == v);
+        if has("INTERFACE", "h1") && has("PRIORITY", "4") {
+            break fields;
+        }
+    };
+    let value = |k: &str| {
+        record
+            .iter()
+            .find(|(fk, _)| fk == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(value("GROUP"), Some("g0"), "{record:?}");
+    assert_eq!(value("SYSLOG_IDENTIFIER"), Some("mpathd"), "{record:?}");
+    assert!(
+        value("MESSAGE").is_some_and(|m| m.contains("h1")),
+        "{record:?}"
+    );
+    let text = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert!(text.is_empty(), "text written besides the journal: {text}");
+    drop(running);
+    let _ = std::fs::remove_dir_all(&dir);
 }
