@@ -104,6 +104,11 @@ impl Mpathd {
     /// Starts mpathd in `ns` with `config` (a TOML text in which `SOCKET` and `PINS` are
     /// replaced by this daemon's paths) and waits until it answers on its socket.
     pub fn start(ns: &Netns, config: &str) -> Mpathd {
+        Self::start_with_env(ns, config, &[])
+    }
+
+    /// Like [`Mpathd::start`], with extra environment variables for mpathd.
+    pub fn start_with_env(ns: &Netns, config: &str, env: &[(&str, &str)]) -> Mpathd {
         let pins = PinDir::new();
         let dir = std::env::temp_dir().join(format!(
             "mpathd-test-{}",
@@ -125,7 +130,7 @@ impl Mpathd {
             pins,
             log,
         };
-        daemon.spawn(ns);
+        daemon.spawn_with_env(ns, env);
         daemon
     }
 

@@ -1,6 +1,7 @@
-//! mpath's developer commands: `cargo xtask setup | test | demo | bench | soak`.
+//! mpath's developer commands: `cargo xtask setup | test | demo | bench | soak | package`.
 
 mod demo;
+mod package;
 mod setup;
 mod suite;
 
@@ -49,6 +50,9 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Set up, then build the Debian package (release build, cargo-deb) into target/debian
+    /// and check it by installing it into an empty root.
+    Package,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -91,6 +95,10 @@ fn main() -> anyhow::Result<()> {
                 args.extend(["--seed".to_string(), seed.to_string()]);
             }
             run_bench("soak", &args)
+        }
+        Cmd::Package => {
+            setup::run()?;
+            package::run().map(drop)
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Installs what building mpath's eBPF programs needs, skipping what is already there:
 //! the pinned nightly toolchain with rust-src (and clippy, for linting the programs for the
 //! BPF target), the Debian LLVM whose major version matches that nightly's, bpf-linker built
-//! against it, and the tools the lab tests use.
+//! against it, the tools the lab tests use, and cargo-deb for `cargo xtask package`.
 
 use std::{path::Path, process::Command};
 
@@ -13,7 +13,8 @@ include!("../../mpath-ebpf/toolchain.rs");
 
 /// Debian packages the tests, the demo and the benchmarks drive: ip, bridge, nft, ping,
 /// nsenter/unshare, promtool (package prometheus), which validates the metrics, and FRR's
-/// bfdd and vtysh (package frr), the BFD daemon the failover benchmark compares mpathd with.
+/// bfdd and vtysh (package frr), the BFD daemon the failover benchmark compares mpathd with,
+/// and systemd-analyze (package systemd), which rates the unit's hardening.
 const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -21,6 +22,7 @@ const LAB_PACKAGES: &[&str] = &[
     "util-linux",
     "prometheus",
     "frr",
+    "systemd",
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -36,7 +38,18 @@ pub fn run() -> anyhow::Result<()> {
     packages.extend(LAB_PACKAGES.iter().map(|p| p.to_string()));
     ensure_debian_packages(&packages)?;
     ensure_bpf_linker(llvm)?;
-    Ok(())
+    ensure_cargo_deb()
+}
+
+/// Installs cargo-deb, which `cargo xtask package` builds the Debian package with, unless a
+/// 3.x is there.
+fn ensure_cargo_deb() -> anyhow::Result<()> {
+    let version = capture(Command::new(env!("CARGO")).args(["deb", "--version"]));
+    if version.is_ok_and(|v| v.split_whitespace().any(|w| w.starts_with("3."))) {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-deb (a few minutes)");
+    exec(Command::new(env!("CARGO")).args(["install", "--locked", "cargo-deb", "--version", "^3"]))
 }
 
 /// Installs `EBPF_TOOLCHAIN` with the components the eBPF build and lints need, unless it

@@ -5,13 +5,12 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use mpath_ctl::{
     config::{self, Config},
     daemon::{ConfigPaths, Daemon, remove_routes},
-    datapath,
+    datapath, logging, manpages,
 };
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -35,17 +34,55 @@ struct Args {
     /// stopped, when taking mpath off a host; the data addresses stay where they are.
     #[arg(long, conflicts_with = "check")]
     teardown: bool,
+    /// Write the manual page mpathd.8 into DIR and exit (for packaging).
+    #[arg(long, hide = true, value_name = "DIR", exclusive = true)]
+    write_man: Option<PathBuf>,
 }
+
+/// The parts of mpathd(8) that clap does not know.
+const MAN_EXTRA: &str = r#".SH SIGNALS
+.TP
+\fBSIGHUP\fR
+Read the configuration files again and apply the difference; a bad file is refused and the
+running configuration kept (\fBsystemctl reload mpathd\fR sends it).
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Stop, leaving the datapath and the addresses in place for the next mpathd.
+.SH EXIT STATUS
+0 after SIGTERM or SIGINT, 1 on a runtime failure, 2 on a bad configuration or command line
+(nothing on the host is changed then).
+.SH FILES
+.TP
+\fI/etc/mpath/mpathd.toml\fR
+The configuration, see \fBmpathd.toml\fR(5).
+.TP
+\fI/etc/default/mpathd\fR
+Solaris-style defaults (FAILURE_DETECTION_TIME=, FAILBACK=, TRACK_INTERFACES_ONLY_WITH_GROUPS=).
+.TP
+\fI/run/mpath/mpathd.sock\fR
+The control socket that \fBmpathctl\fR(8) uses.
+.TP
+\fI/sys/fs/bpf/mpath\fR
+The pinned eBPF programs and maps.
+.SH SEE ALSO
+\fBmpathctl\fR(8), \fBmpathd.toml\fR(5), /usr/share/doc/mpath/README.md
+"#;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    if let Some(dir) = &args.write_man {
+        return match manpages::write(Args::command(), MAN_EXTRA, dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "mpathd: writing the manual page into {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        };
+    }
+    logging::init();
     let config = match Config::load(&args.config, Some(&args.defaults)) {
         Ok(c) => c,
         Err(e) => {

@@ -289,6 +289,25 @@ pub enum Action {
 }
 
 impl Action {
+    /// The NIC the action is about, for the log's INTERFACE= field.
+    pub fn nic(&self) -> Option<&str> {
+        match self {
+            Action::Appeared { nic }
+            | Action::Disappeared { nic }
+            | Action::LinkDown { nic }
+            | Action::LinkUp { nic }
+            | Action::Failed { nic, .. }
+            | Action::Repaired { nic }
+            | Action::RepairDeferred { nic, .. }
+            | Action::Activate { nic }
+            | Action::Deactivate { nic }
+            | Action::Offlined { nic }
+            | Action::Onlined { nic }
+            | Action::GroupRepaired { nic } => Some(nic),
+            Action::FlushTargets { .. } | Action::GroupFailed | Action::UsableSetChanged => None,
+        }
+    }
+
     /// The line an administrator sees for this action, with in.mpathd's wording where it has
     /// one; `None` for actions that are only instructions to the daemon.
     pub fn log_line(&self, group: &str) -> Option<String> {

@@ -57,6 +57,7 @@ use crate::{
     },
     net::nexthop::Nexthops,
     net::probe_socket::{ProbeSocket, monotonic_ns},
+    service::Notifier,
 };
 
 /// How long route changes are gathered before the table is read again.
@@ -297,7 +298,11 @@ impl Daemon {
             self.groups.len(),
             self.config.daemon.socket.display()
         );
+        // `start` attached the datapath and placed the addresses and routes.
+        let mut service = Notifier::from_env();
+        service.ready(&self.status());
         loop {
+            service.turn(Instant::now(), || self.status());
             let wake = self.next_wakeup();
             tokio::select! {
                 event = self.monitor.next() => {
@@ -336,6 +341,7 @@ impl Daemon {
                 _ = sigint.recv() => break,
             }
         }
+        service.stopping();
         tracing::info!("mpathd stopping; the datapath stays in place");
         Ok(())
     }
@@ -531,11 +537,12 @@ impl Daemon {
         let mut usable_changed = replan;
         for action in &actions {
             if let Some(line) = action.log_line(&group.config.name) {
+                let (g, nic) = (group.config.name.as_str(), action.nic());
                 match action {
                     Action::Failed { .. } | Action::GroupFailed | Action::LinkDown { .. } => {
-                        tracing::warn!("{line}")
+                        tracing::warn!(group = g, interface = nic, "{line}")
                     }
-                    _ => tracing::info!("{line}"),
+                    _ => tracing::info!(group = g, interface = nic, "{line}"),
                 }
             }
             match action {

@@ -573,8 +573,18 @@ pub(super) fn start_probing(
     };
     let socket = match socket {
         Ok(s) => s,
+        // A link-local address in duplicate address detection cannot be bound yet;
+        // `start_v6` starts the prober when the kernel reports the address done with it.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && test.addr().is_ipv6() => {
+            tracing::info!(
+                interface = nic,
+                "{nic}: IPv6 probing from {} starts once its duplicate address detection ends",
+                test.addr()
+            );
+            return None;
+        }
         Err(e) => {
-            tracing::error!("cannot probe from {nic}: {e}");
+            tracing::error!(interface = nic, "cannot probe from {nic}: {e}");
             return None;
         }
     };

@@ -21,6 +21,7 @@ use mpath_ctl::{
     api::views::{ProbeRow, Status},
     config::{self, Config},
     datapath::maps::Maps,
+    manpages,
 };
 use serde::Serialize;
 use table::Table;
@@ -82,7 +83,21 @@ enum Cmd {
     Maps,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
+    /// Write the manual pages (mpathctl.8 and one per command) into DIR (for packaging).
+    #[command(hide = true)]
+    WriteMan { dir: PathBuf },
 }
+
+/// The parts of mpathctl(8) that clap does not know.
+const MAN_EXTRA: &str = r#".SH EXIT STATUS
+0 success, 1 refused or failed, 2 bad usage, 3 mpathd not running.
+.SH FILES
+.TP
+\fI/etc/mpath/mpathd.toml\fR
+Read for the control socket and pin directory paths.
+.SH SEE ALSO
+\fBmpathd\fR(8), \fBmpathd.toml\fR(5), /usr/share/doc/mpath/README.md
+"#;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -135,6 +150,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             },
         ),
         Cmd::Maps => show_maps(cli, &pin_dir),
+        Cmd::WriteMan { dir } => manpages::write(Cli::command(), MAN_EXTRA, dir)
+            .with_context(|| format!("writing the manual pages into {}", dir.display())),
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 *shell,

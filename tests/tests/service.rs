@@ -1,0 +1,277 @@
+//! mpathd as a system service: what it writes to a log that is not a terminal, and its
+//! readiness and watchdog messages to systemd.
+
+use std::{
+    os::unix::net::UnixDatagram,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use mpath_ctl::api::control::{self, Request};
+use mpath_lab::Lab;
+use mpath_tests::{
+    PinDir,
+    daemon::{Mpathd, binary, state_of, three_nic_config},
+};
+
+fn lab() -> Lab {
+    Lab::builder().nics(3).build().expect("lab")
+}
+
+/// Whether every NIC is ok and probes over both families (IPv6 after the link-local
+/// addresses' duplicate address detection, the start-up wait that must not look like an
+/// error).
+fn settled(d: &Mpathd) -> bool {
+    d.try_status().is_some_and(|s| {
+        ["h0", "h1", "h2"].iter().all(|nic| {
+            state_of(&s, nic) == "ok"
+                && s.targets.iter().any(|t| {
+                    t.interface == *nic
+                        && t.test_address
+                            .is_some_and(|a| a.to_string().starts_with("fe80::"))
+                })
+        })
+    })
+}
+
+#[test]
+fn a_clean_start_logs_plain_text_without_errors() {
+    let lab = lab();
+    // As at boot: the NICs have just come up, their link-local addresses still tentative.
+    for nic in ["h0", "h1", "h2"] {
+        for (key, value) in [("accept_dad", "1"), ("dad_transmits", "1")] {
+            let setting = format!("net.ipv6.conf.{nic}.{key}={value}");
+            lab.host().run(&["sysctl", "-qw", &setting]).unwrap();
+        }
+        lab.host().ip(&["link", "set", nic, "down"]).unwrap();
+        lab.host().ip(&["link", "set", nic, "up"]).unwrap();
+    }
+    let mut daemon = Mpathd::start(lab.host(), &three_nic_config(700));
+    daemon.wait_until("all NICs ok, probing IPv6 too", settled);
+    let log = daemon.log();
+    assert!(
+        log.contains("starts once its duplicate address detection ends"),
+        "the wait for DAD was not met or not named:\n{log}"
+    );
+    assert!(!log.contains('\x1b'), "escape codes in a file log:\n{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "errors on a clean start: {errors:#?}\n{log}"
+    );
+    // Levels stay readable without colour.
+    assert!(log.lines().any(|l| l.contains(" INFO ")), "{log}");
+}
+
+/// The notification socket systemd would listen on, removed on drop.
+struct NotifySocket {
+    path: std::path::PathBuf,
+    socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let path = std::env::temp_dir().join(format!("mpathd-notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        NotifySocket { path, socket }
+    }
+
+    /// The next datagram; panics after 20 s without one.
+    fn next(&self) -> String {
+        let mut buf = [0; 4096];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .expect("a notification from mpathd");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[test]
+fn systemd_hears_ready_once_the_addresses_are_placed_then_the_watchdog_and_status() {
+    let lab = lab();
+    let notify = NotifySocket::new();
+    let path = notify.path.display().to_string();
+    let env = [
+        ("NOTIFY_SOCKET", path.as_str()),
+        // 1 s: fed every 500 ms.
+        ("WATCHDOG_USEC", "1000000"),
+    ];
+    let (daemon, (ready, addresses)) = std::thread::scope(|s| {
+        // Read the host's addresses the moment READY=1 arrives.
+        let watcher = s.spawn(|| {
+            let ready = notify.next();
+            let addresses = [lab.host_addrs("h0").unwrap(), lab.host_addrs("h1").unwrap()];
+            (ready, addresses)
+        });
+        let daemon = Mpathd::start_with_env(lab.host(), &three_nic_config(700), &env);
+        (daemon, watcher.join().unwrap())
+    });
+    let mut daemon = daemon;
+    // The first message, READY=1 with the first status line.
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("STATUS=g0 "), "{ready:?}");
+    for (nic, address) in [
+        (0, "192.0.2.19/24"),
+        (0, "2001:db8::19/64"),
+        (1, "192.0.2.20/24"),
+    ] {
+        assert!(
+            addresses[nic].iter().any(|a| a == address),
+            "{address} not on h{nic} at READY=1: {addresses:?}"
+        );
+    }
+
+    // The watchdog keeps being fed: about 6 times in 3 s.
+    let since = Instant::now();
+    let mut watchdogs = 0;
+    while since.elapsed() < Duration::from_secs(3) {
+        if notify.next().lines().any(|l| l == "WATCHDOG=1") {
+            watchdogs += 1;
+        }
+    }
+    assert!(watchdogs >= 4, "{watchdogs} WATCHDOG=1 in 3 s");
+
+    // A failure shows in the status line within a second or so.
+    lab.cut("h1").unwrap();
+    let since = Instant::now();
+    let status = loop {
+        let message = notify.next();
+        if let Some(line) = message.lines().find(|l| l.contains("h1 failed")) {
+            break line.to_string();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "no failure in the status"
+        );
+    };
+    assert_eq!(
+        status,
+        "STATUS=g0 degraded; NICs: 2 ok, 1 not ok (h1 failed)"
+    );
+
+    daemon.stop();
+    let last = std::iter::repeat_with(|| notify.next())
+        .find(|m| m.contains("STOPPING=1"))
+        .unwrap();
+    assert!(last.contains("STATUS=stopping"), "{last:?}");
+}
+
+/// The fields of one datagram of journald's native protocol: `KEY=VALUE\n`, or `KEY\n`, a
+/// little-endian 64-bit length and the value's bytes, then `\n`.
+fn journal_fields(mut rest: &[u8]) -> Vec<(String, String)> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut fields = Vec::new();
+    while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+        let line = &rest[..nl];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.push((text(&line[..eq]), text(&line[eq + 1..])));
+            rest = &rest[nl + 1..];
+        } else {
+            let len = u64::from_le_bytes(rest[nl + 1..nl + 9].try_into().unwrap()) as usize;
+            fields.push((text(line), text(&rest[nl + 9..nl + 9 + len])));
+            rest = &rest[nl + 9 + len + 1..];
+        }
+    }
+    fields
+}
+
+/// Kills mpathd (SIGTERM) when the test ends, also on a panic.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Under systemd, with stderr connected to the journal, mpathd writes journal records with
+/// priorities and GROUP=/INTERFACE= fields, and no text. journald is faked: in mpathd's
+/// private mount namespace a tmpfs on /run holds /run/systemd/journal/socket, a link to a
+/// socket of the test's.
+#[test]
+fn under_systemd_the_log_goes_to_the_journal_with_priorities_and_fields() {
+    let lab = lab();
+    let pins = PinDir::new();
+    let dir = std::env::temp_dir().join(format!(
+        "mpathd-journal-{}",
+        pins.path().file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let journal_path = dir.join("journal.sock");
+    let journal = UnixDatagram::bind(&journal_path).unwrap();
+    journal
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let socket = dir.join("mpathd.sock");
+    let config = dir.join("mpathd.toml");
+    let text = three_nic_config(700)
+        .replace("SOCKET", &socket.display().to_string())
+        .replace("PINS", &pins.path().display().to_string());
+    std::fs::write(&config, text).unwrap();
+    let stderr = std::fs::File::create(dir.join("stderr")).unwrap();
+    // JOURNAL_STREAM names stderr's device and inode, as systemd sets it.
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+         ln -s {} /run/systemd/journal/socket && \
+         JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$@\"",
+        journal_path.display()
+    );
+    let child = lab
+        .host()
+        .daemon_command("sh")
+        .unwrap()
+        .args(["-c", &script, "sh"])
+        .arg(binary("mpathd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--defaults", "/nonexistent"])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while control::request(&socket, &Request::Status {}).is_err() {
+        assert!(Instant::now() < deadline, "mpathd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.cut("h1").unwrap();
+    let mut buf = vec![0; 65536];
+    let record = loop {
+        let n = journal.recv(&mut buf).expect("journal records");
+        let fields = journal_fields(&buf[..n]);
+        let has = |k: &str, v: &str| fields.iter().any(|(fk, fv)| fk == k && fv == v);
+        if has("INTERFACE", "h1") && has("PRIORITY", "4") {
+            break fields;
+        }
+    };
+    let value = |k: &str| {
+        record
+            .iter()
+            .find(|(fk, _)| fk == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(value("GROUP"), Some("g0"), "{record:?}");
+    assert_eq!(value("SYSLOG_IDENTIFIER"), Some("mpathd"), "{record:?}");
+    assert!(
+        value("MESSAGE").is_some_and(|m| m.contains("h1")),
+        "{record:?}"
+    );
+    let text = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert!(text.is_empty(), "text written besides the journal: {text}");
+    drop(running);
+    let _ = std::fs::remove_dir_all(&dir);
+}
