@@ -6,17 +6,12 @@
 //! - [`config`]: the configuration file, the Solaris defaults file, validation and diffs.
 //! - [`net`]: kernel IO over netlink, sysctls, raw sockets and announcements.
 //! - [`datapath`]: the eBPF programs, their pins and maps.
-//! - [`daemon`]: mpathd's event loop, which feeds `core` and carries out its decisions.
-//! - [`api`]: what operators and tools see: views, the control socket, metrics.
-//! - [`logging`]: mpathd's log, to journald or as text.
-//! - [`manpages`]: the manual pages of mpathd and mpathctl, made from their clap definitions.
-//! - [`service`]: what mpathd tells systemd: readiness, status, watchdog.
+//! - [`daemon`]: mpathd's event loop, which feeds `core` and carries out its decisions, and
+//!   its life as a system service: journald logging, systemd readiness and watchdog.
+//! - [`api`]: what operators and tools see: views, the control socket, metrics, manual pages.
 pub mod api;
 pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod datapath;
-pub mod logging;
-pub mod manpages;
 pub mod net;
-pub mod service;

@@ -43,7 +43,7 @@ fn the_unit_is_hardened_to_an_exposure_of_at_most_3() {
     assert!(score <= 3.0, "exposure {score}");
 }
 
-/// What mpathd's systemd support relies on (see mpath_ctl::service).
+/// What mpathd's systemd support relies on (see mpath_ctl::daemon::service).
 #[test]
 fn the_unit_waits_for_readiness_feeds_a_watchdog_and_reloads_with_sighup() {
     let unit = std::fs::read_to_string(dist("mpathd.service")).unwrap();

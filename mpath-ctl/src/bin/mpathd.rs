@@ -7,9 +7,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser};
 use mpath_ctl::{
+    api::manpages,
     config::{self, Config},
-    daemon::{ConfigPaths, Daemon, remove_routes},
-    datapath, logging, manpages,
+    daemon::{ConfigPaths, Daemon, logging, remove_routes},
+    datapath,
 };
 
 #[derive(Parser)]

@@ -4,10 +4,12 @@
 //! `probe_socket`).
 
 mod addresses;
+pub mod logging;
 mod nics;
 mod probing;
 mod reload;
 mod routes;
+mod service;
 mod status;
 
 pub use routes::remove_routes;
@@ -48,6 +50,7 @@ use crate::{
     core::spread,
     core::state::{self, Action, Event, FailureCause, IfState, Policy, ProbeFamilies},
     core::target::{AddressFamily, RouteEntry, TargetSet},
+    daemon::service::Notifier,
     datapath::{self, Datapath},
     net::address::IpCidr,
     net::announce,
@@ -57,7 +60,6 @@ use crate::{
     },
     net::nexthop::Nexthops,
     net::probe_socket::{ProbeSocket, monotonic_ns},
-    service::Notifier,
 };
 
 /// How long route changes are gathered before the table is read again.

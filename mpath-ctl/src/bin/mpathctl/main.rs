@@ -18,10 +18,10 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use mpath_common::{BUCKETS_PER_GROUP, MAX_GROUPS, NIC_F_TEST_V4, NIC_F_TEST_V6, RejectReason};
 use mpath_ctl::{
     api::control::{self, ControlError, Reply, Request},
+    api::manpages,
     api::views::{ProbeRow, Status},
     config::{self, Config},
     datapath::maps::Maps,
-    manpages,
 };
 use serde::Serialize;
 use table::Table;
