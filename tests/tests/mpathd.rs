@@ -1075,6 +1075,69 @@ fn a_second_mpathd_is_refused_before_it_touches_anything() {
     assert!(!daemon.log().contains("NIC failure detected"));
 }
 
+/// Probe replies the datapath matched and rejected as bad_tag, summed over every NIC.
+fn matched_and_bad_tag(lab: &Lab, daemon: &Mpathd) -> (u64, u64) {
+    let maps = daemon.ctl(lab.host(), &["maps", "--json"]);
+    assert!(maps.status.success(), "{maps:?}");
+    let dump: serde_json::Value = serde_json::from_slice(&maps.stdout).unwrap();
+    let nics = dump["nics"].as_array().unwrap();
+    let sum = |field: &dyn Fn(&serde_json::Value) -> u64| nics.iter().map(field).sum::<u64>();
+    (
+        sum(&|n| n["probe_replies"].as_u64().unwrap()),
+        sum(&|n| n["rejected"]["bad_tag"].as_u64().unwrap()),
+    )
+}
+
+#[test]
+fn a_second_mpathd_on_the_same_pins_with_another_socket_is_refused() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let other_socket = daemon.dir.join("second.sock");
+    let other_config = daemon.dir.join("second.toml");
+    let text = std::fs::read_to_string(&daemon.config).unwrap().replace(
+        &daemon.socket.display().to_string(),
+        &other_socket.display().to_string(),
+    );
+    std::fs::write(&other_config, text).unwrap();
+    let second = lab
+        .host()
+        .daemon_command(mpath_tests::daemon::binary("mpathd"))
+        .unwrap()
+        .arg("--config")
+        .arg(&other_config)
+        .args(["--defaults", "/nonexistent"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let second = std::cell::RefCell::new(second);
+    daemon.wait_until("the second mpathd to exit", |_| {
+        second.borrow_mut().try_wait().unwrap().is_some()
+    });
+    let second = second.into_inner().wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let pins = daemon.pins.path().display().to_string();
+    let pid = daemon.pid().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "another mpathd is running with pin directory {pins} (pid {pid})"
+        )),
+        "{stderr}"
+    );
+    assert!(!other_socket.exists(), "the refused one made its socket");
+    // The first one's probe key and maps are untouched: the kernel keeps matching its
+    // replies, none is taken for forged, and its NICs stay ok.
+    let (matched, bad_tag) = matched_and_bad_tag(&lab, &daemon);
+    daemon.wait_until("30 more probe replies matched", |d| {
+        matched_and_bad_tag(&lab, d).0 >= matched + 30
+    });
+    assert_eq!(matched_and_bad_tag(&lab, &daemon).1, bad_tag);
+    assert!(all_ok(&daemon), "{:?}", daemon.status().interfaces);
+    assert!(!daemon.log().contains("NIC failure detected"));
+}
+
 #[test]
 fn a_reload_that_rebuilds_a_group_keeps_an_offline_nic_offline() {
     let lab = lab();

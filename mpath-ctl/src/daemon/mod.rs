@@ -184,9 +184,10 @@ impl Daemon {
     /// Loads (or adopts) the datapath and takes stock of the host: links, addresses, routes.
     pub async fn start(config: Config, paths: ConfigPaths) -> anyhow::Result<Daemon> {
         // First of all: a second mpathd must stop here, before it touches the running one's
-        // datapath (its probe key alone would make every probe reply look forged).
-        let control = control::bind(&config.daemon.socket)?;
+        // datapath (its probe key alone would make every probe reply look forged), whether it
+        // names the same pin directory (locked while the datapath is open) or the same socket.
         let mut datapath = Datapath::open(&config.daemon.bpf_pin_dir)?;
+        let control = control::bind(&config.daemon.socket)?;
         let mut rng = StdRng::from_os_rng();
         let probe_key: [u64; 2] = rng.random();
         datapath.maps.set_settings(Settings { probe_key })?;
