@@ -201,6 +201,7 @@ impl Daemon {
         let monitor = Monitor::open_with_receive_buffer(receive_buffer)
             .context("subscribing to rtnetlink events")?;
         let netlink = Netlink::connect().context("opening rtnetlink")?;
+        announce::open_socket()?;
         let nexthops = Nexthops::connect().context("opening rtnetlink for nexthops")?;
         match Netconf::system().hash_multipath_on_ports() {
             Ok(changed) => {
