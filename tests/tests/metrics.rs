@@ -8,8 +8,8 @@ use std::{
 
 use mpath_lab::Lab;
 use mpath_tests::{
-    daemon::{Mpathd, three_nic_config},
-    metrics::{sample, scrape},
+    daemon::{Mpathd, inbound, three_nic_config},
+    metrics::{METRICS, sample, scrape},
 };
 
 fn nic_state(text: &str, nic: &str, state: &str) -> Option<f64> {
@@ -131,4 +131,52 @@ fn metrics_parse_and_follow_a_failover_and_failback() {
     );
     assert_eq!(nic_state(&back, "h0", "ok"), Some(1.0));
     assert!(sent(&back) > sent(&before), "probing went on");
+}
+
+#[test]
+fn idle_connections_and_a_scrape_storm_starve_neither_scrapes_nor_failover() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let lab = Lab::builder().nics(3).build().expect("lab");
+    let host = lab.host();
+    let mut daemon = Mpathd::start(host, &three_nic_config(700));
+    daemon.wait_until("every NIC ok in the metrics", |_| {
+        scrape(host).is_some_and(|t| {
+            ["h0", "h1", "h2"]
+                .iter()
+                .all(|n| nic_state(&t, n, "ok") == Some(1.0))
+        })
+    });
+    // Any local user can open these, and send nothing.
+    let idle: Vec<std::net::TcpStream> = {
+        let _inside = host.enter().unwrap();
+        (0..200)
+            .map(|_| std::net::TcpStream::connect(METRICS).unwrap())
+            .collect()
+    };
+    daemon.wait_until("a scrape answered beside 200 idle connections", |_| {
+        scrape(host).is_some()
+    });
+    drop(idle);
+
+    let storming = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| {
+                while storming.load(Ordering::Relaxed) {
+                    scrape(host);
+                }
+            });
+        }
+        lab.router()
+            .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+            .unwrap();
+        lab.cut("h0").unwrap();
+        daemon.wait_until("192.0.2.19 on h2 during the storm", |d| {
+            d.try_status()
+                .is_some_and(|s| inbound(&s, "192.0.2.19/24") == Some("h2"))
+        });
+        let ping = lab.router().run(&["ping", "-c1", "-W2", "192.0.2.19"]);
+        storming.store(false, Ordering::Relaxed);
+        assert!(ping.is_ok(), "the moved address unreachable: {ping:?}");
+    });
 }

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use mpath_common::PIN_LAYOUT_VERSION;
 use mpath_ctl::{
     api::control::{Reply, Request},
-    api::views::Status,
+    api::views::{AddressRow, Status},
     datapath::maps::Maps,
 };
 use mpath_lab::Lab;
@@ -1091,6 +1091,182 @@ fn a_second_mpathd_is_refused_before_it_touches_anything() {
     std::thread::sleep(std::time::Duration::from_millis(1200));
     assert!(all_ok(&daemon), "{:?}", daemon.status().interfaces);
     assert!(!daemon.log().contains("NIC failure detected"));
+}
+
+/// Probe replies the datapath matched and rejected as bad_tag, summed over every NIC.
+fn matched_and_bad_tag(lab: &Lab, daemon: &Mpathd) -> (u64, u64) {
+    let maps = daemon.ctl(lab.host(), &["maps", "--json"]);
+    assert!(maps.status.success(), "{maps:?}");
+    let dump: serde_json::Value = serde_json::from_slice(&maps.stdout).unwrap();
+    let nics = dump["nics"].as_array().unwrap();
+    let sum = |field: &dyn Fn(&serde_json::Value) -> u64| nics.iter().map(field).sum::<u64>();
+    (
+        sum(&|n| n["probe_replies"].as_u64().unwrap()),
+        sum(&|n| n["rejected"]["bad_tag"].as_u64().unwrap()),
+    )
+}
+
+#[test]
+fn a_second_mpathd_on_the_same_pins_with_another_socket_is_refused() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let other_socket = daemon.dir.join("second.sock");
+    let other_config = daemon.dir.join("second.toml");
+    let text = std::fs::read_to_string(&daemon.config).unwrap().replace(
+        &daemon.socket.display().to_string(),
+        &other_socket.display().to_string(),
+    );
+    std::fs::write(&other_config, text).unwrap();
+    let second = lab
+        .host()
+        .daemon_command(mpath_tests::daemon::binary("mpathd"))
+        .unwrap()
+        .arg("--config")
+        .arg(&other_config)
+        .args(["--defaults", "/nonexistent"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let second = std::cell::RefCell::new(second);
+    daemon.wait_until("the second mpathd to exit", |_| {
+        second.borrow_mut().try_wait().unwrap().is_some()
+    });
+    let second = second.into_inner().wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let pins = daemon.pins.path().display().to_string();
+    let pid = daemon.pid().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "another mpathd is running with pin directory {pins} (pid {pid})"
+        )),
+        "{stderr}"
+    );
+    assert!(!other_socket.exists(), "the refused one made its socket");
+    // The first one's probe key and maps are untouched: the kernel keeps matching its
+    // replies, none is taken for forged, and its NICs stay ok.
+    let (matched, bad_tag) = matched_and_bad_tag(&lab, &daemon);
+    daemon.wait_until("30 more probe replies matched", |d| {
+        matched_and_bad_tag(&lab, d).0 >= matched + 30
+    });
+    assert_eq!(matched_and_bad_tag(&lab, &daemon).1, bad_tag);
+    assert!(all_ok(&daemon), "{:?}", daemon.status().interfaces);
+    assert!(!daemon.log().contains("NIC failure detected"));
+}
+
+/// Opens up to `count` idle connections to `socket` (non-blocking, so a full backlog does not
+/// hang the test), raising this process's descriptor limit to make room for them.
+fn idle_clients(socket: &std::path::Path, count: usize) -> Vec<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max.max(limit.rlim_cur);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(limit.rlim_cur as usize > count + 100, "{limit:?}");
+    // SAFETY: an all-zero sockaddr_un is valid; the path fits (checked).
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = socket.as_os_str().as_bytes();
+    assert!(path.len() < address.sun_path.len());
+    for (i, b) in path.iter().enumerate() {
+        address.sun_path[i] = *b as libc::c_char;
+    }
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        // SAFETY: plain syscalls; the descriptor is owned at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let rc = unsafe {
+            libc::connect(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&raw const address).cast(),
+                size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            clients.push(fd);
+        }
+    }
+    clients
+}
+
+/// mpathctl's output for `args` against `daemon`, or None when it fails or gives no answer
+/// within 5 s: an mpathd out of descriptors leaves clients waiting in its backlog for ever,
+/// and the test must go on to fail rather than hang.
+fn ctl_or_give_up(daemon: &Mpathd, args: &[&str]) -> Option<Vec<u8>> {
+    let output = std::process::Command::new("timeout")
+        .arg("5")
+        .arg(mpath_tests::daemon::binary("mpathctl"))
+        .arg("--config")
+        .arg(&daemon.config)
+        .args(args)
+        .output()
+        .unwrap();
+    output.status.success().then_some(output.stdout)
+}
+
+#[test]
+fn idle_control_clients_cannot_starve_a_failover_or_the_views() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    // systemd's default soft limit, which the host ran mpathd with.
+    let limit = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: prlimit on our own child with a valid struct.
+    let rc = unsafe {
+        libc::prlimit(
+            daemon.pid().unwrap() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    // The router knows 192.0.2.19 at h0's MAC: only an announcement can change its mind.
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+        .unwrap();
+
+    let clients = idle_clients(&daemon.socket, 1100);
+    lab.cut("h0").unwrap();
+    daemon.wait_until("192.0.2.19 on h2", |d| {
+        ctl_or_give_up(d, &["addresses", "--json"]).is_some_and(|json| {
+            let rows: Vec<AddressRow> = serde_json::from_slice(&json).unwrap();
+            rows.iter()
+                .any(|r| r.address == "192.0.2.19/24" && r.inbound.as_deref() == Some("h2"))
+        })
+    });
+    let ping = lab.router().run(&["ping", "-c1", "-W2", "192.0.2.19"]);
+    assert!(ping.is_ok(), "the move was not announced: {ping:?}");
+    daemon.wait_until("mpathctl groups answers", |d| {
+        ctl_or_give_up(d, &["groups"]).is_some()
+    });
+    drop(clients);
+    let log = daemon.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    let refusals = log.matches("control clients connected already").count();
+    assert!(
+        (1..10).contains(&refusals),
+        "{refusals} refusal lines: {log}"
+    );
 }
 
 #[test]

@@ -3,25 +3,40 @@
 //! A Unix stream socket (mode 0600, root only) carrying newline-delimited JSON: the client
 //! sends one [`Request`] line and reads [`Reply`] lines, one for most requests, a stream for
 //! [`Request::Probes`] that lasts until the client hangs up.
+//!
+//! Clients cost the daemon descriptors, so their number and time are bounded: at most
+//! [`MAX_CLIENTS`] at once (more are closed as soon as they are accepted), and each has
+//! [`REQUEST_TIMEOUT`] to send its request and to take each reply.
 
 use std::{
     fs, io,
     io::{BufRead as _, Write as _},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{broadcast, mpsc, oneshot},
+    sync::{Semaphore, broadcast, mpsc, oneshot},
+    time::timeout,
 };
 
 use crate::api::views::{ProbeRow, Status};
 
 /// Longest request line accepted; anything longer is refused unread.
 pub const MAX_REQUEST_BYTES: u64 = 4096;
+
+/// Control clients served at once. Far more than operators and tools need, far fewer than
+/// the descriptors mpathd has: idle clients cannot starve a failover.
+pub const MAX_CLIENTS: usize = 64;
+
+/// How long a client may take to send its request line, and to take each reply: a client
+/// that connects and sends nothing, or stops reading, is dropped after that.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
@@ -91,21 +106,35 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-/// Serves clients until the listener fails: each connection is handled on its own task.
+/// Serves clients until the listener fails: each connection is handled on its own task,
+/// up to [`MAX_CLIENTS`] at once; the rest are closed at once, with one log line per burst.
 pub async fn serve(
     listener: UnixListener,
     commands: mpsc::Sender<Command>,
     probes: broadcast::Sender<ProbeRow>,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut refusing = false;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    if !refusing {
+                        tracing::warn!(
+                            "{MAX_CLIENTS} control clients connected already: closing new ones until one leaves"
+                        );
+                        refusing = true;
+                    }
+                    continue;
+                };
+                refusing = false;
                 let commands = commands.clone();
                 let probes = probes.subscribe();
                 tokio::spawn(async move {
                     if let Err(e) = handle(stream, commands, probes).await {
                         tracing::debug!("control connection: {e}");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -126,9 +155,10 @@ async fn handle(
     // The request is read even when it will be refused, so the client is not cut off while
     // it writes and sees the refusal.
     let mut line = String::new();
-    let read = BufReader::new(read.take(MAX_REQUEST_BYTES + 1))
-        .read_line(&mut line)
-        .await;
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES + 1));
+    let read = timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| timed_out("no complete request"))?;
     if uid != 0 {
         let refusal = Reply::Refused {
             message: format!("only root may use mpathd's control socket (you are uid {uid})"),
@@ -166,10 +196,20 @@ async fn handle(
     }
 }
 
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what} within {REQUEST_TIMEOUT:?}; dropped"),
+    )
+}
+
+/// Writes one reply line, giving up on a client that does not take it in time.
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
     let mut line = serde_json::to_vec(reply).map_err(io::Error::other)?;
     line.push(b'\n');
-    write.write_all(&line).await
+    timeout(REQUEST_TIMEOUT, write.write_all(&line))
+        .await
+        .map_err(|_| timed_out("reply not taken"))?
 }
 
 /// Client side (blocking): sends `request` and hands each reply to `each` until the daemon

@@ -13,6 +13,12 @@
 //! [`Scrape`] to the event loop over a channel, as the control socket does with its
 //! commands, and the loop answers with [`Metrics::render`]. The loop stays the single owner
 //! of everything: no locks, and every scrape sees one consistent instant.
+//!
+//! Any local user can reach the port, so it must not be able to starve scrapes or the event
+//! loop: at most [`MAX_CONNECTIONS`] connections (more are closed as soon as accepted), each
+//! dropped when idle ([`HEADER_READ_TIMEOUT`]) or slow ([`CONNECTION_LIFETIME`]), and a
+//! rendering is reused for [`RENDER_REUSE`], so a storm of scrapes costs the loop one render
+//! per period.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -20,7 +26,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -40,7 +46,7 @@ use prometheus::{
 };
 use tokio::{
     net::TcpListener,
-    sync::{Semaphore, mpsc, oneshot},
+    sync::{Mutex, Semaphore, mpsc, oneshot},
 };
 
 use crate::{
@@ -70,10 +76,18 @@ pub const RTT_BUCKETS: [f64; 19] = [
 /// How long a scrape waits for the event loop; Prometheus' default scrape timeout is 10 s,
 /// so the scraper still gets a clear 503 rather than its own timeout.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Scrapers served at once; more wait to be accepted.
+/// Connections served at once; more are closed at once rather than left waiting behind
+/// idle ones.
 const MAX_CONNECTIONS: usize = 16;
-/// A client that does not send its request headers in this time is disconnected.
+/// A client that does not send its request headers in this time (also between requests of
+/// a kept-alive connection) is disconnected.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection is kept, however it spends its time (a client that stops reading a
+/// response would otherwise hold its slot for ever).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// How long one rendering answers every scrape: far below any scrape interval, long enough
+/// that a storm of scrapes costs the event loop one render per period.
+const RENDER_REUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -779,25 +793,79 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener, MetricsError> {
         })
 }
 
-/// Serves `GET /metrics` until the listener fails, asking the event loop for each render
-/// through `scrapes`; other paths get 404, other methods 405.
+/// The last rendering, shared by the connections: one scrape asks the event loop, those
+/// arriving meanwhile or within [`RENDER_REUSE`] get the same text.
+struct Renderings {
+    scrapes: mpsc::Sender<Scrape>,
+    last: Mutex<Option<(Instant, Bytes)>>,
+}
+
+/// Why a scrape got no metrics.
+enum NoRendering {
+    Failed(MetricsError),
+    ShuttingDown,
+    TimedOut,
+}
+
+impl Renderings {
+    async fn get(&self) -> Result<Bytes, NoRendering> {
+        let mut last = self.last.lock().await;
+        if let Some((at, text)) = &*last
+            && at.elapsed() < RENDER_REUSE
+        {
+            return Ok(text.clone());
+        }
+        let (reply, answer) = oneshot::channel();
+        let scrape = async {
+            self.scrapes.send(Scrape { reply }).await.ok()?;
+            answer.await.ok()
+        };
+        let text = match tokio::time::timeout(SCRAPE_TIMEOUT, scrape).await {
+            Ok(Some(Ok(text))) => Bytes::from(text),
+            Ok(Some(Err(e))) => return Err(NoRendering::Failed(e)),
+            Ok(None) => return Err(NoRendering::ShuttingDown),
+            Err(_) => return Err(NoRendering::TimedOut),
+        };
+        *last = Some((Instant::now(), text.clone()));
+        Ok(text)
+    }
+}
+
+/// Serves `GET /metrics` until the listener fails, asking the event loop for a render through
+/// `scrapes` at most once per [`RENDER_REUSE`]; other paths get 404, other methods 405.
 pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let renderings = Arc::new(Renderings {
+        scrapes,
+        last: Mutex::new(None),
+    });
+    let mut refusing = false;
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, _)) => {
-                let scrapes = scrapes.clone();
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    if !refusing {
+                        tracing::warn!(
+                            "{MAX_CONNECTIONS} metrics connections open already: closing new ones until one ends"
+                        );
+                        refusing = true;
+                    }
+                    continue;
+                };
+                refusing = false;
+                let renderings = renderings.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| respond(request, scrapes.clone()));
+                    let service = service_fn(move |request| respond(request, renderings.clone()));
                     let connection = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEADER_READ_TIMEOUT)
                         .serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = connection.await {
-                        tracing::debug!("metrics connection: {e}");
+                    match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!("metrics connection: {e}"),
+                        Err(_) => tracing::debug!(
+                            "metrics connection open for {CONNECTION_LIFETIME:?}: closed"
+                        ),
                     }
                     drop(slot);
                 });
@@ -812,7 +880,7 @@ pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
 
 async fn respond(
     request: Request<Incoming>,
-    scrapes: mpsc::Sender<Scrape>,
+    renderings: Arc<Renderings>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.uri().path() != "/metrics" {
         return Ok(text(
@@ -830,25 +898,20 @@ async fn respond(
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return Ok(response);
     }
-    let (reply, answer) = oneshot::channel();
-    let scrape = async {
-        scrapes.send(Scrape { reply }).await.ok()?;
-        answer.await.ok()
-    };
-    Ok(match tokio::time::timeout(SCRAPE_TIMEOUT, scrape).await {
-        Ok(Some(Ok(rendered))) => {
-            let mut response = Response::new(Full::new(Bytes::from(rendered)));
+    Ok(match renderings.get().await {
+        Ok(rendered) => {
+            let mut response = Response::new(Full::new(rendered));
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
             response
         }
-        Ok(Some(Err(e))) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        Ok(None) => text(
+        Err(NoRendering::Failed(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        Err(NoRendering::ShuttingDown) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "mpathd is shutting down\n".into(),
         ),
-        Err(_) => text(
+        Err(NoRendering::TimedOut) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "mpathd's event loop did not answer within {} s\n",

@@ -189,9 +189,10 @@ impl Daemon {
     /// Loads (or adopts) the datapath and takes stock of the host: links, addresses, routes.
     pub async fn start(config: Config, paths: ConfigPaths) -> anyhow::Result<Daemon> {
         // First of all: a second mpathd must stop here, before it touches the running one's
-        // datapath (its probe key alone would make every probe reply look forged).
-        let control = control::bind(&config.daemon.socket)?;
+        // datapath (its probe key alone would make every probe reply look forged), whether it
+        // names the same pin directory (locked while the datapath is open) or the same socket.
         let mut datapath = Datapath::open(&config.daemon.bpf_pin_dir)?;
+        let control = control::bind(&config.daemon.socket)?;
         // A datapath already running on NICs: mpathd restarts, the switch has long learnt
         // the NICs' MACs, and no startup quiet period holds a failure back.
         let restarted = datapath.pinned_nics().is_ok_and(|nics| !nics.is_empty());
@@ -208,6 +209,7 @@ impl Daemon {
         let monitor = Monitor::open_with_receive_buffer(receive_buffer)
             .context("subscribing to rtnetlink events")?;
         let netlink = Netlink::connect().context("opening rtnetlink")?;
+        announce::open_socket()?;
         let nexthops = Nexthops::connect().context("opening rtnetlink for nexthops")?;
         match Netconf::system().hash_multipath_on_ports() {
             Ok(changed) => {

@@ -51,6 +51,12 @@ pub enum DatapathError {
     },
     #[error("pinned link {path}: {source}")]
     Link { path: PathBuf, source: LinkError },
+    #[error(
+        "another mpathd is running with pin directory {}{}: a second one would replace its probe key and maps",
+        path.display(),
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    InUse { path: PathBuf, holder: Option<u32> },
     #[error("interface {0} does not exist")]
     NoSuchInterface(String),
     #[error(transparent)]
@@ -66,6 +72,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
 
 /// The loaded programs, their maps and the NICs they are attached to.
 pub struct Datapath {
+    /// Held for the datapath's life: no second mpathd may load onto the same pins.
+    _lock: PinLock,
     ebpf: Ebpf,
     dir: PathBuf,
     pub maps: Maps,
@@ -75,9 +83,11 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the programs, reusing the maps pinned under `pin_root` (so their contents, such as
-    /// bucket tables and counters, survive a restart) or pinning new ones there.
+    /// bucket tables and counters, survive a restart) or pinning new ones there. Refused,
+    /// before anything under `pin_root` changes, while another datapath holds its lock.
     pub fn open(pin_root: &Path) -> Result<Self, DatapathError> {
         ensure_bpffs(pin_root)?;
+        let lock = PinLock::acquire(pin_root)?;
         retire_other_layouts(pin_root)?;
         let dir = pin_root.join(PIN_LAYOUT_VERSION);
         for sub in ["maps", "links"] {
@@ -101,6 +111,7 @@ impl Datapath {
             })?;
         let maps = Maps::take(&mut ebpf)?;
         Ok(Datapath {
+            _lock: lock,
             ebpf,
             dir,
             maps,
@@ -216,6 +227,47 @@ impl Datapath {
     fn link_path(&self, kind: &str, ifindex: u32) -> PathBuf {
         self.dir.join("links").join(format!("{kind}-{ifindex}"))
     }
+}
+
+/// An exclusive `flock` on the pin directory itself (bpffs takes no regular files, but locks
+/// a directory like any other), released when the holder exits, however it exits.
+struct PinLock {
+    _dir: fs::File,
+}
+
+impl PinLock {
+    fn acquire(pin_root: &Path) -> Result<Self, DatapathError> {
+        fs::create_dir_all(pin_root).map_err(io_err(pin_root))?;
+        let dir = fs::File::open(pin_root).map_err(io_err(pin_root))?;
+        match dir.try_lock() {
+            Ok(()) => Ok(PinLock { _dir: dir }),
+            Err(fs::TryLockError::WouldBlock) => Err(DatapathError::InUse {
+                path: pin_root.to_owned(),
+                holder: lock_holder(&dir),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(io_err(pin_root)(e)),
+        }
+    }
+}
+
+/// The pid holding a `flock` on `file`, from /proc/locks (`1: FLOCK ADVISORY WRITE <pid>
+/// <major>:<minor>:<inode> 0 EOF`), when it can be told.
+fn lock_holder(file: &fs::File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = file.metadata().ok()?;
+    let dev = meta.dev();
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        meta.ino()
+    );
+    fs::read_to_string("/proc/locks")
+        .ok()?
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str()))
+        .and_then(|fields| fields.get(4)?.parse().ok())
 }
 
 /// Removes the pins of other layout versions, left by an mpathd of another release: their

@@ -155,6 +155,13 @@ fn neighbour_advertisement(
     frame
 }
 
+/// Opens the packet socket of this thread's network namespace ahead of the first
+/// announcement, so that a host short of descriptors when a NIC fails cannot leave the move
+/// unannounced.
+pub fn open_socket() -> io::Result<()> {
+    packet_socket().map(drop)
+}
+
 /// A send-only packet socket per network namespace, opened once: closing a packet socket
 /// waits for the kernel to quiesce the network (tens of ms), which would stall the daemon on
 /// every announcement.
