@@ -1270,6 +1270,40 @@ fn idle_control_clients_cannot_starve_a_failover_or_the_views() {
 }
 
 #[test]
+fn a_nic_added_after_the_pin_directory_was_removed_gets_the_datapath() {
+    let mut lab = Lab::builder().nics(2).build().expect("lab");
+    // h2 is configured but missing at start.
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("h0 and h1 ok", |d| {
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h0") == "ok" && state_of(&s, "h1") == "ok")
+    });
+    std::fs::remove_dir_all(daemon.pins.path()).unwrap();
+
+    assert_eq!(lab.add_nic().unwrap(), "h2");
+    // Only replies matched by its XDP program can make h2 ok.
+    daemon.wait_until("h2 joined as the standby", |d| {
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h2") == "ok" && s.groups[0].inactive == ["h2"])
+    });
+    let h2 = lab.host().ifindex("h2").unwrap();
+    let links = daemon.pins.path().join(PIN_LAYOUT_VERSION).join("links");
+    for kind in ["tc", "xdp"] {
+        assert!(
+            links.join(format!("{kind}-{h2}")).exists(),
+            "{kind} link of h2"
+        );
+    }
+    // The maps are pinned again: mpathctl (and a restarted mpathd) find them.
+    let (h0, h1) = (
+        lab.host().ifindex("h0").unwrap(),
+        lab.host().ifindex("h1").unwrap(),
+    );
+    assert_eq!(shares(&daemon), [(h0, 128), (h1, 128)].into());
+    assert!(daemon.log().contains("were removed while mpathd runs"));
+}
+
+#[test]
 fn a_reload_that_rebuilds_a_group_keeps_an_offline_nic_offline() {
     let lab = lab();
     let mut daemon = Mpathd::start(lab.host(), &CONFIG);

@@ -25,7 +25,10 @@ use tokio::{
     time::timeout,
 };
 
-use crate::api::views::{ProbeRow, Status};
+use crate::{
+    api::views::{ProbeRow, Status},
+    config::socket_path_problem,
+};
 
 /// Longest request line accepted; anything longer is refused unread.
 pub const MAX_REQUEST_BYTES: u64 = 4096;
@@ -94,6 +97,12 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         return Err(io_err(io::Error::new(
             io::ErrorKind::AddrInUse,
             "another mpathd is running",
+        )));
+    }
+    if let Some(kind) = socket_path_problem(path) {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("a {kind} is there, not a socket; mpathd replaces only a stale socket"),
         )));
     }
     match fs::remove_file(path) {
@@ -346,6 +355,25 @@ mod tests {
             .unwrap();
             assert!(matches!(reply, Reply::Refused { .. }), "{reply:?}");
         }
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_at_the_socket_path_is_left_alone() {
+        let dir = std::env::temp_dir().join(format!("mpath-control-file-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("mpathd.sock");
+        fs::write(&path, "not a socket").unwrap();
+        let err = bind(&path).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "control socket {}: a regular file is there, not a socket; mpathd replaces only \
+                 a stale socket",
+                path.display()
+            )
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), "not a socket");
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -81,6 +81,12 @@ pub enum Problem {
     BadListenAddress(String),
     #[error("{key} {path:?} is not an absolute path")]
     RelativePath { key: &'static str, path: String },
+    #[error("socket {path:?} is a {kind}, not a socket; mpathd replaces only a socket")]
+    SocketPathTaken { path: String, kind: &'static str },
+    #[error("more than {max} groups; the datapath holds at most {max}")]
+    TooManyGroups { max: u32 },
+    #[error("more than {max} interfaces in all groups; the datapath holds at most {max}")]
+    TooManyInterfaces { max: u32 },
     #[error("bad group name {name:?}: {reason}")]
     BadGroupName { name: String, reason: &'static str },
     #[error("group {name} is defined twice (first on line {first_line})")]

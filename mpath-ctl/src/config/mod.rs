@@ -25,6 +25,8 @@ mod solaris;
 mod testing;
 mod validate;
 
+pub(crate) use validate::socket_path_problem;
+
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

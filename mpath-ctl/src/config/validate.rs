@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mpath_common::{MAX_GROUPS, MAX_NICS};
 use toml::Spanned;
 
 use super::error::{ConfigError, Problem, Source};
@@ -153,7 +154,7 @@ impl<'a> Validator<'a> {
                 .or(defaults.track_interfaces_only_with_groups)
                 .unwrap_or(builtin.track_interfaces_only_with_groups),
             metrics_listen,
-            socket: self.absolute_path("socket", raw.socket, builtin.socket)?,
+            socket: self.socket_path(raw.socket, builtin.socket)?,
             bpf_pin_dir: self.absolute_path("bpf_pin_dir", raw.bpf_pin_dir, builtin.bpf_pin_dir)?,
             route_table: self.number(raw.route_table, route_table, builtin.route_table)?,
             route_rule_priority: self.number(
@@ -201,9 +202,34 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// The control socket's path: absolute, and not something else than a socket, which
+    /// mpathd would otherwise have to delete to bind there.
+    fn socket_path(
+        &self,
+        raw: Option<Spanned<String>>,
+        default: PathBuf,
+    ) -> Result<PathBuf, ConfigError> {
+        let span = raw.as_ref().map_or(0..0, Spanned::span);
+        let path = self.absolute_path("socket", raw, default)?;
+        match socket_path_problem(&path) {
+            Some(kind) => Err(self.source.error(
+                &span,
+                Problem::SocketPathTaken {
+                    path: path.display().to_string(),
+                    kind,
+                },
+            )),
+            None => Ok(path),
+        }
+    }
+
     fn group(&mut self, span: Range<usize>, raw: RawGroup) -> Result<GroupConfig, ConfigError> {
         let name_span = raw.name.span();
         let name = raw.name.into_inner();
+        if self.groups.len() >= MAX_GROUPS as usize {
+            let problem = Problem::TooManyGroups { max: MAX_GROUPS };
+            return Err(self.source.error(&name_span, problem));
+        }
         if let Some(reason) = group_name_problem(&name) {
             return Err(self
                 .source
@@ -466,6 +492,10 @@ impl<'a> Validator<'a> {
                 .source
                 .error(&name_span, Problem::BadInterfaceName { name, reason }));
         }
+        if self.interfaces.len() >= MAX_NICS as usize {
+            let problem = Problem::TooManyInterfaces { max: MAX_NICS };
+            return Err(self.source.error(&name_span, problem));
+        }
         if let Some(owner) = self.interfaces.get(&name) {
             let problem = if owner.name == group {
                 Problem::DuplicateInterface {
@@ -661,8 +691,33 @@ pub(super) fn interface_name_problem(name: &str) -> Option<&'static str> {
         Some("':' is not allowed: Linux has no logical interfaces such as h0:1")
     } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         Some("whitespace and control characters are not allowed in an interface name")
+    } else if name.chars().any(is_bidi_control) {
+        Some("bidirectional text controls are not allowed: they make a name print as another")
     } else {
         None
+    }
+}
+
+/// Unicode's bidirectional formatting characters (marks, embeddings, overrides, isolates).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// What is at a control socket path that mpathd could not bind to without deleting
+/// something that is not a socket.
+pub(crate) fn socket_path_problem(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let kind = std::fs::symlink_metadata(path).ok()?.file_type();
+    if kind.is_socket() {
+        None
+    } else if kind.is_dir() {
+        Some("directory")
+    } else if kind.is_symlink() {
+        Some("symbolic link")
+    } else if kind.is_file() {
+        Some("regular file")
+    } else {
+        Some("special file")
     }
 }
 
@@ -842,6 +897,9 @@ mod tests {
             ("h 0", "whitespace"),
             ("h\\t0", "whitespace"),
             ("h\\u00000", "control"),
+            ("h0\\u202e1h", "bidirectional"),
+            ("\\u2067h0", "bidirectional"),
+            ("h\\u200f0", "bidirectional"),
         ] {
             let text = with_group(&format!("[[group.interface]]\nname = \"{name}\"\n"));
             let (line, column, problem, message) = refusal(&text);
@@ -1158,6 +1216,60 @@ mod tests {
         );
         let sixteen = text[..text.rfind("[[group.interface]]").unwrap()].to_string();
         assert!(Config::parse(&sixteen, "ok.toml", None).is_ok());
+    }
+
+    #[test]
+    fn more_groups_or_interfaces_than_the_datapath_holds_are_refused() {
+        let groups = |count: usize| {
+            (0..count)
+                .map(|g| {
+                    format!("[[group]]\nname = \"g{g}\"\n[[group.interface]]\nname = \"h{g}\"\n")
+                })
+                .collect::<String>()
+        };
+        assert!(parse(&groups(64)).is_ok());
+        let (line, column, problem, message) = refusal(&groups(65));
+        assert_eq!((line, column), (64 * 4 + 2, 8));
+        assert_eq!(problem, Problem::TooManyGroups { max: 64 });
+        assert_eq!(
+            message,
+            "/etc/mpath/mpathd.toml:258:8: more than 64 groups; the datapath holds at most 64"
+        );
+
+        let interfaces = |count: usize| {
+            let mut text = String::from("[[group]]\nname = \"big\"\n");
+            for i in 0..count {
+                text.push_str(&format!("[[group.interface]]\nname = \"h{i}\"\n"));
+            }
+            text
+        };
+        assert!(parse(&interfaces(256)).is_ok());
+        let (line, _, problem, _) = refusal(&interfaces(257));
+        assert_eq!(line, 2 + 256 * 2 + 2);
+        assert_eq!(problem, Problem::TooManyInterfaces { max: 256 });
+    }
+
+    #[test]
+    fn a_socket_path_taken_by_something_else_is_refused() {
+        let dir = std::env::temp_dir().join(format!("mpath-validate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("file");
+        std::fs::write(&file, "").unwrap();
+        for (path, kind) in [(&file, "regular file"), (&dir, "directory")] {
+            let text = format!("[daemon]\nsocket = \"{}\"\n", path.display());
+            let (line, _, problem, _) = refusal(&text);
+            assert_eq!(line, 2);
+            assert_eq!(
+                problem,
+                Problem::SocketPathTaken {
+                    path: path.display().to_string(),
+                    kind
+                }
+            );
+        }
+        let absent = format!("[daemon]\nsocket = \"{}\"\n", dir.join("absent").display());
+        assert!(parse(&absent).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     // --- group routes and mpathd's routing table ---

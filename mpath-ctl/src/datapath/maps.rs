@@ -26,6 +26,13 @@ pub enum MapsError {
         name: &'static str,
         source: MapError,
     },
+    #[error("BPF map {name} is of a type mpathd does not expect")]
+    UnexpectedType { name: &'static str },
+    #[error("pinning BPF map {path} again: {source}")]
+    Repin {
+        path: PathBuf,
+        source: aya::pin::PinError,
+    },
     #[error("group id {0} is out of range (at most {MAX_GROUPS} groups)")]
     GroupOutOfRange(u32),
     #[error(
@@ -50,6 +57,9 @@ pub struct Maps {
     pub last_reply: Array<MapData, ProbeReply>,
     /// Taken by the daemon's reply reader; `None` once taken.
     pub probe_replies: Option<RingBuf<MapData>>,
+    /// A second descriptor of every map, by name, to pin the maps again after someone
+    /// removed their pins (the typed maps above keep theirs to themselves).
+    handles: Vec<(&'static str, MapData)>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
@@ -57,6 +67,17 @@ where
     T: TryFrom<Map, Error = MapError>,
 {
     T::try_from(map).map_err(|source| MapsError::Map { name, source })
+}
+
+/// Another descriptor of `map`, opened by its id.
+fn second_handle(name: &'static str, map: &Map) -> Result<MapData, MapsError> {
+    let data = match map {
+        Map::Array(d) | Map::HashMap(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
+        _ => return Err(MapsError::UnexpectedType { name }),
+    };
+    data.info()
+        .and_then(|info| MapData::from_id(info.id()))
+        .map_err(|source| MapsError::Map { name, source })
 }
 
 impl Maps {
@@ -76,9 +97,15 @@ impl Maps {
     }
 
     fn build(
-        mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
+        mut get_map: impl FnMut(&'static str) -> Result<Map, MapsError>,
     ) -> Result<Self, MapsError> {
         use map_names::*;
+        let mut handles = Vec::new();
+        let mut get = |name| {
+            let map = get_map(name)?;
+            handles.push((name, second_handle(name, &map)?));
+            Ok::<_, MapsError>(map)
+        };
         Ok(Maps {
             nics: typed(NICS, get(NICS)?)?,
             egress_nics: typed(EGRESS_NICS, get(EGRESS_NICS)?)?,
@@ -88,7 +115,20 @@ impl Maps {
             settings: typed(SETTINGS, get(SETTINGS)?)?,
             last_reply: typed(LAST_REPLY, get(LAST_REPLY)?)?,
             probe_replies: Some(typed(PROBE_REPLIES, get(PROBE_REPLIES)?)?),
+            handles,
         })
+    }
+
+    /// Pins every map under `maps_dir` whose pin is missing there.
+    pub fn pin_missing(&self, maps_dir: &Path) -> Result<(), MapsError> {
+        for (name, map) in &self.handles {
+            let path = maps_dir.join(name);
+            if !path.exists() {
+                map.pin(&path)
+                    .map_err(|source| MapsError::Repin { path, source })?;
+            }
+        }
+        Ok(())
     }
 
     /// Group NICs known to the datapath, by ifindex.

@@ -24,7 +24,7 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use mpath_common::{PIN_LAYOUT_VERSION, program_names};
+use mpath_common::{PIN_LAYOUT_VERSION, map_names, program_names};
 
 use maps::{Maps, MapsError};
 
@@ -73,7 +73,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
 /// The loaded programs, their maps and the NICs they are attached to.
 pub struct Datapath {
     /// Held for the datapath's life: no second mpathd may load onto the same pins.
-    _lock: PinLock,
+    lock: PinLock,
     ebpf: Ebpf,
     dir: PathBuf,
     pub maps: Maps,
@@ -111,7 +111,7 @@ impl Datapath {
             })?;
         let maps = Maps::take(&mut ebpf)?;
         Ok(Datapath {
-            _lock: lock,
+            lock,
             ebpf,
             dir,
             maps,
@@ -141,6 +141,7 @@ impl Datapath {
     /// ifindex) cannot be updated: it is replaced by a fresh attachment.
     pub fn attach(&mut self, ifname: &str) -> Result<u32, DatapathError> {
         let ifindex = ifindex_of(ifname)?;
+        self.restore_layout()?;
         let tc_path = self.link_path("tc", ifindex);
         let xdp_path = self.link_path("xdp", ifindex);
 
@@ -204,6 +205,30 @@ impl Datapath {
         Ok(ifindex)
     }
 
+    /// Pins the layout again if someone removed it while this datapath runs (`rm -r` of the
+    /// pin directory): the directories, the lock and the maps, so that NICs attached from now
+    /// on can pin their links and a restarted mpathd adopts the maps. NICs attached before
+    /// keep their programs through this process's descriptors; a restart attaches them anew.
+    fn restore_layout(&mut self) -> Result<(), DatapathError> {
+        let maps = self.dir.join("maps");
+        let links = self.dir.join("links");
+        if links.is_dir() && maps.join(map_names::SETTINGS).exists() {
+            return Ok(());
+        }
+        tracing::warn!(
+            "the datapath's pins under {} were removed while mpathd runs: pinning them again",
+            self.dir.display()
+        );
+        if !self.lock.holds_current_dir() {
+            self.lock = PinLock::acquire(&self.lock.path)?;
+        }
+        for path in [&maps, &links] {
+            fs::create_dir_all(path).map_err(io_err(path))?;
+        }
+        self.maps.pin_missing(&maps)?;
+        Ok(())
+    }
+
     /// Detaches both programs from a NIC and removes its pins. A NIC that is gone or was
     /// never attached is not an error: its links went with it.
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
@@ -232,7 +257,8 @@ impl Datapath {
 /// An exclusive `flock` on the pin directory itself (bpffs takes no regular files, but locks
 /// a directory like any other), released when the holder exits, however it exits.
 struct PinLock {
-    _dir: fs::File,
+    path: PathBuf,
+    dir: fs::File,
 }
 
 impl PinLock {
@@ -240,12 +266,25 @@ impl PinLock {
         fs::create_dir_all(pin_root).map_err(io_err(pin_root))?;
         let dir = fs::File::open(pin_root).map_err(io_err(pin_root))?;
         match dir.try_lock() {
-            Ok(()) => Ok(PinLock { _dir: dir }),
+            Ok(()) => Ok(PinLock {
+                path: pin_root.to_owned(),
+                dir,
+            }),
             Err(fs::TryLockError::WouldBlock) => Err(DatapathError::InUse {
                 path: pin_root.to_owned(),
                 holder: lock_holder(&dir),
             }),
             Err(fs::TryLockError::Error(e)) => Err(io_err(pin_root)(e)),
+        }
+    }
+
+    /// Whether the directory at the lock's path is still the locked one: not once it was
+    /// removed (and perhaps made again).
+    fn holds_current_dir(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        match (fs::metadata(&self.path), self.dir.metadata()) {
+            (Ok(now), Ok(locked)) => now.dev() == locked.dev() && now.ino() == locked.ino(),
+            _ => false,
         }
     }
 }
