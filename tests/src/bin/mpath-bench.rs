@@ -1172,9 +1172,9 @@ fn failover(reps: u64, false_failure_minutes: u64, out: Option<PathBuf>) -> anyh
              leaves through h1, as the switch port's counter shows, then fails h1. All packets \
              arrive on the router's one NIC, so the gap is the largest interval between arrivals \
              that ends after the failure, up to {} ms after the stream came back: on carrier \
-             loss, where the kernel removes h1's nexthops from the group itself before mpathd \
-             hears of it, that is the stream's own jitter (an upper bound of the gap), and \
-             mpathd's log does not split it. The target compares each off-link case with the \
+             loss, where the kernel itself removes h1's nexthops from the group (it was seen \
+             doing so before mpathd logged the failure), that is about the stream's own jitter \
+             (an upper bound of the gap), and mpathd's log does not split it. The target compares each off-link case with the \
              on-link case of the same fault (and FDT).\n\n{tables}",
             STREAM_SPACING.as_secs_f64() * 1e3,
             cpus(),

@@ -551,7 +551,7 @@ pub fn datapath(
             // Rounds that disagree by more than the margin cannot settle it either way.
             let noise = if max - min > 0.06 {
                 format!(
-                    " (rounds range over {:.0} %, more than the 3 % margin)",
+                    ", not settled: the rounds' ratios span {:.0} %, more than the 3 % margin",
                     (max - min) * 100.0
                 )
             } else {
