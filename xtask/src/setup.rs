@@ -14,7 +14,8 @@ include!("../../mpath-ebpf/toolchain.rs");
 /// Debian packages the tests, the demo and the benchmarks drive: ip, bridge, nft, ping,
 /// nsenter/unshare, promtool (package prometheus), which validates the metrics, and FRR's
 /// bfdd and vtysh (package frr), the BFD daemon the failover benchmark compares mpathd with,
-/// and systemd-analyze (package systemd), which rates the unit's hardening.
+/// systemd-analyze (package systemd), which rates the unit's hardening, and iperf3, the bulk
+/// TCP load of the datapath benchmark.
 const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -23,6 +24,7 @@ const LAB_PACKAGES: &[&str] = &[
     "prometheus",
     "frr",
     "systemd",
+    "iperf3",
 ];
 
 pub fn run() -> anyhow::Result<()> {

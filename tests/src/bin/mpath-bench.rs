@@ -1,19 +1,21 @@
 //! mpath's benchmarks, run by `cargo xtask bench ...` (release build, as root).
 //!
-//! `datapath`: small UDP packets from the host namespace of a 4-NIC lab, in one run: no
-//! program (the baseline), mpath spreading over 1, 2 and 4 NICs, and kernel ECMP multipath
-//! routes with L4 hashing over the same NICs. Configurations are interleaved over several
-//! rounds and the median is reported, so drift on the machine hits all of them alike.
+//! `datapath`: the sender's CPU per packet with no program (the baseline), mpathd's routes
+//! and datapath spreading modes and kernel ECMP over 2 and 4 NICs, for unconnected and
+//! connected sockets; then bulk TCP over shaped NICs (see [`datapath`]).
 //!
 //! `failover`: a steady UDP stream to a data address while the NIC holding it fails, for
 //! carrier loss and silent loss under mpathd and for kernel ECMP with
-//! `ignore_routes_with_linkdown`; the traffic gap, split by mpathd's log into detection, map
-//! rewrite and address move. Optionally a false-failure run under saturating traffic. Then
-//! probing at scale: detection, false failures and CPU per NIC with 1, 8 and 32 NICs, mpathd
-//! beside FRR's bfdd (see [`scale`]).
+//! `ignore_routes_with_linkdown`; and off-link, a stream from the host through the gateway
+//! while the NIC its default route named fails. The traffic gap, split by mpathd's log into
+//! detection, map rewrite and address move. Optionally a false-failure run under saturating
+//! traffic. Then probing at scale: detection, false failures and CPU per NIC with 1, 8 and 32
+//! NICs, mpathd beside FRR's bfdd (see [`scale`]).
 //!
 //! `soak`: random faults under traffic with an invariant checker (see [`soak`]).
 
+#[path = "mpath-bench/datapath.rs"]
+mod datapath;
 #[path = "mpath-bench/scale.rs"]
 mod scale;
 #[path = "mpath-bench/soak.rs"]
@@ -35,45 +37,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::programs::{TestRun as _, TestRunOptions};
-use mpath_common::NicInfo;
-use mpath_ctl::{core::spread::rebalance, datapath::Datapath};
-use mpath_lab::{Lab, Netns, ROUTER_NIC, ROUTER_V4};
-use mpath_tests::{
-    PinDir,
-    daemon::{Mpathd, inbound, state_of, three_nic_config},
-};
+use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
+use mpath_lab::{BEHIND_ROUTER_V4, Lab, Netns, ROUTER_V4};
+use mpath_tests::daemon::{Mpathd, inbound, state_of, three_nic_config};
 
-const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 19);
-const DESTINATION: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const NEXT_HOP: &str = "192.0.2.1";
 const FIRST_PORT: u16 = 9000;
-/// Distinct destination ports, i.e. flows.
-const FLOWS: u16 = 64;
 const PAYLOAD: usize = 18;
 const BATCH: usize = 64;
-const GROUP: u32 = 0;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Setup {
-    Baseline,
-    Mpath(usize),
-    /// Spreading whose table sends every flow to h1 while the kernel routes to h0: each
-    /// packet is redirected, which prices one redirect.
-    MpathAllRedirected,
-    Ecmp(usize),
-}
-
-impl Setup {
-    fn label(self) -> String {
-        match self {
-            Setup::Baseline => "no program (baseline)".into(),
-            Setup::Mpath(n) => format!("mpath spreading, {n} NIC{}", if n > 1 { "s" } else { "" }),
-            Setup::MpathAllRedirected => "mpath, every packet redirected".into(),
-            Setup::Ecmp(n) => format!("kernel ECMP (L4 hash), {n} NICs"),
-        }
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -86,7 +56,8 @@ fn main() -> anyhow::Result<()> {
         Some("datapath") => {
             let rounds = flag(&args, "--rounds")?.unwrap_or(5);
             let seconds = flag(&args, "--seconds")?.unwrap_or(1);
-            datapath(rounds, Duration::from_secs(seconds), out)
+            let bulk_seconds = flag(&args, "--bulk-seconds")?.unwrap_or(5);
+            datapath::datapath(rounds, Duration::from_secs(seconds), bulk_seconds, out)
         }
         Some("failover") => {
             let reps = flag(&args, "--reps")?.unwrap_or(20);
@@ -119,7 +90,7 @@ fn main() -> anyhow::Result<()> {
             soak::soak(minutes, seed, out)
         }
         _ => bail!(
-            "usage: mpath-bench datapath [--rounds N] [--seconds S] [--out BENCHMARKS.md]\n       \
+            "usage: mpath-bench datapath [--rounds N] [--seconds S] [--bulk-seconds S] [--out BENCHMARKS.md]\n       \
              mpath-bench failover [--reps N] [--false-failure-minutes M] [--only cases|scale] \
              [--out BENCHMARKS.md]\n       \
              (M: the 3-NIC false-failure run, none by default, and the scale part's run per \
@@ -148,156 +119,6 @@ fn text_flag<'a>(args: &'a [String], name: &str) -> anyhow::Result<Option<&'a st
     args.get(i + 1)
         .map(|value| Some(value.as_str()))
         .with_context(|| format!("{name} needs a value"))
-}
-
-struct Bench {
-    lab: Lab,
-    datapath: Datapath,
-    nics: Vec<(String, u32, [u8; 6])>,
-    socket: UdpSocket,
-    _pins: PinDir,
-}
-
-impl Bench {
-    fn new() -> anyhow::Result<Self> {
-        let mut builder = Lab::builder()
-            .nics(4)
-            .router_addrs(&["198.51.100.1/24"])
-            .host_addr("h0", "192.0.2.19/24");
-        for i in 1..4 {
-            builder = builder.host_addr(&format!("h{i}"), &format!("192.0.2.{}/24", 19 + i));
-        }
-        let lab = builder.build()?;
-        lab.host()
-            .run(&["sysctl", "-qw", "net.ipv4.fib_multipath_hash_policy=1"])?;
-        // Packets end at the switch: every port drops what it receives at its ingress hook
-        // (nftables netdev family: before the bridge, so the receiving side costs little and
-        // varies less), and the host knows the next hop's MAC without asking. The per-packet path is
-        // then the sender's stack, the egress hook and the veth, which is what the
-        // configurations differ in.
-        let link = lab
-            .router()
-            .ip(&["-o", "link", "show", "dev", ROUTER_NIC])?;
-        let router_mac = link
-            .split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .context("router MAC")?
-            .to_string();
-        for nic in lab.nics() {
-            lab.host().ip(&[
-                "neigh",
-                "replace",
-                NEXT_HOP,
-                "lladdr",
-                &router_mac,
-                "dev",
-                &nic,
-                "nud",
-                "permanent",
-            ])?;
-            let port = lab.switch_port(&nic)?;
-            lab.switch().run(&["nft", "add table netdev sink"])?;
-            lab.switch().run(&[
-                "nft",
-                &format!(
-                    "add chain netdev sink {port} {{ type filter hook ingress device {port} priority 0; policy drop; }}"
-                ),
-            ])?;
-        }
-        let pins = PinDir::new();
-        let _inside = lab.host().enter()?;
-        let datapath = Datapath::open(pins.path())?;
-        let socket = UdpSocket::bind((SOURCE, 0))?;
-        let nics = lab
-            .nics()
-            .into_iter()
-            .map(|n| {
-                let ifindex = lab.host().ifindex(&n)?;
-                let mac = lab.mac(&n)?;
-                Ok((n, ifindex, mac))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        drop(_inside);
-        Ok(Bench {
-            lab,
-            datapath,
-            nics,
-            socket,
-            _pins: pins,
-        })
-    }
-
-    fn configure(&mut self, setup: Setup) -> anyhow::Result<()> {
-        let host = self.lab.host();
-        let _ = host.ip(&["route", "del", "198.51.100.0/24"]);
-        for (_, ifindex, _) in &self.nics {
-            self.datapath.detach(*ifindex)?;
-            self.datapath.maps.remove_nic(*ifindex)?;
-        }
-        match setup {
-            Setup::Baseline => {
-                host.ip(&[
-                    "route",
-                    "add",
-                    "198.51.100.0/24",
-                    "via",
-                    NEXT_HOP,
-                    "dev",
-                    "h0",
-                ])?;
-            }
-            Setup::Mpath(_) | Setup::MpathAllRedirected => {
-                host.ip(&[
-                    "route",
-                    "add",
-                    "198.51.100.0/24",
-                    "via",
-                    NEXT_HOP,
-                    "dev",
-                    "h0",
-                ])?;
-                let _inside = host.enter()?;
-                for (slot, (name, ifindex, mac)) in self.nics.iter().enumerate() {
-                    self.datapath.attach(name)?;
-                    let info = NicInfo {
-                        slot: slot as u32,
-                        group: GROUP,
-                        mac: *mac,
-                        ..Default::default()
-                    };
-                    self.datapath.maps.set_nic(*ifindex, info)?;
-                }
-                let usable: Vec<u32> = match setup {
-                    Setup::Mpath(n) => self.nics[..n].iter().map(|n| n.1).collect(),
-                    _ => vec![self.nics[1].1],
-                };
-                let table = rebalance(&self.datapath.maps.table(GROUP)?, &usable);
-                let macs: BTreeMap<u32, [u8; 6]> = self.nics.iter().map(|n| (n.1, n.2)).collect();
-                self.datapath
-                    .maps
-                    .write_table(GROUP, &table, |i| macs[&i])?;
-            }
-            Setup::Ecmp(n) => {
-                let mut args = vec!["route", "add", "198.51.100.0/24"];
-                for (name, _, _) in &self.nics[..n] {
-                    args.extend(["nexthop", "via", NEXT_HOP, "dev", name.as_str()]);
-                }
-                host.ip(&args)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends UDP packets over `FLOWS` flows for `duration`; returns packets per second.
-    fn blast(&self, duration: Duration) -> anyhow::Result<f64> {
-        let flows: Vec<SocketAddrV4> = (0..FLOWS)
-            .map(|i| SocketAddrV4::new(DESTINATION, FIRST_PORT + i))
-            .collect();
-        let start = Instant::now();
-        let sent = blast(&self.socket, &flows, duration)?;
-        Ok(sent as f64 / start.elapsed().as_secs_f64())
-    }
 }
 
 /// Sends small UDP packets round-robin to `flows` as fast as sendmmsg goes, for `duration`;
@@ -344,152 +165,6 @@ fn blast(socket: &UdpSocket, flows: &[SocketAddrV4], duration: Duration) -> anyh
         sent += n as u64;
     }
     Ok(sent)
-}
-
-/// Test runs of the program alone per measurement.
-const PROGRAM_RUNS: u32 = 1_000_000;
-
-impl Bench {
-    /// Average ns per run of the spreading program on a UDP frame leaving h0: with the flow's
-    /// bucket on h0 itself, and on another NIC.
-    fn program_cost(&mut self) -> anyhow::Result<(f64, f64)> {
-        let h0 = self.nics[0].clone();
-        let mut frame = vec![0u8; 14 + 20 + 8 + PAYLOAD];
-        frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-        frame[6..12].copy_from_slice(&h0.2);
-        frame[12..14].copy_from_slice(&[0x08, 0x00]);
-        frame[14] = 0x45;
-        frame[16..18].copy_from_slice(&((20 + 8 + PAYLOAD) as u16).to_be_bytes());
-        frame[22] = 64;
-        frame[23] = 17;
-        frame[26..30].copy_from_slice(&SOURCE.octets());
-        frame[30..34].copy_from_slice(&DESTINATION.octets());
-        frame[34..36].copy_from_slice(&40000u16.to_be_bytes());
-        frame[36..38].copy_from_slice(&FIRST_PORT.to_be_bytes());
-        // struct __sk_buff: `ifindex` at byte 40 makes the run happen "on" h0.
-        let mut ctx = [0u8; 192];
-        ctx[40..44].copy_from_slice(&h0.1.to_ne_bytes());
-        let mut cost = |owner: u32| -> anyhow::Result<f64> {
-            let table = [owner; mpath_common::BUCKETS_PER_GROUP as usize];
-            let macs: BTreeMap<u32, [u8; 6]> = self.nics.iter().map(|n| (n.1, n.2)).collect();
-            self.datapath
-                .maps
-                .write_table(GROUP, &table, |i| macs[&i])?;
-            let _inside = self.lab.host().enter()?;
-            let mut opts = TestRunOptions::new();
-            opts.data_in = Some(&frame);
-            opts.ctx_in = Some(&ctx);
-            opts.repeat = PROGRAM_RUNS;
-            let result = self.datapath.spread()?.test_run(opts)?;
-            Ok(result.duration.as_nanos() as f64)
-        };
-        let here = cost(h0.1)?;
-        let away = cost(self.nics[1].1)?;
-        Ok((here, away))
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn datapath(rounds: u64, duration: Duration, out: Option<PathBuf>) -> anyhow::Result<()> {
-    let setups = [
-        Setup::Baseline,
-        Setup::Mpath(1),
-        Setup::Mpath(2),
-        Setup::Mpath(4),
-        Setup::MpathAllRedirected,
-        Setup::Ecmp(2),
-        Setup::Ecmp(4),
-    ];
-    let mut bench = Bench::new()?;
-    let mut pps: BTreeMap<Setup, Vec<f64>> = BTreeMap::new();
-    for round in 1..=rounds {
-        for &setup in &setups {
-            bench.configure(setup)?;
-            let rate = bench.blast(duration)?;
-            eprintln!(
-                "round {round}/{rounds}: {:<32} {rate:>12.0} packets/s",
-                setup.label()
-            );
-            pps.entry(setup).or_default().push(rate);
-        }
-    }
-    // Spreading really spread: in the last 4-NIC mpath run every NIC transmitted.
-    bench.configure(Setup::Mpath(4))?;
-    bench.blast(Duration::from_millis(200))?;
-    for slot in 0..4 {
-        let c = bench.datapath.maps.counters(slot)?;
-        if c.tx_packets == 0 {
-            bail!("NIC slot {slot} carried nothing while spreading over 4 NICs: {c:?}");
-        }
-    }
-    let program_ns = bench.program_cost()?;
-    bench.configure(Setup::Baseline)?;
-
-    let base = median(&mut pps[&Setup::Baseline].clone());
-    let base_ns = 1e9 / base;
-    // Each round's cost against the same round's baseline: drift between rounds cancels.
-    let added_per_round = |setup: Setup| -> Vec<f64> {
-        pps[&setup]
-            .iter()
-            .zip(&pps[&Setup::Baseline])
-            .map(|(rate, base)| 1e9 / rate - 1e9 / base)
-            .collect()
-    };
-    let mut table = String::new();
-    writeln!(
-        table,
-        "| configuration | packets/s (median of {rounds}) | ratio to baseline | ns/packet | added ns/packet | added ns/packet, per round: min / median / max |"
-    )?;
-    writeln!(table, "| --- | ---: | ---: | ---: | ---: | ---: |")?;
-    for setup in setups {
-        let rate = median(&mut pps[&setup].clone());
-        let ns = 1e9 / rate;
-        let mut added = added_per_round(setup);
-        let mid = median(&mut added);
-        writeln!(
-            table,
-            "| {} | {rate:.0} | {:.3} | {ns:.0} | {:+.0} | {:+.0} / {mid:+.0} / {:+.0} |",
-            setup.label(),
-            rate / base,
-            ns - base_ns,
-            added[0],
-            added[added.len() - 1],
-        )?;
-    }
-    writeln!(
-        table,
-        "\nThe spreading program alone, run by the kernel on one UDP frame (BPF_PROG_TEST_RUN, \
-         {PROGRAM_RUNS} runs, average): {:.0} ns when the flow stays on its NIC; {:.0} ns for a \
-         redirected packet's two passes, the choice on the NIC the kernel picked and the \
-         short-cut on the NIC it is sent to (a test run alternates between the two, as the \
-         redirect mark is kept between runs; the redirect itself is not carried out).",
-        program_ns.0,
-        2.0 * program_ns.1
-    )?;
-    println!("{table}");
-    if let Some(path) = out {
-        let body = format!(
-            "`cargo xtask bench datapath`: {PAYLOAD}-byte UDP payloads over {FLOWS} flows, \
-             sent with sendmmsg from the host namespace of a 4-NIC veth lab to the switch, whose \
-             ports drop them at their ingress hook (nftables netdev family; static next-hop \
-             neighbour, so no ARP), {rounds} interleaved rounds of {} s per configuration, on this machine ({} \
-             CPUs). Throughput is sender-bound, so the added ns/packet is the cost of the egress \
-             path (program, redirect, ECMP lookup) per packet. The last column compares each \
-             round with that round's baseline, to show the spread. \"every packet redirected\" \
-             sends all flows to h1 while the route points at h0: its cost minus the 1-NIC cost \
-             is the price of one redirect, which spreading pays for the share of flows whose \
-             bucket is not on the NIC the kernel routed to (1/2 with 2 NICs, 3/4 with 4).\n\n{table}",
-            duration.as_secs_f64(),
-            cpus(),
-        );
-        write_section(&path, "Benchmark: datapath", &body)?;
-        eprintln!("written to {}", path.display());
-    }
-    Ok(())
 }
 
 fn cpus() -> usize {
@@ -558,6 +233,10 @@ enum Case {
     CarrierLoss,
     /// The switch drops h0's frames, carrier stays up: only probes can tell.
     SilentLoss { fdt_ms: u64 },
+    /// A stream from the host through the gateway to the network behind it, while the NIC
+    /// its default route named (h1, as a DHCP client set it) loses carrier or, when
+    /// `silent`, its frames; mpathd's group routes must carry the stream on.
+    OffLink { silent: bool, fdt_ms: u64 },
     /// No mpathd: the sender's ECMP route drops the next hop whose link lost carrier.
     Ecmp,
 }
@@ -567,7 +246,27 @@ impl Case {
         match self {
             Case::CarrierLoss => format!("mpathd, carrier loss (FDT {CARRIER_FDT_MS} ms)"),
             Case::SilentLoss { fdt_ms } => format!("mpathd, silent loss, FDT {fdt_ms} ms"),
+            Case::OffLink { silent, fdt_ms } => format!(
+                "mpathd, off-link, {}, FDT {fdt_ms} ms",
+                if silent {
+                    "silent loss"
+                } else {
+                    "carrier loss"
+                }
+            ),
             Case::Ecmp => "kernel ECMP, ignore_routes_with_linkdown, carrier loss".into(),
+        }
+    }
+
+    /// The on-link case whose gap an off-link case should match.
+    fn on_link(self) -> Option<Case> {
+        match self {
+            Case::OffLink { silent: false, .. } => Some(Case::CarrierLoss),
+            Case::OffLink {
+                silent: true,
+                fdt_ms,
+            } => Some(Case::SilentLoss { fdt_ms }),
+            _ => None,
         }
     }
 }
@@ -602,6 +301,27 @@ impl Gap {
         Some(Gap {
             start_ns: arrivals[last].at_ns,
             end_ns: next.at_ns,
+            calm_max_ns,
+        })
+    }
+
+    /// For a stream whose arrivals all come in on one NIC (off-link: through the router):
+    /// the largest interval between arrivals that ends after the failure at `failed_ns`.
+    fn across(arrivals: &[Arrival], failed_ns: i64) -> Option<Gap> {
+        let interval = |w: &[Arrival]| w[1].at_ns - w[0].at_ns;
+        let calm_max_ns = arrivals
+            .windows(2)
+            .filter(|w| w[1].at_ns <= failed_ns)
+            .map(interval)
+            .max()
+            .unwrap_or(0);
+        let gap = arrivals
+            .windows(2)
+            .filter(|w| w[1].at_ns > failed_ns)
+            .max_by_key(|w| interval(w))?;
+        Some(Gap {
+            start_ns: gap[0].at_ns,
+            end_ns: gap[1].at_ns,
             calm_max_ns,
         })
     }
@@ -1024,6 +744,139 @@ fn mpathd_case(case: Case, fdt_ms: u64, reps: u64) -> anyhow::Result<Vec<Rep>> {
     Ok(results)
 }
 
+/// The NIC the off-link cases' default route names, as a DHCP client on it would set it.
+const OFF_LINK_NIC: &str = "h1";
+/// h1's data address in [`three_nic_config`].
+const OFF_LINK_DATA: &str = "192.0.2.20/24";
+
+/// The current CLOCK_REALTIME in ns, the clock of the stream's arrivals and mpathd's log.
+fn realtime_ns() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_nanos() as i64
+}
+
+/// Every NIC ok, h1's data address back on it and mpathd serving the default route through
+/// a nexthop group.
+fn off_link_settled(lab: &Lab, daemon: &Mpathd) -> bool {
+    let served = lab
+        .host()
+        .ip(&["route", "show", "table", &DEFAULT_ROUTE_TABLE.to_string()])
+        .is_ok_and(|t| t.lines().any(|l| l.starts_with("default nhid")));
+    served
+        && daemon.try_status().is_some_and(|s| {
+            ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok")
+                && inbound(&s, OFF_LINK_DATA) == Some(OFF_LINK_NIC)
+        })
+}
+
+/// Starts a stream from the host (source chosen by the routes) to the network behind the
+/// router whose flow leaves through h1: each new stream has a new source port and so a new
+/// hash; the switch port's counter tells which NIC carries it.
+fn stream_through_h1(lab: &Lab) -> anyhow::Result<Stream> {
+    let destination: Ipv4Addr = BEHIND_ROUTER_V4.parse()?;
+    for _ in 0..50 {
+        let stream = Stream::start(lab.host(), Ipv4Addr::UNSPECIFIED, lab.router(), destination)?;
+        stream.wait_for("the off-link stream", Duration::from_secs(5), |_| true)?;
+        let before = lab.switch_port_rx_packets(OFF_LINK_NIC)?;
+        sleep(Duration::from_millis(50));
+        // 50 ms of the stream is 250 packets; probes are a few.
+        if lab.switch_port_rx_packets(OFF_LINK_NIC)? - before >= 100 {
+            return Ok(stream);
+        }
+        stream.finish()?;
+    }
+    bail!("no stream of 50 hashed onto {OFF_LINK_NIC}")
+}
+
+/// `reps` failures of h1, the NIC the default route named, under mpathd at `fdt_ms` while
+/// a stream goes through the gateway on h1; h1 restored and failed back between them.
+fn off_link_case(case: Case, reps: u64) -> anyhow::Result<Vec<Rep>> {
+    let Case::OffLink { silent, fdt_ms } = case else {
+        bail!("{case:?} is no off-link case");
+    };
+    let lab = Lab::builder().nics(3).behind_router().build()?;
+    lab.add_host_addr(OFF_LINK_NIC, OFF_LINK_DATA)?;
+    lab.host().ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        ROUTER_V4,
+        "dev",
+        OFF_LINK_NIC,
+        "proto",
+        "dhcp",
+        "metric",
+        "100",
+    ])?;
+    let mut daemon = Mpathd::start(lab.host(), &three_nic_config(fdt_ms));
+    daemon.wait_until("all NICs ok, the default route served", |d| {
+        off_link_settled(&lab, d)
+    });
+    let detected = format!("NIC failure detected on {OFF_LINK_NIC} ");
+    let mut results = Vec::new();
+    for rep in 1..=reps {
+        let stream = stream_through_h1(&lab)?;
+        let log_start = daemon.log().len();
+        stream.take();
+        sleep(CALM);
+        let failed_ns = realtime_ns();
+        if silent {
+            lab.drop_silently(OFF_LINK_NIC)?;
+        } else {
+            lab.cut(OFF_LINK_NIC)?;
+        }
+        // Back once a packet arrived after mpathd detected the failure.
+        let deadline = Instant::now() + failover_timeout(fdt_ms);
+        loop {
+            let log = daemon.log();
+            let detected_ns = log[log_start..]
+                .lines()
+                .map(strip_ansi)
+                .find(|l| l.contains(&detected))
+                .and_then(|l| log_time_ns(&l));
+            if let (Some(at), Some(latest)) = (detected_ns, stream.latest())
+                && latest.at_ns > at
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: the stream did not come back:
+{log}",
+                    case.label()
+                );
+            }
+            sleep(Duration::from_millis(2));
+        }
+        sleep(CALM);
+        let arrivals = stream.take();
+        stream.finish()?;
+        let log = daemon.log();
+        let gap = Gap::across(&arrivals, failed_ns).context("no arrivals after the failure")?;
+        // On carrier loss the kernel itself drops h1's nexthops from the group, before
+        // mpathd hears of it: the gap is the stream's jitter, and the log cannot split it.
+        let milestones = if silent {
+            Some(Milestones::find(&log[log_start..], OFF_LINK_NIC)?)
+        } else {
+            None
+        };
+        let result = Rep::new(gap, milestones);
+        eprintln!("{} {rep}/{reps}: {}", case.label(), result.describe());
+        results.push(result);
+
+        if silent {
+            lab.undrop(OFF_LINK_NIC)?;
+        } else {
+            lab.restore(OFF_LINK_NIC)?;
+        }
+        daemon.wait_until("h1 repaired and failed back", |d| off_link_settled(&lab, d));
+    }
+    Ok(results)
+}
+
 /// Turns the switch namespace into a router with a point-to-point link to each host NIC and
 /// an ECMP route to [`ECMP_DATA`] (on the host's loopback) via each NIC's own address. With
 /// the bridge in between, a router would never see a host NIC's carrier.
@@ -1255,12 +1108,16 @@ fn failover(reps: u64, false_failure_minutes: u64, out: Option<PathBuf>) -> anyh
     let load_before = load_average();
     let mut cases = vec![Case::CarrierLoss];
     cases.extend(SILENT_FDTS_MS.map(|fdt_ms| Case::SilentLoss { fdt_ms }));
+    for fdt_ms in SILENT_FDTS_MS {
+        cases.extend([false, true].map(|silent| Case::OffLink { silent, fdt_ms }));
+    }
     cases.push(Case::Ecmp);
     let mut results = Vec::new();
     for case in cases {
         let reps = match case {
             Case::CarrierLoss => mpathd_case(case, CARRIER_FDT_MS, reps)?,
             Case::SilentLoss { fdt_ms } => mpathd_case(case, fdt_ms, reps)?,
+            Case::OffLink { .. } => off_link_case(case, reps)?,
             Case::Ecmp => ecmp_case(reps)?,
         };
         results.push((case, reps));
@@ -1304,9 +1161,24 @@ fn failover(reps: u64, false_failure_minutes: u64, out: Option<PathBuf>) -> anyh
              **Caveat:** veth carrier changes are \"urgent\" in the kernel's linkwatch and reach \
              netlink and the routing table at once, while a physical NIC's carrier change can take \
              up to a second to be reported: these figures flatter link-based detection, mpathd's \
-             carrier-loss case and the ECMP case alike.\n\n{tables}",
+             carrier-loss case and the ECMP case alike.\n\n\
+             Off-link cases: the same 3-NIC lab and configuration with networks behind the router \
+             and, before mpathd starts, a default route `via 192.0.2.1 dev h1 proto dhcp metric \
+             100` as a DHCP client on h1 would add it (h1 holds the data address 192.0.2.20); \
+             mpathd serves it from its own table through a resilient nexthop group over the \
+             usable NICs (`spread = \"routes\"`, the default). The host sends the stream (source \
+             chosen by the routes) through the gateway to {BEHIND_ROUTER_V4} behind the router; \
+             each repetition starts a new stream (a new source port, so a new hash) until one \
+             leaves through h1, as the switch port's counter shows, then fails h1. All packets \
+             arrive on the router's one NIC, so the gap is the largest interval between arrivals \
+             that ends after the failure, up to {} ms after the stream came back: on carrier \
+             loss, where the kernel itself removes h1's nexthops from the group (it was seen \
+             doing so before mpathd logged the failure), that is about the stream's own jitter \
+             (an upper bound of the gap), and mpathd's log does not split it. The target compares each off-link case with the \
+             on-link case of the same fault (and FDT).\n\n{tables}",
             STREAM_SPACING.as_secs_f64() * 1e3,
             cpus(),
+            CALM.as_millis(),
         );
         write_section(&path, "Benchmark: failover", &body)?;
         eprintln!("written to {}", path.display());
@@ -1397,6 +1269,26 @@ fn failover_tables(
                     percentile(&detections, 100.0),
                     detections.len(),
                     yes(within == detections.len()),
+                )?;
+            }
+            Case::OffLink { .. } => {
+                let Some((on, on_reps)) = case
+                    .on_link()
+                    .and_then(|on| results.iter().find(|(c, _)| *c == on))
+                else {
+                    continue;
+                };
+                let median = |reps: &[Rep]| {
+                    percentile(&reps.iter().map(|r| r.gap_ms).collect::<Vec<_>>(), 50.0)
+                };
+                let (off_ms, on_ms) = (median(reps), median(on_reps));
+                writeln!(
+                    t,
+                    "| {}: the gap of the on-link case ({}), median within 20 % + 1 ms | \
+                     median {off_ms:.2} ms against {on_ms:.2} ms | {} |",
+                    case.label(),
+                    on.label(),
+                    yes(off_ms <= on_ms * 1.2 + 1.0)
                 )?;
             }
             Case::Ecmp => {}
@@ -1518,6 +1410,27 @@ mod tests {
         );
         assert_eq!(Gap::find(&arrivals, 7), None);
         assert_eq!(Gap::find(&arrivals[..4], 2), None, "never moved");
+    }
+
+    #[test]
+    fn an_off_link_gap_is_the_largest_interval_ending_after_the_failure() {
+        let a = |at_ns| Arrival { at_ns, ifindex: 9 };
+        let arrivals = [a(0), a(700), a(900), a(1000), a(5000), a(5200), a(5300)];
+        let gap = Gap::across(&arrivals, 950).unwrap();
+        assert_eq!(
+            (gap.start_ns, gap.end_ns, gap.calm_max_ns),
+            (1000, 5000, 700)
+        );
+        assert_eq!(
+            Gap::across(&arrivals, 950).unwrap(),
+            Gap::across(&arrivals, 4000).unwrap(),
+            "an interval that spans the failure counts"
+        );
+        assert_eq!(
+            Gap::across(&arrivals, 6000),
+            None,
+            "nothing after the failure"
+        );
     }
 
     #[test]
