@@ -212,9 +212,17 @@ fn under_systemd_the_log_goes_to_the_journal_with_priorities_and_fields() {
     std::fs::create_dir_all(&dir).unwrap();
     let journal_path = dir.join("journal.sock");
     let journal = UnixDatagram::bind(&journal_path).unwrap();
-    journal
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    // Drained from the start, as journald does: a datagram socket holds only a few records
+    // (net.unix.max_dgram_qlen), and a full one blocks the writer.
+    let (records_tx, records) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0; 65536];
+        while let Ok(n) = journal.recv(&mut buf) {
+            if records_tx.send(journal_fields(&buf[..n])).is_err() {
+                break;
+            }
+        }
+    });
     let socket = dir.join("mpathd.sock");
     let config = dir.join("mpathd.toml");
     let text = three_nic_config(700)
@@ -249,10 +257,10 @@ fn under_systemd_the_log_goes_to_the_journal_with_priorities_and_fields() {
         std::thread::sleep(Duration::from_millis(50));
     }
     lab.cut("h1").unwrap();
-    let mut buf = vec![0; 65536];
     let record = loop {
-        let n = journal.recv(&mut buf).expect("journal records");
-        let fields = journal_fields(&buf[..n]);
+        let fields = records
+            .recv_timeout(Duration::from_secs(20))
+            .expect("journal records");
         let has = |k: &str, v: &str| fields.iter().any(|(fk, fv)| fk == k && fv == v);
         if has("INTERFACE", "h1") && has("PRIORITY", "4") {
             break fields;

@@ -22,7 +22,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::programs::{TestRun as _, TestRunOptions};
 use mpath_common::NicInfo;
-use mpath_ctl::{core::spread::rebalance, datapath::Datapath};
+use mpath_ctl::{
+    config::{DEFAULT_ROUTE_RULE_PRIORITY, DEFAULT_ROUTE_TABLE},
+    core::spread::rebalance,
+    datapath::Datapath,
+};
 use mpath_lab::{Lab, ROUTER_NIC};
 use mpath_tests::PinDir;
 
@@ -235,14 +239,26 @@ impl Bench {
             self.datapath.maps.remove_nic(*ifindex)?;
         }
         let host = self.lab.host();
-        let nhid = match spreading {
-            Spreading::Baseline | Spreading::Datapath(_) => None,
-            Spreading::Routes(n) => Some(RESILIENT + n),
-            Spreading::Ecmp(n) => Some(ECMP + n),
-        };
-        match nhid {
-            Some(id) => host.ip(&["route", "replace", PREFIX, "nhid", &id.to_string()])?,
-            None => host.ip(&["route", "replace", PREFIX, "via", NEXT_HOP, "dev", "h0"])?,
+        // Routes mode is laid out as mpathd lays it out: the per-NIC route stays in main and
+        // the group route sits in mpathd's table, which a rule consults ahead of main; its
+        // cost per packet is part of the row.
+        let table = DEFAULT_ROUTE_TABLE.to_string();
+        let _ = host.ip(&["rule", "del", "lookup", &table]);
+        host.ip(&["route", "flush", "table", &table])?;
+        match spreading {
+            Spreading::Baseline | Spreading::Datapath(_) => {
+                host.ip(&["route", "replace", PREFIX, "via", NEXT_HOP, "dev", "h0"])?
+            }
+            Spreading::Routes(n) => {
+                host.ip(&["route", "replace", PREFIX, "via", NEXT_HOP, "dev", "h0"])?;
+                let id = (RESILIENT + n).to_string();
+                host.ip(&["route", "replace", PREFIX, "nhid", &id, "table", &table])?;
+                let priority = DEFAULT_ROUTE_RULE_PRIORITY.to_string();
+                host.ip(&["rule", "add", "pref", &priority, "lookup", &table])?
+            }
+            Spreading::Ecmp(n) => {
+                host.ip(&["route", "replace", PREFIX, "nhid", &(ECMP + n).to_string()])?
+            }
         };
         let routed = match spreading {
             Spreading::Routes(_) => true,
@@ -603,7 +619,9 @@ pub fn datapath(
              the drop done in its context), not wall-clock time. Configurations run in {rounds} \
              interleaved rounds, the order rotated each round. Rows: the baseline (route via h0, \
              no program); routes mode (mpathd's `spread = \"routes\"`: the route `nhid` a \
-             resilient nexthop group, 256 buckets, over the NICs' gateway nexthops, and the tc \
+             resilient nexthop group, 256 buckets, over the NICs' gateway nexthops, in mpathd's table \
+             28016 behind its rule at priority 32765 (the per-NIC route via h0 stays in main), \
+             and the tc \
              program attached with the NICs flagged routed, so it counts but never redirects); \
              datapath mode (`spread = \"datapath\"`: the route through h0, the tc program \
              redirects each flow to its bucket's NIC); kernel ECMP (the route `nhid` a plain \
