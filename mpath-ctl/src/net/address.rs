@@ -55,6 +55,22 @@ impl IpCidr {
             prefix_len: self.prefix_len,
         }
     }
+
+    /// Whether `addr` lies in this subnet (an address of the other family never does).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        addr.is_ipv4() == self.addr.is_ipv4()
+            && IpCidr {
+                addr,
+                prefix_len: self.prefix_len,
+            }
+            .network()
+                == self.network()
+    }
+
+    /// Whether this network contains all of `inner`.
+    pub fn covers(&self, inner: IpCidr) -> bool {
+        self.prefix_len <= inner.prefix_len && self.contains(inner.addr)
+    }
 }
 
 impl fmt::Display for IpCidr {
@@ -159,6 +175,17 @@ mod tests {
         assert_eq!(IpCidr::from(v4cidr("192.0.2.21/24")), cidr("192.0.2.21/24"));
         assert!(IpCidr::new(ip("2001:db8::1"), 129).is_err());
         assert!(Ipv4Cidr::new(Ipv4Addr::new(192, 0, 2, 1), 33).is_err());
+    }
+
+    #[test]
+    fn containment() {
+        assert!(cidr("0.0.0.0/0").covers(cidr("198.51.100.0/24")));
+        assert!(cidr("198.51.100.0/24").covers(cidr("198.51.100.128/25")));
+        assert!(!cidr("198.51.100.128/25").covers(cidr("198.51.100.0/24")));
+        assert!(!cidr("0.0.0.0/0").covers(cidr("::/0")));
+        assert!(cidr("2001:db8::20/64").contains("2001:db8::1".parse().unwrap()));
+        assert!(!cidr("2001:db8::20/64").contains("2001:db8:1::1".parse().unwrap()));
+        assert!(!cidr("0.0.0.0/0").contains("::1".parse().unwrap()));
     }
 
     #[test]
