@@ -1928,3 +1928,46 @@ fn a_restart_with_a_smaller_configuration_removes_what_it_no_longer_names() {
     assert!(has_address(&lab, "h0", "192.0.2.19/24"));
     assert!(has_address(&lab, "h1", "192.0.2.22/32"));
 }
+
+#[test]
+fn mpathctl_copes_with_a_broken_configuration_a_closed_pipe_and_a_bogus_field() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    // A typo in the file the running daemon has not loaded: the views still answer (the
+    // socket named on the command line; without it mpathctl warns and tries the default).
+    std::fs::write(&daemon.config, "[[group]\n").unwrap();
+    let socket = daemon.socket.display().to_string();
+    let groups = daemon.ctl(lab.host(), &["--socket", &socket, "groups"]);
+    assert!(groups.status.success(), "{groups:?}");
+    assert!(String::from_utf8_lossy(&groups.stdout).contains("g0"));
+    let fallback = daemon.ctl(lab.host(), &["groups"]);
+    let stderr = String::from_utf8_lossy(&fallback.stderr);
+    assert!(
+        stderr.contains("warning") && stderr.contains("using the default socket"),
+        "{fallback:?}"
+    );
+    // `-o` with a field the view does not have is a usage error.
+    let bogus = daemon.ctl(
+        lab.host(),
+        &["--socket", &socket, "interfaces", "-o", "bogus"],
+    );
+    assert_eq!(bogus.status.code(), Some(2), "{bogus:?}");
+    assert!(String::from_utf8_lossy(&bogus.stderr).contains("unknown field \"bogus\""));
+    // `mpathctl probes | head -1`: the stream ends quietly when its reader goes.
+    let mut probes = daemon
+        .ctl_command(lab.host(), &["--socket", &socket, "probes"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 4];
+    std::io::Read::read_exact(probes.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(probes.stdout.take());
+    let out = probes.wait_with_output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{out:?}"
+    );
+    assert_ne!(out.status.code(), Some(101), "{out:?}");
+}

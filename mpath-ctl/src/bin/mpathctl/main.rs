@@ -24,7 +24,7 @@ use mpath_ctl::{
     datapath::maps::Maps,
 };
 use serde::Serialize;
-use table::Table;
+use table::{Table, UnknownField};
 
 #[derive(Parser)]
 #[command(
@@ -100,11 +100,18 @@ Read for the control socket and pin directory paths.
 "#;
 
 fn main() -> ExitCode {
+    // Output into a closed pipe (`mpathctl probes | head`) ends mpathctl quietly, as it ends
+    // other Unix tools, instead of a panic on the failed write.
+    // SAFETY: resetting a signal to its default action before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mpathctl: {e:#}");
+            if e.downcast_ref::<UnknownField>().is_some() {
+                return ExitCode::from(2);
+            }
             match e.downcast_ref::<ControlError>() {
                 Some(ControlError::NotRunning(_)) => ExitCode::from(3),
                 _ => ExitCode::FAILURE,
@@ -114,20 +121,32 @@ fn main() -> ExitCode {
 }
 
 /// The socket and pin directory: from the flags, else from the configuration, else defaults.
-fn paths(cli: &Cli) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let daemon = if cli.config.exists() {
-        Config::load(&cli.config, None)?.daemon
-    } else {
-        config::DaemonConfig::default()
+/// A configuration that cannot be read (a typo the running daemon has not loaded) does not
+/// stop the views: mpathctl says so and falls back on the defaults.
+fn paths(cli: &Cli) -> (PathBuf, PathBuf) {
+    let needs_config = cli.socket.is_none() || matches!(cli.command, Cmd::Maps);
+    let daemon = match cli.config.exists() && needs_config {
+        true => Config::load(&cli.config, None)
+            .map(|c| c.daemon)
+            .unwrap_or_else(|e| {
+                let defaults = config::DaemonConfig::default();
+                eprintln!(
+                    "mpathctl: warning: {e}; using the default socket {} and pin directory {}",
+                    defaults.socket.display(),
+                    defaults.bpf_pin_dir.display()
+                );
+                defaults
+            }),
+        false => config::DaemonConfig::default(),
     };
-    Ok((
+    (
         cli.socket.clone().unwrap_or(daemon.socket),
         daemon.bpf_pin_dir,
-    ))
+    )
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    let (socket, pin_dir) = paths(cli)?;
+    let (socket, pin_dir) = paths(cli);
     match &cli.command {
         Cmd::Groups | Cmd::Interfaces | Cmd::Addresses | Cmd::Targets => {
             let status = match control::request(&socket, &Request::Status {})? {

@@ -2,6 +2,14 @@
 
 use anyhow::bail;
 
+/// A field `-o` names that the view does not have: a usage error (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown field {field:?}; fields are: {fields}")]
+pub struct UnknownField {
+    field: String,
+    fields: String,
+}
+
 /// A view as named columns of text cells.
 pub struct Table {
     pub columns: &'static [&'static str],
@@ -77,10 +85,10 @@ impl Table {
                         .iter()
                         .position(|c| c.eq_ignore_ascii_case(f))
                         .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "unknown field {f:?}; fields are: {}",
-                                self.columns.join(",")
-                            )
+                            anyhow::Error::new(UnknownField {
+                                field: f.to_string(),
+                                fields: self.columns.join(","),
+                            })
                         })
                 })
                 .collect::<anyhow::Result<_>>()?,
