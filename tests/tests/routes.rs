@@ -181,11 +181,14 @@ fn assert_off_link_reachable(lab: &Lab, when: &str) {
 /// The source the kernel gives a new connection to `to`: never a test address.
 fn assert_sources_are_data_addresses(lab: &Lab, when: &str) {
     let _inside = lab.host().enter().unwrap();
+    // Behind the router and on the link (where the kernel would take a NIC's first address).
     for to in [
         BEHIND_ROUTER_V4,
         BEHIND_ROUTER_V6,
         "198.51.100.77",
         "2001:db8:ff::77",
+        "192.0.2.77",
+        "2001:db8::77",
     ] {
         let to: IpAddr = to.parse().unwrap();
         let any: IpAddr = if to.is_ipv4() {

@@ -23,7 +23,7 @@ use std::{
 
 use crate::{
     config::{RouteConfig, SpreadMode},
-    core::target::{AddressFamily, RouteEntry},
+    core::target::RouteEntry,
     net::address::IpCidr,
 };
 
@@ -123,7 +123,7 @@ pub struct GroupKey {
     pub gateways: Vec<IpAddr>,
 }
 
-/// [`AddressFamily`] with an order, for keys.
+/// [`crate::core::target::AddressFamily`] with an order, for keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
     Inet,
@@ -135,15 +135,6 @@ impl Family {
         match addr {
             IpAddr::V4(_) => Family::Inet,
             IpAddr::V6(_) => Family::Inet6,
-        }
-    }
-}
-
-impl From<Family> for AddressFamily {
-    fn from(family: Family) -> AddressFamily {
-        match family {
-            Family::Inet => AddressFamily::Inet,
-            Family::Inet6 => AddressFamily::Inet6,
         }
     }
 }
@@ -182,8 +173,15 @@ pub fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
     let group_of = |oif: u32| groups.iter().position(|g| g.members.contains(&oif));
     let from_main = main.iter().map(|route| {
         let owners: BTreeSet<Option<usize>> = route.hops.iter().map(|h| group_of(h.oif)).collect();
+        // A gateway of the other family (`via inet6 fe80::1` for an IPv4 route) is no way a
+        // group nexthop of the route's family can take: such a route stays main's.
+        let family = Family::of(route.destination.addr());
+        let mixed = route
+            .hops
+            .iter()
+            .any(|h| h.gateway.is_some_and(|g| Family::of(g) != family));
         let group = match owners.into_iter().collect::<Vec<_>>()[..] {
-            [Some(gi)] => Some(gi),
+            [Some(gi)] if !mixed => Some(gi),
             _ => None,
         };
         (route.clone(), group)
@@ -351,11 +349,12 @@ fn groupable(destination: IpCidr) -> bool {
         .all(|p| !p.covers(destination))
 }
 
-/// The preferred source of a group route. The kernel picks one per nexthop, from the
-/// addresses of that nexthop's NIC: a data address in the gateway's (or the destination's)
-/// subnet when the NIC holds one, so each NIC's flows use its own address and replies come
-/// back spread too. A serving NIC without such an address would give its test address, or
-/// an address of another NIC of the host: then the route names a data address of the group.
+/// The preferred source of a group route. Through a gateway the kernel picks one per nexthop,
+/// from the addresses of that nexthop's NIC: the data address in the gateway's subnet when
+/// the NIC holds one, so each NIC's flows use its own address and replies come back spread
+/// too. A serving NIC without such an address would give its test address, or an address of
+/// another NIC of the host, and on-link the kernel takes a NIC's first address whatever it
+/// is: then the route names a data address of the group.
 /// IPv6 needs none: its test addresses are link-local, which the kernel never picks for a
 /// global destination.
 fn source_for(
@@ -375,13 +374,15 @@ fn source_for(
                 gateways.iter().all(|g| cidr.contains(*g))
             }
     };
+    // Through a gateway the kernel picks the address whose subnet holds the gateway; on-link
+    // it picks the NIC's first address, which can be its test address: those always name one.
     let every_nic_has_one = group.serving.iter().all(|oif| {
         group
             .addresses
             .iter()
             .any(|(cidr, on)| *on == Some(*oif) && fits(cidr))
     });
-    if every_nic_has_one {
+    if every_nic_has_one && !gateways.is_empty() {
         return None;
     }
     let ours = |addr: IpAddr| {
@@ -443,11 +444,6 @@ impl IdBook {
     pub fn retain(&mut self, keep: &BTreeSet<NexthopObject>) {
         self.ids.retain(|object, _| keep.contains(object));
     }
-
-    /// The object that has `id`.
-    pub fn object(&self, id: u32) -> Option<&NexthopObject> {
-        self.ids.iter().find(|(_, i)| **i == id).map(|(o, _)| o)
-    }
 }
 
 /// mpathd's routing state in the kernel's terms: objects and routes by id. Both what is
@@ -462,7 +458,7 @@ pub struct RouteState {
 
 impl RouteState {
     /// The kernel's terms of a plan, with ids from `book` (objects the plan no longer names
-    /// are forgotten there). An object without an id (the range is full) is left out, with
+    /// are forgotten there, after the new ones got ids of their own). An object without an id (the range is full) is left out, with
     /// the routes through it.
     pub fn of_plan(plan: &Plan, book: &mut IdBook) -> RouteState {
         let mut wanted: BTreeSet<NexthopObject> = BTreeSet::new();
@@ -470,7 +466,6 @@ impl RouteState {
             wanted.insert(NexthopObject::Group(key.clone()));
             wanted.extend(members.iter().copied().map(NexthopObject::Single));
         }
-        book.retain(&wanted);
         let mut state = RouteState::default();
         let mut group_ids = BTreeMap::new();
         for (key, members) in &plan.groups {
@@ -505,6 +500,8 @@ impl RouteState {
             };
             state.routes.insert(*destination, route);
         }
+        // Forgotten only now, so that no new object got the id of one still installed.
+        book.retain(&wanted);
         state
     }
 }
@@ -689,8 +686,13 @@ mod tests {
             vec![nexthop(H0, None), nexthop(H1, None)]
         );
         assert_eq!(
-            plan.routes[&(cidr("192.0.2.0/24"), 0)].via,
-            Via::Group(on_link)
+            plan.routes[&(cidr("192.0.2.0/24"), 0)],
+            TableRoute {
+                via: Via::Group(on_link),
+                // On-link the kernel would take each NIC's first address, maybe its test
+                // address: the route names main's source.
+                prefsrc: Some(ip("192.0.2.20")),
+            }
         );
         assert_eq!(plan.routes.len(), 2, "{plan:#?}");
     }
@@ -832,6 +834,12 @@ mod tests {
     }
 
     #[test]
+    fn a_route_through_a_gateway_of_the_other_family_stays_main_s() {
+        let main = vec![route("0.0.0.0/0", 0, &[(H0, Some("fe80::1"))])];
+        assert_eq!(plan(&main, &[group(&[H0, H1])]), Plan::default());
+    }
+
+    #[test]
     fn configured_routes_are_served_without_a_route_in_main() {
         let mut g = group(&[H0, H1]);
         g.configured.push(RouteConfig {
@@ -891,7 +899,6 @@ mod tests {
         assert_eq!(book.id(&c), Some(NEXTHOP_ID_BASE));
         book.adopt(a.clone(), NEXTHOP_ID_BASE + 7);
         assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE + 7));
-        assert_eq!(book.object(NEXTHOP_ID_BASE + 7), Some(&a));
     }
 
     fn state_of(serving: &[u32], book: &mut IdBook) -> RouteState {

@@ -166,7 +166,7 @@ pub struct Daemon {
     nexthop_ids: IdBook,
     /// Group NICs removed since the routing table was last read, by ifindex and group: their
     /// routes went with them.
-    departed: Vec<(u32, usize)>,
+    departed: Vec<(u32, String)>,
     /// This mpathd took over a running datapath (a restart): the groups it starts with skip
     /// the startup quiet period, which is for a cold start.
     restarted: bool,
@@ -420,7 +420,8 @@ impl Daemon {
                 if let Some((gi, ni)) = self.locate(&name)
                     && self.groups[gi].nics[ni].ifindex == Some(ifindex)
                 {
-                    self.departed.push((ifindex, gi));
+                    let group = self.groups[gi].config.name.clone();
+                    self.departed.push((ifindex, group));
                     self.forget_nic(gi, ni);
                     for a in &mut self.groups[gi].addresses {
                         if a.current.as_deref() == Some(name.as_str()) {
@@ -587,7 +588,11 @@ impl Daemon {
             // only the outbound flows hashed to the failed NIC wait for the table.
             self.move_addresses(gi).await;
             self.write_table(gi);
-            self.update_routes().await;
+            // A resync (`replan`) updates the routes once, after every group's NICs are set
+            // up: before that, a later group's NICs look absent and its routes unserved.
+            if !replan {
+                self.update_routes().await;
+            }
         }
     }
 }

@@ -35,7 +35,9 @@ impl Daemon {
 
         let policy = Policy {
             failback: self.config.daemon.failback,
-            startup_quiet: if self.restarted {
+            // Only a cold start has a quiet period: not a restart taking over a running
+            // datapath, nor a reload rebuilding a group that was running.
+            startup_quiet: if self.restarted || self.group_ids.contains_key(&g.name) {
                 Duration::ZERO
             } else {
                 Policy::default().startup_quiet
@@ -130,7 +132,8 @@ impl Daemon {
             .filter(|(_, _, origin)| *origin == Origin::Other)
             .map(|(ifindex, cidr, _)| (*ifindex, *cidr))
             .collect();
-        self.main_routes = self.netlink.main_routes().await?;
+        let main = self.netlink.main_routes().await?;
+        self.take_main_routes(main);
         self.addresses = addresses.clone();
         let now = Instant::now();
         for gi in 0..self.groups.len() {
@@ -166,6 +169,7 @@ impl Daemon {
             self.remove_extra_copies(gi, &addresses).await;
         }
         self.remove_unconfigured(&by_origin).await;
+        self.update_routes().await;
         Ok(())
     }
 
@@ -405,11 +409,15 @@ impl Daemon {
             tracing::error!("{name}: {e}");
         }
         self.write_table(gi);
+        // The probe targets must learn it for the test and link-local addresses too, or the
+        // NIC's probes fail until their neighbour entries expire.
         let held: Vec<IpAddr> = self.groups[gi]
             .addresses
             .iter()
             .filter(|a| a.current.as_deref() == Some(name.as_str()))
             .map(|a| a.cidr.addr())
+            .chain(test)
+            .chain(link_local_of(&self.addresses, ifindex).map(|c| c.addr()))
             .collect();
         for addr in held {
             self.announce(ifindex, mac, addr, &name);

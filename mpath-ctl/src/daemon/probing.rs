@@ -168,9 +168,13 @@ impl Daemon {
             }
         }
         let daemon = &self.config.daemon;
-        self.netlink
+        if let Err(e) = self
+            .netlink
             .ensure_rules(daemon.route_table, daemon.route_rule_priority)
-            .await?;
+            .await
+        {
+            tracing::error!("{e}");
+        }
         self.update_routes().await;
         Ok(())
     }

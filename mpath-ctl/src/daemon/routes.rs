@@ -49,16 +49,16 @@ impl Daemon {
         let groups = &self.groups;
         let departed = std::mem::take(&mut self.departed);
         let down = |oif: u32| {
-            let gi = departed
+            departed
                 .iter()
                 .find(|(i, _)| *i == oif)
-                .map(|(_, gi)| *gi)
+                .map(|(_, group)| group.as_str())
                 .or_else(|| {
                     groups
                         .iter()
-                        .position(|g| g.nics.iter().any(|n| n.ifindex == Some(oif) && !n.carrier))
-                })?;
-            Some(groups[gi].config.name.as_str())
+                        .find(|g| g.nics.iter().any(|n| n.ifindex == Some(oif) && !n.carrier))
+                        .map(|g| g.config.name.as_str())
+                })
         };
         let orphans: Vec<(String, RouteConfig)> =
             routes::orphaned(&before, &self.main_routes, down)

@@ -883,12 +883,11 @@ fn table_of(message: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(message.header.table))
 }
 
-/// A route change worth a new dump: a unicast or throw route of any table but `local`
-/// (main's routes decide the group routes; mpathd's own table is checked for what others
-/// changed there).
+/// A route change worth a new dump: any route of any table but `local` (main's routes,
+/// blackholes and unreachables included, decide the group routes and their throws; mpathd's
+/// own table is checked for what others changed there).
 fn is_routing_change(message: &RouteMessage) -> bool {
     table_of(message) != RT_TABLE_LOCAL
-        && matches!(message.header.kind, RouteType::Unicast | RouteType::Throw)
 }
 
 /// A route of the main table with one hop per next hop: the RTA_MULTIPATH list, or the
@@ -1285,7 +1284,7 @@ mod tests {
         assert!(is_routing_change(&throw));
         let mut blackhole = main;
         blackhole.header.kind = RouteType::BlackHole;
-        assert!(!is_routing_change(&blackhole));
+        assert!(is_routing_change(&blackhole));
         assert_eq!(
             event_from_message(notification(RouteNetlinkMessage::NewRule(
                 RuleMessage::default()
