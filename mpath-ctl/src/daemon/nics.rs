@@ -29,6 +29,7 @@ impl Daemon {
     /// Builds the runtime of a configured group with the lowest free group id and NIC slots;
     /// the kernel side is set up by the next resync.
     pub(super) fn add_group(&mut self, g: &GroupConfig) -> anyhow::Result<()> {
+        let was_running = self.group_ids.contains_key(&g.name);
         // A group keeps its id (its bucket table) across reloads.
         let id =
             keep_or_assign(&mut self.group_ids, &g.name, MAX_GROUPS).context("too many groups")?;
@@ -37,7 +38,7 @@ impl Daemon {
             failback: self.config.daemon.failback,
             // Only a cold start has a quiet period: not a restart taking over a running
             // datapath, nor a reload rebuilding a group that was running.
-            startup_quiet: if self.restarted || self.group_ids.contains_key(&g.name) {
+            startup_quiet: if self.restarted || was_running {
                 Duration::ZERO
             } else {
                 Policy::default().startup_quiet
