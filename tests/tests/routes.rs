@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::LazyLock,
     time::Duration,
 };
@@ -178,6 +178,15 @@ fn assert_off_link_reachable(lab: &Lab, when: &str) {
     }
 }
 
+/// The unspecified address of a family, to bind a socket the kernel then picks a source for.
+fn unspecified(v4: bool) -> IpAddr {
+    if v4 {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    }
+}
+
 /// The source the kernel gives a new connection to `to`: never a test address.
 fn assert_sources_are_data_addresses(lab: &Lab, when: &str) {
     let _inside = lab.host().enter().unwrap();
@@ -191,11 +200,7 @@ fn assert_sources_are_data_addresses(lab: &Lab, when: &str) {
         "2001:db8::77",
     ] {
         let to: IpAddr = to.parse().unwrap();
-        let any: IpAddr = if to.is_ipv4() {
-            Ipv4Addr::UNSPECIFIED.into()
-        } else {
-            "::".parse().unwrap()
-        };
+        let any = unspecified(to.is_ipv4());
         let socket = UdpSocket::bind((any, 0)).unwrap();
         socket.connect((to, 9)).unwrap();
         let source = socket.local_addr().unwrap().ip().to_string();
@@ -261,11 +266,7 @@ impl Datagrams {
         };
         let host = {
             let _inside = lab.host().enter().unwrap();
-            let any: IpAddr = if to.is_ipv4() {
-                Ipv4Addr::UNSPECIFIED.into()
-            } else {
-                "::".parse().unwrap()
-            };
+            let any = unspecified(to.is_ipv4());
             let socket = UdpSocket::bind((any, 0)).unwrap();
             socket.connect(to).unwrap();
             socket
@@ -698,11 +699,7 @@ fn connections_to_many_destinations_take_their_source_from_the_nic_they_leave() 
             format!("2001:db8:ff::{host:x}").parse().unwrap(),
         ];
         for to in destinations {
-            let any: IpAddr = if to.is_ipv4() {
-                Ipv4Addr::UNSPECIFIED.into()
-            } else {
-                "::".parse().unwrap()
-            };
+            let any = unspecified(to.is_ipv4());
             let socket = UdpSocket::bind((any, 0)).unwrap();
             socket.connect((to, 9)).unwrap();
             *sources
