@@ -6,6 +6,10 @@
 //! arrays, exactly as they appear in packets.
 #![no_std]
 
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub mod checksum;
+
 /// Buckets in each group's load-spreading table. A flow's hash picks one bucket; 256 buckets
 /// give an even spread over up to dozens of NICs and let a NIC leave or join by moving only
 /// the buckets it owns or takes.
@@ -70,6 +74,36 @@ pub struct NicInfo {
     /// The NIC's MAC, written as source into packets redirected to it.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+impl NicInfo {
+    /// The IPv4 test address the XDP program matches replies against, if the NIC has one.
+    pub fn ipv4_test(&self) -> Option<Ipv4Addr> {
+        (self.flags & NIC_F_TEST_V4 != 0).then_some(Ipv4Addr::from(self.test_v4))
+    }
+
+    /// The IPv6 test address (link-local) the XDP program matches replies against.
+    pub fn ipv6_test(&self) -> Option<Ipv6Addr> {
+        (self.flags & NIC_F_TEST_V6 != 0).then_some(Ipv6Addr::from(self.test_v6))
+    }
+
+    pub fn set_ipv4_test(&mut self, addr: Option<Ipv4Addr>) {
+        self.test_v4 = addr.map_or([0; 4], |a| a.octets());
+        self.set_flag(NIC_F_TEST_V4, addr.is_some());
+    }
+
+    pub fn set_ipv6_test(&mut self, addr: Option<Ipv6Addr>) {
+        self.test_v6 = addr.map_or([0; 16], |a| a.octets());
+        self.set_flag(NIC_F_TEST_V6, addr.is_some());
+    }
+
+    fn set_flag(&mut self, flag: u32, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
 }
 
 /// What the egress program needs of a group NIC. Index: the NIC's ifindex.
@@ -334,6 +368,39 @@ pub struct ProbeReply {
     pub received_ns: u64,
 }
 
+impl ProbeReply {
+    /// The target that replied.
+    pub fn target(&self) -> IpAddr {
+        if self.family == 4 {
+            let [a, b, c, d, ..] = self.target;
+            IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(self.target))
+        }
+    }
+
+    /// When the probe left: the egress program's stamp when it made one (a probe that
+    /// waited for ARP/ND left later than mpathd sent it), else mpathd's send time.
+    pub fn left_ns(&self) -> u64 {
+        if self.wire_ns != 0 {
+            self.wire_ns
+        } else {
+            self.sent_ns
+        }
+    }
+
+    /// A record of the `PROBE_REPLIES` ring buffer; `None` when it is not one whole record.
+    #[cfg(feature = "user")]
+    pub fn from_record(record: &[u8]) -> Option<ProbeReply> {
+        if record.len() != core::mem::size_of::<ProbeReply>() {
+            return None;
+        }
+        // SAFETY: the length is checked and every bit pattern is a valid ProbeReply (see
+        // the Pod impl below); the read makes no alignment assumption.
+        Some(unsafe { record.as_ptr().cast::<ProbeReply>().read_unaligned() })
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -365,6 +432,38 @@ mod tests {
         assert_eq!(size_of::<Settings>(), 16);
         assert_eq!(PROBE_ICMP_LEN, 48);
         assert_eq!(PROBE_WIRE_NS_OFFSET, 40);
+    }
+
+    #[test]
+    fn test_addresses_are_set_and_cleared_with_their_flag() {
+        let v4 = Ipv4Addr::new(192, 0, 2, 10);
+        let v6 = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+        let mut info = NicInfo::default();
+        assert_eq!((info.ipv4_test(), info.ipv6_test()), (None, None));
+        info.set_ipv4_test(Some(v4));
+        info.set_ipv6_test(Some(v6));
+        assert_eq!(info.flags, NIC_F_TEST_V4 | NIC_F_TEST_V6);
+        assert_eq!((info.ipv4_test(), info.ipv6_test()), (Some(v4), Some(v6)));
+        info.set_ipv4_test(None);
+        assert_eq!((info.ipv4_test(), info.ipv6_test()), (None, Some(v6)));
+        assert_eq!((info.flags, info.test_v4), (NIC_F_TEST_V6, [0; 4]));
+    }
+
+    #[test]
+    fn a_reply_names_its_target_in_its_family_and_prefers_the_wire_stamp() {
+        let mut reply = ProbeReply {
+            family: 4,
+            sent_ns: 100,
+            ..Default::default()
+        };
+        reply.target[..4].copy_from_slice(&[192, 0, 2, 1]);
+        assert_eq!(reply.target(), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(reply.left_ns(), 100, "not stamped on the wire");
+        reply.wire_ns = 150;
+        assert_eq!(reply.left_ns(), 150);
+        reply.family = 6;
+        reply.target = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets();
+        assert_eq!(reply.target(), "2001:db8::1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -2,5 +2,4 @@
 //! unit-tested on the host too.
 #![cfg_attr(not(test), no_std)]
 
-pub mod checksum;
 pub mod flow_hash;

@@ -14,10 +14,10 @@ use aya_ebpf::{
 };
 use mpath_common::{
     NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC,
-    ProbePayload, ProbeReply, RejectReason, probe_tag,
+    ProbePayload, ProbeReply, RejectReason,
+    checksum::{add_words, fold, ipv6_pseudo_header},
+    probe_tag,
 };
-
-use mpath_ebpf::checksum::{add_words, fold, ipv6_pseudo_header};
 
 use crate::{
     maps::{LAST_REPLY, NICS, PROBE_REPLIES, SETTINGS, count},

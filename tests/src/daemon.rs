@@ -141,6 +141,11 @@ impl Mpathd {
 
     /// Like [`Mpathd::spawn`], with extra environment variables for mpathd.
     pub fn spawn_with_env(&mut self, ns: &Netns, env: &[(&str, &str)]) {
+        self.spawn_with(ns, env, &[]);
+    }
+
+    /// Like [`Mpathd::spawn`], with extra environment variables and arguments for mpathd.
+    pub fn spawn_with(&mut self, ns: &Netns, env: &[(&str, &str)], args: &[&str]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -152,6 +157,7 @@ impl Mpathd {
             .arg("--config")
             .arg(&self.config)
             .args(["--defaults", "/nonexistent"])
+            .args(args)
             .env("RUST_LOG", "debug")
             .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))

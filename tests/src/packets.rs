@@ -3,7 +3,9 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use mpath_common::{PROBE_ICMP_ID, PROBE_MAGIC, ProbePayload, probe_tag};
+use mpath_common::{
+    PROBE_ICMP_ID, PROBE_MAGIC, ProbePayload, checksum::ipv6_pseudo_header, probe_tag,
+};
 
 pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
 pub const TARGET_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -111,34 +113,11 @@ fn ethernet(proto: u16) -> Vec<u8> {
     f
 }
 
-fn sum(mut acc: u32, bytes: &[u8]) -> u32 {
-    for chunk in bytes.chunks(2) {
-        let hi = u32::from(chunk[0]) << 8;
-        let lo = chunk.get(1).copied().map_or(0, u32::from);
-        acc += hi | lo;
-    }
-    acc
-}
+pub use mpath_common::checksum::internet_checksum;
 
-/// The Internet checksum (RFC 1071) to put into a message whose pseudo-header sums to
-/// `pseudo`. Over a message that already holds its checksum, it is 0 exactly when the message
-/// is intact.
-pub fn internet_checksum(pseudo: u32, bytes: &[u8]) -> u16 {
-    let mut s = sum(pseudo, bytes);
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
-
-/// Sum of the IPv6 pseudo-header an ICMPv6 checksum covers (RFC 8200 section 8.1), for a
-/// message of `len` bytes.
+/// Sum of the IPv6 pseudo-header an ICMPv6 checksum covers, for a message of `len` bytes.
 pub fn icmpv6_pseudo_sum(src: &[u8; 16], dst: &[u8; 16], len: u32) -> u32 {
-    let mut pseudo = src.to_vec();
-    pseudo.extend_from_slice(dst);
-    pseudo.extend_from_slice(&len.to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, 58]);
-    sum(0, &pseudo)
+    ipv6_pseudo_header(src, dst, len, 58)
 }
 
 /// Recomputes the IPv4 header checksum of an IPv4 frame after its header was edited, so the

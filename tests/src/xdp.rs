@@ -86,19 +86,10 @@ impl Rig {
 
     /// Takes every reply queued in the ring buffer since the last call.
     pub fn queued(&mut self) -> Vec<ProbeReply> {
-        let ring = self
-            .datapath
+        self.datapath
             .maps
-            .probe_replies
-            .as_mut()
-            .expect("ring buffer of probe replies");
-        let mut out = Vec::new();
-        while let Some(item) = ring.next() {
-            assert_eq!(item.len(), size_of::<ProbeReply>());
-            // SAFETY: the program writes whole ProbeReply records.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProbeReply>()) });
-        }
-        out
+            .queued_probe_replies()
+            .expect("ring buffer of probe replies")
     }
 
     /// The NIC's counters, summed over CPUs.

@@ -1597,7 +1597,7 @@ fn after_the_kernel_drops_netlink_events_mpathd_resyncs_and_restores() {
     daemon.wait_until("all NICs ok", all_ok);
     daemon.stop();
     // The smallest event buffer the kernel allows: a burst of changes overruns it.
-    daemon.spawn_with_env(lab.host(), &[("MPATHD_NETLINK_RCVBUF", "1")]);
+    daemon.spawn_with(lab.host(), &[], &["--netlink-receive-buffer", "1"]);
     daemon.wait_until("all NICs ok", all_ok);
 
     let batch = std::env::temp_dir().join(format!("mpath-burst-{}", std::process::id()));

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use mpath_common::{
     NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC,
-    PROBE_WIRE_NS_OFFSET, Settings, probe_tag,
+    PROBE_WIRE_NS_OFFSET, Settings,
+    checksum::{internet_checksum, ipv6_pseudo_header},
+    probe_tag,
 };
 use mpath_ctl::datapath::Datapath;
 use mpath_ctl::net::announce::{gratuitous_arp, unsolicited_na};
@@ -247,7 +249,7 @@ fn stamps_probes(routed: bool) -> Result<()> {
             "probe {seq}: stamped {wire_ns}, sent at {sent_ns}"
         );
         let sum = if request_type == ICMP_ECHO_REQUEST {
-            checksum(&ip.payload)
+            internet_checksum(0, &ip.payload)
         } else {
             icmpv6_checksum(&ip)
         };
@@ -508,21 +510,10 @@ fn expected_probe(icmp_type: u8, ifindex: u32, seq: u32, sent_ns: u64) -> Vec<u8
     message.extend_from_slice(&0u64.to_ne_bytes());
     assert_eq!(message.len(), PROBE_ICMP_LEN);
     if icmp_type == ICMP_ECHO_REQUEST {
-        let checksum = checksum(&message);
+        let checksum = internet_checksum(0, &message);
         message[2..4].copy_from_slice(&checksum.to_be_bytes());
     }
     message
-}
-
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for pair in bytes.chunks(2) {
-        sum += u32::from(pair[0]) << 8 | u32::from(*pair.get(1).unwrap_or(&0));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// The checksum over an ICMPv6 message and its pseudo-header: 0 when the message is intact.
@@ -530,12 +521,8 @@ fn icmpv6_checksum(ip: &IpPacket) -> u16 {
     let (IpAddr::V6(src), IpAddr::V6(dst)) = (ip.src, ip.dst) else {
         panic!("not IPv6: {ip:?}");
     };
-    let mut summed = src.octets().to_vec();
-    summed.extend_from_slice(&dst.octets());
-    summed.extend_from_slice(&(ip.payload.len() as u32).to_be_bytes());
-    summed.extend_from_slice(&[0, 0, 0, 58]);
-    summed.extend_from_slice(&ip.payload);
-    checksum(&summed)
+    let pseudo = ipv6_pseudo_header(&src.octets(), &dst.octets(), ip.payload.len() as u32, 58);
+    internet_checksum(pseudo, &ip.payload)
 }
 
 #[derive(Clone, Copy)]

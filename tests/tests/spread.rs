@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::programs::{TestRun, TestRunOptions};
-use mpath_common::{BUCKETS_PER_GROUP, NIC_F_TEST_V4, NicInfo};
+use mpath_common::{BUCKETS_PER_GROUP, NicInfo};
 use mpath_ctl::{
     core::spread::{Table, rebalance},
     datapath::{Datapath, maps::MapsError},
@@ -212,10 +212,10 @@ fn test_address_traffic_leaves_through_its_own_nic() {
     let test_address = Ipv4Addr::new(192, 0, 2, 23);
     rig.lab.add_host_addr("h3", "192.0.2.23/24").unwrap();
     let h3 = rig.ifindex("h3");
-    let mut info = rig.datapath.maps.nics.get(&h3, 0).unwrap();
-    info.flags |= NIC_F_TEST_V4;
-    info.test_v4 = test_address.octets();
-    rig.datapath.maps.set_nic(h3, info).unwrap();
+    rig.datapath
+        .maps
+        .update_nic(h3, |info| info.set_ipv4_test(Some(test_address)))
+        .unwrap();
     rig.datapath
         .maps
         .set_test_address(test_address, h3)
@@ -240,10 +240,10 @@ fn add_test_address(rig: &mut Rig, nic: &str, test_address: Ipv4Addr) {
         .add_host_addr(nic, &format!("{test_address}/24"))
         .unwrap();
     let ifindex = rig.ifindex(nic);
-    let mut info = rig.datapath.maps.nics.get(&ifindex, 0).unwrap();
-    info.flags |= NIC_F_TEST_V4;
-    info.test_v4 = test_address.octets();
-    rig.datapath.maps.set_nic(ifindex, info).unwrap();
+    rig.datapath
+        .maps
+        .update_nic(ifindex, |info| info.set_ipv4_test(Some(test_address)))
+        .unwrap();
     rig.datapath
         .maps
         .set_test_address(test_address, ifindex)
@@ -262,8 +262,7 @@ fn routed_nics_keep_their_flows_and_test_addresses_still_move() {
         rig.datapath.maps.set_routed(ifindex, true).unwrap();
     }
     // Rewriting a NIC (as mpathd does when its test address changes) keeps the bit.
-    let info = rig.datapath.maps.nics.get(&h0, 0).unwrap();
-    rig.datapath.maps.set_nic(h0, info).unwrap();
+    rig.datapath.maps.update_nic(h0, |_| {}).unwrap();
     assert!(rig.datapath.maps.egress_nic(h0).unwrap().is_routed());
 
     let mut data = Flows::open(rig.lab.host(), DATA, ROUTER, FLOWS);

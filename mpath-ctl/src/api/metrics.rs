@@ -54,8 +54,7 @@ use crate::{
     core::failover::{MoveKind, Transfer},
     core::probe::{FdtView, ProbeOutcome, RejectReason as ReplyRejectReason},
     core::state::{
-        Action, FailureCause, GroupState, GroupView, InterfaceStatus, InterfaceView, LinkState,
-        ProbeStatus,
+        FailureCause, GroupState, GroupView, InterfaceStatus, InterfaceView, LinkState, ProbeStatus,
     },
 };
 
@@ -607,20 +606,22 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts the failures, repairs and group failures among a state machine's actions.
-    pub fn actions(&self, group: &str, actions: &[Action]) {
-        let e = &self.events;
-        for action in actions {
-            match action {
-                Action::Failed { nic, cause } => e
-                    .failures
-                    .with_label_values(&[group, nic, cause.as_str()])
-                    .inc(),
-                Action::Repaired { nic } => e.repairs.with_label_values(&[group, nic]).inc(),
-                Action::GroupFailed => e.group_failures.with_label_values(&[group]).inc(),
-                _ => {}
-            }
-        }
+    /// A NIC of `group` was declared failed.
+    pub fn failure(&self, group: &str, nic: &str, cause: FailureCause) {
+        self.events
+            .failures
+            .with_label_values(&[group, nic, cause.as_str()])
+            .inc();
+    }
+
+    /// A NIC of `group` was declared repaired.
+    pub fn repair(&self, group: &str, nic: &str) {
+        self.events.repairs.with_label_values(&[group, nic]).inc();
+    }
+
+    /// Every NIC of `group` failed.
+    pub fn group_failure(&self, group: &str) {
+        self.events.group_failures.with_label_values(&[group]).inc();
     }
 
     /// Counts a completed transfer of data addresses (one "Successfully failed over/back"
@@ -1051,19 +1052,9 @@ mod tests {
             },
         );
         m.reply_refused("g0", "h0", ReplyRejectReason::Duplicate);
-        m.actions(
-            "g0",
-            &[
-                Action::LinkDown { nic: "h1".into() },
-                Action::Failed {
-                    nic: "h1".into(),
-                    cause: FailureCause::LinkDown,
-                },
-                Action::UsableSetChanged,
-            ],
-        );
+        m.failure("g0", "h1", FailureCause::LinkDown);
         m.transfer("g0", &transfer(MoveKind::Failover, Some("h1"), "h0"));
-        m.actions("g0", &[Action::Repaired { nic: "h1".into() }]);
+        m.repair("g0", "h1");
         m.transfer("g0", &transfer(MoveKind::Failback, None, "h1"));
         m
     }
@@ -1318,7 +1309,7 @@ mod tests {
         }
 
         let m = populated();
-        m.actions("g0", &[Action::GroupFailed]);
+        m.group_failure("g0");
         m.transfer("g0", &transfer(MoveKind::Restore, None, "h0"));
         let text = m.render(&Snapshot::default()).unwrap();
         assert_eq!(
@@ -1468,13 +1459,7 @@ mod tests {
     fn label_values_are_escaped() {
         let group = "g\"0\\x\ny";
         let m = Metrics::new(&[group_config(group, &["h0"])]).unwrap();
-        m.actions(
-            group,
-            &[Action::Failed {
-                nic: "h0".into(),
-                cause: FailureCause::ProbesLost,
-            }],
-        );
+        m.failure(group, "h0", FailureCause::ProbesLost);
         let text = m.render(&Snapshot::default()).unwrap();
         assert_eq!(
             sample(

@@ -11,6 +11,7 @@ use mpath_ctl::{
     config::{self, Config},
     daemon::{ConfigPaths, Daemon, logging, remove_routes},
     datapath,
+    net::netlink::Monitor,
 };
 
 #[derive(Parser)]
@@ -35,6 +36,10 @@ struct Args {
     /// stopped, when taking mpath off a host; the data addresses stay where they are.
     #[arg(long, conflicts_with = "check")]
     teardown: bool,
+    /// Receive buffer of the netlink event socket, in bytes. The default holds thousands of
+    /// events; the tests make it tiny so that the kernel drops events and mpathd resyncs.
+    #[arg(long, hide = true, value_name = "BYTES", default_value_t = Monitor::DEFAULT_RECEIVE_BUFFER)]
+    netlink_receive_buffer: usize,
     /// Write the manual page mpathd.8 into DIR and exit (for packaging).
     #[arg(long, hide = true, value_name = "DIR", exclusive = true)]
     write_man: Option<PathBuf>,
@@ -123,7 +128,12 @@ fn main() -> ExitCode {
         config: args.config,
         defaults: args.defaults,
     };
-    match runtime.block_on(async { Daemon::start(config, paths).await?.run().await }) {
+    match runtime.block_on(async {
+        Daemon::start(config, paths, args.netlink_receive_buffer)
+            .await?
+            .run()
+            .await
+    }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

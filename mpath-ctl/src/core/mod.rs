@@ -32,6 +32,7 @@ macro_rules! named {
 pub mod evidence;
 pub mod failover;
 pub mod probe;
+pub mod reconcile;
 pub mod routes;
 pub mod spread;
 pub mod state;

@@ -1,125 +1,130 @@
-//! Data addresses and bucket tables: placing, moving, announcing and restoring.
+//! Data addresses and bucket tables: placing, moving, announcing, and carrying out what
+//! [`crate::core::reconcile`] decides about addresses the kernel reports.
 
-use super::*;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
+
+use crate::{
+    config::SpreadMode,
+    core::failover::{self, DataAddress},
+    core::reconcile::{self, Added, Removed},
+    core::spread,
+    core::state::Event,
+    core::target::AddressFamily,
+    daemon::{Daemon, announcer::Announcement, is_link_local},
+    net::address::IpCidr,
+    net::netlink::{AddressOptions, Origin},
+};
+
+/// What the kernel says of one address right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelAddress {
+    Has(Origin),
+    Lacks,
+    /// It could not be asked (logged): nothing is done on a guess.
+    Unknown,
+}
 
 impl Daemon {
-    /// A data address vanished from the NIC mpathd had put it on (someone deleted it): put it
-    /// back where the placement wants it. mpathd's own moves point the address at its new
-    /// NIC before deleting the old copy, but their events arrive late, after any later move
-    /// back: the kernel is asked whether the address is really gone.
-    pub(super) async fn restore_lost_address(&mut self, ifindex: u32, cidr: IpCidr) {
-        let Some(gi) = self.groups.iter().position(|g| {
-            g.addresses.iter().any(|a| {
-                a.cidr == cidr
-                    && a.current
-                        .as_deref()
-                        .and_then(|n| g.nic(n))
-                        .is_some_and(|n| n.ifindex == Some(ifindex))
-            })
-        }) else {
-            return;
-        };
-        if self.kernel_has(ifindex, cidr).await != Some(false) {
+    /// The kernel reports a new address.
+    pub(super) async fn address_added(&mut self, ifindex: u32, cidr: IpCidr) {
+        if !self.addresses.contains(&(ifindex, cidr)) {
+            self.addresses.push((ifindex, cidr));
+        }
+        if is_link_local(cidr.addr()) {
+            self.start_v6(ifindex, cidr);
+        }
+        let verdict = reconcile::added(&self.groups.holdings(), ifindex, cidr);
+        if verdict == Added::Nothing {
             return;
         }
-        let group = &mut self.groups[gi];
-        if group.adopted.remove(&cidr) {
-            // Someone else's address, and now someone removed it: it is theirs to remove.
-            tracing::info!(
-                "{cidr} was removed from its NIC; group {} forgets it (adopted, not configured)",
-                group.config.name
-            );
-            group.addresses.retain(|a| a.cidr != cidr);
+        // mpathd's own moves are reported late, after any later move back: only an address
+        // the kernel still has is acted on, and only someone else's is adopted.
+        let confirmed = match (&verdict, self.kernel_lookup(ifindex, cidr).await) {
+            (Added::Adopt { .. }, KernelAddress::Has(origin)) => origin == Origin::Other,
+            (_, KernelAddress::Has(_)) => true,
+            (_, KernelAddress::Lacks | KernelAddress::Unknown) => false,
+        };
+        if !confirmed {
             return;
         }
-        if let Some(a) = group.addresses.iter_mut().find(|a| a.cidr == cidr) {
-            tracing::warn!(
-                "data address {cidr} was removed from {} behind mpathd's back; restoring it",
-                a.current.as_deref().unwrap_or("--")
-            );
-            a.current = None;
-        }
-        self.move_addresses(gi).await;
-    }
-
-    /// A data address appeared on a NIC of its group without mpathd putting it there (an
-    /// administrator, a DHCP client), with its prefix length or another one: it is the same
-    /// address either way. Where the address has a place, that copy is removed: two NICs
-    /// answering for one address confuse the peers. An address that had no place (its NIC
-    /// vanished with nowhere to move it) is adopted where it appeared, then placed as usual.
-    /// Late events of mpathd's own moves are told apart by asking the kernel.
-    pub(super) async fn reconcile_added_address(&mut self, ifindex: u32, cidr: IpCidr) {
-        let Some(gi) = self
-            .groups
-            .iter()
-            .position(|g| g.addresses.iter().any(|a| a.cidr.addr() == cidr.addr()))
-        else {
-            self.adopt_new_address(ifindex, cidr).await;
-            return;
-        };
-        let group = &self.groups[gi];
-        let Some(nic) = group
-            .nics
-            .iter()
-            .find(|n| n.ifindex == Some(ifindex))
-            .map(|n| n.name.clone())
-        else {
-            return;
-        };
-        let Some(data) = group
-            .addresses
-            .iter()
-            .find(|a| a.cidr.addr() == cidr.addr())
-        else {
-            return;
-        };
-        let placed = data.current.clone();
-        let the_placed_copy = placed.as_deref() == Some(nic.as_str()) && data.cidr == cidr;
-        if the_placed_copy
-            || (placed.is_none() && data.cidr != cidr)
-            || self.kernel_has(ifindex, cidr).await != Some(true)
-        {
-            return;
-        }
-        match placed {
-            Some(placed) => {
+        match verdict {
+            Added::Nothing => {}
+            Added::RemoveCopy { nic, placed_on } => {
                 tracing::warn!(
-                    "data address {cidr} was added to {nic} behind mpathd's back; it lives on {placed}: removing this copy"
+                    "data address {cidr} was added to {nic} behind mpathd's back; it lives on {placed_on}: removing this copy"
                 );
-                if let Err(e) = self.netlink.del_address(ifindex, cidr).await {
-                    tracing::error!("{e}");
-                }
+                self.delete_address(ifindex, cidr).await;
             }
-            None => {
+            Added::PlaceHere { group, nic } => {
                 tracing::warn!(
                     "data address {cidr} was added to {nic} behind mpathd's back; adopting it there"
                 );
-                if let Some(a) = self.groups[gi]
-                    .addresses
-                    .iter_mut()
-                    .find(|a| a.cidr == cidr)
-                {
+                if let Some(a) = self.groups[group].address_mut(cidr) {
                     a.current = Some(nic);
                 }
-                self.move_addresses(gi).await;
+                self.move_addresses(group).await;
+            }
+            Added::Adopt { .. } => {
+                for gi in self.adopt_addresses(&[(ifindex, cidr)]) {
+                    self.move_addresses(gi).await;
+                    self.update_routes().await;
+                }
             }
         }
     }
 
-    /// An address that is no group's appeared: when someone put it on a group NIC, the group
-    /// adopts it and places it (at once elsewhere, if that NIC cannot hold it).
-    async fn adopt_new_address(&mut self, ifindex: u32, cidr: IpCidr) {
-        match self.netlink.addresses_by_origin().await {
-            Ok(found) if found.contains(&(ifindex, cidr, Origin::Other)) => {}
-            Ok(_) => return,
-            Err(e) => {
-                tracing::error!("reading the addresses to check {cidr}: {e}");
-                return;
-            }
+    /// The kernel reports an address gone.
+    pub(super) async fn address_removed(&mut self, ifindex: u32, cidr: IpCidr, now: Instant) {
+        self.addresses.retain(|a| *a != (ifindex, cidr));
+        if is_link_local(cidr.addr())
+            && let Some(at) = self.stop_v6(ifindex, cidr)
+        {
+            // Without a prober the family has no targets: it no longer holds the NIC up.
+            let event = Event::Targets {
+                nic: self.groups.nic(at).name.clone(),
+                family: AddressFamily::Inet6,
+                available: false,
+            };
+            self.handle(at.group, event, now).await;
         }
-        for gi in self.adopt_addresses(&[(ifindex, cidr)]) {
-            self.move_addresses(gi).await;
-            self.update_routes().await;
+        let verdict = reconcile::removed(&self.groups.holdings(), ifindex, cidr);
+        // Late events of a NIC that left and came back, or of mpathd's own moves, may arrive
+        // after the address was added again: only an address really gone is acted on.
+        if verdict == Removed::Nothing
+            || self.kernel_lookup(ifindex, cidr).await != KernelAddress::Lacks
+        {
+            return;
+        }
+        match verdict {
+            Removed::Nothing => {}
+            Removed::Restore { group, nic } => {
+                tracing::warn!(
+                    "data address {cidr} was removed from {nic} behind mpathd's back; restoring it"
+                );
+                if let Some(a) = self.groups[group].address_mut(cidr) {
+                    a.current = None;
+                }
+                self.move_addresses(group).await;
+            }
+            Removed::Forget { group } => {
+                let group = &mut self.groups[group];
+                // Someone else's address, and now someone removed it: it is theirs to remove.
+                tracing::info!(
+                    "{cidr} was removed from its NIC; group {} forgets it (adopted, not configured)",
+                    group.name()
+                );
+                group.adopted.remove(&cidr);
+                group.addresses.retain(|a| a.cidr != cidr);
+            }
+            Removed::RestoreTest { nic, test } => {
+                tracing::warn!(
+                    "test address {cidr} was removed from {nic} behind mpathd's back; restoring it"
+                );
+                self.restore_test_address(&nic, ifindex, test).await
+            }
         }
     }
 
@@ -127,79 +132,47 @@ impl Daemon {
     /// addresses (an administrator's, a DHCP client's): in IPMP every address of a NIC but
     /// its test address fails over, so they become data addresses of that NIC, placed and
     /// moved like the configured ones. Returns the groups that adopted one.
-    pub(super) fn adopt_addresses(&mut self, placed: &[(u32, IpCidr)]) -> BTreeSet<usize> {
+    pub(super) fn adopt_addresses(&mut self, others: &[(u32, IpCidr)]) -> BTreeSet<usize> {
         let mut adopting = BTreeSet::new();
-        for (ifindex, cidr) in placed {
-            let known = self.groups.iter().any(|g| {
-                g.addresses.iter().any(|a| a.cidr.addr() == cidr.addr())
-                    || g.nics
-                        .iter()
-                        .any(|n| n.test_address.is_some_and(|t| t.addr() == cidr.addr()))
-            });
-            let owner = self.groups.iter().enumerate().find_map(|(gi, g)| {
-                let nic = g.nics.iter().find(|n| n.ifindex == Some(*ifindex))?;
-                Some((gi, nic.name.clone()))
-            });
-            let Some((gi, nic)) = owner.filter(|_| !known) else {
-                continue;
-            };
-            let group = &mut self.groups[gi];
+        for adoption in reconcile::adoptable(&self.groups.holdings(), others) {
+            let group = &mut self.groups[adoption.group];
             tracing::info!(
-                "group {} adopts {cidr} found on {nic}: it fails over like the data addresses",
-                group.config.name
+                "group {} adopts {} found on {}: it fails over like the data addresses",
+                group.name(),
+                adoption.cidr,
+                adoption.nic
             );
-            group.adopted.insert(*cidr);
+            group.adopted.insert(adoption.cidr);
             group.addresses.push(DataAddress {
-                cidr: *cidr,
-                home: nic.clone(),
-                current: Some(nic),
+                cidr: adoption.cidr,
+                home: adoption.nic.clone(),
+                current: Some(adoption.nic),
             });
-            adopting.insert(gi);
+            adopting.insert(adoption.group);
         }
         adopting
     }
 
-    /// Whether the kernel has `cidr` on `ifindex` right now; `None` when it cannot be asked.
-    async fn kernel_has(&self, ifindex: u32, cidr: IpCidr) -> Option<bool> {
-        match self.netlink.addresses().await {
-            Ok(addresses) => Some(addresses.contains(&(ifindex, cidr))),
+    /// Whether the kernel has `cidr` on `ifindex` right now, and who made it.
+    async fn kernel_lookup(&self, ifindex: u32, cidr: IpCidr) -> KernelAddress {
+        match self.netlink.addresses_with_origin().await {
+            Ok(found) => found
+                .into_iter()
+                .find(|(i, c, _)| *i == ifindex && *c == cidr)
+                .map_or(KernelAddress::Lacks, |(_, _, origin)| {
+                    KernelAddress::Has(origin)
+                }),
             Err(e) => {
                 tracing::error!("reading the addresses to check {cidr}: {e}");
-                None
+                KernelAddress::Unknown
             }
         }
     }
 
-    /// Deletes copies of the group's data addresses found on NICs other than the one they are
-    /// placed on (left by a daemon killed in the middle of a move, or on a NIC that left the
-    /// group): two NICs answering for one address confuse the peers.
-    pub(super) async fn remove_extra_copies(&mut self, gi: usize, found: &[(u32, IpCidr)]) {
-        let group = &self.groups[gi];
-        let mut extra = Vec::new();
-        for a in &group.addresses {
-            let placed = a
-                .current
-                .as_deref()
-                .and_then(|n| group.nic(n))
-                .and_then(|n| n.ifindex);
-            if placed.is_none() {
-                continue;
-            }
-            extra.extend(
-                found
-                    .iter()
-                    .filter(|(ifindex, cidr)| {
-                        cidr.addr() == a.cidr.addr()
-                            && (Some(*ifindex) != placed || *cidr != a.cidr)
-                    })
-                    .copied(),
-            );
-        }
-        for (ifindex, cidr) in extra {
-            tracing::warn!("removing a second copy of data address {cidr} (ifindex {ifindex})");
-            if let Err(e) = self.netlink.del_address(ifindex, cidr).await {
-                tracing::error!("{e}");
-            }
+    /// Deletes an address, logging a failure.
+    pub(super) async fn delete_address(&self, ifindex: u32, cidr: IpCidr) {
+        if let Err(e) = self.netlink.del_address(ifindex, cidr).await {
+            tracing::error!("{e}");
         }
     }
 
@@ -209,12 +182,7 @@ impl Daemon {
     /// moves only what still leaves an unusable NIC.
     pub(super) fn write_table(&mut self, gi: usize) {
         let group = &self.groups[gi];
-        let usable: Vec<u32> = group
-            .fsm
-            .usable_interfaces()
-            .into_iter()
-            .filter_map(|name| group.nic(name).and_then(|n| n.ifindex))
-            .collect();
+        let usable = group.usable_ifindexes();
         let macs: BTreeMap<u32, [u8; 6]> = group
             .nics
             .iter()
@@ -229,10 +197,10 @@ impl Daemon {
         match result {
             Ok(moved) => tracing::debug!(
                 "group {}: {moved} buckets moved, {} usable NICs",
-                group.config.name,
+                group.name(),
                 usable.len()
             ),
-            Err(e) => tracing::error!("group {}: bucket table: {e}", group.config.name),
+            Err(e) => tracing::error!("group {}: bucket table: {e}", group.name()),
         }
         let routes_spread = group.config.spread == SpreadMode::Routes;
         for nic in &group.nics {
@@ -244,25 +212,11 @@ impl Daemon {
         }
     }
 
-    /// Tells the peers that `addr` is reached at `mac` on `nic` now: once at once, then
-    /// repeated (an earlier announcement of the address still running is replaced).
-    pub(super) fn announce(&mut self, ifindex: u32, mac: [u8; 6], addr: IpAddr, nic: &str) {
-        let announcement = Announcement {
-            ifindex,
-            mac,
-            addr,
-            remaining: match addr {
-                IpAddr::V4(_) => announce::ARP_ANNOUNCEMENTS,
-                IpAddr::V6(_) => announce::NA_ANNOUNCEMENTS,
-            } - 1,
-            next: Instant::now() + announce::ANNOUNCE_INTERVAL,
-        };
-        if let Err(e) = announcement.send() {
-            tracing::warn!("announcing {addr} on {nic}: {e}");
-        }
-        self.announcements.retain(|a| a.addr != addr);
-        if announcement.remaining > 0 {
-            self.announcements.push(announcement);
+    /// Tells the peers where an address is reached now, at once and repeated later.
+    pub(super) fn announce(&mut self, announcement: Announcement, nic: &str) {
+        let now = Instant::now();
+        if let Err(e) = self.announcer.announce(announcement, now).send() {
+            tracing::warn!("announcing {} on {nic}: {e}", announcement.addr);
         }
     }
 
@@ -274,7 +228,7 @@ impl Daemon {
         let plan = match failover::plan(&group.fsm.nic_roles(), &group.addresses) {
             Ok(plan) => plan,
             Err(e) => {
-                tracing::error!("group {}: {e}", group.config.name);
+                tracing::error!("group {}: {e}", group.name());
                 return;
             }
         };
@@ -293,27 +247,26 @@ impl Daemon {
                 tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
                 continue;
             }
-            if let Some(from) = m
-                .from
-                .as_deref()
-                .and_then(|f| group.nic(f))
-                .and_then(|n| n.ifindex)
+            if let Some(from) = m.from.as_deref().and_then(|f| group.ifindex_of(f))
                 && let Err(e) = self.netlink.del_address(from, m.addr).await
             {
                 tracing::error!("cannot remove {} from its old NIC: {e}", m.addr);
             }
-            self.announce(to.0, to.1, m.addr.addr(), &m.to);
+            let announcement = Announcement {
+                ifindex: to.0,
+                mac: to.1,
+                addr: m.addr.addr(),
+            };
+            self.announce(announcement, &m.to);
             done.insert(m.addr);
-            let group = &mut self.groups[gi];
-            if let Some(a) = group.addresses.iter_mut().find(|a| a.cidr == m.addr) {
+            if let Some(a) = self.groups[gi].address_mut(m.addr) {
                 a.current = Some(m.to.clone());
             }
         }
         for transfer in plan.transfers() {
             if transfer.addresses.iter().all(|a| done.contains(a)) {
                 tracing::info!("{transfer}");
-                self.metrics
-                    .transfer(&self.groups[gi].config.name, &transfer);
+                self.metrics.transfer(self.groups[gi].name(), &transfer);
             }
         }
     }

@@ -1,40 +1,142 @@
-//! Probes: sending them on time, matching replies to probers, and what follows.
+//! Probes: starting probers on NICs, sending probes on time, matching replies to probers,
+//! and feeding what they conclude to the state machines.
 
-use super::*;
+use std::{net::IpAddr, time::Instant};
+
+use mpath_common::{ProbeReply as QueuedReply, Settings};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use tokio::sync::broadcast;
+
+use crate::{
+    api::views::ProbeRow,
+    core::probe::{ProbeEvent, ProbeOutcome, ProbeReply, Prober, ReplyVerdict},
+    core::state::Event,
+    core::target::{AddressFamily, TargetSet},
+    daemon::{
+        Daemon,
+        group::{NicAt, Probing},
+    },
+    net::address::IpCidr,
+    net::probe_socket::{ProbeSocket, monotonic_ns},
+};
+
+/// Replies to discovery echoes arrive from hosts that are not yet targets; the sequence
+/// numbers of those echoes are remembered this long.
+const DISCOVERY_MEMORY: usize = 8;
+
+/// What every prober shares: the key of this run's probe tags, the randomness of probe
+/// timing, and the stream of probe rows `mpathctl probes` follows.
+pub(super) struct ProbeContext {
+    /// The SipHash key of this run's probe tags (see [`mpath_common::probe_tag`]).
+    key: [u64; 2],
+    rng: StdRng,
+    pub rows: broadcast::Sender<ProbeRow>,
+}
+
+impl ProbeContext {
+    pub fn new() -> ProbeContext {
+        let mut rng = StdRng::from_os_rng();
+        let key = rng.random();
+        let (rows, _) = broadcast::channel(256);
+        ProbeContext { key, rng, rows }
+    }
+
+    /// The datapath's settings for this run.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            probe_key: self.key,
+        }
+    }
+}
 
 impl Daemon {
-    pub(super) async fn probe_reply(&mut self, raw: RawReply) {
-        let now = Instant::now();
-        let from = if raw.family == 4 {
-            IpAddr::from(Ipv4Addr::new(
-                raw.target[0],
-                raw.target[1],
-                raw.target[2],
-                raw.target[3],
-            ))
-        } else {
-            IpAddr::from(raw.target)
+    /// Opens the probe socket and the prober of a NIC for the family of `test` (its IPv4
+    /// test address or its IPv6 link-local address); `None` (logged) when it cannot probe.
+    pub(super) fn start_prober(
+        &mut self,
+        at: NicAt,
+        test: IpCidr,
+        now: Instant,
+    ) -> Option<Probing> {
+        let routes = self.routing.entries();
+        let local = self.local_addresses();
+        let group = &self.groups[at.group];
+        let group_nics = group.ifindexes();
+        let nic = &group.nics[at.nic];
+        let (name, ifindex) = (nic.name.as_str(), nic.ifindex?);
+        let socket = match test.addr() {
+            IpAddr::V4(addr) => ProbeSocket::v4(name, ifindex, addr),
+            IpAddr::V6(addr) => ProbeSocket::v6(name, ifindex, addr),
         };
-        let Some((gi, ni)) = self.groups.iter().enumerate().find_map(|(gi, g)| {
-            g.nics
-                .iter()
-                .position(|n| n.ifindex == Some(raw.ifindex))
-                .map(|ni| (gi, ni))
-        }) else {
+        let socket = match socket {
+            Ok(s) => s,
+            // A link-local address in duplicate address detection cannot be bound yet;
+            // `start_v6` starts the prober when the kernel reports the address done with it.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && test.addr().is_ipv6() => {
+                tracing::info!(
+                    interface = name,
+                    "{name}: IPv6 probing from {} starts once its duplicate address detection ends",
+                    test.addr()
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(interface = name, "cannot probe from {name}: {e}");
+                return None;
+            }
+        };
+        let mut targets = match TargetSet::new(ifindex, test) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("{name}: {e}");
+                return None;
+            }
+        };
+        let family = AddressFamily::of(test.addr());
+        let configured: Vec<IpAddr> = group
+            .config
+            .targets
+            .iter()
+            .copied()
+            .filter(|a| AddressFamily::of(*a) == family)
+            .collect();
+        if let Err(e) = targets.set_configured(&configured) {
+            tracing::error!("{name}: {e}");
+        }
+        targets.update_routes(&routes, &group_nics, &local);
+        let prober = Prober::new(
+            name.to_string(),
+            targets,
+            now,
+            &mut self.probes.rng,
+            &group.fdt,
+        );
+        Some(Probing {
+            prober,
+            socket,
+            discovery: Vec::new(),
+            had_targets: true,
+        })
+    }
+
+    pub(super) async fn probe_reply(&mut self, queued: QueuedReply) {
+        let now = Instant::now();
+        let from = queued.target();
+        let Some(at) = self.groups.nic_at(queued.ifindex) else {
             return;
         };
         let family = AddressFamily::of(from);
-        let local: Vec<IpAddr> = self.addresses.iter().map(|(_, c)| c.addr()).collect();
-        let group = &mut self.groups[gi];
-        let nic_name = group.nics[ni].name.clone();
-        let Some(probing) = group.nics[ni]
+        let local = self.local_addresses();
+        let group = &mut self.groups[at.group];
+        let nic_name = group.nics[at.nic].name.clone();
+        let Some(probing) = group.nics[at.nic]
             .probing
             .iter_mut()
             .find(|p| p.prober.family() == family)
         else {
             return;
         };
-        if probing.discovery.contains(&raw.seq) {
+        if probing.discovery.contains(&queued.seq) {
             let added = probing.prober.add_discovered(&[from], &local);
             if added > 0 {
                 tracing::info!("discovered probe target {from} on {nic_name}");
@@ -42,16 +144,10 @@ impl Daemon {
             return;
         }
         let reply = ProbeReply {
-            seq: raw.seq,
+            seq: queued.seq,
             from,
-            // The egress program's stamp when it made one: a probe that waited for ARP/ND
-            // left later than mpathd sent it.
-            sent_ns: if raw.wire_ns != 0 {
-                raw.wire_ns
-            } else {
-                raw.sent_ns
-            },
-            received_ns: raw.received_ns,
+            sent_ns: queued.left_ns(),
+            received_ns: queued.received_ns,
         };
         match probing.prober.on_reply(reply, now, &mut group.fdt) {
             ReplyVerdict::Accepted(events) => {
@@ -63,23 +159,21 @@ impl Daemon {
                 if let Some(change) = group.fdt.try_lower(now, probers) {
                     tracing::info!("{}", change.message);
                 }
-                self.probe_events(gi, ni, family, events, Some(reply)).await
+                self.probe_events(at, family, events, Some(reply)).await
             }
             ReplyVerdict::Rejected(reason) => {
-                self.metrics
-                    .reply_refused(&group.config.name, &nic_name, reason);
+                self.metrics.reply_refused(group.name(), &nic_name, reason);
                 tracing::debug!(
                     "{nic_name}: reply from {from} seq {} refused: {reason:?}",
-                    raw.seq
+                    queued.seq
                 )
             }
         }
     }
 
-    pub(super) async fn probe_events(
+    async fn probe_events(
         &mut self,
-        gi: usize,
-        ni: usize,
+        at: NicAt,
         family: AddressFamily,
         events: Vec<ProbeEvent>,
         reply: Option<ProbeReply>,
@@ -88,54 +182,47 @@ impl Daemon {
         for event in events {
             match event {
                 ProbeEvent::Outcome(outcome) => {
-                    let nic = self.groups[gi].nics[ni].name.clone();
+                    let nic = self.groups.nic(at).name.clone();
                     let (target, answer, seq) = match outcome {
                         ProbeOutcome::Answered { target, .. } => {
                             (target, reply, reply.map_or(0, |r| r.seq))
                         }
                         ProbeOutcome::Lost { target, seq } => (target, None, seq),
                     };
-                    self.publish_probe(gi, ni, family, target, seq, answer);
+                    self.publish_probe(at, family, target, seq, answer);
                     self.metrics
-                        .probe_outcome(&self.groups[gi].config.name, &nic, outcome);
-                    self.handle(
-                        gi,
-                        Event::Probe {
-                            nic,
-                            family,
-                            outcome,
-                        },
-                        now,
-                    )
-                    .await;
+                        .probe_outcome(self.groups[at.group].name(), &nic, outcome);
+                    let event = Event::Probe {
+                        nic,
+                        family,
+                        outcome,
+                    };
+                    self.handle(at.group, event, now).await;
                 }
-                ProbeEvent::Target(e) => {
-                    tracing::info!("{}: {e}", self.groups[gi].nics[ni].name)
-                }
+                ProbeEvent::Target(e) => tracing::info!("{}: {e}", self.groups.nic(at).name),
                 ProbeEvent::FdtRaised(change) => tracing::warn!("{}", change.message),
             }
         }
     }
 
-    pub(super) fn publish_probe(
+    fn publish_probe(
         &self,
-        gi: usize,
-        ni: usize,
+        at: NicAt,
         family: AddressFamily,
         target: IpAddr,
         seq: u32,
         reply: Option<ProbeReply>,
     ) {
-        if self.probe_rows.receiver_count() == 0 {
+        if self.probes.rows.receiver_count() == 0 {
             return;
         }
-        let nic = &self.groups[gi].nics[ni];
+        let nic = self.groups.nic(at);
         let Some(probing) = nic.probing.iter().find(|p| p.prober.family() == family) else {
             return;
         };
         let view = probing.prober.view();
         let stats = view.targets.iter().find(|t| t.address == target);
-        let _ = self.probe_rows.send(ProbeRow {
+        let _ = self.probes.rows.send(ProbeRow {
             time_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |t| t.as_millis() as u64),
@@ -149,117 +236,68 @@ impl Daemon {
         });
     }
 
-    /// Reads the routing table again, gives the probers their on-link routers and the
-    /// groups their routes. mpathd's rule is put back if someone deleted it.
-    pub(super) async fn refresh_routes(&mut self) -> anyhow::Result<()> {
-        self.routes_due = None;
-        let main = self.netlink.main_routes().await?;
-        self.take_main_routes(main);
-        let routes: Vec<RouteEntry> = self
-            .main_routes
+    /// Sends the probes of a group that are due, declares lost the ones that timed out, and
+    /// tells the state machine when a prober's targets come or go.
+    pub(super) async fn probe_group(&mut self, gi: usize, now: Instant) {
+        let probers: Vec<(usize, usize)> = self.groups[gi]
+            .nics
             .iter()
-            .flat_map(MainRoute::entries)
+            .enumerate()
+            .flat_map(|(ni, n)| (0..n.probing.len()).map(move |pi| (ni, pi)))
             .collect();
-        let local: Vec<IpAddr> = self.addresses.iter().map(|(_, c)| c.addr()).collect();
-        for g in &mut self.groups {
-            let group_nics: Vec<u32> = g.nics.iter().filter_map(|n| n.ifindex).collect();
-            for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
-                p.prober.update_routes(&routes, &group_nics, &local);
+        for (ni, pi) in probers {
+            let at = NicAt { group: gi, nic: ni };
+            let group = &mut self.groups[gi];
+            let nic = &mut group.nics[ni];
+            let name = nic.name.clone();
+            if nic.rx.due(now) {
+                match self.datapath.maps.counters(nic.slot) {
+                    Ok(c) => nic.rx.observe(c.rx_packets, now),
+                    Err(e) => tracing::debug!("receive counter of {name}: {e}"),
+                }
             }
-        }
-        let daemon = &self.config.daemon;
-        if let Err(e) = self
-            .netlink
-            .ensure_rules(daemon.route_table, daemon.route_rule_priority)
-            .await
-        {
-            tracing::error!("{e}");
-        }
-        self.update_routes().await;
-        Ok(())
-    }
-
-    /// Sends the probes that are due, declares lost the ones that timed out, and lets the
-    /// state machines act on expired timers.
-    pub(super) async fn tick(&mut self) {
-        let now = Instant::now();
-        if self.routes_due.is_some_and(|due| due <= now)
-            && let Err(e) = self.refresh_routes().await
-        {
-            tracing::error!("reading the routing table: {e:#}");
-        }
-        for a in self.announcements.iter_mut().filter(|a| a.next <= now) {
-            if let Err(e) = a.send() {
-                tracing::debug!("announcing {}: {e}", a.addr);
-            }
-            a.remaining -= 1;
-            a.next = now + announce::ANNOUNCE_INTERVAL;
-        }
-        self.announcements.retain(|a| a.remaining > 0);
-        for gi in 0..self.groups.len() {
-            for (ni, pi) in (0..self.groups[gi].nics.len())
-                .flat_map(|ni| (0..self.groups[gi].nics[ni].probing.len()).map(move |pi| (ni, pi)))
-                .collect::<Vec<_>>()
-            {
-                let group = &mut self.groups[gi];
-                let nic = &mut group.nics[ni];
-                let name = nic.name.clone();
-                if nic.rx.due(now) {
-                    match self.datapath.maps.counters(nic.slot) {
-                        Ok(c) => nic.rx.observe(c.rx_packets, now),
-                        Err(e) => tracing::debug!("receive counter of {name}: {e}"),
+            let Some(probing) = nic.probing.get_mut(pi) else {
+                continue;
+            };
+            if probing.prober.next_probe_at() <= now {
+                let key = self.probes.key;
+                let transmit = probing.prober.send(now, &mut self.probes.rng, &group.fdt);
+                if let Some(probe) = transmit.probe {
+                    self.metrics
+                        .probe_sent(&group.config.name, &name, probe.target);
+                    if let Err(e) =
+                        probing
+                            .socket
+                            .send(probe.target, probe.seq, key, monotonic_ns())
+                    {
+                        tracing::debug!("{e}");
                     }
                 }
-                let Some(probing) = nic.probing.get_mut(pi) else {
-                    continue;
+                if transmit.discover {
+                    let seq: u32 = self.probes.rng.random();
+                    let all_nodes = probing.prober.family().all_nodes();
+                    if probing.discovery.len() == DISCOVERY_MEMORY {
+                        probing.discovery.remove(0);
+                    }
+                    probing.discovery.push(seq);
+                    if let Err(e) = probing.socket.send(all_nodes, seq, key, monotonic_ns()) {
+                        tracing::debug!("{e}");
+                    }
+                }
+            }
+            let events = probing.prober.poll(now, &group.fdt);
+            let has_targets = !probing.prober.targets().is_empty();
+            let targets_changed = has_targets != probing.had_targets;
+            probing.had_targets = has_targets;
+            let family = probing.prober.family();
+            self.probe_events(at, family, events, None).await;
+            if targets_changed {
+                let event = Event::Targets {
+                    nic: name,
+                    family,
+                    available: has_targets,
                 };
-                if probing.prober.next_probe_at() <= now {
-                    let transmit = probing.prober.send(now, &mut self.rng, &group.fdt);
-                    if let Some(probe) = transmit.probe {
-                        self.metrics
-                            .probe_sent(&group.config.name, &name, probe.target);
-                        if let Err(e) = probing.socket.send(
-                            probe.target,
-                            probe.seq,
-                            self.probe_key,
-                            monotonic_ns(),
-                        ) {
-                            tracing::debug!("{e}");
-                        }
-                    }
-                    if transmit.discover {
-                        let seq: u32 = self.rng.random();
-                        let all_nodes = probing.prober.family().all_nodes();
-                        if probing.discovery.len() == DISCOVERY_MEMORY {
-                            probing.discovery.remove(0);
-                        }
-                        probing.discovery.push(seq);
-                        if let Err(e) =
-                            probing
-                                .socket
-                                .send(all_nodes, seq, self.probe_key, monotonic_ns())
-                        {
-                            tracing::debug!("{e}");
-                        }
-                    }
-                }
-                let events = probing.prober.poll(now, &group.fdt);
-                let has_targets = !probing.prober.targets().is_empty();
-                let targets_changed = has_targets != probing.had_targets;
-                probing.had_targets = has_targets;
-                let family = probing.prober.family();
-                self.probe_events(gi, ni, family, events, None).await;
-                if targets_changed {
-                    let event = Event::Targets {
-                        nic: name,
-                        family,
-                        available: has_targets,
-                    };
-                    self.handle(gi, event, now).await;
-                }
-            }
-            if self.groups[gi].fsm.next_wakeup().is_some_and(|t| t <= now) {
-                self.handle(gi, Event::Tick, now).await;
+                self.handle(gi, event, now).await;
             }
         }
     }

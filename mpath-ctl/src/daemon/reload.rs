@@ -1,6 +1,16 @@
 //! SIGHUP: applying the difference between the running and the new configuration.
 
-use super::*;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
+
+use crate::{
+    config::{Config, GroupConfig, diff::DaemonChange},
+    core::reconcile,
+    core::state::{Action, Event, FailureCause, IfState},
+    daemon::{Daemon, group::GroupRuntime},
+};
 
 impl Daemon {
     /// SIGHUP: reads the configuration again and applies the difference. Groups that did not
@@ -59,10 +69,9 @@ impl Daemon {
         // stays offline, a NIC failed by its probes stays failed until they repair it.
         let mut carry = BTreeMap::new();
         for name in removed {
-            let Some(gi) = self.groups.iter().position(|g| g.config.name == name) else {
+            let Some(old) = self.groups.remove(&name) else {
                 continue;
             };
-            let old = self.groups.remove(gi);
             let states = old
                 .nics
                 .iter()
@@ -79,7 +88,7 @@ impl Daemon {
         self.config = new.clone();
         self.metrics.declare_groups(&new.groups);
         for g in &new.groups {
-            if self.groups.iter().all(|r| r.config.name != g.name) {
+            if self.groups.by_name(&g.name).is_none() {
                 self.add_group(g)?;
                 rebuild.insert(g.name.clone());
             }
@@ -88,54 +97,41 @@ impl Daemon {
     }
 
     /// Takes down what an old group runtime set up that the new configuration (`kept`, the
-    /// group's new definition if it still exists) no longer has: the datapath and test
-    /// address of NICs that leave, the data addresses that are gone, the bucket table.
-    pub(super) async fn retire_group(&mut self, old: Group, kept: Option<&GroupConfig>) {
-        let stays = |nic: &str| kept.is_some_and(|g| g.interface(nic).is_some());
-        for nic in &old.nics {
-            let Some(ifindex) = nic.ifindex else { continue };
-            let test_kept = kept
-                .and_then(|g| g.interface(&nic.name))
-                .is_some_and(|i| i.test_address.map(IpCidr::from) == nic.test_address);
-            if let Some(test) = nic.test_address.filter(|_| !test_kept) {
-                let host = IpCidr::new(test.addr(), 32).expect("/32 is valid for IPv4");
-                if let Err(e) = self.netlink.del_address(ifindex, host).await {
-                    tracing::warn!("{e}");
-                }
-                if let IpAddr::V4(v4) = test.addr() {
-                    let _ = self.datapath.maps.remove_test_address(v4);
-                }
+    /// group's new definition if it still exists) no longer has (see
+    /// [`reconcile::retire`]).
+    async fn retire_group(&mut self, old: GroupRuntime, kept: Option<&GroupConfig>) {
+        let retirement = reconcile::retire(&old.holdings(), kept);
+        for (ifindex, test) in retirement.test_addresses {
+            if let Err(e) = self.netlink.del_address(ifindex, test.host()).await {
+                tracing::warn!("{e}");
             }
-            if !stays(&nic.name) {
-                let _ = self.datapath.detach(ifindex);
-                let _ = self.datapath.maps.remove_nic(ifindex);
-                let _ = self.datapath.maps.clear_counters(nic.slot);
-                self.slots.remove(&nic.name);
-                tracing::info!("{} left group {}", nic.name, old.config.name);
+            if let std::net::IpAddr::V4(v4) = test.addr()
+                && let Err(e) = self.datapath.maps.remove_test_address(v4)
+            {
+                tracing::warn!("{e}");
             }
         }
-        let still_configured = |cidr: &IpCidr| {
-            kept.is_some_and(|g| g.interfaces.iter().any(|i| i.data_addresses.contains(cidr)))
-        };
-        for a in old.addresses.iter().filter(|a| !still_configured(&a.cidr)) {
-            let Some(ifindex) = a
-                .current
-                .as_deref()
-                .and_then(|n| old.nic(n))
-                .and_then(|n| n.ifindex)
-            else {
-                continue;
-            };
-            match self.netlink.del_address(ifindex, a.cidr).await {
-                Ok(()) => tracing::info!("removed data address {} (no longer configured)", a.cidr),
+        for (nic, ifindex) in retirement.leaving {
+            self.datapath.forget(ifindex);
+            if let Some(n) = old.nic(&nic)
+                && let Err(e) = self.datapath.maps.clear_counters(n.slot)
+            {
+                tracing::warn!("{nic}: {e}");
+            }
+            self.groups.release_slot(&nic);
+            tracing::info!("{nic} left group {}", old.name());
+        }
+        for (ifindex, cidr) in retirement.data_addresses {
+            match self.netlink.del_address(ifindex, cidr).await {
+                Ok(()) => tracing::info!("removed data address {cidr} (no longer configured)"),
                 Err(e) => tracing::warn!("{e}"),
             }
         }
-        if kept.is_none() {
-            self.group_ids.remove(&old.config.name);
+        if retirement.group_goes {
+            self.groups.release_id(old.name());
             let empty = [0u32; mpath_common::BUCKETS_PER_GROUP as usize];
             if let Err(e) = self.datapath.maps.write_table(old.id, &empty, |_| [0; 6]) {
-                tracing::warn!("group {}: {e}", old.config.name);
+                tracing::warn!("group {}: {e}", old.name());
             }
         }
     }
@@ -143,7 +139,7 @@ impl Daemon {
 
 /// Replays members' states from before a reload rebuilt their group's state machine.
 pub(super) fn carry_states(
-    group: &mut Group,
+    group: &mut GroupRuntime,
     states: &[(String, IfState)],
     now: Instant,
 ) -> Vec<Action> {

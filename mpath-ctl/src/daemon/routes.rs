@@ -1,13 +1,21 @@
 //! Group routes (see [`crate::core::routes`]): reading what mpathd has in the kernel, and
 //! carrying out the changes that bring it to the plan.
 
-use super::*;
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
 use crate::{
+    config::RouteConfig,
     core::routes::{
-        self, Family, GroupKey, GroupRouting, NexthopKey, NexthopObject, NicRouting, RouteChange,
-        RouteState,
+        self, Family, GroupKey, GroupRouting, IdBook, MainRoute, NexthopKey, NexthopObject,
+        NicRouting, RouteChange, RouteState,
     },
-    net::nexthop::{IpFamily, Nexthop, NexthopKind},
+    daemon::Daemon,
+    net::netlink::{MPATHD_PROTOCOL, Netlink},
+    net::nexthop::{IpFamily, Nexthop, NexthopKind, Nexthops},
 };
 
 /// Buckets of each resilient nexthop group: a NIC that leaves takes its share of them along,
@@ -19,7 +27,63 @@ const NEXTHOP_BUCKETS: u16 = 256;
 /// NIC soon carries its share again.
 const IDLE_TIMER: Duration = Duration::from_secs(3);
 
+/// How long route changes are gathered before the table is read again.
+const ROUTE_DUMP_DELAY: Duration = Duration::from_millis(100);
+
+/// What mpathd knows of the routing: the main table, its nexthop ids, and when to look again.
+#[derive(Default)]
+pub(super) struct Routing {
+    /// The main table, kept current from netlink: where probe targets and group routes come
+    /// from.
+    pub main: Vec<MainRoute>,
+    /// Ids of mpathd's nexthop objects.
+    pub ids: IdBook,
+    /// Group NICs removed since the routing table was last read, by ifindex and group: their
+    /// routes went with them.
+    pub departed: Vec<(u32, String)>,
+    /// When the routing table is to be read again after it changed.
+    pub due: Option<Instant>,
+}
+
+impl Routing {
+    /// The routing table changed: it is read again shortly, once for a whole burst.
+    pub fn changed(&mut self, now: Instant) {
+        self.due.get_or_insert(now + ROUTE_DUMP_DELAY);
+    }
+
+    /// Every route of the main table, as probe target selection sees them.
+    pub fn entries(&self) -> Vec<crate::core::target::RouteEntry> {
+        self.main.iter().flat_map(MainRoute::entries).collect()
+    }
+}
+
 impl Daemon {
+    /// Reads the routing table again, gives the probers their on-link routers and the
+    /// groups their routes. mpathd's rule is put back if someone deleted it.
+    pub(super) async fn refresh_routes(&mut self) -> anyhow::Result<()> {
+        self.routing.due = None;
+        let main = self.netlink.main_routes().await?;
+        self.take_main_routes(main);
+        let routes = self.routing.entries();
+        let local = self.local_addresses();
+        for g in self.groups.iter_mut() {
+            let group_nics = g.ifindexes();
+            for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
+                p.prober.update_routes(&routes, &group_nics, &local);
+            }
+        }
+        let daemon = &self.config.daemon;
+        if let Err(e) = self
+            .netlink
+            .ensure_rules(daemon.route_table, daemon.route_rule_priority)
+            .await
+        {
+            tracing::error!("{e}");
+        }
+        self.update_routes().await;
+        Ok(())
+    }
+
     /// Brings mpathd's table and nexthop objects in line with the main table and the
     /// groups' usable NICs. Called when either may have changed; an unchanged plan costs two
     /// dumps and no change.
@@ -31,8 +95,8 @@ impl Daemon {
                 return;
             }
         };
-        let plan = routes::plan(&self.main_routes, &self.group_routing());
-        let desired = RouteState::of_plan(&plan, &mut self.nexthop_ids);
+        let plan = routes::plan(&self.routing.main, &self.group_routing());
+        let desired = RouteState::of_plan(&plan, &mut self.routing.ids);
         let mut failed = BTreeSet::new();
         for change in routes::changes(&installed, &desired) {
             if let Err(e) = self.carry_out(&change, &mut failed).await {
@@ -45,30 +109,29 @@ impl Daemon {
     /// went down or away are held by the group, and held routes that are back in `main`
     /// through the group's NICs are its owner's again.
     pub(super) fn take_main_routes(&mut self, main: Vec<MainRoute>) {
-        let before = std::mem::replace(&mut self.main_routes, main);
+        let before = std::mem::replace(&mut self.routing.main, main);
         let groups = &self.groups;
-        let departed = std::mem::take(&mut self.departed);
+        let departed = std::mem::take(&mut self.routing.departed);
         let down = |oif: u32| {
             departed
                 .iter()
                 .find(|(i, _)| *i == oif)
                 .map(|(_, group)| group.as_str())
                 .or_else(|| {
-                    groups
-                        .iter()
-                        .find(|g| g.nics.iter().any(|n| n.ifindex == Some(oif) && !n.carrier))
-                        .map(|g| g.config.name.as_str())
+                    let at = groups.nic_at(oif)?;
+                    (!groups.nic(at).carrier).then(|| groups[at.group].name())
                 })
         };
         let orphans: Vec<(String, RouteConfig)> =
-            routes::orphaned(&before, &self.main_routes, down)
+            routes::orphaned(&before, &self.routing.main, down)
                 .into_iter()
                 .map(|(group, route)| (group.to_string(), route))
                 .collect();
         for (name, route) in orphans {
-            let Some(group) = self.groups.iter_mut().find(|g| g.config.name == name) else {
+            let Some(gi) = self.groups.by_name(&name) else {
                 continue;
             };
+            let group = &mut self.groups[gi];
             if !group.held_routes.contains(&route) && !group.config.routes.contains(&route) {
                 tracing::info!(
                     "group {name} keeps the route {route}: the kernel deleted it with its NIC"
@@ -76,11 +139,11 @@ impl Daemon {
                 group.held_routes.push(route);
             }
         }
-        for group in &mut self.groups {
-            let members: Vec<u32> = group.nics.iter().filter_map(|n| n.ifindex).collect();
+        for group in self.groups.iter_mut() {
+            let members = group.ifindexes();
             let name = &group.config.name;
             group.held_routes.retain(|route| {
-                let back = routes::returned(route, &self.main_routes, &members);
+                let back = routes::returned(route, &self.routing.main, &members);
                 if back {
                     tracing::info!("the route {route} is back in the main table; group {name} no longer holds it");
                 }
@@ -106,7 +169,7 @@ impl Daemon {
                         })
                     })
                     .collect();
-                let ifindex_of = |name: &str| g.nic(name).and_then(|n| n.ifindex);
+                let ifindex_of = |name: &str| g.ifindex_of(name);
                 GroupRouting {
                     name: g.config.name.clone(),
                     members: nics.iter().map(|n| n.ifindex).collect(),
@@ -157,7 +220,8 @@ impl Daemon {
                         oif,
                         gateway,
                     };
-                    self.nexthop_ids
+                    self.routing
+                        .ids
                         .adopt(NexthopObject::Single(key), nexthop.id);
                     state.nexthops.insert(nexthop.id, key);
                 }
@@ -171,7 +235,8 @@ impl Daemon {
             };
             match self.group_key(members, &state) {
                 Some(key) => {
-                    self.nexthop_ids
+                    self.routing
+                        .ids
                         .adopt(NexthopObject::Group(key), nexthop.id);
                     let mut members = members.clone();
                     members.sort_unstable();
@@ -200,13 +265,10 @@ impl Daemon {
             .map(|id| state.nexthops.get(id))
             .collect::<Option<_>>()?;
         let first = keys.first()?;
-        let group = self
-            .groups
-            .iter()
-            .find(|g| g.nics.iter().any(|n| n.ifindex == Some(first.oif)))?;
+        let group = &self.groups[self.groups.nic_at(first.oif)?.group];
         let gateways: BTreeSet<IpAddr> = keys.iter().filter_map(|k| k.gateway).collect();
         Some(GroupKey {
-            group: group.config.name.clone(),
+            group: group.name().to_string(),
             family: first.family,
             gateways: gateways.into_iter().collect(),
         })

@@ -1,7 +1,13 @@
 //! The status views and the metrics snapshot.
 
-use super::*;
-use crate::core::target::TargetSource;
+use std::net::IpAddr;
+
+use crate::{
+    api::metrics,
+    api::views::{AddressRow, GroupRow, InterfaceRow, Status, TargetHealth, TargetRow},
+    core::target::TargetSource,
+    daemon::Daemon,
+};
 
 impl Daemon {
     /// What a scrape shows of the groups and the datapath's counters, as they are now.

@@ -13,6 +13,8 @@ use mpath_common::{
     Settings, TestOwner, map_names,
 };
 
+use tokio::io::unix::AsyncFd;
+
 use crate::core::spread::Table;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,8 @@ pub enum MapsError {
         name: &'static str,
         source: MapError,
     },
+    #[error("BPF map {name} has been taken by its reader already")]
+    Taken { name: &'static str },
     #[error("BPF map {name} is of a type mpathd does not expect")]
     UnexpectedType { name: &'static str },
     #[error("pinning BPF map {path} again: {source}")]
@@ -48,15 +52,15 @@ pub enum MapsError {
 
 /// The maps shared with the programs (see mpath-ebpf's `maps` module for what each holds).
 pub struct Maps {
-    pub nics: HashMap<MapData, u32, NicInfo>,
-    pub egress_nics: Array<MapData, EgressNic>,
-    pub group_tests: Array<MapData, GroupTests>,
-    pub buckets: Array<MapData, Bucket>,
-    pub counters: PerCpuArray<MapData, NicCounters>,
-    pub settings: Array<MapData, Settings>,
-    pub last_reply: Array<MapData, ProbeReply>,
+    nics: HashMap<MapData, u32, NicInfo>,
+    egress_nics: Array<MapData, EgressNic>,
+    group_tests: Array<MapData, GroupTests>,
+    buckets: Array<MapData, Bucket>,
+    counters: PerCpuArray<MapData, NicCounters>,
+    settings: Array<MapData, Settings>,
+    last_reply: Array<MapData, ProbeReply>,
     /// Taken by the daemon's reply reader; `None` once taken.
-    pub probe_replies: Option<RingBuf<MapData>>,
+    probe_replies: Option<RingBuf<MapData>>,
     /// A second descriptor of every map, by name, to pin the maps again after someone
     /// removed their pins (the typed maps above keep theirs to themselves).
     handles: Vec<(&'static str, MapData)>,
@@ -145,6 +149,44 @@ impl Maps {
         Ok(all)
     }
 
+    /// What the datapath knows of the group NIC `ifindex`.
+    pub fn nic(&self, ifindex: u32) -> Result<NicInfo, MapsError> {
+        self.nics
+            .get(&ifindex, 0)
+            .map_err(|_| MapsError::UnknownNic(ifindex))
+    }
+
+    /// Changes what the datapath knows of the group NIC `ifindex` through `edit`.
+    pub fn update_nic(
+        &mut self,
+        ifindex: u32,
+        edit: impl FnOnce(&mut NicInfo),
+    ) -> Result<(), MapsError> {
+        let mut info = self.nic(ifindex)?;
+        edit(&mut info);
+        self.set_nic(ifindex, info)
+    }
+
+    /// The ring buffer of matched probe replies, for the one reader there is.
+    pub fn take_probe_replies(&mut self) -> Result<ProbeReplies, MapsError> {
+        let ring = self.probe_replies.take().ok_or(MapsError::Taken {
+            name: map_names::PROBE_REPLIES,
+        })?;
+        ProbeReplies::new(ring).map_err(|source| MapsError::Map {
+            name: map_names::PROBE_REPLIES,
+            source: MapError::IoError(source),
+        })
+    }
+
+    /// Takes the replies queued now, while no reader has taken the ring buffer (to look at the
+    /// XDP program's work without a daemon).
+    pub fn queued_probe_replies(&mut self) -> Result<Vec<ProbeReply>, MapsError> {
+        let ring = self.probe_replies.as_mut().ok_or(MapsError::Taken {
+            name: map_names::PROBE_REPLIES,
+        })?;
+        Ok(drain(ring))
+    }
+
     /// Makes `ifindex` a group NIC for both programs. A NIC already there keeps its
     /// `EGRESS_F_ROUTED` bit: whether routes carry its flows is [`Maps::set_routed`]'s call.
     pub fn set_nic(&mut self, ifindex: u32, info: NicInfo) -> Result<(), MapsError> {
@@ -226,10 +268,7 @@ impl Maps {
 
     /// Keeps packets from `addr` on the group NIC `ifindex`, whatever the spreading says.
     pub fn set_test_address(&mut self, addr: Ipv4Addr, ifindex: u32) -> Result<(), MapsError> {
-        let info = self
-            .nics
-            .get(&ifindex, 0)
-            .map_err(|_| MapsError::UnknownNic(ifindex))?;
+        let info = self.nic(ifindex)?;
         let owner = TestOwner {
             ifindex,
             mac: info.mac,
@@ -380,6 +419,37 @@ impl Maps {
             })?;
         Ok((reply.ifindex != 0).then_some(reply))
     }
+}
+
+/// The probe replies the XDP program queues in `PROBE_REPLIES`, as they arrive.
+pub struct ProbeReplies {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl ProbeReplies {
+    fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
+        // SAFETY: the ring buffer owns its descriptor, which stays open and the same for as
+        // long as the AsyncFd owns the ring buffer.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+        Ok(ProbeReplies { ring })
+    }
+
+    /// Waits until replies are queued and returns them all.
+    pub async fn next_batch(&mut self) -> std::io::Result<Vec<ProbeReply>> {
+        let mut guard = self.ring.readable_mut().await?;
+        let batch = drain(guard.get_inner_mut());
+        guard.clear_ready();
+        Ok(batch)
+    }
+}
+
+/// Every reply queued in `ring`; a record of another size (none is) is skipped.
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<ProbeReply> {
+    let mut replies = Vec::new();
+    while let Some(record) = ring.next() {
+        replies.extend(ProbeReply::from_record(&record));
+    }
+    replies
 }
 
 /// Deleting a key that is not there (ENOENT) leaves the map as wanted.

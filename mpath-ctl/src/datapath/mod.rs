@@ -244,6 +244,17 @@ impl Datapath {
         Ok(())
     }
 
+    /// Takes a NIC out of the datapath: detached, and gone from the maps. Errors are logged,
+    /// not returned: whoever forgets a NIC carries on either way.
+    pub fn forget(&mut self, ifindex: u32) {
+        if let Err(e) = self.detach(ifindex) {
+            tracing::warn!("detaching the datapath from ifindex {ifindex}: {e}");
+        }
+        if let Err(e) = self.maps.remove_nic(ifindex) {
+            tracing::warn!("removing ifindex {ifindex} from the datapath's maps: {e}");
+        }
+    }
+
     /// ifindexes of NICs that have pinned links, attached by this or an earlier mpathd.
     pub fn pinned_nics(&self) -> Result<Vec<u32>, DatapathError> {
         pinned_nics(&self.dir.join("links"))

@@ -37,6 +37,18 @@ impl IpCidr {
         self.prefix_len
     }
 
+    /// The address alone, as a host route would name it (/32 or /128).
+    pub fn host(&self) -> IpCidr {
+        let prefix_len = match self.addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        IpCidr {
+            addr: self.addr,
+            prefix_len,
+        }
+    }
+
     /// The network this address is in: host bits cleared, same prefix length. A route's
     /// destination must equal its network, as the kernel refuses host bits in routes.
     pub fn network(&self) -> IpCidr {

@@ -24,7 +24,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::net::probe_socket::internet_checksum;
+use mpath_common::checksum::{internet_checksum, ipv6_pseudo_header};
 
 /// Gratuitous ARPs per move: illumos's `_arp_publish_count`, which its IP module uses for
 /// failover and failback announcements.
@@ -144,13 +144,14 @@ fn neighbour_advertisement(
     na[24] = ND_OPT_TARGET_LINK_ADDRESS;
     na[25] = 1; // option length in units of 8 bytes
     na[26..32].copy_from_slice(&mac);
-    let mut summed = Vec::with_capacity(40 + NA_LEN);
-    summed.extend_from_slice(&addr.octets());
-    summed.extend_from_slice(&ALL_NODES.octets());
-    summed.extend_from_slice(&(NA_LEN as u32).to_be_bytes());
-    summed.extend_from_slice(&[0, 0, 0, libc::IPPROTO_ICMPV6 as u8]);
-    summed.extend_from_slice(&na);
-    na[2..4].copy_from_slice(&internet_checksum(&summed).to_be_bytes());
+    let pseudo = ipv6_pseudo_header(
+        &addr.octets(),
+        &ALL_NODES.octets(),
+        NA_LEN as u32,
+        libc::IPPROTO_ICMPV6 as u8,
+    );
+    let checksum = internet_checksum(pseudo, &na);
+    na[2..4].copy_from_slice(&checksum.to_be_bytes());
     frame[ETH_HLEN + IPV6_HLEN..].copy_from_slice(&na);
     frame
 }
@@ -315,7 +316,7 @@ mod tests {
         let mut summed = frame[14 + 8..14 + 40].to_vec();
         summed.extend_from_slice(&[0, 0, 0, 32, 0, 0, 0, 58]);
         summed.extend_from_slice(&frame[54..]);
-        assert_eq!(internet_checksum(&summed), 0);
+        assert_eq!(internet_checksum(0, &summed), 0);
         // A different source gives a different checksum: the pseudo-header is included.
         let other = neighbour_advertisement(MAC, "2001:db8::20".parse().unwrap(), false);
         assert_ne!(frame[56..58], other[56..58]);

@@ -284,20 +284,25 @@ impl Netlink {
 
     /// Every IPv4 and IPv6 address as `(ifindex, address)`, link-local and loopback included.
     pub async fn addresses(&self) -> Result<Vec<(u32, IpCidr)>, NetlinkError> {
-        let messages: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|error| NetlinkError::ListAddresses(io_error(error)))?;
-        Ok(messages.iter().filter_map(address_of).collect())
+        let all = self.addresses_with_origin().await?;
+        Ok(all
+            .into_iter()
+            .map(|(ifindex, cidr, _)| (ifindex, cidr))
+            .collect())
     }
 
     /// Every global unicast address (link-local, loopback and multicast ones are per NIC by
     /// nature) with who put it there.
     pub async fn addresses_by_origin(&self) -> Result<Vec<(u32, IpCidr, Origin)>, NetlinkError> {
+        let all = self.addresses_with_origin().await?;
+        Ok(all
+            .into_iter()
+            .filter(|(_, cidr, _)| is_global_unicast(cidr.addr()))
+            .collect())
+    }
+
+    /// Every address, with who put it there.
+    pub async fn addresses_with_origin(&self) -> Result<Vec<(u32, IpCidr, Origin)>, NetlinkError> {
         let messages: Vec<AddressMessage> = self
             .handle
             .address()
@@ -310,7 +315,7 @@ impl Netlink {
             .iter()
             .filter_map(|message| {
                 let (ifindex, cidr) = address_of(message)?;
-                is_global_unicast(cidr.addr()).then(|| (ifindex, cidr, origin(message)))
+                Some((ifindex, cidr, origin(message)))
             })
             .collect())
     }

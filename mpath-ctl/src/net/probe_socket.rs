@@ -11,7 +11,10 @@ use std::mem::size_of;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use mpath_common::{PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbePayload, probe_tag};
+use mpath_common::{
+    PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbePayload, checksum::internet_checksum,
+    probe_tag,
+};
 
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
@@ -352,22 +355,10 @@ fn echo_request(
         at += field.len();
     }
     if source.is_ipv4() {
-        let checksum = internet_checksum(&message);
+        let checksum = internet_checksum(0, &message);
         message[2..4].copy_from_slice(&checksum.to_be_bytes());
     }
     message
-}
-
-/// RFC 1071 checksum of `bytes` (checksum field zero).
-pub(crate) fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn sockaddr_v4(address: Ipv4Addr) -> libc::sockaddr_in {
@@ -443,7 +434,7 @@ mod tests {
         let message = echo_request(TEST_V4, 3, 99, [1, 5], 2);
         assert_ne!(&message[2..4], &[0, 0]);
         // Summing a message that includes its own checksum gives all ones (RFC 1071).
-        assert_eq!(internet_checksum(&message), 0);
+        assert_eq!(internet_checksum(0, &message), 0);
     }
 
     #[test]
@@ -457,9 +448,9 @@ mod tests {
     fn checksum_matches_a_known_echo_request() {
         // `ping -p 00 -s 0` style request: type 8, id 0x1234, seq 1 → checksum 0xe5ca.
         let request = [8, 0, 0, 0, 0x12, 0x34, 0, 1];
-        assert_eq!(internet_checksum(&request), 0xe5ca);
+        assert_eq!(internet_checksum(0, &request), 0xe5ca);
         // Odd length pads with a zero byte.
-        assert_eq!(internet_checksum(&[0xff]), 0x00ff);
+        assert_eq!(internet_checksum(0, &[0xff]), 0x00ff);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
-use mpath_common::{BUCKETS_PER_GROUP, MAX_GROUPS, NIC_F_TEST_V4, NIC_F_TEST_V6, RejectReason};
+use mpath_common::{BUCKETS_PER_GROUP, MAX_GROUPS, RejectReason};
 use mpath_ctl::{
     api::control::{self, ControlError, Reply, Request},
     api::manpages,
@@ -489,8 +489,8 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
             group: info.group,
             slot: info.slot,
             routed: maps.egress_nic(ifindex)?.is_routed(),
-            test_v4: (info.flags & NIC_F_TEST_V4 != 0).then(|| Ipv4Addr::from(info.test_v4)),
-            test_v6: (info.flags & NIC_F_TEST_V6 != 0).then(|| Ipv6Addr::from(info.test_v6)),
+            test_v4: info.ipv4_test(),
+            test_v6: info.ipv6_test(),
             tx_packets: c.tx_packets,
             tx_bytes: c.tx_bytes,
             redirected_packets: c.redirected_packets,
@@ -503,11 +503,7 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
                 .collect(),
             last_reply: maps.last_reply(info.slot)?.map(|r| LastReply {
                 seq: r.seq,
-                target: if r.family == 4 {
-                    IpAddr::from([r.target[0], r.target[1], r.target[2], r.target[3]])
-                } else {
-                    IpAddr::from(r.target)
-                },
+                target: r.target(),
                 received_ns: r.received_ns,
             }),
         });

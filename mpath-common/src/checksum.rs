@@ -1,5 +1,7 @@
-//! Internet checksum (RFC 1071) over fixed-size probe messages, so the XDP program can refuse
-//! corrupted replies with a loop the verifier can bound.
+//! Internet checksum (RFC 1071), one implementation for both sides: the XDP program sums
+//! fixed-size probe messages ([`add_words`], a loop the verifier can bound) to refuse
+//! corrupted replies; mpathd seals its probes and announcements, and the tests their packets,
+//! with [`internet_checksum`].
 
 /// Adds big-endian 16-bit words of `bytes` to a running one's-complement sum.
 #[inline(always)]
@@ -13,6 +15,24 @@ pub fn add_words<const N: usize>(mut sum: u32, bytes: &[u8; N]) -> u32 {
         sum += u32::from(bytes[N - 1]) << 8;
     }
     sum
+}
+
+/// Adds big-endian 16-bit words of a message of any length (an odd last byte is padded with
+/// zero).
+pub fn add_slice(sum: u32, bytes: &[u8]) -> u32 {
+    bytes.chunks(2).fold(sum, |sum, pair| {
+        sum + u32::from(u16::from_be_bytes([
+            pair[0],
+            pair.get(1).copied().unwrap_or(0),
+        ]))
+    })
+}
+
+/// The checksum to write into a message (its checksum field zero) whose pseudo-header sums
+/// to `pseudo` (0 for ICMP). Over a message that holds its checksum it is 0 exactly when the
+/// message is intact.
+pub fn internet_checksum(pseudo: u32, bytes: &[u8]) -> u16 {
+    !fold(add_slice(pseudo, bytes))
 }
 
 /// Folds a running sum to 16 bits; a message whose sum includes its own checksum field is
@@ -53,6 +73,22 @@ mod tests {
     #[test]
     fn odd_length_pads_with_zero() {
         assert_eq!(fold(add_words(0, &[0x12, 0x34, 0x56])), 0x1234 + 0x5600);
+        assert_eq!(fold(add_slice(0, &[0x12, 0x34, 0x56])), 0x1234 + 0x5600);
+    }
+
+    #[test]
+    fn slices_sum_as_fixed_size_messages_do() {
+        let mut msg = [0u8; 41];
+        for (i, b) in msg.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(91);
+        }
+        assert_eq!(add_slice(7, &msg), add_words(7, &msg));
+        let checksum = internet_checksum(7, &msg);
+        assert_eq!(checksum, !fold(add_words(7, &msg)));
+        msg[4..6].copy_from_slice(&[0, 0]);
+        let sealed_at_4 = internet_checksum(0, &msg);
+        msg[4..6].copy_from_slice(&sealed_at_4.to_be_bytes());
+        assert_eq!(internet_checksum(0, &msg), 0, "intact once sealed");
     }
 
     #[test]

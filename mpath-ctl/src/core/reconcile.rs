@@ -1,0 +1,645 @@
+//! Reconciling what the kernel shows with what the groups hold: which copies of an address to
+//! remove, which addresses a group adopts, restores or forgets, what an earlier mpathd's
+//! decisions were, and what a group that goes takes along. In IPMP every address of a NIC
+//! but its test address belongs to the group and fails over; anything else the host shows is
+//! someone else's or a leftover.
+//!
+//! Pure: the daemon describes its groups as [`Holdings`], asks, and carries out the answer.
+//! Kernel events can be late (mpathd's own moves are reported after later ones), so every
+//! verdict about one address is confirmed against the kernel before the daemon acts on it.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use crate::{config::GroupConfig, core::failover::DataAddress, net::address::IpCidr};
+
+/// A NIC of a group, as far as its addresses are concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    /// While the NIC exists.
+    pub ifindex: Option<u32>,
+    pub test_address: Option<IpCidr>,
+    /// Whether the NIC runs probes: only then can a failure have been decided by them.
+    pub probes: bool,
+}
+
+/// What a group holds: its members and its data addresses, configured and adopted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holdings {
+    pub group: String,
+    pub members: Vec<Member>,
+    pub addresses: Vec<DataAddress>,
+    /// Which of `addresses` the group adopted from a NIC rather than from the configuration.
+    pub adopted: BTreeSet<IpCidr>,
+}
+
+impl Holdings {
+    fn member_at(&self, ifindex: u32) -> Option<&Member> {
+        self.members.iter().find(|m| m.ifindex == Some(ifindex))
+    }
+
+    fn ifindex_of(&self, nic: &str) -> Option<u32> {
+        self.members.iter().find(|m| m.name == nic)?.ifindex
+    }
+
+    /// The NIC an address is placed on, while it exists.
+    fn placed_ifindex(&self, address: &DataAddress) -> Option<u32> {
+        self.ifindex_of(address.current.as_deref()?)
+    }
+
+    /// Whether `addr` is one of the group's data or test addresses, whatever its prefix.
+    fn knows(&self, addr: IpAddr) -> bool {
+        self.addresses.iter().any(|a| a.cidr.addr() == addr)
+            || self
+                .members
+                .iter()
+                .any(|m| m.test_address.is_some_and(|t| t.addr() == addr))
+    }
+}
+
+/// What to do about an address that appeared on a NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Added {
+    /// Nothing: mpathd's own copy, or an address of no concern to any group.
+    Nothing,
+    /// A copy on `nic` of a data address that lives on `placed_on`: two NICs answering for
+    /// one address confuse the peers, so this copy goes.
+    RemoveCopy { nic: String, placed_on: String },
+    /// A data address that had no place (its NIC vanished with nowhere to move it) showed up
+    /// on `nic` of group number `group`: it is placed there, then placed as usual.
+    PlaceHere { group: usize, nic: String },
+    /// An address no group knows on `nic` of group number `group`: when someone other than
+    /// mpathd or the kernel put it there, the group adopts it as a data address of that NIC.
+    Adopt { group: usize, nic: String },
+}
+
+/// What to do about `cidr` that appeared on `ifindex`; the same address with another prefix
+/// length is the same address.
+pub fn added(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Added {
+    let Some((gi, group)) = groups
+        .iter()
+        .enumerate()
+        .find(|(_, g)| g.addresses.iter().any(|a| a.cidr.addr() == cidr.addr()))
+    else {
+        return adoptable(groups, &[(ifindex, cidr)])
+            .into_iter()
+            .next()
+            .map_or(Added::Nothing, |a| Added::Adopt {
+                group: a.group,
+                nic: a.nic,
+            });
+    };
+    let Some(nic) = group.member_at(ifindex).map(|m| m.name.clone()) else {
+        return Added::Nothing;
+    };
+    let Some(data) = group
+        .addresses
+        .iter()
+        .find(|a| a.cidr.addr() == cidr.addr())
+    else {
+        return Added::Nothing;
+    };
+    match &data.current {
+        Some(placed) if *placed == nic && data.cidr == cidr => Added::Nothing,
+        Some(placed) => Added::RemoveCopy {
+            nic,
+            placed_on: placed.clone(),
+        },
+        // With another prefix length it stays a stray copy until the address is placed.
+        None if data.cidr != cidr => Added::Nothing,
+        None => Added::PlaceHere { group: gi, nic },
+    }
+}
+
+/// What to do about an address that vanished from a NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removed {
+    Nothing,
+    /// A configured data address was removed from `nic`, where mpathd had placed it: it goes
+    /// back where the placement wants it.
+    Restore {
+        group: usize,
+        nic: String,
+    },
+    /// An adopted address was removed by someone: it was theirs to remove, the group forgets
+    /// it.
+    Forget {
+        group: usize,
+    },
+    /// The test address of `nic` was removed: it is put back, or the NIC's probes would fail
+    /// for a reason that is not the NIC's.
+    RestoreTest {
+        nic: String,
+        test: IpCidr,
+    },
+}
+
+/// What to do about `cidr` that vanished from `ifindex`.
+pub fn removed(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Removed {
+    for (gi, group) in groups.iter().enumerate() {
+        let placed_here = group
+            .addresses
+            .iter()
+            .find(|a| a.cidr == cidr && group.placed_ifindex(a) == Some(ifindex));
+        if let Some(placed) = placed_here {
+            return match &placed.current {
+                _ if group.adopted.contains(&cidr) => Removed::Forget { group: gi },
+                Some(nic) => Removed::Restore {
+                    group: gi,
+                    nic: nic.clone(),
+                },
+                None => Removed::Nothing,
+            };
+        }
+        let test_of = group.members.iter().find(|m| {
+            m.ifindex == Some(ifindex) && m.test_address.is_some_and(|t| t.addr() == cidr.addr())
+        });
+        if let Some(member) = test_of
+            && let Some(test) = member.test_address
+        {
+            return Removed::RestoreTest {
+                nic: member.name.clone(),
+                test,
+            };
+        }
+    }
+    Removed::Nothing
+}
+
+/// An address the group `group` adopts from `nic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adoption {
+    pub group: usize,
+    pub nic: String,
+    pub cidr: IpCidr,
+}
+
+/// Which of the addresses someone else put on NICs (`others`: not mpathd's, not the
+/// kernel's) the groups adopt: those on a group NIC that are neither data nor test addresses
+/// of any group. Each address is adopted once, by the group of the NIC it was found on.
+pub fn adoptable(groups: &[Holdings], others: &[(u32, IpCidr)]) -> Vec<Adoption> {
+    let mut adoptions: Vec<Adoption> = Vec::new();
+    for (ifindex, cidr) in others {
+        let known = groups.iter().any(|g| g.knows(cidr.addr()))
+            || adoptions.iter().any(|a| a.cidr.addr() == cidr.addr());
+        if known {
+            continue;
+        }
+        let owner = groups.iter().enumerate().find_map(|(gi, g)| {
+            let member = g.member_at(*ifindex)?;
+            Some(Adoption {
+                group: gi,
+                nic: member.name.clone(),
+                cidr: *cidr,
+            })
+        });
+        adoptions.extend(owner);
+    }
+    adoptions
+}
+
+/// Where the kernel holds each of the group's data addresses (in the order of
+/// `holdings.addresses`): the first member, in configuration order, that has it.
+pub fn placements(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<Option<String>> {
+    holdings
+        .addresses
+        .iter()
+        .map(|address| {
+            holdings
+                .members
+                .iter()
+                .filter_map(|m| m.ifindex.map(|i| (i, &m.name)))
+                .find(|(ifindex, _)| kernel.contains(&(*ifindex, address.cidr)))
+                .map(|(_, name)| name.clone())
+        })
+        .collect()
+}
+
+/// Copies of the group's data addresses found on NICs other than the one they are placed on,
+/// or with another prefix length (left by a daemon killed in the middle of a move, or on a
+/// NIC that left the group): they are removed.
+pub fn extra_copies(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<(u32, IpCidr)> {
+    let mut extra = Vec::new();
+    for a in &holdings.addresses {
+        let Some(placed) = holdings.placed_ifindex(a) else {
+            continue;
+        };
+        extra.extend(kernel.iter().filter(|(ifindex, cidr)| {
+            cidr.addr() == a.cidr.addr() && (*ifindex != placed || *cidr != a.cidr)
+        }));
+    }
+    extra
+}
+
+/// Addresses an earlier mpathd put on NICs (`mpathds`) that no group names now (a data
+/// address taken out of the file, the test address of a NIC that left the configuration
+/// while mpathd was stopped): they are removed, so that a restart converges to the state a
+/// reload reaches.
+pub fn unconfigured(groups: &[Holdings], mpathds: &[(u32, IpCidr)]) -> Vec<(u32, IpCidr)> {
+    mpathds
+        .iter()
+        .filter(|(_, cidr)| !groups.iter().any(|g| g.knows(cidr.addr())))
+        .copied()
+        .collect()
+}
+
+/// An earlier mpathd's failure found on the host: `address`, whose home is `nic`, sits on
+/// `on`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundFailure {
+    pub nic: String,
+    pub address: IpCidr,
+    pub on: String,
+}
+
+/// What the host shows of an earlier mpathd's failures: a probing NIC whose data addresses
+/// sit on another NIC of the group had been failed by its probes (a link failure shows in
+/// the link state). Each such NIC is adopted as failed, so that a restart neither fails back
+/// nor loses traffic. Only with FAILBACK on: with it off, addresses away from home are normal.
+pub fn found_failures(holdings: &Holdings) -> Vec<FoundFailure> {
+    holdings
+        .members
+        .iter()
+        .filter(|m| m.probes)
+        .filter_map(|m| {
+            let away = holdings
+                .addresses
+                .iter()
+                .find(|a| a.home == m.name && a.current.as_ref().is_some_and(|c| *c != m.name))?;
+            Some(FoundFailure {
+                nic: m.name.clone(),
+                address: away.cidr,
+                on: away.current.clone()?,
+            })
+        })
+        .collect()
+}
+
+/// What a group runtime that goes (removed from the configuration, or rebuilt by a reload)
+/// takes down of what it set up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retirement {
+    /// Test addresses the new configuration no longer has, by ifindex.
+    pub test_addresses: Vec<(u32, IpCidr)>,
+    /// NICs that leave the group: the datapath goes from them.
+    pub leaving: Vec<(String, u32)>,
+    /// Data addresses the new configuration no longer has, where they sit.
+    pub data_addresses: Vec<(u32, IpCidr)>,
+    /// The group is gone: its bucket table and id go too.
+    pub group_goes: bool,
+}
+
+/// What `old` takes down when the new configuration has `kept` for it (`None`: the group
+/// is gone). Addresses the group adopted stay with whoever put them there.
+pub fn retire(old: &Holdings, kept: Option<&GroupConfig>) -> Retirement {
+    let kept_interface = |nic: &str| kept.and_then(|g| g.interface(nic));
+    let mut retirement = Retirement {
+        group_goes: kept.is_none(),
+        ..Default::default()
+    };
+    for m in &old.members {
+        let Some(ifindex) = m.ifindex else { continue };
+        let test_kept = kept_interface(&m.name)
+            .is_some_and(|i| i.test_address.map(IpCidr::from) == m.test_address);
+        if let Some(test) = m.test_address.filter(|_| !test_kept) {
+            retirement.test_addresses.push((ifindex, test));
+        }
+        if kept_interface(&m.name).is_none() {
+            retirement.leaving.push((m.name.clone(), ifindex));
+        }
+    }
+    let still_configured = |cidr: &IpCidr| {
+        kept.is_some_and(|g| g.interfaces.iter().any(|i| i.data_addresses.contains(cidr)))
+    };
+    for a in old.addresses.iter().filter(|a| !still_configured(&a.cidr)) {
+        if old.adopted.contains(&a.cidr) {
+            continue;
+        }
+        if let Some(ifindex) = old.placed_ifindex(a) {
+            retirement.data_addresses.push((ifindex, a.cidr));
+        }
+    }
+    retirement
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::InterfaceConfig;
+
+    fn cidr(s: &str) -> IpCidr {
+        s.parse().unwrap()
+    }
+
+    fn member(name: &str, ifindex: u32, test: Option<&str>) -> Member {
+        Member {
+            name: name.into(),
+            ifindex: Some(ifindex),
+            test_address: test.map(cidr),
+            probes: test.is_some(),
+        }
+    }
+
+    fn address(c: &str, home: &str, current: Option<&str>) -> DataAddress {
+        DataAddress {
+            cidr: cidr(c),
+            home: home.into(),
+            current: current.map(Into::into),
+        }
+    }
+
+    /// Group a: h0 (ifindex 10, test .10) holds .20, h1 (11, test .11) holds .21.
+    fn group_a() -> Holdings {
+        Holdings {
+            group: "a".into(),
+            members: vec![
+                member("h0", 10, Some("192.0.2.10/32")),
+                member("h1", 11, Some("192.0.2.11/32")),
+            ],
+            addresses: vec![
+                address("192.0.2.20/24", "h0", Some("h0")),
+                address("192.0.2.21/24", "h1", Some("h1")),
+            ],
+            adopted: BTreeSet::new(),
+        }
+    }
+
+    /// Group b: g0 (ifindex 20) holds 198.51.100.20, no probing.
+    fn group_b() -> Holdings {
+        Holdings {
+            group: "b".into(),
+            members: vec![member("g0", 20, None)],
+            addresses: vec![address("198.51.100.20/24", "g0", Some("g0"))],
+            adopted: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn the_placed_copy_is_no_news() {
+        let groups = [group_a(), group_b()];
+        assert_eq!(added(&groups, 10, cidr("192.0.2.20/24")), Added::Nothing);
+    }
+
+    #[test]
+    fn a_copy_on_another_nic_or_with_another_prefix_is_removed() {
+        let groups = [group_a(), group_b()];
+        let remove = |nic: &str| Added::RemoveCopy {
+            nic: nic.into(),
+            placed_on: "h0".into(),
+        };
+        assert_eq!(added(&groups, 11, cidr("192.0.2.20/24")), remove("h1"));
+        assert_eq!(added(&groups, 11, cidr("192.0.2.20/25")), remove("h1"));
+        assert_eq!(added(&groups, 10, cidr("192.0.2.20/25")), remove("h0"));
+    }
+
+    #[test]
+    fn a_data_address_on_a_nic_of_another_group_or_outside_groups_is_left_alone() {
+        let groups = [group_a(), group_b()];
+        assert_eq!(added(&groups, 20, cidr("192.0.2.20/24")), Added::Nothing);
+        assert_eq!(added(&groups, 99, cidr("192.0.2.20/24")), Added::Nothing);
+    }
+
+    #[test]
+    fn an_unplaced_data_address_is_placed_where_it_appears_with_its_own_prefix() {
+        let mut a = group_a();
+        a.addresses[0].current = None;
+        let groups = [a, group_b()];
+        assert_eq!(
+            added(&groups, 11, cidr("192.0.2.20/24")),
+            Added::PlaceHere {
+                group: 0,
+                nic: "h1".into()
+            }
+        );
+        assert_eq!(added(&groups, 11, cidr("192.0.2.20/25")), Added::Nothing);
+    }
+
+    #[test]
+    fn an_unknown_address_on_a_group_nic_is_adopted_by_that_nics_group() {
+        let groups = [group_a(), group_b()];
+        assert_eq!(
+            added(&groups, 20, cidr("198.51.100.50/24")),
+            Added::Adopt {
+                group: 1,
+                nic: "g0".into()
+            }
+        );
+        assert_eq!(added(&groups, 99, cidr("198.51.100.50/24")), Added::Nothing);
+        // A test address is the group's, whatever its prefix.
+        assert_eq!(added(&groups, 10, cidr("192.0.2.10/24")), Added::Nothing);
+    }
+
+    #[test]
+    fn a_removed_data_address_is_restored_and_an_adopted_one_forgotten() {
+        let mut b = group_b();
+        b.adopted.insert(cidr("198.51.100.20/24"));
+        let groups = [group_a(), b];
+        assert_eq!(
+            removed(&groups, 10, cidr("192.0.2.20/24")),
+            Removed::Restore {
+                group: 0,
+                nic: "h0".into()
+            }
+        );
+        assert_eq!(
+            removed(&groups, 20, cidr("198.51.100.20/24")),
+            Removed::Forget { group: 1 }
+        );
+    }
+
+    #[test]
+    fn removing_a_copy_mpathd_did_not_place_changes_nothing() {
+        let groups = [group_a(), group_b()];
+        // The copy on the old NIC of a move, or with another prefix.
+        assert_eq!(
+            removed(&groups, 11, cidr("192.0.2.20/24")),
+            Removed::Nothing
+        );
+        assert_eq!(
+            removed(&groups, 10, cidr("192.0.2.20/25")),
+            Removed::Nothing
+        );
+    }
+
+    #[test]
+    fn a_removed_test_address_is_restored_on_its_nic_only() {
+        let groups = [group_a(), group_b()];
+        assert_eq!(
+            removed(&groups, 11, cidr("192.0.2.11/32")),
+            Removed::RestoreTest {
+                nic: "h1".into(),
+                test: cidr("192.0.2.11/32")
+            }
+        );
+        assert_eq!(
+            removed(&groups, 10, cidr("192.0.2.11/32")),
+            Removed::Nothing
+        );
+    }
+
+    #[test]
+    fn adoption_takes_each_unknown_address_once_and_skips_known_ones() {
+        let groups = [group_a(), group_b()];
+        let found = [
+            (10, cidr("192.0.2.50/24")),
+            (11, cidr("192.0.2.50/25")),
+            (10, cidr("192.0.2.21/24")),
+            (11, cidr("192.0.2.10/24")),
+            (99, cidr("192.0.2.51/24")),
+            (20, cidr("198.51.100.50/24")),
+        ];
+        assert_eq!(
+            adoptable(&groups, &found),
+            vec![
+                Adoption {
+                    group: 0,
+                    nic: "h0".into(),
+                    cidr: cidr("192.0.2.50/24")
+                },
+                Adoption {
+                    group: 1,
+                    nic: "g0".into(),
+                    cidr: cidr("198.51.100.50/24")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn placements_follow_the_kernel_in_configuration_order() {
+        let a = group_a();
+        let kernel = [
+            (11, cidr("192.0.2.20/24")),
+            (10, cidr("192.0.2.20/24")),
+            (11, cidr("192.0.2.21/25")),
+        ];
+        assert_eq!(placements(&a, &kernel), vec![Some("h0".into()), None]);
+    }
+
+    #[test]
+    fn extra_copies_are_those_off_the_placed_nic_or_prefix() {
+        let mut a = group_a();
+        a.addresses[1].current = None;
+        let kernel = [
+            (10, cidr("192.0.2.20/24")),
+            (11, cidr("192.0.2.20/24")),
+            (10, cidr("192.0.2.20/25")),
+            // Unplaced: nothing to compare with.
+            (10, cidr("192.0.2.21/24")),
+            (11, cidr("192.0.2.21/24")),
+        ];
+        assert_eq!(
+            extra_copies(&a, &kernel),
+            vec![(11, cidr("192.0.2.20/24")), (10, cidr("192.0.2.20/25"))]
+        );
+    }
+
+    #[test]
+    fn unconfigured_addresses_are_mpathds_that_no_group_names() {
+        let groups = [group_a(), group_b()];
+        let mpathds = [
+            (10, cidr("192.0.2.20/24")),
+            (10, cidr("192.0.2.10/32")),
+            (10, cidr("192.0.2.30/24")),
+            (12, cidr("192.0.2.12/32")),
+        ];
+        assert_eq!(
+            unconfigured(&groups, &mpathds),
+            vec![(10, cidr("192.0.2.30/24")), (12, cidr("192.0.2.12/32"))]
+        );
+    }
+
+    #[test]
+    fn a_probing_nic_whose_address_is_away_was_failed_by_its_probes() {
+        let mut a = group_a();
+        a.addresses[0].current = Some("h1".into());
+        assert_eq!(
+            found_failures(&a),
+            vec![FoundFailure {
+                nic: "h0".into(),
+                address: cidr("192.0.2.20/24"),
+                on: "h1".into()
+            }]
+        );
+        // Without probes a failure shows in the link state, and an unplaced address says
+        // nothing.
+        a.members[0].probes = false;
+        assert!(found_failures(&a).is_empty());
+        a.members[0].probes = true;
+        a.addresses[0].current = None;
+        assert!(found_failures(&a).is_empty());
+    }
+
+    fn config_of(holdings: &Holdings) -> GroupConfig {
+        GroupConfig {
+            name: holdings.group.clone(),
+            targets: Vec::new(),
+            interfaces: holdings
+                .members
+                .iter()
+                .map(|m| InterfaceConfig {
+                    name: m.name.clone(),
+                    test_address: m.test_address.map(|t| match t.addr() {
+                        IpAddr::V4(a) => crate::net::address::Ipv4Cidr::new(a, 32).unwrap(),
+                        IpAddr::V6(_) => unreachable!(),
+                    }),
+                    data_addresses: holdings
+                        .addresses
+                        .iter()
+                        .filter(|a| a.home == m.name)
+                        .map(|a| a.cidr)
+                        .collect(),
+                    standby: false,
+                })
+                .collect(),
+            spread: Default::default(),
+            routes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_group_takes_nothing_down() {
+        let a = group_a();
+        let kept = config_of(&a);
+        assert_eq!(retire(&a, Some(&kept)), Retirement::default());
+    }
+
+    #[test]
+    fn a_removed_group_takes_everything_it_set_up_but_adopted_addresses() {
+        let mut a = group_a();
+        a.addresses.push(address("192.0.2.50/24", "h1", Some("h1")));
+        a.adopted.insert(cidr("192.0.2.50/24"));
+        a.members.push(Member {
+            ifindex: None,
+            ..member("h2", 12, Some("192.0.2.12/32"))
+        });
+        assert_eq!(
+            retire(&a, None),
+            Retirement {
+                test_addresses: vec![(10, cidr("192.0.2.10/32")), (11, cidr("192.0.2.11/32"))],
+                leaving: vec![("h0".into(), 10), ("h1".into(), 11)],
+                data_addresses: vec![(10, cidr("192.0.2.20/24")), (11, cidr("192.0.2.21/24"))],
+                group_goes: true,
+            }
+        );
+    }
+
+    #[test]
+    fn a_changed_group_takes_what_the_new_configuration_dropped() {
+        let a = group_a();
+        let mut kept = config_of(&a);
+        // h1 leaves (with its address), h0 gets another test address.
+        kept.interfaces.truncate(1);
+        kept.interfaces[0].test_address =
+            Some(crate::net::address::Ipv4Cidr::new([192, 0, 2, 9].into(), 32).unwrap());
+        assert_eq!(
+            retire(&a, Some(&kept)),
+            Retirement {
+                test_addresses: vec![(10, cidr("192.0.2.10/32")), (11, cidr("192.0.2.11/32"))],
+                leaving: vec![("h1".into(), 11)],
+                data_addresses: vec![(11, cidr("192.0.2.21/24"))],
+                group_goes: false,
+            }
+        );
+    }
+}

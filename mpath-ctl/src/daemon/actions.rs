@@ -1,0 +1,108 @@
+//! The one interpreter of the state machines' decisions: each [`Action`] is logged, counted
+//! and carried out here, in one place.
+
+use std::time::Instant;
+
+use tracing::Level;
+
+use crate::{
+    core::state::{Action, Event, FailureCause, IfState},
+    daemon::Daemon,
+};
+
+impl Daemon {
+    /// Feeds one event to a group's state machine and carries out its decisions.
+    pub(super) async fn handle(&mut self, gi: usize, event: Event, now: Instant) {
+        match self.groups[gi].fsm.handle(event, now) {
+            Ok(actions) => self.apply(gi, actions, false).await,
+            Err(e) => tracing::debug!("group {}: {e}", self.groups[gi].name()),
+        }
+    }
+
+    /// Carries out a state machine's decisions: logs, metrics, target flushes, and when the
+    /// usable set changed, the bucket table, the data addresses and the routes. `replan`
+    /// forces the latter (at start and after a resync, where the kernel may disagree with
+    /// us).
+    pub(super) async fn apply(&mut self, gi: usize, actions: Vec<Action>, replan: bool) {
+        let mut usable_changed = replan;
+        let name = self.groups[gi].config.name.clone();
+        let name = name.as_str();
+        for action in &actions {
+            let group = &mut self.groups[gi];
+            let line = action.log_line(name);
+            match action {
+                Action::Failed { nic, cause } => {
+                    self.metrics.failure(name, nic, *cause);
+                    log(Level::WARN, name, action, line);
+                    if *cause == FailureCause::ProbesLost
+                        && let Some(n) = group.nics.iter_mut().find(|n| n.name == *nic)
+                    {
+                        match self.datapath.maps.counters(n.slot) {
+                            Ok(c) => n.rx.observe(c.rx_packets, Instant::now()),
+                            Err(e) => tracing::debug!("receive counter of {nic}: {e}"),
+                        }
+                        tracing::warn!("{}", n.rx.explain_failure(nic));
+                    }
+                }
+                Action::GroupFailed => {
+                    self.metrics.group_failure(name);
+                    log(Level::WARN, name, action, line);
+                }
+                Action::LinkDown { .. } => log(Level::WARN, name, action, line),
+                Action::Repaired { nic } => {
+                    self.metrics.repair(name, nic);
+                    log(Level::INFO, name, action, line);
+                }
+                Action::FlushTargets { nics } => {
+                    log(Level::INFO, name, action, line);
+                    for nic in nics {
+                        for p in group.nic_mut(nic).into_iter().flat_map(|n| &mut n.probing) {
+                            p.prober.flush_discovered();
+                        }
+                    }
+                }
+                Action::UsableSetChanged => usable_changed = true,
+                Action::Appeared { .. }
+                | Action::Disappeared { .. }
+                | Action::LinkUp { .. }
+                | Action::RepairDeferred { .. }
+                | Action::Activate { .. }
+                | Action::Deactivate { .. }
+                | Action::Offlined { .. }
+                | Action::Onlined { .. }
+                | Action::GroupRepaired { .. } => log(Level::INFO, name, action, line),
+            }
+        }
+        // Probers trust RTTs only while their NIC works (not failed, not offline).
+        let now = Instant::now();
+        let group = &mut self.groups[gi];
+        for nic in &mut group.nics {
+            let working = matches!(group.fsm.interface_state(&nic.name), Some(IfState::Ok));
+            for p in &mut nic.probing {
+                p.prober.set_nic_failed(!working, now);
+            }
+        }
+        if usable_changed {
+            // Addresses first: all inbound traffic to a moved address waits for it, while
+            // only the outbound flows hashed to the failed NIC wait for the table.
+            self.move_addresses(gi).await;
+            self.write_table(gi);
+            // A resync (`replan`) updates the routes once, after every group's NICs are set
+            // up: before that, a later group's NICs look absent and its routes unserved.
+            if !replan {
+                self.update_routes().await;
+            }
+        }
+    }
+}
+
+/// Logs an action's line, with its group and NIC as fields for the journal.
+fn log(level: Level, group: &str, action: &Action, line: Option<String>) {
+    let Some(line) = line else { return };
+    let interface = action.nic();
+    if level == Level::WARN {
+        tracing::warn!(group, interface, "{line}");
+    } else {
+        tracing::info!(group, interface, "{line}");
+    }
+}

@@ -1,0 +1,430 @@
+//! The runtime of each group: its state machine, its NICs with their probers and kernel
+//! identity, its data addresses; and the lookups that find a group or NIC by name or ifindex.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::{Index, IndexMut},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use mpath_common::{MAX_GROUPS, MAX_NICS};
+
+use crate::{
+    config::{GroupConfig, RouteConfig},
+    core::{
+        evidence::RxEvidence,
+        failover::DataAddress,
+        probe::{FailureDetectionTime, Prober},
+        reconcile::{Holdings, Member},
+        state::{self, Policy, ProbeFamilies},
+    },
+    net::{address::IpCidr, probe_socket::ProbeSocket},
+};
+
+/// One NIC's probing in one address family.
+pub(super) struct Probing {
+    pub prober: Prober,
+    pub socket: ProbeSocket,
+    /// Sequence numbers of recent discovery echoes.
+    pub discovery: Vec<u32>,
+    /// Whether targets were available at the last look, to report changes once.
+    pub had_targets: bool,
+}
+
+pub(super) struct Nic {
+    pub name: String,
+    pub test_address: Option<IpCidr>,
+    pub slot: u32,
+    /// Kernel identity while the NIC exists.
+    pub ifindex: Option<u32>,
+    pub mac: [u8; 6],
+    /// Whether the NIC probes over IPv6 (from its link-local address): when its group carries
+    /// IPv6 data addresses.
+    pub probe_v6: bool,
+    /// One prober per address family that is running.
+    pub probing: Vec<Probing>,
+    /// Readings of the datapath's receive counter, to explain a probe-based failure.
+    pub rx: RxEvidence,
+    /// Up with carrier: only then does the kernel take nexthops through it.
+    pub carrier: bool,
+}
+
+pub(super) struct GroupRuntime {
+    /// The group's bucket table.
+    pub id: u32,
+    pub config: GroupConfig,
+    pub fsm: state::Group,
+    pub fdt: FailureDetectionTime,
+    pub nics: Vec<Nic>,
+    pub addresses: Vec<DataAddress>,
+    /// Routes the kernel deleted with their NIC that the group keeps serving until their
+    /// owner adds them again (see [`crate::core::routes::orphaned`]).
+    pub held_routes: Vec<RouteConfig>,
+    /// Which of `addresses` the group adopted from a NIC rather than from the configuration.
+    pub adopted: BTreeSet<IpCidr>,
+}
+
+impl GroupRuntime {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn nic(&self, name: &str) -> Option<&Nic> {
+        self.nics.iter().find(|n| n.name == name)
+    }
+
+    pub fn nic_mut(&mut self, name: &str) -> Option<&mut Nic> {
+        self.nics.iter_mut().find(|n| n.name == name)
+    }
+
+    /// The ifindex of a member, while it exists.
+    pub fn ifindex_of(&self, name: &str) -> Option<u32> {
+        self.nic(name)?.ifindex
+    }
+
+    /// The ifindexes of the members that exist.
+    pub fn ifindexes(&self) -> Vec<u32> {
+        self.nics.iter().filter_map(|n| n.ifindex).collect()
+    }
+
+    /// The ifindexes of the members that may carry traffic now.
+    pub fn usable_ifindexes(&self) -> Vec<u32> {
+        self.fsm
+            .usable_interfaces()
+            .into_iter()
+            .filter_map(|name| self.ifindex_of(name))
+            .collect()
+    }
+
+    /// Every prober of the group.
+    pub fn probers(&self) -> impl Iterator<Item = &Prober> {
+        self.nics.iter().flat_map(|n| &n.probing).map(|p| &p.prober)
+    }
+
+    /// What the group holds, for [`crate::core::reconcile`].
+    pub fn holdings(&self) -> Holdings {
+        Holdings {
+            group: self.config.name.clone(),
+            members: self
+                .nics
+                .iter()
+                .map(|n| Member {
+                    name: n.name.clone(),
+                    ifindex: n.ifindex,
+                    test_address: n.test_address,
+                    probes: !n.probing.is_empty(),
+                })
+                .collect(),
+            addresses: self.addresses.clone(),
+            adopted: self.adopted.clone(),
+        }
+    }
+
+    /// The data address `cidr`, exactly.
+    pub fn address_mut(&mut self, cidr: IpCidr) -> Option<&mut DataAddress> {
+        self.addresses.iter_mut().find(|a| a.cidr == cidr)
+    }
+}
+
+/// Where a NIC is: its group's position and its own in the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NicAt {
+    pub group: usize,
+    pub nic: usize,
+}
+
+/// The running groups, and the numbers they and their NICs keep across reloads.
+#[derive(Default)]
+pub(super) struct Groups {
+    list: Vec<GroupRuntime>,
+    /// Counter slot of every group NIC, by name.
+    slots: BTreeMap<String, u32>,
+    /// Bucket table id of every group, by name.
+    ids: BTreeMap<String, u32>,
+}
+
+impl Groups {
+    pub fn iter(&self) -> std::slice::Iter<'_, GroupRuntime> {
+        self.list.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, GroupRuntime> {
+        self.list.iter_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn by_name(&self, group: &str) -> Option<usize> {
+        self.list.iter().position(|g| g.config.name == group)
+    }
+
+    /// The configured NIC `name`, present or not.
+    pub fn nic_named(&self, name: &str) -> Option<NicAt> {
+        self.find(|n| n.name == name)
+    }
+
+    /// The group NIC that has `ifindex` now.
+    pub fn nic_at(&self, ifindex: u32) -> Option<NicAt> {
+        self.find(|n| n.ifindex == Some(ifindex))
+    }
+
+    fn find(&self, matches: impl Fn(&Nic) -> bool) -> Option<NicAt> {
+        self.list.iter().enumerate().find_map(|(group, g)| {
+            let nic = g.nics.iter().position(&matches)?;
+            Some(NicAt { group, nic })
+        })
+    }
+
+    pub fn nic(&self, at: NicAt) -> &Nic {
+        &self.list[at.group].nics[at.nic]
+    }
+
+    pub fn nic_mut(&mut self, at: NicAt) -> &mut Nic {
+        &mut self.list[at.group].nics[at.nic]
+    }
+
+    /// The ifindexes of every group's NICs that exist.
+    pub fn ifindexes(&self) -> BTreeSet<u32> {
+        self.list.iter().flat_map(|g| g.ifindexes()).collect()
+    }
+
+    /// What every group holds, in group order.
+    pub fn holdings(&self) -> Vec<Holdings> {
+        self.list.iter().map(GroupRuntime::holdings).collect()
+    }
+
+    /// Builds the runtime of a configured group with its id and its NICs' counter slots: the
+    /// ones they had (a group or NIC keeps them across reloads), else the lowest free ones.
+    /// A group that ran before keeps no startup quiet period, nor does any group when
+    /// `restarted` (a restart taking over a running datapath): only a cold start has one.
+    pub fn add(
+        &mut self,
+        g: &GroupConfig,
+        failback: bool,
+        failure_detection_time: Duration,
+        restarted: bool,
+    ) -> anyhow::Result<()> {
+        let was_running = self.ids.contains_key(&g.name);
+        let id = keep_or_assign(&mut self.ids, &g.name, MAX_GROUPS).context("too many groups")?;
+        let policy = Policy {
+            failback,
+            startup_quiet: if restarted || was_running {
+                Duration::ZERO
+            } else {
+                Policy::default().startup_quiet
+            },
+        };
+        let v6_data = g
+            .interfaces
+            .iter()
+            .flat_map(|i| &i.data_addresses)
+            .any(|a| a.addr().is_ipv6());
+        let interfaces = g
+            .interfaces
+            .iter()
+            .map(|i| state::InterfaceConfig {
+                name: i.name.clone(),
+                standby: i.standby,
+                // As on Solaris, where the link-local address is every NIC's IPv6 test
+                // address: a group with IPv6 data addresses probes over IPv6 on every NIC,
+                // with or without an IPv4 test address.
+                probe: match (i.test_address.is_some(), v6_data) {
+                    (false, false) => ProbeFamilies::NONE,
+                    (true, false) => ProbeFamilies::IPV4,
+                    (false, true) => ProbeFamilies::IPV6,
+                    (true, true) => ProbeFamilies::BOTH,
+                },
+            })
+            .collect();
+        let mut nics = Vec::new();
+        for i in &g.interfaces {
+            let slot =
+                keep_or_assign(&mut self.slots, &i.name, MAX_NICS).context("too many NICs")?;
+            nics.push(Nic {
+                name: i.name.clone(),
+                test_address: i.test_address.map(Into::into),
+                slot,
+                ifindex: None,
+                mac: [0; 6],
+                probe_v6: v6_data,
+                probing: Vec::new(),
+                rx: RxEvidence::default(),
+                carrier: false,
+            });
+        }
+        let addresses = g
+            .interfaces
+            .iter()
+            .flat_map(|i| {
+                i.data_addresses.iter().map(|cidr| DataAddress {
+                    cidr: *cidr,
+                    home: i.name.clone(),
+                    current: None,
+                })
+            })
+            .collect();
+        self.list.push(GroupRuntime {
+            id,
+            config: g.clone(),
+            fsm: state::Group::new(g.name.clone(), policy, interfaces)?,
+            fdt: FailureDetectionTime::new(g.name.clone(), failure_detection_time)?,
+            nics,
+            addresses,
+            held_routes: Vec::new(),
+            adopted: BTreeSet::new(),
+        });
+        Ok(())
+    }
+
+    /// Takes a group's runtime out; its id and its NICs' slots stay taken until
+    /// [`Groups::release_id`] and [`Groups::release_slot`].
+    pub fn remove(&mut self, group: &str) -> Option<GroupRuntime> {
+        let gi = self.by_name(group)?;
+        Some(self.list.remove(gi))
+    }
+
+    pub fn release_id(&mut self, group: &str) {
+        self.ids.remove(group);
+    }
+
+    pub fn release_slot(&mut self, nic: &str) {
+        self.slots.remove(nic);
+    }
+}
+
+impl Index<usize> for Groups {
+    type Output = GroupRuntime;
+
+    fn index(&self, gi: usize) -> &GroupRuntime {
+        &self.list[gi]
+    }
+}
+
+impl IndexMut<usize> for Groups {
+    fn index_mut(&mut self, gi: usize) -> &mut GroupRuntime {
+        &mut self.list[gi]
+    }
+}
+
+impl<'a> IntoIterator for &'a Groups {
+    type Item = &'a GroupRuntime;
+    type IntoIter = std::slice::Iter<'a, GroupRuntime>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.list.iter()
+    }
+}
+
+/// The number `name` holds in `assigned`, or the lowest one below `limit` that nobody holds
+/// (then recorded); `None` when all are taken.
+fn keep_or_assign(assigned: &mut BTreeMap<String, u32>, name: &str, limit: u32) -> Option<u32> {
+    let number = match assigned.get(name) {
+        Some(number) => *number,
+        None => (0..limit).find(|n| assigned.values().all(|used| used != n))?,
+    };
+    assigned.insert(name.to_string(), number);
+    Some(number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn numbers_are_kept_by_name_and_freed_ones_reused() {
+        let mut assigned = BTreeMap::new();
+        assert_eq!(keep_or_assign(&mut assigned, "a", 3), Some(0));
+        assert_eq!(keep_or_assign(&mut assigned, "b", 3), Some(1));
+        assert_eq!(keep_or_assign(&mut assigned, "a", 3), Some(0), "kept");
+        assigned.remove("a");
+        assert_eq!(
+            keep_or_assign(&mut assigned, "c", 3),
+            Some(0),
+            "lowest free"
+        );
+        assert_eq!(keep_or_assign(&mut assigned, "d", 3), Some(2));
+        assert_eq!(keep_or_assign(&mut assigned, "e", 3), None, "all taken");
+    }
+
+    fn two_groups() -> Groups {
+        let config = Config::parse(
+            r#"
+            [[group]]
+            name = "a"
+            [[group.interface]]
+            name = "h0"
+            test_address = "192.0.2.10/24"
+            data_addresses = ["192.0.2.20/24"]
+            [[group.interface]]
+            name = "h1"
+            [[group]]
+            name = "b"
+            [[group.interface]]
+            name = "g0"
+            data_addresses = ["2001:db8::20/64"]
+            "#,
+            "mpathd.toml",
+            None,
+        )
+        .unwrap();
+        let mut groups = Groups::default();
+        for g in &config.groups {
+            groups.add(g, true, Duration::from_secs(10), false).unwrap();
+        }
+        groups
+    }
+
+    #[test]
+    fn nics_are_found_by_name_and_by_ifindex_once_present() {
+        let mut groups = two_groups();
+        let g0 = groups.nic_named("g0").unwrap();
+        assert_eq!(g0, NicAt { group: 1, nic: 0 });
+        assert_eq!(groups.nic_at(7), None, "not present yet");
+        groups.nic_mut(g0).ifindex = Some(7);
+        assert_eq!(groups.nic_at(7), Some(g0));
+        assert_eq!(groups.nic_named("h2"), None);
+        assert_eq!(groups.by_name("b"), Some(1));
+        assert_eq!(groups.ifindexes(), BTreeSet::from([7]));
+    }
+
+    #[test]
+    fn a_group_with_ipv6_data_probes_over_ipv6_on_every_nic() {
+        let groups = two_groups();
+        assert!(groups[1].nics.iter().all(|n| n.probe_v6));
+        assert!(groups[0].nics.iter().all(|n| !n.probe_v6));
+    }
+
+    #[test]
+    fn a_re_added_group_keeps_its_id_and_slots_until_released() {
+        let mut groups = two_groups();
+        let config = groups[0].config.clone();
+        let (id, slot) = (groups[0].id, groups[0].nics[1].slot);
+        groups.remove("a").unwrap();
+        groups
+            .add(&config, true, Duration::from_secs(10), false)
+            .unwrap();
+        let a = groups.by_name("a").unwrap();
+        assert_eq!((groups[a].id, groups[a].nics[1].slot), (id, slot));
+
+        groups.remove("a").unwrap();
+        groups.release_id("a");
+        groups.release_slot("h1");
+        let mut other = config.clone();
+        other.name = "c".into();
+        other.interfaces.truncate(1);
+        other.interfaces[0].name = "h9".into();
+        groups
+            .add(&other, true, Duration::from_secs(10), false)
+            .unwrap();
+        let c = groups.by_name("c").unwrap();
+        assert_eq!(groups[c].id, id, "the freed id is the lowest free one");
+        assert_ne!(
+            groups[c].nics[0].slot,
+            groups[groups.by_name("b").unwrap()].nics[0].slot
+        );
+    }
+}
