@@ -1804,6 +1804,34 @@ fn an_address_someone_puts_on_a_group_nic_fails_over_with_it() {
     );
 }
 
+#[test]
+fn an_adopted_address_survives_a_reload_that_rebuilds_its_group() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    lab.add_host_addr("h0", "192.0.2.50/24").unwrap();
+    daemon.wait_until("192.0.2.50 adopted on h0", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.50/24") == Some("h0"))
+    });
+    // Another data address for h1 changes the group: the reload rebuilds it.
+    daemon.reload(&CONFIG.replace(
+        r#"data_addresses = ["192.0.2.20/24"]"#,
+        r#"data_addresses = ["192.0.2.20/24", "192.0.2.30/24"]"#,
+    ));
+    daemon.wait_until("the group rebuilt with 192.0.2.30 on h1", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.30/24") == Some("h1"))
+    });
+    // Someone else's address stays theirs, where they put it, and still fails over.
+    let status = daemon.status();
+    assert_eq!(inbound(&status, "192.0.2.50/24"), Some("h0"), "{status:?}");
+    assert!(has_address(&lab, "h0", "192.0.2.50/24"));
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.50"])
+        .unwrap();
+}
+
 /// Waits until one of h1's probes to its target was answered since mpathd started (which
 /// ends the startup quiet period).
 fn h1_answered(d: &Mpathd) -> bool {
