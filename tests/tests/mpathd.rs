@@ -8,6 +8,8 @@ use mpath_common::PIN_LAYOUT_VERSION;
 use mpath_ctl::{
     api::control::{Reply, Request},
     api::views::{AddressRow, Status},
+    core::state::{GroupState, InterfaceFlag, InterfaceStatus, LinkState, ProbeStatus},
+    core::target::TargetMode,
     datapath::maps::Maps,
 };
 use mpath_lab::Lab;
@@ -59,7 +61,7 @@ fn starts_with_addresses_at_home_and_spreads_over_the_active_nics() {
     daemon.wait_until("all NICs ok", all_ok);
     let status = daemon.status();
     let group = &status.groups[0];
-    assert_eq!(group.state, "ok");
+    assert_eq!(group.state, GroupState::Ok);
     assert_eq!(group.active, ["h0", "h1"]);
     assert_eq!(group.inactive, ["h2"]);
     assert_eq!(inbound(&status, "192.0.2.19/24"), Some("h0"));
@@ -122,7 +124,7 @@ fn carrier_loss_fails_over_to_the_standby_and_back() {
     assert_eq!(state_of(&status, "h0"), "failed");
     assert_eq!(inbound(&status, "2001:db8::19/64"), Some("h2"));
     assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h1"));
-    assert_eq!(status.groups[0].state, "degraded");
+    assert_eq!(status.groups[0].state, GroupState::Degraded);
     let h2_addrs = lab.host_addrs("h2").unwrap();
     for a in ["192.0.2.19/24", "2001:db8::19/64", "192.0.2.23/32"] {
         assert!(
@@ -191,8 +193,8 @@ fn silent_loss_is_caught_by_probes() {
         .iter()
         .find(|i| i.interface == "h1")
         .unwrap();
-    assert_eq!(h1.link, "up", "carrier stayed up: {h1:?}");
-    assert_eq!(h1.probe, "failed");
+    assert_eq!(h1.link, LinkState::Up, "carrier stayed up: {h1:?}");
+    assert_eq!(h1.probe, ProbeStatus::Failed);
     let log = daemon.log();
     assert!(
         log.contains("h1 has received nothing for at least"),
@@ -449,10 +451,15 @@ data_addresses = ["192.0.2.20/24"]
         })
     };
     daemon.wait_until("h2 tracked", |d| h2(d).is_some());
-    assert_eq!(h2(&daemon).unwrap(), ("".into(), "up".into(), "ok".into()));
+    assert_eq!(
+        h2(&daemon).unwrap(),
+        ("".into(), LinkState::Up, InterfaceStatus::Ok)
+    );
     lab.cut("h2").unwrap();
     daemon.wait_until("h2's link down reported", |d| {
-        h2(d).is_some_and(|(_, link, state)| link == "down" && state == "failed")
+        h2(d).is_some_and(|(_, link, state)| {
+            link == LinkState::Down && state == InterfaceStatus::Failed
+        })
     });
     assert!(daemon.log().contains("The link has gone down on h2"));
     let text = daemon.ctl(lab.host(), &["interfaces", "-o", "interface,group,link"]);
@@ -687,7 +694,7 @@ fn when_every_nic_fails_nothing_moves_and_the_first_one_back_takes_the_addresses
     lab.cut("h2").unwrap();
     daemon.wait_until("the group failed", |d| {
         d.try_status()
-            .is_some_and(|s| s.groups[0].state == "failed")
+            .is_some_and(|s| s.groups[0].state == GroupState::Failed)
     });
     assert_eq!(
         addresses_at(&daemon.status()),
@@ -783,7 +790,7 @@ fn with_failback_off_a_repaired_nic_stays_inactive_and_its_addresses_stay_away()
         .iter()
         .find(|i| i.interface == "h0")
         .unwrap();
-    assert_eq!(h0.flags, ["inactive"], "{h0:?}");
+    assert_eq!(h0.flags, [InterfaceFlag::Inactive], "{h0:?}");
     assert_eq!(status.groups[0].active, ["h1", "h2"]);
     assert!(!daemon.log().contains("Successfully failed back"));
 }
@@ -797,7 +804,7 @@ fn ipv6_probes_from_link_local_addresses_and_one_family_alone_fails_no_nic() {
         .status()
         .targets
         .into_iter()
-        .find(|t| t.interface == "h0" && t.mode == "multicast");
+        .find(|t| t.interface == "h0" && t.mode == TargetMode::Multicast);
     assert!(
         v6.is_some(),
         "the IPv6 target was discovered by an echo to ff02::1"
@@ -1374,7 +1381,8 @@ fn without_configured_targets_the_on_link_router_of_a_route_is_probed() {
         .unwrap();
     daemon.wait_until("192.0.2.1 probed as h0's router", |d| {
         h0_v4(d).is_some_and(|t| {
-            t.mode == "routes" && t.targets == ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
+            t.mode == TargetMode::Routes
+                && t.targets == ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
         })
     });
     // The group shares one link: the router a route names on h0 is every NIC's target whose
@@ -1386,7 +1394,7 @@ fn without_configured_targets_the_on_link_router_of_a_route_is_probed() {
             .iter()
             .find(|t| t.interface == nic && t.test_address.is_some_and(|a| a.is_ipv4()))
             .unwrap();
-        assert_eq!(v4.mode, "routes", "{nic}");
+        assert_eq!(v4.mode, TargetMode::Routes, "{nic}");
         assert_eq!(
             v4.targets,
             ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()],
@@ -1503,7 +1511,7 @@ fn without_bpffs_mpathd_mounts_one_and_runs() {
     let mut ok = false;
     while Instant::now() < deadline && !ok {
         if let Ok(control::Reply::Status(s)) = control::request(&socket, &Request::Status {}) {
-            ok = s.interfaces.iter().all(|i| i.state == "ok");
+            ok = s.interfaces.iter().all(|i| i.state == InterfaceStatus::Ok);
         }
         if !ok {
             assert!(child.try_wait().unwrap().is_none(), "mpathd exited");

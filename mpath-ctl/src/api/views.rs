@@ -7,6 +7,12 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::{
+    failover::AddressState,
+    state::{GroupState, InterfaceFlag, InterfaceStatus, LinkState, ProbeStatus},
+    target::{TargetMode, TargetSource, TargetState},
+};
+
 /// Everything `mpathctl groups|interfaces|addresses|targets` shows, taken at one instant.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -22,7 +28,7 @@ pub struct GroupRow {
     /// Group name from the configuration.
     pub group: String,
     /// `ok` (all members usable), `degraded` (some unusable) or `failed` (none usable).
-    pub state: String,
+    pub state: GroupState,
     /// Effective failure detection time in milliseconds (may exceed the configured one when
     /// the targets are too slow for it).
     pub fdt_ms: u64,
@@ -43,13 +49,13 @@ pub struct InterfaceRow {
     /// Whether the NIC carries traffic now.
     pub active: bool,
     /// Any of `standby`, `inactive`, `failed`, `offline`.
-    pub flags: Vec<String>,
+    pub flags: Vec<InterfaceFlag>,
     /// `up`, `down` or `unknown`.
-    pub link: String,
+    pub link: LinkState,
     /// `ok`, `failed`, `unknown` or `disabled` (no test address: link-based only).
-    pub probe: String,
+    pub probe: ProbeStatus,
     /// `ok`, `failed`, `offline`, `missing` or `unknown`.
-    pub state: String,
+    pub state: InterfaceStatus,
 }
 
 /// ipmpstat -a.
@@ -58,7 +64,7 @@ pub struct AddressRow {
     /// The data address with its prefix length.
     pub address: String,
     /// `up` when it is on a NIC, `down` when on none (group failure with nowhere to go).
-    pub state: String,
+    pub state: AddressState,
     pub group: String,
     /// The NIC the address is on: peers send to it there.
     pub inbound: Option<String>,
@@ -71,7 +77,7 @@ pub struct AddressRow {
 pub struct TargetRow {
     pub interface: String,
     /// `routes` (configured or router targets), `multicast` (discovered), or `disabled`.
-    pub mode: String,
+    pub mode: TargetMode,
     pub test_address: Option<IpAddr>,
     /// Targets in use, in probing order.
     pub targets: Vec<IpAddr>,
@@ -89,10 +95,10 @@ pub struct TargetRow {
 pub struct TargetHealth {
     pub address: IpAddr,
     /// `configured`, `router` or `discovered`.
-    pub source: String,
+    pub source: TargetSource,
     /// `active` (probed in turn), `spare` (known, not needed), `slow` or `dead` (set aside,
     /// probed again later).
-    pub state: String,
+    pub state: TargetState,
     /// Smoothed round trip, its deviation and the age at which a probe counts as lost,
     /// microseconds; `None` before the first answer.
     pub rtt_avg_us: Option<u64>,

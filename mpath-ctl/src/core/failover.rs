@@ -39,6 +39,20 @@ pub struct DataAddress {
     pub current: Option<String>,
 }
 
+/// Whether a data address is reachable (ipmpstat -a STATE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressState {
+    /// On a NIC.
+    Up,
+    /// On no NIC: the group failed with nowhere to put it.
+    Down,
+}
+
+named!(AddressState {
+    Up => "up",
+    Down => "down",
+});
+
 /// Why an address moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MoveKind {

@@ -113,6 +113,23 @@ named!(TargetState {
     Dead => "dead",
 });
 
+/// How a NIC finds what it probes (ipmpstat -t MODE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetMode {
+    /// Configured targets, or routers from the routing table.
+    Routes,
+    /// Hosts found by multicast echo (with no target known, mpathd is discovering).
+    Multicast,
+    /// No probing: link-based detection only.
+    Disabled,
+}
+
+named!(TargetMode {
+    Routes => "routes",
+    Multicast => "multicast",
+    Disabled => "disabled",
+});
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TargetView {
     pub address: IpAddr,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use crate::api::views::Status;
+use crate::{api::views::Status, core::state::InterfaceStatus};
 
 /// The status line is recomputed at most this often (it walks every group and NIC).
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
@@ -85,7 +85,7 @@ pub fn summary(status: &Status) -> String {
         .map(|g| format!("{} {}", g.group, g.state))
         .collect();
     let grouped = status.interfaces.iter().filter(|i| !i.group.is_empty());
-    let (ok, not_ok): (Vec<_>, Vec<_>) = grouped.partition(|i| i.state == "ok");
+    let (ok, not_ok): (Vec<_>, Vec<_>) = grouped.partition(|i| i.state == InterfaceStatus::Ok);
     let mut line = format!(
         "{}; NICs: {} ok, {} not ok",
         if groups.is_empty() {
@@ -109,24 +109,27 @@ pub fn summary(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::views::{GroupRow, InterfaceRow};
+    use crate::{
+        api::views::{GroupRow, InterfaceRow},
+        core::state::{GroupState, LinkState, ProbeStatus},
+    };
 
-    fn nic(name: &str, group: &str, state: &str) -> InterfaceRow {
+    fn nic(name: &str, group: &str, state: InterfaceStatus) -> InterfaceRow {
         InterfaceRow {
             interface: name.into(),
             group: group.into(),
-            active: state == "ok",
+            active: state == InterfaceStatus::Ok,
             flags: Vec::new(),
-            link: "up".into(),
-            probe: "ok".into(),
-            state: state.into(),
+            link: LinkState::Up,
+            probe: ProbeStatus::Ok,
+            state,
         }
     }
 
-    fn group(name: &str, state: &str) -> GroupRow {
+    fn group(name: &str, state: GroupState) -> GroupRow {
         GroupRow {
             group: name.into(),
-            state: state.into(),
+            state,
             fdt_ms: 10_000,
             active: Vec::new(),
             inactive: Vec::new(),
@@ -137,14 +140,17 @@ mod tests {
     #[test]
     fn the_status_line_names_the_groups_and_the_nics_that_do_not_work() {
         let status = Status {
-            groups: vec![group("g0", "degraded"), group("g1", "ok")],
+            groups: vec![
+                group("g0", GroupState::Degraded),
+                group("g1", GroupState::Ok),
+            ],
             interfaces: vec![
-                nic("h0", "g0", "ok"),
-                nic("h1", "g0", "failed"),
-                nic("h2", "g1", "ok"),
-                nic("h3", "g1", "offline"),
+                nic("h0", "g0", InterfaceStatus::Ok),
+                nic("h1", "g0", InterfaceStatus::Failed),
+                nic("h2", "g1", InterfaceStatus::Ok),
+                nic("h3", "g1", InterfaceStatus::Offline),
                 // Tracked outside any group: not counted.
-                nic("eth9", "", "failed"),
+                nic("eth9", "", InterfaceStatus::Failed),
             ],
             ..Status::default()
         };

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use crate::{
     api::metrics,
     api::views::{AddressRow, GroupRow, InterfaceRow, Status, TargetHealth, TargetRow},
-    core::target::TargetSource,
+    core::failover::AddressState,
+    core::state::{InterfaceStatus, LinkState, ProbeStatus},
+    core::target::{TargetMode, TargetSource},
     daemon::Daemon,
 };
 
@@ -69,7 +71,7 @@ impl Daemon {
             let view = g.fsm.view();
             status.groups.push(GroupRow {
                 group: view.group.clone(),
-                state: view.state.as_str().to_string(),
+                state: view.state,
                 fdt_ms: g.fdt.effective().as_millis() as u64,
                 active: view.active.clone(),
                 inactive: view.inactive.clone(),
@@ -81,10 +83,10 @@ impl Daemon {
                     interface: i.interface,
                     group: i.group,
                     active: i.active,
-                    flags: i.flags.iter().map(|f| f.as_str().to_string()).collect(),
-                    link: i.link.as_str().to_string(),
-                    probe: i.probe.as_str().to_string(),
-                    state: i.state.as_str().to_string(),
+                    flags: i.flags,
+                    link: i.link,
+                    probe: i.probe,
+                    state: i.state,
                 }));
             let outbound: Vec<String> = g
                 .fsm
@@ -96,7 +98,11 @@ impl Daemon {
                 .addresses
                 .extend(g.addresses.iter().map(|a| AddressRow {
                     address: a.cidr.to_string(),
-                    state: if a.current.is_some() { "up" } else { "down" }.into(),
+                    state: if a.current.is_some() {
+                        AddressState::Up
+                    } else {
+                        AddressState::Down
+                    },
                     group: g.config.name.clone(),
                     inbound: a.current.clone(),
                     outbound: if a.current.is_some() {
@@ -109,7 +115,7 @@ impl Daemon {
                 if n.probing.is_empty() {
                     status.targets.push(TargetRow {
                         interface: n.name.clone(),
-                        mode: "disabled".into(),
+                        mode: TargetMode::Disabled,
                         test_address: None,
                         targets: Vec::new(),
                         health: Vec::new(),
@@ -127,7 +133,11 @@ impl Daemon {
                             .any(|t| t.source == TargetSource::Discovered);
                     TargetRow {
                         interface: n.name.clone(),
-                        mode: if multicast { "multicast" } else { "routes" }.into(),
+                        mode: if multicast {
+                            TargetMode::Multicast
+                        } else {
+                            TargetMode::Routes
+                        },
                         test_address: Some(view.test_address),
                         targets,
                         health: view
@@ -135,8 +145,8 @@ impl Daemon {
                             .iter()
                             .map(|t| TargetHealth {
                                 address: t.address,
-                                source: t.source.as_str().to_string(),
-                                state: t.state.as_str().to_string(),
+                                source: t.source,
+                                state: t.state,
                                 rtt_avg_us: t.rtt_avg_us,
                                 rtt_dev_us: t.rtt_dev_us,
                                 rtt_bound_us: t.rtt_bound_us,
@@ -157,9 +167,13 @@ impl Daemon {
                 group: String::new(),
                 active: false,
                 flags: Vec::new(),
-                link: if *up { "up" } else { "down" }.into(),
-                probe: "disabled".into(),
-                state: if *up { "ok" } else { "failed" }.into(),
+                link: if *up { LinkState::Up } else { LinkState::Down },
+                probe: ProbeStatus::Disabled,
+                state: if *up {
+                    InterfaceStatus::Ok
+                } else {
+                    InterfaceStatus::Failed
+                },
             }));
         status
     }

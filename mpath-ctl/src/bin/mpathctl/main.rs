@@ -21,6 +21,7 @@ use mpath_ctl::{
     api::manpages,
     api::views::{ProbeRow, Status},
     config::{self, Config},
+    core::state::InterfaceFlag,
     datapath::maps::Maps,
 };
 use serde::Serialize;
@@ -228,7 +229,7 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                     }
                     vec![
                         g.group.clone(),
-                        g.state.clone(),
+                        g.state.to_string(),
                         format!("{:.2}s", g.fdt_ms as f64 / 1000.0),
                         members.join(" "),
                     ]
@@ -258,9 +259,9 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                             i.group.clone()
                         },
                         ipmpstat_flags(&i.flags),
-                        i.link.clone(),
-                        i.probe.clone(),
-                        i.state.clone(),
+                        i.link.to_string(),
+                        i.probe.to_string(),
+                        i.state.to_string(),
                     ]
                 })
                 .collect(),
@@ -273,7 +274,7 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                 .map(|a| {
                     vec![
                         a.address.clone(),
-                        a.state.clone(),
+                        a.state.to_string(),
                         a.group.clone(),
                         a.inbound.clone().unwrap_or_else(|| "--".into()),
                         if a.outbound.is_empty() {
@@ -293,7 +294,7 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                 .map(|t| {
                     vec![
                         t.interface.clone(),
-                        t.mode.clone(),
+                        t.mode.to_string(),
                         t.test_address.map_or("--".into(), |a| a.to_string()),
                         if t.targets.is_empty() {
                             "--".into()
@@ -326,23 +327,20 @@ fn render(cli: &Cli, table: &Table) -> anyhow::Result<String> {
 /// (inactive) and `s` (standby); `m`, `b` and `M` (nominated for IPv4 multicast, broadcast
 /// and IPv6 multicast), `d` (down) and `h` (duplicate hardware address) are Solaris kernel
 /// states mpathd does not track, always `-`.
-fn ipmpstat_flags(flags: &[String]) -> String {
+fn ipmpstat_flags(flags: &[InterfaceFlag]) -> String {
     [
-        ("inactive", 'i'),
-        ("standby", 's'),
-        ("", 'm'),
-        ("", 'b'),
-        ("", 'M'),
-        ("", 'd'),
-        ("", 'h'),
+        (Some(InterfaceFlag::Inactive), 'i'),
+        (Some(InterfaceFlag::Standby), 's'),
+        (None, 'm'),
+        (None, 'b'),
+        (None, 'M'),
+        (None, 'd'),
+        (None, 'h'),
     ]
     .iter()
-    .map(|(name, letter)| {
-        if !name.is_empty() && flags.iter().any(|f| f == name) {
-            *letter
-        } else {
-            '-'
-        }
+    .map(|(flag, letter)| match flag {
+        Some(flag) if flags.contains(flag) => *letter,
+        _ => '-',
     })
     .collect()
 }

@@ -22,6 +22,7 @@ use anyhow::{Context as _, bail};
 use mpath_ctl::{
     api::control::{Reply, Request},
     api::views::Status,
+    core::state::GroupState,
 };
 use mpath_lab::{Lab, ROUTER_V4, ROUTER_V6};
 use mpath_tests::daemon::{Mpathd, three_nic_config};
@@ -235,11 +236,11 @@ fn check(
     let group_failed = !faults.iter().any(|f| f.usable());
     let group = status.groups.first().ok_or("mpathd shows no group")?;
     let expected_group = if group_failed {
-        "failed"
+        GroupState::Failed
     } else if faults.iter().all(|f| f.usable()) {
-        "ok"
+        GroupState::Ok
     } else {
-        "degraded"
+        GroupState::Degraded
     };
     if group.state != expected_group {
         return Err(format!(
