@@ -125,8 +125,6 @@ fn run_bench(name: &str, args: &[String]) -> anyhow::Result<()> {
                 "--release",
                 "--quiet",
                 "-p",
-                "mpath-tests",
-                "--bin",
                 "mpath-bench",
                 "--",
             ])

@@ -14,11 +14,8 @@
 //!
 //! `soak`: random faults under traffic with an invariant checker (see [`soak`]).
 
-#[path = "mpath-bench/datapath.rs"]
 mod datapath;
-#[path = "mpath-bench/scale.rs"]
 mod scale;
-#[path = "mpath-bench/soak.rs"]
 mod soak;
 
 use std::{
