@@ -369,6 +369,29 @@ pub struct ProbeReply {
 }
 
 impl ProbeReply {
+    /// The reply `target` gave to probe `seq` of `ifindex`, as the XDP program records it:
+    /// the probe left at `sent_ns`, the reply came at `received_ns` (CLOCK_MONOTONIC).
+    pub fn new(ifindex: u32, seq: u32, target: IpAddr, sent_ns: u64, received_ns: u64) -> Self {
+        let mut reply = ProbeReply {
+            ifindex,
+            seq,
+            sent_ns,
+            received_ns,
+            ..Default::default()
+        };
+        match target {
+            IpAddr::V4(v4) => {
+                reply.family = 4;
+                reply.target[..4].copy_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                reply.family = 6;
+                reply.target = v6.octets();
+            }
+        }
+        reply
+    }
+
     /// The target that replied.
     pub fn target(&self) -> IpAddr {
         if self.family == 4 {
@@ -458,12 +481,15 @@ mod tests {
         };
         reply.target[..4].copy_from_slice(&[192, 0, 2, 1]);
         assert_eq!(reply.target(), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(ProbeReply::new(0, 0, reply.target(), 100, 0), reply);
         assert_eq!(reply.left_ns(), 100, "not stamped on the wire");
         reply.wire_ns = 150;
         assert_eq!(reply.left_ns(), 150);
         reply.family = 6;
         reply.target = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets();
         assert_eq!(reply.target(), "2001:db8::1".parse::<IpAddr>().unwrap());
+        let made = ProbeReply::new(0, 0, reply.target(), 100, 0);
+        assert_eq!((made.family, made.target), (6, reply.target));
     }
 
     #[test]

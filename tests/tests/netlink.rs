@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use mpath_ctl::core::{routes::MainRoute, target::RouteEntry};
 use mpath_ctl::net::address::IpCidr;
 use mpath_ctl::net::netconf::{InterfaceNetconf, Netconf};
-use mpath_ctl::net::netlink::{AddressOptions, LinkState, Monitor, NetEvent, Netlink};
+use mpath_ctl::net::netlink::{AddressOptions, Link, Monitor, NetEvent, Netlink};
 use mpath_ctl::net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops};
 use mpath_lab::{Lab, Netns};
 use tokio::runtime::Runtime;
@@ -64,7 +64,7 @@ fn ip_addr_line(lab: &Lab, nic: &str, addr: &str) -> Result<String> {
         .with_context(|| format!("{addr} not on {nic}: {listing}"))
 }
 
-fn find_link<'a>(links: &'a [LinkState], name: &str) -> Result<&'a LinkState> {
+fn find_link<'a>(links: &'a [Link], name: &str) -> Result<&'a Link> {
     links
         .iter()
         .find(|link| link.name == name)
@@ -75,7 +75,7 @@ fn find_link<'a>(links: &'a [LinkState], name: &str) -> Result<&'a LinkState> {
 fn links_show_the_nics_with_their_state() -> Result<()> {
     let lab = Lab::new(2)?;
     lab.cut("h1")?;
-    let h0 = LinkState {
+    let h0 = Link {
         ifindex: lab.host().ifindex("h0")?,
         name: "h0".into(),
         mac: Some(lab.mac("h0")?),

@@ -120,14 +120,7 @@ fn build_daemon() -> anyhow::Result<()> {
 fn run_bench(name: &str, args: &[String]) -> anyhow::Result<()> {
     exec(
         Command::new(env!("CARGO"))
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "mpath-bench",
-                "--",
-            ])
+            .args(["run", "--release", "--quiet", "-p", "mpath-bench", "--"])
             .arg(name)
             .args(["--out", "BENCHMARKS.md"])
             .args(args),

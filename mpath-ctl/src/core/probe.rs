@@ -9,6 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use mpath_common::ProbeReply;
 use rand::Rng;
 use serde::Serialize;
 
@@ -203,18 +204,6 @@ pub struct ProbeRequest {
 pub struct Transmit {
     pub probe: Option<ProbeRequest>,
     pub discover: bool,
-}
-
-/// An echo reply the datapath matched to this NIC, with its kernel timestamps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeReply {
-    pub seq: u32,
-    pub from: IpAddr,
-    /// When the probe left: the egress program's stamp, or mpathd's own send time when the
-    /// probe was not stamped (kernel clock either way).
-    pub sent_ns: u64,
-    /// When the reply arrived (XDP), same clock.
-    pub received_ns: u64,
 }
 
 /// The verdict on one probe. The daemon hands it to the interface state machine as it is
@@ -478,7 +467,7 @@ impl Prober {
         let daemon_rtt = now.saturating_duration_since(probe.sent_at);
         let net_rtt = reply
             .received_ns
-            .checked_sub(reply.sent_ns)
+            .checked_sub(reply.left_ns())
             .map(Duration::from_nanos);
         for counters in [
             Some(&mut self.totals),
@@ -586,7 +575,7 @@ impl Prober {
         }
         let index = self.sent.len() - age;
         let probe = self.sent[index];
-        if probe.target != reply.from {
+        if probe.target != reply.target() {
             return Err(RejectReason::WrongSource {
                 expected: probe.target,
             });
@@ -884,12 +873,8 @@ mod tests {
 
     fn reply(request: ProbeRequest, rtt: Duration) -> ProbeReply {
         let sent_ns = 7_000_000_000;
-        ProbeReply {
-            seq: request.seq,
-            from: request.target,
-            sent_ns,
-            received_ns: sent_ns + u64::try_from(rtt.as_nanos()).unwrap(),
-        }
+        let received_ns = sent_ns + u64::try_from(rtt.as_nanos()).unwrap();
+        ProbeReply::new(3, request.seq, request.target, sent_ns, received_ns)
     }
 
     fn outcomes(events: &[ProbeEvent]) -> Vec<ProbeOutcome> {

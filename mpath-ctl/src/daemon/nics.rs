@@ -25,7 +25,7 @@ use crate::{
     datapath,
     net::address::IpCidr,
     net::netconf::{InterfaceNetconf, Netconf},
-    net::netlink::{AddressOptions, LinkState, Netlink, NetlinkError, Origin},
+    net::netlink::{AddressOptions, Link, Netlink, NetlinkError, Origin},
 };
 
 impl Daemon {
@@ -133,7 +133,7 @@ impl Daemon {
     }
 
     /// A group NIC's link changed, or it appeared.
-    pub(super) async fn link_changed(&mut self, at: NicAt, link: &LinkState, now: Instant) {
+    pub(super) async fn link_changed(&mut self, at: NicAt, link: &Link, now: Instant) {
         let known = self.groups.nic(at).ifindex == Some(link.ifindex);
         if known && let Some(mac) = link.mac {
             self.change_mac(at, mac);
@@ -191,7 +191,7 @@ impl Daemon {
 
     /// Sets up a NIC that is present under a new ifindex (it appeared, or was re-created
     /// under the same name): the datapath, the NIC's settings, its test address, its probers.
-    pub(super) async fn set_up_nic(&mut self, at: NicAt, link: &LinkState, now: Instant) {
+    pub(super) async fn set_up_nic(&mut self, at: NicAt, link: &Link, now: Instant) {
         let nic = self.groups.nic(at);
         if nic.ifindex == Some(link.ifindex) {
             return;
@@ -213,7 +213,7 @@ impl Daemon {
 
     /// Attaches the programs to a NIC and gives it a group member's settings; false (logged)
     /// when the programs cannot be attached.
-    fn attach_datapath(&mut self, at: NicAt, link: &LinkState) -> bool {
+    fn attach_datapath(&mut self, at: NicAt, link: &Link) -> bool {
         let nic = self.groups.nic_mut(at);
         nic.mac = link.mac.unwrap_or_default();
         if let Err(e) = self.datapath.attach(&nic.name) {
@@ -401,7 +401,7 @@ impl Daemon {
 
     /// Follows the link of a NIC outside every group (TRACK_INTERFACES_ONLY_WITH_GROUPS=no),
     /// logging its failures and repairs as in.mpathd does.
-    pub(super) fn track_ungrouped(&mut self, link: &LinkState) {
+    pub(super) fn track_ungrouped(&mut self, link: &Link) {
         if self.config.daemon.track_interfaces_only_with_groups || link.name == "lo" {
             return;
         }

@@ -3,13 +3,13 @@
 
 use std::{net::IpAddr, time::Instant};
 
-use mpath_common::{ProbeReply as QueuedReply, Settings};
+use mpath_common::{ProbeReply, Settings};
 use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use tokio::sync::broadcast;
 
 use crate::{
     api::views::ProbeRow,
-    core::probe::{ProbeEvent, ProbeOutcome, ProbeReply, Prober, ReplyVerdict},
+    core::probe::{ProbeEvent, ProbeOutcome, Prober, ReplyVerdict},
     core::state::Event,
     core::target::{AddressFamily, TargetSet},
     daemon::{
@@ -119,10 +119,10 @@ impl Daemon {
         })
     }
 
-    pub(super) async fn probe_reply(&mut self, queued: QueuedReply) {
+    pub(super) async fn probe_reply(&mut self, reply: ProbeReply) {
         let now = Instant::now();
-        let from = queued.target();
-        let Some(at) = self.groups.nic_at(queued.ifindex) else {
+        let from = reply.target();
+        let Some(at) = self.groups.nic_at(reply.ifindex) else {
             return;
         };
         let family = AddressFamily::of(from);
@@ -136,19 +136,13 @@ impl Daemon {
         else {
             return;
         };
-        if probing.discovery.contains(&queued.seq) {
+        if probing.discovery.contains(&reply.seq) {
             let added = probing.prober.add_discovered(&[from], &local);
             if added > 0 {
                 tracing::info!("discovered probe target {from} on {nic_name}");
             }
             return;
         }
-        let reply = ProbeReply {
-            seq: queued.seq,
-            from,
-            sent_ns: queued.left_ns(),
-            received_ns: queued.received_ns,
-        };
         match probing.prober.on_reply(reply, now, &mut group.fdt) {
             ReplyVerdict::Accepted(events) => {
                 let probers = group
@@ -165,7 +159,7 @@ impl Daemon {
                 self.metrics.reply_refused(group.name(), &nic_name, reason);
                 tracing::debug!(
                     "{nic_name}: reply from {from} seq {} refused: {reason:?}",
-                    queued.seq
+                    reply.seq
                 )
             }
         }
@@ -229,7 +223,7 @@ impl Daemon {
             interface: nic.name.clone(),
             seq,
             target,
-            net_rtt_us: reply.map(|r| r.received_ns.saturating_sub(r.sent_ns) / 1000),
+            net_rtt_us: reply.map(|r| r.received_ns.saturating_sub(r.left_ns()) / 1000),
             rtt_us: reply.and(stats.and_then(|s| s.rtt_us)),
             rtt_avg_us: stats.and_then(|s| s.rtt_avg_us),
             rtt_dev_us: stats.and_then(|s| s.rtt_dev_us),

@@ -62,7 +62,7 @@ const MONITOR_GROUPS: [MulticastGroup; 7] = [
 
 /// A link as IPMP cares about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LinkState {
+pub struct Link {
     pub ifindex: u32,
     pub name: String,
     /// The Ethernet address; `None` for links that have none (loopback has one of zeros).
@@ -75,7 +75,7 @@ pub struct LinkState {
     pub lower_up: bool,
 }
 
-impl LinkState {
+impl Link {
     /// Whether the link can carry IPMP traffic. Solaris's IFF_RUNNING (what in.mpathd's
     /// link-based detection reads) is the driver's link-up, i.e. carrier: Linux's
     /// IFF_LOWER_UP. Linux's own IFF_RUNNING is the operational state, which also drops for
@@ -88,7 +88,7 @@ impl LinkState {
 
     /// `None` for the bridge's per-port messages (family AF_BRIDGE), which describe a port's
     /// bridge membership rather than the link, and for messages without a name.
-    fn from_message(message: &LinkMessage) -> Option<LinkState> {
+    fn from_message(message: &LinkMessage) -> Option<Link> {
         if message.header.interface_family == AddressFamily::Bridge {
             return None;
         }
@@ -105,7 +105,7 @@ impl LinkState {
             None
         };
         let flags = message.header.flags;
-        Some(LinkState {
+        Some(Link {
             ifindex: message.header.index,
             name,
             mac,
@@ -121,7 +121,7 @@ impl LinkState {
 pub enum NetEvent {
     /// A link appeared or one of its attributes (flags, name, MAC...) changed; compare with
     /// the last known state.
-    Link(LinkState),
+    Link(Link),
     LinkRemoved {
         ifindex: u32,
         name: String,
@@ -247,7 +247,7 @@ impl Netlink {
     }
 
     /// Every link of the namespace.
-    pub async fn links(&self) -> Result<Vec<LinkState>, NetlinkError> {
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         let messages: Vec<LinkMessage> = self
             .handle
             .link()
@@ -256,14 +256,11 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|error| NetlinkError::ListLinks(io_error(error)))?;
-        Ok(messages
-            .iter()
-            .filter_map(LinkState::from_message)
-            .collect())
+        Ok(messages.iter().filter_map(Link::from_message).collect())
     }
 
     /// The link called `name`, or `None` when there is none.
-    pub async fn link(&self, name: &str) -> Result<Option<LinkState>, NetlinkError> {
+    pub async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
         let reply = self
             .handle
             .link()
@@ -273,7 +270,7 @@ impl Netlink {
             .try_next()
             .await;
         match reply {
-            Ok(message) => Ok(message.as_ref().and_then(LinkState::from_message)),
+            Ok(message) => Ok(message.as_ref().and_then(Link::from_message)),
             Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
             Err(error) => Err(NetlinkError::GetLink {
                 name: name.to_string(),
@@ -768,7 +765,7 @@ fn event_from_message(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<Ne
         _ => return None,
     };
     match inner {
-        RouteNetlinkMessage::NewLink(link) => LinkState::from_message(&link).map(NetEvent::Link),
+        RouteNetlinkMessage::NewLink(link) => Link::from_message(&link).map(NetEvent::Link),
         RouteNetlinkMessage::DelLink(link) => {
             // A port leaving a bridge is an AF_BRIDGE RTM_DELLINK; the link itself stays.
             (link.header.interface_family != AddressFamily::Bridge).then(|| NetEvent::LinkRemoved {
@@ -1171,11 +1168,11 @@ mod tests {
     fn usable_needs_admin_up_operational_up_and_carrier() {
         let all = LinkFlags::Up | LinkFlags::Running | LinkFlags::LowerUp;
         let state =
-            |flags| LinkState::from_message(&link_message(AddressFamily::Unspec, flags)).unwrap();
+            |flags| Link::from_message(&link_message(AddressFamily::Unspec, flags)).unwrap();
         let usable = state(all);
         assert_eq!(
             usable,
-            LinkState {
+            Link {
                 ifindex: 7,
                 name: "h0".into(),
                 mac: Some([2, 0, 0x5e, 0x10, 0, 0x0a]),
@@ -1196,7 +1193,7 @@ mod tests {
     fn mac_only_for_ethernet_links() {
         let mut tunnel = link_message(AddressFamily::Unspec, LinkFlags::Up);
         tunnel.header.link_layer_type = LinkLayerType::Tunnel;
-        assert_eq!(LinkState::from_message(&tunnel).unwrap().mac, None);
+        assert_eq!(Link::from_message(&tunnel).unwrap().mac, None);
     }
 
     #[test]
@@ -1205,7 +1202,7 @@ mod tests {
         let new_link = link_message(AddressFamily::Unspec, flags);
         assert_eq!(
             event_from_message(notification(RouteNetlinkMessage::NewLink(new_link.clone()))),
-            Some(NetEvent::Link(LinkState::from_message(&new_link).unwrap()))
+            Some(NetEvent::Link(Link::from_message(&new_link).unwrap()))
         );
         assert_eq!(
             event_from_message(notification(RouteNetlinkMessage::DelLink(new_link))),
