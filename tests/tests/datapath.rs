@@ -11,18 +11,13 @@ fn opening_the_datapath_removes_the_pins_of_other_layout_versions_only() {
     for dir in ["v1/maps", "v1/links", "v31/links", "notes"] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
-    let buckets_pinned = |datapath: &Datapath| {
-        datapath
-            .dir()
-            .join("maps")
-            .join(map_names::BUCKETS)
-            .exists()
-    };
+    let buckets_pinned =
+        |datapath: &Datapath| datapath.pins().maps().join(map_names::BUCKETS).exists();
     let datapath = Datapath::open(root).unwrap();
     assert!(!root.join("v1").exists());
     assert!(!root.join("v31").exists());
     assert!(root.join("notes").exists(), "not a layout: not mpath's");
-    assert_eq!(datapath.dir(), root.join(PIN_LAYOUT_VERSION));
+    assert_eq!(datapath.pins().dir(), root.join(PIN_LAYOUT_VERSION));
     assert!(buckets_pinned(&datapath));
     drop(datapath);
     // A second start keeps the current layout's pins (and so the maps' contents).

@@ -4,13 +4,12 @@
 
 use std::sync::LazyLock;
 
-use mpath_common::PIN_LAYOUT_VERSION;
 use mpath_ctl::{
     api::control::{Reply, Request},
     api::views::{AddressRow, Status},
     core::state::{GroupState, InterfaceFlag, InterfaceStatus, LinkState, ProbeStatus},
     core::target::TargetMode,
-    datapath::maps::Maps,
+    datapath::{maps::Maps, pins::PinLayout},
 };
 use mpath_lab::Lab;
 use mpath_tests::daemon::{Mpathd, inbound, state_of, three_nic_config};
@@ -24,8 +23,7 @@ fn lab() -> Lab {
 
 /// Bucket shares per ifindex of group 0, read from the pinned maps.
 fn shares(daemon: &Mpathd) -> std::collections::BTreeMap<u32, usize> {
-    let maps =
-        Maps::open_pinned(&daemon.pins.path().join(PIN_LAYOUT_VERSION).join("maps")).unwrap();
+    let maps = Maps::open_pinned(&PinLayout::new(daemon.pins.path()).maps()).unwrap();
     let mut m = std::collections::BTreeMap::new();
     for i in maps.table(0).unwrap() {
         *m.entry(i).or_default() += 1;
@@ -258,8 +256,7 @@ fn a_nic_that_still_receives_but_cannot_send_fails_all_the_same() {
 
 /// Frames the datapath counted arriving on h1.
 fn h1_rx_packets(lab: &Lab, daemon: &Mpathd) -> u64 {
-    let maps =
-        Maps::open_pinned(&daemon.pins.path().join(PIN_LAYOUT_VERSION).join("maps")).unwrap();
+    let maps = Maps::open_pinned(&PinLayout::new(daemon.pins.path()).maps()).unwrap();
     let h1 = lab.host().ifindex("h1").unwrap();
     let (_, info) = maps
         .nics()
@@ -517,8 +514,7 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
         lab.host_addrs("h2").unwrap().is_empty(),
         "h2's test address removed"
     );
-    let maps =
-        Maps::open_pinned(&daemon.pins.path().join(PIN_LAYOUT_VERSION).join("maps")).unwrap();
+    let maps = Maps::open_pinned(&PinLayout::new(daemon.pins.path()).maps()).unwrap();
     assert!(
         maps.nics().unwrap().iter().all(|(i, _)| *i != h2),
         "h2 left the datapath"
@@ -1294,7 +1290,7 @@ fn a_nic_added_after_the_pin_directory_was_removed_gets_the_datapath() {
             .is_some_and(|s| state_of(&s, "h2") == "ok" && s.groups[0].inactive == ["h2"])
     });
     let h2 = lab.host().ifindex("h2").unwrap();
-    let links = daemon.pins.path().join(PIN_LAYOUT_VERSION).join("links");
+    let links = PinLayout::new(daemon.pins.path()).links();
     for kind in ["tc", "xdp"] {
         assert!(
             links.join(format!("{kind}-{h2}")).exists(),

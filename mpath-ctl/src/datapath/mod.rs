@@ -14,6 +14,7 @@ use std::{
 };
 
 pub mod maps;
+pub mod pins;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -27,6 +28,7 @@ use aya::{
 use mpath_common::{PIN_LAYOUT_VERSION, map_names, program_names};
 
 use maps::{Maps, MapsError};
+use pins::PinLayout;
 
 /// The eBPF object built by build.rs from the `mpath-ebpf` crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mpath"));
@@ -75,7 +77,7 @@ pub struct Datapath {
     /// Held for the datapath's life: no second mpathd may load onto the same pins.
     lock: PinLock,
     ebpf: Ebpf,
-    dir: PathBuf,
+    pins: PinLayout,
     pub maps: Maps,
     /// Attached NICs by ifindex: their pinned tc and XDP links.
     attached: BTreeMap<u32, (PinnedLink, PinnedLink)>,
@@ -89,13 +91,12 @@ impl Datapath {
         ensure_bpffs(pin_root)?;
         let lock = PinLock::acquire(pin_root)?;
         retire_other_layouts(pin_root)?;
-        let dir = pin_root.join(PIN_LAYOUT_VERSION);
-        for sub in ["maps", "links"] {
-            let path = dir.join(sub);
+        let pins = PinLayout::new(pin_root);
+        for path in [pins.maps(), pins.links()] {
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
         let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(dir.join("maps"))
+            .default_map_pin_directory(pins.maps())
             .load(EBPF_OBJECT)?;
         spread_program(&mut ebpf)?
             .load()
@@ -113,7 +114,7 @@ impl Datapath {
         Ok(Datapath {
             lock,
             ebpf,
-            dir,
+            pins,
             maps,
             attached: BTreeMap::new(),
         })
@@ -130,9 +131,9 @@ impl Datapath {
         spread_program(&mut self.ebpf)
     }
 
-    /// The directory holding this datapath's pins.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Where this datapath's pins are.
+    pub fn pins(&self) -> &PinLayout {
+        &self.pins
     }
 
     /// Attaches both programs to the NIC `ifname`. A link already pinned for it (left by an
@@ -142,8 +143,8 @@ impl Datapath {
     pub fn attach(&mut self, ifname: &str) -> Result<u32, DatapathError> {
         let ifindex = ifindex_of(ifname)?;
         self.restore_layout()?;
-        let tc_path = self.link_path("tc", ifindex);
-        let xdp_path = self.link_path("xdp", ifindex);
+        let tc_path = self.pins.link("tc", ifindex);
+        let xdp_path = self.pins.link("xdp", ifindex);
 
         let tc = {
             let prog = spread_program(&mut self.ebpf)?;
@@ -210,14 +211,13 @@ impl Datapath {
     /// on can pin their links and a restarted mpathd adopts the maps. NICs attached before
     /// keep their programs through this process's descriptors; a restart attaches them anew.
     fn restore_layout(&mut self) -> Result<(), DatapathError> {
-        let maps = self.dir.join("maps");
-        let links = self.dir.join("links");
+        let (maps, links) = (self.pins.maps(), self.pins.links());
         if links.is_dir() && maps.join(map_names::SETTINGS).exists() {
             return Ok(());
         }
         tracing::warn!(
             "the datapath's pins under {} were removed while mpathd runs: pinning them again",
-            self.dir.display()
+            self.pins.dir().display()
         );
         if !self.lock.holds_current_dir() {
             self.lock = PinLock::acquire(&self.lock.path)?;
@@ -234,7 +234,7 @@ impl Datapath {
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         self.attached.remove(&ifindex);
         for kind in ["tc", "xdp"] {
-            let path = self.link_path(kind, ifindex);
+            let path = self.pins.link(kind, ifindex);
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -257,11 +257,7 @@ impl Datapath {
 
     /// ifindexes of NICs that have pinned links, attached by this or an earlier mpathd.
     pub fn pinned_nics(&self) -> Result<Vec<u32>, DatapathError> {
-        pinned_nics(&self.dir.join("links"))
-    }
-
-    fn link_path(&self, kind: &str, ifindex: u32) -> PathBuf {
-        self.dir.join("links").join(format!("{kind}-{ifindex}"))
+        pinned_nics(&self.pins.links())
     }
 }
 
@@ -353,11 +349,11 @@ fn retire_other_layouts(pin_root: &Path) -> Result<(), DatapathError> {
 /// from their NICs once nothing else holds them) and maps. Used when mpath is taken off a
 /// host; a daemon restart never does this.
 pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
-    let dir = pin_root.join(PIN_LAYOUT_VERSION);
-    match fs::remove_dir_all(&dir) {
+    let pins = PinLayout::new(pin_root);
+    match fs::remove_dir_all(pins.dir()) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(&dir)(e)),
+        Err(e) => return Err(io_err(pins.dir())(e)),
     }
     // Drop the (now empty) pin root too, unless something else lives there.
     match fs::remove_dir(pin_root) {

@@ -22,7 +22,7 @@ use mpath_ctl::{
     api::views::{ProbeRow, Status},
     config::{self, Config},
     core::state::InterfaceFlag,
-    datapath::maps::Maps,
+    datapath::{maps::Maps, pins::PinLayout},
 };
 use serde::Serialize;
 use table::{Table, UnknownField};
@@ -476,7 +476,7 @@ fn ifname(ifindex: u32) -> String {
 }
 
 fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
-    let maps_dir = pin_dir.join(mpath_common::PIN_LAYOUT_VERSION).join("maps");
+    let maps_dir = PinLayout::new(pin_dir).maps();
     let maps = Maps::open_pinned(&maps_dir).context("reading the pinned datapath")?;
     let mut nics = Vec::new();
     for (ifindex, info) in maps.nics()? {
