@@ -516,6 +516,27 @@ mod tests {
     }
 
     #[test]
+    fn probe_tags_agree_with_the_siphasher_crate() {
+        use core::hash::Hasher as _;
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            // splitmix64: varied keys and messages without a random source in no_std.
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        for _ in 0..1000 {
+            let key = [next(), next()];
+            let (ifindex, seq) = (next() as u32, next() as u32);
+            let mut hasher = siphasher::sip::SipHasher24::new_with_keys(key[0], key[1]);
+            hasher.write(&(u64::from(ifindex) | (u64::from(seq) << 32)).to_le_bytes());
+            assert_eq!(probe_tag(key, ifindex, seq), hasher.finish());
+        }
+    }
+
+    #[test]
     fn a_probe_tag_changes_with_every_input() {
         let key = [1, 2];
         let tag = probe_tag(key, 7, 1000);
