@@ -19,12 +19,12 @@ use std::collections::BTreeMap;
 use std::io;
 use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mpath_common::checksum::{internet_checksum, ipv6_pseudo_header};
+use socket2::{Domain, SockAddr, SockAddrStorage, Socket, Type};
 
 /// Gratuitous ARPs per move: illumos's `_arp_publish_count`, which its IP module uses for
 /// failover and failback announcements.
@@ -166,8 +166,8 @@ pub fn open_socket() -> io::Result<()> {
 /// A send-only packet socket per network namespace, opened once: closing a packet socket
 /// waits for the kernel to quiesce the network (tens of ms), which would stall the daemon on
 /// every announcement.
-fn packet_socket() -> io::Result<Arc<OwnedFd>> {
-    static SOCKETS: Mutex<BTreeMap<u64, Arc<OwnedFd>>> = Mutex::new(BTreeMap::new());
+fn packet_socket() -> io::Result<Arc<Socket>> {
+    static SOCKETS: Mutex<BTreeMap<u64, Arc<Socket>>> = Mutex::new(BTreeMap::new());
     let netns = std::fs::metadata("/proc/thread-self/ns/net")
         .map_err(|e| context(e, "reading this thread's network namespace".to_string()))?
         .ino();
@@ -175,17 +175,10 @@ fn packet_socket() -> io::Result<Arc<OwnedFd>> {
     if let Some(socket) = sockets.get(&netns) {
         return Ok(socket.clone());
     }
-    // Protocol 0: the socket receives nothing.
-    // SAFETY: plain syscall; the descriptor is owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(context(
-            io::Error::last_os_error(),
-            "opening a packet socket (needs CAP_NET_RAW)".to_string(),
-        ));
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    let socket = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    // No protocol: the socket receives nothing.
+    let socket = Socket::new(Domain::PACKET, Type::RAW, None)
+        .map_err(|e| context(e, "opening a packet socket (needs CAP_NET_RAW)".to_string()))?;
+    let socket = Arc::new(socket);
     sockets.insert(netns, socket.clone());
     Ok(socket)
 }
@@ -195,35 +188,25 @@ fn send_frame(ifindex: u32, protocol: u16, frame: &[u8]) -> io::Result<()> {
     let ifindex = libc::c_int::try_from(ifindex)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
     let socket = packet_socket()?;
-    let mut address = libc::sockaddr_ll {
-        sll_family: libc::AF_PACKET as u16,
-        sll_protocol: protocol.to_be(),
-        sll_ifindex: ifindex,
-        sll_hatype: 0,
-        sll_pkttype: 0,
-        sll_halen: 6,
-        sll_addr: [0; 8],
-    };
-    address.sll_addr[..6].copy_from_slice(&frame[..6]);
+    let mut storage = SockAddrStorage::zeroed();
+    // SAFETY: the storage is zeroed and large enough for any socket address; sockaddr_ll is
+    // plain data.
+    let link = unsafe { storage.view_as::<libc::sockaddr_ll>() };
+    link.sll_family = libc::AF_PACKET as u16;
+    link.sll_protocol = protocol.to_be();
+    link.sll_ifindex = ifindex;
+    link.sll_halen = 6;
+    link.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: the storage holds a sockaddr_ll, of the length given.
+    let address = unsafe { SockAddr::new(storage, size_of::<libc::sockaddr_ll>() as _) };
     // Never blocks: a failover must not wait for a stuck NIC's queue; a repeat follows.
-    // SAFETY: `frame` and `address` live for the call; their sizes are passed along.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            libc::MSG_DONTWAIT,
-            (&raw const address).cast(),
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    match usize::try_from(sent) {
+    match socket.send_to_with_flags(frame, &address, libc::MSG_DONTWAIT) {
         Ok(n) if n == frame.len() => Ok(()),
         Ok(n) => Err(io::Error::other(format!(
             "only {n} of {} bytes sent",
             frame.len()
         ))),
-        Err(_) => Err(io::Error::last_os_error()),
+        Err(e) => Err(e),
     }
 }
 

@@ -7,29 +7,31 @@
 //! everything, otherwise every ICMP message reaching the NIC would pile up in its queue.
 
 use std::io;
-use std::mem::size_of;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::num::NonZeroU32;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use mpath_common::{
     PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbePayload, checksum::internet_checksum,
     probe_tag,
 };
+use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
 
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 /// DSCP CS6 ("network control"): switches and routers with QoS queue probes ahead of bulk
 /// traffic, and Linux targets copy the TOS into their reply, so a saturated link does not
 /// look dead.
-const TOS_NETWORK_CONTROL: libc::c_int = 0xc0;
+const TOS_NETWORK_CONTROL: u32 = 0xc0;
 /// `TC_PRIO_CONTROL` from linux/pkt_sched.h: the highest band of priority qdiscs on the way
 /// out, for the same reason.
-const TC_PRIO_CONTROL: libc::c_int = 7;
+const TC_PRIO_CONTROL: u32 = 7;
 
 /// A raw ICMP or ICMPv6 socket that sends one NIC's probes and never receives.
 #[derive(Debug)]
 pub struct ProbeSocket {
-    fd: OwnedFd,
+    socket: Socket,
     ifname: String,
     ifindex: u32,
     /// The test address the socket is bound to; its family is the socket's.
@@ -41,19 +43,18 @@ impl ProbeSocket {
     /// which must already be on that NIC. No IP_MULTICAST_IF: the bound NIC already takes
     /// precedence for multicast; IP_MULTICAST_ALL only concerns receiving.
     pub fn v4(ifname: &str, ifindex: u32, test_address: Ipv4Addr) -> io::Result<Self> {
-        let socket = Self::open(ifname, ifindex, IpAddr::V4(test_address))?;
-        let ip = libc::IPPROTO_IP;
-        socket.set(ip, libc::IP_TTL, 1, "IP_TTL")?;
-        socket.set(ip, libc::IP_MULTICAST_TTL, 1, "IP_MULTICAST_TTL")?;
+        let probe = Self::open(ifname, ifindex, IpAddr::V4(test_address))?;
+        let socket = &probe.socket;
+        probe.setting("IP_TTL", socket.set_ttl_v4(1))?;
+        probe.setting("IP_MULTICAST_TTL", socket.set_multicast_ttl_v4(1))?;
         // Off, or the host answers its own discovery probes and finds itself as a target.
-        socket.set(ip, libc::IP_MULTICAST_LOOP, 0, "IP_MULTICAST_LOOP")?;
-        socket.set(ip, libc::IP_TOS, TOS_NETWORK_CONTROL, "IP_TOS")?;
+        probe.setting("IP_MULTICAST_LOOP", socket.set_multicast_loop_v4(false))?;
+        probe.setting("IP_TOS", socket.set_tos_v4(TOS_NETWORK_CONTROL))?;
         // After IP_TOS, which resets the priority from the TOS bits.
-        socket.set_priority()?;
-        let address = sockaddr_v4(test_address);
-        socket.bind(&address, IpAddr::V4(test_address))?;
-        socket.discard_queued();
-        Ok(socket)
+        probe.setting("SO_PRIORITY", socket.set_priority(TC_PRIO_CONTROL))?;
+        probe.bind(SocketAddr::new(IpAddr::V4(test_address), 0))?;
+        probe.discard_queued();
+        Ok(probe)
     }
 
     /// An IPv6 probe socket on NIC `ifname` (index `ifindex`), sending from the NIC's
@@ -70,15 +71,15 @@ impl ProbeSocket {
                 ),
             ));
         }
-        let socket = Self::open(ifname, ifindex, IpAddr::V6(link_local))?;
-        let ipv6 = libc::IPPROTO_IPV6;
-        socket.set(ipv6, libc::IPV6_UNICAST_HOPS, 1, "IPV6_UNICAST_HOPS")?;
-        socket.set(ipv6, libc::IPV6_MULTICAST_HOPS, 1, "IPV6_MULTICAST_HOPS")?;
-        socket.set(ipv6, libc::IPV6_MULTICAST_LOOP, 0, "IPV6_MULTICAST_LOOP")?;
-        socket.set(ipv6, libc::IPV6_TCLASS, TOS_NETWORK_CONTROL, "IPV6_TCLASS")?;
-        socket.set_priority()?;
-        let address = sockaddr_v6(link_local, ifindex);
-        socket.bind(&address, IpAddr::V6(link_local)).map_err(|e| {
+        let probe = Self::open(ifname, ifindex, IpAddr::V6(link_local))?;
+        let socket = &probe.socket;
+        probe.setting("IPV6_UNICAST_HOPS", socket.set_unicast_hops_v6(1))?;
+        probe.setting("IPV6_MULTICAST_HOPS", socket.set_multicast_hops_v6(1))?;
+        probe.setting("IPV6_MULTICAST_LOOP", socket.set_multicast_loop_v6(false))?;
+        probe.setting("IPV6_TCLASS", socket.set_tclass_v6(TOS_NETWORK_CONTROL))?;
+        probe.setting("SO_PRIORITY", socket.set_priority(TC_PRIO_CONTROL))?;
+        let address = SocketAddrV6::new(link_local, 0, 0, ifindex);
+        probe.bind(address.into()).map_err(|e| {
             if e.kind() == io::ErrorKind::AddrNotAvailable {
                 io::Error::new(
                     e.kind(),
@@ -88,8 +89,8 @@ impl ProbeSocket {
                 e
             }
         })?;
-        socket.discard_queued();
-        Ok(socket)
+        probe.discard_queued();
+        Ok(probe)
     }
 
     /// Sends probe `seq` to `target`, a probe target or the all-nodes group (224.0.0.1,
@@ -105,11 +106,11 @@ impl ProbeSocket {
         sent_ns: u64,
     ) -> io::Result<()> {
         let message = echo_request(self.source, self.ifindex, seq, probe_key, sent_ns);
-        let sent = match (self.source, target) {
-            (IpAddr::V4(_), IpAddr::V4(target)) => self.send_to(&message, &sockaddr_v4(target)),
+        let destination = match (self.source, target) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => SocketAddr::new(target, 0),
             // The scope id only matters for link-scoped targets, which are the usual ones.
             (IpAddr::V6(_), IpAddr::V6(target)) => {
-                self.send_to(&message, &sockaddr_v6(target, self.ifindex))
+                SocketAddrV6::new(target, 0, 0, self.ifindex).into()
             }
             _ => {
                 return Err(io::Error::new(
@@ -120,6 +121,14 @@ impl ProbeSocket {
                     ),
                 ));
             }
+        };
+        let sent = match self.socket.send_to(&message, &destination.into()) {
+            Ok(n) if n == message.len() => Ok(()),
+            Ok(n) => Err(io::Error::other(format!(
+                "only {n} of {} bytes sent",
+                message.len()
+            ))),
+            Err(e) => Err(e),
         };
         sent.map_err(|e| {
             context(
@@ -135,171 +144,78 @@ impl ProbeSocket {
     /// A raw socket of `source`'s family, bound to the NIC and refusing all input.
     fn open(ifname: &str, ifindex: u32, source: IpAddr) -> io::Result<Self> {
         let (domain, protocol) = match source {
-            IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
-            IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+            IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
+            IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
         };
-        // SAFETY: plain syscall; the descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                domain,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(context(
-                io::Error::last_os_error(),
+        let socket = Socket::new(domain, Type::RAW, Some(protocol)).map_err(|e| {
+            context(
+                e,
                 format!("opening a raw probe socket for {ifname} (needs CAP_NET_RAW)"),
-            ));
-        }
-        let socket = ProbeSocket {
-            // SAFETY: `fd` is a fresh descriptor nobody else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            )
+        })?;
+        let probe = ProbeSocket {
+            socket,
             ifname: ifname.to_string(),
             ifindex,
             source,
         };
-        socket.refuse_all_input()?;
+        let socket = &probe.socket;
+        probe.setting("O_NONBLOCK", socket.set_nonblocking(true))?;
+        // A classic BPF program that accepts nothing. Not shutdown(SHUT_RD), which fails
+        // with ENOTCONN on an unconnected raw socket and does not stop raw delivery, and not
+        // a small SO_RCVBUF, which the kernel rounds up to room for a few packets.
+        let reject_all = SockFilter::new((libc::BPF_RET | libc::BPF_K) as u16, 0, 0, 0);
+        probe.setting("SO_ATTACH_FILTER", socket.attach_filter(&[reject_all]))?;
         // By index rather than by name (SO_BINDTODEVICE): the payload carries the ifindex and
         // the datapath checks it, so a rename between lookup and bind cannot split them.
-        let index = libc::c_int::try_from(ifindex).map_err(|_| {
+        let index = NonZeroU32::new(ifindex).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("ifindex {ifindex} of {ifname} is out of range"),
+                format!("{ifname} has no ifindex (0)"),
             )
         })?;
-        socket.set(
-            libc::SOL_SOCKET,
-            libc::SO_BINDTOIFINDEX,
-            index,
-            "SO_BINDTOIFINDEX",
-        )?;
-        Ok(socket)
+        let bound = match source {
+            IpAddr::V4(_) => socket.bind_device_by_index_v4(Some(index)),
+            IpAddr::V6(_) => socket.bind_device_by_index_v6(Some(index)),
+        };
+        probe.setting("SO_BINDTOIFINDEX", bound)?;
+        Ok(probe)
     }
 
-    /// Attaches a classic BPF filter that accepts nothing. Not shutdown(SHUT_RD), which fails
-    /// with ENOTCONN on an unconnected raw socket and does not stop raw delivery, and not a
-    /// small SO_RCVBUF, which the kernel rounds up to room for a few packets.
-    fn refuse_all_input(&self) -> io::Result<()> {
-        let mut reject_all = [libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        }];
-        let program = libc::sock_fprog {
-            len: 1,
-            filter: reject_all.as_mut_ptr(),
-        };
-        self.set(
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            program,
-            "SO_ATTACH_FILTER",
-        )
+    /// Names the option and the NIC in a failure to set it.
+    fn setting(&self, option: &str, result: io::Result<()>) -> io::Result<()> {
+        result.map_err(|e| {
+            context(
+                e,
+                format!("setting {option} on the probe socket of {}", self.ifname),
+            )
+        })
     }
 
     /// Drops what arrived between socket creation and the filter taking effect.
     fn discard_queued(&self) {
-        let mut scratch = [0u8; 64];
-        loop {
-            // SAFETY: receives into a buffer we own, of the length given.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    scratch.as_mut_ptr().cast(),
-                    scratch.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                )
-            };
-            if n < 0 {
-                break;
-            }
-        }
+        let mut scratch = [MaybeUninit::<u8>::uninit(); 64];
+        while self.socket.recv(&mut scratch).is_ok() {}
     }
 
-    fn set_priority(&self) -> io::Result<()> {
-        self.set(
-            libc::SOL_SOCKET,
-            libc::SO_PRIORITY,
-            TC_PRIO_CONTROL,
-            "SO_PRIORITY",
-        )
-    }
-
-    fn set<T>(
-        &self,
-        level: libc::c_int,
-        name: libc::c_int,
-        value: T,
-        label: &str,
-    ) -> io::Result<()> {
-        // SAFETY: `value` lives for the call and its size is passed along.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                (&raw const value).cast(),
-                size_of::<T>() as libc::socklen_t,
+    fn bind(&self, address: SocketAddr) -> io::Result<()> {
+        self.socket.bind(&SockAddr::from(address)).map_err(|e| {
+            context(
+                e,
+                format!(
+                    "binding the probe socket of {} to {}",
+                    self.ifname,
+                    address.ip()
+                ),
             )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(context(
-                io::Error::last_os_error(),
-                format!("setting {label} on the probe socket of {}", self.ifname),
-            ))
-        }
-    }
-
-    fn bind<A>(&self, address: &A, shown: IpAddr) -> io::Result<()> {
-        // SAFETY: `address` is a sockaddr_in / sockaddr_in6 of the size passed.
-        let rc = unsafe {
-            libc::bind(
-                self.fd.as_raw_fd(),
-                (address as *const A).cast(),
-                size_of::<A>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(context(
-                io::Error::last_os_error(),
-                format!("binding the probe socket of {} to {shown}", self.ifname),
-            ))
-        }
-    }
-
-    fn send_to<A>(&self, message: &[u8], address: &A) -> io::Result<()> {
-        // SAFETY: `message` and `address` live for the call; their sizes are passed along.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-                (address as *const A).cast(),
-                size_of::<A>() as libc::socklen_t,
-            )
-        };
-        match usize::try_from(sent) {
-            Ok(n) if n == message.len() => Ok(()),
-            Ok(n) => Err(io::Error::other(format!(
-                "only {n} of {} bytes sent",
-                message.len()
-            ))),
-            Err(_) => Err(io::Error::last_os_error()),
-        }
+        })
     }
 }
 
 /// For checking from outside that nothing is ever queued on the socket.
 impl AsFd for ProbeSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.socket.as_fd()
     }
 }
 
@@ -359,29 +275,6 @@ fn echo_request(
         message[2..4].copy_from_slice(&checksum.to_be_bytes());
     }
     message
-}
-
-fn sockaddr_v4(address: Ipv4Addr) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(address.octets()),
-        },
-        sin_zero: [0; 8],
-    }
-}
-
-fn sockaddr_v6(address: Ipv6Addr, scope_id: u32) -> libc::sockaddr_in6 {
-    libc::sockaddr_in6 {
-        sin6_family: libc::AF_INET6 as libc::sa_family_t,
-        sin6_port: 0,
-        sin6_flowinfo: 0,
-        sin6_addr: libc::in6_addr {
-            s6_addr: address.octets(),
-        },
-        sin6_scope_id: scope_id,
-    }
 }
 
 /// `error` with `what` was being done in front, keeping its kind for the caller to match on.
