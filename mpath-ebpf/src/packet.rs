@@ -1,46 +1,17 @@
-//! Header layouts and the one bounds-checked way the programs touch packet memory.
+//! Header layouts network-types lacks (the IPv6 fragment header, the echo header ICMP and
+//! ICMPv6 share) and the one bounds-checked way the programs touch packet memory.
 
 use core::mem::size_of;
 
-pub const ETH_HLEN: usize = 14;
+use network_types::{eth::EthHdr, ip::Ipv6Hdr};
+
+pub const ETH_HLEN: usize = EthHdr::LEN;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_FRAGMENT: u8 = 44;
 pub const IPPROTO_ICMPV6: u8 = 58;
-pub const IPV6_HLEN: usize = 40;
-
-#[repr(C)]
-pub struct EthHdr {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
-    /// Big-endian EtherType.
-    pub proto: [u8; 2],
-}
-
-#[repr(C)]
-pub struct Ipv4Hdr {
-    pub version_ihl: u8,
-    pub tos: u8,
-    pub tot_len: [u8; 2],
-    pub id: [u8; 2],
-    pub frag_off: [u8; 2],
-    pub ttl: u8,
-    pub proto: u8,
-    pub check: [u8; 2],
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-}
-
-#[repr(C)]
-pub struct Ipv6Hdr {
-    pub version_class_flow: [u8; 4],
-    pub payload_len: [u8; 2],
-    pub next_header: u8,
-    pub hop_limit: u8,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
-}
+pub const IPV6_HLEN: usize = Ipv6Hdr::LEN;
 
 #[repr(C)]
 pub struct Ipv6FragHdr {

@@ -22,9 +22,13 @@ use mpath_common::{
 use crate::{
     maps::{LAST_REPLY, NICS, PROBE_REPLIES, SETTINGS, count},
     packet::{
-        ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPV6_HLEN, IcmpEcho, Ipv4Hdr, Ipv6FragHdr, Ipv6Hdr, at,
+        ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPV6_HLEN, IcmpEcho, Ipv6FragHdr, at,
     },
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -89,7 +93,7 @@ fn classify(ctx: &XdpContext, ifindex: u32, nic: &NicInfo) -> Verdict {
         return Verdict::NotOurs;
     };
     // SAFETY: bounds checked by `at`.
-    match u16::from_be_bytes(unsafe { (*eth).proto }) {
+    match u16::from_be(unsafe { (*eth).ether_type }) {
         ETH_P_IPV4 => classify_v4(start, end, ifindex, nic),
         ETH_P_IPV6 => classify_v6(start, end, ifindex, nic),
         _ => Verdict::NotOurs,
@@ -109,11 +113,11 @@ fn classify_v4(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     };
     // SAFETY: bounds checked by `at`.
     let ip = unsafe { &*ip };
-    let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
-    if ip.proto != IPPROTO_ICMP || ip.version_ihl >> 4 != 4 || ihl < 20 {
+    let ihl = usize::from(ip.vihl & 0x0f) * 4;
+    if ip.proto != IPPROTO_ICMP || ip.vihl >> 4 != 4 || ihl < 20 {
         return Verdict::NotOurs;
     }
-    let frag = u16::from_be_bytes(ip.frag_off);
+    let frag = u16::from_be_bytes(ip.frags);
     // A fragment after the first shows no ICMP header: nothing tells it is ours.
     if frag & 0x1fff != 0 {
         return Verdict::NotOurs;
@@ -138,7 +142,7 @@ fn classify_v4(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     if !header_intact {
         return Verdict::Rejected(RejectReason::BadChecksum);
     }
-    if nic.flags & NIC_F_TEST_V4 == 0 || ip.dst != nic.test_v4 {
+    if nic.flags & NIC_F_TEST_V4 == 0 || ip.dst_addr != nic.test_v4 {
         return Verdict::Rejected(RejectReason::WrongDestination);
     }
     let tot_len = usize::from(u16::from_be_bytes(ip.tot_len));
@@ -157,7 +161,7 @@ fn classify_v4(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
         return Verdict::Rejected(RejectReason::BadChecksum);
     }
     let mut target = [0u8; 16];
-    target[..4].copy_from_slice(&ip.src);
+    target[..4].copy_from_slice(&ip.src_addr);
     check_payload(msg, echo, ifindex, 4, target)
 }
 
@@ -168,11 +172,11 @@ fn classify_v6(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     };
     // SAFETY: bounds checked by `at`.
     let ip = unsafe { &*ip };
-    if ip.version_class_flow[0] >> 4 != 6 {
+    if ip.vcf[0] >> 4 != 6 {
         return Verdict::NotOurs;
     }
     let icmp_at = ETH_HLEN + IPV6_HLEN;
-    if ip.next_header == IPPROTO_FRAGMENT {
+    if ip.next_hdr == IPPROTO_FRAGMENT {
         // Only the first fragment shows the ICMPv6 header behind the fragment header.
         let Some(frag) = at::<Ipv6FragHdr>(start, end, icmp_at) else {
             return Verdict::NotOurs;
@@ -192,7 +196,7 @@ fn classify_v6(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
         }
         return Verdict::NotOurs;
     }
-    if ip.next_header != IPPROTO_ICMPV6 {
+    if ip.next_hdr != IPPROTO_ICMPV6 {
         return Verdict::NotOurs;
     }
     let Some(echo) = at::<IcmpEcho>(start, end, icmp_at) else {
@@ -203,7 +207,7 @@ fn classify_v6(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     if !is_candidate(echo, ICMPV6_ECHO_REPLY) {
         return Verdict::NotOurs;
     }
-    if nic.flags & NIC_F_TEST_V6 == 0 || ip.dst != nic.test_v6 {
+    if nic.flags & NIC_F_TEST_V6 == 0 || ip.dst_addr != nic.test_v6 {
         return Verdict::Rejected(RejectReason::WrongDestination);
     }
     let payload_len = usize::from(u16::from_be_bytes(ip.payload_len));
@@ -218,11 +222,16 @@ fn classify_v6(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     };
     // SAFETY: bounds checked by `at`.
     let msg = unsafe { &*msg };
-    let pseudo = ipv6_pseudo_header(&ip.src, &ip.dst, PROBE_ICMP_LEN as u32, IPPROTO_ICMPV6);
+    let pseudo = ipv6_pseudo_header(
+        &ip.src_addr,
+        &ip.dst_addr,
+        PROBE_ICMP_LEN as u32,
+        IPPROTO_ICMPV6,
+    );
     if fold(add_words(pseudo, msg)) != 0xffff {
         return Verdict::Rejected(RejectReason::BadChecksum);
     }
-    check_payload(msg, echo, ifindex, 6, ip.src)
+    check_payload(msg, echo, ifindex, 6, ip.src_addr)
 }
 
 /// Whether the IPv4 header checksum (fixed part and options) is right.

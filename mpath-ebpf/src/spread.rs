@@ -28,10 +28,11 @@ use mpath_ebpf::flow_hash;
 
 use crate::{
     maps::{BUCKETS, EGRESS_NICS, GROUP_TESTS, count},
-    packet::{
-        ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, EthHdr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_HLEN, Ipv4Hdr,
-        Ipv6Hdr, at,
-    },
+    packet::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_HLEN, at},
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -92,19 +93,19 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
     // SAFETY: `at` checked that the header lies inside the packet.
     let eth = unsafe { &*eth };
     // Broadcast and multicast (ARP, ND, MLD, IGMP...) belong to the link they were sent on.
-    if eth.dst[0] & 1 != 0 {
+    if eth.dst_addr[0] & 1 != 0 {
         return None;
     }
     // The socket's flow hash when it set one (TCP, connected UDP): free and stable per flow.
     // SAFETY: the context pointer is valid for the duration of the program.
     let mut hash = unsafe { (*ctx.skb.skb).hash };
-    match u16::from_be_bytes(eth.proto) {
+    match u16::from_be(eth.ether_type) {
         ETH_P_IPV4 => {
             let ip: *const Ipv4Hdr = at(start, end, ETH_HLEN)?;
             // SAFETY: bounds checked by `at`.
             let ip = unsafe { &*ip };
-            let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
-            if let Some(owner) = test_address_owner(u32::from(nic.group), ip.src) {
+            let ihl = usize::from(ip.vihl & 0x0f) * 4;
+            if let Some(owner) = test_address_owner(u32::from(nic.group), ip.src_addr) {
                 if ip.proto == IPPROTO_ICMP {
                     stamp_probe(ctx, ETH_HLEN + ihl, ICMP_ECHO_REQUEST);
                 }
@@ -116,13 +117,13 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
             if hash == 0 {
                 // Ports only when the packet is not a fragment: all pieces of a datagram
                 // must go the same way.
-                let whole = u16::from_be_bytes(ip.frag_off) & 0x3fff == 0;
+                let whole = u16::from_be_bytes(ip.frags) & 0x3fff == 0;
                 let ports = if whole && has_ports(ip.proto) {
                     ports_at(start, end, ETH_HLEN + ihl)
                 } else {
                     [0; 4]
                 };
-                hash = flow_hash::v4(ip.src, ip.dst, ip.proto, ports);
+                hash = flow_hash::v4(ip.src_addr, ip.dst_addr, ip.proto, ports);
             }
         }
         ETH_P_IPV6 => {
@@ -130,8 +131,8 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
             // SAFETY: bounds checked by `at`.
             let ip = unsafe { &*ip };
             // Link-local sources (IPv6 probes among them) are bound to their link.
-            if ip.src[0] == 0xfe && ip.src[1] & 0xc0 == 0x80 {
-                if ip.next_header == IPPROTO_ICMPV6 {
+            if ip.src_addr[0] == 0xfe && ip.src_addr[1] & 0xc0 == 0x80 {
+                if ip.next_hdr == IPPROTO_ICMPV6 {
                     stamp_probe(ctx, ETH_HLEN + IPV6_HLEN, ICMPV6_ECHO_REQUEST);
                 }
                 return None;
@@ -139,7 +140,7 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
             if nic.is_routed() {
                 return None;
             }
-            if ip.next_header == IPPROTO_ICMPV6 {
+            if ip.next_hdr == IPPROTO_ICMPV6 {
                 let kind: *const u8 = at(start, end, ETH_HLEN + IPV6_HLEN)?;
                 // SAFETY: bounds checked by `at`.
                 if ND_TYPES.contains(unsafe { &*kind }) {
@@ -147,12 +148,12 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
                 }
             }
             if hash == 0 {
-                let ports = if has_ports(ip.next_header) {
+                let ports = if has_ports(ip.next_hdr) {
                     ports_at(start, end, ETH_HLEN + IPV6_HLEN)
                 } else {
                     [0; 4]
                 };
-                hash = flow_hash::v6(&ip.src, &ip.dst, ip.next_header, ports);
+                hash = flow_hash::v6(&ip.src_addr, &ip.dst_addr, ip.next_hdr, ports);
             }
         }
         _ => return None,
