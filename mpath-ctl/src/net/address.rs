@@ -2,95 +2,72 @@
 //! netlink reports them.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
+use ipnet::{IpNet, Ipv4Net};
 use thiserror::Error;
 
-/// An interface address with its prefix length, e.g. `192.0.2.19/24` or `2001:db8::19/64`.
+/// An interface address with its prefix length, e.g. `192.0.2.19/24` or `2001:db8::19/64`
+/// (host bits kept: the address matters, not only its network).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpCidr {
-    addr: IpAddr,
-    prefix_len: u8,
-}
+pub struct IpCidr(IpNet);
 
 impl IpCidr {
     pub fn new(addr: IpAddr, prefix_len: u8) -> Result<IpCidr, CidrError> {
-        let max = match addr {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => 128,
-        };
-        if prefix_len > max {
-            return Err(CidrError::PrefixLenOutOfRange {
+        IpNet::new(addr, prefix_len)
+            .map(IpCidr)
+            .map_err(|_| CidrError::PrefixLenOutOfRange {
                 prefix_len: prefix_len.to_string(),
-                max,
-            });
-        }
-        Ok(IpCidr { addr, prefix_len })
+                max: max_prefix_len(addr),
+            })
     }
 
     pub fn addr(&self) -> IpAddr {
-        self.addr
+        self.0.addr()
     }
 
     pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
+        self.0.prefix_len()
     }
 
     /// The address alone, as a host route would name it (/32 or /128).
     pub fn host(&self) -> IpCidr {
-        let prefix_len = match self.addr {
-            IpAddr::V4(_) => 32,
-            IpAddr::V6(_) => 128,
-        };
-        IpCidr {
-            addr: self.addr,
-            prefix_len,
-        }
+        IpCidr(IpNet::from(self.addr()))
     }
 
     /// The network this address is in: host bits cleared, same prefix length. A route's
     /// destination must equal its network, as the kernel refuses host bits in routes.
     pub fn network(&self) -> IpCidr {
-        let addr = match self.addr {
-            IpAddr::V4(v4) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len));
-                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask.unwrap_or(0)))
-            }
-            IpAddr::V6(v6) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len));
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask.unwrap_or(0)))
-            }
-        };
-        IpCidr {
-            addr,
-            prefix_len: self.prefix_len,
-        }
+        IpCidr(self.0.trunc())
     }
 
     /// Whether `addr` lies in this subnet (an address of the other family never does).
     pub fn contains(&self, addr: IpAddr) -> bool {
-        addr.is_ipv4() == self.addr.is_ipv4()
-            && IpCidr {
-                addr,
-                prefix_len: self.prefix_len,
-            }
-            .network()
-                == self.network()
+        self.0.contains(&addr)
     }
 
     /// Whether this network contains all of `inner`.
     pub fn covers(&self, inner: IpCidr) -> bool {
-        self.prefix_len <= inner.prefix_len && self.contains(inner.addr)
+        self.0.contains(&inner.0)
+    }
+}
+
+fn max_prefix_len(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
     }
 }
 
 impl fmt::Display for IpCidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
+        self.0.fmt(f)
     }
 }
 
+/// Parsed here rather than by ipnet, whose one error says nothing of what is wrong: a
+/// configuration error names the missing or bad part.
 impl FromStr for IpCidr {
     type Err = CidrError;
 
@@ -99,53 +76,50 @@ impl FromStr for IpCidr {
         let addr: IpAddr = addr_text
             .parse()
             .map_err(|_| CidrError::BadAddress(addr_text.to_string()))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
         let out_of_range = || CidrError::PrefixLenOutOfRange {
             prefix_len: prefix_text.to_string(),
-            max,
+            max: max_prefix_len(addr),
         };
         if prefix_text.is_empty() || !prefix_text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(out_of_range());
         }
         let prefix_len = prefix_text.parse().map_err(|_| out_of_range())?;
-        IpCidr::new(addr, prefix_len)
+        IpCidr::new(addr, prefix_len).map_err(|_| out_of_range())
     }
 }
 
 /// An IPv4 interface address with prefix length: test addresses are IPv4 only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Cidr {
-    addr: Ipv4Addr,
-    prefix_len: u8,
-}
+pub struct Ipv4Cidr(Ipv4Net);
 
 impl Ipv4Cidr {
     pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Result<Ipv4Cidr, CidrError> {
-        IpCidr::new(IpAddr::V4(addr), prefix_len)?;
-        Ok(Ipv4Cidr { addr, prefix_len })
+        Ipv4Net::new(addr, prefix_len)
+            .map(Ipv4Cidr)
+            .map_err(|_| CidrError::PrefixLenOutOfRange {
+                prefix_len: prefix_len.to_string(),
+                max: 32,
+            })
     }
 
     pub fn addr(&self) -> Ipv4Addr {
-        self.addr
+        self.0.addr()
     }
 
     pub fn prefix_len(&self) -> u8 {
-        self.prefix_len
+        self.0.prefix_len()
     }
 }
 
 impl From<Ipv4Cidr> for IpCidr {
     fn from(cidr: Ipv4Cidr) -> IpCidr {
-        IpCidr {
-            addr: IpAddr::V4(cidr.addr),
-            prefix_len: cidr.prefix_len,
-        }
+        IpCidr(IpNet::V4(cidr.0))
     }
 }
 
 impl fmt::Display for Ipv4Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
+        self.0.fmt(f)
     }
 }
 
