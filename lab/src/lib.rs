@@ -49,6 +49,41 @@ use anyhow::{Context, Result, bail};
 pub use lab::{Lab, LabBuilder};
 pub use netns::{Netns, NetnsGuard};
 
+/// The lab group the tests and benchmarks run mpathd on: h0 and h1 active, h2 a standby,
+/// each with a test address, probing the router; IPv4 data addresses on h0 and h1 and an
+/// IPv6 one on h0 (so IPv6 probing runs too); the demo runs it too. `SOCKET` and `PINS` are
+/// for the caller to fill in: the control socket and the pin directory.
+pub fn three_nic_config(fdt_ms: u64) -> String {
+    format!(
+        r#"
+[daemon]
+failure_detection_time_ms = {fdt_ms}
+failback = true
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+targets = ["192.0.2.1"]
+
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.21/24"
+data_addresses = ["192.0.2.19/24", "2001:db8::19/64"]
+
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.22/24"
+data_addresses = ["192.0.2.20/24"]
+
+[[group.interface]]
+name = "h2"
+standby = true
+test_address = "192.0.2.23/24"
+"#
+    )
+}
+
 /// Prefix of every lab namespace name.
 pub const NAMESPACE_PREFIX: &str = "mpl-";
 /// The router's default IPv4 probe target, on `r0` as 192.0.2.1/24.

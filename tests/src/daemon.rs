@@ -15,6 +15,7 @@ use mpath_ctl::{
     api::views::Status,
 };
 use mpath_lab::Netns;
+pub use mpath_lab::three_nic_config;
 
 use crate::PinDir;
 
@@ -34,41 +35,6 @@ pub fn inbound<'a>(status: &'a Status, address: &str) -> Option<&'a str> {
         .iter()
         .find(|a| a.address == address)
         .and_then(|a| a.inbound.as_deref())
-}
-
-/// The lab group the tests and benchmarks run mpathd on: h0 and h1 active, h2 a standby,
-/// each with a test address, probing the router; IPv4 data addresses on h0 and h1 and an
-/// IPv6 one on h0 (so IPv6 probing runs too). `SOCKET` and `PINS` are filled in by
-/// [`Mpathd::start`].
-pub fn three_nic_config(fdt_ms: u64) -> String {
-    format!(
-        r#"
-[daemon]
-failure_detection_time_ms = {fdt_ms}
-failback = true
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-
-[[group]]
-name = "g0"
-targets = ["192.0.2.1"]
-
-[[group.interface]]
-name = "h0"
-test_address = "192.0.2.21/24"
-data_addresses = ["192.0.2.19/24", "2001:db8::19/64"]
-
-[[group.interface]]
-name = "h1"
-test_address = "192.0.2.22/24"
-data_addresses = ["192.0.2.20/24"]
-
-[[group.interface]]
-name = "h2"
-standby = true
-test_address = "192.0.2.23/24"
-"#
-    )
 }
 
 /// mpathd and mpathctl as built for this run, in the same profile as the running program.

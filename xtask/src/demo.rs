@@ -15,37 +15,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use mpath_lab::Lab;
+use mpath_lab::{Lab, three_nic_config};
 
 use crate::exec;
-
-const CONFIG: &str = r#"
-[daemon]
-failure_detection_time_ms = 1000
-failback = true
-metrics_listen = "127.0.0.1:9798"
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-
-[[group]]
-name = "g0"
-targets = ["192.0.2.1"]
-
-[[group.interface]]
-name = "h0"
-test_address = "192.0.2.21/24"
-data_addresses = ["192.0.2.19/24", "2001:db8::19/64"]
-
-[[group.interface]]
-name = "h1"
-test_address = "192.0.2.22/24"
-data_addresses = ["192.0.2.20/24"]
-
-[[group.interface]]
-name = "h2"
-standby = true
-test_address = "192.0.2.23/24"
-"#;
 
 /// The running demo; dropping it stops mpathd and removes its datapath and files.
 struct Demo {
@@ -68,7 +40,8 @@ pub fn run() -> anyhow::Result<()> {
     let pins = PathBuf::from(format!("/sys/fs/bpf/mpath-demo-{pid}"));
     fs::create_dir_all(&dir)?;
     let config = dir.join("mpathd.toml");
-    let text = CONFIG
+    // The lab group the tests run, at in.mpathd's FDT of 10 s divided by ten.
+    let text = three_nic_config(1000)
         .replace("SOCKET", &dir.join("mpathd.sock").display().to_string())
         .replace("PINS", &pins.display().to_string());
     fs::write(&config, text)?;
