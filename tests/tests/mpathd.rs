@@ -821,6 +821,60 @@ fn ipv6_probes_from_link_local_addresses_and_one_family_alone_fails_no_nic() {
     assert!(!daemon.log().contains("Successfully failed over"));
 }
 
+#[test]
+fn a_family_that_fails_alone_is_shown_and_warned_about_while_the_other_holds_the_nic() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("IPv6 targets found on every NIC", v6_targets_found);
+    daemon.wait_until("all NICs ok", all_ok);
+    let h0 = |d: &Mpathd| {
+        d.try_status()
+            .and_then(|s| s.interfaces.into_iter().find(|i| i.interface == "h0"))
+    };
+    // The router stops answering h0's IPv4 probes only: IPv6 keeps h0 up (in.mpathd's rule),
+    // and its IPv4 traffic is at risk, which the views, the log and the metrics must show.
+    lab.router()
+        .run(&[
+            "nft",
+            "add table ip deaf4; add chain ip deaf4 input { type filter hook input \\
+             priority 0; ip saddr 192.0.2.21 icmp type echo-request drop; }",
+        ])
+        .unwrap();
+    daemon.wait_until("h0's IPv4 probing failed", |d| {
+        h0(d).is_some_and(|i| i.probe_ipv4 == Some(ProbeStatus::Failed))
+    });
+    let row = h0(&daemon).unwrap();
+    assert_eq!(
+        (row.state, row.probe, row.probe_ipv6),
+        (InterfaceStatus::Ok, ProbeStatus::Ok, Some(ProbeStatus::Ok)),
+        "{row:?}"
+    );
+    assert!(daemon.log().contains(
+        "IPv4 probes on h0 of group g0 have failed while IPv6 probes answer: h0 stays in use"
+    ));
+    assert!(!daemon.log().contains("NIC failure detected"));
+    let out = daemon.ctl(
+        lab.host(),
+        &["-o", "interface,probe,probe4,probe6", "interfaces"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["h0", "ok", "failed", "ok"]),
+        "{out:?}"
+    );
+
+    lab.router().run(&["nft", "delete table ip deaf4"]).unwrap();
+    daemon.wait_until("h0's IPv4 probing back", |d| {
+        h0(d).is_some_and(|i| i.probe_ipv4 == Some(ProbeStatus::Ok))
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("IPv4 probes on h0 of group g0 answer again")
+    );
+}
+
 /// Columns of a view as printed, with runs of spaces collapsed (widths are the table's
 /// business; the cells and their order are the contract).
 fn cells(text: &[u8]) -> Vec<String> {
@@ -860,10 +914,10 @@ fn golden_views_of_a_degraded_group() {
     assert_eq!(
         cells(&view(&["interfaces"])),
         [
-            "INTERFACE ACTIVE GROUP FLAGS LINK PROBE STATE",
-            "h0 no g0 ------- down unknown failed",
-            "h1 yes g0 ------- up ok ok",
-            "h2 yes g0 -s----- up ok ok",
+            "INTERFACE ACTIVE GROUP FLAGS LINK PROBE PROBE4 PROBE6 STATE",
+            "h0 no g0 ------- down unknown unknown unknown failed",
+            "h1 yes g0 ------- up ok ok ok ok",
+            "h2 yes g0 -s----- up ok ok ok ok",
         ]
     );
     // ipmpstat -P: for scripts, the -o fields without a header, colons escaped.
@@ -888,11 +942,14 @@ fn golden_views_of_a_degraded_group() {
         serde_json::from_slice::<serde_json::Value>(&view(&["interfaces", "--json"])).unwrap(),
         json!([
             {"interface": "h0", "group": "g0", "active": false, "flags": ["failed"],
-             "link": "down", "probe": "unknown", "state": "failed"},
+             "link": "down", "probe": "unknown", "probe_ipv4": "unknown",
+             "probe_ipv6": "unknown", "state": "failed"},
             {"interface": "h1", "group": "g0", "active": true, "flags": [],
-             "link": "up", "probe": "ok", "state": "ok"},
+             "link": "up", "probe": "ok", "probe_ipv4": "ok", "probe_ipv6": "ok",
+             "state": "ok"},
             {"interface": "h2", "group": "g0", "active": true, "flags": ["standby"],
-             "link": "up", "probe": "ok", "state": "ok"},
+             "link": "up", "probe": "ok", "probe_ipv4": "ok", "probe_ipv6": "ok",
+             "state": "ok"},
         ])
     );
     assert_eq!(

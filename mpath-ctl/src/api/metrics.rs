@@ -54,7 +54,8 @@ use crate::{
     core::failover::{MoveKind, Transfer},
     core::probe::{FdtView, ProbeOutcome, RejectReason as ReplyRejectReason},
     core::state::{
-        FailureCause, GroupState, GroupView, InterfaceStatus, InterfaceView, LinkState, ProbeStatus,
+        FailureCause, GroupState, GroupView, InterfaceFlag, InterfaceStatus, InterfaceView,
+        LinkState, ProbeStatus,
     },
 };
 
@@ -123,6 +124,13 @@ pub struct LiveSeries {
     pub targets: BTreeSet<(String, String, IpAddr)>,
 }
 
+/// Now, in seconds since the Unix epoch.
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |t| t.as_secs_f64())
+}
+
 /// Removes the series of `family` whose labels `keep` refuses.
 fn prune<T: MetricVecBuilder>(family: &MetricVec<T>, keep: &dyn Fn(&HashMap<&str, &str>) -> bool) {
     for metrics in family.collect() {
@@ -146,6 +154,8 @@ pub struct GroupSnapshot {
     pub view: GroupView,
     pub fdt: FdtView,
     pub interfaces: Vec<InterfaceView>,
+    /// Each data address (with its prefix length) and the NIC it is on.
+    pub addresses: Vec<(String, Option<String>)>,
 }
 
 /// A NIC outside any group: only its link is watched.
@@ -210,8 +220,38 @@ struct StateMetrics {
     interface_state: IntGaugeVec,
     link_state: IntGaugeVec,
     probe_state: IntGaugeVec,
+    family_probe_state: IntGaugeVec,
     active: IntGaugeVec,
+    standby: IntGaugeVec,
+    address_interface: IntGaugeVec,
 }
+
+/// The daemon itself: its configuration reloads.
+struct DaemonMetrics {
+    reloads: IntCounterVec,
+    last_reload_successful: IntGaugeVec,
+    last_reload_success: GaugeVec,
+}
+
+/// How a SIGHUP reload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    /// The new configuration was applied.
+    Applied,
+    /// The file had not changed.
+    Unchanged,
+    /// The file was refused (unreadable or invalid); the running configuration stays.
+    Refused,
+    /// Applying it failed part way (logged); what could be applied was.
+    Failed,
+}
+
+named!(ReloadResult {
+    Applied => "applied",
+    Unchanged => "unchanged",
+    Refused => "refused",
+    Failed => "failed",
+});
 
 /// The datapath's own counters, copied from a [`Snapshot`] at each render.
 struct DatapathMetrics {
@@ -234,12 +274,16 @@ pub struct Metrics {
     events: EventMetrics,
     state: StateMetrics,
     datapath: DatapathMetrics,
+    daemon: DaemonMetrics,
 }
 
 const GROUP: &[&str] = &["group"];
 const GROUP_STATE: &[&str] = &["group", "state"];
 const NIC: &[&str] = &["group", "interface"];
 const NIC_STATE: &[&str] = &["group", "interface", "state"];
+const NO_LABELS: &[&str] = &[];
+const NIC_FAMILY_STATE: &[&str] = &["group", "interface", "family", "state"];
+const ADDRESS: &[&str] = &["group", "address", "interface"];
 const NIC_CAUSE: &[&str] = &["group", "interface", "cause"];
 const NIC_REASON: &[&str] = &["group", "interface", "reason"];
 const NIC_TARGET: &[&str] = &["group", "interface", "target"];
@@ -431,12 +475,67 @@ impl Metrics {
                  disabled), 0 for the others.",
                 NIC_STATE,
             )?,
+            family_probe_state: d.gauge(
+                "mpath_interface_family_probe_state",
+                "Probe-based detection per address family (ipv4, ipv6) of NICs that probe in \
+                 it: 1 for the current state (ok, failed or unknown), 0 for the others. A NIC \
+                 probing both fails only when both fail: a failed family under an ok NIC \
+                 loses that family's traffic.",
+                NIC_FAMILY_STATE,
+            )?,
             active: d.gauge(
                 "mpath_interface_active",
                 "1 when the NIC carries traffic, 0 when it is inactive or unusable.",
                 NIC,
             )?,
+            standby: d.gauge(
+                "mpath_interface_standby",
+                "1 for a NIC configured as a standby, 0 for the others.",
+                NIC,
+            )?,
+            address_interface: d.gauge(
+                "mpath_address_interface",
+                "1 for the NIC each data address is on (the interface label is empty while \
+                 it is on none).",
+                ADDRESS,
+            )?,
         };
+        let daemon = DaemonMetrics {
+            reloads: d.counter(
+                "mpath_config_reloads_total",
+                "Configuration reloads (SIGHUP) by result: applied, unchanged, refused, failed.",
+                &["result"],
+            )?,
+            last_reload_successful: d.gauge(
+                "mpath_config_last_reload_successful",
+                "1 when the last reload was applied or found the file unchanged, 0 when it \
+                 was refused or failed (1 before any reload).",
+                NO_LABELS,
+            )?,
+            last_reload_success: d.seconds(
+                "mpath_config_last_reload_success_timestamp_seconds",
+                "When the configuration was last loaded successfully (at start or by a \
+                 reload), in seconds since the Unix epoch.",
+                NO_LABELS,
+            )?,
+        };
+        let build = d.gauge(
+            "mpath_build_info",
+            "Always 1; the version label says which mpath runs.",
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        daemon
+            .last_reload_successful
+            .with_label_values(NO_LABELS)
+            .set(1);
+        daemon
+            .last_reload_success
+            .with_label_values(NO_LABELS)
+            .set(unix_seconds());
+        for result in ReloadResult::ALL {
+            daemon.reloads.with_label_values(&[result.as_str()]);
+        }
         let datapath = DatapathMetrics {
             tx_packets: d.counter(
                 "mpath_datapath_transmit_packets_total",
@@ -490,6 +589,7 @@ impl Metrics {
             events,
             state,
             datapath,
+            daemon,
         };
         metrics.declare_groups(groups);
         Ok(metrics)
@@ -624,6 +724,21 @@ impl Metrics {
         self.events.group_failures.with_label_values(&[group]).inc();
     }
 
+    /// A reload ended with `result`.
+    pub fn reload(&self, result: ReloadResult) {
+        let d = &self.daemon;
+        d.reloads.with_label_values(&[result.as_str()]).inc();
+        let successful = matches!(result, ReloadResult::Applied | ReloadResult::Unchanged);
+        d.last_reload_successful
+            .with_label_values(NO_LABELS)
+            .set(i64::from(successful));
+        if successful {
+            d.last_reload_success
+                .with_label_values(NO_LABELS)
+                .set(unix_seconds());
+        }
+    }
+
     /// Counts a completed transfer of data addresses (one "Successfully failed over/back"
     /// log line): a failover on the NIC left, a failback or restore on the NIC reached.
     pub fn transfer(&self, group: &str, transfer: &Transfer) {
@@ -653,7 +768,10 @@ impl Metrics {
             &s.interface_state,
             &s.link_state,
             &s.probe_state,
+            &s.family_probe_state,
             &s.active,
+            &s.standby,
+            &s.address_interface,
         ] {
             family.reset();
         }
@@ -703,9 +821,28 @@ impl Metrics {
                     nic.probe,
                     ProbeStatus::as_str,
                 );
+                for (family, probe) in [("ipv4", nic.probe_ipv4), ("ipv6", nic.probe_ipv6)] {
+                    if let Some(probe) = probe {
+                        set_one_of(
+                            &s.family_probe_state,
+                            &[name, nic.interface.as_str(), family],
+                            ProbeStatus::ALL,
+                            probe,
+                            ProbeStatus::as_str,
+                        );
+                    }
+                }
                 s.active
                     .with_label_values(&labels)
                     .set(i64::from(nic.active));
+                s.standby
+                    .with_label_values(&labels)
+                    .set(i64::from(nic.flags.contains(&InterfaceFlag::Standby)));
+            }
+            for (address, interface) in &group.addresses {
+                s.address_interface
+                    .with_label_values(&[name, address, interface.as_deref().unwrap_or("")])
+                    .set(1);
             }
         }
         for nic in &snapshot.ungrouped {
@@ -968,13 +1105,25 @@ mod tests {
             interface: name.into(),
             group: group.into(),
             active: ok,
-            flags: Vec::new(),
+            flags: if name == "h1" {
+                vec![InterfaceFlag::Standby]
+            } else {
+                Vec::new()
+            },
             link: if ok { LinkState::Up } else { LinkState::Down },
             probe: if ok {
                 ProbeStatus::Ok
             } else {
                 ProbeStatus::Unknown
             },
+            // A working NIC whose IPv6 probes fail while IPv4 holds it up; a broken one
+            // probing IPv4 only.
+            probe_ipv4: Some(if ok {
+                ProbeStatus::Ok
+            } else {
+                ProbeStatus::Unknown
+            }),
+            probe_ipv6: ok.then_some(ProbeStatus::Failed),
             state,
         }
     }
@@ -1014,6 +1163,10 @@ mod tests {
                     probe_interval_us: 285_714,
                 },
                 interfaces: vec![interface("g0", "h0", h0), interface("g0", "h1", h1)],
+                addresses: vec![
+                    ("192.0.2.19/24".into(), Some("h0".into())),
+                    ("192.0.2.20/24".into(), None),
+                ],
             }],
             datapath: vec![DatapathSnapshot {
                 group: "g0".into(),
@@ -1075,6 +1228,89 @@ mod tests {
             let value = line.strip_prefix(series)?.strip_prefix(' ')?;
             Some(value.parse().expect("a sample value"))
         })
+    }
+
+    #[test]
+    fn families_standbys_addresses_the_build_and_reloads_are_shown() {
+        let m = populated();
+        let text = m
+            .render(&snapshot(InterfaceStatus::Ok, InterfaceStatus::Failed))
+            .unwrap();
+        let family = |nic: &str, family: &str, state: &str| {
+            format!(
+                r#"mpath_interface_family_probe_state{{family="{family}",group="g0",interface="{nic}",state="{state}"}}"#
+            )
+        };
+        for (series, value) in [
+            (family("h0", "ipv4", "ok"), 1.0),
+            (family("h0", "ipv6", "failed"), 1.0),
+            (family("h0", "ipv6", "ok"), 0.0),
+            (family("h1", "ipv4", "unknown"), 1.0),
+            (
+                r#"mpath_interface_standby{group="g0",interface="h1"}"#.into(),
+                1.0,
+            ),
+            (
+                r#"mpath_interface_standby{group="g0",interface="h0"}"#.into(),
+                0.0,
+            ),
+            (
+                r#"mpath_address_interface{address="192.0.2.19/24",group="g0",interface="h0"}"#
+                    .into(),
+                1.0,
+            ),
+            (
+                r#"mpath_address_interface{address="192.0.2.20/24",group="g0",interface=""}"#
+                    .into(),
+                1.0,
+            ),
+            (
+                format!(
+                    r#"mpath_build_info{{version="{}"}}"#,
+                    env!("CARGO_PKG_VERSION")
+                ),
+                1.0,
+            ),
+            ("mpath_config_last_reload_successful".into(), 1.0),
+            (
+                r#"mpath_config_reloads_total{result="refused"}"#.into(),
+                0.0,
+            ),
+        ] {
+            assert_eq!(sample(&text, &series), Some(value), "{series}\n{text}");
+        }
+        assert_eq!(
+            sample(&text, &family("h1", "ipv6", "unknown")),
+            None,
+            "no series for a family the NIC does not probe"
+        );
+        let loaded = sample(&text, "mpath_config_last_reload_success_timestamp_seconds").unwrap();
+
+        m.reload(ReloadResult::Refused);
+        let text = m.render(&Snapshot::default()).unwrap();
+        assert_eq!(
+            sample(&text, "mpath_config_last_reload_successful"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, r#"mpath_config_reloads_total{result="refused"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "mpath_config_last_reload_success_timestamp_seconds"),
+            Some(loaded),
+            "a refused reload loads nothing"
+        );
+        m.reload(ReloadResult::Applied);
+        let text = m.render(&Snapshot::default()).unwrap();
+        assert_eq!(
+            sample(&text, "mpath_config_last_reload_successful"),
+            Some(1.0)
+        );
+        assert!(
+            sample(&text, "mpath_config_last_reload_success_timestamp_seconds").unwrap() >= loaded
+        );
+        promtool_check(&text);
     }
 
     /// Runs `promtool check metrics` (Debian package `prometheus`) on `text`: it parses the

@@ -54,6 +54,13 @@ pub struct InterfaceRow {
     pub link: LinkState,
     /// `ok`, `failed`, `unknown` or `disabled` (no test address: link-based only).
     pub probe: ProbeStatus,
+    /// Probing in each family (`ok`, `failed`, `unknown`), `None` where the NIC does not
+    /// probe in it. A NIC probing both families fails only when both fail, so one family
+    /// can be `failed` under a `probe` of `ok`: its traffic in that family may be lost.
+    #[serde(default)]
+    pub probe_ipv4: Option<ProbeStatus>,
+    #[serde(default)]
+    pub probe_ipv6: Option<ProbeStatus>,
     /// `ok`, `failed`, `offline`, `missing` or `unknown`.
     pub state: InterfaceStatus,
 }

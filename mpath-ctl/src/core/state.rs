@@ -283,6 +283,18 @@ pub enum Action {
     GroupRepaired {
         nic: String,
     },
+    /// One family of a NIC probing both lost its last [`NUM_PROBE_FAILS`] probes while the
+    /// other still answers, which holds the NIC up (in.mpathd's rule): its traffic in that
+    /// family may be lost, and the NIC is not failed over.
+    FamilyFailed {
+        nic: String,
+        family: AddressFamily,
+    },
+    /// That family answers again.
+    FamilyRepaired {
+        nic: String,
+        family: AddressFamily,
+    },
     /// The roles of the members changed ([`Group::nic_roles`]): rewrite the bucket table from
     /// [`Group::usable_interfaces`] and recompute the address placement.
     UsableSetChanged,
@@ -303,7 +315,9 @@ impl Action {
             | Action::Deactivate { nic }
             | Action::Offlined { nic }
             | Action::Onlined { nic }
-            | Action::GroupRepaired { nic } => Some(nic),
+            | Action::GroupRepaired { nic }
+            | Action::FamilyFailed { nic, .. }
+            | Action::FamilyRepaired { nic, .. } => Some(nic),
             Action::FlushTargets { .. } | Action::GroupFailed | Action::UsableSetChanged => None,
         }
     }
@@ -344,6 +358,17 @@ impl Action {
             Action::GroupRepaired { nic } => {
                 format!("At least 1 interface ({nic}) in group {group} is now usable")
             }
+            Action::FamilyFailed { nic, family } => format!(
+                "{} probes on {nic} of group {group} have failed while {} probes answer: {nic} stays \
+                 in use, and its {} traffic may be lost",
+                family.ip_version(),
+                family.other().ip_version(),
+                family.ip_version()
+            ),
+            Action::FamilyRepaired { nic, family } => format!(
+                "{} probes on {nic} of group {group} answer again",
+                family.ip_version()
+            ),
             Action::UsableSetChanged => return None,
         })
     }
@@ -431,6 +456,9 @@ pub struct InterfaceView {
     pub flags: Vec<InterfaceFlag>,
     pub link: LinkState,
     pub probe: ProbeStatus,
+    /// Probe-based detection per family; `None` for a family the NIC does not probe.
+    pub probe_ipv4: Option<ProbeStatus>,
+    pub probe_ipv6: Option<ProbeStatus>,
     pub state: InterfaceStatus,
 }
 
@@ -485,6 +513,8 @@ struct ProbeStats {
     /// When the last reply came (in.mpathd "time last success").
     last_answer: Option<Instant>,
     has_targets: bool,
+    /// [`Action::FamilyFailed`] was reported and no answer came since.
+    failed_alone: bool,
 }
 
 impl ProbeStats {
@@ -598,6 +628,22 @@ impl Interface {
             .any(|family| self.stats(family).answered >= NUM_PROBE_REPAIRS)
     }
 
+    /// `family` lost its last [`NUM_PROBE_FAILS`] probes while the other family answered
+    /// since: the NIC works in one family only. (Both going silent is a NIC failure, not
+    /// this.)
+    fn fails_alone(&self, family: AddressFamily) -> bool {
+        let stats = self.stats(family);
+        let other = self.stats(family.other());
+        let answered_since = match (other.last_answer, stats.first_loss) {
+            (Some(answer), Some(first_loss)) => answer > first_loss,
+            _ => false,
+        };
+        self.probe.contains(family.other())
+            && other.has_targets
+            && stats.lost >= NUM_PROBE_FAILS
+            && answered_since
+    }
+
     fn first_loss(&self) -> Option<Instant> {
         self.probe
             .iter()
@@ -653,6 +699,25 @@ impl Interface {
         }
     }
 
+    /// What probing in one family says, as the views show it; `None` when the NIC does not
+    /// probe in that family.
+    fn family_probe(&self, family: AddressFamily) -> Option<ProbeStatus> {
+        if !self.probe.contains(family) {
+            return None;
+        }
+        let stats = self.stats(family);
+        let detecting = matches!(self.state, IfState::Ok | IfState::Failed { .. });
+        Some(
+            if !detecting || self.link != LinkState::Up || !stats.has_targets {
+                ProbeStatus::Unknown
+            } else if stats.lost >= NUM_PROBE_FAILS {
+                ProbeStatus::Failed
+            } else {
+                ProbeStatus::Ok
+            },
+        )
+    }
+
     fn view(&self, group: &str) -> InterfaceView {
         let mut flags = Vec::new();
         if self.standby {
@@ -696,6 +761,8 @@ impl Interface {
             flags,
             link: self.link,
             probe,
+            probe_ipv4: self.family_probe(AddressFamily::Inet),
+            probe_ipv6: self.family_probe(AddressFamily::Inet6),
             state,
         }
     }
@@ -1028,6 +1095,12 @@ impl Group {
                 stats.lost = 0;
                 stats.first_loss = None;
                 stats.last_answer = Some(now);
+                if std::mem::take(&mut stats.failed_alone) {
+                    actions.push(Action::FamilyRepaired {
+                        nic: member.name.clone(),
+                        family,
+                    });
+                }
                 member.quiet_until = None;
                 if matches!(member.state, IfState::Failed { .. }) {
                     self.consider_repair(index, false, actions);
@@ -1038,6 +1111,16 @@ impl Group {
                 stats.answered = 0;
                 stats.first_loss.get_or_insert(now);
                 self.check_probe_failure(index, now, actions);
+                let member = &mut self.members[index];
+                let failed_alone = member.functioning() && member.fails_alone(family);
+                let stats = member.stats_mut(family);
+                if failed_alone && !stats.failed_alone {
+                    stats.failed_alone = true;
+                    actions.push(Action::FamilyFailed {
+                        nic: member.name.clone(),
+                        family,
+                    });
+                }
             }
         }
     }
@@ -2077,6 +2160,87 @@ mod tests {
     }
 
     #[test]
+    fn one_family_failing_alone_is_reported_and_shown_but_fails_no_nic() {
+        let mut sim = Sim::new(
+            policy(true),
+            vec![
+                nic("h0", false, ProbeFamilies::BOTH),
+                nic("h1", false, ProbeFamilies::NONE),
+            ],
+        );
+        let v6 = |outcome| Event::Probe {
+            nic: "h0".into(),
+            family: AddressFamily::Inet6,
+            outcome,
+        };
+        let family_failed = Action::FamilyFailed {
+            nic: "h0".into(),
+            family: AddressFamily::Inet,
+        };
+        let view = |sim: &Sim| sim.group.interface_views()[0].clone();
+        let mut reported = Vec::new();
+        for _ in 0..NUM_PROBE_FAILS {
+            reported.extend(sim.round(&[("h0", LOST)]));
+            reported.extend(sim.send(v6(ANSWERED)));
+        }
+        assert_eq!(sim.state("h0"), IfState::Ok, "IPv6 holds h0 up");
+        assert_eq!(
+            reported.iter().filter(|a| **a == family_failed).count(),
+            1,
+            "reported once: {reported:?}"
+        );
+        let h0 = view(&sim);
+        assert_eq!(
+            (h0.probe, h0.probe_ipv4, h0.probe_ipv6),
+            (
+                ProbeStatus::Ok,
+                Some(ProbeStatus::Failed),
+                Some(ProbeStatus::Ok)
+            )
+        );
+        // Further losses report nothing new; an answer repairs the family.
+        assert!(!sim.round(&[("h0", LOST)]).contains(&family_failed));
+        let repaired = sim.round(&[("h0", ANSWERED)]);
+        assert!(
+            repaired.contains(&Action::FamilyRepaired {
+                nic: "h0".into(),
+                family: AddressFamily::Inet
+            }),
+            "{repaired:?}"
+        );
+        assert_eq!(view(&sim).probe_ipv4, Some(ProbeStatus::Ok));
+        // A NIC probing one family has no per-family report: its failure is the NIC's.
+        assert_eq!(sim.group.interface_views()[1].probe_ipv4, None);
+    }
+
+    #[test]
+    fn both_families_failing_fail_the_nic_without_a_family_report() {
+        let mut sim = Sim::new(
+            policy(true),
+            vec![
+                nic("h0", false, ProbeFamilies::BOTH),
+                nic("h1", false, ProbeFamilies::NONE),
+            ],
+        );
+        let mut reported = Vec::new();
+        for _ in 0..NUM_PROBE_FAILS {
+            reported.extend(sim.round(&[("h0", LOST)]));
+            reported.extend(sim.send(Event::Probe {
+                nic: "h0".into(),
+                family: AddressFamily::Inet6,
+                outcome: LOST,
+            }));
+        }
+        assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
+        assert!(
+            !reported
+                .iter()
+                .any(|a| matches!(a, Action::FamilyFailed { .. })),
+            "{reported:?}"
+        );
+    }
+
+    #[test]
     fn a_family_without_targets_does_not_hold_back_a_failure() {
         let mut sim = Sim::new(
             policy(true),
@@ -2357,11 +2521,14 @@ mod tests {
             views,
             serde_json::json!([
                 {"interface": "h0", "group": "g0", "active": true, "flags": [],
-                 "link": "up", "probe": "ok", "state": "ok"},
+                 "link": "up", "probe": "ok", "probe_ipv4": "ok", "probe_ipv6": null,
+                 "state": "ok"},
                 {"interface": "h1", "group": "g0", "active": false, "flags": ["failed"],
-                 "link": "down", "probe": "unknown", "state": "failed"},
+                 "link": "down", "probe": "unknown", "probe_ipv4": "unknown",
+                 "probe_ipv6": null, "state": "failed"},
                 {"interface": "h2", "group": "g0", "active": true, "flags": ["standby"],
-                 "link": "up", "probe": "unknown", "state": "unknown"},
+                 "link": "up", "probe": "unknown", "probe_ipv4": "unknown", "probe_ipv6": null,
+                 "state": "unknown"},
             ])
         );
         let group = serde_json::to_value(sim.group.view()).unwrap();

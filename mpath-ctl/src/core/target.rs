@@ -61,6 +61,14 @@ impl AddressFamily {
         }
     }
 
+    /// The other family.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Inet => Self::Inet6,
+            Self::Inet6 => Self::Inet,
+        }
+    }
+
     /// Where discovery echoes go when no router is known: every host on the link answers.
     pub fn all_nodes(self) -> IpAddr {
         match self {

@@ -48,7 +48,9 @@ impl Daemon {
                     self.metrics.group_failure(name);
                     log(Level::WARN, name, action, line);
                 }
-                Action::LinkDown { .. } => log(Level::WARN, name, action, line),
+                Action::LinkDown { .. } | Action::FamilyFailed { .. } => {
+                    log(Level::WARN, name, action, line)
+                }
                 Action::Repaired { nic } => {
                     self.metrics.repair(name, nic);
                     log(Level::INFO, name, action, line);
@@ -70,7 +72,8 @@ impl Daemon {
                 | Action::Deactivate { .. }
                 | Action::Offlined { .. }
                 | Action::Onlined { .. }
-                | Action::GroupRepaired { .. } => log(Level::INFO, name, action, line),
+                | Action::GroupRepaired { .. }
+                | Action::FamilyRepaired { .. } => log(Level::INFO, name, action, line),
             }
         }
         // Probers trust RTTs only while their NIC works (not failed, not offline).

@@ -207,9 +207,7 @@ impl Daemon {
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
                 _ = sighup.recv() => {
-                    if let Err(e) = self.reload().await {
-                        tracing::error!("reload: {e:#}");
-                    }
+                    self.reload().await;
                 }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,

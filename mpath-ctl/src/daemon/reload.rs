@@ -6,6 +6,7 @@ use std::{
 };
 
 use crate::{
+    api::metrics::ReloadResult,
     config::{Config, GroupConfig, diff::DaemonChange},
     core::reconcile,
     core::state::{Action, Event, FailureCause, IfState},
@@ -17,13 +18,25 @@ impl Daemon {
     /// change are not touched; a changed group is rebuilt on top of what the kernel holds
     /// (addresses stay where they are, a NIC failed by probes stays failed until repaired);
     /// a removed group or NIC loses the datapath, its test address and its data addresses.
-    /// A bad file is refused with its reason and nothing changes.
-    pub(super) async fn reload(&mut self) -> anyhow::Result<()> {
+    /// A bad file is refused with its reason and nothing changes. The result is logged and
+    /// counted in the metrics.
+    pub(super) async fn reload(&mut self) {
+        let result = match self.apply_new_config().await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!("reload: {e:#}");
+                ReloadResult::Failed
+            }
+        };
+        self.metrics.reload(result);
+    }
+
+    async fn apply_new_config(&mut self) -> anyhow::Result<ReloadResult> {
         let mut new = match Config::load(&self.paths.config, Some(&self.paths.defaults)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload refused, the running configuration stays: {e}");
-                return Ok(());
+                return Ok(ReloadResult::Refused);
             }
         };
         for warning in &new.warnings {
@@ -32,7 +45,7 @@ impl Daemon {
         let diff = self.config.diff(&new);
         if diff.is_empty() {
             tracing::info!("reload: the configuration is unchanged");
-            return Ok(());
+            return Ok(ReloadResult::Unchanged);
         }
         tracing::info!("reload: {diff}");
         let mut rebuild: BTreeSet<String> =
@@ -93,7 +106,8 @@ impl Daemon {
                 rebuild.insert(g.name.clone());
             }
         }
-        self.resync(&rebuild, &carry).await
+        self.resync(&rebuild, &carry).await?;
+        Ok(ReloadResult::Applied)
     }
 
     /// Takes down what an old group runtime set up that the new configuration (`kept`, the

@@ -122,6 +122,8 @@ mod tests {
             flags: Vec::new(),
             link: LinkState::Up,
             probe: ProbeStatus::Ok,
+            probe_ipv4: Some(ProbeStatus::Ok),
+            probe_ipv6: None,
             state,
         }
     }

@@ -20,6 +20,11 @@ impl Daemon {
                 view: g.fsm.view(),
                 fdt: g.fdt.view(),
                 interfaces: g.fsm.interface_views(),
+                addresses: g
+                    .addresses
+                    .iter()
+                    .map(|a| (a.cidr.to_string(), a.current.clone()))
+                    .collect(),
             });
             for n in &g.nics {
                 match self.datapath.maps.counters(n.slot) {
@@ -86,6 +91,8 @@ impl Daemon {
                     flags: i.flags,
                     link: i.link,
                     probe: i.probe,
+                    probe_ipv4: i.probe_ipv4,
+                    probe_ipv6: i.probe_ipv6,
                     state: i.state,
                 }));
             let outbound: Vec<String> = g
@@ -169,6 +176,8 @@ impl Daemon {
                 flags: Vec::new(),
                 link: if *up { LinkState::Up } else { LinkState::Down },
                 probe: ProbeStatus::Disabled,
+                probe_ipv4: None,
+                probe_ipv6: None,
                 state: if *up {
                     InterfaceStatus::Ok
                 } else {

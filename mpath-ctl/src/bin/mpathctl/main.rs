@@ -244,6 +244,8 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                 "FLAGS",
                 "LINK",
                 "PROBE",
+                "PROBE4",
+                "PROBE6",
                 "STATE",
             ],
             rows: status
@@ -261,6 +263,8 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                         ipmpstat_flags(&i.flags),
                         i.link.to_string(),
                         i.probe.to_string(),
+                        i.probe_ipv4.map_or("--".into(), |p| p.to_string()),
+                        i.probe_ipv6.map_or("--".into(), |p| p.to_string()),
                         i.state.to_string(),
                     ]
                 })
