@@ -1,5 +1,7 @@
 //! `soak`: mpathd on the 3-NIC lab under traffic both ways while random faults (cuts, silent
-//! drops, flaps, offline/online, and their undoing) are injected from a seeded PRNG. After
+//! drops, flaps, offline/online, and their undoing; MAC changes, deleted test addresses,
+//! kill -9 and restart while a NIC is failing, a second mpathd started on the same pins) are
+//! injected from a seeded PRNG. After
 //! each fault, once mpathd has settled, a checker asserts that every data address is on the
 //! host exactly once, on a usable active NIC of its group, or where it was when the whole
 //! group has failed; mpathd's memory and descriptors are sampled and must not grow.
@@ -101,10 +103,14 @@ enum Kind {
     Flap,
     Offline,
     Online,
+    MacChange,
+    TestAddressDeleted,
+    KillRestartWhileFailing,
+    SecondInstance,
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 11] = [
         Kind::Cut,
         Kind::Restore,
         Kind::Drop,
@@ -112,6 +118,10 @@ impl Kind {
         Kind::Flap,
         Kind::Offline,
         Kind::Online,
+        Kind::MacChange,
+        Kind::TestAddressDeleted,
+        Kind::KillRestartWhileFailing,
+        Kind::SecondInstance,
     ];
 
     fn label(self) -> &'static str {
@@ -123,6 +133,10 @@ impl Kind {
             Kind::Flap => "flap (2-6 times, faster than FDT)",
             Kind::Offline => "offline",
             Kind::Online => "online",
+            Kind::MacChange => "MAC change",
+            Kind::TestAddressDeleted => "test address deleted",
+            Kind::KillRestartWhileFailing => "kill -9 and restart while a NIC fails silently",
+            Kind::SecondInstance => "a second mpathd on the same pins (refused)",
         }
     }
 }
@@ -197,7 +211,14 @@ fn choose(rng: &mut Rng, faults: &[Faults]) -> Step {
         } else {
             add(0.5 * hurt, Kind::Offline);
         }
+        add(0.3, Kind::MacChange);
+        add(0.3, Kind::TestAddressDeleted);
+        // Kept off the last usable NIC: a group failure on restart is the cut's business.
+        if f.usable() && usable >= 2 {
+            add(0.3, Kind::KillRestartWhileFailing);
+        }
     }
+    options.push((0.2, Step { kind: Kind::SecondInstance, nic: 0 }));
     let weights: Vec<f64> = options.iter().map(|(w, _)| *w).collect();
     options[rng.weighted(&weights)].1
 }
@@ -550,7 +571,7 @@ pub fn soak(minutes: u64, seed: u64, out: Option<PathBuf>) -> anyhow::Result<()>
     let load_before = load_average();
     let mut rng = Rng(seed);
     let lab = Lab::builder().nics(3).build()?;
-    let daemon = Mpathd::start(lab.host(), &three_nic_config(FDT_MS));
+    let mut daemon = Mpathd::start(lab.host(), &three_nic_config(FDT_MS));
     let home: Placement = DATA
         .iter()
         .map(|(a, n)| (a.to_string(), n.to_string()))
@@ -558,7 +579,8 @@ pub fn soak(minutes: u64, seed: u64, out: Option<PathBuf>) -> anyhow::Result<()>
     let mut faults = [Faults::default(); 3];
     settle(&lab, &daemon, &faults, &home, Instant::now())
         .map_err(|e| violation(&[], &daemon, &format!("mpathd never settled at start: {e}")))?;
-    let pid = daemon_pid(&daemon)?;
+    let mut pid = daemon_pid(&daemon)?;
+    let mut restarts = 0u32;
     let mut traffic = Traffic::start(&lab)?;
     eprintln!(
         "soak: seed {seed}, {minutes} min of random faults on h0, h1, h2 (FDT {FDT_MS} ms), \
@@ -580,7 +602,7 @@ pub fn soak(minutes: u64, seed: u64, out: Option<PathBuf>) -> anyhow::Result<()>
         let nic = NICS[step.nic];
         traffic.enter_step(index);
         let applied = Instant::now();
-        let refused = inject(&lab, &daemon, &mut rng, step, &mut faults)
+        let refused = inject(&lab, &mut daemon, &mut rng, step, &mut faults)
             .map_err(|e| violation(&records, &daemon, &format!("{e:#}")))?;
         let tally = tallies.entry(step.kind).or_default();
         tally.injected += 1;
@@ -647,6 +669,12 @@ pub fn soak(minutes: u64, seed: u64, out: Option<PathBuf>) -> anyhow::Result<()>
                 &format!("the traffic stopped: {why}"),
             ));
         }
+        if step.kind == Kind::KillRestartWhileFailing {
+            // Memory and descriptors are a process's: the samples start again with it.
+            pid = daemon_pid(&daemon)?;
+            restarts += 1;
+            samples.clear();
+        }
         samples.push((started.elapsed(), usage(pid)?));
     }
     let sent = traffic.finish()?;
@@ -678,7 +706,8 @@ pub fn soak(minutes: u64, seed: u64, out: Option<PathBuf>) -> anyhow::Result<()>
     let table = soak_table(&tallies, failed_group, calm, checks);
     let steps = records.len() - 1;
     let summary = format!(
-        "Seed {seed}, {:.1} min, {steps} faults, {checks} invariant checks passed. {usage_table}",
+        "Seed {seed}, {:.1} min, {steps} faults, {checks} invariant checks passed, {restarts} \
+         restarts of mpathd (the usage figures are of the last one's life). {usage_table}",
         started.elapsed().as_secs_f64() / 60.0
     );
     println!("{summary}\n\n{table}");
@@ -694,7 +723,10 @@ pub fn soak(minutes: u64, seed: u64, out: Option<PathBuf>) -> anyhow::Result<()>
              from that address, so inbound traffic and spread outbound traffic both count; a \
              packet is lost when its echo is not back. Faults come from a seeded PRNG \
              (SplitMix64): cut (carrier loss), silent drop (nftables on the switch port), flap \
-             (2-6 times down and up, 10-150 ms each, faster than the FDT), offline and their undoing, on any NIC; a fault that \
+             (2-6 times down and up, 10-150 ms each, faster than the FDT), offline and their undoing, \
+             a MAC change, a deleted test address, a silent drop with mpathd killed (-9) \
+             and restarted within the FDT, on any NIC, and a second mpathd started on the \
+             same pins (which must be refused); a fault that \
              leaves no NIC usable is drawn less often than others, repairs more often while at \
              most one NIC is usable. After each fault the checker waits (up to {} s) until \
              mpathd's status matches the faults, then asserts that every data address is on \
@@ -746,7 +778,7 @@ fn settle(
 /// (rightly) refused an offline. A refusal or acceptance against the rule is an error.
 fn inject(
     lab: &Lab,
-    daemon: &Mpathd,
+    daemon: &mut Mpathd,
     rng: &mut Rng,
     step: Step,
     faults: &mut [Faults],
@@ -775,6 +807,24 @@ fn inject(
             let period = rng.between(Duration::from_millis(20), Duration::from_millis(300));
             lab.flap(nic, times, period)?;
         }
+        Kind::MacChange => {
+            // Locally administered and unique per NIC, so no two NICs share one.
+            let r = rng.next().to_le_bytes();
+            let mac = format!("02:6d:70:{:02x}:{:02x}:{:02x}", step.nic, r[0], r[1]);
+            lab.host().ip(&["link", "set", nic, "address", &mac])?;
+        }
+        Kind::TestAddressDeleted => {
+            let (address, _) = TEST[step.nic];
+            lab.del_host_addr(nic, address)?;
+        }
+        Kind::KillRestartWhileFailing => {
+            lab.drop_silently(nic)?;
+            f.dropped = true;
+            sleep(rng.between(Duration::ZERO, Duration::from_millis(FDT_MS)));
+            daemon.kill();
+            daemon.spawn(lab.host());
+        }
+        Kind::SecondInstance => second_instance_refused(lab, daemon)?,
         Kind::Offline | Kind::Online => {
             let offline = step.kind == Kind::Offline;
             let must_refuse = offline && offline_refused(faults, step.nic);
@@ -797,6 +847,33 @@ fn inject(
         }
     }
     Ok(false)
+}
+
+/// Starts a second mpathd on the same pins with another socket; it must exit, refused,
+/// before it touches anything (the checker then shows the first one unharmed).
+fn second_instance_refused(lab: &Lab, daemon: &Mpathd) -> anyhow::Result<()> {
+    let socket = daemon.dir.join("second.sock");
+    let config = daemon.dir.join("second.toml");
+    let text = fs::read_to_string(&daemon.config)?.replace(
+        &daemon.socket.display().to_string(),
+        &socket.display().to_string(),
+    );
+    fs::write(&config, text)?;
+    let output = lab
+        .host()
+        .daemon_command(mpath_tests::daemon::binary("mpathd"))?
+        .arg("--config")
+        .arg(&config)
+        .args(["--defaults", "/nonexistent"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() || !stderr.contains("another mpathd is running") {
+        bail!(
+            "a second mpathd on the same pins was not refused: {:?}, {stderr}",
+            output.status
+        );
+    }
+    Ok(())
 }
 
 fn describe_faults(faults: &[Faults]) -> String {
