@@ -218,7 +218,13 @@ fn choose(rng: &mut Rng, faults: &[Faults]) -> Step {
             add(0.3, Kind::KillRestartWhileFailing);
         }
     }
-    options.push((0.2, Step { kind: Kind::SecondInstance, nic: 0 }));
+    options.push((
+        0.2,
+        Step {
+            kind: Kind::SecondInstance,
+            nic: 0,
+        },
+    ));
     let weights: Vec<f64> = options.iter().map(|(w, _)| *w).collect();
     options[rng.weighted(&weights)].1
 }

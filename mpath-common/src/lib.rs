@@ -47,6 +47,7 @@ pub mod map_names {
     pub const SETTINGS: &str = "MPATH_SETTINGS";
     pub const PROBE_REPLIES: &str = "MPATH_PROBE_REPLIES";
     pub const LAST_REPLY: &str = "MPATH_LAST_REPLY";
+    pub const REPLY_BUDGETS: &str = "MPATH_REPLY_BUDGETS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -222,6 +223,27 @@ impl RejectReason {
             RejectReason::BadChecksum => "bad_checksum",
         }
     }
+}
+
+/// Matched probe replies one NIC may queue on one CPU per [`PROBE_REPLY_WINDOW_NS`]. mpathd's
+/// probes bring at most about 150 a second (both families at the shortest FDT), so only a
+/// flood (replayed replies, say) meets it: the rest of that NIC's window is dropped, and the
+/// ring buffer keeps room for the other NICs' replies. A discovery echo answered by hundreds
+/// of hosts meets it too, which costs only targets mpathd does not need.
+pub const PROBE_REPLY_BUDGET: u32 = 256;
+pub const PROBE_REPLY_WINDOW_NS: u64 = 1_000_000_000;
+
+/// One NIC's use of its reply budget on one CPU. Index: the NIC's slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyBudget {
+    /// When the current window began (bpf_ktime_get_ns).
+    pub window_start_ns: u64,
+    /// Replies queued in the current window.
+    pub used: u32,
+    pub _pad: u32,
+    /// Matched replies dropped over the budget, ever.
+    pub dropped: u64,
 }
 
 /// Per-NIC, per-CPU counters. Index: the NIC's slot.
@@ -436,6 +458,7 @@ mod pod {
     unsafe impl aya::Pod for NicCounters {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ProbeReply {}
+    unsafe impl aya::Pod for ReplyBudget {}
 }
 
 #[cfg(test)]
@@ -453,6 +476,7 @@ mod tests {
         assert_eq!(size_of::<ProbePayload>(), 40);
         assert_eq!(size_of::<ProbeReply>(), 16 + 16 + 24);
         assert_eq!(size_of::<Settings>(), 16);
+        assert_eq!(size_of::<ReplyBudget>(), 24);
         assert_eq!(PROBE_ICMP_LEN, 48);
         assert_eq!(PROBE_WIRE_NS_OFFSET, 40);
     }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use mpath_common::{
     BUCKETS_PER_GROUP, Bucket, EgressNic, GroupTests, MAX_GROUPS, MAX_IFINDEX, MAX_NICS,
-    NicCounters, NicInfo, PROBE_RING_BYTES, ProbeReply, Settings,
+    NicCounters, NicInfo, PROBE_RING_BYTES, ProbeReply, ReplyBudget, Settings,
 };
 
 /// Group NICs by ifindex, for the probe-reply program. A NIC missing here is not mpath's:
@@ -48,6 +48,12 @@ pub static PROBE_REPLIES: RingBuf = RingBuf::pinned(PROBE_RING_BYTES, 0);
 /// without consuming the ring buffer.
 #[map(name = "MPATH_LAST_REPLY")]
 pub static LAST_REPLY: Array<ProbeReply> = Array::pinned(MAX_NICS, 0);
+
+/// Each NIC's reply budget on this CPU (index: slot; see
+/// [`mpath_common::PROBE_REPLY_BUDGET`]), so that one NIC's flood cannot fill the ring buffer
+/// the others' replies need.
+#[map(name = "MPATH_REPLY_BUDGETS")]
+pub static REPLY_BUDGETS: PerCpuArray<ReplyBudget> = PerCpuArray::pinned(MAX_NICS, 0);
 
 /// Runs `f` on this CPU's counters of the NIC in `slot`.
 #[inline(always)]

@@ -14,13 +14,13 @@ use aya_ebpf::{
 };
 use mpath_common::{
     NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC,
-    ProbePayload, ProbeReply, RejectReason,
+    PROBE_REPLY_BUDGET, PROBE_REPLY_WINDOW_NS, ProbePayload, ProbeReply, RejectReason,
     checksum::{add_words, fold, ipv6_pseudo_header},
     probe_tag,
 };
 
 use crate::{
-    maps::{LAST_REPLY, NICS, PROBE_REPLIES, SETTINGS, count},
+    maps::{LAST_REPLY, NICS, PROBE_REPLIES, REPLY_BUDGETS, SETTINGS, count},
     packet::{
         ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
         IPV6_HLEN, IcmpEcho, Ipv6FragHdr, at,
@@ -68,7 +68,11 @@ pub fn mpath_probe_rx(ctx: XdpContext) -> u32 {
         }
         Verdict::Matched(mut reply) => {
             // SAFETY: plain helper call.
-            reply.received_ns = unsafe { bpf_ktime_get_ns() };
+            let now = unsafe { bpf_ktime_get_ns() };
+            if !within_budget(nic.slot, now) {
+                return XDP_DROP;
+            }
+            reply.received_ns = now;
             let queued = PROBE_REPLIES.output::<ProbeReply>(&reply, 0).is_ok();
             if let Some(last) = LAST_REPLY.get_ptr_mut(nic.slot) {
                 // SAFETY: array value of this NIC; a torn read by `mpathctl maps` is harmless.
@@ -84,6 +88,27 @@ pub fn mpath_probe_rx(ctx: XdpContext) -> u32 {
             XDP_DROP
         }
     }
+}
+
+/// Takes one reply from the NIC's budget on this CPU; false (counted) when it is spent for
+/// the current window.
+#[inline(always)]
+fn within_budget(slot: u32, now: u64) -> bool {
+    let Some(budget) = REPLY_BUDGETS.get_ptr_mut(slot) else {
+        return true;
+    };
+    // SAFETY: per-CPU map value; programs on this CPU do not run concurrently with us.
+    let budget = unsafe { &mut *budget };
+    if now.wrapping_sub(budget.window_start_ns) >= PROBE_REPLY_WINDOW_NS {
+        budget.window_start_ns = now;
+        budget.used = 0;
+    }
+    if budget.used >= PROBE_REPLY_BUDGET {
+        budget.dropped += 1;
+        return false;
+    }
+    budget.used += 1;
+    true
 }
 
 #[inline(always)]

@@ -63,20 +63,43 @@ impl Rig {
     /// Runs the XDP program on `frame` as if received on `IFINDEX`; the kernel refuses some
     /// frames (those shorter than an Ethernet header) before the program sees them.
     pub fn try_run(&mut self, frame: &[u8]) -> Result<u32, ProgramError> {
+        self.try_run_on(IFINDEX, frame, 1)
+    }
+
+    /// Runs the XDP program `times` times in a row (in one call, so within microseconds) on
+    /// `frame` as if received on `ifindex`, which must exist in this network namespace;
+    /// returns the last verdict.
+    pub fn try_run_on(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        times: u32,
+    ) -> Result<u32, ProgramError> {
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex.
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&IFINDEX.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.ctx_in = Some(&ctx);
+        opts.repeat = times;
         Ok(self
             .datapath
             .probe_rx()
             .expect("probe program loaded")
             .test_run(opts)?
             .return_value)
+    }
+
+    /// Configures another NIC, `ifindex` in counter slot `slot`, with the same test addresses.
+    pub fn add_nic(&mut self, ifindex: u32, slot: u32) {
+        let mut info = self.datapath.maps.nic(IFINDEX).expect("the rig's NIC");
+        info.slot = slot;
+        self.datapath
+            .maps
+            .set_nic(ifindex, info)
+            .expect("write NIC");
     }
 
     /// Runs the XDP program on `frame`; returns its verdict.

@@ -2,7 +2,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use mpath_common::RejectReason;
+use mpath_common::{PROBE_REPLY_BUDGET, RejectReason};
+use mpath_lab::Lab;
 use mpath_tests::{
     packets::{Reply, add_v6_fragment_header, mark_v4_first_fragment, reseal_ipv4_header},
     xdp::{IFINDEX, KEY, Rig, SLOT, TARGET_V4, TARGET_V6, TEST_V4, TEST_V6, XDP_DROP, XDP_PASS},
@@ -54,6 +55,40 @@ fn matches_good_ipv4_and_ipv6_replies_and_drops_them() {
     assert_eq!(counters.rx_packets, 2);
     assert!(counters.rejected.iter().all(|&n| n == 0));
     assert_eq!(rig.datapath.maps.last_reply(SLOT).unwrap(), Some(v6));
+}
+
+#[test]
+fn a_flood_of_valid_replies_on_one_nic_is_capped_and_the_other_nics_keep_their_share() {
+    const OTHER_SLOT: u32 = SLOT + 1;
+    let lab = Lab::new(1).expect("lab");
+    // The other NIC must exist where BPF_PROG_TEST_RUN looks its ifindex up.
+    let _inside = lab.host().enter().expect("enter the lab's host");
+    let mut rig = Rig::new();
+    let other = lab.host().ifindex("h0").expect("h0");
+    rig.add_nic(other, OTHER_SLOT);
+    // One valid reply replayed, far faster than mpathd could read the ring buffer.
+    let flood = Reply::new(IFINDEX, KEY, 7).v4(TARGET_V4, TEST_V4);
+    let times = 3 * PROBE_REPLY_BUDGET;
+    assert_eq!(rig.try_run_on(IFINDEX, &flood, times).unwrap(), XDP_DROP);
+    assert_eq!(rig.queued().len() as u32, PROBE_REPLY_BUDGET);
+    let maps = &rig.datapath.maps;
+    assert_eq!(
+        maps.replies_over_budget(SLOT).unwrap(),
+        u64::from(times - PROBE_REPLY_BUDGET)
+    );
+    assert_eq!(rig.counters().probe_replies, u64::from(PROBE_REPLY_BUDGET));
+    // The other NIC's replies in the same window still reach mpathd, every one of them.
+    for seq in 0..10 {
+        let reply = Reply::new(other, KEY, seq).v4(TARGET_V4, TEST_V4);
+        assert_eq!(rig.try_run_on(other, &reply, 1).unwrap(), XDP_DROP);
+    }
+    let queued = rig.queued();
+    assert_eq!(queued.len(), 10);
+    assert!(queued.iter().all(|r| r.ifindex == other));
+    assert_eq!(
+        rig.datapath.maps.replies_over_budget(OTHER_SLOT).unwrap(),
+        0
+    );
 }
 
 #[test]

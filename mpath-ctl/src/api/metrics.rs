@@ -171,6 +171,8 @@ pub struct DatapathSnapshot {
     pub group: String,
     pub interface: String,
     pub counters: NicCounters,
+    /// Matched replies dropped over the NIC's reply budget.
+    pub replies_over_budget: u64,
 }
 
 /// A scrape waiting for the event loop to render the metrics.
@@ -263,6 +265,7 @@ struct DatapathMetrics {
     rx_bytes: IntCounterVec,
     probe_replies: IntCounterVec,
     probe_replies_dropped: IntCounterVec,
+    probe_replies_over_budget: IntCounterVec,
     probe_replies_rejected: IntCounterVec,
 }
 
@@ -577,6 +580,12 @@ impl Metrics {
                 "Matched probe replies lost because mpathd's ring buffer was full.",
                 NIC,
             )?,
+            probe_replies_over_budget: d.counter(
+                "mpath_datapath_probe_replies_over_budget_total",
+                "Matched probe replies dropped because the NIC had used its reply budget (a \
+                 flood of replies on this NIC, such as replayed ones).",
+                NIC,
+            )?,
             probe_replies_rejected: d.counter(
                 "mpath_datapath_probe_replies_rejected_total",
                 "Packets that looked like probe replies but were refused, by reason.",
@@ -874,6 +883,7 @@ impl Metrics {
             &d.rx_bytes,
             &d.probe_replies,
             &d.probe_replies_dropped,
+            &d.probe_replies_over_budget,
             &d.probe_replies_rejected,
         ];
         for family in families {
@@ -891,6 +901,7 @@ impl Metrics {
                 (&d.rx_bytes, c.rx_bytes),
                 (&d.probe_replies, c.probe_replies),
                 (&d.probe_replies_dropped, c.probe_replies_lost),
+                (&d.probe_replies_over_budget, nic.replies_over_budget),
             ] {
                 family.with_label_values(&labels).inc_by(value);
             }
@@ -1172,6 +1183,7 @@ mod tests {
                 group: "g0".into(),
                 interface: "h0".into(),
                 counters,
+                replies_over_budget: 5,
             }],
             ungrouped: Vec::new(),
         }

@@ -27,12 +27,19 @@ impl Daemon {
                     .collect(),
             });
             for n in &g.nics {
-                match self.datapath.maps.counters(n.slot) {
-                    Ok(counters) => snapshot.datapath.push(metrics::DatapathSnapshot {
-                        group: g.config.name.clone(),
-                        interface: n.name.clone(),
-                        counters,
-                    }),
+                let maps = &self.datapath.maps;
+                let read = maps
+                    .counters(n.slot)
+                    .and_then(|c| Ok((c, maps.replies_over_budget(n.slot)?)));
+                match read {
+                    Ok((counters, replies_over_budget)) => {
+                        snapshot.datapath.push(metrics::DatapathSnapshot {
+                            group: g.config.name.clone(),
+                            interface: n.name.clone(),
+                            counters,
+                            replies_over_budget,
+                        })
+                    }
                     Err(e) => tracing::debug!("metrics: counters of {}: {e}", n.name),
                 }
             }

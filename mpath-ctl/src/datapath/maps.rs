@@ -10,7 +10,7 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValue
 use mpath_common::{
     BUCKETS_PER_GROUP, Bucket, EGRESS_F_PRESENT, EGRESS_F_ROUTED, EgressNic, GroupTests,
     MAX_GROUPS, MAX_IFINDEX, MAX_TEST_ADDRESSES_PER_GROUP, NicCounters, NicInfo, ProbeReply,
-    Settings, TestOwner, map_names,
+    ReplyBudget, Settings, TestOwner, map_names,
 };
 
 use tokio::io::unix::AsyncFd;
@@ -59,6 +59,7 @@ pub struct Maps {
     counters: PerCpuArray<MapData, NicCounters>,
     settings: Array<MapData, Settings>,
     last_reply: Array<MapData, ProbeReply>,
+    reply_budgets: PerCpuArray<MapData, ReplyBudget>,
     /// Taken by the daemon's reply reader; `None` once taken.
     probe_replies: Option<RingBuf<MapData>>,
     /// A second descriptor of every map, by name, to pin the maps again after someone
@@ -118,6 +119,7 @@ impl Maps {
             counters: typed(COUNTERS, get(COUNTERS)?)?,
             settings: typed(SETTINGS, get(SETTINGS)?)?,
             last_reply: typed(LAST_REPLY, get(LAST_REPLY)?)?,
+            reply_budgets: typed(REPLY_BUDGETS, get(REPLY_BUDGETS)?)?,
             probe_replies: Some(typed(PROBE_REPLIES, get(PROBE_REPLIES)?)?),
             handles,
         })
@@ -387,16 +389,35 @@ impl Maps {
         Ok(NicCounters::sum(per_cpu.iter()))
     }
 
-    /// Zeroes a NIC slot's counters, so the next NIC given the slot starts from zero.
+    /// Matched replies of a NIC dropped over its reply budget (see
+    /// [`mpath_common::PROBE_REPLY_BUDGET`]), summed over CPUs.
+    pub fn replies_over_budget(&self, slot: u32) -> Result<u64, MapsError> {
+        let per_cpu = self
+            .reply_budgets
+            .get(&slot, 0)
+            .map_err(|source| MapsError::Map {
+                name: map_names::REPLY_BUDGETS,
+                source,
+            })?;
+        Ok(per_cpu.iter().map(|b| b.dropped).sum())
+    }
+
+    /// Zeroes a NIC slot's counters and reply budget, so the next NIC given the slot starts
+    /// from zero.
     pub fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError> {
-        let map_err = |source| MapsError::Map {
-            name: map_names::COUNTERS,
-            source,
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| map_err(MapError::IoError(e)))?;
+        let map_err = |name| move |source| MapsError::Map { name, source };
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| map_err(map_names::COUNTERS)(MapError::IoError(e)))?;
         let zeros = PerCpuValues::try_from(vec![NicCounters::default(); cpus])
-            .map_err(|e| map_err(MapError::IoError(e)))?;
-        self.counters.set(slot, zeros, 0).map_err(map_err)
+            .map_err(|e| map_err(map_names::COUNTERS)(MapError::IoError(e)))?;
+        self.counters
+            .set(slot, zeros, 0)
+            .map_err(map_err(map_names::COUNTERS))?;
+        let fresh = PerCpuValues::try_from(vec![ReplyBudget::default(); cpus])
+            .map_err(|e| map_err(map_names::REPLY_BUDGETS)(MapError::IoError(e)))?;
+        self.reply_budgets
+            .set(slot, fresh, 0)
+            .map_err(map_err(map_names::REPLY_BUDGETS))
     }
 
     pub fn set_settings(&mut self, settings: Settings) -> Result<(), MapsError> {
