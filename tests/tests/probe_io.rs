@@ -8,7 +8,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
 use mpath_common::{
     NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC,
     PROBE_WIRE_NS_OFFSET, Settings,
@@ -39,24 +38,25 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
 #[test]
-fn v4_probe_leaves_with_ttl_1_and_the_router_echoes_it_byte_for_byte() -> Result<()> {
+fn v4_probe_leaves_with_ttl_1_and_the_router_echoes_it_byte_for_byte() {
     let lab = Lab::builder()
         .nics(2)
         .host_addr("h0", "192.0.2.21/24")
-        .build()?;
-    let h0 = lab.host().ifindex("h0")?;
-    let _inside = lab.host().enter()?;
-    let capture = Capture::on(h0)?;
-    let unfiltered = UnfilteredIcmp::open(Family::V4)?;
-    let probe = ProbeSocket::v4("h0", h0, TEST_V4)?;
+        .build()
+        .unwrap();
+    let h0 = lab.host().ifindex("h0").unwrap();
+    let _inside = lab.host().enter().unwrap();
+    let capture = Capture::on(h0);
+    let unfiltered = UnfilteredIcmp::open(Family::V4);
+    let probe = ProbeSocket::v4("h0", h0, TEST_V4).unwrap();
     let seq = 0x0005_0007;
     let sent_ns = monotonic_ns();
 
-    probe.send(ROUTER_V4, seq, KEY, sent_ns)?;
+    probe.send(ROUTER_V4, seq, KEY, sent_ns).unwrap();
 
     let request = capture
         .wait_for(WAIT, |f| f.outgoing && f.is_echo(ICMP_ECHO_REQUEST))
-        .context("the probe did not leave h0")?;
+        .expect("the probe did not leave h0");
     let ip = request.ip().unwrap();
     assert_eq!(ip.ttl, 1, "probes never leave the link");
     assert_eq!(ip.tos, 0xc0, "network control class");
@@ -68,7 +68,7 @@ fn v4_probe_leaves_with_ttl_1_and_the_router_echoes_it_byte_for_byte() -> Result
 
     let reply = capture
         .wait_for(WAIT, |f| !f.outgoing && f.is_echo(ICMP_ECHO_REPLY))
-        .context("the router did not answer")?;
+        .expect("the router did not answer");
     let ip = reply.ip().unwrap();
     assert_eq!((ip.src, ip.dst), (ROUTER_V4, IpAddr::V4(TEST_V4)));
     assert_eq!(ip.tos, 0xc0, "Linux copies the request's TOS");
@@ -81,43 +81,46 @@ fn v4_probe_leaves_with_ttl_1_and_the_router_echoes_it_byte_for_byte() -> Result
         "payload echoed byte for byte"
     );
 
-    unfiltered.wait_for_echo_reply(WAIT)?;
+    unfiltered.wait_for_echo_reply(WAIT);
     assert_nothing_queued(&probe);
-    Ok(())
 }
 
 #[test]
-fn probes_leave_through_their_own_nic_whatever_the_route_says() -> Result<()> {
+fn probes_leave_through_their_own_nic_whatever_the_route_says() {
     let lab = Lab::builder()
         .nics(2)
         .host_addr("h0", "192.0.2.21/24")
         .host_addr("h1", "192.0.2.22/24")
-        .build()?;
+        .build()
+        .unwrap();
     // Each NIC answers ARP for its own addresses only, so the reply comes back to h1.
-    answer_arp_per_nic(lab.host())?;
-    let route = lab.host().ip(&["route", "get", "192.0.2.1"])?;
-    ensure!(
+    answer_arp_per_nic(lab.host());
+    let route = lab.host().ip(&["route", "get", "192.0.2.1"]).unwrap();
+    assert!(
         route.contains("dev h0"),
         "the route should pick h0: {route}"
     );
-    let (h0, h1) = (lab.host().ifindex("h0")?, lab.host().ifindex("h1")?);
-    let h1_link_local = link_local(lab.host(), "h1")?;
-    let _inside = lab.host().enter()?;
-    let (capture_h0, capture_h1) = (Capture::on(h0)?, Capture::on(h1)?);
-    let v4 = ProbeSocket::v4("h1", h1, Ipv4Addr::new(192, 0, 2, 22))?;
-    let v6 = ProbeSocket::v6("h1", h1, h1_link_local)?;
+    let (h0, h1) = (
+        lab.host().ifindex("h0").unwrap(),
+        lab.host().ifindex("h1").unwrap(),
+    );
+    let h1_link_local = link_local(lab.host(), "h1");
+    let _inside = lab.host().enter().unwrap();
+    let (capture_h0, capture_h1) = (Capture::on(h0), Capture::on(h1));
+    let v4 = ProbeSocket::v4("h1", h1, Ipv4Addr::new(192, 0, 2, 22)).unwrap();
+    let v6 = ProbeSocket::v6("h1", h1, h1_link_local).unwrap();
 
-    v4.send(ROUTER_V4, 1, KEY, monotonic_ns())?;
+    v4.send(ROUTER_V4, 1, KEY, monotonic_ns()).unwrap();
     let request = capture_h1
         .wait_for(WAIT, |f| f.outgoing && f.is_echo(ICMP_ECHO_REQUEST))
-        .context("the probe did not leave h1")?;
+        .expect("the probe did not leave h1");
     assert_eq!(request.ip().unwrap().ttl, 1);
     capture_h1
         .wait_for(WAIT, |f| !f.outgoing && f.is_echo(ICMP_ECHO_REPLY))
-        .context("no reply on h1")?;
+        .expect("no reply on h1");
 
-    v4.send(ALL_HOSTS_V4, 2, KEY, monotonic_ns())?;
-    v6.send(ALL_NODES_V6, 3, KEY, monotonic_ns())?;
+    v4.send(ALL_HOSTS_V4, 2, KEY, monotonic_ns()).unwrap();
+    v6.send(ALL_NODES_V6, 3, KEY, monotonic_ns()).unwrap();
     for (target, icmp_type) in [
         (ALL_HOSTS_V4, ICMP_ECHO_REQUEST),
         (ALL_NODES_V6, ICMPV6_ECHO_REQUEST),
@@ -126,7 +129,7 @@ fn probes_leave_through_their_own_nic_whatever_the_route_says() -> Result<()> {
             .wait_for(WAIT, |f| {
                 f.outgoing && f.is_echo(icmp_type) && f.ip().is_some_and(|ip| ip.dst == target)
             })
-            .with_context(|| format!("the discovery probe to {target} did not leave h1"))?;
+            .unwrap_or_else(|| panic!("the discovery probe to {target} did not leave h1"));
     }
 
     let leaked = capture_h0.wait_for(QUIET, |f| {
@@ -137,26 +140,25 @@ fn probes_leave_through_their_own_nic_whatever_the_route_says() -> Result<()> {
         "a probe of h1 left through h0: {:?}",
         leaked.and_then(|f| f.ip())
     );
-    Ok(())
 }
 
 #[test]
-fn v6_probe_from_link_local_to_the_router_link_local() -> Result<()> {
-    let lab = Lab::builder().nics(1).build()?;
-    let h0 = lab.host().ifindex("h0")?;
-    let own = link_local(lab.host(), "h0")?;
-    let router = IpAddr::V6(link_local(lab.router(), ROUTER_NIC)?);
-    let _inside = lab.host().enter()?;
-    let capture = Capture::on(h0)?;
-    let unfiltered = UnfilteredIcmp::open(Family::V6)?;
-    let probe = ProbeSocket::v6("h0", h0, own)?;
+fn v6_probe_from_link_local_to_the_router_link_local() {
+    let lab = Lab::builder().nics(1).build().unwrap();
+    let h0 = lab.host().ifindex("h0").unwrap();
+    let own = link_local(lab.host(), "h0");
+    let router = IpAddr::V6(link_local(lab.router(), ROUTER_NIC));
+    let _inside = lab.host().enter().unwrap();
+    let capture = Capture::on(h0);
+    let unfiltered = UnfilteredIcmp::open(Family::V6);
+    let probe = ProbeSocket::v6("h0", h0, own).unwrap();
     let (seq, sent_ns) = (0x0002_fffe, monotonic_ns());
 
-    probe.send(router, seq, KEY, sent_ns)?;
+    probe.send(router, seq, KEY, sent_ns).unwrap();
 
     let request = capture
         .wait_for(WAIT, |f| f.outgoing && f.is_echo(ICMPV6_ECHO_REQUEST))
-        .context("the probe did not leave h0")?;
+        .expect("the probe did not leave h0");
     let ip = request.ip().unwrap();
     assert_eq!(ip.ttl, 1, "hop limit");
     assert_eq!(ip.tos, 0xc0, "traffic class");
@@ -173,7 +175,7 @@ fn v6_probe_from_link_local_to_the_router_link_local() -> Result<()> {
 
     let reply = capture
         .wait_for(WAIT, |f| !f.outgoing && f.is_echo(ICMPV6_ECHO_REPLY))
-        .context("the router did not answer")?;
+        .expect("the router did not answer");
     let ip = reply.ip().unwrap();
     assert_eq!((ip.src, ip.dst), (router, IpAddr::V6(own)));
     assert_eq!(u16::from_be_bytes([ip.payload[6], ip.payload[7]]), 0xfffe);
@@ -182,69 +184,75 @@ fn v6_probe_from_link_local_to_the_router_link_local() -> Result<()> {
         expected_probe(ICMPV6_ECHO_REQUEST, h0, seq, sent_ns)[8..]
     );
 
-    unfiltered.wait_for_echo_reply(WAIT)?;
+    unfiltered.wait_for_echo_reply(WAIT);
     assert_nothing_queued(&probe);
-    Ok(())
 }
 
 #[test]
-fn the_egress_program_stamps_probes_as_they_leave_and_replies_bring_the_stamp_back() -> Result<()> {
+fn the_egress_program_stamps_probes_as_they_leave_and_replies_bring_the_stamp_back() {
     stamps_probes(false)
 }
 
 /// Routes mode: the program skips spreading on a routed NIC, but not the stamp.
 #[test]
-fn probes_leaving_a_routed_nic_are_stamped_too() -> Result<()> {
+fn probes_leaving_a_routed_nic_are_stamped_too() {
     stamps_probes(true)
 }
 
 /// Sends a v4 and a v6 probe from h0 (marked routed or not) and checks that each left with a
 /// kernel time stamp, a checksum that covers it and came back matched by XDP.
-fn stamps_probes(routed: bool) -> Result<()> {
+fn stamps_probes(routed: bool) {
     let lab = Lab::builder()
         .nics(1)
         .host_addr("h0", "192.0.2.21/24")
-        .build()?;
-    let h0 = lab.host().ifindex("h0")?;
-    let own = link_local(lab.host(), "h0")?;
-    let router_v6 = IpAddr::V6(link_local(lab.router(), ROUTER_NIC)?);
+        .build()
+        .unwrap();
+    let h0 = lab.host().ifindex("h0").unwrap();
+    let own = link_local(lab.host(), "h0");
+    let router_v6 = IpAddr::V6(link_local(lab.router(), ROUTER_NIC));
     let pins = PinDir::new();
-    let _inside = lab.host().enter()?;
-    let mut datapath = Datapath::open(pins.path())?;
-    datapath.attach("h0")?;
-    datapath.maps.set_settings(Settings { probe_key: KEY })?;
+    let _inside = lab.host().enter().unwrap();
+    let mut datapath = Datapath::open(pins.path()).unwrap();
+    datapath.attach("h0").unwrap();
+    datapath
+        .maps
+        .set_settings(Settings { probe_key: KEY })
+        .unwrap();
     let slot = 2;
-    datapath.maps.set_nic(
-        h0,
-        NicInfo {
-            slot,
-            flags: NIC_F_TEST_V4 | NIC_F_TEST_V6,
-            test_v4: TEST_V4.octets(),
-            test_v6: own.octets(),
-            mac: lab.mac("h0")?,
-            ..Default::default()
-        },
-    )?;
-    datapath.maps.set_test_address(TEST_V4, h0)?;
-    datapath.maps.set_routed(h0, routed)?;
-    ensure!(datapath.maps.egress_nic(h0)?.is_routed() == routed);
-    let capture = Capture::on(h0)?;
-    let v4 = ProbeSocket::v4("h0", h0, TEST_V4)?;
-    let v6 = ProbeSocket::v6("h0", h0, own)?;
+    datapath
+        .maps
+        .set_nic(
+            h0,
+            NicInfo {
+                slot,
+                flags: NIC_F_TEST_V4 | NIC_F_TEST_V6,
+                test_v4: TEST_V4.octets(),
+                test_v6: own.octets(),
+                mac: lab.mac("h0").unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    datapath.maps.set_test_address(TEST_V4, h0).unwrap();
+    datapath.maps.set_routed(h0, routed).unwrap();
+    assert!(datapath.maps.egress_nic(h0).unwrap().is_routed() == routed);
+    let capture = Capture::on(h0);
+    let v4 = ProbeSocket::v4("h0", h0, TEST_V4).unwrap();
+    let v6 = ProbeSocket::v6("h0", h0, own).unwrap();
 
     for (socket, target, request_type, seq) in [
         (&v4, ROUTER_V4, ICMP_ECHO_REQUEST, 0x0001_0001),
         (&v6, router_v6, ICMPV6_ECHO_REQUEST, 0x0001_0002),
     ] {
         let sent_ns = monotonic_ns();
-        socket.send(target, seq, KEY, sent_ns)?;
+        socket.send(target, seq, KEY, sent_ns).unwrap();
         let request = capture
             .wait_for(WAIT, |f| f.outgoing && f.is_echo(request_type))
-            .with_context(|| format!("probe {seq} did not leave h0"))?;
+            .unwrap_or_else(|| panic!("probe {seq} did not leave h0"));
         let ip = request.ip().unwrap();
         let wire = &ip.payload[PROBE_WIRE_NS_OFFSET..PROBE_WIRE_NS_OFFSET + 8];
-        let wire_ns = u64::from_ne_bytes(wire.try_into()?);
-        ensure!(
+        let wire_ns = u64::from_ne_bytes(wire.try_into().unwrap());
+        assert!(
             wire_ns > sent_ns && wire_ns - sent_ns < 1_000_000_000,
             "probe {seq}: stamped {wire_ns}, sent at {sent_ns}"
         );
@@ -256,110 +264,110 @@ fn stamps_probes(routed: bool) -> Result<()> {
         assert_eq!(sum, 0, "probe {seq}: the checksum covers the stamp");
         // The router's reply is matched in XDP and dropped there, before any capture.
         wait_until("the reply matched in XDP", || {
-            Ok(datapath
+            datapath
                 .maps
-                .last_reply(slot)?
-                .is_some_and(|reply| reply.seq == seq))
-        })?;
-        let reply = datapath.maps.last_reply(slot)?.unwrap();
+                .last_reply(slot)
+                .unwrap()
+                .is_some_and(|reply| reply.seq == seq)
+        });
+        let reply = datapath.maps.last_reply(slot).unwrap().unwrap();
         assert_eq!((reply.sent_ns, reply.wire_ns), (sent_ns, wire_ns));
         assert!(reply.received_ns > wire_ns);
     }
-    let counters = datapath.maps.counters(slot)?;
+    let counters = datapath.maps.counters(slot).unwrap();
     assert!(counters.tx_packets >= 2, "probes are counted: {counters:?}");
     assert_eq!(counters.redirected_packets, 0, "{counters:?}");
-    Ok(())
 }
 
 #[test]
-fn v4_discovery_finds_the_router_and_not_this_host() -> Result<()> {
+fn v4_discovery_finds_the_router_and_not_this_host() {
     // One NIC: a second one would hear the probe through the switch and answer it.
     let lab = Lab::builder()
         .nics(1)
         .host_addr("h0", "192.0.2.21/24")
-        .build()?;
-    sysctl(lab.router(), "ipv4/icmp_echo_ignore_broadcasts", "0")?;
+        .build()
+        .unwrap();
+    sysctl(lab.router(), "ipv4/icmp_echo_ignore_broadcasts", "0");
     // This host would answer a looped-back copy of its own probe.
-    sysctl(lab.host(), "ipv4/icmp_echo_ignore_broadcasts", "0")?;
-    let h0 = lab.host().ifindex("h0")?;
-    let _inside = lab.host().enter()?;
-    let (capture, capture_lo) = (Capture::on(h0)?, Capture::on(LOOPBACK_IFINDEX)?);
-    let unfiltered = UnfilteredIcmp::open(Family::V4)?;
-    let probe = ProbeSocket::v4("h0", h0, TEST_V4)?;
+    sysctl(lab.host(), "ipv4/icmp_echo_ignore_broadcasts", "0");
+    let h0 = lab.host().ifindex("h0").unwrap();
+    let _inside = lab.host().enter().unwrap();
+    let (capture, capture_lo) = (Capture::on(h0), Capture::on(LOOPBACK_IFINDEX));
+    let unfiltered = UnfilteredIcmp::open(Family::V4);
+    let probe = ProbeSocket::v4("h0", h0, TEST_V4).unwrap();
 
-    probe.send(ALL_HOSTS_V4, 3, KEY, monotonic_ns())?;
+    probe.send(ALL_HOSTS_V4, 3, KEY, monotonic_ns()).unwrap();
 
     let request = capture
         .wait_for(WAIT, |f| f.outgoing && f.is_echo(ICMP_ECHO_REQUEST))
-        .context("the discovery probe did not leave h0")?;
+        .expect("the discovery probe did not leave h0");
     assert_eq!(&request.bytes[..6], &[0x01, 0x00, 0x5e, 0, 0, 1]);
     let ip = request.ip().unwrap();
     assert_eq!((ip.dst, ip.ttl), (ALL_HOSTS_V4, 1));
     let reply = capture
         .wait_for(WAIT, |f| !f.outgoing && f.is_echo(ICMP_ECHO_REPLY))
-        .context("the router did not answer the discovery probe")?;
+        .expect("the router did not answer the discovery probe");
     assert_eq!(reply.ip().unwrap().src, ROUTER_V4);
     assert!(
         capture_lo.wait_for(QUIET, |f| f.is_echo_any()).is_none(),
         "this host answered its own discovery probe"
     );
 
-    unfiltered.wait_for_echo_reply(WAIT)?;
+    unfiltered.wait_for_echo_reply(WAIT);
     assert_nothing_queued(&probe);
-    Ok(())
 }
 
 #[test]
-fn v6_discovery_to_all_nodes_finds_the_router_and_not_this_host() -> Result<()> {
-    let lab = Lab::builder().nics(1).build()?;
-    let h0 = lab.host().ifindex("h0")?;
-    let own = link_local(lab.host(), "h0")?;
-    let router = IpAddr::V6(link_local(lab.router(), ROUTER_NIC)?);
-    let _inside = lab.host().enter()?;
-    let (capture, capture_lo) = (Capture::on(h0)?, Capture::on(LOOPBACK_IFINDEX)?);
-    let unfiltered = UnfilteredIcmp::open(Family::V6)?;
-    let probe = ProbeSocket::v6("h0", h0, own)?;
+fn v6_discovery_to_all_nodes_finds_the_router_and_not_this_host() {
+    let lab = Lab::builder().nics(1).build().unwrap();
+    let h0 = lab.host().ifindex("h0").unwrap();
+    let own = link_local(lab.host(), "h0");
+    let router = IpAddr::V6(link_local(lab.router(), ROUTER_NIC));
+    let _inside = lab.host().enter().unwrap();
+    let (capture, capture_lo) = (Capture::on(h0), Capture::on(LOOPBACK_IFINDEX));
+    let unfiltered = UnfilteredIcmp::open(Family::V6);
+    let probe = ProbeSocket::v6("h0", h0, own).unwrap();
 
-    probe.send(ALL_NODES_V6, 4, KEY, monotonic_ns())?;
+    probe.send(ALL_NODES_V6, 4, KEY, monotonic_ns()).unwrap();
 
     let request = capture
         .wait_for(WAIT, |f| f.outgoing && f.is_echo(ICMPV6_ECHO_REQUEST))
-        .context("the discovery probe did not leave h0")?;
+        .expect("the discovery probe did not leave h0");
     assert_eq!(&request.bytes[..6], &[0x33, 0x33, 0, 0, 0, 1]);
     let ip = request.ip().unwrap();
     assert_eq!((ip.dst, ip.ttl), (ALL_NODES_V6, 1));
     let reply = capture
         .wait_for(WAIT, |f| !f.outgoing && f.is_echo(ICMPV6_ECHO_REPLY))
-        .context("the router did not answer the discovery probe")?;
+        .expect("the router did not answer the discovery probe");
     assert_eq!(reply.ip().unwrap().src, router);
     assert!(
         capture_lo.wait_for(QUIET, |f| f.is_echo_any()).is_none(),
         "this host answered its own discovery probe"
     );
 
-    unfiltered.wait_for_echo_reply(WAIT)?;
+    unfiltered.wait_for_echo_reply(WAIT);
     assert_nothing_queued(&probe);
-    Ok(())
 }
 
 #[test]
-fn probe_socket_errors_name_the_nic_and_the_address() -> Result<()> {
+fn probe_socket_errors_name_the_nic_and_the_address() {
     let lab = Lab::builder()
         .nics(1)
         .host_addr("h0", "192.0.2.21/24")
-        .build()?;
-    let h0 = lab.host().ifindex("h0")?;
-    let _inside = lab.host().enter()?;
+        .build()
+        .unwrap();
+    let h0 = lab.host().ifindex("h0").unwrap();
+    let _inside = lab.host().enter().unwrap();
 
     let error = ProbeSocket::v4("h0", h0, Ipv4Addr::new(192, 0, 2, 99)).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::AddrNotAvailable, "{error}");
     assert_mentions(&error, &["h0", "192.0.2.99"]);
 
-    let error = ProbeSocket::v6("h0", h0, "fe80::99".parse()?).unwrap_err();
+    let error = ProbeSocket::v6("h0", h0, "fe80::99".parse().unwrap()).unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::AddrNotAvailable, "{error}");
     assert_mentions(&error, &["h0", "fe80::99", "DAD"]);
 
-    let probe = ProbeSocket::v4("h0", h0, TEST_V4)?;
+    let probe = ProbeSocket::v4("h0", h0, TEST_V4).unwrap();
     let error = probe
         .send(ALL_NODES_V6, 1, KEY, monotonic_ns())
         .unwrap_err();
@@ -367,131 +375,138 @@ fn probe_socket_errors_name_the_nic_and_the_address() -> Result<()> {
     assert_mentions(&error, &["h0", "ff02::1", "192.0.2.21"]);
     // The kernel refuses broadcasts without SO_BROADCAST; probes never need them.
     let error = probe
-        .send("255.255.255.255".parse()?, 1, KEY, monotonic_ns())
+        .send("255.255.255.255".parse().unwrap(), 1, KEY, monotonic_ns())
         .unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::PermissionDenied, "{error}");
     assert_mentions(&error, &["h0", "255.255.255.255"]);
-    Ok(())
 }
 
 #[test]
-fn gratuitous_arp_moves_existing_router_entries_and_creates_none() -> Result<()> {
+fn gratuitous_arp_moves_existing_router_entries_and_creates_none() {
     let lab = Lab::builder()
         .nics(2)
         .host_addr("h0", "192.0.2.19/24")
-        .build()?;
-    answer_arp_per_nic(lab.host())?;
-    let (h0_mac, h1_mac) = (lab.mac("h0")?, lab.mac("h1")?);
-    let h1 = lab.host().ifindex("h1")?;
+        .build()
+        .unwrap();
+    answer_arp_per_nic(lab.host());
+    let (h0_mac, h1_mac) = (lab.mac("h0").unwrap(), lab.mac("h1").unwrap());
+    let h1 = lab.host().ifindex("h1").unwrap();
     // The router learns 192.0.2.19 at h0 from h0's ARP request.
     lab.host()
-        .run(&["ping", "-c1", "-W2", "-I", "h0", "192.0.2.1"])?;
-    assert_eq!(router_lladdr(&lab, "192.0.2.19")?, Some(h0_mac));
+        .run(&["ping", "-c1", "-W2", "-I", "h0", "192.0.2.1"])
+        .unwrap();
+    assert_eq!(router_lladdr(&lab, "192.0.2.19"), Some(h0_mac));
 
-    lab.del_host_addr("h0", "192.0.2.19/24")?;
-    lab.add_host_addr("h1", "192.0.2.19/24")?;
+    lab.del_host_addr("h0", "192.0.2.19/24").unwrap();
+    lab.add_host_addr("h1", "192.0.2.19/24").unwrap();
     std::thread::sleep(QUIET);
     assert_eq!(
-        router_lladdr(&lab, "192.0.2.19")?,
+        router_lladdr(&lab, "192.0.2.19"),
         Some(h0_mac),
         "moving the address alone tells the router nothing"
     );
     {
-        let _inside = lab.host().enter()?;
-        gratuitous_arp(h1, h1_mac, Ipv4Addr::new(192, 0, 2, 30))?;
-        gratuitous_arp(h1, h1_mac, Ipv4Addr::new(192, 0, 2, 19))?;
+        let _inside = lab.host().enter().unwrap();
+        gratuitous_arp(h1, h1_mac, Ipv4Addr::new(192, 0, 2, 30)).unwrap();
+        gratuitous_arp(h1, h1_mac, Ipv4Addr::new(192, 0, 2, 19)).unwrap();
     }
     wait_until("the router's entry for 192.0.2.19 to move to h1", || {
-        Ok(router_lladdr(&lab, "192.0.2.19")? == Some(h1_mac))
-    })?;
+        router_lladdr(&lab, "192.0.2.19") == Some(h1_mac)
+    });
     let entry = lab
         .router()
-        .ip(&["neigh", "show", "192.0.2.19", "dev", "r0"])?;
+        .ip(&["neigh", "show", "192.0.2.19", "dev", "r0"])
+        .unwrap();
     assert!(
         entry.contains("STALE"),
         "an ARP request does not prove reachability: {entry}"
     );
     assert_eq!(
-        router_lladdr(&lab, "192.0.2.30")?,
+        router_lladdr(&lab, "192.0.2.30"),
         None,
         "with arp_accept=0 an announcement creates no entry"
     );
 
-    sysctl(lab.router(), "ipv4/conf/r0/arp_accept", "1")?;
+    sysctl(lab.router(), "ipv4/conf/r0/arp_accept", "1");
     {
-        let _inside = lab.host().enter()?;
-        gratuitous_arp(h1, h1_mac, Ipv4Addr::new(192, 0, 2, 30))?;
+        let _inside = lab.host().enter().unwrap();
+        gratuitous_arp(h1, h1_mac, Ipv4Addr::new(192, 0, 2, 30)).unwrap();
     }
     wait_until("arp_accept=1 to create an entry for 192.0.2.30", || {
-        Ok(router_lladdr(&lab, "192.0.2.30")? == Some(h1_mac))
+        router_lladdr(&lab, "192.0.2.30") == Some(h1_mac)
     })
 }
 
 #[test]
-fn unsolicited_na_moves_existing_router_entries_and_creates_none() -> Result<()> {
+fn unsolicited_na_moves_existing_router_entries_and_creates_none() {
     let lab = Lab::builder()
         .nics(2)
         .host_addr("h0", "2001:db8::19/64")
-        .build()?;
-    let (h0_mac, h1_mac) = (lab.mac("h0")?, lab.mac("h1")?);
-    let h1 = lab.host().ifindex("h1")?;
+        .build()
+        .unwrap();
+    let (h0_mac, h1_mac) = (lab.mac("h0").unwrap(), lab.mac("h1").unwrap());
+    let h1 = lab.host().ifindex("h1").unwrap();
     // The router learns 2001:db8::19 at h0 from h0's neighbour solicitation.
-    lab.host().run(&[
-        "ping",
-        "-6",
-        "-c1",
-        "-W2",
-        "-I",
-        "2001:db8::19",
-        "2001:db8::1",
-    ])?;
-    assert_eq!(router_lladdr(&lab, "2001:db8::19")?, Some(h0_mac));
+    lab.host()
+        .run(&[
+            "ping",
+            "-6",
+            "-c1",
+            "-W2",
+            "-I",
+            "2001:db8::19",
+            "2001:db8::1",
+        ])
+        .unwrap();
+    assert_eq!(router_lladdr(&lab, "2001:db8::19"), Some(h0_mac));
 
-    lab.del_host_addr("h0", "2001:db8::19/64")?;
-    lab.add_host_addr("h1", "2001:db8::19/64")?;
+    lab.del_host_addr("h0", "2001:db8::19/64").unwrap();
+    lab.add_host_addr("h1", "2001:db8::19/64").unwrap();
     std::thread::sleep(QUIET);
     assert_eq!(
-        router_lladdr(&lab, "2001:db8::19")?,
+        router_lladdr(&lab, "2001:db8::19"),
         Some(h0_mac),
         "moving the address alone tells the router nothing"
     );
     {
-        let _inside = lab.host().enter()?;
-        let capture = Capture::on(h1)?;
-        unsolicited_na(h1, h1_mac, "2001:db8::30".parse()?)?;
-        unsolicited_na(h1, h1_mac, "2001:db8::19".parse()?)?;
+        let _inside = lab.host().enter().unwrap();
+        let capture = Capture::on(h1);
+        unsolicited_na(h1, h1_mac, "2001:db8::30".parse().unwrap()).unwrap();
+        unsolicited_na(h1, h1_mac, "2001:db8::19".parse().unwrap()).unwrap();
         let sent = capture
             .wait_for(WAIT, |f| f.outgoing && f.icmpv6_type() == Some(136))
-            .context("no neighbour advertisement left h1")?;
+            .expect("no neighbour advertisement left h1");
         let ip = sent.ip().unwrap();
         assert_eq!((ip.ttl, ip.dst), (255, ALL_NODES_V6));
         assert_eq!(icmpv6_checksum(&ip), 0);
     }
     wait_until("the router's entry for 2001:db8::19 to move to h1", || {
-        Ok(router_lladdr(&lab, "2001:db8::19")? == Some(h1_mac))
-    })?;
+        router_lladdr(&lab, "2001:db8::19") == Some(h1_mac)
+    });
     let entry = lab
         .router()
-        .ip(&["neigh", "show", "2001:db8::19", "dev", "r0"])?;
+        .ip(&["neigh", "show", "2001:db8::19", "dev", "r0"])
+        .unwrap();
     assert!(entry.contains("STALE"), "{entry}");
     assert!(!entry.contains("router"), "h1 does not forward: {entry}");
     assert_eq!(
-        router_lladdr(&lab, "2001:db8::30")?,
+        router_lladdr(&lab, "2001:db8::30"),
         None,
         "with accept_untracked_na=0 an advertisement creates no entry"
     );
 
     // A forwarding NIC advertises itself as a router, or peers would stop routing via it.
-    sysctl(lab.host(), "ipv6/conf/h1/forwarding", "1")?;
+    sysctl(lab.host(), "ipv6/conf/h1/forwarding", "1");
     {
-        let _inside = lab.host().enter()?;
-        unsolicited_na(h1, h1_mac, "2001:db8::19".parse()?)?;
+        let _inside = lab.host().enter().unwrap();
+        unsolicited_na(h1, h1_mac, "2001:db8::19".parse().unwrap()).unwrap();
     }
     wait_until("the router to see 2001:db8::19 as a router", || {
         let entry = lab
             .router()
-            .ip(&["neigh", "show", "2001:db8::19", "dev", "r0"])?;
-        Ok(entry.contains("router"))
+            .ip(&["neigh", "show", "2001:db8::19", "dev", "r0"])
+            .unwrap();
+        entry.contains("router")
     })
 }
 
@@ -539,21 +554,21 @@ struct UnfilteredIcmp {
 }
 
 impl UnfilteredIcmp {
-    fn open(family: Family) -> Result<Self> {
+    fn open(family: Family) -> Self {
         let (domain, protocol) = match family {
             Family::V4 => (libc::AF_INET, libc::IPPROTO_ICMP),
             Family::V6 => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
         };
         // SAFETY: plain syscall; the descriptor is owned below.
         let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
-        ensure!(fd >= 0, "raw socket: {}", io::Error::last_os_error());
+        assert!(fd >= 0, "raw socket: {}", io::Error::last_os_error());
         // SAFETY: a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(UnfilteredIcmp { fd, family })
+        UnfilteredIcmp { fd, family }
     }
 
     /// Waits for an echo reply carrying mpathd's identifier.
-    fn wait_for_echo_reply(&self, timeout: Duration) -> Result<()> {
+    fn wait_for_echo_reply(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 2048];
         while let Some(n) = recv_before(&self.fd, &mut buf, deadline, None) {
@@ -570,10 +585,10 @@ impl UnfilteredIcmp {
                 && message[0] == reply_type
                 && u16::from_be_bytes([message[4], message[5]]) == PROBE_ICMP_ID
             {
-                return Ok(());
+                return;
             }
         }
-        bail!("no echo reply reached the host's raw sockets")
+        panic!("no echo reply reached the host's raw sockets")
     }
 }
 
@@ -599,7 +614,7 @@ struct Capture {
 }
 
 impl Capture {
-    fn on(ifindex: u32) -> Result<Self> {
+    fn on(ifindex: u32) -> Self {
         let protocol = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain syscall; the descriptor is owned below.
         let fd = unsafe {
@@ -609,7 +624,7 @@ impl Capture {
                 libc::c_int::from(protocol),
             )
         };
-        ensure!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
+        assert!(fd >= 0, "packet socket: {}", io::Error::last_os_error());
         // SAFETY: a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: all-zero is a valid sockaddr_ll.
@@ -625,7 +640,7 @@ impl Capture {
                 size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
-        ensure!(
+        assert!(
             rc == 0,
             "binding packet socket: {}",
             io::Error::last_os_error()
@@ -633,7 +648,7 @@ impl Capture {
         // Frames of other NICs may have queued before the bind.
         let mut buf = [0u8; 64];
         while recv_before(&fd, &mut buf, Instant::now(), None).is_some() {}
-        Ok(Capture { fd })
+        Capture { fd }
     }
 
     /// The first frame within `timeout` that `matches`.
@@ -771,56 +786,56 @@ impl Frame {
 }
 
 /// Sets `/proc/sys/net/KEY` inside `netns`.
-fn sysctl(netns: &Netns, key: &str, value: &str) -> Result<()> {
-    let _inside = netns.enter()?;
+fn sysctl(netns: &Netns, key: &str, value: &str) {
+    let _inside = netns.enter().unwrap();
     let path = format!("/proc/sys/net/{key}");
-    std::fs::write(&path, value).with_context(|| format!("writing {value} to {path}"))
+    std::fs::write(&path, value).unwrap_or_else(|e| panic!("writing {value} to {path}: {e}"));
 }
 
 /// What mpathd sets on group members: each NIC answers ARP only for its own addresses.
-fn answer_arp_per_nic(host: &Netns) -> Result<()> {
-    sysctl(host, "ipv4/conf/all/arp_ignore", "1")?;
-    sysctl(host, "ipv4/conf/all/arp_announce", "2")
+fn answer_arp_per_nic(host: &Netns) {
+    sysctl(host, "ipv4/conf/all/arp_ignore", "1");
+    sysctl(host, "ipv4/conf/all/arp_announce", "2");
 }
 
-fn link_local(netns: &Netns, ifname: &str) -> Result<Ipv6Addr> {
-    let listing = netns.ip(&["-6", "-o", "addr", "show", "dev", ifname, "scope", "link"])?;
+fn link_local(netns: &Netns, ifname: &str) -> Ipv6Addr {
+    let listing = netns
+        .ip(&["-6", "-o", "addr", "show", "dev", ifname, "scope", "link"])
+        .unwrap();
     let cidr = listing
         .split_whitespace()
         .skip_while(|word| *word != "inet6")
         .nth(1)
-        .with_context(|| format!("no link-local address on {ifname}: {listing}"))?;
+        .unwrap_or_else(|| panic!("no link-local address on {ifname}: {listing}"));
     let address = cidr.split('/').next().unwrap_or(cidr);
-    Ok(address.parse()?)
+    address.parse().unwrap()
 }
 
 /// The MAC of the router's neighbour entry for `addr`, if it has one.
-fn router_lladdr(lab: &Lab, addr: &str) -> Result<Option<[u8; 6]>> {
+fn router_lladdr(lab: &Lab, addr: &str) -> Option<[u8; 6]> {
     let entry = lab
         .router()
-        .ip(&["neigh", "show", addr, "dev", ROUTER_NIC])?;
-    let Some(text) = entry
+        .ip(&["neigh", "show", addr, "dev", ROUTER_NIC])
+        .unwrap();
+    let text = entry
         .split_whitespace()
         .skip_while(|word| *word != "lladdr")
-        .nth(1)
-    else {
-        return Ok(None);
-    };
+        .nth(1)?;
     let octets = text
         .split(':')
         .map(|octet| u8::from_str_radix(octet, 16))
-        .collect::<Result<Vec<u8>, _>>()?;
-    let mac = <[u8; 6]>::try_from(octets).map_err(|_| anyhow::anyhow!("bad MAC {text}"))?;
-    Ok(Some(mac))
+        .collect::<Result<Vec<u8>, _>>()
+        .unwrap();
+    let mac = <[u8; 6]>::try_from(octets).unwrap_or_else(|_| panic!("bad MAC {text}"));
+    Some(mac)
 }
 
-fn wait_until(what: &str, done: impl Fn() -> Result<bool>) -> Result<()> {
+fn wait_until(what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + WAIT;
-    while !done()? {
-        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
-    Ok(())
 }
 
 fn assert_mentions(error: &io::Error, words: &[&str]) {
