@@ -31,15 +31,15 @@ use crate::{
 };
 
 /// Longest request line accepted; anything longer is refused unread.
-pub const MAX_REQUEST_BYTES: u64 = 4096;
+pub(crate) const MAX_REQUEST_BYTES: u64 = 4096;
 
 /// Control clients served at once. Far more than operators and tools need, far fewer than
 /// the descriptors mpathd has: idle clients cannot starve a failover.
-pub const MAX_CLIENTS: usize = 64;
+pub(crate) const MAX_CLIENTS: usize = 64;
 
 /// How long a client may take to send its request line, and to take each reply: a client
 /// that connects and sends nothing, or stops reading, is dropped after that.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
@@ -117,7 +117,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 
 /// Serves clients until the listener fails: each connection is handled on its own task,
 /// up to [`MAX_CLIENTS`] at once; the rest are closed at once, with one log line per burst.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     commands: mpsc::Sender<Command>,
     probes: broadcast::Sender<ProbeRow>,

@@ -60,15 +60,15 @@ use crate::{
 };
 
 /// Content type of text exposition format 0.0.4, as Prometheus' own clients send it.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Bucket bounds (probes) of loss-burst histograms: single losses apart from a failure's
 /// worth (NUM_PROBE_FAILS) and from outages.
-pub const LOSS_BURST_BUCKETS: [f64; 9] = [1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+pub(crate) const LOSS_BURST_BUCKETS: [f64; 9] = [1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 
 /// RTT histogram buckets (seconds), 1-2.5-5 per decade from 10 µs (kernel-timestamped
 /// probes on a quiet LAN) to 10 s (far beyond any usable failure detection time).
-pub const RTT_BUCKETS: [f64; 19] = [
+pub(crate) const RTT_BUCKETS: [f64; 19] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -106,7 +106,7 @@ pub enum MetricsError {
 
 /// What the event loop knows at scrape time.
 #[derive(Debug, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub groups: Vec<GroupSnapshot>,
     /// Datapath counters of the NICs whose counters could be read.
     pub datapath: Vec<DatapathSnapshot>,
@@ -116,7 +116,7 @@ pub struct Snapshot {
 
 /// The groups, NICs and probe targets that exist now; see [`Metrics::retain`].
 #[derive(Debug, Default)]
-pub struct LiveSeries {
+pub(crate) struct LiveSeries {
     pub groups: BTreeSet<String>,
     /// (group, NIC)
     pub nics: BTreeSet<(String, String)>,
@@ -150,7 +150,7 @@ fn prune<T: MetricVecBuilder>(family: &MetricVec<T>, keep: &dyn Fn(&HashMap<&str
 
 /// One group as its state machine and its FDT see it.
 #[derive(Debug)]
-pub struct GroupSnapshot {
+pub(crate) struct GroupSnapshot {
     pub view: GroupView,
     pub fdt: FdtView,
     pub interfaces: Vec<InterfaceView>,
@@ -160,14 +160,14 @@ pub struct GroupSnapshot {
 
 /// A NIC outside any group: only its link is watched.
 #[derive(Debug)]
-pub struct UngroupedSnapshot {
+pub(crate) struct UngroupedSnapshot {
     pub interface: String,
     pub link_up: bool,
 }
 
 /// One NIC's datapath counters, summed over CPUs (`Maps::counters`).
 #[derive(Debug)]
-pub struct DatapathSnapshot {
+pub(crate) struct DatapathSnapshot {
     pub group: String,
     pub interface: String,
     pub counters: NicCounters,
@@ -177,7 +177,7 @@ pub struct DatapathSnapshot {
 
 /// A scrape waiting for the event loop to render the metrics.
 #[derive(Debug)]
-pub struct Scrape {
+pub(crate) struct Scrape {
     reply: oneshot::Sender<Result<String, MetricsError>>,
 }
 
@@ -237,7 +237,7 @@ struct DaemonMetrics {
 
 /// How a SIGHUP reload ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadResult {
+pub(crate) enum ReloadResult {
     /// The new configuration was applied.
     Applied,
     /// The file had not changed.
@@ -271,7 +271,7 @@ struct DatapathMetrics {
 
 /// mpathd's metrics; owned by the event loop, which reports events to it and renders it
 /// for each [`Scrape`].
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     probes: ProbeMetrics,
     events: EventMetrics,
@@ -606,7 +606,7 @@ impl Metrics {
 
     /// Starts the event totals of these groups and their NICs at zero (again after a
     /// reload that added some; existing totals are kept).
-    pub fn declare_groups(&self, groups: &[GroupConfig]) {
+    pub(crate) fn declare_groups(&self, groups: &[GroupConfig]) {
         let e = &self.events;
         for group in groups {
             e.group_failures.with_label_values(&[&group.name]);
@@ -627,7 +627,7 @@ impl Metrics {
     /// them, a route or discovery change replaced a target), so that a long-running daemon
     /// neither grows nor keeps reporting what no longer exists. The daemon calls this before
     /// each render.
-    pub fn retain(&mut self, live: &LiveSeries) {
+    pub(crate) fn retain(&mut self, live: &LiveSeries) {
         let keep = |labels: &HashMap<&str, &str>| {
             let group = labels.get("group").copied().unwrap_or_default();
             match (labels.get("interface"), labels.get("target")) {
@@ -664,7 +664,7 @@ impl Metrics {
     }
 
     /// A probe left `nic` for `target`.
-    pub fn probe_sent(&self, group: &str, nic: &str, target: IpAddr) {
+    pub(crate) fn probe_sent(&self, group: &str, nic: &str, target: IpAddr) {
         let target = target.to_string();
         self.probes
             .sent
@@ -673,7 +673,7 @@ impl Metrics {
     }
 
     /// A probe of `nic` was answered or declared lost, as its prober reported it.
-    pub fn probe_outcome(&mut self, group: &str, nic: &str, outcome: ProbeOutcome) {
+    pub(crate) fn probe_outcome(&mut self, group: &str, nic: &str, outcome: ProbeOutcome) {
         let (ProbeOutcome::Answered { target, .. } | ProbeOutcome::Lost { target, .. }) = outcome;
         let run_key = (group.to_owned(), nic.to_owned(), target);
         match outcome {
@@ -708,7 +708,7 @@ impl Metrics {
     }
 
     /// The prober of `nic` refused a reply the datapath had matched.
-    pub fn reply_refused(&self, group: &str, nic: &str, reason: ReplyRejectReason) {
+    pub(crate) fn reply_refused(&self, group: &str, nic: &str, reason: ReplyRejectReason) {
         self.probes
             .unknown_replies
             .with_label_values(&[group, nic, reason.as_str()])
@@ -729,7 +729,7 @@ impl Metrics {
     }
 
     /// Every NIC of `group` failed.
-    pub fn group_failure(&self, group: &str) {
+    pub(crate) fn group_failure(&self, group: &str) {
         self.events.group_failures.with_label_values(&[group]).inc();
     }
 
@@ -750,7 +750,7 @@ impl Metrics {
 
     /// Counts a completed transfer of data addresses (one "Successfully failed over/back"
     /// log line): a failover on the NIC left, a failback or restore on the NIC reached.
-    pub fn transfer(&self, group: &str, transfer: &Transfer) {
+    pub(crate) fn transfer(&self, group: &str, transfer: &Transfer) {
         let e = &self.events;
         let (family, nic) = match (transfer.kind, &transfer.from) {
             (MoveKind::Failover, Some(from)) => (&e.failovers, from),
@@ -982,7 +982,7 @@ impl Renderings {
 
 /// Serves `GET /metrics` until the listener fails, asking the event loop for a render through
 /// `scrapes` at most once per [`RENDER_REUSE`]; other paths get 404, other methods 405.
-pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
+pub(crate) async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let renderings = Arc::new(Renderings {
         scrapes,

@@ -12,7 +12,7 @@ use crate::net::address::{IpCidr, Ipv4Cidr};
 impl Config {
     /// What a reload from `self` to `new` must change; groups and interfaces are matched by
     /// name, so a renamed one is a removal plus an addition.
-    pub fn diff(&self, new: &Config) -> ConfigDiff {
+    pub(crate) fn diff(&self, new: &Config) -> ConfigDiff {
         ConfigDiff {
             daemon: self.daemon.diff(&new.daemon),
             groups_added: new
@@ -139,7 +139,7 @@ fn missing_from<T: PartialEq + Clone>(items: &[T], other: &[T]) -> Vec<T> {
 
 /// The changes a SIGHUP reload applies, so that untouched groups and interfaces keep running.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ConfigDiff {
+pub(crate) struct ConfigDiff {
     pub daemon: Vec<DaemonChange>,
     pub groups_added: Vec<GroupConfig>,
     /// The old definitions: the daemon needs them to take the groups' addresses down.
@@ -158,7 +158,7 @@ impl ConfigDiff {
 
 /// An old and a new value of a setting that differ.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change<T> {
+pub(crate) struct Change<T> {
     pub old: T,
     pub new: T,
 }
@@ -173,7 +173,7 @@ impl<T: PartialEq + Clone> Change<T> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DaemonChange {
+pub(crate) enum DaemonChange {
     FailureDetectionTime(Change<Duration>),
     Failback(Change<bool>),
     TrackInterfacesOnlyWithGroups(Change<bool>),
@@ -189,7 +189,7 @@ pub enum DaemonChange {
 
 /// Changes inside a group present in both configurations.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupDiff {
+pub(crate) struct GroupDiff {
     pub name: String,
     pub targets_added: Vec<IpAddr>,
     pub targets_removed: Vec<IpAddr>,
@@ -207,7 +207,7 @@ pub struct GroupDiff {
 /// Changes to an interface that stays in its group. A data address whose prefix length
 /// changed is removed and added, as the kernel needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InterfaceDiff {
+pub(crate) struct InterfaceDiff {
     pub name: String,
     pub standby: Option<Change<bool>>,
     pub test_address: Option<Change<Option<Ipv4Cidr>>>,

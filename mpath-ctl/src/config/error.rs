@@ -24,7 +24,8 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub fn location(&self) -> Option<&Location> {
+    #[cfg(test)]
+    pub(crate) fn location(&self) -> Option<&Location> {
         match self {
             ConfigError::Read { .. } => None,
             ConfigError::Invalid { location, .. } => Some(location),

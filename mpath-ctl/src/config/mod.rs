@@ -47,13 +47,13 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/mpath/mpathd.toml";
 pub const DEFAULT_DEFAULTS_PATH: &str = "/etc/default/mpathd";
 
 /// in.mpathd's MIN_FAILURE_DETECTION_TIME: probes cannot be sent faster than this allows.
-pub const MIN_FAILURE_DETECTION_TIME_MS: i64 = 100;
+pub(crate) const MIN_FAILURE_DETECTION_TIME_MS: i64 = 100;
 /// in.mpathd keeps the FDT in an `int`; the bound also keeps `Instant + fdt` from overflowing.
-pub const MAX_FAILURE_DETECTION_TIME_MS: i64 = i32::MAX as i64;
+pub(crate) const MAX_FAILURE_DETECTION_TIME_MS: i64 = i32::MAX as i64;
 /// Solaris LIFGRNAMSIZ (32) less the terminating NUL.
-pub const MAX_GROUP_NAME_LEN: usize = 31;
+pub(crate) const MAX_GROUP_NAME_LEN: usize = 31;
 /// Linux IFNAMSIZ (16) less the terminating NUL.
-pub const MAX_INTERFACE_NAME_LEN: usize = 15;
+pub(crate) const MAX_INTERFACE_NAME_LEN: usize = 15;
 /// mpathd's own routing table, 0x6d70 ("mp"): far from the small numbers administrators and
 /// tools pick, so the routes in it are mpathd's alone.
 pub const DEFAULT_ROUTE_TABLE: u32 = 28016;
@@ -166,7 +166,7 @@ pub struct RouteConfig {
 
 impl RouteConfig {
     /// A default route: `to` has prefix length 0.
-    pub fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         self.to.prefix_len() == 0
     }
 }

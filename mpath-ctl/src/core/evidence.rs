@@ -12,14 +12,14 @@
 use std::time::{Duration, Instant};
 
 /// How often the daemon reads a NIC's counter while probing it (a map read per CPU).
-pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// A counter that moved this recently means the NIC receives; one that stood still this
 /// long (two readings apart at least) means it does not.
 const RECENT: Duration = Duration::from_millis(200);
 
 /// The readings of one NIC's receive counter.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RxEvidence {
+pub(crate) struct RxEvidence {
     last: Option<Reading>,
     /// The first reading of the current count (after a start or a reset of the counter).
     since: Option<Instant>,
@@ -35,7 +35,7 @@ struct Reading {
 
 /// What the readings say about the NIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RxVerdict {
+pub(crate) enum RxVerdict {
     /// The counter moved within [`RECENT`] of the latest reading.
     Receiving,
     /// The counter stood still for this long (at least [`RECENT`]) up to the latest reading.
@@ -53,7 +53,7 @@ impl RxEvidence {
 
     /// Records the counter's value read at `now`. A counter that went backwards was reset
     /// (the NIC's slot cleared): the readings start afresh.
-    pub fn observe(&mut self, packets: u64, now: Instant) {
+    pub(crate) fn observe(&mut self, packets: u64, now: Instant) {
         match self.last {
             Some(last) if packets > last.packets => self.moved_at = Some(now),
             Some(last) if packets == last.packets => {}
@@ -81,7 +81,7 @@ impl RxEvidence {
 
     /// Why NIC `nic` lost its probes, as far as its receive counter tells; the caller takes
     /// a fresh reading first.
-    pub fn explain_failure(&self, nic: &str) -> String {
+    pub(crate) fn explain_failure(&self, nic: &str) -> String {
         match self.verdict() {
             RxVerdict::Receiving => format!(
                 "{nic} still receives: its transmit path, or the targets' replies to it, are broken"

@@ -55,7 +55,7 @@ named!(AddressState {
 
 /// Why an address moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum MoveKind {
+pub(crate) enum MoveKind {
     /// Away from a NIC that cannot hold it.
     Failover,
     /// Back to its home NIC.
@@ -67,7 +67,7 @@ pub enum MoveKind {
 /// One address to move. `from` may name a NIC that no longer exists (removing the address
 /// there is then a no-op); `None` means add only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Move {
+pub(crate) struct Move {
     pub addr: IpCidr,
     pub from: Option<String>,
     pub to: String,
@@ -76,7 +76,7 @@ pub struct Move {
 
 /// The moves of one kind between one pair of NICs, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transfer {
+pub(crate) struct Transfer {
     pub kind: MoveKind,
     pub from: Option<String>,
     pub to: String,
@@ -102,7 +102,7 @@ impl fmt::Display for Transfer {
 
 /// The placement that [`plan`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Minimal moves, sorted by address.
     pub moves: Vec<Move>,
     /// Where every address will be once the moves are done (`None`: on no NIC, and no
@@ -113,7 +113,7 @@ pub struct Plan {
 impl Plan {
     /// The moves grouped for the log: failovers per (from, to), failbacks per home NIC
     /// (as in.mpathd logs one failback per repaired NIC), restores per NIC.
-    pub fn transfers(&self) -> Vec<Transfer> {
+    pub(crate) fn transfers(&self) -> Vec<Transfer> {
         let mut transfers: Vec<Transfer> = Vec::new();
         for step in &self.moves {
             let from = match step.kind {
@@ -139,7 +139,7 @@ impl Plan {
 
 /// Input that cannot be placed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     #[error("interface {nic} is listed twice")]
     DuplicateInterface { nic: String },
     #[error("data address {first} is configured twice (also as {second})")]
@@ -156,7 +156,7 @@ enum Destination {
 }
 
 /// Compute the placement of a group's data addresses; see the module documentation.
-pub fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, PlanError> {
+pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, PlanError> {
     let index = nic_index(nics)?;
     let mut order: Vec<(usize, &DataAddress)> = Vec::with_capacity(addresses.len());
     for address in addresses {

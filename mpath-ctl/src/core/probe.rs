@@ -50,7 +50,7 @@ const MIN_FAILURE_DETECTION_TIME: Duration =
 
 /// A failure detection time the daemon cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FdtError {
+pub(crate) enum FdtError {
     #[error(
         "failure detection time {requested_ms} ms is below the minimum of {MIN_FAILURE_DETECTION_TIME_MS} ms"
     )]
@@ -59,7 +59,7 @@ pub enum FdtError {
 
 /// A change of a group's effective failure detection time, with the line to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FdtChange {
+pub(crate) struct FdtChange {
     pub previous: Duration,
     pub effective: Duration,
     pub message: String,
@@ -68,7 +68,7 @@ pub struct FdtChange {
 /// The failure detection time of one group, shared by all its probers: what the
 /// administrator asked for, and what the targets' RTT currently allows.
 #[derive(Debug, Clone)]
-pub struct FailureDetectionTime {
+pub(crate) struct FailureDetectionTime {
     group: String,
     configured: Duration,
     effective: Duration,
@@ -76,7 +76,7 @@ pub struct FailureDetectionTime {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FdtView {
+pub(crate) struct FdtView {
     pub group: String,
     pub configured_ms: u64,
     pub effective_ms: u64,
@@ -98,10 +98,7 @@ impl FailureDetectionTime {
         })
     }
 
-    pub fn group(&self) -> &str {
-        &self.group
-    }
-
+    #[cfg(test)]
     pub fn configured(&self) -> Duration {
         self.configured
     }
@@ -111,7 +108,7 @@ impl FailureDetectionTime {
     }
 
     /// Time between probes of one prober: FDT / (NUM_PROBE_FAILS + 2).
-    pub fn probe_interval(&self) -> Duration {
+    pub(crate) fn probe_interval(&self) -> Duration {
         self.effective / INTERVALS_PER_FDT
     }
 
@@ -128,7 +125,7 @@ impl FailureDetectionTime {
     /// target of every working prober in the group has an RTT bound well below the probe
     /// interval, and not sooner than [`FDT_SETTLING_TIME`] after the last raise. The daemon
     /// calls this after accepted replies.
-    pub fn try_lower<'a>(
+    pub(crate) fn try_lower<'a>(
         &mut self,
         now: Instant,
         probers: impl IntoIterator<Item = &'a Prober>,
@@ -193,7 +190,7 @@ impl FailureDetectionTime {
 
 /// A probe the daemon must send now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeRequest {
+pub(crate) struct ProbeRequest {
     pub seq: u32,
     pub target: IpAddr,
 }
@@ -201,7 +198,7 @@ pub struct ProbeRequest {
 /// What to send at a probe time: the probe itself (none while no target is known), and
 /// whether to echo to [`AddressFamily::all_nodes`] to discover hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transmit {
+pub(crate) struct Transmit {
     pub probe: Option<ProbeRequest>,
     pub discover: bool,
 }
@@ -225,14 +222,14 @@ pub enum ProbeOutcome {
 
 /// Everything a prober reports, in the order it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProbeEvent {
+pub(crate) enum ProbeEvent {
     Outcome(ProbeOutcome),
     Target(TargetEvent),
     FdtRaised(FdtChange),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplyVerdict {
+pub(crate) enum ReplyVerdict {
     Accepted(Vec<ProbeEvent>),
     Rejected(RejectReason),
 }
@@ -260,7 +257,7 @@ impl RejectReason {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct UnknownReplies {
+pub(crate) struct UnknownReplies {
     pub out_of_window: u64,
     pub wrong_source: u64,
     pub duplicate: u64,
@@ -283,7 +280,7 @@ impl UnknownReplies {
 /// Probe counts. A probe answered after it was declared lost moves from `lost` to
 /// `answered`, so `sent` = `answered` + `lost` + outstanding.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ProbeCounters {
+pub(crate) struct ProbeCounters {
     pub sent: u64,
     pub answered: u64,
     pub lost: u64,
@@ -291,7 +288,7 @@ pub struct ProbeCounters {
 
 /// One target as `mpathctl probes` shows it (ipmpstat -p's NETRTT, RTT, RTTAVG, RTTDEV).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TargetProbeView {
+pub(crate) struct TargetProbeView {
     pub address: IpAddr,
     pub source: TargetSource,
     pub state: TargetState,
@@ -308,7 +305,7 @@ pub struct TargetProbeView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProberView {
+pub(crate) struct ProberView {
     pub nic: String,
     pub family: AddressFamily,
     pub test_address: IpAddr,
@@ -321,7 +318,7 @@ pub struct ProberView {
 
 /// The prober of one NIC in one address family.
 #[derive(Debug)]
-pub struct Prober {
+pub(crate) struct Prober {
     nic: String,
     targets: TargetSet,
     schedule: Schedule,
@@ -368,17 +365,22 @@ impl Prober {
         &self.targets
     }
 
-    pub fn update_routes(&mut self, routes: &[RouteEntry], group_nics: &[u32], local: &[IpAddr]) {
+    pub(crate) fn update_routes(
+        &mut self,
+        routes: &[RouteEntry],
+        group_nics: &[u32],
+        local: &[IpAddr],
+    ) {
         self.targets.update_routes(routes, group_nics, local);
         self.forget_stats_of_removed_targets();
     }
 
     /// Hosts that answered a discovery echo this prober sent, first responders first.
-    pub fn add_discovered(&mut self, responders: &[IpAddr], local: &[IpAddr]) -> usize {
+    pub(crate) fn add_discovered(&mut self, responders: &[IpAddr], local: &[IpAddr]) -> usize {
         self.targets.add_discovered(responders, local)
     }
 
-    pub fn flush_discovered(&mut self) {
+    pub(crate) fn flush_discovered(&mut self) {
         self.targets.flush_discovered();
         self.forget_stats_of_removed_targets();
     }
@@ -387,7 +389,7 @@ impl Prober {
     /// it is not, replies still count but their RTTs are not trusted, and the estimates start
     /// afresh. Probes sent before it works again are not trusted either: they may have waited
     /// seconds in ARP/ND queues while the link was down, and their replies arrive after it.
-    pub fn set_nic_failed(&mut self, failed: bool, now: Instant) {
+    pub(crate) fn set_nic_failed(&mut self, failed: bool, now: Instant) {
         if failed == self.nic_failed {
             return;
         }
@@ -401,14 +403,14 @@ impl Prober {
         }
     }
 
-    pub fn next_probe_at(&self) -> Instant {
+    pub(crate) fn next_probe_at(&self) -> Instant {
         self.schedule.next_at
     }
 
     /// When [`Prober::poll`] or [`Prober::send`] next has something to do. The daemon drains
     /// pending replies first, then polls, then sends; a probe pushed out of the reply window
     /// before any poll saw it expire (52 intervals without a poll) never gets an outcome.
-    pub fn next_wakeup(&self, fdt: &FailureDetectionTime) -> Instant {
+    pub(crate) fn next_wakeup(&self, fdt: &FailureDetectionTime) -> Instant {
         let interval = fdt.probe_interval();
         let deadlines = self
             .sent
@@ -449,7 +451,7 @@ impl Prober {
     /// Believes a reply only for an outstanding sequence number, from the target that probe
     /// went to, once. An accepted reply feeds the RTT estimate, may set a slow target aside
     /// or raise the group's FDT.
-    pub fn on_reply(
+    pub(crate) fn on_reply(
         &mut self,
         reply: ProbeReply,
         now: Instant,

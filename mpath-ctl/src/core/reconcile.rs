@@ -168,7 +168,7 @@ pub fn removed(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Removed {
 
 /// An address the group `group` adopts from `nic`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Adoption {
+pub(crate) struct Adoption {
     pub group: usize,
     pub nic: String,
     pub cidr: IpCidr,
@@ -177,7 +177,7 @@ pub struct Adoption {
 /// Which of the addresses someone else put on NICs (`others`: not mpathd's, not the
 /// kernel's) the groups adopt: those on a group NIC that are neither data nor test addresses
 /// of any group. Each address is adopted once, by the group of the NIC it was found on.
-pub fn adoptable(groups: &[Holdings], others: &[(u32, IpCidr)]) -> Vec<Adoption> {
+pub(crate) fn adoptable(groups: &[Holdings], others: &[(u32, IpCidr)]) -> Vec<Adoption> {
     let mut adoptions: Vec<Adoption> = Vec::new();
     for (ifindex, cidr) in others {
         let known = groups.iter().any(|g| g.knows(cidr.addr()))
@@ -200,7 +200,7 @@ pub fn adoptable(groups: &[Holdings], others: &[(u32, IpCidr)]) -> Vec<Adoption>
 
 /// Where the kernel holds each of the group's data addresses (in the order of
 /// `holdings.addresses`): the first member, in configuration order, that has it.
-pub fn placements(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<Option<String>> {
+pub(crate) fn placements(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<Option<String>> {
     holdings
         .addresses
         .iter()
@@ -218,7 +218,7 @@ pub fn placements(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<Option<S
 /// Copies of the group's data addresses found on NICs other than the one they are placed on,
 /// or with another prefix length (left by a daemon killed in the middle of a move, or on a
 /// NIC that left the group): they are removed.
-pub fn extra_copies(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<(u32, IpCidr)> {
+pub(crate) fn extra_copies(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<(u32, IpCidr)> {
     let mut extra = Vec::new();
     for a in &holdings.addresses {
         let Some(placed) = holdings.placed_ifindex(a) else {
@@ -235,7 +235,7 @@ pub fn extra_copies(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<(u32, 
 /// address taken out of the file, the test address of a NIC that left the configuration
 /// while mpathd was stopped): they are removed, so that a restart converges to the state a
 /// reload reaches.
-pub fn unconfigured(groups: &[Holdings], mpathds: &[(u32, IpCidr)]) -> Vec<(u32, IpCidr)> {
+pub(crate) fn unconfigured(groups: &[Holdings], mpathds: &[(u32, IpCidr)]) -> Vec<(u32, IpCidr)> {
     mpathds
         .iter()
         .filter(|(_, cidr)| !groups.iter().any(|g| g.knows(cidr.addr())))
@@ -246,7 +246,7 @@ pub fn unconfigured(groups: &[Holdings], mpathds: &[(u32, IpCidr)]) -> Vec<(u32,
 /// An earlier mpathd's failure found on the host: `address`, whose home is `nic`, sits on
 /// `on`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundFailure {
+pub(crate) struct FoundFailure {
     pub nic: String,
     pub address: IpCidr,
     pub on: String,
@@ -256,7 +256,7 @@ pub struct FoundFailure {
 /// sit on another NIC of the group had been failed by its probes (a link failure shows in
 /// the link state). Each such NIC is adopted as failed, so that a restart neither fails back
 /// nor loses traffic. Only with FAILBACK on: with it off, addresses away from home are normal.
-pub fn found_failures(holdings: &Holdings) -> Vec<FoundFailure> {
+pub(crate) fn found_failures(holdings: &Holdings) -> Vec<FoundFailure> {
     holdings
         .members
         .iter()
@@ -278,7 +278,7 @@ pub fn found_failures(holdings: &Holdings) -> Vec<FoundFailure> {
 /// What a group runtime that goes (removed from the configuration, or rebuilt by a reload)
 /// takes down of what it set up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Retirement {
+pub(crate) struct Retirement {
     /// Test addresses the new configuration no longer has, by ifindex.
     pub test_addresses: Vec<(u32, IpCidr)>,
     /// NICs that leave the group: the datapath goes from them.
@@ -291,7 +291,7 @@ pub struct Retirement {
 
 /// What `old` takes down when the new configuration has `kept` for it (`None`: the group
 /// is gone). Addresses the group adopted stay with whoever put them there.
-pub fn retire(old: &Holdings, kept: Option<&GroupConfig>) -> Retirement {
+pub(crate) fn retire(old: &Holdings, kept: Option<&GroupConfig>) -> Retirement {
     let kept_interface = |nic: &str| kept.and_then(|g| g.interface(nic));
     let mut retirement = Retirement {
         group_goes: kept.is_none(),

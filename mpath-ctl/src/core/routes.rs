@@ -59,7 +59,7 @@ impl MainRoute {
 
 /// One group as the planner sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GroupRouting {
+pub(crate) struct GroupRouting {
     pub name: String,
     /// Every NIC of the group the kernel has now, by ifindex.
     pub members: Vec<u32>,
@@ -117,7 +117,7 @@ pub struct NexthopKey {
 
 /// A resilient nexthop group: one group's way to a set of gateways (none: on-link).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GroupKey {
+pub(crate) struct GroupKey {
     pub group: String,
     pub family: Family,
     pub gateways: Vec<IpAddr>,
@@ -159,7 +159,7 @@ pub struct TableRoute<G> {
 
 /// What mpathd's table and nexthops should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Nexthop groups and their members, in the order of the serving NICs.
     pub groups: BTreeMap<GroupKey, Vec<NexthopKey>>,
     /// Routes by destination and metric.
@@ -167,7 +167,7 @@ pub struct Plan {
 }
 
 /// Decides mpathd's table and nexthop groups from the main table and the groups.
-pub fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
+pub(crate) fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
     // Every route with the group that serves it, if one does: all its hops leave through
     // that group's NICs.
     let group_of = |oif: u32| groups.iter().position(|g| g.members.contains(&oif));
@@ -300,7 +300,7 @@ fn kernel_metric(destination: IpCidr, metric: u32) -> u32 {
 /// left the host). The kernel deletes a NIC's routes when the NIC goes down or away (and
 /// systemd-networkd deletes its routes on carrier loss), but in IPMP the routes belong to the
 /// group: it keeps serving these, as if configured, until their owner adds them again.
-pub fn orphaned<'a>(
+pub(crate) fn orphaned<'a>(
     before: &[MainRoute],
     after: &[MainRoute],
     down: impl Fn(u32) -> Option<&'a str>,
@@ -402,14 +402,14 @@ fn source_for(
 
 /// The first id of mpathd's nexthop objects ("mp" in its high bytes). Nexthop ids are shared
 /// by everything on the host (FRR, administrators), so mpathd keeps to a range of its own.
-pub const NEXTHOP_ID_BASE: u32 = 0x6d70_0000;
+pub(crate) const NEXTHOP_ID_BASE: u32 = 0x6d70_0000;
 
 /// How many ids the range holds: far more than 16 groups of 16 NICs need.
-pub const NEXTHOP_IDS: u32 = 0x1_0000;
+pub(crate) const NEXTHOP_IDS: u32 = 0x1_0000;
 
 /// A nexthop object mpathd keeps: a single nexthop or a group.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum NexthopObject {
+pub(crate) enum NexthopObject {
     Single(NexthopKey),
     Group(GroupKey),
 }
@@ -418,13 +418,13 @@ pub enum NexthopObject {
 /// so a group replaced with other members is one message, and a restarted mpathd adopts the
 /// ids it finds in the kernel.
 #[derive(Clone, Debug, Default)]
-pub struct IdBook {
+pub(crate) struct IdBook {
     ids: BTreeMap<NexthopObject, u32>,
 }
 
 impl IdBook {
     /// Records an object found in the kernel under `id`.
-    pub fn adopt(&mut self, object: NexthopObject, id: u32) {
+    pub(crate) fn adopt(&mut self, object: NexthopObject, id: u32) {
         self.ids.insert(object, id);
     }
 
@@ -441,7 +441,7 @@ impl IdBook {
     }
 
     /// Forgets the objects `keep` does not name, so their ids can be given out again.
-    pub fn retain(&mut self, keep: &BTreeSet<NexthopObject>) {
+    pub(crate) fn retain(&mut self, keep: &BTreeSet<NexthopObject>) {
         self.ids.retain(|object, _| keep.contains(object));
     }
 }
@@ -460,7 +460,7 @@ impl RouteState {
     /// The kernel's terms of a plan, with ids from `book` (objects the plan no longer names
     /// are forgotten there, after the new ones got ids of their own). An object without an id (the range is full) is left out, with
     /// the routes through it.
-    pub fn of_plan(plan: &Plan, book: &mut IdBook) -> RouteState {
+    pub(crate) fn of_plan(plan: &Plan, book: &mut IdBook) -> RouteState {
         let mut wanted: BTreeSet<NexthopObject> = BTreeSet::new();
         for (key, members) in &plan.groups {
             wanted.insert(NexthopObject::Group(key.clone()));

@@ -59,11 +59,11 @@ use crate::core::target::AddressFamily;
 
 /// Link-ups tolerated within [`FLAP_WINDOW`] before repair waits for a stable link
 /// (in.mpathd `LINK_UP_PERMIN`).
-pub const LINK_UPS_PER_MINUTE: usize = 2;
+pub(crate) const LINK_UPS_PER_MINUTE: usize = 2;
 /// The window over which link-ups are counted for damping.
-pub const FLAP_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const FLAP_WINDOW: Duration = Duration::from_secs(60);
 /// in.mpathd's startup quiet period (`FAILURE_DETECTION_QP`), covering spanning-tree learning.
-pub const STARTUP_QUIET_PERIOD: Duration = Duration::from_secs(40);
+pub(crate) const STARTUP_QUIET_PERIOD: Duration = Duration::from_secs(40);
 
 /// Group-wide settings that change the decisions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,19 +91,19 @@ pub struct ProbeFamilies {
 }
 
 impl ProbeFamilies {
-    pub const NONE: ProbeFamilies = ProbeFamilies {
+    pub(crate) const NONE: ProbeFamilies = ProbeFamilies {
         ipv4: false,
         ipv6: false,
     };
-    pub const IPV4: ProbeFamilies = ProbeFamilies {
+    pub(crate) const IPV4: ProbeFamilies = ProbeFamilies {
         ipv4: true,
         ipv6: false,
     };
-    pub const IPV6: ProbeFamilies = ProbeFamilies {
+    pub(crate) const IPV6: ProbeFamilies = ProbeFamilies {
         ipv4: false,
         ipv6: true,
     };
-    pub const BOTH: ProbeFamilies = ProbeFamilies {
+    pub(crate) const BOTH: ProbeFamilies = ProbeFamilies {
         ipv4: true,
         ipv6: true,
     };
@@ -189,7 +189,7 @@ named!(FailureCause {
 
 /// The state of one member NIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IfState {
+pub(crate) enum IfState {
     /// Configured but not present in the system.
     Missing,
     /// Functioning: link up and, if it probes, probes passing (or no targets to tell).
@@ -324,7 +324,7 @@ impl Action {
 
     /// The line an administrator sees for this action, with in.mpathd's wording where it has
     /// one; `None` for actions that are only instructions to the daemon.
-    pub fn log_line(&self, group: &str) -> Option<String> {
+    pub(crate) fn log_line(&self, group: &str) -> Option<String> {
         Some(match self {
             Action::Appeared { nic } => format!("NIC {nic} of group {group} has appeared"),
             Action::Disappeared { nic } => {
@@ -376,7 +376,7 @@ impl Action {
 
 /// What a member may do with data addresses, the input of address placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// Carries traffic and may host data addresses. `reclaims_home`: its own addresses come
     /// back to it (false after a repair with `FAILBACK=no`).
     Active { reclaims_home: bool },
@@ -388,7 +388,7 @@ pub enum Role {
 
 /// A member and its [`Role`], in configuration order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NicRole {
+pub(crate) struct NicRole {
     pub name: String,
     pub standby: bool,
     pub role: Role,
@@ -449,7 +449,7 @@ named!(InterfaceStatus {
 
 /// One line of the interfaces view (ipmpstat -i).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InterfaceView {
+pub(crate) struct InterfaceView {
     pub interface: String,
     pub group: String,
     pub active: bool,
@@ -891,7 +891,7 @@ impl Group {
 
     /// When the daemon should send [`Event::Tick`]: a damped repair or the end of a quiet
     /// period that holds back a failure is due. `None` when nothing is pending.
-    pub fn next_wakeup(&self) -> Option<Instant> {
+    pub(crate) fn next_wakeup(&self) -> Option<Instant> {
         self.members
             .iter()
             .filter_map(|member| match member.state {
@@ -919,7 +919,7 @@ impl Group {
 
     /// The NICs that carry traffic (not failed, offline, missing or inactive), in
     /// configuration order: the contents of the bucket table.
-    pub fn usable_interfaces(&self) -> Vec<&str> {
+    pub(crate) fn usable_interfaces(&self) -> Vec<&str> {
         self.members
             .iter()
             .filter(|m| m.active())
@@ -929,7 +929,7 @@ impl Group {
 
     /// Every member with its [`Role`], in configuration order: the input of
     /// [`crate::core::failover::plan`].
-    pub fn nic_roles(&self) -> Vec<NicRole> {
+    pub(crate) fn nic_roles(&self) -> Vec<NicRole> {
         self.members
             .iter()
             .map(|m| NicRole {
@@ -940,11 +940,11 @@ impl Group {
             .collect()
     }
 
-    pub fn interface_state(&self, nic: &str) -> Option<IfState> {
+    pub(crate) fn interface_state(&self, nic: &str) -> Option<IfState> {
         self.members.iter().find(|m| m.name == nic).map(|m| m.state)
     }
 
-    pub fn interface_views(&self) -> Vec<InterfaceView> {
+    pub(crate) fn interface_views(&self) -> Vec<InterfaceView> {
         self.members.iter().map(|m| m.view(&self.name)).collect()
     }
 

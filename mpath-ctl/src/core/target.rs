@@ -54,7 +54,7 @@ impl AddressFamily {
     }
 
     /// How messages for administrators name it.
-    pub fn ip_version(self) -> &'static str {
+    pub(crate) fn ip_version(self) -> &'static str {
         match self {
             Self::Inet => "IPv4",
             Self::Inet6 => "IPv6",
@@ -70,7 +70,7 @@ impl AddressFamily {
     }
 
     /// Where discovery echoes go when no router is known: every host on the link answers.
-    pub fn all_nodes(self) -> IpAddr {
+    pub(crate) fn all_nodes(self) -> IpAddr {
         match self {
             Self::Inet => IpAddr::V4(Ipv4Addr::new(224, 0, 0, 1)),
             Self::Inet6 => IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1)),
@@ -139,7 +139,7 @@ named!(TargetMode {
 });
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TargetView {
+pub(crate) struct TargetView {
     pub address: IpAddr,
     pub source: TargetSource,
     pub state: TargetState,
@@ -147,7 +147,7 @@ pub struct TargetView {
 
 /// Why a target was taken out of rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetAsideReason {
+pub(crate) enum SetAsideReason {
     /// Lost its last [`NUM_PROBE_FAILS`] probes while the NIC's other targets answered.
     Unresponsive,
     /// Its RTT bound exceeds the probe interval while every other target is fast.
@@ -156,7 +156,7 @@ pub enum SetAsideReason {
 
 /// What happens to a target that was set aside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetAction {
+pub(crate) enum TargetAction {
     /// A discovered host is dropped and discovery looks for another.
     Replaced,
     /// A router or configured target is probed again after at least this long.
@@ -165,7 +165,7 @@ pub enum TargetAction {
 
 /// Changes the daemon logs or acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetEvent {
+pub(crate) enum TargetEvent {
     SetAside {
         target: IpAddr,
         reason: SetAsideReason,
@@ -199,7 +199,7 @@ impl std::fmt::Display for TargetEvent {
 
 /// A target or test address that can never work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
+pub(crate) enum TargetError {
     #[error(
         "IPv6 test address {0} is not link-local: IPv6 probes go out from the NIC's link-local address"
     )]
@@ -257,7 +257,7 @@ struct Target {
 
 /// The probe targets of one NIC in one address family, with their health.
 #[derive(Debug, Clone)]
-pub struct TargetSet {
+pub(crate) struct TargetSet {
     ifindex: u32,
     test_address: IpCidr,
     configured: Vec<IpAddr>,
@@ -303,7 +303,7 @@ impl TargetSet {
     /// Sets the administrator's targets; they replace routers and discovered hosts while
     /// the list is not empty. Targets of the other address family are skipped, since one
     /// group-level list serves both probers of a NIC.
-    pub fn set_configured(&mut self, targets: &[IpAddr]) -> Result<(), TargetError> {
+    pub(crate) fn set_configured(&mut self, targets: &[IpAddr]) -> Result<(), TargetError> {
         let mut configured = Vec::new();
         for &target in targets {
             if AddressFamily::of(target) != self.family() {
@@ -325,7 +325,12 @@ impl TargetSet {
     /// a target for every NIC whose test subnet holds it. Entries that cannot be probed
     /// (off-link for this test address, wrong family, IPv6 not link-local, local addresses)
     /// are skipped.
-    pub fn update_routes(&mut self, routes: &[RouteEntry], group_nics: &[u32], local: &[IpAddr]) {
+    pub(crate) fn update_routes(
+        &mut self,
+        routes: &[RouteEntry],
+        group_nics: &[u32],
+        local: &[IpAddr],
+    ) {
         let host_prefix = match self.family() {
             AddressFamily::Inet => 32,
             AddressFamily::Inet6 => 128,
@@ -359,7 +364,7 @@ impl TargetSet {
     /// Adds hosts that answered a discovery echo, in the order they answered, until
     /// [`MAX_PROBE_TARGETS`] are known. Ignored while configured targets or routers exist.
     /// Returns how many were added.
-    pub fn add_discovered(&mut self, responders: &[IpAddr], local: &[IpAddr]) -> usize {
+    pub(crate) fn add_discovered(&mut self, responders: &[IpAddr], local: &[IpAddr]) -> usize {
         if !self.uses_discovery() {
             return 0;
         }
@@ -388,7 +393,7 @@ impl TargetSet {
     /// Forgets discovered hosts so discovery starts over, as in.mpathd does when all of a
     /// group's targets fail at once. Routers and configured targets are kept: they come from
     /// the administrator or the routing table, not from who answered.
-    pub fn flush_discovered(&mut self) {
+    pub(crate) fn flush_discovered(&mut self) {
         if !self.uses_discovery() {
             return;
         }

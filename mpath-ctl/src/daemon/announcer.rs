@@ -70,7 +70,7 @@ impl Announcer {
     }
 
     /// When the next repeat is due.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.repeats.iter().map(|r| r.next).min()
     }
 }

@@ -74,12 +74,12 @@ impl GroupRuntime {
         self.nics.iter().find(|n| n.name == name)
     }
 
-    pub fn nic_mut(&mut self, name: &str) -> Option<&mut Nic> {
+    pub(crate) fn nic_mut(&mut self, name: &str) -> Option<&mut Nic> {
         self.nics.iter_mut().find(|n| n.name == name)
     }
 
     /// The ifindex of a member, while it exists.
-    pub fn ifindex_of(&self, name: &str) -> Option<u32> {
+    pub(crate) fn ifindex_of(&self, name: &str) -> Option<u32> {
         self.nic(name)?.ifindex
     }
 
@@ -89,7 +89,7 @@ impl GroupRuntime {
     }
 
     /// The ifindexes of the members that may carry traffic now.
-    pub fn usable_ifindexes(&self) -> Vec<u32> {
+    pub(crate) fn usable_ifindexes(&self) -> Vec<u32> {
         self.fsm
             .usable_interfaces()
             .into_iter()
@@ -103,7 +103,7 @@ impl GroupRuntime {
     }
 
     /// What the group holds, for [`crate::core::reconcile`].
-    pub fn holdings(&self) -> Holdings {
+    pub(crate) fn holdings(&self) -> Holdings {
         Holdings {
             group: self.config.name.clone(),
             members: self
@@ -122,7 +122,7 @@ impl GroupRuntime {
     }
 
     /// The data address `cidr`, exactly.
-    pub fn address_mut(&mut self, cidr: IpCidr) -> Option<&mut DataAddress> {
+    pub(crate) fn address_mut(&mut self, cidr: IpCidr) -> Option<&mut DataAddress> {
         self.addresses.iter_mut().find(|a| a.cidr == cidr)
     }
 }
@@ -157,17 +157,17 @@ impl Groups {
         self.list.len()
     }
 
-    pub fn by_name(&self, group: &str) -> Option<usize> {
+    pub(crate) fn by_name(&self, group: &str) -> Option<usize> {
         self.list.iter().position(|g| g.config.name == group)
     }
 
     /// The configured NIC `name`, present or not.
-    pub fn nic_named(&self, name: &str) -> Option<NicAt> {
+    pub(crate) fn nic_named(&self, name: &str) -> Option<NicAt> {
         self.find(|n| n.name == name)
     }
 
     /// The group NIC that has `ifindex` now.
-    pub fn nic_at(&self, ifindex: u32) -> Option<NicAt> {
+    pub(crate) fn nic_at(&self, ifindex: u32) -> Option<NicAt> {
         self.find(|n| n.ifindex == Some(ifindex))
     }
 
@@ -182,7 +182,7 @@ impl Groups {
         &self.list[at.group].nics[at.nic]
     }
 
-    pub fn nic_mut(&mut self, at: NicAt) -> &mut Nic {
+    pub(crate) fn nic_mut(&mut self, at: NicAt) -> &mut Nic {
         &mut self.list[at.group].nics[at.nic]
     }
 
@@ -192,7 +192,7 @@ impl Groups {
     }
 
     /// What every group holds, in group order.
-    pub fn holdings(&self) -> Vec<Holdings> {
+    pub(crate) fn holdings(&self) -> Vec<Holdings> {
         self.list.iter().map(GroupRuntime::holdings).collect()
     }
 
@@ -286,11 +286,11 @@ impl Groups {
         Some(self.list.remove(gi))
     }
 
-    pub fn release_id(&mut self, group: &str) {
+    pub(crate) fn release_id(&mut self, group: &str) {
         self.ids.remove(group);
     }
 
-    pub fn release_slot(&mut self, nic: &str) {
+    pub(crate) fn release_slot(&mut self, nic: &str) {
         self.slots.remove(nic);
     }
 }

@@ -12,7 +12,7 @@ use crate::{api::views::Status, core::state::InterfaceStatus};
 /// The status line is recomputed at most this often (it walks every group and NIC).
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
 
-pub struct Notifier {
+pub(crate) struct Notifier {
     enabled: bool,
     /// Half of WATCHDOG_USEC, as sd_watchdog_enabled(3) advises; `None` without a watchdog.
     watchdog: Option<Duration>,
@@ -23,7 +23,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// Reads NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID.
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let now = Instant::now();
         Notifier {
             enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),

@@ -126,7 +126,7 @@ impl Maps {
     }
 
     /// Pins every map under `maps_dir` whose pin is missing there.
-    pub fn pin_missing(&self, maps_dir: &Path) -> Result<(), MapsError> {
+    pub(crate) fn pin_missing(&self, maps_dir: &Path) -> Result<(), MapsError> {
         for (name, map) in &self.handles {
             let path = maps_dir.join(name);
             if !path.exists() {
@@ -170,7 +170,7 @@ impl Maps {
     }
 
     /// The ring buffer of matched probe replies, for the one reader there is.
-    pub fn take_probe_replies(&mut self) -> Result<ProbeReplies, MapsError> {
+    pub(crate) fn take_probe_replies(&mut self) -> Result<ProbeReplies, MapsError> {
         let ring = self.probe_replies.take().ok_or(MapsError::Taken {
             name: map_names::PROBE_REPLIES,
         })?;
@@ -282,7 +282,7 @@ impl Maps {
         })
     }
 
-    pub fn remove_test_address(&mut self, addr: Ipv4Addr) -> Result<(), MapsError> {
+    pub(crate) fn remove_test_address(&mut self, addr: Ipv4Addr) -> Result<(), MapsError> {
         for group in 0..MAX_GROUPS {
             self.edit_tests(group, |tests| tests.retain(|(a, _)| *a != addr.octets()))?;
         }
@@ -404,7 +404,7 @@ impl Maps {
 
     /// Zeroes a NIC slot's counters and reply budget, so the next NIC given the slot starts
     /// from zero.
-    pub fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError> {
+    pub(crate) fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError> {
         let map_err = |name| move |source| MapsError::Map { name, source };
         let cpus = aya::util::nr_cpus()
             .map_err(|(_, e)| map_err(map_names::COUNTERS)(MapError::IoError(e)))?;
@@ -443,7 +443,7 @@ impl Maps {
 }
 
 /// The probe replies the XDP program queues in `PROBE_REPLIES`, as they arrive.
-pub struct ProbeReplies {
+pub(crate) struct ProbeReplies {
     ring: AsyncFd<RingBuf<MapData>>,
 }
 
@@ -456,7 +456,7 @@ impl ProbeReplies {
     }
 
     /// Waits until replies are queued and returns them all.
-    pub async fn next_batch(&mut self) -> std::io::Result<Vec<ProbeReply>> {
+    pub(crate) async fn next_batch(&mut self) -> std::io::Result<Vec<ProbeReply>> {
         let mut guard = self.ring.readable_mut().await?;
         let batch = drain(guard.get_inner_mut());
         guard.clear_ready();

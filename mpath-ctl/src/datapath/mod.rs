@@ -246,7 +246,7 @@ impl Datapath {
 
     /// Takes a NIC out of the datapath: detached, and gone from the maps. Errors are logged,
     /// not returned: whoever forgets a NIC carries on either way.
-    pub fn forget(&mut self, ifindex: u32) {
+    pub(crate) fn forget(&mut self, ifindex: u32) {
         if let Err(e) = self.detach(ifindex) {
             tracing::warn!("detaching the datapath from ifindex {ifindex}: {e}");
         }
@@ -256,7 +256,7 @@ impl Datapath {
     }
 
     /// ifindexes of NICs that have pinned links, attached by this or an earlier mpathd.
-    pub fn pinned_nics(&self) -> Result<Vec<u32>, DatapathError> {
+    pub(crate) fn pinned_nics(&self) -> Result<Vec<u32>, DatapathError> {
         pinned_nics(&self.pins.links())
     }
 }
@@ -438,7 +438,7 @@ fn pin(link: FdLink, path: &Path) -> Result<PinnedLink, DatapathError> {
 }
 
 /// The ifindex of `ifname` in this thread's network namespace.
-pub fn ifindex_of(ifname: &str) -> Result<u32, DatapathError> {
+pub(crate) fn ifindex_of(ifname: &str) -> Result<u32, DatapathError> {
     let c = CString::new(ifname).map_err(|_| DatapathError::NoSuchInterface(ifname.into()))?;
     // SAFETY: `c` is a valid NUL-terminated string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {

@@ -27,7 +27,7 @@ impl IpCidr {
         self.0.addr()
     }
 
-    pub fn prefix_len(&self) -> u8 {
+    pub(crate) fn prefix_len(&self) -> u8 {
         self.0.prefix_len()
     }
 
@@ -104,10 +104,6 @@ impl Ipv4Cidr {
 
     pub fn addr(&self) -> Ipv4Addr {
         self.0.addr()
-    }
-
-    pub fn prefix_len(&self) -> u8 {
-        self.0.prefix_len()
     }
 }
 

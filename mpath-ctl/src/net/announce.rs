@@ -28,12 +28,12 @@ use socket2::{Domain, SockAddr, SockAddrStorage, Socket, Type};
 
 /// Gratuitous ARPs per move: illumos's `_arp_publish_count`, which its IP module uses for
 /// failover and failback announcements.
-pub const ARP_ANNOUNCEMENTS: u32 = 5;
+pub(crate) const ARP_ANNOUNCEMENTS: u32 = 5;
 /// Unsolicited neighbour advertisements per move: RFC 4861's MAX_NEIGHBOR_ADVERTISEMENT.
-pub const NA_ANNOUNCEMENTS: u32 = 3;
+pub(crate) const NA_ANNOUNCEMENTS: u32 = 3;
 /// Spacing of repeated announcements: illumos's `_arp_publish_interval`. Long enough that
 /// a short burst of loss (a switch relearning, a busy queue) does not take every copy.
-pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(2);
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -159,7 +159,7 @@ fn neighbour_advertisement(
 /// Opens the packet socket of this thread's network namespace ahead of the first
 /// announcement, so that a host short of descriptors when a NIC fails cannot leave the move
 /// unannounced.
-pub fn open_socket() -> io::Result<()> {
+pub(crate) fn open_socket() -> io::Result<()> {
     packet_socket().map(drop)
 }
 

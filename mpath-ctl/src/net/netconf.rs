@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Where the running kernel exposes its network settings.
-pub const PROC_SYS_NET: &str = "/proc/sys/net";
+pub(crate) const PROC_SYS_NET: &str = "/proc/sys/net";
 
 /// Linux IFNAMSIZ (16) less the terminating NUL.
 const MAX_INTERFACE_NAME_LEN: usize = 15;
@@ -103,7 +103,7 @@ impl Netconf {
     /// over the group's NICs too: the default policy 0 hashes IPv4 on addresses alone and
     /// sends them all through one NIC. A policy an administrator chose (other than 0) stays.
     /// Returns the settings changed.
-    pub fn hash_multipath_on_ports(&self) -> Result<Vec<PathBuf>, NetconfError> {
+    pub(crate) fn hash_multipath_on_ports(&self) -> Result<Vec<PathBuf>, NetconfError> {
         let mut changed = Vec::new();
         for family in ["ipv4", "ipv6"] {
             let path = self.root.join(family).join("fib_multipath_hash_policy");

@@ -41,7 +41,7 @@ use crate::net::address::IpCidr;
 
 /// The `rtm_protocol` of mpathd's routes, rules and nexthops, so that `ip route` shows who
 /// owns them (`dist/rt_protos.d/mpathd.conf` names it) and a restarted mpathd finds them.
-pub const MPATHD_PROTOCOL: u8 = 109;
+pub(crate) const MPATHD_PROTOCOL: u8 = 109;
 
 /// The table of the host's own addresses (local and broadcast routes).
 const RT_TABLE_LOCAL: u32 = 255;
@@ -290,7 +290,9 @@ impl Netlink {
 
     /// Every global unicast address (link-local, loopback and multicast ones are per NIC by
     /// nature) with who put it there.
-    pub async fn addresses_by_origin(&self) -> Result<Vec<(u32, IpCidr, Origin)>, NetlinkError> {
+    pub(crate) async fn addresses_by_origin(
+        &self,
+    ) -> Result<Vec<(u32, IpCidr, Origin)>, NetlinkError> {
         let all = self.addresses_with_origin().await?;
         Ok(all
             .into_iter()
@@ -299,7 +301,9 @@ impl Netlink {
     }
 
     /// Every address, with who put it there.
-    pub async fn addresses_with_origin(&self) -> Result<Vec<(u32, IpCidr, Origin)>, NetlinkError> {
+    pub(crate) async fn addresses_with_origin(
+        &self,
+    ) -> Result<Vec<(u32, IpCidr, Origin)>, NetlinkError> {
         let messages: Vec<AddressMessage> = self
             .handle
             .address()
@@ -410,7 +414,7 @@ impl Netlink {
     }
 
     /// The routes mpathd keeps in `table`, by destination and metric.
-    pub async fn table_routes(
+    pub(crate) async fn table_routes(
         &self,
         table: u32,
     ) -> Result<Vec<((IpCidr, u32), TableRoute<u32>)>, NetlinkError> {
@@ -426,7 +430,7 @@ impl Netlink {
     }
 
     /// Adds or replaces a route of mpathd's `table`.
-    pub async fn set_table_route(
+    pub(crate) async fn set_table_route(
         &self,
         table: u32,
         destination: IpCidr,
@@ -457,7 +461,7 @@ impl Netlink {
     }
 
     /// Deletes a route of mpathd's `table`; one already gone is not an error.
-    pub async fn del_table_route(
+    pub(crate) async fn del_table_route(
         &self,
         table: u32,
         destination: IpCidr,
@@ -478,7 +482,7 @@ impl Netlink {
 
     /// Makes sure a rule at `priority` sends IPv4 and IPv6 lookups to `table` first, and
     /// that no other rule of mpathd's is left (from an earlier configuration).
-    pub async fn ensure_rules(&self, table: u32, priority: u32) -> Result<(), NetlinkError> {
+    pub(crate) async fn ensure_rules(&self, table: u32, priority: u32) -> Result<(), NetlinkError> {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut present = false;
             for rule in self.mpathd_rules(family).await? {
@@ -510,7 +514,7 @@ impl Netlink {
     }
 
     /// Removes mpathd's rules of both families.
-    pub async fn del_rules(&self) -> Result<(), NetlinkError> {
+    pub(crate) async fn del_rules(&self) -> Result<(), NetlinkError> {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             for rule in self.mpathd_rules(family).await? {
                 self.del_rule(rule).await?;
@@ -831,7 +835,7 @@ fn address_of(message: &AddressMessage) -> Option<(u32, IpCidr)> {
 
 /// Who put an address on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// The kernel: IPv6 SLAAC and privacy addresses, link-local and loopback ones.
     Kernel,
     /// mpathd (marked with IFA_PROTO [`MPATHD_PROTOCOL`]).
