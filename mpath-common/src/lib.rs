@@ -98,6 +98,14 @@ impl NicInfo {
         self.set_flag(NIC_F_TEST_V6, addr.is_some());
     }
 
+    pub fn offline(&self) -> bool {
+        self.flags & NIC_F_OFFLINE != 0
+    }
+
+    pub fn set_offline(&mut self, offline: bool) {
+        self.set_flag(NIC_F_OFFLINE, offline);
+    }
+
     fn set_flag(&mut self, flag: u32, on: bool) {
         if on {
             self.flags |= flag;
@@ -164,6 +172,10 @@ pub struct GroupTests {
 pub const NIC_F_TEST_V4: u32 = 1 << 0;
 /// The NIC probes over IPv6 from its link-local address.
 pub const NIC_F_TEST_V6: u32 = 1 << 1;
+/// An operator took the NIC offline. The programs ignore it: it is kept in the pinned map so
+/// that a restarted mpathd (kill -9, upgrade) keeps the NIC offline, as Solaris keeps
+/// IFF_OFFLINE in the kernel across in.mpathd restarts.
+pub const NIC_F_OFFLINE: u32 = 1 << 2;
 
 /// One bucket of a group's spreading table: the NIC that carries the flows hashing here.
 /// Key: `group * BUCKETS_PER_GROUP + bucket`. An all-zero entry (ifindex 0) means "leave the

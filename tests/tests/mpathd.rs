@@ -875,6 +875,41 @@ fn a_family_that_fails_alone_is_shown_and_warned_about_while_the_other_holds_the
     );
 }
 
+#[test]
+fn an_offlined_nic_stays_offline_across_kill_9_and_restart() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let offline = daemon.ctl(lab.host(), &["offline", "h1"]);
+    assert!(offline.status.success(), "{offline:?}");
+    daemon.wait_until("192.0.2.20 off h1", |d| {
+        d.try_status()
+            .is_some_and(|s| inbound(&s, "192.0.2.20/24").is_some_and(|nic| nic != "h1"))
+    });
+    daemon.kill();
+    daemon.spawn(lab.host());
+    let status = daemon.status();
+    assert_eq!(
+        state_of(&status, "h1"),
+        "offline",
+        "{:?}",
+        status.interfaces
+    );
+    assert_ne!(inbound(&status, "192.0.2.20/24"), Some("h1"));
+    assert!(
+        daemon
+            .log()
+            .contains("h1 stays offline, as an operator left it")
+    );
+    // Back online by the operator: the mark goes, and another restart keeps it online.
+    let online = daemon.ctl(lab.host(), &["online", "h1"]);
+    assert!(online.status.success(), "{online:?}");
+    daemon.wait_until("h1 ok again", all_ok);
+    daemon.kill();
+    daemon.spawn(lab.host());
+    daemon.wait_until("all NICs ok after the second restart", all_ok);
+}
+
 /// Columns of a view as printed, with runs of spaces collapsed (widths are the table's
 /// business; the cells and their order are the contract).
 fn cells(text: &[u8]) -> Vec<String> {

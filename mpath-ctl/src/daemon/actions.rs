@@ -63,6 +63,18 @@ impl Daemon {
                         }
                     }
                 }
+                Action::Offlined { nic } | Action::Onlined { nic } => {
+                    log(Level::INFO, name, action, line);
+                    let offline = matches!(action, Action::Offlined { .. });
+                    if let Some(ifindex) = group.ifindex_of(nic)
+                        && let Err(e) = self
+                            .datapath
+                            .maps
+                            .update_nic(ifindex, |info| info.set_offline(offline))
+                    {
+                        tracing::warn!("{nic}: keeping its offline state in the datapath: {e}");
+                    }
+                }
                 Action::UsableSetChanged => usable_changed = true,
                 Action::Appeared { .. }
                 | Action::Disappeared { .. }
@@ -70,8 +82,6 @@ impl Daemon {
                 | Action::RepairDeferred { .. }
                 | Action::Activate { .. }
                 | Action::Deactivate { .. }
-                | Action::Offlined { .. }
-                | Action::Onlined { .. }
                 | Action::GroupRepaired { .. }
                 | Action::FamilyRepaired { .. } => log(Level::INFO, name, action, line),
             }

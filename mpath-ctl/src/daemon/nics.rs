@@ -22,7 +22,7 @@ use crate::{
         link_local_of,
         reload::carry_states,
     },
-    datapath,
+    datapath::{self, maps::Maps},
     net::address::IpCidr,
     net::netconf::{InterfaceNetconf, Netconf},
     net::netlink::{AddressOptions, Link, Netlink, NetlinkError, Origin},
@@ -110,8 +110,11 @@ impl Daemon {
             let mut actions = group.fsm.handle(Event::Snapshot { present }, now)?;
             if let Some(states) = carry.get(group.name()) {
                 actions.extend(carry_states(group, states, now));
-            } else if adopt.contains(group.name()) && self.config.daemon.failback {
-                actions.extend(adopt_failures(group, now));
+            } else if adopt.contains(group.name()) {
+                actions.extend(adopt_offline(group, &self.datapath.maps, now));
+                if self.config.daemon.failback {
+                    actions.extend(adopt_failures(group, now));
+                }
             }
             self.apply(gi, actions, true).await;
             let extra = reconcile::extra_copies(&self.groups[gi].holdings(), &addresses);
@@ -247,6 +250,9 @@ impl Daemon {
             mac: nic.mac,
             ..Default::default()
         };
+        // An operator's offline outlives mpathd in the pinned map (see `adopt_offline`).
+        let was_offline = self.datapath.maps.nic(ifindex).is_ok_and(|i| i.offline());
+        info.set_offline(was_offline);
         let test_v4 = match nic.test_address.map(|t| t.addr()) {
             Some(IpAddr::V4(v4)) => Some(v4),
             _ => None,
@@ -430,6 +436,30 @@ async fn add_test_address(
         ..Default::default()
     };
     netlink.add_address(ifindex, test.host(), options).await
+}
+
+/// Takes the NICs an operator had taken offline under an earlier mpathd offline again: the
+/// pinned map keeps the mark ([`mpath_common::NIC_F_OFFLINE`]), so a restart does not put an
+/// offlined NIC back into use.
+fn adopt_offline(group: &mut GroupRuntime, maps: &Maps, now: Instant) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for nic in &group.nics {
+        let Some(ifindex) = nic.ifindex else { continue };
+        if !maps.nic(ifindex).is_ok_and(|info| info.offline()) {
+            continue;
+        }
+        let event = Event::Offline {
+            nic: nic.name.clone(),
+        };
+        match group.fsm.handle(event, now) {
+            Ok(offlined) => {
+                tracing::info!("{} stays offline, as an operator left it", nic.name);
+                actions.extend(offlined);
+            }
+            Err(e) => tracing::warn!("{} was offline before the restart: {e}", nic.name),
+        }
+    }
+    actions
 }
 
 /// Adopts what an earlier mpathd decided (see [`reconcile::found_failures`]): each such NIC
