@@ -180,6 +180,10 @@ pub(crate) struct Adoption {
 pub(crate) fn adoptable(groups: &[Holdings], others: &[(u32, IpCidr)]) -> Vec<Adoption> {
     let mut adoptions: Vec<Adoption> = Vec::new();
     for (ifindex, cidr) in others {
+        // A link's own addresses (link-local, say) never move to another NIC.
+        if !cidr.is_global_unicast() {
+            continue;
+        }
         let known = groups.iter().any(|g| g.knows(cidr.addr()))
             || adoptions.iter().any(|a| a.cidr.addr() == cidr.addr());
         if known {
@@ -485,6 +489,8 @@ mod tests {
             (11, cidr("192.0.2.50/25")),
             (10, cidr("192.0.2.21/24")),
             (11, cidr("192.0.2.10/24")),
+            (10, cidr("169.254.7.7/16")),
+            (11, cidr("fe80::7/64")),
             (99, cidr("192.0.2.51/24")),
             (20, cidr("198.51.100.50/24")),
         ];

@@ -47,6 +47,15 @@ impl IpCidr {
         self.0.contains(&addr)
     }
 
+    /// Whether the address belongs to one link and no other: not link-local, loopback or
+    /// multicast. Only such addresses are a group's to move between NICs.
+    pub fn is_global_unicast(&self) -> bool {
+        match self.addr() {
+            IpAddr::V4(a) => !(a.is_loopback() || a.is_link_local() || a.is_multicast()),
+            IpAddr::V6(a) => !(a.is_loopback() || a.is_unicast_link_local() || a.is_multicast()),
+        }
+    }
+
     /// Whether this network contains all of `inner`.
     pub fn covers(&self, inner: IpCidr) -> bool {
         self.0.contains(&inner.0)
@@ -157,6 +166,20 @@ mod tests {
         assert_eq!(IpCidr::from(v4cidr("192.0.2.21/24")), cidr("192.0.2.21/24"));
         assert!(IpCidr::new(ip("2001:db8::1"), 129).is_err());
         assert!(Ipv4Cidr::new(Ipv4Addr::new(192, 0, 2, 1), 33).is_err());
+    }
+
+    #[test]
+    fn only_addresses_of_no_one_link_are_global_unicast() {
+        for (text, global) in [
+            ("192.0.2.50/24", true),
+            ("169.254.1.1/16", false),
+            ("127.0.0.1/8", false),
+            ("2001:db8::5/64", true),
+            ("fe80::1/64", false),
+            ("ff02::1/128", false),
+        ] {
+            assert_eq!(cidr(text).is_global_unicast(), global, "{text}");
+        }
     }
 
     #[test]
