@@ -113,18 +113,28 @@ pub fn leftover_namespaces() -> Vec<String> {
         .collect()
 }
 
+/// Lab namespaces whose creating process is gone: a test that leaked them, or one killed
+/// before its labs could drop. Labs of running processes (another test run, a benchmark on the
+/// same machine) are theirs, not leftovers.
+pub fn orphaned_namespaces() -> Vec<String> {
+    leftover_namespaces()
+        .into_iter()
+        .filter(|name| {
+            creator_pid(name).is_some_and(|pid| pid != std::process::id() && !is_running(pid))
+        })
+        .collect()
+}
+
+/// Whether process `pid` exists.
+pub fn is_running(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 /// Deletes lab namespaces whose creating process is gone (killed before its labs could
 /// drop), killing whatever still runs in them, and returns the names this call removed. Labs of running
 /// processes are left alone.
 pub fn remove_stale_namespaces() -> Result<Vec<String>> {
-    let stale: Vec<String> = leftover_namespaces()
-        .into_iter()
-        .filter(|name| {
-            creator_pid(name).is_some_and(|pid| {
-                pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            })
-        })
-        .collect();
+    let stale = orphaned_namespaces();
     let mut removed = Vec::new();
     for name in stale {
         match netns::remove_namespace(&name) {

@@ -1,5 +1,6 @@
 //! Runs every test of the workspace, then checks that the tests left no lab namespace and no
-//! pinned BPF object behind.
+//! pinned BPF object behind. Both carry their creator's PID: those of processes still running
+//! (a benchmark, another test run on the same machine) are not this run's leftovers.
 
 use std::{fs, process::Command};
 
@@ -28,7 +29,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn leftovers() -> Vec<String> {
-    let mut left: Vec<String> = mpath_lab::leftover_namespaces()
+    let mut left: Vec<String> = mpath_lab::orphaned_namespaces()
         .into_iter()
         .map(|ns| format!("network namespace {ns}"))
         .collect();
@@ -37,7 +38,11 @@ fn leftovers() -> Vec<String> {
             entries
                 .filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(TEST_PIN_PREFIX))
+                .filter(|n| {
+                    n.strip_prefix(TEST_PIN_PREFIX)
+                        .and_then(|rest| rest.split('-').next()?.parse().ok())
+                        .is_none_or(|pid| !mpath_lab::is_running(pid))
+                })
                 .map(|n| format!("pin directory /sys/fs/bpf/{n}")),
         );
     }
