@@ -404,7 +404,7 @@ impl Maps {
 
     /// Zeroes a NIC slot's counters and reply budget, so the next NIC given the slot starts
     /// from zero.
-    pub(crate) fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError> {
+    pub fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError> {
         let map_err = |name| move |source| MapsError::Map { name, source };
         let cpus = aya::util::nr_cpus()
             .map_err(|(_, e)| map_err(map_names::COUNTERS)(MapError::IoError(e)))?;
