@@ -208,7 +208,9 @@ impl Daemon {
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
                 _ = sighup.recv() => {
+                    service.reloading();
                     self.reload().await;
+                    service.reloaded(&self.status());
                 }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
