@@ -34,6 +34,12 @@ const FILES: &[&str] = &[
     "usr/share/doc/mpath/LICENSE-APACHE",
     "usr/share/doc/mpath/examples/mpathd.toml",
     "usr/share/doc/mpath/examples/mpath-alerts.yml",
+    "usr/share/doc/mpath/examples/networkd/50-mpath.network",
+    "usr/share/doc/mpath/examples/networkd/mpath.conf",
+    "usr/share/doc/mpath/examples/NetworkManager/mpath-eth0.nmconnection",
+    "usr/share/doc/mpath/examples/NetworkManager/mpath.conf",
+    "usr/share/doc/mpath/examples/ifupdown/mpath",
+    "usr/share/doc/mpath/examples/netplan/60-mpath.yaml",
 ];
 
 fn workspace() -> PathBuf {
