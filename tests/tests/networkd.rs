@@ -2,7 +2,8 @@
 //! (dist/networkd/) and a management NIC of its own: starting, reloading, reconfiguring and
 //! restarting networkd, and cable flaps, leave mpathd's addresses, routes, nexthops and rule
 //! alone. A link managed without KeepConfiguration=yes makes networkd 252 delete mpathd's
-//! nexthop groups, which mpathd makes again at once.
+//! nexthop groups, which mpathd makes again at once. The netplan example (dist/netplan/),
+//! rendered by netplan, does for networkd what the networkd example does.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -22,14 +23,14 @@ use mpath_tests::{
 
 fn dist(file: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../dist/networkd")
+        .join("../dist")
         .join(file);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The shipped group NIC file, matching the lab's NICs.
 fn group_network() -> String {
-    let text = dist("50-mpath.network");
+    let text = dist("networkd/50-mpath.network");
     assert!(text.contains("\nName=eth0 eth1 eth2\n"), "{text}");
     text.replace("\nName=eth0 eth1 eth2\n", "\nName=h0 h1 h2\n")
 }
@@ -43,7 +44,7 @@ fn management_network(address: &str, keep: bool) -> String {
 
 /// networkd.conf with the shipped drop-in appended (the sandbox has no networkd.conf.d).
 fn networkd_conf() -> String {
-    format!("[Network]\n\n{}", dist("mpath.conf"))
+    format!("[Network]\n\n{}", dist("networkd/mpath.conf"))
 }
 
 const NICS: [&str; 3] = ["h0", "h1", "h2"];
@@ -350,4 +351,145 @@ fn nexthop_groups_networkd_deletes_are_made_again_at_once() {
         before,
         "mpathd did not make its routes again"
     );
+}
+
+/// The netplan example, rendered by netplan itself for the lab's NICs, gives networkd what
+/// the networkd example does: mpathd's configuration survives networkd's start, a
+/// reconfigure and a restart.
+#[test]
+fn the_netplan_example_renders_networks_that_leave_mpathd_s_configuration_alone() {
+    let root = std::env::temp_dir().join(format!("mpath-netplan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let yaml_dir = root.join("etc/netplan");
+    std::fs::create_dir_all(&yaml_dir).unwrap();
+    let yaml = dist("netplan/60-mpath.yaml")
+        .replace("eth0", "h0")
+        .replace("eth1", "h1")
+        .replace("eth2", "h2");
+    let yaml_path = yaml_dir.join("60-mpath.yaml");
+    std::fs::write(&yaml_path, yaml).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&yaml_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let generated = Command::new("netplan")
+        .args(["generate", "--root-dir"])
+        .arg(&root)
+        .output()
+        .expect("netplan (package netplan.io, installed by `cargo xtask setup`)");
+    assert!(generated.status.success(), "{generated:?}");
+    let rendered: Vec<(String, String)> = NICS
+        .iter()
+        .map(|nic| {
+            let name = format!("10-netplan-{nic}.network");
+            let text =
+                std::fs::read_to_string(root.join("run/systemd/network").join(&name)).unwrap();
+            (name, text)
+        })
+        .collect();
+    std::fs::remove_dir_all(&root).unwrap();
+    for (name, text) in &rendered {
+        for line in [
+            "LinkLocalAddressing=ipv6",
+            "IPv6AcceptRA=no",
+            "RequiredForOnline=no",
+            "CriticalConnection=true",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} not in {name}:\n{text}"
+            );
+        }
+        assert!(!text.contains("Address="), "{name}:\n{text}");
+    }
+
+    let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
+    let mut daemon = Mpathd::start(lab.host(), &config());
+    daemon.wait_until("all NICs ok and the routes served", |d| {
+        all_ok(d) && routes_served(&lab, &["-4", "-6"])
+    });
+    let before = snapshot(&lab);
+    let monitor = Monitor::start(&lab);
+    let networks: Vec<(&str, &str)> = rendered
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.as_str()))
+        .collect();
+    let mut networkd = Networkd::sandbox(lab.host(), &networks, &networkd_conf());
+    networkd.start(&NICS);
+    assert_untouched(&lab, &monitor, &before, &networkd, "networkd started");
+    networkd.networkctl(&["reconfigure", "h0", "h1", "h2"]);
+    networkd.wait_configured(&NICS);
+    assert_untouched(&lab, &monitor, &before, &networkd, "networkctl reconfigure");
+    networkd.stop();
+    networkd.start(&NICS);
+    assert_untouched(&lab, &monitor, &before, &networkd, "networkd restarted");
+}
+
+/// What not to do, as the README describes it: a data address in a `.network`. networkd
+/// removes it on carrier loss and adds it back to its NIC when the carrier returns, before
+/// mpathd has repaired the NIC; mpathd removes that copy, and after the repair the address is
+/// on its NIC once.
+#[test]
+fn a_data_address_in_a_network_file_comes_back_early_and_mpathd_removes_the_copy() {
+    let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
+    let mut daemon = Mpathd::start(lab.host(), &config());
+    daemon.wait_until("all NICs ok", all_ok);
+    let h1 = group_network()
+        .replace("\nName=h0 h1 h2\n", "\nName=h1\n")
+        .replace("[Network]\n", "[Network]\nAddress=192.0.2.20/24\n");
+    let mut networkd = Networkd::sandbox(
+        lab.host(),
+        &[
+            ("40-h1.network", &h1),
+            ("50-mpath.network", &group_network()),
+        ],
+        &networkd_conf(),
+    );
+    networkd.start(&NICS);
+    lab.cut("h1").unwrap();
+    daemon.wait_until("h1 failed, its address on h2", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
+        })
+    });
+    let monitor = Monitor::start(&lab);
+    let logged = networkd.log().len();
+    lab.restore("h1").unwrap();
+    daemon.wait_until("h1 repaired, its address back", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
+        })
+    });
+    assert!(
+        monitor
+            .deletions()
+            .iter()
+            .any(|d| d.contains("192.0.2.20/24") && d.contains(" h1")),
+        "mpathd did not remove networkd's early copy on h1"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains(
+            "data address 192.0.2.20/24 was added to h1 behind mpathd's back; it lives on h2: \
+             removing this copy"
+        ),
+        "{log}"
+    );
+    let since_restore = networkd.log()[logged..].to_string();
+    assert!(
+        since_restore
+            .lines()
+            .any(|l| l.starts_with("h1: Configuring static address") && l.contains("192.0.2.20/24")),
+        "networkd did not add it back:\n{since_restore}"
+    );
+    sleep(Duration::from_secs(1));
+    let holders: Vec<&str> = NICS
+        .iter()
+        .copied()
+        .filter(|nic| {
+            lab.host_addrs(nic)
+                .unwrap()
+                .iter()
+                .any(|a| a == "192.0.2.20/24")
+        })
+        .collect();
+    assert_eq!(holders, ["h1"]);
 }
