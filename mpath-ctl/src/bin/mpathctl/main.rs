@@ -135,11 +135,7 @@ fn paths(cli: &Cli) -> (PathBuf, PathBuf) {
         let defaults = config::DaemonConfig::default();
         (defaults.socket, defaults.bpf_pin_dir)
     } else {
-        let loaded = match cli.config.exists() {
-            true => Some(Config::load(&cli.config, None)),
-            false => None,
-        };
-        match loaded {
+        match cli.config.exists().then(|| Config::load(&cli.config, None)) {
             Some(Ok(c)) => (c.daemon.socket, c.daemon.bpf_pin_dir),
             Some(Err(e)) => {
                 let (socket, pin_dir, whence) = fallback();
