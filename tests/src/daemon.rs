@@ -1,6 +1,6 @@
 //! A real mpathd running in a lab: started through `Netns::daemon_command` (the lab's
-//! network, the host's bpffs), with its own config, socket and pin directory, stopped and torn
-//! down on drop.
+//! network, the host's bpffs) with a private /run (what it leaves there stays off the host),
+//! with its own config, socket and pin directory, stopped and torn down on drop.
 
 use std::{
     fs,
@@ -64,6 +64,8 @@ pub struct Mpathd {
     pub socket: PathBuf,
     pub pins: PinDir,
     log: PathBuf,
+    /// Shell commands run in mpathd's mount namespace before it starts.
+    setup: String,
 }
 
 impl Mpathd {
@@ -75,6 +77,12 @@ impl Mpathd {
 
     /// Like [`Mpathd::start`], with extra environment variables for mpathd.
     pub fn start_with_env(ns: &Netns, config: &str, env: &[(&str, &str)]) -> Mpathd {
+        Self::start_with_setup(ns, config, env, "")
+    }
+
+    /// Like [`Mpathd::start_with_env`], running the shell commands `setup` (each ending in
+    /// `;` or `&&`) in mpathd's mount namespace first, here and at every respawn.
+    pub fn start_with_setup(ns: &Netns, config: &str, env: &[(&str, &str)], setup: &str) -> Mpathd {
         let pins = PinDir::new();
         let dir = std::env::temp_dir().join(format!(
             "mpathd-test-{}",
@@ -95,6 +103,7 @@ impl Mpathd {
             socket,
             pins,
             log,
+            setup: setup.to_string(),
         };
         daemon.spawn_with_env(ns, env);
         daemon
@@ -117,9 +126,12 @@ impl Mpathd {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let script = format!("mount -t tmpfs tmpfs /run && {} exec \"$@\"", self.setup);
         let child = ns
-            .daemon_command(binary("mpathd"))
+            .daemon_command("sh")
             .unwrap()
+            .args(["-c", &script, "sh"])
+            .arg(binary("mpathd"))
             .arg("--config")
             .arg(&self.config)
             .args(["--defaults", "/nonexistent"])
@@ -196,6 +208,19 @@ impl Mpathd {
             .expect("mpathctl command");
         cmd.arg("--config").arg(&self.config).args(args);
         cmd
+    }
+
+    /// Runs mpathctl with `args` alone (no `--config`) in mpathd's own namespaces: its
+    /// private /run included.
+    pub fn ctl_beside(&self, args: &[&str]) -> Output {
+        let pid = self.pid().expect("mpathd running");
+        Command::new("nsenter")
+            .arg(format!("--target={pid}"))
+            .args(["--mount", "--net"])
+            .arg(binary("mpathctl"))
+            .args(args)
+            .output()
+            .expect("run mpathctl")
     }
 
     /// Runs mpathctl in `ns` against this daemon.

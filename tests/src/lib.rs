@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod flows;
 pub mod metrics;
+pub mod networkd;
 pub mod packets;
 pub mod responder;
 pub mod xdp;

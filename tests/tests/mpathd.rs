@@ -633,42 +633,102 @@ fn probes_stream_and_the_socket_refuses_other_users() {
     probes.kill().unwrap();
     probes.wait().unwrap();
 
-    // The socket is root's only: by mode, and by the daemon checking the peer.
+    // Without a group mpath the socket is root's only: by mode, and by the daemon checking
+    // the peer for the commands.
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&daemon.socket)
         .unwrap()
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let nobody = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(mpath_tests::daemon::binary("mpathctl"))
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .arg("groups")
-        .output()
-        .unwrap();
-    assert!(!nobody.status.success());
+    let nobody = as_user(65534, &[], &daemon, &["groups"]);
+    assert_eq!(nobody.status.code(), Some(1), "{nobody:?}");
     let stderr = String::from_utf8_lossy(&nobody.stderr);
-    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(
+        stderr.contains("no permission to connect to") && stderr.contains("group mpath"),
+        "{stderr}"
+    );
 
-    // Even through a socket someone opened up, the daemon refuses by the peer's uid.
+    // Even through a socket someone opened up, the daemon refuses commands by the peer's uid.
     std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let nobody = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(mpath_tests::daemon::binary("mpathctl"))
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(["offline", "h0"])
-        .output()
-        .unwrap();
+    let nobody = as_user(65534, &[], &daemon, &["offline", "h0"]);
     assert!(!nobody.status.success());
     let stderr = String::from_utf8_lossy(&nobody.stderr);
     assert!(
-        stderr.contains("only root may use mpathd's control socket (you are uid 65534)"),
+        stderr.contains("only root may take NICs offline or online (you are uid 65534)"),
         "{stderr}"
     );
     assert_eq!(state_of(&daemon.status(), "h0"), "ok", "nothing happened");
+}
+
+/// mpathctl against `daemon`'s socket as user `uid` (its own group) in `groups`.
+fn as_user(uid: u32, groups: &[u32], daemon: &Mpathd, args: &[&str]) -> std::process::Output {
+    let groups = match groups {
+        [] => "--clear-groups".to_string(),
+        _ => format!(
+            "--groups={}",
+            groups
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
+    std::process::Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg(groups)
+        .arg(mpath_tests::daemon::binary("mpathctl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// With a group mpath (in mpathd's view of /etc/group) its members get the views, as
+/// /proc/net/bonding is world-readable, and are refused the commands; others cannot connect.
+#[test]
+fn members_of_group_mpath_may_use_the_views_and_only_root_the_commands() {
+    const MPATH_GID: u32 = 64_123;
+    let lab = lab();
+    let dir = std::env::temp_dir().join(format!("mpath-group-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let group_file = dir.join("group");
+    let mut groups = std::fs::read_to_string("/etc/group").unwrap();
+    groups += &format!("mpath:x:{MPATH_GID}:\n");
+    std::fs::write(&group_file, groups).unwrap();
+    let setup = format!("mount --bind {} /etc/group &&", group_file.display());
+    let mut daemon = Mpathd::start_with_setup(lab.host(), &CONFIG, &[], &setup);
+    daemon.wait_until("all NICs ok", all_ok);
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let socket = std::fs::metadata(&daemon.socket).unwrap();
+    assert_eq!(socket.permissions().mode() & 0o777, 0o660);
+    assert_eq!(socket.gid(), MPATH_GID);
+
+    let member = 64_124;
+    let interfaces = as_user(member, &[MPATH_GID], &daemon, &["interfaces"]);
+    assert!(interfaces.status.success(), "{interfaces:?}");
+    assert!(String::from_utf8_lossy(&interfaces.stdout).contains("h0"));
+    let offline = as_user(member, &[MPATH_GID], &daemon, &["offline", "h0"]);
+    assert_eq!(offline.status.code(), Some(1), "{offline:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&offline.stderr).trim(),
+        format!(
+            "mpathctl: only root may take NICs offline or online (you are uid {member}); \
+             members of group mpath may use the views"
+        )
+    );
+    assert_eq!(state_of(&daemon.status(), "h0"), "ok", "nothing happened");
+    let outsider = as_user(64_125, &[], &daemon, &["groups"]);
+    assert_eq!(outsider.status.code(), Some(1), "{outsider:?}");
+    assert!(String::from_utf8_lossy(&outsider.stderr).contains("no permission to connect"));
+    // Root may do both.
+    let root = daemon.ctl(lab.host(), &["offline", "h0"]);
+    assert!(root.status.success(), "{root:?}");
+    assert_eq!(state_of(&daemon.status(), "h0"), "offline");
+    drop(daemon);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn addresses_at(status: &Status) -> Vec<(String, Option<String>)> {
@@ -2078,6 +2138,33 @@ fn mpathctl_copes_with_a_broken_configuration_a_closed_pipe_and_a_bogus_field() 
     assert!(
         stderr.contains("warning") && stderr.contains("using the default socket"),
         "{fallback:?}"
+    );
+    // Where mpathd left its hint in /run (its own /run here), mpathctl finds it on its
+    // socket without reading the file, broken or missing.
+    let config = daemon.config.display().to_string();
+    for args in [
+        &["--config", &config, "groups"][..],
+        &["--config", "/nonexistent/mpathd.toml", "groups"],
+    ] {
+        let hinted = daemon.ctl_beside(args);
+        assert!(hinted.status.success(), "{args:?}: {hinted:?}");
+        assert!(String::from_utf8_lossy(&hinted.stdout).contains("g0"));
+    }
+    let hinted = daemon.ctl_beside(&["--config", &config, "groups"]);
+    assert!(
+        String::from_utf8_lossy(&hinted.stderr).contains(&format!(
+            "using the running mpathd's socket {socket} and pin directory {}",
+            daemon.pins.path().display()
+        )),
+        "{hinted:?}"
+    );
+    // The hint names the socket, in /run/mpath/mpathd.paths.
+    let pid = daemon.pid().unwrap();
+    let hint = std::path::PathBuf::from(format!("/proc/{pid}/root/run/mpath/mpathd.paths"));
+    assert!(
+        std::fs::read_to_string(&hint)
+            .unwrap()
+            .contains(&format!("SOCKET={socket}\n"))
     );
     // `-o` with a field the view does not have is a usage error.
     let bogus = daemon.ctl(

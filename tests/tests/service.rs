@@ -283,3 +283,73 @@ fn under_systemd_the_log_goes_to_the_journal_with_priorities_and_fields() {
     drop(running);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// CLOCK_MONOTONIC in microseconds, as MONOTONIC_USEC= carries it.
+fn monotonic_usec() -> u64 {
+    // SAFETY: clock_gettime fills the zeroed timespec we pass.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000
+}
+
+/// systemd's reload protocol: RELOADING=1 with the monotonic time as SIGHUP is handled, then
+/// READY=1 once the new configuration is applied (or refused), so that `systemctl reload`
+/// returns after the reload rather than before.
+#[test]
+fn a_reload_is_announced_with_reloading_and_ends_with_ready() {
+    let lab = lab();
+    let notify = NotifySocket::new();
+    let path = notify.path.display().to_string();
+    let mut daemon = Mpathd::start_with_env(
+        lab.host(),
+        &three_nic_config(700),
+        &[("NOTIFY_SOCKET", path.as_str())],
+    );
+    let ready = notify.next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    daemon.wait_until("all NICs ok", |d| {
+        d.try_status()
+            .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+    });
+
+    // A reload that changes the failure detection time.
+    let sent = monotonic_usec();
+    daemon.reload(&three_nic_config(1400));
+    let reloading = std::iter::repeat_with(|| notify.next())
+        .find(|m| !m.starts_with("STATUS="))
+        .unwrap();
+    let lines: Vec<&str> = reloading.lines().collect();
+    assert_eq!(lines[0], "RELOADING=1", "{reloading:?}");
+    let usec: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC= in {reloading:?}"))
+        .parse()
+        .unwrap();
+    assert!(
+        (sent..=monotonic_usec()).contains(&usec),
+        "MONOTONIC_USEC={usec} is not the time of the reload ({sent}..)"
+    );
+    let done = notify.next();
+    assert!(done.lines().any(|l| l == "READY=1"), "{done:?}");
+    assert!(done.contains("STATUS=g0 "), "{done:?}");
+    // READY=1 came once the new configuration was in force.
+    assert_eq!(daemon.status().groups[0].fdt_ms, 1400);
+
+    // A refused reload (a broken file) ends with READY=1 too, on the running configuration.
+    daemon.reload("[[group]\n");
+    let reloading = notify.next();
+    assert!(reloading.starts_with("RELOADING=1\n"), "{reloading:?}");
+    let done = notify.next();
+    assert!(done.lines().any(|l| l == "READY=1"), "{done:?}");
+    assert_eq!(daemon.status().groups[0].fdt_ms, 1400);
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("reload")),
+        "the refusal was not logged:\n{log}"
+    );
+}

@@ -1,7 +1,8 @@
 //! `cargo xtask package`: the Debian package, made by cargo-deb from
 //! `[package.metadata.deb]` in mpath-ctl/Cargo.toml, then checked by installing it into an
 //! empty root: its files are there, the binaries are stripped, the unit's `Documentation=`
-//! points to files it installs, and its mpathd accepts the example configuration.
+//! points to files it installs, its postinst made group mpath there, and its mpathd accepts
+//! the example configuration.
 
 use std::{
     fs,
@@ -19,6 +20,7 @@ const FILES: &[&str] = &[
     "usr/sbin/mpathctl",
     "lib/systemd/system/mpathd.service",
     "etc/iproute2/rt_protos.d/mpathd.conf",
+    "usr/lib/sysusers.d/mpath.conf",
     "usr/share/man/man8/mpathd.8.gz",
     "usr/share/man/man8/mpathctl.8.gz",
     "usr/share/man/man8/mpathctl-groups.8.gz",
@@ -32,6 +34,12 @@ const FILES: &[&str] = &[
     "usr/share/doc/mpath/LICENSE-APACHE",
     "usr/share/doc/mpath/examples/mpathd.toml",
     "usr/share/doc/mpath/examples/mpath-alerts.yml",
+    "usr/share/doc/mpath/examples/networkd/50-mpath.network",
+    "usr/share/doc/mpath/examples/networkd/mpath.conf",
+    "usr/share/doc/mpath/examples/NetworkManager/mpath-eth0.nmconnection",
+    "usr/share/doc/mpath/examples/NetworkManager/mpath.conf",
+    "usr/share/doc/mpath/examples/ifupdown/mpath",
+    "usr/share/doc/mpath/examples/netplan/60-mpath.yaml",
 ];
 
 fn workspace() -> PathBuf {
@@ -116,14 +124,21 @@ fn check(deb: &Path, root: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(db.join("updates"))?;
     fs::write(db.join("status"), "")?;
     // --force-depends: the root has no libc package; the binaries run with the host's.
+    // --force-script-chrootless: the root has no shell to run the postinst in; it runs on
+    // the host, told the root by DPKG_ROOT (which it honours).
     exec(
         Command::new("dpkg")
             .arg(format!("--root={}", root.display()))
-            .args(["--force-depends", "--install"])
+            .args(["--force-depends", "--force-script-chrootless", "--install"])
             .arg(deb),
     )?;
     let missing: Vec<&&str> = FILES.iter().filter(|f| !root.join(f).exists()).collect();
     ensure!(missing.is_empty(), "not installed: {missing:?}");
+    let groups = fs::read_to_string(root.join("etc/group")).unwrap_or_default();
+    ensure!(
+        groups.lines().any(|l| l.starts_with("mpath:")),
+        "the postinst made no group mpath: {groups:?}"
+    );
     for bin in ["usr/sbin/mpathd", "usr/sbin/mpathctl"] {
         let sections = capture(
             Command::new("readelf")

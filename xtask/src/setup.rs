@@ -14,8 +14,10 @@ include!("../../mpath-ebpf/toolchain.rs");
 /// Debian packages the tests, the demo and the benchmarks drive: ip, bridge, nft, ping,
 /// nsenter/unshare, promtool (package prometheus), which validates the metrics, and FRR's
 /// bfdd and vtysh (package frr), the BFD daemon the failover benchmark compares mpathd with,
-/// systemd-analyze (package systemd), which rates the unit's hardening, and iperf3, the bulk
-/// TCP load of the datapath benchmark.
+/// systemd-analyze (package systemd), which rates the unit's hardening, systemd-networkd
+/// (package systemd) with a D-Bus of its own (package dbus-daemon) for networkctl, and
+/// netplan, whose example is rendered for it, and iperf3, the bulk TCP load of the datapath
+/// benchmark.
 const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -24,6 +26,8 @@ const LAB_PACKAGES: &[&str] = &[
     "prometheus",
     "frr",
     "systemd",
+    "dbus-daemon",
+    "netplan.io",
     "iperf3",
 ];
 

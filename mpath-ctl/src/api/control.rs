@@ -1,14 +1,20 @@
 //! The control socket between mpathctl and mpathd.
 //!
-//! A Unix stream socket (mode 0600, root only) carrying newline-delimited JSON: the client
-//! sends one [`Request`] line and reads [`Reply`] lines, one for most requests, a stream for
-//! [`Request::Probes`] that lasts until the client hangs up.
+//! A Unix stream socket carrying newline-delimited JSON: the client sends one [`Request`]
+//! line and reads [`Reply`] lines, one for most requests, a stream for [`Request::Probes`]
+//! that lasts until the client hangs up. Root may send anything; where the group
+//! [`VIEW_GROUP`] exists its members may connect too (mode 0660), for the views alone, as
+//! anyone may read /proc/net/bonding (otherwise the socket is root's, mode 0600).
+//!
+//! mpathd leaves the socket's and its pin directory's paths in [`HINT_PATH`], so that an
+//! mpathctl that cannot read the configuration still finds a daemon on another socket.
 //!
 //! Clients cost the daemon descriptors, so their number and time are bounded: at most
 //! [`MAX_CLIENTS`] at once (more are closed as soon as they are accepted), and each has
 //! [`REQUEST_TIMEOUT`] to send its request and to take each reply.
 
 use std::{
+    ffi::CString,
     fs, io,
     io::{BufRead as _, Write as _},
     os::unix::fs::PermissionsExt as _,
@@ -41,6 +47,12 @@ pub(crate) const MAX_CLIENTS: usize = 64;
 /// that connects and sends nothing, or stops reading, is dropped after that.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The group whose members may use the views (see the module documentation).
+pub const VIEW_GROUP: &str = "mpath";
+
+/// Where mpathd leaves the paths it runs with (see [`Hint`]).
+pub const HINT_PATH: &str = "/run/mpath/mpathd.paths";
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -53,6 +65,16 @@ pub enum Request {
     Online { interface: String },
     /// Stream each probe as it completes.
     Probes {},
+}
+
+impl Request {
+    /// Whether the request changes what mpathd does (root only) rather than shows it.
+    fn changes_state(&self) -> bool {
+        match self {
+            Request::Status {} | Request::Probes {} => false,
+            Request::Offline { .. } | Request::Online { .. } => true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -77,6 +99,11 @@ pub enum ControlError {
     Io { path: PathBuf, source: io::Error },
     #[error("mpathd is not running (nothing listens on {0})")]
     NotRunning(PathBuf),
+    #[error(
+        "no permission to connect to {0}: the views are for root and members of group \
+         {VIEW_GROUP}, the commands for root"
+    )]
+    PermissionDenied(PathBuf),
     #[error("mpathd sent a reply mpathctl does not understand: {0}")]
     BadReply(String),
     #[error("mpathd closed the connection without replying")]
@@ -112,7 +139,136 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    open_to_view_group(path);
     Ok(listener)
+}
+
+/// Gives the socket to [`VIEW_GROUP`] (mode 0660) when that group exists; the socket stays
+/// root's alone when it does not or the change fails (logged: the daemon runs on).
+fn open_to_view_group(path: &Path) {
+    let gid = match group_id(VIEW_GROUP) {
+        Ok(Some(gid)) => gid,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(
+                "looking up group {VIEW_GROUP}: {e}; the control socket is root's alone"
+            );
+            return;
+        }
+    };
+    let opened = std::os::unix::fs::chown(path, None, Some(gid))
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o660)));
+    match opened {
+        Ok(()) => tracing::debug!(
+            "control socket {} open to group {VIEW_GROUP} for the views",
+            path.display()
+        ),
+        Err(e) => tracing::warn!(
+            "cannot give the control socket {} to group {VIEW_GROUP} ({e}); it is root's alone",
+            path.display()
+        ),
+    }
+}
+
+/// The id of group `name`, `None` when there is no such group.
+fn group_id(name: &str) -> io::Result<Option<u32>> {
+    let name = CString::new(name).map_err(io::Error::other)?;
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        // SAFETY: `group` and `found` are written by getgrnam_r, which keeps its strings in
+        // `buffer`; both outlive the call, and only the gid is read afterwards.
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut found = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut group,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        match rc {
+            0 if found.is_null() => return Ok(None),
+            0 => return Ok(Some(group.gr_gid)),
+            libc::ERANGE if buffer.len() < 1 << 20 => buffer.resize(buffer.len() * 2, 0),
+            errno => return Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+}
+
+/// Leaves the daemon's paths in [`HINT_PATH`] for mpathctl; a failure is logged, not fatal.
+pub fn leave_hint(socket: &Path, bpf_pin_dir: &Path) {
+    let hint = Hint {
+        socket: socket.to_owned(),
+        bpf_pin_dir: bpf_pin_dir.to_owned(),
+    };
+    if let Err(e) = hint.write(Path::new(HINT_PATH)) {
+        tracing::warn!("cannot leave mpathctl the paths in {HINT_PATH}: {e}");
+    }
+}
+
+/// Takes the hint back as the daemon stops (unless a newer daemon's is there).
+pub fn remove_hint(socket: &Path) {
+    Hint::remove(Path::new(HINT_PATH), socket);
+}
+
+/// The paths a running mpathd uses, as it leaves them in [`HINT_PATH`]: `SOCKET=` and
+/// `BPF_PIN_DIR=` lines, which mpathctl reads when it cannot read the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hint {
+    pub socket: PathBuf,
+    pub bpf_pin_dir: PathBuf,
+}
+
+impl Hint {
+    /// Writes the hint to `file` (atomically: a reader sees the old one or the new one).
+    /// Paths a line cannot hold (a newline, not UTF-8) are refused.
+    pub fn write(&self, file: &Path) -> io::Result<()> {
+        let line = |key: &str, path: &Path| match path.to_str() {
+            Some(p) if !p.contains('\n') => Ok(format!("{key}={p}\n")),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} cannot be written on one line", path.display()),
+            )),
+        };
+        let text = format!(
+            "# mpathd's control socket and pin directory, for mpathctl (mpathctl(8))\n{}{}",
+            line("SOCKET", &self.socket)?,
+            line("BPF_PIN_DIR", &self.bpf_pin_dir)?
+        );
+        if let Some(dir) = file.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let temporary = file.with_extension(format!("tmp.{}", std::process::id()));
+        fs::write(&temporary, text)?;
+        fs::set_permissions(&temporary, fs::Permissions::from_mode(0o644))?;
+        fs::rename(&temporary, file).inspect_err(|_| {
+            let _ = fs::remove_file(&temporary);
+        })
+    }
+
+    /// The hint in `file`, `None` when there is none or it is not one.
+    pub fn read(file: &Path) -> Option<Hint> {
+        let text = fs::read_to_string(file).ok()?;
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Some(Hint {
+            socket: value("SOCKET")?,
+            bpf_pin_dir: value("BPF_PIN_DIR")?,
+        })
+    }
+
+    /// Removes the hint in `file` if it still names `socket` (a newer mpathd's stays).
+    pub fn remove(file: &Path, socket: &Path) {
+        if Hint::read(file).is_some_and(|h| h.socket == socket) {
+            let _ = fs::remove_file(file);
+        }
+    }
 }
 
 /// Serves clients until the listener fails: each connection is handled on its own task,
@@ -168,12 +324,6 @@ async fn handle(
     let read = timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
         .await
         .map_err(|_| timed_out("no complete request"))?;
-    if uid != 0 {
-        let refusal = Reply::Refused {
-            message: format!("only root may use mpathd's control socket (you are uid {uid})"),
-        };
-        return send(&mut write, &refusal).await;
-    }
     let request = match read {
         Ok(_) if line.len() as u64 > MAX_REQUEST_BYTES => Err(format!(
             "request longer than {MAX_REQUEST_BYTES} bytes refused"
@@ -181,6 +331,13 @@ async fn handle(
         Ok(_) => serde_json::from_str::<Request>(line.trim())
             .map_err(|e| format!("malformed request: {e}")),
         Err(e) => Err(format!("unreadable request: {e}")),
+    };
+    let request = match request {
+        Ok(r) if r.changes_state() && uid != 0 => Err(format!(
+            "only root may take NICs offline or online (you are uid {uid}); members of group \
+             {VIEW_GROUP} may use the views"
+        )),
+        other => other,
     };
     let request = match request {
         Ok(r) => r,
@@ -232,15 +389,12 @@ pub fn call(
         path: path.to_owned(),
         source,
     };
-    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
-        if matches!(
-            e.kind(),
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-        ) {
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
             ControlError::NotRunning(path.to_owned())
-        } else {
-            io_err(e)
         }
+        io::ErrorKind::PermissionDenied => ControlError::PermissionDenied(path.to_owned()),
+        _ => io_err(e),
     })?;
     let mut line = serde_json::to_vec(request).map_err(|e| io_err(io::Error::other(e)))?;
     line.push(b'\n');
@@ -374,6 +528,54 @@ mod tests {
             )
         );
         assert_eq!(fs::read_to_string(&path).unwrap(), "not a socket");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn only_offline_and_online_change_state() {
+        assert!(!Request::Status {}.changes_state());
+        assert!(!Request::Probes {}.changes_state());
+        for r in [
+            Request::Offline {
+                interface: "h0".into(),
+            },
+            Request::Online {
+                interface: "h0".into(),
+            },
+        ] {
+            assert!(r.changes_state(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn groups_are_looked_up_by_name() {
+        assert_eq!(group_id("root").unwrap(), Some(0));
+        assert_eq!(group_id("no-such-group-mpath-test").unwrap(), None);
+    }
+
+    #[test]
+    fn a_hint_is_read_back_and_removed_only_by_its_own_daemon() {
+        let dir = std::env::temp_dir().join(format!("mpath-hint-{}", std::process::id()));
+        let file = dir.join("run/mpathd.paths");
+        let hint = Hint {
+            socket: "/run/other/ctl.sock".into(),
+            bpf_pin_dir: "/sys/fs/bpf/other".into(),
+        };
+        hint.write(&file).unwrap();
+        assert_eq!(Hint::read(&file), Some(hint.clone()));
+        Hint::remove(&file, Path::new("/run/mpath/mpathd.sock"));
+        assert_eq!(Hint::read(&file), Some(hint.clone()));
+        Hint::remove(&file, &hint.socket);
+        assert!(!file.exists());
+
+        let bad = Hint {
+            socket: "/run/a\nSOCKET=/evil".into(),
+            ..hint
+        };
+        assert!(bad.write(&file).is_err());
+        assert!(!file.exists(), "a refused hint changes nothing");
+        fs::write(&file, "SOCKET=\nBPF_PIN_DIR=/x\n").unwrap();
+        assert_eq!(Hint::read(&file), None);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -95,6 +95,7 @@ impl Daemon {
         // names the same pin directory (locked while the datapath is open) or the same socket.
         let mut datapath = Datapath::open(&config.daemon.bpf_pin_dir)?;
         let control = control::bind(&config.daemon.socket)?;
+        control::leave_hint(&config.daemon.socket, &config.daemon.bpf_pin_dir);
         // A datapath already running on NICs: mpathd restarts, the switch has long learnt
         // the NICs' MACs, and no startup quiet period holds a failure back.
         let restarted = datapath.pinned_nics().is_ok_and(|nics| !nics.is_empty());
@@ -207,13 +208,16 @@ impl Daemon {
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
                 _ = sighup.recv() => {
+                    service.reloading();
                     self.reload().await;
+                    service.reloaded(&self.status());
                 }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }
         }
         service.stopping();
+        control::remove_hint(&self.config.daemon.socket);
         tracing::info!("mpathd stopping; the datapath stays in place");
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! What mpathd tells systemd (`Type=notify`): READY=1 once the datapath is attached and the
-//! addresses and routes are in place, a one-line STATUS= whenever it changes, and WATCHDOG=1
-//! from the event loop itself, so that a stuck loop gets the daemon restarted. Outside
-//! systemd (no NOTIFY_SOCKET) all of it is skipped.
+//! addresses and routes are in place, a one-line STATUS= whenever it changes, WATCHDOG=1
+//! from the event loop itself, so that a stuck loop gets the daemon restarted, and
+//! RELOADING=1 (with MONOTONIC_USEC=) before a reload and READY=1 after it, the protocol of
+//! `Type=notify-reload` (systemd 253), under which `systemctl reload` waits for the reload's
+//! end. Outside systemd (no NOTIFY_SOCKET) all of it is skipped.
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +61,24 @@ impl Notifier {
                 self.send(&[NotifyState::Status(&self.status)]);
             }
         }
+    }
+
+    /// A reload (SIGHUP) begins. systemd takes RELOADING=1 only with the monotonic time of
+    /// the reload's start.
+    pub fn reloading(&self) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[
+                NotifyState::Reloading,
+                now,
+                NotifyState::Status("reloading"),
+            ]),
+            Err(e) => tracing::debug!("cannot read the monotonic clock for systemd: {e}"),
+        }
+    }
+
+    /// The reload is over, applied or refused: mpathd serves its groups again.
+    pub fn reloaded(&mut self, status: &Status) {
+        self.ready(status);
     }
 
     /// mpathd is shutting down (the datapath stays).
@@ -179,6 +199,10 @@ mod tests {
             "READY=1\nSTATUS=g0 ok; NICs: 3 ok, 0 not ok\n"
         );
         assert_eq!(render(&[NotifyState::Watchdog]), "WATCHDOG=1\n");
+        assert_eq!(
+            render(&[NotifyState::Reloading, NotifyState::MonotonicUsec(12)]),
+            "RELOADING=1\nMONOTONIC_USEC=12\n"
+        );
         assert_eq!(
             render(&[NotifyState::Stopping, NotifyState::Status("stopping")]),
             "STOPPING=1\nSTATUS=stopping\n"

@@ -50,7 +50,7 @@ const RT_TABLE_LOCAL: u32 = 255;
 const INFINITE_LIFETIME: u32 = u32::MAX;
 
 /// Where a [`Monitor`] subscribes: links, addresses, routes and rules of both families.
-const MONITOR_GROUPS: [MulticastGroup; 7] = [
+const MONITOR_GROUPS: [MulticastGroup; 8] = [
     MulticastGroup::Link,
     MulticastGroup::Ipv4Ifaddr,
     MulticastGroup::Ipv6Ifaddr,
@@ -58,7 +58,14 @@ const MONITOR_GROUPS: [MulticastGroup; 7] = [
     MulticastGroup::Ipv6Route,
     MulticastGroup::Ipv4Rule,
     MulticastGroup::Ipv6Rule,
+    // Someone else deleting mpathd's nexthop groups (systemd-networkd does when it
+    // configures a link) takes the IPv4 routes through them along without a word.
+    MulticastGroup::Nexthop,
 ];
+
+/// Nexthop notifications (linux/rtnetlink.h), which netlink-packet-route cannot parse.
+const RTM_NEWNEXTHOP: u16 = 104;
+const RTM_DELNEXTHOP: u16 = 105;
 
 /// A link as IPMP cares about it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -714,6 +721,8 @@ fn set_receive_buffer(socket: &rtnetlink::sys::Socket, bytes: usize) -> io::Resu
 /// Decodes like netlink-proto's [`NetlinkCodec`], except that a message it cannot parse
 /// becomes an NLMSG_OVERRUN (keeping the original header, so a request still gets its
 /// answer): netlink-proto would log and drop it, and a dropped notification is a lost one.
+/// Nexthop notifications, which it cannot parse either, are skipped but for the deletion of
+/// one of mpathd's, passed on as its header with an empty (`Noop`) payload.
 struct ResyncOnUndecodable;
 
 impl NetlinkMessageCodec for ResyncOnUndecodable {
@@ -721,30 +730,38 @@ impl NetlinkMessageCodec for ResyncOnUndecodable {
     where
         T: NetlinkDeserializable + fmt::Debug,
     {
-        if src.is_empty() {
-            return Ok(None);
-        }
-        let length = match NetlinkBuffer::new_checked(src.as_ref()) {
-            Ok(buffer) => buffer.length() as usize,
-            Err(_) => {
-                // No way to find the next message of the datagram.
-                src.clear();
-                return Ok(Some(overrun(NetlinkHeader::default())));
+        loop {
+            if src.is_empty() {
+                return Ok(None);
             }
-        };
-        // Messages in a datagram start at 4-byte boundaries (NLMSG_ALIGN).
-        let bytes = src.split_to(length.next_multiple_of(4).min(src.len()));
-        match NetlinkMessage::<T>::deserialize(&bytes) {
-            Ok(message) => Ok(Some(message)),
-            Err(_) => {
-                let buffer = NetlinkBuffer::new(&bytes[..]);
-                let mut header = NetlinkHeader::default();
-                header.message_type = buffer.message_type();
-                header.flags = buffer.flags();
-                header.sequence_number = buffer.sequence_number();
-                header.port_number = buffer.port_number();
-                Ok(Some(overrun(header)))
+            let length = match NetlinkBuffer::new_checked(src.as_ref()) {
+                Ok(buffer) => buffer.length() as usize,
+                Err(_) => {
+                    // No way to find the next message of the datagram.
+                    src.clear();
+                    return Ok(Some(overrun(NetlinkHeader::default())));
+                }
+            };
+            // Messages in a datagram start at 4-byte boundaries (NLMSG_ALIGN).
+            let bytes = src.split_to(length.next_multiple_of(4).min(src.len()));
+            let buffer = NetlinkBuffer::new(&bytes[..]);
+            let mut header = NetlinkHeader::default();
+            header.message_type = buffer.message_type();
+            header.flags = buffer.flags();
+            header.sequence_number = buffer.sequence_number();
+            header.port_number = buffer.port_number();
+            if matches!(header.message_type, RTM_NEWNEXTHOP | RTM_DELNEXTHOP) {
+                // struct nhmsg: family, scope, protocol, ...
+                let protocol = buffer.payload().get(2).copied();
+                if header.message_type == RTM_DELNEXTHOP && protocol == Some(MPATHD_PROTOCOL) {
+                    return Ok(Some(NetlinkMessage::new(header, NetlinkPayload::Noop)));
+                }
+                continue;
             }
+            return match NetlinkMessage::<T>::deserialize(&bytes) {
+                Ok(message) => Ok(Some(message)),
+                Err(_) => Ok(Some(overrun(header))),
+            };
         }
     }
 
@@ -763,6 +780,9 @@ fn overrun<T>(mut header: NetlinkHeader) -> NetlinkMessage<T> {
 
 /// The event a notification stands for; `None` for those IPMP does not care about.
 fn event_from_message(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<NetEvent> {
+    if is_own_nexthop_deletion(&message) {
+        return Some(NetEvent::RoutesChanged);
+    }
     let inner = match message.payload {
         NetlinkPayload::Overrun(_) => return Some(NetEvent::Overrun),
         NetlinkPayload::InnerMessage(inner) => inner,
@@ -791,6 +811,11 @@ fn event_from_message(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<Ne
         }
         _ => None,
     }
+}
+
+/// A deleted nexthop of mpathd's, as [`ResyncOnUndecodable`] passes it on: a header alone.
+fn is_own_nexthop_deletion<T>(message: &NetlinkMessage<T>) -> bool {
+    message.header.message_type == RTM_DELNEXTHOP && matches!(message.payload, NetlinkPayload::Noop)
 }
 
 fn link_name(message: &LinkMessage) -> Option<String> {
@@ -1439,6 +1464,37 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// An RTM_NEWNEXTHOP or RTM_DELNEXTHOP with an nhmsg of `protocol` (no attributes).
+    fn nexthop_notification(message_type: u16, protocol: u8) -> Vec<u8> {
+        let mut bytes = vec![24, 0, 0, 0];
+        bytes.extend(message_type.to_ne_bytes());
+        bytes.extend([0; 10]);
+        bytes.extend([2, 0, protocol, 0, 0, 0, 0, 0]);
+        bytes
+    }
+
+    #[test]
+    fn only_a_deleted_nexthop_of_mpathd_s_is_an_event() {
+        let link = link_message(AddressFamily::Unspec, LinkFlags::Up);
+        let mut datagram = BytesMut::new();
+        for (message_type, protocol) in [
+            (RTM_NEWNEXTHOP, MPATHD_PROTOCOL),
+            (RTM_DELNEXTHOP, 4),
+            (RTM_DELNEXTHOP, MPATHD_PROTOCOL),
+        ] {
+            datagram.extend_from_slice(&nexthop_notification(message_type, protocol));
+        }
+        datagram.extend_from_slice(&serialized(RouteNetlinkMessage::NewLink(link.clone()), 1));
+        let mut next = || {
+            ResyncOnUndecodable::decode::<RouteNetlinkMessage>(&mut datagram)
+                .unwrap()
+                .map(event_from_message)
+        };
+        assert_eq!(next(), Some(Some(NetEvent::RoutesChanged)));
+        assert!(matches!(next(), Some(Some(NetEvent::Link(_)))));
+        assert_eq!(next(), None);
     }
 
     #[test]

@@ -34,7 +34,8 @@ use table::{Table, UnknownField};
     about = "Show and control mpathd's IP multipathing groups"
 )]
 struct Cli {
-    /// mpathd's configuration, read for the control socket and pin directory paths.
+    /// mpathd's configuration, read for the control socket and pin directory paths (when it
+    /// is missing or unreadable, the running mpathd's from /run/mpath/mpathd.paths).
     #[arg(long, global = true, default_value = config::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
     /// Control socket (overrides the configuration's).
@@ -96,6 +97,9 @@ const MAN_EXTRA: &str = r#".SH EXIT STATUS
 .TP
 \fI/etc/mpath/mpathd.toml\fR
 Read for the control socket and pin directory paths.
+.TP
+\fI/run/mpath/mpathd.paths\fR
+The paths the running mpathd uses, read when the configuration is missing or unreadable.
 .SH SEE ALSO
 \fBmpathd\fR(8), \fBmpathd.toml\fR(5), /usr/share/doc/mpath/README.md
 "#;
@@ -121,29 +125,45 @@ fn main() -> ExitCode {
     }
 }
 
-/// The socket and pin directory: from the flags, else from the configuration, else defaults.
-/// A configuration that cannot be read (a typo the running daemon has not loaded) does not
-/// stop the views: mpathctl says so and falls back on the defaults.
+/// The socket and pin directory: from the flags, else from the configuration, else from the
+/// hint a running mpathd leaves in /run (its configuration may be elsewhere, or have a typo
+/// it has not loaded), else the defaults. A configuration that cannot be read does not stop
+/// the views: mpathctl says so and carries on.
 fn paths(cli: &Cli) -> (PathBuf, PathBuf) {
     let needs_config = cli.socket.is_none() || matches!(cli.command, Cmd::Maps);
-    let daemon = match cli.config.exists() && needs_config {
-        true => Config::load(&cli.config, None)
-            .map(|c| c.daemon)
-            .unwrap_or_else(|e| {
-                let defaults = config::DaemonConfig::default();
+    let (socket, pin_dir) = if !needs_config {
+        let defaults = config::DaemonConfig::default();
+        (defaults.socket, defaults.bpf_pin_dir)
+    } else {
+        match cli.config.exists().then(|| Config::load(&cli.config, None)) {
+            Some(Ok(c)) => (c.daemon.socket, c.daemon.bpf_pin_dir),
+            Some(Err(e)) => {
+                let (socket, pin_dir, whence) = fallback();
                 eprintln!(
-                    "mpathctl: warning: {e}; using the default socket {} and pin directory {}",
-                    defaults.socket.display(),
-                    defaults.bpf_pin_dir.display()
+                    "mpathctl: warning: {e}; using the {whence} socket {} and pin directory {}",
+                    socket.display(),
+                    pin_dir.display()
                 );
-                defaults
-            }),
-        false => config::DaemonConfig::default(),
+                (socket, pin_dir)
+            }
+            None => {
+                let (socket, pin_dir, _) = fallback();
+                (socket, pin_dir)
+            }
+        }
     };
-    (
-        cli.socket.clone().unwrap_or(daemon.socket),
-        daemon.bpf_pin_dir,
-    )
+    (cli.socket.clone().unwrap_or(socket), pin_dir)
+}
+
+/// The running mpathd's paths from its hint, else the defaults, and which it was.
+fn fallback() -> (PathBuf, PathBuf, &'static str) {
+    match control::Hint::read(Path::new(control::HINT_PATH)) {
+        Some(hint) => (hint.socket, hint.bpf_pin_dir, "running mpathd's"),
+        None => {
+            let defaults = config::DaemonConfig::default();
+            (defaults.socket, defaults.bpf_pin_dir, "default")
+        }
+    }
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
