@@ -19,7 +19,6 @@ use std::{
     io::{BufRead as _, Write as _},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
@@ -27,11 +26,12 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{Semaphore, broadcast, mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
     time::timeout,
 };
 
 use crate::{
+    api::admission::Admission,
     api::views::{ProbeRow, Status},
     config::socket_path_problem,
 };
@@ -278,21 +278,18 @@ pub(crate) async fn serve(
     commands: mpsc::Sender<Command>,
     probes: broadcast::Sender<ProbeRow>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    let mut refusing = false;
+    let mut admission = Admission::new(
+        MAX_CLIENTS,
+        format!(
+            "{MAX_CLIENTS} control clients connected already: closing new ones until one leaves"
+        ),
+    );
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    if !refusing {
-                        tracing::warn!(
-                            "{MAX_CLIENTS} control clients connected already: closing new ones until one leaves"
-                        );
-                        refusing = true;
-                    }
+                let Some(slot) = admission.admit() else {
                     continue;
                 };
-                refusing = false;
                 let commands = commands.clone();
                 let probes = probes.subscribe();
                 tokio::spawn(async move {

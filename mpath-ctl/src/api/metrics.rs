@@ -46,10 +46,11 @@ use prometheus::{
 };
 use tokio::{
     net::TcpListener,
-    sync::{Mutex, Semaphore, mpsc, oneshot},
+    sync::{Mutex, mpsc, oneshot},
 };
 
 use crate::{
+    api::admission::Admission,
     config::GroupConfig,
     core::failover::{MoveKind, Transfer},
     core::probe::{FdtView, ProbeOutcome, RejectReason as ReplyRejectReason},
@@ -983,25 +984,22 @@ impl Renderings {
 /// Serves `GET /metrics` until the listener fails, asking the event loop for a render through
 /// `scrapes` at most once per [`RENDER_REUSE`]; other paths get 404, other methods 405.
 pub(crate) async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut admission = Admission::new(
+        MAX_CONNECTIONS,
+        format!(
+            "{MAX_CONNECTIONS} metrics connections open already: closing new ones until one ends"
+        ),
+    );
     let renderings = Arc::new(Renderings {
         scrapes,
         last: Mutex::new(None),
     });
-    let mut refusing = false;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    if !refusing {
-                        tracing::warn!(
-                            "{MAX_CONNECTIONS} metrics connections open already: closing new ones until one ends"
-                        );
-                        refusing = true;
-                    }
+                let Some(slot) = admission.admit() else {
                     continue;
                 };
-                refusing = false;
                 let renderings = renderings.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| respond(request, renderings.clone()));
