@@ -114,6 +114,7 @@ impl Daemon {
     /// group's new definition if it still exists) no longer has (see
     /// [`reconcile::retire`]).
     async fn retire_group(&mut self, old: GroupRuntime, kept: Option<&GroupConfig>) {
+        self.leave_followed(&old);
         let retirement = reconcile::retire(&old.holdings(), kept);
         for (ifindex, test) in retirement.test_addresses {
             if let Err(e) = self.netlink.del_address(ifindex, test.host()).await {

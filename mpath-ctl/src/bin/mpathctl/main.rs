@@ -74,6 +74,8 @@ enum Cmd {
     Addresses,
     /// Probe targets per interface (ipmpstat -t).
     Targets,
+    /// Multicast groups of out-of-use interfaces joined on the interfaces that took over.
+    Memberships,
     /// Stream each probe as it completes, until interrupted (ipmpstat -p).
     Probes,
     /// Take an interface out of use; its addresses move to another (if_mpadm -d).
@@ -149,7 +151,7 @@ fn paths(cli: &Cli) -> (PathBuf, PathBuf) {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let (socket, pin_dir) = paths(cli);
     match &cli.command {
-        Cmd::Groups | Cmd::Interfaces | Cmd::Addresses | Cmd::Targets => {
+        Cmd::Groups | Cmd::Interfaces | Cmd::Addresses | Cmd::Targets | Cmd::Memberships => {
             let status = match control::request(&socket, &Request::Status {})? {
                 Reply::Status(s) => s,
                 other => anyhow::bail!("unexpected reply {other:?}"),
@@ -214,6 +216,7 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
         Cmd::Interfaces if cli.json => return print_json(&status.interfaces),
         Cmd::Addresses if cli.json => return print_json(&status.addresses),
         Cmd::Targets if cli.json => return print_json(&status.targets),
+        Cmd::Memberships if cli.json => return print_json(&status.memberships),
         Cmd::Groups => Table {
             columns: &["GROUP", "STATE", "FDT", "INTERFACES"],
             rows: status
@@ -309,6 +312,21 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                                 .collect::<Vec<_>>()
                                 .join(" ")
                         },
+                    ]
+                })
+                .collect(),
+        },
+        Cmd::Memberships => Table {
+            columns: &["ADDRESS", "GROUP", "FROM", "ON"],
+            rows: status
+                .memberships
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.address.to_string(),
+                        m.group.clone(),
+                        m.from.clone(),
+                        m.on.clone(),
                     ]
                 })
                 .collect(),
