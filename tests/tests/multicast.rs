@@ -23,6 +23,9 @@ const GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff05, 0, 0, 0, 0, 0, 0xdb8, 1);
 /// IPv4 one too).
 const PORT_V4: u16 = 40123;
 const PORT_V6: u16 = 40124;
+/// A group an application joins on h0 after h0 failed, and its port.
+const LATE_GROUP: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 2);
+const LATE_PORT: u16 = 40125;
 
 /// Datagrams received per family, counted by a thread per socket.
 struct Receiver {
@@ -134,7 +137,7 @@ fn set_option<T>(socket: &UdpSocket, level: libc::c_int, option: libc::c_int, va
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
 }
 
-/// The router sends to both groups 20 times a second from its documentation addresses until
+/// The router sends to the three groups 20 times a second from its documentation addresses until
 /// dropped.
 struct Sender {
     stop: Arc<AtomicBool>,
@@ -170,8 +173,10 @@ impl Sender {
         let thread = thread::spawn(move || {
             let to_v4 = SocketAddr::new(IpAddr::V4(GROUP_V4), PORT_V4);
             let to_v6 = SocketAddr::new(IpAddr::V6(GROUP_V6), PORT_V6);
+            let late = SocketAddr::new(IpAddr::V4(LATE_GROUP), LATE_PORT);
             while !stopping.load(Ordering::Relaxed) {
                 let _ = v4.send_to(b"mpath", to_v4);
+                let _ = v4.send_to(b"mpath", late);
                 let _ = v6.send_to(b"mpath", to_v6);
                 thread::sleep(Duration::from_millis(50));
             }
@@ -274,6 +279,21 @@ fn memberships_of_a_failed_nic_are_joined_on_the_nic_that_took_over_and_left_on_
         log.contains("multicast group 239.1.1.1 of h0 joined on h2"),
         "{log}"
     );
+    // A group joined on h0 while it is out of use follows too.
+    let late = {
+        let _inside = lab.host().enter().unwrap();
+        let late = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, LATE_PORT)).unwrap();
+        join_v4(&late, LATE_GROUP, lab.host().ifindex("h0").unwrap());
+        late
+    };
+    late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for n in 0..5 {
+        assert!(
+            late.recv(&mut [0u8; 64]).is_ok(),
+            "datagram {n} of the group joined on failed h0; h2: {}",
+            memberships(&lab, "h2")
+        );
+    }
 
     lab.undrop("h0").unwrap();
     daemon.wait_until("h0 repaired, its address and groups back", |d| {
