@@ -51,7 +51,8 @@ pub struct InterfaceRow {
     pub group: String,
     /// Whether the NIC carries traffic now.
     pub active: bool,
-    /// Any of `standby`, `inactive`, `failed`, `offline`.
+    /// Any of `standby`, `inactive`, `failed`, `offline`, `duplicate_mac` (offline because
+    /// another member of the group has its hardware address).
     pub flags: Vec<InterfaceFlag>,
     /// `up`, `down` or `unknown`.
     pub link: LinkState,

@@ -49,9 +49,9 @@ impl Daemon {
                     self.metrics.group_failure(name);
                     log(Level::WARN, name, action, line);
                 }
-                Action::LinkDown { .. } | Action::FamilyFailed { .. } => {
-                    log(Level::WARN, name, action, line)
-                }
+                Action::LinkDown { .. }
+                | Action::FamilyFailed { .. }
+                | Action::DuplicateMac { .. } => log(Level::WARN, name, action, line),
                 Action::Repaired { nic } => {
                     self.metrics.repair(name, nic);
                     log(Level::INFO, name, action, line);
@@ -83,6 +83,7 @@ impl Daemon {
                 | Action::RepairDeferred { .. }
                 | Action::Activate { .. }
                 | Action::Deactivate { .. }
+                | Action::MacUnique { .. }
                 | Action::GroupRepaired { .. }
                 | Action::FamilyRepaired { .. } => log(Level::INFO, name, action, line),
             }

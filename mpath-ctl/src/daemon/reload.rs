@@ -9,7 +9,7 @@ use crate::{
     api::metrics::ReloadResult,
     config::{Config, GroupConfig, diff::DaemonChange},
     core::reconcile,
-    core::state::{Action, Event, FailureCause, IfState},
+    core::state::{Action, Event, FailureCause, IfState, OfflineReason},
     daemon::{Daemon, group::GroupRuntime},
 };
 
@@ -161,7 +161,11 @@ pub(super) fn carry_states(
     let mut actions = Vec::new();
     for (nic, state) in states {
         let event = match state {
-            IfState::Offline { .. } => Event::Offline { nic: nic.clone() },
+            // A duplicate hardware address is found again from the NICs' MACs.
+            IfState::Offline {
+                reason: OfflineReason::Admin,
+                ..
+            } => Event::Offline { nic: nic.clone() },
             IfState::Failed {
                 cause: FailureCause::ProbesLost | FailureCause::TargetsUnreachable,
             } => Event::Adopt { nic: nic.clone() },

@@ -346,9 +346,9 @@ fn render(cli: &Cli, table: &Table) -> anyhow::Result<String> {
 }
 
 /// ipmpstat's FLAGS column: one position per flag, `-` where it is not set. mpathd sets `i`
-/// (inactive) and `s` (standby); `m`, `b` and `M` (nominated for IPv4 multicast, broadcast
-/// and IPv6 multicast), `d` (down) and `h` (duplicate hardware address) are Solaris kernel
-/// states mpathd does not track, always `-`.
+/// (inactive), `s` (standby) and `h` (offline for a duplicate hardware address); `m`, `b`
+/// and `M` (nominated for IPv4 multicast, broadcast and IPv6 multicast) and `d` (down) are
+/// Solaris kernel states mpathd does not track, always `-`.
 fn ipmpstat_flags(flags: &[InterfaceFlag]) -> String {
     [
         (Some(InterfaceFlag::Inactive), 'i'),
@@ -357,7 +357,7 @@ fn ipmpstat_flags(flags: &[InterfaceFlag]) -> String {
         (None, 'b'),
         (None, 'M'),
         (None, 'd'),
-        (None, 'h'),
+        (Some(InterfaceFlag::DuplicateMac), 'h'),
     ]
     .iter()
     .map(|(flag, letter)| match flag {
