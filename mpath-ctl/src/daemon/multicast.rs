@@ -1,7 +1,11 @@
 //! Multicast memberships that follow a failover: carrying out what
 //! [`crate::core::multicast::wanted`] decides, with the sockets of [`Joins`].
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use crate::{
     core::multicast::{self, Followed, Memberships},
@@ -18,6 +22,8 @@ pub(super) const RECHECK: Duration = Duration::from_secs(1);
 pub(super) struct Following {
     pub joins: Joins,
     pub due: Instant,
+    /// Joins the kernel refused, tried again at every look but logged once.
+    refused: BTreeSet<(u32, IpAddr)>,
 }
 
 impl Default for Following {
@@ -25,6 +31,7 @@ impl Default for Following {
         Following {
             joins: Joins::default(),
             due: Instant::now() + RECHECK,
+            refused: BTreeSet::new(),
         }
     }
 }
@@ -104,16 +111,22 @@ impl Daemon {
                 held.remove(f);
                 continue;
             };
+            let refused = &mut self.following.refused;
             match self.following.joins.join(ifindex, f.group) {
-                Ok(()) => tracing::info!(
-                    group = group.name(),
-                    interface = f.on,
-                    "{f}: {} is out of use, its applications receive through {}",
-                    f.from,
-                    f.on
-                ),
+                Ok(()) => {
+                    refused.remove(&(ifindex, f.group));
+                    tracing::info!(
+                        group = group.name(),
+                        interface = f.on,
+                        "{f}: {} is out of use, its applications receive through {}",
+                        f.from,
+                        f.on
+                    )
+                }
                 Err(e) => {
-                    tracing::error!("{e}: {f} not followed");
+                    if refused.insert((ifindex, f.group)) {
+                        tracing::error!("{e}: {f} not followed");
+                    }
                     held.remove(f);
                 }
             }
