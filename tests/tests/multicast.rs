@@ -5,7 +5,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -16,6 +15,7 @@ use std::{
 
 use mpath_lab::{Lab, ROUTER_NIC};
 use mpath_tests::daemon::{Mpathd, inbound, state_of, three_nic_config};
+use socket2::{InterfaceIndexOrAddress, SockRef};
 
 const GROUP_V4: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 const GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff05, 0, 0, 0, 0, 0, 0xdb8, 1);
@@ -103,38 +103,11 @@ impl Drop for Receiver {
     }
 }
 
-/// IP_ADD_MEMBERSHIP on `ifindex` (std joins IPv4 groups by interface address only).
+/// Joins an IPv4 group on `ifindex` (std joins IPv4 groups by interface address only).
 fn join_v4(socket: &UdpSocket, group: Ipv4Addr, ifindex: u32) {
-    set_option(
-        socket,
-        libc::IPPROTO_IP,
-        libc::IP_ADD_MEMBERSHIP,
-        &mreqn(group, ifindex),
-    );
-}
-
-fn mreqn(group: Ipv4Addr, ifindex: u32) -> libc::ip_mreqn {
-    libc::ip_mreqn {
-        imr_multiaddr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(group.octets()),
-        },
-        imr_address: libc::in_addr { s_addr: 0 },
-        imr_ifindex: ifindex as i32,
-    }
-}
-
-fn set_option<T>(socket: &UdpSocket, level: libc::c_int, option: libc::c_int, value: &T) {
-    // SAFETY: a live T of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    SockRef::from(socket)
+        .join_multicast_v4_n(&group, &InterfaceIndexOrAddress::Index(ifindex))
+        .unwrap();
 }
 
 /// The router sends to the three groups 20 times a second from its documentation addresses until
@@ -147,25 +120,15 @@ struct Sender {
 impl Sender {
     fn start(lab: &Lab) -> Sender {
         let r0 = lab.router().ifindex(ROUTER_NIC).unwrap();
+        let router_v4: Ipv4Addr = mpath_lab::ROUTER_V4.parse().unwrap();
+        let router_v6: Ipv6Addr = mpath_lab::ROUTER_V6.parse().unwrap();
         let (v4, v6) = {
             let _inside = lab.router().enter().unwrap();
-            let v4 =
-                UdpSocket::bind((mpath_lab::ROUTER_V4.parse::<Ipv4Addr>().unwrap(), 0)).unwrap();
-            let v6 =
-                UdpSocket::bind((mpath_lab::ROUTER_V6.parse::<Ipv6Addr>().unwrap(), 0)).unwrap();
+            let v4 = UdpSocket::bind((router_v4, 0)).unwrap();
+            let v6 = UdpSocket::bind((router_v6, 0)).unwrap();
             // The router has no route for the groups: they leave through r0.
-            set_option(
-                &v4,
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_IF,
-                &mreqn(Ipv4Addr::UNSPECIFIED, r0),
-            );
-            set_option(
-                &v6,
-                libc::IPPROTO_IPV6,
-                libc::IPV6_MULTICAST_IF,
-                &(r0 as libc::c_int),
-            );
+            SockRef::from(&v4).set_multicast_if_v4(&router_v4).unwrap();
+            SockRef::from(&v6).set_multicast_if_v6(r0).unwrap();
             (v4, v6)
         };
         let stop = Arc::new(AtomicBool::new(false));

@@ -9,9 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use socket2::{Domain, InterfaceIndexOrAddress, Socket, Type};
 use thiserror::Error;
 
 /// Where the kernel lists IPv4 memberships per device.
@@ -131,15 +131,9 @@ fn parse_igmp6(text: &str) -> Result<ByIfindex, MulticastError> {
 /// makes way for another.
 #[derive(Default)]
 pub struct Joins {
-    sockets: Vec<(IpFamily, OwnedFd)>,
+    sockets: Vec<Socket>,
     /// Which socket holds each membership.
     held: BTreeMap<(u32, IpAddr), usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IpFamily {
-    V4,
-    V6,
 }
 
 impl Joins {
@@ -156,9 +150,9 @@ impl Joins {
             ifindex,
             source,
         };
-        let family = family_of(group);
-        for (index, (f, socket)) in self.sockets.iter().enumerate() {
-            if *f != family {
+        let domain = Domain::for_address(SocketAddr::new(group, 0));
+        for (index, socket) in self.sockets.iter().enumerate() {
+            if socket.domain().ok() != Some(domain) {
                 continue;
             }
             match membership(socket, ifindex, group, true) {
@@ -171,9 +165,9 @@ impl Joins {
                 Err(e) => return Err(error(e)),
             }
         }
-        let socket = udp_socket(family).map_err(error)?;
+        let socket = Socket::new(domain, Type::DGRAM, None).map_err(error)?;
         membership(&socket, ifindex, group, true).map_err(error)?;
-        self.sockets.push((family, socket));
+        self.sockets.push(socket);
         self.held.insert((ifindex, group), self.sockets.len() - 1);
         Ok(())
     }
@@ -183,7 +177,7 @@ impl Joins {
         let Some(index) = self.held.remove(&(ifindex, group)) else {
             return Ok(());
         };
-        match membership(&self.sockets[index].1, ifindex, group, false) {
+        match membership(&self.sockets[index], ifindex, group, false) {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::EADDRNOTAVAIL)) => {
                 Ok(())
@@ -197,78 +191,17 @@ impl Joins {
     }
 }
 
-fn family_of(group: IpAddr) -> IpFamily {
-    match group {
-        IpAddr::V4(_) => IpFamily::V4,
-        IpAddr::V6(_) => IpFamily::V6,
-    }
-}
-
-fn udp_socket(family: IpFamily) -> io::Result<OwnedFd> {
-    let domain = match family {
-        IpFamily::V4 => libc::AF_INET,
-        IpFamily::V6 => libc::AF_INET6,
-    };
-    // SAFETY: plain socket(2); the descriptor is owned at once.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a new descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Joins (`add`) or leaves `group` on `ifindex` through `socket`.
-fn membership(socket: &OwnedFd, ifindex: u32, group: IpAddr, add: bool) -> io::Result<()> {
-    let ifindex_c = libc::c_int::try_from(ifindex)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
-    let rc = match group {
-        IpAddr::V4(g) => {
-            let request = libc::ip_mreqn {
-                imr_multiaddr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(g.octets()),
-                },
-                imr_address: libc::in_addr { s_addr: 0 },
-                imr_ifindex: ifindex_c,
-            };
-            let option = if add {
-                libc::IP_ADD_MEMBERSHIP
-            } else {
-                libc::IP_DROP_MEMBERSHIP
-            };
-            setsockopt(socket, libc::IPPROTO_IP, option, &request)
+fn membership(socket: &Socket, ifindex: u32, group: IpAddr, add: bool) -> io::Result<()> {
+    match (group, add) {
+        (IpAddr::V4(g), true) => {
+            socket.join_multicast_v4_n(&g, &InterfaceIndexOrAddress::Index(ifindex))
         }
-        IpAddr::V6(g) => {
-            let request = libc::ipv6_mreq {
-                ipv6mr_multiaddr: libc::in6_addr {
-                    s6_addr: g.octets(),
-                },
-                ipv6mr_interface: ifindex,
-            };
-            let option = if add {
-                libc::IPV6_ADD_MEMBERSHIP
-            } else {
-                libc::IPV6_DROP_MEMBERSHIP
-            };
-            setsockopt(socket, libc::IPPROTO_IPV6, option, &request)
+        (IpAddr::V4(g), false) => {
+            socket.leave_multicast_v4_n(&g, &InterfaceIndexOrAddress::Index(ifindex))
         }
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn setsockopt<T>(socket: &OwnedFd, level: libc::c_int, option: libc::c_int, value: &T) -> i32 {
-    // SAFETY: `value` points to a live T of the size passed, as the option expects.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
+        (IpAddr::V6(g), true) => socket.join_multicast_v6(&g, ifindex),
+        (IpAddr::V6(g), false) => socket.leave_multicast_v6(&g, ifindex),
     }
 }
 
