@@ -32,7 +32,7 @@ use crate::core::state::{NicRole, Role};
 
 /// A group mpathd holds on `on` for the applications that joined it on `from`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Followed {
+pub(crate) struct Followed {
     pub on: String,
     pub group: IpAddr,
     pub from: String,
@@ -50,10 +50,10 @@ impl fmt::Display for Followed {
 
 /// The groups joined on each NIC, by NIC name, with how many joins each has (the kernel's
 /// user count: sockets and the kernel itself).
-pub type Memberships = BTreeMap<String, BTreeMap<IpAddr, u32>>;
+pub(crate) type Memberships = BTreeMap<String, BTreeMap<IpAddr, u32>>;
 
 /// Whether a membership is one an application made rather than one every NIC has.
-pub fn follows(group: IpAddr) -> bool {
+pub(crate) fn follows(group: IpAddr) -> bool {
     match group {
         IpAddr::V4(g) => g.is_multicast() && g.octets() != [224, 0, 0, 1],
         IpAddr::V6(g) => {
@@ -68,7 +68,7 @@ pub fn follows(group: IpAddr) -> bool {
 
 /// The memberships mpathd should hold now (see the module documentation). `held` is what it
 /// holds already.
-pub fn wanted(
+pub(crate) fn wanted(
     roles: &[NicRole],
     addresses: &[DataAddress],
     kernel: &Memberships,

@@ -15,15 +15,15 @@ use socket2::{Domain, InterfaceIndexOrAddress, Socket, Type};
 use thiserror::Error;
 
 /// Where the kernel lists IPv4 memberships per device.
-pub const PROC_IGMP: &str = "/proc/net/igmp";
+pub(crate) const PROC_IGMP: &str = "/proc/net/igmp";
 /// Where the kernel lists IPv6 memberships per device.
-pub const PROC_IGMP6: &str = "/proc/net/igmp6";
+pub(crate) const PROC_IGMP6: &str = "/proc/net/igmp6";
 
 /// The groups joined on each ifindex and how many joins each has.
-pub type ByIfindex = BTreeMap<u32, BTreeMap<IpAddr, u32>>;
+pub(crate) type ByIfindex = BTreeMap<u32, BTreeMap<IpAddr, u32>>;
 
 #[derive(Debug, Error)]
-pub enum MulticastError {
+pub(crate) enum MulticastError {
     #[error("reading {path}: {source}")]
     Read {
         path: &'static str,
@@ -53,7 +53,7 @@ pub enum MulticastError {
 }
 
 /// Every membership of this network namespace, IPv4 and IPv6.
-pub fn memberships() -> Result<ByIfindex, MulticastError> {
+pub(crate) fn memberships() -> Result<ByIfindex, MulticastError> {
     let read = |path: &'static str| {
         std::fs::read_to_string(path).map_err(|source| MulticastError::Read { path, source })
     };
@@ -130,7 +130,7 @@ fn parse_igmp6(text: &str) -> Result<ByIfindex, MulticastError> {
 /// one IPv4 socket may join (`net.ipv4.igmp_max_memberships`, 20 by default): a full socket
 /// makes way for another.
 #[derive(Default)]
-pub struct Joins {
+pub(crate) struct Joins {
     sockets: Vec<Socket>,
     /// Which socket holds each membership.
     held: BTreeMap<(u32, IpAddr), usize>,
@@ -138,7 +138,7 @@ pub struct Joins {
 
 impl Joins {
     /// Joins `group` on `ifindex`; joining one held already does nothing.
-    pub fn join(&mut self, ifindex: u32, group: IpAddr) -> Result<(), MulticastError> {
+    pub(crate) fn join(&mut self, ifindex: u32, group: IpAddr) -> Result<(), MulticastError> {
         if !group.is_multicast() {
             return Err(MulticastError::NotMulticast { group });
         }
@@ -173,7 +173,7 @@ impl Joins {
     }
 
     /// Leaves `group` on `ifindex`. Gone already with its NIC is fine.
-    pub fn leave(&mut self, ifindex: u32, group: IpAddr) -> Result<(), MulticastError> {
+    pub(crate) fn leave(&mut self, ifindex: u32, group: IpAddr) -> Result<(), MulticastError> {
         let Some(index) = self.held.remove(&(ifindex, group)) else {
             return Ok(());
         };
