@@ -49,8 +49,9 @@
 //!   is taken offline ([`OfflineReason::DuplicateMac`], reported by [`Action::DuplicateMac`]):
 //!   the switch learns a MAC on one port only, so one of the two cannot receive. It comes
 //!   back by itself, as onlining would bring it, once its MAC is unique again
-//!   ([`Action::MacUnique`]); an operator can neither offline nor online it meanwhile. The
-//!   rule is applied after every event, in one place ([`Group::refresh_duplicates`]).
+//!   ([`Action::MacUnique`]); an operator cannot online it meanwhile, and an operator's
+//!   offline of it takes over (it then stays offline until onlined). The rule is applied
+//!   after every event, in one place ([`Group::refresh_duplicates`]).
 //! - **Appearing/disappearing**: a configured NIC missing from the system is
 //!   [`IfState::Missing`]; when it appears it joins like a new NIC; when it disappears it
 //!   leaves the usable set, so its addresses fail over.
@@ -546,8 +547,8 @@ pub enum StateError {
     #[error("cannot online {nic} of group {group}: it is not offline")]
     NotOffline { group: String, nic: String },
     #[error(
-        "interface {nic} of group {group} is offline for a duplicate hardware address; it \
-         comes back by itself once its hardware address is unique in the group"
+        "cannot online {nic} of group {group}: it is offline for a duplicate hardware \
+         address, and comes back by itself once its hardware address is unique in the group"
     )]
     DuplicateMac { group: String, nic: String },
 }
@@ -1310,10 +1311,19 @@ impl Group {
         let nic = self.members[index].name.clone();
         match self.members[index].state {
             IfState::Missing => return Err(StateError::NotPresent { group, nic }),
+            // Out of use already: the operator's offline takes over, and outlasts the
+            // duplicate until an online.
             IfState::Offline {
+                failure,
                 reason: OfflineReason::DuplicateMac,
-                ..
-            } => return Err(StateError::DuplicateMac { group, nic }),
+            } => {
+                self.members[index].state = IfState::Offline {
+                    failure,
+                    reason: OfflineReason::Admin,
+                };
+                actions.push(Action::Offlined { nic });
+                return Ok(());
+            }
             IfState::Offline { .. } => return Err(StateError::AlreadyOffline { group, nic }),
             IfState::Ok | IfState::Failed { .. } => {}
         }
@@ -2756,19 +2766,14 @@ mod tests {
             "a repeat is no news"
         );
 
-        // The operator can neither take it offline nor bring it online meanwhile.
-        for event in [
-            Event::Offline { nic: "h1".into() },
-            Event::Online { nic: "h1".into() },
-        ] {
-            assert_eq!(
-                sim.try_send(event),
-                Err(StateError::DuplicateMac {
-                    group: "g0".into(),
-                    nic: "h1".into()
-                })
-            );
-        }
+        // The operator cannot bring it online meanwhile.
+        assert_eq!(
+            sim.try_send(Event::Online { nic: "h1".into() }),
+            Err(StateError::DuplicateMac {
+                group: "g0".into(),
+                nic: "h1".into()
+            })
+        );
         assert_eq!(sim.state("h1"), DUPLICATE, "a refusal changes nothing");
 
         let actions = set_mac(&mut sim, "h1", MAC_B);
@@ -2898,5 +2903,30 @@ mod tests {
             "{actions:?}"
         );
         assert_eq!(sim.state("h1"), DUPLICATE);
+    }
+
+    #[test]
+    fn an_operators_offline_of_a_duplicate_outlasts_the_duplicate() {
+        let mut sim = active_active_standby(true);
+        set_mac(&mut sim, "h0", MAC_A);
+        set_mac(&mut sim, "h1", MAC_A);
+        assert_eq!(
+            sim.send(Event::Offline { nic: "h1".into() }),
+            [Action::Offlined { nic: "h1".into() }],
+            "no role changes: it was out of use already"
+        );
+        assert!(
+            set_mac(&mut sim, "h1", MAC_B).is_empty(),
+            "it stays offline"
+        );
+        assert_eq!(
+            sim.state("h1"),
+            IfState::Offline {
+                failure: None,
+                reason: OfflineReason::Admin
+            }
+        );
+        sim.send(Event::Online { nic: "h1".into() });
+        assert_eq!(sim.state("h1"), IfState::Ok);
     }
 }
