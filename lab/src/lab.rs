@@ -285,6 +285,29 @@ impl Lab {
         Ok(())
     }
 
+    /// Makes the switch snoop IGMP and MLD and query for memberships itself, as switches on
+    /// real networks do: from then on it forwards a group someone reported only to the ports
+    /// it heard the reports on. The bridge gets IPv6 for this (MLD queries need a link-local
+    /// source), so its own MLD and neighbour discovery show up on the host NICs.
+    pub fn snoop_multicast(&self) -> Result<()> {
+        write_sysctls(
+            &self.switch,
+            &[(&format!("ipv6/conf/{BRIDGE}/disable_ipv6"), "0")],
+        )?;
+        self.switch.ip(&[
+            "link",
+            "set",
+            BRIDGE,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "1",
+            "mcast_querier",
+            "1",
+        ])?;
+        Ok(())
+    }
+
     /// The MAC address of host NIC `nic`.
     pub fn mac(&self, nic: &str) -> Result<[u8; 6]> {
         self.nic_index(nic)?;

@@ -2190,3 +2190,117 @@ fn mpathctl_copes_with_a_broken_configuration_a_closed_pipe_and_a_bogus_field() 
     );
     assert_ne!(out.status.code(), Some(101), "{out:?}");
 }
+
+/// Three active NICs, each with a test address and a data address.
+const THREE_ACTIVE: &str = r#"
+[daemon]
+failure_detection_time_ms = 700
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+targets = ["192.0.2.1"]
+
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.21/24"
+data_addresses = ["192.0.2.19/24"]
+
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.22/24"
+data_addresses = ["192.0.2.20/24"]
+
+[[group.interface]]
+name = "h2"
+test_address = "192.0.2.23/24"
+data_addresses = ["192.0.2.24/24"]
+"#;
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+#[test]
+fn a_nic_with_another_members_mac_is_taken_offline_until_its_mac_is_unique() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), THREE_ACTIVE);
+    daemon.wait_until("all NICs ok", all_ok);
+    assert_eq!(
+        lab.host_addrs("h2").unwrap().len(),
+        2,
+        "h2 carries its address"
+    );
+    let h1_mac = mac_text(lab.mac("h1").unwrap());
+    lab.host()
+        .ip(&["link", "set", "h2", "address", &h1_mac])
+        .unwrap();
+    daemon.wait_until("h2 offline, its address elsewhere", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h2") == "offline"
+                && inbound(&s, "192.0.2.24/24").is_some_and(|nic| nic != "h2")
+        })
+    });
+    let status = daemon.status();
+    assert_eq!(status.groups[0].unusable, ["h2"]);
+    assert_eq!(state_of(&status, "h1"), "ok", "the first of the two stays");
+    assert_eq!(
+        lab.host_addrs("h2").unwrap(),
+        ["192.0.2.23/32"],
+        "h2 carries no data address"
+    );
+    let (h0, h1) = (
+        lab.host().ifindex("h0").unwrap(),
+        lab.host().ifindex("h1").unwrap(),
+    );
+    let table = shares(&daemon);
+    assert_eq!(
+        table.keys().copied().collect::<Vec<_>>(),
+        [h0, h1],
+        "{table:?}"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!(
+            "NIC h2 of group g0 has the hardware address {h1_mac} of h1, which is not unique in the group; offlining h2"
+        )),
+        "{log}"
+    );
+    let json = daemon.ctl(lab.host(), &["interfaces", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(rows[2]["interface"], "h2");
+    assert_eq!(
+        rows[2]["flags"],
+        serde_json::json!(["offline", "duplicate_mac"])
+    );
+    let text = daemon.ctl(lab.host(), &["interfaces", "-o", "interface,flags,state"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().eq(["h2", "------h", "offline"])),
+        "{text}"
+    );
+    let online = daemon.ctl(lab.host(), &["online", "h2"]);
+    assert!(!online.status.success());
+    let message = String::from_utf8_lossy(&online.stderr);
+    assert!(message.contains("duplicate hardware address"), "{message}");
+
+    lab.host()
+        .ip(&["link", "set", "h2", "address", "02:00:5e:00:53:24"])
+        .unwrap();
+    daemon.wait_until("h2 back with its address", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h2") == "ok" && inbound(&s, "192.0.2.24/24") == Some("h2")
+        })
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("NIC h2 now has a unique hardware address in group g0; onlining it")
+    );
+    assert_eq!(shares(&daemon).len(), 3);
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.24"])
+        .unwrap();
+}

@@ -20,6 +20,9 @@ pub struct Status {
     pub interfaces: Vec<InterfaceRow>,
     pub addresses: Vec<AddressRow>,
     pub targets: Vec<TargetRow>,
+    /// Multicast memberships that followed a failover.
+    #[serde(default)]
+    pub memberships: Vec<MembershipRow>,
 }
 
 /// ipmpstat -g.
@@ -48,7 +51,8 @@ pub struct InterfaceRow {
     pub group: String,
     /// Whether the NIC carries traffic now.
     pub active: bool,
-    /// Any of `standby`, `inactive`, `failed`, `offline`.
+    /// Any of `standby`, `inactive`, `failed`, `offline`, `duplicate_mac` (offline because
+    /// another member of the group has its hardware address).
     pub flags: Vec<InterfaceFlag>,
     /// `up`, `down` or `unknown`.
     pub link: LinkState,
@@ -77,6 +81,20 @@ pub struct AddressRow {
     pub inbound: Option<String>,
     /// The NICs outbound traffic from it is spread over.
     pub outbound: Vec<String>,
+}
+
+/// A multicast group joined on an unusable NIC that mpathd joined on the NIC that took over,
+/// so that the applications joined on the first keep receiving.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipRow {
+    /// The multicast group address.
+    pub address: IpAddr,
+    /// The IPMP group.
+    pub group: String,
+    /// The unusable NIC the applications joined it on.
+    pub from: String,
+    /// The NIC mpathd joined it on.
+    pub on: String,
 }
 
 /// ipmpstat -t.

@@ -44,6 +44,14 @@
 //! - **Offline/online** (if_mpadm -d/-r): offline is refused when no other member functions
 //!   (when the group has failed, when no other member is present and online). Onlining acts as
 //!   if the NIC were new, so its addresses come back even with `FAILBACK=no`.
+//! - **Duplicate hardware addresses**: a present member whose MAC (reported by
+//!   [`Event::HardwareAddress`]) equals an earlier present member's, in configuration order,
+//!   is taken offline ([`OfflineReason::DuplicateMac`], reported by [`Action::DuplicateMac`]):
+//!   the switch learns a MAC on one port only, so one of the two cannot receive. It comes
+//!   back by itself, as onlining would bring it, once its MAC is unique again
+//!   ([`Action::MacUnique`]); an operator cannot online it meanwhile, and an operator's
+//!   offline of it takes over (it then stays offline until onlined). The rule is applied
+//!   after every event, in one place ([`Group::refresh_duplicates`]).
 //! - **Appearing/disappearing**: a configured NIC missing from the system is
 //!   [`IfState::Missing`]; when it appears it joins like a new NIC; when it disappears it
 //!   leaves the usable set, so its addresses fail over.
@@ -160,6 +168,9 @@ pub enum Event {
         family: AddressFamily,
         available: bool,
     },
+    /// The hardware address of a member, reported before it appears (so that a duplicate
+    /// never carries traffic) and whenever it changes; forgotten when it disappears.
+    HardwareAddress { nic: String, mac: [u8; 6] },
     /// Administrative offline (if_mpadm -d).
     Offline { nic: String },
     /// Undo an offline (if_mpadm -r).
@@ -197,11 +208,22 @@ pub(crate) enum IfState {
     Failed {
         cause: FailureCause,
     },
-    /// Administratively offline; `failure` is what detection says underneath (link only, as
-    /// probing stops while offline), applied when it comes back online.
+    /// Out of use, administratively or for a duplicate hardware address; `failure` is what
+    /// detection says underneath (link only, as probing stops while offline), applied when
+    /// it comes back online.
     Offline {
         failure: Option<FailureCause>,
+        reason: OfflineReason,
     },
+}
+
+/// Why a NIC is offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineReason {
+    /// An operator's offline (if_mpadm -d); an online brings it back.
+    Admin,
+    /// Its hardware address is an earlier member's; a unique one brings it back.
+    DuplicateMac,
 }
 
 /// Link state as reported by rtnetlink.
@@ -278,6 +300,16 @@ pub enum Action {
     Onlined {
         nic: String,
     },
+    /// `nic` has the hardware address `mac` of `of`, an earlier member: it is offline.
+    DuplicateMac {
+        nic: String,
+        of: String,
+        mac: [u8; 6],
+    },
+    /// `nic`'s hardware address is unique in the group again: it is back.
+    MacUnique {
+        nic: String,
+    },
     GroupFailed,
     /// The group has a functioning member again; `nic` is the first of them.
     GroupRepaired {
@@ -315,6 +347,8 @@ impl Action {
             | Action::Deactivate { nic }
             | Action::Offlined { nic }
             | Action::Onlined { nic }
+            | Action::DuplicateMac { nic, .. }
+            | Action::MacUnique { nic }
             | Action::GroupRepaired { nic }
             | Action::FamilyFailed { nic, .. }
             | Action::FamilyRepaired { nic, .. } => Some(nic),
@@ -354,6 +388,14 @@ impl Action {
             Action::Deactivate { nic } => format!("NIC {nic} of group {group} is now inactive"),
             Action::Offlined { nic } => format!("NIC {nic} of group {group} is now offline"),
             Action::Onlined { nic } => format!("NIC {nic} of group {group} is back online"),
+            Action::DuplicateMac { nic, of, mac } => format!(
+                "NIC {nic} of group {group} has the hardware address {} of {of}, which is not \
+                 unique in the group; offlining {nic}",
+                mac.map(|b| format!("{b:02x}")).join(":")
+            ),
+            Action::MacUnique { nic } => {
+                format!("NIC {nic} now has a unique hardware address in group {group}; onlining it")
+            }
             Action::GroupFailed => format!("All Interfaces in group {group} have failed"),
             Action::GroupRepaired { nic } => {
                 format!("At least 1 interface ({nic}) in group {group} is now usable")
@@ -401,6 +443,8 @@ pub enum InterfaceFlag {
     Inactive,
     Failed,
     Offline,
+    /// Offline for a duplicate hardware address (ipmpstat's `h`).
+    DuplicateMac,
 }
 
 named!(InterfaceFlag {
@@ -408,6 +452,7 @@ named!(InterfaceFlag {
     Inactive => "inactive",
     Failed => "failed",
     Offline => "offline",
+    DuplicateMac => "duplicate_mac",
 });
 
 /// ipmpstat -i PROBE.
@@ -501,6 +546,11 @@ pub enum StateError {
     AlreadyOffline { group: String, nic: String },
     #[error("cannot online {nic} of group {group}: it is not offline")]
     NotOffline { group: String, nic: String },
+    #[error(
+        "cannot online {nic} of group {group}: it is offline for a duplicate hardware \
+         address, and comes back by itself once its hardware address is unique in the group"
+    )]
+    DuplicateMac { group: String, nic: String },
 }
 
 /// Probe history of one family on one NIC.
@@ -544,6 +594,8 @@ struct Interface {
     link_ups: VecDeque<Instant>,
     /// A [`Action::RepairDeferred`] was reported for the current flapping episode.
     repair_deferred: bool,
+    /// The hardware address while present and reported.
+    mac: Option<[u8; 6]>,
 }
 
 impl Interface {
@@ -561,6 +613,7 @@ impl Interface {
             quiet_until: None,
             link_ups: VecDeque::with_capacity(LINK_UPS_PER_MINUTE),
             repair_deferred: false,
+            mac: None,
         }
     }
 
@@ -597,6 +650,33 @@ impl Interface {
 
     fn offline(&self) -> bool {
         matches!(self.state, IfState::Offline { .. })
+    }
+
+    /// Back from offline as if new: a non-standby NIC is active and takes its addresses back,
+    /// unless detection found it failed meanwhile.
+    fn bring_back(&mut self) {
+        let IfState::Offline { failure, .. } = self.state else {
+            return;
+        };
+        self.clear_probes();
+        match failure {
+            Some(cause) => self.state = IfState::Failed { cause },
+            None => {
+                self.state = IfState::Ok;
+                self.inactive = self.standby;
+                self.reclaims_home = true;
+            }
+        }
+    }
+
+    fn duplicate(&self) -> bool {
+        matches!(
+            self.state,
+            IfState::Offline {
+                reason: OfflineReason::DuplicateMac,
+                ..
+            }
+        )
     }
 
     /// Without a test address, only the link tells whether the NIC works.
@@ -728,12 +808,19 @@ impl Interface {
         }
         if matches!(
             self.state,
-            IfState::Failed { .. } | IfState::Offline { failure: Some(_) }
+            IfState::Failed { .. }
+                | IfState::Offline {
+                    failure: Some(_),
+                    ..
+                }
         ) {
             flags.push(InterfaceFlag::Failed);
         }
         if self.offline() {
             flags.push(InterfaceFlag::Offline);
+        }
+        if self.duplicate() {
+            flags.push(InterfaceFlag::DuplicateMac);
         }
         let probe = if self.link_judged() {
             ProbeStatus::Disabled
@@ -864,6 +951,10 @@ impl Group {
                 }
                 self.check_probe_failure(index, now, &mut actions);
             }
+            Event::HardwareAddress { nic, mac } => {
+                let index = self.find(&nic)?;
+                self.members[index].mac = Some(mac);
+            }
             Event::Offline { nic } => {
                 let index = self.find(&nic)?;
                 self.offline(index, &mut actions)?;
@@ -881,6 +972,7 @@ impl Group {
             }
             Event::Tick => self.tick(now, &mut actions),
         }
+        self.refresh_duplicates(&mut actions);
         self.refresh_activity(&mut actions);
         self.refresh_group_state(&mut actions);
         if self.nic_roles() != roles_before {
@@ -895,11 +987,10 @@ impl Group {
         self.members
             .iter()
             .filter_map(|member| match member.state {
-                IfState::Failed { .. } | IfState::Offline { failure: Some(_) }
-                    if member.link_judged() && member.link == LinkState::Up =>
-                {
-                    member.flap_deadline()
-                }
+                IfState::Failed { .. }
+                | IfState::Offline {
+                    failure: Some(_), ..
+                } if member.link_judged() && member.link == LinkState::Up => member.flap_deadline(),
                 IfState::Ok if member.probes_failed() => member.quiet_until,
                 _ => None,
             })
@@ -1032,6 +1123,7 @@ impl Group {
         member.link = LinkState::Unknown;
         member.inactive = false;
         member.quiet_until = None;
+        member.mac = None;
         member.clear_probes();
         actions.push(Action::Disappeared {
             nic: member.name.clone(),
@@ -1053,9 +1145,13 @@ impl Group {
             actions.push(Action::LinkDown { nic });
             match member.state {
                 IfState::Ok => self.fail(index, FailureCause::LinkDown, actions),
-                IfState::Offline { failure: None } => {
+                IfState::Offline {
+                    failure: None,
+                    reason,
+                } => {
                     member.state = IfState::Offline {
                         failure: Some(FailureCause::LinkDown),
+                        reason,
                     };
                 }
                 IfState::Missing | IfState::Failed { .. } | IfState::Offline { .. } => {}
@@ -1067,8 +1163,14 @@ impl Group {
         member.record_link_up(now);
         match member.state {
             IfState::Failed { .. } => self.consider_repair(index, flapping, actions),
-            IfState::Offline { failure: Some(_) } if member.link_judged() && !flapping => {
-                member.state = IfState::Offline { failure: None };
+            IfState::Offline {
+                failure: Some(_),
+                reason,
+            } if member.link_judged() && !flapping => {
+                member.state = IfState::Offline {
+                    failure: None,
+                    reason,
+                };
             }
             IfState::Missing | IfState::Ok | IfState::Offline { .. } => {}
         }
@@ -1209,6 +1311,19 @@ impl Group {
         let nic = self.members[index].name.clone();
         match self.members[index].state {
             IfState::Missing => return Err(StateError::NotPresent { group, nic }),
+            // Out of use already: the operator's offline takes over, and outlasts the
+            // duplicate until an online.
+            IfState::Offline {
+                failure,
+                reason: OfflineReason::DuplicateMac,
+            } => {
+                self.members[index].state = IfState::Offline {
+                    failure,
+                    reason: OfflineReason::Admin,
+                };
+                actions.push(Action::Offlined { nic });
+                return Ok(());
+            }
             IfState::Offline { .. } => return Err(StateError::AlreadyOffline { group, nic }),
             IfState::Ok | IfState::Failed { .. } => {}
         }
@@ -1224,7 +1339,10 @@ impl Group {
             IfState::Failed { cause } => Some(cause),
             _ => None,
         };
-        member.state = IfState::Offline { failure };
+        member.state = IfState::Offline {
+            failure,
+            reason: OfflineReason::Admin,
+        };
         member.inactive = false;
         member.clear_probes();
         actions.push(Action::Offlined { nic });
@@ -1233,26 +1351,69 @@ impl Group {
 
     fn online(&mut self, index: usize, actions: &mut Vec<Action>) -> Result<(), StateError> {
         let member = &mut self.members[index];
-        let IfState::Offline { failure } = member.state else {
-            return Err(StateError::NotOffline {
-                group: self.name.clone(),
-                nic: member.name.clone(),
+        let group = self.name.clone();
+        let nic = member.name.clone();
+        match member.state {
+            IfState::Offline {
+                reason: OfflineReason::Admin,
+                ..
+            } => {}
+            IfState::Offline {
+                reason: OfflineReason::DuplicateMac,
+                ..
+            } => return Err(StateError::DuplicateMac { group, nic }),
+            _ => return Err(StateError::NotOffline { group, nic }),
+        }
+        member.bring_back();
+        actions.push(Action::Onlined { nic });
+        Ok(())
+    }
+
+    /// Takes members whose hardware address an earlier present member has offline, and
+    /// brings back those whose address is unique again.
+    fn refresh_duplicates(&mut self, actions: &mut Vec<Action>) {
+        for index in 0..self.members.len() {
+            let member = &self.members[index];
+            let original = member.mac.filter(|mac| *mac != [0; 6]).and_then(|mac| {
+                self.members[..index]
+                    .iter()
+                    .find(|m| m.present() && m.mac == Some(mac))
+                    .map(|m| (m.name.clone(), mac))
             });
-        };
-        member.clear_probes();
-        match failure {
-            Some(cause) => member.state = IfState::Failed { cause },
-            None => {
-                // As if new: a non-standby NIC is active and takes its addresses back.
-                member.state = IfState::Ok;
-                member.inactive = member.standby;
-                member.reclaims_home = true;
+            let member = &mut self.members[index];
+            match (member.state, original) {
+                (IfState::Ok | IfState::Failed { .. }, Some((of, mac))) => {
+                    let failure = match member.state {
+                        IfState::Failed { cause } => Some(cause),
+                        _ => None,
+                    };
+                    member.state = IfState::Offline {
+                        failure,
+                        reason: OfflineReason::DuplicateMac,
+                    };
+                    member.inactive = false;
+                    member.clear_probes();
+                    actions.push(Action::DuplicateMac {
+                        nic: member.name.clone(),
+                        of,
+                        mac,
+                    });
+                }
+                (
+                    IfState::Offline {
+                        reason: OfflineReason::DuplicateMac,
+                        ..
+                    },
+                    None,
+                ) => {
+                    member.bring_back();
+                    actions.push(Action::MacUnique {
+                        nic: member.name.clone(),
+                    });
+                }
+                _ => {}
             }
         }
-        actions.push(Action::Onlined {
-            nic: member.name.clone(),
-        });
-        Ok(())
     }
 
     fn tick(&mut self, now: Instant, actions: &mut Vec<Action>) {
@@ -1264,10 +1425,14 @@ impl Group {
                     let flapping = member.flapping(now);
                     self.consider_repair(index, flapping, actions);
                 }
-                IfState::Offline { failure: Some(_) }
-                    if link_repairable && !member.flapping(now) =>
-                {
-                    member.state = IfState::Offline { failure: None };
+                IfState::Offline {
+                    failure: Some(_),
+                    reason,
+                } if link_repairable && !member.flapping(now) => {
+                    member.state = IfState::Offline {
+                        failure: None,
+                        reason,
+                    };
                 }
                 IfState::Ok => self.check_probe_failure(index, now, actions),
                 IfState::Missing | IfState::Failed { .. } | IfState::Offline { .. } => {}
@@ -2545,5 +2710,223 @@ mod tests {
         let view = sim.view("h0");
         assert_eq!(view.probe, ProbeStatus::Disabled);
         assert_eq!(view.state, InterfaceStatus::Ok);
+    }
+
+    const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
+    const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
+    const MAC_C: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc];
+
+    fn set_mac(sim: &mut Sim, nic: &str, mac: [u8; 6]) -> Vec<Action> {
+        sim.send(Event::HardwareAddress {
+            nic: nic.into(),
+            mac,
+        })
+    }
+
+    const DUPLICATE: IfState = IfState::Offline {
+        failure: None,
+        reason: OfflineReason::DuplicateMac,
+    };
+
+    #[test]
+    fn a_nic_with_an_earlier_members_mac_goes_offline_until_its_mac_is_unique() {
+        let mut sim = active_active_standby(true);
+        for (nic, mac) in [("h0", MAC_A), ("h1", MAC_B), ("h2", MAC_C)] {
+            assert!(set_mac(&mut sim, nic, mac).is_empty(), "unique: nothing");
+        }
+        let actions = set_mac(&mut sim, "h1", MAC_A);
+        assert_eq!(
+            actions,
+            [
+                Action::DuplicateMac {
+                    nic: "h1".into(),
+                    of: "h0".into(),
+                    mac: MAC_A
+                },
+                act(activate, "h2"),
+                Action::UsableSetChanged,
+            ]
+        );
+        assert_eq!(
+            actions[0].log_line("g0").unwrap(),
+            "NIC h1 of group g0 has the hardware address 02:00:00:00:00:0a of h0, which is \
+             not unique in the group; offlining h1"
+        );
+        assert_eq!(sim.state("h1"), DUPLICATE);
+        assert_eq!(sim.group.usable_interfaces(), ["h0", "h2"]);
+        let view = sim.view("h1");
+        assert_eq!(
+            view.flags,
+            [InterfaceFlag::Offline, InterfaceFlag::DuplicateMac]
+        );
+        assert_eq!(view.state, InterfaceStatus::Offline);
+        assert!(!view.active);
+        assert!(
+            set_mac(&mut sim, "h1", MAC_A).is_empty(),
+            "a repeat is no news"
+        );
+
+        // The operator cannot bring it online meanwhile.
+        assert_eq!(
+            sim.try_send(Event::Online { nic: "h1".into() }),
+            Err(StateError::DuplicateMac {
+                group: "g0".into(),
+                nic: "h1".into()
+            })
+        );
+        assert_eq!(sim.state("h1"), DUPLICATE, "a refusal changes nothing");
+
+        let actions = set_mac(&mut sim, "h1", MAC_B);
+        assert_eq!(
+            actions,
+            [
+                Action::MacUnique { nic: "h1".into() },
+                act(deactivate, "h2"),
+                Action::UsableSetChanged,
+            ]
+        );
+        assert_eq!(sim.state("h1"), IfState::Ok);
+        assert_eq!(
+            sim.group.nic_roles()[1].role,
+            Role::Active {
+                reclaims_home: true
+            },
+            "back as if new: it takes its addresses back"
+        );
+    }
+
+    #[test]
+    fn the_later_member_in_configuration_order_is_the_duplicate_whoever_changed() {
+        let mut sim = active_active_standby(true);
+        set_mac(&mut sim, "h2", MAC_A);
+        set_mac(&mut sim, "h1", MAC_B);
+        let actions = set_mac(&mut sim, "h0", MAC_A);
+        assert!(
+            actions.contains(&Action::DuplicateMac {
+                nic: "h2".into(),
+                of: "h0".into(),
+                mac: MAC_A
+            }),
+            "{actions:?}"
+        );
+        assert_eq!(sim.state("h0"), IfState::Ok);
+        assert_eq!(sim.state("h2"), DUPLICATE);
+        // The earlier one changes: the later one is unique again.
+        let actions = set_mac(&mut sim, "h0", MAC_C);
+        assert!(actions.contains(&Action::MacUnique { nic: "h2".into() }));
+        assert_eq!(sim.state("h2"), IfState::Ok);
+    }
+
+    #[test]
+    fn a_duplicate_whose_original_disappears_comes_back() {
+        let mut sim = two_link_only();
+        set_mac(&mut sim, "h0", MAC_A);
+        set_mac(&mut sim, "h1", MAC_A);
+        assert_eq!(sim.state("h1"), DUPLICATE);
+        let actions = sim.send(Event::Disappeared { nic: "h0".into() });
+        assert!(actions.contains(&Action::MacUnique { nic: "h1".into() }));
+        assert_eq!(sim.state("h1"), IfState::Ok);
+        // Back with the same MAC, now the later one in configuration order is h1 again.
+        set_mac(&mut sim, "h0", MAC_A);
+        sim.send(Event::Appeared {
+            nic: "h0".into(),
+            link_up: true,
+        });
+        assert_eq!(sim.state("h0"), IfState::Ok);
+        assert_eq!(sim.state("h1"), DUPLICATE);
+    }
+
+    #[test]
+    fn a_duplicate_that_lost_its_link_meanwhile_comes_back_failed() {
+        let mut sim = two_link_only();
+        set_mac(&mut sim, "h0", MAC_A);
+        set_mac(&mut sim, "h1", MAC_A);
+        sim.link("h1", false);
+        assert_eq!(
+            sim.state("h1"),
+            IfState::Offline {
+                failure: Some(FailureCause::LinkDown),
+                reason: OfflineReason::DuplicateMac
+            }
+        );
+        set_mac(&mut sim, "h1", MAC_B);
+        assert_eq!(sim.state("h1"), failed(FailureCause::LinkDown));
+        sim.link("h1", true);
+        assert_eq!(sim.state("h1"), IfState::Ok);
+    }
+
+    #[test]
+    fn a_nic_that_appears_with_a_duplicate_mac_never_carries_traffic() {
+        let mut sim = Sim {
+            group: Group::new(
+                "g0",
+                policy(true),
+                vec![
+                    nic("h0", false, ProbeFamilies::NONE),
+                    nic("h1", false, ProbeFamilies::NONE),
+                ],
+            )
+            .unwrap(),
+            now: Instant::now(),
+        };
+        set_mac(&mut sim, "h1", MAC_A);
+        set_mac(&mut sim, "h0", MAC_A);
+        let actions = sim.send(Event::Snapshot {
+            present: vec![("h0".into(), true), ("h1".into(), true)],
+        });
+        assert!(!actions.contains(&act(activate, "h1")), "{actions:?}");
+        assert_eq!(sim.state("h1"), DUPLICATE);
+        assert_eq!(sim.group.usable_interfaces(), ["h0"]);
+    }
+
+    #[test]
+    fn an_all_zero_mac_is_no_duplicate() {
+        let mut sim = two_link_only();
+        set_mac(&mut sim, "h0", [0; 6]);
+        assert!(set_mac(&mut sim, "h1", [0; 6]).is_empty());
+        assert_eq!(sim.state("h1"), IfState::Ok);
+    }
+
+    #[test]
+    fn an_offline_nic_that_gets_a_duplicate_mac_stays_the_operators_until_onlined() {
+        let mut sim = active_active_standby(true);
+        set_mac(&mut sim, "h0", MAC_A);
+        sim.send(Event::Offline { nic: "h1".into() });
+        assert!(set_mac(&mut sim, "h1", MAC_A).is_empty());
+        let actions = sim.send(Event::Online { nic: "h1".into() });
+        assert!(
+            actions.contains(&Action::DuplicateMac {
+                nic: "h1".into(),
+                of: "h0".into(),
+                mac: MAC_A
+            }),
+            "{actions:?}"
+        );
+        assert_eq!(sim.state("h1"), DUPLICATE);
+    }
+
+    #[test]
+    fn an_operators_offline_of_a_duplicate_outlasts_the_duplicate() {
+        let mut sim = active_active_standby(true);
+        set_mac(&mut sim, "h0", MAC_A);
+        set_mac(&mut sim, "h1", MAC_A);
+        assert_eq!(
+            sim.send(Event::Offline { nic: "h1".into() }),
+            [Action::Offlined { nic: "h1".into() }],
+            "no role changes: it was out of use already"
+        );
+        assert!(
+            set_mac(&mut sim, "h1", MAC_B).is_empty(),
+            "it stays offline"
+        );
+        assert_eq!(
+            sim.state("h1"),
+            IfState::Offline {
+                failure: None,
+                reason: OfflineReason::Admin
+            }
+        );
+        sim.send(Event::Online { nic: "h1".into() });
+        assert_eq!(sim.state("h1"), IfState::Ok);
     }
 }

@@ -20,7 +20,8 @@ impl Daemon {
     }
 
     /// Carries out a state machine's decisions: logs, metrics, target flushes, and when the
-    /// usable set changed, the bucket table, the data addresses and the routes. `replan`
+    /// usable set changed, the bucket table, the data addresses, the multicast memberships
+    /// that follow them and the routes. `replan`
     /// forces the latter (at start and after a resync, where the kernel may disagree with
     /// us).
     pub(super) async fn apply(&mut self, gi: usize, actions: Vec<Action>, replan: bool) {
@@ -48,9 +49,9 @@ impl Daemon {
                     self.metrics.group_failure(name);
                     log(Level::WARN, name, action, line);
                 }
-                Action::LinkDown { .. } | Action::FamilyFailed { .. } => {
-                    log(Level::WARN, name, action, line)
-                }
+                Action::LinkDown { .. }
+                | Action::FamilyFailed { .. }
+                | Action::DuplicateMac { .. } => log(Level::WARN, name, action, line),
                 Action::Repaired { nic } => {
                     self.metrics.repair(name, nic);
                     log(Level::INFO, name, action, line);
@@ -82,6 +83,7 @@ impl Daemon {
                 | Action::RepairDeferred { .. }
                 | Action::Activate { .. }
                 | Action::Deactivate { .. }
+                | Action::MacUnique { .. }
                 | Action::GroupRepaired { .. }
                 | Action::FamilyRepaired { .. } => log(Level::INFO, name, action, line),
             }
@@ -100,6 +102,7 @@ impl Daemon {
             // only the outbound flows hashed to the failed NIC wait for the table.
             self.move_addresses(gi).await;
             self.write_table(gi);
+            self.follow_memberships(gi);
             // A resync (`replan`) updates the routes once, after every group's NICs are set
             // up: before that, a later group's NICs look absent and its routes unserved.
             if !replan {

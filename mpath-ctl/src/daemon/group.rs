@@ -15,6 +15,7 @@ use crate::{
     core::{
         evidence::RxEvidence,
         failover::DataAddress,
+        multicast::Followed,
         probe::{FailureDetectionTime, Prober},
         reconcile::{Holdings, Member},
         state::{self, Policy, ProbeFamilies},
@@ -63,6 +64,8 @@ pub(super) struct GroupRuntime {
     pub held_routes: Vec<RouteConfig>,
     /// Which of `addresses` the group adopted from a NIC rather than from the configuration.
     pub adopted: BTreeSet<IpCidr>,
+    /// The multicast memberships of unusable NICs mpathd holds on the NICs that took over.
+    pub followed: BTreeSet<Followed>,
 }
 
 impl GroupRuntime {
@@ -275,6 +278,7 @@ impl Groups {
             addresses,
             held_routes: Vec::new(),
             adopted: BTreeSet::new(),
+            followed: BTreeSet::new(),
         });
         Ok(())
     }

@@ -6,13 +6,15 @@
 //!
 //! The parts: `group` (each group's runtime and the lookups), `nics` (NICs coming and going,
 //! resync), `actions` (the one interpreter of the state machines' decisions), `addresses`,
-//! `announcer`, `probing`, `routes`, `reload`, `status`; `service` and `logging` face systemd.
+//! `announcer`, `multicast` (memberships that follow a failover), `probing`, `routes`, `reload`,
+//! `status`; `service` and `logging` face systemd.
 
 mod actions;
 mod addresses;
 mod announcer;
 mod group;
 pub mod logging;
+mod multicast;
 mod nics;
 mod probing;
 mod reload;
@@ -41,8 +43,8 @@ use crate::{
     config::Config,
     core::state::Event,
     daemon::{
-        announcer::Announcer, group::Groups, probing::ProbeContext, routes::Routing,
-        service::Notifier,
+        announcer::Announcer, group::Groups, multicast::Following, probing::ProbeContext,
+        routes::Routing, service::Notifier,
     },
     datapath::Datapath,
     net::address::IpCidr,
@@ -76,6 +78,8 @@ pub struct Daemon {
     /// TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
     ungrouped: BTreeMap<String, bool>,
     announcer: Announcer,
+    /// Multicast memberships of unusable NICs that mpathd holds on the NICs that took over.
+    following: Following,
     /// This mpathd took over a running datapath (a restart): the groups it starts with skip
     /// the startup quiet period, which is for a cold start.
     restarted: bool,
@@ -137,6 +141,7 @@ impl Daemon {
             addresses: Vec::new(),
             ungrouped: BTreeMap::new(),
             announcer: Announcer::default(),
+            following: Following::default(),
             restarted,
             metrics,
         };
@@ -224,7 +229,11 @@ impl Daemon {
 
     fn next_wakeup(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_secs(1);
-        let timers = [self.routing.due, self.announcer.next_due()];
+        let timers = [
+            self.routing.due,
+            self.announcer.next_due(),
+            Some(self.following.due),
+        ];
         for t in timers.into_iter().flatten() {
             wake = wake.min(t);
         }
@@ -239,8 +248,8 @@ impl Daemon {
         wake
     }
 
-    /// What is due: reading the routing table again, repeating announcements, probes, and
-    /// the state machines' timers.
+    /// What is due: reading the routing table again, repeating announcements, looking at
+    /// multicast memberships again, probes, and the state machines' timers.
     async fn tick(&mut self) {
         let now = Instant::now();
         if self.routing.due.is_some_and(|due| due <= now)
@@ -253,6 +262,7 @@ impl Daemon {
                 tracing::debug!("announcing {}: {e}", announcement.addr);
             }
         }
+        self.recheck_memberships(now);
         for gi in 0..self.groups.len() {
             self.probe_group(gi, now).await;
             if self.groups[gi].fsm.next_wakeup().is_some_and(|t| t <= now) {

@@ -89,6 +89,7 @@ impl Daemon {
         let now = Instant::now();
         for gi in 0..self.groups.len() {
             let mut present = Vec::new();
+            let mut macs = Vec::new();
             for ni in 0..self.groups[gi].nics.len() {
                 let at = NicAt { group: gi, nic: ni };
                 let name = self.groups.nic(at).name.clone();
@@ -96,6 +97,12 @@ impl Daemon {
                     Some(link) => {
                         self.groups.nic_mut(at).carrier = link.usable();
                         self.set_up_nic(at, link, now).await;
+                        if let Some(mac) = link.mac {
+                            macs.push(Event::HardwareAddress {
+                                nic: name.clone(),
+                                mac,
+                            });
+                        }
                         present.push((name, link.usable()));
                     }
                     None => self.forget_nic(at),
@@ -107,7 +114,11 @@ impl Daemon {
             for (address, placed) in group.addresses.iter_mut().zip(placements) {
                 address.current = placed;
             }
-            let mut actions = group.fsm.handle(Event::Snapshot { present }, now)?;
+            // The MACs first: a NIC that duplicates another's never carries traffic.
+            let mut actions = Vec::new();
+            for event in macs.into_iter().chain([Event::Snapshot { present }]) {
+                actions.extend(group.fsm.handle(event, now)?);
+            }
             if let Some(states) = carry.get(group.name()) {
                 actions.extend(carry_states(group, states, now));
             } else if adopt.contains(group.name()) {
@@ -144,6 +155,15 @@ impl Daemon {
         let carrier = std::mem::replace(&mut self.groups.nic_mut(at).carrier, link.usable());
         self.set_up_nic(at, link, now).await;
         let nic = link.name.clone();
+        // Before an appearance, so that a NIC that duplicates another's MAC never carries
+        // traffic; a MAC that did not change changes nothing.
+        if let Some(mac) = link.mac {
+            let event = Event::HardwareAddress {
+                nic: nic.clone(),
+                mac,
+            };
+            self.handle(at.group, event, now).await;
+        }
         let event = if known {
             Event::Link {
                 nic,

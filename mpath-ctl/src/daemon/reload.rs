@@ -9,7 +9,7 @@ use crate::{
     api::metrics::ReloadResult,
     config::{Config, GroupConfig, diff::DaemonChange},
     core::reconcile,
-    core::state::{Action, Event, FailureCause, IfState},
+    core::state::{Action, Event, FailureCause, IfState, OfflineReason},
     daemon::{Daemon, group::GroupRuntime},
 };
 
@@ -114,6 +114,7 @@ impl Daemon {
     /// group's new definition if it still exists) no longer has (see
     /// [`reconcile::retire`]).
     async fn retire_group(&mut self, old: GroupRuntime, kept: Option<&GroupConfig>) {
+        self.leave_followed(&old);
         let retirement = reconcile::retire(&old.holdings(), kept);
         for (ifindex, test) in retirement.test_addresses {
             if let Err(e) = self.netlink.del_address(ifindex, test.host()).await {
@@ -160,7 +161,11 @@ pub(super) fn carry_states(
     let mut actions = Vec::new();
     for (nic, state) in states {
         let event = match state {
-            IfState::Offline { .. } => Event::Offline { nic: nic.clone() },
+            // A duplicate hardware address is found again from the NICs' MACs.
+            IfState::Offline {
+                reason: OfflineReason::Admin,
+                ..
+            } => Event::Offline { nic: nic.clone() },
             IfState::Failed {
                 cause: FailureCause::ProbesLost | FailureCause::TargetsUnreachable,
             } => Event::Adopt { nic: nic.clone() },

@@ -4,7 +4,9 @@ use std::net::IpAddr;
 
 use crate::{
     api::metrics,
-    api::views::{AddressRow, GroupRow, InterfaceRow, Status, TargetHealth, TargetRow},
+    api::views::{
+        AddressRow, GroupRow, InterfaceRow, MembershipRow, Status, TargetHealth, TargetRow,
+    },
     core::failover::AddressState,
     core::state::{InterfaceStatus, LinkState, ProbeStatus},
     core::target::{TargetMode, TargetSource},
@@ -108,6 +110,14 @@ impl Daemon {
                 .into_iter()
                 .map(str::to_string)
                 .collect();
+            status
+                .memberships
+                .extend(g.followed.iter().map(|f| MembershipRow {
+                    address: f.group,
+                    group: g.config.name.clone(),
+                    from: f.from.clone(),
+                    on: f.on.clone(),
+                }));
             status
                 .addresses
                 .extend(g.addresses.iter().map(|a| AddressRow {

@@ -75,6 +75,8 @@ enum Cmd {
     Addresses,
     /// Probe targets per interface (ipmpstat -t).
     Targets,
+    /// Multicast groups of out-of-use interfaces joined on the interfaces that took over.
+    Memberships,
     /// Stream each probe as it completes, until interrupted (ipmpstat -p).
     Probes,
     /// Take an interface out of use; its addresses move to another (if_mpadm -d).
@@ -169,7 +171,7 @@ fn fallback() -> (PathBuf, PathBuf, &'static str) {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let (socket, pin_dir) = paths(cli);
     match &cli.command {
-        Cmd::Groups | Cmd::Interfaces | Cmd::Addresses | Cmd::Targets => {
+        Cmd::Groups | Cmd::Interfaces | Cmd::Addresses | Cmd::Targets | Cmd::Memberships => {
             let status = match control::request(&socket, &Request::Status {})? {
                 Reply::Status(s) => s,
                 other => anyhow::bail!("unexpected reply {other:?}"),
@@ -234,6 +236,7 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
         Cmd::Interfaces if cli.json => return print_json(&status.interfaces),
         Cmd::Addresses if cli.json => return print_json(&status.addresses),
         Cmd::Targets if cli.json => return print_json(&status.targets),
+        Cmd::Memberships if cli.json => return print_json(&status.memberships),
         Cmd::Groups => Table {
             columns: &["GROUP", "STATE", "FDT", "INTERFACES"],
             rows: status
@@ -333,6 +336,21 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                 })
                 .collect(),
         },
+        Cmd::Memberships => Table {
+            columns: &["ADDRESS", "GROUP", "FROM", "ON"],
+            rows: status
+                .memberships
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.address.to_string(),
+                        m.group.clone(),
+                        m.from.clone(),
+                        m.on.clone(),
+                    ]
+                })
+                .collect(),
+        },
         _ => unreachable!("only status views come here"),
     };
     print!("{}", render(cli, &table)?);
@@ -348,9 +366,9 @@ fn render(cli: &Cli, table: &Table) -> anyhow::Result<String> {
 }
 
 /// ipmpstat's FLAGS column: one position per flag, `-` where it is not set. mpathd sets `i`
-/// (inactive) and `s` (standby); `m`, `b` and `M` (nominated for IPv4 multicast, broadcast
-/// and IPv6 multicast), `d` (down) and `h` (duplicate hardware address) are Solaris kernel
-/// states mpathd does not track, always `-`.
+/// (inactive), `s` (standby) and `h` (offline for a duplicate hardware address); `m`, `b`
+/// and `M` (nominated for IPv4 multicast, broadcast and IPv6 multicast) and `d` (down) are
+/// Solaris kernel states mpathd does not track, always `-`.
 fn ipmpstat_flags(flags: &[InterfaceFlag]) -> String {
     [
         (Some(InterfaceFlag::Inactive), 'i'),
@@ -359,7 +377,7 @@ fn ipmpstat_flags(flags: &[InterfaceFlag]) -> String {
         (None, 'b'),
         (None, 'M'),
         (None, 'd'),
-        (None, 'h'),
+        (Some(InterfaceFlag::DuplicateMac), 'h'),
     ]
     .iter()
     .map(|(flag, letter)| match flag {

@@ -1,0 +1,147 @@
+//! Multicast memberships that follow a failover: carrying out what
+//! [`crate::core::multicast::wanted`] decides, with the sockets of [`Joins`].
+
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    core::multicast::{self, Followed, Memberships},
+    core::state::Role,
+    daemon::{Daemon, group::GroupRuntime},
+    net::multicast::{self as kernel, Joins},
+};
+
+/// How often the memberships of unusable NICs are read again, so that a group joined or left
+/// there later follows too.
+pub(super) const RECHECK: Duration = Duration::from_secs(1);
+
+/// When the memberships are looked at next, and mpathd's own joins.
+pub(super) struct Following {
+    pub joins: Joins,
+    pub due: Instant,
+    /// Joins the kernel refused, tried again at every look but logged once.
+    refused: BTreeSet<(u32, IpAddr)>,
+}
+
+impl Default for Following {
+    fn default() -> Self {
+        Following {
+            joins: Joins::default(),
+            due: Instant::now() + RECHECK,
+            refused: BTreeSet::new(),
+        }
+    }
+}
+
+impl Daemon {
+    /// Looks again at the memberships of the groups that have an unusable NIC or hold joins,
+    /// once [`RECHECK`] has passed.
+    pub(super) fn recheck_memberships(&mut self, now: Instant) {
+        if now < self.following.due {
+            return;
+        }
+        self.following.due = now + RECHECK;
+        for gi in 0..self.groups.len() {
+            let group = &self.groups[gi];
+            let unusable = group
+                .fsm
+                .nic_roles()
+                .iter()
+                .any(|r| r.role == Role::Unusable);
+            if unusable || !group.followed.is_empty() {
+                self.follow_memberships(gi);
+            }
+        }
+    }
+
+    /// Joins the groups of the group's unusable NICs on the NICs that took over, and leaves
+    /// the ones no longer wanted (the NIC is back, or the application left the group).
+    pub(super) fn follow_memberships(&mut self, gi: usize) {
+        let found = match kernel::memberships() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("multicast memberships cannot follow the failover: {e}");
+                return;
+            }
+        };
+        let group = &self.groups[gi];
+        let by_nic: Memberships = group
+            .nics
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), found.get(&n.ifindex?)?.clone())))
+            .collect();
+        let wanted = multicast::wanted(
+            &group.fsm.nic_roles(),
+            &group.addresses,
+            &by_nic,
+            &group.followed,
+        );
+        if wanted == group.followed {
+            return;
+        }
+        let same_join = |a: &Followed, b: &Followed| a.on == b.on && a.group == b.group;
+        for f in group.followed.difference(&wanted) {
+            if wanted.iter().any(|w| same_join(w, f)) {
+                continue;
+            }
+            let Some(ifindex) = group.ifindex_of(&f.on) else {
+                continue;
+            };
+            match self.following.joins.leave(ifindex, f.group) {
+                Ok(()) => tracing::info!(
+                    group = group.name(),
+                    interface = f.on,
+                    "multicast group {} of {} left on {}: no longer needed there",
+                    f.group,
+                    f.from,
+                    f.on
+                ),
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        let mut held = wanted.clone();
+        for f in wanted.difference(&group.followed) {
+            if group.followed.iter().any(|h| same_join(h, f)) {
+                continue;
+            }
+            let Some(ifindex) = group.ifindex_of(&f.on) else {
+                held.remove(f);
+                continue;
+            };
+            let refused = &mut self.following.refused;
+            match self.following.joins.join(ifindex, f.group) {
+                Ok(()) => {
+                    refused.remove(&(ifindex, f.group));
+                    tracing::info!(
+                        group = group.name(),
+                        interface = f.on,
+                        "{f}: {} is out of use, its applications receive through {}",
+                        f.from,
+                        f.on
+                    )
+                }
+                Err(e) => {
+                    if refused.insert((ifindex, f.group)) {
+                        tracing::error!("{e}: {f} not followed");
+                    }
+                    held.remove(f);
+                }
+            }
+        }
+        self.groups[gi].followed = held;
+    }
+
+    /// Leaves every group a group runtime that goes holds.
+    pub(super) fn leave_followed(&mut self, group: &GroupRuntime) {
+        for f in &group.followed {
+            if let Some(ifindex) = group.ifindex_of(&f.on)
+                && let Err(e) = self.following.joins.leave(ifindex, f.group)
+            {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
