@@ -179,6 +179,10 @@ fn a_legacy_filter_outlives_a_killed_mpathd_is_replaced_in_place_and_torn_down_a
 
 #[test]
 fn switching_between_tcx_and_legacy_leaves_one_egress_program() {
+    let tcx = mpath_ctl::datapath::has_tcx().expect("asking the kernel for tcx");
+    if !mpath_lab::kernel_has("tcx links (Linux 6.6)", tcx) {
+        return;
+    }
     let lab = Lab::builder().nics(3).build().expect("lab");
     let mut daemon = Mpathd::start(lab.host(), &config("tcx"));
     daemon.wait_until("all NICs ok", all_ok);

@@ -15,7 +15,8 @@ include!("../../mpath-ebpf/toolchain.rs");
 /// nsenter/unshare, promtool (package prometheus), which validates the metrics, and FRR's
 /// bfdd and vtysh (package frr), the BFD daemon the failover benchmark compares mpathd with,
 /// systemd-analyze (package systemd), which rates the unit's hardening, and iperf3, the bulk
-/// TCP load of the datapath benchmark.
+/// TCP load of the datapath benchmark; qemu, busybox, cpio, xz, zstd and kmod (depmod, and
+/// modprobe for the guest's kernel) boot other kernels for `cargo xtask test --kernel`.
 const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -25,6 +26,12 @@ const LAB_PACKAGES: &[&str] = &[
     "frr",
     "systemd",
     "iperf3",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "zstd",
+    "kmod",
 ];
 
 pub fn run() -> anyhow::Result<()> {
