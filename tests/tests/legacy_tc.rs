@@ -5,8 +5,10 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use mpath_common::PIN_LAYOUT_VERSION;
-use mpath_ctl::datapath::legacy_tc::{self, Filter};
+use mpath_ctl::datapath::{
+    legacy_tc::{self, Filter},
+    pins::PinLayout,
+};
 use mpath_lab::Lab;
 use mpath_tests::{
     daemon::{Mpathd, state_of, three_nic_config},
@@ -48,12 +50,7 @@ fn mpathd_program(lab: &Lab, nic: &str) -> u32 {
 
 fn tc_pin(daemon: &Mpathd, lab: &Lab, nic: &str) -> std::path::PathBuf {
     let ifindex = lab.host().ifindex(nic).unwrap();
-    daemon
-        .pins
-        .path()
-        .join(PIN_LAYOUT_VERSION)
-        .join("links")
-        .join(format!("tc-{ifindex}"))
+    PinLayout::new(daemon.pins.path()).link("tc", ifindex)
 }
 
 /// Source MACs of 64 UDP flows from 192.0.2.19 to the router, as the router sees them;

@@ -65,6 +65,10 @@ const TCG_TIME_SCALE: u32 = 4;
 /// Modules the initramfs loads to reach the shared root (with their dependencies).
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
+/// How a test that returns early for want of a kernel feature (`mpath_lab::kernel_has`) and
+/// mpathd's refusals for one (mpath-ctl's datapath and nexthop errors) name it.
+const MISSING_FEATURE: &str = "this kernel has no ";
+
 /// Which tests the guest runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Selection {
@@ -700,7 +704,10 @@ fn summarize(
         failed_total += failed_n;
         let needs: BTreeSet<&str> = log
             .lines()
-            .filter_map(|l| l.strip_prefix(mpath_lab::NEEDS_PREFIX))
+            .filter_map(|l| {
+                l.find(MISSING_FEATURE)
+                    .map(|at| l[at + MISSING_FEATURE.len()..].trim_end_matches(['"', '\'']))
+            })
             .collect();
         let verdict = match rc.as_deref().map(str::trim) {
             Some("0") => "ok".to_string(),
@@ -713,7 +720,7 @@ fn summarize(
             secs = secs.trim(),
         );
         for need in &needs {
-            println!("guest: {name:<12}   not run on this kernel: {need}");
+            println!("guest: {name:<12}   this kernel has no {need}");
         }
         if rc.as_deref().map(str::trim) != Some("0") {
             failed.push(name.clone());
