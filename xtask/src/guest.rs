@@ -126,14 +126,13 @@ pub fn run(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Resul
 struct Kernel {
     /// `uname -r` of the kernel, e.g. `6.1.0-41-amd64`.
     release: String,
-    /// Where the packages were unpacked (`boot/`, `lib/modules/`).
-    dir: PathBuf,
+    /// What `lib/modules` lies under: the unpacked packages, or their `usr` (from 7.x).
+    base: PathBuf,
 }
 
 impl Kernel {
     /// The kernel `spec` names: a `.deb` file, or a version (`6.1`, `7.2`) whose newest
-    /// `linux-image-<version>.*-amd64-unsigned` is taken from the cache or, failing that,
-    /// from Debian's archive.
+    /// image is taken from the cache or, failing that, from Debian's archive.
     fn fetch(spec: &str, cache: &Path) -> anyhow::Result<Kernel> {
         let debs = if spec.ends_with(".deb") {
             let path = fs::canonicalize(spec).with_context(|| format!("kernel package {spec}"))?;
@@ -172,20 +171,25 @@ impl Kernel {
             .collect();
         dirs.sort_by_key(|d| version_key(&d.to_string_lossy()));
         match dirs.pop() {
-            Some(dir) if dir.join("lib/modules").is_dir() => Ok(Some(Self::unpacked(dir)?)),
-            _ => Ok(None),
+            Some(dir) => Ok(Self::unpacked(dir).ok()),
+            None => Ok(None),
         }
     }
 
     fn unpacked(dir: PathBuf) -> anyhow::Result<Kernel> {
-        let modules = dir.join("lib/modules");
+        let base = if dir.join("lib/modules").is_dir() {
+            dir
+        } else {
+            dir.join("usr")
+        };
+        let modules = base.join("lib/modules");
         let release = fs::read_dir(&modules)
             .with_context(|| format!("{}: no modules in the package", modules.display()))?
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .next()
             .context("no kernel release under lib/modules")?;
-        let kernel = Kernel { release, dir };
+        let kernel = Kernel { release, base };
         if !kernel.vmlinuz().exists() {
             bail!("{} has no kernel image", kernel.vmlinuz().display());
         }
@@ -194,19 +198,25 @@ impl Kernel {
             exec(
                 Command::new("depmod")
                     .arg("-b")
-                    .arg(&kernel.dir)
+                    .arg(&kernel.base)
                     .arg(&kernel.release),
             )?;
         }
         Ok(kernel)
     }
 
+    /// `boot/vmlinuz-RELEASE`, or from 7.x `lib/modules/RELEASE/vmlinuz`.
     fn vmlinuz(&self) -> PathBuf {
-        self.dir.join(format!("boot/vmlinuz-{}", self.release))
+        let boot = self.base.join(format!("boot/vmlinuz-{}", self.release));
+        if boot.exists() {
+            boot
+        } else {
+            self.modules().join("vmlinuz")
+        }
     }
 
     fn modules(&self) -> PathBuf {
-        self.dir.join("lib/modules").join(&self.release)
+        self.base.join("lib/modules").join(&self.release)
     }
 
     /// The initramfs: busybox, the modules that reach the shared root, and an init that
@@ -340,12 +350,13 @@ const OTHER_SUITES: &[(&str, &str)] = &[
     ("debian", "trixie-backports"),
 ];
 
-/// Downloads the newest `linux-image-<version>.*-amd64-unsigned` and the packages that
-/// hold its image and modules (from 7.x, `linux-binary-*` and `linux-modules-*`), image
-/// package first.
+/// Downloads the newest generic amd64 image of `version` (`linux-image-6.1.0-41-amd64-unsigned`,
+/// from 7.x `linux-image-7.2.12+deb13-amd64`) and the packages that hold its image and modules
+/// (from 7.x `linux-binary-*`, `linux-modules-*` and `linux-base-*` with modules.builtin),
+/// image package first.
 fn download(version: &str, cache: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let pattern = format!(
-        "^linux-image-{}\\.[0-9.]+-[0-9]+(\\+[a-z0-9.]+)?-amd64-unsigned$",
+        "^linux-image-{}\\.[0-9.]+(-[0-9]+)?(\\+[a-z0-9.]+)?-amd64(-unsigned)?$",
         version.replace('.', "\\.")
     );
     let host = Apt::Host;
@@ -354,7 +365,7 @@ fn download(version: &str, cache: &Path) -> anyhow::Result<Vec<PathBuf>> {
         None => {
             let private = Apt::private(cache)?;
             let package = private.newest(&pattern)?.with_context(|| {
-                format!("no Debian package linux-image-{version}.*-amd64-unsigned found")
+                format!("no Debian package linux-image-{version}.*-amd64 found")
             })?;
             (private, package)
         }
@@ -369,7 +380,10 @@ fn download(version: &str, cache: &Path) -> anyhow::Result<Vec<PathBuf>> {
     )?;
     for dep in depends.split(',') {
         let name = dep.split_whitespace().next().unwrap_or_default();
-        if name.starts_with("linux-binary-") || name.starts_with("linux-modules-") {
+        if ["linux-binary-", "linux-modules-", "linux-base-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
             debs.push(apt.download(name, cache)?);
         }
     }
@@ -442,10 +456,11 @@ impl Apt {
                 .args(["search", "--names-only"])
                 .arg(pattern),
         )?;
+        // The unsigned image where both are served: nothing here checks signatures.
         Ok(found
             .lines()
             .filter_map(|l| l.split_whitespace().next())
-            .max_by_key(|name| version_key(name))
+            .max_by_key(|name| (version_key(name), name.ends_with("-unsigned")))
             .map(str::to_string))
     }
 

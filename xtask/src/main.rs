@@ -27,7 +27,7 @@ enum Cmd {
     /// the kernel-dependent ones again in a qemu guest on Debian 12's kernel (6.1).
     Test {
         /// Only the guest run, on this kernel: a version (`6.1`, `5.10`, `7.2`: Debian's
-        /// newest `linux-image-<version>.*-amd64-unsigned`) or a `.deb` file.
+        /// newest generic amd64 image of it) or a `.deb` file.
         #[arg(long, value_name = "VERSION|FILE.deb")]
         kernel: Option<String>,
         /// In the guest, every privileged test rather than the CI subset.
