@@ -13,6 +13,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     io::{BufRead as _, BufReader},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -253,14 +254,17 @@ impl Kernel {
             let target = tree.join("modules").join(&plain);
             let source = self.modules().join(&module);
             // busybox's insmod takes plain modules only.
-            if name.ends_with(".xz") {
-                let out = Command::new("xz").arg("-dc").arg(&source).output()?;
-                fs::write(&target, out.stdout)?;
-            } else if name.ends_with(".zst") {
-                let out = Command::new("zstd").arg("-dc").arg(&source).output()?;
-                fs::write(&target, out.stdout)?;
-            } else {
-                fs::copy(&source, &target)?;
+            let decompressor = [(".xz", "xz"), (".zst", "zstd")]
+                .into_iter()
+                .find(|(suffix, _)| name.ends_with(suffix));
+            match decompressor {
+                Some((_, program)) => {
+                    let plain = capture_bytes(Command::new(program).arg("-dc").arg(&source))?;
+                    fs::write(&target, plain)?;
+                }
+                None => {
+                    fs::copy(&source, &target)?;
+                }
             }
             order.push(plain);
         }
@@ -286,7 +290,7 @@ exec switch_root /newroot /bin/bash /mnt/guest-out/stage2.sh
         );
         let init_path = tree.join("init");
         fs::write(&init_path, init)?;
-        exec(Command::new("chmod").arg("755").arg(&init_path))?;
+        fs::set_permissions(&init_path, fs::Permissions::from_mode(0o755))?;
         let image = cache.join(format!("initramfs-{}.cpio", self.release));
         exec(
             Command::new("sh")
@@ -348,9 +352,12 @@ fn version_key(name: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Suites of Debian's archive that serve kernels this host's own apt sources may not: read
-/// through a private apt directory, only to download from.
+/// Suites of Debian's archive that serve kernels this host's own apt sources may not have:
+/// read through a private apt directory, only to download from.
 const OTHER_SUITES: &[(&str, &str)] = &[
+    // Debian 12's own, for hosts whose apt sources lack them or have no lists yet.
+    ("debian", "bookworm"),
+    ("debian-security", "bookworm-security"),
     ("debian-security", "bullseye-security"),
     ("debian", "bookworm-backports"),
     ("debian", "trixie-backports"),
@@ -613,6 +620,17 @@ cd {tests_dir}
     script.push_str("sync\necho o > /proc/sysrq-trigger\nsleep 30\n");
     fs::write(out.join("stage2.sh"), script)?;
     Ok(())
+}
+
+/// Runs a command and returns its standard output as bytes; fails naming the command.
+fn capture_bytes(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    Ok(out.stdout)
 }
 
 fn shell_quote(s: &str) -> String {
