@@ -500,7 +500,7 @@ fn no_dad_sysctls() -> [(&'static str, &'static str); 4] {
 
 /// Polls `done` until it holds, failing after [`SETTLE_TIMEOUT`].
 fn settle(what: &str, done: impl Fn() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let deadline = Instant::now() + crate::scaled(SETTLE_TIMEOUT);
     while !done()? {
         if Instant::now() > deadline {
             bail!("timed out after {SETTLE_TIMEOUT:?} waiting for {what}");

@@ -84,6 +84,42 @@ test_address = "192.0.2.23/24"
     )
 }
 
+/// How many times slower than natively the tests run (`MPATH_TIME_SCALE`, set by `cargo
+/// xtask test --kernel` for an emulated guest): time limits are multiplied by it.
+pub fn time_scale() -> u32 {
+    std::env::var("MPATH_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// A time limit of the tests, scaled by [`time_scale`].
+pub fn scaled(limit: std::time::Duration) -> std::time::Duration {
+    limit * time_scale()
+}
+
+/// Whether the kernel has `feature` (e.g. "tcx links (Linux 6.6)"), which the caller
+/// found `present` or not. When it is missing, a test returns at once after this says so
+/// ("this kernel has no FEATURE", which `cargo xtask test --kernel` lists); with `MPATH_TEST_ALL_FEATURES` set, as on the host in CI, a missing
+/// feature fails the test instead, so that nothing is left untested there.
+pub fn kernel_has(feature: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    assert!(
+        std::env::var_os("MPATH_TEST_ALL_FEATURES").is_none(),
+        "this kernel lacks {feature}, which every test kernel must have"
+    );
+    // Straight to the descriptor: libtest captures print! and eprint! of passing tests.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "mpath-test: this kernel has no {feature}"
+    );
+    false
+}
+
 /// Prefix of every lab namespace name.
 pub const NAMESPACE_PREFIX: &str = "mpl-";
 /// The router's default IPv4 probe target, on `r0` as 192.0.2.1/24.

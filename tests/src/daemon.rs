@@ -228,9 +228,10 @@ impl Mpathd {
         self.ctl_command(ns, args).output().expect("run mpathctl")
     }
 
-    /// Polls until `ready` holds, for at most 20 s; panics with the daemon's log otherwise.
+    /// Polls until `ready` holds, for at most 20 s (scaled for slow guests); panics with the
+    /// daemon's log otherwise.
     pub fn wait_until(&mut self, what: &str, ready: impl Fn(&Mpathd) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + mpath_lab::scaled(Duration::from_secs(20));
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()

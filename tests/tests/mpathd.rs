@@ -9,7 +9,7 @@ use mpath_ctl::{
     api::views::{AddressRow, Status},
     core::state::{GroupState, InterfaceFlag, InterfaceStatus, LinkState, ProbeStatus},
     core::target::TargetMode,
-    datapath::{maps::Maps, pins::PinLayout},
+    datapath::{legacy_tc, maps::Maps, pins::PinLayout},
 };
 use mpath_lab::Lab;
 use mpath_tests::daemon::{Mpathd, inbound, state_of, three_nic_config};
@@ -615,6 +615,10 @@ fn probes_stream_and_the_socket_refuses_other_users() {
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < 3 {
         let row: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        // An emulated guest can be slow enough for a probe to count as lost: no round trip.
+        if row["rtt_us"].is_null() && mpath_lab::time_scale() > 1 {
+            continue;
+        }
         // IPv4 probes go to the configured target, IPv6 ones to the router's link-local
         // address found by discovery.
         let target = row["target"].as_str().unwrap();
@@ -1451,12 +1455,17 @@ fn a_nic_added_after_the_pin_directory_was_removed_gets_the_datapath() {
     });
     let h2 = lab.host().ifindex("h2").unwrap();
     let links = PinLayout::new(daemon.pins.path()).links();
-    for kind in ["tc", "xdp"] {
-        assert!(
-            links.join(format!("{kind}-{h2}")).exists(),
-            "{kind} link of h2"
-        );
-    }
+    assert!(links.join(format!("xdp-{h2}")).exists(), "xdp link of h2");
+    // The egress program: a pinned tcx link, or mpathd's cls_bpf filter on kernels without
+    // tcx.
+    let egress = links.join(format!("tc-{h2}")).exists() || {
+        let _inside = lab.host().enter().unwrap();
+        legacy_tc::egress_filters(h2)
+            .unwrap()
+            .iter()
+            .any(legacy_tc::Filter::is_mpathd)
+    };
+    assert!(egress, "egress program on h2");
     // The maps are pinned again: mpathctl (and a restarted mpathd) find them.
     let (h0, h1) = (
         lab.host().ifindex("h0").unwrap(),

@@ -1,6 +1,7 @@
 //! mpath's developer commands: `cargo xtask setup | test | demo | bench | soak | package`.
 
 mod demo;
+mod guest;
 mod package;
 mod setup;
 mod suite;
@@ -22,8 +23,19 @@ enum Cmd {
     /// Install what the build needs when it is missing (the pinned nightly with rust-src and
     /// clippy, LLVM, bpf-linker).
     Setup,
-    /// Set up, then run every test of the workspace, the privileged lab tests included.
+    /// Set up, then run every test of the workspace, the privileged lab tests included, and
+    /// the kernel-dependent ones again in a qemu guest on Debian 12's kernel (6.1).
     Test {
+        /// Only the guest run, on this kernel: a version (`6.1`, `5.10`, `7.2`: Debian's
+        /// newest generic amd64 image of it) or a `.deb` file.
+        #[arg(long, value_name = "VERSION|FILE.deb")]
+        kernel: Option<String>,
+        /// In the guest, every privileged test rather than the CI subset.
+        #[arg(long)]
+        all: bool,
+        /// Only the host run: no guest.
+        #[arg(long, conflicts_with = "kernel")]
+        no_guest: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -68,9 +80,28 @@ enum Benchmark {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run(),
-        Cmd::Test { args } => {
+        Cmd::Test {
+            kernel,
+            all,
+            no_guest,
+            args,
+        } => {
             setup::run()?;
-            suite::run(&args)
+            let selection = if all {
+                guest::Selection::All
+            } else {
+                guest::Selection::Ci
+            };
+            match kernel {
+                Some(kernel) => guest::run(&kernel, selection, &args),
+                None => {
+                    suite::run(&args)?;
+                    if no_guest {
+                        return Ok(());
+                    }
+                    guest::run(guest::CI_KERNEL, selection, &[])
+                }
+            }
         }
         Cmd::Demo => {
             setup::run()?;

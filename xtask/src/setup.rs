@@ -17,7 +17,8 @@ include!("../../mpath-ebpf/toolchain.rs");
 /// systemd-analyze (package systemd), which rates the unit's hardening, systemd-networkd
 /// (package systemd) with a D-Bus of its own (package dbus-daemon) for networkctl, and
 /// netplan, whose example is rendered for it, and iperf3, the bulk TCP load of the datapath
-/// benchmark.
+/// benchmark; qemu, busybox, cpio, xz, zstd and kmod (depmod, and modprobe for the guest's
+/// kernel) boot other kernels for `cargo xtask test --kernel`.
 const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -29,6 +30,12 @@ const LAB_PACKAGES: &[&str] = &[
     "dbus-daemon",
     "netplan.io",
     "iperf3",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "zstd",
+    "kmod",
 ];
 
 pub fn run() -> anyhow::Result<()> {

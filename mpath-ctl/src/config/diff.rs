@@ -6,7 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Config, DaemonConfig, GroupConfig, InterfaceConfig, RouteConfig, SpreadMode};
+use super::{
+    Config, DaemonConfig, GroupConfig, InterfaceConfig, RouteConfig, SpreadMode, TcAttach,
+};
 use crate::net::address::{IpCidr, Ipv4Cidr};
 
 impl Config {
@@ -67,6 +69,9 @@ impl DaemonConfig {
         }
         if let Some(change) = Change::between(&self.route_rule_priority, &new.route_rule_priority) {
             changes.push(DaemonChange::RouteRulePriority(change));
+        }
+        if let Some(change) = Change::between(&self.tc_attach, &new.tc_attach) {
+            changes.push(DaemonChange::TcAttach(change));
         }
         changes
     }
@@ -185,6 +190,8 @@ pub(crate) enum DaemonChange {
     RouteTable(Change<u32>),
     /// Takes effect at restart, as `RouteTable` does.
     RouteRulePriority(Change<u32>),
+    /// Takes effect at restart, which moves every NIC's egress program to the new kind.
+    TcAttach(Change<TcAttach>),
 }
 
 /// Changes inside a group present in both configurations.
@@ -264,6 +271,7 @@ impl fmt::Display for DaemonChange {
             DaemonChange::RouteRulePriority(c) => {
                 write!(f, "route_rule_priority {} -> {}", c.old, c.new)
             }
+            DaemonChange::TcAttach(c) => write!(f, "tc_attach {} -> {}", c.old, c.new),
         }
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! The TOML file has an optional `[daemon]` table (`failure_detection_time_ms`, `failback`,
 //! `track_interfaces_only_with_groups`, `metrics_listen`, `socket`, `bpf_pin_dir`,
-//! `route_table`, `route_rule_priority`) and any number of `[[group]]` tables (`name`, optional
+//! `route_table`, `route_rule_priority`, `tc_attach`) and any number of `[[group]]` tables (`name`, optional
 //! `targets` and `spread`), each with `[[group.interface]]` tables (`name`, optional
 //! `test_address`, `data_addresses`, `standby`) and optional `[[group.route]]` tables (`to`,
 //! optional `via` and `metric`). Keys set in `[daemon]` win over `/etc/default/mpathd`, which
@@ -91,6 +91,8 @@ pub struct DaemonConfig {
     pub route_table: u32,
     /// The priority of the policy rule that consults `route_table` ahead of `main`.
     pub route_rule_priority: u32,
+    /// How the egress program is attached to the NICs.
+    pub tc_attach: TcAttach,
 }
 
 impl Default for DaemonConfig {
@@ -104,7 +106,32 @@ impl Default for DaemonConfig {
             bpf_pin_dir: PathBuf::from(DEFAULT_BPF_PIN_DIR),
             route_table: DEFAULT_ROUTE_TABLE,
             route_rule_priority: DEFAULT_ROUTE_RULE_PRIORITY,
+            tc_attach: TcAttach::Auto,
         }
+    }
+}
+
+/// How the egress program is attached to the NICs: `legacy` exists for kernels without tcx
+/// (before 6.6), which `auto` detects, and for testing that path on newer ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// tcx where the kernel has it, else a cls_bpf filter.
+    #[default]
+    Auto,
+    /// A tcx link; refused on a kernel without tcx.
+    Tcx,
+    /// A direct-action cls_bpf filter on the clsact qdisc.
+    Legacy,
+}
+
+impl fmt::Display for TcAttach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TcAttach::Auto => "auto",
+            TcAttach::Tcx => "tcx",
+            TcAttach::Legacy => "legacy",
+        })
     }
 }
 
@@ -313,6 +340,7 @@ mod tests {
         assert_eq!(daemon.bpf_pin_dir, Path::new("/sys/fs/bpf/mpath"));
         assert_eq!(daemon.route_table, 28016);
         assert_eq!(daemon.route_rule_priority, 32765);
+        assert_eq!(daemon.tc_attach, TcAttach::Auto);
     }
 
     #[test]
@@ -321,7 +349,7 @@ mod tests {
             "[daemon]\nfailure_detection_time_ms = 100\nfailback = false\n\
              track_interfaces_only_with_groups = false\nmetrics_listen = \"[::]:9100\"\n\
              socket = \"/tmp/t/mpathd.sock\"\nbpf_pin_dir = \"/sys/fs/bpf/test-1\"\n\
-             route_table = 100\nroute_rule_priority = 1000\n",
+             route_table = 100\nroute_rule_priority = 1000\ntc_attach = \"legacy\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -335,6 +363,7 @@ mod tests {
                 bpf_pin_dir: "/sys/fs/bpf/test-1".into(),
                 route_table: 100,
                 route_rule_priority: 1000,
+                tc_attach: TcAttach::Legacy,
             }
         );
     }

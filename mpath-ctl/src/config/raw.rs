@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::SpreadMode;
+use super::{SpreadMode, TcAttach};
 
 /// The file as written, before validation; spans locate semantic errors.
 #[derive(Deserialize)]
@@ -27,6 +27,7 @@ pub(super) struct RawDaemon {
     // Integers as TOML has them, so out-of-range values get mpathd's message, not serde's.
     pub(super) route_table: Option<Spanned<i64>>,
     pub(super) route_rule_priority: Option<Spanned<i64>>,
+    pub(super) tc_attach: Option<TcAttach>,
 }
 
 #[derive(Deserialize)]

@@ -162,6 +162,7 @@ impl<'a> Validator<'a> {
                 route_rule_priority,
                 builtin.route_rule_priority,
             )?,
+            tc_attach: raw.tc_attach.unwrap_or(builtin.tc_attach),
         })
     }
 

@@ -97,7 +97,8 @@ impl Daemon {
         // First of all: a second mpathd must stop here, before it touches the running one's
         // datapath (its probe key alone would make every probe reply look forged), whether it
         // names the same pin directory (locked while the datapath is open) or the same socket.
-        let mut datapath = Datapath::open(&config.daemon.bpf_pin_dir)?;
+        let mut datapath =
+            Datapath::open_with(&config.daemon.bpf_pin_dir, config.daemon.tc_attach)?;
         let control = control::bind(&config.daemon.socket)?;
         control::leave_hint(&config.daemon.socket, &config.daemon.bpf_pin_dir);
         // A datapath already running on NICs: mpathd restarts, the switch has long learnt
@@ -111,6 +112,7 @@ impl Daemon {
         let netlink = Netlink::connect().context("opening rtnetlink")?;
         announce::open_socket()?;
         let nexthops = Nexthops::connect().context("opening rtnetlink for nexthops")?;
+        nexthops.check_kernel().await?;
         match Netconf::system().hash_multipath_on_ports() {
             Ok(changed) => {
                 for path in changed {

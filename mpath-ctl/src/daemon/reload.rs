@@ -60,7 +60,8 @@ impl Daemon {
                 | DaemonChange::Socket(_)
                 | DaemonChange::BpfPinDir(_)
                 | DaemonChange::RouteTable(_)
-                | DaemonChange::RouteRulePriority(_) => {
+                | DaemonChange::RouteRulePriority(_)
+                | DaemonChange::TcAttach(_) => {
                     tracing::warn!("reload: {change} takes effect when mpathd restarts");
                 }
             }
@@ -71,6 +72,7 @@ impl Daemon {
         new.daemon.bpf_pin_dir = self.config.daemon.bpf_pin_dir.clone();
         new.daemon.route_table = self.config.daemon.route_table;
         new.daemon.route_rule_priority = self.config.daemon.route_rule_priority;
+        new.daemon.tc_attach = self.config.daemon.tc_attach;
 
         let removed: Vec<String> = diff
             .groups_removed

@@ -5,6 +5,10 @@
 //! Layout under the pin directory (default `/sys/fs/bpf/mpath`):
 //! `v2/maps/<MAP>` and `v2/links/{tc,xdp}-<ifindex>`. The layout version is part of the path:
 //! aya adopts a pinned map without checking its layout.
+//!
+//! The egress program goes on through a tcx link where the kernel has tcx (6.6), else as a
+//! classic cls_bpf filter ([`legacy_tc`]), which has no pin: it stays in the NIC's qdisc by
+//! itself and is found again by dumping the NIC's filters.
 
 use std::{
     collections::BTreeMap,
@@ -13,19 +17,23 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod legacy_tc;
 pub mod maps;
 pub mod pins;
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::MapType,
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
         xdp::XdpLink,
     },
 };
 use mpath_common::{PIN_LAYOUT_VERSION, map_names, program_names};
+
+pub use crate::config::TcAttach;
 
 use maps::{Maps, MapsError};
 use pins::PinLayout;
@@ -61,6 +69,31 @@ pub enum DatapathError {
     InUse { path: PathBuf, holder: Option<u32> },
     #[error("interface {0} does not exist")]
     NoSuchInterface(String),
+    #[error("this kernel has no {feature}, which mpath needs (Linux {since} and later have it)")]
+    MissingFeature {
+        feature: &'static str,
+        since: &'static str,
+    },
+    #[error(
+        "tc_attach = \"tcx\" but this kernel has no tcx links (Linux 6.6 and later have them); \
+         use \"auto\" or \"legacy\""
+    )]
+    NoTcx,
+    #[error("listing the NICs' egress filters: {0}")]
+    FilterDump(io::Error),
+    #[error("the egress filters of {ifname}: {source}")]
+    Filters { ifname: String, source: io::Error },
+    #[error(
+        "{ifname}: the egress filter at priority {priority} handle {handle:#x} (kind {kind}{name}) \
+         is not mpathd's; mpathd puts its cls_bpf filter there: delete that filter or move it"
+    )]
+    FilterPlaceTaken {
+        ifname: String,
+        priority: u16,
+        handle: u32,
+        kind: String,
+        name: String,
+    },
     #[error(transparent)]
     Maps(#[from] MapsError),
 }
@@ -72,6 +105,15 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
     }
 }
 
+/// How the egress program is attached to the NICs, chosen once per datapath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TcKind {
+    /// A tcx link (Linux 6.6), pinned like the XDP link and replaced atomically through it.
+    Tcx,
+    /// A direct-action cls_bpf filter on the clsact qdisc, see [`legacy_tc`].
+    Legacy,
+}
+
 /// The loaded programs, their maps and the NICs they are attached to.
 pub struct Datapath {
     /// Held for the datapath's life: no second mpathd may load onto the same pins.
@@ -79,17 +121,39 @@ pub struct Datapath {
     ebpf: Ebpf,
     pins: PinLayout,
     pub maps: Maps,
-    /// Attached NICs by ifindex: their pinned tc and XDP links.
-    attached: BTreeMap<u32, (PinnedLink, PinnedLink)>,
+    tc_kind: TcKind,
+    /// Attached NICs by ifindex: their pinned tc link (none for a cls_bpf filter) and XDP
+    /// link.
+    attached: BTreeMap<u32, (Option<PinnedLink>, PinnedLink)>,
 }
 
 impl Datapath {
+    /// [`Datapath::open_with`] attaching the egress program through tcx where the kernel has
+    /// it.
+    pub fn open(pin_root: &Path) -> Result<Self, DatapathError> {
+        Self::open_with(pin_root, TcAttach::Auto)
+    }
+
     /// Loads the programs, reusing the maps pinned under `pin_root` (so their contents, such as
     /// bucket tables and counters, survive a restart) or pinning new ones there. Refused,
-    /// before anything under `pin_root` changes, while another datapath holds its lock.
-    pub fn open(pin_root: &Path) -> Result<Self, DatapathError> {
+    /// before anything under `pin_root` changes, while another datapath holds its lock, and
+    /// on a kernel that lacks a feature the programs need, which the error names.
+    pub(crate) fn open_with(pin_root: &Path, tc_attach: TcAttach) -> Result<Self, DatapathError> {
         ensure_bpffs(pin_root)?;
         let lock = PinLock::acquire(pin_root)?;
+        // The probe replies travel to mpathd through a ring buffer: without one the object
+        // would fail to load with a bare EINVAL.
+        if !aya::sys::is_map_supported(MapType::RingBuf).unwrap_or(true) {
+            return Err(DatapathError::MissingFeature {
+                feature: "BPF ring buffer",
+                since: "5.8",
+            });
+        }
+        let tc_kind = match (tc_attach, has_tcx()?) {
+            (TcAttach::Auto | TcAttach::Tcx, true) => TcKind::Tcx,
+            (TcAttach::Tcx, false) => return Err(DatapathError::NoTcx),
+            (TcAttach::Auto, false) | (TcAttach::Legacy, _) => TcKind::Legacy,
+        };
         retire_other_layouts(pin_root)?;
         let pins = PinLayout::new(pin_root);
         for path in [pins.maps(), pins.links()] {
@@ -116,6 +180,7 @@ impl Datapath {
             ebpf,
             pins,
             maps,
+            tc_kind,
             attached: BTreeMap::new(),
         })
     }
@@ -137,43 +202,34 @@ impl Datapath {
     }
 
     /// Attaches both programs to the NIC `ifname`. A link already pinned for it (left by an
-    /// earlier mpathd) is updated in place to the freshly loaded program: the NIC is never
-    /// without a program, not even for a packet. A pinned link whose NIC is gone (a reused
-    /// ifindex) cannot be updated: it is replaced by a fresh attachment.
+    /// earlier mpathd) is updated in place to the freshly loaded program, and so is mpathd's
+    /// cls_bpf filter: the NIC is never without a program, not even for a packet. A pinned
+    /// link whose NIC is gone (a reused ifindex) cannot be updated: it is replaced by a fresh
+    /// attachment. An egress program of the other kind (tcx against cls_bpf, after a kernel
+    /// change) is removed first, so that two never run on one NIC.
     pub fn attach(&mut self, ifname: &str) -> Result<u32, DatapathError> {
         let ifindex = ifindex_of(ifname)?;
         self.restore_layout()?;
         let tc_path = self.pins.link("tc", ifindex);
         let xdp_path = self.pins.link("xdp", ifindex);
 
-        let tc = {
-            let prog = spread_program(&mut self.ebpf)?;
-            let program = |source| DatapathError::Program {
-                name: program_names::SPREAD,
-                source,
-            };
-            let updated = match pinned_link(&tc_path)? {
-                Some(link) => SchedClassifierLink::try_from(link)
-                    .ok()
-                    .and_then(|link| prog.attach_to_link(link).ok()),
-                None => None,
-            };
-            let id = match updated {
-                Some(id) => id,
-                None => prog
-                    .attach_with_options(
-                        ifname,
-                        TcAttachType::Egress,
-                        TcAttachOptions::TcxOrder(LinkOrder::default()),
-                    )
-                    .map_err(program)?,
-            };
-            FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|e| {
-                DatapathError::Link {
-                    path: tc_path.clone(),
-                    source: e,
-                }
-            })?
+        let tc = match self.tc_kind {
+            TcKind::Tcx => {
+                legacy_tc::delete_mpathd_filter(ifindex).map_err(|source| {
+                    DatapathError::Filters {
+                        ifname: ifname.into(),
+                        source,
+                    }
+                })?;
+                Some(self.attach_tcx(ifname, &tc_path)?)
+            }
+            TcKind::Legacy => {
+                // Unpinned, a tcx link lives on only while a process holds it: none does
+                // once the mpathd that attached it is gone.
+                remove_pin(&tc_path)?;
+                self.attach_legacy(ifname, ifindex)?;
+                None
+            }
         };
         let xdp = {
             let prog = probe_program(&mut self.ebpf)?;
@@ -193,17 +249,113 @@ impl Datapath {
                     .attach_to_if_index(ifindex, XdpMode::Default)
                     .map_err(program)?,
             };
-            FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|e| {
-                DatapathError::Link {
-                    path: xdp_path.clone(),
-                    source: e,
+            // Before 5.9 aya attaches XDP through netlink, which gives no link to pin.
+            FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|_| {
+                DatapathError::MissingFeature {
+                    feature: "BPF links for XDP",
+                    since: "5.9",
                 }
             })?
         };
-        let tc = pin(tc, &tc_path)?;
         let xdp = pin(xdp, &xdp_path)?;
         self.attached.insert(ifindex, (tc, xdp));
         Ok(ifindex)
+    }
+
+    /// The egress program through a tcx link, pinned at `path` (an existing pin updated).
+    fn attach_tcx(&mut self, ifname: &str, path: &Path) -> Result<PinnedLink, DatapathError> {
+        let prog = spread_program(&mut self.ebpf)?;
+        let program = |source| DatapathError::Program {
+            name: program_names::SPREAD,
+            source,
+        };
+        let updated = match pinned_link(path)? {
+            Some(link) => SchedClassifierLink::try_from(link)
+                .ok()
+                .and_then(|link| prog.attach_to_link(link).ok()),
+            None => None,
+        };
+        let id = match updated {
+            Some(id) => id,
+            None => prog
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(program)?,
+        };
+        let link = FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|e| {
+            DatapathError::Link {
+                path: path.to_owned(),
+                source: e,
+            }
+        })?;
+        pin(link, path)
+    }
+
+    /// The egress program as mpathd's cls_bpf filter on the NIC's clsact qdisc (added if
+    /// missing). A filter of mpathd's already there gets the new program in place, by
+    /// priority and handle, which the kernel swaps atomically.
+    fn attach_legacy(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        let program = |source| DatapathError::Program {
+            name: program_names::SPREAD,
+            source,
+        };
+        match tc::qdisc_add_clsact(ifname) {
+            Ok(()) => {}
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(program(e.into())),
+        }
+        let filters =
+            legacy_tc::egress_filters(ifindex).map_err(|source| DatapathError::Filters {
+                ifname: ifname.into(),
+                source,
+            })?;
+        let handle = TcHandle::from(legacy_tc::HANDLE);
+        let prog = spread_program(&mut self.ebpf)?;
+        let id = match filters.iter().find(|f| f.holds_mpathd_place()) {
+            Some(filter) if filter.is_mpathd() => {
+                let link = SchedClassifierLink::attached(
+                    ifname,
+                    TcAttachType::Egress,
+                    legacy_tc::PRIORITY,
+                    handle,
+                    None,
+                )
+                .map_err(|_| DatapathError::NoSuchInterface(ifname.into()))?;
+                prog.attach_to_link(link).map_err(program)?
+            }
+            Some(filter) => {
+                return Err(DatapathError::FilterPlaceTaken {
+                    ifname: ifname.into(),
+                    priority: filter.priority,
+                    handle: filter.handle,
+                    kind: filter.kind.clone(),
+                    name: filter
+                        .name
+                        .as_ref()
+                        .map(|n| format!(", program {n}"))
+                        .unwrap_or_default(),
+                });
+            }
+            None => prog
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Egress,
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: legacy_tc::PRIORITY,
+                        handle,
+                        classid: None,
+                    }),
+                )
+                .map_err(program)?,
+        };
+        // aya deletes the filter when its link object is dropped, but mpathd's filter is to
+        // outlive this process like a pinned link does: the object is forgotten. It holds no
+        // descriptor, only the filter's address.
+        std::mem::forget(prog.take_link(id).map_err(program)?);
+        Ok(())
     }
 
     /// Pins the layout again if someone removed it while this datapath runs (`rm -r` of the
@@ -229,18 +381,17 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches both programs from a NIC and removes its pins. A NIC that is gone or was
-    /// never attached is not an error: its links went with it.
+    /// Detaches both programs from a NIC and removes its pins and mpathd's cls_bpf filter.
+    /// A NIC that is gone or was never attached is not an error: its links went with it.
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         self.attached.remove(&ifindex);
         for kind in ["tc", "xdp"] {
-            let path = self.pins.link(kind, ifindex);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path)(e)),
-            }
+            remove_pin(&self.pins.link(kind, ifindex))?;
         }
+        legacy_tc::delete_mpathd_filter(ifindex).map_err(|source| DatapathError::Filters {
+            ifname: format!("ifindex {ifindex}"),
+            source,
+        })?;
         Ok(())
     }
 
@@ -255,9 +406,14 @@ impl Datapath {
         }
     }
 
-    /// ifindexes of NICs that have pinned links, attached by this or an earlier mpathd.
+    /// ifindexes of NICs that carry this datapath, attached by this or an earlier mpathd:
+    /// those with pinned links and those with mpathd's cls_bpf filter.
     pub(crate) fn pinned_nics(&self) -> Result<Vec<u32>, DatapathError> {
-        pinned_nics(&self.pins.links())
+        let mut nics = pinned_nics(&self.pins.links())?;
+        nics.extend(legacy_tc::nics_with_mpathd_filter().map_err(DatapathError::FilterDump)?);
+        nics.sort_unstable();
+        nics.dedup();
+        Ok(nics)
     }
 }
 
@@ -345,10 +501,17 @@ fn retire_other_layouts(pin_root: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
-/// Removes every pin of the datapath under `pin_root`: links (which detaches the programs
-/// from their NICs once nothing else holds them) and maps. Used when mpath is taken off a
-/// host; a daemon restart never does this.
+/// Removes the datapath from the host: mpathd's cls_bpf filters on the NICs of this network
+/// namespace (other filters stay), then every pin under `pin_root`: links (which detaches the
+/// programs from their NICs once nothing else holds them) and maps. Used when mpath is taken
+/// off a host; a daemon restart never does this.
 pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
+    for ifindex in legacy_tc::nics_with_mpathd_filter().map_err(DatapathError::FilterDump)? {
+        legacy_tc::delete_mpathd_filter(ifindex).map_err(|source| DatapathError::Filters {
+            ifname: format!("ifindex {ifindex}"),
+            source,
+        })?;
+    }
     let pins = PinLayout::new(pin_root);
     match fs::remove_dir_all(pins.dir()) {
         Ok(()) => {}
@@ -367,6 +530,31 @@ pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
             Ok(())
         }
         Err(e) => Err(io_err(pin_root)(e)),
+    }
+}
+
+/// Whether the kernel has tcx (6.6), asked by querying loopback's tcx egress programs:
+/// kernels without tcx refuse the attach type with EINVAL. Distributions backport, so the
+/// kernel's version number would not tell.
+pub fn has_tcx() -> Result<bool, DatapathError> {
+    match SchedClassifier::query_tcx("lo", TcAttachType::Egress) {
+        Ok(_) => Ok(true),
+        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINVAL) => {
+            Ok(false)
+        }
+        Err(source) => Err(DatapathError::Program {
+            name: program_names::SPREAD,
+            source,
+        }),
+    }
+}
+
+/// Removes the pin at `path`, if there is one.
+fn remove_pin(path: &Path) -> Result<(), DatapathError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 
@@ -426,11 +614,7 @@ fn pinned_link(path: &Path) -> Result<Option<FdLink>, DatapathError> {
 
 /// Pins a link at `path`, replacing an older pin of the same link.
 fn pin(link: FdLink, path: &Path) -> Result<PinnedLink, DatapathError> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(path)(e)),
-    }
+    remove_pin(path)?;
     link.pin(path).map_err(|e| DatapathError::Io {
         path: path.to_owned(),
         source: io::Error::other(e),

@@ -178,6 +178,13 @@ pub enum NexthopError {
     Dump(#[source] RequestError),
     #[error("listing the buckets of nexthop group {id}: {source}")]
     Buckets { id: u32, source: RequestError },
+    #[error(
+        "this kernel has no {feature}, which mpathd's group routes need (Linux {since} and later have them)"
+    )]
+    MissingFeature {
+        feature: &'static str,
+        since: &'static str,
+    },
 }
 
 /// Requests for nexthop objects.
@@ -239,6 +246,31 @@ impl Nexthops {
             .map(|reply| decode_nexthop(&reply.payload))
             .collect::<Result<_, _>>()
             .map_err(|error| NexthopError::Dump(RequestError::malformed(error)))
+    }
+
+    /// Checks that the kernel has nexthop objects (5.3) and resilient nexthop groups (5.13)
+    /// by dumping them, which changes nothing: a kernel without them does not know the
+    /// message type and answers EOPNOTSUPP.
+    pub async fn check_kernel(&self) -> Result<(), NexthopError> {
+        let probes = [
+            ("nexthop objects", "5.3", dump_request()),
+            // No group has this id: a kernel with resilient groups answers ENOENT.
+            (
+                "resilient nexthop groups",
+                "5.13",
+                buckets_request(u32::MAX),
+            ),
+        ];
+        for (feature, since, request) in probes {
+            // Any other answer (ENOENT for the missing group) comes from a kernel that knows
+            // the message.
+            if let Err(e) = self.exchange(request).await
+                && e.error.raw_os_error() == Some(libc::EOPNOTSUPP)
+            {
+                return Err(NexthopError::MissingFeature { feature, since });
+            }
+        }
+        Ok(())
     }
 
     /// The buckets of a resilient group as `(index, member id)`, in index order.

@@ -1,0 +1,229 @@
+//! The egress program as a classic cls_bpf filter (`tc_attach = "legacy"`), the way kernels
+//! without tcx (before 6.6) run it, forced on this kernel: attached at mpathd's priority and
+//! handle, kept by a killed mpathd, replaced in place by a restarted one, removed by
+//! `--teardown` without touching anyone else's filters, and swapped for a tcx link and back.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
+
+use mpath_ctl::datapath::{
+    legacy_tc::{self, Filter},
+    pins::PinLayout,
+};
+use mpath_lab::Lab;
+use mpath_tests::{
+    daemon::{Mpathd, state_of, three_nic_config},
+    flows::{Flows, Sniffer},
+};
+
+/// The lab group with the egress program spreading the flows itself (so that the spreading
+/// seen proves the filter runs) and attached as `tc_attach`.
+fn config(tc_attach: &str) -> String {
+    three_nic_config(700)
+        .replace(
+            "[daemon]\n",
+            &format!("[daemon]\ntc_attach = \"{tc_attach}\"\n"),
+        )
+        .replace("name = \"g0\"\n", "name = \"g0\"\nspread = \"datapath\"\n")
+}
+
+fn all_ok(d: &Mpathd) -> bool {
+    d.try_status()
+        .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+}
+
+/// The egress filters of `nic` in the lab host.
+fn filters(lab: &Lab, nic: &str) -> Vec<Filter> {
+    let ifindex = lab.host().ifindex(nic).unwrap();
+    let _inside = lab.host().enter().unwrap();
+    legacy_tc::egress_filters(ifindex).unwrap()
+}
+
+/// The program id of mpathd's filter on `nic`, which must be the only one of mpathd's.
+fn mpathd_program(lab: &Lab, nic: &str) -> u32 {
+    let ours: Vec<Filter> = filters(lab, nic)
+        .into_iter()
+        .filter(Filter::is_mpathd)
+        .collect();
+    assert_eq!(ours.len(), 1, "one filter of mpathd's on {nic}: {ours:?}");
+    ours[0].program_id.expect("the filter names its program")
+}
+
+fn tc_pin(daemon: &Mpathd, lab: &Lab, nic: &str) -> std::path::PathBuf {
+    let ifindex = lab.host().ifindex(nic).unwrap();
+    PinLayout::new(daemon.pins.path()).link("tc", ifindex)
+}
+
+/// Source MACs of 64 UDP flows from 192.0.2.19 to the router, as the router sees them;
+/// asserts that none was lost.
+fn spread_macs(lab: &Lab) -> BTreeSet<[u8; 6]> {
+    let mut flows = Flows::open(
+        lab.host(),
+        Ipv4Addr::new(192, 0, 2, 19),
+        Ipv4Addr::new(192, 0, 2, 1),
+        64,
+    );
+    let sniffer = Sniffer::start(lab.router(), mpath_lab::ROUTER_NIC);
+    flows.send_round(2);
+    let log = sniffer.finish();
+    assert_eq!(
+        log.values().map(Vec::len).sum::<usize>(),
+        128,
+        "no packet lost"
+    );
+    log.values().flatten().map(|seen| seen.src_mac).collect()
+}
+
+#[test]
+fn a_legacy_filter_outlives_a_killed_mpathd_is_replaced_in_place_and_torn_down_alone() {
+    let lab = Lab::builder().nics(3).build().expect("lab");
+    // Someone else's filter on h0, at a priority after mpathd's (one before it that ends
+    // classification would keep mpathd's program from running).
+    lab.host()
+        .run(&["tc", "qdisc", "add", "dev", "h0", "clsact"])
+        .unwrap();
+    lab.host()
+        .run(&[
+            "tc", "filter", "add", "dev", "h0", "egress", "pref", "50000", "u32", "match", "u32",
+            "0", "0", "flowid", "1:1",
+        ])
+        .unwrap();
+    let foreign = |lab: &Lab| {
+        filters(lab, "h0")
+            .into_iter()
+            .filter(|f| f.priority == 50000)
+            .collect::<Vec<_>>()
+    };
+    let theirs = foreign(&lab);
+    assert!(theirs.iter().any(|f| f.kind == "u32"), "{theirs:?}");
+
+    let mut daemon = Mpathd::start(lab.host(), &config("legacy"));
+    daemon.wait_until("all NICs ok", all_ok);
+    let before: Vec<u32> = ["h0", "h1", "h2"]
+        .iter()
+        .map(|nic| mpathd_program(&lab, nic))
+        .collect();
+    assert!(!tc_pin(&daemon, &lab, "h0").exists(), "no tcx link");
+    let (h0, h1) = (lab.mac("h0").unwrap(), lab.mac("h1").unwrap());
+    assert_eq!(spread_macs(&lab), [h0, h1].into(), "spread by the filter");
+
+    // Killed: the filters stay with their programs and keep spreading.
+    daemon.kill();
+    for (nic, program) in ["h0", "h1", "h2"].iter().zip(&before) {
+        assert_eq!(
+            mpathd_program(&lab, nic),
+            *program,
+            "{nic} kept its program"
+        );
+    }
+    assert_eq!(
+        spread_macs(&lab),
+        [h0, h1].into(),
+        "spreading without mpathd"
+    );
+
+    // Restarted: the same filters, new programs, and flows still spread; no packet of a
+    // ping stream through the restart is lost.
+    let ping = lab
+        .router()
+        .cmd("ping")
+        .args(["-q", "-i", "0.01", "-W", "1", "-c", "150", "192.0.2.19"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    daemon.spawn(lab.host());
+    daemon.wait_until("all NICs ok after the restart", all_ok);
+    let summary = String::from_utf8_lossy(&ping.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        summary.contains("150 packets transmitted, 150 received"),
+        "{summary}"
+    );
+    for (nic, program) in ["h0", "h1", "h2"].iter().zip(&before) {
+        assert_ne!(
+            mpathd_program(&lab, nic),
+            *program,
+            "{nic}'s program replaced"
+        );
+    }
+    assert_eq!(spread_macs(&lab), [h0, h1].into());
+    assert_eq!(foreign(&lab), theirs, "the other filter untouched");
+
+    daemon.stop();
+    let teardown = lab
+        .host()
+        .daemon_command(mpath_tests::daemon::binary("mpathd"))
+        .unwrap()
+        .args([
+            "--config",
+            &daemon.config.display().to_string(),
+            "--teardown",
+        ])
+        .output()
+        .unwrap();
+    assert!(teardown.status.success(), "{teardown:?}");
+    for nic in ["h0", "h1", "h2"] {
+        assert!(
+            !filters(&lab, nic).iter().any(Filter::is_mpathd),
+            "{nic}: mpathd's filter removed"
+        );
+    }
+    assert_eq!(
+        foreign(&lab),
+        theirs,
+        "the other filter survives the teardown"
+    );
+}
+
+#[test]
+fn switching_between_tcx_and_legacy_leaves_one_egress_program() {
+    let tcx = mpath_ctl::datapath::has_tcx().expect("asking the kernel for tcx");
+    if !mpath_lab::kernel_has("tcx links (Linux 6.6)", tcx) {
+        return;
+    }
+    let lab = Lab::builder().nics(3).build().expect("lab");
+    let mut daemon = Mpathd::start(lab.host(), &config("tcx"));
+    daemon.wait_until("all NICs ok", all_ok);
+    assert!(tc_pin(&daemon, &lab, "h0").exists());
+    assert!(!filters(&lab, "h0").iter().any(Filter::is_mpathd));
+
+    // As after a kernel change: the next mpathd attaches the other kind.
+    daemon.kill();
+    std::fs::write(&daemon.config, {
+        let text = std::fs::read_to_string(&daemon.config).unwrap();
+        text.replace("tc_attach = \"tcx\"", "tc_attach = \"legacy\"")
+    })
+    .unwrap();
+    daemon.spawn(lab.host());
+    daemon.wait_until("all NICs ok on legacy tc", all_ok);
+    for nic in ["h0", "h1", "h2"] {
+        assert!(
+            !tc_pin(&daemon, &lab, nic).exists(),
+            "{nic}'s tcx link gone"
+        );
+        mpathd_program(&lab, nic);
+    }
+    let (h0, h1) = (lab.mac("h0").unwrap(), lab.mac("h1").unwrap());
+    assert_eq!(spread_macs(&lab), [h0, h1].into());
+
+    daemon.kill();
+    std::fs::write(&daemon.config, {
+        let text = std::fs::read_to_string(&daemon.config).unwrap();
+        text.replace("tc_attach = \"legacy\"", "tc_attach = \"tcx\"")
+    })
+    .unwrap();
+    daemon.spawn(lab.host());
+    daemon.wait_until("all NICs ok on tcx again", all_ok);
+    for nic in ["h0", "h1", "h2"] {
+        assert!(tc_pin(&daemon, &lab, nic).exists(), "{nic}'s tcx link");
+        assert!(
+            !filters(&lab, nic).iter().any(Filter::is_mpathd),
+            "{nic}'s filter gone"
+        );
+    }
+    assert_eq!(spread_macs(&lab), [h0, h1].into());
+    assert_eq!(
+        state_of(&daemon.status(), "h0"),
+        "ok",
+        "mpathd runs on after the switches"
+    );
+}

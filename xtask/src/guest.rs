@@ -1,0 +1,839 @@
+//! `cargo xtask test --kernel VERSION|FILE.deb`: the privileged tests on another kernel, in a
+//! qemu guest. The kernel is Debian's stock `linux-image-*-amd64-unsigned` (downloaded with
+//! apt into `target/kernels`, where later runs find it); the guest boots a small busybox
+//! initramfs that mounts this host's root read-only over 9p under a tmpfs overlay, with the
+//! kernel's modules at `/lib/modules`, and runs the test binaries built here, each in its
+//! package directory under a watchdog. Results come back through a shared output directory.
+//!
+//! KVM is used only where a real `kvm_intel` or `kvm_amd` module is loaded; elsewhere qemu
+//! emulates (TCG, one thread: multi-threaded TCG crashed guests here), about three times
+//! slower than the host, so the tests' time limits are scaled by `MPATH_TIME_SCALE`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead as _, BufReader},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{capture, exec};
+
+/// The privileged test binaries of mpath-tests and, for the CI run, the tests of each that
+/// cover what must hold on every kernel: loading and attaching the datapath, spreading,
+/// probe matching, failover, kill -9 survival, restart adoption and group routes. An empty
+/// list runs the whole binary.
+const CI_SUBSET: &[(&str, &[&str])] = &[
+    ("datapath", &[]),
+    ("spread", &[]),
+    ("probe_rx", &[]),
+    ("legacy_tc", &[]),
+    (
+        "mpathd",
+        &[
+            "starts_with_addresses_at_home_and_spreads_over_the_active_nics",
+            "carrier_loss_fails_over_to_the_standby_and_back",
+            "silent_loss_is_caught_by_probes",
+            "a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state",
+            "a_clean_restart_and_a_reload_lose_no_packet",
+        ],
+    ),
+    (
+        "routes",
+        &[
+            "off_link_traffic_survives_carrier_loss_of_the_nic_the_default_route_named",
+            "routed_flows_spread_over_the_usable_nics_and_only_a_leaving_nic_s_buckets_move",
+            "routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown",
+        ],
+    ),
+];
+
+/// Test binaries that need nothing of the kernel under test (packaging, systemd on the
+/// host): left out of the guest run.
+const HOST_ONLY: &[&str] = &["dist", "service"];
+
+/// The kernel CI tests in a guest besides the host's: Debian 12's, the oldest that many
+/// servers run and the newest without tcx.
+pub const CI_KERNEL: &str = "6.1";
+
+/// How much slower than the host the guest runs the tests' timers: limits are multiplied.
+const TCG_TIME_SCALE: u32 = 4;
+
+/// Modules the initramfs loads to reach the shared root (with their dependencies).
+const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+
+/// How a test that returns early for want of a kernel feature (`mpath_lab::kernel_has`) and
+/// mpathd's refusals for one (mpath-ctl's datapath and nexthop errors) name it.
+const MISSING_FEATURE: &str = "this kernel has no ";
+
+/// Which tests the guest runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// [`CI_SUBSET`].
+    Ci,
+    /// Every privileged test binary.
+    All,
+}
+
+pub fn run(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    let cache = root.join("target/kernels");
+    fs::create_dir_all(&cache)?;
+    let kernel = Kernel::fetch(spec, &cache)?;
+    exec(Command::new(env!("CARGO")).args(["build", "-p", "mpath-ctl", "--bins"]))?;
+    let binaries = test_binaries()?;
+    let plan: Vec<(String, PathBuf, Vec<String>)> = binaries
+        .into_iter()
+        .filter(|(name, _)| !HOST_ONLY.contains(&name.as_str()))
+        .filter_map(|(name, path)| {
+            let args: Vec<String> = match selection {
+                Selection::All => filter.to_vec(),
+                Selection::Ci => {
+                    let (_, tests) = CI_SUBSET.iter().find(|(n, _)| *n == name)?;
+                    let mut args: Vec<String> = tests.iter().map(|t| t.to_string()).collect();
+                    if !args.is_empty() {
+                        args.push("--exact".into());
+                    }
+                    args.extend(filter.iter().cloned());
+                    args
+                }
+            };
+            Some((name, path, args))
+        })
+        .collect();
+    let out = root.join(format!("target/guest-{}", kernel.release));
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    let initramfs = kernel.initramfs(&cache)?;
+    let kvm = ["/sys/module/kvm_intel", "/sys/module/kvm_amd"]
+        .iter()
+        .any(|m| Path::new(m).exists());
+    let scale = if kvm { 1 } else { TCG_TIME_SCALE };
+    // Per test binary: a few times what it takes under TCG (the whole mpathd binary about
+    // 10 minutes, any CI subset of one binary about 1).
+    let limit = match selection {
+        Selection::Ci => 300,
+        Selection::All => 1800,
+    };
+    write_stage2(&out, &root, &plan, scale, limit)?;
+
+    let started = Instant::now();
+    // Every binary at its limit, plus boot; the guest powers itself off when done.
+    let watchdog = Duration::from_secs(120 + limit * plan.len() as u64);
+    let status = boot(&kernel, &initramfs, &out, kvm, watchdog)?;
+    let elapsed = started.elapsed();
+    summarize(&out, &plan, &kernel, kvm, elapsed, status)
+}
+
+/// A Debian kernel unpacked under the cache: the image and its modules.
+struct Kernel {
+    /// `uname -r` of the kernel, e.g. `6.1.0-41-amd64`.
+    release: String,
+    /// What `lib/modules` lies under: the unpacked packages, or their `usr` (from 7.x).
+    base: PathBuf,
+}
+
+impl Kernel {
+    /// The kernel `spec` names: a `.deb` file, or a version (`6.1`, `7.2`) whose newest
+    /// image is taken from the cache or, failing that, from Debian's archive.
+    fn fetch(spec: &str, cache: &Path) -> anyhow::Result<Kernel> {
+        let debs = if spec.ends_with(".deb") {
+            let path = fs::canonicalize(spec).with_context(|| format!("kernel package {spec}"))?;
+            vec![path]
+        } else {
+            if let Some(kernel) = Self::cached(spec, cache)? {
+                return Ok(kernel);
+            }
+            download(spec, cache)?
+        };
+        let image = &debs[0];
+        let stem = image
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .context("kernel package name")?;
+        let dir = cache.join(stem.split('_').next().unwrap_or(stem));
+        let _ = fs::remove_dir_all(&dir);
+        for deb in &debs {
+            exec(Command::new("dpkg").arg("-x").arg(deb).arg(&dir))?;
+        }
+        Self::unpacked(dir)
+    }
+
+    /// A kernel of version `spec` unpacked by an earlier run, the newest if several.
+    fn cached(spec: &str, cache: &Path) -> anyhow::Result<Option<Kernel>> {
+        let prefix = format!("linux-image-{spec}.");
+        let mut dirs: Vec<PathBuf> = fs::read_dir(cache)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_dir()
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .collect();
+        dirs.sort_by_key(|d| version_key(&d.to_string_lossy()));
+        match dirs.pop() {
+            Some(dir) => Ok(Self::unpacked(dir).ok()),
+            None => Ok(None),
+        }
+    }
+
+    fn unpacked(dir: PathBuf) -> anyhow::Result<Kernel> {
+        let base = if dir.join("lib/modules").is_dir() {
+            dir
+        } else {
+            dir.join("usr")
+        };
+        let modules = base.join("lib/modules");
+        let release = fs::read_dir(&modules)
+            .with_context(|| format!("{}: no modules in the package", modules.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .next()
+            .context("no kernel release under lib/modules")?;
+        let kernel = Kernel { release, base };
+        if !kernel.vmlinuz().exists() {
+            bail!("{} has no kernel image", kernel.vmlinuz().display());
+        }
+        // The packages leave modules.dep to their postinst.
+        if !kernel.modules().join("modules.dep").exists() {
+            exec(
+                Command::new("depmod")
+                    .arg("-b")
+                    .arg(&kernel.base)
+                    .arg(&kernel.release),
+            )?;
+        }
+        Ok(kernel)
+    }
+
+    /// `boot/vmlinuz-RELEASE`, or from 7.x `lib/modules/RELEASE/vmlinuz`.
+    fn vmlinuz(&self) -> PathBuf {
+        let boot = self.base.join(format!("boot/vmlinuz-{}", self.release));
+        if boot.exists() {
+            boot
+        } else {
+            self.modules().join("vmlinuz")
+        }
+    }
+
+    fn modules(&self) -> PathBuf {
+        self.base.join("lib/modules").join(&self.release)
+    }
+
+    /// The initramfs: busybox, the modules that reach the shared root, and an init that
+    /// mounts it and hands over to the stage-2 script in the output directory.
+    fn initramfs(&self, cache: &Path) -> anyhow::Result<PathBuf> {
+        let tree = cache.join(format!("initramfs-{}", self.release));
+        let _ = fs::remove_dir_all(&tree);
+        for dir in [
+            "bin", "modules", "proc", "sys", "dev", "host", "rw", "newroot",
+        ] {
+            fs::create_dir_all(tree.join(dir))?;
+        }
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .context("busybox is missing: cargo xtask setup installs busybox-static")?;
+        fs::copy(busybox, tree.join("bin/busybox"))?;
+        let mut order = Vec::new();
+        for module in self.load_order(BOOT_MODULES)? {
+            let name = module
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("module name")?;
+            let plain = name
+                .trim_end_matches(".xz")
+                .trim_end_matches(".zst")
+                .to_string();
+            let target = tree.join("modules").join(&plain);
+            let source = self.modules().join(&module);
+            // busybox's insmod takes plain modules only.
+            let decompressor = [(".xz", "xz"), (".zst", "zstd")]
+                .into_iter()
+                .find(|(suffix, _)| name.ends_with(suffix));
+            match decompressor {
+                Some((_, program)) => {
+                    let plain = capture_bytes(Command::new(program).arg("-dc").arg(&source))?;
+                    fs::write(&target, plain)?;
+                }
+                None => {
+                    fs::copy(&source, &target)?;
+                }
+            }
+            order.push(plain);
+        }
+        let init = format!(
+            r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in {modules}; do insmod /modules/$m || echo "init: insmod $m failed"; done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host || exec sh
+mount -t tmpfs -o size=4g tmpfs /rw
+mkdir -p /rw/upper /rw/work
+mount -t overlay overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work /newroot || exec sh
+mkdir -p /newroot/lib/modules/{release} /newroot/mnt/guest-out
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 modules /newroot/lib/modules/{release}
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 out /newroot/mnt/guest-out
+umount /proc /sys /dev
+exec switch_root /newroot /bin/bash /mnt/guest-out/stage2.sh
+"#,
+            modules = order.join(" "),
+            release = self.release,
+        );
+        let init_path = tree.join("init");
+        fs::write(&init_path, init)?;
+        fs::set_permissions(&init_path, fs::Permissions::from_mode(0o755))?;
+        let image = cache.join(format!("initramfs-{}.cpio", self.release));
+        exec(
+            Command::new("sh")
+                .arg("-c")
+                .arg("cd \"$1\" && find . | cpio -o -H newc --quiet > \"$2\"")
+                .arg("sh")
+                .arg(&tree)
+                .arg(&image),
+        )?;
+        Ok(image)
+    }
+
+    /// `wanted` modules with their dependencies, dependencies first, as paths relative to
+    /// the modules directory; modules built into the kernel are left out.
+    fn load_order(&self, wanted: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+        let dep_file = self.modules().join("modules.dep");
+        let text = fs::read_to_string(&dep_file)
+            .with_context(|| format!("reading {}", dep_file.display()))?;
+        let deps: BTreeMap<String, (String, Vec<String>)> = text
+            .lines()
+            .filter_map(|line| {
+                let (module, rest) = line.split_once(':')?;
+                Some((
+                    module_name(module),
+                    (
+                        module.to_string(),
+                        rest.split_whitespace().map(str::to_string).collect(),
+                    ),
+                ))
+            })
+            .collect();
+        let mut order = Vec::new();
+        let mut seen = BTreeSet::new();
+        for name in wanted {
+            let Some((path, requires)) = deps.get(*name) else {
+                continue; // built in
+            };
+            // modules.dep lists every dependency, transitively, nearest first.
+            for dep in requires.iter().rev().chain(std::iter::once(path)) {
+                if seen.insert(dep.clone()) {
+                    order.push(PathBuf::from(dep));
+                }
+            }
+        }
+        Ok(order)
+    }
+}
+
+/// `kernel/fs/9p/9p.ko.xz` -> `9p` (module names use `_` where files may use `-`).
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// Sort key of a package or directory name: its runs of digits as numbers.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// Suites of Debian's archive that serve kernels this host's own apt sources may not have:
+/// read through a private apt directory, only to download from.
+const OTHER_SUITES: &[(&str, &str)] = &[
+    // Debian 12's own, for hosts whose apt sources lack them or have no lists yet.
+    ("debian", "bookworm"),
+    ("debian-security", "bookworm-security"),
+    ("debian-security", "bullseye-security"),
+    ("debian", "bookworm-backports"),
+    ("debian", "trixie-backports"),
+];
+
+/// Downloads the newest generic amd64 image of `version` (`linux-image-6.1.0-41-amd64-unsigned`,
+/// from 7.x `linux-image-7.2.12+deb13-amd64`) and the packages that hold its image and modules
+/// (from 7.x `linux-binary-*`, `linux-modules-*` and `linux-base-*` with modules.builtin),
+/// image package first.
+fn download(version: &str, cache: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let pattern = format!(
+        "^linux-image-{}\\.[0-9.]+(-[0-9]+)?(\\+[a-z0-9.]+)?-amd64(-unsigned)?$",
+        version.replace('.', "\\.")
+    );
+    let host = Apt::Host;
+    let (apt, package) = match host.newest(&pattern)? {
+        Some(p) => (host, p),
+        None => {
+            let private = Apt::private(cache)?;
+            let package = private.newest(&pattern)?.with_context(|| {
+                format!("no Debian package linux-image-{version}.*-amd64 found")
+            })?;
+            (private, package)
+        }
+    };
+    eprintln!("xtask: downloading {package}");
+    let mut debs = vec![apt.download(&package, cache)?];
+    let depends = capture(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&debs[0])
+            .arg("Depends"),
+    )?;
+    for dep in depends.split(',') {
+        let name = dep.split_whitespace().next().unwrap_or_default();
+        if ["linux-binary-", "linux-modules-", "linux-base-"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            debs.push(apt.download(name, cache)?);
+        }
+    }
+    Ok(debs)
+}
+
+/// apt with the host's sources, or with a private directory of other suites.
+enum Apt {
+    Host,
+    Private(PathBuf),
+}
+
+impl Apt {
+    /// A private apt directory under the cache whose sources are [`OTHER_SUITES`] on the
+    /// mirror this host's apt uses; its package lists are fetched once a day at most.
+    fn private(cache: &Path) -> anyhow::Result<Apt> {
+        let dir = cache.join("apt");
+        for sub in ["lists/partial", "archives/partial", "etc"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let (debian, security) = host_mirrors()?;
+        let sources: String = OTHER_SUITES
+            .iter()
+            .map(|(archive, suite)| {
+                let uri = if *archive == "debian-security" {
+                    &security
+                } else {
+                    &debian
+                };
+                format!(
+                    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {uri} {suite} main\n"
+                )
+            })
+            .collect();
+        fs::write(dir.join("etc/sources.list"), sources)?;
+        let config = format!(
+            "Dir::Etc::SourceList \"{d}/etc/sources.list\";\n\
+             Dir::Etc::SourceParts \"{d}/etc/none\";\n\
+             Dir::State::Lists \"{d}/lists\";\n\
+             Dir::State::Status \"/var/lib/dpkg/status\";\n\
+             Dir::Cache \"{d}\";\n\
+             Dir::Cache::Archives \"{d}/archives\";\n\
+             Acquire::Languages \"none\";\n",
+            d = dir.display()
+        );
+        fs::write(dir.join("etc/apt.conf"), config)?;
+        let apt = Apt::Private(dir.clone());
+        let fresh = fs::metadata(dir.join("lists/updated"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|e| e < Duration::from_secs(86_400)));
+        if !fresh {
+            exec(apt.command("apt-get").args(["update", "-q"]))?;
+            fs::write(dir.join("lists/updated"), "")?;
+        }
+        Ok(apt)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        if let Apt::Private(dir) = self {
+            cmd.env("APT_CONFIG", dir.join("etc/apt.conf"));
+        }
+        cmd
+    }
+
+    /// The newest package whose name matches `pattern`.
+    fn newest(&self, pattern: &str) -> anyhow::Result<Option<String>> {
+        let found = capture(
+            self.command("apt-cache")
+                .args(["search", "--names-only"])
+                .arg(pattern),
+        )?;
+        // The unsigned image where both are served: nothing here checks signatures.
+        Ok(found
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .max_by_key(|name| (version_key(name), name.ends_with("-unsigned")))
+            .map(str::to_string))
+    }
+
+    /// Downloads `package` into `cache`, unless it is there already.
+    fn download(&self, package: &str, cache: &Path) -> anyhow::Result<PathBuf> {
+        let find = || -> anyhow::Result<Option<PathBuf>> {
+            Ok(fs::read_dir(cache)?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with(&format!("{package}_")) && n.ends_with(".deb")
+                    })
+                }))
+        };
+        if let Some(deb) = find()? {
+            return Ok(deb);
+        }
+        exec(
+            self.command("apt-get")
+                .args(["download", "-q", package])
+                .current_dir(cache),
+        )?;
+        find()?.with_context(|| format!("apt-get download {package} left no .deb"))
+    }
+}
+
+/// The URIs of the `debian` and `debian-security` archives in this host's apt sources.
+fn host_mirrors() -> anyhow::Result<(String, String)> {
+    let mut text = fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path
+                .extension()
+                .is_some_and(|e| e == "sources" || e == "list")
+            {
+                text.push_str(&fs::read_to_string(&path).unwrap_or_default());
+                text.push('\n');
+            }
+        }
+    }
+    let uris: Vec<&str> = text
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .collect();
+    let security = uris
+        .iter()
+        .find(|u| u.trim_end_matches('/').ends_with("/debian-security"));
+    let debian = uris
+        .iter()
+        .find(|u| u.trim_end_matches('/').ends_with("/debian"));
+    match (debian, security) {
+        (Some(d), Some(s)) => Ok((d.to_string(), s.to_string())),
+        _ => bail!(
+            "no Debian archive in this host's apt sources: pass the kernel as a .deb file instead"
+        ),
+    }
+}
+
+/// The test binaries of mpath-tests as (name, path), built if needed.
+fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "-p",
+            "mpath-tests",
+            "--tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the test binaries")?;
+    if !output.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut binaries = Vec::new();
+    for line in BufReader::new(&output.stdout[..]).lines() {
+        let line = line?;
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let is_test = message["reason"] == "compiler-artifact"
+            && message["profile"]["test"] == true
+            && message["target"]["kind"] == serde_json::json!(["test"]);
+        if let (true, Some(exe), Some(name)) = (
+            is_test,
+            message["executable"].as_str(),
+            message["target"]["name"].as_str(),
+        ) {
+            binaries.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    binaries.sort();
+    Ok(binaries)
+}
+
+/// The script the guest runs on the shared root: the mounts a host has, then each test
+/// binary in the tests' package directory, its output and exit code written to `out`.
+fn write_stage2(
+    out: &Path,
+    root: &Path,
+    plan: &[(String, PathBuf, Vec<String>)],
+    scale: u32,
+    limit: u64,
+) -> anyhow::Result<()> {
+    let mut script = format!(
+        r#"#!/bin/bash
+# Written by `cargo xtask test --kernel`: runs in the guest as its init.
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+ip link set lo up
+ulimit -n 65536
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root RUST_BACKTRACE=1 MPATH_TIME_SCALE={scale}
+OUT=/mnt/guest-out
+uname -r > $OUT/uname
+cd {tests_dir}
+"#,
+        tests_dir = root.join("tests").display()
+    );
+    for (name, path, args) in plan {
+        let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+        script.push_str(&format!(
+            "echo \"guest: running {name}\" > /dev/console\n\
+             start=$(date +%s)\n\
+             timeout -k 10 {limit} {exe} {args} > $OUT/{name}.log 2>&1\n\
+             echo $? > $OUT/{name}.rc\n\
+             echo $(( $(date +%s) - start )) > $OUT/{name}.secs\n",
+            exe = path.display(),
+            args = args.join(" "),
+        ));
+    }
+    script.push_str("sync\necho o > /proc/sysrq-trigger\nsleep 30\n");
+    fs::write(out.join("stage2.sh"), script)?;
+    Ok(())
+}
+
+/// Runs a command and returns its standard output as bytes; fails naming the command.
+fn capture_bytes(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    Ok(out.stdout)
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Boots the guest and waits for it to power off, or kills it at `watchdog`.
+fn boot(
+    kernel: &Kernel,
+    initramfs: &Path,
+    out: &Path,
+    kvm: bool,
+    watchdog: Duration,
+) -> anyhow::Result<bool> {
+    let qemu = "qemu-system-x86_64";
+    if capture(Command::new("sh").args(["-c", &format!("command -v {qemu}")])).is_err() {
+        bail!("{qemu} is missing: cargo xtask setup installs qemu-system-x86");
+    }
+    let share = |path: &Path, tag: &str, readonly: bool| {
+        format!(
+            "local,path={},mount_tag={tag},security_model=none,multidevs=remap{}",
+            path.display(),
+            if readonly { ",readonly=on" } else { "" }
+        )
+    };
+    let mut cmd = Command::new(qemu);
+    if kvm {
+        cmd.args(["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        cmd.args(["-accel", "tcg,thread=single", "-cpu", "max"]);
+    }
+    cmd.args([
+        "-m",
+        "4G",
+        "-smp",
+        "2",
+        "-nographic",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ])
+    .arg("-kernel")
+    .arg(kernel.vmlinuz())
+    .arg("-initrd")
+    .arg(initramfs)
+    .args([
+        "-append",
+        "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init",
+    ])
+    .arg("-virtfs")
+    .arg(share(Path::new("/"), "hostroot", true))
+    .arg("-virtfs")
+    .arg(share(&kernel.modules(), "modules", true))
+    .arg("-virtfs")
+    .arg(share(out, "out", false))
+    .stdin(Stdio::null())
+    .stdout(fs::File::create(out.join("console.log"))?)
+    .stderr(Stdio::inherit());
+    eprintln!(
+        "xtask: booting {} in qemu ({}), console in {}",
+        kernel.release,
+        if kvm { "KVM" } else { "TCG" },
+        out.join("console.log").display()
+    );
+    let mut child = cmd.spawn().context("starting qemu")?;
+    let deadline = Instant::now() + watchdog;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.success());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("xtask: the guest ran past its watchdog ({watchdog:?}) and was killed");
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Prints the guest's kernel and a line per test binary; fails when any binary failed.
+fn summarize(
+    out: &Path,
+    plan: &[(String, PathBuf, Vec<String>)],
+    kernel: &Kernel,
+    kvm: bool,
+    elapsed: Duration,
+    powered_off: bool,
+) -> anyhow::Result<()> {
+    let uname = fs::read_to_string(out.join("uname")).unwrap_or_default();
+    let uname = uname.trim();
+    println!(
+        "guest: uname -r {} ({}, {:.0} s in all)",
+        if uname.is_empty() {
+            "unknown: the guest never reached its tests"
+        } else {
+            uname
+        },
+        if kvm { "KVM" } else { "TCG" },
+        elapsed.as_secs_f64()
+    );
+    let mut failed = Vec::new();
+    let (mut passed_total, mut failed_total) = (0, 0);
+    for (name, _, _) in plan {
+        let rc = fs::read_to_string(out.join(format!("{name}.rc"))).ok();
+        let secs = fs::read_to_string(out.join(format!("{name}.secs"))).unwrap_or_default();
+        let log = fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
+        let (passed, failed_n) = counts(&log);
+        passed_total += passed;
+        failed_total += failed_n;
+        let needs: BTreeSet<&str> = log
+            .lines()
+            .filter_map(|l| {
+                l.find(MISSING_FEATURE)
+                    .map(|at| l[at + MISSING_FEATURE.len()..].trim_end_matches(['"', '\'']))
+            })
+            .collect();
+        let verdict = match rc.as_deref().map(str::trim) {
+            Some("0") => "ok".to_string(),
+            Some("124") | Some("137") => "timed out".to_string(),
+            Some(code) => format!("FAILED (exit {code})"),
+            None => "not run".to_string(),
+        };
+        println!(
+            "guest: {name:<12} {verdict:<18} {passed} passed, {failed_n} failed, {secs} s",
+            secs = secs.trim(),
+        );
+        for need in &needs {
+            println!("guest: {name:<12}   this kernel has no {need}");
+        }
+        if rc.as_deref().map(str::trim) != Some("0") {
+            failed.push(name.clone());
+            println!(
+                "guest: {name}: log in {}",
+                out.join(format!("{name}.log")).display()
+            );
+        }
+    }
+    println!("guest: {passed_total} passed, {failed_total} failed");
+    if !powered_off && failed.is_empty() {
+        bail!(
+            "the guest did not power off cleanly; console in {}",
+            out.join("console.log").display()
+        );
+    }
+    if !failed.is_empty() {
+        bail!("on {}: {} failed", kernel.release, failed.join(", "));
+    }
+    Ok(())
+}
+
+/// (passed, failed) from libtest's `test result:` line.
+fn counts(log: &str) -> (u32, u32) {
+    let Some(line) = log.lines().rev().find(|l| l.starts_with("test result:")) else {
+        return (0, 0);
+    };
+    let number_before = |word: &str| {
+        line.split(';')
+            .find(|part| part.trim_end().ends_with(word))
+            .and_then(|part| part.split_whitespace().rev().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (number_before("passed"), number_before("failed"))
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask lives in the workspace")?
+        .to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names_drop_directories_suffixes_and_dashes() {
+        assert_eq!(module_name("kernel/fs/9p/9p.ko.xz"), "9p");
+        assert_eq!(module_name("kernel/net/9p/9pnet_virtio.ko"), "9pnet_virtio");
+        assert_eq!(
+            module_name("kernel/drivers/virtio/virtio-pci.ko.zst"),
+            "virtio_pci"
+        );
+    }
+
+    #[test]
+    fn the_newest_package_wins_by_number_not_by_text() {
+        let mut names = [
+            "linux-image-6.1.0-9-amd64-unsigned",
+            "linux-image-6.1.0-41-amd64-unsigned",
+            "linux-image-6.1.0-10-amd64-unsigned",
+        ];
+        names.sort_by_key(|n| version_key(n));
+        assert_eq!(names[2], "linux-image-6.1.0-41-amd64-unsigned");
+    }
+
+    #[test]
+    fn reads_libtest_counts() {
+        let log = "running 3 tests\n\ntest result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.2s\n";
+        assert_eq!(counts(log), (2, 1));
+        assert_eq!(counts("no summary"), (0, 0));
+    }
+}
