@@ -41,9 +41,12 @@ fn leftovers() -> Vec<String> {
                 .filter_map(Result::ok)
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| {
-                    n.strip_prefix(TEST_PIN_PREFIX)
-                        .and_then(|rest| rest.split('-').next()?.parse().ok())
-                        .is_none_or(|pid| !mpath_lab::is_running(pid))
+                    n.strip_prefix(TEST_PIN_PREFIX).is_some_and(|rest| {
+                        rest.split('-')
+                            .next()
+                            .and_then(|pid| pid.parse().ok())
+                            .is_none_or(|pid| !mpath_lab::is_running(pid))
+                    })
                 })
                 .map(|n| format!("pin directory /sys/fs/bpf/{n}")),
         );

@@ -764,7 +764,7 @@ fn subnet_role(cidr: IpCidr) -> Option<String> {
 }
 
 fn is_ipv6_link_local(addr: IpAddr) -> bool {
-    matches!(addr, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+    matches!(addr, IpAddr::V6(v6) if v6.is_unicast_link_local())
 }
 
 #[cfg(test)]
