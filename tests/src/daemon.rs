@@ -158,6 +158,17 @@ impl Mpathd {
         assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
     }
 
+    /// Runs `mpathd --teardown` on this daemon's configuration in `ns` (stop the daemon first).
+    pub fn teardown(&self, ns: &Netns) -> std::process::Output {
+        ns.daemon_command(binary("mpathd"))
+            .unwrap()
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--teardown")
+            .output()
+            .unwrap()
+    }
+
     /// Stops the process with SIGTERM, as systemd does, and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -149,17 +149,7 @@ fn a_legacy_filter_outlives_a_killed_mpathd_is_replaced_in_place_and_torn_down_a
     assert_eq!(foreign(&lab), theirs, "the other filter untouched");
 
     daemon.stop();
-    let teardown = lab
-        .host()
-        .daemon_command(mpath_tests::daemon::binary("mpathd"))
-        .unwrap()
-        .args([
-            "--config",
-            &daemon.config.display().to_string(),
-            "--teardown",
-        ])
-        .output()
-        .unwrap();
+    let teardown = daemon.teardown(lab.host());
     assert!(teardown.status.success(), "{teardown:?}");
     for nic in ["h0", "h1", "h2"] {
         assert!(

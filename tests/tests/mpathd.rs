@@ -2200,32 +2200,13 @@ fn mpathctl_copes_with_a_broken_configuration_a_closed_pipe_and_a_bogus_field() 
     assert_ne!(out.status.code(), Some(101), "{out:?}");
 }
 
-/// Three active NICs, each with a test address and a data address.
-const THREE_ACTIVE: &str = r#"
-[daemon]
-failure_detection_time_ms = 700
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-
-[[group]]
-name = "g0"
-targets = ["192.0.2.1"]
-
-[[group.interface]]
-name = "h0"
-test_address = "192.0.2.21/24"
-data_addresses = ["192.0.2.19/24"]
-
-[[group.interface]]
-name = "h1"
-test_address = "192.0.2.22/24"
-data_addresses = ["192.0.2.20/24"]
-
-[[group.interface]]
-name = "h2"
-test_address = "192.0.2.23/24"
-data_addresses = ["192.0.2.24/24"]
-"#;
+/// Three active NICs, each with a test address and an IPv4 data address: the lab group with
+/// h2 no standby and no IPv6 data address.
+fn three_active() -> String {
+    CONFIG
+        .replace(r#", "2001:db8::19/64""#, "")
+        .replace("standby = true", r#"data_addresses = ["192.0.2.24/24"]"#)
+}
 
 fn mac_text(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
@@ -2234,7 +2215,7 @@ fn mac_text(mac: [u8; 6]) -> String {
 #[test]
 fn a_nic_with_another_members_mac_is_taken_offline_until_its_mac_is_unique() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), THREE_ACTIVE);
+    let mut daemon = Mpathd::start(lab.host(), &three_active());
     daemon.wait_until("all NICs ok", all_ok);
     assert_eq!(
         lab.host_addrs("h2").unwrap().len(),

@@ -494,17 +494,7 @@ fn routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown() {
     );
 
     daemon.stop();
-    let teardown = lab
-        .host()
-        .daemon_command(mpath_tests::daemon::binary("mpathd"))
-        .unwrap()
-        .args([
-            "--config",
-            &daemon.config.display().to_string(),
-            "--teardown",
-        ])
-        .output()
-        .unwrap();
+    let teardown = daemon.teardown(lab.host());
     assert!(teardown.status.success(), "{teardown:?}");
     assert_eq!(table(&lab, "-4"), "");
     assert_eq!(table(&lab, "-6"), "");
