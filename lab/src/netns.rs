@@ -89,17 +89,23 @@ impl Netns {
     /// [`Command::arg`].
     pub fn daemon_command(&self, program: impl AsRef<OsStr>) -> Result<Command> {
         ensure_bpffs()?;
-        // The temporary directory holds the host's bpffs while /sys is replaced; it is
-        // unmounted and removed before the program starts, or on any failure.
+        // Temporary directories hold the host's bpffs and cgroup2 hierarchy while /sys is
+        // replaced; they are unmounted and removed before the program starts, or on any
+        // failure. The cgroup2 hierarchy comes back at /sys/fs/cgroup, where a host without
+        // the hybrid layout has it.
         let script = format!(
             r#"set -e
 x=$(mktemp -d /tmp/{name}-bpffs.XXXXXX)
-trap 'umount "$x" 2>/dev/null; rmdir "$x"' EXIT
+y=$(mktemp -d /tmp/{name}-cgroup.XXXXXX)
+trap 'umount "$x" "$y" 2>/dev/null; rmdir "$x" "$y"' EXIT
+cg=$(awk '{{for (i = 7; i < NF; i++) if ($i == "-") {{ if ($(i + 1) == "cgroup2") print $5; break }}}}' /proc/self/mountinfo | head -n 1)
 mount --bind /sys/fs/bpf "$x"
+if [ -n "$cg" ]; then mount --bind "$cg" "$y"; fi
 mount -t sysfs none /sys
 mount --bind "$x" /sys/fs/bpf
+if [ -n "$cg" ]; then mount --bind "$y" /sys/fs/cgroup; umount "$y"; fi
 umount "$x"
-rmdir "$x"
+rmdir "$x" "$y"
 trap - EXIT
 exec "$@""#,
             name = self.name

@@ -9,6 +9,8 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub mod checksum;
+pub mod flow_hash;
+pub mod sources;
 
 /// Buckets in each group's load-spreading table. A flow's hash picks one bucket; 256 buckets
 /// give an even spread over up to dozens of NICs and let a NIC leave or join by moving only
@@ -48,6 +50,9 @@ pub mod map_names {
     pub const PROBE_REPLIES: &str = "MPATH_PROBE_REPLIES";
     pub const LAST_REPLY: &str = "MPATH_LAST_REPLY";
     pub const REPLY_BUDGETS: &str = "MPATH_REPLY_BUDGETS";
+    pub const SOURCE_ROUTES: &str = "MPATH_SOURCE_ROUTES";
+    pub const SOURCES: &str = "MPATH_SOURCES";
+    pub const SOURCE_COUNTERS: &str = "MPATH_SOURCE_COUNTERS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -56,6 +61,10 @@ pub mod program_names {
     pub const SPREAD: &str = "mpath_spread";
     /// XDP program that matches probe replies.
     pub const PROBE_RX: &str = "mpath_probe_rx";
+    /// cgroup `connect6` program that binds a connecting IPv6 socket to a group's source.
+    pub const SOURCE_CONNECT6: &str = "mpath_source_connect6";
+    /// cgroup `sendmsg6` program that gives an unconnected IPv6 datagram a group's source.
+    pub const SOURCE_SENDMSG6: &str = "mpath_source_sendmsg6";
 }
 
 /// What the datapath knows about one group NIC. Key: the NIC's ifindex.
@@ -471,6 +480,9 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ProbeReply {}
     unsafe impl aya::Pod for ReplyBudget {}
+    unsafe impl aya::Pod for sources::SourceRoute {}
+    unsafe impl aya::Pod for sources::SourceSet {}
+    unsafe impl aya::Pod for sources::SourceCounters {}
 }
 
 #[cfg(test)]

@@ -1,5 +1,4 @@
-//! Pure helpers of mpath's eBPF programs, kept apart from the programs so they build and are
-//! unit-tested on the host too.
-#![cfg_attr(not(test), no_std)]
-
-pub mod flow_hash;
+//! Empty: the programs are the binary (`src/main.rs`). The library target exists because
+//! mpath-ctl names this crate as a build dependency, so that cargo rebuilds the eBPF object
+//! when it changes; the pure helpers the programs use live in mpath-common.
+#![no_std]

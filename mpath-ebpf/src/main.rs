@@ -3,9 +3,12 @@
 //! - `mpath_spread` (TC egress, tcx) spreads a group's outbound flows over its usable NICs.
 //! - `mpath_probe_rx` (XDP) matches replies to mpathd's probes, stamps them with kernel time
 //!   and hands them to the daemon.
+//! - `mpath_source_connect6` and `mpath_source_sendmsg6` (cgroup socket address hooks) give
+//!   IPv6 sockets of mpathd's network namespace a source among their group's data addresses.
 //!
-//! The maps they share with mpathd are defined in `maps`. The pure parts live in the library
-//! half of this crate, which also builds for the host, where it is unit-tested.
+//! The maps they share with mpathd are defined in `maps`. The pure parts (flow hashes, the
+//! choice of a source) live in mpath-common, which builds for the host, where they are
+//! unit-tested.
 //!
 //! The programs compile for the host too (on Linux, whose BPF bindings aya-ebpf has), only so
 //! that `cargo clippy -p mpath-ebpf` lints every line of them; that binary does nothing. The
@@ -20,9 +23,11 @@ mod packet;
 #[cfg(any(target_arch = "bpf", target_os = "linux"))]
 mod probe_rx;
 #[cfg(any(target_arch = "bpf", target_os = "linux"))]
+mod source;
+#[cfg(any(target_arch = "bpf", target_os = "linux"))]
 mod spread;
 
-/// Both programs only read packets and maps; GPL makes every helper available.
+/// GPL makes every helper available.
 #[cfg(target_arch = "bpf")]
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]

@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use mpath_common::{
     BUCKETS_PER_GROUP, Bucket, EgressNic, GroupTests, MAX_GROUPS, MAX_IFINDEX, MAX_NICS,
     NicCounters, NicInfo, PROBE_RING_BYTES, ProbeReply, ReplyBudget, Settings,
+    sources::{MAX_SOURCE_ROUTES, SOURCE_SETS, SourceCounters, SourceRoute, SourceSet},
 };
 
 /// Group NICs by ifindex, for the probe-reply program. A NIC missing here is not mpath's:
@@ -54,6 +55,21 @@ pub static LAST_REPLY: Array<ProbeReply> = Array::pinned(MAX_NICS, 0);
 /// the others' replies need.
 #[map(name = "MPATH_REPLY_BUDGETS")]
 pub static REPLY_BUDGETS: PerCpuArray<ReplyBudget> = PerCpuArray::pinned(MAX_NICS, 0);
+
+/// mpathd's IPv6 routing table as the source hook needs it: by destination prefix, the group
+/// whose route serves it, or none where the table throws the lookup on to `main`. Longest
+/// match, as the kernel's lookup in that table.
+#[map(name = "MPATH_SOURCE_ROUTES")]
+pub static SOURCE_ROUTES: LpmTrie<[u8; 16], SourceRoute> = LpmTrie::pinned(MAX_SOURCE_ROUTES, 0);
+
+/// Each group's placed IPv6 data addresses, one set per source class (index:
+/// `sources::set_index`): the sources the hook picks from.
+#[map(name = "MPATH_SOURCES")]
+pub static SOURCES: Array<SourceSet> = Array::pinned(SOURCE_SETS, 0);
+
+/// What the source hook did, per group id and CPU.
+#[map(name = "MPATH_SOURCE_COUNTERS")]
+pub static SOURCE_COUNTERS: PerCpuArray<SourceCounters> = PerCpuArray::pinned(MAX_GROUPS, 0);
 
 /// Runs `f` on this CPU's counters of the NIC in `slot`.
 #[inline(always)]

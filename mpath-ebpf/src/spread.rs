@@ -22,9 +22,8 @@ use aya_ebpf::{
 };
 use mpath_common::{
     BUCKETS_PER_GROUP, EgressNic, MAX_TEST_ADDRESSES_PER_GROUP, PROBE_ICMP_ID, PROBE_ICMP_LEN,
-    PROBE_MAGIC, PROBE_WIRE_NS_OFFSET,
+    PROBE_MAGIC, PROBE_WIRE_NS_OFFSET, flow_hash,
 };
-use mpath_ebpf::flow_hash;
 
 use crate::{
     maps::{BUCKETS, EGRESS_NICS, GROUP_TESTS, count},

@@ -669,15 +669,34 @@ fn the_group_keeps_the_routes_the_kernel_or_a_network_manager_deleted_with_a_nic
     assert_sources_are_data_addresses(&lab, "after h1 left the host");
 }
 
+/// [`CONFIG`] with an IPv6 data address on h1 too, so that the group has two.
+fn two_ipv6_addresses() -> String {
+    CONFIG.replace(
+        "data_addresses = [\"192.0.2.20/24\"]",
+        "data_addresses = [\"192.0.2.20/24\", \"2001:db8::20/64\"]",
+    )
+}
+
+/// The source a connecting socket gets for `to`, as most clients connect: without binding
+/// first (std's UdpSocket cannot do that).
+fn connected_source(to: IpAddr, kind: socket2::Type) -> IpAddr {
+    let domain = if to.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, kind, None).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    // A TCP connect to a port nobody listens on is refused later; the source is set now.
+    let _ = socket.connect(&SocketAddr::new(to, 9).into());
+    let local = socket.local_addr().unwrap().as_socket().unwrap();
+    local.ip()
+}
+
 #[test]
 fn connections_to_many_destinations_take_their_source_from_the_nic_they_leave() {
     let lab = dhcp_lab();
-    // h1 gets an IPv6 data address of its own too.
-    let config = CONFIG.replace(
-        "data_addresses = [\"192.0.2.20/24\"]",
-        "data_addresses = [\"192.0.2.20/24\", \"2001:db8::20/64\"]",
-    );
-    let mut daemon = Mpathd::start(lab.host(), &config);
+    let mut daemon = Mpathd::start(lab.host(), &two_ipv6_addresses());
     daemon.wait_until("all NICs ok and the routes served", |d| {
         all_ok(d) && routes_served(&lab)
     });
@@ -689,23 +708,225 @@ fn connections_to_many_destinations_take_their_source_from_the_nic_they_leave() 
             format!("2001:db8:ff::{host:x}").parse().unwrap(),
         ];
         for to in destinations {
-            let any = unspecified(to.is_ipv4());
-            let socket = UdpSocket::bind((any, 0)).unwrap();
-            socket.connect((to, 9)).unwrap();
-            *sources
-                .entry(socket.local_addr().unwrap().ip().to_string())
-                .or_default() += 1;
+            let source = connected_source(to, socket2::Type::DGRAM);
+            *sources.entry(source.to_string()).or_default() += 1;
         }
     }
     // IPv4: each active NIC's flows use its own data address, so the replies come back
-    // spread over the NICs too (IPMP's inbound load spreading). IPv6: the kernel takes the
-    // source of a route through a nexthop group from its first member's NIC, so one data
-    // address serves all; never a test or link-local address either way.
+    // spread over the NICs too (IPMP's inbound load spreading). IPv6: the source hook picks
+    // one of the group's data addresses per destination, where the kernel would take the
+    // first member's for all. Never a test or link-local address either way.
     let (v4, v6): (Vec<&String>, Vec<&String>) = sources.keys().partition(|a| !a.contains(':'));
     assert_eq!(v4, ["192.0.2.19", "192.0.2.20"], "{sources:?}");
+    assert_eq!(v6, ["2001:db8::19", "2001:db8::20"], "{sources:?}");
+}
+
+/// The source hook's counters of group id 0, from `mpathctl maps --json`.
+fn hook_counters(daemon: &Mpathd, lab: &Lab) -> (u64, u64) {
+    let out = daemon.ctl(lab.host(), &["--json", "maps"]);
+    assert!(out.status.success(), "{out:?}");
+    let maps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let group = maps["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["group"] == 0)
+        .unwrap_or_else(|| panic!("no sources of group 0: {maps}"));
+    let count = |key: &str| group[key].as_u64().unwrap();
+    (count("chosen"), count("bind_failed"))
+}
+
+/// Connects over TCP from the host to 2001:db8:ff::1 to ::10 behind the router, where a
+/// listener accepts on all of them, exchanges a message on each connection and returns the
+/// source of each by destination, as the client and the server both saw it.
+fn ipv6_sources_of_real_connections(lab: &Lab) -> BTreeMap<IpAddr, IpAddr> {
+    let listener = {
+        let _inside = lab.router().enter().unwrap();
+        TcpListener::bind((Ipv6Addr::UNSPECIFIED, 5003)).unwrap()
+    };
+    let _inside = lab.host().enter().unwrap();
+    let mut sources = BTreeMap::new();
+    for host in 1..=16u16 {
+        let to = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, host));
+        let mut client =
+            TcpStream::connect_timeout(&SocketAddr::new(to, 5003), Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
+        let (mut server, peer) = listener.accept().unwrap();
+        let source = client.local_addr().unwrap().ip();
+        assert_eq!(
+            peer.ip(),
+            source,
+            "the router sees the source the client got"
+        );
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).unwrap();
+        server.write_all(b"pong").unwrap();
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"pong");
+        sources.insert(to, source);
+    }
+    sources
+}
+
+#[test]
+fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
+    let lab = dhcp_lab();
+    // The router answers for the whole network behind it.
+    lab.router()
+        .ip(&[
+            "-6",
+            "route",
+            "add",
+            "local",
+            "2001:db8:ff::/64",
+            "dev",
+            "lo",
+        ])
+        .unwrap();
+    // A NIC outside the group, with a network of its own inside the group's default route.
+    let mut lab = lab;
+    let outside = lab.add_nic().unwrap();
+    lab.add_host_addr(&outside, "2001:db8:77::5/64").unwrap();
+    let mut daemon = Mpathd::start(lab.host(), &two_ipv6_addresses());
+    daemon.wait_until("all NICs ok and the routes served", |d| {
+        all_ok(d) && routes_served(&lab)
+    });
+    let log = daemon.log();
     assert!(
-        v6.iter()
-            .all(|a| ["2001:db8::19", "2001:db8::20"].contains(&a.as_str())),
-        "{sources:?}"
+        log.contains("IPv6 sources spread over each group's data addresses"),
+        "{log}"
+    );
+
+    let before = ipv6_sources_of_real_connections(&lab);
+    let used: std::collections::BTreeSet<String> =
+        before.values().map(ToString::to_string).collect();
+    assert_eq!(
+        used.into_iter().collect::<Vec<_>>(),
+        ["2001:db8::19", "2001:db8::20"],
+        "{before:?}"
+    );
+    assert_eq!(
+        ipv6_sources_of_real_connections(&lab),
+        before,
+        "each destination keeps its source"
+    );
+    let (chosen, failed) = hook_counters(&daemon, &lab);
+    assert!(chosen >= 32, "the hook chose {chosen} sources");
+
+    {
+        let _inside = lab.host().enter().unwrap();
+        // An application's own bind is kept: to a port and address, or to an address alone
+        // with IP_BIND_ADDRESS_NO_PORT, whose port the kernel picks at connect.
+        let (to, theirs) = before
+            .iter()
+            .find(|(_, s)| s.to_string() == "2001:db8::20")
+            .unwrap();
+        for no_port in [false, true] {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+            if no_port {
+                let on: libc::c_int = 1;
+                // SAFETY: setsockopt reads one c_int from `on`.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&socket),
+                        libc::IPPROTO_IP,
+                        libc::IP_BIND_ADDRESS_NO_PORT,
+                        (&raw const on).cast(),
+                        size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(rc, 0);
+            }
+            let mine: IpAddr = "2001:db8::19".parse().unwrap();
+            socket.bind(&SocketAddr::new(mine, 0).into()).unwrap();
+            socket
+                .connect_timeout(&SocketAddr::new(*to, 5003).into(), Duration::from_secs(5))
+                .ok();
+            let local = socket.local_addr().unwrap().as_socket().unwrap().ip();
+            assert_eq!(
+                local, mine,
+                "bound to {mine} (no port: {no_port}), hook's would be {theirs}"
+            );
+        }
+        // A destination the group's routes do not serve keeps the kernel's choice: the
+        // outside NIC's network, which mpathd's table throws on to main.
+        let to: IpAddr = "2001:db8:77::9".parse().unwrap();
+        assert_eq!(
+            connected_source(to, socket2::Type::DGRAM).to_string(),
+            "2001:db8:77::5"
+        );
+    }
+    {
+        // Sockets of other network namespaces are not the hook's: the router's connections
+        // to the host get the router's source, and no bind of a host address is attempted.
+        let _inside = lab.router().enter().unwrap();
+        let source = connected_source("2001:db8::19".parse().unwrap(), socket2::Type::DGRAM);
+        assert_eq!(source.to_string(), "2001:db8::1");
+    }
+
+    // h0 fails: its address moves to h1, and every destination keeps its source.
+    lab.cut("h0").unwrap();
+    daemon.wait_until("h0 failed, its addresses moved", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "failed"
+                && inbound(&s, "2001:db8::19/64").is_some_and(|n| n != "h0")
+        })
+    });
+    assert_eq!(ipv6_sources_of_real_connections(&lab), before);
+    let (chosen_after, failed_after) = hook_counters(&daemon, &lab);
+    assert!(chosen_after >= chosen + 16, "{chosen} then {chosen_after}");
+    assert_eq!(
+        (failed, failed_after),
+        (0, 0),
+        "no chosen source was refused"
+    );
+
+    // ipv6_sources = "kernel": the kernel's choice again, one address for all; and back.
+    let kernel =
+        two_ipv6_addresses().replace("[daemon]\n", "[daemon]\nipv6_sources = \"kernel\"\n");
+    daemon.reload(&kernel);
+    daemon.wait_until("the hook detached", |d| {
+        d.log().contains("ipv6_sources spread -> kernel")
+    });
+    let kernel_sources: std::collections::BTreeSet<IpAddr> = ipv6_sources_of_real_connections(&lab)
+        .into_values()
+        .collect();
+    assert_eq!(kernel_sources.len(), 1, "{kernel_sources:?}");
+    daemon.reload(&two_ipv6_addresses());
+    daemon.wait_until("the hook attached again", |d| {
+        d.log()
+            .matches("IPv6 sources spread over each group's data addresses")
+            .count()
+            == 2
+    });
+    assert_eq!(ipv6_sources_of_real_connections(&lab), before);
+
+    // The hook is pinned with the datapath: it outlives a killed mpathd, and the next one
+    // takes it over.
+    daemon.kill();
+    assert_eq!(ipv6_sources_of_real_connections(&lab), before);
+    daemon.spawn(lab.host());
+    daemon.wait_until("the hook taken over", |d| {
+        d.log()
+            .matches("IPv6 sources spread over each group's data addresses")
+            .count()
+            == 3
+            && d.try_status().is_some()
+    });
+    assert_eq!(ipv6_sources_of_real_connections(&lab), before);
+    // Only a teardown takes it off the host.
+    daemon.stop();
+    assert_eq!(ipv6_sources_of_real_connections(&lab), before);
+    let out = daemon.teardown(lab.host());
+    assert!(out.status.success(), "{out:?}");
+    let kernel_sources: std::collections::BTreeSet<IpAddr> = ipv6_sources_of_real_connections(&lab)
+        .into_values()
+        .collect();
+    assert_eq!(
+        kernel_sources.len(),
+        1,
+        "after the teardown: {kernel_sources:?}"
     );
 }

@@ -25,7 +25,8 @@ use crate::{capture, exec};
 
 /// The privileged test binaries of mpath-tests and, for the CI run, the tests of each that
 /// cover what must hold on every kernel: loading and attaching the datapath, spreading,
-/// probe matching, failover, kill -9 survival, restart adoption and group routes. An empty
+/// probe matching, failover, kill -9 survival, restart adoption, group routes and the IPv6
+/// source hook. An empty
 /// list runs the whole binary.
 const CI_SUBSET: &[(&str, &[&str])] = &[
     ("datapath", &[]),
@@ -48,6 +49,7 @@ const CI_SUBSET: &[(&str, &[&str])] = &[
             "off_link_traffic_survives_carrier_loss_of_the_nic_the_default_route_named",
             "routed_flows_spread_over_the_usable_nics_and_only_a_leaving_nic_s_buckets_move",
             "routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown",
+            "ipv6_connections_spread_their_sources_and_keep_them_through_a_failover",
         ],
     ),
 ];

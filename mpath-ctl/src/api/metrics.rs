@@ -39,7 +39,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use mpath_common::{NicCounters, RejectReason as DatapathRejectReason};
+use mpath_common::{NicCounters, RejectReason as DatapathRejectReason, sources::SourceCounters};
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, MetricVec, MetricVecBuilder},
@@ -113,6 +113,10 @@ pub(crate) struct Snapshot {
     pub datapath: Vec<DatapathSnapshot>,
     /// NICs outside any group, tracked when TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
     pub ungrouped: Vec<UngroupedSnapshot>,
+    /// Whether the source hook is attached (`ipv6_sources = "spread"` took effect).
+    pub source_hook_attached: bool,
+    /// The source hook's counters of the groups whose counters could be read.
+    pub sources: Vec<(String, SourceCounters)>,
 }
 
 /// The groups, NICs and probe targets that exist now; see [`Metrics::retain`].
@@ -268,6 +272,9 @@ struct DatapathMetrics {
     probe_replies_dropped: IntCounterVec,
     probe_replies_over_budget: IntCounterVec,
     probe_replies_rejected: IntCounterVec,
+    source_hook_attached: IntGaugeVec,
+    sources_chosen: IntCounterVec,
+    source_binds_failed: IntCounterVec,
 }
 
 /// mpathd's metrics; owned by the event loop, which reports events to it and renders it
@@ -592,6 +599,23 @@ impl Metrics {
                 "Packets that looked like probe replies but were refused, by reason.",
                 NIC_REASON,
             )?,
+            source_hook_attached: d.gauge(
+                "mpath_ipv6_source_hook_attached",
+                "1 while the source hook gives IPv6 sockets their sources over the groups' data \
+                 addresses (ipv6_sources = \"spread\"), 0 while the kernel picks them.",
+                NO_LABELS,
+            )?,
+            sources_chosen: d.counter(
+                "mpath_ipv6_sources_chosen_total",
+                "IPv6 sockets the source hook gave one of the group's data addresses as source.",
+                GROUP,
+            )?,
+            source_binds_failed: d.counter(
+                "mpath_ipv6_source_binds_failed_total",
+                "IPv6 sockets whose chosen source the kernel refused (an address in the middle \
+                 of a move); the kernel picked their source.",
+                GROUP,
+            )?,
         };
         let metrics = Metrics {
             registry,
@@ -886,9 +910,22 @@ impl Metrics {
             &d.probe_replies_dropped,
             &d.probe_replies_over_budget,
             &d.probe_replies_rejected,
+            &d.sources_chosen,
+            &d.source_binds_failed,
         ];
         for family in families {
             family.reset();
+        }
+        d.source_hook_attached
+            .with_label_values(NO_LABELS)
+            .set(i64::from(snapshot.source_hook_attached));
+        for (group, c) in &snapshot.sources {
+            d.sources_chosen
+                .with_label_values(&[group])
+                .inc_by(c.chosen);
+            d.source_binds_failed
+                .with_label_values(&[group])
+                .inc_by(c.bind_failed);
         }
         for nic in &snapshot.datapath {
             let labels = [nic.group.as_str(), nic.interface.as_str()];
@@ -1184,6 +1221,14 @@ mod tests {
                 replies_over_budget: 5,
             }],
             ungrouped: Vec::new(),
+            source_hook_attached: true,
+            sources: vec![(
+                "g0".into(),
+                SourceCounters {
+                    chosen: 12,
+                    bind_failed: 1,
+                },
+            )],
         }
     }
 
@@ -1258,6 +1303,15 @@ mod tests {
             (family("h1", "ipv4", "unknown"), 1.0),
             (
                 r#"mpath_interface_standby{group="g0",interface="h1"}"#.into(),
+                1.0,
+            ),
+            ("mpath_ipv6_source_hook_attached".into(), 1.0),
+            (
+                r#"mpath_ipv6_sources_chosen_total{group="g0"}"#.into(),
+                12.0,
+            ),
+            (
+                r#"mpath_ipv6_source_binds_failed_total{group="g0"}"#.into(),
                 1.0,
             ),
             (

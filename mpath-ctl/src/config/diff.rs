@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Config, DaemonConfig, GroupConfig, InterfaceConfig, RouteConfig, SpreadMode, TcAttach,
+    Config, DaemonConfig, GroupConfig, InterfaceConfig, Ipv6Sources, RouteConfig, SpreadMode,
+    TcAttach,
 };
 use crate::net::address::{IpCidr, Ipv4Cidr};
 
@@ -72,6 +73,9 @@ impl DaemonConfig {
         }
         if let Some(change) = Change::between(&self.tc_attach, &new.tc_attach) {
             changes.push(DaemonChange::TcAttach(change));
+        }
+        if let Some(change) = Change::between(&self.ipv6_sources, &new.ipv6_sources) {
+            changes.push(DaemonChange::Ipv6Sources(change));
         }
         changes
     }
@@ -192,6 +196,8 @@ pub(crate) enum DaemonChange {
     RouteRulePriority(Change<u32>),
     /// Takes effect at restart, which moves every NIC's egress program to the new kind.
     TcAttach(Change<TcAttach>),
+    /// Attaches or detaches the source hook at once.
+    Ipv6Sources(Change<Ipv6Sources>),
 }
 
 /// Changes inside a group present in both configurations.
@@ -272,6 +278,7 @@ impl fmt::Display for DaemonChange {
                 write!(f, "route_rule_priority {} -> {}", c.old, c.new)
             }
             DaemonChange::TcAttach(c) => write!(f, "tc_attach {} -> {}", c.old, c.new),
+            DaemonChange::Ipv6Sources(c) => write!(f, "ipv6_sources {} -> {}", c.old, c.new),
         }
     }
 }

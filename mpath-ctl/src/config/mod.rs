@@ -6,7 +6,7 @@
 //!
 //! The TOML file has an optional `[daemon]` table (`failure_detection_time_ms`, `failback`,
 //! `track_interfaces_only_with_groups`, `metrics_listen`, `socket`, `bpf_pin_dir`,
-//! `route_table`, `route_rule_priority`, `tc_attach`) and any number of `[[group]]` tables (`name`, optional
+//! `route_table`, `route_rule_priority`, `tc_attach`, `ipv6_sources`) and any number of `[[group]]` tables (`name`, optional
 //! `targets` and `spread`), each with `[[group.interface]]` tables (`name`, optional
 //! `test_address`, `data_addresses`, `standby`) and optional `[[group.route]]` tables (`to`,
 //! optional `via` and `metric`). Keys set in `[daemon]` win over `/etc/default/mpathd`, which
@@ -93,6 +93,8 @@ pub struct DaemonConfig {
     pub route_rule_priority: u32,
     /// How the egress program is attached to the NICs.
     pub tc_attach: TcAttach,
+    /// Who picks the source of IPv6 connections through group routes.
+    pub ipv6_sources: Ipv6Sources,
 }
 
 impl Default for DaemonConfig {
@@ -107,6 +109,7 @@ impl Default for DaemonConfig {
             route_table: DEFAULT_ROUTE_TABLE,
             route_rule_priority: DEFAULT_ROUTE_RULE_PRIORITY,
             tc_attach: TcAttach::Auto,
+            ipv6_sources: Ipv6Sources::Spread,
         }
     }
 }
@@ -131,6 +134,29 @@ impl fmt::Display for TcAttach {
             TcAttach::Auto => "auto",
             TcAttach::Tcx => "tcx",
             TcAttach::Legacy => "legacy",
+        })
+    }
+}
+
+/// Who picks the source address of IPv6 sockets that connect or send through a group route
+/// without having bound one (see `core::sources`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Sources {
+    /// mpathd's source hook, per destination over the group's data addresses, so replies
+    /// come back spread over the NICs as they do for IPv4.
+    #[default]
+    Spread,
+    /// The kernel, which takes the data address of the first NIC of the route's nexthop
+    /// group for every connection.
+    Kernel,
+}
+
+impl fmt::Display for Ipv6Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ipv6Sources::Spread => "spread",
+            Ipv6Sources::Kernel => "kernel",
         })
     }
 }
@@ -341,6 +367,7 @@ mod tests {
         assert_eq!(daemon.route_table, 28016);
         assert_eq!(daemon.route_rule_priority, 32765);
         assert_eq!(daemon.tc_attach, TcAttach::Auto);
+        assert_eq!(daemon.ipv6_sources, Ipv6Sources::Spread);
     }
 
     #[test]
@@ -349,7 +376,8 @@ mod tests {
             "[daemon]\nfailure_detection_time_ms = 100\nfailback = false\n\
              track_interfaces_only_with_groups = false\nmetrics_listen = \"[::]:9100\"\n\
              socket = \"/tmp/t/mpathd.sock\"\nbpf_pin_dir = \"/sys/fs/bpf/test-1\"\n\
-             route_table = 100\nroute_rule_priority = 1000\ntc_attach = \"legacy\"\n",
+             route_table = 100\nroute_rule_priority = 1000\ntc_attach = \"legacy\"\n\
+             ipv6_sources = \"kernel\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -364,6 +392,7 @@ mod tests {
                 route_table: 100,
                 route_rule_priority: 1000,
                 tc_attach: TcAttach::Legacy,
+                ipv6_sources: Ipv6Sources::Kernel,
             }
         );
     }

@@ -32,6 +32,7 @@ pub mod multicast;
 pub mod probe;
 pub mod reconcile;
 pub mod routes;
+pub mod sources;
 pub mod spread;
 pub mod state;
 pub mod target;

@@ -269,5 +269,6 @@ impl Daemon {
                 self.metrics.transfer(self.groups[gi].name(), &transfer);
             }
         }
+        self.update_sources();
     }
 }

@@ -6,8 +6,8 @@
 //!
 //! The parts: `group` (each group's runtime and the lookups), `nics` (NICs coming and going,
 //! resync), `actions` (the one interpreter of the state machines' decisions), `addresses`,
-//! `announcer`, `multicast` (memberships that follow a failover), `probing`, `routes`, `reload`,
-//! `status`; `service` and `logging` face systemd.
+//! `announcer`, `multicast` (memberships that follow a failover), `probing`, `routes`,
+//! `sources` (the IPv6 source hook), `reload`, `status`; `service` and `logging` face systemd.
 
 mod actions;
 mod addresses;
@@ -20,6 +20,7 @@ mod probing;
 mod reload;
 mod routes;
 mod service;
+mod sources;
 mod status;
 
 pub use routes::remove_routes;
@@ -44,7 +45,7 @@ use crate::{
     core::state::Event,
     daemon::{
         announcer::Announcer, group::Groups, multicast::Following, probing::ProbeContext,
-        routes::Routing, service::Notifier,
+        routes::Routing, service::Notifier, sources::SourceHook,
     },
     datapath::Datapath,
     net::address::IpCidr,
@@ -80,6 +81,7 @@ pub struct Daemon {
     announcer: Announcer,
     /// Multicast memberships of unusable NICs that mpathd holds on the NICs that took over.
     following: Following,
+    source_hook: SourceHook,
     /// This mpathd took over a running datapath (a restart): the groups it starts with skip
     /// the startup quiet period, which is for a cold start.
     restarted: bool,
@@ -144,12 +146,14 @@ impl Daemon {
             ungrouped: BTreeMap::new(),
             announcer: Announcer::default(),
             following: Following::default(),
+            source_hook: SourceHook::default(),
             restarted,
             metrics,
         };
         for g in &config.groups {
             daemon.add_group(g)?;
         }
+        daemon.set_up_source_hook();
         let all = config.groups.iter().map(|g| g.name.clone()).collect();
         daemon.resync(&all, &BTreeMap::new()).await?;
         daemon.prune_stale_pins();

@@ -48,6 +48,7 @@ impl Daemon {
             return Ok(ReloadResult::Unchanged);
         }
         tracing::info!("reload: {diff}");
+        let mut hook_changed = false;
         let mut rebuild: BTreeSet<String> =
             diff.groups_changed.iter().map(|g| g.name.clone()).collect();
         for change in &diff.daemon {
@@ -64,6 +65,7 @@ impl Daemon {
                 | DaemonChange::TcAttach(_) => {
                     tracing::warn!("reload: {change} takes effect when mpathd restarts");
                 }
+                DaemonChange::Ipv6Sources(_) => hook_changed = true,
             }
         }
         // Settings that only a restart can change keep their running values.
@@ -101,6 +103,9 @@ impl Daemon {
             self.retire_group(old, kept).await;
         }
         self.config = new.clone();
+        if hook_changed {
+            self.set_up_source_hook();
+        }
         self.metrics.declare_groups(&new.groups);
         for g in &new.groups {
             if self.groups.by_name(&g.name).is_none() {

@@ -103,6 +103,8 @@ impl Daemon {
                 tracing::error!("{e:#}");
             }
         }
+        self.update_source_routes(&plan);
+        self.update_sources();
     }
 
     /// Takes the routing table just read: routes the kernel deleted with a group NIC that

@@ -46,6 +46,13 @@ impl Daemon {
                 }
             }
         }
+        snapshot.source_hook_attached = self.source_hook.attached;
+        for g in &self.groups {
+            match self.datapath.maps.sources.counters(g.id) {
+                Ok(c) => snapshot.sources.push((g.config.name.clone(), c)),
+                Err(e) => tracing::debug!("metrics: source counters of {}: {e}", g.name()),
+            }
+        }
         snapshot.ungrouped = self
             .ungrouped
             .iter()

@@ -15,7 +15,7 @@ use mpath_common::{
 
 use tokio::io::unix::AsyncFd;
 
-use crate::core::spread::Table;
+use crate::{core::spread::Table, datapath::sources::SourceMaps};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -48,6 +48,11 @@ pub enum MapsError {
     UnknownNic(u32),
     #[error("group {0} has more than {MAX_TEST_ADDRESSES_PER_GROUP} IPv4 test addresses")]
     TooManyTestAddresses(u32),
+    #[error(
+        "group {0} has more than {max} IPv6 data addresses of one kind for the source hook",
+        max = mpath_common::sources::MAX_SOURCES
+    )]
+    TooManySources(u32),
 }
 
 /// The maps shared with the programs (see mpath-ebpf's `maps` module for what each holds).
@@ -62,12 +67,14 @@ pub struct Maps {
     reply_budgets: PerCpuArray<MapData, ReplyBudget>,
     /// Taken by the daemon's reply reader; `None` once taken.
     probe_replies: Option<RingBuf<MapData>>,
+    /// The source hook's.
+    pub sources: SourceMaps,
     /// A second descriptor of every map, by name, to pin the maps again after someone
     /// removed their pins (the typed maps above keep theirs to themselves).
     handles: Vec<(&'static str, MapData)>,
 }
 
-fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+pub(super) fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
@@ -77,7 +84,11 @@ where
 /// Another descriptor of `map`, opened by its id.
 fn second_handle(name: &'static str, map: &Map) -> Result<MapData, MapsError> {
     let data = match map {
-        Map::Array(d) | Map::HashMap(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d)
+        | Map::LpmTrie(d) => d,
         _ => return Err(MapsError::UnexpectedType { name }),
     };
     data.info()
@@ -121,6 +132,7 @@ impl Maps {
             last_reply: typed(LAST_REPLY, get(LAST_REPLY)?)?,
             reply_budgets: typed(REPLY_BUDGETS, get(REPLY_BUDGETS)?)?,
             probe_replies: Some(typed(PROBE_REPLIES, get(PROBE_REPLIES)?)?),
+            sources: SourceMaps::build(&mut get)?,
             handles,
         })
     }

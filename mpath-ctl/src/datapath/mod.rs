@@ -3,8 +3,9 @@
 //! tearing it down.
 //!
 //! Layout under the pin directory (default `/sys/fs/bpf/mpath`):
-//! `v2/maps/<MAP>` and `v2/links/{tc,xdp}-<ifindex>`. The layout version is part of the path:
-//! aya adopts a pinned map without checking its layout.
+//! `v2/maps/<MAP>`, `v2/links/{tc,xdp}-<ifindex>` and the source hook's
+//! `v2/links/source-{connect6,sendmsg6}` ([`sources`]). The layout version is part of the
+//! path: aya adopts a pinned map without checking its layout.
 //!
 //! The egress program goes on through a tcx link where the kernel has tcx (6.6), else as a
 //! classic cls_bpf filter ([`legacy_tc`]), which has no pin: it stays in the NIC's qdisc by
@@ -20,6 +21,7 @@ use std::{
 pub mod legacy_tc;
 pub mod maps;
 pub mod pins;
+pub mod sources;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -122,6 +124,9 @@ pub struct Datapath {
     pins: PinLayout,
     pub maps: Maps,
     tc_kind: TcKind,
+    /// The cookie of mpathd's network namespace, which the source hook keeps to; `None` on a
+    /// kernel that does not tell it.
+    netns_cookie: Option<u64>,
     /// Attached NICs by ifindex: their pinned tc link (none for a cls_bpf filter) and XDP
     /// link.
     attached: BTreeMap<u32, (Option<PinnedLink>, PinnedLink)>,
@@ -159,8 +164,10 @@ impl Datapath {
         for path in [pins.maps(), pins.links()] {
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
+        let netns_cookie = sources::netns_cookie().ok();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.maps())
+            .override_global("MPATH_NETNS_COOKIE", &netns_cookie.unwrap_or(0), true)
             .load(EBPF_OBJECT)?;
         spread_program(&mut ebpf)?
             .load()
@@ -181,6 +188,7 @@ impl Datapath {
             pins,
             maps,
             tc_kind,
+            netns_cookie,
             attached: BTreeMap::new(),
         })
     }

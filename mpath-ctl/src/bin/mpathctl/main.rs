@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
-use mpath_common::{BUCKETS_PER_GROUP, MAX_GROUPS, RejectReason};
+use mpath_common::{BUCKETS_PER_GROUP, MAX_GROUPS, RejectReason, sources::SourceClass};
 use mpath_ctl::{
     api::control::{self, ControlError, Reply, Request},
     api::manpages,
@@ -477,6 +477,20 @@ struct MapsDump {
     nics: Vec<NicDump>,
     /// Per group id: buckets owned by each NIC (by name).
     buckets: BTreeMap<u32, BTreeMap<String, u32>>,
+    sources: Vec<SourceDump>,
+    /// The IPv6 destinations the source hook knows: the group id serving each, none where
+    /// mpathd's table throws the lookup on to `main`.
+    source_routes: BTreeMap<String, Option<u32>>,
+}
+
+/// What the source hook offers one group's IPv6 sockets, and what it did.
+#[derive(Serialize)]
+struct SourceDump {
+    group: u32,
+    global: Vec<Ipv6Addr>,
+    unique_local: Vec<Ipv6Addr>,
+    chosen: u64,
+    bind_failed: u64,
 }
 
 #[derive(Serialize)]
@@ -563,7 +577,37 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
         }
         buckets.insert(group, owners);
     }
-    let dump = MapsDump { nics, buckets };
+    let mut sources = Vec::new();
+    for group in 0..MAX_GROUPS {
+        let s = &maps.sources;
+        let (global, unique_local) = (
+            s.sources(group, SourceClass::Global)?,
+            s.sources(group, SourceClass::UniqueLocal)?,
+        );
+        let counters = s.counters(group)?;
+        if global.is_empty() && unique_local.is_empty() && counters.chosen == 0 {
+            continue;
+        }
+        sources.push(SourceDump {
+            group,
+            global,
+            unique_local,
+            chosen: counters.chosen,
+            bind_failed: counters.bind_failed,
+        });
+    }
+    let source_routes = maps
+        .sources
+        .routes()?
+        .into_iter()
+        .map(|(prefix, group)| (prefix.to_string(), group))
+        .collect();
+    let dump = MapsDump {
+        nics,
+        buckets,
+        sources,
+        source_routes,
+    };
     if cli.json {
         return print_json(&dump);
     }
@@ -624,5 +668,41 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
             .collect(),
     };
     print!("{}", bucket_table.render(None)?);
+    println!();
+    let source_table = Table {
+        columns: &[
+            "GROUPID",
+            "IPV6SOURCES",
+            "CHOSEN",
+            "BINDFAILED",
+            "DESTINATIONS",
+        ],
+        rows: dump
+            .sources
+            .iter()
+            .map(|s| {
+                let addrs: Vec<String> = s
+                    .global
+                    .iter()
+                    .chain(&s.unique_local)
+                    .map(ToString::to_string)
+                    .collect();
+                let destinations: Vec<&str> = dump
+                    .source_routes
+                    .iter()
+                    .filter(|(_, g)| **g == Some(s.group))
+                    .map(|(prefix, _)| prefix.as_str())
+                    .collect();
+                vec![
+                    s.group.to_string(),
+                    list(&addrs),
+                    s.chosen.to_string(),
+                    s.bind_failed.to_string(),
+                    destinations.join(" "),
+                ]
+            })
+            .collect(),
+    };
+    print!("{}", source_table.render(None)?);
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Flow hash for packets whose socket gave them none (unconnected UDP, raw sockets), so every
-//! packet of a flow picks the same bucket without running the kernel's flow dissector.
+//! packet of a flow picks the same bucket without running the kernel's flow dissector; and a
+//! hash of a destination alone, by which the source hook picks a source per destination.
 
 /// The murmur3 finaliser: spreads every input bit over the whole word.
 #[inline(always)]
@@ -42,6 +43,22 @@ pub fn v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, ports: [u8; 4]) -> u32 {
         i += 4;
     }
     fmix(mix(h, u32::from_ne_bytes(ports)))
+}
+
+/// Hash of an IPv6 destination alone: every connection to one destination gets the same
+/// source, and different destinations spread over the sources.
+#[inline(always)]
+pub fn destination(dst: &[u8; 16]) -> u32 {
+    let mut h = 0x5eed;
+    let mut i = 0;
+    while i < 16 {
+        h = mix(
+            h,
+            u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]),
+        );
+        i += 4;
+    }
+    fmix(h)
 }
 
 #[cfg(test)]

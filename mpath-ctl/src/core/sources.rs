@@ -1,0 +1,173 @@
+//! Source address selection for inbound load spreading: which data addresses the source hook
+//! may give an IPv6 socket, and for which destinations (see `mpath_common::sources`).
+//!
+//! Through a gateway the kernel gives each IPv4 nexthop its NIC's data address, so IPv4 flows
+//! already use every NIC's address (see [`crate::core::routes`]). For IPv6 it takes the source
+//! of a route through a nexthop group from the group's first member, whichever NIC the flow
+//! leaves: all connections would share one data address and all replies would arrive on one
+//! NIC. The hook spreads the choice per destination over the group's placed IPv6 data
+//! addresses, for exactly the destinations mpathd's table serves through a group.
+//!
+//! This module decides the hook's tables from the route [`Plan`] and the groups' addresses;
+//! it does no IO.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv6Addr},
+};
+
+use mpath_common::sources::{MAX_SOURCES, SourceClass, spreadable};
+
+use crate::{
+    core::routes::{Plan, Via},
+    net::address::IpCidr,
+};
+
+/// Every IPv6 destination of mpathd's table as `plan` has it: the group whose route serves it,
+/// or `None` where the table throws the lookup on to `main`.
+pub(crate) fn routes(plan: &Plan) -> BTreeMap<IpCidr, Option<String>> {
+    plan.routes
+        .iter()
+        .filter(|((destination, _), _)| destination.addr().is_ipv6())
+        .map(|((destination, _), route)| {
+            let group = match &route.via {
+                Via::Group(key) => Some(key.group.clone()),
+                Via::Throw => None,
+            };
+            (*destination, group)
+        })
+        .collect()
+}
+
+/// A group's sources by class.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sources {
+    /// Sorted, so that a destination keeps its source whatever order the addresses were
+    /// placed in.
+    pub by_class: BTreeMap<SourceClass, Vec<Ipv6Addr>>,
+    /// More placed addresses of a class than the hook holds: those past the first
+    /// [`MAX_SOURCES`] are never chosen.
+    pub overflowing: bool,
+}
+
+impl Sources {
+    pub fn of(&self, class: SourceClass) -> &[Ipv6Addr] {
+        self.by_class.get(&class).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// A group's sources: its data addresses that are on a NIC now (`placed`) and IPv6, by class.
+pub(crate) fn sources(addresses: impl IntoIterator<Item = (IpCidr, bool)>) -> Sources {
+    let placed: BTreeSet<Ipv6Addr> = addresses
+        .into_iter()
+        .filter(|(_, placed)| *placed)
+        .filter_map(|(cidr, _)| match cidr.addr() {
+            IpAddr::V6(a) if spreadable(&a.octets()) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let mut sources = Sources::default();
+    for addr in placed {
+        sources
+            .by_class
+            .entry(SourceClass::of(&addr.octets()))
+            .or_default()
+            .push(addr);
+    }
+    for set in sources.by_class.values_mut() {
+        if set.len() > MAX_SOURCES {
+            set.truncate(MAX_SOURCES);
+            sources.overflowing = true;
+        }
+    }
+    sources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::routes::{self, GroupRouting, Hop, MainRoute};
+
+    fn cidr(s: &str) -> IpCidr {
+        s.parse().unwrap()
+    }
+
+    fn main_route(destination: &str, oif: u32, gateway: Option<&str>) -> MainRoute {
+        MainRoute {
+            destination: cidr(destination),
+            metric: 1024,
+            prefsrc: None,
+            hops: vec![Hop {
+                oif,
+                gateway: gateway.map(|g| g.parse().unwrap()),
+            }],
+        }
+    }
+
+    fn addresses(list: &[(&str, bool)]) -> Vec<(IpCidr, bool)> {
+        list.iter().map(|(a, placed)| (cidr(a), *placed)).collect()
+    }
+
+    fn strings(addrs: &[Ipv6Addr]) -> Vec<String> {
+        addrs.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_hook_serves_the_group_s_ipv6_destinations_and_throws_main_s_ones() {
+        let main = [
+            main_route("::/0", 2, Some("fe80::1")),
+            main_route("2001:db8::/64", 2, None),
+            main_route("2001:db8:5::/64", 9, None),
+            main_route("0.0.0.0/0", 2, Some("192.0.2.1")),
+        ];
+        let groups = [GroupRouting {
+            name: "g0".into(),
+            members: vec![2, 3],
+            serving: vec![2, 3],
+            addresses: vec![(cidr("2001:db8::19/64"), Some(2))],
+            configured: Vec::new(),
+        }];
+        let expected: BTreeMap<IpCidr, Option<String>> = [
+            (cidr("::/0"), Some("g0".to_string())),
+            (cidr("2001:db8::/64"), Some("g0".to_string())),
+            // The management NIC's network lies inside the group's default route: the
+            // table throws it to main, and so does the hook.
+            (cidr("2001:db8:5::/64"), None),
+        ]
+        .into();
+        assert_eq!(routes(&routes::plan(&main, &groups)), expected);
+    }
+
+    #[test]
+    fn sources_are_the_placed_ipv6_data_addresses_sorted_by_class() {
+        let sources = sources(addresses(&[
+            ("2001:db8::20/64", true),
+            ("192.0.2.19/24", true),
+            ("2001:db8::19/64", true),
+            // On no NIC now: not a source until it is placed again.
+            ("2001:db8::21/64", false),
+            ("fd00::19/64", true),
+        ]));
+        assert_eq!(
+            strings(sources.of(SourceClass::Global)),
+            ["2001:db8::19", "2001:db8::20"]
+        );
+        assert_eq!(strings(sources.of(SourceClass::UniqueLocal)), ["fd00::19"]);
+        assert!(!sources.overflowing);
+    }
+
+    #[test]
+    fn a_group_without_ipv6_addresses_offers_none_and_too_many_are_cut() {
+        assert_eq!(
+            sources(addresses(&[("192.0.2.19/24", true)])),
+            Sources::default()
+        );
+
+        let many: Vec<(IpCidr, bool)> = (1..=MAX_SOURCES + 2)
+            .map(|i| (cidr(&format!("2001:db8::{i:x}/64")), true))
+            .collect();
+        let sources = sources(many);
+        assert_eq!(sources.of(SourceClass::Global).len(), MAX_SOURCES);
+        assert!(sources.overflowing);
+    }
+}
