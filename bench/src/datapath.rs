@@ -344,7 +344,7 @@ impl Bench {
 }
 
 /// The calling thread's CPU time (user and system, softirqs run in its context included).
-fn thread_cpu_ns() -> i64 {
+pub(crate) fn thread_cpu_ns() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -430,7 +430,7 @@ impl Bench {
 }
 
 /// (min, median, max) of `values`.
-fn spread_of(values: &[f64]) -> (f64, f64, f64) {
+pub(crate) fn spread_of(values: &[f64]) -> (f64, f64, f64) {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     (v[0], v[v.len() / 2], v[v.len() - 1])

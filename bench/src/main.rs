@@ -13,10 +13,14 @@
 //! NICs, mpathd beside FRR's bfdd (see [`scale`]).
 //!
 //! `soak`: random faults under traffic with an invariant checker (see [`soak`]).
+//!
+//! `sources`: what the IPv6 source hook costs a sender it serves and one it turns away (see
+//! [`sources`]).
 
 mod datapath;
 mod scale;
 mod soak;
+mod sources;
 
 use std::{
     collections::BTreeMap,
@@ -86,13 +90,22 @@ fn main() -> anyhow::Result<()> {
             };
             soak::soak(minutes, seed, out)
         }
+        Some("sources") => {
+            let rounds = flag(&args, "--rounds")?.unwrap_or(5);
+            let count = flag(&args, "--count")?.unwrap_or(20_000);
+            if rounds == 0 || count == 0 {
+                bail!("--rounds and --count must be at least 1");
+            }
+            sources::sources(rounds, count, out)
+        }
         _ => bail!(
             "usage: mpath-bench datapath [--rounds N] [--seconds S] [--bulk-seconds S] [--out BENCHMARKS.md]\n       \
              mpath-bench failover [--reps N] [--false-failure-minutes M] [--only cases|scale] \
              [--out BENCHMARKS.md]\n       \
              (M: the 3-NIC false-failure run, none by default, and the scale part's run per \
              NIC count, 10 min by default)\n       \
-             mpath-bench soak [--minutes N] [--seed S] [--out BENCHMARKS.md]"
+             mpath-bench soak [--minutes N] [--seed S] [--out BENCHMARKS.md]\n       \
+             mpath-bench sources [--rounds N] [--count N] [--out BENCHMARKS.md]"
         ),
     }
 }

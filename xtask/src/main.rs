@@ -75,6 +75,9 @@ enum Benchmark {
     /// probing at scale: 1, 8 and 32 NICs, mpathd against FRR's bfdd (`--only cases|scale`,
     /// `--false-failure-minutes M`).
     Failover,
+    /// What the IPv6 source hook costs a connect and a datagram, in mpathd's namespace and
+    /// in another one (`--rounds N --count N`).
+    Sources,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +117,10 @@ fn main() -> anyhow::Result<()> {
                 Benchmark::Failover => {
                     build_daemon()?;
                     "failover"
+                }
+                Benchmark::Sources => {
+                    build_daemon()?;
+                    "sources"
                 }
             };
             run_bench(name, &args)

@@ -154,6 +154,7 @@ impl Daemon {
             daemon.add_group(g)?;
         }
         daemon.set_up_source_hook();
+        daemon.forget_retired_sources();
         let all = config.groups.iter().map(|g| g.name.clone()).collect();
         daemon.resync(&all, &BTreeMap::new()).await?;
         daemon.prune_stale_pins();

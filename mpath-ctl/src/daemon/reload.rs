@@ -113,6 +113,7 @@ impl Daemon {
                 rebuild.insert(g.name.clone());
             }
         }
+        self.forget_retired_sources();
         self.resync(&rebuild, &carry).await?;
         Ok(ReloadResult::Applied)
     }

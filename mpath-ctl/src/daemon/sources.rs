@@ -77,12 +77,9 @@ impl Daemon {
         }
     }
 
-    /// Gives the hook each group's placed IPv6 data addresses, and forgets the sources of
-    /// group ids no group has now.
+    /// Gives the hook each group's placed IPv6 data addresses.
     pub(super) fn update_sources(&mut self) {
-        let mut ids = Vec::new();
         for g in self.groups.iter() {
-            ids.push(g.id);
             let placed = g.addresses.iter().map(|a| (a.cidr, a.current.is_some()));
             let sources = sources::sources(placed);
             let name = g.name().to_owned();
@@ -105,6 +102,12 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Forgets the sources of group ids no group has now (an earlier mpathd's, a group a
+    /// reload removed), so that their addresses are never chosen again.
+    pub(super) fn forget_retired_sources(&mut self) {
+        let ids: Vec<u32> = self.groups.iter().map(|g| g.id).collect();
         if let Err(e) = self.datapath.maps.sources.clear_other_groups(&ids) {
             tracing::error!("clearing the source hook's retired groups: {e}");
         }

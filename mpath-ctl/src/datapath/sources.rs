@@ -38,6 +38,10 @@ pub struct SourceMaps {
     routes: LpmTrie<MapData, [u8; 16], SourceRoute>,
     sets: Array<MapData, SourceSet>,
     counters: PerCpuArray<MapData, SourceCounters>,
+    /// The destinations as this process last wrote them (read from the map before its first
+    /// write): only mpathd writes the map, so a rewrite compares with this instead of
+    /// reading every entry back.
+    routes_written: Option<BTreeMap<IpCidr, Option<u32>>>,
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -53,6 +57,7 @@ impl SourceMaps {
             routes: typed(SOURCE_ROUTES, get(SOURCE_ROUTES)?)?,
             sets: typed(SOURCES, get(SOURCES)?)?,
             counters: typed(SOURCE_COUNTERS, get(SOURCE_COUNTERS)?)?,
+            routes_written: None,
         })
     }
 
@@ -70,18 +75,31 @@ impl SourceMaps {
         Ok(routes)
     }
 
-    /// Makes the hook's destinations `wanted`, changing only the entries that differ: a
-    /// destination being rewritten never misses its entry. Returns how many changed.
+    /// Makes the hook's destinations `wanted` (IPv6 prefixes), changing only the entries
+    /// that differ: a destination being rewritten never misses its entry.
     pub fn write_routes(
         &mut self,
         wanted: &BTreeMap<IpCidr, Option<u32>>,
-    ) -> Result<usize, MapsError> {
-        let current = self.routes()?;
+    ) -> Result<(), MapsError> {
+        let mut current = match self.routes_written.take() {
+            Some(written) => written,
+            None => self.routes()?,
+        };
+        let result = self.rewrite_routes(&mut current, wanted);
+        self.routes_written = Some(current);
+        result
+    }
+
+    /// Brings the map from `current` to `wanted`, keeping `current` what the map holds.
+    fn rewrite_routes(
+        &mut self,
+        current: &mut BTreeMap<IpCidr, Option<u32>>,
+        wanted: &BTreeMap<IpCidr, Option<u32>>,
+    ) -> Result<(), MapsError> {
         let key = |prefix: &IpCidr| match prefix.addr() {
             IpAddr::V6(a) => Some(Key::new(u32::from(prefix.prefix_len()), a.octets())),
             IpAddr::V4(_) => None,
         };
-        let mut changed = 0;
         for (prefix, group) in wanted {
             if current.get(prefix) == Some(group) {
                 continue;
@@ -90,16 +108,22 @@ impl SourceMaps {
             self.routes
                 .insert(&key, SourceRoute::new(*group), 0)
                 .map_err(map_error(map_names::SOURCE_ROUTES))?;
-            changed += 1;
+            current.insert(*prefix, *group);
         }
-        for prefix in current.keys().filter(|p| !wanted.contains_key(p)) {
-            let Some(key) = key(prefix) else { continue };
-            self.routes
-                .remove(&key)
-                .map_err(map_error(map_names::SOURCE_ROUTES))?;
-            changed += 1;
+        let stale: Vec<IpCidr> = current
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        for prefix in stale {
+            if let Some(key) = key(&prefix) {
+                self.routes
+                    .remove(&key)
+                    .map_err(map_error(map_names::SOURCE_ROUTES))?;
+            }
+            current.remove(&prefix);
         }
-        Ok(changed)
+        Ok(())
     }
 
     /// The sources of group `group` for destinations of `class`.
