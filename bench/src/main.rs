@@ -40,7 +40,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
 use mpath_lab::{BEHIND_ROUTER_V4, Lab, Netns, ROUTER_V4};
-use mpath_tests::daemon::{Mpathd, inbound, state_of, three_nic_config};
+use mpath_tests::daemon::{Mpathd, inbound, log_time_ns, state_of, three_nic_config};
 
 const FIRST_PORT: u16 = 9000;
 const PAYLOAD: usize = 18;
@@ -388,34 +388,6 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     out
-}
-
-/// The timestamp tracing puts first on a line (`2026-11-23T11:40:01.123456Z`, UTC) in ns
-/// since the epoch.
-fn log_time_ns(line: &str) -> Option<i64> {
-    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
-    let (date, time) = stamp.split_once('T')?;
-    let mut ymd = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
-    let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
-    let mut hms = hms.split(':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (hms.next()??, hms.next()??, hms.next()??);
-    if fraction.is_empty() || fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let nanos: i64 = format!("{fraction:0<9}").parse().ok()?;
-    let seconds = days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss;
-    Some(seconds * 1_000_000_000 + nanos)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
 }
 
 /// One failure: the traffic gap and, under mpathd, its parts (ms).
@@ -1354,25 +1326,6 @@ fn yes(ok: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_timestamps_are_read_as_utc_nanoseconds() {
-        // date -u -d 2026-11-23T11:40:01Z +%s
-        assert_eq!(
-            log_time_ns("2026-11-23T11:40:01.123456Z  WARN NIC failure detected on h0 of group g0"),
-            Some(1_795_434_001_123_456_000)
-        );
-        assert_eq!(
-            log_time_ns("1970-01-01T00:00:00.000001Z INFO x"),
-            Some(1_000)
-        );
-        assert_eq!(
-            log_time_ns("2000-03-01T00:00:00Z x"),
-            Some(951_868_800_000_000_000)
-        );
-        assert_eq!(log_time_ns("mpathd: something"), None);
-        assert_eq!(log_time_ns("2026-11-23T11:40:01.12x456Z x"), None);
-    }
 
     #[test]
     fn colours_are_stripped_before_parsing() {
