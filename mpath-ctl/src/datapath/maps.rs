@@ -3,6 +3,7 @@
 
 use std::{
     net::Ipv4Addr,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -81,7 +82,8 @@ where
     T::try_from(map).map_err(|source| MapsError::Map { name, source })
 }
 
-/// Another descriptor of `map`, opened by its id.
+/// Another descriptor of `map`: a duplicate of its descriptor (opening it by id would need
+/// CAP_SYS_ADMIN, which the unit does not grant).
 fn second_handle(name: &'static str, map: &Map) -> Result<MapData, MapsError> {
     let data = match map {
         Map::Array(d)
@@ -91,8 +93,11 @@ fn second_handle(name: &'static str, map: &Map) -> Result<MapData, MapsError> {
         | Map::LpmTrie(d) => d,
         _ => return Err(MapsError::UnexpectedType { name }),
     };
-    data.info()
-        .and_then(|info| MapData::from_id(info.id()))
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(MapError::from)
+        .and_then(MapData::from_fd)
         .map_err(|source| MapsError::Map { name, source })
 }
 
