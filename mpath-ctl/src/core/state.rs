@@ -900,6 +900,10 @@ impl Group {
     /// Apply one event that happened at `now`. On error nothing has changed.
     pub fn handle(&mut self, event: Event, now: Instant) -> Result<Vec<Action>, StateError> {
         let roles_before = self.nic_roles();
+        // A MAC says nothing of whether the group works, and the daemon gives the MACs before
+        // the NICs' presence (see `Event::HardwareAddress`): judged then, every group would
+        // be reported failed at every start.
+        let judge_group = !matches!(event, Event::HardwareAddress { .. });
         let mut actions = Vec::new();
         match event {
             Event::Snapshot { present } => {
@@ -974,7 +978,9 @@ impl Group {
         }
         self.refresh_duplicates(&mut actions);
         self.refresh_activity(&mut actions);
-        self.refresh_group_state(&mut actions);
+        if judge_group {
+            self.refresh_group_state(&mut actions);
+        }
         if self.nic_roles() != roles_before {
             actions.push(Action::UsableSetChanged);
         }
@@ -2727,6 +2733,29 @@ mod tests {
         failure: None,
         reason: OfflineReason::DuplicateMac,
     };
+
+    /// As at every start: the MACs first, then which NICs exist.
+    #[test]
+    fn macs_given_before_the_nics_presence_do_not_report_the_group_failed() {
+        let nics = vec![
+            nic("h0", false, ProbeFamilies::NONE),
+            nic("h1", false, ProbeFamilies::NONE),
+        ];
+        let mut group = Group::new("g0", policy(true), nics).unwrap();
+        let now = Instant::now();
+        for (name, mac) in [("h0", MAC_A), ("h1", MAC_B)] {
+            let event = Event::HardwareAddress {
+                nic: name.into(),
+                mac,
+            };
+            let actions = group.handle(event, now).unwrap();
+            assert!(actions.is_empty(), "{actions:?}");
+        }
+        let present = vec![("h0".into(), true), ("h1".into(), true)];
+        let actions = group.handle(Event::Snapshot { present }, now).unwrap();
+        assert!(!actions.contains(&Action::GroupFailed), "{actions:?}");
+        assert_eq!(group.state(), GroupState::Ok);
+    }
 
     #[test]
     fn a_nic_with_an_earlier_members_mac_goes_offline_until_its_mac_is_unique() {
