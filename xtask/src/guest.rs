@@ -4,6 +4,8 @@
 //! initramfs that mounts this host's root read-only over 9p under a tmpfs overlay, with the
 //! kernel's modules at `/lib/modules`, and runs the test binaries built here, each in its
 //! package directory under a watchdog. Results come back through a shared output directory.
+//! A second boot runs systemd as PID 1 instead, for the test of the shipped unit
+//! ([`run_under_systemd`]).
 //!
 //! KVM is used only where a real `kvm_intel` or `kvm_amd` module is loaded; elsewhere qemu
 //! emulates (TCG, one thread: multi-threaded TCG crashed guests here), about three times
@@ -82,15 +84,10 @@ pub enum Selection {
 }
 
 pub fn run(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Result<()> {
-    let root = workspace_root()?;
-    let cache = root.join("target/kernels");
-    fs::create_dir_all(&cache)?;
-    let kernel = Kernel::fetch(spec, &cache)?;
-    exec(Command::new(env!("CARGO")).args(["build", "-p", "mpath-ctl", "--bins"]))?;
-    let binaries = test_binaries()?;
-    let plan: Vec<(String, PathBuf, Vec<String>)> = binaries
+    let guest = Guest::prepare(spec, "")?;
+    let plan: Vec<(String, PathBuf, Vec<String>)> = test_binaries()?
         .into_iter()
-        .filter(|(name, _)| !HOST_ONLY.contains(&name.as_str()))
+        .filter(|(name, _)| !HOST_ONLY.contains(&name.as_str()) && name != UNDER_SYSTEMD)
         .filter_map(|(name, path)| {
             let args: Vec<String> = match selection {
                 Selection::All => filter.to_vec(),
@@ -107,28 +104,169 @@ pub fn run(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Resul
             Some((name, path, args))
         })
         .collect();
-    let out = root.join(format!("target/guest-{}", kernel.release));
-    let _ = fs::remove_dir_all(&out);
-    fs::create_dir_all(&out)?;
-    let initramfs = kernel.initramfs(&cache)?;
-    let kvm = ["/sys/module/kvm_intel", "/sys/module/kvm_amd"]
-        .iter()
-        .any(|m| Path::new(m).exists());
-    let scale = if kvm { 1 } else { TCG_TIME_SCALE };
     // Per test binary: a few times what it takes under TCG (the whole mpathd binary about
     // 10 minutes, any CI subset of one binary about 1).
     let limit = match selection {
         Selection::Ci => 300,
         Selection::All => 1800,
     };
-    write_stage2(&out, &root, &plan, scale, limit)?;
-
-    let started = Instant::now();
+    let tests = tests_script(&guest.root, &plan, guest.scale, limit, "");
+    fs::write(
+        guest.out.join("stage2.sh"),
+        format!("{STAGE2_MOUNTS}{tests}sync\necho o > /proc/sysrq-trigger\nsleep 30\n"),
+    )?;
     // Every binary at its limit, plus boot; the guest powers itself off when done.
-    let watchdog = Duration::from_secs(120 + limit * plan.len() as u64);
-    let status = boot(&kernel, &initramfs, &out, kvm, watchdog)?;
-    let elapsed = started.elapsed();
-    summarize(&out, &plan, &kernel, kvm, elapsed, status)
+    guest.boot_and_summarize(&plan, Duration::from_secs(120 + limit * plan.len() as u64))
+}
+
+/// The shipped unit under systemd as PID 1. The guest's first init readies the shared root
+/// for systemd (no file systems from the host's fstab; masks on every unit sysinit.target
+/// wants but journald and the /dev mounts that sandboxes bind, and on sockets, timers and
+/// paths, which the test does not need: systemd boots in seconds), then becomes systemd. Its
+/// default unit is a service that runs the [`UNDER_SYSTEMD`] test binary, which installs
+/// mpathd and the unit and drives them with systemctl, and powers the guest off after it.
+pub fn run_under_systemd(spec: &str) -> anyhow::Result<()> {
+    let guest = Guest::prepare(spec, "-systemd")?;
+    let (name, path) = test_binaries()?
+        .into_iter()
+        .find(|(name, _)| name == UNDER_SYSTEMD)
+        .with_context(|| format!("no test binary {UNDER_SYSTEMD}"))?;
+    // Its test is ignored where systemd is not PID 1.
+    let plan = vec![(name, path, vec!["--ignored".to_string()])];
+    // About 2 minutes under TCG.
+    let limit = 600;
+    let tests = tests_script(
+        &guest.root,
+        &plan,
+        guest.scale,
+        limit,
+        "MPATH_UNDER_SYSTEMD=1",
+    );
+    fs::write(guest.out.join("tests.sh"), tests)?;
+    let units = guest.out.join("units");
+    fs::create_dir_all(&units)?;
+    fs::write(units.join("mpath-guest.target"), GUEST_TARGET)?;
+    fs::write(units.join("mpath-guest.service"), GUEST_SERVICE)?;
+    fs::write(guest.out.join("stage2.sh"), SYSTEMD_STAGE2)?;
+    guest.boot_and_summarize(&plan, Duration::from_secs(120 + limit))
+}
+
+/// The test binary that runs under systemd as PID 1 alone.
+const UNDER_SYSTEMD: &str = "under_systemd";
+
+/// The guest's first init before systemd: see [`run_under_systemd`].
+const SYSTEMD_STAGE2: &str = r#"#!/bin/bash
+# Written by `cargo xtask test`: readies the shared root for systemd, then becomes it.
+units=/etc/systemd/system
+: > /etc/fstab
+# The host's container marker: systemd would take the guest for a container.
+rm -f /.dockerenv
+cp /mnt/guest-out/units/* $units/
+for unit in /lib/systemd/system/sysinit.target.wants/* $units/sysinit.target.wants/*; do
+    case ${unit##*/} in
+    systemd-journald.service | dev-hugepages.mount | dev-mqueue.mount) ;;
+    *) ln -sf /dev/null "$units/${unit##*/}" ;;
+    esac
+done
+for unit in sockets.target timers.target paths.target systemd-udevd.service \
+    systemd-udev-trigger.service systemd-udev-settle.service systemd-remount-fs.service; do
+    ln -sf /dev/null "$units/$unit"
+done
+exec /lib/systemd/systemd --unit=mpath-guest.target
+"#;
+
+const GUEST_TARGET: &str = "[Unit]
+Description=mpath's test of its unit
+Wants=mpath-guest.service
+AllowIsolate=yes
+";
+
+/// The test binary's log and exit code go to the output directory (tests.sh); the guest
+/// powers off when it is done.
+const GUEST_SERVICE: &str = "[Unit]
+Description=mpath's test of its unit under systemd
+SuccessAction=poweroff-force
+FailureAction=poweroff-force
+
+[Service]
+Type=oneshot
+ExecStart=/bin/bash /mnt/guest-out/tests.sh
+StandardOutput=journal+console
+";
+
+/// The mounts a host has, for the tests under a shell as init.
+const STAGE2_MOUNTS: &str = "#!/bin/bash
+# Written by `cargo xtask test --kernel`: runs in the guest as its init.
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+ip link set lo up
+";
+
+/// A guest run's kernel, initramfs and output directory.
+struct Guest {
+    root: PathBuf,
+    kernel: Kernel,
+    initramfs: PathBuf,
+    /// Shared with the guest, which writes its results there.
+    out: PathBuf,
+    kvm: bool,
+    /// How much slower than the host the guest runs the tests' timers.
+    scale: u32,
+}
+
+impl Guest {
+    /// Fetches the kernel `spec` names, builds mpathd and mpathctl, and makes an empty
+    /// output directory `target/guest-RELEASE{suffix}`.
+    fn prepare(spec: &str, suffix: &str) -> anyhow::Result<Guest> {
+        let root = workspace_root()?;
+        let cache = root.join("target/kernels");
+        fs::create_dir_all(&cache)?;
+        let kernel = Kernel::fetch(spec, &cache)?;
+        exec(Command::new(env!("CARGO")).args(["build", "-p", "mpath-ctl", "--bins"]))?;
+        let out = root.join(format!("target/guest-{}{suffix}", kernel.release));
+        let _ = fs::remove_dir_all(&out);
+        fs::create_dir_all(&out)?;
+        let initramfs = kernel.initramfs(&cache)?;
+        let kvm = ["/sys/module/kvm_intel", "/sys/module/kvm_amd"]
+            .iter()
+            .any(|m| Path::new(m).exists());
+        let scale = if kvm { 1 } else { TCG_TIME_SCALE };
+        Ok(Guest {
+            root,
+            kernel,
+            initramfs,
+            out,
+            kvm,
+            scale,
+        })
+    }
+
+    /// Boots the guest (killed at `watchdog`) and prints what the plan's binaries did.
+    fn boot_and_summarize(
+        &self,
+        plan: &[(String, PathBuf, Vec<String>)],
+        watchdog: Duration,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let status = boot(&self.kernel, &self.initramfs, &self.out, self.kvm, watchdog)?;
+        summarize(
+            &self.out,
+            plan,
+            &self.kernel,
+            self.kvm,
+            started.elapsed(),
+            status,
+        )
+    }
 }
 
 /// A Debian kernel unpacked under the cache: the image and its modules.
@@ -574,33 +712,19 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(binaries)
 }
 
-/// The script the guest runs on the shared root: the mounts a host has, then each test
-/// binary in the tests' package directory, its output and exit code written to `out`.
-fn write_stage2(
-    out: &Path,
+/// The script that runs each test binary in the tests' package directory, its output,
+/// exit code and duration written to the output directory; `env` adds variables.
+fn tests_script(
     root: &Path,
     plan: &[(String, PathBuf, Vec<String>)],
     scale: u32,
     limit: u64,
-) -> anyhow::Result<()> {
+    env: &str,
+) -> String {
     let mut script = format!(
-        r#"#!/bin/bash
-# Written by `cargo xtask test --kernel`: runs in the guest as its init.
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mkdir -p /dev/pts /dev/shm
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
-mount -t bpf bpf /sys/fs/bpf
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-ip link set lo up
-ulimit -n 65536
+        r#"ulimit -n 65536
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root RUST_BACKTRACE=1 MPATH_TIME_SCALE={scale}
+export HOME=/root RUST_BACKTRACE=1 MPATH_TIME_SCALE={scale} {env}
 OUT=/mnt/guest-out
 uname -r > $OUT/uname
 cd {tests_dir}
@@ -619,9 +743,7 @@ cd {tests_dir}
             args = args.join(" "),
         ));
     }
-    script.push_str("sync\necho o > /proc/sysrq-trigger\nsleep 30\n");
-    fs::write(out.join("stage2.sh"), script)?;
-    Ok(())
+    script
 }
 
 /// Runs a command and returns its standard output as bytes; fails naming the command.

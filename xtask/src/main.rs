@@ -23,8 +23,9 @@ enum Cmd {
     /// Install what the build needs when it is missing (the pinned nightly with rust-src and
     /// clippy, LLVM, bpf-linker).
     Setup,
-    /// Set up, then run every test of the workspace, the privileged lab tests included, and
-    /// the kernel-dependent ones again in a qemu guest on Debian 12's kernel (6.1).
+    /// Set up, then run every test of the workspace, the privileged lab tests included, the
+    /// kernel-dependent ones again in a qemu guest on Debian 12's kernel (6.1), and the
+    /// shipped unit under systemd as PID 1 in another guest on that kernel.
     Test {
         /// Only the guest run, on this kernel: a version (`6.1`, `5.10`, `7.2`: Debian's
         /// newest generic amd64 image of it) or a `.deb` file.
@@ -36,6 +37,10 @@ enum Cmd {
         /// Only the host run: no guest.
         #[arg(long, conflicts_with = "kernel")]
         no_guest: bool,
+        /// Only the guest with systemd as PID 1 that runs the shipped unit (on --kernel's
+        /// kernel, else 6.1).
+        #[arg(long, conflicts_with_all = ["all", "no_guest"])]
+        unit_only: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -87,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             kernel,
             all,
             no_guest,
+            unit_only,
             args,
         } => {
             setup::run()?;
@@ -95,16 +101,20 @@ fn main() -> anyhow::Result<()> {
             } else {
                 guest::Selection::Ci
             };
-            match kernel {
-                Some(kernel) => guest::run(&kernel, selection, &args),
-                None => {
+            let spec = kernel.as_deref().unwrap_or(guest::CI_KERNEL);
+            if !unit_only {
+                // The test arguments go to the host run, or to the guest's when it is alone.
+                let mut guest_args = &args[..];
+                if kernel.is_none() {
                     suite::run(&args)?;
                     if no_guest {
                         return Ok(());
                     }
-                    guest::run(guest::CI_KERNEL, selection, &[])
+                    guest_args = &[];
                 }
+                guest::run(spec, selection, guest_args)?;
             }
+            guest::run_under_systemd(spec)
         }
         Cmd::Demo => {
             setup::run()?;

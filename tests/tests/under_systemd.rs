@@ -1,0 +1,360 @@
+//! The shipped unit (dist/mpathd.service) under a real systemd as PID 1. `cargo xtask test`
+//! boots a qemu guest whose systemd runs this test as a service (xtask's guest module); the
+//! test installs what a host would have, drives it with systemctl, and reads journald.
+//!
+//! Installed: mpathd and mpathctl of this build in /usr/sbin, the unit verbatim in
+//! /etc/systemd/system, /etc/mpath/mpathd.toml for the lab group (default socket and pin
+//! directory), and one drop-in, `NetworkNamespacePath=`, that puts mpathd in the lab's host
+//! namespace: test traffic stays in namespaces the test creates, even in a guest.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use mpath_ctl::api::{
+    control::{self, Reply, Request},
+    views::Status,
+};
+use mpath_lab::{Lab, scaled};
+use mpath_tests::{
+    daemon::{binary, inbound, state_of, three_nic_config},
+    metrics::{sample, scrape},
+};
+
+const CONFIG: &str = "/etc/mpath/mpathd.toml";
+const SOCKET: &str = "/run/mpath/mpathd.sock";
+const PINS: &str = "/sys/fs/bpf/mpath";
+const NICS: [&str; 3] = ["h0", "h1", "h2"];
+
+/// Runs a command; panics with its output and mpathd's journal when it fails.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}\nmpathd's journal:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        journal_text()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn journal_text() -> String {
+    let out = Command::new("journalctl")
+        .args(["-u", "mpathd", "--no-pager", "-o", "short-monotonic"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    out.unwrap_or_default()
+}
+
+/// One property of mpathd.service, as `systemctl show` gives it.
+fn property(name: &str) -> String {
+    run("systemctl", &["show", "mpathd", "-p", name, "--value"])
+        .trim()
+        .to_string()
+}
+
+/// The journal's records from `args` (e.g. `-u mpathd`), as JSON objects.
+fn journal(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["--no-pager", "-o", "json"];
+    all.extend_from_slice(args);
+    run("journalctl", &all)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a journal record"))
+        .collect()
+}
+
+/// mpathd's own journal records.
+fn mpathd_records() -> Vec<serde_json::Value> {
+    journal(&["-u", "mpathd", "SYSLOG_IDENTIFIER=mpathd"])
+}
+
+/// A field of a journal record, empty when it is missing.
+fn field(record: &serde_json::Value, key: &str) -> String {
+    record[key].as_str().unwrap_or_default().to_string()
+}
+
+/// Records at `priority` or more urgent (warning 4, error 3).
+fn at_least(records: &[serde_json::Value], priority: u8) -> Vec<&serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| {
+            field(r, "PRIORITY")
+                .parse::<u8>()
+                .is_ok_and(|p| p <= priority)
+        })
+        .collect()
+}
+
+/// What PID 1 logged about mpathd.service (with its log level at debug: every notification
+/// message it got, with its text).
+fn systemd_lines() -> Vec<String> {
+    journal(&["_PID=1", "UNIT=mpathd.service"])
+        .iter()
+        .filter_map(|r| r["MESSAGE"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn status() -> Option<Status> {
+    match control::request(Path::new(SOCKET), &Request::Status {}) {
+        Ok(Reply::Status(s)) => Some(s),
+        _ => None,
+    }
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + scaled(Duration::from_secs(20));
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; mpathd's journal:\n{}",
+            journal_text()
+        );
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// Logs the time since `since` at a step of the test, for the guest run's timings (straight
+/// to the descriptor: libtest keeps what eprintln! writes in a passing test).
+fn step(since: Instant, what: &str) {
+    use std::io::Write as _;
+    let secs = since.elapsed().as_secs_f64();
+    let _ = writeln!(std::io::stderr(), "under_systemd: {secs:5.1} s: {what}");
+}
+
+/// Whether the datapath is loaded and attached: programs and maps pinned, the XDP program
+/// on h0.
+fn datapath_in_place(lab: &Lab) -> bool {
+    let pinned = fs::read_dir(PINS).is_ok_and(|d| d.count() > 0);
+    let link = lab.host().ip(&["link", "show", "dev", "h0"]).unwrap();
+    pinned && link.contains("xdp")
+}
+
+fn install(lab: &Lab) {
+    for name in ["mpathd", "mpathctl"] {
+        fs::copy(binary(name), Path::new("/usr/sbin").join(name)).unwrap();
+    }
+    let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist");
+    fs::copy(
+        dist.join("mpathd.service"),
+        "/etc/systemd/system/mpathd.service",
+    )
+    .unwrap();
+    let dropins = Path::new("/etc/systemd/system/mpathd.service.d");
+    fs::create_dir_all(dropins).unwrap();
+    fs::write(
+        dropins.join("lab.conf"),
+        format!(
+            "[Service]\nNetworkNamespacePath={}\n",
+            lab.host().path().display()
+        ),
+    )
+    .unwrap();
+    write_config(700);
+    run("systemctl", &["daemon-reload"]);
+}
+
+fn write_config(fdt_ms: u64) {
+    fs::create_dir_all("/etc/mpath").unwrap();
+    let text = three_nic_config(fdt_ms)
+        .replace("SOCKET", SOCKET)
+        .replace("PINS", PINS);
+    fs::write(CONFIG, text).unwrap();
+}
+
+#[test]
+#[ignore = "needs systemd as PID 1 on a root it may change: `cargo xtask test` boots one"]
+fn the_unit_starts_reloads_keeps_its_watchdog_fails_over_and_stops_leaving_the_datapath() {
+    let pid1 = fs::read_to_string("/proc/1/comm").unwrap();
+    assert!(
+        std::env::var_os("MPATH_UNDER_SYSTEMD").is_some() && pid1.trim() == "systemd",
+        "this test installs mpathd into the root it runs on: it runs in the guest that \
+         `cargo xtask test` (or `cargo xtask test --unit-only`) boots with systemd as PID 1"
+    );
+    let begin = Instant::now();
+    let lab = Lab::builder().nics(3).build().expect("lab");
+    install(&lab);
+    step(begin, "lab made, mpathd and its unit installed");
+    // PID 1 logs each notification message it gets (READY=1, RELOADING=1) at debug level.
+    run("systemd-analyze", &["log-level", "debug"]);
+
+    // Type=notify: `systemctl start` returns once READY=1 came, with the addresses placed.
+    run("systemctl", &["start", "mpathd"]);
+    let started = Instant::now();
+    step(begin, "started");
+    let addresses = [lab.host_addrs("h0").unwrap(), lab.host_addrs("h1").unwrap()];
+    assert_eq!(property("ActiveState"), "active");
+    for (nic, address) in [
+        (0, "192.0.2.19/24"),
+        (0, "2001:db8::19/64"),
+        (1, "192.0.2.20/24"),
+    ] {
+        assert!(
+            addresses[nic].iter().any(|a| a == address),
+            "{address} not on h{nic} when `systemctl start` returned: {addresses:?}"
+        );
+    }
+    let pid = property("MainPID");
+    let from = |message: &str| format!("Got notification message from PID {pid} ({message}");
+    wait_until("systemd to log mpathd's READY=1", || {
+        systemd_lines()
+            .iter()
+            .any(|l| l.contains(&from("READY=1, STATUS=g0 ")))
+    });
+    // The hardened unit loads and attaches the eBPF programs.
+    assert!(datapath_in_place(&lab), "no datapath: {}", journal_text());
+    let first_watchdog: u64 = property("WatchdogTimestampMonotonic").parse().unwrap();
+
+    wait_until("every NIC ok", || {
+        status().is_some_and(|s| NICS.iter().all(|n| state_of(&s, n) == "ok"))
+    });
+    wait_until("STATUS= with every NIC ok", || {
+        property("StatusText") == "g0 ok; NICs: 3 ok, 0 not ok"
+    });
+    let groups = run("mpathctl", &["groups"]);
+    assert!(
+        groups
+            .lines()
+            .any(|l| l.starts_with("g0") && l.contains("ok")),
+        "mpathctl groups:\n{groups}"
+    );
+
+    let records = mpathd_records();
+    let warnings = at_least(&records, 4);
+    assert!(
+        warnings.is_empty(),
+        "warnings on a clean start: {warnings:#?}"
+    );
+    step(begin, "every NIC ok");
+
+    // `systemctl reload`: SIGHUP, RELOADING=1 and READY=1 to systemd, the new file applied.
+    write_config(1400);
+    run("systemctl", &["reload", "mpathd"]);
+    wait_until("the reload applied and the unit active", || {
+        property("ActiveState") == "active" && status().is_some_and(|s| s.groups[0].fdt_ms == 1400)
+    });
+    let metrics = scrape(lab.host()).expect("metrics");
+    assert_eq!(
+        sample(&metrics, "mpath_config_reloads_total{result=\"applied\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    wait_until("systemd to hear the reload's end", || {
+        let lines = systemd_lines();
+        let reloading = lines
+            .iter()
+            .position(|l| l.contains(&from("RELOADING=1, MONOTONIC_USEC=")));
+        reloading.is_some_and(|at| lines[at..].iter().any(|l| l.contains(&from("READY=1"))))
+    });
+
+    step(begin, "reloaded");
+
+    // A failover caused by taking h1 down: the address moves, STATUS= and the journal say so.
+    lab.host().ip(&["link", "set", "h1", "down"]).unwrap();
+    wait_until("h1 failed, its address on h2", || {
+        status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
+        }) && lab
+            .host_addrs("h2")
+            .unwrap()
+            .iter()
+            .any(|a| a == "192.0.2.20/24")
+    });
+    let degraded = "g0 degraded; NICs: 2 ok, 1 not ok (h1 failed)";
+    wait_until("STATUS= with h1 failed", || {
+        property("StatusText") == degraded
+    });
+    let shown = Command::new("systemctl")
+        .args(["status", "mpathd", "--no-pager"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!("Status: \"{degraded}\"")),
+        "systemctl status:\n{shown}"
+    );
+    let records = mpathd_records();
+    assert!(
+        records
+            .iter()
+            .all(|r| r["MESSAGE"].as_str().is_some_and(|m| !m.contains('\x1b'))),
+        "records that are not plain text: {records:#?}"
+    );
+    assert!(
+        records.iter().any(|r| field(r, "PRIORITY") == "6"),
+        "no info records: {records:#?}"
+    );
+    assert!(
+        records.iter().any(|r| field(r, "PRIORITY") == "4"
+            && field(r, "GROUP") == "g0"
+            && field(r, "INTERFACE") == "h1"
+            && field(r, "MESSAGE").contains("h1")),
+        "no warning with GROUP=g0 INTERFACE=h1: {records:#?}"
+    );
+    let errors = at_least(&records, 3);
+    assert!(errors.is_empty(), "errors in the journal: {errors:#?}");
+    lab.host().ip(&["link", "set", "h1", "up"]).unwrap();
+    wait_until("h1 repaired, its address back", || {
+        status().is_some_and(|s| {
+            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
+        })
+    });
+
+    step(begin, "failed over and back");
+
+    // A minute under the watchdog (WatchdogSec=10s): fed, never fired.
+    let minute = Duration::from_secs(60);
+    if let Some(rest) = minute.checked_sub(started.elapsed()) {
+        sleep(rest);
+    }
+    assert_eq!(property("WatchdogUSec"), "10s");
+    assert_eq!(property("ActiveState"), "active");
+    assert_eq!(property("MainPID"), pid, "mpathd was restarted");
+    assert_eq!(property("NRestarts"), "0");
+    let last_watchdog: u64 = property("WatchdogTimestampMonotonic").parse().unwrap();
+    assert!(
+        last_watchdog > first_watchdog + 45_000_000,
+        "the watchdog was not fed: last at {last_watchdog} µs, first at {first_watchdog} µs"
+    );
+    assert!(
+        !systemd_lines()
+            .iter()
+            .any(|l| l.contains("Watchdog timeout")),
+        "{:#?}",
+        systemd_lines()
+    );
+
+    step(begin, "a minute without a watchdog timeout");
+
+    // `systemctl stop`: SIGTERM; the datapath stays pinned and attached, the addresses stay.
+    run("systemctl", &["stop", "mpathd"]);
+    assert_eq!(property("ActiveState"), "inactive");
+    assert_eq!(property("Result"), "success");
+    assert!(datapath_in_place(&lab), "the datapath went with mpathd");
+    assert!(
+        lab.host_addrs("h1")
+            .unwrap()
+            .iter()
+            .any(|a| a == "192.0.2.20/24")
+    );
+
+    // Taking mpath off the host: `mpathd --teardown` removes the pins and programs.
+    let netns = format!("--net={}", lab.host().path().display());
+    run("nsenter", &[&netns, "mpathd", "--teardown"]);
+    assert!(!Path::new(PINS).exists(), "pins left after --teardown");
+    assert!(
+        !lab.host()
+            .ip(&["link", "show", "dev", "h0"])
+            .unwrap()
+            .contains("xdp"),
+        "XDP left on h0 after --teardown"
+    );
+    step(begin, "stopped and torn down");
+}
