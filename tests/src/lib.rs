@@ -1,18 +1,34 @@
 //! What mpath's integration tests share: private bpffs pin directories, crafted packets, the
-//! XDP program rig, mpathd's metrics and an echo responder for the lab router.
+//! XDP program rig, mpathd's metrics, an echo responder for the lab router, the files of
+//! dist/, and network managers in sandboxes beside mpathd.
 
 pub mod daemon;
 pub mod flows;
+pub mod managed;
 pub mod metrics;
 pub mod networkd;
 pub mod packets;
 pub mod responder;
+pub mod sandbox;
 pub mod xdp;
 
 use std::{
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
+
+/// A file of dist/, what a host installs.
+pub fn dist_path(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../dist")
+        .join(file)
+}
+
+/// The text of a file of dist/.
+pub fn dist_text(file: &str) -> String {
+    let path = dist_path(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
 
 /// A pin directory of its own for one test's datapath, removed with everything pinned in it
 /// when dropped (also when the test panics), so tests run in parallel and leave nothing behind.

@@ -1,31 +1,22 @@
-//! A real systemd-networkd managing a lab's NICs, without systemd as PID 1.
-//!
-//! networkd runs in the lab's network namespace and a private mount namespace (a "sandbox")
-//! that gives it what systemd would: its own /run (a directory of the test's, so it persists
-//! across networkd restarts as /run does on a host), a system D-Bus there for `networkctl`,
-//! the test's configuration over /etc/systemd/network and /etc/systemd/networkd.conf, and a
-//! read-only /sys, which tells networkd that no udev will initialise the links. Everything
-//! stops and goes on drop.
+//! A real systemd-networkd managing a lab's NICs, without systemd as PID 1: in a
+//! [`Sandbox`] with the test's configuration over /etc/systemd/network and
+//! /etc/systemd/networkd.conf. Everything stops and goes on drop.
 
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
-    thread::sleep,
-    time::{Duration, Instant},
+    process::{Child, Output},
 };
 
 use mpath_lab::Netns;
+
+use crate::sandbox::{Sandbox, log_file, terminate};
 
 /// Where Debian installs the daemon.
 const NETWORKD: &str = "/lib/systemd/systemd-networkd";
 
 pub struct Networkd {
-    dir: PathBuf,
-    /// The sandbox's first process (the D-Bus daemon): networkd and networkctl enter its
-    /// namespaces.
-    sandbox: Child,
+    sandbox: Sandbox,
     networkd: Option<Child>,
     log: PathBuf,
 }
@@ -38,72 +29,39 @@ impl Networkd {
             Path::new(NETWORKD).exists(),
             "{NETWORKD} missing (package systemd, installed by `cargo xtask setup`)"
         );
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "mpath-networkd-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        for sub in ["network", "run"] {
-            fs::create_dir_all(dir.join(sub)).unwrap();
-        }
+        let mut sandbox = Sandbox::new("networkd");
         for (name, text) in networks {
-            fs::write(dir.join("network").join(name), text).unwrap();
+            sandbox.write(&format!("network/{name}"), text);
         }
-        fs::write(dir.join("networkd.conf"), conf).unwrap();
-        let script = format!(
-            "set -e
-mount --bind {dir}/run /run
-mount -t sysfs -o ro none /sys
-mount --bind {dir}/network /etc/systemd/network
-mount --bind {dir}/networkd.conf /etc/systemd/networkd.conf
-mkdir -p /run/systemd/netif /run/dbus
-chown systemd-network:systemd-network /run/systemd/netif
-exec dbus-daemon --system --nofork --nopidfile",
-            dir = dir.display()
+        sandbox.write("networkd.conf", conf);
+        sandbox.enter(
+            ns,
+            &[
+                ("network", "/etc/systemd/network"),
+                ("networkd.conf", "/etc/systemd/networkd.conf"),
+            ],
+            "mkdir -p /run/systemd/netif
+chown systemd-network:systemd-network /run/systemd/netif",
         );
-        let sandbox = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path().display()))
-            .args(["unshare", "--mount", "--propagation", "private"])
-            .args(["sh", "-c", &script])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the networkd sandbox");
-        let networkd = Networkd {
-            log: dir.join("networkd.log"),
-            dir,
+        Networkd {
+            log: sandbox.path("networkd.log"),
             sandbox,
             networkd: None,
-        };
-        let bus = networkd.dir.join("run/dbus/system_bus_socket");
-        networkd.wait_until("the sandbox's D-Bus", || bus.exists());
-        networkd
-    }
-
-    /// A command run inside the sandbox (its mounts and network).
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--target={}", self.sandbox.id()))
-            .args(["--mount", "--net", program]);
-        cmd
+        }
     }
 
     /// Starts networkd (debug log) and waits until every NIC of `configured` is configured.
     pub fn start(&mut self, configured: &[&str]) {
         assert!(self.networkd.is_none(), "networkd runs already");
         // The link state files of an earlier run would answer for this one.
-        let _ = fs::remove_dir_all(self.dir.join("run/systemd/netif/links"));
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
+        let _ = fs::remove_dir_all(self.sandbox.path("run/systemd/netif/links"));
+        let (stdout, stderr) = log_file(&self.log);
         let child = self
+            .sandbox
             .command(NETWORKD)
             .env("SYSTEMD_LOG_LEVEL", "debug")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("start systemd-networkd");
         self.networkd = Some(child);
@@ -112,16 +70,15 @@ exec dbus-daemon --system --nofork --nopidfile",
 
     /// Stops networkd with SIGTERM, as systemd does.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.networkd.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
+        if let Some(child) = self.networkd.take() {
+            terminate(child);
         }
     }
 
     /// Runs networkctl in the sandbox; panics when it fails.
     pub fn networkctl(&self, args: &[&str]) -> Output {
         let out = self
+            .sandbox
             .command("networkctl")
             .args(args)
             .output()
@@ -137,7 +94,7 @@ exec dbus-daemon --system --nofork --nopidfile",
 
     /// Waits until networkd says each of `nics` is configured (its state file in /run).
     pub fn wait_configured(&self, nics: &[&str]) {
-        let links = self.dir.join("run/systemd/netif/links");
+        let links = self.sandbox.path("run/systemd/netif/links");
         for nic in nics {
             let state = links.join(self.ifindex(nic).to_string());
             self.wait_until(&format!("networkd to configure {nic}"), || {
@@ -149,6 +106,7 @@ exec dbus-daemon --system --nofork --nopidfile",
 
     fn ifindex(&self, nic: &str) -> u32 {
         let out = self
+            .sandbox
             .command("cat")
             .arg(format!("/sys/class/net/{nic}/ifindex"))
             .output()
@@ -161,7 +119,7 @@ exec dbus-daemon --system --nofork --nopidfile",
 
     /// Replaces (or adds) the file `name` of /etc/systemd/network.
     pub fn write_network(&self, name: &str, text: &str) {
-        fs::write(self.dir.join("network").join(name), text).unwrap();
+        self.sandbox.write(&format!("network/{name}"), text);
     }
 
     /// networkd's log so far.
@@ -170,23 +128,12 @@ exec dbus-daemon --system --nofork --nopidfile",
     }
 
     fn wait_until(&self, what: &str, done: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done() {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; networkd log:\n{}",
-                self.log()
-            );
-            sleep(Duration::from_millis(50));
-        }
+        self.sandbox.wait_until(what, || self.log(), done);
     }
 }
 
 impl Drop for Networkd {
     fn drop(&mut self) {
         self.stop();
-        let _ = self.sandbox.kill();
-        let _ = self.sandbox.wait();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,20 +1,14 @@
 //! The files in dist/ that a host installs: checked with the tools the administrator has,
 //! and against what mpathd really does.
 
-use std::{collections::BTreeSet, path::PathBuf, process::Command};
+use std::{collections::BTreeSet, process::Command};
 
 use mpath_lab::Lab;
 use mpath_tests::{
     daemon::{Mpathd, three_nic_config},
+    dist_path,
     metrics::scrape,
 };
-
-/// dist/ of this workspace.
-fn dist(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../dist")
-        .join(file)
-}
 
 /// The unit's exposure as `systemd-analyze security --offline=yes` rates it (0 to 10,
 /// lower is safer).
@@ -39,14 +33,14 @@ fn exposure(unit: &std::path::Path) -> f64 {
 
 #[test]
 fn the_unit_is_hardened_to_an_exposure_of_at_most_3() {
-    let score = exposure(&dist("mpathd.service"));
+    let score = exposure(&dist_path("mpathd.service"));
     assert!(score <= 3.0, "exposure {score}");
 }
 
 /// What mpathd's systemd support relies on (see mpath_ctl::daemon::service).
 #[test]
 fn the_unit_waits_for_readiness_feeds_a_watchdog_and_reloads_with_sighup() {
-    let unit = std::fs::read_to_string(dist("mpathd.service")).unwrap();
+    let unit = std::fs::read_to_string(dist_path("mpathd.service")).unwrap();
     for line in [
         "Type=notify",
         "WatchdogSec=10s",
@@ -62,7 +56,7 @@ fn the_unit_waits_for_readiness_feeds_a_watchdog_and_reloads_with_sighup() {
 fn promtool(args: &[&str]) {
     let out = Command::new("promtool")
         .args(args)
-        .current_dir(dist(""))
+        .current_dir(dist_path(""))
         .output()
         .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
     assert!(
@@ -91,7 +85,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 /// mpathd exports.
 #[test]
 fn the_alert_rules_read_metrics_that_mpathd_exports() {
-    let rules = std::fs::read_to_string(dist("mpath-alerts.yml")).unwrap();
+    let rules = std::fs::read_to_string(dist_path("mpath-alerts.yml")).unwrap();
     let used = metric_names(&rules);
     assert!(used.len() >= 6, "{used:?}");
     let lab = Lab::builder().nics(3).build().expect("lab");

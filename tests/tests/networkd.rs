@@ -5,32 +5,19 @@
 //! nexthop groups, which mpathd makes again at once. The netplan example (dist/netplan/),
 //! rendered by netplan, does for networkd what the networkd example does.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    thread::sleep,
-    time::Duration,
-};
+use std::{process::Command, thread::sleep, time::Duration};
 
-use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
-use mpath_lab::{Lab, ROUTER_LINK_LOCAL, ROUTER_V4};
+use mpath_lab::{Lab, ROUTER_V4};
 use mpath_tests::{
     daemon::{Mpathd, inbound, state_of, three_nic_config},
+    dist_text,
+    managed::{Monitor, NICS, Watch, all_ok, routes_served, snapshot, start_mpathd},
     networkd::Networkd,
 };
 
-fn dist(file: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../dist")
-        .join(file);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// The shipped group NIC file, matching the lab's NICs.
 fn group_network() -> String {
-    let text = dist("networkd/50-mpath.network");
+    let text = dist_text("networkd/50-mpath.network");
     assert!(text.contains("\nName=eth0 eth1 eth2\n"), "{text}");
     text.replace("\nName=eth0 eth1 eth2\n", "\nName=h0 h1 h2\n")
 }
@@ -44,173 +31,10 @@ fn management_network(address: &str, keep: bool) -> String {
 
 /// networkd.conf with the shipped drop-in appended (the sandbox has no networkd.conf.d).
 fn networkd_conf() -> String {
-    format!("[Network]\n\n{}", dist("networkd/mpath.conf"))
+    format!("[Network]\n\n{}", dist_text("networkd/mpath.conf"))
 }
 
-const NICS: [&str; 3] = ["h0", "h1", "h2"];
 const MANAGED: [&str; 4] = ["h0", "h1", "h2", "mg0"];
-
-/// The lab group with default routes of both families through it, from mpathd.toml.
-fn config() -> String {
-    three_nic_config(700) + &default_routes()
-}
-
-fn default_routes() -> String {
-    format!(
-        "\n[[group.route]]\nto = \"default\"\nvia = \"{ROUTER_V4}\"\n\n\
-         [[group.route]]\nto = \"default\"\nvia = \"{ROUTER_LINK_LOCAL}\"\n"
-    )
-}
-
-/// `ip monitor` of the host's addresses, routes, rules and nexthops, collected as it runs.
-struct Monitor {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Monitor {
-    fn start(lab: &Lab) -> Monitor {
-        let mut child = Command::new("ip")
-            .args(["-n", lab.host().name()])
-            .args(["monitor", "address", "route", "rule", "nexthop"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        // `ip monitor` subscribes before it prints anything; give it that moment.
-        sleep(Duration::from_millis(200));
-        Monitor { child, lines }
-    }
-
-    /// The deletions seen since the last call, but for the management NIC's (networkd's own,
-    /// and mpathd's throw that follows its prefix in main).
-    fn deletions(&self) -> Vec<String> {
-        std::mem::take(&mut *self.lines.lock().unwrap())
-            .into_iter()
-            .filter(|l| l.starts_with("Deleted") && !l.contains("mg0") && !l.contains("203.0.113."))
-            .collect()
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What mpathd put on the host: the group NICs' global addresses, its routes (each nexthop
-/// group shown by its members' NICs, as ids change when a nexthop is made again; the
-/// management NIC's throw left out), its rules.
-fn snapshot(lab: &Lab) -> String {
-    let host = lab.host();
-    let mut text = String::new();
-    for nic in NICS {
-        let mut addresses = lab.host_addrs(nic).unwrap();
-        addresses.sort();
-        text += &format!("{nic}: {}\n", addresses.join(" "));
-    }
-    let table = DEFAULT_ROUTE_TABLE.to_string();
-    for family in ["-4", "-6"] {
-        for line in host
-            .ip(&[family, "route", "show", "table", &table])
-            .unwrap()
-            .lines()
-            // The throw that hands the management NIC's prefix to main follows main; the
-            // members `ip` lists under a route are in the group's summary.
-            .filter(|l| {
-                !l.starts_with("throw 203.0.113.0/24") && !l.trim_start().starts_with("nexthop ")
-            })
-        {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let shown: Vec<String> = words
-                .iter()
-                .enumerate()
-                .map(|(i, w)| match i.checked_sub(1).map(|p| words[p]) {
-                    Some("nhid") => group_nics(lab, w),
-                    _ => w.to_string(),
-                })
-                .collect();
-            text += &shown.join(" ");
-            text.push('\n');
-        }
-        for line in host.ip(&[family, "rule", "show"]).unwrap().lines() {
-            if line.contains(&table) {
-                text += line;
-                text.push('\n');
-            }
-        }
-    }
-    text
-}
-
-/// The NICs of nexthop group `id`, e.g. `[h0,h1]`.
-fn group_nics(lab: &Lab, id: &str) -> String {
-    let text = lab.host().ip(&["nexthop", "show", "id", id]).unwrap();
-    let members = text
-        .split_whitespace()
-        .skip_while(|w| *w != "group")
-        .nth(1)
-        .unwrap_or_else(|| panic!("nexthop {id} is not a group: {text}"));
-    let mut nics: Vec<String> = members
-        .split('/')
-        .map(|m| {
-            let text = lab.host().ip(&["nexthop", "show", "id", m]).unwrap();
-            let dev = text.split_whitespace().skip_while(|w| *w != "dev").nth(1);
-            dev.unwrap_or_else(|| panic!("no device in {text}"))
-                .to_string()
-        })
-        .collect();
-    nics.sort();
-    format!("[{}]", nics.join(","))
-}
-
-fn all_ok(d: &Mpathd) -> bool {
-    d.try_status()
-        .is_some_and(|s| NICS.iter().all(|n| state_of(&s, n) == "ok"))
-}
-
-/// Whether mpathd serves the default route and the data prefix of each of `families`.
-fn routes_served(lab: &Lab, families: &[&str]) -> bool {
-    [("-4", "192.0.2.0/24"), ("-6", "2001:db8::/64")]
-        .iter()
-        .filter(|(family, _)| families.contains(family))
-        .all(|(family, prefix)| {
-            let table = lab
-                .host()
-                .ip(&[
-                    family,
-                    "route",
-                    "show",
-                    "table",
-                    &DEFAULT_ROUTE_TABLE.to_string(),
-                ])
-                .unwrap();
-            ["default", prefix]
-                .iter()
-                .all(|to| table.lines().any(|l| l.starts_with(&format!("{to} nhid "))))
-        })
-}
-
-/// Nothing of mpathd's went, even for a moment, and everything is as before.
-fn assert_untouched(lab: &Lab, monitor: &Monitor, before: &str, networkd: &Networkd, when: &str) {
-    // networkd acts on what it hears within milliseconds; leave it a second.
-    sleep(Duration::from_secs(1));
-    let deletions = monitor.deletions();
-    assert!(
-        deletions.is_empty(),
-        "{when}: deleted {deletions:#?}\nnetworkd log:\n{}",
-        networkd.log()
-    );
-    assert_eq!(snapshot(lab), before, "{when}");
-}
 
 /// The lab with a management NIC mg0 for networkd, a veth whose peer stays unmanaged.
 fn lab() -> Lab {
@@ -226,15 +50,12 @@ fn lab() -> Lab {
 fn networkd_starting_reloading_restarting_and_cable_flaps_leave_mpathd_s_configuration_alone() {
     let lab = lab();
     let host = lab.host();
-    let mut daemon = Mpathd::start(host, &config());
-    daemon.wait_until("all NICs ok and the routes served", |d| {
-        all_ok(d) && routes_served(&lab, &["-4", "-6"])
-    });
-    let before = snapshot(&lab);
+    let mut daemon = start_mpathd(&lab);
+    let watch = Watch::start(&lab);
+    let before = watch.before();
     for expected in ["192.0.2.19/24", "192.0.2.20/24", "default nhid [h0,h1]"] {
         assert!(before.contains(expected), "{expected} missing:\n{before}");
     }
-    let monitor = Monitor::start(&lab);
 
     let mut networkd = Networkd::sandbox(
         host,
@@ -248,7 +69,7 @@ fn networkd_starting_reloading_restarting_and_cable_flaps_leave_mpathd_s_configu
         &networkd_conf(),
     );
     networkd.start(&MANAGED);
-    assert_untouched(&lab, &monitor, &before, &networkd, "networkd started");
+    watch.untouched(&networkd.log(), "networkd started");
 
     // A changed file and `networkctl reload` reconfigure the links that use it.
     networkd.write_network(
@@ -262,15 +83,15 @@ fn networkd_starting_reloading_restarting_and_cable_flaps_leave_mpathd_s_configu
         mg0.contains("203.0.113.6/24") && !mg0.contains("203.0.113.5/24")
     });
     networkd.wait_configured(&MANAGED);
-    assert_untouched(&lab, &monitor, &before, &networkd, "networkctl reload");
+    watch.untouched(&networkd.log(), "networkctl reload");
 
     networkd.networkctl(&["reconfigure", "h0", "h1", "h2", "mg0"]);
     networkd.wait_configured(&MANAGED);
-    assert_untouched(&lab, &monitor, &before, &networkd, "networkctl reconfigure");
+    watch.untouched(&networkd.log(), "networkctl reconfigure");
 
     networkd.stop();
     networkd.start(&MANAGED);
-    assert_untouched(&lab, &monitor, &before, &networkd, "networkd restarted");
+    watch.untouched(&networkd.log(), "networkd restarted");
 
     // A cable flap: mpathd moves h1's address to the standby and back; networkd stays out.
     lab.cut("h1").unwrap();
@@ -292,12 +113,7 @@ fn networkd_starting_reloading_restarting_and_cable_flaps_leave_mpathd_s_configu
             state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
         })
     });
-    // The routes through h1 come back within the resilient groups' idle timer (3 s).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while snapshot(&lab) != before && std::time::Instant::now() < deadline {
-        sleep(Duration::from_millis(100));
-    }
-    assert_eq!(snapshot(&lab), before, "after the flap");
+    watch.settled("after the flap");
 
     let log = networkd.log();
     let removed: Vec<&str> = log
@@ -362,7 +178,7 @@ fn the_netplan_example_renders_networks_that_leave_mpathd_s_configuration_alone(
     let _ = std::fs::remove_dir_all(&root);
     let yaml_dir = root.join("etc/netplan");
     std::fs::create_dir_all(&yaml_dir).unwrap();
-    let yaml = dist("netplan/60-mpath.yaml")
+    let yaml = dist_text("netplan/60-mpath.yaml")
         .replace("eth0", "h0")
         .replace("eth1", "h1")
         .replace("eth2", "h2");
@@ -402,25 +218,21 @@ fn the_netplan_example_renders_networks_that_leave_mpathd_s_configuration_alone(
     }
 
     let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
-    let mut daemon = Mpathd::start(lab.host(), &config());
-    daemon.wait_until("all NICs ok and the routes served", |d| {
-        all_ok(d) && routes_served(&lab, &["-4", "-6"])
-    });
-    let before = snapshot(&lab);
-    let monitor = Monitor::start(&lab);
+    let _daemon = start_mpathd(&lab);
+    let watch = Watch::start(&lab);
     let networks: Vec<(&str, &str)> = rendered
         .iter()
         .map(|(name, text)| (name.as_str(), text.as_str()))
         .collect();
     let mut networkd = Networkd::sandbox(lab.host(), &networks, &networkd_conf());
     networkd.start(&NICS);
-    assert_untouched(&lab, &monitor, &before, &networkd, "networkd started");
+    watch.untouched(&networkd.log(), "networkd started");
     networkd.networkctl(&["reconfigure", "h0", "h1", "h2"]);
     networkd.wait_configured(&NICS);
-    assert_untouched(&lab, &monitor, &before, &networkd, "networkctl reconfigure");
+    watch.untouched(&networkd.log(), "networkctl reconfigure");
     networkd.stop();
     networkd.start(&NICS);
-    assert_untouched(&lab, &monitor, &before, &networkd, "networkd restarted");
+    watch.untouched(&networkd.log(), "networkd restarted");
 }
 
 /// What not to do, as the README describes it: a data address in a `.network`. networkd
@@ -430,8 +242,7 @@ fn the_netplan_example_renders_networks_that_leave_mpathd_s_configuration_alone(
 #[test]
 fn a_data_address_in_a_network_file_comes_back_early_and_mpathd_removes_the_copy() {
     let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
-    let mut daemon = Mpathd::start(lab.host(), &config());
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = start_mpathd(&lab);
     let h1 = group_network()
         .replace("\nName=h0 h1 h2\n", "\nName=h1\n")
         .replace("[Network]\n", "[Network]\nAddress=192.0.2.20/24\n");

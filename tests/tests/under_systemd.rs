@@ -9,7 +9,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     thread::sleep,
     time::{Duration, Instant},
@@ -22,6 +22,7 @@ use mpath_ctl::api::{
 use mpath_lab::{Lab, scaled};
 use mpath_tests::{
     daemon::{binary, inbound, state_of, three_nic_config},
+    dist_path,
     metrics::{sample, scrape},
 };
 
@@ -141,9 +142,8 @@ fn install(lab: &Lab) {
     for name in ["mpathd", "mpathctl"] {
         fs::copy(binary(name), Path::new("/usr/sbin").join(name)).unwrap();
     }
-    let dist = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../dist");
     fs::copy(
-        dist.join("mpathd.service"),
+        dist_path("mpathd.service"),
         "/etc/systemd/system/mpathd.service",
     )
     .unwrap();
