@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod flows;
 pub mod managed;
 pub mod metrics;
+pub mod network_manager;
 pub mod networkd;
 pub mod packets;
 pub mod responder;

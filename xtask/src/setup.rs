@@ -3,7 +3,7 @@
 //! BPF target), the Debian LLVM whose major version matches that nightly's, bpf-linker built
 //! against it, the tools the lab tests use, and cargo-deb for `cargo xtask package`.
 
-use std::{path::Path, process::Command};
+use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -16,9 +16,10 @@ include!("../../mpath-ebpf/toolchain.rs");
 /// bfdd and vtysh (package frr), the BFD daemon the failover benchmark compares mpathd with,
 /// systemd-analyze (package systemd), which rates the unit's hardening, systemd-networkd
 /// (package systemd) with a D-Bus of its own (package dbus-daemon) for networkctl, and
-/// netplan, whose example is rendered for it, and iperf3, the bulk TCP load of the datapath
-/// benchmark; qemu, busybox, cpio, xz, zstd and kmod (depmod, and modprobe for the guest's
-/// kernel) boot other kernels for `cargo xtask test --kernel`.
+/// netplan, whose example is rendered for it, NetworkManager and ifupdown, whose examples
+/// are tested too, and iperf3, the bulk TCP load of the datapath benchmark; qemu, busybox,
+/// cpio, xz, zstd and kmod (depmod, and modprobe for the guest's kernel) boot other kernels
+/// for `cargo xtask test --kernel` (and systemd, as PID 1 in one of them).
 const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -29,6 +30,8 @@ const LAB_PACKAGES: &[&str] = &[
     "systemd",
     "dbus-daemon",
     "netplan.io",
+    "network-manager",
+    "ifupdown",
     "iperf3",
     "qemu-system-x86",
     "busybox-static",
@@ -146,12 +149,40 @@ fn ensure_debian_packages(packages: &[String]) -> anyhow::Result<()> {
     }
     eprintln!("setup: installing {list}");
     exec(Command::new("apt-get").arg("update").arg("-q"))?;
-    exec(
+    // The tests run the daemons among these (NetworkManager, frr, prometheus) in labs: started
+    // on the host, NetworkManager would take over its NICs. policy-rc.d(8) keeps the
+    // packages from starting them, where no such policy is in place already.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        fs::write(
+            policy,
+            "#!/bin/sh
+# cargo xtask setup: no daemon starts while it installs.
+exit 101
+",
+        )?;
+        fs::set_permissions(policy, fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = exec(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(missing.iter().map(|s| s.as_str()))
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    );
+    if own_policy {
+        fs::remove_file(policy)?;
+    }
+    installed?;
+    // Nor at the next boot.
+    if missing.iter().any(|p| *p == "network-manager") {
+        exec(Command::new("systemctl").args([
+            "disable",
+            "NetworkManager.service",
+            "NetworkManager-wait-online.service",
+        ]))?;
+    }
+    Ok(())
 }
 
 /// Installs bpf-linker unless one linked against LLVM `llvm` is on the PATH.
