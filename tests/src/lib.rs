@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod flows;
+pub mod ifupdown;
 pub mod managed;
 pub mod metrics;
 pub mod network_manager;
