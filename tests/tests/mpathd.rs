@@ -1834,7 +1834,11 @@ fn a_flapping_link_moves_the_addresses_once_each_way() {
 fn losing_its_link_local_address_leaves_a_nic_to_ipv4_probing() {
     let lab = lab();
     let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("IPv6 targets found on every NIC", v6_targets_found);
+    // h1's IPv4 probes must have been answered first: until then the startup quiet period
+    // (40 s) holds its losses back (a run that did not wait lost this race under load).
+    daemon.wait_until("every NIC ok, IPv6 targets found on each", |d| {
+        all_ok(d) && v6_targets_found(d)
+    });
     let line = lab
         .host()
         .ip(&["-6", "-o", "addr", "show", "dev", "h1", "scope", "link"])
