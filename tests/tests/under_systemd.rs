@@ -246,6 +246,12 @@ fn the_unit_starts_reloads_keeps_its_watchdog_fails_over_and_stops_leaving_the_d
         Some(1.0),
         "{metrics}"
     );
+    // The hardening lets mpathd attach its IPv6 source hook to the root cgroup too.
+    assert_eq!(
+        sample(&metrics, "mpath_ipv6_source_hook_attached"),
+        Some(1.0),
+        "{metrics}"
+    );
     wait_until("systemd to hear the reload's end", || {
         let lines = systemd_lines();
         let reloading = lines
