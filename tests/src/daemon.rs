@@ -37,6 +37,20 @@ pub fn inbound<'a>(status: &'a Status, address: &str) -> Option<&'a str> {
         .and_then(|a| a.inbound.as_deref())
 }
 
+/// The data addresses of [`three_nic_config`] that are missing from their NICs, given the
+/// addresses of h0 and h1 (as `Lab::host_addrs` lists them).
+pub fn data_addresses_missing(h0: &[String], h1: &[String]) -> Vec<&'static str> {
+    [
+        (h0, "192.0.2.19/24"),
+        (h0, "2001:db8::19/64"),
+        (h1, "192.0.2.20/24"),
+    ]
+    .into_iter()
+    .filter(|(on, address)| !on.iter().any(|a| a == address))
+    .map(|(_, address)| address)
+    .collect()
+}
+
 /// mpathd and mpathctl as built for this run, in the same profile as the running program.
 pub fn binary(name: &str) -> PathBuf {
     // Integration tests live in target/<profile>/deps, the binaries one level up; a benchmark
