@@ -16,6 +16,7 @@ use mpath_lab::{BEHIND_ROUTER_V4, BEHIND_ROUTER_V6, Lab, ROUTER_LINK_LOCAL};
 use mpath_tests::{
     daemon::{Mpathd, inbound, state_of, three_nic_config},
     flows::{Flows, Sniffer},
+    managed::{all_ok, routes_served, table},
 };
 
 /// The lab group at FDT 700 ms (probe interval 100 ms).
@@ -67,38 +68,6 @@ fn add_dhcp_default_route(lab: &Lab) {
             "100",
         ])
         .unwrap();
-}
-
-fn all_ok(d: &Mpathd) -> bool {
-    d.try_status()
-        .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
-}
-
-/// mpathd's table as `ip` shows it, for one family.
-fn table(lab: &Lab, family: &str) -> String {
-    lab.host()
-        .ip(&[
-            family,
-            "route",
-            "show",
-            "table",
-            &DEFAULT_ROUTE_TABLE.to_string(),
-        ])
-        .unwrap()
-}
-
-/// Whether mpathd serves both default routes and both data prefixes through nexthop
-/// groups.
-fn routes_served(lab: &Lab) -> bool {
-    [("-4", "192.0.2.0/24"), ("-6", "2001:db8::/64")]
-        .iter()
-        .all(|(family, prefix)| {
-            let table = table(lab, family);
-            table.lines().any(|l| l.starts_with("default nhid "))
-                && table
-                    .lines()
-                    .any(|l| l.starts_with(&format!("{prefix} nhid ")))
-        })
 }
 
 /// The nexthop group id mpathd's default route of `family` uses.
@@ -294,7 +263,7 @@ impl Datagrams {
 fn started(lab: &Lab) -> Mpathd {
     let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok and the routes served", |d| {
-        all_ok(d) && routes_served(lab)
+        all_ok(d) && routes_served(lab, &["-4", "-6"])
     });
     daemon
 }
@@ -470,7 +439,7 @@ fn routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown() {
     assert_off_link_reachable(&lab, "with mpathd killed");
     daemon.spawn(lab.host());
     daemon.wait_until("the restarted mpathd ready", |d| {
-        all_ok(d) && routes_served(&lab)
+        all_ok(d) && routes_served(&lab, &["-4", "-6"])
     });
     assert_eq!(
         lab.host().ip(&["nexthop", "show"]).unwrap(),
@@ -584,7 +553,7 @@ fn with_datapath_spreading_the_routes_use_one_nic_and_the_egress_program_spreads
     let lab = dhcp_lab();
     let mut daemon = Mpathd::start(lab.host(), &config("datapath", ""));
     daemon.wait_until("all NICs ok and the routes served", |d| {
-        all_ok(d) && routes_served(&lab)
+        all_ok(d) && routes_served(&lab, &["-4", "-6"])
     });
     for family in ["-4", "-6"] {
         let nics = members(&lab, default_group(&lab, family));
@@ -698,7 +667,7 @@ fn connections_to_many_destinations_take_their_source_from_the_nic_they_leave() 
     let lab = dhcp_lab();
     let mut daemon = Mpathd::start(lab.host(), &two_ipv6_addresses());
     daemon.wait_until("all NICs ok and the routes served", |d| {
-        all_ok(d) && routes_served(&lab)
+        all_ok(d) && routes_served(&lab, &["-4", "-6"])
     });
     let _inside = lab.host().enter().unwrap();
     let mut sources = BTreeMap::<String, usize>::new();
@@ -790,7 +759,7 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
     lab.add_host_addr(&outside, "2001:db8:77::5/64").unwrap();
     let mut daemon = Mpathd::start(lab.host(), &two_ipv6_addresses());
     daemon.wait_until("all NICs ok and the routes served", |d| {
-        all_ok(d) && routes_served(&lab)
+        all_ok(d) && routes_served(&lab, &["-4", "-6"])
     });
     let log = daemon.log();
     assert!(
