@@ -705,14 +705,18 @@ fn hook_counters(daemon: &Mpathd, lab: &Lab) -> (u64, u64) {
     (count("chosen"), count("bind_failed"))
 }
 
-/// Connects over TCP from the host to 2001:db8:ff::1 to ::10 behind the router, where a
-/// listener accepts on all of them, exchanges a message on each connection and returns the
+/// A listener in the router's namespace on port 5003 of every address, for
+/// [`ipv6_sources_of_real_connections`]: one for the whole test, as the connections it
+/// accepted may still be closing when the next round starts.
+fn far_listener(lab: &Lab) -> TcpListener {
+    let _inside = lab.router().enter().unwrap();
+    TcpListener::bind((Ipv6Addr::UNSPECIFIED, 5003)).unwrap()
+}
+
+/// Connects over TCP from the host to 2001:db8:ff::1 to ::10 behind the router, where
+/// `listener` accepts on all of them, exchanges a message on each connection and returns the
 /// source of each by destination, as the client and the server both saw it.
-fn ipv6_sources_of_real_connections(lab: &Lab) -> BTreeMap<IpAddr, IpAddr> {
-    let listener = {
-        let _inside = lab.router().enter().unwrap();
-        TcpListener::bind((Ipv6Addr::UNSPECIFIED, 5003)).unwrap()
-    };
+fn ipv6_sources_of_real_connections(lab: &Lab, listener: &TcpListener) -> BTreeMap<IpAddr, IpAddr> {
     let _inside = lab.host().enter().unwrap();
     let mut sources = BTreeMap::new();
     for host in 1..=16u16 {
@@ -767,7 +771,8 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
         "{log}"
     );
 
-    let before = ipv6_sources_of_real_connections(&lab);
+    let listener = far_listener(&lab);
+    let before = ipv6_sources_of_real_connections(&lab, &listener);
     let used: std::collections::BTreeSet<String> =
         before.values().map(ToString::to_string).collect();
     assert_eq!(
@@ -776,7 +781,7 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
         "{before:?}"
     );
     assert_eq!(
-        ipv6_sources_of_real_connections(&lab),
+        ipv6_sources_of_real_connections(&lab, &listener),
         before,
         "each destination keeps its source"
     );
@@ -812,10 +817,12 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
             socket.bind(&SocketAddr::new(mine, 0).into()).unwrap();
             socket
                 .connect_timeout(&SocketAddr::new(*to, 5003).into(), Duration::from_secs(5))
-                .ok();
+                .unwrap();
             let local = socket.local_addr().unwrap().as_socket().unwrap().ip();
+            let (_, peer) = listener.accept().unwrap();
             assert_eq!(
-                local, mine,
+                (local, peer.ip()),
+                (mine, mine),
                 "bound to {mine} (no port: {no_port}), hook's would be {theirs}"
             );
         }
@@ -843,7 +850,7 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
                 && inbound(&s, "2001:db8::19/64").is_some_and(|n| n != "h0")
         })
     });
-    assert_eq!(ipv6_sources_of_real_connections(&lab), before);
+    assert_eq!(ipv6_sources_of_real_connections(&lab, &listener), before);
     let (chosen_after, failed_after) = hook_counters(&daemon, &lab);
     assert!(chosen_after >= chosen + 16, "{chosen} then {chosen_after}");
     assert_eq!(
@@ -859,9 +866,10 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
     daemon.wait_until("the hook detached", |d| {
         d.log().contains("ipv6_sources spread -> kernel")
     });
-    let kernel_sources: std::collections::BTreeSet<IpAddr> = ipv6_sources_of_real_connections(&lab)
-        .into_values()
-        .collect();
+    let kernel_sources: std::collections::BTreeSet<IpAddr> =
+        ipv6_sources_of_real_connections(&lab, &listener)
+            .into_values()
+            .collect();
     assert_eq!(kernel_sources.len(), 1, "{kernel_sources:?}");
     daemon.reload(&two_ipv6_addresses());
     daemon.wait_until("the hook attached again", |d| {
@@ -870,12 +878,12 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
             .count()
             == 2
     });
-    assert_eq!(ipv6_sources_of_real_connections(&lab), before);
+    assert_eq!(ipv6_sources_of_real_connections(&lab, &listener), before);
 
     // The hook is pinned with the datapath: it outlives a killed mpathd, and the next one
     // takes it over.
     daemon.kill();
-    assert_eq!(ipv6_sources_of_real_connections(&lab), before);
+    assert_eq!(ipv6_sources_of_real_connections(&lab, &listener), before);
     daemon.spawn(lab.host());
     daemon.wait_until("the hook taken over", |d| {
         d.log()
@@ -884,15 +892,16 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
             == 3
             && d.try_status().is_some()
     });
-    assert_eq!(ipv6_sources_of_real_connections(&lab), before);
+    assert_eq!(ipv6_sources_of_real_connections(&lab, &listener), before);
     // Only a teardown takes it off the host.
     daemon.stop();
-    assert_eq!(ipv6_sources_of_real_connections(&lab), before);
+    assert_eq!(ipv6_sources_of_real_connections(&lab, &listener), before);
     let out = daemon.teardown(lab.host());
     assert!(out.status.success(), "{out:?}");
-    let kernel_sources: std::collections::BTreeSet<IpAddr> = ipv6_sources_of_real_connections(&lab)
-        .into_values()
-        .collect();
+    let kernel_sources: std::collections::BTreeSet<IpAddr> =
+        ipv6_sources_of_real_connections(&lab, &listener)
+            .into_values()
+            .collect();
     assert_eq!(
         kernel_sources.len(),
         1,
