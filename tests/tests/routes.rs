@@ -787,6 +787,17 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
     );
     let (chosen, failed) = hook_counters(&daemon, &lab);
     assert!(chosen >= 32, "the hook chose {chosen} sources");
+    // The table view: group id 0 offers both addresses for its routes, the default among them.
+    let out = daemon.ctl(lab.host(), &["maps"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .skip_while(|l| !l.starts_with("GROUPID") || !l.contains("IPV6SOURCES"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no source row in mpathctl maps:\n{text}"));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(fields[..2], ["0", "2001:db8::19,2001:db8::20"], "{text}");
+    assert!(fields[4..].contains(&"::/0"), "{text}");
 
     {
         let _inside = lab.host().enter().unwrap();
