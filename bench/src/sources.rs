@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use mpath_lab::{Lab, Netns, ROUTER_LINK_LOCAL};
+use mpath_lab::{Lab, Netns};
 use mpath_tests::daemon::{Mpathd, state_of, three_nic_config};
 
 use crate::{
@@ -160,16 +160,7 @@ fn set_mode(daemon: &mut Mpathd, mode: Mode, reloads: &mut usize) {
 
 pub fn sources(rounds: u64, count: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
     let lab = Lab::builder().nics(3).behind_router().build()?;
-    lab.host().ip(&[
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        ROUTER_LINK_LOCAL,
-        "dev",
-        "h1",
-    ])?;
+    lab.add_ra_default_route("h1")?;
     let mut daemon = Mpathd::start(lab.host(), &config(Mode::Kernel));
     daemon.wait_until("all NICs ok", |d| {
         d.try_status()

@@ -326,6 +326,27 @@ impl Lab {
         add_addr(&self.host, nic, cidr)
     }
 
+    /// The IPv6 default route through the router's link-local address on host NIC `nic`, as
+    /// router advertisements leave it (protocol ra, metric 1024).
+    pub fn add_ra_default_route(&self, nic: &str) -> Result<()> {
+        self.nic_index(nic)?;
+        self.host.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            ROUTER_LINK_LOCAL,
+            "dev",
+            nic,
+            "proto",
+            "ra",
+            "metric",
+            "1024",
+        ])?;
+        Ok(())
+    }
+
     /// Removes `cidr` from host NIC `nic`.
     pub fn del_host_addr(&self, nic: &str, cidr: &str) -> Result<()> {
         self.nic_index(nic)?;

@@ -12,7 +12,7 @@ use std::{
 };
 
 use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
-use mpath_lab::{BEHIND_ROUTER_V4, BEHIND_ROUTER_V6, Lab, ROUTER_LINK_LOCAL};
+use mpath_lab::{BEHIND_ROUTER_V4, BEHIND_ROUTER_V6, Lab};
 use mpath_tests::{
     daemon::{Mpathd, inbound, state_of, three_nic_config},
     flows::{Flows, Sniffer},
@@ -32,22 +32,7 @@ fn dhcp_lab() -> Lab {
     let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
     lab.add_host_addr("h1", "192.0.2.20/24").unwrap();
     add_dhcp_default_route(&lab);
-    let host = lab.host();
-    host.ip(&[
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        ROUTER_LINK_LOCAL,
-        "dev",
-        "h1",
-        "proto",
-        "ra",
-        "metric",
-        "1024",
-    ])
-    .unwrap();
+    lab.add_ra_default_route("h1").unwrap();
     lab
 }
 

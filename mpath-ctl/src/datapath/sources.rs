@@ -17,7 +17,7 @@ use aya::{
 };
 use mpath_common::{
     MAX_GROUPS, map_names, program_names,
-    sources::{SOURCE_SETS, SourceClass, SourceCounters, SourceRoute, SourceSet, set_index},
+    sources::{SourceClass, SourceCounters, SourceRoute, SourceSet, set_index},
 };
 
 use super::{
@@ -180,9 +180,6 @@ impl SourceMaps {
             }))
     }
 }
-
-/// Index bound check for the sets array, which the kernel sizes.
-const _: () = assert!(SOURCE_SETS == MAX_GROUPS * SourceClass::COUNT);
 
 impl Datapath {
     /// Attaches the source hook to the cgroup `cgroup` (and so to every process below it), for
