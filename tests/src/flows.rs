@@ -7,14 +7,14 @@ use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc,
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use mpath_lab::Netns;
+use mpath_lab::{Netns, scaled};
 
 /// UDP port the flows are sent to; the sniffer's side binds it so no ICMP error comes back.
 pub const FLOW_PORT: u16 = 9999;
@@ -32,6 +32,8 @@ pub type FlowLog = BTreeMap<(Ipv4Addr, u16), Vec<Seen>>;
 /// Captures UDP packets to `FLOW_PORT` arriving on one interface of a namespace.
 pub struct Sniffer {
     stop: Arc<AtomicBool>,
+    /// Flow packets captured so far.
+    seen: Arc<AtomicUsize>,
     thread: JoinHandle<io::Result<FlowLog>>,
 }
 
@@ -39,25 +41,32 @@ impl Sniffer {
     /// Starts capturing on `ifname` in `ns`; returns once the capture socket is ready.
     pub fn start(ns: &Netns, ifname: &str) -> Sniffer {
         let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicUsize::new(0));
         let (ready_tx, ready_rx) = mpsc::channel();
         let guard = ns.enter().expect("enter sniffer namespace");
         let ifindex = ns.ifindex(ifname).expect("sniffer interface");
         let thread = {
-            let stop = stop.clone();
+            let (stop, seen) = (stop.clone(), seen.clone());
             // Spawned while inside the namespace, so the thread starts there.
-            thread::spawn(move || capture(ifindex, &stop, ready_tx))
+            thread::spawn(move || capture(ifindex, &stop, &seen, ready_tx))
         };
         drop(guard);
         ready_rx
             .recv_timeout(Duration::from_secs(5))
             .expect("sniffer ready")
             .expect("sniffer socket");
-        Sniffer { stop, thread }
+        Sniffer { stop, seen, thread }
     }
 
-    /// Stops after the packets in flight have arrived and returns what was seen.
-    pub fn finish(self) -> FlowLog {
-        thread::sleep(Duration::from_millis(300));
+    /// Stops once the `sent` packets have arrived, then 100 ms more for any duplicates, and
+    /// returns what was seen. Packets still missing after a few (scaled) seconds are lost:
+    /// an emulated guest can take longer than a fixed wait to deliver them.
+    pub fn finish(self, sent: usize) -> FlowLog {
+        let deadline = Instant::now() + scaled(Duration::from_secs(3));
+        while self.seen.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        thread::sleep(Duration::from_millis(100));
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .join()
@@ -69,6 +78,7 @@ impl Sniffer {
 fn capture(
     ifindex: u32,
     stop: &AtomicBool,
+    seen: &AtomicUsize,
     ready: mpsc::Sender<io::Result<()>>,
 ) -> io::Result<FlowLog> {
     let setup = || -> io::Result<(UdpSocket, i32)> {
@@ -149,8 +159,9 @@ fn capture(
             unsafe { libc::close(fd) };
             return Err(e);
         }
-        if let Some((key, seen)) = parse(&buf[..n as usize]) {
-            log.entry(key).or_default().push(seen);
+        if let Some((key, packet)) = parse(&buf[..n as usize]) {
+            log.entry(key).or_default().push(packet);
+            seen.fetch_add(1, Ordering::Relaxed);
         }
     }
     // SAFETY: closing our own descriptor.
@@ -200,8 +211,9 @@ impl Flows {
         }
     }
 
-    /// Sends `per_flow` packets on every flow, interleaving the flows.
-    pub fn send_round(&mut self, per_flow: u32) {
+    /// Sends `per_flow` packets on every flow, interleaving the flows; returns how many were
+    /// sent in all.
+    pub fn send_round(&mut self, per_flow: u32) -> usize {
         for _ in 0..per_flow {
             for s in &self.sockets {
                 s.send(&self.next_seq.to_be_bytes())
@@ -209,6 +221,7 @@ impl Flows {
             }
             self.next_seq += 1;
         }
+        self.sockets.len() * per_flow as usize
     }
 
     /// The (source address, port) keys of the flows.

@@ -63,8 +63,8 @@ fn spread_macs(lab: &Lab) -> BTreeSet<[u8; 6]> {
         64,
     );
     let sniffer = Sniffer::start(lab.router(), mpath_lab::ROUTER_NIC);
-    flows.send_round(2);
-    let log = sniffer.finish();
+    let sent = flows.send_round(2);
+    let log = sniffer.finish(sent);
     assert_eq!(
         log.values().map(Vec::len).sum::<usize>(),
         128,

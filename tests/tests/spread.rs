@@ -100,8 +100,8 @@ impl Rig {
     /// checking that each flow arrived whole, in order, through a single NIC.
     fn round(&self, flows: &mut Flows, per_flow: u32) -> BTreeMap<(Ipv4Addr, u16), String> {
         let sniffer = Sniffer::start(self.lab.router(), ROUTER_NIC);
-        flows.send_round(per_flow);
-        let log: FlowLog = sniffer.finish();
+        let sent = flows.send_round(per_flow);
+        let log: FlowLog = sniffer.finish(sent);
         let mut carrier = BTreeMap::new();
         for key in flows.keys() {
             let seen = log

@@ -30,6 +30,8 @@ const CONFIG: &str = "/etc/mpath/mpathd.toml";
 const SOCKET: &str = "/run/mpath/mpathd.sock";
 const PINS: &str = "/sys/fs/bpf/mpath";
 const NICS: [&str; 3] = ["h0", "h1", "h2"];
+const FDT_MS: u64 = 5000;
+const RELOADED_FDT_MS: u64 = 6000;
 
 /// Runs a command; panics with its output and mpathd's journal when it fails.
 fn run(program: &str, args: &[&str]) -> String {
@@ -92,6 +94,28 @@ fn at_least(records: &[serde_json::Value], priority: u8) -> Vec<&serde_json::Val
                 .is_ok_and(|p| p <= priority)
         })
         .collect()
+}
+
+/// Records as `PRIORITY MESSAGE` lines, for assertion messages that fit CI's log.
+fn messages(records: &[&serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| format!("{} {}", field(r, "PRIORITY"), field(r, "MESSAGE")))
+        .collect()
+}
+
+/// The warnings and errors of a start on a healthy lab, save one: the emulated guest's round
+/// trips can exceed what the FDT allows on a busy machine, and mpathd then rightly raises it
+/// with in.mpathd's warning. The guest's speed is not what this test checks (the probe
+/// tests check the FDT).
+fn clean_start_warnings(records: &[serde_json::Value]) -> Vec<String> {
+    let warnings: Vec<_> = at_least(records, 4)
+        .into_iter()
+        .filter(|r| {
+            !field(r, "MESSAGE").starts_with("Cannot meet requested failure detection time")
+        })
+        .collect();
+    messages(&warnings)
 }
 
 /// What PID 1 logged about mpathd.service (with its log level at debug: every notification
@@ -157,9 +181,9 @@ fn install(lab: &Lab) {
         ),
     )
     .unwrap();
-    // Probes every 286 ms: an emulated guest's round trips never make mpathd raise the FDT,
-    // which it would warn about.
-    write_config(2000);
+    // Probes every 714 ms: an emulated guest's round trips seldom make mpathd raise the FDT
+    // (see `clean_start_warnings`).
+    write_config(FDT_MS);
     run("systemctl", &["daemon-reload"]);
 }
 
@@ -223,19 +247,20 @@ fn the_unit_starts_reloads_keeps_its_watchdog_fails_over_and_stops_leaving_the_d
         "mpathctl groups:\n{groups}"
     );
 
-    let records = mpathd_records();
-    let warnings = at_least(&records, 4);
+    let warnings = clean_start_warnings(&mpathd_records());
     assert!(
         warnings.is_empty(),
-        "warnings on a clean start: {warnings:#?}"
+        "warnings on a clean start:\n{}",
+        warnings.join("\n")
     );
     step(begin, "every NIC ok");
 
     // `systemctl reload`: SIGHUP, RELOADING=1 and READY=1 to systemd, the new file applied.
-    write_config(4000);
+    write_config(RELOADED_FDT_MS);
     run("systemctl", &["reload", "mpathd"]);
     wait_until("the reload applied and the unit active", || {
-        property("ActiveState") == "active" && status().is_some_and(|s| s.groups[0].fdt_ms == 4000)
+        property("ActiveState") == "active"
+            && status().is_some_and(|s| s.groups[0].fdt_ms == RELOADED_FDT_MS)
     });
     let metrics = scrape(lab.host()).expect("metrics");
     assert_eq!(
@@ -301,8 +326,12 @@ fn the_unit_starts_reloads_keeps_its_watchdog_fails_over_and_stops_leaving_the_d
             && field(r, "MESSAGE").contains("h1")),
         "no warning with GROUP=g0 INTERFACE=h1: {records:#?}"
     );
-    let errors = at_least(&records, 3);
-    assert!(errors.is_empty(), "errors in the journal: {errors:#?}");
+    let errors = messages(&at_least(&records, 3));
+    assert!(
+        errors.is_empty(),
+        "errors in the journal:\n{}",
+        errors.join("\n")
+    );
     lab.host().ip(&["link", "set", "h1", "up"]).unwrap();
     wait_until("h1 repaired, its address back", || {
         status().is_some_and(|s| {

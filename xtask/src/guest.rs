@@ -887,6 +887,9 @@ fn summarize(
         }
         if rc.as_deref().map(str::trim) != Some("0") {
             failed.push(name.clone());
+            for line in failure_excerpt(&log) {
+                println!("guest: {name} | {line}");
+            }
             println!(
                 "guest: {name}: log in {}",
                 out.join(format!("{name}.log")).display()
@@ -904,6 +907,18 @@ fn summarize(
         bail!("on {}: {} failed", kernel.release, failed.join(", "));
     }
     Ok(())
+}
+
+/// Lines of a failed binary's log for CI's output, which keeps only its end and not the
+/// guest's files: the start of libtest's `failures:` section (the panics), or the log's end
+/// when there is none (a crash or a timeout).
+fn failure_excerpt(log: &str) -> Vec<&str> {
+    const LINES: usize = 60;
+    let lines: Vec<&str> = log.lines().collect();
+    match lines.iter().position(|l| *l == "failures:") {
+        Some(at) => lines[at..].iter().take(LINES).copied().collect(),
+        None => lines[lines.len().saturating_sub(LINES)..].to_vec(),
+    }
 }
 
 /// (passed, failed) from libtest's `test result:` line.
@@ -959,5 +974,19 @@ mod tests {
         let log = "running 3 tests\n\ntest result: FAILED. 2 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.2s\n";
         assert_eq!(counts(log), (2, 1));
         assert_eq!(counts("no summary"), (0, 0));
+    }
+
+    #[test]
+    fn a_failure_excerpt_starts_at_the_panics_or_is_the_logs_end() {
+        let log = "running 2 tests\nstep 1\n\nfailures:\n\n---- t stdout ----\npanicked\n";
+        assert_eq!(
+            failure_excerpt(log),
+            ["failures:", "", "---- t stdout ----", "panicked"]
+        );
+        let crash: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let excerpt = failure_excerpt(&crash);
+        assert_eq!(excerpt.len(), 60);
+        assert_eq!(excerpt[0], "line 40");
+        assert_eq!(excerpt[59], "line 99");
     }
 }
