@@ -860,7 +860,8 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
         two_ipv6_addresses().replace("[daemon]\n", "[daemon]\nipv6_sources = \"kernel\"\n");
     daemon.reload(&kernel);
     daemon.wait_until("the hook detached", |d| {
-        d.log().contains("ipv6_sources spread -> kernel")
+        d.log()
+            .contains("IPv6 sources left to the kernel (no source hook)")
     });
     let kernel_sources: std::collections::BTreeSet<IpAddr> =
         ipv6_sources_of_real_connections(&lab, &listener)

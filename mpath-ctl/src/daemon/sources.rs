@@ -54,8 +54,9 @@ impl Daemon {
                 }
             }
             Ipv6Sources::Kernel => {
-                if let Err(e) = self.datapath.detach_source_hook() {
-                    tracing::error!("detaching the source hook: {e}");
+                match self.datapath.detach_source_hook() {
+                    Ok(()) => tracing::info!("IPv6 sources left to the kernel (no source hook)"),
+                    Err(e) => tracing::error!("detaching the source hook: {e}"),
                 }
                 false
             }

@@ -15,6 +15,7 @@ use std::{
     collections::BTreeMap,
     ffi::CString,
     fs, io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     path::{Path, PathBuf},
 };
 
@@ -606,6 +607,71 @@ where
     })?;
     prog.try_into()
         .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// Detaches the link pinned at `path` from its hook and removes the pin. Removing the pin
+/// alone would leave the program running until the kernel frees the link, some time after
+/// the last reference goes (an RCU grace period): sockets opened meanwhile still meet it.
+/// aya has no call for either step, so this makes the two bpf(2) calls itself.
+fn detach_pinned_link(path: &Path) -> Result<(), DatapathError> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct LinkDetachAttr {
+        link_fd: u32,
+    }
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io_err(path)(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let get = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: bpf(2) reads `size` bytes of the attribute union from `get`, which has that
+    // many, and the path it points to outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &raw const get,
+            size_of::<ObjGetAttr>(),
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::NotFound => Ok(()),
+            _ => Err(io_err(path)(e)),
+        };
+    }
+    // SAFETY: bpf(2) returned a new descriptor that nothing else owns.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let detach = LinkDetachAttr {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    // SAFETY: as above, with the descriptor open until the call returns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &raw const detach,
+            size_of::<LinkDetachAttr>(),
+        )
+    };
+    // Kernels before 5.9 cannot detach a link: it goes with its last reference below.
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(io_err(path)(e));
+        }
+    }
+    remove_pin(path)
 }
 
 /// Opens the link pinned at `path`, if there is one.

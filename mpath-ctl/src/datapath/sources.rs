@@ -21,9 +21,9 @@ use mpath_common::{
 };
 
 use super::{
-    Datapath, DatapathError,
+    Datapath, DatapathError, detach_pinned_link,
     maps::{MapsError, typed},
-    pin, remove_pin,
+    pin,
 };
 use crate::net::address::IpCidr;
 
@@ -224,7 +224,7 @@ impl Datapath {
     /// again.
     pub fn detach_source_hook(&mut self) -> Result<(), DatapathError> {
         for (_, pin_name) in HOOKS {
-            remove_pin(&self.pins.links().join(pin_name))?;
+            detach_pinned_link(&self.pins.links().join(pin_name))?;
         }
         Ok(())
     }
