@@ -3,7 +3,7 @@
 //! measured: a sender in mpathd's namespace, which the hook serves (a lookup in its copy of
 //! the table, a hash, a bind), and one in another namespace, which it only turns away (one
 //! helper call for the namespace cookie). Each against the same sender with the hook
-//! detached (`ipv6_sources = "kernel"`), in interleaved rounds of one run.
+//! detached (`sources = "kernel"`), in interleaved rounds of one run.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -70,7 +70,7 @@ fn config(mode: Mode) -> String {
     three_nic_config(1000)
         .replace(
             "[daemon]\n",
-            &format!("[daemon]\nipv6_sources = \"{}\"\n", mode.config_value()),
+            &format!("[daemon]\nsources = \"{}\"\n", mode.config_value()),
         )
         .replace(
             "data_addresses = [\"192.0.2.20/24\"]",
@@ -248,7 +248,7 @@ pub fn sources(rounds: u64, count: u64, out: Option<PathBuf>) -> anyhow::Result<
             "`cargo xtask bench sources`: the sender thread's own CPU time per operation \
              (CLOCK_THREAD_CPUTIME_ID around {count} operations; a datagram's transmission through \
              the veth and its receipt in the other namespace run in the sender's context and are \
-             included) with mpathd's IPv6 source hook detached (`ipv6_sources = \"kernel\"`) \
+             included) with mpathd's IPv6 source hook detached (`sources = \"kernel\"`) \
              and attached (`\"spread\"`, switched by reload between measurements), in {rounds} \
              interleaved rounds, the order of the two modes alternating. Served: UDP from the \
              lab's host namespace to {DESTINATIONS} addresses behind the router, through the \

@@ -51,6 +51,7 @@ pub mod map_names {
     pub const LAST_REPLY: &str = "MPATH_LAST_REPLY";
     pub const REPLY_BUDGETS: &str = "MPATH_REPLY_BUDGETS";
     pub const SOURCE_ROUTES: &str = "MPATH_SOURCE_ROUTES";
+    pub const SOURCE_ROUTES4: &str = "MPATH_SOURCE_ROUTES4";
     pub const SOURCES: &str = "MPATH_SOURCES";
     pub const SOURCE_COUNTERS: &str = "MPATH_SOURCE_COUNTERS";
 }
@@ -65,6 +66,10 @@ pub mod program_names {
     pub const SOURCE_CONNECT6: &str = "mpath_source_connect6";
     /// cgroup `sendmsg6` program that gives an unconnected IPv6 datagram a group's source.
     pub const SOURCE_SENDMSG6: &str = "mpath_source_sendmsg6";
+    /// cgroup `connect4` program: [`SOURCE_CONNECT6`] for IPv4 sockets.
+    pub const SOURCE_CONNECT4: &str = "mpath_source_connect4";
+    /// cgroup `sendmsg4` program: [`SOURCE_SENDMSG6`] for IPv4 datagrams.
+    pub const SOURCE_SENDMSG4: &str = "mpath_source_sendmsg4";
 }
 
 /// What the datapath knows about one group NIC. Key: the NIC's ifindex.

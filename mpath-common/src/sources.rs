@@ -1,15 +1,18 @@
-//! IPv6 source address selection, for IPMP's inbound load spreading: the kernel takes the
-//! IPv6 source of a route through a nexthop group from the group's first member, so every
-//! connection would use one data address and all replies would come back on one NIC. The
-//! source hook (cgroup `connect6` and `sendmsg6`) instead picks, per destination, one of the
-//! data addresses of the group whose route serves the destination.
+//! Source address selection, for IPMP's inbound load spreading. The kernel takes the IPv6
+//! source of a route through a nexthop group from the group's first member, and the IPv4
+//! source of an on-link route from the route's preferred source: every such connection would
+//! use one data address and all replies would come back on one NIC. The source hook (cgroup
+//! `connect4`/`connect6` and `sendmsg4`/`sendmsg6`) instead picks, per destination, one of
+//! the data addresses of the group whose route serves the destination. (IPv4 through a
+//! gateway needs no hook: the kernel gives each nexthop its own NIC's data address.)
 //!
-//! mpathd mirrors its routing table into `SOURCE_ROUTES` (a longest-prefix-match trie): a
-//! group route names its group, a `throw` route [`NO_GROUP`], so that the trie answers a
-//! lookup exactly as the table does. `SOURCES` holds each group's placed IPv6 data addresses,
-//! one set per [`SourceClass`].
+//! mpathd mirrors its routing table into `SOURCE_ROUTES` and `SOURCE_ROUTES4` (longest-prefix-
+//! match tries): a route the hook serves names its group, every other one (a `throw`, an IPv4
+//! route through gateways) [`NO_GROUP`], so that a trie answers a lookup exactly as the table
+//! does. `SOURCES` holds each group's placed data addresses, one set per [`SourceClass`];
+//! IPv4 addresses are kept in their IPv4-mapped IPv6 form (`::ffff:a.b.c.d`).
 
-use core::net::Ipv6Addr;
+use core::net::{IpAddr, Ipv6Addr};
 
 use crate::{MAX_GROUPS, flow_hash};
 
@@ -21,21 +24,39 @@ pub const MAX_SOURCE_ROUTES: u32 = 16 * 1024;
 pub const NO_GROUP: u32 = u32::MAX;
 
 /// What mpathd's table does with a destination. Key: the destination prefix (an LPM trie
-/// key of the 16 address bytes).
+/// key of the 16 or 4 address bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRoute {
     /// The group id whose route serves the prefix, or [`NO_GROUP`].
     pub group: u32,
+    /// How many leading bits (of the 16-byte form) a source must share with the destination:
+    /// an on-link IPv4 prefix takes its sources from the addresses on that subnet, as the
+    /// kernel would. 0: any of the set.
+    pub subnet_bits: u32,
 }
 
 impl SourceRoute {
+    /// An IPv6 prefix's route: any of the group's addresses of the destination's class.
     pub const fn new(group: Option<u32>) -> Self {
         SourceRoute {
             group: match group {
                 Some(g) => g,
                 None => NO_GROUP,
             },
+            subnet_bits: 0,
+        }
+    }
+
+    /// An IPv4 prefix's route: a group names it only when it is on-link, so its sources are
+    /// the group's addresses on the prefix.
+    pub const fn ipv4(group: Option<u32>, prefix_len: u8) -> Self {
+        SourceRoute {
+            subnet_bits: match group {
+                Some(_) => IPV4_MAPPED_BITS + prefix_len as u32,
+                None => 0,
+            },
+            ..Self::new(group)
         }
     }
 
@@ -49,20 +70,30 @@ impl SourceRoute {
     }
 }
 
-/// Which of a group's addresses may be the source for a destination: unique local addresses
-/// (fc00::/7) for unique local destinations, global ones for the rest, as the kernel's own
-/// choice prefers an address of the destination's kind (RFC 6724, rule 6).
+/// The bits before an IPv4 address in its IPv4-mapped IPv6 form.
+const IPV4_MAPPED_BITS: u32 = 96;
+
+/// Which of a group's addresses may be the source for a destination: IPv4 ones for IPv4;
+/// for IPv6, unique local addresses (fc00::/7) for unique local destinations and global ones
+/// for the rest, as the kernel's own choice prefers an address of the destination's kind
+/// (RFC 6724, rule 6).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SourceClass {
     Global = 0,
     UniqueLocal = 1,
+    Ipv4 = 2,
 }
 
 impl SourceClass {
-    pub const COUNT: u32 = 2;
-    pub const ALL: [SourceClass; 2] = [SourceClass::Global, SourceClass::UniqueLocal];
+    pub const COUNT: u32 = 3;
+    pub const ALL: [SourceClass; 3] = [
+        SourceClass::Global,
+        SourceClass::UniqueLocal,
+        SourceClass::Ipv4,
+    ];
 
+    /// The class of an IPv6 destination.
     #[inline(always)]
     pub const fn of(addr: &[u8; 16]) -> SourceClass {
         if addr[0] & 0xfe == 0xfc {
@@ -72,10 +103,19 @@ impl SourceClass {
         }
     }
 
+    /// The class of a source address.
+    pub const fn of_source(addr: IpAddr) -> SourceClass {
+        match addr {
+            IpAddr::V4(_) => SourceClass::Ipv4,
+            IpAddr::V6(a) => SourceClass::of(&a.octets()),
+        }
+    }
+
     pub const fn label(self) -> &'static str {
         match self {
             SourceClass::Global => "global",
             SourceClass::UniqueLocal => "unique-local",
+            SourceClass::Ipv4 => "ipv4",
         }
     }
 }
@@ -99,7 +139,7 @@ pub struct SourceSet {
 
 impl SourceSet {
     /// The set of `addrs`; `None` when there are more than [`MAX_SOURCES`].
-    pub fn new(addrs: &[Ipv6Addr]) -> Option<SourceSet> {
+    pub fn new(addrs: &[IpAddr]) -> Option<SourceSet> {
         if addrs.len() > MAX_SOURCES {
             return None;
         }
@@ -108,27 +148,119 @@ impl SourceSet {
             ..Default::default()
         };
         for (slot, addr) in set.addrs.iter_mut().zip(addrs) {
-            *slot = addr.octets();
+            *slot = match addr {
+                IpAddr::V4(a) => a.to_ipv6_mapped(),
+                IpAddr::V6(a) => *a,
+            }
+            .octets();
         }
         Some(set)
     }
 
-    pub fn addresses(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
-        self.addrs
-            .iter()
-            .take(self.count as usize)
-            .map(|a| Ipv6Addr::from(*a))
+    /// The addresses, IPv4 ones in their own form (an IPv6 set never holds IPv4-mapped ones:
+    /// see [`spreadable`]).
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addrs.iter().take(self.count as usize).map(|a| {
+            let a = Ipv6Addr::from(*a);
+            match a.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(a),
+            }
+        })
     }
 
-    /// The source for `dst`: the same for every connection to it.
+    /// The source for `dst` (16-byte form) among the addresses that share its first
+    /// `subnet_bits` bits: the same for every connection to it.
     #[inline(always)]
-    pub fn pick(&self, dst: &[u8; 16]) -> Option<[u8; 16]> {
-        if self.count == 0 {
+    pub fn pick(&self, dst: &[u8; 16], subnet_bits: u32) -> Option<[u8; 16]> {
+        let mask = subnet_mask(subnet_bits);
+        let dst_words = words(dst);
+        let on_subnet = |addr: &[u8; 16]| {
+            let addr_words = words(addr);
+            let mut same = true;
+            let mut w = 0;
+            while w < 4 {
+                same &= (addr_words[w] ^ dst_words[w]) & mask[w] == 0;
+                w += 1;
+            }
+            same
+        };
+        // Loops over the constant bound, as the verifier can follow them.
+        let mut eligible = 0u32;
+        for (i, addr) in self.addrs.iter().enumerate() {
+            if i as u32 >= self.count {
+                break;
+            }
+            eligible += on_subnet(addr) as u32;
+        }
+        if eligible == 0 {
             return None;
         }
-        let i = flow_hash::destination(dst) % self.count;
-        self.addrs.get(i as usize).copied()
+        let mut nth = flow_hash::destination(dst) % eligible;
+        for (i, addr) in self.addrs.iter().enumerate() {
+            if i as u32 >= self.count {
+                break;
+            }
+            if on_subnet(addr) {
+                if nth == 0 {
+                    return Some(*addr);
+                }
+                nth -= 1;
+            }
+        }
+        None
     }
+}
+
+/// The 16 bytes as big-endian words, the first bit of the address first.
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    let mut w = 0;
+    while w < 4 {
+        words[w] = u32::from_be_bytes([
+            addr[4 * w],
+            addr[4 * w + 1],
+            addr[4 * w + 2],
+            addr[4 * w + 3],
+        ]);
+        w += 1;
+    }
+    words
+}
+
+/// The mask of the first `bits` bits, as the words of [`words`].
+#[inline(always)]
+const fn subnet_mask(bits: u32) -> [u32; 4] {
+    let mut mask = [0u32; 4];
+    let mut w = 0;
+    while w < 4 {
+        let before = 32 * w as u32;
+        mask[w] = if bits >= before + 32 {
+            u32::MAX
+        } else if bits <= before {
+            0
+        } else {
+            u32::MAX << (32 - (bits - before))
+        };
+        w += 1;
+    }
+    mask
+}
+
+/// The 16-byte form of an IPv4 address, as [`SourceSet`] holds it.
+#[inline(always)]
+pub const fn ipv4_mapped(addr: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+    ]
+}
+
+/// Whether an IPv4 destination may get a source from the hook: never 0.0.0.0/8, loopback,
+/// link-local, multicast or the limited broadcast, which no group route serves.
+#[inline(always)]
+pub const fn spreadable4(dst: &[u8; 4]) -> bool {
+    !(dst[0] == 0 || dst[0] == 127 || (dst[0] == 169 && dst[1] == 254) || dst[0] >= 224)
 }
 
 /// What the hook did in one group, per CPU. Index: group id.
@@ -197,16 +329,20 @@ mod tests {
             SourceClass::UniqueLocal
         );
         assert_eq!(SourceClass::of(&octets("2001:db8::1")), SourceClass::Global);
-        assert_eq!(set_index(3, SourceClass::UniqueLocal), 7);
+        assert_eq!(set_index(3, SourceClass::UniqueLocal), 10);
         assert_eq!(
-            set_index(MAX_GROUPS - 1, SourceClass::UniqueLocal),
+            SourceClass::of_source("192.0.2.1".parse().unwrap()),
+            SourceClass::Ipv4
+        );
+        assert_eq!(
+            set_index(MAX_GROUPS - 1, SourceClass::Ipv4),
             SOURCE_SETS - 1
         );
     }
 
     #[test]
     fn a_destination_keeps_its_source_and_destinations_spread_evenly() {
-        let sources: [Ipv6Addr; 3] = [
+        let sources: [IpAddr; 3] = [
             "2001:db8::19".parse().unwrap(),
             "2001:db8::20".parse().unwrap(),
             "2001:db8::21".parse().unwrap(),
@@ -220,9 +356,10 @@ mod tests {
                 host >> 16,
                 host & 0xffff
             ));
-            let picked = set.pick(&dst).unwrap();
-            assert_eq!(set.pick(&dst), Some(picked));
-            let i = sources.iter().position(|s| s.octets() == picked).unwrap();
+            let picked = set.pick(&dst, 0).unwrap();
+            assert_eq!(set.pick(&dst, 0), Some(picked));
+            let picked = IpAddr::V6(picked.into());
+            let i = sources.iter().position(|s| *s == picked).unwrap();
             per_source[i] += 1;
         }
         for n in per_source {
@@ -232,16 +369,73 @@ mod tests {
 
     #[test]
     fn an_empty_set_picks_nothing_and_a_set_holds_at_most_max_sources() {
-        assert_eq!(SourceSet::default().pick(&octets("2001:db8::1")), None);
-        let many = [Ipv6Addr::LOCALHOST; MAX_SOURCES + 1];
+        assert_eq!(SourceSet::default().pick(&octets("2001:db8::1"), 0), None);
+        let many = [IpAddr::V6(Ipv6Addr::LOCALHOST); MAX_SOURCES + 1];
         assert!(SourceSet::new(&many[..MAX_SOURCES]).is_some());
         assert!(SourceSet::new(&many).is_none());
+    }
+
+    #[test]
+    fn an_ipv4_destination_gets_a_source_on_its_subnet_and_keeps_it() {
+        let sources: [IpAddr; 4] = [
+            "192.0.2.19".parse().unwrap(),
+            "203.0.113.7".parse().unwrap(),
+            "192.0.2.20".parse().unwrap(),
+            "192.0.2.21".parse().unwrap(),
+        ];
+        let set = SourceSet::new(&sources).unwrap();
+        assert_eq!(set.addresses().collect::<Vec<_>>(), sources);
+        let on_link = SourceRoute::ipv4(Some(1), 24);
+        assert_eq!(on_link.group(), Some(1));
+        let mut per_source = [0u32; 4];
+        for host in 0..=255u8 {
+            let dst = ipv4_mapped([192, 0, 2, host]);
+            let picked = set.pick(&dst, on_link.subnet_bits).unwrap();
+            assert_eq!(set.pick(&dst, on_link.subnet_bits), Some(picked));
+            let i = set.addrs.iter().position(|a| *a == picked).unwrap();
+            per_source[i] += 1;
+        }
+        // Never the address of another subnet; the three of this one about evenly.
+        assert_eq!(per_source[1], 0, "{per_source:?}");
+        for n in [per_source[0], per_source[2], per_source[3]] {
+            assert!((n as i32 - 85).abs() < 30, "{per_source:?}");
+        }
+        // A subnet the group has no address on: the kernel's choice.
+        assert_eq!(set.pick(&ipv4_mapped([198, 51, 100, 1]), 96 + 24), None);
+        // A /32 on-link route and a /0 route: the bits at the edges.
+        let lone = SourceSet::new(&sources[1..2]).unwrap();
+        let far = ipv4_mapped([203, 0, 113, 7]);
+        assert_eq!(lone.pick(&far, 128), Some(far));
+        assert_eq!(
+            lone.pick(&ipv4_mapped([198, 51, 100, 1]), 96),
+            Some(far),
+            "/0"
+        );
+    }
+
+    #[test]
+    fn only_unicast_ipv4_beyond_the_host_is_spreadable() {
+        for no in [
+            [0, 0, 0, 0],
+            [127, 0, 0, 1],
+            [169, 254, 1, 1],
+            [224, 0, 0, 1],
+            [239, 1, 1, 1],
+            [255, 255, 255, 255],
+        ] {
+            assert!(!spreadable4(&no), "{no:?}");
+        }
+        for yes in [[192, 0, 2, 1], [10, 0, 0, 1], [198, 51, 100, 255]] {
+            assert!(spreadable4(&yes), "{yes:?}");
+        }
     }
 
     #[test]
     fn a_throw_route_names_no_group() {
         assert_eq!(SourceRoute::new(None).group(), None);
         assert_eq!(SourceRoute::new(Some(0)).group(), Some(0));
+        assert_eq!(SourceRoute::ipv4(None, 24), SourceRoute::new(None));
+        assert_eq!(size_of::<SourceRoute>(), 8);
         assert_eq!(size_of::<SourceSet>(), 4 + 16 * MAX_SOURCES);
         assert_eq!(size_of::<SourceCounters>(), 16);
     }

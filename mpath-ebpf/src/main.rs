@@ -3,8 +3,9 @@
 //! - `mpath_spread` (TC egress, tcx) spreads a group's outbound flows over its usable NICs.
 //! - `mpath_probe_rx` (XDP) matches replies to mpathd's probes, stamps them with kernel time
 //!   and hands them to the daemon.
-//! - `mpath_source_connect6` and `mpath_source_sendmsg6` (cgroup socket address hooks) give
-//!   IPv6 sockets of mpathd's network namespace a source among their group's data addresses.
+//! - `mpath_source_connect{4,6}` and `mpath_source_sendmsg{4,6}` (cgroup socket address
+//!   hooks) give sockets of mpathd's network namespace a source among their group's data
+//!   addresses.
 //!
 //! The maps they share with mpathd are defined in `maps`. The pure parts (flow hashes, the
 //! choice of a source) live in mpath-common, which builds for the host, where they are

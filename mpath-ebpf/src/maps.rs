@@ -62,8 +62,14 @@ pub static REPLY_BUDGETS: PerCpuArray<ReplyBudget> = PerCpuArray::pinned(MAX_NIC
 #[map(name = "MPATH_SOURCE_ROUTES")]
 pub static SOURCE_ROUTES: LpmTrie<[u8; 16], SourceRoute> = LpmTrie::pinned(MAX_SOURCE_ROUTES, 0);
 
-/// Each group's placed IPv6 data addresses, one set per source class (index:
-/// `sources::set_index`): the sources the hook picks from.
+/// mpathd's IPv4 routing table as the source hook needs it: the group of each on-link prefix
+/// a group serves, none for every other prefix (gateways give each NIC's flows its own
+/// address already, and `throw` routes go on to `main`).
+#[map(name = "MPATH_SOURCE_ROUTES4")]
+pub static SOURCE_ROUTES4: LpmTrie<[u8; 4], SourceRoute> = LpmTrie::pinned(MAX_SOURCE_ROUTES, 0);
+
+/// Each group's placed data addresses, one set per source class (index:
+/// `sources::set_index`; IPv4 ones IPv4-mapped): the sources the hook picks from.
 #[map(name = "MPATH_SOURCES")]
 pub static SOURCES: Array<SourceSet> = Array::pinned(SOURCE_SETS, 0);
 

@@ -690,24 +690,35 @@ fn hook_counters(daemon: &Mpathd, lab: &Lab) -> (u64, u64) {
     (count("chosen"), count("bind_failed"))
 }
 
-/// A listener in the router's namespace on port 5003 of every address, for
-/// [`ipv6_sources_of_real_connections`]: one for the whole test, as the connections it
-/// accepted may still be closing when the next round starts.
-fn far_listener(lab: &Lab) -> TcpListener {
+/// A listener in the router's namespace on `port` of every address of `any` (the unspecified
+/// address of a family), for [`sources_of_real_connections`]: one for the whole test, as
+/// the connections it accepted may still be closing when the next round starts.
+fn far_listener(lab: &Lab, any: IpAddr, port: u16) -> TcpListener {
     let _inside = lab.router().enter().unwrap();
-    TcpListener::bind((Ipv6Addr::UNSPECIFIED, 5003)).unwrap()
+    TcpListener::bind((any, port)).unwrap()
 }
 
-/// Connects over TCP from the host to 2001:db8:ff::1 to ::10 behind the router, where
-/// `listener` accepts on all of them, exchanges a message on each connection and returns the
-/// source of each by destination, as the client and the server both saw it.
-fn ipv6_sources_of_real_connections(lab: &Lab, listener: &TcpListener) -> BTreeMap<IpAddr, IpAddr> {
+/// The IPv6 destinations behind the router the IPv6 source test connects to.
+fn behind_router_v6() -> Vec<IpAddr> {
+    (1..=16u16)
+        .map(|host| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, host)))
+        .collect()
+}
+
+/// Connects over TCP from the host to each of `destinations`, where `listener` accepts on
+/// all of them, exchanges a message on each connection and returns the source of each by
+/// destination, as the client and the server both saw it.
+fn sources_of_real_connections(
+    lab: &Lab,
+    listener: &TcpListener,
+    destinations: &[IpAddr],
+) -> BTreeMap<IpAddr, IpAddr> {
+    let port = listener.local_addr().unwrap().port();
     let _inside = lab.host().enter().unwrap();
     let mut sources = BTreeMap::new();
-    for host in 1..=16u16 {
-        let to = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, host));
+    for &to in destinations {
         let mut client =
-            TcpStream::connect_timeout(&SocketAddr::new(to, 5003), Duration::from_secs(5))
+            TcpStream::connect_timeout(&SocketAddr::new(to, port), Duration::from_secs(5))
                 .unwrap_or_else(|e| panic!("connecting to {to}: {e}"));
         let (mut server, peer) = listener.accept().unwrap();
         let source = client.local_addr().unwrap().ip();
@@ -725,6 +736,11 @@ fn ipv6_sources_of_real_connections(lab: &Lab, listener: &TcpListener) -> BTreeM
         sources.insert(to, source);
     }
     sources
+}
+
+/// [`sources_of_real_connections`] to [`behind_router_v6`].
+fn ipv6_sources_of_real_connections(lab: &Lab, listener: &TcpListener) -> BTreeMap<IpAddr, IpAddr> {
+    sources_of_real_connections(lab, listener, &behind_router_v6())
 }
 
 #[test]
@@ -752,11 +768,11 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
     });
     let log = daemon.log();
     assert!(
-        log.contains("IPv6 sources spread over each group's data addresses"),
+        log.contains("sources spread over each group's data addresses"),
         "{log}"
     );
 
-    let listener = far_listener(&lab);
+    let listener = far_listener(&lab, Ipv6Addr::UNSPECIFIED.into(), 5003);
     let before = ipv6_sources_of_real_connections(&lab, &listener);
     let used: std::collections::BTreeSet<String> =
         before.values().map(ToString::to_string).collect();
@@ -777,11 +793,15 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
     let text = String::from_utf8_lossy(&out.stdout);
     let row = text
         .lines()
-        .skip_while(|l| !l.starts_with("GROUPID") || !l.contains("IPV6SOURCES"))
+        .skip_while(|l| !l.starts_with("GROUPID") || !l.contains("SOURCES"))
         .nth(1)
         .unwrap_or_else(|| panic!("no source row in mpathctl maps:\n{text}"));
     let fields: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(fields[..2], ["0", "2001:db8::19,2001:db8::20"], "{text}");
+    assert_eq!(
+        fields[..2],
+        ["0", "192.0.2.19,192.0.2.20,2001:db8::19,2001:db8::20"],
+        "{text}"
+    );
     assert!(fields[4..].contains(&"::/0"), "{text}");
 
     {
@@ -855,13 +875,12 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
         "no chosen source was refused"
     );
 
-    // ipv6_sources = "kernel": the kernel's choice again, one address for all; and back.
-    let kernel =
-        two_ipv6_addresses().replace("[daemon]\n", "[daemon]\nipv6_sources = \"kernel\"\n");
+    // sources = "kernel": the kernel's choice again, one address for all; and back.
+    let kernel = two_ipv6_addresses().replace("[daemon]\n", "[daemon]\nsources = \"kernel\"\n");
     daemon.reload(&kernel);
     daemon.wait_until("the hook detached", |d| {
         d.log()
-            .contains("IPv6 sources left to the kernel (no source hook)")
+            .contains("sources left to the kernel (no source hook)")
     });
     let kernel_sources: std::collections::BTreeSet<IpAddr> =
         ipv6_sources_of_real_connections(&lab, &listener)
@@ -871,7 +890,7 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
     daemon.reload(&two_ipv6_addresses());
     daemon.wait_until("the hook attached again", |d| {
         d.log()
-            .matches("IPv6 sources spread over each group's data addresses")
+            .matches("sources spread over each group's data addresses")
             .count()
             == 2
     });
@@ -884,7 +903,7 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
     daemon.spawn(lab.host());
     daemon.wait_until("the hook taken over", |d| {
         d.log()
-            .matches("IPv6 sources spread over each group's data addresses")
+            .matches("sources spread over each group's data addresses")
             .count()
             == 3
             && d.try_status().is_some()
@@ -903,5 +922,298 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
         kernel_sources.len(),
         1,
         "after the teardown: {kernel_sources:?}"
+    );
+}
+
+/// Sixteen addresses of the router on the group's own subnet: on-link peers of the host.
+fn on_link_peers(lab: &Lab) -> Vec<IpAddr> {
+    (100..116u8)
+        .map(|host| {
+            let peer = Ipv4Addr::new(192, 0, 2, host);
+            lab.router()
+                .ip(&[
+                    "addr",
+                    "add",
+                    &format!("{peer}/32"),
+                    "dev",
+                    mpath_lab::ROUTER_NIC,
+                ])
+                .unwrap();
+            IpAddr::V4(peer)
+        })
+        .collect()
+}
+
+#[test]
+fn ipv4_connections_to_the_group_s_subnet_spread_their_sources_and_keep_them_through_a_failover() {
+    let lab = dhcp_lab();
+    let peers = on_link_peers(&lab);
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok and the routes served", |d| {
+        all_ok(d) && routes_served(&lab, &["-4"])
+    });
+    let listener = far_listener(&lab, Ipv4Addr::UNSPECIFIED.into(), 5004);
+    let datagrams = {
+        let _inside = lab.router().enter().unwrap();
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5005)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        socket
+    };
+
+    // On-link the kernel would give every connection the route's preferred source; the hook
+    // spreads them over both data addresses, never a test address, each peer keeping its own.
+    let before = sources_of_real_connections(&lab, &listener, &peers);
+    let used: std::collections::BTreeSet<String> =
+        before.values().map(ToString::to_string).collect();
+    assert_eq!(
+        used,
+        ["192.0.2.19", "192.0.2.20"].map(String::from).into(),
+        "{before:?}"
+    );
+    assert_eq!(
+        sources_of_real_connections(&lab, &listener, &peers),
+        before,
+        "each peer keeps its source"
+    );
+    let (chosen, failed) = hook_counters(&daemon, &lab);
+    assert!(chosen >= 32, "the hook chose {chosen} sources");
+    // Through the gateway each NIC's flows keep their own address: the kernel's choice.
+    let out = daemon.ctl(lab.host(), &["--json", "maps"]);
+    let maps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(maps["source_routes"]["192.0.2.0/24"], 0, "{maps}");
+    assert_eq!(
+        maps["source_routes"]["0.0.0.0/0"],
+        serde_json::Value::Null,
+        "{maps}"
+    );
+
+    {
+        let _inside = lab.host().enter().unwrap();
+        // Unconnected datagrams (sendmsg) get the same source per peer as connections.
+        let sender = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        for (i, to) in peers.iter().enumerate() {
+            sender.send_to(&[i as u8], (*to, 5005)).unwrap();
+        }
+        let mut got = BTreeMap::new();
+        for _ in &peers {
+            let mut buf = [0u8; 1];
+            let (_, from) = datagrams.recv_from(&mut buf).unwrap();
+            got.insert(peers[usize::from(buf[0])], from.ip());
+        }
+        assert_eq!(got, before, "datagrams' sources by peer");
+        // A datagram whose source the application gave, and a socket bound to an address,
+        // keep theirs.
+        let (to, theirs) = before
+            .iter()
+            .find(|(_, s)| s.to_string() == "192.0.2.20")
+            .unwrap();
+        let mine = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 19));
+        let bound = UdpSocket::bind((mine, 0)).unwrap();
+        bound.send_to(&[0], (*to, 5005)).unwrap();
+        let (_, from) = datagrams.recv_from(&mut [0u8; 1]).unwrap();
+        assert_eq!(from.ip(), mine, "bound to {mine}, hook's would be {theirs}");
+    }
+
+    // h0 fails: its address moves, and every peer keeps its source.
+    lab.cut("h0").unwrap();
+    daemon.wait_until("h0 failed, its addresses moved", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "failed"
+                && inbound(&s, "192.0.2.19/24").is_some_and(|n| n != "h0")
+        })
+    });
+    assert_eq!(sources_of_real_connections(&lab, &listener, &peers), before);
+    let (chosen_after, failed_after) = hook_counters(&daemon, &lab);
+    assert!(chosen_after >= chosen + 16, "{chosen} then {chosen_after}");
+    assert_eq!(
+        (failed, failed_after),
+        (0, 0),
+        "no chosen source was refused"
+    );
+
+    // sources = "kernel": the route's preferred source for every peer again.
+    daemon.reload(&CONFIG.replace("[daemon]\n", "[daemon]\nsources = \"kernel\"\n"));
+    daemon.wait_until("the hook detached", |d| {
+        d.log()
+            .contains("sources left to the kernel (no source hook)")
+    });
+    let kernel_sources: std::collections::BTreeSet<IpAddr> =
+        sources_of_real_connections(&lab, &listener, &peers)
+            .into_values()
+            .collect();
+    assert_eq!(kernel_sources.len(), 1, "{kernel_sources:?}");
+}
+
+/// Counts, in the switch, the IPv6 echo requests from each of `nics`' link-local addresses
+/// on every NIC's switch port. Returns a reader of the counts as (NIC, port NIC) -> packets.
+fn count_ipv6_probes_per_port(
+    lab: &Lab,
+    nics: &[&str],
+) -> impl Fn() -> BTreeMap<(String, String), u64> {
+    let switch = lab.switch();
+    let nft = |args: &[&str]| {
+        let mut all = vec!["nft"];
+        all.extend_from_slice(args);
+        switch.run(&all).unwrap();
+    };
+    nft(&["add", "table", "bridge", "probes"]);
+    nft(&[
+        "add",
+        "chain",
+        "bridge",
+        "probes",
+        "in",
+        "{",
+        "type",
+        "filter",
+        "hook",
+        "prerouting",
+        "priority",
+        "0",
+        ";",
+        "}",
+    ]);
+    let link_local = |nic: &str| {
+        let text = lab
+            .host()
+            .ip(&["-6", "-o", "addr", "show", "dev", nic, "scope", "link"])
+            .unwrap();
+        let cidr = text.split_whitespace().nth(3).unwrap().to_string();
+        cidr.split('/').next().unwrap().to_string()
+    };
+    let mut names = Vec::new();
+    for from in nics {
+        let source = link_local(from);
+        for on in nics {
+            let port = lab.switch_port(on).unwrap();
+            let name = format!("{from}_on_{on}");
+            nft(&["add", "counter", "bridge", "probes", &name]);
+            nft(&[
+                "add",
+                "rule",
+                "bridge",
+                "probes",
+                "in",
+                "iifname",
+                &port,
+                "ip6",
+                "saddr",
+                &source,
+                "icmpv6",
+                "type",
+                "echo-request",
+                "counter",
+                "name",
+                &name,
+            ]);
+            names.push(((from.to_string(), on.to_string()), name));
+        }
+    }
+    move || {
+        names
+            .iter()
+            .map(|(key, name)| {
+                let text = switch
+                    .run(&["nft", "list", "counter", "bridge", "probes", name])
+                    .unwrap();
+                let packets = text
+                    .split_whitespace()
+                    .skip_while(|w| *w != "packets")
+                    .nth(1)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no packet count in {text}"));
+                (key.clone(), packets)
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn ipv6_probes_leave_through_their_own_nic_under_an_ipv6_default_group_route() {
+    // Two NICs that probe over IPv6 alone, and router advertisements' default route: the
+    // group serves it through a nexthop group over both NICs.
+    let lab = Lab::builder().nics(2).behind_router().build().expect("lab");
+    lab.add_ra_default_route("h0").unwrap();
+    let config = r#"
+[daemon]
+failure_detection_time_ms = 1000
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+
+[[group.interface]]
+name = "h0"
+data_addresses = ["2001:db8::19/64"]
+
+[[group.interface]]
+name = "h1"
+data_addresses = ["2001:db8::20/64"]
+"#;
+    // The rule an mpathd before this fix left: replaced, not kept beside the new one.
+    lab.host()
+        .ip(&[
+            "-6", "rule", "add", "pref", "32765", "lookup", "28016", "proto", "109",
+        ])
+        .unwrap();
+    let counts = count_ipv6_probes_per_port(&lab, &["h0", "h1"]);
+    let mut daemon = Mpathd::start(lab.host(), config);
+    daemon.wait_until("both NICs ok, the default route the group's", |d| {
+        d.try_status()
+            .is_some_and(|s| ["h0", "h1"].iter().all(|n| state_of(&s, n) == "ok"))
+            && table(&lab, "-6")
+                .lines()
+                .any(|l| l.starts_with("default nhid "))
+    });
+    assert_eq!(
+        members(&lab, default_group(&lab, "-6"))
+            .into_values()
+            .collect::<Vec<_>>(),
+        ["h0", "h1"]
+    );
+    // Link-local destinations are not the table's: a lookup bound to a NIC stays on it.
+    let rules: Vec<String> = lab
+        .host()
+        .ip(&["-6", "rule", "show"])
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("lookup 28016"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        rules,
+        ["32765:\tnot from all to fe80::/10 lookup 28016 proto 109"],
+        "{rules:?}"
+    );
+    let route = lab
+        .host()
+        .ip(&["-6", "route", "get", "fe80::1", "oif", "h1"])
+        .unwrap();
+    assert!(route.contains("dev h1"), "{route}");
+    // Each NIC's probes arrive on its own switch port, never on the other's.
+    daemon.wait_until("10 probes of each NIC counted", |_| {
+        let counts = counts();
+        ["h0", "h1"]
+            .iter()
+            .all(|nic| counts[&(nic.to_string(), nic.to_string())] >= 10)
+    });
+    let counts_now = counts();
+    assert_eq!(counts_now[&("h0".into(), "h1".into())], 0, "{counts_now:?}");
+    assert_eq!(counts_now[&("h1".into(), "h0".into())], 0, "{counts_now:?}");
+    // A silent failure of h0 fails h0 alone: h1's probes never depended on it.
+    lab.drop_silently("h0").unwrap();
+    daemon.wait_until("h0 failed, its address on h1", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "failed" && inbound(&s, "2001:db8::19/64") == Some("h1")
+        })
+    });
+    let log = daemon.log();
+    assert!(!log.contains("NIC failure detected on h1"), "{log}");
+    assert_eq!(
+        daemon.try_status().map(|s| state_of(&s, "h1").to_string()),
+        Some("ok".to_string())
     );
 }

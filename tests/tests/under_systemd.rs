@@ -270,7 +270,7 @@ fn the_unit_starts_reloads_keeps_its_watchdog_fails_over_and_stops_leaving_the_d
     );
     // The hardening lets mpathd attach its IPv6 source hook to the root cgroup too.
     assert_eq!(
-        sample(&metrics, "mpath_ipv6_source_hook_attached"),
+        sample(&metrics, "mpath_source_hook_attached"),
         Some(1.0),
         "{metrics}"
     );

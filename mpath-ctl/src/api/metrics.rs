@@ -113,7 +113,7 @@ pub(crate) struct Snapshot {
     pub datapath: Vec<DatapathSnapshot>,
     /// NICs outside any group, tracked when TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
     pub ungrouped: Vec<UngroupedSnapshot>,
-    /// Whether the source hook is attached (`ipv6_sources = "spread"` took effect).
+    /// Whether the source hook is attached (`sources = "spread"` took effect).
     pub source_hook_attached: bool,
     /// The source hook's counters of the groups whose counters could be read.
     pub sources: Vec<(String, SourceCounters)>,
@@ -600,19 +600,19 @@ impl Metrics {
                 NIC_REASON,
             )?,
             source_hook_attached: d.gauge(
-                "mpath_ipv6_source_hook_attached",
-                "1 while the source hook gives IPv6 sockets their sources over the groups' data \
-                 addresses (ipv6_sources = \"spread\"), 0 while the kernel picks them.",
+                "mpath_source_hook_attached",
+                "1 while the source hook gives sockets their sources over the groups' data \
+                 addresses (sources = \"spread\"), 0 while the kernel picks them.",
                 NO_LABELS,
             )?,
             sources_chosen: d.counter(
-                "mpath_ipv6_sources_chosen_total",
-                "IPv6 sockets the source hook gave one of the group's data addresses as source.",
+                "mpath_sources_chosen_total",
+                "Sockets and datagrams the source hook gave one of the group's data addresses as source.",
                 GROUP,
             )?,
             source_binds_failed: d.counter(
-                "mpath_ipv6_source_binds_failed_total",
-                "IPv6 sockets whose chosen source the kernel refused (an address in the middle \
+                "mpath_source_binds_failed_total",
+                "Sockets whose chosen source the kernel refused (an address in the middle \
                  of a move); the kernel picked their source.",
                 GROUP,
             )?,
@@ -1305,15 +1305,9 @@ mod tests {
                 r#"mpath_interface_standby{group="g0",interface="h1"}"#.into(),
                 1.0,
             ),
-            ("mpath_ipv6_source_hook_attached".into(), 1.0),
-            (
-                r#"mpath_ipv6_sources_chosen_total{group="g0"}"#.into(),
-                12.0,
-            ),
-            (
-                r#"mpath_ipv6_source_binds_failed_total{group="g0"}"#.into(),
-                1.0,
-            ),
+            ("mpath_source_hook_attached".into(), 1.0),
+            (r#"mpath_sources_chosen_total{group="g0"}"#.into(), 12.0),
+            (r#"mpath_source_binds_failed_total{group="g0"}"#.into(), 1.0),
             (
                 r#"mpath_interface_standby{group="g0",interface="h0"}"#.into(),
                 0.0,

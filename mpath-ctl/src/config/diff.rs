@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Config, DaemonConfig, GroupConfig, InterfaceConfig, Ipv6Sources, RouteConfig, SpreadMode,
+    Config, DaemonConfig, GroupConfig, InterfaceConfig, RouteConfig, SourceSelection, SpreadMode,
     TcAttach,
 };
 use crate::net::address::{IpCidr, Ipv4Cidr};
@@ -74,8 +74,8 @@ impl DaemonConfig {
         if let Some(change) = Change::between(&self.tc_attach, &new.tc_attach) {
             changes.push(DaemonChange::TcAttach(change));
         }
-        if let Some(change) = Change::between(&self.ipv6_sources, &new.ipv6_sources) {
-            changes.push(DaemonChange::Ipv6Sources(change));
+        if let Some(change) = Change::between(&self.sources, &new.sources) {
+            changes.push(DaemonChange::SourceSelection(change));
         }
         changes
     }
@@ -197,7 +197,7 @@ pub(crate) enum DaemonChange {
     /// Takes effect at restart, which moves every NIC's egress program to the new kind.
     TcAttach(Change<TcAttach>),
     /// Attaches or detaches the source hook at once.
-    Ipv6Sources(Change<Ipv6Sources>),
+    SourceSelection(Change<SourceSelection>),
 }
 
 /// Changes inside a group present in both configurations.
@@ -278,7 +278,7 @@ impl fmt::Display for DaemonChange {
                 write!(f, "route_rule_priority {} -> {}", c.old, c.new)
             }
             DaemonChange::TcAttach(c) => write!(f, "tc_attach {} -> {}", c.old, c.new),
-            DaemonChange::Ipv6Sources(c) => write!(f, "ipv6_sources {} -> {}", c.old, c.new),
+            DaemonChange::SourceSelection(c) => write!(f, "sources {} -> {}", c.old, c.new),
         }
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! The TOML file has an optional `[daemon]` table (`failure_detection_time_ms`, `failback`,
 //! `track_interfaces_only_with_groups`, `metrics_listen`, `socket`, `bpf_pin_dir`,
-//! `route_table`, `route_rule_priority`, `tc_attach`, `ipv6_sources`) and any number of `[[group]]` tables (`name`, optional
+//! `route_table`, `route_rule_priority`, `tc_attach`, `sources`) and any number of `[[group]]` tables (`name`, optional
 //! `targets` and `spread`), each with `[[group.interface]]` tables (`name`, optional
 //! `test_address`, `data_addresses`, `standby`) and optional `[[group.route]]` tables (`to`,
 //! optional `via` and `metric`). Keys set in `[daemon]` win over `/etc/default/mpathd`, which
@@ -94,7 +94,7 @@ pub struct DaemonConfig {
     /// How the egress program is attached to the NICs.
     pub tc_attach: TcAttach,
     /// Who picks the source of IPv6 connections through group routes.
-    pub ipv6_sources: Ipv6Sources,
+    pub sources: SourceSelection,
 }
 
 impl Default for DaemonConfig {
@@ -109,7 +109,7 @@ impl Default for DaemonConfig {
             route_table: DEFAULT_ROUTE_TABLE,
             route_rule_priority: DEFAULT_ROUTE_RULE_PRIORITY,
             tc_attach: TcAttach::Auto,
-            ipv6_sources: Ipv6Sources::Spread,
+            sources: SourceSelection::Spread,
         }
     }
 }
@@ -138,25 +138,26 @@ impl fmt::Display for TcAttach {
     }
 }
 
-/// Who picks the source address of IPv6 sockets that connect or send through a group route
-/// without having bound one (see `core::sources`).
+/// Who picks the source address of sockets that connect or send through a group route
+/// without having bound one, where the kernel would give them all one address: IPv6 routes
+/// and on-link IPv4 routes (see `core::sources`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Ipv6Sources {
+pub enum SourceSelection {
     /// mpathd's source hook, per destination over the group's data addresses, so replies
-    /// come back spread over the NICs as they do for IPv4.
+    /// come back spread over the NICs as they do for IPv4 through a gateway.
     #[default]
     Spread,
     /// The kernel, which takes the data address of the first NIC of the route's nexthop
-    /// group for every connection.
+    /// group (IPv6) or the route's preferred source (IPv4 on-link) for every connection.
     Kernel,
 }
 
-impl fmt::Display for Ipv6Sources {
+impl fmt::Display for SourceSelection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Ipv6Sources::Spread => "spread",
-            Ipv6Sources::Kernel => "kernel",
+            SourceSelection::Spread => "spread",
+            SourceSelection::Kernel => "kernel",
         })
     }
 }
@@ -367,7 +368,7 @@ mod tests {
         assert_eq!(daemon.route_table, 28016);
         assert_eq!(daemon.route_rule_priority, 32765);
         assert_eq!(daemon.tc_attach, TcAttach::Auto);
-        assert_eq!(daemon.ipv6_sources, Ipv6Sources::Spread);
+        assert_eq!(daemon.sources, SourceSelection::Spread);
     }
 
     #[test]
@@ -377,7 +378,7 @@ mod tests {
              track_interfaces_only_with_groups = false\nmetrics_listen = \"[::]:9100\"\n\
              socket = \"/tmp/t/mpathd.sock\"\nbpf_pin_dir = \"/sys/fs/bpf/test-1\"\n\
              route_table = 100\nroute_rule_priority = 1000\ntc_attach = \"legacy\"\n\
-             ipv6_sources = \"kernel\"\n",
+             sources = \"kernel\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -392,7 +393,7 @@ mod tests {
                 route_table: 100,
                 route_rule_priority: 1000,
                 tc_attach: TcAttach::Legacy,
-                ipv6_sources: Ipv6Sources::Kernel,
+                sources: SourceSelection::Kernel,
             }
         );
     }

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Ipv6Sources, SpreadMode, TcAttach};
+use super::{SourceSelection, SpreadMode, TcAttach};
 
 /// The file as written, before validation; spans locate semantic errors.
 #[derive(Deserialize)]
@@ -28,7 +28,7 @@ pub(super) struct RawDaemon {
     pub(super) route_table: Option<Spanned<i64>>,
     pub(super) route_rule_priority: Option<Spanned<i64>>,
     pub(super) tc_attach: Option<TcAttach>,
-    pub(super) ipv6_sources: Option<Ipv6Sources>,
+    pub(super) sources: Option<SourceSelection>,
 }
 
 #[derive(Deserialize)]

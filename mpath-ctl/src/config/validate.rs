@@ -163,7 +163,7 @@ impl<'a> Validator<'a> {
                 builtin.route_rule_priority,
             )?,
             tc_attach: raw.tc_attach.unwrap_or(builtin.tc_attach),
-            ipv6_sources: raw.ipv6_sources.unwrap_or(builtin.ipv6_sources),
+            sources: raw.sources.unwrap_or(builtin.sources),
         })
     }
 

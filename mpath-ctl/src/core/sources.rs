@@ -1,19 +1,20 @@
 //! Source address selection for inbound load spreading: which data addresses the source hook
-//! may give an IPv6 socket, and for which destinations (see `mpath_common::sources`).
+//! may give a socket, and for which destinations (see `mpath_common::sources`).
 //!
 //! Through a gateway the kernel gives each IPv4 nexthop its NIC's data address, so IPv4 flows
-//! already use every NIC's address (see [`crate::core::routes`]). For IPv6 it takes the source
+//! through gateways already use every NIC's address (see [`crate::core::routes`]). On-link it
+//! gives every IPv4 connection the route's preferred source, and for IPv6 it takes the source
 //! of a route through a nexthop group from the group's first member, whichever NIC the flow
-//! leaves: all connections would share one data address and all replies would arrive on one
-//! NIC. The hook spreads the choice per destination over the group's placed IPv6 data
-//! addresses, for exactly the destinations mpathd's table serves through a group.
+//! leaves: all such connections would share one data address and all replies would arrive on
+//! one NIC. The hook spreads the choice per destination over the group's placed data
+//! addresses, for exactly those destinations.
 //!
 //! This module decides the hook's tables from the route [`Plan`] and the groups' addresses;
 //! it does no IO.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv6Addr},
+    net::IpAddr,
 };
 
 use mpath_common::sources::{MAX_SOURCES, SourceClass, spreadable};
@@ -23,16 +24,18 @@ use crate::{
     net::address::IpCidr,
 };
 
-/// Every IPv6 destination of mpathd's table as `plan` has it: the group whose route serves it,
-/// or `None` where the table throws the lookup on to `main`.
+/// Every destination of mpathd's table as `plan` has it: the group whose route the hook
+/// serves, or `None` where the table throws the lookup on to `main` or, for IPv4, sends it
+/// through gateways (whose nexthops give each NIC's flows its own address).
 pub(crate) fn routes(plan: &Plan) -> BTreeMap<IpCidr, Option<String>> {
     plan.routes
         .iter()
-        .filter(|((destination, _), _)| destination.addr().is_ipv6())
         .map(|((destination, _), route)| {
             let group = match &route.via {
-                Via::Group(key) => Some(key.group.clone()),
-                Via::Throw => None,
+                Via::Group(key) if destination.addr().is_ipv6() || key.gateways.is_empty() => {
+                    Some(key.group.clone())
+                }
+                Via::Group(_) | Via::Throw => None,
             };
             (*destination, group)
         })
@@ -44,33 +47,34 @@ pub(crate) fn routes(plan: &Plan) -> BTreeMap<IpCidr, Option<String>> {
 pub(crate) struct Sources {
     /// Sorted, so that a destination keeps its source whatever order the addresses were
     /// placed in.
-    pub by_class: BTreeMap<SourceClass, Vec<Ipv6Addr>>,
+    pub by_class: BTreeMap<SourceClass, Vec<IpAddr>>,
     /// More placed addresses of a class than the hook holds: those past the first
     /// [`MAX_SOURCES`] are never chosen.
     pub overflowing: bool,
 }
 
 impl Sources {
-    pub fn of(&self, class: SourceClass) -> &[Ipv6Addr] {
+    pub fn of(&self, class: SourceClass) -> &[IpAddr] {
         self.by_class.get(&class).map_or(&[], Vec::as_slice)
     }
 }
 
-/// A group's sources: its data addresses that are on a NIC now (`placed`) and IPv6, by class.
+/// A group's sources: its data addresses that are on a NIC now (`placed`), by class.
 pub(crate) fn sources(addresses: impl IntoIterator<Item = (IpCidr, bool)>) -> Sources {
-    let placed: BTreeSet<Ipv6Addr> = addresses
+    let placed: BTreeSet<IpAddr> = addresses
         .into_iter()
         .filter(|(_, placed)| *placed)
-        .filter_map(|(cidr, _)| match cidr.addr() {
-            IpAddr::V6(a) if spreadable(&a.octets()) => Some(a),
-            _ => None,
+        .map(|(cidr, _)| cidr.addr())
+        .filter(|addr| match addr {
+            IpAddr::V4(a) => mpath_common::sources::spreadable4(&a.octets()),
+            IpAddr::V6(a) => spreadable(&a.octets()),
         })
         .collect();
     let mut sources = Sources::default();
     for addr in placed {
         sources
             .by_class
-            .entry(SourceClass::of(&addr.octets()))
+            .entry(SourceClass::of_source(addr))
             .or_default()
             .push(addr);
     }
@@ -108,23 +112,29 @@ mod tests {
         list.iter().map(|(a, placed)| (cidr(a), *placed)).collect()
     }
 
-    fn strings(addrs: &[Ipv6Addr]) -> Vec<String> {
+    fn strings(addrs: &[IpAddr]) -> Vec<String> {
         addrs.iter().map(ToString::to_string).collect()
     }
 
     #[test]
-    fn the_hook_serves_the_group_s_ipv6_destinations_and_throws_main_s_ones() {
+    fn the_hook_serves_the_group_s_ipv6_and_on_link_ipv4_destinations_and_throws_main_s_ones() {
         let main = [
             main_route("::/0", 2, Some("fe80::1")),
             main_route("2001:db8::/64", 2, None),
             main_route("2001:db8:5::/64", 9, None),
             main_route("0.0.0.0/0", 2, Some("192.0.2.1")),
+            main_route("192.0.2.0/24", 2, None),
+            main_route("192.0.2.128/25", 9, None),
         ];
         let groups = [GroupRouting {
             name: "g0".into(),
             members: vec![2, 3],
             serving: vec![2, 3],
-            addresses: vec![(cidr("2001:db8::19/64"), Some(2))],
+            addresses: vec![
+                (cidr("2001:db8::19/64"), Some(2)),
+                (cidr("192.0.2.19/24"), Some(2)),
+                (cidr("192.0.2.20/24"), Some(3)),
+            ],
             configured: Vec::new(),
         }];
         let expected: BTreeMap<IpCidr, Option<String>> = [
@@ -133,13 +143,18 @@ mod tests {
             // The management NIC's network lies inside the group's default route: the
             // table throws it to main, and so does the hook.
             (cidr("2001:db8:5::/64"), None),
+            // Through the gateway each nexthop has its NIC's own address: the kernel's.
+            (cidr("0.0.0.0/0"), None),
+            // On-link the route names one source: the hook's.
+            (cidr("192.0.2.0/24"), Some("g0".to_string())),
+            (cidr("192.0.2.128/25"), None),
         ]
         .into();
         assert_eq!(routes(&routes::plan(&main, &groups)), expected);
     }
 
     #[test]
-    fn sources_are_the_placed_ipv6_data_addresses_sorted_by_class() {
+    fn sources_are_the_placed_data_addresses_sorted_by_class() {
         let sources = sources(addresses(&[
             ("2001:db8::20/64", true),
             ("192.0.2.19/24", true),
@@ -153,13 +168,14 @@ mod tests {
             ["2001:db8::19", "2001:db8::20"]
         );
         assert_eq!(strings(sources.of(SourceClass::UniqueLocal)), ["fd00::19"]);
+        assert_eq!(strings(sources.of(SourceClass::Ipv4)), ["192.0.2.19"]);
         assert!(!sources.overflowing);
     }
 
     #[test]
-    fn a_group_without_ipv6_addresses_offers_none_and_too_many_are_cut() {
+    fn a_group_without_placed_addresses_offers_none_and_too_many_are_cut() {
         assert_eq!(
-            sources(addresses(&[("192.0.2.19/24", true)])),
+            sources(addresses(&[("192.0.2.19/24", false)])),
             Sources::default()
         );
 

@@ -65,7 +65,7 @@ impl Daemon {
                 | DaemonChange::TcAttach(_) => {
                     tracing::warn!("reload: {change} takes effect when mpathd restarts");
                 }
-                DaemonChange::Ipv6Sources(_) => hook_changed = true,
+                DaemonChange::SourceSelection(_) => hook_changed = true,
             }
         }
         // Settings that only a restart can change keep their running values.

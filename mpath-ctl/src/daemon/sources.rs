@@ -1,4 +1,4 @@
-//! The source hook (see [`crate::core::sources`]): attached or detached as `ipv6_sources`
+//! The source hook (see [`crate::core::sources`]): attached or detached as `sources`
 //! says, its destinations kept in line with mpathd's table and its sources with the groups'
 //! placed addresses.
 
@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use mpath_common::sources::SourceClass;
 
 use crate::{
-    config::Ipv6Sources,
+    config::SourceSelection,
     core::{routes::Plan, sources},
     daemon::Daemon,
     datapath::sources::cgroup2_root,
@@ -16,7 +16,7 @@ use crate::{
 /// What mpathd knows of its source hook.
 #[derive(Default)]
 pub(super) struct SourceHook {
-    /// Attached now: the kernel runs it for new IPv6 sockets.
+    /// Attached now: the kernel runs it for new sockets.
     pub attached: bool,
     /// Groups whose surplus addresses were already reported.
     overflowing: BTreeSet<String>,
@@ -27,8 +27,8 @@ impl Daemon {
     /// process of the host, or detaches it (an earlier mpathd's too), as the configuration
     /// says. When it cannot be attached mpathd runs on and the kernel picks the sources.
     pub(super) fn set_up_source_hook(&mut self) {
-        self.source_hook.attached = match self.config.daemon.ipv6_sources {
-            Ipv6Sources::Spread => {
+        self.source_hook.attached = match self.config.daemon.sources {
+            SourceSelection::Spread => {
                 let attached = cgroup2_root()
                     .map_err(|e| e.to_string())
                     .and_then(|cgroup| {
@@ -40,22 +40,22 @@ impl Daemon {
                 match attached {
                     Ok(cgroup) => {
                         tracing::info!(
-                            "IPv6 sources spread over each group's data addresses (source hook on cgroup {})",
+                            "sources spread over each group's data addresses (source hook on cgroup {})",
                             cgroup.display()
                         );
                         true
                     }
                     Err(e) => {
                         tracing::warn!(
-                            "IPv6 sources are left to the kernel, which gives every connection of a group one data address: {e}"
+                            "sources are left to the kernel, which gives every IPv6 or on-link IPv4 connection of a group one data address: {e}"
                         );
                         false
                     }
                 }
             }
-            Ipv6Sources::Kernel => {
+            SourceSelection::Kernel => {
                 match self.datapath.detach_source_hook() {
-                    Ok(()) => tracing::info!("IPv6 sources left to the kernel (no source hook)"),
+                    Ok(()) => tracing::info!("sources left to the kernel (no source hook)"),
                     Err(e) => tracing::error!("detaching the source hook: {e}"),
                 }
                 false
@@ -63,7 +63,7 @@ impl Daemon {
         };
     }
 
-    /// Gives the hook the IPv6 destinations of mpathd's table as `plan` has them.
+    /// Gives the hook the destinations of mpathd's table as `plan` has them.
     pub(super) fn update_source_routes(&mut self, plan: &Plan) {
         let ids: BTreeMap<&str, u32> = self.groups.iter().map(|g| (g.name(), g.id)).collect();
         let routes = sources::routes(plan)
@@ -74,11 +74,11 @@ impl Daemon {
             })
             .collect();
         if let Err(e) = self.datapath.maps.sources.write_routes(&routes) {
-            tracing::error!("giving the source hook mpathd's IPv6 routes: {e}");
+            tracing::error!("giving the source hook mpathd's routes: {e}");
         }
     }
 
-    /// Gives the hook each group's placed IPv6 data addresses.
+    /// Gives the hook each group's placed data addresses.
     pub(super) fn update_sources(&mut self) {
         for g in self.groups.iter() {
             let placed = g.addresses.iter().map(|a| (a.cidr, a.current.is_some()));
@@ -88,7 +88,7 @@ impl Daemon {
                 self.source_hook.overflowing.remove(&name);
             } else if self.source_hook.overflowing.insert(name.clone()) {
                 tracing::warn!(
-                    "group {name} has more than {} IPv6 data addresses of one kind: the source hook chooses among the first {0} only",
+                    "group {name} has more than {} data addresses of one kind (IPv4, IPv6 global, IPv6 unique local): the source hook chooses among the first {0} only",
                     mpath_common::sources::MAX_SOURCES
                 );
             }

@@ -522,6 +522,13 @@ pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
         })?;
     }
     let pins = PinLayout::new(pin_root);
+    // Each link detached first: programs are off their hooks when this returns.
+    let links = pins.links();
+    if let Ok(entries) = fs::read_dir(&links) {
+        for entry in entries {
+            detach_pinned_link(&entry.map_err(io_err(&links))?.path())?;
+        }
+    }
     match fs::remove_dir_all(pins.dir()) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

@@ -1,12 +1,12 @@
 //! The source hook in the kernel (see `mpath_common::sources` and [`crate::core::sources`]):
-//! its maps, and its two programs attached to a cgroup through links pinned as
-//! `links/source-connect6` and `links/source-sendmsg6`, so that the hook outlives mpathd like
-//! the rest of the datapath.
+//! its maps, and its four programs attached to a cgroup through links pinned as
+//! `links/source-{connect,sendmsg}{4,6}`, so that the hook outlives mpathd like the rest of
+//! the datapath.
 
 use std::{
     collections::BTreeMap,
     fs, io,
-    net::{IpAddr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
@@ -28,14 +28,17 @@ use super::{
 use crate::net::address::IpCidr;
 
 /// The hook's programs, each with the name of its link's pin.
-const HOOKS: [(&str, &str); 2] = [
+const HOOKS: [(&str, &str); 4] = [
     (program_names::SOURCE_CONNECT6, "source-connect6"),
     (program_names::SOURCE_SENDMSG6, "source-sendmsg6"),
+    (program_names::SOURCE_CONNECT4, "source-connect4"),
+    (program_names::SOURCE_SENDMSG4, "source-sendmsg4"),
 ];
 
 /// The hook's maps.
 pub struct SourceMaps {
     routes: LpmTrie<MapData, [u8; 16], SourceRoute>,
+    routes4: LpmTrie<MapData, [u8; 4], SourceRoute>,
     sets: Array<MapData, SourceSet>,
     counters: PerCpuArray<MapData, SourceCounters>,
     /// The destinations as this process last wrote them (read from the map before its first
@@ -55,6 +58,7 @@ impl SourceMaps {
         use map_names::*;
         Ok(SourceMaps {
             routes: typed(SOURCE_ROUTES, get(SOURCE_ROUTES)?)?,
+            routes4: typed(SOURCE_ROUTES4, get(SOURCE_ROUTES4)?)?,
             sets: typed(SOURCES, get(SOURCES)?)?,
             counters: typed(SOURCE_COUNTERS, get(SOURCE_COUNTERS)?)?,
             routes_written: None,
@@ -72,11 +76,19 @@ impl SourceMaps {
                 routes.insert(prefix, route.group());
             }
         }
+        for entry in self.routes4.iter() {
+            let (key, route) = entry.map_err(map_error(map_names::SOURCE_ROUTES4))?;
+            let addr = IpAddr::V4(Ipv4Addr::from(key.data()));
+            if let Ok(prefix) = IpCidr::new(addr, key.prefix_len() as u8) {
+                routes.insert(prefix, route.group());
+            }
+        }
         Ok(routes)
     }
 
-    /// Makes the hook's destinations `wanted` (IPv6 prefixes), changing only the entries
-    /// that differ: a destination being rewritten never misses its entry.
+    /// Makes the hook's destinations `wanted`, changing only the entries that differ: a
+    /// destination being rewritten never misses its entry. An IPv4 prefix names a group only
+    /// where the group's route is on-link (see [`SourceRoute::ipv4`]).
     pub fn write_routes(
         &mut self,
         wanted: &BTreeMap<IpCidr, Option<u32>>,
@@ -96,18 +108,29 @@ impl SourceMaps {
         current: &mut BTreeMap<IpCidr, Option<u32>>,
         wanted: &BTreeMap<IpCidr, Option<u32>>,
     ) -> Result<(), MapsError> {
-        let key = |prefix: &IpCidr| match prefix.addr() {
-            IpAddr::V6(a) => Some(Key::new(u32::from(prefix.prefix_len()), a.octets())),
-            IpAddr::V4(_) => None,
-        };
+        let bits = |prefix: &IpCidr| u32::from(prefix.prefix_len());
         for (prefix, group) in wanted {
             if current.get(prefix) == Some(group) {
                 continue;
             }
-            let Some(key) = key(prefix) else { continue };
-            self.routes
-                .insert(&key, SourceRoute::new(*group), 0)
-                .map_err(map_error(map_names::SOURCE_ROUTES))?;
+            match prefix.addr() {
+                IpAddr::V6(a) => self
+                    .routes
+                    .insert(
+                        &Key::new(bits(prefix), a.octets()),
+                        SourceRoute::new(*group),
+                        0,
+                    )
+                    .map_err(map_error(map_names::SOURCE_ROUTES))?,
+                IpAddr::V4(a) => self
+                    .routes4
+                    .insert(
+                        &Key::new(bits(prefix), a.octets()),
+                        SourceRoute::ipv4(*group, prefix.prefix_len()),
+                        0,
+                    )
+                    .map_err(map_error(map_names::SOURCE_ROUTES4))?,
+            }
             current.insert(*prefix, *group);
         }
         let stale: Vec<IpCidr> = current
@@ -116,10 +139,15 @@ impl SourceMaps {
             .copied()
             .collect();
         for prefix in stale {
-            if let Some(key) = key(&prefix) {
-                self.routes
-                    .remove(&key)
-                    .map_err(map_error(map_names::SOURCE_ROUTES))?;
+            match prefix.addr() {
+                IpAddr::V6(a) => self
+                    .routes
+                    .remove(&Key::new(bits(&prefix), a.octets()))
+                    .map_err(map_error(map_names::SOURCE_ROUTES))?,
+                IpAddr::V4(a) => self
+                    .routes4
+                    .remove(&Key::new(bits(&prefix), a.octets()))
+                    .map_err(map_error(map_names::SOURCE_ROUTES4))?,
             }
             current.remove(&prefix);
         }
@@ -127,7 +155,7 @@ impl SourceMaps {
     }
 
     /// The sources of group `group` for destinations of `class`.
-    pub fn sources(&self, group: u32, class: SourceClass) -> Result<Vec<Ipv6Addr>, MapsError> {
+    pub fn sources(&self, group: u32, class: SourceClass) -> Result<Vec<IpAddr>, MapsError> {
         if group >= MAX_GROUPS {
             return Err(MapsError::GroupOutOfRange(group));
         }
@@ -143,7 +171,7 @@ impl SourceMaps {
         &mut self,
         group: u32,
         class: SourceClass,
-        addrs: &[Ipv6Addr],
+        addrs: &[IpAddr],
     ) -> Result<bool, MapsError> {
         if self.sources(group, class)? == addrs {
             return Ok(false);
@@ -220,7 +248,7 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches the source hook (an earlier mpathd's too): the kernel chooses IPv6 sources
+    /// Detaches the source hook (an earlier mpathd's too): the kernel chooses the sources
     /// again.
     pub fn detach_source_hook(&mut self) -> Result<(), DatapathError> {
         for (_, pin_name) in HOOKS {

@@ -28,7 +28,7 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
     RouteVia,
 };
-use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::proto::{NetlinkCodec, NetlinkMessageCodec};
 use rtnetlink::sys::{AsyncSocket, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
@@ -488,33 +488,33 @@ impl Netlink {
     }
 
     /// Makes sure a rule at `priority` sends IPv4 and IPv6 lookups to `table` first, and
-    /// that no other rule of mpathd's is left (from an earlier configuration).
+    /// that no other rule of mpathd's is left (from an earlier configuration or release). The
+    /// new rule is in place before an old one goes, so no lookup misses the table.
     pub(crate) async fn ensure_rules(&self, table: u32, priority: u32) -> Result<(), NetlinkError> {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut present = false;
-            for rule in self.mpathd_rules(family).await? {
-                if rule_table(&rule) == table && rule_priority(&rule) == Some(priority) {
-                    present = true;
-                } else {
-                    self.del_rule(rule).await?;
-                }
-            }
-            if !present {
-                let mut message = RuleMessage::default();
-                message.header.family = family;
-                message.header.action = RuleAction::ToTable;
-                message.header.table = RouteHeader::RT_TABLE_UNSPEC;
-                message.attributes = vec![
-                    RuleAttribute::Table(table),
-                    RuleAttribute::Priority(priority),
-                    RuleAttribute::Protocol(RouteProtocol::from(MPATHD_PROTOCOL)),
-                ];
+            let wanted = rule_message(family, table, priority);
+            let rules = self.mpathd_rules(family).await?;
+            // The kernel reports a table above 255 as RT_TABLE_COMPAT in the header: compare
+            // what identifies the rule.
+            let is_wanted = |rule: &RuleMessage| {
+                rule.header.action == wanted.header.action
+                    && rule.header.dst_len == wanted.header.dst_len
+                    && rule.header.flags.contains(RuleFlags::Invert)
+                        == wanted.header.flags.contains(RuleFlags::Invert)
+                    && rule_table(rule) == table
+                    && rule_priority(rule) == Some(priority)
+                    && rule_destination(rule) == rule_destination(&wanted)
+            };
+            if !rules.iter().any(is_wanted) {
                 let mut request = self.handle.rule().add();
-                *request.message_mut() = message;
+                *request.message_mut() = wanted.clone();
                 request
                     .execute()
                     .await
                     .map_err(|error| NetlinkError::Rule(io_error(error)))?;
+            }
+            for rule in rules.into_iter().filter(|r| !is_wanted(r)) {
+                self.del_rule(rule).await?;
             }
         }
         Ok(())
@@ -1015,6 +1015,43 @@ fn route_address_of(addr: IpAddr) -> RouteAddress {
         IpAddr::V4(a) => RouteAddress::Inet(a),
         IpAddr::V6(a) => RouteAddress::Inet6(a),
     }
+}
+
+/// mpathd's rule of `family`: lookups go to `table` at `priority`. IPv6 lookups of link-local
+/// destinations are left out: a lookup bound to a NIC (an IPv6 probe from the NIC's link-local
+/// address, `ping fe80::1%eth0`) would skip the table's `throw` route (it leaves through `lo`,
+/// not that NIC) and meet a group route, whose nexthop group the kernel picks by hash
+/// whatever the NIC, so NICs would probe through each other. IPv4 keeps a bound lookup's NIC
+/// even in a nexthop group.
+fn rule_message(family: AddressFamily, table: u32, priority: u32) -> RuleMessage {
+    let mut message = RuleMessage::default();
+    message.header.family = family;
+    message.header.action = RuleAction::ToTable;
+    message.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    message.attributes = vec![
+        RuleAttribute::Table(table),
+        RuleAttribute::Priority(priority),
+        RuleAttribute::Protocol(RouteProtocol::from(MPATHD_PROTOCOL)),
+    ];
+    if family == AddressFamily::Inet6 {
+        message.header.flags = RuleFlags::Invert;
+        message.header.dst_len = 10;
+        message
+            .attributes
+            .push(RuleAttribute::Destination(IpAddr::V6(Ipv6Addr::new(
+                0xfe80, 0, 0, 0, 0, 0, 0, 0,
+            ))));
+    }
+    message
+}
+
+fn rule_destination(rule: &RuleMessage) -> Option<IpAddr> {
+    rule.attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            RuleAttribute::Destination(addr) => Some(*addr),
+            _ => None,
+        })
 }
 
 fn rule_table(rule: &RuleMessage) -> u32 {

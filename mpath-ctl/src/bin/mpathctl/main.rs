@@ -478,17 +478,18 @@ struct MapsDump {
     /// Per group id: buckets owned by each NIC (by name).
     buckets: BTreeMap<u32, BTreeMap<String, u32>>,
     sources: Vec<SourceDump>,
-    /// The IPv6 destinations the source hook knows: the group id serving each, none where
-    /// mpathd's table throws the lookup on to `main`.
+    /// The destinations the source hook knows: the group id serving each, none where it
+    /// leaves the source to the kernel.
     source_routes: BTreeMap<String, Option<u32>>,
 }
 
-/// What the source hook offers one group's IPv6 sockets, and what it did.
+/// What the source hook offers one group's sockets, and what it did.
 #[derive(Serialize)]
 struct SourceDump {
     group: u32,
-    global: Vec<Ipv6Addr>,
-    unique_local: Vec<Ipv6Addr>,
+    ipv4: Vec<IpAddr>,
+    global: Vec<IpAddr>,
+    unique_local: Vec<IpAddr>,
     chosen: u64,
     bind_failed: u64,
 }
@@ -580,16 +581,18 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
     let mut sources = Vec::new();
     for group in 0..MAX_GROUPS {
         let s = &maps.sources;
-        let (global, unique_local) = (
+        let (ipv4, global, unique_local) = (
+            s.sources(group, SourceClass::Ipv4)?,
             s.sources(group, SourceClass::Global)?,
             s.sources(group, SourceClass::UniqueLocal)?,
         );
         let counters = s.counters(group)?;
-        if global.is_empty() && unique_local.is_empty() && counters.chosen == 0 {
+        if ipv4.is_empty() && global.is_empty() && unique_local.is_empty() && counters.chosen == 0 {
             continue;
         }
         sources.push(SourceDump {
             group,
+            ipv4,
             global,
             unique_local,
             chosen: counters.chosen,
@@ -670,20 +673,15 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
     print!("{}", bucket_table.render(None)?);
     println!();
     let source_table = Table {
-        columns: &[
-            "GROUPID",
-            "IPV6SOURCES",
-            "CHOSEN",
-            "BINDFAILED",
-            "DESTINATIONS",
-        ],
+        columns: &["GROUPID", "SOURCES", "CHOSEN", "BINDFAILED", "DESTINATIONS"],
         rows: dump
             .sources
             .iter()
             .map(|s| {
                 let addrs: Vec<String> = s
-                    .global
+                    .ipv4
                     .iter()
+                    .chain(&s.global)
                     .chain(&s.unique_local)
                     .map(ToString::to_string)
                     .collect();
