@@ -679,10 +679,15 @@ fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
     lab.router()
         .run(&["ping", "-c1", "-W2", "192.0.2.19"])
         .unwrap();
+    let log = daemon.log();
     assert!(
-        daemon
-            .log()
-            .contains("NIC h0 of group g0 has been removed from the system")
+        log.contains("NIC h0 of group g0 has been removed from the system"),
+        "{log}"
+    );
+    // The kernel takes a deleted NIC's addresses with it: no tampering, nothing to restore.
+    assert!(
+        !log.contains("behind mpathd's back") && !log.contains("cannot restore"),
+        "{log}"
     );
 
     // Back under the same name (a new ifindex): it rejoins and takes its addresses back.
@@ -2190,6 +2195,51 @@ fn a_restart_during_a_silent_failure_fails_the_nic_without_a_startup_quiet_perio
         d.try_status()
             .is_some_and(|s| state_of(&s, "h1") == "failed")
     });
+}
+
+#[test]
+fn a_nic_failed_before_a_reload_or_a_restart_stays_failed_with_no_new_failure() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok, h1 answered", |d| all_ok(d) && h1_answered(d));
+    lab.drop_silently("h1").unwrap();
+    let h1_failed = |d: &Mpathd| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") != Some("h1")
+        })
+    };
+    daemon.wait_until("h1 failed by its probes", h1_failed);
+    let failures = || {
+        let metrics = mpath_tests::metrics::scrape(lab.host()).expect("metrics");
+        mpath_tests::metrics::sample(
+            &metrics,
+            r#"mpath_interface_failures_total{cause="probes_lost",group="g0",interface="h1"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(failures(), 1.0);
+    let still = "NIC h1 of group g0 stays failed (found failed before mpathd's restart or reload)";
+
+    // A reload that rebuilds the group (another FDT) replays h1's failure, as a failure
+    // already counted: an alert on failures per hour must not see a flapping NIC.
+    daemon.reload(&three_nic_config(800));
+    daemon.wait_until("the group rebuilt, h1 still failed", |d| {
+        d.log().contains(still) && h1_failed(d)
+    });
+    assert_eq!(failures(), 1.0);
+    // So does a restart.
+    daemon.kill();
+    daemon.spawn(lab.host());
+    daemon.wait_until("h1 adopted as failed", |d| {
+        d.log().matches(still).count() == 2 && h1_failed(d)
+    });
+    assert_eq!(failures(), 0.0, "a new process, and no new failure");
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("NIC failure detected on h1").count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]

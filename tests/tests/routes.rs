@@ -447,6 +447,22 @@ fn routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown() {
         "the IPv6 default route stays"
     );
 
+    // Not while mpathd runs: it would take the routes and programs the daemon is using.
+    let refused = daemon.teardown(lab.host());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("mpathd is running with pin directory"),
+        "{refused:?}"
+    );
+    assert!(table(&lab, "-6").contains("default nhid"), "routes kept");
+    assert!(
+        lab.host()
+            .ip(&["link", "show", "dev", "h0"])
+            .unwrap()
+            .contains("xdp"),
+        "programs kept"
+    );
+
     daemon.stop();
     let teardown = daemon.teardown(lab.host());
     assert!(teardown.status.success(), "{teardown:?}");
@@ -503,6 +519,11 @@ fn flows_per_nic(lab: &Lab) -> [usize; 2] {
 #[test]
 fn configured_routes_reach_the_networks_behind_the_router_through_any_usable_nic() {
     let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
+    // A router that ignores echoes to 224.0.0.1, as Linux does by default: only the
+    // configured route names it as an IPv4 probe target.
+    lab.router()
+        .run(&["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=1"])
+        .unwrap();
     let routes = r#"
 [[group.route]]
 to = "default"
@@ -512,7 +533,10 @@ via = "192.0.2.1"
 to = "2001:db8:ff::/64"
 via = "fe80::1"
 "#;
-    let mut daemon = Mpathd::start(lab.host(), &config("routes", routes));
+    // No `targets`: the configured route's gateway is the IPv4 router to probe.
+    let without_targets = config("routes", routes).replace("targets = [\"192.0.2.1\"]\n", "");
+    assert!(!without_targets.contains("targets ="));
+    let mut daemon = Mpathd::start(lab.host(), &without_targets);
     daemon.wait_until("all NICs ok and the configured routes served", |d| {
         all_ok(d)
             && table(&lab, "-4").contains("default nhid")
@@ -523,6 +547,22 @@ via = "fe80::1"
         "",
         "main has no default route: the configuration is the only one"
     );
+    // Each NIC probes the configured route's gateway, a router, from its IPv4 test address.
+    daemon.wait_until("the gateway an IPv4 probe target of every NIC", |d| {
+        d.try_status().is_some_and(|s| {
+            ["h0", "h1", "h2"].iter().all(|nic| {
+                s.targets.iter().any(|t| {
+                    t.interface == *nic
+                        && t.test_address.is_some_and(|a| a.is_ipv4())
+                        && t.targets == ["192.0.2.1".parse::<IpAddr>().unwrap()]
+                        && t.health.iter().any(|h| {
+                            h.answered > 0
+                                && h.source == mpath_ctl::core::target::TargetSource::Router
+                        })
+                })
+            })
+        })
+    });
     assert_off_link_reachable(&lab, "with every NIC up");
     lab.cut("h0").unwrap();
     daemon.wait_until("h0 failed", |d| {

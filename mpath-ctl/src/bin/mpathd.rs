@@ -32,8 +32,8 @@ struct Args {
     #[arg(long)]
     check: bool,
     /// Remove mpath from this host (detach the programs from every NIC, unpin the maps,
-    /// delete mpathd's routing rules, routes and nexthops) and exit. Run it with mpathd
-    /// stopped, when taking mpath off a host; the data addresses stay where they are.
+    /// delete mpathd's routing rules, routes and nexthops) and exit, when taking mpath off a
+    /// host; the data addresses stay where they are. Refused while mpathd runs.
     #[arg(long, conflicts_with = "check")]
     teardown: bool,
     /// Receive buffer of the netlink event socket, in bytes. The default holds thousands of
@@ -114,8 +114,14 @@ fn main() -> ExitCode {
         }
     };
     if args.teardown {
-        // Both halves are tried whatever the other's fate, and every error is reported.
-        let datapath = datapath::teardown(&config.daemon.bpf_pin_dir).map_err(anyhow::Error::from);
+        // Both halves are tried whatever the other's fate, and every error is reported; but
+        // nothing is touched while an mpathd runs on this pin directory.
+        let datapath = datapath::teardown(&config.daemon.bpf_pin_dir);
+        if let Err(e @ datapath::DatapathError::Running { .. }) = &datapath {
+            eprintln!("mpathd: {e}");
+            return ExitCode::FAILURE;
+        }
+        let datapath = datapath.map_err(anyhow::Error::from);
         let routes = runtime.block_on(remove_routes(config.daemon.route_table));
         let mut code = ExitCode::SUCCESS;
         for e in [datapath, routes].into_iter().filter_map(Result::err) {

@@ -131,6 +131,18 @@ pub enum Problem {
         interface: String,
         line: usize,
     },
+    #[error(
+        "target {target} is outside the subnet of interface {interface}'s test address {test_address}: probes leave with TTL 1 and reach only hosts on the link"
+    )]
+    TargetOffLink {
+        target: IpAddr,
+        interface: String,
+        test_address: IpCidr,
+    },
+    #[error(
+        "IPv6 target {0} is not link-local: IPv6 probes leave from each interface's link-local address, so their targets are on-link routers' link-local addresses (fe80::/10)"
+    )]
+    Ipv6TargetNotLinkLocal(IpAddr),
     #[error("bad address {value:?}: {reason}")]
     BadAddress { value: String, reason: CidrError },
     #[error("{addr} cannot be an interface address: it is {why}")]

@@ -199,7 +199,7 @@ fn mutated_inputs_never_panic() {
         ),
         "[daemon]\nfailure_detection_time_ms = 100\nmetrics_listen = \"[::1]:9798\"\n\
          bpf_pin_dir = \"/sys/fs/bpf/t\"\n[[group]]\nname = \"g.1-x\"\n\
-         targets = [\"2001:db8::1\", \"192.0.2.1\"]\ngroup.interface = [{ name = \"h0\", \
+         targets = [\"fe80::1\", \"192.0.2.1\"]\ngroup.interface = [{ name = \"h0\", \
          data_addresses = [\"2001:db8::5/64\"] }]\n"
             .to_string(),
         "[daemon]\nroute_table = 100\nroute_rule_priority = 1000\n[[group]]\nname = \"g0\"\n\

@@ -267,6 +267,26 @@ impl<'a> Validator<'a> {
         if interfaces.iter().all(|interface| interface.standby) {
             return Err(self.source.error(&span, Problem::AllStandby(name)));
         }
+        // The probers refuse a target off the link; say so here, where `--check` sees it.
+        for (target, raw) in targets.iter().zip(&raw.targets) {
+            let problem = match target {
+                IpAddr::V6(v6) if !v6.is_unicast_link_local() => {
+                    Some(Problem::Ipv6TargetNotLinkLocal(*target))
+                }
+                IpAddr::V6(_) => None,
+                IpAddr::V4(_) => interfaces.iter().find_map(|interface| {
+                    let test = IpCidr::from(interface.test_address?);
+                    (!test.contains(*target)).then(|| Problem::TargetOffLink {
+                        target: *target,
+                        interface: interface.name.clone(),
+                        test_address: test,
+                    })
+                }),
+            };
+            if let Some(problem) = problem {
+                return Err(self.source.error(&raw.span(), problem));
+            }
+        }
         let tested = interfaces
             .iter()
             .filter(|i| i.test_address.is_some())
@@ -1083,10 +1103,36 @@ mod tests {
 
     #[test]
     fn duplicate_target() {
-        let text = "[[group]]\nname = \"g0\"\ntargets = [\n  \"192.0.2.1\",\n  \"2001:db8::1\",\n  \"192.0.2.1\",\n]\n";
+        let text = "[[group]]\nname = \"g0\"\ntargets = [\n  \"192.0.2.1\",\n  \"fe80::1\",\n  \"192.0.2.1\",\n]\n";
         let (line, column, problem, _) = refusal(text);
         assert_eq!((line, column), (6, 3));
         assert_eq!(problem, Problem::DuplicateTarget(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn targets_off_the_link_are_refused() {
+        let text = "[[group]]\nname = \"g0\"\ntargets = [\"192.0.2.1\", \"198.51.100.10\"]\n\
+                    [[group.interface]]\nname = \"h0\"\ntest_address = \"192.0.2.21/24\"\n";
+        let (line, column, problem, message) = refusal(text);
+        assert_eq!((line, column), (3, 25));
+        assert_eq!(
+            problem,
+            Problem::TargetOffLink {
+                target: ip("198.51.100.10"),
+                interface: "h0".into(),
+                test_address: cidr("192.0.2.21/24"),
+            }
+        );
+        assert!(message.contains("TTL 1"), "{message}");
+        let text = "[[group]]\nname = \"g0\"\ntargets = [\"2001:db8::1\"]\n\
+                    [[group.interface]]\nname = \"h0\"\n";
+        let (_, _, problem, _) = refusal(text);
+        assert_eq!(problem, Problem::Ipv6TargetNotLinkLocal(ip("2001:db8::1")));
+        // On the link of every test address, and a link-local IPv6 router: accepted.
+        let text = "[[group]]\nname = \"g0\"\ntargets = [\"192.0.2.1\", \"fe80::1\"]\n\
+                    [[group.interface]]\nname = \"h0\"\ntest_address = \"192.0.2.21/24\"\n\
+                    [[group.interface]]\nname = \"h1\"\n";
+        parse(text).unwrap();
     }
 
     #[test]

@@ -331,6 +331,10 @@ pub(crate) struct Prober {
     nic_failed: bool,
     /// When the NIC last started working again; older probes do not train the RTT.
     trusted_since: Option<Instant>,
+    /// When the NIC's link last came up. A reply to an older probe, which waited in an
+    /// ARP/ND queue while the link was down, says nothing of the link since: it is no answer
+    /// towards a repair.
+    link_up_at: Option<Instant>,
 }
 
 impl Prober {
@@ -354,7 +358,13 @@ impl Prober {
             unknown: UnknownReplies::default(),
             nic_failed: false,
             trusted_since: None,
+            link_up_at: None,
         }
+    }
+
+    /// The daemon reports here that the NIC's link came up.
+    pub(crate) fn link_came_up(&mut self, now: Instant) {
+        self.link_up_at = Some(now);
     }
 
     pub fn family(&self) -> AddressFamily {
@@ -450,7 +460,8 @@ impl Prober {
 
     /// Believes a reply only for an outstanding sequence number, from the target that probe
     /// went to, once. An accepted reply feeds the RTT estimate, may set a slow target aside
-    /// or raise the group's FDT.
+    /// or raise the group's FDT; one to a probe sent before the link last came up is taken
+    /// without an outcome.
     pub(crate) fn on_reply(
         &mut self,
         reply: ProbeReply,
@@ -464,6 +475,9 @@ impl Prober {
                 return ReplyVerdict::Rejected(reason);
             }
         };
+        if self.link_up_at.is_some_and(|up| probe.sent_at < up) {
+            return ReplyVerdict::Accepted(Vec::new());
+        }
         let was_lost = probe.state == ProbeState::Lost;
         let target = probe.target;
         let daemon_rtt = now.saturating_duration_since(probe.sent_at);
@@ -947,6 +961,31 @@ mod tests {
                 .find(|view| view.address == ip(address))
                 .expect("target in view")
         }
+    }
+
+    #[test]
+    fn a_reply_to_a_probe_sent_before_the_link_came_up_is_no_answer() {
+        let mut harness = Harness::new(10_000, target_set(&[A]));
+        // Sent while the link was down: it waited in the ARP queue.
+        let (queued_at, queued) = harness.send_due();
+        let up = queued_at + ms(500);
+        harness.prober.link_came_up(up);
+        let (fresh_at, fresh) = harness.send_due();
+        assert!(fresh_at > up);
+        // The queued probe leaves with the link and is answered after it.
+        let late = harness.answer(queued_at, queued, ms(600));
+        assert_eq!(outcomes(&accepted(late)), []);
+        let answered = accepted(harness.answer(fresh_at, fresh, ms(1)));
+        assert!(matches!(
+            outcomes(&answered)[..],
+            [ProbeOutcome::Answered { .. }]
+        ));
+        // Taken once: neither lost later nor believed twice.
+        assert!(outcomes(&harness.poll(fresh_at + harness.interval() * 20)).is_empty());
+        assert!(matches!(
+            harness.answer(queued_at, queued, ms(700)),
+            ReplyVerdict::Rejected(RejectReason::Duplicate)
+        ));
     }
 
     #[test]

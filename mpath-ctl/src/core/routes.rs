@@ -57,6 +57,20 @@ impl MainRoute {
     }
 }
 
+/// A group's own routes (`[[group.route]]`, and those it holds for a NIC that went down) as
+/// probe target selection sees them: through the group's NIC `oif`. mpathd puts them in its
+/// own table only, so `main` never names their gateways, the routers its NICs must probe.
+pub(crate) fn group_route_entries<'a>(
+    routes: impl IntoIterator<Item = &'a RouteConfig> + 'a,
+    oif: u32,
+) -> impl Iterator<Item = RouteEntry> + 'a {
+    routes.into_iter().map(move |route| RouteEntry {
+        destination: route.to,
+        gateway: route.via,
+        oif,
+    })
+}
+
 /// One group as the planner sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct GroupRouting {

@@ -52,6 +52,7 @@ impl Daemon {
                 Action::LinkDown { .. }
                 | Action::FamilyFailed { .. }
                 | Action::DuplicateMac { .. } => log(Level::WARN, name, action, line),
+                Action::StillFailed { .. } => log(Level::INFO, name, action, line),
                 Action::Repaired { nic } => {
                     self.metrics.repair(name, nic);
                     log(Level::INFO, name, action, line);

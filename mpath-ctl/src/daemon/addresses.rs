@@ -95,6 +95,7 @@ impl Daemon {
         // after the address was added again: only an address really gone is acted on.
         if verdict == Removed::Nothing
             || self.kernel_lookup(ifindex, cidr).await != KernelAddress::Lacks
+            || !self.link_exists(ifindex).await
         {
             return;
         }
@@ -165,6 +166,19 @@ impl Daemon {
             Err(e) => {
                 tracing::error!("reading the addresses to check {cidr}: {e}");
                 KernelAddress::Unknown
+            }
+        }
+    }
+
+    /// Whether the kernel still has the link `ifindex`: a NIC being deleted loses its
+    /// addresses first, which is no tampering (its removal follows). When it cannot be asked
+    /// (logged), the link is taken to be there.
+    async fn link_exists(&self, ifindex: u32) -> bool {
+        match self.netlink.links().await {
+            Ok(links) => links.iter().any(|l| l.ifindex == ifindex),
+            Err(e) => {
+                tracing::error!("reading the links to check ifindex {ifindex}: {e}");
+                true
             }
         }
     }

@@ -153,6 +153,11 @@ impl Daemon {
             self.change_mac(at, mac);
         }
         let carrier = std::mem::replace(&mut self.groups.nic_mut(at).carrier, link.usable());
+        if known && !carrier && link.usable() {
+            for p in &mut self.groups.nic_mut(at).probing {
+                p.prober.link_came_up(now);
+            }
+        }
         self.set_up_nic(at, link, now).await;
         let nic = link.name.clone();
         // Before an appearance, so that a NIC that duplicates another's MAC never carries
@@ -495,7 +500,10 @@ fn adopt_failures(group: &mut GroupRuntime, now: Instant) -> Vec<Action> {
         ) else {
             continue;
         };
-        if adopted.iter().any(|a| matches!(a, Action::Failed { .. })) {
+        if adopted
+            .iter()
+            .any(|a| matches!(a, Action::StillFailed { .. }))
+        {
             tracing::info!(
                 "{} of {} is on {}: {} stays failed until its probes answer again",
                 found.address,

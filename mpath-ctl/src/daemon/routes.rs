@@ -15,7 +15,7 @@ use crate::{
     },
     daemon::Daemon,
     net::netlink::{MPATHD_PROTOCOL, Netlink},
-    net::nexthop::{IpFamily, Nexthop, NexthopKind, Nexthops},
+    net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops},
 };
 
 /// Buckets of each resilient nexthop group: a NIC that leaves takes its share of them along,
@@ -68,6 +68,11 @@ impl Daemon {
         let local = self.local_addresses();
         for g in self.groups.iter_mut() {
             let group_nics = g.ifindexes();
+            let mut routes = routes.clone();
+            if let Some(&oif) = group_nics.first() {
+                let own = g.config.routes.iter().chain(&g.held_routes);
+                routes.extend(routes::group_route_entries(own, oif));
+            }
             for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
                 p.prober.update_routes(&routes, &group_nics, &local);
             }
@@ -304,7 +309,28 @@ impl Daemon {
                 };
                 if let Err(e) = self.nexthops.replace(&nexthop).await {
                     failed.insert(*id);
-                    return Err(e.into());
+                    let nic = self.groups.nic_at(key.oif).map_or_else(
+                        || format!("ifindex {}", key.oif),
+                        |at| self.groups.nic(at).name.clone(),
+                    );
+                    let via = key.gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+                    let errno = match &e {
+                        NexthopError::Replace { source, .. } => source.error.raw_os_error(),
+                        _ => None,
+                    };
+                    // A NIC without carrier, or not yet with an address the gateway answers
+                    // on: the group's routes leave through its other NICs until the NIC's
+                    // next change makes the nexthop again.
+                    if matches!(
+                        errno,
+                        Some(libc::ENETDOWN | libc::ENETUNREACH | libc::EHOSTUNREACH)
+                    ) {
+                        tracing::warn!(
+                            "the group's routes{via} leave {nic} out for now: the kernel refused its nexthop ({e})"
+                        );
+                        return Ok(());
+                    }
+                    anyhow::bail!("making the nexthop{via} through {nic}: {e}");
                 }
             }
             RouteChange::SetGroup { id, members } => {

@@ -70,6 +70,12 @@ pub enum DatapathError {
         holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
     )]
     InUse { path: PathBuf, holder: Option<u32> },
+    #[error(
+        "mpathd is running with pin directory {}{}: stop it first (its datapath and routes are in use)",
+        path.display(),
+        holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    Running { path: PathBuf, holder: Option<u32> },
     #[error("interface {0} does not exist")]
     NoSuchInterface(String),
     #[error("this kernel has no {feature}, which mpath needs (Linux {since} and later have it)")]
@@ -513,8 +519,20 @@ fn retire_other_layouts(pin_root: &Path) -> Result<(), DatapathError> {
 /// Removes the datapath from the host: mpathd's cls_bpf filters on the NICs of this network
 /// namespace (other filters stay), then every pin under `pin_root`: links (which detaches the
 /// programs from their NICs once nothing else holds them) and maps. Used when mpath is taken
-/// off a host; a daemon restart never does this.
+/// off a host; a daemon restart never does this. Refused while an mpathd holds the pin
+/// directory's lock.
 pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
+    let _lock = if pin_root.exists() {
+        match PinLock::acquire(pin_root) {
+            Ok(lock) => Some(lock),
+            Err(DatapathError::InUse { path, holder }) => {
+                return Err(DatapathError::Running { path, holder });
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        None
+    };
     for ifindex in legacy_tc::nics_with_mpathd_filter().map_err(DatapathError::FilterDump)? {
         legacy_tc::delete_mpathd_filter(ifindex).map_err(|source| DatapathError::Filters {
             ifname: format!("ifindex {ifindex}"),
