@@ -703,6 +703,53 @@ fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
 }
 
 #[test]
+fn a_renamed_nic_leaves_its_group_with_what_mpathd_put_on_it_and_rejoins_under_its_name() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let rename = |from: &str, to: &str| {
+        for args in [
+            &["link", "set", from, "down"][..],
+            &["link", "set", from, "name", to],
+            &["link", "set", to, "up"],
+        ] {
+            lab.host().ip(args).unwrap();
+        }
+    };
+    rename("h0", "eth9");
+    daemon.wait_until("h0 missing, its addresses moved", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "missing"
+                && inbound(&s, "192.0.2.19/24").is_some_and(|n| n != "h0")
+        })
+    });
+    let log = daemon.log();
+    assert!(
+        log.contains("NIC h0 of group g0 was renamed eth9: it leaves the group"),
+        "{log}"
+    );
+    // Under its new name it is nobody's group NIC: no address or program of mpathd's.
+    let addrs = lab.host().ip(&["addr", "show", "dev", "eth9"]).unwrap();
+    assert!(
+        !addrs.contains("192.0.2.19") && !addrs.contains("192.0.2.21"),
+        "{addrs}"
+    );
+    let link = lab.host().ip(&["link", "show", "dev", "eth9"]).unwrap();
+    assert!(!link.contains("xdp"), "{link}");
+    lab.router()
+        .run(&["ping", "-c1", "-W2", "192.0.2.19"])
+        .unwrap();
+
+    rename("eth9", "h0");
+    daemon.wait_until("h0 back, its address home", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24") == Some("h0")
+        })
+    });
+    assert!(has_address(&lab, "h0", "192.0.2.21/32"));
+}
+
+#[test]
 fn probes_stream_and_the_socket_refuses_other_users() {
     use std::io::{BufRead as _, BufReader};
     let lab = lab();

@@ -281,10 +281,17 @@ impl Daemon {
     async fn net_event(&mut self, event: NetEvent) -> anyhow::Result<()> {
         let now = Instant::now();
         match event {
-            NetEvent::Link(link) => match self.groups.nic_named(&link.name) {
-                Some(at) => self.link_changed(at, &link, now).await,
-                None => self.track_ungrouped(&link),
-            },
+            NetEvent::Link(link) => {
+                if let Some(at) = self.groups.nic_at(link.ifindex)
+                    && self.groups.nic(at).name != link.name
+                {
+                    self.link_renamed(at, &link, now).await;
+                }
+                match self.groups.nic_named(&link.name) {
+                    Some(at) => self.link_changed(at, &link, now).await,
+                    None => self.track_ungrouped(&link),
+                }
+            }
             NetEvent::LinkRemoved { name, ifindex } => self.link_removed(&name, ifindex, now).await,
             NetEvent::AddressAdded { ifindex, cidr } => self.address_added(ifindex, cidr).await,
             NetEvent::AddressRemoved { ifindex, cidr } => {

@@ -188,6 +188,36 @@ impl Daemon {
         }
     }
 
+    /// A group NIC was renamed. The configuration names NICs, so it leaves the group as if
+    /// removed: mpathd takes off it what it put there (data addresses, which fail over,
+    /// its test address and the programs) and leaves the NIC to whoever renamed it. A NIC that
+    /// takes the configured name (this one renamed back) joins as a new one.
+    pub(super) async fn link_renamed(&mut self, at: NicAt, link: &Link, now: Instant) {
+        let nic = self.groups.nic(at);
+        let (old, test) = (nic.name.clone(), nic.test_address);
+        let group = &self.groups[at.group];
+        tracing::warn!(
+            "NIC {old} of group {} was renamed {}: it leaves the group, whose configuration names {old}",
+            group.name(),
+            link.name
+        );
+        let on_it: Vec<IpCidr> = group
+            .addresses
+            .iter()
+            .filter(|a| a.current.as_deref() == Some(old.as_str()))
+            .map(|a| a.cidr)
+            .collect();
+        for cidr in on_it.into_iter().chain(test.map(|t| t.host())) {
+            self.delete_address(link.ifindex, cidr).await;
+        }
+        if let Some(IpAddr::V4(v4)) = test.map(|t| t.addr())
+            && let Err(e) = self.datapath.maps.remove_test_address(v4)
+        {
+            tracing::warn!("{e}");
+        }
+        self.link_removed(&old, link.ifindex, now).await;
+    }
+
     /// A NIC was removed from the system.
     pub(super) async fn link_removed(&mut self, name: &str, ifindex: u32, now: Instant) {
         if self.ungrouped.remove(name).is_some() {
