@@ -750,6 +750,30 @@ fn a_renamed_nic_leaves_its_group_with_what_mpathd_put_on_it_and_rejoins_under_i
 }
 
 #[test]
+fn a_nic_without_probe_targets_is_reported_and_so_is_its_first_target() {
+    let lab = lab();
+    // No `targets`, no route through the router, and a router that ignores echoes to
+    // 224.0.0.1 (Linux's default): nothing for IPv4 probes to probe.
+    lab.router()
+        .run(&["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=1"])
+        .unwrap();
+    let config = CONFIG.replace("targets = [\"192.0.2.1\"]\n", "");
+    let mut daemon = Mpathd::start(lab.host(), &config);
+    daemon.wait_until("the missing IPv4 targets reported", |d| {
+        d.log().contains("h0 has had no IPv4 probe target for 10 s")
+    });
+    let log = daemon.log();
+    assert!(log.contains("its IPv4 failures go unnoticed"), "{log}");
+    assert!(!log.contains("no IPv6 probe target"), "{log}");
+    lab.host()
+        .ip(&["route", "add", "default", "via", "192.0.2.1", "dev", "h0"])
+        .unwrap();
+    daemon.wait_until("the router taken as a target", |d| {
+        d.log().contains("h0 has an IPv4 probe target again")
+    });
+}
+
+#[test]
 fn probes_stream_and_the_socket_refuses_other_users() {
     use std::io::{BufRead as _, BufReader};
     let lab = lab();

@@ -335,6 +335,23 @@ pub(crate) struct Prober {
     /// ARP/ND queue while the link was down, says nothing of the link since: it is no answer
     /// towards a repair.
     link_up_at: Option<Instant>,
+    /// Since when the prober has had no target with its link up, and whether that was
+    /// reported (see [`Prober::target_notice`]).
+    targetless_since: Option<Instant>,
+    reported_targetless: bool,
+}
+
+/// How long a prober may go without a target, its link up, before the daemon says so: long
+/// enough for discovery to have had its answers.
+pub(crate) const TARGETLESS_NOTICE: Duration = Duration::from_secs(10);
+
+/// A change in whether a prober can probe at all, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetNotice {
+    /// No target for this long: the NIC's failures in this family go unnoticed.
+    Missing(Duration),
+    /// A target again, after [`TargetNotice::Missing`].
+    Back,
 }
 
 impl Prober {
@@ -359,7 +376,29 @@ impl Prober {
             nic_failed: false,
             trusted_since: None,
             link_up_at: None,
+            targetless_since: None,
+            reported_targetless: false,
         }
+    }
+
+    /// Watches whether the prober has targets while its link is up: `Missing` once it has
+    /// had none for [`TARGETLESS_NOTICE`], `Back` when one comes after that.
+    pub(crate) fn target_notice(&mut self, now: Instant, link_up: bool) -> Option<TargetNotice> {
+        if !self.targets.is_empty() {
+            self.targetless_since = None;
+            return std::mem::take(&mut self.reported_targetless).then_some(TargetNotice::Back);
+        }
+        if !link_up {
+            self.targetless_since = None;
+            return None;
+        }
+        let since = *self.targetless_since.get_or_insert(now);
+        let without = now.saturating_duration_since(since);
+        if self.reported_targetless || without < TARGETLESS_NOTICE {
+            return None;
+        }
+        self.reported_targetless = true;
+        Some(TargetNotice::Missing(without))
     }
 
     /// The daemon reports here that the NIC's link came up.
@@ -961,6 +1000,29 @@ mod tests {
                 .find(|view| view.address == ip(address))
                 .expect("target in view")
         }
+    }
+
+    #[test]
+    fn a_prober_without_targets_is_reported_once_after_a_while_with_its_link_up() {
+        let start = Instant::now();
+        let mut harness = Harness::new(10_000, target_set(&[]));
+        let prober = &mut harness.prober;
+        assert_eq!(prober.target_notice(start, true), None);
+        // Link down: no target is expected, the time does not count.
+        assert_eq!(prober.target_notice(start + TARGETLESS_NOTICE, false), None);
+        let up = start + TARGETLESS_NOTICE + ms(1);
+        assert_eq!(prober.target_notice(up, true), None);
+        assert_eq!(
+            prober.target_notice(up + TARGETLESS_NOTICE, true),
+            Some(TargetNotice::Missing(TARGETLESS_NOTICE))
+        );
+        assert_eq!(prober.target_notice(up + TARGETLESS_NOTICE * 2, true), None);
+        prober.add_discovered(&[ip(A)], &[]);
+        assert_eq!(
+            prober.target_notice(up + TARGETLESS_NOTICE * 3, true),
+            Some(TargetNotice::Back)
+        );
+        assert_eq!(prober.target_notice(up + TARGETLESS_NOTICE * 4, true), None);
     }
 
     #[test]

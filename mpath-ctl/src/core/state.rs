@@ -797,11 +797,16 @@ impl Interface {
         }
         let stats = self.stats(family);
         let detecting = matches!(self.state, IfState::Ok | IfState::Failed { .. });
+        // A failed NIC's family is ok only once it answers again: a NIC found failed at a
+        // restart or reload has no losses counted yet, which says nothing.
+        let failed = matches!(self.state, IfState::Failed { .. });
         Some(
             if !detecting || self.link != LinkState::Up || !stats.has_targets {
                 ProbeStatus::Unknown
             } else if stats.lost >= NUM_PROBE_FAILS {
                 ProbeStatus::Failed
+            } else if failed && stats.answered == 0 {
+                ProbeStatus::Unknown
             } else {
                 ProbeStatus::Ok
             },
@@ -2489,8 +2494,12 @@ mod tests {
         assert!(actions.contains(&Action::StillFailed { nic: "h0".into() }));
         assert!(!actions.iter().any(|a| matches!(a, Action::Failed { .. })));
         assert!(actions.contains(&Action::Activate { nic: "h2".into() }));
+        // No probe has spoken since: the family's probing is unknown, not ok.
+        assert_eq!(sim.view("h0").probe_ipv4, Some(ProbeStatus::Unknown));
         let answers = [("h0", ANSWERED), ("h1", ANSWERED), ("h2", ANSWERED)];
-        sim.rounds(NUM_PROBE_REPAIRS as usize - 1, &answers);
+        sim.round(&answers);
+        assert_eq!(sim.view("h0").probe_ipv4, Some(ProbeStatus::Ok));
+        sim.rounds(NUM_PROBE_REPAIRS as usize - 2, &answers);
         assert_eq!(
             sim.state("h0"),
             IfState::Failed {

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     api::views::ProbeRow,
-    core::probe::{ProbeEvent, ProbeOutcome, Prober, ReplyVerdict},
+    core::probe::{ProbeEvent, ProbeOutcome, Prober, ReplyVerdict, TargetNotice},
     core::state::Event,
     core::target::{AddressFamily, TargetSet},
     daemon::{
@@ -280,10 +280,24 @@ impl Daemon {
                 }
             }
             let events = probing.prober.poll(now, &group.fdt);
+            let family = probing.prober.family();
+            let version = family.ip_version();
+            match probing.prober.target_notice(now, nic.carrier) {
+                Some(TargetNotice::Missing(without)) => tracing::warn!(
+                    group = %group.config.name,
+                    interface = %name,
+                    "{name} has had no {version} probe target for {} s: no router on its link in the routing table or the group's routes, and no answer to an echo to {}; its {version} failures go unnoticed (name targets in the group's `targets`)",
+                    without.as_secs(),
+                    family.all_nodes()
+                ),
+                Some(TargetNotice::Back) => {
+                    tracing::info!("{name} has an {version} probe target again")
+                }
+                None => {}
+            }
             let has_targets = !probing.prober.targets().is_empty();
             let targets_changed = has_targets != probing.had_targets;
             probing.had_targets = has_targets;
-            let family = probing.prober.family();
             self.probe_events(at, family, events, None).await;
             if targets_changed {
                 let event = Event::Targets {
