@@ -471,6 +471,12 @@ fn routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown() {
     assert_eq!(lab.host().ip(&["nexthop", "show"]).unwrap(), "");
     let rules = lab.host().ip(&["rule", "show"]).unwrap();
     assert!(!rules.contains(&DEFAULT_ROUTE_TABLE.to_string()), "{rules}");
+    // The test addresses are mpathd's and go; the data addresses stay for their users.
+    let h0 = lab.host_addrs("h0").unwrap();
+    assert!(
+        !h0.contains(&"192.0.2.21/32".to_string()) && h0.contains(&"192.0.2.19/24".to_string()),
+        "{h0:?}"
+    );
     // Traffic follows main's routes alone now.
     assert_eq!(pings(&lab, BEHIND_ROUTER_V6, 5), 5);
 }

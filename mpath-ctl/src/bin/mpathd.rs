@@ -9,7 +9,7 @@ use clap::{CommandFactory as _, Parser};
 use mpath_ctl::{
     api::manpages,
     config::{self, Config},
-    daemon::{ConfigPaths, Daemon, logging, remove_routes},
+    daemon::{ConfigPaths, Daemon, logging, remove_routes, remove_test_addresses},
     datapath,
     net::netlink::Monitor,
 };
@@ -32,8 +32,9 @@ struct Args {
     #[arg(long)]
     check: bool,
     /// Remove mpath from this host (detach the programs from every NIC, unpin the maps,
-    /// delete mpathd's routing rules, routes and nexthops) and exit, when taking mpath off a
-    /// host; the data addresses stay where they are. Refused while mpathd runs.
+    /// delete mpathd's routing rules, routes, nexthops and test addresses) and exit, when
+    /// taking mpath off a host; the data addresses stay where they are. Refused while mpathd
+    /// runs.
     #[arg(long, conflicts_with = "check")]
     teardown: bool,
     /// Receive buffer of the netlink event socket, in bytes. The default holds thousands of
@@ -123,8 +124,12 @@ fn main() -> ExitCode {
         }
         let datapath = datapath.map_err(anyhow::Error::from);
         let routes = runtime.block_on(remove_routes(config.daemon.route_table));
+        let tests = runtime.block_on(remove_test_addresses(&config));
         let mut code = ExitCode::SUCCESS;
-        for e in [datapath, routes].into_iter().filter_map(Result::err) {
+        for e in [datapath, routes, tests]
+            .into_iter()
+            .filter_map(Result::err)
+        {
             eprintln!("mpathd: {e:#}");
             code = ExitCode::FAILURE;
         }

@@ -23,6 +23,7 @@ mod service;
 mod sources;
 mod status;
 
+pub use nics::remove_test_addresses;
 pub use routes::remove_routes;
 
 use std::{

@@ -476,6 +476,28 @@ impl Daemon {
     }
 }
 
+/// Removes the configuration's test addresses from the NICs that hold them, for `mpathd
+/// --teardown`: they are mpathd's alone, unlike the data addresses, which stay for the
+/// applications using them.
+pub async fn remove_test_addresses(config: &crate::config::Config) -> anyhow::Result<()> {
+    let netlink = Netlink::connect()?;
+    let links = netlink.links().await?;
+    let present = netlink.addresses().await?;
+    for interface in config.groups.iter().flat_map(|g| &g.interfaces) {
+        let (Some(test), Some(link)) = (
+            interface.test_address,
+            links.iter().find(|l| l.name == interface.name),
+        ) else {
+            continue;
+        };
+        let host = IpCidr::from(test).host();
+        if present.contains(&(link.ifindex, host)) {
+            netlink.del_address(link.ifindex, host).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Puts a NIC's test address on it. A test address must never steer routing nor be chosen
 /// as a source: it goes on as a host address (/32) without a prefix route. Otherwise it would
 /// be the primary address of its subnet and the data addresses secondaries, which get no route
