@@ -140,18 +140,32 @@ impl Daemon {
             };
             let group = &mut self.groups[gi];
             if !group.held_routes.contains(&route) && !group.config.routes.contains(&route) {
-                tracing::info!(
-                    "group {name} keeps the route {route}: the kernel deleted it with its NIC"
-                );
+                if is_data_prefix(group, &route) {
+                    tracing::debug!(
+                        "group {name} keeps the route {route}: the kernel deleted it with its NIC"
+                    );
+                } else {
+                    tracing::info!(
+                        "group {name} keeps the route {route}: the kernel deleted it with its NIC"
+                    );
+                }
                 group.held_routes.push(route);
             }
         }
         for group in self.groups.iter_mut() {
             let members = group.ifindexes();
             let name = &group.config.name;
+            let data_prefixes: Vec<RouteConfig> = group
+                .held_routes
+                .iter()
+                .filter(|r| is_data_prefix(group, r))
+                .cloned()
+                .collect();
             group.held_routes.retain(|route| {
                 let back = routes::returned(route, &self.routing.main, &members);
-                if back {
+                if back && data_prefixes.contains(route) {
+                    tracing::debug!("the route {route} is back in the main table; group {name} no longer holds it");
+                } else if back {
                     tracing::info!("the route {route} is back in the main table; group {name} no longer holds it");
                 }
                 !back
@@ -385,6 +399,17 @@ impl Daemon {
         tracing::debug!("routes: {change:?}");
         Ok(())
     }
+}
+
+/// Whether `route` is the prefix route of one of the group's data addresses: the kernel
+/// deletes it and makes it again as mpathd moves the address between NICs, which is routine
+/// and logged at debug level only.
+fn is_data_prefix(group: &super::group::GroupRuntime, route: &RouteConfig) -> bool {
+    route.via.is_none()
+        && group
+            .addresses
+            .iter()
+            .any(|a| a.cidr.network() == route.to)
 }
 
 /// Removes mpathd's routing from the host: its rules, the routes of its `table` and its
