@@ -27,9 +27,8 @@ use crate::{capture, exec};
 
 /// The privileged test binaries of mpath-tests and, for the CI run, the tests of each that
 /// cover what must hold on every kernel: loading and attaching the datapath, spreading,
-/// probe matching, failover, kill -9 survival, restart adoption, group routes and the IPv6
-/// source hook. An empty
-/// list runs the whole binary.
+/// probe matching, failover, kill -9 survival, restart adoption, group routes, the source
+/// hook and IPv6 probes under a group route. An empty list runs the whole binary.
 const CI_SUBSET: &[(&str, &[&str])] = &[
     ("datapath", &[]),
     ("spread", &[]),
@@ -52,6 +51,8 @@ const CI_SUBSET: &[(&str, &[&str])] = &[
             "routed_flows_spread_over_the_usable_nics_and_only_a_leaving_nic_s_buckets_move",
             "routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown",
             "ipv6_connections_spread_their_sources_and_keep_them_through_a_failover",
+            "ipv4_connections_to_the_group_s_subnet_spread_their_sources_and_keep_them_through_a_failover",
+            "ipv6_probes_leave_through_their_own_nic_under_an_ipv6_default_group_route",
         ],
     ),
 ];
