@@ -84,6 +84,31 @@ test_address = "192.0.2.23/24"
     )
 }
 
+/// A group of h0 and h1 that probes over IPv6 alone: IPv6 data addresses, no test address,
+/// so each NIC probes from its link-local address. `SOCKET` and `PINS` as in
+/// [`three_nic_config`].
+pub fn ipv6_only_config(fdt_ms: u64) -> String {
+    format!(
+        r#"
+[daemon]
+failure_detection_time_ms = {fdt_ms}
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+
+[[group.interface]]
+name = "h0"
+data_addresses = ["2001:db8::19/64"]
+
+[[group.interface]]
+name = "h1"
+data_addresses = ["2001:db8::20/64"]
+"#
+    )
+}
+
 /// How many times slower than natively the tests run (`MPATH_TIME_SCALE`, set by `cargo
 /// xtask test --kernel` for an emulated guest): time limits are multiplied by it.
 pub fn time_scale() -> u32 {

@@ -15,7 +15,7 @@ use mpath_ctl::{
     api::views::Status,
 };
 use mpath_lab::Netns;
-pub use mpath_lab::three_nic_config;
+pub use mpath_lab::{ipv6_only_config, three_nic_config};
 
 use crate::PinDir;
 

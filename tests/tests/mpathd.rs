@@ -12,7 +12,9 @@ use mpath_ctl::{
     datapath::{legacy_tc, maps::Maps, pins::PinLayout},
 };
 use mpath_lab::Lab;
-use mpath_tests::daemon::{Mpathd, inbound, log_time_ns, state_of, three_nic_config};
+use mpath_tests::daemon::{
+    Mpathd, inbound, ipv6_only_config, log_time_ns, state_of, three_nic_config,
+};
 
 /// The lab group at FDT 700 ms (probe interval 100 ms).
 static CONFIG: LazyLock<String> = LazyLock::new(|| three_nic_config(700));
@@ -2071,24 +2073,8 @@ fn the_probe_stream_numbers_lost_probes_lines_up_and_times_from_its_own_start() 
 #[test]
 fn a_nic_without_an_ipv4_test_address_probes_over_ipv6_from_its_link_local_address() {
     let lab = lab();
-    let config = r#"
-[daemon]
-failure_detection_time_ms = 700
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-
-[[group]]
-name = "g0"
-
-[[group.interface]]
-name = "h0"
-data_addresses = ["2001:db8::19/64"]
-
-[[group.interface]]
-name = "h1"
-data_addresses = ["2001:db8::20/64"]
-"#;
-    let mut daemon = Mpathd::start(lab.host(), config);
+    let config = ipv6_only_config(700);
+    let mut daemon = Mpathd::start(lab.host(), &config);
     // An answered probe ends the startup quiet period, which holds failures back.
     daemon.wait_until("both NICs' probes to a link-local router answered", |d| {
         d.try_status().is_some_and(|s| {

@@ -14,7 +14,7 @@ use std::{
 use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
 use mpath_lab::{BEHIND_ROUTER_V4, BEHIND_ROUTER_V6, Lab};
 use mpath_tests::{
-    daemon::{Mpathd, inbound, state_of, three_nic_config},
+    daemon::{Mpathd, inbound, ipv6_only_config, state_of, three_nic_config},
     flows::{Flows, Sniffer},
     managed::{all_ok, routes_served, table},
 };
@@ -736,6 +736,22 @@ fn hook_counters(daemon: &Mpathd, lab: &Lab) -> (u64, u64) {
     (count("chosen"), count("bind_failed"))
 }
 
+/// Asserts that the hook chose at least `more` sources since its counters read `before`
+/// (chosen, refused), and that the kernel refused none.
+fn assert_hook_chose_since(daemon: &Mpathd, lab: &Lab, before: (u64, u64), more: u64) {
+    let (chosen, failed) = before;
+    let (chosen_after, failed_after) = hook_counters(daemon, lab);
+    assert!(
+        chosen_after >= chosen + more,
+        "{chosen} then {chosen_after}"
+    );
+    assert_eq!(
+        (failed, failed_after),
+        (0, 0),
+        "no chosen source was refused"
+    );
+}
+
 /// A listener in the router's namespace on `port` of every address of `any` (the unspecified
 /// address of a family), for [`sources_of_real_connections`]: one for the whole test, as
 /// the connections it accepted may still be closing when the next round starts.
@@ -913,13 +929,7 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
         })
     });
     assert_eq!(ipv6_sources_of_real_connections(&lab, &listener), before);
-    let (chosen_after, failed_after) = hook_counters(&daemon, &lab);
-    assert!(chosen_after >= chosen + 16, "{chosen} then {chosen_after}");
-    assert_eq!(
-        (failed, failed_after),
-        (0, 0),
-        "no chosen source was refused"
-    );
+    assert_hook_chose_since(&daemon, &lab, (chosen, failed), 16);
 
     // sources = "kernel": the kernel's choice again, one address for all; and back.
     let kernel = two_ipv6_addresses().replace("[daemon]\n", "[daemon]\nsources = \"kernel\"\n");
@@ -1071,13 +1081,7 @@ fn ipv4_connections_to_the_group_s_subnet_spread_their_sources_and_keep_them_thr
         })
     });
     assert_eq!(sources_of_real_connections(&lab, &listener, &peers), before);
-    let (chosen_after, failed_after) = hook_counters(&daemon, &lab);
-    assert!(chosen_after >= chosen + 16, "{chosen} then {chosen_after}");
-    assert_eq!(
-        (failed, failed_after),
-        (0, 0),
-        "no chosen source was refused"
-    );
+    assert_hook_chose_since(&daemon, &lab, (chosen, failed), 16);
 
     // sources = "kernel": the route's preferred source for every peer again.
     daemon.reload(&CONFIG.replace("[daemon]\n", "[daemon]\nsources = \"kernel\"\n"));
@@ -1182,23 +1186,7 @@ fn ipv6_probes_leave_through_their_own_nic_under_an_ipv6_default_group_route() {
     // group serves it through a nexthop group over both NICs.
     let lab = Lab::builder().nics(2).behind_router().build().expect("lab");
     lab.add_ra_default_route("h0").unwrap();
-    let config = r#"
-[daemon]
-failure_detection_time_ms = 1000
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-
-[[group]]
-name = "g0"
-
-[[group.interface]]
-name = "h0"
-data_addresses = ["2001:db8::19/64"]
-
-[[group.interface]]
-name = "h1"
-data_addresses = ["2001:db8::20/64"]
-"#;
+    let config = ipv6_only_config(1000);
     // The rule an mpathd before this fix left: replaced, not kept beside the new one.
     lab.host()
         .ip(&[
@@ -1206,7 +1194,7 @@ data_addresses = ["2001:db8::20/64"]
         ])
         .unwrap();
     let counts = count_ipv6_probes_per_port(&lab, &["h0", "h1"]);
-    let mut daemon = Mpathd::start(lab.host(), config);
+    let mut daemon = Mpathd::start(lab.host(), &config);
     daemon.wait_until("both NICs ok, the default route the group's", |d| {
         d.try_status()
             .is_some_and(|s| ["h0", "h1"].iter().all(|n| state_of(&s, n) == "ok"))

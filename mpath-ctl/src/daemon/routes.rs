@@ -405,11 +405,7 @@ impl Daemon {
 /// deletes it and makes it again as mpathd moves the address between NICs, which is routine
 /// and logged at debug level only.
 fn is_data_prefix(group: &super::group::GroupRuntime, route: &RouteConfig) -> bool {
-    route.via.is_none()
-        && group
-            .addresses
-            .iter()
-            .any(|a| a.cidr.network() == route.to)
+    route.via.is_none() && group.addresses.iter().any(|a| a.cidr.network() == route.to)
 }
 
 /// Removes mpathd's routing from the host: its rules, the routes of its `table` and its
