@@ -18,7 +18,7 @@ use crate::{MAX_GROUPS, flow_hash};
 
 /// Data addresses of one group and class the hook chooses from.
 pub const MAX_SOURCES: usize = 16;
-/// Prefixes of mpathd's IPv6 table the trie holds: far more than a host's routes.
+/// Prefixes of mpathd's table each trie (IPv4, IPv6) holds: far more than a host's routes.
 pub const MAX_SOURCE_ROUTES: u32 = 16 * 1024;
 /// [`SourceRoute::group`] of a destination that is not a group's (a `throw` route).
 pub const NO_GROUP: u32 = u32::MAX;

@@ -709,13 +709,16 @@ fn a_renamed_nic_leaves_its_group_with_what_mpathd_put_on_it_and_rejoins_under_i
     let lab = lab();
     let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("all NICs ok", all_ok);
+    // While up, as Linux allows since 6.2 (an older kernel wants the link down first).
     let rename = |from: &str, to: &str| {
-        for args in [
-            &["link", "set", from, "down"][..],
-            &["link", "set", from, "name", to],
-            &["link", "set", to, "up"],
-        ] {
-            lab.host().ip(args).unwrap();
+        if lab.host().ip(&["link", "set", from, "name", to]).is_err() {
+            for args in [
+                &["link", "set", from, "down"][..],
+                &["link", "set", from, "name", to],
+                &["link", "set", to, "up"],
+            ] {
+                lab.host().ip(args).unwrap();
+            }
         }
     };
     rename("h0", "eth9");

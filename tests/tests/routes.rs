@@ -447,6 +447,11 @@ fn routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown() {
         "the IPv6 default route stays"
     );
 
+    assert!(
+        lab.host_addrs("h0")
+            .unwrap()
+            .contains(&"192.0.2.21/32".to_string())
+    );
     // Not while mpathd runs: it would take the routes and programs the daemon is using.
     let refused = daemon.teardown(lab.host());
     let stderr = String::from_utf8_lossy(&refused.stderr);

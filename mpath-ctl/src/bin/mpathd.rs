@@ -115,18 +115,22 @@ fn main() -> ExitCode {
         }
     };
     if args.teardown {
-        // Both halves are tried whatever the other's fate, and every error is reported; but
-        // nothing is touched while an mpathd runs on this pin directory.
-        let datapath = datapath::teardown(&config.daemon.bpf_pin_dir);
-        if let Err(e @ datapath::DatapathError::Running { .. }) = &datapath {
-            eprintln!("mpathd: {e}");
-            return ExitCode::FAILURE;
-        }
-        let datapath = datapath.map_err(anyhow::Error::from);
+        // Nothing is touched while an mpathd runs on this pin directory, and none starts
+        // before the end. Each part is tried whatever the others' fate, and every error is
+        // reported; the pins go last, with the directory the lock is on.
+        let lock = match datapath::TeardownLock::acquire(&config.daemon.bpf_pin_dir) {
+            Ok(lock) => lock,
+            Err(e) => {
+                eprintln!("mpathd: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let routes = runtime.block_on(remove_routes(config.daemon.route_table));
         let tests = runtime.block_on(remove_test_addresses(&config));
+        let datapath = datapath::teardown(&config.daemon.bpf_pin_dir).map_err(anyhow::Error::from);
+        drop(lock);
         let mut code = ExitCode::SUCCESS;
-        for e in [datapath, routes, tests]
+        for e in [routes, tests, datapath]
             .into_iter()
             .filter_map(Result::err)
         {

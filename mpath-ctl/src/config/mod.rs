@@ -71,9 +71,10 @@ const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/mpath";
 pub struct Config {
     pub daemon: DaemonConfig,
     pub groups: Vec<GroupConfig>,
-    /// What the Solaris defaults file holds that in.mpathd accepts with a message (unknown
-    /// keys, a FAILURE_DETECTION_TIME below the minimum): mpathd logs them at start and on
-    /// reload, `--check` prints them.
+    /// What mpathd accepts with a message: in the Solaris defaults file what in.mpathd
+    /// accepts so (unknown keys, a FAILURE_DETECTION_TIME below the minimum), in the TOML
+    /// file probe targets off the link, which the probers skip. mpathd logs them at start
+    /// and on reload, `--check` prints them.
     pub warnings: Vec<String>,
 }
 
@@ -93,7 +94,7 @@ pub struct DaemonConfig {
     pub route_rule_priority: u32,
     /// How the egress program is attached to the NICs.
     pub tc_attach: TcAttach,
-    /// Who picks the source of IPv6 connections through group routes.
+    /// Who picks the source of IPv6 and on-link IPv4 connections through group routes.
     pub sources: SourceSelection,
 }
 

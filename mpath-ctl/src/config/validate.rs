@@ -79,6 +79,8 @@ pub(super) struct Validator<'a> {
     routes: HashMap<(IpCidr, u32), Owner>,
     /// Every route's gateway, checked against all local addresses once those are known.
     vias: Vec<(IpAddr, Range<usize>)>,
+    /// What the file holds that mpathd accepts but cannot use, with file and line.
+    warnings: Vec<String>,
 }
 
 impl<'a> Validator<'a> {
@@ -93,6 +95,7 @@ impl<'a> Validator<'a> {
             data_subnets: Vec::new(),
             routes: HashMap::new(),
             vias: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -101,7 +104,7 @@ impl<'a> Validator<'a> {
         raw: RawConfig,
         defaults: SolarisDefaults,
     ) -> Result<Config, ConfigError> {
-        let warnings = defaults.warnings.clone();
+        let mut warnings = defaults.warnings.clone();
         let daemon = self.daemon(raw.daemon, defaults)?;
         let mut groups = Vec::with_capacity(raw.groups.len());
         for raw_group in raw.groups {
@@ -113,6 +116,7 @@ impl<'a> Validator<'a> {
         for (via, span) in &self.vias {
             self.via_not_local(*via, span)?;
         }
+        warnings.append(&mut self.warnings);
         Ok(Config {
             daemon,
             groups,
@@ -267,7 +271,8 @@ impl<'a> Validator<'a> {
         if interfaces.iter().all(|interface| interface.standby) {
             return Err(self.source.error(&span, Problem::AllStandby(name)));
         }
-        // The probers refuse a target off the link; say so here, where `--check` sees it.
+        // The probers skip a target off the link; say so here, where `--check` sees it. A
+        // warning, not a refusal: a file an older mpathd ran must still start this one.
         for (target, raw) in targets.iter().zip(&raw.targets) {
             let problem = match target {
                 IpAddr::V6(v6) if !v6.is_unicast_link_local() => {
@@ -284,7 +289,9 @@ impl<'a> Validator<'a> {
                 }),
             };
             if let Some(problem) = problem {
-                return Err(self.source.error(&raw.span(), problem));
+                let located = self.source.error(&raw.span(), problem);
+                self.warnings
+                    .push(format!("{located}; the probers skip it"));
             }
         }
         let tested = interfaces
@@ -1110,29 +1117,27 @@ mod tests {
     }
 
     #[test]
-    fn targets_off_the_link_are_refused() {
-        let text = "[[group]]\nname = \"g0\"\ntargets = [\"192.0.2.1\", \"198.51.100.10\"]\n\
+    fn targets_off_the_link_are_accepted_with_a_warning_naming_the_line() {
+        let text = "[[group]]\nname = \"g0\"\ntargets = [\"192.0.2.1\", \"198.51.100.10\", \"2001:db8::1\"]\n\
                     [[group.interface]]\nname = \"h0\"\ntest_address = \"192.0.2.21/24\"\n";
-        let (line, column, problem, message) = refusal(text);
-        assert_eq!((line, column), (3, 25));
+        let config = parse(text).unwrap();
+        assert_eq!(config.groups[0].targets.len(), 3);
         assert_eq!(
-            problem,
-            Problem::TargetOffLink {
-                target: ip("198.51.100.10"),
-                interface: "h0".into(),
-                test_address: cidr("192.0.2.21/24"),
-            }
+            config.warnings,
+            [
+                "/etc/mpath/mpathd.toml:3:25: target 198.51.100.10 is outside the subnet of \
+                 interface h0's test address 192.0.2.21/24: probes leave with TTL 1 and reach \
+                 only hosts on the link; the probers skip it",
+                "/etc/mpath/mpathd.toml:3:42: IPv6 target 2001:db8::1 is not link-local: IPv6 \
+                 probes leave from each interface's link-local address, so their targets are \
+                 on-link routers' link-local addresses (fe80::/10); the probers skip it",
+            ]
         );
-        assert!(message.contains("TTL 1"), "{message}");
-        let text = "[[group]]\nname = \"g0\"\ntargets = [\"2001:db8::1\"]\n\
-                    [[group.interface]]\nname = \"h0\"\n";
-        let (_, _, problem, _) = refusal(text);
-        assert_eq!(problem, Problem::Ipv6TargetNotLinkLocal(ip("2001:db8::1")));
-        // On the link of every test address, and a link-local IPv6 router: accepted.
+        // On the link of every test address, and a link-local IPv6 router: no warning.
         let text = "[[group]]\nname = \"g0\"\ntargets = [\"192.0.2.1\", \"fe80::1\"]\n\
                     [[group.interface]]\nname = \"h0\"\ntest_address = \"192.0.2.21/24\"\n\
                     [[group.interface]]\nname = \"h1\"\n";
-        parse(text).unwrap();
+        assert_eq!(parse(text).unwrap().warnings, Vec::<String>::new());
     }
 
     #[test]

@@ -514,9 +514,6 @@ impl Prober {
                 return ReplyVerdict::Rejected(reason);
             }
         };
-        if self.link_up_at.is_some_and(|up| probe.sent_at < up) {
-            return ReplyVerdict::Accepted(Vec::new());
-        }
         let was_lost = probe.state == ProbeState::Lost;
         let target = probe.target;
         let daemon_rtt = now.saturating_duration_since(probe.sent_at);
@@ -541,6 +538,9 @@ impl Prober {
             stats.last_rtt = Some(daemon_rtt);
         }
         self.targets.record_answer(target);
+        if self.link_up_at.is_some_and(|up| probe.sent_at < up) {
+            return ReplyVerdict::Accepted(Vec::new());
+        }
 
         let mut events = vec![ProbeEvent::Outcome(ProbeOutcome::Answered {
             target,

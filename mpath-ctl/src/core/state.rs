@@ -986,10 +986,8 @@ impl Group {
                 let index = self.find_present(&nic)?;
                 let member = &self.members[index];
                 if member.state == IfState::Ok && !member.link_judged() {
-                    self.fail(index, FailureCause::ProbesLost, &mut actions);
-                    if let Some(Action::Failed { nic, .. }) = actions.pop() {
-                        actions.push(Action::StillFailed { nic });
-                    }
+                    let nic = self.set_failed(index, FailureCause::ProbesLost);
+                    actions.push(Action::StillFailed { nic });
                 }
             }
             Event::Tick => self.tick(now, &mut actions),
@@ -1308,13 +1306,16 @@ impl Group {
     }
 
     fn fail(&mut self, index: usize, cause: FailureCause, actions: &mut Vec<Action>) {
+        let nic = self.set_failed(index, cause);
+        actions.push(Action::Failed { nic, cause });
+    }
+
+    /// Puts a member in the failed state; returns its name.
+    fn set_failed(&mut self, index: usize, cause: FailureCause) -> String {
         let member = &mut self.members[index];
         member.state = IfState::Failed { cause };
         member.inactive = false;
-        actions.push(Action::Failed {
-            nic: member.name.clone(),
-            cause,
-        });
+        member.name.clone()
     }
 
     fn repair(&mut self, index: usize, actions: &mut Vec<Action>) {

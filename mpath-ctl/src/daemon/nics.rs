@@ -207,6 +207,8 @@ impl Daemon {
             .filter(|a| a.current.as_deref() == Some(old.as_str()))
             .map(|a| a.cidr)
             .collect();
+        // The addresses fail over first, as ever: on their new NIC before they leave this one.
+        self.link_removed(&old, link.ifindex, now).await;
         for cidr in on_it.into_iter().chain(test.map(|t| t.host())) {
             self.delete_address(link.ifindex, cidr).await;
         }
@@ -215,7 +217,6 @@ impl Daemon {
         {
             tracing::warn!("{e}");
         }
-        self.link_removed(&old, link.ifindex, now).await;
     }
 
     /// A NIC was removed from the system.
@@ -552,12 +553,13 @@ fn adopt_failures(group: &mut GroupRuntime, now: Instant) -> Vec<Action> {
         ) else {
             continue;
         };
+        // Action::StillFailed says it at info level; this is the evidence.
         if adopted
             .iter()
             .any(|a| matches!(a, Action::StillFailed { .. }))
         {
-            tracing::info!(
-                "{} of {} is on {}: {} stays failed until its probes answer again",
+            tracing::debug!(
+                "{} of {} is on {}: {} was failed by the mpathd before this one",
                 found.address,
                 found.nic,
                 found.on,

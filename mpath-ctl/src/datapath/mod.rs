@@ -4,7 +4,7 @@
 //!
 //! Layout under the pin directory (default `/sys/fs/bpf/mpath`):
 //! `v2/maps/<MAP>`, `v2/links/{tc,xdp}-<ifindex>` and the source hook's
-//! `v2/links/source-{connect6,sendmsg6}` ([`sources`]). The layout version is part of the
+//! `v2/links/source-{connect,sendmsg}{4,6}` ([`sources`]). The layout version is part of the
 //! path: aya adopts a pinned map without checking its layout.
 //!
 //! The egress program goes on through a tcx link where the kernel has tcx (6.6), else as a
@@ -239,9 +239,8 @@ impl Datapath {
                 Some(self.attach_tcx(ifname, &tc_path)?)
             }
             TcKind::Legacy => {
-                // Unpinned, a tcx link lives on only while a process holds it: none does
-                // once the mpathd that attached it is gone.
-                remove_pin(&tc_path)?;
+                // Detached at once: two egress programs never run on one NIC.
+                detach_pinned_link(&tc_path)?;
                 self.attach_legacy(ifname, ifindex)?;
                 None
             }
@@ -401,7 +400,7 @@ impl Datapath {
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         self.attached.remove(&ifindex);
         for kind in ["tc", "xdp"] {
-            remove_pin(&self.pins.link(kind, ifindex))?;
+            detach_pinned_link(&self.pins.link(kind, ifindex))?;
         }
         legacy_tc::delete_mpathd_filter(ifindex).map_err(|source| DatapathError::Filters {
             ifname: format!("ifindex {ifindex}"),
@@ -429,6 +428,29 @@ impl Datapath {
         nics.sort_unstable();
         nics.dedup();
         Ok(nics)
+    }
+}
+
+/// The pin directory's lock, held by `mpathd --teardown` from before it touches anything
+/// until it is done, so that it never takes away what a running mpathd uses and no mpathd
+/// starts in the middle of it.
+pub struct TeardownLock {
+    _held: Option<PinLock>,
+}
+
+impl TeardownLock {
+    /// Refused while an mpathd runs on `pin_root`. Nothing to lock when it does not exist.
+    pub fn acquire(pin_root: &Path) -> Result<Self, DatapathError> {
+        if !pin_root.exists() {
+            return Ok(TeardownLock { _held: None });
+        }
+        match PinLock::acquire(pin_root) {
+            Ok(lock) => Ok(TeardownLock { _held: Some(lock) }),
+            Err(DatapathError::InUse { path, holder }) => {
+                Err(DatapathError::Running { path, holder })
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -510,29 +532,28 @@ fn retire_other_layouts(pin_root: &Path) -> Result<(), DatapathError> {
                 "removing the datapath pinned under {} by an mpathd of another release (layout {name}, this one uses {PIN_LAYOUT_VERSION})",
                 path.display()
             );
+            detach_links(&path.join("links"))?;
             fs::remove_dir_all(&path).map_err(io_err(&path))?;
         }
     }
     Ok(())
 }
 
-/// Removes the datapath from the host: mpathd's cls_bpf filters on the NICs of this network
-/// namespace (other filters stay), then every pin under `pin_root`: links (which detaches the
-/// programs from their NICs once nothing else holds them) and maps. Used when mpath is taken
-/// off a host; a daemon restart never does this. Refused while an mpathd holds the pin
-/// directory's lock.
-pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
-    let _lock = if pin_root.exists() {
-        match PinLock::acquire(pin_root) {
-            Ok(lock) => Some(lock),
-            Err(DatapathError::InUse { path, holder }) => {
-                return Err(DatapathError::Running { path, holder });
-            }
-            Err(e) => return Err(e),
+/// Detaches every link pinned in `links` (see [`detach_pinned_link`]).
+fn detach_links(links: &Path) -> Result<(), DatapathError> {
+    if let Ok(entries) = fs::read_dir(links) {
+        for entry in entries {
+            detach_pinned_link(&entry.map_err(io_err(links))?.path())?;
         }
-    } else {
-        None
-    };
+    }
+    Ok(())
+}
+
+/// Removes the datapath from the host: mpathd's cls_bpf filters on the NICs of this network
+/// namespace (other filters stay), then every link pinned under `pin_root`, detached from its
+/// hook, and every pin. Used when mpath is taken off a host; a daemon restart never does
+/// this.
+pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
     for ifindex in legacy_tc::nics_with_mpathd_filter().map_err(DatapathError::FilterDump)? {
         legacy_tc::delete_mpathd_filter(ifindex).map_err(|source| DatapathError::Filters {
             ifname: format!("ifindex {ifindex}"),
@@ -541,12 +562,7 @@ pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
     }
     let pins = PinLayout::new(pin_root);
     // Each link detached first: programs are off their hooks when this returns.
-    let links = pins.links();
-    if let Ok(entries) = fs::read_dir(&links) {
-        for entry in entries {
-            detach_pinned_link(&entry.map_err(io_err(&links))?.path())?;
-        }
-    }
+    detach_links(&pins.links())?;
     match fs::remove_dir_all(pins.dir()) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -689,10 +705,10 @@ fn detach_pinned_link(path: &Path) -> Result<(), DatapathError> {
             size_of::<LinkDetachAttr>(),
         )
     };
-    // Kernels before 5.9 cannot detach a link: it goes with its last reference below.
+    // A link type without a detach refuses: such a link goes with its last reference below.
     if rc != 0 {
         let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINVAL) {
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
             return Err(io_err(path)(e));
         }
     }
