@@ -30,33 +30,15 @@ pub const NO_GROUP: u32 = u32::MAX;
 pub struct SourceRoute {
     /// The group id whose route serves the prefix, or [`NO_GROUP`].
     pub group: u32,
-    /// How many leading bits (of the 16-byte form) a source must share with the destination:
-    /// an on-link IPv4 prefix takes its sources from the addresses on that subnet, as the
-    /// kernel would. 0: any of the set.
-    pub subnet_bits: u32,
 }
 
 impl SourceRoute {
-    /// An IPv6 prefix's route: any of the group's addresses of the destination's class.
     pub const fn new(group: Option<u32>) -> Self {
         SourceRoute {
             group: match group {
                 Some(g) => g,
                 None => NO_GROUP,
             },
-            subnet_bits: 0,
-        }
-    }
-
-    /// An IPv4 prefix's route: a group names it only when it is on-link, so its sources are
-    /// the group's addresses on the prefix.
-    pub const fn ipv4(group: Option<u32>, prefix_len: u8) -> Self {
-        SourceRoute {
-            subnet_bits: match group {
-                Some(_) => IPV4_MAPPED_BITS + prefix_len as u32,
-                None => 0,
-            },
-            ..Self::new(group)
         }
     }
 
@@ -71,7 +53,7 @@ impl SourceRoute {
 }
 
 /// The bits before an IPv4 address in its IPv4-mapped IPv6 form.
-const IPV4_MAPPED_BITS: u32 = 96;
+const IPV4_MAPPED_BITS: u8 = 96;
 
 /// Which of a group's addresses may be the source for a destination: IPv4 ones for IPv4;
 /// for IPv6, unique local addresses (fc00::/7) for unique local destinations and global ones
@@ -135,11 +117,14 @@ pub const SOURCE_SETS: u32 = MAX_GROUPS * SourceClass::COUNT;
 pub struct SourceSet {
     pub count: u32,
     pub addrs: [[u8; 16]; MAX_SOURCES],
+    /// Each address's prefix length, in bits of the 16-byte form: its subnet.
+    pub prefix_bits: [u8; MAX_SOURCES],
 }
 
 impl SourceSet {
-    /// The set of `addrs`; `None` when there are more than [`MAX_SOURCES`].
-    pub fn new(addrs: &[IpAddr]) -> Option<SourceSet> {
+    /// The set of `addrs`, each with its prefix length; `None` when there are more than
+    /// [`MAX_SOURCES`].
+    pub fn new(addrs: &[(IpAddr, u8)]) -> Option<SourceSet> {
         if addrs.len() > MAX_SOURCES {
             return None;
         }
@@ -147,12 +132,11 @@ impl SourceSet {
             count: addrs.len() as u32,
             ..Default::default()
         };
-        for (slot, addr) in set.addrs.iter_mut().zip(addrs) {
-            *slot = match addr {
-                IpAddr::V4(a) => a.to_ipv6_mapped(),
-                IpAddr::V6(a) => *a,
-            }
-            .octets();
+        for (i, (addr, prefix_len)) in addrs.iter().enumerate() {
+            (set.addrs[i], set.prefix_bits[i]) = match addr {
+                IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), IPV4_MAPPED_BITS + *prefix_len),
+                IpAddr::V6(a) => (a.octets(), *prefix_len),
+            };
         }
         Some(set)
     }
@@ -169,14 +153,17 @@ impl SourceSet {
         })
     }
 
-    /// The source for `dst` (16-byte form) among the addresses that share its first
-    /// `subnet_bits` bits: the same for every connection to it.
+    /// The source for `dst` (16-byte form), among the addresses whose own subnet holds it
+    /// when `on_link` (as the kernel picks a source for an on-link destination), else among
+    /// all: the same for every connection to it.
     #[inline(always)]
-    pub fn pick(&self, dst: &[u8; 16], subnet_bits: u32) -> Option<[u8; 16]> {
-        let mask = subnet_mask(subnet_bits);
+    pub fn pick(&self, dst: &[u8; 16], on_link: bool) -> Option<[u8; 16]> {
         let dst_words = words(dst);
-        let on_subnet = |addr: &[u8; 16]| {
-            let addr_words = words(addr);
+        let eligible = |i: usize| {
+            if !on_link {
+                return true;
+            }
+            let (addr_words, mask) = (words(&self.addrs[i]), subnet_mask(self.prefix_bits[i]));
             let mut same = true;
             let mut w = 0;
             while w < 4 {
@@ -186,24 +173,24 @@ impl SourceSet {
             same
         };
         // Loops over the constant bound, as the verifier can follow them.
-        let mut eligible = 0u32;
-        for (i, addr) in self.addrs.iter().enumerate() {
+        let mut count = 0u32;
+        for i in 0..MAX_SOURCES {
             if i as u32 >= self.count {
                 break;
             }
-            eligible += on_subnet(addr) as u32;
+            count += eligible(i) as u32;
         }
-        if eligible == 0 {
+        if count == 0 {
             return None;
         }
-        let mut nth = flow_hash::destination(dst) % eligible;
-        for (i, addr) in self.addrs.iter().enumerate() {
+        let mut nth = flow_hash::destination(dst) % count;
+        for i in 0..MAX_SOURCES {
             if i as u32 >= self.count {
                 break;
             }
-            if on_subnet(addr) {
+            if eligible(i) {
                 if nth == 0 {
-                    return Some(*addr);
+                    return Some(self.addrs[i]);
                 }
                 nth -= 1;
             }
@@ -231,7 +218,8 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
 
 /// The mask of the first `bits` bits, as the words of [`words`].
 #[inline(always)]
-const fn subnet_mask(bits: u32) -> [u32; 4] {
+const fn subnet_mask(bits: u8) -> [u32; 4] {
+    let bits = bits as u32;
     let mut mask = [0u32; 4];
     let mut w = 0;
     while w < 4 {
@@ -347,7 +335,7 @@ mod tests {
             "2001:db8::20".parse().unwrap(),
             "2001:db8::21".parse().unwrap(),
         ];
-        let set = SourceSet::new(&sources).unwrap();
+        let set = SourceSet::new(&sources.map(|a| (a, 64))).unwrap();
         assert_eq!(set.addresses().collect::<Vec<_>>(), sources);
         let mut per_source = [0u32; 3];
         for host in 0..3000u32 {
@@ -356,8 +344,9 @@ mod tests {
                 host >> 16,
                 host & 0xffff
             ));
-            let picked = set.pick(&dst, 0).unwrap();
-            assert_eq!(set.pick(&dst, 0), Some(picked));
+            // Through a gateway: any of the set, whatever its subnet.
+            let picked = set.pick(&dst, false).unwrap();
+            assert_eq!(set.pick(&dst, false), Some(picked));
             let picked = IpAddr::V6(picked.into());
             let i = sources.iter().position(|s| *s == picked).unwrap();
             per_source[i] += 1;
@@ -369,48 +358,45 @@ mod tests {
 
     #[test]
     fn an_empty_set_picks_nothing_and_a_set_holds_at_most_max_sources() {
-        assert_eq!(SourceSet::default().pick(&octets("2001:db8::1"), 0), None);
-        let many = [IpAddr::V6(Ipv6Addr::LOCALHOST); MAX_SOURCES + 1];
+        assert_eq!(
+            SourceSet::default().pick(&octets("2001:db8::1"), false),
+            None
+        );
+        let many = [(IpAddr::V6(Ipv6Addr::LOCALHOST), 128); MAX_SOURCES + 1];
         assert!(SourceSet::new(&many[..MAX_SOURCES]).is_some());
         assert!(SourceSet::new(&many).is_none());
     }
 
     #[test]
-    fn an_ipv4_destination_gets_a_source_on_its_subnet_and_keeps_it() {
-        let sources: [IpAddr; 4] = [
-            "192.0.2.19".parse().unwrap(),
-            "203.0.113.7".parse().unwrap(),
-            "192.0.2.20".parse().unwrap(),
-            "192.0.2.21".parse().unwrap(),
+    fn an_on_link_destination_gets_a_source_whose_subnet_holds_it_and_keeps_it() {
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let sources = [
+            (v4("192.0.2.19"), 24),
+            (v4("203.0.113.7"), 24),
+            (v4("192.0.2.20"), 24),
+            (v4("192.0.2.21"), 24),
+            // A /32 holds only itself.
+            (v4("198.51.100.9"), 32),
         ];
         let set = SourceSet::new(&sources).unwrap();
-        assert_eq!(set.addresses().collect::<Vec<_>>(), sources);
-        let on_link = SourceRoute::ipv4(Some(1), 24);
-        assert_eq!(on_link.group(), Some(1));
-        let mut per_source = [0u32; 4];
+        assert_eq!(set.addresses().collect::<Vec<_>>(), sources.map(|(a, _)| a));
+        let mut per_source = [0u32; 5];
         for host in 0..=255u8 {
             let dst = ipv4_mapped([192, 0, 2, host]);
-            let picked = set.pick(&dst, on_link.subnet_bits).unwrap();
-            assert_eq!(set.pick(&dst, on_link.subnet_bits), Some(picked));
+            let picked = set.pick(&dst, true).unwrap();
+            assert_eq!(set.pick(&dst, true), Some(picked));
             let i = set.addrs.iter().position(|a| *a == picked).unwrap();
             per_source[i] += 1;
         }
-        // Never the address of another subnet; the three of this one about evenly.
-        assert_eq!(per_source[1], 0, "{per_source:?}");
+        // Never an address of another subnet; the three of this one about evenly.
+        assert_eq!((per_source[1], per_source[4]), (0, 0), "{per_source:?}");
         for n in [per_source[0], per_source[2], per_source[3]] {
             assert!((n as i32 - 85).abs() < 30, "{per_source:?}");
         }
-        // A subnet the group has no address on: the kernel's choice.
-        assert_eq!(set.pick(&ipv4_mapped([198, 51, 100, 1]), 96 + 24), None);
-        // A /32 on-link route and a /0 route: the bits at the edges.
-        let lone = SourceSet::new(&sources[1..2]).unwrap();
-        let far = ipv4_mapped([203, 0, 113, 7]);
-        assert_eq!(lone.pick(&far, 128), Some(far));
-        assert_eq!(
-            lone.pick(&ipv4_mapped([198, 51, 100, 1]), 96),
-            Some(far),
-            "/0"
-        );
+        // A subnet no address is on: the kernel's choice.
+        assert_eq!(set.pick(&ipv4_mapped([198, 51, 100, 1]), true), None);
+        let lone = ipv4_mapped([198, 51, 100, 9]);
+        assert_eq!(set.pick(&lone, true), Some(lone));
     }
 
     #[test]
@@ -434,9 +420,8 @@ mod tests {
     fn a_throw_route_names_no_group() {
         assert_eq!(SourceRoute::new(None).group(), None);
         assert_eq!(SourceRoute::new(Some(0)).group(), Some(0));
-        assert_eq!(SourceRoute::ipv4(None, 24), SourceRoute::new(None));
-        assert_eq!(size_of::<SourceRoute>(), 8);
-        assert_eq!(size_of::<SourceSet>(), 4 + 16 * MAX_SOURCES);
+        assert_eq!(size_of::<SourceRoute>(), 4);
+        assert_eq!(size_of::<SourceSet>(), 4 + 17 * MAX_SOURCES);
         assert_eq!(size_of::<SourceCounters>(), 16);
     }
 }

@@ -176,10 +176,10 @@ fn choose4(ctx: &SockAddrContext, port_bound_ok: bool) -> Option<(u32, [u8; 4])>
     {
         return None;
     }
-    let route = SOURCE_ROUTES4.get(Key::new(32, dst))?;
-    let group = route.group()?;
+    // The trie names a group for its on-link prefixes only.
+    let group = SOURCE_ROUTES4.get(Key::new(32, dst))?.group()?;
     let set = SOURCES.get(set_index(group, SourceClass::Ipv4))?;
-    let source = set.pick(&ipv4_mapped(dst), route.subnet_bits)?;
+    let source = set.pick(&ipv4_mapped(dst), true)?;
     Some((group, [source[12], source[13], source[14], source[15]]))
 }
 
@@ -210,10 +210,9 @@ fn choose6(ctx: &SockAddrContext, port_bound_ok: bool) -> Option<(u32, [u8; 16])
     if bound_dev != 0 || (bound_port != 0 && !port_bound_ok) || bound_src || !spreadable(&dst) {
         return None;
     }
-    let route = SOURCE_ROUTES.get(Key::new(128, dst))?;
-    let group = route.group()?;
+    let group = SOURCE_ROUTES.get(Key::new(128, dst))?.group()?;
     let set = SOURCES.get(set_index(group, SourceClass::of(&dst)))?;
-    Some((group, set.pick(&dst, route.subnet_bits)?))
+    Some((group, set.pick(&dst, false)?))
 }
 
 #[inline(always)]

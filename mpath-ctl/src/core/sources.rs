@@ -47,36 +47,39 @@ pub(crate) fn routes(plan: &Plan) -> BTreeMap<IpCidr, Option<String>> {
 pub(crate) struct Sources {
     /// Sorted, so that a destination keeps its source whatever order the addresses were
     /// placed in.
-    pub by_class: BTreeMap<SourceClass, Vec<IpAddr>>,
+    pub by_class: BTreeMap<SourceClass, Vec<IpCidr>>,
     /// More placed addresses of a class than the hook holds: those past the first
     /// [`MAX_SOURCES`] are never chosen.
     pub overflowing: bool,
 }
 
 impl Sources {
-    pub fn of(&self, class: SourceClass) -> &[IpAddr] {
+    pub fn of(&self, class: SourceClass) -> &[IpCidr] {
         self.by_class.get(&class).map_or(&[], Vec::as_slice)
     }
 }
 
-/// A group's sources: its data addresses that are on a NIC now (`placed`), by class.
+/// A group's sources: its data addresses that are on a NIC now (`placed`), by class, with
+/// their prefixes (an on-link destination gets an address whose subnet holds it).
 pub(crate) fn sources(addresses: impl IntoIterator<Item = (IpCidr, bool)>) -> Sources {
-    let placed: BTreeSet<IpAddr> = addresses
+    let placed: BTreeSet<IpCidr> = addresses
         .into_iter()
-        .filter(|(_, placed)| *placed)
-        .map(|(cidr, _)| cidr.addr())
-        .filter(|addr| match addr {
-            IpAddr::V4(a) => mpath_common::sources::spreadable4(&a.octets()),
-            IpAddr::V6(a) => spreadable(&a.octets()),
+        .filter(|(cidr, placed)| {
+            *placed
+                && match cidr.addr() {
+                    IpAddr::V4(a) => mpath_common::sources::spreadable4(&a.octets()),
+                    IpAddr::V6(a) => spreadable(&a.octets()),
+                }
         })
+        .map(|(cidr, _)| cidr)
         .collect();
     let mut sources = Sources::default();
-    for addr in placed {
+    for cidr in placed {
         sources
             .by_class
-            .entry(SourceClass::of_source(addr))
+            .entry(SourceClass::of_source(cidr.addr()))
             .or_default()
-            .push(addr);
+            .push(cidr);
     }
     for set in sources.by_class.values_mut() {
         if set.len() > MAX_SOURCES {
@@ -112,7 +115,7 @@ mod tests {
         list.iter().map(|(a, placed)| (cidr(a), *placed)).collect()
     }
 
-    fn strings(addrs: &[IpAddr]) -> Vec<String> {
+    fn strings(addrs: &[IpCidr]) -> Vec<String> {
         addrs.iter().map(ToString::to_string).collect()
     }
 
@@ -165,10 +168,13 @@ mod tests {
         ]));
         assert_eq!(
             strings(sources.of(SourceClass::Global)),
-            ["2001:db8::19", "2001:db8::20"]
+            ["2001:db8::19/64", "2001:db8::20/64"]
         );
-        assert_eq!(strings(sources.of(SourceClass::UniqueLocal)), ["fd00::19"]);
-        assert_eq!(strings(sources.of(SourceClass::Ipv4)), ["192.0.2.19"]);
+        assert_eq!(
+            strings(sources.of(SourceClass::UniqueLocal)),
+            ["fd00::19/64"]
+        );
+        assert_eq!(strings(sources.of(SourceClass::Ipv4)), ["192.0.2.19/24"]);
         assert!(!sources.overflowing);
     }
 

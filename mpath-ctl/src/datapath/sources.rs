@@ -87,8 +87,7 @@ impl SourceMaps {
     }
 
     /// Makes the hook's destinations `wanted`, changing only the entries that differ: a
-    /// destination being rewritten never misses its entry. An IPv4 prefix names a group only
-    /// where the group's route is on-link (see [`SourceRoute::ipv4`]).
+    /// destination being rewritten never misses its entry.
     pub fn write_routes(
         &mut self,
         wanted: &BTreeMap<IpCidr, Option<u32>>,
@@ -126,7 +125,7 @@ impl SourceMaps {
                     .routes4
                     .insert(
                         &Key::new(bits(prefix), a.octets()),
-                        SourceRoute::ipv4(*group, prefix.prefix_len()),
+                        SourceRoute::new(*group),
                         0,
                     )
                     .map_err(map_error(map_names::SOURCE_ROUTES4))?,
@@ -156,27 +155,32 @@ impl SourceMaps {
 
     /// The sources of group `group` for destinations of `class`.
     pub fn sources(&self, group: u32, class: SourceClass) -> Result<Vec<IpAddr>, MapsError> {
+        Ok(self.set(group, class)?.addresses().collect())
+    }
+
+    fn set(&self, group: u32, class: SourceClass) -> Result<SourceSet, MapsError> {
         if group >= MAX_GROUPS {
             return Err(MapsError::GroupOutOfRange(group));
         }
-        let set = self
-            .sets
+        self.sets
             .get(&set_index(group, class), 0)
-            .map_err(map_error(map_names::SOURCES))?;
-        Ok(set.addresses().collect())
+            .map_err(map_error(map_names::SOURCES))
     }
 
-    /// Writes a group's sources of `class` when they differ; true when they did.
+    /// Writes a group's sources of `class` (addresses with their prefixes) when they differ;
+    /// true when they did.
     pub fn write_sources(
         &mut self,
         group: u32,
         class: SourceClass,
-        addrs: &[IpAddr],
+        addrs: &[IpCidr],
     ) -> Result<bool, MapsError> {
-        if self.sources(group, class)? == addrs {
+        let with_prefixes: Vec<(IpAddr, u8)> =
+            addrs.iter().map(|c| (c.addr(), c.prefix_len())).collect();
+        let set = SourceSet::new(&with_prefixes).ok_or(MapsError::TooManySources(group))?;
+        if self.set(group, class)? == set {
             return Ok(false);
         }
-        let set = SourceSet::new(addrs).ok_or(MapsError::TooManySources(group))?;
         self.sets
             .set(set_index(group, class), set, 0)
             .map_err(map_error(map_names::SOURCES))?;
