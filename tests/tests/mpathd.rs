@@ -1194,7 +1194,7 @@ fn golden_views_of_a_degraded_group() {
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&view(&["groups", "--json"])).unwrap(),
         json!([{"group": "g0", "state": "degraded", "fdt_ms": 700, "active": ["h1", "h2"],
-                "inactive": [], "unusable": ["h0"]}])
+                "inactive": [], "unusable": ["h0"], "held_routes": []}])
     );
     assert_eq!(
         cells(&view(&["interfaces"])),

@@ -647,6 +647,13 @@ fn the_group_keeps_the_routes_the_kernel_or_a_network_manager_deleted_with_a_nic
     });
     assert!(default_group(&lab, "-4") > 0 && default_group(&lab, "-6") > 0);
     assert_off_link_reachable(&lab, "after h1 lost its carrier and its routes");
+    // `mpathctl groups --json` shows what the group holds.
+    let held = daemon.status().groups[0].held_routes.clone();
+    assert!(
+        held.contains(&"default via 192.0.2.1 metric 100".to_string())
+            && held.iter().any(|r| r.starts_with("default via fe80::1")),
+        "{held:?}"
+    );
 
     // It adds them back once h1 has its address again: the group gives them up.
     lab.restore("h1").unwrap();

@@ -41,6 +41,10 @@ pub struct GroupRow {
     pub inactive: Vec<String>,
     /// Members that are failed, offline or missing.
     pub unusable: Vec<String>,
+    /// Routes the kernel deleted from `main` with a NIC that went down or away, which the
+    /// group serves until they are back there (`--json` only).
+    #[serde(default)]
+    pub held_routes: Vec<String>,
 }
 
 /// ipmpstat -i.

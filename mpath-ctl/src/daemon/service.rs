@@ -156,6 +156,7 @@ mod tests {
             active: Vec::new(),
             inactive: Vec::new(),
             unusable: Vec::new(),
+            held_routes: Vec::new(),
         }
     }
 

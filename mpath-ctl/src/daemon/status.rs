@@ -97,6 +97,7 @@ impl Daemon {
                 active: view.active.clone(),
                 inactive: view.inactive.clone(),
                 unusable: view.unusable.clone(),
+                held_routes: g.held_routes.iter().map(ToString::to_string).collect(),
             });
             status
                 .interfaces
