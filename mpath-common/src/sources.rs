@@ -20,7 +20,8 @@ use crate::{MAX_GROUPS, flow_hash};
 pub const MAX_SOURCES: usize = 16;
 /// Prefixes of mpathd's table each trie (IPv4, IPv6) holds: far more than a host's routes.
 pub const MAX_SOURCE_ROUTES: u32 = 16 * 1024;
-/// [`SourceRoute::group`] of a destination that is not a group's (a `throw` route).
+/// [`SourceRoute::group`] of a destination the hook leaves to the kernel (a `throw` route, an
+/// IPv4 route through gateways).
 pub const NO_GROUP: u32 = u32::MAX;
 
 /// What mpathd's table does with a destination. Key: the destination prefix (an LPM trie
@@ -42,7 +43,7 @@ impl SourceRoute {
         }
     }
 
-    /// The group serving the prefix; `None` for a destination that goes on to `main`.
+    /// The group serving the prefix; `None` for a destination the hook leaves to the kernel.
     pub const fn group(&self) -> Option<u32> {
         if self.group == NO_GROUP {
             None
