@@ -674,45 +674,42 @@ fn detach_pinned_link(path: &Path) -> Result<(), DatapathError> {
         bpf_fd: 0,
         file_flags: 0,
     };
-    // SAFETY: bpf(2) reads `size` bytes of the attribute union from `get`, which has that
-    // many, and the path it points to outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &raw const get,
-            size_of::<ObjGetAttr>(),
-        )
+    // SAFETY: the path `get` points to outlives the call.
+    let fd = match unsafe { bpf(BPF_OBJ_GET, &get) } {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
     };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return match e.kind() {
-            io::ErrorKind::NotFound => Ok(()),
-            _ => Err(io_err(path)(e)),
-        };
-    }
     // SAFETY: bpf(2) returned a new descriptor that nothing else owns.
     let link = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let detach = LinkDetachAttr {
         link_fd: link.as_raw_fd() as u32,
     };
-    // SAFETY: as above, with the descriptor open until the call returns.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            &raw const detach,
-            size_of::<LinkDetachAttr>(),
-        )
-    };
+    // SAFETY: `detach` holds no pointer; the descriptor stays open until the call returns.
+    let detached = unsafe { bpf(BPF_LINK_DETACH, &detach) };
     // A link type without a detach refuses: such a link goes with its last reference below.
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-            return Err(io_err(path)(e));
-        }
+    if let Err(e) = detached
+        && e.raw_os_error() != Some(libc::EOPNOTSUPP)
+    {
+        return Err(io_err(path)(e));
     }
     remove_pin(path)
+}
+
+/// bpf(2) with command `cmd` and the attribute struct `attr` (the leading fields of the
+/// kernel's `union bpf_attr` for that command): its non-negative result, or the errno.
+///
+/// # Safety
+/// Every pointer in `attr` must be valid for what the command reads or writes through it.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: the kernel reads `size_of::<T>()` bytes from `attr`, which has that many; the
+    // caller vouches for the pointers inside.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 /// Opens the link pinned at `path`, if there is one.
