@@ -25,7 +25,7 @@ use mpath_common::NicInfo;
 use mpath_ctl::{
     config::{DEFAULT_ROUTE_RULE_PRIORITY, DEFAULT_ROUTE_TABLE},
     core::spread::rebalance,
-    datapath::Datapath,
+    datapath::{Datapath, ProbeRx},
 };
 use mpath_lab::{Lab, ROUTER_NIC};
 use mpath_tests::PinDir;
@@ -269,7 +269,7 @@ impl Bench {
         let n = spreading.nics();
         let _inside = self.lab.host().enter()?;
         for (slot, (name, ifindex, mac)) in self.nics[..n].iter().enumerate() {
-            self.datapath.attach(name)?;
+            self.datapath.attach(name, ProbeRx::Tc)?;
             let info = NicInfo {
                 slot: slot as u32,
                 group: GROUP,

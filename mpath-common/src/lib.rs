@@ -60,8 +60,10 @@ pub mod map_names {
 pub mod program_names {
     /// TC egress (tcx) program that spreads outbound flows.
     pub const SPREAD: &str = "mpath_spread";
-    /// XDP program that matches probe replies.
+    /// TC ingress program that matches probe replies (the default).
     pub const PROBE_RX: &str = "mpath_probe_rx";
+    /// XDP program that matches probe replies (opt-in: `probe_rx = "xdp"`).
+    pub const PROBE_RX_XDP: &str = "mpath_probe_rx_xdp";
     /// cgroup `connect6` program that binds a connecting IPv6 socket to a group's source.
     pub const SOURCE_CONNECT6: &str = "mpath_source_connect6";
     /// cgroup `sendmsg6` program that gives an unconnected IPv6 datagram a group's source.

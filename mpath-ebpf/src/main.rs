@@ -1,8 +1,9 @@
 //! mpath's kernel half.
 //!
 //! - `mpath_spread` (TC egress, tcx) spreads a group's outbound flows over its usable NICs.
-//! - `mpath_probe_rx` (XDP) matches replies to mpathd's probes, stamps them with kernel time
-//!   and hands them to the daemon.
+//! - `mpath_probe_rx` (TC ingress, tcx) matches replies to mpathd's probes, stamps them with
+//!   kernel time and hands them to the daemon; `mpath_probe_rx_xdp` is the same matcher in
+//!   XDP, an opt-in.
 //! - `mpath_source_connect{4,6}` and `mpath_source_sendmsg{4,6}` (cgroup socket address
 //!   hooks) give sockets of mpathd's network namespace a source among their group's data
 //!   addresses.

@@ -1,5 +1,12 @@
-//! XDP: recognises replies to mpathd's probes, stamps them with kernel time, queues them for
-//! the daemon and drops them; everything else passes untouched.
+//! Probe reply matching: recognises replies to mpathd's probes, stamps them with kernel time,
+//! queues them for the daemon and drops them; everything else passes untouched.
+//!
+//! Two entry points share one matcher. `mpath_probe_rx` runs at tc ingress (tcx, or a cls_bpf
+//! filter before 6.6), the default: it sees packets after GRO, asks nothing of the driver and
+//! attaches at any MTU. `mpath_probe_rx_xdp` is the opt-in for those who want the earliest
+//! drop, at the price native XDP takes from the receive path (no GRO on veth, offloads off on
+//! virtio_net, LRO off on several drivers); it is multi-buffer aware (`xdp.frags`), so jumbo
+//! MTUs attach, and reads the first buffer only, which holds any reply.
 //!
 //! A packet is a *candidate* when it is an ICMP/ICMPv6 echo reply carrying mpathd's echo
 //! identifier. A candidate is matched only if every check passes, the keyed tag of its NIC
@@ -7,10 +14,13 @@
 //! on (it may be someone else's reply).
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::{
+        TC_ACT_SHOT, TC_ACT_UNSPEC,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
     helpers::bpf_ktime_get_ns,
-    macros::xdp,
-    programs::XdpContext,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use mpath_common::{
     NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC,
@@ -34,6 +44,11 @@ use network_types::{
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
+/// The longest frame a reply can be: an IPv4 header with every option, then the probe. A
+/// shorter packet that the driver left partly outside the linear area (virtio_net copies the
+/// first 128 bytes) is pulled in; longer ones, bulk traffic above all, are never touched.
+const MAX_REPLY_FRAME: u32 = (ETH_HLEN + 60 + PROBE_ICMP_LEN) as u32;
+
 /// What to do with a packet.
 enum Verdict {
     /// Not a reply to mpathd: let the kernel have it.
@@ -44,33 +59,71 @@ enum Verdict {
     Matched(ProbeReply),
 }
 
-#[xdp]
-pub fn mpath_probe_rx(ctx: XdpContext) -> u32 {
+/// Whether the packet goes on into the stack or was mpathd's and ends here.
+enum Disposition {
+    Pass,
+    Drop,
+}
+
+/// TC ingress: TC_ACT_UNSPEC lets every packet that is not a matched reply go on (tcx: to the
+/// next program, then up the stack).
+#[classifier]
+pub fn mpath_probe_rx(ctx: TcContext) -> i32 {
+    // SAFETY: the context pointer is valid for the duration of the program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: read-only lookup; mpathd replaces entries whole.
+    let Some(nic) = (unsafe { NICS.get(ifindex) }) else {
+        return TC_ACT_UNSPEC;
+    };
+    let len = ctx.len();
+    if len <= MAX_REPLY_FRAME && ((ctx.data_end() - ctx.data()) as u32) < len {
+        // On failure the checks below see the packet as short, which is no match.
+        let _ = ctx.pull_data(len);
+    }
+    match handle(ctx.data(), ctx.data_end(), u64::from(len), ifindex, nic) {
+        Disposition::Pass => TC_ACT_UNSPEC,
+        Disposition::Drop => TC_ACT_SHOT,
+    }
+}
+
+/// XDP (opt-in): the same matcher on the frame's first buffer.
+#[xdp(frags)]
+pub fn mpath_probe_rx_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: read-only lookup; mpathd replaces entries whole.
     let Some(nic) = (unsafe { NICS.get(ifindex) }) else {
         return XDP_PASS;
     };
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (start, end) = (ctx.data(), ctx.data_end());
+    match handle(start, end, (end - start) as u64, ifindex, nic) {
+        Disposition::Pass => XDP_PASS,
+        Disposition::Drop => XDP_DROP,
+    }
+}
+
+/// Counts a packet of `len` bytes received on `nic` and, when it is a valid reply within the
+/// NIC's budget, queues it.
+#[inline(always)]
+fn handle(start: usize, end: usize, len: u64, ifindex: u32, nic: &NicInfo) -> Disposition {
     count(nic.slot, |c| {
         c.rx_packets += 1;
         c.rx_bytes += len;
     });
-    match classify(&ctx, ifindex, nic) {
-        Verdict::NotOurs => XDP_PASS,
+    match classify(start, end, ifindex, nic) {
+        Verdict::NotOurs => Disposition::Pass,
         Verdict::Rejected(reason) => {
             count(nic.slot, |c| {
                 if let Some(n) = c.rejected.get_mut(reason as usize) {
                     *n += 1;
                 }
             });
-            XDP_PASS
+            Disposition::Pass
         }
         Verdict::Matched(mut reply) => {
             // SAFETY: plain helper call.
             let now = unsafe { bpf_ktime_get_ns() };
             if !within_budget(nic.slot, now) {
-                return XDP_DROP;
+                return Disposition::Drop;
             }
             reply.received_ns = now;
             let queued = PROBE_REPLIES.output::<ProbeReply>(&reply, 0).is_ok();
@@ -85,7 +138,7 @@ pub fn mpath_probe_rx(ctx: XdpContext) -> u32 {
                     c.probe_replies_lost += 1;
                 }
             });
-            XDP_DROP
+            Disposition::Drop
         }
     }
 }
@@ -112,8 +165,7 @@ fn within_budget(slot: u32, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext, ifindex: u32, nic: &NicInfo) -> Verdict {
-    let (start, end) = (ctx.data(), ctx.data_end());
+fn classify(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict {
     let Some(eth) = at::<EthHdr>(start, end, 0) else {
         return Verdict::NotOurs;
     };

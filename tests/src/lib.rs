@@ -4,15 +4,16 @@
 
 pub mod daemon;
 pub mod flows;
+pub mod hooks;
 pub mod ifupdown;
 pub mod managed;
+pub mod matcher;
 pub mod metrics;
 pub mod network_manager;
 pub mod networkd;
 pub mod packets;
 pub mod responder;
 pub mod sandbox;
-pub mod xdp;
 
 use std::{
     path::{Path, PathBuf},

@@ -1,12 +1,13 @@
-//! The egress program as a classic cls_bpf filter (`tc_attach = "legacy"`), the way kernels
-//! without tcx (before 6.6) run it, forced on this kernel: attached at mpathd's priority and
-//! handle, kept by a killed mpathd, replaced in place by a restarted one, removed by
-//! `--teardown` without touching anyone else's filters, and swapped for a tcx link and back.
+//! The tc programs (the egress spreader and the ingress probe matcher) as classic cls_bpf
+//! filters (`tc_attach = "legacy"`), the way kernels without tcx (before 6.6) run them, forced
+//! on this kernel: attached at mpathd's priority and handle, kept by a killed mpathd, replaced
+//! in place by a restarted one, removed by `--teardown` without touching anyone else's
+//! filters, and swapped for tcx links and back.
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use mpath_ctl::datapath::{
-    legacy_tc::{self, Filter},
+    legacy_tc::{self, Filter, Hook},
     pins::PinLayout,
 };
 use mpath_lab::Lab;
@@ -31,26 +32,42 @@ fn all_ok(d: &Mpathd) -> bool {
         .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
 }
 
-/// The egress filters of `nic` in the lab host.
-fn filters(lab: &Lab, nic: &str) -> Vec<Filter> {
+/// The filters on `hook` of `nic` in the lab host.
+fn filters(lab: &Lab, nic: &str, hook: Hook) -> Vec<Filter> {
     let ifindex = lab.host().ifindex(nic).unwrap();
     let _inside = lab.host().enter().unwrap();
-    legacy_tc::egress_filters(ifindex).unwrap()
+    legacy_tc::filters(ifindex, hook).unwrap()
 }
 
-/// The program id of mpathd's filter on `nic`, which must be the only one of mpathd's.
-fn mpathd_program(lab: &Lab, nic: &str) -> u32 {
-    let ours: Vec<Filter> = filters(lab, nic)
+/// Whether `nic` has a filter of mpathd's on either hook.
+fn has_mpathd_filter(lab: &Lab, nic: &str) -> bool {
+    Hook::ALL
         .into_iter()
-        .filter(Filter::is_mpathd)
-        .collect();
-    assert_eq!(ours.len(), 1, "one filter of mpathd's on {nic}: {ours:?}");
-    ours[0].program_id.expect("the filter names its program")
+        .any(|hook| filters(lab, nic, hook).iter().any(|f| f.is_mpathd(hook)))
 }
 
-fn tc_pin(daemon: &Mpathd, lab: &Lab, nic: &str) -> std::path::PathBuf {
+/// The program ids of mpathd's filters on `nic`, egress and ingress, each the only one of
+/// mpathd's on its hook.
+fn mpathd_programs(lab: &Lab, nic: &str) -> [u32; 2] {
+    Hook::ALL.map(|hook| {
+        let ours: Vec<Filter> = filters(lab, nic, hook)
+            .into_iter()
+            .filter(|f| f.is_mpathd(hook))
+            .collect();
+        assert_eq!(
+            ours.len(),
+            1,
+            "one {hook:?} filter of mpathd's on {nic}: {ours:?}"
+        );
+        ours[0].program_id.expect("the filter names its program")
+    })
+}
+
+/// The pins of `nic`'s tcx links, egress and ingress.
+fn tc_pins(daemon: &Mpathd, lab: &Lab, nic: &str) -> [std::path::PathBuf; 2] {
     let ifindex = lab.host().ifindex(nic).unwrap();
-    PinLayout::new(daemon.pins.path()).link("tc", ifindex)
+    let pins = PinLayout::new(daemon.pins.path());
+    ["tc", "tc-ingress"].map(|kind| pins.link(kind, ifindex))
 }
 
 /// Source MACs of 64 UDP flows from 192.0.2.19 to the router, as the router sees them;
@@ -88,7 +105,7 @@ fn a_legacy_filter_outlives_a_killed_mpathd_is_replaced_in_place_and_torn_down_a
         ])
         .unwrap();
     let foreign = |lab: &Lab| {
-        filters(lab, "h0")
+        filters(lab, "h0", Hook::Egress)
             .into_iter()
             .filter(|f| f.priority == 50000)
             .collect::<Vec<_>>()
@@ -98,21 +115,24 @@ fn a_legacy_filter_outlives_a_killed_mpathd_is_replaced_in_place_and_torn_down_a
 
     let mut daemon = Mpathd::start(lab.host(), &config("legacy"));
     daemon.wait_until("all NICs ok", all_ok);
-    let before: Vec<u32> = ["h0", "h1", "h2"]
+    let before: Vec<[u32; 2]> = ["h0", "h1", "h2"]
         .iter()
-        .map(|nic| mpathd_program(&lab, nic))
+        .map(|nic| mpathd_programs(&lab, nic))
         .collect();
-    assert!(!tc_pin(&daemon, &lab, "h0").exists(), "no tcx link");
+    assert!(
+        tc_pins(&daemon, &lab, "h0").iter().all(|pin| !pin.exists()),
+        "no tcx link"
+    );
     let (h0, h1) = (lab.mac("h0").unwrap(), lab.mac("h1").unwrap());
     assert_eq!(spread_macs(&lab), [h0, h1].into(), "spread by the filter");
 
     // Killed: the filters stay with their programs and keep spreading.
     daemon.kill();
-    for (nic, program) in ["h0", "h1", "h2"].iter().zip(&before) {
+    for (nic, programs) in ["h0", "h1", "h2"].iter().zip(&before) {
         assert_eq!(
-            mpathd_program(&lab, nic),
-            *program,
-            "{nic} kept its program"
+            mpathd_programs(&lab, nic),
+            *programs,
+            "{nic} kept its programs"
         );
     }
     assert_eq!(
@@ -138,12 +158,11 @@ fn a_legacy_filter_outlives_a_killed_mpathd_is_replaced_in_place_and_torn_down_a
         summary.contains("150 packets transmitted, 150 received"),
         "{summary}"
     );
-    for (nic, program) in ["h0", "h1", "h2"].iter().zip(&before) {
-        assert_ne!(
-            mpathd_program(&lab, nic),
-            *program,
-            "{nic}'s program replaced"
-        );
+    for (nic, programs) in ["h0", "h1", "h2"].iter().zip(&before) {
+        let now = mpathd_programs(&lab, nic);
+        for (hook, (now, before)) in Hook::ALL.iter().zip(now.iter().zip(programs)) {
+            assert_ne!(now, before, "{nic}'s {hook:?} program replaced");
+        }
     }
     assert_eq!(spread_macs(&lab), [h0, h1].into());
     assert_eq!(foreign(&lab), theirs, "the other filter untouched");
@@ -153,8 +172,8 @@ fn a_legacy_filter_outlives_a_killed_mpathd_is_replaced_in_place_and_torn_down_a
     assert!(teardown.status.success(), "{teardown:?}");
     for nic in ["h0", "h1", "h2"] {
         assert!(
-            !filters(&lab, nic).iter().any(Filter::is_mpathd),
-            "{nic}: mpathd's filter removed"
+            !has_mpathd_filter(&lab, nic),
+            "{nic}: mpathd's filters removed"
         );
     }
     assert_eq!(
@@ -165,7 +184,7 @@ fn a_legacy_filter_outlives_a_killed_mpathd_is_replaced_in_place_and_torn_down_a
 }
 
 #[test]
-fn switching_between_tcx_and_legacy_leaves_one_egress_program() {
+fn switching_between_tcx_and_legacy_leaves_one_program_per_hook() {
     let tcx = mpath_ctl::datapath::has_tcx().expect("asking the kernel for tcx");
     if !mpath_lab::kernel_has("tcx links (Linux 6.6)", tcx) {
         return;
@@ -173,8 +192,8 @@ fn switching_between_tcx_and_legacy_leaves_one_egress_program() {
     let lab = Lab::builder().nics(3).build().expect("lab");
     let mut daemon = Mpathd::start(lab.host(), &config("tcx"));
     daemon.wait_until("all NICs ok", all_ok);
-    assert!(tc_pin(&daemon, &lab, "h0").exists());
-    assert!(!filters(&lab, "h0").iter().any(Filter::is_mpathd));
+    assert!(tc_pins(&daemon, &lab, "h0").iter().all(|pin| pin.exists()));
+    assert!(!has_mpathd_filter(&lab, "h0"));
 
     // As after a kernel change: the next mpathd attaches the other kind.
     daemon.kill();
@@ -187,10 +206,10 @@ fn switching_between_tcx_and_legacy_leaves_one_egress_program() {
     daemon.wait_until("all NICs ok on legacy tc", all_ok);
     for nic in ["h0", "h1", "h2"] {
         assert!(
-            !tc_pin(&daemon, &lab, nic).exists(),
-            "{nic}'s tcx link gone"
+            tc_pins(&daemon, &lab, nic).iter().all(|pin| !pin.exists()),
+            "{nic}'s tcx links gone"
         );
-        mpathd_program(&lab, nic);
+        mpathd_programs(&lab, nic);
     }
     let (h0, h1) = (lab.mac("h0").unwrap(), lab.mac("h1").unwrap());
     assert_eq!(spread_macs(&lab), [h0, h1].into());
@@ -204,11 +223,11 @@ fn switching_between_tcx_and_legacy_leaves_one_egress_program() {
     daemon.spawn(lab.host());
     daemon.wait_until("all NICs ok on tcx again", all_ok);
     for nic in ["h0", "h1", "h2"] {
-        assert!(tc_pin(&daemon, &lab, nic).exists(), "{nic}'s tcx link");
         assert!(
-            !filters(&lab, nic).iter().any(Filter::is_mpathd),
-            "{nic}'s filter gone"
+            tc_pins(&daemon, &lab, nic).iter().all(|pin| pin.exists()),
+            "{nic}'s tcx links"
         );
+        assert!(!has_mpathd_filter(&lab, nic), "{nic}'s filters gone");
     }
     assert_eq!(spread_macs(&lab), [h0, h1].into());
     assert_eq!(

@@ -9,12 +9,13 @@ use mpath_ctl::{
     api::views::{AddressRow, Status},
     core::state::{GroupState, InterfaceFlag, InterfaceStatus, LinkState, ProbeStatus},
     core::target::TargetMode,
-    datapath::{legacy_tc, maps::Maps, pins::PinLayout},
+    datapath::{maps::Maps, pins::PinLayout},
 };
 use mpath_lab::Lab;
 use mpath_tests::daemon::{
     Mpathd, inbound, ipv6_only_config, log_time_ns, state_of, three_nic_config,
 };
+use mpath_tests::hooks::hooks;
 
 /// The lab group at FDT 700 ms (probe interval 100 ms).
 static CONFIG: LazyLock<String> = LazyLock::new(|| three_nic_config(700));
@@ -739,8 +740,8 @@ fn a_renamed_nic_leaves_its_group_with_what_mpathd_put_on_it_and_rejoins_under_i
         !addrs.contains("192.0.2.19") && !addrs.contains("192.0.2.21"),
         "{addrs}"
     );
-    let link = lab.host().ip(&["link", "show", "dev", "eth9"]).unwrap();
-    assert!(!link.contains("xdp"), "{link}");
+    let on_it = hooks(lab.host(), "eth9");
+    assert!(!on_it.has_any_mpath_program(), "{on_it:?}");
     lab.router()
         .run(&["ping", "-c1", "-W2", "192.0.2.19"])
         .unwrap();
@@ -1626,24 +1627,27 @@ fn a_nic_added_after_the_pin_directory_was_removed_gets_the_datapath() {
     std::fs::remove_dir_all(daemon.pins.path()).unwrap();
 
     assert_eq!(lab.add_nic().unwrap(), "h2");
-    // Only replies matched by its XDP program can make h2 ok.
+    // Only replies matched by its probe matcher can make h2 ok.
     daemon.wait_until("h2 joined as the standby", |d| {
         d.try_status()
             .is_some_and(|s| state_of(&s, "h2") == "ok" && s.groups[0].inactive == ["h2"])
     });
-    let h2 = lab.host().ifindex("h2").unwrap();
-    let links = PinLayout::new(daemon.pins.path()).links();
-    assert!(links.join(format!("xdp-{h2}")).exists(), "xdp link of h2");
-    // The egress program: a pinned tcx link, or mpathd's cls_bpf filter on kernels without
-    // tcx.
-    let egress = links.join(format!("tc-{h2}")).exists() || {
-        let _inside = lab.host().enter().unwrap();
-        legacy_tc::egress_filters(h2)
-            .unwrap()
+    // The tc programs: pinned tcx links, or mpathd's cls_bpf filters on kernels without tcx.
+    let on_h2 = hooks(lab.host(), "h2");
+    assert!(on_h2.has_tc_programs(), "{on_h2:?}");
+    // h0 and h1 lost their programs with the pins; mpathd noticed and attached them again.
+    daemon.wait_until("h0 and h1 have their programs again", |_| {
+        ["h0", "h1"]
             .iter()
-            .any(legacy_tc::Filter::is_mpathd)
-    };
-    assert!(egress, "egress program on h2");
+            .all(|nic| hooks(lab.host(), nic).has_tc_programs())
+    });
+    assert!(
+        daemon
+            .log()
+            .contains("mpathd's programs were taken off h0 behind its back"),
+        "{}",
+        daemon.log()
+    );
     // The maps are pinned again: mpathctl (and a restarted mpathd) find them.
     let (h0, h1) = (
         lab.host().ifindex("h0").unwrap(),

@@ -14,7 +14,7 @@ use mpath_common::{
     checksum::{internet_checksum, ipv6_pseudo_header},
     probe_tag,
 };
-use mpath_ctl::datapath::Datapath;
+use mpath_ctl::datapath::{Datapath, ProbeRx};
 use mpath_ctl::net::announce::{gratuitous_arp, unsolicited_na};
 use mpath_ctl::net::probe_socket::{ProbeSocket, monotonic_ns};
 use mpath_lab::{Lab, Netns, ROUTER_NIC};
@@ -213,7 +213,7 @@ fn stamps_probes(routed: bool) {
     let pins = PinDir::new();
     let _inside = lab.host().enter().unwrap();
     let mut datapath = Datapath::open(pins.path()).unwrap();
-    datapath.attach("h0").unwrap();
+    datapath.attach("h0", ProbeRx::Tc).unwrap();
     datapath
         .maps
         .set_settings(Settings { probe_key: KEY })

@@ -1,19 +1,25 @@
-//! The XDP probe-reply matcher, run in the kernel on crafted frames with BPF_PROG_TEST_RUN.
+//! The probe-reply matchers (tc ingress and XDP), each run in the kernel on crafted frames
+//! with BPF_PROG_TEST_RUN and held to the same rules.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use mpath_common::{PROBE_REPLY_BUDGET, RejectReason};
 use mpath_lab::Lab;
 use mpath_tests::{
+    matcher::{IFINDEX, KEY, MATCHERS, Rig, SLOT, TARGET_V4, TARGET_V6, TEST_V4, TEST_V6, Verdict},
     packets::{Reply, add_v6_fragment_header, mark_v4_first_fragment, reseal_ipv4_header},
-    xdp::{IFINDEX, KEY, Rig, SLOT, TARGET_V4, TARGET_V6, TEST_V4, TEST_V6, XDP_DROP, XDP_PASS},
 };
 
 /// Asserts that `frame` passes, is counted as rejected for `reason` and nothing else, and
 /// queues no reply.
 fn assert_rejected(rig: &mut Rig, frame: &[u8], reason: RejectReason) {
     let before = rig.counters();
-    assert_eq!(rig.run(frame), XDP_PASS, "{reason:?}: must pass");
+    assert_eq!(
+        rig.run(frame),
+        Verdict::Pass,
+        "{}: {reason:?}: must pass",
+        rig.matcher
+    );
     let after = rig.counters();
     for r in RejectReason::ALL {
         let expected = before.rejected[r as usize] + u64::from(r == reason);
@@ -28,196 +34,209 @@ fn assert_rejected(rig: &mut Rig, frame: &[u8], reason: RejectReason) {
 
 #[test]
 fn matches_good_ipv4_and_ipv6_replies_and_drops_them() {
-    let mut rig = Rig::new();
-    assert_eq!(
-        rig.run(&Reply::new(IFINDEX, KEY, 7).v4(TARGET_V4, TEST_V4)),
-        XDP_DROP
-    );
-    assert_eq!(
-        rig.run(&Reply::new(IFINDEX, KEY, 70_001).v6(TARGET_V6, TEST_V6)),
-        XDP_DROP
-    );
-    let queued = rig.queued();
-    assert_eq!(queued.len(), 2);
-    let (v4, v6) = (queued[0], queued[1]);
-    assert_eq!((v4.ifindex, v4.seq, v4.family), (IFINDEX, 7, 4));
-    assert_eq!(&v4.target[..4], &TARGET_V4.octets());
-    assert_eq!((v4.sent_ns, v4.wire_ns), (1_000_000, 1_000_500));
-    assert!(v4.received_ns > 0, "stamped with kernel time");
-    assert_eq!(
-        (v6.seq, v6.family, v6.target),
-        (70_001, 6, TARGET_V6.octets())
-    );
-    assert!(v6.received_ns >= v4.received_ns);
+    for matcher in MATCHERS {
+        let mut rig = Rig::new(matcher);
+        assert_eq!(
+            rig.run(&Reply::new(IFINDEX, KEY, 7).v4(TARGET_V4, TEST_V4)),
+            Verdict::Drop
+        );
+        assert_eq!(
+            rig.run(&Reply::new(IFINDEX, KEY, 70_001).v6(TARGET_V6, TEST_V6)),
+            Verdict::Drop
+        );
+        let queued = rig.queued();
+        assert_eq!(queued.len(), 2);
+        let (v4, v6) = (queued[0], queued[1]);
+        assert_eq!((v4.ifindex, v4.seq, v4.family), (IFINDEX, 7, 4));
+        assert_eq!(&v4.target[..4], &TARGET_V4.octets());
+        assert_eq!((v4.sent_ns, v4.wire_ns), (1_000_000, 1_000_500));
+        assert!(v4.received_ns > 0, "stamped with kernel time");
+        assert_eq!(
+            (v6.seq, v6.family, v6.target),
+            (70_001, 6, TARGET_V6.octets())
+        );
+        assert!(v6.received_ns >= v4.received_ns);
 
-    let counters = rig.counters();
-    assert_eq!(counters.probe_replies, 2);
-    assert_eq!(counters.rx_packets, 2);
-    assert!(counters.rejected.iter().all(|&n| n == 0));
-    assert_eq!(rig.datapath.maps.last_reply(SLOT).unwrap(), Some(v6));
+        let counters = rig.counters();
+        assert_eq!(counters.probe_replies, 2);
+        assert_eq!(counters.rx_packets, 2);
+        assert!(counters.rejected.iter().all(|&n| n == 0));
+        assert_eq!(rig.datapath.maps.last_reply(SLOT).unwrap(), Some(v6));
+    }
 }
 
 #[test]
 fn a_flood_of_valid_replies_on_one_nic_is_capped_and_the_other_nics_keep_their_share() {
-    const OTHER_SLOT: u32 = SLOT + 1;
-    let lab = Lab::new(1).expect("lab");
-    // The other NIC must exist where BPF_PROG_TEST_RUN looks its ifindex up.
-    let _inside = lab.host().enter().expect("enter the lab's host");
-    let mut rig = Rig::new();
-    let other = lab.host().ifindex("h0").expect("h0");
-    rig.add_nic(other, OTHER_SLOT);
-    // One valid reply replayed, far faster than mpathd could read the ring buffer.
-    let flood = Reply::new(IFINDEX, KEY, 7).v4(TARGET_V4, TEST_V4);
-    let times = 3 * PROBE_REPLY_BUDGET;
-    assert_eq!(rig.try_run_on(IFINDEX, &flood, times).unwrap(), XDP_DROP);
-    assert_eq!(rig.queued().len() as u32, PROBE_REPLY_BUDGET);
-    let maps = &rig.datapath.maps;
-    assert_eq!(
-        maps.replies_over_budget(SLOT).unwrap(),
-        u64::from(times - PROBE_REPLY_BUDGET)
-    );
-    assert_eq!(rig.counters().probe_replies, u64::from(PROBE_REPLY_BUDGET));
-    // The other NIC's replies in the same window still reach mpathd, every one of them.
-    for seq in 0..10 {
-        let reply = Reply::new(other, KEY, seq).v4(TARGET_V4, TEST_V4);
-        assert_eq!(rig.try_run_on(other, &reply, 1).unwrap(), XDP_DROP);
+    for matcher in MATCHERS {
+        const OTHER_SLOT: u32 = SLOT + 1;
+        let lab = Lab::new(1).expect("lab");
+        // The other NIC must exist where BPF_PROG_TEST_RUN looks its ifindex up.
+        let _inside = lab.host().enter().expect("enter the lab's host");
+        let mut rig = Rig::new(matcher);
+        let other = lab.host().ifindex("h0").expect("h0");
+        rig.add_nic(other, OTHER_SLOT);
+        // One valid reply replayed, far faster than mpathd could read the ring buffer.
+        let flood = Reply::new(IFINDEX, KEY, 7).v4(TARGET_V4, TEST_V4);
+        let times = 3 * PROBE_REPLY_BUDGET;
+        assert_eq!(
+            rig.try_run_on(IFINDEX, &flood, times).unwrap(),
+            Verdict::Drop
+        );
+        assert_eq!(rig.queued().len() as u32, PROBE_REPLY_BUDGET);
+        let maps = &rig.datapath.maps;
+        assert_eq!(
+            maps.replies_over_budget(SLOT).unwrap(),
+            u64::from(times - PROBE_REPLY_BUDGET)
+        );
+        assert_eq!(rig.counters().probe_replies, u64::from(PROBE_REPLY_BUDGET));
+        // The other NIC's replies in the same window still reach mpathd, every one of them.
+        for seq in 0..10 {
+            let reply = Reply::new(other, KEY, seq).v4(TARGET_V4, TEST_V4);
+            assert_eq!(rig.try_run_on(other, &reply, 1).unwrap(), Verdict::Drop);
+        }
+        let queued = rig.queued();
+        assert_eq!(queued.len(), 10);
+        assert!(queued.iter().all(|r| r.ifindex == other));
+        assert_eq!(
+            rig.datapath.maps.replies_over_budget(OTHER_SLOT).unwrap(),
+            0
+        );
     }
-    let queued = rig.queued();
-    assert_eq!(queued.len(), 10);
-    assert!(queued.iter().all(|r| r.ifindex == other));
-    assert_eq!(
-        rig.datapath.maps.replies_over_budget(OTHER_SLOT).unwrap(),
-        0
-    );
 }
 
 #[test]
 fn rejects_every_bad_kind_by_reason() {
-    let mut rig = Rig::new();
-    let good = || Reply::new(IFINDEX, KEY, 9);
+    for matcher in MATCHERS {
+        let mut rig = Rig::new(matcher);
+        let good = || Reply::new(IFINDEX, KEY, 9);
 
-    let other_key = Reply::new(IFINDEX, [KEY[0], KEY[1] ^ 1], 9).v4(TARGET_V4, TEST_V4);
-    assert_rejected(&mut rig, &other_key, RejectReason::BadTag);
-    // A host that saw probe 9 cannot make a reply to probe 10 out of it...
-    let mut next = good();
-    next.seq = 10;
-    next.payload.seq = 10;
-    assert_rejected(&mut rig, &next.v4(TARGET_V4, TEST_V4), RejectReason::BadTag);
-    // ...nor turn another NIC's probe into a reply for this one.
-    let mut moved = Reply::new(IFINDEX + 5, KEY, 9);
-    moved.payload.ifindex = IFINDEX;
-    assert_rejected(
-        &mut rig,
-        &moved.v6(TARGET_V6, TEST_V6),
-        RejectReason::BadTag,
-    );
+        let other_key = Reply::new(IFINDEX, [KEY[0], KEY[1] ^ 1], 9).v4(TARGET_V4, TEST_V4);
+        assert_rejected(&mut rig, &other_key, RejectReason::BadTag);
+        // A host that saw probe 9 cannot make a reply to probe 10 out of it...
+        let mut next = good();
+        next.seq = 10;
+        next.payload.seq = 10;
+        assert_rejected(&mut rig, &next.v4(TARGET_V4, TEST_V4), RejectReason::BadTag);
+        // ...nor turn another NIC's probe into a reply for this one.
+        let mut moved = Reply::new(IFINDEX + 5, KEY, 9);
+        moved.payload.ifindex = IFINDEX;
+        assert_rejected(
+            &mut rig,
+            &moved.v6(TARGET_V6, TEST_V6),
+            RejectReason::BadTag,
+        );
 
-    let wrong_nic = Reply::new(IFINDEX + 5, KEY, 9).v4(TARGET_V4, TEST_V4);
-    assert_rejected(&mut rig, &wrong_nic, RejectReason::WrongNic);
+        let wrong_nic = Reply::new(IFINDEX + 5, KEY, 9).v4(TARGET_V4, TEST_V4);
+        assert_rejected(&mut rig, &wrong_nic, RejectReason::WrongNic);
 
-    let data_address = Ipv4Addr::new(192, 0, 2, 19);
-    assert_rejected(
-        &mut rig,
-        &good().v4(TARGET_V4, data_address),
-        RejectReason::WrongDestination,
-    );
-    let other_v6 = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x99);
-    assert_rejected(
-        &mut rig,
-        &good().v6(TARGET_V6, other_v6),
-        RejectReason::WrongDestination,
-    );
+        let data_address = Ipv4Addr::new(192, 0, 2, 19);
+        assert_rejected(
+            &mut rig,
+            &good().v4(TARGET_V4, data_address),
+            RejectReason::WrongDestination,
+        );
+        let other_v6 = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x99);
+        assert_rejected(
+            &mut rig,
+            &good().v6(TARGET_V6, other_v6),
+            RejectReason::WrongDestination,
+        );
 
-    let full = good().v4(TARGET_V4, TEST_V4);
-    assert_rejected(&mut rig, &full[..full.len() - 1], RejectReason::Truncated);
-    assert_rejected(&mut rig, &full[..14 + 20 + 8 + 4], RejectReason::Truncated);
-    let full6 = good().v6(TARGET_V6, TEST_V6);
-    assert_rejected(&mut rig, &full6[..full6.len() - 8], RejectReason::Truncated);
+        let full = good().v4(TARGET_V4, TEST_V4);
+        assert_rejected(&mut rig, &full[..full.len() - 1], RejectReason::Truncated);
+        assert_rejected(&mut rig, &full[..14 + 20 + 8 + 4], RejectReason::Truncated);
+        let full6 = good().v6(TARGET_V6, TEST_V6);
+        assert_rejected(&mut rig, &full6[..full6.len() - 8], RejectReason::Truncated);
 
-    let mut fragment = full.clone();
-    mark_v4_first_fragment(&mut fragment);
-    assert_rejected(&mut rig, &fragment, RejectReason::Fragmented);
-    assert_rejected(
-        &mut rig,
-        &add_v6_fragment_header(&full6),
-        RejectReason::Fragmented,
-    );
+        let mut fragment = full.clone();
+        mark_v4_first_fragment(&mut fragment);
+        assert_rejected(&mut rig, &fragment, RejectReason::Fragmented);
+        assert_rejected(
+            &mut rig,
+            &add_v6_fragment_header(&full6),
+            RejectReason::Fragmented,
+        );
 
-    let mut corrupted = full.clone();
-    *corrupted.last_mut().unwrap() ^= 0x40;
-    assert_rejected(&mut rig, &corrupted, RejectReason::BadChecksum);
-    let mut corrupted6 = full6.clone();
-    corrupted6[14 + 40 + 12] ^= 1;
-    assert_rejected(&mut rig, &corrupted6, RejectReason::BadChecksum);
+        let mut corrupted = full.clone();
+        *corrupted.last_mut().unwrap() ^= 0x40;
+        assert_rejected(&mut rig, &corrupted, RejectReason::BadChecksum);
+        let mut corrupted6 = full6.clone();
+        corrupted6[14 + 40 + 12] ^= 1;
+        assert_rejected(&mut rig, &corrupted6, RejectReason::BadChecksum);
 
-    let mut bad_magic = good();
-    bad_magic.payload.magic ^= 1;
-    assert_rejected(
-        &mut rig,
-        &bad_magic.v4(TARGET_V4, TEST_V4),
-        RejectReason::Malformed,
-    );
-    let mut seq_mismatch = good();
-    seq_mismatch.payload.seq += 1;
-    assert_rejected(
-        &mut rig,
-        &seq_mismatch.v4(TARGET_V4, TEST_V4),
-        RejectReason::Malformed,
-    );
-    let mut padded = full.clone();
-    padded.extend_from_slice(&[0; 4]);
-    padded[14 + 3] += 4; // IPv4 total length claims the 4 extra bytes
-    reseal_ipv4_header(&mut padded);
-    assert_rejected(&mut rig, &padded, RejectReason::Malformed);
+        let mut bad_magic = good();
+        bad_magic.payload.magic ^= 1;
+        assert_rejected(
+            &mut rig,
+            &bad_magic.v4(TARGET_V4, TEST_V4),
+            RejectReason::Malformed,
+        );
+        let mut seq_mismatch = good();
+        seq_mismatch.payload.seq += 1;
+        assert_rejected(
+            &mut rig,
+            &seq_mismatch.v4(TARGET_V4, TEST_V4),
+            RejectReason::Malformed,
+        );
+        let mut padded = full.clone();
+        padded.extend_from_slice(&[0; 4]);
+        padded[14 + 3] += 4; // IPv4 total length claims the 4 extra bytes
+        reseal_ipv4_header(&mut padded);
+        assert_rejected(&mut rig, &padded, RejectReason::Malformed);
 
-    // A source address corrupted on the way: the ICMP checksum cannot tell (IPv4 has no
-    // pseudo-header), the IP header checksum does.
-    let mut spoiled = full.clone();
-    spoiled[14 + 15] ^= 0x08;
-    assert_rejected(&mut rig, &spoiled, RejectReason::BadChecksum);
+        // A source address corrupted on the way: the ICMP checksum cannot tell (IPv4 has no
+        // pseudo-header), the IP header checksum does.
+        let mut spoiled = full.clone();
+        spoiled[14 + 15] ^= 0x08;
+        assert_rejected(&mut rig, &spoiled, RejectReason::BadChecksum);
 
-    assert_eq!(rig.counters().probe_replies, 0);
+        assert_eq!(rig.counters().probe_replies, 0);
+    }
 }
 
 #[test]
 fn leaves_everything_else_alone() {
-    let mut rig = Rig::new();
-    // Someone else's ping: another echo identifier.
-    let mut other_ping = Reply::new(IFINDEX, KEY, 1);
-    other_ping.ident = 0x1111;
-    // An echo *request* carrying mpathd's identifier.
-    let mut request = Reply::new(IFINDEX, KEY, 1);
-    request.icmp_type = 8;
-    let mut arp = vec![0xff; 6];
-    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
-    arp.extend_from_slice(&[0; 28]);
-    // A good reply in a frame whose IP version is not 6: the kernel would drop it.
-    let mut not_v6 = Reply::new(IFINDEX, KEY, 1).v6(TARGET_V6, TEST_V6);
-    not_v6[14] = 0x40;
-    let frames = [
-        other_ping.v4(TARGET_V4, TEST_V4),
-        other_ping.v6(TARGET_V6, TEST_V6),
-        request.v4(TARGET_V4, TEST_V4),
-        arp,
-        vec![0u8; 14],
-        not_v6,
-    ];
-    for frame in &frames {
-        assert_eq!(rig.run(frame), XDP_PASS);
+    for matcher in MATCHERS {
+        let mut rig = Rig::new(matcher);
+        // Someone else's ping: another echo identifier.
+        let mut other_ping = Reply::new(IFINDEX, KEY, 1);
+        other_ping.ident = 0x1111;
+        // An echo *request* carrying mpathd's identifier.
+        let mut request = Reply::new(IFINDEX, KEY, 1);
+        request.icmp_type = 8;
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        arp.extend_from_slice(&[0; 28]);
+        // A good reply in a frame whose IP version is not 6: the kernel would drop it.
+        let mut not_v6 = Reply::new(IFINDEX, KEY, 1).v6(TARGET_V6, TEST_V6);
+        not_v6[14] = 0x40;
+        let frames = [
+            other_ping.v4(TARGET_V4, TEST_V4),
+            other_ping.v6(TARGET_V6, TEST_V6),
+            request.v4(TARGET_V4, TEST_V4),
+            arp,
+            vec![0u8; 14],
+            not_v6,
+        ];
+        for frame in &frames {
+            assert_eq!(rig.run(frame), Verdict::Pass);
+        }
+        let counters = rig.counters();
+        assert_eq!(counters.rx_packets, frames.len() as u64);
+        assert!(counters.rejected.iter().all(|&n| n == 0), "{counters:?}");
+        assert_eq!(counters.probe_replies, 0);
+        assert!(rig.queued().is_empty());
     }
-    let counters = rig.counters();
-    assert_eq!(counters.rx_packets, frames.len() as u64);
-    assert!(counters.rejected.iter().all(|&n| n == 0), "{counters:?}");
-    assert_eq!(counters.probe_replies, 0);
-    assert!(rig.queued().is_empty());
 }
 
 #[test]
 fn ignores_nics_outside_any_group() {
-    let mut rig = Rig::new();
-    rig.datapath.maps.remove_nic(IFINDEX).unwrap();
-    let good = Reply::new(IFINDEX, KEY, 1).v4(TARGET_V4, TEST_V4);
-    assert_eq!(rig.run(&good), XDP_PASS);
-    assert_eq!(rig.counters().rx_packets, 0);
-    assert!(rig.queued().is_empty());
+    for matcher in MATCHERS {
+        let mut rig = Rig::new(matcher);
+        rig.datapath.maps.remove_nic(IFINDEX).unwrap();
+        let good = Reply::new(IFINDEX, KEY, 1).v4(TARGET_V4, TEST_V4);
+        assert_eq!(rig.run(&good), Verdict::Pass);
+        assert_eq!(rig.counters().rx_packets, 0);
+        assert!(rig.queued().is_empty());
+    }
 }

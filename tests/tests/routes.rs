@@ -16,6 +16,7 @@ use mpath_lab::{BEHIND_ROUTER_V4, BEHIND_ROUTER_V6, Lab};
 use mpath_tests::{
     daemon::{Mpathd, inbound, ipv6_only_config, state_of, three_nic_config},
     flows::{Flows, Sniffer},
+    hooks::hooks,
     managed::{all_ok, routes_served, table},
 };
 
@@ -460,13 +461,7 @@ fn routes_outlive_a_killed_mpathd_follow_main_and_leave_with_teardown() {
         "{refused:?}"
     );
     assert!(table(&lab, "-6").contains("default nhid"), "routes kept");
-    assert!(
-        lab.host()
-            .ip(&["link", "show", "dev", "h0"])
-            .unwrap()
-            .contains("xdp"),
-        "programs kept"
-    );
+    assert!(hooks(lab.host(), "h0").has_tc_programs(), "programs kept");
 
     daemon.stop();
     let teardown = daemon.teardown(lab.host());

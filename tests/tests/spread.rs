@@ -12,7 +12,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use mpath_common::{BUCKETS_PER_GROUP, NicInfo};
 use mpath_ctl::{
     core::spread::{Table, rebalance},
-    datapath::{Datapath, maps::MapsError},
+    datapath::{Datapath, ProbeRx, maps::MapsError},
 };
 use mpath_lab::{Lab, ROUTER_NIC};
 use mpath_tests::{
@@ -49,7 +49,7 @@ impl Rig {
             let mut datapath = Datapath::open(pins.path()).expect("load datapath");
             let mut nics = Vec::new();
             for (slot, name) in lab.nics().into_iter().enumerate() {
-                let ifindex = datapath.attach(&name).expect("attach");
+                let ifindex = datapath.attach(&name, ProbeRx::Tc).expect("attach").ifindex;
                 let mac = lab.mac(&name).expect("mac");
                 let info = NicInfo {
                     slot: slot as u32,

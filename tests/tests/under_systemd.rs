@@ -23,6 +23,7 @@ use mpath_lab::{Lab, scaled};
 use mpath_tests::{
     daemon::{binary, data_addresses_missing, inbound, state_of, three_nic_config},
     dist_path,
+    hooks::hooks,
     metrics::{sample, scrape},
 };
 
@@ -154,12 +155,11 @@ fn step(since: Instant, what: &str) {
     let _ = writeln!(std::io::stderr(), "under_systemd: {secs:5.1} s: {what}");
 }
 
-/// Whether the datapath is loaded and attached: programs and maps pinned, the XDP program
+/// Whether the datapath is loaded and attached: programs and maps pinned, the tc programs
 /// on h0.
 fn datapath_in_place(lab: &Lab) -> bool {
     let pinned = fs::read_dir(PINS).is_ok_and(|d| d.count() > 0);
-    let link = lab.host().ip(&["link", "show", "dev", "h0"]).unwrap();
-    pinned && link.contains("xdp")
+    pinned && hooks(lab.host(), "h0").has_tc_programs()
 }
 
 fn install(lab: &Lab) {
@@ -381,12 +381,10 @@ fn the_unit_starts_reloads_keeps_its_watchdog_fails_over_and_stops_leaving_the_d
     let netns = format!("--net={}", lab.host().path().display());
     run("nsenter", &[&netns, "mpathd", "--teardown"]);
     assert!(!Path::new(PINS).exists(), "pins left after --teardown");
+    let left = hooks(lab.host(), "h0");
     assert!(
-        !lab.host()
-            .ip(&["link", "show", "dev", "h0"])
-            .unwrap()
-            .contains("xdp"),
-        "XDP left on h0 after --teardown"
+        !left.has_any_mpath_program(),
+        "programs left on h0 after --teardown: {left:?}"
     );
     step(begin, "stopped and torn down");
 }

@@ -1142,6 +1142,7 @@ mod tests {
                 .collect(),
             spread: SpreadMode::Routes,
             routes: Vec::new(),
+            probe_rx: Default::default(),
         }
     }
 

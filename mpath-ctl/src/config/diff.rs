@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Config, DaemonConfig, GroupConfig, InterfaceConfig, RouteConfig, SourceSelection, SpreadMode,
-    TcAttach,
+    Config, DaemonConfig, GroupConfig, InterfaceConfig, ProbeRx, RouteConfig, SourceSelection,
+    SpreadMode, TcAttach,
 };
 use crate::net::address::{IpCidr, Ipv4Cidr};
 
@@ -105,6 +105,7 @@ impl GroupConfig {
                 .filter_map(|interface| self.interface(&interface.name)?.diff(interface))
                 .collect(),
             spread: Change::between(&self.spread, &new.spread),
+            probe_rx: Change::between(&self.probe_rx, &new.probe_rx),
             routes_added: missing_from(&new.routes, &self.routes),
             routes_removed: missing_from(&self.routes, &new.routes),
         };
@@ -114,6 +115,7 @@ impl GroupConfig {
             && diff.interfaces_removed.is_empty()
             && diff.interfaces_changed.is_empty()
             && diff.spread.is_none()
+            && diff.probe_rx.is_none()
             && diff.routes_added.is_empty()
             && diff.routes_removed.is_empty();
         (!unchanged).then_some(diff)
@@ -211,6 +213,7 @@ pub(crate) struct GroupDiff {
     pub interfaces_removed: Vec<InterfaceConfig>,
     pub interfaces_changed: Vec<InterfaceDiff>,
     pub spread: Option<Change<SpreadMode>>,
+    pub probe_rx: Option<Change<ProbeRx>>,
     /// A route whose `via` changed is removed and added: routes are compared whole.
     pub routes_added: Vec<RouteConfig>,
     /// The old definitions, which the daemon must take out of its table.
@@ -305,6 +308,9 @@ impl fmt::Display for GroupDiff {
         parts.extend(self.interfaces_changed.iter().map(ToString::to_string));
         if let Some(c) = &self.spread {
             parts.push(format!("spread {} -> {}", c.old, c.new));
+        }
+        if let Some(c) = &self.probe_rx {
+            parts.push(format!("probe_rx {} -> {}", c.old, c.new));
         }
         // One part per route: a route's own text has spaces, so a +/- list would be ambiguous.
         parts.extend(self.routes_added.iter().map(|r| format!("route {r} added")));
@@ -453,6 +459,7 @@ mod tests {
             }],
             spread: SpreadMode::Routes,
             routes: vec![],
+            probe_rx: ProbeRx::Tc,
         };
         new.groups.push(g2.clone());
         let diff = old.diff(&new);
@@ -477,6 +484,7 @@ mod tests {
                 interfaces_removed: vec![],
                 interfaces_changed: vec![],
                 spread: None,
+                probe_rx: None,
                 routes_added: vec![],
                 routes_removed: vec![],
             }]
@@ -659,6 +667,7 @@ mod tests {
                     old: SpreadMode::Routes,
                     new: SpreadMode::Datapath
                 }),
+                probe_rx: None,
                 routes_added: vec![
                     route("0.0.0.0/0", Some("192.0.2.2"), 0),
                     route("203.0.113.0/24", Some("192.0.2.1"), 5),

@@ -6,8 +6,8 @@
 //!
 //! The TOML file has an optional `[daemon]` table (`failure_detection_time_ms`, `failback`,
 //! `track_interfaces_only_with_groups`, `metrics_listen`, `socket`, `bpf_pin_dir`,
-//! `route_table`, `route_rule_priority`, `tc_attach`, `sources`) and any number of `[[group]]` tables (`name`, optional
-//! `targets` and `spread`), each with `[[group.interface]]` tables (`name`, optional
+//! `route_table`, `route_rule_priority`, `tc_attach`, `sources`, `probe_rx`) and any number of
+//! `[[group]]` tables (`name`, optional `targets`, `spread` and `probe_rx`), each with `[[group.interface]]` tables (`name`, optional
 //! `test_address`, `data_addresses`, `standby`) and optional `[[group.route]]` tables (`to`,
 //! optional `via` and `metric`). Keys set in `[daemon]` win over `/etc/default/mpathd`, which
 //! wins over the built-in defaults.
@@ -96,6 +96,8 @@ pub struct DaemonConfig {
     pub tc_attach: TcAttach,
     /// Who picks the source of IPv6 and on-link IPv4 connections through group routes.
     pub sources: SourceSelection,
+    /// Where probe replies are matched, for groups that do not say.
+    pub probe_rx: ProbeRx,
 }
 
 impl Default for DaemonConfig {
@@ -111,6 +113,7 @@ impl Default for DaemonConfig {
             route_rule_priority: DEFAULT_ROUTE_RULE_PRIORITY,
             tc_attach: TcAttach::Auto,
             sources: SourceSelection::Spread,
+            probe_rx: ProbeRx::Tc,
         }
     }
 }
@@ -135,6 +138,28 @@ impl fmt::Display for TcAttach {
             TcAttach::Auto => "auto",
             TcAttach::Tcx => "tcx",
             TcAttach::Legacy => "legacy",
+        })
+    }
+}
+
+/// Where the datapath matches replies to mpathd's probes on a group's NICs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeRx {
+    /// tc ingress (tcx, or a cls_bpf filter before 6.6): after GRO, free for bulk traffic,
+    /// any driver and MTU.
+    #[default]
+    Tc,
+    /// XDP, native where the driver takes it, else generic: the earliest drop, at the price
+    /// native XDP takes from every received packet (see the README).
+    Xdp,
+}
+
+impl fmt::Display for ProbeRx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProbeRx::Tc => "tc",
+            ProbeRx::Xdp => "xdp",
         })
     }
 }
@@ -175,6 +200,9 @@ pub struct GroupConfig {
     /// Routes mpathd adds itself, in file order, for hosts where mpathd is the only network
     /// configuration; they are served through the group like any other route.
     pub routes: Vec<RouteConfig>,
+    /// Where its NICs' probe replies are matched: the group's own `probe_rx`, else the
+    /// daemon's.
+    pub probe_rx: ProbeRx,
 }
 
 /// How a group spreads routed flows over its usable NICs.
@@ -351,6 +379,7 @@ mod tests {
                 ],
                 spread: SpreadMode::Routes,
                 routes: vec![],
+                probe_rx: ProbeRx::Tc,
             }]
         );
     }
@@ -370,6 +399,7 @@ mod tests {
         assert_eq!(daemon.route_rule_priority, 32765);
         assert_eq!(daemon.tc_attach, TcAttach::Auto);
         assert_eq!(daemon.sources, SourceSelection::Spread);
+        assert_eq!(daemon.probe_rx, ProbeRx::Tc);
     }
 
     #[test]
@@ -379,7 +409,7 @@ mod tests {
              track_interfaces_only_with_groups = false\nmetrics_listen = \"[::]:9100\"\n\
              socket = \"/tmp/t/mpathd.sock\"\nbpf_pin_dir = \"/sys/fs/bpf/test-1\"\n\
              route_table = 100\nroute_rule_priority = 1000\ntc_attach = \"legacy\"\n\
-             sources = \"kernel\"\n",
+             sources = \"kernel\"\nprobe_rx = \"xdp\"\n",
         )
         .unwrap();
         assert_eq!(
@@ -395,7 +425,30 @@ mod tests {
                 route_rule_priority: 1000,
                 tc_attach: TcAttach::Legacy,
                 sources: SourceSelection::Kernel,
+                probe_rx: ProbeRx::Xdp,
             }
+        );
+    }
+
+    #[test]
+    fn a_group_s_probe_rx_wins_over_the_daemon_s() {
+        let group = |name: &str, probe_rx: &str| {
+            format!(
+                "[[group]]\nname = \"{name}\"\n{probe_rx}[[group.interface]]\nname = \"{name}h\"\n"
+            )
+        };
+        let text = format!(
+            "[daemon]\nprobe_rx = \"xdp\"\n{}{}",
+            group("g0", ""),
+            group("g1", "probe_rx = \"tc\"\n")
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.groups[0].probe_rx, ProbeRx::Xdp);
+        assert_eq!(config.groups[1].probe_rx, ProbeRx::Tc);
+        // Without either, tc.
+        assert_eq!(
+            parse(&group("g0", "")).unwrap().groups[0].probe_rx,
+            ProbeRx::Tc
         );
     }
 

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{SourceSelection, SpreadMode, TcAttach};
+use super::{ProbeRx, SourceSelection, SpreadMode, TcAttach};
 
 /// The file as written, before validation; spans locate semantic errors.
 #[derive(Deserialize)]
@@ -29,6 +29,7 @@ pub(super) struct RawDaemon {
     pub(super) route_rule_priority: Option<Spanned<i64>>,
     pub(super) tc_attach: Option<TcAttach>,
     pub(super) sources: Option<SourceSelection>,
+    pub(super) probe_rx: Option<ProbeRx>,
 }
 
 #[derive(Deserialize)]
@@ -43,6 +44,7 @@ pub(super) struct RawGroup {
     pub(super) spread: SpreadMode,
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<Spanned<RawRoute>>,
+    pub(super) probe_rx: Option<ProbeRx>,
 }
 
 #[derive(Deserialize)]

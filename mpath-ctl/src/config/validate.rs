@@ -16,7 +16,7 @@ use super::solaris::SolarisDefaults;
 use super::{
     Config, DEFAULT_ROUTE_RULE_PRIORITY, DaemonConfig, GroupConfig, InterfaceConfig,
     MAX_FAILURE_DETECTION_TIME_MS, MAX_GROUP_NAME_LEN, MAX_INTERFACE_NAME_LEN,
-    MIN_FAILURE_DETECTION_TIME_MS, RouteConfig,
+    MIN_FAILURE_DETECTION_TIME_MS, ProbeRx, RouteConfig,
 };
 use crate::net::address::{IpCidr, Ipv4Cidr};
 
@@ -108,7 +108,7 @@ impl<'a> Validator<'a> {
         let daemon = self.daemon(raw.daemon, defaults)?;
         let mut groups = Vec::with_capacity(raw.groups.len());
         for raw_group in raw.groups {
-            groups.push(self.group(raw_group.span(), raw_group.into_inner())?);
+            groups.push(self.group(raw_group.span(), raw_group.into_inner(), daemon.probe_rx)?);
         }
         for (target, span) in &self.targets {
             self.target_not_local(*target, span)?;
@@ -168,6 +168,7 @@ impl<'a> Validator<'a> {
             )?,
             tc_attach: raw.tc_attach.unwrap_or(builtin.tc_attach),
             sources: raw.sources.unwrap_or(builtin.sources),
+            probe_rx: raw.probe_rx.unwrap_or(builtin.probe_rx),
         })
     }
 
@@ -229,7 +230,13 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn group(&mut self, span: Range<usize>, raw: RawGroup) -> Result<GroupConfig, ConfigError> {
+    /// A group; `probe_rx` is the daemon's, for a group that does not name its own.
+    fn group(
+        &mut self,
+        span: Range<usize>,
+        raw: RawGroup,
+        probe_rx: ProbeRx,
+    ) -> Result<GroupConfig, ConfigError> {
         let name_span = raw.name.span();
         let name = raw.name.into_inner();
         if self.groups.len() >= MAX_GROUPS as usize {
@@ -316,6 +323,7 @@ impl<'a> Validator<'a> {
             interfaces,
             spread: raw.spread,
             routes,
+            probe_rx: raw.probe_rx.unwrap_or(probe_rx),
         })
     }
 

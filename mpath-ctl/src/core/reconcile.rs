@@ -600,6 +600,7 @@ mod tests {
                 .collect(),
             spread: Default::default(),
             routes: Vec::new(),
+            probe_rx: Default::default(),
         }
     }
 

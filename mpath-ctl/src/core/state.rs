@@ -52,6 +52,11 @@
 //!   ([`Action::MacUnique`]); an operator cannot online it meanwhile, and an operator's
 //!   offline of it takes over (it then stays offline until onlined). The rule is applied
 //!   after every event, in one place ([`Group::refresh_duplicates`]).
+//! - **Datapath**: a NIC mpathd could not attach its programs to (reported by
+//!   [`Event::Datapath`]) cannot match its probe replies nor take moved traffic: it is taken
+//!   offline ([`OfflineReason::NoDatapath`], reported by [`Action::DatapathLost`]) and comes
+//!   back by itself once they attach ([`Action::DatapathAttached`]), like a duplicate MAC.
+//!   Both rules are applied after every event, in one place ([`Group::refresh_offline`]).
 //! - **Appearing/disappearing**: a configured NIC missing from the system is
 //!   [`IfState::Missing`]; when it appears it joins like a new NIC; when it disappears it
 //!   leaves the usable set, so its addresses fail over.
@@ -179,6 +184,9 @@ pub enum Event {
     /// (found at start): it was failed by probes, so it stays failed until its probes
     /// repair it, instead of taking its addresses back at once and losing them again.
     Adopt { nic: String },
+    /// Whether mpathd's programs are attached to a member: reported before it appears (so
+    /// that a NIC without them never carries traffic) and whenever that changes.
+    Datapath { nic: String, attached: bool },
     /// Time passed; send it at [`Group::next_wakeup`].
     Tick,
 }
@@ -224,6 +232,8 @@ pub enum OfflineReason {
     Admin,
     /// Its hardware address is an earlier member's; a unique one brings it back.
     DuplicateMac,
+    /// mpathd's programs could not be attached to it; attaching them brings it back.
+    NoDatapath,
 }
 
 /// Link state as reported by rtnetlink.
@@ -315,6 +325,14 @@ pub enum Action {
     MacUnique {
         nic: String,
     },
+    /// mpathd's programs are not on `nic`: it is offline.
+    DatapathLost {
+        nic: String,
+    },
+    /// They are attached again: `nic` is back.
+    DatapathAttached {
+        nic: String,
+    },
     GroupFailed,
     /// The group has a functioning member again; `nic` is the first of them.
     GroupRepaired {
@@ -355,6 +373,8 @@ impl Action {
             | Action::Onlined { nic }
             | Action::DuplicateMac { nic, .. }
             | Action::MacUnique { nic }
+            | Action::DatapathLost { nic }
+            | Action::DatapathAttached { nic }
             | Action::GroupRepaired { nic }
             | Action::FamilyFailed { nic, .. }
             | Action::FamilyRepaired { nic, .. } => Some(nic),
@@ -406,6 +426,13 @@ impl Action {
             Action::MacUnique { nic } => {
                 format!("NIC {nic} now has a unique hardware address in group {group}; onlining it")
             }
+            Action::DatapathLost { nic } => format!(
+                "NIC {nic} of group {group} is offline: mpathd's programs are not attached to it, \
+                 so its probe replies go unseen; it comes back once they attach"
+            ),
+            Action::DatapathAttached { nic } => {
+                format!("mpathd's programs are attached to {nic} of group {group}; onlining it")
+            }
             Action::GroupFailed => format!("All Interfaces in group {group} have failed"),
             Action::GroupRepaired { nic } => {
                 format!("At least 1 interface ({nic}) in group {group} is now usable")
@@ -455,6 +482,8 @@ pub enum InterfaceFlag {
     Offline,
     /// Offline for a duplicate hardware address (ipmpstat's `h`).
     DuplicateMac,
+    /// Offline because mpathd's programs could not be attached.
+    NoDatapath,
 }
 
 named!(InterfaceFlag {
@@ -463,6 +492,7 @@ named!(InterfaceFlag {
     Failed => "failed",
     Offline => "offline",
     DuplicateMac => "duplicate_mac",
+    NoDatapath => "no_datapath",
 });
 
 /// ipmpstat -i PROBE.
@@ -561,6 +591,11 @@ pub enum StateError {
          address, and comes back by itself once its hardware address is unique in the group"
     )]
     DuplicateMac { group: String, nic: String },
+    #[error(
+        "cannot online {nic} of group {group}: mpathd's programs are not attached to it, \
+         and it comes back by itself once they attach"
+    )]
+    NoDatapath { group: String, nic: String },
 }
 
 /// Probe history of one family on one NIC.
@@ -606,6 +641,8 @@ struct Interface {
     repair_deferred: bool,
     /// The hardware address while present and reported.
     mac: Option<[u8; 6]>,
+    /// mpathd's programs are attached (as last reported; assumed until told otherwise).
+    datapath: bool,
 }
 
 impl Interface {
@@ -624,6 +661,7 @@ impl Interface {
             link_ups: VecDeque::with_capacity(LINK_UPS_PER_MINUTE),
             repair_deferred: false,
             mac: None,
+            datapath: true,
         }
     }
 
@@ -679,14 +717,19 @@ impl Interface {
         }
     }
 
-    fn duplicate(&self) -> bool {
-        matches!(
-            self.state,
-            IfState::Offline {
-                reason: OfflineReason::DuplicateMac,
-                ..
-            }
-        )
+    fn offline_for(&self, wanted: OfflineReason) -> bool {
+        matches!(self.state, IfState::Offline { reason, .. } if reason == wanted)
+    }
+
+    /// Taken out of use for `reason`, keeping what detection says underneath.
+    fn take_offline(&mut self, reason: OfflineReason) {
+        let failure = match self.state {
+            IfState::Failed { cause } => Some(cause),
+            _ => None,
+        };
+        self.state = IfState::Offline { failure, reason };
+        self.inactive = false;
+        self.clear_probes();
     }
 
     /// Without a test address, only the link tells whether the NIC works.
@@ -834,8 +877,11 @@ impl Interface {
         if self.offline() {
             flags.push(InterfaceFlag::Offline);
         }
-        if self.duplicate() {
+        if self.offline_for(OfflineReason::DuplicateMac) {
             flags.push(InterfaceFlag::DuplicateMac);
+        }
+        if self.offline_for(OfflineReason::NoDatapath) {
+            flags.push(InterfaceFlag::NoDatapath);
         }
         let probe = if self.link_judged() {
             ProbeStatus::Disabled
@@ -990,9 +1036,13 @@ impl Group {
                     actions.push(Action::StillFailed { nic });
                 }
             }
+            Event::Datapath { nic, attached } => {
+                let index = self.find(&nic)?;
+                self.members[index].datapath = attached;
+            }
             Event::Tick => self.tick(now, &mut actions),
         }
-        self.refresh_duplicates(&mut actions);
+        self.refresh_offline(&mut actions);
         self.refresh_activity(&mut actions);
         if judge_group {
             self.refresh_group_state(&mut actions);
@@ -1337,10 +1387,10 @@ impl Group {
         match self.members[index].state {
             IfState::Missing => return Err(StateError::NotPresent { group, nic }),
             // Out of use already: the operator's offline takes over, and outlasts the
-            // duplicate until an online.
+            // duplicate or the missing programs until an online.
             IfState::Offline {
                 failure,
-                reason: OfflineReason::DuplicateMac,
+                reason: OfflineReason::DuplicateMac | OfflineReason::NoDatapath,
             } => {
                 self.members[index].state = IfState::Offline {
                     failure,
@@ -1387,11 +1437,47 @@ impl Group {
                 reason: OfflineReason::DuplicateMac,
                 ..
             } => return Err(StateError::DuplicateMac { group, nic }),
+            IfState::Offline {
+                reason: OfflineReason::NoDatapath,
+                ..
+            } => return Err(StateError::NoDatapath { group, nic }),
             _ => return Err(StateError::NotOffline { group, nic }),
         }
         member.bring_back();
         actions.push(Action::Onlined { nic });
         Ok(())
+    }
+
+    /// The offline reasons that come and go by themselves, applied after every event. The
+    /// programs are judged before and after the MACs: a NIC whose MAC became unique or whose
+    /// programs attached is brought back by one rule and may be taken again by the other at
+    /// once, never carrying traffic in between.
+    fn refresh_offline(&mut self, actions: &mut Vec<Action>) {
+        self.refresh_datapath(actions);
+        self.refresh_duplicates(actions);
+        self.refresh_datapath(actions);
+    }
+
+    /// Takes members without mpathd's programs offline, and brings back those that have
+    /// them again.
+    fn refresh_datapath(&mut self, actions: &mut Vec<Action>) {
+        for member in &mut self.members {
+            let nic = member.name.clone();
+            match member.state {
+                IfState::Ok | IfState::Failed { .. } if !member.datapath => {
+                    member.take_offline(OfflineReason::NoDatapath);
+                    actions.push(Action::DatapathLost { nic });
+                }
+                IfState::Offline {
+                    reason: OfflineReason::NoDatapath,
+                    ..
+                } if member.datapath => {
+                    member.bring_back();
+                    actions.push(Action::DatapathAttached { nic });
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Takes members whose hardware address an earlier present member has offline, and
@@ -1408,16 +1494,7 @@ impl Group {
             let member = &mut self.members[index];
             match (member.state, original) {
                 (IfState::Ok | IfState::Failed { .. }, Some((of, mac))) => {
-                    let failure = match member.state {
-                        IfState::Failed { cause } => Some(cause),
-                        _ => None,
-                    };
-                    member.state = IfState::Offline {
-                        failure,
-                        reason: OfflineReason::DuplicateMac,
-                    };
-                    member.inactive = false;
-                    member.clear_probes();
+                    member.take_offline(OfflineReason::DuplicateMac);
                     actions.push(Action::DuplicateMac {
                         nic: member.name.clone(),
                         of,

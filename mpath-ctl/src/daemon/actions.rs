@@ -51,7 +51,8 @@ impl Daemon {
                 }
                 Action::LinkDown { .. }
                 | Action::FamilyFailed { .. }
-                | Action::DuplicateMac { .. } => log(Level::WARN, name, action, line),
+                | Action::DuplicateMac { .. }
+                | Action::DatapathLost { .. } => log(Level::WARN, name, action, line),
                 Action::StillFailed { .. } => log(Level::INFO, name, action, line),
                 Action::Repaired { nic } => {
                     self.metrics.repair(name, nic);
@@ -85,6 +86,7 @@ impl Daemon {
                 | Action::Activate { .. }
                 | Action::Deactivate { .. }
                 | Action::MacUnique { .. }
+                | Action::DatapathAttached { .. }
                 | Action::GroupRepaired { .. }
                 | Action::FamilyRepaired { .. } => log(Level::INFO, name, action, line),
             }

@@ -49,6 +49,8 @@ pub(super) struct Nic {
     pub rx: RxEvidence,
     /// Up with carrier: only then does the kernel take nexthops through it.
     pub carrier: bool,
+    /// Why mpathd's programs are not on the NIC, while they are not: it is offline then.
+    pub datapath_error: Option<String>,
 }
 
 pub(super) struct GroupRuntime {
@@ -185,6 +187,15 @@ impl Groups {
         &self.list[at.group].nics[at.nic]
     }
 
+    /// Where every configured NIC is, in group and configuration order.
+    pub(crate) fn nics(&self) -> Vec<NicAt> {
+        self.list
+            .iter()
+            .enumerate()
+            .flat_map(|(group, g)| (0..g.nics.len()).map(move |nic| NicAt { group, nic }))
+            .collect()
+    }
+
     pub(crate) fn nic_mut(&mut self, at: NicAt) -> &mut Nic {
         &mut self.list[at.group].nics[at.nic]
     }
@@ -256,6 +267,7 @@ impl Groups {
                 probing: Vec::new(),
                 rx: RxEvidence::default(),
                 carrier: false,
+                datapath_error: None,
             });
         }
         let addresses = g

@@ -56,6 +56,11 @@ use crate::{
     net::nexthop::Nexthops,
 };
 
+/// How often mpathd looks whether its programs are still on every NIC and tries again where
+/// they could not be attached: a detached program is back within this, at the cost of a link
+/// query per NIC.
+const DATAPATH_CHECK: Duration = Duration::from_secs(2);
+
 /// Where the configuration is read from, again on SIGHUP.
 pub struct ConfigPaths {
     pub config: PathBuf,
@@ -86,6 +91,8 @@ pub struct Daemon {
     /// This mpathd took over a running datapath (a restart): the groups it starts with skip
     /// the startup quiet period, which is for a cold start.
     restarted: bool,
+    /// When to look again whether every NIC has its programs ([`Daemon::check_datapath`]).
+    datapath_due: Instant,
     metrics: Metrics,
 }
 
@@ -149,6 +156,7 @@ impl Daemon {
             following: Following::default(),
             source_hook: SourceHook::default(),
             restarted,
+            datapath_due: Instant::now() + DATAPATH_CHECK,
             metrics,
         };
         for g in &config.groups {
@@ -238,6 +246,7 @@ impl Daemon {
     fn next_wakeup(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_secs(1);
         let timers = [
+            Some(self.datapath_due),
             self.routing.due,
             self.announcer.next_due(),
             Some(self.following.due),
@@ -271,6 +280,10 @@ impl Daemon {
             }
         }
         self.recheck_memberships(now);
+        if self.datapath_due <= now {
+            self.check_datapath(now).await;
+            self.datapath_due = now + DATAPATH_CHECK;
+        }
         for gi in 0..self.groups.len() {
             self.probe_group(gi, now).await;
             if self.groups[gi].fsm.next_wakeup().is_some_and(|t| t <= now) {

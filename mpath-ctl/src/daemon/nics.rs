@@ -22,7 +22,7 @@ use crate::{
         link_local_of,
         reload::carry_states,
     },
-    datapath::{self, maps::Maps},
+    datapath::{self, XdpAttach, maps::Maps},
     net::address::IpCidr,
     net::netconf::{InterfaceNetconf, Netconf},
     net::netlink::{AddressOptions, Link, Netlink, NetlinkError, Origin},
@@ -159,6 +159,11 @@ impl Daemon {
             }
         }
         self.set_up_nic(at, link, now).await;
+        // A change of the NIC (its MTU, its features, its link) may be what lets the
+        // programs attach.
+        if known && self.groups.nic(at).datapath_error.is_some() {
+            self.bring_in(at, link.ifindex, now).await;
+        }
         let nic = link.name.clone();
         // Before an appearance, so that a NIC that duplicates another's MAC never carries
         // traffic; a MAC that did not change changes nothing.
@@ -261,28 +266,93 @@ impl Daemon {
         }
         // The NIC was re-created under the same name: the old one's datapath state goes.
         self.forget_nic(at);
-        if !self.attach_datapath(at, link) {
-            return;
-        }
-        self.place_test_address(at, link.ifindex).await;
-        self.describe_to_datapath(at, link.ifindex);
-        self.groups.nic_mut(at).ifindex = Some(link.ifindex);
-        self.start_probers(at, now);
+        let nic = self.groups.nic_mut(at);
+        nic.ifindex = Some(link.ifindex);
+        nic.mac = link.mac.unwrap_or_default();
+        nic.datapath_error = None;
+        self.bring_in(at, link.ifindex, now).await;
     }
 
-    /// Attaches the programs to a NIC and gives it a group member's settings; false (logged)
-    /// when the programs cannot be attached.
-    fn attach_datapath(&mut self, at: NicAt, link: &Link) -> bool {
+    /// Attaches the programs to a present NIC and, once they are on, gives it its test
+    /// address, its place in the maps and its probers; tells the state machine either way
+    /// (a NIC without the programs is offline until they attach).
+    async fn bring_in(&mut self, at: NicAt, ifindex: u32, now: Instant) {
+        let attached = self.attach_datapath(at);
+        if attached {
+            self.place_test_address(at, ifindex).await;
+            self.describe_to_datapath(at, ifindex);
+            self.start_probers(at, now);
+        }
+        let event = Event::Datapath {
+            nic: self.groups.nic(at).name.clone(),
+            attached,
+        };
+        self.handle(at.group, event, now).await;
+    }
+
+    /// Attaches the programs to a NIC and gives it a group member's settings; false when the
+    /// programs cannot be attached, with the reason kept for the views and logged once.
+    fn attach_datapath(&mut self, at: NicAt) -> bool {
+        let probe_rx = self.groups[at.group].config.probe_rx;
         let nic = self.groups.nic_mut(at);
-        nic.mac = link.mac.unwrap_or_default();
-        if let Err(e) = self.datapath.attach(&nic.name) {
-            tracing::error!("cannot attach the datapath to {}: {e}", nic.name);
-            return false;
+        match self.datapath.attach(&nic.name, probe_rx) {
+            Ok(attached) => {
+                if let Some(XdpAttach::Generic { native }) = attached.xdp {
+                    tracing::warn!(
+                        "{}: the driver refused native XDP ({native}); its probe replies are \
+                         matched by generic XDP, which costs every received packet more",
+                        nic.name
+                    );
+                }
+                if nic.datapath_error.take().is_some() {
+                    tracing::info!("mpathd's programs are attached to {} now", nic.name);
+                }
+            }
+            Err(e) => {
+                let error = e.to_string();
+                if nic.datapath_error.as_ref() != Some(&error) {
+                    tracing::error!("cannot attach mpathd's programs to {}: {error}", nic.name);
+                }
+                nic.datapath_error = Some(error);
+                return false;
+            }
         }
         if let Err(e) = Netconf::system().write(&nic.name, InterfaceNetconf::GROUP_MEMBER) {
             tracing::warn!("{}: {e}", nic.name);
         }
         true
+    }
+
+    /// Attaches again where the programs are missing: on NICs they could not be attached to
+    /// before (the cause may be gone: an MTU lowered, a foreign XDP program removed), and on
+    /// NICs someone detached them from behind mpathd's back (`bpftool link detach`, `tc
+    /// filter del`).
+    pub(super) async fn check_datapath(&mut self, now: Instant) {
+        for at in self.groups.nics() {
+            let nic = self.groups.nic(at);
+            let Some(ifindex) = nic.ifindex else { continue };
+            if nic.datapath_error.is_some() {
+                self.bring_in(at, ifindex, now).await;
+                continue;
+            }
+            match self.datapath.still_attached(ifindex) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        "mpathd's programs were taken off {} behind its back: attaching them again",
+                        nic.name
+                    );
+                    if !self.attach_datapath(at) {
+                        let event = Event::Datapath {
+                            nic: self.groups.nic(at).name.clone(),
+                            attached: false,
+                        };
+                        self.handle(at.group, event, now).await;
+                    }
+                }
+                Err(e) => tracing::warn!("{}: {e}", nic.name),
+            }
+        }
     }
 
     /// Puts a NIC's IPv4 test address on it.

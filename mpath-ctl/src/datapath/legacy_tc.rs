@@ -1,11 +1,12 @@
-//! The egress program as a classic tc filter, for kernels without tcx (before 6.6): a
-//! direct-action cls_bpf filter on the NIC's clsact qdisc, at a fixed priority and handle.
+//! The tc programs as classic tc filters, for kernels without tcx (before 6.6): a
+//! direct-action cls_bpf filter on each hook of the NIC's clsact qdisc (the spreading program
+//! on egress, the probe matcher on ingress), at a fixed priority and handle.
 //!
 //! Such a filter is no BPF link: it cannot be pinned, and it stays in the qdisc until someone
 //! deletes it. mpathd leaves it there when it exits (a restart replaces the program in place,
-//! by priority and handle) and finds its own again by dumping the NIC's egress filters: a
-//! filter is mpathd's when it sits at [`PRIORITY`] and [`HANDLE`], is of kind `bpf` and runs
-//! a program named `mpath_spread`. Other filters are never touched.
+//! by priority and handle) and finds its own again by dumping the NIC's filters: a filter is
+//! mpathd's when it sits at [`PRIORITY`] and [`HANDLE`], is of kind `bpf` and runs the
+//! program of its hook ([`Hook::program`]). Other filters are never touched.
 //!
 //! Requests go over a blocking rtnetlink socket: the datapath is synchronous, and a filter
 //! dump is one short exchange.
@@ -28,15 +29,40 @@ pub const PRIORITY: u16 = 0x6d70;
 /// The handle of mpathd's filter at [`PRIORITY`].
 pub const HANDLE: u32 = 0x6d70;
 
-/// The clsact qdisc's egress hook, where the filter sits.
-const EGRESS: TcHandle = TcHandle {
-    major: u16::MAX,
-    minor: TcHandle::MIN_EGRESS,
-};
+/// A hook of the clsact qdisc, and the program of mpathd's that runs there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// `mpath_spread`.
+    Egress,
+    /// `mpath_probe_rx`.
+    Ingress,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Egress, Hook::Ingress];
+
+    /// The program mpathd attaches here.
+    pub fn program(self) -> &'static str {
+        match self {
+            Hook::Egress => program_names::SPREAD,
+            Hook::Ingress => program_names::PROBE_RX,
+        }
+    }
+
+    fn parent(self) -> TcHandle {
+        TcHandle {
+            major: u16::MAX,
+            minor: match self {
+                Hook::Egress => TcHandle::MIN_EGRESS,
+                Hook::Ingress => TcHandle::MIN_INGRESS,
+            },
+        }
+    }
+}
 /// `ETH_P_ALL`, the protocol aya attaches with, in network order as tcm_info carries it.
 const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
 
-/// A cls_bpf filter found on a NIC's egress hook.
+/// A cls_bpf filter found on a hook of a NIC.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
     pub priority: u16,
@@ -49,12 +75,12 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Whether this is mpathd's filter: its place and the name of its program.
-    pub fn is_mpathd(&self) -> bool {
+    /// Whether this is mpathd's filter on `hook`: its place and the name of its program.
+    pub fn is_mpathd(&self, hook: Hook) -> bool {
         self.priority == PRIORITY
             && self.handle == HANDLE
             && self.kind == "bpf"
-            && self.name.as_deref() == Some(program_names::SPREAD)
+            && self.name.as_deref() == Some(hook.program())
     }
 
     /// Whether the filter occupies mpathd's place (priority and handle), whoever made it.
@@ -63,11 +89,11 @@ impl Filter {
     }
 }
 
-/// The filters on the egress hook of NIC `ifindex` (none when it has no clsact qdisc or is
-/// gone), without the per-priority chain entries the kernel reports besides them.
-pub fn egress_filters(ifindex: u32) -> io::Result<Vec<Filter>> {
+/// The filters on `hook` of NIC `ifindex` (none when it has no clsact qdisc or is gone),
+/// without the per-priority chain entries the kernel reports besides them.
+pub fn filters(ifindex: u32, hook: Hook) -> io::Result<Vec<Filter>> {
     let mut message = TcMessage::with_index(ifindex_i32(ifindex)?);
-    message.header.parent = EGRESS;
+    message.header.parent = hook.parent();
     let replies = exchange(
         RouteNetlinkMessage::GetTrafficFilter(message),
         NLM_F_REQUEST | NLM_F_DUMP,
@@ -115,15 +141,20 @@ fn filter_of(message: &TcMessage) -> Option<Filter> {
     })
 }
 
-/// Deletes mpathd's filter from NIC `ifindex`; `false` when there was none (or no NIC).
-/// Checks first that the filter at mpathd's place is mpathd's: another program's filter
+/// Whether NIC `ifindex` has mpathd's filter on `hook`.
+pub fn has_mpathd_filter(ifindex: u32, hook: Hook) -> io::Result<bool> {
+    Ok(filters(ifindex, hook)?.iter().any(|f| f.is_mpathd(hook)))
+}
+
+/// Deletes mpathd's filter on `hook` from NIC `ifindex`; `false` when there was none (or no
+/// NIC). Checks first that the filter at mpathd's place is mpathd's: another program's filter
 /// there is left alone.
-pub fn delete_mpathd_filter(ifindex: u32) -> io::Result<bool> {
-    if !egress_filters(ifindex)?.iter().any(Filter::is_mpathd) {
+pub fn delete_mpathd_filter(ifindex: u32, hook: Hook) -> io::Result<bool> {
+    if !has_mpathd_filter(ifindex, hook)? {
         return Ok(false);
     }
     let mut message = TcMessage::with_index(ifindex_i32(ifindex)?);
-    message.header.parent = EGRESS;
+    message.header.parent = hook.parent();
     message.header.handle = TcHandle::from(HANDLE);
     message.header.info = (u32::from(PRIORITY) << 16) | u32::from(ETH_P_ALL_BE);
     message.attributes.push(TcAttribute::Kind("bpf".into()));
@@ -138,11 +169,11 @@ pub fn delete_mpathd_filter(ifindex: u32) -> io::Result<bool> {
     }
 }
 
-/// ifindexes of the NICs of this network namespace that carry mpathd's filter.
+/// ifindexes of the NICs of this network namespace that carry a filter of mpathd's.
 pub fn nics_with_mpathd_filter() -> io::Result<Vec<u32>> {
     let mut nics = Vec::new();
     for (ifindex, _) in interfaces()? {
-        if egress_filters(ifindex)?.iter().any(Filter::is_mpathd) {
+        if has_mpathd_filter(ifindex, Hook::Egress)? || has_mpathd_filter(ifindex, Hook::Ingress)? {
             nics.push(ifindex);
         }
     }
@@ -236,13 +267,20 @@ mod tests {
     }
 
     #[test]
-    fn only_the_spread_program_at_mpathds_place_is_mpathds() {
-        assert!(filter(PRIORITY, HANDLE, "bpf", Some(program_names::SPREAD)).is_mpathd());
+    fn only_the_hook_s_program_at_mpathds_place_is_mpathds() {
+        let spread = filter(PRIORITY, HANDLE, "bpf", Some(program_names::SPREAD));
+        assert!(spread.is_mpathd(Hook::Egress));
+        assert!(!spread.is_mpathd(Hook::Ingress));
+        let probe_rx = filter(PRIORITY, HANDLE, "bpf", Some(program_names::PROBE_RX));
+        assert!(probe_rx.is_mpathd(Hook::Ingress));
+        assert!(!probe_rx.is_mpathd(Hook::Egress));
         // Another program, another kind, another place: someone else's.
-        assert!(!filter(PRIORITY, HANDLE, "bpf", Some("other")).is_mpathd());
-        assert!(!filter(PRIORITY, HANDLE, "u32", None).is_mpathd());
-        assert!(!filter(PRIORITY, HANDLE + 1, "bpf", Some(program_names::SPREAD)).is_mpathd());
-        assert!(!filter(1, HANDLE, "bpf", Some(program_names::SPREAD)).is_mpathd());
+        for hook in Hook::ALL {
+            assert!(!filter(PRIORITY, HANDLE, "bpf", Some("other")).is_mpathd(hook));
+            assert!(!filter(PRIORITY, HANDLE, "u32", None).is_mpathd(hook));
+            assert!(!filter(PRIORITY, HANDLE + 1, "bpf", Some(hook.program())).is_mpathd(hook));
+            assert!(!filter(1, HANDLE, "bpf", Some(hook.program())).is_mpathd(hook));
+        }
         assert!(filter(PRIORITY, HANDLE, "u32", None).holds_mpathd_place());
     }
 

@@ -37,6 +37,7 @@ use aya::{
 use mpath_common::{PIN_LAYOUT_VERSION, map_names, program_names};
 
 pub use crate::config::TcAttach;
+use legacy_tc::Hook;
 
 use maps::{Maps, MapsError};
 use pins::PinLayout;
@@ -57,7 +58,7 @@ pub enum DatapathError {
     NoBpffs { path: PathBuf, source: io::Error },
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("eBPF program {name}: {source}")]
+    #[error("eBPF program {name}: {}", error_chain(source))]
     Program {
         name: &'static str,
         source: ProgramError,
@@ -93,18 +94,46 @@ pub enum DatapathError {
     #[error("the egress filters of {ifname}: {source}")]
     Filters { ifname: String, source: io::Error },
     #[error(
-        "{ifname}: the egress filter at priority {priority} handle {handle:#x} (kind {kind}{name}) \
+        "{ifname}: the {hook:?} filter at priority {priority} handle {handle:#x} (kind {kind}{name}) \
          is not mpathd's; mpathd puts its cls_bpf filter there: delete that filter or move it"
     )]
     FilterPlaceTaken {
         ifname: String,
+        hook: Hook,
         priority: u16,
         handle: u32,
         kind: String,
         name: String,
     },
+    #[error(
+        "eBPF program {}: native XDP refused ({native}), generic XDP refused ({generic})",
+        program_names::PROBE_RX_XDP
+    )]
+    Xdp { native: String, generic: String },
     #[error(transparent)]
     Maps(#[from] MapsError),
+}
+
+/// Where probe replies are matched: `probe_rx` in the configuration.
+pub use crate::config::ProbeRx;
+
+/// What [`Datapath::attach`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attached {
+    pub ifindex: u32,
+    /// How the XDP matcher runs, with `probe_rx = "xdp"`.
+    pub xdp: Option<XdpAttach>,
+}
+
+/// How the XDP matcher was attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// In the driver.
+    Native,
+    /// Generic XDP in the stack, after the driver refused native XDP for the reason given.
+    Generic { native: String },
+    /// A link left by an earlier mpathd, updated in place, in the mode it had.
+    Kept,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
@@ -134,9 +163,8 @@ pub struct Datapath {
     /// The cookie of mpathd's network namespace, which the source hook keeps to; `None` on a
     /// kernel that does not tell it.
     netns_cookie: Option<u64>,
-    /// Attached NICs by ifindex: their pinned tc link (none for a cls_bpf filter) and XDP
-    /// link.
-    attached: BTreeMap<u32, (Option<PinnedLink>, PinnedLink)>,
+    /// Attached NICs by ifindex, with where their probe replies are matched.
+    attached: BTreeMap<u32, ProbeRx>,
 }
 
 impl Datapath {
@@ -182,7 +210,7 @@ impl Datapath {
                 name: program_names::SPREAD,
                 source,
             })?;
-        probe_program(&mut ebpf)?
+        tc_program(&mut ebpf, Hook::Ingress)?
             .load()
             .map_err(|source| DatapathError::Program {
                 name: program_names::PROBE_RX,
@@ -200,10 +228,15 @@ impl Datapath {
         })
     }
 
-    /// The probe-reply program, for running it on crafted packets (BPF_PROG_TEST_RUN) in
-    /// tests and benchmarks.
-    pub fn probe_rx(&mut self) -> Result<&mut Xdp, DatapathError> {
-        probe_program(&mut self.ebpf)
+    /// The probe matcher at tc ingress, for running it on crafted packets
+    /// (BPF_PROG_TEST_RUN) in tests and benchmarks.
+    pub fn probe_rx(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        tc_program(&mut self.ebpf, Hook::Ingress)
+    }
+
+    /// The XDP probe matcher (loaded on first use), for BPF_PROG_TEST_RUN.
+    pub fn probe_rx_xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
+        xdp_program(&mut self.ebpf)
     }
 
     /// The spreading program, for BPF_PROG_TEST_RUN in tests and benchmarks.
@@ -216,73 +249,63 @@ impl Datapath {
         &self.pins
     }
 
-    /// Attaches both programs to the NIC `ifname`. A link already pinned for it (left by an
-    /// earlier mpathd) is updated in place to the freshly loaded program, and so is mpathd's
-    /// cls_bpf filter: the NIC is never without a program, not even for a packet. A pinned
-    /// link whose NIC is gone (a reused ifindex) cannot be updated: it is replaced by a fresh
-    /// attachment. An egress program of the other kind (tcx against cls_bpf, after a kernel
-    /// change) is removed first, so that two never run on one NIC.
-    pub fn attach(&mut self, ifname: &str) -> Result<u32, DatapathError> {
+    /// Attaches the programs to the NIC `ifname`: the spreading program on egress, and the
+    /// probe matcher on tc ingress or, with `probe_rx` XDP, as an XDP program (native where
+    /// the driver takes it, else generic). A link already pinned for it (left by an earlier
+    /// mpathd) is updated in place to the freshly loaded program, and so is a cls_bpf filter
+    /// of mpathd's: the NIC is never without a program, not even for a packet. A pinned link
+    /// whose NIC is gone (a reused ifindex) cannot be updated: it is replaced by a fresh
+    /// attachment. A program of the other kind (tcx against cls_bpf after a kernel change,
+    /// the tc matcher against the XDP one) is removed once the new one runs, so that two
+    /// never run on one hook.
+    pub fn attach(&mut self, ifname: &str, probe_rx: ProbeRx) -> Result<Attached, DatapathError> {
         let ifindex = ifindex_of(ifname)?;
         self.restore_layout()?;
-        let tc_path = self.pins.link("tc", ifindex);
-        let xdp_path = self.pins.link("xdp", ifindex);
-
-        let tc = match self.tc_kind {
-            TcKind::Tcx => {
-                legacy_tc::delete_mpathd_filter(ifindex).map_err(|source| {
-                    DatapathError::Filters {
-                        ifname: ifname.into(),
-                        source,
-                    }
-                })?;
-                Some(self.attach_tcx(ifname, &tc_path)?)
-            }
-            TcKind::Legacy => {
-                // Detached at once: two egress programs never run on one NIC.
-                detach_pinned_link(&tc_path)?;
-                self.attach_legacy(ifname, ifindex)?;
+        self.attach_tc(ifname, ifindex, Hook::Egress)?;
+        let xdp = match probe_rx {
+            ProbeRx::Tc => {
+                self.attach_tc(ifname, ifindex, Hook::Ingress)?;
+                detach_pinned_link(&self.pins.link(XDP, ifindex))?;
                 None
             }
+            ProbeRx::Xdp => {
+                let mode = self.attach_xdp(ifindex)?;
+                self.detach_tc(ifindex, Hook::Ingress)?;
+                Some(mode)
+            }
         };
-        let xdp = {
-            let prog = probe_program(&mut self.ebpf)?;
-            let program = |source| DatapathError::Program {
-                name: program_names::PROBE_RX,
-                source,
-            };
-            let updated = match pinned_link(&xdp_path)? {
-                Some(link) => XdpLink::try_from(link)
-                    .ok()
-                    .and_then(|link| prog.attach_to_link(link).ok()),
-                None => None,
-            };
-            let id = match updated {
-                Some(id) => id,
-                None => prog
-                    .attach_to_if_index(ifindex, XdpMode::Default)
-                    .map_err(program)?,
-            };
-            // Before 5.9 aya attaches XDP through netlink, which gives no link to pin.
-            FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|_| {
-                DatapathError::MissingFeature {
-                    feature: "BPF links for XDP",
-                    since: "5.9",
-                }
-            })?
-        };
-        let xdp = pin(xdp, &xdp_path)?;
-        self.attached.insert(ifindex, (tc, xdp));
-        Ok(ifindex)
+        self.attached.insert(ifindex, probe_rx);
+        Ok(Attached { ifindex, xdp })
     }
 
-    /// The egress program through a tcx link, pinned at `path` (an existing pin updated).
-    fn attach_tcx(&mut self, ifname: &str, path: &Path) -> Result<PinnedLink, DatapathError> {
-        let prog = spread_program(&mut self.ebpf)?;
-        let program = |source| DatapathError::Program {
-            name: program_names::SPREAD,
-            source,
-        };
+    /// The program of `hook` on a NIC, through a pinned tcx link or mpathd's cls_bpf filter
+    /// as this datapath does it; the other kind is removed first, so that two programs never
+    /// run on one hook.
+    fn attach_tc(&mut self, ifname: &str, ifindex: u32, hook: Hook) -> Result<(), DatapathError> {
+        let path = self.pins.link(tc_pin_kind(hook), ifindex);
+        match self.tc_kind {
+            TcKind::Tcx => {
+                delete_filter(ifindex, hook)?;
+                self.attach_tcx(ifname, hook, &path)
+            }
+            TcKind::Legacy => {
+                detach_pinned_link(&path)?;
+                self.attach_legacy(ifname, ifindex, hook)
+            }
+        }
+    }
+
+    /// Takes the program of `hook` off a NIC, whichever kind carries it.
+    fn detach_tc(&mut self, ifindex: u32, hook: Hook) -> Result<(), DatapathError> {
+        detach_pinned_link(&self.pins.link(tc_pin_kind(hook), ifindex))?;
+        delete_filter(ifindex, hook)
+    }
+
+    /// The program of `hook` through a tcx link, pinned at `path` (an existing pin updated).
+    fn attach_tcx(&mut self, ifname: &str, hook: Hook, path: &Path) -> Result<(), DatapathError> {
+        let name = hook.program();
+        let prog = tc_program(&mut self.ebpf, hook)?;
+        let program = |source| DatapathError::Program { name, source };
         let updated = match pinned_link(path)? {
             Some(link) => SchedClassifierLink::try_from(link)
                 .ok()
@@ -294,7 +317,7 @@ impl Datapath {
             None => prog
                 .attach_with_options(
                     ifname,
-                    TcAttachType::Egress,
+                    attach_type(hook),
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(program)?,
@@ -305,34 +328,37 @@ impl Datapath {
                 source: e,
             }
         })?;
-        pin(link, path)
+        pin(link, path).map(drop)
     }
 
-    /// The egress program as mpathd's cls_bpf filter on the NIC's clsact qdisc (added if
+    /// The program of `hook` as mpathd's cls_bpf filter on the NIC's clsact qdisc (added if
     /// missing). A filter of mpathd's already there gets the new program in place, by
     /// priority and handle, which the kernel swaps atomically.
-    fn attach_legacy(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
-        let program = |source| DatapathError::Program {
-            name: program_names::SPREAD,
-            source,
-        };
+    fn attach_legacy(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        hook: Hook,
+    ) -> Result<(), DatapathError> {
+        let name = hook.program();
+        let program = |source| DatapathError::Program { name, source };
         match tc::qdisc_add_clsact(ifname) {
             Ok(()) => {}
             Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(program(e.into())),
         }
         let filters =
-            legacy_tc::egress_filters(ifindex).map_err(|source| DatapathError::Filters {
+            legacy_tc::filters(ifindex, hook).map_err(|source| DatapathError::Filters {
                 ifname: ifname.into(),
                 source,
             })?;
         let handle = TcHandle::from(legacy_tc::HANDLE);
-        let prog = spread_program(&mut self.ebpf)?;
+        let prog = tc_program(&mut self.ebpf, hook)?;
         let id = match filters.iter().find(|f| f.holds_mpathd_place()) {
-            Some(filter) if filter.is_mpathd() => {
+            Some(filter) if filter.is_mpathd(hook) => {
                 let link = SchedClassifierLink::attached(
                     ifname,
-                    TcAttachType::Egress,
+                    attach_type(hook),
                     legacy_tc::PRIORITY,
                     handle,
                     None,
@@ -343,6 +369,7 @@ impl Datapath {
             Some(filter) => {
                 return Err(DatapathError::FilterPlaceTaken {
                     ifname: ifname.into(),
+                    hook,
                     priority: filter.priority,
                     handle: filter.handle,
                     kind: filter.kind.clone(),
@@ -356,7 +383,7 @@ impl Datapath {
             None => prog
                 .attach_with_options(
                     ifname,
-                    TcAttachType::Egress,
+                    attach_type(hook),
                     TcAttachOptions::Netlink(NlOptions {
                         priority: legacy_tc::PRIORITY,
                         handle,
@@ -370,6 +397,83 @@ impl Datapath {
         // descriptor, only the filter's address.
         std::mem::forget(prog.take_link(id).map_err(program)?);
         Ok(())
+    }
+
+    /// The XDP matcher on NIC `ifindex` through a pinned link (an existing one updated):
+    /// native where the driver takes it, else generic, which every NIC takes.
+    fn attach_xdp(&mut self, ifindex: u32) -> Result<XdpAttach, DatapathError> {
+        let path = self.pins.link(XDP, ifindex);
+        let prog = xdp_program(&mut self.ebpf)?;
+        let program = |source| DatapathError::Program {
+            name: program_names::PROBE_RX_XDP,
+            source,
+        };
+        let updated = match pinned_link(&path)? {
+            Some(link) => XdpLink::try_from(link)
+                .ok()
+                .and_then(|link| prog.attach_to_link(link).ok()),
+            None => None,
+        };
+        let (id, mode) = match updated {
+            Some(id) => (id, XdpAttach::Kept),
+            None => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
+                Ok(id) => (id, XdpAttach::Native),
+                Err(native) => {
+                    let native = error_chain(&native);
+                    let id = prog
+                        .attach_to_if_index(ifindex, XdpMode::Skb)
+                        .map_err(|generic| DatapathError::Xdp {
+                            native: native.clone(),
+                            generic: error_chain(&generic),
+                        })?;
+                    (id, XdpAttach::Generic { native })
+                }
+            },
+        };
+        // Before 5.9 aya attaches XDP through netlink, which gives no link to pin.
+        let link = FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|_| {
+            DatapathError::MissingFeature {
+                feature: "BPF links for XDP",
+                since: "5.9",
+            }
+        })?;
+        pin(link, &path)?;
+        Ok(mode)
+    }
+
+    /// Whether every program `attach` put on NIC `ifindex` is still on it: `false` when
+    /// someone detached a link (`bpftool link detach`) or deleted mpathd's filter. A NIC this
+    /// datapath did not attach has nothing to lose.
+    pub(crate) fn still_attached(&self, ifindex: u32) -> Result<bool, DatapathError> {
+        let Some(probe_rx) = self.attached.get(&ifindex) else {
+            return Ok(true);
+        };
+        let ingress = match probe_rx {
+            ProbeRx::Tc => Some(Hook::Ingress),
+            ProbeRx::Xdp => None,
+        };
+        for hook in std::iter::once(Hook::Egress).chain(ingress) {
+            let on = match self.tc_kind {
+                TcKind::Tcx => {
+                    link_ifindex(&self.pins.link(tc_pin_kind(hook), ifindex))? == Some(ifindex)
+                }
+                TcKind::Legacy => {
+                    legacy_tc::has_mpathd_filter(ifindex, hook).map_err(|source| {
+                        DatapathError::Filters {
+                            ifname: format!("ifindex {ifindex}"),
+                            source,
+                        }
+                    })?
+                }
+            };
+            if !on {
+                return Ok(false);
+            }
+        }
+        if *probe_rx == ProbeRx::Xdp {
+            return Ok(link_ifindex(&self.pins.link(XDP, ifindex))? == Some(ifindex));
+        }
+        Ok(true)
     }
 
     /// Pins the layout again if someone removed it while this datapath runs (`rm -r` of the
@@ -395,17 +499,14 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches both programs from a NIC and removes its pins and mpathd's cls_bpf filter.
+    /// Detaches every program from a NIC and removes its pins and mpathd's cls_bpf filters.
     /// A NIC that is gone or was never attached is not an error: its links went with it.
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         self.attached.remove(&ifindex);
-        for kind in ["tc", "xdp"] {
-            detach_pinned_link(&self.pins.link(kind, ifindex))?;
+        detach_pinned_link(&self.pins.link(XDP, ifindex))?;
+        for hook in Hook::ALL {
+            self.detach_tc(ifindex, hook)?;
         }
-        legacy_tc::delete_mpathd_filter(ifindex).map_err(|source| DatapathError::Filters {
-            ifname: format!("ifindex {ifindex}"),
-            source,
-        })?;
         Ok(())
     }
 
@@ -555,10 +656,9 @@ fn detach_links(links: &Path) -> Result<(), DatapathError> {
 /// this.
 pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
     for ifindex in legacy_tc::nics_with_mpathd_filter().map_err(DatapathError::FilterDump)? {
-        legacy_tc::delete_mpathd_filter(ifindex).map_err(|source| DatapathError::Filters {
-            ifname: format!("ifindex {ifindex}"),
-            source,
-        })?;
+        for hook in Hook::ALL {
+            delete_filter(ifindex, hook)?;
+        }
     }
     let pins = PinLayout::new(pin_root);
     // Each link detached first: programs are off their hooks when this returns.
@@ -630,12 +730,69 @@ fn pinned_nics(links: &Path) -> Result<Vec<u32>, DatapathError> {
     Ok(nics)
 }
 
+/// mpathd's cls_bpf filter on `hook` of NIC `ifindex` deleted, if there is one.
+fn delete_filter(ifindex: u32, hook: Hook) -> Result<(), DatapathError> {
+    legacy_tc::delete_mpathd_filter(ifindex, hook)
+        .map(drop)
+        .map_err(|source| DatapathError::Filters {
+            ifname: format!("ifindex {ifindex}"),
+            source,
+        })
+}
+
+/// The pin name of the tcx link of `hook` (egress keeps the name of the layout's first
+/// release).
+fn tc_pin_kind(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Egress => "tc",
+        Hook::Ingress => "tc-ingress",
+    }
+}
+
+/// The pin name of the XDP link.
+const XDP: &str = "xdp";
+
+fn attach_type(hook: Hook) -> TcAttachType {
+    match hook {
+        Hook::Egress => TcAttachType::Egress,
+        Hook::Ingress => TcAttachType::Ingress,
+    }
+}
+
+fn tc_program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, DatapathError> {
+    program(ebpf, hook.program())
+}
+
 fn spread_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, DatapathError> {
     program(ebpf, program_names::SPREAD)
 }
 
-fn probe_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
-    program(ebpf, program_names::PROBE_RX)
+/// The XDP matcher, loaded on first use: only NICs of `probe_rx = "xdp"` need it, and a
+/// kernel without multi-buffer XDP (5.18) refuses it.
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DatapathError> {
+    let prog: &mut Xdp = program(ebpf, program_names::PROBE_RX_XDP)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|source| DatapathError::Program {
+            name: program_names::PROBE_RX_XDP,
+            source,
+        })?;
+    }
+    Ok(prog)
+}
+
+/// An error with its causes, as `a: b: c`: aya's errors name the failed call and keep the
+/// errno in their source.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        cause = e.source();
+    }
+    text
 }
 
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
@@ -655,33 +812,14 @@ where
 /// the last reference goes (an RCU grace period): sockets opened meanwhile still meet it.
 /// aya has no call for either step, so this makes the two bpf(2) calls itself.
 fn detach_pinned_link(path: &Path) -> Result<(), DatapathError> {
-    const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_DETACH: libc::c_long = 34;
-    #[repr(C)]
-    struct ObjGetAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
     #[repr(C)]
     struct LinkDetachAttr {
         link_fd: u32,
     }
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io_err(path)(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-    let get = ObjGetAttr {
-        pathname: c_path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
+    let Some(link) = open_pin(path)? else {
+        return Ok(());
     };
-    // SAFETY: the path `get` points to outlives the call.
-    let fd = match unsafe { bpf(BPF_OBJ_GET, &get) } {
-        Ok(fd) => fd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    // SAFETY: bpf(2) returned a new descriptor that nothing else owns.
-    let link = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
     let detach = LinkDetachAttr {
         link_fd: link.as_raw_fd() as u32,
     };
@@ -709,6 +847,57 @@ unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
         Err(io::Error::last_os_error())
     } else {
         Ok(rc)
+    }
+}
+
+/// The ifindex of the NIC the link pinned at `path` is attached to: `Some(0)` once it was
+/// detached from its hook, `None` when nothing is pinned there.
+fn link_ifindex(path: &Path) -> Result<Option<u32>, DatapathError> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let Some(link) = open_pin(path)? else {
+        return Ok(None);
+    };
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) a union whose xdp and tcx
+    // members both start with the ifindex.
+    let mut info = [0u64; 8];
+    let attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `info` is valid for `info_len` bytes and outlives the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) }.map_err(io_err(path))?;
+    Ok(Some(info[2] as u32))
+}
+
+/// The object pinned at `path` opened (BPF_OBJ_GET), if there is one.
+fn open_pin(path: &Path) -> Result<Option<OwnedFd>, DatapathError> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io_err(path)(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let get = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: the path `get` points to outlives the call.
+    match unsafe { bpf(BPF_OBJ_GET, &get) } {
+        // SAFETY: bpf(2) returned a new descriptor that nothing else owns.
+        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 

@@ -1,17 +1,42 @@
-//! The XDP probe-reply matcher loaded into the kernel on a private pin directory, with one
-//! NIC configured, so tests can run it on crafted frames with BPF_PROG_TEST_RUN and read what
-//! it counted and queued.
+//! The probe-reply matchers (tc ingress and XDP) loaded into the kernel on a private pin
+//! directory, with one NIC configured, so tests can run either on crafted frames with
+//! BPF_PROG_TEST_RUN and read what it counted and queued.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use mpath_common::{NIC_F_TEST_V4, NIC_F_TEST_V6, NicCounters, NicInfo, ProbeReply, Settings};
-use mpath_ctl::datapath::Datapath;
+use mpath_ctl::datapath::{Datapath, ProbeRx};
 
 use crate::PinDir;
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
+/// Both matchers, for tests that hold each to the same rules.
+pub const MATCHERS: [ProbeRx; 2] = [ProbeRx::Tc, ProbeRx::Xdp];
+
+/// What a matcher did with a frame, whichever program type said it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// On into the stack (XDP_PASS, TC_ACT_UNSPEC).
+    Pass,
+    /// A reply to mpathd, taken (XDP_DROP, TC_ACT_SHOT).
+    Drop,
+    /// Anything else: no matcher should say it.
+    Other(u32),
+}
+
+impl Verdict {
+    fn of(matcher: ProbeRx, code: u32) -> Verdict {
+        const XDP_DROP: u32 = 1;
+        const XDP_PASS: u32 = 2;
+        const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+        const TC_ACT_SHOT: u32 = 2;
+        match (matcher, code) {
+            (ProbeRx::Xdp, XDP_PASS) | (ProbeRx::Tc, TC_ACT_UNSPEC) => Verdict::Pass,
+            (ProbeRx::Xdp, XDP_DROP) | (ProbeRx::Tc, TC_ACT_SHOT) => Verdict::Drop,
+            _ => Verdict::Other(code),
+        }
+    }
+}
 /// The loopback device exists in every namespace, which BPF_PROG_TEST_RUN requires of the
 /// ingress ifindex it is given.
 pub const IFINDEX: u32 = 1;
@@ -25,14 +50,15 @@ pub const TEST_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x21);
 pub const TARGET_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// A loaded datapath whose NIC `IFINDEX` (slot `SLOT`) probes from `TEST_V4` and `TEST_V6`
-/// with key `KEY`.
+/// with key `KEY`, with one of its matchers under test.
 pub struct Rig {
     pub datapath: Datapath,
+    pub matcher: ProbeRx,
     _pins: PinDir,
 }
 
 impl Rig {
-    pub fn new() -> Self {
+    pub fn new(matcher: ProbeRx) -> Self {
         let pins = PinDir::new();
         let mut datapath = Datapath::open(pins.path()).expect("load datapath");
         datapath
@@ -56,17 +82,18 @@ impl Rig {
             .expect("write NIC");
         Rig {
             datapath,
+            matcher,
             _pins: pins,
         }
     }
 
-    /// Runs the XDP program on `frame` as if received on `IFINDEX`; the kernel refuses some
+    /// Runs the matcher on `frame` as if received on `IFINDEX`; the kernel refuses some
     /// frames (those shorter than an Ethernet header) before the program sees them.
-    pub fn try_run(&mut self, frame: &[u8]) -> Result<u32, ProgramError> {
+    pub fn try_run(&mut self, frame: &[u8]) -> Result<Verdict, ProgramError> {
         self.try_run_on(IFINDEX, frame, 1)
     }
 
-    /// Runs the XDP program `times` times in a row (in one call, so within microseconds) on
+    /// Runs the matcher `times` times in a row (in one call, so within microseconds) on
     /// `frame` as if received on `ifindex`, which must exist in this network namespace;
     /// returns the last verdict.
     pub fn try_run_on(
@@ -74,22 +101,32 @@ impl Rig {
         ifindex: u32,
         frame: &[u8],
         times: u32,
-    ) -> Result<u32, ProgramError> {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex.
-        let mut ctx = [0u8; 24];
-        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    ) -> Result<Verdict, ProgramError> {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
-        opts.ctx_in = Some(&ctx);
         opts.repeat = times;
-        Ok(self
-            .datapath
-            .probe_rx()
-            .expect("probe program loaded")
-            .test_run(opts)?
-            .return_value)
+        let code = match self.matcher {
+            ProbeRx::Tc => {
+                // struct __sk_buff, of which the kernel takes only a few fields: the device
+                // the packet arrives on is `ifindex`, at byte 40.
+                let mut ctx = [0u8; 192];
+                ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+                opts.ctx_in = Some(&ctx);
+                let program = self.datapath.probe_rx().expect("tc matcher loaded");
+                program.test_run(opts)?.return_value
+            }
+            ProbeRx::Xdp => {
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+                // egress_ifindex.
+                let mut ctx = [0u8; 24];
+                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+                ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+                opts.ctx_in = Some(&ctx);
+                let program = self.datapath.probe_rx_xdp().expect("XDP matcher loaded");
+                program.test_run(opts)?.return_value
+            }
+        };
+        Ok(Verdict::of(self.matcher, code))
     }
 
     /// Configures another NIC, `ifindex` in counter slot `slot`, with the same test addresses.
@@ -102,8 +139,8 @@ impl Rig {
             .expect("write NIC");
     }
 
-    /// Runs the XDP program on `frame`; returns its verdict.
-    pub fn run(&mut self, frame: &[u8]) -> u32 {
+    /// Runs the matcher on `frame`; returns its verdict.
+    pub fn run(&mut self, frame: &[u8]) -> Verdict {
         self.try_run(frame).expect("BPF_PROG_TEST_RUN")
     }
 
@@ -118,11 +155,5 @@ impl Rig {
     /// The NIC's counters, summed over CPUs.
     pub fn counters(&self) -> NicCounters {
         self.datapath.maps.counters(SLOT).expect("read counters")
-    }
-}
-
-impl Default for Rig {
-    fn default() -> Self {
-        Self::new()
     }
 }
