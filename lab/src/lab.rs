@@ -40,6 +40,7 @@ pub struct LabBuilder {
     behind_router: bool,
     router_addrs: Vec<String>,
     host_addrs: Vec<(String, String)>,
+    mtu: u32,
 }
 
 impl LabBuilder {
@@ -62,6 +63,13 @@ impl LabBuilder {
     pub fn router_addrs(mut self, cidrs: &[&str]) -> Self {
         self.router_addrs
             .extend(cidrs.iter().map(|cidr| cidr.to_string()));
+        self
+    }
+
+    /// The MTU of every link of the lab (default 1500), e.g. 9000 for jumbo frames as
+    /// storage and HPC networks run them; NICs added later get it too.
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = mtu;
         self
     }
 
@@ -97,6 +105,7 @@ impl LabBuilder {
             router: Netns::create(name("router"))?,
             nics: BTreeSet::new(),
             dropped_ports: Mutex::new(None),
+            mtu: self.mtu,
         };
         lab.set_up_switch()?;
         lab.set_up_router(&self.router_addrs)?;
@@ -131,6 +140,8 @@ pub struct Lab {
     nics: BTreeSet<u32>,
     /// Switch ports in the nftables drop set; `None` until the drop table exists.
     dropped_ports: Mutex<Option<BTreeSet<String>>>,
+    /// The MTU of every veth.
+    mtu: u32,
 }
 
 impl Lab {
@@ -141,6 +152,7 @@ impl Lab {
             behind_router: false,
             router_addrs: Vec::new(),
             host_addrs: Vec::new(),
+            mtu: 1500,
         }
     }
 
@@ -177,18 +189,7 @@ impl Lab {
             .context("no free NIC index")?;
         let nic = format!("h{index}");
         let port = format!("s{index}");
-        self.host.ip(&[
-            "link",
-            "add",
-            &nic,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            self.switch.name(),
-        ])?;
+        self.add_veth(&self.host, &nic, &port)?;
         self.nics.insert(index);
         self.switch
             .ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
@@ -440,18 +441,7 @@ impl Lab {
 
     fn set_up_router(&self, extra_addrs: &[String]) -> Result<()> {
         write_sysctls(&self.router, &no_dad_sysctls())?;
-        self.router.ip(&[
-            "link",
-            "add",
-            ROUTER_NIC,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ROUTER_PORT,
-            "netns",
-            self.switch.name(),
-        ])?;
+        self.add_veth(&self.router, ROUTER_NIC, ROUTER_PORT)?;
         self.switch
             .ip(&["link", "set", ROUTER_PORT, "master", BRIDGE, "up"])?;
         self.router.ip(&["link", "set", ROUTER_NIC, "up"])?;
@@ -460,6 +450,28 @@ impl Lab {
         for cidr in defaults.iter().chain(extra_addrs) {
             add_addr(&self.router, ROUTER_NIC, cidr)?;
         }
+        Ok(())
+    }
+
+    /// A veth pair at the lab's MTU: `nic` in `ns`, `port` in the switch namespace.
+    fn add_veth(&self, ns: &Netns, nic: &str, port: &str) -> Result<()> {
+        let mtu = self.mtu.to_string();
+        ns.ip(&[
+            "link",
+            "add",
+            nic,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "mtu",
+            &mtu,
+            "netns",
+            self.switch.name(),
+        ])?;
         Ok(())
     }
 

@@ -17,7 +17,8 @@ include!("../../mpath-ebpf/toolchain.rs");
 /// systemd-analyze (package systemd), which rates the unit's hardening, systemd-networkd
 /// (package systemd) with a D-Bus of its own (package dbus-daemon) for networkctl, and
 /// netplan, whose example is rendered for it, NetworkManager and ifupdown, whose examples
-/// are tested too, and iperf3, the bulk TCP load of the datapath benchmark; qemu, busybox,
+/// are tested too, and iperf3, the bulk TCP load of the datapath benchmark, bpftool, which
+/// detaches mpathd's links behind its back in a test; qemu, busybox,
 /// cpio, xz, zstd and kmod (depmod, and modprobe for the guest's kernel) boot other kernels
 /// for `cargo xtask test --kernel` (and systemd, as PID 1 in one of them).
 const LAB_PACKAGES: &[&str] = &[
@@ -33,6 +34,7 @@ const LAB_PACKAGES: &[&str] = &[
     "network-manager",
     "ifupdown",
     "iperf3",
+    "bpftool",
     "qemu-system-x86",
     "busybox-static",
     "cpio",

@@ -230,6 +230,7 @@ struct StateMetrics {
     family_probe_state: IntGaugeVec,
     active: IntGaugeVec,
     standby: IntGaugeVec,
+    no_datapath: IntGaugeVec,
     address_interface: IntGaugeVec,
 }
 
@@ -502,6 +503,12 @@ impl Metrics {
             standby: d.gauge(
                 "mpath_interface_standby",
                 "1 for a NIC configured as a standby, 0 for the others.",
+                NIC,
+            )?,
+            no_datapath: d.gauge(
+                "mpath_interface_no_datapath",
+                "1 while mpathd's programs cannot be attached to the NIC, which is offline \
+                 then (the log and `mpathctl interfaces --json` say why), 0 otherwise.",
                 NIC,
             )?,
             address_interface: d.gauge(
@@ -805,6 +812,7 @@ impl Metrics {
             &s.family_probe_state,
             &s.active,
             &s.standby,
+            &s.no_datapath,
             &s.address_interface,
         ] {
             family.reset();
@@ -872,6 +880,9 @@ impl Metrics {
                 s.standby
                     .with_label_values(&labels)
                     .set(i64::from(nic.flags.contains(&InterfaceFlag::Standby)));
+                s.no_datapath
+                    .with_label_values(&labels)
+                    .set(i64::from(nic.flags.contains(&InterfaceFlag::NoDatapath)));
             }
             for (address, interface) in &group.addresses {
                 s.address_interface
@@ -1311,6 +1322,10 @@ mod tests {
             (r#"mpath_source_binds_failed_total{group="g0"}"#.into(), 1.0),
             (
                 r#"mpath_interface_standby{group="g0",interface="h0"}"#.into(),
+                0.0,
+            ),
+            (
+                r#"mpath_interface_no_datapath{group="g0",interface="h0"}"#.into(),
                 0.0,
             ),
             (

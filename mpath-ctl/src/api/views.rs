@@ -56,7 +56,8 @@ pub struct InterfaceRow {
     /// Whether the NIC carries traffic now.
     pub active: bool,
     /// Any of `standby`, `inactive`, `failed`, `offline`, `duplicate_mac` (offline because
-    /// another member of the group has its hardware address).
+    /// another member of the group has its hardware address), `no_datapath` (offline because
+    /// mpathd's programs could not be attached; `datapath_error` says why).
     pub flags: Vec<InterfaceFlag>,
     /// `up`, `down` or `unknown`.
     pub link: LinkState,
@@ -71,6 +72,10 @@ pub struct InterfaceRow {
     pub probe_ipv6: Option<ProbeStatus>,
     /// `ok`, `failed`, `offline`, `missing` or `unknown`.
     pub state: InterfaceStatus,
+    /// Why mpathd's programs are not attached to the NIC (the kernel's errno and message
+    /// where it gives them), while they are not (`--json` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath_error: Option<String>,
 }
 
 /// ipmpstat -a.

@@ -961,10 +961,16 @@ impl Group {
     /// Apply one event that happened at `now`. On error nothing has changed.
     pub fn handle(&mut self, event: Event, now: Instant) -> Result<Vec<Action>, StateError> {
         let roles_before = self.nic_roles();
-        // A MAC says nothing of whether the group works, and the daemon gives the MACs before
-        // the NICs' presence (see `Event::HardwareAddress`): judged then, every group would
-        // be reported failed at every start.
-        let judge_group = !matches!(event, Event::HardwareAddress { .. });
+        // A MAC says nothing of whether the group works, and the daemon gives the MACs (and
+        // the programs' attach results) before the NICs' presence: judged then, every group
+        // would be reported failed at every start. The programs of a present NIC do count.
+        let judge_group = match &event {
+            Event::HardwareAddress { .. } => false,
+            Event::Datapath { nic, .. } => {
+                self.members.iter().any(|m| m.name == *nic && m.present())
+            }
+            _ => true,
+        };
         let mut actions = Vec::new();
         match event {
             Event::Snapshot { present } => {
@@ -3055,5 +3061,145 @@ mod tests {
         );
         sim.send(Event::Online { nic: "h1".into() });
         assert_eq!(sim.state("h1"), IfState::Ok);
+    }
+
+    fn report_datapath(sim: &mut Sim, nic: &str, attached: bool) -> Vec<Action> {
+        sim.send(Event::Datapath {
+            nic: nic.into(),
+            attached,
+        })
+    }
+
+    const NO_DATAPATH: IfState = IfState::Offline {
+        failure: None,
+        reason: OfflineReason::NoDatapath,
+    };
+
+    #[test]
+    fn a_nic_without_its_programs_never_carries_traffic_until_they_attach() {
+        // As at start: the attach result first, then which NICs exist.
+        let nics = vec![
+            nic("h0", false, ProbeFamilies::IPV4),
+            nic("h1", false, ProbeFamilies::IPV4),
+        ];
+        let mut group = Group::new("g0", policy(true), nics).unwrap();
+        let now = Instant::now();
+        let event = Event::Datapath {
+            nic: "h1".into(),
+            attached: false,
+        };
+        assert!(group.handle(event, now).unwrap().is_empty());
+        let present = vec![("h0".into(), true), ("h1".into(), true)];
+        let actions = group.handle(Event::Snapshot { present }, now).unwrap();
+        assert!(
+            actions.contains(&Action::DatapathLost { nic: "h1".into() }),
+            "{actions:?}"
+        );
+        assert_eq!(group.interface_state("h1"), Some(NO_DATAPATH));
+        assert_eq!(group.usable_interfaces(), ["h0"]);
+        assert_eq!(group.nic_roles()[1].role, Role::Unusable);
+        let view = group
+            .interface_views()
+            .into_iter()
+            .find(|v| v.interface == "h1")
+            .unwrap();
+        assert_eq!(
+            view.flags,
+            [InterfaceFlag::Offline, InterfaceFlag::NoDatapath]
+        );
+        assert_eq!(view.state, InterfaceStatus::Offline);
+        assert_eq!(group.state(), GroupState::Degraded);
+
+        // Attached later (the cause went away): back as if new.
+        let event = Event::Datapath {
+            nic: "h1".into(),
+            attached: true,
+        };
+        let actions = group.handle(event, now).unwrap();
+        assert_eq!(
+            actions,
+            [
+                Action::DatapathAttached { nic: "h1".into() },
+                Action::UsableSetChanged
+            ]
+        );
+        assert_eq!(
+            actions[0].log_line("g0").unwrap(),
+            "mpathd's programs are attached to h1 of group g0; onlining it"
+        );
+        assert_eq!(group.interface_state("h1"), Some(IfState::Ok));
+        assert_eq!(group.usable_interfaces(), ["h0", "h1"]);
+    }
+
+    #[test]
+    fn programs_lost_on_an_active_nic_move_its_traffic_and_the_operator_cannot_online_it() {
+        let mut sim = active_active_standby(true);
+        let actions = report_datapath(&mut sim, "h1", false);
+        assert_eq!(
+            actions,
+            [
+                Action::DatapathLost { nic: "h1".into() },
+                act(activate, "h2"),
+                Action::UsableSetChanged,
+            ]
+        );
+        assert!(
+            report_datapath(&mut sim, "h1", false).is_empty(),
+            "a repeat is no news"
+        );
+        assert_eq!(
+            sim.try_send(Event::Online { nic: "h1".into() }),
+            Err(StateError::NoDatapath {
+                group: "g0".into(),
+                nic: "h1".into()
+            })
+        );
+        // The operator's offline takes over and outlasts the cause.
+        sim.send(Event::Offline { nic: "h1".into() });
+        assert_eq!(
+            sim.state("h1"),
+            IfState::Offline {
+                failure: None,
+                reason: OfflineReason::Admin
+            }
+        );
+        assert!(report_datapath(&mut sim, "h1", true).is_empty());
+        assert!(matches!(sim.state("h1"), IfState::Offline { .. }));
+        sim.send(Event::Online { nic: "h1".into() });
+        assert_eq!(sim.state("h1"), IfState::Ok);
+    }
+
+    #[test]
+    fn a_nic_whose_mac_turns_unique_while_its_programs_are_missing_stays_offline() {
+        let mut sim = two_link_only();
+        set_mac(&mut sim, "h0", MAC_A);
+        set_mac(&mut sim, "h1", MAC_A);
+        assert_eq!(sim.state("h1"), DUPLICATE);
+        report_datapath(&mut sim, "h1", false);
+        let actions = set_mac(&mut sim, "h1", MAC_B);
+        assert_eq!(
+            actions,
+            [
+                Action::MacUnique { nic: "h1".into() },
+                Action::DatapathLost { nic: "h1".into() },
+            ],
+            "never usable in between"
+        );
+        assert_eq!(sim.state("h1"), NO_DATAPATH);
+        // And the other way round: programs back while its MAC is a duplicate again.
+        set_mac(&mut sim, "h1", MAC_A);
+        let actions = report_datapath(&mut sim, "h1", true);
+        assert_eq!(
+            actions,
+            [
+                Action::DatapathAttached { nic: "h1".into() },
+                Action::DuplicateMac {
+                    nic: "h1".into(),
+                    of: "h0".into(),
+                    mac: MAC_A
+                },
+            ]
+        );
+        assert_eq!(sim.state("h1"), DUPLICATE);
     }
 }

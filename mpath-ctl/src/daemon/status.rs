@@ -102,6 +102,7 @@ impl Daemon {
             status
                 .interfaces
                 .extend(g.fsm.interface_views().into_iter().map(|i| InterfaceRow {
+                    datapath_error: g.nic(&i.interface).and_then(|n| n.datapath_error.clone()),
                     interface: i.interface,
                     group: i.group,
                     active: i.active,
@@ -208,6 +209,7 @@ impl Daemon {
                 } else {
                     InterfaceStatus::Failed
                 },
+                datapath_error: None,
             }));
         status
     }

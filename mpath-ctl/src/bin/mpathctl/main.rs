@@ -366,9 +366,10 @@ fn render(cli: &Cli, table: &Table) -> anyhow::Result<String> {
 }
 
 /// ipmpstat's FLAGS column: one position per flag, `-` where it is not set. mpathd sets `i`
-/// (inactive), `s` (standby) and `h` (offline for a duplicate hardware address); `m`, `b`
-/// and `M` (nominated for IPv4 multicast, broadcast and IPv6 multicast) and `d` (down) are
-/// Solaris kernel states mpathd does not track, always `-`.
+/// (inactive), `s` (standby) and `h` (offline for a duplicate hardware address), and adds
+/// `x` (offline: mpathd's programs are not attached); `m`, `b` and `M` (nominated for IPv4
+/// multicast, broadcast and IPv6 multicast) and `d` (down) are Solaris kernel states mpathd
+/// does not track, always `-`.
 fn ipmpstat_flags(flags: &[InterfaceFlag]) -> String {
     [
         (Some(InterfaceFlag::Inactive), 'i'),
@@ -378,6 +379,7 @@ fn ipmpstat_flags(flags: &[InterfaceFlag]) -> String {
         (None, 'M'),
         (None, 'd'),
         (Some(InterfaceFlag::DuplicateMac), 'h'),
+        (Some(InterfaceFlag::NoDatapath), 'x'),
     ]
     .iter()
     .map(|(flag, letter)| match flag {
