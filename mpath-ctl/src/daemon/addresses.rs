@@ -217,7 +217,7 @@ impl Daemon {
             Err(e) => tracing::error!("group {}: bucket table: {e}", group.name()),
         }
         let routes_spread = group.config.spread == SpreadMode::Routes;
-        for nic in &group.nics {
+        for nic in group.nics.iter().filter(|n| n.attached()) {
             let Some(ifindex) = nic.ifindex else { continue };
             let routed = routes_spread && usable.contains(&ifindex);
             if let Err(e) = self.datapath.maps.set_routed(ifindex, routed) {

@@ -53,6 +53,14 @@ pub(super) struct Nic {
     pub datapath_error: Option<String>,
 }
 
+impl Nic {
+    /// The NIC is present and carries mpathd's programs: only then is it in the maps and
+    /// does it probe.
+    pub fn attached(&self) -> bool {
+        self.ifindex.is_some() && self.datapath_error.is_none()
+    }
+}
+
 pub(super) struct GroupRuntime {
     /// The group's bucket table.
     pub id: u32,

@@ -431,7 +431,8 @@ impl Daemon {
             .probing
             .iter()
             .any(|p| p.prober.family() == AddressFamily::Inet6);
-        if !nic.probe_v6 || running {
+        // A NIC without its programs starts probing once they attach.
+        if !nic.probe_v6 || running || !nic.attached() {
             return;
         }
         let Some(probing) = self.start_prober(at, link_local, Instant::now()) else {
@@ -481,6 +482,10 @@ impl Daemon {
             return;
         }
         nic.mac = mac;
+        // A NIC without its programs holds no address yet: its next attach describes it.
+        if !nic.attached() {
+            return;
+        }
         let name = nic.name.clone();
         tracing::info!(
             "the hardware address of {name} changed to {}; announcing its addresses with it",
