@@ -198,6 +198,12 @@ impl Lab {
         Ok(nic)
     }
 
+    /// A tap NIC `name` in the host namespace, up and with carrier, plugged into nothing: a
+    /// NIC whose carrier changes the kernel reports as late as a physical NIC's.
+    pub fn add_tap(&self, name: &str) -> Result<crate::Tap> {
+        crate::Tap::create(&self.host, name)
+    }
+
     /// Deletes host NIC `nic` (both veth ends), as if the device disappeared.
     pub fn remove_nic(&mut self, nic: &str) -> Result<()> {
         let index = self.nic_index(nic)?;

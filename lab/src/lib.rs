@@ -40,6 +40,7 @@
 
 mod lab;
 mod netns;
+mod tap;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -48,6 +49,7 @@ use anyhow::{Context, Result, bail};
 
 pub use lab::{Lab, LabBuilder};
 pub use netns::{Netns, NetnsGuard};
+pub use tap::Tap;
 
 /// The lab group the tests and benchmarks run mpathd on: h0 and h1 active, h2 a standby,
 /// each with a test address, probing the router; IPv4 data addresses on h0 and h1 and an

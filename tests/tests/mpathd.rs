@@ -1201,9 +1201,9 @@ fn golden_views_of_a_degraded_group() {
         cells(&view(&["interfaces"])),
         [
             "INTERFACE ACTIVE GROUP FLAGS LINK PROBE PROBE4 PROBE6 STATE",
-            "h0 no g0 ------- down unknown unknown unknown failed",
-            "h1 yes g0 ------- up ok ok ok ok",
-            "h2 yes g0 -s----- up ok ok ok ok",
+            "h0 no g0 -------- down unknown unknown unknown failed",
+            "h1 yes g0 -------- up ok ok ok ok",
+            "h2 yes g0 -s------ up ok ok ok ok",
         ]
     );
     // ipmpstat -P: for scripts, the -o fields without a header, colons escaped.
@@ -1216,7 +1216,7 @@ fn golden_views_of_a_degraded_group() {
             "-n"
         ]))
         .unwrap(),
-        "h0:-------:failed\nh1:-------:ok\nh2:-s-----:ok\n"
+        "h0:--------:failed\nh1:--------:ok\nh2:-s------:ok\n"
     );
     assert_eq!(
         String::from_utf8(view(&["addresses", "-Po", "address,inbound"])).unwrap(),
@@ -2483,7 +2483,7 @@ fn a_nic_with_another_members_mac_is_taken_offline_until_its_mac_is_unique() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.lines()
-            .any(|l| l.split_whitespace().eq(["h2", "------h", "offline"])),
+            .any(|l| l.split_whitespace().eq(["h2", "------h-", "offline"])),
         "{text}"
     );
     let online = daemon.ctl(lab.host(), &["online", "h2"]);

@@ -77,6 +77,9 @@ impl DaemonConfig {
         if let Some(change) = Change::between(&self.sources, &new.sources) {
             changes.push(DaemonChange::SourceSelection(change));
         }
+        if let Some(change) = Change::between(&self.carrier_poll, &new.carrier_poll) {
+            changes.push(DaemonChange::CarrierPoll(change));
+        }
         changes
     }
 }
@@ -200,6 +203,7 @@ pub(crate) enum DaemonChange {
     TcAttach(Change<TcAttach>),
     /// Attaches or detaches the source hook at once.
     SourceSelection(Change<SourceSelection>),
+    CarrierPoll(Change<Option<Duration>>),
 }
 
 /// Changes inside a group present in both configurations.
@@ -282,6 +286,10 @@ impl fmt::Display for DaemonChange {
             }
             DaemonChange::TcAttach(c) => write!(f, "tc_attach {} -> {}", c.old, c.new),
             DaemonChange::SourceSelection(c) => write!(f, "sources {} -> {}", c.old, c.new),
+            DaemonChange::CarrierPoll(c) => {
+                let ms = |poll: Option<Duration>| poll.map_or(0, |p| p.as_millis());
+                write!(f, "carrier_poll_ms {} -> {}", ms(c.old), ms(c.new))
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use super::{MAX_FAILURE_DETECTION_TIME_MS, MIN_FAILURE_DETECTION_TIME_MS};
+use super::{MAX_CARRIER_POLL_MS, MAX_FAILURE_DETECTION_TIME_MS, MIN_FAILURE_DETECTION_TIME_MS};
 use crate::net::address::{CidrError, IpCidr};
 
 /// Why a configuration was refused.
@@ -196,6 +196,11 @@ pub enum Problem {
          (0) and ahead of the main rule (32766)"
     )]
     BadRouteRulePriority(i64),
+    #[error(
+        "carrier_poll_ms {0} is outside 0 to {MAX_CARRIER_POLL_MS}: 0 leaves carrier loss to \
+         the kernel's link events, which can lag a physical NIC's carrier by a second"
+    )]
+    BadCarrierPoll(i64),
     #[error("bad route destination {value:?}: {reason}; write \"default\" or NETWORK/LENGTH")]
     BadRouteDestination { value: String, reason: CidrError },
     #[error("{to} has host bits set; did you mean {network}?")]

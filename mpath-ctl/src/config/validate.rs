@@ -15,7 +15,7 @@ use super::raw::{RawConfig, RawDaemon, RawGroup, RawInterface, RawRoute};
 use super::solaris::SolarisDefaults;
 use super::{
     Config, DEFAULT_ROUTE_RULE_PRIORITY, DaemonConfig, GroupConfig, InterfaceConfig,
-    MAX_FAILURE_DETECTION_TIME_MS, MAX_GROUP_NAME_LEN, MAX_INTERFACE_NAME_LEN,
+    MAX_CARRIER_POLL_MS, MAX_FAILURE_DETECTION_TIME_MS, MAX_GROUP_NAME_LEN, MAX_INTERFACE_NAME_LEN,
     MIN_FAILURE_DETECTION_TIME_MS, ProbeRx, RouteConfig,
 };
 use crate::net::address::{IpCidr, Ipv4Cidr};
@@ -43,6 +43,15 @@ fn route_table(value: i64) -> Result<u32, Problem> {
         },
     };
     Err(Problem::BadRouteTable { value, reason })
+}
+
+/// 0 turns polling off; past [`MAX_CARRIER_POLL_MS`] it would hardly beat the kernel.
+fn carrier_poll(millis: i64) -> Result<Option<Duration>, Problem> {
+    match millis {
+        0 => Ok(None),
+        1..=MAX_CARRIER_POLL_MS => Ok(Some(Duration::from_millis(millis.unsigned_abs()))),
+        _ => Err(Problem::BadCarrierPoll(millis)),
+    }
 }
 
 /// Priority 0 is the local rule and 32766 the main rule; mpathd's rule must come between.
@@ -169,6 +178,11 @@ impl<'a> Validator<'a> {
             tc_attach: raw.tc_attach.unwrap_or(builtin.tc_attach),
             sources: raw.sources.unwrap_or(builtin.sources),
             probe_rx: raw.probe_rx.unwrap_or(builtin.probe_rx),
+            carrier_poll: match raw.carrier_poll_ms {
+                Some(value) => carrier_poll(*value.get_ref())
+                    .map_err(|p| self.source.error(&value.span(), p))?,
+                None => builtin.carrier_poll,
+            },
         })
     }
 

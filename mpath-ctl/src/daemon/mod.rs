@@ -93,6 +93,8 @@ pub struct Daemon {
     restarted: bool,
     /// When to look again whether every NIC has its programs ([`Daemon::check_datapath`]).
     datapath_due: Instant,
+    /// When to read the NICs' carrier again ([`Daemon::poll_carrier`]).
+    carrier_due: Instant,
     metrics: Metrics,
 }
 
@@ -157,6 +159,7 @@ impl Daemon {
             source_hook: SourceHook::default(),
             restarted,
             datapath_due: Instant::now() + DATAPATH_CHECK,
+            carrier_due: Instant::now(),
             metrics,
         };
         for g in &config.groups {
@@ -203,6 +206,17 @@ impl Daemon {
             self.groups.len(),
             self.config.daemon.socket.display()
         );
+        match self.config.daemon.carrier_poll {
+            Some(period) => tracing::info!(
+                "carrier loss is read from the drivers every {} ms (sysfs), ahead of the \
+                 kernel's link events; no tracing hook (fentry) is used",
+                period.as_millis()
+            ),
+            None => tracing::info!(
+                "carrier loss is seen through the kernel's link events only \
+                 (carrier_poll_ms = 0): up to a second late on a physical NIC"
+            ),
+        }
         // `start` attached the datapath and placed the addresses and routes.
         let mut service = Notifier::from_env();
         service.ready(&self.status());
@@ -228,6 +242,13 @@ impl Daemon {
                     scrape.answer(self.metrics.render(&self.metrics_snapshot()))
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
+                _ = tokio::time::sleep_until(self.carrier_due.into()),
+                    if self.config.daemon.carrier_poll.is_some() =>
+                {
+                    let now = Instant::now();
+                    self.carrier_due = now + self.config.daemon.carrier_poll.unwrap_or_default();
+                    self.poll_carrier(now).await;
+                }
                 _ = sighup.recv() => {
                     service.reloading();
                     self.reload().await;

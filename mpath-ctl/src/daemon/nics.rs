@@ -24,6 +24,7 @@ use crate::{
     },
     datapath::{self, XdpAttach, maps::Maps},
     net::address::IpCidr,
+    net::carrier::CarrierReader,
     net::netconf::{InterfaceNetconf, Netconf},
     net::netlink::{AddressOptions, Link, Netlink, NetlinkError, Origin},
 };
@@ -282,6 +283,7 @@ impl Daemon {
             self.place_test_address(at, ifindex).await;
             self.describe_to_datapath(at, ifindex);
             self.start_probers(at, now);
+            self.open_carrier_reader(at, ifindex);
         }
         let event = Event::Datapath {
             nic: self.groups.nic(at).name.clone(),
@@ -321,6 +323,55 @@ impl Daemon {
             tracing::warn!("{}: {e}", nic.name);
         }
         true
+    }
+
+    /// Opens the reader of the NIC's carrier ([`Daemon::poll_carrier`]); a NIC whose carrier
+    /// cannot be read is left to the kernel's link events, and the log says so.
+    fn open_carrier_reader(&mut self, at: NicAt, ifindex: u32) {
+        let nic = self.groups.nic_mut(at);
+        match CarrierReader::open(&nic.name, ifindex) {
+            Ok(reader) => nic.carrier_reader = Some(reader),
+            Err(e) => {
+                nic.carrier_reader = None;
+                tracing::warn!(
+                    "the carrier of {} cannot be read ({e}): its carrier loss is seen through \
+                     the kernel's link events only, up to a second late on a physical NIC",
+                    nic.name
+                );
+            }
+        }
+    }
+
+    /// Reads the carrier of every usable NIC: a loss is acted on at once, as if the kernel's
+    /// link event had come (it follows up to a second later on a physical NIC, when
+    /// linkwatch gets to it). A carrier that returns waits for the link event, which also
+    /// brings the operational state the NIC needs to be usable.
+    pub(super) async fn poll_carrier(&mut self, now: Instant) {
+        for at in self.groups.nics() {
+            let nic = self.groups.nic(at);
+            let Some(reader) = nic.carrier_reader.as_ref().filter(|_| nic.carrier) else {
+                continue;
+            };
+            match reader.carrier() {
+                Ok(true) => {}
+                Ok(false) => self.carrier_lost(at, now).await,
+                Err(e) => tracing::debug!("reading the carrier of {}: {e}", nic.name),
+            }
+        }
+    }
+
+    /// A usable NIC's carrier was found gone before the kernel's link event said so.
+    async fn carrier_lost(&mut self, at: NicAt, now: Instant) {
+        let nic = self.groups.nic_mut(at);
+        nic.carrier = false;
+        let name = nic.name.clone();
+        tracing::info!("{name} has no carrier (read ahead of the kernel's link event)");
+        let event = Event::Link {
+            nic: name,
+            up: false,
+        };
+        self.handle(at.group, event, now).await;
+        self.update_routes().await;
     }
 
     /// Attaches again where the programs are missing: on NICs they could not be attached to
@@ -531,6 +582,7 @@ impl Daemon {
     pub(super) fn forget_nic(&mut self, at: NicAt) {
         let nic = self.groups.nic_mut(at);
         nic.probing.clear();
+        nic.carrier_reader = None;
         if let Some(ifindex) = nic.ifindex.take() {
             self.datapath.forget(ifindex);
         }

@@ -66,6 +66,8 @@ impl Daemon {
                     tracing::warn!("reload: {change} takes effect when mpathd restarts");
                 }
                 DaemonChange::SourceSelection(_) => hook_changed = true,
+                // The event loop reads it from the configuration at each turn.
+                DaemonChange::CarrierPoll(_) => {}
             }
         }
         // Settings that only a restart can change keep their running values.
@@ -169,7 +171,8 @@ pub(super) fn carry_states(
     let mut actions = Vec::new();
     for (nic, state) in states {
         let event = match state {
-            // A duplicate hardware address is found again from the NICs' MACs.
+            // A duplicate hardware address is found again from the NICs' MACs, and missing
+            // programs by attaching them.
             IfState::Offline {
                 reason: OfflineReason::Admin,
                 ..
