@@ -16,7 +16,11 @@
 //!
 //! `sources`: what the IPv6 source hook costs a sender it serves and one it turns away (see
 //! [`sources`]).
+//!
+//! `carrier`: how soon a carrier loss the kernel reports late fails the NIC, with mpathd's
+//! carrier poll and without, and what the poll costs (see [`carrier`]).
 
+mod carrier;
 mod datapath;
 mod scale;
 mod soak;
@@ -98,6 +102,14 @@ fn main() -> anyhow::Result<()> {
             }
             sources::sources(rounds, count, out)
         }
+        Some("carrier") => {
+            let rounds = flag(&args, "--rounds")?.unwrap_or(5);
+            let idle = flag(&args, "--idle-seconds")?.unwrap_or(10);
+            if rounds == 0 || idle == 0 {
+                bail!("--rounds and --idle-seconds must be at least 1");
+            }
+            carrier::carrier(rounds, Duration::from_secs(idle), out)
+        }
         _ => bail!(
             "usage: mpath-bench datapath [--rounds N] [--seconds S] [--bulk-seconds S] [--out BENCHMARKS.md]\n       \
              mpath-bench failover [--reps N] [--false-failure-minutes M] [--only cases|scale] \
@@ -105,7 +117,8 @@ fn main() -> anyhow::Result<()> {
              (M: the 3-NIC false-failure run, none by default, and the scale part's run per \
              NIC count, 10 min by default)\n       \
              mpath-bench soak [--minutes N] [--seed S] [--out BENCHMARKS.md]\n       \
-             mpath-bench sources [--rounds N] [--count N] [--out BENCHMARKS.md]"
+             mpath-bench sources [--rounds N] [--count N] [--out BENCHMARKS.md]\n       \
+             mpath-bench carrier [--rounds N] [--idle-seconds S] [--out BENCHMARKS.md]"
         ),
     }
 }

@@ -83,6 +83,10 @@ enum Benchmark {
     /// What the IPv6 source hook costs a connect and a datagram, in mpathd's namespace and
     /// in another one (`--rounds N --count N`).
     Sources,
+    /// How soon a carrier loss the kernel reports late fails the NIC, with mpathd's carrier
+    /// poll and without, and the poll's cost to an idle mpathd (`--rounds N
+    /// --idle-seconds S`).
+    Carrier,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -131,6 +135,10 @@ fn main() -> anyhow::Result<()> {
                 Benchmark::Sources => {
                     build_daemon()?;
                     "sources"
+                }
+                Benchmark::Carrier => {
+                    build_daemon()?;
+                    "carrier"
                 }
             };
             run_bench(name, &args)
