@@ -298,6 +298,26 @@ fn parallel_labs_are_isolated() {
     assert_gone(&names);
 }
 
+/// Waits until `pid` runs inside the lab's host namespace: `ip netns exec` enters it only
+/// some time after it was spawned, and a process still on its way in is not the lab's yet.
+fn wait_until_inside(lab: &Lab, pid: u32) {
+    let name = lab.host().name().to_owned();
+    for _ in 0..500 {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &name])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&pids.stdout)
+            .lines()
+            .any(|line| line.trim() == pid.to_string())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("process {pid} never entered {name}");
+}
+
 #[test]
 fn namespaces_and_their_processes_go_away_when_a_test_panics() {
     let (sender, receiver) = std::sync::mpsc::channel();
@@ -310,6 +330,7 @@ fn namespaces_and_their_processes_go_away_when_a_test_panics() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
+        wait_until_inside(&lab, sleeper.id());
         sender.send((namespace_names(&lab), sleeper)).unwrap();
         panic!("test failure inside a lab");
     })

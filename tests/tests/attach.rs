@@ -223,30 +223,56 @@ fn a_nic_the_programs_cannot_attach_to_is_offline_and_joins_once_they_attach() {
     );
 }
 
+/// Detaches the link pinned at `pin` as an administrator would, leaving the pin in place.
+fn bpftool_detach(pin: &std::path::Path) {
+    let detach = std::process::Command::new("bpftool")
+        .args(["link", "detach", "pinned"])
+        .arg(pin)
+        .output()
+        .expect("run bpftool");
+    assert!(detach.status.success(), "{detach:?}");
+}
+
+fn source_hook_attached(lab: &Lab) -> Option<f64> {
+    sample(&scrape(lab.host())?, "mpath_source_hook_attached")
+}
+
 #[test]
 fn programs_detached_behind_mpathd_s_back_are_attached_again() {
     let lab = Lab::builder().nics(3).build().expect("lab");
     let mut daemon = Mpathd::start(lab.host(), &config(None));
     daemon.wait_until("every NIC ok", all_ok);
+    assert_eq!(source_hook_attached(&lab), Some(1.0));
     let h0 = lab.host().ifindex("h0").unwrap();
     let links = PinLayout::new(daemon.pins.path());
     for kind in ["tc", "tc-ingress"] {
-        let pin = links.link(kind, h0);
-        let detach = std::process::Command::new("bpftool")
-            .args(["link", "detach", "pinned"])
-            .arg(&pin)
-            .output()
-            .expect("run bpftool");
-        assert!(detach.status.success(), "{detach:?}");
+        bpftool_detach(&links.link(kind, h0));
     }
     assert!(!hooks(lab.host(), "h0").has_any_mpath_program());
+    bpftool_detach(&links.links().join("source-connect4"));
     daemon.wait_until("h0's programs back", |_| {
         hooks(lab.host(), "h0").has_tc_programs()
     });
     daemon.wait_until("every NIC ok", all_ok);
+    daemon.wait_until("the source hook back", |d| {
+        d.log()
+            .contains("the source hook was taken off behind mpathd's back: attaching it again")
+            && source_hook_attached(&lab) == Some(1.0)
+    });
     let log = daemon.log();
     assert!(
         log.contains("mpathd's programs were taken off h0 behind its back: attaching them again"),
         "{log}"
+    );
+    // Every link of the hook is attached again, the one detached included.
+    let connect4 = std::process::Command::new("bpftool")
+        .args(["link", "show", "pinned"])
+        .arg(links.links().join("source-connect4"))
+        .output()
+        .expect("run bpftool");
+    let shown = String::from_utf8_lossy(&connect4.stdout);
+    assert!(
+        shown.contains("cgroup_id") && !shown.contains("cgroup_id 0"),
+        "{shown}"
     );
 }

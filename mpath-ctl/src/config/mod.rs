@@ -409,6 +409,7 @@ mod tests {
         assert_eq!(daemon.tc_attach, TcAttach::Auto);
         assert_eq!(daemon.sources, SourceSelection::Spread);
         assert_eq!(daemon.probe_rx, ProbeRx::Tc);
+        assert_eq!(daemon.carrier_poll, Some(Duration::from_millis(10)));
     }
 
     #[test]
@@ -418,7 +419,7 @@ mod tests {
              track_interfaces_only_with_groups = false\nmetrics_listen = \"[::]:9100\"\n\
              socket = \"/tmp/t/mpathd.sock\"\nbpf_pin_dir = \"/sys/fs/bpf/test-1\"\n\
              route_table = 100\nroute_rule_priority = 1000\ntc_attach = \"legacy\"\n\
-             sources = \"kernel\"\nprobe_rx = \"xdp\"\n",
+             sources = \"kernel\"\nprobe_rx = \"xdp\"\ncarrier_poll_ms = 20\n",
         )
         .unwrap();
         assert_eq!(
@@ -435,8 +436,27 @@ mod tests {
                 tc_attach: TcAttach::Legacy,
                 sources: SourceSelection::Kernel,
                 probe_rx: ProbeRx::Xdp,
+                carrier_poll: Some(Duration::from_millis(20)),
             }
         );
+    }
+
+    #[test]
+    fn carrier_poll_ms_0_turns_polling_off_and_past_500_is_refused() {
+        let poll = |ms: i64| parse(&format!("[daemon]\ncarrier_poll_ms = {ms}\n"));
+        assert_eq!(poll(0).unwrap().daemon.carrier_poll, None);
+        assert_eq!(
+            poll(500).unwrap().daemon.carrier_poll,
+            Some(Duration::from_millis(500))
+        );
+        for ms in [501, -1] {
+            let error = poll(ms).unwrap_err();
+            assert!(
+                matches!(error.problem(), Some(error::Problem::BadCarrierPoll(n)) if *n == ms),
+                "{error}"
+            );
+            assert!(error.to_string().contains("outside 0 to 500"), "{error}");
+        }
     }
 
     #[test]

@@ -375,10 +375,22 @@ impl Daemon {
     }
 
     /// Attaches again where the programs are missing: on NICs they could not be attached to
-    /// before (the cause may be gone: an MTU lowered, a foreign XDP program removed), and on
+    /// before (the cause may be gone: an MTU lowered, a foreign XDP program removed), on
     /// NICs someone detached them from behind mpathd's back (`bpftool link detach`, `tc
-    /// filter del`).
+    /// filter del`), and the source hook likewise.
     pub(super) async fn check_datapath(&mut self, now: Instant) {
+        if self.source_hook.attached {
+            match self.datapath.source_hook_attached() {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        "the source hook was taken off behind mpathd's back: attaching it again"
+                    );
+                    self.set_up_source_hook();
+                }
+                Err(e) => tracing::warn!("the source hook: {e}"),
+            }
+        }
         for at in self.groups.nics() {
             let nic = self.groups.nic(at);
             let Some(ifindex) = nic.ifindex else { continue };

@@ -853,6 +853,14 @@ unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
 /// The ifindex of the NIC the link pinned at `path` is attached to: `Some(0)` once it was
 /// detached from its hook, `None` when nothing is pinned there.
 fn link_ifindex(path: &Path) -> Result<Option<u32>, DatapathError> {
+    // An XDP or tcx link's target starts with the ifindex (a tcx link's attach type follows).
+    Ok(link_target(path)?.map(|word| word as u32))
+}
+
+/// The first word of what the link pinned at `path` is attached to (struct bpf_link_info's
+/// union: an XDP or tcx link's ifindex, a cgroup link's cgroup id), which the kernel zeroes
+/// when the link is detached; `None` when nothing is pinned there.
+fn link_target(path: &Path) -> Result<Option<u64>, DatapathError> {
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     #[repr(C)]
     struct InfoAttr {
@@ -863,8 +871,7 @@ fn link_ifindex(path: &Path) -> Result<Option<u32>, DatapathError> {
     let Some(link) = open_pin(path)? else {
         return Ok(None);
     };
-    // struct bpf_link_info: type, id, prog_id, then (8-aligned) a union whose xdp and tcx
-    // members both start with the ifindex.
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the union.
     let mut info = [0u64; 8];
     let attr = InfoAttr {
         bpf_fd: link.as_raw_fd() as u32,
@@ -873,7 +880,7 @@ fn link_ifindex(path: &Path) -> Result<Option<u32>, DatapathError> {
     };
     // SAFETY: `info` is valid for `info_len` bytes and outlives the call.
     unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr) }.map_err(io_err(path))?;
-    Ok(Some(info[2] as u32))
+    Ok(Some(info[2]))
 }
 
 /// The object pinned at `path` opened (BPF_OBJ_GET), if there is one.

@@ -252,6 +252,18 @@ impl Datapath {
         Ok(())
     }
 
+    /// Whether every link of the source hook is pinned and attached to its cgroup: `false`
+    /// once someone detached one (`bpftool link detach`) or removed its pin.
+    pub fn source_hook_attached(&self) -> Result<bool, DatapathError> {
+        for (_, pin_name) in HOOKS {
+            match super::link_target(&self.pins.links().join(pin_name))? {
+                Some(cgroup) if cgroup != 0 => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
     /// Detaches the source hook (an earlier mpathd's too): the kernel chooses the sources
     /// again.
     pub fn detach_source_hook(&mut self) -> Result<(), DatapathError> {
