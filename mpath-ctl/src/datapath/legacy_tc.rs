@@ -38,6 +38,15 @@ pub enum Hook {
     Ingress,
 }
 
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hook::Egress => "egress",
+            Hook::Ingress => "ingress",
+        })
+    }
+}
+
 impl Hook {
     pub const ALL: [Hook; 2] = [Hook::Egress, Hook::Ingress];
 

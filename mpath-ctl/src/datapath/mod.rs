@@ -36,6 +36,8 @@ use aya::{
 };
 use mpath_common::{PIN_LAYOUT_VERSION, map_names, program_names};
 
+/// Where probe replies are matched: `probe_rx` in the configuration.
+pub use crate::config::ProbeRx;
 pub use crate::config::TcAttach;
 use legacy_tc::Hook;
 
@@ -91,10 +93,10 @@ pub enum DatapathError {
     NoTcx,
     #[error("listing the NICs' egress filters: {0}")]
     FilterDump(io::Error),
-    #[error("the egress filters of {ifname}: {source}")]
+    #[error("the tc filters of {ifname}: {source}")]
     Filters { ifname: String, source: io::Error },
     #[error(
-        "{ifname}: the {hook:?} filter at priority {priority} handle {handle:#x} (kind {kind}{name}) \
+        "{ifname}: the {hook} filter at priority {priority} handle {handle:#x} (kind {kind}{name}) \
          is not mpathd's; mpathd puts its cls_bpf filter there: delete that filter or move it"
     )]
     FilterPlaceTaken {
@@ -113,9 +115,6 @@ pub enum DatapathError {
     #[error(transparent)]
     Maps(#[from] MapsError),
 }
-
-/// Where probe replies are matched: `probe_rx` in the configuration.
-pub use crate::config::ProbeRx;
 
 /// What [`Datapath::attach`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
