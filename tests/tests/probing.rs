@@ -785,3 +785,25 @@ data_addresses = ["192.0.2.20/24"]
         second_up.elapsed()
     );
 }
+
+#[test]
+fn a_configured_target_off_the_link_is_skipped_and_the_rest_of_the_list_probed() {
+    let lab = lab_with_two_router_addresses();
+    let mut daemon = Mpathd::start(
+        lab.host(),
+        &ipv4_config(700, &[ROUTER_V4_B, "198.51.100.10"]),
+    );
+    daemon.wait_until("every NIC ok", |d| {
+        d.try_status().is_some_and(|s| all_ok(&s))
+    });
+    let status = daemon.status();
+    let b: IpAddr = ROUTER_V4_B.parse().unwrap();
+    for nic in NICS {
+        assert_eq!(ipv4_targets(&status, nic), [b], "{nic}");
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains("h0 skips a configured probe target: ") && log.contains("198.51.100.10"),
+        "{log}"
+    );
+}

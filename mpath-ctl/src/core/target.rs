@@ -302,21 +302,25 @@ impl TargetSet {
 
     /// Sets the administrator's targets; they replace routers and discovered hosts while
     /// the list is not empty. Targets of the other address family are skipped, since one
-    /// group-level list serves both probers of a NIC.
-    pub(crate) fn set_configured(&mut self, targets: &[IpAddr]) -> Result<(), TargetError> {
+    /// group-level list serves both probers of a NIC; so is each target this NIC cannot
+    /// probe, whose reason is returned, while the others are kept (one bad entry must not
+    /// silence the rest of the list).
+    pub(crate) fn set_configured(&mut self, targets: &[IpAddr]) -> Vec<TargetError> {
         let mut configured = Vec::new();
+        let mut skipped = Vec::new();
         for &target in targets {
             if AddressFamily::of(target) != self.family() {
                 continue;
             }
-            self.check_on_link(target)?;
-            if !configured.contains(&target) {
+            if let Err(e) = self.check_on_link(target) {
+                skipped.push(e);
+            } else if !configured.contains(&target) {
                 configured.push(target);
             }
         }
         self.configured = configured;
         self.rebuild();
-        Ok(())
+        skipped
     }
 
     /// Takes the routers from the routing table: host routes out of any NIC of the group
@@ -739,8 +743,10 @@ mod tests {
         assert_eq!(set.view()[0].source, TargetSource::Router);
         assert_eq!(set.add_discovered(&ips(&["192.0.2.51"]), &[]), 0);
 
-        set.set_configured(&ips(&["192.0.2.9", "2001:db8::9"]))
-            .unwrap();
+        assert!(
+            set.set_configured(&ips(&["192.0.2.9", "2001:db8::9"]))
+                .is_empty()
+        );
         assert_eq!(
             active(&set),
             ips(&["192.0.2.9"]),
@@ -748,7 +754,7 @@ mod tests {
         );
         assert_eq!(set.view()[0].source, TargetSource::Configured);
 
-        set.set_configured(&[]).unwrap();
+        assert!(set.set_configured(&[]).is_empty());
         assert_eq!(active(&set), ips(&["192.0.2.1"]), "routers return");
         set.update_routes(&[], &[], &[]);
         assert!(
@@ -849,31 +855,37 @@ mod tests {
     }
 
     #[test]
-    fn bad_configured_targets_are_refused_with_the_reason() {
+    fn configured_targets_a_nic_cannot_probe_are_skipped_with_the_reason_and_the_rest_kept() {
         let mut set = v4_set();
+        let skipped = set.set_configured(&ips(&[
+            "198.51.100.1",
+            "192.0.2.50",
+            "192.0.2.21",
+            "224.0.0.1",
+            "192.0.2.51",
+        ]));
         assert_eq!(
-            set.set_configured(&ips(&["198.51.100.1"])).unwrap_err(),
-            TargetError::OffLink {
-                target: ip("198.51.100.1"),
-                test_address: cidr("192.0.2.21", 24)
-            }
+            skipped,
+            [
+                TargetError::OffLink {
+                    target: ip("198.51.100.1"),
+                    test_address: cidr("192.0.2.21", 24)
+                },
+                TargetError::OwnTestAddress(ip("192.0.2.21")),
+                TargetError::NotUnicast(ip("224.0.0.1")),
+            ]
         );
-        assert_eq!(
-            set.set_configured(&ips(&["192.0.2.21"])).unwrap_err(),
-            TargetError::OwnTestAddress(ip("192.0.2.21"))
-        );
-        assert_eq!(
-            set.set_configured(&ips(&["224.0.0.1"])).unwrap_err(),
-            TargetError::NotUnicast(ip("224.0.0.1"))
-        );
+        assert_eq!(active(&set), ips(&["192.0.2.50", "192.0.2.51"]));
         let mut set = v6_set();
-        let error = set.set_configured(&ips(&["2001:db8::1"])).unwrap_err();
+        let skipped = set.set_configured(&ips(&["2001:db8::1"]));
         assert_eq!(
-            error,
-            TargetError::TargetNotLinkLocal("2001:db8::1".parse().unwrap())
+            skipped,
+            [TargetError::TargetNotLinkLocal(
+                "2001:db8::1".parse().unwrap()
+            )]
         );
-        assert!(error.to_string().contains("not link-local"));
-        assert!(set.is_empty(), "a refused list changes nothing");
+        assert!(skipped[0].to_string().contains("not link-local"));
+        assert!(set.is_empty(), "nothing left to probe");
     }
 
     #[test]

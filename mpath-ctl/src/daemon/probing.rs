@@ -100,8 +100,8 @@ impl Daemon {
             .copied()
             .filter(|a| AddressFamily::of(*a) == family)
             .collect();
-        if let Err(e) = targets.set_configured(&configured) {
-            tracing::error!("{name}: {e}");
+        for skipped in targets.set_configured(&configured) {
+            tracing::info!("{name} skips a configured probe target: {skipped}");
         }
         targets.update_routes(&routes, &group_nics, &local);
         let prober = Prober::new(
