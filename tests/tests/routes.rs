@@ -554,21 +554,10 @@ via = "fe80::1"
         "main has no default route: the configuration is the only one"
     );
     // Each NIC probes the configured route's gateway, a router, from its IPv4 test address.
-    daemon.wait_until("the gateway an IPv4 probe target of every NIC", |d| {
-        d.try_status().is_some_and(|s| {
-            ["h0", "h1", "h2"].iter().all(|nic| {
-                s.targets.iter().any(|t| {
-                    t.interface == *nic
-                        && t.test_address.is_some_and(|a| a.is_ipv4())
-                        && t.targets == ["192.0.2.1".parse::<IpAddr>().unwrap()]
-                        && t.health.iter().any(|h| {
-                            h.answered > 0
-                                && h.source == mpath_ctl::core::target::TargetSource::Router
-                        })
-                })
-            })
-        })
-    });
+    daemon.wait_until(
+        "the gateway an IPv4 probe target of every NIC",
+        gateway_probed_by_every_nic,
+    );
     assert_off_link_reachable(&lab, "with every NIC up");
     lab.cut("h0").unwrap();
     daemon.wait_until("h0 failed", |d| {
@@ -577,6 +566,49 @@ via = "fe80::1"
     });
     assert_off_link_reachable(&lab, "after h0's cable was cut");
     assert_sources_are_data_addresses(&lab, "after h0's cable was cut");
+    lab.restore("h0").unwrap();
+    daemon.wait_until("h0 repaired", all_ok);
+
+    // Nothing in the kernel changes at a restart or a reload: the probers must take the
+    // gateway from the configuration itself.
+    daemon.kill();
+    daemon.spawn(lab.host());
+    daemon.wait_until(
+        "the gateway probed by every NIC after kill -9 and a restart",
+        gateway_probed_by_every_nic,
+    );
+    daemon.reload(&without_targets.replace(
+        "failure_detection_time_ms = 700",
+        "failure_detection_time_ms = 800",
+    ));
+    daemon.wait_until(
+        "the gateway probed by every NIC after a reload that rebuilt the group",
+        |d| {
+            d.log().contains("failure_detection_time_ms 700 -> 800")
+                && gateway_probed_by_every_nic(d)
+        },
+    );
+    assert!(
+        !daemon.log().contains("has had no IPv4 probe target"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// Every lab NIC probes 192.0.2.1 over IPv4, as a router, and has had an answer.
+fn gateway_probed_by_every_nic(d: &Mpathd) -> bool {
+    d.try_status().is_some_and(|s| {
+        ["h0", "h1", "h2"].iter().all(|nic| {
+            s.targets.iter().any(|t| {
+                t.interface == *nic
+                    && t.test_address.is_some_and(|a| a.is_ipv4())
+                    && t.targets == ["192.0.2.1".parse::<IpAddr>().unwrap()]
+                    && t.health.iter().any(|h| {
+                        h.answered > 0 && h.source == mpath_ctl::core::target::TargetSource::Router
+                    })
+            })
+        })
+    })
 }
 
 #[test]

@@ -58,7 +58,7 @@ impl Daemon {
         test: IpCidr,
         now: Instant,
     ) -> Option<Probing> {
-        let routes = self.routing.entries();
+        let routes = self.probe_routes(at.group);
         let local = self.local_addresses();
         let group = &self.groups[at.group];
         let group_nics = group.ifindexes();

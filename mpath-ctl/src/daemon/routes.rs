@@ -64,15 +64,11 @@ impl Daemon {
         self.routing.due = None;
         let main = self.netlink.main_routes().await?;
         self.take_main_routes(main);
-        let routes = self.routing.entries();
         let local = self.local_addresses();
-        for g in self.groups.iter_mut() {
+        for gi in 0..self.groups.len() {
+            let routes = self.probe_routes(gi);
+            let g = &mut self.groups[gi];
             let group_nics = g.ifindexes();
-            let mut routes = routes.clone();
-            if let Some(&oif) = group_nics.first() {
-                let own = g.config.routes.iter().chain(&g.held_routes);
-                routes.extend(routes::group_route_entries(own, oif));
-            }
             for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
                 p.prober.update_routes(&routes, &group_nics, &local);
             }
@@ -87,6 +83,19 @@ impl Daemon {
         }
         self.update_routes().await;
         Ok(())
+    }
+
+    /// The routes group `gi`'s probers take their routers from: the main table's, and the
+    /// group's own (`[[group.route]]` and those it holds), which are in no table a restarted
+    /// mpathd could read them from before it serves them.
+    pub(super) fn probe_routes(&self, gi: usize) -> Vec<crate::core::target::RouteEntry> {
+        let mut routes = self.routing.entries();
+        let g = &self.groups[gi];
+        if let Some(&oif) = g.ifindexes().first() {
+            let own = g.config.routes.iter().chain(&g.held_routes);
+            routes.extend(routes::group_route_entries(own, oif));
+        }
+        routes
     }
 
     /// Brings mpathd's table and nexthop objects in line with the main table and the
