@@ -20,7 +20,7 @@ use crate::{
         reconcile::{Holdings, Member},
         state::{self, Policy, ProbeFamilies},
     },
-    net::{address::IpCidr, carrier::CarrierReader, probe_socket::ProbeSocket},
+    net::{address::IpCidr, probe_socket::ProbeSocket},
 };
 
 /// One NIC's probing in one address family.
@@ -51,8 +51,6 @@ pub(super) struct Nic {
     pub carrier: bool,
     /// Why mpathd's programs are not on the NIC, while they are not: it is offline then.
     pub datapath_error: Option<String>,
-    /// Reads the carrier ahead of the kernel's link events, while the NIC is attached.
-    pub carrier_reader: Option<CarrierReader>,
 }
 
 impl Nic {
@@ -278,7 +276,6 @@ impl Groups {
                 rx: RxEvidence::default(),
                 carrier: false,
                 datapath_error: None,
-                carrier_reader: None,
             });
         }
         let addresses = g

@@ -51,6 +51,7 @@ use crate::{
     datapath::Datapath,
     net::address::IpCidr,
     net::announce,
+    net::carrier::CarrierWatch,
     net::netconf::Netconf,
     net::netlink::{Monitor, NetEvent, Netlink},
     net::nexthop::Nexthops,
@@ -93,8 +94,8 @@ pub struct Daemon {
     restarted: bool,
     /// When to look again whether every NIC has its programs ([`Daemon::check_datapath`]).
     datapath_due: Instant,
-    /// When to read the NICs' carrier again ([`Daemon::poll_carrier`]).
-    carrier_due: Instant,
+    /// Reads the NICs' carrier ahead of the kernel's link events.
+    carrier_watch: CarrierWatch,
     metrics: Metrics,
 }
 
@@ -159,7 +160,8 @@ impl Daemon {
             source_hook: SourceHook::default(),
             restarted,
             datapath_due: Instant::now() + DATAPATH_CHECK,
-            carrier_due: Instant::now(),
+            carrier_watch: CarrierWatch::start(config.daemon.carrier_poll)
+                .context("starting the carrier watch")?,
             metrics,
         };
         for g in &config.groups {
@@ -179,6 +181,10 @@ impl Daemon {
     /// they are, so a restarted mpathd carries on without disturbing traffic.
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut replies = self.datapath.maps.take_probe_replies()?;
+        let mut carrier_losses = self
+            .carrier_watch
+            .take_losses()
+            .context("carrier losses already taken")?;
         let (commands_tx, mut commands) = mpsc::channel(16);
         let listener = self
             .control
@@ -242,12 +248,8 @@ impl Daemon {
                     scrape.answer(self.metrics.render(&self.metrics_snapshot()))
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
-                _ = tokio::time::sleep_until(self.carrier_due.into()),
-                    if self.config.daemon.carrier_poll.is_some() =>
-                {
-                    let now = Instant::now();
-                    self.carrier_due = now + self.config.daemon.carrier_poll.unwrap_or_default();
-                    self.poll_carrier(now).await;
+                Some(ifindex) = carrier_losses.recv() => {
+                    self.carrier_lost(ifindex, Instant::now()).await;
                 }
                 _ = sighup.recv() => {
                     service.reloading();

@@ -154,6 +154,9 @@ impl Daemon {
             self.change_mac(at, mac);
         }
         let carrier = std::mem::replace(&mut self.groups.nic_mut(at).carrier, link.usable());
+        if known {
+            self.carrier_watch.arm(link.ifindex, link.usable());
+        }
         if known && !carrier && link.usable() {
             for p in &mut self.groups.nic_mut(at).probing {
                 p.prober.link_came_up(now);
@@ -283,7 +286,7 @@ impl Daemon {
             self.place_test_address(at, ifindex).await;
             self.describe_to_datapath(at, ifindex);
             self.start_probers(at, now);
-            self.open_carrier_reader(at, ifindex);
+            self.watch_carrier(at, ifindex);
         }
         let event = Event::Datapath {
             nic: self.groups.nic(at).name.clone(),
@@ -325,44 +328,34 @@ impl Daemon {
         true
     }
 
-    /// Opens the reader of the NIC's carrier ([`Daemon::poll_carrier`]); a NIC whose carrier
-    /// cannot be read is left to the kernel's link events, and the log says so.
-    fn open_carrier_reader(&mut self, at: NicAt, ifindex: u32) {
-        let nic = self.groups.nic_mut(at);
+    /// Has the carrier watch ([`crate::net::carrier::CarrierWatch`]) read the NIC's
+    /// carrier; a NIC whose carrier cannot be read is left to the kernel's link events, and
+    /// the log says so.
+    fn watch_carrier(&mut self, at: NicAt, ifindex: u32) {
+        let nic = self.groups.nic(at);
         match CarrierReader::open(&nic.name, ifindex) {
-            Ok(reader) => nic.carrier_reader = Some(reader),
-            Err(e) => {
-                nic.carrier_reader = None;
-                tracing::warn!(
-                    "the carrier of {} cannot be read ({e}): its carrier loss is seen through \
-                     the kernel's link events only, up to a second late on a physical NIC",
-                    nic.name
-                );
-            }
+            Ok(reader) => self.carrier_watch.watch(ifindex, reader, nic.carrier),
+            Err(e) => tracing::warn!(
+                "the carrier of {} cannot be read ({e}): its carrier loss is seen through the \
+                 kernel's link events only, up to a second late on a physical NIC",
+                nic.name
+            ),
         }
     }
 
-    /// Reads the carrier of every usable NIC: a loss is acted on at once, as if the kernel's
-    /// link event had come (it follows up to a second later on a physical NIC, when
+    /// The carrier watch found NIC `ifindex` without carrier: acted on at once, as if the
+    /// kernel's link event had come (it follows up to a second later on a physical NIC, when
     /// linkwatch gets to it). A carrier that returns waits for the link event, which also
     /// brings the operational state the NIC needs to be usable.
-    pub(super) async fn poll_carrier(&mut self, now: Instant) {
-        for at in self.groups.nics() {
-            let nic = self.groups.nic(at);
-            let Some(reader) = nic.carrier_reader.as_ref().filter(|_| nic.carrier) else {
-                continue;
-            };
-            match reader.carrier() {
-                Ok(true) => {}
-                Ok(false) => self.carrier_lost(at, now).await,
-                Err(e) => tracing::debug!("reading the carrier of {}: {e}", nic.name),
-            }
-        }
-    }
-
-    /// A usable NIC's carrier was found gone before the kernel's link event said so.
-    async fn carrier_lost(&mut self, at: NicAt, now: Instant) {
+    pub(super) async fn carrier_lost(&mut self, ifindex: u32, now: Instant) {
+        let Some(at) = self.groups.nic_at(ifindex) else {
+            return;
+        };
         let nic = self.groups.nic_mut(at);
+        // The link event came first after all.
+        if !nic.carrier {
+            return;
+        }
         nic.carrier = false;
         let name = nic.name.clone();
         tracing::info!("{name} has no carrier (read ahead of the kernel's link event)");
@@ -594,8 +587,8 @@ impl Daemon {
     pub(super) fn forget_nic(&mut self, at: NicAt) {
         let nic = self.groups.nic_mut(at);
         nic.probing.clear();
-        nic.carrier_reader = None;
         if let Some(ifindex) = nic.ifindex.take() {
+            self.carrier_watch.forget(ifindex);
             self.datapath.forget(ifindex);
         }
     }

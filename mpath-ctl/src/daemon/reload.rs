@@ -66,8 +66,7 @@ impl Daemon {
                     tracing::warn!("reload: {change} takes effect when mpathd restarts");
                 }
                 DaemonChange::SourceSelection(_) => hook_changed = true,
-                // The event loop reads it from the configuration at each turn.
-                DaemonChange::CarrierPoll(_) => {}
+                DaemonChange::CarrierPoll(c) => self.carrier_watch.set_period(c.new),
             }
         }
         // Settings that only a restart can change keep their running values.

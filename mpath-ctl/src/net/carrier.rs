@@ -7,13 +7,23 @@
 //! sysfs shows the network namespace it was mounted in, which need not be mpathd's (a daemon
 //! entered into a namespace without its own /sys): a reader is made only when the NIC's
 //! ifindex there is the one mpathd knows.
+//!
+//! [`CarrierWatch`] reads on a thread of its own: waking the daemon's event loop a hundred
+//! times a second cost an idle mpathd about 20 times its own CPU (measured, see
+//! BENCHMARKS.md), a sleeping thread's reads a small part of that.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError, Weak},
+    thread,
+    time::Duration,
 };
+
+use tokio::sync::mpsc;
 
 /// Where sysfs lists the network interfaces.
 const SYS_CLASS_NET: &str = "/sys/class/net";
@@ -54,6 +64,114 @@ impl CarrierReader {
             Ok(n) => parse(&text[..n]),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// The NICs whose carrier a [`CarrierWatch`] reads, by ifindex.
+#[derive(Debug, Default)]
+struct Watched {
+    /// `None` stops the reads.
+    period: Option<Duration>,
+    nics: BTreeMap<u32, WatchedNic>,
+}
+
+#[derive(Debug)]
+struct WatchedNic {
+    reader: CarrierReader,
+    /// Read only while the daemon counts the NIC's carrier as up: a loss is reported once,
+    /// and a returning carrier is the kernel's link event's to report.
+    armed: bool,
+}
+
+/// Reads the carrier of the NICs it is given every `period` on its own thread and reports
+/// each NIC whose carrier went, once, until it is armed again.
+#[derive(Debug)]
+pub struct CarrierWatch {
+    watched: Arc<Mutex<Watched>>,
+    losses: Option<mpsc::UnboundedReceiver<u32>>,
+}
+
+impl CarrierWatch {
+    /// Starts the reading thread, which ends when the watch is dropped.
+    pub fn start(period: Option<Duration>) -> io::Result<CarrierWatch> {
+        let watched = Arc::new(Mutex::new(Watched {
+            period,
+            nics: BTreeMap::new(),
+        }));
+        let (report, losses) = mpsc::unbounded_channel();
+        let weak = Arc::downgrade(&watched);
+        thread::Builder::new()
+            .name("mpathd-carrier".into())
+            .spawn(move || read_until_dropped(&weak, &report))?;
+        Ok(CarrierWatch {
+            watched,
+            losses: Some(losses),
+        })
+    }
+
+    /// The NICs whose carrier went, for the one reader there is.
+    pub fn take_losses(&mut self) -> Option<mpsc::UnboundedReceiver<u32>> {
+        self.losses.take()
+    }
+
+    /// How often to read; `None`: never.
+    pub fn set_period(&self, period: Option<Duration>) {
+        self.lock().period = period;
+    }
+
+    /// Reads NIC `ifindex`'s carrier through `reader` from now on, while armed.
+    pub fn watch(&self, ifindex: u32, reader: CarrierReader, armed: bool) {
+        self.lock()
+            .nics
+            .insert(ifindex, WatchedNic { reader, armed });
+    }
+
+    /// Whether NIC `ifindex`'s carrier is to be read: while the daemon counts it as up.
+    pub fn arm(&self, ifindex: u32, armed: bool) {
+        if let Some(nic) = self.lock().nics.get_mut(&ifindex) {
+            nic.armed = armed;
+        }
+    }
+
+    /// Stops reading NIC `ifindex`'s carrier.
+    pub fn forget(&self, ifindex: u32) {
+        self.lock().nics.remove(&ifindex);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The reading thread: reads every armed NIC each period and reports the ones without
+/// carrier, until the watch is dropped.
+fn read_until_dropped(watched: &Weak<Mutex<Watched>>, report: &mpsc::UnboundedSender<u32>) {
+    // While reading is off, the thread only looks now and then whether it is on again.
+    const IDLE: Duration = Duration::from_millis(200);
+    loop {
+        let Some(period) = watched
+            .upgrade()
+            .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner).period)
+        else {
+            return;
+        };
+        thread::sleep(period.unwrap_or(IDLE));
+        if period.is_none() {
+            continue;
+        }
+        let Some(watched) = watched.upgrade() else {
+            return;
+        };
+        let mut watched = watched.lock().unwrap_or_else(PoisonError::into_inner);
+        for (ifindex, nic) in watched.nics.iter_mut().filter(|(_, nic)| nic.armed) {
+            // An unreadable carrier says nothing; the kernel's link events still come.
+            if let Ok(false) = nic.reader.carrier() {
+                nic.armed = false;
+                if report.send(*ifindex).is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -118,6 +236,29 @@ mod tests {
             let error = CarrierReader::open_in(dir.path(), name, 7).unwrap_err();
             assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{name:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_watch_reports_a_lost_carrier_once_until_armed_again() {
+        let dir = class_net("7\n", "1\n");
+        let mut watch = CarrierWatch::start(Some(Duration::from_millis(1))).unwrap();
+        let mut losses = watch.take_losses().unwrap();
+        let reader = CarrierReader::open_in(dir.path(), "eth0", 7).unwrap();
+        watch.watch(7, reader, true);
+        std::fs::write(dir.path().join("eth0/carrier"), "0\n").unwrap();
+        assert_eq!(losses.recv().await, Some(7));
+        // Disarmed by the loss: nothing more until the daemon arms it again.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(losses.try_recv().is_err());
+        watch.arm(7, true);
+        assert_eq!(losses.recv().await, Some(7));
+        // Forgotten or switched off: no report.
+        watch.forget(7);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(losses.try_recv().is_err());
+        // Dropping the watch ends the thread, which closes the channel.
+        drop(watch);
+        assert_eq!(losses.recv().await, None);
     }
 
     #[test]
