@@ -164,6 +164,7 @@ fn a_nic_the_programs_cannot_attach_to_is_offline_and_joins_once_they_attach() {
         row.flags.iter().map(|f| f.as_str()).collect::<Vec<_>>(),
         ["offline", "no_datapath"]
     );
+    assert_eq!(row.unusable.map(|r| r.as_str()), Some("no_datapath"));
     let error = row.datapath_error.as_deref().unwrap_or_default();
     assert!(
         error.contains("native XDP refused") && error.contains("generic XDP refused"),
@@ -183,7 +184,9 @@ fn a_nic_the_programs_cannot_attach_to_is_offline_and_joins_once_they_attach() {
     assert!(!log.contains("is not a group NIC"), "{log}");
     let no_datapath = |nic: &str| {
         let text = scrape(lab.host()).expect("metrics");
-        let series = format!(r#"mpath_interface_no_datapath{{group="g0",interface="{nic}"}}"#);
+        let series = format!(
+            r#"mpath_interface_unusable{{group="g0",interface="{nic}",reason="no_datapath"}}"#
+        );
         sample(&text, &series)
     };
     assert_eq!(no_datapath("h1"), Some(1.0));
@@ -192,7 +195,12 @@ fn a_nic_the_programs_cannot_attach_to_is_offline_and_joins_once_they_attach() {
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     let h1_line = table.lines().find(|l| l.starts_with("h1")).unwrap_or("");
     assert!(
-        h1_line.contains("------x") && h1_line.contains("offline"),
+        h1_line.contains("-------x")
+            && h1_line
+                .split_whitespace()
+                .rev()
+                .take(2)
+                .eq(["no_datapath", "offline"]),
         "{table}"
     );
     lab.router()

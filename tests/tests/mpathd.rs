@@ -1200,10 +1200,10 @@ fn golden_views_of_a_degraded_group() {
     assert_eq!(
         cells(&view(&["interfaces"])),
         [
-            "INTERFACE ACTIVE GROUP FLAGS LINK PROBE PROBE4 PROBE6 STATE",
-            "h0 no g0 -------- down unknown unknown unknown failed",
-            "h1 yes g0 -------- up ok ok ok ok",
-            "h2 yes g0 -s------ up ok ok ok ok",
+            "INTERFACE ACTIVE GROUP FLAGS LINK PROBE PROBE4 PROBE6 STATE UNUSABLE",
+            "h0 no g0 -------- down unknown unknown unknown failed link_down",
+            "h1 yes g0 -------- up ok ok ok ok --",
+            "h2 yes g0 -s------ up ok ok ok ok --",
         ]
     );
     // ipmpstat -P: for scripts, the -o fields without a header, colons escaped.

@@ -56,7 +56,7 @@ use crate::{
     core::probe::{FdtView, ProbeOutcome, RejectReason as ReplyRejectReason},
     core::state::{
         FailureCause, GroupState, GroupView, InterfaceFlag, InterfaceStatus, InterfaceView,
-        LinkState, ProbeStatus,
+        LinkState, ProbeStatus, UnusableReason,
     },
 };
 
@@ -230,7 +230,7 @@ struct StateMetrics {
     family_probe_state: IntGaugeVec,
     active: IntGaugeVec,
     standby: IntGaugeVec,
-    no_datapath: IntGaugeVec,
+    unusable: IntGaugeVec,
     address_interface: IntGaugeVec,
 }
 
@@ -293,6 +293,7 @@ const GROUP: &[&str] = &["group"];
 const GROUP_STATE: &[&str] = &["group", "state"];
 const NIC: &[&str] = &["group", "interface"];
 const NIC_STATE: &[&str] = &["group", "interface", "state"];
+const NIC_STATE_REASON: &[&str] = &["group", "interface", "reason"];
 const NO_LABELS: &[&str] = &[];
 const NIC_FAMILY_STATE: &[&str] = &["group", "interface", "family", "state"];
 const ADDRESS: &[&str] = &["group", "address", "interface"];
@@ -505,11 +506,12 @@ impl Metrics {
                 "1 for a NIC configured as a standby, 0 for the others.",
                 NIC,
             )?,
-            no_datapath: d.gauge(
-                "mpath_interface_no_datapath",
-                "1 while mpathd's programs cannot be attached to the NIC, which is offline \
-                 then (the log and `mpathctl interfaces --json` say why), 0 otherwise.",
-                NIC,
+            unusable: d.gauge(
+                "mpath_interface_unusable",
+                "Why the NIC carries no traffic: 1 for the reason (link_down, probes_lost, \
+                 targets_unreachable, offline, duplicate_mac, no_datapath or missing), 0 for \
+                 the others; all 0 while it is usable.",
+                NIC_STATE_REASON,
             )?,
             address_interface: d.gauge(
                 "mpath_address_interface",
@@ -812,7 +814,7 @@ impl Metrics {
             &s.family_probe_state,
             &s.active,
             &s.standby,
-            &s.no_datapath,
+            &s.unusable,
             &s.address_interface,
         ] {
             family.reset();
@@ -880,9 +882,11 @@ impl Metrics {
                 s.standby
                     .with_label_values(&labels)
                     .set(i64::from(nic.flags.contains(&InterfaceFlag::Standby)));
-                s.no_datapath
-                    .with_label_values(&labels)
-                    .set(i64::from(nic.flags.contains(&InterfaceFlag::NoDatapath)));
+                for &reason in UnusableReason::ALL {
+                    s.unusable
+                        .with_label_values(&[name, nic.interface.as_str(), reason.as_str()])
+                        .set(i64::from(nic.unusable == Some(reason)));
+                }
             }
             for (address, interface) in &group.addresses {
                 s.address_interface
@@ -1183,6 +1187,7 @@ mod tests {
             }),
             probe_ipv6: ok.then_some(ProbeStatus::Failed),
             state,
+            unusable: (!ok).then_some(UnusableReason::LinkDown),
         }
     }
 
@@ -1325,7 +1330,16 @@ mod tests {
                 0.0,
             ),
             (
-                r#"mpath_interface_no_datapath{group="g0",interface="h0"}"#.into(),
+                r#"mpath_interface_unusable{group="g0",interface="h0",reason="link_down"}"#.into(),
+                0.0,
+            ),
+            (
+                r#"mpath_interface_unusable{group="g0",interface="h1",reason="link_down"}"#.into(),
+                1.0,
+            ),
+            (
+                r#"mpath_interface_unusable{group="g0",interface="h1",reason="no_datapath"}"#
+                    .into(),
                 0.0,
             ),
             (

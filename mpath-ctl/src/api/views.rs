@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{
     failover::AddressState,
-    state::{GroupState, InterfaceFlag, InterfaceStatus, LinkState, ProbeStatus},
+    state::{GroupState, InterfaceFlag, InterfaceStatus, LinkState, ProbeStatus, UnusableReason},
     target::{TargetMode, TargetSource, TargetState},
 };
 
@@ -72,6 +72,11 @@ pub struct InterfaceRow {
     pub probe_ipv6: Option<ProbeStatus>,
     /// `ok`, `failed`, `offline`, `missing` or `unknown`.
     pub state: InterfaceStatus,
+    /// Why the NIC carries no traffic, while it is unusable: `link_down`, `probes_lost`
+    /// (`probe_ipv4`/`probe_ipv6` say in which family), `targets_unreachable`, `offline` (the
+    /// operator's), `duplicate_mac`, `no_datapath` or `missing`.
+    #[serde(default)]
+    pub unusable: Option<UnusableReason>,
     /// Why mpathd's programs are not attached to the NIC (the kernel's errno and message
     /// where it gives them), while they are not (`--json` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -532,6 +532,35 @@ named!(InterfaceStatus {
     Missing => "missing",
 });
 
+/// Why a NIC carries no traffic (ipmpstat has no such column; only in.mpathd's log said it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnusableReason {
+    /// Its link (carrier) is down.
+    LinkDown,
+    /// Its probes were lost (`probe_ipv4`/`probe_ipv6` say in which family).
+    ProbesLost,
+    /// Every NIC's probes were lost at once: the targets, not the NICs, stopped answering.
+    TargetsUnreachable,
+    /// An operator took it offline.
+    Offline,
+    /// Offline: another member has its hardware address.
+    DuplicateMac,
+    /// Offline: mpathd's programs could not be attached to it.
+    NoDatapath,
+    /// Not present in the system.
+    Missing,
+}
+
+named!(UnusableReason {
+    LinkDown => "link_down",
+    ProbesLost => "probes_lost",
+    TargetsUnreachable => "targets_unreachable",
+    Offline => "offline",
+    DuplicateMac => "duplicate_mac",
+    NoDatapath => "no_datapath",
+    Missing => "missing",
+});
+
 /// One line of the interfaces view (ipmpstat -i).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct InterfaceView {
@@ -545,6 +574,8 @@ pub(crate) struct InterfaceView {
     pub probe_ipv4: Option<ProbeStatus>,
     pub probe_ipv6: Option<ProbeStatus>,
     pub state: InterfaceStatus,
+    /// Why it carries no traffic, when it is unusable.
+    pub unusable: Option<UnusableReason>,
 }
 
 /// One line of the groups view (ipmpstat -g; INTERFACES as `active (inactive) [unusable]`).
@@ -902,6 +933,20 @@ impl Interface {
             IfState::Ok if !self.link_judged() && !self.has_targets() => InterfaceStatus::Unknown,
             IfState::Ok => InterfaceStatus::Ok,
         };
+        let unusable = match self.state {
+            IfState::Ok => None,
+            IfState::Missing => Some(UnusableReason::Missing),
+            IfState::Failed { cause } => Some(match cause {
+                FailureCause::LinkDown => UnusableReason::LinkDown,
+                FailureCause::ProbesLost => UnusableReason::ProbesLost,
+                FailureCause::TargetsUnreachable => UnusableReason::TargetsUnreachable,
+            }),
+            IfState::Offline { reason, .. } => Some(match reason {
+                OfflineReason::Admin => UnusableReason::Offline,
+                OfflineReason::DuplicateMac => UnusableReason::DuplicateMac,
+                OfflineReason::NoDatapath => UnusableReason::NoDatapath,
+            }),
+        };
         InterfaceView {
             interface: self.name.clone(),
             group: group.to_owned(),
@@ -912,6 +957,7 @@ impl Interface {
             probe_ipv4: self.family_probe(AddressFamily::Inet),
             probe_ipv6: self.family_probe(AddressFamily::Inet6),
             state,
+            unusable,
         }
     }
 }
@@ -2797,13 +2843,13 @@ mod tests {
             serde_json::json!([
                 {"interface": "h0", "group": "g0", "active": true, "flags": [],
                  "link": "up", "probe": "ok", "probe_ipv4": "ok", "probe_ipv6": null,
-                 "state": "ok"},
+                 "state": "ok", "unusable": null},
                 {"interface": "h1", "group": "g0", "active": false, "flags": ["failed"],
                  "link": "down", "probe": "unknown", "probe_ipv4": "unknown",
-                 "probe_ipv6": null, "state": "failed"},
+                 "probe_ipv6": null, "state": "failed", "unusable": "link_down"},
                 {"interface": "h2", "group": "g0", "active": true, "flags": ["standby"],
                  "link": "up", "probe": "unknown", "probe_ipv4": "unknown", "probe_ipv6": null,
-                 "state": "unknown"},
+                 "state": "unknown", "unusable": null},
             ])
         );
         let group = serde_json::to_value(sim.group.view()).unwrap();

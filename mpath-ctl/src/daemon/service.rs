@@ -145,6 +145,7 @@ mod tests {
             probe_ipv4: Some(ProbeStatus::Ok),
             probe_ipv6: None,
             state,
+            unusable: None,
             datapath_error: None,
         }
     }

@@ -8,7 +8,7 @@ use crate::{
         AddressRow, GroupRow, InterfaceRow, MembershipRow, Status, TargetHealth, TargetRow,
     },
     core::failover::AddressState,
-    core::state::{InterfaceStatus, LinkState, ProbeStatus},
+    core::state::{InterfaceStatus, LinkState, ProbeStatus, UnusableReason},
     core::target::{TargetMode, TargetSource},
     daemon::Daemon,
 };
@@ -112,6 +112,7 @@ impl Daemon {
                     probe_ipv4: i.probe_ipv4,
                     probe_ipv6: i.probe_ipv6,
                     state: i.state,
+                    unusable: i.unusable,
                 }));
             let outbound: Vec<String> = g
                 .fsm
@@ -209,6 +210,7 @@ impl Daemon {
                 } else {
                     InterfaceStatus::Failed
                 },
+                unusable: (!*up).then_some(UnusableReason::LinkDown),
                 datapath_error: None,
             }));
         status

@@ -270,6 +270,7 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                 "PROBE4",
                 "PROBE6",
                 "STATE",
+                "UNUSABLE",
             ],
             rows: status
                 .interfaces
@@ -289,6 +290,7 @@ fn show_status(cli: &Cli, status: &Status) -> anyhow::Result<()> {
                         i.probe_ipv4.map_or("--".into(), |p| p.to_string()),
                         i.probe_ipv6.map_or("--".into(), |p| p.to_string()),
                         i.state.to_string(),
+                        i.unusable.map_or("--".into(), |r| r.to_string()),
                     ]
                 })
                 .collect(),
