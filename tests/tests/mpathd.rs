@@ -1229,13 +1229,13 @@ fn golden_views_of_a_degraded_group() {
         json!([
             {"interface": "h0", "group": "g0", "active": false, "flags": ["failed"],
              "link": "down", "probe": "unknown", "probe_ipv4": "unknown",
-             "probe_ipv6": "unknown", "state": "failed"},
+             "probe_ipv6": "unknown", "state": "failed", "unusable": "link_down"},
             {"interface": "h1", "group": "g0", "active": true, "flags": [],
              "link": "up", "probe": "ok", "probe_ipv4": "ok", "probe_ipv6": "ok",
-             "state": "ok"},
+             "state": "ok", "unusable": null},
             {"interface": "h2", "group": "g0", "active": true, "flags": ["standby"],
              "link": "up", "probe": "ok", "probe_ipv4": "ok", "probe_ipv6": "ok",
-             "state": "ok"},
+             "state": "ok", "unusable": null},
         ])
     );
     assert_eq!(
