@@ -131,12 +131,21 @@ enum Attachment {
 
 /// One iperf3 run.
 struct Run {
+    /// Gbit/s, and Gbit received in all.
     gbit: f64,
+    received_gbit: f64,
     /// Receiver CPU ms per Gbit received, and the NAPI thread's part of it.
     ms_per_gbit: f64,
     napi_ms_per_gbit: f64,
     /// Packets the matcher counted on h0.
     matched: u64,
+}
+
+/// What a configuration's programs cost by themselves.
+struct Cost {
+    runs_per_gbit: f64,
+    ns_per_run: f64,
+    ms_per_gbit: f64,
 }
 
 /// A 1-NIC lab at one MTU with the datapath loaded in its host namespace.
@@ -158,8 +167,8 @@ impl Rig {
             .mtu(mtu)
             .host_addr(NIC, &format!("{DATA}/24"))
             .build()?;
-        // A veth delivers through its peer's NAPI only what that peer may aggregate: frames,
-        // not the super-packets of a sender with TSO, which go to the sender's backlog.
+        // A veth hands a packet to its peer's NAPI only when the sending end has TSO off;
+        // otherwise to the sending CPU's backlog, processed in the sender's context.
         let port = lab.switch_port(NIC)?;
         lab.switch()
             .run(&["ethtool", "-K", &port, "gro", "on", "tso", "off"])?;
@@ -296,6 +305,43 @@ impl Rig {
         cpu_ns(self.napi)
     }
 
+    /// Run time and runs so far of the programs `config` attaches, as the kernel counts them
+    /// while its statistics are on (`BPF_ENABLE_STATS`).
+    fn program_time(&mut self, config: Config) -> anyhow::Result<(Duration, u64)> {
+        let infos = match config {
+            Config::None => vec![],
+            Config::Tc => vec![self.datapath.probe_rx()?.info()?],
+            Config::XdpNative | Config::XdpGeneric => vec![self.datapath.probe_rx_xdp()?.info()?],
+            Config::Mpathd => vec![
+                self.datapath.probe_rx()?.info()?,
+                self.datapath.spread()?.info()?,
+            ],
+        };
+        Ok(infos
+            .iter()
+            .fold((Duration::ZERO, 0), |(time, runs), info| {
+                (time + info.run_time(), runs + info.run_count())
+            }))
+    }
+
+    /// One more run of `config` with the kernel's BPF statistics on: its programs' own run time
+    /// per Gbit received, and runs per Gbit. The statistics cost each run a clock read or
+    /// two, which is why the rounds run without them.
+    fn program_cost(&mut self, config: Config, duration: Duration) -> anyhow::Result<(Cost, u32)> {
+        self.configure(config)?;
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+        let (time, runs) = self.program_time(config)?;
+        let (run, failed) = run_with_retries(self, duration)?;
+        let (time_after, runs_after) = self.program_time(config)?;
+        let runs = runs_after - runs;
+        let cost = Cost {
+            runs_per_gbit: runs as f64 / run.received_gbit,
+            ns_per_run: (time_after - time).as_nanos() as f64 / runs.max(1) as f64,
+            ms_per_gbit: (time_after - time).as_secs_f64() * 1e3 / run.received_gbit,
+        };
+        Ok((cost, failed))
+    }
+
     /// One iperf3 run of [`FLOWS`] flows from the router to h0's address, for `duration`.
     fn run(&self, duration: Duration) -> anyhow::Result<Run> {
         let limit = (duration.as_secs() + 10).to_string();
@@ -357,6 +403,7 @@ impl Rig {
             let gbits = bytes * 8.0 / 1e9;
             return Ok(Run {
                 gbit: bits / 1e9,
+                received_gbit: gbits,
                 ms_per_gbit: (cpu + napi) as f64 / 1e6 / gbits,
                 napi_ms_per_gbit: napi as f64 / 1e6 / gbits,
                 matched,
@@ -472,11 +519,17 @@ pub fn receive(rounds: u64, duration: Duration, out: Option<PathBuf>) -> anyhow:
             runs.entry((m, config)).or_default().push(run);
         }
     }
-    for rig in &mut rigs {
+    let mut costs = BTreeMap::new();
+    for (m, rig) in rigs.iter_mut().enumerate() {
+        for config in CONFIGS.into_iter().filter(|c| *c != Config::None) {
+            let (cost, failed) = rig.program_cost(config, duration)?;
+            repeated += failed;
+            costs.insert((m, config), cost);
+        }
         rig.configure(Config::None)?;
     }
     let load_after = load_average();
-    let table = tables(&runs, &proofs, duration, repeated)?;
+    let table = tables(&runs, &proofs, &costs, duration, repeated)?;
     println!("{table}");
     if let Some(path) = out {
         let body = format!(
@@ -527,6 +580,7 @@ pub fn receive(rounds: u64, duration: Duration, out: Option<PathBuf>) -> anyhow:
 fn tables(
     runs: &BTreeMap<(usize, Config), Vec<Run>>,
     proofs: &BTreeMap<(usize, Config), String>,
+    costs: &BTreeMap<(usize, Config), Cost>,
     duration: Duration,
     repeated: u32,
 ) -> anyhow::Result<String> {
@@ -613,6 +667,32 @@ fn tables(
             gbit.1,
             gbit.2,
             yes(met)
+        )?;
+    }
+    writeln!(
+        t,
+        "\nThe programs' own run time, as the kernel counts it (BPF_ENABLE_STATS, on for one \
+         more run per row after the rounds, since it costs each program run a clock read or \
+         two; as mpathd attaches: the matcher and the spreading program together), against \
+         the median receiver CPU per Gbit without a program:\n"
+    )?;
+    writeln!(
+        t,
+        "| MTU | configuration | program runs per Gbit | ns per run | program ms per Gbit | share of no program's receiver CPU per Gbit |"
+    )?;
+    writeln!(t, "| ---: | --- | ---: | ---: | ---: | ---: |")?;
+    for (&(m, config), cost) in costs {
+        let base = &runs[&(m, Config::None)];
+        let base_ms = spread_of(&base.iter().map(|r| r.ms_per_gbit).collect::<Vec<_>>()).1;
+        writeln!(
+            t,
+            "| {} | {} | {:.0} | {:.0} | {:.3} | {:.2} % |",
+            MTUS[m],
+            config.label(),
+            cost.runs_per_gbit,
+            cost.ns_per_run,
+            cost.ms_per_gbit,
+            100.0 * cost.ms_per_gbit / base_ms
         )?;
     }
     writeln!(
