@@ -2,7 +2,9 @@
 //!
 //! `datapath`: the sender's CPU per packet with no program (the baseline), mpathd's routes
 //! and datapath spreading modes and kernel ECMP over 2 and 4 NICs, for unconnected and
-//! connected sockets; then bulk TCP over shaped NICs (see [`datapath`]).
+//! connected sockets; then bulk TCP over shaped NICs (see [`datapath`]); then bulk TCP into
+//! the host with and without the probe-reply matcher at tc ingress and as XDP, and the
+//! receiver's CPU per Gbit (see [`receive`]). `--only send|receive` runs one part.
 //!
 //! `failover`: a steady UDP stream to a data address while the NIC holding it fails, for
 //! carrier loss and silent loss under mpathd and for kernel ECMP with
@@ -22,6 +24,7 @@
 
 mod carrier;
 mod datapath;
+mod receive;
 mod scale;
 mod soak;
 mod sources;
@@ -62,7 +65,27 @@ fn main() -> anyhow::Result<()> {
             let rounds = flag(&args, "--rounds")?.unwrap_or(5);
             let seconds = flag(&args, "--seconds")?.unwrap_or(1);
             let bulk_seconds = flag(&args, "--bulk-seconds")?.unwrap_or(5);
-            datapath::datapath(rounds, Duration::from_secs(seconds), bulk_seconds, out)
+            if rounds == 0 || bulk_seconds == 0 {
+                bail!("--rounds and --bulk-seconds must be at least 1");
+            }
+            let (send, receive) = match text_flag(&args, "--only")? {
+                None => (true, true),
+                Some("send") => (true, false),
+                Some("receive") => (false, true),
+                Some(other) => bail!("--only {other}: the parts are `send` and `receive`"),
+            };
+            if send {
+                datapath::datapath(
+                    rounds,
+                    Duration::from_secs(seconds),
+                    bulk_seconds,
+                    out.clone(),
+                )?;
+            }
+            if receive {
+                receive::receive(rounds, Duration::from_secs(bulk_seconds), out)?;
+            }
+            Ok(())
         }
         Some("failover") => {
             let reps = flag(&args, "--reps")?.unwrap_or(20);
@@ -111,7 +134,8 @@ fn main() -> anyhow::Result<()> {
             carrier::carrier(rounds, Duration::from_secs(idle), out)
         }
         _ => bail!(
-            "usage: mpath-bench datapath [--rounds N] [--seconds S] [--bulk-seconds S] [--out BENCHMARKS.md]\n       \
+            "usage: mpath-bench datapath [--rounds N] [--seconds S] [--bulk-seconds S] [--only send|receive] \
+             [--out BENCHMARKS.md]\n       \
              mpath-bench failover [--reps N] [--false-failure-minutes M] [--only cases|scale] \
              [--out BENCHMARKS.md]\n       \
              (M: the 3-NIC false-failure run, none by default, and the scale part's run per \
