@@ -6,13 +6,15 @@
 //!
 //! The parts: `group` (each group's runtime and the lookups), `nics` (NICs coming and going,
 //! resync), `actions` (the one interpreter of the state machines' decisions), `addresses`,
-//! `announcer`, `multicast` (memberships that follow a failover), `probing`, `routes`,
-//! `sources` (the IPv6 source hook), `reload`, `status`; `service` and `logging` face systemd.
+//! `announcer`, `host` (a configuration checked against the host), `multicast` (memberships
+//! that follow a failover), `probing`, `routes`, `sources` (the IPv6 source hook), `reload`,
+//! `status`; `service` and `logging` face systemd.
 
 mod actions;
 mod addresses;
 mod announcer;
 mod group;
+mod host;
 pub mod logging;
 mod multicast;
 mod nics;
@@ -23,6 +25,7 @@ mod service;
 mod sources;
 mod status;
 
+pub use host::check_against_host;
 pub use nics::remove_test_addresses;
 pub use routes::remove_routes;
 

@@ -129,10 +129,27 @@ impl Daemon {
                 }
             }
             self.apply(gi, actions, true).await;
-            let extra = reconcile::extra_copies(&self.groups[gi].holdings(), &addresses);
-            for (ifindex, cidr) in extra {
+            let copies = reconcile::extra_copies(
+                &self.groups[gi].holdings(),
+                &addresses,
+                &self.groups.ifindexes(),
+                &of_origin(Origin::Mpathd),
+            );
+            for (ifindex, cidr) in copies.remove {
                 tracing::warn!("removing a second copy of data address {cidr} (ifindex {ifindex})");
                 self.delete_address(ifindex, cidr).await;
+            }
+            for (ifindex, cidr) in copies.outside {
+                let nic = links
+                    .iter()
+                    .find(|l| l.ifindex == ifindex)
+                    .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone());
+                tracing::warn!(
+                    "data address {cidr} of group {} is also on {nic}, which is in no group: \
+                     mpathd leaves it there (it never touches a NIC outside its groups), and \
+                     both NICs answer for it until someone takes it off {nic}",
+                    self.groups[gi].name()
+                );
             }
         }
         let unconfigured =
