@@ -193,6 +193,7 @@ impl<'a> Validator<'a> {
                     .map_err(|p| self.source.error(&value.span(), p))?,
                 None => builtin.carrier_poll,
             },
+            isolate_arp: raw.isolate_arp.unwrap_or(builtin.isolate_arp),
         })
     }
 

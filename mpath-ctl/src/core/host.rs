@@ -105,18 +105,20 @@ pub fn check(
 }
 
 /// The warning for a configured NIC the host does not have, naming the host's NICs outside
-/// the configuration whose names are close: most such names are typos.
+/// the configuration whose names are close (one edit in four characters, at least one):
+/// most such names are typos.
 fn missing(
     name: &str,
     group: &str,
     links: &[HostLink],
     configured: &dyn Fn(&str) -> bool,
 ) -> String {
+    let most = (name.chars().count() / 4).max(1);
     let mut close: Vec<(usize, &str)> = links
         .iter()
         .filter(|l| !configured(&l.name))
         .map(|l| (edit_distance(name, &l.name), l.name.as_str()))
-        .filter(|(distance, _)| *distance <= 2)
+        .filter(|(distance, _)| *distance <= most)
         .collect();
     close.sort();
     let hint = match close.as_slice() {
@@ -260,7 +262,7 @@ mod tests {
         let config = parse(CONFIG).unwrap();
         let check = check(
             &config,
-            &links(&["lo", "eth0", "eht1", "eth10", "ens1"]),
+            &links(&["lo", "eth0", "eht1", "eth10", "ens1", "eth2"]),
             &[],
             &[],
         );
@@ -269,7 +271,7 @@ mod tests {
             check.warnings,
             [
                 "interface eth1 of group g0 does not exist on this host (did you mean eht1, eth10, \
-              ens1?): it stays missing until a NIC of that name appears"
+                 eth2?): it stays missing until a NIC of that name appears"
             ]
         );
         let check = super::check(&config, &links(&["eth0", "wlan7"]), &[], &[]);

@@ -87,6 +87,9 @@ pub struct Daemon {
     /// Link state (usable or not) of NICs outside any group, tracked and reported when
     /// TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
     ungrouped: BTreeMap<String, bool>,
+    /// NICs outside the groups with carrier, by name: ifindex, and whether they answer ARP
+    /// only for their own addresses (see `DaemonConfig::isolate_arp`).
+    strays: BTreeMap<String, (u32, bool)>,
     announcer: Announcer,
     /// Multicast memberships of unusable NICs that mpathd holds on the NICs that took over.
     following: Following,
@@ -157,6 +160,7 @@ impl Daemon {
             routing: Routing::default(),
             addresses: Vec::new(),
             ungrouped: BTreeMap::new(),
+            strays: BTreeMap::new(),
             announcer: Announcer::default(),
             following: Following::default(),
             source_hook: SourceHook::default(),
@@ -327,7 +331,10 @@ impl Daemon {
                 }
                 match self.groups.nic_named(&link.name) {
                     Some(at) => self.link_changed(at, &link, now).await,
-                    None => self.track_ungrouped(&link),
+                    None => {
+                        self.guard_stray(&link);
+                        self.track_ungrouped(&link);
+                    }
                 }
             }
             NetEvent::LinkRemoved { name, ifindex } => self.link_removed(&name, ifindex, now).await,

@@ -85,6 +85,8 @@ impl Daemon {
                 DaemonChange::SourceSelection(_) => hook_changed = true,
                 // The event loop reads it from the configuration at each turn.
                 DaemonChange::CarrierPoll(_) => {}
+                // The resync below goes over every NIC outside the groups.
+                DaemonChange::IsolateArp(_) => {}
             }
         }
         // Settings that only a restart can change keep their running values.
