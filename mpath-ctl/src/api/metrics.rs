@@ -113,6 +113,9 @@ pub(crate) struct Snapshot {
     pub datapath: Vec<DatapathSnapshot>,
     /// NICs outside any group, tracked when TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
     pub ungrouped: Vec<UngroupedSnapshot>,
+    /// NICs outside any group with carrier, and whether they answer ARP only for their own
+    /// addresses.
+    pub strays: Vec<(String, bool)>,
     /// Whether the source hook is attached (`sources = "spread"` took effect).
     pub source_hook_attached: bool,
     /// The source hook's counters of the groups whose counters could be read.
@@ -232,6 +235,7 @@ struct StateMetrics {
     standby: IntGaugeVec,
     unusable: IntGaugeVec,
     address_interface: IntGaugeVec,
+    stray_arp_isolated: IntGaugeVec,
 }
 
 /// The daemon itself: its configuration reloads.
@@ -518,6 +522,14 @@ impl Metrics {
                 "1 for the NIC each data address is on (the interface label is empty while \
                  it is on none).",
                 ADDRESS,
+            )?,
+            stray_arp_isolated: d.gauge(
+                "mpath_stray_interface_arp_isolated",
+                "One series per NIC outside the groups with carrier: 1 when it answers ARP only \
+                 for its own addresses, 0 when it answers for the groups' test and data \
+                 addresses too and can draw their traffic (isolate_arp = false, or a setting \
+                 that could not be written).",
+                &["interface"],
             )?,
         };
         let daemon = DaemonMetrics {
@@ -816,8 +828,14 @@ impl Metrics {
             &s.standby,
             &s.unusable,
             &s.address_interface,
+            &s.stray_arp_isolated,
         ] {
             family.reset();
+        }
+        for (nic, isolated) in &snapshot.strays {
+            s.stray_arp_isolated
+                .with_label_values(&[nic])
+                .set(i64::from(*isolated));
         }
         for family in [&s.fdt, &s.configured_fdt, &s.probe_interval] {
             family.reset();
@@ -1238,6 +1256,7 @@ mod tests {
                 replies_over_budget: 5,
             }],
             ungrouped: Vec::new(),
+            strays: Vec::new(),
             source_hook_attached: true,
             sources: vec![(
                 "g0".into(),
@@ -1708,6 +1727,7 @@ mod tests {
                 interface: "eth9".into(),
                 link_up: false,
             }],
+            strays: vec![("mgmt0".into(), true), ("eth8".into(), false)],
             ..snapshot(InterfaceStatus::Ok, InterfaceStatus::Ok)
         };
         let text = m.render(&with_other_nic).unwrap();
@@ -1720,6 +1740,10 @@ mod tests {
         assert_eq!(eth9("down"), Some(1.0), "{text}");
         assert_eq!(eth9("up"), Some(0.0));
         assert!(!text.contains(r#"interface="eth9",state="ok""#), "{text}");
+        for (nic, isolated) in [("mgmt0", 1.0), ("eth8", 0.0)] {
+            let series = format!(r#"mpath_stray_interface_arp_isolated{{interface="{nic}"}}"#);
+            assert_eq!(sample(&text, &series), Some(isolated), "{text}");
+        }
         promtool_check(&text);
 
         // A group that is gone (a reload removed it) leaves no state behind.

@@ -9,7 +9,9 @@ use clap::{CommandFactory as _, Parser};
 use mpath_ctl::{
     api::manpages,
     config::{self, Config},
-    daemon::{ConfigPaths, Daemon, logging, remove_routes, remove_test_addresses},
+    daemon::{
+        ConfigPaths, Daemon, check_against_host, logging, remove_routes, remove_test_addresses,
+    },
     datapath,
     net::netlink::Monitor,
 };
@@ -100,10 +102,6 @@ fn main() -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    if args.check {
-        println!("{}: configuration is valid", args.config.display());
-        return ExitCode::SUCCESS;
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,6 +112,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // What the file alone cannot show (an address already on a NIC outside the groups, a
+    // NIC name with a typo), before anything on the host changes.
+    if !args.teardown {
+        match runtime.block_on(check_against_host(&config, &[])) {
+            Ok(check) => {
+                for warning in &check.warnings {
+                    tracing::warn!("{warning}");
+                }
+                if !check.refusals.is_empty() {
+                    for refusal in &check.refusals {
+                        eprintln!("mpathd: {}: {refusal}", args.config.display());
+                    }
+                    return ExitCode::from(2);
+                }
+            }
+            Err(e) => tracing::warn!(
+                "cannot look at this host's NICs and addresses ({e:#}); the file alone was checked"
+            ),
+        }
+    }
+    if args.check {
+        println!("{}: configuration is valid", args.config.display());
+        return ExitCode::SUCCESS;
+    }
     if args.teardown {
         // Nothing is touched while an mpathd runs on this pin directory, and none starts
         // before the end. Each part is tried whatever the others' fate, and every error is

@@ -80,6 +80,9 @@ impl DaemonConfig {
         if let Some(change) = Change::between(&self.carrier_poll, &new.carrier_poll) {
             changes.push(DaemonChange::CarrierPoll(change));
         }
+        if let Some(change) = Change::between(&self.isolate_arp, &new.isolate_arp) {
+            changes.push(DaemonChange::IsolateArp(change));
+        }
         changes
     }
 }
@@ -204,6 +207,8 @@ pub(crate) enum DaemonChange {
     /// Attaches or detaches the source hook at once.
     SourceSelection(Change<SourceSelection>),
     CarrierPoll(Change<Option<Duration>>),
+    /// Applies to the NICs outside the groups as the reload's resync sees them.
+    IsolateArp(Change<bool>),
 }
 
 /// Changes inside a group present in both configurations.
@@ -290,6 +295,7 @@ impl fmt::Display for DaemonChange {
                 let ms = |poll: Option<Duration>| poll.map_or(0, |p| p.as_millis());
                 write!(f, "carrier_poll_ms {} -> {}", ms(c.old), ms(c.new))
             }
+            DaemonChange::IsolateArp(c) => write!(f, "isolate_arp {} -> {}", c.old, c.new),
         }
     }
 }

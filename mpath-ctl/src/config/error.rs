@@ -84,6 +84,12 @@ pub enum Problem {
     RelativePath { key: &'static str, path: String },
     #[error("socket {path:?} is a {kind}, not a socket; mpathd replaces only a socket")]
     SocketPathTaken { path: String, kind: &'static str },
+    #[error("socket {path:?} is {len} bytes long; a Unix socket's path holds at most {max} bytes")]
+    SocketPathTooLong {
+        path: String,
+        len: usize,
+        max: usize,
+    },
     #[error("more than {max} groups; the datapath holds at most {max}")]
     TooManyGroups { max: u32 },
     #[error("more than {max} interfaces in all groups; the datapath holds at most {max}")]
@@ -237,6 +243,16 @@ pub enum Problem {
         via: IpAddr,
         role: String,
         addr: IpCidr,
+    },
+    #[error(
+        "route to {to} is a route to an address of interface {interface} (line {line}): the \
+         kernel's local table answers for the host's own addresses, so the route would never \
+         be used"
+    )]
+    RouteToLocalAddress {
+        to: IpCidr,
+        interface: String,
+        line: usize,
     },
     #[error("bad metric {0}: must be 0 to 4294967295")]
     BadRouteMetric(i64),

@@ -6,7 +6,8 @@
 //!
 //! The TOML file has an optional `[daemon]` table (`failure_detection_time_ms`, `failback`,
 //! `track_interfaces_only_with_groups`, `metrics_listen`, `socket`, `bpf_pin_dir`,
-//! `route_table`, `route_rule_priority`, `tc_attach`, `sources`, `probe_rx`, `carrier_poll_ms`) and any number of
+//! `route_table`, `route_rule_priority`, `tc_attach`, `sources`, `probe_rx`, `carrier_poll_ms`,
+//! `isolate_arp`) and any number of
 //! `[[group]]` tables (`name`, optional `targets`, `spread` and `probe_rx`), each with `[[group.interface]]` tables (`name`, optional
 //! `test_address`, `data_addresses`, `standby`) and optional `[[group.route]]` tables (`to`,
 //! optional `via` and `metric`). Keys set in `[daemon]` win over `/etc/default/mpathd`, which
@@ -106,6 +107,10 @@ pub struct DaemonConfig {
     /// How often the group NICs' carrier is read, ahead of the kernel's link events; `None`:
     /// never (the link events alone).
     pub carrier_poll: Option<Duration>,
+    /// Whether NICs outside the groups get `arp_ignore=1`, `arp_announce=2`: Linux answers
+    /// ARP for any local address on any NIC, so one on the groups' link would draw the
+    /// replies to the test addresses and fail healthy NICs.
+    pub isolate_arp: bool,
 }
 
 impl Default for DaemonConfig {
@@ -123,6 +128,7 @@ impl Default for DaemonConfig {
             sources: SourceSelection::Spread,
             probe_rx: ProbeRx::Tc,
             carrier_poll: Some(Duration::from_millis(DEFAULT_CARRIER_POLL_MS)),
+            isolate_arp: true,
         }
     }
 }
@@ -410,6 +416,7 @@ mod tests {
         assert_eq!(daemon.sources, SourceSelection::Spread);
         assert_eq!(daemon.probe_rx, ProbeRx::Tc);
         assert_eq!(daemon.carrier_poll, Some(Duration::from_millis(10)));
+        assert!(daemon.isolate_arp);
     }
 
     #[test]
@@ -419,7 +426,8 @@ mod tests {
              track_interfaces_only_with_groups = false\nmetrics_listen = \"[::]:9100\"\n\
              socket = \"/tmp/t/mpathd.sock\"\nbpf_pin_dir = \"/sys/fs/bpf/test-1\"\n\
              route_table = 100\nroute_rule_priority = 1000\ntc_attach = \"legacy\"\n\
-             sources = \"kernel\"\nprobe_rx = \"xdp\"\ncarrier_poll_ms = 20\n",
+             sources = \"kernel\"\nprobe_rx = \"xdp\"\ncarrier_poll_ms = 20\n\
+             isolate_arp = false\n",
         )
         .unwrap();
         assert_eq!(
@@ -437,6 +445,7 @@ mod tests {
                 sources: SourceSelection::Kernel,
                 probe_rx: ProbeRx::Xdp,
                 carrier_poll: Some(Duration::from_millis(20)),
+                isolate_arp: false,
             }
         );
     }

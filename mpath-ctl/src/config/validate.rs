@@ -62,6 +62,10 @@ fn route_rule_priority(value: i64) -> Result<u32, Problem> {
     }
 }
 
+/// A Unix socket's path lives in `sun_path`, 108 bytes with the terminating NUL: a longer
+/// one cannot be bound.
+const MAX_SOCKET_PATH_LEN: usize = 107;
+
 /// Who already uses a name or address, for "first on line N" messages.
 struct Owner {
     name: String,
@@ -88,6 +92,8 @@ pub(super) struct Validator<'a> {
     routes: HashMap<(IpCidr, u32), Owner>,
     /// Every route's gateway, checked against all local addresses once those are known.
     vias: Vec<(IpAddr, Range<usize>)>,
+    /// Every route's destination, checked against all local addresses once those are known.
+    destinations: Vec<(IpCidr, Range<usize>)>,
     /// What the file holds that mpathd accepts but cannot use, with file and line.
     warnings: Vec<String>,
 }
@@ -104,6 +110,7 @@ impl<'a> Validator<'a> {
             data_subnets: Vec::new(),
             routes: HashMap::new(),
             vias: Vec::new(),
+            destinations: Vec::new(),
             warnings: Vec::new(),
         }
     }
@@ -124,6 +131,9 @@ impl<'a> Validator<'a> {
         }
         for (via, span) in &self.vias {
             self.via_not_local(*via, span)?;
+        }
+        for (to, span) in &self.destinations {
+            self.destination_not_local(*to, span)?;
         }
         warnings.append(&mut self.warnings);
         Ok(Config {
@@ -183,6 +193,7 @@ impl<'a> Validator<'a> {
                     .map_err(|p| self.source.error(&value.span(), p))?,
                 None => builtin.carrier_poll,
             },
+            isolate_arp: raw.isolate_arp.unwrap_or(builtin.isolate_arp),
         })
     }
 
@@ -232,6 +243,17 @@ impl<'a> Validator<'a> {
     ) -> Result<PathBuf, ConfigError> {
         let span = raw.as_ref().map_or(0..0, Spanned::span);
         let path = self.absolute_path("socket", raw, default)?;
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH_LEN {
+            return Err(self.source.error(
+                &span,
+                Problem::SocketPathTooLong {
+                    path: path.display().to_string(),
+                    len,
+                    max: MAX_SOCKET_PATH_LEN,
+                },
+            ));
+        }
         match socket_path_problem(&path) {
             Some(kind) => Err(self.source.error(
                 &span,
@@ -408,6 +430,7 @@ impl<'a> Validator<'a> {
         if let (Some(via), Some(raw_via)) = (via, &raw.via) {
             self.vias.push((via, raw_via.span()));
         }
+        self.destinations.push((to, to_span));
         Ok(RouteConfig { to, via, metric })
     }
 
@@ -489,6 +512,29 @@ impl<'a> Validator<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A host route to one of our own addresses is never used: the kernel's local table,
+    /// consulted first, answers for them.
+    fn destination_not_local(&self, to: IpCidr, span: &Range<usize>) -> Result<(), ConfigError> {
+        if to != to.host() {
+            return Ok(());
+        }
+        let owner = self
+            .test_addresses
+            .get(&to.addr())
+            .or_else(|| self.data_addresses.get(&to.addr()));
+        match owner {
+            Some(owner) => Err(self.source.error(
+                span,
+                Problem::RouteToLocalAddress {
+                    to,
+                    interface: owner.name.clone(),
+                    line: owner.line,
+                },
+            )),
+            None => Ok(()),
+        }
     }
 
     fn target(&self, raw: &Spanned<String>) -> Result<IpAddr, ConfigError> {
@@ -782,6 +828,12 @@ fn unusable_address(addr: IpAddr) -> Option<&'static str> {
         Some("a loopback address")
     } else if addr == IpAddr::V4(Ipv4Addr::BROADCAST) {
         Some("the limited broadcast address")
+    } else if matches!(addr, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()) {
+        // The kernel would add it as an IPv6 address that no IPv4 peer can reach.
+        Some(
+            "an IPv4-mapped IPv6 address (::ffff:0:0/96), which stands for an IPv4 address \
+             in IPv6 sockets and is never a NIC's; write the IPv4 address",
+        )
     } else {
         None
     }
@@ -1120,6 +1172,30 @@ mod tests {
         assert!(matches!(problem, Problem::UnusableAddress { .. }));
     }
 
+    /// Issue 24, item 4: `--check` passed `::ffff:192.0.2.20`, which the kernel then added
+    /// as an IPv6 address.
+    #[test]
+    fn ipv4_mapped_ipv6_addresses_are_refused_everywhere() {
+        let data = with_group(
+            "[[group.interface]]\nname = \"h1\"\ndata_addresses = [\"::ffff:192.0.2.20/120\"]\n",
+        );
+        let target = "[[group]]\nname = \"g0\"\ntargets = [\"::ffff:192.0.2.1\"]\n".to_string();
+        let via = with_route("to = \"default\"\nvia = \"::ffff:192.0.2.1\"\n");
+        for (text, line) in [(data, 10), (target, 3), (via, 10)] {
+            let (at, _, problem, message) = refusal(&text);
+            assert_eq!(at, line, "{text}");
+            assert!(
+                matches!(
+                    problem,
+                    Problem::UnusableAddress { .. } | Problem::UnusableVia { .. }
+                ),
+                "{problem:?}"
+            );
+            assert!(message.contains("IPv4-mapped"), "{message}");
+            assert!(message.contains("write the IPv4 address"), "{message}");
+        }
+    }
+
     #[test]
     fn ipv6_test_address_is_refused_with_explanation() {
         let text =
@@ -1345,6 +1421,26 @@ mod tests {
         let absent = format!("[daemon]\nsocket = \"{}\"\n", dir.join("absent").display());
         assert!(parse(&absent).is_ok());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Issue 24, item 4: `--check` passed a socket path `bind` cannot take.
+    #[test]
+    fn a_socket_path_longer_than_a_unix_socket_holds_is_refused() {
+        let fits = format!("/run/{}", "s".repeat(102));
+        assert_eq!(fits.len(), 107);
+        parse(&format!("[daemon]\nsocket = \"{fits}\"\n")).unwrap();
+        let long = format!("{fits}x");
+        let (line, column, problem, message) = refusal(&format!("[daemon]\nsocket = \"{long}\"\n"));
+        assert_eq!((line, column), (2, 10));
+        assert_eq!(
+            problem,
+            Problem::SocketPathTooLong {
+                path: long,
+                len: 108,
+                max: 107
+            }
+        );
+        assert!(message.contains("108 bytes long"), "{message}");
     }
 
     // --- group routes and mpathd's routing table ---
@@ -1690,6 +1786,38 @@ mod tests {
                 line: 15
             }
         );
+    }
+
+    /// Issue 24, item 4: `--check` passed a host route to the group's own data address.
+    #[test]
+    fn a_host_route_to_a_local_address_is_refused() {
+        {
+            let to = "192.0.2.19/32";
+            let text = with_route(&format!("to = \"{to}\"\nvia = \"192.0.2.1\"\n"));
+            let (line, column, problem, message) = refusal(&text);
+            assert_eq!((line, column), (9, 6), "{to}");
+            assert_eq!(
+                problem,
+                Problem::RouteToLocalAddress {
+                    to: cidr("192.0.2.19/32"),
+                    interface: "h0".into(),
+                    line: 6
+                }
+            );
+            assert!(message.contains("would never be used"), "{message}");
+        }
+        // A test address of a group further down the file, on-link.
+        let text = with_route(
+            "to = \"192.0.2.30/32\"\n[[group]]\nname = \"g1\"\n\
+             [[group.interface]]\nname = \"h5\"\ntest_address = \"192.0.2.30/24\"\n",
+        );
+        let (_, _, problem, _) = refusal(&text);
+        assert!(
+            matches!(&problem, Problem::RouteToLocalAddress { interface, .. } if interface == "h5"),
+            "{problem:?}"
+        );
+        // The data address's subnet is a network, not the address: it stays allowed.
+        routes_of(&with_route("to = \"192.0.2.0/24\"\n"));
     }
 
     #[test]

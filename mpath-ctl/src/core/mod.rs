@@ -28,6 +28,7 @@ mod tests {
 
 pub mod evidence;
 pub mod failover;
+pub mod host;
 pub mod multicast;
 pub mod probe;
 pub mod reconcile;

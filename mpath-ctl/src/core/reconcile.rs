@@ -219,20 +219,43 @@ pub(crate) fn placements(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<O
         .collect()
 }
 
-/// Copies of the group's data addresses found on NICs other than the one they are placed on,
-/// or with another prefix length (left by a daemon killed in the middle of a move, or on a
-/// NIC that left the group): they are removed.
-pub(crate) fn extra_copies(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<(u32, IpCidr)> {
-    let mut extra = Vec::new();
+/// Copies of a group's data addresses found on NICs other than the one they are placed on,
+/// or with another prefix length.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Copies {
+    /// On a group NIC, or put anywhere by mpathd (left by a daemon killed in the middle of a
+    /// move, or on a NIC that left the group): they are removed.
+    pub remove: Vec<(u32, IpCidr)>,
+    /// Someone else's, on a NIC in no group (a management NIC, say): mpathd never touches a
+    /// NIC outside its groups, where deleting an address can take the kernel's secondary
+    /// addresses of its subnet along and cut the path an administrator is logged in through.
+    pub outside: Vec<(u32, IpCidr)>,
+}
+
+/// The copies of `holdings`' data addresses that are not where they are placed; `group_nics`
+/// are the ifindexes of every group's NICs, `mpathds` the addresses mpathd marked as its own.
+pub(crate) fn extra_copies(
+    holdings: &Holdings,
+    kernel: &[(u32, IpCidr)],
+    group_nics: &BTreeSet<u32>,
+    mpathds: &[(u32, IpCidr)],
+) -> Copies {
+    let mut copies = Copies::default();
     for a in &holdings.addresses {
         let Some(placed) = holdings.placed_ifindex(a) else {
             continue;
         };
-        extra.extend(kernel.iter().filter(|(ifindex, cidr)| {
+        for copy in kernel.iter().filter(|(ifindex, cidr)| {
             cidr.addr() == a.cidr.addr() && (*ifindex != placed || *cidr != a.cidr)
-        }));
+        }) {
+            if group_nics.contains(&copy.0) || mpathds.contains(copy) {
+                copies.remove.push(*copy);
+            } else {
+                copies.outside.push(*copy);
+            }
+        }
     }
-    extra
+    copies
 }
 
 /// Addresses an earlier mpathd put on NICs (`mpathds`) that no group names now (a data
@@ -535,9 +558,24 @@ mod tests {
             (11, cidr("192.0.2.21/24")),
         ];
         assert_eq!(
-            extra_copies(&a, &kernel),
+            extra_copies(&a, &kernel, &[10, 11].into(), &[]).remove,
             vec![(11, cidr("192.0.2.20/24")), (10, cidr("192.0.2.20/25"))]
         );
+    }
+
+    /// Issue 24: a copy on a management NIC (in no group) was removed, and the kernel took
+    /// that NIC's secondary address along.
+    #[test]
+    fn a_copy_on_a_nic_outside_the_groups_is_left_alone_unless_mpathd_put_it_there() {
+        let a = group_a();
+        let kernel = [
+            (10, cidr("192.0.2.20/24")),
+            (8, cidr("192.0.2.20/24")),
+            (9, cidr("192.0.2.20/24")),
+        ];
+        let copies = extra_copies(&a, &kernel, &[10, 11].into(), &[(9, cidr("192.0.2.20/24"))]);
+        assert_eq!(copies.remove, vec![(9, cidr("192.0.2.20/24"))]);
+        assert_eq!(copies.outside, vec![(8, cidr("192.0.2.20/24"))]);
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //!
 //! The parts: `group` (each group's runtime and the lookups), `nics` (NICs coming and going,
 //! resync), `actions` (the one interpreter of the state machines' decisions), `addresses`,
-//! `announcer`, `multicast` (memberships that follow a failover), `probing`, `routes`,
-//! `sources` (the IPv6 source hook), `reload`, `status`; `service` and `logging` face systemd.
+//! `announcer`, `host` (a configuration checked against the host), `multicast` (memberships
+//! that follow a failover), `probing`, `routes`, `sources` (the IPv6 source hook), `reload`,
+//! `status`; `service` and `logging` face systemd.
 
 mod actions;
 mod addresses;
 mod announcer;
 mod group;
+mod host;
 pub mod logging;
 mod multicast;
 mod nics;
@@ -23,6 +25,7 @@ mod service;
 mod sources;
 mod status;
 
+pub use host::check_against_host;
 pub use nics::remove_test_addresses;
 pub use routes::remove_routes;
 
@@ -85,6 +88,9 @@ pub struct Daemon {
     /// Link state (usable or not) of NICs outside any group, tracked and reported when
     /// TRACK_INTERFACES_ONLY_WITH_GROUPS is off.
     ungrouped: BTreeMap<String, bool>,
+    /// NICs outside the groups with carrier, by name: ifindex, and whether they answer ARP
+    /// only for their own addresses (see `DaemonConfig::isolate_arp`).
+    strays: BTreeMap<String, (u32, bool)>,
     announcer: Announcer,
     /// Multicast memberships of unusable NICs that mpathd holds on the NICs that took over.
     following: Following,
@@ -155,6 +161,7 @@ impl Daemon {
             routing: Routing::default(),
             addresses: Vec::new(),
             ungrouped: BTreeMap::new(),
+            strays: BTreeMap::new(),
             announcer: Announcer::default(),
             following: Following::default(),
             source_hook: SourceHook::default(),
@@ -326,7 +333,10 @@ impl Daemon {
                 }
                 match self.groups.nic_named(&link.name) {
                     Some(at) => self.link_changed(at, &link, now).await,
-                    None => self.track_ungrouped(&link),
+                    None => {
+                        self.guard_stray(&link);
+                        self.track_ungrouped(&link);
+                    }
                 }
             }
             NetEvent::LinkRemoved { name, ifindex } => self.link_removed(&name, ifindex, now).await,

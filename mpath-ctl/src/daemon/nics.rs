@@ -25,7 +25,7 @@ use crate::{
     datapath::{self, XdpAttach, maps::Maps},
     net::address::IpCidr,
     net::carrier::CarrierReader,
-    net::netconf::{InterfaceNetconf, Netconf},
+    net::netconf::{InterfaceNetconf, Netconf, answers_arp_only_for_its_own},
     net::netlink::{AddressOptions, Link, Netlink, NetlinkError, Origin},
 };
 
@@ -70,8 +70,11 @@ impl Daemon {
         carry: &BTreeMap<String, Vec<(String, IfState)>>,
     ) -> anyhow::Result<()> {
         let links = self.netlink.links().await?;
+        self.strays
+            .retain(|name, _| self.groups.nic_named(name).is_none());
         for link in &links {
             if self.groups.nic_named(&link.name).is_none() {
+                self.guard_stray(link);
                 self.track_ungrouped(link);
             }
         }
@@ -129,10 +132,27 @@ impl Daemon {
                 }
             }
             self.apply(gi, actions, true).await;
-            let extra = reconcile::extra_copies(&self.groups[gi].holdings(), &addresses);
-            for (ifindex, cidr) in extra {
+            let copies = reconcile::extra_copies(
+                &self.groups[gi].holdings(),
+                &addresses,
+                &self.groups.ifindexes(),
+                &of_origin(Origin::Mpathd),
+            );
+            for (ifindex, cidr) in copies.remove {
                 tracing::warn!("removing a second copy of data address {cidr} (ifindex {ifindex})");
                 self.delete_address(ifindex, cidr).await;
+            }
+            for (ifindex, cidr) in copies.outside {
+                let nic = links
+                    .iter()
+                    .find(|l| l.ifindex == ifindex)
+                    .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone());
+                tracing::warn!(
+                    "data address {cidr} of group {} is also on {nic}, which is in no group: \
+                     mpathd leaves it there (it never touches a NIC outside its groups), and \
+                     both NICs answer for it until someone takes it off {nic}",
+                    self.groups[gi].name()
+                );
             }
         }
         let unconfigured =
@@ -233,6 +253,7 @@ impl Daemon {
         if self.ungrouped.remove(name).is_some() {
             tracing::info!("NIC {name} has been removed from the system");
         }
+        self.strays.remove(name);
         // By ifindex too: a late removal of an older NIC of that name is no news.
         let Some(at) = self
             .groups
@@ -590,6 +611,61 @@ impl Daemon {
         if let Some(ifindex) = nic.ifindex.take() {
             self.carrier_watch.forget(ifindex);
             self.datapath.forget(ifindex);
+        }
+    }
+
+    /// Keeps a NIC outside the groups from answering ARP for the groups' addresses, once it
+    /// has carrier: Linux answers ARP for any local address on any NIC, and on the groups'
+    /// link the router would then send the replies to a test address to this NIC and fail
+    /// healthy group NICs. Whether a NIC without addresses shares the link cannot be seen,
+    /// so every Ethernet NIC outside the groups counts. With `isolate_arp = false` it is only
+    /// named, in a warning and in the metrics.
+    pub(super) fn guard_stray(&mut self, link: &Link) {
+        // A rename shows as a link event under the new name.
+        self.strays
+            .retain(|name, (ifindex, _)| *ifindex != link.ifindex || *name == link.name);
+        if self.groups.len() == 0 || link.mac.is_none() || !(link.up && link.lower_up) {
+            return;
+        }
+        let netconf = Netconf::system();
+        let isolated = if self.config.daemon.isolate_arp {
+            match netconf.isolate_arp(&link.name) {
+                Ok(isolation) => {
+                    if isolation.before != isolation.after {
+                        tracing::warn!(
+                            "NIC {} is in no group and has carrier: arp_ignore {} -> {}, \
+                             arp_announce {} -> {}, so that it answers ARP only for its own \
+                             addresses, not for the groups' test and data addresses \
+                             (isolate_arp = false leaves it alone)",
+                            link.name,
+                            isolation.before.0,
+                            isolation.after.0,
+                            isolation.before.1,
+                            isolation.after.1
+                        );
+                    }
+                    isolation.isolated()
+                }
+                Err(e) => {
+                    tracing::warn!("{}: {e}", link.name);
+                    false
+                }
+            }
+        } else {
+            netconf
+                .read(&link.name)
+                .is_ok_and(|n| answers_arp_only_for_its_own(n.arp_ignore))
+        };
+        let was = self
+            .strays
+            .insert(link.name.clone(), (link.ifindex, isolated));
+        if !isolated && was.is_none_or(|(_, isolated)| isolated) {
+            tracing::warn!(
+                "NIC {} is in no group, has carrier and answers ARP for every address of the \
+                 host: if it is on a group's link, the replies to the test addresses can go to \
+                 it and healthy NICs fail; give it arp_ignore=1 (isolate_arp = true does)",
+                link.name
+            );
         }
     }
 

@@ -10,7 +10,7 @@ use crate::{
     config::{Config, GroupConfig, diff::DaemonChange},
     core::reconcile,
     core::state::{Action, Event, FailureCause, IfState, OfflineReason},
-    daemon::{Daemon, group::GroupRuntime},
+    daemon::{Daemon, check_against_host, group::GroupRuntime},
 };
 
 impl Daemon {
@@ -42,6 +42,23 @@ impl Daemon {
         for warning in &new.warnings {
             tracing::warn!("reload: {warning}");
         }
+        // The running groups' NICs count as the groups': a NIC leaving them loses its
+        // addresses by mpathd's own hand.
+        let running: Vec<String> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.nics.iter().map(|n| n.name.clone()))
+            .collect();
+        let check = check_against_host(&new, &running).await?;
+        if !check.refusals.is_empty() {
+            for refusal in &check.refusals {
+                tracing::error!("reload refused, the running configuration stays: {refusal}");
+            }
+            return Ok(ReloadResult::Refused);
+        }
+        for warning in &check.warnings {
+            tracing::warn!("reload: {warning}");
+        }
         let diff = self.config.diff(&new);
         if diff.is_empty() {
             tracing::info!("reload: the configuration is unchanged");
@@ -67,6 +84,8 @@ impl Daemon {
                 }
                 DaemonChange::SourceSelection(_) => hook_changed = true,
                 DaemonChange::CarrierPoll(c) => self.carrier_watch.set_period(c.new),
+                // The resync below goes over every NIC outside the groups.
+                DaemonChange::IsolateArp(_) => {}
             }
         }
         // Settings that only a restart can change keep their running values.

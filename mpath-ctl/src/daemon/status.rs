@@ -53,6 +53,11 @@ impl Daemon {
                 Err(e) => tracing::debug!("metrics: source counters of {}: {e}", g.name()),
             }
         }
+        snapshot.strays = self
+            .strays
+            .iter()
+            .map(|(name, (_, isolated))| (name.clone(), *isolated))
+            .collect();
         snapshot.ungrouped = self
             .ungrouped
             .iter()

@@ -39,6 +39,40 @@ impl InterfaceNetconf {
     };
 }
 
+/// The ARP settings of a NIC outside the groups, before and after [`Netconf::isolate_arp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpIsolation {
+    /// `(arp_ignore, arp_announce)` as found.
+    pub before: (u8, u8),
+    /// `(arp_ignore, arp_announce)` now.
+    pub after: (u8, u8),
+}
+
+impl ArpIsolation {
+    /// What isolating changes: the kernel's defaults (`arp_ignore` 0, `arp_announce` 0 or 1)
+    /// become 1 and 2; any stricter value an administrator chose stays.
+    fn of(arp_ignore: u8, arp_announce: u8) -> ArpIsolation {
+        ArpIsolation {
+            before: (arp_ignore, arp_announce),
+            after: (
+                if arp_ignore == 0 { 1 } else { arp_ignore },
+                arp_announce.max(2),
+            ),
+        }
+    }
+
+    /// Whether the NIC answers ARP only for its own addresses now.
+    pub fn isolated(&self) -> bool {
+        answers_arp_only_for_its_own(self.after.0)
+    }
+}
+
+/// Whether a NIC with this `arp_ignore` answers ARP only for its own addresses: 1 or 2 (8
+/// answers nothing at all; 3 still answers for other NICs' global addresses).
+pub fn answers_arp_only_for_its_own(arp_ignore: u8) -> bool {
+    matches!(arp_ignore, 1 | 2 | 8)
+}
+
 /// Why reading or writing an interface's settings failed.
 #[derive(Debug, Error)]
 pub enum NetconfError {
@@ -96,6 +130,24 @@ impl Netconf {
             &dir.join("promote_secondaries"),
             u8::from(settings.promote_secondaries),
         )
+    }
+
+    /// Makes a NIC outside the groups answer ARP only for its own addresses and announce
+    /// only those (see [`ArpIsolation::of`]); leaves its other settings alone. A NIC found
+    /// isolated already is not written to.
+    pub fn isolate_arp(&self, interface: &str) -> Result<ArpIsolation, NetconfError> {
+        let dir = self.interface_dir(interface)?;
+        let isolation = ArpIsolation::of(
+            read_number(&dir.join("arp_ignore"))?,
+            read_number(&dir.join("arp_announce"))?,
+        );
+        if isolation.after.0 != isolation.before.0 {
+            write_number(&dir.join("arp_ignore"), isolation.after.0)?;
+        }
+        if isolation.after.1 != isolation.before.1 {
+            write_number(&dir.join("arp_announce"), isolation.after.1)?;
+        }
+        Ok(isolation)
     }
 
     /// Makes the kernel hash multipath routes (mpathd's resilient nexthop groups among them)
@@ -231,6 +283,32 @@ mod tests {
             "2\n"
         );
         assert_eq!(netconf.read("h0").unwrap(), InterfaceNetconf::GROUP_MEMBER);
+    }
+
+    /// Issue 24, item 2: a NIC outside the groups answered ARP for their test addresses.
+    #[test]
+    fn isolating_arp_raises_the_kernel_defaults_and_keeps_stricter_values() {
+        let tree = FakeTree::new("isolate");
+        let netconf = Netconf::at(&tree.root);
+        let isolation = netconf.isolate_arp("h0").unwrap();
+        assert_eq!((isolation.before, isolation.after), ((0, 0), (1, 2)));
+        assert!(isolation.isolated());
+        let read = netconf.read("h0").unwrap();
+        assert_eq!((read.arp_ignore, read.arp_announce), (1, 2));
+        // promote_secondaries is a group member's setting, not a stray's.
+        assert!(!read.promote_secondaries);
+        // Isolated already: nothing to write.
+        let again = netconf.isolate_arp("h0").unwrap();
+        assert_eq!(again.before, again.after);
+        for (found, after, isolated) in [
+            ((2, 2), (2, 2), true),
+            ((8, 1), (8, 2), true),
+            ((3, 0), (3, 2), false),
+        ] {
+            let isolation = ArpIsolation::of(found.0, found.1);
+            assert_eq!(isolation.after, after, "{found:?}");
+            assert_eq!(isolation.isolated(), isolated, "{found:?}");
+        }
     }
 
     #[test]
