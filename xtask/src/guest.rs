@@ -112,10 +112,7 @@ pub fn run(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Resul
         Selection::All => 1800,
     };
     let tests = tests_script(&guest.root, &plan, guest.scale, limit, "");
-    fs::write(
-        guest.out.join("stage2.sh"),
-        format!("{STAGE2_MOUNTS}{tests}sync\necho o > /proc/sysrq-trigger\nsleep 30\n"),
-    )?;
+    guest.write_stage2(&plan, "", &tests)?;
     // Every binary at its limit, plus boot; the guest powers itself off when done.
     guest.boot_and_summarize(&plan, Duration::from_secs(120 + limit * plan.len() as u64))
 }
@@ -169,8 +166,10 @@ for unit in /lib/systemd/system/sysinit.target.wants/* $units/sysinit.target.wan
     *) ln -sf /dev/null "$units/${unit##*/}" ;;
     esac
 done
+# tmp.mount (Debian 13's tmpfs on /tmp) would hide a checkout under the host's /tmp.
 for unit in sockets.target timers.target paths.target systemd-udevd.service \
-    systemd-udev-trigger.service systemd-udev-settle.service systemd-remount-fs.service; do
+    systemd-udev-trigger.service systemd-udev-settle.service systemd-remount-fs.service \
+    tmp.mount; do
     ln -sf /dev/null "$units/$unit"
 done
 exec /lib/systemd/systemd --unit=mpath-guest.target
@@ -195,7 +194,8 @@ ExecStart=/bin/bash /mnt/guest-out/tests.sh
 StandardOutput=journal+console
 ";
 
-/// The mounts a host has, for the tests under a shell as init.
+/// The mounts a host has, for the tests under a shell as init (/tmp aside: see
+/// [`Guest::write_stage2`]).
 const STAGE2_MOUNTS: &str = "#!/bin/bash
 # Written by `cargo xtask test --kernel`: runs in the guest as its init.
 mount -t proc proc /proc
@@ -204,7 +204,6 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -249,6 +248,47 @@ impl Guest {
             kvm,
             scale,
         })
+    }
+
+    /// Writes the guest's init for the tests under a shell: [`STAGE2_MOUNTS`], a /tmp of
+    /// its own, `setup` (shell lines), the `tests` script, then power-off. Where the
+    /// workspace or the plan's binaries lie under the host's /tmp (a checkout there), their
+    /// directory of it is bound back into the guest's /tmp, which would hide them otherwise.
+    fn write_stage2(
+        &self,
+        plan: &[(String, PathBuf, Vec<String>)],
+        setup: &str,
+        tests: &str,
+    ) -> anyhow::Result<()> {
+        let kept: BTreeSet<PathBuf> = std::iter::once(self.root.as_path())
+            .chain(plan.iter().map(|(_, path, _)| path.as_path()))
+            .filter_map(|path| {
+                let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+                let first = path.strip_prefix("/tmp").ok()?.components().next()?;
+                Some(Path::new("/tmp").join(first))
+            })
+            .collect();
+        let mut tmp = String::new();
+        for (i, dir) in kept.iter().enumerate() {
+            tmp.push_str(&format!(
+                "mkdir -p /mnt/kept/{i} && mount --bind {dir} /mnt/kept/{i}\n",
+                dir = shell_quote(&dir.to_string_lossy())
+            ));
+        }
+        tmp.push_str("mount -t tmpfs tmpfs /tmp\n");
+        for (i, dir) in kept.iter().enumerate() {
+            tmp.push_str(&format!(
+                "mkdir -p {dir} && mount --move /mnt/kept/{i} {dir}\n",
+                dir = shell_quote(&dir.to_string_lossy())
+            ));
+        }
+        fs::write(
+            self.out.join("stage2.sh"),
+            format!(
+                "{STAGE2_MOUNTS}{tmp}{setup}{tests}sync\necho o > /proc/sysrq-trigger\nsleep 30\n"
+            ),
+        )?;
+        Ok(())
     }
 
     /// Boots the guest (killed at `watchdog`) and prints what the plan's binaries did.
