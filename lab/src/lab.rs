@@ -33,6 +33,12 @@ const DROP_RULESET: &str = "table bridge mpath_lab {
 /// Makes every lab's namespace names unique within this process (the pid covers the rest).
 static NEXT_LAB_ID: AtomicU64 = AtomicU64::new(0);
 
+/// Names the namespaces of a new lab by role: `mpl-PID-LABID-ROLE`.
+pub(crate) fn namespace_namer() -> impl Fn(&str) -> String {
+    let lab_id = NEXT_LAB_ID.fetch_add(1, Ordering::Relaxed);
+    move |role| format!("{NAMESPACE_PREFIX}{}-{lab_id}-{role}", std::process::id())
+}
+
 /// Configures a [`Lab`]; start with [`Lab::builder`].
 #[derive(Debug, Clone)]
 pub struct LabBuilder {
@@ -97,8 +103,7 @@ impl LabBuilder {
             );
         }
 
-        let lab_id = NEXT_LAB_ID.fetch_add(1, Ordering::Relaxed);
-        let name = |role: &str| format!("{NAMESPACE_PREFIX}{}-{lab_id}-{role}", std::process::id());
+        let name = namespace_namer();
         let mut lab = Lab {
             host: Netns::create(name("host"))?,
             switch: Netns::create(name("switch"))?,
@@ -110,7 +115,7 @@ impl LabBuilder {
         lab.set_up_switch()?;
         lab.set_up_router(&self.router_addrs)?;
         if self.behind_router {
-            lab.set_up_networks_behind_router()?;
+            add_networks_behind_router(&lab.router)?;
         }
         lab.set_up_host()?;
         for _ in 0..self.nics {
@@ -318,13 +323,7 @@ impl Lab {
     /// The MAC address of host NIC `nic`.
     pub fn mac(&self, nic: &str) -> Result<[u8; 6]> {
         self.nic_index(nic)?;
-        let line = self.host.link_line(nic)?;
-        let text = line
-            .split_whitespace()
-            .skip_while(|word| *word != "link/ether")
-            .nth(1)
-            .with_context(|| format!("no MAC address in `ip link` output for {nic}: {line}"))?;
-        parse_mac(text).with_context(|| format!("bad MAC address {text} for {nic}"))
+        mac(&self.host, nic)
     }
 
     /// Adds `cidr` to host NIC `nic` (IPv6 without DAD, so it is usable at once).
@@ -366,17 +365,7 @@ impl Lab {
     /// in the kernel's order.
     pub fn host_addrs(&self, nic: &str) -> Result<Vec<String>> {
         self.nic_index(nic)?;
-        let listing = self
-            .host
-            .ip(&["-o", "addr", "show", "dev", nic, "scope", "global"])?;
-        Ok(listing
-            .lines()
-            .filter_map(|line| {
-                let mut words = line.split_whitespace();
-                words.find(|word| *word == "inet" || *word == "inet6")?;
-                words.next().map(str::to_string)
-            })
-            .collect())
+        global_addrs(&self.host, nic)
     }
 
     /// Packets the switch received from host NIC `nic` (the switch port's rx counter), i.e.
@@ -452,11 +441,7 @@ impl Lab {
             .ip(&["link", "set", ROUTER_PORT, "master", BRIDGE, "up"])?;
         self.router.ip(&["link", "set", ROUTER_NIC, "up"])?;
         self.wait_until_forwarding(&self.router, ROUTER_NIC, ROUTER_PORT)?;
-        let defaults = [format!("{ROUTER_V4}/24"), format!("{ROUTER_V6}/64")];
-        for cidr in defaults.iter().chain(extra_addrs) {
-            add_addr(&self.router, ROUTER_NIC, cidr)?;
-        }
-        Ok(())
+        add_router_addrs(&self.router, extra_addrs)
     }
 
     /// A veth pair at the lab's MTU: `nic` in `ns`, `port` in the switch namespace.
@@ -478,13 +463,6 @@ impl Lab {
             "netns",
             self.switch.name(),
         ])?;
-        Ok(())
-    }
-
-    fn set_up_networks_behind_router(&self) -> Result<()> {
-        add_addr(&self.router, "lo", &format!("{BEHIND_ROUTER_V4}/24"))?;
-        add_addr(&self.router, "lo", &format!("{BEHIND_ROUTER_V6}/64"))?;
-        add_addr(&self.router, ROUTER_NIC, &format!("{ROUTER_LINK_LOCAL}/64"))?;
         Ok(())
     }
 
@@ -527,8 +505,49 @@ impl Lab {
     }
 }
 
+/// The router's probe targets on `r0`: 192.0.2.1/24, 2001:db8::1/64 and `extra_addrs`.
+pub(crate) fn add_router_addrs(router: &Netns, extra_addrs: &[String]) -> Result<()> {
+    let defaults = [format!("{ROUTER_V4}/24"), format!("{ROUTER_V6}/64")];
+    for cidr in defaults.iter().chain(extra_addrs) {
+        add_addr(router, ROUTER_NIC, cidr)?;
+    }
+    Ok(())
+}
+
+/// See [`LabBuilder::behind_router`].
+pub(crate) fn add_networks_behind_router(router: &Netns) -> Result<()> {
+    add_addr(router, "lo", &format!("{BEHIND_ROUTER_V4}/24"))?;
+    add_addr(router, "lo", &format!("{BEHIND_ROUTER_V6}/64"))?;
+    add_addr(router, ROUTER_NIC, &format!("{ROUTER_LINK_LOCAL}/64"))?;
+    Ok(())
+}
+
+/// The MAC address of `nic` in `netns`.
+pub(crate) fn mac(netns: &Netns, nic: &str) -> Result<[u8; 6]> {
+    let line = netns.link_line(nic)?;
+    let text = line
+        .split_whitespace()
+        .skip_while(|word| *word != "link/ether")
+        .nth(1)
+        .with_context(|| format!("no MAC address in `ip link` output for {nic}: {line}"))?;
+    parse_mac(text).with_context(|| format!("bad MAC address {text} for {nic}"))
+}
+
+/// The global-scope addresses of `nic` in `netns` in CIDR form, in the kernel's order.
+pub(crate) fn global_addrs(netns: &Netns, nic: &str) -> Result<Vec<String>> {
+    let listing = netns.ip(&["-o", "addr", "show", "dev", nic, "scope", "global"])?;
+    Ok(listing
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|word| *word == "inet" || *word == "inet6")?;
+            words.next().map(str::to_string)
+        })
+        .collect())
+}
+
 /// DAD off, so addresses added or moved are usable at once instead of after about a second.
-fn no_dad_sysctls() -> [(&'static str, &'static str); 4] {
+pub(crate) fn no_dad_sysctls() -> [(&'static str, &'static str); 4] {
     [
         ("ipv6/conf/all/accept_dad", "0"),
         ("ipv6/conf/default/accept_dad", "0"),
@@ -538,7 +557,7 @@ fn no_dad_sysctls() -> [(&'static str, &'static str); 4] {
 }
 
 /// Polls `done` until it holds, failing after [`SETTLE_TIMEOUT`].
-fn settle(what: &str, done: impl Fn() -> Result<bool>) -> Result<()> {
+pub(crate) fn settle(what: &str, done: impl Fn() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + crate::scaled(SETTLE_TIMEOUT);
     while !done()? {
         if Instant::now() > deadline {
@@ -549,7 +568,7 @@ fn settle(what: &str, done: impl Fn() -> Result<bool>) -> Result<()> {
     Ok(())
 }
 
-fn write_sysctls(netns: &Netns, settings: &[(&str, &str)]) -> Result<()> {
+pub(crate) fn write_sysctls(netns: &Netns, settings: &[(&str, &str)]) -> Result<()> {
     // /proc/sys/net shows the namespace of the thread that opens it.
     let _inside = netns.enter()?;
     for (key, value) in settings {
@@ -560,7 +579,7 @@ fn write_sysctls(netns: &Netns, settings: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-fn add_addr(netns: &Netns, ifname: &str, cidr: &str) -> Result<()> {
+pub(crate) fn add_addr(netns: &Netns, ifname: &str, cidr: &str) -> Result<()> {
     let (address, _) = parse_cidr(cidr)?;
     let mut args = vec!["addr", "add", cidr, "dev", ifname];
     if address.is_ipv6() {

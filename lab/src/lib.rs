@@ -8,6 +8,9 @@
 //! (frames dropped by nftables while carrier stays up), [`Lab::flap`], and
 //! [`Lab::add_nic`] / [`Lab::remove_nic`] while running.
 //!
+//! A [`VirtioLab`] has the same host and router namespaces around the virtio_net NICs of the
+//! qemu guest `cargo xtask test --virtio-only` boots, with carrier cuts from the device (QMP).
+//!
 //! Namespace names are `mpl-PID-LABID-ROLE`, unique per lab, so labs build in parallel. All
 //! of a lab's namespaces, and any process still running inside them, go away when the lab is
 //! dropped, also while a panic unwinds; [`leftover_namespaces`] lets a test runner assert
@@ -41,6 +44,7 @@
 mod lab;
 mod netns;
 mod tap;
+mod virtio;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -50,6 +54,7 @@ use anyhow::{Context, Result, bail};
 pub use lab::{Lab, LabBuilder};
 pub use netns::{Netns, NetnsGuard};
 pub use tap::Tap;
+pub use virtio::{QMP_PORT, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VIRTIO_NICS_ENV, VirtioLab};
 
 /// The lab group the tests and benchmarks run mpathd on: h0 and h1 active, h2 a standby,
 /// each with a test address, probing the router; IPv4 data addresses on h0 and h1 and an

@@ -22,12 +22,14 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates the namespace `name` with its loopback up.
+    /// Creates the namespace `name` with its loopback up. Name it `mpl-PID-...` after the
+    /// creating process, as labs do, so that a run's leftovers are told from the namespaces
+    /// of processes still running ([`crate::orphaned_namespaces`]).
     ///
     /// iproute2 (>= 5.2, checked on 6.1 with 64 simultaneous adds) takes a `flock` on
     /// `/run/netns` while it turns that directory into a shared mount point, so parallel
     /// creation needs no lock of ours.
-    pub(crate) fn create(name: String) -> Result<Netns> {
+    pub fn create(name: String) -> Result<Netns> {
         let path = netns_path(&name);
         if path.exists() {
             // Names carry our pid and a per-process counter, so an existing one was left by a

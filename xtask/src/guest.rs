@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{capture, exec};
+use crate::{capture, exec, virtio::VirtioNet};
 
 /// The privileged test binaries of mpath-tests and, for the CI run, the tests of each that
 /// cover what must hold on every kernel: loading and attaching the datapath, spreading,
@@ -75,6 +75,9 @@ const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 /// mpathd's refusals for one (mpath-ctl's datapath and nexthop errors) name it.
 const MISSING_FEATURE: &str = "this kernel has no ";
 
+/// How a test prints what it measured (the delays of the virtio tests), shown in the summary.
+const MEASURED: &str = "mpath-test: measured ";
+
 /// Which tests the guest runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Selection {
@@ -88,7 +91,9 @@ pub fn run(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Resul
     let guest = Guest::prepare(spec, "")?;
     let plan: Vec<(String, PathBuf, Vec<String>)> = test_binaries()?
         .into_iter()
-        .filter(|(name, _)| !HOST_ONLY.contains(&name.as_str()) && name != UNDER_SYSTEMD)
+        .filter(|(name, _)| {
+            !HOST_ONLY.contains(&name.as_str()) && name != UNDER_SYSTEMD && name != VIRTIO
+        })
         .filter_map(|(name, path)| {
             let args: Vec<String> = match selection {
                 Selection::All => filter.to_vec(),
@@ -112,12 +117,62 @@ pub fn run(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Resul
         Selection::All => 1800,
     };
     let tests = tests_script(&guest.root, &plan, guest.scale, limit, "");
-    fs::write(
-        guest.out.join("stage2.sh"),
-        format!("{STAGE2_MOUNTS}{tests}sync\necho o > /proc/sysrq-trigger\nsleep 30\n"),
-    )?;
+    guest.write_stage2(&plan, "", &tests)?;
     // Every binary at its limit, plus boot; the guest powers itself off when done.
-    guest.boot_and_summarize(&plan, Duration::from_secs(120 + limit * plan.len() as u64))
+    guest.boot_and_summarize(
+        &plan,
+        Duration::from_secs(120 + limit * plan.len() as u64),
+        None,
+    )
+}
+
+/// The test binary of the guest lab with virtio NICs, which runs alone in a guest of its
+/// own ([`run_virtio`]).
+const VIRTIO: &str = "virtio";
+
+/// Tests of [`VIRTIO`] that need the datapath to attach no native XDP program (virtio_net
+/// refuses one above an MTU of about 3.5 KB and on a device without guest offload control):
+/// left out of the CI run until it does.
+const VIRTIO_PENDING: &[&str] = &[
+    "at_mtu_9000_every_nic_gets_its_addresses_and_fails_over",
+    "a_nic_without_guest_offload_control_is_attached_and_used",
+];
+
+/// The guest lab with a real driver: the [`VIRTIO`] test binary in a guest whose NICs are
+/// virtio_net devices (see [`crate::virtio`]); the CI selection leaves [`VIRTIO_PENDING`] out.
+pub fn run_virtio(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Result<()> {
+    let guest = Guest::prepare(spec, "-virtio")?;
+    let (name, path) = test_binaries()?
+        .into_iter()
+        .find(|(name, _)| name == VIRTIO)
+        .with_context(|| format!("no test binary {VIRTIO}"))?;
+    // Its tests are ignored outside that guest.
+    let mut args = vec!["--ignored".to_string()];
+    if selection == Selection::Ci {
+        for test in VIRTIO_PENDING {
+            args.extend(["--skip".to_string(), test.to_string()]);
+        }
+        args.push("--exact".to_string());
+    }
+    args.extend(filter.iter().cloned());
+    let plan = vec![(name, path, args)];
+    // About 5 minutes under TCG.
+    let limit = 900;
+    let tests = tests_script(
+        &guest.root,
+        &plan,
+        guest.scale,
+        limit,
+        &VirtioNet::guest_env(),
+    );
+    // Without udev nothing loads the drivers of the NICs and of the QMP port.
+    guest.write_stage2(
+        &plan,
+        "modprobe virtio_net\nmodprobe virtio_console\n",
+        &tests,
+    )?;
+    let net = VirtioNet::create()?;
+    guest.boot_and_summarize(&plan, Duration::from_secs(120 + limit), Some(&net))
 }
 
 /// The shipped unit under systemd as PID 1. The guest's first init readies the shared root
@@ -149,7 +204,7 @@ pub fn run_under_systemd(spec: &str) -> anyhow::Result<()> {
     fs::write(units.join("mpath-guest.target"), GUEST_TARGET)?;
     fs::write(units.join("mpath-guest.service"), GUEST_SERVICE)?;
     fs::write(guest.out.join("stage2.sh"), SYSTEMD_STAGE2)?;
-    guest.boot_and_summarize(&plan, Duration::from_secs(120 + limit))
+    guest.boot_and_summarize(&plan, Duration::from_secs(120 + limit), None)
 }
 
 /// The test binary that runs under systemd as PID 1 alone.
@@ -169,8 +224,10 @@ for unit in /lib/systemd/system/sysinit.target.wants/* $units/sysinit.target.wan
     *) ln -sf /dev/null "$units/${unit##*/}" ;;
     esac
 done
+# tmp.mount (Debian 13's tmpfs on /tmp) would hide a checkout under the host's /tmp.
 for unit in sockets.target timers.target paths.target systemd-udevd.service \
-    systemd-udev-trigger.service systemd-udev-settle.service systemd-remount-fs.service; do
+    systemd-udev-trigger.service systemd-udev-settle.service systemd-remount-fs.service \
+    tmp.mount; do
     ln -sf /dev/null "$units/$unit"
 done
 exec /lib/systemd/systemd --unit=mpath-guest.target
@@ -195,7 +252,8 @@ ExecStart=/bin/bash /mnt/guest-out/tests.sh
 StandardOutput=journal+console
 ";
 
-/// The mounts a host has, for the tests under a shell as init.
+/// The mounts a host has, for the tests under a shell as init (/tmp aside: see
+/// [`Guest::write_stage2`]).
 const STAGE2_MOUNTS: &str = "#!/bin/bash
 # Written by `cargo xtask test --kernel`: runs in the guest as its init.
 mount -t proc proc /proc
@@ -204,7 +262,6 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -251,14 +308,64 @@ impl Guest {
         })
     }
 
-    /// Boots the guest (killed at `watchdog`) and prints what the plan's binaries did.
+    /// Writes the guest's init for the tests under a shell: [`STAGE2_MOUNTS`], a /tmp of
+    /// its own, `setup` (shell lines), the `tests` script, then power-off. Where the
+    /// workspace or the plan's binaries lie under the host's /tmp (a checkout there), their
+    /// directory of it is bound back into the guest's /tmp, which would hide them otherwise.
+    fn write_stage2(
+        &self,
+        plan: &[(String, PathBuf, Vec<String>)],
+        setup: &str,
+        tests: &str,
+    ) -> anyhow::Result<()> {
+        let kept: BTreeSet<PathBuf> = std::iter::once(self.root.as_path())
+            .chain(plan.iter().map(|(_, path, _)| path.as_path()))
+            .filter_map(|path| {
+                let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+                let first = path.strip_prefix("/tmp").ok()?.components().next()?;
+                Some(Path::new("/tmp").join(first))
+            })
+            .collect();
+        let mut tmp = String::new();
+        for (i, dir) in kept.iter().enumerate() {
+            tmp.push_str(&format!(
+                "mkdir -p /mnt/kept/{i} && mount --bind {dir} /mnt/kept/{i}\n",
+                dir = shell_quote(&dir.to_string_lossy())
+            ));
+        }
+        tmp.push_str("mount -t tmpfs tmpfs /tmp\n");
+        for (i, dir) in kept.iter().enumerate() {
+            tmp.push_str(&format!(
+                "mkdir -p {dir} && mount --move /mnt/kept/{i} {dir}\n",
+                dir = shell_quote(&dir.to_string_lossy())
+            ));
+        }
+        fs::write(
+            self.out.join("stage2.sh"),
+            format!(
+                "{STAGE2_MOUNTS}{tmp}{setup}{tests}sync\necho o > /proc/sysrq-trigger\nsleep 30\n"
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Boots the guest (killed at `watchdog`), with `net`'s NICs if given, and prints what
+    /// the plan's binaries did.
     fn boot_and_summarize(
         &self,
         plan: &[(String, PathBuf, Vec<String>)],
         watchdog: Duration,
+        net: Option<&VirtioNet>,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
-        let status = boot(&self.kernel, &self.initramfs, &self.out, self.kvm, watchdog)?;
+        let status = boot(
+            &self.kernel,
+            &self.initramfs,
+            &self.out,
+            self.kvm,
+            watchdog,
+            net,
+        )?;
         summarize(
             &self.out,
             plan,
@@ -762,13 +869,15 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Boots the guest and waits for it to power off, or kills it at `watchdog`.
+/// Boots the guest and waits for it to power off, or kills it at `watchdog`. With `net`,
+/// qemu runs in its namespace with its NICs, and the QMP relay runs while qemu does.
 fn boot(
     kernel: &Kernel,
     initramfs: &Path,
     out: &Path,
     kvm: bool,
     watchdog: Duration,
+    net: Option<&VirtioNet>,
 ) -> anyhow::Result<bool> {
     let qemu = "qemu-system-x86_64";
     if capture(Command::new("sh").args(["-c", &format!("command -v {qemu}")])).is_err() {
@@ -781,7 +890,16 @@ fn boot(
             if readonly { ",readonly=on" } else { "" }
         )
     };
-    let mut cmd = Command::new(qemu);
+    let mut cmd = match net {
+        Some(net) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", net.netns().path().display()))
+                .arg(qemu)
+                .args(net.qemu_args());
+            cmd
+        }
+        None => Command::new(qemu),
+    };
     if kvm {
         cmd.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
@@ -821,6 +939,9 @@ fn boot(
         out.join("console.log").display()
     );
     let mut child = cmd.spawn().context("starting qemu")?;
+    if let Some(net) = net {
+        net.start_relay();
+    }
     let deadline = Instant::now() + watchdog;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -885,6 +1006,9 @@ fn summarize(
         );
         for need in &needs {
             println!("guest: {name:<12}   this kernel has no {need}");
+        }
+        for line in log.lines().filter_map(|l| l.strip_prefix(MEASURED)) {
+            println!("guest: {name:<12}   {line}");
         }
         if rc.as_deref().map(str::trim) != Some("0") {
             failed.push(name.clone());

@@ -5,6 +5,7 @@ mod guest;
 mod package;
 mod setup;
 mod suite;
+mod virtio;
 
 use std::process::Command;
 
@@ -24,10 +25,11 @@ enum Cmd {
     /// clippy, LLVM, bpf-linker).
     Setup,
     /// Set up, then run every test of the workspace, the privileged lab tests included, the
-    /// kernel-dependent ones again in a qemu guest on Debian 12's kernel (6.1), and the
-    /// shipped unit under systemd as PID 1 in another guest on that kernel.
+    /// kernel-dependent ones again in a qemu guest on Debian 12's kernel (6.1), the failover
+    /// tests on virtio NICs in a guest with a real driver, and the shipped unit under systemd
+    /// as PID 1 in another guest on that kernel.
     Test {
-        /// Only the guest run, on this kernel: a version (`6.1`, `5.10`, `7.2`: Debian's
+        /// Only the guest runs, on this kernel: a version (`6.1`, `5.10`, `7.2`: Debian's
         /// newest generic amd64 image of it) or a `.deb` file.
         #[arg(long, value_name = "VERSION|FILE.deb")]
         kernel: Option<String>,
@@ -41,6 +43,11 @@ enum Cmd {
         /// kernel, else 6.1).
         #[arg(long, conflicts_with_all = ["all", "no_guest"])]
         unit_only: bool,
+        /// Only the guest whose NICs are virtio_net devices (on --kernel's kernel, else 6.1),
+        /// which runs the `virtio` test binary; with --all, its tests that wait for a
+        /// datapath without native XDP too.
+        #[arg(long, conflicts_with_all = ["no_guest", "unit_only"])]
+        virtio_only: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -97,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             all,
             no_guest,
             unit_only,
+            virtio_only,
             args,
         } => {
             setup::run()?;
@@ -106,8 +114,11 @@ fn main() -> anyhow::Result<()> {
                 guest::Selection::Ci
             };
             let spec = kernel.as_deref().unwrap_or(guest::CI_KERNEL);
+            if virtio_only {
+                return guest::run_virtio(spec, selection, &args);
+            }
             if !unit_only {
-                // The test arguments go to the host run, or to the guest's when it is alone.
+                // The test arguments go to the host run, or to the guests' when they are alone.
                 let mut guest_args = &args[..];
                 if kernel.is_none() {
                     suite::run(&args)?;
@@ -117,6 +128,7 @@ fn main() -> anyhow::Result<()> {
                     guest_args = &[];
                 }
                 guest::run(spec, selection, guest_args)?;
+                guest::run_virtio(spec, selection, guest_args)?;
             }
             guest::run_under_systemd(spec)
         }

@@ -20,7 +20,8 @@ include!("../../mpath-ebpf/toolchain.rs");
 /// are tested too, and iperf3, the bulk TCP load of the datapath benchmark, bpftool, which
 /// detaches mpathd's links behind its back in a test; qemu, busybox,
 /// cpio, xz, zstd and kmod (depmod, and modprobe for the guest's kernel) boot other kernels
-/// for `cargo xtask test --kernel` (and systemd, as PID 1 in one of them).
+/// for `cargo xtask test --kernel` (and systemd, as PID 1 in one of them); ethtool shows the
+/// offload features of the guest's virtio NICs.
 const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -41,6 +42,7 @@ const LAB_PACKAGES: &[&str] = &[
     "xz-utils",
     "zstd",
     "kmod",
+    "ethtool",
 ];
 
 pub fn run() -> anyhow::Result<()> {
