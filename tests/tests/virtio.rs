@@ -2,10 +2,6 @@
 //! for them: a carrier cut comes from the device (QMP `set_link`) through linkwatch, which
 //! does not hurry for a physical NIC as it does for a veth; the driver has its own limits on
 //! native XDP (MTU, guest offload control) and its own offload features. Ignored elsewhere.
-//!
-//! `at_mtu_9000_every_nic_gets_its_addresses_and_fails_over` and
-//! `a_nic_without_guest_offload_control_is_attached_and_used` need a datapath without native
-//! XDP, which virtio_net refuses there: xtask's CI selection leaves them out until then.
 
 use std::{
     collections::BTreeMap,
@@ -359,8 +355,8 @@ fn a_carrier_cut_within_a_second_of_another_is_seen_and_fails_over() {
     });
 }
 
-/// Needs a datapath without native XDP: virtio_net refuses a program without `xdp.frags`
-/// above an MTU of about 3.5 KB.
+/// virtio_net refuses a single-buffer XDP program above an MTU of about 3.5 KB; the tc matcher
+/// has no such limit.
 #[test]
 #[ignore = "needs the guest with virtio NICs: `cargo xtask test --virtio-only`"]
 fn at_mtu_9000_every_nic_gets_its_addresses_and_fails_over() {
@@ -392,8 +388,8 @@ fn at_mtu_9000_every_nic_gets_its_addresses_and_fails_over() {
     ping_from_host(&lab, "192.0.2.19", "198.51.100.1", 8972);
 }
 
-/// Needs a datapath without native XDP: virtio_net refuses it on a device whose receive
-/// offloads the guest cannot turn off (`ctrl_guest_offloads=off`, as some hypervisors offer).
+/// virtio_net refuses native XDP on a device whose receive offloads the guest cannot turn off
+/// (`ctrl_guest_offloads=off`, as some hypervisors offer); the tc matcher needs nothing of it.
 #[test]
 #[ignore = "needs the guest with virtio NICs: `cargo xtask test --virtio-only`"]
 fn a_nic_without_guest_offload_control_is_attached_and_used() {
@@ -441,5 +437,37 @@ fn a_nic_without_guest_offload_control_is_attached_and_used() {
         d.try_status()
             .is_some_and(|s| inbound(&s, "192.0.2.19/24") == Some("h2"))
     });
+    ping_from_router(&lab, "192.0.2.19", 56);
+}
+
+/// With `probe_rx = "xdp"`, a NIC whose driver refuses native XDP gets the matcher in generic
+/// mode, with a warning naming the refusal, and is used like the others.
+#[test]
+#[ignore = "needs the guest with virtio NICs: `cargo xtask test --virtio-only`"]
+fn the_xdp_opt_in_falls_back_to_generic_xdp_where_the_driver_refuses_native() {
+    let lab = VirtioLab::new(&["h1", "h2", "h3"]).expect("virtio lab");
+    let config = config()
+        .replace("name = \"h0\"", "name = \"h3\"")
+        .replace("[daemon]\n", "[daemon]\nprobe_rx = \"xdp\"\n");
+    let mut daemon = Mpathd::start(lab.host(), &config);
+    daemon.wait_until("all NICs ok, probes answered on each", |d| {
+        d.try_status().is_some_and(|s| {
+            ["h3", "h1", "h2"]
+                .iter()
+                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
+        })
+    });
+    let link = |nic: &str| lab.host().ip(&["link", "show", "dev", nic]).unwrap();
+    assert!(link("h3").contains("xdpgeneric"), "{}", link("h3"));
+    for nic in ["h1", "h2"] {
+        let line = link(nic);
+        assert!(
+            line.contains("xdp") && !line.contains("xdpgeneric"),
+            "{line}"
+        );
+    }
+    let log = daemon.log();
+    assert!(log.contains("h3: the driver refused native XDP"), "{log}");
+    assert_eq!(inbound(&daemon.status(), "192.0.2.19/24"), Some("h3"));
     ping_from_router(&lab, "192.0.2.19", 56);
 }

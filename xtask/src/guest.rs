@@ -130,17 +130,9 @@ pub fn run(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Resul
 /// own ([`run_virtio`]).
 const VIRTIO: &str = "virtio";
 
-/// Tests of [`VIRTIO`] that need the datapath to attach no native XDP program (virtio_net
-/// refuses one above an MTU of about 3.5 KB and on a device without guest offload control):
-/// left out of the CI run until it does.
-const VIRTIO_PENDING: &[&str] = &[
-    "at_mtu_9000_every_nic_gets_its_addresses_and_fails_over",
-    "a_nic_without_guest_offload_control_is_attached_and_used",
-];
-
 /// The guest lab with a real driver: the [`VIRTIO`] test binary in a guest whose NICs are
-/// virtio_net devices (see [`crate::virtio`]); the CI selection leaves [`VIRTIO_PENDING`] out.
-pub fn run_virtio(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Result<()> {
+/// virtio_net devices (see [`crate::virtio`]).
+pub fn run_virtio(spec: &str, filter: &[String]) -> anyhow::Result<()> {
     let guest = Guest::prepare(spec, "-virtio")?;
     let (name, path) = test_binaries()?
         .into_iter()
@@ -148,12 +140,6 @@ pub fn run_virtio(spec: &str, selection: Selection, filter: &[String]) -> anyhow
         .with_context(|| format!("no test binary {VIRTIO}"))?;
     // Its tests are ignored outside that guest.
     let mut args = vec!["--ignored".to_string()];
-    if selection == Selection::Ci {
-        for test in VIRTIO_PENDING {
-            args.extend(["--skip".to_string(), test.to_string()]);
-        }
-        args.push("--exact".to_string());
-    }
     args.extend(filter.iter().cloned());
     let plan = vec![(name, path, args)];
     // About 5 minutes under TCG.

@@ -44,9 +44,8 @@ enum Cmd {
         #[arg(long, conflicts_with_all = ["all", "no_guest"])]
         unit_only: bool,
         /// Only the guest whose NICs are virtio_net devices (on --kernel's kernel, else 6.1),
-        /// which runs the `virtio` test binary; with --all, its tests that wait for a
-        /// datapath without native XDP too.
-        #[arg(long, conflicts_with_all = ["no_guest", "unit_only"])]
+        /// which runs the `virtio` test binary.
+        #[arg(long, conflicts_with_all = ["all", "no_guest", "unit_only"])]
         virtio_only: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -115,7 +114,7 @@ fn main() -> anyhow::Result<()> {
             };
             let spec = kernel.as_deref().unwrap_or(guest::CI_KERNEL);
             if virtio_only {
-                return guest::run_virtio(spec, selection, &args);
+                return guest::run_virtio(spec, &args);
             }
             if !unit_only {
                 // The test arguments go to the host run, or to the guests' when they are alone.
@@ -128,7 +127,7 @@ fn main() -> anyhow::Result<()> {
                     guest_args = &[];
                 }
                 guest::run(spec, selection, guest_args)?;
-                guest::run_virtio(spec, selection, guest_args)?;
+                guest::run_virtio(spec, guest_args)?;
             }
             guest::run_under_systemd(spec)
         }
