@@ -1,7 +1,11 @@
 //! Carrier loss as the driver reports it, ahead of the kernel's link event. On a physical NIC
 //! (a tap here: a veth's link events are never delayed) linkwatch reports a carrier change
 //! within a second of another link event up to a second late; mpathd reads the carrier itself
-//! (`carrier_poll_ms`) and fails the NIC and moves its address without waiting for it.
+//! (`carrier_poll_ms`) and fails the NIC and moves its address without waiting for it. On
+//! kernels whose `carrier` attribute syncs linkwatch for the device (6.18 here), the read
+//! also makes the kernel report the change at once, so which of the two mpathd handles first
+//! is a race: the test holds both modes to the outcome and prints the delays, which `cargo
+//! xtask bench carrier` measures (speed is for benchmarks, not for assertions).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -55,9 +59,7 @@ fn cut_after_a_link_event(lab: &Lab, tap: &Tap) -> i64 {
 
 #[test]
 fn carrier_loss_is_acted_on_before_the_kernel_s_delayed_link_event() {
-    // With polling the loss is read ahead of the link event; without, the link event alone
-    // fails the NIC, later.
-    for (carrier_poll_ms, read_ahead) in [(10, true), (0, false)] {
+    for carrier_poll_ms in [10, 0] {
         let lab = Lab::builder().nics(1).build().expect("lab");
         let tap = lab.add_tap("t0").expect("tap");
         let mut daemon = Mpathd::start(lab.host(), &config(carrier_poll_ms));
@@ -84,12 +86,10 @@ fn carrier_loss_is_acted_on_before_the_kernel_s_delayed_link_event() {
             "carrier_poll_ms = {carrier_poll_ms}: t0 failed {:.1} ms after its carrier went",
             (failed - cut) as f64 / 1e6
         );
-        assert_eq!(
-            log.contains("t0 has no carrier (read ahead of the kernel's link event)"),
-            read_ahead,
-            "{log}"
-        );
-        let method = if read_ahead {
+        if carrier_poll_ms == 0 {
+            assert!(!log.contains("t0 has no carrier (read ahead"), "{log}");
+        }
+        let method = if carrier_poll_ms != 0 {
             "carrier loss is read from the drivers every 10 ms"
         } else {
             "carrier loss is seen through the kernel's link events only"
