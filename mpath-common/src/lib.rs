@@ -27,6 +27,9 @@ pub const MAX_IFINDEX: u32 = 1 << 16;
 pub const MAX_TEST_ADDRESSES_PER_GROUP: usize = 16;
 /// Size of the ring buffer of matched probe replies (bytes, a power of two of pages).
 pub const PROBE_RING_BYTES: u32 = 256 * 1024;
+/// Size of the ring buffer of carrier losses: a page holds 256 of them, more NICs than a
+/// host loses at once.
+pub const CARRIER_RING_BYTES: u32 = 4096;
 
 /// ICMP / ICMPv6 echo identifier of mpathd's probes. Replies carrying another identifier are
 /// not looked at further.
@@ -50,6 +53,7 @@ pub mod map_names {
     pub const PROBE_REPLIES: &str = "MPATH_PROBE_REPLIES";
     pub const LAST_REPLY: &str = "MPATH_LAST_REPLY";
     pub const REPLY_BUDGETS: &str = "MPATH_REPLY_BUDGETS";
+    pub const CARRIER_EVENTS: &str = "MPATH_CARRIER_EVENTS";
     pub const SOURCE_ROUTES: &str = "MPATH_SOURCE_ROUTES";
     pub const SOURCE_ROUTES4: &str = "MPATH_SOURCE_ROUTES4";
     pub const SOURCES: &str = "MPATH_SOURCES";
@@ -64,6 +68,8 @@ pub mod program_names {
     pub const PROBE_RX: &str = "mpath_probe_rx";
     /// XDP program that matches probe replies (opt-in: `probe_rx = "xdp"`).
     pub const PROBE_RX_XDP: &str = "mpath_probe_rx_xdp";
+    /// fentry program on `netif_carrier_off` that reports a group NIC's carrier loss.
+    pub const CARRIER_OFF: &str = "mpath_carrier_off";
     /// cgroup `connect6` program that binds a connecting IPv6 socket to a group's source.
     pub const SOURCE_CONNECT6: &str = "mpath_source_connect6";
     /// cgroup `sendmsg6` program that gives an unconnected IPv6 datagram a group's source.
@@ -474,6 +480,30 @@ impl ProbeReply {
     }
 }
 
+/// A group NIC's carrier went, as the driver said it (`netif_carrier_off`), queued in
+/// `CARRIER_EVENTS` before the kernel's own link event, which linkwatch may hold back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CarrierEvent {
+    pub ifindex: u32,
+    pub _pad: u32,
+    /// When (bpf_ktime_get_ns, CLOCK_MONOTONIC ns).
+    pub time_ns: u64,
+}
+
+impl CarrierEvent {
+    /// A record of the `CARRIER_EVENTS` ring buffer; `None` when it is not one whole record.
+    #[cfg(feature = "user")]
+    pub fn from_record(record: &[u8]) -> Option<CarrierEvent> {
+        if record.len() != core::mem::size_of::<CarrierEvent>() {
+            return None;
+        }
+        // SAFETY: the length is checked and every bit pattern is a valid CarrierEvent; the
+        // read makes no alignment assumption.
+        Some(unsafe { record.as_ptr().cast::<CarrierEvent>().read_unaligned() })
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -487,6 +517,7 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ProbeReply {}
     unsafe impl aya::Pod for ReplyBudget {}
+    unsafe impl aya::Pod for CarrierEvent {}
     unsafe impl aya::Pod for sources::SourceRoute {}
     unsafe impl aya::Pod for sources::SourceSet {}
     unsafe impl aya::Pod for sources::SourceCounters {}

@@ -4,6 +4,9 @@
 //! - `mpath_probe_rx` (TC ingress, tcx) matches replies to mpathd's probes, stamps them with
 //!   kernel time and hands them to the daemon; `mpath_probe_rx_xdp` is the same matcher in
 //!   XDP, an opt-in.
+//! - `mpath_carrier_off` (fentry on `netif_carrier_off`) reports a group NIC's carrier loss
+//!   at once, where the kernel's link event may wait a second; loaded where the kernel lets
+//!   mpathd load tracing programs.
 //! - `mpath_source_connect{4,6}` and `mpath_source_sendmsg{4,6}` (cgroup socket address
 //!   hooks) give sockets of mpathd's network namespace a source among their group's data
 //!   addresses.
@@ -18,6 +21,8 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+#[cfg(any(target_arch = "bpf", target_os = "linux"))]
+mod carrier;
 #[cfg(any(target_arch = "bpf", target_os = "linux"))]
 mod maps;
 #[cfg(any(target_arch = "bpf", target_os = "linux"))]

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use mpath_common::{
-    BUCKETS_PER_GROUP, Bucket, EgressNic, GroupTests, MAX_GROUPS, MAX_IFINDEX, MAX_NICS,
-    NicCounters, NicInfo, PROBE_RING_BYTES, ProbeReply, ReplyBudget, Settings,
+    BUCKETS_PER_GROUP, Bucket, CARRIER_RING_BYTES, EgressNic, GroupTests, MAX_GROUPS, MAX_IFINDEX,
+    MAX_NICS, NicCounters, NicInfo, PROBE_RING_BYTES, ProbeReply, ReplyBudget, Settings,
     sources::{MAX_SOURCE_ROUTES, SOURCE_SETS, SourceCounters, SourceRoute, SourceSet},
 };
 
@@ -44,6 +44,11 @@ pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
 /// Matched probe replies, in arrival order, for mpathd to consume.
 #[map(name = "MPATH_PROBE_REPLIES")]
 pub static PROBE_REPLIES: RingBuf = RingBuf::pinned(PROBE_RING_BYTES, 0);
+
+/// Carrier losses of group NICs from the carrier hook, for mpathd to consume. Not pinned:
+/// the hook lives and dies with the mpathd that attached it.
+#[map(name = "MPATH_CARRIER_EVENTS")]
+pub static CARRIER_EVENTS: RingBuf = RingBuf::with_byte_size(CARRIER_RING_BYTES, 0);
 
 /// The last matched reply of each NIC (index: slot), for inspection with `mpathctl maps`
 /// without consuming the ring buffer.

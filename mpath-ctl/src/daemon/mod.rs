@@ -51,7 +51,7 @@ use crate::{
         announcer::Announcer, group::Groups, multicast::Following, probing::ProbeContext,
         routes::Routing, service::Notifier, sources::SourceHook,
     },
-    datapath::Datapath,
+    datapath::{Datapath, carrier_hook::CarrierEvents},
     net::address::IpCidr,
     net::announce,
     net::carrier::CarrierWatch,
@@ -100,8 +100,11 @@ pub struct Daemon {
     restarted: bool,
     /// When to look again whether every NIC has its programs ([`Daemon::check_datapath`]).
     datapath_due: Instant,
-    /// Reads the NICs' carrier ahead of the kernel's link events.
+    /// Reads the NICs' carrier ahead of the kernel's link events, where the carrier hook
+    /// cannot run.
     carrier_watch: CarrierWatch,
+    /// The carrier hook runs: the carrier watch stays off.
+    carrier_hook: bool,
     metrics: Metrics,
 }
 
@@ -169,6 +172,7 @@ impl Daemon {
             datapath_due: Instant::now() + DATAPATH_CHECK,
             carrier_watch: CarrierWatch::start(config.daemon.carrier_poll)
                 .context("starting the carrier watch")?,
+            carrier_hook: false,
             metrics,
         };
         for g in &config.groups {
@@ -219,17 +223,7 @@ impl Daemon {
             self.groups.len(),
             self.config.daemon.socket.display()
         );
-        match self.config.daemon.carrier_poll {
-            Some(period) => tracing::info!(
-                "carrier loss is read from the drivers every {} ms (sysfs), ahead of the \
-                 kernel's link events; no tracing hook (fentry) is used",
-                period.as_millis()
-            ),
-            None => tracing::info!(
-                "carrier loss is seen through the kernel's link events only \
-                 (carrier_poll_ms = 0): up to a second late on a physical NIC"
-            ),
-        }
+        let mut carrier_events = self.start_carrier_hook();
         // `start` attached the datapath and placed the addresses and routes.
         let mut service = Notifier::from_env();
         service.ready(&self.status());
@@ -258,6 +252,19 @@ impl Daemon {
                 Some(ifindex) = carrier_losses.recv() => {
                     self.carrier_lost(ifindex, Instant::now()).await;
                 }
+                batch = next_carrier_events(&mut carrier_events) => match batch {
+                    Ok(events) => {
+                        for event in events {
+                            self.carrier_lost(event.ifindex, Instant::now()).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("reading the carrier hook's events: {e}; reading the carrier instead");
+                        carrier_events = None;
+                        self.carrier_hook = false;
+                        self.carrier_watch.set_period(self.config.daemon.carrier_poll);
+                    }
+                },
                 _ = sighup.recv() => {
                     service.reloading();
                     self.reload().await;
@@ -397,9 +404,49 @@ impl Daemon {
         }
     }
 
+    /// Attaches the carrier hook where the kernel takes it (the carrier watch then stays off)
+    /// and says at start which way carrier loss reaches mpathd.
+    fn start_carrier_hook(&mut self) -> Option<CarrierEvents> {
+        match self.datapath.attach_carrier_hook() {
+            Ok(events) => {
+                self.carrier_hook = true;
+                self.carrier_watch.set_period(None);
+                tracing::info!(
+                    "carrier loss is reported by a tracing hook on netif_carrier_off (fentry), \
+                     ahead of the kernel's link events"
+                );
+                Some(events)
+            }
+            Err(e) => {
+                match self.config.daemon.carrier_poll {
+                    Some(period) => tracing::info!(
+                        "carrier loss is read from the drivers every {} ms (sysfs), ahead of \
+                         the kernel's link events ({e})",
+                        period.as_millis()
+                    ),
+                    None => tracing::info!(
+                        "carrier loss is seen through the kernel's link events only \
+                         (carrier_poll_ms = 0; {e}): up to a second late on a physical NIC"
+                    ),
+                }
+                None
+            }
+        }
+    }
+
     /// Every address the kernel has, wherever it is: probe targets are never local.
     fn local_addresses(&self) -> Vec<IpAddr> {
         self.addresses.iter().map(|(_, c)| c.addr()).collect()
+    }
+}
+
+/// The next carrier losses from the hook; never, without it.
+async fn next_carrier_events(
+    events: &mut Option<CarrierEvents>,
+) -> std::io::Result<Vec<mpath_common::CarrierEvent>> {
+    match events {
+        Some(events) => events.next_batch().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -83,7 +83,11 @@ impl Daemon {
                     tracing::warn!("reload: {change} takes effect when mpathd restarts");
                 }
                 DaemonChange::SourceSelection(_) => hook_changed = true,
-                DaemonChange::CarrierPoll(c) => self.carrier_watch.set_period(c.new),
+                // The carrier hook, where it runs, needs no reading.
+                DaemonChange::CarrierPoll(c) if !self.carrier_hook => {
+                    self.carrier_watch.set_period(c.new);
+                }
+                DaemonChange::CarrierPoll(_) => {}
                 // The resync below goes over every NIC outside the groups.
                 DaemonChange::IsolateArp(_) => {}
             }

@@ -19,6 +19,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod btf;
+pub mod carrier_hook;
 pub mod legacy_tc;
 pub mod maps;
 pub mod pins;
@@ -112,6 +114,8 @@ pub enum DatapathError {
         program_names::PROBE_RX_XDP
     )]
     Xdp { native: String, generic: String },
+    #[error("the carrier hook cannot run: {reason}")]
+    CarrierHook { reason: String },
     #[error(transparent)]
     Maps(#[from] MapsError),
 }
@@ -164,6 +168,9 @@ pub struct Datapath {
     netns_cookie: Option<u64>,
     /// Attached NICs by ifindex, with where their probe replies are matched.
     attached: BTreeMap<u32, ProbeRx>,
+    /// Where the running kernel's `struct net_device` keeps its ifindex, for the carrier hook;
+    /// `None` without the kernel's BTF.
+    netdev_ifindex_offset: Option<u32>,
 }
 
 impl Datapath {
@@ -199,9 +206,17 @@ impl Datapath {
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
         let netns_cookie = sources::netns_cookie().ok();
+        let netdev_ifindex_offset = btf::Btf::kernel()
+            .ok()
+            .and_then(|btf| btf.member_offset("net_device", "ifindex"));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pins.maps())
             .override_global("MPATH_NETNS_COOKIE", &netns_cookie.unwrap_or(0), true)
+            .override_global(
+                "MPATH_NETDEV_IFINDEX_OFFSET",
+                &netdev_ifindex_offset.unwrap_or(0),
+                true,
+            )
             .load(EBPF_OBJECT)?;
         spread_program(&mut ebpf)?
             .load()
@@ -224,6 +239,7 @@ impl Datapath {
             tc_kind,
             netns_cookie,
             attached: BTreeMap::new(),
+            netdev_ifindex_offset,
         })
     }
 
