@@ -113,7 +113,7 @@ pub fn carrier(rounds: u64, idle: Duration, out: Option<PathBuf>) -> anyhow::Res
              run) and t0's carrier is cut at once (TUNSETCARRIER); the time is from the cut to \
              mpathd's \"NIC failure detected on t0\" line, after which its address must be on \
              h0. \"Read ahead\" counts the rounds whose log shows the loss read from the \
-             driver (`t0 has no carrier (read ahead of the kernel's link event)`); in the \
+             driver (`t0 has no carrier (seen ahead of the kernel's link event)`); in the \
              others the read itself made the kernel report it at once (this kernel's \
              `carrier` attribute syncs linkwatch for the device), and the link event won the \
              race. The idle CPU of the poll is mostly the cost of a thread's wake-up, 100 a \
@@ -157,7 +157,7 @@ fn measure(carrier_poll_ms: u64, idle: Duration) -> anyhow::Result<(f64, f64, bo
         .find(|l| l.contains("NIC failure detected on t0"))
         .and_then(log_time_ns)
         .context("no failure line for t0")?;
-    let ahead = log.contains("t0 has no carrier (read ahead of the kernel's link event)");
+    let ahead = log.contains("t0 has no carrier (seen ahead of the kernel's link event)");
     Ok(((failed - cut) as f64 / 1e6, idle_us_per_s, ahead))
 }
 

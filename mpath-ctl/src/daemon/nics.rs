@@ -379,7 +379,7 @@ impl Daemon {
         }
         nic.carrier = false;
         let name = nic.name.clone();
-        tracing::info!("{name} has no carrier (read ahead of the kernel's link event)");
+        tracing::info!("{name} has no carrier (seen ahead of the kernel's link event)");
         let event = Event::Link {
             nic: name,
             up: false,
