@@ -122,6 +122,11 @@ fn the_xdp_opt_in_matches_replies_at_mtu_9000_and_a_reload_goes_back_to_tc() {
             on_it.has_tc_programs() && !on_it.xdp
         })
     });
+    for nic in NICS {
+        let on_it = hooks(lab.host(), nic);
+        let matchers = on_it.ingress.iter().filter(|p| *p == "mpath_probe_rx");
+        assert_eq!(matchers.count(), 1, "{nic}: {on_it:?}");
+    }
     daemon.wait_until("every NIC ok on the tc matcher", all_ok);
     let log = daemon.log();
     assert!(log.contains("probe_rx xdp -> tc"), "{log}");
@@ -222,7 +227,10 @@ fn a_nic_the_programs_cannot_attach_to_is_offline_and_joins_once_they_attach() {
                 .is_some_and(|s| inbound(&s, "192.0.2.20/24") == Some("h1"))
     });
     assert!(hooks(lab.host(), "h1").xdp);
-    assert_eq!(no_datapath("h1"), Some(0.0));
+    daemon.wait_until("the metric says h1 has its programs", |_| {
+        no_datapath("h1") == Some(0.0)
+    });
+    assert_eq!(state_of(&daemon.status(), "h1"), "ok", "{}", daemon.log());
     let log = daemon.log();
     assert!(
         log.contains("mpathd's programs are attached to h1 now")

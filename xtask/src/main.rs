@@ -95,7 +95,20 @@ enum Benchmark {
     Carrier,
 }
 
-fn main() -> anyhow::Result<()> {
+/// An error prints as one line with its causes: with RUST_BACKTRACE set (as on many
+/// developer machines) anyhow's own report adds a backtrace of xtask, which buries the
+/// failure's context that the commands print before it.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run(),
         Cmd::Test {

@@ -22,7 +22,7 @@ use crate::{
         link_local_of,
         reload::carry_states,
     },
-    datapath::{self, XdpAttach, maps::Maps},
+    datapath::{self, maps::Maps},
     net::address::IpCidr,
     net::carrier::CarrierReader,
     net::netconf::{InterfaceNetconf, Netconf, answers_arp_only_for_its_own},
@@ -100,6 +100,7 @@ impl Daemon {
                 match links.iter().find(|l| l.name == name) {
                     Some(link) => {
                         self.groups.nic_mut(at).carrier = link.usable();
+                        self.carrier_watch.arm(link.ifindex, link.usable());
                         self.set_up_nic(at, link, now).await;
                         if let Some(mac) = link.mac {
                             macs.push(Event::HardwareAddress {
@@ -149,8 +150,8 @@ impl Daemon {
                     .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone());
                 tracing::warn!(
                     "data address {cidr} of group {} is also on {nic}, which is in no group: \
-                     mpathd leaves it there (it never touches a NIC outside its groups), and \
-                     both NICs answer for it until someone takes it off {nic}",
+                     mpathd leaves it there (it never takes an address off a NIC outside its \
+                     groups), and both NICs answer for it until someone takes it off {nic}",
                     self.groups[gi].name()
                 );
             }
@@ -323,7 +324,7 @@ impl Daemon {
         let nic = self.groups.nic_mut(at);
         match self.datapath.attach(&nic.name, probe_rx) {
             Ok(attached) => {
-                if let Some(XdpAttach::Generic { native }) = attached.xdp {
+                if let Some(native) = attached.native_xdp_refused {
                     tracing::warn!(
                         "{}: the driver refused native XDP ({native}); its probe replies are \
                          matched by generic XDP, which costs every received packet more",
@@ -372,13 +373,27 @@ impl Daemon {
         let Some(at) = self.groups.nic_at(ifindex) else {
             return;
         };
-        let nic = self.groups.nic_mut(at);
         // The link event came first after all.
-        if !nic.carrier {
+        if !self.groups.nic(at).carrier {
             return;
         }
-        nic.carrier = false;
-        let name = nic.name.clone();
+        // The report may be stale (the carrier came back since) or, from the hook, which
+        // sees every network namespace, about another namespace's NIC of the same ifindex:
+        // the kernel's view of this namespace's NIC decides.
+        let name = self.groups.nic(at).name.clone();
+        match self.netlink.link(&name).await {
+            Ok(Some(link)) if link.ifindex == ifindex && !link.lower_up => {}
+            Ok(_) => {
+                self.carrier_watch.arm(ifindex, true);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("confirming the carrier loss of {name}: {e}");
+                self.carrier_watch.arm(ifindex, true);
+                return;
+            }
+        }
+        self.groups.nic_mut(at).carrier = false;
         tracing::info!("{name} has no carrier (seen ahead of the kernel's link event)");
         let event = Event::Link {
             nic: name,
@@ -625,6 +640,8 @@ impl Daemon {
         self.strays
             .retain(|name, (ifindex, _)| *ifindex != link.ifindex || *name == link.name);
         if self.groups.len() == 0 || link.mac.is_none() || !(link.up && link.lower_up) {
+            // Without carrier it is on no link: no longer a stray (its settings stay).
+            self.strays.remove(&link.name);
             return;
         }
         let netconf = Netconf::system();

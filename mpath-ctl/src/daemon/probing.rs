@@ -101,7 +101,7 @@ impl Daemon {
             .filter(|a| AddressFamily::of(*a) == family)
             .collect();
         for skipped in targets.set_configured(&configured) {
-            tracing::info!("{name} skips a configured probe target: {skipped}");
+            tracing::warn!("{name} skips a configured probe target: {skipped}");
         }
         targets.update_routes(&routes, &group_nics, &local);
         let prober = Prober::new(

@@ -124,19 +124,9 @@ pub enum DatapathError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attached {
     pub ifindex: u32,
-    /// How the XDP matcher runs, with `probe_rx = "xdp"`.
-    pub xdp: Option<XdpAttach>,
-}
-
-/// How the XDP matcher was attached.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum XdpAttach {
-    /// In the driver.
-    Native,
-    /// Generic XDP in the stack, after the driver refused native XDP for the reason given.
-    Generic { native: String },
-    /// A link left by an earlier mpathd, updated in place, in the mode it had.
-    Kept,
+    /// With `probe_rx = "xdp"`: why the driver refused native XDP, when the matcher runs as
+    /// generic XDP.
+    pub native_xdp_refused: Option<String>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DatapathError + '_ {
@@ -277,20 +267,23 @@ impl Datapath {
         let ifindex = ifindex_of(ifname)?;
         self.restore_layout()?;
         self.attach_tc(ifname, ifindex, Hook::Egress)?;
-        let xdp = match probe_rx {
+        let native_xdp_refused = match probe_rx {
             ProbeRx::Tc => {
                 self.attach_tc(ifname, ifindex, Hook::Ingress)?;
                 detach_pinned_link(&self.pins.link(XDP, ifindex))?;
                 None
             }
             ProbeRx::Xdp => {
-                let mode = self.attach_xdp(ifindex)?;
+                let refused = self.attach_xdp(ifindex)?;
                 self.detach_tc(ifindex, Hook::Ingress)?;
-                Some(mode)
+                refused
             }
         };
         self.attached.insert(ifindex, probe_rx);
-        Ok(Attached { ifindex, xdp })
+        Ok(Attached {
+            ifindex,
+            native_xdp_refused,
+        })
     }
 
     /// The program of `hook` on a NIC, through a pinned tcx link or mpathd's cls_bpf filter
@@ -414,9 +407,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// The XDP matcher on NIC `ifindex` through a pinned link (an existing one updated):
-    /// native where the driver takes it, else generic, which every NIC takes.
-    fn attach_xdp(&mut self, ifindex: u32) -> Result<XdpAttach, DatapathError> {
+    /// The XDP matcher on NIC `ifindex` through a pinned link (an existing one updated, in
+    /// the mode it has): native where the driver takes it, else generic, which every NIC
+    /// takes; returns why the driver refused native XDP when it did.
+    fn attach_xdp(&mut self, ifindex: u32) -> Result<Option<String>, DatapathError> {
         let path = self.pins.link(XDP, ifindex);
         let prog = xdp_program(&mut self.ebpf)?;
         let program = |source| DatapathError::Program {
@@ -429,10 +423,10 @@ impl Datapath {
                 .and_then(|link| prog.attach_to_link(link).ok()),
             None => None,
         };
-        let (id, mode) = match updated {
-            Some(id) => (id, XdpAttach::Kept),
+        let (id, refused) = match updated {
+            Some(id) => (id, None),
             None => match prog.attach_to_if_index(ifindex, XdpMode::Driver) {
-                Ok(id) => (id, XdpAttach::Native),
+                Ok(id) => (id, None),
                 Err(native) => {
                     let native = error_chain(&native);
                     let id = prog
@@ -441,7 +435,7 @@ impl Datapath {
                             native: native.clone(),
                             generic: error_chain(&generic),
                         })?;
-                    (id, XdpAttach::Generic { native })
+                    (id, Some(native))
                 }
             },
         };
@@ -453,7 +447,7 @@ impl Datapath {
             }
         })?;
         pin(link, &path)?;
-        Ok(mode)
+        Ok(refused)
     }
 
     /// Whether every program `attach` put on NIC `ifindex` is still on it: `false` when
@@ -733,15 +727,19 @@ fn pinned_nics(links: &Path) -> Result<Vec<u32>, DatapathError> {
     for entry in entries {
         let entry = entry.map_err(io_err(links))?;
         let name = entry.file_name();
-        if let Some(ifindex) = name
+        // `<kind>-<ifindex>`, of any kind a NIC's programs are pinned as.
+        let nic_pin = name
             .to_str()
-            .and_then(|n| n.strip_prefix("tc-"))
-            .and_then(|i| i.parse().ok())
-        {
+            .and_then(|n| n.rsplit_once('-'))
+            .filter(|(kind, _)| {
+                [tc_pin_kind(Hook::Egress), tc_pin_kind(Hook::Ingress), XDP].contains(kind)
+            });
+        if let Some(ifindex) = nic_pin.and_then(|(_, i)| i.parse().ok()) {
             nics.push(ifindex);
         }
     }
     nics.sort_unstable();
+    nics.dedup();
     Ok(nics)
 }
 

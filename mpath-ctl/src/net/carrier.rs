@@ -90,6 +90,8 @@ struct WatchedNic {
 pub struct CarrierWatch {
     watched: Arc<Mutex<Watched>>,
     losses: Option<mpsc::UnboundedReceiver<u32>>,
+    /// The reading thread, parked while reading is off.
+    reader: thread::Thread,
 }
 
 impl CarrierWatch {
@@ -101,12 +103,15 @@ impl CarrierWatch {
         }));
         let (report, losses) = mpsc::unbounded_channel();
         let weak = Arc::downgrade(&watched);
-        thread::Builder::new()
+        let reader = thread::Builder::new()
             .name("mpathd-carrier".into())
-            .spawn(move || read_until_dropped(&weak, &report))?;
+            .spawn(move || read_until_dropped(&weak, &report))?
+            .thread()
+            .clone();
         Ok(CarrierWatch {
             watched,
             losses: Some(losses),
+            reader,
         })
     }
 
@@ -118,6 +123,7 @@ impl CarrierWatch {
     /// How often to read; `None`: never.
     pub fn set_period(&self, period: Option<Duration>) {
         self.lock().period = period;
+        self.reader.unpark();
     }
 
     /// Reads NIC `ifindex`'s carrier through `reader` from now on, while armed.
@@ -144,11 +150,16 @@ impl CarrierWatch {
     }
 }
 
+impl Drop for CarrierWatch {
+    /// Wakes a parked reader, which then finds the watch gone and ends.
+    fn drop(&mut self) {
+        self.reader.unpark();
+    }
+}
+
 /// The reading thread: reads every armed NIC each period and reports the ones without
-/// carrier, until the watch is dropped.
+/// carrier, until the watch is dropped; parked while reading is off.
 fn read_until_dropped(watched: &Weak<Mutex<Watched>>, report: &mpsc::UnboundedSender<u32>) {
-    // While reading is off, the thread only looks now and then whether it is on again.
-    const IDLE: Duration = Duration::from_millis(200);
     loop {
         let Some(period) = watched
             .upgrade()
@@ -156,10 +167,11 @@ fn read_until_dropped(watched: &Weak<Mutex<Watched>>, report: &mpsc::UnboundedSe
         else {
             return;
         };
-        thread::sleep(period.unwrap_or(IDLE));
-        if period.is_none() {
+        let Some(period) = period else {
+            thread::park();
             continue;
-        }
+        };
+        thread::sleep(period);
         let Some(watched) = watched.upgrade() else {
             return;
         };
@@ -252,7 +264,18 @@ mod tests {
         assert!(losses.try_recv().is_err());
         watch.arm(7, true);
         assert_eq!(losses.recv().await, Some(7));
-        // Forgotten or switched off: no report.
+        // Switched off and on again: reads again.
+        watch.set_period(None);
+        std::fs::write(dir.path().join("eth0/carrier"), "1\n").unwrap();
+        watch.arm(7, true);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(dir.path().join("eth0/carrier"), "0\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(losses.try_recv().is_err(), "off: no reads");
+        watch.set_period(Some(Duration::from_millis(1)));
+        assert_eq!(losses.recv().await, Some(7));
+        // Forgotten: no report.
+        watch.arm(7, true);
         watch.forget(7);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(losses.try_recv().is_err());
