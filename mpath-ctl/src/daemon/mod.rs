@@ -103,7 +103,10 @@ pub struct Daemon {
     /// Reads the NICs' carrier ahead of the kernel's link events, where the carrier hook
     /// cannot run.
     carrier_watch: CarrierWatch,
-    /// The carrier hook runs: the carrier watch stays off.
+    /// The carrier hook's reports, while it runs (the carrier watch then stays off), until
+    /// `run` takes them.
+    carrier_events: Option<CarrierEvents>,
+    /// The carrier hook runs.
     carrier_hook: bool,
     metrics: Metrics,
 }
@@ -172,9 +175,12 @@ impl Daemon {
             datapath_due: Instant::now() + DATAPATH_CHECK,
             carrier_watch: CarrierWatch::start(config.daemon.carrier_poll)
                 .context("starting the carrier watch")?,
+            carrier_events: None,
             carrier_hook: false,
             metrics,
         };
+        // Before the NICs are set up: with the hook running, their carrier needs no reading.
+        daemon.carrier_events = daemon.start_carrier_hook();
         for g in &config.groups {
             daemon.add_group(g)?;
         }
@@ -223,7 +229,7 @@ impl Daemon {
             self.groups.len(),
             self.config.daemon.socket.display()
         );
-        let mut carrier_events = self.start_carrier_hook();
+        let mut carrier_events = self.carrier_events.take();
         // `start` attached the datapath and placed the addresses and routes.
         let mut service = Notifier::from_env();
         service.ready(&self.status());
@@ -263,6 +269,7 @@ impl Daemon {
                         carrier_events = None;
                         self.carrier_hook = false;
                         self.carrier_watch.set_period(self.config.daemon.carrier_poll);
+                        self.watch_every_carrier();
                     }
                 },
                 _ = sighup.recv() => {

@@ -354,6 +354,9 @@ impl Daemon {
     /// carrier; a NIC whose carrier cannot be read is left to the kernel's link events, and
     /// the log says so.
     fn watch_carrier(&mut self, at: NicAt, ifindex: u32) {
+        if self.carrier_hook {
+            return;
+        }
         let nic = self.groups.nic(at);
         match CarrierReader::open(&nic.name, ifindex) {
             Ok(reader) => self.carrier_watch.watch(ifindex, reader, nic.carrier),
@@ -362,6 +365,16 @@ impl Daemon {
                  kernel's link events only, up to a second late on a physical NIC",
                 nic.name
             ),
+        }
+    }
+
+    /// Has the carrier watch read every attached NIC's carrier: when the hook stopped.
+    pub(super) fn watch_every_carrier(&mut self) {
+        for at in self.groups.nics() {
+            let nic = self.groups.nic(at);
+            if let Some(ifindex) = nic.ifindex.filter(|_| nic.attached()) {
+                self.watch_carrier(at, ifindex);
+            }
         }
     }
 
