@@ -9,17 +9,14 @@
 //! then t0's carrier cut right after a veth's link event, and the time from the cut to
 //! mpathd's failure line for t0, whose address must then be on h0.
 
-use std::{
-    fmt::Write as _,
-    fs,
-    path::PathBuf,
-    thread::sleep,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt::Write as _, fs, path::PathBuf, thread::sleep, time::Duration};
 
 use anyhow::{Context as _, bail};
-use mpath_lab::{Lab, Tap};
-use mpath_tests::daemon::{Mpathd, inbound, log_time_ns, state_of};
+use mpath_lab::Lab;
+use mpath_tests::{
+    carrier::{cut_after_a_link_event, tap_group_config},
+    daemon::{Mpathd, inbound, log_time_ns, state_of},
+};
 
 use crate::{cpus, datapath::spread_of, write_section};
 
@@ -35,31 +32,6 @@ struct Row {
     idle_us_per_s: Vec<f64>,
     /// Rounds whose log said the loss was read ahead of the link event.
     read_ahead: u64,
-}
-
-fn config(carrier_poll_ms: u64) -> String {
-    format!(
-        r#"
-[daemon]
-failure_detection_time_ms = 10000
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-carrier_poll_ms = {carrier_poll_ms}
-
-[[group]]
-name = "g0"
-targets = ["192.0.2.1"]
-
-[[group.interface]]
-name = "h0"
-test_address = "192.0.2.21/24"
-data_addresses = ["192.0.2.19/24"]
-
-[[group.interface]]
-name = "t0"
-data_addresses = ["192.0.2.40/24"]
-"#
-    )
 }
 
 pub fn carrier(rounds: u64, idle: Duration, out: Option<PathBuf>) -> anyhow::Result<()> {
@@ -132,7 +104,7 @@ pub fn carrier(rounds: u64, idle: Duration, out: Option<PathBuf>) -> anyhow::Res
 fn measure(carrier_poll_ms: u64, idle: Duration) -> anyhow::Result<(f64, f64, bool)> {
     let lab = Lab::builder().nics(1).build()?;
     let tap = lab.add_tap("t0")?;
-    let mut daemon = Mpathd::start(lab.host(), &config(carrier_poll_ms));
+    let mut daemon = Mpathd::start(lab.host(), &tap_group_config(10_000, carrier_poll_ms));
     daemon.wait_until("h0 and t0 ok, t0 holding its address", |d| {
         d.try_status().is_some_and(|s| {
             state_of(&s, "h0") == "ok"
@@ -159,18 +131,6 @@ fn measure(carrier_poll_ms: u64, idle: Duration) -> anyhow::Result<(f64, f64, bo
         .context("no failure line for t0")?;
     let ahead = log.contains("t0 has no carrier (seen ahead of the kernel's link event)");
     Ok(((failed - cut) as f64 / 1e6, idle_us_per_s, ahead))
-}
-
-/// Cuts the tap's carrier right after a veth's carrier came up (see the module's doc);
-/// returns when, in ns since the epoch, the clock of mpathd's log.
-fn cut_after_a_link_event(lab: &Lab, tap: &Tap) -> anyhow::Result<i64> {
-    let host = lab.host();
-    host.ip(&["link", "add", "lw0", "type", "veth", "peer", "name", "lw1"])?;
-    host.ip(&["link", "set", "lw0", "up"])?;
-    host.ip(&["link", "set", "lw1", "up"])?;
-    let at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-    tap.set_carrier(false)?;
-    Ok(i64::try_from(at)?)
 }
 
 /// CPU time of every thread of `pid` so far, in ns (the first field of each thread's

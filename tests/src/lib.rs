@@ -2,6 +2,7 @@
 //! XDP program rig, mpathd's metrics, an echo responder for the lab router, the files of
 //! dist/, and network managers in sandboxes beside mpathd.
 
+pub mod carrier;
 pub mod daemon;
 pub mod flows;
 pub mod hooks;

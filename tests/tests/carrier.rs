@@ -7,62 +7,18 @@
 //! is a race: the test holds both modes to the outcome and prints the delays, which `cargo
 //! xtask bench carrier` measures (speed is for benchmarks, not for assertions).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use mpath_lab::{Lab, Tap};
-use mpath_tests::daemon::{Mpathd, inbound, log_time_ns, state_of};
-
-/// h0, probing, and the tap t0, judged by its link alone, each with a data address.
-fn config(carrier_poll_ms: u64) -> String {
-    format!(
-        r#"
-[daemon]
-failure_detection_time_ms = 700
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-carrier_poll_ms = {carrier_poll_ms}
-
-[[group]]
-name = "g0"
-targets = ["192.0.2.1"]
-
-[[group.interface]]
-name = "h0"
-test_address = "192.0.2.21/24"
-data_addresses = ["192.0.2.19/24"]
-
-[[group.interface]]
-name = "t0"
-data_addresses = ["192.0.2.40/24"]
-"#
-    )
-}
-
-fn now_ns() -> i64 {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    i64::try_from(since.as_nanos()).unwrap()
-}
-
-/// Cuts the tap's carrier right after a veth's carrier came up, which linkwatch handled at
-/// once: the tap's change then waits for linkwatch's next run, up to a second later. Returns
-/// when the cut was made, in ns since the epoch (the clock of mpathd's log).
-fn cut_after_a_link_event(lab: &Lab, tap: &Tap) -> i64 {
-    let host = lab.host();
-    host.ip(&["link", "add", "lw0", "type", "veth", "peer", "name", "lw1"])
-        .unwrap();
-    host.ip(&["link", "set", "lw0", "up"]).unwrap();
-    host.ip(&["link", "set", "lw1", "up"]).unwrap();
-    let at = now_ns();
-    tap.set_carrier(false).unwrap();
-    at
-}
+use mpath_lab::Lab;
+use mpath_tests::{
+    carrier::{cut_after_a_link_event, tap_group_config},
+    daemon::{Mpathd, inbound, log_time_ns, state_of},
+};
 
 #[test]
 fn carrier_loss_is_acted_on_before_the_kernel_s_delayed_link_event() {
     for carrier_poll_ms in [10, 0] {
         let lab = Lab::builder().nics(1).build().expect("lab");
         let tap = lab.add_tap("t0").expect("tap");
-        let mut daemon = Mpathd::start(lab.host(), &config(carrier_poll_ms));
+        let mut daemon = Mpathd::start(lab.host(), &tap_group_config(700, carrier_poll_ms));
         daemon.wait_until("h0 and t0 ok, t0 holding its address", |d| {
             d.try_status().is_some_and(|s| {
                 state_of(&s, "h0") == "ok"
@@ -70,7 +26,7 @@ fn carrier_loss_is_acted_on_before_the_kernel_s_delayed_link_event() {
                     && inbound(&s, "192.0.2.40/24") == Some("t0")
             })
         });
-        let cut = cut_after_a_link_event(&lab, &tap);
+        let cut = cut_after_a_link_event(&lab, &tap).unwrap();
         daemon.wait_until("t0 failed, its address on h0", |d| {
             d.try_status().is_some_and(|s| {
                 state_of(&s, "t0") == "failed" && inbound(&s, "192.0.2.40/24") == Some("h0")
