@@ -347,6 +347,17 @@ fn a_carrier_cut_within_a_second_of_another_is_seen_and_fails_over() {
             "the kernel's link event"
         }
     ));
+    // From the driver's report (the hook's kernel time stamp) to the traffic moved.
+    for nic in ["h0", "h1"] {
+        let prefix = format!("{nic} failed over ");
+        if let Some(line) = log.lines().find(|l| l.contains(&prefix)) {
+            let rest = &line[line.find(&prefix).unwrap_or(0) + prefix.len()..];
+            measured(&format!(
+                "{nic}: traffic moved {} after the driver reported the carrier loss",
+                rest.split(" after").next().unwrap_or(rest)
+            ));
+        }
+    }
     let status = daemon.status();
     for nic in ["h0", "h1"] {
         let row = status

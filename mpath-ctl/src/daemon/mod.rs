@@ -256,12 +256,13 @@ impl Daemon {
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
                 Some(ifindex) = carrier_losses.recv() => {
-                    self.carrier_lost(ifindex, Instant::now()).await;
+                    self.carrier_lost(ifindex, None, Instant::now()).await;
                 }
                 batch = next_carrier_events(&mut carrier_events) => match batch {
                     Ok(events) => {
                         for event in events {
-                            self.carrier_lost(event.ifindex, Instant::now()).await;
+                            self.carrier_lost(event.ifindex, Some(event.time_ns), Instant::now())
+                                .await;
                         }
                     }
                     Err(e) => {

@@ -27,6 +27,7 @@ use crate::{
     net::carrier::CarrierReader,
     net::netconf::{InterfaceNetconf, Netconf, answers_arp_only_for_its_own},
     net::netlink::{AddressOptions, Link, Netlink, NetlinkError, Origin},
+    net::probe_socket::monotonic_ns,
 };
 
 impl Daemon {
@@ -378,11 +379,18 @@ impl Daemon {
         }
     }
 
-    /// The carrier watch found NIC `ifindex` without carrier: acted on at once, as if the
-    /// kernel's link event had come (it follows up to a second later on a physical NIC, when
-    /// linkwatch gets to it). A carrier that returns waits for the link event, which also
-    /// brings the operational state the NIC needs to be usable.
-    pub(super) async fn carrier_lost(&mut self, ifindex: u32, now: Instant) {
+    /// The carrier hook or watch found NIC `ifindex` without carrier: acted on at once, as
+    /// if the kernel's link event had come (it follows up to a second later on a physical
+    /// NIC, when linkwatch gets to it). A carrier that returns waits for the link event, which
+    /// also brings the operational state the NIC needs to be usable. `reported_ns` is when
+    /// the driver reported the loss (CLOCK_MONOTONIC), where the hook tells it: how long
+    /// moving the NIC's traffic took is then logged.
+    pub(super) async fn carrier_lost(
+        &mut self,
+        ifindex: u32,
+        reported_ns: Option<u64>,
+        now: Instant,
+    ) {
         let Some(at) = self.groups.nic_at(ifindex) else {
             return;
         };
@@ -414,6 +422,14 @@ impl Daemon {
         };
         self.handle(at.group, event, now).await;
         self.update_routes().await;
+        if let Some(reported_ns) = reported_ns {
+            let took_us = monotonic_ns().saturating_sub(reported_ns) / 1000;
+            tracing::info!(
+                "{} failed over {took_us} us after its driver reported the carrier loss \
+                 (addresses, bucket table and nexthop groups moved)",
+                self.groups.nic(at).name
+            );
+        }
     }
 
     /// Attaches again where the programs are missing: on NICs they could not be attached to
