@@ -14,8 +14,10 @@ use std::{fmt::Write as _, fs, path::PathBuf, thread::sleep, time::Duration};
 use anyhow::{Context as _, bail};
 use mpath_lab::Lab;
 use mpath_tests::{
-    carrier::{cut_after_a_link_event, tap_group_config},
-    daemon::{Mpathd, inbound, log_time_ns, state_of},
+    carrier::{
+        cut_after_a_link_event, tap_failed_over, tap_failure_ns, tap_group_config, tap_group_ready,
+    },
+    daemon::Mpathd,
 };
 
 use crate::{cpus, datapath::spread_of, write_section};
@@ -105,30 +107,16 @@ fn measure(carrier_poll_ms: u64, idle: Duration) -> anyhow::Result<(f64, f64, bo
     let lab = Lab::builder().nics(1).build()?;
     let tap = lab.add_tap("t0")?;
     let mut daemon = Mpathd::start(lab.host(), &tap_group_config(10_000, carrier_poll_ms));
-    daemon.wait_until("h0 and t0 ok, t0 holding its address", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "ok"
-                && state_of(&s, "t0") == "ok"
-                && inbound(&s, "192.0.2.40/24") == Some("t0")
-        })
-    });
+    daemon.wait_until("h0 and t0 ok, t0 holding its address", tap_group_ready);
     let pid = daemon.pid().context("mpathd's pid")?;
     let before = cpu_ns(pid)?;
     sleep(idle);
     let idle_us_per_s = (cpu_ns(pid)? - before) as f64 / 1e3 / idle.as_secs_f64();
 
     let cut = cut_after_a_link_event(&lab, &tap)?;
-    daemon.wait_until("t0 failed, its address on h0", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "t0") == "failed" && inbound(&s, "192.0.2.40/24") == Some("h0")
-        })
-    });
+    daemon.wait_until("t0 failed, its address on h0", tap_failed_over);
     let log = daemon.log();
-    let failed = log
-        .lines()
-        .find(|l| l.contains("NIC failure detected on t0"))
-        .and_then(log_time_ns)
-        .context("no failure line for t0")?;
+    let failed = tap_failure_ns(&log).context("no failure line for t0")?;
     let ahead = log.contains("t0 has no carrier (seen ahead of the kernel's link event)");
     Ok(((failed - cut) as f64 / 1e6, idle_us_per_s, ahead))
 }

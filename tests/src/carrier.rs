@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use mpath_lab::{Lab, Tap};
 
+use crate::daemon::{Mpathd, inbound, log_time_ns, state_of};
+
 /// The group of h0 and t0 at FDT `fdt_ms`, reading the carrier every `carrier_poll_ms`.
 pub fn tap_group_config(fdt_ms: u64, carrier_poll_ms: u64) -> String {
     format!(
@@ -43,4 +45,27 @@ pub fn cut_after_a_link_event(lab: &Lab, tap: &Tap) -> anyhow::Result<i64> {
     let at = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     tap.set_carrier(false)?;
     Ok(i64::try_from(at)?)
+}
+
+/// h0 and t0 ok, t0 holding its data address: ready for the cut.
+pub fn tap_group_ready(daemon: &Mpathd) -> bool {
+    daemon.try_status().is_some_and(|s| {
+        state_of(&s, "h0") == "ok"
+            && state_of(&s, "t0") == "ok"
+            && inbound(&s, "192.0.2.40/24") == Some("t0")
+    })
+}
+
+/// t0 failed, its data address on h0.
+pub fn tap_failed_over(daemon: &Mpathd) -> bool {
+    daemon.try_status().is_some_and(|s| {
+        state_of(&s, "t0") == "failed" && inbound(&s, "192.0.2.40/24") == Some("h0")
+    })
+}
+
+/// When mpathd's log says t0 failed, in ns since the epoch.
+pub fn tap_failure_ns(log: &str) -> Option<i64> {
+    log.lines()
+        .find(|l| l.contains("NIC failure detected on t0"))
+        .and_then(log_time_ns)
 }

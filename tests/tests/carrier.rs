@@ -9,8 +9,10 @@
 
 use mpath_lab::Lab;
 use mpath_tests::{
-    carrier::{cut_after_a_link_event, tap_group_config},
-    daemon::{Mpathd, inbound, log_time_ns, state_of},
+    carrier::{
+        cut_after_a_link_event, tap_failed_over, tap_failure_ns, tap_group_config, tap_group_ready,
+    },
+    daemon::Mpathd,
 };
 
 #[test]
@@ -19,25 +21,12 @@ fn carrier_loss_is_acted_on_before_the_kernel_s_delayed_link_event() {
         let lab = Lab::builder().nics(1).build().expect("lab");
         let tap = lab.add_tap("t0").expect("tap");
         let mut daemon = Mpathd::start(lab.host(), &tap_group_config(700, carrier_poll_ms));
-        daemon.wait_until("h0 and t0 ok, t0 holding its address", |d| {
-            d.try_status().is_some_and(|s| {
-                state_of(&s, "h0") == "ok"
-                    && state_of(&s, "t0") == "ok"
-                    && inbound(&s, "192.0.2.40/24") == Some("t0")
-            })
-        });
+        daemon.wait_until("h0 and t0 ok, t0 holding its address", tap_group_ready);
         let cut = cut_after_a_link_event(&lab, &tap).unwrap();
-        daemon.wait_until("t0 failed, its address on h0", |d| {
-            d.try_status().is_some_and(|s| {
-                state_of(&s, "t0") == "failed" && inbound(&s, "192.0.2.40/24") == Some("h0")
-            })
-        });
+        daemon.wait_until("t0 failed, its address on h0", tap_failed_over);
         let log = daemon.log();
-        let failed = log
-            .lines()
-            .find(|l| l.contains("NIC failure detected on t0"))
-            .and_then(log_time_ns)
-            .unwrap_or_else(|| panic!("no failure line for t0: {log}"));
+        let failed =
+            tap_failure_ns(&log).unwrap_or_else(|| panic!("no failure line for t0: {log}"));
         println!(
             "carrier_poll_ms = {carrier_poll_ms}: t0 failed {:.1} ms after its carrier went",
             (failed - cut) as f64 / 1e6
