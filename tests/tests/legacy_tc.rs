@@ -80,7 +80,7 @@ fn spread_macs(lab: &Lab) -> BTreeSet<[u8; 6]> {
         64,
     );
     let sniffer = Sniffer::start(lab.router(), mpath_lab::ROUTER_NIC);
-    let sent = flows.send_round(2);
+    let sent = flows.send_round(2, &sniffer);
     let log = sniffer.finish(sent);
     assert_eq!(
         log.values().map(Vec::len).sum::<usize>(),

@@ -483,7 +483,7 @@ fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
         64,
     );
     let sniffer = Sniffer::start(lab.router(), mpath_lab::ROUTER_NIC);
-    let sent = flows.send_round(2);
+    let sent = flows.send_round(2, &sniffer);
     let log = sniffer.finish(sent);
     let (h0, h2) = (lab.mac("h0").unwrap(), lab.mac("h2").unwrap());
     let macs: std::collections::BTreeSet<[u8; 6]> =

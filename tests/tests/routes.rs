@@ -502,7 +502,7 @@ fn flows_per_nic(lab: &Lab) -> [usize; 2] {
         BEHIND_ROUTER_V4.parse().unwrap(),
         512,
     );
-    let sent = flows.send_round(4);
+    let sent = flows.send_round(4, &sniffer);
     let log = sniffer.finish(sent);
     let macs = [lab.mac("h0").unwrap(), lab.mac("h1").unwrap()];
     let mut per_nic = [0usize; 2];

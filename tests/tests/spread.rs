@@ -100,7 +100,7 @@ impl Rig {
     /// checking that each flow arrived whole, in order, through a single NIC.
     fn round(&self, flows: &mut Flows, per_flow: u32) -> BTreeMap<(Ipv4Addr, u16), String> {
         let sniffer = Sniffer::start(self.lab.router(), ROUTER_NIC);
-        let sent = flows.send_round(per_flow);
+        let sent = flows.send_round(per_flow, &sniffer);
         let log: FlowLog = sniffer.finish(sent);
         let mut carrier = BTreeMap::new();
         for key in flows.keys() {
