@@ -40,20 +40,244 @@ pub struct MainRoute {
     /// The destination network (host bits clear); `0.0.0.0/0` or `::/0` for a default route.
     pub destination: IpCidr,
     pub metric: u32,
+    /// IPv4's type of service: routes that differ only in it are different routes.
+    pub tos: u8,
+    /// A unicast route straight through its hops: not another type, without TOS, not through
+    /// a nexthop object of another daemon. Only such a route can a group serve.
+    pub plain: bool,
     pub prefsrc: Option<IpAddr>,
-    /// Empty for a route that does not simply leave through devices (blackhole, unreachable,
-    /// a nexthop object of another daemon, a TOS route): no group ever serves it.
+    /// The devices it leaves through; empty for one through none (blackhole, unreachable, a
+    /// nexthop object).
     pub hops: Vec<Hop>,
 }
 
 impl MainRoute {
     /// One entry per hop, as probe targets are found.
     pub fn entries(&self) -> impl Iterator<Item = RouteEntry> + '_ {
-        self.hops.iter().map(|hop| RouteEntry {
+        let hops = if self.plain { &self.hops[..] } else { &[] };
+        hops.iter().map(|hop| RouteEntry {
             destination: self.destination,
             gateway: hop.gateway,
             oif: hop.oif,
         })
+    }
+}
+
+/// The key of main-table routes: the kernel keeps apart routes that differ in destination,
+/// metric or TOS, and keeps several under one key too (each NIC's connected route of a
+/// shared subnet, IPv4 routes appended).
+type MainKey = (IpCidr, u32, u8);
+
+/// The main table as mpathd keeps it between dumps: read whole at start and after the kernel
+/// dropped notifications, then changed by each notification, so that a route change costs
+/// what it changes. It remembers which routes changed until [`MainTable::take_delta`].
+#[derive(Clone, Debug, Default)]
+pub struct MainTable {
+    routes: BTreeMap<MainKey, Vec<MainRoute>>,
+    /// The keys changed since the last delta, with their routes as they were then.
+    changed: BTreeMap<MainKey, Vec<MainRoute>>,
+}
+
+/// The routes that changed over a while: as they were before it and as they are now. A
+/// route changed and changed back is in neither.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MainDelta {
+    pub before: Vec<MainRoute>,
+    pub after: Vec<MainRoute>,
+}
+
+impl FromIterator<MainRoute> for MainTable {
+    fn from_iter<I: IntoIterator<Item = MainRoute>>(routes: I) -> MainTable {
+        let mut table = MainTable::default();
+        for route in routes {
+            table.add(route, false);
+        }
+        table.changed.clear();
+        table
+    }
+}
+
+fn main_key(route: &MainRoute) -> MainKey {
+    (route.destination, route.metric, route.tos)
+}
+
+/// Whether two routes under one key are the same route: one shares a next hop with the other
+/// (a multipath route that gained or lost one), or both have none and are alike.
+fn same_route(a: &MainRoute, b: &MainRoute) -> bool {
+    a == b || a.hops.iter().any(|h| b.hops.contains(h))
+}
+
+impl MainTable {
+    pub fn iter(&self) -> impl Iterator<Item = &MainRoute> {
+        self.routes.values().flatten()
+    }
+
+    /// The routes to `destination`, of any metric and TOS.
+    pub fn at(&self, destination: IpCidr) -> impl Iterator<Item = &MainRoute> {
+        self.routes
+            .range((destination, 0, 0)..=(destination, u32::MAX, u8::MAX))
+            .flat_map(|(_, routes)| routes)
+    }
+
+    /// What changed since the last call.
+    pub fn take_delta(&mut self) -> MainDelta {
+        let mut delta = MainDelta::default();
+        for (key, before) in std::mem::take(&mut self.changed) {
+            let after = self.routes.get(&key).map(Vec::as_slice).unwrap_or_default();
+            delta
+                .before
+                .extend(before.iter().filter(|r| !after.contains(r)).cloned());
+            delta
+                .after
+                .extend(after.iter().filter(|r| !before.contains(r)).cloned());
+        }
+        delta
+    }
+
+    /// The routes under `key`, to change; their state before is remembered for the delta.
+    fn routes_mut(&mut self, key: MainKey) -> &mut Vec<MainRoute> {
+        let routes = self.routes.entry(key).or_default();
+        self.changed.entry(key).or_insert_with(|| routes.clone());
+        routes
+    }
+
+    /// Drops `key` if no route is left under it.
+    fn tidy(&mut self, key: MainKey) {
+        if self.routes.get(&key).is_some_and(Vec::is_empty) {
+            self.routes.remove(&key);
+        }
+    }
+
+    /// Takes a whole dump.
+    pub fn replace_all(&mut self, routes: impl IntoIterator<Item = MainRoute>) {
+        let mut new: BTreeMap<MainKey, Vec<MainRoute>> = BTreeMap::new();
+        for route in routes {
+            new.entry(main_key(&route)).or_default().push(route);
+        }
+        let gone: Vec<MainKey> = self
+            .routes
+            .keys()
+            .filter(|key| !new.contains_key(key))
+            .copied()
+            .collect();
+        for key in gone {
+            self.routes_mut(key).clear();
+            self.tidy(key);
+        }
+        for (key, routes) in new {
+            if self.routes.get(&key) != Some(&routes) {
+                *self.routes_mut(key) = routes;
+            }
+        }
+    }
+
+    /// A route the kernel added, or (`replace`) put in the place of another. Its notification
+    /// carries the whole route: for IPv6, every next hop of a multipath route, whichever was
+    /// added. It takes the place of the route it shares a next hop with; a replacement
+    /// sharing none takes the place of the first under its key, as the kernel's does.
+    pub fn add(&mut self, route: MainRoute, replace: bool) {
+        let routes = self.routes_mut(main_key(&route));
+        match routes.iter().position(|r| same_route(r, &route)) {
+            Some(at) => routes[at] = route,
+            None if replace && !routes.is_empty() => routes[0] = route,
+            None => routes.push(route),
+        }
+    }
+
+    /// A route the kernel deleted. IPv6 deletes the next hops of a multipath route one at a
+    /// time and names only those: a route goes when it has none left, or when the
+    /// notification names none (a route of another type).
+    pub fn remove(&mut self, route: &MainRoute) {
+        let key = main_key(route);
+        if !self.routes.contains_key(&key) {
+            return;
+        }
+        let routes = self.routes_mut(key);
+        let found = routes
+            .iter()
+            .position(|r| r == route)
+            .or_else(|| routes.iter().position(|r| same_route(r, route)));
+        if let Some(at) = found {
+            routes[at].hops.retain(|h| !route.hops.contains(h));
+            if route.hops.is_empty() || routes[at].hops.is_empty() {
+                routes.remove(at);
+            }
+        }
+        self.tidy(key);
+    }
+
+    /// The keys with a route through `oif`.
+    fn keys_through(&self, oif: u32) -> Vec<MainKey> {
+        self.routes
+            .iter()
+            .filter(|(_, routes)| routes.iter().any(|r| r.hops.iter().any(|h| h.oif == oif)))
+            .map(|(key, _)| *key)
+            .collect()
+    }
+
+    /// Takes what a dump filtered by `oif` found after the kernel may have deleted routes
+    /// through it without a word (IPv4 does when a NIC is taken down): every route kept with a
+    /// hop through `oif` is replaced by those.
+    pub fn replace_through(&mut self, oif: u32, found: impl IntoIterator<Item = MainRoute>) {
+        let mut found: BTreeMap<MainKey, Vec<MainRoute>> =
+            found.into_iter().fold(BTreeMap::new(), |mut m, r| {
+                m.entry(main_key(&r)).or_default().push(r);
+                m
+            });
+        let mut keys = self.keys_through(oif);
+        keys.extend(found.keys().copied());
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let now: Vec<MainRoute> = self
+                .routes
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .filter(|r| r.hops.iter().all(|h| h.oif != oif))
+                .cloned()
+                .chain(found.remove(&key).into_iter().flatten())
+                .collect();
+            if self.routes.get(&key).map(Vec::as_slice).unwrap_or_default() != now.as_slice() {
+                *self.routes_mut(key) = now;
+                self.tidy(key);
+            }
+        }
+    }
+
+    /// A NIC left the host: the kernel deleted each IPv4 route with a hop through it and each
+    /// IPv6 route's hops through it, without a notification for IPv4.
+    pub fn remove_through(&mut self, oif: u32) {
+        for key in self.keys_through(oif) {
+            let routes = self.routes_mut(key);
+            if key.0.addr().is_ipv4() {
+                routes.retain(|r| r.hops.iter().all(|h| h.oif != oif));
+            } else {
+                for route in routes.iter_mut() {
+                    route.hops.retain(|h| h.oif != oif);
+                }
+                routes.retain(|r| !r.hops.is_empty());
+            }
+            self.tidy(key);
+        }
+    }
+
+    /// An IPv4 address left the host: the kernel deleted the routes that named it their
+    /// preferred source, without a notification.
+    pub fn remove_with_source(&mut self, source: IpAddr) {
+        if source.is_ipv6() {
+            return;
+        }
+        let keys: Vec<MainKey> = self
+            .routes
+            .iter()
+            .filter(|(_, routes)| routes.iter().any(|r| r.prefsrc == Some(source)))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in keys {
+            self.routes_mut(key).retain(|r| r.prefsrc != Some(source));
+            self.tidy(key);
+        }
     }
 }
 
@@ -181,11 +405,14 @@ pub(crate) struct Plan {
 }
 
 /// Decides mpathd's table and nexthop groups from the main table and the groups.
-pub(crate) fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
+pub(crate) fn plan<'a>(
+    main: impl IntoIterator<Item = &'a MainRoute>,
+    groups: &[GroupRouting],
+) -> Plan {
     // Every route with the group that serves it, if one does: all its hops leave through
     // that group's NICs.
     let group_of = |oif: u32| groups.iter().position(|g| g.members.contains(&oif));
-    let from_main = main.iter().map(|route| {
+    let from_main = main.into_iter().map(|route| {
         let owners: BTreeSet<Option<usize>> = route.hops.iter().map(|h| group_of(h.oif)).collect();
         // A gateway of the other family (`via inet6 fe80::1` for an IPv4 route) is no way a
         // group nexthop of the route's family can take: such a route stays main's.
@@ -195,7 +422,7 @@ pub(crate) fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
             .iter()
             .any(|h| h.gateway.is_some_and(|g| Family::of(g) != family));
         let group = match owners.into_iter().collect::<Vec<_>>()[..] {
-            [Some(gi)] if !mixed => Some(gi),
+            [Some(gi)] if !mixed && route.plain => Some(gi),
             _ => None,
         };
         (route.clone(), group)
@@ -209,6 +436,8 @@ pub(crate) fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
             let route = MainRoute {
                 destination: r.to,
                 metric: r.metric,
+                tos: 0,
+                plain: true,
                 prefsrc: None,
                 hops: hops.collect(),
             };
@@ -252,28 +481,13 @@ pub(crate) fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let hops: Vec<Option<IpAddr>> = if gateways.is_empty() {
-            vec![None]
-        } else {
-            gateways.iter().copied().map(Some).collect()
-        };
-        let members = group
-            .serving
-            .iter()
-            .flat_map(|&oif| {
-                hops.iter().map(move |&gateway| NexthopKey {
-                    family,
-                    oif,
-                    gateway,
-                })
-            })
-            .collect();
         let key = GroupKey {
             group: group.name.clone(),
             family,
             gateways: gateways.clone(),
         };
-        plan.groups.insert(key.clone(), members);
+        plan.groups
+            .insert(key.clone(), members(&key, &group.serving));
         let main_prefsrc = best.iter().find_map(|(r, _)| r.prefsrc);
         plan.routes.insert(
             (*destination, kernel_metric(*destination, *metric)),
@@ -283,12 +497,15 @@ pub(crate) fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
             },
         );
     }
-    // Every other destination inside a group route's prefix is main's to answer.
+    // Every other destination inside a group route's prefix is main's to answer: one
+    // lookup per shorter prefix length, whatever the size of the table.
+    let served_destinations: BTreeSet<IpCidr> = served.keys().map(|(d, _)| *d).collect();
     for destination in others {
-        if served
-            .keys()
-            .any(|(outer, _)| *outer != destination && outer.covers(destination))
-        {
+        let covered = (0..destination.prefix_len()).any(|len| {
+            IpCidr::new(destination.addr(), len)
+                .is_ok_and(|outer| served_destinations.contains(&outer.network()))
+        });
+        if covered {
             let throw = TableRoute {
                 via: Via::Throw,
                 prefsrc: None,
@@ -298,6 +515,76 @@ pub(crate) fn plan(main: &[MainRoute], groups: &[GroupRouting]) -> Plan {
         }
     }
     plan
+}
+
+/// The members of the nexthop group `key` when `serving` carry its group's routes: one
+/// nexthop per serving NIC and gateway (on-link: one per NIC).
+fn members(key: &GroupKey, serving: &[u32]) -> Vec<NexthopKey> {
+    let hops: Vec<Option<IpAddr>> = if key.gateways.is_empty() {
+        vec![None]
+    } else {
+        key.gateways.iter().copied().map(Some).collect()
+    };
+    serving
+        .iter()
+        .flat_map(|&oif| {
+            hops.iter().map(move |&gateway| NexthopKey {
+                family: key.family,
+                oif,
+                gateway,
+            })
+        })
+        .collect()
+}
+
+/// A failover's route changes, made at once and without reading any routing table: the
+/// nexthop groups of the last `plan` re-formed over the NICs that serve their group now
+/// (and the single nexthops they need), as changes from `installed`. A group whose NICs all
+/// went keeps its members: the next plan takes its routes away. Routes, prefsrcs and
+/// deletions wait for that plan.
+pub(crate) fn reform(
+    plan: &Plan,
+    groups: &[GroupRouting],
+    book: &mut IdBook,
+    installed: &RouteState,
+) -> Vec<RouteChange> {
+    let mut nexthops = Vec::new();
+    let mut reformed = Vec::new();
+    for key in plan.groups.keys() {
+        let Some(group) = groups.iter().find(|g| g.name == key.group) else {
+            continue;
+        };
+        let Some(id) = book.id(&NexthopObject::Group(key.clone())) else {
+            continue;
+        };
+        let mut member_ids = Vec::new();
+        for member in members(key, &group.serving) {
+            let Some(member_id) = book.id(&NexthopObject::Single(member)) else {
+                continue;
+            };
+            if installed.nexthops.get(&member_id) != Some(&member)
+                && !nexthops.contains(&RouteChange::SetNexthop {
+                    id: member_id,
+                    key: member,
+                })
+            {
+                nexthops.push(RouteChange::SetNexthop {
+                    id: member_id,
+                    key: member,
+                });
+            }
+            member_ids.push(member_id);
+        }
+        member_ids.sort_unstable();
+        if !member_ids.is_empty() && installed.groups.get(&id) != Some(&member_ids) {
+            reformed.push(RouteChange::SetGroup {
+                id,
+                members: member_ids,
+            });
+        }
+    }
+    nexthops.extend(reformed);
+    nexthops
 }
 
 /// The metric the kernel gives a route asked for with `metric`: IPv6 makes 0 into 1024
@@ -320,7 +607,7 @@ pub(crate) fn orphaned<'a>(
     down: impl Fn(u32) -> Option<&'a str>,
 ) -> Vec<(&'a str, RouteConfig)> {
     let mut orphans = Vec::new();
-    for route in before.iter().filter(|r| !after.contains(r)) {
+    for route in before.iter().filter(|r| r.plain && !after.contains(r)) {
         let groups: BTreeSet<Option<&str>> = route.hops.iter().map(|h| down(h.oif)).collect();
         let [Some(group)] = groups.into_iter().collect::<Vec<_>>()[..] else {
             continue;
@@ -342,12 +629,9 @@ pub(crate) fn orphaned<'a>(
 
 /// Whether `main` has a route to `held`'s destination again through one of `members` (the
 /// held route's group's NICs): its owner added it back, and the group need not hold it.
-pub fn returned(held: &RouteConfig, main: &[MainRoute], members: &[u32]) -> bool {
-    main.iter().any(|r| {
-        r.destination == held.to
-            && !r.hops.is_empty()
-            && r.hops.iter().all(|h| members.contains(&h.oif))
-    })
+pub fn returned(held: &RouteConfig, main: &MainTable, members: &[u32]) -> bool {
+    main.at(held.to)
+        .any(|r| r.plain && !r.hops.is_empty() && r.hops.iter().all(|h| members.contains(&h.oif)))
 }
 
 /// Destinations a group never serves: link-local ones belong to one link each, and
@@ -471,6 +755,70 @@ pub struct RouteState {
 }
 
 impl RouteState {
+    /// Records a change the kernel made.
+    pub fn apply(&mut self, change: &RouteChange) {
+        match change {
+            RouteChange::SetNexthop { id, key } => {
+                self.nexthops.insert(*id, *key);
+            }
+            RouteChange::SetGroup { id, members } => {
+                let mut members = members.clone();
+                members.sort_unstable();
+                self.groups.insert(*id, members);
+            }
+            RouteChange::SetRoute {
+                destination,
+                metric,
+                route,
+            } => {
+                self.routes.insert((*destination, *metric), route.clone());
+            }
+            RouteChange::DelRoute {
+                destination,
+                metric,
+            } => {
+                self.routes.remove(&(*destination, *metric));
+            }
+            RouteChange::DelNexthop { id } => {
+                self.forget_nexthop(*id);
+            }
+        }
+    }
+
+    /// A nexthop object deleted: taken out of the groups that had it, as the kernel does. A
+    /// group left empty goes too, and the routes through a deleted group with it. Returns
+    /// whether the object was known.
+    pub fn forget_nexthop(&mut self, id: u32) -> bool {
+        let known = self.nexthops.remove(&id).is_some() | self.groups.remove(&id).is_some();
+        let mut emptied = vec![id];
+        for (group, members) in &mut self.groups {
+            members.retain(|m| *m != id);
+            if members.is_empty() {
+                emptied.push(*group);
+            }
+        }
+        for group in &emptied {
+            self.groups.remove(group);
+        }
+        self.routes
+            .retain(|_, route| !matches!(route.via, Via::Group(g) if emptied.contains(&g)));
+        known
+    }
+
+    /// The kernel deletes the nexthops through a NIC that lost its link (taken down, no
+    /// carrier, removed) without a notification: forgets them like [`Self::forget_nexthop`].
+    pub fn forget_nexthops_through(&mut self, oif: u32) {
+        let through: Vec<u32> = self
+            .nexthops
+            .iter()
+            .filter(|(_, key)| key.oif == oif)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in through {
+            self.forget_nexthop(id);
+        }
+    }
+
     /// The kernel's terms of a plan, with ids from `book` (objects the plan no longer names
     /// are forgotten there, after the new ones got ids of their own). An object without an id (the range is full) is left out, with
     /// the routes through it.
@@ -618,6 +966,8 @@ mod tests {
         MainRoute {
             destination: cidr(destination),
             metric,
+            tos: 0,
+            plain: true,
             prefsrc: None,
             hops: hops
                 .iter()
@@ -1015,8 +1365,9 @@ mod tests {
         assert!(orphaned(&before, &after, |_| None).is_empty());
         // The DHCP client adds the default route again, on h0 this time.
         let default = held[0].1;
-        assert!(!returned(&default, &after, &[H0, H1, H2]));
-        let again = vec![route("0.0.0.0/0", 100, &[(H0, Some("192.0.2.1"))])];
+        let table = |routes: &[MainRoute]| routes.iter().cloned().collect::<MainTable>();
+        assert!(!returned(&default, &table(&after), &[H0, H1, H2]));
+        let again = table(&[route("0.0.0.0/0", 100, &[(H0, Some("192.0.2.1"))])]);
         assert!(returned(&default, &again, &[H0, H1, H2]));
         assert!(
             !returned(&default, &again, &[H1, H2]),
@@ -1030,5 +1381,162 @@ mod tests {
             plan.routes[&(cidr("0.0.0.0/0"), 100)].via,
             Via::Group(_)
         ));
+    }
+
+    /// Carries out `changes` on `state` as the kernel would.
+    fn applied(mut state: RouteState, changes: &[RouteChange]) -> RouteState {
+        for change in changes {
+            state.apply(change);
+        }
+        state
+    }
+
+    #[test]
+    fn a_failover_re_forms_the_groups_at_once_and_the_plan_then_agrees() {
+        let mut book = IdBook::default();
+        let groups = [group(&[H0, H1])];
+        let before = plan(&dhcp_host(), &groups);
+        let installed = RouteState::of_plan(&before, &mut book);
+        // h1 fails: the groups lose it, in one message each, and no route is touched.
+        let after = [group(&[H0])];
+        let reformed = reform(&before, &after, &mut book, &installed);
+        assert_eq!(reformed.len(), 2, "{reformed:?}");
+        assert!(
+            reformed
+                .iter()
+                .all(|c| matches!(c, RouteChange::SetGroup { members, .. } if members.len() == 1)),
+            "{reformed:?}"
+        );
+        let now = applied(installed.clone(), &reformed);
+        assert_eq!(now.routes, installed.routes);
+        // The plan that follows has only h1's nexthops left to delete.
+        let desired = RouteState::of_plan(&plan(&dhcp_host(), &after), &mut book);
+        let rest = changes(&now, &desired);
+        assert!(
+            rest.iter()
+                .all(|c| matches!(c, RouteChange::DelNexthop { id } if now.nexthops[id].oif == H1)),
+            "{rest:?}"
+        );
+        assert_eq!(rest.len(), 2);
+        // h1 comes back: its nexthops are made again before the groups take it.
+        let back = reform(&before, &groups, &mut book, &applied(now, &rest));
+        assert!(
+            matches!(
+                back[..],
+                [
+                    RouteChange::SetNexthop { .. },
+                    RouteChange::SetNexthop { .. },
+                    RouteChange::SetGroup { .. },
+                    RouteChange::SetGroup { .. },
+                ]
+            ),
+            "{back:?}"
+        );
+    }
+
+    #[test]
+    fn a_group_whose_nics_all_went_keeps_its_members_until_the_plan() {
+        let mut book = IdBook::default();
+        let before = plan(&dhcp_host(), &[group(&[H0, H1])]);
+        let installed = RouteState::of_plan(&before, &mut book);
+        assert!(reform(&before, &[group(&[])], &mut book, &installed).is_empty());
+    }
+
+    #[test]
+    fn a_deleted_nexthop_leaves_its_groups_and_an_emptied_group_takes_its_routes() {
+        let mut book = IdBook::default();
+        let mut state = state_of(&[H0], &mut book);
+        let routes = state.routes.len();
+        assert!(state.groups.values().all(|m| m.len() == 1));
+        let (gateway_id, _) = state
+            .nexthops
+            .iter()
+            .find(|(_, k)| k.gateway.is_some())
+            .map(|(id, k)| (*id, *k))
+            .unwrap();
+        assert!(state.forget_nexthop(gateway_id));
+        assert!(!state.forget_nexthop(gateway_id), "already gone");
+        assert_eq!(state.groups.len(), 1, "the default route's group emptied");
+        assert_eq!(state.routes.len(), routes - 1, "{:?}", state.routes);
+        state.forget_nexthops_through(H0);
+        assert!(state.nexthops.is_empty() && state.groups.is_empty());
+        assert!(state.routes.values().all(|r| r.via == Via::Throw));
+    }
+
+    #[test]
+    fn the_main_table_keeps_each_nic_s_route_of_a_shared_subnet_and_tells_what_changed() {
+        let mut table: MainTable = dhcp_host().into_iter().collect();
+        assert_eq!(table.iter().count(), 3);
+        assert_eq!(table.at(cidr("192.0.2.0/24")).count(), 2);
+        assert_eq!(table.take_delta(), MainDelta::default());
+        // A route replaced, then put back: no change at all.
+        let default = dhcp_host()[0].clone();
+        let moved = route("0.0.0.0/0", 100, &[(H0, Some("192.0.2.1"))]);
+        table.add(moved.clone(), true);
+        assert_eq!(table.at(cidr("0.0.0.0/0")).collect::<Vec<_>>(), [&moved]);
+        table.add(default.clone(), true);
+        assert_eq!(table.take_delta(), MainDelta::default());
+        // h1 leaves: its connected route and the default route go, h0's stays.
+        table.remove_through(H1);
+        let delta = table.take_delta();
+        assert_eq!(delta.before.len(), 2, "{delta:?}");
+        assert!(delta.after.is_empty());
+        assert_eq!(table.iter().count(), 1);
+    }
+
+    #[test]
+    fn ipv6_next_hops_come_and_go_one_at_a_time() {
+        let mut table = MainTable::default();
+        let one = route("2001:db8:1::/64", 1024, &[(H0, Some("fe80::1"))]);
+        let both = route(
+            "2001:db8:1::/64",
+            1024,
+            &[(H0, Some("fe80::1")), (H1, Some("fe80::1"))],
+        );
+        table.add(one.clone(), false);
+        // The kernel announces the whole route when a next hop is appended.
+        table.add(both.clone(), false);
+        assert_eq!(table.iter().collect::<Vec<_>>(), [&both]);
+        // ...and only the next hop when one is deleted.
+        table.remove(&route("2001:db8:1::/64", 1024, &[(H1, Some("fe80::1"))]));
+        assert_eq!(table.iter().collect::<Vec<_>>(), [&one]);
+        table.remove(&one);
+        assert_eq!(table.iter().count(), 0);
+        let delta = table.take_delta();
+        assert!(
+            delta.before.is_empty() && delta.after.is_empty(),
+            "{delta:?}"
+        );
+    }
+
+    #[test]
+    fn a_nic_taken_down_loses_the_routes_a_dump_no_longer_shows() {
+        let mut table: MainTable = dhcp_host().into_iter().collect();
+        // IPv4 deleted h1's routes: the dump filtered by h1 finds none.
+        table.replace_through(H1, []);
+        assert_eq!(
+            table.iter().map(|r| r.hops[0].oif).collect::<Vec<_>>(),
+            [H0]
+        );
+        let delta = table.take_delta();
+        assert_eq!((delta.before.len(), delta.after.len()), (2, 0));
+        // A source address gone takes its routes along.
+        table.remove_with_source(ip("192.0.2.20"));
+        assert_eq!(table.iter().count(), 0);
+    }
+
+    #[test]
+    fn throws_are_found_for_a_large_table_by_their_covering_prefix() {
+        // 20,000 host routes through a NIC outside the group, under the group's default
+        // route: each needs a throw, found without comparing every pair.
+        let mut main = dhcp_host();
+        for i in 0..20_000u32 {
+            let [_, a, b, c] = i.to_be_bytes();
+            let to = format!("10.{a}.{b}.{c}/32");
+            main.push(route(&to, 0, &[(M0, None)]));
+        }
+        let plan = plan(&main, &[group(&[H0, H1])]);
+        let throws = plan.routes.values().filter(|r| r.via == Via::Throw).count();
+        assert_eq!(throws, 20_000);
     }
 }

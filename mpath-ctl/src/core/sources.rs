@@ -103,6 +103,8 @@ mod tests {
         MainRoute {
             destination: cidr(destination),
             metric: 1024,
+            tos: 0,
+            plain: true,
             prefsrc: None,
             hops: vec![Hop {
                 oif,

@@ -109,7 +109,7 @@ impl Daemon {
             // A resync (`replan`) updates the routes once, after every group's NICs are set
             // up: before that, a later group's NICs look absent and its routes unserved.
             if !replan {
-                self.update_routes().await;
+                self.reform_groups(now).await;
             }
         }
     }

@@ -70,7 +70,7 @@ impl Daemon {
             Added::Adopt { .. } => {
                 for gi in self.adopt_addresses(&[(ifindex, cidr)]) {
                     self.move_addresses(gi).await;
-                    self.update_routes().await;
+                    self.routing.changed(Instant::now());
                 }
             }
         }
@@ -79,6 +79,12 @@ impl Daemon {
     /// The kernel reports an address gone.
     pub(super) async fn address_removed(&mut self, ifindex: u32, cidr: IpCidr, now: Instant) {
         self.addresses.retain(|a| *a != (ifindex, cidr));
+        // The kernel deleted the routes that named an IPv4 address gone from the host their
+        // source, without a word.
+        if cidr.addr().is_ipv4() && !self.addresses.iter().any(|(_, c)| c.addr() == cidr.addr()) {
+            self.routing.main.remove_with_source(cidr.addr());
+            self.routing.changed(now);
+        }
         if is_link_local(cidr.addr())
             && let Some(at) = self.stop_v6(ifindex, cidr)
         {

@@ -61,8 +61,9 @@ use crate::{
 };
 
 /// How often mpathd looks whether its programs are still on every NIC and tries again where
-/// they could not be attached: a detached program is back within this, at the cost of a link
-/// query per NIC.
+/// they could not be attached, and whether its routing settings still hold: a detached
+/// program or a reset setting is back within this, at the cost of a link query per NIC and
+/// three small file reads.
 const DATAPATH_CHECK: Duration = Duration::from_secs(2);
 
 /// Where the configuration is read from, again on SIGHUP.
@@ -108,6 +109,8 @@ pub struct Daemon {
     carrier_events: Option<CarrierEvents>,
     /// The carrier hook runs.
     carrier_hook: bool,
+    /// Why the routing settings could not be set, as last reported.
+    sysctl_errors: Vec<String>,
     metrics: Metrics,
 }
 
@@ -138,16 +141,9 @@ impl Daemon {
         announce::open_socket()?;
         let nexthops = Nexthops::connect().context("opening rtnetlink for nexthops")?;
         nexthops.check_kernel().await?;
-        match Netconf::system().hash_multipath_on_ports() {
-            Ok(changed) => {
-                for path in changed {
-                    tracing::info!(
-                        "{} set to 1: flows spread by their ports too",
-                        path.display()
-                    );
-                }
-            }
-            Err(e) => tracing::warn!("routed flows may not spread over the NICs: {e}"),
+        let sysctl_errors = set_routing_sysctls(false);
+        for e in &sysctl_errors {
+            tracing::warn!("{e}");
         }
         netlink
             .ensure_rules(config.daemon.route_table, config.daemon.route_rule_priority)
@@ -177,6 +173,7 @@ impl Daemon {
                 .context("starting the carrier watch")?,
             carrier_events: None,
             carrier_hook: false,
+            sysctl_errors,
             metrics,
         };
         // Before the NICs are set up: with the hook running, their carrier needs no reading.
@@ -255,6 +252,10 @@ impl Daemon {
                     scrape.answer(self.metrics.render(&self.metrics_snapshot()))
                 }
                 _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
+                // Planned route changes, a few at a time between everything else.
+                _ = std::future::ready(()), if self.routing.has_pending() => {
+                    self.route_step().await;
+                }
                 Some(ifindex) = carrier_losses.recv() => {
                     self.carrier_lost(ifindex, None, Instant::now()).await;
                 }
@@ -310,14 +311,12 @@ impl Daemon {
         wake
     }
 
-    /// What is due: reading the routing table again, repeating announcements, looking at
+    /// What is due: planning the routes again, repeating announcements, looking at
     /// multicast memberships again, probes, and the state machines' timers.
     async fn tick(&mut self) {
         let now = Instant::now();
-        if self.routing.due.is_some_and(|due| due <= now)
-            && let Err(e) = self.refresh_routes().await
-        {
-            tracing::error!("reading the routing table: {e:#}");
+        if self.routing.due.is_some_and(|due| due <= now) {
+            self.replan().await;
         }
         for announcement in self.announcer.due(now) {
             if let Err(e) = announcement.send() {
@@ -327,6 +326,11 @@ impl Daemon {
         self.recheck_memberships(now);
         if self.datapath_due <= now {
             self.check_datapath(now).await;
+            let errors = set_routing_sysctls(true);
+            if errors != self.sysctl_errors {
+                errors.iter().for_each(|e| tracing::warn!("{e}"));
+                self.sysctl_errors = errors;
+            }
             self.datapath_due = now + DATAPATH_CHECK;
         }
         for gi in 0..self.groups.len() {
@@ -341,6 +345,14 @@ impl Daemon {
         let now = Instant::now();
         match event {
             NetEvent::Link(link) => {
+                // The kernel deletes nexthops through a NIC without link, and IPv4 deletes
+                // the routes through one taken down, without notifications.
+                if !link.running && !link.lower_up || !link.up {
+                    self.routing.nexthops_flushed(link.ifindex);
+                }
+                if !link.up {
+                    self.routing.routes_flushed(link.ifindex, now);
+                }
                 if let Some(at) = self.groups.nic_at(link.ifindex)
                     && self.groups.nic(at).name != link.name
                 {
@@ -354,13 +366,20 @@ impl Daemon {
                     }
                 }
             }
-            NetEvent::LinkRemoved { name, ifindex } => self.link_removed(&name, ifindex, now).await,
+            NetEvent::LinkRemoved { name, ifindex } => {
+                self.link_removed(&name, ifindex, now).await;
+                self.routing.nexthops_flushed(ifindex);
+                self.routing.main.remove_through(ifindex);
+                self.routing.changed(now);
+            }
             NetEvent::AddressAdded { ifindex, cidr } => self.address_added(ifindex, cidr).await,
             NetEvent::AddressRemoved { ifindex, cidr } => {
                 self.address_removed(ifindex, cidr, now).await
             }
-            // A burst of route changes (a routing daemon filling the table) costs one dump.
-            NetEvent::RoutesChanged => self.routing.changed(now),
+            NetEvent::RouteAdded(notice) => self.route_notice(true, notice, now),
+            NetEvent::RouteRemoved(notice) => self.route_notice(false, notice, now),
+            NetEvent::RulesChanged => self.routing.rules_changed(now),
+            NetEvent::NexthopDeleted { id } => self.routing.nexthop_deleted(id, now),
             NetEvent::Overrun => {
                 tracing::warn!("the kernel dropped netlink events; resynchronising");
                 self.resync(&BTreeSet::new(), &BTreeMap::new()).await?;
@@ -446,6 +465,49 @@ impl Daemon {
     fn local_addresses(&self) -> Vec<IpAddr> {
         self.addresses.iter().map(|(_, c)| c.addr()).collect()
     }
+}
+
+/// Sets the kernel's routing settings mpathd's routes depend on: the multipath hash on ports
+/// (else routed flows do not spread) and no route announcements for nexthop group changes
+/// (else a failover floods every routing monitor). At start, and every few seconds since
+/// someone else (a configuration tool, an administrator) may set them back: `again` says so
+/// in the log. Returns the errors, for the caller to report once.
+fn set_routing_sysctls(again: bool) -> Vec<String> {
+    let netconf = Netconf::system();
+    let by_someone = if again {
+        " again: someone else had set it back"
+    } else {
+        ""
+    };
+    let mut lines = Vec::new();
+    let mut errors = Vec::new();
+    match netconf.hash_multipath_on_ports() {
+        Ok(changed) => lines.extend(changed.into_iter().map(|path| {
+            format!(
+                "{} set to 1{by_someone}; flows spread by their ports too",
+                path.display()
+            )
+        })),
+        Err(e) => errors.push(format!("routed flows may not spread over the NICs: {e}")),
+    }
+    match netconf.nexthop_compat_off() {
+        Ok(true) => lines.push(format!(
+            "net.ipv4.nexthop_compat_mode set to 0{by_someone}; a failover replaces each \
+             nexthop group without announcing every route through it again"
+        )),
+        Ok(false) => {}
+        Err(e) => errors.push(format!(
+            "each failover may announce every group route again, flooding routing monitors: {e}"
+        )),
+    }
+    for line in lines {
+        if again {
+            tracing::warn!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+    errors
 }
 
 /// The next carrier losses from the hook; never, without it.

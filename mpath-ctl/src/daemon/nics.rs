@@ -89,7 +89,8 @@ impl Daemon {
                 .collect()
         };
         let main = self.netlink.main_routes().await?;
-        self.take_main_routes(main);
+        self.routing.main.replace_all(main);
+        self.routing.reread_installed();
         self.addresses = addresses.clone();
         let now = Instant::now();
         for gi in 0..self.groups.len() {
@@ -165,7 +166,7 @@ impl Daemon {
             );
             self.delete_address(ifindex, cidr).await;
         }
-        self.update_routes().await;
+        self.replan().await;
         Ok(())
     }
 
@@ -215,7 +216,7 @@ impl Daemon {
         // With carrier back, nexthops through the NIC can be made again (the kernel deleted
         // them when it went).
         if carrier != link.usable() {
-            self.update_routes().await;
+            self.reform_groups(now).await;
         }
     }
 
@@ -421,7 +422,7 @@ impl Daemon {
             up: false,
         };
         self.handle(at.group, event, now).await;
-        self.update_routes().await;
+        self.reform_groups(now).await;
         if let Some(reported_ns) = reported_ns {
             let took_us = monotonic_ns().saturating_sub(reported_ns) / 1000;
             tracing::info!(

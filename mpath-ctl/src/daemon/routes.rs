@@ -2,7 +2,7 @@
 //! carrying out the changes that bring it to the plan.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, VecDeque},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -10,11 +10,11 @@ use std::{
 use crate::{
     config::RouteConfig,
     core::routes::{
-        self, Family, GroupKey, GroupRouting, IdBook, MainRoute, NexthopKey, NexthopObject,
-        NicRouting, RouteChange, RouteState,
+        self, Family, GroupKey, GroupRouting, IdBook, MainRoute, MainTable, NexthopKey,
+        NexthopObject, NicRouting, Plan, RouteChange, RouteState,
     },
     daemon::Daemon,
-    net::netlink::{MPATHD_PROTOCOL, Netlink},
+    net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, Netlink, RouteNotice},
     net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops},
 };
 
@@ -27,62 +27,294 @@ const NEXTHOP_BUCKETS: u16 = 256;
 /// NIC soon carries its share again.
 const IDLE_TIMER: Duration = Duration::from_secs(3);
 
-/// How long route changes are gathered before the table is read again.
-const ROUTE_DUMP_DELAY: Duration = Duration::from_millis(100);
+/// How long changes are gathered before the routes are planned again: a burst of route
+/// changes (a routing daemon filling the table) costs one plan.
+const PLAN_DELAY: Duration = Duration::from_millis(100);
 
-/// What mpathd knows of the routing: the main table, its nexthop ids, and when to look again.
+/// How soon mpathd reads its routes again and plans anew after the kernel refused a change
+/// or a read failed.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// How many route changes one turn of the event loop carries out: a few milliseconds of
+/// netlink requests, so that link events, probes, signals and the control socket never wait
+/// long behind a table of any size.
+const CHANGES_PER_TURN: usize = 64;
+
+/// What mpathd knows of the routing: the main table, what it has in the kernel, and the
+/// changes still to make.
 #[derive(Default)]
 pub(super) struct Routing {
     /// The main table, kept current from netlink: where probe targets and group routes come
     /// from.
-    pub main: Vec<MainRoute>,
+    pub main: MainTable,
     /// Ids of mpathd's nexthop objects.
     pub ids: IdBook,
-    /// Group NICs removed since the routing table was last read, by ifindex and group: their
+    /// Group NICs removed since the routes were last planned, by ifindex and group: their
     /// routes went with them.
     pub departed: Vec<(u32, String)>,
-    /// When the routing table is to be read again after it changed.
+    /// mpathd's nexthop objects and table as the kernel has them: read at start, on reload
+    /// and after lost notifications (`None` until then), then kept by mpathd's own changes
+    /// and the notifications of others'.
+    installed: Option<RouteState>,
+    /// The last plan, whose nexthop groups a failover re-forms at once.
+    plan: Plan,
+    /// The changes of the last plan not yet made, a few per turn of the event loop.
+    pending: VecDeque<RouteChange>,
+    /// Nexthops the kernel refused since the last plan: left out of their groups, and
+    /// a group refused is left out of the routes.
+    failed: BTreeSet<u32>,
+    /// When to plan again.
     pub due: Option<Instant>,
+    /// NICs taken down since the last plan, whose IPv4 routes the kernel deleted without a
+    /// notification: the main table's routes through them are read again.
+    reread: BTreeSet<u32>,
+    /// The rules changed: mpathd's is put back if it went.
+    rules_changed: bool,
+    /// The last error of route work, logged once however often it recurs.
+    last_error: Option<String>,
 }
 
 impl Routing {
-    /// The routing table changed: it is read again shortly, once for a whole burst.
+    /// Something the routes depend on changed: they are planned again shortly, once for a
+    /// whole burst.
     pub fn changed(&mut self, now: Instant) {
-        self.due.get_or_insert(now + ROUTE_DUMP_DELAY);
+        self.due.get_or_insert(now + PLAN_DELAY);
     }
 
     /// Every route of the main table, as probe target selection sees them.
     pub fn entries(&self) -> Vec<crate::core::target::RouteEntry> {
         self.main.iter().flat_map(MainRoute::entries).collect()
     }
+
+    /// Whether route changes wait to be made.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// What mpathd has in the kernel is to be read again before the next plan.
+    pub fn reread_installed(&mut self) {
+        self.installed = None;
+    }
+
+    /// Route work failed: logged (once while it fails the same way), and mpathd reads what
+    /// it has in the kernel and plans again a little later.
+    fn failed(&mut self, error: String, now: Instant) {
+        if self.last_error.as_ref() != Some(&error) {
+            tracing::error!("{error}");
+            self.last_error = Some(error);
+        } else {
+            tracing::debug!("{error}");
+        }
+        self.installed = None;
+        self.due = Some(
+            self.due
+                .map_or(now + RETRY_DELAY, |due| due.max(now + RETRY_DELAY)),
+        );
+    }
+
+    /// NIC `oif` lost its link (carrier, taken down, removed): the kernel deleted mpathd's
+    /// nexthops through it, without a word.
+    pub fn nexthops_flushed(&mut self, oif: u32) {
+        if let Some(installed) = &mut self.installed {
+            installed.forget_nexthops_through(oif);
+        }
+    }
+
+    /// NIC `oif` was taken down: IPv4 deleted the main table's routes through it without a
+    /// word, so they are read again.
+    pub fn routes_flushed(&mut self, oif: u32, now: Instant) {
+        self.reread.insert(oif);
+        self.changed(now);
+    }
+
+    /// The rules changed.
+    pub fn rules_changed(&mut self, now: Instant) {
+        self.rules_changed = true;
+        self.changed(now);
+    }
+
+    /// One of mpathd's nexthop objects was deleted; known to mpathd, it was not mpathd.
+    pub fn nexthop_deleted(&mut self, id: u32, now: Instant) {
+        if self
+            .installed
+            .as_mut()
+            .is_some_and(|installed| installed.forget_nexthop(id))
+        {
+            self.changed(now);
+        }
+    }
 }
 
 impl Daemon {
-    /// Reads the routing table again, gives the probers their on-link routers and the
-    /// groups their routes. mpathd's rule is put back if someone deleted it.
-    pub(super) async fn refresh_routes(&mut self) -> anyhow::Result<()> {
+    /// A route notification: the main table's are taken in (the plan follows shortly); in
+    /// mpathd's table, its own changes are no news, and what others did there is put right
+    /// by the next plan.
+    pub(super) fn route_notice(&mut self, added: bool, notice: RouteNotice, now: Instant) {
+        let table = self.config.daemon.route_table;
+        if notice.table == MAIN_TABLE {
+            if added {
+                self.routing.main.add(notice.route, notice.replace);
+            } else {
+                self.routing.main.remove(&notice.route);
+            }
+            self.routing.changed(now);
+            return;
+        }
+        if notice.table != table {
+            return;
+        }
+        let Some(installed) = &mut self.routing.installed else {
+            return;
+        };
+        let key = (notice.route.destination, notice.route.metric);
+        let ours = notice.protocol == MPATHD_PROTOCOL;
+        if !added {
+            // mpathd's own deletions are already out of `installed`.
+            if installed.routes.remove(&key).is_some() {
+                tracing::warn!(
+                    "the route to {} was deleted from mpathd's table {table} by someone else: \
+                     mpathd puts it back",
+                    key.0
+                );
+                self.routing.changed(now);
+            }
+            return;
+        }
+        if ours && installed.routes.get(&key) == notice.table_route.as_ref() {
+            return;
+        }
+        if ours {
+            match notice.table_route {
+                Some(route) => installed.routes.insert(key, route),
+                None => installed.routes.remove(&key),
+            };
+        } else {
+            tracing::warn!(
+                "a route to {} (protocol {}) was put in mpathd's table {table} by someone else: \
+                 mpathd replaces it while it serves that destination, and leaves it otherwise",
+                key.0,
+                notice.protocol
+            );
+            installed.routes.remove(&key);
+        }
+        self.routing.changed(now);
+    }
+
+    /// Plans mpathd's routes from the main table and the groups' usable NICs, and lists the
+    /// changes that get the kernel there; [`Daemon::route_step`] makes them. Reads the kernel
+    /// only what it must: mpathd's objects and table when they are not known, the main
+    /// table's routes through NICs taken down. mpathd's rule is put back if someone
+    /// deleted it.
+    pub(super) async fn replan(&mut self) {
         self.routing.due = None;
-        let main = self.netlink.main_routes().await?;
-        self.take_main_routes(main);
-        let local = self.local_addresses();
-        for gi in 0..self.groups.len() {
-            let routes = self.probe_routes(gi);
-            let g = &mut self.groups[gi];
-            let group_nics = g.ifindexes();
-            for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
-                p.prober.update_routes(&routes, &group_nics, &local);
+        // Known still: no change failed since the last read.
+        if self.routing.installed.is_some() {
+            self.routing.last_error = None;
+        } else {
+            match self.installed_routes().await {
+                Ok(installed) => self.routing.installed = Some(installed),
+                Err(e) => {
+                    let now = Instant::now();
+                    self.routing
+                        .failed(format!("reading mpathd's routes: {e:#}"), now);
+                    return;
+                }
             }
         }
-        let daemon = &self.config.daemon;
-        if let Err(e) = self
-            .netlink
-            .ensure_rules(daemon.route_table, daemon.route_rule_priority)
-            .await
-        {
-            tracing::error!("{e}");
+        if std::mem::take(&mut self.routing.rules_changed) {
+            let daemon = &self.config.daemon;
+            if let Err(e) = self
+                .netlink
+                .ensure_rules(daemon.route_table, daemon.route_rule_priority)
+                .await
+            {
+                tracing::error!("{e}");
+            }
         }
-        self.update_routes().await;
-        Ok(())
+        for oif in std::mem::take(&mut self.routing.reread) {
+            match self.netlink.main_routes_through(oif).await {
+                Ok(found) => self.routing.main.replace_through(oif, found),
+                Err(e) => {
+                    tracing::error!("reading the main table's routes through ifindex {oif}: {e:#}")
+                }
+            }
+        }
+        if self.take_main_delta() {
+            let local = self.local_addresses();
+            for gi in 0..self.groups.len() {
+                let routes = self.probe_routes(gi);
+                let g = &mut self.groups[gi];
+                let group_nics = g.ifindexes();
+                for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
+                    p.prober.update_routes(&routes, &group_nics, &local);
+                }
+            }
+        }
+        let plan = routes::plan(self.routing.main.iter(), &self.group_routing());
+        let desired = RouteState::of_plan(&plan, &mut self.routing.ids);
+        if let Some(installed) = &self.routing.installed {
+            self.routing.pending = routes::changes(installed, &desired).into();
+        }
+        self.routing.failed.clear();
+        self.update_source_routes(&plan);
+        self.update_sources();
+        self.routing.plan = plan;
+    }
+
+    /// Makes the next few planned changes.
+    pub(super) async fn route_step(&mut self) {
+        for _ in 0..CHANGES_PER_TURN {
+            let Some(change) = self.routing.pending.pop_front() else {
+                break;
+            };
+            self.make(change).await;
+        }
+    }
+
+    /// A NIC joined or left the group's usable set, or lost or regained its carrier: the
+    /// group's nexthop groups are re-formed over the NICs that serve now, at once and
+    /// without reading any table; the rest (routes, sources, deletions) follows with the next
+    /// plan, shortly.
+    pub(super) async fn reform_groups(&mut self, now: Instant) {
+        self.routing.changed(now);
+        self.update_sources();
+        let Some(installed) = &self.routing.installed else {
+            return;
+        };
+        let groups = self.group_routing();
+        let changes = routes::reform(
+            &self.routing.plan,
+            &groups,
+            &mut self.routing.ids,
+            installed,
+        );
+        // Planned nexthop changes are out of date now; the next plan makes those still due.
+        self.routing.pending.retain(|change| {
+            !matches!(
+                change,
+                RouteChange::SetNexthop { .. }
+                    | RouteChange::SetGroup { .. }
+                    | RouteChange::DelNexthop { .. }
+            )
+        });
+        self.routing.failed.clear();
+        for change in changes {
+            self.make(change).await;
+        }
+    }
+
+    /// Makes one change and records what the kernel then has; after an error, what mpathd
+    /// has in the kernel is read again and planned for.
+    async fn make(&mut self, change: RouteChange) {
+        match self.carry_out(change).await {
+            Ok(Some(done)) => {
+                if let Some(installed) = &mut self.routing.installed {
+                    installed.apply(&done);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.routing.failed(format!("{e:#}"), Instant::now()),
+        }
     }
 
     /// The routes group `gi`'s probers take their routers from: the main table's, and the
@@ -98,36 +330,17 @@ impl Daemon {
         routes
     }
 
-    /// Brings mpathd's table and nexthop objects in line with the main table and the
-    /// groups' usable NICs. Called when either may have changed; an unchanged plan costs two
-    /// dumps and no change.
-    pub(super) async fn update_routes(&mut self) {
-        let installed = match self.installed_routes().await {
-            Ok(installed) => installed,
-            Err(e) => {
-                tracing::error!("reading mpathd's routes: {e:#}");
-                return;
-            }
-        };
-        let plan = routes::plan(&self.routing.main, &self.group_routing());
-        let desired = RouteState::of_plan(&plan, &mut self.routing.ids);
-        let mut failed = BTreeSet::new();
-        for change in routes::changes(&installed, &desired) {
-            if let Err(e) = self.carry_out(&change, &mut failed).await {
-                tracing::error!("{e:#}");
-            }
-        }
-        self.update_source_routes(&plan);
-        self.update_sources();
-    }
-
-    /// Takes the routing table just read: routes the kernel deleted with a group NIC that
-    /// went down or away are held by the group, and held routes that are back in `main`
-    /// through the group's NICs are its owner's again.
-    pub(super) fn take_main_routes(&mut self, main: Vec<MainRoute>) {
-        let before = std::mem::replace(&mut self.routing.main, main);
-        let groups = &self.groups;
+    /// Takes the main table's changes since the last plan: routes the kernel deleted with a
+    /// group NIC that went down or away are held by the group, and held routes that are back
+    /// in `main` through the group's NICs are its owner's again. Returns whether anything
+    /// changed.
+    fn take_main_delta(&mut self) -> bool {
+        let delta = self.routing.main.take_delta();
         let departed = std::mem::take(&mut self.routing.departed);
+        if delta.before.is_empty() && delta.after.is_empty() {
+            return false;
+        }
+        let groups = &self.groups;
         let down = |oif: u32| {
             departed
                 .iter()
@@ -139,7 +352,7 @@ impl Daemon {
                 })
         };
         let orphans: Vec<(String, RouteConfig)> =
-            routes::orphaned(&before, &self.routing.main, down)
+            routes::orphaned(&delta.before, &delta.after, down)
                 .into_iter()
                 .map(|(group, route)| (group.to_string(), route))
                 .collect();
@@ -180,6 +393,7 @@ impl Daemon {
                 !back
             });
         }
+        true
     }
 
     /// Each group as the route planner needs it.
@@ -304,16 +518,14 @@ impl Daemon {
         })
     }
 
-    /// Carries out one change. Nexthops the kernel refused (a NIC that lost its carrier a
-    /// moment ago) are left out of the groups that follow, and a group left with no member
-    /// is not made, nor routes through it.
-    async fn carry_out(
-        &mut self,
-        change: &RouteChange,
-        failed: &mut BTreeSet<u32>,
-    ) -> anyhow::Result<()> {
+    /// Carries out one change; returns it as made (a group without the members the kernel
+    /// refused), or `None` when it was left out. Nexthops the kernel refused (a NIC that lost
+    /// its carrier a moment ago) are left out of the groups that follow, and a group left
+    /// with no member is not made, nor routes through it.
+    async fn carry_out(&mut self, change: RouteChange) -> anyhow::Result<Option<RouteChange>> {
         let table = self.config.daemon.route_table;
-        match change {
+        let failed = &mut self.routing.failed;
+        match &change {
             RouteChange::SetNexthop { id, key } => {
                 let nexthop = Nexthop {
                     id: *id,
@@ -351,7 +563,7 @@ impl Daemon {
                         tracing::warn!(
                             "the group's routes{via} leave {nic} out for now: the kernel refused its nexthop ({e})"
                         );
-                        return Ok(());
+                        return Ok(None);
                     }
                     anyhow::bail!("making the nexthop{via} through {nic}: {e}");
                 }
@@ -364,13 +576,13 @@ impl Daemon {
                     .collect();
                 if members.is_empty() {
                     failed.insert(*id);
-                    return Ok(());
+                    return Ok(None);
                 }
                 let group = Nexthop {
                     id: *id,
                     protocol: MPATHD_PROTOCOL,
                     kind: NexthopKind::Resilient {
-                        members,
+                        members: members.clone(),
                         buckets: NEXTHOP_BUCKETS,
                         idle_timer: IDLE_TIMER,
                         unbalanced_timer: Duration::ZERO,
@@ -380,6 +592,8 @@ impl Daemon {
                     failed.insert(*id);
                     return Err(e.into());
                 }
+                tracing::debug!("routes: {change:?}");
+                return Ok(Some(RouteChange::SetGroup { id: *id, members }));
             }
             RouteChange::SetRoute {
                 destination,
@@ -387,7 +601,7 @@ impl Daemon {
                 route,
             } => {
                 if matches!(route.via, routes::Via::Group(id) if failed.contains(&id)) {
-                    return Ok(());
+                    return Ok(None);
                 }
                 self.netlink
                     .set_table_route(table, *destination, *metric, route)
@@ -406,7 +620,7 @@ impl Daemon {
             }
         }
         tracing::debug!("routes: {change:?}");
-        Ok(())
+        Ok(Some(change))
     }
 }
 

@@ -167,6 +167,24 @@ impl Netconf {
         Ok(changed)
     }
 
+    /// Turns `net.ipv4.nexthop_compat_mode` off. With it on (the kernel's default) each
+    /// replacement of a nexthop group makes the kernel announce every route through the group
+    /// again: a failover with 100,000 routes sends as many messages to every routing monitor
+    /// of the host (mpathd's, a network manager's), overflowing them. Routes through nexthop
+    /// objects are shown the same either way. Returns whether it changed; a kernel without
+    /// the setting (before 5.8) has none to turn off.
+    pub(crate) fn nexthop_compat_off(&self) -> Result<bool, NetconfError> {
+        let path = self.root.join("ipv4/nexthop_compat_mode");
+        if !path.exists() {
+            return Ok(false);
+        }
+        if read_number(&path)? == 0 {
+            return Ok(false);
+        }
+        write_number(&path, 0)?;
+        Ok(true)
+    }
+
     /// `ROOT/ipv4/conf/INTERFACE`, for a real interface's name only: `all` and `default`
     /// would change every interface, and path characters would leave the directory.
     fn interface_dir(&self, interface: &str) -> Result<PathBuf, NetconfError> {
@@ -325,6 +343,18 @@ mod tests {
             assert_eq!(std::fs::read_to_string(path).unwrap(), policy, "{family}");
         }
         assert!(netconf.hash_multipath_on_ports().unwrap().is_empty());
+    }
+
+    #[test]
+    fn nexthop_compat_mode_is_turned_off_once_and_a_kernel_without_it_is_fine() {
+        let tree = FakeTree::new("compat");
+        let netconf = Netconf::at(&tree.root);
+        assert!(!netconf.nexthop_compat_off().unwrap(), "no such setting");
+        let path = tree.root.join("ipv4/nexthop_compat_mode");
+        std::fs::write(&path, "1\n").unwrap();
+        assert!(netconf.nexthop_compat_off().unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "0\n");
+        assert!(!netconf.nexthop_compat_off().unwrap());
     }
 
     #[test]

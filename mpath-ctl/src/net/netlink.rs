@@ -17,8 +17,8 @@ use bytes::BytesMut;
 use futures_channel::mpsc::UnboundedReceiver;
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
-    NLMSG_OVERRUN, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload, NetlinkSerializable,
+    NLM_F_REPLACE, NLMSG_OVERRUN, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, CacheInfo,
@@ -45,6 +45,12 @@ pub(crate) const MPATHD_PROTOCOL: u8 = 109;
 
 /// The table of the host's own addresses (local and broadcast routes).
 const RT_TABLE_LOCAL: u32 = 255;
+
+/// What the header of a route message says of a table above 255, which only RTA_TABLE holds.
+const RT_TABLE_COMPAT: u8 = 252;
+
+/// The main table, whose routes group routes are made from.
+pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// The kernel's "forever" for address lifetimes (INFINITY_LIFE_TIME).
 const INFINITE_LIFETIME: u32 = u32::MAX;
@@ -142,13 +148,34 @@ pub enum NetEvent {
         ifindex: u32,
         cidr: IpCidr,
     },
-    /// A route was added, changed or removed (see `is_routing_change`), or a routing rule:
-    /// dump them again.
-    RoutesChanged,
+    /// A route of any table but `local` was added or replaced; the notice has all of it.
+    RouteAdded(RouteNotice),
+    /// A route was deleted, or (IPv6) some of its next hops: those the notice names.
+    RouteRemoved(RouteNotice),
+    /// A routing rule was added or deleted.
+    RulesChanged,
+    /// One of mpathd's nexthop objects was deleted: by the kernel with its NIC's carrier or
+    /// link (which also takes it out of its groups), by someone else, or by mpathd.
+    NexthopDeleted {
+        id: u32,
+    },
     /// Events were lost (the socket's receive buffer overflowed, a message could not be
     /// parsed, or the socket failed and was reopened): the state known so far is stale,
     /// dump links, addresses and routes again.
     Overrun,
+}
+
+/// A route change the kernel announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteNotice {
+    pub table: u32,
+    /// Who made the route (`rtm_protocol`): [`MPATHD_PROTOCOL`] for mpathd's own.
+    pub protocol: u8,
+    pub route: MainRoute,
+    /// The route read as one of mpathd's table: through a nexthop object, or a throw.
+    pub table_route: Option<TableRoute<u32>>,
+    /// It took the place of another route (NLM_F_REPLACE).
+    pub replace: bool,
 }
 
 /// How [`Netlink::add_address`] adds an address.
@@ -239,6 +266,21 @@ pub enum NetlinkError {
 pub struct Netlink {
     handle: Handle,
     connection: JoinHandle<()>,
+    /// Route dumps, on a socket with strict checking (NETLINK_GET_STRICT_CHK): the kernel
+    /// then sends only the routes of the table, protocol and NIC asked for, where without it
+    /// every route of every table comes and is sorted out here.
+    route_dumps: Handle,
+    route_dumps_connection: JoinHandle<()>,
+}
+
+/// Which routes a dump asks the kernel for.
+#[derive(Clone, Copy, Debug)]
+struct RouteFilter {
+    table: u32,
+    /// Only those of this `rtm_protocol`.
+    protocol: Option<u8>,
+    /// Only those with a next hop through this NIC.
+    oif: Option<u32>,
 }
 
 impl Netlink {
@@ -247,9 +289,13 @@ impl Netlink {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
         let (connection, handle, _unsolicited) =
             rtnetlink::new_connection().map_err(NetlinkError::Open)?;
+        let (route_dumps_connection, route_dumps, _unsolicited) =
+            rtnetlink::new_connection_with_strict_check().map_err(NetlinkError::Open)?;
         Ok(Netlink {
             handle,
             connection: runtime.spawn(connection),
+            route_dumps,
+            route_dumps_connection: runtime.spawn(route_dumps_connection),
         })
     }
 
@@ -410,12 +456,30 @@ impl Netlink {
     /// The routes of the main table, IPv4 then IPv6. Next hops marked dead or linkdown are
     /// listed too: they are still in the table and come back with their link.
     pub async fn main_routes(&self) -> Result<Vec<MainRoute>, NetlinkError> {
-        let main = u32::from(RouteHeader::RT_TABLE_MAIN);
+        let filter = RouteFilter {
+            table: MAIN_TABLE,
+            protocol: None,
+            oif: None,
+        };
         Ok(self
-            .route_messages()
+            .route_messages(filter)
             .await?
             .iter()
-            .filter(|message| table_of(message) == main)
+            .filter_map(main_route)
+            .collect())
+    }
+
+    /// The routes of the main table with a next hop through `oif` (none when it is gone).
+    pub async fn main_routes_through(&self, oif: u32) -> Result<Vec<MainRoute>, NetlinkError> {
+        let filter = RouteFilter {
+            table: MAIN_TABLE,
+            protocol: None,
+            oif: Some(oif),
+        };
+        Ok(self
+            .route_messages(filter)
+            .await?
+            .iter()
             .filter_map(main_route)
             .collect())
     }
@@ -425,13 +489,16 @@ impl Netlink {
         &self,
         table: u32,
     ) -> Result<Vec<((IpCidr, u32), TableRoute<u32>)>, NetlinkError> {
+        let filter = RouteFilter {
+            table,
+            protocol: Some(MPATHD_PROTOCOL),
+            oif: None,
+        };
         Ok(self
-            .route_messages()
+            .route_messages(filter)
             .await?
             .iter()
-            .filter(|message| {
-                table_of(message) == table && u8::from(message.header.protocol) == MPATHD_PROTOCOL
-            })
+            .filter(|message| table_of(message) == table)
             .filter_map(table_route)
             .collect())
     }
@@ -561,8 +628,9 @@ impl Netlink {
         }
     }
 
-    /// Every route of every table, IPv4 then IPv6.
-    async fn route_messages(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
+    /// The routes `filter` asks for, IPv4 then IPv6, filtered by the kernel. A table that
+    /// does not exist yet (ENOENT) or a NIC already gone (ENODEV) has none.
+    async fn route_messages(&self, filter: RouteFilter) -> Result<Vec<RouteMessage>, NetlinkError> {
         let mut messages = Vec::new();
         for (family, family_name) in [
             (AddressFamily::Inet, "IPv4"),
@@ -570,18 +638,31 @@ impl Netlink {
         ] {
             let mut query = RouteMessage::default();
             query.header.address_family = family;
-            let found: Vec<RouteMessage> = self
-                .handle
+            query.header.table = u8::try_from(filter.table).unwrap_or(RT_TABLE_COMPAT);
+            query.attributes.push(RouteAttribute::Table(filter.table));
+            if let Some(protocol) = filter.protocol {
+                query.header.protocol = RouteProtocol::from(protocol);
+            }
+            if let Some(oif) = filter.oif {
+                query.attributes.push(RouteAttribute::Oif(oif));
+            }
+            let found: Result<Vec<RouteMessage>, _> = self
+                .route_dumps
                 .route()
                 .get(query)
                 .execute()
                 .try_collect()
-                .await
-                .map_err(|error| NetlinkError::ListRoutes {
-                    family: family_name,
-                    source: io_error(error),
-                })?;
-            messages.extend(found);
+                .await;
+            match found {
+                Ok(found) => messages.extend(found),
+                Err(error) if matches!(errno(&error), Some(libc::ENOENT | libc::ENODEV)) => {}
+                Err(error) => {
+                    return Err(NetlinkError::ListRoutes {
+                        family: family_name,
+                        source: io_error(error),
+                    });
+                }
+            }
         }
         Ok(messages)
     }
@@ -606,6 +687,7 @@ impl Netlink {
 impl Drop for Netlink {
     fn drop(&mut self) {
         self.connection.abort();
+        self.route_dumps_connection.abort();
     }
 }
 
@@ -753,7 +835,13 @@ impl NetlinkMessageCodec for ResyncOnUndecodable {
             if matches!(header.message_type, RTM_NEWNEXTHOP | RTM_DELNEXTHOP) {
                 // struct nhmsg: family, scope, protocol, ...
                 let protocol = buffer.payload().get(2).copied();
-                if header.message_type == RTM_DELNEXTHOP && protocol == Some(MPATHD_PROTOCOL) {
+                if header.message_type == RTM_DELNEXTHOP
+                    && protocol == Some(MPATHD_PROTOCOL)
+                    && let Some(id) = nexthop_id(buffer.payload())
+                {
+                    // Only a RouteNetlinkMessage can be handed on: the id takes the place
+                    // of the sequence number (a notification's is its requester's).
+                    header.sequence_number = id;
                     return Ok(Some(NetlinkMessage::new(header, NetlinkPayload::Noop)));
                 }
                 continue;
@@ -778,11 +866,32 @@ fn overrun<T>(mut header: NetlinkHeader) -> NetlinkMessage<T> {
     NetlinkMessage::new(header, NetlinkPayload::Overrun(Vec::new()))
 }
 
+/// NHA_ID of a nexthop message's payload: struct nhmsg (8 bytes), then attributes.
+fn nexthop_id(payload: &[u8]) -> Option<u32> {
+    const NHA_ID: u16 = 1;
+    let mut attributes = payload.get(8..)?;
+    while attributes.len() >= 4 {
+        let length = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
+        let kind = u16::from_ne_bytes([attributes[2], attributes[3]]);
+        if length < 4 {
+            return None;
+        }
+        if kind == NHA_ID && length == 8 {
+            return Some(u32::from_ne_bytes(attributes.get(4..8)?.try_into().ok()?));
+        }
+        attributes = attributes.get(length.next_multiple_of(4)..)?;
+    }
+    None
+}
+
 /// The event a notification stands for; `None` for those IPMP does not care about.
 fn event_from_message(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<NetEvent> {
     if is_own_nexthop_deletion(&message) {
-        return Some(NetEvent::RoutesChanged);
+        return Some(NetEvent::NexthopDeleted {
+            id: message.header.sequence_number,
+        });
     }
+    let replace = message.header.flags & NLM_F_REPLACE != 0;
     let inner = match message.payload {
         NetlinkPayload::Overrun(_) => return Some(NetEvent::Overrun),
         NetlinkPayload::InnerMessage(inner) => inner,
@@ -803,14 +912,33 @@ fn event_from_message(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<Ne
         RouteNetlinkMessage::DelAddress(address) => {
             address_of(&address).map(|(ifindex, cidr)| NetEvent::AddressRemoved { ifindex, cidr })
         }
-        RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route) => {
-            is_routing_change(&route).then_some(NetEvent::RoutesChanged)
+        RouteNetlinkMessage::NewRoute(route) => {
+            route_notice(&route, replace).map(NetEvent::RouteAdded)
+        }
+        RouteNetlinkMessage::DelRoute(route) => {
+            route_notice(&route, false).map(NetEvent::RouteRemoved)
         }
         RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_) => {
-            Some(NetEvent::RoutesChanged)
+            Some(NetEvent::RulesChanged)
         }
         _ => None,
     }
+}
+
+/// A route notification as mpathd reads it; `None` for the `local` table (the host's own
+/// addresses, which no group route depends on) and for routes without a destination.
+fn route_notice(message: &RouteMessage, replace: bool) -> Option<RouteNotice> {
+    let table = table_of(message);
+    if table == RT_TABLE_LOCAL {
+        return None;
+    }
+    Some(RouteNotice {
+        table,
+        protocol: u8::from(message.header.protocol),
+        route: main_route(message)?,
+        table_route: table_route(message).map(|(_, route)| route),
+        replace,
+    })
 }
 
 /// A deleted nexthop of mpathd's, as [`ResyncOnUndecodable`] passes it on: a header alone.
@@ -907,16 +1035,8 @@ fn table_of(message: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(message.header.table))
 }
 
-/// A route change worth a new dump: any route of any table but `local` (main's routes,
-/// blackholes and unreachables included, decide the group routes and their throws; mpathd's
-/// own table is checked for what others changed there).
-fn is_routing_change(message: &RouteMessage) -> bool {
-    table_of(message) != RT_TABLE_LOCAL
-}
-
 /// A route of the main table with one hop per next hop: the RTA_MULTIPATH list, or the
-/// route's own RTA_OIF. Routes that are not plain unicast through devices (other types, TOS
-/// routes, routes through a nexthop object) come without hops.
+/// route's own RTA_OIF.
 fn main_route(message: &RouteMessage) -> Option<MainRoute> {
     let destination = route_destination(message)?;
     let attributes = &message.attributes;
@@ -940,7 +1060,7 @@ fn main_route(message: &RouteMessage) -> Option<MainRoute> {
         RouteAttribute::MultiPath(hops) => Some(hops),
         _ => None,
     });
-    let hops = match multipath {
+    let mut hops: Vec<Hop> = match multipath {
         Some(hops) => hops
             .iter()
             .map(|hop| Hop {
@@ -960,11 +1080,16 @@ fn main_route(message: &RouteMessage) -> Option<MainRoute> {
             .into_iter()
             .collect(),
     };
+    // In a set's order: notifications and dumps list a multipath route's hops in orders of
+    // their own.
+    hops.sort_unstable();
     Some(MainRoute {
         destination,
         metric,
+        tos: message.header.tos,
+        plain,
         prefsrc,
-        hops: if plain { hops } else { Vec::new() },
+        hops,
     })
 }
 
@@ -1307,40 +1432,61 @@ mod tests {
     }
 
     #[test]
-    fn routing_changes_outside_the_local_table_signal_a_change() {
-        let main = route_message(AddressFamily::Inet, RouteHeader::RT_TABLE_MAIN, vec![]);
-        assert_eq!(
-            event_from_message(notification(RouteNetlinkMessage::NewRoute(main.clone()))),
-            Some(NetEvent::RoutesChanged)
-        );
-        assert_eq!(
+    fn route_notifications_carry_the_route_its_table_and_its_maker() {
+        let mut main = route_message(AddressFamily::Inet, RouteHeader::RT_TABLE_MAIN, vec![]);
+        main.header.protocol = RouteProtocol::Static;
+        let notice = |message: RouteNetlinkMessage| match event_from_message(notification(message))
+        {
+            Some(NetEvent::RouteAdded(notice) | NetEvent::RouteRemoved(notice)) => Some(notice),
+            _ => None,
+        };
+        let added = notice(RouteNetlinkMessage::NewRoute(main.clone())).unwrap();
+        assert_eq!(added.table, MAIN_TABLE);
+        assert_eq!(added.protocol, 4);
+        assert_eq!(added.route.destination, cidr("0.0.0.0/0"));
+        assert_eq!(added.table_route, None);
+        assert!(matches!(
             event_from_message(notification(RouteNetlinkMessage::DelRoute(main.clone()))),
-            Some(NetEvent::RoutesChanged)
-        );
+            Some(NetEvent::RouteRemoved(_))
+        ));
         // Adding an address puts its local and broadcast routes in table local (255).
         let local = route_message(AddressFamily::Inet, 255, vec![]);
-        assert_eq!(
-            event_from_message(notification(RouteNetlinkMessage::NewRoute(local))),
-            None
-        );
+        assert_eq!(notice(RouteNetlinkMessage::NewRoute(local)), None);
         // Table 1000 only fits RTA_TABLE; the header says RT_TABLE_COMPAT (252).
         let big_table = route_message(AddressFamily::Inet, 252, vec![RouteAttribute::Table(1000)]);
-        assert_eq!(table_of(&big_table), 1000);
-        assert!(is_routing_change(&big_table));
+        assert_eq!(
+            notice(RouteNetlinkMessage::NewRoute(big_table))
+                .unwrap()
+                .table,
+            1000
+        );
         let local_by_attribute =
             route_message(AddressFamily::Inet, 252, vec![RouteAttribute::Table(255)]);
-        assert!(!is_routing_change(&local_by_attribute));
-        let mut throw = main.clone();
+        assert_eq!(
+            notice(RouteNetlinkMessage::NewRoute(local_by_attribute)),
+            None
+        );
+        // mpathd's own: a throw and a route through a nexthop group.
+        let mut throw = route_message(AddressFamily::Inet, 252, vec![RouteAttribute::Table(28016)]);
         throw.header.kind = RouteType::Throw;
-        assert!(is_routing_change(&throw));
-        let mut blackhole = main;
-        blackhole.header.kind = RouteType::BlackHole;
-        assert!(is_routing_change(&blackhole));
+        throw.header.protocol = RouteProtocol::from(MPATHD_PROTOCOL);
+        let throw = notice(RouteNetlinkMessage::NewRoute(throw)).unwrap();
+        assert_eq!(throw.protocol, MPATHD_PROTOCOL);
+        assert_eq!(throw.table_route.unwrap().via, Via::Throw);
+        let grouped = route_message(
+            AddressFamily::Inet,
+            252,
+            vec![RouteAttribute::Table(28016), RouteAttribute::NhId(7)],
+        );
+        let grouped = notice(RouteNetlinkMessage::NewRoute(grouped)).unwrap();
+        assert_eq!(grouped.table_route.unwrap().via, Via::Group(7));
+        // Through a nexthop object, a route of main is not one a group could serve.
+        assert!(!grouped.route.plain);
         assert_eq!(
             event_from_message(notification(RouteNetlinkMessage::NewRule(
                 RuleMessage::default()
             ))),
-            Some(NetEvent::RoutesChanged)
+            Some(NetEvent::RulesChanged)
         );
     }
 
@@ -1380,6 +1526,8 @@ mod tests {
             Some(MainRoute {
                 destination: cidr("198.51.100.0/24"),
                 metric: 100,
+                tos: 0,
+                plain: true,
                 prefsrc: None,
                 hops: vec![
                     Hop {
@@ -1432,6 +1580,8 @@ mod tests {
             Some(MainRoute {
                 destination: cidr("192.0.2.0/24"),
                 metric: 0,
+                tos: 0,
+                plain: true,
                 prefsrc: Some("192.0.2.20".parse().unwrap()),
                 hops: vec![Hop {
                     oif: 3,
@@ -1446,10 +1596,12 @@ mod tests {
             RouteHeader::RT_TABLE_MAIN,
             vec![RouteAttribute::NhId(9), RouteAttribute::Oif(3)],
         );
-        assert_eq!(main_route(&nexthop_object).unwrap().hops, vec![]);
+        let nexthop_object = main_route(&nexthop_object).unwrap();
+        assert!(!nexthop_object.plain);
+        assert_eq!(nexthop_object.entries().count(), 0);
         let mut blackhole = route_message(AddressFamily::Inet, RouteHeader::RT_TABLE_MAIN, vec![]);
         blackhole.header.kind = RouteType::BlackHole;
-        assert_eq!(main_route(&blackhole).unwrap().hops, vec![]);
+        assert!(!main_route(&blackhole).unwrap().plain);
     }
 
     fn serialized(message: RouteNetlinkMessage, sequence_number: u32) -> Vec<u8> {
@@ -1503,6 +1655,11 @@ mod tests {
         );
     }
 
+    /// The kernel's RTM_DELNEXTHOP when `ip nexthop del id 1836056577` deleted a nexthop of
+    /// protocol 109 on ifindex 3 (captured on Linux 6.18): nhmsg, NHA_ID, NHA_OIF.
+    const KERNEL_DELNEXTHOP: &str = "28000000690005007344166bf92e000002fe6d0000000000\
+                                     080001000100706d0800050003000000";
+
     /// An RTM_NEWNEXTHOP or RTM_DELNEXTHOP with an nhmsg of `protocol` (no attributes).
     fn nexthop_notification(message_type: u16, protocol: u8) -> Vec<u8> {
         let mut bytes = vec![24, 0, 0, 0];
@@ -1513,23 +1670,32 @@ mod tests {
     }
 
     #[test]
-    fn only_a_deleted_nexthop_of_mpathd_s_is_an_event() {
+    fn only_a_deleted_nexthop_of_mpathd_s_is_an_event_and_names_its_id() {
         let link = link_message(AddressFamily::Unspec, LinkFlags::Up);
+        let kernel: Vec<u8> = (0..KERNEL_DELNEXTHOP.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&KERNEL_DELNEXTHOP[i..i + 2], 16).unwrap())
+            .collect();
         let mut datagram = BytesMut::new();
         for (message_type, protocol) in [
             (RTM_NEWNEXTHOP, MPATHD_PROTOCOL),
             (RTM_DELNEXTHOP, 4),
+            // Without NHA_ID: no use to anyone.
             (RTM_DELNEXTHOP, MPATHD_PROTOCOL),
         ] {
             datagram.extend_from_slice(&nexthop_notification(message_type, protocol));
         }
+        datagram.extend_from_slice(&kernel);
         datagram.extend_from_slice(&serialized(RouteNetlinkMessage::NewLink(link.clone()), 1));
         let mut next = || {
             ResyncOnUndecodable::decode::<RouteNetlinkMessage>(&mut datagram)
                 .unwrap()
                 .map(event_from_message)
         };
-        assert_eq!(next(), Some(Some(NetEvent::RoutesChanged)));
+        assert_eq!(
+            next(),
+            Some(Some(NetEvent::NexthopDeleted { id: 0x6d70_0001 }))
+        );
         assert!(matches!(next(), Some(Some(NetEvent::Link(_)))));
         assert_eq!(next(), None);
     }
