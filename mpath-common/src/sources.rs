@@ -19,7 +19,12 @@ use crate::{MAX_GROUPS, flow_hash};
 /// Data addresses of one group and class the hook chooses from.
 pub const MAX_SOURCES: usize = 16;
 /// Prefixes of mpathd's table each trie (IPv4, IPv6) holds: far more than a host's routes.
-pub const MAX_SOURCE_ROUTES: u32 = 16 * 1024;
+/// The limit costs nothing until used, as the kernel allocates an LPM trie's nodes as entries
+/// come (it refuses to preallocate one): a prefix takes a node of 64 bytes with its key and
+/// value, and the trie at most one more such intermediate node per prefix, so at most 128 MiB
+/// for a full map, charged to mpathd's memory cgroup. Past the limit the kernel picks the
+/// sources of what does not fit, and mpathd says so.
+pub const MAX_SOURCE_ROUTES: u32 = 1 << 20;
 /// [`SourceRoute::group`] of a destination the hook leaves to the kernel (a `throw` route, an
 /// IPv4 route through gateways).
 pub const NO_GROUP: u32 = u32::MAX;

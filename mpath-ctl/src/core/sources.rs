@@ -13,6 +13,7 @@
 //! it does no IO.
 
 use std::{
+    cmp::Reverse,
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
 };
@@ -40,6 +41,29 @@ pub(crate) fn routes(plan: &Plan) -> BTreeMap<IpCidr, Option<String>> {
             (*destination, group)
         })
         .collect()
+}
+
+/// The prefixes of one family's table (`prefixes`) that a trie holding at most `capacity`
+/// leaves to the kernel: none while all fit. A destination whose prefix is left out must find no prefix
+/// holding it in the trie either, or the hook would give it the source of a route that does
+/// not serve it; so the most specific prefixes stay, the first `capacity` of them, and a
+/// prefix never stays without every prefix of the table inside it (which are longer).
+pub(crate) fn left_out(prefixes: &[IpCidr], capacity: usize) -> BTreeSet<IpCidr> {
+    if prefixes.len() <= capacity {
+        return BTreeSet::new();
+    }
+    let mut by_length = prefixes.to_vec();
+    by_length.sort_by_key(|prefix| Reverse(prefix.prefix_len()));
+    by_length.split_off(capacity).into_iter().collect()
+}
+
+/// The networks that hold `prefix`, longest first: a trie that cannot hold `prefix` must not
+/// hold them either (see [`left_out`]).
+pub(crate) fn holders(prefix: IpCidr) -> impl Iterator<Item = IpCidr> {
+    (0..prefix.prefix_len())
+        .rev()
+        .filter_map(move |len| IpCidr::new(prefix.addr(), len).ok())
+        .map(|holder| holder.network())
 }
 
 /// A group's sources by class.
@@ -193,5 +217,55 @@ mod tests {
         let sources = sources(many);
         assert_eq!(sources.of(SourceClass::Global).len(), MAX_SOURCES);
         assert!(sources.overflowing);
+    }
+
+    #[test]
+    fn a_trie_too_small_keeps_the_most_specific_prefixes_and_never_one_holding_a_left_out_one() {
+        // In the table's order, by address.
+        let routes = [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.2.0.0/16",
+            "172.16.0.0/24",
+            "172.16.1.0/24",
+        ]
+        .map(cidr);
+        assert!(left_out(&routes, 7).is_empty());
+        assert!(left_out(&routes, 100).is_empty());
+        let strings =
+            |set: BTreeSet<IpCidr>| set.iter().map(ToString::to_string).collect::<Vec<_>>();
+        // Of the two /16s the first in address order stays: 10.2.0.0/16 goes, and with it
+        // 10.0.0.0/8 and the default route, which hold it.
+        assert_eq!(
+            strings(left_out(&routes, 4)),
+            ["0.0.0.0/0", "10.0.0.0/8", "10.2.0.0/16"]
+        );
+        for capacity in 0..routes.len() {
+            let out = left_out(&routes, capacity);
+            assert_eq!(out.len(), routes.len() - capacity);
+            for kept in routes.iter().filter(|p| !out.contains(p)) {
+                assert!(
+                    out.iter().all(|gone| !kept.covers(*gone)),
+                    "{kept} stays over a left-out prefix (capacity {capacity})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_holders_of_a_prefix_are_its_networks_of_every_shorter_length() {
+        let strings: Vec<String> = holders(cidr("10.1.2.0/24"))
+            .map(|h| h.to_string())
+            .collect();
+        assert_eq!(strings.len(), 24);
+        assert_eq!(strings[..3], ["10.1.2.0/23", "10.1.0.0/22", "10.1.0.0/21"]);
+        assert_eq!(strings[23], "0.0.0.0/0");
+        assert_eq!(holders(cidr("::/0")).count(), 0);
+        assert_eq!(
+            holders(cidr("2001:db8::/33")).next(),
+            Some(cidr("2001:db8::/32"))
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     config::SourceSelection,
     core::{routes::Plan, sources},
     daemon::Daemon,
-    datapath::sources::cgroup2_root,
+    datapath::sources::{Served, cgroup2_root},
 };
 
 /// What mpathd knows of its source hook.
@@ -20,6 +20,44 @@ pub(super) struct SourceHook {
     pub attached: bool,
     /// Groups whose surplus addresses were already reported.
     overflowing: BTreeSet<String>,
+    /// Route maps that leave some of mpathd's prefixes to the kernel, with the errno of why,
+    /// as already reported.
+    short: BTreeMap<&'static str, Option<i32>>,
+}
+
+impl SourceHook {
+    /// Reports a route map that starts or stops serving all of mpathd's prefixes, or whose
+    /// reason changes: once, not at every rewrite. True when it said something.
+    fn report(&mut self, served: &Served) -> bool {
+        let Served {
+            map,
+            limit,
+            wanted,
+            served,
+            error,
+        } = served;
+        match error {
+            Some(e) => {
+                let news = self.short.insert(map, e.raw_os_error()) != Some(e.raw_os_error());
+                if news {
+                    tracing::warn!(
+                        "the source hook's map {map} holds at most {limit} prefixes and serves {served} of mpathd's {wanted} ({e}): the kernel picks the sources for the destinations of the other {}",
+                        wanted - served
+                    );
+                }
+                news
+            }
+            None => {
+                let news = self.short.remove(map).is_some();
+                if news {
+                    tracing::info!(
+                        "the source hook's map {map} serves all {wanted} of mpathd's prefixes again"
+                    );
+                }
+                news
+            }
+        }
+    }
 }
 
 impl Daemon {
@@ -73,8 +111,16 @@ impl Daemon {
                 None => Some((prefix, None)),
             })
             .collect();
-        if let Err(e) = self.datapath.maps.sources.write_routes(&routes) {
-            tracing::error!("giving the source hook mpathd's routes: {e}");
+        match self.datapath.maps.sources.write_routes(&routes) {
+            Ok(maps) => {
+                for served in &maps {
+                    self.source_hook.report(served);
+                }
+            }
+            Err(e) => tracing::error!(
+                "giving the source hook mpathd's routes: {}",
+                with_causes(&e)
+            ),
         }
     }
 
@@ -99,7 +145,10 @@ impl Daemon {
                         .sources
                         .write_sources(g.id, class, sources.of(class))
                 {
-                    tracing::error!("giving the source hook group {name}'s sources: {e}");
+                    tracing::error!(
+                        "giving the source hook group {name}'s sources: {}",
+                        with_causes(&e)
+                    );
                 }
             }
         }
@@ -110,7 +159,10 @@ impl Daemon {
     pub(super) fn forget_retired_sources(&mut self) {
         let ids: Vec<u32> = self.groups.iter().map(|g| g.id).collect();
         if let Err(e) = self.datapath.maps.sources.clear_other_groups(&ids) {
-            tracing::error!("clearing the source hook's retired groups: {e}");
+            tracing::error!(
+                "clearing the source hook's retired groups: {}",
+                with_causes(&e)
+            );
         }
     }
 }
@@ -128,4 +180,39 @@ fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use mpath_common::map_names::{SOURCE_ROUTES, SOURCE_ROUTES4};
+
+    use super::*;
+
+    fn served(map: &'static str, served: usize, errno: Option<i32>) -> Served {
+        Served {
+            map,
+            limit: 8,
+            wanted: 10,
+            served,
+            error: errno.map(io::Error::from_raw_os_error),
+        }
+    }
+
+    #[test]
+    fn a_route_map_short_of_room_is_reported_once_until_its_situation_changes() {
+        let mut hook = SourceHook::default();
+        assert!(!hook.report(&served(SOURCE_ROUTES4, 10, None)));
+        assert!(hook.report(&served(SOURCE_ROUTES4, 7, Some(libc::ENOSPC))));
+        // Rewrites that leave about as many out say nothing more.
+        assert!(!hook.report(&served(SOURCE_ROUTES4, 7, Some(libc::ENOSPC))));
+        assert!(!hook.report(&served(SOURCE_ROUTES4, 6, Some(libc::ENOSPC))));
+        // The other map is on its own.
+        assert!(hook.report(&served(SOURCE_ROUTES, 3, Some(libc::ENOSPC))));
+        // Another reason is news, and so is serving all again.
+        assert!(hook.report(&served(SOURCE_ROUTES4, 6, Some(libc::ENOMEM))));
+        assert!(hook.report(&served(SOURCE_ROUTES4, 10, None)));
+        assert!(!hook.report(&served(SOURCE_ROUTES4, 10, None)));
+    }
 }

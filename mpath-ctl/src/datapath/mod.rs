@@ -195,6 +195,7 @@ impl Datapath {
         for path in [pins.maps(), pins.links()] {
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
+        let outgrown = sources::unpin_outgrown_routes(&pins.maps())?;
         let netns_cookie = sources::netns_cookie().ok();
         let netdev_ifindex_offset = btf::Btf::kernel()
             .ok()
@@ -220,7 +221,8 @@ impl Datapath {
                 name: program_names::PROBE_RX,
                 source,
             })?;
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        maps.sources.take_over(outgrown)?;
         Ok(Datapath {
             lock,
             ebpf,

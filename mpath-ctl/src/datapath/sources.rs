@@ -4,7 +4,8 @@
 //! the datapath.
 
 use std::{
-    collections::BTreeMap,
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
@@ -12,12 +13,14 @@ use std::{
 };
 
 use aya::{
+    Pod,
     maps::{Array, Map, MapData, MapError, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
     programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink},
+    sys::SyscallError,
 };
 use mpath_common::{
     MAX_GROUPS, map_names, program_names,
-    sources::{SourceClass, SourceCounters, SourceRoute, SourceSet, set_index},
+    sources::{MAX_SOURCE_ROUTES, SourceClass, SourceCounters, SourceRoute, SourceSet, set_index},
 };
 
 use super::{
@@ -25,7 +28,7 @@ use super::{
     maps::{MapsError, typed},
     pin,
 };
-use crate::net::address::IpCidr;
+use crate::{core::sources, net::address::IpCidr};
 
 /// The hook's programs, each with the name of its link's pin.
 const HOOKS: [(&str, &str); 4] = [
@@ -37,18 +40,269 @@ const HOOKS: [(&str, &str); 4] = [
 
 /// The hook's maps.
 pub struct SourceMaps {
-    routes: LpmTrie<MapData, [u8; 16], SourceRoute>,
-    routes4: LpmTrie<MapData, [u8; 4], SourceRoute>,
+    routes: RouteMap<[u8; 16]>,
+    routes4: RouteMap<[u8; 4]>,
     sets: Array<MapData, SourceSet>,
     counters: PerCpuArray<MapData, SourceCounters>,
+}
+
+/// How much of mpathd's table one route map serves, after a rewrite.
+#[derive(Debug)]
+pub struct Served {
+    pub map: &'static str,
+    /// The map's `max_entries`.
+    pub limit: u32,
+    /// Prefixes of the table of the map's family.
+    pub wanted: usize,
+    /// Those the map holds as the table has them; the kernel picks the sources for the
+    /// destinations of the rest.
+    pub served: usize,
+    /// Why some are left to the kernel: ENOSPC past the limit, else what the kernel answered.
+    pub error: Option<io::Error>,
+}
+
+/// The key bytes of one family's route map.
+trait Octets: Pod {
+    fn of(addr: IpAddr) -> Option<Self>;
+    fn addr(self) -> IpAddr;
+}
+
+impl Octets for [u8; 16] {
+    fn of(addr: IpAddr) -> Option<Self> {
+        match addr {
+            IpAddr::V6(a) => Some(a.octets()),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    fn addr(self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(self))
+    }
+}
+
+impl Octets for [u8; 4] {
+    fn of(addr: IpAddr) -> Option<Self> {
+        match addr {
+            IpAddr::V4(a) => Some(a.octets()),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    fn addr(self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(self))
+    }
+}
+
+/// One family's route map.
+struct RouteMap<K> {
+    name: &'static str,
+    trie: LpmTrie<MapData, K, SourceRoute>,
+    limit: u32,
     /// The destinations as this process last wrote them (read from the map before its first
-    /// write): only mpathd writes the map, so a rewrite compares with this instead of
-    /// reading every entry back.
-    routes_written: Option<BTreeMap<IpCidr, Option<u32>>>,
+    /// write, which so removes whatever an earlier run left): only mpathd writes the map, so
+    /// a rewrite compares with this instead of reading every entry back.
+    written: Option<BTreeMap<IpCidr, Option<u32>>>,
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
+}
+
+/// The kernel's answer in a failed map operation.
+fn io_error(error: MapError) -> io::Error {
+    match error {
+        MapError::SyscallError(SyscallError { io_error, .. }) => io_error,
+        other => io::Error::other(other),
+    }
+}
+
+/// `max_entries` of a map, as the kernel has it.
+fn limit_of(name: &'static str, map: &MapData) -> Result<u32, MapsError> {
+    Ok(map.info().map_err(map_error(name))?.max_entries())
+}
+
+impl<K: Octets> RouteMap<K> {
+    fn new(name: &'static str, map: Map) -> Result<Self, MapsError> {
+        let Map::LpmTrie(data) = &map else {
+            return Err(MapsError::UnexpectedType { name });
+        };
+        Ok(RouteMap {
+            name,
+            limit: limit_of(name, data)?,
+            trie: typed(name, map)?,
+            written: None,
+        })
+    }
+
+    /// The map's destinations: the group id serving each, `None` for a throw.
+    fn entries(&self) -> Result<BTreeMap<IpCidr, Option<u32>>, MapsError> {
+        let mut routes = BTreeMap::new();
+        for entry in self.trie.iter() {
+            let (key, route) = entry.map_err(map_error(self.name))?;
+            // The kernel refuses prefixes longer than the key's bits.
+            if let Ok(prefix) = IpCidr::new(key.data().addr(), key.prefix_len() as u8) {
+                routes.insert(prefix, route.group());
+            }
+        }
+        Ok(routes)
+    }
+
+    fn key(prefix: &IpCidr) -> Option<Key<K>> {
+        K::of(prefix.addr()).map(|data| Key::new(u32::from(prefix.prefix_len()), data))
+    }
+
+    fn insert(&mut self, prefix: &IpCidr, group: Option<u32>) -> Result<(), MapError> {
+        match Self::key(prefix) {
+            Some(key) => self.trie.insert(&key, SourceRoute::new(group), 0),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes `prefix`'s entry: one that is not there (ENOENT) is not an error.
+    fn remove(&mut self, prefix: &IpCidr) -> Result<(), MapError> {
+        let Some(key) = Self::key(prefix) else {
+            return Ok(());
+        };
+        match self.trie.remove(&key) {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
+            result => result,
+        }
+    }
+
+    /// Makes the map's destinations those of its family in `wanted`, as far as the map holds
+    /// them: see [`sources::left_out`], which is told of one entry fewer than the limit, as
+    /// older kernels (6.1 among them) refuse even to change an entry of a full trie in place.
+    /// Stale entries go first, to make room, then the changed ones, most specific first, so
+    /// that none meets a prefix holding it that is not its own. An entry the kernel refuses
+    /// does not stop the others; the prefixes holding it are taken out too, and the next
+    /// rewrite tries it again. A failed removal is returned after the rest.
+    fn rewrite(&mut self, wanted: &BTreeMap<IpCidr, Option<u32>>) -> Result<Served, MapsError> {
+        let mut current = match self.written.take() {
+            Some(written) => written,
+            None => self.entries()?,
+        };
+        let ours = |prefix: &IpCidr| K::of(prefix.addr()).is_some();
+        let prefixes: Vec<IpCidr> = wanted.keys().copied().filter(ours).collect();
+        let capacity = self.limit.saturating_sub(1) as usize;
+        let left_out = sources::left_out(&prefixes, capacity);
+        let mut error = (!left_out.is_empty()).then(|| io::Error::from_raw_os_error(libc::ENOSPC));
+        let mut failed_removal = None;
+        let stale: Vec<IpCidr> = current
+            .keys()
+            .filter(|p| !wanted.contains_key(p) || left_out.contains(p))
+            .copied()
+            .collect();
+        for prefix in stale {
+            self.remove_entry(&prefix, &mut current, &mut failed_removal);
+        }
+        let mut changed: Vec<(IpCidr, Option<u32>)> = wanted
+            .iter()
+            .filter(|(p, g)| ours(p) && !left_out.contains(p) && current.get(p) != Some(g))
+            .map(|(p, g)| (*p, *g))
+            .collect();
+        changed.sort_by_key(|(prefix, _)| Reverse(prefix.prefix_len()));
+        // Holders of a prefix the kernel refused, which must not stay either.
+        let mut refused = BTreeSet::new();
+        for (prefix, group) in changed {
+            if refused.contains(&prefix) {
+                continue;
+            }
+            match self.insert(&prefix, group) {
+                Ok(()) => {
+                    current.insert(prefix, group);
+                }
+                Err(e) => {
+                    error = Some(io_error(e));
+                    refused.extend(sources::holders(prefix));
+                    // Its old group serves it no more.
+                    self.remove_entry(&prefix, &mut current, &mut failed_removal);
+                }
+            }
+        }
+        for holder in refused {
+            if current.contains_key(&holder) {
+                self.remove_entry(&holder, &mut current, &mut failed_removal);
+            }
+        }
+        let served = current
+            .iter()
+            .filter(|(p, g)| wanted.get(p) == Some(g))
+            .count();
+        self.written = Some(current);
+        if let Some(source) = failed_removal {
+            return Err(MapsError::Map {
+                name: self.name,
+                source,
+            });
+        }
+        Ok(Served {
+            map: self.name,
+            limit: self.limit,
+            wanted: prefixes.len(),
+            served,
+            error: error.filter(|_| served < prefixes.len()),
+        })
+    }
+
+    /// Removes `prefix`'s entry and forgets it in `current`; a failure is kept in `failed`
+    /// (the first one) and leaves the entry known.
+    fn remove_entry(
+        &mut self,
+        prefix: &IpCidr,
+        current: &mut BTreeMap<IpCidr, Option<u32>>,
+        failed: &mut Option<MapError>,
+    ) {
+        match self.remove(prefix) {
+            Ok(()) => {
+                current.remove(prefix);
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Copies every entry of `old` into this map; returns how many.
+    fn copy_from(&mut self, old: Map) -> Result<usize, MapsError> {
+        let old: LpmTrie<MapData, K, SourceRoute> = typed(self.name, old)?;
+        let mut copied = 0;
+        for entry in old.iter() {
+            let (key, route) = entry.map_err(map_error(self.name))?;
+            self.trie
+                .insert(&key, route, 0)
+                .map_err(map_error(self.name))?;
+            copied += 1;
+        }
+        Ok(copied)
+    }
+}
+
+/// The route maps pinned in `maps_dir` that hold fewer prefixes than this release's (an
+/// earlier release's held 16,384), their pins removed so that the loader makes this
+/// release's in their place: it would adopt them as they are, and keep the old limit until a
+/// teardown. [`SourceMaps::take_over`] copies their entries; meanwhile an earlier mpathd's
+/// hook keeps serving from them until this one's links replace its own.
+pub(super) fn unpin_outgrown_routes(
+    maps_dir: &Path,
+) -> Result<Vec<(&'static str, MapData)>, DatapathError> {
+    let mut outgrown = Vec::new();
+    for name in [map_names::SOURCE_ROUTES, map_names::SOURCE_ROUTES4] {
+        let path = maps_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let map = MapData::from_pin(&path).map_err(|source| MapsError::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        if limit_of(name, &map)? < MAX_SOURCE_ROUTES {
+            super::remove_pin(&path)?;
+            outgrown.push((name, map));
+        }
+    }
+    Ok(outgrown)
 }
 
 impl SourceMaps {
@@ -57,100 +311,53 @@ impl SourceMaps {
     ) -> Result<Self, MapsError> {
         use map_names::*;
         Ok(SourceMaps {
-            routes: typed(SOURCE_ROUTES, get(SOURCE_ROUTES)?)?,
-            routes4: typed(SOURCE_ROUTES4, get(SOURCE_ROUTES4)?)?,
+            routes: RouteMap::new(SOURCE_ROUTES, get(SOURCE_ROUTES)?)?,
+            routes4: RouteMap::new(SOURCE_ROUTES4, get(SOURCE_ROUTES4)?)?,
             sets: typed(SOURCES, get(SOURCES)?)?,
             counters: typed(SOURCE_COUNTERS, get(SOURCE_COUNTERS)?)?,
-            routes_written: None,
         })
+    }
+
+    /// Fills this load's route maps with the entries of those [`unpin_outgrown_routes`] took
+    /// away, before the hook runs this load's programs: the destinations it served stay
+    /// served through the upgrade.
+    pub(super) fn take_over(
+        &mut self,
+        outgrown: Vec<(&'static str, MapData)>,
+    ) -> Result<(), MapsError> {
+        for (name, old) in outgrown {
+            let old_limit = limit_of(name, &old)?;
+            let old = Map::from_map_data(old).map_err(map_error(name))?;
+            let (copied, limit) = if name == map_names::SOURCE_ROUTES {
+                (self.routes.copy_from(old)?, self.routes.limit)
+            } else {
+                (self.routes4.copy_from(old)?, self.routes4.limit)
+            };
+            tracing::info!(
+                "the source hook's {name} held at most {old_limit} prefixes (an earlier release's): replaced by one of {limit}, its {copied} entries copied"
+            );
+        }
+        Ok(())
     }
 
     /// The destinations the hook knows: the group id serving each, `None` for a throw.
     pub fn routes(&self) -> Result<BTreeMap<IpCidr, Option<u32>>, MapsError> {
-        let mut routes = BTreeMap::new();
-        for entry in self.routes.iter() {
-            let (key, route) = entry.map_err(map_error(map_names::SOURCE_ROUTES))?;
-            let addr = IpAddr::V6(Ipv6Addr::from(key.data()));
-            // The kernel refuses prefixes longer than the key's 128 bits.
-            if let Ok(prefix) = IpCidr::new(addr, key.prefix_len() as u8) {
-                routes.insert(prefix, route.group());
-            }
-        }
-        for entry in self.routes4.iter() {
-            let (key, route) = entry.map_err(map_error(map_names::SOURCE_ROUTES4))?;
-            let addr = IpAddr::V4(Ipv4Addr::from(key.data()));
-            if let Ok(prefix) = IpCidr::new(addr, key.prefix_len() as u8) {
-                routes.insert(prefix, route.group());
-            }
-        }
+        let mut routes = self.routes.entries()?;
+        routes.append(&mut self.routes4.entries()?);
         Ok(routes)
     }
 
-    /// Makes the hook's destinations `wanted`, changing only the entries that differ: a
-    /// destination being rewritten never misses its entry.
+    /// Makes the hook's destinations `wanted`, as far as its maps hold them, changing only
+    /// the entries that differ: a destination being rewritten never misses its entry. The
+    /// first write also removes what an earlier run left. Returns how much each map serves,
+    /// IPv6 first.
     pub fn write_routes(
         &mut self,
         wanted: &BTreeMap<IpCidr, Option<u32>>,
-    ) -> Result<(), MapsError> {
-        let mut current = match self.routes_written.take() {
-            Some(written) => written,
-            None => self.routes()?,
-        };
-        let result = self.rewrite_routes(&mut current, wanted);
-        self.routes_written = Some(current);
-        result
-    }
-
-    /// Brings the map from `current` to `wanted`, keeping `current` what the map holds.
-    fn rewrite_routes(
-        &mut self,
-        current: &mut BTreeMap<IpCidr, Option<u32>>,
-        wanted: &BTreeMap<IpCidr, Option<u32>>,
-    ) -> Result<(), MapsError> {
-        let bits = |prefix: &IpCidr| u32::from(prefix.prefix_len());
-        for (prefix, group) in wanted {
-            if current.get(prefix) == Some(group) {
-                continue;
-            }
-            match prefix.addr() {
-                IpAddr::V6(a) => self
-                    .routes
-                    .insert(
-                        &Key::new(bits(prefix), a.octets()),
-                        SourceRoute::new(*group),
-                        0,
-                    )
-                    .map_err(map_error(map_names::SOURCE_ROUTES))?,
-                IpAddr::V4(a) => self
-                    .routes4
-                    .insert(
-                        &Key::new(bits(prefix), a.octets()),
-                        SourceRoute::new(*group),
-                        0,
-                    )
-                    .map_err(map_error(map_names::SOURCE_ROUTES4))?,
-            }
-            current.insert(*prefix, *group);
-        }
-        let stale: Vec<IpCidr> = current
-            .keys()
-            .filter(|p| !wanted.contains_key(p))
-            .copied()
-            .collect();
-        for prefix in stale {
-            match prefix.addr() {
-                IpAddr::V6(a) => self
-                    .routes
-                    .remove(&Key::new(bits(&prefix), a.octets()))
-                    .map_err(map_error(map_names::SOURCE_ROUTES))?,
-                IpAddr::V4(a) => self
-                    .routes4
-                    .remove(&Key::new(bits(&prefix), a.octets()))
-                    .map_err(map_error(map_names::SOURCE_ROUTES4))?,
-            }
-            current.remove(&prefix);
-        }
-        Ok(())
+    ) -> Result<[Served; 2], MapsError> {
+        let served = self.routes.rewrite(wanted);
+        let served4 = self.routes4.rewrite(wanted);
+        Ok([served?, served4?])
     }
 
     /// The sources of group `group` for destinations of `class`.
