@@ -17,7 +17,7 @@
 //! does no IO.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::IpAddr,
 };
 
@@ -117,6 +117,21 @@ impl MainTable {
         self.routes
             .range((destination, 0, 0)..=(destination, u32::MAX, u8::MAX))
             .flat_map(|(_, routes)| routes)
+    }
+
+    /// The destinations inside `outer`, `outer` itself left out.
+    pub fn inside(&self, outer: IpCidr) -> BTreeSet<IpCidr> {
+        let (Ok(first), Ok(last)) = (
+            IpCidr::new(outer.network().addr(), 0),
+            IpCidr::new(outer.last_address(), outer.max_prefix_len()),
+        ) else {
+            return BTreeSet::new();
+        };
+        self.routes
+            .range((first, 0, 0)..=(last, u32::MAX, u8::MAX))
+            .map(|((destination, _, _), _)| *destination)
+            .filter(|d| *d != outer && outer.covers(*d))
+            .collect()
     }
 
     /// What changed since the last call.
@@ -402,32 +417,44 @@ pub(crate) struct Plan {
     pub groups: BTreeMap<GroupKey, Vec<NexthopKey>>,
     /// Routes by destination and metric.
     pub routes: BTreeMap<(IpCidr, u32), TableRoute<GroupKey>>,
+    /// How many routes go through each group: it goes with the last.
+    uses: BTreeMap<GroupKey, usize>,
 }
 
-/// Decides mpathd's table and nexthop groups from the main table and the groups.
-pub(crate) fn plan<'a>(
-    main: impl IntoIterator<Item = &'a MainRoute>,
-    groups: &[GroupRouting],
-) -> Plan {
-    // Every route with the group that serves it, if one does: all its hops leave through
-    // that group's NICs.
+/// A key of mpathd's table: destination and metric.
+type TableKey = (IpCidr, u32);
+
+/// The throw route: the lookup goes on to the next rule's table, `main`.
+const THROW: TableRoute<GroupKey> = TableRoute {
+    via: Via::Throw,
+    prefsrc: None,
+};
+
+/// A route that may decide a destination, with the group that would serve it.
+type Candidate = (MainRoute, Option<usize>);
+
+/// A route of main with the group that could serve it: one all of whose hops leave through
+/// that group's NICs.
+fn candidate(route: &MainRoute, groups: &[GroupRouting]) -> Candidate {
     let group_of = |oif: u32| groups.iter().position(|g| g.members.contains(&oif));
-    let from_main = main.into_iter().map(|route| {
-        let owners: BTreeSet<Option<usize>> = route.hops.iter().map(|h| group_of(h.oif)).collect();
-        // A gateway of the other family (`via inet6 fe80::1` for an IPv4 route) is no way a
-        // group nexthop of the route's family can take: such a route stays main's.
-        let family = Family::of(route.destination.addr());
-        let mixed = route
-            .hops
-            .iter()
-            .any(|h| h.gateway.is_some_and(|g| Family::of(g) != family));
-        let group = match owners.into_iter().collect::<Vec<_>>()[..] {
-            [Some(gi)] if !mixed && route.plain => Some(gi),
-            _ => None,
-        };
-        (route.clone(), group)
-    });
-    let configured = groups.iter().enumerate().flat_map(|(gi, g)| {
+    let owners: BTreeSet<Option<usize>> = route.hops.iter().map(|h| group_of(h.oif)).collect();
+    // A gateway of the other family (`via inet6 fe80::1` for an IPv4 route) is no way a
+    // group nexthop of the route's family can take: such a route stays main's.
+    let family = Family::of(route.destination.addr());
+    let mixed = route
+        .hops
+        .iter()
+        .any(|h| h.gateway.is_some_and(|g| Family::of(g) != family));
+    let group = match owners.into_iter().collect::<Vec<_>>()[..] {
+        [Some(gi)] if !mixed && route.plain && groupable(route.destination) => Some(gi),
+        _ => None,
+    };
+    (route.clone(), group)
+}
+
+/// The groups' own routes (configured and held) as candidates: through every NIC of theirs.
+fn configured(groups: &[GroupRouting]) -> impl Iterator<Item = Candidate> + '_ {
+    groups.iter().enumerate().flat_map(|(gi, g)| {
         g.configured.iter().map(move |r| {
             let hops = g.members.iter().map(|&oif| Hop {
                 oif,
@@ -441,77 +468,202 @@ pub(crate) fn plan<'a>(
                 prefsrc: None,
                 hops: hops.collect(),
             };
-            (route, Some(gi))
+            (route, groupable(r.to).then_some(gi))
         })
-    });
-    let mut by_destination: BTreeMap<IpCidr, Vec<(MainRoute, Option<usize>)>> = BTreeMap::new();
-    for (route, group) in from_main.chain(configured) {
-        let group = group.filter(|_| groupable(route.destination));
-        by_destination
-            .entry(route.destination)
-            .or_default()
-            .push((route, group));
-    }
+    })
+}
 
-    // A destination is the group's when its best routes (the lowest metric, which the kernel
-    // picks) are all that group's, and the group has a NIC to carry them.
-    let mut served = BTreeMap::new();
-    let mut others = Vec::new();
-    for (destination, routes) in &by_destination {
-        let metric = routes.iter().map(|(r, _)| r.metric).min().unwrap_or(0);
-        let best: Vec<&(MainRoute, Option<usize>)> =
-            routes.iter().filter(|(r, _)| r.metric == metric).collect();
-        let owners: BTreeSet<Option<usize>> = best.iter().map(|(_, g)| *g).collect();
-        match owners.into_iter().collect::<Vec<_>>()[..] {
-            [Some(gi)] if !groups[gi].serving.is_empty() => {
-                served.insert((*destination, metric), (gi, best));
+/// How a destination is served, if a group serves it: it is the group's when its best routes
+/// (the lowest metric, which the kernel picks) are all that group's, and the group has a NIC
+/// to carry them.
+fn served(
+    destination: IpCidr,
+    candidates: &[Candidate],
+    groups: &[GroupRouting],
+) -> Option<(TableKey, TableRoute<GroupKey>)> {
+    let metric = candidates.iter().map(|(r, _)| r.metric).min()?;
+    let best: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|(r, _)| r.metric == metric)
+        .collect();
+    let owners: BTreeSet<Option<usize>> = best.iter().map(|(_, g)| *g).collect();
+    let [Some(gi)] = owners.into_iter().collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    let group = &groups[gi];
+    if group.serving.is_empty() {
+        return None;
+    }
+    let family = Family::of(destination.addr());
+    let gateways: Vec<IpAddr> = best
+        .iter()
+        .flat_map(|(r, _)| r.hops.iter().filter_map(|h| h.gateway))
+        .filter(|g| Family::of(*g) == family)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let main_prefsrc = best.iter().find_map(|(r, _)| r.prefsrc);
+    let route = TableRoute {
+        prefsrc: source_for(group, destination, &gateways, main_prefsrc),
+        via: Via::Group(GroupKey {
+            group: group.name.clone(),
+            family,
+            gateways,
+        }),
+    };
+    Some(((destination, kernel_metric(destination, metric)), route))
+}
+
+impl Plan {
+    /// Puts `route` at `at`, with the group it goes through.
+    fn set(&mut self, at: TableKey, route: TableRoute<GroupKey>, groups: &[GroupRouting]) {
+        if let Via::Group(key) = &route.via {
+            *self.uses.entry(key.clone()).or_default() += 1;
+            if !self.groups.contains_key(key) {
+                let serving = groups
+                    .iter()
+                    .find(|g| g.name == key.group)
+                    .map(|g| g.serving.as_slice())
+                    .unwrap_or_default();
+                self.groups.insert(key.clone(), members(key, serving));
             }
-            _ => others.push(*destination),
+        }
+        if let Some(old) = self.routes.insert(at, route) {
+            self.release(&old);
         }
     }
 
-    let mut plan = Plan::default();
-    for ((destination, metric), (gi, best)) in &served {
-        let group = &groups[*gi];
-        let family = Family::of(destination.addr());
-        let gateways: Vec<IpAddr> = best
-            .iter()
-            .flat_map(|(r, _)| r.hops.iter().filter_map(|h| h.gateway))
-            .filter(|g| Family::of(*g) == family)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let key = GroupKey {
-            group: group.name.clone(),
-            family,
-            gateways: gateways.clone(),
-        };
-        plan.groups
-            .insert(key.clone(), members(&key, &group.serving));
-        let main_prefsrc = best.iter().find_map(|(r, _)| r.prefsrc);
-        plan.routes.insert(
-            (*destination, kernel_metric(*destination, *metric)),
-            TableRoute {
-                prefsrc: source_for(group, *destination, &gateways, main_prefsrc),
-                via: Via::Group(key),
-            },
-        );
+    /// Takes the route at `at` out; its group goes with its last route.
+    fn unset(&mut self, at: TableKey) {
+        if let Some(old) = self.routes.remove(&at) {
+            self.release(&old);
+        }
     }
-    // Every other destination inside a group route's prefix is main's to answer: one
-    // lookup per shorter prefix length, whatever the size of the table.
-    let served_destinations: BTreeSet<IpCidr> = served.keys().map(|(d, _)| *d).collect();
-    for destination in others {
-        let covered = (0..destination.prefix_len()).any(|len| {
-            IpCidr::new(destination.addr(), len)
-                .is_ok_and(|outer| served_destinations.contains(&outer.network()))
-        });
-        if covered {
-            let throw = TableRoute {
-                via: Via::Throw,
-                prefsrc: None,
-            };
-            plan.routes
-                .insert((destination, kernel_metric(destination, 0)), throw);
+
+    fn release(&mut self, route: &TableRoute<GroupKey>) {
+        if let Via::Group(key) = &route.via
+            && let Some(uses) = self.uses.get_mut(key)
+        {
+            *uses -= 1;
+            if *uses == 0 {
+                self.uses.remove(key);
+                self.groups.remove(key);
+            }
+        }
+    }
+
+    /// The table's keys at `destination`, of any metric.
+    fn keys_at(&self, destination: IpCidr) -> Vec<TableKey> {
+        self.routes
+            .range((destination, 0)..=(destination, u32::MAX))
+            .map(|(key, _)| *key)
+            .collect()
+    }
+
+    /// Whether a group serves `destination`.
+    fn serves(&self, destination: IpCidr) -> bool {
+        self.routes
+            .range((destination, 0)..=(destination, u32::MAX))
+            .any(|(_, route)| matches!(route.via, Via::Group(_)))
+    }
+
+    /// Whether a group route's prefix holds `destination` (itself left out): one lookup per
+    /// shorter prefix length, whatever the size of the table.
+    fn covered(&self, destination: IpCidr) -> bool {
+        (0..destination.prefix_len()).any(|len| {
+            IpCidr::new(destination.addr(), len).is_ok_and(|outer| self.serves(outer.network()))
+        })
+    }
+
+    /// Gives `destination` (a destination of main or of a group's own routes, not served)
+    /// its throw where a group route's prefix holds it, and takes it away elsewhere; returns
+    /// whether that changed the table.
+    fn throw_if_covered(&mut self, destination: IpCidr, groups: &[GroupRouting]) -> bool {
+        let at = (destination, kernel_metric(destination, 0));
+        let has = self.routes.get(&at).is_some_and(|r| r.via == Via::Throw);
+        let wanted = self.covered(destination);
+        if wanted && !has {
+            self.set(at, THROW, groups);
+        } else if !wanted && has {
+            self.unset(at);
+        }
+        wanted != has
+    }
+
+    /// Plans `destinations` anew, where the main table changed, and the destinations inside
+    /// those that started or stopped being a group's (whose throws follow); the rest of the
+    /// plan stays as it is, so a route change costs what it changes. The groups must be as
+    /// when the plan was made. Returns the table keys that changed.
+    pub(crate) fn update(
+        &mut self,
+        main: &MainTable,
+        groups: &[GroupRouting],
+        destinations: &BTreeSet<IpCidr>,
+    ) -> BTreeSet<TableKey> {
+        let mut changed = BTreeSet::new();
+        let mut others = BTreeSet::new();
+        for &destination in destinations {
+            let was_served = self.serves(destination);
+            for at in self.keys_at(destination) {
+                self.unset(at);
+                changed.insert(at);
+            }
+            let candidates: Vec<Candidate> = main
+                .at(destination)
+                .map(|r| candidate(r, groups))
+                .chain(configured(groups).filter(|(r, _)| r.destination == destination))
+                .collect();
+            match served(destination, &candidates, groups) {
+                Some((at, route)) => {
+                    self.set(at, route, groups);
+                    changed.insert(at);
+                }
+                None if !candidates.is_empty() => {
+                    others.insert(destination);
+                }
+                None => {}
+            }
+            if was_served != self.serves(destination) {
+                others.extend(main.inside(destination));
+                others.extend(
+                    configured(groups)
+                        .map(|(r, _)| r.destination)
+                        .filter(|d| *d != destination && destination.covers(*d)),
+                );
+            }
+        }
+        for destination in others {
+            if !self.serves(destination) && self.throw_if_covered(destination, groups) {
+                changed.insert((destination, kernel_metric(destination, 0)));
+            }
+        }
+        changed
+    }
+}
+
+/// Decides mpathd's table and nexthop groups from the main table and the groups.
+pub(crate) fn plan<'a>(
+    main: impl IntoIterator<Item = &'a MainRoute>,
+    groups: &[GroupRouting],
+) -> Plan {
+    let mut by_destination: BTreeMap<IpCidr, Vec<Candidate>> = BTreeMap::new();
+    let from_main = main.into_iter().map(|route| candidate(route, groups));
+    for candidate in from_main.chain(configured(groups)) {
+        by_destination
+            .entry(candidate.0.destination)
+            .or_default()
+            .push(candidate);
+    }
+    let mut plan = Plan::default();
+    for (destination, candidates) in &by_destination {
+        if let Some((at, route)) = served(*destination, candidates, groups) {
+            plan.set(at, route, groups);
+        }
+    }
+    // Every other destination inside a group route's prefix is main's to answer.
+    for destination in by_destination.keys() {
+        if !plan.serves(*destination) {
+            plan.throw_if_covered(*destination, groups);
         }
     }
     plan
@@ -941,6 +1093,133 @@ pub fn changes(installed: &RouteState, desired: &RouteState) -> Vec<RouteChange>
             changes.push(RouteChange::DelNexthop { id: *id });
         }
     }
+    changes
+}
+
+/// Changes waiting to be made, in an order the kernel accepts (see [`changes`]): nexthops
+/// and groups first, then routes, then the deletions of nexthop objects once no route change
+/// waits. A later plan's change of a route takes the place of the one waiting for it.
+#[derive(Debug, Default)]
+pub(crate) struct ChangeQueue {
+    nexthops: VecDeque<RouteChange>,
+    routes: BTreeMap<TableKey, RouteChange>,
+    deletions: VecDeque<RouteChange>,
+}
+
+impl ChangeQueue {
+    pub fn len(&self) -> usize {
+        self.nexthops.len() + self.routes.len() + self.deletions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A whole plan's changes, in the place of all that waited.
+    pub fn replace(&mut self, changes: Vec<RouteChange>) {
+        *self = ChangeQueue::default();
+        self.merge(changes, &BTreeSet::new());
+    }
+
+    /// A partial plan's changes ([`changes_at`]): its nexthop changes and deletions take the
+    /// place of those waiting, each route change that of the one waiting for its route; the
+    /// routes at `keys` it has no change for need none any more.
+    pub fn merge(&mut self, changes: Vec<RouteChange>, keys: &BTreeSet<TableKey>) {
+        self.drop_nexthop_changes();
+        for at in keys {
+            self.routes.remove(at);
+        }
+        for change in changes {
+            match &change {
+                RouteChange::SetNexthop { .. } | RouteChange::SetGroup { .. } => {
+                    self.nexthops.push_back(change)
+                }
+                RouteChange::SetRoute {
+                    destination,
+                    metric,
+                    ..
+                }
+                | RouteChange::DelRoute {
+                    destination,
+                    metric,
+                } => {
+                    self.routes.insert((*destination, *metric), change);
+                }
+                RouteChange::DelNexthop { .. } => self.deletions.push_back(change),
+            }
+        }
+    }
+
+    /// Drops the waiting changes of nexthop objects: a failover made its own, and the next
+    /// plan lists what is still due.
+    pub fn drop_nexthop_changes(&mut self) {
+        self.nexthops.clear();
+        self.deletions.clear();
+    }
+
+    /// The next change to make.
+    pub fn pop(&mut self) -> Option<RouteChange> {
+        if let Some(change) = self.nexthops.pop_front() {
+            return Some(change);
+        }
+        if let Some((_, change)) = self.routes.pop_first() {
+            return Some(change);
+        }
+        self.deletions.pop_front()
+    }
+}
+
+/// The changes that bring the kernel from `installed` to `plan` when only the routes at
+/// `keys` and the nexthop groups can differ (after [`Plan::update`]): what [`changes`] finds
+/// for the whole table, at the cost of what changed. Objects `plan` no longer names are
+/// forgotten in `book`, after their deletion is listed.
+pub(crate) fn changes_at(
+    plan: &Plan,
+    groups: &[GroupRouting],
+    keys: &BTreeSet<TableKey>,
+    book: &mut IdBook,
+    installed: &RouteState,
+) -> Vec<RouteChange> {
+    let mut changes = reform(plan, groups, book, installed);
+    let mut deletions = Vec::new();
+    for at in keys {
+        let desired = plan.routes.get(at).and_then(|route| {
+            let via = match &route.via {
+                Via::Throw => Via::Throw,
+                Via::Group(key) => Via::Group(book.id(&NexthopObject::Group(key.clone()))?),
+            };
+            Some(TableRoute {
+                via,
+                prefsrc: route.prefsrc,
+            })
+        });
+        let (destination, metric) = *at;
+        match (desired, installed.routes.get(at)) {
+            (Some(route), now) if now != Some(&route) => changes.push(RouteChange::SetRoute {
+                destination,
+                metric,
+                route,
+            }),
+            (None, Some(_)) => deletions.push(RouteChange::DelRoute {
+                destination,
+                metric,
+            }),
+            _ => {}
+        }
+    }
+    changes.extend(deletions);
+    let mut wanted: BTreeSet<NexthopObject> = BTreeSet::new();
+    for (key, members) in &plan.groups {
+        wanted.insert(NexthopObject::Group(key.clone()));
+        wanted.extend(members.iter().copied().map(NexthopObject::Single));
+    }
+    let wanted_ids: BTreeSet<u32> = wanted.iter().filter_map(|o| book.id(o)).collect();
+    for id in installed.groups.keys().chain(installed.nexthops.keys()) {
+        if !wanted_ids.contains(id) {
+            changes.push(RouteChange::DelNexthop { id: *id });
+        }
+    }
+    book.retain(&wanted);
     changes
 }
 
@@ -1538,5 +1817,132 @@ mod tests {
         let plan = plan(&main, &[group(&[H0, H1])]);
         let throws = plan.routes.values().filter(|r| r.via == Via::Throw).count();
         assert_eq!(throws, 20_000);
+    }
+
+    /// A small deterministic generator of the changes the incremental plan is checked on.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) as usize % n
+        }
+    }
+
+    #[test]
+    fn an_updated_plan_and_its_changes_match_a_whole_plan_after_every_change() {
+        let mut g = group(&[H0, H1]);
+        g.configured = vec![RouteConfig {
+            to: cidr("198.51.100.0/24"),
+            via: Some(ip("192.0.2.1")),
+            metric: 0,
+        }];
+        let groups = [g];
+        let destinations = [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.1.2.3/32",
+            "192.0.2.0/24",
+            "192.0.2.128/25",
+            "198.51.100.0/24",
+            "198.51.100.7/32",
+            "::/0",
+            "2001:db8::/48",
+            "2001:db8::/64",
+            "2001:db8::1/128",
+        ];
+        let v4_hops = [
+            (H0, Some("192.0.2.1")),
+            (H1, Some("192.0.2.1")),
+            (H1, Some("192.0.2.2")),
+            (H0, None),
+            (M0, Some("198.51.100.1")),
+        ];
+        let v6_hops = [
+            (H0, Some("fe80::1")),
+            (H1, Some("fe80::1")),
+            (H0, None),
+            (M0, Some("fe80::2")),
+        ];
+        let mut rng = Lcg(7);
+        let mut main: MainTable = dhcp_host().into_iter().collect();
+        let mut book = IdBook::default();
+        let mut planned = plan(main.iter(), &groups);
+        let mut installed = RouteState::of_plan(&planned, &mut book);
+        for step in 0..3000 {
+            let destination = destinations[rng.below(destinations.len())];
+            let hops: &[(u32, Option<&str>)] = if destination.contains(':') {
+                &v6_hops
+            } else {
+                &v4_hops
+            };
+            let first = rng.below(hops.len());
+            let count = 1 + rng.below(2).min(hops.len() - first - 1);
+            let changed = route(
+                destination,
+                [0, 100][rng.below(2)],
+                &hops[first..first + count],
+            );
+            if rng.below(3) == 0 {
+                main.remove(&changed);
+            } else {
+                main.add(changed, rng.below(2) == 0);
+            }
+            let delta = main.take_delta();
+            let touched: BTreeSet<IpCidr> = delta
+                .before
+                .iter()
+                .chain(&delta.after)
+                .map(|r| r.destination)
+                .collect();
+            let keys = planned.update(&main, &groups, &touched);
+            assert_eq!(planned, plan(main.iter(), &groups), "step {step}");
+            let made = changes_at(&planned, &groups, &keys, &mut book, &installed);
+            installed = applied(installed, &made);
+            assert_eq!(
+                installed,
+                RouteState::of_plan(&planned, &mut book.clone()),
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_later_plan_s_change_of_a_route_takes_the_place_of_the_waiting_one() {
+        let set = |metric: u32, via: Via<u32>| RouteChange::SetRoute {
+            destination: cidr("10.0.0.0/8"),
+            metric,
+            route: TableRoute { via, prefsrc: None },
+        };
+        let mut queue = ChangeQueue::default();
+        queue.replace(vec![
+            RouteChange::SetNexthop {
+                id: 1,
+                key: nexthop(H0, None),
+            },
+            set(0, Via::Group(2)),
+            RouteChange::DelNexthop { id: 9 },
+            RouteChange::SetGroup {
+                id: 2,
+                members: vec![1],
+            },
+        ]);
+        assert_eq!(queue.len(), 4);
+        queue.merge(vec![set(0, Via::Throw)], &[(cidr("10.0.0.0/8"), 0)].into());
+        // The nexthop changes of the earlier plan are out of date with it.
+        assert_eq!(queue.pop(), Some(set(0, Via::Throw)));
+        assert_eq!(queue.pop(), None);
+        queue.replace(vec![RouteChange::DelNexthop { id: 9 }, set(0, Via::Throw)]);
+        assert_eq!(
+            queue.pop(),
+            Some(set(0, Via::Throw)),
+            "routes before deletions"
+        );
+        assert_eq!(queue.pop(), Some(RouteChange::DelNexthop { id: 9 }));
     }
 }

@@ -2,7 +2,7 @@
 //! carrying out the changes that bring it to the plan.
 
 use std::{
-    collections::{BTreeSet, VecDeque},
+    collections::BTreeSet,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -10,10 +10,11 @@ use std::{
 use crate::{
     config::RouteConfig,
     core::routes::{
-        self, Family, GroupKey, GroupRouting, IdBook, MainRoute, MainTable, NexthopKey,
-        NexthopObject, NicRouting, Plan, RouteChange, RouteState,
+        self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, MainRoute, MainTable,
+        NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteState,
     },
     daemon::Daemon,
+    net::address::IpCidr,
     net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, Netlink, RouteNotice},
     net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops},
 };
@@ -58,8 +59,12 @@ pub(super) struct Routing {
     installed: Option<RouteState>,
     /// The last plan, whose nexthop groups a failover re-forms at once.
     plan: Plan,
-    /// The changes of the last plan not yet made, a few per turn of the event loop.
-    pending: VecDeque<RouteChange>,
+    /// The changes of the last plans not yet made, a few per turn of the event loop.
+    pending: ChangeQueue,
+    /// The next plan is of the whole table: the groups changed (a NIC's usability, the
+    /// places of their addresses, the routes they hold) or what mpathd has in the kernel
+    /// was read anew. Otherwise only the main table's changed destinations are planned again.
+    whole: bool,
     /// Nexthops the kernel refused since the last plan: left out of their groups, and
     /// a group refused is left out of the routes.
     failed: BTreeSet<u32>,
@@ -75,9 +80,16 @@ pub(super) struct Routing {
 }
 
 impl Routing {
-    /// Something the routes depend on changed: they are planned again shortly, once for a
-    /// whole burst.
+    /// Something about the groups changed: the whole table is planned again shortly, once
+    /// for a whole burst.
     pub fn changed(&mut self, now: Instant) {
+        self.whole = true;
+        self.main_changed(now);
+    }
+
+    /// The main table changed: its changed destinations are planned again shortly, once for
+    /// a whole burst (a routing daemon filling the table).
+    pub fn main_changed(&mut self, now: Instant) {
         self.due.get_or_insert(now + PLAN_DELAY);
     }
 
@@ -124,13 +136,13 @@ impl Routing {
     /// word, so they are read again.
     pub fn routes_flushed(&mut self, oif: u32, now: Instant) {
         self.reread.insert(oif);
-        self.changed(now);
+        self.main_changed(now);
     }
 
     /// The rules changed.
     pub fn rules_changed(&mut self, now: Instant) {
         self.rules_changed = true;
-        self.changed(now);
+        self.main_changed(now);
     }
 
     /// One of mpathd's nexthop objects was deleted; known to mpathd, it was not mpathd.
@@ -145,6 +157,14 @@ impl Routing {
     }
 }
 
+/// What changed in the main table since the last plan.
+struct MainChanges {
+    /// The destinations whose routes changed.
+    destinations: BTreeSet<IpCidr>,
+    /// A group took a route to hold or gave one back: its own routes changed.
+    held_changed: bool,
+}
+
 impl Daemon {
     /// A route notification: the main table's are taken in (the plan follows shortly); in
     /// mpathd's table, its own changes are no news, and what others did there is put right
@@ -157,7 +177,7 @@ impl Daemon {
             } else {
                 self.routing.main.remove(&notice.route);
             }
-            self.routing.changed(now);
+            self.routing.main_changed(now);
             return;
         }
         if notice.table != table {
@@ -206,7 +226,9 @@ impl Daemon {
     /// table's routes through NICs taken down. mpathd's rule is put back if someone
     /// deleted it.
     pub(super) async fn replan(&mut self) {
+        let started = Instant::now();
         self.routing.due = None;
+        let mut whole = std::mem::take(&mut self.routing.whole);
         // Known still: no change failed since the last read.
         if self.routing.installed.is_some() {
             self.routing.last_error = None;
@@ -215,11 +237,13 @@ impl Daemon {
                 Ok(installed) => self.routing.installed = Some(installed),
                 Err(e) => {
                     let now = Instant::now();
+                    self.routing.whole = true;
                     self.routing
                         .failed(format!("reading mpathd's routes: {e:#}"), now);
                     return;
                 }
             }
+            whole = true;
         }
         if std::mem::take(&mut self.routing.rules_changed) {
             let daemon = &self.config.daemon;
@@ -239,7 +263,11 @@ impl Daemon {
                 }
             }
         }
-        if self.take_main_delta() {
+        let main = self.take_main_delta();
+        if main.held_changed {
+            whole = true;
+        }
+        if main.held_changed || !main.destinations.is_empty() {
             let local = self.local_addresses();
             for gi in 0..self.groups.len() {
                 let routes = self.probe_routes(gi);
@@ -250,21 +278,53 @@ impl Daemon {
                 }
             }
         }
-        let plan = routes::plan(self.routing.main.iter(), &self.group_routing());
-        let desired = RouteState::of_plan(&plan, &mut self.routing.ids);
-        if let Some(installed) = &self.routing.installed {
-            self.routing.pending = routes::changes(installed, &desired).into();
+        let groups = self.group_routing();
+        let routing = &mut self.routing;
+        let Some(installed) = &routing.installed else {
+            return;
+        };
+        let changed = if whole {
+            routing.plan = routes::plan(routing.main.iter(), &groups);
+            let desired = RouteState::of_plan(&routing.plan, &mut routing.ids);
+            routing
+                .pending
+                .replace(routes::changes(installed, &desired));
+            true
+        } else {
+            let keys = routing
+                .plan
+                .update(&routing.main, &groups, &main.destinations);
+            let changes =
+                routes::changes_at(&routing.plan, &groups, &keys, &mut routing.ids, installed);
+            routing.pending.merge(changes, &keys);
+            !keys.is_empty()
+        };
+        routing.failed.clear();
+        let planned = started.elapsed();
+        if changed {
+            let plan = std::mem::take(&mut self.routing.plan);
+            self.update_source_routes(&plan);
+            self.routing.plan = plan;
         }
-        self.routing.failed.clear();
-        self.update_source_routes(&plan);
         self.update_sources();
-        self.routing.plan = plan;
+        tracing::debug!(
+            "planned {} ({} routes) in {} ms, {} changes to make; source hook updated in {} ms",
+            if whole {
+                "the whole table"
+            } else {
+                "the changed destinations"
+            },
+            self.routing.plan.routes.len(),
+            planned.as_millis(),
+            self.routing.pending.len(),
+            (started.elapsed() - planned).as_millis()
+        );
     }
 
     /// Makes the next few planned changes.
     pub(super) async fn route_step(&mut self) {
         for _ in 0..CHANGES_PER_TURN {
-            let Some(change) = self.routing.pending.pop_front() else {
+            let Some(change) = self.routing.pending.pop() else {
                 break;
             };
             self.make(change).await;
@@ -289,14 +349,7 @@ impl Daemon {
             installed,
         );
         // Planned nexthop changes are out of date now; the next plan makes those still due.
-        self.routing.pending.retain(|change| {
-            !matches!(
-                change,
-                RouteChange::SetNexthop { .. }
-                    | RouteChange::SetGroup { .. }
-                    | RouteChange::DelNexthop { .. }
-            )
-        });
+        self.routing.pending.drop_nexthop_changes();
         self.routing.failed.clear();
         for change in changes {
             self.make(change).await;
@@ -332,13 +385,21 @@ impl Daemon {
 
     /// Takes the main table's changes since the last plan: routes the kernel deleted with a
     /// group NIC that went down or away are held by the group, and held routes that are back
-    /// in `main` through the group's NICs are its owner's again. Returns whether anything
-    /// changed.
-    fn take_main_delta(&mut self) -> bool {
+    /// in `main` through the group's NICs are its owner's again.
+    fn take_main_delta(&mut self) -> MainChanges {
         let delta = self.routing.main.take_delta();
         let departed = std::mem::take(&mut self.routing.departed);
-        if delta.before.is_empty() && delta.after.is_empty() {
-            return false;
+        let mut changes = MainChanges {
+            destinations: delta
+                .before
+                .iter()
+                .chain(&delta.after)
+                .map(|r| r.destination)
+                .collect(),
+            held_changed: false,
+        };
+        if changes.destinations.is_empty() {
+            return changes;
         }
         let groups = &self.groups;
         let down = |oif: u32| {
@@ -372,6 +433,7 @@ impl Daemon {
                     );
                 }
                 group.held_routes.push(route);
+                changes.held_changed = true;
             }
         }
         for group in self.groups.iter_mut() {
@@ -390,10 +452,11 @@ impl Daemon {
                 } else if back {
                     tracing::info!("the route {route} is back in the main table; group {name} no longer holds it");
                 }
+                changes.held_changed |= back;
                 !back
             });
         }
-        true
+        changes
     }
 
     /// Each group as the route planner needs it.

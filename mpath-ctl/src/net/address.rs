@@ -56,6 +56,16 @@ impl IpCidr {
         }
     }
 
+    /// The last address of this network (IPv4's broadcast address).
+    pub fn last_address(&self) -> IpAddr {
+        self.0.broadcast()
+    }
+
+    /// The longest prefix of the address's family: 32 or 128.
+    pub fn max_prefix_len(&self) -> u8 {
+        self.0.max_prefix_len()
+    }
+
     /// Whether this network contains all of `inner`.
     pub fn covers(&self, inner: IpCidr) -> bool {
         self.0.contains(&inner.0)
