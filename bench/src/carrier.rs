@@ -124,7 +124,7 @@ fn measure(carrier_poll_ms: u64, idle: Duration) -> anyhow::Result<(f64, f64, bo
 /// CPU time of every thread of `pid` so far, in ns (the first field of each thread's
 /// schedstat: time on a CPU). A thread that ends between two readings takes its time with
 /// it; mpathd's threads live as long as it does.
-fn cpu_ns(pid: u32) -> anyhow::Result<i64> {
+pub(crate) fn cpu_ns(pid: u32) -> anyhow::Result<i64> {
     let tasks = format!("/proc/{pid}/task");
     let mut total = 0;
     for task in fs::read_dir(&tasks).with_context(|| tasks.clone())? {

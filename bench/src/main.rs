@@ -21,10 +21,16 @@
 //!
 //! `carrier`: how soon a carrier loss the kernel reports late fails the NIC, with mpathd's
 //! carrier poll and without, and what the poll costs (see [`carrier`]).
+//!
+//! `routes`: mpathd with 0 to 1,000,000 routes in `main` through the group's gateway and
+//! through a NIC outside the group: start time, time to serve one new route and a burst,
+//! CPU per route change, idle and under churn, RSS, and the off-link failover gap at each
+//! size (see [`routes`]).
 
 mod carrier;
 mod datapath;
 mod receive;
+mod routes;
 mod scale;
 mod soak;
 mod sources;
@@ -133,6 +139,29 @@ fn main() -> anyhow::Result<()> {
             }
             carrier::carrier(rounds, Duration::from_secs(idle), out)
         }
+        Some("routes") => {
+            let sizes = match text_flag(&args, "--sizes")? {
+                Some(list) => list
+                    .split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse()
+                            .with_context(|| format!("--sizes {list}: {n} is not a whole number"))
+                    })
+                    .collect::<anyhow::Result<Vec<u64>>>()?,
+                None => routes::DEFAULT_SIZES.to_vec(),
+            };
+            let options = routes::Options {
+                sizes,
+                rounds: flag(&args, "--rounds")?.unwrap_or(3),
+                reps: flag(&args, "--reps")?.unwrap_or(3),
+                churn: Duration::from_secs(flag(&args, "--churn-seconds")?.unwrap_or(60)),
+                idle: Duration::from_secs(flag(&args, "--idle-seconds")?.unwrap_or(10)),
+                timeout: Duration::from_secs(flag(&args, "--timeout-seconds")?.unwrap_or(120)),
+                fdt_ms: flag(&args, "--fdt-ms")?.unwrap_or(routes::DEFAULT_FDT_MS),
+            };
+            routes::routes(&options, out)
+        }
         _ => bail!(
             "usage: mpath-bench datapath [--rounds N] [--seconds S] [--bulk-seconds S] [--only send|receive] \
              [--out BENCHMARKS.md]\n       \
@@ -142,7 +171,10 @@ fn main() -> anyhow::Result<()> {
              NIC count, 10 min by default)\n       \
              mpath-bench soak [--minutes N] [--seed S] [--out BENCHMARKS.md]\n       \
              mpath-bench sources [--rounds N] [--count N] [--out BENCHMARKS.md]\n       \
-             mpath-bench carrier [--rounds N] [--idle-seconds S] [--out BENCHMARKS.md]"
+             mpath-bench carrier [--rounds N] [--idle-seconds S] [--out BENCHMARKS.md]\n       \
+             mpath-bench routes [--sizes 0,10000,100000,1000000] [--rounds N] [--reps N] \
+             [--churn-seconds S] [--idle-seconds S] [--timeout-seconds S] [--fdt-ms MS] \
+             [--out BENCHMARKS.md]"
         ),
     }
 }
@@ -809,13 +841,9 @@ fn stream_through_h1(lab: &Lab) -> anyhow::Result<Stream> {
     bail!("no stream of 50 hashed onto {OFF_LINK_NIC}")
 }
 
-/// `reps` failures of h1, the NIC the default route named, under mpathd at `fdt_ms` while
-/// a stream goes through the gateway on h1; h1 restored and failed back between them.
-fn off_link_case(case: Case, reps: u64) -> anyhow::Result<Vec<Rep>> {
-    let Case::OffLink { silent, fdt_ms } = case else {
-        bail!("{case:?} is no off-link case");
-    };
-    let lab = Lab::builder().nics(3).behind_router().build()?;
+/// The off-link lab's routing before mpathd starts: h1's data address and a default route
+/// `via 192.0.2.1 dev h1 proto dhcp metric 100`, as a DHCP client on h1 would set it.
+fn off_link_routes(lab: &Lab) -> anyhow::Result<()> {
     lab.add_host_addr(OFF_LINK_NIC, OFF_LINK_DATA)?;
     lab.host().ip(&[
         "route",
@@ -830,70 +858,143 @@ fn off_link_case(case: Case, reps: u64) -> anyhow::Result<Vec<Rep>> {
         "metric",
         "100",
     ])?;
+    Ok(())
+}
+
+/// `reps` failures of h1, the NIC the default route named, under mpathd at `fdt_ms` while
+/// a stream goes through the gateway on h1; h1 restored and failed back between them.
+fn off_link_case(case: Case, reps: u64) -> anyhow::Result<Vec<Rep>> {
+    let Case::OffLink { silent, fdt_ms } = case else {
+        bail!("{case:?} is no off-link case");
+    };
+    let lab = Lab::builder().nics(3).behind_router().build()?;
+    off_link_routes(&lab)?;
     let mut daemon = Mpathd::start(lab.host(), &three_nic_config(fdt_ms));
     daemon.wait_until("all NICs ok, the default route served", |d| {
         off_link_settled(&lab, d)
     });
-    let detected = format!("NIC failure detected on {OFF_LINK_NIC} ");
     let mut results = Vec::new();
     for rep in 1..=reps {
-        let stream = stream_through_h1(&lab)?;
-        let log_start = daemon.log().len();
-        stream.take();
-        sleep(CALM);
-        let failed_ns = realtime_ns();
-        if silent {
-            lab.drop_silently(OFF_LINK_NIC)?;
-        } else {
-            lab.cut(OFF_LINK_NIC)?;
+        let result = off_link_failover(&lab, &daemon, silent, failover_timeout(fdt_ms))?
+            .with_context(|| {
+                format!(
+                    "{}: the stream did not come back:\n{}",
+                    case.label(),
+                    daemon.log()
+                )
+            })?;
+        if silent && result.split.is_none() {
+            bail!(
+                "{}: mpathd's log has no failover of {OFF_LINK_NIC}:\n{}",
+                case.label(),
+                daemon.log()
+            );
         }
-        // Back once a packet arrived after mpathd detected the failure.
-        let deadline = Instant::now() + failover_timeout(fdt_ms);
-        loop {
-            let log = daemon.log();
-            let detected_ns = log[log_start..]
-                .lines()
-                .map(strip_ansi)
-                .find(|l| l.contains(&detected))
-                .and_then(|l| log_time_ns(&l));
-            if let (Some(at), Some(latest)) = (detected_ns, stream.latest())
-                && latest.at_ns > at
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{}: the stream did not come back:
-{log}",
-                    case.label()
-                );
-            }
-            sleep(Duration::from_millis(2));
-        }
-        sleep(CALM);
-        let arrivals = stream.take();
-        stream.finish()?;
-        let log = daemon.log();
-        let gap = Gap::across(&arrivals, failed_ns).context("no arrivals after the failure")?;
-        // On carrier loss the kernel itself drops h1's nexthops from the group, before
-        // mpathd hears of it: the gap is the stream's jitter, and the log cannot split it.
-        let milestones = if silent {
-            Some(Milestones::find(&log[log_start..], OFF_LINK_NIC)?)
-        } else {
-            None
-        };
-        let result = Rep::new(gap, milestones);
         eprintln!("{} {rep}/{reps}: {}", case.label(), result.describe());
         results.push(result);
-
-        if silent {
-            lab.undrop(OFF_LINK_NIC)?;
-        } else {
-            lab.restore(OFF_LINK_NIC)?;
-        }
+        undo_failure(&lab, silent)?;
         daemon.wait_until("h1 repaired and failed back", |d| off_link_settled(&lab, d));
     }
     Ok(results)
+}
+
+/// Undoes the failure of h1 that [`off_link_failover`] made.
+fn undo_failure(lab: &Lab, silent: bool) -> anyhow::Result<()> {
+    if silent {
+        lab.undrop(OFF_LINK_NIC)
+    } else {
+        lab.restore(OFF_LINK_NIC)
+    }
+}
+
+/// One failure of h1 (its frames dropped when `silent`, else its carrier cut) while a stream
+/// from the host goes through the gateway on h1; h1 stays failed ([`undo_failure`] restores
+/// it). Waits up to `timeout` for the stream to come back after mpathd logged the failure,
+/// and checks that it then leaves through h0 or h2. `None`: no stream came back within
+/// `timeout`. With the failure logged the silent case is split by the log; without it (a
+/// busy mpathd that logged it late, while the kernel had already moved a carrier loss's
+/// flows) the gap is still that of the stream.
+fn off_link_failover(
+    lab: &Lab,
+    daemon: &Mpathd,
+    silent: bool,
+    timeout: Duration,
+) -> anyhow::Result<Option<Rep>> {
+    let detected = format!("NIC failure detected on {OFF_LINK_NIC} ");
+    let stream = stream_through_h1(lab)?;
+    let log_start = daemon.log().len();
+    stream.take();
+    sleep(CALM);
+    let failed_ns = realtime_ns();
+    if silent {
+        lab.drop_silently(OFF_LINK_NIC)?;
+    } else {
+        lab.cut(OFF_LINK_NIC)?;
+    }
+    // Back once a packet arrived after mpathd detected the failure.
+    let deadline = Instant::now() + timeout;
+    let mut logged = false;
+    while Instant::now() < deadline {
+        let log = daemon.log();
+        let detected_ns = log
+            .get(log_start..)
+            .unwrap_or_default()
+            .lines()
+            .map(strip_ansi)
+            .find(|l| l.contains(&detected))
+            .and_then(|l| log_time_ns(&l));
+        if let (Some(at), Some(latest)) = (detected_ns, stream.latest())
+            && latest.at_ns > at
+        {
+            logged = true;
+            break;
+        }
+        sleep(Duration::from_millis(2));
+    }
+    sleep(CALM);
+    // Flowing: the latest packet is recent, not one from before the failure.
+    let flowing = stream
+        .latest()
+        .is_some_and(|a| realtime_ns() - a.at_ns < ms_ns(50) && a.at_ns > failed_ns);
+    let moved = flowing && carried_by_others(lab)?;
+    let arrivals = stream.take();
+    stream.finish()?;
+    if !flowing {
+        return Ok(None);
+    }
+    if !moved {
+        bail!("the stream came back after {OFF_LINK_NIC} failed, but not through h0 or h2");
+    }
+    let log = daemon.log();
+    let gap = Gap::across(&arrivals, failed_ns).context("no arrivals after the failure")?;
+    // On carrier loss the kernel itself drops h1's nexthops from the group, before
+    // mpathd hears of it: the gap is the stream's jitter, and the log cannot split it.
+    let milestones = if silent && logged {
+        Milestones::find(log.get(log_start..).unwrap_or_default(), OFF_LINK_NIC).ok()
+    } else {
+        None
+    };
+    Ok(Some(Rep::new(gap, milestones)))
+}
+
+/// Whether the off-link stream (a packet every [`STREAM_SPACING`]) leaves through h0 or h2,
+/// as their switch ports' counters show over 50 ms.
+fn carried_by_others(lab: &Lab) -> anyhow::Result<bool> {
+    let others = ["h0", "h2"];
+    let count = |lab: &Lab| -> anyhow::Result<u64> {
+        others
+            .iter()
+            .map(|nic| lab.switch_port_rx_packets(nic))
+            .sum()
+    };
+    let before = count(lab)?;
+    sleep(Duration::from_millis(50));
+    // 250 packets of the stream in 50 ms; probes are a few.
+    Ok(count(lab)? - before >= 100)
+}
+
+fn ms_ns(ms: i64) -> i64 {
+    ms * 1_000_000
 }
 
 /// Turns the switch namespace into a router with a point-to-point link to each host NIC and

@@ -94,9 +94,25 @@ impl Mpathd {
         Self::start_with_setup(ns, config, env, "")
     }
 
+    /// Like [`Mpathd::start_with_env`], but returns as soon as the process runs, without waiting for
+    /// its socket: for a caller that times the start itself, or that must not panic when the
+    /// start takes longer than the usual limit.
+    pub fn launch(ns: &Netns, config: &str, env: &[(&str, &str)]) -> Mpathd {
+        let mut daemon = Self::prepare(config, "");
+        daemon.launch_with(ns, env, &[]);
+        daemon
+    }
+
     /// Like [`Mpathd::start_with_env`], running the shell commands `setup` (each ending in
     /// `;` or `&&`) in mpathd's mount namespace first, here and at every respawn.
     pub fn start_with_setup(ns: &Netns, config: &str, env: &[(&str, &str)], setup: &str) -> Mpathd {
+        let mut daemon = Self::prepare(config, setup);
+        daemon.spawn_with_env(ns, env);
+        daemon
+    }
+
+    /// The directory, configuration and pin directory of a daemon not started yet.
+    fn prepare(config: &str, setup: &str) -> Mpathd {
         let pins = PinDir::new();
         let dir = std::env::temp_dir().join(format!(
             "mpathd-test-{}",
@@ -110,7 +126,7 @@ impl Mpathd {
             .replace("PINS", &pins.path().display().to_string());
         fs::write(&config_path, text).unwrap();
         let log = dir.join("mpathd.log");
-        let mut daemon = Mpathd {
+        Mpathd {
             child: None,
             dir,
             config: config_path,
@@ -118,9 +134,7 @@ impl Mpathd {
             pins,
             log,
             setup: setup.to_string(),
-        };
-        daemon.spawn_with_env(ns, env);
-        daemon
+        }
     }
 
     /// (Re)starts the process on the same configuration and pins.
@@ -135,6 +149,12 @@ impl Mpathd {
 
     /// Like [`Mpathd::spawn`], with extra environment variables and arguments for mpathd.
     pub fn spawn_with(&mut self, ns: &Netns, env: &[(&str, &str)], args: &[&str]) {
+        self.launch_with(ns, env, args);
+        self.wait_until("mpathd answers on its socket", |d| d.try_status().is_some());
+    }
+
+    /// Starts the process without waiting for it to answer.
+    fn launch_with(&mut self, ns: &Netns, env: &[(&str, &str)], args: &[&str]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -157,7 +177,6 @@ impl Mpathd {
             .spawn()
             .expect("start mpathd");
         self.child = Some(child);
-        self.wait_until("mpathd answers on its socket", |d| d.try_status().is_some());
     }
 
     /// Rewrites the configuration (same `SOCKET`/`PINS` substitution as `start`) and sends

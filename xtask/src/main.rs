@@ -93,6 +93,12 @@ enum Benchmark {
     /// poll and without, and the poll's cost to an idle mpathd (`--rounds N
     /// --idle-seconds S`).
     Carrier,
+    /// mpathd with many routes in `main`, through the group and through a NIC outside it:
+    /// start time, time and CPU to serve new routes, idle and under churn, RSS, failover gap
+    /// at each size (`--sizes 0,10000,100000,1000000 --rounds N --reps N --churn-seconds S
+    /// --idle-seconds S --timeout-seconds S --fdt-ms MS`; a quick run: `--sizes 0,10000
+    /// --rounds 1 --churn-seconds 5`).
+    Routes,
 }
 
 /// An error prints as one line with its causes: with RUST_BACKTRACE set (as on many
@@ -163,6 +169,10 @@ fn run() -> anyhow::Result<()> {
                 Benchmark::Carrier => {
                     build_daemon()?;
                     "carrier"
+                }
+                Benchmark::Routes => {
+                    build_daemon()?;
+                    "routes"
                 }
             };
             run_bench(name, &args)
