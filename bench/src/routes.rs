@@ -250,8 +250,8 @@ pub fn routes(o: &Options, out: Option<PathBuf>) -> anyhow::Result<()> {
              are deleted (`ip route flush proto static`) and RSS read once mpathd's table has \
              none of them. Whatever mpathd had not done after {timeout} s (failovers: {ftimeout} \
              s) shows as \"not within\"; the measurements after a start that was not served in \
-             time are left out. The kernel's `nexthop_compat_mode` is left at its default (1): \
-             every change of the group's nexthops is announced as a change of each of its \
+             time are left out. mpathd turns the kernel's `nexthop_compat_mode` off, so that a \
+             change of the group's nexthops is not announced as a change of each of its \
              routes. Values are min / median / max over the rounds (and repetitions). {cpus} \
              CPUs, shared with other work (load average {load_before} before the run, \
              {load_after} after).\n\n{tables}",

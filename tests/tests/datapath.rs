@@ -171,6 +171,49 @@ fn a_route_map_too_small_serves_the_most_specific_prefixes_and_makes_room_before
 }
 
 #[test]
+fn a_route_map_is_patched_where_the_table_changed_and_rewritten_whole_when_full() {
+    let pins = PinDir::new();
+    let maps_dir = Datapath::open(pins.path()).unwrap().pins().maps();
+    pin_routes4(&maps_dir, 8, &[]);
+    let mut maps = Maps::open_pinned(&maps_dir).unwrap();
+    let trie = pinned_routes4(&maps_dir);
+    let first = [("0.0.0.0/0", Some(0)), ("10.0.0.0/8", None)];
+    // Not written by this process yet: no patch, whatever it holds.
+    let add = |prefix: &str, group| (prefix.parse::<IpCidr>().unwrap(), group);
+    assert!(
+        !maps
+            .sources
+            .patch_routes(&[add("10.1.0.0/16", Some(Some(1)))].into())
+    );
+    maps.sources.write_routes(&table(&first)).unwrap();
+
+    // One destination added, one changed, one gone, of both families: only they change.
+    let patch: BTreeMap<IpCidr, Option<Option<u32>>> = [
+        add("10.1.0.0/16", Some(Some(1))),
+        add("0.0.0.0/0", Some(Some(2))),
+        add("10.0.0.0/8", None),
+        add("2001:db8::/32", Some(Some(0))),
+    ]
+    .into();
+    assert!(maps.sources.patch_routes(&patch));
+    let now = [
+        ("0.0.0.0/0", Some(2)),
+        ("10.1.0.0/16", Some(1)),
+        ("2001:db8::/32", Some(0)),
+    ];
+    assert_eq!(maps.sources.routes().unwrap(), table(&now));
+    assert_eq!(lookup(&trie, "10.1.2.3"), Some(Some(1)));
+    assert_eq!(lookup(&trie, "10.2.0.1"), Some(Some(2)));
+
+    // More than the map holds: no patch, the whole table is for a rewrite to fit.
+    let many: BTreeMap<IpCidr, Option<Option<u32>>> = (0..6)
+        .map(|i| add(&format!("172.16.{i}.0/24"), Some(Some(1))))
+        .collect();
+    assert!(!maps.sources.patch_routes(&many));
+    assert_eq!(maps.sources.routes().unwrap(), table(&now), "unchanged");
+}
+
+#[test]
 fn a_start_replaces_an_earlier_release_s_small_route_map_and_clears_what_earlier_runs_left() {
     let pins = PinDir::new();
     let root = pins.path();

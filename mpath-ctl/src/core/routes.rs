@@ -76,6 +76,9 @@ pub struct MainTable {
     routes: BTreeMap<MainKey, Vec<MainRoute>>,
     /// The keys changed since the last delta, with their routes as they were then.
     changed: BTreeMap<MainKey, Vec<MainRoute>>,
+    /// What probe target selection needs of the routes ([`probe_entry`]), with how many
+    /// routes give each: a handful of routers however many routes go through them.
+    routers: BTreeMap<(IpCidr, Option<IpAddr>, u32), usize>,
 }
 
 /// The routes that changed over a while: as they were before it and as they are now. A
@@ -89,12 +92,26 @@ pub struct MainDelta {
 impl FromIterator<MainRoute> for MainTable {
     fn from_iter<I: IntoIterator<Item = MainRoute>>(routes: I) -> MainTable {
         let mut table = MainTable::default();
-        for route in routes {
-            table.add(route, false);
-        }
+        table.replace_all(routes);
         table.changed.clear();
         table
     }
+}
+
+/// A route's next hop as probe target selection looks at it: a router, whatever the
+/// destination behind it (given as the family's default), or the destination of an on-link
+/// host route; `None` for other on-link routes, which name no router.
+fn probe_entry(entry: RouteEntry) -> Option<RouteEntry> {
+    let destination = entry.destination;
+    let host = destination.prefix_len() == destination.max_prefix_len();
+    if host && entry.gateway.is_none_or(|g| g == destination.addr()) {
+        return Some(entry);
+    }
+    let anywhere = IpCidr::new(destination.addr(), 0).ok()?.network();
+    entry.gateway.map(|_| RouteEntry {
+        destination: anywhere,
+        ..entry
+    })
 }
 
 fn main_key(route: &MainRoute) -> MainKey {
@@ -134,6 +151,18 @@ impl MainTable {
             .collect()
     }
 
+    /// Every router and on-link host route of the table, once each, as probe target
+    /// selection sees them.
+    pub fn probe_entries(&self) -> impl Iterator<Item = RouteEntry> + '_ {
+        self.routers
+            .keys()
+            .map(|&(destination, gateway, oif)| RouteEntry {
+                destination,
+                gateway,
+                oif,
+            })
+    }
+
     /// What changed since the last call.
     pub fn take_delta(&mut self) -> MainDelta {
         let mut delta = MainDelta::default();
@@ -149,18 +178,39 @@ impl MainTable {
         delta
     }
 
-    /// The routes under `key`, to change; their state before is remembered for the delta.
-    fn routes_mut(&mut self, key: MainKey) -> &mut Vec<MainRoute> {
-        let routes = self.routes.entry(key).or_default();
-        self.changed.entry(key).or_insert_with(|| routes.clone());
-        routes
+    /// Puts `routes` under `key` (none: the key goes), remembering the routes it had for the
+    /// delta and keeping the routers' counts.
+    fn replace_key(&mut self, key: MainKey, routes: Vec<MainRoute>) {
+        let before = match routes.is_empty() {
+            true => self.routes.remove(&key).unwrap_or_default(),
+            false => self.routes.insert(key, routes).unwrap_or_default(),
+        };
+        let after = self.routes.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let entries = |routes: &[MainRoute]| -> Vec<(IpCidr, Option<IpAddr>, u32)> {
+            routes
+                .iter()
+                .flat_map(MainRoute::entries)
+                .filter_map(probe_entry)
+                .map(|e| (e.destination, e.gateway, e.oif))
+                .collect()
+        };
+        for entry in entries(after) {
+            *self.routers.entry(entry).or_default() += 1;
+        }
+        for entry in entries(&before) {
+            if let Some(count) = self.routers.get_mut(&entry) {
+                *count -= 1;
+                if *count == 0 {
+                    self.routers.remove(&entry);
+                }
+            }
+        }
+        self.changed.entry(key).or_insert(before);
     }
 
-    /// Drops `key` if no route is left under it.
-    fn tidy(&mut self, key: MainKey) {
-        if self.routes.get(&key).is_some_and(Vec::is_empty) {
-            self.routes.remove(&key);
-        }
+    /// The routes under `key`, to change into new ones.
+    fn routes_at(&self, key: MainKey) -> Vec<MainRoute> {
+        self.routes.get(&key).cloned().unwrap_or_default()
     }
 
     /// Takes a whole dump.
@@ -176,12 +226,11 @@ impl MainTable {
             .copied()
             .collect();
         for key in gone {
-            self.routes_mut(key).clear();
-            self.tidy(key);
+            self.replace_key(key, Vec::new());
         }
         for (key, routes) in new {
             if self.routes.get(&key) != Some(&routes) {
-                *self.routes_mut(key) = routes;
+                self.replace_key(key, routes);
             }
         }
     }
@@ -191,12 +240,14 @@ impl MainTable {
     /// added. It takes the place of the route it shares a next hop with; a replacement
     /// sharing none takes the place of the first under its key, as the kernel's does.
     pub fn add(&mut self, route: MainRoute, replace: bool) {
-        let routes = self.routes_mut(main_key(&route));
+        let key = main_key(&route);
+        let mut routes = self.routes_at(key);
         match routes.iter().position(|r| same_route(r, &route)) {
             Some(at) => routes[at] = route,
             None if replace && !routes.is_empty() => routes[0] = route,
             None => routes.push(route),
         }
+        self.replace_key(key, routes);
     }
 
     /// A route the kernel deleted. IPv6 deletes the next hops of a multipath route one at a
@@ -204,21 +255,19 @@ impl MainTable {
     /// notification names none (a route of another type).
     pub fn remove(&mut self, route: &MainRoute) {
         let key = main_key(route);
-        if !self.routes.contains_key(&key) {
-            return;
-        }
-        let routes = self.routes_mut(key);
+        let mut routes = self.routes_at(key);
         let found = routes
             .iter()
             .position(|r| r == route)
             .or_else(|| routes.iter().position(|r| same_route(r, route)));
-        if let Some(at) = found {
-            routes[at].hops.retain(|h| !route.hops.contains(h));
-            if route.hops.is_empty() || routes[at].hops.is_empty() {
-                routes.remove(at);
-            }
+        let Some(at) = found else {
+            return;
+        };
+        routes[at].hops.retain(|h| !route.hops.contains(h));
+        if route.hops.is_empty() || routes[at].hops.is_empty() {
+            routes.remove(at);
         }
-        self.tidy(key);
+        self.replace_key(key, routes);
     }
 
     /// The keys with a route through `oif`.
@@ -254,8 +303,7 @@ impl MainTable {
                 .chain(found.remove(&key).into_iter().flatten())
                 .collect();
             if self.routes.get(&key).map(Vec::as_slice).unwrap_or_default() != now.as_slice() {
-                *self.routes_mut(key) = now;
-                self.tidy(key);
+                self.replace_key(key, now);
             }
         }
     }
@@ -264,7 +312,7 @@ impl MainTable {
     /// IPv6 route's hops through it, without a notification for IPv4.
     pub fn remove_through(&mut self, oif: u32) {
         for key in self.keys_through(oif) {
-            let routes = self.routes_mut(key);
+            let mut routes = self.routes_at(key);
             if key.0.addr().is_ipv4() {
                 routes.retain(|r| r.hops.iter().all(|h| h.oif != oif));
             } else {
@@ -273,7 +321,7 @@ impl MainTable {
                 }
                 routes.retain(|r| !r.hops.is_empty());
             }
-            self.tidy(key);
+            self.replace_key(key, routes);
         }
     }
 
@@ -290,8 +338,9 @@ impl MainTable {
             .map(|(key, _)| *key)
             .collect();
         for key in keys {
-            self.routes_mut(key).retain(|r| r.prefsrc != Some(source));
-            self.tidy(key);
+            let mut routes = self.routes_at(key);
+            routes.retain(|r| r.prefsrc != Some(source));
+            self.replace_key(key, routes);
         }
     }
 }
@@ -1761,6 +1810,36 @@ mod tests {
         assert_eq!(delta.before.len(), 2, "{delta:?}");
         assert!(delta.after.is_empty());
         assert_eq!(table.iter().count(), 1);
+    }
+
+    #[test]
+    fn probe_selection_sees_each_router_once_however_many_routes_use_it() {
+        let mut table: MainTable = dhcp_host().into_iter().collect();
+        for i in 0..1000u32 {
+            let [_, _, b, c] = i.to_be_bytes();
+            table.add(
+                route(&format!("10.0.{b}.{c}/32"), 0, &[(H1, Some("192.0.2.1"))]),
+                false,
+            );
+        }
+        table.add(route("198.51.100.7/32", 0, &[(H0, None)]), false);
+        let entries: Vec<RouteEntry> = table.probe_entries().collect();
+        let router = RouteEntry {
+            destination: cidr("0.0.0.0/0"),
+            gateway: Some(ip("192.0.2.1")),
+            oif: H1,
+        };
+        let host = RouteEntry {
+            destination: cidr("198.51.100.7/32"),
+            gateway: None,
+            oif: H0,
+        };
+        assert_eq!(entries, [router, host]);
+        // The router stays while any route names it.
+        table.remove(&dhcp_host()[0]);
+        assert_eq!(table.probe_entries().count(), 2);
+        table.remove_through(H1);
+        assert_eq!(table.probe_entries().collect::<Vec<_>>(), [host]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::{
 use mpath_common::sources::{MAX_SOURCES, SourceClass, spreadable};
 
 use crate::{
-    core::routes::{Plan, Via},
+    core::routes::{GroupKey, Plan, TableRoute, Via},
     net::address::IpCidr,
 };
 
@@ -31,16 +31,18 @@ use crate::{
 pub(crate) fn routes(plan: &Plan) -> BTreeMap<IpCidr, Option<String>> {
     plan.routes
         .iter()
-        .map(|((destination, _), route)| {
-            let group = match &route.via {
-                Via::Group(key) if destination.addr().is_ipv6() || key.gateways.is_empty() => {
-                    Some(key.group.clone())
-                }
-                Via::Group(_) | Via::Throw => None,
-            };
-            (*destination, group)
-        })
+        .map(|((destination, _), route)| (*destination, group_of(*destination, route)))
         .collect()
+}
+
+/// The group whose route to `destination` the hook serves, as in [`routes`].
+pub(crate) fn group_of(destination: IpCidr, route: &TableRoute<GroupKey>) -> Option<String> {
+    match &route.via {
+        Via::Group(key) if destination.addr().is_ipv6() || key.gateways.is_empty() => {
+            Some(key.group.clone())
+        }
+        Via::Group(_) | Via::Throw => None,
+    }
 }
 
 /// The prefixes of one family's table (`prefixes`) that a trie holding at most `capacity`

@@ -10,8 +10,8 @@ use std::{
 use crate::{
     config::RouteConfig,
     core::routes::{
-        self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, MainRoute, MainTable,
-        NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteState,
+        self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, MainTable, NexthopKey,
+        NexthopObject, NicRouting, Plan, RouteChange, RouteState,
     },
     daemon::Daemon,
     net::address::IpCidr,
@@ -30,7 +30,7 @@ const IDLE_TIMER: Duration = Duration::from_secs(3);
 
 /// How long changes are gathered before the routes are planned again: a burst of route
 /// changes (a routing daemon filling the table) costs one plan.
-const PLAN_DELAY: Duration = Duration::from_millis(100);
+const PLAN_DELAY: Duration = Duration::from_millis(20);
 
 /// How soon mpathd reads its routes again and plans anew after the kernel refused a change
 /// or a read failed.
@@ -93,9 +93,10 @@ impl Routing {
         self.due.get_or_insert(now + PLAN_DELAY);
     }
 
-    /// Every route of the main table, as probe target selection sees them.
+    /// The routers and on-link host routes of the main table, as probe target selection
+    /// sees them.
     pub fn entries(&self) -> Vec<crate::core::target::RouteEntry> {
-        self.main.iter().flat_map(MainRoute::entries).collect()
+        self.main.probe_entries().collect()
     }
 
     /// Whether route changes wait to be made.
@@ -154,6 +155,19 @@ impl Routing {
         {
             self.changed(now);
         }
+    }
+}
+
+/// How many destinations must change in one plan before mpathd gives freed memory back.
+const RELEASE_AFTER: usize = 1000;
+
+/// Gives the memory freed since to the system: the allocator keeps what a large table once
+/// took otherwise, and mpathd's RSS would stay at its peak after the routes went.
+fn release_memory() {
+    // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -283,13 +297,14 @@ impl Daemon {
         let Some(installed) = &routing.installed else {
             return;
         };
+        // The destinations whose routes changed; `None`: all of them.
         let changed = if whole {
             routing.plan = routes::plan(routing.main.iter(), &groups);
             let desired = RouteState::of_plan(&routing.plan, &mut routing.ids);
             routing
                 .pending
                 .replace(routes::changes(installed, &desired));
-            true
+            None
         } else {
             let keys = routing
                 .plan
@@ -297,16 +312,20 @@ impl Daemon {
             let changes =
                 routes::changes_at(&routing.plan, &groups, &keys, &mut routing.ids, installed);
             routing.pending.merge(changes, &keys);
-            !keys.is_empty()
+            Some(keys.into_iter().map(|(destination, _)| destination))
         };
         routing.failed.clear();
         let planned = started.elapsed();
-        if changed {
-            let plan = std::mem::take(&mut self.routing.plan);
-            self.update_source_routes(&plan);
-            self.routing.plan = plan;
+        let plan = std::mem::take(&mut self.routing.plan);
+        match changed {
+            None => self.update_source_routes(&plan),
+            Some(destinations) => self.update_source_routes_at(&plan, destinations),
         }
+        self.routing.plan = plan;
         self.update_sources();
+        if whole || main.destinations.len() >= RELEASE_AFTER {
+            release_memory();
+        }
         tracing::debug!(
             "planned {} ({} routes) in {} ms, {} changes to make; source hook updated in {} ms",
             if whole {

@@ -11,6 +11,7 @@ use crate::{
     core::{routes::Plan, sources},
     daemon::Daemon,
     datapath::sources::{Served, cgroup2_root},
+    net::address::IpCidr,
 };
 
 /// What mpathd knows of its source hook.
@@ -121,6 +122,33 @@ impl Daemon {
                 "giving the source hook mpathd's routes: {}",
                 with_causes(&e)
             ),
+        }
+    }
+
+    /// Gives the hook the destinations `destinations` of mpathd's table as `plan` has them
+    /// now, alone when the maps take that, else the whole table.
+    pub(super) fn update_source_routes_at(
+        &mut self,
+        plan: &Plan,
+        destinations: impl IntoIterator<Item = IpCidr>,
+    ) {
+        let ids: BTreeMap<&str, u32> = self.groups.iter().map(|g| (g.name(), g.id)).collect();
+        let patch = destinations
+            .into_iter()
+            .map(|destination| {
+                let entry = plan
+                    .routes
+                    .range((destination, 0)..=(destination, u32::MAX))
+                    .next()
+                    .and_then(|(_, route)| match sources::group_of(destination, route) {
+                        Some(name) => ids.get(name.as_str()).map(|id| Some(*id)),
+                        None => Some(None),
+                    });
+                (destination, entry)
+            })
+            .collect();
+        if !self.datapath.maps.sources.patch_routes(&patch) {
+            self.update_source_routes(plan);
         }
     }
 

@@ -102,6 +102,8 @@ struct RouteMap<K> {
     /// write, which so removes whatever an earlier run left): only mpathd writes the map, so
     /// a rewrite compares with this instead of reading every entry back.
     written: Option<BTreeMap<IpCidr, Option<u32>>>,
+    /// The last rewrite left some prefixes to the kernel.
+    short: bool,
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -131,6 +133,7 @@ impl<K: Octets> RouteMap<K> {
             limit: limit_of(name, data)?,
             trie: typed(name, map)?,
             written: None,
+            short: false,
         })
     }
 
@@ -231,6 +234,7 @@ impl<K: Octets> RouteMap<K> {
             .filter(|(p, g)| wanted.get(p) == Some(g))
             .count();
         self.written = Some(current);
+        self.short = served < prefixes.len();
         if let Some(source) = failed_removal {
             return Err(MapsError::Map {
                 name: self.name,
@@ -244,6 +248,53 @@ impl<K: Octets> RouteMap<K> {
             served,
             error: error.filter(|_| served < prefixes.len()),
         })
+    }
+
+    /// Changes this family's entries of `patch` (`None`: no entry) and nothing else, when
+    /// the map holds the result as it is: a table change then costs what it changes. Returns
+    /// false when the map must be rewritten whole instead: not yet written by this process,
+    /// leaving prefixes to the kernel, too full for the additions, or refusing a change (what
+    /// it holds is then read again by the rewrite).
+    fn patch(&mut self, patch: &BTreeMap<IpCidr, Option<Option<u32>>>) -> bool {
+        let Some(mut current) = self.written.take() else {
+            return false;
+        };
+        let ours = || {
+            patch
+                .iter()
+                .filter(|(prefix, _)| K::of(prefix.addr()).is_some())
+        };
+        let added = ours()
+            .filter(|(prefix, group)| group.is_some() && !current.contains_key(prefix))
+            .count();
+        if self.short || current.len() + added > self.limit.saturating_sub(1) as usize {
+            self.written = Some(current);
+            return false;
+        }
+        let gone: Vec<IpCidr> = ours()
+            .filter(|(prefix, group)| group.is_none() && current.contains_key(prefix))
+            .map(|(prefix, _)| *prefix)
+            .collect();
+        for prefix in gone {
+            if self.remove(&prefix).is_err() {
+                return false;
+            }
+            current.remove(&prefix);
+        }
+        let mut changed: Vec<(IpCidr, Option<u32>)> = ours()
+            .filter_map(|(prefix, group)| Some((*prefix, (*group)?)))
+            .filter(|(prefix, group)| current.get(prefix) != Some(group))
+            .collect();
+        // Most specific first, as in a rewrite.
+        changed.sort_by_key(|(prefix, _)| Reverse(prefix.prefix_len()));
+        for (prefix, group) in changed {
+            if self.insert(&prefix, group).is_err() {
+                return false;
+            }
+            current.insert(prefix, group);
+        }
+        self.written = Some(current);
+        true
     }
 
     /// Removes `prefix`'s entry and forgets it in `current`; a failure is kept in `failed`
@@ -358,6 +409,14 @@ impl SourceMaps {
         let served = self.routes.rewrite(wanted);
         let served4 = self.routes4.rewrite(wanted);
         Ok([served?, served4?])
+    }
+
+    /// Changes the destinations of `patch` alone (`None`: no entry), when the maps take that
+    /// as they are; false when they must be rewritten whole ([`Self::write_routes`]).
+    pub fn patch_routes(&mut self, patch: &BTreeMap<IpCidr, Option<Option<u32>>>) -> bool {
+        // Both are tried: the one patched need not be rewritten.
+        let patched = self.routes.patch(patch);
+        self.routes4.patch(patch) && patched
     }
 
     /// The sources of group `group` for destinations of `class`.
