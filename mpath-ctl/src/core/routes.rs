@@ -151,6 +151,14 @@ impl MainTable {
             .collect()
     }
 
+    /// Every destination of the table.
+    pub fn destinations(&self) -> impl Iterator<Item = IpCidr> + '_ {
+        let mut last = None;
+        self.routes.keys().filter_map(move |(destination, _, _)| {
+            (last.replace(*destination) != Some(*destination)).then_some(*destination)
+        })
+    }
+
     /// Every router and on-link host route of the table, once each, as probe target
     /// selection sees them.
     pub fn probe_entries(&self) -> impl Iterator<Item = RouteEntry> + '_ {
@@ -601,14 +609,6 @@ impl Plan {
         }
     }
 
-    /// The table's keys at `destination`, of any metric.
-    fn keys_at(&self, destination: IpCidr) -> Vec<TableKey> {
-        self.routes
-            .range((destination, 0)..=(destination, u32::MAX))
-            .map(|(key, _)| *key)
-            .collect()
-    }
-
     /// Whether a group serves `destination`.
     fn serves(&self, destination: IpCidr) -> bool {
         self.routes
@@ -637,6 +637,32 @@ impl Plan {
             self.unset(at);
         }
         wanted != has
+    }
+
+    /// Re-forms every group of the plan over the NICs that serve its group now: after the
+    /// groups changed, before their destinations are planned again ([`Plan::update`]).
+    pub(crate) fn reform(&mut self, groups: &[GroupRouting]) {
+        for (key, now) in &mut self.groups {
+            let serving = groups
+                .iter()
+                .find(|g| g.name == key.group)
+                .map(|g| g.serving.as_slice())
+                .unwrap_or_default();
+            *now = members(key, serving);
+        }
+    }
+
+    /// The destinations the table has a route for.
+    pub(crate) fn destinations(&self) -> impl Iterator<Item = IpCidr> + '_ {
+        self.routes.keys().map(|(destination, _)| *destination)
+    }
+
+    /// The table's keys at `destination`, of any metric.
+    pub(crate) fn keys_at(&self, destination: IpCidr) -> Vec<TableKey> {
+        self.routes
+            .range((destination, 0)..=(destination, u32::MAX))
+            .map(|(key, _)| *key)
+            .collect()
     }
 
     /// Plans `destinations` anew, where the main table changed, and the destinations inside
@@ -690,7 +716,10 @@ impl Plan {
     }
 }
 
-/// Decides mpathd's table and nexthop groups from the main table and the groups.
+/// Decides mpathd's table and nexthop groups from the main table and the groups at once: the
+/// definition that [`Plan::update`], which mpathd runs a few thousand destinations at a time,
+/// is held to.
+#[cfg(test)]
 pub(crate) fn plan<'a>(
     main: impl IntoIterator<Item = &'a MainRoute>,
     groups: &[GroupRouting],
@@ -956,6 +985,13 @@ pub struct RouteState {
 }
 
 impl RouteState {
+    /// The table's keys at `destination`, of any metric.
+    pub fn keys_at(&self, destination: IpCidr) -> impl Iterator<Item = (IpCidr, u32)> + '_ {
+        self.routes
+            .range((destination, 0)..=(destination, u32::MAX))
+            .map(|(key, _)| *key)
+    }
+
     /// Records a change the kernel made.
     pub fn apply(&mut self, change: &RouteChange) {
         match change {
@@ -1023,6 +1059,7 @@ impl RouteState {
     /// The kernel's terms of a plan, with ids from `book` (objects the plan no longer names
     /// are forgotten there, after the new ones got ids of their own). An object without an id (the range is full) is left out, with
     /// the routes through it.
+    #[cfg(test)]
     pub(crate) fn of_plan(plan: &Plan, book: &mut IdBook) -> RouteState {
         let mut wanted: BTreeSet<NexthopObject> = BTreeSet::new();
         for (key, members) in &plan.groups {
@@ -1102,6 +1139,7 @@ pub enum RouteChange {
 /// never leaves a route without a way out: nexthops before the groups that use them, groups
 /// before the routes through them; deletions after, routes first. A group is never emptied
 /// by deleting its members first (the kernel would delete the group and its routes).
+#[cfg(test)]
 pub fn changes(installed: &RouteState, desired: &RouteState) -> Vec<RouteChange> {
     let mut changes = Vec::new();
     for (id, key) in &desired.nexthops {
@@ -1162,12 +1200,6 @@ impl ChangeQueue {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// A whole plan's changes, in the place of all that waited.
-    pub fn replace(&mut self, changes: Vec<RouteChange>) {
-        *self = ChangeQueue::default();
-        self.merge(changes, &BTreeSet::new());
     }
 
     /// A partial plan's changes ([`changes_at`]): its nexthop changes and deletions take the
@@ -1992,6 +2024,30 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_re_formed_and_swept_after_a_failover_is_the_plan_of_the_new_groups() {
+        let mut main = dhcp_host();
+        main.push(route("10.0.0.0/8", 0, &[(M0, Some("198.51.100.1"))]));
+        let table: MainTable = main.iter().cloned().collect();
+        let mut book = IdBook::default();
+        for (before, after) in [(&[H0, H1][..], &[H0][..]), (&[H0], &[]), (&[], &[H1])] {
+            let mut planned = plan(&main, &[group(before)]);
+            let mut installed = RouteState::of_plan(&planned, &mut book);
+            let groups = [group(after)];
+            planned.reform(&groups);
+            let every: BTreeSet<IpCidr> =
+                table.destinations().chain(planned.destinations()).collect();
+            let mut keys = planned.update(&table, &groups, &every);
+            for destination in &every {
+                keys.extend(installed.keys_at(*destination));
+            }
+            assert_eq!(planned, plan(&main, &groups), "{before:?} to {after:?}");
+            let made = changes_at(&planned, &groups, &keys, &mut book, &installed);
+            installed = applied(installed, &made);
+            assert_eq!(installed, RouteState::of_plan(&planned, &mut book.clone()));
+        }
+    }
+
+    #[test]
     fn a_later_plan_s_change_of_a_route_takes_the_place_of_the_waiting_one() {
         let set = |metric: u32, via: Via<u32>| RouteChange::SetRoute {
             destination: cidr("10.0.0.0/8"),
@@ -1999,24 +2055,30 @@ mod tests {
             route: TableRoute { via, prefsrc: None },
         };
         let mut queue = ChangeQueue::default();
-        queue.replace(vec![
-            RouteChange::SetNexthop {
-                id: 1,
-                key: nexthop(H0, None),
-            },
-            set(0, Via::Group(2)),
-            RouteChange::DelNexthop { id: 9 },
-            RouteChange::SetGroup {
-                id: 2,
-                members: vec![1],
-            },
-        ]);
+        queue.merge(
+            vec![
+                RouteChange::SetNexthop {
+                    id: 1,
+                    key: nexthop(H0, None),
+                },
+                set(0, Via::Group(2)),
+                RouteChange::DelNexthop { id: 9 },
+                RouteChange::SetGroup {
+                    id: 2,
+                    members: vec![1],
+                },
+            ],
+            &BTreeSet::new(),
+        );
         assert_eq!(queue.len(), 4);
         queue.merge(vec![set(0, Via::Throw)], &[(cidr("10.0.0.0/8"), 0)].into());
         // The nexthop changes of the earlier plan are out of date with it.
         assert_eq!(queue.pop(), Some(set(0, Via::Throw)));
         assert_eq!(queue.pop(), None);
-        queue.replace(vec![RouteChange::DelNexthop { id: 9 }, set(0, Via::Throw)]);
+        queue.merge(
+            vec![RouteChange::DelNexthop { id: 9 }, set(0, Via::Throw)],
+            &BTreeSet::new(),
+        );
         assert_eq!(
             queue.pop(),
             Some(set(0, Via::Throw)),

@@ -66,6 +66,10 @@ use crate::{
 /// three small file reads.
 const DATAPATH_CHECK: Duration = Duration::from_secs(2);
 
+/// How soon a resynchronisation that failed (a dump interrupted by changes, say) is tried
+/// again.
+const RESYNC_RETRY: Duration = Duration::from_secs(1);
+
 /// Where the configuration is read from, again on SIGHUP.
 pub struct ConfigPaths {
     pub config: PathBuf,
@@ -111,6 +115,8 @@ pub struct Daemon {
     carrier_hook: bool,
     /// Why the routing settings could not be set, as last reported.
     sysctl_errors: Vec<String>,
+    /// When to try again a resynchronisation that failed after lost notifications.
+    resync_due: Option<Instant>,
     metrics: Metrics,
 }
 
@@ -174,6 +180,7 @@ impl Daemon {
             carrier_events: None,
             carrier_hook: false,
             sysctl_errors,
+            resync_due: None,
             metrics,
         };
         // Before the NICs are set up: with the hook running, their carrier needs no reading.
@@ -235,10 +242,11 @@ impl Daemon {
             let wake = self.next_wakeup();
             tokio::select! {
                 event = self.monitor.next() => {
-                    // A failed dump (interrupted by changes, say) is retried by a resync at the
-                    // next event; the daemon keeps running.
-                    if let Err(e) = async { self.net_event(event?).await }.await {
-                        tracing::error!("handling a netlink event: {e:#}");
+                    // The monitor fails only when its socket cannot be opened again; the
+                    // daemon keeps running on what it knows.
+                    match event {
+                        Ok(event) => self.net_event(event).await,
+                        Err(e) => tracing::error!("reading netlink events: {e:#}"),
                     }
                 }
                 batch = replies.next_batch() => {
@@ -293,6 +301,7 @@ impl Daemon {
         let mut wake = Instant::now() + Duration::from_secs(1);
         let timers = [
             Some(self.datapath_due),
+            self.resync_due,
             self.routing.due,
             self.announcer.next_due(),
             Some(self.following.due),
@@ -315,6 +324,9 @@ impl Daemon {
     /// multicast memberships again, probes, and the state machines' timers.
     async fn tick(&mut self) {
         let now = Instant::now();
+        if self.resync_due.is_some_and(|due| due <= now) {
+            self.resync_after_overrun(now).await;
+        }
         if self.routing.due.is_some_and(|due| due <= now) {
             self.replan().await;
         }
@@ -341,7 +353,7 @@ impl Daemon {
         }
     }
 
-    async fn net_event(&mut self, event: NetEvent) -> anyhow::Result<()> {
+    async fn net_event(&mut self, event: NetEvent) {
         let now = Instant::now();
         match event {
             NetEvent::Link(link) => {
@@ -382,10 +394,24 @@ impl Daemon {
             NetEvent::NexthopDeleted { id } => self.routing.nexthop_deleted(id, now),
             NetEvent::Overrun => {
                 tracing::warn!("the kernel dropped netlink events; resynchronising");
-                self.resync(&BTreeSet::new(), &BTreeMap::new()).await?;
+                self.resync_after_overrun(now).await;
             }
         }
-        Ok(())
+    }
+
+    /// Reads the host again after lost notifications; a read that fails is tried again
+    /// shortly, since no event may come to trigger it.
+    async fn resync_after_overrun(&mut self, now: Instant) {
+        match self.resync(&BTreeSet::new(), &BTreeMap::new()).await {
+            Ok(()) => self.resync_due = None,
+            Err(e) => {
+                tracing::error!(
+                    "resynchronising after lost netlink events: {e:#}; trying again in {} s",
+                    RESYNC_RETRY.as_secs()
+                );
+                self.resync_due = Some(now + RESYNC_RETRY);
+            }
+        }
     }
 
     async fn command(&mut self, command: Command) {

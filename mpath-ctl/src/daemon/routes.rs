@@ -36,6 +36,10 @@ const PLAN_DELAY: Duration = Duration::from_millis(20);
 /// or a read failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// How many destinations one turn of the event loop plans in a sweep of the whole table: a
+/// few milliseconds of planning.
+const DESTINATIONS_PER_TURN: usize = 4096;
+
 /// How many route changes one turn of the event loop carries out: a few milliseconds of
 /// netlink requests, so that link events, probes, signals and the control socket never wait
 /// long behind a table of any size.
@@ -61,6 +65,8 @@ pub(super) struct Routing {
     plan: Plan,
     /// The changes of the last plans not yet made, a few per turn of the event loop.
     pending: ChangeQueue,
+    /// A plan of the whole table under way, a few thousand destinations a turn.
+    sweep: Option<Sweep>,
     /// The next plan is of the whole table: the groups changed (a NIC's usability, the
     /// places of their addresses, the routes they hold) or what mpathd has in the kernel
     /// was read anew. Otherwise only the main table's changed destinations are planned again.
@@ -99,9 +105,9 @@ impl Routing {
         self.main.probe_entries().collect()
     }
 
-    /// Whether route changes wait to be made.
+    /// Whether route work waits: changes to make, or a plan under way.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.sweep.is_some()
     }
 
     /// What mpathd has in the kernel is to be read again before the next plan.
@@ -169,6 +175,18 @@ fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// A plan of the whole table, made a part at a time between everything else: destinations
+/// come in the order of the table, so a route's prefix is planned before the destinations
+/// inside it.
+struct Sweep {
+    /// Every destination of the main table, of the groups' own routes, and of mpathd's
+    /// table as planned and as in the kernel, in the order of the table.
+    destinations: Vec<IpCidr>,
+    /// How many are planned.
+    done: usize,
+    started: Instant,
 }
 
 /// What changed in the main table since the last plan.
@@ -297,14 +315,22 @@ impl Daemon {
         let Some(installed) = &routing.installed else {
             return;
         };
-        // The destinations whose routes changed; `None`: all of them.
-        let changed = if whole {
-            routing.plan = routes::plan(routing.main.iter(), &groups);
-            let desired = RouteState::of_plan(&routing.plan, &mut routing.ids);
-            routing
-                .pending
-                .replace(routes::changes(installed, &desired));
-            None
+        if whole {
+            // The groups' nexthop groups at once; their routes a part at a time.
+            routing.plan.reform(&groups);
+            let mut destinations: BTreeSet<IpCidr> = routing.main.destinations().collect();
+            destinations.extend(routing.plan.destinations());
+            destinations.extend(installed.routes.keys().map(|(destination, _)| *destination));
+            destinations.extend(
+                groups
+                    .iter()
+                    .flat_map(|g| g.configured.iter().map(|r| r.to)),
+            );
+            routing.sweep = Some(Sweep {
+                destinations: destinations.into_iter().collect(),
+                done: 0,
+                started,
+            });
         } else {
             let keys = routing
                 .plan
@@ -312,36 +338,66 @@ impl Daemon {
             let changes =
                 routes::changes_at(&routing.plan, &groups, &keys, &mut routing.ids, installed);
             routing.pending.merge(changes, &keys);
-            Some(keys.into_iter().map(|(destination, _)| destination))
-        };
-        routing.failed.clear();
-        let planned = started.elapsed();
-        let plan = std::mem::take(&mut self.routing.plan);
-        match changed {
-            None => self.update_source_routes(&plan),
-            Some(destinations) => self.update_source_routes_at(&plan, destinations),
+            let plan = std::mem::take(&mut routing.plan);
+            self.update_source_routes_at(&plan, keys.into_iter().map(|(d, _)| d));
+            self.routing.plan = plan;
+            tracing::debug!(
+                "planned {} changed destinations in {} ms, {} changes to make",
+                main.destinations.len(),
+                started.elapsed().as_millis(),
+                self.routing.pending.len(),
+            );
         }
-        self.routing.plan = plan;
+        self.routing.failed.clear();
         self.update_sources();
-        if whole || main.destinations.len() >= RELEASE_AFTER {
+        if main.destinations.len() >= RELEASE_AFTER {
             release_memory();
         }
-        tracing::debug!(
-            "planned {} ({} routes) in {} ms, {} changes to make; source hook updated in {} ms",
-            if whole {
-                "the whole table"
-            } else {
-                "the changed destinations"
-            },
-            self.routing.plan.routes.len(),
-            planned.as_millis(),
-            self.routing.pending.len(),
-            (started.elapsed() - planned).as_millis()
-        );
     }
 
-    /// Makes the next few planned changes.
+    /// Plans the next part of the whole table, if a plan of it is under way.
+    fn sweep_step(&mut self) {
+        let groups = self.group_routing();
+        let routing = &mut self.routing;
+        let (Some(sweep), Some(installed)) = (&mut routing.sweep, &routing.installed) else {
+            return;
+        };
+        let end = (sweep.done + DESTINATIONS_PER_TURN).min(sweep.destinations.len());
+        let part: BTreeSet<IpCidr> = sweep.destinations[sweep.done..end]
+            .iter()
+            .copied()
+            .collect();
+        sweep.done = end;
+        let finished = (end == sweep.destinations.len())
+            .then(|| (sweep.destinations.len(), sweep.started.elapsed()));
+        let mut keys = routing.plan.update(&routing.main, &groups, &part);
+        // Every route of these destinations, in the plan or in the kernel, is compared.
+        for destination in &part {
+            keys.extend(routing.plan.keys_at(*destination));
+            keys.extend(installed.keys_at(*destination));
+        }
+        let changes =
+            routes::changes_at(&routing.plan, &groups, &keys, &mut routing.ids, installed);
+        routing.pending.merge(changes, &keys);
+        let plan = std::mem::take(&mut routing.plan);
+        self.update_source_routes_at(&plan, keys.iter().map(|(d, _)| *d));
+        self.routing.plan = plan;
+        if let Some((destinations, took)) = finished {
+            tracing::debug!(
+                "planned the whole table ({destinations} destinations) in {} ms, a part a turn; \
+                 {} changes to make",
+                took.as_millis(),
+                self.routing.pending.len(),
+            );
+            self.routing.sweep = None;
+            release_memory();
+        }
+    }
+
+    /// Plans the next part of a whole table under way, and makes the next few planned
+    /// changes.
     pub(super) async fn route_step(&mut self) {
+        self.sweep_step();
         for _ in 0..CHANGES_PER_TURN {
             let Some(change) = self.routing.pending.pop() else {
                 break;
