@@ -65,7 +65,7 @@ pub(super) struct Routing {
     plan: Plan,
     /// The changes of the last plans not yet made, a few per turn of the event loop.
     pending: ChangeQueue,
-    /// A plan of the whole table under way, a few thousand destinations a turn.
+    /// A plan of many destinations under way, a few thousand a turn.
     sweep: Option<Sweep>,
     /// The next plan is of the whole table: the groups changed (a NIC's usability, the
     /// places of their addresses, the routes they hold) or what mpathd has in the kernel
@@ -164,7 +164,7 @@ impl Routing {
     }
 }
 
-/// How many destinations must change in one plan before mpathd gives freed memory back.
+/// How many destinations a plan must have planned before mpathd gives freed memory back.
 const RELEASE_AFTER: usize = 1000;
 
 /// Gives the memory freed since to the system: the allocator keeps what a large table once
@@ -177,16 +177,25 @@ fn release_memory() {
     }
 }
 
-/// A plan of the whole table, made a part at a time between everything else: destinations
-/// come in the order of the table, so a route's prefix is planned before the destinations
-/// inside it.
+/// A plan of many destinations (the whole table, or a large change of it), made a part at
+/// a time between everything else. Destinations come in the order of the table, so a
+/// route's prefix is planned before the destinations inside it.
 struct Sweep {
-    /// Every destination of the main table, of the groups' own routes, and of mpathd's
-    /// table as planned and as in the kernel, in the order of the table.
-    destinations: Vec<IpCidr>,
-    /// How many are planned.
-    done: usize,
+    /// The destinations still to plan.
+    left: BTreeSet<IpCidr>,
+    /// How many it had in all.
+    count: usize,
     started: Instant,
+}
+
+impl Sweep {
+    fn new(destinations: BTreeSet<IpCidr>, started: Instant) -> Sweep {
+        Sweep {
+            count: destinations.len(),
+            left: destinations,
+            started,
+        }
+    }
 }
 
 /// What changed in the main table since the last plan.
@@ -326,11 +335,17 @@ impl Daemon {
                     .iter()
                     .flat_map(|g| g.configured.iter().map(|r| r.to)),
             );
-            routing.sweep = Some(Sweep {
-                destinations: destinations.into_iter().collect(),
-                done: 0,
-                started,
-            });
+            routing.sweep = Some(Sweep::new(destinations, started));
+        } else if main.destinations.len() > DESTINATIONS_PER_TURN || routing.sweep.is_some() {
+            // A large change (a table flushed, a feed coming in) is planned a part at a time
+            // too, and so is one while such a plan is under way, in its turn.
+            match &mut routing.sweep {
+                Some(sweep) => {
+                    sweep.count += main.destinations.len();
+                    sweep.left.extend(main.destinations);
+                }
+                None => routing.sweep = Some(Sweep::new(main.destinations, started)),
+            }
         } else {
             let keys = routing
                 .plan
@@ -350,26 +365,25 @@ impl Daemon {
         }
         self.routing.failed.clear();
         self.update_sources();
-        if main.destinations.len() >= RELEASE_AFTER {
-            release_memory();
-        }
     }
 
-    /// Plans the next part of the whole table, if a plan of it is under way.
+    /// Plans the next part of a plan of many destinations, if one is under way.
     fn sweep_step(&mut self) {
         let groups = self.group_routing();
         let routing = &mut self.routing;
         let (Some(sweep), Some(installed)) = (&mut routing.sweep, &routing.installed) else {
             return;
         };
-        let end = (sweep.done + DESTINATIONS_PER_TURN).min(sweep.destinations.len());
-        let part: BTreeSet<IpCidr> = sweep.destinations[sweep.done..end]
-            .iter()
-            .copied()
-            .collect();
-        sweep.done = end;
-        let finished = (end == sweep.destinations.len())
-            .then(|| (sweep.destinations.len(), sweep.started.elapsed()));
+        let mut part = BTreeSet::new();
+        while part.len() < DESTINATIONS_PER_TURN
+            && let Some(destination) = sweep.left.pop_first()
+        {
+            part.insert(destination);
+        }
+        let finished = sweep
+            .left
+            .is_empty()
+            .then(|| (sweep.count, sweep.started.elapsed()));
         let mut keys = routing.plan.update(&routing.main, &groups, &part);
         // Every route of these destinations, in the plan or in the kernel, is compared.
         for destination in &part {
@@ -382,20 +396,21 @@ impl Daemon {
         let plan = std::mem::take(&mut routing.plan);
         self.update_source_routes_at(&plan, keys.iter().map(|(d, _)| *d));
         self.routing.plan = plan;
-        if let Some((destinations, took)) = finished {
+        if let Some((count, took)) = finished {
             tracing::debug!(
-                "planned the whole table ({destinations} destinations) in {} ms, a part a turn; \
-                 {} changes to make",
+                "planned {count} destinations in {} ms, a part a turn; {} changes to make",
                 took.as_millis(),
                 self.routing.pending.len(),
             );
             self.routing.sweep = None;
-            release_memory();
+            if count >= RELEASE_AFTER {
+                release_memory();
+            }
         }
     }
 
-    /// Plans the next part of a whole table under way, and makes the next few planned
-    /// changes.
+    /// Plans the next part of a plan of many destinations under way, and makes the next few
+    /// planned changes.
     pub(super) async fn route_step(&mut self) {
         self.sweep_step();
         for _ in 0..CHANGES_PER_TURN {
