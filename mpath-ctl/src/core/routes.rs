@@ -1189,8 +1189,28 @@ pub fn changes(installed: &RouteState, desired: &RouteState) -> Vec<RouteChange>
 #[derive(Debug, Default)]
 pub(crate) struct ChangeQueue {
     nexthops: VecDeque<RouteChange>,
-    routes: BTreeMap<TableKey, RouteChange>,
+    /// Each route's change: the route to set, or `None` to delete it.
+    routes: BTreeMap<TableKey, Option<TableRoute<u32>>>,
     deletions: VecDeque<RouteChange>,
+}
+
+/// A change of one route of mpathd's table: the route to set, or `None` to delete it.
+pub(crate) type TableChange = (TableKey, Option<TableRoute<u32>>);
+
+impl From<TableChange> for RouteChange {
+    fn from(((destination, metric), route): TableChange) -> RouteChange {
+        match route {
+            Some(route) => RouteChange::SetRoute {
+                destination,
+                metric,
+                route,
+            },
+            None => RouteChange::DelRoute {
+                destination,
+                metric,
+            },
+        }
+    }
 }
 
 impl ChangeQueue {
@@ -1211,20 +1231,22 @@ impl ChangeQueue {
             self.routes.remove(at);
         }
         for change in changes {
-            match &change {
+            match change {
                 RouteChange::SetNexthop { .. } | RouteChange::SetGroup { .. } => {
                     self.nexthops.push_back(change)
                 }
                 RouteChange::SetRoute {
                     destination,
                     metric,
-                    ..
+                    route,
+                } => {
+                    self.routes.insert((destination, metric), Some(route));
                 }
-                | RouteChange::DelRoute {
+                RouteChange::DelRoute {
                     destination,
                     metric,
                 } => {
-                    self.routes.insert((*destination, *metric), change);
+                    self.routes.insert((destination, metric), None);
                 }
                 RouteChange::DelNexthop { .. } => self.deletions.push_back(change),
             }
@@ -1243,10 +1265,21 @@ impl ChangeQueue {
         if let Some(change) = self.nexthops.pop_front() {
             return Some(change);
         }
-        if let Some((_, change)) = self.routes.pop_first() {
-            return Some(change);
+        if let Some(change) = self.routes.pop_first() {
+            return Some(change.into());
         }
         self.deletions.pop_front()
+    }
+
+    /// The next route changes, up to `count`, when they are next: none while a nexthop
+    /// object waits to be made first. They can be made together.
+    pub fn pop_routes(&mut self, count: usize) -> Vec<TableChange> {
+        if !self.nexthops.is_empty() {
+            return Vec::new();
+        }
+        std::iter::from_fn(|| self.routes.pop_first())
+            .take(count)
+            .collect()
     }
 }
 
@@ -2071,6 +2104,8 @@ mod tests {
             &BTreeSet::new(),
         );
         assert_eq!(queue.len(), 4);
+        // Routes wait for the nexthop objects before them.
+        assert!(queue.pop_routes(64).is_empty());
         queue.merge(vec![set(0, Via::Throw)], &[(cidr("10.0.0.0/8"), 0)].into());
         // The nexthop changes of the earlier plan are out of date with it.
         assert_eq!(queue.pop(), Some(set(0, Via::Throw)));
@@ -2079,11 +2114,10 @@ mod tests {
             vec![RouteChange::DelNexthop { id: 9 }, set(0, Via::Throw)],
             &BTreeSet::new(),
         );
-        assert_eq!(
-            queue.pop(),
-            Some(set(0, Via::Throw)),
-            "routes before deletions"
-        );
+        let routes = queue.pop_routes(64);
+        assert_eq!(routes.len(), 1, "routes before deletions");
+        assert_eq!(RouteChange::from(routes[0].clone()), set(0, Via::Throw));
+        assert!(queue.pop_routes(64).is_empty());
         assert_eq!(queue.pop(), Some(RouteChange::DelNexthop { id: 9 }));
     }
 }

@@ -11,7 +11,7 @@ use crate::{
     config::RouteConfig,
     core::routes::{
         self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, MainTable, NexthopKey,
-        NexthopObject, NicRouting, Plan, RouteChange, RouteState,
+        NexthopObject, NicRouting, Plan, RouteChange, RouteState, TableChange,
     },
     daemon::Daemon,
     net::address::IpCidr,
@@ -413,11 +413,62 @@ impl Daemon {
     /// planned changes.
     pub(super) async fn route_step(&mut self) {
         self.sweep_step();
-        for _ in 0..CHANGES_PER_TURN {
+        let mut made = 0;
+        while made < CHANGES_PER_TURN {
+            let routes = self.routing.pending.pop_routes(CHANGES_PER_TURN - made);
+            if !routes.is_empty() {
+                made += routes.len();
+                self.make_routes(routes).await;
+                continue;
+            }
             let Some(change) = self.routing.pending.pop() else {
                 break;
             };
+            made += 1;
             self.make(change).await;
+        }
+    }
+
+    /// Makes changes of mpathd's table together: their requests go out at once and the
+    /// answers are awaited together, rather than a round trip each. A route through a group
+    /// the kernel refused is left out.
+    async fn make_routes(&mut self, changes: Vec<TableChange>) {
+        let table = self.config.daemon.route_table;
+        let failed = &self.routing.failed;
+        let changes: Vec<TableChange> = changes
+            .into_iter()
+            .filter(|(_, route)| {
+                !route.as_ref().is_some_and(
+                    |r| matches!(r.via, routes::Via::Group(id) if failed.contains(&id)),
+                )
+            })
+            .collect();
+        let netlink = &self.netlink;
+        let results = futures_util::future::join_all(changes.iter().map(
+            |((destination, metric), route)| async move {
+                match route {
+                    Some(route) => {
+                        netlink
+                            .set_table_route(table, *destination, *metric, route)
+                            .await
+                    }
+                    None => netlink.del_table_route(table, *destination, *metric).await,
+                }
+            },
+        ))
+        .await;
+        let now = Instant::now();
+        for (change, result) in changes.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    let change = RouteChange::from(change);
+                    tracing::debug!("routes: {change:?}");
+                    if let Some(installed) = &mut self.routing.installed {
+                        installed.apply(&change);
+                    }
+                }
+                Err(e) => self.routing.failed(e.to_string(), now),
+            }
         }
     }
 
