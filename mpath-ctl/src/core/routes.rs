@@ -125,6 +125,16 @@ fn same_route(a: &MainRoute, b: &MainRoute) -> bool {
 }
 
 impl MainTable {
+    /// How many keys (destination, metric, TOS) it has routes under: about as many as it
+    /// has routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &MainRoute> {
         self.routes.values().flatten()
     }
@@ -665,17 +675,18 @@ impl Plan {
             .collect()
     }
 
-    /// Plans `destinations` anew, where the main table changed, and the destinations inside
-    /// those that started or stopped being a group's (whose throws follow); the rest of the
-    /// plan stays as it is, so a route change costs what it changes. The groups must be as
-    /// when the plan was made. Returns the table keys that changed.
+    /// Plans `destinations` anew, where the main table changed; the rest of the plan stays
+    /// as it is, so a route change costs what it changes. The groups must be as when the
+    /// plan was made. The destinations inside one that started or stopped being a group's
+    /// must be planned again next, for their throws ([`inside`]): all of them may be many.
     pub(crate) fn update(
         &mut self,
         main: &MainTable,
         groups: &[GroupRouting],
         destinations: &BTreeSet<IpCidr>,
-    ) -> BTreeSet<TableKey> {
+    ) -> Updated {
         let mut changed = BTreeSet::new();
+        let mut flipped = Vec::new();
         let mut others = BTreeSet::new();
         for &destination in destinations {
             let was_served = self.serves(destination);
@@ -699,12 +710,7 @@ impl Plan {
                 None => {}
             }
             if was_served != self.serves(destination) {
-                others.extend(main.inside(destination));
-                others.extend(
-                    configured(groups)
-                        .map(|(r, _)| r.destination)
-                        .filter(|d| *d != destination && destination.covers(*d)),
-                );
+                flipped.push(destination);
             }
         }
         for destination in others {
@@ -712,8 +718,31 @@ impl Plan {
                 changed.insert((destination, kernel_metric(destination, 0)));
             }
         }
-        changed
+        Updated {
+            keys: changed,
+            flipped,
+        }
     }
+}
+
+/// What [`Plan::update`] changed.
+pub(crate) struct Updated {
+    /// The table keys that changed.
+    pub keys: BTreeSet<TableKey>,
+    /// The destinations that started or stopped being a group's.
+    pub flipped: Vec<IpCidr>,
+}
+
+/// The destinations of the main table and of the groups' own routes inside `outer`, `outer`
+/// itself left out.
+pub(crate) fn inside(main: &MainTable, groups: &[GroupRouting], outer: IpCidr) -> BTreeSet<IpCidr> {
+    let mut inner = main.inside(outer);
+    inner.extend(
+        configured(groups)
+            .map(|(r, _)| r.destination)
+            .filter(|d| *d != outer && outer.covers(*d)),
+    );
+    inner
 }
 
 /// Decides mpathd's table and nexthop groups from the main table and the groups at once: the
@@ -1976,6 +2005,24 @@ mod tests {
         }
     }
 
+    /// Updates `planned` at `destinations`, then at the destinations inside each that started
+    /// or stopped being a group's, as mpathd does over the turns of its loop.
+    fn update_fully(
+        planned: &mut Plan,
+        main: &MainTable,
+        groups: &[GroupRouting],
+        destinations: &BTreeSet<IpCidr>,
+    ) -> BTreeSet<TableKey> {
+        let mut updated = planned.update(main, groups, destinations);
+        let mut keys = updated.keys;
+        while let Some(outer) = updated.flipped.pop() {
+            let next = planned.update(main, groups, &inside(main, groups, outer));
+            keys.extend(next.keys);
+            updated.flipped.extend(next.flipped);
+        }
+        keys
+    }
+
     #[test]
     fn an_updated_plan_and_its_changes_match_a_whole_plan_after_every_change() {
         let mut g = group(&[H0, H1]);
@@ -2044,7 +2091,7 @@ mod tests {
                 .chain(&delta.after)
                 .map(|r| r.destination)
                 .collect();
-            let keys = planned.update(&main, &groups, &touched);
+            let keys = update_fully(&mut planned, &main, &groups, &touched);
             assert_eq!(planned, plan(main.iter(), &groups), "step {step}");
             let made = changes_at(&planned, &groups, &keys, &mut book, &installed);
             installed = applied(installed, &made);
@@ -2069,7 +2116,7 @@ mod tests {
             planned.reform(&groups);
             let every: BTreeSet<IpCidr> =
                 table.destinations().chain(planned.destinations()).collect();
-            let mut keys = planned.update(&table, &groups, &every);
+            let mut keys = planned.update(&table, &groups, &every).keys;
             for destination in &every {
                 keys.extend(installed.keys_at(*destination));
             }

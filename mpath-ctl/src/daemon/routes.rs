@@ -36,8 +36,8 @@ const PLAN_DELAY: Duration = Duration::from_millis(20);
 /// or a read failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// How many destinations one turn of the event loop plans in a sweep of the whole table: a
-/// few milliseconds of planning.
+/// How many destinations one turn of the event loop plans of a plan of many (the whole
+/// table, a large change): a few milliseconds of planning.
 const DESTINATIONS_PER_TURN: usize = 4096;
 
 /// How many route changes one turn of the event loop carries out: a few milliseconds of
@@ -185,15 +185,48 @@ struct Sweep {
     left: BTreeSet<IpCidr>,
     /// How many it had in all.
     count: usize,
+    /// It plans every destination: those inside one that started or stopped being a
+    /// group's come later in it anyway, unless planned already ([`Sweep::high`]).
+    whole: bool,
+    /// The highest destination planned by the parts before this one.
+    high: Option<IpCidr>,
     started: Instant,
 }
 
 impl Sweep {
-    fn new(destinations: BTreeSet<IpCidr>, started: Instant) -> Sweep {
+    fn new(destinations: BTreeSet<IpCidr>, whole: bool, started: Instant) -> Sweep {
         Sweep {
             count: destinations.len(),
             left: destinations,
+            whole,
+            high: None,
             started,
+        }
+    }
+}
+
+impl Routing {
+    /// Plans the destinations inside those of `flipped` (which started or stopped being a
+    /// group's) again, for their throws: in a sweep, as they may be the whole table.
+    fn plan_inside(&mut self, mut flipped: Vec<IpCidr>, groups: &[GroupRouting], now: Instant) {
+        // A whole sweep comes to what is inside a destination after it, unless it was there
+        // before: a destination planned out of its turn.
+        if let Some(sweep) = self.sweep.as_ref().filter(|sweep| sweep.whole) {
+            flipped.retain(|outer| sweep.high.is_some_and(|high| *outer < high));
+        }
+        let mut inner = BTreeSet::new();
+        for outer in flipped {
+            inner.append(&mut routes::inside(&self.main, groups, outer));
+        }
+        if inner.is_empty() {
+            return;
+        }
+        match &mut self.sweep {
+            Some(sweep) => {
+                sweep.count += inner.len();
+                sweep.left.append(&mut inner);
+            }
+            None => self.sweep = Some(Sweep::new(inner, false, now)),
         }
     }
 }
@@ -335,7 +368,7 @@ impl Daemon {
                     .iter()
                     .flat_map(|g| g.configured.iter().map(|r| r.to)),
             );
-            routing.sweep = Some(Sweep::new(destinations, started));
+            routing.sweep = Some(Sweep::new(destinations, true, started));
         } else if main.destinations.len() > DESTINATIONS_PER_TURN || routing.sweep.is_some() {
             // A large change (a table flushed, a feed coming in) is planned a part at a time
             // too, and so is one while such a plan is under way, in its turn.
@@ -344,15 +377,17 @@ impl Daemon {
                     sweep.count += main.destinations.len();
                     sweep.left.extend(main.destinations);
                 }
-                None => routing.sweep = Some(Sweep::new(main.destinations, started)),
+                None => routing.sweep = Some(Sweep::new(main.destinations, false, started)),
             }
         } else {
-            let keys = routing
+            let updated = routing
                 .plan
                 .update(&routing.main, &groups, &main.destinations);
+            let keys = updated.keys;
             let changes =
                 routes::changes_at(&routing.plan, &groups, &keys, &mut routing.ids, installed);
             routing.pending.merge(changes, &keys);
+            routing.plan_inside(updated.flipped, &groups, started);
             let plan = std::mem::take(&mut routing.plan);
             self.update_source_routes_at(&plan, keys.into_iter().map(|(d, _)| d));
             self.routing.plan = plan;
@@ -365,6 +400,9 @@ impl Daemon {
         }
         self.routing.failed.clear();
         self.update_sources();
+        // Room for a notification per route, should the table change all at once.
+        let routes = self.routing.main.len() + self.routing.plan.routes.len();
+        self.monitor.fit(routes);
     }
 
     /// Plans the next part of a plan of many destinations, if one is under way.
@@ -384,7 +422,8 @@ impl Daemon {
             .left
             .is_empty()
             .then(|| (sweep.count, sweep.started.elapsed()));
-        let mut keys = routing.plan.update(&routing.main, &groups, &part);
+        let updated = routing.plan.update(&routing.main, &groups, &part);
+        let mut keys = updated.keys;
         // Every route of these destinations, in the plan or in the kernel, is compared.
         for destination in &part {
             keys.extend(routing.plan.keys_at(*destination));
@@ -393,6 +432,10 @@ impl Daemon {
         let changes =
             routes::changes_at(&routing.plan, &groups, &keys, &mut routing.ids, installed);
         routing.pending.merge(changes, &keys);
+        routing.plan_inside(updated.flipped, &groups, Instant::now());
+        if let Some(sweep) = &mut routing.sweep {
+            sweep.high = sweep.high.max(part.last().copied());
+        }
         let plan = std::mem::take(&mut routing.plan);
         self.update_source_routes_at(&plan, keys.iter().map(|(d, _)| *d));
         self.routing.plan = plan;

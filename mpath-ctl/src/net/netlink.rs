@@ -11,7 +11,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use bytes::BytesMut;
 use futures_channel::mpsc::UnboundedReceiver;
@@ -696,6 +696,8 @@ impl Drop for Netlink {
 pub struct Monitor {
     messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
     connection: JoinHandle<()>,
+    /// The socket's descriptor, owned by `connection`, which lives as long as the monitor.
+    fd: RawFd,
     receive_buffer: usize,
 }
 
@@ -713,12 +715,32 @@ impl Monitor {
     /// Like [`Monitor::open`] with a receive buffer of `bytes` (the kernel doubles it and
     /// enforces a minimum of a few KiB). Beyond `net.core.rmem_max` it needs CAP_NET_ADMIN.
     pub fn open_with_receive_buffer(bytes: usize) -> Result<Monitor, NetlinkError> {
-        let (connection, messages) = subscribe(bytes)?;
+        let (connection, messages, fd) = subscribe(bytes)?;
         Ok(Monitor {
             messages,
             connection,
+            fd,
             receive_buffer: bytes,
         })
+    }
+
+    /// Grows the receive buffer to hold a notification for each of `routes` routes, past
+    /// [`Monitor::DEFAULT_RECEIVE_BUFFER`]: a table flushed or filled at once is announced
+    /// faster than mpathd reads, and a notification dropped costs a read of every table.
+    /// Memory is only used while notifications wait.
+    pub fn fit(&mut self, routes: usize) {
+        /// A route notification with its socket buffer overhead, rounded up.
+        const BYTES_PER_ROUTE: usize = 512;
+        let wanted = routes.saturating_mul(BYTES_PER_ROUTE);
+        if wanted <= self.receive_buffer.max(Self::DEFAULT_RECEIVE_BUFFER) {
+            return;
+        }
+        match set_receive_buffer(self.fd, wanted) {
+            Ok(()) => self.receive_buffer = wanted,
+            Err(e) => tracing::warn!(
+                "growing the netlink event socket's buffer to {wanted} bytes for {routes} routes: {e}"
+            ),
+        }
     }
 
     /// The next event. Cancel safe: nothing is lost when the future is dropped unfinished.
@@ -733,10 +755,11 @@ impl Monitor {
                     }
                 }
                 None => {
-                    let (connection, messages) = subscribe(self.receive_buffer)?;
+                    let (connection, messages, fd) = subscribe(self.receive_buffer)?;
                     self.connection.abort();
                     self.connection = connection;
                     self.messages = messages;
+                    self.fd = fd;
                     return Ok(NetEvent::Overrun);
                 }
             }
@@ -752,11 +775,15 @@ impl Drop for Monitor {
 
 type Notifications = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
 
-/// Opens a socket subscribed to [`MONITOR_GROUPS`] and spawns its connection.
-fn subscribe(receive_buffer: usize) -> Result<(JoinHandle<()>, Notifications), NetlinkError> {
+/// Opens a socket subscribed to [`MONITOR_GROUPS`] and spawns its connection; returns the
+/// socket's descriptor too.
+fn subscribe(
+    receive_buffer: usize,
+) -> Result<(JoinHandle<()>, Notifications, RawFd), NetlinkError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
     let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(NetlinkError::OpenMonitor)?;
-    set_receive_buffer(socket.socket_ref(), receive_buffer).map_err(NetlinkError::OpenMonitor)?;
+    let fd = socket.socket_ref().as_raw_fd();
+    set_receive_buffer(fd, receive_buffer).map_err(NetlinkError::OpenMonitor)?;
     let groups = MONITOR_GROUPS
         .iter()
         .fold(0, |mask, group| mask | 1 << (*group as u32 - 1));
@@ -770,12 +797,12 @@ fn subscribe(receive_buffer: usize) -> Result<(JoinHandle<()>, Notifications), N
         TokioSocket,
         ResyncOnUndecodable,
     >(socket);
-    Ok((runtime.spawn(connection), messages))
+    Ok((runtime.spawn(connection), messages, fd))
 }
 
 /// SO_RCVBUFFORCE passes `net.core.rmem_max` (root has CAP_NET_ADMIN); without the
 /// capability SO_RCVBUF gets as much as the limit allows.
-fn set_receive_buffer(socket: &rtnetlink::sys::Socket, bytes: usize) -> io::Result<()> {
+fn set_receive_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
     // The kernel doubles the value into an int.
     let size = libc::c_int::try_from(bytes)
         .unwrap_or(libc::c_int::MAX)
@@ -783,7 +810,7 @@ fn set_receive_buffer(socket: &rtnetlink::sys::Socket, bytes: usize) -> io::Resu
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int on an open fd.
     let forced = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_RCVBUFFORCE,
             (&size as *const libc::c_int).cast(),
@@ -797,7 +824,21 @@ fn set_receive_buffer(socket: &rtnetlink::sys::Socket, bytes: usize) -> io::Resu
     if error.raw_os_error() != Some(libc::EPERM) {
         return Err(error);
     }
-    socket.set_rx_buf_sz(size)
+    // SAFETY: as above.
+    let plain = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if plain == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Decodes like netlink-proto's [`NetlinkCodec`], except that a message it cannot parse
