@@ -470,6 +470,10 @@ impl Daemon {
             made += 1;
             self.make(change).await;
         }
+        // Back to the runtime, which then polls its timer and IO drivers: a step made of
+        // planning alone never waits for anything, and without this the probes' timers
+        // would not fire until the whole plan was made.
+        tokio::task::yield_now().await;
     }
 
     /// Makes changes of mpathd's table together: their requests go out at once and the
