@@ -19,7 +19,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     net::IpAddr,
+    ops::Deref,
+    sync::Arc,
 };
+
+use smallvec::SmallVec;
 
 use crate::{
     config::{RouteConfig, SpreadMode},
@@ -33,6 +37,9 @@ pub struct Hop {
     pub oif: u32,
     pub gateway: Option<IpAddr>,
 }
+
+/// A route's next hops: nearly every route has one, kept inline.
+pub type Hops = SmallVec<[Hop; 1]>;
 
 /// A route of the main table as the planner sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +55,7 @@ pub struct MainRoute {
     pub prefsrc: Option<IpAddr>,
     /// The devices it leaves through; empty for one through none (blackhole, unreachable, a
     /// nexthop object).
-    pub hops: Vec<Hop>,
+    pub hops: Hops,
 }
 
 impl MainRoute {
@@ -68,14 +75,17 @@ impl MainRoute {
 /// shared subnet, IPv4 routes appended).
 type MainKey = (IpCidr, u32, u8);
 
+/// The routes under one key: nearly always one, kept inline.
+type KeyRoutes = SmallVec<[MainRoute; 1]>;
+
 /// The main table as mpathd keeps it between dumps: read whole at start and after the kernel
 /// dropped notifications, then changed by each notification, so that a route change costs
 /// what it changes. It remembers which routes changed until [`MainTable::take_delta`].
 #[derive(Clone, Debug, Default)]
 pub struct MainTable {
-    routes: BTreeMap<MainKey, Vec<MainRoute>>,
+    routes: BTreeMap<MainKey, KeyRoutes>,
     /// The keys changed since the last delta, with their routes as they were then.
-    changed: BTreeMap<MainKey, Vec<MainRoute>>,
+    changed: BTreeMap<MainKey, KeyRoutes>,
     /// What probe target selection needs of the routes ([`probe_entry`]), with how many
     /// routes give each: a handful of routers however many routes go through them.
     routers: BTreeMap<(IpCidr, Option<IpAddr>, u32), usize>,
@@ -185,7 +195,11 @@ impl MainTable {
     pub fn take_delta(&mut self) -> MainDelta {
         let mut delta = MainDelta::default();
         for (key, before) in std::mem::take(&mut self.changed) {
-            let after = self.routes.get(&key).map(Vec::as_slice).unwrap_or_default();
+            let after = self
+                .routes
+                .get(&key)
+                .map(|routes| routes.as_slice())
+                .unwrap_or_default();
             delta
                 .before
                 .extend(before.iter().filter(|r| !after.contains(r)).cloned());
@@ -198,12 +212,16 @@ impl MainTable {
 
     /// Puts `routes` under `key` (none: the key goes), remembering the routes it had for the
     /// delta and keeping the routers' counts.
-    fn replace_key(&mut self, key: MainKey, routes: Vec<MainRoute>) {
+    fn replace_key(&mut self, key: MainKey, routes: KeyRoutes) {
         let before = match routes.is_empty() {
             true => self.routes.remove(&key).unwrap_or_default(),
             false => self.routes.insert(key, routes).unwrap_or_default(),
         };
-        let after = self.routes.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let after = self
+            .routes
+            .get(&key)
+            .map(|routes| routes.as_slice())
+            .unwrap_or_default();
         let entries = |routes: &[MainRoute]| -> Vec<(IpCidr, Option<IpAddr>, u32)> {
             routes
                 .iter()
@@ -227,13 +245,13 @@ impl MainTable {
     }
 
     /// The routes under `key`, to change into new ones.
-    fn routes_at(&self, key: MainKey) -> Vec<MainRoute> {
+    fn routes_at(&self, key: MainKey) -> KeyRoutes {
         self.routes.get(&key).cloned().unwrap_or_default()
     }
 
     /// Takes a whole dump.
     pub fn replace_all(&mut self, routes: impl IntoIterator<Item = MainRoute>) {
-        let mut new: BTreeMap<MainKey, Vec<MainRoute>> = BTreeMap::new();
+        let mut new: BTreeMap<MainKey, KeyRoutes> = BTreeMap::new();
         for route in routes {
             new.entry(main_key(&route)).or_default().push(route);
         }
@@ -244,7 +262,7 @@ impl MainTable {
             .copied()
             .collect();
         for key in gone {
-            self.replace_key(key, Vec::new());
+            self.replace_key(key, KeyRoutes::new());
         }
         for (key, routes) in new {
             if self.routes.get(&key) != Some(&routes) {
@@ -301,7 +319,7 @@ impl MainTable {
     /// through it without a word (IPv4 does when a NIC is taken down): every route kept with a
     /// hop through `oif` is replaced by those.
     pub fn replace_through(&mut self, oif: u32, found: impl IntoIterator<Item = MainRoute>) {
-        let mut found: BTreeMap<MainKey, Vec<MainRoute>> =
+        let mut found: BTreeMap<MainKey, KeyRoutes> =
             found.into_iter().fold(BTreeMap::new(), |mut m, r| {
                 m.entry(main_key(&r)).or_default().push(r);
                 m
@@ -311,7 +329,7 @@ impl MainTable {
         keys.sort_unstable();
         keys.dedup();
         for key in keys {
-            let now: Vec<MainRoute> = self
+            let now: KeyRoutes = self
                 .routes
                 .get(&key)
                 .into_iter()
@@ -320,7 +338,13 @@ impl MainTable {
                 .cloned()
                 .chain(found.remove(&key).into_iter().flatten())
                 .collect();
-            if self.routes.get(&key).map(Vec::as_slice).unwrap_or_default() != now.as_slice() {
+            if self
+                .routes
+                .get(&key)
+                .map(|routes| routes.as_slice())
+                .unwrap_or_default()
+                != now.as_slice()
+            {
                 self.replace_key(key, now);
             }
         }
@@ -435,12 +459,34 @@ pub struct NexthopKey {
     pub gateway: Option<IpAddr>,
 }
 
-/// A resilient nexthop group: one group's way to a set of gateways (none: on-link).
+/// A resilient nexthop group: one group's way to a set of gateways (none: on-link). Shared:
+/// the plan's routes through it hold one copy ([`Plan::set`]), not one each.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct GroupKey {
+pub(crate) struct GroupKey(Arc<GroupWay>);
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct GroupWay {
     pub group: String,
     pub family: Family,
     pub gateways: Vec<IpAddr>,
+}
+
+impl GroupKey {
+    pub(crate) fn new(group: String, family: Family, gateways: Vec<IpAddr>) -> GroupKey {
+        GroupKey(Arc::new(GroupWay {
+            group,
+            family,
+            gateways,
+        }))
+    }
+}
+
+impl Deref for GroupKey {
+    type Target = GroupWay;
+
+    fn deref(&self) -> &GroupWay {
+        &self.0
+    }
 }
 
 /// [`crate::core::target::AddressFamily`] with an order, for keys.
@@ -572,19 +618,18 @@ fn served(
     let main_prefsrc = best.iter().find_map(|(r, _)| r.prefsrc);
     let route = TableRoute {
         prefsrc: source_for(group, destination, &gateways, main_prefsrc),
-        via: Via::Group(GroupKey {
-            group: group.name.clone(),
-            family,
-            gateways,
-        }),
+        via: Via::Group(GroupKey::new(group.name.clone(), family, gateways)),
     };
     Some(((destination, kernel_metric(destination, metric)), route))
 }
 
 impl Plan {
     /// Puts `route` at `at`, with the group it goes through.
-    fn set(&mut self, at: TableKey, route: TableRoute<GroupKey>, groups: &[GroupRouting]) {
-        if let Via::Group(key) = &route.via {
+    fn set(&mut self, at: TableKey, mut route: TableRoute<GroupKey>, groups: &[GroupRouting]) {
+        if let Via::Group(key) = &mut route.via {
+            if let Some((shared, _)) = self.uses.get_key_value(key) {
+                *key = shared.clone();
+            }
             *self.uses.entry(key.clone()).or_default() += 1;
             if !self.groups.contains_key(key) {
                 let serving = groups
@@ -1432,11 +1477,11 @@ mod tests {
     }
 
     fn key(group: &str, family: Family, gateways: &[&str]) -> GroupKey {
-        GroupKey {
-            group: group.into(),
+        GroupKey::new(
+            group.into(),
             family,
-            gateways: gateways.iter().map(|g| ip(g)).collect(),
-        }
+            gateways.iter().map(|g| ip(g)).collect(),
+        )
     }
 
     fn nexthop(oif: u32, gateway: Option<&str>) -> NexthopKey {

@@ -120,6 +120,7 @@ pub(crate) fn sources(addresses: impl IntoIterator<Item = (IpCidr, bool)>) -> So
 mod tests {
     use super::*;
     use crate::core::routes::{self, GroupRouting, Hop, MainRoute};
+    use smallvec::smallvec;
 
     fn cidr(s: &str) -> IpCidr {
         s.parse().unwrap()
@@ -132,7 +133,7 @@ mod tests {
             tos: 0,
             plain: true,
             prefsrc: None,
-            hops: vec![Hop {
+            hops: smallvec![Hop {
                 oif,
                 gateway: gateway.map(|g| g.parse().unwrap()),
             }],

@@ -79,10 +79,16 @@ pub(super) struct Routing {
     /// NICs taken down since the last plan, whose IPv4 routes the kernel deleted without a
     /// notification: the main table's routes through them are read again.
     reread: BTreeSet<u32>,
+    /// Destinations whose routes in mpathd's table someone else changed: planned again, and
+    /// what the kernel has there compared with the plan.
+    repair: BTreeSet<IpCidr>,
     /// The rules changed: mpathd's is put back if it went.
     rules_changed: bool,
     /// The last error of route work, logged once however often it recurs.
     last_error: Option<String>,
+    /// A large plan's work (its changes, the notifications they cause) took memory that is
+    /// given back once it is all done.
+    release_due: bool,
 }
 
 impl Routing {
@@ -146,6 +152,12 @@ impl Routing {
         self.main_changed(now);
     }
 
+    /// Someone else changed mpathd's table at `destination`.
+    fn repair(&mut self, destination: IpCidr, now: Instant) {
+        self.repair.insert(destination);
+        self.main_changed(now);
+    }
+
     /// The rules changed.
     pub fn rules_changed(&mut self, now: Instant) {
         self.rules_changed = true;
@@ -164,11 +176,13 @@ impl Routing {
     }
 }
 
-/// How many destinations a plan must have planned before mpathd gives freed memory back.
+/// How many destinations a plan must have planned (or changes waited at once) before mpathd
+/// gives freed memory back, when its route work is done.
 const RELEASE_AFTER: usize = 1000;
 
 /// Gives the memory freed since to the system: the allocator keeps what a large table once
-/// took otherwise, and mpathd's RSS would stay at its peak after the routes went.
+/// took otherwise (glibc returns only the top of its heap by itself), and mpathd's RSS would
+/// stay at its peak after the routes went.
 fn release_memory() {
     // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel.
     #[cfg(target_env = "gnu")]
@@ -270,7 +284,7 @@ impl Daemon {
                      mpathd puts it back",
                     key.0
                 );
-                self.routing.changed(now);
+                self.routing.repair(key.0, now);
             }
             return;
         }
@@ -291,7 +305,7 @@ impl Daemon {
             );
             installed.routes.remove(&key);
         }
-        self.routing.changed(now);
+        self.routing.repair(key.0, now);
     }
 
     /// Plans mpathd's routes from the main table and the groups' usable NICs, and lists the
@@ -337,7 +351,9 @@ impl Daemon {
                 }
             }
         }
-        let main = self.take_main_delta();
+        let mut main = self.take_main_delta();
+        let repair = std::mem::take(&mut self.routing.repair);
+        main.destinations.extend(&repair);
         if main.held_changed {
             whole = true;
         }
@@ -358,7 +374,8 @@ impl Daemon {
             return;
         };
         if whole {
-            // The groups' nexthop groups at once; their routes a part at a time.
+            // The plan's groups re-formed over the NICs serving now (the kernel's were at the
+            // failover); their routes planned again a part at a time.
             routing.plan.reform(&groups);
             let mut destinations: BTreeSet<IpCidr> = routing.main.destinations().collect();
             destinations.extend(routing.plan.destinations());
@@ -383,7 +400,12 @@ impl Daemon {
             let updated = routing
                 .plan
                 .update(&routing.main, &groups, &main.destinations);
-            let keys = updated.keys;
+            let mut keys = updated.keys;
+            // Where someone else changed mpathd's table, every route is compared.
+            for destination in &repair {
+                keys.extend(routing.plan.keys_at(*destination));
+                keys.extend(installed.keys_at(*destination));
+            }
             let changes =
                 routes::changes_at(&routing.plan, &groups, &keys, &mut routing.ids, installed);
             routing.pending.merge(changes, &keys);
@@ -446,9 +468,7 @@ impl Daemon {
                 self.routing.pending.len(),
             );
             self.routing.sweep = None;
-            if count >= RELEASE_AFTER {
-                release_memory();
-            }
+            self.routing.release_due |= count >= RELEASE_AFTER;
         }
     }
 
@@ -469,6 +489,12 @@ impl Daemon {
             };
             made += 1;
             self.make(change).await;
+        }
+        if self.routing.pending.len() >= RELEASE_AFTER {
+            self.routing.release_due = true;
+        }
+        if !self.routing.has_pending() && std::mem::take(&mut self.routing.release_due) {
+            release_memory();
         }
         // Back to the runtime, which then polls its timer and IO drivers: a step made of
         // planning alone never waits for anything, and without this the probes' timers
@@ -762,11 +788,11 @@ impl Daemon {
         let first = keys.first()?;
         let group = &self.groups[self.groups.nic_at(first.oif)?.group];
         let gateways: BTreeSet<IpAddr> = keys.iter().filter_map(|k| k.gateway).collect();
-        Some(GroupKey {
-            group: group.name().to_string(),
-            family: first.family,
-            gateways: gateways.into_iter().collect(),
-        })
+        Some(GroupKey::new(
+            group.name().to_string(),
+            first.family,
+            gateways.into_iter().collect(),
+        ))
     }
 
     /// Carries out one change; returns it as made (a group without the members the kernel

@@ -36,7 +36,7 @@ use rtnetlink::{Handle, IpVersion, MulticastGroup};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
-use crate::core::routes::{Hop, MainRoute, TableRoute, Via};
+use crate::core::routes::{Hop, Hops, MainRoute, TableRoute, Via};
 use crate::net::address::IpCidr;
 
 /// The `rtm_protocol` of mpathd's routes, rules and nexthops, so that `ip route` shows who
@@ -1101,7 +1101,7 @@ fn main_route(message: &RouteMessage) -> Option<MainRoute> {
         RouteAttribute::MultiPath(hops) => Some(hops),
         _ => None,
     });
-    let mut hops: Vec<Hop> = match multipath {
+    let mut hops: Hops = match multipath {
         Some(hops) => hops
             .iter()
             .map(|hop| Hop {
@@ -1293,6 +1293,7 @@ fn io_error(error: rtnetlink::Error) -> io::Error {
 mod tests {
     use super::*;
     use rtnetlink::packet_route::route::RouteNextHop;
+    use smallvec::smallvec;
 
     fn cidr(text: &str) -> IpCidr {
         text.parse().unwrap()
@@ -1570,7 +1571,7 @@ mod tests {
                 tos: 0,
                 plain: true,
                 prefsrc: None,
-                hops: vec![
+                hops: smallvec![
                     Hop {
                         oif: 3,
                         gateway: Some("192.0.2.1".parse().unwrap()),
@@ -1595,8 +1596,8 @@ mod tests {
             ],
         );
         assert_eq!(
-            main_route(&default).unwrap().hops,
-            vec![Hop {
+            main_route(&default).unwrap().hops.as_slice(),
+            [Hop {
                 oif: 5,
                 gateway: Some("2001:db8::1".parse().unwrap()),
             }]
@@ -1624,7 +1625,7 @@ mod tests {
                 tos: 0,
                 plain: true,
                 prefsrc: Some("192.0.2.20".parse().unwrap()),
-                hops: vec![Hop {
+                hops: smallvec![Hop {
                     oif: 3,
                     gateway: None
                 }],
