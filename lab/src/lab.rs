@@ -108,6 +108,8 @@ impl LabBuilder {
             host: Netns::create(name("host"))?,
             switch: Netns::create(name("switch"))?,
             router: Netns::create(name("router"))?,
+            peer: None,
+            peer_name: name("peer"),
             nics: BTreeSet::new(),
             dropped_ports: Mutex::new(None),
             mtu: self.mtu,
@@ -141,6 +143,9 @@ pub struct Lab {
     host: Netns,
     switch: Netns,
     router: Netns,
+    /// An on-link host beside the router, once [`Lab::add_peer`] made it.
+    peer: Option<Netns>,
+    peer_name: String,
     /// Indexes N of the host NICs hN present now.
     nics: BTreeSet<u32>,
     /// Switch ports in the nftables drop set; `None` until the drop table exists.
@@ -179,6 +184,29 @@ impl Lab {
     /// The namespace holding the probe targets and traffic peer on `r0`.
     pub fn router(&self) -> &Netns {
         &self.router
+    }
+
+    /// Plugs an on-link host into the switch beside the router: `p0` holding `cidr` in a
+    /// namespace of its own, answering echoes to the all-hosts groups (Linux ignores IPv4's
+    /// by default), like the hosts in.mpathd finds when no router answers. Returns it.
+    pub fn add_peer(&mut self, cidr: &str) -> Result<&Netns> {
+        parse_cidr(cidr).context("bad peer address")?;
+        let peer = Netns::create(self.peer_name.clone())?;
+        write_sysctls(
+            &peer,
+            &[
+                no_dad_sysctls().as_slice(),
+                &[("ipv4/icmp_echo_ignore_broadcasts", "0")],
+            ]
+            .concat(),
+        )?;
+        self.add_veth(&peer, "p0", "sp0")?;
+        self.switch
+            .ip(&["link", "set", "sp0", "master", BRIDGE, "up"])?;
+        peer.ip(&["link", "set", "p0", "up"])?;
+        self.wait_until_forwarding(&peer, "p0", "sp0")?;
+        add_addr(&peer, "p0", cidr)?;
+        Ok(self.peer.insert(peer))
     }
 
     /// The host NICs present now, by index.

@@ -8,7 +8,7 @@ use mpath_ctl::{
     api::control::{Reply, Request},
     api::views::{AddressRow, Status},
     core::state::{GroupState, InterfaceFlag, InterfaceStatus, LinkState, ProbeStatus},
-    core::target::TargetMode,
+    core::target::{TargetMode, TargetSource},
     datapath::{maps::Maps, pins::PinLayout},
 };
 use mpath_lab::Lab;
@@ -979,13 +979,8 @@ fn when_every_nic_fails_nothing_moves_and_the_first_one_back_takes_the_addresses
     });
 }
 
-#[test]
-fn when_all_targets_stop_answering_no_address_moves() {
-    let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
-    let home = addresses_at(&daemon.status());
-    // The target goes deaf to echo requests; every link stays up.
+/// The router ignores every echo request (both families); every link stays up.
+fn deafen_router(lab: &Lab) {
     lab.router()
         .run(&[
             "nft",
@@ -993,6 +988,15 @@ fn when_all_targets_stop_answering_no_address_moves() {
              icmp type echo-request drop; icmpv6 type echo-request drop; }",
         ])
         .unwrap();
+}
+
+#[test]
+fn when_all_targets_stop_answering_no_address_moves() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let home = addresses_at(&daemon.status());
+    deafen_router(&lab);
     daemon.wait_until("target failure noticed", |d| {
         d.log().contains("stopped answering at once")
     });
@@ -1007,9 +1011,74 @@ fn when_all_targets_stop_answering_no_address_moves() {
         .run(&["nft", "delete table inet deaf"])
         .unwrap();
     daemon.wait_until("probes answered again, all ok", all_ok);
-    daemon.wait_until("all home", |d| {
-        d.try_status().is_some_and(|s| addresses_at(&s) == home)
+    assert_eq!(addresses_at(&daemon.status()), home);
+    // The NICs came back within a probe interval of each other: the first one repaired
+    // took none of the others' addresses.
+    assert!(
+        !daemon.log().contains("Successfully failed over"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// The Solaris guide: "If the default router is down, none of the interfaces in the IPMP
+/// group will get a reply to the "ping," and no failover will occur. in.mpathd will then
+/// ping the multicast-to-all address and choose a host from those that respond."
+#[test]
+fn hosts_that_answer_the_all_hosts_echo_stand_in_for_a_silent_router() {
+    let mut lab = lab();
+    let peer = "192.0.2.50";
+    lab.add_peer(&format!("{peer}/24"))
+        .unwrap()
+        .run(&["sysctl", "-qw", "net.ipv6.conf.p0.disable_ipv6=1"])
+        .unwrap();
+    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
+    daemon.wait_until("all NICs ok", all_ok);
+    let home = addresses_at(&daemon.status());
+    deafen_router(&lab);
+    daemon.wait_until("target failure noticed", |d| {
+        d.log().contains("stopped answering at once")
     });
+    let stands_in = |d: &Mpathd| {
+        d.try_status().is_some_and(|s| {
+            ["h0", "h1", "h2"].iter().all(|nic| {
+                s.targets.iter().any(|t| {
+                    t.interface == *nic
+                        && t.mode == TargetMode::Multicast
+                        && t.targets.contains(&peer.parse().unwrap())
+                        && t.health.iter().any(|h| {
+                            h.address.to_string() == peer && h.source == TargetSource::StandIn
+                        })
+                })
+            })
+        })
+    };
+    daemon.wait_until("the peer stands in on every NIC", stands_in);
+    daemon.wait_until("every NIC repaired through the stand-in", all_ok);
+    let status = daemon.status();
+    assert_eq!(status.groups[0].state, GroupState::Ok);
+    assert_eq!(addresses_at(&status), home, "nothing moved");
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!(
+            "probe target {peer} on h0 stands in for the silent"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("Successfully failed over"), "{log}");
+    assert!(
+        !log.contains("NIC failure detected"),
+        "no NIC is blamed: {log}"
+    );
+    // The stand-ins keep detecting: a NIC that goes silent now fails alone and its
+    // addresses move.
+    lab.drop_silently("h0").unwrap();
+    daemon.wait_until("192.0.2.19 moved off h0", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == "failed" && inbound(&s, "192.0.2.19/24") != Some("h0")
+        })
+    });
+    assert_eq!(daemon.status().groups[0].state, GroupState::Degraded);
 }
 
 #[test]

@@ -115,7 +115,8 @@ pub struct MembershipRow {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetRow {
     pub interface: String,
-    /// `routes` (configured or router targets), `multicast` (discovered), or `disabled`.
+    /// `routes` (configured or router targets), `multicast` (hosts found by an all-hosts
+    /// echo, alone or standing in for silent routers), or `disabled`.
     pub mode: TargetMode,
     pub test_address: Option<IpAddr>,
     /// Targets in use, in probing order.

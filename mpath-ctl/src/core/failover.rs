@@ -19,6 +19,8 @@
 //!    once the state machine has activated it, which it does as soon as an active NIC fails;
 //!    being empty, it is then the natural destination.
 //! 4. **Group failure**: with no active NIC nothing moves; addresses stay where they are.
+//!    As the group comes back, a NIC answering again ([`Role::Recovering`]) keeps the
+//!    addresses it has: the first NIC to be repaired does not take them.
 //!
 //! Which NICs are active is decided by [`crate::core::state`] alone, never here.
 
@@ -183,10 +185,10 @@ pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, 
     }
 
     let is_active = |nic: usize| matches!(nics[nic].role, Role::Active { .. });
-    let active_at = |name: Option<&str>| {
-        name.and_then(|name| index.get(name).copied())
-            .filter(|&nic| is_active(nic))
-    };
+    let at = |name: Option<&str>| name.and_then(|name| index.get(name).copied());
+    let active_at = |name: Option<&str>| at(name).filter(|&nic| is_active(nic));
+    let recovering_at =
+        |name: Option<&str>| at(name).is_some_and(|nic| nics[nic].role == Role::Recovering);
     let mut load = vec![0usize; nics.len()];
     for (_, address) in &order {
         if let Some(nic) = active_at(address.current.as_deref()) {
@@ -210,7 +212,7 @@ pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, 
             }
             load[*home] += 1;
             destinations[slot] = Some(Destination::Nic(*home));
-        } else if current.is_some() {
+        } else if current.is_some() || recovering_at(address.current.as_deref()) {
             destinations[slot] = Some(Destination::Stay);
         } else if is_active(*home) {
             load[*home] += 1;
@@ -337,6 +339,35 @@ mod tests {
             to: to.to_owned(),
             kind,
         }
+    }
+
+    #[test]
+    fn a_recovering_nic_keeps_its_addresses_and_takes_none() {
+        let nics = [
+            role("h0", false, ACTIVE),
+            role("h1", false, Role::Recovering),
+            role("h2", false, Role::Unusable),
+        ];
+        let addresses = [
+            address("192.0.2.10/24", "h0", Some("h0")),
+            address("192.0.2.11/24", "h1", Some("h1")),
+            address("192.0.2.12/24", "h2", Some("h2")),
+            // h1's own address that went to h0 earlier stays there.
+            address("192.0.2.13/24", "h1", Some("h0")),
+        ];
+        let plan = plan(&nics, &addresses).unwrap();
+        assert_eq!(
+            plan.moves,
+            [step("192.0.2.12/24", Some("h2"), "h0", MoveKind::Failover)]
+        );
+        assert_eq!(
+            plan.placement[&cidr("192.0.2.11/24")].as_deref(),
+            Some("h1")
+        );
+        assert_eq!(
+            plan.placement[&cidr("192.0.2.13/24")].as_deref(),
+            Some("h0")
+        );
     }
 
     #[test]

@@ -421,17 +421,23 @@ impl Prober {
         local: &[IpAddr],
     ) {
         self.targets.update_routes(routes, group_nics, local);
-        self.forget_stats_of_removed_targets();
+        self.forget_removed_targets();
     }
 
     /// Hosts that answered a discovery echo this prober sent, first responders first.
-    pub(crate) fn add_discovered(&mut self, responders: &[IpAddr], local: &[IpAddr]) -> usize {
-        self.targets.add_discovered(responders, local)
+    pub(crate) fn add_discovered(
+        &mut self,
+        responders: &[IpAddr],
+        local: &[IpAddr],
+        now: Instant,
+    ) -> usize {
+        self.targets.add_discovered(responders, local, now)
     }
 
-    pub(crate) fn flush_discovered(&mut self) {
-        self.targets.flush_discovered();
-        self.forget_stats_of_removed_targets();
+    /// See [`TargetSet::all_silent`].
+    pub(crate) fn all_targets_silent(&mut self) {
+        self.targets.all_silent();
+        self.forget_removed_targets();
     }
 
     /// The daemon reports here whether the NIC is working (neither failed nor offline). While
@@ -538,6 +544,8 @@ impl Prober {
             stats.last_rtt = Some(daemon_rtt);
         }
         self.targets.record_answer(target);
+        // An answer from a router ends its stand-ins.
+        self.forget_removed_targets();
         if self.link_up_at.is_some_and(|up| probe.sent_at < up) {
             return ReplyVerdict::Accepted(Vec::new());
         }
@@ -635,8 +643,11 @@ impl Prober {
                 expected: probe.target,
             });
         }
-        if probe.state == ProbeState::Answered {
-            return Err(RejectReason::Duplicate);
+        match probe.state {
+            ProbeState::Answered => return Err(RejectReason::Duplicate),
+            // No longer awaited: the target left the list.
+            ProbeState::Withdrawn => return Err(RejectReason::OutOfWindow),
+            ProbeState::Outstanding | ProbeState::Lost => {}
         }
         self.sent[index].state = ProbeState::Answered;
         Ok(probe)
@@ -678,7 +689,7 @@ impl Prober {
                     .set_aside(target, SetAsideReason::Slow, now)
                     .map(ProbeEvent::Target),
             );
-            self.forget_stats_of_removed_targets();
+            self.forget_removed_targets();
         } else {
             events.push(ProbeEvent::FdtRaised(fdt.raise(
                 crtt,
@@ -712,9 +723,16 @@ impl Prober {
         self.targets.active().map(|target| self.rtt_bound(target))
     }
 
-    fn forget_stats_of_removed_targets(&mut self) {
+    /// Forgets the targets no longer in the list: their statistics, and their outstanding
+    /// probes, whose loss would otherwise speak for a family that may probe nothing now.
+    fn forget_removed_targets(&mut self) {
         let targets = &self.targets;
         self.stats.retain(|address, _| targets.contains(*address));
+        for probe in &mut self.sent {
+            if probe.state == ProbeState::Outstanding && !targets.contains(probe.target) {
+                probe.state = ProbeState::Withdrawn;
+            }
+        }
     }
 }
 
@@ -763,6 +781,8 @@ enum ProbeState {
     Answered,
     /// Still in the window: a late reply turns it into an answer.
     Lost,
+    /// Its target left the list before it was answered or lost: it counts neither way.
+    Withdrawn,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1017,7 +1037,7 @@ mod tests {
             Some(TargetNotice::Missing(TARGETLESS_NOTICE))
         );
         assert_eq!(prober.target_notice(up + TARGETLESS_NOTICE * 2, true), None);
-        prober.add_discovered(&[ip(A)], &[]);
+        prober.add_discovered(&[ip(A)], &[], Instant::now());
         assert_eq!(
             prober.target_notice(up + TARGETLESS_NOTICE * 3, true),
             Some(TargetNotice::Back)
@@ -1579,13 +1599,17 @@ mod tests {
         );
         assert!(harness.prober.next_probe_at() > at, "the schedule goes on");
 
-        harness.prober.add_discovered(&[ip("192.0.2.60")], &[]);
+        harness
+            .prober
+            .add_discovered(&[ip("192.0.2.60")], &[], Instant::now());
         let at = harness.prober.next_probe_at();
         let transmit = harness.prober.send(at, &mut harness.rng, &harness.fdt);
         assert!(transmit.discover);
         assert_eq!(transmit.probe.map(|p| p.target), Some(ip("192.0.2.60")));
 
-        harness.prober.add_discovered(&[ip("192.0.2.61")], &[]);
+        harness
+            .prober
+            .add_discovered(&[ip("192.0.2.61")], &[], Instant::now());
         let at = harness.prober.next_probe_at();
         assert!(
             !harness
@@ -1596,10 +1620,33 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_to_a_target_that_left_the_list_is_neither_lost_nor_answered() {
+        let test_address = IpCidr::new(ip("192.0.2.21"), 24).unwrap();
+        let mut targets = TargetSet::new(3, test_address).unwrap();
+        targets.add_discovered(&[ip("192.0.2.60")], &[], Instant::now());
+        let mut harness = Harness::new(10_000, targets);
+        let (sent_at, request) = harness.send_due();
+        // The group's targets all went silent: discovered hosts are forgotten. The probe
+        // still out must not count as a loss for a family that now probes nothing.
+        harness.prober.all_targets_silent();
+        let outcomes: Vec<ProbeEvent> = harness.poll(sent_at + harness.interval() * 3);
+        assert!(
+            !outcomes
+                .iter()
+                .any(|e| matches!(e, ProbeEvent::Outcome(ProbeOutcome::Lost { .. }))),
+            "{outcomes:?}"
+        );
+        assert!(matches!(
+            harness.answer(sent_at, request, ms(5)),
+            ReplyVerdict::Rejected(RejectReason::OutOfWindow)
+        ));
+    }
+
+    #[test]
     fn a_host_that_stops_answering_while_others_answer_is_replaced() {
         let test_address = IpCidr::new(ip("192.0.2.21"), 24).unwrap();
         let mut targets = TargetSet::new(3, test_address).unwrap();
-        targets.add_discovered(&[ip("192.0.2.60"), ip("192.0.2.61")], &[]);
+        targets.add_discovered(&[ip("192.0.2.60"), ip("192.0.2.61")], &[], Instant::now());
         let mut harness = Harness::new(10_000, targets);
         let dead = ip("192.0.2.60");
         let mut set_aside = None;

@@ -461,6 +461,11 @@ pub(crate) enum Role {
     Active { reclaims_home: bool },
     /// Functioning but held in reserve: no data addresses, not in the bucket table.
     Inactive,
+    /// Failed in a group failure (where nothing moved) and answering again: about to be
+    /// repaired. It keeps the data addresses it has, so that the first NIC to recover does
+    /// not take them all and hand them back a moment later, but takes none and carries no
+    /// other traffic. A lost probe makes it unusable.
+    Recovering,
     /// Failed, offline or missing.
     Unusable,
 }
@@ -774,6 +779,20 @@ impl Interface {
             .any(|family| self.stats(family).has_targets)
     }
 
+    /// Failed with the whole group (every target silent at once) and the last probe in a
+    /// family answered: the group is coming back.
+    fn recovering(&self) -> bool {
+        self.state
+            == (IfState::Failed {
+                cause: FailureCause::TargetsUnreachable,
+            })
+            && self.link == LinkState::Up
+            && self
+                .probe
+                .iter()
+                .any(|family| self.stats(family).answered > 0)
+    }
+
     /// Every family that has targets lost its last [`NUM_PROBE_FAILS`] probes.
     fn probes_failed(&self) -> bool {
         let mut with_targets = self
@@ -852,7 +871,9 @@ impl Interface {
     }
 
     fn role(&self) -> Role {
-        if !self.functioning() {
+        if self.recovering() {
+            Role::Recovering
+        } else if !self.functioning() {
             Role::Unusable
         } else if self.inactive {
             Role::Inactive
@@ -2391,6 +2412,37 @@ mod tests {
             1
         );
         assert_eq!(sim.group.state(), GroupState::Ok);
+    }
+
+    #[test]
+    fn nics_answering_again_after_a_group_failure_keep_their_addresses_until_repaired() {
+        let mut sim = two_probing(true);
+        sim.rounds(3, &[("h0", ANSWERED), ("h1", ANSWERED)]);
+        sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", LOST), ("h1", LOST)]);
+        assert_eq!(sim.group.state(), GroupState::Failed);
+        let role = |sim: &Sim, index: usize| sim.group.nic_roles()[index].role;
+        assert_eq!(role(&sim, 1), Role::Unusable);
+        // The targets answer again; h0's replies come a little ahead of h1's.
+        let actions = sim.rounds(
+            NUM_PROBE_REPAIRS as usize - 1,
+            &[("h0", ANSWERED), ("h1", ANSWERED)],
+        );
+        assert!(actions.contains(&Action::UsableSetChanged), "{actions:?}");
+        assert_eq!(role(&sim, 0), Role::Recovering);
+        assert_eq!(role(&sim, 1), Role::Recovering);
+        sim.round(&[("h0", ANSWERED)]);
+        assert_eq!(sim.group.usable_interfaces(), ["h0"]);
+        assert_eq!(role(&sim, 1), Role::Recovering, "h1 keeps what it has");
+        // A loss ends it: h1 is unusable, and its addresses may move.
+        let actions = sim.round(&[("h1", LOST)]);
+        assert!(actions.contains(&Action::UsableSetChanged), "{actions:?}");
+        assert_eq!(role(&sim, 1), Role::Unusable);
+        // A NIC failed alone never recovers so: its addresses left at its failure.
+        let mut sim = two_probing(true);
+        sim.rounds(3, &[("h0", ANSWERED), ("h1", ANSWERED)]);
+        sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", LOST), ("h1", ANSWERED)]);
+        sim.round(&[("h0", ANSWERED)]);
+        assert_eq!(role(&sim, 0), Role::Unusable);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //!
 //! The order is in.mpathd's: targets the administrator configured, else the on-link routers
 //! the routing table names (host routes the administrator pinned come first), else hosts that
-//! answered an echo to the all-hosts group. A list holds one kind only, and at most
+//! answered an echo to the all-hosts group. A list holds one kind only, but for stand-ins:
+//! when every target of the group went silent at once, hosts that answer the all-hosts echo
+//! stand in for the configured targets or routers until one of those answers again. At most
 //! [`MAX_PROBE_TARGETS`] are probed at a time; the rest wait as spares.
 
 use std::fmt;
@@ -87,18 +89,22 @@ impl fmt::Display for AddressFamily {
     }
 }
 
-/// Where a target came from; one list holds one kind only.
+/// Where a target came from; one list holds one kind only, stand-ins aside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetSource {
     Configured,
     Router,
     Discovered,
+    /// A host that answered the all-hosts echo while the configured targets or routers
+    /// were silent.
+    StandIn,
 }
 
 named!(TargetSource {
     Configured => "configured",
     Router => "router",
     Discovered => "discovered",
+    StandIn => "stand-in",
 });
 
 /// A target's standing, as the status views show it.
@@ -269,6 +275,11 @@ pub(crate) struct TargetSet {
     /// other targets answered, so a target that lost that many alone is to blame.
     nic_consecutive_losses: u32,
     discovery_requested: bool,
+    /// Every target of the group went silent at once while configured targets or routers
+    /// were probed: hosts that answer the all-hosts echo stand in for them until one of
+    /// them answers again ("in.mpathd will then ping the multicast-to-all address and choose
+    /// a host from those that respond"), so a dead router does not keep the group failed.
+    stand_ins_wanted: bool,
 }
 
 impl TargetSet {
@@ -289,6 +300,7 @@ impl TargetSet {
             next: 0,
             nic_consecutive_losses: 0,
             discovery_requested: false,
+            stand_ins_wanted: false,
         })
     }
 
@@ -366,15 +378,25 @@ impl TargetSet {
     }
 
     /// Adds hosts that answered a discovery echo, in the order they answered, until
-    /// [`MAX_PROBE_TARGETS`] are known. Ignored while configured targets or routers exist.
-    /// Returns how many were added.
-    pub(crate) fn add_discovered(&mut self, responders: &[IpAddr], local: &[IpAddr]) -> usize {
-        if !self.uses_discovery() {
+    /// [`MAX_PROBE_TARGETS`] are known. Ignored while configured targets or routers exist,
+    /// unless stand-ins are wanted: the first sets the silent ones aside. Returns how many
+    /// were added.
+    pub(crate) fn add_discovered(
+        &mut self,
+        responders: &[IpAddr],
+        local: &[IpAddr],
+        now: Instant,
+    ) -> usize {
+        let source = if self.uses_discovery() {
+            TargetSource::Discovered
+        } else if self.stand_ins_wanted {
+            TargetSource::StandIn
+        } else {
             return 0;
-        }
+        };
         let mut added = 0;
         for &responder in responders {
-            if self.targets.len() >= MAX_PROBE_TARGETS {
+            if self.count(source) >= MAX_PROBE_TARGETS {
                 break;
             }
             if local.contains(&responder)
@@ -385,26 +407,43 @@ impl TargetSet {
             }
             self.targets.push(Target {
                 address: responder,
-                source: TargetSource::Discovered,
+                source,
                 status: Status::Active,
                 consecutive_losses: 0,
             });
             added += 1;
         }
+        if source == TargetSource::StandIn && added > 0 {
+            // Silent since the group failed: probed again after their recovery steps, and
+            // the first to answer ends the stand-ins.
+            for target in &mut self.targets {
+                if target.source != TargetSource::StandIn && target.status == Status::Active {
+                    target.status = Status::Dead { since: now };
+                    target.consecutive_losses = 0;
+                }
+            }
+        }
         added
     }
 
-    /// Forgets discovered hosts so discovery starts over, as in.mpathd does when all of a
-    /// group's targets fail at once. Routers and configured targets are kept: they come from
-    /// the administrator or the routing table, not from who answered.
-    pub(crate) fn flush_discovered(&mut self) {
-        if !self.uses_discovery() {
-            return;
+    /// Every target of the group stopped answering at once (a group failure): discovered
+    /// hosts are forgotten and discovery starts over, as in.mpathd does. Routers and
+    /// configured targets are kept, since they come from the administrator or the routing
+    /// table, not from who answered; hosts that answer the all-hosts echo stand in for them.
+    pub(crate) fn all_silent(&mut self) {
+        if self.uses_discovery() {
+            self.targets.clear();
+            self.next = 0;
+            self.nic_consecutive_losses = 0;
+        } else {
+            self.stand_ins_wanted = true;
         }
-        self.targets.clear();
-        self.next = 0;
-        self.nic_consecutive_losses = 0;
         self.discovery_requested = true;
+    }
+
+    /// Whether hosts stand in for silent configured targets or routers.
+    pub fn standing_in(&self) -> bool {
+        self.count(TargetSource::StandIn) > 0
     }
 
     pub fn is_empty(&self) -> bool {
@@ -471,16 +510,28 @@ impl TargetSet {
     /// is made of discovered hosts and holds at most one (no resilience), or a host was just
     /// dropped.
     pub(crate) fn take_discovery_request(&mut self) -> bool {
-        let wanted =
-            self.uses_discovery() && (self.active_count() <= 1 || self.discovery_requested);
+        let wanted = (self.uses_discovery()
+            && (self.active_count() <= 1 || self.discovery_requested))
+            || (self.stand_ins_wanted
+                && (self.count(TargetSource::StandIn) <= 1 || self.discovery_requested));
         self.discovery_requested = false;
         wanted
     }
 
+    /// A reply from `address`; one from a configured target or router ends the stand-ins.
     pub(crate) fn record_answer(&mut self, address: IpAddr) {
         self.nic_consecutive_losses = 0;
-        if let Some(target) = self.find_mut(address) {
-            target.consecutive_losses = 0;
+        let Some(target) = self.find_mut(address) else {
+            return;
+        };
+        target.consecutive_losses = 0;
+        let source = target.source;
+        if self.stand_ins_wanted
+            && matches!(source, TargetSource::Configured | TargetSource::Router)
+        {
+            self.stand_ins_wanted = false;
+            self.targets.retain(|t| t.source != TargetSource::StandIn);
+            self.next = self.next.checked_rem(self.targets.len()).unwrap_or(0);
         }
     }
 
@@ -509,7 +560,11 @@ impl TargetSet {
         now: Instant,
     ) -> Option<TargetEvent> {
         let index = self.targets.iter().position(|t| t.address == address)?;
-        let action = if self.targets[index].source == TargetSource::Discovered {
+        let replaced = matches!(
+            self.targets[index].source,
+            TargetSource::Discovered | TargetSource::StandIn
+        );
+        let action = if replaced {
             self.targets.remove(index);
             if index < self.next {
                 self.next -= 1;
@@ -542,6 +597,10 @@ impl TargetSet {
         self.active().count()
     }
 
+    fn count(&self, source: TargetSource) -> usize {
+        self.targets.iter().filter(|t| t.source == source).count()
+    }
+
     fn find_mut(&mut self, address: IpAddr) -> Option<&mut Target> {
         self.targets
             .iter_mut()
@@ -556,6 +615,7 @@ impl TargetSet {
         } else if !self.routers.is_empty() {
             (TargetSource::Router, self.routers.clone())
         } else {
+            self.stand_ins_wanted = false;
             self.targets
                 .retain(|target| target.source == TargetSource::Discovered);
             self.next = self.next.checked_rem(self.targets.len()).unwrap_or(0);
@@ -579,6 +639,12 @@ impl TargetSet {
                 }
             })
             .collect();
+        // Stand-ins stay until a configured target or router answers.
+        self.targets.extend(
+            previous
+                .into_iter()
+                .filter(|t| t.source == TargetSource::StandIn),
+        );
         let mut active = self.active_count();
         for target in &mut self.targets {
             if active < MAX_PROBE_TARGETS && target.status == Status::Spare {
@@ -735,13 +801,19 @@ mod tests {
     #[test]
     fn configured_targets_beat_routers_which_beat_discovered_hosts() {
         let mut set = v4_set();
-        assert_eq!(set.add_discovered(&ips(&["192.0.2.50"]), &[]), 1);
+        assert_eq!(
+            set.add_discovered(&ips(&["192.0.2.50"]), &[], Instant::now()),
+            1
+        );
         assert_eq!(active(&set), ips(&["192.0.2.50"]));
 
         set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[], &[]);
         assert_eq!(active(&set), ips(&["192.0.2.1"]), "routers replace hosts");
         assert_eq!(set.view()[0].source, TargetSource::Router);
-        assert_eq!(set.add_discovered(&ips(&["192.0.2.51"]), &[]), 0);
+        assert_eq!(
+            set.add_discovered(&ips(&["192.0.2.51"]), &[], Instant::now()),
+            0
+        );
 
         assert!(
             set.set_configured(&ips(&["192.0.2.9", "2001:db8::9"]))
@@ -841,7 +913,10 @@ mod tests {
             "192.0.2.64",
             "192.0.2.65",
         ]);
-        assert_eq!(set.add_discovered(&responders, &ips(&["192.0.2.19"])), 5);
+        assert_eq!(
+            set.add_discovered(&responders, &ips(&["192.0.2.19"]), Instant::now()),
+            5
+        );
         assert_eq!(
             active(&set),
             ips(&[
@@ -892,9 +967,9 @@ mod tests {
     fn discovery_is_requested_only_while_hosts_give_no_resilience() {
         let mut set = v4_set();
         assert!(set.take_discovery_request(), "no targets at all");
-        set.add_discovered(&ips(&["192.0.2.60"]), &[]);
+        set.add_discovered(&ips(&["192.0.2.60"]), &[], Instant::now());
         assert!(set.take_discovery_request(), "a single host");
-        set.add_discovered(&ips(&["192.0.2.61"]), &[]);
+        set.add_discovered(&ips(&["192.0.2.61"]), &[], Instant::now());
         assert!(!set.take_discovery_request());
         set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[], &[]);
         assert!(!set.take_discovery_request(), "never with routers");
@@ -903,7 +978,11 @@ mod tests {
     #[test]
     fn dead_discovered_host_is_replaced_while_others_answer() {
         let mut set = v4_set();
-        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61", "192.0.2.62"]), &[]);
+        set.add_discovered(
+            &ips(&["192.0.2.60", "192.0.2.61", "192.0.2.62"]),
+            &[],
+            Instant::now(),
+        );
         let _ = set.take_discovery_request();
         let now = Instant::now();
         for round in 1..NUM_PROBE_FAILS {
@@ -978,7 +1057,7 @@ mod tests {
         assert_eq!(state_of(&set, "192.0.2.1"), Some(TargetState::Slow));
 
         let mut set = v4_set();
-        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61"]), &[]);
+        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61"]), &[], Instant::now());
         let event = set.set_aside(ip("192.0.2.60"), SetAsideReason::Slow, now);
         assert!(matches!(
             event,
@@ -1013,7 +1092,11 @@ mod tests {
     #[test]
     fn no_target_is_blamed_when_every_target_stops_answering() {
         let mut set = v4_set();
-        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61", "192.0.2.62"]), &[]);
+        set.add_discovered(
+            &ips(&["192.0.2.60", "192.0.2.61", "192.0.2.62"]),
+            &[],
+            Instant::now(),
+        );
         let start = Instant::now();
         let order = ips(&["192.0.2.60", "192.0.2.61", "192.0.2.62"]);
         // Each target loses more than NUM_PROBE_FAILS probes, but never alone.
@@ -1032,17 +1115,101 @@ mod tests {
     }
 
     #[test]
-    fn flush_forgets_discovered_hosts_but_not_routers() {
+    fn all_silent_forgets_discovered_hosts_but_not_routers() {
         let mut set = v4_set();
-        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61"]), &[]);
+        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61"]), &[], Instant::now());
         let _ = set.take_discovery_request();
-        set.flush_discovered();
+        set.all_silent();
         assert!(set.is_empty());
         assert!(set.take_discovery_request());
 
         set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[], &[]);
-        set.flush_discovered();
+        set.all_silent();
         assert_eq!(active(&set), ips(&["192.0.2.1"]));
+    }
+
+    #[test]
+    fn hosts_stand_in_for_a_silent_router_until_it_answers_again() {
+        let start = Instant::now();
+        let mut set = v4_set();
+        let routes = [route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)];
+        set.update_routes(&routes, &[], &[]);
+        // Routers known: no discovery, and no host is taken.
+        assert!(!set.take_discovery_request());
+        assert_eq!(set.add_discovered(&ips(&["192.0.2.60"]), &[], start), 0);
+
+        set.all_silent();
+        assert!(set.take_discovery_request());
+        assert_eq!(
+            active(&set),
+            ips(&["192.0.2.1"]),
+            "kept until a host answers"
+        );
+        assert_eq!(set.add_discovered(&ips(&["192.0.2.60"]), &[], start), 1);
+        assert!(set.standing_in());
+        assert_eq!(active(&set), ips(&["192.0.2.60"]));
+        assert_eq!(state_of(&set, "192.0.2.1"), Some(TargetState::Dead));
+        assert!(
+            set.take_discovery_request(),
+            "one stand-in gives no resilience"
+        );
+        set.add_discovered(&ips(&["192.0.2.61"]), &[], start);
+        assert!(!set.take_discovery_request());
+        assert_eq!(
+            rotation(&mut set, start, 4),
+            ips(&["192.0.2.60", "192.0.2.61", "192.0.2.60", "192.0.2.61"])
+        );
+        // A route change keeps them.
+        set.update_routes(&routes, &[], &[]);
+        assert!(set.standing_in());
+        let views = set.view();
+        assert!(
+            views
+                .iter()
+                .any(|v| v.address == ip("192.0.2.60") && v.source == TargetSource::StandIn),
+            "{views:?}"
+        );
+
+        // The router climbs back (dead, slow, spare, active) and its answer ends the stand-ins.
+        let later = start + 2 * RECOVERY_STEP;
+        let probed = rotation(&mut set, start + RECOVERY_STEP, 3)
+            .into_iter()
+            .chain(rotation(&mut set, later, 6))
+            .collect::<Vec<_>>();
+        assert!(probed.contains(&ip("192.0.2.1")), "{probed:?}");
+        set.record_answer(ip("192.0.2.1"));
+        assert!(!set.standing_in());
+        assert_eq!(active(&set), ips(&["192.0.2.1"]));
+        assert!(!set.take_discovery_request());
+    }
+
+    #[test]
+    fn silent_stand_ins_are_replaced_and_no_responder_leaves_the_routers_probed() {
+        let now = Instant::now();
+        let mut set = v4_set();
+        set.set_configured(&ips(&["192.0.2.9"]));
+        set.all_silent();
+        // Nobody answered the echo: the configured target is still probed.
+        assert_eq!(rotation(&mut set, now, 2), ips(&["192.0.2.9", "192.0.2.9"]));
+        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61"]), &[], now);
+        assert_eq!(state_of(&set, "192.0.2.9"), Some(TargetState::Dead));
+        let mut event = None;
+        for _ in 0..NUM_PROBE_FAILS {
+            set.record_answer(ip("192.0.2.61"));
+            event = set.record_loss(ip("192.0.2.60"), now);
+        }
+        assert!(
+            matches!(
+                event,
+                Some(TargetEvent::SetAside {
+                    action: TargetAction::Replaced,
+                    ..
+                })
+            ),
+            "{event:?}"
+        );
+        assert!(!set.contains(ip("192.0.2.60")));
+        assert!(set.take_discovery_request());
     }
 
     #[test]

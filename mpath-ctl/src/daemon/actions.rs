@@ -62,7 +62,7 @@ impl Daemon {
                     log(Level::INFO, name, action, line);
                     for nic in nics {
                         for p in group.nic_mut(nic).into_iter().flat_map(|n| &mut n.probing) {
-                            p.prober.flush_discovered();
+                            p.prober.all_targets_silent();
                         }
                     }
                 }

@@ -137,8 +137,13 @@ impl Daemon {
             return;
         };
         if probing.discovery.contains(&reply.seq) {
-            let added = probing.prober.add_discovered(&[from], &local);
-            if added > 0 {
+            let added = probing.prober.add_discovered(&[from], &local, now);
+            if added > 0 && probing.prober.targets().standing_in() {
+                tracing::info!(
+                    "probe target {from} on {nic_name} stands in for the silent configured \
+                     targets or routers until one answers again"
+                );
+            } else if added > 0 {
                 tracing::info!("discovered probe target {from} on {nic_name}");
             }
             return;

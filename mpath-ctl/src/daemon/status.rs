@@ -164,12 +164,12 @@ impl Daemon {
                 status.targets.extend(n.probing.iter().map(|p| {
                     let view = p.prober.view();
                     let targets: Vec<IpAddr> = p.prober.targets().active().collect();
-                    // With no target known mpathd is discovering by multicast echo.
+                    // With no target known mpathd is discovering by multicast echo; hosts
+                    // found so are probed, alone or standing in for silent routers.
                     let multicast = targets.is_empty()
-                        || view
-                            .targets
-                            .iter()
-                            .any(|t| t.source == TargetSource::Discovered);
+                        || view.targets.iter().any(|t| {
+                            matches!(t.source, TargetSource::Discovered | TargetSource::StandIn)
+                        });
                     TargetRow {
                         interface: n.name.clone(),
                         mode: if multicast {
