@@ -303,6 +303,7 @@ impl Daemon {
             Some(self.datapath_due),
             self.resync_due,
             self.routing.due,
+            self.routing.release_at,
             self.announcer.next_due(),
             Some(self.following.due),
         ];
@@ -329,6 +330,10 @@ impl Daemon {
         }
         if self.routing.due.is_some_and(|due| due <= now) {
             self.replan().await;
+        }
+        if self.routing.release_at.is_some_and(|at| at <= now) {
+            self.routing.release_at = None;
+            routes::release_memory();
         }
         for announcement in self.announcer.due(now) {
             if let Err(e) = announcement.send() {

@@ -89,6 +89,9 @@ pub(super) struct Routing {
     /// A large plan's work (its changes, the notifications they cause) took memory that is
     /// given back once it is all done.
     release_due: bool,
+    /// When to give it back: once route work and notifications have been quiet a while, as
+    /// the notifications of mpathd's own changes are read after the changes are made.
+    pub release_at: Option<Instant>,
 }
 
 impl Routing {
@@ -180,14 +183,25 @@ impl Routing {
 /// gives freed memory back, when its route work is done.
 const RELEASE_AFTER: usize = 1000;
 
+/// How long route work and notifications must have been quiet before memory is given back.
+const RELEASE_QUIET: Duration = Duration::from_secs(2);
+
 /// Gives the memory freed since to the system: the allocator keeps what a large table once
 /// took otherwise (glibc returns only the top of its heap by itself), and mpathd's RSS would
 /// stay at its peak after the routes went.
-fn release_memory() {
-    // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel.
+pub(super) fn release_memory() {
+    // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel; mallinfo2
+    // only reads its statistics.
     #[cfg(target_env = "gnu")]
     unsafe {
         libc::malloc_trim(0);
+        let heap = libc::mallinfo2();
+        tracing::debug!(
+            "memory given back: {} KB in use, {} KB free in the heap, {} KB mapped apart",
+            heap.uordblks / 1024,
+            heap.fordblks / 1024,
+            heap.hblkhd / 1024
+        );
     }
 }
 
@@ -258,6 +272,9 @@ impl Daemon {
     /// mpathd's table, its own changes are no news, and what others did there is put right
     /// by the next plan.
     pub(super) fn route_notice(&mut self, added: bool, notice: RouteNotice, now: Instant) {
+        if self.routing.release_at.is_some() {
+            self.routing.release_at = Some(now + RELEASE_QUIET);
+        }
         let table = self.config.daemon.route_table;
         if notice.table == MAIN_TABLE {
             if added {
@@ -494,7 +511,7 @@ impl Daemon {
             self.routing.release_due = true;
         }
         if !self.routing.has_pending() && std::mem::take(&mut self.routing.release_due) {
-            release_memory();
+            self.routing.release_at = Some(Instant::now() + RELEASE_QUIET);
         }
         // Back to the runtime, which then polls its timer and IO drivers: a step made of
         // planning alone never waits for anything, and without this the probes' timers
