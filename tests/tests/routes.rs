@@ -708,6 +708,72 @@ fn the_group_keeps_the_routes_the_kernel_or_a_network_manager_deleted_with_a_nic
     assert_sources_are_data_addresses(&lab, "after h1 left the host");
 }
 
+/// A DHCP client renewing its lease while h1 is failed deletes the default route and adds it
+/// again through h1, which holds only its test address: the kernel accepts it because mpathd
+/// keeps the group's subnets on-link through every NIC (as a Solaris test address's netmask
+/// does), and the group serves it. A group left without a default route says so.
+#[test]
+fn a_default_route_renewed_through_a_failed_nic_is_accepted_and_served() {
+    let lab = dhcp_lab();
+    let mut daemon = started(&lab);
+    // The inactive standby h2 holds only its test address: a route through it is accepted.
+    lab.host()
+        .ip(&[
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            "192.0.2.1",
+            "dev",
+            "h2",
+            "metric",
+            "5",
+        ])
+        .unwrap();
+    lab.drop_silently("h1").unwrap();
+    daemon.wait_until("h1 failed, its address moved", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") != Some("h1")
+        })
+    });
+    let on_h1 = lab.host_addrs("h1").unwrap();
+    assert!(
+        !on_h1.iter().any(|a| a.starts_with("192.0.2.20/")),
+        "only the test address left on h1: {on_h1:?}"
+    );
+    // What dhclient-script does on RENEW: the old route goes, the new one comes.
+    lab.host()
+        .ip(&["-4", "route", "del", "default", "dev", "h1"])
+        .unwrap();
+    daemon.wait_until("the group's loss of its default route said", |d| {
+        d.log()
+            .contains("group g0 has no IPv4 default route any more")
+    });
+    add_dhcp_default_route(&lab);
+    daemon.wait_until("the default route served again", |d| {
+        d.log().contains("group g0 serves an IPv4 default route") && routes_served(&lab, &["-4"])
+    });
+    assert_off_link_reachable(&lab, "with the default route renewed through the failed h1");
+    assert_sources_are_data_addresses(&lab, "with the default route renewed through h1");
+    // A lookup bound to the failed NIC does not take its test address as the source.
+    let bound = lab
+        .host()
+        .ip(&["-4", "route", "get", "192.0.2.50", "oif", "h1"])
+        .unwrap();
+    assert!(bound.contains("src 192.0.2."), "{bound}");
+    assert!(
+        !bound.contains("src 192.0.2.22"),
+        "test address as source: {bound}"
+    );
+
+    // --teardown takes mpathd's on-link routes away with the rest.
+    daemon.stop();
+    let teardown = daemon.teardown(lab.host());
+    assert!(teardown.status.success(), "{teardown:?}");
+    let main = lab.host().ip(&["route", "show", "proto", "109"]).unwrap();
+    assert!(main.trim().is_empty(), "{main}");
+}
+
 /// [`CONFIG`] with an IPv6 data address on h1 too, so that the group has two.
 fn two_ipv6_addresses() -> String {
     CONFIG.replace(

@@ -497,6 +497,14 @@ pub enum Family {
 }
 
 impl Family {
+    /// How messages for administrators name it.
+    pub fn ip_version(self) -> &'static str {
+        match self {
+            Family::Inet => "IPv4",
+            Family::Inet6 => "IPv6",
+        }
+    }
+
     pub fn of(addr: IpAddr) -> Family {
         match addr {
             IpAddr::V4(_) => Family::Inet,
@@ -692,6 +700,19 @@ impl Plan {
             self.unset(at);
         }
         wanted != has
+    }
+
+    /// The groups (by name) and families whose default route the plan serves.
+    pub(crate) fn default_routes(&self) -> BTreeSet<(String, Family)> {
+        [IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])]
+            .into_iter()
+            .filter_map(|any| IpCidr::new(any, 0).ok())
+            .flat_map(|default| self.routes.range((default, 0)..=(default, u32::MAX)))
+            .filter_map(|(_, route)| match &route.via {
+                Via::Group(key) => Some((key.group.clone(), key.family)),
+                Via::Throw => None,
+            })
+            .collect()
     }
 
     /// Re-forms every group of the plan over the NICs that serve its group now: after the
@@ -929,6 +950,51 @@ pub(crate) fn orphaned<'a>(
         }
     }
     orphans
+}
+
+/// A route in `main` that keeps a group's subnet on-link through one of its NICs, at the
+/// highest metric: the kernel's own prefix route (on the NIC holding the data address) wins
+/// every lookup, but a NIC holding only its test address (failed, standby, its addresses
+/// moved) still has the subnet, so that a route through it can be added at any time (a DHCP
+/// client renewing the default route `via ROUTER dev NIC`), as the test address's netmask
+/// keeps it in Solaris.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LinkRoute {
+    pub destination: IpCidr,
+    pub oif: u32,
+    /// [`LINK_ROUTE_METRIC`] less the NIC's index: IPv4 keeps one route per destination and
+    /// metric, so each NIC's has a metric of its own.
+    pub metric: u32,
+    /// A data address of the group in the subnet (IPv4): a lookup bound to the NIC must not
+    /// pick its test address as the source.
+    pub prefsrc: Option<IpAddr>,
+}
+
+/// The highest metric of [`LinkRoute`]s: after every other route to the subnet.
+pub const LINK_ROUTE_METRIC: u32 = u32::MAX;
+
+/// The link routes the groups want: each data subnet on each NIC of the group that has its
+/// link (IPv4 refuses a route through a NIC that is down).
+pub(crate) fn link_routes(groups: &[GroupRouting], with_link: &[u32]) -> BTreeSet<LinkRoute> {
+    let mut wanted = BTreeSet::new();
+    for group in groups {
+        let mut subnets: BTreeMap<IpCidr, Option<IpAddr>> = BTreeMap::new();
+        for (address, _) in &group.addresses {
+            let prefsrc = address.addr().is_ipv4().then_some(address.addr());
+            subnets.entry(address.network()).or_insert(prefsrc);
+        }
+        for &oif in group.members.iter().filter(|oif| with_link.contains(oif)) {
+            for (&destination, &prefsrc) in &subnets {
+                wanted.insert(LinkRoute {
+                    destination,
+                    oif,
+                    metric: LINK_ROUTE_METRIC.saturating_sub(oif),
+                    prefsrc,
+                });
+            }
+        }
+    }
+    wanted
 }
 
 /// Whether `main` has a route to `held`'s destination again through one of `members` (the
@@ -1526,6 +1592,16 @@ mod tests {
             }
         );
         assert_eq!(plan.routes.len(), 2, "{plan:#?}");
+        assert_eq!(
+            plan.default_routes(),
+            BTreeSet::from([("g0".to_string(), Family::Inet)])
+        );
+        let without: Vec<MainRoute> = dhcp_host().into_iter().skip(1).collect();
+        assert!(
+            super::plan(&without, &[group(&[H0, H1])])
+                .default_routes()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -2066,6 +2142,34 @@ mod tests {
             updated.flipped.extend(next.flipped);
         }
         keys
+    }
+
+    #[test]
+    fn every_nic_with_its_link_keeps_each_data_subnet_with_a_data_address_as_source() {
+        let mut g = group(&[H0, H1]);
+        g.addresses.push((cidr("192.0.2.30/24"), None));
+        let wanted = link_routes(&[g], &[H0, H2]);
+        let expected: BTreeSet<LinkRoute> = [H0, H2]
+            .into_iter()
+            .flat_map(|oif| {
+                [
+                    LinkRoute {
+                        destination: cidr("192.0.2.0/24"),
+                        oif,
+                        metric: u32::MAX - oif,
+                        prefsrc: Some(ip("192.0.2.20")),
+                    },
+                    LinkRoute {
+                        destination: cidr("2001:db8::/64"),
+                        oif,
+                        metric: u32::MAX - oif,
+                        prefsrc: None,
+                    },
+                ]
+            })
+            .collect();
+        assert_eq!(wanted, expected);
+        assert!(link_routes(&[], &[H0]).is_empty());
     }
 
     #[test]

@@ -82,8 +82,7 @@ impl Daemon {
         // The kernel deleted the routes that named an IPv4 address gone from the host their
         // source, without a word.
         if cidr.addr().is_ipv4() && !self.addresses.iter().any(|(_, c)| c.addr() == cidr.addr()) {
-            self.routing.main.remove_with_source(cidr.addr());
-            self.routing.changed(now);
+            self.routing.source_gone(cidr.addr(), now);
         }
         if is_link_local(cidr.addr())
             && let Some(at) = self.stop_v6(ifindex, cidr)

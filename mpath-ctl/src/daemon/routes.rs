@@ -10,8 +10,8 @@ use std::{
 use crate::{
     config::RouteConfig,
     core::routes::{
-        self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, MainTable, NexthopKey,
-        NexthopObject, NicRouting, Plan, RouteChange, RouteState, TableChange,
+        self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, LinkRoute, MainTable,
+        NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteState, TableChange,
     },
     daemon::Daemon,
     net::address::IpCidr,
@@ -92,6 +92,10 @@ pub(super) struct Routing {
     /// When to give it back: once route work and notifications have been quiet a while, as
     /// the notifications of mpathd's own changes are read after the changes are made.
     pub release_at: Option<Instant>,
+    /// mpathd's [`LinkRoute`]s as the kernel has them (`None`: to be read).
+    links: Option<BTreeSet<LinkRoute>>,
+    /// The groups and families whose default route mpathd serves, as last planned.
+    defaults: BTreeSet<(String, Family)>,
 }
 
 impl Routing {
@@ -151,6 +155,9 @@ impl Routing {
     /// NIC `oif` was taken down: IPv4 deleted the main table's routes through it without a
     /// word, so they are read again.
     pub fn routes_flushed(&mut self, oif: u32, now: Instant) {
+        if let Some(links) = &mut self.links {
+            links.retain(|l| l.oif != oif);
+        }
         self.reread.insert(oif);
         self.main_changed(now);
     }
@@ -159,6 +166,16 @@ impl Routing {
     fn repair(&mut self, destination: IpCidr, now: Instant) {
         self.repair.insert(destination);
         self.main_changed(now);
+    }
+
+    /// IPv4 address `source` left the host: the kernel deleted the routes naming it their
+    /// source without a word, mpathd's link routes too.
+    pub fn source_gone(&mut self, source: IpAddr, now: Instant) {
+        self.main.remove_with_source(source);
+        if let Some(links) = &mut self.links {
+            links.retain(|l| l.prefsrc != Some(source));
+        }
+        self.changed(now);
     }
 
     /// The rules changed.
@@ -276,6 +293,24 @@ impl Daemon {
             self.routing.release_at = Some(now + RELEASE_QUIET);
         }
         let table = self.config.daemon.route_table;
+        if notice.table == MAIN_TABLE && notice.protocol == MPATHD_PROTOCOL {
+            // A link route of mpathd's: one someone deleted is put back by the next plan.
+            if !added
+                && let Some(links) = &mut self.routing.links
+                && let [hop] = notice.route.hops.as_slice()
+            {
+                let before = links.len();
+                links.retain(|l| {
+                    !(l.destination == notice.route.destination
+                        && l.oif == hop.oif
+                        && l.metric == notice.route.metric)
+                });
+                if links.len() != before {
+                    self.routing.main_changed(now);
+                }
+            }
+            return;
+        }
         if notice.table == MAIN_TABLE {
             if added {
                 self.routing.main.add(notice.route, notice.replace);
@@ -442,6 +477,75 @@ impl Daemon {
         // Room for a notification per route, should the table change all at once.
         let routes = self.routing.main.len() + self.routing.plan.routes.len();
         self.monitor.fit(routes);
+        self.sync_link_routes().await;
+        if self.routing.sweep.is_none() {
+            self.watch_default_routes();
+        }
+    }
+
+    /// Keeps each group's data subnets on-link through every NIC of the group that has its
+    /// link ([`LinkRoute`]), and no other link route of mpathd's.
+    async fn sync_link_routes(&mut self) {
+        if self.routing.links.is_none() {
+            match self.netlink.link_routes().await {
+                Ok(found) => self.routing.links = Some(found.into_iter().collect()),
+                Err(e) => {
+                    tracing::error!("reading mpathd's on-link routes: {e}");
+                    return;
+                }
+            }
+        }
+        let with_link: Vec<u32> = self
+            .groups
+            .iter()
+            .flat_map(|g| &g.nics)
+            .filter(|n| n.carrier)
+            .filter_map(|n| n.ifindex)
+            .collect();
+        let wanted = routes::link_routes(&self.group_routing(), &with_link);
+        let Some(links) = &mut self.routing.links else {
+            return;
+        };
+        let stale: Vec<LinkRoute> = links.difference(&wanted).copied().collect();
+        let missing: Vec<LinkRoute> = wanted.difference(links).copied().collect();
+        for route in missing {
+            match self.netlink.set_link_route(&route).await {
+                Ok(()) => {
+                    tracing::debug!("routes: {route:?}");
+                    links.insert(route);
+                }
+                // Tried again at the next plan: the NIC's next link change brings one.
+                Err(e) => tracing::debug!("{e}"),
+            }
+        }
+        for route in stale {
+            match self.netlink.del_link_route(&route).await {
+                Ok(()) => {
+                    links.remove(&route);
+                }
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+    }
+
+    /// Says when a group stops serving a default route, or serves one again: off-link
+    /// traffic has no way out without it (a DHCP client or an administrator removed it).
+    fn watch_default_routes(&mut self) {
+        let now = self.routing.plan.default_routes();
+        for (group, family) in self.routing.defaults.difference(&now) {
+            tracing::warn!(
+                "group {group} has no {} default route any more: traffic to other networks \
+                 has no way out through it",
+                family.ip_version()
+            );
+        }
+        for (group, family) in now.difference(&self.routing.defaults) {
+            tracing::info!(
+                "group {group} serves an {} default route",
+                family.ip_version()
+            );
+        }
+        self.routing.defaults = now;
     }
 
     /// Plans the next part of a plan of many destinations, if one is under way.
@@ -486,6 +590,7 @@ impl Daemon {
             );
             self.routing.sweep = None;
             self.routing.release_due |= count >= RELEASE_AFTER;
+            self.watch_default_routes();
         }
     }
 
@@ -932,6 +1037,9 @@ pub async fn remove_routes(table: u32) -> anyhow::Result<()> {
     let netlink = Netlink::connect()?;
     let nexthops = Nexthops::connect()?;
     netlink.del_rules().await?;
+    for route in netlink.link_routes().await? {
+        netlink.del_link_route(&route).await?;
+    }
     for ((destination, metric), _) in netlink.table_routes(table).await? {
         netlink.del_table_route(table, destination, metric).await?;
     }

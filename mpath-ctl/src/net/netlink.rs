@@ -36,7 +36,7 @@ use rtnetlink::{Handle, IpVersion, MulticastGroup};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
-use crate::core::routes::{Hop, Hops, MainRoute, TableRoute, Via};
+use crate::core::routes::{Hop, Hops, LinkRoute, MainRoute, TableRoute, Via};
 use crate::net::address::IpCidr;
 
 /// The `rtm_protocol` of mpathd's routes, rules and nexthops, so that `ip route` shows who
@@ -257,6 +257,18 @@ pub enum NetlinkError {
         table: u32,
         source: io::Error,
     },
+    #[error("keeping {destination} on-link through ifindex {oif}: {source}")]
+    SetLinkRoute {
+        destination: IpCidr,
+        oif: u32,
+        source: io::Error,
+    },
+    #[error("removing the on-link route to {destination} through ifindex {oif}: {source}")]
+    DelLinkRoute {
+        destination: IpCidr,
+        oif: u32,
+        source: io::Error,
+    },
     #[error("changing mpathd's routing rules: {0}")]
     Rule(#[source] io::Error),
 }
@@ -453,8 +465,9 @@ impl Netlink {
         }
     }
 
-    /// The routes of the main table, IPv4 then IPv6. Next hops marked dead or linkdown are
-    /// listed too: they are still in the table and come back with their link.
+    /// The routes of the main table, IPv4 then IPv6, mpathd's own [`LinkRoute`]s left out.
+    /// Next hops marked dead or linkdown are listed too: they are still in the table and come
+    /// back with their link.
     pub async fn main_routes(&self) -> Result<Vec<MainRoute>, NetlinkError> {
         let filter = RouteFilter {
             table: MAIN_TABLE,
@@ -465,11 +478,13 @@ impl Netlink {
             .route_messages(filter)
             .await?
             .iter()
+            .filter(|message| !is_mpathds(message))
             .filter_map(main_route)
             .collect())
     }
 
-    /// The routes of the main table with a next hop through `oif` (none when it is gone).
+    /// The routes of the main table with a next hop through `oif` (none when it is gone),
+    /// mpathd's own left out.
     pub async fn main_routes_through(&self, oif: u32) -> Result<Vec<MainRoute>, NetlinkError> {
         let filter = RouteFilter {
             table: MAIN_TABLE,
@@ -480,8 +495,67 @@ impl Netlink {
             .route_messages(filter)
             .await?
             .iter()
+            .filter(|message| !is_mpathds(message))
             .filter_map(main_route)
             .collect())
+    }
+
+    /// mpathd's [`LinkRoute`]s in the main table.
+    pub(crate) async fn link_routes(&self) -> Result<Vec<LinkRoute>, NetlinkError> {
+        let filter = RouteFilter {
+            table: MAIN_TABLE,
+            protocol: Some(MPATHD_PROTOCOL),
+            oif: None,
+        };
+        Ok(self
+            .route_messages(filter)
+            .await?
+            .iter()
+            .filter(|message| table_of(message) == MAIN_TABLE)
+            .filter_map(|message| {
+                let route = main_route(message)?;
+                let [hop] = route.hops.as_slice() else {
+                    return None;
+                };
+                Some(LinkRoute {
+                    destination: route.destination,
+                    oif: hop.oif,
+                    metric: route.metric,
+                    prefsrc: route.prefsrc,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds or replaces a [`LinkRoute`].
+    pub(crate) async fn set_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError> {
+        let message = link_route_message(route);
+        self.handle
+            .route()
+            .add(message)
+            .replace()
+            .execute()
+            .await
+            .map_err(|error| NetlinkError::SetLinkRoute {
+                destination: route.destination,
+                oif: route.oif,
+                source: io_error(error),
+            })
+    }
+
+    /// Deletes a [`LinkRoute`]; one already gone (with its NIC, say) is not an error.
+    pub(crate) async fn del_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError> {
+        let mut message = link_route_message(route);
+        message.header.kind = RouteType::Unspec;
+        match self.handle.route().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(error) if matches!(errno(&error), Some(libc::ESRCH | libc::ENODEV)) => Ok(()),
+            Err(error) => Err(NetlinkError::DelLinkRoute {
+                destination: route.destination,
+                oif: route.oif,
+                source: io_error(error),
+            }),
+        }
     }
 
     /// The routes mpathd keeps in `table`, by destination and metric.
@@ -1174,6 +1248,24 @@ fn table_route_message(table: u32, destination: IpCidr, metric: u32) -> RouteMes
         RouteAttribute::Priority(metric),
     ];
     message
+}
+
+/// The message of a [`LinkRoute`]: `DESTINATION dev OIF proto mpathd scope link metric M`.
+fn link_route_message(route: &LinkRoute) -> RouteMessage {
+    let mut message = table_route_message(MAIN_TABLE, route.destination, route.metric);
+    message.header.scope = RouteScope::Link;
+    message.attributes.push(RouteAttribute::Oif(route.oif));
+    if let Some(source) = route.prefsrc {
+        message
+            .attributes
+            .push(RouteAttribute::PrefSource(route_address_of(source)));
+    }
+    message
+}
+
+/// Whether the route is mpathd's.
+fn is_mpathds(message: &RouteMessage) -> bool {
+    u8::from(message.header.protocol) == MPATHD_PROTOCOL
 }
 
 fn route_address_of(addr: IpAddr) -> RouteAddress {
