@@ -362,11 +362,13 @@ impl Case {
 }
 
 /// One arrival of the stream: the kernel's receive time (CLOCK_REALTIME, the clock mpathd's
-/// log uses) and the NIC it came in on.
+/// log uses), the NIC it came in on, and when it was sent (the sender's CLOCK_REALTIME, in
+/// its payload: the same clock where both ends are on one machine).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Arrival {
     at_ns: i64,
     ifindex: u32,
+    sent_ns: i64,
 }
 
 /// The stream's interruption by one failure: from the last packet through the failed NIC to
@@ -677,9 +679,10 @@ fn send_steadily(
             );
         }
     }
-    let payload = [0u8; 16];
+    let mut payload = [0u8; 16];
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        payload[..8].copy_from_slice(&realtime_ns().to_ne_bytes());
         // While no route leads anywhere (an ECMP route with every next hop down), sends fail:
         // that is part of the gap being measured, not an error of the stream.
         let _ = socket.send_to(&payload, to);
@@ -716,13 +719,18 @@ fn receive(
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = size_of_val(&control);
         // SAFETY: `msg` describes valid buffers.
-        if unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) } < 0 {
+        let length = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+        if length < 0 {
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::EINTR) => continue,
                 _ => return Err(e).context("receiving the stream"),
             }
         }
+        let Some(sent) = buf.get(..8).filter(|_| length >= 8) else {
+            bail!("a stream packet of {length} bytes carries no send time");
+        };
+        let sent_ns = i64::from_ne_bytes(sent.try_into()?);
         let (mut at_ns, mut ifindex) = (None, None);
         // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
         // msg_controllen; the payloads are read unaligned.
@@ -750,7 +758,11 @@ fn receive(
         arrivals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Arrival { at_ns, ifindex });
+            .push(Arrival {
+                at_ns,
+                ifindex,
+                sent_ns,
+            });
     }
     Ok(())
 }
@@ -1524,7 +1536,11 @@ mod tests {
 
     #[test]
     fn the_gap_runs_from_the_last_packet_on_the_failed_nic_to_the_next() {
-        let a = |at_ns, ifindex| Arrival { at_ns, ifindex };
+        let a = |at_ns, ifindex| Arrival {
+            at_ns,
+            ifindex,
+            sent_ns: at_ns,
+        };
         let arrivals = [
             a(0, 2),
             a(200, 2),
@@ -1544,7 +1560,11 @@ mod tests {
 
     #[test]
     fn an_off_link_gap_is_the_largest_interval_ending_after_the_failure() {
-        let a = |at_ns| Arrival { at_ns, ifindex: 9 };
+        let a = |at_ns| Arrival {
+            at_ns,
+            ifindex: 9,
+            sent_ns: at_ns,
+        };
         let arrivals = [a(0), a(700), a(900), a(1000), a(5000), a(5200), a(5300)];
         let gap = Gap::across(&arrivals, 950).unwrap();
         assert_eq!(
