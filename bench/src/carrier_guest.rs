@@ -166,8 +166,9 @@ pub fn carrier_guest(rounds: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
             outcome,
             " With {}'s cut first the traffic moved after a median of {hook:.1} ms with the \
              hook ({} the target; mpathd's failure line came {:.1} ms after h1's last packet, \
-             the rest is its failover's work in the emulated guest), {poll:.1} ms with the \
-             carrier read every 10 ms and {events:.0} ms with the link events alone.",
+             the rest is the address's move with its gratuitous ARP, the router's update and \
+             the stream's own jitter in the emulated guest), {poll:.1} ms with the carrier \
+             read every 10 ms and {events:.0} ms with the link events alone.",
             first.nic,
             if hook < 10.0 { "under" } else { "over" },
             spread_of(&detected).1,
