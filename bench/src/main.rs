@@ -20,7 +20,9 @@
 //! [`sources`]).
 //!
 //! `carrier`: how soon a carrier loss the kernel reports late fails the NIC, with mpathd's
-//! carrier poll and without, and what the poll costs (see [`carrier`]).
+//! carrier poll and without, and what the poll costs (see [`carrier`]); with `--guest`, in
+//! the virtio guest, how long the NIC's traffic stops with the carrier hook, the poll and the
+//! link events alone (see [`carrier_guest`]).
 //!
 //! `routes`: mpathd with 0 to 1,000,000 routes in `main` through the group's gateway and
 //! through a NIC outside the group: start time, time to serve one new route and a burst,
@@ -28,6 +30,7 @@
 //! size (see [`routes`]).
 
 mod carrier;
+mod carrier_guest;
 mod datapath;
 mod receive;
 mod routes;
@@ -133,9 +136,15 @@ fn main() -> anyhow::Result<()> {
         }
         Some("carrier") => {
             let rounds = flag(&args, "--rounds")?.unwrap_or(5);
+            if rounds == 0 {
+                bail!("--rounds must be at least 1");
+            }
+            if args.iter().any(|a| a == "--guest") {
+                return carrier_guest::carrier_guest(rounds, out);
+            }
             let idle = flag(&args, "--idle-seconds")?.unwrap_or(10);
-            if rounds == 0 || idle == 0 {
-                bail!("--rounds and --idle-seconds must be at least 1");
+            if idle == 0 {
+                bail!("--idle-seconds must be at least 1");
             }
             carrier::carrier(rounds, Duration::from_secs(idle), out)
         }
@@ -172,6 +181,8 @@ fn main() -> anyhow::Result<()> {
              mpath-bench soak [--minutes N] [--seed S] [--out BENCHMARKS.md]\n       \
              mpath-bench sources [--rounds N] [--count N] [--out BENCHMARKS.md]\n       \
              mpath-bench carrier [--rounds N] [--idle-seconds S] [--out BENCHMARKS.md]\n       \
+             mpath-bench carrier --guest [--rounds N] [--out BENCHMARKS.md] (in the virtio \
+             guest of `cargo xtask bench carrier --guest`)\n       \
              mpath-bench routes [--sizes 0,10000,100000,1000000] [--rounds N] [--reps N] \
              [--churn-seconds S] [--idle-seconds S] [--timeout-seconds S] [--fdt-ms MS] \
              [--out BENCHMARKS.md]"
@@ -351,11 +362,13 @@ impl Case {
 }
 
 /// One arrival of the stream: the kernel's receive time (CLOCK_REALTIME, the clock mpathd's
-/// log uses) and the NIC it came in on.
+/// log uses), the NIC it came in on, and when it was sent (the sender's CLOCK_REALTIME, in
+/// its payload: the same clock where both ends are on one machine).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Arrival {
     at_ns: i64,
     ifindex: u32,
+    sent_ns: i64,
 }
 
 /// The stream's interruption by one failure: from the last packet through the failed NIC to
@@ -523,8 +536,8 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// A UDP packet every [`STREAM_SPACING`] from one namespace to an address in another, every
-/// arrival recorded. Stopped on drop.
+/// A UDP packet every `spacing` from one namespace to an address in another, every arrival
+/// recorded. Stopped on drop.
 struct Stream {
     stop: Arc<AtomicBool>,
     arrivals: Arc<Mutex<Vec<Arrival>>>,
@@ -537,6 +550,7 @@ impl Stream {
         source: Ipv4Addr,
         to: &Netns,
         destination: Ipv4Addr,
+        spacing: Duration,
     ) -> anyhow::Result<Stream> {
         let receiver = {
             let _inside = to.enter()?;
@@ -558,7 +572,7 @@ impl Stream {
         let sending = {
             let stop = stop.clone();
             let to = SocketAddrV4::new(destination, STREAM_PORT);
-            std::thread::spawn(move || send_steadily(&sender, to, &stop))
+            std::thread::spawn(move || send_steadily(&sender, to, spacing, &stop))
         };
         Ok(Stream {
             stop,
@@ -644,8 +658,13 @@ fn set_flag(socket: &UdpSocket, level: libc::c_int, option: libc::c_int) -> anyh
     Ok(())
 }
 
-/// Sends one small packet every [`STREAM_SPACING`] on an absolute schedule until `stop`.
-fn send_steadily(socket: &UdpSocket, to: SocketAddrV4, stop: &AtomicBool) -> anyhow::Result<()> {
+/// Sends one small packet every `spacing` on an absolute schedule until `stop`.
+fn send_steadily(
+    socket: &UdpSocket,
+    to: SocketAddrV4,
+    spacing: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
     // Timer slack (50 µs by default) would be a quarter of the spacing, and a busy machine
     // would delay a normal thread by milliseconds: real-time priority for a thread that
     // sleeps nearly all the time.
@@ -660,17 +679,18 @@ fn send_steadily(socket: &UdpSocket, to: SocketAddrV4, stop: &AtomicBool) -> any
             );
         }
     }
-    let payload = [0u8; 16];
+    let mut payload = [0u8; 16];
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        payload[..8].copy_from_slice(&realtime_ns().to_ne_bytes());
         // While no route leads anywhere (an ECMP route with every next hop down), sends fail:
         // that is part of the gap being measured, not an error of the stream.
         let _ = socket.send_to(&payload, to);
-        next += STREAM_SPACING;
+        next += spacing;
         let now = Instant::now();
         if next > now {
             sleep(next - now);
-        } else if now - next > STREAM_SPACING * 10 {
+        } else if now - next > spacing * 10 {
             // Descheduled for a while: resume the schedule instead of sending a burst.
             next = now;
         }
@@ -699,13 +719,18 @@ fn receive(
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = size_of_val(&control);
         // SAFETY: `msg` describes valid buffers.
-        if unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) } < 0 {
+        let length = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+        if length < 0 {
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::EINTR) => continue,
                 _ => return Err(e).context("receiving the stream"),
             }
         }
+        let Some(sent) = buf.get(..8).filter(|_| length >= 8) else {
+            bail!("a stream packet of {length} bytes carries no send time");
+        };
+        let sent_ns = i64::from_ne_bytes(sent.try_into()?);
         let (mut at_ns, mut ifindex) = (None, None);
         // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
         // msg_controllen; the payloads are read unaligned.
@@ -733,7 +758,11 @@ fn receive(
         arrivals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(Arrival { at_ns, ifindex });
+            .push(Arrival {
+                at_ns,
+                ifindex,
+                sent_ns,
+            });
     }
     Ok(())
 }
@@ -758,7 +787,13 @@ fn mpathd_case(case: Case, fdt_ms: u64, reps: u64) -> anyhow::Result<Vec<Rep>> {
     let mut daemon = Mpathd::start(lab.host(), &three_nic_config(fdt_ms));
     daemon.wait_until("all NICs ok, the address on h0", settled);
     let home = lab.host().ifindex(FAILING_NIC)?;
-    let stream = Stream::start(lab.router(), ROUTER_V4.parse()?, lab.host(), DATA_V4)?;
+    let stream = Stream::start(
+        lab.router(),
+        ROUTER_V4.parse()?,
+        lab.host(),
+        DATA_V4,
+        STREAM_SPACING,
+    )?;
     stream.wait_for("the stream on h0", Duration::from_secs(5), |i| i == home)?;
     let mut results = Vec::new();
     for rep in 1..=reps {
@@ -828,7 +863,13 @@ fn off_link_settled(lab: &Lab, daemon: &Mpathd) -> bool {
 fn stream_through_h1(lab: &Lab) -> anyhow::Result<Stream> {
     let destination: Ipv4Addr = BEHIND_ROUTER_V4.parse()?;
     for _ in 0..50 {
-        let stream = Stream::start(lab.host(), Ipv4Addr::UNSPECIFIED, lab.router(), destination)?;
+        let stream = Stream::start(
+            lab.host(),
+            Ipv4Addr::UNSPECIFIED,
+            lab.router(),
+            destination,
+            STREAM_SPACING,
+        )?;
         stream.wait_for("the off-link stream", Duration::from_secs(5), |_| true)?;
         let before = lab.switch_port_rx_packets(OFF_LINK_NIC)?;
         sleep(Duration::from_millis(50));
@@ -1061,7 +1102,7 @@ fn ecmp_case(reps: u64) -> anyhow::Result<Vec<Rep>> {
         .into_iter()
         .map(|n| Ok((host.ifindex(&n)?, n)))
         .collect::<anyhow::Result<_>>()?;
-    let stream = Stream::start(router, ECMP_SOURCE, host, ECMP_DATA)?;
+    let stream = Stream::start(router, ECMP_SOURCE, host, ECMP_DATA, STREAM_SPACING)?;
     let mut results = Vec::new();
     for rep in 1..=reps {
         // Both next hops' neighbours resolved, as on a router that carries many flows.
@@ -1495,7 +1536,11 @@ mod tests {
 
     #[test]
     fn the_gap_runs_from_the_last_packet_on_the_failed_nic_to_the_next() {
-        let a = |at_ns, ifindex| Arrival { at_ns, ifindex };
+        let a = |at_ns, ifindex| Arrival {
+            at_ns,
+            ifindex,
+            sent_ns: at_ns,
+        };
         let arrivals = [
             a(0, 2),
             a(200, 2),
@@ -1515,7 +1560,11 @@ mod tests {
 
     #[test]
     fn an_off_link_gap_is_the_largest_interval_ending_after_the_failure() {
-        let a = |at_ns| Arrival { at_ns, ifindex: 9 };
+        let a = |at_ns| Arrival {
+            at_ns,
+            ifindex: 9,
+            sent_ns: at_ns,
+        };
         let arrivals = [a(0), a(700), a(900), a(1000), a(5000), a(5200), a(5300)];
         let gap = Gap::across(&arrivals, 950).unwrap();
         assert_eq!(

@@ -382,6 +382,79 @@ fn a_carrier_cut_within_a_second_of_another_is_seen_and_fails_over() {
     });
 }
 
+/// `carrier_hook = false` (a policy against tracing programs) takes effect at restart: a
+/// reload says so and leaves the running hook, which still reports the second of two cuts
+/// ahead of linkwatch's held-back event; restarted, mpathd reads the carrier instead.
+#[test]
+#[ignore = "needs the guest with virtio NICs: `cargo xtask test --virtio-only`"]
+fn carrier_hook_false_takes_effect_at_restart_and_the_carrier_is_then_read() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &config());
+    daemon.wait_until("all NICs ok", all_ok(&["h0", "h1", "h2"]));
+    assert!(
+        daemon
+            .log()
+            .contains("carrier loss is reported by a tracing hook on netif_carrier_off"),
+        "{}",
+        daemon.log()
+    );
+    let without_hook = config().replace("[daemon]\n", "[daemon]\ncarrier_hook = false\n");
+    daemon.reload(&without_hook);
+    daemon.wait_until("the reload's warning", |d| {
+        d.log()
+            .contains("reload: carrier_hook true -> false takes effect when mpathd restarts")
+    });
+
+    lab.cut("h0").unwrap();
+    lab.cut("h1").unwrap();
+    daemon.wait_until("h1 failed, 192.0.2.20 on h2", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
+        })
+    });
+    // Only a loss the hook reported logs the driver's report time.
+    let log = daemon.log();
+    assert!(
+        log.contains("h1 failed over ") && log.contains("after its driver reported"),
+        "the hook still runs after the reload: {log}"
+    );
+    lab.restore("h0").unwrap();
+    lab.restore("h1").unwrap();
+    daemon.wait_until("all NICs ok", all_ok(&["h0", "h1", "h2"]));
+
+    daemon.stop();
+    let before = daemon.log().len();
+    daemon.spawn(lab.host());
+    daemon.wait_until("all NICs ok after the restart", all_ok(&["h0", "h1", "h2"]));
+    let log = daemon.log();
+    let restarted = &log[before..];
+    assert!(
+        restarted.contains(
+            "carrier loss is read from the drivers every 10 ms (sysfs), ahead of the kernel's \
+             link events (the carrier hook is off: carrier_hook = false)"
+        ),
+        "{restarted}"
+    );
+    assert!(
+        !restarted.contains("reported by a tracing hook"),
+        "{restarted}"
+    );
+    lab.cut("h0").unwrap();
+    lab.cut("h1").unwrap();
+    daemon.wait_until("h1 failed, 192.0.2.20 on h2", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
+        })
+    });
+    let log = daemon.log();
+    assert!(
+        log[before..].contains("h1 has no carrier (seen ahead of the kernel's link event)"),
+        "the poll read h1's loss ahead of linkwatch: {log}"
+    );
+    lab.restore("h0").unwrap();
+    lab.restore("h1").unwrap();
+}
+
 /// virtio_net refuses a single-buffer XDP program above an MTU of about 3.5 KB; the tc matcher
 /// has no such limit.
 #[test]

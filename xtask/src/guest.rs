@@ -161,6 +161,104 @@ pub fn run_virtio(spec: &str, filter: &[String]) -> anyhow::Result<()> {
     guest.boot_and_summarize(&plan, Duration::from_secs(120 + limit), Some(&net))
 }
 
+/// Where the guest finds its output directory, shared with this host.
+const GUEST_OUT: &str = "/mnt/guest-out";
+
+/// `cargo xtask bench carrier --guest`: the carrier benchmark (release build, beside the
+/// release mpathd it runs) in the guest with virtio NICs, where Debian's kernel loads the
+/// carrier hook and linkwatch holds a real driver's carrier changes back. The guest cannot
+/// write the workspace (its root is this host's, read-only under a tmpfs), so the benchmark
+/// writes its section into a copy of BENCHMARKS.md in the output directory, which replaces
+/// the workspace's once it succeeded.
+pub fn run_carrier_bench(spec: &str, args: &[String]) -> anyhow::Result<()> {
+    let bench = bench_binary()?;
+    let guest = Guest::prepare(spec, "-bench")?;
+    let benchmarks = guest.root.join("BENCHMARKS.md");
+    let copy = guest.out.join("BENCHMARKS.md");
+    fs::copy(&benchmarks, &copy).with_context(|| format!("copying {}", benchmarks.display()))?;
+    let mut bench_args = vec!["carrier".to_string(), "--guest".to_string()];
+    bench_args.extend(args.iter().cloned());
+    bench_args.extend(["--out".to_string(), format!("{GUEST_OUT}/BENCHMARKS.md")]);
+    let name = "bench-carrier".to_string();
+    let plan = vec![(name.clone(), bench, bench_args)];
+    // About 30 s a run under TCG, three runs a round; 5 rounds by default.
+    let limit = 3600;
+    let tests = tests_script(
+        &guest.root,
+        &plan,
+        guest.scale,
+        limit,
+        &VirtioNet::guest_env(),
+    );
+    guest.write_stage2(
+        &plan,
+        "modprobe virtio_net\nmodprobe virtio_console\n",
+        &tests,
+    )?;
+    let net = VirtioNet::create()?;
+    let started = Instant::now();
+    boot(
+        &guest.kernel,
+        &guest.initramfs,
+        &guest.out,
+        guest.kvm,
+        Duration::from_secs(120 + limit),
+        Some(&net),
+    )?;
+    let log_path = guest.out.join(format!("{name}.log"));
+    let log = fs::read_to_string(&log_path).unwrap_or_default();
+    print!("{log}");
+    let rc = fs::read_to_string(guest.out.join(format!("{name}.rc"))).unwrap_or_default();
+    println!(
+        "guest: {} ({}), the benchmark {} after {:.0} s; log in {}",
+        guest.kernel.release,
+        if guest.kvm { "KVM" } else { "TCG" },
+        match rc.trim() {
+            "0" => "succeeded".to_string(),
+            "" => "never ran".to_string(),
+            code => format!("failed (exit {code})"),
+        },
+        started.elapsed().as_secs_f64(),
+        log_path.display()
+    );
+    if rc.trim() != "0" {
+        bail!("the carrier benchmark failed in the guest");
+    }
+    fs::copy(&copy, &benchmarks).with_context(|| format!("writing {}", benchmarks.display()))?;
+    println!("written to {}", benchmarks.display());
+    Ok(())
+}
+
+/// mpath-bench in release mode, built if needed.
+fn bench_binary() -> anyhow::Result<PathBuf> {
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "mpath-bench",
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building mpath-bench")?;
+    if !output.status.success() {
+        bail!("building mpath-bench failed");
+    }
+    for line in BufReader::new(&output.stdout[..]).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line?) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact"
+            && message["target"]["name"] == "mpath-bench"
+            && let Some(exe) = message["executable"].as_str()
+        {
+            return Ok(PathBuf::from(exe));
+        }
+    }
+    bail!("cargo built no mpath-bench executable")
+}
+
 /// The shipped unit under systemd as PID 1. The guest's first init readies the shared root
 /// for systemd (no file systems from the host's fstab; masks on every unit sysinit.target
 /// wants but journald and the /dev mounts that sandboxes bind, and on sockets, timers and
@@ -819,7 +917,7 @@ fn tests_script(
         r#"ulimit -n 65536
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root RUST_BACKTRACE=1 MPATH_TIME_SCALE={scale} {env}
-OUT=/mnt/guest-out
+OUT={GUEST_OUT}
 uname -r > $OUT/uname
 cd {tests_dir}
 "#,

@@ -58,6 +58,13 @@ enum Cmd {
         /// Which benchmark.
         #[arg(value_enum)]
         which: Benchmark,
+        /// `carrier` only: run it in the guest whose NICs are virtio_net devices (on
+        /// --kernel's kernel, else 6.1), where the carrier hook loads.
+        #[arg(long)]
+        guest: bool,
+        /// With --guest: the guest's kernel, a version or a `.deb` file, as for `test`.
+        #[arg(long, value_name = "VERSION|FILE.deb", requires = "guest")]
+        kernel: Option<String>,
         /// Extra arguments for the benchmark (e.g. `--rounds 3 --seconds 1`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -91,7 +98,8 @@ enum Benchmark {
     Sources,
     /// How soon a carrier loss the kernel reports late fails the NIC, with mpathd's carrier
     /// poll and without, and the poll's cost to an idle mpathd (`--rounds N
-    /// --idle-seconds S`).
+    /// --idle-seconds S`); with `--guest`, in the virtio guest, the traffic gap with the
+    /// carrier hook, the poll and the link events alone (`--rounds N`).
     Carrier,
     /// mpathd with many routes in `main`, through the group and through a NIC outside it:
     /// start time, time and CPU to serve new routes, idle and under churn, RSS, failover gap
@@ -154,8 +162,23 @@ fn run() -> anyhow::Result<()> {
             setup::run()?;
             demo::run()
         }
-        Cmd::Bench { which, args } => {
+        Cmd::Bench {
+            which,
+            guest,
+            kernel,
+            args,
+        } => {
             setup::run()?;
+            if guest {
+                if !matches!(which, Benchmark::Carrier) {
+                    bail!("--guest is for the carrier benchmark only");
+                }
+                build_daemon()?;
+                return guest::run_carrier_bench(
+                    kernel.as_deref().unwrap_or(guest::CI_KERNEL),
+                    &args,
+                );
+            }
             let name = match which {
                 Benchmark::Datapath => "datapath",
                 Benchmark::Failover => {

@@ -77,6 +77,9 @@ impl DaemonConfig {
         if let Some(change) = Change::between(&self.sources, &new.sources) {
             changes.push(DaemonChange::SourceSelection(change));
         }
+        if let Some(change) = Change::between(&self.carrier_hook, &new.carrier_hook) {
+            changes.push(DaemonChange::CarrierHook(change));
+        }
         if let Some(change) = Change::between(&self.carrier_poll, &new.carrier_poll) {
             changes.push(DaemonChange::CarrierPoll(change));
         }
@@ -206,6 +209,9 @@ pub(crate) enum DaemonChange {
     TcAttach(Change<TcAttach>),
     /// Attaches or detaches the source hook at once.
     SourceSelection(Change<SourceSelection>),
+    /// Takes effect at restart: the hook is loaded before the NICs are set up, and where it
+    /// runs no NIC's carrier is read.
+    CarrierHook(Change<bool>),
     CarrierPoll(Change<Option<Duration>>),
     /// Applies to the NICs outside the groups as the reload's resync sees them.
     IsolateArp(Change<bool>),
@@ -291,6 +297,7 @@ impl fmt::Display for DaemonChange {
             }
             DaemonChange::TcAttach(c) => write!(f, "tc_attach {} -> {}", c.old, c.new),
             DaemonChange::SourceSelection(c) => write!(f, "sources {} -> {}", c.old, c.new),
+            DaemonChange::CarrierHook(c) => write!(f, "carrier_hook {} -> {}", c.old, c.new),
             DaemonChange::CarrierPoll(c) => {
                 let ms = |poll: Option<Duration>| poll.map_or(0, |p| p.as_millis());
                 write!(f, "carrier_poll_ms {} -> {}", ms(c.old), ms(c.new))
@@ -648,6 +655,31 @@ mod tests {
         assert_eq!(
             diff.to_string(),
             "route_table 28016 -> 100; route_rule_priority 32765 -> 1000"
+        );
+    }
+
+    #[test]
+    fn carrier_hook_and_poll_changes_are_daemon_changes() {
+        let mut new = base();
+        new.daemon.carrier_hook = false;
+        new.daemon.carrier_poll = None;
+        let diff = base().diff(&new);
+        assert_eq!(
+            diff.daemon,
+            vec![
+                DaemonChange::CarrierHook(Change {
+                    old: true,
+                    new: false
+                }),
+                DaemonChange::CarrierPoll(Change {
+                    old: Some(Duration::from_millis(10)),
+                    new: None
+                }),
+            ]
+        );
+        assert_eq!(
+            diff.to_string(),
+            "carrier_hook true -> false; carrier_poll_ms 10 -> 0"
         );
     }
 

@@ -6,8 +6,8 @@
 //!
 //! The TOML file has an optional `[daemon]` table (`failure_detection_time_ms`, `failback`,
 //! `track_interfaces_only_with_groups`, `metrics_listen`, `socket`, `bpf_pin_dir`,
-//! `route_table`, `route_rule_priority`, `tc_attach`, `sources`, `probe_rx`, `carrier_poll_ms`,
-//! `isolate_arp`) and any number of
+//! `route_table`, `route_rule_priority`, `tc_attach`, `sources`, `probe_rx`, `carrier_hook`,
+//! `carrier_poll_ms`, `isolate_arp`) and any number of
 //! `[[group]]` tables (`name`, optional `targets`, `spread` and `probe_rx`), each with `[[group.interface]]` tables (`name`, optional
 //! `test_address`, `data_addresses`, `standby`) and optional `[[group.route]]` tables (`to`,
 //! optional `via` and `metric`). Keys set in `[daemon]` win over `/etc/default/mpathd`, which
@@ -104,6 +104,10 @@ pub struct DaemonConfig {
     pub sources: SourceSelection,
     /// Where probe replies are matched, for groups that do not say.
     pub probe_rx: ProbeRx,
+    /// Whether mpathd may load its tracing program on `netif_carrier_off` (the carrier
+    /// hook): a host whose policy forbids tracing programs turns it off and has the carrier
+    /// read every `carrier_poll` instead.
+    pub carrier_hook: bool,
     /// How often the group NICs' carrier is read, ahead of the kernel's link events; `None`:
     /// never (the link events alone).
     pub carrier_poll: Option<Duration>,
@@ -127,6 +131,7 @@ impl Default for DaemonConfig {
             tc_attach: TcAttach::Auto,
             sources: SourceSelection::Spread,
             probe_rx: ProbeRx::Tc,
+            carrier_hook: true,
             carrier_poll: Some(Duration::from_millis(DEFAULT_CARRIER_POLL_MS)),
             isolate_arp: true,
         }
@@ -415,6 +420,7 @@ mod tests {
         assert_eq!(daemon.tc_attach, TcAttach::Auto);
         assert_eq!(daemon.sources, SourceSelection::Spread);
         assert_eq!(daemon.probe_rx, ProbeRx::Tc);
+        assert!(daemon.carrier_hook);
         assert_eq!(daemon.carrier_poll, Some(Duration::from_millis(10)));
         assert!(daemon.isolate_arp);
     }
@@ -426,8 +432,8 @@ mod tests {
              track_interfaces_only_with_groups = false\nmetrics_listen = \"[::]:9100\"\n\
              socket = \"/tmp/t/mpathd.sock\"\nbpf_pin_dir = \"/sys/fs/bpf/test-1\"\n\
              route_table = 100\nroute_rule_priority = 1000\ntc_attach = \"legacy\"\n\
-             sources = \"kernel\"\nprobe_rx = \"xdp\"\ncarrier_poll_ms = 20\n\
-             isolate_arp = false\n",
+             sources = \"kernel\"\nprobe_rx = \"xdp\"\ncarrier_hook = false\n\
+             carrier_poll_ms = 20\nisolate_arp = false\n",
         )
         .unwrap();
         assert_eq!(
@@ -444,10 +450,29 @@ mod tests {
                 tc_attach: TcAttach::Legacy,
                 sources: SourceSelection::Kernel,
                 probe_rx: ProbeRx::Xdp,
+                carrier_hook: false,
                 carrier_poll: Some(Duration::from_millis(20)),
                 isolate_arp: false,
             }
         );
+    }
+
+    #[test]
+    fn carrier_hook_is_on_by_default_off_when_false_and_anything_else_is_refused() {
+        let hook = |value: &str| parse(&format!("[daemon]\ncarrier_hook = {value}\n"));
+        assert!(hook("true").unwrap().daemon.carrier_hook);
+        assert!(!hook("false").unwrap().daemon.carrier_hook);
+        for value in ["\"no\"", "0", "\"off\""] {
+            let error = hook(value).unwrap_err();
+            let text = error.to_string();
+            assert!(
+                matches!(error.problem(), Some(error::Problem::Toml(m)) if m.contains("invalid type")),
+                "{text}"
+            );
+            // The place and the value written, so the operator sees what was refused.
+            assert!(text.contains(":2:"), "{text}");
+            assert!(text.contains(value.trim_matches('"')), "{text}");
+        }
     }
 
     #[test]

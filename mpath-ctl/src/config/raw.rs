@@ -30,6 +30,7 @@ pub(super) struct RawDaemon {
     pub(super) tc_attach: Option<TcAttach>,
     pub(super) sources: Option<SourceSelection>,
     pub(super) probe_rx: Option<ProbeRx>,
+    pub(super) carrier_hook: Option<bool>,
     pub(super) carrier_poll_ms: Option<Spanned<i64>>,
     pub(super) isolate_arp: Option<bool>,
 }

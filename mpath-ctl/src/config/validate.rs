@@ -188,6 +188,7 @@ impl<'a> Validator<'a> {
             tc_attach: raw.tc_attach.unwrap_or(builtin.tc_attach),
             sources: raw.sources.unwrap_or(builtin.sources),
             probe_rx: raw.probe_rx.unwrap_or(builtin.probe_rx),
+            carrier_hook: raw.carrier_hook.unwrap_or(builtin.carrier_hook),
             carrier_poll: match raw.carrier_poll_ms {
                 Some(value) => carrier_poll(*value.get_ref())
                     .map_err(|p| self.source.error(&value.span(), p))?,

@@ -462,10 +462,18 @@ impl Daemon {
         }
     }
 
-    /// Attaches the carrier hook where the kernel takes it (the carrier watch then stays off)
-    /// and says at start which way carrier loss reaches mpathd.
+    /// Attaches the carrier hook where the kernel takes it and the configuration allows it
+    /// (the carrier watch then stays off), and says at start which way carrier loss reaches
+    /// mpathd.
     fn start_carrier_hook(&mut self) -> Option<CarrierEvents> {
-        match self.datapath.attach_carrier_hook() {
+        let attached = if self.config.daemon.carrier_hook {
+            self.datapath
+                .attach_carrier_hook()
+                .map_err(|e| e.to_string())
+        } else {
+            Err("the carrier hook is off: carrier_hook = false".to_string())
+        };
+        match attached {
             Ok(events) => {
                 self.carrier_hook = true;
                 self.carrier_watch.set_period(None);

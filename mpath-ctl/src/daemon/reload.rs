@@ -79,7 +79,8 @@ impl Daemon {
                 | DaemonChange::BpfPinDir(_)
                 | DaemonChange::RouteTable(_)
                 | DaemonChange::RouteRulePriority(_)
-                | DaemonChange::TcAttach(_) => {
+                | DaemonChange::TcAttach(_)
+                | DaemonChange::CarrierHook(_) => {
                     tracing::warn!("reload: {change} takes effect when mpathd restarts");
                 }
                 DaemonChange::SourceSelection(_) => hook_changed = true,
@@ -99,6 +100,7 @@ impl Daemon {
         new.daemon.route_table = self.config.daemon.route_table;
         new.daemon.route_rule_priority = self.config.daemon.route_rule_priority;
         new.daemon.tc_attach = self.config.daemon.tc_attach;
+        new.daemon.carrier_hook = self.config.daemon.carrier_hook;
 
         let removed: Vec<String> = diff
             .groups_removed
