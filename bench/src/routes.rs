@@ -86,6 +86,10 @@ const CHURN_TICK: Duration = Duration::from_millis(10);
 /// failover's milestones are read from it.
 const RUST_LOG: &str = "debug,mpath_ctl::daemon::routes=info";
 
+/// How long after the deletion mpathd is given before its RSS is read: it gives freed memory
+/// back once its route work has been quiet for 2 s.
+const RELEASE_WAIT: Duration = Duration::from_secs(3);
+
 // The test routes are host routes in 10.0.0.0/8, which is no documentation range: they are
 // only entries of the host's routing table, and no packet is ever sent to them (the
 // benchmark's traffic goes to 198.51.100.1, behind the router). 10.0.0.0/9 holds the N
@@ -248,7 +252,8 @@ pub fn routes(o: &Options, out: Option<PathBuf>) -> anyhow::Result<()> {
              largest size through h1, {CHURN_RATE} route changes a second (adds and deletes of \
              other host routes, {CHURN_POOL} of them kept) for {churn} s. Last, the N routes \
              are deleted (`ip route flush proto static`) and RSS read once mpathd's table has \
-             none of them. Whatever mpathd had not done after {timeout} s (failovers: {ftimeout} \
+             none of them, it is quiet and {release} s more have passed (mpathd gives freed \
+             memory back once its route work has been quiet for 2 s). Whatever mpathd had not done after {timeout} s (failovers: {ftimeout} \
              s) shows as \"not within\"; the measurements after a start that was not served in \
              time are left out. mpathd turns the kernel's `nexthop_compat_mode` off, so that a \
              change of the group's nexthops is not announced as a change of each of its \
@@ -263,6 +268,7 @@ pub fn routes(o: &Options, out: Option<PathBuf>) -> anyhow::Result<()> {
             churn = o.churn.as_secs(),
             timeout = o.timeout.as_secs(),
             ftimeout = failover_limit(o.fdt_ms).as_secs_f64(),
+            release = RELEASE_WAIT.as_secs(),
             cpus = cpus(),
         );
         write_section(&path, "Benchmark: routes at scale", &body)?;
@@ -356,6 +362,7 @@ fn measure(via: Via, size: u64, churn: bool, o: &Options) -> anyhow::Result<Samp
         });
         if gone {
             quiet(pid, quiet_limit(idle), Instant::now() + o.timeout)?;
+            std::thread::sleep(RELEASE_WAIT);
             s.rss_deleted_kb = Some(memory_kb(pid, "VmRSS")?);
         }
         s.rss_peak_kb = Some(memory_kb(pid, "VmHWM")?);

@@ -751,7 +751,11 @@ fn a_default_route_renewed_through_a_failed_nic_is_accepted_and_served() {
     });
     add_dhcp_default_route(&lab);
     daemon.wait_until("the default route served again", |d| {
-        d.log().contains("group g0 serves an IPv4 default route") && routes_served(&lab, &["-4"])
+        d.log()
+            .matches("group g0 serves an IPv4 default route")
+            .count()
+            == 2
+            && routes_served(&lab, &["-4"])
     });
     assert_off_link_reachable(&lab, "with the default route renewed through the failed h1");
     assert_sources_are_data_addresses(&lab, "with the default route renewed through h1");
@@ -770,8 +774,13 @@ fn a_default_route_renewed_through_a_failed_nic_is_accepted_and_served() {
     daemon.stop();
     let teardown = daemon.teardown(lab.host());
     assert!(teardown.status.success(), "{teardown:?}");
-    let main = lab.host().ip(&["route", "show", "proto", "109"]).unwrap();
-    assert!(main.trim().is_empty(), "{main}");
+    for family in ["-4", "-6"] {
+        let main = lab
+            .host()
+            .ip(&[family, "route", "show", "proto", "109"])
+            .unwrap();
+        assert!(main.trim().is_empty(), "{family}: {main}");
+    }
 }
 
 /// [`CONFIG`] with an IPv6 data address on h1 too, so that the group has two.

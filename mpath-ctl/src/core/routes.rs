@@ -973,17 +973,22 @@ pub struct LinkRoute {
 /// The highest metric of [`LinkRoute`]s: after every other route to the subnet.
 pub const LINK_ROUTE_METRIC: u32 = u32::MAX;
 
-/// The link routes the groups want: each data subnet on each NIC of the group that has its
-/// link (IPv4 refuses a route through a NIC that is down).
-pub(crate) fn link_routes(groups: &[GroupRouting], with_link: &[u32]) -> BTreeSet<LinkRoute> {
+/// The link routes the groups want: each data subnet on each NIC of the group that is up
+/// (the kernel refuses a route through a NIC that is down; without carrier it takes one).
+/// The source is an IPv4 data address of the subnet that is on a NIC: the kernel refuses one
+/// the host does not have.
+pub(crate) fn link_routes(groups: &[GroupRouting], up: &[u32]) -> BTreeSet<LinkRoute> {
     let mut wanted = BTreeSet::new();
     for group in groups {
         let mut subnets: BTreeMap<IpCidr, Option<IpAddr>> = BTreeMap::new();
-        for (address, _) in &group.addresses {
-            let prefsrc = address.addr().is_ipv4().then_some(address.addr());
-            subnets.entry(address.network()).or_insert(prefsrc);
+        for (address, on) in &group.addresses {
+            let placed = address.addr().is_ipv4() && on.is_some();
+            let source = subnets.entry(address.network()).or_default();
+            if placed && source.is_none() {
+                *source = Some(address.addr());
+            }
         }
-        for &oif in group.members.iter().filter(|oif| with_link.contains(oif)) {
+        for &oif in group.members.iter().filter(|oif| up.contains(oif)) {
             for (&destination, &prefsrc) in &subnets {
                 wanted.insert(LinkRoute {
                     destination,
@@ -2147,7 +2152,8 @@ mod tests {
     #[test]
     fn every_nic_with_its_link_keeps_each_data_subnet_with_a_data_address_as_source() {
         let mut g = group(&[H0, H1]);
-        g.addresses.push((cidr("192.0.2.30/24"), None));
+        // An address on no NIC is no source: the first placed one is.
+        g.addresses.insert(0, (cidr("192.0.2.30/24"), None));
         let wanted = link_routes(&[g], &[H0, H2]);
         let expected: BTreeSet<LinkRoute> = [H0, H2]
             .into_iter()

@@ -464,7 +464,7 @@ pub(crate) enum Role {
     /// Failed in a group failure (where nothing moved) and answering again: about to be
     /// repaired. It keeps the data addresses it has, so that the first NIC to recover does
     /// not take them all and hand them back a moment later, but takes none and carries no
-    /// other traffic. A lost probe makes it unusable.
+    /// other traffic. Once no family's last probe was answered, it is unusable again.
     Recovering,
     /// Failed, offline or missing.
     Unusable,

@@ -394,6 +394,7 @@ impl TargetSet {
         } else {
             return 0;
         };
+        let standing_in = self.standing_in();
         let mut added = 0;
         for &responder in responders {
             if self.count(source) >= MAX_PROBE_TARGETS {
@@ -413,9 +414,10 @@ impl TargetSet {
             });
             added += 1;
         }
-        if source == TargetSource::StandIn && added > 0 {
+        if source == TargetSource::StandIn && added > 0 && !standing_in {
             // Silent since the group failed: probed again after their recovery steps, and
-            // the first to answer ends the stand-ins.
+            // the first to answer ends the stand-ins. (Once: a router climbing back is not
+            // knocked down again as stand-ins come and go.)
             for target in &mut self.targets {
                 if target.source != TargetSource::StandIn && target.status == Status::Active {
                     target.status = Status::Dead { since: now };
@@ -429,15 +431,17 @@ impl TargetSet {
     /// Every target of the group stopped answering at once (a group failure): discovered
     /// hosts are forgotten and discovery starts over, as in.mpathd does. Routers and
     /// configured targets are kept, since they come from the administrator or the routing
-    /// table, not from who answered; hosts that answer the all-hosts echo stand in for them.
+    /// table, not from who answered; hosts that answer the all-hosts echo stand in for them
+    /// (silent stand-ins are forgotten like discovered hosts).
     pub(crate) fn all_silent(&mut self) {
         if self.uses_discovery() {
             self.targets.clear();
-            self.next = 0;
             self.nic_consecutive_losses = 0;
         } else {
             self.stand_ins_wanted = true;
+            self.targets.retain(|t| t.source != TargetSource::StandIn);
         }
+        self.next = self.next.checked_rem(self.targets.len()).unwrap_or(0);
         self.discovery_requested = true;
     }
 
@@ -1181,6 +1185,26 @@ mod tests {
         assert!(!set.standing_in());
         assert_eq!(active(&set), ips(&["192.0.2.1"]));
         assert!(!set.take_discovery_request());
+    }
+
+    #[test]
+    fn a_second_group_failure_forgets_the_silent_stand_ins_for_new_ones() {
+        let now = Instant::now();
+        let mut set = v4_set();
+        set.set_configured(&ips(&["192.0.2.9"]));
+        set.all_silent();
+        let first = ips(&[
+            "192.0.2.60",
+            "192.0.2.61",
+            "192.0.2.62",
+            "192.0.2.63",
+            "192.0.2.64",
+        ]);
+        assert_eq!(set.add_discovered(&first, &[], now), 5);
+        set.all_silent();
+        assert!(!set.standing_in());
+        assert_eq!(set.add_discovered(&ips(&["192.0.2.70"]), &[], now), 1);
+        assert_eq!(active(&set), ips(&["192.0.2.70"]));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use tracing::Level;
 
 use crate::{
     core::state::{Action, Event, FailureCause, IfState},
-    daemon::Daemon,
+    daemon::{Daemon, group::GroupRuntime},
 };
 
 impl Daemon {
@@ -101,14 +101,28 @@ impl Daemon {
             }
         }
         if usable_changed {
+            let placed = |group: &GroupRuntime| -> Vec<Option<String>> {
+                group.addresses.iter().map(|a| a.current.clone()).collect()
+            };
+            let before = placed(&self.groups[gi]);
             // Addresses first: all inbound traffic to a moved address waits for it, while
             // only the outbound flows hashed to the failed NIC wait for the table.
             self.move_addresses(gi).await;
             self.write_table(gi);
             self.follow_memberships(gi);
+            let group = &mut self.groups[gi];
+            let usable: Vec<String> = group
+                .fsm
+                .usable_interfaces()
+                .into_iter()
+                .map(String::from)
+                .collect();
+            let serving_changed = std::mem::replace(&mut group.serving, usable) != group.serving;
             // A resync (`replan`) updates the routes once, after every group's NICs are set
-            // up: before that, a later group's NICs look absent and its routes unserved.
-            if !replan {
+            // up: before that, a later group's NICs look absent and its routes unserved. A
+            // role change that moved nothing and left the usable NICs alone (a NIC answering
+            // again after a group failure) changes no route.
+            if !replan && (serving_changed || placed(&self.groups[gi]) != before) {
                 self.reform_groups(now).await;
             }
         }

@@ -49,6 +49,9 @@ pub(super) struct Nic {
     pub rx: RxEvidence,
     /// Up with carrier: only then does the kernel take nexthops through it.
     pub carrier: bool,
+    /// Administratively up: the kernel takes routes through it (marked linkdown without
+    /// carrier).
+    pub admin_up: bool,
     /// Why mpathd's programs are not on the NIC, while they are not: it is offline then.
     pub datapath_error: Option<String>,
 }
@@ -76,6 +79,8 @@ pub(super) struct GroupRuntime {
     pub adopted: BTreeSet<IpCidr>,
     /// The multicast memberships of unusable NICs mpathd holds on the NICs that took over.
     pub followed: BTreeSet<Followed>,
+    /// The usable NICs the routes were last re-formed over.
+    pub serving: Vec<String>,
 }
 
 impl GroupRuntime {
@@ -275,6 +280,7 @@ impl Groups {
                 probing: Vec::new(),
                 rx: RxEvidence::default(),
                 carrier: false,
+                admin_up: false,
                 datapath_error: None,
             });
         }
@@ -299,6 +305,7 @@ impl Groups {
             held_routes: Vec::new(),
             adopted: BTreeSet::new(),
             followed: BTreeSet::new(),
+            serving: Vec::new(),
         });
         Ok(())
     }

@@ -102,6 +102,7 @@ impl Daemon {
                 match links.iter().find(|l| l.name == name) {
                     Some(link) => {
                         self.groups.nic_mut(at).carrier = link.usable();
+                        self.groups.nic_mut(at).admin_up = link.up;
                         self.carrier_watch.arm(link.ifindex, link.usable());
                         self.set_up_nic(at, link, now).await;
                         if let Some(mac) = link.mac {
@@ -177,6 +178,11 @@ impl Daemon {
             self.change_mac(at, mac);
         }
         let carrier = std::mem::replace(&mut self.groups.nic_mut(at).carrier, link.usable());
+        let admin_up = std::mem::replace(&mut self.groups.nic_mut(at).admin_up, link.up);
+        if admin_up != link.up {
+            // Link routes follow it (the kernel deleted IPv4's when it went down).
+            self.routing.main_changed(now);
+        }
         if known {
             self.carrier_watch.arm(link.ifindex, link.usable());
         }

@@ -96,6 +96,11 @@ pub(super) struct Routing {
     links: Option<BTreeSet<LinkRoute>>,
     /// The groups and families whose default route mpathd serves, as last planned.
     defaults: BTreeSet<(String, Family)>,
+    /// The last refusal of a link route, logged once however often it recurs.
+    link_error: Option<String>,
+    /// Destinations planned since memory was last given back: a feed withdrawn a few
+    /// routes at a time frees as much as a flush.
+    planned_since_release: usize,
 }
 
 impl Routing {
@@ -123,9 +128,11 @@ impl Routing {
         !self.pending.is_empty() || self.sweep.is_some()
     }
 
-    /// What mpathd has in the kernel is to be read again before the next plan.
+    /// What mpathd has in the kernel (its link routes too) is to be read again before the
+    /// next plan.
     pub fn reread_installed(&mut self) {
         self.installed = None;
+        self.links = None;
     }
 
     /// Route work failed: logged (once while it fails the same way), and mpathd reads what
@@ -212,6 +219,9 @@ pub(super) fn release_memory() {
     #[cfg(target_env = "gnu")]
     unsafe {
         libc::malloc_trim(0);
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
         let heap = libc::mallinfo2();
         tracing::debug!(
             "memory given back: {} KB in use, {} KB free in the heap, {} KB mapped apart",
@@ -449,6 +459,7 @@ impl Daemon {
                 None => routing.sweep = Some(Sweep::new(main.destinations, false, started)),
             }
         } else {
+            routing.planned_since_release += main.destinations.len();
             let updated = routing
                 .plan
                 .update(&routing.main, &groups, &main.destinations);
@@ -483,8 +494,9 @@ impl Daemon {
         }
     }
 
-    /// Keeps each group's data subnets on-link through every NIC of the group that has its
-    /// link ([`LinkRoute`]), and no other link route of mpathd's.
+    /// Keeps each group's data subnets on-link through every NIC of the group that is up
+    /// ([`LinkRoute`]), and no other link route of mpathd's. A refusal is logged once and
+    /// tried again at the next plan.
     async fn sync_link_routes(&mut self) {
         if self.routing.links.is_none() {
             match self.netlink.link_routes().await {
@@ -495,14 +507,14 @@ impl Daemon {
                 }
             }
         }
-        let with_link: Vec<u32> = self
+        let up: Vec<u32> = self
             .groups
             .iter()
             .flat_map(|g| &g.nics)
-            .filter(|n| n.carrier)
+            .filter(|n| n.admin_up)
             .filter_map(|n| n.ifindex)
             .collect();
-        let wanted = routes::link_routes(&self.group_routing(), &with_link);
+        let wanted = routes::link_routes(&self.group_routing(), &up);
         let Some(links) = &mut self.routing.links else {
             return;
         };
@@ -514,8 +526,13 @@ impl Daemon {
                     tracing::debug!("routes: {route:?}");
                     links.insert(route);
                 }
-                // Tried again at the next plan: the NIC's next link change brings one.
-                Err(e) => tracing::debug!("{e}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    if self.routing.link_error.as_ref() != Some(&e) {
+                        tracing::warn!("{e}");
+                        self.routing.link_error = Some(e);
+                    }
+                }
             }
         }
         for route in stale {
@@ -565,6 +582,7 @@ impl Daemon {
             .left
             .is_empty()
             .then(|| (sweep.count, sweep.started.elapsed()));
+        routing.planned_since_release += part.len();
         let updated = routing.plan.update(&routing.main, &groups, &part);
         let mut keys = updated.keys;
         // Every route of these destinations, in the plan or in the kernel, is compared.
@@ -589,7 +607,6 @@ impl Daemon {
                 self.routing.pending.len(),
             );
             self.routing.sweep = None;
-            self.routing.release_due |= count >= RELEASE_AFTER;
             self.watch_default_routes();
         }
     }
@@ -612,8 +629,11 @@ impl Daemon {
             made += 1;
             self.make(change).await;
         }
-        if self.routing.pending.len() >= RELEASE_AFTER {
+        if self.routing.pending.len() >= RELEASE_AFTER
+            || self.routing.planned_since_release >= RELEASE_AFTER
+        {
             self.routing.release_due = true;
+            self.routing.planned_since_release = 0;
         }
         if !self.routing.has_pending() && std::mem::take(&mut self.routing.release_due) {
             self.routing.release_at = Some(Instant::now() + RELEASE_QUIET);
