@@ -333,7 +333,7 @@ impl Daemon {
         }
         if self.routing.release_at.is_some_and(|at| at <= now) {
             self.routing.release_at = None;
-            routes::release_memory();
+            routes::release_memory(&mut self.routing.free_after_trim);
         }
         for announcement in self.announcer.due(now) {
             if let Err(e) = announcement.send() {

@@ -92,6 +92,8 @@ pub(super) struct Routing {
     /// When to give it back: once route work and notifications have been quiet a while, as
     /// the notifications of mpathd's own changes are read after the changes are made.
     pub release_at: Option<Instant>,
+    /// The heap's free memory after the last trim, see [`release_memory`].
+    pub free_after_trim: usize,
     /// mpathd's [`LinkRoute`]s as the kernel has them (`None`: to be read).
     links: Option<BTreeSet<LinkRoute>>,
     /// The groups and families whose default route mpathd serves, as last planned.
@@ -210,24 +212,32 @@ const RELEASE_AFTER: usize = 1000;
 /// How long route work and notifications must have been quiet before memory is given back.
 const RELEASE_QUIET: Duration = Duration::from_secs(2);
 
+/// Less newly freed memory than this (or than an eighth of what is in use) is not worth a
+/// trim, which walks the whole heap in the event loop: tens of milliseconds at a million
+/// routes.
+const TRIM_AT_LEAST: usize = 32 << 20;
+
 /// Gives the memory freed since to the system: the allocator keeps what a large table once
 /// took otherwise (glibc returns only the top of its heap by itself), and mpathd's RSS would
-/// stay at its peak after the routes went.
-pub(super) fn release_memory() {
-    // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel; mallinfo2
-    // only reads its statistics.
+/// stay at its peak after the routes went. `free_after_trim` is the heap's free memory after
+/// the last trim (its pages already given back): only as much again and more is worth one.
+pub(super) fn release_memory(free_after_trim: &mut usize) {
+    // SAFETY: mallinfo2 only reads glibc's heap statistics; malloc_trim only returns free
+    // pages of its heap to the kernel.
     #[cfg(target_env = "gnu")]
     unsafe {
-        libc::malloc_trim(0);
-        if !tracing::enabled!(tracing::Level::DEBUG) {
+        let heap = libc::mallinfo2();
+        let newly_free = heap.fordblks.saturating_sub(*free_after_trim);
+        if newly_free < TRIM_AT_LEAST.max(heap.uordblks / 8) {
+            *free_after_trim = (*free_after_trim).min(heap.fordblks);
             return;
         }
-        let heap = libc::mallinfo2();
+        libc::malloc_trim(0);
+        *free_after_trim = heap.fordblks;
         tracing::debug!(
-            "memory given back: {} KB in use, {} KB free in the heap, {} KB mapped apart",
+            "memory given back: {} KB in use, {} KB free in the heap",
             heap.uordblks / 1024,
             heap.fordblks / 1024,
-            heap.hblkhd / 1024
         );
     }
 }
