@@ -86,8 +86,10 @@ pub(super) struct Routing {
     rules_changed: bool,
     /// The last error of route work, logged once however often it recurs.
     last_error: Option<String>,
-    /// A large plan's work (its changes, the notifications they cause) took memory that is
-    /// given back once it is all done.
+    /// Memory is given back once route work is done: after the plan that follows a read of
+    /// the kernel's tables (start, reload, resync), and after the main table shrank. Not
+    /// after a failover's plan, which frees little: a trim walks the whole heap in the event
+    /// loop, and probes would wait for it.
     release_due: bool,
     /// When to give it back: once route work and notifications have been quiet a while, as
     /// the notifications of mpathd's own changes are read after the changes are made.
@@ -100,9 +102,9 @@ pub(super) struct Routing {
     defaults: BTreeSet<(String, Family)>,
     /// The last refusal of a link route, logged once however often it recurs.
     link_error: Option<String>,
-    /// Destinations planned since memory was last given back: a feed withdrawn a few
-    /// routes at a time frees as much as a flush.
-    planned_since_release: usize,
+    /// The most routes the main table held since memory was last given back: a feed
+    /// withdrawn a few routes at a time frees as much as a flush.
+    peak_routes: usize,
 }
 
 impl Routing {
@@ -205,8 +207,8 @@ impl Routing {
     }
 }
 
-/// How many destinations a plan must have planned (or changes waited at once) before mpathd
-/// gives freed memory back, when its route work is done.
+/// How many routes the main table must have lost (or an eighth of its peak, if more) before
+/// mpathd gives freed memory back, when its route work is done.
 const RELEASE_AFTER: usize = 1000;
 
 /// How long route work and notifications must have been quiet before memory is given back.
@@ -394,7 +396,10 @@ impl Daemon {
             self.routing.last_error = None;
         } else {
             match self.installed_routes().await {
-                Ok(installed) => self.routing.installed = Some(installed),
+                Ok(installed) => {
+                    self.routing.installed = Some(installed);
+                    self.routing.release_due = true;
+                }
                 Err(e) => {
                     let now = Instant::now();
                     self.routing.whole = true;
@@ -469,7 +474,6 @@ impl Daemon {
                 None => routing.sweep = Some(Sweep::new(main.destinations, false, started)),
             }
         } else {
-            routing.planned_since_release += main.destinations.len();
             let updated = routing
                 .plan
                 .update(&routing.main, &groups, &main.destinations);
@@ -592,7 +596,6 @@ impl Daemon {
             .left
             .is_empty()
             .then(|| (sweep.count, sweep.started.elapsed()));
-        routing.planned_since_release += part.len();
         let updated = routing.plan.update(&routing.main, &groups, &part);
         let mut keys = updated.keys;
         // Every route of these destinations, in the plan or in the kernel, is compared.
@@ -639,11 +642,13 @@ impl Daemon {
             made += 1;
             self.make(change).await;
         }
-        if self.routing.pending.len() >= RELEASE_AFTER
-            || self.routing.planned_since_release >= RELEASE_AFTER
-        {
+        let routes = self.routing.main.len();
+        let peak = self.routing.peak_routes.max(routes);
+        if peak - routes >= RELEASE_AFTER.max(peak / 8) {
             self.routing.release_due = true;
-            self.routing.planned_since_release = 0;
+            self.routing.peak_routes = routes;
+        } else {
+            self.routing.peak_routes = peak;
         }
         if !self.routing.has_pending() && std::mem::take(&mut self.routing.release_due) {
             self.routing.release_at = Some(Instant::now() + RELEASE_QUIET);
