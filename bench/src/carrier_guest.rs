@@ -14,7 +14,9 @@
 //! through h1 to the first that came through h2 (receive times can understate it: the
 //! emulated guest may hand up h1's packets some time after its cut). The QMP cut's own latency
 //! (the emulated serial port) is outside that gap: the last packet through h1 left about when
-//! qemu took h1's link down.
+//! qemu took h1's link down. Beside it, a UDP packet every millisecond from the host to the
+//! network behind the router on a flow the routes put on h1, whose gap the router sees: with
+//! the hook, the egress program moves it the moment h1's driver reports the loss.
 
 use std::{fmt::Write as _, path::PathBuf, thread::sleep, time::Duration};
 
@@ -22,7 +24,10 @@ use anyhow::{Context as _, bail};
 use mpath_lab::{ROUTER_V4, VirtioLab, scaled, time_scale};
 use mpath_tests::daemon::{Mpathd, inbound, log_time_ns, state_of, three_nic_config};
 
-use crate::{Arrival, Stream, datapath::spread_of, realtime_ns, strip_ansi, write_section};
+use crate::{
+    Arrival, STREAM_PORT, Stream, datapath::spread_of, realtime_ns, stream_through_h1, strip_ansi,
+    write_section,
+};
 
 /// How carrier loss reaches mpathd in each configuration: the extra `[daemon]` lines and the
 /// start line that proves which way ran.
@@ -56,16 +61,21 @@ const METHODS: [Method; 3] = [
 struct First {
     nic: &'static str,
     label: &'static str,
+    /// Whether the outbound stream runs: after h0's cut, the nexthop groups re-formed
+    /// without h0 may move the flow off h1 before h1's own cut.
+    outbound: bool,
 }
 
 const FIRSTS: [First; 2] = [
     First {
         nic: "h0",
         label: "h0 (in the group)",
+        outbound: false,
     },
     First {
         nic: "h3",
         label: "h3 (outside the group)",
+        outbound: true,
     },
 ];
 
@@ -89,6 +99,10 @@ struct Run {
     received_gap_ms: f64,
     /// The stream's largest interval before the cuts, ms.
     calm_ms: f64,
+    /// The packets of the inbound stream lost around the cuts.
+    lost: u64,
+    /// The outbound stream, where it runs ([`First::outbound`]).
+    outbound: Option<Outbound>,
     /// Last packet through h1 to mpathd's "NIC failure detected on h1" line, ms.
     detected_ms: f64,
     /// The hook's report of h1's loss to mpathd's traffic moved, ms (as mpathd logs it).
@@ -100,6 +114,17 @@ struct Run {
     qmp_ms: f64,
 }
 
+/// What the outbound stream (host to the network behind the router, on a flow through h1)
+/// showed of h1's cut.
+struct Outbound {
+    /// The largest interval between the send times of packets that reached the router,
+    /// ending after h1's cut was asked, ms: the stream's own jitter included.
+    gap_ms: f64,
+    /// The packets lost around the cuts: one a millisecond, so the time the flow had no way
+    /// out, whatever the sender's jitter.
+    lost: u64,
+}
+
 /// One configuration's runs: a first link event and a method.
 struct Row {
     first: &'static First,
@@ -109,6 +134,7 @@ struct Row {
 
 pub fn carrier_guest(rounds: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
     let lab = VirtioLab::new(&["h0", "h1", "h2", "h3"])?;
+    lab.count_packets_by_nic(STREAM_PORT)?;
     let mut rows: Vec<Row> = FIRSTS
         .iter()
         .flat_map(|first| {
@@ -127,13 +153,19 @@ pub fn carrier_guest(rounds: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
                 format!("round {round}, {} first, {}", first.label, method.label)
             })?;
             eprintln!(
-                "round {round}, {} first, {}: gap {:.1} ms (received {:.1}, calm {:.1}), failure \
-                 line {:.1} ms after the last packet through h1 was sent{}{}, QMP {:.0} ms",
+                "round {round}, {} first, {}: gap {:.1} ms (received {:.1}, calm {:.1}, {} \
+                 lost){}, failure line {:.1} ms after the last packet through h1 was sent{}{}, \
+                 QMP {:.0} ms",
                 first.label,
                 method.label,
                 run.gap_ms,
                 run.received_gap_ms,
                 run.calm_ms,
+                run.lost,
+                run.outbound
+                    .as_ref()
+                    .map(|o| format!(", outbound gap {:.1} ms ({} lost)", o.gap_ms, o.lost))
+                    .unwrap_or_default(),
                 run.detected_ms,
                 run.hook_ms
                     .map(|ms| format!(", moved {ms:.1} ms after the hook's report"))
@@ -173,6 +205,28 @@ pub fn carrier_guest(rounds: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
             if hook < 10.0 { "under" } else { "over" },
             spread_of(&detected).1,
         )?;
+        if first.outbound {
+            let lost = |row: &Row| spread_of(&out_lost(row)).1;
+            let gap = |row: &Row| spread_of(&out_gaps(row)).1;
+            write!(
+                outcome,
+                " Outbound, the flow through h1 lost a median of {:.0} packets (one a \
+                 millisecond: {} the target; the hook's mark moves it in the egress program, \
+                 with no user space on the way; its largest interval {:.1} ms against a calm \
+                 of {:.1} ms) with the hook, {:.0} with the carrier read every 10 ms and {:.0} \
+                 with the link events alone.",
+                lost(&rows[0]),
+                if lost(&rows[0]) < 10.0 {
+                    "under"
+                } else {
+                    "over"
+                },
+                gap(&rows[0]),
+                spread_of(&rows[0].runs.iter().map(|r| r.calm_ms).collect::<Vec<_>>()).1,
+                lost(&rows[1]),
+                lost(&rows[2]),
+            )?;
+        }
     }
     if let Some(path) = out {
         let body = format!(
@@ -182,8 +236,12 @@ pub fn carrier_guest(rounds: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
              holds a virtio_net NIC's carrier change back up to a second after another link \
              event, as a physical NIC's. In each of {rounds} rounds, each configuration (the \
              order rotating) gets a fresh mpathd (FDT {} s, so no probe loss decides) on h0 \
-             and h1 active, h2 a standby (h3 is on the link, outside the group), and a UDP \
-             packet every {} ms from the router to h1's data address 192.0.2.20. Then a first \
+             and h1 active, h2 a standby (h3 is on the link, outside the group), with a group \
+             route to 198.51.100.0/24 behind the router; a UDP packet every {} ms from the \
+             router to h1's data address 192.0.2.20 (inbound) and one every as many ms from \
+             the host to 198.51.100.1 (outbound, source and NIC chosen by the routes: streams \
+             are started with new ports until the router's per-MAC counter shows one leaving \
+             through h1). Then a first \
              carrier is cut (QMP `set_link`; once the guest shows it, linkwatch has just run): \
              h0's, which mpathd fails over while h1's loss comes (two NICs lost together), or \
              h3's, which gives mpathd nothing to do; and h1's cut is asked at once. The gap is \
@@ -191,7 +249,13 @@ pub fn carrier_guest(rounds: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
              through h1 and the first that came in through h2, after which 192.0.2.20 must be \
              on h2 (checked with mpathd's status and the arrivals' NIC); the two packets' \
              kernel receive times apart are shown too, shorter where the emulated guest handed \
-             up packets that came through h1 after its cut. The QMP relay's own latency (the \
+             up packets that came through h1 after its cut. The outbound stream runs where h3 \
+             is cut first (after h0's cut the nexthop groups re-formed without h0 may move the \
+             flow off h1 before its own cut); its gap is the largest interval between the send \
+             times of packets that reached the router, among those ending after h1's cut was \
+             asked (all arrive on the router's one NIC). Packets lost count the numbers \
+             missing in each stream: one packet a millisecond, so the time the flow had no \
+             way, free of the emulated sender's own jitter, which the gaps include. The QMP relay's own latency (the \
              emulated serial port: {qmin:.0} / {qmid:.0} / {qmax:.0} ms from asking to the \
              last packet through h1) is outside the gap. Each configuration's start line in \
              mpathd's log names the way that ran, checked in every run. \"Failure line\" is \
@@ -225,15 +289,29 @@ fn gaps(row: &Row) -> Vec<f64> {
     row.runs.iter().map(|r| r.gap_ms).collect()
 }
 
+fn out_gaps(row: &Row) -> Vec<f64> {
+    row.runs
+        .iter()
+        .filter_map(|r| Some(r.outbound.as_ref()?.gap_ms))
+        .collect()
+}
+
+fn out_lost(row: &Row) -> Vec<f64> {
+    row.runs
+        .iter()
+        .filter_map(|r| Some(r.outbound.as_ref()?.lost as f64))
+        .collect()
+}
+
 fn table(rows: &[Row], rounds: u64) -> anyhow::Result<String> {
     let mut table = String::new();
     writeln!(
         table,
-        "| first cut | carrier loss told by | traffic gap, ms: min / median / max | receive times apart, ms | last packet through h1 to the failure line, ms | moved after the hook's report, ms | seen ahead of the link event | largest interval before h1's cut (calm), ms |"
+        "| first cut | carrier loss told by | inbound gap, ms: min / median / max | receive times apart, ms | inbound packets lost | outbound gap, ms | outbound packets lost | last packet through h1 to the failure line, ms | moved after the hook's report, ms | seen ahead of the link event | largest interval before h1's cut (calm), ms |"
     )?;
     writeln!(
         table,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )?;
     for row in rows {
         let spread = |values: Vec<f64>, digits: usize| {
@@ -246,11 +324,14 @@ fn table(rows: &[Row], rounds: u64) -> anyhow::Result<String> {
         let runs = &row.runs;
         writeln!(
             table,
-            "| {} | {} | {} | {} | {} | {} | {} of {rounds} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {rounds} | {} |",
             row.first.label,
             row.method.label,
             spread(gaps(row), 1),
             spread(runs.iter().map(|r| r.received_gap_ms).collect(), 1),
+            spread(runs.iter().map(|r| r.lost as f64).collect(), 0),
+            spread(out_gaps(row), 1),
+            spread(out_lost(row), 0),
             spread(runs.iter().map(|r| r.detected_ms).collect(), 1),
             spread(runs.iter().filter_map(|r| r.hook_ms).collect(), 2),
             runs.iter().filter(|r| r.ahead).count(),
@@ -263,8 +344,10 @@ fn table(rows: &[Row], rounds: u64) -> anyhow::Result<String> {
 /// One run of `method` after `first`'s cut: mpathd started, the two cuts, the gap, mpathd
 /// stopped and the lab put back as it was.
 fn measure(lab: &VirtioLab, method: &Method, first: &First) -> anyhow::Result<Run> {
-    let config =
-        three_nic_config(FDT_MS).replace("[daemon]\n", &format!("[daemon]\n{}", method.settings));
+    let config = format!(
+        "{}\n[[group.route]]\nto = \"198.51.100.0/24\"\nvia = \"192.0.2.1\"\n",
+        three_nic_config(FDT_MS).replace("[daemon]\n", &format!("[daemon]\n{}", method.settings))
+    );
     let mut daemon = Mpathd::start(lab.host(), &config);
     daemon.wait_until("all NICs ok, 192.0.2.20 on h1", |d| {
         d.try_status().is_some_and(|s| {
@@ -277,6 +360,10 @@ fn measure(lab: &VirtioLab, method: &Method, first: &First) -> anyhow::Result<Ru
         bail!("mpathd did not start with {:?}:\n{log}", method.start_line);
     }
     let (h1, h2) = (lab.host().ifindex("h1")?, lab.host().ifindex("h2")?);
+    let outbound = first
+        .outbound
+        .then(|| stream_through_h1(lab.host(), lab.router(), SPACING, || lab.packets_from("h1")))
+        .transpose()?;
     let stream = Stream::start(
         lab.router(),
         ROUTER_V4.parse()?,
@@ -290,6 +377,9 @@ fn measure(lab: &VirtioLab, method: &Method, first: &First) -> anyhow::Result<Ru
     sleep(CALM);
     let log_start = daemon.log().len();
     stream.take();
+    if let Some(outbound) = &outbound {
+        outbound.take();
+    }
     sleep(CALM);
 
     lab.cut(first.nic)?;
@@ -307,6 +397,24 @@ fn measure(lab: &VirtioLab, method: &Method, first: &First) -> anyhow::Result<Ru
     sleep(CALM);
     let arrivals = stream.take();
     stream.finish()?;
+    let outbound = match outbound {
+        Some(outbound) => {
+            let sent = outbound.take();
+            outbound.finish()?;
+            let gap_ns = gap_after(&sent, asked_ns).with_context(|| {
+                format!(
+                    "the outbound stream did not come back after h1's cut ({} packets reached \
+                     the router)",
+                    sent.len()
+                )
+            })?;
+            Some(Outbound {
+                gap_ms: gap_ns as f64 / 1e6,
+                lost: lost(&sent),
+            })
+        }
+        None => None,
+    };
     let gap = SentGap::find(&arrivals, h1, h2).context("no packet through h1, or none after")?;
     if arrivals.last().map(|a| a.ifindex) != Some(h2) {
         bail!("the stream did not move to h2: {:?}", arrivals.last());
@@ -333,6 +441,8 @@ fn measure(lab: &VirtioLab, method: &Method, first: &First) -> anyhow::Result<Ru
         gap_ms: ms(gap.end_ns - gap.start_ns),
         received_gap_ms: ms(gap.received_ns),
         calm_ms: ms(gap.calm_max_ns),
+        lost: lost(&arrivals),
+        outbound,
         detected_ms: ms(detected_ns - gap.start_ns),
         hook_ms,
         ahead: log.contains("h1 has no carrier (seen ahead of the kernel's link event)"),
@@ -396,6 +506,27 @@ impl SentGap {
     }
 }
 
+/// The packets of a stream missing between the first and the last of `arrivals`.
+fn lost(arrivals: &[Arrival]) -> u64 {
+    let seqs: std::collections::BTreeSet<u64> = arrivals.iter().map(|a| a.seq).collect();
+    match (seqs.first(), seqs.last()) {
+        (Some(first), Some(last)) => last - first + 1 - seqs.len() as u64,
+        _ => 0,
+    }
+}
+
+/// The largest interval between the send times of consecutive `arrivals` that ends after
+/// `after_ns`, when some arrived after it: an outbound stream's gap, which all arrives on the
+/// router's one NIC whatever NIC it left through.
+fn gap_after(arrivals: &[Arrival], after_ns: i64) -> Option<i64> {
+    let mut sent: Vec<i64> = arrivals.iter().map(|a| a.sent_ns).collect();
+    sent.sort_unstable();
+    sent.windows(2)
+        .filter(|w| w[1] > after_ns)
+        .map(|w| w[1] - w[0])
+        .max()
+}
+
 /// `uname -r` of the kernel this runs on.
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -414,6 +545,7 @@ mod tests {
             at_ns,
             ifindex,
             sent_ns,
+            seq: 0,
         };
         // Packet 3000 came up through NIC 2 after the first through NIC 4 (a backlog).
         let arrivals = [
@@ -434,5 +566,34 @@ mod tests {
         );
         assert_eq!(SentGap::find(&arrivals, 4, 2), None);
         assert_eq!(SentGap::find(&arrivals[..3], 2, 4), None, "never moved");
+    }
+
+    #[test]
+    fn the_outbound_gap_is_the_largest_interval_of_send_times_ending_after_the_cut() {
+        let a = |sent_ns| Arrival {
+            at_ns: sent_ns + 100,
+            ifindex: 7,
+            sent_ns,
+            seq: 0,
+        };
+        // A 40 before the cut at 100 is the stream's jitter, not its gap; out of order
+        // arrivals count by their send times.
+        let arrivals = [a(0), a(40), a(80), a(90), a(130), a(110), a(160)];
+        assert_eq!(gap_after(&arrivals, 100), Some(30));
+        assert_eq!(gap_after(&arrivals, 200), None, "nothing came after");
+        assert_eq!(gap_after(&arrivals, 50), Some(40));
+    }
+
+    #[test]
+    fn packets_lost_are_the_numbers_missing_between_the_first_and_the_last() {
+        let a = |seq| Arrival {
+            at_ns: 0,
+            ifindex: 7,
+            sent_ns: 0,
+            seq,
+        };
+        assert_eq!(lost(&[a(10), a(12), a(11), a(15), a(16)]), 2, "13 and 14");
+        assert_eq!(lost(&[a(3), a(3), a(4)]), 0, "a duplicate is no loss");
+        assert_eq!(lost(&[]), 0);
     }
 }

@@ -295,7 +295,7 @@ const DATA_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 19);
 const DATA_CIDR: &str = "192.0.2.19/24";
 /// The NIC that fails in every repetition (the one holding the stream's address).
 const FAILING_NIC: &str = "h0";
-const STREAM_PORT: u16 = 7000;
+pub(crate) const STREAM_PORT: u16 = 7000;
 /// Spacing of the stream's packets: the resolution of every time measured from it.
 const STREAM_SPACING: Duration = Duration::from_micros(200);
 /// How long the stream runs undisturbed before a failure is injected, and on after it has
@@ -362,13 +362,15 @@ impl Case {
 }
 
 /// One arrival of the stream: the kernel's receive time (CLOCK_REALTIME, the clock mpathd's
-/// log uses), the NIC it came in on, and when it was sent (the sender's CLOCK_REALTIME, in
-/// its payload: the same clock where both ends are on one machine).
+/// log uses), the NIC it came in on, when it was sent (the sender's CLOCK_REALTIME, in its
+/// payload: the same clock where both ends are on one machine) and its number in the stream,
+/// which tells the packets lost from those only sent late.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Arrival {
     at_ns: i64,
     ifindex: u32,
     sent_ns: i64,
+    seq: u64,
 }
 
 /// The stream's interruption by one failure: from the last packet through the failed NIC to
@@ -681,8 +683,11 @@ fn send_steadily(
     }
     let mut payload = [0u8; 16];
     let mut next = Instant::now();
+    let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         payload[..8].copy_from_slice(&realtime_ns().to_ne_bytes());
+        payload[8..].copy_from_slice(&seq.to_ne_bytes());
+        seq += 1;
         // While no route leads anywhere (an ECMP route with every next hop down), sends fail:
         // that is part of the gap being measured, not an error of the stream.
         let _ = socket.send_to(&payload, to);
@@ -727,10 +732,11 @@ fn receive(
                 _ => return Err(e).context("receiving the stream"),
             }
         }
-        let Some(sent) = buf.get(..8).filter(|_| length >= 8) else {
-            bail!("a stream packet of {length} bytes carries no send time");
-        };
-        let sent_ns = i64::from_ne_bytes(sent.try_into()?);
+        if length < 16 {
+            bail!("a stream packet of {length} bytes carries no send time and number");
+        }
+        let sent_ns = i64::from_ne_bytes(buf[..8].try_into()?);
+        let seq = u64::from_ne_bytes(buf[8..16].try_into()?);
         let (mut at_ns, mut ifindex) = (None, None);
         // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
         // msg_controllen; the payloads are read unaligned.
@@ -762,6 +768,7 @@ fn receive(
                 at_ns,
                 ifindex,
                 sent_ns,
+                seq,
             });
     }
     Ok(())
@@ -859,27 +866,28 @@ fn off_link_settled(lab: &Lab, daemon: &Mpathd) -> bool {
 
 /// Starts a stream from the host (source chosen by the routes) to the network behind the
 /// router whose flow leaves through h1: each new stream has a new source port and so a new
-/// hash; the switch port's counter tells which NIC carries it.
-fn stream_through_h1(lab: &Lab) -> anyhow::Result<Stream> {
+/// hash; `h1_packets` (a counter of the packets h1 sent the router) tells which NIC carries
+/// it. Probes are a few packets a second, far under the 40 % of the stream asked for.
+fn stream_through_h1(
+    host: &Netns,
+    router: &Netns,
+    spacing: Duration,
+    h1_packets: impl Fn() -> anyhow::Result<u64>,
+) -> anyhow::Result<Stream> {
+    const WINDOW: Duration = Duration::from_millis(200);
     let destination: Ipv4Addr = BEHIND_ROUTER_V4.parse()?;
+    let wanted = (WINDOW.as_nanos() / spacing.as_nanos()) as u64 * 2 / 5;
     for _ in 0..50 {
-        let stream = Stream::start(
-            lab.host(),
-            Ipv4Addr::UNSPECIFIED,
-            lab.router(),
-            destination,
-            STREAM_SPACING,
-        )?;
+        let stream = Stream::start(host, Ipv4Addr::UNSPECIFIED, router, destination, spacing)?;
         stream.wait_for("the off-link stream", Duration::from_secs(5), |_| true)?;
-        let before = lab.switch_port_rx_packets(OFF_LINK_NIC)?;
-        sleep(Duration::from_millis(50));
-        // 50 ms of the stream is 250 packets; probes are a few.
-        if lab.switch_port_rx_packets(OFF_LINK_NIC)? - before >= 100 {
+        let before = h1_packets()?;
+        sleep(WINDOW);
+        if h1_packets()? - before >= wanted {
             return Ok(stream);
         }
         stream.finish()?;
     }
-    bail!("no stream of 50 hashed onto {OFF_LINK_NIC}")
+    bail!("no stream of 50 hashed onto h1")
 }
 
 /// The off-link lab's routing before mpathd starts: h1's data address and a default route
@@ -962,7 +970,9 @@ fn off_link_failover(
     timeout: Duration,
 ) -> anyhow::Result<Option<Rep>> {
     let detected = format!("NIC failure detected on {OFF_LINK_NIC} ");
-    let stream = stream_through_h1(lab)?;
+    let stream = stream_through_h1(lab.host(), lab.router(), STREAM_SPACING, || {
+        lab.switch_port_rx_packets(OFF_LINK_NIC)
+    })?;
     let log_start = daemon.log().len();
     stream.take();
     sleep(CALM);
@@ -1540,6 +1550,7 @@ mod tests {
             at_ns,
             ifindex,
             sent_ns: at_ns,
+            seq: 0,
         };
         let arrivals = [
             a(0, 2),
@@ -1564,6 +1575,7 @@ mod tests {
             at_ns,
             ifindex: 9,
             sent_ns: at_ns,
+            seq: 0,
         };
         let arrivals = [a(0), a(700), a(900), a(1000), a(5000), a(5200), a(5300)];
         let gap = Gap::across(&arrivals, 950).unwrap();

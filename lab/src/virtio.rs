@@ -196,6 +196,51 @@ impl VirtioLab {
         Ok(())
     }
 
+    /// Counts, on the router's NIC, the UDP packets to `port` by the host NIC whose source
+    /// MAC they carry (read with [`VirtioLab::packets_from`]): which NIC a flow left through,
+    /// when they all end on the router's one NIC. Once per lab.
+    pub fn count_packets_by_nic(&self, port: u16) -> Result<()> {
+        self.router.run(&["nft", "add table netdev mpath_by_nic"])?;
+        self.router.run(&[
+            "nft",
+            &format!(
+                "add chain netdev mpath_by_nic in {{ type filter hook ingress device \"{ROUTER_NIC}\" \
+                 priority -1; }}"
+            ),
+        ])?;
+        for nic in self.nics() {
+            let mac = self.mac_text(&nic)?;
+            self.router
+                .run(&["nft", &format!("add counter netdev mpath_by_nic {nic}")])?;
+            self.router.run(&[
+                "nft",
+                &format!(
+                    "add rule netdev mpath_by_nic in ether saddr {mac} udp dport {port} counter \
+                     name \"{nic}\""
+                ),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The packets [`VirtioLab::count_packets_by_nic`] counted from host NIC `nic`.
+    pub fn packets_from(&self, nic: &str) -> Result<u64> {
+        let json = self.router.run(&[
+            "nft",
+            "-j",
+            "list",
+            "counter",
+            "netdev",
+            "mpath_by_nic",
+            nic,
+        ])?;
+        let value: Value = serde_json::from_str(&json).context("nft's JSON")?;
+        value["nftables"]
+            .as_array()
+            .and_then(|items| items.iter().find_map(|i| i["counter"]["packets"].as_u64()))
+            .with_context(|| format!("no counter {nic} in {json}"))
+    }
+
     /// Sets the MTU of every NIC of the lab, the router's included (the bridge outside the
     /// guest takes jumbo frames).
     pub fn set_mtu(&self, mtu: u32) -> Result<()> {

@@ -68,8 +68,11 @@ pub mod program_names {
     pub const PROBE_RX: &str = "mpath_probe_rx";
     /// XDP program that matches probe replies (opt-in: `probe_rx = "xdp"`).
     pub const PROBE_RX_XDP: &str = "mpath_probe_rx_xdp";
-    /// fentry program on `netif_carrier_off` that reports a group NIC's carrier loss.
+    /// fentry program on `netif_carrier_off` that reports a group NIC's carrier loss and
+    /// marks it in the egress map.
     pub const CARRIER_OFF: &str = "mpath_carrier_off";
+    /// fentry program on `netif_carrier_on` that clears that mark.
+    pub const CARRIER_ON: &str = "mpath_carrier_on";
     /// cgroup `connect6` program that binds a connecting IPv6 socket to a group's source.
     pub const SOURCE_CONNECT6: &str = "mpath_source_connect6";
     /// cgroup `sendmsg6` program that gives an unconnected IPv6 datagram a group's source.
@@ -156,6 +159,11 @@ pub const EGRESS_F_PRESENT: u16 = 1 << 0;
 /// the bucket lookup and the ~190 ns redirect. Without it (bucket mode, or a NIC that just
 /// became unusable) packets go to their flow's bucket NIC.
 pub const EGRESS_F_ROUTED: u16 = 1 << 1;
+/// The NIC's driver reported its carrier gone, as the carrier hook saw it, ahead of the
+/// kernel's link event and of mpathd: its packets go to their flow's bucket NIC at once,
+/// skipping buckets whose NIC has lost its carrier too. The hook on `netif_carrier_on`
+/// clears it; mpathd only keeps it when it rewrites the entry.
+pub const EGRESS_F_NO_CARRIER: u16 = 1 << 2;
 
 impl EgressNic {
     /// Whether the ifindex is a group NIC (`EGRESS_F_PRESENT`).
@@ -168,6 +176,13 @@ impl EgressNic {
     #[inline(always)]
     pub const fn is_routed(&self) -> bool {
         self.flags & EGRESS_F_ROUTED != 0
+    }
+
+    /// Whether the NIC has its carrier, as far as the carrier hook knows
+    /// (`EGRESS_F_NO_CARRIER` clear).
+    #[inline(always)]
+    pub const fn has_carrier(&self) -> bool {
+        self.flags & EGRESS_F_NO_CARRIER == 0
     }
 }
 

@@ -5,8 +5,9 @@
 //!   kernel time and hands them to the daemon; `mpath_probe_rx_xdp` is the same matcher in
 //!   XDP, an opt-in.
 //! - `mpath_carrier_off` (fentry on `netif_carrier_off`) reports a group NIC's carrier loss
-//!   at once, where the kernel's link event may wait a second; loaded where the kernel lets
-//!   mpathd load tracing programs.
+//!   at once, where the kernel's link event may wait a second, and marks the NIC so that
+//!   `mpath_spread` moves its packets in the same instant; `mpath_carrier_on` clears the
+//!   mark. Loaded where the kernel lets mpathd load tracing programs.
 //! - `mpath_source_connect{4,6}` and `mpath_source_sendmsg{4,6}` (cgroup socket address
 //!   hooks) give sockets of mpathd's network namespace a source among their group's data
 //!   addresses.

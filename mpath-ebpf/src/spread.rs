@@ -9,7 +9,9 @@
 //! In routes mode the kernel spreads flows itself (a resilient nexthop group over the usable
 //! NICs) and marks those NICs `EGRESS_F_ROUTED`: their packets stay put, with no flow hash and
 //! no bucket lookup. Only packets leaving an unusable NIC (traffic that bypassed the group's
-//! routes, or sent just before a route update) still move to their flow's bucket NIC.
+//! routes, or sent just before a route update) still move to their flow's bucket NIC, and
+//! those leaving a NIC the carrier hook marked `EGRESS_F_NO_CARRIER`: its driver lost the
+//! carrier and neither mpathd nor the kernel's routes know yet.
 //!
 //! Probes never spread (they leave from a test address or a link-local one); this program
 //! stamps them with the time they leave, for the kernel-measured round trip.
@@ -63,7 +65,7 @@ pub fn mpath_spread(mut ctx: TcContext) -> i32 {
     let already_spread = ctx.cb()[0] == REDIRECTED;
     if already_spread {
         ctx.cb_mut()[0] = 0;
-    } else if let Some(to) = choose_egress(&ctx, nic)
+    } else if let Some(to) = choose_egress(&ctx, nic, ifindex)
         && to.ifindex != ifindex
         && ctx.store(6, &to.mac, 0).is_ok()
     {
@@ -86,7 +88,7 @@ pub fn mpath_spread(mut ctx: TcContext) -> i32 {
 /// (also when it cannot be parsed). On a routed NIC only test addresses move, and probes are
 /// stamped: the flow hash and the bucket are for packets the routes did not place.
 #[inline(always)]
-fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
+fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egress> {
     let (start, end) = (ctx.data(), ctx.data_end());
     let eth: *const EthHdr = at(start, end, 0)?;
     // SAFETY: `at` checked that the header lies inside the packet.
@@ -110,7 +112,7 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
                 }
                 return Some(owner);
             }
-            if nic.is_routed() {
+            if nic.is_routed() && nic.has_carrier() {
                 return None;
             }
             if hash == 0 {
@@ -136,7 +138,7 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
                 }
                 return None;
             }
-            if nic.is_routed() {
+            if nic.is_routed() && nic.has_carrier() {
                 return None;
             }
             if ip.next_hdr == IPPROTO_ICMPV6 {
@@ -157,12 +159,40 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic) -> Option<Egress> {
         }
         _ => return None,
     }
-    let bucket =
-        BUCKETS.get(u32::from(nic.group) * BUCKETS_PER_GROUP + hash % BUCKETS_PER_GROUP)?;
-    (bucket.ifindex != 0).then_some(Egress {
-        ifindex: bucket.ifindex,
-        mac: bucket.mac,
-    })
+    bucket_nic(nic, ifindex, hash)
+}
+
+/// Buckets tried after the flow's own when its NIC has lost its carrier (before mpathd has
+/// rewritten the table): with a NIC in every few buckets, one with carrier is near.
+const CARRIER_DETOUR_BUCKETS: u32 = 8;
+
+/// The NIC of the flow's bucket. When that NIC has no carrier (the carrier hook's mark, set
+/// before mpathd rewrote the table), the flow goes to the next bucket whose NIC has one: the
+/// same choice for every packet of the flow, until mpathd's table replaces it.
+#[inline(always)]
+fn bucket_nic(nic: &EgressNic, ifindex: u32, hash: u32) -> Option<Egress> {
+    let first = u32::from(nic.group) * BUCKETS_PER_GROUP;
+    for step in 0..CARRIER_DETOUR_BUCKETS {
+        let bucket = BUCKETS.get(first + hash.wrapping_add(step) % BUCKETS_PER_GROUP)?;
+        if bucket.ifindex == 0 {
+            return None;
+        }
+        // The usual case costs no second lookup: the flow stays on a NIC with carrier.
+        let has_carrier = if bucket.ifindex == ifindex {
+            nic.has_carrier()
+        } else {
+            EGRESS_NICS
+                .get(bucket.ifindex)
+                .is_some_and(EgressNic::has_carrier)
+        };
+        if has_carrier {
+            return Some(Egress {
+                ifindex: bucket.ifindex,
+                mac: bucket.mac,
+            });
+        }
+    }
+    None
 }
 
 /// Writes the kernel time into the payload of one of mpathd's probes (an echo request of

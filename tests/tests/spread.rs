@@ -8,8 +8,13 @@ use std::{
     net::Ipv4Addr,
 };
 
-use aya::programs::{TestRun, TestRunOptions};
-use mpath_common::{BUCKETS_PER_GROUP, NicInfo};
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{TestRun, TestRunOptions},
+};
+use mpath_common::{
+    BUCKETS_PER_GROUP, EGRESS_F_NO_CARRIER, EgressNic, NicInfo, flow_hash, map_names,
+};
 use mpath_ctl::{
     core::spread::{Table, rebalance},
     datapath::{Datapath, ProbeRx, maps::MapsError},
@@ -340,10 +345,14 @@ const TC_ACT_REDIRECT: u32 = 7;
 /// The loopback device: in every namespace, never a group NIC.
 const LOOPBACK_IFINDEX: u32 = 1;
 
+/// Source and destination ports of [`run_on`]'s frame.
+const FRAME_PORTS: [u8; 4] = [0x9c, 0x40, 0x27, 0x0f];
+
 /// The program alone on a UDP frame from h0 leaving `ifindex` (BPF_PROG_TEST_RUN): its
-/// verdict, and with `repeat` above 1 the kernel's average ns per run, printed for comparison
-/// (not asserted: timing on a shared machine proves nothing).
-fn run_on(rig: &mut Rig, ifindex: u32, repeat: u32) -> (u32, f64) {
+/// verdict, with `repeat` above 1 the kernel's average ns per run, printed for comparison
+/// (not asserted: timing on a shared machine proves nothing), and the frame's source MAC
+/// after the program (a redirect writes the chosen NIC's).
+fn run_on(rig: &mut Rig, ifindex: u32, repeat: u32) -> (u32, f64, [u8; 6]) {
     let mut frame = vec![0u8; 14 + 20 + 8 + 4];
     frame[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
     frame[6..12].copy_from_slice(&rig.nics[0].2);
@@ -354,8 +363,7 @@ fn run_on(rig: &mut Rig, ifindex: u32, repeat: u32) -> (u32, f64) {
     frame[23] = 17;
     frame[26..30].copy_from_slice(&DATA.octets());
     frame[30..34].copy_from_slice(&ROUTER.octets());
-    frame[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    frame[36..38].copy_from_slice(&9999u16.to_be_bytes());
+    frame[34..38].copy_from_slice(&FRAME_PORTS);
     let mut ctx = [0u8; 192];
     ctx[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
     // The ifindex must name a device of the running thread's namespace.
@@ -364,8 +372,16 @@ fn run_on(rig: &mut Rig, ifindex: u32, repeat: u32) -> (u32, f64) {
     opts.data_in = Some(&frame);
     opts.ctx_in = Some(&ctx);
     opts.repeat = repeat;
+    let mut out = vec![0u8; frame.len()];
+    opts.data_out = Some(&mut out);
     let result = rig.datapath.spread().unwrap().test_run(opts).unwrap();
-    (result.return_value, result.duration.as_nanos() as f64)
+    let mut source = [0u8; 6];
+    source.copy_from_slice(&out[6..12]);
+    (
+        result.return_value,
+        result.duration.as_nanos() as f64,
+        source,
+    )
 }
 
 #[test]
@@ -390,15 +406,91 @@ fn the_program_alone_redirects_only_what_is_not_routed() {
     const RUNS: u32 = 1_000_000;
     table_on(&mut rig, h0);
     rig.datapath.maps.set_routed(h0, false).unwrap();
-    let (verdict, bucket_ns) = run_on(&mut rig, h0, RUNS);
+    let (verdict, bucket_ns, _) = run_on(&mut rig, h0, RUNS);
     assert_eq!(verdict, TC_ACT_UNSPEC);
     rig.datapath.maps.set_routed(h0, true).unwrap();
-    let (verdict, routed_ns) = run_on(&mut rig, h0, RUNS);
+    let (verdict, routed_ns, _) = run_on(&mut rig, h0, RUNS);
     assert_eq!(verdict, TC_ACT_UNSPEC);
-    let (verdict, floor_ns) = run_on(&mut rig, LOOPBACK_IFINDEX, RUNS);
+    let (verdict, floor_ns, _) = run_on(&mut rig, LOOPBACK_IFINDEX, RUNS);
     assert_eq!(verdict, TC_ACT_UNSPEC);
     eprintln!(
         "mpath_spread per packet: bucket path {bucket_ns:.0} ns, routed {routed_ns:.0} ns, \
          not a group NIC {floor_ns:.0} ns"
     );
+}
+
+/// Sets or clears `EGRESS_F_NO_CARRIER` on `ifindex` in the pinned egress map, as the carrier
+/// hook does in the kernel (this machine's kernel refuses tracing programs; the virtio guest
+/// runs the hook itself).
+fn mark_carrier_lost(rig: &Rig, ifindex: u32, lost: bool) {
+    let path = rig.datapath.pins().maps().join(map_names::EGRESS_NICS);
+    let mut egress: Array<MapData, EgressNic> =
+        Array::try_from(Map::Array(MapData::from_pin(path).unwrap())).unwrap();
+    let mut nic = egress.get(&ifindex, 0).unwrap();
+    if lost {
+        nic.flags |= EGRESS_F_NO_CARRIER;
+    } else {
+        nic.flags &= !EGRESS_F_NO_CARRIER;
+    }
+    egress.set(ifindex, nic, 0).unwrap();
+}
+
+/// The egress half of the carrier hook: a NIC marked without carrier sends even the packets
+/// the routes put on it to their flow's bucket NIC, and past buckets whose NIC lost its
+/// carrier too; mpathd's own writes keep the mark, and a new mpathd clears it.
+#[test]
+fn a_nic_without_carrier_sends_its_routed_packets_to_the_next_bucket_nic_with_carrier() {
+    let mut rig = Rig::new(3);
+    let [h0, h1, h2] = ["h0", "h1", "h2"].map(|n| rig.ifindex(n));
+    let macs: BTreeMap<u32, [u8; 6]> = rig.nics.iter().map(|n| (n.1, n.2)).collect();
+    // The frame's flow hashes to bucket `b`: h1 holds it, h0 the next one, h2 all others.
+    let b = (flow_hash::v4(DATA.octets(), ROUTER.octets(), 17, FRAME_PORTS) % BUCKETS_PER_GROUP)
+        as usize;
+    let mut table = [h2; BUCKETS_PER_GROUP as usize];
+    table[b] = h1;
+    table[(b + 1) % BUCKETS_PER_GROUP as usize] = h0;
+    rig.datapath
+        .maps
+        .write_table(GROUP, &table, |i| macs[&i])
+        .unwrap();
+    for nic in [h0, h1, h2] {
+        rig.datapath.maps.set_routed(nic, true).unwrap();
+    }
+    assert_eq!(run_on(&mut rig, h1, 1).0, TC_ACT_UNSPEC, "routed: it stays");
+
+    mark_carrier_lost(&rig, h1, true);
+    let (verdict, _, source) = run_on(&mut rig, h1, 1);
+    assert_eq!(
+        (verdict, source),
+        (TC_ACT_REDIRECT, macs[&h0]),
+        "to the next bucket's h0"
+    );
+    mark_carrier_lost(&rig, h0, true);
+    let (verdict, _, source) = run_on(&mut rig, h1, 1);
+    assert_eq!(
+        (verdict, source),
+        (TC_ACT_REDIRECT, macs[&h2]),
+        "past h0, to h2"
+    );
+    assert_eq!(
+        run_on(&mut rig, h2, 1).0,
+        TC_ACT_UNSPEC,
+        "h2, routed with carrier, keeps it"
+    );
+
+    // mpathd's writes (a NIC set up again, its routed bit) keep the hook's mark.
+    let info = rig.datapath.maps.nic(h1).unwrap();
+    rig.datapath.maps.set_nic(h1, info).unwrap();
+    rig.datapath.maps.set_routed(h1, false).unwrap();
+    assert!(!rig.datapath.maps.egress_nic(h1).unwrap().has_carrier());
+    // The carrier back (the hook on netif_carrier_on): h0 takes its flows again.
+    mark_carrier_lost(&rig, h0, false);
+    assert_eq!(run_on(&mut rig, h1, 1).2, macs[&h0]);
+    // A new mpathd starts with no stale mark.
+    rig.datapath.maps.clear_carrier_marks().unwrap();
+    for nic in [h0, h1, h2] {
+        assert!(rig.datapath.maps.egress_nic(nic).unwrap().has_carrier());
+    }
+    rig.datapath.maps.set_routed(h1, true).unwrap();
+    assert_eq!(run_on(&mut rig, h1, 1).0, TC_ACT_UNSPEC);
 }

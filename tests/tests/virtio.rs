@@ -571,3 +571,147 @@ fn the_xdp_opt_in_falls_back_to_generic_xdp_where_the_driver_refuses_native() {
     assert_eq!(inbound(&daemon.status(), "192.0.2.19/24"), Some("h3"));
     ping_from_router(&lab, "192.0.2.19", 56);
 }
+
+/// The UDP port of [`bound_stream`]'s packets, counted by the router per source MAC
+/// ([`VirtioLab::count_packets_by_nic`]).
+const MOVED_PORT: u16 = 4791;
+
+/// Sends a UDP packet every 2 ms from h1's data address 192.0.2.20 to the router, from a
+/// socket bound to h1 (SO_BINDTODEVICE): traffic the kernel keeps on h1 whatever its carrier
+/// or the routes say, which only the egress program can move. Stops when `stop` is set.
+fn bound_stream(
+    lab: &VirtioLab,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let socket = {
+        let _inside = lab.host().enter().unwrap();
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .unwrap();
+        socket.bind_device(Some(b"h1")).unwrap();
+        let source: std::net::SocketAddr = "192.0.2.20:0".parse().unwrap();
+        socket.bind(&source.into()).unwrap();
+        socket
+    };
+    let router: std::net::SocketAddr = format!("192.0.2.1:{MOVED_PORT}").parse().unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // A send can fail while h1 has no carrier and nothing moves it: that is counted
+            // as lost by the router, which is the point.
+            let _ = socket.send_to(b"mpath", &router.into());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+}
+
+/// `mpathctl maps`: whether the egress map marks `nic` as having lost its carrier.
+fn carrier_marked_lost(daemon: &Mpathd, lab: &VirtioLab, nic: &str) -> bool {
+    let out = daemon.ctl(lab.host(), &["maps", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    dump["nics"]
+        .as_array()
+        .and_then(|nics| nics.iter().find(|n| n["name"] == nic))
+        .and_then(|n| n["carrier_lost"].as_bool())
+        .unwrap_or_else(|| panic!("no {nic} in {dump}"))
+}
+
+/// A process stopped (SIGSTOP) until this drops, also while a panic unwinds: a stopped
+/// mpathd would never end on the SIGTERM of `Mpathd`'s drop.
+struct Frozen(libc::pid_t);
+
+impl Frozen {
+    fn stop(pid: u32) -> Frozen {
+        let pid = pid as libc::pid_t;
+        // SAFETY: plain signal to the child this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as in `Frozen::stop`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// The carrier hook moves a NIC's outbound packets in the kernel the moment its driver
+/// reports the carrier gone: with mpathd stopped (SIGSTOP), nothing else could. The packets
+/// of a socket bound to h1 reach the router through another NIC after h1's cut; the egress
+/// map marks h1 until its carrier returns, when the hook on `netif_carrier_on` clears it.
+#[test]
+#[ignore = "needs the guest with virtio NICs: `cargo xtask test --virtio-only`"]
+fn with_mpathd_stopped_the_carrier_hook_alone_moves_a_lost_nics_outbound_packets() {
+    let lab = lab();
+    let mut daemon = Mpathd::start(lab.host(), &config());
+    daemon.wait_until("all NICs ok", all_ok(&["h0", "h1", "h2"]));
+    assert!(!carrier_marked_lost(&daemon, &lab, "h1"));
+    // The router's entry stays when h1's carrier goes: the kernel would otherwise flush it
+    // once linkwatch runs, and h1's ARP requests (which stay on h1) go nowhere.
+    let router_mac = lab
+        .router()
+        .run(&["cat", "/sys/class/net/r0/address"])
+        .unwrap();
+    lab.host()
+        .ip(&[
+            "neigh",
+            "replace",
+            "192.0.2.1",
+            "lladdr",
+            router_mac.trim(),
+            "dev",
+            "h1",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    lab.count_packets_by_nic(MOVED_PORT).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = bound_stream(&lab, stop.clone());
+    let deadline = std::time::Instant::now() + mpath_lab::scaled(Duration::from_secs(10));
+    let from = |nic| lab.packets_from(nic).unwrap();
+    while from("h1") < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream never came through h1"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let frozen = Frozen::stop(daemon.pid().unwrap());
+    let elsewhere = || from("h0") + from("h2");
+    let before = elsewhere();
+
+    lab.cut("h1").unwrap();
+    std::thread::sleep(mpath_lab::scaled(Duration::from_secs(1)));
+    let moved = elsewhere() - before;
+    let marked = carrier_marked_lost(&daemon, &lab, "h1");
+    drop(frozen);
+    measured(&format!(
+        "with mpathd stopped, {moved} of the bound stream's packets left through another NIC \
+         in the second after h1's cut"
+    ));
+    assert!(marked, "the carrier hook did not mark h1");
+    assert!(!carrier_marked_lost(&daemon, &lab, "h0"));
+    assert!(
+        moved >= 20,
+        "only {moved} packets moved off h1 with mpathd stopped"
+    );
+
+    daemon.wait_until("h1 failed, 192.0.2.20 elsewhere", |d| {
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") != Some("h1")
+        })
+    });
+    lab.restore("h1").unwrap();
+    daemon.wait_until("h1 ok again", all_ok(&["h0", "h1", "h2"]));
+    assert!(
+        !carrier_marked_lost(&daemon, &lab, "h1"),
+        "h1's mark outlived its carrier's return"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+}

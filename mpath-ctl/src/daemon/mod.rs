@@ -466,6 +466,9 @@ impl Daemon {
     /// (the carrier watch then stays off), and says at start which way carrier loss reaches
     /// mpathd.
     fn start_carrier_hook(&mut self) -> Option<CarrierEvents> {
+        if let Err(e) = self.datapath.maps.clear_carrier_marks() {
+            tracing::warn!("clearing the last carrier hook's marks: {e}");
+        }
         let attached = if self.config.daemon.carrier_hook {
             self.datapath
                 .attach_carrier_hook()
@@ -479,7 +482,8 @@ impl Daemon {
                 self.carrier_watch.set_period(None);
                 tracing::info!(
                     "carrier loss is reported by a tracing hook on netif_carrier_off (fentry), \
-                     ahead of the kernel's link events"
+                     ahead of the kernel's link events; the NIC's outbound flows move in the \
+                     kernel at once"
                 );
                 Some(events)
             }

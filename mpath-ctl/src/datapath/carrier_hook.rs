@@ -1,7 +1,9 @@
-//! The carrier hook: `mpath_carrier_off` on `netif_carrier_off` (fentry), which reports a
-//! group NIC's carrier loss the moment its driver does, where the kernel's link event waits
-//! for linkwatch. It needs a kernel that lets mpathd load tracing programs and publishes its
-//! BTF; elsewhere mpathd reads the carrier instead ([`crate::net::carrier`]).
+//! The carrier hook: `mpath_carrier_off` on `netif_carrier_off` (fentry), which marks a group
+//! NIC `EGRESS_F_NO_CARRIER` (its outbound flows move in the egress program at once) and
+//! reports its carrier loss the moment its driver does, where the kernel's link event waits
+//! for linkwatch; `mpath_carrier_on` on `netif_carrier_on` clears the mark. It needs a kernel
+//! that lets mpathd load tracing programs and publishes its BTF; elsewhere mpathd reads the
+//! carrier instead ([`crate::net::carrier`]).
 //!
 //! The hook is not pinned: it lives as long as the mpathd that attached it, which alone reads
 //! its ring buffer.
@@ -16,8 +18,11 @@ use tokio::io::unix::AsyncFd;
 
 use super::{Datapath, DatapathError, btf};
 
-/// The kernel function whose entry the hook runs at.
-const HOOKED: &str = "netif_carrier_off";
+/// The programs and the kernel functions whose entry they run at.
+const HOOKS: [(&str, &str); 2] = [
+    (program_names::CARRIER_OFF, "netif_carrier_off"),
+    (program_names::CARRIER_ON, "netif_carrier_on"),
+];
 
 impl Datapath {
     /// Loads and attaches the carrier hook; the error says why it cannot run here (no BTF,
@@ -31,11 +36,12 @@ impl Datapath {
             )));
         }
         let kernel_btf = Btf::from_sys_fs().map_err(|e| hook_error(e.to_string()))?;
-        let name = program_names::CARRIER_OFF;
-        let program = |source| DatapathError::Program { name, source };
-        let prog: &mut FEntry = super::program(&mut self.ebpf, name)?;
-        prog.load(HOOKED, &kernel_btf).map_err(program)?;
-        prog.attach().map_err(program)?;
+        for (name, hooked) in HOOKS {
+            let program = |source| DatapathError::Program { name, source };
+            let prog: &mut FEntry = super::program(&mut self.ebpf, name)?;
+            prog.load(hooked, &kernel_btf).map_err(program)?;
+            prog.attach().map_err(program)?;
+        }
         let ring = self
             .ebpf
             .take_map(map_names::CARRIER_EVENTS)

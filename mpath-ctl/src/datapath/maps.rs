@@ -9,9 +9,9 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf};
 use mpath_common::{
-    BUCKETS_PER_GROUP, Bucket, EGRESS_F_PRESENT, EGRESS_F_ROUTED, EgressNic, GroupTests,
-    MAX_GROUPS, MAX_IFINDEX, MAX_TEST_ADDRESSES_PER_GROUP, NicCounters, NicInfo, ProbeReply,
-    ReplyBudget, Settings, TestOwner, map_names,
+    BUCKETS_PER_GROUP, Bucket, EGRESS_F_NO_CARRIER, EGRESS_F_PRESENT, EGRESS_F_ROUTED, EgressNic,
+    GroupTests, MAX_GROUPS, MAX_IFINDEX, MAX_TEST_ADDRESSES_PER_GROUP, NicCounters, NicInfo,
+    ProbeReply, ReplyBudget, Settings, TestOwner, map_names,
 };
 
 use tokio::io::unix::AsyncFd;
@@ -207,16 +207,17 @@ impl Maps {
     }
 
     /// Makes `ifindex` a group NIC for both programs. A NIC already there keeps its
-    /// `EGRESS_F_ROUTED` bit: whether routes carry its flows is [`Maps::set_routed`]'s call.
+    /// `EGRESS_F_ROUTED` bit (whether routes carry its flows is [`Maps::set_routed`]'s call)
+    /// and the carrier hook's `EGRESS_F_NO_CARRIER`.
     pub fn set_nic(&mut self, ifindex: u32, info: NicInfo) -> Result<(), MapsError> {
         if ifindex >= MAX_IFINDEX {
             return Err(MapsError::IfindexTooLarge(ifindex));
         }
         let group =
             u16::try_from(info.group).map_err(|_| MapsError::GroupOutOfRange(info.group))?;
-        let routed = self.egress_nic(ifindex)?.flags & EGRESS_F_ROUTED;
+        let kept = self.egress_nic(ifindex)?.flags & (EGRESS_F_ROUTED | EGRESS_F_NO_CARRIER);
         let egress = EgressNic {
-            flags: EGRESS_F_PRESENT | routed,
+            flags: EGRESS_F_PRESENT | kept,
             group,
             slot: info.slot as u16,
             _pad: 0,
@@ -252,6 +253,26 @@ impl Maps {
                 name: map_names::EGRESS_NICS,
                 source,
             })
+    }
+
+    /// Clears the carrier hook's `EGRESS_F_NO_CARRIER` marks of every group NIC: they are
+    /// stale when a new mpathd starts (no hook saw a carrier come back while none ran), and
+    /// the kernel's link state, which mpathd reads next, says which NICs lack a carrier.
+    pub fn clear_carrier_marks(&mut self) -> Result<(), MapsError> {
+        for (ifindex, _) in self.nics()? {
+            let mut nic = self.egress_nic(ifindex)?;
+            if nic.has_carrier() {
+                continue;
+            }
+            nic.flags &= !EGRESS_F_NO_CARRIER;
+            self.egress_nics
+                .set(ifindex, nic, 0)
+                .map_err(|source| MapsError::Map {
+                    name: map_names::EGRESS_NICS,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// What the egress program knows of `ifindex` (all zero when it is not a group NIC).

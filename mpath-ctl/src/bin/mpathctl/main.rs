@@ -506,6 +506,9 @@ struct NicDump {
     slot: u32,
     /// `EGRESS_F_ROUTED`: the kernel's routes place this NIC's flows; no redirect.
     routed: bool,
+    /// `EGRESS_F_NO_CARRIER`: the carrier hook saw the driver lose the carrier; the NIC's
+    /// packets go to their flows' bucket NICs.
+    carrier_lost: bool,
     test_v4: Option<Ipv4Addr>,
     test_v6: Option<Ipv6Addr>,
     tx_packets: u64,
@@ -544,12 +547,14 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
     let mut nics = Vec::new();
     for (ifindex, info) in maps.nics()? {
         let c = maps.counters(info.slot)?;
+        let egress = maps.egress_nic(ifindex)?;
         nics.push(NicDump {
             ifindex,
             name: ifname(ifindex),
             group: info.group,
             slot: info.slot,
-            routed: maps.egress_nic(ifindex)?.is_routed(),
+            routed: egress.is_routed(),
+            carrier_lost: !egress.has_carrier(),
             test_v4: info.ipv4_test(),
             test_v6: info.ipv6_test(),
             tx_packets: c.tx_packets,
@@ -624,6 +629,7 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
             "IFINDEX",
             "GROUP",
             "ROUTED",
+            "CARRIER",
             "TESTADDR",
             "TXPKTS",
             "TXBYTES",
@@ -647,6 +653,7 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
                     n.ifindex.to_string(),
                     n.group.to_string(),
                     if n.routed { "yes" } else { "no" }.into(),
+                    if n.carrier_lost { "lost" } else { "--" }.into(),
                     n.test_v4.map_or("--".into(), |a| a.to_string()),
                     n.tx_packets.to_string(),
                     n.tx_bytes.to_string(),
