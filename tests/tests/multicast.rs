@@ -277,3 +277,73 @@ fn memberships_of_a_failed_nic_are_joined_on_the_nic_that_took_over_and_left_on_
         receiver.counts()
     );
 }
+
+/// A snooping switch forgets a port's groups when its link goes, and Linux reports IPv4
+/// memberships again only when a query asks: mpathd reports the groups of a NIC back from a
+/// link failure itself, before it leaves the stand-in joins, so the application never goes
+/// deaf. The switch's queries are made rare and slow to be answered (a host answers a query
+/// after a random delay up to the query's response time) so that only mpathd's report can
+/// bring the port back within the test.
+#[test]
+fn a_nic_back_from_a_link_failure_reports_its_ipv4_groups_at_once() {
+    let lab = Lab::builder().nics(3).build().expect("lab");
+    lab.snoop_multicast().unwrap();
+    // Centiseconds: a query every 600 s, answered within 300 s.
+    lab.switch()
+        .ip(&[
+            "link",
+            "set",
+            mpath_lab::BRIDGE,
+            "type",
+            "bridge",
+            "mcast_query_interval",
+            "60000",
+            "mcast_query_response_interval",
+            "30000",
+        ])
+        .unwrap();
+    let mut daemon = Mpathd::start(lab.host(), &three_nic_config(700));
+    daemon.wait_until("all NICs ok", |d| {
+        d.try_status()
+            .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+    });
+    let receiver = Receiver::start(&lab, "h0");
+    let _sender = Sender::start(&lab);
+    assert!(receiver.receives((0, 0), 10), "{:?}", receiver.counts());
+    assert_eq!(snooped_ports(&lab, "239.1.1.1"), ["s0"]);
+
+    lab.cut("h0").unwrap();
+    daemon.wait_until("h0 failed, its groups joined on h2", |d| {
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h0") == "failed" && !s.memberships.is_empty())
+    });
+    assert!(
+        !snooped_ports(&lab, "239.1.1.1").contains(&"s0".to_string()),
+        "the switch forgot h0's port with its link"
+    );
+    assert!(receiver.receives(receiver.counts(), 10), "through h2");
+
+    lab.restore("h0").unwrap();
+    daemon.wait_until("h0 repaired, the stand-in joins left", |d| {
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h0") == "ok" && s.memberships.is_empty())
+    });
+    // Without the report the switch learns h0's port only from the answer to a query; until
+    // the stand-in's leave has run its last-member queries it forwards to h2's port alone.
+    let ports = snooped_ports(&lab, "239.1.1.1");
+    assert!(
+        ports.contains(&"s0".to_string()),
+        "the switch forwards 239.1.1.1 to {ports:?} after failback\nmpathd log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        receiver.receives(receiver.counts(), 20),
+        "through h0 again: {:?}",
+        receiver.counts()
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("IPv4 multicast groups of h0 reported to the switch (V2): 239.1.1.1"),
+        "{log}"
+    );
+}

@@ -57,6 +57,7 @@ impl Daemon {
                 Action::Repaired { nic } => {
                     self.metrics.repair(name, nic);
                     log(Level::INFO, name, action, line);
+                    self.report_memberships(gi, nic);
                 }
                 Action::FlushTargets { nics } => {
                     log(Level::INFO, name, action, line);

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
     time::{Duration, Instant},
 };
 
@@ -132,6 +132,48 @@ impl Daemon {
             }
         }
         self.groups[gi].followed = held;
+    }
+
+    /// Reports the IPv4 groups of `nic`, back in use, to the switch: a snooping switch forgot
+    /// them if the NIC's link went, and Linux reports them again only when a query asks (up
+    /// to 125 s later), where it re-reports IPv6 groups on its own. Called before the stand-in
+    /// joins on other NICs are left, so a group is never without a port.
+    pub(super) fn report_memberships(&mut self, gi: usize, nic: &str) {
+        let group = &self.groups[gi];
+        let Some(ifindex) = group.ifindex_of(nic) else {
+            return;
+        };
+        let joined: Vec<Ipv4Addr> = match kernel::memberships() {
+            Ok(mut found) => found
+                .remove(&ifindex)
+                .unwrap_or_default()
+                .into_keys()
+                .filter_map(|g| match g {
+                    IpAddr::V4(v4) if v4 != kernel::ALL_HOSTS_V4 => Some(v4),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!("the multicast groups of {nic} cannot be reported: {e}");
+                return;
+            }
+        };
+        if joined.is_empty() {
+            return;
+        }
+        match kernel::report_v4(ifindex, &joined) {
+            Ok(version) => tracing::info!(
+                group = group.name(),
+                interface = nic,
+                "IPv4 multicast groups of {nic} reported to the switch ({version:?}): {}",
+                joined
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(e) => tracing::warn!("{e}"),
+        }
     }
 
     /// Leaves every group a group runtime that goes holds.

@@ -6,6 +6,10 @@
 //! group's datagrams arriving there to any socket bound to their port. The sockets are never
 //! bound, so they receive nothing themselves; closing them (mpathd stopping) leaves every
 //! group.
+//!
+//! IGMP reports of a NIC's groups ([`report_v4`]), for a NIC back in use: a snooping switch
+//! forgets a port's groups when its link goes, and Linux reports IPv4 memberships again only
+//! when a query asks (IPv6 re-reports on its own).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -50,6 +54,180 @@ pub(crate) enum MulticastError {
     },
     #[error("{group} is not a multicast group")]
     NotMulticast { group: IpAddr },
+    #[error("reporting IPv4 multicast groups on ifindex {ifindex}: {source}")]
+    Report { ifindex: u32, source: io::Error },
+}
+
+/// The IGMP version the kernel speaks on a NIC: the oldest it heard a querier use lately
+/// (the `Querier` column of `/proc/net/igmp`), V3 when none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IgmpVersion {
+    V1,
+    V2,
+    V3,
+}
+
+/// The all-hosts group every IPv4 host is a member of, which is never reported.
+pub(crate) const ALL_HOSTS_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
+/// Where IGMPv3 reports go: all IGMPv3-capable multicast routers and snooping switches.
+const IGMPV3_ROUTERS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 22);
+/// Group records in one IGMPv3 report: 8 bytes each, well inside any MTU.
+const RECORDS_PER_REPORT: usize = 128;
+/// IGMPv3 record type MODE_IS_EXCLUDE with no sources: "every source", what an
+/// any-source join is, as a current-state report answers a general query.
+const MODE_IS_EXCLUDE: u8 = 2;
+/// The IP Router Alert option (RFC 2113) every IGMP message carries.
+const ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0, 0];
+
+/// The reports a general query on a link speaking `version` would get for `groups`, with
+/// their destinations: an IGMPv3 report (to 224.0.0.22) per [`RECORDS_PER_REPORT`] groups,
+/// or an IGMPv1/v2 report per group (to the group). The all-hosts group is never reported.
+pub(crate) fn reports(version: IgmpVersion, groups: &[Ipv4Addr]) -> Vec<(Ipv4Addr, Vec<u8>)> {
+    let groups: Vec<Ipv4Addr> = groups
+        .iter()
+        .copied()
+        .filter(|g| g.is_multicast() && *g != ALL_HOSTS_V4)
+        .collect();
+    let mut messages = Vec::new();
+    match version {
+        IgmpVersion::V3 => {
+            for chunk in groups.chunks(RECORDS_PER_REPORT) {
+                let mut m = vec![0x22, 0, 0, 0, 0, 0];
+                m.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+                for group in chunk {
+                    m.extend_from_slice(&[MODE_IS_EXCLUDE, 0, 0, 0]);
+                    m.extend_from_slice(&group.octets());
+                }
+                messages.push((IGMPV3_ROUTERS, m));
+            }
+        }
+        IgmpVersion::V1 | IgmpVersion::V2 => {
+            let kind = if version == IgmpVersion::V1 {
+                0x12
+            } else {
+                0x16
+            };
+            for group in groups {
+                let mut m = vec![kind, 0, 0, 0];
+                m.extend_from_slice(&group.octets());
+                messages.push((group, m));
+            }
+        }
+    }
+    for (_, m) in &mut messages {
+        let sum = internet_checksum(m);
+        m[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    messages
+}
+
+/// RFC 1071's one's complement sum, over a message whose checksum field is zero.
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends the reports of `groups` out of `ifindex` (a raw IGMP socket: TTL 1, Router Alert,
+/// the kernel's source choice for the NIC), in the IGMP version the kernel speaks there;
+/// returns that version.
+pub(crate) fn report_v4(ifindex: u32, groups: &[Ipv4Addr]) -> Result<IgmpVersion, MulticastError> {
+    let version = read_queriers()?
+        .get(&ifindex)
+        .copied()
+        .unwrap_or(IgmpVersion::V3);
+    let error = |source| MulticastError::Report { ifindex, source };
+    let socket = Socket::new(
+        Domain::IPV4,
+        Type::RAW,
+        Some(socket2::Protocol::from(libc::IPPROTO_IGMP)),
+    )
+    .map_err(error)?;
+    socket.set_multicast_ttl_v4(1).map_err(error)?;
+    socket.set_multicast_loop_v4(false).map_err(error)?;
+    set_multicast_ifindex(&socket, ifindex).map_err(error)?;
+    set_ip_options(&socket, &ROUTER_ALERT).map_err(error)?;
+    for (to, message) in reports(version, groups) {
+        socket
+            .send_to(&message, &SocketAddr::new(IpAddr::V4(to), 0).into())
+            .map_err(error)?;
+    }
+    Ok(version)
+}
+
+/// IP_MULTICAST_IF by interface index (`ip_mreqn`), which socket2 sets by address only.
+fn set_multicast_ifindex(socket: &Socket, ifindex: u32) -> io::Result<()> {
+    let request = libc::ip_mreqn {
+        imr_multiaddr: libc::in_addr { s_addr: 0 },
+        imr_address: libc::in_addr { s_addr: 0 },
+        imr_ifindex: ifindex as libc::c_int,
+    };
+    set_ip_option(
+        socket,
+        libc::IP_MULTICAST_IF,
+        &raw const request,
+        size_of_val(&request),
+    )
+}
+
+fn set_ip_options(socket: &Socket, options: &[u8]) -> io::Result<()> {
+    set_ip_option(socket, libc::IP_OPTIONS, options.as_ptr(), options.len())
+}
+
+fn set_ip_option<T>(
+    socket: &Socket,
+    name: libc::c_int,
+    value: *const T,
+    len: usize,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: `value` points at `len` readable bytes for the call's duration.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            name,
+            value.cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The IGMP version of every device in `/proc/net/igmp`.
+fn read_queriers() -> Result<BTreeMap<u32, IgmpVersion>, MulticastError> {
+    let text = std::fs::read_to_string(PROC_IGMP).map_err(|source| MulticastError::Read {
+        path: PROC_IGMP,
+        source,
+    })?;
+    Ok(parse_queriers(&text))
+}
+
+/// The `Querier` column of `/proc/net/igmp`'s device lines (`Idx Device : Count Querier`).
+fn parse_queriers(text: &str) -> BTreeMap<u32, IgmpVersion> {
+    text.lines()
+        .skip(1)
+        .filter(|line| !line.starts_with(char::is_whitespace))
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let ifindex = words.first()?.parse().ok()?;
+            let version = match *words.last()? {
+                "V1" => IgmpVersion::V1,
+                "V2" => IgmpVersion::V2,
+                _ => IgmpVersion::V3,
+            };
+            Some((ifindex, version))
+        })
+        .collect()
 }
 
 /// Every membership of this network namespace, IPv4 and IPv6.
@@ -259,6 +437,69 @@ mod tests {
         assert!(e.contains("a group before any device"), "{e}");
         let e = parse_igmp6("7 h0\n").unwrap_err().to_string();
         assert!(e.contains("fewer than 4 fields"), "{e}");
+    }
+
+    #[test]
+    fn the_querier_version_is_read_per_device() {
+        let text = IGMP.replace(
+            "7\th0        :     2      V3",
+            "7\th0        :     2      V2",
+        );
+        let versions = parse_queriers(&text);
+        assert_eq!(versions[&1], IgmpVersion::V3);
+        assert_eq!(versions[&7], IgmpVersion::V2);
+        assert_eq!(versions.len(), 2);
+    }
+
+    /// RFC 3376 section 4.2; the checksum worked out by hand with RFC 1071's sum.
+    #[test]
+    fn an_igmpv3_report_has_one_exclude_record_per_group_and_a_valid_checksum() {
+        let groups = [
+            Ipv4Addr::new(239, 1, 1, 1),
+            Ipv4Addr::new(224, 0, 0, 1),
+            Ipv4Addr::new(239, 1, 1, 2),
+        ];
+        let reports = reports(IgmpVersion::V3, &groups);
+        assert_eq!(reports.len(), 1);
+        let (to, m) = &reports[0];
+        assert_eq!(*to, Ipv4Addr::new(224, 0, 0, 22));
+        assert_eq!(
+            m[..],
+            [
+                0x22, 0, 0xf9, 0xf6, 0, 0, 0, 2, // type, checksum, 2 records
+                2, 0, 0, 0, 239, 1, 1, 1, // MODE_IS_EXCLUDE, no sources
+                2, 0, 0, 0, 239, 1, 1, 2,
+            ]
+        );
+        assert_eq!(internet_checksum(m), 0, "the checksum covers the message");
+    }
+
+    #[test]
+    fn an_igmpv2_link_gets_a_report_per_group_sent_to_the_group() {
+        let v2 = reports(IgmpVersion::V2, &[Ipv4Addr::new(239, 1, 1, 1)]);
+        assert_eq!(
+            v2,
+            [(
+                Ipv4Addr::new(239, 1, 1, 1),
+                vec![0x16, 0, 0xf9, 0xfc, 239, 1, 1, 1]
+            )]
+        );
+        let v1 = reports(IgmpVersion::V1, &[Ipv4Addr::new(239, 1, 1, 1)]);
+        assert_eq!(v1[0].1[0], 0x12, "an IGMPv1 report");
+    }
+
+    #[test]
+    fn many_groups_are_split_over_reports_that_fit_a_frame() {
+        let groups: Vec<Ipv4Addr> = (0..300u32)
+            .map(|i| Ipv4Addr::from(0xef00_0000 | i))
+            .collect();
+        let reports = reports(IgmpVersion::V3, &groups);
+        let records: Vec<u16> = reports
+            .iter()
+            .map(|(_, m)| u16::from_be_bytes([m[6], m[7]]))
+            .collect();
+        assert_eq!(records, [128, 128, 44]);
+        assert!(reports.iter().all(|(_, m)| m.len() <= 8 + 8 * 128));
     }
 
     #[test]
