@@ -14,6 +14,8 @@
 mod actions;
 mod addresses;
 mod announcer;
+#[cfg(test)]
+mod fake_host;
 mod group;
 mod host;
 mod host_io;
@@ -23,6 +25,8 @@ mod nics;
 mod probing;
 mod reload;
 mod routes;
+#[cfg(test)]
+mod scenarios;
 mod service;
 mod sources;
 mod status;

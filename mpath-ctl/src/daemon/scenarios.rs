@@ -1,0 +1,181 @@
+//! Scenario tests of the daemon itself, on the in-memory host ([`FakeHost`]): the event loop's
+//! handlers are driven as `run` would drive them (kernel notifications, probe replies,
+//! timers), with time moved by the test, and each scenario asserts what the host then holds.
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use mpath_common::ProbeReply;
+
+use crate::{
+    config::Config,
+    core::state::{FailureCause, IfState, OfflineReason},
+    daemon::{ConfigPaths, Daemon, fake_host::FakeHost, host_io::HostIo, probing::ProbeContext},
+    net::address::IpCidr,
+    net::netlink::NetEvent,
+};
+
+const H0: u32 = 2;
+const H1: u32 = 3;
+const H2: u32 = 4;
+
+/// Three NICs on one link, each with a test address; h0 and h1 have a data address each, and
+/// the group serves a route through the link's router.
+const THREE_NICS: &str = r#"
+[[group]]
+name = "g0"
+targets = ["192.0.2.1"]
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.10/24"
+data_addresses = ["192.0.2.20/24"]
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.11/24"
+data_addresses = ["192.0.2.21/24"]
+[[group.interface]]
+name = "h2"
+test_address = "192.0.2.12/24"
+[[group.route]]
+to = "198.51.100.0/24"
+via = "192.0.2.1"
+"#;
+
+/// Longer than the startup quiet period, in which a cold start holds failures back.
+const PAST_QUIET: Duration = Duration::from_secs(45);
+
+/// Longer than the failure detection time (10 s by default) and the repair that follows.
+const DETECTION: Duration = Duration::from_secs(25);
+
+fn cidr(text: &str) -> IpCidr {
+    text.parse().unwrap()
+}
+
+/// A host with NICs h0, h1 and h2, up with carrier.
+fn three_nic_host() -> FakeHost {
+    let mut host = FakeHost::new(Instant::now());
+    host.add_nic("h0", H0);
+    host.add_nic("h1", H1);
+    host.add_nic("h2", H2);
+    host
+}
+
+/// The daemon on a fake host, driven by the test.
+struct Scenario {
+    daemon: Daemon<FakeHost>,
+}
+
+impl Scenario {
+    /// Starts mpathd with `config` on `host`, as `Daemon::start` does after opening the host:
+    /// a host whose NICs carry the programs already is a restart.
+    async fn start(config: &str, host: FakeHost) -> Scenario {
+        let config = Config::parse(config, "mpathd.toml", None).unwrap();
+        let paths = ConfigPaths {
+            config: PathBuf::from("mpathd.toml"),
+            defaults: PathBuf::from("mpathd.defaults"),
+        };
+        let restarted = host.pinned_nics().is_ok_and(|nics| !nics.is_empty());
+        let mut daemon = Daemon::new(config, paths, host, ProbeContext::new(), restarted).unwrap();
+        daemon.take_stock().await.unwrap();
+        let mut scenario = Scenario { daemon };
+        scenario.settle().await;
+        scenario
+    }
+
+    fn host(&self) -> &FakeHost {
+        &self.daemon.host
+    }
+
+    fn host_mut(&mut self) -> &mut FakeHost {
+        &mut self.daemon.host
+    }
+
+    /// Delivers what the kernel announced and makes the planned route changes, until there
+    /// is nothing left of either; time stands still.
+    async fn settle(&mut self) {
+        for _ in 0..100 {
+            let events = self.daemon.host.take_events();
+            if events.is_empty() && !self.daemon.routing.has_pending() {
+                return;
+            }
+            for event in events {
+                self.daemon.net_event(event).await;
+            }
+            while self.daemon.routing.has_pending() {
+                self.daemon.route_step().await;
+            }
+        }
+        panic!("the daemon never settles");
+    }
+
+    /// Lets `by` pass as the event loop would: it wakes at each timer, and the link's targets
+    /// answer the probes of every NIC but the silent ones at once.
+    async fn run_for(&mut self, by: Duration) {
+        let end = self.daemon.host.now() + by;
+        loop {
+            let wake = self.daemon.next_wakeup().min(end);
+            self.daemon.host.set_now(wake);
+            self.daemon.tick().await;
+            self.answer_probes().await;
+            self.settle().await;
+            if wake >= end {
+                return;
+            }
+        }
+    }
+
+    async fn answer_probes(&mut self) {
+        for probe in self.daemon.host.take_probes() {
+            if self.daemon.host.silent.contains(&probe.ifindex) {
+                continue;
+            }
+            let reply = ProbeReply::new(
+                probe.ifindex,
+                probe.seq,
+                probe.target,
+                probe.sent_ns,
+                probe.sent_ns + 300_000,
+            );
+            self.daemon.probe_reply(reply).await;
+        }
+    }
+
+    /// The kernel's link event for a carrier change.
+    async fn set_carrier(&mut self, ifindex: u32, carrier: bool) {
+        self.daemon.host.set_carrier(ifindex, carrier);
+        self.settle().await;
+    }
+
+    fn state_of(&self, nic: &str) -> IfState {
+        let at = self.daemon.groups.nic_named(nic).unwrap();
+        self.daemon.groups[at.group]
+            .fsm
+            .interface_state(nic)
+            .unwrap()
+    }
+
+    /// The NICs holding `address`.
+    fn holders(&self, address: &str) -> BTreeSet<u32> {
+        let address = cidr(address);
+        [H0, H1, H2]
+            .into_iter()
+            .filter(|i| self.host().addresses_on(*i).contains(&address))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_configured_addresses_and_routes_are_placed_at_start() {
+    let s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
+    assert!(s.host().addresses_on(H2).contains(&cidr("192.0.2.12/32")));
+    assert!((H0..=H2).all(|i| s.host().is_attached(i)));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
