@@ -148,6 +148,28 @@ impl FakeHost {
         self.events.borrow_mut().push_back(NetEvent::Link(link));
     }
 
+    /// Someone renames NIC `ifindex`; the kernel announces the link under its new name.
+    pub fn rename(&self, ifindex: u32, name: &str) {
+        let link = {
+            let mut links = self.links.borrow_mut();
+            let link = links.get_mut(&ifindex).expect("a NIC of the host");
+            link.name = name.to_string();
+            link.clone()
+        };
+        self.events.borrow_mut().push_back(NetEvent::Link(link));
+    }
+
+    /// Someone else (an administrator, a DHCP client) adds an address; the kernel announces
+    /// it.
+    pub fn add_others_address(&self, ifindex: u32, cidr: IpCidr) {
+        self.addresses
+            .borrow_mut()
+            .push((ifindex, cidr, Origin::Other));
+        self.events
+            .borrow_mut()
+            .push_back(NetEvent::AddressAdded { ifindex, cidr });
+    }
+
     fn flush_nexthops_through(&self, ifindex: u32) {
         let mut nexthops = self.nexthops.borrow_mut();
         let gone: BTreeSet<u32> = nexthops

@@ -179,3 +179,114 @@ async fn the_configured_addresses_and_routes_are_placed_at_start() {
         BTreeSet::from([H0, H1, H2])
     );
 }
+
+#[tokio::test]
+async fn a_carrier_loss_moves_the_address_and_re_forms_the_routes_and_its_return_brings_them_back()
+{
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.set_carrier(H0, false).await;
+    assert_eq!(
+        s.state_of("h0"),
+        IfState::Failed {
+            cause: FailureCause::LinkDown
+        }
+    );
+    let holders = s.holders("192.0.2.20/24");
+    assert_eq!(holders.len(), 1, "on one NIC: {holders:?}");
+    assert!(!holders.contains(&H0), "moved off h0");
+    // The group's nexthop group is re-formed at once, without the NIC.
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+    assert!(
+        s.host()
+            .take_announced()
+            .iter()
+            .any(|a| a.addr == cidr("192.0.2.20/24").addr() && holders.contains(&a.ifindex)),
+        "the peers learn where the address went"
+    );
+
+    s.set_carrier(H0, true).await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]), "failback");
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_nic_whose_probes_go_unanswered_fails_and_is_repaired_when_they_are_answered_again() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    s.host_mut().silent.insert(H0);
+    s.run_for(DETECTION).await;
+    assert_eq!(
+        s.state_of("h0"),
+        IfState::Failed {
+            cause: FailureCause::ProbesLost
+        }
+    );
+    let holders = s.holders("192.0.2.20/24");
+    assert!(
+        holders.len() == 1 && !holders.contains(&H0),
+        "moved off h0: {holders:?}"
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    s.host_mut().silent.remove(&H0);
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_nic_the_programs_cannot_attach_to_is_never_used_until_they_attach() {
+    let mut host = three_nic_host();
+    host.refuse_attach("h0", true);
+    let mut s = Scenario::start(THREE_NICS, host).await;
+    s.run_for(PAST_QUIET).await;
+    assert_eq!(
+        s.state_of("h0"),
+        IfState::Offline {
+            failure: None,
+            reason: OfflineReason::NoDatapath
+        }
+    );
+    assert!(!s.host().is_attached(H0));
+    let holders = s.holders("192.0.2.20/24");
+    assert!(
+        holders.len() == 1 && !holders.contains(&H0),
+        "its data address is on a usable NIC: {holders:?}"
+    );
+    assert!(
+        !s.host().addresses_on(H0).contains(&cidr("192.0.2.10/32")),
+        "no test address before the programs"
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    // The next look at the datapath attaches them.
+    s.host_mut().refuse_attach("h0", false);
+    s.run_for(DETECTION).await;
+    assert!(s.host().is_attached(H0));
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert!(s.host().addresses_on(H0).contains(&cidr("192.0.2.10/32")));
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
