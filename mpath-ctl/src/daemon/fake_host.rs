@@ -20,7 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mpath_common::{BUCKETS_PER_GROUP, NicCounters, NicInfo, sources::SourceClass, sources::SourceCounters};
+use mpath_common::{
+    BUCKETS_PER_GROUP, NicCounters, NicInfo, sources::SourceClass, sources::SourceCounters,
+};
 
 use crate::{
     config::ProbeRx,
@@ -296,7 +298,12 @@ impl HostIo for FakeHost {
     }
 
     async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
-        Ok(self.links.borrow().values().find(|l| l.name == name).cloned())
+        Ok(self
+            .links
+            .borrow()
+            .values()
+            .find(|l| l.name == name)
+            .cloned())
     }
 
     fn ifindex_of(&self, name: &str) -> Option<u32> {
