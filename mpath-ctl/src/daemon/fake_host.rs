@@ -111,15 +111,6 @@ impl FakeHost {
         self.links.get_mut().insert(ifindex, link);
     }
 
-    /// Puts an address on a NIC as someone else (an administrator) would, unannounced.
-    pub fn put_address(&mut self, ifindex: u32, cidr: IpCidr, origin: Origin) {
-        self.addresses.get_mut().push((ifindex, cidr, origin));
-    }
-
-    pub fn advance(&self, by: Duration) {
-        self.clock.set(self.clock.get() + by);
-    }
-
     pub fn set_now(&self, now: Instant) {
         self.clock.set(now);
     }
@@ -238,6 +229,11 @@ impl FakeHost {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The ids of the nexthop objects.
+    pub fn nexthop_ids(&self) -> BTreeSet<u32> {
+        self.nexthops.borrow().keys().copied().collect()
     }
 
     pub fn is_attached(&self, ifindex: u32) -> bool {

@@ -85,6 +85,13 @@ impl Scenario {
         scenario
     }
 
+    /// mpathd stops; the host stays as it left it, without the notifications it did not read.
+    fn stop(self) -> FakeHost {
+        let host = self.daemon.host;
+        host.take_events();
+        host
+    }
+
     fn host(&self) -> &FakeHost {
         &self.daemon.host
     }
@@ -312,4 +319,158 @@ async fn a_nic_the_programs_cannot_attach_to_is_never_used_until_they_attach() {
         s.host().routed_through(cidr("198.51.100.0/24")),
         BTreeSet::from([H0, H1, H2])
     );
+}
+
+#[tokio::test]
+async fn a_resynchronisation_that_fails_after_lost_notifications_is_tried_again() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    // h0 loses its carrier while the kernel drops the notifications, and the dumps after the
+    // overrun are interrupted.
+    s.host().dumps_fail.set(true);
+    s.host().set_carrier(H0, false);
+    s.host().take_events();
+    s.daemon.net_event(NetEvent::Overrun).await;
+    s.settle().await;
+    assert_eq!(s.state_of("h0"), IfState::Ok, "nothing known yet");
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+
+    // No notification comes to trigger it: the retry alone finds the failure.
+    s.host().dumps_fail.set(false);
+    s.run_for(Duration::from_secs(3)).await;
+    assert_eq!(
+        s.state_of("h0"),
+        IfState::Failed {
+            cause: FailureCause::LinkDown
+        }
+    );
+    let holders = s.holders("192.0.2.20/24");
+    assert!(
+        holders.len() == 1 && !holders.contains(&H0),
+        "moved off h0: {holders:?}"
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+}
+
+/// [`THREE_NICS`] without configured targets: the NICs probe the router of the group's route,
+/// which is in no table a restarted mpathd could read before it serves the route.
+const THREE_NICS_ROUTER_ONLY: &str = r#"
+[[group]]
+name = "g0"
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.10/24"
+data_addresses = ["192.0.2.20/24"]
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.11/24"
+data_addresses = ["192.0.2.21/24"]
+[[group.interface]]
+name = "h2"
+test_address = "192.0.2.12/24"
+[[group.route]]
+to = "198.51.100.0/24"
+via = "192.0.2.1"
+"#;
+
+#[tokio::test]
+async fn a_restart_keeps_the_group_routes_the_probe_targets_and_a_failure_found_by_probes() {
+    let mut s = Scenario::start(THREE_NICS_ROUTER_ONLY, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    s.host_mut().silent.insert(H0);
+    let probes_lost = IfState::Failed {
+        cause: FailureCause::ProbesLost,
+    };
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == probes_lost)
+            .await
+    );
+    // The plan that follows deletes the nexthop through h0.
+    s.run_for(Duration::from_secs(1)).await;
+    let nexthops = s.host().nexthop_ids();
+    let host = s.stop();
+
+    let mut s = Scenario::start(THREE_NICS_ROUTER_ONLY, host).await;
+    assert_eq!(s.state_of("h0"), probes_lost, "the failure is adopted");
+    let holders = s.holders("192.0.2.20/24");
+    assert!(
+        holders.len() == 1 && !holders.contains(&H0),
+        "the address stays off h0: {holders:?}"
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+    assert_eq!(s.host().nexthop_ids(), nexthops, "the nexthops are adopted");
+
+    // The router is still probed: h0 is repaired by its answers, and h1 fails without them.
+    s.host_mut().silent.remove(&H0);
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    s.host_mut().silent.insert(H1);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h1") == probes_lost)
+            .await
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_renamed_nic_leaves_the_group_with_what_mpathd_put_on_it_and_rejoins_under_its_name() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.host().rename(H0, "eth9");
+    s.settle().await;
+    assert_eq!(s.state_of("h0"), IfState::Missing);
+    let holders = s.holders("192.0.2.20/24");
+    assert!(
+        holders.len() == 1 && !holders.contains(&H0),
+        "moved off the renamed NIC: {holders:?}"
+    );
+    assert!(
+        s.host().addresses_on(H0).is_empty(),
+        "its test address went too"
+    );
+    assert!(!s.host().is_attached(H0));
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    s.host().rename(H0, "h0");
+    s.settle().await;
+    s.run_for(DETECTION).await;
+    assert!(s.host().is_attached(H0));
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert!(s.host().addresses_on(H0).contains(&cidr("192.0.2.10/32")));
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn an_address_someone_else_puts_on_a_nic_is_adopted_and_fails_over_with_it() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.host().add_others_address(H1, cidr("192.0.2.99/24"));
+    s.settle().await;
+    s.set_carrier(H1, false).await;
+    let holders = s.holders("192.0.2.99/24");
+    assert!(
+        holders.len() == 1 && !holders.contains(&H1),
+        "moved off h1 with its data address: {holders:?}"
+    );
+    assert!(!s.holders("192.0.2.21/24").contains(&H1));
+
+    s.set_carrier(H1, true).await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.holders("192.0.2.99/24"), BTreeSet::from([H1]));
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
 }
