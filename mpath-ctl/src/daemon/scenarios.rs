@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -12,7 +11,7 @@ use mpath_common::ProbeReply;
 
 use crate::{
     config::Config,
-    core::state::{FailureCause, IfState, OfflineReason},
+    core::state::{Event, FailureCause, IfState, OfflineReason},
     daemon::{ConfigPaths, Daemon, fake_host::FakeHost, host_io::HostIo, probing::ProbeContext},
     net::address::IpCidr,
     net::netlink::NetEvent,
@@ -66,21 +65,25 @@ fn three_nic_host() -> FakeHost {
 /// The daemon on a fake host, driven by the test.
 struct Scenario {
     daemon: Daemon<FakeHost>,
+    /// Where its configuration file is, for reloads.
+    dir: tempfile::TempDir,
 }
 
 impl Scenario {
     /// Starts mpathd with `config` on `host`, as `Daemon::start` does after opening the host:
     /// a host whose NICs carry the programs already is a restart.
-    async fn start(config: &str, host: FakeHost) -> Scenario {
-        let config = Config::parse(config, "mpathd.toml", None).unwrap();
+    async fn start(text: &str, host: FakeHost) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
         let paths = ConfigPaths {
-            config: PathBuf::from("mpathd.toml"),
-            defaults: PathBuf::from("mpathd.defaults"),
+            config: dir.path().join("mpathd.toml"),
+            defaults: dir.path().join("mpathd.defaults"),
         };
+        std::fs::write(&paths.config, text).unwrap();
+        let config = Config::load(&paths.config, Some(&paths.defaults)).unwrap();
         let restarted = host.pinned_nics().is_ok_and(|nics| !nics.is_empty());
         let mut daemon = Daemon::new(config, paths, host, ProbeContext::new(), restarted).unwrap();
         daemon.take_stock().await.unwrap();
-        let mut scenario = Scenario { daemon };
+        let mut scenario = Scenario { daemon, dir };
         scenario.settle().await;
         scenario
     }
@@ -90,6 +93,13 @@ impl Scenario {
         let host = self.daemon.host;
         host.take_events();
         host
+    }
+
+    /// SIGHUP with `text` in the configuration file.
+    async fn reload(&mut self, text: &str) {
+        std::fs::write(self.dir.path().join("mpathd.toml"), text).unwrap();
+        self.daemon.reload().await;
+        self.settle().await;
     }
 
     fn host(&self) -> &FakeHost {
@@ -473,4 +483,92 @@ async fn an_address_someone_else_puts_on_a_nic_is_adopted_and_fails_over_with_it
     s.run_for(DETECTION).await;
     assert_eq!(s.holders("192.0.2.99/24"), BTreeSet::from([H1]));
     assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_group_routes_and_keeps_a_failed_nic_out_of_them() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    // h2 holds no data address: nothing on the host tells a new group it failed, only what
+    // the group it replaces went through.
+    s.host_mut().silent.insert(H2);
+    let probes_lost = IfState::Failed {
+        cause: FailureCause::ProbesLost,
+    };
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h2") == probes_lost)
+            .await
+    );
+    let changed = THREE_NICS
+        .replace("198.51.100.0/24", "203.0.113.0/24")
+        .replace(
+            "test_address = \"192.0.2.12/24\"",
+            "test_address = \"192.0.2.12/24\"\ndata_addresses = [\"192.0.2.22/24\"]",
+        );
+    s.reload(&changed).await;
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.state_of("h2"),
+        probes_lost,
+        "still failed after the reload"
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("203.0.113.0/24")),
+        BTreeSet::from([H0, H1]),
+        "the new route, without the failed NIC"
+    );
+    assert!(
+        s.host().routed_through(cidr("198.51.100.0/24")).is_empty(),
+        "the route the configuration no longer has is gone"
+    );
+    let holders = s.holders("192.0.2.22/24");
+    assert!(
+        holders.len() == 1 && !holders.contains(&H2),
+        "h2's new address is placed on a usable NIC: {holders:?}"
+    );
+
+    s.host_mut().silent.remove(&H2);
+    s.run_for(DETECTION).await;
+    assert_eq!(
+        s.host().routed_through(cidr("203.0.113.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+    assert_eq!(s.holders("192.0.2.22/24"), BTreeSet::from([H2]));
+}
+
+#[tokio::test]
+async fn an_operator_s_offline_moves_the_addresses_and_outlives_a_restart() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let now = s.host().now();
+    let offline = Event::Offline { nic: "h0".into() };
+    s.daemon.admin("h0", offline, "offline", now).await;
+    s.settle().await;
+    let admin_offline = IfState::Offline {
+        failure: None,
+        reason: OfflineReason::Admin,
+    };
+    assert_eq!(s.state_of("h0"), admin_offline);
+    assert!(!s.holders("192.0.2.20/24").contains(&H0));
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    let host = s.stop();
+    let mut s = Scenario::start(THREE_NICS, host).await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h0"), admin_offline, "the pinned map kept it");
+    assert!(!s.holders("192.0.2.20/24").contains(&H0));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    let online = Event::Online { nic: "h0".into() };
+    let now = s.host().now();
+    s.daemon.admin("h0", online, "online", now).await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
 }
