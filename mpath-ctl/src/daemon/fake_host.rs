@@ -98,8 +98,8 @@ impl FakeHost {
         }
     }
 
-    /// Adds an Ethernet NIC, up with carrier.
-    pub fn add_nic(&mut self, name: &str, ifindex: u32) {
+    /// Adds an Ethernet NIC, up with carrier, and announces it.
+    pub fn add_nic(&self, name: &str, ifindex: u32) {
         let link = Link {
             ifindex,
             name: name.to_string(),
@@ -108,7 +108,38 @@ impl FakeHost {
             running: true,
             lower_up: true,
         };
-        self.links.get_mut().insert(ifindex, link);
+        self.links.borrow_mut().insert(ifindex, link.clone());
+        self.events.borrow_mut().push_back(NetEvent::Link(link));
+    }
+
+    /// Deletes a NIC: the kernel announces its addresses gone, then the NIC, and takes the
+    /// nexthops through it along without a word.
+    pub fn remove_nic(&self, ifindex: u32) {
+        let link = self
+            .links
+            .borrow_mut()
+            .remove(&ifindex)
+            .expect("a NIC of the host");
+        let mut events = self.events.borrow_mut();
+        self.addresses.borrow_mut().retain(|(i, cidr, _)| {
+            if *i == ifindex {
+                events.push_back(NetEvent::AddressRemoved {
+                    ifindex,
+                    cidr: *cidr,
+                });
+            }
+            *i != ifindex
+        });
+        events.push_back(NetEvent::LinkRemoved {
+            ifindex,
+            name: link.name,
+        });
+        self.flush_nexthops_through(ifindex);
+    }
+
+    /// Someone takes mpathd's programs off a NIC (`bpftool link detach`).
+    pub fn detach_behind_mpathds_back(&mut self, ifindex: u32) {
+        self.attached.remove(&ifindex);
     }
 
     pub fn set_now(&self, now: Instant) {

@@ -55,10 +55,12 @@ fn cidr(text: &str) -> IpCidr {
 
 /// A host with NICs h0, h1 and h2, up with carrier.
 fn three_nic_host() -> FakeHost {
-    let mut host = FakeHost::new(Instant::now());
+    let host = FakeHost::new(Instant::now());
     host.add_nic("h0", H0);
     host.add_nic("h1", H1);
     host.add_nic("h2", H2);
+    // Present before mpathd starts: found by its first dump.
+    host.take_events();
     host
 }
 
@@ -571,4 +573,54 @@ async fn an_operator_s_offline_moves_the_addresses_and_outlives_a_restart() {
     s.run_for(DETECTION).await;
     assert_eq!(s.state_of("h0"), IfState::Ok);
     assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+}
+
+#[tokio::test]
+async fn programs_taken_off_a_nic_behind_mpathd_s_back_are_attached_again() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.host_mut().detach_behind_mpathds_back(H1);
+    s.run_for(Duration::from_secs(3)).await;
+    assert!(s.host().is_attached(H1), "attached again at the next look");
+    assert_eq!(s.state_of("h1"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
+}
+
+#[tokio::test]
+async fn a_nic_deleted_and_created_again_under_another_ifindex_is_set_up_anew() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.host().remove_nic(H0);
+    s.settle().await;
+    assert_eq!(s.state_of("h0"), IfState::Missing);
+    let holders = s.holders("192.0.2.20/24");
+    assert!(
+        holders.len() == 1 && !holders.contains(&H0),
+        "moved to a NIC that is there: {holders:?}"
+    );
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    const H0_AGAIN: u32 = 9;
+    s.host().add_nic("h0", H0_AGAIN);
+    s.settle().await;
+    s.run_for(DETECTION).await;
+    assert!(s.host().is_attached(H0_AGAIN));
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert!(
+        s.host()
+            .addresses_on(H0_AGAIN)
+            .contains(&cidr("192.0.2.10/32"))
+    );
+    assert!(
+        s.host()
+            .addresses_on(H0_AGAIN)
+            .contains(&cidr("192.0.2.20/24")),
+        "failback to the new NIC"
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0_AGAIN, H1, H2])
+    );
 }
