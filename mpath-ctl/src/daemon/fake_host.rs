@@ -142,6 +142,11 @@ impl FakeHost {
         self.attached.remove(&ifindex);
     }
 
+    /// Puts an address on a NIC before mpathd starts (a link-local address, say).
+    pub fn put_address(&mut self, ifindex: u32, cidr: IpCidr, origin: Origin) {
+        self.addresses.get_mut().push((ifindex, cidr, origin));
+    }
+
     pub fn set_now(&self, now: Instant) {
         self.clock.set(now);
     }

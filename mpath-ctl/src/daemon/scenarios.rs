@@ -14,7 +14,7 @@ use crate::{
     core::state::{Event, FailureCause, IfState, OfflineReason},
     daemon::{ConfigPaths, Daemon, fake_host::FakeHost, host_io::HostIo, probing::ProbeContext},
     net::address::IpCidr,
-    net::netlink::NetEvent,
+    net::netlink::{NetEvent, Origin},
 };
 
 const H0: u32 = 2;
@@ -623,4 +623,81 @@ async fn a_nic_deleted_and_created_again_under_another_ifindex_is_set_up_anew() 
         s.host().routed_through(cidr("198.51.100.0/24")),
         BTreeSet::from([H0_AGAIN, H1, H2])
     );
+}
+
+/// Two NICs probing over IPv6 from their link-local addresses, h0 with an IPv6 data address.
+const TWO_NICS_IPV6: &str = r#"
+[[group]]
+name = "g6"
+targets = ["fe80::1"]
+[[group.interface]]
+name = "h0"
+data_addresses = ["2001:db8::20/64"]
+[[group.interface]]
+name = "h1"
+"#;
+
+#[tokio::test]
+async fn a_nic_probing_over_ipv6_fails_silently_and_its_address_is_announced_from_the_other() {
+    let mut host = FakeHost::new(Instant::now());
+    for (name, ifindex) in [("h0", H0), ("h1", H1)] {
+        host.add_nic(name, ifindex);
+        let link_local = cidr(&format!("fe80::{ifindex}/64"));
+        host.put_address(ifindex, link_local, Origin::Kernel);
+    }
+    host.take_events();
+    let mut s = Scenario::start(TWO_NICS_IPV6, host).await;
+    s.run_for(PAST_QUIET).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+
+    s.host().take_announced();
+    s.host_mut().silent.insert(H0);
+    let probes_lost = IfState::Failed {
+        cause: FailureCause::ProbesLost,
+    };
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == probes_lost)
+            .await
+    );
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H1]));
+    let address = cidr("2001:db8::20/64").addr();
+    assert!(
+        s.host()
+            .take_announced()
+            .iter()
+            .any(|a| a.addr == address && a.ifindex == H1),
+        "an unsolicited neighbour advertisement from h1"
+    );
+}
+
+#[tokio::test]
+async fn a_carrier_loss_reported_ahead_of_the_link_event_fails_over_once_confirmed() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let now = s.host().now();
+    // A stale report: h0 has its carrier.
+    s.daemon.carrier_lost(H0, None, now).await;
+    s.settle().await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+
+    // The carrier is gone, and the kernel's link event is still held back.
+    s.host().set_carrier(H0, false);
+    let link_events = s.host().take_events();
+    s.daemon.carrier_lost(H0, None, now).await;
+    s.settle().await;
+    assert_eq!(
+        s.state_of("h0"),
+        IfState::Failed {
+            cause: FailureCause::LinkDown
+        }
+    );
+    assert!(!s.holders("192.0.2.20/24").contains(&H0));
+    // The link event that follows changes nothing more.
+    let holders = s.holders("192.0.2.20/24");
+    for event in link_events {
+        s.daemon.net_event(event).await;
+    }
+    s.settle().await;
+    assert_eq!(s.holders("192.0.2.20/24"), holders);
 }
