@@ -6,9 +6,9 @@
 //! source address. What the kernel would announce (links, addresses) is queued for the test
 //! to deliver, as the monitor would; route notifications are not.
 //!
-//! Not modelled: multicast memberships (none are found), the carrier watch's early reports,
-//! rules, the source hook's maps beyond what is written, netconf (an empty tree: every write
-//! fails, and is logged).
+//! Not modelled: the carrier watch's early reports (tests call the handler), rules, the
+//! source hook and its maps (it never attaches), the bucket table's MACs, the receive
+//! counters (always zero), netconf (an empty tree: every write fails, and is logged).
 
 use std::{
     cell::{Cell, RefCell},
@@ -69,6 +69,10 @@ pub(crate) struct FakeHost {
     /// Dumps fail, as when notifications keep interrupting them.
     pub dumps_fail: Cell<bool>,
     announced: RefCell<Vec<Announcement>>,
+    /// The multicast memberships of each NIC, with their user counts: mpathd's joins count.
+    memberships: ByIfindex,
+    /// mpathd's own joins.
+    joined: BTreeSet<(u32, IpAddr)>,
     sent: Rc<RefCell<Vec<SentProbe>>>,
     events: RefCell<VecDeque<NetEvent>>,
     /// An empty `net` tree: the daemon never writes the real one.
@@ -92,6 +96,8 @@ impl FakeHost {
             silent: BTreeSet::new(),
             dumps_fail: Cell::new(false),
             announced: RefCell::default(),
+            memberships: ByIfindex::new(),
+            joined: BTreeSet::new(),
             sent: Rc::default(),
             events: RefCell::default(),
             netconf: tempfile::tempdir().expect("a scratch directory"),
@@ -149,6 +155,21 @@ impl FakeHost {
 
     pub fn set_now(&self, now: Instant) {
         self.clock.set(now);
+    }
+
+    /// An application joins multicast `group` on NIC `ifindex`.
+    pub fn join_by_application(&mut self, ifindex: u32, group: IpAddr) {
+        *self
+            .memberships
+            .entry(ifindex)
+            .or_default()
+            .entry(group)
+            .or_default() += 1;
+    }
+
+    /// The groups mpathd itself has joined, by NIC.
+    pub fn joined_by_mpathd(&self) -> BTreeSet<(u32, IpAddr)> {
+        self.joined.clone()
     }
 
     /// The driver refuses mpathd's programs on `name` from now on, or takes them again.
@@ -695,14 +716,26 @@ impl HostIo for FakeHost {
     }
 
     fn memberships(&self) -> Result<ByIfindex, MulticastError> {
-        Ok(ByIfindex::new())
+        Ok(self.memberships.clone())
     }
 
-    fn join(&mut self, _ifindex: u32, _group: IpAddr) -> Result<(), MulticastError> {
+    fn join(&mut self, ifindex: u32, group: IpAddr) -> Result<(), MulticastError> {
+        if self.joined.insert((ifindex, group)) {
+            self.join_by_application(ifindex, group);
+        }
         Ok(())
     }
 
-    fn leave(&mut self, _ifindex: u32, _group: IpAddr) -> Result<(), MulticastError> {
+    fn leave(&mut self, ifindex: u32, group: IpAddr) -> Result<(), MulticastError> {
+        if self.joined.remove(&(ifindex, group))
+            && let Some(groups) = self.memberships.get_mut(&ifindex)
+            && let Some(users) = groups.get_mut(&group)
+        {
+            *users -= 1;
+            if *users == 0 {
+                groups.remove(&group);
+            }
+        }
         Ok(())
     }
 

@@ -701,3 +701,26 @@ async fn a_carrier_loss_reported_ahead_of_the_link_event_fails_over_once_confirm
     s.settle().await;
     assert_eq!(s.holders("192.0.2.20/24"), holders);
 }
+
+#[tokio::test]
+async fn a_multicast_group_joined_on_a_failed_nic_is_joined_where_its_address_went_until_repair() {
+    let mut host = three_nic_host();
+    let group = "239.1.2.3".parse().unwrap();
+    host.join_by_application(H0, group);
+    let mut s = Scenario::start(THREE_NICS, host).await;
+    assert!(s.host().joined_by_mpathd().is_empty());
+
+    s.set_carrier(H0, false).await;
+    let holders = s.holders("192.0.2.20/24");
+    let taker = *holders.first().unwrap();
+    assert_ne!(taker, H0);
+    assert_eq!(
+        s.host().joined_by_mpathd(),
+        BTreeSet::from([(taker, group)])
+    );
+
+    s.set_carrier(H0, true).await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert!(s.host().joined_by_mpathd().is_empty(), "left on repair");
+}
