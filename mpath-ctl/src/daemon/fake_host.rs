@@ -53,9 +53,9 @@ pub(crate) struct FakeHost {
     clock: Cell<Instant>,
     links: RefCell<BTreeMap<u32, Link>>,
     addresses: RefCell<Vec<(u32, IpCidr, Origin)>>,
-    pub main: RefCell<Vec<MainRoute>>,
+    main: RefCell<Vec<MainRoute>>,
     /// mpathd's table, by destination and metric.
-    pub table: RefCell<BTreeMap<(IpCidr, u32), TableRoute<u32>>>,
+    table: RefCell<BTreeMap<(IpCidr, u32), TableRoute<u32>>>,
     link_routes: RefCell<BTreeSet<LinkRoute>>,
     nexthops: RefCell<BTreeMap<u32, Nexthop>>,
     /// NICs (by ifindex) carrying mpathd's programs.
@@ -146,6 +146,12 @@ impl FakeHost {
     /// Someone takes mpathd's programs off a NIC (`bpftool link detach`).
     pub fn detach_behind_mpathds_back(&mut self, ifindex: u32) {
         self.attached.remove(&ifindex);
+    }
+
+    /// Puts a route in the main table before mpathd starts (a DHCP client's default route,
+    /// say).
+    pub fn put_main_route(&mut self, route: MainRoute) {
+        self.main.get_mut().push(route);
     }
 
     /// Puts an address on a NIC before mpathd starts (a link-local address, say).

@@ -11,6 +11,7 @@ use mpath_common::ProbeReply;
 
 use crate::{
     config::Config,
+    core::routes::{Hop, MainRoute},
     core::state::{Event, FailureCause, IfState, OfflineReason},
     daemon::{ConfigPaths, Daemon, fake_host::FakeHost, host_io::HostIo, probing::ProbeContext},
     net::address::IpCidr,
@@ -723,4 +724,59 @@ async fn a_multicast_group_joined_on_a_failed_nic_is_joined_where_its_address_we
     s.run_for(DETECTION).await;
     assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
     assert!(s.host().joined_by_mpathd().is_empty(), "left on repair");
+}
+
+/// Three NICs without configured targets or routes: the group serves the main table's routes
+/// through its NICs and probes their router.
+const THREE_NICS_MAIN_TABLE: &str = r#"
+[[group]]
+name = "g0"
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.10/24"
+data_addresses = ["192.0.2.20/24"]
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.11/24"
+[[group.interface]]
+name = "h2"
+test_address = "192.0.2.12/24"
+"#;
+
+#[tokio::test]
+async fn a_default_route_on_one_nic_is_served_through_the_group_and_probed_for_failures() {
+    let mut host = three_nic_host();
+    // A DHCP client's default route, through h0 only.
+    host.put_main_route(MainRoute {
+        destination: cidr("0.0.0.0/0"),
+        metric: 100,
+        tos: 0,
+        plain: true,
+        prefsrc: None,
+        hops: smallvec::smallvec![Hop {
+            oif: H0,
+            gateway: Some("192.0.2.1".parse().unwrap()),
+        }],
+    });
+    let mut s = Scenario::start(THREE_NICS_MAIN_TABLE, host).await;
+    s.run_for(PAST_QUIET).await;
+    assert_eq!(
+        s.host().routed_through(cidr("0.0.0.0/0")),
+        BTreeSet::from([H0, H1, H2])
+    );
+
+    // The router of the default route is every NIC's target: h0 fails by its probes.
+    s.host_mut().silent.insert(H0);
+    let probes_lost = IfState::Failed {
+        cause: FailureCause::ProbesLost,
+    };
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == probes_lost)
+            .await
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("0.0.0.0/0")),
+        BTreeSet::from([H1, H2])
+    );
+    assert!(!s.holders("192.0.2.20/24").contains(&H0));
 }
