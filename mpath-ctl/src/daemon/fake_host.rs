@@ -187,6 +187,23 @@ impl FakeHost {
         }
     }
 
+    /// Someone takes the NIC down (`ip link set down`): IPv4 deletes the main table's routes
+    /// through it and the kernel its nexthops, without a word, and announces the link.
+    pub fn take_down(&self, ifindex: u32) {
+        let link = {
+            let mut links = self.links.borrow_mut();
+            let link = links.get_mut(&ifindex).expect("a NIC of the host");
+            link.up = false;
+            link.running = false;
+            link.clone()
+        };
+        self.main.borrow_mut().retain(|route| {
+            route.destination.addr().is_ipv6() || route.hops.iter().all(|h| h.oif != ifindex)
+        });
+        self.flush_nexthops_through(ifindex);
+        self.events.borrow_mut().push_back(NetEvent::Link(link));
+    }
+
     /// The NIC gains or loses its carrier; the kernel deletes the nexthops through a NIC that
     /// lost it (and groups and routes left without a member) without a word, and announces
     /// the link.

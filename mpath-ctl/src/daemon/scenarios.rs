@@ -780,3 +780,37 @@ async fn a_default_route_on_one_nic_is_served_through_the_group_and_probed_for_f
     );
     assert!(!s.holders("192.0.2.20/24").contains(&H0));
 }
+
+#[tokio::test]
+async fn a_default_route_the_kernel_deleted_with_its_nic_is_held_by_the_group() {
+    let mut host = three_nic_host();
+    host.put_main_route(MainRoute {
+        destination: cidr("0.0.0.0/0"),
+        metric: 100,
+        tos: 0,
+        plain: true,
+        prefsrc: None,
+        hops: smallvec::smallvec![Hop {
+            oif: H0,
+            gateway: Some("192.0.2.1".parse().unwrap()),
+        }],
+    });
+    let mut s = Scenario::start(THREE_NICS_MAIN_TABLE, host).await;
+    s.run_for(PAST_QUIET).await;
+    s.host().take_down(H0);
+    s.settle().await;
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.state_of("h0"),
+        IfState::Failed {
+            cause: FailureCause::LinkDown
+        }
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("0.0.0.0/0")),
+        BTreeSet::from([H1, H2]),
+        "off-link traffic still has a way out"
+    );
+    let group = &s.daemon.groups[0];
+    assert_eq!(group.held_routes.len(), 1, "{:?}", group.held_routes);
+}
