@@ -44,6 +44,13 @@ to = "198.51.100.0/24"
 via = "192.0.2.1"
 "#;
 
+const LINK_DOWN: IfState = IfState::Failed {
+    cause: FailureCause::LinkDown,
+};
+const PROBES_LOST: IfState = IfState::Failed {
+    cause: FailureCause::ProbesLost,
+};
+
 /// Longer than the startup quiet period, in which a cold start holds failures back.
 const PAST_QUIET: Duration = Duration::from_secs(45);
 
@@ -191,6 +198,15 @@ impl Scenario {
             .unwrap()
     }
 
+    /// Asserts that `address` is on exactly one NIC, not on `nic`.
+    fn assert_moved_off(&self, address: &str, nic: u32, what: &str) {
+        let holders = self.holders(address);
+        assert!(
+            holders.len() == 1 && !holders.contains(&nic),
+            "{what}: {address} is on {holders:?}"
+        );
+    }
+
     /// The NICs holding `address`.
     fn holders(&self, address: &str) -> BTreeSet<u32> {
         let address = cidr(address);
@@ -219,12 +235,7 @@ async fn a_carrier_loss_moves_the_address_and_re_forms_the_routes_and_its_return
 {
     let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
     s.set_carrier(H0, false).await;
-    assert_eq!(
-        s.state_of("h0"),
-        IfState::Failed {
-            cause: FailureCause::LinkDown
-        }
-    );
+    assert_eq!(s.state_of("h0"), LINK_DOWN);
     let holders = s.holders("192.0.2.20/24");
     assert_eq!(holders.len(), 1, "on one NIC: {holders:?}");
     assert!(!holders.contains(&H0), "moved off h0");
@@ -258,20 +269,13 @@ async fn a_nic_whose_probes_go_unanswered_fails_and_is_repaired_when_they_are_an
     s.run_for(PAST_QUIET).await;
     assert_eq!(s.state_of("h0"), IfState::Ok);
     s.host_mut().silent.insert(H0);
-    let probes_lost = IfState::Failed {
-        cause: FailureCause::ProbesLost,
-    };
     assert!(
-        s.run_until(DETECTION, |s| s.state_of("h0") == probes_lost)
+        s.run_until(DETECTION, |s| s.state_of("h0") == PROBES_LOST)
             .await
     );
     // At once, as the failure is found: the address, and the group's nexthop group
     // re-formed without the NIC (the kernel keeps nexthops through a NIC with carrier).
-    let holders = s.holders("192.0.2.20/24");
-    assert!(
-        holders.len() == 1 && !holders.contains(&H0),
-        "moved off h0: {holders:?}"
-    );
+    s.assert_moved_off("192.0.2.20/24", H0, "moved off h0");
     assert_eq!(
         s.host().routed_through(cidr("198.51.100.0/24")),
         BTreeSet::from([H1, H2])
@@ -279,7 +283,7 @@ async fn a_nic_whose_probes_go_unanswered_fails_and_is_repaired_when_they_are_an
     s.run_for(DETECTION).await;
     assert_eq!(
         s.state_of("h0"),
-        probes_lost,
+        PROBES_LOST,
         "while its probes go unanswered"
     );
 
@@ -307,11 +311,7 @@ async fn a_nic_the_programs_cannot_attach_to_is_never_used_until_they_attach() {
         }
     );
     assert!(!s.host().is_attached(H0));
-    let holders = s.holders("192.0.2.20/24");
-    assert!(
-        holders.len() == 1 && !holders.contains(&H0),
-        "its data address is on a usable NIC: {holders:?}"
-    );
+    s.assert_moved_off("192.0.2.20/24", H0, "its data address is on a usable NIC");
     assert!(
         !s.host().addresses_on(H0).contains(&cidr("192.0.2.10/32")),
         "no test address before the programs"
@@ -350,17 +350,8 @@ async fn a_resynchronisation_that_fails_after_lost_notifications_is_tried_again(
     // No notification comes to trigger it: the retry alone finds the failure.
     s.host().dumps_fail.set(false);
     s.run_for(Duration::from_secs(3)).await;
-    assert_eq!(
-        s.state_of("h0"),
-        IfState::Failed {
-            cause: FailureCause::LinkDown
-        }
-    );
-    let holders = s.holders("192.0.2.20/24");
-    assert!(
-        holders.len() == 1 && !holders.contains(&H0),
-        "moved off h0: {holders:?}"
-    );
+    assert_eq!(s.state_of("h0"), LINK_DOWN);
+    s.assert_moved_off("192.0.2.20/24", H0, "moved off h0");
     assert_eq!(
         s.host().routed_through(cidr("198.51.100.0/24")),
         BTreeSet::from([H1, H2])
@@ -393,11 +384,8 @@ async fn a_restart_keeps_the_group_routes_the_probe_targets_and_a_failure_found_
     let mut s = Scenario::start(THREE_NICS_ROUTER_ONLY, three_nic_host()).await;
     s.run_for(PAST_QUIET).await;
     s.host_mut().silent.insert(H0);
-    let probes_lost = IfState::Failed {
-        cause: FailureCause::ProbesLost,
-    };
     assert!(
-        s.run_until(DETECTION, |s| s.state_of("h0") == probes_lost)
+        s.run_until(DETECTION, |s| s.state_of("h0") == PROBES_LOST)
             .await
     );
     // The plan that follows deletes the nexthop through h0.
@@ -406,12 +394,8 @@ async fn a_restart_keeps_the_group_routes_the_probe_targets_and_a_failure_found_
     let host = s.stop();
 
     let mut s = Scenario::start(THREE_NICS_ROUTER_ONLY, host).await;
-    assert_eq!(s.state_of("h0"), probes_lost, "the failure is adopted");
-    let holders = s.holders("192.0.2.20/24");
-    assert!(
-        holders.len() == 1 && !holders.contains(&H0),
-        "the address stays off h0: {holders:?}"
-    );
+    assert_eq!(s.state_of("h0"), PROBES_LOST, "the failure is adopted");
+    s.assert_moved_off("192.0.2.20/24", H0, "the address stays off h0");
     assert_eq!(
         s.host().routed_through(cidr("198.51.100.0/24")),
         BTreeSet::from([H1, H2])
@@ -425,7 +409,7 @@ async fn a_restart_keeps_the_group_routes_the_probe_targets_and_a_failure_found_
     assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
     s.host_mut().silent.insert(H1);
     assert!(
-        s.run_until(DETECTION, |s| s.state_of("h1") == probes_lost)
+        s.run_until(DETECTION, |s| s.state_of("h1") == PROBES_LOST)
             .await
     );
     assert_eq!(
@@ -440,11 +424,7 @@ async fn a_renamed_nic_leaves_the_group_with_what_mpathd_put_on_it_and_rejoins_u
     s.host().rename(H0, "eth9");
     s.settle().await;
     assert_eq!(s.state_of("h0"), IfState::Missing);
-    let holders = s.holders("192.0.2.20/24");
-    assert!(
-        holders.len() == 1 && !holders.contains(&H0),
-        "moved off the renamed NIC: {holders:?}"
-    );
+    s.assert_moved_off("192.0.2.20/24", H0, "moved off the renamed NIC");
     assert!(
         s.host().addresses_on(H0).is_empty(),
         "its test address went too"
@@ -475,11 +455,7 @@ async fn an_address_someone_else_puts_on_a_nic_is_adopted_and_fails_over_with_it
     s.host().add_others_address(H1, cidr("192.0.2.99/24"));
     s.settle().await;
     s.set_carrier(H1, false).await;
-    let holders = s.holders("192.0.2.99/24");
-    assert!(
-        holders.len() == 1 && !holders.contains(&H1),
-        "moved off h1 with its data address: {holders:?}"
-    );
+    s.assert_moved_off("192.0.2.99/24", H1, "moved off h1 with its data address");
     assert!(!s.holders("192.0.2.21/24").contains(&H1));
 
     s.set_carrier(H1, true).await;
@@ -495,11 +471,8 @@ async fn a_reload_changes_the_group_routes_and_keeps_a_failed_nic_out_of_them() 
     // h2 holds no data address: nothing on the host tells a new group it failed, only what
     // the group it replaces went through.
     s.host_mut().silent.insert(H2);
-    let probes_lost = IfState::Failed {
-        cause: FailureCause::ProbesLost,
-    };
     assert!(
-        s.run_until(DETECTION, |s| s.state_of("h2") == probes_lost)
+        s.run_until(DETECTION, |s| s.state_of("h2") == PROBES_LOST)
             .await
     );
     let changed = THREE_NICS
@@ -512,7 +485,7 @@ async fn a_reload_changes_the_group_routes_and_keeps_a_failed_nic_out_of_them() 
     s.run_for(Duration::from_secs(1)).await;
     assert_eq!(
         s.state_of("h2"),
-        probes_lost,
+        PROBES_LOST,
         "still failed after the reload"
     );
     assert_eq!(
@@ -524,10 +497,10 @@ async fn a_reload_changes_the_group_routes_and_keeps_a_failed_nic_out_of_them() 
         s.host().routed_through(cidr("198.51.100.0/24")).is_empty(),
         "the route the configuration no longer has is gone"
     );
-    let holders = s.holders("192.0.2.22/24");
-    assert!(
-        holders.len() == 1 && !holders.contains(&H2),
-        "h2's new address is placed on a usable NIC: {holders:?}"
+    s.assert_moved_off(
+        "192.0.2.22/24",
+        H2,
+        "h2's new address is placed on a usable NIC",
     );
 
     s.host_mut().silent.remove(&H2);
@@ -592,11 +565,7 @@ async fn a_nic_deleted_and_created_again_under_another_ifindex_is_set_up_anew() 
     s.host().remove_nic(H0);
     s.settle().await;
     assert_eq!(s.state_of("h0"), IfState::Missing);
-    let holders = s.holders("192.0.2.20/24");
-    assert!(
-        holders.len() == 1 && !holders.contains(&H0),
-        "moved to a NIC that is there: {holders:?}"
-    );
+    s.assert_moved_off("192.0.2.20/24", H0, "moved to a NIC that is there");
     s.run_for(Duration::from_secs(1)).await;
     assert_eq!(
         s.host().routed_through(cidr("198.51.100.0/24")),
@@ -654,11 +623,8 @@ async fn a_nic_probing_over_ipv6_fails_silently_and_its_address_is_announced_fro
 
     s.host().take_announced();
     s.host_mut().silent.insert(H0);
-    let probes_lost = IfState::Failed {
-        cause: FailureCause::ProbesLost,
-    };
     assert!(
-        s.run_until(DETECTION, |s| s.state_of("h0") == probes_lost)
+        s.run_until(DETECTION, |s| s.state_of("h0") == PROBES_LOST)
             .await
     );
     assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H1]));
@@ -687,12 +653,7 @@ async fn a_carrier_loss_reported_ahead_of_the_link_event_fails_over_once_confirm
     let link_events = s.host().take_events();
     s.daemon.carrier_lost(H0, None, now).await;
     s.settle().await;
-    assert_eq!(
-        s.state_of("h0"),
-        IfState::Failed {
-            cause: FailureCause::LinkDown
-        }
-    );
+    assert_eq!(s.state_of("h0"), LINK_DOWN);
     assert!(!s.holders("192.0.2.20/24").contains(&H0));
     // The link event that follows changes nothing more.
     let holders = s.holders("192.0.2.20/24");
@@ -726,6 +687,21 @@ async fn a_multicast_group_joined_on_a_failed_nic_is_joined_where_its_address_we
     assert!(s.host().joined_by_mpathd().is_empty(), "left on repair");
 }
 
+/// A DHCP client's default route through the link's router, out of `oif` only.
+fn dhcp_default_route(oif: u32) -> MainRoute {
+    MainRoute {
+        destination: cidr("0.0.0.0/0"),
+        metric: 100,
+        tos: 0,
+        plain: true,
+        prefsrc: None,
+        hops: smallvec::smallvec![Hop {
+            oif,
+            gateway: Some("192.0.2.1".parse().unwrap()),
+        }],
+    }
+}
+
 /// Three NICs without configured targets or routes: the group serves the main table's routes
 /// through its NICs and probes their router.
 const THREE_NICS_MAIN_TABLE: &str = r#"
@@ -747,17 +723,7 @@ test_address = "192.0.2.12/24"
 async fn a_default_route_on_one_nic_is_served_through_the_group_and_probed_for_failures() {
     let mut host = three_nic_host();
     // A DHCP client's default route, through h0 only.
-    host.put_main_route(MainRoute {
-        destination: cidr("0.0.0.0/0"),
-        metric: 100,
-        tos: 0,
-        plain: true,
-        prefsrc: None,
-        hops: smallvec::smallvec![Hop {
-            oif: H0,
-            gateway: Some("192.0.2.1".parse().unwrap()),
-        }],
-    });
+    host.put_main_route(dhcp_default_route(H0));
     let mut s = Scenario::start(THREE_NICS_MAIN_TABLE, host).await;
     s.run_for(PAST_QUIET).await;
     assert_eq!(
@@ -767,11 +733,8 @@ async fn a_default_route_on_one_nic_is_served_through_the_group_and_probed_for_f
 
     // The router of the default route is every NIC's target: h0 fails by its probes.
     s.host_mut().silent.insert(H0);
-    let probes_lost = IfState::Failed {
-        cause: FailureCause::ProbesLost,
-    };
     assert!(
-        s.run_until(DETECTION, |s| s.state_of("h0") == probes_lost)
+        s.run_until(DETECTION, |s| s.state_of("h0") == PROBES_LOST)
             .await
     );
     assert_eq!(
@@ -784,28 +747,13 @@ async fn a_default_route_on_one_nic_is_served_through_the_group_and_probed_for_f
 #[tokio::test]
 async fn a_default_route_the_kernel_deleted_with_its_nic_is_held_by_the_group() {
     let mut host = three_nic_host();
-    host.put_main_route(MainRoute {
-        destination: cidr("0.0.0.0/0"),
-        metric: 100,
-        tos: 0,
-        plain: true,
-        prefsrc: None,
-        hops: smallvec::smallvec![Hop {
-            oif: H0,
-            gateway: Some("192.0.2.1".parse().unwrap()),
-        }],
-    });
+    host.put_main_route(dhcp_default_route(H0));
     let mut s = Scenario::start(THREE_NICS_MAIN_TABLE, host).await;
     s.run_for(PAST_QUIET).await;
     s.host().take_down(H0);
     s.settle().await;
     s.run_for(Duration::from_secs(1)).await;
-    assert_eq!(
-        s.state_of("h0"),
-        IfState::Failed {
-            cause: FailureCause::LinkDown
-        }
-    );
+    assert_eq!(s.state_of("h0"), LINK_DOWN);
     assert_eq!(
         s.host().routed_through(cidr("0.0.0.0/0")),
         BTreeSet::from([H1, H2]),
