@@ -118,6 +118,17 @@ impl FakeHost {
         self.events.borrow_mut().push_back(NetEvent::Link(link));
     }
 
+    /// Gives NIC `ifindex` another hardware address, announced with the link.
+    pub fn set_mac(&self, ifindex: u32, mac: [u8; 6]) {
+        let link = {
+            let mut links = self.links.borrow_mut();
+            let link = links.get_mut(&ifindex).expect("a NIC of the host");
+            link.mac = Some(mac);
+            link.clone()
+        };
+        self.events.borrow_mut().push_back(NetEvent::Link(link));
+    }
+
     /// Deletes a NIC: the kernel announces its addresses gone, then the NIC, and takes the
     /// nexthops through it along without a word.
     pub fn remove_nic(&self, ifindex: u32) {

@@ -762,3 +762,66 @@ async fn a_default_route_the_kernel_deleted_with_its_nic_is_held_by_the_group() 
     let group = &s.daemon.groups[0];
     assert_eq!(group.held_routes.len(), 1, "{:?}", group.held_routes);
 }
+
+#[tokio::test]
+async fn when_every_target_goes_silent_at_once_the_group_fails_and_nothing_moves() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    s.host_mut().silent.extend([H0, H1, H2]);
+    let unreachable = IfState::Failed {
+        cause: FailureCause::TargetsUnreachable,
+    };
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == unreachable)
+            .await
+    );
+    s.run_for(Duration::from_secs(1)).await;
+    assert!(
+        ["h0", "h1", "h2"]
+            .iter()
+            .all(|n| s.state_of(n) == unreachable)
+    );
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
+
+    // The targets answer again: the NICs are repaired one by one, and nothing moved.
+    s.host_mut().silent.clear();
+    s.run_for(DETECTION).await;
+    assert!(
+        ["h0", "h1", "h2"]
+            .iter()
+            .all(|n| s.state_of(n) == IfState::Ok)
+    );
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_nic_given_another_nic_s_hardware_address_is_never_used_until_it_has_its_own() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let h0_mac = [2, 0, 0, 0, 0, H0 as u8];
+    s.host().set_mac(H1, h0_mac);
+    s.settle().await;
+    assert_eq!(
+        s.state_of("h1"),
+        IfState::Offline {
+            failure: None,
+            reason: OfflineReason::DuplicateMac
+        }
+    );
+    s.assert_moved_off("192.0.2.21/24", H1, "the duplicate carries no address");
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H2])
+    );
+
+    s.host().set_mac(H1, [2, 0, 0, 0, 0, 0x33]);
+    s.settle().await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h1"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
+}
