@@ -4,7 +4,8 @@
 //! a nexthop needs carrier on its NIC, a NIC losing carrier takes its nexthops (and the
 //! groups and routes left without a member) along without a word, a probe socket needs its
 //! source address. What the kernel would announce (links, addresses) is queued for the test
-//! to deliver, as the monitor would; route notifications are not.
+//! to deliver, as the monitor would; of the route notifications, only that of a route someone
+//! deletes from mpathd's table.
 //!
 //! Not modelled: the carrier watch's early reports (tests call the handler), rules, the
 //! source hook and its maps (it never attaches), the bucket table's MACs, the receive
@@ -26,7 +27,7 @@ use mpath_common::{
 
 use crate::{
     config::ProbeRx,
-    core::routes::{LinkRoute, MainRoute, TableRoute, Via},
+    core::routes::{Hops, LinkRoute, MainRoute, TableRoute, Via},
     core::spread::Table,
     daemon::{
         announcer::Announcement,
@@ -36,7 +37,10 @@ use crate::{
     net::address::IpCidr,
     net::multicast::{ByIfindex, MulticastError},
     net::netconf::Netconf,
-    net::netlink::{AddressOptions, Interface, Link, NetEvent, NetlinkError, Origin},
+    net::netlink::{
+        AddressOptions, Interface, Link, MPATHD_PROTOCOL, NetEvent, NetlinkError, Origin,
+        RouteNotice,
+    },
     net::nexthop::{Nexthop, NexthopError, NexthopKind, RequestError},
 };
 
@@ -116,6 +120,40 @@ impl FakeHost {
         };
         self.links.borrow_mut().insert(ifindex, link.clone());
         self.events.borrow_mut().push_back(NetEvent::Link(link));
+    }
+
+    /// Someone deletes the route to `destination` from table `table` (mpathd's); the kernel
+    /// announces it.
+    pub fn delete_table_route(&self, table: u32, destination: IpCidr) {
+        let removed: Vec<((IpCidr, u32), TableRoute<u32>)> = {
+            let mut routes = self.table.borrow_mut();
+            let keys: Vec<(IpCidr, u32)> = routes
+                .range((destination, 0)..=(destination, u32::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| Some((k, routes.remove(&k)?)))
+                .collect()
+        };
+        for ((destination, metric), route) in removed {
+            let notice = RouteNotice {
+                table,
+                protocol: MPATHD_PROTOCOL,
+                route: MainRoute {
+                    destination,
+                    metric,
+                    tos: 0,
+                    plain: false,
+                    prefsrc: route.prefsrc,
+                    hops: Hops::new(),
+                },
+                table_route: Some(route),
+                replace: false,
+            };
+            self.events
+                .borrow_mut()
+                .push_back(NetEvent::RouteRemoved(notice));
+        }
     }
 
     /// Gives NIC `ifindex` another hardware address, announced with the link.

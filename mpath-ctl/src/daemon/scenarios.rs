@@ -825,3 +825,17 @@ async fn a_nic_given_another_nic_s_hardware_address_is_never_used_until_it_has_i
     assert_eq!(s.state_of("h1"), IfState::Ok);
     assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
 }
+
+#[tokio::test]
+async fn a_route_someone_deletes_from_mpathd_s_table_is_put_back() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let table = s.daemon.config.daemon.route_table;
+    s.host().delete_table_route(table, cidr("198.51.100.0/24"));
+    assert!(s.host().routed_through(cidr("198.51.100.0/24")).is_empty());
+    s.settle().await;
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
