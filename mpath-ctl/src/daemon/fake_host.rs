@@ -1,10 +1,11 @@
 //! An in-memory host for the daemon's scenario tests: links, addresses, the main table,
-//! mpathd's table and nexthop objects, the datapath's attachments and maps, with a clock the
-//! test moves. It keeps the kernel's rules the daemon depends on: an address needs its link,
-//! a nexthop needs carrier on its NIC, a NIC losing carrier takes its nexthops (and the
-//! groups and routes left without a member) along without a word, a probe socket needs its
-//! source address. What the kernel would announce (links, addresses) is queued for the test
-//! to deliver, as the monitor would; of the route notifications, only that of a route someone
+//! mpathd's table and nexthop objects, the datapath's attachments, NICs and bucket tables,
+//! multicast memberships, with a clock the test moves. It keeps the kernel's rules the daemon
+//! depends on: an address needs its link, a nexthop needs carrier on its NIC, a NIC losing
+//! carrier takes its nexthops (and the groups and routes left without a member) along without
+//! a word, a NIC taken down its IPv4 main-table routes too, a probe socket needs its source
+//! address. What the kernel would announce (links, addresses) is queued for the test to
+//! deliver, as the monitor would; of the route notifications, only that of a route someone
 //! deletes from mpathd's table.
 //!
 //! Not modelled: the carrier watch's early reports (tests call the handler), rules, the
@@ -358,6 +359,13 @@ impl FakeHost {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The NICs the bucket table of group `id` sends traffic to.
+    pub fn buckets_of(&self, id: u32) -> BTreeSet<u32> {
+        self.table(id)
+            .map(|t| t.into_iter().filter(|i| *i != 0).collect())
+            .unwrap_or_default()
     }
 
     /// The ids of the nexthop objects.

@@ -234,8 +234,15 @@ async fn the_configured_addresses_and_routes_are_placed_at_start() {
 async fn a_carrier_loss_moves_the_address_and_re_forms_the_routes_and_its_return_brings_them_back()
 {
     let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let id = s.daemon.groups[0].id;
+    assert_eq!(s.host().buckets_of(id), BTreeSet::from([H0, H1, H2]));
     s.set_carrier(H0, false).await;
     assert_eq!(s.state_of("h0"), LINK_DOWN);
+    assert_eq!(
+        s.host().buckets_of(id),
+        BTreeSet::from([H1, H2]),
+        "the bucket table spreads over the others"
+    );
     let holders = s.holders("192.0.2.20/24");
     assert_eq!(holders.len(), 1, "on one NIC: {holders:?}");
     assert!(!holders.contains(&H0), "moved off h0");
@@ -257,6 +264,7 @@ async fn a_carrier_loss_moves_the_address_and_re_forms_the_routes_and_its_return
     s.run_for(DETECTION).await;
     assert_eq!(s.state_of("h0"), IfState::Ok);
     assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]), "failback");
+    assert_eq!(s.host().buckets_of(id), BTreeSet::from([H0, H1, H2]));
     assert_eq!(
         s.host().routed_through(cidr("198.51.100.0/24")),
         BTreeSet::from([H0, H1, H2])
