@@ -10,7 +10,7 @@ use mpath_ctl::{
     api::manpages,
     config::{self, Config},
     daemon::{
-        ConfigPaths, Daemon, check_against_host, logging, remove_routes, remove_test_addresses,
+        ConfigPaths, Mpathd, check_against_host, logging, remove_routes, remove_test_addresses,
     },
     datapath,
     net::netlink::Monitor,
@@ -166,7 +166,7 @@ fn main() -> ExitCode {
         defaults: args.defaults,
     };
     match runtime.block_on(async {
-        Daemon::start(config, paths, args.netlink_receive_buffer)
+        Mpathd::start(config, paths, args.netlink_receive_buffer)
             .await?
             .run()
             .await

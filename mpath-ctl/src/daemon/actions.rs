@@ -7,10 +7,10 @@ use tracing::Level;
 
 use crate::{
     core::state::{Action, Event, FailureCause, IfState},
-    daemon::{Daemon, group::GroupRuntime},
+    daemon::{Daemon, group::GroupRuntime, host_io::HostIo},
 };
 
-impl Daemon {
+impl<H: HostIo> Daemon<H> {
     /// Feeds one event to a group's state machine and carries out its decisions.
     pub(super) async fn handle(&mut self, gi: usize, event: Event, now: Instant) {
         match self.groups[gi].fsm.handle(event, now) {
@@ -38,8 +38,8 @@ impl Daemon {
                     if *cause == FailureCause::ProbesLost
                         && let Some(n) = group.nics.iter_mut().find(|n| n.name == *nic)
                     {
-                        match self.datapath.maps.counters(n.slot) {
-                            Ok(c) => n.rx.observe(c.rx_packets, Instant::now()),
+                        match self.host.counters(n.slot) {
+                            Ok(c) => n.rx.observe(c.rx_packets, self.host.now()),
                             Err(e) => tracing::debug!("receive counter of {nic}: {e}"),
                         }
                         tracing::warn!("{}", n.rx.explain_failure(nic));
@@ -72,8 +72,7 @@ impl Daemon {
                     let offline = matches!(action, Action::Offlined { .. });
                     if let Some(ifindex) = group.ifindex_of(nic)
                         && let Err(e) = self
-                            .datapath
-                            .maps
+                            .host
                             .update_nic(ifindex, |info| info.set_offline(offline))
                     {
                         tracing::warn!("{nic}: keeping its offline state in the datapath: {e}");
@@ -93,7 +92,7 @@ impl Daemon {
             }
         }
         // Probers trust RTTs only while their NIC works (not failed, not offline).
-        let now = Instant::now();
+        let now = self.host.now();
         let group = &mut self.groups[gi];
         for nic in &mut group.nics {
             let working = matches!(group.fsm.interface_state(&nic.name), Some(IfState::Ok));

@@ -13,7 +13,7 @@ use crate::{
     core::spread,
     core::state::Event,
     core::target::AddressFamily,
-    daemon::{Daemon, announcer::Announcement, is_link_local},
+    daemon::{Daemon, announcer::Announcement, host_io::HostIo, is_link_local},
     net::address::IpCidr,
     net::netlink::{AddressOptions, Origin},
 };
@@ -27,7 +27,7 @@ enum KernelAddress {
     Unknown,
 }
 
-impl Daemon {
+impl<H: HostIo> Daemon<H> {
     /// The kernel reports a new address.
     pub(super) async fn address_added(&mut self, ifindex: u32, cidr: IpCidr) {
         if !self.addresses.contains(&(ifindex, cidr)) {
@@ -70,7 +70,7 @@ impl Daemon {
             Added::Adopt { .. } => {
                 for gi in self.adopt_addresses(&[(ifindex, cidr)]) {
                     self.move_addresses(gi).await;
-                    self.routing.changed(Instant::now());
+                    self.routing.changed(self.host.now());
                 }
             }
         }
@@ -161,7 +161,7 @@ impl Daemon {
 
     /// Whether the kernel has `cidr` on `ifindex` right now, and who made it.
     async fn kernel_lookup(&self, ifindex: u32, cidr: IpCidr) -> KernelAddress {
-        match self.netlink.addresses_with_origin().await {
+        match self.host.addresses_with_origin().await {
             Ok(found) => found
                 .into_iter()
                 .find(|(i, c, _)| *i == ifindex && *c == cidr)
@@ -179,7 +179,7 @@ impl Daemon {
     /// addresses first, which is no tampering (its removal follows). When it cannot be asked
     /// (logged), the link is taken to be there.
     async fn link_exists(&self, ifindex: u32) -> bool {
-        match self.netlink.links().await {
+        match self.host.links().await {
             Ok(links) => links.iter().any(|l| l.ifindex == ifindex),
             Err(e) => {
                 tracing::error!("reading the links to check ifindex {ifindex}: {e}");
@@ -190,7 +190,7 @@ impl Daemon {
 
     /// Deletes an address, logging a failure.
     pub(super) async fn delete_address(&self, ifindex: u32, cidr: IpCidr) {
-        if let Err(e) = self.netlink.del_address(ifindex, cidr).await {
+        if let Err(e) = self.host.del_address(ifindex, cidr).await {
             tracing::error!("{e}");
         }
     }
@@ -207,9 +207,9 @@ impl Daemon {
             .iter()
             .filter_map(|n| n.ifindex.map(|i| (i, n.mac)))
             .collect();
-        let result = self.datapath.maps.table(group.id).and_then(|current| {
+        let result = self.host.table(group.id).and_then(|current| {
             let table = spread::rebalance(&current, &usable);
-            self.datapath.maps.write_table(group.id, &table, |i| {
+            self.host.write_table(group.id, &table, |i| {
                 macs.get(&i).copied().unwrap_or_default()
             })
         });
@@ -225,7 +225,7 @@ impl Daemon {
         for nic in group.nics.iter().filter(|n| n.attached()) {
             let Some(ifindex) = nic.ifindex else { continue };
             let routed = routes_spread && usable.contains(&ifindex);
-            if let Err(e) = self.datapath.maps.set_routed(ifindex, routed) {
+            if let Err(e) = self.host.set_routed(ifindex, routed) {
                 tracing::error!("{}: {e}", nic.name);
             }
         }
@@ -233,8 +233,9 @@ impl Daemon {
 
     /// Tells the peers where an address is reached now, at once and repeated later.
     pub(super) fn announce(&mut self, announcement: Announcement, nic: &str) {
-        let now = Instant::now();
-        if let Err(e) = self.announcer.announce(announcement, now).send() {
+        let now = self.host.now();
+        let announcement = self.announcer.announce(announcement, now);
+        if let Err(e) = self.host.announce(&announcement) {
             tracing::warn!("announcing {} on {nic}: {e}", announcement.addr);
         }
     }
@@ -262,12 +263,12 @@ impl Daemon {
                 mpathds: !group.adopted.contains(&m.addr),
                 ..Default::default()
             };
-            if let Err(e) = self.netlink.add_address(to.0, m.addr, options).await {
+            if let Err(e) = self.host.add_address(to.0, m.addr, options).await {
                 tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
                 continue;
             }
             if let Some(from) = m.from.as_deref().and_then(|f| group.ifindex_of(f))
-                && let Err(e) = self.netlink.del_address(from, m.addr).await
+                && let Err(e) = self.host.del_address(from, m.addr).await
             {
                 tracing::error!("cannot remove {} from its old NIC: {e}", m.addr);
             }

@@ -4,23 +4,14 @@
 
 use std::{net::IpAddr, time::Instant};
 
-use crate::net::announce::{self, ANNOUNCE_INTERVAL, ARP_ANNOUNCEMENTS, NA_ANNOUNCEMENTS};
+use crate::net::announce::{ANNOUNCE_INTERVAL, ARP_ANNOUNCEMENTS, NA_ANNOUNCEMENTS};
 
 /// One announcement: `addr` is reached at `mac` on `ifindex`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Announcement {
+pub(crate) struct Announcement {
     pub ifindex: u32,
     pub mac: [u8; 6],
     pub addr: IpAddr,
-}
-
-impl Announcement {
-    pub fn send(&self) -> std::io::Result<()> {
-        match self.addr {
-            IpAddr::V4(a) => announce::gratuitous_arp(self.ifindex, self.mac, a),
-            IpAddr::V6(a) => announce::unsolicited_na(self.ifindex, self.mac, a),
-        }
-    }
 }
 
 /// The repeats still to send; the daemon sends what [`Announcer::announce`] and

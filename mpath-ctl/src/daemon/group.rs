@@ -20,13 +20,14 @@ use crate::{
         reconcile::{Holdings, Member},
         state::{self, Policy, ProbeFamilies},
     },
-    net::{address::IpCidr, probe_socket::ProbeSocket},
+    daemon::host_io::ProbeSender,
+    net::address::IpCidr,
 };
 
 /// One NIC's probing in one address family.
 pub(super) struct Probing {
     pub prober: Prober,
-    pub socket: ProbeSocket,
+    pub socket: Box<dyn ProbeSender>,
     /// Sequence numbers of recent discovery echoes.
     pub discovery: Vec<u32>,
     /// Whether targets were available at the last look, to report changes once.

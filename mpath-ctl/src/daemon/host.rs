@@ -4,7 +4,8 @@
 use crate::{
     config::Config,
     core::host::{self, HostCheck, HostLink},
-    net::netlink::{Netlink, Origin},
+    net::address::IpCidr,
+    net::netlink::{Link, Netlink, Origin},
 };
 
 /// Checks `config` against the links and addresses of this network namespace; only reads.
@@ -14,9 +15,19 @@ pub async fn check_against_host(
     group_nics: &[String],
 ) -> anyhow::Result<HostCheck> {
     let netlink = Netlink::connect()?;
-    let links: Vec<HostLink> = netlink
-        .links()
-        .await?
+    let links = netlink.links().await?;
+    let addresses = netlink.addresses_with_origin().await?;
+    Ok(check_against(config, links, addresses, group_nics))
+}
+
+/// Checks `config` against `links` and `addresses` (with who made each).
+pub(super) fn check_against(
+    config: &Config,
+    links: Vec<Link>,
+    addresses: Vec<(u32, IpCidr, Origin)>,
+    group_nics: &[String],
+) -> HostCheck {
+    let links: Vec<HostLink> = links
         .into_iter()
         .map(|l| HostLink {
             ifindex: l.ifindex,
@@ -24,12 +35,10 @@ pub async fn check_against_host(
         })
         .collect();
     // mpathd's own marks are its to remove, wherever they are (see `reconcile::unconfigured`).
-    let addresses: Vec<_> = netlink
-        .addresses_with_origin()
-        .await?
+    let addresses: Vec<_> = addresses
         .into_iter()
         .filter(|(_, _, origin)| *origin != Origin::Mpathd)
         .map(|(ifindex, cidr, _)| (ifindex, cidr))
         .collect();
-    Ok(host::check(config, &links, &addresses, group_nics))
+    host::check(config, &links, &addresses, group_nics)
 }

@@ -8,19 +8,25 @@
 //! resync), `actions` (the one interpreter of the state machines' decisions), `addresses`,
 //! `announcer`, `host` (a configuration checked against the host), `multicast` (memberships
 //! that follow a failover), `probing`, `routes`, `sources` (the IPv6 source hook), `reload`,
-//! `status`; `service` and `logging` face systemd.
+//! `status`; `service` and `logging` face systemd. Everything the daemon does to the host
+//! goes through `host_io`, so that scenario tests drive it with an in-memory host.
 
 mod actions;
 mod addresses;
 mod announcer;
+#[cfg(test)]
+mod fake_host;
 mod group;
 mod host;
+mod host_io;
 pub mod logging;
 mod multicast;
 mod nics;
 mod probing;
 mod reload;
 mod routes;
+#[cfg(test)]
+mod scenarios;
 mod service;
 mod sources;
 mod status;
@@ -48,13 +54,20 @@ use crate::{
     config::Config,
     core::state::Event,
     daemon::{
-        announcer::Announcer, group::Groups, multicast::Following, probing::ProbeContext,
-        routes::Routing, service::Notifier, sources::SourceHook,
+        announcer::Announcer,
+        group::Groups,
+        host_io::{HostIo, LiveHost},
+        multicast::Following,
+        probing::ProbeContext,
+        routes::Routing,
+        service::Notifier,
+        sources::SourceHook,
     },
     datapath::{Datapath, carrier_hook::CarrierEvents},
     net::address::IpCidr,
     net::announce,
     net::carrier::CarrierWatch,
+    net::multicast::Joins,
     net::netconf::Netconf,
     net::netlink::{Monitor, NetEvent, Netlink},
     net::nexthop::Nexthops,
@@ -76,15 +89,36 @@ pub struct ConfigPaths {
     pub defaults: PathBuf,
 }
 
-pub struct Daemon {
+/// mpathd: the daemon on the host itself.
+pub struct Mpathd(Daemon<LiveHost>);
+
+impl Mpathd {
+    /// Loads (or adopts) the datapath and takes stock of the host: links, addresses, routes.
+    /// `netlink_receive_buffer` sizes the event socket's buffer (see `Monitor`).
+    pub async fn start(
+        config: Config,
+        paths: ConfigPaths,
+        netlink_receive_buffer: usize,
+    ) -> anyhow::Result<Mpathd> {
+        Daemon::start(config, paths, netlink_receive_buffer)
+            .await
+            .map(Mpathd)
+    }
+
+    /// Runs until SIGTERM or SIGINT. The datapath stays pinned and the addresses stay where
+    /// they are, so a restarted mpathd carries on without disturbing traffic.
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.0.run().await
+    }
+}
+
+/// The event loop's state, over the host `H` it acts on ([`LiveHost`] but in tests).
+pub(crate) struct Daemon<H = LiveHost> {
     config: Config,
     paths: ConfigPaths,
     /// The bound control socket, until `run` serves it.
     control: Option<tokio::net::UnixListener>,
-    datapath: Datapath,
-    netlink: Netlink,
-    monitor: Monitor,
-    nexthops: Nexthops,
+    host: H,
     groups: Groups,
     probes: ProbeContext,
     routing: Routing,
@@ -105,9 +139,6 @@ pub struct Daemon {
     restarted: bool,
     /// When to look again whether every NIC has its programs ([`Daemon::check_datapath`]).
     datapath_due: Instant,
-    /// Reads the NICs' carrier ahead of the kernel's link events, where the carrier hook
-    /// cannot run.
-    carrier_watch: CarrierWatch,
     /// The carrier hook's reports, while it runs (the carrier watch then stays off), until
     /// `run` takes them.
     carrier_events: Option<CarrierEvents>,
@@ -120,10 +151,9 @@ pub struct Daemon {
     metrics: Metrics,
 }
 
-impl Daemon {
+impl Daemon<LiveHost> {
     /// Loads (or adopts) the datapath and takes stock of the host: links, addresses, routes.
-    /// `netlink_receive_buffer` sizes the event socket's buffer (see `Monitor`).
-    pub async fn start(
+    async fn start(
         config: Config,
         paths: ConfigPaths,
         netlink_receive_buffer: usize,
@@ -147,62 +177,36 @@ impl Daemon {
         announce::open_socket()?;
         let nexthops = Nexthops::connect().context("opening rtnetlink for nexthops")?;
         nexthops.check_kernel().await?;
-        let sysctl_errors = set_routing_sysctls(false);
-        for e in &sysctl_errors {
-            tracing::warn!("{e}");
-        }
-        netlink
-            .ensure_rules(config.daemon.route_table, config.daemon.route_rule_priority)
-            .await
-            .context("adding the rule that consults mpathd's routing table")?;
-        let metrics = Metrics::new(&config.groups)?;
-        let mut daemon = Daemon {
-            config: config.clone(),
-            paths,
-            control: Some(control),
+        let host = LiveHost {
             datapath,
             netlink,
             monitor,
             nexthops,
-            groups: Groups::default(),
-            probes,
-            routing: Routing::default(),
-            addresses: Vec::new(),
-            ungrouped: BTreeMap::new(),
-            strays: BTreeMap::new(),
-            announcer: Announcer::default(),
-            following: Following::default(),
-            source_hook: SourceHook::default(),
-            restarted,
-            datapath_due: Instant::now() + DATAPATH_CHECK,
             carrier_watch: CarrierWatch::start(config.daemon.carrier_poll)
                 .context("starting the carrier watch")?,
-            carrier_events: None,
-            carrier_hook: false,
-            sysctl_errors,
-            resync_due: None,
-            metrics,
+            joins: Joins::default(),
         };
+        let sysctl_errors = set_routing_sysctls(&host.netconf(), false);
+        for e in &sysctl_errors {
+            tracing::warn!("{e}");
+        }
+        host.ensure_rules(config.daemon.route_table, config.daemon.route_rule_priority)
+            .await
+            .context("adding the rule that consults mpathd's routing table")?;
+        let mut daemon = Daemon::new(config, paths, host, probes, restarted)?;
+        daemon.control = Some(control);
+        daemon.sysctl_errors = sysctl_errors;
         // Before the NICs are set up: with the hook running, their carrier needs no reading.
         daemon.carrier_events = daemon.start_carrier_hook();
-        for g in &config.groups {
-            daemon.add_group(g)?;
-        }
-        daemon.set_up_source_hook();
-        daemon.forget_retired_sources();
-        let all = config.groups.iter().map(|g| g.name.clone()).collect();
-        daemon.resync(&all, &BTreeMap::new()).await?;
-        daemon.prune_stale_pins();
-        // Groups a reload adds later start cold.
-        daemon.restarted = false;
+        daemon.take_stock().await?;
         Ok(daemon)
     }
 
-    /// Runs until SIGTERM or SIGINT. The datapath stays pinned and the addresses stay where
-    /// they are, so a restarted mpathd carries on without disturbing traffic.
-    pub async fn run(mut self) -> anyhow::Result<()> {
-        let mut replies = self.datapath.maps.take_probe_replies()?;
+    /// Runs until SIGTERM or SIGINT.
+    async fn run(mut self) -> anyhow::Result<()> {
+        let mut replies = self.host.datapath.maps.take_probe_replies()?;
         let mut carrier_losses = self
+            .host
             .carrier_watch
             .take_losses()
             .context("carrier losses already taken")?;
@@ -241,7 +245,7 @@ impl Daemon {
             service.turn(Instant::now(), || self.status());
             let wake = self.next_wakeup();
             tokio::select! {
-                event = self.monitor.next() => {
+                event = self.host.monitor.next() => {
                     // The monitor fails only when its socket cannot be opened again; the
                     // daemon keeps running on what it knows.
                     match event {
@@ -278,7 +282,7 @@ impl Daemon {
                         tracing::error!("reading the carrier hook's events: {e}; reading the carrier instead");
                         carrier_events = None;
                         self.carrier_hook = false;
-                        self.carrier_watch.set_period(self.config.daemon.carrier_poll);
+                        self.host.set_carrier_period(self.config.daemon.carrier_poll);
                         self.watch_every_carrier();
                     }
                 },
@@ -297,8 +301,104 @@ impl Daemon {
         Ok(())
     }
 
+    /// Attaches the carrier hook where the kernel takes it and the configuration allows it
+    /// (the carrier watch then stays off), and says at start which way carrier loss reaches
+    /// mpathd.
+    fn start_carrier_hook(&mut self) -> Option<CarrierEvents> {
+        if let Err(e) = self.host.datapath.maps.clear_carrier_marks() {
+            tracing::warn!("clearing the last carrier hook's marks: {e}");
+        }
+        let attached = if self.config.daemon.carrier_hook {
+            self.host
+                .datapath
+                .attach_carrier_hook()
+                .map_err(|e| e.to_string())
+        } else {
+            Err("the carrier hook is off: carrier_hook = false".to_string())
+        };
+        match attached {
+            Ok(events) => {
+                self.carrier_hook = true;
+                self.host.set_carrier_period(None);
+                tracing::info!(
+                    "carrier loss is reported by a tracing hook on netif_carrier_off (fentry), \
+                     ahead of the kernel's link events; the NIC's outbound flows move in the \
+                     kernel at once"
+                );
+                Some(events)
+            }
+            Err(e) => {
+                match self.config.daemon.carrier_poll {
+                    Some(period) => tracing::info!(
+                        "carrier loss is read from the drivers every {} ms (sysfs), ahead of \
+                         the kernel's link events ({e})",
+                        period.as_millis()
+                    ),
+                    None => tracing::info!(
+                        "carrier loss is seen through the kernel's link events only \
+                         (carrier_poll_ms = 0; {e}): up to a second late on a physical NIC"
+                    ),
+                }
+                None
+            }
+        }
+    }
+}
+
+impl<H: HostIo> Daemon<H> {
+    /// The daemon before it has looked at the host: `restarted` when it takes over a running
+    /// datapath.
+    fn new(
+        config: Config,
+        paths: ConfigPaths,
+        host: H,
+        probes: ProbeContext,
+        restarted: bool,
+    ) -> anyhow::Result<Daemon<H>> {
+        let metrics = Metrics::new(&config.groups)?;
+        let now = host.now();
+        Ok(Daemon {
+            config,
+            paths,
+            control: None,
+            host,
+            groups: Groups::default(),
+            probes,
+            routing: Routing::default(),
+            addresses: Vec::new(),
+            ungrouped: BTreeMap::new(),
+            strays: BTreeMap::new(),
+            announcer: Announcer::default(),
+            following: Following::new(now),
+            source_hook: SourceHook::default(),
+            restarted,
+            datapath_due: now + DATAPATH_CHECK,
+            carrier_events: None,
+            carrier_hook: false,
+            sysctl_errors: Vec::new(),
+            resync_due: None,
+            metrics,
+        })
+    }
+
+    /// Builds the configured groups and sets them up on the host: the source hook, the
+    /// NICs, their addresses and the routes.
+    async fn take_stock(&mut self) -> anyhow::Result<()> {
+        for g in self.config.groups.clone() {
+            self.add_group(&g)?;
+        }
+        self.set_up_source_hook();
+        self.forget_retired_sources();
+        let all = self.config.groups.iter().map(|g| g.name.clone()).collect();
+        self.resync(&all, &BTreeMap::new()).await?;
+        self.prune_stale_pins();
+        // Groups a reload adds later start cold.
+        self.restarted = false;
+        Ok(())
+    }
+
     fn next_wakeup(&self) -> Instant {
-        let mut wake = Instant::now() + Duration::from_secs(1);
+        let mut wake = self.host.now() + Duration::from_secs(1);
         let timers = [
             Some(self.datapath_due),
             self.resync_due,
@@ -324,7 +424,7 @@ impl Daemon {
     /// What is due: planning the routes again, repeating announcements, looking at
     /// multicast memberships again, probes, and the state machines' timers.
     async fn tick(&mut self) {
-        let now = Instant::now();
+        let now = self.host.now();
         if self.resync_due.is_some_and(|due| due <= now) {
             self.resync_after_overrun(now).await;
         }
@@ -336,14 +436,14 @@ impl Daemon {
             routes::release_memory(&mut self.routing.free_after_trim);
         }
         for announcement in self.announcer.due(now) {
-            if let Err(e) = announcement.send() {
+            if let Err(e) = self.host.announce(&announcement) {
                 tracing::debug!("announcing {}: {e}", announcement.addr);
             }
         }
         self.recheck_memberships(now);
         if self.datapath_due <= now {
             self.check_datapath(now).await;
-            let errors = set_routing_sysctls(true);
+            let errors = set_routing_sysctls(&self.host.netconf(), true);
             if errors != self.sysctl_errors {
                 errors.iter().for_each(|e| tracing::warn!("{e}"));
                 self.sysctl_errors = errors;
@@ -359,7 +459,7 @@ impl Daemon {
     }
 
     async fn net_event(&mut self, event: NetEvent) {
-        let now = Instant::now();
+        let now = self.host.now();
         match event {
             NetEvent::Link(link) => {
                 // The kernel deletes nexthops through a NIC without link, and IPv4 deletes
@@ -420,7 +520,7 @@ impl Daemon {
     }
 
     async fn command(&mut self, command: Command) {
-        let now = Instant::now();
+        let now = self.host.now();
         let reply = match command.request {
             Request::Status {} => Reply::Status(self.status()),
             Request::Offline { interface } => {
@@ -462,48 +562,6 @@ impl Daemon {
         }
     }
 
-    /// Attaches the carrier hook where the kernel takes it and the configuration allows it
-    /// (the carrier watch then stays off), and says at start which way carrier loss reaches
-    /// mpathd.
-    fn start_carrier_hook(&mut self) -> Option<CarrierEvents> {
-        if let Err(e) = self.datapath.maps.clear_carrier_marks() {
-            tracing::warn!("clearing the last carrier hook's marks: {e}");
-        }
-        let attached = if self.config.daemon.carrier_hook {
-            self.datapath
-                .attach_carrier_hook()
-                .map_err(|e| e.to_string())
-        } else {
-            Err("the carrier hook is off: carrier_hook = false".to_string())
-        };
-        match attached {
-            Ok(events) => {
-                self.carrier_hook = true;
-                self.carrier_watch.set_period(None);
-                tracing::info!(
-                    "carrier loss is reported by a tracing hook on netif_carrier_off (fentry), \
-                     ahead of the kernel's link events; the NIC's outbound flows move in the \
-                     kernel at once"
-                );
-                Some(events)
-            }
-            Err(e) => {
-                match self.config.daemon.carrier_poll {
-                    Some(period) => tracing::info!(
-                        "carrier loss is read from the drivers every {} ms (sysfs), ahead of \
-                         the kernel's link events ({e})",
-                        period.as_millis()
-                    ),
-                    None => tracing::info!(
-                        "carrier loss is seen through the kernel's link events only \
-                         (carrier_poll_ms = 0; {e}): up to a second late on a physical NIC"
-                    ),
-                }
-                None
-            }
-        }
-    }
-
     /// Every address the kernel has, wherever it is: probe targets are never local.
     fn local_addresses(&self) -> Vec<IpAddr> {
         self.addresses.iter().map(|(_, c)| c.addr()).collect()
@@ -515,8 +573,7 @@ impl Daemon {
 /// (else a failover floods every routing monitor). At start, and every few seconds since
 /// someone else (a configuration tool, an administrator) may set them back: `again` says so
 /// in the log. Returns the errors, for the caller to report once.
-fn set_routing_sysctls(again: bool) -> Vec<String> {
-    let netconf = Netconf::system();
+fn set_routing_sysctls(netconf: &Netconf, again: bool) -> Vec<String> {
     let by_someone = if again {
         " again: someone else had set it back"
     } else {

@@ -10,33 +10,31 @@ use std::{
 use crate::{
     core::multicast::{self, Followed, Memberships},
     core::state::Role,
-    daemon::{Daemon, group::GroupRuntime},
-    net::multicast::{self as kernel, Joins},
+    daemon::{Daemon, group::GroupRuntime, host_io::HostIo},
+    net::multicast::ALL_HOSTS_V4,
 };
 
 /// How often the memberships of unusable NICs are read again, so that a group joined or left
 /// there later follows too.
 pub(super) const RECHECK: Duration = Duration::from_secs(1);
 
-/// When the memberships are looked at next, and mpathd's own joins.
+/// When the memberships are looked at next, and the joins the kernel refused.
 pub(super) struct Following {
-    pub joins: Joins,
     pub due: Instant,
     /// Joins the kernel refused, tried again at every look but logged once.
     refused: BTreeSet<(u32, IpAddr)>,
 }
 
-impl Default for Following {
-    fn default() -> Self {
+impl Following {
+    pub fn new(now: Instant) -> Self {
         Following {
-            joins: Joins::default(),
-            due: Instant::now() + RECHECK,
+            due: now + RECHECK,
             refused: BTreeSet::new(),
         }
     }
 }
 
-impl Daemon {
+impl<H: HostIo> Daemon<H> {
     /// Looks again at the memberships of the groups that have an unusable NIC or hold joins,
     /// once [`RECHECK`] has passed.
     pub(super) fn recheck_memberships(&mut self, now: Instant) {
@@ -60,7 +58,7 @@ impl Daemon {
     /// Joins the groups of the group's unusable NICs on the NICs that took over, and leaves
     /// the ones no longer wanted (the NIC is back, or the application left the group).
     pub(super) fn follow_memberships(&mut self, gi: usize) {
-        let found = match kernel::memberships() {
+        let found = match self.host.memberships() {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!("multicast memberships cannot follow the failover: {e}");
@@ -90,7 +88,7 @@ impl Daemon {
             let Some(ifindex) = group.ifindex_of(&f.on) else {
                 continue;
             };
-            match self.following.joins.leave(ifindex, f.group) {
+            match self.host.leave(ifindex, f.group) {
                 Ok(()) => tracing::info!(
                     group = group.name(),
                     interface = f.on,
@@ -112,7 +110,7 @@ impl Daemon {
                 continue;
             };
             let refused = &mut self.following.refused;
-            match self.following.joins.join(ifindex, f.group) {
+            match self.host.join(ifindex, f.group) {
                 Ok(()) => {
                     refused.remove(&(ifindex, f.group));
                     tracing::info!(
@@ -143,13 +141,13 @@ impl Daemon {
         let Some(ifindex) = group.ifindex_of(nic) else {
             return;
         };
-        let joined: Vec<Ipv4Addr> = match kernel::memberships() {
+        let joined: Vec<Ipv4Addr> = match self.host.memberships() {
             Ok(mut found) => found
                 .remove(&ifindex)
                 .unwrap_or_default()
                 .into_keys()
                 .filter_map(|g| match g {
-                    IpAddr::V4(v4) if v4 != kernel::ALL_HOSTS_V4 => Some(v4),
+                    IpAddr::V4(v4) if v4 != ALL_HOSTS_V4 => Some(v4),
                     _ => None,
                 })
                 .collect(),
@@ -161,7 +159,7 @@ impl Daemon {
         if joined.is_empty() {
             return;
         }
-        match kernel::report_v4(ifindex, &joined) {
+        match self.host.report_v4(ifindex, &joined) {
             Ok(version) => tracing::info!(
                 group = group.name(),
                 interface = nic,
@@ -180,7 +178,7 @@ impl Daemon {
     pub(super) fn leave_followed(&mut self, group: &GroupRuntime) {
         for f in &group.followed {
             if let Some(ifindex) = group.ifindex_of(&f.on)
-                && let Err(e) = self.following.joins.leave(ifindex, f.group)
+                && let Err(e) = self.host.leave(ifindex, f.group)
             {
                 tracing::warn!("{e}");
             }

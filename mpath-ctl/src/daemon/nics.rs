@@ -19,29 +19,28 @@ use crate::{
         Daemon,
         announcer::Announcement,
         group::{GroupRuntime, NicAt},
+        host_io::HostIo,
         link_local_of,
         reload::carry_states,
     },
-    datapath::{self, maps::Maps},
     net::address::IpCidr,
-    net::carrier::CarrierReader,
-    net::netconf::{InterfaceNetconf, Netconf, answers_arp_only_for_its_own},
+    net::netconf::{InterfaceNetconf, answers_arp_only_for_its_own},
     net::netlink::{AddressOptions, Link, Netlink, NetlinkError, Origin},
     net::probe_socket::monotonic_ns,
 };
 
-impl Daemon {
+impl<H: HostIo> Daemon<H> {
     /// Detaches the datapath from NICs an earlier mpathd served that are no group's NIC now
     /// (removed while no daemon ran, or taken out of the configuration).
     pub(super) fn prune_stale_pins(&mut self) {
         let current = self.groups.ifindexes();
-        match self.datapath.pinned_nics() {
+        match self.host.pinned_nics() {
             Ok(pinned) => {
                 for ifindex in pinned.into_iter().filter(|i| !current.contains(i)) {
                     tracing::info!(
                         "detaching the datapath from ifindex {ifindex}: in no group now"
                     );
-                    self.datapath.forget(ifindex);
+                    self.host.forget(ifindex);
                 }
             }
             Err(e) => tracing::warn!("listing pinned links: {e}"),
@@ -70,7 +69,7 @@ impl Daemon {
         adopt: &BTreeSet<String>,
         carry: &BTreeMap<String, Vec<(String, IfState)>>,
     ) -> anyhow::Result<()> {
-        let links = self.netlink.links().await?;
+        let links = self.host.links().await?;
         self.strays
             .retain(|name, _| self.groups.nic_named(name).is_none());
         for link in &links {
@@ -79,8 +78,8 @@ impl Daemon {
                 self.track_ungrouped(link);
             }
         }
-        let addresses = self.netlink.addresses().await?;
-        let by_origin = self.netlink.addresses_by_origin().await?;
+        let addresses = self.host.addresses().await?;
+        let by_origin = self.host.addresses_by_origin().await?;
         let of_origin = |wanted: Origin| -> Vec<(u32, IpCidr)> {
             by_origin
                 .iter()
@@ -88,11 +87,11 @@ impl Daemon {
                 .map(|(ifindex, cidr, _)| (*ifindex, *cidr))
                 .collect()
         };
-        let main = self.netlink.main_routes().await?;
+        let main = self.host.main_routes().await?;
         self.routing.main.replace_all(main);
         self.routing.reread_installed();
         self.addresses = addresses.clone();
-        let now = Instant::now();
+        let now = self.host.now();
         for gi in 0..self.groups.len() {
             let mut present = Vec::new();
             let mut macs = Vec::new();
@@ -103,7 +102,7 @@ impl Daemon {
                     Some(link) => {
                         self.groups.nic_mut(at).carrier = link.usable();
                         self.groups.nic_mut(at).admin_up = link.up;
-                        self.carrier_watch.arm(link.ifindex, link.usable());
+                        self.host.arm_carrier(link.ifindex, link.usable());
                         self.set_up_nic(at, link, now).await;
                         if let Some(mac) = link.mac {
                             macs.push(Event::HardwareAddress {
@@ -130,7 +129,7 @@ impl Daemon {
             if let Some(states) = carry.get(group.name()) {
                 actions.extend(carry_states(group, states, now));
             } else if adopt.contains(group.name()) {
-                actions.extend(adopt_offline(group, &self.datapath.maps, now));
+                actions.extend(adopt_offline(group, &self.host, now));
                 if self.config.daemon.failback {
                     actions.extend(adopt_failures(group, now));
                 }
@@ -184,7 +183,7 @@ impl Daemon {
             self.routing.main_changed(now);
         }
         if known {
-            self.carrier_watch.arm(link.ifindex, link.usable());
+            self.host.arm_carrier(link.ifindex, link.usable());
         }
         if known && !carrier && link.usable() {
             for p in &mut self.groups.nic_mut(at).probing {
@@ -251,7 +250,7 @@ impl Daemon {
             self.delete_address(link.ifindex, cidr).await;
         }
         if let Some(IpAddr::V4(v4)) = test.map(|t| t.addr())
-            && let Err(e) = self.datapath.maps.remove_test_address(v4)
+            && let Err(e) = self.host.remove_test_address(v4)
         {
             tracing::warn!("{e}");
         }
@@ -295,7 +294,7 @@ impl Daemon {
             return;
         }
         // A late event about an older NIC of this name: the current one is set up by its own.
-        if datapath::ifindex_of(&nic.name).ok() != Some(link.ifindex) {
+        if self.host.ifindex_of(&nic.name) != Some(link.ifindex) {
             return;
         }
         // The NIC was re-created under the same name: the old one's datapath state goes.
@@ -330,7 +329,7 @@ impl Daemon {
     fn attach_datapath(&mut self, at: NicAt) -> bool {
         let probe_rx = self.groups[at.group].config.probe_rx;
         let nic = self.groups.nic_mut(at);
-        match self.datapath.attach(&nic.name, probe_rx) {
+        match self.host.attach(&nic.name, probe_rx) {
             Ok(attached) => {
                 if let Some(native) = attached.native_xdp_refused {
                     tracing::warn!(
@@ -352,7 +351,11 @@ impl Daemon {
                 return false;
             }
         }
-        if let Err(e) = Netconf::system().write(&nic.name, InterfaceNetconf::GROUP_MEMBER) {
+        if let Err(e) = self
+            .host
+            .netconf()
+            .write(&nic.name, InterfaceNetconf::GROUP_MEMBER)
+        {
             tracing::warn!("{}: {e}", nic.name);
         }
         true
@@ -366,13 +369,12 @@ impl Daemon {
             return;
         }
         let nic = self.groups.nic(at);
-        match CarrierReader::open(&nic.name, ifindex) {
-            Ok(reader) => self.carrier_watch.watch(ifindex, reader, nic.carrier),
-            Err(e) => tracing::warn!(
+        if let Err(e) = self.host.watch_carrier(&nic.name, ifindex, nic.carrier) {
+            tracing::warn!(
                 "the carrier of {} cannot be read ({e}): its carrier loss is seen through the \
                  kernel's link events only, up to a second late on a physical NIC",
                 nic.name
-            ),
+            );
         }
     }
 
@@ -409,15 +411,15 @@ impl Daemon {
         // sees every network namespace, about another namespace's NIC of the same ifindex:
         // the kernel's view of this namespace's NIC decides.
         let name = self.groups.nic(at).name.clone();
-        match self.netlink.link(&name).await {
+        match self.host.link(&name).await {
             Ok(Some(link)) if link.ifindex == ifindex && !link.lower_up => {}
             Ok(_) => {
-                self.carrier_watch.arm(ifindex, true);
+                self.host.arm_carrier(ifindex, true);
                 return;
             }
             Err(e) => {
                 tracing::debug!("confirming the carrier loss of {name}: {e}");
-                self.carrier_watch.arm(ifindex, true);
+                self.host.arm_carrier(ifindex, true);
                 return;
             }
         }
@@ -445,7 +447,7 @@ impl Daemon {
     /// filter del`), and the source hook likewise.
     pub(super) async fn check_datapath(&mut self, now: Instant) {
         if self.source_hook.attached {
-            match self.datapath.source_hook_attached() {
+            match self.host.source_hook_attached() {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(
@@ -463,7 +465,7 @@ impl Daemon {
                 self.bring_in(at, ifindex, now).await;
                 continue;
             }
-            match self.datapath.still_attached(ifindex) {
+            match self.host.still_attached(ifindex) {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(
@@ -487,7 +489,7 @@ impl Daemon {
     async fn place_test_address(&mut self, at: NicAt, ifindex: u32) {
         let nic = self.groups.nic(at);
         if let Some(test) = nic.test_address
-            && let Err(e) = add_test_address(&self.netlink, ifindex, test).await
+            && let Err(e) = add_test_address(&self.host, ifindex, test).await
         {
             tracing::error!("cannot add test address {test} to {}: {e}", nic.name);
         }
@@ -505,7 +507,7 @@ impl Daemon {
             ..Default::default()
         };
         // An operator's offline outlives mpathd in the pinned map (see `adopt_offline`).
-        let was_offline = self.datapath.maps.nic(ifindex).is_ok_and(|i| i.offline());
+        let was_offline = self.host.nic_info(ifindex).is_ok_and(|i| i.offline());
         info.set_offline(was_offline);
         let test_v4 = match nic.test_address.map(|t| t.addr()) {
             Some(IpAddr::V4(v4)) => Some(v4),
@@ -517,12 +519,12 @@ impl Daemon {
         {
             info.set_ipv6_test(Some(ll));
         }
-        if let Err(e) = self.datapath.maps.set_nic(ifindex, info) {
+        if let Err(e) = self.host.set_nic(ifindex, info) {
             tracing::error!("{}: {e}", nic.name);
         }
         // After set_nic: the test address list is per group, found through the NIC.
         if let Some(v4) = test_v4
-            && let Err(e) = self.datapath.maps.set_test_address(v4, ifindex)
+            && let Err(e) = self.host.set_test_address(v4, ifindex)
         {
             tracing::error!("{}: {e}", nic.name);
         }
@@ -563,13 +565,12 @@ impl Daemon {
         if !nic.probe_v6 || running || !nic.attached() {
             return;
         }
-        let Some(probing) = self.start_prober(at, link_local, Instant::now()) else {
+        let Some(probing) = self.start_prober(at, link_local, self.host.now()) else {
             return;
         };
         let nic = self.groups.nic_mut(at);
         if let Err(e) = self
-            .datapath
-            .maps
+            .host
             .update_nic(ifindex, |info| info.set_ipv6_test(Some(ll)))
         {
             tracing::error!("{}: {e}", nic.name);
@@ -591,8 +592,7 @@ impl Daemon {
         }
         tracing::info!("{} stops probing over IPv6: {link_local} is gone", nic.name);
         if let Err(e) = self
-            .datapath
-            .maps
+            .host
             .update_nic(ifindex, |info| info.set_ipv6_test(None))
         {
             tracing::error!("{}: {e}", nic.name);
@@ -619,16 +619,12 @@ impl Daemon {
             "the hardware address of {name} changed to {}; announcing its addresses with it",
             mac.map(|b| format!("{b:02x}")).join(":")
         );
-        if let Err(e) = self
-            .datapath
-            .maps
-            .update_nic(ifindex, |info| info.mac = mac)
-        {
+        if let Err(e) = self.host.update_nic(ifindex, |info| info.mac = mac) {
             tracing::error!("{name}: {e}");
         }
         let test = self.groups.nic(at).test_address.map(|t| t.addr());
         if let Some(IpAddr::V4(v4)) = test
-            && let Err(e) = self.datapath.maps.set_test_address(v4, ifindex)
+            && let Err(e) = self.host.set_test_address(v4, ifindex)
         {
             tracing::error!("{name}: {e}");
         }
@@ -650,7 +646,7 @@ impl Daemon {
 
     /// Puts back the test address of `nic` that someone deleted.
     pub(super) async fn restore_test_address(&mut self, nic: &str, ifindex: u32, test: IpCidr) {
-        if let Err(e) = add_test_address(&self.netlink, ifindex, test).await {
+        if let Err(e) = add_test_address(&self.host, ifindex, test).await {
             tracing::error!("cannot restore test address {test} on {nic}: {e}");
         }
     }
@@ -660,8 +656,8 @@ impl Daemon {
         let nic = self.groups.nic_mut(at);
         nic.probing.clear();
         if let Some(ifindex) = nic.ifindex.take() {
-            self.carrier_watch.forget(ifindex);
-            self.datapath.forget(ifindex);
+            self.host.forget_carrier(ifindex);
+            self.host.forget(ifindex);
         }
     }
 
@@ -680,7 +676,7 @@ impl Daemon {
             self.strays.remove(&link.name);
             return;
         }
-        let netconf = Netconf::system();
+        let netconf = self.host.netconf();
         let isolated = if self.config.daemon.isolate_arp {
             match netconf.isolate_arp(&link.name) {
                 Ok(isolation) => {
@@ -765,7 +761,7 @@ pub async fn remove_test_addresses(config: &crate::config::Config) -> anyhow::Re
 /// be the primary address of its subnet and the data addresses secondaries, which get no route
 /// of their own.
 async fn add_test_address(
-    netlink: &Netlink,
+    host: &impl HostIo,
     ifindex: u32,
     test: IpCidr,
 ) -> Result<(), NetlinkError> {
@@ -774,17 +770,17 @@ async fn add_test_address(
         mpathds: true,
         ..Default::default()
     };
-    netlink.add_address(ifindex, test.host(), options).await
+    host.add_address(ifindex, test.host(), options).await
 }
 
 /// Takes the NICs an operator had taken offline under an earlier mpathd offline again: the
 /// pinned map keeps the mark ([`mpath_common::NIC_F_OFFLINE`]), so a restart does not put an
 /// offlined NIC back into use.
-fn adopt_offline(group: &mut GroupRuntime, maps: &Maps, now: Instant) -> Vec<Action> {
+fn adopt_offline(group: &mut GroupRuntime, host: &impl HostIo, now: Instant) -> Vec<Action> {
     let mut actions = Vec::new();
     for nic in &group.nics {
         let Some(ifindex) = nic.ifindex else { continue };
-        if !maps.nic(ifindex).is_ok_and(|info| info.offline()) {
+        if !host.nic_info(ifindex).is_ok_and(|info| info.offline()) {
             continue;
         }
         let event = Event::Offline {

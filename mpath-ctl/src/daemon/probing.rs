@@ -15,9 +15,10 @@ use crate::{
     daemon::{
         Daemon,
         group::{NicAt, Probing},
+        host_io::HostIo,
     },
     net::address::IpCidr,
-    net::probe_socket::{ProbeSocket, monotonic_ns},
+    net::probe_socket::monotonic_ns,
 };
 
 /// Replies to discovery echoes arrive from hosts that are not yet targets; the sequence
@@ -49,7 +50,7 @@ impl ProbeContext {
     }
 }
 
-impl Daemon {
+impl<H: HostIo> Daemon<H> {
     /// Opens the probe socket and the prober of a NIC for the family of `test` (its IPv4
     /// test address or its IPv6 link-local address); `None` (logged) when it cannot probe.
     pub(super) fn start_prober(
@@ -64,11 +65,7 @@ impl Daemon {
         let group_nics = group.ifindexes();
         let nic = &group.nics[at.nic];
         let (name, ifindex) = (nic.name.as_str(), nic.ifindex?);
-        let socket = match test.addr() {
-            IpAddr::V4(addr) => ProbeSocket::v4(name, ifindex, addr),
-            IpAddr::V6(addr) => ProbeSocket::v6(name, ifindex, addr),
-        };
-        let socket = match socket {
+        let socket = match self.host.open_probe_socket(name, ifindex, test.addr()) {
             Ok(s) => s,
             // A link-local address in duplicate address detection cannot be bound yet;
             // `start_v6` starts the prober when the kernel reports the address done with it.
@@ -120,7 +117,7 @@ impl Daemon {
     }
 
     pub(super) async fn probe_reply(&mut self, reply: ProbeReply) {
-        let now = Instant::now();
+        let now = self.host.now();
         let from = reply.target();
         let Some(at) = self.groups.nic_at(reply.ifindex) else {
             return;
@@ -177,7 +174,7 @@ impl Daemon {
         events: Vec<ProbeEvent>,
         reply: Option<ProbeReply>,
     ) {
-        let now = Instant::now();
+        let now = self.host.now();
         for event in events {
             match event {
                 ProbeEvent::Outcome(outcome) => {
@@ -250,7 +247,7 @@ impl Daemon {
             let nic = &mut group.nics[ni];
             let name = nic.name.clone();
             if nic.rx.due(now) {
-                match self.datapath.maps.counters(nic.slot) {
+                match self.host.counters(nic.slot) {
                     Ok(c) => nic.rx.observe(c.rx_packets, now),
                     Err(e) => tracing::debug!("receive counter of {name}: {e}"),
                 }

@@ -10,10 +10,10 @@ use crate::{
     config::{Config, GroupConfig, diff::DaemonChange},
     core::reconcile,
     core::state::{Action, Event, FailureCause, IfState, OfflineReason},
-    daemon::{Daemon, check_against_host, group::GroupRuntime},
+    daemon::{Daemon, group::GroupRuntime, host::check_against, host_io::HostIo},
 };
 
-impl Daemon {
+impl<H: HostIo> Daemon<H> {
     /// SIGHUP: reads the configuration again and applies the difference. Groups that did not
     /// change are not touched; a changed group is rebuilt on top of what the kernel holds
     /// (addresses stay where they are, a NIC failed by probes stays failed until repaired);
@@ -49,7 +49,9 @@ impl Daemon {
             .iter()
             .flat_map(|g| g.nics.iter().map(|n| n.name.clone()))
             .collect();
-        let check = check_against_host(&new, &running).await?;
+        let links = self.host.links().await?;
+        let addresses = self.host.addresses_with_origin().await?;
+        let check = check_against(&new, links, addresses, &running);
         if !check.refusals.is_empty() {
             for refusal in &check.refusals {
                 tracing::error!("reload refused, the running configuration stays: {refusal}");
@@ -86,7 +88,7 @@ impl Daemon {
                 DaemonChange::SourceSelection(_) => hook_changed = true,
                 // The carrier hook, where it runs, needs no reading.
                 DaemonChange::CarrierPoll(c) if !self.carrier_hook => {
-                    self.carrier_watch.set_period(c.new);
+                    self.host.set_carrier_period(c.new);
                 }
                 DaemonChange::CarrierPoll(_) => {}
                 // The resync below goes over every NIC outside the groups.
@@ -151,19 +153,19 @@ impl Daemon {
         self.leave_followed(&old);
         let retirement = reconcile::retire(&old.holdings(), kept);
         for (ifindex, test) in retirement.test_addresses {
-            if let Err(e) = self.netlink.del_address(ifindex, test.host()).await {
+            if let Err(e) = self.host.del_address(ifindex, test.host()).await {
                 tracing::warn!("{e}");
             }
             if let std::net::IpAddr::V4(v4) = test.addr()
-                && let Err(e) = self.datapath.maps.remove_test_address(v4)
+                && let Err(e) = self.host.remove_test_address(v4)
             {
                 tracing::warn!("{e}");
             }
         }
         for (nic, ifindex) in retirement.leaving {
-            self.datapath.forget(ifindex);
+            self.host.forget(ifindex);
             if let Some(n) = old.nic(&nic)
-                && let Err(e) = self.datapath.maps.clear_counters(n.slot)
+                && let Err(e) = self.host.clear_counters(n.slot)
             {
                 tracing::warn!("{nic}: {e}");
             }
@@ -171,7 +173,7 @@ impl Daemon {
             tracing::info!("{nic} left group {}", old.name());
         }
         for (ifindex, cidr) in retirement.data_addresses {
-            match self.netlink.del_address(ifindex, cidr).await {
+            match self.host.del_address(ifindex, cidr).await {
                 Ok(()) => tracing::info!("removed data address {cidr} (no longer configured)"),
                 Err(e) => tracing::warn!("{e}"),
             }
@@ -179,7 +181,7 @@ impl Daemon {
         if retirement.group_goes {
             self.groups.release_id(old.name());
             let empty = [0u32; mpath_common::BUCKETS_PER_GROUP as usize];
-            if let Err(e) = self.datapath.maps.write_table(old.id, &empty, |_| [0; 6]) {
+            if let Err(e) = self.host.write_table(old.id, &empty, |_| [0; 6]) {
                 tracing::warn!("group {}: {e}", old.name());
             }
         }

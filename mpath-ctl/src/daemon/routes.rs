@@ -13,7 +13,7 @@ use crate::{
         self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, LinkRoute, MainTable,
         NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteState, TableChange,
     },
-    daemon::Daemon,
+    daemon::{Daemon, host_io::HostIo},
     net::address::IpCidr,
     net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, Netlink, RouteNotice},
     net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops},
@@ -306,7 +306,7 @@ struct MainChanges {
     held_changed: bool,
 }
 
-impl Daemon {
+impl<H: HostIo> Daemon<H> {
     /// A route notification: the main table's are taken in (the plan follows shortly); in
     /// mpathd's table, its own changes are no news, and what others did there is put right
     /// by the next plan.
@@ -388,7 +388,7 @@ impl Daemon {
     /// table's routes through NICs taken down. mpathd's rule is put back if someone
     /// deleted it.
     pub(super) async fn replan(&mut self) {
-        let started = Instant::now();
+        let started = self.host.now();
         self.routing.due = None;
         let mut whole = std::mem::take(&mut self.routing.whole);
         // Known still: no change failed since the last read.
@@ -401,7 +401,7 @@ impl Daemon {
                     self.routing.release_due = true;
                 }
                 Err(e) => {
-                    let now = Instant::now();
+                    let now = self.host.now();
                     self.routing.whole = true;
                     self.routing
                         .failed(format!("reading mpathd's routes: {e:#}"), now);
@@ -413,7 +413,7 @@ impl Daemon {
         if std::mem::take(&mut self.routing.rules_changed) {
             let daemon = &self.config.daemon;
             if let Err(e) = self
-                .netlink
+                .host
                 .ensure_rules(daemon.route_table, daemon.route_rule_priority)
                 .await
             {
@@ -421,7 +421,7 @@ impl Daemon {
             }
         }
         for oif in std::mem::take(&mut self.routing.reread) {
-            match self.netlink.main_routes_through(oif).await {
+            match self.host.main_routes_through(oif).await {
                 Ok(found) => self.routing.main.replace_through(oif, found),
                 Err(e) => {
                     tracing::error!("reading the main table's routes through ifindex {oif}: {e:#}")
@@ -501,7 +501,7 @@ impl Daemon {
         self.update_sources();
         // Room for a notification per route, should the table change all at once.
         let routes = self.routing.main.len() + self.routing.plan.routes.len();
-        self.monitor.fit(routes);
+        self.host.fit_monitor(routes);
         self.sync_link_routes().await;
         if self.routing.sweep.is_none() {
             self.watch_default_routes();
@@ -513,7 +513,7 @@ impl Daemon {
     /// tried again at the next plan.
     async fn sync_link_routes(&mut self) {
         if self.routing.links.is_none() {
-            match self.netlink.link_routes().await {
+            match self.host.link_routes().await {
                 Ok(found) => self.routing.links = Some(found.into_iter().collect()),
                 Err(e) => {
                     tracing::error!("reading mpathd's on-link routes: {e}");
@@ -535,7 +535,7 @@ impl Daemon {
         let stale: Vec<LinkRoute> = links.difference(&wanted).copied().collect();
         let missing: Vec<LinkRoute> = wanted.difference(links).copied().collect();
         for route in missing {
-            match self.netlink.set_link_route(&route).await {
+            match self.host.set_link_route(&route).await {
                 Ok(()) => {
                     tracing::debug!("routes: {route:?}");
                     links.insert(route);
@@ -550,7 +550,7 @@ impl Daemon {
             }
         }
         for route in stale {
-            match self.netlink.del_link_route(&route).await {
+            match self.host.del_link_route(&route).await {
                 Ok(()) => {
                     links.remove(&route);
                 }
@@ -606,7 +606,7 @@ impl Daemon {
         let changes =
             routes::changes_at(&routing.plan, &groups, &keys, &mut routing.ids, installed);
         routing.pending.merge(changes, &keys);
-        routing.plan_inside(updated.flipped, &groups, Instant::now());
+        routing.plan_inside(updated.flipped, &groups, self.host.now());
         if let Some(sweep) = &mut routing.sweep {
             sweep.high = sweep.high.max(part.last().copied());
         }
@@ -651,7 +651,7 @@ impl Daemon {
             self.routing.peak_routes = peak;
         }
         if !self.routing.has_pending() && std::mem::take(&mut self.routing.release_due) {
-            self.routing.release_at = Some(Instant::now() + RELEASE_QUIET);
+            self.routing.release_at = Some(self.host.now() + RELEASE_QUIET);
         }
         // Back to the runtime, which then polls its timer and IO drivers: a step made of
         // planning alone never waits for anything, and without this the probes' timers
@@ -673,21 +673,20 @@ impl Daemon {
                 )
             })
             .collect();
-        let netlink = &self.netlink;
+        let host = &self.host;
         let results = futures_util::future::join_all(changes.iter().map(
             |((destination, metric), route)| async move {
                 match route {
                     Some(route) => {
-                        netlink
-                            .set_table_route(table, *destination, *metric, route)
+                        host.set_table_route(table, *destination, *metric, route)
                             .await
                     }
-                    None => netlink.del_table_route(table, *destination, *metric).await,
+                    None => host.del_table_route(table, *destination, *metric).await,
                 }
             },
         ))
         .await;
-        let now = Instant::now();
+        let now = self.host.now();
         for (change, result) in changes.into_iter().zip(results) {
             match result {
                 Ok(()) => {
@@ -737,7 +736,7 @@ impl Daemon {
                 }
             }
             Ok(None) => {}
-            Err(e) => self.routing.failed(format!("{e:#}"), Instant::now()),
+            Err(e) => self.routing.failed(format!("{e:#}"), self.host.now()),
         }
     }
 
@@ -875,8 +874,8 @@ impl Daemon {
     async fn installed_routes(&mut self) -> anyhow::Result<RouteState> {
         let mut state = RouteState::default();
         let ours: Vec<Nexthop> = self
-            .nexthops
-            .dump()
+            .host
+            .nexthops()
             .await?
             .into_iter()
             .filter(|n| n.protocol == MPATHD_PROTOCOL)
@@ -925,10 +924,10 @@ impl Daemon {
         }
         for id in stray {
             tracing::info!("deleting nexthop {id}: mpathd's, but of no group now");
-            self.nexthops.delete(id).await?;
+            self.host.delete_nexthop(id).await?;
         }
         state.routes = self
-            .netlink
+            .host
             .table_routes(self.config.daemon.route_table)
             .await?
             .into_iter()
@@ -976,7 +975,7 @@ impl Daemon {
                         onlink: matches!(key.gateway, Some(IpAddr::V4(_))),
                     },
                 };
-                if let Err(e) = self.nexthops.replace(&nexthop).await {
+                if let Err(e) = self.host.replace_nexthop(&nexthop).await {
                     failed.insert(*id);
                     let nic = self.groups.nic_at(key.oif).map_or_else(
                         || format!("ifindex {}", key.oif),
@@ -1022,7 +1021,7 @@ impl Daemon {
                         unbalanced_timer: Duration::ZERO,
                     },
                 };
-                if let Err(e) = self.nexthops.replace(&group).await {
+                if let Err(e) = self.host.replace_nexthop(&group).await {
                     failed.insert(*id);
                     return Err(e.into());
                 }
@@ -1037,7 +1036,7 @@ impl Daemon {
                 if matches!(route.via, routes::Via::Group(id) if failed.contains(&id)) {
                     return Ok(None);
                 }
-                self.netlink
+                self.host
                     .set_table_route(table, *destination, *metric, route)
                     .await?;
             }
@@ -1045,12 +1044,12 @@ impl Daemon {
                 destination,
                 metric,
             } => {
-                self.netlink
+                self.host
                     .del_table_route(table, *destination, *metric)
                     .await?;
             }
             RouteChange::DelNexthop { id } => {
-                self.nexthops.delete(*id).await?;
+                self.host.delete_nexthop(*id).await?;
             }
         }
         tracing::debug!("routes: {change:?}");

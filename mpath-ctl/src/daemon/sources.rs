@@ -9,8 +9,8 @@ use mpath_common::sources::SourceClass;
 use crate::{
     config::SourceSelection,
     core::{routes::Plan, sources},
-    daemon::Daemon,
-    datapath::sources::{Served, cgroup2_root},
+    daemon::{Daemon, host_io::HostIo},
+    datapath::sources::Served,
     net::address::IpCidr,
 };
 
@@ -61,39 +61,29 @@ impl SourceHook {
     }
 }
 
-impl Daemon {
+impl<H: HostIo> Daemon<H> {
     /// Attaches the hook to the root of the cgroup hierarchy, so that it serves every
     /// process of the host, or detaches it (an earlier mpathd's too), as the configuration
     /// says. When it cannot be attached mpathd runs on and the kernel picks the sources.
     pub(super) fn set_up_source_hook(&mut self) {
         self.source_hook.attached = match self.config.daemon.sources {
-            SourceSelection::Spread => {
-                let attached = cgroup2_root()
-                    .map_err(|e| e.to_string())
-                    .and_then(|cgroup| {
-                        self.datapath
-                            .attach_source_hook(&cgroup)
-                            .map_err(|e| with_causes(&e))?;
-                        Ok(cgroup)
-                    });
-                match attached {
-                    Ok(cgroup) => {
-                        tracing::info!(
-                            "sources spread over each group's data addresses (source hook on cgroup {})",
-                            cgroup.display()
-                        );
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "sources are left to the kernel, which gives every IPv6 or on-link IPv4 connection of a group one data address: {e}"
-                        );
-                        false
-                    }
+            SourceSelection::Spread => match self.host.attach_source_hook() {
+                Ok(cgroup) => {
+                    tracing::info!(
+                        "sources spread over each group's data addresses (source hook on cgroup {})",
+                        cgroup.display()
+                    );
+                    true
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(
+                        "sources are left to the kernel, which gives every IPv6 or on-link IPv4 connection of a group one data address: {e}"
+                    );
+                    false
+                }
+            },
             SourceSelection::Kernel => {
-                match self.datapath.detach_source_hook() {
+                match self.host.detach_source_hook() {
                     Ok(()) => tracing::info!("sources left to the kernel (no source hook)"),
                     Err(e) => tracing::error!("detaching the source hook: {e}"),
                 }
@@ -112,7 +102,7 @@ impl Daemon {
                 None => Some((prefix, None)),
             })
             .collect();
-        match self.datapath.maps.sources.write_routes(&routes) {
+        match self.host.write_source_routes(&routes) {
             Ok(maps) => {
                 for served in &maps {
                     self.source_hook.report(served);
@@ -147,7 +137,7 @@ impl Daemon {
                 (destination, entry)
             })
             .collect();
-        if !self.datapath.maps.sources.patch_routes(&patch) {
+        if !self.host.patch_source_routes(&patch) {
             self.update_source_routes(plan);
         }
     }
@@ -167,12 +157,7 @@ impl Daemon {
                 );
             }
             for class in SourceClass::ALL {
-                if let Err(e) =
-                    self.datapath
-                        .maps
-                        .sources
-                        .write_sources(g.id, class, sources.of(class))
-                {
+                if let Err(e) = self.host.write_sources(g.id, class, sources.of(class)) {
                     tracing::error!(
                         "giving the source hook group {name}'s sources: {}",
                         with_causes(&e)
@@ -186,7 +171,7 @@ impl Daemon {
     /// reload removed), so that their addresses are never chosen again.
     pub(super) fn forget_retired_sources(&mut self) {
         let ids: Vec<u32> = self.groups.iter().map(|g| g.id).collect();
-        if let Err(e) = self.datapath.maps.sources.clear_other_groups(&ids) {
+        if let Err(e) = self.host.clear_other_groups_sources(&ids) {
             tracing::error!(
                 "clearing the source hook's retired groups: {}",
                 with_causes(&e)
@@ -197,7 +182,7 @@ impl Daemon {
 
 /// An error with those of its causes its message does not already include (a failed system
 /// call names its errno only in its cause).
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(c) = cause {

@@ -10,10 +10,10 @@ use crate::{
     core::failover::AddressState,
     core::state::{InterfaceStatus, LinkState, ProbeStatus, UnusableReason},
     core::target::{TargetMode, TargetSource},
-    daemon::Daemon,
+    daemon::{Daemon, host_io::HostIo},
 };
 
-impl Daemon {
+impl<H: HostIo> Daemon<H> {
     /// What a scrape shows of the groups and the datapath's counters, as they are now.
     pub(super) fn metrics_snapshot(&self) -> metrics::Snapshot {
         let mut snapshot = metrics::Snapshot::default();
@@ -29,10 +29,10 @@ impl Daemon {
                     .collect(),
             });
             for n in &g.nics {
-                let maps = &self.datapath.maps;
-                let read = maps
+                let read = self
+                    .host
                     .counters(n.slot)
-                    .and_then(|c| Ok((c, maps.replies_over_budget(n.slot)?)));
+                    .and_then(|c| Ok((c, self.host.replies_over_budget(n.slot)?)));
                 match read {
                     Ok((counters, replies_over_budget)) => {
                         snapshot.datapath.push(metrics::DatapathSnapshot {
@@ -48,7 +48,7 @@ impl Daemon {
         }
         snapshot.source_hook_attached = self.source_hook.attached;
         for g in &self.groups {
-            match self.datapath.maps.sources.counters(g.id) {
+            match self.host.source_counters(g.id) {
                 Ok(c) => snapshot.sources.push((g.config.name.clone(), c)),
                 Err(e) => tracing::debug!("metrics: source counters of {}: {e}", g.name()),
             }

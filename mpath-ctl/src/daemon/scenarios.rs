@@ -1,0 +1,856 @@
+//! Scenario tests of the daemon itself, on the in-memory host ([`FakeHost`]): the event loop's
+//! handlers are driven as `run` would drive them (kernel notifications, probe replies,
+//! timers), with time moved by the test, and each scenario asserts what the host then holds.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use mpath_common::ProbeReply;
+
+use crate::{
+    config::Config,
+    core::routes::{Hop, MainRoute},
+    core::state::{Event, FailureCause, IfState, OfflineReason},
+    daemon::{ConfigPaths, Daemon, fake_host::FakeHost, host_io::HostIo, probing::ProbeContext},
+    net::address::IpCidr,
+    net::netlink::{NetEvent, Origin},
+};
+
+const H0: u32 = 2;
+const H1: u32 = 3;
+const H2: u32 = 4;
+
+/// Three NICs on one link, each with a test address; h0 and h1 have a data address each, and
+/// the group serves a route through the link's router.
+const THREE_NICS: &str = r#"
+[[group]]
+name = "g0"
+targets = ["192.0.2.1"]
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.10/24"
+data_addresses = ["192.0.2.20/24"]
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.11/24"
+data_addresses = ["192.0.2.21/24"]
+[[group.interface]]
+name = "h2"
+test_address = "192.0.2.12/24"
+[[group.route]]
+to = "198.51.100.0/24"
+via = "192.0.2.1"
+"#;
+
+const LINK_DOWN: IfState = IfState::Failed {
+    cause: FailureCause::LinkDown,
+};
+const PROBES_LOST: IfState = IfState::Failed {
+    cause: FailureCause::ProbesLost,
+};
+
+/// Longer than the startup quiet period, in which a cold start holds failures back.
+const PAST_QUIET: Duration = Duration::from_secs(45);
+
+/// Longer than the failure detection time (10 s by default) and the repair that follows.
+const DETECTION: Duration = Duration::from_secs(25);
+
+fn cidr(text: &str) -> IpCidr {
+    text.parse().unwrap()
+}
+
+/// A host with NICs h0, h1 and h2, up with carrier.
+fn three_nic_host() -> FakeHost {
+    let host = FakeHost::new(Instant::now());
+    host.add_nic("h0", H0);
+    host.add_nic("h1", H1);
+    host.add_nic("h2", H2);
+    // Present before mpathd starts: found by its first dump.
+    host.take_events();
+    host
+}
+
+/// The daemon on a fake host, driven by the test.
+struct Scenario {
+    daemon: Daemon<FakeHost>,
+    /// Where its configuration file is, for reloads.
+    dir: tempfile::TempDir,
+}
+
+impl Scenario {
+    /// Starts mpathd with `config` on `host`, as `Daemon::start` does after opening the host:
+    /// a host whose NICs carry the programs already is a restart.
+    async fn start(text: &str, host: FakeHost) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ConfigPaths {
+            config: dir.path().join("mpathd.toml"),
+            defaults: dir.path().join("mpathd.defaults"),
+        };
+        std::fs::write(&paths.config, text).unwrap();
+        let config = Config::load(&paths.config, Some(&paths.defaults)).unwrap();
+        let restarted = host.pinned_nics().is_ok_and(|nics| !nics.is_empty());
+        let mut daemon = Daemon::new(config, paths, host, ProbeContext::new(), restarted).unwrap();
+        daemon.take_stock().await.unwrap();
+        let mut scenario = Scenario { daemon, dir };
+        scenario.settle().await;
+        scenario
+    }
+
+    /// mpathd stops; the host stays as it left it, without the notifications it did not read.
+    fn stop(self) -> FakeHost {
+        let host = self.daemon.host;
+        host.take_events();
+        host
+    }
+
+    /// SIGHUP with `text` in the configuration file.
+    async fn reload(&mut self, text: &str) {
+        std::fs::write(self.dir.path().join("mpathd.toml"), text).unwrap();
+        self.daemon.reload().await;
+        self.settle().await;
+    }
+
+    fn host(&self) -> &FakeHost {
+        &self.daemon.host
+    }
+
+    fn host_mut(&mut self) -> &mut FakeHost {
+        &mut self.daemon.host
+    }
+
+    /// Delivers what the kernel announced and makes the planned route changes, until there
+    /// is nothing left of either; time stands still.
+    async fn settle(&mut self) {
+        for _ in 0..100 {
+            let events = self.daemon.host.take_events();
+            if events.is_empty() && !self.daemon.routing.has_pending() {
+                return;
+            }
+            for event in events {
+                self.daemon.net_event(event).await;
+            }
+            while self.daemon.routing.has_pending() {
+                self.daemon.route_step().await;
+            }
+        }
+        panic!("the daemon never settles");
+    }
+
+    /// Lets `by` pass as the event loop would: it wakes at each timer, and the link's targets
+    /// answer the probes of every NIC but the silent ones at once.
+    async fn run_for(&mut self, by: Duration) {
+        let end = self.daemon.host.now() + by;
+        while self.step(end).await < end {}
+    }
+
+    /// Runs as [`Scenario::run_for`] until `done` holds after a wake-up, for at most `limit`;
+    /// false when it never did.
+    async fn run_until(&mut self, limit: Duration, done: impl Fn(&Scenario) -> bool) -> bool {
+        let end = self.daemon.host.now() + limit;
+        while self.step(end).await < end {
+            if done(self) {
+                return true;
+            }
+        }
+        done(self)
+    }
+
+    /// Wakes the daemon at its next timer (at `end` at the latest), answers the probes and
+    /// settles; returns the time it woke.
+    async fn step(&mut self, end: Instant) -> Instant {
+        let wake = self.daemon.next_wakeup().min(end);
+        self.daemon.host.set_now(wake);
+        self.daemon.tick().await;
+        self.answer_probes().await;
+        self.settle().await;
+        wake
+    }
+
+    async fn answer_probes(&mut self) {
+        for probe in self.daemon.host.take_probes() {
+            if self.daemon.host.silent.contains(&probe.ifindex) {
+                continue;
+            }
+            let reply = ProbeReply::new(
+                probe.ifindex,
+                probe.seq,
+                probe.target,
+                probe.sent_ns,
+                probe.sent_ns + 300_000,
+            );
+            self.daemon.probe_reply(reply).await;
+        }
+    }
+
+    /// The kernel's link event for a carrier change.
+    async fn set_carrier(&mut self, ifindex: u32, carrier: bool) {
+        self.daemon.host.set_carrier(ifindex, carrier);
+        self.settle().await;
+    }
+
+    fn state_of(&self, nic: &str) -> IfState {
+        let at = self.daemon.groups.nic_named(nic).unwrap();
+        self.daemon.groups[at.group]
+            .fsm
+            .interface_state(nic)
+            .unwrap()
+    }
+
+    /// Asserts that `address` is on exactly one NIC, not on `nic`.
+    fn assert_moved_off(&self, address: &str, nic: u32, what: &str) {
+        let holders = self.holders(address);
+        assert!(
+            holders.len() == 1 && !holders.contains(&nic),
+            "{what}: {address} is on {holders:?}"
+        );
+    }
+
+    /// The NICs holding `address`.
+    fn holders(&self, address: &str) -> BTreeSet<u32> {
+        let address = cidr(address);
+        [H0, H1, H2]
+            .into_iter()
+            .filter(|i| self.host().addresses_on(*i).contains(&address))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_configured_addresses_and_routes_are_placed_at_start() {
+    let s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
+    assert!(s.host().addresses_on(H2).contains(&cidr("192.0.2.12/32")));
+    assert!((H0..=H2).all(|i| s.host().is_attached(i)));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_carrier_loss_moves_the_address_and_re_forms_the_routes_and_its_return_brings_them_back()
+{
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let id = s.daemon.groups[0].id;
+    assert_eq!(s.host().buckets_of(id), BTreeSet::from([H0, H1, H2]));
+    s.set_carrier(H0, false).await;
+    assert_eq!(s.state_of("h0"), LINK_DOWN);
+    assert_eq!(
+        s.host().buckets_of(id),
+        BTreeSet::from([H1, H2]),
+        "the bucket table spreads over the others"
+    );
+    let holders = s.holders("192.0.2.20/24");
+    assert_eq!(holders.len(), 1, "on one NIC: {holders:?}");
+    assert!(!holders.contains(&H0), "moved off h0");
+    // The kernel flushed the nexthop through h0; the group's routes go on through the others
+    // and h0 is not put back while it has no carrier.
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+    assert!(
+        s.host()
+            .take_announced()
+            .iter()
+            .any(|a| a.addr == cidr("192.0.2.20/24").addr() && holders.contains(&a.ifindex)),
+        "the peers learn where the address went"
+    );
+
+    s.set_carrier(H0, true).await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]), "failback");
+    assert_eq!(s.host().buckets_of(id), BTreeSet::from([H0, H1, H2]));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_nic_whose_probes_go_unanswered_fails_and_is_repaired_when_they_are_answered_again() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    s.host_mut().silent.insert(H0);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == PROBES_LOST)
+            .await
+    );
+    // At once, as the failure is found: the address, and the group's nexthop group
+    // re-formed without the NIC (the kernel keeps nexthops through a NIC with carrier).
+    s.assert_moved_off("192.0.2.20/24", H0, "moved off h0");
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+    s.run_for(DETECTION).await;
+    assert_eq!(
+        s.state_of("h0"),
+        PROBES_LOST,
+        "while its probes go unanswered"
+    );
+
+    s.host_mut().silent.remove(&H0);
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_nic_the_programs_cannot_attach_to_is_never_used_until_they_attach() {
+    let mut host = three_nic_host();
+    host.refuse_attach("h0", true);
+    let mut s = Scenario::start(THREE_NICS, host).await;
+    s.run_for(PAST_QUIET).await;
+    assert_eq!(
+        s.state_of("h0"),
+        IfState::Offline {
+            failure: None,
+            reason: OfflineReason::NoDatapath
+        }
+    );
+    assert!(!s.host().is_attached(H0));
+    s.assert_moved_off("192.0.2.20/24", H0, "its data address is on a usable NIC");
+    assert!(
+        !s.host().addresses_on(H0).contains(&cidr("192.0.2.10/32")),
+        "no test address before the programs"
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    // The next look at the datapath attaches them.
+    s.host_mut().refuse_attach("h0", false);
+    s.run_for(DETECTION).await;
+    assert!(s.host().is_attached(H0));
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert!(s.host().addresses_on(H0).contains(&cidr("192.0.2.10/32")));
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_resynchronisation_that_fails_after_lost_notifications_is_tried_again() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    // h0 loses its carrier while the kernel drops the notifications, and the dumps after the
+    // overrun are interrupted.
+    s.host().dumps_fail.set(true);
+    s.host().set_carrier(H0, false);
+    s.host().take_events();
+    s.daemon.net_event(NetEvent::Overrun).await;
+    s.settle().await;
+    assert_eq!(s.state_of("h0"), IfState::Ok, "nothing known yet");
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+
+    // No notification comes to trigger it: the retry alone finds the failure.
+    s.host().dumps_fail.set(false);
+    s.run_for(Duration::from_secs(3)).await;
+    assert_eq!(s.state_of("h0"), LINK_DOWN);
+    s.assert_moved_off("192.0.2.20/24", H0, "moved off h0");
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+}
+
+/// [`THREE_NICS`] without configured targets: the NICs probe the router of the group's route,
+/// which is in no table a restarted mpathd could read before it serves the route.
+const THREE_NICS_ROUTER_ONLY: &str = r#"
+[[group]]
+name = "g0"
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.10/24"
+data_addresses = ["192.0.2.20/24"]
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.11/24"
+data_addresses = ["192.0.2.21/24"]
+[[group.interface]]
+name = "h2"
+test_address = "192.0.2.12/24"
+[[group.route]]
+to = "198.51.100.0/24"
+via = "192.0.2.1"
+"#;
+
+#[tokio::test]
+async fn a_restart_keeps_the_group_routes_the_probe_targets_and_a_failure_found_by_probes() {
+    let mut s = Scenario::start(THREE_NICS_ROUTER_ONLY, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    s.host_mut().silent.insert(H0);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == PROBES_LOST)
+            .await
+    );
+    // The plan that follows deletes the nexthop through h0.
+    s.run_for(Duration::from_secs(1)).await;
+    let nexthops = s.host().nexthop_ids();
+    let host = s.stop();
+
+    let mut s = Scenario::start(THREE_NICS_ROUTER_ONLY, host).await;
+    assert_eq!(s.state_of("h0"), PROBES_LOST, "the failure is adopted");
+    s.assert_moved_off("192.0.2.20/24", H0, "the address stays off h0");
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+    assert_eq!(s.host().nexthop_ids(), nexthops, "the nexthops are adopted");
+
+    // The router is still probed: h0 is repaired by its answers, and h1 fails without them.
+    s.host_mut().silent.remove(&H0);
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    s.host_mut().silent.insert(H1);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h1") == PROBES_LOST)
+            .await
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_renamed_nic_leaves_the_group_with_what_mpathd_put_on_it_and_rejoins_under_its_name() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.host().rename(H0, "eth9");
+    s.settle().await;
+    assert_eq!(s.state_of("h0"), IfState::Missing);
+    s.assert_moved_off("192.0.2.20/24", H0, "moved off the renamed NIC");
+    assert!(
+        s.host().addresses_on(H0).is_empty(),
+        "its test address went too"
+    );
+    assert!(!s.host().is_attached(H0));
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    s.host().rename(H0, "h0");
+    s.settle().await;
+    s.run_for(DETECTION).await;
+    assert!(s.host().is_attached(H0));
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert!(s.host().addresses_on(H0).contains(&cidr("192.0.2.10/32")));
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn an_address_someone_else_puts_on_a_nic_is_adopted_and_fails_over_with_it() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.host().add_others_address(H1, cidr("192.0.2.99/24"));
+    s.settle().await;
+    s.set_carrier(H1, false).await;
+    s.assert_moved_off("192.0.2.99/24", H1, "moved off h1 with its data address");
+    assert!(!s.holders("192.0.2.21/24").contains(&H1));
+
+    s.set_carrier(H1, true).await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.holders("192.0.2.99/24"), BTreeSet::from([H1]));
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_group_routes_and_keeps_a_failed_nic_out_of_them() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    // h2 holds no data address: nothing on the host tells a new group it failed, only what
+    // the group it replaces went through.
+    s.host_mut().silent.insert(H2);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h2") == PROBES_LOST)
+            .await
+    );
+    let changed = THREE_NICS
+        .replace("198.51.100.0/24", "203.0.113.0/24")
+        .replace(
+            "test_address = \"192.0.2.12/24\"",
+            "test_address = \"192.0.2.12/24\"\ndata_addresses = [\"192.0.2.22/24\"]",
+        );
+    s.reload(&changed).await;
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.state_of("h2"),
+        PROBES_LOST,
+        "still failed after the reload"
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("203.0.113.0/24")),
+        BTreeSet::from([H0, H1]),
+        "the new route, without the failed NIC"
+    );
+    assert!(
+        s.host().routed_through(cidr("198.51.100.0/24")).is_empty(),
+        "the route the configuration no longer has is gone"
+    );
+    s.assert_moved_off(
+        "192.0.2.22/24",
+        H2,
+        "h2's new address is placed on a usable NIC",
+    );
+
+    s.host_mut().silent.remove(&H2);
+    s.run_for(DETECTION).await;
+    assert_eq!(
+        s.host().routed_through(cidr("203.0.113.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+    assert_eq!(s.holders("192.0.2.22/24"), BTreeSet::from([H2]));
+}
+
+#[tokio::test]
+async fn an_operator_s_offline_moves_the_addresses_and_outlives_a_restart() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let now = s.host().now();
+    let offline = Event::Offline { nic: "h0".into() };
+    s.daemon.admin("h0", offline, "offline", now).await;
+    s.settle().await;
+    let admin_offline = IfState::Offline {
+        failure: None,
+        reason: OfflineReason::Admin,
+    };
+    assert_eq!(s.state_of("h0"), admin_offline);
+    assert!(!s.holders("192.0.2.20/24").contains(&H0));
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    let host = s.stop();
+    let mut s = Scenario::start(THREE_NICS, host).await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h0"), admin_offline, "the pinned map kept it");
+    assert!(!s.holders("192.0.2.20/24").contains(&H0));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    let online = Event::Online { nic: "h0".into() };
+    let now = s.host().now();
+    s.daemon.admin("h0", online, "online", now).await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+}
+
+#[tokio::test]
+async fn programs_taken_off_a_nic_behind_mpathd_s_back_are_attached_again() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.host_mut().detach_behind_mpathds_back(H1);
+    s.run_for(Duration::from_secs(3)).await;
+    assert!(s.host().is_attached(H1), "attached again at the next look");
+    assert_eq!(s.state_of("h1"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
+}
+
+#[tokio::test]
+async fn a_nic_deleted_and_created_again_under_another_ifindex_is_set_up_anew() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.host().remove_nic(H0);
+    s.settle().await;
+    assert_eq!(s.state_of("h0"), IfState::Missing);
+    s.assert_moved_off("192.0.2.20/24", H0, "moved to a NIC that is there");
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+
+    const H0_AGAIN: u32 = 9;
+    s.host().add_nic("h0", H0_AGAIN);
+    s.settle().await;
+    s.run_for(DETECTION).await;
+    assert!(s.host().is_attached(H0_AGAIN));
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert!(
+        s.host()
+            .addresses_on(H0_AGAIN)
+            .contains(&cidr("192.0.2.10/32"))
+    );
+    assert!(
+        s.host()
+            .addresses_on(H0_AGAIN)
+            .contains(&cidr("192.0.2.20/24")),
+        "failback to the new NIC"
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0_AGAIN, H1, H2])
+    );
+}
+
+/// Two NICs probing over IPv6 from their link-local addresses, h0 with an IPv6 data address.
+const TWO_NICS_IPV6: &str = r#"
+[[group]]
+name = "g6"
+targets = ["fe80::1"]
+[[group.interface]]
+name = "h0"
+data_addresses = ["2001:db8::20/64"]
+[[group.interface]]
+name = "h1"
+"#;
+
+#[tokio::test]
+async fn a_nic_probing_over_ipv6_fails_silently_and_its_address_is_announced_from_the_other() {
+    let mut host = FakeHost::new(Instant::now());
+    for (name, ifindex) in [("h0", H0), ("h1", H1)] {
+        host.add_nic(name, ifindex);
+        let link_local = cidr(&format!("fe80::{ifindex}/64"));
+        host.put_address(ifindex, link_local, Origin::Kernel);
+    }
+    host.take_events();
+    let mut s = Scenario::start(TWO_NICS_IPV6, host).await;
+    s.run_for(PAST_QUIET).await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+
+    s.host().take_announced();
+    s.host_mut().silent.insert(H0);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == PROBES_LOST)
+            .await
+    );
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H1]));
+    let address = cidr("2001:db8::20/64").addr();
+    assert!(
+        s.host()
+            .take_announced()
+            .iter()
+            .any(|a| a.addr == address && a.ifindex == H1),
+        "an unsolicited neighbour advertisement from h1"
+    );
+}
+
+#[tokio::test]
+async fn a_carrier_loss_reported_ahead_of_the_link_event_fails_over_once_confirmed() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let now = s.host().now();
+    // A stale report: h0 has its carrier.
+    s.daemon.carrier_lost(H0, None, now).await;
+    s.settle().await;
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+
+    // The carrier is gone, and the kernel's link event is still held back.
+    s.host().set_carrier(H0, false);
+    let link_events = s.host().take_events();
+    s.daemon.carrier_lost(H0, None, now).await;
+    s.settle().await;
+    assert_eq!(s.state_of("h0"), LINK_DOWN);
+    assert!(!s.holders("192.0.2.20/24").contains(&H0));
+    // The link event that follows changes nothing more.
+    let holders = s.holders("192.0.2.20/24");
+    for event in link_events {
+        s.daemon.net_event(event).await;
+    }
+    s.settle().await;
+    assert_eq!(s.holders("192.0.2.20/24"), holders);
+}
+
+#[tokio::test]
+async fn a_multicast_group_joined_on_a_failed_nic_is_joined_where_its_address_went_until_repair() {
+    let mut host = three_nic_host();
+    let group = "239.1.2.3".parse().unwrap();
+    host.join_by_application(H0, group);
+    let mut s = Scenario::start(THREE_NICS, host).await;
+    assert!(s.host().joined_by_mpathd().is_empty());
+
+    s.set_carrier(H0, false).await;
+    let holders = s.holders("192.0.2.20/24");
+    let taker = *holders.first().unwrap();
+    assert_ne!(taker, H0);
+    assert_eq!(
+        s.host().joined_by_mpathd(),
+        BTreeSet::from([(taker, group)])
+    );
+
+    assert!(s.host().reported().is_empty());
+
+    s.set_carrier(H0, true).await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert!(s.host().joined_by_mpathd().is_empty(), "left on repair");
+    // The switch forgot h0's port with its link: h0's groups are reported again.
+    assert_eq!(
+        s.host().reported(),
+        [(H0, vec!["239.1.2.3".parse::<std::net::Ipv4Addr>().unwrap()])]
+    );
+}
+
+/// A DHCP client's default route through the link's router, out of `oif` only.
+fn dhcp_default_route(oif: u32) -> MainRoute {
+    MainRoute {
+        destination: cidr("0.0.0.0/0"),
+        metric: 100,
+        tos: 0,
+        plain: true,
+        prefsrc: None,
+        hops: smallvec::smallvec![Hop {
+            oif,
+            gateway: Some("192.0.2.1".parse().unwrap()),
+        }],
+    }
+}
+
+/// Three NICs without configured targets or routes: the group serves the main table's routes
+/// through its NICs and probes their router.
+const THREE_NICS_MAIN_TABLE: &str = r#"
+[[group]]
+name = "g0"
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.10/24"
+data_addresses = ["192.0.2.20/24"]
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.11/24"
+[[group.interface]]
+name = "h2"
+test_address = "192.0.2.12/24"
+"#;
+
+#[tokio::test]
+async fn a_default_route_on_one_nic_is_served_through_the_group_and_probed_for_failures() {
+    let mut host = three_nic_host();
+    // A DHCP client's default route, through h0 only.
+    host.put_main_route(dhcp_default_route(H0));
+    let mut s = Scenario::start(THREE_NICS_MAIN_TABLE, host).await;
+    s.run_for(PAST_QUIET).await;
+    assert_eq!(
+        s.host().routed_through(cidr("0.0.0.0/0")),
+        BTreeSet::from([H0, H1, H2])
+    );
+
+    // The router of the default route is every NIC's target: h0 fails by its probes.
+    s.host_mut().silent.insert(H0);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == PROBES_LOST)
+            .await
+    );
+    assert_eq!(
+        s.host().routed_through(cidr("0.0.0.0/0")),
+        BTreeSet::from([H1, H2])
+    );
+    assert!(!s.holders("192.0.2.20/24").contains(&H0));
+}
+
+#[tokio::test]
+async fn a_default_route_the_kernel_deleted_with_its_nic_is_held_by_the_group() {
+    let mut host = three_nic_host();
+    host.put_main_route(dhcp_default_route(H0));
+    let mut s = Scenario::start(THREE_NICS_MAIN_TABLE, host).await;
+    s.run_for(PAST_QUIET).await;
+    s.host().take_down(H0);
+    s.settle().await;
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(s.state_of("h0"), LINK_DOWN);
+    assert_eq!(
+        s.host().routed_through(cidr("0.0.0.0/0")),
+        BTreeSet::from([H1, H2]),
+        "off-link traffic still has a way out"
+    );
+    let group = &s.daemon.groups[0];
+    assert_eq!(group.held_routes.len(), 1, "{:?}", group.held_routes);
+}
+
+#[tokio::test]
+async fn when_every_target_goes_silent_at_once_the_group_fails_and_nothing_moves() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    s.host_mut().silent.extend([H0, H1, H2]);
+    let unreachable = IfState::Failed {
+        cause: FailureCause::TargetsUnreachable,
+    };
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == unreachable)
+            .await
+    );
+    s.run_for(Duration::from_secs(1)).await;
+    assert!(
+        ["h0", "h1", "h2"]
+            .iter()
+            .all(|n| s.state_of(n) == unreachable)
+    );
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
+
+    // The targets answer again: the NICs are repaired one by one, and nothing moved.
+    s.host_mut().silent.clear();
+    s.run_for(DETECTION).await;
+    assert!(
+        ["h0", "h1", "h2"]
+            .iter()
+            .all(|n| s.state_of(n) == IfState::Ok)
+    );
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_nic_given_another_nic_s_hardware_address_is_never_used_until_it_has_its_own() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let h0_mac = [2, 0, 0, 0, 0, H0 as u8];
+    s.host().set_mac(H1, h0_mac);
+    s.settle().await;
+    assert_eq!(
+        s.state_of("h1"),
+        IfState::Offline {
+            failure: None,
+            reason: OfflineReason::DuplicateMac
+        }
+    );
+    s.assert_moved_off("192.0.2.21/24", H1, "the duplicate carries no address");
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H2])
+    );
+
+    s.host().set_mac(H1, [2, 0, 0, 0, 0, 0x33]);
+    s.settle().await;
+    s.run_for(DETECTION).await;
+    assert_eq!(s.state_of("h1"), IfState::Ok);
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
+}
+
+#[tokio::test]
+async fn a_route_someone_deletes_from_mpathd_s_table_is_put_back() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let table = s.daemon.config.daemon.route_table;
+    s.host().delete_table_route(table, cidr("198.51.100.0/24"));
+    assert!(s.host().routed_through(cidr("198.51.100.0/24")).is_empty());
+    s.settle().await;
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+}
