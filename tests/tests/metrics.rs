@@ -180,3 +180,33 @@ fn idle_connections_and_a_scrape_storm_starve_neither_scrapes_nor_failover() {
         assert!(ping.is_ok(), "the moved address unreachable: {ping:?}");
     });
 }
+
+/// With `track_interfaces_only_with_groups = false` (the Solaris TRACK_INTERFACES_ONLY_WITH_GROUPS=no),
+/// a NIC outside the groups has its link in the metrics too, with an empty group label, and
+/// the metrics follow it.
+#[test]
+fn a_nic_outside_the_groups_is_in_the_metrics_when_all_nics_are_tracked() {
+    let lab = Lab::builder().nics(4).build().expect("lab");
+    let host = lab.host();
+    let config = three_nic_config(700).replace(
+        "[daemon]\n",
+        "[daemon]\ntrack_interfaces_only_with_groups = false\n",
+    );
+    let mut daemon = Mpathd::start(host, &config);
+    let h3 = |state: &str| {
+        format!(r#"mpath_interface_link_state{{group="",interface="h3",state="{state}"}}"#)
+    };
+    daemon.wait_until("h3's link up in the metrics", |_| {
+        scrape(host).is_some_and(|t| sample(&t, &h3("up")) == Some(1.0))
+    });
+    let text = scrape(host).unwrap();
+    promtool_check(&text);
+    assert_eq!(sample(&text, &h3("down")), Some(0.0), "{text}");
+
+    lab.cut("h3").unwrap();
+    daemon.wait_until("h3's link down in the metrics", |_| {
+        scrape(host).is_some_and(|t| {
+            sample(&t, &h3("down")) == Some(1.0) && sample(&t, &h3("up")) == Some(0.0)
+        })
+    });
+}
