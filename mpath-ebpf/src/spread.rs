@@ -162,18 +162,23 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
     bucket_nic(nic, ifindex, hash)
 }
 
-/// Buckets tried after the flow's own when its NIC has lost its carrier (before mpathd has
-/// rewritten the table): with a NIC in every few buckets, one with carrier is near.
-const CARRIER_DETOUR_BUCKETS: u32 = 8;
+/// Buckets tried, the flow's own first, when NICs have lost their carrier (before mpathd has
+/// rewritten the table): spread evenly over the table, they meet every NIC whose share is
+/// one run of at least `BUCKETS_PER_GROUP / CARRIER_DETOUR_BUCKETS` buckets, as a fresh
+/// table gives each NIC (runs of 128 for 2 NICs, 16 for 16).
+const CARRIER_DETOUR_BUCKETS: u32 = 16;
+const CARRIER_DETOUR_STRIDE: u32 = BUCKETS_PER_GROUP / CARRIER_DETOUR_BUCKETS;
 
 /// The NIC of the flow's bucket. When that NIC has no carrier (the carrier hook's mark, set
-/// before mpathd rewrote the table), the flow goes to the next bucket whose NIC has one: the
-/// same choice for every packet of the flow, until mpathd's table replaces it.
+/// before mpathd rewrote the table), the flow goes to the first of the buckets
+/// `CARRIER_DETOUR_STRIDE` apart whose NIC has one: the same choice for every packet of the
+/// flow, until mpathd's table replaces it.
 #[inline(always)]
 fn bucket_nic(nic: &EgressNic, ifindex: u32, hash: u32) -> Option<Egress> {
     let first = u32::from(nic.group) * BUCKETS_PER_GROUP;
     for step in 0..CARRIER_DETOUR_BUCKETS {
-        let bucket = BUCKETS.get(first + hash.wrapping_add(step) % BUCKETS_PER_GROUP)?;
+        let detour = step * CARRIER_DETOUR_STRIDE;
+        let bucket = BUCKETS.get(first + hash.wrapping_add(detour) % BUCKETS_PER_GROUP)?;
         if bucket.ifindex == 0 {
             return None;
         }

@@ -443,12 +443,28 @@ fn a_nic_without_carrier_sends_its_routed_packets_to_the_next_bucket_nic_with_ca
     let mut rig = Rig::new(3);
     let [h0, h1, h2] = ["h0", "h1", "h2"].map(|n| rig.ifindex(n));
     let macs: BTreeMap<u32, [u8; 6]> = rig.nics.iter().map(|n| (n.1, n.2)).collect();
-    // The frame's flow hashes to bucket `b`: h1 holds it, h0 the next one, h2 all others.
     let b = (flow_hash::v4(DATA.octets(), ROUTER.octets(), 17, FRAME_PORTS) % BUCKETS_PER_GROUP)
         as usize;
+    let at = |steps: usize| (b + steps * 16) % BUCKETS_PER_GROUP as usize;
+
+    // A fresh table gives each NIC one run of buckets: the frame's flow, whose bucket `b` is
+    // in the run of a NIC that lost its carrier, finds the other NIC's run.
+    let fresh = rebalance(&[0; BUCKETS_PER_GROUP as usize], &[h0, h1]);
+    rig.datapath
+        .maps
+        .write_table(GROUP, &fresh, |i| macs[&i])
+        .unwrap();
+    let (owner, other) = if fresh[b] == h0 { (h0, h1) } else { (h1, h0) };
+    rig.datapath.maps.set_routed(owner, true).unwrap();
+    mark_carrier_lost(&rig, owner, true);
+    let (verdict, _, source) = run_on(&mut rig, owner, 1);
+    assert_eq!((verdict, source), (TC_ACT_REDIRECT, macs[&other]));
+    mark_carrier_lost(&rig, owner, false);
+
+    // The flow's bucket `b` is h1's, the next one tried h0's, all others h2's.
     let mut table = [h2; BUCKETS_PER_GROUP as usize];
-    table[b] = h1;
-    table[(b + 1) % BUCKETS_PER_GROUP as usize] = h0;
+    table[at(0)] = h1;
+    table[at(1)] = h0;
     rig.datapath
         .maps
         .write_table(GROUP, &table, |i| macs[&i])
