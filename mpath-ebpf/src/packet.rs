@@ -5,16 +5,16 @@ use core::mem::size_of;
 
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
-pub const ETH_HLEN: usize = EthHdr::LEN;
-pub const ETH_P_IPV4: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_FRAGMENT: u8 = 44;
-pub const IPPROTO_ICMPV6: u8 = 58;
-pub const IPV6_HLEN: usize = Ipv6Hdr::LEN;
+pub(crate) const ETH_HLEN: usize = EthHdr::LEN;
+pub(crate) const ETH_P_IPV4: u16 = 0x0800;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const IPPROTO_ICMP: u8 = 1;
+pub(crate) const IPPROTO_FRAGMENT: u8 = 44;
+pub(crate) const IPPROTO_ICMPV6: u8 = 58;
+pub(crate) const IPV6_HLEN: usize = Ipv6Hdr::LEN;
 
 #[repr(C)]
-pub struct Ipv6FragHdr {
+pub(crate) struct Ipv6FragHdr {
     pub next_header: u8,
     pub reserved: u8,
     /// Offset (13 bits, in 8-byte units) and the more-fragments flag (lowest bit).
@@ -24,7 +24,7 @@ pub struct Ipv6FragHdr {
 
 /// ICMP and ICMPv6 echo header: the two share this layout.
 #[repr(C)]
-pub struct IcmpEcho {
+pub(crate) struct IcmpEcho {
     pub kind: u8,
     pub code: u8,
     pub check: [u8; 2],
@@ -37,7 +37,7 @@ pub struct IcmpEcho {
 ///
 /// Every packet read goes through here, so the verifier sees one bounds check per access.
 #[inline(always)]
-pub fn at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
+pub(crate) fn at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
     let ptr = start + offset;
     if ptr + size_of::<T>() > end {
         return None;

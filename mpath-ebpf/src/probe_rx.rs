@@ -68,7 +68,7 @@ enum Disposition {
 /// TC ingress: TC_ACT_UNSPEC lets every packet that is not a matched reply go on (tcx: to the
 /// next program, then up the stack).
 #[classifier]
-pub fn mpath_probe_rx(ctx: TcContext) -> i32 {
+pub(crate) fn mpath_probe_rx(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: read-only lookup; mpathd replaces entries whole.
@@ -78,7 +78,7 @@ pub fn mpath_probe_rx(ctx: TcContext) -> i32 {
     let len = ctx.len();
     if len <= MAX_REPLY_FRAME && ((ctx.data_end() - ctx.data()) as u32) < len {
         // On failure the checks below see the packet as short, which is no match.
-        let _ = ctx.pull_data(len);
+        let _: Result<_, _> = ctx.pull_data(len);
     }
     match handle(ctx.data(), ctx.data_end(), u64::from(len), ifindex, nic) {
         Disposition::Pass => TC_ACT_UNSPEC,
@@ -88,7 +88,7 @@ pub fn mpath_probe_rx(ctx: TcContext) -> i32 {
 
 /// XDP (opt-in): the same matcher on the frame's first buffer.
 #[xdp(frags)]
-pub fn mpath_probe_rx_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn mpath_probe_rx_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: read-only lookup; mpathd replaces entries whole.
     let Some(nic) = (unsafe { NICS.get(ifindex) }) else {

@@ -55,7 +55,7 @@ const REDIRECTED: u32 = 0x4d50_5244;
 
 /// TC_ACT_UNSPEC lets the packet continue (tcx: on to the next program, then out).
 #[classifier]
-pub fn mpath_spread(mut ctx: TcContext) -> i32 {
+pub(crate) fn mpath_spread(mut ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(nic) = EGRESS_NICS.get(ifindex).filter(|n| n.is_present()) else {
@@ -226,7 +226,8 @@ fn stamp_probe(ctx: &TcContext, icmp_at: usize, request: u8) {
     for half in [0, 4] {
         let word =
             |b: &[u8; 8]| u32::from_ne_bytes([b[half], b[half + 1], b[half + 2], b[half + 3]]);
-        let _ = ctx.l4_csum_replace(icmp_at + 2, u64::from(word(&old)), u64::from(word(&new)), 4);
+        let _: Result<_, _> =
+            ctx.l4_csum_replace(icmp_at + 2, u64::from(word(&old)), u64::from(word(&new)), 4);
     }
 }
 

@@ -207,15 +207,15 @@ impl Mpathd {
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
+            let _: Result<_, _> = c.wait();
         }
     }
 
     /// Kills the process with SIGKILL (no clean-up of its own), leaving pins and socket.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            let _: Result<_, _> = c.kill();
+            let _: Result<_, _> = c.wait();
         }
     }
 
@@ -297,7 +297,7 @@ impl Mpathd {
 impl Drop for Mpathd {
     fn drop(&mut self) {
         self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
+        let _: Result<_, _> = fs::remove_dir_all(&self.dir);
     }
 }
 

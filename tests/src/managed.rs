@@ -79,8 +79,8 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _: Result<_, _> = self.child.kill();
+        let _: Result<_, _> = self.child.wait();
     }
 }
 

@@ -1938,10 +1938,10 @@ fn without_bpffs_mpathd_mounts_one_and_runs() {
     let (tx, rx) = std::sync::mpsc::channel();
     let stream_socket = socket.clone();
     std::thread::spawn(move || {
-        let _ = control::call(&stream_socket, &Request::Probes {}, |reply| {
+        let _: Result<_, _> = control::call(&stream_socket, &Request::Probes {}, |reply| {
             let matched = matches!(&reply, control::Reply::Probe(p) if p.net_rtt_us.is_some());
             if matched {
-                let _ = tx.send(());
+                let _: Result<_, _> = tx.send(());
             }
             !matched
         });

@@ -175,7 +175,7 @@ fn nexthop_groups_networkd_deletes_are_made_again_at_once() {
 #[test]
 fn the_netplan_example_renders_networks_that_leave_mpathd_s_configuration_alone() {
     let root = std::env::temp_dir().join(format!("mpath-netplan-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let _: Result<_, _> = std::fs::remove_dir_all(&root);
     let yaml_dir = root.join("etc/netplan");
     std::fs::create_dir_all(&yaml_dir).unwrap();
     let yaml = dist_text("netplan/60-mpath.yaml")

@@ -802,7 +802,7 @@ fn connected_source(to: IpAddr, kind: socket2::Type) -> IpAddr {
     let socket = socket2::Socket::new(domain, kind, None).unwrap();
     socket.set_nonblocking(true).unwrap();
     // A TCP connect to a port nobody listens on is refused later; the source is set now.
-    let _ = socket.connect(&SocketAddr::new(to, 9).into());
+    let _: Result<_, _> = socket.connect(&SocketAddr::new(to, 9).into());
     let local = socket.local_addr().unwrap().as_socket().unwrap();
     local.ip()
 }

@@ -601,7 +601,7 @@ fn bound_stream(
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             // A send can fail while h1 has no carrier and nothing moves it: that is counted
             // as lost by the router, which is the point.
-            let _ = socket.send_to(b"mpath", &router.into());
+            let _: Result<_, _> = socket.send_to(b"mpath", &router.into());
             std::thread::sleep(Duration::from_millis(2));
         }
     })

@@ -150,7 +150,7 @@ fn prune<T: MetricVecBuilder>(family: &MetricVec<T>, keep: &dyn Fn(&HashMap<&str
                 .collect();
             if !keep(&labels) {
                 // Only fails for a series that is not there.
-                let _ = family.remove(&labels);
+                let _: Result<_, _> = family.remove(&labels);
             }
         }
     }
@@ -191,9 +191,9 @@ pub(crate) struct Scrape {
 
 impl Scrape {
     /// Hands the rendered text (or why there is none) to the waiting HTTP request.
-    pub fn answer(self, rendered: Result<String, MetricsError>) {
+    pub(crate) fn answer(self, rendered: Result<String, MetricsError>) {
         // The scraper may have given up meanwhile; nothing to do then.
-        let _ = self.reply.send(rendered);
+        let _: Result<_, _> = self.reply.send(rendered);
     }
 }
 
@@ -258,7 +258,7 @@ pub(crate) enum ReloadResult {
     Failed,
 }
 
-named!(ReloadResult {
+named!(pub(crate) ReloadResult {
     Applied => "applied",
     Unchanged => "unchanged",
     Refused => "refused",
@@ -365,7 +365,7 @@ impl Definer<'_> {
 impl Metrics {
     /// Defines every metric and starts the event totals of the configured groups and NICs
     /// at zero, so that a rate over them is defined before the first event.
-    pub fn new(groups: &[GroupConfig]) -> Result<Metrics, MetricsError> {
+    pub(crate) fn new(groups: &[GroupConfig]) -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
         let d = Definer {
             registry: &registry,
@@ -762,7 +762,7 @@ impl Metrics {
     }
 
     /// A NIC of `group` was declared failed.
-    pub fn failure(&self, group: &str, nic: &str, cause: FailureCause) {
+    pub(crate) fn failure(&self, group: &str, nic: &str, cause: FailureCause) {
         self.events
             .failures
             .with_label_values(&[group, nic, cause.as_str()])
@@ -770,7 +770,7 @@ impl Metrics {
     }
 
     /// A NIC of `group` was declared repaired.
-    pub fn repair(&self, group: &str, nic: &str) {
+    pub(crate) fn repair(&self, group: &str, nic: &str) {
         self.events.repairs.with_label_values(&[group, nic]).inc();
     }
 
@@ -780,7 +780,7 @@ impl Metrics {
     }
 
     /// A reload ended with `result`.
-    pub fn reload(&self, result: ReloadResult) {
+    pub(crate) fn reload(&self, result: ReloadResult) {
         let d = &self.daemon;
         d.reloads.with_label_values(&[result.as_str()]).inc();
         let successful = matches!(result, ReloadResult::Applied | ReloadResult::Unchanged);
@@ -808,7 +808,7 @@ impl Metrics {
 
     /// The metrics as text exposition format 0.0.4: the event totals, and the state and
     /// datapath counters of `snapshot`.
-    pub fn render(&self, snapshot: &Snapshot) -> Result<String, MetricsError> {
+    pub(crate) fn render(&self, snapshot: &Snapshot) -> Result<String, MetricsError> {
         self.set_state(snapshot);
         self.set_datapath(snapshot);
         TextEncoder::new()

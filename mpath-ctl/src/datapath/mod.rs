@@ -373,7 +373,7 @@ impl Datapath {
                     handle,
                     None,
                 )
-                .map_err(|_| DatapathError::NoSuchInterface(ifname.into()))?;
+                .map_err(|_not_found| DatapathError::NoSuchInterface(ifname.into()))?;
                 prog.attach_to_link(link).map_err(program)?
             }
             Some(filter) => {
@@ -442,12 +442,12 @@ impl Datapath {
             },
         };
         // Before 5.9 aya attaches XDP through netlink, which gives no link to pin.
-        let link = FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|_| {
-            DatapathError::MissingFeature {
+        let link = FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(
+            |_netlink_attached| DatapathError::MissingFeature {
                 feature: "BPF links for XDP",
                 since: "5.9",
-            }
-        })?;
+            },
+        )?;
         pin(link, &path)?;
         Ok(refused)
     }
@@ -946,7 +946,8 @@ fn pin(link: FdLink, path: &Path) -> Result<PinnedLink, DatapathError> {
 
 /// The ifindex of `ifname` in this thread's network namespace.
 pub(crate) fn ifindex_of(ifname: &str) -> Result<u32, DatapathError> {
-    let c = CString::new(ifname).map_err(|_| DatapathError::NoSuchInterface(ifname.into()))?;
+    let c = CString::new(ifname)
+        .map_err(|_nul_inside| DatapathError::NoSuchInterface(ifname.into()))?;
     // SAFETY: `c` is a valid NUL-terminated string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
         0 => Err(DatapathError::NoSuchInterface(ifname.into())),

@@ -298,7 +298,8 @@ struct RouteFilter {
 impl Netlink {
     /// Opens a request socket in the calling thread's network namespace.
     pub fn connect() -> Result<Netlink, NetlinkError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_outside_tokio| NetlinkError::NoRuntime)?;
         let (connection, handle, _unsolicited) =
             rtnetlink::new_connection().map_err(NetlinkError::Open)?;
         let (route_dumps_connection, route_dumps, _unsolicited) =
@@ -854,7 +855,8 @@ type Notifications = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, Soc
 fn subscribe(
     receive_buffer: usize,
 ) -> Result<(JoinHandle<()>, Notifications, RawFd), NetlinkError> {
-    let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
+    let runtime =
+        tokio::runtime::Handle::try_current().map_err(|_outside_tokio| NetlinkError::NoRuntime)?;
     let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(NetlinkError::OpenMonitor)?;
     let fd = socket.socket_ref().as_raw_fd();
     set_receive_buffer(fd, receive_buffer).map_err(NetlinkError::OpenMonitor)?;
