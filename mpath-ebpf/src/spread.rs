@@ -29,7 +29,7 @@ use mpath_common::{
 
 use crate::{
     maps::{BUCKETS, EGRESS_NICS, GROUP_TESTS, count},
-    packet::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_HLEN, at},
+    packet::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_HLEN, Packet},
 };
 use network_types::{
     eth::EthHdr,
@@ -89,10 +89,8 @@ pub(crate) fn mpath_spread(mut ctx: TcContext) -> i32 {
 /// stamped: the flow hash and the bucket are for packets the routes did not place.
 #[inline(always)]
 fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egress> {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    let eth: *const EthHdr = at(start, end, 0)?;
-    // SAFETY: `at` checked that the header lies inside the packet.
-    let eth = unsafe { &*eth };
+    let packet = Packet::of_tc(ctx);
+    let eth: &EthHdr = packet.ref_at(0)?;
     // Broadcast and multicast (ARP, ND, MLD, IGMP...) belong to the link they were sent on.
     if eth.dst_addr[0] & 1 != 0 {
         return None;
@@ -102,9 +100,7 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
     let mut hash = unsafe { (*ctx.skb.skb).hash };
     match u16::from_be(eth.ether_type) {
         ETH_P_IPV4 => {
-            let ip: *const Ipv4Hdr = at(start, end, ETH_HLEN)?;
-            // SAFETY: bounds checked by `at`.
-            let ip = unsafe { &*ip };
+            let ip: &Ipv4Hdr = packet.ref_at(ETH_HLEN)?;
             let ihl = usize::from(ip.vihl & 0x0f) * 4;
             if let Some(owner) = test_address_owner(u32::from(nic.group), ip.src_addr) {
                 if ip.proto == IPPROTO_ICMP {
@@ -120,7 +116,7 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
                 // must go the same way.
                 let whole = u16::from_be_bytes(ip.frags) & 0x3fff == 0;
                 let ports = if whole && has_ports(ip.proto) {
-                    ports_at(start, end, ETH_HLEN + ihl)
+                    ports_at(packet, ETH_HLEN + ihl)
                 } else {
                     [0; 4]
                 };
@@ -128,9 +124,7 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
             }
         }
         ETH_P_IPV6 => {
-            let ip: *const Ipv6Hdr = at(start, end, ETH_HLEN)?;
-            // SAFETY: bounds checked by `at`.
-            let ip = unsafe { &*ip };
+            let ip: &Ipv6Hdr = packet.ref_at(ETH_HLEN)?;
             // Link-local sources (IPv6 probes among them) are bound to their link.
             if ip.src_addr[0] == 0xfe && ip.src_addr[1] & 0xc0 == 0x80 {
                 if ip.next_hdr == IPPROTO_ICMPV6 {
@@ -142,15 +136,14 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
                 return None;
             }
             if ip.next_hdr == IPPROTO_ICMPV6 {
-                let kind: *const u8 = at(start, end, ETH_HLEN + IPV6_HLEN)?;
-                // SAFETY: bounds checked by `at`.
-                if ND_TYPES.contains(unsafe { &*kind }) {
+                let kind: &u8 = packet.ref_at(ETH_HLEN + IPV6_HLEN)?;
+                if ND_TYPES.contains(kind) {
                     return None;
                 }
             }
             if hash == 0 {
                 let ports = if has_ports(ip.next_hdr) {
-                    ports_at(start, end, ETH_HLEN + IPV6_HLEN)
+                    ports_at(packet, ETH_HLEN + IPV6_HLEN)
                 } else {
                     [0; 4]
                 };
@@ -201,11 +194,9 @@ fn bucket_nic(nic: &EgressNic, ifindex: u32, hash: u32) -> Option<Egress> {
 /// Anything else is left alone.
 #[inline(always)]
 fn stamp_probe(ctx: &TcContext, icmp_at: usize, request: u8) {
-    let Some(msg) = at::<[u8; PROBE_ICMP_LEN]>(ctx.data(), ctx.data_end(), icmp_at) else {
+    let Some(msg) = Packet::of_tc(ctx).ref_at::<[u8; PROBE_ICMP_LEN]>(icmp_at) else {
         return;
     };
-    // SAFETY: bounds checked by `at`.
-    let msg = unsafe { &*msg };
     let magic = u32::from_ne_bytes([msg[8], msg[9], msg[10], msg[11]]);
     if msg[0] != request
         || msg[1] != 0
@@ -239,12 +230,8 @@ fn has_ports(proto: u8) -> bool {
 
 /// The port pair at `offset`, or zeros when the packet ends before it.
 #[inline(always)]
-fn ports_at(start: usize, end: usize, offset: usize) -> [u8; 4] {
-    match at::<[u8; 4]>(start, end, offset) {
-        // SAFETY: bounds checked by `at`.
-        Some(p) => unsafe { *p },
-        None => [0; 4],
-    }
+fn ports_at(packet: Packet<'_>, offset: usize) -> [u8; 4] {
+    packet.ref_at(offset).copied().unwrap_or([0; 4])
 }
 
 /// The NIC owning `src` when it is one of the group's test addresses.
