@@ -104,7 +104,7 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
             let ihl = usize::from(ip.vihl & 0x0f) * 4;
             if let Some(owner) = test_address_owner(u32::from(nic.group), ip.src_addr) {
                 if ip.proto == IPPROTO_ICMP {
-                    stamp_probe(ctx, ETH_HLEN + ihl, ICMP_ECHO_REQUEST);
+                    stamp_probe(ctx, nic.slot, ETH_HLEN + ihl, ICMP_ECHO_REQUEST);
                 }
                 return Some(owner);
             }
@@ -128,7 +128,7 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
             // Link-local sources (IPv6 probes among them) are bound to their link.
             if ip.src_addr[0] == 0xfe && ip.src_addr[1] & 0xc0 == 0x80 {
                 if ip.next_hdr == IPPROTO_ICMPV6 {
-                    stamp_probe(ctx, ETH_HLEN + IPV6_HLEN, ICMPV6_ECHO_REQUEST);
+                    stamp_probe(ctx, nic.slot, ETH_HLEN + IPV6_HLEN, ICMPV6_ECHO_REQUEST);
                 }
                 return None;
             }
@@ -191,9 +191,9 @@ fn bucket_nic(nic: &EgressNic, ifindex: u32, hash: u32) -> Option<Egress> {
 /// Writes the kernel time into the payload of one of mpathd's probes (an echo request of
 /// `request` type at `icmp_at` carrying mpathd's identifier and magic) and fixes the ICMP
 /// checksum, so the round trip excludes the time the probe waited for ARP/ND or a qdisc.
-/// Anything else is left alone.
+/// Anything else is left alone. A fix-up that fails is counted on the NIC in `slot`.
 #[inline(always)]
-fn stamp_probe(ctx: &TcContext, icmp_at: usize, request: u8) {
+fn stamp_probe(ctx: &TcContext, slot: u16, icmp_at: usize, request: u8) {
     let Some(msg) = Packet::of_tc(ctx).ref_at::<[u8; PROBE_ICMP_LEN]>(icmp_at) else {
         return;
     };
@@ -214,11 +214,16 @@ fn stamp_probe(ctx: &TcContext, icmp_at: usize, request: u8) {
     }
     // The checksum follows the 8 bytes as two 4-byte words, each 16-bit aligned in the
     // message. A probe whose checksum is left wrong is dropped by its target: counted lost.
+    let mut fixed = true;
     for half in [0, 4] {
         let word =
             |b: &[u8; 8]| u32::from_ne_bytes([b[half], b[half + 1], b[half + 2], b[half + 3]]);
-        let _: Result<_, _> =
-            ctx.l4_csum_replace(icmp_at + 2, u64::from(word(&old)), u64::from(word(&new)), 4);
+        fixed &= ctx
+            .l4_csum_replace(icmp_at + 2, u64::from(word(&old)), u64::from(word(&new)), 4)
+            .is_ok();
+    }
+    if !fixed {
+        count(u32::from(slot), |c| c.probe_checksum_failed += 1);
     }
 }
 

@@ -277,6 +277,7 @@ struct DatapathMetrics {
     probe_replies_dropped: IntCounterVec,
     probe_replies_over_budget: IntCounterVec,
     probe_replies_rejected: IntCounterVec,
+    probe_checksum_failures: IntCounterVec,
     source_hook_attached: IntGaugeVec,
     sources_chosen: IntCounterVec,
     source_binds_failed: IntCounterVec,
@@ -620,6 +621,12 @@ impl Metrics {
                 "Packets that looked like probe replies but were refused, by reason.",
                 NIC_REASON,
             )?,
+            probe_checksum_failures: d.counter(
+                "mpath_datapath_probe_checksum_failures_total",
+                "Probes sent with a wrong ICMP checksum because its fix-up after the send \
+                 stamp failed: the target drops them, so they count as lost.",
+                NIC,
+            )?,
             source_hook_attached: d.gauge(
                 "mpath_source_hook_attached",
                 "1 while the source hook gives sockets their sources over the groups' data \
@@ -943,6 +950,7 @@ impl Metrics {
             &d.probe_replies_dropped,
             &d.probe_replies_over_budget,
             &d.probe_replies_rejected,
+            &d.probe_checksum_failures,
             &d.sources_chosen,
             &d.source_binds_failed,
         ];
@@ -973,6 +981,7 @@ impl Metrics {
                 (&d.probe_replies, c.probe_replies),
                 (&d.probe_replies_dropped, c.probe_replies_lost),
                 (&d.probe_replies_over_budget, nic.replies_over_budget),
+                (&d.probe_checksum_failures, c.probe_checksum_failed),
             ] {
                 family.with_label_values(&labels).inc_by(value);
             }
@@ -1225,6 +1234,7 @@ mod tests {
             rx_bytes: 72_000,
             probe_replies: 40,
             probe_replies_lost: 2,
+            probe_checksum_failed: 3,
             ..Default::default()
         };
         counters.rejected[DatapathRejectReason::BadTag as usize] = 7;
@@ -1768,6 +1778,7 @@ mod tests {
             ("mpath_datapath_receive_bytes_total", 72_000.0),
             ("mpath_datapath_probe_replies_total", 40.0),
             ("mpath_datapath_probe_replies_dropped_total", 2.0),
+            ("mpath_datapath_probe_checksum_failures_total", 3.0),
         ] {
             assert_eq!(
                 sample(&text, &format!("{name}{{{h0}}}")),
