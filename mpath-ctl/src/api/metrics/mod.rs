@@ -313,15 +313,10 @@ impl Definer<'_> {
     }
 }
 
-impl Metrics {
-    /// Defines every metric and starts the event totals of the configured groups and NICs
-    /// at zero, so that a rate over them is defined before the first event.
-    pub(crate) fn new(groups: &[GroupConfig]) -> Result<Metrics, MetricsError> {
-        let registry = Registry::new();
-        let d = Definer {
-            registry: &registry,
-        };
-        let probes = ProbeMetrics {
+impl ProbeMetrics {
+    /// Defines the probe counters and histograms; their series appear with the first probe.
+    fn new(d: &Definer<'_>) -> Result<ProbeMetrics, MetricsError> {
+        Ok(ProbeMetrics {
             sent: d.counter(
                 "mpath_probes_sent_total",
                 "Probes sent from the NIC's test address to the target.",
@@ -369,8 +364,14 @@ impl Metrics {
                 NIC_REASON,
             )?,
             loss_runs: HashMap::new(),
-        };
-        let events = EventMetrics {
+        })
+    }
+}
+
+impl EventMetrics {
+    /// Defines the event totals; [`Metrics::declare_groups`] starts their series.
+    fn new(d: &Definer<'_>) -> Result<EventMetrics, MetricsError> {
+        Ok(EventMetrics {
             failures: d.counter(
                 "mpath_interface_failures_total",
                 "NIC failures detected, by cause.",
@@ -401,8 +402,14 @@ impl Metrics {
                 "Times every NIC of the group had failed.",
                 GROUP,
             )?,
-        };
-        let state = StateMetrics {
+        })
+    }
+}
+
+impl StateMetrics {
+    /// Defines the gauges a render sets from its snapshot.
+    fn new(d: &Definer<'_>) -> Result<StateMetrics, MetricsError> {
+        Ok(StateMetrics {
             group_state: d.gauge(
                 "mpath_group_state",
                 "Group state: 1 for the current one (ok, degraded or failed), 0 for the others.",
@@ -482,7 +489,13 @@ impl Metrics {
                  that could not be written).",
                 &["interface"],
             )?,
-        };
+        })
+    }
+}
+
+impl DaemonMetrics {
+    /// Defines the reload metrics, as after a successful start: every result at 0 reloads.
+    fn new(d: &Definer<'_>) -> Result<DaemonMetrics, MetricsError> {
         let daemon = DaemonMetrics {
             reloads: d.counter(
                 "mpath_config_reloads_total",
@@ -502,12 +515,6 @@ impl Metrics {
                 NO_LABELS,
             )?,
         };
-        let build = d.gauge(
-            "mpath_build_info",
-            "Always 1; the version label says which mpath runs.",
-            &["version"],
-        )?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         daemon
             .last_reload_successful
             .with_label_values(NO_LABELS)
@@ -519,7 +526,14 @@ impl Metrics {
         for result in ReloadResult::ALL {
             daemon.reloads.with_label_values(&[result.as_str()]);
         }
-        let datapath = DatapathMetrics {
+        Ok(daemon)
+    }
+}
+
+impl DatapathMetrics {
+    /// Defines the copies of the datapath's counters a render takes from its snapshot.
+    fn new(d: &Definer<'_>) -> Result<DatapathMetrics, MetricsError> {
+        Ok(DatapathMetrics {
             tx_packets: d.counter(
                 "mpath_datapath_transmit_packets_total",
                 "Packets that left through this NIC after load spreading.",
@@ -594,14 +608,31 @@ impl Metrics {
                  of a move); the kernel picked their source.",
                 GROUP,
             )?,
+        })
+    }
+}
+
+impl Metrics {
+    /// Defines every metric and starts the event totals of the configured groups and NICs
+    /// at zero, so that a rate over them is defined before the first event.
+    pub(crate) fn new(groups: &[GroupConfig]) -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let d = Definer {
+            registry: &registry,
         };
+        let build = d.gauge(
+            "mpath_build_info",
+            "Always 1; the version label says which mpath runs.",
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let metrics = Metrics {
+            probes: ProbeMetrics::new(&d)?,
+            events: EventMetrics::new(&d)?,
+            state: StateMetrics::new(&d)?,
+            datapath: DatapathMetrics::new(&d)?,
+            daemon: DaemonMetrics::new(&d)?,
             registry,
-            probes,
-            events,
-            state,
-            datapath,
-            daemon,
         };
         metrics.declare_groups(groups);
         Ok(metrics)
