@@ -1066,20 +1066,56 @@ fn is_data_prefix(group: &super::group::GroupRuntime, route: &RouteConfig) -> bo
 
 /// Removes mpathd's routing from the host: its rules, the routes of its `table` and its
 /// nexthop objects. Traffic then follows the main table's routes alone. For `mpathd
-/// --teardown`; a running mpathd would put them back.
-pub async fn remove_routes(table: u32) -> anyhow::Result<()> {
-    let netlink = Netlink::connect()?;
-    let nexthops = Nexthops::connect()?;
-    netlink.del_rules().await?;
-    for route in netlink.link_routes().await? {
-        netlink.del_link_route(&route).await?;
+/// --teardown`; a running mpathd would put them back. Goes on past each failure, so that
+/// one route the kernel refuses leaves no other behind, and returns every one.
+pub async fn remove_routes(table: u32) -> Result<(), Vec<anyhow::Error>> {
+    let mut errors: Vec<anyhow::Error> = Vec::new();
+    match Netlink::connect() {
+        Ok(netlink) => {
+            if let Err(e) = netlink.del_rules().await {
+                errors.push(e.into());
+            }
+            match netlink.link_routes().await {
+                Ok(routes) => {
+                    for route in routes {
+                        if let Err(e) = netlink.del_link_route(&route).await {
+                            errors.push(e.into());
+                        }
+                    }
+                }
+                Err(e) => errors.push(e.into()),
+            }
+            match netlink.table_routes(table).await {
+                Ok(routes) => {
+                    for ((destination, metric), _) in routes {
+                        if let Err(e) = netlink.del_table_route(table, destination, metric).await {
+                            errors.push(e.into());
+                        }
+                    }
+                }
+                Err(e) => errors.push(e.into()),
+            }
+        }
+        Err(e) => errors.push(e.into()),
     }
-    for ((destination, metric), _) in netlink.table_routes(table).await? {
-        netlink.del_table_route(table, destination, metric).await?;
+    // After the routes, which use them.
+    if let Err(e) = remove_nexthops().await {
+        errors.extend(e);
     }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Deletes mpathd's nexthop objects, going on past each failure.
+async fn remove_nexthops() -> Result<(), Vec<anyhow::Error>> {
+    let nexthops = Nexthops::connect().map_err(|e| vec![e.into()])?;
     let ours: Vec<Nexthop> = nexthops
         .dump()
-        .await?
+        .await
+        .map_err(|e| vec![e.into()])?
         .into_iter()
         .filter(|n| n.protocol == MPATHD_PROTOCOL)
         .collect();
@@ -1087,8 +1123,15 @@ pub async fn remove_routes(table: u32) -> anyhow::Result<()> {
     let (groups, singles): (Vec<&Nexthop>, Vec<&Nexthop>) = ours
         .iter()
         .partition(|n| !matches!(n.kind, NexthopKind::Single { .. }));
+    let mut errors = Vec::new();
     for nexthop in groups.into_iter().chain(singles) {
-        nexthops.delete(nexthop.id).await?;
+        if let Err(e) = nexthops.delete(nexthop.id).await {
+            errors.push(e.into());
+        }
     }
-    Ok(())
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }

@@ -664,33 +664,52 @@ fn detach_links(links: &Path) -> Result<(), DatapathError> {
 /// Removes the datapath from the host: mpathd's cls_bpf filters on the NICs of this network
 /// namespace (other filters stay), then every link pinned under `pin_root`, detached from its
 /// hook, and every pin. Used when mpath is taken off a host; a daemon restart never does
-/// this.
-pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
-    for ifindex in legacy_tc::nics_with_mpathd_filter().map_err(DatapathError::FilterDump)? {
-        for hook in Hook::ALL {
-            delete_filter(ifindex, hook)?;
+/// this. Goes on past each failure (a pin removed still lets its link go with its last
+/// reference), and returns every one.
+pub fn teardown(pin_root: &Path) -> Result<(), Vec<DatapathError>> {
+    let mut errors = Vec::new();
+    match legacy_tc::nics_with_mpathd_filter() {
+        Ok(nics) => {
+            for ifindex in nics {
+                for hook in Hook::ALL {
+                    errors.extend(delete_filter(ifindex, hook).err());
+                }
+            }
         }
+        Err(e) => errors.push(DatapathError::FilterDump(e)),
     }
     let pins = PinLayout::new(pin_root);
     // Each link detached first: programs are off their hooks when this returns.
-    detach_links(&pins.links())?;
-    match fs::remove_dir_all(pins.dir()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(pins.dir())(e)),
-    }
-    // Drop the (now empty) pin root too, unless something else lives there.
-    match fs::remove_dir(pin_root) {
-        Ok(()) => Ok(()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
-            ) =>
-        {
-            Ok(())
+    if let Ok(entries) = fs::read_dir(pins.links()) {
+        for entry in entries {
+            let detached = entry
+                .map_err(io_err(&pins.links()))
+                .and_then(|entry| detach_pinned_link(&entry.path()));
+            errors.extend(detached.err());
         }
-        Err(e) => Err(io_err(pin_root)(e)),
+    }
+    match fs::remove_dir_all(pins.dir()) {
+        Ok(()) => {
+            // Drop the (now empty) pin root too, unless something else lives there.
+            match fs::remove_dir(pin_root) {
+                Err(e)
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                    ) =>
+                {
+                    errors.push(io_err(pin_root)(e));
+                }
+                _ => {}
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(io_err(pins.dir())(e)),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 
