@@ -2,7 +2,8 @@
 //! filters (`tc_attach = "legacy"`), the way kernels without tcx (before 6.6) run them, forced
 //! on this kernel: attached at mpathd's priority and handle, kept by a killed mpathd, replaced
 //! in place by a restarted one, removed by `--teardown` without touching anyone else's
-//! filters, and swapped for tcx links and back.
+//! filters (and past a part it cannot remove, which it names), and swapped for tcx links and
+//! back.
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
@@ -235,4 +236,33 @@ fn switching_between_tcx_and_legacy_leaves_one_program_per_hook() {
         "ok",
         "mpathd runs on after the switches"
     );
+}
+
+/// A teardown that cannot remove a part goes on with the rest and names the failure: here a
+/// directory among the pinned links, which is no link (bpffs takes directories).
+#[test]
+fn a_teardown_goes_on_past_a_part_it_cannot_remove_and_names_it() {
+    let lab = Lab::builder().nics(3).build().expect("lab");
+    let mut daemon = Mpathd::start(lab.host(), &config("legacy"));
+    daemon.wait_until("all NICs ok", all_ok);
+    daemon.stop();
+    let pins = PinLayout::new(daemon.pins.path());
+    let stray = pins.links().join("stray");
+    std::fs::create_dir_all(&stray).unwrap();
+
+    let teardown = daemon.teardown(lab.host());
+    let stderr = String::from_utf8_lossy(&teardown.stderr);
+    assert!(!teardown.status.success(), "{teardown:?}");
+    assert!(
+        stderr.contains(&stray.display().to_string())
+            && stderr.contains("teardown incomplete: 1 step(s) failed"),
+        "{stderr}"
+    );
+    for nic in ["h0", "h1", "h2"] {
+        assert!(
+            !has_mpathd_filter(&lab, nic),
+            "{nic}: mpathd's filters removed"
+        );
+    }
+    assert!(!pins.dir().exists(), "the pins went after the failure");
 }
