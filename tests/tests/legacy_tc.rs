@@ -13,7 +13,7 @@ use mpath_ctl::datapath::{
 };
 use mpath_lab::Lab;
 use mpath_tests::{
-    daemon::{Mpathd, state_of, three_nic_config},
+    daemon::{Mpathd, all_ok, state_of, three_nic_config},
     flows::{Flows, Sniffer},
 };
 
@@ -26,11 +26,6 @@ fn config(tc_attach: &str) -> String {
             &format!("[daemon]\ntc_attach = \"{tc_attach}\"\n"),
         )
         .replace("name = \"g0\"\n", "name = \"g0\"\nspread = \"datapath\"\n")
-}
-
-fn all_ok(d: &Mpathd) -> bool {
-    d.try_status()
-        .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
 }
 
 /// The filters on `hook` of `nic` in the lab host.
@@ -114,8 +109,7 @@ fn a_legacy_filter_outlives_a_killed_mpathd_is_replaced_in_place_and_torn_down_a
     let theirs = foreign(&lab);
     assert!(theirs.iter().any(|f| f.kind == "u32"), "{theirs:?}");
 
-    let mut daemon = Mpathd::start(lab.host(), &config("legacy"));
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &config("legacy"));
     let before: Vec<[u32; 2]> = ["h0", "h1", "h2"]
         .iter()
         .map(|nic| mpathd_programs(&lab, nic))
@@ -191,8 +185,7 @@ fn switching_between_tcx_and_legacy_leaves_one_program_per_hook() {
         return;
     }
     let lab = Lab::builder().nics(3).build().expect("lab");
-    let mut daemon = Mpathd::start(lab.host(), &config("tcx"));
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &config("tcx"));
     assert!(tc_pins(&daemon, &lab, "h0").iter().all(|pin| pin.exists()));
     assert!(!has_mpathd_filter(&lab, "h0"));
 
@@ -243,8 +236,7 @@ fn switching_between_tcx_and_legacy_leaves_one_program_per_hook() {
 #[test]
 fn a_teardown_goes_on_past_a_part_it_cannot_remove_and_names_it() {
     let lab = Lab::builder().nics(3).build().expect("lab");
-    let mut daemon = Mpathd::start(lab.host(), &config("legacy"));
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &config("legacy"));
     daemon.stop();
     let pins = PinLayout::new(daemon.pins.path());
     let stray = pins.links().join("stray");

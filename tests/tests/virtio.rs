@@ -16,7 +16,8 @@ use mpath_ctl::{
 };
 use mpath_lab::{VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VirtioLab};
 use mpath_tests::daemon::{
-    Mpathd, data_addresses_missing, inbound, log_time_ns, state_of, three_nic_config,
+    Mpathd, data_addresses_missing, h1_failed_back, h1_failed_over, inbound, log_time_ns, state_of,
+    three_nic_config,
 };
 
 /// The lab group (h0 and h1 active, h2 a standby) at FDT 1 s, with a route through the router
@@ -240,11 +241,7 @@ fn silent_loss_is_caught_by_probes() {
     daemon.wait_until("all NICs ok", all_ok(&["h0", "h1", "h2"]));
 
     lab.drop_silently("h1").unwrap();
-    daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", h1_failed_over);
     let status = daemon.status();
     let h1 = status
         .interfaces
@@ -264,11 +261,7 @@ fn silent_loss_is_caught_by_probes() {
     ping_from_host(&lab, "192.0.2.20", "198.51.100.1", 56);
 
     lab.undrop("h1").unwrap();
-    daemon.wait_until("h1 repaired, 192.0.2.20 back on it", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
-        })
-    });
+    daemon.wait_until("h1 repaired, 192.0.2.20 back on it", h1_failed_back);
 }
 
 #[test]
@@ -407,11 +400,7 @@ fn carrier_hook_false_takes_effect_at_restart_and_the_carrier_is_then_read() {
 
     lab.cut("h0").unwrap();
     lab.cut("h1").unwrap();
-    daemon.wait_until("h1 failed, 192.0.2.20 on h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed, 192.0.2.20 on h2", h1_failed_over);
     // Only a loss the hook reported logs the driver's report time.
     let log = daemon.log();
     assert!(
@@ -441,11 +430,7 @@ fn carrier_hook_false_takes_effect_at_restart_and_the_carrier_is_then_read() {
     );
     lab.cut("h0").unwrap();
     lab.cut("h1").unwrap();
-    daemon.wait_until("h1 failed, 192.0.2.20 on h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed, 192.0.2.20 on h2", h1_failed_over);
     let log = daemon.log();
     assert!(
         log[before..].contains("h1 has no carrier (seen ahead of the kernel's link event)"),
