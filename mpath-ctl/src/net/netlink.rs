@@ -662,14 +662,25 @@ impl Netlink {
         Ok(())
     }
 
-    /// Removes mpathd's rules of both families.
-    pub(crate) async fn del_rules(&self) -> Result<(), NetlinkError> {
+    /// Removes mpathd's rules of both families, going on past each failure (for `mpathd
+    /// --teardown`, which reports them all).
+    pub(crate) async fn del_rules(&self) -> Result<(), Vec<NetlinkError>> {
+        let mut errors = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            for rule in self.mpathd_rules(family).await? {
-                self.del_rule(rule).await?;
+            match self.mpathd_rules(family).await {
+                Ok(rules) => {
+                    for rule in rules {
+                        errors.extend(self.del_rule(rule).await.err());
+                    }
+                }
+                Err(e) => errors.push(e),
             }
         }
-        Ok(())
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     async fn mpathd_rules(&self, family: AddressFamily) -> Result<Vec<RuleMessage>, NetlinkError> {
