@@ -40,6 +40,19 @@ fn all_ok(nics: &'static [&'static str]) -> impl Fn(&Mpathd) -> bool {
     }
 }
 
+/// Starts mpathd on `config` and waits until each of `nics` is ok and its probes are
+/// answered: the start of each scenario here.
+fn start_answered(lab: &VirtioLab, config: &str, nics: &[&str]) -> Mpathd {
+    let mut daemon = Mpathd::start(lab.host(), config);
+    daemon.wait_until("all NICs ok, probes answered on each", |d| {
+        d.try_status().is_some_and(|s| {
+            nics.iter()
+                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
+        })
+    });
+    daemon
+}
+
 /// Whether `nic` got answers from its IPv4 probe target.
 fn probes_answered(status: &Status, nic: &str) -> bool {
     status.targets.iter().any(|t| {
@@ -149,14 +162,7 @@ fn offloads(lab: &VirtioLab, nic: &str) -> BTreeMap<String, String> {
 #[ignore = "needs the guest with virtio NICs: `cargo xtask test --virtio-only`"]
 fn starts_with_addresses_at_home_and_probes_over_every_nic() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &config());
-    daemon.wait_until("all NICs ok, probes answered on each", |d| {
-        d.try_status().is_some_and(|s| {
-            ["h0", "h1", "h2"]
-                .iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
-        })
-    });
+    let daemon = start_answered(&lab, &config(), &["h0", "h1", "h2"]);
     let status = daemon.status();
     let group = &status.groups[0];
     assert_eq!(group.state, GroupState::Ok);
@@ -275,13 +281,7 @@ fn mpathd_leaves_the_offload_features_of_its_nics_unchanged() {
         "ethtool -k lists no features: {:?}",
         before[0]
     );
-    let mut daemon = Mpathd::start(lab.host(), &config());
-    daemon.wait_until("all NICs ok, probes answered on each", |d| {
-        d.try_status().is_some_and(|s| {
-            nics.iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
-        })
-    });
+    let mut daemon = start_answered(&lab, &config(), &nics);
     for (nic, before) in nics.iter().zip(&before) {
         assert_eq!(&offloads(&lab, nic), before, "{nic} while mpathd runs");
     }
@@ -447,14 +447,7 @@ fn carrier_hook_false_takes_effect_at_restart_and_the_carrier_is_then_read() {
 fn at_mtu_9000_every_nic_gets_its_addresses_and_fails_over() {
     let lab = lab();
     lab.set_mtu(9000).unwrap();
-    let mut daemon = Mpathd::start(lab.host(), &config());
-    daemon.wait_until("all NICs ok, probes answered on each", |d| {
-        d.try_status().is_some_and(|s| {
-            ["h0", "h1", "h2"]
-                .iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
-        })
-    });
+    let mut daemon = start_answered(&lab, &config(), &["h0", "h1", "h2"]);
     let status = daemon.status();
     assert_eq!(inbound(&status, "192.0.2.19/24"), Some("h0"));
     assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h1"));
@@ -486,14 +479,7 @@ fn a_nic_without_guest_offload_control_is_attached_and_used() {
     );
     // The lab group with h3 in h0's place.
     let config = config().replace("name = \"h0\"", "name = \"h3\"");
-    let mut daemon = Mpathd::start(lab.host(), &config);
-    daemon.wait_until("all NICs ok, probes answered on each", |d| {
-        d.try_status().is_some_and(|s| {
-            ["h3", "h1", "h2"]
-                .iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
-        })
-    });
+    let mut daemon = start_answered(&lab, &config, &["h3", "h1", "h2"]);
     let status = daemon.status();
     let mut active = status.groups[0].active.clone();
     active.sort();
@@ -534,14 +520,7 @@ fn the_xdp_opt_in_falls_back_to_generic_xdp_where_the_driver_refuses_native() {
     let config = config()
         .replace("name = \"h0\"", "name = \"h3\"")
         .replace("[daemon]\n", "[daemon]\nprobe_rx = \"xdp\"\n");
-    let mut daemon = Mpathd::start(lab.host(), &config);
-    daemon.wait_until("all NICs ok, probes answered on each", |d| {
-        d.try_status().is_some_and(|s| {
-            ["h3", "h1", "h2"]
-                .iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
-        })
-    });
+    let daemon = start_answered(&lab, &config, &["h3", "h1", "h2"]);
     let link = |nic: &str| lab.host().ip(&["link", "show", "dev", nic]).unwrap();
     assert!(link("h3").contains("xdpgeneric"), "{}", link("h3"));
     for nic in ["h1", "h2"] {
