@@ -36,7 +36,7 @@ struct Row {
     read_ahead: u64,
 }
 
-pub fn carrier(rounds: u64, idle: Duration, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn carrier(rounds: u64, idle: Duration, out: Option<PathBuf>) -> anyhow::Result<()> {
     let mut rows: [Row; 2] = Default::default();
     for round in 0..rounds {
         let mut order = [0, 1];

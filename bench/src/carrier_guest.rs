@@ -137,7 +137,7 @@ struct Row {
     runs: Vec<Run>,
 }
 
-pub fn carrier_guest(rounds: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn carrier_guest(rounds: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
     let lab = VirtioLab::new(&["h0", "h1", "h2", "h3"])?;
     lab.count_packets_by_nic(STREAM_PORT)?;
     let mut rows: Vec<Row> = FIRSTS

@@ -244,8 +244,8 @@ impl Bench {
         // cost per packet is part of the row.
         let table = DEFAULT_ROUTE_TABLE.to_string();
         // Both fail when there is nothing to remove (no rule, no table yet).
-        let _ = host.ip(&["rule", "del", "lookup", &table]);
-        let _ = host.ip(&["route", "flush", "table", &table]);
+        let _: Result<_, _> = host.ip(&["rule", "del", "lookup", &table]);
+        let _: Result<_, _> = host.ip(&["route", "flush", "table", &table]);
         match spreading {
             Spreading::Baseline | Spreading::Datapath(_) => {
                 host.ip(&["route", "replace", PREFIX, "via", NEXT_HOP, "dev", "h0"])?
@@ -450,7 +450,7 @@ fn shares(wire: &[u64; NICS], n: usize) -> (Vec<f64>, bool) {
     (shares, spread)
 }
 
-pub fn datapath(
+pub(crate) fn datapath(
     rounds: u64,
     duration: Duration,
     bulk_seconds: u64,
@@ -828,7 +828,7 @@ fn iperf_once(lab: &Lab, duration: Duration) -> anyhow::Result<(f64, f64)> {
         }
     })();
     if client.is_err() {
-        let _ = server.kill();
+        let _: Result<_, _> = server.kill();
     }
     server.wait()?;
     let end = &client?["end"];

@@ -626,7 +626,7 @@ impl Stream {
         self.stop.store(true, Ordering::Relaxed);
         for t in std::mem::take(&mut self.threads) {
             t.join()
-                .map_err(|_| anyhow::anyhow!("a stream thread panicked"))??;
+                .map_err(|_panic| anyhow::anyhow!("a stream thread panicked"))??;
         }
         Ok(())
     }
@@ -636,7 +636,7 @@ impl Drop for Stream {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in std::mem::take(&mut self.threads) {
-            let _ = t.join();
+            let _: Result<_, _> = t.join();
         }
     }
 }
@@ -690,7 +690,7 @@ fn send_steadily(
         seq += 1;
         // While no route leads anywhere (an ECMP route with every next hop down), sends fail:
         // that is part of the gap being measured, not an error of the stream.
-        let _ = socket.send_to(&payload, to);
+        let _: Result<_, _> = socket.send_to(&payload, to);
         next += spacing;
         let now = Instant::now();
         if next > now {
@@ -1222,7 +1222,7 @@ fn saturate(lab: &Lab, data: [Ipv4Addr; 2], duration: Duration) -> anyhow::Resul
         .collect();
     for t in threads {
         t.join()
-            .map_err(|_| anyhow::anyhow!("a sender panicked"))??;
+            .map_err(|_panic| anyhow::anyhow!("a sender panicked"))??;
     }
     Ok(())
 }

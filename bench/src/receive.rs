@@ -417,8 +417,8 @@ struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _: Result<_, _> = self.0.kill();
+        let _: Result<_, _> = self.0.wait();
     }
 }
 
@@ -475,7 +475,7 @@ fn run_with_retries(rig: &Rig, duration: Duration) -> anyhow::Result<(Run, u32)>
 
 /// `rounds` interleaved rounds of every configuration at every MTU, the order rotated each
 /// round, `duration` per iperf3 run; the table goes to `out`'s receive section.
-pub fn receive(rounds: u64, duration: Duration, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn receive(rounds: u64, duration: Duration, out: Option<PathBuf>) -> anyhow::Result<()> {
     let load_before = load_average();
     let mut rigs = MTUS
         .map(Rig::new)

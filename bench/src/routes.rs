@@ -65,12 +65,12 @@ use crate::{
 };
 
 /// The route counts of the issue.
-pub const DEFAULT_SIZES: [u64; 4] = [0, 10_000, 100_000, 1_000_000];
+pub(crate) const DEFAULT_SIZES: [u64; 4] = [0, 10_000, 100_000, 1_000_000];
 /// The FDT of the silent-loss failovers (and of probing throughout). At 100 ms, on this
 /// shared 2-CPU machine while another build ran, mpathd saw all its targets stop answering
 /// at once several times a minute (a group failure, with its route updates): the
 /// measurements of routes were then measurements of those.
-pub const DEFAULT_FDT_MS: u64 = 1000;
+pub(crate) const DEFAULT_FDT_MS: u64 = 1000;
 /// The NIC outside the group that the second run's routes go through.
 const OUTSIDE_NIC: &str = "h3";
 /// Routes added at once in a burst.
@@ -110,7 +110,7 @@ fn host_route(block: u32, index: u32) -> Ipv4Addr {
 }
 
 /// What the command line asked for.
-pub struct Options {
+pub(crate) struct Options {
     pub sizes: Vec<u64>,
     pub rounds: u64,
     /// One-route changes and failovers of each kind per configuration and round.
@@ -123,7 +123,7 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn check(&self) -> anyhow::Result<()> {
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
         ensure!(!self.sizes.is_empty(), "--sizes needs at least one size");
         ensure!(
             self.sizes.iter().all(|&n| n <= MAX_SIZE),
@@ -195,7 +195,7 @@ struct Churn {
     caught_up: Timed,
 }
 
-pub fn routes(o: &Options, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn routes(o: &Options, out: Option<PathBuf>) -> anyhow::Result<()> {
     o.check()?;
     let started = Instant::now();
     let load_before = load_average();
@@ -370,7 +370,7 @@ fn measure(via: Via, size: u64, churn: bool, o: &Options) -> anyhow::Result<Samp
     })();
     stop(&mut daemon);
     if let Some(dir) = std::env::var_os("ROUTES_DEBUG") {
-        let _ = fs::write(
+        let _: Result<_, _> = fs::write(
             PathBuf::from(dir).join(format!("mpathd-{via:?}-{size}.log")),
             daemon.log(),
         );
@@ -395,7 +395,7 @@ fn fill(host: &Netns, nic: &str, size: u64) -> anyhow::Result<()> {
     fs::write(&path, batch).with_context(|| path.display().to_string())?;
     let added = Instant::now();
     let result = host.ip(&["-batch", &path.display().to_string()]);
-    let _ = fs::remove_file(&path);
+    let _: Result<_, _> = fs::remove_file(&path);
     result?;
     eprintln!(
         "  {size} routes added in {:.1} s",

@@ -34,7 +34,7 @@ use super::{
 };
 
 /// Used when `--false-failure-minutes` is not given.
-pub const DEFAULT_MINUTES: u64 = 10;
+pub(crate) const DEFAULT_MINUTES: u64 = 10;
 const NIC_COUNTS: [u32; 3] = [1, 8, 32];
 const FDT_MS: u64 = 100;
 /// mpathd refuses more than `MAX_TEST_ADDRESSES_PER_GROUP` (16) test addresses in a group:
@@ -373,7 +373,7 @@ impl Bfdd {
         }
         // The lab's namespace names are unique per process and lab.
         let dir = std::env::temp_dir().join(format!("mpath-bench-bfdd-{}", ns.name()));
-        let _ = fs::remove_dir_all(&dir);
+        let _: Result<_, _> = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let config = dir.join("bfdd.conf");
         fs::write(&config, bfdd_config(&dir.join("bfdd.log"), sessions))
@@ -449,8 +449,8 @@ impl Drop for Bfdd {
     fn drop(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
+        let _: Result<_, _> = self.child.wait();
+        let _: Result<_, _> = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -732,7 +732,7 @@ fn command_output(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 /// Runs the scale part for every NIC count and writes its section of BENCHMARKS.md to `out`.
-pub fn scale(reps: u64, minutes: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn scale(reps: u64, minutes: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
     if minutes == 0 {
         bail!(
             "the scale part needs --false-failure-minutes of at least 1: its CPU figures come \

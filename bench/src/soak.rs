@@ -410,7 +410,7 @@ impl Traffic {
         self.stop.store(true, Ordering::Relaxed);
         for t in std::mem::take(&mut self.threads) {
             t.join()
-                .map_err(|_| anyhow::anyhow!("a traffic thread panicked"))??;
+                .map_err(|_panic| anyhow::anyhow!("a traffic thread panicked"))??;
         }
         Ok(std::mem::take(
             &mut *self.sent.lock().unwrap_or_else(PoisonError::into_inner),
@@ -422,7 +422,7 @@ impl Drop for Traffic {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in std::mem::take(&mut self.threads) {
-            let _ = t.join();
+            let _: Result<_, _> = t.join();
         }
     }
 }
@@ -480,7 +480,7 @@ fn flow(
                 sent.len() - 1
             };
             // Unreachable networks while the group has failed are loss, not an error.
-            let _ = socket.send_to(&(id as u64).to_be_bytes(), to);
+            let _: Result<_, _> = socket.send_to(&(id as u64).to_be_bytes(), to);
             next += PACKET_SPACING;
             if now > next + PACKET_SPACING * 10 {
                 next = now + PACKET_SPACING;
@@ -571,7 +571,7 @@ struct StepRecord {
     line: String,
 }
 
-pub fn soak(minutes: u64, seed: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn soak(minutes: u64, seed: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
     let duration = Duration::from_secs(minutes * 60);
     let load_before = load_average();

@@ -192,7 +192,7 @@ fn set_mode(daemon: &mut Mpathd, mode: Mode, reloads: &mut usize) {
     });
 }
 
-pub fn sources(rounds: u64, count: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn sources(rounds: u64, count: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
     let lab = Lab::builder().nics(3).behind_router().build()?;
     lab.add_ra_default_route("h1")?;
     // On-link peers for the IPv4 sender, which answer ARP.

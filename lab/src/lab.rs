@@ -246,7 +246,7 @@ impl Lab {
         let port = format!("s{index}");
         let mut dropped = self.lock_dropped_ports();
         if dropped.as_mut().is_some_and(|ports| ports.remove(&port)) {
-            self.delete_drop_element(&port)?;
+            self.drop_element("delete", &port)?;
         }
         Ok(())
     }
@@ -300,15 +300,7 @@ impl Lab {
         if ports.contains(&port) {
             bail!("{nic} is already dropped silently");
         }
-        self.switch.run(&[
-            "nft",
-            "add",
-            "element",
-            "bridge",
-            DROP_TABLE,
-            "dropped",
-            &format!("{{ \"{port}\" }}"),
-        ])?;
+        self.drop_element("add", &port)?;
         ports.insert(port);
         Ok(())
     }
@@ -320,7 +312,7 @@ impl Lab {
         let Some(ports) = dropped.as_mut().filter(|ports| ports.contains(&port)) else {
             bail!("{nic} is not dropped silently");
         };
-        self.delete_drop_element(&port)?;
+        self.drop_element("delete", &port)?;
         ports.remove(&port);
         Ok(())
     }
@@ -499,10 +491,12 @@ impl Lab {
         write_sysctls(&self.host, &no_dad_sysctls())
     }
 
-    fn delete_drop_element(&self, port: &str) -> Result<()> {
+    /// Adds `port` to the set of the switch ports whose frames are dropped (`verb` "add"), or
+    /// takes it out ("delete").
+    fn drop_element(&self, verb: &str, port: &str) -> Result<()> {
         self.switch.run(&[
             "nft",
-            "delete",
+            verb,
             "element",
             "bridge",
             DROP_TABLE,

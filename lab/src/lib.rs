@@ -91,6 +91,31 @@ test_address = "192.0.2.23/24"
     )
 }
 
+/// A group of h0 and h1 with an IPv4 data address each and no test address, so that only
+/// their links tell their state. `daemon` holds extra lines of the `[daemon]` table; `SOCKET`
+/// and `PINS` as in [`three_nic_config`].
+pub fn two_nic_config(daemon: &str) -> String {
+    format!(
+        r#"
+[daemon]
+{daemon}
+socket = "SOCKET"
+bpf_pin_dir = "PINS"
+
+[[group]]
+name = "g0"
+
+[[group.interface]]
+name = "h0"
+data_addresses = ["192.0.2.19/24"]
+
+[[group.interface]]
+name = "h1"
+data_addresses = ["192.0.2.20/24"]
+"#
+    )
+}
+
 /// A group of h0 and h1 that probes over IPv6 alone: IPv6 data addresses, no test address,
 /// so each NIC probes from its link-local address. `SOCKET` and `PINS` as in
 /// [`three_nic_config`].

@@ -40,7 +40,7 @@ pub const PROBE_MAGIC: u32 = 0x4d50_5448;
 
 /// Version of the pinned layout; part of the pin path so a daemon never adopts maps whose
 /// layout it does not understand (aya reuses a pinned map without checking it).
-pub const PIN_LAYOUT_VERSION: &str = "v2";
+pub const PIN_LAYOUT_VERSION: &str = "v3";
 
 /// Names of the maps, as pinned under `<pin dir>/<PIN_LAYOUT_VERSION>/maps/`.
 pub mod map_names {
@@ -312,6 +312,10 @@ pub struct NicCounters {
     pub probe_replies: u64,
     /// Matched replies that could not be queued because the ring buffer was full.
     pub probe_replies_lost: u64,
+    /// Probes whose ICMP checksum could not be fixed up after the send time was written into
+    /// them: they leave with a wrong checksum, the target drops them, and mpathd counts them
+    /// as lost. Without this count that loss would look like the path's.
+    pub probe_checksum_failed: u64,
     /// Rejected probe replies, by `RejectReason`.
     pub rejected: [u64; RejectReason::COUNT],
 }
@@ -329,6 +333,7 @@ impl NicCounters {
             total.rx_bytes += c.rx_bytes;
             total.probe_replies += c.probe_replies;
             total.probe_replies_lost += c.probe_replies_lost;
+            total.probe_checksum_failed += c.probe_checksum_failed;
             for (t, r) in total.rejected.iter_mut().zip(c.rejected.iter()) {
                 *t += r;
             }
@@ -549,7 +554,7 @@ mod tests {
         assert_eq!(size_of::<Bucket>(), 12);
         assert_eq!(size_of::<EgressNic>(), 8);
         assert_eq!(size_of::<GroupTests>(), 4 + 16 * 4 + 16 * 12);
-        assert_eq!(size_of::<NicCounters>(), 8 * (8 + RejectReason::COUNT));
+        assert_eq!(size_of::<NicCounters>(), 8 * (9 + RejectReason::COUNT));
         assert_eq!(size_of::<ProbePayload>(), 40);
         assert_eq!(size_of::<ProbeReply>(), 16 + 16 + 24);
         assert_eq!(size_of::<Settings>(), 16);

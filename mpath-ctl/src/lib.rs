@@ -14,11 +14,11 @@
 /// (views, logs, metric labels), `ALL` (every value, for metric series), `Display`, and
 /// `Serialize`/`Deserialize` with the same name (the control socket's wire format).
 macro_rules! named {
-    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+    ($vis:vis $ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
         impl $ty {
-            pub const ALL: &[$ty] = &[$($ty::$variant),+];
+            $vis const ALL: &[$ty] = &[$($ty::$variant),+];
 
-            pub fn as_str(self) -> &'static str {
+            $vis fn as_str(self) -> &'static str {
                 match self {
                     $($ty::$variant => $name),+
                 }

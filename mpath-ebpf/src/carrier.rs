@@ -25,7 +25,7 @@ use crate::maps::{CARRIER_EVENTS, EGRESS_NICS, NICS};
 static MPATH_NETDEV_IFINDEX_OFFSET: u32 = 0;
 
 #[fentry(function = "netif_carrier_off")]
-pub fn mpath_carrier_off(ctx: FEntryContext) -> u32 {
+pub(crate) fn mpath_carrier_off(ctx: FEntryContext) -> u32 {
     let Some(ifindex) = group_nic(&ctx) else {
         return 0;
     };
@@ -37,12 +37,12 @@ pub fn mpath_carrier_off(ctx: FEntryContext) -> u32 {
         time_ns: unsafe { bpf_ktime_get_ns() },
     };
     // A full ring (no reader for a while) loses the event; the link event still comes.
-    let _ = CARRIER_EVENTS.output::<CarrierEvent>(&event, 0);
+    let _: Result<_, _> = CARRIER_EVENTS.output::<CarrierEvent>(&event, 0);
     0
 }
 
 #[fentry(function = "netif_carrier_on")]
-pub fn mpath_carrier_on(ctx: FEntryContext) -> u32 {
+pub(crate) fn mpath_carrier_on(ctx: FEntryContext) -> u32 {
     if let Some(ifindex) = group_nic(&ctx) {
         mark_carrier(ifindex, true);
     }

@@ -33,7 +33,7 @@ use crate::{
     maps::{LAST_REPLY, NICS, PROBE_REPLIES, REPLY_BUDGETS, SETTINGS, count},
     packet::{
         ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_FRAGMENT, IPPROTO_ICMP, IPPROTO_ICMPV6,
-        IPV6_HLEN, IcmpEcho, Ipv6FragHdr, at,
+        IPV6_HLEN, IcmpEcho, Ipv6FragHdr, Packet,
     },
 };
 use network_types::{
@@ -68,7 +68,7 @@ enum Disposition {
 /// TC ingress: TC_ACT_UNSPEC lets every packet that is not a matched reply go on (tcx: to the
 /// next program, then up the stack).
 #[classifier]
-pub fn mpath_probe_rx(ctx: TcContext) -> i32 {
+pub(crate) fn mpath_probe_rx(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: read-only lookup; mpathd replaces entries whole.
@@ -78,9 +78,9 @@ pub fn mpath_probe_rx(ctx: TcContext) -> i32 {
     let len = ctx.len();
     if len <= MAX_REPLY_FRAME && ((ctx.data_end() - ctx.data()) as u32) < len {
         // On failure the checks below see the packet as short, which is no match.
-        let _ = ctx.pull_data(len);
+        let _: Result<_, _> = ctx.pull_data(len);
     }
-    match handle(ctx.data(), ctx.data_end(), u64::from(len), ifindex, nic) {
+    match handle(Packet::of_tc(&ctx), u64::from(len), ifindex, nic) {
         Disposition::Pass => TC_ACT_UNSPEC,
         Disposition::Drop => TC_ACT_SHOT,
     }
@@ -88,14 +88,14 @@ pub fn mpath_probe_rx(ctx: TcContext) -> i32 {
 
 /// XDP (opt-in): the same matcher on the frame's first buffer.
 #[xdp(frags)]
-pub fn mpath_probe_rx_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn mpath_probe_rx_xdp(ctx: XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: read-only lookup; mpathd replaces entries whole.
     let Some(nic) = (unsafe { NICS.get(ifindex) }) else {
         return XDP_PASS;
     };
-    let (start, end) = (ctx.data(), ctx.data_end());
-    match handle(start, end, (end - start) as u64, ifindex, nic) {
+    let packet = Packet::of_xdp(&ctx);
+    match handle(packet, packet.len() as u64, ifindex, nic) {
         Disposition::Pass => XDP_PASS,
         Disposition::Drop => XDP_DROP,
     }
@@ -104,12 +104,12 @@ pub fn mpath_probe_rx_xdp(ctx: XdpContext) -> u32 {
 /// Counts a packet of `len` bytes received on `nic` and, when it is a valid reply within the
 /// NIC's budget, queues it.
 #[inline(always)]
-fn handle(start: usize, end: usize, len: u64, ifindex: u32, nic: &NicInfo) -> Disposition {
+fn handle(packet: Packet<'_>, len: u64, ifindex: u32, nic: &NicInfo) -> Disposition {
     count(nic.slot, |c| {
         c.rx_packets += 1;
         c.rx_bytes += len;
     });
-    match classify(start, end, ifindex, nic) {
+    match classify(packet, ifindex, nic) {
         Verdict::NotOurs => Disposition::Pass,
         Verdict::Rejected(reason) => {
             count(nic.slot, |c| {
@@ -165,14 +165,13 @@ fn within_budget(slot: u32, now: u64) -> bool {
 }
 
 #[inline(always)]
-fn classify(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict {
-    let Some(eth) = at::<EthHdr>(start, end, 0) else {
+fn classify(packet: Packet<'_>, ifindex: u32, nic: &NicInfo) -> Verdict {
+    let Some(eth) = packet.ref_at::<EthHdr>(0) else {
         return Verdict::NotOurs;
     };
-    // SAFETY: bounds checked by `at`.
-    match u16::from_be(unsafe { (*eth).ether_type }) {
-        ETH_P_IPV4 => classify_v4(start, end, ifindex, nic),
-        ETH_P_IPV6 => classify_v6(start, end, ifindex, nic),
+    match u16::from_be(eth.ether_type) {
+        ETH_P_IPV4 => classify_v4(packet, ifindex, nic),
+        ETH_P_IPV6 => classify_v6(packet, ifindex, nic),
         _ => Verdict::NotOurs,
     }
 }
@@ -184,12 +183,10 @@ fn is_candidate(echo: &IcmpEcho, reply_type: u8) -> bool {
 }
 
 #[inline(always)]
-fn classify_v4(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict {
-    let Some(ip) = at::<Ipv4Hdr>(start, end, ETH_HLEN) else {
+fn classify_v4(packet: Packet<'_>, ifindex: u32, nic: &NicInfo) -> Verdict {
+    let Some(ip) = packet.ref_at::<Ipv4Hdr>(ETH_HLEN) else {
         return Verdict::NotOurs;
     };
-    // SAFETY: bounds checked by `at`.
-    let ip = unsafe { &*ip };
     let ihl = usize::from(ip.vihl & 0x0f) * 4;
     if ip.proto != IPPROTO_ICMP || ip.vihl >> 4 != 4 || ihl < 20 {
         return Verdict::NotOurs;
@@ -201,13 +198,11 @@ fn classify_v4(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     }
     // Summed before the ICMP header is read: otherwise the compiler drops the bounds checks
     // of the option words, which the ICMP header's check implies, and the verifier refuses.
-    let header_intact = ipv4_header_intact(start, end, ip, ihl);
+    let header_intact = ipv4_header_intact(packet, ip, ihl);
     let icmp_at = ETH_HLEN + ihl;
-    let Some(echo) = at::<IcmpEcho>(start, end, icmp_at) else {
+    let Some(echo) = packet.ref_at::<IcmpEcho>(icmp_at) else {
         return Verdict::NotOurs;
     };
-    // SAFETY: bounds checked by `at`.
-    let echo = unsafe { &*echo };
     if !is_candidate(echo, ICMP_ECHO_REPLY) {
         return Verdict::NotOurs;
     }
@@ -229,11 +224,9 @@ fn classify_v4(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     if tot_len != ihl + PROBE_ICMP_LEN {
         return Verdict::Rejected(RejectReason::Malformed);
     }
-    let Some(msg) = at::<[u8; PROBE_ICMP_LEN]>(start, end, icmp_at) else {
+    let Some(msg) = packet.ref_at::<[u8; PROBE_ICMP_LEN]>(icmp_at) else {
         return Verdict::Rejected(RejectReason::Truncated);
     };
-    // SAFETY: bounds checked by `at`.
-    let msg = unsafe { &*msg };
     if fold(add_words(0, msg)) != 0xffff {
         return Verdict::Rejected(RejectReason::BadChecksum);
     }
@@ -243,32 +236,24 @@ fn classify_v4(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
 }
 
 #[inline(always)]
-fn classify_v6(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict {
-    let Some(ip) = at::<Ipv6Hdr>(start, end, ETH_HLEN) else {
+fn classify_v6(packet: Packet<'_>, ifindex: u32, nic: &NicInfo) -> Verdict {
+    let Some(ip) = packet.ref_at::<Ipv6Hdr>(ETH_HLEN) else {
         return Verdict::NotOurs;
     };
-    // SAFETY: bounds checked by `at`.
-    let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
         return Verdict::NotOurs;
     }
     let icmp_at = ETH_HLEN + IPV6_HLEN;
     if ip.next_hdr == IPPROTO_FRAGMENT {
         // Only the first fragment shows the ICMPv6 header behind the fragment header.
-        let Some(frag) = at::<Ipv6FragHdr>(start, end, icmp_at) else {
+        let Some(frag) = packet.ref_at::<Ipv6FragHdr>(icmp_at) else {
             return Verdict::NotOurs;
         };
-        // SAFETY: bounds checked by `at`.
-        let frag = unsafe { &*frag };
         let first = u16::from_be_bytes(frag.offset_flags) & 0xfff8 == 0;
-        let Some(echo) = at::<IcmpEcho>(start, end, icmp_at + 8) else {
+        let Some(echo) = packet.ref_at::<IcmpEcho>(icmp_at + 8) else {
             return Verdict::NotOurs;
         };
-        // SAFETY: bounds checked by `at`.
-        if first
-            && frag.next_header == IPPROTO_ICMPV6
-            && is_candidate(unsafe { &*echo }, ICMPV6_ECHO_REPLY)
-        {
+        if first && frag.next_header == IPPROTO_ICMPV6 && is_candidate(echo, ICMPV6_ECHO_REPLY) {
             return Verdict::Rejected(RejectReason::Fragmented);
         }
         return Verdict::NotOurs;
@@ -276,11 +261,9 @@ fn classify_v6(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     if ip.next_hdr != IPPROTO_ICMPV6 {
         return Verdict::NotOurs;
     }
-    let Some(echo) = at::<IcmpEcho>(start, end, icmp_at) else {
+    let Some(echo) = packet.ref_at::<IcmpEcho>(icmp_at) else {
         return Verdict::NotOurs;
     };
-    // SAFETY: bounds checked by `at`.
-    let echo = unsafe { &*echo };
     if !is_candidate(echo, ICMPV6_ECHO_REPLY) {
         return Verdict::NotOurs;
     }
@@ -294,11 +277,9 @@ fn classify_v6(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
     if payload_len != PROBE_ICMP_LEN {
         return Verdict::Rejected(RejectReason::Malformed);
     }
-    let Some(msg) = at::<[u8; PROBE_ICMP_LEN]>(start, end, icmp_at) else {
+    let Some(msg) = packet.ref_at::<[u8; PROBE_ICMP_LEN]>(icmp_at) else {
         return Verdict::Rejected(RejectReason::Truncated);
     };
-    // SAFETY: bounds checked by `at`.
-    let msg = unsafe { &*msg };
     let pseudo = ipv6_pseudo_header(
         &ip.src_addr,
         &ip.dst_addr,
@@ -313,7 +294,7 @@ fn classify_v6(start: usize, end: usize, ifindex: u32, nic: &NicInfo) -> Verdict
 
 /// Whether the IPv4 header checksum (fixed part and options) is right.
 #[inline(always)]
-fn ipv4_header_intact(start: usize, end: usize, ip: &Ipv4Hdr, ihl: usize) -> bool {
+fn ipv4_header_intact(packet: Packet<'_>, ip: &Ipv4Hdr, ihl: usize) -> bool {
     // SAFETY: `Ipv4Hdr` is 20 plain bytes.
     let fixed = unsafe { &*(ip as *const Ipv4Hdr).cast::<[u8; 20]>() };
     let mut sum = add_words(0, fixed);
@@ -323,9 +304,8 @@ fn ipv4_header_intact(start: usize, end: usize, ip: &Ipv4Hdr, ihl: usize) -> boo
         if offset >= ihl {
             break;
         }
-        match at::<[u8; 4]>(start, end, ETH_HLEN + offset) {
-            // SAFETY: bounds checked by `at`.
-            Some(word) => sum = add_words(sum, unsafe { &*word }),
+        match packet.ref_at::<[u8; 4]>(ETH_HLEN + offset) {
+            Some(word) => sum = add_words(sum, word),
             None => return false,
         }
         offset += 4;

@@ -52,7 +52,7 @@ struct SockaddrIn6 {
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn mpath_source_connect6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn mpath_source_connect6(ctx: SockAddrContext) -> i32 {
     // A socket bound to a port, even of the unspecified address, cannot be bound again.
     if let Some((group, source)) = choose6(&ctx, false) {
         let mut addr = SockaddrIn6 {
@@ -77,7 +77,7 @@ pub fn mpath_source_connect6(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(sendmsg6)]
-pub fn mpath_source_sendmsg6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn mpath_source_sendmsg6(ctx: SockAddrContext) -> i32 {
     let msg_src = || {
         // SAFETY: the context is the kernel's bpf_sock_addr, its source words readable in
         // sendmsg6; volatile keeps each a 4-byte access, the only size the verifier allows.
@@ -107,7 +107,7 @@ pub fn mpath_source_sendmsg6(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(connect4)]
-pub fn mpath_source_connect4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn mpath_source_connect4(ctx: SockAddrContext) -> i32 {
     if let Some((group, source)) = choose4(&ctx, false) {
         let mut addr = SockaddrIn {
             family: AF_INET,
@@ -129,7 +129,7 @@ pub fn mpath_source_connect4(ctx: SockAddrContext) -> i32 {
 }
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn mpath_source_sendmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn mpath_source_sendmsg4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the context is the kernel's bpf_sock_addr, whose msg_src_ip4 is readable and
     // writable in sendmsg4 with a 4-byte access.
     let msg_src = unsafe { addr_of!((*ctx.sock_addr).msg_src_ip4) };

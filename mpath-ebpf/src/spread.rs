@@ -29,7 +29,7 @@ use mpath_common::{
 
 use crate::{
     maps::{BUCKETS, EGRESS_NICS, GROUP_TESTS, count},
-    packet::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_HLEN, at},
+    packet::{ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV6_HLEN, Packet},
 };
 use network_types::{
     eth::EthHdr,
@@ -55,7 +55,7 @@ const REDIRECTED: u32 = 0x4d50_5244;
 
 /// TC_ACT_UNSPEC lets the packet continue (tcx: on to the next program, then out).
 #[classifier]
-pub fn mpath_spread(mut ctx: TcContext) -> i32 {
+pub(crate) fn mpath_spread(mut ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(nic) = EGRESS_NICS.get(ifindex).filter(|n| n.is_present()) else {
@@ -89,10 +89,8 @@ pub fn mpath_spread(mut ctx: TcContext) -> i32 {
 /// stamped: the flow hash and the bucket are for packets the routes did not place.
 #[inline(always)]
 fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egress> {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    let eth: *const EthHdr = at(start, end, 0)?;
-    // SAFETY: `at` checked that the header lies inside the packet.
-    let eth = unsafe { &*eth };
+    let packet = Packet::of_tc(ctx);
+    let eth: &EthHdr = packet.ref_at(0)?;
     // Broadcast and multicast (ARP, ND, MLD, IGMP...) belong to the link they were sent on.
     if eth.dst_addr[0] & 1 != 0 {
         return None;
@@ -102,13 +100,11 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
     let mut hash = unsafe { (*ctx.skb.skb).hash };
     match u16::from_be(eth.ether_type) {
         ETH_P_IPV4 => {
-            let ip: *const Ipv4Hdr = at(start, end, ETH_HLEN)?;
-            // SAFETY: bounds checked by `at`.
-            let ip = unsafe { &*ip };
+            let ip: &Ipv4Hdr = packet.ref_at(ETH_HLEN)?;
             let ihl = usize::from(ip.vihl & 0x0f) * 4;
             if let Some(owner) = test_address_owner(u32::from(nic.group), ip.src_addr) {
                 if ip.proto == IPPROTO_ICMP {
-                    stamp_probe(ctx, ETH_HLEN + ihl, ICMP_ECHO_REQUEST);
+                    stamp_probe(ctx, nic.slot, ETH_HLEN + ihl, ICMP_ECHO_REQUEST);
                 }
                 return Some(owner);
             }
@@ -120,7 +116,7 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
                 // must go the same way.
                 let whole = u16::from_be_bytes(ip.frags) & 0x3fff == 0;
                 let ports = if whole && has_ports(ip.proto) {
-                    ports_at(start, end, ETH_HLEN + ihl)
+                    ports_at(packet, ETH_HLEN + ihl)
                 } else {
                     [0; 4]
                 };
@@ -128,13 +124,11 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
             }
         }
         ETH_P_IPV6 => {
-            let ip: *const Ipv6Hdr = at(start, end, ETH_HLEN)?;
-            // SAFETY: bounds checked by `at`.
-            let ip = unsafe { &*ip };
+            let ip: &Ipv6Hdr = packet.ref_at(ETH_HLEN)?;
             // Link-local sources (IPv6 probes among them) are bound to their link.
             if ip.src_addr[0] == 0xfe && ip.src_addr[1] & 0xc0 == 0x80 {
                 if ip.next_hdr == IPPROTO_ICMPV6 {
-                    stamp_probe(ctx, ETH_HLEN + IPV6_HLEN, ICMPV6_ECHO_REQUEST);
+                    stamp_probe(ctx, nic.slot, ETH_HLEN + IPV6_HLEN, ICMPV6_ECHO_REQUEST);
                 }
                 return None;
             }
@@ -142,15 +136,14 @@ fn choose_egress(ctx: &TcContext, nic: &EgressNic, ifindex: u32) -> Option<Egres
                 return None;
             }
             if ip.next_hdr == IPPROTO_ICMPV6 {
-                let kind: *const u8 = at(start, end, ETH_HLEN + IPV6_HLEN)?;
-                // SAFETY: bounds checked by `at`.
-                if ND_TYPES.contains(unsafe { &*kind }) {
+                let kind: &u8 = packet.ref_at(ETH_HLEN + IPV6_HLEN)?;
+                if ND_TYPES.contains(kind) {
                     return None;
                 }
             }
             if hash == 0 {
                 let ports = if has_ports(ip.next_hdr) {
-                    ports_at(start, end, ETH_HLEN + IPV6_HLEN)
+                    ports_at(packet, ETH_HLEN + IPV6_HLEN)
                 } else {
                     [0; 4]
                 };
@@ -203,14 +196,12 @@ fn bucket_nic(nic: &EgressNic, ifindex: u32, hash: u32) -> Option<Egress> {
 /// Writes the kernel time into the payload of one of mpathd's probes (an echo request of
 /// `request` type at `icmp_at` carrying mpathd's identifier and magic) and fixes the ICMP
 /// checksum, so the round trip excludes the time the probe waited for ARP/ND or a qdisc.
-/// Anything else is left alone.
+/// Anything else is left alone. A fix-up that fails is counted on the NIC in `slot`.
 #[inline(always)]
-fn stamp_probe(ctx: &TcContext, icmp_at: usize, request: u8) {
-    let Some(msg) = at::<[u8; PROBE_ICMP_LEN]>(ctx.data(), ctx.data_end(), icmp_at) else {
+fn stamp_probe(ctx: &TcContext, slot: u16, icmp_at: usize, request: u8) {
+    let Some(msg) = Packet::of_tc(ctx).ref_at::<[u8; PROBE_ICMP_LEN]>(icmp_at) else {
         return;
     };
-    // SAFETY: bounds checked by `at`.
-    let msg = unsafe { &*msg };
     let magic = u32::from_ne_bytes([msg[8], msg[9], msg[10], msg[11]]);
     if msg[0] != request
         || msg[1] != 0
@@ -228,10 +219,16 @@ fn stamp_probe(ctx: &TcContext, icmp_at: usize, request: u8) {
     }
     // The checksum follows the 8 bytes as two 4-byte words, each 16-bit aligned in the
     // message. A probe whose checksum is left wrong is dropped by its target: counted lost.
+    let mut fixed = true;
     for half in [0, 4] {
         let word =
             |b: &[u8; 8]| u32::from_ne_bytes([b[half], b[half + 1], b[half + 2], b[half + 3]]);
-        let _ = ctx.l4_csum_replace(icmp_at + 2, u64::from(word(&old)), u64::from(word(&new)), 4);
+        fixed &= ctx
+            .l4_csum_replace(icmp_at + 2, u64::from(word(&old)), u64::from(word(&new)), 4)
+            .is_ok();
+    }
+    if !fixed {
+        count(u32::from(slot), |c| c.probe_checksum_failed += 1);
     }
 }
 
@@ -243,12 +240,8 @@ fn has_ports(proto: u8) -> bool {
 
 /// The port pair at `offset`, or zeros when the packet ends before it.
 #[inline(always)]
-fn ports_at(start: usize, end: usize, offset: usize) -> [u8; 4] {
-    match at::<[u8; 4]>(start, end, offset) {
-        // SAFETY: bounds checked by `at`.
-        Some(p) => unsafe { *p },
-        None => [0; 4],
-    }
+fn ports_at(packet: Packet<'_>, offset: usize) -> [u8; 4] {
+    packet.ref_at(offset).copied().unwrap_or([0; 4])
 }
 
 /// The NIC owning `src` when it is one of the group's test addresses.

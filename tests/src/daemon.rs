@@ -15,7 +15,7 @@ use mpath_ctl::{
     api::views::Status,
 };
 use mpath_lab::Netns;
-pub use mpath_lab::{ipv6_only_config, three_nic_config};
+pub use mpath_lab::{ipv6_only_config, three_nic_config, two_nic_config};
 
 use crate::PinDir;
 
@@ -35,6 +35,26 @@ pub fn inbound<'a>(status: &'a Status, address: &str) -> Option<&'a str> {
         .iter()
         .find(|a| a.address == address)
         .and_then(|a| a.inbound.as_deref())
+}
+
+/// Whether mpathd shows every NIC of [`three_nic_config`]'s group (h0, h1, h2) ok.
+pub fn all_ok(d: &Mpathd) -> bool {
+    d.try_status()
+        .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+}
+
+/// Whether mpathd shows h1 failed and its data address 192.0.2.20 on h2: [`three_nic_config`]'s
+/// failover of h1, the end of most "cut h1" steps.
+pub fn h1_failed_over(d: &Mpathd) -> bool {
+    d.try_status().is_some_and(|s| {
+        state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
+    })
+}
+
+/// Whether mpathd shows h1 ok with 192.0.2.20 back on it: the failback after [`h1_failed_over`].
+pub fn h1_failed_back(d: &Mpathd) -> bool {
+    d.try_status()
+        .is_some_and(|s| state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1"))
 }
 
 /// The data addresses of [`three_nic_config`] that are missing from their NICs, given the
@@ -87,6 +107,14 @@ impl Mpathd {
     /// replaced by this daemon's paths) and waits until it answers on its socket.
     pub fn start(ns: &Netns, config: &str) -> Mpathd {
         Self::start_with_env(ns, config, &[])
+    }
+
+    /// Like [`Mpathd::start`], then waits until every NIC of the lab group is ok ([`all_ok`]):
+    /// the start of most scenarios.
+    pub fn start_all_ok(ns: &Netns, config: &str) -> Mpathd {
+        let mut daemon = Self::start(ns, config);
+        daemon.wait_until("all NICs ok", all_ok);
+        daemon
     }
 
     /// Like [`Mpathd::start`], with extra environment variables for mpathd.
@@ -207,15 +235,15 @@ impl Mpathd {
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
+            let _: Result<_, _> = c.wait();
         }
     }
 
     /// Kills the process with SIGKILL (no clean-up of its own), leaving pins and socket.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            let _: Result<_, _> = c.kill();
+            let _: Result<_, _> = c.wait();
         }
     }
 
@@ -297,7 +325,7 @@ impl Mpathd {
 impl Drop for Mpathd {
     fn drop(&mut self) {
         self.stop();
-        let _ = fs::remove_dir_all(&self.dir);
+        let _: Result<_, _> = fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -148,11 +148,11 @@ fn capture(
     };
     let (_sink, fd) = match setup() {
         Ok(s) => {
-            let _ = ready.send(Ok(()));
+            let _: Result<_, _> = ready.send(Ok(()));
             s
         }
         Err(e) => {
-            let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+            let _: Result<_, _> = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
             return Err(e);
         }
     };

@@ -66,8 +66,10 @@ impl Default for PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if let Err(e) = mpath_ctl::datapath::teardown(&self.0) {
-            eprintln!("removing {}: {e}", self.0.display());
+        if let Err(errors) = mpath_ctl::datapath::teardown(&self.0) {
+            for e in errors {
+                eprintln!("removing {}: {e}", self.0.display());
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use std::{
 use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
 use mpath_lab::{Lab, ROUTER_LINK_LOCAL, ROUTER_V4};
 
-use crate::daemon::{Mpathd, state_of, three_nic_config};
+use crate::daemon::{Mpathd, all_ok, three_nic_config};
 
 /// The lab group's NICs.
 pub const NICS: [&str; 3] = ["h0", "h1", "h2"];
@@ -79,8 +79,8 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _: Result<_, _> = self.child.kill();
+        let _: Result<_, _> = self.child.wait();
     }
 }
 
@@ -146,12 +146,6 @@ fn group_nics(lab: &Lab, id: &str) -> String {
         .collect();
     nics.sort();
     format!("[{}]", nics.join(","))
-}
-
-/// Whether mpathd shows every NIC of the lab group ok.
-pub fn all_ok(d: &Mpathd) -> bool {
-    d.try_status()
-        .is_some_and(|s| NICS.iter().all(|n| state_of(&s, n) == "ok"))
 }
 
 /// mpathd's table as `ip` shows it, for one family (`-4`, `-6`).

@@ -54,7 +54,7 @@ chown systemd-network:systemd-network /run/systemd/netif",
     pub fn start(&mut self, configured: &[&str]) {
         assert!(self.networkd.is_none(), "networkd runs already");
         // The link state files of an earlier run would answer for this one.
-        let _ = fs::remove_dir_all(self.sandbox.path("run/systemd/netif/links"));
+        let _: Result<_, _> = fs::remove_dir_all(self.sandbox.path("run/systemd/netif/links"));
         let (stdout, stderr) = log_file(&self.log);
         let child = self
             .sandbox

@@ -160,13 +160,13 @@ impl<'lab> Responder<'lab> {
             // Spawned while inside the namespace, so the thread and its sockets live there.
             thread::spawn(move || match Sockets::open() {
                 Ok(sockets) => {
-                    let _ = ready_tx.send(Ok(()));
+                    let _: Result<_, _> = ready_tx.send(Ok(()));
                     if let Err(e) = Server::new(sockets, local, shared).run(&stop) {
                         eprintln!("echo responder stopped: {e}");
                     }
                 }
                 Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+                    let _: Result<_, _> = ready_tx.send(Err(e));
                 }
             })
         };

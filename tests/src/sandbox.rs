@@ -33,7 +33,7 @@ impl Sandbox {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let _ = fs::remove_dir_all(&dir);
+        let _: Result<_, _> = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("run")).unwrap();
         Sandbox { dir, bus: None }
     }
@@ -115,10 +115,10 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(mut bus) = self.bus.take() {
-            let _ = bus.kill();
-            let _ = bus.wait();
+            let _: Result<_, _> = bus.kill();
+            let _: Result<_, _> = bus.wait();
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        let _: Result<_, _> = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -126,7 +126,7 @@ impl Drop for Sandbox {
 pub fn terminate(mut child: Child) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+    let _: Result<_, _> = child.wait();
 }
 
 /// Appends to `path`, for a daemon's stdout and stderr.

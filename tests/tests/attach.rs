@@ -9,9 +9,8 @@ use mpath_ctl::datapath::{Datapath, pins::PinLayout};
 use mpath_lab::{BEHIND_ROUTER_V4, Lab};
 use mpath_tests::{
     PinDir,
-    daemon::{Mpathd, inbound, state_of, three_nic_config},
+    daemon::{Mpathd, all_ok, inbound, state_of, three_nic_config},
     hooks::hooks,
-    managed::all_ok,
     metrics::{sample, scrape},
 };
 

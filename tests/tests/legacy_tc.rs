@@ -2,7 +2,8 @@
 //! filters (`tc_attach = "legacy"`), the way kernels without tcx (before 6.6) run them, forced
 //! on this kernel: attached at mpathd's priority and handle, kept by a killed mpathd, replaced
 //! in place by a restarted one, removed by `--teardown` without touching anyone else's
-//! filters, and swapped for tcx links and back.
+//! filters (and past a part it cannot remove, which it names), and swapped for tcx links and
+//! back.
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
@@ -12,7 +13,7 @@ use mpath_ctl::datapath::{
 };
 use mpath_lab::Lab;
 use mpath_tests::{
-    daemon::{Mpathd, state_of, three_nic_config},
+    daemon::{Mpathd, all_ok, state_of, three_nic_config},
     flows::{Flows, Sniffer},
 };
 
@@ -25,11 +26,6 @@ fn config(tc_attach: &str) -> String {
             &format!("[daemon]\ntc_attach = \"{tc_attach}\"\n"),
         )
         .replace("name = \"g0\"\n", "name = \"g0\"\nspread = \"datapath\"\n")
-}
-
-fn all_ok(d: &Mpathd) -> bool {
-    d.try_status()
-        .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
 }
 
 /// The filters on `hook` of `nic` in the lab host.
@@ -113,8 +109,7 @@ fn a_legacy_filter_outlives_a_killed_mpathd_is_replaced_in_place_and_torn_down_a
     let theirs = foreign(&lab);
     assert!(theirs.iter().any(|f| f.kind == "u32"), "{theirs:?}");
 
-    let mut daemon = Mpathd::start(lab.host(), &config("legacy"));
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &config("legacy"));
     let before: Vec<[u32; 2]> = ["h0", "h1", "h2"]
         .iter()
         .map(|nic| mpathd_programs(&lab, nic))
@@ -190,8 +185,7 @@ fn switching_between_tcx_and_legacy_leaves_one_program_per_hook() {
         return;
     }
     let lab = Lab::builder().nics(3).build().expect("lab");
-    let mut daemon = Mpathd::start(lab.host(), &config("tcx"));
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &config("tcx"));
     assert!(tc_pins(&daemon, &lab, "h0").iter().all(|pin| pin.exists()));
     assert!(!has_mpathd_filter(&lab, "h0"));
 
@@ -235,4 +229,32 @@ fn switching_between_tcx_and_legacy_leaves_one_program_per_hook() {
         "ok",
         "mpathd runs on after the switches"
     );
+}
+
+/// A teardown that cannot remove a part goes on with the rest and names the failure: here a
+/// directory among the pinned links, which is no link (bpffs takes directories).
+#[test]
+fn a_teardown_goes_on_past_a_part_it_cannot_remove_and_names_it() {
+    let lab = Lab::builder().nics(3).build().expect("lab");
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &config("legacy"));
+    daemon.stop();
+    let pins = PinLayout::new(daemon.pins.path());
+    let stray = pins.links().join("stray");
+    std::fs::create_dir_all(&stray).unwrap();
+
+    let teardown = daemon.teardown(lab.host());
+    let stderr = String::from_utf8_lossy(&teardown.stderr);
+    assert!(!teardown.status.success(), "{teardown:?}");
+    assert!(
+        stderr.contains(&stray.display().to_string())
+            && stderr.contains("teardown incomplete: 1 step(s) failed"),
+        "{stderr}"
+    );
+    for nic in ["h0", "h1", "h2"] {
+        assert!(
+            !has_mpathd_filter(&lab, nic),
+            "{nic}: mpathd's filters removed"
+        );
+    }
+    assert!(!pins.dir().exists(), "the pins went after the failure");
 }

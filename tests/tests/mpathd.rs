@@ -13,7 +13,8 @@ use mpath_ctl::{
 };
 use mpath_lab::Lab;
 use mpath_tests::daemon::{
-    Mpathd, inbound, ipv6_only_config, log_time_ns, state_of, three_nic_config,
+    Mpathd, all_ok, h1_failed_back, h1_failed_over, inbound, ipv6_only_config, log_time_ns,
+    state_of, three_nic_config, two_nic_config,
 };
 use mpath_tests::hooks::hooks;
 
@@ -50,16 +51,10 @@ fn v6_targets_found(d: &Mpathd) -> bool {
     })
 }
 
-fn all_ok(d: &Mpathd) -> bool {
-    d.try_status()
-        .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
-}
-
 #[test]
 fn starts_with_addresses_at_home_and_spreads_over_the_active_nics() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let status = daemon.status();
     let group = &status.groups[0];
     assert_eq!(group.state, GroupState::Ok);
@@ -110,8 +105,7 @@ fn starts_with_addresses_at_home_and_spreads_over_the_active_nics() {
 #[test]
 fn carrier_loss_fails_over_to_the_standby_and_back() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     lab.router()
         .run(&["ping", "-c1", "-W2", "192.0.2.19"])
         .unwrap();
@@ -179,15 +173,10 @@ fn carrier_loss_fails_over_to_the_standby_and_back() {
 #[test]
 fn silent_loss_is_caught_by_probes() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
 
     lab.drop_silently("h1").unwrap();
-    daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", h1_failed_over);
     let status = daemon.status();
     let h1 = status
         .interfaces
@@ -203,11 +192,7 @@ fn silent_loss_is_caught_by_probes() {
     );
 
     lab.undrop("h1").unwrap();
-    daemon.wait_until("h1 repaired after 10 answered probes", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
-        })
-    });
+    daemon.wait_until("h1 repaired after 10 answered probes", h1_failed_back);
 }
 
 /// Issue 13, item 6: within ~40 s of mpathd starting, a probing NIC whose cable came back was
@@ -220,8 +205,7 @@ fn a_nic_whose_cable_returns_soon_after_start_is_repaired_only_after_10_answered
     use std::io::{BufRead as _, BufReader};
     use std::sync::{Arc, Mutex};
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let mut probes = daemon
         .ctl_command(lab.host(), &["probes", "--json"])
         .stdout(std::process::Stdio::piped())
@@ -310,8 +294,7 @@ fn a_nic_whose_cable_returns_soon_after_start_is_repaired_only_after_10_answered
 #[test]
 fn a_nic_that_still_receives_but_cannot_send_fails_all_the_same() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     // One-way fault: the switch takes nothing from h1 any more but still delivers to it,
     // and the router's broadcasts keep h1's receive counter moving the whole time.
     let port = lab.switch_port("h1").unwrap();
@@ -332,11 +315,7 @@ fn a_nic_that_still_receives_but_cannot_send_fails_all_the_same() {
         .unwrap();
     let rx_before = h1_rx_packets(&lab, &daemon);
 
-    daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", h1_failed_over);
     let rx_after = h1_rx_packets(&lab, &daemon);
     broadcasts.kill().unwrap();
     broadcasts.wait().unwrap();
@@ -370,8 +349,7 @@ fn h1_rx_packets(lab: &Lab, daemon: &Mpathd) -> u64 {
 #[test]
 fn offline_and_online_with_refusal_of_the_last_usable_nic() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
 
     let offline = |nic: &str| Request::Offline {
         interface: nic.into(),
@@ -419,8 +397,7 @@ fn offline_and_online_with_refusal_of_the_last_usable_nic() {
 #[test]
 fn mpathctl_views_print_columns_and_json() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let groups = daemon.ctl(lab.host(), &["groups"]);
     assert!(groups.status.success());
     let text = String::from_utf8_lossy(&groups.stdout);
@@ -465,8 +442,7 @@ fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
     use std::{net::Ipv4Addr, thread::sleep, time::Duration};
 
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("192.0.2.20 failed over to h2", |d| {
         d.try_status()
@@ -518,35 +494,16 @@ fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
     );
 
     lab.undrop("h1").unwrap();
-    daemon.wait_until("h1 repaired by its probes and failed back", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
-        })
-    });
+    daemon.wait_until("h1 repaired by its probes and failed back", h1_failed_back);
 }
 
 #[test]
 fn with_track_interfaces_only_with_groups_off_other_nics_are_tracked_too() {
     let lab = lab();
-    let config = r#"
-[daemon]
-failure_detection_time_ms = 700
-track_interfaces_only_with_groups = false
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-
-[[group]]
-name = "g0"
-
-[[group.interface]]
-name = "h0"
-data_addresses = ["192.0.2.19/24"]
-
-[[group.interface]]
-name = "h1"
-data_addresses = ["192.0.2.20/24"]
-"#;
-    let mut daemon = Mpathd::start(lab.host(), config);
+    let config = two_nic_config(
+        "failure_detection_time_ms = 700\ntrack_interfaces_only_with_groups = false",
+    );
+    let mut daemon = Mpathd::start(lab.host(), &config);
     let h2 = |d: &Mpathd| {
         d.try_status().and_then(|s| {
             s.interfaces
@@ -589,8 +546,7 @@ data_addresses = ["192.0.2.20/24"]
 #[test]
 fn sighup_applies_the_difference_and_refuses_a_bad_file() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let h2 = lab.host().ifindex("h2").unwrap();
 
     // h1 gains an address, h0 loses its IPv6 one, h2 leaves the group.
@@ -708,8 +664,7 @@ fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
 #[test]
 fn a_renamed_nic_leaves_its_group_with_what_mpathd_put_on_it_and_rejoins_under_its_name() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     // While up, as Linux allows since 6.2 (an older kernel wants the link down first).
     let rename = |from: &str, to: &str| {
         if lab.host().ip(&["link", "set", from, "name", to]).is_err() {
@@ -783,8 +738,7 @@ fn a_nic_without_probe_targets_is_reported_and_so_is_its_first_target() {
 fn probes_stream_and_the_socket_refuses_other_users() {
     use std::io::{BufRead as _, BufReader};
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let mut probes = daemon
         .ctl_command(lab.host(), &["probes", "--json"])
         .stdout(std::process::Stdio::piped())
@@ -925,8 +879,7 @@ fn addresses_at(status: &Status) -> Vec<(String, Option<String>)> {
 #[test]
 fn when_every_nic_fails_nothing_moves_and_the_first_one_back_takes_the_addresses() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let home = addresses_at(&daemon.status());
     lab.cut("h0").unwrap();
     lab.cut("h1").unwrap();
@@ -993,8 +946,7 @@ fn deafen_router(lab: &Lab) {
 #[test]
 fn when_all_targets_stop_answering_no_address_moves() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let home = addresses_at(&daemon.status());
     deafen_router(&lab);
     daemon.wait_until("target failure noticed", |d| {
@@ -1032,8 +984,7 @@ fn hosts_that_answer_the_all_hosts_echo_stand_in_for_a_silent_router() {
         .unwrap()
         .run(&["sysctl", "-qw", "net.ipv6.conf.p0.disable_ipv6=1"])
         .unwrap();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let home = addresses_at(&daemon.status());
     deafen_router(&lab);
     daemon.wait_until("target failure noticed", |d| {
@@ -1198,8 +1149,7 @@ fn a_family_that_fails_alone_is_shown_and_warned_about_while_the_other_holds_the
 #[test]
 fn an_offlined_nic_stays_offline_across_kill_9_and_restart() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let offline = daemon.ctl(lab.host(), &["offline", "h1"]);
     assert!(offline.status.success(), "{offline:?}");
     daemon.wait_until("192.0.2.20 off h1", |d| {
@@ -1243,8 +1193,7 @@ fn cells(text: &[u8]) -> Vec<String> {
 fn golden_views_of_a_degraded_group() {
     use serde_json::json;
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     daemon.wait_until("IPv6 targets found on every NIC", v6_targets_found);
     lab.cut("h0").unwrap();
     daemon.wait_until("h0's addresses on h2", |d| {
@@ -1366,8 +1315,7 @@ fn open_tcp_connections_survive_failover_and_failback_and_test_addresses_are_nev
         time::Duration,
     };
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
 
     // Applications never get a test address as source: whatever they talk to, the kernel
     // picks a data address.
@@ -1425,8 +1373,7 @@ fn open_tcp_connections_survive_failover_and_failback_and_test_addresses_are_nev
 #[test]
 fn a_data_address_deleted_behind_mpathds_back_is_restored() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     lab.del_host_addr("h1", "192.0.2.20/24").unwrap();
     daemon.wait_until("192.0.2.20 back on h1", |_| {
         lab.host_addrs("h1")
@@ -1446,8 +1393,7 @@ fn a_data_address_deleted_behind_mpathds_back_is_restored() {
 #[test]
 fn a_data_address_added_to_another_nic_behind_mpathds_back_is_removed_there() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     lab.add_host_addr("h1", "192.0.2.19/24").unwrap();
     wait_for_the_copy_on_h1_to_go(&lab, &mut daemon);
     assert!(
@@ -1488,8 +1434,7 @@ fn wait_for_the_copy_on_h1_to_go(lab: &Lab, daemon: &mut Mpathd) {
 #[test]
 fn a_second_mpathd_is_refused_before_it_touches_anything() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let second = lab
         .host()
         .daemon_command(mpath_tests::daemon::binary("mpathd"))
@@ -1524,8 +1469,7 @@ fn matched_and_bad_tag(lab: &Lab, daemon: &Mpathd) -> (u64, u64) {
 #[test]
 fn a_second_mpathd_on_the_same_pins_with_another_socket_is_refused() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let other_socket = daemon.dir.join("second.sock");
     let other_config = daemon.dir.join("second.toml");
     let text = std::fs::read_to_string(&daemon.config).unwrap().replace(
@@ -1638,8 +1582,7 @@ fn ctl_or_give_up(daemon: &Mpathd, args: &[&str]) -> Option<Vec<u8>> {
 #[test]
 fn idle_control_clients_cannot_starve_a_failover_or_the_views() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     // systemd's default soft limit, which the issue's host ran mpathd with.
     let limit = libc::rlimit {
         rlim_cur: 1024,
@@ -1729,8 +1672,7 @@ fn a_nic_added_after_the_pin_directory_was_removed_gets_the_datapath() {
 #[test]
 fn a_reload_that_rebuilds_a_group_keeps_an_offline_nic_offline() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let offline = daemon.ctl(lab.host(), &["offline", "h1"]);
     assert!(offline.status.success(), "{offline:?}");
     // A new FDT rebuilds every group.
@@ -1754,8 +1696,7 @@ fn a_reload_that_rebuilds_a_group_keeps_an_offline_nic_offline() {
 #[test]
 fn a_restarted_mpathd_removes_a_second_copy_of_a_data_address() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     daemon.kill();
     // As if the old daemon died between adding 192.0.2.19 to h1 and removing it from h0.
     lab.add_host_addr("h1", "192.0.2.19/24").unwrap();
@@ -1861,8 +1802,7 @@ fn ping_result(ping: std::process::Child) -> (u32, u32) {
 #[test]
 fn a_clean_restart_and_a_reload_lose_no_packet() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     lab.router()
         .run(&["ping", "-c1", "-W2", "192.0.2.19"])
         .unwrap();
@@ -1938,10 +1878,10 @@ fn without_bpffs_mpathd_mounts_one_and_runs() {
     let (tx, rx) = std::sync::mpsc::channel();
     let stream_socket = socket.clone();
     std::thread::spawn(move || {
-        let _ = control::call(&stream_socket, &Request::Probes {}, |reply| {
+        let _: Result<_, _> = control::call(&stream_socket, &Request::Probes {}, |reply| {
             let matched = matches!(&reply, control::Reply::Probe(p) if p.net_rtt_us.is_some());
             if matched {
-                let _ = tx.send(());
+                let _: Result<_, _> = tx.send(());
             }
             !matched
         });
@@ -1958,8 +1898,7 @@ fn without_bpffs_mpathd_mounts_one_and_runs() {
 #[test]
 fn a_flapping_link_moves_the_addresses_once_each_way() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     // Ten flaps, far faster than the 700 ms failure detection time.
     lab.flap("h0", 10, std::time::Duration::from_millis(60))
         .unwrap();
@@ -2011,18 +1950,13 @@ fn losing_its_link_local_address_leaves_a_nic_to_ipv4_probing() {
     });
     // IPv4 probing alone now decides for h1.
     lab.drop_silently("h1").unwrap();
-    daemon.wait_until("h1 failed by its IPv4 probes", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed by its IPv4 probes", h1_failed_over);
 }
 
 #[test]
 fn after_the_kernel_drops_netlink_events_mpathd_resyncs_and_restores() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     daemon.stop();
     // The smallest event buffer the kernel allows: a burst of changes overruns it.
     daemon.spawn_with(lab.host(), &[], &["--netlink-receive-buffer", "1"]);
@@ -2089,8 +2023,7 @@ fn the_solaris_defaults_file_alone_is_enough_and_what_in_mpathd_tolerates_is_a_w
 fn the_probe_stream_numbers_lost_probes_lines_up_and_times_from_its_own_start() {
     use std::io::{BufRead as _, BufReader};
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     lab.drop_silently("h1").unwrap();
     let stream = |args: &[&str], rows: usize| {
         let mut child = daemon
@@ -2178,8 +2111,7 @@ fn a_nic_without_an_ipv4_test_address_probes_over_ipv6_from_its_link_local_addre
 #[test]
 fn an_address_someone_puts_on_a_group_nic_fails_over_with_it() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     lab.add_host_addr("h0", "192.0.2.50/24").unwrap();
     daemon.wait_until("192.0.2.50 adopted on h0", |d| {
         d.try_status()
@@ -2219,8 +2151,7 @@ fn an_address_someone_puts_on_a_group_nic_fails_over_with_it() {
 #[test]
 fn an_adopted_address_survives_a_reload_that_rebuilds_its_group() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     lab.add_host_addr("h0", "192.0.2.50/24").unwrap();
     daemon.wait_until("192.0.2.50 adopted on h0", |d| {
         d.try_status()
@@ -2259,8 +2190,7 @@ fn h1_answered(d: &Mpathd) -> bool {
 #[test]
 fn the_same_address_with_another_prefix_length_on_another_nic_is_removed() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     lab.add_host_addr("h1", "192.0.2.19/25").unwrap();
     daemon.wait_until("the /25 copy gone from h1", |_| {
         !has_address(&lab, "h1", "192.0.2.19/25")
@@ -2293,8 +2223,7 @@ fn a_test_address_deleted_behind_mpathds_back_is_restored_and_the_nic_stays_ok()
 #[test]
 fn a_nic_whose_mac_changed_is_announced_with_its_new_mac_after_a_failover() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     let new_mac = "02:00:5e:00:53:42";
     lab.host()
         .ip(&["link", "set", "h2", "address", new_mac])
@@ -2378,8 +2307,7 @@ fn a_nic_failed_before_a_reload_or_a_restart_stays_failed_with_no_new_failure() 
 #[test]
 fn a_restart_with_a_smaller_configuration_removes_what_it_no_longer_names() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     // An administrator's address, which mpathd adopts but did not put there.
     lab.add_host_addr("h0", "192.0.2.50/24").unwrap();
     daemon.wait_until("192.0.2.50 adopted", |d| {
@@ -2417,8 +2345,7 @@ fn a_restart_with_a_smaller_configuration_removes_what_it_no_longer_names() {
 #[test]
 fn mpathctl_copes_with_a_broken_configuration_a_closed_pipe_and_a_bogus_field() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &CONFIG);
-    daemon.wait_until("all NICs ok", all_ok);
+    let daemon = Mpathd::start_all_ok(lab.host(), &CONFIG);
     // A typo in the file the running daemon has not loaded: the views still answer (the
     // socket named on the command line; without it mpathctl warns and tries the default).
     std::fs::write(&daemon.config, "[[group]\n").unwrap();
@@ -2499,8 +2426,7 @@ fn mac_text(mac: [u8; 6]) -> String {
 #[test]
 fn a_nic_with_another_members_mac_is_taken_offline_until_its_mac_is_unique() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &three_active());
-    daemon.wait_until("all NICs ok", all_ok);
+    let mut daemon = Mpathd::start_all_ok(lab.host(), &three_active());
     assert_eq!(
         lab.host_addrs("h2").unwrap().len(),
         2,

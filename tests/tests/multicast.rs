@@ -98,7 +98,7 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            let _: Result<_, _> = t.join();
         }
     }
 }
@@ -138,9 +138,9 @@ impl Sender {
             let to_v6 = SocketAddr::new(IpAddr::V6(GROUP_V6), PORT_V6);
             let late = SocketAddr::new(IpAddr::V4(LATE_GROUP), LATE_PORT);
             while !stopping.load(Ordering::Relaxed) {
-                let _ = v4.send_to(b"mpath", to_v4);
-                let _ = v4.send_to(b"mpath", late);
-                let _ = v6.send_to(b"mpath", to_v6);
+                let _: Result<_, _> = v4.send_to(b"mpath", to_v4);
+                let _: Result<_, _> = v4.send_to(b"mpath", late);
+                let _: Result<_, _> = v6.send_to(b"mpath", to_v6);
                 thread::sleep(Duration::from_millis(50));
             }
         });
@@ -155,7 +155,7 @@ impl Drop for Sender {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let _: Result<_, _> = t.join();
         }
     }
 }

@@ -7,7 +7,7 @@ use std::{thread::sleep, time::Duration};
 
 use mpath_lab::Lab;
 use mpath_tests::{
-    daemon::{Mpathd, inbound, state_of},
+    daemon::{Mpathd, h1_failed_back, h1_failed_over},
     dist_text,
     managed::{NICS, Watch, start_mpathd},
     network_manager::NetworkManager,
@@ -65,11 +65,7 @@ fn main_defaults(lab: &Lab) -> String {
 /// h1's data address is deleted: h1's test address and link-local address stay.
 fn cable_flap(lab: &Lab, daemon: &mut Mpathd, watch: &Watch, nm: &NetworkManager) {
     lab.cut("h1").unwrap();
-    daemon.wait_until("h1 failed, its address on h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed, its address on h2", h1_failed_over);
     sleep(Duration::from_secs(8));
     assert_eq!(
         lab.host_addrs("h1").unwrap(),
@@ -78,11 +74,7 @@ fn cable_flap(lab: &Lab, daemon: &mut Mpathd, watch: &Watch, nm: &NetworkManager
         nm.log()
     );
     lab.restore("h1").unwrap();
-    daemon.wait_until("h1 repaired, its address back", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
-        })
-    });
+    daemon.wait_until("h1 repaired, its address back", h1_failed_back);
     sleep(Duration::from_secs(1));
     let deleted: Vec<String> = watch
         .deletions()

@@ -9,9 +9,9 @@ use std::{process::Command, thread::sleep, time::Duration};
 
 use mpath_lab::{Lab, ROUTER_V4};
 use mpath_tests::{
-    daemon::{Mpathd, inbound, state_of, three_nic_config},
+    daemon::{Mpathd, all_ok, h1_failed_back, h1_failed_over, three_nic_config},
     dist_text,
-    managed::{Monitor, NICS, Watch, all_ok, routes_served, snapshot, start_mpathd},
+    managed::{Monitor, NICS, Watch, routes_served, snapshot, start_mpathd},
     networkd::Networkd,
 };
 
@@ -95,11 +95,7 @@ fn networkd_starting_reloading_restarting_and_cable_flaps_leave_mpathd_s_configu
 
     // A cable flap: mpathd moves h1's address to the standby and back; networkd stays out.
     lab.cut("h1").unwrap();
-    daemon.wait_until("h1 failed, its address on the standby h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed, its address on the standby h2", h1_failed_over);
     sleep(Duration::from_secs(1));
     let h1 = lab.host_addrs("h1").unwrap();
     assert_eq!(
@@ -108,11 +104,7 @@ fn networkd_starting_reloading_restarting_and_cable_flaps_leave_mpathd_s_configu
         "h1 without carrier: its test address alone"
     );
     lab.restore("h1").unwrap();
-    daemon.wait_until("h1 repaired, its address back", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
-        })
-    });
+    daemon.wait_until("h1 repaired, its address back", h1_failed_back);
     watch.settled("after the flap");
 
     let log = networkd.log();
@@ -175,7 +167,7 @@ fn nexthop_groups_networkd_deletes_are_made_again_at_once() {
 #[test]
 fn the_netplan_example_renders_networks_that_leave_mpathd_s_configuration_alone() {
     let root = std::env::temp_dir().join(format!("mpath-netplan-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
+    let _: Result<_, _> = std::fs::remove_dir_all(&root);
     let yaml_dir = root.join("etc/netplan");
     std::fs::create_dir_all(&yaml_dir).unwrap();
     let yaml = dist_text("netplan/60-mpath.yaml")
@@ -256,19 +248,11 @@ fn a_data_address_in_a_network_file_comes_back_early_and_mpathd_removes_the_copy
     );
     networkd.start(&NICS);
     lab.cut("h1").unwrap();
-    daemon.wait_until("h1 failed, its address on h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed, its address on h2", h1_failed_over);
     let monitor = Monitor::start(&lab);
     let logged = networkd.log().len();
     lab.restore("h1").unwrap();
-    daemon.wait_until("h1 repaired, its address back", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
-        })
-    });
+    daemon.wait_until("h1 repaired, its address back", h1_failed_back);
     assert!(
         monitor
             .deletions()

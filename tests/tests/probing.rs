@@ -14,7 +14,7 @@ use mpath_ctl::{
 };
 use mpath_lab::{Lab, ROUTER_V4};
 use mpath_tests::{
-    daemon::{Mpathd, inbound, state_of, three_nic_config},
+    daemon::{Mpathd, inbound, state_of, three_nic_config, two_nic_config},
     metrics::{sample, scrape},
     responder::{Answer, Fault, Request, Requests, Responder},
 };
@@ -721,23 +721,7 @@ fn a_nic_silent_from_the_start_is_not_failed_during_the_startup_quiet_period() {
 #[test]
 fn a_link_that_comes_up_more_than_twice_a_minute_is_repaired_only_once_stable() {
     let lab = Lab::new(2).expect("lab");
-    let config = r#"
-[daemon]
-socket = "SOCKET"
-bpf_pin_dir = "PINS"
-
-[[group]]
-name = "g0"
-
-[[group.interface]]
-name = "h0"
-data_addresses = ["192.0.2.19/24"]
-
-[[group.interface]]
-name = "h1"
-data_addresses = ["192.0.2.20/24"]
-"#;
-    let mut daemon = Mpathd::start(lab.host(), config);
+    let mut daemon = Mpathd::start(lab.host(), &two_nic_config(""));
     let h0_is = |state: &'static str| {
         move |d: &Mpathd| d.try_status().is_some_and(|s| state_of(&s, "h0") == state)
     };

@@ -11,8 +11,8 @@ use std::{io::Write as _, process::Stdio, sync::LazyLock};
 use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
 use mpath_lab::{BEHIND_ROUTER_V4, Lab};
 use mpath_tests::{
-    daemon::{Mpathd, state_of, three_nic_config},
-    managed::{all_ok, routes_served, table},
+    daemon::{Mpathd, all_ok, state_of, three_nic_config},
+    managed::{routes_served, table},
 };
 
 /// The lab group at FDT 700 ms.

@@ -72,7 +72,7 @@ struct NotifySocket {
 impl NotifySocket {
     fn new() -> NotifySocket {
         let path = std::env::temp_dir().join(format!("mpathd-notify-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let _: Result<_, _> = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -93,7 +93,7 @@ impl NotifySocket {
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _: Result<_, _> = std::fs::remove_file(&self.path);
     }
 }
 
@@ -188,7 +188,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
+        let _: Result<_, _> = self.0.wait();
     }
 }
 
@@ -276,7 +276,7 @@ fn under_systemd_the_log_goes_to_the_journal_with_priorities_and_fields() {
     let text = std::fs::read_to_string(dir.join("stderr")).unwrap();
     assert!(text.is_empty(), "text written besides the journal: {text}");
     drop(running);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _: Result<_, _> = std::fs::remove_dir_all(&dir);
 }
 
 /// CLOCK_MONOTONIC in microseconds, as MONOTONIC_USEC= carries it.

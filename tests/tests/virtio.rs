@@ -16,7 +16,8 @@ use mpath_ctl::{
 };
 use mpath_lab::{VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VirtioLab};
 use mpath_tests::daemon::{
-    Mpathd, data_addresses_missing, inbound, log_time_ns, state_of, three_nic_config,
+    Mpathd, data_addresses_missing, h1_failed_back, h1_failed_over, inbound, log_time_ns, state_of,
+    three_nic_config,
 };
 
 /// The lab group (h0 and h1 active, h2 a standby) at FDT 1 s, with a route through the router
@@ -37,6 +38,19 @@ fn all_ok(nics: &'static [&'static str]) -> impl Fn(&Mpathd) -> bool {
         d.try_status()
             .is_some_and(|s| nics.iter().all(|n| state_of(&s, n) == "ok"))
     }
+}
+
+/// Starts mpathd on `config` and waits until each of `nics` is ok and its probes are
+/// answered: the start of each scenario here.
+fn start_answered(lab: &VirtioLab, config: &str, nics: &[&str]) -> Mpathd {
+    let mut daemon = Mpathd::start(lab.host(), config);
+    daemon.wait_until("all NICs ok, probes answered on each", |d| {
+        d.try_status().is_some_and(|s| {
+            nics.iter()
+                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
+        })
+    });
+    daemon
 }
 
 /// Whether `nic` got answers from its IPv4 probe target.
@@ -148,14 +162,7 @@ fn offloads(lab: &VirtioLab, nic: &str) -> BTreeMap<String, String> {
 #[ignore = "needs the guest with virtio NICs: `cargo xtask test --virtio-only`"]
 fn starts_with_addresses_at_home_and_probes_over_every_nic() {
     let lab = lab();
-    let mut daemon = Mpathd::start(lab.host(), &config());
-    daemon.wait_until("all NICs ok, probes answered on each", |d| {
-        d.try_status().is_some_and(|s| {
-            ["h0", "h1", "h2"]
-                .iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
-        })
-    });
+    let daemon = start_answered(&lab, &config(), &["h0", "h1", "h2"]);
     let status = daemon.status();
     let group = &status.groups[0];
     assert_eq!(group.state, GroupState::Ok);
@@ -240,11 +247,7 @@ fn silent_loss_is_caught_by_probes() {
     daemon.wait_until("all NICs ok", all_ok(&["h0", "h1", "h2"]));
 
     lab.drop_silently("h1").unwrap();
-    daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed by probes, 192.0.2.20 on h2", h1_failed_over);
     let status = daemon.status();
     let h1 = status
         .interfaces
@@ -264,11 +267,7 @@ fn silent_loss_is_caught_by_probes() {
     ping_from_host(&lab, "192.0.2.20", "198.51.100.1", 56);
 
     lab.undrop("h1").unwrap();
-    daemon.wait_until("h1 repaired, 192.0.2.20 back on it", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
-        })
-    });
+    daemon.wait_until("h1 repaired, 192.0.2.20 back on it", h1_failed_back);
 }
 
 #[test]
@@ -282,13 +281,7 @@ fn mpathd_leaves_the_offload_features_of_its_nics_unchanged() {
         "ethtool -k lists no features: {:?}",
         before[0]
     );
-    let mut daemon = Mpathd::start(lab.host(), &config());
-    daemon.wait_until("all NICs ok, probes answered on each", |d| {
-        d.try_status().is_some_and(|s| {
-            nics.iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
-        })
-    });
+    let mut daemon = start_answered(&lab, &config(), &nics);
     for (nic, before) in nics.iter().zip(&before) {
         assert_eq!(&offloads(&lab, nic), before, "{nic} while mpathd runs");
     }
@@ -407,11 +400,7 @@ fn carrier_hook_false_takes_effect_at_restart_and_the_carrier_is_then_read() {
 
     lab.cut("h0").unwrap();
     lab.cut("h1").unwrap();
-    daemon.wait_until("h1 failed, 192.0.2.20 on h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed, 192.0.2.20 on h2", h1_failed_over);
     // Only a loss the hook reported logs the driver's report time.
     let log = daemon.log();
     assert!(
@@ -441,11 +430,7 @@ fn carrier_hook_false_takes_effect_at_restart_and_the_carrier_is_then_read() {
     );
     lab.cut("h0").unwrap();
     lab.cut("h1").unwrap();
-    daemon.wait_until("h1 failed, 192.0.2.20 on h2", |d| {
-        d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
-        })
-    });
+    daemon.wait_until("h1 failed, 192.0.2.20 on h2", h1_failed_over);
     let log = daemon.log();
     assert!(
         log[before..].contains("h1 has no carrier (seen ahead of the kernel's link event)"),
@@ -462,14 +447,7 @@ fn carrier_hook_false_takes_effect_at_restart_and_the_carrier_is_then_read() {
 fn at_mtu_9000_every_nic_gets_its_addresses_and_fails_over() {
     let lab = lab();
     lab.set_mtu(9000).unwrap();
-    let mut daemon = Mpathd::start(lab.host(), &config());
-    daemon.wait_until("all NICs ok, probes answered on each", |d| {
-        d.try_status().is_some_and(|s| {
-            ["h0", "h1", "h2"]
-                .iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
-        })
-    });
+    let mut daemon = start_answered(&lab, &config(), &["h0", "h1", "h2"]);
     let status = daemon.status();
     assert_eq!(inbound(&status, "192.0.2.19/24"), Some("h0"));
     assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h1"));
@@ -501,14 +479,7 @@ fn a_nic_without_guest_offload_control_is_attached_and_used() {
     );
     // The lab group with h3 in h0's place.
     let config = config().replace("name = \"h0\"", "name = \"h3\"");
-    let mut daemon = Mpathd::start(lab.host(), &config);
-    daemon.wait_until("all NICs ok, probes answered on each", |d| {
-        d.try_status().is_some_and(|s| {
-            ["h3", "h1", "h2"]
-                .iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
-        })
-    });
+    let mut daemon = start_answered(&lab, &config, &["h3", "h1", "h2"]);
     let status = daemon.status();
     let mut active = status.groups[0].active.clone();
     active.sort();
@@ -549,14 +520,7 @@ fn the_xdp_opt_in_falls_back_to_generic_xdp_where_the_driver_refuses_native() {
     let config = config()
         .replace("name = \"h0\"", "name = \"h3\"")
         .replace("[daemon]\n", "[daemon]\nprobe_rx = \"xdp\"\n");
-    let mut daemon = Mpathd::start(lab.host(), &config);
-    daemon.wait_until("all NICs ok, probes answered on each", |d| {
-        d.try_status().is_some_and(|s| {
-            ["h3", "h1", "h2"]
-                .iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
-        })
-    });
+    let daemon = start_answered(&lab, &config, &["h3", "h1", "h2"]);
     let link = |nic: &str| lab.host().ip(&["link", "show", "dev", nic]).unwrap();
     assert!(link("h3").contains("xdpgeneric"), "{}", link("h3"));
     for nic in ["h1", "h2"] {
@@ -601,7 +565,7 @@ fn bound_stream(
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             // A send can fail while h1 has no carrier and nothing moves it: that is counted
             // as lost by the router, which is the point.
-            let _ = socket.send_to(b"mpath", &router.into());
+            let _: Result<_, _> = socket.send_to(b"mpath", &router.into());
             std::thread::sleep(Duration::from_millis(2));
         }
     })

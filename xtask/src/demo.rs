@@ -30,7 +30,7 @@ struct Demo {
     pings: Vec<Child>,
 }
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     println!("== building mpathd and mpathctl");
     exec(Command::new(env!("CARGO")).args(["build", "--quiet", "-p", "mpath-ctl", "--bins"]))?;
     let bin = workspace_root().join("target/debug");
@@ -207,13 +207,13 @@ impl Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         for mut ping in self.pings.drain(..) {
-            let _ = ping.kill();
-            let _ = ping.wait();
+            let _: Result<_, _> = ping.kill();
+            let _: Result<_, _> = ping.wait();
         }
         if let Some(mut daemon) = self.daemon.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-            let _ = daemon.wait();
+            let _: Result<_, _> = daemon.wait();
         }
         let teardown = Command::new(self.bin.join("mpathd"))
             .arg("--config")
@@ -223,6 +223,6 @@ impl Drop for Demo {
         if !matches!(teardown, Ok(s) if s.success()) || self.pins.exists() {
             eprintln!("demo: could not remove {}", self.pins.display());
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        let _: Result<_, _> = fs::remove_dir_all(&self.dir);
     }
 }

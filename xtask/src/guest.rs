@@ -63,7 +63,7 @@ const HOST_ONLY: &[&str] = &["dist", "service"];
 
 /// The kernel CI tests in a guest besides the host's: Debian 12's, the oldest that many
 /// servers run and the newest without tcx.
-pub const CI_KERNEL: &str = "6.1";
+pub(crate) const CI_KERNEL: &str = "6.1";
 
 /// How much slower than the host the guest runs the tests' timers: limits are multiplied.
 const TCG_TIME_SCALE: u32 = 4;
@@ -80,14 +80,14 @@ const MEASURED: &str = "mpath-test: measured ";
 
 /// Which tests the guest runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Selection {
+pub(crate) enum Selection {
     /// [`CI_SUBSET`].
     Ci,
     /// Every privileged test binary.
     All,
 }
 
-pub fn run(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(spec: &str, selection: Selection, filter: &[String]) -> anyhow::Result<()> {
     let guest = Guest::prepare(spec, "")?;
     let plan: Vec<(String, PathBuf, Vec<String>)> = test_binaries()?
         .into_iter()
@@ -132,7 +132,7 @@ const VIRTIO: &str = "virtio";
 
 /// The guest lab with a real driver: the [`VIRTIO`] test binary in a guest whose NICs are
 /// virtio_net devices (see [`crate::virtio`]).
-pub fn run_virtio(spec: &str, filter: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run_virtio(spec: &str, filter: &[String]) -> anyhow::Result<()> {
     let guest = Guest::prepare(spec, "-virtio")?;
     let (name, path) = test_binaries()?
         .into_iter()
@@ -170,7 +170,7 @@ const GUEST_OUT: &str = "/mnt/guest-out";
 /// write the workspace (its root is this host's, read-only under a tmpfs), so the benchmark
 /// writes its section into a copy of BENCHMARKS.md in the output directory, which replaces
 /// the workspace's once it succeeded.
-pub fn run_carrier_bench(spec: &str, args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run_carrier_bench(spec: &str, args: &[String]) -> anyhow::Result<()> {
     let bench = bench_binary()?;
     let guest = Guest::prepare(spec, "-bench")?;
     let benchmarks = guest.root.join("BENCHMARKS.md");
@@ -265,7 +265,7 @@ fn bench_binary() -> anyhow::Result<PathBuf> {
 /// paths, which the test does not need: systemd boots in seconds), then becomes systemd. Its
 /// default unit is a service that runs the [`UNDER_SYSTEMD`] test binary, which installs
 /// mpathd and the unit and drives them with systemctl, and powers the guest off after it.
-pub fn run_under_systemd(spec: &str) -> anyhow::Result<()> {
+pub(crate) fn run_under_systemd(spec: &str) -> anyhow::Result<()> {
     let guest = Guest::prepare(spec, "-systemd")?;
     let (name, path) = test_binaries()?
         .into_iter()
@@ -375,7 +375,7 @@ impl Guest {
         let kernel = Kernel::fetch(spec, &cache)?;
         exec(Command::new(env!("CARGO")).args(["build", "-p", "mpath-ctl", "--bins"]))?;
         let out = root.join(format!("target/guest-{}{suffix}", kernel.release));
-        let _ = fs::remove_dir_all(&out);
+        let _: Result<_, _> = fs::remove_dir_all(&out);
         fs::create_dir_all(&out)?;
         let initramfs = kernel.initramfs(&cache)?;
         let kvm = ["/sys/module/kvm_intel", "/sys/module/kvm_amd"]
@@ -488,7 +488,7 @@ impl Kernel {
             .and_then(|s| s.to_str())
             .context("kernel package name")?;
         let dir = cache.join(stem.split('_').next().unwrap_or(stem));
-        let _ = fs::remove_dir_all(&dir);
+        let _: Result<_, _> = fs::remove_dir_all(&dir);
         for deb in &debs {
             exec(Command::new("dpkg").arg("-x").arg(deb).arg(&dir))?;
         }
@@ -562,7 +562,7 @@ impl Kernel {
     /// mounts it and hands over to the stage-2 script in the output directory.
     fn initramfs(&self, cache: &Path) -> anyhow::Result<PathBuf> {
         let tree = cache.join(format!("initramfs-{}", self.release));
-        let _ = fs::remove_dir_all(&tree);
+        let _: Result<_, _> = fs::remove_dir_all(&tree);
         for dir in [
             "bin", "modules", "proc", "sys", "dev", "host", "rw", "newroot",
         ] {
@@ -1032,8 +1032,8 @@ fn boot(
             return Ok(status.success());
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _: Result<_, _> = child.kill();
+            let _: Result<_, _> = child.wait();
             eprintln!("xtask: the guest ran past its watchdog ({watchdog:?}) and was killed");
             return Ok(false);
         }

@@ -47,7 +47,7 @@ fn workspace() -> PathBuf {
 }
 
 /// Builds the package and checks it; returns its path.
-pub fn run() -> anyhow::Result<PathBuf> {
+pub(crate) fn run() -> anyhow::Result<PathBuf> {
     build_daemon()?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -75,7 +75,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
 /// installs them) and mpathctl's completions.
 fn write_assets(release: &Path) -> anyhow::Result<()> {
     let assets = release.join("deb-assets");
-    let _ = fs::remove_dir_all(&assets);
+    let _: Result<_, _> = fs::remove_dir_all(&assets);
     let (man8, man5, completions) = (
         assets.join("man8"),
         assets.join("man5"),
@@ -118,7 +118,7 @@ fn write_assets(release: &Path) -> anyhow::Result<()> {
 
 /// Installs `deb` into an empty `root` and checks what it installed.
 fn check(deb: &Path, root: &Path) -> anyhow::Result<()> {
-    let _ = fs::remove_dir_all(root);
+    let _: Result<_, _> = fs::remove_dir_all(root);
     let db = root.join("var/lib/dpkg");
     fs::create_dir_all(db.join("info"))?;
     fs::create_dir_all(db.join("updates"))?;

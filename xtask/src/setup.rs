@@ -45,7 +45,7 @@ const LAB_PACKAGES: &[&str] = &[
     "ethtool",
 ];
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     ensure_nightly()?;
     let llvm = nightly_llvm_major()?;
     let mut packages: Vec<String> = [

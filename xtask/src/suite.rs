@@ -11,7 +11,7 @@ use crate::exec;
 /// Prefix of the tests' private pin directories under /sys/fs/bpf (see mpath-tests).
 const TEST_PIN_PREFIX: &str = "mpath-test-";
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     // The lab tests run the daemon and the CLI as programs.
     exec(Command::new(env!("CARGO")).args(["build", "-p", "mpath-ctl", "--bins"]))?;
     let tests = exec(

@@ -37,7 +37,7 @@ const MTU: &str = "9000";
 /// The guest's virtio NICs, plugged into a bridge in a network namespace of this host, and
 /// the sockets of qemu's QMP and of the virtio-serial port the guest's tests send it through.
 /// The namespace (with qemu, if still running inside) and the sockets go on drop.
-pub struct VirtioNet {
+pub(crate) struct VirtioNet {
     switch: Netns,
     sockets: PathBuf,
 }
@@ -45,13 +45,13 @@ pub struct VirtioNet {
 impl VirtioNet {
     /// The namespace with the bridge and a multi-queue tap per NIC, up, which qemu attaches
     /// to by name.
-    pub fn create() -> anyhow::Result<VirtioNet> {
+    pub(crate) fn create() -> anyhow::Result<VirtioNet> {
         let switch = Netns::create(format!(
             "{NAMESPACE_PREFIX}{}-virtio-switch",
             std::process::id()
         ))?;
         let sockets = std::env::temp_dir().join(format!("mpath-xtask-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&sockets);
+        let _: Result<_, _> = fs::remove_dir_all(&sockets);
         fs::create_dir_all(&sockets)?;
         let net = VirtioNet { switch, sockets };
         // A layer-2 device: nothing of its own on the lab's link (no router solicitations,
@@ -89,12 +89,12 @@ impl VirtioNet {
     }
 
     /// The namespace qemu runs in, to find the taps.
-    pub fn netns(&self) -> &Netns {
+    pub(crate) fn netns(&self) -> &Netns {
         &self.switch
     }
 
     /// qemu's arguments for the NICs, the virtio-serial port and the QMP socket.
-    pub fn qemu_args(&self) -> Vec<String> {
+    pub(crate) fn qemu_args(&self) -> Vec<String> {
         let mut args = Vec::new();
         for (i, (role, extra)) in NICS.iter().enumerate() {
             args.extend([
@@ -131,7 +131,7 @@ impl VirtioNet {
     }
 
     /// The environment variable that names the NICs to the guest's tests.
-    pub fn guest_env() -> String {
+    pub(crate) fn guest_env() -> String {
         let nics: Vec<String> = NICS
             .iter()
             .enumerate()
@@ -141,7 +141,7 @@ impl VirtioNet {
     }
 
     /// Relays the guest's QMP commands to qemu (just started) until qemu exits.
-    pub fn start_relay(&self) {
+    pub(crate) fn start_relay(&self) {
         let (qmp, port) = (self.qmp(), self.port());
         std::thread::spawn(move || {
             if let Err(error) = relay(&qmp, &port) {
@@ -161,7 +161,7 @@ impl VirtioNet {
 
 impl Drop for VirtioNet {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.sockets);
+        let _: Result<_, _> = fs::remove_dir_all(&self.sockets);
     }
 }
 

@@ -14,7 +14,7 @@ pub(crate) struct Admission {
 }
 
 impl Admission {
-    pub fn new(limit: usize, full: String) -> Admission {
+    pub(super) fn new(limit: usize, full: String) -> Admission {
         Admission {
             slots: Arc::new(Semaphore::new(limit)),
             full,
@@ -24,7 +24,7 @@ impl Admission {
 
     /// A new connection's permit, to hold for its life; `None` while the cap is reached: the
     /// connection is to be closed.
-    pub fn admit(&mut self) -> Option<OwnedSemaphorePermit> {
+    pub(super) fn admit(&mut self) -> Option<OwnedSemaphorePermit> {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 self.refusing = false;

@@ -244,7 +244,7 @@ impl Hint {
         fs::write(&temporary, text)?;
         fs::set_permissions(&temporary, fs::Permissions::from_mode(0o644))?;
         fs::rename(&temporary, file).inspect_err(|_| {
-            let _ = fs::remove_file(&temporary);
+            let _: Result<_, _> = fs::remove_file(&temporary);
         })
     }
 
@@ -266,7 +266,7 @@ impl Hint {
     /// Removes the hint in `file` if it still names `socket` (a newer mpathd's stays).
     pub fn remove(file: &Path, socket: &Path) {
         if Hint::read(file).is_some_and(|h| h.socket == socket) {
-            let _ = fs::remove_file(file);
+            let _: Result<_, _> = fs::remove_file(file);
         }
     }
 }
@@ -320,7 +320,7 @@ async fn handle(
     let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES + 1));
     let read = timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
         .await
-        .map_err(|_| timed_out("no complete request"))?;
+        .map_err(|_elapsed| timed_out("no complete request"))?;
     let request = match read {
         Ok(_) if line.len() as u64 > MAX_REQUEST_BYTES => Err(format!(
             "request longer than {MAX_REQUEST_BYTES} bytes refused"
@@ -372,7 +372,7 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io
     line.push(b'\n');
     timeout(REQUEST_TIMEOUT, write.write_all(&line))
         .await
-        .map_err(|_| timed_out("reply not taken"))?
+        .map_err(|_elapsed| timed_out("reply not taken"))?
 }
 
 /// Client side (blocking): sends `request` and hands each reply to `each` until the daemon
@@ -399,8 +399,8 @@ pub fn call(
     let mut replied = false;
     for line in io::BufReader::new(stream).lines() {
         let line = line.map_err(io_err)?;
-        let reply: Reply =
-            serde_json::from_str(&line).map_err(|_| ControlError::BadReply(line.clone()))?;
+        let reply: Reply = serde_json::from_str(&line)
+            .map_err(|_not_json| ControlError::BadReply(line.clone()))?;
         replied = true;
         if !each(reply) {
             break;
@@ -476,7 +476,7 @@ mod tests {
         tokio::spawn(async move {
             while let Some(cmd) = rx.recv().await {
                 let message = format!("{:?}", cmd.request);
-                let _ = cmd.reply.send(Reply::Done { message });
+                let _: Result<_, _> = cmd.reply.send(Reply::Done { message });
             }
         });
 
@@ -496,8 +496,8 @@ mod tests {
             let p = path.clone();
             let reply = tokio::task::spawn_blocking(move || {
                 let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
-                let _ = s.write_all(&garbage);
-                let _ = s.write_all(b"\n");
+                let _: Result<_, _> = s.write_all(&garbage);
+                let _: Result<_, _> = s.write_all(b"\n");
                 let mut line = String::new();
                 io::BufReader::new(s).read_line(&mut line).unwrap();
                 serde_json::from_str::<Reply>(&line).unwrap()

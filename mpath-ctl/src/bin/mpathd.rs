@@ -59,7 +59,8 @@ running configuration kept (\fBsystemctl reload mpathd\fR sends it).
 Stop, leaving the datapath and the addresses in place for the next mpathd.
 .SH EXIT STATUS
 0 after SIGTERM or SIGINT, 1 on a runtime failure, 2 on a bad configuration or command line
-(nothing on the host is changed then).
+(nothing on the host is changed then). \fB--teardown\fR goes on past each part it cannot
+remove, prints every failure and exits with 1 when there was one.
 .SH FILES
 .TP
 \fI/etc/mpath/mpathd.toml\fR
@@ -147,19 +148,28 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let routes = runtime.block_on(remove_routes(config.daemon.route_table));
-        let tests = runtime.block_on(remove_test_addresses(&config));
-        let datapath = datapath::teardown(&config.daemon.bpf_pin_dir).map_err(anyhow::Error::from);
-        drop(lock);
-        let mut code = ExitCode::SUCCESS;
-        for e in [routes, tests, datapath]
-            .into_iter()
-            .filter_map(Result::err)
-        {
-            eprintln!("mpathd: {e:#}");
-            code = ExitCode::FAILURE;
+        let mut failures = Vec::new();
+        if let Err(e) = runtime.block_on(remove_routes(config.daemon.route_table)) {
+            failures.extend(e);
         }
-        return code;
+        if let Err(e) = runtime.block_on(remove_test_addresses(&config)) {
+            failures.extend(e);
+        }
+        if let Err(e) = datapath::teardown(&config.daemon.bpf_pin_dir) {
+            failures.extend(e.into_iter().map(anyhow::Error::from));
+        }
+        drop(lock);
+        if failures.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        for e in &failures {
+            eprintln!("mpathd: {e:#}");
+        }
+        eprintln!(
+            "mpathd: teardown incomplete: {} step(s) failed, listed above; the rest was removed",
+            failures.len()
+        );
+        return ExitCode::FAILURE;
     }
     let paths = ConfigPaths {
         config: args.config,

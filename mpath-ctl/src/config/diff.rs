@@ -168,7 +168,7 @@ pub(crate) struct ConfigDiff {
 }
 
 impl ConfigDiff {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.daemon.is_empty()
             && self.groups_added.is_empty()
             && self.groups_removed.is_empty()

@@ -71,7 +71,7 @@ pub(super) fn parse_defaults_file(source: &Source) -> Result<SolarisDefaults, Co
         let value = unquote(value_text.trim());
         match key {
             FAILURE_DETECTION_TIME_KEY => {
-                let millis = value.parse::<i64>().map_err(|_| {
+                let millis = value.parse::<i64>().map_err(|_not_a_number| {
                     source.error(&value_span, Problem::NotMilliseconds(value.into()))
                 })?;
                 let clamped = if (1..MIN_FAILURE_DETECTION_TIME_MS).contains(&millis) {

@@ -158,7 +158,7 @@ impl<'a> Validator<'a> {
                 .unwrap_or(builtin.failure_detection_time),
         };
         let metrics_listen = match raw.metrics_listen {
-            Some(text) => text.get_ref().parse().map_err(|_| {
+            Some(text) => text.get_ref().parse().map_err(|_not_an_address| {
                 self.source.error(
                     &text.span(),
                     Problem::BadListenAddress(text.get_ref().clone()),
@@ -397,7 +397,7 @@ impl<'a> Validator<'a> {
             }
         };
         let metric = match raw.metric {
-            Some(metric) => u32::try_from(*metric.get_ref()).map_err(|_| {
+            Some(metric) => u32::try_from(*metric.get_ref()).map_err(|_too_big| {
                 self.source
                     .error(&metric.span(), Problem::BadRouteMetric(*metric.get_ref()))
             })?,
@@ -457,7 +457,7 @@ impl<'a> Validator<'a> {
     }
 
     fn via(&self, raw: &Spanned<String>) -> Result<IpAddr, ConfigError> {
-        let via: IpAddr = raw.get_ref().parse().map_err(|_| {
+        let via: IpAddr = raw.get_ref().parse().map_err(|_not_an_address| {
             self.source.error(
                 &raw.span(),
                 Problem::BadVia {
@@ -539,7 +539,7 @@ impl<'a> Validator<'a> {
     }
 
     fn target(&self, raw: &Spanned<String>) -> Result<IpAddr, ConfigError> {
-        let addr: IpAddr = raw.get_ref().parse().map_err(|_| {
+        let addr: IpAddr = raw.get_ref().parse().map_err(|_not_an_address| {
             self.source.error(
                 &raw.span(),
                 Problem::BadTarget {

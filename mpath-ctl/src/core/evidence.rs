@@ -46,7 +46,7 @@ pub(crate) enum RxVerdict {
 
 impl RxEvidence {
     /// Whether a new reading is due at `now`.
-    pub fn due(&self, now: Instant) -> bool {
+    pub(crate) fn due(&self, now: Instant) -> bool {
         self.last
             .is_none_or(|last| now.saturating_duration_since(last.at) >= SAMPLE_EVERY)
     }
@@ -65,7 +65,7 @@ impl RxEvidence {
         self.last = Some(Reading { packets, at: now });
     }
 
-    pub fn verdict(&self) -> RxVerdict {
+    pub(crate) fn verdict(&self) -> RxVerdict {
         let (Some(last), Some(since)) = (self.last, self.since) else {
             return RxVerdict::Unknown;
         };

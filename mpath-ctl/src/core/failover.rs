@@ -50,7 +50,7 @@ pub enum AddressState {
     Down,
 }
 
-named!(AddressState {
+named!(pub AddressState {
     Up => "up",
     Down => "down",
 });

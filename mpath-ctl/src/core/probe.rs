@@ -84,7 +84,7 @@ pub(crate) struct FdtView {
 }
 
 impl FailureDetectionTime {
-    pub fn new(group: impl Into<String>, configured: Duration) -> Result<Self, FdtError> {
+    pub(crate) fn new(group: impl Into<String>, configured: Duration) -> Result<Self, FdtError> {
         if configured < MIN_FAILURE_DETECTION_TIME {
             return Err(FdtError::BelowMinimum {
                 requested_ms: configured.as_millis(),
@@ -99,11 +99,11 @@ impl FailureDetectionTime {
     }
 
     #[cfg(test)]
-    pub fn configured(&self) -> Duration {
+    pub(crate) fn configured(&self) -> Duration {
         self.configured
     }
 
-    pub fn effective(&self) -> Duration {
+    pub(crate) fn effective(&self) -> Duration {
         self.effective
     }
 
@@ -112,7 +112,7 @@ impl FailureDetectionTime {
         self.effective / INTERVALS_PER_FDT
     }
 
-    pub fn view(&self) -> FdtView {
+    pub(crate) fn view(&self) -> FdtView {
         FdtView {
             group: self.group.clone(),
             configured_ms: saturating_u64(self.configured.as_millis()),
@@ -264,7 +264,7 @@ pub(crate) struct UnknownReplies {
 }
 
 impl UnknownReplies {
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.out_of_window + self.wrong_source + self.duplicate
     }
 
@@ -357,7 +357,7 @@ pub(crate) enum TargetNotice {
 impl Prober {
     /// Starts probing at a random point within the first interval, so NICs that start
     /// together do not probe in lockstep.
-    pub fn new(
+    pub(crate) fn new(
         nic: impl Into<String>,
         targets: TargetSet,
         now: Instant,
@@ -406,11 +406,11 @@ impl Prober {
         self.link_up_at = Some(now);
     }
 
-    pub fn family(&self) -> AddressFamily {
+    pub(crate) fn family(&self) -> AddressFamily {
         self.targets.family()
     }
 
-    pub fn targets(&self) -> &TargetSet {
+    pub(crate) fn targets(&self) -> &TargetSet {
         &self.targets
     }
 
@@ -477,7 +477,7 @@ impl Prober {
 
     /// Sends the probe that is due: schedules the next one at a random point in
     /// [0.5, 1.0] of the following interval and picks the next target in round-robin order.
-    pub fn send(
+    pub(crate) fn send(
         &mut self,
         now: Instant,
         rng: &mut impl Rng,
@@ -567,7 +567,7 @@ impl Prober {
     /// interval while the target has no RTT estimate). Losses are reported as they happen,
     /// also during the startup quiet period: holding back failure is the state machine's
     /// rule ([`crate::core::state::Policy::startup_quiet`]), which needs the real loss times.
-    pub fn poll(&mut self, now: Instant, fdt: &FailureDetectionTime) -> Vec<ProbeEvent> {
+    pub(crate) fn poll(&mut self, now: Instant, fdt: &FailureDetectionTime) -> Vec<ProbeEvent> {
         let mut events = Vec::new();
         let interval = fdt.probe_interval();
         for index in 0..self.sent.len() {
@@ -599,7 +599,7 @@ impl Prober {
         events
     }
 
-    pub fn view(&self) -> ProberView {
+    pub(crate) fn view(&self) -> ProberView {
         let micros = |d: Duration| saturating_u64(d.as_micros());
         let targets = self
             .targets

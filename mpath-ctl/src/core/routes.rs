@@ -1103,7 +1103,7 @@ impl IdBook {
 
     /// The id of `object`, giving it the lowest free one of the range if it has none;
     /// `None` when the range is full.
-    pub fn id(&mut self, object: &NexthopObject) -> Option<u32> {
+    pub(crate) fn id(&mut self, object: &NexthopObject) -> Option<u32> {
         if let Some(id) = self.ids.get(object) {
             return Some(*id);
         }
@@ -1359,18 +1359,18 @@ impl From<TableChange> for RouteChange {
 }
 
 impl ChangeQueue {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.nexthops.len() + self.routes.len() + self.deletions.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// A partial plan's changes ([`changes_at`]): its nexthop changes and deletions take the
     /// place of those waiting, each route change that of the one waiting for its route; the
     /// routes at `keys` it has no change for need none any more.
-    pub fn merge(&mut self, changes: Vec<RouteChange>, keys: &BTreeSet<TableKey>) {
+    pub(crate) fn merge(&mut self, changes: Vec<RouteChange>, keys: &BTreeSet<TableKey>) {
         self.drop_nexthop_changes();
         for at in keys {
             self.routes.remove(at);
@@ -1400,13 +1400,13 @@ impl ChangeQueue {
 
     /// Drops the waiting changes of nexthop objects: a failover made its own, and the next
     /// plan lists what is still due.
-    pub fn drop_nexthop_changes(&mut self) {
+    pub(crate) fn drop_nexthop_changes(&mut self) {
         self.nexthops.clear();
         self.deletions.clear();
     }
 
     /// The next change to make.
-    pub fn pop(&mut self) -> Option<RouteChange> {
+    pub(crate) fn pop(&mut self) -> Option<RouteChange> {
         if let Some(change) = self.nexthops.pop_front() {
             return Some(change);
         }
@@ -1418,7 +1418,7 @@ impl ChangeQueue {
 
     /// The next route changes, up to `count`, when they are next: none while a nexthop
     /// object waits to be made first. They can be made together.
-    pub fn pop_routes(&mut self, count: usize) -> Vec<TableChange> {
+    pub(crate) fn pop_routes(&mut self, count: usize) -> Vec<TableChange> {
         if !self.nexthops.is_empty() {
             return Vec::new();
         }

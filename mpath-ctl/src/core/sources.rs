@@ -80,7 +80,7 @@ pub(crate) struct Sources {
 }
 
 impl Sources {
-    pub fn of(&self, class: SourceClass) -> &[IpCidr] {
+    pub(crate) fn of(&self, class: SourceClass) -> &[IpCidr] {
         self.by_class.get(&class).map_or(&[], Vec::as_slice)
     }
 }

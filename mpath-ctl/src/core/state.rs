@@ -200,7 +200,7 @@ pub enum FailureCause {
     TargetsUnreachable,
 }
 
-named!(FailureCause {
+named!(pub FailureCause {
     LinkDown => "link_down",
     ProbesLost => "probes_lost",
     TargetsUnreachable => "targets_unreachable",
@@ -244,7 +244,7 @@ pub enum LinkState {
     Unknown,
 }
 
-named!(LinkState {
+named!(pub LinkState {
     Up => "up",
     Down => "down",
     Unknown => "unknown",
@@ -258,7 +258,7 @@ pub enum GroupState {
     Failed,
 }
 
-named!(GroupState {
+named!(pub GroupState {
     Ok => "ok",
     Degraded => "degraded",
     Failed => "failed",
@@ -491,7 +491,7 @@ pub enum InterfaceFlag {
     NoDatapath,
 }
 
-named!(InterfaceFlag {
+named!(pub InterfaceFlag {
     Standby => "standby",
     Inactive => "inactive",
     Failed => "failed",
@@ -511,7 +511,7 @@ pub enum ProbeStatus {
     Disabled,
 }
 
-named!(ProbeStatus {
+named!(pub ProbeStatus {
     Ok => "ok",
     Failed => "failed",
     Unknown => "unknown",
@@ -529,7 +529,7 @@ pub enum InterfaceStatus {
     Missing,
 }
 
-named!(InterfaceStatus {
+named!(pub InterfaceStatus {
     Ok => "ok",
     Failed => "failed",
     Offline => "offline",
@@ -556,7 +556,7 @@ pub enum UnusableReason {
     Missing,
 }
 
-named!(UnusableReason {
+named!(pub UnusableReason {
     LinkDown => "link_down",
     ProbesLost => "probes_lost",
     TargetsUnreachable => "targets_unreachable",

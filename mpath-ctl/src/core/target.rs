@@ -100,7 +100,7 @@ pub enum TargetSource {
     StandIn,
 }
 
-named!(TargetSource {
+named!(pub TargetSource {
     Configured => "configured",
     Router => "router",
     Discovered => "discovered",
@@ -120,7 +120,7 @@ pub enum TargetState {
     Dead,
 }
 
-named!(TargetState {
+named!(pub TargetState {
     Active => "active",
     Spare => "spare",
     Slow => "slow",
@@ -138,7 +138,7 @@ pub enum TargetMode {
     Disabled,
 }
 
-named!(TargetMode {
+named!(pub TargetMode {
     Routes => "routes",
     Multicast => "multicast",
     Disabled => "disabled",
@@ -285,7 +285,7 @@ pub(crate) struct TargetSet {
 impl TargetSet {
     /// Targets for the NIC with interface index `ifindex` probing from `test_address` (for
     /// IPv6, the NIC's link-local address).
-    pub fn new(ifindex: u32, test_address: IpCidr) -> Result<Self, TargetError> {
+    pub(crate) fn new(ifindex: u32, test_address: IpCidr) -> Result<Self, TargetError> {
         if let IpAddr::V6(addr) = test_address.addr()
             && !addr.is_unicast_link_local()
         {
@@ -304,11 +304,11 @@ impl TargetSet {
         })
     }
 
-    pub fn family(&self) -> AddressFamily {
+    pub(crate) fn family(&self) -> AddressFamily {
         AddressFamily::of(self.test_address.addr())
     }
 
-    pub fn test_address(&self) -> IpCidr {
+    pub(crate) fn test_address(&self) -> IpCidr {
         self.test_address
     }
 
@@ -446,27 +446,27 @@ impl TargetSet {
     }
 
     /// Whether hosts stand in for silent configured targets or routers.
-    pub fn standing_in(&self) -> bool {
+    pub(crate) fn standing_in(&self) -> bool {
         self.count(TargetSource::StandIn) > 0
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.targets.is_empty()
     }
 
-    pub fn contains(&self, address: IpAddr) -> bool {
+    pub(crate) fn contains(&self, address: IpAddr) -> bool {
         self.targets.iter().any(|target| target.address == address)
     }
 
     /// Targets probed in turn.
-    pub fn active(&self) -> impl Iterator<Item = IpAddr> + '_ {
+    pub(crate) fn active(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.targets
             .iter()
             .filter(|target| target.status == Status::Active)
             .map(|target| target.address)
     }
 
-    pub fn view(&self) -> Vec<TargetView> {
+    pub(crate) fn view(&self) -> Vec<TargetView> {
         self.targets
             .iter()
             .map(|target| TargetView {
@@ -987,7 +987,7 @@ mod tests {
             &[],
             Instant::now(),
         );
-        let _ = set.take_discovery_request();
+        let _: bool = set.take_discovery_request();
         let now = Instant::now();
         for round in 1..NUM_PROBE_FAILS {
             assert_eq!(set.record_loss(ip("192.0.2.60"), now), None, "loss {round}");
@@ -1122,7 +1122,7 @@ mod tests {
     fn all_silent_forgets_discovered_hosts_but_not_routers() {
         let mut set = v4_set();
         set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61"]), &[], Instant::now());
-        let _ = set.take_discovery_request();
+        let _: bool = set.take_discovery_request();
         set.all_silent();
         assert!(set.is_empty());
         assert!(set.take_discovery_request());

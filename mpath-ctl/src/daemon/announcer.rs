@@ -31,7 +31,7 @@ impl Announcer {
     /// Schedules the repeats of a new announcement and returns it, to be sent at once. An
     /// earlier announcement of the same address still repeating is replaced: the address
     /// moved again.
-    pub fn announce(&mut self, announcement: Announcement, now: Instant) -> Announcement {
+    pub(super) fn announce(&mut self, announcement: Announcement, now: Instant) -> Announcement {
         let total = match announcement.addr {
             IpAddr::V4(_) => ARP_ANNOUNCEMENTS,
             IpAddr::V6(_) => NA_ANNOUNCEMENTS,
@@ -49,7 +49,7 @@ impl Announcer {
     }
 
     /// The repeats due at `now`, to be sent.
-    pub fn due(&mut self, now: Instant) -> Vec<Announcement> {
+    pub(super) fn due(&mut self, now: Instant) -> Vec<Announcement> {
         let mut due = Vec::new();
         for r in self.repeats.iter_mut().filter(|r| r.next <= now) {
             due.push(r.announcement);

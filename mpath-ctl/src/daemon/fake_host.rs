@@ -87,7 +87,7 @@ pub(crate) struct FakeHost {
 }
 
 impl FakeHost {
-    pub fn new(now: Instant) -> FakeHost {
+    pub(super) fn new(now: Instant) -> FakeHost {
         FakeHost {
             clock: Cell::new(now),
             links: RefCell::default(),
@@ -113,7 +113,7 @@ impl FakeHost {
     }
 
     /// Adds an Ethernet NIC, up with carrier, and announces it.
-    pub fn add_nic(&self, name: &str, ifindex: u32) {
+    pub(super) fn add_nic(&self, name: &str, ifindex: u32) {
         let link = Link {
             ifindex,
             name: name.to_string(),
@@ -128,7 +128,7 @@ impl FakeHost {
 
     /// Someone deletes the route to `destination` from table `table` (mpathd's); the kernel
     /// announces it.
-    pub fn delete_table_route(&self, table: u32, destination: IpCidr) {
+    pub(super) fn delete_table_route(&self, table: u32, destination: IpCidr) {
         let removed: Vec<((IpCidr, u32), TableRoute<u32>)> = {
             let mut routes = self.table.borrow_mut();
             let keys: Vec<(IpCidr, u32)> = routes
@@ -161,7 +161,7 @@ impl FakeHost {
     }
 
     /// Gives NIC `ifindex` another hardware address, announced with the link.
-    pub fn set_mac(&self, ifindex: u32, mac: [u8; 6]) {
+    pub(super) fn set_mac(&self, ifindex: u32, mac: [u8; 6]) {
         let link = {
             let mut links = self.links.borrow_mut();
             let link = links.get_mut(&ifindex).expect("a NIC of the host");
@@ -173,7 +173,7 @@ impl FakeHost {
 
     /// Deletes a NIC: the kernel announces its addresses gone, then the NIC, and takes the
     /// nexthops through it along without a word.
-    pub fn remove_nic(&self, ifindex: u32) {
+    pub(super) fn remove_nic(&self, ifindex: u32) {
         let link = self
             .links
             .borrow_mut()
@@ -197,27 +197,27 @@ impl FakeHost {
     }
 
     /// Someone takes mpathd's programs off a NIC (`bpftool link detach`).
-    pub fn detach_behind_mpathds_back(&mut self, ifindex: u32) {
+    pub(super) fn detach_behind_mpathds_back(&mut self, ifindex: u32) {
         self.attached.remove(&ifindex);
     }
 
     /// Puts a route in the main table before mpathd starts (a DHCP client's default route,
     /// say).
-    pub fn put_main_route(&mut self, route: MainRoute) {
+    pub(super) fn put_main_route(&mut self, route: MainRoute) {
         self.main.get_mut().push(route);
     }
 
     /// Puts an address on a NIC before mpathd starts (a link-local address, say).
-    pub fn put_address(&mut self, ifindex: u32, cidr: IpCidr, origin: Origin) {
+    pub(super) fn put_address(&mut self, ifindex: u32, cidr: IpCidr, origin: Origin) {
         self.addresses.get_mut().push((ifindex, cidr, origin));
     }
 
-    pub fn set_now(&self, now: Instant) {
+    pub(super) fn set_now(&self, now: Instant) {
         self.clock.set(now);
     }
 
     /// An application joins multicast `group` on NIC `ifindex`.
-    pub fn join_by_application(&mut self, ifindex: u32, group: IpAddr) {
+    pub(super) fn join_by_application(&mut self, ifindex: u32, group: IpAddr) {
         *self
             .memberships
             .entry(ifindex)
@@ -227,17 +227,17 @@ impl FakeHost {
     }
 
     /// The groups mpathd itself has joined, by NIC.
-    pub fn joined_by_mpathd(&self) -> BTreeSet<(u32, IpAddr)> {
+    pub(super) fn joined_by_mpathd(&self) -> BTreeSet<(u32, IpAddr)> {
         self.joined.clone()
     }
 
     /// The IGMP reports mpathd sent, in order: the NIC and the groups.
-    pub fn reported(&self) -> Vec<(u32, Vec<Ipv4Addr>)> {
+    pub(super) fn reported(&self) -> Vec<(u32, Vec<Ipv4Addr>)> {
         self.reported.borrow().clone()
     }
 
     /// The driver refuses mpathd's programs on `name` from now on, or takes them again.
-    pub fn refuse_attach(&mut self, name: &str, refuse: bool) {
+    pub(super) fn refuse_attach(&mut self, name: &str, refuse: bool) {
         if refuse {
             self.refuse_attach.insert(name.to_string());
         } else {
@@ -247,7 +247,7 @@ impl FakeHost {
 
     /// Someone takes the NIC down (`ip link set down`): IPv4 deletes the main table's routes
     /// through it and the kernel its nexthops, without a word, and announces the link.
-    pub fn take_down(&self, ifindex: u32) {
+    pub(super) fn take_down(&self, ifindex: u32) {
         let link = {
             let mut links = self.links.borrow_mut();
             let link = links.get_mut(&ifindex).expect("a NIC of the host");
@@ -265,7 +265,7 @@ impl FakeHost {
     /// The NIC gains or loses its carrier; the kernel deletes the nexthops through a NIC that
     /// lost it (and groups and routes left without a member) without a word, and announces
     /// the link.
-    pub fn set_carrier(&self, ifindex: u32, carrier: bool) {
+    pub(super) fn set_carrier(&self, ifindex: u32, carrier: bool) {
         let link = {
             let mut links = self.links.borrow_mut();
             let link = links.get_mut(&ifindex).expect("a NIC of the host");
@@ -280,7 +280,7 @@ impl FakeHost {
     }
 
     /// Someone renames NIC `ifindex`; the kernel announces the link under its new name.
-    pub fn rename(&self, ifindex: u32, name: &str) {
+    pub(super) fn rename(&self, ifindex: u32, name: &str) {
         let link = {
             let mut links = self.links.borrow_mut();
             let link = links.get_mut(&ifindex).expect("a NIC of the host");
@@ -292,7 +292,7 @@ impl FakeHost {
 
     /// Someone else (an administrator, a DHCP client) adds an address; the kernel announces
     /// it.
-    pub fn add_others_address(&self, ifindex: u32, cidr: IpCidr) {
+    pub(super) fn add_others_address(&self, ifindex: u32, cidr: IpCidr) {
         self.addresses
             .borrow_mut()
             .push((ifindex, cidr, Origin::Other));
@@ -325,17 +325,17 @@ impl FakeHost {
     }
 
     /// What the kernel announced since the last call, in order.
-    pub fn take_events(&self) -> Vec<NetEvent> {
+    pub(super) fn take_events(&self) -> Vec<NetEvent> {
         self.events.borrow_mut().drain(..).collect()
     }
 
     /// The probes sent since the last call.
-    pub fn take_probes(&self) -> Vec<SentProbe> {
+    pub(super) fn take_probes(&self) -> Vec<SentProbe> {
         std::mem::take(&mut *self.sent.borrow_mut())
     }
 
     /// The addresses on NIC `ifindex`.
-    pub fn addresses_on(&self, ifindex: u32) -> Vec<IpCidr> {
+    pub(super) fn addresses_on(&self, ifindex: u32) -> Vec<IpCidr> {
         self.addresses
             .borrow()
             .iter()
@@ -346,7 +346,7 @@ impl FakeHost {
 
     /// The NICs through which traffic routed by mpathd's table to `destination` leaves: the
     /// members of the nexthop group its route goes through.
-    pub fn routed_through(&self, destination: IpCidr) -> BTreeSet<u32> {
+    pub(super) fn routed_through(&self, destination: IpCidr) -> BTreeSet<u32> {
         let table = self.table.borrow();
         let nexthops = self.nexthops.borrow();
         let Some(Via::Group(group)) = table
@@ -370,23 +370,23 @@ impl FakeHost {
     }
 
     /// The NICs the bucket table of group `id` sends traffic to.
-    pub fn buckets_of(&self, id: u32) -> BTreeSet<u32> {
+    pub(super) fn buckets_of(&self, id: u32) -> BTreeSet<u32> {
         self.table(id)
             .map(|t| t.into_iter().filter(|i| *i != 0).collect())
             .unwrap_or_default()
     }
 
     /// The ids of the nexthop objects.
-    pub fn nexthop_ids(&self) -> BTreeSet<u32> {
+    pub(super) fn nexthop_ids(&self) -> BTreeSet<u32> {
         self.nexthops.borrow().keys().copied().collect()
     }
 
-    pub fn is_attached(&self, ifindex: u32) -> bool {
+    pub(super) fn is_attached(&self, ifindex: u32) -> bool {
         self.attached.contains(&ifindex)
     }
 
     /// The announcements sent since the last call.
-    pub fn take_announced(&self) -> Vec<Announcement> {
+    pub(super) fn take_announced(&self) -> Vec<Announcement> {
         std::mem::take(&mut *self.announced.borrow_mut())
     }
 

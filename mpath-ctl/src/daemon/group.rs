@@ -60,7 +60,7 @@ pub(super) struct Nic {
 impl Nic {
     /// The NIC is present and carries mpathd's programs: only then is it in the maps and
     /// does it probe.
-    pub fn attached(&self) -> bool {
+    pub(super) fn attached(&self) -> bool {
         self.ifindex.is_some() && self.datapath_error.is_none()
     }
 }
@@ -85,11 +85,11 @@ pub(super) struct GroupRuntime {
 }
 
 impl GroupRuntime {
-    pub fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         &self.config.name
     }
 
-    pub fn nic(&self, name: &str) -> Option<&Nic> {
+    pub(super) fn nic(&self, name: &str) -> Option<&Nic> {
         self.nics.iter().find(|n| n.name == name)
     }
 
@@ -103,7 +103,7 @@ impl GroupRuntime {
     }
 
     /// The ifindexes of the members that exist.
-    pub fn ifindexes(&self) -> Vec<u32> {
+    pub(super) fn ifindexes(&self) -> Vec<u32> {
         self.nics.iter().filter_map(|n| n.ifindex).collect()
     }
 
@@ -117,7 +117,7 @@ impl GroupRuntime {
     }
 
     /// Every prober of the group.
-    pub fn probers(&self) -> impl Iterator<Item = &Prober> {
+    pub(super) fn probers(&self) -> impl Iterator<Item = &Prober> {
         self.nics.iter().flat_map(|n| &n.probing).map(|p| &p.prober)
     }
 
@@ -164,15 +164,15 @@ pub(super) struct Groups {
 }
 
 impl Groups {
-    pub fn iter(&self) -> std::slice::Iter<'_, GroupRuntime> {
+    pub(super) fn iter(&self) -> std::slice::Iter<'_, GroupRuntime> {
         self.list.iter()
     }
 
-    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, GroupRuntime> {
+    pub(super) fn iter_mut(&mut self) -> std::slice::IterMut<'_, GroupRuntime> {
         self.list.iter_mut()
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.list.len()
     }
 
@@ -197,7 +197,7 @@ impl Groups {
         })
     }
 
-    pub fn nic(&self, at: NicAt) -> &Nic {
+    pub(super) fn nic(&self, at: NicAt) -> &Nic {
         &self.list[at.group].nics[at.nic]
     }
 
@@ -215,7 +215,7 @@ impl Groups {
     }
 
     /// The ifindexes of every group's NICs that exist.
-    pub fn ifindexes(&self) -> BTreeSet<u32> {
+    pub(super) fn ifindexes(&self) -> BTreeSet<u32> {
         self.list.iter().flat_map(|g| g.ifindexes()).collect()
     }
 
@@ -228,7 +228,7 @@ impl Groups {
     /// ones they had (a group or NIC keeps them across reloads), else the lowest free ones.
     /// A group that ran before keeps no startup quiet period, nor does any group when
     /// `restarted` (a restart taking over a running datapath): only a cold start has one.
-    pub fn add(
+    pub(super) fn add(
         &mut self,
         g: &GroupConfig,
         failback: bool,
@@ -313,7 +313,7 @@ impl Groups {
 
     /// Takes a group's runtime out; its id and its NICs' slots stay taken until
     /// [`Groups::release_id`] and [`Groups::release_slot`].
-    pub fn remove(&mut self, group: &str) -> Option<GroupRuntime> {
+    pub(super) fn remove(&mut self, group: &str) -> Option<GroupRuntime> {
         let gi = self.by_name(group)?;
         Some(self.list.remove(gi))
     }

@@ -539,7 +539,7 @@ impl<H: HostIo> Daemon<H> {
                 message: "probes are streamed by the control server".into(),
             },
         };
-        let _ = command.reply.send(reply);
+        let _: Result<_, _> = command.reply.send(reply);
     }
 
     /// An operator's offline or online of a NIC, refused with the state machine's reason.

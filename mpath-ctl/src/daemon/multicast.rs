@@ -26,7 +26,7 @@ pub(super) struct Following {
 }
 
 impl Following {
-    pub fn new(now: Instant) -> Self {
+    pub(super) fn new(now: Instant) -> Self {
         Following {
             due: now + RECHECK,
             refused: BTreeSet::new(),

@@ -736,11 +736,19 @@ impl<H: HostIo> Daemon<H> {
 
 /// Removes the configuration's test addresses from the NICs that hold them, for `mpathd
 /// --teardown`: they are mpathd's alone, unlike the data addresses, which stay for the
-/// applications using them.
-pub async fn remove_test_addresses(config: &crate::config::Config) -> anyhow::Result<()> {
-    let netlink = Netlink::connect()?;
-    let links = netlink.links().await?;
-    let present = netlink.addresses().await?;
+/// applications using them. Goes on past each address it cannot remove, and returns every
+/// failure.
+pub async fn remove_test_addresses(
+    config: &crate::config::Config,
+) -> Result<(), Vec<anyhow::Error>> {
+    let dumps = async {
+        let netlink = Netlink::connect()?;
+        let links = netlink.links().await?;
+        let present = netlink.addresses().await?;
+        Ok::<_, NetlinkError>((netlink, links, present))
+    };
+    let (netlink, links, present) = dumps.await.map_err(|e| vec![e.into()])?;
+    let mut errors = Vec::new();
     for interface in config.groups.iter().flat_map(|g| &g.interfaces) {
         let (Some(test), Some(link)) = (
             interface.test_address,
@@ -749,11 +757,17 @@ pub async fn remove_test_addresses(config: &crate::config::Config) -> anyhow::Re
             continue;
         };
         let host = IpCidr::from(test).host();
-        if present.contains(&(link.ifindex, host)) {
-            netlink.del_address(link.ifindex, host).await?;
+        if present.contains(&(link.ifindex, host))
+            && let Err(e) = netlink.del_address(link.ifindex, host).await
+        {
+            errors.push(e.into());
         }
     }
-    Ok(())
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 /// Puts a NIC's test address on it. A test address must never steer routing nor be chosen

@@ -35,7 +35,7 @@ pub(super) struct ProbeContext {
 }
 
 impl ProbeContext {
-    pub fn new() -> ProbeContext {
+    pub(super) fn new() -> ProbeContext {
         let mut rng = StdRng::from_os_rng();
         let key = rng.random();
         let (rows, _) = broadcast::channel(256);
@@ -43,7 +43,7 @@ impl ProbeContext {
     }
 
     /// The datapath's settings for this run.
-    pub fn settings(&self) -> Settings {
+    pub(super) fn settings(&self) -> Settings {
         Settings {
             probe_key: self.key,
         }
@@ -218,7 +218,7 @@ impl<H: HostIo> Daemon<H> {
         };
         let view = probing.prober.view();
         let stats = view.targets.iter().find(|t| t.address == target);
-        let _ = self.probes.rows.send(ProbeRow {
+        let _: Result<_, _> = self.probes.rows.send(ProbeRow {
             time_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |t| t.as_millis() as u64),

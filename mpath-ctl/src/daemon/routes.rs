@@ -110,31 +110,31 @@ pub(super) struct Routing {
 impl Routing {
     /// Something about the groups changed: the whole table is planned again shortly, once
     /// for a whole burst.
-    pub fn changed(&mut self, now: Instant) {
+    pub(super) fn changed(&mut self, now: Instant) {
         self.whole = true;
         self.main_changed(now);
     }
 
     /// The main table changed: its changed destinations are planned again shortly, once for
     /// a whole burst (a routing daemon filling the table).
-    pub fn main_changed(&mut self, now: Instant) {
+    pub(super) fn main_changed(&mut self, now: Instant) {
         self.due.get_or_insert(now + PLAN_DELAY);
     }
 
     /// The routers and on-link host routes of the main table, as probe target selection
     /// sees them.
-    pub fn entries(&self) -> Vec<crate::core::target::RouteEntry> {
+    pub(super) fn entries(&self) -> Vec<crate::core::target::RouteEntry> {
         self.main.probe_entries().collect()
     }
 
     /// Whether route work waits: changes to make, or a plan under way.
-    pub fn has_pending(&self) -> bool {
+    pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty() || self.sweep.is_some()
     }
 
     /// What mpathd has in the kernel (its link routes too) is to be read again before the
     /// next plan.
-    pub fn reread_installed(&mut self) {
+    pub(super) fn reread_installed(&mut self) {
         self.installed = None;
         self.links = None;
     }
@@ -157,7 +157,7 @@ impl Routing {
 
     /// NIC `oif` lost its link (carrier, taken down, removed): the kernel deleted mpathd's
     /// nexthops through it, without a word.
-    pub fn nexthops_flushed(&mut self, oif: u32) {
+    pub(super) fn nexthops_flushed(&mut self, oif: u32) {
         if let Some(installed) = &mut self.installed {
             installed.forget_nexthops_through(oif);
         }
@@ -165,7 +165,7 @@ impl Routing {
 
     /// NIC `oif` was taken down: IPv4 deleted the main table's routes through it without a
     /// word, so they are read again.
-    pub fn routes_flushed(&mut self, oif: u32, now: Instant) {
+    pub(super) fn routes_flushed(&mut self, oif: u32, now: Instant) {
         if let Some(links) = &mut self.links {
             links.retain(|l| l.oif != oif);
         }
@@ -181,7 +181,7 @@ impl Routing {
 
     /// IPv4 address `source` left the host: the kernel deleted the routes naming it their
     /// source without a word, mpathd's link routes too.
-    pub fn source_gone(&mut self, source: IpAddr, now: Instant) {
+    pub(super) fn source_gone(&mut self, source: IpAddr, now: Instant) {
         self.main.remove_with_source(source);
         if let Some(links) = &mut self.links {
             links.retain(|l| l.prefsrc != Some(source));
@@ -190,13 +190,13 @@ impl Routing {
     }
 
     /// The rules changed.
-    pub fn rules_changed(&mut self, now: Instant) {
+    pub(super) fn rules_changed(&mut self, now: Instant) {
         self.rules_changed = true;
         self.main_changed(now);
     }
 
     /// One of mpathd's nexthop objects was deleted; known to mpathd, it was not mpathd.
-    pub fn nexthop_deleted(&mut self, id: u32, now: Instant) {
+    pub(super) fn nexthop_deleted(&mut self, id: u32, now: Instant) {
         if self
             .installed
             .as_mut()
@@ -1066,29 +1066,73 @@ fn is_data_prefix(group: &super::group::GroupRuntime, route: &RouteConfig) -> bo
 
 /// Removes mpathd's routing from the host: its rules, the routes of its `table` and its
 /// nexthop objects. Traffic then follows the main table's routes alone. For `mpathd
-/// --teardown`; a running mpathd would put them back.
-pub async fn remove_routes(table: u32) -> anyhow::Result<()> {
-    let netlink = Netlink::connect()?;
-    let nexthops = Nexthops::connect()?;
-    netlink.del_rules().await?;
-    for route in netlink.link_routes().await? {
-        netlink.del_link_route(&route).await?;
+/// --teardown`; a running mpathd would put them back. Goes on past each failure, so that
+/// one route the kernel refuses leaves no other behind, and returns every one.
+pub async fn remove_routes(table: u32) -> Result<(), Vec<anyhow::Error>> {
+    let mut errors = match Netlink::connect() {
+        Ok(netlink) => remove_rules_and_routes(&netlink, table).await,
+        Err(e) => vec![e.into()],
+    };
+    // After the routes, which use them.
+    errors.extend(remove_nexthops().await);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
-    for ((destination, metric), _) in netlink.table_routes(table).await? {
-        netlink.del_table_route(table, destination, metric).await?;
+}
+
+/// Deletes mpathd's rules, its on-link routes and the routes of its `table`, going on past
+/// each failure; returns every one.
+async fn remove_rules_and_routes(netlink: &Netlink, table: u32) -> Vec<anyhow::Error> {
+    let mut errors: Vec<anyhow::Error> = Vec::new();
+    if let Err(e) = netlink.del_rules().await {
+        errors.extend(e.into_iter().map(anyhow::Error::from));
     }
-    let ours: Vec<Nexthop> = nexthops
-        .dump()
-        .await?
-        .into_iter()
+    match netlink.link_routes().await {
+        Ok(routes) => {
+            for route in routes {
+                let deleted = netlink.del_link_route(&route).await;
+                errors.extend(deleted.err().map(anyhow::Error::from));
+            }
+        }
+        Err(e) => errors.push(e.into()),
+    }
+    match netlink.table_routes(table).await {
+        Ok(routes) => {
+            for ((destination, metric), _) in routes {
+                let deleted = netlink.del_table_route(table, destination, metric).await;
+                errors.extend(deleted.err().map(anyhow::Error::from));
+            }
+        }
+        Err(e) => errors.push(e.into()),
+    }
+    errors
+}
+
+/// Deletes mpathd's nexthop objects, going on past each failure; returns every one.
+async fn remove_nexthops() -> Vec<anyhow::Error> {
+    let dump = async {
+        let nexthops = Nexthops::connect()?;
+        let ours = nexthops.dump().await?;
+        Ok::<_, NexthopError>((nexthops, ours))
+    };
+    let (nexthops, ours) = match dump.await {
+        Ok(dumped) => dumped,
+        Err(e) => return vec![e.into()],
+    };
+    let ours: Vec<&Nexthop> = ours
+        .iter()
         .filter(|n| n.protocol == MPATHD_PROTOCOL)
         .collect();
     // Groups first: deleting their members first would make the kernel delete them anyway.
     let (groups, singles): (Vec<&Nexthop>, Vec<&Nexthop>) = ours
-        .iter()
+        .into_iter()
         .partition(|n| !matches!(n.kind, NexthopKind::Single { .. }));
+    let mut errors = Vec::new();
     for nexthop in groups.into_iter().chain(singles) {
-        nexthops.delete(nexthop.id).await?;
+        let deleted = nexthops.delete(nexthop.id).await;
+        errors.extend(deleted.err().map(anyhow::Error::from));
     }
-    Ok(())
+    errors
 }

@@ -37,7 +37,7 @@ impl Notifier {
     }
 
     /// Start-up is complete: mpathd serves its groups.
-    pub fn ready(&mut self, status: &Status) {
+    pub(super) fn ready(&mut self, status: &Status) {
         self.status = summary(status);
         self.status_at = Instant::now();
         self.send(&[NotifyState::Ready, NotifyState::Status(&self.status)]);
@@ -45,7 +45,7 @@ impl Notifier {
 
     /// One turn of the event loop: feeds the watchdog when due and reports a changed status.
     /// `status` is only called when the status line is due again.
-    pub fn turn(&mut self, now: Instant, status: impl FnOnce() -> Status) {
+    pub(super) fn turn(&mut self, now: Instant, status: impl FnOnce() -> Status) {
         if !self.enabled {
             return;
         }
@@ -65,7 +65,7 @@ impl Notifier {
 
     /// A reload (SIGHUP) begins. systemd takes RELOADING=1 only with the monotonic time of
     /// the reload's start.
-    pub fn reloading(&self) {
+    pub(super) fn reloading(&self) {
         match NotifyState::monotonic_usec_now() {
             Ok(now) => self.send(&[
                 NotifyState::Reloading,
@@ -77,12 +77,12 @@ impl Notifier {
     }
 
     /// The reload is over, applied or refused: mpathd serves its groups again.
-    pub fn reloaded(&mut self, status: &Status) {
+    pub(super) fn reloaded(&mut self, status: &Status) {
         self.ready(status);
     }
 
     /// mpathd is shutting down (the datapath stays).
-    pub fn stopping(&self) {
+    pub(super) fn stopping(&self) {
         self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 
@@ -98,7 +98,7 @@ impl Notifier {
 
 /// The STATUS= line: every group's state, then the NICs that work and those that do not
 /// (by name, as few are expected), e.g. `g0 degraded; NICs: 2 ok, 1 failed (h1)`.
-pub fn summary(status: &Status) -> String {
+pub(super) fn summary(status: &Status) -> String {
     let groups: Vec<String> = status
         .groups
         .iter()

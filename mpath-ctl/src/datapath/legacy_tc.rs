@@ -214,8 +214,9 @@ pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
 }
 
 fn ifindex_i32(ifindex: u32) -> io::Result<i32> {
-    i32::try_from(ifindex)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("ifindex {ifindex}")))
+    i32::try_from(ifindex).map_err(|_too_big| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("ifindex {ifindex}"))
+    })
 }
 
 /// Sends one request and gathers the replies until NLMSG_DONE or the kernel's ack; a

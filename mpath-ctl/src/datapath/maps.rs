@@ -172,7 +172,7 @@ impl Maps {
     pub fn nic(&self, ifindex: u32) -> Result<NicInfo, MapsError> {
         self.nics
             .get(&ifindex, 0)
-            .map_err(|_| MapsError::UnknownNic(ifindex))
+            .map_err(|_not_found| MapsError::UnknownNic(ifindex))
     }
 
     /// Changes what the datapath knows of the group NIC `ifindex` through `edit`.
@@ -214,7 +214,7 @@ impl Maps {
             return Err(MapsError::IfindexTooLarge(ifindex));
         }
         let group =
-            u16::try_from(info.group).map_err(|_| MapsError::GroupOutOfRange(info.group))?;
+            u16::try_from(info.group).map_err(|_too_big| MapsError::GroupOutOfRange(info.group))?;
         let kept = self.egress_nic(ifindex)?.flags & (EGRESS_F_ROUTED | EGRESS_F_NO_CARRIER);
         let egress = EgressNic {
             flags: EGRESS_F_PRESENT | kept,

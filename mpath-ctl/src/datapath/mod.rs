@@ -3,8 +3,8 @@
 //! tearing it down.
 //!
 //! Layout under the pin directory (default `/sys/fs/bpf/mpath`):
-//! `v2/maps/<MAP>`, `v2/links/{tc,xdp}-<ifindex>` and the source hook's
-//! `v2/links/source-{connect,sendmsg}{4,6}` ([`sources`]). The layout version is part of the
+//! `v3/maps/<MAP>`, `v3/links/{tc,xdp}-<ifindex>` and the source hook's
+//! `v3/links/source-{connect,sendmsg}{4,6}` ([`sources`]). The layout version is part of the
 //! path: aya adopts a pinned map without checking its layout.
 //!
 //! The egress program goes on through a tcx link where the kernel has tcx (6.6), else as a
@@ -373,7 +373,7 @@ impl Datapath {
                     handle,
                     None,
                 )
-                .map_err(|_| DatapathError::NoSuchInterface(ifname.into()))?;
+                .map_err(|_not_found| DatapathError::NoSuchInterface(ifname.into()))?;
                 prog.attach_to_link(link).map_err(program)?
             }
             Some(filter) => {
@@ -442,12 +442,12 @@ impl Datapath {
             },
         };
         // Before 5.9 aya attaches XDP through netlink, which gives no link to pin.
-        let link = FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|_| {
-            DatapathError::MissingFeature {
+        let link = FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(
+            |_netlink_attached| DatapathError::MissingFeature {
                 feature: "BPF links for XDP",
                 since: "5.9",
-            }
-        })?;
+            },
+        )?;
         pin(link, &path)?;
         Ok(refused)
     }
@@ -664,33 +664,52 @@ fn detach_links(links: &Path) -> Result<(), DatapathError> {
 /// Removes the datapath from the host: mpathd's cls_bpf filters on the NICs of this network
 /// namespace (other filters stay), then every link pinned under `pin_root`, detached from its
 /// hook, and every pin. Used when mpath is taken off a host; a daemon restart never does
-/// this.
-pub fn teardown(pin_root: &Path) -> Result<(), DatapathError> {
-    for ifindex in legacy_tc::nics_with_mpathd_filter().map_err(DatapathError::FilterDump)? {
-        for hook in Hook::ALL {
-            delete_filter(ifindex, hook)?;
+/// this. Goes on past each failure (a pin removed still lets its link go with its last
+/// reference), and returns every one.
+pub fn teardown(pin_root: &Path) -> Result<(), Vec<DatapathError>> {
+    let mut errors = Vec::new();
+    match legacy_tc::nics_with_mpathd_filter() {
+        Ok(nics) => {
+            for ifindex in nics {
+                for hook in Hook::ALL {
+                    errors.extend(delete_filter(ifindex, hook).err());
+                }
+            }
         }
+        Err(e) => errors.push(DatapathError::FilterDump(e)),
     }
     let pins = PinLayout::new(pin_root);
     // Each link detached first: programs are off their hooks when this returns.
-    detach_links(&pins.links())?;
-    match fs::remove_dir_all(pins.dir()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(pins.dir())(e)),
-    }
-    // Drop the (now empty) pin root too, unless something else lives there.
-    match fs::remove_dir(pin_root) {
-        Ok(()) => Ok(()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
-            ) =>
-        {
-            Ok(())
+    if let Ok(entries) = fs::read_dir(pins.links()) {
+        for entry in entries {
+            let detached = entry
+                .map_err(io_err(&pins.links()))
+                .and_then(|entry| detach_pinned_link(&entry.path()));
+            errors.extend(detached.err());
         }
-        Err(e) => Err(io_err(pin_root)(e)),
+    }
+    match fs::remove_dir_all(pins.dir()) {
+        Ok(()) => {
+            // Drop the (now empty) pin root too, unless something else lives there.
+            match fs::remove_dir(pin_root) {
+                Err(e)
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                    ) =>
+                {
+                    errors.push(io_err(pin_root)(e));
+                }
+                _ => {}
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => errors.push(io_err(pins.dir())(e)),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 
@@ -946,7 +965,8 @@ fn pin(link: FdLink, path: &Path) -> Result<PinnedLink, DatapathError> {
 
 /// The ifindex of `ifname` in this thread's network namespace.
 pub(crate) fn ifindex_of(ifname: &str) -> Result<u32, DatapathError> {
-    let c = CString::new(ifname).map_err(|_| DatapathError::NoSuchInterface(ifname.into()))?;
+    let c = CString::new(ifname)
+        .map_err(|_nul_inside| DatapathError::NoSuchInterface(ifname.into()))?;
     // SAFETY: `c` is a valid NUL-terminated string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
         0 => Err(DatapathError::NoSuchInterface(ifname.into())),

@@ -507,12 +507,12 @@ impl Datapath {
             let id = prog
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(program)?;
-            let link = FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(|_| {
-                DatapathError::MissingFeature {
+            let link = FdLink::try_from(prog.take_link(id).map_err(program)?).map_err(
+                |_not_a_bpf_link| DatapathError::MissingFeature {
                     feature: "BPF links for cgroup programs",
                     since: "5.7",
-                }
-            })?;
+                },
+            )?;
             pin(link, &self.pins.links().join(pin_name))?;
         }
         Ok(())

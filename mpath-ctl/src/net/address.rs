@@ -17,7 +17,7 @@ impl IpCidr {
     pub fn new(addr: IpAddr, prefix_len: u8) -> Result<IpCidr, CidrError> {
         IpNet::new(addr, prefix_len)
             .map(IpCidr)
-            .map_err(|_| CidrError::PrefixLenOutOfRange {
+            .map_err(|_too_long| CidrError::PrefixLenOutOfRange {
                 prefix_len: prefix_len.to_string(),
                 max: max_prefix_len(addr),
             })
@@ -94,7 +94,7 @@ impl FromStr for IpCidr {
         let (addr_text, prefix_text) = text.split_once('/').ok_or(CidrError::MissingPrefixLen)?;
         let addr: IpAddr = addr_text
             .parse()
-            .map_err(|_| CidrError::BadAddress(addr_text.to_string()))?;
+            .map_err(|_not_an_address| CidrError::BadAddress(addr_text.to_string()))?;
         let out_of_range = || CidrError::PrefixLenOutOfRange {
             prefix_len: prefix_text.to_string(),
             max: max_prefix_len(addr),
@@ -102,8 +102,10 @@ impl FromStr for IpCidr {
         if prefix_text.is_empty() || !prefix_text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(out_of_range());
         }
-        let prefix_len = prefix_text.parse().map_err(|_| out_of_range())?;
-        IpCidr::new(addr, prefix_len).map_err(|_| out_of_range())
+        let prefix_len = prefix_text
+            .parse()
+            .map_err(|_not_a_number| out_of_range())?;
+        IpCidr::new(addr, prefix_len).map_err(|_too_long| out_of_range())
     }
 }
 
@@ -115,7 +117,7 @@ impl Ipv4Cidr {
     pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Result<Ipv4Cidr, CidrError> {
         Ipv4Net::new(addr, prefix_len)
             .map(Ipv4Cidr)
-            .map_err(|_| CidrError::PrefixLenOutOfRange {
+            .map_err(|_too_long| CidrError::PrefixLenOutOfRange {
                 prefix_len: prefix_len.to_string(),
                 max: 32,
             })

@@ -186,7 +186,7 @@ fn packet_socket() -> io::Result<Arc<Socket>> {
 /// Sends one whole Ethernet `frame` out of NIC `ifindex`.
 fn send_frame(ifindex: u32, protocol: u16, frame: &[u8]) -> io::Result<()> {
     let ifindex = libc::c_int::try_from(ifindex)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
+        .map_err(|_too_big| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
     let socket = packet_socket()?;
     let mut storage = SockAddrStorage::zeroed();
     // SAFETY: the storage is zeroed and large enough for any socket address; sockaddr_ll is

@@ -268,8 +268,10 @@ fn parse_igmp(text: &str) -> Result<ByIfindex, MulticastError> {
         let (Some(group), Some(users)) = (words.first(), words.get(1)) else {
             return Err(bad(n, "no group and user count", line));
         };
-        let group = u32::from_str_radix(group, 16).map_err(|_| bad(n, "bad group", line))?;
-        let users = users.parse().map_err(|_| bad(n, "bad user count", line))?;
+        let group = u32::from_str_radix(group, 16).map_err(|_not_hex| bad(n, "bad group", line))?;
+        let users = users
+            .parse()
+            .map_err(|_not_a_number| bad(n, "bad user count", line))?;
         let group = IpAddr::V4(Ipv4Addr::from(group.to_ne_bytes()));
         all.entry(ifindex).or_default().insert(group, users);
     }
@@ -291,12 +293,16 @@ fn parse_igmp6(text: &str) -> Result<ByIfindex, MulticastError> {
         let [ifindex, _, group, users, ..] = words[..] else {
             return Err(bad("fewer than 4 fields"));
         };
-        let ifindex = ifindex.parse().map_err(|_| bad("bad device index"))?;
+        let ifindex = ifindex
+            .parse()
+            .map_err(|_not_a_number| bad("bad device index"))?;
         let group = u128::from_str_radix(group, 16)
             .ok()
             .filter(|_| group.len() == 32)
             .ok_or_else(|| bad("bad group"))?;
-        let users = users.parse().map_err(|_| bad("bad user count"))?;
+        let users = users
+            .parse()
+            .map_err(|_not_a_number| bad("bad user count"))?;
         all.entry(ifindex)
             .or_default()
             .insert(IpAddr::V6(Ipv6Addr::from(group)), users);

@@ -226,10 +226,13 @@ fn read_number(path: &Path) -> Result<u8, NetconfError> {
         path: path.to_path_buf(),
         source,
     })?;
-    content.trim().parse().map_err(|_| NetconfError::BadValue {
-        path: path.to_path_buf(),
-        content,
-    })
+    content
+        .trim()
+        .parse()
+        .map_err(|_not_a_number| NetconfError::BadValue {
+            path: path.to_path_buf(),
+            content,
+        })
 }
 
 fn write_number(path: &Path, value: u8) -> Result<(), NetconfError> {
@@ -258,7 +261,7 @@ mod tests {
         fn new(test: &str) -> FakeTree {
             let root =
                 std::env::temp_dir().join(format!("mpath-netconf-{test}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&root);
+            let _: Result<_, _> = std::fs::remove_dir_all(&root);
             let dir = root.join("ipv4/conf/h0");
             std::fs::create_dir_all(&dir).unwrap();
             for (file, value) in [
@@ -279,7 +282,7 @@ mod tests {
 
     impl Drop for FakeTree {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.root);
+            let _: Result<_, _> = std::fs::remove_dir_all(&self.root);
         }
     }
 

@@ -298,7 +298,8 @@ struct RouteFilter {
 impl Netlink {
     /// Opens a request socket in the calling thread's network namespace.
     pub fn connect() -> Result<Netlink, NetlinkError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_outside_tokio| NetlinkError::NoRuntime)?;
         let (connection, handle, _unsolicited) =
             rtnetlink::new_connection().map_err(NetlinkError::Open)?;
         let (route_dumps_connection, route_dumps, _unsolicited) =
@@ -661,14 +662,25 @@ impl Netlink {
         Ok(())
     }
 
-    /// Removes mpathd's rules of both families.
-    pub(crate) async fn del_rules(&self) -> Result<(), NetlinkError> {
+    /// Removes mpathd's rules of both families, going on past each failure (for `mpathd
+    /// --teardown`, which reports them all).
+    pub(crate) async fn del_rules(&self) -> Result<(), Vec<NetlinkError>> {
+        let mut errors = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            for rule in self.mpathd_rules(family).await? {
-                self.del_rule(rule).await?;
+            match self.mpathd_rules(family).await {
+                Ok(rules) => {
+                    for rule in rules {
+                        errors.extend(self.del_rule(rule).await.err());
+                    }
+                }
+                Err(e) => errors.push(e),
             }
         }
-        Ok(())
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     async fn mpathd_rules(&self, family: AddressFamily) -> Result<Vec<RuleMessage>, NetlinkError> {
@@ -854,7 +866,8 @@ type Notifications = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, Soc
 fn subscribe(
     receive_buffer: usize,
 ) -> Result<(JoinHandle<()>, Notifications, RawFd), NetlinkError> {
-    let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetlinkError::NoRuntime)?;
+    let runtime =
+        tokio::runtime::Handle::try_current().map_err(|_outside_tokio| NetlinkError::NoRuntime)?;
     let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(NetlinkError::OpenMonitor)?;
     let fd = socket.socket_ref().as_raw_fd();
     set_receive_buffer(fd, receive_buffer).map_err(NetlinkError::OpenMonitor)?;

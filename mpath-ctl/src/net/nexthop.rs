@@ -197,7 +197,8 @@ pub struct Nexthops {
 impl Nexthops {
     /// Opens a request socket in the calling thread's network namespace.
     pub fn connect() -> Result<Nexthops, NexthopError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NexthopError::NoRuntime)?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_outside_tokio| NexthopError::NoRuntime)?;
         let (mut connection, handle, _unsolicited) =
             netlink_proto::new_connection::<Raw>(NETLINK_ROUTE).map_err(NexthopError::Open)?;
         let socket = connection.socket_mut().socket_ref();

@@ -517,6 +517,8 @@ struct NicDump {
     rx_packets: u64,
     probe_replies: u64,
     probe_replies_lost: u64,
+    /// Probes sent with a wrong checksum (the fix-up after their send stamp failed): lost.
+    probe_checksum_failed: u64,
     /// Matched replies dropped over the NIC's reply budget (a flood on this NIC).
     replies_over_budget: u64,
     rejected: BTreeMap<&'static str, u64>,
@@ -563,6 +565,7 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
             rx_packets: c.rx_packets,
             probe_replies: c.probe_replies,
             probe_replies_lost: c.probe_replies_lost,
+            probe_checksum_failed: c.probe_checksum_failed,
             replies_over_budget: maps.replies_over_budget(info.slot)?,
             rejected: RejectReason::ALL
                 .iter()

@@ -5,13 +5,13 @@ use anyhow::bail;
 /// A field `-o` names that the view does not have: a usage error (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("unknown field {field:?}; fields are: {fields}")]
-pub struct UnknownField {
+pub(crate) struct UnknownField {
     field: String,
     fields: String,
 }
 
 /// A view as named columns of text cells.
-pub struct Table {
+pub(crate) struct Table {
     pub columns: &'static [&'static str],
     pub rows: Vec<Vec<String>>,
 }
@@ -19,13 +19,17 @@ pub struct Table {
 impl Table {
     /// Renders the table, keeping only `fields` (comma-separated column names, any case) in
     /// that order when given.
-    pub fn render(&self, fields: Option<&str>) -> anyhow::Result<String> {
+    pub(crate) fn render(&self, fields: Option<&str>) -> anyhow::Result<String> {
         self.render_padded(fields, &[])
     }
 
     /// [`Table::render`] with each column at least as wide as `minimum` says (by column
     /// index), so that rows rendered one at a time (a stream) line up.
-    pub fn render_padded(&self, fields: Option<&str>, minimum: &[usize]) -> anyhow::Result<String> {
+    pub(crate) fn render_padded(
+        &self,
+        fields: Option<&str>,
+        minimum: &[usize],
+    ) -> anyhow::Result<String> {
         let picked = self.pick(fields)?;
         let widths: Vec<usize> = picked
             .iter()
@@ -60,7 +64,7 @@ impl Table {
 
     /// Renders `fields` of every row as ipmpstat -P does: no header, cells joined by colons,
     /// with `\` and `:` inside a cell escaped by a backslash (IPv6 addresses have colons).
-    pub fn render_parsable(&self, fields: &str) -> anyhow::Result<String> {
+    pub(crate) fn render_parsable(&self, fields: &str) -> anyhow::Result<String> {
         let picked = self.pick(Some(fields))?;
         let escape = |cell: &str| cell.replace('\\', "\\\\").replace(':', "\\:");
         Ok(self

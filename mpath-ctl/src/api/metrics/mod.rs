@@ -9,48 +9,31 @@
 //!   scraped, from a [`Snapshot`] the event loop takes at that moment, so nothing is copied
 //!   between scrapes.
 //!
-//! The HTTP server ([`serve`]) never touches the daemon's state. For each scrape it sends a
-//! [`Scrape`] to the event loop over a channel, as the control socket does with its
-//! commands, and the loop answers with [`Metrics::render`]. The loop stays the single owner
-//! of everything: no locks, and every scrape sees one consistent instant.
-//!
-//! Any local user can reach the port, so it must not be able to starve scrapes or the event
-//! loop: at most [`MAX_CONNECTIONS`] connections (more are closed as soon as accepted), each
-//! dropped when idle ([`HEADER_READ_TIMEOUT`]) or slow ([`CONNECTION_LIFETIME`]), and a
-//! rendering is reused for [`RENDER_REUSE`], so a storm of scrapes costs the loop one render
-//! per period.
+//! The HTTP server ([`serve`], in its own module) never touches the daemon's state. For each
+//! scrape it sends a [`Scrape`](server::Scrape) to the event loop over a channel, as the
+//! control socket does with its commands, and the loop answers with [`Metrics::render`]. The
+//! loop stays the single owner of everything: no locks, and every scrape sees one consistent
+//! instant.
+
+mod server;
 
 use std::{
     collections::{BTreeSet, HashMap},
-    convert::Infallible,
     io,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{
-    Method, Request, Response, StatusCode,
-    body::Incoming,
-    header::{self, HeaderValue},
-    server::conn::http1,
-    service::service_fn,
-};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use mpath_common::{NicCounters, RejectReason as DatapathRejectReason, sources::SourceCounters};
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, MetricVec, MetricVecBuilder},
 };
-use tokio::{
-    net::TcpListener,
-    sync::{Mutex, mpsc, oneshot},
-};
+
+pub use server::bind;
+pub(crate) use server::serve;
 
 use crate::{
-    api::admission::Admission,
     config::GroupConfig,
     core::failover::{MoveKind, Transfer},
     core::probe::{FdtView, ProbeOutcome, RejectReason as ReplyRejectReason},
@@ -59,9 +42,6 @@ use crate::{
         LinkState, ProbeStatus, UnusableReason,
     },
 };
-
-/// Content type of text exposition format 0.0.4, as Prometheus' own clients send it.
-pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Bucket bounds (probes) of loss-burst histograms: single losses apart from a failure's
 /// worth (NUM_PROBE_FAILS) and from outages.
@@ -73,22 +53,6 @@ pub(crate) const RTT_BUCKETS: [f64; 19] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-/// How long a scrape waits for the event loop; Prometheus' default scrape timeout is 10 s,
-/// so the scraper still gets a clear 503 rather than its own timeout.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more are closed at once rather than left waiting behind
-/// idle ones.
-const MAX_CONNECTIONS: usize = 16;
-/// A client that does not send its request headers in this time (also between requests of
-/// a kept-alive connection) is disconnected.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a connection is kept, however it spends its time (a client that stops reading a
-/// response would otherwise hold its slot for ever).
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
-/// How long one rendering answers every scrape: far below any scrape interval, long enough
-/// that a storm of scrapes costs the event loop one render per period.
-const RENDER_REUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -150,7 +114,7 @@ fn prune<T: MetricVecBuilder>(family: &MetricVec<T>, keep: &dyn Fn(&HashMap<&str
                 .collect();
             if !keep(&labels) {
                 // Only fails for a series that is not there.
-                let _ = family.remove(&labels);
+                let _: Result<_, _> = family.remove(&labels);
             }
         }
     }
@@ -181,20 +145,6 @@ pub(crate) struct DatapathSnapshot {
     pub counters: NicCounters,
     /// Matched replies dropped over the NIC's reply budget.
     pub replies_over_budget: u64,
-}
-
-/// A scrape waiting for the event loop to render the metrics.
-#[derive(Debug)]
-pub(crate) struct Scrape {
-    reply: oneshot::Sender<Result<String, MetricsError>>,
-}
-
-impl Scrape {
-    /// Hands the rendered text (or why there is none) to the waiting HTTP request.
-    pub fn answer(self, rendered: Result<String, MetricsError>) {
-        // The scraper may have given up meanwhile; nothing to do then.
-        let _ = self.reply.send(rendered);
-    }
 }
 
 /// Counters and histograms of events, per (group, interface, target).
@@ -258,7 +208,7 @@ pub(crate) enum ReloadResult {
     Failed,
 }
 
-named!(ReloadResult {
+named!(pub(crate) ReloadResult {
     Applied => "applied",
     Unchanged => "unchanged",
     Refused => "refused",
@@ -277,13 +227,14 @@ struct DatapathMetrics {
     probe_replies_dropped: IntCounterVec,
     probe_replies_over_budget: IntCounterVec,
     probe_replies_rejected: IntCounterVec,
+    probe_checksum_failures: IntCounterVec,
     source_hook_attached: IntGaugeVec,
     sources_chosen: IntCounterVec,
     source_binds_failed: IntCounterVec,
 }
 
 /// mpathd's metrics; owned by the event loop, which reports events to it and renders it
-/// for each [`Scrape`].
+/// for each [`Scrape`](server::Scrape).
 pub(crate) struct Metrics {
     registry: Registry,
     probes: ProbeMetrics,
@@ -362,15 +313,10 @@ impl Definer<'_> {
     }
 }
 
-impl Metrics {
-    /// Defines every metric and starts the event totals of the configured groups and NICs
-    /// at zero, so that a rate over them is defined before the first event.
-    pub fn new(groups: &[GroupConfig]) -> Result<Metrics, MetricsError> {
-        let registry = Registry::new();
-        let d = Definer {
-            registry: &registry,
-        };
-        let probes = ProbeMetrics {
+impl ProbeMetrics {
+    /// Defines the probe counters and histograms; their series appear with the first probe.
+    fn new(d: &Definer<'_>) -> Result<ProbeMetrics, MetricsError> {
+        Ok(ProbeMetrics {
             sent: d.counter(
                 "mpath_probes_sent_total",
                 "Probes sent from the NIC's test address to the target.",
@@ -418,8 +364,14 @@ impl Metrics {
                 NIC_REASON,
             )?,
             loss_runs: HashMap::new(),
-        };
-        let events = EventMetrics {
+        })
+    }
+}
+
+impl EventMetrics {
+    /// Defines the event totals; [`Metrics::declare_groups`] starts their series.
+    fn new(d: &Definer<'_>) -> Result<EventMetrics, MetricsError> {
+        Ok(EventMetrics {
             failures: d.counter(
                 "mpath_interface_failures_total",
                 "NIC failures detected, by cause.",
@@ -450,8 +402,14 @@ impl Metrics {
                 "Times every NIC of the group had failed.",
                 GROUP,
             )?,
-        };
-        let state = StateMetrics {
+        })
+    }
+}
+
+impl StateMetrics {
+    /// Defines the gauges a render sets from its snapshot.
+    fn new(d: &Definer<'_>) -> Result<StateMetrics, MetricsError> {
+        Ok(StateMetrics {
             group_state: d.gauge(
                 "mpath_group_state",
                 "Group state: 1 for the current one (ok, degraded or failed), 0 for the others.",
@@ -531,7 +489,13 @@ impl Metrics {
                  that could not be written).",
                 &["interface"],
             )?,
-        };
+        })
+    }
+}
+
+impl DaemonMetrics {
+    /// Defines the reload metrics, as after a successful start: every result at 0 reloads.
+    fn new(d: &Definer<'_>) -> Result<DaemonMetrics, MetricsError> {
         let daemon = DaemonMetrics {
             reloads: d.counter(
                 "mpath_config_reloads_total",
@@ -551,12 +515,6 @@ impl Metrics {
                 NO_LABELS,
             )?,
         };
-        let build = d.gauge(
-            "mpath_build_info",
-            "Always 1; the version label says which mpath runs.",
-            &["version"],
-        )?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         daemon
             .last_reload_successful
             .with_label_values(NO_LABELS)
@@ -568,7 +526,14 @@ impl Metrics {
         for result in ReloadResult::ALL {
             daemon.reloads.with_label_values(&[result.as_str()]);
         }
-        let datapath = DatapathMetrics {
+        Ok(daemon)
+    }
+}
+
+impl DatapathMetrics {
+    /// Defines the copies of the datapath's counters a render takes from its snapshot.
+    fn new(d: &Definer<'_>) -> Result<DatapathMetrics, MetricsError> {
+        Ok(DatapathMetrics {
             tx_packets: d.counter(
                 "mpath_datapath_transmit_packets_total",
                 "Packets that left through this NIC after load spreading.",
@@ -620,6 +585,12 @@ impl Metrics {
                 "Packets that looked like probe replies but were refused, by reason.",
                 NIC_REASON,
             )?,
+            probe_checksum_failures: d.counter(
+                "mpath_datapath_probe_checksum_failures_total",
+                "Probes sent with a wrong ICMP checksum because its fix-up after the send \
+                 stamp failed: the target drops them, so they count as lost.",
+                NIC,
+            )?,
             source_hook_attached: d.gauge(
                 "mpath_source_hook_attached",
                 "1 while the source hook gives sockets their sources over the groups' data \
@@ -637,14 +608,31 @@ impl Metrics {
                  of a move); the kernel picked their source.",
                 GROUP,
             )?,
+        })
+    }
+}
+
+impl Metrics {
+    /// Defines every metric and starts the event totals of the configured groups and NICs
+    /// at zero, so that a rate over them is defined before the first event.
+    pub(crate) fn new(groups: &[GroupConfig]) -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let d = Definer {
+            registry: &registry,
         };
+        let build = d.gauge(
+            "mpath_build_info",
+            "Always 1; the version label says which mpath runs.",
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let metrics = Metrics {
+            probes: ProbeMetrics::new(&d)?,
+            events: EventMetrics::new(&d)?,
+            state: StateMetrics::new(&d)?,
+            datapath: DatapathMetrics::new(&d)?,
+            daemon: DaemonMetrics::new(&d)?,
             registry,
-            probes,
-            events,
-            state,
-            datapath,
-            daemon,
         };
         metrics.declare_groups(groups);
         Ok(metrics)
@@ -762,7 +750,7 @@ impl Metrics {
     }
 
     /// A NIC of `group` was declared failed.
-    pub fn failure(&self, group: &str, nic: &str, cause: FailureCause) {
+    pub(crate) fn failure(&self, group: &str, nic: &str, cause: FailureCause) {
         self.events
             .failures
             .with_label_values(&[group, nic, cause.as_str()])
@@ -770,7 +758,7 @@ impl Metrics {
     }
 
     /// A NIC of `group` was declared repaired.
-    pub fn repair(&self, group: &str, nic: &str) {
+    pub(crate) fn repair(&self, group: &str, nic: &str) {
         self.events.repairs.with_label_values(&[group, nic]).inc();
     }
 
@@ -780,7 +768,7 @@ impl Metrics {
     }
 
     /// A reload ended with `result`.
-    pub fn reload(&self, result: ReloadResult) {
+    pub(crate) fn reload(&self, result: ReloadResult) {
         let d = &self.daemon;
         d.reloads.with_label_values(&[result.as_str()]).inc();
         let successful = matches!(result, ReloadResult::Applied | ReloadResult::Unchanged);
@@ -808,7 +796,7 @@ impl Metrics {
 
     /// The metrics as text exposition format 0.0.4: the event totals, and the state and
     /// datapath counters of `snapshot`.
-    pub fn render(&self, snapshot: &Snapshot) -> Result<String, MetricsError> {
+    pub(crate) fn render(&self, snapshot: &Snapshot) -> Result<String, MetricsError> {
         self.set_state(snapshot);
         self.set_datapath(snapshot);
         TextEncoder::new()
@@ -943,6 +931,7 @@ impl Metrics {
             &d.probe_replies_dropped,
             &d.probe_replies_over_budget,
             &d.probe_replies_rejected,
+            &d.probe_checksum_failures,
             &d.sources_chosen,
             &d.source_binds_failed,
         ];
@@ -973,6 +962,7 @@ impl Metrics {
                 (&d.probe_replies, c.probe_replies),
                 (&d.probe_replies_dropped, c.probe_replies_lost),
                 (&d.probe_replies_over_budget, nic.replies_over_budget),
+                (&d.probe_checksum_failures, c.probe_checksum_failed),
             ] {
                 family.with_label_values(&labels).inc_by(value);
             }
@@ -1003,155 +993,10 @@ fn set_one_of<T: Copy + PartialEq>(
     }
 }
 
-/// Binds the metrics listener; the error names the address.
-pub async fn bind(listen: SocketAddr) -> Result<TcpListener, MetricsError> {
-    TcpListener::bind(listen)
-        .await
-        .map_err(|error| MetricsError::Bind {
-            addr: listen,
-            error,
-        })
-}
-
-/// The last rendering, shared by the connections: one scrape asks the event loop, those
-/// arriving meanwhile or within [`RENDER_REUSE`] get the same text.
-struct Renderings {
-    scrapes: mpsc::Sender<Scrape>,
-    last: Mutex<Option<(Instant, Bytes)>>,
-}
-
-/// Why a scrape got no metrics.
-enum NoRendering {
-    Failed(MetricsError),
-    ShuttingDown,
-    TimedOut,
-}
-
-impl Renderings {
-    async fn get(&self) -> Result<Bytes, NoRendering> {
-        let mut last = self.last.lock().await;
-        if let Some((at, text)) = &*last
-            && at.elapsed() < RENDER_REUSE
-        {
-            return Ok(text.clone());
-        }
-        let (reply, answer) = oneshot::channel();
-        let scrape = async {
-            self.scrapes.send(Scrape { reply }).await.ok()?;
-            answer.await.ok()
-        };
-        let text = match tokio::time::timeout(SCRAPE_TIMEOUT, scrape).await {
-            Ok(Some(Ok(text))) => Bytes::from(text),
-            Ok(Some(Err(e))) => return Err(NoRendering::Failed(e)),
-            Ok(None) => return Err(NoRendering::ShuttingDown),
-            Err(_) => return Err(NoRendering::TimedOut),
-        };
-        *last = Some((Instant::now(), text.clone()));
-        Ok(text)
-    }
-}
-
-/// Serves `GET /metrics` until the listener fails, asking the event loop for a render through
-/// `scrapes` at most once per [`RENDER_REUSE`]; other paths get 404, other methods 405.
-pub(crate) async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
-    let mut admission = Admission::new(
-        MAX_CONNECTIONS,
-        format!(
-            "{MAX_CONNECTIONS} metrics connections open already: closing new ones until one ends"
-        ),
-    );
-    let renderings = Arc::new(Renderings {
-        scrapes,
-        last: Mutex::new(None),
-    });
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let Some(slot) = admission.admit() else {
-                    continue;
-                };
-                let renderings = renderings.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| respond(request, renderings.clone()));
-                    let connection = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), service);
-                    match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!("metrics connection: {e}"),
-                        Err(_) => tracing::debug!(
-                            "metrics connection open for {CONNECTION_LIFETIME:?}: closed"
-                        ),
-                    }
-                    drop(slot);
-                });
-            }
-            Err(e) => {
-                tracing::error!("metrics listener accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-async fn respond(
-    request: Request<Incoming>,
-    renderings: Arc<Renderings>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    if request.uri().path() != "/metrics" {
-        return Ok(text(
-            StatusCode::NOT_FOUND,
-            "not found: mpathd serves its metrics at /metrics\n".into(),
-        ));
-    }
-    if !matches!(*request.method(), Method::GET | Method::HEAD) {
-        let mut response = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET and HEAD are allowed\n".into(),
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return Ok(response);
-    }
-    Ok(match renderings.get().await {
-        Ok(rendered) => {
-            let mut response = Response::new(Full::new(rendered));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-            response
-        }
-        Err(NoRendering::Failed(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-        Err(NoRendering::ShuttingDown) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "mpathd is shutting down\n".into(),
-        ),
-        Err(NoRendering::TimedOut) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "mpathd's event loop did not answer within {} s\n",
-                SCRAPE_TIMEOUT.as_secs()
-            ),
-        ),
-    })
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
-        io::{Read as _, Write as _},
+        io::Write as _,
         process::{Command, Stdio},
     };
 
@@ -1210,7 +1055,7 @@ mod tests {
     }
 
     /// Group `g0` of h0 and h1, in the given states.
-    fn snapshot(h0: InterfaceStatus, h1: InterfaceStatus) -> Snapshot {
+    pub(super) fn snapshot(h0: InterfaceStatus, h1: InterfaceStatus) -> Snapshot {
         let state = match (h0, h1) {
             (InterfaceStatus::Ok, InterfaceStatus::Ok) => GroupState::Ok,
             (InterfaceStatus::Ok, _) | (_, InterfaceStatus::Ok) => GroupState::Degraded,
@@ -1225,6 +1070,7 @@ mod tests {
             rx_bytes: 72_000,
             probe_replies: 40,
             probe_replies_lost: 2,
+            probe_checksum_failed: 3,
             ..Default::default()
         };
         counters.rejected[DatapathRejectReason::BadTag as usize] = 7;
@@ -1274,7 +1120,7 @@ mod tests {
 
     /// A daemon's worth of metrics: probes in every outcome, a failure, a failover, a
     /// repair and a failback.
-    fn populated() -> Metrics {
+    pub(super) fn populated() -> Metrics {
         let mut m = Metrics::new(&[group_config("g0", &["h0", "h1"])]).unwrap();
         for _ in 0..3 {
             m.probe_sent("g0", "h0", target());
@@ -1314,7 +1160,7 @@ mod tests {
 
     /// The value of one series, given exactly as the encoder writes it (labels sorted by
     /// name); `None` when the series is absent.
-    fn sample(text: &str, series: &str) -> Option<f64> {
+    pub(super) fn sample(text: &str, series: &str) -> Option<f64> {
         text.lines().find_map(|line| {
             let value = line.strip_prefix(series)?.strip_prefix(' ')?;
             Some(value.parse().expect("a sample value"))
@@ -1422,7 +1268,7 @@ mod tests {
 
     /// Runs `promtool check metrics` (Debian package `prometheus`) on `text`: it parses the
     /// exposition format as Prometheus does and lints the names against its conventions.
-    fn promtool_check(text: &str) {
+    pub(super) fn promtool_check(text: &str) {
         let mut child = match Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
@@ -1768,6 +1614,7 @@ mod tests {
             ("mpath_datapath_receive_bytes_total", 72_000.0),
             ("mpath_datapath_probe_replies_total", 40.0),
             ("mpath_datapath_probe_replies_dropped_total", 2.0),
+            ("mpath_datapath_probe_checksum_failures_total", 3.0),
         ] {
             assert_eq!(
                 sample(&text, &format!("{name}{{{h0}}}")),
@@ -1818,114 +1665,5 @@ mod tests {
             "{text}"
         );
         promtool_check(&text);
-    }
-
-    /// Sends `request` to `addr` over a plain TCP connection; returns the status code, the
-    /// content type and the body.
-    async fn http(addr: SocketAddr, request: &'static str) -> (u16, String, String) {
-        tokio::task::spawn_blocking(move || {
-            let mut stream = std::net::TcpStream::connect(addr).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            stream.write_all(request.as_bytes()).unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            let (head, body) = response.split_once("\r\n\r\n").unwrap();
-            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-            let content_type = head
-                .lines()
-                .find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-type")
-                        .then(|| value.trim().to_string())
-                })
-                .unwrap_or_default();
-            (status, content_type, body.to_string())
-        })
-        .await
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_over_http_and_404_elsewhere() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (scrapes, mut requests) = mpsc::channel(4);
-        tokio::spawn(serve(listener, scrapes));
-        // Stands in for the event loop.
-        tokio::spawn(async move {
-            let metrics = populated();
-            while let Some(scrape) = requests.recv().await {
-                scrape.answer(
-                    metrics.render(&snapshot(InterfaceStatus::Ok, InterfaceStatus::Failed)),
-                );
-            }
-        });
-
-        let (status, content_type, body) = http(
-            addr,
-            "GET /metrics HTTP/1.1\r\nHost: mpathd\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert_eq!(status, 200);
-        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
-        assert_eq!(
-            sample(
-                &body,
-                r#"mpath_interface_state{group="g0",interface="h1",state="failed"}"#
-            ),
-            Some(1.0),
-            "{body}"
-        );
-        promtool_check(&body);
-
-        let (status, _, body) = http(
-            addr,
-            "GET / HTTP/1.1\r\nHost: mpathd\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert_eq!(status, 404);
-        assert!(body.contains("/metrics"), "{body}");
-        let (status, _, _) = http(
-            addr,
-            "GET /metricsx HTTP/1.1\r\nHost: mpathd\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert_eq!(status, 404);
-        let (status, _, _) = http(
-            addr,
-            "POST /metrics HTTP/1.1\r\nHost: mpathd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert_eq!(status, 405);
-    }
-
-    #[tokio::test]
-    async fn answers_503_when_the_event_loop_is_gone() {
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (scrapes, requests) = mpsc::channel(4);
-        drop(requests);
-        tokio::spawn(serve(listener, scrapes));
-        let (status, _, body) = http(
-            addr,
-            "GET /metrics HTTP/1.1\r\nHost: mpathd\r\nConnection: close\r\n\r\n",
-        )
-        .await;
-        assert_eq!(status, 503);
-        assert_eq!(body, "mpathd is shutting down\n");
-    }
-
-    #[tokio::test]
-    async fn a_bind_error_names_the_address() {
-        let taken = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = taken.local_addr().unwrap();
-        let err = bind(addr).await.unwrap_err();
-        let message = err.to_string();
-        assert!(
-            message.starts_with(&format!("cannot listen for metrics on {addr}: ")),
-            "{message}"
-        );
     }
 }
