@@ -105,11 +105,6 @@ impl<H: HostIo> Daemon<H> {
                 group.addresses.iter().map(|a| a.current.clone()).collect()
             };
             let before = placed(&self.groups[gi]);
-            // Addresses first: all inbound traffic to a moved address waits for it, while
-            // only the outbound flows hashed to the failed NIC wait for the table.
-            self.move_addresses(gi).await;
-            self.write_table(gi);
-            self.follow_memberships(gi);
             let group = &mut self.groups[gi];
             let usable: Vec<String> = group
                 .fsm
@@ -117,11 +112,32 @@ impl<H: HostIo> Daemon<H> {
                 .into_iter()
                 .map(String::from)
                 .collect();
-            let serving_changed = std::mem::replace(&mut group.serving, usable) != group.serving;
+            let staying: Vec<String> = group
+                .serving
+                .iter()
+                .filter(|n| usable.contains(n))
+                .cloned()
+                .collect();
+            let leaving = staying.len() < group.serving.len();
+            // NICs leave the routes before their data addresses leave them: through a NIC
+            // holding only its test address (a /32) the kernel gives new flows that address
+            // as their source, which the egress program keeps on that NIC, failed or not.
+            // NICs join them only after their addresses came, for the same reason.
+            let serving_changed = group.serving != usable;
+            group.serving = staying;
             // A resync (`replan`) updates the routes once, after every group's NICs are set
-            // up: before that, a later group's NICs look absent and its routes unserved. A
-            // role change that moved nothing and left the usable NICs alone (a NIC answering
-            // again after a group failure) changes no route.
+            // up: before that, a later group's NICs look absent and its routes unserved.
+            if !replan && leaving {
+                self.reform_groups(now).await;
+            }
+            // Then addresses: all inbound traffic to a moved address waits for them, while
+            // only the outbound flows of NICs joining the routes wait for the rest.
+            self.move_addresses(gi).await;
+            self.write_table(gi);
+            self.follow_memberships(gi);
+            self.groups[gi].serving = usable;
+            // A role change that moved nothing and left the usable NICs alone (a NIC
+            // answering again after a group failure) changes no route.
             if !replan && (serving_changed || placed(&self.groups[gi]) != before) {
                 self.reform_groups(now).await;
             }
