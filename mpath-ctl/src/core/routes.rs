@@ -1179,9 +1179,16 @@ impl IdBook {
         Some(id)
     }
 
-    /// Forgets the objects `keep` does not name, so their ids can be given out again.
-    pub(crate) fn retain(&mut self, keep: &BTreeSet<NexthopObject>) {
-        self.ids.retain(|object, _| keep.contains(object));
+    /// Forgets the objects `keep` does not name and `installed` has no longer, so their ids
+    /// can be given out again. One whose deletion is still to be made keeps its id: a
+    /// failover drops the deletions waiting, and the id given to another object would make
+    /// the kernel replace the one still there with it (a nexthop with a group: refused).
+    pub(crate) fn retain(&mut self, keep: &BTreeSet<NexthopObject>, installed: &RouteState) {
+        self.ids.retain(|object, id| {
+            keep.contains(object)
+                || installed.nexthops.contains_key(id)
+                || installed.groups.contains_key(id)
+        });
     }
 }
 
@@ -1317,7 +1324,7 @@ impl RouteState {
             state.routes.insert(*destination, route);
         }
         // Forgotten only now, so that no new object got the id of one still installed.
-        book.retain(&wanted);
+        book.retain(&wanted, &RouteState::default());
         state
     }
 }
@@ -1549,7 +1556,7 @@ pub(crate) fn changes_at(
             changes.push(RouteChange::DelNexthop { id: *id });
         }
     }
-    book.retain(&wanted);
+    book.retain(&wanted, installed);
     changes
 }
 
@@ -1897,9 +1904,16 @@ mod tests {
         assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE));
         assert_eq!(book.id(&b), Some(NEXTHOP_ID_BASE + 1));
         assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE));
-        book.retain(&[b.clone()].into());
+        // Not while the kernel has it still (its deletion waits).
+        let mut installed = RouteState::default();
+        installed
+            .nexthops
+            .insert(NEXTHOP_ID_BASE, nexthop(H0, None));
+        book.retain(&[b.clone()].into(), &installed);
         let c = NexthopObject::Group(key("g0", Family::Inet, &[]));
-        assert_eq!(book.id(&c), Some(NEXTHOP_ID_BASE));
+        assert_eq!(book.id(&c), Some(NEXTHOP_ID_BASE + 2));
+        book.retain(&[b.clone()].into(), &RouteState::default());
+        assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE));
         book.adopt(a.clone(), NEXTHOP_ID_BASE + 7);
         assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE + 7));
     }
