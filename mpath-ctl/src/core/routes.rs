@@ -19,7 +19,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     net::IpAddr,
-    ops::Deref,
+    ops::{Bound, Deref},
     sync::Arc,
 };
 
@@ -171,12 +171,16 @@ impl MainTable {
             .collect()
     }
 
-    /// Every destination of the table.
-    pub fn destinations(&self) -> impl Iterator<Item = IpCidr> + '_ {
-        let mut last = None;
-        self.routes.keys().filter_map(move |(destination, _, _)| {
-            (last.replace(*destination) != Some(*destination)).then_some(*destination)
-        })
+    /// The destinations of the table after `after` (all of them: `None`), in order.
+    pub fn destinations_after(&self, after: Option<IpCidr>) -> impl Iterator<Item = IpCidr> + '_ {
+        let from = after.map_or(Bound::Unbounded, |d| {
+            Bound::Excluded((d, u32::MAX, u8::MAX))
+        });
+        once_each(
+            self.routes
+                .range((from, Bound::Unbounded))
+                .map(|((destination, _, _), _)| *destination),
+        )
     }
 
     /// Every router and on-link host route of the table, once each, as probe target
@@ -415,6 +419,46 @@ pub(crate) struct GroupRouting {
     pub configured: Vec<RouteConfig>,
 }
 
+/// What the routes planned for a group depend on ([`candidate`], [`served`], [`source_for`]),
+/// where the members of its nexthop groups do not count: those a failover re-forms at once
+/// ([`reform`]). A failover to a standby that takes the failed NIC's addresses along leaves
+/// it as it was, and then no route of the table needs planning again. Nor do the group's
+/// own routes count, which are planned again where they change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RouteInputs {
+    name: String,
+    members: Vec<u32>,
+    /// The data addresses in order, and whether each is on a NIC.
+    placed: Vec<(IpCidr, bool)>,
+    /// The data addresses on each serving NIC, whichever NIC it is (none serving: empty).
+    serving: BTreeSet<BTreeSet<IpCidr>>,
+}
+
+impl GroupRouting {
+    pub(crate) fn route_inputs(&self) -> RouteInputs {
+        RouteInputs {
+            name: self.name.clone(),
+            members: self.members.clone(),
+            placed: self
+                .addresses
+                .iter()
+                .map(|(cidr, on)| (*cidr, on.is_some()))
+                .collect(),
+            serving: self
+                .serving
+                .iter()
+                .map(|oif| {
+                    self.addresses
+                        .iter()
+                        .filter(|(_, on)| *on == Some(*oif))
+                        .map(|(cidr, _)| *cidr)
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+}
+
 /// One group NIC as [`serving`] needs to know it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NicRouting {
@@ -544,6 +588,25 @@ pub(crate) struct Plan {
 
 /// A key of mpathd's table: destination and metric.
 type TableKey = (IpCidr, u32);
+
+/// The destinations of a table of mpathd's after `after` (all: `None`), in order.
+fn table_destinations_after<V>(
+    table: &BTreeMap<TableKey, V>,
+    after: Option<IpCidr>,
+) -> impl Iterator<Item = IpCidr> + '_ {
+    let from = after.map_or(Bound::Unbounded, |d| Bound::Excluded((d, u32::MAX)));
+    once_each(
+        table
+            .range((from, Bound::Unbounded))
+            .map(|((destination, _), _)| *destination),
+    )
+}
+
+/// Destinations in order, each once.
+fn once_each(destinations: impl Iterator<Item = IpCidr>) -> impl Iterator<Item = IpCidr> {
+    let mut last = None;
+    destinations.filter(move |d| last.replace(*d) != Some(*d))
+}
 
 /// The throw route: the lookup goes on to the next rule's table, `main`.
 const THROW: TableRoute<GroupKey> = TableRoute {
@@ -728,9 +791,12 @@ impl Plan {
         }
     }
 
-    /// The destinations the table has a route for.
-    pub(crate) fn destinations(&self) -> impl Iterator<Item = IpCidr> + '_ {
-        self.routes.keys().map(|(destination, _)| *destination)
+    /// The destinations the table has a route for after `after` (all: `None`), in order.
+    pub(crate) fn destinations_after(
+        &self,
+        after: Option<IpCidr>,
+    ) -> impl Iterator<Item = IpCidr> + '_ {
+        table_destinations_after(&self.routes, after)
     }
 
     /// The table's keys at `destination`, of any metric.
@@ -1113,9 +1179,16 @@ impl IdBook {
         Some(id)
     }
 
-    /// Forgets the objects `keep` does not name, so their ids can be given out again.
-    pub(crate) fn retain(&mut self, keep: &BTreeSet<NexthopObject>) {
-        self.ids.retain(|object, _| keep.contains(object));
+    /// Forgets the objects `keep` does not name and `installed` has no longer, so their ids
+    /// can be given out again. One whose deletion is still to be made keeps its id: a
+    /// failover drops the deletions waiting, and the id given to another object would make
+    /// the kernel replace the one still there with it (a nexthop with a group: refused).
+    pub(crate) fn retain(&mut self, keep: &BTreeSet<NexthopObject>, installed: &RouteState) {
+        self.ids.retain(|object, id| {
+            keep.contains(object)
+                || installed.nexthops.contains_key(id)
+                || installed.groups.contains_key(id)
+        });
     }
 }
 
@@ -1130,6 +1203,11 @@ pub struct RouteState {
 }
 
 impl RouteState {
+    /// The destinations of the table after `after` (all: `None`), in order.
+    pub fn destinations_after(&self, after: Option<IpCidr>) -> impl Iterator<Item = IpCidr> + '_ {
+        table_destinations_after(&self.routes, after)
+    }
+
     /// The table's keys at `destination`, of any metric.
     pub fn keys_at(&self, destination: IpCidr) -> impl Iterator<Item = (IpCidr, u32)> + '_ {
         self.routes
@@ -1246,7 +1324,7 @@ impl RouteState {
             state.routes.insert(*destination, route);
         }
         // Forgotten only now, so that no new object got the id of one still installed.
-        book.retain(&wanted);
+        book.retain(&wanted, &RouteState::default());
         state
     }
 }
@@ -1478,7 +1556,7 @@ pub(crate) fn changes_at(
             changes.push(RouteChange::DelNexthop { id: *id });
         }
     }
-    book.retain(&wanted);
+    book.retain(&wanted, installed);
     changes
 }
 
@@ -1607,6 +1685,26 @@ mod tests {
                 .default_routes()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_failover_that_takes_the_addresses_along_plans_no_route_again() {
+        // h1 failed and the standby h2 took its address over.
+        let before = group(&[H0, H1]);
+        let mut after = group(&[H0, H2]);
+        after.addresses[1].1 = Some(H2);
+        assert_eq!(before.route_inputs(), after.route_inputs());
+        let main = dhcp_host();
+        assert_eq!(plan(&main, &[before]).routes, plan(&main, &[after]).routes);
+        // A standby serving before an address moved to it changes the sources; a group
+        // without a serving NIC loses its routes.
+        for other in [group(&[H0, H1, H2]), group(&[])] {
+            assert_ne!(group(&[H0, H1]).route_inputs(), other.route_inputs());
+            assert_ne!(
+                plan(&main, &[group(&[H0, H1])]).routes,
+                plan(&main, &[other]).routes
+            );
+        }
     }
 
     #[test]
@@ -1806,9 +1904,16 @@ mod tests {
         assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE));
         assert_eq!(book.id(&b), Some(NEXTHOP_ID_BASE + 1));
         assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE));
-        book.retain(&[b.clone()].into());
+        // Not while the kernel has it still (its deletion waits).
+        let mut installed = RouteState::default();
+        installed
+            .nexthops
+            .insert(NEXTHOP_ID_BASE, nexthop(H0, None));
+        book.retain(&[b.clone()].into(), &installed);
         let c = NexthopObject::Group(key("g0", Family::Inet, &[]));
-        assert_eq!(book.id(&c), Some(NEXTHOP_ID_BASE));
+        assert_eq!(book.id(&c), Some(NEXTHOP_ID_BASE + 2));
+        book.retain(&[b.clone()].into(), &RouteState::default());
+        assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE));
         book.adopt(a.clone(), NEXTHOP_ID_BASE + 7);
         assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE + 7));
     }
@@ -2269,8 +2374,10 @@ mod tests {
             let mut installed = RouteState::of_plan(&planned, &mut book);
             let groups = [group(after)];
             planned.reform(&groups);
-            let every: BTreeSet<IpCidr> =
-                table.destinations().chain(planned.destinations()).collect();
+            let every: BTreeSet<IpCidr> = table
+                .destinations_after(None)
+                .chain(planned.destinations_after(None))
+                .collect();
             let mut keys = planned.update(&table, &groups, &every).keys;
             for destination in &every {
                 keys.extend(installed.keys_at(*destination));

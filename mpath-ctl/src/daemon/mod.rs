@@ -465,7 +465,7 @@ impl<H: HostIo> Daemon<H> {
                 // The kernel deletes nexthops through a NIC without link, and IPv4 deletes
                 // the routes through one taken down, without notifications.
                 if !link.running && !link.lower_up || !link.up {
-                    self.routing.nexthops_flushed(link.ifindex);
+                    self.routing.nexthops_flushed(link.ifindex, now);
                 }
                 if !link.up {
                     self.routing.routes_flushed(link.ifindex, now);
@@ -485,7 +485,7 @@ impl<H: HostIo> Daemon<H> {
             }
             NetEvent::LinkRemoved { name, ifindex } => {
                 self.link_removed(&name, ifindex, now).await;
-                self.routing.nexthops_flushed(ifindex);
+                self.routing.nexthops_flushed(ifindex, now);
                 self.routing.main.remove_through(ifindex);
                 self.routing.changed(now);
             }

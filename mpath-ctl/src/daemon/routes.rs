@@ -11,7 +11,8 @@ use crate::{
     config::RouteConfig,
     core::routes::{
         self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, LinkRoute, MainTable,
-        NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteState, TableChange,
+        NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteInputs, RouteState,
+        TableChange,
     },
     daemon::{Daemon, host_io::HostIo},
     net::address::IpCidr,
@@ -71,6 +72,12 @@ pub(super) struct Routing {
     /// places of their addresses, the routes they hold) or what mpathd has in the kernel
     /// was read anew. Otherwise only the main table's changed destinations are planned again.
     whole: bool,
+    /// The groups' usable NICs changed: the whole table is planned again only if what its
+    /// routes depend on changed too ([`GroupRouting::route_inputs`]); at a million routes
+    /// that takes seconds of CPU, and the next failover's probes would wait behind it.
+    regrouped: bool,
+    /// What the routes depended on when the whole table was last planned.
+    inputs: Vec<RouteInputs>,
     /// Nexthops the kernel refused since the last plan: left out of their groups, and
     /// a group refused is left out of the routes.
     failed: BTreeSet<u32>,
@@ -115,6 +122,13 @@ impl Routing {
         self.main_changed(now);
     }
 
+    /// The groups' usable NICs changed (a failover, a repair): their nexthop groups are
+    /// re-formed with the next plan, and the whole table planned again if need be.
+    pub(super) fn regrouped(&mut self, now: Instant) {
+        self.regrouped = true;
+        self.main_changed(now);
+    }
+
     /// The main table changed: its changed destinations are planned again shortly, once for
     /// a whole burst (a routing daemon filling the table).
     pub(super) fn main_changed(&mut self, now: Instant) {
@@ -156,10 +170,15 @@ impl Routing {
     }
 
     /// NIC `oif` lost its link (carrier, taken down, removed): the kernel deleted mpathd's
-    /// nexthops through it, without a word.
-    pub(super) fn nexthops_flushed(&mut self, oif: u32) {
+    /// nexthops through it, without a word, and with a group left empty the routes through
+    /// it: those are all planned again.
+    pub(super) fn nexthops_flushed(&mut self, oif: u32, now: Instant) {
         if let Some(installed) = &mut self.installed {
+            let routes = installed.routes.len();
             installed.forget_nexthops_through(oif);
+            if installed.routes.len() < routes {
+                self.changed(now);
+            }
         }
     }
 
@@ -248,12 +267,15 @@ pub(super) fn release_memory(free_after_trim: &mut usize) {
 /// a time between everything else. Destinations come in the order of the table, so a
 /// route's prefix is planned before the destinations inside it.
 struct Sweep {
-    /// The destinations still to plan.
+    /// The destinations still to plan, besides those a whole sweep comes to in the tables.
     left: BTreeSet<IpCidr>,
-    /// How many it had in all.
+    /// How many it planned so far.
     count: usize,
-    /// It plans every destination: those inside one that started or stopped being a
-    /// group's come later in it anyway, unless planned already ([`Sweep::high`]).
+    /// It plans every destination of the main table, the plan and mpathd's table, taking
+    /// each part from the tables past [`Sweep::high`] rather than from a list made first
+    /// (at a million routes, making the list kept the event loop for 300-400 ms). Those
+    /// inside one that started or stopped being a group's come later in it anyway, unless
+    /// planned already.
     whole: bool,
     /// The highest destination planned by the parts before this one.
     high: Option<IpCidr>,
@@ -263,7 +285,7 @@ struct Sweep {
 impl Sweep {
     fn new(destinations: BTreeSet<IpCidr>, whole: bool, started: Instant) -> Sweep {
         Sweep {
-            count: destinations.len(),
+            count: 0,
             left: destinations,
             whole,
             high: None,
@@ -289,10 +311,7 @@ impl Routing {
             return;
         }
         match &mut self.sweep {
-            Some(sweep) => {
-                sweep.count += inner.len();
-                sweep.left.append(&mut inner);
-            }
+            Some(sweep) => sweep.left.append(&mut inner),
             None => self.sweep = Some(Sweep::new(inner, false, now)),
         }
     }
@@ -300,7 +319,8 @@ impl Routing {
 
 /// What changed in the main table since the last plan.
 struct MainChanges {
-    /// The destinations whose routes changed.
+    /// The destinations whose routes changed, those of the routes a group took to hold or
+    /// gave back among them.
     destinations: BTreeSet<IpCidr>,
     /// A group took a route to hold or gave one back: its own routes changed.
     held_changed: bool,
@@ -431,9 +451,6 @@ impl<H: HostIo> Daemon<H> {
         let mut main = self.take_main_delta();
         let repair = std::mem::take(&mut self.routing.repair);
         main.destinations.extend(&repair);
-        if main.held_changed {
-            whole = true;
-        }
         if main.held_changed || !main.destinations.is_empty() {
             let local = self.local_addresses();
             for gi in 0..self.groups.len() {
@@ -450,27 +467,30 @@ impl<H: HostIo> Daemon<H> {
         let Some(installed) = &routing.installed else {
             return;
         };
+        // The plan's groups re-formed over the NICs serving now (the kernel's were at the
+        // failover); their routes are planned again, a part at a time, only where what they
+        // depend on changed.
+        routing.plan.reform(&groups);
+        let inputs: Vec<RouteInputs> = groups.iter().map(GroupRouting::route_inputs).collect();
+        if std::mem::take(&mut routing.regrouped) && inputs != routing.inputs {
+            whole = true;
+        }
         if whole {
-            // The plan's groups re-formed over the NICs serving now (the kernel's were at the
-            // failover); their routes planned again a part at a time.
-            routing.plan.reform(&groups);
-            let mut destinations: BTreeSet<IpCidr> = routing.main.destinations().collect();
-            destinations.extend(routing.plan.destinations());
-            destinations.extend(installed.routes.keys().map(|(destination, _)| *destination));
-            destinations.extend(
+            routing.inputs = inputs;
+            // The tables' destinations are taken as the sweep comes to them; a sweep under
+            // way may have others to plan still.
+            let mut left = routing.sweep.take().map(|s| s.left).unwrap_or_default();
+            left.extend(
                 groups
                     .iter()
                     .flat_map(|g| g.configured.iter().map(|r| r.to)),
             );
-            routing.sweep = Some(Sweep::new(destinations, true, started));
+            routing.sweep = Some(Sweep::new(left, true, started));
         } else if main.destinations.len() > DESTINATIONS_PER_TURN || routing.sweep.is_some() {
             // A large change (a table flushed, a feed coming in) is planned a part at a time
             // too, and so is one while such a plan is under way, in its turn.
             match &mut routing.sweep {
-                Some(sweep) => {
-                    sweep.count += main.destinations.len();
-                    sweep.left.extend(main.destinations);
-                }
+                Some(sweep) => sweep.left.extend(main.destinations),
                 None => routing.sweep = Some(Sweep::new(main.destinations, false, started)),
             }
         } else {
@@ -586,16 +606,41 @@ impl<H: HostIo> Daemon<H> {
         let (Some(sweep), Some(installed)) = (&mut routing.sweep, &routing.installed) else {
             return;
         };
-        let mut part = BTreeSet::new();
-        while part.len() < DESTINATIONS_PER_TURN
-            && let Some(destination) = sweep.left.pop_first()
-        {
-            part.insert(destination);
-        }
-        let finished = sweep
+        // The first destinations of those left and, in a whole sweep, of the tables past the
+        // last part.
+        let mut part: BTreeSet<IpCidr> = sweep
             .left
-            .is_empty()
-            .then(|| (sweep.count, sweep.started.elapsed()));
+            .iter()
+            .take(DESTINATIONS_PER_TURN)
+            .copied()
+            .collect();
+        if sweep.whole {
+            let high = sweep.high;
+            part.extend(
+                routing
+                    .main
+                    .destinations_after(high)
+                    .take(DESTINATIONS_PER_TURN),
+            );
+            part.extend(
+                routing
+                    .plan
+                    .destinations_after(high)
+                    .take(DESTINATIONS_PER_TURN),
+            );
+            part.extend(
+                installed
+                    .destinations_after(high)
+                    .take(DESTINATIONS_PER_TURN),
+            );
+        }
+        while part.len() > DESTINATIONS_PER_TURN {
+            part.pop_last();
+        }
+        for destination in &part {
+            sweep.left.remove(destination);
+        }
+        sweep.count += part.len();
         let updated = routing.plan.update(&routing.main, &groups, &part);
         let mut keys = updated.keys;
         // Every route of these destinations, in the plan or in the kernel, is compared.
@@ -607,8 +652,20 @@ impl<H: HostIo> Daemon<H> {
             routes::changes_at(&routing.plan, &groups, &keys, &mut routing.ids, installed);
         routing.pending.merge(changes, &keys);
         routing.plan_inside(updated.flipped, &groups, self.host.now());
+        let mut finished = None;
         if let Some(sweep) = &mut routing.sweep {
             sweep.high = sweep.high.max(part.last().copied());
+            let high = sweep.high;
+            let more = sweep.whole
+                && (routing.main.destinations_after(high).next().is_some()
+                    || routing.plan.destinations_after(high).next().is_some()
+                    || routing
+                        .installed
+                        .as_ref()
+                        .is_some_and(|i| i.destinations_after(high).next().is_some()));
+            if sweep.left.is_empty() && !more {
+                finished = Some((sweep.count, sweep.started.elapsed()));
+            }
         }
         let plan = std::mem::take(&mut routing.plan);
         self.update_source_routes_at(&plan, keys.iter().map(|(d, _)| *d));
@@ -706,12 +763,15 @@ impl<H: HostIo> Daemon<H> {
     /// without reading any table; the rest (routes, sources, deletions) follows with the next
     /// plan, shortly.
     pub(super) async fn reform_groups(&mut self, now: Instant) {
-        self.routing.changed(now);
+        self.routing.regrouped(now);
         self.update_sources();
+        let groups = self.group_routing();
+        // At once: the next part of a plan under way must not take the new members for
+        // objects no longer wanted and delete them.
+        self.routing.plan.reform(&groups);
         let Some(installed) = &self.routing.installed else {
             return;
         };
-        let groups = self.group_routing();
         let changes = routes::reform(
             &self.routing.plan,
             &groups,
@@ -803,6 +863,7 @@ impl<H: HostIo> Daemon<H> {
                     );
                 }
                 group.held_routes.push(route);
+                changes.destinations.insert(route.to);
                 changes.held_changed = true;
             }
         }
@@ -822,7 +883,10 @@ impl<H: HostIo> Daemon<H> {
                 } else if back {
                     tracing::info!("the route {route} is back in the main table; group {name} no longer holds it");
                 }
-                changes.held_changed |= back;
+                if back {
+                    changes.destinations.insert(route.to);
+                    changes.held_changed = true;
+                }
                 !back
             });
         }
