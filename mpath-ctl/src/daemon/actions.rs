@@ -112,19 +112,17 @@ impl<H: HostIo> Daemon<H> {
                 .into_iter()
                 .map(String::from)
                 .collect();
-            let staying: Vec<String> = group
-                .serving
-                .iter()
-                .filter(|n| usable.contains(n))
-                .cloned()
-                .collect();
-            let leaving = staying.len() < group.serving.len();
+            let leaving = group.serving.iter().any(|n| !usable.contains(n));
             // NICs leave the routes before their data addresses leave them: through a NIC
             // holding only its test address (a /32) the kernel gives new flows that address
             // as their source, which the egress program keeps on that NIC, failed or not.
             // NICs join them only after their addresses came, for the same reason.
             let serving_changed = group.serving != usable;
-            group.serving = staying;
+            group.joining = usable
+                .iter()
+                .filter(|n| !group.serving.contains(n))
+                .cloned()
+                .collect();
             // A resync (`replan`) updates the routes once, after every group's NICs are set
             // up: before that, a later group's NICs look absent and its routes unserved.
             if !replan && leaving {
@@ -135,7 +133,9 @@ impl<H: HostIo> Daemon<H> {
             self.move_addresses(gi).await;
             self.write_table(gi);
             self.follow_memberships(gi);
-            self.groups[gi].serving = usable;
+            let group = &mut self.groups[gi];
+            group.joining.clear();
+            group.serving = usable;
             // A role change that moved nothing and left the usable NICs alone (a NIC
             // answering again after a group failure) changes no route.
             if !replan && (serving_changed || placed(&self.groups[gi]) != before) {

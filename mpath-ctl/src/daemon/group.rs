@@ -82,6 +82,9 @@ pub(super) struct GroupRuntime {
     pub followed: BTreeSet<Followed>,
     /// The usable NICs the routes were last re-formed over.
     pub serving: Vec<String>,
+    /// Usable NICs kept out of the routes while their data addresses are on the way (see
+    /// `Daemon::apply`); empty otherwise.
+    pub joining: Vec<String>,
 }
 
 impl GroupRuntime {
@@ -307,6 +310,7 @@ impl Groups {
             adopted: BTreeSet::new(),
             followed: BTreeSet::new(),
             serving: Vec::new(),
+            joining: Vec::new(),
         });
         Ok(())
     }

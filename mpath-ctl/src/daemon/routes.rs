@@ -898,7 +898,12 @@ impl<H: HostIo> Daemon<H> {
         self.groups
             .iter()
             .map(|g| {
-                let usable = g.fsm.usable_interfaces();
+                let usable: Vec<&str> = g
+                    .fsm
+                    .usable_interfaces()
+                    .into_iter()
+                    .filter(|n| !g.joining.iter().any(|j| j == n))
+                    .collect();
                 let nics: Vec<NicRouting> = g
                     .nics
                     .iter()
