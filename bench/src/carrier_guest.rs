@@ -384,10 +384,9 @@ fn table(rows: &[Row], rounds: u64) -> anyhow::Result<String> {
 /// One run of `method` after `first`'s cut: mpathd started, the two cuts, the gap, mpathd
 /// stopped and the lab put back as it was.
 fn measure(lab: &VirtioLab, method: &Method, first: &First) -> anyhow::Result<Run> {
-    let config = format!(
-        "{}\n[[group.route]]\nto = \"198.51.100.0/24\"\nvia = \"192.0.2.1\"\n",
-        three_nic_config(FDT_MS).replace("[daemon]\n", &format!("[daemon]\n{}", method.settings))
-    );
+    let config = three_nic_config(FDT_MS)
+        .replace("[daemon]\n", &format!("[daemon]\n{}", method.settings))
+        + mpath_lab::ROUTE_BEHIND_ROUTER;
     let mut daemon = Mpathd::start(lab.host(), &config);
     daemon.wait_until("all NICs ok, 192.0.2.20 on h1", |d| {
         d.try_status().is_some_and(|s| {

@@ -56,6 +56,11 @@ pub use netns::{Netns, NetnsGuard};
 pub use tap::Tap;
 pub use virtio::{QMP_PORT, VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VIRTIO_NICS_ENV, VirtioLab};
 
+/// A `[[group.route]]` to the network behind the router through its link address, to append
+/// to a configuration of the lab group.
+pub const ROUTE_BEHIND_ROUTER: &str =
+    "\n[[group.route]]\nto = \"198.51.100.0/24\"\nvia = \"192.0.2.1\"\n";
+
 /// The lab group the tests and benchmarks run mpathd on: h0 and h1 active, h2 a standby,
 /// each with a test address, probing the router; IPv4 data addresses on h0 and h1 and an
 /// IPv6 one on h0 (so IPv6 probing runs too); the demo runs it too. `SOCKET` and `PINS` are

@@ -26,7 +26,7 @@ fn config(probe_rx: Option<&str>) -> String {
             &format!("[daemon]\nprobe_rx = \"{probe_rx}\"\n"),
         );
     }
-    text + "\n[[group.route]]\nto = \"198.51.100.0/24\"\nvia = \"192.0.2.1\"\n"
+    text + mpath_lab::ROUTE_BEHIND_ROUTER
 }
 
 /// Pings the network behind the router with `size`-byte payloads that must not fragment.

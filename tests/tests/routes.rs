@@ -1414,10 +1414,7 @@ fn sources_counted(lab: &Lab) -> [u64; 4] {
 fn nics_leave_the_routes_before_their_addresses_and_join_after_so_no_flow_takes_a_test_address() {
     const PORT: u16 = 4793;
     let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
-    let config = format!(
-        "{}\n[[group.route]]\nto = \"198.51.100.0/24\"\nvia = \"192.0.2.1\"\n",
-        *CONFIG
-    );
+    let config = format!("{}{}", *CONFIG, mpath_lab::ROUTE_BEHIND_ROUTER);
     let mut daemon = Mpathd::start(lab.host(), &config);
     daemon.wait_until("all NICs ok", all_ok);
     count_sources(&lab, PORT);

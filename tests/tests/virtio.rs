@@ -23,10 +23,7 @@ use mpath_tests::daemon::{
 /// The lab group (h0 and h1 active, h2 a standby) at FDT 1 s, with a route through the router
 /// to the network behind it.
 fn config() -> String {
-    format!(
-        "{}\n[[group.route]]\nto = \"198.51.100.0/24\"\nvia = \"192.0.2.1\"\n",
-        three_nic_config(1000)
-    )
+    three_nic_config(1000) + mpath_lab::ROUTE_BEHIND_ROUTER
 }
 
 fn lab() -> VirtioLab {
