@@ -14,6 +14,9 @@
 //! traffic. Then probing at scale: detection, false failures and CPU per NIC with 1, 8 and 32
 //! NICs, mpathd beside FRR's bfdd (see [`scale`]).
 //!
+//! `busy`: probing at FDT 100 ms while spinning threads keep every CPU busy, h0 dropped
+//! silently over and over: false failures of the healthy NICs (see [`busy`]).
+//!
 //! `soak`: random faults under traffic with an invariant checker (see [`soak`]).
 //!
 //! `sources`: what the IPv6 source hook costs a sender it serves and one it turns away (see
@@ -29,6 +32,7 @@
 //! CPU per route change, idle and under churn, RSS, and the off-link failover gap at each
 //! size (see [`routes`]).
 
+mod busy;
 mod carrier;
 mod carrier_guest;
 mod datapath;
@@ -148,6 +152,13 @@ fn main() -> anyhow::Result<()> {
             }
             carrier::carrier(rounds, Duration::from_secs(idle), out)
         }
+        Some("busy") => {
+            let minutes = flag(&args, "--minutes")?.unwrap_or(10);
+            if minutes == 0 {
+                bail!("--minutes must be at least 1");
+            }
+            busy::busy(minutes, out)
+        }
         Some("routes") => {
             let sizes = match text_flag(&args, "--sizes")? {
                 Some(list) => list
@@ -178,6 +189,7 @@ fn main() -> anyhow::Result<()> {
              [--out BENCHMARKS.md]\n       \
              (M: the 3-NIC false-failure run, none by default, and the scale part's run per \
              NIC count, 10 min by default)\n       \
+             mpath-bench busy [--minutes N] [--out BENCHMARKS.md]\n       \
              mpath-bench soak [--minutes N] [--seed S] [--out BENCHMARKS.md]\n       \
              mpath-bench sources [--rounds N] [--count N] [--out BENCHMARKS.md]\n       \
              mpath-bench carrier [--rounds N] [--idle-seconds S] [--out BENCHMARKS.md]\n       \

@@ -274,24 +274,30 @@ impl RejectReason {
     }
 }
 
-/// Matched probe replies one NIC may queue on one CPU per [`PROBE_REPLY_WINDOW_NS`]. mpathd's
-/// probes bring at most about 150 a second (both families at the shortest FDT), so only a
-/// flood (replayed replies, say) meets it: the rest of that NIC's window is dropped, and the
-/// ring buffer keeps room for the other NICs' replies. A discovery echo answered by hundreds
-/// of hosts meets it too, which costs only targets mpathd does not need.
+/// Replies to probes of one target that one NIC may queue on one CPU per
+/// [`PROBE_REPLY_WINDOW_NS`]. mpathd's probes bring at most about 150 a second (both families
+/// at the shortest FDT), so only a flood (replayed replies, say) meets it: the rest of that
+/// NIC's window is dropped, and the ring buffer keeps room for the other NICs' replies.
 pub const PROBE_REPLY_BUDGET: u32 = 256;
+/// Replies to discovery echoes (to 224.0.0.1 or ff02::1) that one NIC may queue on one CPU
+/// per window: a budget of their own, because every host on the link may answer each echo,
+/// and they must never spend the budget the target probes' replies depend on. mpathd keeps
+/// at most five responders (in.mpathd's `MAX_PROBE_TARGETS`); the rest cost only targets it
+/// does not need.
+pub const PROBE_DISCOVERY_REPLY_BUDGET: u32 = 64;
 pub const PROBE_REPLY_WINDOW_NS: u64 = 1_000_000_000;
 
-/// One NIC's use of its reply budget on one CPU. Index: the NIC's slot.
+/// One NIC's use of its reply budgets on one CPU. Index: the NIC's slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplyBudget {
     /// When the current window began (bpf_ktime_get_ns).
     pub window_start_ns: u64,
-    /// Replies queued in the current window.
+    /// Target probes' replies queued in the current window.
     pub used: u32,
-    pub _pad: u32,
-    /// Matched replies dropped over the budget, ever.
+    /// Discovery echoes' replies queued in the current window.
+    pub discovery_used: u32,
+    /// Matched replies dropped over either budget, ever.
     pub dropped: u64,
 }
 
@@ -361,9 +367,11 @@ pub struct ProbePayload {
     pub ifindex: u32,
     /// Full sequence number; the ICMP header carries its low 16 bits.
     pub seq: u32,
-    pub _pad: u32,
-    /// [`probe_tag`] of `ifindex` and `seq`: a host that saw some probes cannot make a
-    /// reply to another one, nor turn one NIC's probe into a reply for another NIC.
+    /// A [`ProbeKind`] as its number.
+    pub kind: u32,
+    /// [`probe_tag`] of `ifindex`, `seq` and `kind`: a host that saw some probes cannot make
+    /// a reply to another one, nor turn one NIC's probe into a reply for another NIC, nor a
+    /// discovery answer into a target's reply.
     pub tag: u64,
     /// CLOCK_MONOTONIC nanoseconds when mpathd handed the probe to the kernel.
     pub sent_ns: u64,
@@ -373,15 +381,49 @@ pub struct ProbePayload {
     pub wire_ns: u64,
 }
 
+impl ProbePayload {
+    /// `None` for a kind this build does not know: no probe of this host's.
+    #[inline(always)]
+    pub fn kind(&self) -> Option<ProbeKind> {
+        ProbeKind::from_u32(self.kind)
+    }
+}
+
+/// What a probe asks for, and so which reply budget its answers draw from.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    /// An echo to one probe target.
+    Target = 0,
+    /// An echo to every host on the link (224.0.0.1, ff02::1) to find targets.
+    Discovery = 1,
+}
+
+impl ProbeKind {
+    #[inline(always)]
+    pub fn from_u32(value: u32) -> Option<ProbeKind> {
+        match value {
+            0 => Some(ProbeKind::Target),
+            1 => Some(ProbeKind::Discovery),
+            _ => None,
+        }
+    }
+}
+
 /// Offset of [`ProbePayload::wire_ns`] in the ICMP message (after the 8-byte echo header).
 pub const PROBE_WIRE_NS_OFFSET: usize = 8 + core::mem::offset_of!(ProbePayload, wire_ns);
 
-/// The tag of probe `seq` on NIC `ifindex`: SipHash-2-4 under the run's probe key, over the
-/// 8 bytes `ifindex` and `seq` (both little-endian). Shared by mpathd, which writes it, and
-/// the XDP program, which checks it.
+/// The tag of probe `seq` of `kind` on NIC `ifindex`: SipHash-2-4 under the run's probe key,
+/// over the 8 bytes `ifindex` and `seq` (both little-endian), with the top bit of `ifindex`
+/// (never set in a real one) set for a discovery echo. Shared by mpathd, which writes it, and
+/// the programs, which check it.
 #[inline(always)]
-pub fn probe_tag(key: [u64; 2], ifindex: u32, seq: u32) -> u64 {
-    siphash_2_4_u64(key, u64::from(ifindex) | (u64::from(seq) << 32))
+pub fn probe_tag(key: [u64; 2], ifindex: u32, seq: u32, kind: ProbeKind) -> u64 {
+    let kind_bit = match kind {
+        ProbeKind::Target => 0,
+        ProbeKind::Discovery => 1 << 31,
+    };
+    siphash_2_4_u64(key, u64::from(ifindex | kind_bit) | (u64::from(seq) << 32))
 }
 
 /// SipHash-2-4 of one 8-byte message `m` (read as a little-endian word). Straight-line
@@ -433,7 +475,8 @@ pub struct ProbeReply {
     pub seq: u32,
     /// 4 or 6.
     pub family: u32,
-    pub _pad: u32,
+    /// The [`ProbeKind`] of the probe answered, as its number.
+    pub kind: u32,
     /// The replying target; IPv4 in the first 4 bytes.
     pub target: [u8; 16],
     /// From the payload: when mpathd sent the probe (CLOCK_MONOTONIC ns).
@@ -466,6 +509,11 @@ impl ProbeReply {
             }
         }
         reply
+    }
+
+    /// `None` for a kind this build does not know.
+    pub fn kind(&self) -> Option<ProbeKind> {
+        ProbeKind::from_u32(self.kind)
     }
 
     /// The target that replied.
@@ -616,7 +664,7 @@ mod tests {
         // message 00..07.
         let key = [0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908];
         assert_eq!(
-            probe_tag(key, 0x0302_0100, 0x0706_0504),
+            probe_tag(key, 0x0302_0100, 0x0706_0504, ProbeKind::Target),
             0x93f5_f579_9a93_2462
         );
     }
@@ -635,22 +683,27 @@ mod tests {
         };
         for _ in 0..1000 {
             let key = [next(), next()];
-            let (ifindex, seq) = (next() as u32, next() as u32);
+            let (ifindex, seq) = (next() as u32 >> 1, next() as u32);
             let mut hasher = siphasher::sip::SipHasher24::new_with_keys(key[0], key[1]);
             hasher.write(&(u64::from(ifindex) | (u64::from(seq) << 32)).to_le_bytes());
-            assert_eq!(probe_tag(key, ifindex, seq), hasher.finish());
+            assert_eq!(
+                probe_tag(key, ifindex, seq, ProbeKind::Target),
+                hasher.finish()
+            );
         }
     }
 
     #[test]
     fn a_probe_tag_changes_with_every_input() {
         let key = [1, 2];
-        let tag = probe_tag(key, 7, 1000);
-        assert_ne!(tag, probe_tag(key, 8, 1000));
-        assert_ne!(tag, probe_tag(key, 7, 1001));
-        assert_ne!(tag, probe_tag([1, 3], 7, 1000));
-        assert_ne!(tag, probe_tag([2, 2], 7, 1000));
-        assert_eq!(tag, probe_tag(key, 7, 1000));
+        let tag = |key, ifindex, seq| probe_tag(key, ifindex, seq, ProbeKind::Target);
+        let first = tag(key, 7, 1000);
+        assert_ne!(first, tag(key, 8, 1000));
+        assert_ne!(first, tag(key, 7, 1001));
+        assert_ne!(first, tag([1, 3], 7, 1000));
+        assert_ne!(first, tag([2, 2], 7, 1000));
+        assert_ne!(first, probe_tag(key, 7, 1000, ProbeKind::Discovery));
+        assert_eq!(first, tag(key, 7, 1000));
     }
 
     #[test]

@@ -23,8 +23,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use mpath_common::{
-    NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC,
-    PROBE_REPLY_BUDGET, PROBE_REPLY_WINDOW_NS, ProbePayload, ProbeReply, RejectReason,
+    NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_DISCOVERY_REPLY_BUDGET, PROBE_ICMP_ID,
+    PROBE_ICMP_LEN, PROBE_MAGIC, PROBE_REPLY_BUDGET, PROBE_REPLY_WINDOW_NS, ProbeKind,
+    ProbePayload, ProbeReply, RejectReason,
     checksum::{add_words, fold, ipv6_pseudo_header},
     probe_tag,
 };
@@ -122,7 +123,7 @@ fn handle(packet: Packet<'_>, len: u64, ifindex: u32, nic: &NicInfo) -> Disposit
         Verdict::Matched(mut reply) => {
             // SAFETY: plain helper call.
             let now = unsafe { bpf_ktime_get_ns() };
-            if !within_budget(nic.slot, now) {
+            if !within_budget(nic.slot, now, reply.kind == ProbeKind::Discovery as u32) {
                 return Disposition::Drop;
             }
             reply.received_ns = now;
@@ -143,10 +144,10 @@ fn handle(packet: Packet<'_>, len: u64, ifindex: u32, nic: &NicInfo) -> Disposit
     }
 }
 
-/// Takes one reply from the NIC's budget on this CPU; false (counted) when it is spent for
-/// the current window.
+/// Takes one reply from the NIC's budget on this CPU, the discovery budget for a reply to
+/// a discovery echo; false (counted) when it is spent for the current window.
 #[inline(always)]
-fn within_budget(slot: u32, now: u64) -> bool {
+fn within_budget(slot: u32, now: u64, discovery: bool) -> bool {
     let Some(budget) = REPLY_BUDGETS.get_ptr_mut(slot) else {
         return true;
     };
@@ -155,12 +156,18 @@ fn within_budget(slot: u32, now: u64) -> bool {
     if now.wrapping_sub(budget.window_start_ns) >= PROBE_REPLY_WINDOW_NS {
         budget.window_start_ns = now;
         budget.used = 0;
+        budget.discovery_used = 0;
     }
-    if budget.used >= PROBE_REPLY_BUDGET {
+    let (used, limit) = if discovery {
+        (&mut budget.discovery_used, PROBE_DISCOVERY_REPLY_BUDGET)
+    } else {
+        (&mut budget.used, PROBE_REPLY_BUDGET)
+    };
+    if *used >= limit {
         budget.dropped += 1;
         return false;
     }
-    budget.used += 1;
+    *used += 1;
     true
 }
 
@@ -328,11 +335,14 @@ fn check_payload(
     if payload.magic != PROBE_MAGIC || payload.seq as u16 != u16::from_be_bytes(echo.seq) {
         return Verdict::Rejected(RejectReason::Malformed);
     }
+    let Some(kind) = payload.kind() else {
+        return Verdict::Rejected(RejectReason::Malformed);
+    };
     let Some(settings) = SETTINGS.get(0) else {
         return Verdict::NotOurs;
     };
     // The tag first: a wrong NIC is worth telling apart only in a reply mpathd really made.
-    if payload.tag != probe_tag(settings.probe_key, payload.ifindex, payload.seq) {
+    if payload.tag != probe_tag(settings.probe_key, payload.ifindex, payload.seq, kind) {
         return Verdict::Rejected(RejectReason::BadTag);
     }
     if payload.ifindex != ifindex {
@@ -342,7 +352,7 @@ fn check_payload(
         ifindex,
         seq: payload.seq,
         family,
-        _pad: 0,
+        kind: kind as u32,
         target,
         sent_ns: payload.sent_ns,
         wire_ns: payload.wire_ns,

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use mpath_common::{
-    PROBE_ICMP_ID, PROBE_MAGIC, ProbePayload, checksum::ipv6_pseudo_header, probe_tag,
+    PROBE_ICMP_ID, PROBE_MAGIC, ProbeKind, ProbePayload, checksum::ipv6_pseudo_header, probe_tag,
 };
 
 pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
@@ -22,6 +22,11 @@ pub struct Reply {
 impl Reply {
     /// A correct reply to probe `seq` sent from `ifindex` and tagged with `key`.
     pub fn new(ifindex: u32, key: [u64; 2], seq: u32) -> Self {
+        Self::of_kind(ifindex, key, seq, ProbeKind::Target)
+    }
+
+    /// A correct answer to probe `seq` of `kind` (a host's answer to a discovery echo).
+    pub fn of_kind(ifindex: u32, key: [u64; 2], seq: u32, kind: ProbeKind) -> Self {
         Reply {
             ident: PROBE_ICMP_ID,
             icmp_type: 0,
@@ -30,8 +35,8 @@ impl Reply {
                 magic: PROBE_MAGIC,
                 ifindex,
                 seq,
-                _pad: 0,
-                tag: probe_tag(key, ifindex, seq),
+                kind: kind as u32,
+                tag: probe_tag(key, ifindex, seq, kind),
                 sent_ns: 1_000_000,
                 wire_ns: 1_000_500,
             },
@@ -47,7 +52,7 @@ impl Reply {
         m.extend_from_slice(&p.magic.to_ne_bytes());
         m.extend_from_slice(&p.ifindex.to_ne_bytes());
         m.extend_from_slice(&p.seq.to_ne_bytes());
-        m.extend_from_slice(&p._pad.to_ne_bytes());
+        m.extend_from_slice(&p.kind.to_ne_bytes());
         m.extend_from_slice(&p.tag.to_ne_bytes());
         m.extend_from_slice(&p.sent_ns.to_ne_bytes());
         m.extend_from_slice(&p.wire_ns.to_ne_bytes());

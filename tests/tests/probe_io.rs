@@ -3,14 +3,14 @@
 //! and keeps neighbour entries.
 
 use std::io;
-use std::mem::size_of;
+use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mpath_common::{
     NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC,
-    PROBE_WIRE_NS_OFFSET, Settings,
+    PROBE_WIRE_NS_OFFSET, ProbeKind, ProbePayload, Settings,
     checksum::{internet_checksum, ipv6_pseudo_header},
     probe_tag,
 };
@@ -121,15 +121,27 @@ fn probes_leave_through_their_own_nic_whatever_the_route_says() {
 
     v4.send(ALL_HOSTS_V4, 2, KEY, monotonic_ns()).unwrap();
     v6.send(ALL_NODES_V6, 3, KEY, monotonic_ns()).unwrap();
-    for (target, icmp_type) in [
-        (ALL_HOSTS_V4, ICMP_ECHO_REQUEST),
-        (ALL_NODES_V6, ICMPV6_ECHO_REQUEST),
+    for (target, icmp_type, seq) in [
+        (ALL_HOSTS_V4, ICMP_ECHO_REQUEST, 2),
+        (ALL_NODES_V6, ICMPV6_ECHO_REQUEST, 3),
     ] {
-        capture_h1
+        let probe = capture_h1
             .wait_for(WAIT, |f| {
                 f.outgoing && f.is_echo(icmp_type) && f.ip().is_some_and(|ip| ip.dst == target)
             })
             .unwrap_or_else(|| panic!("the discovery probe to {target} did not leave h1"));
+        // A discovery echo says so, under the tag, so its answers draw from their own budget.
+        let message = probe.ip().unwrap().payload;
+        let payload = &message[8..];
+        let field = |offset: usize, len: usize| &payload[offset..offset + len];
+        assert_eq!(
+            field(offset_of!(ProbePayload, kind), 4),
+            (ProbeKind::Discovery as u32).to_ne_bytes()
+        );
+        assert_eq!(
+            field(offset_of!(ProbePayload, tag), 8),
+            probe_tag(KEY, h1, seq, ProbeKind::Discovery).to_ne_bytes()
+        );
     }
 
     let leaked = capture_h0.wait_for(QUIET, |f| {
@@ -518,8 +530,8 @@ fn expected_probe(icmp_type: u8, ifindex: u32, seq: u32, sent_ns: u64) -> Vec<u8
     message.extend_from_slice(&PROBE_MAGIC.to_ne_bytes());
     message.extend_from_slice(&ifindex.to_ne_bytes());
     message.extend_from_slice(&seq.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes());
-    message.extend_from_slice(&probe_tag(KEY, ifindex, seq).to_ne_bytes());
+    message.extend_from_slice(&(ProbeKind::Target as u32).to_ne_bytes());
+    message.extend_from_slice(&probe_tag(KEY, ifindex, seq, ProbeKind::Target).to_ne_bytes());
     message.extend_from_slice(&sent_ns.to_ne_bytes());
     // Not stamped: no egress program in these labs.
     message.extend_from_slice(&0u64.to_ne_bytes());

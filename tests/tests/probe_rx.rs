@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use mpath_common::{PROBE_REPLY_BUDGET, RejectReason};
+use mpath_common::{PROBE_DISCOVERY_REPLY_BUDGET, PROBE_REPLY_BUDGET, ProbeKind, RejectReason};
 use mpath_lab::Lab;
 use mpath_tests::{
     matcher::{IFINDEX, KEY, MATCHERS, Rig, SLOT, TARGET_V4, TARGET_V6, TEST_V4, TEST_V6, Verdict},
@@ -105,6 +105,39 @@ fn a_flood_of_valid_replies_on_one_nic_is_capped_and_the_other_nics_keep_their_s
 }
 
 #[test]
+fn answers_to_discovery_echoes_have_a_budget_of_their_own_that_never_costs_a_targets_reply() {
+    for matcher in MATCHERS {
+        let mut rig = Rig::new(matcher);
+        // Every host of a big link answers one discovery echo, within the same window.
+        let answers = Reply::of_kind(IFINDEX, KEY, 9, ProbeKind::Discovery).v4(TARGET_V4, TEST_V4);
+        let hosts = 3 * PROBE_DISCOVERY_REPLY_BUDGET;
+        assert_eq!(
+            rig.try_run_on(IFINDEX, &answers, hosts).unwrap(),
+            Verdict::Drop
+        );
+        let queued = rig.queued();
+        assert_eq!(queued.len() as u32, PROBE_DISCOVERY_REPLY_BUDGET);
+        assert!(
+            queued
+                .iter()
+                .all(|r| r.kind() == Some(ProbeKind::Discovery))
+        );
+        let over = u64::from(hosts - PROBE_DISCOVERY_REPLY_BUDGET);
+        assert_eq!(rig.datapath.maps.replies_over_budget(SLOT).unwrap(), over);
+        // The target probes' replies of that window all reach mpathd: the whole budget.
+        let reply = Reply::new(IFINDEX, KEY, 10).v4(TARGET_V4, TEST_V4);
+        assert_eq!(
+            rig.try_run_on(IFINDEX, &reply, PROBE_REPLY_BUDGET).unwrap(),
+            Verdict::Drop
+        );
+        let queued = rig.queued();
+        assert_eq!(queued.len() as u32, PROBE_REPLY_BUDGET);
+        assert!(queued.iter().all(|r| r.kind() == Some(ProbeKind::Target)));
+        assert_eq!(rig.datapath.maps.replies_over_budget(SLOT).unwrap(), over);
+    }
+}
+
+#[test]
 fn rejects_every_bad_kind_by_reason() {
     for matcher in MATCHERS {
         let mut rig = Rig::new(matcher);
@@ -124,6 +157,30 @@ fn rejects_every_bad_kind_by_reason() {
             &mut rig,
             &moved.v6(TARGET_V6, TEST_V6),
             RejectReason::BadTag,
+        );
+
+        // ...nor pass a host's answer to a discovery echo off as the target's reply, or
+        // the other way round, to draw from the other budget.
+        let mut promoted = Reply::of_kind(IFINDEX, KEY, 9, ProbeKind::Discovery);
+        promoted.payload.kind = ProbeKind::Target as u32;
+        assert_rejected(
+            &mut rig,
+            &promoted.v4(TARGET_V4, TEST_V4),
+            RejectReason::BadTag,
+        );
+        let mut demoted = good();
+        demoted.payload.kind = ProbeKind::Discovery as u32;
+        assert_rejected(
+            &mut rig,
+            &demoted.v4(TARGET_V4, TEST_V4),
+            RejectReason::BadTag,
+        );
+        let mut unknown = good();
+        unknown.payload.kind = 2;
+        assert_rejected(
+            &mut rig,
+            &unknown.v4(TARGET_V4, TEST_V4),
+            RejectReason::Malformed,
         );
 
         let wrong_nic = Reply::new(IFINDEX + 5, KEY, 9).v4(TARGET_V4, TEST_V4);

@@ -14,7 +14,8 @@ use std::{
 
 use aya::programs::ProgramError;
 use mpath_common::{
-    PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbePayload, ProbeReply, RejectReason, probe_tag,
+    PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbeKind, ProbePayload, ProbeReply, RejectReason,
+    probe_tag,
 };
 use mpath_ctl::datapath::ProbeRx;
 use mpath_tests::{
@@ -463,9 +464,11 @@ fn probe_echo(
         u32_at(offset_of!(ProbePayload, magic)) == PROBE_MAGIC,
         "wrong magic",
     )?;
+    let kind =
+        ProbeKind::from_u32(u32_at(offset_of!(ProbePayload, kind))).ok_or("not a kind of probe")?;
     rule(
         u64_at(offset_of!(ProbePayload, tag))
-            == probe_tag(KEY, u32_at(offset_of!(ProbePayload, ifindex)), seq),
+            == probe_tag(KEY, u32_at(offset_of!(ProbePayload, ifindex)), seq, kind),
         "wrong tag",
     )?;
     rule(
@@ -480,7 +483,7 @@ fn probe_echo(
         ifindex: IFINDEX,
         seq,
         family,
-        _pad: 0,
+        kind: kind as u32,
         target,
         sent_ns: u64_at(offset_of!(ProbePayload, sent_ns)),
         wire_ns: u64_at(offset_of!(ProbePayload, wire_ns)),
@@ -652,7 +655,7 @@ fn rewrite_field(rng: &mut Rng, frame: &mut Vec<u8>, log: &mut Vec<String>) {
         ETH_HLEN + usize::from(frame.get(ETH_HLEN).map_or(5, |b| b & 0x0f)) * 4
     };
     let payload_at = |field: usize| icmp_at + 8 + field;
-    let (what, at, bytes): (&str, usize, Vec<u8>) = match rng.below(16) {
+    let (what, at, bytes): (&str, usize, Vec<u8>) = match rng.below(17) {
         0 => {
             let at = if v6 { ETH_HLEN + 4 } else { ETH_HLEN + 2 };
             let now = frame.get(at..at + 2).map_or(0, be16);
@@ -736,9 +739,22 @@ fn rewrite_field(rng: &mut Rng, frame: &mut Vec<u8>, log: &mut Vec<String>) {
             // probe's of this key.
             let flipped = now ^ (1 << rng.below(64));
             let any = rng.u64();
-            let other_key = probe_tag([KEY[0], KEY[1] ^ 1], IFINDEX, rng.u32());
-            let other_probe = probe_tag(KEY, IFINDEX, rng.u32());
-            let tag = rng.pick(&[flipped, now.swap_bytes(), any, other_key, other_probe]);
+            let other_key = probe_tag([KEY[0], KEY[1] ^ 1], IFINDEX, rng.u32(), ProbeKind::Target);
+            let other_probe = probe_tag(KEY, IFINDEX, rng.u32(), ProbeKind::Target);
+            let seq_at = payload_at(offset_of!(ProbePayload, seq));
+            let seq = frame
+                .get(seq_at..seq_at + 4)
+                .map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()));
+            // This probe's tag had it been a discovery echo.
+            let other_kind = probe_tag(KEY, IFINDEX, seq, ProbeKind::Discovery);
+            let tag = rng.pick(&[
+                flipped,
+                now.swap_bytes(),
+                any,
+                other_key,
+                other_probe,
+                other_kind,
+            ]);
             ("tag", at, tag.to_ne_bytes().to_vec())
         }
         9 => {
@@ -757,7 +773,8 @@ fn rewrite_field(rng: &mut Rng, frame: &mut Vec<u8>, log: &mut Vec<String>) {
                 // Another NIC's genuine probe, tag and all.
                 let seq_at = payload_at(offset_of!(ProbePayload, seq));
                 if let Some(seq) = frame.get(seq_at..seq_at + 4) {
-                    let tag = probe_tag(KEY, ifindex, u32::from_ne_bytes(seq.try_into().unwrap()));
+                    let seq = u32::from_ne_bytes(seq.try_into().unwrap());
+                    let tag = probe_tag(KEY, ifindex, seq, ProbeKind::Target);
                     write(
                         frame,
                         payload_at(offset_of!(ProbePayload, tag)),
@@ -815,6 +832,25 @@ fn rewrite_field(rng: &mut Rng, frame: &mut Vec<u8>, log: &mut Vec<String>) {
                 (ETH_HLEN + 12, 4)
             };
             ("source", at, rng.bytes(len))
+        }
+        15 => {
+            let at = payload_at(offset_of!(ProbePayload, kind));
+            let any = rng.u32();
+            let kind = rng.pick(&[0, 1, 2, any]);
+            if kind == 1 && rng.chance(1, 2) {
+                // This probe made a genuine discovery echo, tag and all.
+                let seq_at = payload_at(offset_of!(ProbePayload, seq));
+                if let Some(seq) = frame.get(seq_at..seq_at + 4) {
+                    let seq = u32::from_ne_bytes(seq.try_into().unwrap());
+                    let tag = probe_tag(KEY, IFINDEX, seq, ProbeKind::Discovery);
+                    write(
+                        frame,
+                        payload_at(offset_of!(ProbePayload, tag)),
+                        &tag.to_ne_bytes(),
+                    );
+                }
+            }
+            ("kind", at, kind.to_ne_bytes().to_vec())
         }
         14 => {
             let any = rng.u16();

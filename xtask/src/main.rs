@@ -101,6 +101,10 @@ enum Benchmark {
     /// --idle-seconds S`); with `--guest`, in the virtio guest, the traffic gap with the
     /// carrier hook, the poll and the link events alone (`--rounds N`).
     Carrier,
+    /// Probing at FDT 100 ms while spinning threads keep every CPU busy and h0 is dropped
+    /// silently over and over: false failures of the healthy NICs (`--minutes M`, 10 by
+    /// default).
+    Busy,
     /// mpathd with many routes in `main`, through the group and through a NIC outside it:
     /// start time, time and CPU to serve new routes, idle and under churn, RSS, failover gap
     /// at each size (`--sizes 0,10000,100000,1000000 --rounds N --reps N --churn-seconds S
@@ -192,6 +196,10 @@ fn run() -> anyhow::Result<()> {
                 Benchmark::Carrier => {
                     build_daemon()?;
                     "carrier"
+                }
+                Benchmark::Busy => {
+                    build_daemon()?;
+                    "busy"
                 }
                 Benchmark::Routes => {
                     build_daemon()?;

@@ -499,7 +499,7 @@ impl Prober {
             self.totals.sent += 1;
             ProbeRequest { seq, target }
         });
-        let discover = self.targets.take_discovery_request();
+        let discover = self.targets.take_discovery_request(now);
         Transmit { probe, discover }
     }
 
@@ -1602,7 +1602,8 @@ mod tests {
         harness
             .prober
             .add_discovered(&[ip("192.0.2.60")], &[], Instant::now());
-        let at = harness.prober.next_probe_at();
+        // One host: asked again, though not with every probe.
+        let at = harness.prober.next_probe_at() + Duration::from_secs(1);
         let transmit = harness.prober.send(at, &mut harness.rng, &harness.fdt);
         assert!(transmit.discover);
         assert_eq!(transmit.probe.map(|p| p.target), Some(ip("192.0.2.60")));

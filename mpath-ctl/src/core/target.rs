@@ -38,6 +38,10 @@ pub(crate) const MIN_PROBE_TARGETS: usize = 3;
 /// How long a router set aside stays at each recovery step (dead, then slow) before it is
 /// probed again, so a flapping router does not keep costing probes.
 const RECOVERY_STEP: Duration = Duration::from_secs(60);
+/// A family that has one host to probe keeps looking for more with the all-hosts echo, but
+/// no more often than this: at the shortest FDT a probe leaves every 14 ms, and every host
+/// on the link answers each echo. With no host at all it asks with every probe.
+const STANDING_DISCOVERY_PERIOD: Duration = Duration::from_secs(1);
 
 /// The address family one prober works in; shown as ipmpstat shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -275,6 +279,8 @@ pub(crate) struct TargetSet {
     /// other targets answered, so a target that lost that many alone is to blame.
     nic_consecutive_losses: u32,
     discovery_requested: bool,
+    /// When the last discovery echo was asked for.
+    last_discovery: Option<Instant>,
     /// Every target of the group went silent at once while configured targets or routers
     /// were probed: hosts that answer the all-hosts echo stand in for them until one of
     /// them answers again ("in.mpathd will then ping the multicast-to-all address and choose
@@ -300,6 +306,7 @@ impl TargetSet {
             next: 0,
             nic_consecutive_losses: 0,
             discovery_requested: false,
+            last_discovery: None,
             stand_ins_wanted: false,
         })
     }
@@ -510,15 +517,31 @@ impl TargetSet {
         None
     }
 
-    /// Whether the daemon should send a discovery echo with this probe: only when the list
-    /// is made of discovered hosts and holds at most one (no resilience), or a host was just
-    /// dropped.
-    pub(crate) fn take_discovery_request(&mut self) -> bool {
-        let wanted = (self.uses_discovery()
-            && (self.active_count() <= 1 || self.discovery_requested))
-            || (self.stand_ins_wanted
-                && (self.count(TargetSource::StandIn) <= 1 || self.discovery_requested));
+    /// Whether the daemon should send a discovery echo with this probe: when the list is
+    /// made of discovered hosts (or stand-ins are wanted) and a host was just dropped, or it
+    /// holds none (every probe), or one, which gives no resilience (once a
+    /// [`STANDING_DISCOVERY_PERIOD`]).
+    pub(crate) fn take_discovery_request(&mut self, now: Instant) -> bool {
+        let hosts = if self.uses_discovery() {
+            Some(self.active_count())
+        } else if self.stand_ins_wanted {
+            Some(self.count(TargetSource::StandIn))
+        } else {
+            None
+        };
+        let due = self
+            .last_discovery
+            .is_none_or(|at| now.saturating_duration_since(at) >= STANDING_DISCOVERY_PERIOD);
+        let wanted = match hosts {
+            Some(0) => true,
+            Some(1) => due || self.discovery_requested,
+            Some(_) => self.discovery_requested,
+            None => false,
+        };
         self.discovery_requested = false;
+        if wanted {
+            self.last_discovery = Some(now);
+        }
         wanted
     }
 
@@ -969,14 +992,31 @@ mod tests {
 
     #[test]
     fn discovery_is_requested_only_while_hosts_give_no_resilience() {
+        let start = Instant::now();
         let mut set = v4_set();
-        assert!(set.take_discovery_request(), "no targets at all");
-        set.add_discovered(&ips(&["192.0.2.60"]), &[], Instant::now());
-        assert!(set.take_discovery_request(), "a single host");
-        set.add_discovered(&ips(&["192.0.2.61"]), &[], Instant::now());
-        assert!(!set.take_discovery_request());
+        assert!(set.take_discovery_request(start), "no targets at all");
+        assert!(
+            set.take_discovery_request(start),
+            "with every probe while none answered"
+        );
+        set.add_discovered(&ips(&["192.0.2.60"]), &[], start);
+        assert!(
+            !set.take_discovery_request(start),
+            "a single host, asked just now"
+        );
+        let later = start + STANDING_DISCOVERY_PERIOD;
+        assert!(
+            set.take_discovery_request(later),
+            "a single host, once a period"
+        );
+        assert!(!set.take_discovery_request(later + Duration::from_millis(14)));
+        set.add_discovered(&ips(&["192.0.2.61"]), &[], start);
+        assert!(!set.take_discovery_request(later + STANDING_DISCOVERY_PERIOD));
         set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[], &[]);
-        assert!(!set.take_discovery_request(), "never with routers");
+        assert!(
+            !set.take_discovery_request(later + 2 * STANDING_DISCOVERY_PERIOD),
+            "never with routers"
+        );
     }
 
     #[test]
@@ -987,8 +1027,8 @@ mod tests {
             &[],
             Instant::now(),
         );
-        let _: bool = set.take_discovery_request();
         let now = Instant::now();
+        let _: bool = set.take_discovery_request(now);
         for round in 1..NUM_PROBE_FAILS {
             assert_eq!(set.record_loss(ip("192.0.2.60"), now), None, "loss {round}");
             set.record_answer(ip("192.0.2.61"));
@@ -1002,7 +1042,10 @@ mod tests {
             })
         );
         assert_eq!(active(&set), ips(&["192.0.2.61", "192.0.2.62"]));
-        assert!(set.take_discovery_request(), "a replacement is looked for");
+        assert!(
+            set.take_discovery_request(now),
+            "a replacement is looked for"
+        );
     }
 
     #[test]
@@ -1121,11 +1164,12 @@ mod tests {
     #[test]
     fn all_silent_forgets_discovered_hosts_but_not_routers() {
         let mut set = v4_set();
-        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61"]), &[], Instant::now());
-        let _: bool = set.take_discovery_request();
+        let now = Instant::now();
+        set.add_discovered(&ips(&["192.0.2.60", "192.0.2.61"]), &[], now);
+        let _: bool = set.take_discovery_request(now);
         set.all_silent();
         assert!(set.is_empty());
-        assert!(set.take_discovery_request());
+        assert!(set.take_discovery_request(now));
 
         set.update_routes(&[route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)], &[], &[]);
         set.all_silent();
@@ -1139,11 +1183,11 @@ mod tests {
         let routes = [route("0.0.0.0", 0, Some("192.0.2.1"), IFINDEX)];
         set.update_routes(&routes, &[], &[]);
         // Routers known: no discovery, and no host is taken.
-        assert!(!set.take_discovery_request());
+        assert!(!set.take_discovery_request(start));
         assert_eq!(set.add_discovered(&ips(&["192.0.2.60"]), &[], start), 0);
 
         set.all_silent();
-        assert!(set.take_discovery_request());
+        assert!(set.take_discovery_request(start));
         assert_eq!(
             active(&set),
             ips(&["192.0.2.1"]),
@@ -1154,11 +1198,11 @@ mod tests {
         assert_eq!(active(&set), ips(&["192.0.2.60"]));
         assert_eq!(state_of(&set, "192.0.2.1"), Some(TargetState::Dead));
         assert!(
-            set.take_discovery_request(),
+            set.take_discovery_request(start + STANDING_DISCOVERY_PERIOD),
             "one stand-in gives no resilience"
         );
         set.add_discovered(&ips(&["192.0.2.61"]), &[], start);
-        assert!(!set.take_discovery_request());
+        assert!(!set.take_discovery_request(start + 2 * STANDING_DISCOVERY_PERIOD));
         assert_eq!(
             rotation(&mut set, start, 4),
             ips(&["192.0.2.60", "192.0.2.61", "192.0.2.60", "192.0.2.61"])
@@ -1184,7 +1228,7 @@ mod tests {
         set.record_answer(ip("192.0.2.1"));
         assert!(!set.standing_in());
         assert_eq!(active(&set), ips(&["192.0.2.1"]));
-        assert!(!set.take_discovery_request());
+        assert!(!set.take_discovery_request(later));
     }
 
     #[test]
@@ -1233,7 +1277,7 @@ mod tests {
             "{event:?}"
         );
         assert!(!set.contains(ip("192.0.2.60")));
-        assert!(set.take_discovery_request());
+        assert!(set.take_discovery_request(now));
     }
 
     #[test]

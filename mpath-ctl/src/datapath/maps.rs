@@ -427,8 +427,9 @@ impl Maps {
         Ok(NicCounters::sum(per_cpu.iter()))
     }
 
-    /// Matched replies of a NIC dropped over its reply budget (see
-    /// [`mpath_common::PROBE_REPLY_BUDGET`]), summed over CPUs.
+    /// Matched replies of a NIC dropped over its reply budgets (see
+    /// [`mpath_common::PROBE_REPLY_BUDGET`] and
+    /// [`mpath_common::PROBE_DISCOVERY_REPLY_BUDGET`]), summed over CPUs.
     pub fn replies_over_budget(&self, slot: u32) -> Result<u64, MapsError> {
         let per_cpu = self
             .reply_budgets

@@ -13,8 +13,8 @@ use std::num::NonZeroU32;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use mpath_common::{
-    PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbePayload, checksum::internet_checksum,
-    probe_tag,
+    PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, ProbeKind, ProbePayload,
+    checksum::internet_checksum, probe_tag,
 };
 use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
 
@@ -94,7 +94,8 @@ impl ProbeSocket {
     }
 
     /// Sends probe `seq` to `target`, a probe target or the all-nodes group (224.0.0.1,
-    /// ff02::1) for target discovery. Never blocks: a full transmit queue fails with
+    /// ff02::1) for target discovery: a probe to a multicast group is a discovery echo, whose
+    /// replies draw from the datapath's discovery budget ([`ProbeKind`]). Never blocks: a full transmit queue fails with
     /// `WouldBlock`, and any error means the probe did not leave, so the caller counts it
     /// as lost. `probe_key` tags the probe ([`probe_tag`]); `sent_ns` is the
     /// [`monotonic_ns`] time the caller records for this probe.
@@ -105,7 +106,12 @@ impl ProbeSocket {
         probe_key: [u64; 2],
         sent_ns: u64,
     ) -> io::Result<()> {
-        let message = echo_request(self.source, self.ifindex, seq, probe_key, sent_ns);
+        let kind = if target.is_multicast() {
+            ProbeKind::Discovery
+        } else {
+            ProbeKind::Target
+        };
+        let message = echo_request(self.source, self.ifindex, seq, kind, probe_key, sent_ns);
         let destination = match (self.source, target) {
             (IpAddr::V4(_), IpAddr::V4(_)) => SocketAddr::new(target, 0),
             // The scope id only matters for link-scoped targets, which are the usual ones.
@@ -237,6 +243,7 @@ fn echo_request(
     source: IpAddr,
     ifindex: u32,
     seq: u32,
+    kind: ProbeKind,
     probe_key: [u64; 2],
     sent_ns: u64,
 ) -> [u8; PROBE_ICMP_LEN] {
@@ -244,8 +251,8 @@ fn echo_request(
         magic: PROBE_MAGIC,
         ifindex,
         seq,
-        _pad: 0,
-        tag: probe_tag(probe_key, ifindex, seq),
+        kind: kind as u32,
+        tag: probe_tag(probe_key, ifindex, seq, kind),
         sent_ns,
         wire_ns: 0,
     };
@@ -260,7 +267,7 @@ fn echo_request(
         &payload.magic.to_ne_bytes(),
         &payload.ifindex.to_ne_bytes(),
         &payload.seq.to_ne_bytes(),
-        &payload._pad.to_ne_bytes(),
+        &payload.kind.to_ne_bytes(),
         &payload.tag.to_ne_bytes(),
         &payload.sent_ns.to_ne_bytes(),
         &payload.wire_ns.to_ne_bytes(),
@@ -304,7 +311,7 @@ mod tests {
     #[test]
     fn v4_echo_request_carries_id_low_seq_bits_and_the_payload_in_memory_layout() {
         let key = [0xdead_beef_0bad_f00d, 3];
-        let message = echo_request(TEST_V4, 7, 0x0001_0203, key, 42);
+        let message = echo_request(TEST_V4, 7, 0x0001_0203, ProbeKind::Target, key, 42);
         assert_eq!(&message[..2], &[8, 0]);
         assert_eq!(&message[4..6], &PROBE_ICMP_ID.to_be_bytes());
         assert_eq!(&message[6..8], &[0x02, 0x03]);
@@ -314,8 +321,8 @@ mod tests {
                 magic: PROBE_MAGIC,
                 ifindex: 7,
                 seq: 0x0001_0203,
-                _pad: 0,
-                tag: probe_tag(key, 7, 0x0001_0203),
+                kind: 0,
+                tag: probe_tag(key, 7, 0x0001_0203, ProbeKind::Target),
                 sent_ns: 42,
                 wire_ns: 0,
             }
@@ -324,7 +331,7 @@ mod tests {
 
     #[test]
     fn v4_echo_request_checksum_verifies() {
-        let message = echo_request(TEST_V4, 3, 99, [1, 5], 2);
+        let message = echo_request(TEST_V4, 3, 99, ProbeKind::Discovery, [1, 5], 2);
         assert_ne!(&message[2..4], &[0, 0]);
         // Summing a message that includes its own checksum gives all ones (RFC 1071).
         assert_eq!(internet_checksum(0, &message), 0);
@@ -332,7 +339,7 @@ mod tests {
 
     #[test]
     fn v6_echo_request_leaves_the_checksum_to_the_kernel() {
-        let message = echo_request(TEST_V6, 3, 99, [1, 5], 2);
+        let message = echo_request(TEST_V6, 3, 99, ProbeKind::Target, [1, 5], 2);
         assert_eq!(&message[..4], &[128, 0, 0, 0]);
         assert_eq!(payload_of(&message).seq, 99);
     }

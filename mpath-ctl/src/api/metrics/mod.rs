@@ -577,7 +577,8 @@ impl DatapathMetrics {
             probe_replies_over_budget: d.counter(
                 "mpath_datapath_probe_replies_over_budget_total",
                 "Matched probe replies dropped because the NIC had used its reply budget (a \
-                 flood of replies on this NIC, such as replayed ones).",
+                 flood of replies on this NIC, such as replayed ones) or its budget of answers \
+                 to discovery echoes (more hosts on the link than mpathd needs).",
                 NIC,
             )?,
             probe_replies_rejected: d.counter(
