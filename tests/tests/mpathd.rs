@@ -792,7 +792,7 @@ fn probes_stream_and_the_socket_refuses_other_users() {
     assert!(!nobody.status.success());
     let stderr = String::from_utf8_lossy(&nobody.stderr);
     assert!(
-        stderr.contains("only root may take NICs offline or online (you are uid 65534)"),
+        stderr.contains("only root may take NICs offline or online or reload mpathd (you are uid 65534)"),
         "{stderr}"
     );
     assert_eq!(state_of(&daemon.status(), "h0"), "ok", "nothing happened");
@@ -852,11 +852,17 @@ fn members_of_group_mpath_may_use_the_views_and_only_root_the_commands() {
     assert_eq!(
         String::from_utf8_lossy(&offline.stderr).trim(),
         format!(
-            "mpathctl: only root may take NICs offline or online (you are uid {member}); \
-             members of group mpath may use the views"
+            "mpathctl: only root may take NICs offline or online or reload mpathd (you are \
+             uid {member}); members of group mpath may use the views"
         )
     );
     assert_eq!(state_of(&daemon.status(), "h0"), "ok", "nothing happened");
+    let reload = as_user(member, &[MPATH_GID], &daemon, &["reload"]);
+    assert_eq!(reload.status.code(), Some(1), "{reload:?}");
+    assert!(
+        String::from_utf8_lossy(&reload.stderr).contains("only root may"),
+        "{reload:?}"
+    );
     let outsider = as_user(64_125, &[], &daemon, &["groups"]);
     assert_eq!(outsider.status.code(), Some(1), "{outsider:?}");
     assert!(String::from_utf8_lossy(&outsider.stderr).contains("no permission to connect"));

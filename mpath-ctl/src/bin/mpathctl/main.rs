@@ -83,6 +83,10 @@ enum Cmd {
     Offline { interface: String },
     /// Bring an offlined interface back (if_mpadm -r).
     Online { interface: String },
+    /// Make mpathd read its configuration again and wait for the result: fails (exit 1,
+    /// with the reasons) when mpathd refused the file and kept the running configuration.
+    /// The unit's ExecReload=, so that `systemctl reload mpathd` fails too.
+    Reload,
     /// Dump the pinned BPF maps (works without mpathd running).
     Maps,
     /// Print a shell completion script.
@@ -132,6 +136,14 @@ fn main() -> ExitCode {
 /// it has not loaded), else the defaults. A configuration that cannot be read does not stop
 /// the views: mpathctl says so and carries on.
 fn paths(cli: &Cli) -> (PathBuf, PathBuf) {
+    // A reload goes to the running mpathd, whose socket the file it is about to read may
+    // have changed (that takes effect at the next start).
+    if matches!(cli.command, Cmd::Reload)
+        && cli.socket.is_none()
+        && let Some(hint) = control::Hint::read(Path::new(control::HINT_PATH))
+    {
+        return (hint.socket, hint.bpf_pin_dir);
+    }
     let needs_config = cli.socket.is_none() || matches!(cli.command, Cmd::Maps);
     let (socket, pin_dir) = if !needs_config {
         let defaults = config::DaemonConfig::default();
@@ -191,6 +203,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 interface: interface.clone(),
             },
         ),
+        Cmd::Reload => command(&socket, Request::Reload {}),
         Cmd::Maps => show_maps(cli, &pin_dir),
         Cmd::WriteMan { dir } => manpages::write(Cli::command(), MAN_EXTRA, dir)
             .with_context(|| format!("writing the manual pages into {}", dir.display())),
