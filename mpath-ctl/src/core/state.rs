@@ -2655,7 +2655,11 @@ mod tests {
         let confirmed = state_hash(&sim.group);
         assert_ne!(confirmed, unconfirmed, "h0's targets made it ok");
         sim.round(&[("h0", ANSWERED)]);
-        assert_eq!(state_hash(&sim.group), confirmed, "an answered probe changes nothing");
+        assert_eq!(
+            state_hash(&sim.group),
+            confirmed,
+            "an answered probe changes nothing"
+        );
         sim.link("h1", false);
         assert_ne!(state_hash(&sim.group), confirmed, "h1 failed");
     }

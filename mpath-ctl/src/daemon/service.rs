@@ -123,9 +123,8 @@ pub(super) fn summary(status: &Status) -> String {
         .map(|g| format!("{} {}", g.group, g.state))
         .collect();
     let grouped = status.interfaces.iter().filter(|i| !i.group.is_empty());
-    let (working, not_ok): (Vec<_>, Vec<_>) = grouped.partition(|i| {
-        matches!(i.state, InterfaceStatus::Ok | InterfaceStatus::Unknown)
-    });
+    let (working, not_ok): (Vec<_>, Vec<_>) =
+        grouped.partition(|i| matches!(i.state, InterfaceStatus::Ok | InterfaceStatus::Unknown));
     let unconfirmed = working
         .iter()
         .filter(|i| i.state == InterfaceStatus::Unknown)

@@ -136,14 +136,6 @@ fn main() -> ExitCode {
 /// it has not loaded), else the defaults. A configuration that cannot be read does not stop
 /// the views: mpathctl says so and carries on.
 fn paths(cli: &Cli) -> (PathBuf, PathBuf) {
-    // A reload goes to the running mpathd, whose socket the file it is about to read may
-    // have changed (that takes effect at the next start).
-    if matches!(cli.command, Cmd::Reload)
-        && cli.socket.is_none()
-        && let Some(hint) = control::Hint::read(Path::new(control::HINT_PATH))
-    {
-        return (hint.socket, hint.bpf_pin_dir);
-    }
     let needs_config = cli.socket.is_none() || matches!(cli.command, Cmd::Maps);
     let (socket, pin_dir) = if !needs_config {
         let defaults = config::DaemonConfig::default();
