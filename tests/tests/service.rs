@@ -70,8 +70,12 @@ struct NotifySocket {
 }
 
 impl NotifySocket {
+    /// One per test: the tests of this binary run in parallel in one process.
     fn new() -> NotifySocket {
-        let path = std::env::temp_dir().join(format!("mpathd-notify-{}", std::process::id()));
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let serial = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("mpathd-notify-{}-{serial}", std::process::id()));
         let _: Result<_, _> = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path).unwrap();
         socket

@@ -242,7 +242,7 @@ impl Daemon<LiveHost> {
         let mut service = Notifier::from_env();
         service.ready(self.hash_states(), &self.status());
         loop {
-            service.turn(Instant::now(), self.hash_states(), || self.status());
+            service.turn(Instant::now(), || self.hash_states(), || self.status());
             let wake = self.next_wakeup();
             tokio::select! {
                 event = self.host.monitor.next() => {

@@ -40,9 +40,14 @@ impl Notifier {
     }
 
     /// One turn of the event loop: feeds the watchdog when due and reports a changed status
-    /// at once. `states` hashes the groups' and NICs' states (cheap); `status`, which builds
-    /// every view, is only called when that hash changed.
-    pub(super) fn turn(&mut self, now: Instant, states: u64, status: impl FnOnce() -> Status) {
+    /// at once. `states` hashes the groups' and NICs' states (cheap; not called outside
+    /// systemd); `status`, which builds every view, is only called when that hash changed.
+    pub(super) fn turn(
+        &mut self,
+        now: Instant,
+        states: impl FnOnce() -> u64,
+        status: impl FnOnce() -> Status,
+    ) {
         if !self.enabled {
             return;
         }
@@ -50,7 +55,7 @@ impl Notifier {
             self.last_watchdog = now;
             self.send(&[NotifyState::Watchdog]);
         }
-        if self.status.update(states, status) {
+        if self.status.update(states(), status) {
             self.send(&[NotifyState::Status(&self.status.line)]);
         }
     }
@@ -249,9 +254,9 @@ mod tests {
             last_watchdog: start,
             status: StatusLine::default(),
         };
-        n.turn(start + Duration::from_secs(4), 0, Status::default);
+        n.turn(start + Duration::from_secs(4), || 0, Status::default);
         assert_eq!(n.last_watchdog, start);
-        n.turn(start + Duration::from_secs(5), 0, Status::default);
+        n.turn(start + Duration::from_secs(5), || 0, Status::default);
         assert_eq!(n.last_watchdog, start + Duration::from_secs(5));
     }
 
