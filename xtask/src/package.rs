@@ -35,7 +35,7 @@ const FILES: &[&str] = &[
     "usr/share/fish/vendor_completions.d/mpathctl.fish",
     "usr/share/doc/mpath/README.md",
     "usr/share/doc/mpath/copyright",
-    "usr/share/doc/mpath/changelog.Debian.gz",
+    "usr/share/doc/mpath/changelog.gz",
     "usr/share/doc/mpath/examples/mpathd.toml",
     "usr/share/doc/mpath/examples/mpath-alerts.yml",
     "usr/share/doc/mpath/examples/networkd/50-mpath.network",
@@ -77,7 +77,7 @@ pub(crate) fn run() -> anyhow::Result<PathBuf> {
 }
 
 /// The files the package gets from the built binaries: manual pages (gzipped, as Debian
-/// installs them) and mpathctl's completions.
+/// installs them) and mpathctl's completions; and the changelog, gzipped.
 fn write_assets(release: &Path) -> anyhow::Result<()> {
     let assets = release.join("deb-assets");
     let _: Result<_, _> = fs::remove_dir_all(&assets);
@@ -105,6 +105,9 @@ fn write_assets(release: &Path) -> anyhow::Result<()> {
         workspace().join("dist/mpathd.toml.5"),
         man5.join("mpathd.toml.5"),
     )?;
+    let changelog = assets.join("changelog");
+    fs::copy(workspace().join("dist/debian/changelog"), &changelog)?;
+    exec(Command::new("gzip").args(["-9n"]).arg(&changelog))?;
     for dir in [&man8, &man5] {
         for page in fs::read_dir(dir)? {
             exec(Command::new("gzip").args(["-9n"]).arg(page?.path()))?;
@@ -339,6 +342,17 @@ mod tests {
         assert_eq!(
             script_problems("systemd-sysusers mpath.conf", "", "").len(),
             6
+        );
+    }
+
+    /// The package's version is the crate's (no revision), and its changelog must say so.
+    #[test]
+    fn the_changelog_s_latest_entry_is_this_version() {
+        let changelog = fs::read_to_string(workspace().join("dist/debian/changelog")).unwrap();
+        let first = changelog.lines().next().unwrap();
+        assert!(
+            first.starts_with(&format!("mpath ({}) ", env!("CARGO_PKG_VERSION"))),
+            "{first}"
         );
     }
 
