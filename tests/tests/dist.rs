@@ -37,14 +37,17 @@ fn the_unit_is_hardened_to_an_exposure_of_at_most_3() {
     assert!(score <= 3.0, "exposure {score}");
 }
 
-/// What mpathd's systemd support relies on (see mpath_ctl::daemon::service).
+/// What mpathd's systemd support relies on (see mpath_ctl::daemon::service), and the
+/// paths the package installs the binaries at.
 #[test]
-fn the_unit_waits_for_readiness_feeds_a_watchdog_and_reloads_with_sighup() {
+fn the_unit_waits_for_readiness_feeds_a_watchdog_and_reloads_through_mpathctl() {
     let unit = std::fs::read_to_string(dist_path("mpathd.service")).unwrap();
     for line in [
         "Type=notify",
         "WatchdogSec=10s",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ExecStart=/usr/sbin/mpathd --config /etc/mpath/mpathd.toml",
+        "ExecReload=/usr/bin/mpathctl reload",
+        "ConditionPathExists=/etc/mpath/mpathd.toml",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK AF_PACKET",
         "ProtectSystem=strict",
     ] {

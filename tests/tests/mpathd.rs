@@ -600,6 +600,27 @@ fn sighup_applies_the_difference_and_refuses_a_bad_file() {
     );
     let after = daemon.status();
     assert_eq!((after.groups, after.addresses), before);
+
+    // `mpathctl reload` (the unit's ExecReload=) waits for the result: exit 1 with the
+    // reason for the same file, exit 0 once it is fixed.
+    let socket = daemon.socket.display().to_string();
+    let refused = daemon.ctl(lab.host(), &["--socket", &socket, "reload"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("reload refused, the running configuration stays")
+            && stderr.contains("failure detection time 5 ms is below the minimum"),
+        "{stderr}"
+    );
+    let after = daemon.status();
+    assert_eq!((after.groups, after.addresses), before);
+    daemon.reload(changed);
+    let unchanged = daemon.ctl(lab.host(), &["--socket", &socket, "reload"]);
+    assert!(unchanged.status.success(), "{unchanged:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&unchanged.stdout).trim(),
+        "the configuration is unchanged"
+    );
 }
 
 #[test]
@@ -792,7 +813,9 @@ fn probes_stream_and_the_socket_refuses_other_users() {
     assert!(!nobody.status.success());
     let stderr = String::from_utf8_lossy(&nobody.stderr);
     assert!(
-        stderr.contains("only root may take NICs offline or online (you are uid 65534)"),
+        stderr.contains(
+            "only root may take NICs offline or online or reload mpathd (you are uid 65534)"
+        ),
         "{stderr}"
     );
     assert_eq!(state_of(&daemon.status(), "h0"), "ok", "nothing happened");
@@ -852,11 +875,17 @@ fn members_of_group_mpath_may_use_the_views_and_only_root_the_commands() {
     assert_eq!(
         String::from_utf8_lossy(&offline.stderr).trim(),
         format!(
-            "mpathctl: only root may take NICs offline or online (you are uid {member}); \
-             members of group mpath may use the views"
+            "mpathctl: only root may take NICs offline or online or reload mpathd (you are \
+             uid {member}); members of group mpath may use the views"
         )
     );
     assert_eq!(state_of(&daemon.status(), "h0"), "ok", "nothing happened");
+    let reload = as_user(member, &[MPATH_GID], &daemon, &["reload"]);
+    assert_eq!(reload.status.code(), Some(1), "{reload:?}");
+    assert!(
+        String::from_utf8_lossy(&reload.stderr).contains("only root may"),
+        "{reload:?}"
+    );
     let outsider = as_user(64_125, &[], &daemon, &["groups"]);
     assert_eq!(outsider.status.code(), Some(1), "{outsider:?}");
     assert!(String::from_utf8_lossy(&outsider.stderr).contains("no permission to connect"));

@@ -273,7 +273,7 @@ pub(crate) fn run_under_systemd(spec: &str) -> anyhow::Result<()> {
         .with_context(|| format!("no test binary {UNDER_SYSTEMD}"))?;
     // Its test is ignored where systemd is not PID 1.
     let plan = vec![(name, path, vec!["--ignored".to_string()])];
-    // About 2 minutes under TCG.
+    // About 2.5 minutes under TCG (three restarts and a watchdog timeout among them).
     let limit = 600;
     let tests = tests_script(
         &guest.root,

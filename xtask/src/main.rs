@@ -21,8 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the build needs when it is missing (the pinned nightly with rust-src and
-    /// clippy, LLVM, bpf-linker).
+    /// Install what is missing of what the build (the pinned nightly with rust-src and
+    /// clippy, LLVM, bpf-linker), the lab tests and the packaging need.
     Setup,
     /// Set up, then run every test of the workspace, the privileged lab tests included, the
     /// kernel-dependent ones again in a qemu guest on Debian 12's kernel (6.1), the failover
@@ -80,8 +80,9 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
-    /// Set up, then build the Debian package (release build, cargo-deb) into target/debian
-    /// and check it by installing it into an empty root.
+    /// Set up the build and cargo-deb and lintian (not the lab), then build the Debian
+    /// package (release build) into target/debian and check it: lintian, and installing,
+    /// upgrading and purging it in an empty root.
     Package,
 }
 
@@ -137,7 +138,7 @@ fn run() -> anyhow::Result<()> {
             virtio_only,
             args,
         } => {
-            setup::run()?;
+            setup::lab()?;
             let selection = if all {
                 guest::Selection::All
             } else {
@@ -163,7 +164,7 @@ fn run() -> anyhow::Result<()> {
             guest::run_under_systemd(spec)
         }
         Cmd::Demo => {
-            setup::run()?;
+            setup::lab()?;
             demo::run()
         }
         Cmd::Bench {
@@ -172,7 +173,7 @@ fn run() -> anyhow::Result<()> {
             kernel,
             args,
         } => {
-            setup::run()?;
+            setup::lab()?;
             if guest {
                 if !matches!(which, Benchmark::Carrier) {
                     bail!("--guest is for the carrier benchmark only");
@@ -209,7 +210,7 @@ fn run() -> anyhow::Result<()> {
             run_bench(name, &args)
         }
         Cmd::Soak { minutes, seed } => {
-            setup::run()?;
+            setup::lab()?;
             build_daemon()?;
             let mut args = vec!["--minutes".to_string(), minutes.to_string()];
             if let Some(seed) = seed {
@@ -218,7 +219,7 @@ fn run() -> anyhow::Result<()> {
             run_bench("soak", &args)
         }
         Cmd::Package => {
-            setup::run()?;
+            setup::packaging()?;
             package::run().map(drop)
         }
     }

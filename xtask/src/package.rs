@@ -1,11 +1,16 @@
 //! `cargo xtask package`: the Debian package, made by cargo-deb from
-//! `[package.metadata.deb]` in mpath-ctl/Cargo.toml, then checked by installing it into an
-//! empty root: its files are there, the binaries are stripped, the unit's `Documentation=`
-//! points to files it installs, its postinst made group mpath there, and its mpathd accepts
-//! the example configuration.
+//! `[package.metadata.deb]` in mpath-ctl/Cargo.toml (maintainer scripts included: its
+//! systemd-units support writes them), checked by lintian (no error or warning passes), then
+//! by installing it into an empty root: its files are there, the binaries are stripped, the
+//! unit's `Documentation=` points to files it installs, its postinst made group mpath and
+//! enabled the unit there, its mpathd accepts the example configuration; installing it again
+//! (an upgrade) keeps the enablement, and purging it removes the files and the enablement.
+//! What needs a running systemd (daemon-reload, the restart on upgrade, the stop before
+//! removal) is checked in the scripts' text: the empty root has no systemd.
 
 use std::{
     fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -17,8 +22,8 @@ use crate::{build_daemon, capture, exec};
 /// What the package must install, relative to the root.
 const FILES: &[&str] = &[
     "usr/sbin/mpathd",
-    "usr/sbin/mpathctl",
-    "lib/systemd/system/mpathd.service",
+    "usr/bin/mpathctl",
+    "usr/lib/systemd/system/mpathd.service",
     "etc/iproute2/rt_protos.d/mpathd.conf",
     "usr/lib/sysusers.d/mpath.conf",
     "usr/share/man/man8/mpathd.8.gz",
@@ -30,8 +35,7 @@ const FILES: &[&str] = &[
     "usr/share/fish/vendor_completions.d/mpathctl.fish",
     "usr/share/doc/mpath/README.md",
     "usr/share/doc/mpath/copyright",
-    "usr/share/doc/mpath/LICENSE-MIT",
-    "usr/share/doc/mpath/LICENSE-APACHE",
+    "usr/share/doc/mpath/changelog.gz",
     "usr/share/doc/mpath/examples/mpathd.toml",
     "usr/share/doc/mpath/examples/mpath-alerts.yml",
     "usr/share/doc/mpath/examples/networkd/50-mpath.network",
@@ -66,13 +70,14 @@ pub(crate) fn run() -> anyhow::Result<PathBuf> {
         deb.is_file(),
         "cargo-deb printed no package path: {printed}"
     );
+    lintian(&deb)?;
     check(&deb, &out.join("root"))?;
     eprintln!("package: {} installs and checks out", deb.display());
     Ok(deb)
 }
 
 /// The files the package gets from the built binaries: manual pages (gzipped, as Debian
-/// installs them) and mpathctl's completions.
+/// installs them) and mpathctl's completions; and the changelog, gzipped.
 fn write_assets(release: &Path) -> anyhow::Result<()> {
     let assets = release.join("deb-assets");
     let _: Result<_, _> = fs::remove_dir_all(&assets);
@@ -100,6 +105,9 @@ fn write_assets(release: &Path) -> anyhow::Result<()> {
         workspace().join("dist/mpathd.toml.5"),
         man5.join("mpathd.toml.5"),
     )?;
+    let changelog = assets.join("changelog");
+    fs::copy(workspace().join("dist/debian/changelog"), &changelog)?;
+    exec(Command::new("gzip").args(["-9n"]).arg(&changelog))?;
     for dir in [&man8, &man5] {
         for page in fs::read_dir(dir)? {
             exec(Command::new("gzip").args(["-9n"]).arg(page?.path()))?;
@@ -116,22 +124,63 @@ fn write_assets(release: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs `deb` into an empty `root` and checks what it installed.
+/// Where the unit's enablement goes (its `WantedBy=`), relative to the root.
+const ENABLEMENT: &str = "etc/systemd/system/multi-user.target.wants/mpathd.service";
+
+/// Fails on any lintian error or warning, printing lintian's report.
+fn lintian(deb: &Path) -> anyhow::Result<()> {
+    let report = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--info"])
+        .arg(deb)
+        .output()
+        .context("lintian (`cargo xtask setup` installs it)")?;
+    let text = String::from_utf8_lossy(&report.stdout);
+    ensure!(
+        report.status.success(),
+        "lintian: {}\n{text}{}",
+        report.status,
+        String::from_utf8_lossy(&report.stderr)
+    );
+    if !text.trim().is_empty() {
+        eprintln!("package: lintian's notes:\n{text}");
+    }
+    Ok(())
+}
+
+/// `dpkg` acting on `root`. --force-depends: the root has no libc package; the binaries run
+/// with the host's. --force-script-chrootless: the root has no shell to run the scripts in;
+/// they run on the host, told the root by DPKG_ROOT (which they honour; see
+/// [`NO_SERVICE_ACTIONS`] for what they would otherwise do to the host's systemd).
+fn dpkg(root: &Path, args: &[&str], deb: Option<&Path>) -> anyhow::Result<()> {
+    exec(
+        Command::new("dpkg")
+            .arg(format!("--root={}", root.display()))
+            .args(["--force-depends", "--force-script-chrootless"])
+            .args(args)
+            .args(deb),
+    )
+}
+
+/// The root's policy-rc.d(8): the maintainer scripts look for a systemd on the host, not in
+/// the root, and deb-systemd-invoke asks the root's policy before starting, restarting or
+/// stopping mpathd there; refused, nothing happens to the host's services.
+const NO_SERVICE_ACTIONS: &str =
+    "#!/bin/sh\n# cargo xtask package: no service actions.\nexit 101\n";
+
+/// Installs `deb` into an empty `root`, checks what it installed, installs it again as an
+/// upgrade, then purges it.
 fn check(deb: &Path, root: &Path) -> anyhow::Result<()> {
     let _: Result<_, _> = fs::remove_dir_all(root);
     let db = root.join("var/lib/dpkg");
     fs::create_dir_all(db.join("info"))?;
     fs::create_dir_all(db.join("updates"))?;
     fs::write(db.join("status"), "")?;
-    // --force-depends: the root has no libc package; the binaries run with the host's.
-    // --force-script-chrootless: the root has no shell to run the postinst in; it runs on
-    // the host, told the root by DPKG_ROOT (which it honours).
-    exec(
-        Command::new("dpkg")
-            .arg(format!("--root={}", root.display()))
-            .args(["--force-depends", "--force-script-chrootless", "--install"])
-            .arg(deb),
-    )?;
+    let policy = root.join("usr/sbin/policy-rc.d");
+    fs::create_dir_all(policy.parent().unwrap())?;
+    fs::write(&policy, NO_SERVICE_ACTIONS)?;
+    fs::set_permissions(&policy, fs::Permissions::from_mode(0o755))?;
+
+    dpkg(root, &["--install"], Some(deb))?;
     let missing: Vec<&&str> = FILES.iter().filter(|f| !root.join(f).exists()).collect();
     ensure!(missing.is_empty(), "not installed: {missing:?}");
     let groups = fs::read_to_string(root.join("etc/group")).unwrap_or_default();
@@ -139,7 +188,18 @@ fn check(deb: &Path, root: &Path) -> anyhow::Result<()> {
         groups.lines().any(|l| l.starts_with("mpath:")),
         "the postinst made no group mpath: {groups:?}"
     );
-    for bin in ["usr/sbin/mpathd", "usr/sbin/mpathctl"] {
+    ensure!(
+        enabled(root),
+        "the postinst did not enable the unit: no {ENABLEMENT}"
+    );
+    let scripts = |name: &str| fs::read_to_string(db.join("info").join(format!("mpath.{name}")));
+    let problems = script_problems(
+        &scripts("postinst")?,
+        &scripts("prerm")?,
+        &scripts("postrm")?,
+    );
+    ensure!(problems.is_empty(), "maintainer scripts: {problems:?}");
+    for bin in ["usr/sbin/mpathd", "usr/bin/mpathctl"] {
         let sections = capture(
             Command::new("readelf")
                 .args(["-S", "-W"])
@@ -147,7 +207,7 @@ fn check(deb: &Path, root: &Path) -> anyhow::Result<()> {
         )?;
         ensure!(!sections.contains(".debug_info"), "{bin} is not stripped");
     }
-    let unit = fs::read_to_string(root.join("lib/systemd/system/mpathd.service"))?;
+    let unit = fs::read_to_string(root.join("usr/lib/systemd/system/mpathd.service"))?;
     for doc in documentation(&unit) {
         ensure!(
             root.join(&doc).exists(),
@@ -165,7 +225,70 @@ fn check(deb: &Path, root: &Path) -> anyhow::Result<()> {
     if !checked.contains("configuration is valid") {
         bail!("{} --check: {checked}", mpathd.display());
     }
+
+    // An upgrade (to the same version: the scripts see the old one in their arguments).
+    dpkg(root, &["--install"], Some(deb))?;
+    ensure!(enabled(root), "the upgrade lost the enablement");
+
+    dpkg(root, &["--purge", "mpath"], None)?;
+    let left: Vec<&&str> = FILES.iter().filter(|f| root.join(f).exists()).collect();
+    ensure!(left.is_empty(), "left after the purge: {left:?}");
+    ensure!(!enabled(root), "the purge left {ENABLEMENT}");
+    let masked = root.join("etc/systemd/system/mpathd.service");
+    ensure!(
+        masked.symlink_metadata().is_err(),
+        "the purge left the unit masked: {}",
+        masked.display()
+    );
     Ok(())
+}
+
+fn enabled(root: &Path) -> bool {
+    root.join(ENABLEMENT).symlink_metadata().is_ok()
+}
+
+/// What the maintainer scripts miss of what needs a running systemd, which the empty root
+/// has not: the postinst reloads systemd, enables the unit, starts it at install and
+/// restarts it at upgrade; the prerm stops it before removal; the postrm purges its
+/// enablement.
+fn script_problems(postinst: &str, prerm: &str, postrm: &str) -> Vec<&'static str> {
+    let wanted: [(&str, &str, &'static str); 6] = [
+        (
+            postinst,
+            "systemctl --system daemon-reload",
+            "the postinst reloads no systemd",
+        ),
+        (
+            postinst,
+            "deb-systemd-helper enable mpathd.service",
+            "the postinst enables no unit",
+        ),
+        (
+            postinst,
+            "_dh_action=restart",
+            "the postinst restarts nothing at upgrade",
+        ),
+        (
+            postinst,
+            "deb-systemd-invoke $_dh_action mpathd.service",
+            "the postinst starts nothing",
+        ),
+        (
+            prerm,
+            "deb-systemd-invoke stop mpathd.service",
+            "the prerm stops nothing",
+        ),
+        (
+            postrm,
+            "deb-systemd-helper purge mpathd.service",
+            "the postrm purges no enablement",
+        ),
+    ];
+    wanted
+        .into_iter()
+        .filter(|(script, line, _)| !script.contains(line))
+        .map(|(_, _, problem)| problem)
+        .collect()
 }
 
 /// The files a unit's `Documentation=` lines name, relative to the root: `man:NAME(S)` as
@@ -202,6 +325,34 @@ mod tests {
                 "usr/share/doc/mpath/README.md",
                 "usr/share/man/man5/mpathd.toml.5.gz"
             ]
+        );
+    }
+
+    #[test]
+    fn scripts_without_the_service_actions_are_told_apart() {
+        let all = script_problems(
+            "systemctl --system daemon-reload\n_dh_action=restart\n\
+             deb-systemd-helper enable mpathd.service\n\
+             deb-systemd-invoke $_dh_action mpathd.service\n",
+            "deb-systemd-invoke stop mpathd.service",
+            "deb-systemd-helper purge mpathd.service",
+        );
+        assert!(all.is_empty(), "{all:?}");
+        // The hand-written postinst this replaced: the group and nothing else.
+        assert_eq!(
+            script_problems("systemd-sysusers mpath.conf", "", "").len(),
+            6
+        );
+    }
+
+    /// The package's version is the crate's (no revision), and its changelog must say so.
+    #[test]
+    fn the_changelog_s_latest_entry_is_this_version() {
+        let changelog = fs::read_to_string(workspace().join("dist/debian/changelog")).unwrap();
+        let first = changelog.lines().next().unwrap();
+        assert!(
+            first.starts_with(&format!("mpath ({}) ", env!("CARGO_PKG_VERSION"))),
+            "{first}"
         );
     }
 

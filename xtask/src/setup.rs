@@ -1,7 +1,9 @@
-//! Installs what building mpath's eBPF programs needs, skipping what is already there:
-//! the pinned nightly toolchain with rust-src (and clippy, for linting the programs for the
-//! BPF target), the Debian LLVM whose major version matches that nightly's, bpf-linker built
-//! against it, the tools the lab tests use, and cargo-deb for `cargo xtask package`.
+//! Installs what mpath's commands need, skipping what is already there, in three parts:
+//! the build's (the pinned nightly toolchain with rust-src and clippy, for linting the
+//! programs for the BPF target, the Debian LLVM whose major version matches that nightly's,
+//! bpf-linker built against it), the lab's (the tools and daemons the tests, the demo and
+//! the benchmarks drive) and the packaging's (cargo-deb, lintian). `cargo xtask package`
+//! sets up the build and the packaging only: a build host gets none of the lab's daemons.
 
 use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, process::Command};
 
@@ -45,20 +47,42 @@ const LAB_PACKAGES: &[&str] = &[
     "ethtool",
 ];
 
+/// Debian packages `cargo xtask package` needs besides the build's: lintian, which the
+/// package must pass, dpkg-dev (dpkg-shlibdeps, for cargo-deb's `$auto` dependencies) and
+/// binutils (readelf, which tells a stripped binary).
+const PACKAGING_PACKAGES: &[&str] = &["lintian", "dpkg-dev", "binutils"];
+
+/// Everything: `cargo xtask setup`.
 pub(crate) fn run() -> anyhow::Result<()> {
+    lab()?;
+    packaging()
+}
+
+/// What the build needs, then the lab's tools and daemons: `test`, `demo`, `bench`, `soak`.
+pub(crate) fn lab() -> anyhow::Result<()> {
+    build()?;
+    ensure_debian_packages(LAB_PACKAGES)
+}
+
+/// What the build needs, then the packaging's tools: `package`.
+pub(crate) fn packaging() -> anyhow::Result<()> {
+    build()?;
+    ensure_debian_packages(PACKAGING_PACKAGES)?;
+    ensure_cargo_deb()
+}
+
+/// The nightly, LLVM and bpf-linker that building the eBPF programs needs.
+fn build() -> anyhow::Result<()> {
     ensure_nightly()?;
     let llvm = nightly_llvm_major()?;
-    let mut packages: Vec<String> = [
+    let packages = [
         format!("llvm-{llvm}-dev"),
         format!("libpolly-{llvm}-dev"),
         "zlib1g-dev".into(),
         "libzstd-dev".into(),
-    ]
-    .into();
-    packages.extend(LAB_PACKAGES.iter().map(|p| p.to_string()));
+    ];
     ensure_debian_packages(&packages)?;
-    ensure_bpf_linker(llvm)?;
-    ensure_cargo_deb()
+    ensure_bpf_linker(llvm)
 }
 
 /// Installs cargo-deb, which `cargo xtask package` builds the Debian package with, unless a
@@ -129,11 +153,14 @@ fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
         .and_then(|m| m.trim().parse().ok())
 }
 
-fn ensure_debian_packages(packages: &[String]) -> anyhow::Result<()> {
-    let missing: Vec<&String> = packages
+/// Installs the packages among `packages` that are missing, without starting their daemons
+/// or leaving them enabled at boot.
+fn ensure_debian_packages(packages: &[impl AsRef<str>]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
+        .map(AsRef::as_ref)
         .filter(|p| {
-            capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", p.as_str()]))
+            capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
                 .map(|s| s != "install ok installed")
                 .unwrap_or(true)
         })
@@ -141,11 +168,7 @@ fn ensure_debian_packages(packages: &[String]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let list = missing
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let list = missing.join(" ");
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root || !Path::new("/usr/bin/apt-get").exists() {
@@ -168,25 +191,59 @@ exit 101
         )?;
         fs::set_permissions(policy, fs::Permissions::from_mode(0o755))?;
     }
+    let enabled_before = enabled_units();
     let installed = exec(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(missing.iter().map(|s| s.as_str()))
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     );
     if own_policy {
         fs::remove_file(policy)?;
     }
     installed?;
-    // Nor at the next boot.
-    if missing.iter().any(|p| *p == "network-manager") {
-        exec(Command::new("systemctl").args([
-            "disable",
-            "NetworkManager.service",
-            "NetworkManager-wait-online.service",
-        ]))?;
+    // Nor at the next boot: what the packages enabled (prometheus.service and frr.service
+    // would listen on the host; Debian's Prometheus on every address) is disabled again.
+    let (before, now) = match (enabled_before, enabled_units()) {
+        (Ok(before), Ok(now)) => (before, now),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("setup: cannot tell what the packages enabled at boot ({e:#}); check it");
+            return Ok(());
+        }
+    };
+    let newly: Vec<&String> = now.iter().filter(|u| !before.contains(u)).collect();
+    if !newly.is_empty() {
+        eprintln!("setup: disabling what the packages enabled at boot: {newly:?}");
+        exec(
+            Command::new("systemctl")
+                .args(["--root=/", "disable"])
+                .args(&newly),
+        )?;
     }
     Ok(())
+}
+
+/// The units enabled at boot, read from the unit files (`--root=/`: no running systemd
+/// needed, as in a container).
+fn enabled_units() -> anyhow::Result<Vec<String>> {
+    let listed = capture(Command::new("systemctl").args([
+        "--root=/",
+        "list-unit-files",
+        "--state=enabled",
+        "--no-legend",
+    ]))?;
+    Ok(enabled_unit_names(&listed))
+}
+
+/// The unit names of `systemctl list-unit-files --no-legend` lines (`NAME STATE PRESET`);
+/// templates (`getty@.service`) are left out: they are enabled through their instances.
+fn enabled_unit_names(listed: &str) -> Vec<String> {
+    listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| !name.contains("@."))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Installs bpf-linker unless one linked against LLVM `llvm` is on the PATH.
@@ -227,6 +284,26 @@ mod tests {
                   host: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
         assert_eq!(parse_llvm_major(vv), Some(22));
         assert_eq!(parse_llvm_major("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn reads_the_enabled_units_and_leaves_templates_out() {
+        let listed = "frr.service               enabled enabled\n\
+                      getty@.service            enabled enabled\n\
+                      prometheus.service        enabled enabled\n\
+                      apt-daily.timer           enabled enabled\n";
+        assert_eq!(
+            enabled_unit_names(listed),
+            ["frr.service", "prometheus.service", "apt-daily.timer"]
+        );
+    }
+
+    /// A build host gets none of the lab's daemons from `cargo xtask package`.
+    #[test]
+    fn packaging_installs_none_of_the_lab_s_packages() {
+        for package in PACKAGING_PACKAGES {
+            assert!(!LAB_PACKAGES.contains(package), "{package}");
+        }
     }
 
     #[test]

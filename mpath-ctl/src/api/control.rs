@@ -65,6 +65,9 @@ pub enum Request {
     Online { interface: String },
     /// Stream each probe as it completes.
     Probes {},
+    /// Read the configuration again, as SIGHUP does, and reply with the result: `Done` when
+    /// it was applied (or had not changed), `Refused` with the reasons when not.
+    Reload {},
 }
 
 impl Request {
@@ -72,7 +75,7 @@ impl Request {
     fn changes_state(&self) -> bool {
         match self {
             Request::Status {} | Request::Probes {} => false,
-            Request::Offline { .. } | Request::Online { .. } => true,
+            Request::Offline { .. } | Request::Online { .. } | Request::Reload {} => true,
         }
     }
 }
@@ -331,8 +334,8 @@ async fn handle(
     };
     let request = match request {
         Ok(r) if r.changes_state() && uid != 0 => Err(format!(
-            "only root may take NICs offline or online (you are uid {uid}); members of group \
-             {VIEW_GROUP} may use the views"
+            "only root may take NICs offline or online or reload mpathd (you are uid {uid}); \
+             members of group {VIEW_GROUP} may use the views"
         )),
         other => other,
     };

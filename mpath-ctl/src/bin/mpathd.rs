@@ -53,7 +53,8 @@ const MAN_EXTRA: &str = r#".SH SIGNALS
 .TP
 \fBSIGHUP\fR
 Read the configuration files again and apply the difference; a bad file is refused and the
-running configuration kept (\fBsystemctl reload mpathd\fR sends it).
+running configuration kept. \fBmpathctl reload\fR asks the same over the control socket and
+reports the result (\fBsystemctl reload mpathd\fR runs it, and fails on a refused file).
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR
 Stop, leaving the datapath and the addresses in place for the next mpathd.

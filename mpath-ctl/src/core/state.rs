@@ -251,7 +251,7 @@ named!(pub LinkState {
 });
 
 /// Group state (ipmpstat -g STATE).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GroupState {
     Ok,
     Degraded,
@@ -519,7 +519,7 @@ named!(pub ProbeStatus {
 });
 
 /// ipmpstat -i STATE, plus `missing` for a configured NIC not present in the system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InterfaceStatus {
     Ok,
     Failed,
@@ -908,6 +908,16 @@ impl Interface {
         )
     }
 
+    fn status(&self) -> InterfaceStatus {
+        match self.state {
+            IfState::Missing => InterfaceStatus::Missing,
+            IfState::Offline { .. } => InterfaceStatus::Offline,
+            IfState::Failed { .. } => InterfaceStatus::Failed,
+            IfState::Ok if !self.link_judged() && !self.has_targets() => InterfaceStatus::Unknown,
+            IfState::Ok => InterfaceStatus::Ok,
+        }
+    }
+
     fn view(&self, group: &str) -> InterfaceView {
         let mut flags = Vec::new();
         if self.standby {
@@ -947,13 +957,7 @@ impl Interface {
                 IfState::Ok => ProbeStatus::Unknown,
             }
         };
-        let state = match self.state {
-            IfState::Missing => InterfaceStatus::Missing,
-            IfState::Offline { .. } => InterfaceStatus::Offline,
-            IfState::Failed { .. } => InterfaceStatus::Failed,
-            IfState::Ok if !self.link_judged() && !self.has_targets() => InterfaceStatus::Unknown,
-            IfState::Ok => InterfaceStatus::Ok,
-        };
+        let state = self.status();
         let unusable = match self.state {
             IfState::Ok => None,
             IfState::Missing => Some(UnusableReason::Missing),
@@ -1178,6 +1182,19 @@ impl Group {
 
     pub(crate) fn interface_state(&self, nic: &str) -> Option<IfState> {
         self.members.iter().find(|m| m.name == nic).map(|m| m.state)
+    }
+
+    /// Feeds the group's state and each member's [`InterfaceStatus`] to `hasher`, without
+    /// building views: cheap enough for every turn of the event loop, which tells systemd
+    /// the summary of these (STATUS=) as soon as it changes.
+    pub(crate) fn hash_states(&self, hasher: &mut impl std::hash::Hasher) {
+        use std::hash::Hash as _;
+        self.name.hash(hasher);
+        self.state().hash(hasher);
+        for member in &self.members {
+            member.name.hash(hasher);
+            member.status().hash(hasher);
+        }
     }
 
     pub(crate) fn interface_views(&self) -> Vec<InterfaceView> {
@@ -2609,6 +2626,42 @@ mod tests {
                 .any(|a| matches!(a, Action::FamilyFailed { .. })),
             "{reported:?}"
         );
+    }
+
+    fn state_hash(group: &Group) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        group.hash_states(&mut hasher);
+        std::hash::Hasher::finish(&hasher)
+    }
+
+    /// What STATUS= summarises changes the hash; a probe that changes no state does not.
+    #[test]
+    fn the_state_hash_follows_the_states_the_status_line_shows() {
+        let mut sim = Sim::new(
+            policy(true),
+            vec![
+                nic("h0", false, ProbeFamilies::IPV4),
+                nic("h1", false, ProbeFamilies::IPV4),
+            ],
+        );
+        let unconfirmed = state_hash(&sim.group);
+        assert_eq!(sim.view("h0").state, InterfaceStatus::Unknown);
+        sim.send(Event::Targets {
+            nic: "h0".into(),
+            family: AddressFamily::Inet,
+            available: true,
+        });
+        assert_eq!(sim.view("h0").state, InterfaceStatus::Ok);
+        let confirmed = state_hash(&sim.group);
+        assert_ne!(confirmed, unconfirmed, "h0's targets made it ok");
+        sim.round(&[("h0", ANSWERED)]);
+        assert_eq!(
+            state_hash(&sim.group),
+            confirmed,
+            "an answered probe changes nothing"
+        );
+        sim.link("h1", false);
+        assert_ne!(state_hash(&sim.group), confirmed, "h1 failed");
     }
 
     #[test]

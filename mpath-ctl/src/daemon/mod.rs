@@ -240,9 +240,9 @@ impl Daemon<LiveHost> {
         let mut carrier_events = self.carrier_events.take();
         // `start` attached the datapath and placed the addresses and routes.
         let mut service = Notifier::from_env();
-        service.ready(&self.status());
+        service.ready(self.hash_states(), &self.status());
         loop {
-            service.turn(Instant::now(), || self.status());
+            service.turn(Instant::now(), || self.hash_states(), || self.status());
             let wake = self.next_wakeup();
             tokio::select! {
                 event = self.host.monitor.next() => {
@@ -258,7 +258,7 @@ impl Daemon<LiveHost> {
                         self.probe_reply(reply).await;
                     }
                 },
-                Some(command) = commands.recv() => self.command(command).await,
+                Some(command) = commands.recv() => self.command(command, &mut service).await,
                 Some(scrape) = scrapes.recv() => {
                     self.metrics.retain(&self.live_series());
                     scrape.answer(self.metrics.render(&self.metrics_snapshot()))
@@ -287,9 +287,7 @@ impl Daemon<LiveHost> {
                     }
                 },
                 _ = sighup.recv() => {
-                    service.reloading();
-                    self.reload().await;
-                    service.reloaded(&self.status());
+                    self.reload_telling(&mut service).await;
                 }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
@@ -519,10 +517,20 @@ impl<H: HostIo> Daemon<H> {
         }
     }
 
-    async fn command(&mut self, command: Command) {
+    /// A reload asked for by SIGHUP or `mpathctl reload`, with systemd told of its start
+    /// and end.
+    async fn reload_telling(&mut self, service: &mut Notifier) -> Reply {
+        service.reloading();
+        let reply = self.reload().await;
+        service.reloaded(self.hash_states(), &self.status());
+        reply
+    }
+
+    async fn command(&mut self, command: Command, service: &mut Notifier) {
         let now = self.host.now();
         let reply = match command.request {
             Request::Status {} => Reply::Status(self.status()),
+            Request::Reload {} => self.reload_telling(service).await,
             Request::Offline { interface } => {
                 let event = Event::Offline {
                     nic: interface.clone(),

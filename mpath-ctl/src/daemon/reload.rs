@@ -6,7 +6,7 @@ use std::{
 };
 
 use crate::{
-    api::metrics::ReloadResult,
+    api::{control::Reply, metrics::ReloadResult},
     config::{Config, GroupConfig, diff::DaemonChange},
     core::reconcile,
     core::state::{Action, Event, FailureCause, IfState, OfflineReason},
@@ -18,25 +18,33 @@ impl<H: HostIo> Daemon<H> {
     /// change are not touched; a changed group is rebuilt on top of what the kernel holds
     /// (addresses stay where they are, a NIC failed by probes stays failed until repaired);
     /// a removed group or NIC loses the datapath, its test address and its data addresses.
-    /// A bad file is refused with its reason and nothing changes. The result is logged and
-    /// counted in the metrics.
-    pub(super) async fn reload(&mut self) {
-        let result = match self.apply_new_config().await {
-            Ok(result) => result,
+    /// A bad file is refused with its reason and nothing changes. The result is logged,
+    /// counted in the metrics and returned as the reply to `mpathctl reload`: `Refused` when
+    /// the file was refused or applying it failed, so that `systemctl reload` fails too.
+    pub(super) async fn reload(&mut self) -> Reply {
+        let (result, message) = match self.apply_new_config().await {
+            Ok(ended) => ended,
             Err(e) => {
                 tracing::error!("reload: {e:#}");
-                ReloadResult::Failed
+                let message = format!("reload failed part way (what could be applied was): {e:#}");
+                (ReloadResult::Failed, message)
             }
         };
         self.metrics.reload(result);
+        match result {
+            ReloadResult::Applied | ReloadResult::Unchanged => Reply::Done { message },
+            ReloadResult::Refused | ReloadResult::Failed => Reply::Refused { message },
+        }
     }
 
-    async fn apply_new_config(&mut self) -> anyhow::Result<ReloadResult> {
+    /// How the reload ended, with a line for `mpathctl reload`.
+    async fn apply_new_config(&mut self) -> anyhow::Result<(ReloadResult, String)> {
+        const REFUSED: &str = "reload refused, the running configuration stays";
         let mut new = match Config::load(&self.paths.config, Some(&self.paths.defaults)) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!("reload refused, the running configuration stays: {e}");
-                return Ok(ReloadResult::Refused);
+                tracing::error!("{REFUSED}: {e}");
+                return Ok((ReloadResult::Refused, format!("{REFUSED}: {e}")));
             }
         };
         for warning in &new.warnings {
@@ -54,9 +62,13 @@ impl<H: HostIo> Daemon<H> {
         let check = check_against(&new, links, addresses, &running);
         if !check.refusals.is_empty() {
             for refusal in &check.refusals {
-                tracing::error!("reload refused, the running configuration stays: {refusal}");
+                tracing::error!("{REFUSED}: {refusal}");
             }
-            return Ok(ReloadResult::Refused);
+            let reasons: Vec<String> = check.refusals.iter().map(ToString::to_string).collect();
+            return Ok((
+                ReloadResult::Refused,
+                format!("{REFUSED}: {}", reasons.join("; ")),
+            ));
         }
         for warning in &check.warnings {
             tracing::warn!("reload: {warning}");
@@ -64,9 +76,13 @@ impl<H: HostIo> Daemon<H> {
         let diff = self.config.diff(&new);
         if diff.is_empty() {
             tracing::info!("reload: the configuration is unchanged");
-            return Ok(ReloadResult::Unchanged);
+            return Ok((
+                ReloadResult::Unchanged,
+                "the configuration is unchanged".into(),
+            ));
         }
         tracing::info!("reload: {diff}");
+        let applied = format!("reloaded: {diff}");
         let mut hook_changed = false;
         let mut rebuild: BTreeSet<String> =
             diff.groups_changed.iter().map(|g| g.name.clone()).collect();
@@ -143,7 +159,7 @@ impl<H: HostIo> Daemon<H> {
         }
         self.forget_retired_sources();
         self.resync(&rebuild, &carry).await?;
-        Ok(ReloadResult::Applied)
+        Ok((ReloadResult::Applied, applied))
     }
 
     /// Takes down what an old group runtime set up that the new configuration (`kept`, the

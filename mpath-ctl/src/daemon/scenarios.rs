@@ -10,6 +10,7 @@ use std::{
 use mpath_common::ProbeReply;
 
 use crate::{
+    api::control::Reply,
     config::Config,
     core::routes::{Hop, MainRoute},
     core::state::{Event, FailureCause, IfState, OfflineReason},
@@ -105,11 +106,13 @@ impl Scenario {
         host
     }
 
-    /// SIGHUP with `text` in the configuration file.
-    async fn reload(&mut self, text: &str) {
+    /// SIGHUP (or `mpathctl reload`) with `text` in the configuration file: the reply
+    /// `mpathctl reload` gets.
+    async fn reload(&mut self, text: &str) -> Reply {
         std::fs::write(self.dir.path().join("mpathd.toml"), text).unwrap();
-        self.daemon.reload().await;
+        let reply = self.daemon.reload().await;
         self.settle().await;
+        reply
     }
 
     fn host(&self) -> &FakeHost {
@@ -472,6 +475,40 @@ async fn an_address_someone_else_puts_on_a_nic_is_adopted_and_fails_over_with_it
     assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]));
 }
 
+/// `systemctl reload` runs `mpathctl reload`, which fails on a `Refused` reply: a refused
+/// file must give one, with the reason, and change nothing.
+#[tokio::test]
+async fn a_refused_reload_replies_with_its_reason_and_keeps_the_running_configuration() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    let unparsable = THREE_NICS.replace("[[group.route]]", "[[group.route]");
+    let reply = s.reload(&unparsable).await;
+    assert!(
+        matches!(&reply, Reply::Refused { message }
+            if message.starts_with("reload refused, the running configuration stays: ")),
+        "{reply:?}"
+    );
+    // Valid TOML that the host refuses: h0's data address is h1's test address.
+    let clashing = THREE_NICS.replace(
+        "data_addresses = [\"192.0.2.20/24\"]",
+        "data_addresses = [\"192.0.2.11/24\"]",
+    );
+    let reply = s.reload(&clashing).await;
+    assert!(matches!(reply, Reply::Refused { .. }), "{reply:?}");
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H0, H1, H2])
+    );
+    let reply = s.reload(THREE_NICS).await;
+    assert_eq!(
+        reply,
+        Reply::Done {
+            message: "the configuration is unchanged".into()
+        }
+    );
+}
+
 #[tokio::test]
 async fn a_reload_changes_the_group_routes_and_keeps_a_failed_nic_out_of_them() {
     let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
@@ -489,7 +526,11 @@ async fn a_reload_changes_the_group_routes_and_keeps_a_failed_nic_out_of_them() 
             "test_address = \"192.0.2.12/24\"",
             "test_address = \"192.0.2.12/24\"\ndata_addresses = [\"192.0.2.22/24\"]",
         );
-    s.reload(&changed).await;
+    let reply = s.reload(&changed).await;
+    assert!(
+        matches!(&reply, Reply::Done { message } if message.starts_with("reloaded: ")),
+        "{reply:?}"
+    );
     s.run_for(Duration::from_secs(1)).await;
     assert_eq!(
         s.state_of("h2"),

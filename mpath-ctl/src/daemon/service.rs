@@ -1,9 +1,11 @@
 //! What mpathd tells systemd (`Type=notify`): READY=1 once the datapath is attached and the
 //! addresses and routes are in place, a one-line STATUS= whenever it changes, WATCHDOG=1
 //! from the event loop itself, so that a stuck loop gets the daemon restarted, and
-//! RELOADING=1 (with MONOTONIC_USEC=) before a reload and READY=1 after it, the protocol of
-//! `Type=notify-reload` (systemd 253), under which `systemctl reload` waits for the reload's
-//! end. Outside systemd (no NOTIFY_SOCKET) all of it is skipped.
+//! RELOADING=1 (with MONOTONIC_USEC=) before a reload and READY=1 after it. The unit's
+//! `ExecReload=` is `mpathctl reload`, which waits for the reload's result over the control
+//! socket and fails when mpathd refused the file: `Type=notify-reload` (systemd 253) would
+//! make `systemctl reload` wait, but not fail on a refusal, and Debian 12 has systemd 252.
+//! Outside systemd (no NOTIFY_SOCKET) all of it is skipped.
 
 use std::time::{Duration, Instant};
 
@@ -11,41 +13,41 @@ use sd_notify::NotifyState;
 
 use crate::{api::views::Status, core::state::InterfaceStatus};
 
-/// The status line is recomputed at most this often (it walks every group and NIC).
-const STATUS_PERIOD: Duration = Duration::from_secs(1);
-
 pub(crate) struct Notifier {
     enabled: bool,
     /// Half of WATCHDOG_USEC, as sd_watchdog_enabled(3) advises; `None` without a watchdog.
     watchdog: Option<Duration>,
     last_watchdog: Instant,
-    status: String,
-    status_at: Instant,
+    status: StatusLine,
 }
 
 impl Notifier {
     /// Reads NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID.
     pub(crate) fn from_env() -> Notifier {
-        let now = Instant::now();
         Notifier {
             enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
             watchdog: sd_notify::watchdog_enabled().map(|t| t / 2),
-            last_watchdog: now,
-            status: String::new(),
-            status_at: now,
+            last_watchdog: Instant::now(),
+            status: StatusLine::default(),
         }
     }
 
-    /// Start-up is complete: mpathd serves its groups.
-    pub(super) fn ready(&mut self, status: &Status) {
-        self.status = summary(status);
-        self.status_at = Instant::now();
-        self.send(&[NotifyState::Ready, NotifyState::Status(&self.status)]);
+    /// Start-up is complete: mpathd serves its groups. `states` is the hash of what the
+    /// status line summarises (see [`Notifier::turn`]).
+    pub(super) fn ready(&mut self, states: u64, status: &Status) {
+        self.status.set(states, status);
+        self.send(&[NotifyState::Ready, NotifyState::Status(&self.status.line)]);
     }
 
-    /// One turn of the event loop: feeds the watchdog when due and reports a changed status.
-    /// `status` is only called when the status line is due again.
-    pub(super) fn turn(&mut self, now: Instant, status: impl FnOnce() -> Status) {
+    /// One turn of the event loop: feeds the watchdog when due and reports a changed status
+    /// at once. `states` hashes the groups' and NICs' states (cheap; not called outside
+    /// systemd); `status`, which builds every view, is only called when that hash changed.
+    pub(super) fn turn(
+        &mut self,
+        now: Instant,
+        states: impl FnOnce() -> u64,
+        status: impl FnOnce() -> Status,
+    ) {
         if !self.enabled {
             return;
         }
@@ -53,13 +55,8 @@ impl Notifier {
             self.last_watchdog = now;
             self.send(&[NotifyState::Watchdog]);
         }
-        if now >= self.status_at + STATUS_PERIOD {
-            self.status_at = now;
-            let line = summary(&status());
-            if line != self.status {
-                self.status = line;
-                self.send(&[NotifyState::Status(&self.status)]);
-            }
+        if self.status.update(states(), status) {
+            self.send(&[NotifyState::Status(&self.status.line)]);
         }
     }
 
@@ -77,8 +74,8 @@ impl Notifier {
     }
 
     /// The reload is over, applied or refused: mpathd serves its groups again.
-    pub(super) fn reloaded(&mut self, status: &Status) {
-        self.ready(status);
+    pub(super) fn reloaded(&mut self, states: u64, status: &Status) {
+        self.ready(states, status);
     }
 
     /// mpathd is shutting down (the datapath stays).
@@ -96,8 +93,34 @@ impl Notifier {
     }
 }
 
-/// The STATUS= line: every group's state, then the NICs that work and those that do not
-/// (by name, as few are expected), e.g. `g0 degraded; NICs: 2 ok, 1 failed (h1)`.
+/// The STATUS= line and the hash of the states it was made from.
+#[derive(Default)]
+struct StatusLine {
+    states: u64,
+    line: String,
+}
+
+impl StatusLine {
+    fn set(&mut self, states: u64, status: &Status) {
+        self.states = states;
+        self.line = summary(status);
+    }
+
+    /// Makes the line again when the states changed; whether the line did.
+    fn update(&mut self, states: u64, status: impl FnOnce() -> Status) -> bool {
+        if states == self.states {
+            return false;
+        }
+        let before = std::mem::take(&mut self.line);
+        self.set(states, &status());
+        self.line != before
+    }
+}
+
+/// The STATUS= line: every group's state, then the NICs that work, those that work but
+/// have no probe target yet to confirm it (the first moments after a start), and those that
+/// do not (by name, as few are expected), e.g. `g0 degraded; NICs: 2 ok, 1 not ok (h1
+/// failed)`.
 pub(super) fn summary(status: &Status) -> String {
     let groups: Vec<String> = status
         .groups
@@ -105,17 +128,25 @@ pub(super) fn summary(status: &Status) -> String {
         .map(|g| format!("{} {}", g.group, g.state))
         .collect();
     let grouped = status.interfaces.iter().filter(|i| !i.group.is_empty());
-    let (ok, not_ok): (Vec<_>, Vec<_>) = grouped.partition(|i| i.state == InterfaceStatus::Ok);
+    let (working, not_ok): (Vec<_>, Vec<_>) =
+        grouped.partition(|i| matches!(i.state, InterfaceStatus::Ok | InterfaceStatus::Unknown));
+    let unconfirmed = working
+        .iter()
+        .filter(|i| i.state == InterfaceStatus::Unknown)
+        .count();
     let mut line = format!(
-        "{}; NICs: {} ok, {} not ok",
+        "{}; NICs: {} ok, ",
         if groups.is_empty() {
             "no groups".to_string()
         } else {
             groups.join(", ")
         },
-        ok.len(),
-        not_ok.len()
+        working.len() - unconfirmed,
     );
+    if unconfirmed > 0 {
+        line.push_str(&format!("{unconfirmed} unconfirmed, "));
+    }
+    line.push_str(&format!("{} not ok", not_ok.len()));
     if !not_ok.is_empty() {
         let names: Vec<String> = not_ok
             .iter()
@@ -174,6 +205,7 @@ mod tests {
                 nic("h1", "g0", InterfaceStatus::Failed),
                 nic("h2", "g1", InterfaceStatus::Ok),
                 nic("h3", "g1", InterfaceStatus::Offline),
+                nic("h4", "g1", InterfaceStatus::Unknown),
                 // Tracked outside any group: not counted.
                 nic("eth9", "", InterfaceStatus::Failed),
             ],
@@ -181,7 +213,7 @@ mod tests {
         };
         assert_eq!(
             summary(&status),
-            "g0 degraded, g1 ok; NICs: 2 ok, 2 not ok (h1 failed, h3 offline)"
+            "g0 degraded, g1 ok; NICs: 2 ok, 1 unconfirmed, 2 not ok (h1 failed, h3 offline)"
         );
         assert_eq!(
             summary(&Status::default()),
@@ -220,14 +252,32 @@ mod tests {
             enabled: true,
             watchdog: Some(Duration::from_secs(5)),
             last_watchdog: start,
-            status: String::new(),
-            status_at: start,
+            status: StatusLine::default(),
         };
-        let status = Status::default;
-        n.turn(start + Duration::from_secs(4), status);
+        n.turn(start + Duration::from_secs(4), || 0, Status::default);
         assert_eq!(n.last_watchdog, start);
-        n.turn(start + Duration::from_secs(5), status);
+        n.turn(start + Duration::from_secs(5), || 0, Status::default);
         assert_eq!(n.last_watchdog, start + Duration::from_secs(5));
-        assert_eq!(n.status, "no groups; NICs: 0 ok, 0 not ok");
+    }
+
+    /// The line follows a change of the states at the next turn (the first second after
+    /// READY=1 said "0 ok, 3 not ok" when the line was made again once a second), and the
+    /// views are not built while the states stay.
+    #[test]
+    fn the_status_line_is_made_again_when_the_states_change_and_only_then() {
+        let unconfirmed = Status {
+            groups: vec![group("g0", GroupState::Ok)],
+            interfaces: vec![nic("h0", "g0", InterfaceStatus::Unknown)],
+            ..Status::default()
+        };
+        let mut confirmed = unconfirmed.clone();
+        confirmed.interfaces[0].state = InterfaceStatus::Ok;
+        let mut line = StatusLine::default();
+        line.set(1, &unconfirmed);
+        assert_eq!(line.line, "g0 ok; NICs: 0 ok, 1 unconfirmed, 0 not ok");
+        assert!(!line.update(1, || panic!("views built for unchanged states")));
+        assert!(line.update(2, || confirmed.clone()));
+        assert_eq!(line.line, "g0 ok; NICs: 1 ok, 0 not ok");
+        assert!(!line.update(3, || confirmed.clone()), "same line");
     }
 }

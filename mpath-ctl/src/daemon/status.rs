@@ -91,6 +91,16 @@ impl<H: HostIo> Daemon<H> {
         live
     }
 
+    /// The hash of the groups' and NICs' states, which the STATUS= line summarises: the
+    /// line is made again only when this changes.
+    pub(super) fn hash_states(&self) -> u64 {
+        let mut hasher = std::hash::DefaultHasher::new();
+        for g in &self.groups {
+            g.fsm.hash_states(&mut hasher);
+        }
+        std::hash::Hasher::finish(&hasher)
+    }
+
     pub(super) fn status(&self) -> Status {
         let mut status = Status::default();
         for g in &self.groups {

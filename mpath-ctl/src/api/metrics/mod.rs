@@ -195,7 +195,7 @@ struct DaemonMetrics {
     last_reload_success: GaugeVec,
 }
 
-/// How a SIGHUP reload ended.
+/// How a reload (SIGHUP or `mpathctl reload`) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReloadResult {
     /// The new configuration was applied.

@@ -83,6 +83,10 @@ enum Cmd {
     Offline { interface: String },
     /// Bring an offlined interface back (if_mpadm -r).
     Online { interface: String },
+    /// Make mpathd read its configuration again and wait for the result: fails (exit 1,
+    /// with the reasons) when mpathd refused the file and kept the running configuration.
+    /// The unit's ExecReload=, so that `systemctl reload mpathd` fails too.
+    Reload,
     /// Dump the pinned BPF maps (works without mpathd running).
     Maps,
     /// Print a shell completion script.
@@ -191,6 +195,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 interface: interface.clone(),
             },
         ),
+        Cmd::Reload => command(&socket, Request::Reload {}),
         Cmd::Maps => show_maps(cli, &pin_dir),
         Cmd::WriteMan { dir } => manpages::write(Cli::command(), MAN_EXTRA, dir)
             .with_context(|| format!("writing the manual pages into {}", dir.display())),
