@@ -38,6 +38,7 @@ const FILES: &[&str] = &[
     "usr/share/doc/mpath/changelog.gz",
     "usr/share/doc/mpath/examples/mpathd.toml",
     "usr/share/doc/mpath/examples/mpath-alerts.yml",
+    "usr/share/doc/mpath/examples/grafana/mpath.json",
     "usr/share/doc/mpath/examples/networkd/50-mpath.network",
     "usr/share/doc/mpath/examples/networkd/mpath.conf",
     "usr/share/doc/mpath/examples/NetworkManager/mpath-eth0.nmconnection",

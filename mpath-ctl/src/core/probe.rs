@@ -246,6 +246,9 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every name [`RejectReason::as_str`] gives.
+    pub const LABELS: [&'static str; 3] = ["out_of_window", "wrong_source", "duplicate"];
+
     /// Its name in logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1581,6 +1584,18 @@ mod tests {
         assert_eq!(harness.target_view(A).rtt_avg_us, None);
         accepted(harness.answer(at, request, ms(10)));
         assert_eq!(harness.target_view(A).rtt_avg_us, Some(10_000));
+    }
+
+    #[test]
+    fn reject_reason_labels_are_their_names() {
+        let reasons = [
+            RejectReason::OutOfWindow,
+            RejectReason::WrongSource {
+                expected: ip("192.0.2.1"),
+            },
+            RejectReason::Duplicate,
+        ];
+        assert_eq!(reasons.map(RejectReason::as_str), RejectReason::LABELS);
     }
 
     #[test]

@@ -142,6 +142,16 @@ impl Routing {
     }
 
     /// Whether route work waits: changes to make, or a plan under way.
+    /// Routes of `main` followed, and of mpathd's table (`None` until it was read): counts
+    /// the maps keep, so that a scrape at a million routes costs nothing.
+    pub(super) fn sizes(&self) -> (usize, Option<usize>) {
+        let table = self
+            .installed
+            .as_ref()
+            .map(|installed| installed.routes.len());
+        (self.main.len(), table)
+    }
+
     pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty() || self.sweep.is_some()
     }

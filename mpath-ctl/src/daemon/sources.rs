@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use mpath_common::sources::SourceClass;
+use mpath_common::{map_names::SOURCE_ROUTES4, sources::SourceClass};
 
 use crate::{
+    api::metrics::SourcePrefixes,
     config::SourceSelection,
     core::{routes::Plan, sources},
     daemon::{Daemon, host_io::HostIo},
@@ -24,6 +25,8 @@ pub(super) struct SourceHook {
     /// Route maps that leave some of mpathd's prefixes to the kernel, with the errno of why,
     /// as already reported.
     short: BTreeMap<&'static str, Option<i32>>,
+    /// What the route maps held after the last write, for the metrics.
+    pub prefixes: Vec<SourcePrefixes>,
 }
 
 impl SourceHook {
@@ -58,6 +61,20 @@ impl SourceHook {
                 news
             }
         }
+    }
+}
+
+/// A route map's sizes, named by the family it serves.
+fn prefixes(served: &Served) -> SourcePrefixes {
+    SourcePrefixes {
+        family: if served.map == SOURCE_ROUTES4 {
+            "ipv4"
+        } else {
+            "ipv6"
+        },
+        limit: served.limit,
+        wanted: served.wanted,
+        served: served.served,
     }
 }
 
@@ -107,6 +124,7 @@ impl<H: HostIo> Daemon<H> {
                 for served in &maps {
                     self.source_hook.report(served);
                 }
+                self.source_hook.prefixes = maps.iter().map(prefixes).collect();
             }
             Err(e) => tracing::error!(
                 "giving the source hook mpathd's routes: {}",

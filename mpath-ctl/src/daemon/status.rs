@@ -47,6 +47,12 @@ impl<H: HostIo> Daemon<H> {
             }
         }
         snapshot.source_hook_attached = self.source_hook.attached;
+        let (main, table) = self.routing.sizes();
+        snapshot.routes = metrics::RouteSizes {
+            main,
+            table,
+            source_prefixes: self.source_hook.prefixes.clone(),
+        };
         for g in &self.groups {
             match self.host.source_counters(g.id) {
                 Ok(c) => snapshot.sources.push((g.config.name.clone(), c)),

@@ -28,6 +28,7 @@ use mpath_common::{NicCounters, RejectReason as DatapathRejectReason, sources::S
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, MetricVec, MetricVecBuilder},
+    process_collector::ProcessCollector,
 };
 
 pub use server::bind;
@@ -84,6 +85,26 @@ pub(crate) struct Snapshot {
     pub source_hook_attached: bool,
     /// The source hook's counters of the groups whose counters could be read.
     pub sources: Vec<(String, SourceCounters)>,
+    pub routes: RouteSizes,
+}
+
+/// How many routes mpathd follows and serves, and how many prefixes its source hook holds.
+#[derive(Debug, Default)]
+pub(crate) struct RouteSizes {
+    /// Routes of `main` mpathd keeps from netlink.
+    pub main: usize,
+    /// Routes in mpathd's table; `None` until it was read.
+    pub table: Option<usize>,
+    /// Per family: the source hook's map size, the prefixes it should hold and those it holds.
+    pub source_prefixes: Vec<SourcePrefixes>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SourcePrefixes {
+    pub family: &'static str,
+    pub limit: u32,
+    pub wanted: usize,
+    pub served: usize,
 }
 
 /// The groups, NICs and probe targets that exist now; see [`Metrics::retain`].
@@ -233,6 +254,51 @@ struct DatapathMetrics {
     source_binds_failed: IntCounterVec,
 }
 
+/// Sizes of what mpathd follows and serves: the memory and the kernel maps they cost.
+struct RouteMetrics {
+    main: IntGaugeVec,
+    table: IntGaugeVec,
+    source_prefixes: IntGaugeVec,
+    source_prefixes_wanted: IntGaugeVec,
+    source_prefix_limit: IntGaugeVec,
+}
+
+impl RouteMetrics {
+    fn new(d: &Definer<'_>) -> Result<RouteMetrics, MetricsError> {
+        Ok(RouteMetrics {
+            main: d.gauge(
+                "mpath_main_routes",
+                "Routes of the main table mpathd follows (both families): where its probe \
+                 targets and the routes it serves through the groups come from.",
+                NO_LABELS,
+            )?,
+            table: d.gauge(
+                "mpath_table_routes",
+                "Routes in mpathd's own table (both families), through the groups' nexthop \
+                 groups.",
+                NO_LABELS,
+            )?,
+            source_prefixes: d.gauge(
+                "mpath_source_hook_prefixes",
+                "Prefixes of mpathd's table the source hook's map holds: sockets to them get \
+                 a group's data address as source.",
+                &["family"],
+            )?,
+            source_prefixes_wanted: d.gauge(
+                "mpath_source_hook_prefixes_wanted",
+                "Prefixes of mpathd's table the source hook's map should hold; above \
+                 mpath_source_hook_prefixes the kernel picks the sources of the rest.",
+                &["family"],
+            )?,
+            source_prefix_limit: d.gauge(
+                "mpath_source_hook_prefix_limit",
+                "Prefixes the source hook's map can hold (its max_entries).",
+                &["family"],
+            )?,
+        })
+    }
+}
+
 /// mpathd's metrics; owned by the event loop, which reports events to it and renders it
 /// for each [`Scrape`](server::Scrape).
 pub(crate) struct Metrics {
@@ -242,6 +308,7 @@ pub(crate) struct Metrics {
     state: StateMetrics,
     datapath: DatapathMetrics,
     daemon: DaemonMetrics,
+    routes: RouteMetrics,
 }
 
 const GROUP: &[&str] = &["group"];
@@ -614,8 +681,8 @@ impl DatapathMetrics {
 }
 
 impl Metrics {
-    /// Defines every metric and starts the event totals of the configured groups and NICs
-    /// at zero, so that a rate over them is defined before the first event.
+    /// Defines every metric and starts the event totals (and refused replies) of the
+    /// configured groups and NICs at zero, so that a rate over them is defined before the first event.
     pub(crate) fn new(groups: &[GroupConfig]) -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
         let d = Definer {
@@ -623,16 +690,27 @@ impl Metrics {
         };
         let build = d.gauge(
             "mpath_build_info",
-            "Always 1; the version label says which mpath runs.",
-            &["version"],
+            "Always 1; the version and commit labels say which mpath runs.",
+            &["version", "commit"],
         )?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("MPATH_COMMIT")])
+            .set(1);
+        // The process_* series (CPU, memory, descriptors, start time) that every
+        // Prometheus-instrumented daemon has.
+        registry
+            .register(Box::new(ProcessCollector::for_self()))
+            .map_err(|error| MetricsError::Define {
+                name: "process_*",
+                error,
+            })?;
         let metrics = Metrics {
             probes: ProbeMetrics::new(&d)?,
             events: EventMetrics::new(&d)?,
             state: StateMetrics::new(&d)?,
             datapath: DatapathMetrics::new(&d)?,
             daemon: DaemonMetrics::new(&d)?,
+            routes: RouteMetrics::new(&d)?,
             registry,
         };
         metrics.declare_groups(groups);
@@ -653,6 +731,11 @@ impl Metrics {
                 }
                 for family in [&e.repairs, &e.failovers, &e.failbacks, &e.restores] {
                     family.with_label_values(&labels);
+                }
+                for reason in ReplyRejectReason::LABELS {
+                    self.probes
+                        .unknown_replies
+                        .with_label_values(&[labels[0], labels[1], reason]);
                 }
             }
         }
@@ -699,12 +782,17 @@ impl Metrics {
     }
 
     /// A probe left `nic` for `target`.
+    /// A probe of `nic` went to `target`; its answered and lost totals start at zero with
+    /// the target's first probe, so that a loss ratio is defined before any loss.
     pub(crate) fn probe_sent(&self, group: &str, nic: &str, target: IpAddr) {
         let target = target.to_string();
-        self.probes
-            .sent
-            .with_label_values(&[group, nic, &target])
-            .inc();
+        let labels = [group, nic, target.as_str()];
+        let sent = self.probes.sent.with_label_values(&labels);
+        if sent.get() == 0 {
+            self.probes.answered.with_label_values(&labels);
+            self.probes.lost.with_label_values(&labels);
+        }
+        sent.inc();
     }
 
     /// A probe of `nic` was answered or declared lost, as its prober reported it.
@@ -800,6 +888,7 @@ impl Metrics {
     pub(crate) fn render(&self, snapshot: &Snapshot) -> Result<String, MetricsError> {
         self.set_state(snapshot);
         self.set_datapath(snapshot);
+        self.set_routes(&snapshot.routes);
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .map_err(MetricsError::Encode)
@@ -974,6 +1063,35 @@ impl Metrics {
             }
         }
     }
+
+    fn set_routes(&self, sizes: &RouteSizes) {
+        let r = &self.routes;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        r.main.with_label_values(NO_LABELS).set(count(sizes.main));
+        for family in [
+            &r.table,
+            &r.source_prefixes,
+            &r.source_prefixes_wanted,
+            &r.source_prefix_limit,
+        ] {
+            family.reset();
+        }
+        if let Some(routes) = sizes.table {
+            r.table.with_label_values(NO_LABELS).set(count(routes));
+        }
+        for p in &sizes.source_prefixes {
+            let family = [p.family];
+            r.source_prefixes
+                .with_label_values(&family)
+                .set(count(p.served));
+            r.source_prefixes_wanted
+                .with_label_values(&family)
+                .set(count(p.wanted));
+            r.source_prefix_limit
+                .with_label_values(&family)
+                .set(i64::from(p.limit));
+        }
+    }
 }
 
 /// Sets an enum-style gauge: one series per possible value, 1 for `current`, 0 for the rest,
@@ -1112,6 +1230,16 @@ mod tests {
                     bind_failed: 1,
                 },
             )],
+            routes: RouteSizes {
+                main: 100_004,
+                table: Some(100_001),
+                source_prefixes: vec![SourcePrefixes {
+                    family: "ipv4",
+                    limit: 16_384,
+                    wanted: 100_001,
+                    served: 16_384,
+                }],
+            },
         }
     }
 
@@ -1220,7 +1348,8 @@ mod tests {
             ),
             (
                 format!(
-                    r#"mpath_build_info{{version="{}"}}"#,
+                    r#"mpath_build_info{{commit="{}",version="{}"}}"#,
+                    env!("MPATH_COMMIT"),
                     env!("CARGO_PKG_VERSION")
                 ),
                 1.0,
@@ -1323,9 +1452,16 @@ mod tests {
 
     #[test]
     fn probe_counters_and_rtt_histograms_move_with_probes() {
-        let text = populated().render(&Snapshot::default()).unwrap();
+        let m = populated();
+        // A target's first probe: nothing answered or lost yet, and a loss ratio defined.
+        m.probe_sent("g0", "h1", target());
+        let text = m.render(&Snapshot::default()).unwrap();
         let nic_target = r#"group="g0",interface="h0",target="192.0.2.1""#;
         let get = |name: &str, labels: &str| sample(&text, &format!("{name}{{{labels}}}"));
+        let first = r#"group="g0",interface="h1",target="192.0.2.1""#;
+        assert_eq!(get("mpath_probes_sent_total", first), Some(1.0));
+        assert_eq!(get("mpath_probes_answered_total", first), Some(0.0));
+        assert_eq!(get("mpath_probes_lost_total", first), Some(0.0));
         assert_eq!(get("mpath_probes_sent_total", nic_target), Some(3.0));
         assert_eq!(get("mpath_probes_answered_total", nic_target), Some(1.0));
         assert_eq!(get("mpath_probes_lost_total", nic_target), Some(1.0));
@@ -1649,6 +1785,34 @@ mod tests {
             ),
             Some(1200.0)
         );
+    }
+
+    #[test]
+    fn route_and_source_hook_sizes_and_the_process_are_shown() {
+        let m = populated();
+        let text = m
+            .render(&snapshot(InterfaceStatus::Ok, InterfaceStatus::Ok))
+            .unwrap();
+        for (series, value) in [
+            ("mpath_main_routes", 100_004.0),
+            ("mpath_table_routes", 100_001.0),
+            (r#"mpath_source_hook_prefixes{family="ipv4"}"#, 16_384.0),
+            (
+                r#"mpath_source_hook_prefixes_wanted{family="ipv4"}"#,
+                100_001.0,
+            ),
+            (r#"mpath_source_hook_prefix_limit{family="ipv4"}"#, 16_384.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series}");
+        }
+        assert!(
+            !text.contains(r#"mpath_source_hook_prefixes{family="ipv6"}"#),
+            "no IPv6 map in the snapshot"
+        );
+        let memory = sample(&text, "process_resident_memory_bytes").expect("process metrics");
+        assert!(memory > 1e6, "{memory}");
+        let fds = sample(&text, "process_open_fds").expect("process metrics");
+        assert!(fds >= 3.0, "{fds}");
     }
 
     #[test]
