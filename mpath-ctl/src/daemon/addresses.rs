@@ -13,7 +13,7 @@ use crate::{
     core::spread,
     core::state::Event,
     core::target::AddressFamily,
-    daemon::{Daemon, announcer::Announcement, host_io::HostIo, is_link_local},
+    daemon::{Daemon, announcer::Announcement, host_io::HostIo, is_link_local, reconcile::Dirty},
     net::address::IpCidr,
     net::netlink::{AddressOptions, Origin},
 };
@@ -62,14 +62,15 @@ impl<H: HostIo> Daemon<H> {
                 tracing::warn!(
                     "data address {cidr} was added to {nic} behind mpathd's back; adopting it there"
                 );
-                if let Some(a) = self.groups[group].address_mut(cidr) {
+                let group = &mut self.groups[group];
+                if let Some(a) = group.address_mut(cidr) {
                     a.current = Some(nic);
                 }
-                self.move_addresses(group).await;
+                group.dirty.mark(Dirty::ADDRESSES);
             }
             Added::Adopt { .. } => {
                 for gi in self.adopt_addresses(&[(ifindex, cidr)]) {
-                    self.move_addresses(gi).await;
+                    self.groups[gi].dirty.mark(Dirty::ADDRESSES);
                     self.routing.changed(self.host.now());
                 }
             }
@@ -93,7 +94,7 @@ impl<H: HostIo> Daemon<H> {
                 family: AddressFamily::Inet6,
                 available: false,
             };
-            self.handle(at.group, event, now).await;
+            self.handle(at.group, event, now);
         }
         let verdict = reconcile::removed(&self.groups.holdings(), ifindex, cidr);
         // Late events of a NIC that left and came back, or of mpathd's own moves, may arrive
@@ -110,10 +111,11 @@ impl<H: HostIo> Daemon<H> {
                 tracing::warn!(
                     "data address {cidr} was removed from {nic} behind mpathd's back; restoring it"
                 );
-                if let Some(a) = self.groups[group].address_mut(cidr) {
+                let group = &mut self.groups[group];
+                if let Some(a) = group.address_mut(cidr) {
                     a.current = None;
                 }
-                self.move_addresses(group).await;
+                group.dirty.mark(Dirty::ADDRESSES);
             }
             Removed::Forget { group } => {
                 let group = &mut self.groups[group];
@@ -124,6 +126,7 @@ impl<H: HostIo> Daemon<H> {
                 );
                 group.adopted.remove(&cidr);
                 group.addresses.retain(|a| a.cidr != cidr);
+                group.dirty.sources = true;
             }
             Removed::RestoreTest { nic, test } => {
                 tracing::warn!(
@@ -289,6 +292,5 @@ impl<H: HostIo> Daemon<H> {
                 self.metrics.transfer(self.groups[gi].name(), &transfer);
             }
         }
-        self.update_sources();
     }
 }

@@ -22,8 +22,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::future::LocalBoxFuture;
 use mpath_common::{
-    BUCKETS_PER_GROUP, NicCounters, NicInfo, sources::SourceClass, sources::SourceCounters,
+    BUCKETS_PER_GROUP, NicCounters, NicInfo, ProbeReply, sources::SourceClass,
+    sources::SourceCounters,
 };
 
 use crate::{
@@ -32,7 +34,7 @@ use crate::{
     core::spread::Table,
     daemon::{
         announcer::Announcement,
-        host_io::{HostIo, ProbeSender},
+        host_io::{HostEvent, HostIo, ProbeSender},
     },
     datapath::{Attached, DatapathError, maps::MapsError, sources::Served},
     net::address::IpCidr,
@@ -45,6 +47,47 @@ use crate::{
     net::nexthop::{Nexthop, NexthopError, NexthopKind, RequestError},
 };
 
+/// Something the daemon did to the host, in the effects log the order tests read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    AddAddress {
+        ifindex: u32,
+        cidr: IpCidr,
+    },
+    DelAddress {
+        ifindex: u32,
+        cidr: IpCidr,
+    },
+    /// A nexthop through one NIC made or replaced.
+    Nexthop {
+        id: u32,
+        oif: u32,
+    },
+    /// A nexthop group made or replaced, with the NICs of its members.
+    NexthopGroup {
+        id: u32,
+        through: BTreeSet<u32>,
+    },
+    DeleteNexthop {
+        id: u32,
+    },
+    WriteTable {
+        group: u32,
+    },
+    Join {
+        ifindex: u32,
+        group: IpAddr,
+    },
+    Leave {
+        ifindex: u32,
+        group: IpAddr,
+    },
+    WriteSources {
+        group: u32,
+        class: SourceClass,
+    },
+}
+
 /// A probe a NIC sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SentProbe {
@@ -55,7 +98,8 @@ pub(crate) struct SentProbe {
 }
 
 pub(crate) struct FakeHost {
-    clock: Cell<Instant>,
+    /// Shared with the sleeps it hands out, which move it.
+    clock: Rc<Cell<Instant>>,
     links: RefCell<BTreeMap<u32, Link>>,
     addresses: RefCell<Vec<(u32, IpCidr, Origin)>>,
     main: RefCell<Vec<MainRoute>>,
@@ -82,6 +126,7 @@ pub(crate) struct FakeHost {
     reported: RefCell<Vec<(u32, Vec<Ipv4Addr>)>>,
     sent: Rc<RefCell<Vec<SentProbe>>>,
     events: RefCell<VecDeque<NetEvent>>,
+    effects: RefCell<Vec<Effect>>,
     /// An empty `net` tree: the daemon never writes the real one.
     netconf: tempfile::TempDir,
 }
@@ -89,7 +134,7 @@ pub(crate) struct FakeHost {
 impl FakeHost {
     pub(super) fn new(now: Instant) -> FakeHost {
         FakeHost {
-            clock: Cell::new(now),
+            clock: Rc::new(Cell::new(now)),
             links: RefCell::default(),
             addresses: RefCell::default(),
             main: RefCell::default(),
@@ -108,6 +153,7 @@ impl FakeHost {
             reported: RefCell::default(),
             sent: Rc::default(),
             events: RefCell::default(),
+            effects: RefCell::default(),
             netconf: tempfile::tempdir().expect("a scratch directory"),
         }
     }
@@ -329,9 +375,35 @@ impl FakeHost {
         self.events.borrow_mut().drain(..).collect()
     }
 
-    /// The probes sent since the last call.
-    pub(super) fn take_probes(&self) -> Vec<SentProbe> {
-        std::mem::take(&mut *self.sent.borrow_mut())
+    /// What the host has to tell now: the kernel's next notification, else the replies to
+    /// the probes sent since the last call (at once, from every NIC but the silent ones).
+    pub(super) fn ready_event(&self) -> Option<HostEvent> {
+        if let Some(event) = self.events.borrow_mut().pop_front() {
+            return Some(HostEvent::Net(event));
+        }
+        let replies: Vec<ProbeReply> = std::mem::take(&mut *self.sent.borrow_mut())
+            .into_iter()
+            .filter(|probe| !self.silent.contains(&probe.ifindex))
+            .map(|probe| {
+                ProbeReply::new(
+                    probe.ifindex,
+                    probe.seq,
+                    probe.target,
+                    probe.sent_ns,
+                    probe.sent_ns + 300_000,
+                )
+            })
+            .collect();
+        (!replies.is_empty()).then_some(HostEvent::ProbeReplies(replies))
+    }
+
+    /// What the daemon did to the host since the last call, in order.
+    pub(super) fn take_effects(&self) -> Vec<Effect> {
+        std::mem::take(&mut *self.effects.borrow_mut())
+    }
+
+    fn record(&self, effect: Effect) {
+        self.effects.borrow_mut().push(effect);
     }
 
     /// The addresses on NIC `ifindex`.
@@ -356,17 +428,7 @@ impl FakeHost {
         else {
             return BTreeSet::new();
         };
-        let Some(NexthopKind::Resilient { members, .. }) = nexthops.get(&group).map(|n| &n.kind)
-        else {
-            return BTreeSet::new();
-        };
-        members
-            .iter()
-            .filter_map(|m| match nexthops.get(m)?.kind {
-                NexthopKind::Single { oif, .. } => Some(oif),
-                _ => None,
-            })
-            .collect()
+        through(&nexthops, group)
     }
 
     /// The NICs the bucket table of group `id` sends traffic to.
@@ -394,6 +456,17 @@ impl FakeHost {
         self.dumps_fail
             .get()
             .then(|| io::Error::from_raw_os_error(libc::EINTR))
+    }
+}
+
+/// The NICs traffic through nexthop `id` leaves by: its own, or its members'.
+fn through(nexthops: &BTreeMap<u32, Nexthop>, id: u32) -> BTreeSet<u32> {
+    match nexthops.get(&id).map(|n| &n.kind) {
+        Some(NexthopKind::Single { oif, .. }) => BTreeSet::from([*oif]),
+        Some(NexthopKind::Resilient { members, .. }) => {
+            members.iter().flat_map(|m| through(nexthops, *m)).collect()
+        }
+        _ => BTreeSet::new(),
     }
 }
 
@@ -429,6 +502,24 @@ impl ProbeSender for FakeProbeSocket {
 impl HostIo for FakeHost {
     fn now(&self) -> Instant {
         self.clock.get()
+    }
+
+    /// Moves the clock to `at` at once, after letting other tasks (a test talking to the
+    /// control socket) run.
+    fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()> {
+        let clock = Rc::clone(&self.clock);
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            clock.set(clock.get().max(at));
+        })
+    }
+
+    async fn next_event(&mut self) -> anyhow::Result<HostEvent> {
+        match self.ready_event() {
+            Some(event) => Ok(event),
+            // Only the daemon's own doings and probes make news on a host no test touches.
+            None => std::future::pending().await,
+        }
     }
 
     async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
@@ -496,6 +587,7 @@ impl HostIo for FakeHost {
         } else {
             Origin::Other
         };
+        self.record(Effect::AddAddress { ifindex, cidr });
         let mut addresses = self.addresses.borrow_mut();
         addresses.retain(|(i, c, _)| (*i, *c) != (ifindex, cidr));
         addresses.push((ifindex, cidr, origin));
@@ -510,6 +602,7 @@ impl HostIo for FakeHost {
         let before = addresses.len();
         addresses.retain(|(i, c, _)| (*i, *c) != (ifindex, cidr));
         if addresses.len() != before {
+            self.record(Effect::DelAddress { ifindex, cidr });
             self.events
                 .borrow_mut()
                 .push_back(NetEvent::AddressRemoved { ifindex, cidr });
@@ -633,12 +726,23 @@ impl HostIo for FakeHost {
             _ => return Err(refused(libc::EOPNOTSUPP)),
         }
         nexthops.insert(nexthop.id, nexthop.clone());
+        let id = nexthop.id;
+        self.record(match nexthop.kind {
+            NexthopKind::Single { oif, .. } => Effect::Nexthop { id, oif },
+            _ => Effect::NexthopGroup {
+                id,
+                through: through(&nexthops, id),
+            },
+        });
         Ok(())
     }
 
     async fn delete_nexthop(&self, id: u32) -> Result<bool, NexthopError> {
         let mut nexthops = self.nexthops.borrow_mut();
         let existed = nexthops.remove(&id).is_some();
+        if existed {
+            self.record(Effect::DeleteNexthop { id });
+        }
         for nexthop in nexthops.values_mut() {
             if let NexthopKind::Resilient { members, .. } = &mut nexthop.kind {
                 members.retain(|m| *m != id);
@@ -683,6 +787,10 @@ impl HostIo for FakeHost {
 
     fn source_hook_attached(&self) -> Result<bool, DatapathError> {
         Ok(false)
+    }
+
+    fn attach_carrier_hook(&mut self) -> Result<(), String> {
+        Err("the fake host has no tracing hooks".into())
     }
 
     fn detach_source_hook(&mut self) -> Result<(), DatapathError> {
@@ -747,6 +855,7 @@ impl HostIo for FakeHost {
         _mac_of: impl Fn(u32) -> [u8; 6],
     ) -> Result<usize, MapsError> {
         let before = self.table(group)?;
+        self.record(Effect::WriteTable { group });
         self.tables.insert(group, *table);
         Ok(before.iter().zip(table).filter(|(a, b)| a != b).count())
     }
@@ -783,10 +892,11 @@ impl HostIo for FakeHost {
 
     fn write_sources(
         &mut self,
-        _group: u32,
-        _class: SourceClass,
+        group: u32,
+        class: SourceClass,
         _addrs: &[IpCidr],
     ) -> Result<bool, MapsError> {
+        self.record(Effect::WriteSources { group, class });
         Ok(false)
     }
 
@@ -809,6 +919,7 @@ impl HostIo for FakeHost {
 
     fn join(&mut self, ifindex: u32, group: IpAddr) -> Result<(), MulticastError> {
         if self.joined.insert((ifindex, group)) {
+            self.record(Effect::Join { ifindex, group });
             self.join_by_application(ifindex, group);
         }
         Ok(())
@@ -820,6 +931,9 @@ impl HostIo for FakeHost {
     }
 
     fn leave(&mut self, ifindex: u32, group: IpAddr) -> Result<(), MulticastError> {
+        if self.joined.contains(&(ifindex, group)) {
+            self.record(Effect::Leave { ifindex, group });
+        }
         if self.joined.remove(&(ifindex, group))
             && let Some(groups) = self.memberships.get_mut(&ifindex)
             && let Some(users) = groups.get_mut(&group)

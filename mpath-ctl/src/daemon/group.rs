@@ -20,7 +20,7 @@ use crate::{
         reconcile::{Holdings, Member},
         state::{self, Policy, ProbeFamilies},
     },
-    daemon::host_io::ProbeSender,
+    daemon::{host_io::ProbeSender, reconcile::Dirty},
     net::address::IpCidr,
 };
 
@@ -83,8 +83,13 @@ pub(super) struct GroupRuntime {
     /// The usable NICs the routes were last re-formed over.
     pub serving: Vec<String>,
     /// Usable NICs kept out of the routes while their data addresses are on the way (see
-    /// `Daemon::apply`); empty otherwise.
+    /// `Daemon::reconcile`); empty otherwise.
     pub joining: Vec<String>,
+    /// What this turn's events left out of date, for `Daemon::reconcile`.
+    pub dirty: Dirty,
+    /// Data addresses to take off NICs that left the group (renamed), once they are on
+    /// their new NIC: `(ifindex, address)`.
+    pub left_behind: Vec<(u32, IpCidr)>,
 }
 
 impl GroupRuntime {
@@ -108,6 +113,15 @@ impl GroupRuntime {
     /// The ifindexes of the members that exist.
     pub(super) fn ifindexes(&self) -> Vec<u32> {
         self.nics.iter().filter_map(|n| n.ifindex).collect()
+    }
+
+    /// The names of the members that may carry traffic now.
+    pub(super) fn usable_names(&self) -> Vec<String> {
+        self.fsm
+            .usable_interfaces()
+            .into_iter()
+            .map(String::from)
+            .collect()
     }
 
     /// The ifindexes of the members that may carry traffic now.
@@ -311,6 +325,8 @@ impl Groups {
             followed: BTreeSet::new(),
             serving: Vec::new(),
             joining: Vec::new(),
+            dirty: Dirty::default(),
+            left_behind: Vec::new(),
         });
         Ok(())
     }

@@ -11,7 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mpath_common::{NicCounters, NicInfo, sources::SourceClass, sources::SourceCounters};
+use anyhow::Context as _;
+use futures_util::future::LocalBoxFuture;
+use mpath_common::{
+    NicCounters, NicInfo, ProbeReply, sources::SourceClass, sources::SourceCounters,
+};
+use tokio::sync::mpsc;
 
 use crate::{
     config::ProbeRx,
@@ -20,7 +25,8 @@ use crate::{
     daemon::announcer::Announcement,
     datapath::{
         self, Attached, Datapath, DatapathError,
-        maps::MapsError,
+        carrier_hook::CarrierEvents,
+        maps::{MapsError, ProbeReplies},
         sources::{Served, cgroup2_root},
     },
     net::address::IpCidr,
@@ -28,7 +34,7 @@ use crate::{
     net::carrier::{CarrierReader, CarrierWatch},
     net::multicast::{self, ByIfindex, IgmpVersion, Joins, MulticastError},
     net::netconf::Netconf,
-    net::netlink::{AddressOptions, Link, Monitor, Netlink, NetlinkError, Origin},
+    net::netlink::{AddressOptions, Link, Monitor, NetEvent, Netlink, NetlinkError, Origin},
     net::nexthop::{Nexthop, NexthopError, Nexthops},
     net::probe_socket::ProbeSocket,
 };
@@ -45,12 +51,40 @@ impl ProbeSender for ProbeSocket {
     }
 }
 
+/// What the host tells the event loop on its own.
+#[derive(Debug)]
+pub(crate) enum HostEvent {
+    /// A kernel notification.
+    Net(NetEvent),
+    /// Probe replies the datapath matched.
+    ProbeReplies(Vec<ProbeReply>),
+    /// The carrier hook or watch saw NICs lose their carrier, ahead of the kernel's link
+    /// events.
+    CarrierLost(Vec<CarrierLoss>),
+    /// The carrier hook's reports cannot be read any more (why): the carrier watch is to
+    /// read the carrier instead.
+    CarrierHookFailed(String),
+}
+
+/// A NIC seen without carrier ahead of the kernel's link event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CarrierLoss {
+    pub ifindex: u32,
+    /// When the driver reported it (CLOCK_MONOTONIC), where the carrier hook tells it.
+    pub reported_ns: Option<u64>,
+}
+
 /// What the daemon reads from and does to the host: the clock, links, addresses and routes
 /// (rtnetlink), nexthop objects, the datapath's programs and maps, announcements, multicast
 /// joins, probe sockets, the carrier watch and the `net` sysctls.
 pub(crate) trait HostIo {
     /// Now, as the daemon's timers see it.
     fn now(&self) -> Instant;
+    /// Wakes at `at` on the clock of [`HostIo::now`]; owns what it needs, so that the event
+    /// loop can wait for it and for [`HostIo::next_event`] at once.
+    fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()>;
+    /// Waits for the next thing the host tells; an error ends the event loop.
+    async fn next_event(&mut self) -> anyhow::Result<HostEvent>;
 
     // Links and addresses.
     async fn links(&self) -> Result<Vec<Link>, NetlinkError>;
@@ -113,6 +147,9 @@ pub(crate) trait HostIo {
     fn attach_source_hook(&mut self) -> Result<PathBuf, String>;
     fn source_hook_attached(&self) -> Result<bool, DatapathError>;
     fn detach_source_hook(&mut self) -> Result<(), DatapathError>;
+    /// Attaches the carrier hook, whose reports then come with [`HostIo::next_event`]; why
+    /// not, when it cannot be.
+    fn attach_carrier_hook(&mut self) -> Result<(), String>;
 
     // The datapath's maps.
     fn nic_info(&self, ifindex: u32) -> Result<NicInfo, MapsError>;
@@ -174,6 +211,16 @@ pub(crate) trait HostIo {
     fn netconf(&self) -> Netconf;
 }
 
+/// The next carrier losses from the hook; never, without it.
+async fn next_carrier_events(
+    events: &mut Option<CarrierEvents>,
+) -> io::Result<Vec<mpath_common::CarrierEvent>> {
+    match events {
+        Some(events) => events.next_batch().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The host itself: rtnetlink, the loaded datapath, raw and multicast sockets, sysfs and
 /// `/proc/sys/net`.
 pub(crate) struct LiveHost {
@@ -183,11 +230,99 @@ pub(crate) struct LiveHost {
     pub nexthops: Nexthops,
     pub carrier_watch: CarrierWatch,
     pub joins: Joins,
+    /// The carrier hook's reports, while it runs (the carrier watch then stays off).
+    pub carrier_events: Option<CarrierEvents>,
+    /// What the event loop reads, once it runs ([`LiveHost::listen`]).
+    listening: Option<Listening>,
+}
+
+/// The readers [`LiveHost::next_event`] waits on besides the monitor and the carrier hook.
+struct Listening {
+    replies: ProbeReplies,
+    carrier_losses: mpsc::UnboundedReceiver<u32>,
+}
+
+impl LiveHost {
+    pub(crate) fn new(
+        datapath: Datapath,
+        netlink: Netlink,
+        monitor: Monitor,
+        nexthops: Nexthops,
+        carrier_watch: CarrierWatch,
+    ) -> LiveHost {
+        LiveHost {
+            datapath,
+            netlink,
+            monitor,
+            nexthops,
+            carrier_watch,
+            joins: Joins::default(),
+            carrier_events: None,
+            listening: None,
+        }
+    }
+
+    /// Takes the probe replies' ring buffer and the carrier watch's reports, for the event
+    /// loop.
+    pub(crate) fn listen(&mut self) -> anyhow::Result<()> {
+        let replies = self.datapath.maps.take_probe_replies()?;
+        let carrier_losses = self
+            .carrier_watch
+            .take_losses()
+            .context("carrier losses already taken")?;
+        self.listening = Some(Listening {
+            replies,
+            carrier_losses,
+        });
+        Ok(())
+    }
 }
 
 impl HostIo for LiveHost {
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep_until(at.into()))
+    }
+
+    async fn next_event(&mut self) -> anyhow::Result<HostEvent> {
+        let Listening {
+            replies,
+            carrier_losses,
+        } = self
+            .listening
+            .as_mut()
+            .context("the host is not listened to")?;
+        loop {
+            tokio::select! {
+                event = self.monitor.next() => match event {
+                    Ok(event) => return Ok(HostEvent::Net(event)),
+                    // The monitor fails only when its socket cannot be opened again; the
+                    // daemon keeps running on what it knows.
+                    Err(e) => tracing::error!("reading netlink events: {e:#}"),
+                },
+                batch = replies.next_batch() => return Ok(HostEvent::ProbeReplies(batch?)),
+                Some(ifindex) = carrier_losses.recv() => {
+                    let loss = CarrierLoss { ifindex, reported_ns: None };
+                    return Ok(HostEvent::CarrierLost(vec![loss]));
+                }
+                batch = next_carrier_events(&mut self.carrier_events) => match batch {
+                    Ok(events) => {
+                        let losses = events
+                            .into_iter()
+                            .map(|e| CarrierLoss { ifindex: e.ifindex, reported_ns: Some(e.time_ns) })
+                            .collect();
+                        return Ok(HostEvent::CarrierLost(losses));
+                    }
+                    Err(e) => {
+                        self.carrier_events = None;
+                        return Ok(HostEvent::CarrierHookFailed(e.to_string()));
+                    }
+                },
+            }
+        }
     }
 
     async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
@@ -327,6 +462,15 @@ impl HostIo for LiveHost {
 
     fn detach_source_hook(&mut self) -> Result<(), DatapathError> {
         self.datapath.detach_source_hook()
+    }
+
+    fn attach_carrier_hook(&mut self) -> Result<(), String> {
+        let events = self
+            .datapath
+            .attach_carrier_hook()
+            .map_err(|e| e.to_string())?;
+        self.carrier_events = Some(events);
+        Ok(())
     }
 
     fn nic_info(&self, ifindex: u32) -> Result<NicInfo, MapsError> {

@@ -35,22 +35,21 @@ impl Following {
 }
 
 impl<H: HostIo> Daemon<H> {
-    /// Looks again at the memberships of the groups that have an unusable NIC or hold joins,
-    /// once [`RECHECK`] has passed.
+    /// Marks for a look again at the memberships of the groups that have an unusable NIC or
+    /// hold joins, once [`RECHECK`] has passed.
     pub(super) fn recheck_memberships(&mut self, now: Instant) {
         if now < self.following.due {
             return;
         }
         self.following.due = now + RECHECK;
-        for gi in 0..self.groups.len() {
-            let group = &self.groups[gi];
+        for group in self.groups.iter_mut() {
             let unusable = group
                 .fsm
                 .nic_roles()
                 .iter()
                 .any(|r| r.role == Role::Unusable);
             if unusable || !group.followed.is_empty() {
-                self.follow_memberships(gi);
+                group.dirty.memberships = true;
             }
         }
     }

@@ -116,7 +116,7 @@ impl<H: HostIo> Daemon<H> {
         })
     }
 
-    pub(super) async fn probe_reply(&mut self, reply: ProbeReply) {
+    pub(super) fn probe_reply(&mut self, reply: ProbeReply) {
         let now = self.host.now();
         let from = reply.target();
         let Some(at) = self.groups.nic_at(reply.ifindex) else {
@@ -155,7 +155,7 @@ impl<H: HostIo> Daemon<H> {
                 if let Some(change) = group.fdt.try_lower(now, probers) {
                     tracing::info!("{}", change.message);
                 }
-                self.probe_events(at, family, events, Some(reply)).await
+                self.probe_events(at, family, events, Some(reply))
             }
             ReplyVerdict::Rejected(reason) => {
                 self.metrics.reply_refused(group.name(), &nic_name, reason);
@@ -167,7 +167,7 @@ impl<H: HostIo> Daemon<H> {
         }
     }
 
-    async fn probe_events(
+    fn probe_events(
         &mut self,
         at: NicAt,
         family: AddressFamily,
@@ -193,7 +193,7 @@ impl<H: HostIo> Daemon<H> {
                         family,
                         outcome,
                     };
-                    self.handle(at.group, event, now).await;
+                    self.handle(at.group, event, now);
                 }
                 ProbeEvent::Target(e) => tracing::info!("{}: {e}", self.groups.nic(at).name),
                 ProbeEvent::FdtRaised(change) => tracing::warn!("{}", change.message),
@@ -234,7 +234,7 @@ impl<H: HostIo> Daemon<H> {
 
     /// Sends the probes of a group that are due, declares lost the ones that timed out, and
     /// tells the state machine when a prober's targets come or go.
-    pub(super) async fn probe_group(&mut self, gi: usize, now: Instant) {
+    pub(super) fn probe_group(&mut self, gi: usize, now: Instant) {
         let probers: Vec<(usize, usize)> = self.groups[gi]
             .nics
             .iter()
@@ -300,14 +300,14 @@ impl<H: HostIo> Daemon<H> {
             let has_targets = !probing.prober.targets().is_empty();
             let targets_changed = has_targets != probing.had_targets;
             probing.had_targets = has_targets;
-            self.probe_events(at, family, events, None).await;
+            self.probe_events(at, family, events, None);
             if targets_changed {
                 let event = Event::Targets {
                     nic: name,
                     family,
                     available: has_targets,
                 };
-                self.handle(gi, event, now).await;
+                self.handle(gi, event, now);
             }
         }
     }

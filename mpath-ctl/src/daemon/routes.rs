@@ -518,7 +518,6 @@ impl<H: HostIo> Daemon<H> {
             );
         }
         self.routing.failed.clear();
-        self.update_sources();
         // Room for a notification per route, should the table change all at once.
         let routes = self.routing.main.len() + self.routing.plan.routes.len();
         self.host.fit_monitor(routes);
@@ -759,12 +758,11 @@ impl<H: HostIo> Daemon<H> {
     }
 
     /// A NIC joined or left the group's usable set, or lost or regained its carrier: the
-    /// group's nexthop groups are re-formed over the NICs that serve now, at once and
-    /// without reading any table; the rest (routes, sources, deletions) follows with the next
-    /// plan, shortly.
+    /// groups' nexthop groups are re-formed over the NICs that serve now, at once and
+    /// without reading any table; the rest (routes, deletions) follows with the next plan,
+    /// shortly. See [`Daemon::reconcile`].
     pub(super) async fn reform_groups(&mut self, now: Instant) {
         self.routing.regrouped(now);
-        self.update_sources();
         let groups = self.group_routing();
         // At once: the next part of a plan under way must not take the new members for
         // objects no longer wanted and delete them.

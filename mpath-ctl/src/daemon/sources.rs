@@ -142,27 +142,26 @@ impl<H: HostIo> Daemon<H> {
         }
     }
 
-    /// Gives the hook each group's placed data addresses.
-    pub(super) fn update_sources(&mut self) {
-        for g in self.groups.iter() {
-            let placed = g.addresses.iter().map(|a| (a.cidr, a.current.is_some()));
-            let sources = sources::sources(placed);
-            let name = g.name().to_owned();
-            if !sources.overflowing {
-                self.source_hook.overflowing.remove(&name);
-            } else if self.source_hook.overflowing.insert(name.clone()) {
-                tracing::warn!(
-                    "group {name} has more than {} data addresses of one kind (IPv4, IPv6 global, IPv6 unique local): the source hook chooses among the first {0} only",
-                    mpath_common::sources::MAX_SOURCES
+    /// Gives the hook group `gi`'s placed data addresses.
+    pub(super) fn update_sources(&mut self, gi: usize) {
+        let g = &self.groups[gi];
+        let placed = g.addresses.iter().map(|a| (a.cidr, a.current.is_some()));
+        let sources = sources::sources(placed);
+        let name = g.name().to_owned();
+        if !sources.overflowing {
+            self.source_hook.overflowing.remove(&name);
+        } else if self.source_hook.overflowing.insert(name.clone()) {
+            tracing::warn!(
+                "group {name} has more than {} data addresses of one kind (IPv4, IPv6 global, IPv6 unique local): the source hook chooses among the first {0} only",
+                mpath_common::sources::MAX_SOURCES
+            );
+        }
+        for class in SourceClass::ALL {
+            if let Err(e) = self.host.write_sources(g.id, class, sources.of(class)) {
+                tracing::error!(
+                    "giving the source hook group {name}'s sources: {}",
+                    with_causes(&e)
                 );
-            }
-            for class in SourceClass::ALL {
-                if let Err(e) = self.host.write_sources(g.id, class, sources.of(class)) {
-                    tracing::error!(
-                        "giving the source hook group {name}'s sources: {}",
-                        with_causes(&e)
-                    );
-                }
             }
         }
     }
