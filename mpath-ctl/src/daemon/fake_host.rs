@@ -8,7 +8,8 @@
 //! deliver, as the monitor would; of the route notifications, only that of a route someone
 //! deletes from mpathd's table.
 //!
-//! Not modelled: the carrier watch's early reports (tests call the handler), rules, the
+//! Not modelled: the carrier watch's early reports (tests call the handler), rules but
+//! mpathd's (one, in both families), the
 //! source hook and its maps (it never attaches), the bucket table's MACs, the receive
 //! counters (always zero), netconf (an empty tree: every write fails, and is logged).
 
@@ -34,7 +35,7 @@ use crate::{
     core::spread::Table,
     daemon::{
         announcer::Announcement,
-        host_io::{HostEvent, HostIo, ProbeSender},
+        host_io::{HostEvent, HostIo, ProbeSender, Rtnetlink},
     },
     datapath::{Attached, DatapathError, maps::MapsError, sources::Served},
     net::address::IpCidr,
@@ -106,6 +107,8 @@ pub(crate) struct FakeHost {
     /// mpathd's table, by destination and metric.
     table: RefCell<BTreeMap<(IpCidr, u32), TableRoute<u32>>>,
     link_routes: RefCell<BTreeSet<LinkRoute>>,
+    /// mpathd's rule, which sends traffic to its table, is there.
+    rule: Cell<bool>,
     nexthops: RefCell<BTreeMap<u32, Nexthop>>,
     /// NICs (by ifindex) carrying mpathd's programs.
     attached: BTreeSet<u32>,
@@ -140,6 +143,7 @@ impl FakeHost {
             main: RefCell::default(),
             table: RefCell::default(),
             link_routes: RefCell::default(),
+            rule: Cell::new(false),
             nexthops: RefCell::default(),
             attached: BTreeSet::new(),
             refuse_attach: BTreeSet::new(),
@@ -438,6 +442,16 @@ impl FakeHost {
             .unwrap_or_default()
     }
 
+    /// mpathd's rule is there.
+    pub(super) fn has_rule(&self) -> bool {
+        self.rule.get()
+    }
+
+    /// How many on-link routes mpathd has in the main table.
+    pub(super) fn link_route_count(&self) -> usize {
+        self.link_routes.borrow().len()
+    }
+
     /// The ids of the nexthop objects.
     pub(super) fn nexthop_ids(&self) -> BTreeSet<u32> {
         self.nexthops.borrow().keys().copied().collect()
@@ -499,29 +513,7 @@ impl ProbeSender for FakeProbeSocket {
     }
 }
 
-impl HostIo for FakeHost {
-    fn now(&self) -> Instant {
-        self.clock.get()
-    }
-
-    /// Moves the clock to `at` at once, after letting other tasks (a test talking to the
-    /// control socket) run.
-    fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()> {
-        let clock = Rc::clone(&self.clock);
-        Box::pin(async move {
-            tokio::task::yield_now().await;
-            clock.set(clock.get().max(at));
-        })
-    }
-
-    async fn next_event(&mut self) -> anyhow::Result<HostEvent> {
-        match self.ready_event() {
-            Some(event) => Ok(event),
-            // Only the daemon's own doings and probes make news on a host no test touches.
-            None => std::future::pending().await,
-        }
-    }
-
+impl Rtnetlink for FakeHost {
     async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         if let Some(e) = self.dump_error() {
             return Err(NetlinkError::ListLinks(e));
@@ -536,14 +528,6 @@ impl HostIo for FakeHost {
             .values()
             .find(|l| l.name == name)
             .cloned())
-    }
-
-    fn ifindex_of(&self, name: &str) -> Option<u32> {
-        self.links
-            .borrow()
-            .values()
-            .find(|l| l.name == name)
-            .map(|l| l.ifindex)
     }
 
     async fn addresses(&self) -> Result<Vec<(u32, IpCidr)>, NetlinkError> {
@@ -630,6 +614,12 @@ impl HostIo for FakeHost {
     }
 
     async fn ensure_rules(&self, _table: u32, _priority: u32) -> Result<(), NetlinkError> {
+        self.rule.set(true);
+        Ok(())
+    }
+
+    async fn del_rules(&self) -> Result<(), Vec<NetlinkError>> {
+        self.rule.set(false);
         Ok(())
     }
 
@@ -691,8 +681,6 @@ impl HostIo for FakeHost {
         Ok(())
     }
 
-    fn fit_monitor(&mut self, _routes: usize) {}
-
     async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError> {
         Ok(self.nexthops.borrow().values().cloned().collect())
     }
@@ -750,6 +738,40 @@ impl HostIo for FakeHost {
         }
         Ok(existed)
     }
+}
+
+impl HostIo for FakeHost {
+    fn now(&self) -> Instant {
+        self.clock.get()
+    }
+
+    /// Moves the clock to `at` at once, after letting other tasks (a test talking to the
+    /// control socket) run.
+    fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()> {
+        let clock = Rc::clone(&self.clock);
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            clock.set(clock.get().max(at));
+        })
+    }
+
+    async fn next_event(&mut self) -> anyhow::Result<HostEvent> {
+        match self.ready_event() {
+            Some(event) => Ok(event),
+            // Only the daemon's own doings and probes make news on a host no test touches.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn ifindex_of(&self, name: &str) -> Option<u32> {
+        self.links
+            .borrow()
+            .values()
+            .find(|l| l.name == name)
+            .map(|l| l.ifindex)
+    }
+
+    fn fit_monitor(&mut self, _routes: usize) {}
 
     fn attach(&mut self, ifname: &str, _probe_rx: ProbeRx) -> Result<Attached, DatapathError> {
         let ifindex = self

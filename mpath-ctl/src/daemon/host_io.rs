@@ -74,23 +74,12 @@ pub(crate) struct CarrierLoss {
     pub reported_ns: Option<u64>,
 }
 
-/// What the daemon reads from and does to the host: the clock, links, addresses and routes
-/// (rtnetlink), nexthop objects, the datapath's programs and maps, announcements, multicast
-/// joins, probe sockets, the carrier watch and the `net` sysctls.
-pub(crate) trait HostIo {
-    /// Now, as the daemon's timers see it.
-    fn now(&self) -> Instant;
-    /// Wakes at `at` on the clock of [`HostIo::now`]; owns what it needs, so that the event
-    /// loop can wait for it and for [`HostIo::next_event`] at once.
-    fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()>;
-    /// Waits for the next thing the host tells; an error ends the event loop.
-    async fn next_event(&mut self) -> anyhow::Result<HostEvent>;
-
+/// What mpathd reads from and does to the host through rtnetlink: links, addresses, rules,
+/// routes and nexthop objects. Alone, it is all `--check` and `--teardown` need.
+pub(crate) trait Rtnetlink {
     // Links and addresses.
     async fn links(&self) -> Result<Vec<Link>, NetlinkError>;
     async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError>;
-    /// The ifindex the NIC `name` has right now.
-    fn ifindex_of(&self, name: &str) -> Option<u32>;
     async fn addresses(&self) -> Result<Vec<(u32, IpCidr)>, NetlinkError>;
     /// Every global unicast address, with who made it.
     async fn addresses_by_origin(&self) -> Result<Vec<(u32, IpCidr, Origin)>, NetlinkError>;
@@ -108,6 +97,8 @@ pub(crate) trait HostIo {
     async fn main_routes(&self) -> Result<Vec<MainRoute>, NetlinkError>;
     async fn main_routes_through(&self, oif: u32) -> Result<Vec<MainRoute>, NetlinkError>;
     async fn ensure_rules(&self, table: u32, priority: u32) -> Result<(), NetlinkError>;
+    /// Deletes mpathd's rules, going on past each failure; returns every one.
+    async fn del_rules(&self) -> Result<(), Vec<NetlinkError>>;
     async fn table_routes(
         &self,
         table: u32,
@@ -128,13 +119,29 @@ pub(crate) trait HostIo {
     async fn link_routes(&self) -> Result<Vec<LinkRoute>, NetlinkError>;
     async fn set_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError>;
     async fn del_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError>;
-    /// Gives the event socket room for a notification per route.
-    fn fit_monitor(&mut self, routes: usize);
 
     // Nexthop objects.
     async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError>;
     async fn replace_nexthop(&self, nexthop: &Nexthop) -> Result<(), NexthopError>;
     async fn delete_nexthop(&self, id: u32) -> Result<bool, NexthopError>;
+}
+
+/// What the daemon reads from and does to the host: the clock, rtnetlink, the datapath's
+/// programs and maps, announcements, multicast joins, probe sockets, the carrier watch and
+/// the `net` sysctls.
+pub(crate) trait HostIo: Rtnetlink {
+    /// Now, as the daemon's timers see it.
+    fn now(&self) -> Instant;
+    /// Wakes at `at` on the clock of [`HostIo::now`]; owns what it needs, so that the event
+    /// loop can wait for it and for [`HostIo::next_event`] at once.
+    fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()>;
+    /// Waits for the next thing the host tells; an error ends the event loop.
+    async fn next_event(&mut self) -> anyhow::Result<HostEvent>;
+
+    /// The ifindex the NIC `name` has right now.
+    fn ifindex_of(&self, name: &str) -> Option<u32>;
+    /// Gives the event socket room for a notification per route.
+    fn fit_monitor(&mut self, routes: usize);
 
     // The datapath's programs.
     fn attach(&mut self, ifname: &str, probe_rx: ProbeRx) -> Result<Attached, DatapathError>;
@@ -225,9 +232,8 @@ async fn next_carrier_events(
 /// `/proc/sys/net`.
 pub(crate) struct LiveHost {
     pub datapath: Datapath,
-    pub netlink: Netlink,
+    pub rtnetlink: LiveRtnetlink,
     pub monitor: Monitor,
-    pub nexthops: Nexthops,
     pub carrier_watch: CarrierWatch,
     pub joins: Joins,
     /// The carrier hook's reports, while it runs (the carrier watch then stays off).
@@ -245,16 +251,14 @@ struct Listening {
 impl LiveHost {
     pub(crate) fn new(
         datapath: Datapath,
-        netlink: Netlink,
+        rtnetlink: LiveRtnetlink,
         monitor: Monitor,
-        nexthops: Nexthops,
         carrier_watch: CarrierWatch,
     ) -> LiveHost {
         LiveHost {
             datapath,
-            netlink,
+            rtnetlink,
             monitor,
-            nexthops,
             carrier_watch,
             joins: Joins::default(),
             carrier_events: None,
@@ -278,63 +282,29 @@ impl LiveHost {
     }
 }
 
-impl HostIo for LiveHost {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
+/// rtnetlink itself.
+pub(crate) struct LiveRtnetlink {
+    pub netlink: Netlink,
+    pub nexthops: Nexthops,
+}
 
-    fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()> {
-        Box::pin(tokio::time::sleep_until(at.into()))
+impl LiveRtnetlink {
+    /// Opens rtnetlink, for links, addresses, rules and routes, and for nexthop objects.
+    pub(crate) fn connect() -> anyhow::Result<LiveRtnetlink> {
+        Ok(LiveRtnetlink {
+            netlink: Netlink::connect().context("opening rtnetlink")?,
+            nexthops: Nexthops::connect().context("opening rtnetlink for nexthops")?,
+        })
     }
+}
 
-    async fn next_event(&mut self) -> anyhow::Result<HostEvent> {
-        let Listening {
-            replies,
-            carrier_losses,
-        } = self
-            .listening
-            .as_mut()
-            .context("the host is not listened to")?;
-        loop {
-            tokio::select! {
-                event = self.monitor.next() => match event {
-                    Ok(event) => return Ok(HostEvent::Net(event)),
-                    // The monitor fails only when its socket cannot be opened again; the
-                    // daemon keeps running on what it knows.
-                    Err(e) => tracing::error!("reading netlink events: {e:#}"),
-                },
-                batch = replies.next_batch() => return Ok(HostEvent::ProbeReplies(batch?)),
-                Some(ifindex) = carrier_losses.recv() => {
-                    let loss = CarrierLoss { ifindex, reported_ns: None };
-                    return Ok(HostEvent::CarrierLost(vec![loss]));
-                }
-                batch = next_carrier_events(&mut self.carrier_events) => match batch {
-                    Ok(events) => {
-                        let losses = events
-                            .into_iter()
-                            .map(|e| CarrierLoss { ifindex: e.ifindex, reported_ns: Some(e.time_ns) })
-                            .collect();
-                        return Ok(HostEvent::CarrierLost(losses));
-                    }
-                    Err(e) => {
-                        self.carrier_events = None;
-                        return Ok(HostEvent::CarrierHookFailed(e.to_string()));
-                    }
-                },
-            }
-        }
-    }
-
+impl Rtnetlink for LiveRtnetlink {
     async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         self.netlink.links().await
     }
 
     async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
         self.netlink.link(name).await
-    }
-
-    fn ifindex_of(&self, name: &str) -> Option<u32> {
-        datapath::ifindex_of(name).ok()
     }
 
     async fn addresses(&self) -> Result<Vec<(u32, IpCidr)>, NetlinkError> {
@@ -416,10 +386,6 @@ impl HostIo for LiveHost {
         self.netlink.del_link_route(route).await
     }
 
-    fn fit_monitor(&mut self, routes: usize) {
-        self.monitor.fit(routes);
-    }
-
     async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError> {
         self.nexthops.dump().await
     }
@@ -430,6 +396,171 @@ impl HostIo for LiveHost {
 
     async fn delete_nexthop(&self, id: u32) -> Result<bool, NexthopError> {
         self.nexthops.delete(id).await
+    }
+
+    async fn del_rules(&self) -> Result<(), Vec<NetlinkError>> {
+        self.netlink.del_rules().await
+    }
+}
+
+impl Rtnetlink for LiveHost {
+    async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        self.rtnetlink.links().await
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        self.rtnetlink.link(name).await
+    }
+
+    async fn addresses(&self) -> Result<Vec<(u32, IpCidr)>, NetlinkError> {
+        self.rtnetlink.addresses().await
+    }
+
+    async fn addresses_by_origin(&self) -> Result<Vec<(u32, IpCidr, Origin)>, NetlinkError> {
+        self.rtnetlink.addresses_by_origin().await
+    }
+
+    async fn addresses_with_origin(&self) -> Result<Vec<(u32, IpCidr, Origin)>, NetlinkError> {
+        self.rtnetlink.addresses_with_origin().await
+    }
+
+    async fn add_address(
+        &self,
+        ifindex: u32,
+        cidr: IpCidr,
+        options: AddressOptions,
+    ) -> Result<(), NetlinkError> {
+        self.rtnetlink.add_address(ifindex, cidr, options).await
+    }
+
+    async fn del_address(&self, ifindex: u32, cidr: IpCidr) -> Result<(), NetlinkError> {
+        self.rtnetlink.del_address(ifindex, cidr).await
+    }
+
+    async fn main_routes(&self) -> Result<Vec<MainRoute>, NetlinkError> {
+        self.rtnetlink.main_routes().await
+    }
+
+    async fn main_routes_through(&self, oif: u32) -> Result<Vec<MainRoute>, NetlinkError> {
+        self.rtnetlink.main_routes_through(oif).await
+    }
+
+    async fn ensure_rules(&self, table: u32, priority: u32) -> Result<(), NetlinkError> {
+        self.rtnetlink.ensure_rules(table, priority).await
+    }
+
+    async fn table_routes(
+        &self,
+        table: u32,
+    ) -> Result<Vec<((IpCidr, u32), TableRoute<u32>)>, NetlinkError> {
+        self.rtnetlink.table_routes(table).await
+    }
+
+    async fn set_table_route(
+        &self,
+        table: u32,
+        destination: IpCidr,
+        metric: u32,
+        route: &TableRoute<u32>,
+    ) -> Result<(), NetlinkError> {
+        self.rtnetlink
+            .set_table_route(table, destination, metric, route)
+            .await
+    }
+
+    async fn del_table_route(
+        &self,
+        table: u32,
+        destination: IpCidr,
+        metric: u32,
+    ) -> Result<(), NetlinkError> {
+        self.rtnetlink
+            .del_table_route(table, destination, metric)
+            .await
+    }
+
+    async fn link_routes(&self) -> Result<Vec<LinkRoute>, NetlinkError> {
+        self.rtnetlink.link_routes().await
+    }
+
+    async fn set_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError> {
+        self.rtnetlink.set_link_route(route).await
+    }
+
+    async fn del_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError> {
+        self.rtnetlink.del_link_route(route).await
+    }
+
+    async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError> {
+        self.rtnetlink.nexthops().await
+    }
+
+    async fn replace_nexthop(&self, nexthop: &Nexthop) -> Result<(), NexthopError> {
+        self.rtnetlink.replace_nexthop(nexthop).await
+    }
+
+    async fn delete_nexthop(&self, id: u32) -> Result<bool, NexthopError> {
+        self.rtnetlink.delete_nexthop(id).await
+    }
+
+    async fn del_rules(&self) -> Result<(), Vec<NetlinkError>> {
+        self.rtnetlink.del_rules().await
+    }
+}
+
+impl HostIo for LiveHost {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()> {
+        Box::pin(tokio::time::sleep_until(at.into()))
+    }
+
+    async fn next_event(&mut self) -> anyhow::Result<HostEvent> {
+        let Listening {
+            replies,
+            carrier_losses,
+        } = self
+            .listening
+            .as_mut()
+            .context("the host is not listened to")?;
+        loop {
+            tokio::select! {
+                event = self.monitor.next() => match event {
+                    Ok(event) => return Ok(HostEvent::Net(event)),
+                    // The monitor fails only when its socket cannot be opened again; the
+                    // daemon keeps running on what it knows.
+                    Err(e) => tracing::error!("reading netlink events: {e:#}"),
+                },
+                batch = replies.next_batch() => return Ok(HostEvent::ProbeReplies(batch?)),
+                Some(ifindex) = carrier_losses.recv() => {
+                    let loss = CarrierLoss { ifindex, reported_ns: None };
+                    return Ok(HostEvent::CarrierLost(vec![loss]));
+                }
+                batch = next_carrier_events(&mut self.carrier_events) => match batch {
+                    Ok(events) => {
+                        let losses = events
+                            .into_iter()
+                            .map(|e| CarrierLoss { ifindex: e.ifindex, reported_ns: Some(e.time_ns) })
+                            .collect();
+                        return Ok(HostEvent::CarrierLost(losses));
+                    }
+                    Err(e) => {
+                        self.carrier_events = None;
+                        return Ok(HostEvent::CarrierHookFailed(e.to_string()));
+                    }
+                },
+            }
+        }
+    }
+
+    fn ifindex_of(&self, name: &str) -> Option<u32> {
+        datapath::ifindex_of(name).ok()
+    }
+
+    fn fit_monitor(&mut self, routes: usize) {
+        self.monitor.fit(routes);
     }
 
     fn attach(&mut self, ifname: &str, probe_rx: ProbeRx) -> Result<Attached, DatapathError> {

@@ -33,11 +33,11 @@ mod scenarios;
 mod service;
 mod sources;
 mod status;
+mod teardown;
 mod turn;
 
 pub use host::check_against_host;
-pub use nics::remove_test_addresses;
-pub use routes::remove_routes;
+pub use teardown::{remove_routes, remove_test_addresses};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -60,7 +60,7 @@ use crate::{
     daemon::{
         announcer::Announcer,
         group::Groups,
-        host_io::{HostIo, LiveHost},
+        host_io::{HostIo, LiveHost, LiveRtnetlink},
         multicast::Following,
         probing::ProbeContext,
         routes::Routing,
@@ -73,8 +73,7 @@ use crate::{
     net::announce,
     net::carrier::CarrierWatch,
     net::netconf::Netconf,
-    net::netlink::{Monitor, NetEvent, Netlink},
-    net::nexthop::Nexthops,
+    net::netlink::{Monitor, NetEvent},
 };
 
 /// How often mpathd looks whether its programs are still on every NIC and tries again where
@@ -175,13 +174,12 @@ impl Daemon<LiveHost> {
         // Subscribed before the first dump, so that nothing changing meanwhile is missed.
         let monitor = Monitor::open_with_receive_buffer(netlink_receive_buffer)
             .context("subscribing to rtnetlink events")?;
-        let netlink = Netlink::connect().context("opening rtnetlink")?;
+        let rtnetlink = LiveRtnetlink::connect()?;
         announce::open_socket()?;
-        let nexthops = Nexthops::connect().context("opening rtnetlink for nexthops")?;
-        nexthops.check_kernel().await?;
+        rtnetlink.nexthops.check_kernel().await?;
         let carrier_watch = CarrierWatch::start(config.daemon.carrier_poll)
             .context("starting the carrier watch")?;
-        let host = LiveHost::new(datapath, netlink, monitor, nexthops, carrier_watch);
+        let host = LiveHost::new(datapath, rtnetlink, monitor, carrier_watch);
         Daemon::take_over(config, paths, host, probes, Some(control)).await
     }
 

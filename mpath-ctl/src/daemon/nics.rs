@@ -26,7 +26,7 @@ use crate::{
     },
     net::address::IpCidr,
     net::netconf::{InterfaceNetconf, answers_arp_only_for_its_own},
-    net::netlink::{AddressOptions, Link, Netlink, NetlinkError, Origin},
+    net::netlink::{AddressOptions, Link, NetlinkError, Origin},
 };
 
 impl<H: HostIo> Daemon<H> {
@@ -729,42 +729,6 @@ impl<H: HostIo> Daemon<H> {
             Some(_) => tracing::warn!("The link has gone down on {}", link.name),
             None => tracing::debug!("tracking {} (in no group)", link.name),
         }
-    }
-}
-
-/// Removes the configuration's test addresses from the NICs that hold them, for `mpathd
-/// --teardown`: they are mpathd's alone, unlike the data addresses, which stay for the
-/// applications using them. Goes on past each address it cannot remove, and returns every
-/// failure.
-pub async fn remove_test_addresses(
-    config: &crate::config::Config,
-) -> Result<(), Vec<anyhow::Error>> {
-    let dumps = async {
-        let netlink = Netlink::connect()?;
-        let links = netlink.links().await?;
-        let present = netlink.addresses().await?;
-        Ok::<_, NetlinkError>((netlink, links, present))
-    };
-    let (netlink, links, present) = dumps.await.map_err(|e| vec![e.into()])?;
-    let mut errors = Vec::new();
-    for interface in config.groups.iter().flat_map(|g| &g.interfaces) {
-        let (Some(test), Some(link)) = (
-            interface.test_address,
-            links.iter().find(|l| l.name == interface.name),
-        ) else {
-            continue;
-        };
-        let host = IpCidr::from(test).host();
-        if present.contains(&(link.ifindex, host))
-            && let Err(e) = netlink.del_address(link.ifindex, host).await
-        {
-            errors.push(e.into());
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
     }
 }
 

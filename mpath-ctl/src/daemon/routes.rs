@@ -16,8 +16,8 @@ use crate::{
     },
     daemon::{Daemon, host_io::HostIo},
     net::address::IpCidr,
-    net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, Netlink, RouteNotice},
-    net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops},
+    net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, RouteNotice},
+    net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind},
 };
 
 /// Buckets of each resilient nexthop group: a NIC that leaves takes its share of them along,
@@ -1129,77 +1129,4 @@ impl<H: HostIo> Daemon<H> {
 /// and logged at debug level only.
 fn is_data_prefix(group: &super::group::GroupRuntime, route: &RouteConfig) -> bool {
     route.via.is_none() && group.addresses.iter().any(|a| a.cidr.network() == route.to)
-}
-
-/// Removes mpathd's routing from the host: its rules, the routes of its `table` and its
-/// nexthop objects. Traffic then follows the main table's routes alone. For `mpathd
-/// --teardown`; a running mpathd would put them back. Goes on past each failure, so that
-/// one route the kernel refuses leaves no other behind, and returns every one.
-pub async fn remove_routes(table: u32) -> Result<(), Vec<anyhow::Error>> {
-    let mut errors = match Netlink::connect() {
-        Ok(netlink) => remove_rules_and_routes(&netlink, table).await,
-        Err(e) => vec![e.into()],
-    };
-    // After the routes, which use them.
-    errors.extend(remove_nexthops().await);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
-}
-
-/// Deletes mpathd's rules, its on-link routes and the routes of its `table`, going on past
-/// each failure; returns every one.
-async fn remove_rules_and_routes(netlink: &Netlink, table: u32) -> Vec<anyhow::Error> {
-    let mut errors: Vec<anyhow::Error> = Vec::new();
-    if let Err(e) = netlink.del_rules().await {
-        errors.extend(e.into_iter().map(anyhow::Error::from));
-    }
-    match netlink.link_routes().await {
-        Ok(routes) => {
-            for route in routes {
-                let deleted = netlink.del_link_route(&route).await;
-                errors.extend(deleted.err().map(anyhow::Error::from));
-            }
-        }
-        Err(e) => errors.push(e.into()),
-    }
-    match netlink.table_routes(table).await {
-        Ok(routes) => {
-            for ((destination, metric), _) in routes {
-                let deleted = netlink.del_table_route(table, destination, metric).await;
-                errors.extend(deleted.err().map(anyhow::Error::from));
-            }
-        }
-        Err(e) => errors.push(e.into()),
-    }
-    errors
-}
-
-/// Deletes mpathd's nexthop objects, going on past each failure; returns every one.
-async fn remove_nexthops() -> Vec<anyhow::Error> {
-    let dump = async {
-        let nexthops = Nexthops::connect()?;
-        let ours = nexthops.dump().await?;
-        Ok::<_, NexthopError>((nexthops, ours))
-    };
-    let (nexthops, ours) = match dump.await {
-        Ok(dumped) => dumped,
-        Err(e) => return vec![e.into()],
-    };
-    let ours: Vec<&Nexthop> = ours
-        .iter()
-        .filter(|n| n.protocol == MPATHD_PROTOCOL)
-        .collect();
-    // Groups first: deleting their members first would make the kernel delete them anyway.
-    let (groups, singles): (Vec<&Nexthop>, Vec<&Nexthop>) = ours
-        .into_iter()
-        .partition(|n| !matches!(n.kind, NexthopKind::Single { .. }));
-    let mut errors = Vec::new();
-    for nexthop in groups.into_iter().chain(singles) {
-        let deleted = nexthops.delete(nexthop.id).await;
-        errors.extend(deleted.err().map(anyhow::Error::from));
-    }
-    errors
 }

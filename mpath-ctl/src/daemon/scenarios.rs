@@ -19,9 +19,11 @@ use crate::{
     daemon::{
         ConfigPaths, Daemon,
         fake_host::{Effect, FakeHost},
+        host::check_on,
         host_io::{CarrierLoss, HostEvent, HostIo},
         probing::ProbeContext,
         service::Notifier,
+        teardown::{remove_routes_from, remove_test_addresses_from},
         turn::{Inbox, Input, Signal},
     },
     net::address::IpCidr,
@@ -1099,5 +1101,51 @@ async fn the_event_loop_answers_the_control_socket_and_fails_a_silent_nic_over_o
     assert_eq!(
         s.host().routed_through(cidr("198.51.100.0/24")),
         BTreeSet::from([H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_teardown_after_mpathd_stopped_leaves_the_data_addresses_and_nothing_else_of_its() {
+    let s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let config = s.daemon.config.clone();
+    let host = s.stop();
+    assert!(host.has_rule() && host.link_route_count() > 0 && !host.nexthop_ids().is_empty());
+    let table = config.daemon.route_table;
+    let mut errors = remove_routes_from(&host, table).await;
+    errors.extend(remove_test_addresses_from(&host, &config).await);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(!host.has_rule());
+    assert_eq!(host.link_route_count(), 0);
+    assert!(host.nexthop_ids().is_empty());
+    assert!(host.routed_through(cidr("198.51.100.0/24")).is_empty());
+    for (ifindex, test) in [
+        (H0, "192.0.2.10/32"),
+        (H1, "192.0.2.11/32"),
+        (H2, "192.0.2.12/32"),
+    ] {
+        assert!(!host.addresses_on(ifindex).contains(&cidr(test)));
+    }
+    assert!(host.addresses_on(H0).contains(&cidr("192.0.2.20/24")));
+    assert!(host.addresses_on(H1).contains(&cidr("192.0.2.21/24")));
+}
+
+#[tokio::test]
+async fn a_check_refuses_a_data_address_a_nic_outside_the_groups_holds_and_names_a_missing_nic() {
+    let host = three_nic_host();
+    host.add_nic("m0", 7);
+    host.add_others_address(7, cidr("192.0.2.21/24"));
+    let text = THREE_NICS.replace("\"h2\"", "\"h3\"");
+    let config = Config::parse(&text, "mpathd.toml", None).unwrap();
+    let check = check_on(&host, &config, &[]).await.unwrap();
+    let refused: Vec<(&str, &str)> = check
+        .refusals
+        .iter()
+        .map(|r| (r.interface.as_str(), r.nic.as_str()))
+        .collect();
+    assert_eq!(refused, [("h1", "m0")]);
+    assert!(
+        check.warnings.iter().any(|w| w.contains("h3")),
+        "{:?}",
+        check.warnings
     );
 }
