@@ -7,15 +7,15 @@ use tracing::Level;
 
 use crate::{
     core::state::{Action, Event, FailureCause, IfState},
-    daemon::{Daemon, host_io::HostIo, reconcile::Dirty},
+    daemon::{Daemon, group::GroupId, host_io::HostIo, reconcile::Dirty},
 };
 
 impl<H: HostIo> Daemon<H> {
     /// Feeds one event to a group's state machine and carries out its decisions.
-    pub(super) fn handle(&mut self, gi: usize, event: Event, now: Instant) {
-        match self.groups[gi].fsm.handle(event, now) {
-            Ok(actions) => self.apply(gi, actions),
-            Err(e) => tracing::debug!("group {}: {e}", self.groups[gi].name()),
+    pub(super) fn handle(&mut self, id: GroupId, event: Event, now: Instant) {
+        match self.groups[id].fsm.handle(event, now) {
+            Ok(actions) => self.apply(id, actions),
+            Err(e) => tracing::debug!("group {}: {e}", self.groups[id].name()),
         }
     }
 
@@ -23,11 +23,11 @@ impl<H: HostIo> Daemon<H> {
     /// marks at once; a change of the usable set marks the group's addresses, bucket table,
     /// memberships, routes and sources out of date, for [`Daemon::reconcile`] to bring in
     /// line at the end of the turn.
-    pub(super) fn apply(&mut self, gi: usize, actions: Vec<Action>) {
-        let name = self.groups[gi].config.name.clone();
+    pub(super) fn apply(&mut self, id: GroupId, actions: Vec<Action>) {
+        let name = self.groups[id].config.name.clone();
         let name = name.as_str();
         for action in &actions {
-            let group = &mut self.groups[gi];
+            let group = &mut self.groups[id];
             let line = action.log_line(name);
             match action {
                 Action::Failed { nic, cause } => {
@@ -55,7 +55,7 @@ impl<H: HostIo> Daemon<H> {
                 Action::Repaired { nic } => {
                     self.metrics.repair(name, nic);
                     log(Level::INFO, name, action, line);
-                    self.report_memberships(gi, nic);
+                    self.report_memberships(id, nic);
                 }
                 Action::FlushTargets { nics } => {
                     log(Level::INFO, name, action, line);
@@ -91,7 +91,7 @@ impl<H: HostIo> Daemon<H> {
         }
         // Probers trust RTTs only while their NIC works (not failed, not offline).
         let now = self.host.now();
-        let group = &mut self.groups[gi];
+        let group = &mut self.groups[id];
         for nic in &mut group.nics {
             let working = matches!(group.fsm.interface_state(&nic.name), Some(IfState::Ok));
             for p in &mut nic.probing {

@@ -13,7 +13,10 @@ use crate::{
     core::spread,
     core::state::Event,
     core::target::AddressFamily,
-    daemon::{Daemon, announcer::Announcement, host_io::HostIo, is_link_local, reconcile::Dirty},
+    daemon::{
+        Daemon, announcer::Announcement, group::GroupId, host_io::HostIo, is_link_local,
+        reconcile::Dirty,
+    },
     net::address::IpCidr,
     net::netlink::{AddressOptions, Origin},
 };
@@ -62,15 +65,16 @@ impl<H: HostIo> Daemon<H> {
                 tracing::warn!(
                     "data address {cidr} was added to {nic} behind mpathd's back; adopting it there"
                 );
-                let group = &mut self.groups[group];
+                let id = self.groups.at_position(group);
+                let group = &mut self.groups[id];
                 if let Some(a) = group.address_mut(cidr) {
                     a.current = Some(nic);
                 }
                 group.dirty.mark(Dirty::ADDRESSES);
             }
             Added::Adopt { .. } => {
-                for gi in self.adopt_addresses(&[(ifindex, cidr)]) {
-                    self.groups[gi].dirty.mark(Dirty::ADDRESSES);
+                for id in self.adopt_addresses(&[(ifindex, cidr)]) {
+                    self.groups[id].dirty.mark(Dirty::ADDRESSES);
                     self.routing.changed(self.host.now());
                 }
             }
@@ -111,14 +115,16 @@ impl<H: HostIo> Daemon<H> {
                 tracing::warn!(
                     "data address {cidr} was removed from {nic} behind mpathd's back; restoring it"
                 );
-                let group = &mut self.groups[group];
+                let id = self.groups.at_position(group);
+                let group = &mut self.groups[id];
                 if let Some(a) = group.address_mut(cidr) {
                     a.current = None;
                 }
                 group.dirty.mark(Dirty::ADDRESSES);
             }
             Removed::Forget { group } => {
-                let group = &mut self.groups[group];
+                let id = self.groups.at_position(group);
+                let group = &mut self.groups[id];
                 // Someone else's address, and now someone removed it: it is theirs to remove.
                 tracing::info!(
                     "{cidr} was removed from its NIC; group {} forgets it (adopted, not configured)",
@@ -141,10 +147,11 @@ impl<H: HostIo> Daemon<H> {
     /// addresses (an administrator's, a DHCP client's): in IPMP every address of a NIC but
     /// its test address fails over, so they become data addresses of that NIC, placed and
     /// moved like the configured ones. Returns the groups that adopted one.
-    pub(super) fn adopt_addresses(&mut self, others: &[(u32, IpCidr)]) -> BTreeSet<usize> {
+    pub(super) fn adopt_addresses(&mut self, others: &[(u32, IpCidr)]) -> BTreeSet<GroupId> {
         let mut adopting = BTreeSet::new();
         for adoption in reconcile::adoptable(&self.groups.holdings(), others) {
-            let group = &mut self.groups[adoption.group];
+            let id = self.groups.at_position(adoption.group);
+            let group = &mut self.groups[id];
             tracing::info!(
                 "group {} adopts {} found on {}: it fails over like the data addresses",
                 group.name(),
@@ -157,7 +164,7 @@ impl<H: HostIo> Daemon<H> {
                 home: adoption.nic.clone(),
                 current: Some(adoption.nic),
             });
-            adopting.insert(adoption.group);
+            adopting.insert(id);
         }
         adopting
     }
@@ -202,8 +209,8 @@ impl<H: HostIo> Daemon<H> {
     /// possible, and tells the egress program which NICs the kernel's routes spread over
     /// (with `spread = "routes"`: the usable ones), so that it leaves their packets alone and
     /// moves only what still leaves an unusable NIC.
-    pub(super) fn write_table(&mut self, gi: usize) {
-        let group = &self.groups[gi];
+    pub(super) fn write_table(&mut self, id: GroupId) {
+        let group = &self.groups[id];
         let usable = group.usable_ifindexes();
         let macs: BTreeMap<u32, [u8; 6]> = group
             .nics
@@ -246,8 +253,8 @@ impl<H: HostIo> Daemon<H> {
     /// Puts every data address where the placement plan wants it: adds it on the new NIC
     /// first and only then removes it from the old one, so it is never on no NIC; tells the
     /// peers at once.
-    pub(super) async fn move_addresses(&mut self, gi: usize) {
-        let group = &self.groups[gi];
+    pub(super) async fn move_addresses(&mut self, id: GroupId) {
+        let group = &self.groups[id];
         let plan = match failover::plan(&group.fsm.nic_roles(), &group.addresses) {
             Ok(plan) => plan,
             Err(e) => {
@@ -257,7 +264,7 @@ impl<H: HostIo> Daemon<H> {
         };
         let mut done = BTreeSet::new();
         for m in &plan.moves {
-            let group = &self.groups[gi];
+            let group = &self.groups[id];
             let Some(to) = group.nic(&m.to).and_then(|n| n.ifindex.map(|i| (i, n.mac))) else {
                 continue;
             };
@@ -282,14 +289,14 @@ impl<H: HostIo> Daemon<H> {
             };
             self.announce(announcement, &m.to);
             done.insert(m.addr);
-            if let Some(a) = self.groups[gi].address_mut(m.addr) {
+            if let Some(a) = self.groups[id].address_mut(m.addr) {
                 a.current = Some(m.to.clone());
             }
         }
         for transfer in plan.transfers() {
             if transfer.addresses.iter().all(|a| done.contains(a)) {
                 tracing::info!("{transfer}");
-                self.metrics.transfer(self.groups[gi].name(), &transfer);
+                self.metrics.transfer(self.groups[id].name(), &transfer);
             }
         }
     }

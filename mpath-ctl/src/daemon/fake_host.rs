@@ -35,6 +35,7 @@ use crate::{
     core::spread::Table,
     daemon::{
         announcer::Announcement,
+        group::GroupId,
         host_io::{HostEvent, HostIo, ProbeSender, Rtnetlink},
     },
     datapath::{Attached, DatapathError, maps::MapsError, sources::Served},
@@ -73,7 +74,7 @@ pub(crate) enum Effect {
         id: u32,
     },
     WriteTable {
-        group: u32,
+        group: GroupId,
     },
     Join {
         ifindex: u32,
@@ -84,7 +85,7 @@ pub(crate) enum Effect {
         group: IpAddr,
     },
     WriteSources {
-        group: u32,
+        group: GroupId,
         class: SourceClass,
     },
 }
@@ -115,7 +116,7 @@ pub(crate) struct FakeHost {
     /// NICs (by name) whose driver refuses the programs.
     refuse_attach: BTreeSet<String>,
     nic_infos: BTreeMap<u32, NicInfo>,
-    tables: BTreeMap<u32, Table>,
+    tables: BTreeMap<GroupId, Table>,
     /// NICs (by ifindex) whose probes the link's targets answer no longer.
     pub silent: BTreeSet<u32>,
     /// Dumps fail, as when notifications keep interrupting them.
@@ -436,7 +437,7 @@ impl FakeHost {
     }
 
     /// The NICs the bucket table of group `id` sends traffic to.
-    pub(super) fn buckets_of(&self, id: u32) -> BTreeSet<u32> {
+    pub(super) fn buckets_of(&self, id: GroupId) -> BTreeSet<u32> {
         self.table(id)
             .map(|t| t.into_iter().filter(|i| *i != 0).collect())
             .unwrap_or_default()
@@ -862,7 +863,7 @@ impl HostIo for FakeHost {
         Ok(())
     }
 
-    fn table(&self, group: u32) -> Result<Table, MapsError> {
+    fn table(&self, group: GroupId) -> Result<Table, MapsError> {
         Ok(self
             .tables
             .get(&group)
@@ -872,7 +873,7 @@ impl HostIo for FakeHost {
 
     fn write_table(
         &mut self,
-        group: u32,
+        group: GroupId,
         table: &Table,
         _mac_of: impl Fn(u32) -> [u8; 6],
     ) -> Result<usize, MapsError> {
@@ -914,7 +915,7 @@ impl HostIo for FakeHost {
 
     fn write_sources(
         &mut self,
-        group: u32,
+        group: GroupId,
         class: SourceClass,
         _addrs: &[IpCidr],
     ) -> Result<bool, MapsError> {
@@ -922,11 +923,11 @@ impl HostIo for FakeHost {
         Ok(false)
     }
 
-    fn clear_other_groups_sources(&mut self, _groups: &[u32]) -> Result<(), MapsError> {
+    fn clear_other_groups_sources(&mut self, _groups: &[GroupId]) -> Result<(), MapsError> {
         Ok(())
     }
 
-    fn source_counters(&self, _group: u32) -> Result<SourceCounters, MapsError> {
+    fn source_counters(&self, _group: GroupId) -> Result<SourceCounters, MapsError> {
         Ok(SourceCounters::default())
     }
 

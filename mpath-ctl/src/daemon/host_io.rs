@@ -22,7 +22,7 @@ use crate::{
     config::ProbeRx,
     core::routes::{LinkRoute, MainRoute, TableRoute},
     core::spread::Table,
-    daemon::announcer::Announcement,
+    daemon::{announcer::Announcement, group::GroupId},
     datapath::{
         self, Attached, Datapath, DatapathError,
         carrier_hook::CarrierEvents,
@@ -169,10 +169,10 @@ pub(crate) trait HostIo: Rtnetlink {
     fn set_routed(&mut self, ifindex: u32, routed: bool) -> Result<(), MapsError>;
     fn set_test_address(&mut self, addr: Ipv4Addr, ifindex: u32) -> Result<(), MapsError>;
     fn remove_test_address(&mut self, addr: Ipv4Addr) -> Result<(), MapsError>;
-    fn table(&self, group: u32) -> Result<Table, MapsError>;
+    fn table(&self, group: GroupId) -> Result<Table, MapsError>;
     fn write_table(
         &mut self,
-        group: u32,
+        group: GroupId,
         table: &Table,
         mac_of: impl Fn(u32) -> [u8; 6],
     ) -> Result<usize, MapsError>;
@@ -186,12 +186,12 @@ pub(crate) trait HostIo: Rtnetlink {
     fn patch_source_routes(&mut self, patch: &BTreeMap<IpCidr, Option<Option<u32>>>) -> bool;
     fn write_sources(
         &mut self,
-        group: u32,
+        group: GroupId,
         class: SourceClass,
         addrs: &[IpCidr],
     ) -> Result<bool, MapsError>;
-    fn clear_other_groups_sources(&mut self, groups: &[u32]) -> Result<(), MapsError>;
-    fn source_counters(&self, group: u32) -> Result<SourceCounters, MapsError>;
+    fn clear_other_groups_sources(&mut self, groups: &[GroupId]) -> Result<(), MapsError>;
+    fn source_counters(&self, group: GroupId) -> Result<SourceCounters, MapsError>;
 
     // Announcements, multicast memberships, probes.
     fn announce(&self, announcement: &Announcement) -> io::Result<()>;
@@ -632,17 +632,17 @@ impl HostIo for LiveHost {
         self.datapath.maps.remove_test_address(addr)
     }
 
-    fn table(&self, group: u32) -> Result<Table, MapsError> {
-        self.datapath.maps.table(group)
+    fn table(&self, group: GroupId) -> Result<Table, MapsError> {
+        self.datapath.maps.table(group.0)
     }
 
     fn write_table(
         &mut self,
-        group: u32,
+        group: GroupId,
         table: &Table,
         mac_of: impl Fn(u32) -> [u8; 6],
     ) -> Result<usize, MapsError> {
-        self.datapath.maps.write_table(group, table, mac_of)
+        self.datapath.maps.write_table(group.0, table, mac_of)
     }
 
     fn counters(&self, slot: u32) -> Result<NicCounters, MapsError> {
@@ -670,22 +670,23 @@ impl HostIo for LiveHost {
 
     fn write_sources(
         &mut self,
-        group: u32,
+        group: GroupId,
         class: SourceClass,
         addrs: &[IpCidr],
     ) -> Result<bool, MapsError> {
         self.datapath
             .maps
             .sources
-            .write_sources(group, class, addrs)
+            .write_sources(group.0, class, addrs)
     }
 
-    fn clear_other_groups_sources(&mut self, groups: &[u32]) -> Result<(), MapsError> {
-        self.datapath.maps.sources.clear_other_groups(groups)
+    fn clear_other_groups_sources(&mut self, groups: &[GroupId]) -> Result<(), MapsError> {
+        let groups: Vec<u32> = groups.iter().map(|g| g.0).collect();
+        self.datapath.maps.sources.clear_other_groups(&groups)
     }
 
-    fn source_counters(&self, group: u32) -> Result<SourceCounters, MapsError> {
-        self.datapath.maps.sources.counters(group)
+    fn source_counters(&self, group: GroupId) -> Result<SourceCounters, MapsError> {
+        self.datapath.maps.sources.counters(group.0)
     }
 
     fn announce(&self, announcement: &Announcement) -> io::Result<()> {

@@ -392,10 +392,10 @@ impl<H: HostIo> Daemon<H> {
             }
             self.datapath_due = now + DATAPATH_CHECK;
         }
-        for gi in 0..self.groups.len() {
-            self.probe_group(gi, now);
-            if self.groups[gi].fsm.next_wakeup().is_some_and(|t| t <= now) {
-                self.handle(gi, Event::Tick, now);
+        for id in self.groups.ids() {
+            self.probe_group(id, now);
+            if self.groups[id].fsm.next_wakeup().is_some_and(|t| t <= now) {
+                self.handle(id, Event::Tick, now);
             }
         }
     }

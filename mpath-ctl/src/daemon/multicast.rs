@@ -10,7 +10,11 @@ use std::{
 use crate::{
     core::multicast::{self, Followed, Memberships},
     core::state::Role,
-    daemon::{Daemon, group::GroupRuntime, host_io::HostIo},
+    daemon::{
+        Daemon,
+        group::{GroupId, GroupRuntime},
+        host_io::HostIo,
+    },
     net::multicast::ALL_HOSTS_V4,
 };
 
@@ -56,7 +60,7 @@ impl<H: HostIo> Daemon<H> {
 
     /// Joins the groups of the group's unusable NICs on the NICs that took over, and leaves
     /// the ones no longer wanted (the NIC is back, or the application left the group).
-    pub(super) fn follow_memberships(&mut self, gi: usize) {
+    pub(super) fn follow_memberships(&mut self, id: GroupId) {
         let found = match self.host.memberships() {
             Ok(found) => found,
             Err(e) => {
@@ -64,7 +68,7 @@ impl<H: HostIo> Daemon<H> {
                 return;
             }
         };
-        let group = &self.groups[gi];
+        let group = &self.groups[id];
         let by_nic: Memberships = group
             .nics
             .iter()
@@ -128,15 +132,15 @@ impl<H: HostIo> Daemon<H> {
                 }
             }
         }
-        self.groups[gi].followed = held;
+        self.groups[id].followed = held;
     }
 
     /// Reports the IPv4 groups of `nic`, back in use, to the switch: a snooping switch forgot
     /// them if the NIC's link went, and Linux reports them again only when a query asks (up
     /// to 125 s later), where it re-reports IPv6 groups on its own. Called before the stand-in
     /// joins on other NICs are left, so a group is never without a port.
-    pub(super) fn report_memberships(&mut self, gi: usize, nic: &str) {
-        let group = &self.groups[gi];
+    pub(super) fn report_memberships(&mut self, id: GroupId, nic: &str) {
+        let group = &self.groups[id];
         let Some(ifindex) = group.ifindex_of(nic) else {
             return;
         };

@@ -92,11 +92,11 @@ impl<H: HostIo> Daemon<H> {
         self.routing.reread_installed();
         self.addresses = addresses.clone();
         let now = self.host.now();
-        for gi in 0..self.groups.len() {
+        for id in self.groups.ids() {
             let mut present = Vec::new();
             let mut macs = Vec::new();
-            for ni in 0..self.groups[gi].nics.len() {
-                let at = NicAt { group: gi, nic: ni };
+            for ni in 0..self.groups[id].nics.len() {
+                let at = NicAt { group: id, nic: ni };
                 let name = self.groups.nic(at).name.clone();
                 match links.iter().find(|l| l.name == name) {
                     Some(link) => {
@@ -116,7 +116,7 @@ impl<H: HostIo> Daemon<H> {
                 }
             }
             self.adopt_addresses(&of_origin(Origin::Other));
-            let group = &mut self.groups[gi];
+            let group = &mut self.groups[id];
             let placements = reconcile::placements(&group.holdings(), &addresses);
             for (address, placed) in group.addresses.iter_mut().zip(placements) {
                 address.current = placed;
@@ -135,16 +135,16 @@ impl<H: HostIo> Daemon<H> {
                 }
             }
             // The kernel may disagree with mpathd: everything is brought in line.
-            self.groups[gi].dirty.mark(Dirty::ALL);
-            self.apply(gi, actions);
+            self.groups[id].dirty.mark(Dirty::ALL);
+            self.apply(id, actions);
         }
         // mpathd's routes and nexthops are read again by the plan below: until then the
         // re-forms leave the kernel alone, and the plan finds every group's NICs set up.
         self.reconcile().await;
-        for gi in 0..self.groups.len() {
+        for id in self.groups.ids() {
             // Compared with the placements the moves brought.
             let copies = reconcile::extra_copies(
-                &self.groups[gi].holdings(),
+                &self.groups[id].holdings(),
                 &addresses,
                 &self.groups.ifindexes(),
                 &of_origin(Origin::Mpathd),
@@ -162,7 +162,7 @@ impl<H: HostIo> Daemon<H> {
                     "data address {cidr} of group {} is also on {nic}, which is in no group: \
                      mpathd leaves it there (it never takes an address off a NIC outside its \
                      groups), and both NICs answer for it until someone takes it off {nic}",
-                    self.groups[gi].name()
+                    self.groups[id].name()
                 );
             }
         }
@@ -500,7 +500,7 @@ impl<H: HostIo> Daemon<H> {
         let nic = &group.nics[at.nic];
         let mut info = NicInfo {
             slot: nic.slot,
-            group: group.id,
+            group: group.id.0,
             mac: nic.mac,
             ..Default::default()
         };

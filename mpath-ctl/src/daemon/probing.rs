@@ -14,6 +14,7 @@ use crate::{
     core::target::{AddressFamily, TargetSet},
     daemon::{
         Daemon,
+        group::GroupId,
         group::{NicAt, Probing},
         host_io::HostIo,
     },
@@ -234,16 +235,16 @@ impl<H: HostIo> Daemon<H> {
 
     /// Sends the probes of a group that are due, declares lost the ones that timed out, and
     /// tells the state machine when a prober's targets come or go.
-    pub(super) fn probe_group(&mut self, gi: usize, now: Instant) {
-        let probers: Vec<(usize, usize)> = self.groups[gi]
+    pub(super) fn probe_group(&mut self, id: GroupId, now: Instant) {
+        let probers: Vec<(usize, usize)> = self.groups[id]
             .nics
             .iter()
             .enumerate()
             .flat_map(|(ni, n)| (0..n.probing.len()).map(move |pi| (ni, pi)))
             .collect();
         for (ni, pi) in probers {
-            let at = NicAt { group: gi, nic: ni };
-            let group = &mut self.groups[gi];
+            let at = NicAt { group: id, nic: ni };
+            let group = &mut self.groups[id];
             let nic = &mut group.nics[ni];
             let name = nic.name.clone();
             if nic.rx.due(now) {
@@ -307,7 +308,7 @@ impl<H: HostIo> Daemon<H> {
                     family,
                     available: has_targets,
                 };
-                self.handle(gi, event, now);
+                self.handle(id, event, now);
             }
         }
     }

@@ -2,7 +2,7 @@
 //! side they left out of date ([`Dirty`]), and [`Daemon::reconcile`] brings that in line once,
 //! in one order, at the end of the turn.
 
-use crate::daemon::{Daemon, host_io::HostIo};
+use crate::daemon::{Daemon, group::GroupId, host_io::HostIo};
 
 /// What of a group's host side is out of date; the fields are in the order
 /// [`Daemon::reconcile`] brings them in line.
@@ -63,19 +63,23 @@ impl<H: HostIo> Daemon<H> {
     /// only the outbound flows of NICs joining the routes wait for the rest. Each re-form is
     /// one message per nexthop group and never waits for route planning.
     pub(super) async fn reconcile(&mut self) {
-        let dirty: Vec<Dirty> = self
+        let dirty: Vec<(GroupId, Dirty)> = self
             .groups
             .iter_mut()
-            .map(|g| std::mem::take(&mut g.dirty))
+            .map(|g| (g.id, std::mem::take(&mut g.dirty)))
             .collect();
-        let marked = |pick: fn(&Dirty) -> bool| -> Vec<usize> {
-            (0..dirty.len()).filter(|gi| pick(&dirty[*gi])).collect()
+        let marked = |pick: fn(&Dirty) -> bool| -> Vec<GroupId> {
+            dirty
+                .iter()
+                .filter(|(_, d)| pick(d))
+                .map(|(id, _)| *id)
+                .collect()
         };
         let now = self.host.now();
         let regrouped = marked(|d| d.routes);
         let mut leaving = false;
-        for &gi in &regrouped {
-            let group = &mut self.groups[gi];
+        for &id in &regrouped {
+            let group = &mut self.groups[id];
             let usable = group.usable_names();
             leaving |= group.serving.iter().any(|n| !usable.contains(n));
             group.joining = usable
@@ -86,33 +90,33 @@ impl<H: HostIo> Daemon<H> {
         if leaving {
             self.reform_groups(now).await;
         }
-        for gi in marked(|d| d.addresses) {
-            self.move_addresses(gi).await;
-            self.remove_left_behind(gi).await;
+        for id in marked(|d| d.addresses) {
+            self.move_addresses(id).await;
+            self.remove_left_behind(id).await;
         }
-        for gi in marked(|d| d.table) {
-            self.write_table(gi);
+        for id in marked(|d| d.table) {
+            self.write_table(id);
         }
-        for gi in marked(|d| d.memberships) {
-            self.follow_memberships(gi);
+        for id in marked(|d| d.memberships) {
+            self.follow_memberships(id);
         }
         if !regrouped.is_empty() {
-            for &gi in &regrouped {
-                let group = &mut self.groups[gi];
+            for &id in &regrouped {
+                let group = &mut self.groups[id];
                 group.joining.clear();
                 group.serving = group.usable_names();
             }
             self.reform_groups(now).await;
         }
-        for gi in marked(|d| d.sources) {
-            self.update_sources(gi);
+        for id in marked(|d| d.sources) {
+            self.update_sources(id);
         }
     }
 
     /// Takes the data addresses off the NICs that left the group, now that they are on their
     /// new NIC.
-    async fn remove_left_behind(&mut self, gi: usize) {
-        for (ifindex, cidr) in std::mem::take(&mut self.groups[gi].left_behind) {
+    async fn remove_left_behind(&mut self, id: GroupId) {
+        for (ifindex, cidr) in std::mem::take(&mut self.groups[id].left_behind) {
             self.delete_address(ifindex, cidr).await;
         }
     }

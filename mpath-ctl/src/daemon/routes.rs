@@ -14,7 +14,7 @@ use crate::{
         NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteInputs, RouteState,
         TableChange,
     },
-    daemon::{Daemon, host_io::HostIo},
+    daemon::{Daemon, group::GroupId, host_io::HostIo},
     net::address::IpCidr,
     net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, RouteNotice},
     net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind},
@@ -453,9 +453,9 @@ impl<H: HostIo> Daemon<H> {
         main.destinations.extend(&repair);
         if main.held_changed || !main.destinations.is_empty() {
             let local = self.local_addresses();
-            for gi in 0..self.groups.len() {
-                let routes = self.probe_routes(gi);
-                let g = &mut self.groups[gi];
+            for id in self.groups.ids() {
+                let routes = self.probe_routes(id);
+                let g = &mut self.groups[id];
                 let group_nics = g.ifindexes();
                 for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
                     p.prober.update_routes(&routes, &group_nics, &local);
@@ -798,12 +798,12 @@ impl<H: HostIo> Daemon<H> {
         }
     }
 
-    /// The routes group `gi`'s probers take their routers from: the main table's, and the
+    /// The routes group `id`'s probers take their routers from: the main table's, and the
     /// group's own (`[[group.route]]` and those it holds), which are in no table a restarted
     /// mpathd could read them from before it serves them.
-    pub(super) fn probe_routes(&self, gi: usize) -> Vec<crate::core::target::RouteEntry> {
+    pub(super) fn probe_routes(&self, id: GroupId) -> Vec<crate::core::target::RouteEntry> {
         let mut routes = self.routing.entries();
-        let g = &self.groups[gi];
+        let g = &self.groups[id];
         if let Some(&oif) = g.ifindexes().first() {
             let own = g.config.routes.iter().chain(&g.held_routes);
             routes.extend(routes::group_route_entries(own, oif));
@@ -846,10 +846,10 @@ impl<H: HostIo> Daemon<H> {
                 .map(|(group, route)| (group.to_string(), route))
                 .collect();
         for (name, route) in orphans {
-            let Some(gi) = self.groups.by_name(&name) else {
+            let Some(id) = self.groups.by_name(&name) else {
                 continue;
             };
-            let group = &mut self.groups[gi];
+            let group = &mut self.groups[id];
             if !group.held_routes.contains(&route) && !group.config.routes.contains(&route) {
                 if is_data_prefix(group, &route) {
                     tracing::debug!(

@@ -19,6 +19,7 @@ use crate::{
     daemon::{
         ConfigPaths, Daemon,
         fake_host::{Effect, FakeHost},
+        group::GroupRuntime,
         host::check_on,
         host_io::{CarrierLoss, HostEvent, HostIo},
         probing::ProbeContext,
@@ -207,6 +208,10 @@ impl Scenario {
         self.settle().await;
     }
 
+    fn group(&self, name: &str) -> &GroupRuntime {
+        &self.daemon.groups[self.daemon.groups.by_name(name).unwrap()]
+    }
+
     fn state_of(&self, nic: &str) -> IfState {
         let at = self.daemon.groups.nic_named(nic).unwrap();
         self.daemon.groups[at.group]
@@ -251,7 +256,7 @@ async fn the_configured_addresses_and_routes_are_placed_at_start() {
 async fn a_carrier_loss_moves_the_address_and_re_forms_the_routes_and_its_return_brings_them_back()
 {
     let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
-    let id = s.daemon.groups[0].id;
+    let id = s.group("g0").id;
     assert_eq!(s.host().buckets_of(id), BTreeSet::from([H0, H1, H2]));
     s.set_carrier(H0, false).await;
     assert_eq!(s.state_of("h0"), LINK_DOWN);
@@ -792,7 +797,7 @@ async fn a_default_route_the_kernel_deleted_with_its_nic_is_held_by_the_group() 
         BTreeSet::from([H1, H2]),
         "off-link traffic still has a way out"
     );
-    let group = &s.daemon.groups[0];
+    let group = s.group("g0");
     assert_eq!(group.held_routes.len(), 1, "{:?}", group.held_routes);
 }
 
@@ -1090,7 +1095,7 @@ async fn the_event_loop_answers_the_control_socket_and_fails_a_silent_nic_over_o
     served.unwrap();
     // A NIC fails once five probes in a row went unanswered: four probe intervals passed
     // at least, on the host's clock the loop's timers moved.
-    let interval = Duration::from_micros(s.daemon.groups[0].fdt.view().probe_interval_us);
+    let interval = Duration::from_micros(s.group("g0").fdt.view().probe_interval_us);
     assert!(
         s.host().now() >= started + 4 * interval,
         "{:?} passed",

@@ -9,7 +9,7 @@ use mpath_common::sources::SourceClass;
 use crate::{
     config::SourceSelection,
     core::{routes::Plan, sources},
-    daemon::{Daemon, host_io::HostIo},
+    daemon::{Daemon, group::GroupId, host_io::HostIo},
     datapath::sources::Served,
     net::address::IpCidr,
 };
@@ -94,7 +94,7 @@ impl<H: HostIo> Daemon<H> {
 
     /// Gives the hook the destinations of mpathd's table as `plan` has them.
     pub(super) fn update_source_routes(&mut self, plan: &Plan) {
-        let ids: BTreeMap<&str, u32> = self.groups.iter().map(|g| (g.name(), g.id)).collect();
+        let ids: BTreeMap<&str, u32> = self.groups.iter().map(|g| (g.name(), g.id.0)).collect();
         let routes = sources::routes(plan)
             .into_iter()
             .filter_map(|(prefix, group)| match group {
@@ -122,7 +122,7 @@ impl<H: HostIo> Daemon<H> {
         plan: &Plan,
         destinations: impl IntoIterator<Item = IpCidr>,
     ) {
-        let ids: BTreeMap<&str, u32> = self.groups.iter().map(|g| (g.name(), g.id)).collect();
+        let ids: BTreeMap<&str, u32> = self.groups.iter().map(|g| (g.name(), g.id.0)).collect();
         let patch = destinations
             .into_iter()
             .map(|destination| {
@@ -142,9 +142,9 @@ impl<H: HostIo> Daemon<H> {
         }
     }
 
-    /// Gives the hook group `gi`'s placed data addresses.
-    pub(super) fn update_sources(&mut self, gi: usize) {
-        let g = &self.groups[gi];
+    /// Gives the hook group `id`'s placed data addresses.
+    pub(super) fn update_sources(&mut self, id: GroupId) {
+        let g = &self.groups[id];
         let placed = g.addresses.iter().map(|a| (a.cidr, a.current.is_some()));
         let sources = sources::sources(placed);
         let name = g.name().to_owned();
@@ -169,8 +169,7 @@ impl<H: HostIo> Daemon<H> {
     /// Forgets the sources of group ids no group has now (an earlier mpathd's, a group a
     /// reload removed), so that their addresses are never chosen again.
     pub(super) fn forget_retired_sources(&mut self) {
-        let ids: Vec<u32> = self.groups.iter().map(|g| g.id).collect();
-        if let Err(e) = self.host.clear_other_groups_sources(&ids) {
+        if let Err(e) = self.host.clear_other_groups_sources(&self.groups.ids()) {
             tracing::error!(
                 "clearing the source hook's retired groups: {}",
                 with_causes(&e)
