@@ -6,8 +6,9 @@ use std::time::Instant;
 use tracing::Level;
 
 use crate::{
+    core::identity::GroupId,
     core::state::{Action, Event, FailureCause, IfState},
-    daemon::{Daemon, group::GroupId, host_io::HostIo, reconcile::Dirty},
+    daemon::{Daemon, host_io::HostIo, reconcile::Dirty},
 };
 
 impl<H: HostIo> Daemon<H> {

@@ -9,14 +9,12 @@ use std::{
 use crate::{
     config::SpreadMode,
     core::failover::{self, DataAddress},
+    core::identity::GroupId,
     core::reconcile::{self, Added, Removed},
     core::spread,
     core::state::Event,
     core::target::AddressFamily,
-    daemon::{
-        Daemon, announcer::Announcement, group::GroupId, host_io::HostIo, is_link_local,
-        reconcile::Dirty,
-    },
+    daemon::{Daemon, announcer::Announcement, host_io::HostIo, is_link_local, reconcile::Dirty},
     net::address::IpCidr,
     net::netlink::{AddressOptions, Origin},
 };
@@ -65,7 +63,7 @@ impl<H: HostIo> Daemon<H> {
                 tracing::warn!(
                     "data address {cidr} was added to {nic} behind mpathd's back; adopting it there"
                 );
-                let id = self.groups.at_position(group);
+                let id = group;
                 let group = &mut self.groups[id];
                 if let Some(a) = group.address_mut(cidr) {
                     a.current = Some(nic);
@@ -115,7 +113,7 @@ impl<H: HostIo> Daemon<H> {
                 tracing::warn!(
                     "data address {cidr} was removed from {nic} behind mpathd's back; restoring it"
                 );
-                let id = self.groups.at_position(group);
+                let id = group;
                 let group = &mut self.groups[id];
                 if let Some(a) = group.address_mut(cidr) {
                     a.current = None;
@@ -123,7 +121,7 @@ impl<H: HostIo> Daemon<H> {
                 group.dirty.mark(Dirty::ADDRESSES);
             }
             Removed::Forget { group } => {
-                let id = self.groups.at_position(group);
+                let id = group;
                 let group = &mut self.groups[id];
                 // Someone else's address, and now someone removed it: it is theirs to remove.
                 tracing::info!(
@@ -150,7 +148,7 @@ impl<H: HostIo> Daemon<H> {
     pub(super) fn adopt_addresses(&mut self, others: &[(u32, IpCidr)]) -> BTreeSet<GroupId> {
         let mut adopting = BTreeSet::new();
         for adoption in reconcile::adoptable(&self.groups.holdings(), others) {
-            let id = self.groups.at_position(adoption.group);
+            let id = adoption.group;
             let group = &mut self.groups[id];
             tracing::info!(
                 "group {} adopts {} found on {}: it fails over like the data addresses",

@@ -31,11 +31,11 @@ use mpath_common::{
 
 use crate::{
     config::ProbeRx,
+    core::identity::GroupId,
     core::routes::{Hops, LinkRoute, MainRoute, TableRoute, Via},
     core::spread::Table,
     daemon::{
         announcer::Announcement,
-        group::GroupId,
         host_io::{HostEvent, HostIo, ProbeSender, Rtnetlink},
     },
     datapath::{Attached, DatapathError, maps::MapsError, sources::Served},

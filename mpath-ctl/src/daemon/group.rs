@@ -15,6 +15,7 @@ use crate::{
     core::{
         evidence::RxEvidence,
         failover::DataAddress,
+        identity::GroupId,
         multicast::Followed,
         probe::{FailureDetectionTime, Prober},
         reconcile::{Holdings, Member},
@@ -64,11 +65,6 @@ impl Nic {
         self.ifindex.is_some() && self.datapath_error.is_none()
     }
 }
-
-/// A running group: the index of its bucket table in the datapath, which it keeps across
-/// reloads (by name) while its place among the groups may change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct GroupId(pub u32);
 
 pub(super) struct GroupRuntime {
     pub id: GroupId,
@@ -145,6 +141,7 @@ impl GroupRuntime {
     /// What the group holds, for [`crate::core::reconcile`].
     pub(crate) fn holdings(&self) -> Holdings {
         Holdings {
+            id: self.id,
             group: self.config.name.clone(),
             members: self
                 .nics
@@ -207,12 +204,6 @@ impl Groups {
             .iter()
             .find(|g| g.config.name == group)
             .map(|g| g.id)
-    }
-
-    /// The group at `position` in configuration order, as [`crate::core::reconcile`]
-    /// numbers the groups' holdings.
-    pub(super) fn at_position(&self, position: usize) -> GroupId {
-        self.list[position].id
     }
 
     fn position(&self, id: GroupId) -> usize {
@@ -484,7 +475,6 @@ mod tests {
         assert_eq!(groups[b].name(), "b");
         assert_eq!(groups.nic(g0).name, "g0");
         assert_eq!(groups.ids(), [b]);
-        assert_eq!(groups.at_position(0), b);
     }
 
     #[test]

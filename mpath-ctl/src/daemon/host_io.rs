@@ -20,9 +20,10 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::ProbeRx,
+    core::identity::GroupId,
     core::routes::{LinkRoute, MainRoute, TableRoute},
     core::spread::Table,
-    daemon::{announcer::Announcement, group::GroupId},
+    daemon::announcer::Announcement,
     datapath::{
         self, Attached, Datapath, DatapathError,
         carrier_hook::CarrierEvents,

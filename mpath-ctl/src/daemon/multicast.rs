@@ -8,13 +8,10 @@ use std::{
 };
 
 use crate::{
+    core::identity::GroupId,
     core::multicast::{self, Followed, Memberships},
     core::state::Role,
-    daemon::{
-        Daemon,
-        group::{GroupId, GroupRuntime},
-        host_io::HostIo,
-    },
+    daemon::{Daemon, group::GroupRuntime, host_io::HostIo},
     net::multicast::ALL_HOSTS_V4,
 };
 

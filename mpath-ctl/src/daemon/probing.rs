@@ -9,12 +9,12 @@ use tokio::sync::broadcast;
 
 use crate::{
     api::views::ProbeRow,
+    core::identity::GroupId,
     core::probe::{ProbeEvent, ProbeOutcome, Prober, ReplyVerdict, TargetNotice},
     core::state::Event,
     core::target::{AddressFamily, TargetSet},
     daemon::{
         Daemon,
-        group::GroupId,
         group::{NicAt, Probing},
         host_io::HostIo,
     },

@@ -2,7 +2,10 @@
 //! side they left out of date ([`Dirty`]), and [`Daemon::reconcile`] brings that in line once,
 //! in one order, at the end of the turn.
 
-use crate::daemon::{Daemon, group::GroupId, host_io::HostIo};
+use crate::{
+    core::identity::GroupId,
+    daemon::{Daemon, host_io::HostIo},
+};
 
 /// What of a group's host side is out of date; the fields are in the order
 /// [`Daemon::reconcile`] brings them in line.

@@ -9,12 +9,13 @@ use std::{
 
 use crate::{
     config::RouteConfig,
+    core::identity::GroupId,
     core::routes::{
         self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, LinkRoute, MainTable,
         NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteInputs, RouteState,
         TableChange,
     },
-    daemon::{Daemon, group::GroupId, host_io::HostIo},
+    daemon::{Daemon, host_io::HostIo},
     net::address::IpCidr,
     net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, RouteNotice},
     net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind},

@@ -8,8 +8,9 @@ use mpath_common::sources::SourceClass;
 
 use crate::{
     config::SourceSelection,
+    core::identity::GroupId,
     core::{routes::Plan, sources},
-    daemon::{Daemon, group::GroupId, host_io::HostIo},
+    daemon::{Daemon, host_io::HostIo},
     datapath::sources::Served,
     net::address::IpCidr,
 };
