@@ -29,6 +29,7 @@ mod tests {
 pub mod evidence;
 pub mod failover;
 pub mod host;
+pub mod identity;
 pub mod multicast;
 pub mod probe;
 pub mod reconcile;

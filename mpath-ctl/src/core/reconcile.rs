@@ -10,7 +10,9 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use crate::{config::GroupConfig, core::failover::DataAddress, net::address::IpCidr};
+use crate::{
+    config::GroupConfig, core::failover::DataAddress, core::identity::GroupId, net::address::IpCidr,
+};
 
 /// A NIC of a group, as far as its addresses are concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,7 @@ pub struct Member {
 /// What a group holds: its members and its data addresses, configured and adopted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holdings {
+    pub id: GroupId,
     pub group: String,
     pub members: Vec<Member>,
     pub addresses: Vec<DataAddress>,
@@ -66,20 +69,19 @@ pub enum Added {
     /// one address confuse the peers, so this copy goes.
     RemoveCopy { nic: String, placed_on: String },
     /// A data address that had no place (its NIC vanished with nowhere to move it) showed up
-    /// on `nic` of group number `group`: it is placed there, then placed as usual.
-    PlaceHere { group: usize, nic: String },
-    /// An address no group knows on `nic` of group number `group`: when someone other than
+    /// on `nic` of group `group`: it is placed there, then placed as usual.
+    PlaceHere { group: GroupId, nic: String },
+    /// An address no group knows on `nic` of group `group`: when someone other than
     /// mpathd or the kernel put it there, the group adopts it as a data address of that NIC.
-    Adopt { group: usize, nic: String },
+    Adopt { group: GroupId, nic: String },
 }
 
 /// What to do about `cidr` that appeared on `ifindex`; the same address with another prefix
 /// length is the same address.
 pub fn added(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Added {
-    let Some((gi, group)) = groups
+    let Some(group) = groups
         .iter()
-        .enumerate()
-        .find(|(_, g)| g.addresses.iter().any(|a| a.cidr.addr() == cidr.addr()))
+        .find(|g| g.addresses.iter().any(|a| a.cidr.addr() == cidr.addr()))
     else {
         return adoptable(groups, &[(ifindex, cidr)])
             .into_iter()
@@ -107,7 +109,10 @@ pub fn added(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Added {
         },
         // With another prefix length it stays a stray copy until the address is placed.
         None if data.cidr != cidr => Added::Nothing,
-        None => Added::PlaceHere { group: gi, nic },
+        None => Added::PlaceHere {
+            group: group.id,
+            nic,
+        },
     }
 }
 
@@ -118,13 +123,13 @@ pub enum Removed {
     /// A configured data address was removed from `nic`, where mpathd had placed it: it goes
     /// back where the placement wants it.
     Restore {
-        group: usize,
+        group: GroupId,
         nic: String,
     },
     /// An adopted address was removed by someone: it was theirs to remove, the group forgets
     /// it.
     Forget {
-        group: usize,
+        group: GroupId,
     },
     /// The test address of `nic` was removed: it is put back, or the NIC's probes would fail
     /// for a reason that is not the NIC's.
@@ -136,16 +141,16 @@ pub enum Removed {
 
 /// What to do about `cidr` that vanished from `ifindex`.
 pub fn removed(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Removed {
-    for (gi, group) in groups.iter().enumerate() {
+    for group in groups {
         let placed_here = group
             .addresses
             .iter()
             .find(|a| a.cidr == cidr && group.placed_ifindex(a) == Some(ifindex));
         if let Some(placed) = placed_here {
             return match &placed.current {
-                _ if group.adopted.contains(&cidr) => Removed::Forget { group: gi },
+                _ if group.adopted.contains(&cidr) => Removed::Forget { group: group.id },
                 Some(nic) => Removed::Restore {
-                    group: gi,
+                    group: group.id,
                     nic: nic.clone(),
                 },
                 None => Removed::Nothing,
@@ -169,7 +174,7 @@ pub fn removed(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Removed {
 /// An address the group `group` adopts from `nic`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Adoption {
-    pub group: usize,
+    pub group: GroupId,
     pub nic: String,
     pub cidr: IpCidr,
 }
@@ -189,10 +194,10 @@ pub(crate) fn adoptable(groups: &[Holdings], others: &[(u32, IpCidr)]) -> Vec<Ad
         if known {
             continue;
         }
-        let owner = groups.iter().enumerate().find_map(|(gi, g)| {
+        let owner = groups.iter().find_map(|g| {
             let member = g.member_at(*ifindex)?;
             Some(Adoption {
-                group: gi,
+                group: g.id,
                 nic: member.name.clone(),
                 cidr: *cidr,
             })
@@ -375,9 +380,11 @@ mod tests {
         }
     }
 
-    /// Group a: h0 (ifindex 10, test .10) holds .20, h1 (11, test .11) holds .21.
+    /// Group a (id 3, first in the lists: verdicts name groups by id, not by place): h0
+    /// (ifindex 10, test .10) holds .20, h1 (11, test .11) holds .21.
     fn group_a() -> Holdings {
         Holdings {
+            id: GroupId(3),
             group: "a".into(),
             members: vec![
                 member("h0", 10, Some("192.0.2.10/32")),
@@ -394,6 +401,7 @@ mod tests {
     /// Group b: g0 (ifindex 20) holds 198.51.100.20, no probing.
     fn group_b() -> Holdings {
         Holdings {
+            id: GroupId(0),
             group: "b".into(),
             members: vec![member("g0", 20, None)],
             addresses: vec![address("198.51.100.20/24", "g0", Some("g0"))],
@@ -434,7 +442,7 @@ mod tests {
         assert_eq!(
             added(&groups, 11, cidr("192.0.2.20/24")),
             Added::PlaceHere {
-                group: 0,
+                group: GroupId(3),
                 nic: "h1".into()
             }
         );
@@ -447,7 +455,7 @@ mod tests {
         assert_eq!(
             added(&groups, 20, cidr("198.51.100.50/24")),
             Added::Adopt {
-                group: 1,
+                group: GroupId(0),
                 nic: "g0".into()
             }
         );
@@ -464,13 +472,13 @@ mod tests {
         assert_eq!(
             removed(&groups, 10, cidr("192.0.2.20/24")),
             Removed::Restore {
-                group: 0,
+                group: GroupId(3),
                 nic: "h0".into()
             }
         );
         assert_eq!(
             removed(&groups, 20, cidr("198.51.100.20/24")),
-            Removed::Forget { group: 1 }
+            Removed::Forget { group: GroupId(0) }
         );
     }
 
@@ -521,12 +529,12 @@ mod tests {
             adoptable(&groups, &found),
             vec![
                 Adoption {
-                    group: 0,
+                    group: GroupId(3),
                     nic: "h0".into(),
                     cidr: cidr("192.0.2.50/24")
                 },
                 Adoption {
-                    group: 1,
+                    group: GroupId(0),
                     nic: "g0".into(),
                     cidr: cidr("198.51.100.50/24")
                 },

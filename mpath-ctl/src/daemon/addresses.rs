@@ -9,11 +9,12 @@ use std::{
 use crate::{
     config::SpreadMode,
     core::failover::{self, DataAddress},
+    core::identity::GroupId,
     core::reconcile::{self, Added, Removed},
     core::spread,
     core::state::Event,
     core::target::AddressFamily,
-    daemon::{Daemon, announcer::Announcement, host_io::HostIo, is_link_local},
+    daemon::{Daemon, announcer::Announcement, host_io::HostIo, is_link_local, reconcile::Dirty},
     net::address::IpCidr,
     net::netlink::{AddressOptions, Origin},
 };
@@ -62,14 +63,16 @@ impl<H: HostIo> Daemon<H> {
                 tracing::warn!(
                     "data address {cidr} was added to {nic} behind mpathd's back; adopting it there"
                 );
-                if let Some(a) = self.groups[group].address_mut(cidr) {
+                let id = group;
+                let group = &mut self.groups[id];
+                if let Some(a) = group.address_mut(cidr) {
                     a.current = Some(nic);
                 }
-                self.move_addresses(group).await;
+                group.dirty.mark(Dirty::ADDRESSES);
             }
             Added::Adopt { .. } => {
-                for gi in self.adopt_addresses(&[(ifindex, cidr)]) {
-                    self.move_addresses(gi).await;
+                for id in self.adopt_addresses(&[(ifindex, cidr)]) {
+                    self.groups[id].dirty.mark(Dirty::ADDRESSES);
                     self.routing.changed(self.host.now());
                 }
             }
@@ -93,7 +96,7 @@ impl<H: HostIo> Daemon<H> {
                 family: AddressFamily::Inet6,
                 available: false,
             };
-            self.handle(at.group, event, now).await;
+            self.handle(at.group, event, now);
         }
         let verdict = reconcile::removed(&self.groups.holdings(), ifindex, cidr);
         // Late events of a NIC that left and came back, or of mpathd's own moves, may arrive
@@ -110,13 +113,16 @@ impl<H: HostIo> Daemon<H> {
                 tracing::warn!(
                     "data address {cidr} was removed from {nic} behind mpathd's back; restoring it"
                 );
-                if let Some(a) = self.groups[group].address_mut(cidr) {
+                let id = group;
+                let group = &mut self.groups[id];
+                if let Some(a) = group.address_mut(cidr) {
                     a.current = None;
                 }
-                self.move_addresses(group).await;
+                group.dirty.mark(Dirty::ADDRESSES);
             }
             Removed::Forget { group } => {
-                let group = &mut self.groups[group];
+                let id = group;
+                let group = &mut self.groups[id];
                 // Someone else's address, and now someone removed it: it is theirs to remove.
                 tracing::info!(
                     "{cidr} was removed from its NIC; group {} forgets it (adopted, not configured)",
@@ -124,6 +130,7 @@ impl<H: HostIo> Daemon<H> {
                 );
                 group.adopted.remove(&cidr);
                 group.addresses.retain(|a| a.cidr != cidr);
+                group.dirty.sources = true;
             }
             Removed::RestoreTest { nic, test } => {
                 tracing::warn!(
@@ -138,10 +145,11 @@ impl<H: HostIo> Daemon<H> {
     /// addresses (an administrator's, a DHCP client's): in IPMP every address of a NIC but
     /// its test address fails over, so they become data addresses of that NIC, placed and
     /// moved like the configured ones. Returns the groups that adopted one.
-    pub(super) fn adopt_addresses(&mut self, others: &[(u32, IpCidr)]) -> BTreeSet<usize> {
+    pub(super) fn adopt_addresses(&mut self, others: &[(u32, IpCidr)]) -> BTreeSet<GroupId> {
         let mut adopting = BTreeSet::new();
         for adoption in reconcile::adoptable(&self.groups.holdings(), others) {
-            let group = &mut self.groups[adoption.group];
+            let id = adoption.group;
+            let group = &mut self.groups[id];
             tracing::info!(
                 "group {} adopts {} found on {}: it fails over like the data addresses",
                 group.name(),
@@ -154,7 +162,7 @@ impl<H: HostIo> Daemon<H> {
                 home: adoption.nic.clone(),
                 current: Some(adoption.nic),
             });
-            adopting.insert(adoption.group);
+            adopting.insert(id);
         }
         adopting
     }
@@ -199,8 +207,8 @@ impl<H: HostIo> Daemon<H> {
     /// possible, and tells the egress program which NICs the kernel's routes spread over
     /// (with `spread = "routes"`: the usable ones), so that it leaves their packets alone and
     /// moves only what still leaves an unusable NIC.
-    pub(super) fn write_table(&mut self, gi: usize) {
-        let group = &self.groups[gi];
+    pub(super) fn write_table(&mut self, id: GroupId) {
+        let group = &self.groups[id];
         let usable = group.usable_ifindexes();
         let macs: BTreeMap<u32, [u8; 6]> = group
             .nics
@@ -243,8 +251,8 @@ impl<H: HostIo> Daemon<H> {
     /// Puts every data address where the placement plan wants it: adds it on the new NIC
     /// first and only then removes it from the old one, so it is never on no NIC; tells the
     /// peers at once.
-    pub(super) async fn move_addresses(&mut self, gi: usize) {
-        let group = &self.groups[gi];
+    pub(super) async fn move_addresses(&mut self, id: GroupId) {
+        let group = &self.groups[id];
         let plan = match failover::plan(&group.fsm.nic_roles(), &group.addresses) {
             Ok(plan) => plan,
             Err(e) => {
@@ -254,7 +262,7 @@ impl<H: HostIo> Daemon<H> {
         };
         let mut done = BTreeSet::new();
         for m in &plan.moves {
-            let group = &self.groups[gi];
+            let group = &self.groups[id];
             let Some(to) = group.nic(&m.to).and_then(|n| n.ifindex.map(|i| (i, n.mac))) else {
                 continue;
             };
@@ -279,16 +287,15 @@ impl<H: HostIo> Daemon<H> {
             };
             self.announce(announcement, &m.to);
             done.insert(m.addr);
-            if let Some(a) = self.groups[gi].address_mut(m.addr) {
+            if let Some(a) = self.groups[id].address_mut(m.addr) {
                 a.current = Some(m.to.clone());
             }
         }
         for transfer in plan.transfers() {
             if transfer.addresses.iter().all(|a| done.contains(a)) {
                 tracing::info!("{transfer}");
-                self.metrics.transfer(self.groups[gi].name(), &transfer);
+                self.metrics.transfer(self.groups[id].name(), &transfer);
             }
         }
-        self.update_sources();
     }
 }

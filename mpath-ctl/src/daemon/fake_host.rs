@@ -8,7 +8,8 @@
 //! deliver, as the monitor would; of the route notifications, only that of a route someone
 //! deletes from mpathd's table.
 //!
-//! Not modelled: the carrier watch's early reports (tests call the handler), rules, the
+//! Not modelled: the carrier watch's early reports (tests call the handler), rules but
+//! mpathd's (one, in both families), the
 //! source hook and its maps (it never attaches), the bucket table's MACs, the receive
 //! counters (always zero), netconf (an empty tree: every write fails, and is logged).
 
@@ -22,17 +23,20 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::future::LocalBoxFuture;
 use mpath_common::{
-    BUCKETS_PER_GROUP, NicCounters, NicInfo, sources::SourceClass, sources::SourceCounters,
+    BUCKETS_PER_GROUP, NicCounters, NicInfo, ProbeReply, sources::SourceClass,
+    sources::SourceCounters,
 };
 
 use crate::{
     config::ProbeRx,
+    core::identity::GroupId,
     core::routes::{Hops, LinkRoute, MainRoute, TableRoute, Via},
     core::spread::Table,
     daemon::{
         announcer::Announcement,
-        host_io::{HostIo, ProbeSender},
+        host_io::{HostEvent, HostIo, ProbeSender, Rtnetlink},
     },
     datapath::{Attached, DatapathError, maps::MapsError, sources::Served},
     net::address::IpCidr,
@@ -45,6 +49,47 @@ use crate::{
     net::nexthop::{Nexthop, NexthopError, NexthopKind, RequestError},
 };
 
+/// Something the daemon did to the host, in the effects log the order tests read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    AddAddress {
+        ifindex: u32,
+        cidr: IpCidr,
+    },
+    DelAddress {
+        ifindex: u32,
+        cidr: IpCidr,
+    },
+    /// A nexthop through one NIC made or replaced.
+    Nexthop {
+        id: u32,
+        oif: u32,
+    },
+    /// A nexthop group made or replaced, with the NICs of its members.
+    NexthopGroup {
+        id: u32,
+        through: BTreeSet<u32>,
+    },
+    DeleteNexthop {
+        id: u32,
+    },
+    WriteTable {
+        group: GroupId,
+    },
+    Join {
+        ifindex: u32,
+        group: IpAddr,
+    },
+    Leave {
+        ifindex: u32,
+        group: IpAddr,
+    },
+    WriteSources {
+        group: GroupId,
+        class: SourceClass,
+    },
+}
+
 /// A probe a NIC sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SentProbe {
@@ -55,20 +100,23 @@ pub(crate) struct SentProbe {
 }
 
 pub(crate) struct FakeHost {
-    clock: Cell<Instant>,
+    /// Shared with the sleeps it hands out, which move it.
+    clock: Rc<Cell<Instant>>,
     links: RefCell<BTreeMap<u32, Link>>,
     addresses: RefCell<Vec<(u32, IpCidr, Origin)>>,
     main: RefCell<Vec<MainRoute>>,
     /// mpathd's table, by destination and metric.
     table: RefCell<BTreeMap<(IpCidr, u32), TableRoute<u32>>>,
     link_routes: RefCell<BTreeSet<LinkRoute>>,
+    /// mpathd's rule, which sends traffic to its table, is there.
+    rule: Cell<bool>,
     nexthops: RefCell<BTreeMap<u32, Nexthop>>,
     /// NICs (by ifindex) carrying mpathd's programs.
     attached: BTreeSet<u32>,
     /// NICs (by name) whose driver refuses the programs.
     refuse_attach: BTreeSet<String>,
     nic_infos: BTreeMap<u32, NicInfo>,
-    tables: BTreeMap<u32, Table>,
+    tables: BTreeMap<GroupId, Table>,
     /// NICs (by ifindex) whose probes the link's targets answer no longer.
     pub silent: BTreeSet<u32>,
     /// Dumps fail, as when notifications keep interrupting them.
@@ -82,6 +130,7 @@ pub(crate) struct FakeHost {
     reported: RefCell<Vec<(u32, Vec<Ipv4Addr>)>>,
     sent: Rc<RefCell<Vec<SentProbe>>>,
     events: RefCell<VecDeque<NetEvent>>,
+    effects: RefCell<Vec<Effect>>,
     /// An empty `net` tree: the daemon never writes the real one.
     netconf: tempfile::TempDir,
 }
@@ -89,12 +138,13 @@ pub(crate) struct FakeHost {
 impl FakeHost {
     pub(super) fn new(now: Instant) -> FakeHost {
         FakeHost {
-            clock: Cell::new(now),
+            clock: Rc::new(Cell::new(now)),
             links: RefCell::default(),
             addresses: RefCell::default(),
             main: RefCell::default(),
             table: RefCell::default(),
             link_routes: RefCell::default(),
+            rule: Cell::new(false),
             nexthops: RefCell::default(),
             attached: BTreeSet::new(),
             refuse_attach: BTreeSet::new(),
@@ -108,6 +158,7 @@ impl FakeHost {
             reported: RefCell::default(),
             sent: Rc::default(),
             events: RefCell::default(),
+            effects: RefCell::default(),
             netconf: tempfile::tempdir().expect("a scratch directory"),
         }
     }
@@ -329,9 +380,35 @@ impl FakeHost {
         self.events.borrow_mut().drain(..).collect()
     }
 
-    /// The probes sent since the last call.
-    pub(super) fn take_probes(&self) -> Vec<SentProbe> {
-        std::mem::take(&mut *self.sent.borrow_mut())
+    /// What the host has to tell now: the kernel's next notification, else the replies to
+    /// the probes sent since the last call (at once, from every NIC but the silent ones).
+    pub(super) fn ready_event(&self) -> Option<HostEvent> {
+        if let Some(event) = self.events.borrow_mut().pop_front() {
+            return Some(HostEvent::Net(event));
+        }
+        let replies: Vec<ProbeReply> = std::mem::take(&mut *self.sent.borrow_mut())
+            .into_iter()
+            .filter(|probe| !self.silent.contains(&probe.ifindex))
+            .map(|probe| {
+                ProbeReply::new(
+                    probe.ifindex,
+                    probe.seq,
+                    probe.target,
+                    probe.sent_ns,
+                    probe.sent_ns + 300_000,
+                )
+            })
+            .collect();
+        (!replies.is_empty()).then_some(HostEvent::ProbeReplies(replies))
+    }
+
+    /// What the daemon did to the host since the last call, in order.
+    pub(super) fn take_effects(&self) -> Vec<Effect> {
+        std::mem::take(&mut *self.effects.borrow_mut())
+    }
+
+    fn record(&self, effect: Effect) {
+        self.effects.borrow_mut().push(effect);
     }
 
     /// The addresses on NIC `ifindex`.
@@ -356,24 +433,24 @@ impl FakeHost {
         else {
             return BTreeSet::new();
         };
-        let Some(NexthopKind::Resilient { members, .. }) = nexthops.get(&group).map(|n| &n.kind)
-        else {
-            return BTreeSet::new();
-        };
-        members
-            .iter()
-            .filter_map(|m| match nexthops.get(m)?.kind {
-                NexthopKind::Single { oif, .. } => Some(oif),
-                _ => None,
-            })
-            .collect()
+        through(&nexthops, group)
     }
 
     /// The NICs the bucket table of group `id` sends traffic to.
-    pub(super) fn buckets_of(&self, id: u32) -> BTreeSet<u32> {
+    pub(super) fn buckets_of(&self, id: GroupId) -> BTreeSet<u32> {
         self.table(id)
             .map(|t| t.into_iter().filter(|i| *i != 0).collect())
             .unwrap_or_default()
+    }
+
+    /// mpathd's rule is there.
+    pub(super) fn has_rule(&self) -> bool {
+        self.rule.get()
+    }
+
+    /// How many on-link routes mpathd has in the main table.
+    pub(super) fn link_route_count(&self) -> usize {
+        self.link_routes.borrow().len()
     }
 
     /// The ids of the nexthop objects.
@@ -394,6 +471,17 @@ impl FakeHost {
         self.dumps_fail
             .get()
             .then(|| io::Error::from_raw_os_error(libc::EINTR))
+    }
+}
+
+/// The NICs traffic through nexthop `id` leaves by: its own, or its members'.
+fn through(nexthops: &BTreeMap<u32, Nexthop>, id: u32) -> BTreeSet<u32> {
+    match nexthops.get(&id).map(|n| &n.kind) {
+        Some(NexthopKind::Single { oif, .. }) => BTreeSet::from([*oif]),
+        Some(NexthopKind::Resilient { members, .. }) => {
+            members.iter().flat_map(|m| through(nexthops, *m)).collect()
+        }
+        _ => BTreeSet::new(),
     }
 }
 
@@ -426,11 +514,7 @@ impl ProbeSender for FakeProbeSocket {
     }
 }
 
-impl HostIo for FakeHost {
-    fn now(&self) -> Instant {
-        self.clock.get()
-    }
-
+impl Rtnetlink for FakeHost {
     async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         if let Some(e) = self.dump_error() {
             return Err(NetlinkError::ListLinks(e));
@@ -445,14 +529,6 @@ impl HostIo for FakeHost {
             .values()
             .find(|l| l.name == name)
             .cloned())
-    }
-
-    fn ifindex_of(&self, name: &str) -> Option<u32> {
-        self.links
-            .borrow()
-            .values()
-            .find(|l| l.name == name)
-            .map(|l| l.ifindex)
     }
 
     async fn addresses(&self) -> Result<Vec<(u32, IpCidr)>, NetlinkError> {
@@ -496,6 +572,7 @@ impl HostIo for FakeHost {
         } else {
             Origin::Other
         };
+        self.record(Effect::AddAddress { ifindex, cidr });
         let mut addresses = self.addresses.borrow_mut();
         addresses.retain(|(i, c, _)| (*i, *c) != (ifindex, cidr));
         addresses.push((ifindex, cidr, origin));
@@ -510,6 +587,7 @@ impl HostIo for FakeHost {
         let before = addresses.len();
         addresses.retain(|(i, c, _)| (*i, *c) != (ifindex, cidr));
         if addresses.len() != before {
+            self.record(Effect::DelAddress { ifindex, cidr });
             self.events
                 .borrow_mut()
                 .push_back(NetEvent::AddressRemoved { ifindex, cidr });
@@ -537,6 +615,12 @@ impl HostIo for FakeHost {
     }
 
     async fn ensure_rules(&self, _table: u32, _priority: u32) -> Result<(), NetlinkError> {
+        self.rule.set(true);
+        Ok(())
+    }
+
+    async fn del_rules(&self) -> Result<(), Vec<NetlinkError>> {
+        self.rule.set(false);
         Ok(())
     }
 
@@ -598,8 +682,6 @@ impl HostIo for FakeHost {
         Ok(())
     }
 
-    fn fit_monitor(&mut self, _routes: usize) {}
-
     async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError> {
         Ok(self.nexthops.borrow().values().cloned().collect())
     }
@@ -633,12 +715,23 @@ impl HostIo for FakeHost {
             _ => return Err(refused(libc::EOPNOTSUPP)),
         }
         nexthops.insert(nexthop.id, nexthop.clone());
+        let id = nexthop.id;
+        self.record(match nexthop.kind {
+            NexthopKind::Single { oif, .. } => Effect::Nexthop { id, oif },
+            _ => Effect::NexthopGroup {
+                id,
+                through: through(&nexthops, id),
+            },
+        });
         Ok(())
     }
 
     async fn delete_nexthop(&self, id: u32) -> Result<bool, NexthopError> {
         let mut nexthops = self.nexthops.borrow_mut();
         let existed = nexthops.remove(&id).is_some();
+        if existed {
+            self.record(Effect::DeleteNexthop { id });
+        }
         for nexthop in nexthops.values_mut() {
             if let NexthopKind::Resilient { members, .. } = &mut nexthop.kind {
                 members.retain(|m| *m != id);
@@ -646,6 +739,40 @@ impl HostIo for FakeHost {
         }
         Ok(existed)
     }
+}
+
+impl HostIo for FakeHost {
+    fn now(&self) -> Instant {
+        self.clock.get()
+    }
+
+    /// Moves the clock to `at` at once, after letting other tasks (a test talking to the
+    /// control socket) run.
+    fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()> {
+        let clock = Rc::clone(&self.clock);
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            clock.set(clock.get().max(at));
+        })
+    }
+
+    async fn next_event(&mut self) -> anyhow::Result<HostEvent> {
+        match self.ready_event() {
+            Some(event) => Ok(event),
+            // Only the daemon's own doings and probes make news on a host no test touches.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn ifindex_of(&self, name: &str) -> Option<u32> {
+        self.links
+            .borrow()
+            .values()
+            .find(|l| l.name == name)
+            .map(|l| l.ifindex)
+    }
+
+    fn fit_monitor(&mut self, _routes: usize) {}
 
     fn attach(&mut self, ifname: &str, _probe_rx: ProbeRx) -> Result<Attached, DatapathError> {
         let ifindex = self
@@ -683,6 +810,10 @@ impl HostIo for FakeHost {
 
     fn source_hook_attached(&self) -> Result<bool, DatapathError> {
         Ok(false)
+    }
+
+    fn attach_carrier_hook(&mut self) -> Result<(), String> {
+        Err("the fake host has no tracing hooks".into())
     }
 
     fn detach_source_hook(&mut self) -> Result<(), DatapathError> {
@@ -732,7 +863,7 @@ impl HostIo for FakeHost {
         Ok(())
     }
 
-    fn table(&self, group: u32) -> Result<Table, MapsError> {
+    fn table(&self, group: GroupId) -> Result<Table, MapsError> {
         Ok(self
             .tables
             .get(&group)
@@ -742,11 +873,12 @@ impl HostIo for FakeHost {
 
     fn write_table(
         &mut self,
-        group: u32,
+        group: GroupId,
         table: &Table,
         _mac_of: impl Fn(u32) -> [u8; 6],
     ) -> Result<usize, MapsError> {
         let before = self.table(group)?;
+        self.record(Effect::WriteTable { group });
         self.tables.insert(group, *table);
         Ok(before.iter().zip(table).filter(|(a, b)| a != b).count())
     }
@@ -783,18 +915,19 @@ impl HostIo for FakeHost {
 
     fn write_sources(
         &mut self,
-        _group: u32,
-        _class: SourceClass,
+        group: GroupId,
+        class: SourceClass,
         _addrs: &[IpCidr],
     ) -> Result<bool, MapsError> {
+        self.record(Effect::WriteSources { group, class });
         Ok(false)
     }
 
-    fn clear_other_groups_sources(&mut self, _groups: &[u32]) -> Result<(), MapsError> {
+    fn clear_other_groups_sources(&mut self, _groups: &[GroupId]) -> Result<(), MapsError> {
         Ok(())
     }
 
-    fn source_counters(&self, _group: u32) -> Result<SourceCounters, MapsError> {
+    fn source_counters(&self, _group: GroupId) -> Result<SourceCounters, MapsError> {
         Ok(SourceCounters::default())
     }
 
@@ -809,6 +942,7 @@ impl HostIo for FakeHost {
 
     fn join(&mut self, ifindex: u32, group: IpAddr) -> Result<(), MulticastError> {
         if self.joined.insert((ifindex, group)) {
+            self.record(Effect::Join { ifindex, group });
             self.join_by_application(ifindex, group);
         }
         Ok(())
@@ -820,6 +954,9 @@ impl HostIo for FakeHost {
     }
 
     fn leave(&mut self, ifindex: u32, group: IpAddr) -> Result<(), MulticastError> {
+        if self.joined.contains(&(ifindex, group)) {
+            self.record(Effect::Leave { ifindex, group });
+        }
         if self.joined.remove(&(ifindex, group))
             && let Some(groups) = self.memberships.get_mut(&ifindex)
             && let Some(users) = groups.get_mut(&group)

@@ -15,12 +15,13 @@ use crate::{
     core::{
         evidence::RxEvidence,
         failover::DataAddress,
+        identity::GroupId,
         multicast::Followed,
         probe::{FailureDetectionTime, Prober},
         reconcile::{Holdings, Member},
         state::{self, Policy, ProbeFamilies},
     },
-    daemon::host_io::ProbeSender,
+    daemon::{host_io::ProbeSender, reconcile::Dirty},
     net::address::IpCidr,
 };
 
@@ -66,8 +67,7 @@ impl Nic {
 }
 
 pub(super) struct GroupRuntime {
-    /// The group's bucket table.
-    pub id: u32,
+    pub id: GroupId,
     pub config: GroupConfig,
     pub fsm: state::Group,
     pub fdt: FailureDetectionTime,
@@ -83,8 +83,13 @@ pub(super) struct GroupRuntime {
     /// The usable NICs the routes were last re-formed over.
     pub serving: Vec<String>,
     /// Usable NICs kept out of the routes while their data addresses are on the way (see
-    /// `Daemon::apply`); empty otherwise.
+    /// `Daemon::reconcile`); empty otherwise.
     pub joining: Vec<String>,
+    /// What this turn's events left out of date, for `Daemon::reconcile`.
+    pub dirty: Dirty,
+    /// Data addresses to take off NICs that left the group (renamed), once they are on
+    /// their new NIC: `(ifindex, address)`.
+    pub left_behind: Vec<(u32, IpCidr)>,
 }
 
 impl GroupRuntime {
@@ -110,6 +115,15 @@ impl GroupRuntime {
         self.nics.iter().filter_map(|n| n.ifindex).collect()
     }
 
+    /// The names of the members that may carry traffic now.
+    pub(super) fn usable_names(&self) -> Vec<String> {
+        self.fsm
+            .usable_interfaces()
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+
     /// The ifindexes of the members that may carry traffic now.
     pub(crate) fn usable_ifindexes(&self) -> Vec<u32> {
         self.fsm
@@ -127,6 +141,7 @@ impl GroupRuntime {
     /// What the group holds, for [`crate::core::reconcile`].
     pub(crate) fn holdings(&self) -> Holdings {
         Holdings {
+            id: self.id,
             group: self.config.name.clone(),
             members: self
                 .nics
@@ -149,10 +164,10 @@ impl GroupRuntime {
     }
 }
 
-/// Where a NIC is: its group's position and its own in the group.
+/// Where a NIC is: its group, and its position in the group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct NicAt {
-    pub group: usize,
+    pub group: GroupId,
     pub nic: usize,
 }
 
@@ -179,8 +194,23 @@ impl Groups {
         self.list.len()
     }
 
-    pub(crate) fn by_name(&self, group: &str) -> Option<usize> {
-        self.list.iter().position(|g| g.config.name == group)
+    /// The running groups, in configuration order.
+    pub(super) fn ids(&self) -> Vec<GroupId> {
+        self.list.iter().map(|g| g.id).collect()
+    }
+
+    pub(crate) fn by_name(&self, group: &str) -> Option<GroupId> {
+        self.list
+            .iter()
+            .find(|g| g.config.name == group)
+            .map(|g| g.id)
+    }
+
+    fn position(&self, id: GroupId) -> usize {
+        self.list
+            .iter()
+            .position(|g| g.id == id)
+            .unwrap_or_else(|| panic!("no running group has id {}", id.0))
     }
 
     /// The configured NIC `name`, present or not.
@@ -194,27 +224,26 @@ impl Groups {
     }
 
     fn find(&self, matches: impl Fn(&Nic) -> bool) -> Option<NicAt> {
-        self.list.iter().enumerate().find_map(|(group, g)| {
+        self.list.iter().find_map(|g| {
             let nic = g.nics.iter().position(&matches)?;
-            Some(NicAt { group, nic })
+            Some(NicAt { group: g.id, nic })
         })
     }
 
     pub(super) fn nic(&self, at: NicAt) -> &Nic {
-        &self.list[at.group].nics[at.nic]
+        &self[at.group].nics[at.nic]
     }
 
     /// Where every configured NIC is, in group and configuration order.
     pub(crate) fn nics(&self) -> Vec<NicAt> {
         self.list
             .iter()
-            .enumerate()
-            .flat_map(|(group, g)| (0..g.nics.len()).map(move |nic| NicAt { group, nic }))
+            .flat_map(|g| (0..g.nics.len()).map(|nic| NicAt { group: g.id, nic }))
             .collect()
     }
 
     pub(crate) fn nic_mut(&mut self, at: NicAt) -> &mut Nic {
-        &mut self.list[at.group].nics[at.nic]
+        &mut self[at.group].nics[at.nic]
     }
 
     /// The ifindexes of every group's NICs that exist.
@@ -240,6 +269,7 @@ impl Groups {
     ) -> anyhow::Result<()> {
         let was_running = self.ids.contains_key(&g.name);
         let id = keep_or_assign(&mut self.ids, &g.name, MAX_GROUPS).context("too many groups")?;
+        let id = GroupId(id);
         let policy = Policy {
             failback,
             startup_quiet: if restarted || was_running {
@@ -311,6 +341,8 @@ impl Groups {
             followed: BTreeSet::new(),
             serving: Vec::new(),
             joining: Vec::new(),
+            dirty: Dirty::default(),
+            left_behind: Vec::new(),
         });
         Ok(())
     }
@@ -318,8 +350,8 @@ impl Groups {
     /// Takes a group's runtime out; its id and its NICs' slots stay taken until
     /// [`Groups::release_id`] and [`Groups::release_slot`].
     pub(super) fn remove(&mut self, group: &str) -> Option<GroupRuntime> {
-        let gi = self.by_name(group)?;
-        Some(self.list.remove(gi))
+        let id = self.by_name(group)?;
+        Some(self.list.remove(self.position(id)))
     }
 
     pub(crate) fn release_id(&mut self, group: &str) {
@@ -331,17 +363,18 @@ impl Groups {
     }
 }
 
-impl Index<usize> for Groups {
+impl Index<GroupId> for Groups {
     type Output = GroupRuntime;
 
-    fn index(&self, gi: usize) -> &GroupRuntime {
-        &self.list[gi]
+    fn index(&self, id: GroupId) -> &GroupRuntime {
+        &self.list[self.position(id)]
     }
 }
 
-impl IndexMut<usize> for Groups {
-    fn index_mut(&mut self, gi: usize) -> &mut GroupRuntime {
-        &mut self.list[gi]
+impl IndexMut<GroupId> for Groups {
+    fn index_mut(&mut self, id: GroupId) -> &mut GroupRuntime {
+        let at = self.position(id);
+        &mut self.list[at]
     }
 }
 
@@ -418,27 +451,45 @@ mod tests {
     fn nics_are_found_by_name_and_by_ifindex_once_present() {
         let mut groups = two_groups();
         let g0 = groups.nic_named("g0").unwrap();
-        assert_eq!(g0, NicAt { group: 1, nic: 0 });
+        assert_eq!(
+            g0,
+            NicAt {
+                group: GroupId(1),
+                nic: 0
+            }
+        );
         assert_eq!(groups.nic_at(7), None, "not present yet");
         groups.nic_mut(g0).ifindex = Some(7);
         assert_eq!(groups.nic_at(7), Some(g0));
         assert_eq!(groups.nic_named("h2"), None);
-        assert_eq!(groups.by_name("b"), Some(1));
+        assert_eq!(groups.by_name("b"), Some(GroupId(1)));
         assert_eq!(groups.ifindexes(), BTreeSet::from([7]));
+    }
+
+    #[test]
+    fn a_group_and_its_nics_are_reached_by_its_id_after_a_group_before_it_left() {
+        let mut groups = two_groups();
+        let b = groups.by_name("b").unwrap();
+        let g0 = groups.nic_named("g0").unwrap();
+        groups.remove("a").unwrap();
+        assert_eq!(groups[b].name(), "b");
+        assert_eq!(groups.nic(g0).name, "g0");
+        assert_eq!(groups.ids(), [b]);
     }
 
     #[test]
     fn a_group_with_ipv6_data_probes_over_ipv6_on_every_nic() {
         let groups = two_groups();
-        assert!(groups[1].nics.iter().all(|n| n.probe_v6));
-        assert!(groups[0].nics.iter().all(|n| !n.probe_v6));
+        assert!(groups[GroupId(1)].nics.iter().all(|n| n.probe_v6));
+        assert!(groups[GroupId(0)].nics.iter().all(|n| !n.probe_v6));
     }
 
     #[test]
     fn a_re_added_group_keeps_its_id_and_slots_until_released() {
         let mut groups = two_groups();
-        let config = groups[0].config.clone();
-        let (id, slot) = (groups[0].id, groups[0].nics[1].slot);
+        let a = groups.by_name("a").unwrap();
+        let config = groups[a].config.clone();
+        let (id, slot) = (groups[a].id, groups[a].nics[1].slot);
         groups.remove("a").unwrap();
         groups
             .add(&config, true, Duration::from_secs(10), false)

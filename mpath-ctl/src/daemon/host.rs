@@ -4,8 +4,9 @@
 use crate::{
     config::Config,
     core::host::{self, HostCheck, HostLink},
+    daemon::host_io::{LiveRtnetlink, Rtnetlink},
     net::address::IpCidr,
-    net::netlink::{Link, Netlink, Origin},
+    net::netlink::{Link, Origin},
 };
 
 /// Checks `config` against the links and addresses of this network namespace; only reads.
@@ -14,14 +15,22 @@ pub async fn check_against_host(
     config: &Config,
     group_nics: &[String],
 ) -> anyhow::Result<HostCheck> {
-    let netlink = Netlink::connect()?;
-    let links = netlink.links().await?;
-    let addresses = netlink.addresses_with_origin().await?;
+    check_on(&LiveRtnetlink::connect()?, config, group_nics).await
+}
+
+/// Checks `config` against the links and addresses `kernel` has.
+pub(super) async fn check_on(
+    kernel: &impl Rtnetlink,
+    config: &Config,
+    group_nics: &[String],
+) -> anyhow::Result<HostCheck> {
+    let links = kernel.links().await?;
+    let addresses = kernel.addresses_with_origin().await?;
     Ok(check_against(config, links, addresses, group_nics))
 }
 
 /// Checks `config` against `links` and `addresses` (with who made each).
-pub(super) fn check_against(
+fn check_against(
     config: &Config,
     links: Vec<Link>,
     addresses: Vec<(u32, IpCidr, Origin)>,

@@ -4,8 +4,10 @@
 //! `net::netlink`, announcements), probes (`core::probe`, `net::probe_socket`) and group
 //! routes (`core::routes`).
 //!
-//! The parts: `group` (each group's runtime and the lookups), `nics` (NICs coming and going,
-//! resync), `actions` (the one interpreter of the state machines' decisions), `addresses`,
+//! The parts: `turn` (the loop and its turns: each input's handler marks what it left out of
+//! date, and one `reconcile` pass brings it in line), `group` (each group's runtime and the
+//! lookups), `nics` (NICs coming and going, resync), `actions` (the one interpreter of the
+//! state machines' decisions), `addresses`,
 //! `announcer`, `host` (a configuration checked against the host), `multicast` (memberships
 //! that follow a failover), `probing`, `routes`, `sources` (the IPv6 source hook), `reload`,
 //! `status`; `service` and `logging` face systemd. Everything the daemon does to the host
@@ -23,6 +25,7 @@ pub mod logging;
 mod multicast;
 mod nics;
 mod probing;
+mod reconcile;
 mod reload;
 mod routes;
 #[cfg(test)]
@@ -30,10 +33,11 @@ mod scenarios;
 mod service;
 mod sources;
 mod status;
+mod teardown;
+mod turn;
 
 pub use host::check_against_host;
-pub use nics::remove_test_addresses;
-pub use routes::remove_routes;
+pub use teardown::{remove_routes, remove_test_addresses};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -49,28 +53,27 @@ use tokio::{
 };
 
 use crate::{
-    api::control::{self, Command, Reply, Request},
+    api::control,
     api::metrics::{self, Metrics},
     config::Config,
     core::state::Event,
     daemon::{
         announcer::Announcer,
         group::Groups,
-        host_io::{HostIo, LiveHost},
+        host_io::{HostIo, LiveHost, LiveRtnetlink},
         multicast::Following,
         probing::ProbeContext,
         routes::Routing,
         service::Notifier,
         sources::SourceHook,
+        turn::{Inbox, Signal},
     },
-    datapath::{Datapath, carrier_hook::CarrierEvents},
+    datapath::Datapath,
     net::address::IpCidr,
     net::announce,
     net::carrier::CarrierWatch,
-    net::multicast::Joins,
     net::netconf::Netconf,
-    net::netlink::{Monitor, NetEvent, Netlink},
-    net::nexthop::Nexthops,
+    net::netlink::{Monitor, NetEvent},
 };
 
 /// How often mpathd looks whether its programs are still on every NIC and tries again where
@@ -139,9 +142,6 @@ pub(crate) struct Daemon<H = LiveHost> {
     restarted: bool,
     /// When to look again whether every NIC has its programs ([`Daemon::check_datapath`]).
     datapath_due: Instant,
-    /// The carrier hook's reports, while it runs (the carrier watch then stays off), until
-    /// `run` takes them.
-    carrier_events: Option<CarrierEvents>,
     /// The carrier hook runs.
     carrier_hook: bool,
     /// Why the routing settings could not be set, as last reported.
@@ -165,52 +165,28 @@ impl Daemon<LiveHost> {
             Datapath::open_with(&config.daemon.bpf_pin_dir, config.daemon.tc_attach)?;
         let control = control::bind(&config.daemon.socket)?;
         control::leave_hint(&config.daemon.socket, &config.daemon.bpf_pin_dir);
-        // A datapath already running on NICs: mpathd restarts, the switch has long learnt
-        // the NICs' MACs, and no startup quiet period holds a failure back.
-        let restarted = datapath.pinned_nics().is_ok_and(|nics| !nics.is_empty());
         let probes = ProbeContext::new();
         datapath.maps.set_settings(probes.settings())?;
+        // Whether the hook runs this time or not.
+        if let Err(e) = datapath.maps.clear_carrier_marks() {
+            tracing::warn!("clearing the last carrier hook's marks: {e}");
+        }
         // Subscribed before the first dump, so that nothing changing meanwhile is missed.
         let monitor = Monitor::open_with_receive_buffer(netlink_receive_buffer)
             .context("subscribing to rtnetlink events")?;
-        let netlink = Netlink::connect().context("opening rtnetlink")?;
+        let rtnetlink = LiveRtnetlink::connect()?;
         announce::open_socket()?;
-        let nexthops = Nexthops::connect().context("opening rtnetlink for nexthops")?;
-        nexthops.check_kernel().await?;
-        let host = LiveHost {
-            datapath,
-            netlink,
-            monitor,
-            nexthops,
-            carrier_watch: CarrierWatch::start(config.daemon.carrier_poll)
-                .context("starting the carrier watch")?,
-            joins: Joins::default(),
-        };
-        let sysctl_errors = set_routing_sysctls(&host.netconf(), false);
-        for e in &sysctl_errors {
-            tracing::warn!("{e}");
-        }
-        host.ensure_rules(config.daemon.route_table, config.daemon.route_rule_priority)
-            .await
-            .context("adding the rule that consults mpathd's routing table")?;
-        let mut daemon = Daemon::new(config, paths, host, probes, restarted)?;
-        daemon.control = Some(control);
-        daemon.sysctl_errors = sysctl_errors;
-        // Before the NICs are set up: with the hook running, their carrier needs no reading.
-        daemon.carrier_events = daemon.start_carrier_hook();
-        daemon.take_stock().await?;
-        Ok(daemon)
+        rtnetlink.nexthops.check_kernel().await?;
+        let carrier_watch = CarrierWatch::start(config.daemon.carrier_poll)
+            .context("starting the carrier watch")?;
+        let host = LiveHost::new(datapath, rtnetlink, monitor, carrier_watch);
+        Daemon::take_over(config, paths, host, probes, Some(control)).await
     }
 
     /// Runs until SIGTERM or SIGINT.
     async fn run(mut self) -> anyhow::Result<()> {
-        let mut replies = self.host.datapath.maps.take_probe_replies()?;
-        let mut carrier_losses = self
-            .host
-            .carrier_watch
-            .take_losses()
-            .context("carrier losses already taken")?;
-        let (commands_tx, mut commands) = mpsc::channel(16);
+        self.host.listen()?;
+        let (commands_tx, commands) = mpsc::channel(16);
         let listener = self
             .control
             .take()
@@ -220,7 +196,7 @@ impl Daemon<LiveHost> {
             commands_tx,
             self.probes.rows.clone(),
         ));
-        let (scrapes_tx, mut scrapes) = mpsc::channel(4);
+        let (scrapes_tx, scrapes) = mpsc::channel(4);
         // Keeping hosts reachable matters more than being observed: without its metrics
         // port mpathd still runs, and says so.
         match metrics::bind(self.config.daemon.metrics_listen).await {
@@ -229,93 +205,68 @@ impl Daemon<LiveHost> {
             }
             Err(e) => tracing::error!("{e}; running without metrics"),
         }
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sighup = signal(SignalKind::hangup())?;
+        let mut inbox = Inbox {
+            commands,
+            scrapes,
+            signals: forward_signals()?,
+        };
         tracing::info!(
             "mpathd running: {} group(s), control socket {}",
             self.groups.len(),
             self.config.daemon.socket.display()
         );
-        let mut carrier_events = self.carrier_events.take();
         // `start` attached the datapath and placed the addresses and routes.
         let mut service = Notifier::from_env();
         service.ready(self.hash_states(), &self.status());
-        loop {
-            service.turn(Instant::now(), || self.hash_states(), || self.status());
-            let wake = self.next_wakeup();
-            tokio::select! {
-                event = self.host.monitor.next() => {
-                    // The monitor fails only when its socket cannot be opened again; the
-                    // daemon keeps running on what it knows.
-                    match event {
-                        Ok(event) => self.net_event(event).await,
-                        Err(e) => tracing::error!("reading netlink events: {e:#}"),
-                    }
-                }
-                batch = replies.next_batch() => {
-                    for reply in batch? {
-                        self.probe_reply(reply).await;
-                    }
-                },
-                Some(command) = commands.recv() => self.command(command, &mut service).await,
-                Some(scrape) = scrapes.recv() => {
-                    self.metrics.retain(&self.live_series());
-                    scrape.answer(self.metrics.render(&self.metrics_snapshot()))
-                }
-                _ = tokio::time::sleep_until(wake.into()) => self.tick().await,
-                // Planned route changes, a few at a time between everything else.
-                _ = std::future::ready(()), if self.routing.has_pending() => {
-                    self.route_step().await;
-                }
-                Some(ifindex) = carrier_losses.recv() => {
-                    self.carrier_lost(ifindex, None, Instant::now()).await;
-                }
-                batch = next_carrier_events(&mut carrier_events) => match batch {
-                    Ok(events) => {
-                        for event in events {
-                            self.carrier_lost(event.ifindex, Some(event.time_ns), Instant::now())
-                                .await;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!("reading the carrier hook's events: {e}; reading the carrier instead");
-                        carrier_events = None;
-                        self.carrier_hook = false;
-                        self.host.set_carrier_period(self.config.daemon.carrier_poll);
-                        self.watch_every_carrier();
-                    }
-                },
-                _ = sighup.recv() => {
-                    self.reload_telling(&mut service).await;
-                }
-                _ = sigterm.recv() => break,
-                _ = sigint.recv() => break,
-            }
-        }
+        self.serve(&mut inbox, &mut service).await?;
         service.stopping();
         control::remove_hint(&self.config.daemon.socket);
         tracing::info!("mpathd stopping; the datapath stays in place");
         Ok(())
     }
+}
+
+impl<H: HostIo> Daemon<H> {
+    /// Takes over the host it was handed: the routing settings and mpathd's rule, the carrier
+    /// hook, then the groups' NICs, addresses and routes. A host whose NICs carry the
+    /// programs already is a restart.
+    async fn take_over(
+        config: Config,
+        paths: ConfigPaths,
+        host: H,
+        probes: ProbeContext,
+        control: Option<tokio::net::UnixListener>,
+    ) -> anyhow::Result<Daemon<H>> {
+        // A datapath already running on NICs: mpathd restarts, the switch has long learnt
+        // the NICs' MACs, and no startup quiet period holds a failure back.
+        let restarted = host.pinned_nics().is_ok_and(|nics| !nics.is_empty());
+        let sysctl_errors = set_routing_sysctls(&host.netconf(), false);
+        for e in &sysctl_errors {
+            tracing::warn!("{e}");
+        }
+        host.ensure_rules(config.daemon.route_table, config.daemon.route_rule_priority)
+            .await
+            .context("adding the rule that consults mpathd's routing table")?;
+        let mut daemon = Daemon::new(config, paths, host, probes, restarted)?;
+        daemon.control = control;
+        daemon.sysctl_errors = sysctl_errors;
+        // Before the NICs are set up: with the hook running, their carrier needs no reading.
+        daemon.start_carrier_hook();
+        daemon.take_stock().await?;
+        Ok(daemon)
+    }
 
     /// Attaches the carrier hook where the kernel takes it and the configuration allows it
     /// (the carrier watch then stays off), and says at start which way carrier loss reaches
     /// mpathd.
-    fn start_carrier_hook(&mut self) -> Option<CarrierEvents> {
-        if let Err(e) = self.host.datapath.maps.clear_carrier_marks() {
-            tracing::warn!("clearing the last carrier hook's marks: {e}");
-        }
+    fn start_carrier_hook(&mut self) {
         let attached = if self.config.daemon.carrier_hook {
-            self.host
-                .datapath
-                .attach_carrier_hook()
-                .map_err(|e| e.to_string())
+            self.host.attach_carrier_hook()
         } else {
             Err("the carrier hook is off: carrier_hook = false".to_string())
         };
         match attached {
-            Ok(events) => {
+            Ok(()) => {
                 self.carrier_hook = true;
                 self.host.set_carrier_period(None);
                 tracing::info!(
@@ -323,27 +274,21 @@ impl Daemon<LiveHost> {
                      ahead of the kernel's link events; the NIC's outbound flows move in the \
                      kernel at once"
                 );
-                Some(events)
             }
-            Err(e) => {
-                match self.config.daemon.carrier_poll {
-                    Some(period) => tracing::info!(
-                        "carrier loss is read from the drivers every {} ms (sysfs), ahead of \
-                         the kernel's link events ({e})",
-                        period.as_millis()
-                    ),
-                    None => tracing::info!(
-                        "carrier loss is seen through the kernel's link events only \
-                         (carrier_poll_ms = 0; {e}): up to a second late on a physical NIC"
-                    ),
-                }
-                None
-            }
+            Err(e) => match self.config.daemon.carrier_poll {
+                Some(period) => tracing::info!(
+                    "carrier loss is read from the drivers every {} ms (sysfs), ahead of \
+                     the kernel's link events ({e})",
+                    period.as_millis()
+                ),
+                None => tracing::info!(
+                    "carrier loss is seen through the kernel's link events only \
+                     (carrier_poll_ms = 0; {e}): up to a second late on a physical NIC"
+                ),
+            },
         }
     }
-}
 
-impl<H: HostIo> Daemon<H> {
     /// The daemon before it has looked at the host: `restarted` when it takes over a running
     /// datapath.
     fn new(
@@ -371,7 +316,6 @@ impl<H: HostIo> Daemon<H> {
             source_hook: SourceHook::default(),
             restarted,
             datapath_due: now + DATAPATH_CHECK,
-            carrier_events: None,
             carrier_hook: false,
             sysctl_errors: Vec::new(),
             resync_due: None,
@@ -448,10 +392,10 @@ impl<H: HostIo> Daemon<H> {
             }
             self.datapath_due = now + DATAPATH_CHECK;
         }
-        for gi in 0..self.groups.len() {
-            self.probe_group(gi, now).await;
-            if self.groups[gi].fsm.next_wakeup().is_some_and(|t| t <= now) {
-                self.handle(gi, Event::Tick, now).await;
+        for id in self.groups.ids() {
+            self.probe_group(id, now);
+            if self.groups[id].fsm.next_wakeup().is_some_and(|t| t <= now) {
+                self.handle(id, Event::Tick, now);
             }
         }
     }
@@ -482,7 +426,7 @@ impl<H: HostIo> Daemon<H> {
                 }
             }
             NetEvent::LinkRemoved { name, ifindex } => {
-                self.link_removed(&name, ifindex, now).await;
+                self.link_removed(&name, ifindex, now);
                 self.routing.nexthops_flushed(ifindex, now);
                 self.routing.main.remove_through(ifindex);
                 self.routing.changed(now);
@@ -517,63 +461,31 @@ impl<H: HostIo> Daemon<H> {
         }
     }
 
-    /// A reload asked for by SIGHUP or `mpathctl reload`, with systemd told of its start
-    /// and end.
-    async fn reload_telling(&mut self, service: &mut Notifier) -> Reply {
-        service.reloading();
-        let reply = self.reload().await;
-        service.reloaded(self.hash_states(), &self.status());
-        reply
-    }
-
-    async fn command(&mut self, command: Command, service: &mut Notifier) {
-        let now = self.host.now();
-        let reply = match command.request {
-            Request::Status {} => Reply::Status(self.status()),
-            Request::Reload {} => self.reload_telling(service).await,
-            Request::Offline { interface } => {
-                let event = Event::Offline {
-                    nic: interface.clone(),
-                };
-                self.admin(&interface, event, "offline", now).await
-            }
-            Request::Online { interface } => {
-                let event = Event::Online {
-                    nic: interface.clone(),
-                };
-                self.admin(&interface, event, "online", now).await
-            }
-            Request::Probes {} => Reply::Refused {
-                message: "probes are streamed by the control server".into(),
-            },
-        };
-        let _: Result<_, _> = command.reply.send(reply);
-    }
-
-    /// An operator's offline or online of a NIC, refused with the state machine's reason.
-    async fn admin(&mut self, interface: &str, event: Event, what: &str, now: Instant) -> Reply {
-        let Some(at) = self.groups.nic_named(interface) else {
-            return Reply::Refused {
-                message: format!("{interface} is not in any group"),
-            };
-        };
-        match self.groups[at.group].fsm.handle(event, now) {
-            Ok(actions) => {
-                self.apply(at.group, actions, false).await;
-                Reply::Done {
-                    message: format!("{interface} is {what}"),
-                }
-            }
-            Err(e) => Reply::Refused {
-                message: e.to_string(),
-            },
-        }
-    }
-
     /// Every address the kernel has, wherever it is: probe targets are never local.
     fn local_addresses(&self) -> Vec<IpAddr> {
         self.addresses.iter().map(|(_, c)| c.addr()).collect()
     }
+}
+
+/// Forwards SIGHUP, SIGTERM and SIGINT to the event loop.
+fn forward_signals() -> std::io::Result<mpsc::Receiver<Signal>> {
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let (signals, inbox) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let received = tokio::select! {
+                _ = sighup.recv() => Signal::Reload,
+                _ = sigterm.recv() => Signal::Stop,
+                _ = sigint.recv() => Signal::Stop,
+            };
+            if signals.send(received).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(inbox)
 }
 
 /// Sets the kernel's routing settings mpathd's routes depend on: the multipath hash on ports
@@ -616,16 +528,6 @@ fn set_routing_sysctls(netconf: &Netconf, again: bool) -> Vec<String> {
         }
     }
     errors
-}
-
-/// The next carrier losses from the hook; never, without it.
-async fn next_carrier_events(
-    events: &mut Option<CarrierEvents>,
-) -> std::io::Result<Vec<mpath_common::CarrierEvent>> {
-    match events {
-        Some(events) => events.next_batch().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The NIC's IPv6 link-local address (its IPv6 test address), if it has one.

@@ -8,6 +8,7 @@ use std::{
 };
 
 use crate::{
+    core::identity::GroupId,
     core::multicast::{self, Followed, Memberships},
     core::state::Role,
     daemon::{Daemon, group::GroupRuntime, host_io::HostIo},
@@ -35,29 +36,28 @@ impl Following {
 }
 
 impl<H: HostIo> Daemon<H> {
-    /// Looks again at the memberships of the groups that have an unusable NIC or hold joins,
-    /// once [`RECHECK`] has passed.
+    /// Marks for a look again at the memberships of the groups that have an unusable NIC or
+    /// hold joins, once [`RECHECK`] has passed.
     pub(super) fn recheck_memberships(&mut self, now: Instant) {
         if now < self.following.due {
             return;
         }
         self.following.due = now + RECHECK;
-        for gi in 0..self.groups.len() {
-            let group = &self.groups[gi];
+        for group in self.groups.iter_mut() {
             let unusable = group
                 .fsm
                 .nic_roles()
                 .iter()
                 .any(|r| r.role == Role::Unusable);
             if unusable || !group.followed.is_empty() {
-                self.follow_memberships(gi);
+                group.dirty.memberships = true;
             }
         }
     }
 
     /// Joins the groups of the group's unusable NICs on the NICs that took over, and leaves
     /// the ones no longer wanted (the NIC is back, or the application left the group).
-    pub(super) fn follow_memberships(&mut self, gi: usize) {
+    pub(super) fn follow_memberships(&mut self, id: GroupId) {
         let found = match self.host.memberships() {
             Ok(found) => found,
             Err(e) => {
@@ -65,7 +65,7 @@ impl<H: HostIo> Daemon<H> {
                 return;
             }
         };
-        let group = &self.groups[gi];
+        let group = &self.groups[id];
         let by_nic: Memberships = group
             .nics
             .iter()
@@ -129,15 +129,15 @@ impl<H: HostIo> Daemon<H> {
                 }
             }
         }
-        self.groups[gi].followed = held;
+        self.groups[id].followed = held;
     }
 
     /// Reports the IPv4 groups of `nic`, back in use, to the switch: a snooping switch forgot
     /// them if the NIC's link went, and Linux reports them again only when a query asks (up
     /// to 125 s later), where it re-reports IPv6 groups on its own. Called before the stand-in
     /// joins on other NICs are left, so a group is never without a port.
-    pub(super) fn report_memberships(&mut self, gi: usize, nic: &str) {
-        let group = &self.groups[gi];
+    pub(super) fn report_memberships(&mut self, id: GroupId, nic: &str) {
+        let group = &self.groups[id];
         let Some(ifindex) = group.ifindex_of(nic) else {
             return;
         };

@@ -21,12 +21,12 @@ use crate::{
         group::{GroupRuntime, NicAt},
         host_io::HostIo,
         link_local_of,
+        reconcile::Dirty,
         reload::carry_states,
     },
     net::address::IpCidr,
     net::netconf::{InterfaceNetconf, answers_arp_only_for_its_own},
-    net::netlink::{AddressOptions, Link, Netlink, NetlinkError, Origin},
-    net::probe_socket::monotonic_ns,
+    net::netlink::{AddressOptions, Link, NetlinkError, Origin},
 };
 
 impl<H: HostIo> Daemon<H> {
@@ -92,11 +92,11 @@ impl<H: HostIo> Daemon<H> {
         self.routing.reread_installed();
         self.addresses = addresses.clone();
         let now = self.host.now();
-        for gi in 0..self.groups.len() {
+        for id in self.groups.ids() {
             let mut present = Vec::new();
             let mut macs = Vec::new();
-            for ni in 0..self.groups[gi].nics.len() {
-                let at = NicAt { group: gi, nic: ni };
+            for ni in 0..self.groups[id].nics.len() {
+                let at = NicAt { group: id, nic: ni };
                 let name = self.groups.nic(at).name.clone();
                 match links.iter().find(|l| l.name == name) {
                     Some(link) => {
@@ -116,7 +116,7 @@ impl<H: HostIo> Daemon<H> {
                 }
             }
             self.adopt_addresses(&of_origin(Origin::Other));
-            let group = &mut self.groups[gi];
+            let group = &mut self.groups[id];
             let placements = reconcile::placements(&group.holdings(), &addresses);
             for (address, placed) in group.addresses.iter_mut().zip(placements) {
                 address.current = placed;
@@ -134,9 +134,17 @@ impl<H: HostIo> Daemon<H> {
                     actions.extend(adopt_failures(group, now));
                 }
             }
-            self.apply(gi, actions, true).await;
+            // The kernel may disagree with mpathd: everything is brought in line.
+            self.groups[id].dirty.mark(Dirty::ALL);
+            self.apply(id, actions);
+        }
+        // mpathd's routes and nexthops are read again by the plan below: until then the
+        // re-forms leave the kernel alone, and the plan finds every group's NICs set up.
+        self.reconcile().await;
+        for id in self.groups.ids() {
+            // Compared with the placements the moves brought.
             let copies = reconcile::extra_copies(
-                &self.groups[gi].holdings(),
+                &self.groups[id].holdings(),
                 &addresses,
                 &self.groups.ifindexes(),
                 &of_origin(Origin::Mpathd),
@@ -154,7 +162,7 @@ impl<H: HostIo> Daemon<H> {
                     "data address {cidr} of group {} is also on {nic}, which is in no group: \
                      mpathd leaves it there (it never takes an address off a NIC outside its \
                      groups), and both NICs answer for it until someone takes it off {nic}",
-                    self.groups[gi].name()
+                    self.groups[id].name()
                 );
             }
         }
@@ -204,7 +212,7 @@ impl<H: HostIo> Daemon<H> {
                 nic: nic.clone(),
                 mac,
             };
-            self.handle(at.group, event, now).await;
+            self.handle(at.group, event, now);
         }
         let event = if known {
             Event::Link {
@@ -217,11 +225,11 @@ impl<H: HostIo> Daemon<H> {
                 link_up: link.usable(),
             }
         };
-        self.handle(at.group, event, now).await;
+        self.handle(at.group, event, now);
         // With carrier back, nexthops through the NIC can be made again (the kernel deleted
         // them when it went).
         if carrier != link.usable() {
-            self.reform_groups(now).await;
+            self.groups[at.group].dirty.routes = true;
         }
     }
 
@@ -244,10 +252,15 @@ impl<H: HostIo> Daemon<H> {
             .filter(|a| a.current.as_deref() == Some(old.as_str()))
             .map(|a| a.cidr)
             .collect();
+        self.link_removed(&old, link.ifindex, now);
         // The addresses fail over first, as ever: on their new NIC before they leave this one.
-        self.link_removed(&old, link.ifindex, now).await;
-        for cidr in on_it.into_iter().chain(test.map(|t| t.host())) {
-            self.delete_address(link.ifindex, cidr).await;
+        let group = &mut self.groups[at.group];
+        group
+            .left_behind
+            .extend(on_it.into_iter().map(|cidr| (link.ifindex, cidr)));
+        group.dirty.mark(Dirty::ADDRESSES);
+        if let Some(test) = test {
+            self.delete_address(link.ifindex, test.host()).await;
         }
         if let Some(IpAddr::V4(v4)) = test.map(|t| t.addr())
             && let Err(e) = self.host.remove_test_address(v4)
@@ -257,7 +270,7 @@ impl<H: HostIo> Daemon<H> {
     }
 
     /// A NIC was removed from the system.
-    pub(super) async fn link_removed(&mut self, name: &str, ifindex: u32, now: Instant) {
+    pub(super) fn link_removed(&mut self, name: &str, ifindex: u32, now: Instant) {
         if self.ungrouped.remove(name).is_some() {
             tracing::info!("NIC {name} has been removed from the system");
         }
@@ -283,7 +296,7 @@ impl<H: HostIo> Daemon<H> {
         let event = Event::Disappeared {
             nic: name.to_string(),
         };
-        self.handle(at.group, event, now).await;
+        self.handle(at.group, event, now);
     }
 
     /// Sets up a NIC that is present under a new ifindex (it appeared, or was re-created
@@ -321,7 +334,7 @@ impl<H: HostIo> Daemon<H> {
             nic: self.groups.nic(at).name.clone(),
             attached,
         };
-        self.handle(at.group, event, now).await;
+        self.handle(at.group, event, now);
     }
 
     /// Attaches the programs to a NIC and gives it a group member's settings; false when the
@@ -391,21 +404,13 @@ impl<H: HostIo> Daemon<H> {
     /// The carrier hook or watch found NIC `ifindex` without carrier: acted on at once, as
     /// if the kernel's link event had come (it follows up to a second later on a physical
     /// NIC, when linkwatch gets to it). A carrier that returns waits for the link event, which
-    /// also brings the operational state the NIC needs to be usable. `reported_ns` is when
-    /// the driver reported the loss (CLOCK_MONOTONIC), where the hook tells it: how long
-    /// moving the NIC's traffic took is then logged.
-    pub(super) async fn carrier_lost(
-        &mut self,
-        ifindex: u32,
-        reported_ns: Option<u64>,
-        now: Instant,
-    ) {
-        let Some(at) = self.groups.nic_at(ifindex) else {
-            return;
-        };
+    /// also brings the operational state the NIC needs to be usable. Returns the NIC's name
+    /// when the loss was confirmed.
+    pub(super) async fn carrier_lost(&mut self, ifindex: u32, now: Instant) -> Option<String> {
+        let at = self.groups.nic_at(ifindex)?;
         // The link event came first after all.
         if !self.groups.nic(at).carrier {
-            return;
+            return None;
         }
         // The report may be stale (the carrier came back since) or, from the hook, which
         // sees every network namespace, about another namespace's NIC of the same ifindex:
@@ -415,30 +420,23 @@ impl<H: HostIo> Daemon<H> {
             Ok(Some(link)) if link.ifindex == ifindex && !link.lower_up => {}
             Ok(_) => {
                 self.host.arm_carrier(ifindex, true);
-                return;
+                return None;
             }
             Err(e) => {
                 tracing::debug!("confirming the carrier loss of {name}: {e}");
                 self.host.arm_carrier(ifindex, true);
-                return;
+                return None;
             }
         }
         self.groups.nic_mut(at).carrier = false;
         tracing::info!("{name} has no carrier (seen ahead of the kernel's link event)");
         let event = Event::Link {
-            nic: name,
+            nic: name.clone(),
             up: false,
         };
-        self.handle(at.group, event, now).await;
-        self.reform_groups(now).await;
-        if let Some(reported_ns) = reported_ns {
-            let took_us = monotonic_ns().saturating_sub(reported_ns) / 1000;
-            tracing::info!(
-                "{} failed over {took_us} us after its driver reported the carrier loss \
-                 (addresses, bucket table and nexthop groups moved)",
-                self.groups.nic(at).name
-            );
-        }
+        self.handle(at.group, event, now);
+        self.groups[at.group].dirty.routes = true;
+        Some(name)
     }
 
     /// Attaches again where the programs are missing: on NICs they could not be attached to
@@ -477,7 +475,7 @@ impl<H: HostIo> Daemon<H> {
                             nic: self.groups.nic(at).name.clone(),
                             attached: false,
                         };
-                        self.handle(at.group, event, now).await;
+                        self.handle(at.group, event, now);
                     }
                 }
                 Err(e) => tracing::warn!("{}: {e}", nic.name),
@@ -502,7 +500,7 @@ impl<H: HostIo> Daemon<H> {
         let nic = &group.nics[at.nic];
         let mut info = NicInfo {
             slot: nic.slot,
-            group: group.id,
+            group: group.id.0,
             mac: nic.mac,
             ..Default::default()
         };
@@ -628,7 +626,7 @@ impl<H: HostIo> Daemon<H> {
         {
             tracing::error!("{name}: {e}");
         }
-        self.write_table(at.group);
+        self.groups[at.group].dirty.table = true;
         // The probe targets must learn it for the test and link-local addresses too, or the
         // NIC's probes fail until their neighbour entries expire.
         let held: Vec<IpAddr> = self.groups[at.group]
@@ -731,42 +729,6 @@ impl<H: HostIo> Daemon<H> {
             Some(_) => tracing::warn!("The link has gone down on {}", link.name),
             None => tracing::debug!("tracking {} (in no group)", link.name),
         }
-    }
-}
-
-/// Removes the configuration's test addresses from the NICs that hold them, for `mpathd
-/// --teardown`: they are mpathd's alone, unlike the data addresses, which stay for the
-/// applications using them. Goes on past each address it cannot remove, and returns every
-/// failure.
-pub async fn remove_test_addresses(
-    config: &crate::config::Config,
-) -> Result<(), Vec<anyhow::Error>> {
-    let dumps = async {
-        let netlink = Netlink::connect()?;
-        let links = netlink.links().await?;
-        let present = netlink.addresses().await?;
-        Ok::<_, NetlinkError>((netlink, links, present))
-    };
-    let (netlink, links, present) = dumps.await.map_err(|e| vec![e.into()])?;
-    let mut errors = Vec::new();
-    for interface in config.groups.iter().flat_map(|g| &g.interfaces) {
-        let (Some(test), Some(link)) = (
-            interface.test_address,
-            links.iter().find(|l| l.name == interface.name),
-        ) else {
-            continue;
-        };
-        let host = IpCidr::from(test).host();
-        if present.contains(&(link.ifindex, host))
-            && let Err(e) = netlink.del_address(link.ifindex, host).await
-        {
-            errors.push(e.into());
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     api::views::ProbeRow,
+    core::identity::GroupId,
     core::probe::{ProbeEvent, ProbeOutcome, Prober, ReplyVerdict, TargetNotice},
     core::state::Event,
     core::target::{AddressFamily, TargetSet},
@@ -116,7 +117,7 @@ impl<H: HostIo> Daemon<H> {
         })
     }
 
-    pub(super) async fn probe_reply(&mut self, reply: ProbeReply) {
+    pub(super) fn probe_reply(&mut self, reply: ProbeReply) {
         let now = self.host.now();
         let from = reply.target();
         let Some(at) = self.groups.nic_at(reply.ifindex) else {
@@ -155,7 +156,7 @@ impl<H: HostIo> Daemon<H> {
                 if let Some(change) = group.fdt.try_lower(now, probers) {
                     tracing::info!("{}", change.message);
                 }
-                self.probe_events(at, family, events, Some(reply)).await
+                self.probe_events(at, family, events, Some(reply))
             }
             ReplyVerdict::Rejected(reason) => {
                 self.metrics.reply_refused(group.name(), &nic_name, reason);
@@ -167,7 +168,7 @@ impl<H: HostIo> Daemon<H> {
         }
     }
 
-    async fn probe_events(
+    fn probe_events(
         &mut self,
         at: NicAt,
         family: AddressFamily,
@@ -193,7 +194,7 @@ impl<H: HostIo> Daemon<H> {
                         family,
                         outcome,
                     };
-                    self.handle(at.group, event, now).await;
+                    self.handle(at.group, event, now);
                 }
                 ProbeEvent::Target(e) => tracing::info!("{}: {e}", self.groups.nic(at).name),
                 ProbeEvent::FdtRaised(change) => tracing::warn!("{}", change.message),
@@ -234,16 +235,16 @@ impl<H: HostIo> Daemon<H> {
 
     /// Sends the probes of a group that are due, declares lost the ones that timed out, and
     /// tells the state machine when a prober's targets come or go.
-    pub(super) async fn probe_group(&mut self, gi: usize, now: Instant) {
-        let probers: Vec<(usize, usize)> = self.groups[gi]
+    pub(super) fn probe_group(&mut self, id: GroupId, now: Instant) {
+        let probers: Vec<(usize, usize)> = self.groups[id]
             .nics
             .iter()
             .enumerate()
             .flat_map(|(ni, n)| (0..n.probing.len()).map(move |pi| (ni, pi)))
             .collect();
         for (ni, pi) in probers {
-            let at = NicAt { group: gi, nic: ni };
-            let group = &mut self.groups[gi];
+            let at = NicAt { group: id, nic: ni };
+            let group = &mut self.groups[id];
             let nic = &mut group.nics[ni];
             let name = nic.name.clone();
             if nic.rx.due(now) {
@@ -300,14 +301,14 @@ impl<H: HostIo> Daemon<H> {
             let has_targets = !probing.prober.targets().is_empty();
             let targets_changed = has_targets != probing.had_targets;
             probing.had_targets = has_targets;
-            self.probe_events(at, family, events, None).await;
+            self.probe_events(at, family, events, None);
             if targets_changed {
                 let event = Event::Targets {
                     nic: name,
                     family,
                     available: has_targets,
                 };
-                self.handle(gi, event, now).await;
+                self.handle(id, event, now);
             }
         }
     }

@@ -10,7 +10,7 @@ use crate::{
     config::{Config, GroupConfig, diff::DaemonChange},
     core::reconcile,
     core::state::{Action, Event, FailureCause, IfState, OfflineReason},
-    daemon::{Daemon, group::GroupRuntime, host::check_against, host_io::HostIo},
+    daemon::{Daemon, group::GroupRuntime, host::check_on, host_io::HostIo},
 };
 
 impl<H: HostIo> Daemon<H> {
@@ -57,9 +57,7 @@ impl<H: HostIo> Daemon<H> {
             .iter()
             .flat_map(|g| g.nics.iter().map(|n| n.name.clone()))
             .collect();
-        let links = self.host.links().await?;
-        let addresses = self.host.addresses_with_origin().await?;
-        let check = check_against(&new, links, addresses, &running);
+        let check = check_on(&self.host, &new, &running).await?;
         if !check.refusals.is_empty() {
             for refusal in &check.refusals {
                 tracing::error!("{REFUSED}: {refusal}");

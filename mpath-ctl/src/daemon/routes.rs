@@ -9,6 +9,7 @@ use std::{
 
 use crate::{
     config::RouteConfig,
+    core::identity::GroupId,
     core::routes::{
         self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, LinkRoute, MainTable,
         NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteInputs, RouteState,
@@ -16,8 +17,8 @@ use crate::{
     },
     daemon::{Daemon, host_io::HostIo},
     net::address::IpCidr,
-    net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, Netlink, RouteNotice},
-    net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops},
+    net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, RouteNotice},
+    net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind},
 };
 
 /// Buckets of each resilient nexthop group: a NIC that leaves takes its share of them along,
@@ -463,9 +464,9 @@ impl<H: HostIo> Daemon<H> {
         main.destinations.extend(&repair);
         if main.held_changed || !main.destinations.is_empty() {
             let local = self.local_addresses();
-            for gi in 0..self.groups.len() {
-                let routes = self.probe_routes(gi);
-                let g = &mut self.groups[gi];
+            for id in self.groups.ids() {
+                let routes = self.probe_routes(id);
+                let g = &mut self.groups[id];
                 let group_nics = g.ifindexes();
                 for p in g.nics.iter_mut().flat_map(|n| &mut n.probing) {
                     p.prober.update_routes(&routes, &group_nics, &local);
@@ -528,7 +529,6 @@ impl<H: HostIo> Daemon<H> {
             );
         }
         self.routing.failed.clear();
-        self.update_sources();
         // Room for a notification per route, should the table change all at once.
         let routes = self.routing.main.len() + self.routing.plan.routes.len();
         self.host.fit_monitor(routes);
@@ -769,12 +769,11 @@ impl<H: HostIo> Daemon<H> {
     }
 
     /// A NIC joined or left the group's usable set, or lost or regained its carrier: the
-    /// group's nexthop groups are re-formed over the NICs that serve now, at once and
-    /// without reading any table; the rest (routes, sources, deletions) follows with the next
-    /// plan, shortly.
+    /// groups' nexthop groups are re-formed over the NICs that serve now, at once and
+    /// without reading any table; the rest (routes, deletions) follows with the next plan,
+    /// shortly. See [`Daemon::reconcile`].
     pub(super) async fn reform_groups(&mut self, now: Instant) {
         self.routing.regrouped(now);
-        self.update_sources();
         let groups = self.group_routing();
         // At once: the next part of a plan under way must not take the new members for
         // objects no longer wanted and delete them.
@@ -810,12 +809,12 @@ impl<H: HostIo> Daemon<H> {
         }
     }
 
-    /// The routes group `gi`'s probers take their routers from: the main table's, and the
+    /// The routes group `id`'s probers take their routers from: the main table's, and the
     /// group's own (`[[group.route]]` and those it holds), which are in no table a restarted
     /// mpathd could read them from before it serves them.
-    pub(super) fn probe_routes(&self, gi: usize) -> Vec<crate::core::target::RouteEntry> {
+    pub(super) fn probe_routes(&self, id: GroupId) -> Vec<crate::core::target::RouteEntry> {
         let mut routes = self.routing.entries();
-        let g = &self.groups[gi];
+        let g = &self.groups[id];
         if let Some(&oif) = g.ifindexes().first() {
             let own = g.config.routes.iter().chain(&g.held_routes);
             routes.extend(routes::group_route_entries(own, oif));
@@ -858,10 +857,10 @@ impl<H: HostIo> Daemon<H> {
                 .map(|(group, route)| (group.to_string(), route))
                 .collect();
         for (name, route) in orphans {
-            let Some(gi) = self.groups.by_name(&name) else {
+            let Some(id) = self.groups.by_name(&name) else {
                 continue;
             };
-            let group = &mut self.groups[gi];
+            let group = &mut self.groups[id];
             if !group.held_routes.contains(&route) && !group.config.routes.contains(&route) {
                 if is_data_prefix(group, &route) {
                     tracing::debug!(
@@ -1141,77 +1140,4 @@ impl<H: HostIo> Daemon<H> {
 /// and logged at debug level only.
 fn is_data_prefix(group: &super::group::GroupRuntime, route: &RouteConfig) -> bool {
     route.via.is_none() && group.addresses.iter().any(|a| a.cidr.network() == route.to)
-}
-
-/// Removes mpathd's routing from the host: its rules, the routes of its `table` and its
-/// nexthop objects. Traffic then follows the main table's routes alone. For `mpathd
-/// --teardown`; a running mpathd would put them back. Goes on past each failure, so that
-/// one route the kernel refuses leaves no other behind, and returns every one.
-pub async fn remove_routes(table: u32) -> Result<(), Vec<anyhow::Error>> {
-    let mut errors = match Netlink::connect() {
-        Ok(netlink) => remove_rules_and_routes(&netlink, table).await,
-        Err(e) => vec![e.into()],
-    };
-    // After the routes, which use them.
-    errors.extend(remove_nexthops().await);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
-}
-
-/// Deletes mpathd's rules, its on-link routes and the routes of its `table`, going on past
-/// each failure; returns every one.
-async fn remove_rules_and_routes(netlink: &Netlink, table: u32) -> Vec<anyhow::Error> {
-    let mut errors: Vec<anyhow::Error> = Vec::new();
-    if let Err(e) = netlink.del_rules().await {
-        errors.extend(e.into_iter().map(anyhow::Error::from));
-    }
-    match netlink.link_routes().await {
-        Ok(routes) => {
-            for route in routes {
-                let deleted = netlink.del_link_route(&route).await;
-                errors.extend(deleted.err().map(anyhow::Error::from));
-            }
-        }
-        Err(e) => errors.push(e.into()),
-    }
-    match netlink.table_routes(table).await {
-        Ok(routes) => {
-            for ((destination, metric), _) in routes {
-                let deleted = netlink.del_table_route(table, destination, metric).await;
-                errors.extend(deleted.err().map(anyhow::Error::from));
-            }
-        }
-        Err(e) => errors.push(e.into()),
-    }
-    errors
-}
-
-/// Deletes mpathd's nexthop objects, going on past each failure; returns every one.
-async fn remove_nexthops() -> Vec<anyhow::Error> {
-    let dump = async {
-        let nexthops = Nexthops::connect()?;
-        let ours = nexthops.dump().await?;
-        Ok::<_, NexthopError>((nexthops, ours))
-    };
-    let (nexthops, ours) = match dump.await {
-        Ok(dumped) => dumped,
-        Err(e) => return vec![e.into()],
-    };
-    let ours: Vec<&Nexthop> = ours
-        .iter()
-        .filter(|n| n.protocol == MPATHD_PROTOCOL)
-        .collect();
-    // Groups first: deleting their members first would make the kernel delete them anyway.
-    let (groups, singles): (Vec<&Nexthop>, Vec<&Nexthop>) = ours
-        .into_iter()
-        .partition(|n| !matches!(n.kind, NexthopKind::Single { .. }));
-    let mut errors = Vec::new();
-    for nexthop in groups.into_iter().chain(singles) {
-        let deleted = nexthops.delete(nexthop.id).await;
-        errors.extend(deleted.err().map(anyhow::Error::from));
-    }
-    errors
 }

@@ -1,20 +1,32 @@
 //! Scenario tests of the daemon itself, on the in-memory host ([`FakeHost`]): the event loop's
-//! handlers are driven as `run` would drive them (kernel notifications, probe replies,
-//! timers), with time moved by the test, and each scenario asserts what the host then holds.
+//! turns are driven as `serve` would drive them (kernel notifications, probe replies,
+//! timers, commands), with time moved by the test, and each scenario asserts what the host
+//! then holds.
 
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
 };
 
-use mpath_common::ProbeReply;
+use mpath_common::sources::SourceClass;
+use tokio::sync::mpsc;
 
 use crate::{
-    api::control::Reply,
+    api::control::{Command, Reply, Request},
     config::Config,
     core::routes::{Hop, MainRoute},
-    core::state::{Event, FailureCause, IfState, OfflineReason},
-    daemon::{ConfigPaths, Daemon, fake_host::FakeHost, host_io::HostIo, probing::ProbeContext},
+    core::state::{FailureCause, IfState, InterfaceStatus, OfflineReason},
+    daemon::{
+        ConfigPaths, Daemon,
+        fake_host::{Effect, FakeHost},
+        group::GroupRuntime,
+        host::check_on,
+        host_io::{CarrierLoss, HostEvent, HostIo},
+        probing::ProbeContext,
+        service::Notifier,
+        teardown::{remove_routes_from, remove_test_addresses_from},
+        turn::{Inbox, Input, Signal},
+    },
     net::address::IpCidr,
     net::netlink::{NetEvent, Origin},
 };
@@ -91,9 +103,9 @@ impl Scenario {
         };
         std::fs::write(&paths.config, text).unwrap();
         let config = Config::load(&paths.config, Some(&paths.defaults)).unwrap();
-        let restarted = host.pinned_nics().is_ok_and(|nics| !nics.is_empty());
-        let mut daemon = Daemon::new(config, paths, host, ProbeContext::new(), restarted).unwrap();
-        daemon.take_stock().await.unwrap();
+        let daemon = Daemon::take_over(config, paths, host, ProbeContext::new(), None)
+            .await
+            .unwrap();
         let mut scenario = Scenario { daemon, dir };
         scenario.settle().await;
         scenario
@@ -110,7 +122,8 @@ impl Scenario {
     /// `mpathctl reload` gets.
     async fn reload(&mut self, text: &str) -> Reply {
         std::fs::write(self.dir.path().join("mpathd.toml"), text).unwrap();
-        let reply = self.daemon.reload().await;
+        // `mpathctl reload`, answered once the turn's reconcile pass is done.
+        let reply = self.request(Request::Reload {}).await;
         self.settle().await;
         reply
     }
@@ -123,22 +136,43 @@ impl Scenario {
         &mut self.daemon.host
     }
 
-    /// Delivers what the kernel announced and makes the planned route changes, until there
-    /// is nothing left of either; time stands still.
+    /// Delivers what the host has to tell (notifications, probe replies) and makes the
+    /// planned route changes, a turn each, until there is nothing left of either; time stands
+    /// still.
     async fn settle(&mut self) {
-        for _ in 0..100 {
-            let events = self.daemon.host.take_events();
-            if events.is_empty() && !self.daemon.routing.has_pending() {
-                return;
-            }
-            for event in events {
-                self.daemon.net_event(event).await;
-            }
-            while self.daemon.routing.has_pending() {
-                self.daemon.route_step().await;
-            }
+        for _ in 0..10_000 {
+            let input = match self.daemon.host.ready_event() {
+                Some(event) => Input::Host(event),
+                None if self.daemon.routing.has_pending() => Input::RouteStep,
+                None => return,
+            };
+            self.daemon.turn(input).await;
         }
         panic!("the daemon never settles");
+    }
+
+    /// Delivers a kernel notification the test held back.
+    async fn deliver(&mut self, event: NetEvent) {
+        self.daemon.turn(Input::Host(HostEvent::Net(event))).await;
+    }
+
+    /// The carrier hook or watch reports NIC `ifindex` without carrier.
+    async fn report_carrier_loss(&mut self, ifindex: u32) {
+        let loss = CarrierLoss {
+            ifindex,
+            reported_ns: None,
+        };
+        let input = Input::Host(HostEvent::CarrierLost(vec![loss]));
+        self.daemon.turn(input).await;
+    }
+
+    /// An operator's request on the control socket, answered at the end of its turn.
+    async fn request(&mut self, request: Request) -> Reply {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.daemon
+            .turn(Input::Command(Command { request, reply }))
+            .await;
+        answer.await.unwrap()
     }
 
     /// Lets `by` pass as the event loop would: it wakes at each timer, and the link's targets
@@ -160,37 +194,25 @@ impl Scenario {
         done(self)
     }
 
-    /// Wakes the daemon at its next timer (at `end` at the latest), answers the probes and
-    /// settles; returns the time it woke.
+    /// Wakes the daemon at its next timer (at `end` at the latest) and settles: the link's
+    /// targets answer the probes of every NIC but the silent ones at once. Returns the time
+    /// it woke.
     async fn step(&mut self, end: Instant) -> Instant {
         let wake = self.daemon.next_wakeup().min(end);
         self.daemon.host.set_now(wake);
-        self.daemon.tick().await;
-        self.answer_probes().await;
+        self.daemon.turn(Input::Timers).await;
         self.settle().await;
         wake
-    }
-
-    async fn answer_probes(&mut self) {
-        for probe in self.daemon.host.take_probes() {
-            if self.daemon.host.silent.contains(&probe.ifindex) {
-                continue;
-            }
-            let reply = ProbeReply::new(
-                probe.ifindex,
-                probe.seq,
-                probe.target,
-                probe.sent_ns,
-                probe.sent_ns + 300_000,
-            );
-            self.daemon.probe_reply(reply).await;
-        }
     }
 
     /// The kernel's link event for a carrier change.
     async fn set_carrier(&mut self, ifindex: u32, carrier: bool) {
         self.daemon.host.set_carrier(ifindex, carrier);
         self.settle().await;
+    }
+
+    fn group(&self, name: &str) -> &GroupRuntime {
+        &self.daemon.groups[self.daemon.groups.by_name(name).unwrap()]
     }
 
     fn state_of(&self, nic: &str) -> IfState {
@@ -237,7 +259,7 @@ async fn the_configured_addresses_and_routes_are_placed_at_start() {
 async fn a_carrier_loss_moves_the_address_and_re_forms_the_routes_and_its_return_brings_them_back()
 {
     let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
-    let id = s.daemon.groups[0].id;
+    let id = s.group("g0").id;
     assert_eq!(s.host().buckets_of(id), BTreeSet::from([H0, H1, H2]));
     s.set_carrier(H0, false).await;
     assert_eq!(s.state_of("h0"), LINK_DOWN);
@@ -353,7 +375,7 @@ async fn a_resynchronisation_that_fails_after_lost_notifications_is_tried_again(
     s.host().dumps_fail.set(true);
     s.host().set_carrier(H0, false);
     s.host().take_events();
-    s.daemon.net_event(NetEvent::Overrun).await;
+    s.deliver(NetEvent::Overrun).await;
     s.settle().await;
     assert_eq!(s.state_of("h0"), IfState::Ok, "nothing known yet");
     assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
@@ -564,9 +586,10 @@ async fn a_reload_changes_the_group_routes_and_keeps_a_failed_nic_out_of_them() 
 #[tokio::test]
 async fn an_operator_s_offline_moves_the_addresses_and_outlives_a_restart() {
     let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
-    let now = s.host().now();
-    let offline = Event::Offline { nic: "h0".into() };
-    s.daemon.admin("h0", offline, "offline", now).await;
+    let offline = Request::Offline {
+        interface: "h0".into(),
+    };
+    assert!(matches!(s.request(offline).await, Reply::Done { .. }));
     s.settle().await;
     let admin_offline = IfState::Offline {
         failure: None,
@@ -590,9 +613,10 @@ async fn an_operator_s_offline_moves_the_addresses_and_outlives_a_restart() {
         BTreeSet::from([H1, H2])
     );
 
-    let online = Event::Online { nic: "h0".into() };
-    let now = s.host().now();
-    s.daemon.admin("h0", online, "online", now).await;
+    let online = Request::Online {
+        interface: "h0".into(),
+    };
+    assert!(matches!(s.request(online).await, Reply::Done { .. }));
     s.run_for(DETECTION).await;
     assert_eq!(s.state_of("h0"), IfState::Ok);
     assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
@@ -690,9 +714,8 @@ async fn a_nic_probing_over_ipv6_fails_silently_and_its_address_is_announced_fro
 #[tokio::test]
 async fn a_carrier_loss_reported_ahead_of_the_link_event_fails_over_once_confirmed() {
     let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
-    let now = s.host().now();
     // A stale report: h0 has its carrier.
-    s.daemon.carrier_lost(H0, None, now).await;
+    s.report_carrier_loss(H0).await;
     s.settle().await;
     assert_eq!(s.state_of("h0"), IfState::Ok);
     assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
@@ -700,14 +723,14 @@ async fn a_carrier_loss_reported_ahead_of_the_link_event_fails_over_once_confirm
     // The carrier is gone, and the kernel's link event is still held back.
     s.host().set_carrier(H0, false);
     let link_events = s.host().take_events();
-    s.daemon.carrier_lost(H0, None, now).await;
+    s.report_carrier_loss(H0).await;
     s.settle().await;
     assert_eq!(s.state_of("h0"), LINK_DOWN);
     assert!(!s.holders("192.0.2.20/24").contains(&H0));
     // The link event that follows changes nothing more.
     let holders = s.holders("192.0.2.20/24");
     for event in link_events {
-        s.daemon.net_event(event).await;
+        s.deliver(event).await;
     }
     s.settle().await;
     assert_eq!(s.holders("192.0.2.20/24"), holders);
@@ -815,7 +838,7 @@ async fn a_default_route_the_kernel_deleted_with_its_nic_is_held_by_the_group() 
         BTreeSet::from([H1, H2]),
         "off-link traffic still has a way out"
     );
-    let group = &s.daemon.groups[0];
+    let group = s.group("g0");
     assert_eq!(group.held_routes.len(), 1, "{:?}", group.held_routes);
 }
 
@@ -893,5 +916,282 @@ async fn a_route_someone_deletes_from_mpathd_s_table_is_put_back() {
     assert_eq!(
         s.host().routed_through(cidr("198.51.100.0/24")),
         BTreeSet::from([H0, H1, H2])
+    );
+}
+
+/// [`THREE_NICS`] with h2 a standby: it serves only in the place of a NIC that failed.
+const THREE_NICS_STANDBY: &str = r#"
+[[group]]
+name = "g0"
+targets = ["192.0.2.1"]
+[[group.interface]]
+name = "h0"
+test_address = "192.0.2.10/24"
+data_addresses = ["192.0.2.20/24"]
+[[group.interface]]
+name = "h1"
+test_address = "192.0.2.11/24"
+data_addresses = ["192.0.2.21/24"]
+[[group.interface]]
+name = "h2"
+test_address = "192.0.2.12/24"
+standby = true
+[[group.route]]
+to = "198.51.100.0/24"
+via = "192.0.2.1"
+"#;
+
+/// Where in `effects` the first one `matches` is.
+fn position(effects: &[Effect], matches: impl Fn(&Effect) -> bool, what: &str) -> usize {
+    effects
+        .iter()
+        .position(matches)
+        .unwrap_or_else(|| panic!("{what} not among the effects: {effects:#?}"))
+}
+
+/// The NICs of each nexthop group write in `effects`, with where it is.
+fn group_writes(effects: &[Effect]) -> Vec<(usize, BTreeSet<u32>)> {
+    effects
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match e {
+            Effect::NexthopGroup { through, .. } => Some((i, through.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts the order of one failover's effects: the routes re-formed without the NIC that
+/// leaves and the one that joins, then the address added on its new NIC and removed from its
+/// old one, the bucket table, the multicast membership, the routes re-formed with the joining
+/// NIC, and last the sources, once per class.
+fn assert_failover_order(
+    effects: &[Effect],
+    address: IpCidr,
+    (from, to): (u32, u32),
+    staying: u32,
+    membership: Effect,
+) {
+    let writes = group_writes(effects);
+    assert_eq!(
+        writes.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(),
+        [BTreeSet::from([staying]), BTreeSet::from([staying, to])],
+        "re-formed without both, then with the joining NIC: {effects:#?}"
+    );
+    let added = position(
+        effects,
+        |e| {
+            *e == Effect::AddAddress {
+                ifindex: to,
+                cidr: address,
+            }
+        },
+        "the address added on its new NIC",
+    );
+    let removed = position(
+        effects,
+        |e| {
+            *e == Effect::DelAddress {
+                ifindex: from,
+                cidr: address,
+            }
+        },
+        "the address removed from its old NIC",
+    );
+    let table = position(
+        effects,
+        |e| matches!(e, Effect::WriteTable { .. }),
+        "the bucket table",
+    );
+    let followed = position(effects, |e| *e == membership, "the membership");
+    let sources: Vec<usize> = (0..effects.len())
+        .filter(|i| matches!(effects[*i], Effect::WriteSources { .. }))
+        .collect();
+    assert_eq!(sources.len(), SourceClass::ALL.len(), "{effects:#?}");
+    let order = [
+        writes[0].0,
+        added,
+        removed,
+        table,
+        followed,
+        writes[1].0,
+        sources[0],
+    ];
+    assert!(order.is_sorted(), "out of order {order:?}: {effects:#?}");
+}
+
+#[tokio::test]
+async fn a_failover_re_forms_the_routes_without_the_nic_that_leaves_before_anything_moves_and_with_the_standby_after()
+ {
+    let mut host = three_nic_host();
+    let group = "239.1.2.3".parse().unwrap();
+    host.join_by_application(H1, group);
+    let mut s = Scenario::start(THREE_NICS_STANDBY, host).await;
+    s.run_for(PAST_QUIET).await;
+    let route = cidr("198.51.100.0/24");
+    assert_eq!(s.host().routed_through(route), BTreeSet::from([H0, H1]));
+    let address = cidr("192.0.2.21/24");
+
+    // h1 fails silently (the kernel keeps its nexthop): the standby takes its place.
+    s.host_mut().silent.insert(H1);
+    s.host().take_effects();
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h1") == PROBES_LOST)
+            .await
+    );
+    let effects = s.host().take_effects();
+    let joined = Effect::Join { ifindex: H2, group };
+    assert_failover_order(&effects, address, (H1, H2), H0, joined);
+    assert_eq!(s.host().routed_through(route), BTreeSet::from([H0, H2]));
+
+    // Repaired, h1 takes its place back and the standby leaves: the same order.
+    s.host_mut().silent.remove(&H1);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h1") == IfState::Ok)
+            .await
+    );
+    let effects = s.host().take_effects();
+    let left = Effect::Leave { ifindex: H2, group };
+    assert_failover_order(&effects, address, (H2, H1), H0, left);
+    assert_eq!(s.host().routed_through(route), BTreeSet::from([H0, H1]));
+}
+
+#[tokio::test]
+async fn a_link_change_that_fails_a_nic_over_does_each_kind_of_work_once_in_its_turn() {
+    let mut host = three_nic_host();
+    let group = "239.1.2.3".parse().unwrap();
+    host.join_by_application(H0, group);
+    let mut s = Scenario::start(THREE_NICS, host).await;
+    s.run_for(PAST_QUIET).await;
+    s.host().take_effects();
+    s.host().set_carrier(H0, false);
+    let events = s.host().take_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    for event in events {
+        s.deliver(event).await;
+    }
+    assert_eq!(s.state_of("h0"), LINK_DOWN);
+    let effects = s.host().take_effects();
+    let count = |matches: fn(&Effect) -> bool| effects.iter().filter(|e| matches(e)).count();
+    assert_eq!(
+        count(|e| matches!(e, Effect::AddAddress { .. })),
+        1,
+        "one move: {effects:#?}"
+    );
+    assert_eq!(count(|e| matches!(e, Effect::WriteTable { .. })), 1);
+    assert_eq!(count(|e| matches!(e, Effect::Join { .. })), 1);
+    for class in SourceClass::ALL {
+        assert_eq!(
+            effects
+                .iter()
+                .filter(|e| matches!(e, Effect::WriteSources { class: c, .. } if *c == class))
+                .count(),
+            1,
+            "the sources once: {effects:#?}"
+        );
+    }
+    // The kernel took h0's nexthop out of the group with the carrier: nothing to re-form.
+    assert!(group_writes(&effects).is_empty(), "{effects:#?}");
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn the_event_loop_answers_the_control_socket_and_fails_a_silent_nic_over_on_the_host_s_clock()
+{
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    s.host_mut().silent.insert(H0);
+    let started = s.host().now();
+    let (commands_tx, commands) = mpsc::channel(1);
+    let (_scrapes_tx, scrapes) = mpsc::channel(1);
+    let (signals_tx, signals) = mpsc::channel(1);
+    let mut inbox = Inbox {
+        commands,
+        scrapes,
+        signals,
+    };
+    let mut service = Notifier::from_env();
+    let operator = async {
+        let mut polls = 0;
+        loop {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let request = Request::Status {};
+            commands_tx.send(Command { request, reply }).await.unwrap();
+            let Ok(Reply::Status(status)) = answer.await else {
+                panic!("no status");
+            };
+            let h0 = status.interfaces.iter().find(|i| i.interface == "h0");
+            if h0.is_some_and(|i| i.state == InterfaceStatus::Failed) {
+                break;
+            }
+            polls += 1;
+            assert!(polls < 100_000, "h0 never failed");
+        }
+        signals_tx.send(Signal::Stop).await.unwrap();
+    };
+    let (served, ()) = tokio::join!(s.daemon.serve(&mut inbox, &mut service), operator);
+    served.unwrap();
+    // A NIC fails once five probes in a row went unanswered: four probe intervals passed
+    // at least, on the host's clock the loop's timers moved.
+    let interval = Duration::from_micros(s.group("g0").fdt.view().probe_interval_us);
+    assert!(
+        s.host().now() >= started + 4 * interval,
+        "{:?} passed",
+        s.host().now() - started
+    );
+    assert_eq!(s.state_of("h0"), PROBES_LOST);
+    s.assert_moved_off("192.0.2.20/24", H0, "moved off h0");
+    assert_eq!(
+        s.host().routed_through(cidr("198.51.100.0/24")),
+        BTreeSet::from([H1, H2])
+    );
+}
+
+#[tokio::test]
+async fn a_teardown_after_mpathd_stopped_leaves_the_data_addresses_and_nothing_else_of_its() {
+    let s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let config = s.daemon.config.clone();
+    let host = s.stop();
+    assert!(host.has_rule() && host.link_route_count() > 0 && !host.nexthop_ids().is_empty());
+    let table = config.daemon.route_table;
+    let mut errors = remove_routes_from(&host, table).await;
+    errors.extend(remove_test_addresses_from(&host, &config).await);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(!host.has_rule());
+    assert_eq!(host.link_route_count(), 0);
+    assert!(host.nexthop_ids().is_empty());
+    assert!(host.routed_through(cidr("198.51.100.0/24")).is_empty());
+    for (ifindex, test) in [
+        (H0, "192.0.2.10/32"),
+        (H1, "192.0.2.11/32"),
+        (H2, "192.0.2.12/32"),
+    ] {
+        assert!(!host.addresses_on(ifindex).contains(&cidr(test)));
+    }
+    assert!(host.addresses_on(H0).contains(&cidr("192.0.2.20/24")));
+    assert!(host.addresses_on(H1).contains(&cidr("192.0.2.21/24")));
+}
+
+#[tokio::test]
+async fn a_check_refuses_a_data_address_a_nic_outside_the_groups_holds_and_names_a_missing_nic() {
+    let host = three_nic_host();
+    host.add_nic("m0", 7);
+    host.add_others_address(7, cidr("192.0.2.21/24"));
+    let text = THREE_NICS.replace("\"h2\"", "\"h3\"");
+    let config = Config::parse(&text, "mpathd.toml", None).unwrap();
+    let check = check_on(&host, &config, &[]).await.unwrap();
+    let refused: Vec<(&str, &str)> = check
+        .refusals
+        .iter()
+        .map(|r| (r.interface.as_str(), r.nic.as_str()))
+        .collect();
+    assert_eq!(refused, [("h1", "m0")]);
+    assert!(
+        check.warnings.iter().any(|w| w.contains("h3")),
+        "{:?}",
+        check.warnings
     );
 }

@@ -9,6 +9,7 @@ use mpath_common::{map_names::SOURCE_ROUTES4, sources::SourceClass};
 use crate::{
     api::metrics::SourcePrefixes,
     config::SourceSelection,
+    core::identity::GroupId,
     core::{routes::Plan, sources},
     daemon::{Daemon, host_io::HostIo},
     datapath::sources::Served,
@@ -111,7 +112,7 @@ impl<H: HostIo> Daemon<H> {
 
     /// Gives the hook the destinations of mpathd's table as `plan` has them.
     pub(super) fn update_source_routes(&mut self, plan: &Plan) {
-        let ids: BTreeMap<&str, u32> = self.groups.iter().map(|g| (g.name(), g.id)).collect();
+        let ids: BTreeMap<&str, u32> = self.groups.iter().map(|g| (g.name(), g.id.0)).collect();
         let routes = sources::routes(plan)
             .into_iter()
             .filter_map(|(prefix, group)| match group {
@@ -140,7 +141,7 @@ impl<H: HostIo> Daemon<H> {
         plan: &Plan,
         destinations: impl IntoIterator<Item = IpCidr>,
     ) {
-        let ids: BTreeMap<&str, u32> = self.groups.iter().map(|g| (g.name(), g.id)).collect();
+        let ids: BTreeMap<&str, u32> = self.groups.iter().map(|g| (g.name(), g.id.0)).collect();
         let patch = destinations
             .into_iter()
             .map(|destination| {
@@ -160,27 +161,26 @@ impl<H: HostIo> Daemon<H> {
         }
     }
 
-    /// Gives the hook each group's placed data addresses.
-    pub(super) fn update_sources(&mut self) {
-        for g in self.groups.iter() {
-            let placed = g.addresses.iter().map(|a| (a.cidr, a.current.is_some()));
-            let sources = sources::sources(placed);
-            let name = g.name().to_owned();
-            if !sources.overflowing {
-                self.source_hook.overflowing.remove(&name);
-            } else if self.source_hook.overflowing.insert(name.clone()) {
-                tracing::warn!(
-                    "group {name} has more than {} data addresses of one kind (IPv4, IPv6 global, IPv6 unique local): the source hook chooses among the first {0} only",
-                    mpath_common::sources::MAX_SOURCES
+    /// Gives the hook group `id`'s placed data addresses.
+    pub(super) fn update_sources(&mut self, id: GroupId) {
+        let g = &self.groups[id];
+        let placed = g.addresses.iter().map(|a| (a.cidr, a.current.is_some()));
+        let sources = sources::sources(placed);
+        let name = g.name().to_owned();
+        if !sources.overflowing {
+            self.source_hook.overflowing.remove(&name);
+        } else if self.source_hook.overflowing.insert(name.clone()) {
+            tracing::warn!(
+                "group {name} has more than {} data addresses of one kind (IPv4, IPv6 global, IPv6 unique local): the source hook chooses among the first {0} only",
+                mpath_common::sources::MAX_SOURCES
+            );
+        }
+        for class in SourceClass::ALL {
+            if let Err(e) = self.host.write_sources(g.id, class, sources.of(class)) {
+                tracing::error!(
+                    "giving the source hook group {name}'s sources: {}",
+                    with_causes(&e)
                 );
-            }
-            for class in SourceClass::ALL {
-                if let Err(e) = self.host.write_sources(g.id, class, sources.of(class)) {
-                    tracing::error!(
-                        "giving the source hook group {name}'s sources: {}",
-                        with_causes(&e)
-                    );
-                }
             }
         }
     }
@@ -188,8 +188,7 @@ impl<H: HostIo> Daemon<H> {
     /// Forgets the sources of group ids no group has now (an earlier mpathd's, a group a
     /// reload removed), so that their addresses are never chosen again.
     pub(super) fn forget_retired_sources(&mut self) {
-        let ids: Vec<u32> = self.groups.iter().map(|g| g.id).collect();
-        if let Err(e) = self.host.clear_other_groups_sources(&ids) {
+        if let Err(e) = self.host.clear_other_groups_sources(&self.groups.ids()) {
             tracing::error!(
                 "clearing the source hook's retired groups: {}",
                 with_causes(&e)

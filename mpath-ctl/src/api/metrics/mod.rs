@@ -32,7 +32,7 @@ use prometheus::{
 };
 
 pub use server::bind;
-pub(crate) use server::serve;
+pub(crate) use server::{Scrape, serve};
 
 use crate::{
     config::GroupConfig,
