@@ -37,9 +37,11 @@ fn settled(d: &Mpathd) -> bool {
 #[test]
 fn a_clean_start_logs_plain_text_without_errors() {
     let lab = lab();
-    // As at boot: the NICs have just come up, their link-local addresses still tentative.
+    // As at boot: the NICs have just come up, their link-local addresses still tentative,
+    // for 5 s (a second per DAD probe): a debug mpathd on a loaded machine takes more than
+    // the usual one to get to them.
     for nic in ["h0", "h1", "h2"] {
-        for (key, value) in [("accept_dad", "1"), ("dad_transmits", "1")] {
+        for (key, value) in [("accept_dad", "1"), ("dad_transmits", "5")] {
             let setting = format!("net.ipv6.conf.{nic}.{key}={value}");
             lab.host().run(&["sysctl", "-qw", &setting]).unwrap();
         }
