@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
+use anyhow::bail;
 use mpath_lab::{Lab, ROUTER_V4};
 use mpath_tests::daemon::{Mpathd, inbound, log_time_ns, state_of, three_nic_config};
 
@@ -76,16 +76,16 @@ fn failed_over(daemon: &Mpathd) -> bool {
     })
 }
 
-/// Polls `done` until it holds or `timeout` passes; returns how long it took.
-fn wait(daemon: &Mpathd, timeout: Duration, done: impl Fn(&Mpathd) -> bool) -> Option<Duration> {
+/// Polls `done` until it holds (true) or `timeout` passes (false).
+fn wait(daemon: &Mpathd, timeout: Duration, done: impl Fn(&Mpathd) -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if done(daemon) {
-            return Some(start.elapsed());
+            return true;
         }
         sleep(Duration::from_millis(5));
     }
-    None
+    false
 }
 
 /// What mpathd's log says about one run.
@@ -144,16 +144,18 @@ pub(crate) fn busy(minutes: u64, out: Option<PathBuf>) -> anyhow::Result<()> {
         sleep(DWELL);
         let dropped_at = Instant::now();
         lab.drop_silently(FAILING_NIC)?;
-        match wait(&daemon, failover_timeout(FDT_MS), failed_over) {
-            Some(_) => detections.push(dropped_at.elapsed()),
-            None => missed += 1,
+        if wait(&daemon, failover_timeout(FDT_MS), failed_over) {
+            detections.push(dropped_at.elapsed());
+        } else {
+            missed += 1;
         }
         sleep(DWELL);
         // nft takes up to seconds here to lift the drop: timed from the command's start.
         let undropped_at = Instant::now();
         lab.undrop(FAILING_NIC)?;
-        wait(&daemon, REPAIR_TIMEOUT, settled)
-            .context("h0 was not repaired and failed back within 30 s of the drop's end")?;
+        if !wait(&daemon, REPAIR_TIMEOUT, settled) {
+            bail!("h0 was not repaired and failed back within 30 s of the drop's end");
+        }
         repairs.push(undropped_at.elapsed());
         stream.take();
     }
