@@ -142,7 +142,6 @@ impl Routing {
         self.main.probe_entries().collect()
     }
 
-    /// Whether route work waits: changes to make, or a plan under way.
     /// Routes of `main` followed, and of mpathd's table (`None` until it was read): counts
     /// the maps keep, so that a scrape at a million routes costs nothing.
     pub(super) fn sizes(&self) -> (usize, Option<usize>) {
@@ -153,6 +152,7 @@ impl Routing {
         (self.main.len(), table)
     }
 
+    /// Whether route work waits: changes to make, or a plan under way.
     pub(super) fn has_pending(&self) -> bool {
         !self.pending.is_empty() || self.sweep.is_some()
     }
