@@ -85,6 +85,17 @@ pub(crate) struct Transfer {
     pub addresses: Vec<IpCidr>,
 }
 
+impl Transfer {
+    /// The NIC the transfer is about, for the log's INTERFACE= field: the one left for a
+    /// failover (`journalctl INTERFACE=h1` finds h1's failover), else the one that gains.
+    pub(crate) fn interface(&self) -> &str {
+        match (self.kind, &self.from) {
+            (MoveKind::Failover, Some(from)) => from,
+            _ => &self.to,
+        }
+    }
+}
+
 impl fmt::Display for Transfer {
     /// in.mpathd's wording; log it once the moves are done.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

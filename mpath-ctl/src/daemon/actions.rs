@@ -41,7 +41,8 @@ impl<H: HostIo> Daemon<H> {
                             Ok(c) => n.rx.observe(c.rx_packets, self.host.now()),
                             Err(e) => tracing::debug!("receive counter of {nic}: {e}"),
                         }
-                        tracing::warn!("{}", n.rx.explain_failure(nic));
+                        let line = n.rx.explain_failure(nic);
+                        tracing::warn!(group = name, interface = nic.as_str(), "{line}");
                     }
                 }
                 Action::GroupFailed => {
@@ -74,7 +75,11 @@ impl<H: HostIo> Daemon<H> {
                             .host
                             .update_nic(ifindex, |info| info.set_offline(offline))
                     {
-                        tracing::warn!("{nic}: keeping its offline state in the datapath: {e}");
+                        tracing::warn!(
+                            group = name,
+                            interface = nic.as_str(),
+                            "{nic}: keeping its offline state in the datapath: {e}"
+                        );
                     }
                 }
                 Action::UsableSetChanged => group.dirty.mark(Dirty::ALL),

@@ -293,7 +293,11 @@ impl<H: HostIo> Daemon<H> {
         }
         for transfer in plan.transfers() {
             if transfer.addresses.iter().all(|a| done.contains(a)) {
-                tracing::info!("{transfer}");
+                tracing::info!(
+                    group = self.groups[id].name(),
+                    interface = transfer.interface(),
+                    "{transfer}"
+                );
                 self.metrics.transfer(self.groups[id].name(), &transfer);
             }
         }

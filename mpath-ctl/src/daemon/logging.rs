@@ -8,6 +8,7 @@ use std::{
     os::{fd::AsFd as _, unix::fs::MetadataExt as _},
 };
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::{
     EnvFilter, Layer as _, field::MakeExt as _, fmt::format::debug_fn, layer::SubscriberExt as _,
     util::SubscriberInitExt as _,
@@ -22,6 +23,7 @@ pub fn init() {
                 // GROUP= rather than the crate's default F_GROUP=.
                 l.with_field_prefix(None)
                     .with_syslog_identifier("mpathd".into())
+                    .with_priority_mappings(journal_priorities())
             })
         })
         .and_then(Result::ok);
@@ -45,6 +47,18 @@ pub fn init() {
                     .with_filter(filter()),
             )
             .init(),
+    }
+}
+
+/// Syslog's meaning of each level: INFO is routine (6), not NOTICE (5, the crate's default),
+/// so that `journalctl -p notice` shows what needs a look and not every failover step.
+fn journal_priorities() -> PriorityMappings {
+    PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
     }
 }
 
@@ -72,6 +86,13 @@ fn journal_stream_matches(stream: &str, dev: u64, ino: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn levels_map_to_syslog_priorities() {
+        let p = journal_priorities();
+        let digits = [p.error, p.warn, p.info, p.debug, p.trace].map(|p| p as u8 - b'0');
+        assert_eq!(digits, [3, 4, 6, 7, 7]);
+    }
 
     #[test]
     fn journal_stream_must_name_the_same_device_and_inode() {

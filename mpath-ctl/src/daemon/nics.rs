@@ -78,6 +78,13 @@ impl<H: HostIo> Daemon<H> {
                 self.track_ungrouped(link);
             }
         }
+        // The log names NICs; an address may sit on a NIC deleted since the links were read.
+        let nic_name = |ifindex: u32| {
+            links
+                .iter()
+                .find(|l| l.ifindex == ifindex)
+                .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone())
+        };
         let addresses = self.host.addresses().await?;
         let by_origin = self.host.addresses_by_origin().await?;
         let of_origin = |wanted: Origin| -> Vec<(u32, IpCidr)> {
@@ -150,15 +157,19 @@ impl<H: HostIo> Daemon<H> {
                 &of_origin(Origin::Mpathd),
             );
             for (ifindex, cidr) in copies.remove {
-                tracing::warn!("removing a second copy of data address {cidr} (ifindex {ifindex})");
+                let nic = nic_name(ifindex);
+                tracing::warn!(
+                    group = self.groups[id].name(),
+                    interface = %nic,
+                    "removing a second copy of data address {cidr} from {nic}"
+                );
                 self.delete_address(ifindex, cidr).await;
             }
             for (ifindex, cidr) in copies.outside {
-                let nic = links
-                    .iter()
-                    .find(|l| l.ifindex == ifindex)
-                    .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone());
+                let nic = nic_name(ifindex);
                 tracing::warn!(
+                    group = self.groups[id].name(),
+                    interface = %nic,
                     "data address {cidr} of group {} is also on {nic}, which is in no group: \
                      mpathd leaves it there (it never takes an address off a NIC outside its \
                      groups), and both NICs answer for it until someone takes it off {nic}",
@@ -169,8 +180,10 @@ impl<H: HostIo> Daemon<H> {
         let unconfigured =
             reconcile::unconfigured(&self.groups.holdings(), &of_origin(Origin::Mpathd));
         for (ifindex, cidr) in unconfigured {
+            let nic = nic_name(ifindex);
             tracing::info!(
-                "removing {cidr} (ifindex {ifindex}): an earlier mpathd put it there and the configuration no longer has it"
+                interface = %nic,
+                "removing {cidr} from {nic}: an earlier mpathd put it there and the configuration no longer has it"
             );
             self.delete_address(ifindex, cidr).await;
         }
@@ -352,13 +365,21 @@ impl<H: HostIo> Daemon<H> {
                     );
                 }
                 if nic.datapath_error.take().is_some() {
-                    tracing::info!("mpathd's programs are attached to {} now", nic.name);
+                    tracing::info!(
+                        interface = %nic.name,
+                        "mpathd's programs are attached to {} now",
+                        nic.name
+                    );
                 }
             }
             Err(e) => {
                 let error = e.to_string();
                 if nic.datapath_error.as_ref() != Some(&error) {
-                    tracing::error!("cannot attach mpathd's programs to {}: {error}", nic.name);
+                    tracing::error!(
+                        interface = %nic.name,
+                        "cannot attach mpathd's programs to {}: {error}",
+                        nic.name
+                    );
                 }
                 nic.datapath_error = Some(error);
                 return false;
@@ -429,7 +450,11 @@ impl<H: HostIo> Daemon<H> {
             }
         }
         self.groups.nic_mut(at).carrier = false;
-        tracing::info!("{name} has no carrier (seen ahead of the kernel's link event)");
+        tracing::info!(
+            group = self.groups[at.group].name(),
+            interface = %name,
+            "{name} has no carrier (seen ahead of the kernel's link event)"
+        );
         let event = Event::Link {
             nic: name.clone(),
             up: false,
@@ -573,7 +598,7 @@ impl<H: HostIo> Daemon<H> {
         {
             tracing::error!("{}: {e}", nic.name);
         }
-        tracing::info!("{} probes over IPv6 from {ll}", nic.name);
+        tracing::info!(interface = %nic.name, "{} probes over IPv6 from {ll}", nic.name);
         nic.probing.push(probing);
     }
 
@@ -588,7 +613,11 @@ impl<H: HostIo> Daemon<H> {
         if nic.probing.len() == before {
             return None;
         }
-        tracing::info!("{} stops probing over IPv6: {link_local} is gone", nic.name);
+        tracing::info!(
+            interface = %nic.name,
+            "{} stops probing over IPv6: {link_local} is gone",
+            nic.name
+        );
         if let Err(e) = self
             .host
             .update_nic(ifindex, |info| info.set_ipv6_test(None))
@@ -725,8 +754,12 @@ impl<H: HostIo> Daemon<H> {
         let up = link.usable();
         match self.ungrouped.insert(link.name.clone(), up) {
             Some(was) if was == up => {}
-            Some(_) if up => tracing::info!("The link has come up on {}", link.name),
-            Some(_) => tracing::warn!("The link has gone down on {}", link.name),
+            Some(_) if up => {
+                tracing::info!(interface = %link.name, "The link has come up on {}", link.name)
+            }
+            Some(_) => {
+                tracing::warn!(interface = %link.name, "The link has gone down on {}", link.name)
+            }
             None => tracing::debug!("tracking {} (in no group)", link.name),
         }
     }
@@ -764,10 +797,20 @@ fn adopt_offline(group: &mut GroupRuntime, host: &impl HostIo, now: Instant) -> 
         };
         match group.fsm.handle(event, now) {
             Ok(offlined) => {
-                tracing::info!("{} stays offline, as an operator left it", nic.name);
+                tracing::info!(
+                    group = %group.config.name,
+                    interface = %nic.name,
+                    "{} stays offline, as an operator left it",
+                    nic.name
+                );
                 actions.extend(offlined);
             }
-            Err(e) => tracing::warn!("{} was offline before the restart: {e}", nic.name),
+            Err(e) => tracing::warn!(
+                group = %group.config.name,
+                interface = %nic.name,
+                "{} was offline before the restart: {e}",
+                nic.name
+            ),
         }
     }
     actions

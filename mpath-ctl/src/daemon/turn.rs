@@ -142,6 +142,7 @@ impl<H: HostIo> Daemon<H> {
         for (nic, reported_ns) in confirmed {
             let took_us = monotonic_ns().saturating_sub(reported_ns) / 1000;
             tracing::info!(
+                interface = %nic,
                 "{nic} failed over {took_us} us after its driver reported the carrier loss \
                  (addresses, bucket table and nexthop groups moved)"
             );
