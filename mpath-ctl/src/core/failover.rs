@@ -64,6 +64,10 @@ pub(crate) enum MoveKind {
     Failback,
     /// It was on no NIC; it is added.
     Restore,
+    /// A restore of an address that has not been on a NIC since its group started (a clean
+    /// start, or an address the configuration added): the daemon tells it apart, as nothing
+    /// went missing. [`plan`] never decides it.
+    Place,
 }
 
 /// One address to move. `from` may name a NIC that no longer exists (removing the address
@@ -109,6 +113,15 @@ impl fmt::Display for Transfer {
             (MoveKind::Restore, _) | (MoveKind::Failover, None) => {
                 write!(f, "Restored missing data addresses on NIC {}", self.to)
             }
+            (MoveKind::Place, _) => {
+                let addresses: Vec<String> = self.addresses.iter().map(|a| a.to_string()).collect();
+                write!(
+                    f,
+                    "Data addresses {} are on NIC {}",
+                    addresses.join(", "),
+                    self.to
+                )
+            }
         }
     }
 }
@@ -131,7 +144,7 @@ impl Plan {
         for step in &self.moves {
             let from = match step.kind {
                 MoveKind::Failover => step.from.clone(),
-                MoveKind::Failback | MoveKind::Restore => None,
+                MoveKind::Failback | MoveKind::Restore | MoveKind::Place => None,
             };
             let existing = transfers
                 .iter_mut()
@@ -569,6 +582,12 @@ mod tests {
                 "Restored missing data addresses on NIC h0",
                 "Successfully failed over from NIC eth7 to NIC h0"
             ]
+        );
+        let mut first = plan.transfers().remove(0);
+        first.kind = MoveKind::Place;
+        assert_eq!(
+            first.to_string(),
+            "Data addresses 192.0.2.10/24, 192.0.2.11/24 are on NIC h0"
         );
     }
 

@@ -29,10 +29,17 @@ impl<H: HostIo> Daemon<H> {
         let name = name.as_str();
         for action in &actions {
             let group = &mut self.groups[id];
-            let line = action.log_line(name);
+            let mut line = action.log_line(name);
             match action {
                 Action::Failed { nic, cause } => {
                     self.metrics.failure(name, nic, *cause);
+                    if *cause == FailureCause::ProbesLost
+                        && let Some(n) = group.nic(nic)
+                    {
+                        let losses: Vec<String> =
+                            n.probing.iter().map(|p| p.prober.loss_report()).collect();
+                        line = line.map(|l| format!("{l}: probes {}", losses.join("; ")));
+                    }
                     log(Level::WARN, name, action, line);
                     if *cause == FailureCause::ProbesLost
                         && let Some(n) = group.nics.iter_mut().find(|n| n.name == *nic)

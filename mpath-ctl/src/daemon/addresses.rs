@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     config::SpreadMode,
-    core::failover::{self, DataAddress},
+    core::failover::{self, DataAddress, MoveKind},
     core::identity::GroupId,
     core::reconcile::{self, Added, Removed},
     core::spread,
@@ -291,7 +291,17 @@ impl<H: HostIo> Daemon<H> {
                 a.current = Some(m.to.clone());
             }
         }
-        for transfer in plan.transfers() {
+        let group = &mut self.groups[id];
+        let mut transfers = plan.transfers();
+        for transfer in &mut transfers {
+            if transfer.kind == MoveKind::Restore
+                && transfer.addresses.iter().all(|a| !group.placed.contains(a))
+            {
+                transfer.kind = MoveKind::Place;
+            }
+        }
+        group.placed.extend(done.iter().copied());
+        for transfer in transfers {
             if transfer.addresses.iter().all(|a| done.contains(a)) {
                 tracing::info!(
                     group = self.groups[id].name(),

@@ -126,6 +126,9 @@ impl<H: HostIo> Daemon<H> {
             let group = &mut self.groups[id];
             let placements = reconcile::placements(&group.holdings(), &addresses);
             for (address, placed) in group.addresses.iter_mut().zip(placements) {
+                if placed.is_some() {
+                    group.placed.insert(address.cidr);
+                }
                 address.current = placed;
             }
             // The MACs first: a NIC that duplicates another's never carries traffic.

@@ -455,7 +455,14 @@ impl<H: HostIo> Daemon<H> {
             match self.host.main_routes_through(oif).await {
                 Ok(found) => self.routing.main.replace_through(oif, found),
                 Err(e) => {
-                    tracing::error!("reading the main table's routes through ifindex {oif}: {e:#}")
+                    let nic = self.groups.nic_at(oif).map_or_else(
+                        || format!("ifindex {oif}"),
+                        |at| self.groups.nic(at).name.clone(),
+                    );
+                    tracing::error!(
+                        interface = %nic,
+                        "reading the main table's routes through {nic}: {e:#}"
+                    )
                 }
             }
         }
