@@ -25,8 +25,9 @@ impl<H: HostIo> Daemon<H> {
         let (result, message) = match self.apply_new_config().await {
             Ok(ended) => ended,
             Err(e) => {
-                tracing::error!("reload: {e:#}");
-                let message = format!("reload failed part way (what could be applied was): {e:#}");
+                let e = super::logging::with_causes(e.as_ref());
+                tracing::error!("reload: {e}");
+                let message = format!("reload failed part way (what could be applied was): {e}");
                 (ReloadResult::Failed, message)
             }
         };

@@ -15,7 +15,7 @@ use crate::{
         NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteInputs, RouteState,
         TableChange,
     },
-    daemon::{Daemon, host_io::HostIo},
+    daemon::{Daemon, host_io::HostIo, logging::with_causes},
     net::address::IpCidr,
     net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, RouteNotice},
     net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind},
@@ -434,8 +434,10 @@ impl<H: HostIo> Daemon<H> {
                 Err(e) => {
                     let now = self.host.now();
                     self.routing.whole = true;
-                    self.routing
-                        .failed(format!("reading mpathd's routes: {e:#}"), now);
+                    self.routing.failed(
+                        format!("reading mpathd's routes: {}", with_causes(e.as_ref())),
+                        now,
+                    );
                     return;
                 }
             }
@@ -459,10 +461,7 @@ impl<H: HostIo> Daemon<H> {
                         || format!("ifindex {oif}"),
                         |at| self.groups.nic(at).name.clone(),
                     );
-                    tracing::error!(
-                        interface = %nic,
-                        "reading the main table's routes through {nic}: {e:#}"
-                    )
+                    tracing::error!(interface = %nic, "reading the main table's routes through {nic}: {}", with_causes(&e))
                 }
             }
         }
@@ -812,7 +811,9 @@ impl<H: HostIo> Daemon<H> {
                 }
             }
             Ok(None) => {}
-            Err(e) => self.routing.failed(format!("{e:#}"), self.host.now()),
+            Err(e) => self
+                .routing
+                .failed(with_causes(e.as_ref()), self.host.now()),
         }
     }
 
@@ -1079,6 +1080,7 @@ impl<H: HostIo> Daemon<H> {
                         Some(libc::ENETDOWN | libc::ENETUNREACH | libc::EHOSTUNREACH)
                     ) {
                         tracing::warn!(
+                            interface = %nic,
                             "the group's routes{via} leave {nic} out for now: the kernel refused its nexthop ({e})"
                         );
                         return Ok(None);

@@ -13,6 +13,7 @@ use crate::{
     daemon::{
         Daemon,
         host_io::{HostEvent, HostIo},
+        logging,
         service::Notifier,
     },
     net::probe_socket::monotonic_ns,
@@ -147,6 +148,7 @@ impl<H: HostIo> Daemon<H> {
                  (addresses, bucket table and nexthop groups moved)"
             );
         }
+        logging::summarise_repeats();
         if let Some((to, reply)) = answer {
             let _: Result<_, _> = to.send(reply);
         }
