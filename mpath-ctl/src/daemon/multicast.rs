@@ -91,7 +91,12 @@ impl<H: HostIo> Daemon<H> {
             };
             match self.host.leave(ifindex, f.group) {
                 Ok(()) => left.push(f.clone()),
-                Err(e) => tracing::error!(group = group.name(), interface = f.on, "{e}"),
+                Err(e) => tracing::error!(
+                    group = group.name(),
+                    interface = f.on,
+                    "{}",
+                    e.on_nic(&f.on)
+                ),
             }
         }
         let mut joined = Vec::new();
@@ -115,7 +120,10 @@ impl<H: HostIo> Daemon<H> {
                         tracing::error!(
                             group = group.name(),
                             interface = f.on,
-                            "{e}: {f} not followed"
+                            "{}: {} of {} not followed",
+                            e.on_nic(&f.on),
+                            f.group,
+                            f.from
                         );
                     }
                     held.remove(f);
@@ -151,7 +159,7 @@ impl<H: HostIo> Daemon<H> {
                 })
                 .collect(),
             Err(e) => {
-                tracing::warn!("the multicast groups of {nic} cannot be reported: {e}");
+                tracing::warn!(interface = %nic, "the multicast groups of {nic} cannot be reported: {e}");
                 return;
             }
         };
@@ -166,7 +174,7 @@ impl<H: HostIo> Daemon<H> {
                 joined.len(),
                 multicast::a_few(&joined)
             ),
-            Err(e) => tracing::warn!(group = group.name(), interface = nic, "{e}"),
+            Err(e) => tracing::warn!(group = group.name(), interface = nic, "{}", e.on_nic(nic)),
         }
     }
 
@@ -176,7 +184,7 @@ impl<H: HostIo> Daemon<H> {
             if let Some(ifindex) = group.ifindex_of(&f.on)
                 && let Err(e) = self.host.leave(ifindex, f.group)
             {
-                tracing::warn!("{e}");
+                tracing::warn!(interface = f.on, "{}", e.on_nic(&f.on));
             }
         }
     }

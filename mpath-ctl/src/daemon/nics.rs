@@ -288,7 +288,7 @@ impl<H: HostIo> Daemon<H> {
     /// A NIC was removed from the system.
     pub(super) fn link_removed(&mut self, name: &str, ifindex: u32, now: Instant) {
         if self.ungrouped.remove(name).is_some() {
-            tracing::info!("NIC {name} has been removed from the system");
+            tracing::info!(interface = %name, "NIC {name} has been removed from the system");
         }
         self.strays.remove(name);
         // By ifindex too: a late removal of an older NIC of that name is no news.
@@ -362,6 +362,7 @@ impl<H: HostIo> Daemon<H> {
             Ok(attached) => {
                 if let Some(native) = attached.native_xdp_refused {
                     tracing::warn!(
+                        interface = %nic.name,
                         "{}: the driver refused native XDP ({native}); its probe replies are \
                          matched by generic XDP, which costs every received packet more",
                         nic.name
@@ -393,7 +394,7 @@ impl<H: HostIo> Daemon<H> {
             .netconf()
             .write(&nic.name, InterfaceNetconf::GROUP_MEMBER)
         {
-            tracing::warn!("{}: {e}", nic.name);
+            tracing::warn!(interface = %nic.name, "{}: {e}", nic.name);
         }
         true
     }
@@ -408,6 +409,7 @@ impl<H: HostIo> Daemon<H> {
         let nic = self.groups.nic(at);
         if let Err(e) = self.host.watch_carrier(&nic.name, ifindex, nic.carrier) {
             tracing::warn!(
+                interface = %nic.name,
                 "the carrier of {} cannot be read ({e}): its carrier loss is seen through the \
                  kernel's link events only, up to a second late on a physical NIC",
                 nic.name
@@ -495,6 +497,7 @@ impl<H: HostIo> Daemon<H> {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(
+                        interface = %nic.name,
                         "mpathd's programs were taken off {} behind its back: attaching them again",
                         nic.name
                     );
@@ -506,7 +509,7 @@ impl<H: HostIo> Daemon<H> {
                         self.handle(at.group, event, now);
                     }
                 }
-                Err(e) => tracing::warn!("{}: {e}", nic.name),
+                Err(e) => tracing::warn!(interface = %nic.name, "{}: {e}", nic.name),
             }
         }
     }
@@ -517,7 +520,7 @@ impl<H: HostIo> Daemon<H> {
         if let Some(test) = nic.test_address
             && let Err(e) = add_test_address(&self.host, ifindex, test).await
         {
-            tracing::error!("cannot add test address {test} to {}: {e}", nic.name);
+            tracing::error!(interface = %nic.name, "cannot add test address {test} to {}: {e}", nic.name);
         }
     }
 
@@ -546,13 +549,13 @@ impl<H: HostIo> Daemon<H> {
             info.set_ipv6_test(Some(ll));
         }
         if let Err(e) = self.host.set_nic(ifindex, info) {
-            tracing::error!("{}: {e}", nic.name);
+            tracing::error!(interface = %nic.name, "{}: {e}", nic.name);
         }
         // After set_nic: the test address list is per group, found through the NIC.
         if let Some(v4) = test_v4
             && let Err(e) = self.host.set_test_address(v4, ifindex)
         {
-            tracing::error!("{}: {e}", nic.name);
+            tracing::error!(interface = %nic.name, "{}: {e}", nic.name);
         }
     }
 
@@ -599,7 +602,7 @@ impl<H: HostIo> Daemon<H> {
             .host
             .update_nic(ifindex, |info| info.set_ipv6_test(Some(ll)))
         {
-            tracing::error!("{}: {e}", nic.name);
+            tracing::error!(interface = %nic.name, "{}: {e}", nic.name);
         }
         tracing::info!(interface = %nic.name, "{} probes over IPv6 from {ll}", nic.name);
         nic.probing.push(probing);
@@ -625,7 +628,7 @@ impl<H: HostIo> Daemon<H> {
             .host
             .update_nic(ifindex, |info| info.set_ipv6_test(None))
         {
-            tracing::error!("{}: {e}", nic.name);
+            tracing::error!(interface = %nic.name, "{}: {e}", nic.name);
         }
         Some(at)
     }
@@ -650,13 +653,13 @@ impl<H: HostIo> Daemon<H> {
             mac.map(|b| format!("{b:02x}")).join(":")
         );
         if let Err(e) = self.host.update_nic(ifindex, |info| info.mac = mac) {
-            tracing::error!("{name}: {e}");
+            tracing::error!(interface = %name, "{name}: {e}");
         }
         let test = self.groups.nic(at).test_address.map(|t| t.addr());
         if let Some(IpAddr::V4(v4)) = test
             && let Err(e) = self.host.set_test_address(v4, ifindex)
         {
-            tracing::error!("{name}: {e}");
+            tracing::error!(interface = %name, "{name}: {e}");
         }
         self.groups[at.group].dirty.table = true;
         // The probe targets must learn it for the test and link-local addresses too, or the
@@ -677,7 +680,7 @@ impl<H: HostIo> Daemon<H> {
     /// Puts back the test address of `nic` that someone deleted.
     pub(super) async fn restore_test_address(&mut self, nic: &str, ifindex: u32, test: IpCidr) {
         if let Err(e) = add_test_address(&self.host, ifindex, test).await {
-            tracing::error!("cannot restore test address {test} on {nic}: {e}");
+            tracing::error!(interface = %nic, "cannot restore test address {test} on {nic}: {e}");
         }
     }
 
@@ -712,6 +715,7 @@ impl<H: HostIo> Daemon<H> {
                 Ok(isolation) => {
                     if isolation.before != isolation.after {
                         tracing::warn!(
+                            interface = %link.name,
                             "NIC {} is in no group and has carrier: arp_ignore {} -> {}, \
                              arp_announce {} -> {}, so that it answers ARP only for its own \
                              addresses, not for the groups' test and data addresses \
@@ -726,7 +730,7 @@ impl<H: HostIo> Daemon<H> {
                     isolation.isolated()
                 }
                 Err(e) => {
-                    tracing::warn!("{}: {e}", link.name);
+                    tracing::warn!(interface = %link.name, "{}: {e}", link.name);
                     false
                 }
             }
@@ -740,6 +744,7 @@ impl<H: HostIo> Daemon<H> {
             .insert(link.name.clone(), (link.ifindex, isolated));
         if !isolated && was.is_none_or(|(_, isolated)| isolated) {
             tracing::warn!(
+                interface = %link.name,
                 "NIC {} is in no group, has carrier and answers ARP for every address of the \
                  host: if it is on a group's link, the replies to the test addresses can go to \
                  it and healthy NICs fail; give it arp_ignore=1 (isolate_arp = true does)",

@@ -86,7 +86,7 @@ impl<H: HostIo> Daemon<H> {
         let mut targets = match TargetSet::new(ifindex, test) {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!("{name}: {e}");
+                tracing::error!(interface = %name, "{name}: {e}");
                 return None;
             }
         };
@@ -99,7 +99,7 @@ impl<H: HostIo> Daemon<H> {
             .filter(|a| AddressFamily::of(*a) == family)
             .collect();
         for skipped in targets.set_configured(&configured) {
-            tracing::warn!("{name} skips a configured probe target: {skipped}");
+            tracing::warn!(interface = %name, "{name} skips a configured probe target: {skipped}");
         }
         targets.update_routes(&routes, &group_nics, &local);
         let prober = Prober::new(

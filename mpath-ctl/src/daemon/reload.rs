@@ -182,10 +182,10 @@ impl<H: HostIo> Daemon<H> {
             if let Some(n) = old.nic(&nic)
                 && let Err(e) = self.host.clear_counters(n.slot)
             {
-                tracing::warn!("{nic}: {e}");
+                tracing::warn!(interface = %nic, "{nic}: {e}");
             }
             self.groups.release_slot(&nic);
-            tracing::info!("{nic} left group {}", old.name());
+            tracing::info!(interface = %nic, "{nic} left group {}", old.name());
         }
         for (ifindex, cidr) in retirement.data_addresses {
             match self.host.del_address(ifindex, cidr).await {
