@@ -275,26 +275,60 @@ fn under_systemd_the_log_goes_to_the_journal_with_priorities_and_fields() {
         std::thread::sleep(Duration::from_millis(50));
     }
     lab.cut("h1").unwrap();
-    let record = loop {
+    let mut failure = None;
+    let mut failover = None;
+    while failure.is_none() || failover.is_none() {
         let fields = records
             .recv_timeout(Duration::from_secs(20))
             .expect("journal records");
         let has = |k: &str, v: &str| fields.iter().any(|(fk, fv)| fk == k && fv == v);
+        let says = |text: &str| {
+            fields
+                .iter()
+                .any(|(k, v)| k == "MESSAGE" && v.contains(text))
+        };
         if has("INTERFACE", "h1") && has("PRIORITY", "4") {
-            break fields;
+            failure = Some(fields);
+        } else if says("Successfully failed over from NIC h1") {
+            failover = Some(fields);
         }
-    };
-    let value = |k: &str| {
+    }
+    let (failure, failover) = (failure.unwrap(), failover.unwrap());
+    let value = |record: &[(String, String)], k: &str| {
         record
             .iter()
             .find(|(fk, _)| fk == k)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.clone())
     };
-    assert_eq!(value("GROUP"), Some("g0"), "{record:?}");
-    assert_eq!(value("SYSLOG_IDENTIFIER"), Some("mpathd"), "{record:?}");
+    assert_eq!(
+        value(&failure, "GROUP").as_deref(),
+        Some("g0"),
+        "{failure:?}"
+    );
+    assert_eq!(
+        value(&failure, "SYSLOG_IDENTIFIER").as_deref(),
+        Some("mpathd"),
+        "{failure:?}"
+    );
     assert!(
-        value("MESSAGE").is_some_and(|m| m.contains("h1")),
-        "{record:?}"
+        value(&failure, "MESSAGE").is_some_and(|m| m.contains("h1")),
+        "{failure:?}"
+    );
+    // `journalctl GROUP=g0 INTERFACE=h1` finds the failover, at INFO's priority (6).
+    assert_eq!(
+        value(&failover, "GROUP").as_deref(),
+        Some("g0"),
+        "{failover:?}"
+    );
+    assert_eq!(
+        value(&failover, "INTERFACE").as_deref(),
+        Some("h1"),
+        "{failover:?}"
+    );
+    assert_eq!(
+        value(&failover, "PRIORITY").as_deref(),
+        Some("6"),
+        "{failover:?}"
     );
     let text = std::fs::read_to_string(dir.join("stderr")).unwrap();
     assert!(text.is_empty(), "text written besides the journal: {text}");

@@ -130,7 +130,8 @@ fn main() -> ExitCode {
                 }
             }
             Err(e) => tracing::warn!(
-                "cannot look at this host's NICs and addresses ({e:#}); the file alone was checked"
+                "cannot look at this host's NICs and addresses ({}); the file alone was checked",
+                logging::with_causes(e.as_ref())
             ),
         }
     }
@@ -164,7 +165,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         for e in &failures {
-            eprintln!("mpathd: {e:#}");
+            eprintln!("mpathd: {}", logging::with_causes(e.as_ref()));
         }
         eprintln!(
             "mpathd: teardown incomplete: {} step(s) failed, listed above; the rest was removed",
@@ -184,7 +185,7 @@ fn main() -> ExitCode {
     }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", logging::with_causes(e.as_ref()));
             ExitCode::FAILURE
         }
     }

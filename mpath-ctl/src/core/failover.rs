@@ -64,6 +64,10 @@ pub(crate) enum MoveKind {
     Failback,
     /// It was on no NIC; it is added.
     Restore,
+    /// A restore of an address that has not been on a NIC since its group started (a clean
+    /// start, or an address the configuration added): the daemon tells it apart, as nothing
+    /// went missing. [`plan`] never decides it.
+    Place,
 }
 
 /// One address to move. `from` may name a NIC that no longer exists (removing the address
@@ -85,6 +89,17 @@ pub(crate) struct Transfer {
     pub addresses: Vec<IpCidr>,
 }
 
+impl Transfer {
+    /// The NIC the transfer is about, for the log's INTERFACE= field: the one left for a
+    /// failover (`journalctl INTERFACE=h1` finds h1's failover), else the one that gains.
+    pub(crate) fn interface(&self) -> &str {
+        match (self.kind, &self.from) {
+            (MoveKind::Failover, Some(from)) => from,
+            _ => &self.to,
+        }
+    }
+}
+
 impl fmt::Display for Transfer {
     /// in.mpathd's wording; log it once the moves are done.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -97,6 +112,15 @@ impl fmt::Display for Transfer {
             (MoveKind::Failback, _) => write!(f, "Successfully failed back to NIC {}", self.to),
             (MoveKind::Restore, _) | (MoveKind::Failover, None) => {
                 write!(f, "Restored missing data addresses on NIC {}", self.to)
+            }
+            (MoveKind::Place, _) => {
+                let addresses: Vec<String> = self.addresses.iter().map(|a| a.to_string()).collect();
+                write!(
+                    f,
+                    "Data addresses {} are on NIC {}",
+                    addresses.join(", "),
+                    self.to
+                )
             }
         }
     }
@@ -120,7 +144,7 @@ impl Plan {
         for step in &self.moves {
             let from = match step.kind {
                 MoveKind::Failover => step.from.clone(),
-                MoveKind::Failback | MoveKind::Restore => None,
+                MoveKind::Failback | MoveKind::Restore | MoveKind::Place => None,
             };
             let existing = transfers
                 .iter_mut()
@@ -558,6 +582,12 @@ mod tests {
                 "Restored missing data addresses on NIC h0",
                 "Successfully failed over from NIC eth7 to NIC h0"
             ]
+        );
+        let mut first = plan.transfers().remove(0);
+        first.kind = MoveKind::Place;
+        assert_eq!(
+            first.to_string(),
+            "Data addresses 192.0.2.10/24, 192.0.2.11/24 are on NIC h0"
         );
     }
 

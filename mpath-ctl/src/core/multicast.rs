@@ -52,6 +52,59 @@ impl fmt::Display for Followed {
 /// user count: sockets and the kernel itself).
 pub(crate) type Memberships = BTreeMap<String, BTreeMap<IpAddr, u32>>;
 
+/// How many multicast groups a summary line names; the others are counted.
+const NAMED_IN_SUMMARY: usize = 3;
+
+/// Whether a summary tells of joins or of leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    Joined,
+    Left,
+}
+
+/// One line per NIC and NIC it stands in for, for the joins (or leaves) of one look: with
+/// 500 groups a failover would otherwise log 500 lines each way. Each comes with the NIC
+/// that joined or left, then the NIC out of use, for the log's fields.
+pub(crate) fn summaries(followed: &[Followed], change: Change) -> Vec<(String, String, String)> {
+    let mut by_pair: BTreeMap<(&str, &str), Vec<IpAddr>> = BTreeMap::new();
+    for f in followed {
+        by_pair.entry((&f.on, &f.from)).or_default().push(f.group);
+    }
+    by_pair
+        .into_iter()
+        .map(|((on, from), groups)| {
+            let count = groups.len();
+            let named = a_few(&groups);
+            let line = match change {
+                Change::Joined => format!(
+                    "joined {count} multicast groups on {on} for {from}, whose applications \
+                     receive through {on}: {named}"
+                ),
+                Change::Left => format!(
+                    "left {count} multicast groups on {on} that {from}'s applications no \
+                     longer need there: {named}"
+                ),
+            };
+            (on.to_owned(), from.to_owned(), line)
+        })
+        .collect()
+}
+
+/// The first few of `groups` by name and how many others: "239.1.0.1, 239.1.0.2, 239.1.0.3
+/// and 497 more".
+pub(crate) fn a_few<T: fmt::Display>(groups: &[T]) -> String {
+    let named: Vec<String> = groups
+        .iter()
+        .take(NAMED_IN_SUMMARY)
+        .map(ToString::to_string)
+        .collect();
+    let named = named.join(", ");
+    match groups.len().saturating_sub(NAMED_IN_SUMMARY) {
+        0 => named,
+        others => format!("{named} and {others} more"),
+    }
+}
+
 /// Whether a membership is one an application made rather than one every NIC has.
 pub(crate) fn follows(group: IpAddr) -> bool {
     match group {
@@ -319,5 +372,46 @@ mod tests {
         ] {
             assert!(!follows(group.parse().unwrap()), "{group}");
         }
+    }
+
+    #[test]
+    fn joins_are_summarised_per_nic_pair_naming_a_few_groups() {
+        let joined = |on: &str, group: &str, from: &str| Followed {
+            on: on.into(),
+            group: group.parse().unwrap(),
+            from: from.into(),
+        };
+        let mut followed: Vec<Followed> = (1..=500)
+            .map(|i| joined("h2", &format!("239.1.{}.{}", i / 256, i % 256), "h1"))
+            .collect();
+        followed.push(joined("h2", "ff05::1:3", "h0"));
+        let lines = summaries(&followed, Change::Joined);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0].0, "h2");
+        assert_eq!(lines[0].1, "h0");
+        assert!(
+            lines[0]
+                .2
+                .starts_with("joined 1 multicast groups on h2 for h0")
+        );
+        assert!(lines[0].2.ends_with(": ff05::1:3"), "{}", lines[0].2);
+        assert_eq!(lines[1].1, "h1");
+        assert!(
+            lines[1]
+                .2
+                .starts_with("joined 500 multicast groups on h2 for h1")
+                && lines[1]
+                    .2
+                    .ends_with(": 239.1.0.1, 239.1.0.2, 239.1.0.3 and 497 more"),
+            "{}",
+            lines[1].2
+        );
+        let left = summaries(&followed[..2], Change::Left);
+        assert_eq!(left.len(), 1);
+        assert!(
+            left[0]
+                .2
+                .starts_with("left 2 multicast groups on h2 that h1's")
+        );
     }
 }

@@ -602,6 +602,36 @@ impl Prober {
         events
     }
 
+    /// The recent probes lost per target, for the line that reports a probe failure:
+    /// "IPv4 192.0.2.1 lost 5 of 5, 192.0.2.2 lost 3 of 4" over the probes of the reply
+    /// window that have an outcome (in the order the targets were last probed).
+    pub(crate) fn loss_report(&self) -> String {
+        let mut per_target: Vec<(IpAddr, u32, u32)> = Vec::new();
+        for probe in &self.sent {
+            let lost = match probe.state {
+                ProbeState::Lost => 1,
+                ProbeState::Answered => 0,
+                ProbeState::Outstanding | ProbeState::Withdrawn => continue,
+            };
+            match per_target.iter_mut().find(|(t, ..)| *t == probe.target) {
+                Some((_, l, decided)) => {
+                    *l += lost;
+                    *decided += 1;
+                }
+                None => per_target.push((probe.target, lost, 1)),
+            }
+        }
+        let version = self.family().ip_version();
+        if per_target.is_empty() {
+            return format!("{version} no probe decided");
+        }
+        let targets: Vec<String> = per_target
+            .iter()
+            .map(|(target, lost, decided)| format!("{target} lost {lost} of {decided}"))
+            .collect();
+        format!("{version} {}", targets.join(", "))
+    }
+
     pub(crate) fn view(&self) -> ProberView {
         let micros = |d: Duration| saturating_u64(d.as_micros());
         let targets = self
@@ -1171,6 +1201,28 @@ mod tests {
             }]
         );
         assert!(harness.poll(at + interval * 2).is_empty(), "lost only once");
+    }
+
+    #[test]
+    fn the_loss_report_names_each_target_with_its_lost_and_decided_probes() {
+        let mut harness = Harness::new(10_000, target_set(&[A, B]));
+        let interval = harness.interval();
+        assert_eq!(harness.prober.loss_report(), "IPv4 no probe decided");
+        // A answers once, then A and B lose everything.
+        let (at, request) = harness.send_due();
+        assert_eq!(request.target, ip(A));
+        accepted(harness.answer(at, request, ms(20)));
+        assert_eq!(harness.prober.loss_report(), "IPv4 192.0.2.1 lost 0 of 1");
+        let mut last = at;
+        for _ in 0..4 {
+            let (at, _) = harness.send_due();
+            last = at;
+        }
+        harness.poll(last + interval * 2);
+        assert_eq!(
+            harness.prober.loss_report(),
+            "IPv4 192.0.2.1 lost 2 of 3, 192.0.2.2 lost 2 of 2"
+        );
     }
 
     #[test]

@@ -29,10 +29,17 @@ impl<H: HostIo> Daemon<H> {
         let name = name.as_str();
         for action in &actions {
             let group = &mut self.groups[id];
-            let line = action.log_line(name);
+            let mut line = action.log_line(name);
             match action {
                 Action::Failed { nic, cause } => {
                     self.metrics.failure(name, nic, *cause);
+                    if *cause == FailureCause::ProbesLost
+                        && let Some(n) = group.nic(nic)
+                    {
+                        let losses: Vec<String> =
+                            n.probing.iter().map(|p| p.prober.loss_report()).collect();
+                        line = line.map(|l| format!("{l}: probes {}", losses.join("; ")));
+                    }
                     log(Level::WARN, name, action, line);
                     if *cause == FailureCause::ProbesLost
                         && let Some(n) = group.nics.iter_mut().find(|n| n.name == *nic)
@@ -41,7 +48,8 @@ impl<H: HostIo> Daemon<H> {
                             Ok(c) => n.rx.observe(c.rx_packets, self.host.now()),
                             Err(e) => tracing::debug!("receive counter of {nic}: {e}"),
                         }
-                        tracing::warn!("{}", n.rx.explain_failure(nic));
+                        let line = n.rx.explain_failure(nic);
+                        tracing::warn!(group = name, interface = nic.as_str(), "{line}");
                     }
                 }
                 Action::GroupFailed => {
@@ -74,7 +82,11 @@ impl<H: HostIo> Daemon<H> {
                             .host
                             .update_nic(ifindex, |info| info.set_offline(offline))
                     {
-                        tracing::warn!("{nic}: keeping its offline state in the datapath: {e}");
+                        tracing::warn!(
+                            group = name,
+                            interface = nic.as_str(),
+                            "{nic}: keeping its offline state in the datapath: {e}"
+                        );
                     }
                 }
                 Action::UsableSetChanged => group.dirty.mark(Dirty::ALL),

@@ -8,7 +8,7 @@ use std::{
 
 use crate::{
     config::SpreadMode,
-    core::failover::{self, DataAddress},
+    core::failover::{self, DataAddress, MoveKind},
     core::identity::GroupId,
     core::reconcile::{self, Added, Removed},
     core::spread,
@@ -55,12 +55,14 @@ impl<H: HostIo> Daemon<H> {
             Added::Nothing => {}
             Added::RemoveCopy { nic, placed_on } => {
                 tracing::warn!(
+                    interface = %nic,
                     "data address {cidr} was added to {nic} behind mpathd's back; it lives on {placed_on}: removing this copy"
                 );
                 self.delete_address(ifindex, cidr).await;
             }
             Added::PlaceHere { group, nic } => {
                 tracing::warn!(
+                    interface = %nic,
                     "data address {cidr} was added to {nic} behind mpathd's back; adopting it there"
                 );
                 let id = group;
@@ -111,6 +113,7 @@ impl<H: HostIo> Daemon<H> {
             Removed::Nothing => {}
             Removed::Restore { group, nic } => {
                 tracing::warn!(
+                    interface = %nic,
                     "data address {cidr} was removed from {nic} behind mpathd's back; restoring it"
                 );
                 let id = group;
@@ -134,6 +137,7 @@ impl<H: HostIo> Daemon<H> {
             }
             Removed::RestoreTest { nic, test } => {
                 tracing::warn!(
+                    interface = %nic,
                     "test address {cidr} was removed from {nic} behind mpathd's back; restoring it"
                 );
                 self.restore_test_address(&nic, ifindex, test).await
@@ -234,7 +238,7 @@ impl<H: HostIo> Daemon<H> {
             let Some(ifindex) = nic.ifindex else { continue };
             let routed = routes_spread && usable.contains(&ifindex);
             if let Err(e) = self.host.set_routed(ifindex, routed) {
-                tracing::error!("{}: {e}", nic.name);
+                tracing::error!(interface = %nic.name, "{}: {e}", nic.name);
             }
         }
     }
@@ -244,7 +248,7 @@ impl<H: HostIo> Daemon<H> {
         let now = self.host.now();
         let announcement = self.announcer.announce(announcement, now);
         if let Err(e) = self.host.announce(&announcement) {
-            tracing::warn!("announcing {} on {nic}: {e}", announcement.addr);
+            tracing::warn!(interface = %nic, "announcing {} on {nic}: {e}", announcement.addr);
         }
     }
 
@@ -291,9 +295,23 @@ impl<H: HostIo> Daemon<H> {
                 a.current = Some(m.to.clone());
             }
         }
-        for transfer in plan.transfers() {
+        let group = &mut self.groups[id];
+        let mut transfers = plan.transfers();
+        for transfer in &mut transfers {
+            if transfer.kind == MoveKind::Restore
+                && transfer.addresses.iter().all(|a| !group.placed.contains(a))
+            {
+                transfer.kind = MoveKind::Place;
+            }
+        }
+        group.placed.extend(done.iter().copied());
+        for transfer in transfers {
             if transfer.addresses.iter().all(|a| done.contains(a)) {
-                tracing::info!("{transfer}");
+                tracing::info!(
+                    group = self.groups[id].name(),
+                    interface = transfer.interface(),
+                    "{transfer}"
+                );
                 self.metrics.transfer(self.groups[id].name(), &transfer);
             }
         }

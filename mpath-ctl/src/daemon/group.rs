@@ -78,6 +78,9 @@ pub(super) struct GroupRuntime {
     pub held_routes: Vec<RouteConfig>,
     /// Which of `addresses` the group adopted from a NIC rather than from the configuration.
     pub adopted: BTreeSet<IpCidr>,
+    /// Which of `addresses` have been on a NIC since the group started: putting one of the
+    /// others on its NIC is its first placement, not the restore of a missing address.
+    pub placed: BTreeSet<IpCidr>,
     /// The multicast memberships of unusable NICs mpathd holds on the NICs that took over.
     pub followed: BTreeSet<Followed>,
     /// The usable NICs the routes were last re-formed over.
@@ -338,6 +341,7 @@ impl Groups {
             addresses,
             held_routes: Vec::new(),
             adopted: BTreeSet::new(),
+            placed: BTreeSet::new(),
             followed: BTreeSet::new(),
             serving: Vec::new(),
             joining: Vec::new(),

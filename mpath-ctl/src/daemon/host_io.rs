@@ -532,7 +532,10 @@ impl HostIo for LiveHost {
                     Ok(event) => return Ok(HostEvent::Net(event)),
                     // The monitor fails only when its socket cannot be opened again; the
                     // daemon keeps running on what it knows.
-                    Err(e) => tracing::error!("reading netlink events: {e:#}"),
+                    Err(e) => tracing::error!(
+                        "reading netlink events: {}",
+                        super::logging::with_causes(&e)
+                    ),
                 },
                 batch = replies.next_batch() => return Ok(HostEvent::ProbeReplies(batch?)),
                 Some(ifindex) = carrier_losses.recv() => {
@@ -584,7 +587,7 @@ impl HostIo for LiveHost {
         let cgroup = cgroup2_root().map_err(|e| e.to_string())?;
         self.datapath
             .attach_source_hook(&cgroup)
-            .map_err(|e| super::sources::with_causes(&e))?;
+            .map_err(|e| super::logging::with_causes(&e))?;
         Ok(cgroup)
     }
 

@@ -4,14 +4,21 @@
 //! garbage).
 
 use std::{
+    fmt,
     io::IsTerminal as _,
     os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    sync::{LazyLock, Mutex},
+    time::Instant,
 };
 
+use tracing::{Event, Level, Subscriber, callsite::Identifier, field::Field};
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::{
-    EnvFilter, Layer as _, field::MakeExt as _, fmt::format::debug_fn, layer::SubscriberExt as _,
-    util::SubscriberInitExt as _,
+    EnvFilter, Layer, field::MakeExt as _, fmt::format::debug_fn, layer::Context,
+    layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
+
+use crate::daemon::repeats::{Repeats, Sample};
 
 /// Installs the global subscriber; the level comes from RUST_LOG (default `info`).
 pub fn init() {
@@ -22,10 +29,11 @@ pub fn init() {
                 // GROUP= rather than the crate's default F_GROUP=.
                 l.with_field_prefix(None)
                     .with_syslog_identifier("mpathd".into())
+                    .with_priority_mappings(journal_priorities())
             })
         })
         .and_then(Result::ok);
-    let registry = tracing_subscriber::registry();
+    let registry = tracing_subscriber::registry().with(HoldRepeats);
     match journald {
         Some(layer) => registry.with(layer.with_filter(filter())).init(),
         None => registry
@@ -46,6 +54,111 @@ pub fn init() {
             )
             .init(),
     }
+}
+
+/// The target of the summaries of held-back lines, which are never held back themselves.
+const REPEATS_TARGET: &str = "mpathd::repeats";
+
+/// A warning or error is held back per its place in the code and its NIC.
+type RepeatKey = (Identifier, Option<String>);
+
+static REPEATS: LazyLock<Mutex<Repeats<RepeatKey>>> = LazyLock::new(Mutex::default);
+
+/// Holds back repeated warnings and errors (see [`crate::daemon::repeats`]) before any output.
+struct HoldRepeats;
+
+impl<S: Subscriber> Layer<S> for HoldRepeats {
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        let meta = event.metadata();
+        if *meta.level() > Level::WARN || meta.target() == REPEATS_TARGET {
+            return true;
+        }
+        let mut fields = LineFields::default();
+        event.record(&mut fields);
+        let key = (meta.callsite(), fields.interface.clone());
+        let mut repeats = REPEATS.lock().unwrap_or_else(|e| e.into_inner());
+        repeats.admit(key, Instant::now(), || Sample {
+            error: *meta.level() == Level::ERROR,
+            message: fields.message,
+            group: fields.group,
+            interface: fields.interface,
+        })
+    }
+}
+
+/// The fields of a line that a summary repeats.
+#[derive(Default)]
+struct LineFields {
+    message: String,
+    group: Option<String>,
+    interface: Option<String>,
+}
+
+impl tracing::field::Visit for LineFields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let value = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = value,
+            "group" => self.group = Some(value),
+            "interface" => self.interface = Some(value),
+            _ => {}
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_owned(),
+            "group" => self.group = Some(value.to_owned()),
+            "interface" => self.interface = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+}
+
+/// Logs the summaries of the lines held back in windows that ended; the event loop calls
+/// it every turn.
+pub(crate) fn summarise_repeats() {
+    let due = REPEATS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .due(Instant::now());
+    for summary in due {
+        let (message, sample) = (summary.message(), summary.sample);
+        let (group, interface) = (sample.group.as_deref(), sample.interface.as_deref());
+        if sample.error {
+            tracing::error!(target: REPEATS_TARGET, group, interface, "{message}");
+        } else {
+            tracing::warn!(target: REPEATS_TARGET, group, interface, "{message}");
+        }
+    }
+}
+
+/// Syslog's meaning of each level: INFO is routine (6), not NOTICE (5, the crate's default),
+/// so that `journalctl -p notice` shows what needs a look and not every failover step.
+fn journal_priorities() -> PriorityMappings {
+    PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
+}
+
+/// An error with those of its causes its message does not already include (a failed system
+/// call names its errno only in its cause), each cause once: `{:#}` of an anyhow error
+/// repeats a cause that a message already shows.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Whether systemd connected stderr to the journal: JOURNAL_STREAM names the stream's
@@ -72,6 +185,34 @@ fn journal_stream_matches(stream: &str, dev: u64, ino: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("adding 192.0.2.10/24 to h1: {source}")]
+        struct Adding {
+            source: std::io::Error,
+        }
+        let errno = || std::io::Error::from_raw_os_error(libc::EACCES);
+        let error = anyhow::Error::new(Adding { source: errno() }).context("moving addresses");
+        assert_eq!(
+            format!("{error:#}"),
+            "moving addresses: adding 192.0.2.10/24 to h1: Permission denied (os error 13): \
+             Permission denied (os error 13)",
+            "anyhow repeats the cause"
+        );
+        assert_eq!(
+            with_causes(&*error),
+            "moving addresses: adding 192.0.2.10/24 to h1: Permission denied (os error 13)"
+        );
+    }
+
+    #[test]
+    fn levels_map_to_syslog_priorities() {
+        let p = journal_priorities();
+        let digits = [p.error, p.warn, p.info, p.debug, p.trace].map(|p| p as u8 - b'0');
+        assert_eq!(digits, [3, 4, 6, 7, 7]);
+    }
 
     #[test]
     fn journal_stream_must_name_the_same_device_and_inode() {

@@ -27,6 +27,7 @@ mod nics;
 mod probing;
 mod reconcile;
 mod reload;
+mod repeats;
 mod routes;
 #[cfg(test)]
 mod scenarios;
@@ -453,7 +454,8 @@ impl<H: HostIo> Daemon<H> {
             Ok(()) => self.resync_due = None,
             Err(e) => {
                 tracing::error!(
-                    "resynchronising after lost netlink events: {e:#}; trying again in {} s",
+                    "resynchronising after lost netlink events: {}; trying again in {} s",
+                    logging::with_causes(e.as_ref()),
                     RESYNC_RETRY.as_secs()
                 );
                 self.resync_due = Some(now + RESYNC_RETRY);

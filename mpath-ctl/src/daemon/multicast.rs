@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     core::identity::GroupId,
-    core::multicast::{self, Followed, Memberships},
+    core::multicast::{self, Change, Followed, Memberships},
     core::state::Role,
     daemon::{Daemon, group::GroupRuntime, host_io::HostIo},
     net::multicast::ALL_HOSTS_V4,
@@ -81,6 +81,7 @@ impl<H: HostIo> Daemon<H> {
             return;
         }
         let same_join = |a: &Followed, b: &Followed| a.on == b.on && a.group == b.group;
+        let mut left = Vec::new();
         for f in group.followed.difference(&wanted) {
             if wanted.iter().any(|w| same_join(w, f)) {
                 continue;
@@ -89,17 +90,16 @@ impl<H: HostIo> Daemon<H> {
                 continue;
             };
             match self.host.leave(ifindex, f.group) {
-                Ok(()) => tracing::info!(
+                Ok(()) => left.push(f.clone()),
+                Err(e) => tracing::error!(
                     group = group.name(),
                     interface = f.on,
-                    "multicast group {} of {} left on {}: no longer needed there",
-                    f.group,
-                    f.from,
-                    f.on
+                    "{}",
+                    e.on_nic(&f.on)
                 ),
-                Err(e) => tracing::error!("{e}"),
             }
         }
+        let mut joined = Vec::new();
         let mut held = wanted.clone();
         for f in wanted.difference(&group.followed) {
             if group.followed.iter().any(|h| same_join(h, f)) {
@@ -113,20 +113,27 @@ impl<H: HostIo> Daemon<H> {
             match self.host.join(ifindex, f.group) {
                 Ok(()) => {
                     refused.remove(&(ifindex, f.group));
-                    tracing::info!(
-                        group = group.name(),
-                        interface = f.on,
-                        "{f}: {} is out of use, its applications receive through {}",
-                        f.from,
-                        f.on
-                    )
+                    joined.push(f.clone());
                 }
                 Err(e) => {
                     if refused.insert((ifindex, f.group)) {
-                        tracing::error!("{e}: {f} not followed");
+                        tracing::error!(
+                            group = group.name(),
+                            interface = f.on,
+                            "{}: {} of {} not followed",
+                            e.on_nic(&f.on),
+                            f.group,
+                            f.from
+                        );
                     }
                     held.remove(f);
                 }
+            }
+        }
+        let changes = [(left, Change::Left), (joined, Change::Joined)];
+        for (followed, change) in changes {
+            for (on, from, line) in multicast::summaries(&followed, change) {
+                tracing::info!(group = group.name(), interface = %on, stands_in_for = %from, "{line}");
             }
         }
         self.groups[id].followed = held;
@@ -152,7 +159,7 @@ impl<H: HostIo> Daemon<H> {
                 })
                 .collect(),
             Err(e) => {
-                tracing::warn!("the multicast groups of {nic} cannot be reported: {e}");
+                tracing::warn!(interface = %nic, "the multicast groups of {nic} cannot be reported: {e}");
                 return;
             }
         };
@@ -163,14 +170,11 @@ impl<H: HostIo> Daemon<H> {
             Ok(version) => tracing::info!(
                 group = group.name(),
                 interface = nic,
-                "IPv4 multicast groups of {nic} reported to the switch ({version:?}): {}",
-                joined
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "{} IPv4 multicast groups of {nic} reported to the switch ({version:?}): {}",
+                joined.len(),
+                multicast::a_few(&joined)
             ),
-            Err(e) => tracing::warn!("{e}"),
+            Err(e) => tracing::warn!(group = group.name(), interface = nic, "{}", e.on_nic(nic)),
         }
     }
 
@@ -180,7 +184,7 @@ impl<H: HostIo> Daemon<H> {
             if let Some(ifindex) = group.ifindex_of(&f.on)
                 && let Err(e) = self.host.leave(ifindex, f.group)
             {
-                tracing::warn!("{e}");
+                tracing::warn!(interface = f.on, "{}", e.on_nic(&f.on));
             }
         }
     }

@@ -78,6 +78,13 @@ impl<H: HostIo> Daemon<H> {
                 self.track_ungrouped(link);
             }
         }
+        // The log names NICs; an address may sit on a NIC deleted since the links were read.
+        let nic_name = |ifindex: u32| {
+            links
+                .iter()
+                .find(|l| l.ifindex == ifindex)
+                .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone())
+        };
         let addresses = self.host.addresses().await?;
         let by_origin = self.host.addresses_by_origin().await?;
         let of_origin = |wanted: Origin| -> Vec<(u32, IpCidr)> {
@@ -119,6 +126,9 @@ impl<H: HostIo> Daemon<H> {
             let group = &mut self.groups[id];
             let placements = reconcile::placements(&group.holdings(), &addresses);
             for (address, placed) in group.addresses.iter_mut().zip(placements) {
+                if placed.is_some() {
+                    group.placed.insert(address.cidr);
+                }
                 address.current = placed;
             }
             // The MACs first: a NIC that duplicates another's never carries traffic.
@@ -150,15 +160,19 @@ impl<H: HostIo> Daemon<H> {
                 &of_origin(Origin::Mpathd),
             );
             for (ifindex, cidr) in copies.remove {
-                tracing::warn!("removing a second copy of data address {cidr} (ifindex {ifindex})");
+                let nic = nic_name(ifindex);
+                tracing::warn!(
+                    group = self.groups[id].name(),
+                    interface = %nic,
+                    "removing a second copy of data address {cidr} from {nic}"
+                );
                 self.delete_address(ifindex, cidr).await;
             }
             for (ifindex, cidr) in copies.outside {
-                let nic = links
-                    .iter()
-                    .find(|l| l.ifindex == ifindex)
-                    .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone());
+                let nic = nic_name(ifindex);
                 tracing::warn!(
+                    group = self.groups[id].name(),
+                    interface = %nic,
                     "data address {cidr} of group {} is also on {nic}, which is in no group: \
                      mpathd leaves it there (it never takes an address off a NIC outside its \
                      groups), and both NICs answer for it until someone takes it off {nic}",
@@ -169,8 +183,10 @@ impl<H: HostIo> Daemon<H> {
         let unconfigured =
             reconcile::unconfigured(&self.groups.holdings(), &of_origin(Origin::Mpathd));
         for (ifindex, cidr) in unconfigured {
+            let nic = nic_name(ifindex);
             tracing::info!(
-                "removing {cidr} (ifindex {ifindex}): an earlier mpathd put it there and the configuration no longer has it"
+                interface = %nic,
+                "removing {cidr} from {nic}: an earlier mpathd put it there and the configuration no longer has it"
             );
             self.delete_address(ifindex, cidr).await;
         }
@@ -272,7 +288,7 @@ impl<H: HostIo> Daemon<H> {
     /// A NIC was removed from the system.
     pub(super) fn link_removed(&mut self, name: &str, ifindex: u32, now: Instant) {
         if self.ungrouped.remove(name).is_some() {
-            tracing::info!("NIC {name} has been removed from the system");
+            tracing::info!(interface = %name, "NIC {name} has been removed from the system");
         }
         self.strays.remove(name);
         // By ifindex too: a late removal of an older NIC of that name is no news.
@@ -346,19 +362,28 @@ impl<H: HostIo> Daemon<H> {
             Ok(attached) => {
                 if let Some(native) = attached.native_xdp_refused {
                     tracing::warn!(
+                        interface = %nic.name,
                         "{}: the driver refused native XDP ({native}); its probe replies are \
                          matched by generic XDP, which costs every received packet more",
                         nic.name
                     );
                 }
                 if nic.datapath_error.take().is_some() {
-                    tracing::info!("mpathd's programs are attached to {} now", nic.name);
+                    tracing::info!(
+                        interface = %nic.name,
+                        "mpathd's programs are attached to {} now",
+                        nic.name
+                    );
                 }
             }
             Err(e) => {
                 let error = e.to_string();
                 if nic.datapath_error.as_ref() != Some(&error) {
-                    tracing::error!("cannot attach mpathd's programs to {}: {error}", nic.name);
+                    tracing::error!(
+                        interface = %nic.name,
+                        "cannot attach mpathd's programs to {}: {error}",
+                        nic.name
+                    );
                 }
                 nic.datapath_error = Some(error);
                 return false;
@@ -369,7 +394,7 @@ impl<H: HostIo> Daemon<H> {
             .netconf()
             .write(&nic.name, InterfaceNetconf::GROUP_MEMBER)
         {
-            tracing::warn!("{}: {e}", nic.name);
+            tracing::warn!(interface = %nic.name, "{}: {e}", nic.name);
         }
         true
     }
@@ -384,6 +409,7 @@ impl<H: HostIo> Daemon<H> {
         let nic = self.groups.nic(at);
         if let Err(e) = self.host.watch_carrier(&nic.name, ifindex, nic.carrier) {
             tracing::warn!(
+                interface = %nic.name,
                 "the carrier of {} cannot be read ({e}): its carrier loss is seen through the \
                  kernel's link events only, up to a second late on a physical NIC",
                 nic.name
@@ -429,7 +455,11 @@ impl<H: HostIo> Daemon<H> {
             }
         }
         self.groups.nic_mut(at).carrier = false;
-        tracing::info!("{name} has no carrier (seen ahead of the kernel's link event)");
+        tracing::info!(
+            group = self.groups[at.group].name(),
+            interface = %name,
+            "{name} has no carrier (seen ahead of the kernel's link event)"
+        );
         let event = Event::Link {
             nic: name.clone(),
             up: false,
@@ -467,6 +497,7 @@ impl<H: HostIo> Daemon<H> {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(
+                        interface = %nic.name,
                         "mpathd's programs were taken off {} behind its back: attaching them again",
                         nic.name
                     );
@@ -478,7 +509,7 @@ impl<H: HostIo> Daemon<H> {
                         self.handle(at.group, event, now);
                     }
                 }
-                Err(e) => tracing::warn!("{}: {e}", nic.name),
+                Err(e) => tracing::warn!(interface = %nic.name, "{}: {e}", nic.name),
             }
         }
     }
@@ -489,7 +520,7 @@ impl<H: HostIo> Daemon<H> {
         if let Some(test) = nic.test_address
             && let Err(e) = add_test_address(&self.host, ifindex, test).await
         {
-            tracing::error!("cannot add test address {test} to {}: {e}", nic.name);
+            tracing::error!(interface = %nic.name, "cannot add test address {test} to {}: {e}", nic.name);
         }
     }
 
@@ -518,13 +549,13 @@ impl<H: HostIo> Daemon<H> {
             info.set_ipv6_test(Some(ll));
         }
         if let Err(e) = self.host.set_nic(ifindex, info) {
-            tracing::error!("{}: {e}", nic.name);
+            tracing::error!(interface = %nic.name, "{}: {e}", nic.name);
         }
         // After set_nic: the test address list is per group, found through the NIC.
         if let Some(v4) = test_v4
             && let Err(e) = self.host.set_test_address(v4, ifindex)
         {
-            tracing::error!("{}: {e}", nic.name);
+            tracing::error!(interface = %nic.name, "{}: {e}", nic.name);
         }
     }
 
@@ -571,9 +602,9 @@ impl<H: HostIo> Daemon<H> {
             .host
             .update_nic(ifindex, |info| info.set_ipv6_test(Some(ll)))
         {
-            tracing::error!("{}: {e}", nic.name);
+            tracing::error!(interface = %nic.name, "{}: {e}", nic.name);
         }
-        tracing::info!("{} probes over IPv6 from {ll}", nic.name);
+        tracing::info!(interface = %nic.name, "{} probes over IPv6 from {ll}", nic.name);
         nic.probing.push(probing);
     }
 
@@ -588,12 +619,16 @@ impl<H: HostIo> Daemon<H> {
         if nic.probing.len() == before {
             return None;
         }
-        tracing::info!("{} stops probing over IPv6: {link_local} is gone", nic.name);
+        tracing::info!(
+            interface = %nic.name,
+            "{} stops probing over IPv6: {link_local} is gone",
+            nic.name
+        );
         if let Err(e) = self
             .host
             .update_nic(ifindex, |info| info.set_ipv6_test(None))
         {
-            tracing::error!("{}: {e}", nic.name);
+            tracing::error!(interface = %nic.name, "{}: {e}", nic.name);
         }
         Some(at)
     }
@@ -618,13 +653,13 @@ impl<H: HostIo> Daemon<H> {
             mac.map(|b| format!("{b:02x}")).join(":")
         );
         if let Err(e) = self.host.update_nic(ifindex, |info| info.mac = mac) {
-            tracing::error!("{name}: {e}");
+            tracing::error!(interface = %name, "{name}: {e}");
         }
         let test = self.groups.nic(at).test_address.map(|t| t.addr());
         if let Some(IpAddr::V4(v4)) = test
             && let Err(e) = self.host.set_test_address(v4, ifindex)
         {
-            tracing::error!("{name}: {e}");
+            tracing::error!(interface = %name, "{name}: {e}");
         }
         self.groups[at.group].dirty.table = true;
         // The probe targets must learn it for the test and link-local addresses too, or the
@@ -645,7 +680,7 @@ impl<H: HostIo> Daemon<H> {
     /// Puts back the test address of `nic` that someone deleted.
     pub(super) async fn restore_test_address(&mut self, nic: &str, ifindex: u32, test: IpCidr) {
         if let Err(e) = add_test_address(&self.host, ifindex, test).await {
-            tracing::error!("cannot restore test address {test} on {nic}: {e}");
+            tracing::error!(interface = %nic, "cannot restore test address {test} on {nic}: {e}");
         }
     }
 
@@ -680,6 +715,7 @@ impl<H: HostIo> Daemon<H> {
                 Ok(isolation) => {
                     if isolation.before != isolation.after {
                         tracing::warn!(
+                            interface = %link.name,
                             "NIC {} is in no group and has carrier: arp_ignore {} -> {}, \
                              arp_announce {} -> {}, so that it answers ARP only for its own \
                              addresses, not for the groups' test and data addresses \
@@ -694,7 +730,7 @@ impl<H: HostIo> Daemon<H> {
                     isolation.isolated()
                 }
                 Err(e) => {
-                    tracing::warn!("{}: {e}", link.name);
+                    tracing::warn!(interface = %link.name, "{}: {e}", link.name);
                     false
                 }
             }
@@ -708,6 +744,7 @@ impl<H: HostIo> Daemon<H> {
             .insert(link.name.clone(), (link.ifindex, isolated));
         if !isolated && was.is_none_or(|(_, isolated)| isolated) {
             tracing::warn!(
+                interface = %link.name,
                 "NIC {} is in no group, has carrier and answers ARP for every address of the \
                  host: if it is on a group's link, the replies to the test addresses can go to \
                  it and healthy NICs fail; give it arp_ignore=1 (isolate_arp = true does)",
@@ -725,8 +762,12 @@ impl<H: HostIo> Daemon<H> {
         let up = link.usable();
         match self.ungrouped.insert(link.name.clone(), up) {
             Some(was) if was == up => {}
-            Some(_) if up => tracing::info!("The link has come up on {}", link.name),
-            Some(_) => tracing::warn!("The link has gone down on {}", link.name),
+            Some(_) if up => {
+                tracing::info!(interface = %link.name, "The link has come up on {}", link.name)
+            }
+            Some(_) => {
+                tracing::warn!(interface = %link.name, "The link has gone down on {}", link.name)
+            }
             None => tracing::debug!("tracking {} (in no group)", link.name),
         }
     }
@@ -764,10 +805,20 @@ fn adopt_offline(group: &mut GroupRuntime, host: &impl HostIo, now: Instant) -> 
         };
         match group.fsm.handle(event, now) {
             Ok(offlined) => {
-                tracing::info!("{} stays offline, as an operator left it", nic.name);
+                tracing::info!(
+                    group = %group.config.name,
+                    interface = %nic.name,
+                    "{} stays offline, as an operator left it",
+                    nic.name
+                );
                 actions.extend(offlined);
             }
-            Err(e) => tracing::warn!("{} was offline before the restart: {e}", nic.name),
+            Err(e) => tracing::warn!(
+                group = %group.config.name,
+                interface = %nic.name,
+                "{} was offline before the restart: {e}",
+                nic.name
+            ),
         }
     }
     actions

@@ -86,7 +86,7 @@ impl<H: HostIo> Daemon<H> {
         let mut targets = match TargetSet::new(ifindex, test) {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!("{name}: {e}");
+                tracing::error!(interface = %name, "{name}: {e}");
                 return None;
             }
         };
@@ -99,7 +99,7 @@ impl<H: HostIo> Daemon<H> {
             .filter(|a| AddressFamily::of(*a) == family)
             .collect();
         for skipped in targets.set_configured(&configured) {
-            tracing::warn!("{name} skips a configured probe target: {skipped}");
+            tracing::warn!(interface = %name, "{name} skips a configured probe target: {skipped}");
         }
         targets.update_routes(&routes, &group_nics, &local);
         let prober = Prober::new(
@@ -138,11 +138,17 @@ impl<H: HostIo> Daemon<H> {
             let added = probing.prober.add_discovered(&[from], &local, now);
             if added > 0 && probing.prober.targets().standing_in() {
                 tracing::info!(
+                    group = %group.config.name,
+                    interface = %nic_name,
                     "probe target {from} on {nic_name} stands in for the silent configured \
                      targets or routers until one answers again"
                 );
             } else if added > 0 {
-                tracing::info!("discovered probe target {from} on {nic_name}");
+                tracing::info!(
+                    group = %group.config.name,
+                    interface = %nic_name,
+                    "discovered probe target {from} on {nic_name}"
+                );
             }
             return;
         }
@@ -154,7 +160,7 @@ impl<H: HostIo> Daemon<H> {
                     .flat_map(|n| &n.probing)
                     .map(|p| &p.prober);
                 if let Some(change) = group.fdt.try_lower(now, probers) {
-                    tracing::info!("{}", change.message);
+                    tracing::info!(group = %group.config.name, "{}", change.message);
                 }
                 self.probe_events(at, family, events, Some(reply))
             }
@@ -196,8 +202,15 @@ impl<H: HostIo> Daemon<H> {
                     };
                     self.handle(at.group, event, now);
                 }
-                ProbeEvent::Target(e) => tracing::info!("{}: {e}", self.groups.nic(at).name),
-                ProbeEvent::FdtRaised(change) => tracing::warn!("{}", change.message),
+                ProbeEvent::Target(e) => {
+                    let name = &self.groups.nic(at).name;
+                    let group = self.groups[at.group].name();
+                    tracing::info!(group, interface = %name, "{name}: {e}");
+                }
+                ProbeEvent::FdtRaised(change) => {
+                    let group = self.groups[at.group].name();
+                    tracing::warn!(group, "{}", change.message);
+                }
             }
         }
     }
@@ -294,7 +307,11 @@ impl<H: HostIo> Daemon<H> {
                     family.all_nodes()
                 ),
                 Some(TargetNotice::Back) => {
-                    tracing::info!("{name} has an {version} probe target again")
+                    tracing::info!(
+                        group = %group.config.name,
+                        interface = %name,
+                        "{name} has an {version} probe target again"
+                    )
                 }
                 None => {}
             }

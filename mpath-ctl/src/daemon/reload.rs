@@ -25,8 +25,9 @@ impl<H: HostIo> Daemon<H> {
         let (result, message) = match self.apply_new_config().await {
             Ok(ended) => ended,
             Err(e) => {
-                tracing::error!("reload: {e:#}");
-                let message = format!("reload failed part way (what could be applied was): {e:#}");
+                let e = super::logging::with_causes(e.as_ref());
+                tracing::error!("reload: {e}");
+                let message = format!("reload failed part way (what could be applied was): {e}");
                 (ReloadResult::Failed, message)
             }
         };
@@ -181,10 +182,10 @@ impl<H: HostIo> Daemon<H> {
             if let Some(n) = old.nic(&nic)
                 && let Err(e) = self.host.clear_counters(n.slot)
             {
-                tracing::warn!("{nic}: {e}");
+                tracing::warn!(interface = %nic, "{nic}: {e}");
             }
             self.groups.release_slot(&nic);
-            tracing::info!("{nic} left group {}", old.name());
+            tracing::info!(interface = %nic, "{nic} left group {}", old.name());
         }
         for (ifindex, cidr) in retirement.data_addresses {
             match self.host.del_address(ifindex, cidr).await {

@@ -15,7 +15,7 @@ use crate::{
         NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteInputs, RouteState,
         TableChange,
     },
-    daemon::{Daemon, host_io::HostIo},
+    daemon::{Daemon, host_io::HostIo, logging::with_causes},
     net::address::IpCidr,
     net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, RouteNotice},
     net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind},
@@ -434,8 +434,10 @@ impl<H: HostIo> Daemon<H> {
                 Err(e) => {
                     let now = self.host.now();
                     self.routing.whole = true;
-                    self.routing
-                        .failed(format!("reading mpathd's routes: {e:#}"), now);
+                    self.routing.failed(
+                        format!("reading mpathd's routes: {}", with_causes(e.as_ref())),
+                        now,
+                    );
                     return;
                 }
             }
@@ -455,7 +457,11 @@ impl<H: HostIo> Daemon<H> {
             match self.host.main_routes_through(oif).await {
                 Ok(found) => self.routing.main.replace_through(oif, found),
                 Err(e) => {
-                    tracing::error!("reading the main table's routes through ifindex {oif}: {e:#}")
+                    let nic = self.groups.nic_at(oif).map_or_else(
+                        || format!("ifindex {oif}"),
+                        |at| self.groups.nic(at).name.clone(),
+                    );
+                    tracing::error!(interface = %nic, "reading the main table's routes through {nic}: {}", with_causes(&e))
                 }
             }
         }
@@ -805,7 +811,9 @@ impl<H: HostIo> Daemon<H> {
                 }
             }
             Ok(None) => {}
-            Err(e) => self.routing.failed(format!("{e:#}"), self.host.now()),
+            Err(e) => self
+                .routing
+                .failed(with_causes(e.as_ref()), self.host.now()),
         }
     }
 
@@ -1072,6 +1080,7 @@ impl<H: HostIo> Daemon<H> {
                         Some(libc::ENETDOWN | libc::ENETUNREACH | libc::EHOSTUNREACH)
                     ) {
                         tracing::warn!(
+                            interface = %nic,
                             "the group's routes{via} leave {nic} out for now: the kernel refused its nexthop ({e})"
                         );
                         return Ok(None);

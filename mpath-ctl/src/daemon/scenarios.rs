@@ -4,12 +4,15 @@
 //! then holds.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use mpath_common::sources::SourceClass;
 use tokio::sync::mpsc;
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
 
 use crate::{
     api::control::{Command, Reply, Request},
@@ -21,7 +24,7 @@ use crate::{
         fake_host::{Effect, FakeHost},
         group::GroupRuntime,
         host::check_on,
-        host_io::{CarrierLoss, HostEvent, HostIo},
+        host_io::{CarrierLoss, HostEvent, HostIo, Rtnetlink as _},
         probing::ProbeContext,
         service::Notifier,
         teardown::{remove_routes_from, remove_test_addresses_from},
@@ -239,6 +242,94 @@ impl Scenario {
             .into_iter()
             .filter(|i| self.host().addresses_on(*i).contains(&address))
             .collect()
+    }
+}
+
+/// A line of the daemon's log, with its fields.
+#[derive(Debug, Clone)]
+struct Logged {
+    thread: std::thread::ThreadId,
+    level: tracing::Level,
+    message: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl Logged {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+}
+
+/// The log lines (INFO and up) of every test, each with its thread. One global subscriber
+/// rather than one per test: tracing caches per log statement whether anyone listens, and
+/// thread-local subscribers that come and go in parallel tests leave it wrong.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Logged>>>);
+
+static LOG: std::sync::OnceLock<Log> = std::sync::OnceLock::new();
+
+impl Log {
+    /// The log of the test's thread (a tokio test runs on one).
+    fn capture() -> ThreadLog {
+        let log = LOG.get_or_init(|| {
+            let log = Log::default();
+            let subscriber = tracing_subscriber::registry().with(log.clone());
+            tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+            log
+        });
+        ThreadLog {
+            log: log.clone(),
+            thread: std::thread::current().id(),
+        }
+    }
+}
+
+/// What one test's thread logged.
+struct ThreadLog {
+    log: Log,
+    thread: std::thread::ThreadId,
+}
+
+impl ThreadLog {
+    /// The lines whose message contains `text`.
+    fn containing(&self, text: &str) -> Vec<Logged> {
+        let lines = self.log.0.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.thread == self.thread && l.message.contains(text))
+            .cloned()
+            .collect()
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Log {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if *event.metadata().level() > tracing::Level::INFO {
+            return;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let mut fields = fields.0;
+        let message = fields.remove("message").unwrap_or_default();
+        self.0.lock().unwrap().push(Logged {
+            thread: std::thread::current().id(),
+            level: *event.metadata().level(),
+            message,
+            fields,
+        });
+    }
+}
+
+#[derive(Default)]
+struct Fields(BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
     }
 }
 
@@ -1194,4 +1285,53 @@ async fn a_check_refuses_a_data_address_a_nic_outside_the_groups_holds_and_names
         "{:?}",
         check.warnings
     );
+}
+
+/// A clean start puts the data addresses on their NICs, which is no restore; an address
+/// someone deletes afterwards is.
+#[tokio::test]
+async fn a_clean_start_places_the_addresses_and_only_a_deleted_one_is_restored() {
+    let log = Log::capture();
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    assert!(log.containing("Restored missing").is_empty());
+    let placed = log.containing("Data addresses 192.0.2.20/24 are on NIC h0");
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    assert_eq!(placed[0].field("group"), Some("g0"));
+    assert_eq!(placed[0].field("interface"), Some("h0"));
+
+    s.host()
+        .del_address(H0, cidr("192.0.2.20/24"))
+        .await
+        .unwrap();
+    s.settle().await;
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    let restored = log.containing("Restored missing data addresses on NIC h0");
+    assert_eq!(restored.len(), 1, "{restored:?}");
+}
+
+/// A probe failure's line says which targets lost how many probes, with the group and NIC
+/// as fields.
+#[tokio::test]
+async fn a_probe_failure_names_its_targets_and_the_probes_they_lost() {
+    let log = Log::capture();
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    s.host_mut().silent.insert(H0);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == PROBES_LOST)
+            .await
+    );
+    let failures = log.containing("NIC failure detected on h0 of group g0");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let failure = &failures[0];
+    assert_eq!(failure.level, tracing::Level::WARN);
+    assert_eq!(failure.field("group"), Some("g0"));
+    assert_eq!(failure.field("interface"), Some("h0"));
+    let (_, probes) = failure
+        .message
+        .split_once(": probes IPv4 192.0.2.1 lost ")
+        .unwrap();
+    let (lost, decided) = probes.split_once(" of ").unwrap();
+    let (lost, decided): (u32, u32) = (lost.parse().unwrap(), decided.parse().unwrap());
+    assert!(lost >= 5 && lost <= decided, "{}", failure.message);
 }

@@ -11,7 +11,7 @@ use crate::{
     config::SourceSelection,
     core::identity::GroupId,
     core::{routes::Plan, sources},
-    daemon::{Daemon, host_io::HostIo},
+    daemon::{Daemon, host_io::HostIo, logging::with_causes},
     datapath::sources::Served,
     net::address::IpCidr,
 };
@@ -195,21 +195,6 @@ impl<H: HostIo> Daemon<H> {
             );
         }
     }
-}
-
-/// An error with those of its causes its message does not already include (a failed system
-/// call names its errno only in its cause).
-pub(super) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        cause = c.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::{
     daemon::{
         Daemon,
         host_io::{HostEvent, HostIo},
+        logging,
         service::Notifier,
     },
     net::probe_socket::monotonic_ns,
@@ -142,10 +143,12 @@ impl<H: HostIo> Daemon<H> {
         for (nic, reported_ns) in confirmed {
             let took_us = monotonic_ns().saturating_sub(reported_ns) / 1000;
             tracing::info!(
+                interface = %nic,
                 "{nic} failed over {took_us} us after its driver reported the carrier loss \
                  (addresses, bucket table and nexthop groups moved)"
             );
         }
+        logging::summarise_repeats();
         if let Some((to, reply)) = answer {
             let _: Result<_, _> = to.send(reply);
         }

@@ -58,6 +58,24 @@ pub(crate) enum MulticastError {
     Report { ifindex: u32, source: io::Error },
 }
 
+impl MulticastError {
+    /// The error with the NIC's name where it has an ifindex, for the log.
+    pub(crate) fn on_nic(&self, nic: &str) -> String {
+        match self {
+            MulticastError::Join { group, source, .. } => {
+                format!("joining {group} on {nic}: {source}")
+            }
+            MulticastError::Leave { group, source, .. } => {
+                format!("leaving {group} on {nic}: {source}")
+            }
+            MulticastError::Report { source, .. } => {
+                format!("reporting IPv4 multicast groups on {nic}: {source}")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// The IGMP version the kernel speaks on a NIC: the oldest it heard a querier use lately
 /// (the `Querier` column of `/proc/net/igmp`), V3 when none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -392,6 +410,20 @@ fn membership(socket: &Socket, ifindex: u32, group: IpAddr, add: bool) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_on_a_nic_is_told_with_its_name_not_its_ifindex() {
+        let join = MulticastError::Join {
+            group: "239.1.1.1".parse().unwrap(),
+            ifindex: 8,
+            source: io::Error::from_raw_os_error(libc::ENOBUFS),
+        };
+        assert_eq!(
+            join.on_nic("h1"),
+            "joining 239.1.1.1 on h1: No buffer space available (os error 105)"
+        );
+        assert!(join.to_string().contains("ifindex 8"));
+    }
 
     const IGMP: &str = "Idx\tDevice    : Count Querier\tGroup    Users Timer\tReporter
 1\tlo        :     1      V3

@@ -879,6 +879,8 @@ impl Metrics {
             (MoveKind::Failover, Some(from)) => (&e.failovers, from),
             (MoveKind::Failback, _) => (&e.failbacks, &transfer.to),
             (MoveKind::Restore, _) | (MoveKind::Failover, None) => (&e.restores, &transfer.to),
+            // A first placement restores nothing.
+            (MoveKind::Place, _) => return,
         };
         family.with_label_values(&[group, nic]).inc();
     }
