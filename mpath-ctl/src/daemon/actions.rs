@@ -8,6 +8,7 @@ use tracing::Level;
 use crate::{
     core::identity::GroupId,
     core::state::{Action, Event, FailureCause, IfState},
+    daemon::logging::FAILURES_TARGET,
     daemon::{Daemon, host_io::HostIo, reconcile::Dirty},
 };
 
@@ -114,13 +115,18 @@ impl<H: HostIo> Daemon<H> {
     }
 }
 
-/// Logs an action's line, with its group and NIC as fields for the journal.
+/// Logs an action's line, with its group and NIC as fields for the journal; a failure's
+/// is never held back as a repeat ([`FAILURES_TARGET`]).
 fn log(level: Level, group: &str, action: &Action, line: Option<String>) {
     let Some(line) = line else { return };
     let interface = action.nic();
-    if level == Level::WARN {
-        tracing::warn!(group, interface, "{line}");
-    } else {
-        tracing::info!(group, interface, "{line}");
+    let failure = matches!(
+        action,
+        Action::Failed { .. } | Action::GroupFailed | Action::FlushTargets { .. }
+    );
+    match (level == Level::WARN, failure) {
+        (true, true) => tracing::warn!(target: FAILURES_TARGET, group, interface, "{line}"),
+        (true, false) => tracing::warn!(group, interface, "{line}"),
+        (false, _) => tracing::info!(group, interface, "{line}"),
     }
 }

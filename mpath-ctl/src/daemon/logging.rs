@@ -58,6 +58,10 @@ pub fn init() {
 
 /// The target of the summaries of held-back lines, which are never held back themselves.
 const REPEATS_TARGET: &str = "mpathd::repeats";
+/// Lines of a NIC's or group's failure: never held back. Each is an event that
+/// administrators and tools count (a flapping link's repairs are damped instead), while the
+/// link lines around them, the flood of a flap storm, are.
+pub(crate) const FAILURES_TARGET: &str = "mpathd::failures";
 
 /// A warning or error is held back per its place in the code and its NIC.
 type RepeatKey = (Identifier, Option<String>);
@@ -70,7 +74,10 @@ struct HoldRepeats;
 impl<S: Subscriber> Layer<S> for HoldRepeats {
     fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
         let meta = event.metadata();
-        if *meta.level() > Level::WARN || meta.target() == REPEATS_TARGET {
+        if *meta.level() > Level::WARN
+            || meta.target() == REPEATS_TARGET
+            || meta.target() == FAILURES_TARGET
+        {
             return true;
         }
         let mut fields = LineFields::default();
@@ -204,6 +211,48 @@ mod tests {
         assert_eq!(
             with_causes(&*error),
             "moving addresses: adding 192.0.2.10/24 to h1: Permission denied (os error 13)"
+        );
+    }
+
+    #[test]
+    fn repeated_lines_are_held_back_but_never_a_failure() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        #[derive(Clone, Default)]
+        struct Written(Arc<Mutex<Vec<String>>>);
+        impl<S: Subscriber> Layer<S> for Written {
+            fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+                let mut fields = LineFields::default();
+                event.record(&mut fields);
+                self.0.lock().unwrap().push(fields.message);
+            }
+        }
+        let written = Written::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(HoldRepeats)
+            .with(written.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..10 {
+                tracing::warn!(interface = "h7", "The link has gone down on h7");
+                tracing::warn!(
+                    target: FAILURES_TARGET,
+                    interface = "h7",
+                    "NIC failure detected on h7 of group g0"
+                );
+            }
+        });
+        let lines = written.0.lock().unwrap().clone();
+        let count = |text: &str| lines.iter().filter(|l| l.as_str() == text).count();
+        assert_eq!(
+            count("The link has gone down on h7"),
+            crate::daemon::repeats::BURST as usize,
+            "{lines:?}"
+        );
+        assert_eq!(
+            count("NIC failure detected on h7 of group g0"),
+            10,
+            "{lines:?}"
         );
     }
 
