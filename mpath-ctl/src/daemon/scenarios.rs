@@ -1011,26 +1011,10 @@ async fn a_route_someone_deletes_from_mpathd_s_table_is_put_back() {
 }
 
 /// [`THREE_NICS`] with h2 a standby: it serves only in the place of a NIC that failed.
-const THREE_NICS_STANDBY: &str = r#"
-[[group]]
-name = "g0"
-targets = ["192.0.2.1"]
-[[group.interface]]
-name = "h0"
-test_address = "192.0.2.10/24"
-data_addresses = ["192.0.2.20/24"]
-[[group.interface]]
-name = "h1"
-test_address = "192.0.2.11/24"
-data_addresses = ["192.0.2.21/24"]
-[[group.interface]]
-name = "h2"
-test_address = "192.0.2.12/24"
-standby = true
-[[group.route]]
-to = "198.51.100.0/24"
-via = "192.0.2.1"
-"#;
+fn three_nics_standby() -> String {
+    let h2 = "test_address = \"192.0.2.12/24\"\n";
+    THREE_NICS.replace(h2, &format!("{h2}standby = true\n"))
+}
 
 /// Where in `effects` the first one `matches` is.
 fn position(effects: &[Effect], matches: impl Fn(&Effect) -> bool, what: &str) -> usize {
@@ -1117,7 +1101,7 @@ async fn a_failover_re_forms_the_routes_without_the_nic_that_leaves_before_anyth
     let mut host = three_nic_host();
     let group = "239.1.2.3".parse().unwrap();
     host.join_by_application(H1, group);
-    let mut s = Scenario::start(THREE_NICS_STANDBY, host).await;
+    let mut s = Scenario::start(&three_nics_standby(), host).await;
     s.run_for(PAST_QUIET).await;
     let route = cidr("198.51.100.0/24");
     assert_eq!(s.host().routed_through(route), BTreeSet::from([H0, H1]));
