@@ -686,9 +686,9 @@ fn served(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let main_prefsrc = best.iter().find_map(|(r, _)| r.prefsrc);
+    let main_prefsrcs: BTreeSet<IpAddr> = best.iter().filter_map(|(r, _)| r.prefsrc).collect();
     let route = TableRoute {
-        prefsrc: source_for(group, destination, &gateways, main_prefsrc),
+        prefsrc: source_for(group, destination, &gateways, &main_prefsrcs),
         via: Via::Group(GroupKey::new(group.name.clone(), family, gateways)),
     };
     Some(((destination, kernel_metric(destination, metric)), route))
@@ -1100,7 +1100,7 @@ fn source_for(
     group: &GroupRouting,
     destination: IpCidr,
     gateways: &[IpAddr],
-    main_prefsrc: Option<IpAddr>,
+    main_prefsrcs: &BTreeSet<IpAddr>,
 ) -> Option<IpAddr> {
     if destination.addr().is_ipv6() {
         return None;
@@ -1130,13 +1130,20 @@ fn source_for(
             .iter()
             .any(|(c, on)| c.addr() == addr && on.is_some())
     };
-    main_prefsrc.filter(|a| ours(*a)).or_else(|| {
-        let placed = || group.addresses.iter().filter(|(_, on)| on.is_some());
-        placed()
-            .find(|(c, _)| fits(c))
-            .or_else(|| placed().find(|(c, _)| c.addr().is_ipv4()))
-            .map(|(c, _)| c.addr())
-    })
+    // The lowest of main's that is the group's, not the first: the order of main's routes
+    // is the order the kernel reported them in, and an address deleted and put back (as
+    // NetworkManager does at `nmcli device reapply`) would change the route's source.
+    main_prefsrcs
+        .iter()
+        .copied()
+        .find(|a| ours(*a))
+        .or_else(|| {
+            let placed = || group.addresses.iter().filter(|(_, on)| on.is_some());
+            placed()
+                .find(|(c, _)| fits(c))
+                .or_else(|| placed().find(|(c, _)| c.addr().is_ipv4()))
+                .map(|(c, _)| c.addr())
+        })
 }
 
 /// The first id of mpathd's nexthop objects ("mp" in its high bytes). Nexthop ids are shared

@@ -15,7 +15,7 @@ use crate::{
     core::target::AddressFamily,
     daemon::{Daemon, announcer::Announcement, host_io::HostIo, is_link_local},
     net::address::IpCidr,
-    net::netlink::{AddressOptions, Origin},
+    net::netlink::{AddressOptions, NetlinkError, Origin},
 };
 
 /// What the kernel says of one address right now.
@@ -35,6 +35,9 @@ impl<H: HostIo> Daemon<H> {
         }
         if is_link_local(cidr.addr()) {
             self.start_v6(ifindex, cidr);
+        }
+        if cidr.addr().is_ipv6() && self.ipv6_off.remove(&ifindex) {
+            self.ipv6_back(ifindex).await;
         }
         let verdict = reconcile::added(&self.groups.holdings(), ifindex, cidr);
         if verdict == Added::Nothing {
@@ -159,6 +162,50 @@ impl<H: HostIo> Daemon<H> {
         adopting
     }
 
+    /// Whether `error` is a group NIC refusing an IPv6 address because IPv6 is disabled on
+    /// it. That is no fault to report as an error: NetworkManager disables IPv6 on a NIC for
+    /// a moment whenever it activates a profile there (`nmcli connection up`), which also
+    /// deletes the NIC's IPv6 addresses. It is warned of once, and the addresses go back when
+    /// IPv6 does ([`Daemon::ipv6_back`]).
+    pub(super) fn note_ipv6_disabled(
+        &mut self,
+        ifindex: u32,
+        nic: &str,
+        error: &NetlinkError,
+    ) -> bool {
+        if !error.ipv6_disabled() {
+            return false;
+        }
+        if self.ipv6_off.insert(ifindex) {
+            tracing::warn!(
+                "IPv6 is disabled on {nic} (its disable_ipv6 is set, as NetworkManager does \
+                 for a moment when it activates a profile on the NIC, at `nmcli connection \
+                 up` for one): its IPv6 addresses go back as soon as IPv6 is enabled again"
+            );
+        } else {
+            tracing::debug!("IPv6 is still disabled on {nic}: {error}");
+        }
+        true
+    }
+
+    /// An IPv6 address showed up on a NIC that refused IPv6 addresses: IPv6 is enabled again
+    /// there, and the data addresses placed on it and its IPv6 test address go back.
+    async fn ipv6_back(&mut self, ifindex: u32) {
+        let Some(at) = self.groups.nic_at(ifindex) else {
+            return;
+        };
+        let nic = self.groups.nic(at);
+        let name = nic.name.clone();
+        tracing::info!("IPv6 is enabled again on {name}: its IPv6 addresses go back");
+        let missing_test = nic
+            .test_address
+            .filter(|t| t.addr().is_ipv6() && !self.addresses.contains(&(ifindex, t.host())));
+        if let Some(test) = missing_test {
+            self.restore_test_address(&name, ifindex, test).await;
+        }
+        self.move_addresses(at.group).await;
+    }
+
     /// Whether the kernel has `cidr` on `ifindex` right now, and who made it.
     async fn kernel_lookup(&self, ifindex: u32, cidr: IpCidr) -> KernelAddress {
         match self.host.addresses_with_origin().await {
@@ -264,7 +311,9 @@ impl<H: HostIo> Daemon<H> {
                 ..Default::default()
             };
             if let Err(e) = self.host.add_address(to.0, m.addr, options).await {
-                tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
+                if !self.note_ipv6_disabled(to.0, &m.to, &e) {
+                    tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
+                }
                 continue;
             }
             if let Some(from) = m.from.as_deref().and_then(|f| group.ifindex_of(f))

@@ -4,7 +4,8 @@
 //! depends on: an address needs its link, a nexthop needs carrier on its NIC, a NIC losing
 //! carrier takes its nexthops (and the groups and routes left without a member) along without
 //! a word, a NIC taken down its IPv4 main-table routes too, a probe socket needs its source
-//! address. What the kernel would announce (links, addresses) is queued for the test to
+//! address, a NIC with IPv6 disabled takes no IPv6 address (that the kernel then deletes its
+//! IPv6 routes is not modelled). What the kernel would announce (links, addresses) is queued for the test to
 //! deliver, as the monitor would; of the route notifications, only that of a route someone
 //! deletes from mpathd's table.
 //!
@@ -58,6 +59,8 @@ pub(crate) struct FakeHost {
     clock: Cell<Instant>,
     links: RefCell<BTreeMap<u32, Link>>,
     addresses: RefCell<Vec<(u32, IpCidr, Origin)>>,
+    /// NICs (by ifindex) with IPv6 disabled (`disable_ipv6`).
+    ipv6_disabled: RefCell<BTreeSet<u32>>,
     main: RefCell<Vec<MainRoute>>,
     /// mpathd's table, by destination and metric.
     table: RefCell<BTreeMap<(IpCidr, u32), TableRoute<u32>>>,
@@ -92,6 +95,7 @@ impl FakeHost {
             clock: Cell::new(now),
             links: RefCell::default(),
             addresses: RefCell::default(),
+            ipv6_disabled: RefCell::default(),
             main: RefCell::default(),
             table: RefCell::default(),
             link_routes: RefCell::default(),
@@ -301,6 +305,36 @@ impl FakeHost {
             .push_back(NetEvent::AddressAdded { ifindex, cidr });
     }
 
+    /// Someone sets `disable_ipv6` on NIC `ifindex` (NetworkManager, for a moment, when it
+    /// activates a profile): the kernel deletes its IPv6 addresses and refuses new ones.
+    pub(super) fn disable_ipv6(&self, ifindex: u32) {
+        self.ipv6_disabled.borrow_mut().insert(ifindex);
+        let mut addresses = self.addresses.borrow_mut();
+        let mut events = self.events.borrow_mut();
+        addresses.retain(|(i, cidr, _)| {
+            let gone = *i == ifindex && cidr.addr().is_ipv6();
+            if gone {
+                events.push_back(NetEvent::AddressRemoved {
+                    ifindex,
+                    cidr: *cidr,
+                });
+            }
+            !gone
+        });
+    }
+
+    /// `disable_ipv6` cleared again: the kernel gives the NIC its link-local address.
+    pub(super) fn enable_ipv6(&self, ifindex: u32, link_local: IpCidr) {
+        self.ipv6_disabled.borrow_mut().remove(&ifindex);
+        self.addresses
+            .borrow_mut()
+            .push((ifindex, link_local, Origin::Kernel));
+        self.events.borrow_mut().push_back(NetEvent::AddressAdded {
+            ifindex,
+            cidr: link_local,
+        });
+    }
+
     fn flush_nexthops_through(&self, ifindex: u32) {
         let mut nexthops = self.nexthops.borrow_mut();
         let gone: BTreeSet<u32> = nexthops
@@ -489,6 +523,16 @@ impl HostIo for FakeHost {
                 },
                 cidr,
                 source: errno(libc::ENODEV),
+            });
+        }
+        if cidr.addr().is_ipv6() && self.ipv6_disabled.borrow().contains(&ifindex) {
+            return Err(NetlinkError::AddAddress {
+                interface: Interface {
+                    ifindex,
+                    name: None,
+                },
+                cidr,
+                source: errno(libc::EACCES),
             });
         }
         let origin = if options.mpathds {

@@ -130,6 +130,10 @@ pub(crate) struct Daemon<H = LiveHost> {
     /// NICs outside the groups with carrier, by name: ifindex, and whether they answer ARP
     /// only for their own addresses (see `DaemonConfig::isolate_arp`).
     strays: BTreeMap<String, (u32, bool)>,
+    /// Group NICs (by ifindex) that refused an IPv6 address because IPv6 is disabled on them,
+    /// as NetworkManager does for a moment whenever it activates a profile: their IPv6
+    /// addresses go back when an IPv6 address shows up on them again (IPv6 is back then).
+    ipv6_off: BTreeSet<u32>,
     announcer: Announcer,
     /// Multicast memberships of unusable NICs that mpathd holds on the NICs that took over.
     following: Following,
@@ -366,6 +370,7 @@ impl<H: HostIo> Daemon<H> {
             addresses: Vec::new(),
             ungrouped: BTreeMap::new(),
             strays: BTreeMap::new(),
+            ipv6_off: BTreeSet::new(),
             announcer: Announcer::default(),
             following: Following::new(now),
             source_hook: SourceHook::default(),

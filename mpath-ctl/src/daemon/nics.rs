@@ -646,7 +646,9 @@ impl<H: HostIo> Daemon<H> {
 
     /// Puts back the test address of `nic` that someone deleted.
     pub(super) async fn restore_test_address(&mut self, nic: &str, ifindex: u32, test: IpCidr) {
-        if let Err(e) = add_test_address(&self.host, ifindex, test).await {
+        if let Err(e) = add_test_address(&self.host, ifindex, test).await
+            && !self.note_ipv6_disabled(ifindex, nic, &e)
+        {
             tracing::error!("cannot restore test address {test} on {nic}: {e}");
         }
     }
@@ -658,6 +660,7 @@ impl<H: HostIo> Daemon<H> {
         if let Some(ifindex) = nic.ifindex.take() {
             self.host.forget_carrier(ifindex);
             self.host.forget(ifindex);
+            self.ipv6_off.remove(&ifindex);
         }
     }
 

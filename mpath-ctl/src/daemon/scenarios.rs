@@ -895,3 +895,36 @@ async fn a_route_someone_deletes_from_mpathd_s_table_is_put_back() {
         BTreeSet::from([H0, H1, H2])
     );
 }
+
+/// NetworkManager disables IPv6 on a NIC for a moment when it activates a profile there
+/// (`nmcli connection up`): the kernel deletes the NIC's IPv6 addresses and refuses them
+/// until IPv6 is enabled again. The data address goes back as soon as IPv6 does (its
+/// link-local address shows up), not at some later unrelated event, and the NIC stays ok.
+#[tokio::test]
+async fn an_ipv6_data_address_deleted_with_ipv6_disabled_goes_back_when_ipv6_returns() {
+    let config = THREE_NICS.replace(
+        r#"data_addresses = ["192.0.2.20/24"]"#,
+        r#"data_addresses = ["192.0.2.20/24", "2001:db8::20/64"]"#,
+    );
+    let mut s = Scenario::start(&config, three_nic_host()).await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+
+    s.host().disable_ipv6(H0);
+    s.settle().await;
+    assert!(
+        s.holders("2001:db8::20/64").is_empty(),
+        "the kernel refuses it while IPv6 is disabled"
+    );
+    s.host().enable_ipv6(H0, cidr("fe80::2/64"));
+    s.settle().await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+
+    // A second time, as at each `nmcli connection up`.
+    s.host().disable_ipv6(H0);
+    s.settle().await;
+    s.host().enable_ipv6(H0, cidr("fe80::2/64"));
+    s.settle().await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+}

@@ -273,6 +273,18 @@ pub enum NetlinkError {
     Rule(#[source] io::Error),
 }
 
+impl NetlinkError {
+    /// Whether the kernel refused an IPv6 address because IPv6 is disabled on the NIC
+    /// (`disable_ipv6`): EACCES means that, and only that, for an address it is asked to add.
+    pub fn ipv6_disabled(&self) -> bool {
+        matches!(
+            self,
+            NetlinkError::AddAddress { cidr, source, .. }
+                if cidr.addr().is_ipv6() && source.raw_os_error() == Some(libc::EACCES)
+        )
+    }
+}
+
 /// Requests to the kernel: dumps of links, addresses and routes, and address changes.
 #[derive(Debug)]
 pub struct Netlink {
@@ -1885,5 +1897,29 @@ mod tests {
             name: None,
         };
         assert_eq!(gone.to_string(), "ifindex 9");
+    }
+
+    #[test]
+    fn only_an_ipv6_address_refused_with_eacces_means_ipv6_is_disabled() {
+        let refused = |cidr_text: &str, errno: i32| NetlinkError::AddAddress {
+            interface: Interface {
+                ifindex: 3,
+                name: Some("h0".into()),
+            },
+            cidr: cidr(cidr_text),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert!(refused("2001:db8::19/64", libc::EACCES).ipv6_disabled());
+        assert!(!refused("192.0.2.19/24", libc::EACCES).ipv6_disabled());
+        assert!(!refused("2001:db8::19/64", libc::ENODEV).ipv6_disabled());
+        let removal = NetlinkError::DelAddress {
+            interface: Interface {
+                ifindex: 3,
+                name: None,
+            },
+            cidr: cidr("2001:db8::19/64"),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert!(!removal.ipv6_disabled());
     }
 }
