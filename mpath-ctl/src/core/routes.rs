@@ -97,6 +97,10 @@ pub struct MainTable {
 pub struct MainDelta {
     pub before: Vec<MainRoute>,
     pub after: Vec<MainRoute>,
+    /// The destinations whose routes changed at all, changed back included: a plan of the
+    /// whole table, made a part at a time, may have planned one from the routes it had in
+    /// between, and must plan it again.
+    pub touched: BTreeSet<IpCidr>,
 }
 
 impl FromIterator<MainRoute> for MainTable {
@@ -199,6 +203,7 @@ impl MainTable {
     pub fn take_delta(&mut self) -> MainDelta {
         let mut delta = MainDelta::default();
         for (key, before) in std::mem::take(&mut self.changed) {
+            delta.touched.insert(key.0);
             let after = self
                 .routes
                 .get(&key)
@@ -2135,7 +2140,12 @@ mod tests {
         table.add(moved.clone(), true);
         assert_eq!(table.at(cidr("0.0.0.0/0")).collect::<Vec<_>>(), [&moved]);
         table.add(default.clone(), true);
-        assert_eq!(table.take_delta(), MainDelta::default());
+        let delta = table.take_delta();
+        assert!(
+            delta.before.is_empty() && delta.after.is_empty(),
+            "{delta:?}"
+        );
+        assert_eq!(delta.touched, BTreeSet::from([cidr("0.0.0.0/0")]));
         // h1 leaves: its connected route and the default route go, h0's stays.
         table.remove_through(H1);
         let delta = table.take_delta();

@@ -3,13 +3,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::{
     config::SpreadMode,
     core::failover::{self, DataAddress},
     core::reconcile::{self, Added, Removed},
+    core::routes::MainRoute,
     core::spread,
     core::state::Event,
     core::target::AddressFamily,
@@ -17,6 +18,10 @@ use crate::{
     net::address::IpCidr,
     net::netlink::{AddressOptions, NetlinkError, Origin},
 };
+
+/// How long after warning that IPv6 is disabled on a NIC mpathd keeps quiet about it: one
+/// activation of a NetworkManager profile disables it twice.
+const IPV6_OFF_WARNING_QUIET: Duration = Duration::from_secs(10);
 
 /// What the kernel says of one address right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +181,13 @@ impl<H: HostIo> Daemon<H> {
         if !error.ipv6_disabled() {
             return false;
         }
-        if self.ipv6_off.insert(ifindex) {
+        let now = self.host.now();
+        let warned_lately = self
+            .ipv6_off_warned
+            .get(&ifindex)
+            .is_some_and(|at| now.saturating_duration_since(*at) < IPV6_OFF_WARNING_QUIET);
+        if self.ipv6_off.insert(ifindex) && !warned_lately {
+            self.ipv6_off_warned.insert(ifindex, now);
             tracing::warn!(
                 "IPv6 is disabled on {nic} (its disable_ipv6 is set, as NetworkManager does \
                  for a moment when it activates a profile on the NIC, at `nmcli connection \
@@ -204,6 +215,42 @@ impl<H: HostIo> Daemon<H> {
             self.restore_test_address(&name, ifindex, test).await;
         }
         self.move_addresses(at.group).await;
+    }
+
+    /// Makes again the kernel's route to the prefix of `address` on `oif`, which someone
+    /// deleted while the address stayed: without it, traffic to the prefix would not leave
+    /// through that NIC, and mpathd's table would not serve the prefix if no other NIC of the
+    /// group has an address in it.
+    pub(super) async fn restore_prefix_route(
+        &mut self,
+        oif: u32,
+        address: IpCidr,
+        route: &MainRoute,
+    ) {
+        // Disabling IPv6 on a NIC deletes its routes first and its addresses after: only an
+        // address the kernel still has is a route lost alone.
+        if !matches!(
+            self.kernel_lookup(oif, address).await,
+            KernelAddress::Has(_)
+        ) {
+            return;
+        }
+        let nic = self.groups.nic_at(oif).map_or_else(
+            || format!("ifindex {oif}"),
+            |at| self.groups.nic(at).name.clone(),
+        );
+        tracing::warn!(
+            "the route to {} through {nic} that the kernel made for data address {address} was \
+             deleted behind mpathd's back; making it again",
+            route.destination
+        );
+        match self.host.restore_prefix_route(oif, route).await {
+            // IPv6 went meanwhile: the kernel makes the route with the address when it is put
+            // back.
+            Err(e) if e.ipv6_disabled() => tracing::debug!("{e}"),
+            Err(e) => tracing::error!("{e}"),
+            Ok(()) => {}
+        }
     }
 
     /// Whether the kernel has `cidr` on `ifindex` right now, and who made it.

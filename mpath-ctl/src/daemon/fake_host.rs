@@ -29,7 +29,8 @@ use mpath_common::{
 
 use crate::{
     config::ProbeRx,
-    core::routes::{Hops, LinkRoute, MainRoute, TableRoute, Via},
+    core::reconcile::KERNEL_PROTOCOL,
+    core::routes::{Hop, Hops, LinkRoute, MainRoute, TableRoute, Via},
     core::spread::Table,
     daemon::{
         announcer::Announcement,
@@ -40,8 +41,8 @@ use crate::{
     net::multicast::{ByIfindex, IgmpVersion, MulticastError},
     net::netconf::Netconf,
     net::netlink::{
-        AddressOptions, Interface, Link, MPATHD_PROTOCOL, NetEvent, NetlinkError, Origin,
-        RouteNotice,
+        AddressOptions, Interface, Link, MAIN_TABLE, MPATHD_PROTOCOL, NetEvent, NetlinkError,
+        Origin, RouteNotice,
     },
     net::nexthop::{Nexthop, NexthopError, NexthopKind, RequestError},
 };
@@ -162,6 +163,21 @@ impl FakeHost {
                 .borrow_mut()
                 .push_back(NetEvent::RouteRemoved(notice));
         }
+    }
+
+    /// Someone deletes `route` from the main table; the kernel announces it as made by
+    /// `protocol`.
+    pub(super) fn delete_main_route(&self, route: &MainRoute, protocol: u8) {
+        self.main.borrow_mut().retain(|r| r != route);
+        self.events
+            .borrow_mut()
+            .push_back(NetEvent::RouteRemoved(RouteNotice {
+                table: MAIN_TABLE,
+                protocol,
+                route: route.clone(),
+                table_route: None,
+                replace: false,
+            }));
     }
 
     /// Gives NIC `ifindex` another hardware address, announced with the link.
@@ -639,6 +655,22 @@ impl HostIo for FakeHost {
 
     async fn del_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError> {
         self.link_routes.borrow_mut().remove(route);
+        Ok(())
+    }
+
+    async fn restore_prefix_route(&self, oif: u32, route: &MainRoute) -> Result<(), NetlinkError> {
+        let mut route = route.clone();
+        route.hops = smallvec::smallvec![Hop { oif, gateway: None }];
+        self.main.borrow_mut().push(route.clone());
+        self.events
+            .borrow_mut()
+            .push_back(NetEvent::RouteAdded(RouteNotice {
+                table: MAIN_TABLE,
+                protocol: KERNEL_PROTOCOL,
+                route,
+                table_route: None,
+                replace: false,
+            }));
         Ok(())
     }
 

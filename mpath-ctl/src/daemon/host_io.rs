@@ -94,6 +94,9 @@ pub(crate) trait HostIo {
     async fn link_routes(&self) -> Result<Vec<LinkRoute>, NetlinkError>;
     async fn set_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError>;
     async fn del_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError>;
+    /// Makes again the kernel's route to a data address's prefix through `oif`, deleted by
+    /// someone while the address stayed ([`crate::core::reconcile::prefix_route_lost`]).
+    async fn restore_prefix_route(&self, oif: u32, route: &MainRoute) -> Result<(), NetlinkError>;
     /// Gives the event socket room for a notification per route.
     fn fit_monitor(&mut self, routes: usize);
 
@@ -279,6 +282,10 @@ impl HostIo for LiveHost {
 
     async fn del_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError> {
         self.netlink.del_link_route(route).await
+    }
+
+    async fn restore_prefix_route(&self, oif: u32, route: &MainRoute) -> Result<(), NetlinkError> {
+        self.netlink.restore_prefix_route(oif, route).await
     }
 
     fn fit_monitor(&mut self, routes: usize) {

@@ -52,6 +52,7 @@ use crate::{
     api::control::{self, Command, Reply, Request},
     api::metrics::{self, Metrics},
     config::Config,
+    core::reconcile,
     core::state::Event,
     daemon::{
         announcer::Announcer,
@@ -134,6 +135,9 @@ pub(crate) struct Daemon<H = LiveHost> {
     /// as NetworkManager does for a moment whenever it activates a profile: their IPv6
     /// addresses go back when an IPv6 address shows up on them again (IPv6 is back then).
     ipv6_off: BTreeSet<u32>,
+    /// When mpathd last warned of IPv6 disabled on each NIC: NetworkManager disables it twice
+    /// within milliseconds at one activation, which is one warning.
+    ipv6_off_warned: BTreeMap<u32, Instant>,
     announcer: Announcer,
     /// Multicast memberships of unusable NICs that mpathd holds on the NICs that took over.
     following: Following,
@@ -371,6 +375,7 @@ impl<H: HostIo> Daemon<H> {
             ungrouped: BTreeMap::new(),
             strays: BTreeMap::new(),
             ipv6_off: BTreeSet::new(),
+            ipv6_off_warned: BTreeMap::new(),
             announcer: Announcer::default(),
             following: Following::new(now),
             source_hook: SourceHook::default(),
@@ -497,7 +502,19 @@ impl<H: HostIo> Daemon<H> {
                 self.address_removed(ifindex, cidr, now).await
             }
             NetEvent::RouteAdded(notice) => self.route_notice(true, notice, now),
-            NetEvent::RouteRemoved(notice) => self.route_notice(false, notice, now),
+            NetEvent::RouteRemoved(notice) => {
+                let lost = reconcile::prefix_route_lost(
+                    &self.groups.holdings(),
+                    &self.addresses,
+                    &notice.route,
+                    notice.protocol,
+                );
+                let route = notice.route.clone();
+                self.route_notice(false, notice, now);
+                if let Some((oif, address)) = lost {
+                    self.restore_prefix_route(oif, address, &route).await;
+                }
+            }
             NetEvent::RulesChanged => self.routing.rules_changed(now),
             NetEvent::NexthopDeleted { id } => self.routing.nexthop_deleted(id, now),
             NetEvent::Overrun => {

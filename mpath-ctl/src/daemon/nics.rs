@@ -661,6 +661,7 @@ impl<H: HostIo> Daemon<H> {
             self.host.forget_carrier(ifindex);
             self.host.forget(ifindex);
             self.ipv6_off.remove(&ifindex);
+            self.ipv6_off_warned.remove(&ifindex);
         }
     }
 

@@ -12,6 +12,7 @@ use mpath_common::ProbeReply;
 use crate::{
     api::control::Reply,
     config::Config,
+    core::reconcile::KERNEL_PROTOCOL,
     core::routes::{Hop, MainRoute},
     core::state::{Event, FailureCause, IfState, OfflineReason},
     daemon::{ConfigPaths, Daemon, fake_host::FakeHost, host_io::HostIo, probing::ProbeContext},
@@ -927,4 +928,54 @@ async fn an_ipv6_data_address_deleted_with_ipv6_disabled_goes_back_when_ipv6_ret
     s.host().enable_ipv6(H0, cidr("fe80::2/64"));
     s.settle().await;
     assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+}
+
+/// NetworkManager, at `nmcli device reapply`, deletes a NIC's addresses and then the routes
+/// it listed with them: when mpathd has put a data address back in between, that deletes the
+/// route the kernel made for the address's prefix, and leaves the address. mpathd makes the
+/// route again, and the group goes on serving the prefix.
+#[tokio::test]
+async fn the_kernel_s_route_to_a_data_address_s_prefix_deleted_alone_is_made_again() {
+    let prefix = MainRoute {
+        destination: cidr("192.0.2.0/24"),
+        metric: 0,
+        tos: 0,
+        plain: true,
+        prefsrc: Some("192.0.2.20".parse().unwrap()),
+        hops: smallvec::smallvec![Hop {
+            oif: H0,
+            gateway: None,
+        }],
+    };
+    let mut host = three_nic_host();
+    host.put_main_route(prefix.clone());
+    let mut s = Scenario::start(THREE_NICS, host).await;
+    s.run_for(PAST_QUIET).await;
+    let served = BTreeSet::from([H0, H1, H2]);
+    assert_eq!(s.host().routed_through(cidr("192.0.2.0/24")), served);
+
+    s.host().delete_main_route(&prefix, KERNEL_PROTOCOL);
+    s.settle().await;
+    s.run_for(Duration::from_secs(1)).await;
+    let main = s.host().main_routes().await.unwrap();
+    assert!(main.contains(&prefix), "{main:?}");
+    assert_eq!(s.host().routed_through(cidr("192.0.2.0/24")), served);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+
+    // Someone else's route is theirs to delete.
+    let static_route = MainRoute {
+        destination: cidr("203.0.113.0/24"),
+        prefsrc: None,
+        ..prefix
+    };
+    s.host_mut().put_main_route(static_route.clone());
+    s.host().delete_main_route(&static_route, 4);
+    s.settle().await;
+    assert!(
+        !s.host()
+            .main_routes()
+            .await
+            .unwrap()
+            .contains(&static_route)
+    );
 }
