@@ -251,3 +251,62 @@ fn nmcli_connection_up_and_device_reapply_cost_mpathd_s_addresses_milliseconds()
     );
     assert_eq!(main_defaults(&lab), "", "a default route in main");
 }
+
+/// A second configuration of a data address: a NetworkManager profile that also has h1's
+/// data address (`ipv4.method=manual`, what the README says not to do). While h1 is failed
+/// and mpathd has moved the address to h2, NetworkManager puts its copy back on h1 whenever it
+/// configures h1 (here at `nmcli device reapply`, which also deletes h1's test address);
+/// mpathd removes the copy and restores the test address within milliseconds, so the address
+/// is not answered for on two NICs, and the repair moves it back as usual.
+#[test]
+fn a_data_address_also_in_a_network_manager_profile_is_put_back_where_mpathd_placed_it() {
+    let lab = Lab::builder().nics(3).behind_router().build().expect("lab");
+    let host = lab.host();
+    for nic in NICS {
+        host.ip(&["link", "set", nic, "down"]).unwrap();
+    }
+    let mut profiles = profiles();
+    let (name, h1) = &mut profiles[1];
+    assert_eq!(name, "mpath-h1.nmconnection");
+    *h1 = h1
+        .replacen("[ipv4]\n", "[ipv4]\naddress1=192.0.2.20/24\n", 1)
+        .replace("method=disabled", "method=manual");
+    let connections: Vec<(&str, &str)> = profiles
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.as_str()))
+        .collect();
+    let mut nm = NetworkManager::sandbox(lab.host(), &[("mpath.conf", &conf())], &connections);
+    nm.start();
+    for nic in NICS {
+        nm.wait_activated(nic, &format!("mpath-{nic}"));
+    }
+    let mut daemon = start_mpathd(&lab);
+    lab.cut("h1").unwrap();
+    daemon.wait_until("h1 failed, its address on h2", h1_failed_over);
+    nm.nmcli(&["device", "reapply", "h1"]);
+    daemon.wait_until("NetworkManager's copy on h1 removed", |d| {
+        d.log()
+            .contains("192.0.2.20/24 was added to h1 behind mpathd's back; it lives on h2")
+    });
+    sleep(Duration::from_secs(1));
+    assert_eq!(lab.host_addrs("h1").unwrap(), ["192.0.2.22/32"]);
+    assert!(
+        lab.host_addrs("h2")
+            .unwrap()
+            .contains(&"192.0.2.20/24".to_string())
+    );
+    lab.restore("h1").unwrap();
+    daemon.wait_until("h1 repaired, its address back", h1_failed_back);
+    assert!(
+        !lab.host_addrs("h2")
+            .unwrap()
+            .contains(&"192.0.2.20/24".to_string())
+    );
+    let log = daemon.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(
+        errors.is_empty(),
+        "{errors:#?}\nNetworkManager's log:\n{}",
+        nm.log()
+    );
+}
