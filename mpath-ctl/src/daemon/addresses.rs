@@ -172,12 +172,7 @@ impl<H: HostIo> Daemon<H> {
     /// a moment whenever it activates a profile there (`nmcli connection up`), which also
     /// deletes the NIC's IPv6 addresses. It is warned of once, and the addresses go back when
     /// IPv6 does ([`Daemon::ipv6_back`]).
-    pub(super) fn note_ipv6_disabled(
-        &mut self,
-        ifindex: u32,
-        nic: &str,
-        error: &NetlinkError,
-    ) -> bool {
+    fn note_ipv6_disabled(&mut self, ifindex: u32, nic: &str, error: &NetlinkError) -> bool {
         if !error.ipv6_disabled() {
             return false;
         }
@@ -200,20 +195,15 @@ impl<H: HostIo> Daemon<H> {
     }
 
     /// An IPv6 address showed up on a NIC that refused IPv6 addresses: IPv6 is enabled again
-    /// there, and the data addresses placed on it and its IPv6 test address go back.
+    /// there, and the data addresses placed on it go back (test addresses are IPv4).
     async fn ipv6_back(&mut self, ifindex: u32) {
         let Some(at) = self.groups.nic_at(ifindex) else {
             return;
         };
-        let nic = self.groups.nic(at);
-        let name = nic.name.clone();
-        tracing::info!("IPv6 is enabled again on {name}: its IPv6 addresses go back");
-        let missing_test = nic
-            .test_address
-            .filter(|t| t.addr().is_ipv6() && !self.addresses.contains(&(ifindex, t.host())));
-        if let Some(test) = missing_test {
-            self.restore_test_address(&name, ifindex, test).await;
-        }
+        tracing::info!(
+            "IPv6 is enabled again on {}: its IPv6 addresses go back",
+            self.groups.nic(at).name
+        );
         self.move_addresses(at.group).await;
     }
 
