@@ -691,6 +691,8 @@ impl<H: HostIo> Daemon<H> {
         if let Some(ifindex) = nic.ifindex.take() {
             self.host.forget_carrier(ifindex);
             self.host.forget(ifindex);
+            self.ipv6_off.remove(&ifindex);
+            self.ipv6_off_warned.remove(&ifindex);
         }
     }
 

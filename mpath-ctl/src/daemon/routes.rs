@@ -576,6 +576,9 @@ impl<H: HostIo> Daemon<H> {
                     tracing::debug!("routes: {route:?}");
                     links.insert(route);
                 }
+                // IPv6 disabled on the NIC for a moment (NetworkManager's activation): tried
+                // again at the plan that follows its return.
+                Err(e) if e.ipv6_disabled() => tracing::debug!("{e}"),
                 Err(e) => {
                     let e = e.to_string();
                     if self.routing.link_error.as_ref() != Some(&e) {
@@ -837,12 +840,7 @@ impl<H: HostIo> Daemon<H> {
         let delta = self.routing.main.take_delta();
         let departed = std::mem::take(&mut self.routing.departed);
         let mut changes = MainChanges {
-            destinations: delta
-                .before
-                .iter()
-                .chain(&delta.after)
-                .map(|r| r.destination)
-                .collect(),
+            destinations: delta.touched.clone(),
             held_changed: false,
         };
         if changes.destinations.is_empty() {

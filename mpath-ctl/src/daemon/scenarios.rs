@@ -17,6 +17,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use crate::{
     api::control::{Command, Reply, Request},
     config::Config,
+    core::reconcile::KERNEL_PROTOCOL,
     core::routes::{Hop, MainRoute},
     core::state::{FailureCause, IfState, InterfaceStatus, OfflineReason},
     daemon::{
@@ -1334,4 +1335,87 @@ async fn a_probe_failure_names_its_targets_and_the_probes_they_lost() {
     let (lost, decided) = probes.split_once(" of ").unwrap();
     let (lost, decided): (u32, u32) = (lost.parse().unwrap(), decided.parse().unwrap());
     assert!(lost >= 5 && lost <= decided, "{}", failure.message);
+}
+
+/// NetworkManager disables IPv6 on a NIC for a moment when it activates a profile there
+/// (`nmcli connection up`): the kernel deletes the NIC's IPv6 addresses and refuses them
+/// until IPv6 is enabled again. The data address goes back as soon as IPv6 does (its
+/// link-local address shows up), not at some later unrelated event, and the NIC stays ok.
+#[tokio::test]
+async fn an_ipv6_data_address_deleted_with_ipv6_disabled_goes_back_when_ipv6_returns() {
+    let config = THREE_NICS.replace(
+        r#"data_addresses = ["192.0.2.20/24"]"#,
+        r#"data_addresses = ["192.0.2.20/24", "2001:db8::20/64"]"#,
+    );
+    let mut s = Scenario::start(&config, three_nic_host()).await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+
+    s.host().disable_ipv6(H0);
+    s.settle().await;
+    assert!(
+        s.holders("2001:db8::20/64").is_empty(),
+        "the kernel refuses it while IPv6 is disabled"
+    );
+    s.host().enable_ipv6(H0, cidr("fe80::2/64"));
+    s.settle().await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+
+    // A second time, as at each `nmcli connection up`.
+    s.host().disable_ipv6(H0);
+    s.settle().await;
+    s.host().enable_ipv6(H0, cidr("fe80::2/64"));
+    s.settle().await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+}
+
+/// NetworkManager, at `nmcli device reapply`, deletes a NIC's addresses and then the routes
+/// it listed with them: when mpathd has put a data address back in between, that deletes the
+/// route the kernel made for the address's prefix, and leaves the address. mpathd makes the
+/// route again, and the group goes on serving the prefix.
+#[tokio::test]
+async fn the_kernel_s_route_to_a_data_address_s_prefix_deleted_alone_is_made_again() {
+    let prefix = MainRoute {
+        destination: cidr("192.0.2.0/24"),
+        metric: 0,
+        tos: 0,
+        plain: true,
+        prefsrc: Some("192.0.2.20".parse().unwrap()),
+        hops: smallvec::smallvec![Hop {
+            oif: H0,
+            gateway: None,
+        }],
+    };
+    let mut host = three_nic_host();
+    host.put_main_route(prefix.clone());
+    let mut s = Scenario::start(THREE_NICS, host).await;
+    s.run_for(PAST_QUIET).await;
+    let served = BTreeSet::from([H0, H1, H2]);
+    assert_eq!(s.host().routed_through(cidr("192.0.2.0/24")), served);
+
+    s.host().delete_main_route(&prefix, KERNEL_PROTOCOL);
+    s.settle().await;
+    s.run_for(Duration::from_secs(1)).await;
+    let main = s.host().main_routes().await.unwrap();
+    assert!(main.contains(&prefix), "{main:?}");
+    assert_eq!(s.host().routed_through(cidr("192.0.2.0/24")), served);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+
+    // Someone else's route is theirs to delete.
+    let static_route = MainRoute {
+        destination: cidr("203.0.113.0/24"),
+        prefsrc: None,
+        ..prefix
+    };
+    s.host_mut().put_main_route(static_route.clone());
+    s.host().delete_main_route(&static_route, 4);
+    s.settle().await;
+    assert!(
+        !s.host()
+            .main_routes()
+            .await
+            .unwrap()
+            .contains(&static_route)
+    );
 }
