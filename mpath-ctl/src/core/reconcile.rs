@@ -362,14 +362,14 @@ pub(crate) fn retire(old: &Holdings, kept: Option<&GroupConfig>) -> Retirement {
 pub const KERNEL_PROTOCOL: u8 = 2;
 
 /// The NIC and the data address whose prefix route `route` was, when `route` (deleted from
-/// main) is the route the kernel made with the address (`proto kernel`, on-link through the
-/// NIC the address is placed on; IPv4's with the address as its source) and the address is
-/// still there (`present`): someone deleted the route and left the address. NetworkManager
-/// does, at `nmcli device reapply`: it deletes the routes it listed before mpathd put the
-/// address back. The prefix then no longer leaves through that NIC.
+/// main) is the route the kernel made with a data address placed on that NIC (`proto kernel`,
+/// on-link through the NIC; IPv4's with the address as its source). NetworkManager deletes
+/// such routes at `nmcli device reapply`, the routes it listed before mpathd put the address
+/// back, and the prefix then no longer leaves through that NIC. Whether the address is still
+/// there is for the kernel to say: IPv6 announces an address only after the route made with
+/// it (from its DAD work), so mpathd's view of the addresses lags behind the route's deletion.
 pub fn prefix_route_lost(
     groups: &[Holdings],
-    present: &[(u32, IpCidr)],
     route: &MainRoute,
     protocol: u8,
 ) -> Option<(u32, IpCidr)> {
@@ -390,7 +390,6 @@ pub fn prefix_route_lost(
         .find(|cidr| {
             cidr.network() == route.destination
                 && route.prefsrc.is_none_or(|source| source == cidr.addr())
-                && present.contains(&(*oif, *cidr))
         })
         .map(|cidr| (*oif, cidr))
 }
@@ -749,40 +748,35 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_s_prefix_route_of_a_data_address_still_there_is_lost() {
+    fn the_kernel_s_prefix_route_of_a_placed_data_address_is_lost() {
         let groups = [group_a(), group_b()];
-        let present = [(10, cidr("192.0.2.20/24")), (11, cidr("192.0.2.21/24"))];
         let route = prefix_route("192.0.2.0/24", 10, Some("192.0.2.20"));
         assert_eq!(
-            prefix_route_lost(&groups, &present, &route, KERNEL_PROTOCOL),
+            prefix_route_lost(&groups, &route, KERNEL_PROTOCOL),
             Some((10, cidr("192.0.2.20/24")))
         );
         // Someone else's route, or one through a gateway, is theirs.
-        assert_eq!(prefix_route_lost(&groups, &present, &route, 4), None);
+        assert_eq!(prefix_route_lost(&groups, &route, 4), None);
         let mut via = route.clone();
         via.hops[0].gateway = Some("192.0.2.1".parse().unwrap());
-        assert_eq!(
-            prefix_route_lost(&groups, &present, &via, KERNEL_PROTOCOL),
-            None
-        );
-        // The address went with it (the kernel deletes the route then), or it is on
-        // another NIC, or the route had another source: nothing is lost.
-        assert_eq!(
-            prefix_route_lost(&groups, &present[1..], &route, KERNEL_PROTOCOL),
-            None
-        );
+        assert_eq!(prefix_route_lost(&groups, &via, KERNEL_PROTOCOL), None);
+        // The address is placed on another NIC, or the route had another source.
         let elsewhere = prefix_route("192.0.2.0/24", 11, Some("192.0.2.20"));
         assert_eq!(
-            prefix_route_lost(&groups, &present, &elsewhere, KERNEL_PROTOCOL),
+            prefix_route_lost(&groups, &elsewhere, KERNEL_PROTOCOL),
             None
         );
-        let ipv6 = [(10, cidr("2001:db8::20/64"))];
+        let other_source = prefix_route("192.0.2.0/24", 10, Some("192.0.2.99"));
+        assert_eq!(
+            prefix_route_lost(&groups, &other_source, KERNEL_PROTOCOL),
+            None
+        );
         let mut six = group_a();
         six.addresses
             .push(address("2001:db8::20/64", "h0", Some("h0")));
         let route6 = prefix_route("2001:db8::/64", 10, None);
         assert_eq!(
-            prefix_route_lost(&[six], &ipv6, &route6, KERNEL_PROTOCOL),
+            prefix_route_lost(&[six], &route6, KERNEL_PROTOCOL),
             Some((10, cidr("2001:db8::20/64")))
         );
     }

@@ -136,6 +136,7 @@ impl<H: HostIo> Daemon<H> {
                 let group = &mut self.groups[id];
                 // Someone else's address, and now someone removed it: it is theirs to remove.
                 tracing::info!(
+                    group = group.name(),
                     "{cidr} was removed from its NIC; group {} forgets it (adopted, not configured)",
                     group.name()
                 );
@@ -163,6 +164,8 @@ impl<H: HostIo> Daemon<H> {
             let id = adoption.group;
             let group = &mut self.groups[id];
             tracing::info!(
+                group = group.name(),
+                interface = %adoption.nic,
                 "group {} adopts {} found on {}: it fails over like the data addresses",
                 group.name(),
                 adoption.cidr,
@@ -238,21 +241,26 @@ impl<H: HostIo> Daemon<H> {
         ) {
             return;
         }
-        let nic = self.groups.nic_at(oif).map_or_else(
-            || format!("ifindex {oif}"),
-            |at| self.groups.nic(at).name.clone(),
-        );
-        tracing::warn!(
-            "the route to {} through {nic} that the kernel made for data address {address} was \
-             deleted behind mpathd's back; making it again",
-            route.destination
-        );
         match self.host.restore_prefix_route(oif, route).await {
+            Ok(true) => {
+                let nic = self.groups.nic_at(oif).map_or_else(
+                    || format!("ifindex {oif}"),
+                    |at| self.groups.nic(at).name.clone(),
+                );
+                tracing::warn!(
+                    interface = %nic,
+                    "the route to {} through {nic} that the kernel made for data address \
+                     {address} was deleted behind mpathd's back; made it again",
+                    route.destination
+                );
+            }
+            // The kernel made it again with the address (mpathd put it back after its
+            // deletion took the route).
+            Ok(false) => {}
             // IPv6 went meanwhile: the kernel makes the route with the address when it is put
             // back.
             Err(e) if e.ipv6_disabled() => tracing::debug!("{e}"),
             Err(e) => tracing::error!("{e}"),
-            Ok(()) => {}
         }
     }
 
@@ -316,7 +324,11 @@ impl<H: HostIo> Daemon<H> {
                 group.name(),
                 usable.len()
             ),
-            Err(e) => tracing::error!("group {}: bucket table: {e}", group.name()),
+            Err(e) => tracing::error!(
+                group = group.name(),
+                "group {}: bucket table: {e}",
+                group.name()
+            ),
         }
         let routes_spread = group.config.spread == SpreadMode::Routes;
         for nic in group.nics.iter().filter(|n| n.attached()) {
@@ -345,7 +357,7 @@ impl<H: HostIo> Daemon<H> {
         let plan = match failover::plan(&group.fsm.nic_roles(), &group.addresses) {
             Ok(plan) => plan,
             Err(e) => {
-                tracing::error!("group {}: {e}", group.name());
+                tracing::error!(group = group.name(), "group {}: {e}", group.name());
                 return;
             }
         };

@@ -742,9 +742,16 @@ impl Rtnetlink for FakeHost {
         Ok(())
     }
 
-    async fn restore_prefix_route(&self, oif: u32, route: &MainRoute) -> Result<(), NetlinkError> {
+    async fn restore_prefix_route(
+        &self,
+        oif: u32,
+        route: &MainRoute,
+    ) -> Result<bool, NetlinkError> {
         let mut route = route.clone();
         route.hops = smallvec::smallvec![Hop { oif, gateway: None }];
+        if self.main.borrow().contains(&route) {
+            return Ok(false);
+        }
         self.main.borrow_mut().push(route.clone());
         self.events
             .borrow_mut()
@@ -755,7 +762,7 @@ impl Rtnetlink for FakeHost {
                 table_route: None,
                 replace: false,
             }));
-        Ok(())
+        Ok(true)
     }
 
     async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError> {

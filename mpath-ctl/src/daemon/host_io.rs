@@ -121,8 +121,10 @@ pub(crate) trait Rtnetlink {
     async fn set_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError>;
     async fn del_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError>;
     /// Makes again the kernel's route to a data address's prefix through `oif`, deleted by
-    /// someone while the address stayed ([`crate::core::reconcile::prefix_route_lost`]).
-    async fn restore_prefix_route(&self, oif: u32, route: &MainRoute) -> Result<(), NetlinkError>;
+    /// someone while the address stayed ([`crate::core::reconcile::prefix_route_lost`]): true
+    /// when it was missing, false when the kernel had it.
+    async fn restore_prefix_route(&self, oif: u32, route: &MainRoute)
+    -> Result<bool, NetlinkError>;
 
     // Nexthop objects.
     async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError>;
@@ -390,7 +392,11 @@ impl Rtnetlink for LiveRtnetlink {
         self.netlink.del_link_route(route).await
     }
 
-    async fn restore_prefix_route(&self, oif: u32, route: &MainRoute) -> Result<(), NetlinkError> {
+    async fn restore_prefix_route(
+        &self,
+        oif: u32,
+        route: &MainRoute,
+    ) -> Result<bool, NetlinkError> {
         self.netlink.restore_prefix_route(oif, route).await
     }
 
@@ -416,7 +422,11 @@ impl Rtnetlink for LiveHost {
         self.rtnetlink.links().await
     }
 
-    async fn restore_prefix_route(&self, oif: u32, route: &MainRoute) -> Result<(), NetlinkError> {
+    async fn restore_prefix_route(
+        &self,
+        oif: u32,
+        route: &MainRoute,
+    ) -> Result<bool, NetlinkError> {
         self.rtnetlink.restore_prefix_route(oif, route).await
     }
 

@@ -448,12 +448,8 @@ impl<H: HostIo> Daemon<H> {
             }
             NetEvent::RouteAdded(notice) => self.route_notice(true, notice, now),
             NetEvent::RouteRemoved(notice) => {
-                let lost = prefix_route_lost(
-                    &self.groups.holdings(),
-                    &self.addresses,
-                    &notice.route,
-                    notice.protocol,
-                );
+                let lost =
+                    prefix_route_lost(&self.groups.holdings(), &notice.route, notice.protocol);
                 let route = notice.route.clone();
                 self.route_notice(false, notice, now);
                 if let Some((oif, address)) = lost {

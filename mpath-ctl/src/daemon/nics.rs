@@ -258,6 +258,8 @@ impl<H: HostIo> Daemon<H> {
         let (old, test) = (nic.name.clone(), nic.test_address);
         let group = &self.groups[at.group];
         tracing::warn!(
+            group = group.name(),
+            interface = %old,
             "NIC {old} of group {} was renamed {}: it leaves the group, whose configuration names {old}",
             group.name(),
             link.name

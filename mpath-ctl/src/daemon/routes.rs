@@ -604,6 +604,7 @@ impl<H: HostIo> Daemon<H> {
         let now = self.routing.plan.default_routes();
         for (group, family) in self.routing.defaults.difference(&now) {
             tracing::warn!(
+                group = %group,
                 "group {group} has no {} default route any more: traffic to other networks \
                  has no way out through it",
                 family.ip_version()
@@ -611,6 +612,7 @@ impl<H: HostIo> Daemon<H> {
         }
         for (group, family) in now.difference(&self.routing.defaults) {
             tracing::info!(
+                group = %group,
                 "group {group} serves an {} default route",
                 family.ip_version()
             );
@@ -874,6 +876,7 @@ impl<H: HostIo> Daemon<H> {
                     );
                 } else {
                     tracing::info!(
+                        group = %name,
                         "group {name} keeps the route {route}: the kernel deleted it with its NIC"
                     );
                 }

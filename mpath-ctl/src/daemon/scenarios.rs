@@ -1370,6 +1370,74 @@ async fn an_ipv6_data_address_deleted_with_ipv6_disabled_goes_back_when_ipv6_ret
     assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
 }
 
+/// IPv6 announces an address only after the route the kernel made with it (from its DAD
+/// work). NetworkManager deletes a data address, mpathd puts it back, and NetworkManager then
+/// deletes the new prefix route before the address's notice reaches mpathd: mpathd asks the
+/// kernel whether the address is there, not its own view, and makes the route again. Where
+/// the kernel made the route again itself, nothing is logged.
+#[tokio::test]
+async fn a_prefix_route_deleted_before_its_put_back_ipv6_address_is_announced_is_made_again() {
+    let log = Log::capture();
+    let config = THREE_NICS.replace(
+        r#"data_addresses = ["192.0.2.20/24"]"#,
+        r#"data_addresses = ["192.0.2.20/24", "2001:db8::20/64"]"#,
+    );
+    let address = cidr("2001:db8::20/64");
+    let prefix = MainRoute {
+        destination: cidr("2001:db8::/64"),
+        metric: 256,
+        tos: 0,
+        plain: true,
+        prefsrc: None,
+        hops: smallvec::smallvec![Hop {
+            oif: H0,
+            gateway: None,
+        }],
+    };
+    let mut host = three_nic_host();
+    host.put_main_route(prefix.clone());
+    let mut s = Scenario::start(&config, host).await;
+    s.run_for(PAST_QUIET).await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+
+    // NetworkManager's deletion of the address, and of the route it listed with it.
+    s.host().del_address(H0, address).await.unwrap();
+    s.host().delete_main_route(&prefix, KERNEL_PROTOCOL);
+    let [removed, route_deleted] = <[NetEvent; 2]>::try_from(s.host().take_events()).unwrap();
+    s.deliver(removed).await;
+    assert_eq!(
+        s.holders("2001:db8::20/64"),
+        BTreeSet::from([H0]),
+        "put back"
+    );
+    let announced_late = s.host().take_events();
+    s.deliver(route_deleted).await;
+    for event in announced_late {
+        s.deliver(event).await;
+    }
+    s.settle().await;
+    let main = s.host().main_routes().await.unwrap();
+    assert_eq!(main.iter().filter(|r| **r == prefix).count(), 1, "{main:?}");
+    assert_eq!(
+        s.host().routed_through(cidr("2001:db8::/64")),
+        BTreeSet::from([H0, H1, H2])
+    );
+    let made_again = "that the kernel made for data address 2001:db8::20/64 was deleted";
+    assert_eq!(log.containing(made_again).len(), 1);
+
+    // The same deletion where the kernel made the route again with the address.
+    s.host().del_address(H0, address).await.unwrap();
+    s.host().delete_main_route(&prefix, KERNEL_PROTOCOL);
+    let [removed, route_deleted] = <[NetEvent; 2]>::try_from(s.host().take_events()).unwrap();
+    s.deliver(removed).await;
+    s.host_mut().put_main_route(prefix.clone());
+    s.deliver(route_deleted).await;
+    s.settle().await;
+    let main = s.host().main_routes().await.unwrap();
+    assert_eq!(main.iter().filter(|r| **r == prefix).count(), 1, "{main:?}");
+    assert_eq!(log.containing(made_again).len(), 1, "no second line");
+}
+
 /// NetworkManager, at `nmcli device reapply`, deletes a NIC's addresses and then the routes
 /// it listed with them: when mpathd has put a data address back in between, that deletes the
 /// route the kernel made for the address's prefix, and leaves the address. mpathd makes the

@@ -576,13 +576,13 @@ impl Netlink {
 
     /// Makes again the route the kernel made in main for an address's prefix (`route`, as the
     /// kernel reported its deletion: `proto kernel`, on-link, IPv4's with the address as its
-    /// source), which someone deleted while the address stayed. One there already is no
-    /// error.
+    /// source), which someone deleted while the address stayed: true when it was missing,
+    /// false when the kernel had made it again (no error).
     pub(crate) async fn restore_prefix_route(
         &self,
         oif: u32,
         route: &MainRoute,
-    ) -> Result<(), NetlinkError> {
+    ) -> Result<bool, NetlinkError> {
         let mut message = table_route_message(MAIN_TABLE, route.destination, route.metric);
         message.header.protocol = RouteProtocol::Kernel;
         if route.destination.addr().is_ipv4() {
@@ -599,8 +599,8 @@ impl Netlink {
         let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(message));
         request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
         match acknowledged(self.handle.clone().request(request)).await {
-            Ok(()) => Ok(()),
-            Err(error) if errno(&error) == Some(libc::EEXIST) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(error) if errno(&error) == Some(libc::EEXIST) => Ok(false),
             Err(error) => Err(NetlinkError::PrefixRoute {
                 destination: route.destination,
                 oif,
