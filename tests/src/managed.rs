@@ -1,8 +1,10 @@
 //! What the tests of mpathd beside a network manager share: mpathd on the lab group with
-//! default routes, a picture of what it put on the host, and an `ip monitor` that catches
-//! anything of it deleted even for a moment.
+//! default routes, a picture of what it put on the host, an `ip monitor` that catches
+//! anything of it deleted even for a moment, and one that times how long addresses go
+//! missing.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
@@ -218,10 +220,134 @@ impl<'a> Watch<'a> {
     /// Waits until the host shows the picture again after a cable flap: the routes through
     /// the NIC come back within the resilient groups' idle timer (3 s).
     pub fn settled(&self, when: &str) {
+        self.settled_or_explain(when, String::new);
+    }
+
+    /// [`Watch::settled`], with `explain()` (mpathd's log, say) in the message when the
+    /// picture does not come back.
+    pub fn settled_or_explain(&self, when: &str, explain: impl Fn() -> String) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while snapshot(self.lab) != self.before && Instant::now() < deadline {
             sleep(Duration::from_millis(100));
         }
-        assert_eq!(snapshot(self.lab), self.before, "{when}");
+        let now = snapshot(self.lab);
+        if now != self.before {
+            let main: String = ["-4", "-6"]
+                .iter()
+                .map(|family| self.lab.host().ip(&[family, "route", "show"]).unwrap())
+                .collect();
+            panic!(
+                "{when}: the host is not as before\nbefore:\n{}\nnow:\n{now}\nmain:\n{main}\n{}",
+                self.before,
+                explain()
+            );
+        }
+    }
+}
+
+/// An address deleted from a NIC, and how long until it was on a NIC again.
+#[derive(Debug)]
+pub struct Gap {
+    pub address: String,
+    pub nic: String,
+    /// `None`: not back yet.
+    pub missing: Option<Duration>,
+}
+
+/// How long addresses go missing: an `ip -ts monitor address` of the host, each deletion
+/// paired with the address's next addition (on any NIC), timed by the kernel's messages as
+/// `ip` stamps them (microseconds), not by when this test reads them.
+pub struct AddressGaps {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl AddressGaps {
+    pub fn start(lab: &Lab) -> AddressGaps {
+        let mut child = Command::new("ip")
+            .args(["-ts", "-n", lab.host().name(), "monitor", "address"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        sleep(Duration::from_millis(200));
+        AddressGaps { child, lines }
+    }
+
+    /// The deletions seen since the last call, with how long each address was missing;
+    /// waits up to a second for the additions `ip` has yet to print.
+    pub fn take(&self) -> Vec<Gap> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while gaps(&self.lines.lock().unwrap())
+            .iter()
+            .any(|g| g.missing.is_none())
+            && Instant::now() < deadline
+        {
+            sleep(Duration::from_millis(20));
+        }
+        gaps(&std::mem::take(&mut *self.lines.lock().unwrap()))
+    }
+}
+
+/// The deletions in `lines` of `ip -ts monitor address`, with how long each address was
+/// missing.
+fn gaps(lines: &[String]) -> Vec<Gap> {
+    let mut gaps: Vec<Gap> = Vec::new();
+    // The deletions not followed by an addition yet: their gap and time.
+    let mut open: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for (at, deleted, nic, address) in lines.iter().filter_map(|l| address_message(l)) {
+        match (deleted, open.contains_key(&address)) {
+            // The kernel may report an address deleted twice (disabling IPv6 does): it has
+            // been missing since the first.
+            (true, true) => {}
+            (true, false) => {
+                open.insert(address.clone(), (gaps.len(), at));
+                gaps.push(Gap {
+                    address,
+                    nic,
+                    missing: None,
+                });
+            }
+            (false, _) => {
+                if let Some((i, since)) = open.remove(&address) {
+                    gaps[i].missing = Some(Duration::from_micros(at.saturating_sub(since)));
+                }
+            }
+        }
+    }
+    gaps
+}
+
+/// `[2026-12-07T19:09:31.381451] Deleted 3: d0    inet 192.0.2.5/24 scope global d0`: the
+/// time of day in microseconds, whether it is a deletion, the NIC and the address.
+fn address_message(line: &str) -> Option<(u64, bool, String, String)> {
+    let (stamp, rest) = line.strip_prefix('[')?.split_once("] ")?;
+    let (_, time) = stamp.split_once('T')?;
+    let (hms, micros) = time.split_once('.')?;
+    let seconds = hms
+        .split(':')
+        .try_fold(0u64, |s, part| Some(s * 60 + part.parse::<u64>().ok()?))?;
+    let at = seconds * 1_000_000 + micros.parse::<u64>().ok()?;
+    let (deleted, rest) = match rest.strip_prefix("Deleted ") {
+        Some(rest) => (true, rest),
+        None => (false, rest),
+    };
+    let mut words = rest.split_whitespace();
+    let nic = words.nth(1)?.to_string();
+    let address = words.nth(1)?.to_string();
+    Some((at, deleted, nic, address))
+}
+
+impl Drop for AddressGaps {
+    fn drop(&mut self) {
+        let _: Result<_, _> = self.child.kill();
+        let _: Result<_, _> = self.child.wait();
     }
 }

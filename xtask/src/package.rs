@@ -27,8 +27,8 @@ const FILES: &[&str] = &[
     "etc/iproute2/rt_protos.d/mpathd.conf",
     "usr/lib/sysusers.d/mpath.conf",
     "usr/share/man/man8/mpathd.8.gz",
-    "usr/share/man/man8/mpathctl.8.gz",
-    "usr/share/man/man8/mpathctl-groups.8.gz",
+    "usr/share/man/man1/mpathctl.1.gz",
+    "usr/share/man/man1/mpathctl-groups.1.gz",
     "usr/share/man/man5/mpathd.toml.5.gz",
     "usr/share/bash-completion/completions/mpathctl",
     "usr/share/zsh/vendor-completions/_mpathctl",
@@ -82,12 +82,13 @@ pub(crate) fn run() -> anyhow::Result<PathBuf> {
 fn write_assets(release: &Path) -> anyhow::Result<()> {
     let assets = release.join("deb-assets");
     let _: Result<_, _> = fs::remove_dir_all(&assets);
-    let (man8, man5, completions) = (
+    let (man1, man8, man5, completions) = (
+        assets.join("man1"),
         assets.join("man8"),
         assets.join("man5"),
         assets.join("completions"),
     );
-    for dir in [&man8, &man5, &completions] {
+    for dir in [&man1, &man8, &man5, &completions] {
         fs::create_dir_all(dir)?;
     }
     // --config: a broken /etc/mpath/mpathd.toml on the build host must not matter.
@@ -101,7 +102,7 @@ fn write_assets(release: &Path) -> anyhow::Result<()> {
             .arg("--write-man")
             .arg(&man8),
     )?;
-    exec(mpathctl().arg("write-man").arg(&man8))?;
+    exec(mpathctl().arg("write-man").arg(&man1))?;
     fs::copy(
         workspace().join("dist/mpathd.toml.5"),
         man5.join("mpathd.toml.5"),
@@ -109,7 +110,7 @@ fn write_assets(release: &Path) -> anyhow::Result<()> {
     let changelog = assets.join("changelog");
     fs::copy(workspace().join("dist/debian/changelog"), &changelog)?;
     exec(Command::new("gzip").args(["-9n"]).arg(&changelog))?;
-    for dir in [&man8, &man5] {
+    for dir in [&man1, &man8, &man5] {
         for page in fs::read_dir(dir)? {
             exec(Command::new("gzip").args(["-9n"]).arg(page?.path()))?;
         }

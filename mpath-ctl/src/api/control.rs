@@ -236,7 +236,7 @@ impl Hint {
             )),
         };
         let text = format!(
-            "# mpathd's control socket and pin directory, for mpathctl (mpathctl(8))\n{}{}",
+            "# mpathd's control socket and pin directory, for mpathctl (mpathctl(1))\n{}{}",
             line("SOCKET", &self.socket)?,
             line("BPF_PIN_DIR", &self.bpf_pin_dir)?
         );

@@ -71,18 +71,23 @@ The configuration, see \fBmpathd.toml\fR(5).
 Solaris-style defaults (FAILURE_DETECTION_TIME=, FAILBACK=, TRACK_INTERFACES_ONLY_WITH_GROUPS=).
 .TP
 \fI/run/mpath/mpathd.sock\fR
-The control socket that \fBmpathctl\fR(8) uses.
+The control socket that \fBmpathctl\fR(1) uses.
 .TP
 \fI/sys/fs/bpf/mpath\fR
 The pinned eBPF programs and maps.
 .SH SEE ALSO
-\fBmpathctl\fR(8), \fBmpathd.toml\fR(5), /usr/share/doc/mpath/README.md
+\fBmpathctl\fR(1), \fBmpathd.toml\fR(5), /usr/share/doc/mpath/README.md
 "#;
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(dir) = &args.write_man {
-        return match manpages::write(Args::command(), MAN_EXTRA, dir) {
+        return match manpages::write(
+            Args::command(),
+            manpages::Section::SystemAdministration,
+            MAN_EXTRA,
+            dir,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!(

@@ -11,7 +11,11 @@
 use std::{collections::BTreeSet, net::IpAddr};
 
 use crate::{
-    config::GroupConfig, core::failover::DataAddress, core::identity::GroupId, net::address::IpCidr,
+    config::GroupConfig,
+    core::failover::DataAddress,
+    core::identity::GroupId,
+    core::routes::{Hop, MainRoute},
+    net::address::IpCidr,
 };
 
 /// A NIC of a group, as far as its addresses are concerned.
@@ -354,6 +358,42 @@ pub(crate) fn retire(old: &Holdings, kept: Option<&GroupConfig>) -> Retirement {
     retirement
 }
 
+/// `rtm_protocol` of the routes the kernel makes itself (RTPROT_KERNEL).
+pub const KERNEL_PROTOCOL: u8 = 2;
+
+/// The NIC and the data address whose prefix route `route` was, when `route` (deleted from
+/// main) is the route the kernel made with a data address placed on that NIC (`proto kernel`,
+/// on-link through the NIC; IPv4's with the address as its source). NetworkManager deletes
+/// such routes at `nmcli device reapply`, the routes it listed before mpathd put the address
+/// back, and the prefix then no longer leaves through that NIC. Whether the address is still
+/// there is for the kernel to say: IPv6 announces an address only after the route made with
+/// it (from its DAD work), so mpathd's view of the addresses lags behind the route's deletion.
+pub fn prefix_route_lost(
+    groups: &[Holdings],
+    route: &MainRoute,
+    protocol: u8,
+) -> Option<(u32, IpCidr)> {
+    let [Hop { oif, gateway: None }] = route.hops.as_slice() else {
+        return None;
+    };
+    if protocol != KERNEL_PROTOCOL {
+        return None;
+    }
+    groups
+        .iter()
+        .flat_map(|g| {
+            g.addresses
+                .iter()
+                .filter(move |a| g.placed_ifindex(a) == Some(*oif))
+        })
+        .map(|a| a.cidr)
+        .find(|cidr| {
+            cidr.network() == route.destination
+                && route.prefsrc.is_none_or(|source| source == cidr.addr())
+        })
+        .map(|cidr| (*oif, cidr))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -693,6 +733,51 @@ mod tests {
                 data_addresses: vec![(11, cidr("192.0.2.21/24"))],
                 group_goes: false,
             }
+        );
+    }
+
+    fn prefix_route(destination: &str, oif: u32, source: Option<&str>) -> MainRoute {
+        MainRoute {
+            destination: cidr(destination),
+            metric: 0,
+            tos: 0,
+            plain: true,
+            prefsrc: source.map(|s| s.parse().unwrap()),
+            hops: smallvec::smallvec![Hop { oif, gateway: None }],
+        }
+    }
+
+    #[test]
+    fn the_kernel_s_prefix_route_of_a_placed_data_address_is_lost() {
+        let groups = [group_a(), group_b()];
+        let route = prefix_route("192.0.2.0/24", 10, Some("192.0.2.20"));
+        assert_eq!(
+            prefix_route_lost(&groups, &route, KERNEL_PROTOCOL),
+            Some((10, cidr("192.0.2.20/24")))
+        );
+        // Someone else's route, or one through a gateway, is theirs.
+        assert_eq!(prefix_route_lost(&groups, &route, 4), None);
+        let mut via = route.clone();
+        via.hops[0].gateway = Some("192.0.2.1".parse().unwrap());
+        assert_eq!(prefix_route_lost(&groups, &via, KERNEL_PROTOCOL), None);
+        // The address is placed on another NIC, or the route had another source.
+        let elsewhere = prefix_route("192.0.2.0/24", 11, Some("192.0.2.20"));
+        assert_eq!(
+            prefix_route_lost(&groups, &elsewhere, KERNEL_PROTOCOL),
+            None
+        );
+        let other_source = prefix_route("192.0.2.0/24", 10, Some("192.0.2.99"));
+        assert_eq!(
+            prefix_route_lost(&groups, &other_source, KERNEL_PROTOCOL),
+            None
+        );
+        let mut six = group_a();
+        six.addresses
+            .push(address("2001:db8::20/64", "h0", Some("h0")));
+        let route6 = prefix_route("2001:db8::/64", 10, None);
+        assert_eq!(
+            prefix_route_lost(&[six], &route6, KERNEL_PROTOCOL),
+            Some((10, cidr("2001:db8::20/64")))
         );
     }
 }

@@ -97,6 +97,10 @@ pub struct MainTable {
 pub struct MainDelta {
     pub before: Vec<MainRoute>,
     pub after: Vec<MainRoute>,
+    /// The destinations whose routes changed at all, changed back included: a plan of the
+    /// whole table, made a part at a time, may have planned one from the routes it had in
+    /// between, and must plan it again.
+    pub touched: BTreeSet<IpCidr>,
 }
 
 impl FromIterator<MainRoute> for MainTable {
@@ -199,6 +203,7 @@ impl MainTable {
     pub fn take_delta(&mut self) -> MainDelta {
         let mut delta = MainDelta::default();
         for (key, before) in std::mem::take(&mut self.changed) {
+            delta.touched.insert(key.0);
             let after = self
                 .routes
                 .get(&key)
@@ -686,9 +691,9 @@ fn served(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let main_prefsrc = best.iter().find_map(|(r, _)| r.prefsrc);
+    let main_prefsrcs: BTreeSet<IpAddr> = best.iter().filter_map(|(r, _)| r.prefsrc).collect();
     let route = TableRoute {
-        prefsrc: source_for(group, destination, &gateways, main_prefsrc),
+        prefsrc: source_for(group, destination, &gateways, &main_prefsrcs),
         via: Via::Group(GroupKey::new(group.name.clone(), family, gateways)),
     };
     Some(((destination, kernel_metric(destination, metric)), route))
@@ -1100,7 +1105,7 @@ fn source_for(
     group: &GroupRouting,
     destination: IpCidr,
     gateways: &[IpAddr],
-    main_prefsrc: Option<IpAddr>,
+    main_prefsrcs: &BTreeSet<IpAddr>,
 ) -> Option<IpAddr> {
     if destination.addr().is_ipv6() {
         return None;
@@ -1130,13 +1135,20 @@ fn source_for(
             .iter()
             .any(|(c, on)| c.addr() == addr && on.is_some())
     };
-    main_prefsrc.filter(|a| ours(*a)).or_else(|| {
-        let placed = || group.addresses.iter().filter(|(_, on)| on.is_some());
-        placed()
-            .find(|(c, _)| fits(c))
-            .or_else(|| placed().find(|(c, _)| c.addr().is_ipv4()))
-            .map(|(c, _)| c.addr())
-    })
+    // The lowest of main's that is the group's, not the first: the order of main's routes
+    // is the order the kernel reported them in, and an address deleted and put back (as
+    // NetworkManager does at `nmcli device reapply`) would change the route's source.
+    main_prefsrcs
+        .iter()
+        .copied()
+        .find(|a| ours(*a))
+        .or_else(|| {
+            let placed = || group.addresses.iter().filter(|(_, on)| on.is_some());
+            placed()
+                .find(|(c, _)| fits(c))
+                .or_else(|| placed().find(|(c, _)| c.addr().is_ipv4()))
+                .map(|(c, _)| c.addr())
+        })
 }
 
 /// The first id of mpathd's nexthop objects ("mp" in its high bytes). Nexthop ids are shared
@@ -2128,7 +2140,12 @@ mod tests {
         table.add(moved.clone(), true);
         assert_eq!(table.at(cidr("0.0.0.0/0")).collect::<Vec<_>>(), [&moved]);
         table.add(default.clone(), true);
-        assert_eq!(table.take_delta(), MainDelta::default());
+        let delta = table.take_delta();
+        assert!(
+            delta.before.is_empty() && delta.after.is_empty(),
+            "{delta:?}"
+        );
+        assert_eq!(delta.touched, BTreeSet::from([cidr("0.0.0.0/0")]));
         // h1 leaves: its connected route and the default route go, h0's stays.
         table.remove_through(H1);
         let delta = table.take_delta();

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -11,13 +11,18 @@ use crate::{
     core::failover::{self, DataAddress, MoveKind},
     core::identity::GroupId,
     core::reconcile::{self, Added, Removed},
+    core::routes::MainRoute,
     core::spread,
     core::state::Event,
     core::target::AddressFamily,
     daemon::{Daemon, announcer::Announcement, host_io::HostIo, is_link_local, reconcile::Dirty},
     net::address::IpCidr,
-    net::netlink::{AddressOptions, Origin},
+    net::netlink::{AddressOptions, NetlinkError, Origin},
 };
+
+/// How long after warning that IPv6 is disabled on a NIC mpathd keeps quiet about it: one
+/// activation of a NetworkManager profile disables it twice.
+const IPV6_OFF_WARNING_QUIET: Duration = Duration::from_secs(10);
 
 /// What the kernel says of one address right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +41,9 @@ impl<H: HostIo> Daemon<H> {
         }
         if is_link_local(cidr.addr()) {
             self.start_v6(ifindex, cidr);
+        }
+        if cidr.addr().is_ipv6() && self.ipv6_off.remove(&ifindex) {
+            self.ipv6_back(ifindex);
         }
         let verdict = reconcile::added(&self.groups.holdings(), ifindex, cidr);
         if verdict == Added::Nothing {
@@ -128,6 +136,7 @@ impl<H: HostIo> Daemon<H> {
                 let group = &mut self.groups[id];
                 // Someone else's address, and now someone removed it: it is theirs to remove.
                 tracing::info!(
+                    group = group.name(),
                     "{cidr} was removed from its NIC; group {} forgets it (adopted, not configured)",
                     group.name()
                 );
@@ -155,6 +164,8 @@ impl<H: HostIo> Daemon<H> {
             let id = adoption.group;
             let group = &mut self.groups[id];
             tracing::info!(
+                group = group.name(),
+                interface = %adoption.nic,
                 "group {} adopts {} found on {}: it fails over like the data addresses",
                 group.name(),
                 adoption.cidr,
@@ -169,6 +180,88 @@ impl<H: HostIo> Daemon<H> {
             adopting.insert(id);
         }
         adopting
+    }
+
+    /// Whether `error` is a group NIC refusing an IPv6 address because IPv6 is disabled on
+    /// it. That is no fault to report as an error: NetworkManager disables IPv6 on a NIC for
+    /// a moment whenever it activates a profile there (`nmcli connection up`), which also
+    /// deletes the NIC's IPv6 addresses. It is warned of once, and the addresses go back when
+    /// IPv6 does ([`Daemon::ipv6_back`]).
+    fn note_ipv6_disabled(&mut self, ifindex: u32, nic: &str, error: &NetlinkError) -> bool {
+        if !error.ipv6_disabled() {
+            return false;
+        }
+        let now = self.host.now();
+        let warned_lately = self
+            .ipv6_off_warned
+            .get(&ifindex)
+            .is_some_and(|at| now.saturating_duration_since(*at) < IPV6_OFF_WARNING_QUIET);
+        if self.ipv6_off.insert(ifindex) && !warned_lately {
+            self.ipv6_off_warned.insert(ifindex, now);
+            tracing::warn!(
+                "IPv6 is disabled on {nic} (its disable_ipv6 is set, as NetworkManager does \
+                 for a moment when it activates a profile on the NIC, at `nmcli connection \
+                 up` for one): its IPv6 addresses go back as soon as IPv6 is enabled again"
+            );
+        } else {
+            tracing::debug!("IPv6 is still disabled on {nic}: {error}");
+        }
+        true
+    }
+
+    /// An IPv6 address showed up on a NIC that refused IPv6 addresses: IPv6 is enabled again
+    /// there, and the data addresses placed on it go back (test addresses are IPv4) in this
+    /// turn's reconcile pass.
+    fn ipv6_back(&mut self, ifindex: u32) {
+        let Some(at) = self.groups.nic_at(ifindex) else {
+            return;
+        };
+        tracing::info!(
+            "IPv6 is enabled again on {}: its IPv6 addresses go back",
+            self.groups.nic(at).name
+        );
+        self.groups[at.group].dirty.mark(Dirty::ADDRESSES);
+    }
+
+    /// Makes again the kernel's route to the prefix of `address` on `oif`, which someone
+    /// deleted while the address stayed: without it, traffic to the prefix would not leave
+    /// through that NIC, and mpathd's table would not serve the prefix if no other NIC of the
+    /// group has an address in it.
+    pub(super) async fn restore_prefix_route(
+        &mut self,
+        oif: u32,
+        address: IpCidr,
+        route: &MainRoute,
+    ) {
+        // Disabling IPv6 on a NIC deletes its routes first and its addresses after: only an
+        // address the kernel still has is a route lost alone.
+        if !matches!(
+            self.kernel_lookup(oif, address).await,
+            KernelAddress::Has(_)
+        ) {
+            return;
+        }
+        match self.host.restore_prefix_route(oif, route).await {
+            Ok(true) => {
+                let nic = self.groups.nic_at(oif).map_or_else(
+                    || format!("ifindex {oif}"),
+                    |at| self.groups.nic(at).name.clone(),
+                );
+                tracing::warn!(
+                    interface = %nic,
+                    "the route to {} through {nic} that the kernel made for data address \
+                     {address} was deleted behind mpathd's back; made it again",
+                    route.destination
+                );
+            }
+            // The kernel made it again with the address (mpathd put it back after its
+            // deletion took the route).
+            Ok(false) => {}
+            // IPv6 went meanwhile: the kernel makes the route with the address when it is put
+            // back.
+            Err(e) if e.ipv6_disabled() => tracing::debug!("{e}"),
+            Err(e) => tracing::error!("{e}"),
+        }
     }
 
     /// Whether the kernel has `cidr` on `ifindex` right now, and who made it.
@@ -231,7 +324,11 @@ impl<H: HostIo> Daemon<H> {
                 group.name(),
                 usable.len()
             ),
-            Err(e) => tracing::error!("group {}: bucket table: {e}", group.name()),
+            Err(e) => tracing::error!(
+                group = group.name(),
+                "group {}: bucket table: {e}",
+                group.name()
+            ),
         }
         let routes_spread = group.config.spread == SpreadMode::Routes;
         for nic in group.nics.iter().filter(|n| n.attached()) {
@@ -260,7 +357,7 @@ impl<H: HostIo> Daemon<H> {
         let plan = match failover::plan(&group.fsm.nic_roles(), &group.addresses) {
             Ok(plan) => plan,
             Err(e) => {
-                tracing::error!("group {}: {e}", group.name());
+                tracing::error!(group = group.name(), "group {}: {e}", group.name());
                 return;
             }
         };
@@ -276,7 +373,9 @@ impl<H: HostIo> Daemon<H> {
                 ..Default::default()
             };
             if let Err(e) = self.host.add_address(to.0, m.addr, options).await {
-                tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
+                if !self.note_ipv6_disabled(to.0, &m.to, &e) {
+                    tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
+                }
                 continue;
             }
             if let Some(from) = m.from.as_deref().and_then(|f| group.ifindex_of(f))

@@ -4,7 +4,8 @@
 //! depends on: an address needs its link, a nexthop needs carrier on its NIC, a NIC losing
 //! carrier takes its nexthops (and the groups and routes left without a member) along without
 //! a word, a NIC taken down its IPv4 main-table routes too, a probe socket needs its source
-//! address. What the kernel would announce (links, addresses) is queued for the test to
+//! address, a NIC with IPv6 disabled takes no IPv6 address (that the kernel then deletes its
+//! IPv6 routes is not modelled). What the kernel would announce (links, addresses) is queued for the test to
 //! deliver, as the monitor would; of the route notifications, only that of a route someone
 //! deletes from mpathd's table.
 //!
@@ -32,7 +33,8 @@ use mpath_common::{
 use crate::{
     config::ProbeRx,
     core::identity::GroupId,
-    core::routes::{Hops, LinkRoute, MainRoute, TableRoute, Via},
+    core::reconcile::KERNEL_PROTOCOL,
+    core::routes::{Hop, Hops, LinkRoute, MainRoute, TableRoute, Via},
     core::spread::Table,
     daemon::{
         announcer::Announcement,
@@ -43,8 +45,8 @@ use crate::{
     net::multicast::{ByIfindex, IgmpVersion, MulticastError},
     net::netconf::Netconf,
     net::netlink::{
-        AddressOptions, Interface, Link, MPATHD_PROTOCOL, NetEvent, NetlinkError, Origin,
-        RouteNotice,
+        AddressOptions, Interface, Link, MAIN_TABLE, MPATHD_PROTOCOL, NetEvent, NetlinkError,
+        Origin, RouteNotice,
     },
     net::nexthop::{Nexthop, NexthopError, NexthopKind, RequestError},
 };
@@ -104,6 +106,8 @@ pub(crate) struct FakeHost {
     clock: Rc<Cell<Instant>>,
     links: RefCell<BTreeMap<u32, Link>>,
     addresses: RefCell<Vec<(u32, IpCidr, Origin)>>,
+    /// NICs (by ifindex) with IPv6 disabled (`disable_ipv6`).
+    ipv6_disabled: RefCell<BTreeSet<u32>>,
     main: RefCell<Vec<MainRoute>>,
     /// mpathd's table, by destination and metric.
     table: RefCell<BTreeMap<(IpCidr, u32), TableRoute<u32>>>,
@@ -141,6 +145,7 @@ impl FakeHost {
             clock: Rc::new(Cell::new(now)),
             links: RefCell::default(),
             addresses: RefCell::default(),
+            ipv6_disabled: RefCell::default(),
             main: RefCell::default(),
             table: RefCell::default(),
             link_routes: RefCell::default(),
@@ -209,6 +214,21 @@ impl FakeHost {
                 .borrow_mut()
                 .push_back(NetEvent::RouteRemoved(notice));
         }
+    }
+
+    /// Someone deletes `route` from the main table; the kernel announces it as made by
+    /// `protocol`.
+    pub(super) fn delete_main_route(&self, route: &MainRoute, protocol: u8) {
+        self.main.borrow_mut().retain(|r| r != route);
+        self.events
+            .borrow_mut()
+            .push_back(NetEvent::RouteRemoved(RouteNotice {
+                table: MAIN_TABLE,
+                protocol,
+                route: route.clone(),
+                table_route: None,
+                replace: false,
+            }));
     }
 
     /// Gives NIC `ifindex` another hardware address, announced with the link.
@@ -350,6 +370,36 @@ impl FakeHost {
         self.events
             .borrow_mut()
             .push_back(NetEvent::AddressAdded { ifindex, cidr });
+    }
+
+    /// Someone sets `disable_ipv6` on NIC `ifindex` (NetworkManager, for a moment, when it
+    /// activates a profile): the kernel deletes its IPv6 addresses and refuses new ones.
+    pub(super) fn disable_ipv6(&self, ifindex: u32) {
+        self.ipv6_disabled.borrow_mut().insert(ifindex);
+        let mut addresses = self.addresses.borrow_mut();
+        let mut events = self.events.borrow_mut();
+        addresses.retain(|(i, cidr, _)| {
+            let gone = *i == ifindex && cidr.addr().is_ipv6();
+            if gone {
+                events.push_back(NetEvent::AddressRemoved {
+                    ifindex,
+                    cidr: *cidr,
+                });
+            }
+            !gone
+        });
+    }
+
+    /// `disable_ipv6` cleared again: the kernel gives the NIC its link-local address.
+    pub(super) fn enable_ipv6(&self, ifindex: u32, link_local: IpCidr) {
+        self.ipv6_disabled.borrow_mut().remove(&ifindex);
+        self.addresses
+            .borrow_mut()
+            .push((ifindex, link_local, Origin::Kernel));
+        self.events.borrow_mut().push_back(NetEvent::AddressAdded {
+            ifindex,
+            cidr: link_local,
+        });
     }
 
     fn flush_nexthops_through(&self, ifindex: u32) {
@@ -567,6 +617,16 @@ impl Rtnetlink for FakeHost {
                 source: errno(libc::ENODEV),
             });
         }
+        if cidr.addr().is_ipv6() && self.ipv6_disabled.borrow().contains(&ifindex) {
+            return Err(NetlinkError::AddAddress {
+                interface: Interface {
+                    ifindex,
+                    name: None,
+                },
+                cidr,
+                source: errno(libc::EACCES),
+            });
+        }
         let origin = if options.mpathds {
             Origin::Mpathd
         } else {
@@ -680,6 +740,29 @@ impl Rtnetlink for FakeHost {
     async fn del_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError> {
         self.link_routes.borrow_mut().remove(route);
         Ok(())
+    }
+
+    async fn restore_prefix_route(
+        &self,
+        oif: u32,
+        route: &MainRoute,
+    ) -> Result<bool, NetlinkError> {
+        let mut route = route.clone();
+        route.hops = smallvec::smallvec![Hop { oif, gateway: None }];
+        if self.main.borrow().contains(&route) {
+            return Ok(false);
+        }
+        self.main.borrow_mut().push(route.clone());
+        self.events
+            .borrow_mut()
+            .push_back(NetEvent::RouteAdded(RouteNotice {
+                table: MAIN_TABLE,
+                protocol: KERNEL_PROTOCOL,
+                route,
+                table_route: None,
+                replace: false,
+            }));
+        Ok(true)
     }
 
     async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError> {

@@ -120,6 +120,11 @@ pub(crate) trait Rtnetlink {
     async fn link_routes(&self) -> Result<Vec<LinkRoute>, NetlinkError>;
     async fn set_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError>;
     async fn del_link_route(&self, route: &LinkRoute) -> Result<(), NetlinkError>;
+    /// Makes again the kernel's route to a data address's prefix through `oif`, deleted by
+    /// someone while the address stayed ([`crate::core::reconcile::prefix_route_lost`]): true
+    /// when it was missing, false when the kernel had it.
+    async fn restore_prefix_route(&self, oif: u32, route: &MainRoute)
+    -> Result<bool, NetlinkError>;
 
     // Nexthop objects.
     async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError>;
@@ -387,6 +392,14 @@ impl Rtnetlink for LiveRtnetlink {
         self.netlink.del_link_route(route).await
     }
 
+    async fn restore_prefix_route(
+        &self,
+        oif: u32,
+        route: &MainRoute,
+    ) -> Result<bool, NetlinkError> {
+        self.netlink.restore_prefix_route(oif, route).await
+    }
+
     async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError> {
         self.nexthops.dump().await
     }
@@ -407,6 +420,14 @@ impl Rtnetlink for LiveRtnetlink {
 impl Rtnetlink for LiveHost {
     async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
         self.rtnetlink.links().await
+    }
+
+    async fn restore_prefix_route(
+        &self,
+        oif: u32,
+        route: &MainRoute,
+    ) -> Result<bool, NetlinkError> {
+        self.rtnetlink.restore_prefix_route(oif, route).await
     }
 
     async fn link(&self, name: &str) -> Result<Option<Link>, NetlinkError> {

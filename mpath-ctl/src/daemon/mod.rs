@@ -57,6 +57,7 @@ use crate::{
     api::control,
     api::metrics::{self, Metrics},
     config::Config,
+    core::reconcile::prefix_route_lost,
     core::state::Event,
     daemon::{
         announcer::Announcer,
@@ -134,6 +135,13 @@ pub(crate) struct Daemon<H = LiveHost> {
     /// NICs outside the groups with carrier, by name: ifindex, and whether they answer ARP
     /// only for their own addresses (see `DaemonConfig::isolate_arp`).
     strays: BTreeMap<String, (u32, bool)>,
+    /// Group NICs (by ifindex) that refused an IPv6 address because IPv6 is disabled on them,
+    /// as NetworkManager does for a moment whenever it activates a profile: their IPv6
+    /// addresses go back when an IPv6 address shows up on them again (IPv6 is back then).
+    ipv6_off: BTreeSet<u32>,
+    /// When mpathd last warned of IPv6 disabled on each NIC: NetworkManager disables it twice
+    /// within milliseconds at one activation, which is one warning.
+    ipv6_off_warned: BTreeMap<u32, Instant>,
     announcer: Announcer,
     /// Multicast memberships of unusable NICs that mpathd holds on the NICs that took over.
     following: Following,
@@ -312,6 +320,8 @@ impl<H: HostIo> Daemon<H> {
             addresses: Vec::new(),
             ungrouped: BTreeMap::new(),
             strays: BTreeMap::new(),
+            ipv6_off: BTreeSet::new(),
+            ipv6_off_warned: BTreeMap::new(),
             announcer: Announcer::default(),
             following: Following::new(now),
             source_hook: SourceHook::default(),
@@ -437,7 +447,15 @@ impl<H: HostIo> Daemon<H> {
                 self.address_removed(ifindex, cidr, now).await
             }
             NetEvent::RouteAdded(notice) => self.route_notice(true, notice, now),
-            NetEvent::RouteRemoved(notice) => self.route_notice(false, notice, now),
+            NetEvent::RouteRemoved(notice) => {
+                let lost =
+                    prefix_route_lost(&self.groups.holdings(), &notice.route, notice.protocol);
+                let route = notice.route.clone();
+                self.route_notice(false, notice, now);
+                if let Some((oif, address)) = lost {
+                    self.restore_prefix_route(oif, address, &route).await;
+                }
+            }
             NetEvent::RulesChanged => self.routing.rules_changed(now),
             NetEvent::NexthopDeleted { id } => self.routing.nexthop_deleted(id, now),
             NetEvent::Overrun => {

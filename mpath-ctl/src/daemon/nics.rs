@@ -258,6 +258,8 @@ impl<H: HostIo> Daemon<H> {
         let (old, test) = (nic.name.clone(), nic.test_address);
         let group = &self.groups[at.group];
         tracing::warn!(
+            group = group.name(),
+            interface = %old,
             "NIC {old} of group {} was renamed {}: it leaves the group, whose configuration names {old}",
             group.name(),
             link.name
@@ -691,6 +693,8 @@ impl<H: HostIo> Daemon<H> {
         if let Some(ifindex) = nic.ifindex.take() {
             self.host.forget_carrier(ifindex);
             self.host.forget(ifindex);
+            self.ipv6_off.remove(&ifindex);
+            self.ipv6_off_warned.remove(&ifindex);
         }
     }
 

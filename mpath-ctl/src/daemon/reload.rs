@@ -185,7 +185,7 @@ impl<H: HostIo> Daemon<H> {
                 tracing::warn!(interface = %nic, "{nic}: {e}");
             }
             self.groups.release_slot(&nic);
-            tracing::info!(interface = %nic, "{nic} left group {}", old.name());
+            tracing::info!(group = old.name(), interface = %nic, "{nic} left group {}", old.name());
         }
         for (ifindex, cidr) in retirement.data_addresses {
             match self.host.del_address(ifindex, cidr).await {
@@ -197,7 +197,7 @@ impl<H: HostIo> Daemon<H> {
             self.groups.release_id(old.name());
             let empty = [0u32; mpath_common::BUCKETS_PER_GROUP as usize];
             if let Err(e) = self.host.write_table(old.id, &empty, |_| [0; 6]) {
-                tracing::warn!("group {}: {e}", old.name());
+                tracing::warn!(group = old.name(), "group {}: {e}", old.name());
             }
         }
     }

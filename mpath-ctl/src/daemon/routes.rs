@@ -576,6 +576,9 @@ impl<H: HostIo> Daemon<H> {
                     tracing::debug!("routes: {route:?}");
                     links.insert(route);
                 }
+                // IPv6 disabled on the NIC for a moment (NetworkManager's activation): tried
+                // again at the plan that follows its return.
+                Err(e) if e.ipv6_disabled() => tracing::debug!("{e}"),
                 Err(e) => {
                     let e = e.to_string();
                     if self.routing.link_error.as_ref() != Some(&e) {
@@ -601,6 +604,7 @@ impl<H: HostIo> Daemon<H> {
         let now = self.routing.plan.default_routes();
         for (group, family) in self.routing.defaults.difference(&now) {
             tracing::warn!(
+                group = %group,
                 "group {group} has no {} default route any more: traffic to other networks \
                  has no way out through it",
                 family.ip_version()
@@ -608,6 +612,7 @@ impl<H: HostIo> Daemon<H> {
         }
         for (group, family) in now.difference(&self.routing.defaults) {
             tracing::info!(
+                group = %group,
                 "group {group} serves an {} default route",
                 family.ip_version()
             );
@@ -837,12 +842,7 @@ impl<H: HostIo> Daemon<H> {
         let delta = self.routing.main.take_delta();
         let departed = std::mem::take(&mut self.routing.departed);
         let mut changes = MainChanges {
-            destinations: delta
-                .before
-                .iter()
-                .chain(&delta.after)
-                .map(|r| r.destination)
-                .collect(),
+            destinations: delta.touched.clone(),
             held_changed: false,
         };
         if changes.destinations.is_empty() {
@@ -876,6 +876,7 @@ impl<H: HostIo> Daemon<H> {
                     );
                 } else {
                     tracing::info!(
+                        group = %name,
                         "group {name} keeps the route {route}: the kernel deleted it with its NIC"
                     );
                 }

@@ -17,6 +17,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use crate::{
     api::control::{Command, Reply, Request},
     config::Config,
+    core::reconcile::KERNEL_PROTOCOL,
     core::routes::{Hop, MainRoute},
     core::state::{FailureCause, IfState, InterfaceStatus, OfflineReason},
     daemon::{
@@ -1318,4 +1319,155 @@ async fn a_probe_failure_names_its_targets_and_the_probes_they_lost() {
     let (lost, decided) = probes.split_once(" of ").unwrap();
     let (lost, decided): (u32, u32) = (lost.parse().unwrap(), decided.parse().unwrap());
     assert!(lost >= 5 && lost <= decided, "{}", failure.message);
+}
+
+/// NetworkManager disables IPv6 on a NIC for a moment when it activates a profile there
+/// (`nmcli connection up`): the kernel deletes the NIC's IPv6 addresses and refuses them
+/// until IPv6 is enabled again. The data address goes back as soon as IPv6 does (its
+/// link-local address shows up), not at some later unrelated event, and the NIC stays ok.
+#[tokio::test]
+async fn an_ipv6_data_address_deleted_with_ipv6_disabled_goes_back_when_ipv6_returns() {
+    let config = THREE_NICS.replace(
+        r#"data_addresses = ["192.0.2.20/24"]"#,
+        r#"data_addresses = ["192.0.2.20/24", "2001:db8::20/64"]"#,
+    );
+    let mut s = Scenario::start(&config, three_nic_host()).await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+
+    s.host().disable_ipv6(H0);
+    s.settle().await;
+    assert!(
+        s.holders("2001:db8::20/64").is_empty(),
+        "the kernel refuses it while IPv6 is disabled"
+    );
+    s.host().enable_ipv6(H0, cidr("fe80::2/64"));
+    s.settle().await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+    assert_eq!(s.state_of("h0"), IfState::Ok);
+
+    // A second time, as at each `nmcli connection up`.
+    s.host().disable_ipv6(H0);
+    s.settle().await;
+    s.host().enable_ipv6(H0, cidr("fe80::2/64"));
+    s.settle().await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+}
+
+/// IPv6 announces an address only after the route the kernel made with it (from its DAD
+/// work). NetworkManager deletes a data address, mpathd puts it back, and NetworkManager then
+/// deletes the new prefix route before the address's notice reaches mpathd: mpathd asks the
+/// kernel whether the address is there, not its own view, and makes the route again. Where
+/// the kernel made the route again itself, nothing is logged.
+#[tokio::test]
+async fn a_prefix_route_deleted_before_its_put_back_ipv6_address_is_announced_is_made_again() {
+    let log = Log::capture();
+    let config = THREE_NICS.replace(
+        r#"data_addresses = ["192.0.2.20/24"]"#,
+        r#"data_addresses = ["192.0.2.20/24", "2001:db8::20/64"]"#,
+    );
+    let address = cidr("2001:db8::20/64");
+    let prefix = MainRoute {
+        destination: cidr("2001:db8::/64"),
+        metric: 256,
+        tos: 0,
+        plain: true,
+        prefsrc: None,
+        hops: smallvec::smallvec![Hop {
+            oif: H0,
+            gateway: None,
+        }],
+    };
+    let mut host = three_nic_host();
+    host.put_main_route(prefix.clone());
+    let mut s = Scenario::start(&config, host).await;
+    s.run_for(PAST_QUIET).await;
+    assert_eq!(s.holders("2001:db8::20/64"), BTreeSet::from([H0]));
+
+    // NetworkManager's deletion of the address, and of the route it listed with it.
+    s.host().del_address(H0, address).await.unwrap();
+    s.host().delete_main_route(&prefix, KERNEL_PROTOCOL);
+    let [removed, route_deleted] = <[NetEvent; 2]>::try_from(s.host().take_events()).unwrap();
+    s.deliver(removed).await;
+    assert_eq!(
+        s.holders("2001:db8::20/64"),
+        BTreeSet::from([H0]),
+        "put back"
+    );
+    let announced_late = s.host().take_events();
+    s.deliver(route_deleted).await;
+    for event in announced_late {
+        s.deliver(event).await;
+    }
+    s.settle().await;
+    let main = s.host().main_routes().await.unwrap();
+    assert_eq!(main.iter().filter(|r| **r == prefix).count(), 1, "{main:?}");
+    assert_eq!(
+        s.host().routed_through(cidr("2001:db8::/64")),
+        BTreeSet::from([H0, H1, H2])
+    );
+    let made_again = "that the kernel made for data address 2001:db8::20/64 was deleted";
+    assert_eq!(log.containing(made_again).len(), 1);
+
+    // The same deletion where the kernel made the route again with the address.
+    s.host().del_address(H0, address).await.unwrap();
+    s.host().delete_main_route(&prefix, KERNEL_PROTOCOL);
+    let [removed, route_deleted] = <[NetEvent; 2]>::try_from(s.host().take_events()).unwrap();
+    s.deliver(removed).await;
+    s.host_mut().put_main_route(prefix.clone());
+    s.deliver(route_deleted).await;
+    s.settle().await;
+    let main = s.host().main_routes().await.unwrap();
+    assert_eq!(main.iter().filter(|r| **r == prefix).count(), 1, "{main:?}");
+    assert_eq!(log.containing(made_again).len(), 1, "no second line");
+}
+
+/// NetworkManager, at `nmcli device reapply`, deletes a NIC's addresses and then the routes
+/// it listed with them: when mpathd has put a data address back in between, that deletes the
+/// route the kernel made for the address's prefix, and leaves the address. mpathd makes the
+/// route again, and the group goes on serving the prefix.
+#[tokio::test]
+async fn the_kernel_s_route_to_a_data_address_s_prefix_deleted_alone_is_made_again() {
+    let prefix = MainRoute {
+        destination: cidr("192.0.2.0/24"),
+        metric: 0,
+        tos: 0,
+        plain: true,
+        prefsrc: Some("192.0.2.20".parse().unwrap()),
+        hops: smallvec::smallvec![Hop {
+            oif: H0,
+            gateway: None,
+        }],
+    };
+    let mut host = three_nic_host();
+    host.put_main_route(prefix.clone());
+    let mut s = Scenario::start(THREE_NICS, host).await;
+    s.run_for(PAST_QUIET).await;
+    let served = BTreeSet::from([H0, H1, H2]);
+    assert_eq!(s.host().routed_through(cidr("192.0.2.0/24")), served);
+
+    s.host().delete_main_route(&prefix, KERNEL_PROTOCOL);
+    s.settle().await;
+    s.run_for(Duration::from_secs(1)).await;
+    let main = s.host().main_routes().await.unwrap();
+    assert!(main.contains(&prefix), "{main:?}");
+    assert_eq!(s.host().routed_through(cidr("192.0.2.0/24")), served);
+    assert_eq!(s.holders("192.0.2.20/24"), BTreeSet::from([H0]));
+
+    // Someone else's route is theirs to delete.
+    let static_route = MainRoute {
+        destination: cidr("203.0.113.0/24"),
+        prefsrc: None,
+        ..prefix
+    };
+    s.host_mut().put_main_route(static_route.clone());
+    s.host().delete_main_route(&static_route, 4);
+    s.settle().await;
+    assert!(
+        !s.host()
+            .main_routes()
+            .await
+            .unwrap()
+            .contains(&static_route)
+    );
 }

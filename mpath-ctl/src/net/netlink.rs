@@ -17,8 +17,9 @@ use bytes::BytesMut;
 use futures_channel::mpsc::UnboundedReceiver;
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{
-    NLM_F_REPLACE, NLMSG_OVERRUN, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NLMSG_OVERRUN,
+    NetlinkBuffer, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable,
 };
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, CacheInfo,
@@ -271,6 +272,35 @@ pub enum NetlinkError {
     },
     #[error("changing mpathd's routing rules: {0}")]
     Rule(#[source] io::Error),
+    #[error("putting back the kernel's route to {destination} through ifindex {oif}: {source}")]
+    PrefixRoute {
+        destination: IpCidr,
+        oif: u32,
+        source: io::Error,
+    },
+}
+
+impl NetlinkError {
+    /// Whether the kernel refused an IPv6 address or route because IPv6 is disabled on the
+    /// NIC (`disable_ipv6`): EACCES means that, and only that, for an address or an on-link
+    /// route it is asked to add.
+    pub fn ipv6_disabled(&self) -> bool {
+        let (added, source) = match self {
+            NetlinkError::AddAddress { cidr, source, .. } => (cidr, source),
+            NetlinkError::SetLinkRoute {
+                destination,
+                source,
+                ..
+            }
+            | NetlinkError::PrefixRoute {
+                destination,
+                source,
+                ..
+            } => (destination, source),
+            _ => return false,
+        };
+        added.addr().is_ipv6() && source.raw_os_error() == Some(libc::EACCES)
+    }
 }
 
 /// Requests to the kernel: dumps of links, addresses and routes, and address changes.
@@ -542,6 +572,41 @@ impl Netlink {
                 oif: route.oif,
                 source: io_error(error),
             })
+    }
+
+    /// Makes again the route the kernel made in main for an address's prefix (`route`, as the
+    /// kernel reported its deletion: `proto kernel`, on-link, IPv4's with the address as its
+    /// source), which someone deleted while the address stayed: true when it was missing,
+    /// false when the kernel had made it again (no error).
+    pub(crate) async fn restore_prefix_route(
+        &self,
+        oif: u32,
+        route: &MainRoute,
+    ) -> Result<bool, NetlinkError> {
+        let mut message = table_route_message(MAIN_TABLE, route.destination, route.metric);
+        message.header.protocol = RouteProtocol::Kernel;
+        if route.destination.addr().is_ipv4() {
+            message.header.scope = RouteScope::Link;
+        }
+        message.attributes.push(RouteAttribute::Oif(oif));
+        if let Some(source) = route.prefsrc {
+            message
+                .attributes
+                .push(RouteAttribute::PrefSource(route_address_of(source)));
+        }
+        // Appended beside the other NICs' routes to the prefix, as the kernel does: a plain
+        // add (NLM_F_EXCL) is refused when another NIC has one at the same metric.
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(message));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+        match acknowledged(self.handle.clone().request(request)).await {
+            Ok(()) => Ok(true),
+            Err(error) if errno(&error) == Some(libc::EEXIST) => Ok(false),
+            Err(error) => Err(NetlinkError::PrefixRoute {
+                destination: route.destination,
+                oif,
+                source: io_error(error),
+            }),
+        }
     }
 
     /// Deletes a [`LinkRoute`]; one already gone (with its NIC, say) is not an error.
@@ -1379,6 +1444,25 @@ fn route_address(address: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
+/// Waits for the kernel's answer to a request sent as is: its error, if any.
+async fn acknowledged(
+    answers: Result<
+        impl futures_util::Stream<Item = NetlinkMessage<RouteNetlinkMessage>>,
+        rtnetlink::Error,
+    >,
+) -> Result<(), rtnetlink::Error> {
+    let mut answers = std::pin::pin!(answers?);
+    while let Some(message) = answers.next().await {
+        // An acknowledgement is an error message without a code.
+        if let NetlinkPayload::Error(error) = message.payload
+            && error.code.is_some()
+        {
+            return Err(rtnetlink::Error::NetlinkError(error));
+        }
+    }
+    Ok(())
+}
+
 fn errno(error: &rtnetlink::Error) -> Option<i32> {
     match error {
         rtnetlink::Error::NetlinkError(message) => Some(message.raw_code().abs()),
@@ -1885,5 +1969,36 @@ mod tests {
             name: None,
         };
         assert_eq!(gone.to_string(), "ifindex 9");
+    }
+
+    #[test]
+    fn only_an_ipv6_address_refused_with_eacces_means_ipv6_is_disabled() {
+        let refused = |cidr_text: &str, errno: i32| NetlinkError::AddAddress {
+            interface: Interface {
+                ifindex: 3,
+                name: Some("h0".into()),
+            },
+            cidr: cidr(cidr_text),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        assert!(refused("2001:db8::19/64", libc::EACCES).ipv6_disabled());
+        assert!(!refused("192.0.2.19/24", libc::EACCES).ipv6_disabled());
+        assert!(!refused("2001:db8::19/64", libc::ENODEV).ipv6_disabled());
+        let removal = NetlinkError::DelAddress {
+            interface: Interface {
+                ifindex: 3,
+                name: None,
+            },
+            cidr: cidr("2001:db8::19/64"),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert!(!removal.ipv6_disabled());
+        let link_route = |destination: &str| NetlinkError::SetLinkRoute {
+            destination: cidr(destination),
+            oif: 3,
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert!(link_route("2001:db8::/64").ipv6_disabled());
+        assert!(!link_route("192.0.2.0/24").ipv6_disabled());
     }
 }

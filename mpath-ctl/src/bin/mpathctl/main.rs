@@ -2,6 +2,8 @@
 //!
 //! Exit codes: 0 success, 1 refused or failed, 2 bad usage (clap), 3 mpathd not running.
 
+#[cfg(test)]
+mod json_fields;
 mod table;
 
 use std::{
@@ -91,13 +93,16 @@ enum Cmd {
     Maps,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
-    /// Write the manual pages (mpathctl.8 and one per command) into DIR (for packaging).
+    /// Write the manual pages (mpathctl.1 and one per command) into DIR (for packaging).
     #[command(hide = true)]
     WriteMan { dir: PathBuf },
 }
 
-/// The parts of mpathctl(8) that clap does not know.
-const MAN_EXTRA: &str = r#".SH EXIT STATUS
+/// The parts of mpathctl(1) that clap does not know: the fields of `--json`, held to the
+/// views by a test, and the rest.
+const MAN_EXTRA: &str = concat!(
+    include_str!("json.roff"),
+    r#".SH EXIT STATUS
 0 success, 1 refused or failed, 2 bad usage, 3 mpathd not running.
 .SH FILES
 .TP
@@ -108,7 +113,8 @@ Read for the control socket and pin directory paths.
 The paths the running mpathd uses, read when the configuration is missing or unreadable.
 .SH SEE ALSO
 \fBmpathd\fR(8), \fBmpathd.toml\fR(5), /usr/share/doc/mpath/README.md
-"#;
+"#
+);
 
 fn main() -> ExitCode {
     // Output into a closed pipe (`mpathctl probes | head`) ends mpathctl quietly, as it ends
@@ -197,8 +203,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         ),
         Cmd::Reload => command(&socket, Request::Reload {}),
         Cmd::Maps => show_maps(cli, &pin_dir),
-        Cmd::WriteMan { dir } => manpages::write(Cli::command(), MAN_EXTRA, dir)
-            .with_context(|| format!("writing the manual pages into {}", dir.display())),
+        Cmd::WriteMan { dir } => manpages::write(
+            Cli::command(),
+            manpages::Section::UserCommands,
+            MAN_EXTRA,
+            dir,
+        )
+        .with_context(|| format!("writing the manual pages into {}", dir.display())),
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 *shell,
