@@ -436,7 +436,13 @@ impl FakeHost {
         if let Some(event) = self.events.borrow_mut().pop_front() {
             return Some(HostEvent::Net(event));
         }
-        let replies: Vec<ProbeReply> = std::mem::take(&mut *self.sent.borrow_mut())
+        let replies = self.answers();
+        (!replies.is_empty()).then_some(HostEvent::ProbeReplies(replies))
+    }
+
+    /// The replies to the probes sent since the last call, from every NIC but the silent ones.
+    fn answers(&self) -> Vec<ProbeReply> {
+        std::mem::take(&mut *self.sent.borrow_mut())
             .into_iter()
             .filter(|probe| !self.silent.contains(&probe.ifindex))
             .map(|probe| {
@@ -448,8 +454,7 @@ impl FakeHost {
                     probe.sent_ns + 300_000,
                 )
             })
-            .collect();
-        (!replies.is_empty()).then_some(HostEvent::ProbeReplies(replies))
+            .collect()
     }
 
     /// What the daemon did to the host since the last call, in order.
@@ -845,6 +850,10 @@ impl HostIo for FakeHost {
             // Only the daemon's own doings and probes make news on a host no test touches.
             None => std::future::pending().await,
         }
+    }
+
+    fn ready_probe_replies(&mut self) -> Vec<ProbeReply> {
+        self.answers()
     }
 
     fn ifindex_of(&self, name: &str) -> Option<u32> {

@@ -143,6 +143,8 @@ pub(crate) trait HostIo: Rtnetlink {
     fn sleep_until(&self, at: Instant) -> LocalBoxFuture<'static, ()>;
     /// Waits for the next thing the host tells; an error ends the event loop.
     async fn next_event(&mut self) -> anyhow::Result<HostEvent>;
+    /// The probe replies queued now, without waiting.
+    fn ready_probe_replies(&mut self) -> Vec<ProbeReply>;
 
     /// The ifindex the NIC `name` has right now.
     fn ifindex_of(&self, name: &str) -> Option<u32>;
@@ -578,6 +580,13 @@ impl HostIo for LiveHost {
                 },
             }
         }
+    }
+
+    fn ready_probe_replies(&mut self) -> Vec<ProbeReply> {
+        self.listening
+            .as_mut()
+            .map(|l| l.replies.ready())
+            .unwrap_or_default()
     }
 
     fn ifindex_of(&self, name: &str) -> Option<u32> {

@@ -1471,3 +1471,22 @@ async fn the_kernel_s_route_to_a_data_address_s_prefix_deleted_alone_is_made_aga
             .contains(&static_route)
     );
 }
+
+/// The event loop picks among ready inputs at random: after a stall, a timer's turn may come
+/// before the turn of replies already queued. That turn reads them first, so no probe
+/// answered in time is declared lost.
+#[tokio::test]
+async fn replies_queued_before_a_timer_turn_are_read_before_it_declares_probes_lost() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    // Only timer turns: every reply waits in the queue until one of them.
+    let end = s.daemon.host.now() + 3 * DETECTION;
+    while s.daemon.host.now() < end {
+        let wake = s.daemon.next_wakeup().min(end);
+        s.daemon.host.set_now(wake);
+        s.daemon.turn(Input::Timers).await;
+    }
+    for nic in ["h0", "h1", "h2"] {
+        assert_eq!(s.state_of(nic), IfState::Ok, "{nic}");
+    }
+}

@@ -132,7 +132,14 @@ impl<H: HostIo> Daemon<H> {
                 self.metrics.retain(&self.live_series());
                 scrape.answer(self.metrics.render(&self.metrics_snapshot()));
             }
-            Input::Timers => self.tick().await,
+            Input::Timers => {
+                // The loop picks among ready inputs at random: replies already queued are
+                // read before the timers can declare their probes lost.
+                for reply in self.host.ready_probe_replies() {
+                    self.probe_reply(reply);
+                }
+                self.tick().await
+            }
             Input::RouteStep => self.route_step().await,
             // SIGHUP has no one to answer; the reload logged its result.
             Input::Reload => {

@@ -494,6 +494,11 @@ impl ProbeReplies {
         Ok(ProbeReplies { ring })
     }
 
+    /// The replies queued now, without waiting.
+    pub(crate) fn ready(&mut self) -> Vec<ProbeReply> {
+        drain(self.ring.get_mut())
+    }
+
     /// Waits until replies are queued and returns them all.
     pub(crate) async fn next_batch(&mut self) -> std::io::Result<Vec<ProbeReply>> {
         let mut guard = self.ring.readable_mut().await?;
