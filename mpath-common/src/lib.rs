@@ -11,6 +11,7 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub mod checksum;
 pub mod flow_hash;
 pub mod sources;
+pub mod transitive;
 
 /// Buckets in each group's load-spreading table. A flow's hash picks one bucket; 256 buckets
 /// give an even spread over up to dozens of NICs and let a NIC leave or join by moving only
@@ -40,7 +41,7 @@ pub const PROBE_MAGIC: u32 = 0x4d50_5448;
 
 /// Version of the pinned layout; part of the pin path so a daemon never adopts maps whose
 /// layout it does not understand (aya reuses a pinned map without checking it).
-pub const PIN_LAYOUT_VERSION: &str = "v3";
+pub const PIN_LAYOUT_VERSION: &str = "v4";
 
 /// Names of the maps, as pinned under `<pin dir>/<PIN_LAYOUT_VERSION>/maps/`.
 pub mod map_names {
@@ -209,6 +210,10 @@ pub struct GroupTests {
 pub const NIC_F_TEST_V4: u32 = 1 << 0;
 /// The NIC probes over IPv6 from its link-local address.
 pub const NIC_F_TEST_V6: u32 = 1 << 1;
+/// The NIC answers the link-layer probes of its group's alternates ([`transitive`]): mpathd
+/// sets it on an active NIC whose own probes succeed, so that an alternate reaching it is
+/// healthy itself.
+pub const NIC_F_ANSWERS_LINK: u32 = 1 << 3;
 /// An operator took the NIC offline. The programs ignore it: it is kept in the pinned map so
 /// that a restarted mpathd (kill -9, upgrade) keeps the NIC offline, as Solaris keeps
 /// IFF_OFFLINE in the kernel across in.mpathd restarts.
@@ -322,6 +327,9 @@ pub struct NicCounters {
     /// them: they leave with a wrong checksum, the target drops them, and mpathd counts them
     /// as lost. Without this count that loss would look like the path's.
     pub probe_checksum_failed: u64,
+    /// Link-layer probes of the group's alternates that this NIC answered
+    /// ([`transitive`]).
+    pub link_probes_answered: u64,
     /// Rejected probe replies, by `RejectReason`.
     pub rejected: [u64; RejectReason::COUNT],
 }
@@ -340,6 +348,7 @@ impl NicCounters {
             total.probe_replies += c.probe_replies;
             total.probe_replies_lost += c.probe_replies_lost;
             total.probe_checksum_failed += c.probe_checksum_failed;
+            total.link_probes_answered += c.link_probes_answered;
             for (t, r) in total.rejected.iter_mut().zip(c.rejected.iter()) {
                 *t += r;
             }
@@ -382,10 +391,11 @@ pub struct ProbePayload {
 }
 
 impl ProbePayload {
-    /// `None` for a kind this build does not know: no probe of this host's.
+    /// `None` for a kind this build does not know, or one no ICMP probe has (a link-layer
+    /// probe's): no probe of this host's.
     #[inline(always)]
     pub fn kind(&self) -> Option<ProbeKind> {
-        ProbeKind::from_u32(self.kind)
+        ProbeKind::from_u32(self.kind).filter(|kind| *kind != ProbeKind::Transitive)
     }
 }
 
@@ -397,6 +407,9 @@ pub enum ProbeKind {
     Target = 0,
     /// An echo to every host on the link (224.0.0.1, ff02::1) to find targets.
     Discovery = 1,
+    /// A link-layer probe of an alternate to an active NIC of its group
+    /// ([`transitive::LinkProbe`]).
+    Transitive = 2,
 }
 
 impl ProbeKind {
@@ -405,6 +418,7 @@ impl ProbeKind {
         match value {
             0 => Some(ProbeKind::Target),
             1 => Some(ProbeKind::Discovery),
+            2 => Some(ProbeKind::Transitive),
             _ => None,
         }
     }
@@ -414,16 +428,25 @@ impl ProbeKind {
 pub const PROBE_WIRE_NS_OFFSET: usize = 8 + core::mem::offset_of!(ProbePayload, wire_ns);
 
 /// The tag of probe `seq` of `kind` on NIC `ifindex`: SipHash-2-4 under the run's probe key,
-/// over the 8 bytes `ifindex` and `seq` (both little-endian), with the top bit of `ifindex`
-/// (never set in a real one) set for a discovery echo. Shared by mpathd, which writes it, and
-/// the programs, which check it.
+/// over the 8 bytes `ifindex` and `seq` (both little-endian), with the top two bits of
+/// `ifindex` (never set in a real one) saying the kind: none for a target's probe, the top
+/// one for a discovery echo, the next for a link-layer probe. Both bits set is the answer of
+/// a NIC to a link-layer probe ([`transitive::answer_tag`]). Shared by mpathd, which writes
+/// it, and the programs, which check it.
 #[inline(always)]
 pub fn probe_tag(key: [u64; 2], ifindex: u32, seq: u32, kind: ProbeKind) -> u64 {
-    let kind_bit = match kind {
+    let kind_bits = match kind {
         ProbeKind::Target => 0,
         ProbeKind::Discovery => 1 << 31,
+        ProbeKind::Transitive => 1 << 30,
     };
-    siphash_2_4_u64(key, u64::from(ifindex | kind_bit) | (u64::from(seq) << 32))
+    keyed_word(key, ifindex | kind_bits, seq)
+}
+
+/// SipHash-2-4 under `key` of `low` and `high` as one little-endian 8-byte word.
+#[inline(always)]
+fn keyed_word(key: [u64; 2], low: u32, high: u32) -> u64 {
+    siphash_2_4_u64(key, u64::from(low) | (u64::from(high) << 32))
 }
 
 /// SipHash-2-4 of one 8-byte message `m` (read as a little-endian word). Straight-line
@@ -467,17 +490,21 @@ fn sip_round(v: &mut [u64; 4]) {
 /// Length of a probe's ICMP message: the 8-byte echo header and the payload.
 pub const PROBE_ICMP_LEN: usize = 8 + core::mem::size_of::<ProbePayload>();
 
+/// [`ProbeReply::family`] of a NIC's answer to a link-layer probe ([`transitive`]).
+pub const LINK_FAMILY: u32 = 0;
+
 /// A matched probe reply, queued in `PROBE_REPLIES` and kept as `LAST_REPLY` of its NIC.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeReply {
     pub ifindex: u32,
     pub seq: u32,
-    /// 4 or 6.
+    /// 4 or 6, or [`LINK_FAMILY`] for a NIC's answer to a link-layer probe.
     pub family: u32,
     /// The [`ProbeKind`] of the probe answered, as its number.
     pub kind: u32,
-    /// The replying target; IPv4 in the first 4 bytes.
+    /// The replying target; IPv4 in the first 4 bytes. For a link-layer answer, the
+    /// answering NIC: its MAC in the first 6 bytes, its ifindex in bytes 8 to 11.
     pub target: [u8; 16],
     /// From the payload: when mpathd sent the probe (CLOCK_MONOTONIC ns).
     pub sent_ns: u64,
@@ -516,7 +543,43 @@ impl ProbeReply {
         ProbeKind::from_u32(self.kind)
     }
 
-    /// The target that replied.
+    /// The answer of NIC `responder` (MAC `mac`) to link-layer probe `seq` of `ifindex`, as
+    /// the ingress program records it.
+    #[inline(always)]
+    pub fn link_answer(
+        ifindex: u32,
+        seq: u32,
+        responder: u32,
+        mac: [u8; 6],
+        sent_ns: u64,
+        received_ns: u64,
+    ) -> Self {
+        let mut target = [0; 16];
+        target[..6].copy_from_slice(&mac);
+        target[8..12].copy_from_slice(&responder.to_ne_bytes());
+        ProbeReply {
+            ifindex,
+            seq,
+            family: LINK_FAMILY,
+            kind: ProbeKind::Transitive as u32,
+            target,
+            sent_ns,
+            wire_ns: 0,
+            received_ns,
+        }
+    }
+
+    /// The NIC that answered a link-layer probe, its ifindex and MAC; `None` for a reply to
+    /// an ICMP probe.
+    pub fn responder(&self) -> Option<(u32, [u8; 6])> {
+        if self.family != LINK_FAMILY {
+            return None;
+        }
+        let [a, b, c, d, e, f, _, _, i0, i1, i2, i3, ..] = self.target;
+        Some((u32::from_ne_bytes([i0, i1, i2, i3]), [a, b, c, d, e, f]))
+    }
+
+    /// The target that replied (for a reply to an ICMP probe).
     pub fn target(&self) -> IpAddr {
         if self.family == 4 {
             let [a, b, c, d, ..] = self.target;
@@ -602,7 +665,7 @@ mod tests {
         assert_eq!(size_of::<Bucket>(), 12);
         assert_eq!(size_of::<EgressNic>(), 8);
         assert_eq!(size_of::<GroupTests>(), 4 + 16 * 4 + 16 * 12);
-        assert_eq!(size_of::<NicCounters>(), 8 * (9 + RejectReason::COUNT));
+        assert_eq!(size_of::<NicCounters>(), 8 * (10 + RejectReason::COUNT));
         assert_eq!(size_of::<ProbePayload>(), 40);
         assert_eq!(size_of::<ProbeReply>(), 16 + 16 + 24);
         assert_eq!(size_of::<Settings>(), 16);

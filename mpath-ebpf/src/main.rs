@@ -2,7 +2,8 @@
 //!
 //! - `mpath_spread` (TC egress, tcx) spreads a group's outbound flows over its usable NICs.
 //! - `mpath_probe_rx` (TC ingress, tcx) matches replies to mpathd's probes, stamps them with
-//!   kernel time and hands them to the daemon; `mpath_probe_rx_xdp` is the same matcher in
+//!   kernel time and hands them to the daemon, and answers the link-layer probes of the
+//!   group's alternates (transitive probing); `mpath_probe_rx_xdp` is the same program in
 //!   XDP, an opt-in.
 //! - `mpath_carrier_off` (fentry on `netif_carrier_off`) reports a group NIC's carrier loss
 //!   at once, where the kernel's link event may wait a second, and marks the NIC so that

@@ -105,4 +105,21 @@ impl<'a> Packet<'a> {
         // valid `T`, aligned as packet data is.
         Some(unsafe { &*(ptr as *const T) })
     }
+
+    /// Writes `value` at `offset` bytes into the packet; false when the packet is too short.
+    ///
+    /// The one place that writes packet memory. tc and XDP programs may write the bytes
+    /// their context gives (for tc the verifier makes a cloned skb's data private first).
+    #[inline(always)]
+    pub(crate) fn write_at<T: Plain>(self, offset: usize, value: T) -> bool {
+        let ptr = self.start + offset;
+        if ptr + size_of::<T>() > self.end {
+            return false;
+        }
+        // SAFETY: `[ptr, ptr + size_of::<T>())` lies inside the packet, which the program may
+        // write while its context lives; no reference into packet memory is held across it
+        // that would see the change (every read copies what it needs first).
+        unsafe { (ptr as *mut T).write_unaligned(value) };
+        true
+    }
 }

@@ -9,25 +9,32 @@
 //! MTUs attach, and reads the first buffer only, which holds any reply.
 //!
 //! A packet is a *candidate* when it is an ICMP/ICMPv6 echo reply carrying mpathd's echo
-//! identifier. A candidate is matched only if every check passes, the keyed tag of its NIC
-//! and sequence number among them; otherwise it is counted as rejected by reason and passed
-//! on (it may be someone else's reply).
+//! identifier, or a link-layer probe frame ([`mpath_common::transitive`]) with mpathd's
+//! magic. A candidate is matched only if every check passes, the keyed tag of its NIC and
+//! sequence number among them; otherwise it is counted as rejected by reason and passed on (it
+//! may be someone else's reply).
+//!
+//! A link-layer probe *request* of an alternate, sent to a NIC that answers them
+//! (`NIC_F_ANSWERS_LINK`), is answered here: turned around in place and sent back out of the
+//! NIC it came in on (a redirect to its egress, or XDP_TX), so that the alternate's probe
+//! measures the link and this NIC's driver, not mpathd's scheduling.
 
 use aya_ebpf::{
     bindings::{
         TC_ACT_SHOT, TC_ACT_UNSPEC,
-        xdp_action::{XDP_DROP, XDP_PASS},
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     },
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use mpath_common::{
-    NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_DISCOVERY_REPLY_BUDGET, PROBE_ICMP_ID,
-    PROBE_ICMP_LEN, PROBE_MAGIC, PROBE_REPLY_BUDGET, PROBE_REPLY_WINDOW_NS, ProbeKind,
-    ProbePayload, ProbeReply, RejectReason,
+    NIC_F_ANSWERS_LINK, NIC_F_TEST_V4, NIC_F_TEST_V6, NicInfo, PROBE_DISCOVERY_REPLY_BUDGET,
+    PROBE_ICMP_ID, PROBE_ICMP_LEN, PROBE_MAGIC, PROBE_REPLY_BUDGET, PROBE_REPLY_WINDOW_NS,
+    ProbeKind, ProbePayload, ProbeReply, RejectReason,
     checksum::{add_words, fold, ipv6_pseudo_header},
     probe_tag,
+    transitive::{LINK_PROBE_ETHERTYPE, LINK_PROBE_LEN, LinkProbe, LinkProbeOp},
 };
 
 use crate::{
@@ -58,12 +65,18 @@ enum Verdict {
     Rejected(RejectReason),
     /// A valid reply.
     Matched(ProbeReply),
+    /// A valid link-layer probe request to this NIC: the frame to send back, its Ethernet
+    /// addresses (destination, source) and payload.
+    Answer([u8; 12], LinkProbe),
 }
 
-/// Whether the packet goes on into the stack or was mpathd's and ends here.
+/// Whether the packet goes on into the stack, was mpathd's and ends here, or was turned into
+/// an answer to send back out.
 enum Disposition {
     Pass,
     Drop,
+    /// Rewritten in place: out through the NIC it came in on.
+    SendBack,
 }
 
 /// TC ingress: TC_ACT_UNSPEC lets every packet that is not a matched reply go on (tcx: to the
@@ -84,6 +97,8 @@ pub(crate) fn mpath_probe_rx(ctx: TcContext) -> i32 {
     match handle(Packet::of_tc(&ctx), u64::from(len), ifindex, nic) {
         Disposition::Pass => TC_ACT_UNSPEC,
         Disposition::Drop => TC_ACT_SHOT,
+        // SAFETY: plain helper call; TC_ACT_REDIRECT, or TC_ACT_SHOT for a bad ifindex.
+        Disposition::SendBack => unsafe { bpf_redirect(ifindex, 0) as i32 },
     }
 }
 
@@ -99,6 +114,7 @@ pub(crate) fn mpath_probe_rx_xdp(ctx: XdpContext) -> u32 {
     match handle(packet, packet.len() as u64, ifindex, nic) {
         Disposition::Pass => XDP_PASS,
         Disposition::Drop => XDP_DROP,
+        Disposition::SendBack => XDP_TX,
     }
 }
 
@@ -141,6 +157,24 @@ fn handle(packet: Packet<'_>, len: u64, ifindex: u32, nic: &NicInfo) -> Disposit
             });
             Disposition::Drop
         }
+        Verdict::Answer(addresses, request) => {
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_ns() };
+            // Answers draw from the NIC's reply budget: a replayed request is answered at
+            // most that often, never flooded back onto the link.
+            if !within_budget(nic.slot, now, false) {
+                return Disposition::Drop;
+            }
+            let Some(settings) = SETTINGS.get(0) else {
+                return Disposition::Pass;
+            };
+            let answer = request.answered(settings.probe_key, ifindex, now);
+            if !packet.write_at(0, addresses) || !packet.write_at(ETH_HLEN, answer.to_bytes()) {
+                return Disposition::Drop;
+            }
+            count(nic.slot, |c| c.link_probes_answered += 1);
+            Disposition::SendBack
+        }
     }
 }
 
@@ -179,7 +213,70 @@ fn classify(packet: Packet<'_>, ifindex: u32, nic: &NicInfo) -> Verdict {
     match u16::from_be(eth.ether_type) {
         ETH_P_IPV4 => classify_v4(packet, ifindex, nic),
         ETH_P_IPV6 => classify_v6(packet, ifindex, nic),
+        LINK_PROBE_ETHERTYPE => classify_link(packet, eth, ifindex, nic),
         _ => Verdict::NotOurs,
+    }
+}
+
+/// A link-layer probe frame: a request to answer, if this NIC answers its group's
+/// alternates, or the answer to a request of this NIC's.
+#[inline(always)]
+fn classify_link(packet: Packet<'_>, eth: &EthHdr, ifindex: u32, nic: &NicInfo) -> Verdict {
+    let Some(magic) = packet.ref_at::<[u8; 4]>(ETH_HLEN) else {
+        return Verdict::NotOurs;
+    };
+    if u32::from_ne_bytes(*magic) != PROBE_MAGIC {
+        return Verdict::NotOurs;
+    }
+    let Some(bytes) = packet.ref_at::<[u8; LINK_PROBE_LEN]>(ETH_HLEN) else {
+        return Verdict::Rejected(RejectReason::Truncated);
+    };
+    let probe = LinkProbe::from_bytes(bytes);
+    if eth.dst_addr != nic.mac {
+        return Verdict::Rejected(RejectReason::WrongDestination);
+    }
+    let Some(op) = probe.op() else {
+        return Verdict::Rejected(RejectReason::Malformed);
+    };
+    let Some(settings) = SETTINGS.get(0) else {
+        return Verdict::NotOurs;
+    };
+    if !probe.tag_is_valid(settings.probe_key) {
+        return Verdict::Rejected(RejectReason::BadTag);
+    }
+    match op {
+        LinkProbeOp::Request => {
+            if nic.flags & NIC_F_ANSWERS_LINK == 0 {
+                return Verdict::Rejected(RejectReason::WrongDestination);
+            }
+            // Only an alternate of this NIC's own group is answered.
+            // SAFETY: read-only lookup; mpathd replaces entries whole.
+            let same_group = unsafe { NICS.get(probe.ifindex) }
+                .is_some_and(|prober| prober.group == nic.group && probe.ifindex != ifindex);
+            if !same_group {
+                return Verdict::Rejected(RejectReason::WrongNic);
+            }
+            let mut addresses = [0u8; 12];
+            addresses[..6].copy_from_slice(&eth.src_addr);
+            addresses[6..].copy_from_slice(&nic.mac);
+            Verdict::Answer(addresses, probe)
+        }
+        LinkProbeOp::Answer => {
+            if !probe.answer_tag_is_valid(settings.probe_key) {
+                return Verdict::Rejected(RejectReason::BadTag);
+            }
+            if probe.ifindex != ifindex {
+                return Verdict::Rejected(RejectReason::WrongNic);
+            }
+            Verdict::Matched(ProbeReply::link_answer(
+                ifindex,
+                probe.seq,
+                probe.responder,
+                eth.src_addr,
+                probe.sent_ns,
+                0,
+            ))
+        }
     }
 }
 

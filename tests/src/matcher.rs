@@ -20,6 +20,9 @@ pub enum Verdict {
     Pass,
     /// A reply to mpathd, taken (XDP_DROP, TC_ACT_SHOT).
     Drop,
+    /// Turned around in place and sent back out of the NIC it came in on (XDP_TX,
+    /// TC_ACT_REDIRECT).
+    SendBack,
     /// Anything else: no matcher should say it.
     Other(u32),
 }
@@ -28,11 +31,14 @@ impl Verdict {
     fn of(matcher: ProbeRx, code: u32) -> Verdict {
         const XDP_DROP: u32 = 1;
         const XDP_PASS: u32 = 2;
+        const XDP_TX: u32 = 3;
         const TC_ACT_UNSPEC: u32 = -1i32 as u32;
         const TC_ACT_SHOT: u32 = 2;
+        const TC_ACT_REDIRECT: u32 = 7;
         match (matcher, code) {
             (ProbeRx::Xdp, XDP_PASS) | (ProbeRx::Tc, TC_ACT_UNSPEC) => Verdict::Pass,
             (ProbeRx::Xdp, XDP_DROP) | (ProbeRx::Tc, TC_ACT_SHOT) => Verdict::Drop,
+            (ProbeRx::Xdp, XDP_TX) | (ProbeRx::Tc, TC_ACT_REDIRECT) => Verdict::SendBack,
             _ => Verdict::Other(code),
         }
     }
@@ -44,6 +50,8 @@ pub const IFINDEX: u32 = 1;
 pub const SLOT: u32 = 3;
 /// The probe key of the pretend mpathd run.
 pub const KEY: [u64; 2] = [0x1234_5678_9abc_def0, 0x0fed_cba9_8765_4321];
+/// The configured NIC's MAC.
+pub const MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x21];
 pub const TEST_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 21);
 pub const TARGET_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const TEST_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x21);
@@ -75,7 +83,7 @@ impl Rig {
                     flags: NIC_F_TEST_V4 | NIC_F_TEST_V6,
                     test_v4: TEST_V4.octets(),
                     test_v6: TEST_V6.octets(),
-                    mac: [2, 0, 0, 0, 0, 0x21],
+                    mac: MAC,
                     _pad: [0; 2],
                 },
             )
@@ -102,9 +110,33 @@ impl Rig {
         frame: &[u8],
         times: u32,
     ) -> Result<Verdict, ProgramError> {
+        self.try_run_out(ifindex, frame, times, &mut [])
+    }
+
+    /// Runs the matcher on `frame` as if received on `IFINDEX`: its verdict and the frame
+    /// as the program left it.
+    pub fn run_out(&mut self, frame: &[u8]) -> (Verdict, Vec<u8>) {
+        let mut out = vec![0; frame.len() + 256];
+        let verdict = self
+            .try_run_out(IFINDEX, frame, 1, &mut out)
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(frame.len());
+        (verdict, out)
+    }
+
+    fn try_run_out(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        times: u32,
+        out: &mut [u8],
+    ) -> Result<Verdict, ProgramError> {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = times;
+        if !out.is_empty() {
+            opts.data_out = Some(out);
+        }
         let code = match self.matcher {
             ProbeRx::Tc => {
                 // struct __sk_buff, of which the kernel takes only a few fields: the device

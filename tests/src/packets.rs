@@ -4,7 +4,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use mpath_common::{
-    PROBE_ICMP_ID, PROBE_MAGIC, ProbeKind, ProbePayload, checksum::ipv6_pseudo_header, probe_tag,
+    PROBE_ICMP_ID, PROBE_MAGIC, ProbeKind, ProbePayload,
+    checksum::ipv6_pseudo_header,
+    probe_tag,
+    transitive::{LINK_PROBE_ETHERTYPE, LinkProbe},
 };
 
 pub const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
@@ -207,4 +210,13 @@ pub fn insert_v6_fragment_header(frame: &[u8], offset_flags: u16) -> Vec<u8> {
     f.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
     f.extend_from_slice(payload);
     f
+}
+
+/// A link-layer probe frame (transitive probing) from `src` to `dst` carrying `probe`.
+pub fn link_probe_frame(dst: [u8; 6], src: [u8; 6], probe: LinkProbe) -> Vec<u8> {
+    let mut frame = dst.to_vec();
+    frame.extend_from_slice(&src);
+    frame.extend_from_slice(&LINK_PROBE_ETHERTYPE.to_be_bytes());
+    frame.extend_from_slice(&probe.to_bytes());
+    frame
 }

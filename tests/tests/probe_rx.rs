@@ -176,10 +176,17 @@ fn rejects_every_bad_kind_by_reason() {
             RejectReason::BadTag,
         );
         let mut unknown = good();
-        unknown.payload.kind = 2;
+        unknown.payload.kind = 3;
         assert_rejected(
             &mut rig,
             &unknown.v4(TARGET_V4, TEST_V4),
+            RejectReason::Malformed,
+        );
+        // A link-layer probe's kind and tag in an ICMP reply: no ICMP probe has them.
+        let link_kind = Reply::of_kind(IFINDEX, KEY, 9, ProbeKind::Transitive);
+        assert_rejected(
+            &mut rig,
+            &link_kind.v4(TARGET_V4, TEST_V4),
             RejectReason::Malformed,
         );
 

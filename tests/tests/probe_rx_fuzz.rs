@@ -464,8 +464,9 @@ fn probe_echo(
         u32_at(offset_of!(ProbePayload, magic)) == PROBE_MAGIC,
         "wrong magic",
     )?;
-    let kind =
-        ProbeKind::from_u32(u32_at(offset_of!(ProbePayload, kind))).ok_or("not a kind of probe")?;
+    let kind = ProbeKind::from_u32(u32_at(offset_of!(ProbePayload, kind)))
+        .filter(|kind| *kind != ProbeKind::Transitive)
+        .ok_or("not a kind of ICMP probe")?;
     rule(
         u64_at(offset_of!(ProbePayload, tag))
             == probe_tag(KEY, u32_at(offset_of!(ProbePayload, ifindex)), seq, kind),
@@ -837,12 +838,14 @@ fn rewrite_field(rng: &mut Rng, frame: &mut Vec<u8>, log: &mut Vec<String>) {
             let at = payload_at(offset_of!(ProbePayload, kind));
             let any = rng.u32();
             let kind = rng.pick(&[0, 1, 2, any]);
-            if kind == 1 && rng.chance(1, 2) {
-                // This probe made a genuine discovery echo, tag and all.
+            let retagged = ProbeKind::from_u32(kind).filter(|k| *k != ProbeKind::Target);
+            if let Some(retagged) = retagged.filter(|_| rng.chance(1, 2)) {
+                // This probe made a genuine discovery echo, tag and all, or carries a
+                // link-layer probe's tag, which no ICMP reply may.
                 let seq_at = payload_at(offset_of!(ProbePayload, seq));
                 if let Some(seq) = frame.get(seq_at..seq_at + 4) {
                     let seq = u32::from_ne_bytes(seq.try_into().unwrap());
-                    let tag = probe_tag(KEY, IFINDEX, seq, ProbeKind::Discovery);
+                    let tag = probe_tag(KEY, IFINDEX, seq, retagged);
                     write(
                         frame,
                         payload_at(offset_of!(ProbePayload, tag)),

@@ -27,12 +27,23 @@ use crate::{capture, exec, virtio::VirtioNet};
 
 /// The privileged test binaries of mpath-tests and, for the CI run, the tests of each that
 /// cover what must hold on every kernel: loading and attaching the datapath, spreading,
-/// probe matching, failover, kill -9 survival, restart adoption, group routes, the source
-/// hook and IPv6 probes under a group route. An empty list runs the whole binary.
+/// probe matching and the answers to link-layer probes, failover, kill -9 survival, restart
+/// adoption, group routes, the source hook and IPv6 probes under a group route. An empty
+/// list runs the whole binary.
 const CI_SUBSET: &[(&str, &[&str])] = &[
     ("datapath", &[]),
     ("spread", &[]),
     ("probe_rx", &[]),
+    (
+        "link_probes",
+        &[
+            "an_active_nic_answers_an_alternate_s_request_in_place_and_sends_it_back",
+            "a_request_is_answered_only_by_an_answering_nic_of_the_alternate_s_group",
+            "the_alternate_matches_the_answer_with_its_responder_and_a_kernel_time_stamp",
+            "forged_or_misdirected_answers_are_refused_by_reason",
+            "an_answer_crosses_the_switch_and_back_with_the_kernel_alone",
+        ],
+    ),
     ("legacy_tc", &[]),
     (
         "mpathd",

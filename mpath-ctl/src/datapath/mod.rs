@@ -3,8 +3,8 @@
 //! tearing it down.
 //!
 //! Layout under the pin directory (default `/sys/fs/bpf/mpath`):
-//! `v3/maps/<MAP>`, `v3/links/{tc,xdp}-<ifindex>` and the source hook's
-//! `v3/links/source-{connect,sendmsg}{4,6}` ([`sources`]). The layout version is part of the
+//! `v4/maps/<MAP>`, `v4/links/{tc,xdp}-<ifindex>` and the source hook's
+//! `v4/links/source-{connect,sendmsg}{4,6}` ([`sources`]). The layout version is part of the
 //! path: aya adopts a pinned map without checking its layout.
 //!
 //! The egress program goes on through a tcx link where the kernel has tcx (6.6), else as a

@@ -249,6 +249,7 @@ struct DatapathMetrics {
     probe_replies_over_budget: IntCounterVec,
     probe_replies_rejected: IntCounterVec,
     probe_checksum_failures: IntCounterVec,
+    link_probes_answered: IntCounterVec,
     source_hook_attached: IntGaugeVec,
     sources_chosen: IntCounterVec,
     source_binds_failed: IntCounterVec,
@@ -659,6 +660,12 @@ impl DatapathMetrics {
                  stamp failed: the target drops them, so they count as lost.",
                 NIC,
             )?,
+            link_probes_answered: d.counter(
+                "mpath_datapath_link_probes_answered_total",
+                "Link-layer probes of the group's alternates that the NIC's receive program \
+                 answered (transitive probing).",
+                NIC,
+            )?,
             source_hook_attached: d.gauge(
                 "mpath_source_hook_attached",
                 "1 while the source hook gives sockets their sources over the groups' data \
@@ -1024,6 +1031,7 @@ impl Metrics {
             &d.probe_replies_over_budget,
             &d.probe_replies_rejected,
             &d.probe_checksum_failures,
+            &d.link_probes_answered,
             &d.sources_chosen,
             &d.source_binds_failed,
         ];
@@ -1055,6 +1063,7 @@ impl Metrics {
                 (&d.probe_replies_dropped, c.probe_replies_lost),
                 (&d.probe_replies_over_budget, nic.replies_over_budget),
                 (&d.probe_checksum_failures, c.probe_checksum_failed),
+                (&d.link_probes_answered, c.link_probes_answered),
             ] {
                 family.with_label_values(&labels).inc_by(value);
             }
@@ -1192,6 +1201,7 @@ mod tests {
             probe_replies: 40,
             probe_replies_lost: 2,
             probe_checksum_failed: 3,
+            link_probes_answered: 5,
             ..Default::default()
         };
         counters.rejected[DatapathRejectReason::BadTag as usize] = 7;
@@ -1754,6 +1764,7 @@ mod tests {
             ("mpath_datapath_probe_replies_total", 40.0),
             ("mpath_datapath_probe_replies_dropped_total", 2.0),
             ("mpath_datapath_probe_checksum_failures_total", 3.0),
+            ("mpath_datapath_link_probes_answered_total", 5.0),
         ] {
             assert_eq!(
                 sample(&text, &format!("{name}{{{h0}}}")),

@@ -535,6 +535,8 @@ struct NicDump {
     probe_replies_lost: u64,
     /// Probes sent with a wrong checksum (the fix-up after their send stamp failed): lost.
     probe_checksum_failed: u64,
+    /// Link-layer probes of the group's alternates this NIC answered (transitive probing).
+    link_probes_answered: u64,
     /// Matched replies dropped over the NIC's reply budget (a flood on this NIC).
     replies_over_budget: u64,
     rejected: BTreeMap<&'static str, u64>,
@@ -544,7 +546,12 @@ struct NicDump {
 #[derive(Serialize)]
 struct LastReply {
     seq: u32,
-    target: IpAddr,
+    /// The target of an ICMP probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<IpAddr>,
+    /// The NIC that answered a link-layer probe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    responder: Option<String>,
     received_ns: u64,
 }
 
@@ -582,6 +589,7 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
             probe_replies: c.probe_replies,
             probe_replies_lost: c.probe_replies_lost,
             probe_checksum_failed: c.probe_checksum_failed,
+            link_probes_answered: c.link_probes_answered,
             replies_over_budget: maps.replies_over_budget(info.slot)?,
             rejected: RejectReason::ALL
                 .iter()
@@ -589,7 +597,8 @@ fn show_maps(cli: &Cli, pin_dir: &Path) -> anyhow::Result<()> {
                 .collect(),
             last_reply: maps.last_reply(info.slot)?.map(|r| LastReply {
                 seq: r.seq,
-                target: r.target(),
+                target: r.responder().is_none().then(|| r.target()),
+                responder: r.responder().map(|(ifindex, _)| ifname(ifindex)),
                 received_ns: r.received_ns,
             }),
         });
