@@ -31,6 +31,8 @@ use netlink_proto::sys::{AsyncSocket, SocketAddr, protocols::NETLINK_ROUTE};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
+use crate::core::target::AddressFamily;
+
 const RTM_NEWNEXTHOP: u16 = 104;
 const RTM_DELNEXTHOP: u16 = 105;
 const RTM_GETNEXTHOP: u16 = 106;
@@ -90,7 +92,7 @@ pub struct Nexthop {
 pub enum NexthopKind {
     /// Out of one interface, to a gateway or (without one) to the destination itself.
     Single {
-        family: IpFamily,
+        family: AddressFamily,
         oif: u32,
         gateway: Option<IpAddr>,
         /// RTNH_F_ONLINK: the gateway needs no route of its own (mpathd's NICs may have no
@@ -113,18 +115,11 @@ pub enum NexthopKind {
     Other,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IpFamily {
-    V4,
-    V6,
-}
-
-impl IpFamily {
-    fn af(self) -> u8 {
-        match self {
-            IpFamily::V4 => libc::AF_INET as u8,
-            IpFamily::V6 => libc::AF_INET6 as u8,
-        }
+/// The kernel's number for `family`.
+fn af(family: AddressFamily) -> u8 {
+    match family {
+        AddressFamily::Inet => libc::AF_INET as u8,
+        AddressFamily::Inet6 => libc::AF_INET6 as u8,
     }
 }
 
@@ -419,7 +414,7 @@ fn replace_request(nexthop: &Nexthop) -> Result<NetlinkMessage<Raw>, NexthopErro
             }
             attributes.push(u32_attribute(NHA_OIF, *oif));
             let flags = if *onlink { RTNH_F_ONLINK } else { 0 };
-            nhmsg(family.af(), nexthop.protocol, flags)
+            nhmsg(af(*family), nexthop.protocol, flags)
         }
         NexthopKind::Resilient {
             members,
@@ -577,8 +572,8 @@ fn kind(family: u8, flags: u32, attributes: Attributes) -> NexthopKind {
         };
     }
     let family = match i32::from(family) {
-        libc::AF_INET => IpFamily::V4,
-        libc::AF_INET6 => IpFamily::V6,
+        libc::AF_INET => AddressFamily::Inet,
+        libc::AF_INET6 => AddressFamily::Inet6,
         _ => return NexthopKind::Other,
     };
     match attributes.oif {
@@ -757,7 +752,7 @@ mod tests {
             id: 1,
             protocol: 201,
             kind: NexthopKind::Single {
-                family: IpFamily::V4,
+                family: AddressFamily::Inet,
                 oif: 3,
                 gateway: Some("198.51.100.1".parse().unwrap()),
                 onlink: true,
@@ -770,7 +765,7 @@ mod tests {
             id: 2,
             protocol: 201,
             kind: NexthopKind::Single {
-                family: IpFamily::V6,
+                family: AddressFamily::Inet6,
                 oif: 5,
                 gateway: None,
                 onlink: false,
@@ -810,7 +805,7 @@ mod tests {
             id: 3,
             protocol: 201,
             kind: NexthopKind::Single {
-                family: IpFamily::V4,
+                family: AddressFamily::Inet,
                 oif: 3,
                 gateway: Some("192.0.2.1".parse().unwrap()),
                 onlink: false,
