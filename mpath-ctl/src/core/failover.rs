@@ -321,6 +321,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::core::identity::test_slot as slot;
     use crate::core::probe::{NUM_PROBE_FAILS, NUM_PROBE_REPAIRS, ProbeOutcome};
     use crate::core::state::test_outcomes::{ANSWERED, LOST};
     use crate::core::state::{
@@ -659,6 +660,7 @@ mod tests {
             let configs = members
                 .iter()
                 .map(|(name, standby, probe, _)| InterfaceConfig {
+                    slot: slot(name),
                     name: (*name).to_owned(),
                     standby: *standby,
                     probe: *probe,
@@ -670,7 +672,7 @@ mod tests {
                     addresses.iter().map(|text| address(text, name, Some(name)))
                 })
                 .collect();
-            let present = members.iter().map(|m| (m.0.to_owned(), true)).collect();
+            let present = members.iter().map(|m| (slot(m.0), true)).collect();
             let mut host = Host {
                 group: Group::new("g0", policy, configs).unwrap(),
                 addresses,
@@ -685,15 +687,16 @@ mod tests {
         fn send(&mut self, event: Event) -> Vec<Action> {
             if let Event::Disappeared { nic } = &event {
                 // The kernel deletes the addresses of a NIC that goes away.
+                let name = self.group.nic_name(*nic).to_owned();
                 for address in &mut self.addresses {
-                    if address.current.as_ref() == Some(nic) {
+                    if address.current.as_ref() == Some(&name) {
                         address.current = None;
                     }
                 }
             }
             let actions = self.group.handle(event, self.now).unwrap();
             self.log
-                .extend(actions.iter().filter_map(|a| a.log_line(self.group.name())));
+                .extend(actions.iter().filter_map(|a| a.log_line(&self.group)));
             if actions.contains(&Action::UsableSetChanged) {
                 let plan = plan(&self.group.nic_roles(), &self.addresses).unwrap();
                 for step in &plan.moves {
@@ -708,10 +711,7 @@ mod tests {
         }
 
         fn link(&mut self, nic: &str, up: bool) {
-            self.send(Event::Link {
-                nic: nic.to_owned(),
-                up,
-            });
+            self.send(Event::Link { nic: slot(nic), up });
         }
 
         /// Probe rounds: one interval passes, then each listed NIC reports an IPv4 probe.
@@ -720,7 +720,7 @@ mod tests {
                 self.now += PROBE_INTERVAL;
                 for (nic, outcome) in outcomes {
                     self.send(Event::Probe {
-                        nic: (*nic).to_owned(),
+                        nic: slot(nic),
                         family: AddressFamily::Inet,
                         outcome: *outcome,
                     });
@@ -789,7 +789,7 @@ mod tests {
         // IPv6 probes from the link-local test address fail as well.
         for _ in 0..NUM_PROBE_FAILS {
             host.send(Event::Probe {
-                nic: "h0".into(),
+                nic: slot("h0"),
                 family: AddressFamily::Inet6,
                 outcome: LOST,
             });
@@ -976,14 +976,14 @@ mod tests {
                 ("h1", false, ProbeFamilies::NONE, &["192.0.2.11/24"]),
             ],
         );
-        host.send(Event::Disappeared { nic: "h0".into() });
+        host.send(Event::Disappeared { nic: slot("h0") });
         assert_eq!(host.on("h1"), ["192.0.2.10/24", "192.0.2.11/24"]);
         assert_eq!(
             host.moves[0].from, None,
             "the kernel deleted it with the NIC"
         );
         host.send(Event::Appeared {
-            nic: "h0".into(),
+            nic: slot("h0"),
             link_up: true,
         });
         assert_eq!(host.on("h0"), ["192.0.2.10/24"]);
@@ -993,18 +993,18 @@ mod tests {
     #[test]
     fn offline_moves_addresses_away_and_online_brings_them_back() {
         let mut host = worked_example(false);
-        host.send(Event::Offline { nic: "h0".into() });
+        host.send(Event::Offline { nic: slot("h0") });
         assert_eq!(host.on("h2"), ["192.0.2.19/24", "2001:db8::19/64"]);
         let refused = host
             .group
-            .handle(Event::Offline { nic: "h1".into() }, host.now);
+            .handle(Event::Offline { nic: slot("h1") }, host.now);
         assert!(refused.is_ok(), "h2 still works");
         let refused = host
             .group
-            .handle(Event::Offline { nic: "h2".into() }, host.now);
+            .handle(Event::Offline { nic: slot("h2") }, host.now);
         assert!(refused.is_err(), "h2 is the last usable NIC");
-        host.send(Event::Online { nic: "h1".into() });
-        host.send(Event::Online { nic: "h0".into() });
+        host.send(Event::Online { nic: slot("h1") });
+        host.send(Event::Online { nic: slot("h0") });
         // Onlining fails back even with FAILBACK=no, and the standby steps back.
         assert_eq!(host.on("h0"), ["192.0.2.19/24", "2001:db8::19/64"]);
         assert_eq!(host.on("h1"), ["192.0.2.20/24"]);

@@ -94,7 +94,7 @@ impl<H: HostIo> Daemon<H> {
         {
             // Without a prober the family has no targets: it no longer holds the NIC up.
             let event = Event::Targets {
-                nic: self.groups.nic(at).name.clone(),
+                nic: at.nic,
                 family: AddressFamily::Inet6,
                 available: false,
             };
@@ -267,7 +267,10 @@ impl<H: HostIo> Daemon<H> {
         let mut done = BTreeSet::new();
         for m in &plan.moves {
             let group = &self.groups[id];
-            let Some(to) = group.nic(&m.to).and_then(|n| n.ifindex.map(|i| (i, n.mac))) else {
+            let Some(to) = group
+                .nic_named(&m.to)
+                .and_then(|n| n.ifindex.map(|i| (i, n.mac)))
+            else {
                 continue;
             };
             let options = AddressOptions {

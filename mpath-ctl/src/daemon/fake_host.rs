@@ -31,7 +31,7 @@ use mpath_common::{
 
 use crate::{
     config::ProbeRx,
-    core::identity::GroupId,
+    core::identity::{GroupId, NicSlot},
     core::routes::{Hops, LinkRoute, MainRoute, TableRoute, Via},
     core::spread::Table,
     daemon::{
@@ -883,15 +883,15 @@ impl HostIo for FakeHost {
         Ok(before.iter().zip(table).filter(|(a, b)| a != b).count())
     }
 
-    fn counters(&self, _slot: u32) -> Result<NicCounters, MapsError> {
+    fn counters(&self, _slot: NicSlot) -> Result<NicCounters, MapsError> {
         Ok(NicCounters::default())
     }
 
-    fn replies_over_budget(&self, _slot: u32) -> Result<u64, MapsError> {
+    fn replies_over_budget(&self, _slot: NicSlot) -> Result<u64, MapsError> {
         Ok(0)
     }
 
-    fn clear_counters(&mut self, _slot: u32) -> Result<(), MapsError> {
+    fn clear_counters(&mut self, _slot: NicSlot) -> Result<(), MapsError> {
         Ok(())
     }
 

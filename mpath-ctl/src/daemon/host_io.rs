@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::ProbeRx,
-    core::identity::GroupId,
+    core::identity::{GroupId, NicSlot},
     core::routes::{LinkRoute, MainRoute, TableRoute},
     core::spread::Table,
     daemon::announcer::Announcement,
@@ -177,9 +177,9 @@ pub(crate) trait HostIo: Rtnetlink {
         table: &Table,
         mac_of: impl Fn(u32) -> [u8; 6],
     ) -> Result<usize, MapsError>;
-    fn counters(&self, slot: u32) -> Result<NicCounters, MapsError>;
-    fn replies_over_budget(&self, slot: u32) -> Result<u64, MapsError>;
-    fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError>;
+    fn counters(&self, slot: NicSlot) -> Result<NicCounters, MapsError>;
+    fn replies_over_budget(&self, slot: NicSlot) -> Result<u64, MapsError>;
+    fn clear_counters(&mut self, slot: NicSlot) -> Result<(), MapsError>;
     fn write_source_routes(
         &mut self,
         routes: &BTreeMap<IpCidr, Option<u32>>,
@@ -649,16 +649,16 @@ impl HostIo for LiveHost {
         self.datapath.maps.write_table(group.0, table, mac_of)
     }
 
-    fn counters(&self, slot: u32) -> Result<NicCounters, MapsError> {
-        self.datapath.maps.counters(slot)
+    fn counters(&self, slot: NicSlot) -> Result<NicCounters, MapsError> {
+        self.datapath.maps.counters(slot.0)
     }
 
-    fn replies_over_budget(&self, slot: u32) -> Result<u64, MapsError> {
-        self.datapath.maps.replies_over_budget(slot)
+    fn replies_over_budget(&self, slot: NicSlot) -> Result<u64, MapsError> {
+        self.datapath.maps.replies_over_budget(slot.0)
     }
 
-    fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError> {
-        self.datapath.maps.clear_counters(slot)
+    fn clear_counters(&mut self, slot: NicSlot) -> Result<(), MapsError> {
+        self.datapath.maps.clear_counters(slot.0)
     }
 
     fn write_source_routes(

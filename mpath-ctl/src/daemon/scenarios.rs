@@ -222,7 +222,7 @@ impl Scenario {
         let at = self.daemon.groups.nic_named(nic).unwrap();
         self.daemon.groups[at.group]
             .fsm
-            .interface_state(nic)
+            .interface_state(at.nic)
             .unwrap()
     }
 

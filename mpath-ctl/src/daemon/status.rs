@@ -122,18 +122,22 @@ impl<H: HostIo> Daemon<H> {
             });
             status
                 .interfaces
-                .extend(g.fsm.interface_views().into_iter().map(|i| InterfaceRow {
-                    datapath_error: g.nic(&i.interface).and_then(|n| n.datapath_error.clone()),
-                    interface: i.interface,
-                    group: i.group,
-                    active: i.active,
-                    flags: i.flags,
-                    link: i.link,
-                    probe: i.probe,
-                    probe_ipv4: i.probe_ipv4,
-                    probe_ipv6: i.probe_ipv6,
-                    state: i.state,
-                    unusable: i.unusable,
+                .extend(g.fsm.interface_views().into_iter().map(|i| {
+                    InterfaceRow {
+                        datapath_error: g
+                            .nic_named(&i.interface)
+                            .and_then(|n| n.datapath_error.clone()),
+                        interface: i.interface,
+                        group: i.group,
+                        active: i.active,
+                        flags: i.flags,
+                        link: i.link,
+                        probe: i.probe,
+                        probe_ipv4: i.probe_ipv4,
+                        probe_ipv6: i.probe_ipv6,
+                        state: i.state,
+                        unusable: i.unusable,
+                    }
                 }));
             let outbound: Vec<String> = g
                 .fsm
