@@ -479,6 +479,7 @@ pub(crate) enum Role {
 /// A member and its [`Role`], in configuration order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NicRole {
+    pub slot: NicSlot,
     pub name: String,
     pub standby: bool,
     pub role: Role,
@@ -1210,6 +1211,7 @@ impl Group {
         self.members
             .iter()
             .map(|m| NicRole {
+                slot: m.slot,
                 name: m.name.clone(),
                 standby: m.standby,
                 role: m.role(),

@@ -61,12 +61,13 @@ impl<H: HostIo> Daemon<H> {
                 self.delete_address(ifindex, cidr).await;
             }
             Added::PlaceHere { group, nic } => {
-                tracing::warn!(
-                    interface = %nic,
-                    "data address {cidr} was added to {nic} behind mpathd's back; adopting it there"
-                );
                 let id = group;
                 let group = &mut self.groups[id];
+                let name = group.fsm.nic_name(nic);
+                tracing::warn!(
+                    interface = name,
+                    "data address {cidr} was added to {name} behind mpathd's back; adopting it there"
+                );
                 if let Some(a) = group.address_mut(cidr) {
                     a.current = Some(nic);
                 }
@@ -112,12 +113,13 @@ impl<H: HostIo> Daemon<H> {
         match verdict {
             Removed::Nothing => {}
             Removed::Restore { group, nic } => {
-                tracing::warn!(
-                    interface = %nic,
-                    "data address {cidr} was removed from {nic} behind mpathd's back; restoring it"
-                );
                 let id = group;
                 let group = &mut self.groups[id];
+                let name = group.fsm.nic_name(nic);
+                tracing::warn!(
+                    interface = name,
+                    "data address {cidr} was removed from {name} behind mpathd's back; restoring it"
+                );
                 if let Some(a) = group.address_mut(cidr) {
                     a.current = None;
                 }
@@ -158,12 +160,12 @@ impl<H: HostIo> Daemon<H> {
                 "group {} adopts {} found on {}: it fails over like the data addresses",
                 group.name(),
                 adoption.cidr,
-                adoption.nic
+                group.fsm.nic_name(adoption.nic)
             );
             group.adopted.insert(adoption.cidr);
             group.addresses.push(DataAddress {
                 cidr: adoption.cidr,
-                home: adoption.nic.clone(),
+                home: adoption.nic,
                 current: Some(adoption.nic),
             });
             adopting.insert(id);
@@ -267,9 +269,9 @@ impl<H: HostIo> Daemon<H> {
         let mut done = BTreeSet::new();
         for m in &plan.moves {
             let group = &self.groups[id];
-            let Some(to) = group
-                .nic_named(&m.to)
-                .and_then(|n| n.ifindex.map(|i| (i, n.mac)))
+            let Some((ifindex, mac, name)) = group
+                .nic(m.to)
+                .and_then(|n| n.ifindex.map(|i| (i, n.mac, n.name.clone())))
             else {
                 continue;
             };
@@ -278,24 +280,24 @@ impl<H: HostIo> Daemon<H> {
                 mpathds: !group.adopted.contains(&m.addr),
                 ..Default::default()
             };
-            if let Err(e) = self.host.add_address(to.0, m.addr, options).await {
-                tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
+            if let Err(e) = self.host.add_address(ifindex, m.addr, options).await {
+                tracing::error!("cannot move {} to {name}: {e}", m.addr);
                 continue;
             }
-            if let Some(from) = m.from.as_deref().and_then(|f| group.ifindex_of(f))
+            if let Some(from) = m.from.and_then(|f| group.ifindex_in(f))
                 && let Err(e) = self.host.del_address(from, m.addr).await
             {
                 tracing::error!("cannot remove {} from its old NIC: {e}", m.addr);
             }
             let announcement = Announcement {
-                ifindex: to.0,
-                mac: to.1,
+                ifindex,
+                mac,
                 addr: m.addr.addr(),
             };
-            self.announce(announcement, &m.to);
+            self.announce(announcement, &name);
             done.insert(m.addr);
             if let Some(a) = self.groups[id].address_mut(m.addr) {
-                a.current = Some(m.to.clone());
+                a.current = Some(m.to);
             }
         }
         let group = &mut self.groups[id];
@@ -310,12 +312,15 @@ impl<H: HostIo> Daemon<H> {
         group.placed.extend(done.iter().copied());
         for transfer in transfers {
             if transfer.addresses.iter().all(|a| done.contains(a)) {
+                let group = &self.groups[id];
+                let nic = group.fsm.nic_name(transfer.interface());
                 tracing::info!(
-                    group = self.groups[id].name(),
-                    interface = transfer.interface(),
-                    "{transfer}"
+                    group = group.name(),
+                    interface = nic,
+                    "{}",
+                    transfer.log_line(|slot| group.fsm.nic_name(slot))
                 );
-                self.metrics.transfer(self.groups[id].name(), &transfer);
+                self.metrics.transfer(group.name(), &transfer, nic);
             }
         }
     }

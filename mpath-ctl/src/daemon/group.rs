@@ -159,6 +159,7 @@ impl GroupRuntime {
                 .nics
                 .iter()
                 .map(|n| Member {
+                    slot: n.slot,
                     name: n.name.clone(),
                     ifindex: n.ifindex,
                     test_address: n.test_address,
@@ -168,6 +169,11 @@ impl GroupRuntime {
             addresses: self.addresses.clone(),
             adopted: self.adopted.clone(),
         }
+    }
+
+    /// The name of the NIC `address` is on, for views.
+    pub(super) fn current_name(&self, address: &DataAddress) -> Option<String> {
+        Some(self.fsm.nic_name(address.current?).to_owned())
     }
 
     /// The data address `cidr`, exactly.
@@ -348,13 +354,13 @@ impl Groups {
                 datapath_error: None,
             });
         }
-        let addresses = g
-            .interfaces
+        let addresses = nics
             .iter()
-            .flat_map(|i| {
+            .zip(&g.interfaces)
+            .flat_map(|(nic, i)| {
                 i.data_addresses.iter().map(|cidr| DataAddress {
                     cidr: *cidr,
-                    home: i.name.clone(),
+                    home: nic.slot,
                     current: None,
                 })
             })

@@ -264,7 +264,7 @@ impl<H: HostIo> Daemon<H> {
         let on_it: Vec<IpCidr> = group
             .addresses
             .iter()
-            .filter(|a| a.current.as_deref() == Some(old.as_str()))
+            .filter(|a| a.current == Some(at.nic))
             .map(|a| a.cidr)
             .collect();
         self.link_removed(&old, link.ifindex, now);
@@ -303,7 +303,7 @@ impl<H: HostIo> Daemon<H> {
             .departed
             .push((ifindex, group.name().to_string()));
         for a in &mut group.addresses {
-            if a.current.as_deref() == Some(name) {
+            if a.current == Some(at.nic) {
                 a.current = None;
             }
         }
@@ -664,7 +664,7 @@ impl<H: HostIo> Daemon<H> {
         let held: Vec<IpAddr> = self.groups[at.group]
             .addresses
             .iter()
-            .filter(|a| a.current.as_deref() == Some(name.as_str()))
+            .filter(|a| a.current == Some(at.nic))
             .map(|a| a.cidr.addr())
             .chain(test)
             .chain(link_local_of(&self.addresses, ifindex).map(|c| c.addr()))
@@ -824,10 +824,7 @@ fn adopt_offline(group: &mut GroupRuntime, host: &impl HostIo, now: Instant) -> 
 fn adopt_failures(group: &mut GroupRuntime, now: Instant) -> Vec<Action> {
     let mut actions = Vec::new();
     for found in reconcile::found_failures(&group.holdings()) {
-        let Some(nic) = group.nics.iter().find(|n| n.name == found.nic) else {
-            continue;
-        };
-        let Ok(adopted) = group.fsm.handle(Event::Adopt { nic: nic.slot }, now) else {
+        let Ok(adopted) = group.fsm.handle(Event::Adopt { nic: found.nic }, now) else {
             continue;
         };
         // Action::StillFailed says it at info level; this is the evidence.
@@ -835,12 +832,10 @@ fn adopt_failures(group: &mut GroupRuntime, now: Instant) -> Vec<Action> {
             .iter()
             .any(|a| matches!(a, Action::StillFailed { .. }))
         {
+            let (nic, on) = (group.fsm.nic_name(found.nic), group.fsm.nic_name(found.on));
             tracing::debug!(
-                "{} of {} is on {}: {} was failed by the mpathd before this one",
+                "{} of {nic} is on {on}: {nic} was failed by the mpathd before this one",
                 found.address,
-                found.nic,
-                found.on,
-                found.nic
             );
         }
         actions.extend(adopted);

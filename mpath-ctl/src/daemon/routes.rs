@@ -932,7 +932,6 @@ impl<H: HostIo> Daemon<H> {
                         })
                     })
                     .collect();
-                let ifindex_of = |name: &str| g.ifindex_of(name);
                 GroupRouting {
                     name: g.config.name.clone(),
                     members: nics.iter().map(|n| n.ifindex).collect(),
@@ -940,7 +939,7 @@ impl<H: HostIo> Daemon<H> {
                     addresses: g
                         .addresses
                         .iter()
-                        .map(|a| (a.cidr, a.current.as_deref().and_then(ifindex_of)))
+                        .map(|a| (a.cidr, a.current.and_then(|slot| g.ifindex_in(slot))))
                         .collect(),
                     configured: g
                         .config

@@ -25,7 +25,7 @@ impl<H: HostIo> Daemon<H> {
                 addresses: g
                     .addresses
                     .iter()
-                    .map(|a| (a.cidr.to_string(), a.current.clone()))
+                    .map(|a| (a.cidr.to_string(), g.current_name(a)))
                     .collect(),
             });
             for n in &g.nics {
@@ -163,7 +163,7 @@ impl<H: HostIo> Daemon<H> {
                         AddressState::Down
                     },
                     group: g.config.name.clone(),
-                    inbound: a.current.clone(),
+                    inbound: g.current_name(a),
                     outbound: if a.current.is_some() {
                         outbound.clone()
                     } else {
