@@ -36,6 +36,7 @@ use crate::core::target::AddressFamily;
 const RTM_NEWNEXTHOP: u16 = 104;
 const RTM_DELNEXTHOP: u16 = 105;
 const RTM_GETNEXTHOP: u16 = 106;
+#[cfg(any(test, feature = "testing"))]
 const RTM_NEWNEXTHOPBUCKET: u16 = 116;
 const RTM_GETNEXTHOPBUCKET: u16 = 118;
 
@@ -48,6 +49,7 @@ const NHA_GATEWAY: u16 = 6;
 const NHA_ENCAP: u16 = 8;
 const NHA_FDB: u16 = 11;
 const NHA_RES_GROUP: u16 = 12;
+#[cfg(any(test, feature = "testing"))]
 const NHA_RES_BUCKET: u16 = 13;
 const NHA_OP_FLAGS: u16 = 14;
 
@@ -55,7 +57,9 @@ const NHA_RES_GROUP_BUCKETS: u16 = 1;
 const NHA_RES_GROUP_IDLE_TIMER: u16 = 2;
 const NHA_RES_GROUP_UNBALANCED_TIMER: u16 = 3;
 
+#[cfg(any(test, feature = "testing"))]
 const NHA_RES_BUCKET_INDEX: u16 = 1;
+#[cfg(any(test, feature = "testing"))]
 const NHA_RES_BUCKET_NH_ID: u16 = 3;
 
 const NEXTHOP_GRP_TYPE_MPATH: u16 = 0;
@@ -171,6 +175,7 @@ pub enum NexthopError {
     Delete { id: u32, source: RequestError },
     #[error("listing nexthops: {0}")]
     Dump(#[source] RequestError),
+    #[cfg(any(test, feature = "testing"))]
     #[error("listing the buckets of nexthop group {id}: {source}")]
     Buckets { id: u32, source: RequestError },
     #[error(
@@ -269,6 +274,7 @@ impl Nexthops {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The buckets of a resilient group as `(index, member id)`, in index order.
     pub async fn buckets(&self, group: u32) -> Result<Vec<(u16, u32)>, NexthopError> {
         let failed = |source| NexthopError::Buckets { id: group, source };
@@ -620,6 +626,7 @@ fn resilient_parameters(value: &[u8]) -> Result<(u16, u32, u32), DecodeError> {
     Ok(parameters)
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// `(index, nexthop id)` of an RTM_NEWNEXTHOPBUCKET.
 fn decode_bucket(payload: &[u8]) -> Result<(u16, u32), DecodeError> {
     let attributes = payload

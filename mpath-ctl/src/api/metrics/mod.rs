@@ -1402,6 +1402,8 @@ mod tests {
 
     /// Runs `promtool check metrics` (Debian package `prometheus`) on `text`: it parses the
     /// exposition format as Prometheus does and lints the names against its conventions.
+    /// Without promtool a plain `cargo test` passes this check over (saying so); `cargo xtask
+    /// test` (`MPATH_TEST_ALL_FEATURES`, as in CI) requires it.
     pub(super) fn promtool_check(text: &str) {
         let mut child = match Command::new("promtool")
             .args(["check", "metrics"])
@@ -1411,6 +1413,17 @@ mod tests {
             .spawn()
         {
             Ok(child) => child,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::env::var_os("MPATH_TEST_ALL_FEATURES").is_none() =>
+            {
+                // Straight to the descriptor: libtest captures eprint! of passing tests.
+                let _: std::io::Result<()> = writeln!(
+                    std::io::stderr(),
+                    "mpath-test: promtool is not installed: the metrics go unchecked by it"
+                );
+                return;
+            }
             Err(e) => panic!(
                 "cannot run promtool ({e}): install Debian's prometheus package \
                  (`cargo xtask setup` does)"
