@@ -25,7 +25,7 @@ use std::{
 
 use futures_util::future::LocalBoxFuture;
 use mpath_common::{
-    BUCKETS_PER_GROUP, NicCounters, NicInfo, ProbeReply, sources::SourceClass,
+    BUCKETS_PER_GROUP, NicCounters, NicInfo, ProbeReply, Settings, sources::SourceClass,
     sources::SourceCounters,
 };
 
@@ -116,6 +116,12 @@ pub(crate) struct FakeHost {
     /// NICs (by name) whose driver refuses the programs.
     refuse_attach: BTreeSet<String>,
     nic_infos: BTreeMap<u32, NicInfo>,
+    /// What mpathd gave the programs, once it did.
+    pub settings: Option<Settings>,
+    /// An earlier carrier hook's marks on these NICs (by ifindex).
+    pub carrier_marks: BTreeSet<u32>,
+    /// The marks cannot be cleared.
+    pub carrier_marks_stuck: bool,
     tables: BTreeMap<GroupId, Table>,
     /// NICs (by ifindex) whose probes the link's targets answer no longer.
     pub silent: BTreeSet<u32>,
@@ -149,6 +155,9 @@ impl FakeHost {
             attached: BTreeSet::new(),
             refuse_attach: BTreeSet::new(),
             nic_infos: BTreeMap::new(),
+            settings: None,
+            carrier_marks: BTreeSet::new(),
+            carrier_marks_stuck: false,
             tables: BTreeMap::new(),
             silent: BTreeSet::new(),
             dumps_fail: Cell::new(false),
@@ -817,6 +826,20 @@ impl HostIo for FakeHost {
     }
 
     fn detach_source_hook(&mut self) -> Result<(), DatapathError> {
+        Ok(())
+    }
+
+    fn set_settings(&mut self, settings: Settings) -> Result<(), MapsError> {
+        self.settings = Some(settings);
+        Ok(())
+    }
+
+    fn clear_carrier_marks(&mut self) -> Result<(), MapsError> {
+        if self.carrier_marks_stuck {
+            let ifindex = self.carrier_marks.first().copied().unwrap_or(0);
+            return Err(MapsError::UnknownNic(ifindex));
+        }
+        self.carrier_marks.clear();
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 use futures_util::future::LocalBoxFuture;
 use mpath_common::{
-    NicCounters, NicInfo, ProbeReply, sources::SourceClass, sources::SourceCounters,
+    NicCounters, NicInfo, ProbeReply, Settings, sources::SourceClass, sources::SourceCounters,
 };
 use tokio::sync::mpsc;
 
@@ -160,6 +160,10 @@ pub(crate) trait HostIo: Rtnetlink {
     fn attach_carrier_hook(&mut self) -> Result<(), String>;
 
     // The datapath's maps.
+    /// Gives the programs this mpathd's settings: the key its probes are signed with.
+    fn set_settings(&mut self, settings: Settings) -> Result<(), MapsError>;
+    /// Clears the marks of carrier loss an earlier carrier hook left on the NICs.
+    fn clear_carrier_marks(&mut self) -> Result<(), MapsError>;
     fn nic_info(&self, ifindex: u32) -> Result<NicInfo, MapsError>;
     fn set_nic(&mut self, ifindex: u32, info: NicInfo) -> Result<(), MapsError>;
     fn update_nic(
@@ -606,6 +610,14 @@ impl HostIo for LiveHost {
             .map_err(|e| e.to_string())?;
         self.carrier_events = Some(events);
         Ok(())
+    }
+
+    fn set_settings(&mut self, settings: Settings) -> Result<(), MapsError> {
+        self.datapath.maps.set_settings(settings)
+    }
+
+    fn clear_carrier_marks(&mut self) -> Result<(), MapsError> {
+        self.datapath.maps.clear_carrier_marks()
     }
 
     fn nic_info(&self, ifindex: u32) -> Result<NicInfo, MapsError> {
