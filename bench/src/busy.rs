@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::bail;
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::{Lab, ROUTER_V4};
 use mpath_tests::daemon::{Mpathd, inbound, log_time_ns, state_of, three_nic_config};
 
@@ -71,7 +72,7 @@ impl Drop for CpuHogs {
 /// h0 failed and its address moved to another NIC.
 fn failed_over(daemon: &Mpathd) -> bool {
     daemon.try_status().is_some_and(|s| {
-        state_of(&s, FAILING_NIC) == "failed"
+        state_of(&s, FAILING_NIC) == Some(InterfaceStatus::Failed)
             && inbound(&s, DATA_CIDR).is_some_and(|nic| nic != FAILING_NIC)
     })
 }

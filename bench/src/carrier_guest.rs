@@ -21,6 +21,7 @@
 use std::{fmt::Write as _, path::PathBuf, thread::sleep, time::Duration};
 
 use anyhow::{Context as _, bail};
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::{ROUTER_V4, VirtioLab, scaled, time_scale};
 use mpath_tests::daemon::{Mpathd, inbound, log_time_ns, state_of, three_nic_config};
 
@@ -390,7 +391,9 @@ fn measure(lab: &VirtioLab, method: &Method, first: &First) -> anyhow::Result<Ru
     let mut daemon = Mpathd::start(lab.host(), &config);
     daemon.wait_until("all NICs ok, 192.0.2.20 on h1", |d| {
         d.try_status().is_some_and(|s| {
-            ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok")
+            ["h0", "h1", "h2"]
+                .iter()
+                .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
                 && inbound(&s, DATA_CIDR) == Some("h1")
         })
     });
@@ -430,8 +433,10 @@ fn measure(lab: &VirtioLab, method: &Method, first: &First) -> anyhow::Result<Ru
         |i| i != h1,
     )?;
     daemon.wait_until("h1 failed, 192.0.2.20 on h2", |d| {
-        d.try_status()
-            .is_some_and(|s| state_of(&s, "h1") == "failed" && inbound(&s, DATA_CIDR) == Some("h2"))
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h1") == Some(InterfaceStatus::Failed)
+                && inbound(&s, DATA_CIDR) == Some("h2")
+        })
     });
     sleep(CALM);
     let arrivals = stream.take();

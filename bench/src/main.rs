@@ -59,6 +59,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::{BEHIND_ROUTER_V4, Lab, Netns, ROUTER_V4};
 use mpath_tests::daemon::{Mpathd, inbound, log_time_ns, state_of, three_nic_config};
 
@@ -789,7 +790,9 @@ fn receive(
 /// Every NIC ok and the stream's address back on the NIC that fails: failback is done.
 fn settled(daemon: &Mpathd) -> bool {
     daemon.try_status().is_some_and(|s| {
-        ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok")
+        ["h0", "h1", "h2"]
+            .iter()
+            .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
             && inbound(&s, DATA_CIDR) == Some(FAILING_NIC)
     })
 }
@@ -871,7 +874,9 @@ fn off_link_settled(lab: &Lab, daemon: &Mpathd) -> bool {
         .is_ok_and(|t| t.lines().any(|l| l.starts_with("default nhid")));
     served
         && daemon.try_status().is_some_and(|s| {
-            ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok")
+            ["h0", "h1", "h2"]
+                .iter()
+                .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
                 && inbound(&s, OFF_LINK_DATA) == Some(OFF_LINK_NIC)
         })
 }

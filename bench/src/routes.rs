@@ -55,6 +55,7 @@ use mpath_ctl::{
         views::Status,
     },
     config::DEFAULT_ROUTE_TABLE,
+    core::state::InterfaceStatus,
 };
 use mpath_lab::{BEHIND_ROUTER_V4, Lab, Netns, ROUTER_V4};
 use mpath_tests::daemon::{Mpathd, inbound, state_of, three_nic_config};
@@ -761,7 +762,7 @@ fn settled(daemon: &Mpathd, ctl: &mut Rtnl, deadline: Instant) -> anyhow::Result
         };
         let ok = ["h0", "h1", "h2"]
             .iter()
-            .all(|n| state_of(&status, n) == "ok")
+            .all(|n| state_of(&status, n) == Some(InterfaceStatus::Ok))
             && inbound(&status, OFF_LINK_DATA) == Some(OFF_LINK_NIC);
         let gateway = ctl
             .lookup(BEHIND_ROUTER_V4.parse()?)?

@@ -25,6 +25,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::{Lab, Netns, ROUTER_V4};
 use mpath_tests::daemon::Mpathd;
 
@@ -477,9 +478,9 @@ fn route_by_source(lab: &Lab, nics: u32) -> anyhow::Result<()> {
 }
 
 fn all_nics_ok(daemon: &Mpathd, nics: u32) -> bool {
-    daemon
-        .try_status()
-        .is_some_and(|s| (0..nics).all(|i| state_of(&s, &format!("h{i}")) == "ok"))
+    daemon.try_status().is_some_and(|s| {
+        (0..nics).all(|i| state_of(&s, &format!("h{i}")) == Some(InterfaceStatus::Ok))
+    })
 }
 
 /// The NICs mpathd does not call ok, for an error message.
@@ -491,7 +492,7 @@ fn not_ok_nics(daemon: &Mpathd, nics: u32) -> String {
         .map(|i| format!("h{i}"))
         .filter_map(|nic| {
             let state = state_of(&status, &nic);
-            (state != "ok").then(|| format!("{nic} {state}"))
+            (state != Some(InterfaceStatus::Ok)).then(|| format!("{nic} {state:?}"))
         })
         .collect();
     if bad.is_empty() {

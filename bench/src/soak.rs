@@ -23,11 +23,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use mpath_ctl::{
     api::control::{Reply, Request},
-    api::views::Status,
-    core::state::GroupState,
+    core::state::{GroupState, InterfaceStatus},
 };
 use mpath_lab::{Lab, ROUTER_V4, ROUTER_V6};
-use mpath_tests::daemon::{Mpathd, three_nic_config};
+use mpath_tests::daemon::{Mpathd, state_of, three_nic_config};
 
 use super::{cpus, load_average, write_section};
 
@@ -155,13 +154,13 @@ impl Faults {
     }
 
     /// mpathd's state for a NIC with these faults, once it has noticed them.
-    fn expected_state(self) -> &'static str {
+    fn expected_state(self) -> InterfaceStatus {
         if self.offline {
-            "offline"
+            InterfaceStatus::Offline
         } else if self.cut || self.dropped {
-            "failed"
+            InterfaceStatus::Failed
         } else {
-            "ok"
+            InterfaceStatus::Ok
         }
     }
 }
@@ -276,8 +275,8 @@ fn check(
         ));
     }
     for (nic, f) in NICS.iter().zip(faults) {
-        let state = nic_state(&status, nic);
-        if state != f.expected_state() {
+        let state = state_of(&status, nic);
+        if state != Some(f.expected_state()) {
             return Err(format!(
                 "{nic} is {state:?} in mpathd's status, expected {:?} ({f:?})",
                 f.expected_state()
@@ -323,14 +322,6 @@ fn check(
         placement.insert(address.to_string(), nic.to_string());
     }
     Ok(placement)
-}
-
-fn nic_state<'a>(status: &'a Status, nic: &str) -> &'a str {
-    status
-        .interfaces
-        .iter()
-        .find(|i| i.interface == nic)
-        .map_or("", |i| i.state.as_str())
 }
 
 /// One packet sent to a data address: the step during which it left and whether its echo

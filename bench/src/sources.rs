@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::{Lab, Netns};
 use mpath_tests::daemon::{Mpathd, state_of, three_nic_config};
 
@@ -188,7 +189,8 @@ fn set_mode(daemon: &mut Mpathd, mode: Mode, reloads: &mut usize) {
     let wanted = *reloads;
     daemon.wait_until("the reload applied", |d| {
         d.log().matches("reload: ").count() >= wanted
-            && d.try_status().is_some_and(|s| state_of(&s, "h1") == "ok")
+            && d.try_status()
+                .is_some_and(|s| state_of(&s, "h1") == Some(InterfaceStatus::Ok))
     });
 }
 
@@ -203,8 +205,11 @@ pub(crate) fn sources(rounds: u64, count: u64, out: Option<PathBuf>) -> anyhow::
     }
     let mut daemon = Mpathd::start(lab.host(), &config(Mode::Kernel));
     daemon.wait_until("all NICs ok", |d| {
-        d.try_status()
-            .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+        d.try_status().is_some_and(|s| {
+            ["h0", "h1", "h2"]
+                .iter()
+                .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
+        })
     });
     let mut reloads = 0;
     let cases: Vec<(Family, Sender, Op)> = [Family::V6, Family::V4]

@@ -4,6 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::{Lab, Tap};
 
 use crate::daemon::{Mpathd, inbound, log_time_ns, state_of};
@@ -50,8 +51,8 @@ pub fn cut_after_a_link_event(lab: &Lab, tap: &Tap) -> anyhow::Result<i64> {
 /// h0 and t0 ok, t0 holding its data address: ready for the cut.
 pub fn tap_group_ready(daemon: &Mpathd) -> bool {
     daemon.try_status().is_some_and(|s| {
-        state_of(&s, "h0") == "ok"
-            && state_of(&s, "t0") == "ok"
+        state_of(&s, "h0") == Some(InterfaceStatus::Ok)
+            && state_of(&s, "t0") == Some(InterfaceStatus::Ok)
             && inbound(&s, "192.0.2.40/24") == Some("t0")
     })
 }
@@ -59,7 +60,8 @@ pub fn tap_group_ready(daemon: &Mpathd) -> bool {
 /// t0 failed, its data address on h0.
 pub fn tap_failed_over(daemon: &Mpathd) -> bool {
     daemon.try_status().is_some_and(|s| {
-        state_of(&s, "t0") == "failed" && inbound(&s, "192.0.2.40/24") == Some("h0")
+        state_of(&s, "t0") == Some(InterfaceStatus::Failed)
+            && inbound(&s, "192.0.2.40/24") == Some("h0")
     })
 }
 

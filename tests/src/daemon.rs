@@ -13,19 +13,20 @@ use std::{
 use mpath_ctl::{
     api::control::{self, Reply, Request},
     api::views::Status,
+    core::state::InterfaceStatus,
 };
 use mpath_lab::Netns;
 pub use mpath_lab::{ipv6_only_config, three_nic_config, two_nic_config};
 
 use crate::PinDir;
 
-/// The state mpathd shows for `nic` (`ok`, `failed`, ...), empty when it shows no such NIC.
-pub fn state_of<'a>(status: &'a Status, nic: &str) -> &'a str {
+/// The state mpathd shows for `nic`, `None` when it shows no such NIC.
+pub fn state_of(status: &Status, nic: &str) -> Option<InterfaceStatus> {
     status
         .interfaces
         .iter()
         .find(|i| i.interface == nic)
-        .map_or("", |i| i.state.as_str())
+        .map(|i| i.state)
 }
 
 /// The NIC data address `address` (with its prefix length) is on, as mpathd shows it.
@@ -39,22 +40,28 @@ pub fn inbound<'a>(status: &'a Status, address: &str) -> Option<&'a str> {
 
 /// Whether mpathd shows every NIC of [`three_nic_config`]'s group (h0, h1, h2) ok.
 pub fn all_ok(d: &Mpathd) -> bool {
-    d.try_status()
-        .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+    d.try_status().is_some_and(|s| {
+        ["h0", "h1", "h2"]
+            .iter()
+            .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
+    })
 }
 
 /// Whether mpathd shows h1 failed and its data address 192.0.2.20 on h2: [`three_nic_config`]'s
 /// failover of h1, the end of most "cut h1" steps.
 pub fn h1_failed_over(d: &Mpathd) -> bool {
     d.try_status().is_some_and(|s| {
-        state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
+        state_of(&s, "h1") == Some(InterfaceStatus::Failed)
+            && inbound(&s, "192.0.2.20/24") == Some("h2")
     })
 }
 
 /// Whether mpathd shows h1 ok with 192.0.2.20 back on it: the failback after [`h1_failed_over`].
 pub fn h1_failed_back(d: &Mpathd) -> bool {
-    d.try_status()
-        .is_some_and(|s| state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1"))
+    d.try_status().is_some_and(|s| {
+        state_of(&s, "h1") == Some(InterfaceStatus::Ok)
+            && inbound(&s, "192.0.2.20/24") == Some("h1")
+    })
 }
 
 /// The data addresses of [`three_nic_config`] that are missing from their NICs, given the

@@ -5,6 +5,7 @@
 //! again.
 
 use aya::programs::XdpMode;
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_ctl::datapath::{Datapath, pins::PinLayout};
 use mpath_lab::{BEHIND_ROUTER_V4, Lab};
 use mpath_tests::{
@@ -70,7 +71,8 @@ fn every_link_at_mtu_9000_carries_jumbo_frames_through_failovers_with_no_xdp_pro
     lab.cut("h0").unwrap();
     daemon.wait_until("h0 failed, its address moved", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "failed" && inbound(&s, "192.0.2.19/24") != Some("h0")
+            state_of(&s, "h0") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.19/24") != Some("h0")
         })
     });
     ping_behind_router(&lab, 8900, "after h0's cable was cut");
@@ -80,7 +82,8 @@ fn every_link_at_mtu_9000_carries_jumbo_frames_through_failovers_with_no_xdp_pro
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("h1 failed by its probes, its address moved", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") != Some("h1")
+            state_of(&s, "h1") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.20/24") != Some("h1")
         })
     });
     ping_behind_router(&lab, 8900, "while h1 drops everything");
@@ -153,8 +156,8 @@ fn a_nic_the_programs_cannot_attach_to_is_offline_and_joins_once_they_attach() {
     let mut daemon = Mpathd::start(lab.host(), &config(Some("xdp")));
     daemon.wait_until("h1 offline, its address on the standby", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "ok"
-                && state_of(&s, "h1") == "offline"
+            state_of(&s, "h0") == Some(InterfaceStatus::Ok)
+                && state_of(&s, "h1") == Some(InterfaceStatus::Offline)
                 && inbound(&s, "192.0.2.20/24") == Some("h2")
         })
     });
@@ -229,7 +232,12 @@ fn a_nic_the_programs_cannot_attach_to_is_offline_and_joins_once_they_attach() {
     daemon.wait_until("the metric says h1 has its programs", |_| {
         no_datapath("h1") == Some(0.0)
     });
-    assert_eq!(state_of(&daemon.status(), "h1"), "ok", "{}", daemon.log());
+    assert_eq!(
+        state_of(&daemon.status(), "h1"),
+        Some(InterfaceStatus::Ok),
+        "{}",
+        daemon.log()
+    );
     let log = daemon.log();
     assert!(
         log.contains("mpathd's programs are attached to h1 now")

@@ -5,6 +5,7 @@
 use std::process::Output;
 use std::time::Duration;
 
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_ctl::core::state::ProbeStatus;
 use mpath_lab::{Lab, Netns};
 use mpath_tests::PinDir;
@@ -44,8 +45,11 @@ fn lab() -> Lab {
 }
 
 fn both_ok(d: &Mpathd) -> bool {
-    d.try_status()
-        .is_some_and(|s| ["h0", "h1"].iter().all(|n| state_of(&s, n) == "ok"))
+    d.try_status().is_some_and(|s| {
+        ["h0", "h1"]
+            .iter()
+            .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
+    })
 }
 
 fn sysctl(ns: &Netns, nic: &str, key: &str) -> String {

@@ -3,6 +3,7 @@
 //! mpathd's configuration alone; `ifdown` of a group NIC is a failure to mpathd, and `ifup`
 //! its repair.
 
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::Lab;
 use mpath_tests::{
     daemon::{h1_failed_back, inbound, state_of},
@@ -73,7 +74,8 @@ fn ifdown_of_a_group_nic_fails_it_over_and_ifup_repairs_it() {
     assert_eq!(lab.host().operstate("h1").unwrap(), "DOWN");
     daemon.wait_until("h1 failed, its address on h2, its test address back", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
+            state_of(&s, "h1") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.20/24") == Some("h2")
         }) && lab.host_addrs("h1").unwrap() == ["192.0.2.22/32"]
     });
     let h2 = lab.host_addrs("h2").unwrap();

@@ -7,6 +7,7 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_ctl::datapath::{
     legacy_tc::{self, Filter, Hook},
     pins::PinLayout,
@@ -226,7 +227,7 @@ fn switching_between_tcx_and_legacy_leaves_one_program_per_hook() {
     assert_eq!(spread_macs(&lab), [h0, h1].into());
     assert_eq!(
         state_of(&daemon.status(), "h0"),
-        "ok",
+        Some(InterfaceStatus::Ok),
         "mpathd runs on after the switches"
     );
 }

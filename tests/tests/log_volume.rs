@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::Lab;
 use mpath_tests::daemon::{Mpathd, state_of};
 use socket2::{InterfaceIndexOrAddress, SockRef};
@@ -103,8 +104,9 @@ fn a_flap_storm_over_eight_nics_logs_summaries_not_floods() {
     };
     let mut daemon = Mpathd::start(lab.host(), &config());
     daemon.wait_until("every NIC ok", |d| {
-        d.try_status()
-            .is_some_and(|s| (0..NICS).all(|i| state_of(&s, &format!("h{i}")) == "ok"))
+        d.try_status().is_some_and(|s| {
+            (0..NICS).all(|i| state_of(&s, &format!("h{i}")) == Some(InterfaceStatus::Ok))
+        })
     });
     let before = daemon.log().len();
 

@@ -116,7 +116,7 @@ fn carrier_loss_fails_over_to_the_standby_and_back() {
             .is_some_and(|s| inbound(&s, "192.0.2.19/24") == Some("h2"))
     });
     let status = daemon.status();
-    assert_eq!(state_of(&status, "h0"), "failed");
+    assert_eq!(state_of(&status, "h0"), Some(InterfaceStatus::Failed));
     assert_eq!(inbound(&status, "2001:db8::19/64"), Some("h2"));
     assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h1"));
     assert_eq!(status.groups[0].state, GroupState::Degraded);
@@ -154,7 +154,8 @@ fn carrier_loss_fails_over_to_the_standby_and_back() {
     lab.restore("h0").unwrap();
     daemon.wait_until("192.0.2.19 back on h0", |d| {
         d.try_status().is_some_and(|s| {
-            inbound(&s, "192.0.2.19/24") == Some("h0") && state_of(&s, "h0") == "ok"
+            inbound(&s, "192.0.2.19/24") == Some("h0")
+                && state_of(&s, "h0") == Some(InterfaceStatus::Ok)
         })
     });
     let status = daemon.status();
@@ -238,12 +239,13 @@ fn a_nic_whose_cable_returns_soon_after_start_is_repaired_only_after_10_answered
         lab.cut(nic).unwrap();
         daemon.wait_until("the NIC failed", |d| {
             d.try_status()
-                .is_some_and(|s| state_of(&s, nic) == "failed")
+                .is_some_and(|s| state_of(&s, nic) == Some(InterfaceStatus::Failed))
         });
         let restored_ms = now_ms();
         lab.restore(nic).unwrap();
         daemon.wait_until("the NIC repaired", |d| {
-            d.try_status().is_some_and(|s| state_of(&s, nic) == "ok")
+            d.try_status()
+                .is_some_and(|s| state_of(&s, nic) == Some(InterfaceStatus::Ok))
         });
         let log = daemon.log();
         let repaired_ms = log
@@ -481,7 +483,11 @@ fn a_killed_mpathd_leaves_traffic_flowing_and_its_successor_adopts_the_state() {
     daemon.spawn(lab.host());
     let status = daemon.status();
     assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h2"));
-    assert_eq!(state_of(&status, "h1"), "failed", "adopted as failed");
+    assert_eq!(
+        state_of(&status, "h1"),
+        Some(InterfaceStatus::Failed),
+        "adopted as failed"
+    );
     assert_eq!(shares(&daemon), table_before, "no bucket moved");
     assert!(daemon.log().contains("192.0.2.20/24 of h1 is on h2"));
     // h1 still drops everything: a second of probing must not bring the address back.
@@ -630,17 +636,18 @@ fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
     let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("h0 and h1 ok, h2 missing", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "ok"
-                && state_of(&s, "h1") == "ok"
-                && state_of(&s, "h2") == "missing"
+            state_of(&s, "h0") == Some(InterfaceStatus::Ok)
+                && state_of(&s, "h1") == Some(InterfaceStatus::Ok)
+                && state_of(&s, "h2") == Some(InterfaceStatus::Missing)
         })
     });
     assert_eq!(daemon.status().groups[0].unusable, ["h2"]);
 
     assert_eq!(lab.add_nic().unwrap(), "h2");
     daemon.wait_until("h2 joined as the standby", |d| {
-        d.try_status()
-            .is_some_and(|s| state_of(&s, "h2") == "ok" && s.groups[0].inactive == ["h2"])
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h2") == Some(InterfaceStatus::Ok) && s.groups[0].inactive == ["h2"]
+        })
     });
     assert!(
         lab.host_addrs("h2")
@@ -651,7 +658,7 @@ fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
     lab.remove_nic("h0").unwrap();
     daemon.wait_until("h0's addresses on h2", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "missing"
+            state_of(&s, "h0") == Some(InterfaceStatus::Missing)
                 && inbound(&s, "192.0.2.19/24") == Some("h2")
                 && inbound(&s, "2001:db8::19/64") == Some("h2")
         })
@@ -674,7 +681,8 @@ fn a_nic_that_disappears_fails_over_and_one_that_appears_late_joins() {
     assert_eq!(lab.add_nic().unwrap(), "h0");
     daemon.wait_until("h0 back home", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24") == Some("h0")
+            state_of(&s, "h0") == Some(InterfaceStatus::Ok)
+                && inbound(&s, "192.0.2.19/24") == Some("h0")
         })
     });
     lab.router()
@@ -701,7 +709,7 @@ fn a_renamed_nic_leaves_its_group_with_what_mpathd_put_on_it_and_rejoins_under_i
     rename("h0", "eth9");
     daemon.wait_until("h0 missing, its addresses moved", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "missing"
+            state_of(&s, "h0") == Some(InterfaceStatus::Missing)
                 && inbound(&s, "192.0.2.19/24").is_some_and(|n| n != "h0")
         })
     });
@@ -725,7 +733,8 @@ fn a_renamed_nic_leaves_its_group_with_what_mpathd_put_on_it_and_rejoins_under_i
     rename("eth9", "h0");
     daemon.wait_until("h0 back, its address home", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24") == Some("h0")
+            state_of(&s, "h0") == Some(InterfaceStatus::Ok)
+                && inbound(&s, "192.0.2.19/24") == Some("h0")
         })
     });
     assert!(has_address(&lab, "h0", "192.0.2.21/32"));
@@ -818,7 +827,11 @@ fn probes_stream_and_the_socket_refuses_other_users() {
         ),
         "{stderr}"
     );
-    assert_eq!(state_of(&daemon.status(), "h0"), "ok", "nothing happened");
+    assert_eq!(
+        state_of(&daemon.status(), "h0"),
+        Some(InterfaceStatus::Ok),
+        "nothing happened"
+    );
 }
 
 /// mpathctl against `daemon`'s socket as user `uid` (its own group) in `groups`.
@@ -879,7 +892,11 @@ fn members_of_group_mpath_may_use_the_views_and_only_root_the_commands() {
              uid {member}); members of group mpath may use the views"
         )
     );
-    assert_eq!(state_of(&daemon.status(), "h0"), "ok", "nothing happened");
+    assert_eq!(
+        state_of(&daemon.status(), "h0"),
+        Some(InterfaceStatus::Ok),
+        "nothing happened"
+    );
     let reload = as_user(member, &[MPATH_GID], &daemon, &["reload"]);
     assert_eq!(reload.status.code(), Some(1), "{reload:?}");
     assert!(
@@ -892,7 +909,10 @@ fn members_of_group_mpath_may_use_the_views_and_only_root_the_commands() {
     // Root may do both.
     let root = daemon.ctl(lab.host(), &["offline", "h0"]);
     assert!(root.status.success(), "{root:?}");
-    assert_eq!(state_of(&daemon.status(), "h0"), "offline");
+    assert_eq!(
+        state_of(&daemon.status(), "h0"),
+        Some(InterfaceStatus::Offline)
+    );
     drop(daemon);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -1055,7 +1075,8 @@ fn hosts_that_answer_the_all_hosts_echo_stand_in_for_a_silent_router() {
     lab.drop_silently("h0").unwrap();
     daemon.wait_until("192.0.2.19 moved off h0", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "failed" && inbound(&s, "192.0.2.19/24") != Some("h0")
+            state_of(&s, "h0") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.19/24") != Some("h0")
         })
     });
     assert_eq!(daemon.status().groups[0].state, GroupState::Degraded);
@@ -1076,7 +1097,8 @@ fn with_failback_off_a_repaired_nic_stays_inactive_and_its_addresses_stay_away()
     });
     lab.restore("h0").unwrap();
     daemon.wait_until("h0 repaired", |d| {
-        d.try_status().is_some_and(|s| state_of(&s, "h0") == "ok")
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h0") == Some(InterfaceStatus::Ok))
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
     let status = daemon.status();
@@ -1190,7 +1212,7 @@ fn an_offlined_nic_stays_offline_across_kill_9_and_restart() {
     let status = daemon.status();
     assert_eq!(
         state_of(&status, "h1"),
-        "offline",
+        Some(InterfaceStatus::Offline),
         "{:?}",
         status.interfaces
     );
@@ -1662,16 +1684,19 @@ fn a_nic_added_after_the_pin_directory_was_removed_gets_the_datapath() {
     // h2 is configured but missing at start.
     let mut daemon = Mpathd::start(lab.host(), &CONFIG);
     daemon.wait_until("h0 and h1 ok", |d| {
-        d.try_status()
-            .is_some_and(|s| state_of(&s, "h0") == "ok" && state_of(&s, "h1") == "ok")
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == Some(InterfaceStatus::Ok)
+                && state_of(&s, "h1") == Some(InterfaceStatus::Ok)
+        })
     });
     std::fs::remove_dir_all(daemon.pins.path()).unwrap();
 
     assert_eq!(lab.add_nic().unwrap(), "h2");
     // Only replies matched by its probe matcher can make h2 ok.
     daemon.wait_until("h2 joined as the standby", |d| {
-        d.try_status()
-            .is_some_and(|s| state_of(&s, "h2") == "ok" && s.groups[0].inactive == ["h2"])
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h2") == Some(InterfaceStatus::Ok) && s.groups[0].inactive == ["h2"]
+        })
     });
     // The tc programs: pinned tcx links, or mpathd's cls_bpf filters on kernels without tcx.
     let on_h2 = hooks(lab.host(), "h2");
@@ -1715,7 +1740,7 @@ fn a_reload_that_rebuilds_a_group_keeps_an_offline_nic_offline() {
     let status = daemon.status();
     assert_eq!(
         state_of(&status, "h1"),
-        "offline",
+        Some(InterfaceStatus::Offline),
         "{:?}",
         status.interfaces
     );
@@ -1790,7 +1815,7 @@ fn without_configured_targets_the_on_link_router_of_a_route_is_probed() {
     lab.drop_silently("h2").unwrap();
     daemon.wait_until("h2 failed by its probes to the router", |d| {
         d.try_status()
-            .is_some_and(|s| state_of(&s, "h2") == "failed")
+            .is_some_and(|s| state_of(&s, "h2") == Some(InterfaceStatus::Failed))
     });
 }
 
@@ -1933,7 +1958,8 @@ fn a_flapping_link_moves_the_addresses_once_each_way() {
         .unwrap();
     daemon.wait_until("h0 repaired and its addresses home", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24") == Some("h0")
+            state_of(&s, "h0") == Some(InterfaceStatus::Ok)
+                && inbound(&s, "192.0.2.19/24") == Some("h0")
         })
     });
     let log = daemon.log();
@@ -2129,7 +2155,8 @@ fn a_nic_without_an_ipv4_test_address_probes_over_ipv6_from_its_link_local_addre
     lab.drop_silently("h0").unwrap();
     daemon.wait_until("h0 failed by its IPv6 probes, its address on h1", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "failed" && inbound(&s, "2001:db8::19/64") == Some("h1")
+            state_of(&s, "h0") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "2001:db8::19/64") == Some("h1")
         })
     });
     lab.router()
@@ -2245,7 +2272,7 @@ fn a_test_address_deleted_behind_mpathds_back_is_restored_and_the_nic_stays_ok()
     // Ten probe intervals later h1 is still ok: its probes kept getting answers.
     std::thread::sleep(std::time::Duration::from_secs(1));
     let status = daemon.status();
-    assert_eq!(state_of(&status, "h1"), "ok");
+    assert_eq!(state_of(&status, "h1"), Some(InterfaceStatus::Ok));
     assert!(!daemon.log().contains("NIC failure detected on h1"));
 }
 
@@ -2284,7 +2311,7 @@ fn a_restart_during_a_silent_failure_fails_the_nic_without_a_startup_quiet_perio
     // The 40 s quiet period of a cold start would hold this back past the wait's 20 s.
     daemon.wait_until("h1 failed by its probes", |d| {
         d.try_status()
-            .is_some_and(|s| state_of(&s, "h1") == "failed")
+            .is_some_and(|s| state_of(&s, "h1") == Some(InterfaceStatus::Failed))
     });
 }
 
@@ -2296,7 +2323,8 @@ fn a_nic_failed_before_a_reload_or_a_restart_stays_failed_with_no_new_failure() 
     lab.drop_silently("h1").unwrap();
     let h1_failed = |d: &Mpathd| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") != Some("h1")
+            state_of(&s, "h1") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.20/24") != Some("h1")
         })
     };
     daemon.wait_until("h1 failed by its probes", h1_failed);
@@ -2467,13 +2495,17 @@ fn a_nic_with_another_members_mac_is_taken_offline_until_its_mac_is_unique() {
         .unwrap();
     daemon.wait_until("h2 offline, its address elsewhere", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h2") == "offline"
+            state_of(&s, "h2") == Some(InterfaceStatus::Offline)
                 && inbound(&s, "192.0.2.24/24").is_some_and(|nic| nic != "h2")
         })
     });
     let status = daemon.status();
     assert_eq!(status.groups[0].unusable, ["h2"]);
-    assert_eq!(state_of(&status, "h1"), "ok", "the first of the two stays");
+    assert_eq!(
+        state_of(&status, "h1"),
+        Some(InterfaceStatus::Ok),
+        "the first of the two stays"
+    );
     assert_eq!(
         lab.host_addrs("h2").unwrap(),
         ["192.0.2.23/32"],
@@ -2520,7 +2552,8 @@ fn a_nic_with_another_members_mac_is_taken_offline_until_its_mac_is_unique() {
         .unwrap();
     daemon.wait_until("h2 back with its address", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h2") == "ok" && inbound(&s, "192.0.2.24/24") == Some("h2")
+            state_of(&s, "h2") == Some(InterfaceStatus::Ok)
+                && inbound(&s, "192.0.2.24/24") == Some("h2")
         })
     });
     assert!(

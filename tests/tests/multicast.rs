@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::{Lab, ROUTER_NIC};
 use mpath_tests::daemon::{Mpathd, inbound, state_of, three_nic_config};
 use socket2::{InterfaceIndexOrAddress, SockRef};
@@ -184,8 +185,11 @@ fn memberships_of_a_failed_nic_are_joined_on_the_nic_that_took_over_and_left_on_
     lab.snoop_multicast().unwrap();
     let mut daemon = Mpathd::start(lab.host(), &three_nic_config(700));
     daemon.wait_until("all NICs ok", |d| {
-        d.try_status()
-            .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+        d.try_status().is_some_and(|s| {
+            ["h0", "h1", "h2"]
+                .iter()
+                .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
+        })
     });
     let receiver = Receiver::start(&lab, "h0");
     let _sender = Sender::start(&lab);
@@ -207,7 +211,8 @@ fn memberships_of_a_failed_nic_are_joined_on_the_nic_that_took_over_and_left_on_
     lab.drop_silently("h0").unwrap();
     daemon.wait_until("h0 failed, 192.0.2.19 on h2", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "failed" && inbound(&s, "192.0.2.19/24") == Some("h2")
+            state_of(&s, "h0") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.19/24") == Some("h2")
         })
     });
     let at_failover = receiver.counts();
@@ -263,7 +268,7 @@ fn memberships_of_a_failed_nic_are_joined_on_the_nic_that_took_over_and_left_on_
     lab.undrop("h0").unwrap();
     daemon.wait_until("h0 repaired, its address and groups back", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "ok"
+            state_of(&s, "h0") == Some(InterfaceStatus::Ok)
                 && inbound(&s, "192.0.2.19/24") == Some("h0")
                 && s.memberships.is_empty()
         })
@@ -306,8 +311,11 @@ fn a_nic_back_from_a_link_failure_reports_its_ipv4_groups_at_once() {
         .unwrap();
     let mut daemon = Mpathd::start(lab.host(), &three_nic_config(700));
     daemon.wait_until("all NICs ok", |d| {
-        d.try_status()
-            .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+        d.try_status().is_some_and(|s| {
+            ["h0", "h1", "h2"]
+                .iter()
+                .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
+        })
     });
     let receiver = Receiver::start(&lab, "h0");
     let _sender = Sender::start(&lab);
@@ -316,8 +324,9 @@ fn a_nic_back_from_a_link_failure_reports_its_ipv4_groups_at_once() {
 
     lab.cut("h0").unwrap();
     daemon.wait_until("h0 failed, its groups joined on h2", |d| {
-        d.try_status()
-            .is_some_and(|s| state_of(&s, "h0") == "failed" && !s.memberships.is_empty())
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == Some(InterfaceStatus::Failed) && !s.memberships.is_empty()
+        })
     });
     assert!(
         !snooped_ports(&lab, "239.1.1.1").contains(&"s0".to_string()),
@@ -327,8 +336,9 @@ fn a_nic_back_from_a_link_failure_reports_its_ipv4_groups_at_once() {
 
     lab.restore("h0").unwrap();
     daemon.wait_until("h0 repaired, the stand-in joins left", |d| {
-        d.try_status()
-            .is_some_and(|s| state_of(&s, "h0") == "ok" && s.memberships.is_empty())
+        d.try_status().is_some_and(|s| {
+            state_of(&s, "h0") == Some(InterfaceStatus::Ok) && s.memberships.is_empty()
+        })
     });
     // Without the report the switch learns h0's port only from the answer to a query; until
     // the stand-in's leave has run its last-member queries it forwards to h2's port alone.

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use mpath_ctl::core::{
     routes::{MainRoute, MainTable},
-    target::RouteEntry,
+    target::{AddressFamily, RouteEntry},
 };
 use mpath_ctl::net::address::IpCidr;
 use mpath_ctl::net::netconf::{InterfaceNetconf, Netconf};
 use mpath_ctl::net::netlink::{AddressOptions, Link, MAIN_TABLE, Monitor, NetEvent, Netlink};
-use mpath_ctl::net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind, Nexthops};
+use mpath_ctl::net::nexthop::{Nexthop, NexthopError, NexthopKind, Nexthops};
 use mpath_lab::{Lab, Netns};
 use tokio::runtime::Runtime;
 
@@ -639,9 +639,9 @@ fn nexthops_and_a_resilient_group_are_replaced_dumped_and_deleted() {
         },
     };
     // The host has no address in 198.51.100.0/24: the gateways are reachable only onlink.
-    let v4_h0 = single(1, IpFamily::V4, h0, Some("198.51.100.1"), true);
-    let v6_h1 = single(2, IpFamily::V6, h1, None, false);
-    let v4_h1 = single(3, IpFamily::V4, h1, Some("198.51.100.1"), true);
+    let v4_h0 = single(1, AddressFamily::Inet, h0, Some("198.51.100.1"), true);
+    let v6_h1 = single(2, AddressFamily::Inet6, h1, None, false);
+    let v4_h1 = single(3, AddressFamily::Inet, h1, Some("198.51.100.1"), true);
 
     let _inside = lab
         .host()
@@ -694,7 +694,7 @@ fn nexthops_and_a_resilient_group_are_replaced_dumped_and_deleted() {
         // The kernel explains in its extended ack why it refused.
         lab.cut("h1").expect("cutting h1");
         let error = nexthops
-            .replace(&single(4, IpFamily::V4, h1, None, false))
+            .replace(&single(4, AddressFamily::Inet, h1, None, false))
             .await
             .expect_err("h1 has no carrier");
         let NexthopError::Replace { id: 4, source } = &error else {

@@ -14,6 +14,7 @@ use mpath_common::{
     checksum::{internet_checksum, ipv6_pseudo_header},
     probe_tag,
 };
+use mpath_ctl::core::target::AddressFamily;
 use mpath_ctl::datapath::{Datapath, ProbeRx};
 use mpath_ctl::net::announce::{gratuitous_arp, unsolicited_na};
 use mpath_ctl::net::probe_socket::{ProbeSocket, monotonic_ns};
@@ -47,7 +48,7 @@ fn v4_probe_leaves_with_ttl_1_and_the_router_echoes_it_byte_for_byte() {
     let h0 = lab.host().ifindex("h0").unwrap();
     let _inside = lab.host().enter().unwrap();
     let capture = Capture::on(h0);
-    let unfiltered = UnfilteredIcmp::open(Family::V4);
+    let unfiltered = UnfilteredIcmp::open(AddressFamily::Inet);
     let probe = ProbeSocket::v4("h0", h0, TEST_V4).unwrap();
     let seq = 0x0005_0007;
     let sent_ns = monotonic_ns();
@@ -162,7 +163,7 @@ fn v6_probe_from_link_local_to_the_router_link_local() {
     let router = IpAddr::V6(link_local(lab.router(), ROUTER_NIC));
     let _inside = lab.host().enter().unwrap();
     let capture = Capture::on(h0);
-    let unfiltered = UnfilteredIcmp::open(Family::V6);
+    let unfiltered = UnfilteredIcmp::open(AddressFamily::Inet6);
     let probe = ProbeSocket::v6("h0", h0, own).unwrap();
     let (seq, sent_ns) = (0x0002_fffe, monotonic_ns());
 
@@ -305,7 +306,7 @@ fn v4_discovery_finds_the_router_and_not_this_host() {
     let h0 = lab.host().ifindex("h0").unwrap();
     let _inside = lab.host().enter().unwrap();
     let (capture, capture_lo) = (Capture::on(h0), Capture::on(LOOPBACK_IFINDEX));
-    let unfiltered = UnfilteredIcmp::open(Family::V4);
+    let unfiltered = UnfilteredIcmp::open(AddressFamily::Inet);
     let probe = ProbeSocket::v4("h0", h0, TEST_V4).unwrap();
 
     probe.send(ALL_HOSTS_V4, 3, KEY, monotonic_ns()).unwrap();
@@ -337,7 +338,7 @@ fn v6_discovery_to_all_nodes_finds_the_router_and_not_this_host() {
     let router = IpAddr::V6(link_local(lab.router(), ROUTER_NIC));
     let _inside = lab.host().enter().unwrap();
     let (capture, capture_lo) = (Capture::on(h0), Capture::on(LOOPBACK_IFINDEX));
-    let unfiltered = UnfilteredIcmp::open(Family::V6);
+    let unfiltered = UnfilteredIcmp::open(AddressFamily::Inet6);
     let probe = ProbeSocket::v6("h0", h0, own).unwrap();
 
     probe.send(ALL_NODES_V6, 4, KEY, monotonic_ns()).unwrap();
@@ -552,24 +553,18 @@ fn icmpv6_checksum(ip: &IpPacket) -> u16 {
     internet_checksum(pseudo, &ip.payload)
 }
 
-#[derive(Clone, Copy)]
-enum Family {
-    V4,
-    V6,
-}
-
 /// A raw ICMP socket without any filter: it receives every ICMP message the host does, so
 /// once it has a reply, the kernel has offered that reply to the probe socket too.
 struct UnfilteredIcmp {
     fd: OwnedFd,
-    family: Family,
+    family: AddressFamily,
 }
 
 impl UnfilteredIcmp {
-    fn open(family: Family) -> Self {
+    fn open(family: AddressFamily) -> Self {
         let (domain, protocol) = match family {
-            Family::V4 => (libc::AF_INET, libc::IPPROTO_ICMP),
-            Family::V6 => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+            AddressFamily::Inet => (libc::AF_INET, libc::IPPROTO_ICMP),
+            AddressFamily::Inet6 => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
         };
         // SAFETY: plain syscall; the descriptor is owned below.
         let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
@@ -586,12 +581,12 @@ impl UnfilteredIcmp {
         while let Some(n) = recv_before(&self.fd, &mut buf, deadline, None) {
             let message = match self.family {
                 // IPv4 raw sockets get the IP header too.
-                Family::V4 => &buf[usize::from(buf[0] & 0x0f) * 4..n],
-                Family::V6 => &buf[..n],
+                AddressFamily::Inet => &buf[usize::from(buf[0] & 0x0f) * 4..n],
+                AddressFamily::Inet6 => &buf[..n],
             };
             let reply_type = match self.family {
-                Family::V4 => ICMP_ECHO_REPLY,
-                Family::V6 => ICMPV6_ECHO_REPLY,
+                AddressFamily::Inet => ICMP_ECHO_REPLY,
+                AddressFamily::Inet6 => ICMPV6_ECHO_REPLY,
             };
             if message.len() >= 8
                 && message[0] == reply_type

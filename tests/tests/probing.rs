@@ -10,7 +10,8 @@ use std::{
 
 use mpath_common::PROBE_ICMP_ID;
 use mpath_ctl::{
-    api::views::Status, core::probe::NUM_PROBE_REPAIRS, core::target::MAX_PROBE_TARGETS,
+    api::views::Status, core::probe::NUM_PROBE_REPAIRS, core::state::InterfaceStatus,
+    core::target::MAX_PROBE_TARGETS,
 };
 use mpath_lab::{Lab, ROUTER_V4};
 use mpath_tests::{
@@ -72,7 +73,8 @@ fn lab_with_two_router_addresses() -> Lab {
 }
 
 fn all_ok(status: &Status) -> bool {
-    NICS.iter().all(|n| state_of(status, n) == "ok")
+    NICS.iter()
+        .all(|n| state_of(status, n) == Some(InterfaceStatus::Ok))
 }
 
 fn is_active(status: &Status, nic: &str) -> bool {
@@ -587,7 +589,8 @@ fn duplicate_wrong_source_and_stale_replies_count_as_unknown_and_cannot_keep_a_n
     );
     daemon.wait_until("h0 failed, 192.0.2.19 moved to the standby", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "failed" && inbound(&s, "192.0.2.19/24") == Some("h2")
+            state_of(&s, "h0") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.19/24") == Some("h2")
         })
     });
 
@@ -620,7 +623,7 @@ fn duplicate_wrong_source_and_stale_replies_count_as_unknown_and_cannot_keep_a_n
         sleep(Duration::from_millis(300));
         let before = counter();
         holds_for(&daemon, Duration::from_secs(3), "h0 failed", |s| {
-            state_of(s, "h0") == "failed"
+            state_of(s, "h0") == Some(InterfaceStatus::Failed)
         });
         let refused = counter() - before;
         assert!(
@@ -632,7 +635,8 @@ fn duplicate_wrong_source_and_stale_replies_count_as_unknown_and_cannot_keep_a_n
     // Correct replies again: h0 is repaired, so only the spoiling kept it down.
     responder.clear(h0);
     daemon.wait_until("h0 repaired by correct replies", |d| {
-        d.try_status().is_some_and(|s| state_of(&s, "h0") == "ok")
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h0") == Some(InterfaceStatus::Ok))
     });
 }
 
@@ -657,7 +661,7 @@ fn a_nic_silent_from_the_start_is_not_failed_during_the_startup_quiet_period() {
     let at_home = |s: &Status| {
         ["h0", "h1"]
             .iter()
-            .all(|nic| state_of(s, nic) != "failed" && is_active(s, nic))
+            .all(|nic| state_of(s, nic) != Some(InterfaceStatus::Failed) && is_active(s, nic))
             && inbound(s, "192.0.2.19/24") == Some("h0")
             && inbound(s, "192.0.2.20/24") == Some("h1")
     };
@@ -684,7 +688,7 @@ fn a_nic_silent_from_the_start_is_not_failed_during_the_startup_quiet_period() {
     let dropped = Instant::now();
     daemon.wait_until("h0 failed", |d| {
         d.try_status()
-            .is_some_and(|s| state_of(&s, "h0") == "failed")
+            .is_some_and(|s| state_of(&s, "h0") == Some(InterfaceStatus::Failed))
     });
     assert!(
         dropped.elapsed() < Duration::from_secs(3),
@@ -700,11 +704,11 @@ fn a_nic_silent_from_the_start_is_not_failed_during_the_startup_quiet_period() {
             .saturating_duration_since(Instant::now())
             .saturating_sub(Duration::from_millis(500)),
         "h1 not failed during the quiet period",
-        |s| state_of(s, "h1") != "failed" && is_active(s, "h1"),
+        |s| state_of(s, "h1") != Some(InterfaceStatus::Failed) && is_active(s, "h1"),
     );
     daemon.wait_until("h1 failed after the quiet period", |d| {
         d.try_status()
-            .is_some_and(|s| state_of(&s, "h1") == "failed")
+            .is_some_and(|s| state_of(&s, "h1") == Some(InterfaceStatus::Failed))
     });
     assert!(
         started.elapsed() < Duration::from_secs(46),
@@ -722,26 +726,29 @@ fn a_nic_silent_from_the_start_is_not_failed_during_the_startup_quiet_period() {
 fn a_link_that_comes_up_more_than_twice_a_minute_is_repaired_only_once_stable() {
     let lab = Lab::new(2).expect("lab");
     let mut daemon = Mpathd::start(lab.host(), &two_nic_config(""));
-    let h0_is = |state: &'static str| {
-        move |d: &Mpathd| d.try_status().is_some_and(|s| state_of(&s, "h0") == state)
+    let h0_is = |state: InterfaceStatus| {
+        move |d: &Mpathd| {
+            d.try_status()
+                .is_some_and(|s| state_of(&s, "h0") == Some(state))
+        }
     };
-    daemon.wait_until("h0 ok", h0_is("ok"));
+    daemon.wait_until("h0 ok", h0_is(InterfaceStatus::Ok));
 
     // Two link-ups within the minute are repaired at once.
     let mut second_up = Instant::now();
     for round in 0..2 {
         lab.cut("h0").unwrap();
-        daemon.wait_until("h0 failed by its link", h0_is("failed"));
+        daemon.wait_until("h0 failed by its link", h0_is(InterfaceStatus::Failed));
         second_up = Instant::now();
         lab.restore("h0").unwrap();
         daemon.wait_until(
             &format!("h0 repaired after link-up {}", round + 1),
-            h0_is("ok"),
+            h0_is(InterfaceStatus::Ok),
         );
     }
     // The third is not: the repair waits a minute from the link-up before it.
     lab.cut("h0").unwrap();
-    daemon.wait_until("h0 failed by its link", h0_is("failed"));
+    daemon.wait_until("h0 failed by its link", h0_is(InterfaceStatus::Failed));
     lab.restore("h0").unwrap();
     daemon.wait_until("mpathd to say it damps h0", |d| {
         d.log().contains(
@@ -756,11 +763,15 @@ fn a_link_that_comes_up_more_than_twice_a_minute_is_repaired_only_once_stable() 
             .saturating_duration_since(Instant::now())
             .saturating_sub(Duration::from_millis(500)),
         "h0 failed and its address on h1 while the link is damped",
-        |s| state_of(s, "h0") == "failed" && inbound(s, "192.0.2.19/24") == Some("h1"),
+        |s| {
+            state_of(s, "h0") == Some(InterfaceStatus::Failed)
+                && inbound(s, "192.0.2.19/24") == Some("h1")
+        },
     );
     daemon.wait_until("h0 repaired once stable, its address back", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "ok" && inbound(&s, "192.0.2.19/24") == Some("h0")
+            state_of(&s, "h0") == Some(InterfaceStatus::Ok)
+                && inbound(&s, "192.0.2.19/24") == Some("h0")
         })
     });
     assert!(

@@ -12,6 +12,7 @@ use std::{
 };
 
 use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::{BEHIND_ROUTER_V4, BEHIND_ROUTER_V6, Lab};
 use mpath_tests::{
     daemon::{
@@ -271,7 +272,8 @@ fn off_link_traffic_survives_carrier_loss_of_the_nic_the_default_route_named() {
     lab.cut("h1").unwrap();
     daemon.wait_until("h1 failed and its address moved", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") != Some("h1")
+            state_of(&s, "h1") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.20/24") != Some("h1")
         })
     });
     // The per-NIC default routes still name h1 (marked linkdown); the group's do not.
@@ -320,7 +322,7 @@ fn off_link_traffic_survives_a_silent_failure_of_the_nic_the_default_route_named
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("h1 failed by its probes", |d| {
         d.try_status()
-            .is_some_and(|s| state_of(&s, "h1") == "failed")
+            .is_some_and(|s| state_of(&s, "h1") == Some(InterfaceStatus::Failed))
     });
     for family in ["-4", "-6"] {
         let nics = members(&lab, default_group(&lab, family));
@@ -560,7 +562,7 @@ via = "fe80::1"
     lab.cut("h0").unwrap();
     daemon.wait_until("h0 failed", |d| {
         d.try_status()
-            .is_some_and(|s| state_of(&s, "h0") == "failed")
+            .is_some_and(|s| state_of(&s, "h0") == Some(InterfaceStatus::Failed))
     });
     assert_off_link_reachable(&lab, "after h0's cable was cut");
     assert_sources_are_data_addresses(&lab, "after h0's cable was cut");
@@ -633,7 +635,7 @@ fn with_datapath_spreading_the_routes_use_one_nic_and_the_egress_program_spreads
     lab.drop_silently("h0").unwrap();
     daemon.wait_until("h0 failed by its probes", |d| {
         d.try_status()
-            .is_some_and(|s| state_of(&s, "h0") == "failed")
+            .is_some_and(|s| state_of(&s, "h0") == Some(InterfaceStatus::Failed))
     });
     for family in ["-4", "-6"] {
         let nics = members(&lab, default_group(&lab, family));
@@ -727,7 +729,8 @@ fn a_default_route_renewed_through_a_failed_nic_is_accepted_and_served() {
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("h1 failed, its address moved", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") != Some("h1")
+            state_of(&s, "h1") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.20/24") != Some("h1")
         })
     });
     let on_h1 = lab.host_addrs("h1").unwrap();
@@ -1032,7 +1035,7 @@ fn ipv6_connections_spread_their_sources_and_keep_them_through_a_failover() {
     lab.cut("h0").unwrap();
     daemon.wait_until("h0 failed, its addresses moved", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "failed"
+            state_of(&s, "h0") == Some(InterfaceStatus::Failed)
                 && inbound(&s, "2001:db8::19/64").is_some_and(|n| n != "h0")
         })
     });
@@ -1184,7 +1187,7 @@ fn ipv4_connections_to_the_group_s_subnet_spread_their_sources_and_keep_them_thr
     lab.cut("h0").unwrap();
     daemon.wait_until("h0 failed, its addresses moved", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "failed"
+            state_of(&s, "h0") == Some(InterfaceStatus::Failed)
                 && inbound(&s, "192.0.2.19/24").is_some_and(|n| n != "h0")
         })
     });
@@ -1304,11 +1307,13 @@ fn ipv6_probes_leave_through_their_own_nic_under_an_ipv6_default_group_route() {
     let counts = count_ipv6_probes_per_port(&lab, &["h0", "h1"]);
     let mut daemon = Mpathd::start(lab.host(), &config);
     daemon.wait_until("both NICs ok, the default route the group's", |d| {
-        d.try_status()
-            .is_some_and(|s| ["h0", "h1"].iter().all(|n| state_of(&s, n) == "ok"))
-            && table(&lab, "-6")
-                .lines()
-                .any(|l| l.starts_with("default nhid "))
+        d.try_status().is_some_and(|s| {
+            ["h0", "h1"]
+                .iter()
+                .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
+        }) && table(&lab, "-6")
+            .lines()
+            .any(|l| l.starts_with("default nhid "))
     });
     assert_eq!(
         members(&lab, default_group(&lab, "-6"))
@@ -1349,14 +1354,15 @@ fn ipv6_probes_leave_through_their_own_nic_under_an_ipv6_default_group_route() {
     lab.drop_silently("h0").unwrap();
     daemon.wait_until("h0 failed, its address on h1", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "failed" && inbound(&s, "2001:db8::19/64") == Some("h1")
+            state_of(&s, "h0") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "2001:db8::19/64") == Some("h1")
         })
     });
     let log = daemon.log();
     assert!(!log.contains("NIC failure detected on h1"), "{log}");
     assert_eq!(
-        daemon.try_status().map(|s| state_of(&s, "h1").to_string()),
-        Some("ok".to_string())
+        daemon.try_status().and_then(|s| state_of(&s, "h1")),
+        Some(InterfaceStatus::Ok)
     );
 }
 
@@ -1440,7 +1446,8 @@ fn nics_leave_the_routes_before_their_addresses_and_join_after_so_no_flow_takes_
     lab.drop_silently("h1").unwrap();
     daemon.wait_until("h1 failed, 192.0.2.20 off it", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") != Some("h1")
+            state_of(&s, "h1") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.20/24") != Some("h1")
         })
     });
     std::thread::sleep(Duration::from_millis(200));

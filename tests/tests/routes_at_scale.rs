@@ -9,6 +9,7 @@
 use std::{io::Write as _, process::Stdio, sync::LazyLock};
 
 use mpath_ctl::config::DEFAULT_ROUTE_TABLE;
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::{BEHIND_ROUTER_V4, Lab};
 use mpath_tests::{
     daemon::{Mpathd, all_ok, state_of, three_nic_config},
@@ -128,7 +129,7 @@ fn every_route_through_the_group_is_served_through_a_failover_and_none_is_left_a
     lab.cut("h1").unwrap();
     daemon.wait_until("h1 failed and out of the default route's group", |d| {
         d.try_status()
-            .is_some_and(|s| state_of(&s, "h1") == "failed")
+            .is_some_and(|s| state_of(&s, "h1") == Some(InterfaceStatus::Failed))
             && !default_route_nics(&lab).contains(&"h1".to_string())
     });
     assert_eq!(served(&lab), ROUTES as usize, "every route still served");
@@ -141,7 +142,8 @@ fn every_route_through_the_group_is_served_through_a_failover_and_none_is_left_a
     assert!(pings.success(), "the network behind the router unreachable");
     lab.restore("h1").unwrap();
     daemon.wait_until("h1 back in the default route's group", |d| {
-        d.try_status().is_some_and(|s| state_of(&s, "h1") == "ok")
+        d.try_status()
+            .is_some_and(|s| state_of(&s, "h1") == Some(InterfaceStatus::Ok))
             && default_route_nics(&lab).contains(&"h1".to_string())
     });
 

@@ -8,6 +8,7 @@ use std::{
 };
 
 use mpath_ctl::api::control::{self, Request};
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::Lab;
 use mpath_tests::{
     PinDir,
@@ -24,7 +25,7 @@ fn lab() -> Lab {
 fn settled(d: &Mpathd) -> bool {
     d.try_status().is_some_and(|s| {
         ["h0", "h1", "h2"].iter().all(|nic| {
-            state_of(&s, nic) == "ok"
+            state_of(&s, nic) == Some(InterfaceStatus::Ok)
                 && s.targets.iter().any(|t| {
                     t.interface == *nic
                         && t.test_address
@@ -363,8 +364,11 @@ fn a_reload_is_announced_with_reloading_and_ends_with_ready() {
     let ready = notify.next();
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     daemon.wait_until("all NICs ok", |d| {
-        d.try_status()
-            .is_some_and(|s| ["h0", "h1", "h2"].iter().all(|n| state_of(&s, n) == "ok"))
+        d.try_status().is_some_and(|s| {
+            ["h0", "h1", "h2"]
+                .iter()
+                .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
+        })
     });
 
     // A reload that changes the failure detection time.

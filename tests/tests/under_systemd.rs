@@ -20,6 +20,7 @@ use mpath_ctl::api::{
     control::{self, Reply, Request},
     views::Status,
 };
+use mpath_ctl::core::state::InterfaceStatus;
 use mpath_lab::{Lab, scaled};
 use mpath_tests::{
     daemon::{binary, data_addresses_missing, inbound, state_of, three_nic_config},
@@ -298,7 +299,10 @@ fn the_unit_starts_reloads_keeps_its_watchdog_fails_over_restarts_and_stops_leav
     let first_watchdog: u64 = property("WatchdogTimestampMonotonic").parse().unwrap();
 
     wait_until("every NIC ok", || {
-        status().is_some_and(|s| NICS.iter().all(|n| state_of(&s, n) == "ok"))
+        status().is_some_and(|s| {
+            NICS.iter()
+                .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
+        })
     });
     wait_until("STATUS= with every NIC ok", || {
         property("StatusText") == "g0 ok; NICs: 3 ok, 0 not ok"
@@ -367,7 +371,8 @@ fn the_unit_starts_reloads_keeps_its_watchdog_fails_over_restarts_and_stops_leav
     lab.host().ip(&["link", "set", "h1", "down"]).unwrap();
     wait_until("h1 failed, its address on h2", || {
         status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") == Some("h2")
+            state_of(&s, "h1") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.20/24") == Some("h2")
         }) && lab
             .host_addrs("h2")
             .unwrap()
@@ -414,7 +419,8 @@ fn the_unit_starts_reloads_keeps_its_watchdog_fails_over_restarts_and_stops_leav
     lab.host().ip(&["link", "set", "h1", "up"]).unwrap();
     wait_until("h1 repaired, its address back", || {
         status().is_some_and(|s| {
-            state_of(&s, "h1") == "ok" && inbound(&s, "192.0.2.20/24") == Some("h1")
+            state_of(&s, "h1") == Some(InterfaceStatus::Ok)
+                && inbound(&s, "192.0.2.20/24") == Some("h1")
         })
     });
 

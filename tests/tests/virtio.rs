@@ -12,7 +12,7 @@ use std::{
 
 use mpath_ctl::{
     api::views::Status,
-    core::state::{GroupState, LinkState, ProbeStatus},
+    core::state::{GroupState, InterfaceStatus, LinkState, ProbeStatus},
 };
 use mpath_lab::{VIRTIO_NET_F_CTRL_GUEST_OFFLOADS, VirtioLab};
 use mpath_tests::daemon::{
@@ -32,8 +32,10 @@ fn lab() -> VirtioLab {
 
 fn all_ok(nics: &'static [&'static str]) -> impl Fn(&Mpathd) -> bool {
     move |d| {
-        d.try_status()
-            .is_some_and(|s| nics.iter().all(|n| state_of(&s, n) == "ok"))
+        d.try_status().is_some_and(|s| {
+            nics.iter()
+                .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok))
+        })
     }
 }
 
@@ -44,7 +46,7 @@ fn start_answered(lab: &VirtioLab, config: &str, nics: &[&str]) -> Mpathd {
     daemon.wait_until("all NICs ok, probes answered on each", |d| {
         d.try_status().is_some_and(|s| {
             nics.iter()
-                .all(|n| state_of(&s, n) == "ok" && probes_answered(&s, n))
+                .all(|n| state_of(&s, n) == Some(InterfaceStatus::Ok) && probes_answered(&s, n))
         })
     });
     daemon
@@ -207,7 +209,7 @@ fn carrier_loss_fails_over_and_traffic_behind_the_router_keeps_flowing() {
         .find(|i| i.interface == "h0")
         .unwrap();
     assert_eq!(h0.link, LinkState::Down, "{h0:?}");
-    assert_eq!(state_of(&status, "h0"), "failed");
+    assert_eq!(state_of(&status, "h0"), Some(InterfaceStatus::Failed));
     assert_eq!(inbound(&status, "2001:db8::19/64"), Some("h2"));
     assert_eq!(inbound(&status, "192.0.2.20/24"), Some("h1"));
     assert_eq!(status.groups[0].state, GroupState::Degraded);
@@ -229,7 +231,8 @@ fn carrier_loss_fails_over_and_traffic_behind_the_router_keeps_flowing() {
     lab.restore("h0").unwrap();
     daemon.wait_until("192.0.2.19 back on h0", |d| {
         d.try_status().is_some_and(|s| {
-            inbound(&s, "192.0.2.19/24") == Some("h0") && state_of(&s, "h0") == "ok"
+            inbound(&s, "192.0.2.19/24") == Some("h0")
+                && state_of(&s, "h0") == Some(InterfaceStatus::Ok)
         })
     });
     assert_eq!(lab.host_addrs("h2").unwrap(), ["192.0.2.23/32"]);
@@ -305,8 +308,8 @@ fn a_carrier_cut_within_a_second_of_another_is_seen_and_fails_over() {
     lab.cut("h1").unwrap();
     daemon.wait_until("h0 and h1 failed, their addresses on h2", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h0") == "failed"
-                && state_of(&s, "h1") == "failed"
+            state_of(&s, "h0") == Some(InterfaceStatus::Failed)
+                && state_of(&s, "h1") == Some(InterfaceStatus::Failed)
                 && ["192.0.2.19/24", "2001:db8::19/64", "192.0.2.20/24"]
                     .iter()
                     .all(|a| inbound(&s, a) == Some("h2"))
@@ -651,7 +654,8 @@ fn with_mpathd_stopped_the_carrier_hook_alone_moves_a_lost_nics_outbound_packets
 
     daemon.wait_until("h1 failed, 192.0.2.20 elsewhere", |d| {
         d.try_status().is_some_and(|s| {
-            state_of(&s, "h1") == "failed" && inbound(&s, "192.0.2.20/24") != Some("h1")
+            state_of(&s, "h1") == Some(InterfaceStatus::Failed)
+                && inbound(&s, "192.0.2.20/24") != Some("h1")
         })
     });
     lab.restore("h3").unwrap();

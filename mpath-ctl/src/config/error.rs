@@ -32,6 +32,7 @@ impl ConfigError {
         }
     }
 
+    #[cfg(test)]
     pub fn problem(&self) -> Option<&Problem> {
         match self {
             ConfigError::Read { .. } => None,

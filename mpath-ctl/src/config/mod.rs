@@ -239,6 +239,7 @@ pub enum SpreadMode {
 }
 
 impl SpreadMode {
+    #[cfg(test)]
     pub const ALL: [SpreadMode; 2] = [SpreadMode::Routes, SpreadMode::Datapath];
 
     /// The name used in the file, the logs and the views.

@@ -29,6 +29,7 @@ use std::fmt;
 
 use thiserror::Error;
 
+use crate::core::identity::NicSlot;
 use crate::core::state::{NicRole, Role};
 use crate::net::address::IpCidr;
 
@@ -37,8 +38,8 @@ use crate::net::address::IpCidr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataAddress {
     pub cidr: IpCidr,
-    pub home: String,
-    pub current: Option<String>,
+    pub home: NicSlot,
+    pub current: Option<NicSlot>,
 }
 
 /// Whether a data address is reachable (ipmpstat -a STATE).
@@ -75,8 +76,8 @@ pub(crate) enum MoveKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Move {
     pub addr: IpCidr,
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<NicSlot>,
+    pub to: NicSlot,
     pub kind: MoveKind,
 }
 
@@ -84,43 +85,37 @@ pub(crate) struct Move {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Transfer {
     pub kind: MoveKind,
-    pub from: Option<String>,
-    pub to: String,
+    pub from: Option<NicSlot>,
+    pub to: NicSlot,
     pub addresses: Vec<IpCidr>,
 }
 
 impl Transfer {
     /// The NIC the transfer is about, for the log's INTERFACE= field: the one left for a
     /// failover (`journalctl INTERFACE=h1` finds h1's failover), else the one that gains.
-    pub(crate) fn interface(&self) -> &str {
-        match (self.kind, &self.from) {
+    pub(crate) fn interface(&self) -> NicSlot {
+        match (self.kind, self.from) {
             (MoveKind::Failover, Some(from)) => from,
-            _ => &self.to,
+            _ => self.to,
         }
     }
-}
 
-impl fmt::Display for Transfer {
-    /// in.mpathd's wording; log it once the moves are done.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.kind, &self.from) {
-            (MoveKind::Failover, Some(from)) => write!(
-                f,
-                "Successfully failed over from NIC {from} to NIC {}",
-                self.to
+    /// in.mpathd's wording, with the NICs' names given by `name`; log it once the moves
+    /// are done.
+    pub(crate) fn log_line<N: fmt::Display>(&self, name: impl Fn(NicSlot) -> N) -> String {
+        let to = name(self.to);
+        match (self.kind, self.from) {
+            (MoveKind::Failover, Some(from)) => format!(
+                "Successfully failed over from NIC {} to NIC {to}",
+                name(from)
             ),
-            (MoveKind::Failback, _) => write!(f, "Successfully failed back to NIC {}", self.to),
+            (MoveKind::Failback, _) => format!("Successfully failed back to NIC {to}"),
             (MoveKind::Restore, _) | (MoveKind::Failover, None) => {
-                write!(f, "Restored missing data addresses on NIC {}", self.to)
+                format!("Restored missing data addresses on NIC {to}")
             }
             (MoveKind::Place, _) => {
                 let addresses: Vec<String> = self.addresses.iter().map(|a| a.to_string()).collect();
-                write!(
-                    f,
-                    "Data addresses {} are on NIC {}",
-                    addresses.join(", "),
-                    self.to
-                )
+                format!("Data addresses {} are on NIC {to}", addresses.join(", "))
             }
         }
     }
@@ -133,7 +128,7 @@ pub(crate) struct Plan {
     pub moves: Vec<Move>,
     /// Where every address will be once the moves are done (`None`: on no NIC, and no
     /// active NIC to put it on).
-    pub placement: BTreeMap<IpCidr, Option<String>>,
+    pub placement: BTreeMap<IpCidr, Option<NicSlot>>,
 }
 
 impl Plan {
@@ -143,7 +138,7 @@ impl Plan {
         let mut transfers: Vec<Transfer> = Vec::new();
         for step in &self.moves {
             let from = match step.kind {
-                MoveKind::Failover => step.from.clone(),
+                MoveKind::Failover => step.from,
                 MoveKind::Failback | MoveKind::Restore | MoveKind::Place => None,
             };
             let existing = transfers
@@ -154,7 +149,7 @@ impl Plan {
                 None => transfers.push(Transfer {
                     kind: step.kind,
                     from,
-                    to: step.to.clone(),
+                    to: step.to,
                     addresses: vec![step.addr],
                 }),
             }
@@ -170,8 +165,11 @@ pub(crate) enum PlanError {
     DuplicateInterface { nic: String },
     #[error("data address {first} is configured twice (also as {second})")]
     DuplicateAddress { first: IpCidr, second: IpCidr },
-    #[error("data address {addr} belongs to {home}, which is not an interface of the group")]
-    UnknownHome { addr: IpCidr, home: String },
+    #[error(
+        "data address {addr} belongs to counter slot {}, which is no interface's of the group",
+        home.0
+    )]
+    UnknownHome { addr: IpCidr, home: NicSlot },
 }
 
 /// Where a decided address ends up.
@@ -186,10 +184,10 @@ pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, 
     let index = nic_index(nics)?;
     let mut order: Vec<(usize, &DataAddress)> = Vec::with_capacity(addresses.len());
     for address in addresses {
-        let Some(&home) = index.get(address.home.as_str()) else {
+        let Some(&home) = index.get(&address.home) else {
             return Err(PlanError::UnknownHome {
                 addr: address.cidr,
-                home: address.home.clone(),
+                home: address.home,
             });
         };
         order.push((home, address));
@@ -209,13 +207,13 @@ pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, 
     }
 
     let is_active = |nic: usize| matches!(nics[nic].role, Role::Active { .. });
-    let at = |name: Option<&str>| name.and_then(|name| index.get(name).copied());
-    let active_at = |name: Option<&str>| at(name).filter(|&nic| is_active(nic));
+    let at = |slot: Option<NicSlot>| slot.and_then(|slot| index.get(&slot).copied());
+    let active_at = |slot: Option<NicSlot>| at(slot).filter(|&nic| is_active(nic));
     let recovering_at =
-        |name: Option<&str>| at(name).is_some_and(|nic| nics[nic].role == Role::Recovering);
+        |slot: Option<NicSlot>| at(slot).is_some_and(|nic| nics[nic].role == Role::Recovering);
     let mut load = vec![0usize; nics.len()];
     for (_, address) in &order {
-        if let Some(nic) = active_at(address.current.as_deref()) {
+        if let Some(nic) = active_at(address.current) {
             load[nic] += 1;
         }
     }
@@ -223,7 +221,7 @@ pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, 
     // Failbacks and stays first, so that forced moves see the load they leave behind.
     let mut destinations = vec![None; order.len()];
     for (slot, (home, address)) in order.iter().enumerate() {
-        let current = active_at(address.current.as_deref());
+        let current = active_at(address.current);
         let reclaims = matches!(
             nics[*home].role,
             Role::Active {
@@ -236,7 +234,7 @@ pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, 
             }
             load[*home] += 1;
             destinations[slot] = Some(Destination::Nic(*home));
-        } else if current.is_some() || recovering_at(address.current.as_deref()) {
+        } else if current.is_some() || recovering_at(address.current) {
             destinations[slot] = Some(Destination::Stay);
         } else if is_active(*home) {
             load[*home] += 1;
@@ -245,22 +243,22 @@ pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, 
     }
 
     // The rest leave their NIC together, to the least loaded active NIC.
-    let mut sources: Vec<Option<&str>> = Vec::new();
+    let mut sources: Vec<Option<NicSlot>> = Vec::new();
     for (slot, (_, address)) in order.iter().enumerate() {
-        if destinations[slot].is_none() && !sources.contains(&address.current.as_deref()) {
-            sources.push(address.current.as_deref());
+        if destinations[slot].is_none() && !sources.contains(&address.current) {
+            sources.push(address.current);
         }
     }
     sources.sort_by_key(|source| match source {
-        Some(name) => (0, index.get(name).copied().unwrap_or(usize::MAX), *name),
-        None => (1, usize::MAX, ""),
+        Some(nic) => (0, index.get(nic).copied().unwrap_or(usize::MAX), *nic),
+        None => (1, usize::MAX, NicSlot(u32::MAX)),
     });
     for source in sources {
         let target = (0..nics.len())
             .filter(|&nic| is_active(nic))
             .min_by_key(|&nic| (load[nic], nics[nic].standby, nic));
         for (slot, (_, address)) in order.iter().enumerate() {
-            if destinations[slot].is_some() || address.current.as_deref() != source {
+            if destinations[slot].is_some() || address.current != source {
                 continue;
             }
             destinations[slot] = Some(match target {
@@ -277,11 +275,9 @@ pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, 
     let mut placement = BTreeMap::new();
     for ((home, address), destination) in order.iter().zip(destinations) {
         let to = match destination {
-            Some(Destination::Nic(nic)) if address.current.as_deref() != Some(&nics[nic].name) => {
-                nic
-            }
+            Some(Destination::Nic(nic)) if address.current != Some(nics[nic].slot) => nic,
             _ => {
-                placement.insert(address.cidr, address.current.clone());
+                placement.insert(address.cidr, address.current);
                 continue;
             }
         };
@@ -292,11 +288,11 @@ pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, 
         } else {
             MoveKind::Failover
         };
-        placement.insert(address.cidr, Some(nics[to].name.clone()));
+        placement.insert(address.cidr, Some(nics[to].slot));
         moves.push(Move {
             addr: address.cidr,
-            from: address.current.clone(),
-            to: nics[to].name.clone(),
+            from: address.current,
+            to: nics[to].slot,
             kind,
         });
     }
@@ -304,10 +300,10 @@ pub(crate) fn plan(nics: &[NicRole], addresses: &[DataAddress]) -> Result<Plan, 
     Ok(Plan { moves, placement })
 }
 
-fn nic_index(nics: &[NicRole]) -> Result<HashMap<&str, usize>, PlanError> {
+fn nic_index(nics: &[NicRole]) -> Result<HashMap<NicSlot, usize>, PlanError> {
     let mut index = HashMap::with_capacity(nics.len());
     for (position, nic) in nics.iter().enumerate() {
-        if index.insert(nic.name.as_str(), position).is_some() {
+        if index.insert(nic.slot, position).is_some() {
             return Err(PlanError::DuplicateInterface {
                 nic: nic.name.clone(),
             });
@@ -321,6 +317,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::core::identity::test_slot as slot;
     use crate::core::probe::{NUM_PROBE_FAILS, NUM_PROBE_REPAIRS, ProbeOutcome};
     use crate::core::state::test_outcomes::{ANSWERED, LOST};
     use crate::core::state::{
@@ -335,6 +332,7 @@ mod tests {
 
     fn role(name: &str, standby: bool, role: Role) -> NicRole {
         NicRole {
+            slot: slot(name),
             name: name.to_owned(),
             standby,
             role,
@@ -351,16 +349,26 @@ mod tests {
     fn address(text: &str, home: &str, current: Option<&str>) -> DataAddress {
         DataAddress {
             cidr: cidr(text),
-            home: home.to_owned(),
-            current: current.map(str::to_owned),
+            home: slot(home),
+            current: current.map(slot),
         }
+    }
+
+    /// The name of test NIC `slot`, as [`slot`] reads it.
+    fn name(slot: NicSlot) -> String {
+        format!("h{}", slot.0)
+    }
+
+    /// The log lines of `transfers`.
+    fn lines(transfers: &[Transfer]) -> Vec<String> {
+        transfers.iter().map(|t| t.log_line(name)).collect()
     }
 
     fn step(text: &str, from: Option<&str>, to: &str, kind: MoveKind) -> Move {
         Move {
             addr: cidr(text),
-            from: from.map(str::to_owned),
-            to: to.to_owned(),
+            from: from.map(slot),
+            to: slot(to),
             kind,
         }
     }
@@ -384,14 +392,8 @@ mod tests {
             plan.moves,
             [step("192.0.2.12/24", Some("h2"), "h0", MoveKind::Failover)]
         );
-        assert_eq!(
-            plan.placement[&cidr("192.0.2.11/24")].as_deref(),
-            Some("h1")
-        );
-        assert_eq!(
-            plan.placement[&cidr("192.0.2.13/24")].as_deref(),
-            Some("h0")
-        );
+        assert_eq!(plan.placement[&cidr("192.0.2.11/24")], Some(slot("h1")));
+        assert_eq!(plan.placement[&cidr("192.0.2.13/24")], Some(slot("h0")));
     }
 
     #[test]
@@ -416,11 +418,8 @@ mod tests {
                 step("2001:db8::19/64", Some("h0"), "h2", MoveKind::Failover),
             ]
         );
-        assert_eq!(
-            plan.placement[&cidr("192.0.2.20/24")].as_deref(),
-            Some("h1")
-        );
-        let lines: Vec<String> = plan.transfers().iter().map(|t| t.to_string()).collect();
+        assert_eq!(plan.placement[&cidr("192.0.2.20/24")], Some(slot("h1")));
+        let lines: Vec<String> = lines(&plan.transfers());
         assert_eq!(lines, ["Successfully failed over from NIC h0 to NIC h2"]);
     }
 
@@ -460,10 +459,7 @@ mod tests {
         ];
         // s2 already holds one address, h1 none.
         let plan_a = plan(&nics, &addresses).unwrap();
-        assert_eq!(
-            plan_a.placement[&cidr("192.0.2.10/24")].as_deref(),
-            Some("h1")
-        );
+        assert_eq!(plan_a.placement[&cidr("192.0.2.10/24")], Some(slot("h1")));
         // Equal load: the non-standby is preferred even though it comes later.
         let nics = [
             role("h0", false, Role::Unusable),
@@ -471,10 +467,7 @@ mod tests {
             role("h2", false, ACTIVE),
         ];
         let plan_b = plan(&nics, &addresses[..1]).unwrap();
-        assert_eq!(
-            plan_b.placement[&cidr("192.0.2.10/24")].as_deref(),
-            Some("h2")
-        );
+        assert_eq!(plan_b.placement[&cidr("192.0.2.10/24")], Some(slot("h2")));
     }
 
     #[test]
@@ -495,7 +488,7 @@ mod tests {
             plan.moves,
             [step("192.0.2.10/24", Some("h1"), "h0", MoveKind::Failback)]
         );
-        let lines: Vec<String> = plan.transfers().iter().map(|t| t.to_string()).collect();
+        let lines: Vec<String> = lines(&plan.transfers());
         assert_eq!(lines, ["Successfully failed back to NIC h0"]);
     }
 
@@ -551,20 +544,18 @@ mod tests {
         ];
         let plan = plan(&nics, &addresses).unwrap();
         assert!(plan.moves.is_empty());
-        assert_eq!(
-            plan.placement[&cidr("192.0.2.10/24")].as_deref(),
-            Some("h1")
-        );
+        assert_eq!(plan.placement[&cidr("192.0.2.10/24")], Some(slot("h1")));
         assert_eq!(plan.placement[&cidr("192.0.2.11/24")], None);
     }
 
     #[test]
+    /// h7 is a NIC of no group.
     fn an_address_on_no_nic_or_a_foreign_nic_is_put_back() {
         let nics = [role("h0", false, ACTIVE), role("h1", false, Role::Unusable)];
         let addresses = [
             address("192.0.2.10/24", "h0", None),
             address("192.0.2.11/24", "h1", None),
-            address("192.0.2.12/24", "h1", Some("eth7")),
+            address("192.0.2.12/24", "h1", Some("h7")),
         ];
         let plan = plan(&nics, &addresses).unwrap();
         assert_eq!(
@@ -572,21 +563,21 @@ mod tests {
             [
                 step("192.0.2.10/24", None, "h0", MoveKind::Restore),
                 step("192.0.2.11/24", None, "h0", MoveKind::Restore),
-                step("192.0.2.12/24", Some("eth7"), "h0", MoveKind::Failover),
+                step("192.0.2.12/24", Some("h7"), "h0", MoveKind::Failover),
             ]
         );
-        let lines: Vec<String> = plan.transfers().iter().map(|t| t.to_string()).collect();
+        let lines: Vec<String> = lines(&plan.transfers());
         assert_eq!(
             lines,
             [
                 "Restored missing data addresses on NIC h0",
-                "Successfully failed over from NIC eth7 to NIC h0"
+                "Successfully failed over from NIC h7 to NIC h0"
             ]
         );
         let mut first = plan.transfers().remove(0);
         first.kind = MoveKind::Place;
         assert_eq!(
-            first.to_string(),
+            first.log_line(name),
             "Data addresses 192.0.2.10/24, 192.0.2.11/24 are on NIC h0"
         );
     }
@@ -620,7 +611,8 @@ mod tests {
             plan(&nics, &[address("192.0.2.10/24", "h9", None)])
                 .unwrap_err()
                 .to_string(),
-            "data address 192.0.2.10/24 belongs to h9, which is not an interface of the group"
+            "data address 192.0.2.10/24 belongs to counter slot 9, which is no interface's of the \
+             group"
         );
         assert_eq!(
             plan(
@@ -659,6 +651,7 @@ mod tests {
             let configs = members
                 .iter()
                 .map(|(name, standby, probe, _)| InterfaceConfig {
+                    slot: slot(name),
                     name: (*name).to_owned(),
                     standby: *standby,
                     probe: *probe,
@@ -670,7 +663,7 @@ mod tests {
                     addresses.iter().map(|text| address(text, name, Some(name)))
                 })
                 .collect();
-            let present = members.iter().map(|m| (m.0.to_owned(), true)).collect();
+            let present = members.iter().map(|m| (slot(m.0), true)).collect();
             let mut host = Host {
                 group: Group::new("g0", policy, configs).unwrap(),
                 addresses,
@@ -686,32 +679,32 @@ mod tests {
             if let Event::Disappeared { nic } = &event {
                 // The kernel deletes the addresses of a NIC that goes away.
                 for address in &mut self.addresses {
-                    if address.current.as_ref() == Some(nic) {
+                    if address.current == Some(*nic) {
                         address.current = None;
                     }
                 }
             }
             let actions = self.group.handle(event, self.now).unwrap();
             self.log
-                .extend(actions.iter().filter_map(|a| a.log_line(self.group.name())));
+                .extend(actions.iter().filter_map(|a| a.log_line(&self.group)));
             if actions.contains(&Action::UsableSetChanged) {
                 let plan = plan(&self.group.nic_roles(), &self.addresses).unwrap();
                 for step in &plan.moves {
                     let address = self.addresses.iter_mut().find(|a| a.cidr == step.addr);
-                    address.unwrap().current = Some(step.to.clone());
+                    address.unwrap().current = Some(step.to);
                 }
-                self.log
-                    .extend(plan.transfers().iter().map(|t| t.to_string()));
+                self.log.extend(
+                    plan.transfers()
+                        .iter()
+                        .map(|t| t.log_line(|slot| self.group.nic_name(slot))),
+                );
                 self.moves.extend(plan.moves);
             }
             actions
         }
 
         fn link(&mut self, nic: &str, up: bool) {
-            self.send(Event::Link {
-                nic: nic.to_owned(),
-                up,
-            });
+            self.send(Event::Link { nic: slot(nic), up });
         }
 
         /// Probe rounds: one interval passes, then each listed NIC reports an IPv4 probe.
@@ -720,7 +713,7 @@ mod tests {
                 self.now += PROBE_INTERVAL;
                 for (nic, outcome) in outcomes {
                     self.send(Event::Probe {
-                        nic: (*nic).to_owned(),
+                        nic: slot(nic),
                         family: AddressFamily::Inet,
                         outcome: *outcome,
                     });
@@ -732,7 +725,7 @@ mod tests {
             let mut here: Vec<String> = self
                 .addresses
                 .iter()
-                .filter(|a| a.current.as_deref() == Some(nic))
+                .filter(|a| a.current == Some(slot(nic)))
                 .map(|a| a.cidr.to_string())
                 .collect();
             here.sort();
@@ -789,7 +782,7 @@ mod tests {
         // IPv6 probes from the link-local test address fail as well.
         for _ in 0..NUM_PROBE_FAILS {
             host.send(Event::Probe {
-                nic: "h0".into(),
+                nic: slot("h0"),
                 family: AddressFamily::Inet6,
                 outcome: LOST,
             });
@@ -976,14 +969,14 @@ mod tests {
                 ("h1", false, ProbeFamilies::NONE, &["192.0.2.11/24"]),
             ],
         );
-        host.send(Event::Disappeared { nic: "h0".into() });
+        host.send(Event::Disappeared { nic: slot("h0") });
         assert_eq!(host.on("h1"), ["192.0.2.10/24", "192.0.2.11/24"]);
         assert_eq!(
             host.moves[0].from, None,
             "the kernel deleted it with the NIC"
         );
         host.send(Event::Appeared {
-            nic: "h0".into(),
+            nic: slot("h0"),
             link_up: true,
         });
         assert_eq!(host.on("h0"), ["192.0.2.10/24"]);
@@ -993,18 +986,18 @@ mod tests {
     #[test]
     fn offline_moves_addresses_away_and_online_brings_them_back() {
         let mut host = worked_example(false);
-        host.send(Event::Offline { nic: "h0".into() });
+        host.send(Event::Offline { nic: slot("h0") });
         assert_eq!(host.on("h2"), ["192.0.2.19/24", "2001:db8::19/64"]);
         let refused = host
             .group
-            .handle(Event::Offline { nic: "h1".into() }, host.now);
+            .handle(Event::Offline { nic: slot("h1") }, host.now);
         assert!(refused.is_ok(), "h2 still works");
         let refused = host
             .group
-            .handle(Event::Offline { nic: "h2".into() }, host.now);
+            .handle(Event::Offline { nic: slot("h2") }, host.now);
         assert!(refused.is_err(), "h2 is the last usable NIC");
-        host.send(Event::Online { nic: "h1".into() });
-        host.send(Event::Online { nic: "h0".into() });
+        host.send(Event::Online { nic: slot("h1") });
+        host.send(Event::Online { nic: slot("h0") });
         // Onlining fails back even with FAILBACK=no, and the standby steps back.
         assert_eq!(host.on("h0"), ["192.0.2.19/24", "2001:db8::19/64"]);
         assert_eq!(host.on("h1"), ["192.0.2.20/24"]);

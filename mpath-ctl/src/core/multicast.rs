@@ -28,6 +28,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::core::failover::DataAddress;
+use crate::core::identity::NicSlot;
 use crate::core::state::{NicRole, Role};
 
 /// A group mpathd holds on `on` for the applications that joined it on `from`.
@@ -139,7 +140,7 @@ pub(crate) fn wanted(
     };
     let mut wanted = BTreeSet::new();
     for failed in roles.iter().filter(|r| r.role == Role::Unusable) {
-        let Some(on) = taker(&failed.name, roles, addresses) else {
+        let Some(on) = taker(failed, roles, addresses) else {
             continue;
         };
         let Some(groups) = kernel.get(&failed.name) else {
@@ -163,17 +164,17 @@ pub(crate) fn wanted(
 
 /// The NIC that took over from `failed`: where its first data address is now, else the first
 /// active NIC.
-fn taker<'a>(failed: &str, roles: &'a [NicRole], addresses: &[DataAddress]) -> Option<&'a str> {
-    let active = |name: &str| {
+fn taker<'a>(failed: &NicRole, roles: &'a [NicRole], addresses: &[DataAddress]) -> Option<&'a str> {
+    let active = |slot: NicSlot| {
         roles
             .iter()
-            .find(|r| r.name == name && matches!(r.role, Role::Active { .. }))
+            .find(|r| r.slot == slot && matches!(r.role, Role::Active { .. }))
             .map(|r| r.name.as_str())
     };
     addresses
         .iter()
-        .filter(|a| a.home == failed)
-        .filter_map(|a| a.current.as_deref())
+        .filter(|a| a.home == failed.slot)
+        .filter_map(|a| a.current)
         .find_map(active)
         .or_else(|| {
             roles
@@ -186,10 +187,12 @@ fn taker<'a>(failed: &str, roles: &'a [NicRole], addresses: &[DataAddress]) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::identity::test_slot as slot;
     use crate::net::address::IpCidr;
 
     fn role(name: &str, role: Role) -> NicRole {
         NicRole {
+            slot: slot(name),
             name: name.into(),
             standby: false,
             role,
@@ -203,8 +206,8 @@ mod tests {
     fn address(cidr: &str, home: &str, current: &str) -> DataAddress {
         DataAddress {
             cidr: cidr.parse::<IpCidr>().unwrap(),
-            home: home.into(),
-            current: Some(current.into()),
+            home: slot(home),
+            current: Some(slot(current)),
         }
     }
 
@@ -285,7 +288,7 @@ mod tests {
         let addresses: Vec<DataAddress> = addresses
             .into_iter()
             .map(|mut a| {
-                a.current = Some("h1".into());
+                a.current = Some(slot("h1"));
                 a
             })
             .collect();

@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 use crate::{
     config::GroupConfig,
     core::failover::DataAddress,
-    core::identity::GroupId,
+    core::identity::{GroupId, NicSlot},
     core::routes::{Hop, MainRoute},
     net::address::IpCidr,
 };
@@ -21,6 +21,7 @@ use crate::{
 /// A NIC of a group, as far as its addresses are concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    pub slot: NicSlot,
     pub name: String,
     /// While the NIC exists.
     pub ifindex: Option<u32>,
@@ -45,13 +46,13 @@ impl Holdings {
         self.members.iter().find(|m| m.ifindex == Some(ifindex))
     }
 
-    fn ifindex_of(&self, nic: &str) -> Option<u32> {
-        self.members.iter().find(|m| m.name == nic)?.ifindex
+    fn member(&self, slot: NicSlot) -> Option<&Member> {
+        self.members.iter().find(|m| m.slot == slot)
     }
 
     /// The NIC an address is placed on, while it exists.
     fn placed_ifindex(&self, address: &DataAddress) -> Option<u32> {
-        self.ifindex_of(address.current.as_deref()?)
+        self.member(address.current?)?.ifindex
     }
 
     /// Whether `addr` is one of the group's data or test addresses, whatever its prefix.
@@ -74,10 +75,10 @@ pub enum Added {
     RemoveCopy { nic: String, placed_on: String },
     /// A data address that had no place (its NIC vanished with nowhere to move it) showed up
     /// on `nic` of group `group`: it is placed there, then placed as usual.
-    PlaceHere { group: GroupId, nic: String },
+    PlaceHere { group: GroupId, nic: NicSlot },
     /// An address no group knows on `nic` of group `group`: when someone other than
     /// mpathd or the kernel put it there, the group adopts it as a data address of that NIC.
-    Adopt { group: GroupId, nic: String },
+    Adopt { group: GroupId, nic: NicSlot },
 }
 
 /// What to do about `cidr` that appeared on `ifindex`; the same address with another prefix
@@ -95,7 +96,7 @@ pub fn added(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Added {
                 nic: a.nic,
             });
     };
-    let Some(nic) = group.member_at(ifindex).map(|m| m.name.clone()) else {
+    let Some(nic) = group.member_at(ifindex) else {
         return Added::Nothing;
     };
     let Some(data) = group
@@ -105,17 +106,19 @@ pub fn added(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Added {
     else {
         return Added::Nothing;
     };
-    match &data.current {
-        Some(placed) if *placed == nic && data.cidr == cidr => Added::Nothing,
+    match data.current {
+        Some(placed) if placed == nic.slot && data.cidr == cidr => Added::Nothing,
         Some(placed) => Added::RemoveCopy {
-            nic,
-            placed_on: placed.clone(),
+            nic: nic.name.clone(),
+            placed_on: group
+                .member(placed)
+                .map_or_else(String::new, |m| m.name.clone()),
         },
         // With another prefix length it stays a stray copy until the address is placed.
         None if data.cidr != cidr => Added::Nothing,
         None => Added::PlaceHere {
             group: group.id,
-            nic,
+            nic: nic.slot,
         },
     }
 }
@@ -128,7 +131,7 @@ pub enum Removed {
     /// back where the placement wants it.
     Restore {
         group: GroupId,
-        nic: String,
+        nic: NicSlot,
     },
     /// An adopted address was removed by someone: it was theirs to remove, the group forgets
     /// it.
@@ -151,11 +154,11 @@ pub fn removed(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Removed {
             .iter()
             .find(|a| a.cidr == cidr && group.placed_ifindex(a) == Some(ifindex));
         if let Some(placed) = placed_here {
-            return match &placed.current {
+            return match placed.current {
                 _ if group.adopted.contains(&cidr) => Removed::Forget { group: group.id },
                 Some(nic) => Removed::Restore {
                     group: group.id,
-                    nic: nic.clone(),
+                    nic,
                 },
                 None => Removed::Nothing,
             };
@@ -179,7 +182,7 @@ pub fn removed(groups: &[Holdings], ifindex: u32, cidr: IpCidr) -> Removed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Adoption {
     pub group: GroupId,
-    pub nic: String,
+    pub nic: NicSlot,
     pub cidr: IpCidr,
 }
 
@@ -202,7 +205,7 @@ pub(crate) fn adoptable(groups: &[Holdings], others: &[(u32, IpCidr)]) -> Vec<Ad
             let member = g.member_at(*ifindex)?;
             Some(Adoption {
                 group: g.id,
-                nic: member.name.clone(),
+                nic: member.slot,
                 cidr: *cidr,
             })
         });
@@ -213,7 +216,7 @@ pub(crate) fn adoptable(groups: &[Holdings], others: &[(u32, IpCidr)]) -> Vec<Ad
 
 /// Where the kernel holds each of the group's data addresses (in the order of
 /// `holdings.addresses`): the first member, in configuration order, that has it.
-pub(crate) fn placements(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<Option<String>> {
+pub(crate) fn placements(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<Option<NicSlot>> {
     holdings
         .addresses
         .iter()
@@ -221,9 +224,9 @@ pub(crate) fn placements(holdings: &Holdings, kernel: &[(u32, IpCidr)]) -> Vec<O
             holdings
                 .members
                 .iter()
-                .filter_map(|m| m.ifindex.map(|i| (i, &m.name)))
+                .filter_map(|m| m.ifindex.map(|i| (i, m.slot)))
                 .find(|(ifindex, _)| kernel.contains(&(*ifindex, address.cidr)))
-                .map(|(_, name)| name.clone())
+                .map(|(_, slot)| slot)
         })
         .collect()
 }
@@ -283,9 +286,9 @@ pub(crate) fn unconfigured(groups: &[Holdings], mpathds: &[(u32, IpCidr)]) -> Ve
 /// `on`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FoundFailure {
-    pub nic: String,
+    pub nic: NicSlot,
     pub address: IpCidr,
-    pub on: String,
+    pub on: NicSlot,
 }
 
 /// What the host shows of an earlier mpathd's failures: a probing NIC whose data addresses
@@ -301,11 +304,11 @@ pub(crate) fn found_failures(holdings: &Holdings) -> Vec<FoundFailure> {
             let away = holdings
                 .addresses
                 .iter()
-                .find(|a| a.home == m.name && a.current.as_ref().is_some_and(|c| *c != m.name))?;
+                .find(|a| a.home == m.slot && a.current.is_some_and(|c| c != m.slot))?;
             Some(FoundFailure {
-                nic: m.name.clone(),
+                nic: m.slot,
                 address: away.cidr,
-                on: away.current.clone()?,
+                on: away.current?,
             })
         })
         .collect()
@@ -398,6 +401,7 @@ pub fn prefix_route_lost(
 mod tests {
     use super::*;
     use crate::config::InterfaceConfig;
+    use crate::core::identity::test_slot as slot;
 
     fn cidr(s: &str) -> IpCidr {
         s.parse().unwrap()
@@ -405,6 +409,7 @@ mod tests {
 
     fn member(name: &str, ifindex: u32, test: Option<&str>) -> Member {
         Member {
+            slot: slot(name),
             name: name.into(),
             ifindex: Some(ifindex),
             test_address: test.map(cidr),
@@ -415,8 +420,8 @@ mod tests {
     fn address(c: &str, home: &str, current: Option<&str>) -> DataAddress {
         DataAddress {
             cidr: cidr(c),
-            home: home.into(),
-            current: current.map(Into::into),
+            home: slot(home),
+            current: current.map(slot),
         }
     }
 
@@ -483,7 +488,7 @@ mod tests {
             added(&groups, 11, cidr("192.0.2.20/24")),
             Added::PlaceHere {
                 group: GroupId(3),
-                nic: "h1".into()
+                nic: slot("h1")
             }
         );
         assert_eq!(added(&groups, 11, cidr("192.0.2.20/25")), Added::Nothing);
@@ -496,7 +501,7 @@ mod tests {
             added(&groups, 20, cidr("198.51.100.50/24")),
             Added::Adopt {
                 group: GroupId(0),
-                nic: "g0".into()
+                nic: slot("g0")
             }
         );
         assert_eq!(added(&groups, 99, cidr("198.51.100.50/24")), Added::Nothing);
@@ -513,7 +518,7 @@ mod tests {
             removed(&groups, 10, cidr("192.0.2.20/24")),
             Removed::Restore {
                 group: GroupId(3),
-                nic: "h0".into()
+                nic: slot("h0")
             }
         );
         assert_eq!(
@@ -570,12 +575,12 @@ mod tests {
             vec![
                 Adoption {
                     group: GroupId(3),
-                    nic: "h0".into(),
+                    nic: slot("h0"),
                     cidr: cidr("192.0.2.50/24")
                 },
                 Adoption {
                     group: GroupId(0),
-                    nic: "g0".into(),
+                    nic: slot("g0"),
                     cidr: cidr("198.51.100.50/24")
                 },
             ]
@@ -590,7 +595,7 @@ mod tests {
             (10, cidr("192.0.2.20/24")),
             (11, cidr("192.0.2.21/25")),
         ];
-        assert_eq!(placements(&a, &kernel), vec![Some("h0".into()), None]);
+        assert_eq!(placements(&a, &kernel), vec![Some(slot("h0")), None]);
     }
 
     #[test]
@@ -644,13 +649,13 @@ mod tests {
     #[test]
     fn a_probing_nic_whose_address_is_away_was_failed_by_its_probes() {
         let mut a = group_a();
-        a.addresses[0].current = Some("h1".into());
+        a.addresses[0].current = Some(slot("h1"));
         assert_eq!(
             found_failures(&a),
             vec![FoundFailure {
-                nic: "h0".into(),
+                nic: slot("h0"),
                 address: cidr("192.0.2.20/24"),
-                on: "h1".into()
+                on: slot("h1")
             }]
         );
         // Without probes a failure shows in the link state, and an unplaced address says
@@ -678,7 +683,7 @@ mod tests {
                     data_addresses: holdings
                         .addresses
                         .iter()
-                        .filter(|a| a.home == m.name)
+                        .filter(|a| a.home == m.slot)
                         .map(|a| a.cidr)
                         .collect(),
                     standby: false,

@@ -27,7 +27,7 @@ use smallvec::SmallVec;
 
 use crate::{
     config::{RouteConfig, SpreadMode},
-    core::target::RouteEntry,
+    core::target::{AddressFamily, RouteEntry},
     net::address::IpCidr,
 };
 
@@ -503,7 +503,7 @@ pub fn serving(nics: &[NicRouting], spread: SpreadMode) -> Vec<u32> {
 /// this also names the group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NexthopKey {
-    pub family: Family,
+    pub family: AddressFamily,
     pub oif: u32,
     pub gateway: Option<IpAddr>,
 }
@@ -516,12 +516,12 @@ pub(crate) struct GroupKey(Arc<GroupWay>);
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct GroupWay {
     pub group: String,
-    pub family: Family,
+    pub family: AddressFamily,
     pub gateways: Vec<IpAddr>,
 }
 
 impl GroupKey {
-    pub(crate) fn new(group: String, family: Family, gateways: Vec<IpAddr>) -> GroupKey {
+    pub(crate) fn new(group: String, family: AddressFamily, gateways: Vec<IpAddr>) -> GroupKey {
         GroupKey(Arc::new(GroupWay {
             group,
             family,
@@ -535,30 +535,6 @@ impl Deref for GroupKey {
 
     fn deref(&self) -> &GroupWay {
         &self.0
-    }
-}
-
-/// [`crate::core::target::AddressFamily`] with an order, for keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    Inet,
-    Inet6,
-}
-
-impl Family {
-    /// How messages for administrators name it.
-    pub fn ip_version(self) -> &'static str {
-        match self {
-            Family::Inet => "IPv4",
-            Family::Inet6 => "IPv6",
-        }
-    }
-
-    pub fn of(addr: IpAddr) -> Family {
-        match addr {
-            IpAddr::V4(_) => Family::Inet,
-            IpAddr::V6(_) => Family::Inet6,
-        }
     }
 }
 
@@ -629,11 +605,11 @@ fn candidate(route: &MainRoute, groups: &[GroupRouting]) -> Candidate {
     let owners: BTreeSet<Option<usize>> = route.hops.iter().map(|h| group_of(h.oif)).collect();
     // A gateway of the other family (`via inet6 fe80::1` for an IPv4 route) is no way a
     // group nexthop of the route's family can take: such a route stays main's.
-    let family = Family::of(route.destination.addr());
+    let family = AddressFamily::of(route.destination.addr());
     let mixed = route
         .hops
         .iter()
-        .any(|h| h.gateway.is_some_and(|g| Family::of(g) != family));
+        .any(|h| h.gateway.is_some_and(|g| AddressFamily::of(g) != family));
     let group = match owners.into_iter().collect::<Vec<_>>()[..] {
         [Some(gi)] if !mixed && route.plain && groupable(route.destination) => Some(gi),
         _ => None,
@@ -683,11 +659,11 @@ fn served(
     if group.serving.is_empty() {
         return None;
     }
-    let family = Family::of(destination.addr());
+    let family = AddressFamily::of(destination.addr());
     let gateways: Vec<IpAddr> = best
         .iter()
         .flat_map(|(r, _)| r.hops.iter().filter_map(|h| h.gateway))
-        .filter(|g| Family::of(*g) == family)
+        .filter(|g| AddressFamily::of(*g) == family)
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -771,7 +747,7 @@ impl Plan {
     }
 
     /// The groups (by name) and families whose default route the plan serves.
-    pub(crate) fn default_routes(&self) -> BTreeSet<(String, Family)> {
+    pub(crate) fn default_routes(&self) -> BTreeSet<(String, AddressFamily)> {
         [IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])]
             .into_iter()
             .filter_map(|any| IpCidr::new(any, 0).ok())
@@ -1637,7 +1613,7 @@ mod tests {
         ]
     }
 
-    fn key(group: &str, family: Family, gateways: &[&str]) -> GroupKey {
+    fn key(group: &str, family: AddressFamily, gateways: &[&str]) -> GroupKey {
         GroupKey::new(
             group.into(),
             family,
@@ -1647,7 +1623,7 @@ mod tests {
 
     fn nexthop(oif: u32, gateway: Option<&str>) -> NexthopKey {
         NexthopKey {
-            family: Family::of(gateway.map(ip).unwrap_or(ip("0.0.0.0"))),
+            family: AddressFamily::of(gateway.map(ip).unwrap_or(ip("0.0.0.0"))),
             oif,
             gateway: gateway.map(ip),
         }
@@ -1656,7 +1632,7 @@ mod tests {
     #[test]
     fn the_default_route_of_one_nic_is_served_by_every_usable_nic() {
         let plan = plan(&dhcp_host(), &[group(&[H0, H1])]);
-        let default = key("g0", Family::Inet, &["192.0.2.1"]);
+        let default = key("g0", AddressFamily::Inet, &["192.0.2.1"]);
         assert_eq!(
             plan.groups[&default],
             vec![
@@ -1672,7 +1648,7 @@ mod tests {
                 prefsrc: None,
             }
         );
-        let on_link = key("g0", Family::Inet, &[]);
+        let on_link = key("g0", AddressFamily::Inet, &[]);
         assert_eq!(
             plan.groups[&on_link],
             vec![nexthop(H0, None), nexthop(H1, None)]
@@ -1689,7 +1665,7 @@ mod tests {
         assert_eq!(plan.routes.len(), 2, "{plan:#?}");
         assert_eq!(
             plan.default_routes(),
-            BTreeSet::from([("g0".to_string(), Family::Inet)])
+            BTreeSet::from([("g0".to_string(), AddressFamily::Inet)])
         );
         let without: Vec<MainRoute> = dhcp_host().into_iter().skip(1).collect();
         assert!(
@@ -1798,7 +1774,7 @@ mod tests {
             route("fe80::/64", 256, &[(H1, None)]),
         ];
         let plan = plan(&main, &[group(&[H0, H1])]);
-        let default = key("g0", Family::Inet6, &["fe80::1"]);
+        let default = key("g0", AddressFamily::Inet6, &["fe80::1"]);
         assert_eq!(
             plan.groups[&default],
             vec![nexthop(H0, Some("fe80::1")), nexthop(H1, Some("fe80::1"))]
@@ -1813,7 +1789,7 @@ mod tests {
         // Link-local destinations belong to one link each: main answers them. IPv6 gives a
         // route asked for with metric 0 the metric 1024.
         assert_eq!(plan.routes[&(cidr("fe80::/64"), 1024)].via, Via::Throw);
-        let on_link = key("g0", Family::Inet6, &[]);
+        let on_link = key("g0", AddressFamily::Inet6, &[]);
         assert_eq!(
             plan.routes[&(cidr("2001:db8::/64"), 256)].via,
             Via::Group(on_link)
@@ -1851,7 +1827,7 @@ mod tests {
             &[(H0, Some("192.0.2.1")), (H1, Some("192.0.2.2"))],
         )];
         let plan = plan(&main, &[group(&[H0, H1])]);
-        let both = key("g0", Family::Inet, &["192.0.2.1", "192.0.2.2"]);
+        let both = key("g0", AddressFamily::Inet, &["192.0.2.1", "192.0.2.2"]);
         assert_eq!(plan.groups[&both].len(), 4);
     }
 
@@ -1877,11 +1853,11 @@ mod tests {
         let plan = plan(&[], &[g]);
         assert_eq!(
             plan.routes[&(cidr("0.0.0.0/0"), 0)].via,
-            Via::Group(key("g0", Family::Inet, &["192.0.2.1"]))
+            Via::Group(key("g0", AddressFamily::Inet, &["192.0.2.1"]))
         );
         assert_eq!(
             plan.routes[&(cidr("2001:db8:ff::/64"), 1024)].via,
-            Via::Group(key("g0", Family::Inet6, &["fe80::1"]))
+            Via::Group(key("g0", AddressFamily::Inet6, &["fe80::1"]))
         );
     }
 
@@ -1922,7 +1898,7 @@ mod tests {
             .nexthops
             .insert(NEXTHOP_ID_BASE, nexthop(H0, None));
         book.retain(&[b.clone()].into(), &installed);
-        let c = NexthopObject::Group(key("g0", Family::Inet, &[]));
+        let c = NexthopObject::Group(key("g0", AddressFamily::Inet, &[]));
         assert_eq!(book.id(&c), Some(NEXTHOP_ID_BASE + 2));
         book.retain(&[b.clone()].into(), &RouteState::default());
         assert_eq!(book.id(&a), Some(NEXTHOP_ID_BASE));

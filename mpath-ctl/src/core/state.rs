@@ -67,6 +67,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::core::identity::NicSlot;
 use crate::core::probe::{NUM_PROBE_FAILS, NUM_PROBE_REPAIRS, ProbeOutcome};
 use crate::core::target::AddressFamily;
 
@@ -142,6 +143,7 @@ impl ProbeFamilies {
 /// How one member NIC is configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceConfig {
+    pub slot: NicSlot,
     pub name: String,
     pub standby: bool,
     pub probe: ProbeFamilies,
@@ -153,40 +155,40 @@ pub enum Event {
     /// The full picture after a link dump (startup, or a resync after a netlink overrun):
     /// the members present with their link state (`true` = RUNNING); members not listed are
     /// missing. Applied as one step, so no transient activation happens in between.
-    Snapshot { present: Vec<(String, bool)> },
+    Snapshot { present: Vec<(NicSlot, bool)> },
     /// A member NIC exists now (or again). Repeating it for a present NIC is a link report.
-    Appeared { nic: String, link_up: bool },
+    Appeared { nic: NicSlot, link_up: bool },
     /// A member NIC was removed from the system.
-    Disappeared { nic: String },
+    Disappeared { nic: NicSlot },
     /// The link (carrier / RUNNING) of a present member changed; repeats are ignored.
-    Link { nic: String, up: bool },
+    Link { nic: NicSlot, up: bool },
     /// A probe completed, as the prober reported it; only answered or lost matters here.
     /// Ignored while the NIC is offline, missing or its link is down.
     Probe {
-        nic: String,
+        nic: NicSlot,
         family: AddressFamily,
         outcome: ProbeOutcome,
     },
     /// The prober has (or no longer has) any target for this NIC and family.
     Targets {
-        nic: String,
+        nic: NicSlot,
         family: AddressFamily,
         available: bool,
     },
     /// The hardware address of a member, reported before it appears (so that a duplicate
     /// never carries traffic) and whenever it changes; forgotten when it disappears.
-    HardwareAddress { nic: String, mac: [u8; 6] },
+    HardwareAddress { nic: NicSlot, mac: [u8; 6] },
     /// Administrative offline (if_mpadm -d).
-    Offline { nic: String },
+    Offline { nic: NicSlot },
     /// Undo an offline (if_mpadm -r).
-    Online { nic: String },
+    Online { nic: NicSlot },
     /// A probing NIC that is up but whose data addresses a previous mpathd had moved away
     /// (found at start): it was failed by probes, so it stays failed until its probes
     /// repair it, instead of taking its addresses back at once and losing them again.
-    Adopt { nic: String },
+    Adopt { nic: NicSlot },
     /// Whether mpathd's programs are attached to a member: reported before it appears (so
     /// that a NIC without them never carries traffic) and whenever that changes.
-    Datapath { nic: String, attached: bool },
+    Datapath { nic: NicSlot, attached: bool },
     /// Time passed; send it at [`Group::next_wakeup`].
     Tick,
 }
@@ -268,86 +270,86 @@ named!(pub GroupState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Appeared {
-        nic: String,
+        nic: NicSlot,
     },
     Disappeared {
-        nic: String,
+        nic: NicSlot,
     },
     LinkDown {
-        nic: String,
+        nic: NicSlot,
     },
     LinkUp {
-        nic: String,
+        nic: NicSlot,
     },
     Failed {
-        nic: String,
+        nic: NicSlot,
         cause: FailureCause,
     },
     /// A NIC found failed by probes before this state machine (mpathd restarted, or a
     /// reload rebuilt the group) is failed again: a failure's effects, but no new failure.
     StillFailed {
-        nic: String,
+        nic: NicSlot,
     },
     Repaired {
-        nic: String,
+        nic: NicSlot,
     },
     /// The link is flapping; repair waits until `until` (reported once per episode).
     RepairDeferred {
-        nic: String,
+        nic: NicSlot,
         until: Instant,
     },
     /// All targets stopped answering at once: drop discovered targets of these NICs and
     /// rediscover (keep router and configured targets).
     FlushTargets {
-        nics: Vec<String>,
+        nics: Vec<NicSlot>,
     },
     /// An inactive NIC (usually a standby) now carries traffic.
     Activate {
-        nic: String,
+        nic: NicSlot,
     },
     /// A NIC (a standby no longer needed) stops carrying traffic.
     Deactivate {
-        nic: String,
+        nic: NicSlot,
     },
     Offlined {
-        nic: String,
+        nic: NicSlot,
     },
     Onlined {
-        nic: String,
+        nic: NicSlot,
     },
     /// `nic` has the hardware address `mac` of `of`, an earlier member: it is offline.
     DuplicateMac {
-        nic: String,
-        of: String,
+        nic: NicSlot,
+        of: NicSlot,
         mac: [u8; 6],
     },
     /// `nic`'s hardware address is unique in the group again: it is back.
     MacUnique {
-        nic: String,
+        nic: NicSlot,
     },
     /// mpathd's programs are not on `nic`: it is offline.
     DatapathLost {
-        nic: String,
+        nic: NicSlot,
     },
     /// They are attached again: `nic` is back.
     DatapathAttached {
-        nic: String,
+        nic: NicSlot,
     },
     GroupFailed,
     /// The group has a functioning member again; `nic` is the first of them.
     GroupRepaired {
-        nic: String,
+        nic: NicSlot,
     },
     /// One family of a NIC probing both lost its last [`NUM_PROBE_FAILS`] probes while the
     /// other still answers, which holds the NIC up (in.mpathd's rule): its traffic in that
     /// family may be lost, and the NIC is not failed over.
     FamilyFailed {
-        nic: String,
+        nic: NicSlot,
         family: AddressFamily,
     },
     /// That family answers again.
     FamilyRepaired {
-        nic: String,
+        nic: NicSlot,
         family: AddressFamily,
     },
     /// The roles of the members changed ([`Group::nic_roles`]): rewrite the bucket table from
@@ -356,8 +358,8 @@ pub enum Action {
 }
 
 impl Action {
-    /// The NIC the action is about, for the log's INTERFACE= field.
-    pub fn nic(&self) -> Option<&str> {
+    /// The NIC the action is about.
+    pub fn nic(&self) -> Option<NicSlot> {
         match self {
             Action::Appeared { nic }
             | Action::Disappeared { nic }
@@ -377,36 +379,39 @@ impl Action {
             | Action::DatapathAttached { nic }
             | Action::GroupRepaired { nic }
             | Action::FamilyFailed { nic, .. }
-            | Action::FamilyRepaired { nic, .. } => Some(nic),
+            | Action::FamilyRepaired { nic, .. } => Some(*nic),
             Action::FlushTargets { .. } | Action::GroupFailed | Action::UsableSetChanged => None,
         }
     }
 
-    /// The line an administrator sees for this action, with in.mpathd's wording where it has
-    /// one; `None` for actions that are only instructions to the daemon.
-    pub(crate) fn log_line(&self, group: &str) -> Option<String> {
+    /// The line an administrator sees for this action of `group`, with in.mpathd's wording
+    /// where it has one; `None` for actions that are only instructions to the daemon.
+    pub(crate) fn log_line(&self, group: &Group) -> Option<String> {
+        let members = group;
+        let nic = self.nic().map_or("", |slot| members.nic_name(slot));
+        let group = members.name();
         Some(match self {
-            Action::Appeared { nic } => format!("NIC {nic} of group {group} has appeared"),
-            Action::Disappeared { nic } => {
+            Action::Appeared { .. } => format!("NIC {nic} of group {group} has appeared"),
+            Action::Disappeared { .. } => {
                 format!("NIC {nic} of group {group} has been removed from the system")
             }
-            Action::LinkDown { nic } => format!("The link has gone down on {nic}"),
-            Action::LinkUp { nic } => format!("The link has come up on {nic}"),
+            Action::LinkDown { .. } => format!("The link has gone down on {nic}"),
+            Action::LinkUp { .. } => format!("The link has come up on {nic}"),
             // The group-wide FlushTargets line explains these; one line per NIC would call
             // them NIC failures.
             Action::Failed {
                 cause: FailureCause::TargetsUnreachable,
                 ..
             } => return None,
-            Action::Failed { nic, .. } => {
+            Action::Failed { .. } => {
                 format!("NIC failure detected on {nic} of group {group}")
             }
-            Action::StillFailed { nic } => format!(
+            Action::StillFailed { .. } => format!(
                 "NIC {nic} of group {group} stays failed (found failed before mpathd's restart \
                  or reload) until its probes answer again"
             ),
-            Action::Repaired { nic } => format!("NIC repair detected on {nic} of group {group}"),
-            Action::RepairDeferred { nic, .. } => format!(
+            Action::Repaired { .. } => format!("NIC repair detected on {nic} of group {group}"),
+            Action::RepairDeferred { .. } => format!(
                 "The link has come up on {nic} more than {LINK_UPS_PER_MINUTE} times in the \
                  last minute; disabling repair until it stabilizes"
             ),
@@ -414,37 +419,38 @@ impl Action {
                 "All probe targets of group {group} stopped answering at once: treating it as \
                  a target failure, no failover; flushing and rediscovering probe targets"
             ),
-            Action::Activate { nic } => format!("NIC {nic} of group {group} is now active"),
-            Action::Deactivate { nic } => format!("NIC {nic} of group {group} is now inactive"),
-            Action::Offlined { nic } => format!("NIC {nic} of group {group} is now offline"),
-            Action::Onlined { nic } => format!("NIC {nic} of group {group} is back online"),
-            Action::DuplicateMac { nic, of, mac } => format!(
-                "NIC {nic} of group {group} has the hardware address {} of {of}, which is not \
+            Action::Activate { .. } => format!("NIC {nic} of group {group} is now active"),
+            Action::Deactivate { .. } => format!("NIC {nic} of group {group} is now inactive"),
+            Action::Offlined { .. } => format!("NIC {nic} of group {group} is now offline"),
+            Action::Onlined { .. } => format!("NIC {nic} of group {group} is back online"),
+            Action::DuplicateMac { of, mac, .. } => format!(
+                "NIC {nic} of group {group} has the hardware address {} of {}, which is not \
                  unique in the group; offlining {nic}",
-                mac.map(|b| format!("{b:02x}")).join(":")
+                mac.map(|b| format!("{b:02x}")).join(":"),
+                members.nic_name(*of)
             ),
-            Action::MacUnique { nic } => {
+            Action::MacUnique { .. } => {
                 format!("NIC {nic} now has a unique hardware address in group {group}; onlining it")
             }
-            Action::DatapathLost { nic } => format!(
+            Action::DatapathLost { .. } => format!(
                 "NIC {nic} of group {group} is offline: mpathd's programs are not attached to it, \
                  so its probe replies go unseen; it comes back once they attach"
             ),
-            Action::DatapathAttached { nic } => {
+            Action::DatapathAttached { .. } => {
                 format!("mpathd's programs are attached to {nic} of group {group}; onlining it")
             }
             Action::GroupFailed => format!("All Interfaces in group {group} have failed"),
-            Action::GroupRepaired { nic } => {
+            Action::GroupRepaired { .. } => {
                 format!("At least 1 interface ({nic}) in group {group} is now usable")
             }
-            Action::FamilyFailed { nic, family } => format!(
+            Action::FamilyFailed { family, .. } => format!(
                 "{} probes on {nic} of group {group} have failed while {} probes answer: {nic} stays \
                  in use, and its {} traffic may be lost",
                 family.ip_version(),
                 family.other().ip_version(),
                 family.ip_version()
             ),
-            Action::FamilyRepaired { nic, family } => format!(
+            Action::FamilyRepaired { family, .. } => format!(
                 "{} probes on {nic} of group {group} answer again",
                 family.ip_version()
             ),
@@ -473,6 +479,7 @@ pub(crate) enum Role {
 /// A member and its [`Role`], in configuration order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NicRole {
+    pub slot: NicSlot,
     pub name: String,
     pub standby: bool,
     pub role: Role,
@@ -600,8 +607,15 @@ pub enum StateError {
     EmptyGroup { group: String },
     #[error("interface {nic} is listed twice in group {group}")]
     DuplicateInterface { group: String, nic: String },
-    #[error("group {group} has no interface named {nic}")]
-    UnknownInterface { group: String, nic: String },
+    #[error("interfaces {first} and {nic} of group {group} share counter slot {}", slot.0)]
+    SharedSlot {
+        group: String,
+        first: String,
+        nic: String,
+        slot: NicSlot,
+    },
+    #[error("group {group} has no interface in counter slot {}", slot.0)]
+    UnknownInterface { group: String, slot: NicSlot },
     #[error("interface {nic} of group {group} is not present in the system")]
     NotPresent { group: String, nic: String },
     #[error(
@@ -660,6 +674,7 @@ impl ProbeStats {
 
 #[derive(Debug, Clone)]
 struct Interface {
+    slot: NicSlot,
     name: String,
     standby: bool,
     probe: ProbeFamilies,
@@ -684,6 +699,7 @@ struct Interface {
 impl Interface {
     fn new(config: InterfaceConfig) -> Self {
         Interface {
+            slot: config.slot,
             name: config.name,
             standby: config.standby,
             probe: config.probe,
@@ -1010,10 +1026,19 @@ impl Group {
             return Err(StateError::EmptyGroup { group: name });
         }
         for (index, config) in interfaces.iter().enumerate() {
-            if interfaces[..index].iter().any(|c| c.name == config.name) {
+            let earlier = &interfaces[..index];
+            if earlier.iter().any(|c| c.name == config.name) {
                 return Err(StateError::DuplicateInterface {
                     group: name,
                     nic: config.name.clone(),
+                });
+            }
+            if let Some(first) = earlier.iter().find(|c| c.slot == config.slot) {
+                return Err(StateError::SharedSlot {
+                    group: name,
+                    first: first.name.clone(),
+                    nic: config.name.clone(),
+                    slot: config.slot,
                 });
             }
         }
@@ -1029,6 +1054,14 @@ impl Group {
         &self.name
     }
 
+    /// The name of the member in `slot`, for what users see.
+    pub(crate) fn nic_name(&self, slot: NicSlot) -> &str {
+        self.members
+            .iter()
+            .find(|m| m.slot == slot)
+            .map_or("", |m| m.name.as_str())
+    }
+
     /// Apply one event that happened at `now`. On error nothing has changed.
     pub fn handle(&mut self, event: Event, now: Instant) -> Result<Vec<Action>, StateError> {
         let roles_before = self.nic_roles();
@@ -1038,7 +1071,7 @@ impl Group {
         let judge_group = match &event {
             Event::HardwareAddress { .. } => false,
             Event::Datapath { nic, .. } => {
-                self.members.iter().any(|m| m.name == *nic && m.present())
+                self.members.iter().any(|m| m.slot == *nic && m.present())
             }
             _ => true,
         };
@@ -1046,12 +1079,12 @@ impl Group {
         match event {
             Event::Snapshot { present } => {
                 for (nic, _) in &present {
-                    self.find(nic)?;
+                    self.find(*nic)?;
                 }
                 for index in 0..self.members.len() {
                     let reported = present
                         .iter()
-                        .find(|(nic, _)| *nic == self.members[index].name);
+                        .find(|(nic, _)| *nic == self.members[index].slot);
                     match reported {
                         Some((_, link_up)) => self.appear(index, *link_up, now, &mut actions),
                         None => self.disappear(index, &mut actions),
@@ -1059,15 +1092,15 @@ impl Group {
                 }
             }
             Event::Appeared { nic, link_up } => {
-                let index = self.find(&nic)?;
+                let index = self.find(nic)?;
                 self.appear(index, link_up, now, &mut actions);
             }
             Event::Disappeared { nic } => {
-                let index = self.find(&nic)?;
+                let index = self.find(nic)?;
                 self.disappear(index, &mut actions);
             }
             Event::Link { nic, up } => {
-                let index = self.find_present(&nic)?;
+                let index = self.find_present(nic)?;
                 self.link_change(index, up, now, &mut actions);
             }
             Event::Probe {
@@ -1075,7 +1108,7 @@ impl Group {
                 family,
                 outcome,
             } => {
-                let index = self.find_prober(&nic, family)?;
+                let index = self.find_prober(nic, family)?;
                 self.probe(index, family, outcome, now, &mut actions);
             }
             Event::Targets {
@@ -1083,7 +1116,7 @@ impl Group {
                 family,
                 available,
             } => {
-                let index = self.find_prober(&nic, family)?;
+                let index = self.find_prober(nic, family)?;
                 let member = &mut self.members[index];
                 let stats = member.stats_mut(family);
                 if available {
@@ -1094,19 +1127,19 @@ impl Group {
                 self.check_probe_failure(index, now, &mut actions);
             }
             Event::HardwareAddress { nic, mac } => {
-                let index = self.find(&nic)?;
+                let index = self.find(nic)?;
                 self.members[index].mac = Some(mac);
             }
             Event::Offline { nic } => {
-                let index = self.find(&nic)?;
+                let index = self.find(nic)?;
                 self.offline(index, &mut actions)?;
             }
             Event::Online { nic } => {
-                let index = self.find(&nic)?;
+                let index = self.find(nic)?;
                 self.online(index, &mut actions)?;
             }
             Event::Adopt { nic } => {
-                let index = self.find_present(&nic)?;
+                let index = self.find_present(nic)?;
                 let member = &self.members[index];
                 if member.state == IfState::Ok && !member.link_judged() {
                     let nic = self.set_failed(index, FailureCause::ProbesLost);
@@ -1114,7 +1147,7 @@ impl Group {
                 }
             }
             Event::Datapath { nic, attached } => {
-                let index = self.find(&nic)?;
+                let index = self.find(nic)?;
                 self.members[index].datapath = attached;
             }
             Event::Tick => self.tick(now, &mut actions),
@@ -1167,12 +1200,18 @@ impl Group {
             .collect()
     }
 
+    /// The slots of [`Group::usable_interfaces`].
+    pub(crate) fn usable_slots(&self) -> impl Iterator<Item = NicSlot> {
+        self.members.iter().filter(|m| m.active()).map(|m| m.slot)
+    }
+
     /// Every member with its [`Role`], in configuration order: the input of
     /// [`crate::core::failover::plan`].
     pub(crate) fn nic_roles(&self) -> Vec<NicRole> {
         self.members
             .iter()
             .map(|m| NicRole {
+                slot: m.slot,
                 name: m.name.clone(),
                 standby: m.standby,
                 role: m.role(),
@@ -1180,8 +1219,8 @@ impl Group {
             .collect()
     }
 
-    pub(crate) fn interface_state(&self, nic: &str) -> Option<IfState> {
-        self.members.iter().find(|m| m.name == nic).map(|m| m.state)
+    pub(crate) fn interface_state(&self, nic: NicSlot) -> Option<IfState> {
+        self.members.iter().find(|m| m.slot == nic).map(|m| m.state)
     }
 
     /// Feeds the group's state and each member's [`InterfaceStatus`] to `hasher`, without
@@ -1218,33 +1257,33 @@ impl Group {
         }
     }
 
-    fn find(&self, nic: &str) -> Result<usize, StateError> {
+    fn find(&self, nic: NicSlot) -> Result<usize, StateError> {
         self.members
             .iter()
-            .position(|m| m.name == nic)
+            .position(|m| m.slot == nic)
             .ok_or_else(|| StateError::UnknownInterface {
                 group: self.name.clone(),
-                nic: nic.to_owned(),
+                slot: nic,
             })
     }
 
-    fn find_present(&self, nic: &str) -> Result<usize, StateError> {
+    fn find_present(&self, nic: NicSlot) -> Result<usize, StateError> {
         let index = self.find(nic)?;
         if !self.members[index].present() {
             return Err(StateError::NotPresent {
                 group: self.name.clone(),
-                nic: nic.to_owned(),
+                nic: self.members[index].name.clone(),
             });
         }
         Ok(index)
     }
 
-    fn find_prober(&self, nic: &str, family: AddressFamily) -> Result<usize, StateError> {
+    fn find_prober(&self, nic: NicSlot, family: AddressFamily) -> Result<usize, StateError> {
         let index = self.find(nic)?;
         if !self.members[index].probe.contains(family) {
             return Err(StateError::NotProbing {
                 group: self.name.clone(),
-                nic: nic.to_owned(),
+                nic: self.members[index].name.clone(),
                 family,
             });
         }
@@ -1264,9 +1303,7 @@ impl Group {
         member.inactive = member.standby;
         member.reclaims_home = true;
         member.repair_deferred = false;
-        actions.push(Action::Appeared {
-            nic: member.name.clone(),
-        });
+        actions.push(Action::Appeared { nic: member.slot });
         if link_up {
             member.link = LinkState::Up;
             member.state = IfState::Ok;
@@ -1287,9 +1324,7 @@ impl Group {
         member.quiet_until = None;
         member.mac = None;
         member.clear_probes();
-        actions.push(Action::Disappeared {
-            nic: member.name.clone(),
-        });
+        actions.push(Action::Disappeared { nic: member.slot });
     }
 
     fn link_change(&mut self, index: usize, up: bool, now: Instant, actions: &mut Vec<Action>) {
@@ -1299,7 +1334,7 @@ impl Group {
             return;
         }
         member.link = link;
-        let nic = member.name.clone();
+        let nic = member.slot;
         if !up {
             // in.mpathd clears the probe history: replies from before the link went down
             // must not count towards a repair.
@@ -1361,7 +1396,7 @@ impl Group {
                 stats.last_answer = Some(now);
                 if std::mem::take(&mut stats.failed_alone) {
                     actions.push(Action::FamilyRepaired {
-                        nic: member.name.clone(),
+                        nic: member.slot,
                         family,
                     });
                 }
@@ -1381,7 +1416,7 @@ impl Group {
                 if failed_alone && !stats.failed_alone {
                     stats.failed_alone = true;
                     actions.push(Action::FamilyFailed {
-                        nic: member.name.clone(),
+                        nic: member.slot,
                         family,
                     });
                 }
@@ -1417,7 +1452,7 @@ impl Group {
             .members
             .iter()
             .filter(|m| m.present() && !m.offline() && !m.link_judged())
-            .map(|m| m.name.clone())
+            .map(|m| m.slot)
             .collect();
         actions.push(Action::FlushTargets { nics });
     }
@@ -1438,7 +1473,7 @@ impl Group {
             member.repair_deferred = true;
             if let Some(until) = member.flap_deadline() {
                 actions.push(Action::RepairDeferred {
-                    nic: member.name.clone(),
+                    nic: member.slot,
                     until,
                 });
             }
@@ -1450,12 +1485,12 @@ impl Group {
         actions.push(Action::Failed { nic, cause });
     }
 
-    /// Puts a member in the failed state; returns its name.
-    fn set_failed(&mut self, index: usize, cause: FailureCause) -> String {
+    /// Puts a member in the failed state; returns its slot.
+    fn set_failed(&mut self, index: usize, cause: FailureCause) -> NicSlot {
         let member = &mut self.members[index];
         member.state = IfState::Failed { cause };
         member.inactive = false;
-        member.name.clone()
+        member.slot
     }
 
     fn repair(&mut self, index: usize, actions: &mut Vec<Action>) {
@@ -1466,9 +1501,7 @@ impl Group {
         // Tentative: refresh_activity activates it if the group is short of active NICs.
         member.inactive = member.standby || !failback;
         member.reclaims_home = failback;
-        actions.push(Action::Repaired {
-            nic: member.name.clone(),
-        });
+        actions.push(Action::Repaired { nic: member.slot });
     }
 
     fn offline(&mut self, index: usize, actions: &mut Vec<Action>) -> Result<(), StateError> {
@@ -1486,7 +1519,9 @@ impl Group {
                     failure,
                     reason: OfflineReason::Admin,
                 };
-                actions.push(Action::Offlined { nic });
+                actions.push(Action::Offlined {
+                    nic: self.members[index].slot,
+                });
                 return Ok(());
             }
             IfState::Offline { .. } => return Err(StateError::AlreadyOffline { group, nic }),
@@ -1510,7 +1545,7 @@ impl Group {
         };
         member.inactive = false;
         member.clear_probes();
-        actions.push(Action::Offlined { nic });
+        actions.push(Action::Offlined { nic: member.slot });
         Ok(())
     }
 
@@ -1534,7 +1569,7 @@ impl Group {
             _ => return Err(StateError::NotOffline { group, nic }),
         }
         member.bring_back();
-        actions.push(Action::Onlined { nic });
+        actions.push(Action::Onlined { nic: member.slot });
         Ok(())
     }
 
@@ -1552,7 +1587,7 @@ impl Group {
     /// them again.
     fn refresh_datapath(&mut self, actions: &mut Vec<Action>) {
         for member in &mut self.members {
-            let nic = member.name.clone();
+            let nic = member.slot;
             match member.state {
                 IfState::Ok | IfState::Failed { .. } if !member.datapath => {
                     member.take_offline(OfflineReason::NoDatapath);
@@ -1579,14 +1614,14 @@ impl Group {
                 self.members[..index]
                     .iter()
                     .find(|m| m.present() && m.mac == Some(mac))
-                    .map(|m| (m.name.clone(), mac))
+                    .map(|m| (m.slot, mac))
             });
             let member = &mut self.members[index];
             match (member.state, original) {
                 (IfState::Ok | IfState::Failed { .. }, Some((of, mac))) => {
                     member.take_offline(OfflineReason::DuplicateMac);
                     actions.push(Action::DuplicateMac {
-                        nic: member.name.clone(),
+                        nic: member.slot,
                         of,
                         mac,
                     });
@@ -1599,9 +1634,7 @@ impl Group {
                     None,
                 ) => {
                     member.bring_back();
-                    actions.push(Action::MacUnique {
-                        nic: member.name.clone(),
-                    });
+                    actions.push(Action::MacUnique { nic: member.slot });
                 }
                 _ => {}
             }
@@ -1655,7 +1688,7 @@ impl Group {
             let Some(index) = candidate else { break };
             self.members[index].inactive = false;
             actions.push(Action::Activate {
-                nic: self.members[index].name.clone(),
+                nic: self.members[index].slot,
             });
             active += 1;
         }
@@ -1665,7 +1698,7 @@ impl Group {
             };
             self.members[index].inactive = true;
             actions.push(Action::Deactivate {
-                nic: self.members[index].name.clone(),
+                nic: self.members[index].slot,
             });
             active -= 1;
         }
@@ -1679,9 +1712,7 @@ impl Group {
         } else if !failed && self.failure_reported {
             self.failure_reported = false;
             if let Some(first) = self.members.iter().find(|m| m.functioning()) {
-                actions.push(Action::GroupRepaired {
-                    nic: first.name.clone(),
-                });
+                actions.push(Action::GroupRepaired { nic: first.slot });
             }
         }
     }
@@ -1711,12 +1742,14 @@ pub(crate) mod test_outcomes {
 mod tests {
     use super::test_outcomes::{ANSWERED, LOST};
     use super::*;
+    use crate::core::identity::test_slot as slot;
 
     /// in.mpathd's probe interval at the default FDT of 10 s: FDT / (NUM_PROBE_FAILS + 2).
     const PROBE_INTERVAL: Duration = Duration::from_millis(1428);
 
     fn nic(name: &str, standby: bool, probe: ProbeFamilies) -> InterfaceConfig {
         InterfaceConfig {
+            slot: slot(name),
             name: name.to_owned(),
             standby,
             probe,
@@ -1739,7 +1772,7 @@ mod tests {
     impl Sim {
         /// All members present with their link up.
         fn new(policy: Policy, members: Vec<InterfaceConfig>) -> Sim {
-            let present = members.iter().map(|m| (m.name.clone(), true)).collect();
+            let present = members.iter().map(|m| (m.slot, true)).collect();
             let mut sim = Sim {
                 group: Group::new("g0", policy, members).unwrap(),
                 now: Instant::now(),
@@ -1762,7 +1795,7 @@ mod tests {
 
         fn link(&mut self, name: &str, up: bool) -> Vec<Action> {
             self.send(Event::Link {
-                nic: name.to_owned(),
+                nic: slot(name),
                 up,
             })
         }
@@ -1773,7 +1806,7 @@ mod tests {
             let mut actions = Vec::new();
             for (name, outcome) in outcomes {
                 actions.extend(self.send(Event::Probe {
-                    nic: (*name).to_owned(),
+                    nic: slot(name),
                     family: AddressFamily::Inet,
                     outcome: *outcome,
                 }));
@@ -1790,7 +1823,7 @@ mod tests {
         }
 
         fn state(&self, name: &str) -> IfState {
-            self.group.interface_state(name).unwrap()
+            self.group.interface_state(slot(name)).unwrap()
         }
 
         fn view(&self, name: &str) -> InterfaceView {
@@ -1806,20 +1839,20 @@ mod tests {
         IfState::Failed { cause }
     }
 
-    fn act(kind: fn(String) -> Action, name: &str) -> Action {
-        kind(name.to_owned())
+    fn act(kind: fn(NicSlot) -> Action, name: &str) -> Action {
+        kind(slot(name))
     }
 
-    fn repaired(name: String) -> Action {
-        Action::Repaired { nic: name }
+    fn repaired(nic: NicSlot) -> Action {
+        Action::Repaired { nic }
     }
 
-    fn activate(name: String) -> Action {
-        Action::Activate { nic: name }
+    fn activate(nic: NicSlot) -> Action {
+        Action::Activate { nic }
     }
 
-    fn deactivate(name: String) -> Action {
-        Action::Deactivate { nic: name }
+    fn deactivate(nic: NicSlot) -> Action {
+        Action::Deactivate { nic }
     }
 
     fn count(actions: &[Action], wanted: &Action) -> usize {
@@ -1882,9 +1915,9 @@ mod tests {
         assert_eq!(
             actions,
             [
-                Action::LinkDown { nic: "h0".into() },
+                Action::LinkDown { nic: slot("h0") },
                 Action::Failed {
-                    nic: "h0".into(),
+                    nic: slot("h0"),
                     cause: FailureCause::LinkDown
                 },
                 Action::UsableSetChanged,
@@ -1894,11 +1927,11 @@ mod tests {
         assert_eq!(sim.group.state(), GroupState::Degraded);
         assert_eq!(sim.group.usable_interfaces(), ["h1"]);
         assert_eq!(
-            actions[1].log_line("g0").unwrap(),
+            actions[1].log_line(&sim.group).unwrap(),
             "NIC failure detected on h0 of group g0"
         );
         assert_eq!(
-            actions[0].log_line("g0").unwrap(),
+            actions[0].log_line(&sim.group).unwrap(),
             "The link has gone down on h0"
         );
     }
@@ -1911,7 +1944,7 @@ mod tests {
         assert!(sim.link("h0", false).is_empty());
         assert!(
             sim.send(Event::Appeared {
-                nic: "h0".into(),
+                nic: slot("h0"),
                 link_up: false
             })
             .is_empty()
@@ -1932,7 +1965,7 @@ mod tests {
             actions
                 .iter()
                 .find(|a| matches!(a, Action::Repaired { .. }))
-                .and_then(|a| a.log_line("g0"))
+                .and_then(|a| a.log_line(&sim.group))
                 .unwrap(),
             "NIC repair detected on h0 of group g0"
         );
@@ -1949,7 +1982,7 @@ mod tests {
             actions,
             [
                 Action::Failed {
-                    nic: "h0".into(),
+                    nic: slot("h0"),
                     cause: FailureCause::ProbesLost
                 },
                 Action::UsableSetChanged
@@ -2003,7 +2036,7 @@ mod tests {
         let actions = sim.rounds(10, &[("h0", ANSWERED)]);
         assert!(actions.is_empty(), "{actions:?}");
         let actions = sim.link("h0", true);
-        assert_eq!(actions, [Action::LinkUp { nic: "h0".into() }]);
+        assert_eq!(actions, [Action::LinkUp { nic: slot("h0") }]);
         sim.rounds(9, &[("h0", ANSWERED)]);
         assert_eq!(sim.state("h0"), failed(FailureCause::ProbesLost));
         sim.round(&[("h0", ANSWERED)]);
@@ -2068,7 +2101,7 @@ mod tests {
             .collect();
         assert_eq!(deferrals.len(), 1, "reported once per episode");
         assert_eq!(
-            deferrals[0].log_line("g0").unwrap(),
+            deferrals[0].log_line(&sim.group).unwrap(),
             "The link has come up on h0 more than 2 times in the last minute; disabling repair \
              until it stabilizes"
         );
@@ -2222,18 +2255,18 @@ mod tests {
     #[test]
     fn offline_is_refused_for_the_last_usable_nic() {
         let mut sim = two_link_only();
-        let actions = sim.send(Event::Offline { nic: "h0".into() });
+        let actions = sim.send(Event::Offline { nic: slot("h0") });
         assert_eq!(
             actions,
             [
-                Action::Offlined { nic: "h0".into() },
+                Action::Offlined { nic: slot("h0") },
                 Action::UsableSetChanged
             ]
         );
         assert_eq!(sim.view("h0").state, InterfaceStatus::Offline);
         assert_eq!(sim.view("h0").flags, [InterfaceFlag::Offline]);
         let error = sim
-            .try_send(Event::Offline { nic: "h1".into() })
+            .try_send(Event::Offline { nic: slot("h1") })
             .unwrap_err();
         assert_eq!(
             error,
@@ -2249,24 +2282,24 @@ mod tests {
         );
         assert_eq!(sim.state("h1"), IfState::Ok, "a refusal changes nothing");
         assert_eq!(
-            sim.try_send(Event::Offline { nic: "h0".into() }),
+            sim.try_send(Event::Offline { nic: slot("h0") }),
             Err(StateError::AlreadyOffline {
                 group: "g0".into(),
                 nic: "h0".into()
             })
         );
         assert_eq!(
-            sim.try_send(Event::Online { nic: "h1".into() }),
+            sim.try_send(Event::Online { nic: slot("h1") }),
             Err(StateError::NotOffline {
                 group: "g0".into(),
                 nic: "h1".into()
             })
         );
-        let actions = sim.send(Event::Online { nic: "h0".into() });
+        let actions = sim.send(Event::Online { nic: slot("h0") });
         assert_eq!(
             actions,
             [
-                Action::Onlined { nic: "h0".into() },
+                Action::Onlined { nic: slot("h0") },
                 Action::UsableSetChanged
             ]
         );
@@ -2278,11 +2311,11 @@ mod tests {
         let mut sim = two_link_only();
         sim.link("h1", false);
         assert!(matches!(
-            sim.try_send(Event::Offline { nic: "h0".into() }),
+            sim.try_send(Event::Offline { nic: slot("h0") }),
             Err(StateError::LastUsable { .. })
         ));
         // A failed NIC may go offline while another works.
-        sim.send(Event::Offline { nic: "h1".into() });
+        sim.send(Event::Offline { nic: slot("h1") });
         assert_eq!(
             sim.view("h1").flags,
             [InterfaceFlag::Failed, InterfaceFlag::Offline]
@@ -2293,7 +2326,7 @@ mod tests {
     fn offline_of_a_single_nic_group_is_refused() {
         let mut sim = Sim::new(policy(true), vec![nic("h0", false, ProbeFamilies::NONE)]);
         assert!(matches!(
-            sim.try_send(Event::Offline { nic: "h0".into() }),
+            sim.try_send(Event::Offline { nic: slot("h0") }),
             Err(StateError::LastUsable { .. })
         ));
     }
@@ -2304,9 +2337,9 @@ mod tests {
         sim.link("h0", false);
         sim.link("h1", false);
         assert_eq!(sim.group.state(), GroupState::Failed);
-        sim.send(Event::Offline { nic: "h0".into() });
+        sim.send(Event::Offline { nic: slot("h0") });
         assert!(matches!(
-            sim.try_send(Event::Offline { nic: "h1".into() }),
+            sim.try_send(Event::Offline { nic: slot("h1") }),
             Err(StateError::LastUsable { .. })
         ));
     }
@@ -2314,10 +2347,10 @@ mod tests {
     #[test]
     fn an_offline_standby_is_not_activated_and_an_onlined_one_is_inactive() {
         let mut sim = active_active_standby(true);
-        sim.send(Event::Offline { nic: "h2".into() });
+        sim.send(Event::Offline { nic: slot("h2") });
         sim.link("h0", false);
         assert_eq!(sim.group.usable_interfaces(), ["h1"]);
-        let actions = sim.send(Event::Online { nic: "h2".into() });
+        let actions = sim.send(Event::Online { nic: slot("h2") });
         assert!(actions.contains(&act(activate, "h2")), "{actions:?}");
         assert_eq!(sim.group.usable_interfaces(), ["h1", "h2"]);
     }
@@ -2325,8 +2358,8 @@ mod tests {
     #[test]
     fn onlining_takes_addresses_back_even_with_failback_off() {
         let mut sim = two_probing(false);
-        sim.send(Event::Offline { nic: "h0".into() });
-        sim.send(Event::Online { nic: "h0".into() });
+        sim.send(Event::Offline { nic: slot("h0") });
+        sim.send(Event::Online { nic: slot("h0") });
         assert_eq!(
             sim.group.nic_roles()[0].role,
             Role::Active {
@@ -2345,16 +2378,16 @@ mod tests {
                 nic("h2", false, ProbeFamilies::NONE),
             ],
         );
-        sim.send(Event::Offline { nic: "h0".into() });
+        sim.send(Event::Offline { nic: slot("h0") });
         sim.link("h0", false);
-        sim.send(Event::Offline { nic: "h1".into() });
+        sim.send(Event::Offline { nic: slot("h1") });
         sim.link("h1", false);
         sim.advance(Duration::from_secs(1));
         sim.link("h1", true);
-        let actions = sim.send(Event::Online { nic: "h0".into() });
-        assert_eq!(actions, [Action::Onlined { nic: "h0".into() }]);
+        let actions = sim.send(Event::Online { nic: slot("h0") });
+        assert_eq!(actions, [Action::Onlined { nic: slot("h0") }]);
         assert_eq!(sim.state("h0"), failed(FailureCause::LinkDown));
-        sim.send(Event::Online { nic: "h1".into() });
+        sim.send(Event::Online { nic: slot("h1") });
         assert_eq!(sim.state("h1"), IfState::Ok);
     }
 
@@ -2367,15 +2400,15 @@ mod tests {
         assert_eq!(sim.group.state(), GroupState::Failed);
         assert!(sim.group.usable_interfaces().is_empty());
         assert_eq!(
-            Action::GroupFailed.log_line("g0").unwrap(),
+            Action::GroupFailed.log_line(&sim.group).unwrap(),
             "All Interfaces in group g0 have failed"
         );
         let actions = sim.link("h1", true);
-        assert!(actions.contains(&Action::GroupRepaired { nic: "h1".into() }));
+        assert!(actions.contains(&Action::GroupRepaired { nic: slot("h1") }));
         assert_eq!(sim.group.state(), GroupState::Degraded);
         assert_eq!(sim.group.usable_interfaces(), ["h1"]);
         let actions = sim.link("h0", true);
-        assert!(!actions.contains(&Action::GroupRepaired { nic: "h0".into() }));
+        assert!(!actions.contains(&Action::GroupRepaired { nic: slot("h0") }));
         assert_eq!(sim.group.state(), GroupState::Ok);
     }
 
@@ -2400,21 +2433,24 @@ mod tests {
             actions,
             [
                 Action::Failed {
-                    nic: "h0".into(),
+                    nic: slot("h0"),
                     cause: FailureCause::TargetsUnreachable
                 },
                 Action::Failed {
-                    nic: "h1".into(),
+                    nic: slot("h1"),
                     cause: FailureCause::TargetsUnreachable
                 },
                 Action::FlushTargets {
-                    nics: vec!["h0".into(), "h1".into()]
+                    nics: vec![slot("h0"), slot("h1")]
                 },
                 Action::GroupFailed,
                 Action::UsableSetChanged,
             ]
         );
-        let lines: Vec<_> = actions.iter().filter_map(|a| a.log_line("g0")).collect();
+        let lines: Vec<_> = actions
+            .iter()
+            .filter_map(|a| a.log_line(&sim.group))
+            .collect();
         assert_eq!(lines.len(), 2, "no per-NIC failure lines: {lines:?}");
         assert!(lines[0].starts_with("All probe targets of group g0 stopped answering at once"));
         // New targets answer: each member is repaired by its own replies.
@@ -2425,7 +2461,7 @@ mod tests {
         assert_eq!(count(&actions, &act(repaired, "h0")), 1);
         assert_eq!(count(&actions, &act(repaired, "h1")), 1);
         assert_eq!(
-            count(&actions, &Action::GroupRepaired { nic: "h0".into() }),
+            count(&actions, &Action::GroupRepaired { nic: slot("h0") }),
             1
         );
         assert_eq!(sim.group.state(), GroupState::Ok);
@@ -2469,7 +2505,7 @@ mod tests {
         sim.round(&[("h0", LOST)]);
         sim.advance(Duration::from_millis(100));
         sim.send(Event::Probe {
-            nic: "h1".into(),
+            nic: slot("h1"),
             family: AddressFamily::Inet,
             outcome: ANSWERED,
         });
@@ -2479,7 +2515,7 @@ mod tests {
             actions,
             [
                 Action::Failed {
-                    nic: "h0".into(),
+                    nic: slot("h0"),
                     cause: FailureCause::ProbesLost
                 },
                 Action::UsableSetChanged
@@ -2498,7 +2534,7 @@ mod tests {
         );
         let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", LOST)]);
         assert!(actions.contains(&Action::Failed {
-            nic: "h0".into(),
+            nic: slot("h0"),
             cause: FailureCause::ProbesLost
         }));
         assert_eq!(sim.group.state(), GroupState::Degraded);
@@ -2510,7 +2546,7 @@ mod tests {
         let actions = sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", LOST)]);
         assert!(actions.contains(&Action::GroupFailed));
         assert!(actions.contains(&Action::FlushTargets {
-            nics: vec!["h0".into()]
+            nics: vec![slot("h0")]
         }));
     }
 
@@ -2524,7 +2560,7 @@ mod tests {
             ],
         );
         let v6 = |outcome| Event::Probe {
-            nic: "h0".into(),
+            nic: slot("h0"),
             family: AddressFamily::Inet6,
             outcome,
         };
@@ -2557,12 +2593,12 @@ mod tests {
             ],
         );
         let v6 = |outcome| Event::Probe {
-            nic: "h0".into(),
+            nic: slot("h0"),
             family: AddressFamily::Inet6,
             outcome,
         };
         let family_failed = Action::FamilyFailed {
-            nic: "h0".into(),
+            nic: slot("h0"),
             family: AddressFamily::Inet,
         };
         let view = |sim: &Sim| sim.group.interface_views()[0].clone();
@@ -2591,7 +2627,7 @@ mod tests {
         let repaired = sim.round(&[("h0", ANSWERED)]);
         assert!(
             repaired.contains(&Action::FamilyRepaired {
-                nic: "h0".into(),
+                nic: slot("h0"),
                 family: AddressFamily::Inet
             }),
             "{repaired:?}"
@@ -2614,7 +2650,7 @@ mod tests {
         for _ in 0..NUM_PROBE_FAILS {
             reported.extend(sim.round(&[("h0", LOST)]));
             reported.extend(sim.send(Event::Probe {
-                nic: "h0".into(),
+                nic: slot("h0"),
                 family: AddressFamily::Inet6,
                 outcome: LOST,
             }));
@@ -2647,7 +2683,7 @@ mod tests {
         let unconfirmed = state_hash(&sim.group);
         assert_eq!(sim.view("h0").state, InterfaceStatus::Unknown);
         sim.send(Event::Targets {
-            nic: "h0".into(),
+            nic: slot("h0"),
             family: AddressFamily::Inet,
             available: true,
         });
@@ -2674,14 +2710,14 @@ mod tests {
             ],
         );
         sim.send(Event::Targets {
-            nic: "h0".into(),
+            nic: slot("h0"),
             family: AddressFamily::Inet6,
             available: true,
         });
         sim.rounds(NUM_PROBE_FAILS as usize, &[("h0", LOST)]);
         assert_eq!(sim.state("h0"), IfState::Ok, "IPv6 has targets");
         sim.send(Event::Targets {
-            nic: "h0".into(),
+            nic: slot("h0"),
             family: AddressFamily::Inet6,
             available: false,
         });
@@ -2709,7 +2745,7 @@ mod tests {
         assert!(sim.tick().is_empty());
         sim.now = end;
         assert!(sim.tick().contains(&Action::Failed {
-            nic: "h0".into(),
+            nic: slot("h0"),
             cause: FailureCause::ProbesLost
         }));
     }
@@ -2725,10 +2761,10 @@ mod tests {
                 nic("h3", false, ProbeFamilies::NONE),
             ],
         );
-        let actions = sim.send(Event::Adopt { nic: "h0".into() });
-        assert!(actions.contains(&Action::StillFailed { nic: "h0".into() }));
+        let actions = sim.send(Event::Adopt { nic: slot("h0") });
+        assert!(actions.contains(&Action::StillFailed { nic: slot("h0") }));
         assert!(!actions.iter().any(|a| matches!(a, Action::Failed { .. })));
-        assert!(actions.contains(&Action::Activate { nic: "h2".into() }));
+        assert!(actions.contains(&Action::Activate { nic: slot("h2") }));
         // No probe has spoken since: the family's probing is unknown, not ok.
         assert_eq!(sim.view("h0").probe_ipv4, Some(ProbeStatus::Unknown));
         let answers = [("h0", ANSWERED), ("h1", ANSWERED), ("h2", ANSWERED)];
@@ -2742,16 +2778,16 @@ mod tests {
             }
         );
         let actions = sim.round(&answers);
-        assert!(actions.contains(&Action::Repaired { nic: "h0".into() }));
+        assert!(actions.contains(&Action::Repaired { nic: slot("h0") }));
         assert_eq!(sim.state("h0"), IfState::Ok);
 
         // Only a working probing NIC is adopted as failed: a link-only NIC's link decides,
         // and a failed one stays as it is.
-        assert!(sim.send(Event::Adopt { nic: "h3".into() }).is_empty());
+        assert!(sim.send(Event::Adopt { nic: slot("h3") }).is_empty());
         assert_eq!(sim.state("h3"), IfState::Ok);
         sim.link("h1", false);
-        assert!(sim.send(Event::Adopt { nic: "h1".into() }).is_empty());
-        assert!(sim.try_send(Event::Adopt { nic: "eth9".into() }).is_err());
+        assert!(sim.send(Event::Adopt { nic: slot("h1") }).is_empty());
+        assert!(sim.try_send(Event::Adopt { nic: slot("eth9") }).is_err());
     }
 
     #[test]
@@ -2770,7 +2806,7 @@ mod tests {
         assert_eq!(sim.state("h0"), IfState::Ok);
         let actions = sim.round(&[("h0", LOST)]);
         assert!(actions.contains(&Action::Failed {
-            nic: "h0".into(),
+            nic: slot("h0"),
             cause: FailureCause::ProbesLost
         }));
         assert_eq!(sim.group.next_wakeup(), None);
@@ -2797,7 +2833,7 @@ mod tests {
             sim.tick(),
             [
                 Action::Failed {
-                    nic: "h0".into(),
+                    nic: slot("h0"),
                     cause: FailureCause::ProbesLost
                 },
                 Action::UsableSetChanged
@@ -2809,11 +2845,11 @@ mod tests {
     #[test]
     fn nic_that_disappears_leaves_the_usable_set_and_rejoins_when_it_appears() {
         let mut sim = active_active_standby(true);
-        let actions = sim.send(Event::Disappeared { nic: "h0".into() });
+        let actions = sim.send(Event::Disappeared { nic: slot("h0") });
         assert_eq!(
             actions,
             [
-                Action::Disappeared { nic: "h0".into() },
+                Action::Disappeared { nic: slot("h0") },
                 act(activate, "h2"),
                 Action::UsableSetChanged
             ]
@@ -2823,7 +2859,7 @@ mod tests {
         assert_eq!(sim.group.state(), GroupState::Degraded);
         assert_eq!(
             sim.try_send(Event::Link {
-                nic: "h0".into(),
+                nic: slot("h0"),
                 up: true
             }),
             Err(StateError::NotPresent {
@@ -2832,13 +2868,13 @@ mod tests {
             })
         );
         let actions = sim.send(Event::Appeared {
-            nic: "h0".into(),
+            nic: slot("h0"),
             link_up: true,
         });
         assert_eq!(
             actions,
             [
-                Action::Appeared { nic: "h0".into() },
+                Action::Appeared { nic: slot("h0") },
                 act(deactivate, "h2"),
                 Action::UsableSetChanged
             ]
@@ -2862,7 +2898,7 @@ mod tests {
         let actions = group
             .handle(
                 Event::Snapshot {
-                    present: vec![("h0".into(), true), ("h2".into(), true)],
+                    present: vec![(slot("h0"), true), (slot("h2"), true)],
                 },
                 now,
             )
@@ -2908,19 +2944,31 @@ mod tests {
             .to_string(),
             "interface h0 is listed twice in group g0"
         );
+        let mut shared = nic("h1", false, ProbeFamilies::NONE);
+        shared.slot = slot("h0");
+        assert_eq!(
+            Group::new(
+                "g0",
+                policy(true),
+                vec![nic("h0", false, ProbeFamilies::NONE), shared]
+            )
+            .unwrap_err()
+            .to_string(),
+            "interfaces h0 and h1 of group g0 share counter slot 0"
+        );
         let mut sim = two_link_only();
         assert_eq!(
             sim.try_send(Event::Link {
-                nic: "eth9".into(),
+                nic: slot("eth9"),
                 up: true
             })
             .unwrap_err()
             .to_string(),
-            "group g0 has no interface named eth9"
+            "group g0 has no interface in counter slot 9"
         );
         assert_eq!(
             sim.try_send(Event::Probe {
-                nic: "h0".into(),
+                nic: slot("h0"),
                 family: AddressFamily::Inet,
                 outcome: LOST
             })
@@ -2930,7 +2978,7 @@ mod tests {
         );
         assert!(matches!(
             sim.try_send(Event::Snapshot {
-                present: vec![("eth9".into(), true)]
+                present: vec![(slot("eth9"), true)]
             }),
             Err(StateError::UnknownInterface { .. })
         ));
@@ -2979,7 +3027,7 @@ mod tests {
 
     fn set_mac(sim: &mut Sim, nic: &str, mac: [u8; 6]) -> Vec<Action> {
         sim.send(Event::HardwareAddress {
-            nic: nic.into(),
+            nic: slot(nic),
             mac,
         })
     }
@@ -3000,13 +3048,13 @@ mod tests {
         let now = Instant::now();
         for (name, mac) in [("h0", MAC_A), ("h1", MAC_B)] {
             let event = Event::HardwareAddress {
-                nic: name.into(),
+                nic: slot(name),
                 mac,
             };
             let actions = group.handle(event, now).unwrap();
             assert!(actions.is_empty(), "{actions:?}");
         }
-        let present = vec![("h0".into(), true), ("h1".into(), true)];
+        let present = vec![(slot("h0"), true), (slot("h1"), true)];
         let actions = group.handle(Event::Snapshot { present }, now).unwrap();
         assert!(!actions.contains(&Action::GroupFailed), "{actions:?}");
         assert_eq!(group.state(), GroupState::Ok);
@@ -3023,8 +3071,8 @@ mod tests {
             actions,
             [
                 Action::DuplicateMac {
-                    nic: "h1".into(),
-                    of: "h0".into(),
+                    nic: slot("h1"),
+                    of: slot("h0"),
                     mac: MAC_A
                 },
                 act(activate, "h2"),
@@ -3032,7 +3080,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            actions[0].log_line("g0").unwrap(),
+            actions[0].log_line(&sim.group).unwrap(),
             "NIC h1 of group g0 has the hardware address 02:00:00:00:00:0a of h0, which is \
              not unique in the group; offlining h1"
         );
@@ -3052,7 +3100,7 @@ mod tests {
 
         // The operator cannot bring it online meanwhile.
         assert_eq!(
-            sim.try_send(Event::Online { nic: "h1".into() }),
+            sim.try_send(Event::Online { nic: slot("h1") }),
             Err(StateError::DuplicateMac {
                 group: "g0".into(),
                 nic: "h1".into()
@@ -3064,7 +3112,7 @@ mod tests {
         assert_eq!(
             actions,
             [
-                Action::MacUnique { nic: "h1".into() },
+                Action::MacUnique { nic: slot("h1") },
                 act(deactivate, "h2"),
                 Action::UsableSetChanged,
             ]
@@ -3087,8 +3135,8 @@ mod tests {
         let actions = set_mac(&mut sim, "h0", MAC_A);
         assert!(
             actions.contains(&Action::DuplicateMac {
-                nic: "h2".into(),
-                of: "h0".into(),
+                nic: slot("h2"),
+                of: slot("h0"),
                 mac: MAC_A
             }),
             "{actions:?}"
@@ -3097,7 +3145,7 @@ mod tests {
         assert_eq!(sim.state("h2"), DUPLICATE);
         // The earlier one changes: the later one is unique again.
         let actions = set_mac(&mut sim, "h0", MAC_C);
-        assert!(actions.contains(&Action::MacUnique { nic: "h2".into() }));
+        assert!(actions.contains(&Action::MacUnique { nic: slot("h2") }));
         assert_eq!(sim.state("h2"), IfState::Ok);
     }
 
@@ -3107,13 +3155,13 @@ mod tests {
         set_mac(&mut sim, "h0", MAC_A);
         set_mac(&mut sim, "h1", MAC_A);
         assert_eq!(sim.state("h1"), DUPLICATE);
-        let actions = sim.send(Event::Disappeared { nic: "h0".into() });
-        assert!(actions.contains(&Action::MacUnique { nic: "h1".into() }));
+        let actions = sim.send(Event::Disappeared { nic: slot("h0") });
+        assert!(actions.contains(&Action::MacUnique { nic: slot("h1") }));
         assert_eq!(sim.state("h1"), IfState::Ok);
         // Back with the same MAC, now the later one in configuration order is h1 again.
         set_mac(&mut sim, "h0", MAC_A);
         sim.send(Event::Appeared {
-            nic: "h0".into(),
+            nic: slot("h0"),
             link_up: true,
         });
         assert_eq!(sim.state("h0"), IfState::Ok);
@@ -3156,7 +3204,7 @@ mod tests {
         set_mac(&mut sim, "h1", MAC_A);
         set_mac(&mut sim, "h0", MAC_A);
         let actions = sim.send(Event::Snapshot {
-            present: vec![("h0".into(), true), ("h1".into(), true)],
+            present: vec![(slot("h0"), true), (slot("h1"), true)],
         });
         assert!(!actions.contains(&act(activate, "h1")), "{actions:?}");
         assert_eq!(sim.state("h1"), DUPLICATE);
@@ -3175,13 +3223,13 @@ mod tests {
     fn an_offline_nic_that_gets_a_duplicate_mac_stays_the_operators_until_onlined() {
         let mut sim = active_active_standby(true);
         set_mac(&mut sim, "h0", MAC_A);
-        sim.send(Event::Offline { nic: "h1".into() });
+        sim.send(Event::Offline { nic: slot("h1") });
         assert!(set_mac(&mut sim, "h1", MAC_A).is_empty());
-        let actions = sim.send(Event::Online { nic: "h1".into() });
+        let actions = sim.send(Event::Online { nic: slot("h1") });
         assert!(
             actions.contains(&Action::DuplicateMac {
-                nic: "h1".into(),
-                of: "h0".into(),
+                nic: slot("h1"),
+                of: slot("h0"),
                 mac: MAC_A
             }),
             "{actions:?}"
@@ -3195,8 +3243,8 @@ mod tests {
         set_mac(&mut sim, "h0", MAC_A);
         set_mac(&mut sim, "h1", MAC_A);
         assert_eq!(
-            sim.send(Event::Offline { nic: "h1".into() }),
-            [Action::Offlined { nic: "h1".into() }],
+            sim.send(Event::Offline { nic: slot("h1") }),
+            [Action::Offlined { nic: slot("h1") }],
             "no role changes: it was out of use already"
         );
         assert!(
@@ -3210,13 +3258,13 @@ mod tests {
                 reason: OfflineReason::Admin
             }
         );
-        sim.send(Event::Online { nic: "h1".into() });
+        sim.send(Event::Online { nic: slot("h1") });
         assert_eq!(sim.state("h1"), IfState::Ok);
     }
 
     fn report_datapath(sim: &mut Sim, nic: &str, attached: bool) -> Vec<Action> {
         sim.send(Event::Datapath {
-            nic: nic.into(),
+            nic: slot(nic),
             attached,
         })
     }
@@ -3236,17 +3284,17 @@ mod tests {
         let mut group = Group::new("g0", policy(true), nics).unwrap();
         let now = Instant::now();
         let event = Event::Datapath {
-            nic: "h1".into(),
+            nic: slot("h1"),
             attached: false,
         };
         assert!(group.handle(event, now).unwrap().is_empty());
-        let present = vec![("h0".into(), true), ("h1".into(), true)];
+        let present = vec![(slot("h0"), true), (slot("h1"), true)];
         let actions = group.handle(Event::Snapshot { present }, now).unwrap();
         assert!(
-            actions.contains(&Action::DatapathLost { nic: "h1".into() }),
+            actions.contains(&Action::DatapathLost { nic: slot("h1") }),
             "{actions:?}"
         );
-        assert_eq!(group.interface_state("h1"), Some(NO_DATAPATH));
+        assert_eq!(group.interface_state(slot("h1")), Some(NO_DATAPATH));
         assert_eq!(group.usable_interfaces(), ["h0"]);
         assert_eq!(group.nic_roles()[1].role, Role::Unusable);
         let view = group
@@ -3263,22 +3311,22 @@ mod tests {
 
         // Attached later (the cause went away): back as if new.
         let event = Event::Datapath {
-            nic: "h1".into(),
+            nic: slot("h1"),
             attached: true,
         };
         let actions = group.handle(event, now).unwrap();
         assert_eq!(
             actions,
             [
-                Action::DatapathAttached { nic: "h1".into() },
+                Action::DatapathAttached { nic: slot("h1") },
                 Action::UsableSetChanged
             ]
         );
         assert_eq!(
-            actions[0].log_line("g0").unwrap(),
+            actions[0].log_line(&group).unwrap(),
             "mpathd's programs are attached to h1 of group g0; onlining it"
         );
-        assert_eq!(group.interface_state("h1"), Some(IfState::Ok));
+        assert_eq!(group.interface_state(slot("h1")), Some(IfState::Ok));
         assert_eq!(group.usable_interfaces(), ["h0", "h1"]);
     }
 
@@ -3289,7 +3337,7 @@ mod tests {
         assert_eq!(
             actions,
             [
-                Action::DatapathLost { nic: "h1".into() },
+                Action::DatapathLost { nic: slot("h1") },
                 act(activate, "h2"),
                 Action::UsableSetChanged,
             ]
@@ -3299,14 +3347,14 @@ mod tests {
             "a repeat is no news"
         );
         assert_eq!(
-            sim.try_send(Event::Online { nic: "h1".into() }),
+            sim.try_send(Event::Online { nic: slot("h1") }),
             Err(StateError::NoDatapath {
                 group: "g0".into(),
                 nic: "h1".into()
             })
         );
         // The operator's offline takes over and outlasts the cause.
-        sim.send(Event::Offline { nic: "h1".into() });
+        sim.send(Event::Offline { nic: slot("h1") });
         assert_eq!(
             sim.state("h1"),
             IfState::Offline {
@@ -3316,7 +3364,7 @@ mod tests {
         );
         assert!(report_datapath(&mut sim, "h1", true).is_empty());
         assert!(matches!(sim.state("h1"), IfState::Offline { .. }));
-        sim.send(Event::Online { nic: "h1".into() });
+        sim.send(Event::Online { nic: slot("h1") });
         assert_eq!(sim.state("h1"), IfState::Ok);
     }
 
@@ -3331,8 +3379,8 @@ mod tests {
         assert_eq!(
             actions,
             [
-                Action::MacUnique { nic: "h1".into() },
-                Action::DatapathLost { nic: "h1".into() },
+                Action::MacUnique { nic: slot("h1") },
+                Action::DatapathLost { nic: slot("h1") },
             ],
             "never usable in between"
         );
@@ -3343,10 +3391,10 @@ mod tests {
         assert_eq!(
             actions,
             [
-                Action::DatapathAttached { nic: "h1".into() },
+                Action::DatapathAttached { nic: slot("h1") },
                 Action::DuplicateMac {
-                    nic: "h1".into(),
-                    of: "h0".into(),
+                    nic: slot("h1"),
+                    of: slot("h0"),
                     mac: MAC_A
                 },
             ]

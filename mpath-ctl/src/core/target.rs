@@ -43,8 +43,9 @@ const RECOVERY_STEP: Duration = Duration::from_secs(60);
 /// on the link answers each echo. With no host at all it asks with every probe.
 const STANDING_DISCOVERY_PERIOD: Duration = Duration::from_secs(1);
 
-/// The address family one prober works in; shown as ipmpstat shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// An IP address family: of a prober (shown as ipmpstat shows it), a route or a nexthop.
+/// Ordered, for keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressFamily {
     Inet,
@@ -60,7 +61,7 @@ impl AddressFamily {
     }
 
     /// How messages for administrators name it.
-    pub(crate) fn ip_version(self) -> &'static str {
+    pub fn ip_version(self) -> &'static str {
         match self {
             Self::Inet => "IPv4",
             Self::Inet6 => "IPv6",

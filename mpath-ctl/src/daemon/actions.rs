@@ -30,62 +30,67 @@ impl<H: HostIo> Daemon<H> {
         let name = name.as_str();
         for action in &actions {
             let group = &mut self.groups[id];
-            let mut line = action.log_line(name);
+            let mut line = action.log_line(&group.fsm);
+            let nic_name = action.nic().map(|slot| group.fsm.nic_name(slot).to_owned());
+            let nic_name = nic_name.as_deref();
+            let log = |level, line| log(level, name, action, nic_name, line);
             match action {
                 Action::Failed { nic, cause } => {
-                    self.metrics.failure(name, nic, *cause);
+                    let nic_name = group.fsm.nic_name(*nic);
+                    self.metrics.failure(name, nic_name, *cause);
                     if *cause == FailureCause::ProbesLost
-                        && let Some(n) = group.nic(nic)
+                        && let Some(n) = group.nic(*nic)
                     {
                         let losses: Vec<String> =
                             n.probing.iter().map(|p| p.prober.loss_report()).collect();
                         line = line.map(|l| format!("{l}: probes {}", losses.join("; ")));
                     }
-                    log(Level::WARN, name, action, line);
+                    log(Level::WARN, line);
                     if *cause == FailureCause::ProbesLost
-                        && let Some(n) = group.nics.iter_mut().find(|n| n.name == *nic)
+                        && let Some(n) = group.nics.iter_mut().find(|n| n.slot == *nic)
                     {
                         match self.host.counters(n.slot) {
                             Ok(c) => n.rx.observe(c.rx_packets, self.host.now()),
-                            Err(e) => tracing::debug!("receive counter of {nic}: {e}"),
+                            Err(e) => tracing::debug!("receive counter of {}: {e}", n.name),
                         }
-                        let line = n.rx.explain_failure(nic);
-                        tracing::warn!(group = name, interface = nic.as_str(), "{line}");
+                        let line = n.rx.explain_failure(&n.name);
+                        tracing::warn!(group = name, interface = n.name.as_str(), "{line}");
                     }
                 }
                 Action::GroupFailed => {
                     self.metrics.group_failure(name);
-                    log(Level::WARN, name, action, line);
+                    log(Level::WARN, line);
                 }
                 Action::LinkDown { .. }
                 | Action::FamilyFailed { .. }
                 | Action::DuplicateMac { .. }
-                | Action::DatapathLost { .. } => log(Level::WARN, name, action, line),
-                Action::StillFailed { .. } => log(Level::INFO, name, action, line),
+                | Action::DatapathLost { .. } => log(Level::WARN, line),
+                Action::StillFailed { .. } => log(Level::INFO, line),
                 Action::Repaired { nic } => {
-                    self.metrics.repair(name, nic);
-                    log(Level::INFO, name, action, line);
-                    self.report_memberships(id, nic);
+                    self.metrics.repair(name, group.fsm.nic_name(*nic));
+                    log(Level::INFO, line);
+                    self.report_memberships(id, *nic);
                 }
                 Action::FlushTargets { nics } => {
-                    log(Level::INFO, name, action, line);
+                    log(Level::INFO, line);
                     for nic in nics {
-                        for p in group.nic_mut(nic).into_iter().flat_map(|n| &mut n.probing) {
+                        for p in group.nic_mut(*nic).into_iter().flat_map(|n| &mut n.probing) {
                             p.prober.all_targets_silent();
                         }
                     }
                 }
                 Action::Offlined { nic } | Action::Onlined { nic } => {
-                    log(Level::INFO, name, action, line);
+                    log(Level::INFO, line);
                     let offline = matches!(action, Action::Offlined { .. });
-                    if let Some(ifindex) = group.ifindex_of(nic)
+                    if let Some(ifindex) = group.ifindex_in(*nic)
                         && let Err(e) = self
                             .host
                             .update_nic(ifindex, |info| info.set_offline(offline))
                     {
+                        let nic = nic_name.unwrap_or_default();
                         tracing::warn!(
                             group = name,
-                            interface = nic.as_str(),
+                            interface = nic,
                             "{nic}: keeping its offline state in the datapath: {e}"
                         );
                     }
@@ -100,14 +105,14 @@ impl<H: HostIo> Daemon<H> {
                 | Action::MacUnique { .. }
                 | Action::DatapathAttached { .. }
                 | Action::GroupRepaired { .. }
-                | Action::FamilyRepaired { .. } => log(Level::INFO, name, action, line),
+                | Action::FamilyRepaired { .. } => log(Level::INFO, line),
             }
         }
         // Probers trust RTTs only while their NIC works (not failed, not offline).
         let now = self.host.now();
         let group = &mut self.groups[id];
         for nic in &mut group.nics {
-            let working = matches!(group.fsm.interface_state(&nic.name), Some(IfState::Ok));
+            let working = matches!(group.fsm.interface_state(nic.slot), Some(IfState::Ok));
             for p in &mut nic.probing {
                 p.prober.set_nic_failed(!working, now);
             }
@@ -117,9 +122,8 @@ impl<H: HostIo> Daemon<H> {
 
 /// Logs an action's line, with its group and NIC as fields for the journal; a failure's
 /// is never held back as a repeat ([`FAILURES_TARGET`]).
-fn log(level: Level, group: &str, action: &Action, line: Option<String>) {
+fn log(level: Level, group: &str, action: &Action, interface: Option<&str>, line: Option<String>) {
     let Some(line) = line else { return };
-    let interface = action.nic();
     let failure = matches!(
         action,
         Action::Failed { .. } | Action::GroupFailed | Action::FlushTargets { .. }

@@ -69,12 +69,13 @@ impl<H: HostIo> Daemon<H> {
                 self.delete_address(ifindex, cidr).await;
             }
             Added::PlaceHere { group, nic } => {
-                tracing::warn!(
-                    interface = %nic,
-                    "data address {cidr} was added to {nic} behind mpathd's back; adopting it there"
-                );
                 let id = group;
                 let group = &mut self.groups[id];
+                let name = group.fsm.nic_name(nic);
+                tracing::warn!(
+                    interface = name,
+                    "data address {cidr} was added to {name} behind mpathd's back; adopting it there"
+                );
                 if let Some(a) = group.address_mut(cidr) {
                     a.current = Some(nic);
                 }
@@ -102,7 +103,7 @@ impl<H: HostIo> Daemon<H> {
         {
             // Without a prober the family has no targets: it no longer holds the NIC up.
             let event = Event::Targets {
-                nic: self.groups.nic(at).name.clone(),
+                nic: at.nic,
                 family: AddressFamily::Inet6,
                 available: false,
             };
@@ -120,12 +121,13 @@ impl<H: HostIo> Daemon<H> {
         match verdict {
             Removed::Nothing => {}
             Removed::Restore { group, nic } => {
-                tracing::warn!(
-                    interface = %nic,
-                    "data address {cidr} was removed from {nic} behind mpathd's back; restoring it"
-                );
                 let id = group;
                 let group = &mut self.groups[id];
+                let name = group.fsm.nic_name(nic);
+                tracing::warn!(
+                    interface = name,
+                    "data address {cidr} was removed from {name} behind mpathd's back; restoring it"
+                );
                 if let Some(a) = group.address_mut(cidr) {
                     a.current = None;
                 }
@@ -163,18 +165,18 @@ impl<H: HostIo> Daemon<H> {
         for adoption in reconcile::adoptable(&self.groups.holdings(), others) {
             let id = adoption.group;
             let group = &mut self.groups[id];
+            let nic = group.fsm.nic_name(adoption.nic);
             tracing::info!(
                 group = group.name(),
-                interface = %adoption.nic,
-                "group {} adopts {} found on {}: it fails over like the data addresses",
+                interface = nic,
+                "group {} adopts {} found on {nic}: it fails over like the data addresses",
                 group.name(),
                 adoption.cidr,
-                adoption.nic
             );
             group.adopted.insert(adoption.cidr);
             group.addresses.push(DataAddress {
                 cidr: adoption.cidr,
-                home: adoption.nic.clone(),
+                home: adoption.nic,
                 current: Some(adoption.nic),
             });
             adopting.insert(id);
@@ -364,7 +366,10 @@ impl<H: HostIo> Daemon<H> {
         let mut done = BTreeSet::new();
         for m in &plan.moves {
             let group = &self.groups[id];
-            let Some(to) = group.nic(&m.to).and_then(|n| n.ifindex.map(|i| (i, n.mac))) else {
+            let Some((ifindex, mac, name)) = group
+                .nic(m.to)
+                .and_then(|n| n.ifindex.map(|i| (i, n.mac, n.name.clone())))
+            else {
                 continue;
             };
             let options = AddressOptions {
@@ -372,26 +377,26 @@ impl<H: HostIo> Daemon<H> {
                 mpathds: !group.adopted.contains(&m.addr),
                 ..Default::default()
             };
-            if let Err(e) = self.host.add_address(to.0, m.addr, options).await {
-                if !self.note_ipv6_disabled(to.0, &m.to, &e) {
-                    tracing::error!("cannot move {} to {}: {e}", m.addr, m.to);
+            if let Err(e) = self.host.add_address(ifindex, m.addr, options).await {
+                if !self.note_ipv6_disabled(ifindex, &name, &e) {
+                    tracing::error!("cannot move {} to {name}: {e}", m.addr);
                 }
                 continue;
             }
-            if let Some(from) = m.from.as_deref().and_then(|f| group.ifindex_of(f))
+            if let Some(from) = m.from.and_then(|f| group.ifindex_in(f))
                 && let Err(e) = self.host.del_address(from, m.addr).await
             {
                 tracing::error!("cannot remove {} from its old NIC: {e}", m.addr);
             }
             let announcement = Announcement {
-                ifindex: to.0,
-                mac: to.1,
+                ifindex,
+                mac,
                 addr: m.addr.addr(),
             };
-            self.announce(announcement, &m.to);
+            self.announce(announcement, &name);
             done.insert(m.addr);
             if let Some(a) = self.groups[id].address_mut(m.addr) {
-                a.current = Some(m.to.clone());
+                a.current = Some(m.to);
             }
         }
         let group = &mut self.groups[id];
@@ -406,12 +411,15 @@ impl<H: HostIo> Daemon<H> {
         group.placed.extend(done.iter().copied());
         for transfer in transfers {
             if transfer.addresses.iter().all(|a| done.contains(a)) {
+                let group = &self.groups[id];
+                let nic = group.fsm.nic_name(transfer.interface());
                 tracing::info!(
-                    group = self.groups[id].name(),
-                    interface = transfer.interface(),
-                    "{transfer}"
+                    group = group.name(),
+                    interface = nic,
+                    "{}",
+                    transfer.log_line(|slot| group.fsm.nic_name(slot))
                 );
-                self.metrics.transfer(self.groups[id].name(), &transfer);
+                self.metrics.transfer(group.name(), &transfer, nic);
             }
         }
     }

@@ -26,13 +26,13 @@ use std::{
 
 use futures_util::future::LocalBoxFuture;
 use mpath_common::{
-    BUCKETS_PER_GROUP, NicCounters, NicInfo, ProbeReply, sources::SourceClass,
+    BUCKETS_PER_GROUP, NicCounters, NicInfo, ProbeReply, Settings, sources::SourceClass,
     sources::SourceCounters,
 };
 
 use crate::{
     config::ProbeRx,
-    core::identity::GroupId,
+    core::identity::{GroupId, NicSlot},
     core::reconcile::KERNEL_PROTOCOL,
     core::routes::{Hop, Hops, LinkRoute, MainRoute, TableRoute, Via},
     core::spread::Table,
@@ -120,6 +120,12 @@ pub(crate) struct FakeHost {
     /// NICs (by name) whose driver refuses the programs.
     refuse_attach: BTreeSet<String>,
     nic_infos: BTreeMap<u32, NicInfo>,
+    /// What mpathd gave the programs, once it did.
+    pub settings: Option<Settings>,
+    /// An earlier carrier hook's marks on these NICs (by ifindex).
+    pub carrier_marks: BTreeSet<u32>,
+    /// The marks cannot be cleared.
+    pub carrier_marks_stuck: bool,
     tables: BTreeMap<GroupId, Table>,
     /// NICs (by ifindex) whose probes the link's targets answer no longer.
     pub silent: BTreeSet<u32>,
@@ -154,6 +160,9 @@ impl FakeHost {
             attached: BTreeSet::new(),
             refuse_attach: BTreeSet::new(),
             nic_infos: BTreeMap::new(),
+            settings: None,
+            carrier_marks: BTreeSet::new(),
+            carrier_marks_stuck: false,
             tables: BTreeMap::new(),
             silent: BTreeSet::new(),
             dumps_fail: Cell::new(false),
@@ -912,6 +921,20 @@ impl HostIo for FakeHost {
         Ok(())
     }
 
+    fn set_settings(&mut self, settings: Settings) -> Result<(), MapsError> {
+        self.settings = Some(settings);
+        Ok(())
+    }
+
+    fn clear_carrier_marks(&mut self) -> Result<(), MapsError> {
+        if self.carrier_marks_stuck {
+            let ifindex = self.carrier_marks.first().copied().unwrap_or(0);
+            return Err(MapsError::UnknownNic(ifindex));
+        }
+        self.carrier_marks.clear();
+        Ok(())
+    }
+
     fn nic_info(&self, ifindex: u32) -> Result<NicInfo, MapsError> {
         self.nic_infos
             .get(&ifindex)
@@ -975,15 +998,15 @@ impl HostIo for FakeHost {
         Ok(before.iter().zip(table).filter(|(a, b)| a != b).count())
     }
 
-    fn counters(&self, _slot: u32) -> Result<NicCounters, MapsError> {
+    fn counters(&self, _slot: NicSlot) -> Result<NicCounters, MapsError> {
         Ok(NicCounters::default())
     }
 
-    fn replies_over_budget(&self, _slot: u32) -> Result<u64, MapsError> {
+    fn replies_over_budget(&self, _slot: NicSlot) -> Result<u64, MapsError> {
         Ok(0)
     }
 
-    fn clear_counters(&mut self, _slot: u32) -> Result<(), MapsError> {
+    fn clear_counters(&mut self, _slot: NicSlot) -> Result<(), MapsError> {
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use crate::{
     core::{
         evidence::RxEvidence,
         failover::DataAddress,
-        identity::GroupId,
+        identity::{GroupId, NicSlot},
         multicast::Followed,
         probe::{FailureDetectionTime, Prober},
         reconcile::{Holdings, Member},
@@ -38,7 +38,7 @@ pub(super) struct Probing {
 pub(super) struct Nic {
     pub name: String,
     pub test_address: Option<IpCidr>,
-    pub slot: u32,
+    pub slot: NicSlot,
     /// Kernel identity while the NIC exists.
     pub ifindex: Option<u32>,
     pub mac: [u8; 6],
@@ -100,17 +100,27 @@ impl GroupRuntime {
         &self.config.name
     }
 
-    pub(super) fn nic(&self, name: &str) -> Option<&Nic> {
+    /// The member named `name`: for what comes by name (configuration, requests, views).
+    pub(super) fn nic_named(&self, name: &str) -> Option<&Nic> {
         self.nics.iter().find(|n| n.name == name)
     }
 
-    pub(crate) fn nic_mut(&mut self, name: &str) -> Option<&mut Nic> {
-        self.nics.iter_mut().find(|n| n.name == name)
+    pub(super) fn nic(&self, slot: NicSlot) -> Option<&Nic> {
+        self.nics.iter().find(|n| n.slot == slot)
+    }
+
+    pub(crate) fn nic_mut(&mut self, slot: NicSlot) -> Option<&mut Nic> {
+        self.nics.iter_mut().find(|n| n.slot == slot)
     }
 
     /// The ifindex of a member, while it exists.
+    pub(crate) fn ifindex_in(&self, slot: NicSlot) -> Option<u32> {
+        self.nic(slot)?.ifindex
+    }
+
+    /// The ifindex of the member named `name`, while it exists.
     pub(crate) fn ifindex_of(&self, name: &str) -> Option<u32> {
-        self.nic(name)?.ifindex
+        self.nic_named(name)?.ifindex
     }
 
     /// The ifindexes of the members that exist.
@@ -130,9 +140,8 @@ impl GroupRuntime {
     /// The ifindexes of the members that may carry traffic now.
     pub(crate) fn usable_ifindexes(&self) -> Vec<u32> {
         self.fsm
-            .usable_interfaces()
-            .into_iter()
-            .filter_map(|name| self.ifindex_of(name))
+            .usable_slots()
+            .filter_map(|slot| self.ifindex_in(slot))
             .collect()
     }
 
@@ -150,6 +159,7 @@ impl GroupRuntime {
                 .nics
                 .iter()
                 .map(|n| Member {
+                    slot: n.slot,
                     name: n.name.clone(),
                     ifindex: n.ifindex,
                     test_address: n.test_address,
@@ -161,17 +171,22 @@ impl GroupRuntime {
         }
     }
 
+    /// The name of the NIC `address` is on, for views.
+    pub(super) fn current_name(&self, address: &DataAddress) -> Option<String> {
+        Some(self.fsm.nic_name(address.current?).to_owned())
+    }
+
     /// The data address `cidr`, exactly.
     pub(crate) fn address_mut(&mut self, cidr: IpCidr) -> Option<&mut DataAddress> {
         self.addresses.iter_mut().find(|a| a.cidr == cidr)
     }
 }
 
-/// Where a NIC is: its group, and its position in the group.
+/// Where a NIC is: its group, and its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct NicAt {
     pub group: GroupId,
-    pub nic: usize,
+    pub nic: NicSlot,
 }
 
 /// The running groups, and the numbers they and their NICs keep across reloads.
@@ -228,25 +243,37 @@ impl Groups {
 
     fn find(&self, matches: impl Fn(&Nic) -> bool) -> Option<NicAt> {
         self.list.iter().find_map(|g| {
-            let nic = g.nics.iter().position(&matches)?;
-            Some(NicAt { group: g.id, nic })
+            let nic = g.nics.iter().find(|n| matches(n))?;
+            Some(NicAt {
+                group: g.id,
+                nic: nic.slot,
+            })
         })
     }
 
     pub(super) fn nic(&self, at: NicAt) -> &Nic {
-        &self[at.group].nics[at.nic]
+        self[at.group]
+            .nic(at.nic)
+            .unwrap_or_else(|| panic!("no NIC of group {} has slot {}", at.group.0, at.nic.0))
     }
 
     /// Where every configured NIC is, in group and configuration order.
     pub(crate) fn nics(&self) -> Vec<NicAt> {
         self.list
             .iter()
-            .flat_map(|g| (0..g.nics.len()).map(|nic| NicAt { group: g.id, nic }))
+            .flat_map(|g| {
+                g.nics.iter().map(|n| NicAt {
+                    group: g.id,
+                    nic: n.slot,
+                })
+            })
             .collect()
     }
 
     pub(crate) fn nic_mut(&mut self, at: NicAt) -> &mut Nic {
-        &mut self[at.group].nics[at.nic]
+        self[at.group]
+            .nic_mut(at.nic)
+            .unwrap_or_else(|| panic!("no NIC of group {} has slot {}", at.group.0, at.nic.0))
     }
 
     /// The ifindexes of every group's NICs that exist.
@@ -286,10 +313,18 @@ impl Groups {
             .iter()
             .flat_map(|i| &i.data_addresses)
             .any(|a| a.addr().is_ipv6());
+        let mut slots = Vec::new();
+        for i in &g.interfaces {
+            let slot =
+                keep_or_assign(&mut self.slots, &i.name, MAX_NICS).context("too many NICs")?;
+            slots.push(NicSlot(slot));
+        }
         let interfaces = g
             .interfaces
             .iter()
-            .map(|i| state::InterfaceConfig {
+            .zip(&slots)
+            .map(|(i, slot)| state::InterfaceConfig {
+                slot: *slot,
                 name: i.name.clone(),
                 standby: i.standby,
                 // As on Solaris, where the link-local address is every NIC's IPv6 test
@@ -304,9 +339,7 @@ impl Groups {
             })
             .collect();
         let mut nics = Vec::new();
-        for i in &g.interfaces {
-            let slot =
-                keep_or_assign(&mut self.slots, &i.name, MAX_NICS).context("too many NICs")?;
+        for (i, slot) in g.interfaces.iter().zip(slots) {
             nics.push(Nic {
                 name: i.name.clone(),
                 test_address: i.test_address.map(Into::into),
@@ -321,13 +354,13 @@ impl Groups {
                 datapath_error: None,
             });
         }
-        let addresses = g
-            .interfaces
+        let addresses = nics
             .iter()
-            .flat_map(|i| {
+            .zip(&g.interfaces)
+            .flat_map(|(nic, i)| {
                 i.data_addresses.iter().map(|cidr| DataAddress {
                     cidr: *cidr,
-                    home: i.name.clone(),
+                    home: nic.slot,
                     current: None,
                 })
             })
@@ -459,8 +492,9 @@ mod tests {
             g0,
             NicAt {
                 group: GroupId(1),
-                nic: 0
-            }
+                nic: NicSlot(2)
+            },
+            "the third NIC configured, first of its group"
         );
         assert_eq!(groups.nic_at(7), None, "not present yet");
         groups.nic_mut(g0).ifindex = Some(7);

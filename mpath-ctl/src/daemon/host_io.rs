@@ -14,13 +14,13 @@ use std::{
 use anyhow::Context as _;
 use futures_util::future::LocalBoxFuture;
 use mpath_common::{
-    NicCounters, NicInfo, ProbeReply, sources::SourceClass, sources::SourceCounters,
+    NicCounters, NicInfo, ProbeReply, Settings, sources::SourceClass, sources::SourceCounters,
 };
 use tokio::sync::mpsc;
 
 use crate::{
     config::ProbeRx,
-    core::identity::GroupId,
+    core::identity::{GroupId, NicSlot},
     core::routes::{LinkRoute, MainRoute, TableRoute},
     core::spread::Table,
     daemon::announcer::Announcement,
@@ -167,6 +167,10 @@ pub(crate) trait HostIo: Rtnetlink {
     fn attach_carrier_hook(&mut self) -> Result<(), String>;
 
     // The datapath's maps.
+    /// Gives the programs this mpathd's settings: the key its probes are signed with.
+    fn set_settings(&mut self, settings: Settings) -> Result<(), MapsError>;
+    /// Clears the marks of carrier loss an earlier carrier hook left on the NICs.
+    fn clear_carrier_marks(&mut self) -> Result<(), MapsError>;
     fn nic_info(&self, ifindex: u32) -> Result<NicInfo, MapsError>;
     fn set_nic(&mut self, ifindex: u32, info: NicInfo) -> Result<(), MapsError>;
     fn update_nic(
@@ -184,9 +188,9 @@ pub(crate) trait HostIo: Rtnetlink {
         table: &Table,
         mac_of: impl Fn(u32) -> [u8; 6],
     ) -> Result<usize, MapsError>;
-    fn counters(&self, slot: u32) -> Result<NicCounters, MapsError>;
-    fn replies_over_budget(&self, slot: u32) -> Result<u64, MapsError>;
-    fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError>;
+    fn counters(&self, slot: NicSlot) -> Result<NicCounters, MapsError>;
+    fn replies_over_budget(&self, slot: NicSlot) -> Result<u64, MapsError>;
+    fn clear_counters(&mut self, slot: NicSlot) -> Result<(), MapsError>;
     fn write_source_routes(
         &mut self,
         routes: &BTreeMap<IpCidr, Option<u32>>,
@@ -638,6 +642,14 @@ impl HostIo for LiveHost {
         Ok(())
     }
 
+    fn set_settings(&mut self, settings: Settings) -> Result<(), MapsError> {
+        self.datapath.maps.set_settings(settings)
+    }
+
+    fn clear_carrier_marks(&mut self) -> Result<(), MapsError> {
+        self.datapath.maps.clear_carrier_marks()
+    }
+
     fn nic_info(&self, ifindex: u32) -> Result<NicInfo, MapsError> {
         self.datapath.maps.nic(ifindex)
     }
@@ -679,16 +691,16 @@ impl HostIo for LiveHost {
         self.datapath.maps.write_table(group.0, table, mac_of)
     }
 
-    fn counters(&self, slot: u32) -> Result<NicCounters, MapsError> {
-        self.datapath.maps.counters(slot)
+    fn counters(&self, slot: NicSlot) -> Result<NicCounters, MapsError> {
+        self.datapath.maps.counters(slot.0)
     }
 
-    fn replies_over_budget(&self, slot: u32) -> Result<u64, MapsError> {
-        self.datapath.maps.replies_over_budget(slot)
+    fn replies_over_budget(&self, slot: NicSlot) -> Result<u64, MapsError> {
+        self.datapath.maps.replies_over_budget(slot.0)
     }
 
-    fn clear_counters(&mut self, slot: u32) -> Result<(), MapsError> {
-        self.datapath.maps.clear_counters(slot)
+    fn clear_counters(&mut self, slot: NicSlot) -> Result<(), MapsError> {
+        self.datapath.maps.clear_counters(slot.0)
     }
 
     fn write_source_routes(

@@ -170,16 +170,9 @@ impl Daemon<LiveHost> {
         // First of all: a second mpathd must stop here, before it touches the running one's
         // datapath (its probe key alone would make every probe reply look forged), whether it
         // names the same pin directory (locked while the datapath is open) or the same socket.
-        let mut datapath =
-            Datapath::open_with(&config.daemon.bpf_pin_dir, config.daemon.tc_attach)?;
+        let datapath = Datapath::open_with(&config.daemon.bpf_pin_dir, config.daemon.tc_attach)?;
         let control = control::bind(&config.daemon.socket)?;
         control::leave_hint(&config.daemon.socket, &config.daemon.bpf_pin_dir);
-        let probes = ProbeContext::new();
-        datapath.maps.set_settings(probes.settings())?;
-        // Whether the hook runs this time or not.
-        if let Err(e) = datapath.maps.clear_carrier_marks() {
-            tracing::warn!("clearing the last carrier hook's marks: {e}");
-        }
         // Subscribed before the first dump, so that nothing changing meanwhile is missed.
         let monitor = Monitor::open_with_receive_buffer(netlink_receive_buffer)
             .context("subscribing to rtnetlink events")?;
@@ -189,7 +182,7 @@ impl Daemon<LiveHost> {
         let carrier_watch = CarrierWatch::start(config.daemon.carrier_poll)
             .context("starting the carrier watch")?;
         let host = LiveHost::new(datapath, rtnetlink, monitor, carrier_watch);
-        Daemon::take_over(config, paths, host, probes, Some(control)).await
+        Daemon::take_over(config, paths, host, ProbeContext::new(), Some(control)).await
     }
 
     /// Runs until SIGTERM or SIGINT.
@@ -242,10 +235,15 @@ impl<H: HostIo> Daemon<H> {
     async fn take_over(
         config: Config,
         paths: ConfigPaths,
-        host: H,
+        mut host: H,
         probes: ProbeContext,
         control: Option<tokio::net::UnixListener>,
     ) -> anyhow::Result<Daemon<H>> {
+        host.set_settings(probes.settings())?;
+        // Whether the hook runs this time or not.
+        if let Err(e) = host.clear_carrier_marks() {
+            tracing::warn!("clearing the last carrier hook's marks: {e}");
+        }
         // A datapath already running on NICs: mpathd restarts, the switch has long learnt
         // the NICs' MACs, and no startup quiet period holds a failure back.
         let restarted = host.pinned_nics().is_ok_and(|nics| !nics.is_empty());

@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    core::identity::GroupId,
+    core::identity::{GroupId, NicSlot},
     core::multicast::{self, Change, Followed, Memberships},
     core::state::Role,
     daemon::{Daemon, group::GroupRuntime, host_io::HostIo},
@@ -143,9 +143,10 @@ impl<H: HostIo> Daemon<H> {
     /// them if the NIC's link went, and Linux reports them again only when a query asks (up
     /// to 125 s later), where it re-reports IPv6 groups on its own. Called before the stand-in
     /// joins on other NICs are left, so a group is never without a port.
-    pub(super) fn report_memberships(&mut self, id: GroupId, nic: &str) {
+    pub(super) fn report_memberships(&mut self, id: GroupId, slot: NicSlot) {
         let group = &self.groups[id];
-        let Some(ifindex) = group.ifindex_of(nic) else {
+        let Some((nic, Some(ifindex))) = group.nic(slot).map(|n| (n.name.as_str(), n.ifindex))
+        else {
             return;
         };
         let joined: Vec<Ipv4Addr> = match self.host.memberships() {

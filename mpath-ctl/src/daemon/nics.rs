@@ -12,6 +12,7 @@ use mpath_common::NicInfo;
 
 use crate::{
     config::GroupConfig,
+    core::identity::NicSlot,
     core::reconcile,
     core::state::{Action, Event, IfState},
     core::target::AddressFamily,
@@ -102,22 +103,23 @@ impl<H: HostIo> Daemon<H> {
         for id in self.groups.ids() {
             let mut present = Vec::new();
             let mut macs = Vec::new();
-            for ni in 0..self.groups[id].nics.len() {
-                let at = NicAt { group: id, nic: ni };
-                let name = self.groups.nic(at).name.clone();
-                match links.iter().find(|l| l.name == name) {
+            let slots: Vec<NicSlot> = self.groups[id].nics.iter().map(|n| n.slot).collect();
+            for slot in slots {
+                let at = NicAt {
+                    group: id,
+                    nic: slot,
+                };
+                let name = &self.groups.nic(at).name;
+                match links.iter().find(|l| l.name == *name) {
                     Some(link) => {
                         self.groups.nic_mut(at).carrier = link.usable();
                         self.groups.nic_mut(at).admin_up = link.up;
                         self.host.arm_carrier(link.ifindex, link.usable());
                         self.set_up_nic(at, link, now).await;
                         if let Some(mac) = link.mac {
-                            macs.push(Event::HardwareAddress {
-                                nic: name.clone(),
-                                mac,
-                            });
+                            macs.push(Event::HardwareAddress { nic: slot, mac });
                         }
-                        present.push((name, link.usable()));
+                        present.push((slot, link.usable()));
                     }
                     None => self.forget_nic(at),
                 }
@@ -220,14 +222,11 @@ impl<H: HostIo> Daemon<H> {
         if known && self.groups.nic(at).datapath_error.is_some() {
             self.bring_in(at, link.ifindex, now).await;
         }
-        let nic = link.name.clone();
+        let nic = at.nic;
         // Before an appearance, so that a NIC that duplicates another's MAC never carries
         // traffic; a MAC that did not change changes nothing.
         if let Some(mac) = link.mac {
-            let event = Event::HardwareAddress {
-                nic: nic.clone(),
-                mac,
-            };
+            let event = Event::HardwareAddress { nic, mac };
             self.handle(at.group, event, now);
         }
         let event = if known {
@@ -267,7 +266,7 @@ impl<H: HostIo> Daemon<H> {
         let on_it: Vec<IpCidr> = group
             .addresses
             .iter()
-            .filter(|a| a.current.as_deref() == Some(old.as_str()))
+            .filter(|a| a.current == Some(at.nic))
             .map(|a| a.cidr)
             .collect();
         self.link_removed(&old, link.ifindex, now);
@@ -306,14 +305,12 @@ impl<H: HostIo> Daemon<H> {
             .departed
             .push((ifindex, group.name().to_string()));
         for a in &mut group.addresses {
-            if a.current.as_deref() == Some(name) {
+            if a.current == Some(at.nic) {
                 a.current = None;
             }
         }
         self.forget_nic(at);
-        let event = Event::Disappeared {
-            nic: name.to_string(),
-        };
+        let event = Event::Disappeared { nic: at.nic };
         self.handle(at.group, event, now);
     }
 
@@ -349,7 +346,7 @@ impl<H: HostIo> Daemon<H> {
             self.watch_carrier(at, ifindex);
         }
         let event = Event::Datapath {
-            nic: self.groups.nic(at).name.clone(),
+            nic: at.nic,
             attached,
         };
         self.handle(at.group, event, now);
@@ -463,7 +460,7 @@ impl<H: HostIo> Daemon<H> {
             "{name} has no carrier (seen ahead of the kernel's link event)"
         );
         let event = Event::Link {
-            nic: name.clone(),
+            nic: at.nic,
             up: false,
         };
         self.handle(at.group, event, now);
@@ -505,7 +502,7 @@ impl<H: HostIo> Daemon<H> {
                     );
                     if !self.attach_datapath(at) {
                         let event = Event::Datapath {
-                            nic: self.groups.nic(at).name.clone(),
+                            nic: at.nic,
                             attached: false,
                         };
                         self.handle(at.group, event, now);
@@ -530,9 +527,9 @@ impl<H: HostIo> Daemon<H> {
     /// addresses its probe replies come to.
     fn describe_to_datapath(&mut self, at: NicAt, ifindex: u32) {
         let group = &self.groups[at.group];
-        let nic = &group.nics[at.nic];
+        let nic = self.groups.nic(at);
         let mut info = NicInfo {
-            slot: nic.slot,
+            slot: nic.slot.0,
             group: group.id.0,
             mac: nic.mac,
             ..Default::default()
@@ -669,7 +666,7 @@ impl<H: HostIo> Daemon<H> {
         let held: Vec<IpAddr> = self.groups[at.group]
             .addresses
             .iter()
-            .filter(|a| a.current.as_deref() == Some(name.as_str()))
+            .filter(|a| a.current == Some(at.nic))
             .map(|a| a.cidr.addr())
             .chain(test)
             .chain(link_local_of(&self.addresses, ifindex).map(|c| c.addr()))
@@ -804,9 +801,7 @@ fn adopt_offline(group: &mut GroupRuntime, host: &impl HostIo, now: Instant) -> 
         if !host.nic_info(ifindex).is_ok_and(|info| info.offline()) {
             continue;
         }
-        let event = Event::Offline {
-            nic: nic.name.clone(),
-        };
+        let event = Event::Offline { nic: nic.slot };
         match group.fsm.handle(event, now) {
             Ok(offlined) => {
                 tracing::info!(
@@ -833,12 +828,7 @@ fn adopt_offline(group: &mut GroupRuntime, host: &impl HostIo, now: Instant) -> 
 fn adopt_failures(group: &mut GroupRuntime, now: Instant) -> Vec<Action> {
     let mut actions = Vec::new();
     for found in reconcile::found_failures(&group.holdings()) {
-        let Ok(adopted) = group.fsm.handle(
-            Event::Adopt {
-                nic: found.nic.clone(),
-            },
-            now,
-        ) else {
+        let Ok(adopted) = group.fsm.handle(Event::Adopt { nic: found.nic }, now) else {
             continue;
         };
         // Action::StillFailed says it at info level; this is the evidence.
@@ -846,12 +836,10 @@ fn adopt_failures(group: &mut GroupRuntime, now: Instant) -> Vec<Action> {
             .iter()
             .any(|a| matches!(a, Action::StillFailed { .. }))
         {
+            let (nic, on) = (group.fsm.nic_name(found.nic), group.fsm.nic_name(found.on));
             tracing::debug!(
-                "{} of {} is on {}: {} was failed by the mpathd before this one",
+                "{} of {nic} is on {on}: {nic} was failed by the mpathd before this one",
                 found.address,
-                found.nic,
-                found.on,
-                found.nic
             );
         }
         actions.extend(adopted);

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     api::views::ProbeRow,
-    core::identity::GroupId,
+    core::identity::{GroupId, NicSlot},
     core::probe::{ProbeEvent, ProbeOutcome, Prober, ReplyVerdict, TargetNotice},
     core::state::Event,
     core::target::{AddressFamily, TargetSet},
@@ -64,7 +64,7 @@ impl<H: HostIo> Daemon<H> {
         let local = self.local_addresses();
         let group = &self.groups[at.group];
         let group_nics = group.ifindexes();
-        let nic = &group.nics[at.nic];
+        let nic = group.nic(at.nic)?;
         let (name, ifindex) = (nic.name.as_str(), nic.ifindex?);
         let socket = match self.host.open_probe_socket(name, ifindex, test.addr()) {
             Ok(s) => s,
@@ -126,12 +126,11 @@ impl<H: HostIo> Daemon<H> {
         let family = AddressFamily::of(from);
         let local = self.local_addresses();
         let group = &mut self.groups[at.group];
-        let nic_name = group.nics[at.nic].name.clone();
-        let Some(probing) = group.nics[at.nic]
-            .probing
-            .iter_mut()
-            .find(|p| p.prober.family() == family)
-        else {
+        let Some(nic) = group.nics.iter_mut().find(|n| n.slot == at.nic) else {
+            return;
+        };
+        let nic_name = nic.name.clone();
+        let Some(probing) = nic.probing.iter_mut().find(|p| p.prober.family() == family) else {
             return;
         };
         if probing.discovery.contains(&reply.seq) {
@@ -196,7 +195,7 @@ impl<H: HostIo> Daemon<H> {
                     self.metrics
                         .probe_outcome(self.groups[at.group].name(), &nic, outcome);
                     let event = Event::Probe {
-                        nic,
+                        nic: at.nic,
                         family,
                         outcome,
                     };
@@ -249,16 +248,20 @@ impl<H: HostIo> Daemon<H> {
     /// Sends the probes of a group that are due, declares lost the ones that timed out, and
     /// tells the state machine when a prober's targets come or go.
     pub(super) fn probe_group(&mut self, id: GroupId, now: Instant) {
-        let probers: Vec<(usize, usize)> = self.groups[id]
+        let probers: Vec<(NicSlot, usize)> = self.groups[id]
             .nics
             .iter()
-            .enumerate()
-            .flat_map(|(ni, n)| (0..n.probing.len()).map(move |pi| (ni, pi)))
+            .flat_map(|n| (0..n.probing.len()).map(move |pi| (n.slot, pi)))
             .collect();
-        for (ni, pi) in probers {
-            let at = NicAt { group: id, nic: ni };
+        for (slot, pi) in probers {
+            let at = NicAt {
+                group: id,
+                nic: slot,
+            };
             let group = &mut self.groups[id];
-            let nic = &mut group.nics[ni];
+            let Some(nic) = group.nics.iter_mut().find(|n| n.slot == slot) else {
+                continue;
+            };
             let name = nic.name.clone();
             if nic.rx.due(now) {
                 match self.host.counters(nic.slot) {
@@ -321,7 +324,7 @@ impl<H: HostIo> Daemon<H> {
             self.probe_events(at, family, events, None);
             if targets_changed {
                 let event = Event::Targets {
-                    nic: name,
+                    nic: slot,
                     family,
                     available: has_targets,
                 };

@@ -135,11 +135,7 @@ impl<H: HostIo> Daemon<H> {
             let states = old
                 .nics
                 .iter()
-                .filter_map(|n| {
-                    old.fsm
-                        .interface_state(&n.name)
-                        .map(|s| (n.name.clone(), s))
-                })
+                .filter_map(|n| old.fsm.interface_state(n.slot).map(|s| (n.name.clone(), s)))
                 .collect();
             carry.insert(name.clone(), states);
             let kept = new.group(&name);
@@ -179,7 +175,7 @@ impl<H: HostIo> Daemon<H> {
         }
         for (nic, ifindex) in retirement.leaving {
             self.host.forget(ifindex);
-            if let Some(n) = old.nic(&nic)
+            if let Some(n) = old.nic_named(&nic)
                 && let Err(e) = self.host.clear_counters(n.slot)
             {
                 tracing::warn!(interface = %nic, "{nic}: {e}");
@@ -211,16 +207,19 @@ pub(super) fn carry_states(
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     for (nic, state) in states {
+        let Some(slot) = group.nic_named(nic).map(|n| n.slot) else {
+            continue;
+        };
         let event = match state {
             // A duplicate hardware address is found again from the NICs' MACs, and missing
             // programs by attaching them.
             IfState::Offline {
                 reason: OfflineReason::Admin,
                 ..
-            } => Event::Offline { nic: nic.clone() },
+            } => Event::Offline { nic: slot },
             IfState::Failed {
                 cause: FailureCause::ProbesLost | FailureCause::TargetsUnreachable,
-            } => Event::Adopt { nic: nic.clone() },
+            } => Event::Adopt { nic: slot },
             _ => continue,
         };
         match group.fsm.handle(event, now) {

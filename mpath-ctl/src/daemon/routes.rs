@@ -11,14 +11,14 @@ use crate::{
     config::RouteConfig,
     core::identity::GroupId,
     core::routes::{
-        self, ChangeQueue, Family, GroupKey, GroupRouting, IdBook, LinkRoute, MainTable,
-        NexthopKey, NexthopObject, NicRouting, Plan, RouteChange, RouteInputs, RouteState,
-        TableChange,
+        self, ChangeQueue, GroupKey, GroupRouting, IdBook, LinkRoute, MainTable, NexthopKey,
+        NexthopObject, NicRouting, Plan, RouteChange, RouteInputs, RouteState, TableChange,
     },
+    core::target::AddressFamily,
     daemon::{Daemon, host_io::HostIo, logging::with_causes},
     net::address::IpCidr,
     net::netlink::{MAIN_TABLE, MPATHD_PROTOCOL, RouteNotice},
-    net::nexthop::{IpFamily, Nexthop, NexthopError, NexthopKind},
+    net::nexthop::{Nexthop, NexthopError, NexthopKind},
 };
 
 /// Buckets of each resilient nexthop group: a NIC that leaves takes its share of them along,
@@ -107,7 +107,7 @@ pub(super) struct Routing {
     /// mpathd's [`LinkRoute`]s as the kernel has them (`None`: to be read).
     links: Option<BTreeSet<LinkRoute>>,
     /// The groups and families whose default route mpathd serves, as last planned.
-    defaults: BTreeSet<(String, Family)>,
+    defaults: BTreeSet<(String, AddressFamily)>,
     /// The last refusal of a link route, logged once however often it recurs.
     link_error: Option<String>,
     /// The most routes the main table held since memory was last given back: a feed
@@ -933,7 +933,6 @@ impl<H: HostIo> Daemon<H> {
                         })
                     })
                     .collect();
-                let ifindex_of = |name: &str| g.ifindex_of(name);
                 GroupRouting {
                     name: g.config.name.clone(),
                     members: nics.iter().map(|n| n.ifindex).collect(),
@@ -941,7 +940,7 @@ impl<H: HostIo> Daemon<H> {
                     addresses: g
                         .addresses
                         .iter()
-                        .map(|a| (a.cidr, a.current.as_deref().and_then(ifindex_of)))
+                        .map(|a| (a.cidr, a.current.and_then(|slot| g.ifindex_in(slot))))
                         .collect(),
                     configured: g
                         .config
@@ -977,10 +976,7 @@ impl<H: HostIo> Daemon<H> {
                     ..
                 } => {
                     let key = NexthopKey {
-                        family: match family {
-                            IpFamily::V4 => Family::Inet,
-                            IpFamily::V6 => Family::Inet6,
-                        },
+                        family,
                         oif,
                         gateway,
                     };
@@ -1051,10 +1047,7 @@ impl<H: HostIo> Daemon<H> {
                     id: *id,
                     protocol: MPATHD_PROTOCOL,
                     kind: NexthopKind::Single {
-                        family: match key.family {
-                            Family::Inet => IpFamily::V4,
-                            Family::Inet6 => IpFamily::V6,
-                        },
+                        family: key.family,
                         oif: key.oif,
                         gateway: key.gateway,
                         // An IPv4 gateway need not be in a subnet of the NIC's addresses:

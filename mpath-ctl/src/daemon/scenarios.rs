@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 
 use crate::{
-    api::control::{Command, Reply, Request},
+    api::control::{self, Command, Reply, Request},
+    api::metrics::Scrape,
     config::Config,
     core::reconcile::KERNEL_PROTOCOL,
     core::routes::{Hop, MainRoute},
@@ -223,7 +224,7 @@ impl Scenario {
         let at = self.daemon.groups.nic_named(nic).unwrap();
         self.daemon.groups[at.group]
             .fsm
-            .interface_state(nic)
+            .interface_state(at.nic)
             .unwrap()
     }
 
@@ -1489,4 +1490,120 @@ async fn replies_queued_before_a_timer_turn_are_read_before_it_declares_probes_l
     for nic in ["h0", "h1", "h2"] {
         assert_eq!(s.state_of(nic), IfState::Ok, "{nic}");
     }
+}
+
+/// Start gives the programs the key the probes are signed with and clears the marks an
+/// earlier carrier hook left; marks it cannot clear cost a warning, not the start.
+#[tokio::test]
+async fn start_gives_the_programs_the_probe_key_and_goes_on_past_carrier_marks_it_cannot_clear() {
+    let mut host = three_nic_host();
+    host.carrier_marks.insert(H1);
+    let s = Scenario::start(THREE_NICS, host).await;
+    assert_eq!(s.host().settings, Some(s.daemon.probes.settings()));
+    assert!(s.host().carrier_marks.is_empty(), "cleared");
+
+    let log = Log::capture();
+    let mut host = three_nic_host();
+    host.carrier_marks.insert(H1);
+    host.carrier_marks_stuck = true;
+    let s = Scenario::start(THREE_NICS, host).await;
+    let warnings = log.containing("clearing the last carrier hook's marks");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].level, tracing::Level::WARN);
+    assert_eq!(s.host().settings, Some(s.daemon.probes.settings()));
+    assert_eq!(s.holders("192.0.2.21/24"), BTreeSet::from([H1]), "started");
+}
+
+/// A scrape through the event loop renders the daemon's state at that turn: a NIC failed by
+/// its link, and the failover of its address, counted once.
+#[tokio::test]
+async fn a_scrape_through_the_event_loop_shows_a_failure_and_its_failover() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    s.run_for(PAST_QUIET).await;
+    s.set_carrier(H0, false).await;
+    let (_commands_tx, commands) = mpsc::channel(1);
+    let (scrapes_tx, scrapes) = mpsc::channel(1);
+    let (signals_tx, signals) = mpsc::channel(1);
+    let mut inbox = Inbox {
+        commands,
+        scrapes,
+        signals,
+    };
+    let mut service = Notifier::from_env();
+    let scraper = async {
+        let (scrape, answer) = Scrape::new();
+        scrapes_tx.send(scrape).await.unwrap();
+        let text = answer.await.unwrap().unwrap();
+        signals_tx.send(Signal::Stop).await.unwrap();
+        text
+    };
+    let (served, text) = tokio::join!(s.daemon.serve(&mut inbox, &mut service), scraper);
+    served.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for series in [
+        r#"mpath_interface_state{group="g0",interface="h0",state="failed"} 1"#,
+        r#"mpath_interface_state{group="g0",interface="h1",state="ok"} 1"#,
+        r#"mpath_interface_failures_total{cause="link_down",group="g0",interface="h0"} 1"#,
+        r#"mpath_failovers_total{group="g0",interface="h0"} 1"#,
+    ] {
+        assert!(lines.contains(&series), "{series} missing from:\n{text}");
+    }
+}
+
+/// `mpathctl offline` end to end but for the kernel: the request goes over the control
+/// socket to the event loop, which carries it out and answers; a NIC in no group is refused
+/// with the reason.
+#[tokio::test]
+async fn requests_over_the_control_socket_are_carried_out_by_the_event_loop() {
+    let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
+    let socket = s.dir.path().join("mpathd.sock");
+    let listener = control::bind(&socket).unwrap();
+    let (commands_tx, commands) = mpsc::channel(1);
+    tokio::spawn(control::serve(
+        listener,
+        commands_tx,
+        s.daemon.probes.rows.clone(),
+    ));
+    let (_scrapes_tx, scrapes) = mpsc::channel(1);
+    let (signals_tx, signals) = mpsc::channel(1);
+    let mut inbox = Inbox {
+        commands,
+        scrapes,
+        signals,
+    };
+    let mut service = Notifier::from_env();
+    let operator = async {
+        let ask = |interface: &str| {
+            let (socket, request) = (
+                socket.clone(),
+                Request::Offline {
+                    interface: interface.into(),
+                },
+            );
+            tokio::task::spawn_blocking(move || control::request(&socket, &request))
+        };
+        let done = ask("h0").await.unwrap().unwrap();
+        let refused = ask("h9").await.unwrap().unwrap();
+        signals_tx.send(Signal::Stop).await.unwrap();
+        (done, refused)
+    };
+    let (served, (done, refused)) =
+        tokio::join!(s.daemon.serve(&mut inbox, &mut service), operator);
+    served.unwrap();
+    assert!(
+        matches!(&done, Reply::Done { message } if message == "h0 is offline"),
+        "{done:?}"
+    );
+    assert!(
+        matches!(&refused, Reply::Refused { message } if message == "h9 is not in any group"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        s.state_of("h0"),
+        IfState::Offline {
+            failure: None,
+            reason: OfflineReason::Admin,
+        }
+    );
+    s.assert_moved_off("192.0.2.20/24", H0, "moved off the offline h0");
 }

@@ -25,7 +25,7 @@ impl<H: HostIo> Daemon<H> {
                 addresses: g
                     .addresses
                     .iter()
-                    .map(|a| (a.cidr.to_string(), a.current.clone()))
+                    .map(|a| (a.cidr.to_string(), g.current_name(a)))
                     .collect(),
             });
             for n in &g.nics {
@@ -122,18 +122,22 @@ impl<H: HostIo> Daemon<H> {
             });
             status
                 .interfaces
-                .extend(g.fsm.interface_views().into_iter().map(|i| InterfaceRow {
-                    datapath_error: g.nic(&i.interface).and_then(|n| n.datapath_error.clone()),
-                    interface: i.interface,
-                    group: i.group,
-                    active: i.active,
-                    flags: i.flags,
-                    link: i.link,
-                    probe: i.probe,
-                    probe_ipv4: i.probe_ipv4,
-                    probe_ipv6: i.probe_ipv6,
-                    state: i.state,
-                    unusable: i.unusable,
+                .extend(g.fsm.interface_views().into_iter().map(|i| {
+                    InterfaceRow {
+                        datapath_error: g
+                            .nic_named(&i.interface)
+                            .and_then(|n| n.datapath_error.clone()),
+                        interface: i.interface,
+                        group: i.group,
+                        active: i.active,
+                        flags: i.flags,
+                        link: i.link,
+                        probe: i.probe,
+                        probe_ipv4: i.probe_ipv4,
+                        probe_ipv6: i.probe_ipv6,
+                        state: i.state,
+                        unusable: i.unusable,
+                    }
                 }));
             let outbound: Vec<String> = g
                 .fsm
@@ -159,7 +163,7 @@ impl<H: HostIo> Daemon<H> {
                         AddressState::Down
                     },
                     group: g.config.name.clone(),
-                    inbound: a.current.clone(),
+                    inbound: g.current_name(a),
                     outbound: if a.current.is_some() {
                         outbound.clone()
                     } else {

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use crate::{
     api::control::{Command, Reply, Request},
     api::metrics::Scrape,
+    core::identity::NicSlot,
     core::state::Event,
     daemon::{
         Daemon,
@@ -168,16 +169,10 @@ impl<H: HostIo> Daemon<H> {
             Request::Status {} => Reply::Status(self.status()),
             Request::Reload {} => self.reload().await,
             Request::Offline { interface } => {
-                let event = Event::Offline {
-                    nic: interface.clone(),
-                };
-                self.admin(&interface, event, "offline", now)
+                self.admin(&interface, |nic| Event::Offline { nic }, "offline", now)
             }
             Request::Online { interface } => {
-                let event = Event::Online {
-                    nic: interface.clone(),
-                };
-                self.admin(&interface, event, "online", now)
+                self.admin(&interface, |nic| Event::Online { nic }, "online", now)
             }
             Request::Probes {} => Reply::Refused {
                 message: "probes are streamed by the control server".into(),
@@ -189,7 +184,7 @@ impl<H: HostIo> Daemon<H> {
     fn admin(
         &mut self,
         interface: &str,
-        event: Event,
+        event: fn(NicSlot) -> Event,
         what: &str,
         now: std::time::Instant,
     ) -> Reply {
@@ -198,7 +193,7 @@ impl<H: HostIo> Daemon<H> {
                 message: format!("{interface} is not in any group"),
             };
         };
-        match self.groups[at.group].fsm.handle(event, now) {
+        match self.groups[at.group].fsm.handle(event(at.nic), now) {
             Ok(actions) => {
                 self.apply(at.group, actions);
                 Reply::Done {

@@ -197,6 +197,7 @@ impl Maps {
         })
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Takes the replies queued now, while no reader has taken the ring buffer (to look at the
     /// XDP program's work without a daemon).
     pub fn queued_probe_replies(&mut self) -> Result<Vec<ProbeReply>, MapsError> {

@@ -164,6 +164,7 @@ pub struct Datapath {
 }
 
 impl Datapath {
+    #[cfg(any(test, feature = "testing"))]
     /// [`Datapath::open_with`] attaching the egress program through tcx where the kernel has
     /// it.
     pub fn open(pin_root: &Path) -> Result<Self, DatapathError> {
@@ -235,22 +236,26 @@ impl Datapath {
         })
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The probe matcher at tc ingress, for running it on crafted packets
     /// (BPF_PROG_TEST_RUN) in tests and benchmarks.
     pub fn probe_rx(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
         tc_program(&mut self.ebpf, Hook::Ingress)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The XDP probe matcher (loaded on first use), for BPF_PROG_TEST_RUN.
     pub fn probe_rx_xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
         xdp_program(&mut self.ebpf)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The spreading program, for BPF_PROG_TEST_RUN in tests and benchmarks.
     pub fn spread(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
         spread_program(&mut self.ebpf)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// Where this datapath's pins are.
     pub fn pins(&self) -> &PinLayout {
         &self.pins

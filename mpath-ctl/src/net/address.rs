@@ -123,6 +123,7 @@ impl Ipv4Cidr {
             })
     }
 
+    #[cfg(test)]
     pub fn addr(&self) -> Ipv4Addr {
         self.0.addr()
     }

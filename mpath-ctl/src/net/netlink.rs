@@ -858,6 +858,7 @@ impl Monitor {
     /// Memory is only used while notifications wait.
     pub const DEFAULT_RECEIVE_BUFFER: usize = 8 << 20;
 
+    #[cfg(any(test, feature = "testing"))]
     /// Subscribes in the calling thread's network namespace.
     pub fn open() -> Result<Monitor, NetlinkError> {
         Monitor::open_with_receive_buffer(Self::DEFAULT_RECEIVE_BUFFER)

@@ -31,9 +31,12 @@ use netlink_proto::sys::{AsyncSocket, SocketAddr, protocols::NETLINK_ROUTE};
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
+use crate::core::target::AddressFamily;
+
 const RTM_NEWNEXTHOP: u16 = 104;
 const RTM_DELNEXTHOP: u16 = 105;
 const RTM_GETNEXTHOP: u16 = 106;
+#[cfg(any(test, feature = "testing"))]
 const RTM_NEWNEXTHOPBUCKET: u16 = 116;
 const RTM_GETNEXTHOPBUCKET: u16 = 118;
 
@@ -46,6 +49,7 @@ const NHA_GATEWAY: u16 = 6;
 const NHA_ENCAP: u16 = 8;
 const NHA_FDB: u16 = 11;
 const NHA_RES_GROUP: u16 = 12;
+#[cfg(any(test, feature = "testing"))]
 const NHA_RES_BUCKET: u16 = 13;
 const NHA_OP_FLAGS: u16 = 14;
 
@@ -53,7 +57,9 @@ const NHA_RES_GROUP_BUCKETS: u16 = 1;
 const NHA_RES_GROUP_IDLE_TIMER: u16 = 2;
 const NHA_RES_GROUP_UNBALANCED_TIMER: u16 = 3;
 
+#[cfg(any(test, feature = "testing"))]
 const NHA_RES_BUCKET_INDEX: u16 = 1;
+#[cfg(any(test, feature = "testing"))]
 const NHA_RES_BUCKET_NH_ID: u16 = 3;
 
 const NEXTHOP_GRP_TYPE_MPATH: u16 = 0;
@@ -90,7 +96,7 @@ pub struct Nexthop {
 pub enum NexthopKind {
     /// Out of one interface, to a gateway or (without one) to the destination itself.
     Single {
-        family: IpFamily,
+        family: AddressFamily,
         oif: u32,
         gateway: Option<IpAddr>,
         /// RTNH_F_ONLINK: the gateway needs no route of its own (mpathd's NICs may have no
@@ -113,18 +119,11 @@ pub enum NexthopKind {
     Other,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IpFamily {
-    V4,
-    V6,
-}
-
-impl IpFamily {
-    fn af(self) -> u8 {
-        match self {
-            IpFamily::V4 => libc::AF_INET as u8,
-            IpFamily::V6 => libc::AF_INET6 as u8,
-        }
+/// The kernel's number for `family`.
+fn af(family: AddressFamily) -> u8 {
+    match family {
+        AddressFamily::Inet => libc::AF_INET as u8,
+        AddressFamily::Inet6 => libc::AF_INET6 as u8,
     }
 }
 
@@ -176,6 +175,7 @@ pub enum NexthopError {
     Delete { id: u32, source: RequestError },
     #[error("listing nexthops: {0}")]
     Dump(#[source] RequestError),
+    #[cfg(any(test, feature = "testing"))]
     #[error("listing the buckets of nexthop group {id}: {source}")]
     Buckets { id: u32, source: RequestError },
     #[error(
@@ -274,6 +274,7 @@ impl Nexthops {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The buckets of a resilient group as `(index, member id)`, in index order.
     pub async fn buckets(&self, group: u32) -> Result<Vec<(u16, u32)>, NexthopError> {
         let failed = |source| NexthopError::Buckets { id: group, source };
@@ -419,7 +420,7 @@ fn replace_request(nexthop: &Nexthop) -> Result<NetlinkMessage<Raw>, NexthopErro
             }
             attributes.push(u32_attribute(NHA_OIF, *oif));
             let flags = if *onlink { RTNH_F_ONLINK } else { 0 };
-            nhmsg(family.af(), nexthop.protocol, flags)
+            nhmsg(af(*family), nexthop.protocol, flags)
         }
         NexthopKind::Resilient {
             members,
@@ -577,8 +578,8 @@ fn kind(family: u8, flags: u32, attributes: Attributes) -> NexthopKind {
         };
     }
     let family = match i32::from(family) {
-        libc::AF_INET => IpFamily::V4,
-        libc::AF_INET6 => IpFamily::V6,
+        libc::AF_INET => AddressFamily::Inet,
+        libc::AF_INET6 => AddressFamily::Inet6,
         _ => return NexthopKind::Other,
     };
     match attributes.oif {
@@ -625,6 +626,7 @@ fn resilient_parameters(value: &[u8]) -> Result<(u16, u32, u32), DecodeError> {
     Ok(parameters)
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// `(index, nexthop id)` of an RTM_NEWNEXTHOPBUCKET.
 fn decode_bucket(payload: &[u8]) -> Result<(u16, u32), DecodeError> {
     let attributes = payload
@@ -757,7 +759,7 @@ mod tests {
             id: 1,
             protocol: 201,
             kind: NexthopKind::Single {
-                family: IpFamily::V4,
+                family: AddressFamily::Inet,
                 oif: 3,
                 gateway: Some("198.51.100.1".parse().unwrap()),
                 onlink: true,
@@ -770,7 +772,7 @@ mod tests {
             id: 2,
             protocol: 201,
             kind: NexthopKind::Single {
-                family: IpFamily::V6,
+                family: AddressFamily::Inet6,
                 oif: 5,
                 gateway: None,
                 onlink: false,
@@ -810,7 +812,7 @@ mod tests {
             id: 3,
             protocol: 201,
             kind: NexthopKind::Single {
-                family: IpFamily::V4,
+                family: AddressFamily::Inet,
                 oif: 3,
                 gateway: Some("192.0.2.1".parse().unwrap()),
                 onlink: false,

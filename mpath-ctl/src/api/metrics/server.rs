@@ -58,6 +58,12 @@ pub(crate) struct Scrape {
 }
 
 impl Scrape {
+    /// A scrape, and where its rendering arrives.
+    pub(crate) fn new() -> (Scrape, oneshot::Receiver<Result<String, MetricsError>>) {
+        let (reply, answer) = oneshot::channel();
+        (Scrape { reply }, answer)
+    }
+
     /// Hands the rendered text (or why there is none) to the waiting HTTP request.
     pub(crate) fn answer(self, rendered: Result<String, MetricsError>) {
         // The scraper may have given up meanwhile; nothing to do then.
@@ -97,9 +103,9 @@ impl Renderings {
         {
             return Ok(text.clone());
         }
-        let (reply, answer) = oneshot::channel();
+        let (request, answer) = Scrape::new();
         let scrape = async {
-            self.scrapes.send(Scrape { reply }).await.ok()?;
+            self.scrapes.send(request).await.ok()?;
             answer.await.ok()
         };
         let text = match tokio::time::timeout(SCRAPE_TIMEOUT, scrape).await {
