@@ -180,6 +180,7 @@ fn main() -> anyhow::Result<()> {
                 idle: Duration::from_secs(flag(&args, "--idle-seconds")?.unwrap_or(10)),
                 timeout: Duration::from_secs(flag(&args, "--timeout-seconds")?.unwrap_or(120)),
                 fdt_ms: flag(&args, "--fdt-ms")?.unwrap_or(routes::DEFAULT_FDT_MS),
+                vias: routes::Via::parse(text_flag(&args, "--via")?.unwrap_or("both"))?,
             };
             routes::routes(&options, out)
         }
@@ -198,7 +199,7 @@ fn main() -> anyhow::Result<()> {
              guest of `cargo xtask bench carrier --guest`)\n       \
              mpath-bench routes [--sizes 0,10000,100000,1000000] [--rounds N] [--reps N] \
              [--churn-seconds S] [--idle-seconds S] [--timeout-seconds S] [--fdt-ms MS] \
-             [--out BENCHMARKS.md]"
+             [--via group|outside|both] [--out BENCHMARKS.md]"
         ),
     }
 }

@@ -25,7 +25,8 @@
 //!   its idle rate; then the removal of the burst;
 //! - the failover gap of off-link traffic (the failover benchmark's stream through the
 //!   gateway, the NIC carrying it failed by carrier loss and by silent loss), checked to
-//!   leave through h0 or h2 afterwards;
+//!   leave through h0 or h2 afterwards, and mpathd's CPU per failover and per repair (until
+//!   it is quiet again, less its idle rate);
 //! - at the largest N through the group, 1,000 route changes a second (adds and deletes of
 //!   other host routes) for `--churn-seconds`: mpathd's CPU, and how long after the last
 //!   change its table matched `main`.
@@ -121,6 +122,8 @@ pub(crate) struct Options {
     /// How long mpathd may take to serve what it is given.
     pub timeout: Duration,
     pub fdt_ms: u64,
+    /// Where the routes go: through the group's h1, through h3 outside it, or both.
+    pub vias: Vec<Via>,
 }
 
 impl Options {
@@ -135,18 +138,29 @@ impl Options {
             "--rounds, --reps, --idle-seconds and --timeout-seconds must be at least 1"
         );
         ensure!(self.fdt_ms >= 100, "--fdt-ms: mpathd's minimum is 100");
+        ensure!(!self.vias.is_empty(), "--via needs group, outside or both");
         Ok(())
     }
 }
 
 /// Where the N routes go: through the group's NIC h1 or through h3, outside the group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Via {
+pub(crate) enum Via {
     Group,
     Outside,
 }
 
 impl Via {
+    /// `--via`: `group`, `outside` or `both`.
+    pub(crate) fn parse(text: &str) -> anyhow::Result<Vec<Via>> {
+        Ok(match text {
+            "group" => vec![Via::Group],
+            "outside" => vec![Via::Outside],
+            "both" => vec![Via::Group, Via::Outside],
+            _ => bail!("--via {text}: group, outside or both"),
+        })
+    }
+
     fn nic(self) -> &'static str {
         match self {
             Via::Group => OFF_LINK_NIC,
@@ -182,10 +196,24 @@ struct Sample {
     burst_removed: Option<Timed>,
     carrier_gaps: Vec<Timed>,
     silent_gaps: Vec<Timed>,
+    carrier_cpu: FailoverCpu,
+    silent_cpu: FailoverCpu,
     deleted: Option<Timed>,
     rss_deleted_kb: Option<f64>,
     unprovoked_failures: usize,
+    /// Group failures (the benchmark fails no target, so all are false): during the start,
+    /// while measured, while the routes are deleted.
+    group_failures: [usize; 3],
     churn: Option<Churn>,
+}
+
+/// mpathd's CPU (µs, less its idle rate) for one kind of failure of h1: from the failure
+/// until it is quiet after the failover, and from the undoing until it is quiet after the
+/// repair (that one with the status requests that wait for the repair).
+#[derive(Default)]
+struct FailoverCpu {
+    failure: Vec<f64>,
+    repair: Vec<f64>,
 }
 
 /// The churn at the largest size.
@@ -201,8 +229,10 @@ pub(crate) fn routes(o: &Options, out: Option<PathBuf>) -> anyhow::Result<()> {
     let started = Instant::now();
     let load_before = load_average();
     let largest = *o.sizes.iter().max().unwrap_or(&0);
-    let configs: Vec<(Via, u64)> = [Via::Group, Via::Outside]
-        .into_iter()
+    let configs: Vec<(Via, u64)> = o
+        .vias
+        .iter()
+        .copied()
         .flat_map(|via| o.sizes.iter().map(move |&n| (via, n)))
         .collect();
     let mut results: BTreeMap<(Via, u64), Vec<Sample>> = BTreeMap::new();
@@ -246,11 +276,16 @@ pub(crate) fn routes(o: &Options, out: Option<PathBuf>) -> anyhow::Result<()> {
              new route(s) and a burst of {BURST} (netlink requests, pipelined; the time is from \
              the request to the table's notification of the entry, read by a socket \
              subscribed to them; CPU per change is mpathd's, all threads from \
-             /proc/<pid>/task/*/schedstat, from the request until it is quiet again, i.e. used \
-             at most 1.5 times its idle rate + 10 ms/s over 300 ms, less its idle rate), then {reps} failover(s) of h1 by carrier loss and by silent loss \
+             /proc/<pid>/task/*/schedstat, from the request until it is quiet again, i.e. until \
+             the start of 300 ms in which it used at most 1.5 times its idle rate + 10 ms/s, \
+             less its idle rate over that time), then {reps} failover(s) of h1 by carrier loss and by silent loss \
              while a UDP stream (the failover benchmark's, a packet every 0.2 ms) goes \
              through the gateway on h1; its gap is the largest interval between arrivals \
-             after the failure, and the stream must leave through h0 or h2 afterwards. At the \
+             after the failure, and the stream must leave through h0 or h2 afterwards. \
+             mpathd's CPU per failover is counted the same way, from the failure (mpathd quiet \
+             before it) until it is quiet after the failover, and per repair from the undoing \
+             until it is quiet after the repair (with the status requests that wait for the \
+             repair, every 50 ms). Routes through {vias}. At the \
              largest size through h1, {CHURN_RATE} route changes a second (adds and deletes of \
              other host routes, {CHURN_POOL} of them kept) for {churn} s. Last, the N routes \
              are deleted (`ip route flush proto static`) and RSS read once mpathd's table has \
@@ -272,6 +307,12 @@ pub(crate) fn routes(o: &Options, out: Option<PathBuf>) -> anyhow::Result<()> {
             ftimeout = failover_limit(o.fdt_ms).as_secs_f64(),
             release = RELEASE_WAIT.as_secs(),
             cpus = cpus(),
+            vias = o
+                .vias
+                .iter()
+                .map(|via| via.label())
+                .collect::<Vec<_>>()
+                .join(" and "),
         );
         write_section(&path, "Benchmark: routes at scale", &body)?;
         eprintln!("written to {}", path.display());
@@ -310,6 +351,8 @@ fn measure(via: Via, size: u64, churn: bool, o: &Options) -> anyhow::Result<Samp
     let launched = Instant::now();
     let deadline = launched + o.timeout;
     let mut daemon = Mpathd::launch(host, &three_nic_config(o.fdt_ms), &[("RUST_LOG", RUST_LOG)]);
+    // Where the log's lines of the measurements and of the deletion begin.
+    let mut marks = [None; 2];
     let result = (|| -> anyhow::Result<()> {
         let pid = wait_for_pid(&daemon)?;
         s.answered = Some(match status_by(&daemon, deadline) {
@@ -330,6 +373,7 @@ fn measure(via: Via, size: u64, churn: bool, o: &Options) -> anyhow::Result<Samp
             return Ok(());
         }
         check_served(&mut ctl, via, size)?;
+        marks[0] = Some(daemon.log().len());
         eprintln!("  served after {:.0} ms", ms_since(launched));
         // Idle once the work of the start is over (its own changes make it read the table
         // again) and the memory it took given back (2 s after it, a walk of the heap: 0.1 s
@@ -346,7 +390,7 @@ fn measure(via: Via, size: u64, churn: bool, o: &Options) -> anyhow::Result<Samp
 
         let caught_up = changes(host, &mut ctl, pid, oif, idle, o, &mut s)?;
         if caught_up {
-            failovers(&lab, &daemon, &mut ctl, o, &mut s)?;
+            failovers(&lab, &daemon, &mut ctl, pid, idle, o, &mut s)?;
             if churn {
                 s.churn = Some(churn_at(host, &mut ctl, pid, oif, idle, o)?);
             }
@@ -355,6 +399,7 @@ fn measure(via: Via, size: u64, churn: bool, o: &Options) -> anyhow::Result<Samp
             unprovoked(&daemon.log(), s.carrier_gaps.len() + s.silent_gaps.len());
 
         // Every test route goes (those added since too).
+        marks[1] = Some(daemon.log().len());
         let deleting = Instant::now();
         host.ip(&["route", "flush", "proto", "static"])?;
         let gone = wait_until(deleting + o.timeout, pid, || {
@@ -374,6 +419,7 @@ fn measure(via: Via, size: u64, churn: bool, o: &Options) -> anyhow::Result<Samp
         Ok(())
     })();
     stop(&mut daemon);
+    s.group_failures = group_failures(&daemon.log(), marks);
     if let Some(dir) = std::env::var_os("ROUTES_DEBUG") {
         let _: Result<_, _> = fs::write(
             PathBuf::from(dir).join(format!("mpathd-{via:?}-{size}.log")),
@@ -528,43 +574,71 @@ fn timed_change(
     };
     drop(monitor);
     let cpu = match time {
-        Ok(_) => quiet(pid, quiet_limit(idle), Instant::now() + o.timeout)?.map(|at| {
-            let cpu = (cpu_ns(pid).unwrap_or(cpu_before) - cpu_before) as f64 / 1e3;
-            (cpu - idle * (at - asked).as_secs_f64()).max(0.0)
-        }),
+        Ok(_) => cpu_until_quiet(pid, idle, cpu_before, asked, o)?,
         Err(_) => None,
     };
     Ok((time, cpu))
 }
 
+/// mpathd's CPU (µs) from `asked` (when it had used `cpu_before`) until it is quiet again,
+/// less its idle rate over that time; `None` when it did not become quiet.
+fn cpu_until_quiet(
+    pid: u32,
+    idle_us_per_s: f64,
+    cpu_before: i64,
+    asked: Instant,
+    o: &Options,
+) -> anyhow::Result<Option<f64>> {
+    Ok(
+        quiet(pid, quiet_limit(idle_us_per_s), Instant::now() + o.timeout)?.map(|q| {
+            let cpu = (q.cpu_ns - cpu_before) as f64 / 1e3;
+            (cpu - idle_us_per_s * q.at.saturating_duration_since(asked).as_secs_f64()).max(0.0)
+        }),
+    )
+}
+
 /// `o.reps` failovers of h1 by carrier loss and by silent loss, alternating, each undone and
-/// waited for before the next.
+/// waited for before the next; with mpathd's CPU for each failover and repair.
 fn failovers(
     lab: &Lab,
     daemon: &Mpathd,
     ctl: &mut Rtnl,
+    pid: u32,
+    idle: f64,
     o: &Options,
     s: &mut Sample,
 ) -> anyhow::Result<()> {
     let limit = failover_limit(o.fdt_ms);
     for _ in 0..o.reps {
         for silent in [false, true] {
+            quiet(pid, quiet_limit(idle), Instant::now() + o.timeout)?;
+            let cpu_before = cpu_ns(pid)?;
+            let failed = Instant::now();
             let rep = off_link_failover(lab, daemon, silent, limit)?;
             let gap = rep.map(|r| r.gap_ms).ok_or(limit);
-            eprintln!(
-                "  {} failover: {gap:?} ms",
-                if silent { "silent" } else { "carrier" }
-            );
-            if silent {
-                s.silent_gaps.push(gap);
+            let failure_cpu = match gap {
+                Ok(_) => cpu_until_quiet(pid, idle, cpu_before, failed, o)?,
+                Err(_) => None,
+            };
+            let kind = if silent { "silent" } else { "carrier" };
+            eprintln!("  {kind} failover: {gap:?} ms, {failure_cpu:?} us of CPU");
+            let (gaps, cpu) = if silent {
+                (&mut s.silent_gaps, &mut s.silent_cpu)
             } else {
-                s.carrier_gaps.push(gap);
-            }
+                (&mut s.carrier_gaps, &mut s.carrier_cpu)
+            };
+            gaps.push(gap);
+            cpu.failure.extend(failure_cpu);
+            let cpu_before = cpu_ns(pid)?;
+            let undone = Instant::now();
             undo_failure(lab, silent)?;
             if !settled(daemon, ctl, Instant::now() + o.timeout)? {
                 eprintln!("  h1 not repaired within {} s", o.timeout.as_secs());
                 return Ok(());
             }
+            let repair_cpu = cpu_until_quiet(pid, idle, cpu_before, undone, o)?;
+            eprintln!("  {kind} repair: {repair_cpu:?} us of CPU");
+            cpu.repair.extend(repair_cpu);
         }
     }
     Ok(())
@@ -691,6 +765,25 @@ fn churned(route: Ipv4Addr) -> bool {
     u32::from(route) & 0xffc0_0000 == CHURN_BLOCK
 }
 
+/// mpathd's group failures in each part of its log (before `marks[0]`, up to `marks[1]`, after
+/// it; a mark not reached: the end).
+fn group_failures(log: &str, marks: [Option<usize>; 2]) -> [usize; 3] {
+    let end = log.len();
+    let measured = marks[0].unwrap_or(end);
+    let deleting = marks[1].unwrap_or(end).max(measured);
+    let count = |part: Option<&str>| {
+        part.unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("All Interfaces in group"))
+            .count()
+    };
+    [
+        count(log.get(..measured)),
+        count(log.get(measured..deleting)),
+        count(log.get(deleting..)),
+    ]
+}
+
 /// NIC failures mpathd detected that the benchmark did not cause (`provoked` failovers of h1).
 fn unprovoked(log: &str, provoked: usize) -> usize {
     let count = |nic: &str| {
@@ -799,9 +892,17 @@ fn quiet_limit(idle_us_per_s: f64) -> f64 {
     idle_us_per_s * 1.5 + 10_000.0
 }
 
+/// When mpathd became quiet, and its CPU (ns, all threads) then.
+#[derive(Clone, Copy)]
+struct Quiet {
+    at: Instant,
+    cpu_ns: i64,
+}
+
 /// Waits until mpathd has used at most `limit_us_per_s` of CPU over the last 300 ms, for at
-/// most until `deadline`. Returns when the quiet window began, or `None` when it never was.
-fn quiet(pid: u32, limit_us_per_s: f64, deadline: Instant) -> anyhow::Result<Option<Instant>> {
+/// most until `deadline`. Returns when the quiet window began, with mpathd's CPU then (the
+/// window's own CPU is no part of the work before it), or `None` when it never was.
+fn quiet(pid: u32, limit_us_per_s: f64, deadline: Instant) -> anyhow::Result<Option<Quiet>> {
     const WINDOW: Duration = Duration::from_millis(300);
     let limit_ns = limit_us_per_s * 1e3 * WINDOW.as_secs_f64();
     let mut readings: VecDeque<(Instant, i64)> = VecDeque::new();
@@ -815,7 +916,10 @@ fn quiet(pid: u32, limit_us_per_s: f64, deadline: Instant) -> anyhow::Result<Opt
         if now - first_at >= WINDOW {
             let (_, last_cpu) = readings[readings.len() - 1];
             if ((last_cpu - first_cpu) as f64) <= limit_ns {
-                return Ok(Some(first_at));
+                return Ok(Some(Quiet {
+                    at: first_at,
+                    cpu_ns: first_cpu,
+                }));
             }
         }
         if now > deadline {
@@ -1517,17 +1621,46 @@ fn tables(
     )?;
     writeln!(
         t,
-        "| routes | through | carrier loss | silent loss | NIC failures nobody caused |"
+        "| routes | through | carrier loss | silent loss | NIC failures nobody caused | group failures (all false) at start / measuring / deleting the routes |"
     )?;
-    writeln!(t, "| ---: | --- | ---: | ---: | ---: |")?;
+    writeln!(t, "| ---: | --- | ---: | ---: | ---: | ---: |")?;
     for ((via, size), samples) in results {
         let unprovoked: usize = samples.iter().map(|s| s.unprovoked_failures).sum();
+        let groups =
+            |part: usize| -> usize { samples.iter().map(|s| s.group_failures[part]).sum() };
         writeln!(
             t,
-            "| {size} | {} | {} | {} | {unprovoked} |",
+            "| {size} | {} | {} | {} | {unprovoked} | {} / {} / {} |",
             via.label(),
             timed_cell(&many(samples, |s| &s.carrier_gaps), 2),
             timed_cell(&many(samples, |s| &s.silent_gaps), 2),
+            groups(0),
+            groups(1),
+            groups(2),
+        )?;
+    }
+    writeln!(
+        t,
+        "\nmpathd's CPU per failover of h1 and per repair (all threads, less its idle rate), ms:\n"
+    )?;
+    writeln!(
+        t,
+        "| routes | through | carrier loss | its repair | silent loss | its repair |"
+    )?;
+    writeln!(t, "| ---: | --- | ---: | ---: | ---: | ---: |")?;
+    for ((via, size), samples) in results {
+        let ms = |f: fn(&Sample) -> &Vec<f64>| -> String {
+            let values: Vec<f64> = samples.iter().flat_map(f).map(|us| us / 1e3).collect();
+            spread_cell(&values, 1)
+        };
+        writeln!(
+            t,
+            "| {size} | {} | {} | {} | {} | {} |",
+            via.label(),
+            ms(|s| &s.carrier_cpu.failure),
+            ms(|s| &s.carrier_cpu.repair),
+            ms(|s| &s.silent_cpu.failure),
+            ms(|s| &s.silent_cpu.repair),
         )?;
     }
     let churns: Vec<&Churn> = results
@@ -1604,6 +1737,41 @@ fn targets(
                 writeln!(
                     t,
                     "| off-link gap on {fault} at {size} routes through {}: within 20 % + 1 ms of the empty table's | {measured} | {} |",
+                    via.label(),
+                    yes(met)
+                )?;
+            }
+        }
+    }
+    for via in [Via::Group, Via::Outside] {
+        let Some(empty) = results.get(&(via, 0)) else {
+            continue;
+        };
+        for (fault, cpu) in [
+            (
+                "carrier loss",
+                (|s: &Sample| s.carrier_cpu.failure.clone()) as fn(&Sample) -> Vec<f64>,
+            ),
+            ("silent loss", |s: &Sample| s.silent_cpu.failure.clone()),
+        ] {
+            let Some(base) = median(&empty.iter().flat_map(cpu).collect::<Vec<_>>()) else {
+                continue;
+            };
+            for size in o.sizes.iter().filter(|&&n| n > 0) {
+                let Some(samples) = results.get(&(via, *size)) else {
+                    continue;
+                };
+                let (measured, met) =
+                    match median(&samples.iter().flat_map(cpu).collect::<Vec<_>>()) {
+                        Some(m) => (
+                            format!("median {:.1} ms against {:.1} ms", m / 1e3, base / 1e3),
+                            m <= base * 1.2 + 1000.0,
+                        ),
+                        None => ("not measured".into(), false),
+                    };
+                writeln!(
+                    t,
+                    "| mpathd CPU per failover on {fault} at {size} routes through {}: within 20 % + 1 ms of the empty table's | {measured} | {} |",
                     via.label(),
                     yes(met)
                 )?;
@@ -1793,5 +1961,24 @@ t WARN NIC failure detected on h10 of group g0
 ";
         assert_eq!(unprovoked(log, 2), 1);
         assert_eq!(unprovoked(log, 1), 2);
+    }
+
+    #[test]
+    fn group_failures_are_counted_in_the_part_of_the_log_they_are_in() {
+        let log = "\
+a WARN All Interfaces in group g0 have failed
+b INFO served
+c WARN All Interfaces in group g0 have failed
+c WARN All Interfaces in group g0 have failed
+d INFO deleting
+";
+        let served = log.find("b INFO").unwrap();
+        let deleting = log.find("d INFO").unwrap();
+        assert_eq!(
+            group_failures(log, [Some(served), Some(deleting)]),
+            [1, 2, 0]
+        );
+        assert_eq!(group_failures(log, [Some(served), None]), [1, 2, 0]);
+        assert_eq!(group_failures(log, [None, None]), [3, 0, 0]);
     }
 }

@@ -231,14 +231,15 @@ impl MainTable {
             .get(&key)
             .map(|routes| routes.as_slice())
             .unwrap_or_default();
-        let entries = |routes: &[MainRoute]| -> Vec<(IpCidr, Option<IpAddr>, u32)> {
+        // Walked in place, not collected: this runs for every route change, and with a
+        // million routes in the heap malloc is the largest part of a change's CPU.
+        fn entries(routes: &[MainRoute]) -> impl Iterator<Item = (IpCidr, Option<IpAddr>, u32)> {
             routes
                 .iter()
                 .flat_map(MainRoute::entries)
                 .filter_map(probe_entry)
                 .map(|e| (e.destination, e.gateway, e.oif))
-                .collect()
-        };
+        }
         for entry in entries(after) {
             *self.routers.entry(entry).or_default() += 1;
         }
@@ -1236,20 +1237,26 @@ impl RouteState {
     /// A nexthop object deleted: taken out of the groups that had it, as the kernel does. A
     /// group left empty goes too, and the routes through a deleted group with it. Returns
     /// whether the object was known.
+    ///
+    /// The routes are looked at only when a group went: a failover deletes single nexthops,
+    /// which mpathd's routes never name, and must not cost a walk of a table of any size.
     pub fn forget_nexthop(&mut self, id: u32) -> bool {
-        let known = self.nexthops.remove(&id).is_some() | self.groups.remove(&id).is_some();
-        let mut emptied = vec![id];
+        let single = self.nexthops.remove(&id).is_some();
+        let mut gone: Vec<u32> = self.groups.remove(&id).map(|_| id).into_iter().collect();
         for (group, members) in &mut self.groups {
             members.retain(|m| *m != id);
             if members.is_empty() {
-                emptied.push(*group);
+                gone.push(*group);
             }
         }
-        for group in &emptied {
+        for group in &gone {
             self.groups.remove(group);
         }
-        self.routes
-            .retain(|_, route| !matches!(route.via, Via::Group(g) if emptied.contains(&g)));
+        let known = single || gone.first() == Some(&id);
+        if !gone.is_empty() {
+            self.routes
+                .retain(|_, route| !matches!(route.via, Via::Group(g) if gone.contains(&g)));
+        }
         known
     }
 
@@ -2081,6 +2088,34 @@ mod tests {
         let before = plan(&dhcp_host(), &[group(&[H0, H1])]);
         let installed = RouteState::of_plan(&before, &mut book);
         assert!(reform(&before, &[group(&[])], &mut book, &installed).is_empty());
+    }
+
+    #[test]
+    fn a_failed_nic_s_nexthops_leave_their_groups_and_every_route_stays() {
+        let mut book = IdBook::default();
+        let mut state = state_of(&[H0, H1], &mut book);
+        let routes = state.routes.clone();
+        let h1: Vec<u32> = state
+            .nexthops
+            .iter()
+            .filter(|(_, k)| k.oif == H1)
+            .map(|(id, _)| *id)
+            .collect();
+        assert!(!h1.is_empty());
+        state.forget_nexthops_through(H1);
+        assert!(state.nexthops.values().all(|k| k.oif == H0));
+        assert!(
+            state
+                .groups
+                .values()
+                .all(|members| !members.is_empty() && members.iter().all(|m| !h1.contains(m))),
+            "{:?}",
+            state.groups
+        );
+        assert_eq!(state.routes, routes, "no group emptied: no route goes");
+        // The kernel's notification of a deletion already recorded changes nothing.
+        assert!(!state.forget_nexthop(h1[0]));
+        assert_eq!(state.routes, routes);
     }
 
     #[test]

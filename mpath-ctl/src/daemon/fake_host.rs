@@ -9,6 +9,9 @@
 //! deliver, as the monitor would; of the route notifications, only that of a route someone
 //! deletes from mpathd's table.
 //!
+//! It counts the route work mpathd asks of it ([`RouteWork`]): reads of routing state and
+//! writes of mpathd's table.
+//!
 //! Not modelled: the carrier watch's early reports (tests call the handler), rules but
 //! mpathd's (one, in both families), the
 //! source hook and its maps (it never attaches), the bucket table's MACs, the receive
@@ -92,6 +95,16 @@ pub(crate) enum Effect {
     },
 }
 
+/// Route work mpathd asked of the host: what scales with the size of the routing tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RouteWork {
+    /// Reads of routing state: the main table (whole or through one NIC), mpathd's table,
+    /// its nexthop objects, its link routes.
+    pub reads: usize,
+    /// Routes set in or deleted from mpathd's table.
+    pub table_writes: usize,
+}
+
 /// A probe a NIC sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SentProbe {
@@ -131,6 +144,8 @@ pub(crate) struct FakeHost {
     pub silent: BTreeSet<u32>,
     /// Dumps fail, as when notifications keep interrupting them.
     pub dumps_fail: Cell<bool>,
+    /// The route work mpathd asked of the host so far.
+    route_work: Cell<RouteWork>,
     announced: RefCell<Vec<Announcement>>,
     /// The multicast memberships of each NIC, with their user counts: mpathd's joins count.
     memberships: ByIfindex,
@@ -166,6 +181,7 @@ impl FakeHost {
             tables: BTreeMap::new(),
             silent: BTreeSet::new(),
             dumps_fail: Cell::new(false),
+            route_work: Cell::default(),
             announced: RefCell::default(),
             memberships: ByIfindex::new(),
             joined: BTreeSet::new(),
@@ -290,6 +306,28 @@ impl FakeHost {
     /// Puts an address on a NIC before mpathd starts (a link-local address, say).
     pub(super) fn put_address(&mut self, ifindex: u32, cidr: IpCidr, origin: Origin) {
         self.addresses.get_mut().push((ifindex, cidr, origin));
+    }
+
+    /// The route work mpathd asked of the host so far.
+    pub(super) fn route_work(&self) -> RouteWork {
+        self.route_work.get()
+    }
+
+    fn count_route_read(&self) {
+        let mut work = self.route_work.get();
+        work.reads += 1;
+        self.route_work.set(work);
+    }
+
+    fn count_table_write(&self) {
+        let mut work = self.route_work.get();
+        work.table_writes += 1;
+        self.route_work.set(work);
+    }
+
+    /// mpathd's table as it is.
+    pub(super) fn mpathd_table(&self) -> BTreeMap<(IpCidr, u32), TableRoute<u32>> {
+        self.table.borrow().clone()
     }
 
     pub(super) fn set_now(&self, now: Instant) {
@@ -670,6 +708,7 @@ impl Rtnetlink for FakeHost {
     }
 
     async fn main_routes(&self) -> Result<Vec<MainRoute>, NetlinkError> {
+        self.count_route_read();
         if let Some(source) = self.dump_error() {
             return Err(NetlinkError::ListRoutes {
                 family: "IPv4",
@@ -680,6 +719,7 @@ impl Rtnetlink for FakeHost {
     }
 
     async fn main_routes_through(&self, oif: u32) -> Result<Vec<MainRoute>, NetlinkError> {
+        self.count_route_read();
         let main = self.main.borrow();
         Ok(main
             .iter()
@@ -702,6 +742,7 @@ impl Rtnetlink for FakeHost {
         &self,
         _table: u32,
     ) -> Result<Vec<((IpCidr, u32), TableRoute<u32>)>, NetlinkError> {
+        self.count_route_read();
         Ok(self
             .table
             .borrow()
@@ -717,6 +758,7 @@ impl Rtnetlink for FakeHost {
         metric: u32,
         route: &TableRoute<u32>,
     ) -> Result<(), NetlinkError> {
+        self.count_table_write();
         if let Via::Group(id) = route.via
             && !self.nexthops.borrow().contains_key(&id)
         {
@@ -738,11 +780,13 @@ impl Rtnetlink for FakeHost {
         destination: IpCidr,
         metric: u32,
     ) -> Result<(), NetlinkError> {
+        self.count_table_write();
         self.table.borrow_mut().remove(&(destination, metric));
         Ok(())
     }
 
     async fn link_routes(&self) -> Result<Vec<LinkRoute>, NetlinkError> {
+        self.count_route_read();
         Ok(self.link_routes.borrow().iter().copied().collect())
     }
 
@@ -780,6 +824,7 @@ impl Rtnetlink for FakeHost {
     }
 
     async fn nexthops(&self) -> Result<Vec<Nexthop>, NexthopError> {
+        self.count_route_read();
         Ok(self.nexthops.borrow().values().cloned().collect())
     }
 

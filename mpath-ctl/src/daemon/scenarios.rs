@@ -262,7 +262,7 @@ impl Logged {
     }
 }
 
-/// The log lines (INFO and up) of every test, each with its thread. One global subscriber
+/// The log lines (DEBUG and up) of every test, each with its thread. One global subscriber
 /// rather than one per test: tracing caches per log statement whether anyone listens, and
 /// thread-local subscribers that come and go in parallel tests leave it wrong.
 #[derive(Clone, Default)]
@@ -293,12 +293,17 @@ struct ThreadLog {
 }
 
 impl ThreadLog {
-    /// The lines whose message contains `text`.
+    /// The lines (INFO and up) whose message contains `text`.
     fn containing(&self, text: &str) -> Vec<Logged> {
+        self.at_least(tracing::Level::INFO, text)
+    }
+
+    /// The lines of `level` and up whose message contains `text`.
+    fn at_least(&self, level: tracing::Level, text: &str) -> Vec<Logged> {
         let lines = self.log.0.lock().unwrap();
         lines
             .iter()
-            .filter(|l| l.thread == self.thread && l.message.contains(text))
+            .filter(|l| l.thread == self.thread && l.level <= level && l.message.contains(text))
             .cloned()
             .collect()
     }
@@ -306,7 +311,7 @@ impl ThreadLog {
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Log {
     fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if *event.metadata().level() > tracing::Level::INFO {
+        if *event.metadata().level() > tracing::Level::DEBUG {
             return;
         }
         let mut fields = Fields::default();
@@ -914,6 +919,82 @@ async fn a_default_route_on_one_nic_is_served_through_the_group_and_probed_for_f
         BTreeSet::from([H1, H2])
     );
     assert!(!s.holders("192.0.2.20/24").contains(&H0));
+}
+
+/// A routing daemon's host routes in `main`, through the link's router on `oif`.
+fn feed(oif: u32) -> impl Iterator<Item = MainRoute> {
+    (0..=255u8).map(move |i| MainRoute {
+        destination: IpCidr::new(std::net::IpAddr::from([203, 0, 113, i]), 32).unwrap(),
+        ..dhcp_default_route(oif)
+    })
+}
+
+/// A failover or repair re-forms the nexthop groups and moves addresses; it never reads a
+/// routing table, plans a destination again or rewrites a route, so it costs the same at any
+/// size of the table.
+#[tokio::test]
+async fn failovers_and_repairs_with_many_routes_read_plan_and_rewrite_no_route() {
+    let log = Log::capture();
+    let mut host = three_nic_host();
+    for route in feed(H0) {
+        host.put_main_route(route);
+    }
+    let mut s = Scenario::start(THREE_NICS_MAIN_TABLE, host).await;
+    s.run_for(PAST_QUIET).await;
+    let served_through = |s: &Scenario, nics: &[u32]| {
+        let nics = BTreeSet::from_iter(nics.iter().copied());
+        feed(H0).all(|r| s.host().routed_through(r.destination) == nics)
+    };
+    assert!(served_through(&s, &[H0, H1, H2]));
+    let table = s.host().mpathd_table();
+    let work = s.host().route_work();
+    let planned = |log: &ThreadLog| log.at_least(tracing::Level::DEBUG, "planned ");
+    let plans_at_start = planned(&log).len();
+    assert!(plans_at_start > 0, "the start's plans are logged");
+
+    s.set_carrier(H0, false).await;
+    s.run_for(Duration::from_secs(1)).await;
+    assert_eq!(s.state_of("h0"), LINK_DOWN);
+    assert!(served_through(&s, &[H1, H2]));
+    s.set_carrier(H0, true).await;
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == IfState::Ok)
+            .await
+    );
+    s.run_for(Duration::from_secs(1)).await;
+    assert!(served_through(&s, &[H0, H1, H2]));
+
+    s.host_mut().silent.insert(H0);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == PROBES_LOST)
+            .await
+    );
+    s.run_for(Duration::from_secs(1)).await;
+    assert!(served_through(&s, &[H1, H2]));
+    s.host_mut().silent.remove(&H0);
+    assert!(
+        s.run_until(DETECTION, |s| s.state_of("h0") == IfState::Ok)
+            .await
+    );
+    s.run_for(Duration::from_secs(1)).await;
+    assert!(served_through(&s, &[H0, H1, H2]));
+
+    assert_eq!(
+        s.host().route_work(),
+        work,
+        "no table read, no route written"
+    );
+    assert_eq!(s.host().mpathd_table(), table);
+    let replans: Vec<String> = planned(&log)[plans_at_start..]
+        .iter()
+        .map(|l| l.message.clone())
+        .collect();
+    assert!(
+        replans
+            .iter()
+            .all(|m| m.starts_with("planned 0 changed destinations")),
+        "{replans:#?}"
+    );
 }
 
 #[tokio::test]
