@@ -36,8 +36,8 @@ impl<H: HostIo> Daemon<H> {
             let log = |level, line| log(level, name, action, nic_name, line);
             match action {
                 Action::Failed { nic, cause } => {
-                    let nic_name = group.fsm.nic_name(*nic);
-                    self.metrics.failure(name, nic_name, *cause);
+                    self.metrics
+                        .failure(name, nic_name.unwrap_or_default(), *cause);
                     if *cause == FailureCause::ProbesLost
                         && let Some(n) = group.nic(*nic)
                     {
@@ -67,7 +67,7 @@ impl<H: HostIo> Daemon<H> {
                 | Action::DatapathLost { .. } => log(Level::WARN, line),
                 Action::StillFailed { .. } => log(Level::INFO, line),
                 Action::Repaired { nic } => {
-                    self.metrics.repair(name, group.fsm.nic_name(*nic));
+                    self.metrics.repair(name, nic_name.unwrap_or_default());
                     log(Level::INFO, line);
                     self.report_memberships(id, *nic);
                 }

@@ -1292,11 +1292,12 @@ async fn the_event_loop_answers_the_control_socket_and_fails_a_silent_nic_over_o
     };
     let (served, ()) = tokio::join!(s.daemon.serve(&mut inbox, &mut service), operator);
     served.unwrap();
-    // A NIC fails once five probes in a row went unanswered: four probe intervals passed
-    // at least, on the host's clock the loop's timers moved.
+    // A NIC fails once five probes in a row went unanswered. Each probe falls in the second
+    // half of its interval, so five span three and a half intervals at least, on the host's
+    // clock the loop's timers moved.
     let interval = Duration::from_micros(s.group("g0").fdt.view().probe_interval_us);
     assert!(
-        s.host().now() >= started + 4 * interval,
+        s.host().now() >= started + interval * 7 / 2,
         "{:?} passed",
         s.host().now() - started
     );
