@@ -74,6 +74,9 @@ fn main() -> anyhow::Result<()> {
         .position(|a| a == "--out")
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from);
+    if let Some(which) = args.first() {
+        check_arguments(which, &args[1..])?;
+    }
     match args.first().map(String::as_str) {
         Some("datapath") => {
             let rounds = flag(&args, "--rounds")?.unwrap_or(5);
@@ -213,6 +216,57 @@ fn flag(args: &[String], name: &str) -> anyhow::Result<Option<u64>> {
                 .with_context(|| format!("{name} {value}: not a whole number"))
         })
         .transpose()
+}
+
+/// The options each benchmark takes: every one but `--guest` with a value. `--out` goes with
+/// all of them.
+const OPTIONS: &[(&str, &[&str])] = &[
+    (
+        "datapath",
+        &["--rounds", "--seconds", "--bulk-seconds", "--only"],
+    ),
+    ("failover", &["--reps", "--false-failure-minutes", "--only"]),
+    ("soak", &["--minutes", "--seed"]),
+    ("sources", &["--rounds", "--count"]),
+    ("carrier", &["--rounds", "--idle-seconds", "--guest"]),
+    ("busy", &["--minutes"]),
+    (
+        "routes",
+        &[
+            "--sizes",
+            "--rounds",
+            "--reps",
+            "--churn-seconds",
+            "--idle-seconds",
+            "--timeout-seconds",
+            "--fdt-ms",
+            "--via",
+        ],
+    ),
+];
+
+/// Refuses an argument benchmark `which` does not take (a typo would otherwise run the whole
+/// default benchmark for an hour), naming it and the options there are.
+fn check_arguments(which: &str, args: &[String]) -> anyhow::Result<()> {
+    let Some((_, options)) = OPTIONS.iter().find(|(name, _)| *name == which) else {
+        // An unknown benchmark gets the usage.
+        return Ok(());
+    };
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--guest" && options.contains(&"--guest") {
+            continue;
+        }
+        if arg == "--out" || options.contains(&arg.as_str()) {
+            rest.next();
+            continue;
+        }
+        bail!(
+            "{which}: unknown argument {arg:?}; its options are {} and --out",
+            options.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// The value of `NAME VALUE` on the command line, if given.
@@ -1649,6 +1703,22 @@ mod tests {
             "# Benchmarks\n\n## Benchmark: failover\n\nnew\n\n\
              ## Benchmark: failover at scale\n\nkept\n\n## Soak\n\nadded\n"
         );
+    }
+
+    #[test]
+    fn a_benchmark_refuses_arguments_it_does_not_take() {
+        let args = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert!(check_arguments("routes", &args(&["--sizes", "0", "--out", "B.md"])).is_ok());
+        assert!(check_arguments("carrier", &args(&["--guest", "--rounds", "3"])).is_ok());
+        let error = check_arguments("routes", &args(&["--help"])).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown argument \"--help\""),
+            "{error}"
+        );
+        assert!(check_arguments("routes", &args(&["--guest"])).is_err());
+        // A flag's value is not taken for a flag.
+        assert!(check_arguments("soak", &args(&["--seed", "--minutes"])).is_ok());
+        assert!(check_arguments("busy", &args(&["3"])).is_err());
     }
 
     #[test]
