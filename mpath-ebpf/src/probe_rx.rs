@@ -65,8 +65,8 @@ enum Verdict {
     Rejected(RejectReason),
     /// A valid reply.
     Matched(ProbeReply),
-    /// A valid link-layer probe request to this NIC: the frame to send back, its Ethernet
-    /// addresses (destination, source) and payload.
+    /// A valid link-layer probe request to this NIC: the Ethernet addresses of its answer
+    /// (destination, source) and the request it answers.
     Answer([u8; 12], LinkProbe),
 }
 
