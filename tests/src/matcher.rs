@@ -5,7 +5,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
-use mpath_common::{NIC_F_TEST_V4, NIC_F_TEST_V6, NicCounters, NicInfo, ProbeReply, Settings};
+use mpath_common::{
+    NIC_F_TEST_V4, NIC_F_TEST_V6, NicCounters, NicInfo, ProbeReply, RejectReason, Settings,
+};
 use mpath_ctl::datapath::{Datapath, ProbeRx};
 
 use crate::PinDir;
@@ -188,4 +190,29 @@ impl Rig {
     pub fn counters(&self) -> NicCounters {
         self.datapath.maps.counters(SLOT).expect("read counters")
     }
+}
+
+/// Asserts that `frame` passes untouched, is counted as rejected for `reason` and nothing
+/// else, and neither queues a reply nor is answered.
+pub fn assert_rejected(rig: &mut Rig, frame: &[u8], reason: RejectReason) {
+    let before = rig.counters();
+    let (verdict, out) = rig.run_out(frame);
+    assert_eq!(
+        verdict,
+        Verdict::Pass,
+        "{}: {reason:?}: must pass",
+        rig.matcher
+    );
+    assert_eq!(out, frame, "{reason:?}: the frame is left as it was");
+    let after = rig.counters();
+    for r in RejectReason::ALL {
+        let expected = before.rejected[r as usize] + u64::from(r == reason);
+        assert_eq!(
+            after.rejected[r as usize], expected,
+            "counter {r:?} for {reason:?}"
+        );
+    }
+    assert_eq!(after.probe_replies, before.probe_replies);
+    assert_eq!(after.link_probes_answered, before.link_probes_answered);
+    assert!(rig.queued().is_empty(), "{reason:?}: nothing queued");
 }

@@ -16,7 +16,7 @@ use mpath_ctl::{
 use mpath_lab::Lab;
 use mpath_tests::{
     PinDir,
-    matcher::{IFINDEX, KEY, MAC, MATCHERS, Rig, SLOT, Verdict},
+    matcher::{IFINDEX, KEY, MAC, MATCHERS, Rig, SLOT, Verdict, assert_rejected},
     packets::link_probe_frame,
 };
 
@@ -40,26 +40,6 @@ fn answering_rig(matcher: ProbeRx) -> Rig {
 
 fn request(seq: u32) -> LinkProbe {
     LinkProbe::request(KEY, ALTERNATE, seq, 1_000_000)
-}
-
-/// Asserts that `frame` passes untouched, is counted as rejected for `reason` and nothing
-/// else, and neither queues nor answers anything.
-fn assert_rejected(rig: &mut Rig, frame: &[u8], reason: RejectReason) {
-    let before = rig.counters();
-    let (verdict, out) = rig.run_out(frame);
-    assert_eq!(verdict, Verdict::Pass, "{}: {reason:?}", rig.matcher);
-    assert_eq!(out, frame, "{reason:?}: the frame is left as it was");
-    let after = rig.counters();
-    for r in RejectReason::ALL {
-        let expected = before.rejected[r as usize] + u64::from(r == reason);
-        assert_eq!(
-            after.rejected[r as usize], expected,
-            "counter {r:?} for {reason:?}"
-        );
-    }
-    assert_eq!(after.link_probes_answered, before.link_probes_answered);
-    assert_eq!(after.probe_replies, before.probe_replies);
-    assert!(rig.queued().is_empty(), "{reason:?}: nothing queued");
 }
 
 #[test]

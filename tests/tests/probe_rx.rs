@@ -6,31 +6,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use mpath_common::{PROBE_DISCOVERY_REPLY_BUDGET, PROBE_REPLY_BUDGET, ProbeKind, RejectReason};
 use mpath_lab::Lab;
 use mpath_tests::{
-    matcher::{IFINDEX, KEY, MATCHERS, Rig, SLOT, TARGET_V4, TARGET_V6, TEST_V4, TEST_V6, Verdict},
+    matcher::{
+        IFINDEX, KEY, MATCHERS, Rig, SLOT, TARGET_V4, TARGET_V6, TEST_V4, TEST_V6, Verdict,
+        assert_rejected,
+    },
     packets::{Reply, add_v6_fragment_header, mark_v4_first_fragment, reseal_ipv4_header},
 };
-
-/// Asserts that `frame` passes, is counted as rejected for `reason` and nothing else, and
-/// queues no reply.
-fn assert_rejected(rig: &mut Rig, frame: &[u8], reason: RejectReason) {
-    let before = rig.counters();
-    assert_eq!(
-        rig.run(frame),
-        Verdict::Pass,
-        "{}: {reason:?}: must pass",
-        rig.matcher
-    );
-    let after = rig.counters();
-    for r in RejectReason::ALL {
-        let expected = before.rejected[r as usize] + u64::from(r == reason);
-        assert_eq!(
-            after.rejected[r as usize], expected,
-            "counter {r:?} for {reason:?}"
-        );
-    }
-    assert_eq!(after.probe_replies, before.probe_replies);
-    assert!(rig.queued().is_empty(), "{reason:?}: nothing queued");
-}
 
 #[test]
 fn matches_good_ipv4_and_ipv6_replies_and_drops_them() {

@@ -1256,6 +1256,31 @@ async fn a_link_change_that_fails_a_nic_over_does_each_kind_of_work_once_in_its_
     );
 }
 
+/// What feeds the event loop's inbox: the control socket's commands, the scrapes, signals.
+struct Feeds {
+    commands: mpsc::Sender<Command>,
+    scrapes: mpsc::Sender<Scrape>,
+    signals: mpsc::Sender<Signal>,
+}
+
+/// An inbox for [`Daemon::serve`] and the ends that feed it.
+fn inbox() -> (Feeds, Inbox) {
+    let (commands_tx, commands) = mpsc::channel(1);
+    let (scrapes_tx, scrapes) = mpsc::channel(1);
+    let (signals_tx, signals) = mpsc::channel(1);
+    let feeds = Feeds {
+        commands: commands_tx,
+        scrapes: scrapes_tx,
+        signals: signals_tx,
+    };
+    let inbox = Inbox {
+        commands,
+        scrapes,
+        signals,
+    };
+    (feeds, inbox)
+}
+
 #[tokio::test]
 async fn the_event_loop_answers_the_control_socket_and_fails_a_silent_nic_over_on_the_host_s_clock()
 {
@@ -1263,21 +1288,18 @@ async fn the_event_loop_answers_the_control_socket_and_fails_a_silent_nic_over_o
     s.run_for(PAST_QUIET).await;
     s.host_mut().silent.insert(H0);
     let started = s.host().now();
-    let (commands_tx, commands) = mpsc::channel(1);
-    let (_scrapes_tx, scrapes) = mpsc::channel(1);
-    let (signals_tx, signals) = mpsc::channel(1);
-    let mut inbox = Inbox {
-        commands,
-        scrapes,
-        signals,
-    };
+    let (feeds, mut inbox) = inbox();
     let mut service = Notifier::from_env();
     let operator = async {
         let mut polls = 0;
         loop {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let request = Request::Status {};
-            commands_tx.send(Command { request, reply }).await.unwrap();
+            feeds
+                .commands
+                .send(Command { request, reply })
+                .await
+                .unwrap();
             let Ok(Reply::Status(status)) = answer.await else {
                 panic!("no status");
             };
@@ -1288,7 +1310,7 @@ async fn the_event_loop_answers_the_control_socket_and_fails_a_silent_nic_over_o
             polls += 1;
             assert!(polls < 100_000, "h0 never failed");
         }
-        signals_tx.send(Signal::Stop).await.unwrap();
+        feeds.signals.send(Signal::Stop).await.unwrap();
     };
     let (served, ()) = tokio::join!(s.daemon.serve(&mut inbox, &mut service), operator);
     served.unwrap();
@@ -1603,20 +1625,13 @@ async fn a_scrape_through_the_event_loop_shows_a_failure_and_its_failover() {
     let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
     s.run_for(PAST_QUIET).await;
     s.set_carrier(H0, false).await;
-    let (_commands_tx, commands) = mpsc::channel(1);
-    let (scrapes_tx, scrapes) = mpsc::channel(1);
-    let (signals_tx, signals) = mpsc::channel(1);
-    let mut inbox = Inbox {
-        commands,
-        scrapes,
-        signals,
-    };
+    let (feeds, mut inbox) = inbox();
     let mut service = Notifier::from_env();
     let scraper = async {
         let (scrape, answer) = Scrape::new();
-        scrapes_tx.send(scrape).await.unwrap();
+        feeds.scrapes.send(scrape).await.unwrap();
         let text = answer.await.unwrap().unwrap();
-        signals_tx.send(Signal::Stop).await.unwrap();
+        feeds.signals.send(Signal::Stop).await.unwrap();
         text
     };
     let (served, text) = tokio::join!(s.daemon.serve(&mut inbox, &mut service), scraper);
@@ -1640,19 +1655,12 @@ async fn requests_over_the_control_socket_are_carried_out_by_the_event_loop() {
     let mut s = Scenario::start(THREE_NICS, three_nic_host()).await;
     let socket = s.dir.path().join("mpathd.sock");
     let listener = control::bind(&socket).unwrap();
-    let (commands_tx, commands) = mpsc::channel(1);
+    let (feeds, mut inbox) = inbox();
     tokio::spawn(control::serve(
         listener,
-        commands_tx,
+        feeds.commands,
         s.daemon.probes.rows.clone(),
     ));
-    let (_scrapes_tx, scrapes) = mpsc::channel(1);
-    let (signals_tx, signals) = mpsc::channel(1);
-    let mut inbox = Inbox {
-        commands,
-        scrapes,
-        signals,
-    };
     let mut service = Notifier::from_env();
     let operator = async {
         let ask = |interface: &str| {
@@ -1666,7 +1674,7 @@ async fn requests_over_the_control_socket_are_carried_out_by_the_event_loop() {
         };
         let done = ask("h0").await.unwrap().unwrap();
         let refused = ask("h9").await.unwrap().unwrap();
-        signals_tx.send(Signal::Stop).await.unwrap();
+        feeds.signals.send(Signal::Stop).await.unwrap();
         (done, refused)
     };
     let (served, (done, refused)) =
