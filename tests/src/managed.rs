@@ -47,24 +47,37 @@ pub struct Monitor {
     lines: Arc<Mutex<Vec<String>>>,
 }
 
+/// `ip` with `args` (an `ip monitor` command), its lines collected as it prints them.
+fn ip_monitor(args: &[&str]) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let out = child.stdout.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    // `ip monitor` subscribes before it prints anything; give it that moment.
+    sleep(Duration::from_millis(200));
+    (child, lines)
+}
+
 impl Monitor {
     pub fn start(lab: &Lab) -> Monitor {
-        let mut child = Command::new("ip")
-            .args(["-n", lab.host().name()])
-            .args(["monitor", "address", "route", "rule", "nexthop"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        // `ip monitor` subscribes before it prints anything; give it that moment.
-        sleep(Duration::from_millis(200));
+        let (child, lines) = ip_monitor(&[
+            "-n",
+            lab.host().name(),
+            "monitor",
+            "address",
+            "route",
+            "rule",
+            "nexthop",
+        ]);
         Monitor { child, lines }
     }
 
@@ -264,20 +277,7 @@ pub struct AddressGaps {
 
 impl AddressGaps {
     pub fn start(lab: &Lab) -> AddressGaps {
-        let mut child = Command::new("ip")
-            .args(["-ts", "-n", lab.host().name(), "monitor", "address"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        sleep(Duration::from_millis(200));
+        let (child, lines) = ip_monitor(&["-ts", "-n", lab.host().name(), "monitor", "address"]);
         AddressGaps { child, lines }
     }
 
